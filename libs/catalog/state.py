@@ -1,0 +1,152 @@
+"""Catalog: providers, endpoints, models, tenants, assignments and keys, folded from registry events."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from libs.contracts.events import (
+    EndpointRegistered, EndpointRemoved, Event, KeyIssued, KeyRevoked, ModelRegistered, ModelRemoved,
+    ProviderRegistered, ProviderRemoved, TenantCreated, TenantModelAssigned, TenantModelUnassigned,
+    TenantRemoved,
+)
+
+KEY_PREFIX = "sy_"
+
+
+def hash_key(secret: str) -> str:
+    """The SHA-256 hex digest under which a key is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_id_of(secret: str) -> str | None:
+    """The visible id inside a Switchyard key (`sy_<id>_<random>`), or None for a foreign format."""
+    if secret.startswith(KEY_PREFIX):
+        parts = secret.split("_", 2)
+        if len(parts) == 3 and parts[1]:
+            return f"{KEY_PREFIX}{parts[1]}"
+    return None
+
+
+@dataclass
+class Catalog:
+    """The registry's current state. `version` grows with every change, for cache invalidation."""
+
+    providers: dict[str, ProviderRegistered] = field(default_factory=dict)
+    endpoints: dict[str, EndpointRegistered] = field(default_factory=dict)
+    models: dict[str, ModelRegistered] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    tenants: dict[str, TenantCreated] = field(default_factory=dict)
+    assignments: dict[str, dict[str, TenantModelAssigned]] = field(default_factory=dict)
+    keys: dict[str, KeyIssued] = field(default_factory=dict)
+    keys_by_hash: dict[str, KeyIssued] = field(default_factory=dict)
+    revoked: dict[str, KeyIssued] = field(default_factory=dict)
+    version: int = 0
+
+    def apply(self, event: Event) -> None:
+        """Fold one registry event in; events of other families are ignored."""
+        match event:
+            case ProviderRegistered(provider_id=pid):
+                self.providers[pid] = event
+            case ProviderRemoved(provider_id=pid):
+                self.providers.pop(pid, None)
+            case EndpointRegistered(endpoint_id=eid):
+                self.endpoints[eid] = event
+            case EndpointRemoved(endpoint_id=eid):
+                self.endpoints.pop(eid, None)
+            case ModelRegistered(model_id=mid):
+                self._drop_aliases(mid)
+                self.models[mid] = event
+                for alias in event.aliases:
+                    self.aliases[alias] = mid
+            case ModelRemoved(model_id=mid):
+                self._drop_aliases(mid)
+                self.models.pop(mid, None)
+            case TenantCreated(tenant_id=tid):
+                self.tenants[tid] = event
+            case TenantRemoved(tenant_id=tid):
+                self.tenants.pop(tid, None)
+                self.assignments.pop(tid, None)
+                for key in [k for k in self.keys.values() if k.tenant_id == tid]:
+                    self._drop_key(key.key_id)
+            case TenantModelAssigned(tenant_id=tid, model_id=mid):
+                self.assignments.setdefault(tid, {})[mid] = event
+            case TenantModelUnassigned(tenant_id=tid, model_id=mid):
+                self.assignments.get(tid, {}).pop(mid, None)
+            case KeyIssued(key_id=kid):
+                self.keys[kid] = event
+                self.keys_by_hash[event.key_sha256] = event
+                self.revoked.pop(kid, None)
+            case KeyRevoked(key_id=kid):
+                self._drop_key(kid)
+            case _:
+                return
+        self.version += 1
+
+    def _drop_aliases(self, model_id: str) -> None:
+        for alias in [a for a, m in self.aliases.items() if m == model_id]:
+            del self.aliases[alias]
+
+    def _drop_key(self, key_id: str) -> None:
+        key = self.keys.pop(key_id, None)
+        if key is not None:
+            self.keys_by_hash.pop(key.key_sha256, None)
+            self.revoked[key_id] = key
+
+    # --- reads ---------------------------------------------------------------
+
+    def authenticate(self, secret: str, now: datetime | None = None) -> KeyIssued | None:
+        """The live key matching a presented secret, compared in constant time; None if unknown,
+        revoked or expired."""
+        digest = hash_key(secret)
+        key_id = key_id_of(secret)
+        key = (self.keys.get(key_id) if key_id else None) or self.keys_by_hash.get(digest)
+        if key is None or not hmac.compare_digest(key.key_sha256, digest):
+            return None
+        if key.expires_at is not None and key.expires_at <= (now or datetime.now(UTC)):
+            return None
+        if key.tenant_id not in self.tenants:
+            return None
+        return key
+
+    def resolve_model(self, name: str) -> str | None:
+        """A model id from a name or alias; `:latest` is the same model."""
+        if name in self.models:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        base = name.removesuffix(":latest")
+        if base != name:
+            return self.resolve_model(base)
+        return None
+
+    def tenant_may_use(self, tenant_id: str, model_id: str) -> bool:
+        """Whether a tenant may call a model: assigned and enabled, or the tenant may use all models."""
+        assignment = self.assignments.get(tenant_id, {}).get(model_id)
+        if assignment is not None:
+            return assignment.enabled
+        tenant = self.tenants.get(tenant_id)
+        return bool(tenant and tenant.all_models)
+
+    def models_for(self, tenant_id: str) -> list[ModelRegistered]:
+        """The models a tenant may use, by name."""
+        return [m for mid, m in sorted(self.models.items()) if self.tenant_may_use(tenant_id, mid)]
+
+    def endpoints_serving(self, model_id: str) -> list[EndpointRegistered]:
+        """Endpoints that serve a model (by id or one of its aliases), highest priority first."""
+        model = self.models.get(model_id)
+        names = {model_id, *(model.aliases if model else ())}
+        found = [e for e in self.endpoints.values() if names.intersection(e.models)]
+        return sorted(found, key=lambda e: (-e.priority, e.endpoint_id))
+
+
+def upstream_name(endpoint: EndpointRegistered, model: ModelRegistered) -> str:
+    """The name an endpoint knows a model by: its id if listed, else the first listed alias."""
+    if model.model_id in endpoint.models:
+        return model.model_id
+    for alias in model.aliases:
+        if alias in endpoint.models:
+            return alias
+    return model.model_id

@@ -1,0 +1,206 @@
+"""The `switchyard` command: run the system, the upstream simulator, and event-log tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from libs.kit.stack_proc import pick_free_port
+
+SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order; stop runs reversed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchyard",
+        description="Switchyard, an AI model gateway: one OpenAI- and Ollama-compatible front door for "
+                    "every model server, with routing, quotas and an event-sourced usage log.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up", help="run the whole system on this machine",
+        description="Start NATS, PostgreSQL and Valkey from their pip-installed binaries (unless "
+                    "SWITCHYARD_NATS_URL, SWITCHYARD_DATABASE_URL or SWITCHYARD_REDIS_URL point at running "
+                    "ones), then every service as its own process; restart a service that crashes; stop "
+                    "everything on Ctrl-C or SIGTERM.",
+    )
+    up.add_argument("--data-dir", type=Path, default=Path("./.switchyard"),
+                    help="where data, logs and the spool live (default: ./.switchyard); a second `up` keeps it")
+    up.add_argument("--host", default="127.0.0.1", help="gateway listen address (default: 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8080, help="gateway port (default: 8080)")
+    up.add_argument("--demo", action="store_true",
+                    help="also start two simulated upstreams (Ollama-style and OpenAI-style) and a demo "
+                         "tenant 'demo' serving llama3.2 and nomic-embed-text")
+    up.add_argument("--no-fsync", action="store_true",
+                    help="run the embedded PostgreSQL and Valkey without fsync (faster; for benchmarks)")
+
+    sim = sub.add_parser("simulate-upstream", add_help=False,
+                         help="run the upstream model-server simulator (OpenAI and Ollama APIs)")
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+
+    replay = sub.add_parser(
+        "replay", help="drop a projection and rebuild it from the event log",
+        description="Rebuild one projection (or all) from position 0 of the event log while the system "
+                    "keeps serving. Finds the database of `switchyard up --data-dir D` or uses "
+                    "SWITCHYARD_DATABASE_URL.",
+    )
+    replay.add_argument("projection", nargs="?", help="projection name (see --list)")
+    replay.add_argument("--all", action="store_true", help="rebuild every projection")
+    replay.add_argument("--list", action="store_true", help="list the projections and their positions")
+    replay.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate-upstream"]:
+        from libs.simulator import main as simulate
+        return simulate(argv[1:]) or 0
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        return up(args)
+    if args.command == "replay":
+        return replay(args)
+    return 2
+
+
+# --- up ----------------------------------------------------------------------------------------
+
+
+def up(args: argparse.Namespace) -> int:
+    from libs.kit import bootstrap
+    from libs.kit.stack import EmbeddedStack, StackError
+    from libs.kit.supervisor import Supervisor
+
+    data_dir: Path = args.data_dir.absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = os.environ
+    stack = EmbeddedStack(
+        data_dir, nats_url=env.get("SWITCHYARD_NATS_URL"), database_url=env.get("SWITCHYARD_DATABASE_URL"),
+        redis_url=env.get("SWITCHYARD_REDIS_URL"), durable=not args.no_fsync,
+    )
+    say(f"starting NATS, PostgreSQL and Valkey under {data_dir} ...")
+    try:
+        urls = stack.start()
+    except StackError as exc:
+        say(f"could not start the embedded stack: {exc}")
+        return 1
+    supervisor = Supervisor(data_dir / "logs")
+    try:
+        return _run_services(args, data_dir, urls, supervisor, bootstrap)
+    finally:
+        say("stopping ...")
+        supervisor.stop(order=[*reversed(SERVICES)])
+        stack.stop()
+        say("stopped")
+
+
+def _run_services(args: argparse.Namespace, data_dir: Path, urls: object, supervisor: object,
+                  bootstrap: object) -> int:
+    from libs.kit import bootstrap as boot
+    from libs.kit.supervisor import Supervisor
+
+    assert isinstance(supervisor, Supervisor)
+    taken = {args.port}
+    common = {
+        "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,  # type: ignore[attr-defined]
+        "SWITCHYARD_REDIS_URL": urls.redis_url,  # type: ignore[attr-defined]
+        "SWITCHYARD_SPOOL_DIR": str(data_dir / "spool"),
+    }
+    ports: dict[str, int] = {}
+    for name in SERVICES:
+        port = args.port if name == "gateway" else pick_free_port(taken)
+        taken.add(port)
+        ports[name] = port
+        host = args.host if name == "gateway" else "127.0.0.1"
+        supervisor.add(name, [sys.executable, "-m", f"services.{name}"],
+                       {**common, "SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(port)})
+    sims: dict[str, int] = {}
+    if args.demo:
+        for name in ("sim-ollama", "sim-openai"):
+            sims[name] = pick_free_port(taken)
+            taken.add(sims[name])
+            supervisor.add(name, [sys.executable, "-m", "libs.simulator", "--host", "127.0.0.1",
+                                  "--port", str(sims[name])], {})
+
+    admin_key, demo_key, generated = boot.remembered_keys(
+        data_dir / "keys.env", os.environ.get("SWITCHYARD_ADMIN_KEY"), os.environ.get("SWITCHYARD_DEMO_KEY"))
+    commands = boot.admin_commands(admin_key)
+    if args.demo:
+        commands += boot.demo_commands(f"http://127.0.0.1:{sims['sim-ollama']}",
+                                       f"http://127.0.0.1:{sims['sim-openai']}", demo_key)
+    try:
+        asyncio.run(_bootstrap(urls.nats_url, commands))  # type: ignore[attr-defined]
+        _wait_http(f"http://127.0.0.1:{args.port}/health", 60.0)
+    except Exception as exc:  # noqa: BLE001 — tell the operator where to look
+        say(f"start-up failed: {exc}; logs are in {data_dir / 'logs'}")
+        return 1
+
+    gateway = f"http://{args.host}:{args.port}"
+    print(f"\nSwitchyard is up. Gateway: {gateway}  (OpenAI API at {gateway}/v1)", flush=True)
+    print(f"  admin key: {_shown(admin_key, 'SWITCHYARD_ADMIN_KEY', generated)}", flush=True)
+    if args.demo:
+        print(f"  demo key:  {_shown(demo_key, 'SWITCHYARD_DEMO_KEY', generated)}", flush=True)
+        print("  models:    llama3.2 (chat), nomic-embed-text (embeddings)", flush=True)
+        print(f"\n  curl {gateway}/v1/chat/completions -H 'Authorization: Bearer <demo key>' \\\n"
+              "       -H 'Content-Type: application/json' \\\n"
+              "       -d '{\"model\": \"llama3.2\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'",
+              flush=True)
+    print(f"\n  services: {', '.join(f'{n} :{p}' for n, p in ports.items())}; logs in {data_dir / 'logs'}",
+          flush=True)
+    print("  Ctrl-C stops everything.\n", flush=True)
+    supervisor.run_until_signal()
+    return 0
+
+
+def _shown(key: str, env_name: str, generated: bool) -> str:
+    if os.environ.get(env_name):
+        return f"from ${env_name}"
+    return key
+
+
+async def _bootstrap(nats_url: str, commands: list[object]) -> None:
+    from libs.kit import bootstrap, natsio
+
+    nc = await natsio.connect(nats_url, "switchyard-up", 30.0)
+    try:
+        await bootstrap.apply(nc, commands, timeout_s=60.0)  # type: ignore[arg-type]
+    finally:
+        await nc.close()
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 — loopback only
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def say(text: str) -> None:
+    print(f"switchyard: {text}", file=sys.stderr, flush=True)
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+def replay(args: argparse.Namespace) -> int:
+    from libs.kit import replaytool
+
+    return asyncio.run(replaytool.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

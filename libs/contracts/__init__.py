@@ -1,0 +1,1 @@
+"""Switchyard's wire contracts: events, request/reply messages, subjects and codecs."""

@@ -1,0 +1,49 @@
+"""Encoders and decoders, built once; upcasts from old event versions on read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from libs.contracts.events import EVENT_TYPES, AnyEvent, Event
+from libs.contracts.messages import AnyCommand
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(AnyEvent)
+_command_decoder = msgspec.json.Decoder(AnyCommand)
+_raw_decoder = msgspec.json.Decoder()
+
+# old type string -> function turning its payload (a dict) into a current one.
+# Add an entry when a `.v2` replaces a `.v1`; the log is never rewritten.
+UPCASTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+encode: Callable[[Any], bytes] = _encoder.encode
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Decode one event, upcasting it first if it is of an older version."""
+    try:
+        return _event_decoder.decode(data)
+    except msgspec.ValidationError:
+        raw = _raw_decoder.decode(data)
+        upcast = UPCASTS.get(raw.get("type", "")) if isinstance(raw, dict) else None
+        if upcast is None:
+            raise
+        return msgspec.convert(upcast(raw), AnyEvent)
+
+
+def decode_command(data: bytes | str) -> Any:
+    """Decode one registry command."""
+    return _command_decoder.decode(data)
+
+
+def decoder(kind: type) -> msgspec.json.Decoder:
+    """A decoder for one message type (build it once, at import)."""
+    return msgspec.json.Decoder(kind)
+
+
+def known_event_types() -> list[str]:
+    """Every event type string this build understands."""
+    return sorted(EVENT_TYPES)

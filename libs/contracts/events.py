@@ -1,0 +1,282 @@
+"""Events: facts that happened, never mutated, never deleted.
+
+Each class's tag is its type string (see `subjects`); the tag is the msgspec
+discriminator, the subject prefix and the event log's `type` column.  New
+fields get defaults and keep the version; a breaking change gets `.v2` and an
+upcast in `codec.UPCASTS`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+from libs.contracts import subjects as s
+
+Role = Literal["member", "admin"]
+ProviderKind = Literal["ollama", "openai-compatible", "openai"]
+ModelKind = Literal["chat", "embedding"]
+Outcome = Literal["ok", "error", "cancelled"]
+AttemptOutcome = Literal["ok", "refused", "timeout", "http_5xx", "http_429", "http_4xx", "cut", "error"]
+
+
+def new_id() -> uuid.UUID:
+    """A fresh event id."""
+    return uuid.uuid4()
+
+
+def now() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """A fact that happened. Never mutated, never deleted."""
+
+    event_id: uuid.UUID = msgspec.field(default_factory=new_id)
+    occurred_at: datetime = msgspec.field(default_factory=now)
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this fact belongs to, if any (the log's `tenant` column)."""
+        return getattr(self, "tenant_id", None)
+
+    @property
+    def identifier(self) -> str:
+        """The last token of the subject the event is published on."""
+        raise NotImplementedError
+
+
+# --- usage and call outcomes --------------------------------------------------
+
+
+class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
+    """A call the gateway accepted has finished; its token counts are final."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    model: str                      # the model the client asked for
+    api: str                        # e.g. "openai.chat", "ollama.embed"
+    outcome: Outcome
+    status: int                     # HTTP status the client saw
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False         # counted by the gateway: the upstream reported none
+    stream: bool = False
+    endpoint_id: str = ""           # "" when no endpoint was reached
+    provider_id: str = ""
+    upstream_model: str = ""
+    attempts: int = 0
+    duration_ms: float = 0.0        # whole call as the gateway saw it
+    ttfb_ms: float | None = None    # time to the first byte sent to the client
+    overhead_ms: float = 0.0        # the gateway's own share of duration_ms
+
+    @property
+    def identifier(self) -> str:
+        return self.tenant_id
+
+
+class CallAttempted(Event, frozen=True, tag=s.CALL_ATTEMPTED):
+    """One attempt to call an upstream endpoint ended; the router folds these into breakers."""
+
+    request_id: str
+    endpoint_id: str
+    model: str
+    outcome: AttemptOutcome
+    status: int = 0
+    latency_ms: float = 0.0
+
+    @property
+    def identifier(self) -> str:
+        return self.endpoint_id
+
+
+# --- registry ------------------------------------------------------------------
+
+
+class ProviderRegistered(Event, frozen=True, tag=s.PROVIDER_REGISTERED):
+    """A provider was registered, or re-registered with new settings (full state)."""
+
+    provider_id: str
+    kind: ProviderKind
+    display_name: str = ""
+
+    @property
+    def identifier(self) -> str:
+        return self.provider_id
+
+
+class ProviderRemoved(Event, frozen=True, tag=s.PROVIDER_REMOVED):
+    """A provider was removed."""
+
+    provider_id: str
+
+    @property
+    def identifier(self) -> str:
+        return self.provider_id
+
+
+class EndpointRegistered(Event, frozen=True, tag=s.ENDPOINT_REGISTERED):
+    """An endpoint was registered, or re-registered with new settings (full state).
+
+    `api_key_ref` names where the credential lives (`${ENV_VAR}`), never the secret.
+    """
+
+    endpoint_id: str
+    provider_id: str
+    base_url: str
+    models: tuple[str, ...] = ()    # models it serves, as the registry knows them
+    api_key_ref: str = ""
+    priority: int = 0               # higher is preferred
+    weight: int = 1
+    max_concurrent: int = 0         # per model on this endpoint; 0 = unbounded
+    timeout_s: float = 300.0
+
+    @property
+    def identifier(self) -> str:
+        return self.endpoint_id
+
+
+class EndpointRemoved(Event, frozen=True, tag=s.ENDPOINT_REMOVED):
+    """An endpoint was removed."""
+
+    endpoint_id: str
+
+    @property
+    def identifier(self) -> str:
+        return self.endpoint_id
+
+
+class ModelRegistered(Event, frozen=True, tag=s.MODEL_REGISTERED):
+    """A model was registered, or re-registered with new settings (full state)."""
+
+    model_id: str
+    kind: ModelKind = "chat"
+    aliases: tuple[str, ...] = ()
+    context_length: int = 0
+    input_price_per_1m: float = 0.0   # USD
+    output_price_per_1m: float = 0.0  # USD
+    fallback_model: str = ""
+
+    @property
+    def identifier(self) -> str:
+        return self.model_id
+
+
+class ModelRemoved(Event, frozen=True, tag=s.MODEL_REMOVED):
+    """A model was removed."""
+
+    model_id: str
+
+    @property
+    def identifier(self) -> str:
+        return self.model_id
+
+
+class TenantCreated(Event, frozen=True, tag=s.TENANT_CREATED):
+    """A tenant was created, or its settings replaced (full state).
+
+    `all_models`: the tenant may use every registered model, not only assigned ones.
+    """
+
+    tenant_id: str
+    display_name: str = ""
+    all_models: bool = True
+
+    @property
+    def identifier(self) -> str:
+        return self.tenant_id
+
+
+class TenantRemoved(Event, frozen=True, tag=s.TENANT_REMOVED):
+    """A tenant was removed; its keys stop working."""
+
+    tenant_id: str
+
+    @property
+    def identifier(self) -> str:
+        return self.tenant_id
+
+
+class TenantModelAssigned(Event, frozen=True, tag=s.TENANT_MODEL_ASSIGNED):
+    """A model was assigned to a tenant, or its assignment changed (full state)."""
+
+    tenant_id: str
+    model_id: str
+    enabled: bool = True
+    is_default: bool = False
+    priority: int = 0               # higher is preferred
+
+    @property
+    def identifier(self) -> str:
+        return self.tenant_id
+
+
+class TenantModelUnassigned(Event, frozen=True, tag=s.TENANT_MODEL_UNASSIGNED):
+    """A model's assignment to a tenant was withdrawn."""
+
+    tenant_id: str
+    model_id: str
+
+    @property
+    def identifier(self) -> str:
+        return self.tenant_id
+
+
+class KeyIssued(Event, frozen=True, tag=s.KEY_ISSUED):
+    """An API key was issued. Only its SHA-256 hash travels; the key itself is shown once."""
+
+    key_id: str                     # the visible prefix, e.g. "sy-3f9a1c2e"
+    tenant_id: str
+    key_sha256: str
+    role: Role = "member"
+    name: str = ""
+    expires_at: datetime | None = None
+
+    @property
+    def identifier(self) -> str:
+        return self.key_id
+
+
+class KeyRevoked(Event, frozen=True, tag=s.KEY_REVOKED):
+    """An API key was revoked; it stops working everywhere."""
+
+    key_id: str
+    tenant_id: str
+
+    @property
+    def identifier(self) -> str:
+        return self.key_id
+
+
+RegistryEvent = (
+    ProviderRegistered | ProviderRemoved | EndpointRegistered | EndpointRemoved
+    | ModelRegistered | ModelRemoved | TenantCreated | TenantRemoved
+    | TenantModelAssigned | TenantModelUnassigned | KeyIssued | KeyRevoked
+)
+AnyEvent = UsageRecorded | CallAttempted | RegistryEvent
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        UsageRecorded, CallAttempted, ProviderRegistered, ProviderRemoved,
+        EndpointRegistered, EndpointRemoved, ModelRegistered, ModelRemoved,
+        TenantCreated, TenantRemoved, TenantModelAssigned, TenantModelUnassigned,
+        KeyIssued, KeyRevoked,
+    )
+}
+
+
+def event_type(event: Event) -> str:
+    """The type string of an event (its tag)."""
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+def subject_of(event: Event) -> str:
+    """The subject an event is published on."""
+    return s.subject_for(event_type(event), event.identifier)

@@ -1,0 +1,157 @@
+"""NATS wiring: connect with deadlines, create the streams, request/reply with service errors.
+
+Exceptions:
+    ServiceError              a request/reply peer answered with an error (status + ErrorBody)
+    ServiceUnavailable        no peer answered in time, or NATS is unreachable (status 503)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.micro import add_service
+from nats.micro.request import Request
+
+from libs.contracts import subjects
+from libs.contracts.messages import ErrorBody
+
+log = structlog.get_logger()
+_error_decoder = msgspec.json.Decoder(ErrorBody)
+_encode = msgspec.json.Encoder().encode
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+class ServiceError(Exception):
+    """A request/reply peer refused the request; `status` is the HTTP status to show."""
+
+    def __init__(self, status: int, body: ErrorBody) -> None:
+        super().__init__(f"{status} {body.code}: {body.message}")
+        self.status = status
+        self.body = body
+
+
+class ServiceUnavailable(ServiceError):
+    """Nobody answered: the owning service or NATS is down."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(503, ErrorBody("SERVICE_UNAVAILABLE", f"{what} is not answering, try again shortly"))
+
+
+async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
+    """Connect, retrying until `timeout_s`; once connected, reconnect forever.
+
+    nats-py's own initial connect retries without end when the server is down,
+    so the deadline is ours.
+    """
+    async def _on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc) or type(exc).__name__)
+
+    async def _on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def _on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    nc = NATS()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                url, name=name, connect_timeout=2, reconnect_time_wait=0.5,
+                max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
+                error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+            ),
+            timeout=timeout_s,
+        )
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        await _close_quietly(nc)
+        raise ConnectionError(f"NATS at {url} did not answer within {timeout_s:.0f} s") from exc
+    return nc
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        await nc.close()
+    except Exception:  # noqa: BLE001 — best effort on a failed connection
+        pass
+
+
+async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
+    """Create (or update) every JetStream stream the contracts name."""
+    js = nc.jetstream(timeout=10)
+    for name, stream_subjects in subjects.STREAMS.items():
+        config = StreamConfig(
+            name=name, subjects=stream_subjects, retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, discard=DiscardPolicy.OLD, num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+
+async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> bytes:
+    """Send a request; return the reply body or raise ServiceError / ServiceUnavailable."""
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout_s)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
+        raise ServiceUnavailable(subject.split(".", 1)[0]) from None
+    headers = msg.headers or {}
+    code = headers.get(subjects.SERVICE_ERROR_CODE_HEADER)
+    if code:
+        try:
+            body = _error_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            body = ErrorBody("ERROR", headers.get(subjects.SERVICE_ERROR_HEADER, "error"))
+        raise ServiceError(int(code), body)
+    return msg.data
+
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+
+
+async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0") -> object:
+    """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers."""
+    service = await add_service(nc, name=name, version=version, queue_group=name)
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[None]]:
+        async def endpoint(req: Request) -> None:
+            try:
+                reply = await handler(req.data)
+            except ServiceError as exc:
+                await req.respond_error(str(exc.status), exc.body.message, data=_encode(exc.body))
+            except msgspec.ValidationError as exc:
+                body = ErrorBody("VALIDATION_ERROR", str(exc), _field_of(exc))
+                await req.respond_error("400", body.message, data=_encode(body))
+            except msgspec.DecodeError as exc:
+                body = ErrorBody("INVALID_JSON", f"Malformed JSON: {exc}")
+                await req.respond_error("400", body.message, data=_encode(body))
+            except Exception as exc:  # noqa: BLE001 — one edge translates every failure
+                log.exception("service.handler_failed", service=name)
+                body = ErrorBody("INTERNAL", f"{type(exc).__name__} in {name}")
+                await req.respond_error("500", body.message, data=_encode(body))
+            else:
+                await req.respond(reply)
+        return endpoint
+
+    for subject, handler in endpoints.items():
+        await service.add_endpoint(name=subject.replace(".", "-"), subject=subject, handler=wrap(handler))
+    return service
+
+
+def _field_of(exc: msgspec.ValidationError) -> str | None:
+    """msgspec says '... - at `$.field`'; return 'field'."""
+    text = str(exc)
+    marker = "at `$."
+    if marker not in text:
+        return None
+    return text.split(marker, 1)[1].rstrip("`").split("[", 1)[0]

@@ -1,0 +1,155 @@
+"""The shape every service shares: one Deps, a lifespan that opens and closes it, /health and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from litestar import Litestar, MediaType, Response, get
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from libs.kit import eventlog, logs, natsio
+from libs.kit.settings import Settings
+
+
+@dataclass
+class Deps:
+    """Everything a service's handlers need, built once by the lifespan and passed explicitly."""
+
+    name: str
+    settings: Settings
+    log: Any
+    nc: NATS | None = None
+    pool: asyncpg.Pool | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Run a background loop for the service's lifetime; a crash is logged and ends the process."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        task.add_done_callback(self._on_task_done)
+        self.tasks.append(task)
+        return task
+
+    def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.log.error("service.task_crashed", task=task.get_name(), error=repr(exc))
+            # A dead background loop leaves a half-alive service: exit and let the supervisor restart us.
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+Starter = Callable[[Deps], Awaitable[None]]
+Stopper = Callable[[Deps], Awaitable[None]]
+
+
+async def open_deps(name: str, settings: Settings, *, database: bool) -> Deps:
+    """Connect to NATS (streams ensured) and, if asked, PostgreSQL (migrations applied)."""
+    log = logs.configure(name, settings.log_level, settings.log_json)
+    deps = Deps(name=name, settings=settings, log=log)
+    deps.nc = await natsio.connect(settings.nats_url, f"{name}{settings.instance}", settings.connect_timeout_s)
+    await natsio.ensure_streams(deps.nc, settings.stream_replicas)
+    if database:
+        deps.pool = await eventlog.create_pool(settings.database_url, settings.connect_timeout_s)
+        async with deps.pool.acquire() as conn:
+            applied = await eventlog.migrate(conn)
+        if applied:
+            log.info("migrations.applied", migrations=applied)
+    return deps
+
+
+async def close_deps(deps: Deps) -> None:
+    """Stop background loops, then close NATS and the pool; each in its own `finally`."""
+    for task in deps.tasks:
+        task.cancel()
+    for task in deps.tasks:
+        with contextlib.suppress(BaseException):
+            await task
+    try:
+        if deps.nc is not None and not deps.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(deps.nc.drain(), 5)
+    finally:
+        if deps.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(deps.pool.close(), 5)
+
+
+def health_checks(deps: Deps) -> dict[str, bool]:
+    checks = {"nats": bool(deps.nc and deps.nc.is_connected)}
+    if deps.pool is not None:
+        checks["postgres"] = not deps.pool._closed  # noqa: SLF001 — asyncpg has no public flag
+    return checks
+
+
+def create_service_app(
+    name: str, settings: Settings, start: Starter, *, database: bool = True,
+    route_handlers: Sequence[Any] = (), stop: Stopper | None = None, **litestar_kwargs: Any,
+) -> Litestar:
+    """A Litestar app whose lifespan owns the service's Deps and background loops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        deps = await open_deps(name, settings, database=database)
+        app.state.deps = deps
+        try:
+            await start(deps)
+            deps.log.info("service.started", port=settings.port)
+            yield
+        finally:
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await stop(deps)
+            await close_deps(deps)
+
+    @get("/health", sync_to_thread=False)
+    def health(request: Any) -> Response[dict[str, Any]]:
+        checks = health_checks(request.app.state.deps)
+        ok = all(checks.values())
+        return Response({"status": "ok" if ok else "error", "service": name, "checks": checks},
+                        status_code=200 if ok else 503)
+
+    @get("/metrics", sync_to_thread=False)
+    def metrics() -> Response[bytes]:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Litestar(
+        route_handlers=[health, metrics, *route_handlers], lifespan=[lifespan],
+        logging_config=None, openapi_config=None, **litestar_kwargs,
+    )
+
+
+def run(target: str, settings: Settings) -> None:
+    """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+
+    Granian(
+        target, address=settings.host, port=settings.port, interface=Interfaces.ASGI,
+        factory=True, workers=1, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
+        log_enabled=False, backlog=2048,
+    ).serve()
+
+
+_ = MediaType  # re-exported for services that build raw responses
+
+
+async def serve_subscriptions(
+    deps: Deps, subscriptions: dict[str, Callable[[Deps, bytes], Awaitable[bytes]]],
+) -> object:
+    """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the Deps."""
+    assert deps.nc is not None
+    bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
+    return await natsio.serve(deps.nc, deps.name, bound)

@@ -1,0 +1,273 @@
+"""The embedded infrastructure launcher: NATS (JetStream), PostgreSQL and Valkey from pip-installed binaries."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import structlog
+
+from libs.kit.stack_nats import NatsServer, nats_problem
+from libs.kit.stack_postgres import PostgresServer, postgres_problem
+from libs.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
+from libs.kit.stack_server import ManagedServer
+from libs.kit.stack_valkey import ValkeyServer, valkey_problem
+
+__all__ = ["COMPONENTS", "Component", "EmbeddedStack", "StackError", "StackUrls"]
+
+log = structlog.get_logger(__name__)
+
+Component = Literal["nats", "postgres", "valkey"]
+COMPONENTS: tuple[Component, ...] = ("nats", "postgres", "valkey")  # start order; stop runs reversed
+_SERVERS: dict[str, type[ManagedServer]] = {"nats": NatsServer, "postgres": PostgresServer, "valkey": ValkeyServer}
+_PROBLEMS = {"nats": nats_problem, "postgres": postgres_problem, "valkey": valkey_problem}
+
+
+class StackUrls(msgspec.Struct, frozen=True):
+    """Where the services find NATS, PostgreSQL and Redis/Valkey."""
+
+    nats_url: str
+    database_url: str
+    redis_url: str
+
+
+class EmbeddedStack:
+    """Runs the servers the system needs under one data directory, with no Docker and no system services.
+
+    Layout of data_dir: ``stack.json`` (ports, reused on the next start so URLs and data stay put;
+    pids), ``stack.lock``, ``logs/{nats,postgres,valkey}.log``, ``nats/`` (JetStream store),
+    ``pg/data`` and ``pg/run`` (cluster, unix socket), ``valkey/`` (append-only file).
+
+    A component given an external URL is not started; its URL is passed through once it answers.
+    One launcher owns a data dir (an flock on stack.lock, released by the kernel when we die). A
+    server still running from a launcher that died (its pid in stack.json, or postmaster.pid, is
+    alive and runs our binary on our data) is stopped before a fresh one starts. Children get a
+    signal when the launcher dies, even by SIGKILL (PR_SET_PDEATHSIG), and run in their own session
+    so Ctrl-C reaches only the launcher, which then stops them in reverse order.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        nats_url: str | None = None,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        durable: bool = True,
+        log_dir: Path | None = None,
+        ports: dict[str, int] | None = None,
+        ready_timeout_s: float = 30.0,
+        stop_timeout_s: float = 15.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.log_dir = Path(log_dir).absolute() if log_dir is not None else self.data_dir / "logs"
+        self.durable = durable  # False: fsync off in postgres and valkey (tests, benchmarks)
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._external: dict[str, str | None] = {"nats": nats_url, "postgres": database_url, "valkey": redis_url}
+        self._fixed_ports = dict(ports or {})  # e.g. {"nats": 4222, "nats_monitor": 8222, "postgres": 5432}
+        self._servers: dict[str, ManagedServer] = {}
+        self._spawner: Spawner | None = None
+        self._lock_fd: int | None = None
+        self._urls: StackUrls | None = None
+
+    # -- the whole stack --------------------------------------------------------------------------
+
+    def start(self) -> StackUrls:
+        """Start every component without an external URL, wait until all answer, return the URLs."""
+        if self._urls is not None:
+            return self._urls
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.data_dir / "stack.lock")
+        self._spawner = Spawner()
+        try:
+            state = self._read_state()
+            self._servers = {
+                name: _SERVERS[name](self.data_dir, self.log_dir, _placeholder_ports(name), durable=self.durable)
+                for name in COMPONENTS
+                if self._external[name] is None
+            }
+            for name, server in self._servers.items():
+                server.reclaim(state.get("pids", {}).get(name), timeout_s=self.stop_timeout_s)
+            ports = self._choose_ports(state.get("ports", {}))
+            for server in self._servers.values():
+                server.ports = {port_name: ports[port_name] for port_name in server.port_names}
+            for server in self._servers.values():
+                server.spawn(self._spawner)
+                self._write_state()
+            for server in self._servers.values():
+                server.wait_ready(timeout_s=self.ready_timeout_s)
+            for name, url in self._external.items():
+                if url is not None:
+                    self._wait_external(name, url)
+            self._urls = StackUrls(nats_url=self._url("nats"), database_url=self._url("postgres"), redis_url=self._url("valkey"))
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+        log.info("stack.started", data_dir=str(self.data_dir), start_s=round(time.monotonic() - started, 3))
+        return self._urls
+
+    def stop(self) -> None:
+        """Stop every server we started, in reverse order; safe to call twice or after a failed start."""
+        for name in reversed(COMPONENTS):
+            if name in self._servers:
+                self._servers[name].stop(timeout_s=self.stop_timeout_s)
+        if self._servers:
+            self._write_state()
+        self._servers = {}
+        self._urls = None
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> EmbeddedStack:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def urls(self) -> StackUrls:
+        if self._urls is None:
+            raise StackError("the stack is not started")
+        return self._urls
+
+    # -- one component (fault tests) --------------------------------------------------------------
+
+    def stop_component(self, name: Component, *, graceful: bool = True) -> None:
+        """Stop one server we started; graceful=False SIGKILLs it (and its workers) like a crash."""
+        self._managed(name).stop(graceful=graceful, timeout_s=self.stop_timeout_s)
+        self._write_state()
+
+    def start_component(self, name: Component) -> None:
+        """Start one stopped server again on the same port and data, and wait until it answers."""
+        server = self._managed(name)
+        if server.running:
+            return
+        assert self._spawner is not None
+        try:
+            server.spawn(self._spawner)
+            self._write_state()
+            server.wait_ready(timeout_s=self.ready_timeout_s)
+        except BaseException:
+            server.stop(timeout_s=self.stop_timeout_s)
+            raise
+
+    def is_running(self, name: Component) -> bool:
+        server = self._servers.get(name)
+        return server is not None and server.running
+
+    def log_path(self, name: Component) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _managed(self, name: str) -> ManagedServer:
+        if name not in COMPONENTS:
+            raise StackError(f"unknown component {name!r}; expected one of {COMPONENTS}")
+        if self._external[name] is not None:
+            raise StackError(f"{name} is external ({_redact(self._external[name] or '')}); the stack does not run it")
+        if name not in self._servers:
+            raise StackError("the stack is not started")
+        return self._servers[name]
+
+    def _url(self, name: str) -> str:
+        return self._external[name] or self._servers[name].url
+
+    def _choose_ports(self, recorded: dict[str, int]) -> dict[str, int]:
+        """Fixed ports as given; else the ports this data dir used last time when free; else new ones."""
+        chosen: dict[str, int] = {}
+        for server in self._servers.values():
+            for port_name in server.port_names:
+                taken = set(chosen.values())
+                previous = recorded.get(port_name)
+                if port_name in self._fixed_ports:
+                    chosen[port_name] = self._fixed_ports[port_name]
+                elif previous and previous not in taken and port_is_free(previous):
+                    chosen[port_name] = previous
+                else:
+                    chosen[port_name] = pick_free_port(taken)
+                    if previous:
+                        log.warning("stack.port_moved", port_name=port_name, was=previous, now=chosen[port_name])
+        return chosen
+
+    def _wait_external(self, name: str, url: str) -> None:
+        problems: list[str | None] = [None]
+
+        def answers() -> bool:
+            problems[0] = _PROBLEMS[name](url)
+            return problems[0] is None
+
+        if not wait_until(answers, timeout_s=self.ready_timeout_s, interval_s=0.25):
+            raise StackError(
+                f"{name}: external {_redact(url)} did not answer within {self.ready_timeout_s:.0f} s: {problems[0]}"
+            )
+
+    @property
+    def _state_path(self) -> Path:
+        return self.data_dir / "stack.json"
+
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("stack.state_unreadable", path=str(self._state_path), error=str(exc))
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _write_state(self) -> None:
+        """Record ports (kept for components now external, for next time) and live pids, atomically."""
+        state = self._read_state()
+        ports = dict(state.get("ports", {}))
+        pids = dict(state.get("pids", {}))
+        for name, server in self._servers.items():
+            ports.update(server.ports)
+            pids[name] = server.pid
+        state.update(ports=ports, pids=pids, launcher_pid=os.getpid())
+        if self._urls is not None:
+            state["urls"] = {field: _redact(getattr(self._urls, field)) for field in self._urls.__struct_fields__}
+        scratch = self._state_path.with_suffix(".json.tmp")
+        scratch.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        scratch.replace(self._state_path)
+
+
+def _placeholder_ports(name: str) -> dict[str, int]:
+    return {port_name: 0 for port_name in _SERVERS[name].port_names}
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive flock on path (with our pid inside) or fail naming the launcher that holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StackError(f"{path.parent} is in use by another launcher (pid {owner})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,257 @@
+"""Process plumbing for the embedded stack: free ports, children that die with us, deadlines, log tails."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_FALLBACK_EPHEMERAL_LOW = 32768
+
+
+class StackError(RuntimeError):
+    """A component of the embedded stack could not be started, reached or stopped."""
+
+
+# ---- ports ------------------------------------------------------------------------------------
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """True when a server (which sets SO_REUSEADDR, as ours all do) could listen on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_EPHEMERAL_LOW
+
+
+def pick_free_port(taken: set[int]) -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    Outgoing connections take their local ports from the ephemeral range; a server port chosen
+    there could be grabbed by some client while the server is stopped for a fault test.
+    """
+    low = _ephemeral_low()
+    if low > 11024:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randrange(max(10000, low - 12000), low)
+            if port not in taken and port_is_free(port):
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # odd port range: ask the kernel
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+# ---- child processes --------------------------------------------------------------------------
+
+
+def _die_with_parent(death_signal: int) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to signal the child when the thread that spawned it dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    parent_pid = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def spawn(
+    args: list[str],
+    log_path: Path,
+    *,
+    death_signal: int,
+    user: int | None = None,
+    group: int | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start args in its own session with output appended to log_path; it gets death_signal if we die."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"\n---- {stamp} switchyard starts: {' '.join(args)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops servers in order
+            preexec_fn=_die_with_parent(death_signal),
+            user=user,
+            group=group,
+            extra_groups=[] if user is not None else None,
+            cwd=cwd,
+        )
+
+
+class Spawner:
+    """Spawns children from one long-lived thread.
+
+    PR_SET_PDEATHSIG fires when the spawning *thread* ends, so children started from a short-lived
+    worker thread would die with it; funnelling every spawn through this thread ties them to the
+    stack instead, whichever thread asks.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return self._pool.submit(fn).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when pid runs (zombies count as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def pid_cmdline(pid: int) -> list[str]:
+    """The argv of pid, or [] when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def pid_path(pid: int, link: str) -> Path | None:
+    """Where /proc/<pid>/<link> (exe, cwd) points, or None when it cannot be read."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/{link}"))
+    except OSError:
+        return None
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL pid's whole process group when pid leads it (all our children do), else pid alone."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, stop_signal: int, timeout_s: float) -> None:
+    """Send stop_signal, wait up to timeout_s, then SIGKILL the process group; always reaps."""
+    if proc.poll() is None and stop_signal != signal.SIGKILL:
+        proc.send_signal(stop_signal)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        _kill_group(proc.pid)
+        proc.wait()
+    try:  # workers the leader left behind (e.g. postgres backends after a SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_pid(pid: int, *, stop_signal: int, timeout_s: float) -> None:
+    """Stop a process that is not our child (left by a dead launcher): signal, wait, SIGKILL."""
+    try:
+        os.kill(pid, stop_signal)
+    except ProcessLookupError:
+        return
+    if not wait_until(lambda: not pid_alive(pid), timeout_s=timeout_s):
+        _kill_group(pid)
+        wait_until(lambda: not pid_alive(pid), timeout_s=5.0)
+
+
+# ---- waiting ----------------------------------------------------------------------------------
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    on_poll: Callable[[], None] | None = None,
+) -> bool:
+    """Poll condition until it holds (True) or timeout_s passes (False); on_poll may raise to give up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if on_poll is not None:
+            on_poll()
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a fresh loop in a helper thread (safe inside a running loop)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(factory())
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="stack-probe", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 16384))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,99 @@
+"""`switchyard simulate-upstream`: run the simulator until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+
+from libs.simulator.config import FAILURE_KINDS, ConfigError, SimConfig
+from libs.simulator.server import Simulator
+
+PROG = "switchyard simulate-upstream"
+
+_DEFAULTS = SimConfig()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = _DEFAULTS
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Simulate upstream model servers (Ollama /api/* and OpenAI or vLLM /v1/*) over "
+            "HTTP, with deterministic replies and injectable latency and failures. Knobs can "
+            "be changed at runtime with POST /_sim/config; GET /_sim/stats counts requests."
+        ),
+        epilog=(
+            "With --failure-kind refuse the main port stops listening, so the control routes "
+            "on it are gone too: give --control-port to keep a port that serves /_sim/ only."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=11434, help="port to bind, 0 for any free one (default: %(default)s)")
+    parser.add_argument("--control-port", type=int, help="also serve the /_sim/ control routes on this port, never refused")
+    knobs = parser.add_argument_group("knobs (all changeable at runtime)")
+    knobs.add_argument("--models", type=_names, help=f"advertised models, comma-separated (default: {','.join(d.models)})")
+    knobs.add_argument("--loaded", type=_names, help="models /api/ps reports as loaded, comma-separated (default: all advertised)")
+    knobs.add_argument("--latency-ms", type=float, help=f"delay before each reply's first byte (default: {d.latency_ms:g})")
+    knobs.add_argument("--token-interval-ms", type=float, help=f"delay between streamed chunks (default: {d.token_interval_ms:g})")
+    knobs.add_argument("--tokens", type=int, help=f"completion tokens per reply, capped by max_tokens/num_predict (default: {d.tokens})")
+    knobs.add_argument("--embedding-dims", type=int, help=f"embedding vector size (default: {d.embedding_dims})")
+    knobs.add_argument("--failure-rate", type=float, help=f"share of upstream calls that fail, 0..1 (default: {d.failure_rate:g})")
+    knobs.add_argument("--failure-kind", choices=FAILURE_KINDS, help=f"how calls fail (default: {d.failure_kind})")
+    knobs.add_argument("--retry-after-s", type=int, help=f"Retry-After of http_429 failures (default: {d.retry_after_s})")
+    knobs.add_argument("--seed", type=int, help=f"seed of the failure choice (default: {d.seed})")
+    return parser  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The SimConfig the flags describe; flags not given keep their defaults."""
+    names = [name for name in SimConfig.__struct_fields__ if getattr(args, name, None) is not None]
+    return _DEFAULTS.with_changes({name: getattr(args, name) for name in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, serve until SIGINT or SIGTERM, and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(config, args.host, args.port, args.control_port))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve(config: SimConfig, host: str, port: int, control_port: int | None) -> int:
+    sim = Simulator(config)
+    try:
+        await sim.start(host, port, control_port=control_port)
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    control = f" (control on {sim.control_url}/_sim/)" if sim.control_url else ""
+    print(f"simulating upstream model servers on {sim.url}{control}", flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await sim.stop()
+    return 0

@@ -1,0 +1,101 @@
+"""The simulator's knobs: one frozen `SimConfig`, validated, changed by partial updates."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+FailureKind = Literal["http_500", "http_429", "refuse", "hang", "cut"]
+FAILURE_KINDS: tuple[str, ...] = ("http_500", "http_429", "refuse", "hang", "cut")
+
+MAX_EMBEDDING_DIMS = 65_536
+MAX_TOKENS = 1_000_000
+
+
+class ConfigError(ValueError):
+    """A knob was unknown, of the wrong type, or out of range."""
+
+
+class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the simulated upstream behaves; every field is a knob.
+
+    `failure_rate` is the share of upstream calls that fail the `failure_kind` way; the
+    choice is a pure function of `seed` and the call's serial number, so runs repeat.
+    `refuse` acts on the listener, not on calls: any `failure_rate` above 0 closes it.
+    """
+
+    models: tuple[str, ...] = ("llama3.2", "nomic-embed-text")
+    loaded: tuple[str, ...] | None = None  # None: every advertised model is loaded
+    latency_ms: float = 0.0  # before the reply's first byte
+    token_interval_ms: float = 0.0  # between streamed chunks
+    tokens: int = 16  # completion tokens per reply, before max_tokens caps it
+    embedding_dims: int = 768
+    failure_rate: float = 0.0
+    failure_kind: FailureKind = "http_500"
+    retry_after_s: int = 1  # the Retry-After header of http_429 failures
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        """The models /api/ps reports."""
+        return self.models if self.loaded is None else self.loaded
+
+    def has_model(self, name: str) -> bool:
+        """Whether `name` is advertised; like Ollama, "x" and "x:latest" are one model."""
+        if name in self.models:
+            return True
+        wanted = bare_name(name)
+        return any(bare_name(m) == wanted for m in self.models)
+
+    @property
+    def refusing(self) -> bool:
+        """Whether the listener should be closed."""
+        return self.failure_kind == "refuse" and self.failure_rate > 0
+
+    def with_changes(self, changes: dict[str, Any]) -> SimConfig:
+        """A copy with `changes` applied; raises ConfigError on an unknown or bad knob."""
+        unknown = sorted(set(changes) - set(self.__struct_fields__))
+        if unknown:
+            raise ConfigError(f"unknown knob(s): {', '.join(unknown)}")
+        merged = {**msgspec.to_builtins(self), **changes}
+        return config_from_builtins(merged)
+
+
+def bare_name(model: str) -> str:
+    """A model name without Ollama's default ":latest" tag."""
+    return model[:-7] if model.endswith(":latest") else model
+
+
+def config_from_builtins(data: dict[str, Any]) -> SimConfig:
+    """Build a SimConfig from JSON-like data; raises ConfigError when it does not fit."""
+    try:
+        return msgspec.convert(data, SimConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _problems(cfg: SimConfig) -> list[str]:
+    problems = []
+    if not cfg.models or any(not m for m in cfg.models):
+        problems.append("models must name at least one model, none empty")
+    if cfg.loaded is not None and set(cfg.loaded) - set(cfg.models):
+        problems.append("loaded models must be among the advertised models")
+    if cfg.latency_ms < 0 or cfg.token_interval_ms < 0:
+        problems.append("latency_ms and token_interval_ms must be >= 0")
+    if not 0 <= cfg.tokens <= MAX_TOKENS:
+        problems.append(f"tokens must be in 0..{MAX_TOKENS}")
+    if not 1 <= cfg.embedding_dims <= MAX_EMBEDDING_DIMS:
+        problems.append(f"embedding_dims must be in 1..{MAX_EMBEDDING_DIMS}")
+    if not 0.0 <= cfg.failure_rate <= 1.0:
+        problems.append("failure_rate must be in 0..1")
+    if cfg.failure_kind not in FAILURE_KINDS:
+        problems.append(f"failure_kind must be one of {', '.join(FAILURE_KINDS)}")
+    if cfg.retry_after_s < 0:
+        problems.append("retry_after_s must be >= 0")
+    return problems

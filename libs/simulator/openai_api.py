@@ -1,0 +1,215 @@
+"""The OpenAI-style routes (/v1/...), as vLLM and OpenAI itself serve them."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+
+from libs.simulator import synth
+from libs.simulator.config import SimConfig
+from libs.simulator.replies import (
+    SSE,
+    SSE_DONE,
+    Rejected,
+    Reply,
+    StreamReply,
+    decode_request,
+    json_reply,
+    openai_error,
+    sse_event,
+)
+
+OWNED_BY = "switchyard-simulator"
+
+
+class ContentPart(msgspec.Struct):
+    type: str = "text"
+    text: str = ""
+
+
+class ChatMessage(msgspec.Struct):
+    role: str = "user"
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ChatRequest(msgspec.Struct):
+    model: str
+    messages: list[ChatMessage]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+class CompletionRequest(msgspec.Struct):
+    model: str
+    prompt: str | list[str | int | list[int]] = ""
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+
+
+class EmbeddingRequest(msgspec.Struct):
+    model: str
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+
+
+_chat = msgspec.json.Decoder(ChatRequest)
+_completion = msgspec.json.Decoder(CompletionRequest)
+_embedding = msgspec.json.Decoder(EmbeddingRequest)
+
+
+def _known(cfg: SimConfig, model: str) -> None:
+    if not cfg.has_model(model):
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        raise Rejected(openai_error(404, message, "invalid_request_error", "model_not_found"))
+
+
+def message_text(messages: list[ChatMessage]) -> str:
+    """Every message's text, one per line; the prompt a reply is derived from."""
+    parts = []
+    for m in messages:
+        if isinstance(m.content, str):
+            parts.append(m.content)
+        elif m.content:
+            parts.extend(p.text for p in m.content if p.text)
+    return "\n".join(parts)
+
+
+def prompt_texts(prompt: str | list[str | int | list[int]]) -> list[str]:
+    """One text per prompt; token arrays become their numbers, one word each."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [" ".join(map(str, prompt))]
+    return [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompt if p != ""]
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _head(reply_id: str, object_type: str, model: str) -> dict[str, object]:
+    return {"id": reply_id, "object": object_type, "created": int(time.time()), "model": model}
+
+
+def _finish(n: int, cfg: SimConfig) -> str:
+    return "length" if n < cfg.tokens else "stop"
+
+
+def chat_completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
+    """POST /v1/chat/completions."""
+    req = decode_request("/v1/chat/completions", body, _chat)
+    _known(cfg, req.model)
+    prompt = message_text(req.messages)
+    cap = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    n = synth.completion_tokens(cfg.tokens, cap)
+    tokens = synth.reply_tokens(req.model, prompt, n)
+    usage = _usage(synth.count_tokens(prompt), n)
+    object_type = "chat.completion.chunk" if req.stream else "chat.completion"
+    head = _head(f"chatcmpl-{serial:024x}", object_type, req.model)
+    if not req.stream:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": "".join(tokens), "refusal": None},
+            "logprobs": None,
+            "finish_reason": _finish(n, cfg),
+        }
+        return json_reply({**head, "choices": [choice], "usage": usage})
+    with_usage = bool(req.stream_options and req.stream_options.include_usage)
+    extra = {"usage": None} if with_usage else {}
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse_event({**head, "choices": [choice], **extra})
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks.extend(chunk({"content": t}) for t in tokens)
+    chunks.append(chunk({}, _finish(n, cfg)))
+    if with_usage:
+        chunks.append(sse_event({**head, "choices": [], "usage": usage}))
+    chunks.append(SSE_DONE)
+    return StreamReply(SSE, chunks)
+
+
+def completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
+    """POST /v1/completions; a list of prompts gets one choice per prompt."""
+    req = decode_request("/v1/completions", body, _completion)
+    _known(cfg, req.model)
+    n = synth.completion_tokens(cfg.tokens, req.max_tokens)
+    prompts = prompt_texts(req.prompt) or [""]
+    replies = [synth.reply_tokens(req.model, p, n) for p in prompts]
+    usage = _usage(sum(synth.count_tokens(p) for p in prompts), n * len(prompts))
+    head = _head(f"cmpl-{serial:024x}", "text_completion", req.model)
+    finish = _finish(n, cfg)
+    if not req.stream:
+        choices = [
+            {"index": i, "text": "".join(toks), "logprobs": None, "finish_reason": finish}
+            for i, toks in enumerate(replies)
+        ]
+        return json_reply({**head, "choices": choices, "usage": usage})
+    with_usage = bool(req.stream_options and req.stream_options.include_usage)
+    extra = {"usage": None} if with_usage else {}
+
+    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
+        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        return sse_event({**head, "choices": [choice], **extra})
+
+    chunks = []
+    for i, toks in enumerate(replies):
+        chunks.extend(chunk(i, t) for t in toks)
+        chunks.append(chunk(i, "", finish))
+    if with_usage:
+        chunks.append(sse_event({**head, "choices": [], "usage": usage}))
+    chunks.append(SSE_DONE)
+    return StreamReply(SSE, chunks)
+
+
+def embeddings(body: bytes, cfg: SimConfig, serial: int) -> Reply:
+    """POST /v1/embeddings: unit vectors, as float lists or base64 float32 bytes."""
+    req = decode_request("/v1/embeddings", body, _embedding)
+    _known(cfg, req.model)
+    texts = prompt_texts(req.input)
+    if not texts:
+        raise Rejected(openai_error(400, "'input' must not be empty"))
+    dims = req.dimensions if req.dimensions is not None else cfg.embedding_dims
+    if not 1 <= dims <= cfg.embedding_dims:
+        raise Rejected(openai_error(400, f"'dimensions' must be in 1..{cfg.embedding_dims}"))
+    as_base64 = req.encoding_format == "base64"
+    data = []
+    for i, text in enumerate(texts):
+        vector = synth.embed(req.model, text, dims)
+        value = vector.base64() if as_base64 else vector.json()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    prompt = sum(synth.count_tokens(t) for t in texts)
+    usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+    return json_reply({"object": "list", "data": data, "model": req.model, "usage": usage})
+
+
+def models(body: bytes, cfg: SimConfig, serial: int) -> Reply:
+    """GET /v1/models: every advertised model."""
+    data = [
+        {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": OWNED_BY}
+        for m in cfg.models
+    ]
+    return json_reply({"object": "list", "data": data})
+
+
+ROUTES = {
+    "/v1/chat/completions": ("POST", chat_completions),
+    "/v1/completions": ("POST", completions),
+    "/v1/embeddings": ("POST", embeddings),
+    "/v1/models": ("GET", models),
+}

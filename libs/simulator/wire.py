@@ -1,0 +1,154 @@
+"""HTTP/1.1 on the wire: parse requests (sized or chunked bodies) and frame responses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from libs.simulator.replies import Reply, StreamReply
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+}
+
+
+class Request:
+    """One parsed request; header names are lower-case bytes."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[bytes, bytes],
+                 keep_alive: bool, http11: bool) -> None:  # fmt: skip
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = b""
+        self.keep_alive = keep_alive
+        self.http11 = http11
+
+
+class Plan:
+    """A reply that is not simply sent now: wait `delay_s`, pace chunks, or fail on the wire.
+
+    `fault` is "" (none), "hang" (never answer) or "cut" (send about half, then drop the
+    connection).
+    """
+
+    __slots__ = ("reply", "delay_s", "interval_s", "fault")
+
+    def __init__(self, reply: Reply | StreamReply | None, delay_s: float = 0.0,
+                 interval_s: float = 0.0, fault: str = "") -> None:  # fmt: skip
+        self.reply = reply
+        self.delay_s = delay_s
+        self.interval_s = interval_s
+        self.fault = fault
+
+
+App = Callable[[Request], "Reply | StreamReply | Plan"]
+
+
+class BadRequest(Exception):
+    """The bytes on the wire are not an HTTP/1.1 request we accept; carries the status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_head(head: bytes) -> Request:
+    """Parse a request line and headers (without the blank line that ends them)."""
+    lines = head.split(b"\r\n")
+    try:
+        method, target, version = lines[0].split(b" ")
+    except ValueError:
+        raise BadRequest(400, "malformed request line") from None
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadRequest(400, "unsupported HTTP version")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name:
+            raise BadRequest(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    http11 = version == b"HTTP/1.1"
+    connection = headers.get(b"connection", b"").lower()
+    keep_alive = b"close" not in connection if http11 else b"keep-alive" in connection
+    path, _, query = target.decode("latin-1").partition("?")
+    return Request(method.decode("latin-1"), path, query, headers, keep_alive, http11)
+
+
+def body_length(req: Request) -> int | None:
+    """The declared body size, or None when the body is chunked."""
+    if b"chunked" in req.headers.get(b"transfer-encoding", b"").lower():
+        return None
+    raw = req.headers.get(b"content-length", b"0")
+    if not raw.isdigit():
+        raise BadRequest(400, "malformed Content-Length")
+    size = int(raw)
+    if size > MAX_BODY_BYTES:
+        raise BadRequest(413, "body too large")
+    return size
+
+
+def parse_chunked(buf: bytes, pos: int) -> tuple[bytes, int] | None:
+    """Decode a chunked body starting at `pos`: (body, end position), or None if incomplete."""
+    parts = []
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        try:
+            size = int(buf[pos:eol].split(b";")[0], 16)
+        except ValueError:
+            raise BadRequest(400, "malformed chunk size") from None
+        pos = eol + 2
+        if size == 0:
+            if buf[pos : pos + 2] == b"\r\n":
+                return b"".join(parts), pos + 2
+            end = buf.find(b"\r\n\r\n", pos)  # trailers, ignored
+            return None if end < 0 else (b"".join(parts), end + 4)
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(buf[pos : pos + size])
+        pos += size + 2
+        if pos - 2 - sum(map(len, parts)) > MAX_BODY_BYTES:
+            raise BadRequest(413, "body too large")
+
+
+def response_head(
+    status: int, content_type: bytes, length: int | None, keep_alive: bool,
+    extra: tuple[tuple[bytes, bytes], ...] = (), chunked: bool = True,
+) -> bytes:  # fmt: skip
+    """Status line and headers; with no length the body is chunked, or ends at close."""
+    reason = REASONS.get(status, b"Unknown")
+    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, reason, content_type)]
+    if length is not None:
+        parts.append(b"Content-Length: %d\r\n" % length)
+    elif chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    for name, value in extra:
+        parts.append(name + b": " + value + b"\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,104 @@
+"""The gateway: the one public HTTP port. Inference calls take the raw-ASGI hot path; the rest is Litestar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+
+from libs.contracts.messages import ErrorBody
+from libs.kit.natsio import ServiceError
+from libs.kit.service import Deps, create_service_app, run
+from libs.kit.settings import Settings
+from services.gateway import metrics, upstream
+from services.gateway.admin import admin_router
+from services.gateway.errors import GatewayError
+from services.gateway.localstate import LocalState
+from services.gateway.monitoring import config, list_models, token_counts
+from services.gateway.proxy import Proxy
+from services.gateway.routing import Router
+from services.gateway.usage import UsagePublisher
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    return Response(exc.render(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+def _service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
+    return Response(_encode({"error": exc.body}), status_code=exc.status, media_type="application/json")
+
+
+def _validation_error(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
+    text = str(exc)
+    field = text.split("at `$.", 1)[1].rstrip("`").split("[", 1)[0] if "at `$." in text else None
+    code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
+        else "VALIDATION_ERROR"
+    return Response(_encode({"error": ErrorBody(code, text, field)}), status_code=400, media_type="application/json")
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    return Response(_encode({"error": exc.detail}), status_code=exc.status_code, headers=exc.headers or None,
+                    media_type="application/json")
+
+
+class GatewayASGI:
+    """Send the inference routes straight to the Proxy; everything else, lifespan included, to Litestar."""
+
+    def __init__(self, litestar: Litestar) -> None:
+        self.litestar = litestar
+        self.proxy: Proxy | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        proxy = self.proxy
+        if proxy is not None and scope["type"] == "http" and scope["method"] == "POST" \
+                and scope["path"] in proxy.routes:
+            await proxy(scope, receive, send)
+        else:
+            await self.litestar(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> GatewayASGI:
+    settings = settings or Settings.from_env()
+    holder: list[GatewayASGI] = []
+
+    async def start(deps: Deps) -> None:
+        assert deps.nc is not None
+        state = LocalState()
+        await state.start(deps.nc, settings.connect_timeout_s)
+        session = upstream.create_session(settings.upstream_pool_size, settings.upstream_connect_timeout_s)
+        publisher = UsagePublisher(deps.nc, Path(settings.spool_dir))
+        deps.spawn(publisher.run(), "usage-publisher")
+        deps.extra.update(state=state, session=session, usage=publisher)
+        metrics.USAGE_PENDING.set_function(lambda: publisher.pending)
+        holder[0].proxy = Proxy(state, Router(state.catalog), session, publisher, deps.nc, settings.max_body_bytes)
+
+    async def stop(deps: Deps) -> None:
+        holder[0].proxy = None
+        publisher: UsagePublisher | None = deps.extra.get("usage")
+        if publisher is not None:
+            await publisher.drain()
+        session = deps.extra.get("session")
+        if session is not None:
+            await session.close()
+
+    litestar = create_service_app(
+        "gateway", settings, start, database=False, stop=stop,
+        route_handlers=[admin_router, list_models, token_counts, config],
+        exception_handlers={
+            GatewayError: _gateway_error, ServiceError: _service_error,
+            msgspec.MsgspecError: _validation_error, HTTPException: _http_error,
+        },
+        request_max_body_size=settings.max_body_bytes,
+    )
+    app = GatewayASGI(litestar)
+    holder.append(app)
+    return app
+
+
+def main() -> None:
+    run("services.gateway.app:create_app", Settings.from_env())

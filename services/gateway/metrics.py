@@ -1,0 +1,63 @@
+"""The gateway's Prometheus metrics; label children are cached so the hot path pays one dict lookup."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from libs.contracts.events import UsageRecorded
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
+
+REQUESTS = Counter("switchyard_requests_total", "Inference calls by API and HTTP status", ["api", "status"])
+DURATION = Histogram("switchyard_request_duration_seconds", "Whole call as the gateway saw it", ["api"],
+                     buckets=_LATENCY_BUCKETS)
+OVERHEAD = Histogram("switchyard_gateway_overhead_seconds", "The gateway's own share of a call (added latency)",
+                     ["api"], buckets=_OVERHEAD_BUCKETS)
+TTFT = Histogram("switchyard_time_to_first_token_seconds", "Time to the first streamed byte", ["model"],
+                 buckets=_LATENCY_BUCKETS)
+TOKENS = Counter("switchyard_tokens_total", "Tokens by model and direction", ["model", "direction"])
+EMBEDDING_REQUESTS = Counter("embedding_requests_total", "Embedding calls", ["model", "status"])
+EMBEDDING_DURATION = Histogram("embedding_request_duration_seconds", "Embedding call duration", ["model"],
+                               buckets=_LATENCY_BUCKETS)
+EMBEDDING_TOKENS = Counter("embedding_tokens_total", "Embedding input tokens", ["model"])
+INFLIGHT = Gauge("switchyard_inflight_calls", "Calls in flight in this gateway")
+USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events queued or spooled, not yet in JetStream")
+
+
+@lru_cache(maxsize=4096)
+def _requests(api: str, status: int) -> Counter:
+    return REQUESTS.labels(api, str(status))
+
+
+@lru_cache(maxsize=64)
+def _duration(api: str) -> tuple[Histogram, Histogram]:
+    return DURATION.labels(api), OVERHEAD.labels(api)
+
+
+@lru_cache(maxsize=4096)
+def _tokens(model: str) -> tuple[Counter, Counter]:
+    return TOKENS.labels(model, "input"), TOKENS.labels(model, "output")
+
+
+def count_request(api: str, status: int) -> None:
+    _requests(api, status).inc()
+
+
+def observe_call(event: UsageRecorded, duration_s: float, overhead_s: float) -> None:
+    """Everything one finished call contributes to the metrics."""
+    _requests(event.api, event.status).inc()
+    duration, overhead = _duration(event.api)
+    duration.observe(duration_s)
+    overhead.observe(overhead_s)
+    tokens_in, tokens_out = _tokens(event.model)
+    tokens_in.inc(event.input_tokens)
+    tokens_out.inc(event.output_tokens)
+    if event.stream and event.ttfb_ms is not None:
+        TTFT.labels(event.model).observe(event.ttfb_ms / 1000)
+    if event.api == "openai.embeddings":
+        EMBEDDING_REQUESTS.labels(event.model, str(event.status)).inc()
+        EMBEDDING_DURATION.labels(event.model).observe(duration_s)
+        EMBEDDING_TOKENS.labels(event.model).inc(event.input_tokens)

@@ -1,0 +1,376 @@
+"""The hot path: OpenAI inference calls handled as raw ASGI, from request bytes to usage event.
+
+Per call: read and size-check the body, authenticate and route from the local
+catalog (no I/O), call the upstream over the pooled session, return or stream
+its answer, and queue exactly one usage event — whatever happens after the
+call is accepted (answered, failed, cut, or abandoned by the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+
+from libs.contracts.events import CallAttempted, EndpointRegistered, UsageRecorded, subject_of
+from services.gateway import metrics, upstream
+from services.gateway.auth import authenticate
+from services.gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UpstreamError
+from services.gateway.routing import Route, Router
+from services.gateway.sse import SseTap
+
+log = structlog.get_logger()
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class InferenceRequest(msgspec.Struct):
+    """The few fields the gateway reads; the rest of the body is passed through untouched."""
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class UsageOnly(msgspec.Struct):
+    usage: Usage | None = None
+
+
+_decode_request = msgspec.json.Decoder(InferenceRequest).decode
+_decode_usage = msgspec.json.Decoder(UsageOnly).decode
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ClientGone(Exception):
+    """The client went away before or while we answered."""
+
+
+class Proxy:
+    """Serves /v1/chat/completions, /v1/completions and /v1/embeddings."""
+
+    def __init__(self, state: Any, router: Router, session: aiohttp.ClientSession, usage: Any,
+                 nc: Any, max_body_bytes: int) -> None:
+        self.state, self.router, self.session, self.usage, self.nc = state, router, session, usage, nc
+        self.max_body_bytes = max_body_bytes
+        self.routes = {
+            "/v1/chat/completions": "openai.chat",
+            "/v1/completions": "openai.completions",
+            "/v1/embeddings": "openai.embeddings",
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        api = self.routes[scope["path"]]
+        started = time.perf_counter()
+        try:
+            key = authenticate(self.state.catalog, scope["headers"])
+            body = await self._read_body(scope, receive)
+            request = _parse(body)
+            model, routes = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+        except GatewayError as exc:
+            metrics.count_request(api, exc.status)
+            await _send_error(send, exc)
+            return
+        except ClientGone:
+            return
+        call = Call(api, key.tenant_id, key.key_id, request, started, _request_id(scope), len(body))
+        try:
+            await self._serve(call, model, routes, body, scope, send)
+        except ClientGone:
+            call.outcome = "cancelled"
+        except asyncio.CancelledError:
+            call.outcome = "cancelled"
+            raise
+        finally:
+            self._finish(call)
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and int(value) > limit:
+                raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _serve(self, call: Call, model: Any, routes: list[Route], body: bytes,
+                     scope: dict[str, Any], send: Any) -> None:
+        last_error: GatewayError | None = None
+        for route in self.router.order(model, routes):
+            endpoint = route.endpoint
+            if endpoint.max_concurrent and self.router.inflight[(endpoint.endpoint_id, model.model_id)] \
+                    >= endpoint.max_concurrent:
+                last_error = UpstreamError("Every endpoint for this model is at its concurrency limit",
+                                           status=503, code="capacity", headers={"retry-after": "1"})
+                continue
+            call.attempts += 1
+            call.endpoint = endpoint
+            call.upstream_model = route.upstream_model
+            payload = _upstream_body(body, call.request, route.upstream_model)
+            self.router.acquire(endpoint.endpoint_id, model.model_id)
+            attempt_started = time.perf_counter()
+            try:
+                done, last_error = await self._attempt(call, endpoint, payload, scope, send)
+            finally:
+                self.router.release(endpoint.endpoint_id, model.model_id)
+                call.upstream_s += time.perf_counter() - attempt_started
+            if done:
+                return
+        call.outcome = "error"
+        error = last_error or UpstreamError("No endpoint could serve the request")
+        call.status = error.status
+        await _send_error(send, error)
+
+    async def _attempt(self, call: Call, endpoint: EndpointRegistered, payload: bytes,
+                       scope: dict[str, Any], send: Any) -> tuple[bool, GatewayError | None]:
+        """One upstream attempt. (True, None) once the client got an answer; (False, error) to fall back."""
+        attempt_started = time.perf_counter()
+        try:
+            response = await self.session.post(
+                upstream.url(endpoint, scope["path"]), data=payload, headers=upstream.request_headers(endpoint),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=endpoint.timeout_s),
+            )
+        except (aiohttp.ClientConnectionError, OSError, asyncio.TimeoutError) as exc:
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "refused"
+            await self._attempted(call, endpoint, kind, 0, attempt_started)
+            return False, UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({kind})",
+                                        status=502 if kind == "refused" else 504)
+        try:
+            if response.status in RETRYABLE_STATUS:
+                detail = await response.read()
+                kind = "http_429" if response.status == 429 else "http_5xx"
+                await self._attempted(call, endpoint, kind, response.status, attempt_started)
+                headers = {"retry-after": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+                return False, UpstreamError(
+                    f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: {detail[:200].decode(errors='replace')}",
+                    status=response.status if response.status == 429 else 502, headers=headers)
+            if call.request.stream and response.status == 200:
+                await self._relay_stream(call, endpoint, response, send, attempt_started)
+            else:
+                await self._relay_body(call, endpoint, response, send, attempt_started)
+            return True, None
+        finally:
+            response.release()
+
+    async def _relay_body(self, call: Call, endpoint: EndpointRegistered, response: aiohttp.ClientResponse,
+                          send: Any, attempt_started: float) -> None:
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self._attempted(call, endpoint, "cut", response.status, attempt_started)
+            raise_upstream = UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its answer: {type(exc).__name__}")
+            call.outcome, call.status = "error", raise_upstream.status
+            await _send_error(send, raise_upstream)
+            return
+        status = response.status
+        await self._attempted(call, endpoint, "ok" if status < 400 else "http_4xx", status, attempt_started)
+        if status == 200:
+            try:
+                usage = _decode_usage(data).usage
+            except msgspec.DecodeError:
+                usage = None
+            if usage is not None:
+                call.input_tokens = usage.prompt_tokens
+                call.output_tokens = usage.completion_tokens or max(0, usage.total_tokens - usage.prompt_tokens)
+            else:
+                call.estimated = True
+                call.input_tokens = _estimate_prompt_tokens(call)
+        else:
+            call.outcome = "error"
+        call.status = status
+        ctype = response.headers.get("Content-Type", "application/json").encode("latin-1")
+        call.mark_first_byte()
+        await _send_safely(call, send, {"type": "http.response.start", "status": status,
+                                        "headers": [(b"content-type", ctype), (b"x-request-id", call.request_id.encode())]})
+        await _send_safely(call, send, {"type": "http.response.body", "body": data})
+
+    async def _relay_stream(self, call: Call, endpoint: EndpointRegistered, response: aiohttp.ClientResponse,
+                            send: Any, attempt_started: float) -> None:
+        wants_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
+        tap = SseTap(keep_usage=wants_usage)
+        call.status = 200
+        started_response = False
+        try:
+            async for chunk in response.content.iter_any():
+                out = tap.feed(chunk)
+                if not out:
+                    continue
+                if not started_response:
+                    started_response = True
+                    call.mark_first_byte()
+                    await _send_safely(call, send, _stream_start(response, call))
+                await _send_safely(call, send, {"type": "http.response.body", "body": out, "more_body": True})
+            tail = tap.close()
+            if not tap.done:
+                raise aiohttp.ClientPayloadError("stream ended without [DONE]")
+            await self._attempted(call, endpoint, "ok", 200, attempt_started)
+            if not started_response:
+                call.mark_first_byte()
+                await _send_safely(call, send, _stream_start(response, call))
+            await _send_safely(call, send, {"type": "http.response.body", "body": tail, "more_body": False})
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self._attempted(call, endpoint, "cut", 200, attempt_started)
+            call.outcome = "error"
+            log.warning("upstream.stream_cut", endpoint=endpoint.endpoint_id, request_id=call.request_id,
+                        error=type(exc).__name__)
+            if not started_response:
+                call.mark_first_byte()
+                await _send_safely(call, send, _stream_start(response, call))
+            error = {"error": {"message": f"The upstream stream was cut: {type(exc).__name__}",
+                               "type": "upstream_error", "code": "stream_cut"}}
+            await _send_safely(call, send, {"type": "http.response.body",
+                                            "body": b"data: " + _encode(error) + b"\n\n", "more_body": False})
+        finally:
+            if tap.usage is not None:
+                call.input_tokens = tap.usage.get("prompt_tokens", 0)
+                call.output_tokens = tap.usage.get("completion_tokens", tap.content_events)
+            else:
+                call.estimated = True
+                call.input_tokens = _estimate_prompt_tokens(call)
+                call.output_tokens = tap.content_events
+
+    async def _attempted(self, call: Call, endpoint: EndpointRegistered, outcome: str, status: int,
+                         started: float) -> None:
+        """Tell the router how an attempt went: a core NATS publish into the CALLS stream, buffered, no ack."""
+        event = CallAttempted(request_id=call.request_id, endpoint_id=endpoint.endpoint_id,
+                              model=call.request.model or "", outcome=outcome,  # type: ignore[arg-type]
+                              status=status, latency_ms=(time.perf_counter() - started) * 1000)
+        try:
+            await self.nc.publish(subject_of(event), _encode(event))
+        except Exception:  # noqa: BLE001 — a health signal, not accounting: never fail the call for it
+            pass
+
+    def _finish(self, call: Call) -> None:
+        """Queue the call's one usage event and count it."""
+        duration = time.perf_counter() - call.started
+        endpoint = call.endpoint
+        event = UsageRecorded(
+            request_id=call.request_id, tenant_id=call.tenant_id, key_id=call.key_id,
+            model=call.request.model or "", api=call.api, outcome=call.outcome,  # type: ignore[arg-type]
+            status=call.status, input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+            estimated=call.estimated, stream=call.request.stream,
+            endpoint_id=endpoint.endpoint_id if endpoint else "",
+            provider_id=endpoint.provider_id if endpoint else "",
+            upstream_model=call.upstream_model, attempts=call.attempts,
+            duration_ms=duration * 1000, overhead_ms=max(0.0, duration - call.upstream_s) * 1000,
+            ttfb_ms=(call.first_byte - call.started) * 1000 if call.first_byte else None,
+        )
+        self.usage.record(event)
+        metrics.observe_call(event, duration, max(0.0, duration - call.upstream_s))
+
+
+class Call:
+    """What the gateway learns about one accepted call as it goes."""
+
+    __slots__ = ("api", "tenant_id", "key_id", "request", "started", "request_id", "endpoint",
+                 "upstream_model", "attempts", "outcome", "status", "input_tokens", "output_tokens",
+                 "estimated", "first_byte", "upstream_s", "body_bytes")
+
+    def __init__(self, api: str, tenant_id: str, key_id: str, request: InferenceRequest,
+                 started: float, request_id: str, body_bytes: int) -> None:
+        self.body_bytes = body_bytes
+        self.api, self.tenant_id, self.key_id, self.request = api, tenant_id, key_id, request
+        self.started, self.request_id = started, request_id
+        self.endpoint: EndpointRegistered | None = None
+        self.upstream_model = ""
+        self.attempts = 0
+        self.outcome = "ok"
+        self.status = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.estimated = False
+        self.first_byte = 0.0
+        self.upstream_s = 0.0
+
+    def mark_first_byte(self) -> None:
+        if not self.first_byte:
+            self.first_byte = time.perf_counter()
+
+
+def _parse(body: bytes) -> InferenceRequest:
+    try:
+        request = _decode_request(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from None
+    if not request.model:
+        raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
+    return request
+
+
+def _upstream_body(body: bytes, request: InferenceRequest, upstream_model: str) -> bytes:
+    """The body to send upstream: untouched unless the model name differs or a stream needs usage."""
+    needs_usage = request.stream and not (request.stream_options and request.stream_options.include_usage)
+    if upstream_model == request.model and not needs_usage:
+        return body
+    data = _decode_any(body)
+    data["model"] = upstream_model
+    if needs_usage:
+        options = data.get("stream_options") or {}
+        options["include_usage"] = True
+        data["stream_options"] = options
+    return _encode(data)
+
+
+def _estimate_prompt_tokens(call: Call) -> int:
+    """A rough count when the upstream reported none: about four bytes of request per token."""
+    return max(1, call.body_bytes // 4)
+
+
+def _request_id(scope: dict[str, Any]) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 128:
+            return value.decode("latin-1")
+    return uuid.uuid4().hex
+
+
+def _stream_start(response: aiohttp.ClientResponse, call: Call) -> dict[str, Any]:
+    ctype = response.headers.get("Content-Type", "text/event-stream").encode("latin-1")
+    return {"type": "http.response.start", "status": 200,
+            "headers": [(b"content-type", ctype), (b"cache-control", b"no-cache"),
+                        (b"x-request-id", call.request_id.encode())]}
+
+
+async def _send_safely(call: Call, send: Any, message: dict[str, Any]) -> None:
+    """Send to the client; if it has gone, mark the call cancelled and stop the relay."""
+    try:
+        await send(message)
+    except (OSError, RuntimeError, ConnectionError) as exc:
+        call.outcome = "cancelled"
+        raise ClientGone() from exc
+
+
+async def _send_error(send: Any, error: GatewayError) -> None:
+    headers = [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in error.headers.items())]
+    try:
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": error.render()})
+    except (OSError, RuntimeError, ConnectionError):
+        pass

@@ -1,0 +1,74 @@
+"""Watch an OpenAI server-sent-event stream as it is relayed: find usage, count content, drop what the client did not ask for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+_decode = msgspec.json.Decoder().decode
+
+
+class SseTap:
+    """Feed raw upstream chunks in, get the bytes to forward out (whole events only).
+
+    `usage` is the usage block of the stream's usage chunk, if any; that chunk is
+    forwarded only when `keep_usage` (the client asked for it). `content_events`
+    counts chunks that carried content: the output token estimate when the
+    upstream reports no usage. `done` is set by the `[DONE]` event.
+    """
+
+    __slots__ = ("keep_usage", "usage", "content_events", "done", "_buffer")
+
+    def __init__(self, keep_usage: bool) -> None:
+        self.keep_usage = keep_usage
+        self.usage: dict[str, Any] | None = None
+        self.content_events = 0
+        self.done = False
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buffer + chunk if self._buffer else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return b""
+        complete, self._buffer = data[: end + 2], data[end + 2:]
+        if b'"usage":{' not in complete and b'"usage": {' not in complete and b"[DONE]" not in complete:
+            self.content_events += complete.count(b'"content":"') + complete.count(b'"content": "') \
+                + complete.count(b'"text":"') + complete.count(b'"text": "')
+            return complete
+        return self._inspect(complete)
+
+    def _inspect(self, complete: bytes) -> bytes:
+        kept: list[bytes] = []
+        for event in complete.split(b"\n\n"):
+            if not event:
+                continue
+            payload = event[6:] if event.startswith(b"data: ") else event
+            if payload.strip() == b"[DONE]":
+                self.done = True
+                kept.append(event)
+                continue
+            if b'"usage"' in payload:
+                try:
+                    message = _decode(payload)
+                except msgspec.DecodeError:
+                    message = None
+                if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                    self.usage = message["usage"]
+                    if not message.get("choices"):
+                        if self.keep_usage:
+                            kept.append(event)
+                        continue
+            if b'"content":"' in payload or b'"content": "' in payload or b'"text":"' in payload:
+                self.content_events += 1
+            kept.append(event)
+        return b"".join(e + b"\n\n" for e in kept)
+
+    def close(self) -> bytes:
+        """Whatever incomplete event is left at the end of the stream."""
+        rest, self._buffer = self._buffer, b""
+        if rest.strip() == b"data: [DONE]":
+            self.done = True
+        return rest

@@ -1,0 +1,3 @@
+from services.metering.app import main
+
+main()

@@ -1,0 +1,17 @@
+"""The metering service: the usage log, its projections, and usage queries."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from libs.kit.service import create_service_app, run
+from libs.kit.settings import Settings
+from services.metering import handlers
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    return create_service_app("metering", settings or Settings.from_env(), handlers.start)
+
+
+def main() -> None:
+    run("services.metering.app:create_app", Settings.from_env())

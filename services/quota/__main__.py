@@ -1,0 +1,3 @@
+from services.quota.app import main
+
+main()

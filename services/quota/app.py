@@ -1,0 +1,18 @@
+"""The quota service: limits and their counters in Redis/Valkey."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from libs.kit.service import create_service_app, run
+from libs.kit.settings import Settings
+from services.quota import handlers
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    return create_service_app("quota", settings or Settings.from_env(), handlers.start, database=False,
+                              stop=handlers.stop)
+
+
+def main() -> None:
+    run("services.quota.app:create_app", Settings.from_env())

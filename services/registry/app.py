@@ -1,0 +1,17 @@
+"""The registry service: providers, endpoints, models, tenants, assignments and keys."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from libs.kit.service import create_service_app, run
+from libs.kit.settings import Settings
+from services.registry import handlers
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    return create_service_app("registry", settings or Settings.from_env(), handlers.start)
+
+
+def main() -> None:
+    run("services.registry.app:create_app", Settings.from_env())

@@ -1,0 +1,97 @@
+"""The registry's source of truth: registry events in the log, folded into a Catalog, published to JetStream.
+
+Commands run one at a time across every replica (an advisory lock), each
+against a catalog first brought up to date from the log. Publishing is an
+outbox: events are committed first, then published from the log with their
+event id as the JetStream message id, so a crash in between only delays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NATS
+
+from libs.catalog.state import Catalog
+from libs.contracts import subjects
+from libs.contracts.codec import encode
+from libs.contracts.events import EVENT_TYPES, Event, RegistryEvent, subject_of
+from libs.contracts.messages import Command
+from libs.kit import eventlog, projections
+from services.registry.decide import decide
+
+log = structlog.get_logger()
+
+REGISTRY_TYPES = frozenset(t for t, cls in EVENT_TYPES.items() if cls in RegistryEvent.__args__)  # type: ignore[attr-defined]
+COMMAND_LOCK = 0x5359_5245_47  # "SYREG"
+OUTBOX = "registry.outbox"
+
+
+class RegistryStore:
+    def __init__(self, pool: asyncpg.Pool, nc: NATS) -> None:
+        self.pool, self.nc = pool, nc
+        self.catalog = Catalog()
+        self.position = 0
+        self._publish_lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        """Fold every registry event in the log; republish if the stream lost any."""
+        async with self.pool.acquire() as conn:
+            await self._refresh(conn)
+        await self._repair_stream()
+        await self.publish_pending()
+
+    async def _refresh(self, conn: asyncpg.Connection) -> None:
+        async for batch in eventlog.read_all(conn, self.position, REGISTRY_TYPES):
+            for position, event in batch:
+                self.catalog.apply(event)
+                self.position = position
+
+    async def execute(self, command: Command) -> tuple[list[Event], str | None, str | None]:
+        """Decide and record a command's events; return them with any new key (shown once)."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", COMMAND_LOCK)
+                await self._refresh(conn)
+                events, key, key_id = decide(self.catalog, command)
+                appended = await eventlog.append(conn, events)
+            for position, event in appended:
+                self.catalog.apply(event)
+                self.position = max(self.position, position)
+        if appended:
+            await self.publish_pending()
+        return events, key, key_id
+
+    async def publish_pending(self) -> int:
+        """Publish registry events past the outbox checkpoint, in log order."""
+        async with self._publish_lock, self.pool.acquire() as conn, conn.transaction():
+            after = await projections.lock_checkpoint(conn, OUTBOX)
+            js = self.nc.jetstream(timeout=5)
+            published = 0
+            last = after
+            async for batch in eventlog.read_all(conn, after, REGISTRY_TYPES):
+                for position, event in batch:
+                    await js.publish(subject_of(event), encode(event),
+                                     headers={subjects.MSG_ID_HEADER: str(event.event_id)})
+                    last = position
+                    published += 1
+            if last > after:
+                await conn.execute(
+                    "UPDATE projection_checkpoints SET position = $2, updated_at = now() WHERE projection = $1",
+                    OUTBOX, last,
+                )
+            return published
+
+    async def _repair_stream(self) -> None:
+        """If the REGISTRY stream holds fewer events than the log (NATS data lost), republish all."""
+        js = self.nc.jetstream(timeout=5)
+        info = await js.stream_info(subjects.STREAM_REGISTRY)
+        async with self.pool.acquire() as conn:
+            in_log = await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1)", list(REGISTRY_TYPES))
+            if info.state.messages < in_log:
+                log.warning("registry.stream_behind_log", stream=info.state.messages, log=in_log)
+                await conn.execute(
+                    "UPDATE projection_checkpoints SET position = 0 WHERE projection = $1", OUTBOX
+                )

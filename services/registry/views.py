@@ -1,0 +1,56 @@
+"""What the admin API shows of the catalog: plain dicts, never a key hash or a secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from libs.catalog.state import Catalog
+from libs.contracts.events import Event, KeyIssued
+from libs.contracts.messages import ErrorBody, RegistryQuery
+from libs.kit.natsio import ServiceError
+
+_HIDDEN = {"type", "event_id", "occurred_at", "key_sha256"}
+
+
+def view(event: Event) -> dict[str, Any]:
+    """A registry event's full state as a resource, minus identity, time and hashes."""
+    data = msgspec.to_builtins(event)
+    data = {k: v for k, v in data.items() if k not in _HIDDEN}
+    data["updated_at"] = msgspec.to_builtins(event.occurred_at)
+    return data
+
+
+def key_view(key: KeyIssued, revoked: bool) -> dict[str, Any]:
+    return {**view(key), "revoked": revoked}
+
+
+def answer(catalog: Catalog, query: RegistryQuery) -> Any:
+    """A list of resources, or one when `id` is given (404 if missing)."""
+    items: dict[str, Any]
+    match query.resource:
+        case "tenants":
+            items = {k: view(v) for k, v in catalog.tenants.items()}
+        case "providers":
+            items = {k: view(v) for k, v in catalog.providers.items()}
+        case "endpoints":
+            items = {k: view(v) for k, v in catalog.endpoints.items()}
+        case "models":
+            items = {k: view(v) for k, v in catalog.models.items()}
+        case "keys":
+            items = {k: key_view(v, False) for k, v in catalog.keys.items()}
+            items.update({k: key_view(v, True) for k, v in catalog.revoked.items()})
+        case "assignments":
+            items = {
+                f"{t}/{m}": view(a) for t, by_model in catalog.assignments.items() for m, a in by_model.items()
+            }
+    if query.tenant_id is not None:
+        items = {k: v for k, v in items.items() if v.get("tenant_id") == query.tenant_id}
+    if query.id is None:
+        return [items[k] for k in sorted(items)]
+    if query.id not in items:
+        code = {"providers": "PROVIDER_NOT_FOUND", "models": "MODEL_NOT_FOUND"}.get(
+            query.resource, f"{query.resource[:-1].upper()}_NOT_FOUND")
+        raise ServiceError(404, ErrorBody(code, f"{query.resource[:-1].capitalize()} '{query.id}' not found", "id"))
+    return items[query.id]

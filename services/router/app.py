@@ -1,0 +1,17 @@
+"""The router service: the control plane for routing (call outcomes now; probes and breakers build on them)."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from libs.kit.service import create_service_app, run
+from libs.kit.settings import Settings
+from services.router import handlers
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    return create_service_app("router", settings or Settings.from_env(), handlers.start, database=False)
+
+
+def main() -> None:
+    run("services.router.app:create_app", Settings.from_env())

@@ -1,0 +1,252 @@
+"""The embedded launcher against real nats-server, postgres and valkey-server processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+import redis.asyncio as aioredis
+from nats.errors import NoServersError
+
+from libs.kit.stack import EmbeddedStack, StackError
+from libs.kit.stack_nats import NatsServer
+from libs.kit.stack_proc import pick_free_port, pid_alive, wait_until
+
+
+@pytest.fixture(scope="module")
+def tmp_root() -> Iterator[Path]:
+    """A temp dir every user can traverse (pytest's tmp_path is mode 700, and postgres may run as another user)."""
+    root = Path(tempfile.mkdtemp(prefix="switchyard-stack-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_root: Path) -> Iterator[EmbeddedStack]:
+    with EmbeddedStack(tmp_root / "shared", durable=False) as running:
+        yield running
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+async def connect_nats(url: str) -> nats.NATS:
+    return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+
+
+async def publish_to_new_stream(url: str, stream: str, payload: bytes) -> None:
+    nc = await connect_nats(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+        await js.publish(f"{stream.lower()}.one", payload)
+    finally:
+        await nc.close()
+
+
+async def first_message(url: str, stream: str) -> bytes:
+    nc = await connect_nats(url)
+    try:
+        return (await nc.jetstream().get_msg(stream, 1)).data or b""
+    finally:
+        await nc.close()
+
+
+async def write_row(database_url: str, table: str, note: str) -> None:
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        await conn.execute(f"CREATE TABLE {table} (note text NOT NULL)")
+        await conn.execute(f"INSERT INTO {table} VALUES ($1)", note)
+    finally:
+        await conn.close()
+
+
+async def read_rows(database_url: str, table: str) -> list[str]:
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        return [row["note"] for row in await conn.fetch(f"SELECT note FROM {table}")]
+    finally:
+        await conn.close()
+
+
+async def valkey_get(redis_url: str, key: str) -> bytes | None:
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    try:
+        return await client.get(key)
+    finally:
+        await client.aclose()
+
+
+async def valkey_set(redis_url: str, key: str, value: bytes) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    try:
+        await client.set(key, value)
+    finally:
+        await client.aclose()
+
+
+# ---- the whole stack ----------------------------------------------------------------------------
+
+
+async def test_fresh_stack_answers_jetstream_postgres_and_valkey(stack: EmbeddedStack) -> None:
+    urls = stack.urls
+    await publish_to_new_stream(urls.nats_url, "FRESH", b"hello")
+    assert await first_message(urls.nats_url, "FRESH") == b"hello"
+
+    conn = await asyncpg.connect(urls.database_url, timeout=5)
+    try:
+        assert await conn.fetchval("SELECT current_database()") == "switchyard"
+        assert await conn.fetchval("SHOW max_connections") == "200"
+        assert await conn.fetchval("SHOW fsync") == "off"
+    finally:
+        await conn.close()
+
+    await valkey_set(urls.redis_url, "fresh", b"value")
+    assert await valkey_get(urls.redis_url, "fresh") == b"value"
+    for name in ("nats", "postgres", "valkey"):
+        assert stack.log_path(name).stat().st_size > 0
+
+
+async def test_second_start_on_same_dir_keeps_data_and_ports(tmp_root: Path) -> None:
+    data_dir = tmp_root / "restart"
+    with EmbeddedStack(data_dir, durable=False) as first:
+        urls = first.urls
+        await publish_to_new_stream(urls.nats_url, "KEPT", b"message")
+        await write_row(urls.database_url, "kept", "row")
+        await valkey_set(urls.redis_url, "kept", b"key")
+
+    with EmbeddedStack(data_dir, durable=False) as second:
+        assert second.urls == urls
+        assert await first_message(urls.nats_url, "KEPT") == b"message"
+        assert await read_rows(urls.database_url, "kept") == ["row"]
+        assert await valkey_get(urls.redis_url, "kept") == b"key"
+    assert json.loads((data_dir / "stack.json").read_text())["pids"] == {"nats": None, "postgres": None, "valkey": None}
+
+
+def test_second_launcher_on_same_dir_is_refused(stack: EmbeddedStack) -> None:
+    with pytest.raises(StackError, match="in use by another launcher"):
+        EmbeddedStack(stack.data_dir).start()
+    assert all(stack.is_running(name) for name in ("nats", "postgres", "valkey"))
+
+
+def test_stop_is_idempotent_and_start_again_reuses_ports(stack: EmbeddedStack, tmp_root: Path) -> None:
+    shared = stack.urls  # only valkey is ours here, to stay fast
+    launcher = EmbeddedStack(tmp_root / "idempotent", nats_url=shared.nats_url, database_url=shared.database_url)
+    launcher.stop()
+    first = launcher.start()
+    launcher.stop()
+    launcher.stop()
+    assert not launcher.is_running("valkey")
+    assert launcher.start() == first
+    launcher.stop()
+
+
+# ---- one component ------------------------------------------------------------------------------
+
+
+async def test_nats_restarts_on_same_port_with_its_streams(stack: EmbeddedStack) -> None:
+    url = stack.urls.nats_url
+    await publish_to_new_stream(url, "BOUNCE", b"before")
+
+    stack.stop_component("nats")
+    assert not stack.is_running("nats")
+    with pytest.raises(NoServersError):
+        await connect_nats(url)
+
+    stack.start_component("nats")
+    assert await first_message(url, "BOUNCE") == b"before"
+
+
+async def test_postgres_restarts_on_same_port_with_its_rows(stack: EmbeddedStack) -> None:
+    url = stack.urls.database_url
+    await write_row(url, "bounce", "before")
+
+    stack.stop_component("postgres")
+    with pytest.raises(OSError):
+        await asyncpg.connect(url, timeout=2)
+
+    stack.start_component("postgres")
+    assert await read_rows(url, "bounce") == ["before"]
+
+
+async def test_postgres_starts_again_after_a_crash_left_its_lock_file(stack: EmbeddedStack) -> None:
+    stack.stop_component("postgres", graceful=False)
+    assert (stack.data_dir / "pg" / "data" / "postmaster.pid").exists()
+
+    stack.start_component("postgres")
+    conn = await asyncpg.connect(stack.urls.database_url, timeout=5)
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+def test_external_component_is_not_started(stack: EmbeddedStack, tmp_root: Path) -> None:
+    shared = stack.urls
+    with EmbeddedStack(tmp_root / "external", nats_url=shared.nats_url, database_url=shared.database_url) as mixed:
+        assert mixed.urls.nats_url == shared.nats_url
+        assert mixed.urls.database_url == shared.database_url
+        assert mixed.urls.redis_url != shared.redis_url
+        assert mixed.is_running("valkey") and not mixed.is_running("nats")
+        with pytest.raises(StackError, match="external"):
+            mixed.stop_component("nats")
+    assert not (tmp_root / "external" / "pg").exists()
+    assert not (tmp_root / "external" / "nats").exists()
+
+
+def test_unreachable_external_url_fails_with_its_reason(tmp_root: Path) -> None:
+    dead_port = pick_free_port(set())
+    launcher = EmbeddedStack(
+        tmp_root / "unreachable",
+        nats_url=f"nats://127.0.0.1:{dead_port}",
+        database_url="postgresql://postgres:secret@127.0.0.1:1/x",
+        redis_url="redis://127.0.0.1:1/0",
+        ready_timeout_s=0.5,
+    )
+    with pytest.raises(StackError, match=f"nats: external nats://127.0.0.1:{dead_port} did not answer") as raised:
+        launcher.start()
+    assert "refused" in str(raised.value).lower()
+    assert "secret" not in str(raised.value)
+
+
+def test_server_that_exits_at_start_up_raises_with_its_log_tail(tmp_root: Path, stack: EmbeddedStack) -> None:
+    data_dir = tmp_root / "broken"
+    (data_dir / "nats").mkdir(parents=True)
+    (data_dir / "nats" / "jetstream").write_text("a file where nats wants its store directory")
+    launcher = EmbeddedStack(
+        data_dir, database_url=stack.urls.database_url, redis_url=stack.urls.redis_url, ready_timeout_s=10
+    )
+    with pytest.raises(StackError, match="nats: exited during start-up") as raised:
+        launcher.start()
+    assert "nats.log" in str(raised.value) and "jetstream" in str(raised.value).lower()
+    assert not launcher.is_running("nats")
+
+
+def test_leftover_server_of_a_dead_launcher_is_replaced(tmp_root: Path, stack: EmbeddedStack) -> None:
+    data_dir = tmp_root / "leftover"
+    port, monitor_port = pick_free_port(set()), pick_free_port(set())
+    (data_dir / "nats").mkdir(parents=True)
+    orphan_argv = NatsServer(data_dir, data_dir / "logs", {"nats": port, "nats_monitor": monitor_port}, durable=False)
+    orphan = subprocess.Popen(orphan_argv.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(orphan_argv.answers, timeout_s=10)
+        state = {"ports": {"nats": port, "nats_monitor": monitor_port}, "pids": {"nats": orphan.pid}}
+        (data_dir / "stack.json").write_text(json.dumps(state))
+
+        with EmbeddedStack(data_dir, database_url=stack.urls.database_url, redis_url=stack.urls.redis_url) as fresh:
+            assert orphan.wait(timeout=5) is not None
+            assert fresh.urls.nats_url == f"nats://127.0.0.1:{port}"
+            assert fresh.is_running("nats")
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+    assert not pid_alive(orphan.pid)
