@@ -47,6 +47,14 @@ SERVICE_ERROR_HEADER = "Nats-Service-Error"
 SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
 
+_TOKEN_ESCAPES = str.maketrans({".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09", "%": "%25"})
+
+
+def subject_token(identifier: str) -> str:
+    """An identifier as one subject token: '.', '*', '>' and white space are percent-escaped."""
+    return identifier.translate(_TOKEN_ESCAPES) or "_"
+
+
 def subject_for(event_type: str, identifier: str) -> str:
-    """The subject an event is published on: its type, then its identifier."""
-    return f"{event_type}.{identifier}"
+    """The subject an event is published on: its type, then its identifier as a single token."""
+    return f"{event_type}.{subject_token(identifier)}"

@@ -117,19 +117,19 @@ async def test_unknown_path_is_a_plain_404(client):
 
 
 async def test_official_ollama_client_chats_generates_and_embeds(sim):
-    client = ollama.AsyncClient(host=sim.url)
-    reply = await client.chat(model="llama3.2", messages=CHAT["messages"])
-    assert reply.done and reply.eval_count == 5
-    streamed = [part async for part in await client.chat(model="llama3.2", messages=CHAT["messages"], stream=True)]
-    assert "".join(p.message.content for p in streamed) == reply.message.content
-    generated = await client.generate(model="llama3.2", prompt="hi")
-    assert generated.response
-    embedded = await client.embed(model="nomic-embed-text", input=["a", "b"])
-    assert len(embedded.embeddings) == 2
-    listed = await client.list()
-    assert [m.model for m in listed.models] == ["llama3.2:latest", "nomic-embed-text:latest"]
-    assert [m.model for m in (await client.ps()).models] == ["llama3.2:latest", "nomic-embed-text:latest"]
-    assert (await client.show("llama3.2")).details.family == "llama"
-    with pytest.raises(ollama.ResponseError) as exc:
-        await client.chat(model="nope", messages=CHAT["messages"])
-    assert exc.value.status_code == 404
+    async with ollama.AsyncClient(host=sim.url) as client:
+        reply = await client.chat(model="llama3.2", messages=CHAT["messages"])
+        assert reply.done and reply.eval_count == 5
+        streamed = [part async for part in await client.chat(model="llama3.2", messages=CHAT["messages"], stream=True)]
+        assert "".join(p.message.content for p in streamed) == reply.message.content
+        generated = await client.generate(model="llama3.2", prompt="hi")
+        assert generated.response
+        embedded = await client.embed(model="nomic-embed-text", input=["a", "b"])
+        assert len(embedded.embeddings) == 2
+        listed = await client.list()
+        assert [m.model for m in listed.models] == ["llama3.2:latest", "nomic-embed-text:latest"]
+        assert [m.model for m in (await client.ps()).models] == ["llama3.2:latest", "nomic-embed-text:latest"]
+        assert (await client.show("llama3.2")).details.family == "llama"
+        with pytest.raises(ollama.ResponseError) as exc:
+            await client.chat(model="nope", messages=CHAT["messages"])
+        assert exc.value.status_code == 404

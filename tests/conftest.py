@@ -1,0 +1,164 @@
+"""Shared fixtures: one real NATS/PostgreSQL/Valkey stack per session, from the launcher `switchyard up` uses.
+
+Isolation: each test that needs the log gets a fresh database; stream-level tests
+use their own stream names; the end-to-end demo stack owns the production streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from libs.kit.stack import EmbeddedStack, StackUrls
+from libs.kit.stack_proc import pick_free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def traversable_tempdir(prefix: str) -> Path:
+    """A temp dir every user can traverse: PostgreSQL may run as another user than the tests."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    return root
+
+
+@pytest.fixture(scope="session")
+def stack_root() -> Iterator[Path]:
+    root = traversable_tempdir("switchyard-tests-")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_root: Path) -> Iterator[EmbeddedStack]:
+    with EmbeddedStack(stack_root / "stack", durable=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def urls(stack: EmbeddedStack) -> StackUrls:
+    return stack.urls
+
+
+async def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "condition"):
+    """Poll an (async or plain) condition until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+async def database_url(urls: StackUrls) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return await create_database(urls.database_url, f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    from libs.kit import eventlog
+
+    pool = await eventlog.create_pool(database_url, timeout_s=10)
+    async with pool.acquire() as conn:
+        await eventlog.migrate(conn)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def nc(urls: StackUrls):
+    from libs.kit import natsio
+
+    client = await natsio.connect(urls.nats_url, "tests", 10)
+    yield client
+    await client.close()
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from sync code, on a thread of its own (never inside the test loop)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class DemoStack:
+    """`switchyard up --demo` run as a subprocess against the session's infrastructure."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], data_dir: Path, port: int, database_url: str) -> None:
+        self.proc, self.data_dir, self.port, self.database_url = proc, data_dir, port, database_url
+        keys = dict(line.split("=", 1) for line in (data_dir / "keys.env").read_text().split())
+        self.admin_key = os.environ.get("SWITCHYARD_ADMIN_KEY") or keys["SWITCHYARD_ADMIN_KEY"]
+        self.demo_key = os.environ.get("SWITCHYARD_DEMO_KEY") or keys["SWITCHYARD_DEMO_KEY"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return (self.data_dir / "up.log").read_text()
+
+    def endpoint_url(self, endpoint_id: str) -> str:
+        config = httpx.get(f"{self.url}/api/config", headers={"Authorization": f"Bearer {self.admin_key}"}).json()
+        return next(e["url"] for e in config["endpoints"] if e["id"] == endpoint_id)
+
+
+@pytest.fixture(scope="session")
+def demo(urls: StackUrls, stack_root: Path) -> Iterator[DemoStack]:
+    """The whole system, started by the same `up` command users run, sharing the session's NATS/PG/Valkey."""
+    data_dir = stack_root / "demo"
+    data_dir.mkdir()
+    database_url = run_sync(create_database(urls.database_url, "demo"))
+    port = pick_free_port(set())
+    env = {
+        **os.environ, "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": database_url,
+        "SWITCHYARD_REDIS_URL": urls.redis_url, "SWITCHYARD_LOG_LEVEL": "info",
+    }
+    log = open(data_dir / "up.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "libs.cli", "up", "--demo", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+    )
+    deadline = time.monotonic() + 90
+    while b"Switchyard is up" not in (data_dir / "up.log").read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("switchyard up --demo did not start:\n" + (data_dir / "up.log").read_text())
+        time.sleep(0.2)
+    try:
+        yield DemoStack(proc, data_dir, port, database_url)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,23 @@
+"""Settings come from SWITCHYARD_* variables only, with typed values and masked secrets."""
+
+from __future__ import annotations
+
+from libs.kit.settings import Settings
+
+
+def test_settings_read_prefixed_variables_with_types() -> None:
+    s = Settings.from_env({"SWITCHYARD_PORT": "9000", "SWITCHYARD_CONNECT_TIMEOUT_S": "2.5",
+                           "SWITCHYARD_LOG_JSON": "true", "PORT": "1", "SWITCHYARD_NATS_URL": "nats://h:1"})
+    assert (s.port, s.connect_timeout_s, s.log_json, s.nats_url) == (9000, 2.5, True, "nats://h:1")
+
+
+def test_defaults_point_at_loopback() -> None:
+    s = Settings.from_env({})
+    assert "127.0.0.1" in s.nats_url and "127.0.0.1" in s.database_url and s.host == "127.0.0.1"
+
+
+def test_redacted_masks_passwords_and_the_admin_key() -> None:
+    s = Settings.from_env({"SWITCHYARD_DATABASE_URL": "postgresql://app:hunter2@db:5432/sy",
+                           "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
+    shown = repr(s.redacted())
+    assert "hunter2" not in shown and "sy_admin_secret" not in shown and "app:***@db" in shown

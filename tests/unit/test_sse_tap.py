@@ -1,0 +1,53 @@
+"""The stream tap: whole events out, usage found, the usage chunk dropped unless asked for."""
+
+from __future__ import annotations
+
+import json
+
+from services.gateway.sse import SseTap
+
+
+def sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()) + b"\n\n"
+
+
+STREAM = b"".join([
+    sse({"choices": [{"delta": {"role": "assistant"}}]}),
+    sse({"choices": [{"delta": {"content": "Hel"}}]}),
+    sse({"choices": [{"delta": {"content": "lo"}}]}),
+    sse({"choices": [{"delta": {}, "finish_reason": "stop"}]}),
+    sse({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}),
+    sse(b"[DONE]"),
+])
+
+
+def relay(tap: SseTap, data: bytes, size: int) -> bytes:
+    out = b"".join(tap.feed(data[i:i + size]) for i in range(0, len(data), size))
+    return out + tap.close()
+
+
+def test_usage_chunk_is_dropped_when_the_client_did_not_ask_for_it() -> None:
+    for size in (1, 7, 64, len(STREAM)):
+        tap = SseTap(keep_usage=False)
+        out = relay(tap, STREAM, size)
+        assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
+        assert tap.usage == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+        assert tap.done and tap.content_events == 2
+
+
+def test_usage_chunk_is_kept_when_asked_for() -> None:
+    tap = SseTap(keep_usage=True)
+    assert relay(tap, STREAM, 13) == STREAM
+
+
+def test_only_whole_events_are_forwarded() -> None:
+    tap = SseTap(keep_usage=True)
+    assert tap.feed(STREAM[:10]) == b""
+    out = tap.feed(STREAM[10:80])
+    assert out.endswith(b"\n\n") and out.count(b"data: ") >= 1
+
+
+def test_cut_stream_is_not_done() -> None:
+    tap = SseTap(keep_usage=False)
+    relay(tap, STREAM[: len(STREAM) // 2], 16)
+    assert not tap.done and tap.usage is None and tap.content_events >= 1
