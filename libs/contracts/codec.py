@@ -12,6 +12,7 @@ from libs.contracts.messages import AnyCommand
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(AnyEvent)
+_events_decoder = msgspec.json.Decoder(list[AnyEvent])
 _command_decoder = msgspec.json.Decoder(AnyCommand)
 _raw_decoder = msgspec.json.Decoder()
 
@@ -32,6 +33,21 @@ def decode_event(data: bytes | str) -> Event:
         if upcast is None:
             raise
         return msgspec.convert(upcast(raw), AnyEvent)
+
+
+def decode_events(data: bytes) -> list[Event]:
+    """Decode a message body: one event, or a batch (a JSON array) of events of one type."""
+    if data[:1] != b"[":
+        return [decode_event(data)]
+    try:
+        return _events_decoder.decode(data)
+    except msgspec.ValidationError:
+        return [decode_event(item) for item in msgspec.json.decode(data, type=list[msgspec.Raw])]
+
+
+def encode_batch(events: list[Event]) -> bytes:
+    """A batch of events as one message body (a JSON array)."""
+    return _encoder.encode(events)
 
 
 def decode_command(data: bytes | str) -> Any:

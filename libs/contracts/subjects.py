@@ -29,14 +29,13 @@ METERING_QUERY = "metering.query.v1"
 
 # --- JetStream streams: name -> subjects it captures ---------------------------
 STREAM_USAGE = "USAGE"
-STREAM_CALLS = "CALLS"
 STREAM_REGISTRY = "REGISTRY"
 
 STREAMS: dict[str, list[str]] = {
     STREAM_USAGE: ["usage.>"],
-    STREAM_CALLS: ["call.>"],
     STREAM_REGISTRY: ["provider.>", "endpoint.>", "model.>", "tenant.>", "key.>"],
 }
+# `call.attempted.v1` is not stored: it is a live health signal on core NATS, batched per gateway.
 
 # --- durable consumers ---------------------------------------------------------
 CONSUMER_METERING = "metering"      # shared by every metering replica

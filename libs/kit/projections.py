@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from libs.contracts.codec import decode_event
+from libs.contracts.codec import decode_events
 from libs.contracts.events import Event, event_type
 from libs.kit import eventlog
 from libs.kit.eventlog import Positioned
@@ -137,9 +137,10 @@ class Follower:
 
     def __init__(
         self, nc: NATS, pool: asyncpg.Pool, stream: str, durable: str,
-        projections: Sequence[Projection], batch: int = 1000,
+        projections: Sequence[Projection], batch: int = 1000, linger_s: float = 0.02,
         on_commit: Callable[[list[Positioned]], None] | None = None,
     ) -> None:
+        self.linger_s = linger_s
         self.nc, self.pool, self.stream, self.durable = nc, pool, stream, durable
         self.projections = list(projections)
         self.batch = batch
@@ -160,14 +161,14 @@ class Follower:
         backoff_s = 0.2
         while True:
             try:
-                msgs = await sub.fetch(self.batch, timeout=1)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
+                msgs = await self._gather(sub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 — NATS hiccup: retry
                 log.warning("follower.fetch_failed", stream=self.stream, error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(backoff_s)
+                continue
+            if not msgs:
                 continue
             while True:
                 try:
@@ -179,13 +180,32 @@ class Follower:
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, 5.0)
 
+    async def _gather(self, sub: object) -> list[Msg]:
+        """Fetch up to `batch` messages, waiting at most `linger_s` past the first for more to arrive:
+        one transaction per batch, not per message."""
+        msgs: list[Msg] = []
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while len(msgs) < self.batch:
+            wait_s = 1.0 if deadline is None else deadline - loop.time()
+            if wait_s <= 0:
+                break
+            try:
+                got = await sub.fetch(self.batch - len(msgs), timeout=max(wait_s, 0.001))  # type: ignore[attr-defined]
+            except (NatsTimeout, asyncio.TimeoutError):
+                break
+            msgs.extend(got)
+            if deadline is None:
+                deadline = loop.time() + self.linger_s
+        return msgs
+
     async def ingest(self, msgs: list[Msg]) -> list[Positioned]:
         """Append one fetched batch and advance the projections in one transaction, then ack."""
         events: list[Event] = []
         good: list[Msg] = []
         for msg in msgs:
             try:
-                events.append(decode_event(msg.data))
+                events.extend(decode_events(msg.data))
                 good.append(msg)
             except Exception:  # noqa: BLE001 — a poison message must not block the stream
                 log.error("follower.undecodable", subject=msg.subject, size=len(msg.data))

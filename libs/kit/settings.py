@@ -31,7 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upstream_pool_size: int = 512
     spool_dir: str = "./.switchyard/spool"
     # metering
-    ingest_batch: int = 1000
+    ingest_batch: int = 200                # JetStream messages per transaction (each may hold many events)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -10,6 +10,6 @@
 
 from libs.simulator.cli import main
 from libs.simulator.config import ConfigError, SimConfig
-from libs.simulator.server import Simulator, SimStats
+from libs.simulator.server import SimStats, Simulator
 
 __all__ = ["ConfigError", "SimConfig", "SimStats", "Simulator", "main"]

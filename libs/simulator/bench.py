@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -18,12 +19,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 import aiohttp
 
+_HELLO = [{"role": "user", "content": "Say hello to the yard"}]
 BODIES = {
-    "chat": ("/v1/chat/completions", b'{"model":"llama3.2","messages":[{"role":"user","content":"Say hello to the yard"}]}'),
-    "ollama": ("/api/chat", b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"Say hello"}]}'),
-    "stream": ("/v1/chat/completions", b'{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'),
-    "embed": ("/v1/embeddings", b'{"model":"nomic-embed-text","input":"Say hello to the yard"}'),
-}  # fmt: skip
+    "chat": ("/v1/chat/completions", {"model": "llama3.2", "messages": _HELLO}),
+    "ollama": ("/api/chat", {"model": "llama3.2", "messages": _HELLO, "stream": False}),
+    "stream": ("/v1/chat/completions", {"model": "llama3.2", "messages": _HELLO, "stream": True}),
+    "embed": ("/v1/embeddings", {"model": "nomic-embed-text", "input": "Say hello to the yard"}),
+}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -33,7 +35,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _load(url: str, body: bytes, concurrency: int, seconds: float, pid: int) -> dict[str, float]:
+async def _load(
+    url: str, body: bytes, concurrency: int, seconds: float, pid: int
+) -> dict[str, float]:
     """Warm up for half a second, then count replies for `seconds`."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     headers = {"Content-Type": "application/json"}
@@ -77,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         base = server.stdout.readline().split(" on ", 1)[1].split()[0]
-        path, body = BODIES[args.kind]
+        path, payload = BODIES[args.kind]
+        body = json.dumps(payload).encode()
         share = max(1, args.concurrency // args.clients)
         job = (base + path, body, share, args.seconds, server.pid)
         with ProcessPoolExecutor(args.clients) as pool:
-            results = list(pool.map(_client, *zip(*[job] * args.clients)))
+            futures = [pool.submit(_client, *job) for _ in range(args.clients)]
+            results = [f.result() for f in futures]
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -20,35 +20,56 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+# flag -> (type, help); the knob is the flag's name with underscores, its default SimConfig's.
+KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
+    "--models": (_names, "advertised models, comma-separated"),
+    "--loaded": (_names, "models /api/ps reports as loaded, comma-separated (default: all)"),
+    "--latency-ms": (float, "delay before each reply's first byte"),
+    "--token-interval-ms": (float, "delay between streamed chunks"),
+    "--tokens": (int, "completion tokens per reply, capped by max_tokens / num_predict"),
+    "--embedding-dims": (int, "embedding vector size"),
+    "--failure-rate": (float, "share of upstream calls that fail, 0..1"),
+    "--failure-kind": (str, f"how calls fail: {', '.join(FAILURE_KINDS)}"),
+    "--retry-after-s": (int, "the Retry-After header of http_429 failures"),
+    "--seed": (int, "seed of the (repeatable) choice of failing calls"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = _DEFAULTS
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Simulate upstream model servers (Ollama /api/* and OpenAI or vLLM /v1/*) over "
-            "HTTP, with deterministic replies and injectable latency and failures. Knobs can "
-            "be changed at runtime with POST /_sim/config; GET /_sim/stats counts requests."
+            "Simulate upstream model servers (Ollama /api/*, OpenAI and vLLM /v1/*) over HTTP, "
+            "with deterministic replies and injectable latency and failures. Change knobs at "
+            "runtime with POST /_sim/config (a partial JSON config); GET /_sim/stats counts "
+            "requests by path and POST /_sim/reset zeroes the counts."
         ),
         epilog=(
-            "With --failure-kind refuse the main port stops listening, so the control routes "
-            "on it are gone too: give --control-port to keep a port that serves /_sim/ only."
+            "With --failure-kind refuse the main port stops listening, taking its /_sim/ routes "
+            "with it: give --control-port to keep a port that serves /_sim/ only."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=11434, help="port to bind, 0 for any free one (default: %(default)s)")
-    parser.add_argument("--control-port", type=int, help="also serve the /_sim/ control routes on this port, never refused")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=11434,
+        help="port to bind, 0 for any free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--control-port", type=int, help="also serve the /_sim/ routes on this port, never refused"
+    )
     knobs = parser.add_argument_group("knobs (all changeable at runtime)")
-    knobs.add_argument("--models", type=_names, help=f"advertised models, comma-separated (default: {','.join(d.models)})")
-    knobs.add_argument("--loaded", type=_names, help="models /api/ps reports as loaded, comma-separated (default: all advertised)")
-    knobs.add_argument("--latency-ms", type=float, help=f"delay before each reply's first byte (default: {d.latency_ms:g})")
-    knobs.add_argument("--token-interval-ms", type=float, help=f"delay between streamed chunks (default: {d.token_interval_ms:g})")
-    knobs.add_argument("--tokens", type=int, help=f"completion tokens per reply, capped by max_tokens/num_predict (default: {d.tokens})")
-    knobs.add_argument("--embedding-dims", type=int, help=f"embedding vector size (default: {d.embedding_dims})")
-    knobs.add_argument("--failure-rate", type=float, help=f"share of upstream calls that fail, 0..1 (default: {d.failure_rate:g})")
-    knobs.add_argument("--failure-kind", choices=FAILURE_KINDS, help=f"how calls fail (default: {d.failure_kind})")
-    knobs.add_argument("--retry-after-s", type=int, help=f"Retry-After of http_429 failures (default: {d.retry_after_s})")
-    knobs.add_argument("--seed", type=int, help=f"seed of the failure choice (default: {d.seed})")
-    return parser  # fmt: skip
+    for flag, (kind, text) in KNOB_FLAGS.items():
+        default = getattr(_DEFAULTS, flag[2:].replace("-", "_"))
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        if default is not None:
+            text = f"{text} (default: {shown})"
+        choices = FAILURE_KINDS if flag == "--failure-kind" else None
+        knobs.add_argument(flag, type=kind, choices=choices, help=text)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:

@@ -20,8 +20,9 @@ class ConfigError(ValueError):
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the simulated upstream behaves; every field is a knob.
 
-    `failure_rate` is the share of upstream calls that fail the `failure_kind` way; the
-    choice is a pure function of `seed` and the call's serial number, so runs repeat.
+    `failure_rate` is the share of upstream calls (any route but /_sim/) that fail the
+    `failure_kind` way; the choice is a pure function of `seed` and the call's serial number
+    (counted from start or the last reset), so runs repeat.
     `refuse` acts on the listener, not on calls: any `failure_rate` above 0 closes it.
     """
 

@@ -84,6 +84,11 @@ class HttpConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection at once, discarding anything not yet sent."""
+        if self._transport is not None:
+            self._transport.abort()
+
     # --- reading -----------------------------------------------------------------------
 
     def _next_request(self) -> Request | None:
@@ -118,7 +123,7 @@ class HttpConnection(asyncio.Protocol):
         return req
 
     def _maybe_continue(self, req: Request) -> None:
-        if not self._continued and req.headers.get(b"expect", b"").lower() == b"100-continue":
+        if not self._continued and req.header(b"expect") == b"100-continue":
             self._continued = True
             self._transport.write(CONTINUE)
 
@@ -141,8 +146,10 @@ class HttpConnection(asyncio.Protocol):
         transport = self._transport
         keep = req.keep_alive
         if type(reply) is Reply:
-            head = response_head(reply.status, reply.content_type, len(reply.body), keep, reply.headers)
-            transport.write(head + reply.body)
+            head = response_head(
+                reply.status, reply.content_type, len(reply.body), keep, reply.headers
+            )
+            transport.write(head if req.method == "HEAD" else head + reply.body)
         elif req.http11:
             body = b"".join([chunk(c) for c in reply.chunks])
             transport.write(response_head(200, reply.content_type, None, keep) + body + LAST_CHUNK)
@@ -195,7 +202,9 @@ class HttpConnection(asyncio.Protocol):
         """Send about half of the reply, then drop the connection without finishing it."""
         transport = self._transport
         if type(reply) is Reply:
-            head = response_head(reply.status, reply.content_type, len(reply.body), True, reply.headers)
+            head = response_head(
+                reply.status, reply.content_type, len(reply.body), True, reply.headers
+            )
             transport.write(head + reply.body[: len(reply.body) // 2])
         else:
             transport.write(response_head(200, reply.content_type, None, True, chunked=req.http11))

@@ -19,4 +19,3 @@ def fails(seed: int, serial: int, rate: float) -> bool:
         return True
     draw = splitmix64(((seed & 0xFFFFFFFF) << 32) ^ serial) / _TWO_64
     return draw < rate
-

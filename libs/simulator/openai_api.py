@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -12,12 +12,14 @@ from libs.simulator.config import SimConfig
 from libs.simulator.replies import (
     SSE,
     SSE_DONE,
+    TEXT,
     Rejected,
     Reply,
     StreamReply,
     decode_request,
     json_reply,
     openai_error,
+    per_token,
     sse_event,
 )
 
@@ -131,13 +133,13 @@ def chat_completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | Stream
     with_usage = bool(req.stream_options and req.stream_options.include_usage)
     extra = {"usage": None} if with_usage else {}
 
-    def chunk(delta: dict, finish: str | None = None) -> bytes:
+    def payload(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return sse_event({**head, "choices": [choice], **extra})
+        return {**head, "choices": [choice], **extra}
 
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    chunks.extend(chunk({"content": t}) for t in tokens)
-    chunks.append(chunk({}, _finish(n, cfg)))
+    chunks = [sse_event(payload({"role": "assistant", "content": ""}))]
+    chunks += per_token(lambda t: payload({"content": t}), tokens, b"data: ", b"\n\n")
+    chunks.append(sse_event(payload({}, _finish(n, cfg))))
     if with_usage:
         chunks.append(sse_event({**head, "choices": [], "usage": usage}))
     chunks.append(SSE_DONE)
@@ -163,14 +165,14 @@ def completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply
     with_usage = bool(req.stream_options and req.stream_options.include_usage)
     extra = {"usage": None} if with_usage else {}
 
-    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
+    def payload(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
         choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-        return sse_event({**head, "choices": [choice], **extra})
+        return {**head, "choices": [choice], **extra}
 
-    chunks = []
+    chunks: list[bytes] = []
     for i, toks in enumerate(replies):
-        chunks.extend(chunk(i, t) for t in toks)
-        chunks.append(chunk(i, "", finish))
+        chunks += per_token(lambda t, i=i: payload(i, t), toks, b"data: ", b"\n\n")
+        chunks.append(sse_event(payload(i, "", finish)))
     if with_usage:
         chunks.append(sse_event({**head, "choices": [], "usage": usage}))
     chunks.append(SSE_DONE)
@@ -207,9 +209,15 @@ def models(body: bytes, cfg: SimConfig, serial: int) -> Reply:
     return json_reply({"object": "list", "data": data})
 
 
+def health(body: bytes, cfg: SimConfig, serial: int) -> Reply:
+    """GET /health: vLLM's liveness answer, an empty 200."""
+    return Reply(200, b"", TEXT)
+
+
 ROUTES = {
     "/v1/chat/completions": ("POST", chat_completions),
     "/v1/completions": ("POST", completions),
     "/v1/embeddings": ("POST", embeddings),
     "/v1/models": ("GET", models),
+    "/health": ("GET", health),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -66,6 +67,25 @@ def ndjson_line(payload: Any) -> bytes:
     return encode(payload) + b"\n"
 
 
+_MARK = "\x00token\x00"
+_MARK_JSON = encode(_MARK)
+
+
+def per_token(
+    make: Callable[[str], Any], tokens: Iterable[str], prefix: bytes = b"", suffix: bytes = b""
+) -> list[bytes]:
+    """`prefix + encode(make(token)) + suffix` for each token, encoding the payload only once.
+
+    The payload is encoded around a marker and each token's JSON string spliced in, which is
+    several times faster than encoding one payload per token.
+    """
+    before, found, after = encode(make(_MARK)).partition(_MARK_JSON)
+    if not found or _MARK_JSON in after:  # the marker is in the payload elsewhere too
+        return [prefix + encode(make(t)) + suffix for t in tokens]
+    before, after = prefix + before, after + suffix
+    return [before + encode(t) + after for t in tokens]
+
+
 def openai_error(
     status: int,
     message: str,
@@ -78,9 +98,7 @@ def openai_error(
     return Reply(status, encode(body), JSON, headers)
 
 
-def ollama_error(
-    status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> Reply:
+def ollama_error(status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Reply:
     """An error in the Ollama shape: {"error": "..."}."""
     return Reply(status, encode({"error": message}), JSON, headers)
 

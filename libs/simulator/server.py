@@ -1,12 +1,15 @@
 """The Simulator: plays Ollama, vLLM and OpenAI model servers over real HTTP on loopback.
 
-MEASURED_NOTE
+Measured on 2 cores over loopback (`python -m libs.simulator.bench`, aiohttp client, 32 in flight):
+this hand-written asyncio.Protocol on uvloop costs ~40 us of server CPU per chat reply (~24k req/s a
+core; 8k req/s served, client-bound); plain asyncio ~70 us; aiohttp.web.Server on uvloop ~100 us.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -22,6 +25,7 @@ from libs.simulator.wire import Plan, Request
 ROUTES = {**openai_api.ROUTES, **ollama_api.ROUTES}
 
 LISTEN_BACKLOG = 1024
+STOP_DEADLINE_S = 1.0
 
 
 class SimStats(msgspec.Struct, frozen=True):
@@ -60,8 +64,9 @@ class Simulator:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
-                    control_port: int | None = None) -> int:  # fmt: skip
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, control_port: int | None = None
+    ) -> int:
         """Listen on host:port (0 picks a free port) and return the bound port.
 
         `control_port` adds a listener that serves only /_sim/ routes and is never refused.
@@ -95,12 +100,15 @@ class Simulator:
         if self._control is not None:
             self._control.close()
             self._control = None
-        for conn in list(self._control_conns):
-            conn.close()
+        for conn in [*self._conns, *self._control_conns]:
+            conn.abort()
         for task in list(self._tasks):
             task.cancel()
         for server in servers:
             await server.wait_closed()
+        deadline = time.monotonic() + STOP_DEADLINE_S  # let every connection_lost run
+        while (self._conns or self._control_conns) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     async def __aenter__(self) -> Simulator:
         if not self._running:
@@ -232,7 +240,7 @@ class Simulator:
                 return error_for(req.path, 404, f"Unknown route {req.method} {req.path}")
             return Reply(404, b"404 page not found", TEXT)
         method, handler = route
-        if req.method != method:
+        if req.method != method and not (req.method == "HEAD" and method == "GET"):
             return error_for(req.path, 405, f"{req.method} is not allowed on {req.path}")
         try:
             return handler(req.body, cfg, self._serial)

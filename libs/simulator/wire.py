@@ -24,19 +24,29 @@ REASONS = {
 
 
 class Request:
-    """One parsed request; header names are lower-case bytes."""
+    """One parsed request; headers are kept as their lower-cased block and read on demand."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http11")
+    __slots__ = ("method", "path", "query", "fields", "body", "keep_alive", "http11")
 
-    def __init__(self, method: str, path: str, query: str, headers: dict[bytes, bytes],
-                 keep_alive: bool, http11: bool) -> None:  # fmt: skip
+    def __init__(self, method: str, path: str, query: str, fields: bytes, http11: bool) -> None:
         self.method = method
         self.path = path
         self.query = query
-        self.headers = headers
+        self.fields = fields  # b"\r\nname: value\r\n...", lower-cased
         self.body = b""
-        self.keep_alive = keep_alive
         self.http11 = http11
+        connection = self.header(b"connection") or b""
+        self.keep_alive = b"close" not in connection if http11 else b"keep-alive" in connection
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of header `name` (lower-case), lower-cased, or None when absent."""
+        fields = self.fields
+        start = fields.find(b"\r\n" + name + b":")
+        if start < 0:
+            return None
+        start += len(name) + 3
+        end = fields.find(b"\r\n", start)
+        return (fields[start:] if end < 0 else fields[start:end]).strip()
 
 
 class Plan:
@@ -48,8 +58,13 @@ class Plan:
 
     __slots__ = ("reply", "delay_s", "interval_s", "fault")
 
-    def __init__(self, reply: Reply | StreamReply | None, delay_s: float = 0.0,
-                 interval_s: float = 0.0, fault: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        reply: Reply | StreamReply | None,
+        delay_s: float = 0.0,
+        interval_s: float = 0.0,
+        fault: str = "",
+    ) -> None:
         self.reply = reply
         self.delay_s = delay_s
         self.interval_s = interval_s
@@ -69,31 +84,25 @@ class BadRequest(Exception):
 
 def parse_head(head: bytes) -> Request:
     """Parse a request line and headers (without the blank line that ends them)."""
-    lines = head.split(b"\r\n")
+    line_end = head.find(b"\r\n")
+    request_line = head if line_end < 0 else head[:line_end]
     try:
-        method, target, version = lines[0].split(b" ")
+        method, target, version = request_line.split(b" ")
     except ValueError:
         raise BadRequest(400, "malformed request line") from None
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         raise BadRequest(400, "unsupported HTTP version")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name:
-            raise BadRequest(400, "malformed header line")
-        headers[name.strip().lower()] = value.strip()
-    http11 = version == b"HTTP/1.1"
-    connection = headers.get(b"connection", b"").lower()
-    keep_alive = b"close" not in connection if http11 else b"keep-alive" in connection
+    fields = b"" if line_end < 0 else head[line_end:].lower()
     path, _, query = target.decode("latin-1").partition("?")
-    return Request(method.decode("latin-1"), path, query, headers, keep_alive, http11)
+    return Request(method.decode("latin-1"), path, query, fields, version == b"HTTP/1.1")
 
 
 def body_length(req: Request) -> int | None:
     """The declared body size, or None when the body is chunked."""
-    if b"chunked" in req.headers.get(b"transfer-encoding", b"").lower():
+    encoding = req.header(b"transfer-encoding")
+    if encoding is not None and b"chunked" in encoding:
         return None
-    raw = req.headers.get(b"content-length", b"0")
+    raw = req.header(b"content-length") or b"0"
     if not raw.isdigit():
         raise BadRequest(400, "malformed Content-Length")
     size = int(raw)
@@ -105,6 +114,7 @@ def body_length(req: Request) -> int | None:
 def parse_chunked(buf: bytes, pos: int) -> tuple[bytes, int] | None:
     """Decode a chunked body starting at `pos`: (body, end position), or None if incomplete."""
     parts = []
+    total = 0
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
@@ -119,18 +129,23 @@ def parse_chunked(buf: bytes, pos: int) -> tuple[bytes, int] | None:
                 return b"".join(parts), pos + 2
             end = buf.find(b"\r\n\r\n", pos)  # trailers, ignored
             return None if end < 0 else (b"".join(parts), end + 4)
+        total += size
+        if total > MAX_BODY_BYTES:
+            raise BadRequest(413, "body too large")
         if len(buf) < pos + size + 2:
             return None
         parts.append(buf[pos : pos + size])
         pos += size + 2
-        if pos - 2 - sum(map(len, parts)) > MAX_BODY_BYTES:
-            raise BadRequest(413, "body too large")
 
 
 def response_head(
-    status: int, content_type: bytes, length: int | None, keep_alive: bool,
-    extra: tuple[tuple[bytes, bytes], ...] = (), chunked: bool = True,
-) -> bytes:  # fmt: skip
+    status: int,
+    content_type: bytes,
+    length: int | None,
+    keep_alive: bool,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+    chunked: bool = True,
+) -> bytes:
     """Status line and headers; with no length the body is chunked, or ends at close."""
     reason = REASONS.get(status, b"Unknown")
     parts = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, reason, content_type)]

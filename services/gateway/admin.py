@@ -21,7 +21,7 @@ _any = msgspec.json.Decoder()
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Only a live key with the admin role passes (401 / 403 otherwise)."""
-    require_admin(authenticate(connection.app.state.deps.extra["state"].catalog, connection.scope["headers"]))
+    require_admin(authenticate(connection.app.state.deps.extra["state"].catalog, connection.headers))
 
 
 async def run_command(request: Request[Any, Any, Any], command: m.Command, status: int = 200) -> Response[bytes]:

@@ -1,7 +1,8 @@
-"""The gateway: the one public HTTP port. Inference calls take the raw-ASGI hot path; the rest is Litestar."""
+"""The gateway: the one public HTTP port. Inference calls take the RSGI hot path; the rest is Litestar."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from services.gateway.localstate import LocalState
 from services.gateway.monitoring import config, list_models, token_counts
 from services.gateway.proxy import Proxy
 from services.gateway.routing import Router
-from services.gateway.usage import UsagePublisher
+from services.gateway.rsgi import GatewayRSGI
+from services.gateway.usage import OutcomeBatcher, UsagePublisher
 
 _encode = msgspec.json.Encoder().encode
 
@@ -46,25 +48,9 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
                     media_type="application/json")
 
 
-class GatewayASGI:
-    """Send the inference routes straight to the Proxy; everything else, lifespan included, to Litestar."""
-
-    def __init__(self, litestar: Litestar) -> None:
-        self.litestar = litestar
-        self.proxy: Proxy | None = None
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        proxy = self.proxy
-        if proxy is not None and scope["type"] == "http" and scope["method"] == "POST" \
-                and scope["path"] in proxy.routes:
-            await proxy(scope, receive, send)
-        else:
-            await self.litestar(scope, receive, send)
-
-
-def create_app(settings: Settings | None = None) -> GatewayASGI:
+def create_app(settings: Settings | None = None) -> GatewayRSGI:
     settings = settings or Settings.from_env()
-    holder: list[GatewayASGI] = []
+    holder: list[GatewayRSGI] = []
 
     async def start(deps: Deps) -> None:
         assert deps.nc is not None
@@ -75,7 +61,8 @@ def create_app(settings: Settings | None = None) -> GatewayASGI:
         deps.spawn(publisher.run(), "usage-publisher")
         deps.extra.update(state=state, session=session, usage=publisher)
         metrics.USAGE_PENDING.set_function(lambda: publisher.pending)
-        holder[0].proxy = Proxy(state, Router(state.catalog), session, publisher, deps.nc, settings.max_body_bytes)
+        outcomes = OutcomeBatcher(deps.nc, settings.instance or f"gw{os.getpid()}")
+        holder[0].proxy = Proxy(state, Router(state.catalog), session, publisher, outcomes, settings.max_body_bytes)
 
     async def stop(deps: Deps) -> None:
         holder[0].proxy = None
@@ -95,10 +82,10 @@ def create_app(settings: Settings | None = None) -> GatewayASGI:
         },
         request_max_body_size=settings.max_body_bytes,
     )
-    app = GatewayASGI(litestar)
+    app = GatewayRSGI(litestar)
     holder.append(app)
     return app
 
 
 def main() -> None:
-    run("services.gateway.app:create_app", Settings.from_env())
+    run("services.gateway.app:create_app", Settings.from_env(), interface="rsgi")

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import Any, Protocol
 
 from libs.catalog.state import Catalog
 from libs.contracts.events import KeyIssued
 from services.gateway.errors import AuthError, ForbiddenError
 
 
-def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>` (ASGI raw headers)."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif name == b"x-api-key" and value:
-            return value.decode("latin-1").strip()
-    return None
+class HeaderLookup(Protocol):
+    def get(self, key: str, default: Any = None) -> Any: ...
 
 
-def authenticate(catalog: Catalog, headers: Iterable[tuple[bytes, bytes]]) -> KeyIssued:
+def presented_key(headers: HeaderLookup) -> str | None:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>` (lower-case header lookup)."""
+    value = headers.get("authorization")
+    if value:
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    value = headers.get("x-api-key")
+    return value.strip() if value else None
+
+
+def authenticate(catalog: Catalog, headers: HeaderLookup) -> KeyIssued:
     """The caller's live key, or AuthError."""
     secret = presented_key(headers)
     key = catalog.authenticate(secret) if secret else None

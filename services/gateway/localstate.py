@@ -15,7 +15,7 @@ from nats.js.api import DeliverPolicy
 
 from libs.catalog.state import Catalog
 from libs.contracts import subjects
-from libs.contracts.codec import decode_event
+from libs.contracts.codec import decode_events
 
 log = structlog.get_logger()
 
@@ -46,11 +46,12 @@ class LocalState:
 
     async def _on_message(self, msg: Msg) -> None:
         try:
-            event = decode_event(msg.data)
-            self.catalog.apply(event)
-        except Exception:  # noqa: BLE001 — one bad event must not stop the feed
+            events = decode_events(msg.data)
+        except Exception:  # noqa: BLE001 — one bad message must not stop the feed
             log.exception("catalog.bad_event", subject=msg.subject)
-        else:
+            events = []
+        for event in events:
+            self.catalog.apply(event)
             self._note(str(event.event_id))
         if not self.ready.is_set() and msg.metadata.sequence.stream >= self._target_seq:
             self.ready.set()

@@ -14,7 +14,7 @@ from services.gateway.auth import authenticate
 
 
 def _caller(request: Request[Any, Any, Any]) -> Any:
-    return authenticate(request.app.state.deps.extra["state"].catalog, request.scope["headers"])
+    return authenticate(request.app.state.deps.extra["state"].catalog, request.headers)
 
 
 @get("/v1/models")

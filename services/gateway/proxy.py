@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 import structlog
 
-from libs.contracts.events import CallAttempted, EndpointRegistered, UsageRecorded, subject_of
+from libs.contracts.events import CallAttempted, EndpointRegistered, UsageRecorded
 from services.gateway import metrics, upstream
 from services.gateway.auth import authenticate
 from services.gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UpstreamError
@@ -55,7 +55,6 @@ _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class ClientGone(Exception):
@@ -66,8 +65,9 @@ class Proxy:
     """Serves /v1/chat/completions, /v1/completions and /v1/embeddings."""
 
     def __init__(self, state: Any, router: Router, session: aiohttp.ClientSession, usage: Any,
-                 nc: Any, max_body_bytes: int) -> None:
-        self.state, self.router, self.session, self.usage, self.nc = state, router, session, usage, nc
+                 outcomes: Any, max_body_bytes: int) -> None:
+        self.state, self.router, self.session = state, router, session
+        self.usage, self.outcomes = usage, outcomes
         self.max_body_bytes = max_body_bytes
         self.routes = {
             "/v1/chat/completions": "openai.chat",
@@ -75,23 +75,23 @@ class Proxy:
             "/v1/embeddings": "openai.embeddings",
         }
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        api = self.routes[scope["path"]]
+    async def __call__(self, scope: Any, proto: Any) -> None:
+        """Serve one call (RSGI: `scope` has .path and .headers, `proto` reads the body and answers)."""
+        api = self.routes[scope.path]
         started = time.perf_counter()
+        headers = scope.headers
         try:
-            key = authenticate(self.state.catalog, scope["headers"])
-            body = await self._read_body(scope, receive)
+            key = authenticate(self.state.catalog, headers)
+            body = await self._read_body(headers, proto)
             request = _parse(body)
             model, routes = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
-            await _send_error(send, exc)
+            _send_error(proto, exc)
             return
-        except ClientGone:
-            return
-        call = Call(api, key.tenant_id, key.key_id, request, started, _request_id(scope), len(body))
+        call = Call(api, key.tenant_id, key.key_id, request, started, _request_id(headers), len(body))
         try:
-            await self._serve(call, model, routes, body, scope, send)
+            await self._serve(call, model, routes, body, scope.path, proto)
         except ClientGone:
             call.outcome = "cancelled"
         except asyncio.CancelledError:
@@ -100,27 +100,24 @@ class Proxy:
         finally:
             self._finish(call)
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+    async def _read_body(self, headers: Any, proto: Any) -> bytes:
         limit = self.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length" and int(value) > limit:
+        length = headers.get("content-length")
+        if length is not None:
+            if int(length) > limit:
                 raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
+            return await proto()
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
+        async for chunk in proto:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
             chunks.append(chunk)
-            if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
 
-    async def _serve(self, call: Call, model: Any, routes: list[Route], body: bytes,
-                     scope: dict[str, Any], send: Any) -> None:
+    async def _serve(self, call: Call, model: Any, routes: list[Route], body: bytes, path: str,
+                     proto: Any) -> None:
         last_error: GatewayError | None = None
         for route in self.router.order(model, routes):
             endpoint = route.endpoint
@@ -136,7 +133,7 @@ class Proxy:
             self.router.acquire(endpoint.endpoint_id, model.model_id)
             attempt_started = time.perf_counter()
             try:
-                done, last_error = await self._attempt(call, endpoint, payload, scope, send)
+                done, last_error = await self._attempt(call, endpoint, payload, path, proto)
             finally:
                 self.router.release(endpoint.endpoint_id, model.model_id)
                 call.upstream_s += time.perf_counter() - attempt_started
@@ -145,51 +142,51 @@ class Proxy:
         call.outcome = "error"
         error = last_error or UpstreamError("No endpoint could serve the request")
         call.status = error.status
-        await _send_error(send, error)
+        _send_error(proto, error)
 
-    async def _attempt(self, call: Call, endpoint: EndpointRegistered, payload: bytes,
-                       scope: dict[str, Any], send: Any) -> tuple[bool, GatewayError | None]:
+    async def _attempt(self, call: Call, endpoint: EndpointRegistered, payload: bytes, path: str,
+                       proto: Any) -> tuple[bool, GatewayError | None]:
         """One upstream attempt. (True, None) once the client got an answer; (False, error) to fall back."""
         attempt_started = time.perf_counter()
         try:
             response = await self.session.post(
-                upstream.url(endpoint, scope["path"]), data=payload, headers=upstream.request_headers(endpoint),
+                upstream.url(endpoint, path), data=payload, headers=upstream.request_headers(endpoint),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=endpoint.timeout_s),
             )
         except (aiohttp.ClientConnectionError, OSError, asyncio.TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "refused"
-            await self._attempted(call, endpoint, kind, 0, attempt_started)
+            self._attempted(call, endpoint, kind, 0, attempt_started)
             return False, UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({kind})",
                                         status=502 if kind == "refused" else 504)
         try:
             if response.status in RETRYABLE_STATUS:
                 detail = await response.read()
                 kind = "http_429" if response.status == 429 else "http_5xx"
-                await self._attempted(call, endpoint, kind, response.status, attempt_started)
+                self._attempted(call, endpoint, kind, response.status, attempt_started)
                 headers = {"retry-after": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
                 return False, UpstreamError(
                     f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: {detail[:200].decode(errors='replace')}",
                     status=response.status if response.status == 429 else 502, headers=headers)
             if call.request.stream and response.status == 200:
-                await self._relay_stream(call, endpoint, response, send, attempt_started)
+                await self._relay_stream(call, endpoint, response, proto, attempt_started)
             else:
-                await self._relay_body(call, endpoint, response, send, attempt_started)
+                await self._relay_body(call, endpoint, response, proto, attempt_started)
             return True, None
         finally:
             response.release()
 
     async def _relay_body(self, call: Call, endpoint: EndpointRegistered, response: aiohttp.ClientResponse,
-                          send: Any, attempt_started: float) -> None:
+                          proto: Any, attempt_started: float) -> None:
         try:
             data = await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            await self._attempted(call, endpoint, "cut", response.status, attempt_started)
+            self._attempted(call, endpoint, "cut", response.status, attempt_started)
             raise_upstream = UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its answer: {type(exc).__name__}")
             call.outcome, call.status = "error", raise_upstream.status
-            await _send_error(send, raise_upstream)
+            _send_error(proto, raise_upstream)
             return
         status = response.status
-        await self._attempted(call, endpoint, "ok" if status < 400 else "http_4xx", status, attempt_started)
+        self._attempted(call, endpoint, "ok" if status < 400 else "http_4xx", status, attempt_started)
         if status == 200:
             try:
                 usage = _decode_usage(data).usage
@@ -204,48 +201,42 @@ class Proxy:
         else:
             call.outcome = "error"
         call.status = status
-        ctype = response.headers.get("Content-Type", "application/json").encode("latin-1")
         call.mark_first_byte()
-        await _send_safely(call, send, {"type": "http.response.start", "status": status,
-                                        "headers": [(b"content-type", ctype), (b"x-request-id", call.request_id.encode())]})
-        await _send_safely(call, send, {"type": "http.response.body", "body": data})
+        proto.response_bytes(status, [("content-type", response.headers.get("Content-Type", "application/json")),
+                                      ("x-request-id", call.request_id)], data)
 
     async def _relay_stream(self, call: Call, endpoint: EndpointRegistered, response: aiohttp.ClientResponse,
-                            send: Any, attempt_started: float) -> None:
+                            proto: Any, attempt_started: float) -> None:
         wants_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
         tap = SseTap(keep_usage=wants_usage)
         call.status = 200
-        started_response = False
+        transport = None
         try:
             async for chunk in response.content.iter_any():
                 out = tap.feed(chunk)
                 if not out:
                     continue
-                if not started_response:
-                    started_response = True
-                    call.mark_first_byte()
-                    await _send_safely(call, send, _stream_start(response, call))
-                await _send_safely(call, send, {"type": "http.response.body", "body": out, "more_body": True})
+                if transport is None:
+                    transport = self._start_stream(call, response, proto)
+                await _send(call, transport, out)
             tail = tap.close()
             if not tap.done:
                 raise aiohttp.ClientPayloadError("stream ended without [DONE]")
-            await self._attempted(call, endpoint, "ok", 200, attempt_started)
-            if not started_response:
-                call.mark_first_byte()
-                await _send_safely(call, send, _stream_start(response, call))
-            await _send_safely(call, send, {"type": "http.response.body", "body": tail, "more_body": False})
+            self._attempted(call, endpoint, "ok", 200, attempt_started)
+            if transport is None:
+                transport = self._start_stream(call, response, proto)
+            if tail:
+                await _send(call, transport, tail)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            await self._attempted(call, endpoint, "cut", 200, attempt_started)
+            self._attempted(call, endpoint, "cut", 200, attempt_started)
             call.outcome = "error"
             log.warning("upstream.stream_cut", endpoint=endpoint.endpoint_id, request_id=call.request_id,
                         error=type(exc).__name__)
-            if not started_response:
-                call.mark_first_byte()
-                await _send_safely(call, send, _stream_start(response, call))
+            if transport is None:
+                transport = self._start_stream(call, response, proto)
             error = {"error": {"message": f"The upstream stream was cut: {type(exc).__name__}",
                                "type": "upstream_error", "code": "stream_cut"}}
-            await _send_safely(call, send, {"type": "http.response.body",
-                                            "body": b"data: " + _encode(error) + b"\n\n", "more_body": False})
+            await _send(call, transport, b"data: " + _encode(error) + b"\n\n")
         finally:
             if tap.usage is not None:
                 call.input_tokens = tap.usage.get("prompt_tokens", 0)
@@ -255,16 +246,21 @@ class Proxy:
                 call.input_tokens = _estimate_prompt_tokens(call)
                 call.output_tokens = tap.content_events
 
-    async def _attempted(self, call: Call, endpoint: EndpointRegistered, outcome: str, status: int,
-                         started: float) -> None:
-        """Tell the router how an attempt went: a core NATS publish into the CALLS stream, buffered, no ack."""
-        event = CallAttempted(request_id=call.request_id, endpoint_id=endpoint.endpoint_id,
-                              model=call.request.model or "", outcome=outcome,  # type: ignore[arg-type]
-                              status=status, latency_ms=(time.perf_counter() - started) * 1000)
-        try:
-            await self.nc.publish(subject_of(event), _encode(event))
-        except Exception:  # noqa: BLE001 — a health signal, not accounting: never fail the call for it
-            pass
+    @staticmethod
+    def _start_stream(call: Call, response: aiohttp.ClientResponse, proto: Any) -> Any:
+        call.mark_first_byte()
+        return proto.response_stream(200, [
+            ("content-type", response.headers.get("Content-Type", "text/event-stream")),
+            ("cache-control", "no-cache"), ("x-request-id", call.request_id),
+        ])
+
+    def _attempted(self, call: Call, endpoint: EndpointRegistered, outcome: str, status: int,
+                   started: float) -> None:
+        """Tell the router how an attempt went (batched onto core NATS, never awaited)."""
+        self.outcomes.record(CallAttempted(
+            request_id=call.request_id, endpoint_id=endpoint.endpoint_id, model=call.request.model or "",
+            outcome=outcome, status=status, latency_ms=(time.perf_counter() - started) * 1000,  # type: ignore[arg-type]
+        ))
 
     def _finish(self, call: Call) -> None:
         """Queue the call's one usage event and count it."""
@@ -344,33 +340,22 @@ def _estimate_prompt_tokens(call: Call) -> int:
     return max(1, call.body_bytes // 4)
 
 
-def _request_id(scope: dict[str, Any]) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and 0 < len(value) <= 128:
-            return value.decode("latin-1")
+def _request_id(headers: Any) -> str:
+    given = headers.get("x-request-id")
+    if given and len(given) <= 128:
+        return given
     return uuid.uuid4().hex
 
 
-def _stream_start(response: aiohttp.ClientResponse, call: Call) -> dict[str, Any]:
-    ctype = response.headers.get("Content-Type", "text/event-stream").encode("latin-1")
-    return {"type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", ctype), (b"cache-control", b"no-cache"),
-                        (b"x-request-id", call.request_id.encode())]}
-
-
-async def _send_safely(call: Call, send: Any, message: dict[str, Any]) -> None:
-    """Send to the client; if it has gone, mark the call cancelled and stop the relay."""
+async def _send(call: Call, transport: Any, data: bytes) -> None:
+    """Send a stream chunk; if the client has gone, mark the call cancelled and stop the relay."""
     try:
-        await send(message)
-    except (OSError, RuntimeError, ConnectionError) as exc:
+        await transport.send_bytes(data)
+    except Exception as exc:  # noqa: BLE001 — granian raises its own protocol errors on a closed client
         call.outcome = "cancelled"
         raise ClientGone() from exc
 
 
-async def _send_error(send: Any, error: GatewayError) -> None:
-    headers = [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in error.headers.items())]
-    try:
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": error.render()})
-    except (OSError, RuntimeError, ConnectionError):
-        pass
+def _send_error(proto: Any, error: GatewayError) -> None:
+    headers = [("content-type", "application/json"), *error.headers.items()]
+    proto.response_bytes(error.status, headers, error.render())

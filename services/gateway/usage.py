@@ -1,9 +1,11 @@
 """Publish usage events without making the client wait, and never drop one.
 
-`record()` only appends to an in-memory queue. A background loop publishes
-batches to JetStream (the event id is the message id, so a resend is
-de-duplicated) and waits for the acks; whatever is not acknowledged in time is
-appended to a local spool file, which is replayed when NATS answers again.
+`record()` only appends to an in-memory queue. A background loop lingers a few
+milliseconds, then publishes what has gathered as one JetStream message per
+tenant (a JSON array of events on `usage.recorded.v1.<tenant>`) and awaits the
+acks in the background; whatever is not acknowledged in time is appended to a
+local spool file, replayed when NATS answers again. A batch resent after a lost
+ack may be stored twice in the stream; the log keeps each event id once.
 """
 
 from __future__ import annotations
@@ -19,34 +21,38 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from libs.contracts import subjects
-from libs.contracts.codec import decode_event, encode
+from libs.contracts.codec import decode_event, encode, encode_batch
 from libs.contracts.events import Event, subject_of
 
 log = structlog.get_logger()
 
 ACK_TIMEOUT_S = 5.0
-MAX_BATCH = 512
+MAX_BATCH = 256          # events in one JetStream message
+LINGER_S = 0.005         # wait this long for a batch to fill; bounds messages to ~200/s per tenant
+MAX_IN_FLIGHT = 32       # batches awaiting their ack
 
 
 class UsagePublisher:
     def __init__(self, nc: NATS, spool_dir: Path) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=ACK_TIMEOUT_S, publish_async_max_pending=8192)
+        self.js = nc.jetstream(timeout=ACK_TIMEOUT_S, publish_async_max_pending=4096)
         self.spool = Spool(spool_dir)
         self.queue: collections.deque[Event] = collections.deque()
         self._wake = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._confirmations: set[asyncio.Task[None]] = set()
         self.published = 0
         self.spooled = 0
-        self._stopping = False
 
     def record(self, event: Event) -> None:
         """Queue an event for publishing; returns at once."""
         self.queue.append(event)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + self.spool.count
+        return len(self.queue) + self.spool.count + sum(1 for _ in self._confirmations)
 
     async def run(self) -> None:
         """Publish queued events until cancelled; replay the spool whenever NATS is connected."""
@@ -56,44 +62,52 @@ class UsagePublisher:
                 if not self.queue:
                     self._wake.clear()
                     await self._wake.wait()
-                batch = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
-                await self._publish(batch)
+                if len(self.queue) < MAX_BATCH:
+                    await asyncio.sleep(LINGER_S)
+                await self._publish(self._take(MAX_BATCH * 4))
         finally:
             replay.cancel()
 
-    async def _publish(self, batch: list[Event]) -> None:
-        failed = await self._send(batch)
-        if failed:
-            self.spool.append(failed)
-            self.spooled += len(failed)
-            log.warning("usage.spooled", events=len(failed), spool=self.spool.count)
+    def _take(self, limit: int) -> list[Event]:
+        return [self.queue.popleft() for _ in range(min(len(self.queue), limit))]
 
-    async def _send(self, batch: list[Event]) -> list[Event]:
-        """Publish a batch; return the events whose ack did not come back."""
-        if not self.nc.is_connected:
-            return batch
-        futures = []
-        failed: list[Event] = []
-        for event in batch:
-            try:
-                fut = await self.js.publish_async(
-                    subject_of(event), encode(event), wait_stall=ACK_TIMEOUT_S,
-                    headers={subjects.MSG_ID_HEADER: str(event.event_id)},
-                )
-            except Exception:  # noqa: BLE001 — NATS trouble: spool it
-                failed.append(event)
+    async def _publish(self, events: list[Event]) -> None:
+        """Publish events as one message per tenant and batch; acks are awaited in the background."""
+        for batch in _batches(events):
+            await self._in_flight.acquire()
+            future = await self._send(batch)
+            if future is None:
+                self._in_flight.release()
+                self._spool(batch)
                 continue
-            futures.append((event, fut))
-        if futures:
-            await asyncio.wait([f for _, f in futures], timeout=ACK_TIMEOUT_S)
-        for event, fut in futures:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.published += 1
-            else:
-                if not fut.done():
-                    fut.cancel()
-                failed.append(event)
-        return failed
+            task = asyncio.ensure_future(self._confirm(batch, future))
+            self._confirmations.add(task)
+            task.add_done_callback(self._confirmations.discard)
+
+    async def _send(self, batch: list[Event]) -> asyncio.Future | None:
+        if not self.nc.is_connected:
+            return None
+        try:
+            return await self.js.publish_async(
+                subject_of(batch[0]), encode_batch(batch), wait_stall=ACK_TIMEOUT_S,
+                headers={subjects.MSG_ID_HEADER: f"{batch[0].event_id}+{len(batch)}"},
+            )
+        except Exception:  # noqa: BLE001 — NATS trouble: spool it
+            return None
+
+    async def _confirm(self, batch: list[Event], future: asyncio.Future) -> None:
+        try:
+            await asyncio.wait_for(future, ACK_TIMEOUT_S)
+            self.published += len(batch)
+        except Exception:  # noqa: BLE001 — no ack (timeout, NATS down, stream error): keep it on disk
+            self._spool(batch)
+        finally:
+            self._in_flight.release()
+
+    def _spool(self, batch: list[Event]) -> None:
+        self.spool.append(batch)
+        self.spooled += len(batch)
+        log.warning("usage.spooled", events=len(batch), spool=self.spool.count)
 
     async def _replay_loop(self) -> None:
         while True:
@@ -101,20 +115,53 @@ class UsagePublisher:
             if self.spool.count and self.nc.is_connected:
                 for path, events in self.spool.take():
                     log.info("usage.spool_replay", events=len(events), file=path.name)
-                    for start in range(0, len(events), MAX_BATCH):
-                        await self._publish(events[start:start + MAX_BATCH])
+                    await self._publish(events)
                     path.unlink()   # only now: a crash before this replays the file again
 
     async def drain(self, timeout_s: float = 10.0) -> None:
-        """On shutdown: publish what is queued, spool whatever cannot be published."""
+        """On shutdown: publish what is queued and wait for the acks; spool whatever is left."""
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while self.queue:
-                    batch = [self.queue.popleft() for _ in range(min(len(self.queue), MAX_BATCH))]
-                    await self._publish(batch)
+                    await self._publish(self._take(MAX_BATCH * 4))
+                if self._confirmations:
+                    await asyncio.gather(*self._confirmations, return_exceptions=True)
         if self.queue:
-            self.spool.append(list(self.queue))
-            self.queue.clear()
+            self._spool(self._take(len(self.queue)))
+
+
+def _batches(events: list[Event]) -> list[list[Event]]:
+    """Group events by subject (type and tenant), at most MAX_BATCH to a message, order kept."""
+    groups: dict[str, list[Event]] = {}
+    for event in events:
+        groups.setdefault(subject_of(event), []).append(event)
+    return [group[i:i + MAX_BATCH] for group in groups.values() for i in range(0, len(group), MAX_BATCH)]
+
+
+class OutcomeBatcher:
+    """Call outcomes for the router: a live signal on core NATS, one message per gateway every few ms."""
+
+    def __init__(self, nc: NATS, instance: str) -> None:
+        self.nc = nc
+        self.subject = f"{subjects.CALL_ATTEMPTED}.{subjects.subject_token(instance)}"
+        self.pending: list[Event] = []
+        self._scheduled = False
+
+    def record(self, event: Event) -> None:
+        self.pending.append(event)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(LINGER_S, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self.pending = self.pending, []
+        if batch and self.nc.is_connected:
+            asyncio.ensure_future(self._publish(encode_batch(batch)))
+
+    async def _publish(self, payload: bytes) -> None:
+        with contextlib.suppress(Exception):   # a health signal, not accounting: never fail for it
+            await self.nc.publish(self.subject, payload)
 
 
 class Spool:

@@ -14,7 +14,7 @@ from libs.kit.service import Deps
 
 ATTEMPTS = Counter("switchyard_upstream_attempts_total", "Upstream call attempts by endpoint and outcome",
                    ["endpoint", "outcome"])
-_decode = decoder(CallAttempted)
+_decode = decoder(list[CallAttempted])
 
 
 class OutcomeTally:
@@ -34,7 +34,8 @@ async def start(deps: Deps) -> None:
     deps.extra["tally"] = tally
 
     async def on_call_attempted(msg: Msg) -> None:
-        tally.fold(_decode.decode(msg.data))
+        for event in _decode.decode(msg.data):
+            tally.fold(event)
 
     # A queue group: with several router replicas each outcome is folded once.
     await deps.nc.subscribe(f"{subjects.CALL_ATTEMPTED}.>", queue="router", cb=on_call_attempted)

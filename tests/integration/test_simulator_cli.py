@@ -12,7 +12,9 @@ COMMAND = [sys.executable, "-m", "libs.simulator"]
 
 def test_cli_serves_until_sigterm_and_exits_cleanly():
     args = ["--port", "0", "--tokens", "3", "--models", "m1"]
-    with subprocess.Popen(COMMAND + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        COMMAND + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
         try:
             url = proc.stdout.readline().split(" on ", 1)[1].split()[0]
             assert url.startswith("http://127.0.0.1:")

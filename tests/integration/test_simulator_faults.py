@@ -146,6 +146,10 @@ async def test_token_interval_paces_streamed_chunks(client, sim):
 
 
 async def test_runtime_config_change_applies_to_the_next_request(client, sim):
-    assert (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"]["completion_tokens"] == 6
+    assert (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"][
+        "completion_tokens"
+    ] == 6
     sim.configure(tokens=2)
-    assert (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"]["completion_tokens"] == 2
+    assert (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"][
+        "completion_tokens"
+    ] == 2

@@ -7,7 +7,9 @@ import pytest
 
 from libs.simulator import SimConfig, Simulator
 
-CHAT = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+CHAT = json.dumps(
+    {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+)
 
 
 @pytest.fixture
@@ -28,7 +30,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
     lines = head.decode().split("\r\n")
     status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    headers = {
+        k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+    }
     if "content-length" in headers:
         return status, headers, await reader.readexactly(int(headers["content-length"]))
     if headers.get("transfer-encoding") == "chunked":
@@ -83,7 +87,9 @@ async def test_expect_continue_gets_100_before_the_body_is_sent(conn):
 async def test_http_10_stream_ends_by_closing_the_connection(conn):
     reader, writer = conn
     body = json.dumps({"model": "llama3.2", "prompt": "hi"})
-    writer.write(f"POST /api/generate HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+    writer.write(
+        f"POST /api/generate HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+    )
     status, headers, reply = await read_response(reader)
     assert status == 200
     assert "transfer-encoding" not in headers
@@ -104,3 +110,12 @@ async def test_garbage_gets_400_and_a_closed_connection(conn):
     status, _, _ = await read_response(reader)
     assert status == 400
     assert await asyncio.wait_for(reader.read(), 3) == b""
+
+
+async def test_head_gets_headers_only_and_the_connection_stays_usable(conn):
+    reader, writer = conn
+    writer.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 17" in head
+    status, _, body = await read_response(reader)
+    assert (status, body) == (200, b"Ollama is running")

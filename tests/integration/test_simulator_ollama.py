@@ -11,9 +11,13 @@ from libs.simulator import SimConfig, Simulator
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there yard"}]}
 DONE_FIELDS = {
-    "total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-    "eval_count", "eval_duration",
-}  # fmt: skip
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+}
 
 
 @pytest.fixture
@@ -51,7 +55,11 @@ async def test_chat_streams_ndjson_by_default_and_ends_with_counts(client):
 
 
 async def test_generate_streams_responses_and_num_predict_caps_them(client):
-    request = {"model": "llama3.2:latest", "prompt": "why is the sky blue", "options": {"num_predict": 2}}
+    request = {
+        "model": "llama3.2:latest",
+        "prompt": "why is the sky blue",
+        "options": {"num_predict": 2},
+    }
     lines = ndjson((await client.post("/api/generate", json=request)).text)
     assert len(lines) == 3
     assert lines[-1]["eval_count"] == 2
@@ -62,18 +70,24 @@ async def test_generate_streams_responses_and_num_predict_caps_them(client):
 
 
 async def test_embed_returns_one_unit_vector_per_input(client):
-    body = (await client.post("/api/embed", json={"model": "nomic-embed-text", "input": ["a", "b c"]})).json()
+    body = (
+        await client.post("/api/embed", json={"model": "nomic-embed-text", "input": ["a", "b c"]})
+    ).json()
     assert body["model"] == "nomic-embed-text"
     assert len(body["embeddings"]) == 2
     assert all(len(v) == 768 for v in body["embeddings"])
     assert math.isclose(sum(x * x for x in body["embeddings"][0]), 1.0, rel_tol=1e-5)
     assert body["prompt_eval_count"] == 3
-    single = (await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "a"})).json()
+    single = (
+        await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "a"})
+    ).json()
     assert single["embeddings"][0] == body["embeddings"][0]
 
 
 async def test_legacy_embeddings_return_a_single_vector(client):
-    body = (await client.post("/api/embeddings", json={"model": "nomic-embed-text", "prompt": "a"})).json()
+    body = (
+        await client.post("/api/embeddings", json={"model": "nomic-embed-text", "prompt": "a"})
+    ).json()
     assert len(body["embedding"]) == 768
 
 
@@ -87,6 +101,11 @@ async def test_tags_ps_and_version_describe_the_models(client, sim):
     assert [m["name"] for m in running] == ["qwen2.5:7b"]
     assert {"expires_at", "size_vram"} <= running[0].keys()
     assert (await client.get("/api/version")).json() == {"version": "0.5.7"}
+
+
+async def test_root_and_health_answer_liveness_probes(client):
+    assert (await client.get("/")).text == "Ollama is running"
+    assert (await client.get("/health")).status_code == 200
 
 
 async def test_show_describes_a_known_model_and_404s_an_unknown_one(client):
@@ -120,7 +139,12 @@ async def test_official_ollama_client_chats_generates_and_embeds(sim):
     async with ollama.AsyncClient(host=sim.url) as client:
         reply = await client.chat(model="llama3.2", messages=CHAT["messages"])
         assert reply.done and reply.eval_count == 5
-        streamed = [part async for part in await client.chat(model="llama3.2", messages=CHAT["messages"], stream=True)]
+        streamed = [
+            part
+            async for part in await client.chat(
+                model="llama3.2", messages=CHAT["messages"], stream=True
+            )
+        ]
         assert "".join(p.message.content for p in streamed) == reply.message.content
         generated = await client.generate(model="llama3.2", prompt="hi")
         assert generated.response
@@ -128,7 +152,10 @@ async def test_official_ollama_client_chats_generates_and_embeds(sim):
         assert len(embedded.embeddings) == 2
         listed = await client.list()
         assert [m.model for m in listed.models] == ["llama3.2:latest", "nomic-embed-text:latest"]
-        assert [m.model for m in (await client.ps()).models] == ["llama3.2:latest", "nomic-embed-text:latest"]
+        assert [m.model for m in (await client.ps()).models] == [
+            "llama3.2:latest",
+            "nomic-embed-text:latest",
+        ]
         assert (await client.show("llama3.2")).details.family == "llama"
         with pytest.raises(ollama.ResponseError) as exc:
             await client.chat(model="nope", messages=CHAT["messages"])

@@ -82,7 +82,9 @@ async def test_completions_stream_and_non_stream_agree(client):
     whole = (await client.post("/v1/completions", json=request)).json()
     assert whole["object"] == "text_completion"
     assert whole["usage"]["prompt_tokens"] == 4
-    payloads = sse_payloads((await client.post("/v1/completions", json={**request, "stream": True})).text)
+    payloads = sse_payloads(
+        (await client.post("/v1/completions", json={**request, "stream": True})).text
+    )
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
@@ -90,7 +92,9 @@ async def test_completions_stream_and_non_stream_agree(client):
 
 
 async def test_completions_give_one_choice_per_prompt(client):
-    body = (await client.post("/v1/completions", json={"model": "llama3.2", "prompt": ["a", "b c"]})).json()
+    body = (
+        await client.post("/v1/completions", json={"model": "llama3.2", "prompt": ["a", "b c"]})
+    ).json()
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 12, "total_tokens": 15}
 
@@ -103,7 +107,9 @@ async def test_embeddings_are_unit_vectors_in_float_or_base64(client):
     assert len(vector) == 768
     assert math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-5)
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
-    packed = (await client.post("/v1/embeddings", json={**request, "encoding_format": "base64"})).json()
+    packed = (
+        await client.post("/v1/embeddings", json={**request, "encoding_format": "base64"})
+    ).json()
     raw = base64.b64decode(packed["data"][0]["embedding"])
     assert list(struct.unpack("<768f", raw)) == vector
 
@@ -167,11 +173,17 @@ async def test_official_openai_client_chats_streams_and_embeds(sim):
             usage = chunk.usage or usage
         assert "".join(parts) == text
         assert usage.total_tokens == 9
-        floats = await oa.embeddings.create(model="nomic-embed-text", input="a yard", encoding_format="float")
-        packed = await oa.embeddings.create(model="nomic-embed-text", input="a yard")  # base64 by default
+        floats = await oa.embeddings.create(
+            model="nomic-embed-text", input="a yard", encoding_format="float"
+        )
+        packed = await oa.embeddings.create(
+            model="nomic-embed-text", input="a yard"
+        )  # base64 by default
         assert len(floats.data[0].embedding) == 768
         assert packed.data[0].embedding == pytest.approx(floats.data[0].embedding)
         listed = await oa.models.list()
         assert [m.id for m in listed.data] == ["llama3.2", "nomic-embed-text"]
         with pytest.raises(openai.NotFoundError):
-            await oa.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+            await oa.chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "x"}]
+            )

@@ -38,8 +38,15 @@ def stack(tmp_root: Path) -> Iterator[EmbeddedStack]:
 # ---- helpers ------------------------------------------------------------------------------------
 
 
+async def quiet(error: Exception) -> None:
+    """nats-py logs every refused connection attempt unless given an error callback."""
+
+
 async def connect_nats(url: str) -> nats.NATS:
-    return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+    # max_reconnect_attempts=0 retries a refused first connect forever in nats-py 2.16; 1 gives up
+    return await nats.connect(
+        url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet
+    )
 
 
 async def publish_to_new_stream(url: str, stream: str, payload: bytes) -> None:

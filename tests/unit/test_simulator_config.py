@@ -63,9 +63,23 @@ def test_refuse_needs_a_rate_above_zero():
 
 def test_cli_flags_build_the_config_and_omitted_flags_keep_defaults():
     args = build_parser().parse_args(
-        ["--models", "a, b,c", "--loaded", "b", "--tokens", "3", "--failure-kind", "http_429",
-         "--failure-rate", "0.25", "--latency-ms", "5", "--seed", "9"]
-    )  # fmt: skip
+        [
+            "--models",
+            "a, b,c",
+            "--loaded",
+            "b",
+            "--tokens",
+            "3",
+            "--failure-kind",
+            "http_429",
+            "--failure-rate",
+            "0.25",
+            "--latency-ms",
+            "5",
+            "--seed",
+            "9",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.models == ("a", "b", "c")
     assert cfg.loaded == ("b",)
@@ -88,6 +102,16 @@ def test_cli_help_names_the_command_and_every_knob(capsys):
         build_parser().parse_args(["--help"])
     text = capsys.readouterr().out
     assert "switchyard simulate-upstream" in text
-    for flag in ("--control-port", "--models", "--loaded", "--latency-ms", "--token-interval-ms",
-                 "--tokens", "--embedding-dims", "--failure-rate", "--failure-kind", "--seed"):  # fmt: skip
+    for flag in (
+        "--control-port",
+        "--models",
+        "--loaded",
+        "--latency-ms",
+        "--token-interval-ms",
+        "--tokens",
+        "--embedding-dims",
+        "--failure-rate",
+        "--failure-kind",
+        "--seed",
+    ):
         assert flag in text

@@ -5,11 +5,14 @@ import pytest
 from libs.simulator.wire import BadRequest, body_length, parse_chunked, parse_head, response_head
 
 
-def test_request_head_is_parsed_with_lower_case_header_names():
-    req = parse_head(b"POST /v1/models?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-Thing:  v ")
+def test_request_head_is_parsed_and_headers_read_case_insensitively():
+    req = parse_head(
+        b"POST /v1/models?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-Thing:  V "
+    )
     assert (req.method, req.path, req.query) == ("POST", "/v1/models", "x=1")
-    assert req.headers[b"content-length"] == b"12"
-    assert req.headers[b"x-thing"] == b"v"
+    assert req.header(b"content-length") == b"12"
+    assert req.header(b"x-thing") == b"v"
+    assert req.header(b"thing") is None
     assert body_length(req) == 12
 
 
@@ -20,9 +23,7 @@ def test_keep_alive_follows_the_version_and_connection_header():
     assert parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive").keep_alive
 
 
-@pytest.mark.parametrize(
-    "head", [b"GET /", b"GET / HTTP/2.0", b"GET / HTTP/1.1\r\nno colon here", b"A B C D"]
-)
+@pytest.mark.parametrize("head", [b"GET /", b"GET / HTTP/2.0", b"GET /  HTTP/1.1", b"A B C D"])
 def test_malformed_heads_are_bad_requests(head):
     with pytest.raises(BadRequest) as exc:
         parse_head(head)

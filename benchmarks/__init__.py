@@ -1,0 +1,1 @@
+"""The benchmark harness: the gateway against the same upstream simulator called directly."""

@@ -1,0 +1,115 @@
+"""Benchmark the gateway against the same upstream simulator called directly, on one machine.
+
+    python -m benchmarks.run [--quick] [--out benchmarks/results/latest.json] [--requests N]
+                             [--concurrency 32] [--load-procs K]
+
+Starts `switchyard up --demo --no-fsync` on a fresh data dir and a free port, then measures
+added latency and time to first byte (sequential calls), throughput and CPU per call (N
+keep-alive connections) for chat, streamed chat and embeddings, and checks that the usage
+log holds one event per gateway call. Prints a table and writes every figure as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import uvloop
+
+from benchmarks.phases import SIM_KNOBS, Bench, say
+from benchmarks.report import machine, table
+from benchmarks.stack import Stack
+
+DEFAULT_OUT = Path("benchmarks/results/latest.json")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, a smoke test (< 60 s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    parser.add_argument("--requests", type=int, help="non-streamed chat calls per throughput run; streams run "
+                        "a quarter of it, embeddings half (default: 20000, quick: 1000)")
+    parser.add_argument("--seconds", type=float, help="run each throughput run for this long instead of a count")
+    parser.add_argument("--sequential", type=int, help="sequential calls per target (default: 2000, quick: 300)")
+    parser.add_argument("--warmup", type=int, help="sequential warm-up calls per target (default: 200, quick: 50)")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections in the throughput runs (default: 32)")
+    parser.add_argument("--load-procs", type=int, default=1, help="processes sharing the load (default: 1)")
+    parser.add_argument("--kinds", default="chat,stream,embed", help="throughput runs, comma-separated")
+    parser.add_argument("--keep-data", action="store_true", help="keep the stack's data dir (logs) afterwards")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.requests = args.requests if args.requests is not None else (1000 if quick else 20_000)
+    args.sequential = args.sequential if args.sequential is not None else (300 if quick else 2000)
+    args.warmup = args.warmup if args.warmup is not None else (50 if quick else 200)
+    args.warmup_per_conn = 1 if quick else 5
+    return args
+
+
+async def bench(args: argparse.Namespace, stack: Stack) -> dict:
+    """Every phase, in order; the figures as one JSON-ready dict."""
+    b = await Bench.open(stack)
+    try:
+        sequential = {kind: await b.sequential(kind, args.sequential, args.warmup) for kind in ("chat", "stream")}
+        counts = {"chat": args.requests, "stream": max(1, args.requests // 4), "embed": max(1, args.requests // 2)}
+        for kind in args.kinds.split(","):
+            for target in (b.direct, b.gateway):
+                requests = 0 if args.seconds else counts[kind]
+                await b.run_throughput(kind, target, args.concurrency, requests, args.seconds or 0.0,
+                                       args.load_procs, args.warmup_per_conn)
+        say("accounting: waiting for the usage log")
+        accounting = await b.accounting()
+        members = b.tree.members()
+    finally:
+        await b.close()
+    return {"sequential": sequential, "throughput": b.throughput, "accounting": accounting,
+            "processes": members, "endpoints": {e.id: vars(e) for e in stack.endpoints.values()},
+            "direct_endpoint": b.direct.base_url}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the stack on SIGTERM as on Ctrl-C
+    started = time.time()
+    info = machine()
+    config = {"quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
+              "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
+              "load_procs": args.load_procs, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
+    say("starting switchyard up --demo --no-fsync ...")
+    try:
+        with Stack(keep_data=args.keep_data) as stack:
+            say(f"stack up on {stack.gateway_url} (data dir {stack.data_dir})")
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                figures = runner.run(bench(args, stack))
+            stack_command = shlex.join(stack.command)
+            say("stopping the stack")
+    except KeyboardInterrupt:
+        say("interrupted; the stack is stopped")
+        return 130
+    results = {
+        "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)]),
+        "stack_command": stack_command, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1), "machine": info, "config": config, **figures,
+    }
+    print(table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
+    say(f"wrote {args.out}")
+    return 0 if results["accounting"]["match"] else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _jsonable(value: object) -> object:
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

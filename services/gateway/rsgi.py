@@ -1,0 +1,101 @@
+"""Serve the gateway over RSGI: inference calls go straight to the Proxy, the rest to Litestar via ASGI.
+
+granian's RSGI interface proxied about 1.7x the calls/s of its ASGI interface
+here (docs/performance.md), so the hot path speaks RSGI natively; Litestar keeps
+the admin and monitoring routes and the lifespan, through this small bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Litestar
+
+
+class GatewayRSGI:
+    """An RSGI application: `__rsgi_init__` runs the Litestar lifespan's start-up, `__rsgi_del__` its shutdown."""
+
+    def __init__(self, litestar: Litestar) -> None:
+        self.litestar = litestar
+        self.proxy: Any = None           # set by the lifespan once state, pool and publisher exist
+        self._lifespan: asyncio.Task[None] | None = None
+        self._to_app: asyncio.Queue[dict[str, Any]] | None = None
+        self._from_app: asyncio.Queue[dict[str, Any]] | None = None
+
+    # --- lifespan ---------------------------------------------------------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self._lifespan_step("startup"))
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self._lifespan_step("shutdown"))
+
+    async def _lifespan_step(self, step: str) -> None:
+        if self._lifespan is None:
+            self._to_app, self._from_app = asyncio.Queue(), asyncio.Queue()
+            scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+            self._lifespan = asyncio.ensure_future(self.litestar(scope, self._to_app.get, self._from_app.put))
+        assert self._to_app is not None and self._from_app is not None
+        await self._to_app.put({"type": f"lifespan.{step}"})
+        reply = await self._from_app.get()
+        if reply["type"].endswith(".failed"):
+            raise RuntimeError(f"gateway {step} failed: {reply.get('message', '')}")
+        if step == "shutdown":
+            await self._lifespan
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        proxy = self.proxy
+        if proxy is not None and scope.proto == "http" and scope.method == "POST" and scope.path in proxy.routes:
+            await proxy(scope, proto)
+        elif scope.proto == "http":
+            await bridge(self.litestar, scope, proto)
+
+
+def _address(value: str) -> tuple[str, int] | None:
+    host, _, port = value.rpartition(":")
+    return (host.strip("[]"), int(port)) if port.isdigit() else None
+
+
+async def bridge(app: Any, scope: Any, proto: Any) -> None:
+    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream."""
+    asgi_scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
+        "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
+        "query_string": scope.query_string.encode("latin-1"), "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
+        "client": _address(scope.client), "server": _address(scope.server), "state": {},
+    }
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": await proto(), "more_body": False}
+        await proto.client_disconnect()
+        return {"type": "http.disconnect"}
+
+    start: dict[str, Any] = {}
+    transport: Any = None
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal transport
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            return
+        body, more = message.get("body", b""), message.get("more_body", False)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        if transport is None and not more:
+            proto.response_bytes(start["status"], headers, body)
+            return
+        if transport is None:
+            transport = proto.response_stream(start["status"], headers)
+        if body:
+            await transport.send_bytes(body)
+
+    await app(asgi_scope, receive, send)
