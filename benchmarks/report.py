@@ -59,7 +59,9 @@ def machine() -> dict:
         "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False), "cpu_model": model,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": sys.version.split()[0],
         "platform": platform.platform(), "aiohttp": aiohttp.__version__, "uvloop": uvloop.__version__,
-        "load_average_before": [round(x, 2) for x in os.getloadavg()], "commit": _commit(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "busy_cores_before": round(psutil.cpu_percent(interval=1.0) / 100 * (os.cpu_count() or 1), 2),
+        "commit": _commit(),
     }
 
 
@@ -80,7 +82,8 @@ def table(results: dict) -> str:
     m, cfg = results["machine"], results["config"]
     lines = [
         f"Switchyard benchmark: {m['logical_cores']} cores ({m['cpu_model']}), Python {m['python']}, "
-        f"commit {m['commit']}; load average before {m['load_average_before']}",
+        f"commit {m['commit']}",
+        f"Before the run: load average {m['load_average_before']}, {m['busy_cores_before']} cores busy (other users)",
         f"One machine for load generator, simulator, gateway, services and infra. Load: {cfg['load_procs']} "
         f"process(es), aiohttp+uvloop; simulator knobs {cfg['sim_knobs']}",
         "",

@@ -10,7 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from libs.kit.stack import StackUrls
 from libs.kit.stack_proc import pick_free_port
+from libs.kit.supervisor import Supervisor
 
 SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order; stop runs reversed
 
@@ -74,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    from libs.kit import bootstrap
     from libs.kit.stack import EmbeddedStack, StackError
-    from libs.kit.supervisor import Supervisor
 
     data_dir: Path = args.data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def up(args: argparse.Namespace) -> int:
         return 1
     supervisor = Supervisor(data_dir / "logs")
     try:
-        return _run_services(args, data_dir, urls, supervisor, bootstrap)
+        return _run_services(args, data_dir, urls, supervisor)
     finally:
         say("stopping ...")
         supervisor.stop(order=[*reversed(SERVICES)])
@@ -101,16 +101,15 @@ def up(args: argparse.Namespace) -> int:
         say("stopped")
 
 
-def _run_services(args: argparse.Namespace, data_dir: Path, urls: object, supervisor: object,
-                  bootstrap: object) -> int:
+def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, supervisor: Supervisor) -> int:
     from libs.kit import bootstrap as boot
-    from libs.kit.supervisor import Supervisor
 
-    assert isinstance(supervisor, Supervisor)
+    admin_key, demo_key, generated = boot.remembered_keys(
+        data_dir / "keys.env", os.environ.get("SWITCHYARD_ADMIN_KEY"), os.environ.get("SWITCHYARD_DEMO_KEY"))
     taken = {args.port}
     common = {
-        "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,  # type: ignore[attr-defined]
-        "SWITCHYARD_REDIS_URL": urls.redis_url,  # type: ignore[attr-defined]
+        "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
+        "SWITCHYARD_REDIS_URL": urls.redis_url,
         "SWITCHYARD_SPOOL_DIR": str(data_dir / "spool"),
     }
     ports: dict[str, int] = {}
@@ -119,8 +118,10 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: object, superv
         taken.add(port)
         ports[name] = port
         host = args.host if name == "gateway" else "127.0.0.1"
-        supervisor.add(name, [sys.executable, "-m", f"services.{name}"],
-                       {**common, "SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(port)})
+        env = {**common, "SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(port)}
+        if name == "registry":
+            env["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
+        supervisor.add(name, [sys.executable, "-m", f"services.{name}"], env)
     sims: dict[str, int] = {}
     if args.demo:
         for name in ("sim-ollama", "sim-openai"):
@@ -129,15 +130,17 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: object, superv
             supervisor.add(name, [sys.executable, "-m", "libs.simulator", "--host", "127.0.0.1",
                                   "--port", str(sims[name])], {})
 
-    admin_key, demo_key, generated = boot.remembered_keys(
-        data_dir / "keys.env", os.environ.get("SWITCHYARD_ADMIN_KEY"), os.environ.get("SWITCHYARD_DEMO_KEY"))
-    commands = boot.admin_commands(admin_key)
+    commands = []
     if args.demo:
         commands += boot.demo_commands(f"http://127.0.0.1:{sims['sim-ollama']}",
                                        f"http://127.0.0.1:{sims['sim-openai']}", demo_key)
     try:
-        asyncio.run(_bootstrap(urls.nats_url, commands))  # type: ignore[attr-defined]
-        _wait_http(f"http://127.0.0.1:{args.port}/health", 60.0)
+        if commands:
+            asyncio.run(_bootstrap(urls.nats_url, commands))
+        local = f"http://127.0.0.1:{args.port}"
+        _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0)     # registry and gateway both answer
+        if args.demo:
+            _wait_http(f"{local}/v1/models", demo_key, 30.0)         # the gateway knows the demo tenant
     except Exception as exc:  # noqa: BLE001 — tell the operator where to look
         say(f"start-up failed: {exc}; logs are in {data_dir / 'logs'}")
         return 1
@@ -175,11 +178,13 @@ async def _bootstrap(nats_url: str, commands: list[object]) -> None:
         await nc.close()
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
+def _wait_http(url: str, key: str, timeout_s: float) -> None:
+    """Poll a gateway URL with a key until it answers 200."""
     deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 — loopback only
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 — loopback only
                 if response.status == 200:
                     return
         except OSError:
@@ -197,9 +202,14 @@ def say(text: str) -> None:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from libs.kit import replaytool
+    from services.metering import replay as tool
+    from services.metering.projections import PROJECTIONS
 
-    return asyncio.run(replaytool.run(args))
+    if not (args.list or args.all or args.projection):
+        say(f"name a projection ({', '.join(sorted(PROJECTIONS))}), or use --all or --list")
+        return 2
+    names = sorted(PROJECTIONS) if args.all else [args.projection] if args.projection else []
+    return asyncio.run(tool.run(names, args.data_dir.absolute(), list_only=args.list))
 
 
 if __name__ == "__main__":

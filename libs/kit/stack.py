@@ -1,4 +1,4 @@
-"""The embedded infrastructure launcher: NATS (JetStream), PostgreSQL and Valkey from pip-installed binaries."""
+"""The embedded launcher: NATS (JetStream), PostgreSQL and Valkey from pip-installed binaries, no Docker."""
 
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ log = structlog.get_logger(__name__)
 
 Component = Literal["nats", "postgres", "valkey"]
 COMPONENTS: tuple[Component, ...] = ("nats", "postgres", "valkey")  # start order; stop runs reversed
-_SERVERS: dict[str, type[ManagedServer]] = {"nats": NatsServer, "postgres": PostgresServer, "valkey": ValkeyServer}
+_SERVERS: dict[str, type[ManagedServer]] = {
+    "nats": NatsServer,
+    "postgres": PostgresServer,
+    "valkey": ValkeyServer,
+}
 _PROBLEMS = {"nats": nats_problem, "postgres": postgres_problem, "valkey": valkey_problem}
 
 
@@ -71,7 +75,11 @@ class EmbeddedStack:
         self.durable = durable  # False: fsync off in postgres and valkey (tests, benchmarks)
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self._external: dict[str, str | None] = {"nats": nats_url, "postgres": database_url, "valkey": redis_url}
+        self._external: dict[str, str | None] = {
+            "nats": nats_url,
+            "postgres": database_url,
+            "valkey": redis_url,
+        }
         self._fixed_ports = dict(ports or {})  # e.g. {"nats": 4222, "nats_monitor": 8222, "postgres": 5432}
         self._servers: dict[str, ManagedServer] = {}
         self._spawner: Spawner | None = None
@@ -91,7 +99,7 @@ class EmbeddedStack:
         try:
             state = self._read_state()
             self._servers = {
-                name: _SERVERS[name](self.data_dir, self.log_dir, _placeholder_ports(name), durable=self.durable)
+                name: _SERVERS[name](self.data_dir, self.log_dir, _no_ports(name), durable=self.durable)
                 for name in COMPONENTS
                 if self._external[name] is None
             }
@@ -108,7 +116,11 @@ class EmbeddedStack:
             for name, url in self._external.items():
                 if url is not None:
                     self._wait_external(name, url)
-            self._urls = StackUrls(nats_url=self._url("nats"), database_url=self._url("postgres"), redis_url=self._url("valkey"))
+            self._urls = StackUrls(
+                nats_url=self._url("nats"),
+                database_url=self._url("postgres"),
+                redis_url=self._url("valkey"),
+            )
         except BaseException:
             self.stop()
             raise
@@ -136,7 +148,9 @@ class EmbeddedStack:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -179,7 +193,8 @@ class EmbeddedStack:
         if name not in COMPONENTS:
             raise StackError(f"unknown component {name!r}; expected one of {COMPONENTS}")
         if self._external[name] is not None:
-            raise StackError(f"{name} is external ({_redact(self._external[name] or '')}); the stack does not run it")
+            url = _redact(self._external[name] or "")
+            raise StackError(f"{name} is external ({url}); the stack does not run it")
         if name not in self._servers:
             raise StackError("the stack is not started")
         return self._servers[name]
@@ -201,7 +216,7 @@ class EmbeddedStack:
                 else:
                     chosen[port_name] = pick_free_port(taken)
                     if previous:
-                        log.warning("stack.port_moved", port_name=port_name, was=previous, now=chosen[port_name])
+                        log.warning("stack.port_moved", port=port_name, was=previous, now=chosen[port_name])
         return chosen
 
     def _wait_external(self, name: str, url: str) -> None:
@@ -212,9 +227,8 @@ class EmbeddedStack:
             return problems[0] is None
 
         if not wait_until(answers, timeout_s=self.ready_timeout_s, interval_s=0.25):
-            raise StackError(
-                f"{name}: external {_redact(url)} did not answer within {self.ready_timeout_s:.0f} s: {problems[0]}"
-            )
+            within = f"within {self.ready_timeout_s:.0f} s"
+            raise StackError(f"{name}: external {_redact(url)} did not answer {within}: {problems[0]}")
 
     @property
     def _state_path(self) -> Path:
@@ -240,13 +254,14 @@ class EmbeddedStack:
             pids[name] = server.pid
         state.update(ports=ports, pids=pids, launcher_pid=os.getpid())
         if self._urls is not None:
-            state["urls"] = {field: _redact(getattr(self._urls, field)) for field in self._urls.__struct_fields__}
+            state["urls"] = {key: _redact(value) for key, value in msgspec.structs.asdict(self._urls).items()}
         scratch = self._state_path.with_suffix(".json.tmp")
         scratch.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         scratch.replace(self._state_path)
 
 
-def _placeholder_ports(name: str) -> dict[str, int]:
+def _no_ports(name: str) -> dict[str, int]:
+    """Port 0 for each port of a component, until the real ones are chosen."""
     return {port_name: 0 for port_name in _SERVERS[name].port_names}
 
 

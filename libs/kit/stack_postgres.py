@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL server: initdb once, then `postgres` as our child, as an unprivileged user when we are root."""
+"""The embedded PostgreSQL server: initdb once, then `postgres` as a child, as a system user if we are root."""
 
 from __future__ import annotations
 

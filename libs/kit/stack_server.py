@@ -1,4 +1,4 @@
-"""The life cycle shared by every embedded server: prepare, spawn on fixed ports, wait until it answers, stop."""
+"""The life cycle every embedded server shares: prepare, spawn on fixed ports, wait until it answers, stop."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class ManagedServer:
 
     @property
     def home(self) -> Path:
-        """The directory this server keeps its data in; it appears verbatim in its argv."""
+        """The directory this server keeps its data in; it shows in its argv or as its cwd."""
         raise NotImplementedError
 
     def owns(self, pid: int) -> bool:
@@ -123,17 +123,20 @@ class ManagedServer:
         if not wait_until(self.answers, timeout_s=timeout_s, on_poll=self._raise_if_exited):
             raise self.error(f"did not answer on port {self.port} within {timeout_s:.0f} s")
         self.on_ready()
-        log.info("stack.ready", component=self.name, port=self.port, ready_s=round(time.monotonic() - started, 3))
+        ready_s = round(time.monotonic() - started, 3)
+        log.info("stack.ready", component=self.name, port=self.port, ready_s=ready_s)
 
     def stop(self, *, graceful: bool = True, timeout_s: float = 15.0) -> None:
         """Stop the server (graceful signal, SIGKILL after timeout_s); a no-op when it is not running."""
         if self.process is None:
             return
-        stop_process(self.process, stop_signal=self.stop_signal if graceful else signal.SIGKILL, timeout_s=timeout_s)
+        stop_signal = self.stop_signal if graceful else signal.SIGKILL
+        stop_process(self.process, stop_signal=stop_signal, timeout_s=timeout_s)
         self.process = None
 
     def error(self, problem: str) -> StackError:
-        return StackError(f"{self.name}: {problem}; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+        tail = log_tail(self.log_path)
+        return StackError(f"{self.name}: {problem}; last lines of {self.log_path}:\n{tail}")
 
     def _raise_if_exited(self) -> None:
         if self.process is not None and self.process.poll() is not None:

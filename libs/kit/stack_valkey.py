@@ -1,4 +1,4 @@
-"""The embedded Valkey server (append-only file on, so data survives a restart) and a PING check for any Redis URL."""
+"""The embedded Valkey server, with an append-only file so data outlives a restart, and a Redis PING check."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.contracts import subjects
+from libs.kit import bootstrap
 from libs.contracts.codec import decode_command, decoder, encode
 from libs.contracts.messages import CommandReply, RegistryQuery
 from libs.kit.service import Deps, serve_subscriptions
@@ -35,4 +36,7 @@ async def start(deps: Deps) -> None:
     store = RegistryStore(deps.pool, deps.nc)
     await store.load()
     deps.extra["store"] = store
+    if deps.settings.admin_key:
+        for command in bootstrap.admin_commands(deps.settings.admin_key):
+            await store.execute(command)
     await serve_subscriptions(deps, SUBSCRIPTIONS)
