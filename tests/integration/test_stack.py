@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +23,7 @@ from libs.kit.stack_proc import pick_free_port, pid_alive, wait_until
 
 @pytest.fixture(scope="module")
 def tmp_root() -> Iterator[Path]:
-    """A temp dir every user can traverse (pytest's tmp_path is mode 700, and postgres may run as another user)."""
+    """A temp dir all users can traverse: pytest's tmp_path is mode 700; postgres may run as another user."""
     root = Path(tempfile.mkdtemp(prefix="switchyard-stack-"))
     root.chmod(0o755)
     yield root
@@ -135,7 +136,8 @@ async def test_second_start_on_same_dir_keeps_data_and_ports(tmp_root: Path) -> 
         assert await first_message(urls.nats_url, "KEPT") == b"message"
         assert await read_rows(urls.database_url, "kept") == ["row"]
         assert await valkey_get(urls.redis_url, "kept") == b"key"
-    assert json.loads((data_dir / "stack.json").read_text())["pids"] == {"nats": None, "postgres": None, "valkey": None}
+    pids = json.loads((data_dir / "stack.json").read_text())["pids"]
+    assert pids == {"nats": None, "postgres": None, "valkey": None}
 
 
 def test_second_launcher_on_same_dir_is_refused(stack: EmbeddedStack) -> None:
@@ -146,7 +148,9 @@ def test_second_launcher_on_same_dir_is_refused(stack: EmbeddedStack) -> None:
 
 def test_stop_is_idempotent_and_start_again_reuses_ports(stack: EmbeddedStack, tmp_root: Path) -> None:
     shared = stack.urls  # only valkey is ours here, to stay fast
-    launcher = EmbeddedStack(tmp_root / "idempotent", nats_url=shared.nats_url, database_url=shared.database_url)
+    launcher = EmbeddedStack(
+        tmp_root / "idempotent", nats_url=shared.nats_url, database_url=shared.database_url
+    )
     launcher.stop()
     first = launcher.start()
     launcher.stop()
@@ -198,7 +202,8 @@ async def test_postgres_starts_again_after_a_crash_left_its_lock_file(stack: Emb
 
 def test_external_component_is_not_started(stack: EmbeddedStack, tmp_root: Path) -> None:
     shared = stack.urls
-    with EmbeddedStack(tmp_root / "external", nats_url=shared.nats_url, database_url=shared.database_url) as mixed:
+    mixed = EmbeddedStack(tmp_root / "external", nats_url=shared.nats_url, database_url=shared.database_url)
+    with mixed:
         assert mixed.urls.nats_url == shared.nats_url
         assert mixed.urls.database_url == shared.database_url
         assert mixed.urls.redis_url != shared.redis_url
@@ -209,16 +214,19 @@ def test_external_component_is_not_started(stack: EmbeddedStack, tmp_root: Path)
     assert not (tmp_root / "external" / "nats").exists()
 
 
-def test_unreachable_external_url_fails_with_its_reason(tmp_root: Path) -> None:
+def test_unreachable_external_url_fails_with_its_reason_and_no_password(
+    stack: EmbeddedStack, tmp_root: Path
+) -> None:
     dead_port = pick_free_port(set())
     launcher = EmbeddedStack(
         tmp_root / "unreachable",
-        nats_url=f"nats://127.0.0.1:{dead_port}",
-        database_url="postgresql://postgres:secret@127.0.0.1:1/x",
-        redis_url="redis://127.0.0.1:1/0",
+        nats_url=stack.urls.nats_url,
+        database_url=f"postgresql://postgres:secret@127.0.0.1:{dead_port}/x",
+        redis_url=stack.urls.redis_url,
         ready_timeout_s=0.5,
     )
-    with pytest.raises(StackError, match=f"nats: external nats://127.0.0.1:{dead_port} did not answer") as raised:
+    expected = f"postgres: external postgresql://postgres:***@127.0.0.1:{dead_port}/x did not answer"
+    with pytest.raises(StackError, match=re.escape(expected)) as raised:
         launcher.start()
     assert "refused" in str(raised.value).lower()
     assert "secret" not in str(raised.value)
@@ -239,16 +247,19 @@ def test_server_that_exits_at_start_up_raises_with_its_log_tail(tmp_root: Path, 
 
 def test_leftover_server_of_a_dead_launcher_is_replaced(tmp_root: Path, stack: EmbeddedStack) -> None:
     data_dir = tmp_root / "leftover"
-    port, monitor_port = pick_free_port(set()), pick_free_port(set())
+    port = pick_free_port(set())
+    monitor_port = pick_free_port({port})
     (data_dir / "nats").mkdir(parents=True)
-    orphan_argv = NatsServer(data_dir, data_dir / "logs", {"nats": port, "nats_monitor": monitor_port}, durable=False)
-    orphan = subprocess.Popen(orphan_argv.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ports = {"nats": port, "nats_monitor": monitor_port}
+    like_ours = NatsServer(data_dir, data_dir / "logs", ports, durable=False)
+    orphan = subprocess.Popen(like_ours.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(orphan_argv.answers, timeout_s=10)
-        state = {"ports": {"nats": port, "nats_monitor": monitor_port}, "pids": {"nats": orphan.pid}}
+        assert wait_until(like_ours.answers, timeout_s=10)
+        state = {"ports": ports, "pids": {"nats": orphan.pid}}
         (data_dir / "stack.json").write_text(json.dumps(state))
 
-        with EmbeddedStack(data_dir, database_url=stack.urls.database_url, redis_url=stack.urls.redis_url) as fresh:
+        fresh = EmbeddedStack(data_dir, database_url=stack.urls.database_url, redis_url=stack.urls.redis_url)
+        with fresh:
             assert orphan.wait(timeout=5) is not None
             assert fresh.urls.nats_url == f"nats://127.0.0.1:{port}"
             assert fresh.is_running("nats")

@@ -1,0 +1,110 @@
+"""`switchyard up` as a user runs it: its own embedded servers, crash restarts, clean stops, data kept."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+
+from libs.kit.stack_proc import pick_free_port
+from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
+
+
+def service_process(root_pid: int, service: str) -> psutil.Process:
+    """The running process of one service (granian's main process) under an `up` process."""
+    for child in psutil.Process(root_pid).children(recursive=True):
+        cmdline = child.cmdline()
+        if cmdline[-2:] == ["-m", f"services.{service}"] and child.parent().pid == root_pid:
+            return child
+    raise LookupError(service)
+
+
+async def test_crashed_service_is_restarted_and_usage_still_lands(demo: DemoStack) -> None:
+    from tests.e2e.test_demo import client, exactly_one_usage_row
+
+    victim = service_process(demo.proc.pid, "metering")
+    for process in [*victim.children(recursive=True), victim]:
+        process.kill()
+    request_id = uuid.uuid4().hex
+    reply = client(demo).chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "while metering is down"}],
+        extra_headers={"X-Request-Id": request_id})
+    assert reply.choices[0].message.content
+    await wait_for(lambda: _replaced(demo.proc.pid, "metering", victim.pid), timeout_s=30,
+                   what="metering restarted by the supervisor")
+    event = await exactly_one_usage_row(demo, request_id)
+    assert event["outcome"] == "ok"
+
+
+def _replaced(root_pid: int, service: str, old_pid: int) -> bool:
+    try:
+        return service_process(root_pid, service).pid != old_pid
+    except LookupError:
+        return False
+
+
+def _start(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(data_dir.parent / f"{data_dir.name}-up-{time.monotonic_ns()}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "libs.cli", "up", "--data-dir", str(data_dir),
+                             "--port", str(port), "--no-fsync"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, cwd=REPO)
+
+
+def _wait_up(proc: subprocess.Popen[bytes], url: str, key: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "switchyard up exited early"
+        try:
+            if httpx.get(url, headers={"X-API-Key": key}, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("switchyard up did not come up")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int) -> tuple[int, list[psutil.Process]]:
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(sig)
+    code = proc.wait(60)
+    gone, alive = psutil.wait_procs(descendants, timeout=10)
+    return code, alive
+
+
+def test_up_stops_cleanly_and_a_second_up_keeps_the_data() -> None:
+    root = traversable_tempdir("switchyard-up-")
+    data_dir = root / "data"
+    port = pick_free_port(set())
+    admin_key = f"sy_e2eadmin_{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["SWITCHYARD_ADMIN_KEY"] = admin_key
+    url = f"http://127.0.0.1:{port}"
+
+    first = _start(data_dir, port, env)
+    try:
+        _wait_up(first, f"{url}/api/admin/tenants", admin_key)
+        created = httpx.post(f"{url}/api/admin/tenants", headers={"X-API-Key": admin_key},
+                             json={"tenant_id": "kept-tenant", "display_name": "Survives restarts"})
+        assert created.status_code == 201, created.text
+    finally:
+        code, alive = _stop(first, signal.SIGINT)
+    assert code == 0
+    assert alive == [], f"processes left running after Ctrl-C: {[p.pid for p in alive]}"
+
+    second = _start(data_dir, port, env)
+    try:
+        _wait_up(second, f"{url}/api/admin/tenants", admin_key)
+        tenants = httpx.get(f"{url}/api/admin/tenants", headers={"X-API-Key": admin_key}).json()
+        assert "kept-tenant" in {t["tenant_id"] for t in tenants}
+    finally:
+        code, alive = _stop(second, signal.SIGTERM)
+    assert code == 0 and alive == []
+    shutil.rmtree(root, ignore_errors=True)
