@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 import msgspec
@@ -21,36 +21,30 @@ class Counts(msgspec.Struct):
     errors: int = 0
 
 
-def fold_token_counts(events: Iterable[Event]) -> dict[tuple[str, str], Counts]:
-    """Token totals per (endpoint, model) over some events; calls that reached no endpoint count under ''."""
+def _fold(events: Iterable[Event], key: Callable[[UsageRecorded], tuple[str, str]]) -> dict[tuple[str, str], Counts]:
     out: dict[tuple[str, str], Counts] = {}
     for event in events:
         match event:
-            case UsageRecorded(endpoint_id=endpoint, model=model):
-                c = out.get((endpoint, model))
+            case UsageRecorded():
+                k = key(event)
+                c = out.get(k)
                 if c is None:
-                    c = out[(endpoint, model)] = Counts()
+                    c = out[k] = Counts()
                 c.input_tokens += event.input_tokens
                 c.output_tokens += event.output_tokens
                 c.calls += 1
                 c.errors += event.outcome != "ok"
     return out
+
+
+def fold_token_counts(events: Iterable[Event]) -> dict[tuple[str, str], Counts]:
+    """Token totals per (endpoint, model); calls that reached no endpoint count under ''."""
+    return _fold(events, lambda e: (e.endpoint_id, e.model))
 
 
 def fold_tenant_counts(events: Iterable[Event]) -> dict[tuple[str, str], Counts]:
     """Token totals per (tenant, model)."""
-    out: dict[tuple[str, str], Counts] = {}
-    for event in events:
-        match event:
-            case UsageRecorded(tenant_id=tenant, model=model):
-                c = out.get((tenant, model))
-                if c is None:
-                    c = out[(tenant, model)] = Counts()
-                c.input_tokens += event.input_tokens
-                c.output_tokens += event.output_tokens
-                c.calls += 1
-                c.errors += event.outcome != "ok"
-    return out
+    return _fold(events, lambda e: (e.tenant_id, e.model))
 
 
 def _columns(deltas: dict[tuple[str, str], Counts]) -> list[list[object]]:

@@ -8,19 +8,7 @@ import pytest
 
 from libs.simulator import SimConfig, Simulator
 
-CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there yard"}]}
-
-
-@pytest.fixture
-async def sim():
-    async with Simulator(SimConfig(tokens=6)) as sim:
-        yield sim
-
-
-@pytest.fixture
-async def client(sim):
-    async with httpx.AsyncClient(base_url=sim.url, timeout=5) as client:
-        yield client
+from tests.integration.conftest import CHAT
 
 
 async def wait_until(condition, timeout_s: float = 3.0) -> None:

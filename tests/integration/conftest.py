@@ -1,0 +1,20 @@
+"""Fixtures for the integration tests: a simulator on a free port and an HTTP client for it."""
+
+import httpx
+import pytest
+
+from libs.simulator import SimConfig, Simulator
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there yard"}]}
+
+
+@pytest.fixture
+async def sim():
+    async with Simulator(SimConfig(tokens=6)) as sim:
+        yield sim
+
+
+@pytest.fixture
+async def client(sim):
+    async with httpx.AsyncClient(base_url=sim.url, timeout=5) as client:
+        yield client
