@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -80,6 +81,8 @@ def up(args: argparse.Namespace) -> int:
 
     data_dir: Path = args.data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
+        signal.signal(signum, _raise_stopping)
     env = os.environ
     stack = EmbeddedStack(
         data_dir, nats_url=env.get("SWITCHYARD_NATS_URL"), database_url=env.get("SWITCHYARD_DATABASE_URL"),
@@ -91,10 +94,17 @@ def up(args: argparse.Namespace) -> int:
     except StackError as exc:
         say(f"could not start the embedded stack: {exc}")
         return 1
+    except Stopping:
+        stack.stop()
+        return 0
     supervisor = Supervisor(data_dir / "logs")
     try:
         return _run_services(args, data_dir, urls, supervisor)
+    except Stopping:
+        return 0
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):   # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         say("stopping ...")
         supervisor.stop(order=[*reversed(SERVICES)])
         stack.stop()
@@ -141,6 +151,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, sup
         _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0)     # registry and gateway both answer
         if args.demo:
             _wait_http(f"{local}/v1/models", demo_key, 30.0)         # the gateway knows the demo tenant
+    except Stopping:
+        raise
     except Exception as exc:  # noqa: BLE001 — tell the operator where to look
         say(f"start-up failed: {exc}; logs are in {data_dir / 'logs'}")
         return 1
@@ -158,8 +170,16 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, sup
     print(f"\n  services: {', '.join(f'{n} :{p}' for n, p in ports.items())}; logs in {data_dir / 'logs'}",
           flush=True)
     print("  Ctrl-C stops everything.\n", flush=True)
-    supervisor.run_until_signal()
+    supervisor.run_forever()
     return 0
+
+
+class Stopping(Exception):
+    """SIGINT or SIGTERM arrived: stop everything and exit 0."""
+
+
+def _raise_stopping(signum: int, _frame: object) -> None:
+    raise Stopping()
 
 
 def _shown(key: str, env_name: str, generated: bool) -> str:

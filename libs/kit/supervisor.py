@@ -76,21 +76,11 @@ class Supervisor:
                       f"(log: {child.log_path})")
             child.restart_at = now + delay
 
-    def run_until_signal(self, interval_s: float = 0.25) -> None:
-        """Supervise until SIGINT or SIGTERM."""
-        stop = {"now": False}
-
-        def handler(signum: int, _frame: object) -> None:
-            stop["now"] = True
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while not stop["now"]:
-                self.poll()
-                time.sleep(interval_s)
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+    def run_forever(self, interval_s: float = 0.25) -> None:
+        """Supervise until the caller's signal handler raises."""
+        while True:
+            self.poll()
+            time.sleep(interval_s)
 
     def stop(self, order: list[str] | None = None, timeout_s: float = 15.0) -> None:
         """SIGTERM each child (in `order`, then the rest), wait, SIGKILL what is left."""

@@ -1,9 +1,9 @@
-"""One pooled upstream connection (an asyncio.Protocol) and the Response it fills as bytes arrive.
+"""One pooled upstream connection: an asyncio.Protocol that parses responses as bytes arrive.
 
 A connection runs one exchange at a time: `send()` writes the request and returns a future
 for the Response, set once the head has arrived; body bytes then go straight into the
-Response's buffer. When the body is complete and keep-alive holds, the connection goes
-back to its pool at once, whether or not the body has been consumed yet.
+Response's buffer (its private fields are this module's to fill). When the body is complete
+and keep-alive holds, the connection goes back to its pool at once, consumed or not.
 
 The read timeout is one lazily re-armed timer per connection: `data_received` only notes
 the time, and the timer, when it fires, either fails the exchange or re-arms itself.
@@ -15,6 +15,7 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
+from services.gateway.http1_response import Response
 from services.gateway.http1_wire import (
     CHUNKED,
     MAX_HEAD_BYTES,
@@ -43,14 +44,14 @@ class Connection(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection to one upstream host."""
 
     __slots__ = (
-        "_host", "_loop", "_transport", "_state", "_buf", "_waiter", "_resp", "_head_only",
+        "_host", "loop", "_transport", "_state", "_buf", "_waiter", "_resp", "_head_only",
         "_left", "_decoder", "_keep", "_seen", "_paused", "_timeout_s", "_last_io", "_timer",
         "_timer_at", "uses", "idle_since",
     )  # fmt: skip
 
     def __init__(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         self._host = host
-        self._loop = loop
+        self.loop = loop
         self._transport: asyncio.Transport | None = None
         self._state = _IDLE
         self._buf = b""  # an incomplete head
@@ -82,9 +83,9 @@ class Connection(asyncio.Protocol):
         self._state = _HEAD
         self._head_only = head_only
         self._seen = False
-        self._waiter = waiter = self._loop.create_future()
+        self._waiter = waiter = self.loop.create_future()
         self._timeout_s = timeout_s
-        self._last_io = now = self._loop.time()
+        self._last_io = now = self.loop.time()
         if self._timer is None or self._timer_at > now + timeout_s:
             self._arm(now + timeout_s)
         transport.write(message)
@@ -133,7 +134,7 @@ class Connection(asyncio.Protocol):
         self._host.lost(self)
 
     def data_received(self, data: bytes) -> None:
-        self._last_io = self._loop.time()
+        self._last_io = self.loop.time()
         state = self._state
         try:
             if state == _LENGTH:
@@ -173,12 +174,15 @@ class Connection(asyncio.Protocol):
                 self._buf = b""
                 return
         self._buf = b""
-        length = body_length(status, headers, self._head_only)
+        length = body_length(status, headers, self._head_only)  # may raise: the waiter fails
+        waiter, self._waiter = self._waiter, None
+        if waiter is None or waiter.done():  # its sender was cancelled
+            self._state = _DEAD
+            self.abort()
+            return
         self._keep = keep and length != UNTIL_CLOSE and status != 101
         self._resp = resp = Response(status, headers, self)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(resp)
+        waiter.set_result(resp)
         if length == 0:
             self._finish(buf)
         elif length > 0:
@@ -267,7 +271,7 @@ class Connection(asyncio.Protocol):
         """The consumer caught up: read again."""
         if self._paused:
             self._paused = False
-            self._last_io = self._loop.time()
+            self._last_io = self.loop.time()
             if self._transport is not None:
                 self._transport.resume_reading()
 
@@ -277,13 +281,13 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = self._loop.call_at(at, self._on_timer)
+        self._timer = self.loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._state == _IDLE or self._state == _DEAD:
             return
-        now = self._loop.time()
+        now = self.loop.time()
         if self._paused:  # the consumer is behind, not the upstream
             self._arm(now + self._timeout_s)
             return
@@ -292,73 +296,3 @@ class Connection(asyncio.Protocol):
             self._fail(ReadTimeout(f"no bytes from the upstream for {self._timeout_s:g} s"))
         else:
             self._arm(deadline)
-
-
-class Response:
-    """A response whose head has arrived; the body is read with `read()` or `async for`.
-
-    Call `release()` when done with it: it closes the connection if the body is unfinished.
-    """
-
-    __slots__ = ("status", "headers", "_conn", "_chunks", "_size", "_done", "_exc", "_waiter")
-
-    def __init__(self, status: int, headers: dict[str, str], conn: Connection) -> None:
-        self.status = status
-        self.headers = headers  # lower-case names; repeated headers joined with ", "
-        self._conn: Connection | None = conn  # None once the exchange ended
-        self._chunks: list[bytes] = []  # received, not yet consumed
-        self._size = 0
-        self._done = False  # the whole body arrived
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status}>"
-
-    async def read(self) -> bytes:
-        """The whole (rest of the) body; raises ResponseCut or ReadTimeout if it breaks off."""
-        while not self._done:
-            if self._exc is not None:
-                raise self._exc
-            await self._wait()
-        return self._take()
-
-    def __aiter__(self) -> Response:
-        return self
-
-    async def __anext__(self) -> bytes:
-        """The body bytes that arrived since the last call (de-chunked), waiting for some."""
-        while not self._chunks:
-            if self._exc is not None:
-                raise self._exc
-            if self._done:
-                raise StopAsyncIteration
-            await self._wait()
-        return self._take()
-
-    def release(self) -> None:
-        """Done with this response; closes the connection if its body has not all arrived."""
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._exc = ResponseCut("the response was released before its body was read")
-            conn.abort()
-
-    def _take(self) -> bytes:
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._size = 0
-        if self._conn is not None:
-            self._conn.resume()
-        return data
-
-    async def _wait(self) -> None:
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            self.release()
-            raise
-        finally:
-            self._waiter = None

@@ -20,10 +20,12 @@ from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
 
 def service_process(root_pid: int, service: str) -> psutil.Process:
     """The running process of one service (granian's main process) under an `up` process."""
-    for child in psutil.Process(root_pid).children(recursive=True):
-        cmdline = child.cmdline()
-        if cmdline[-2:] == ["-m", f"services.{service}"] and child.parent().pid == root_pid:
-            return child
+    for child in psutil.Process(root_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-2:] == ["-m", f"services.{service}"]:
+                return child
+        except psutil.Error:        # exited meanwhile, or a zombie nobody reaped
+            continue
     raise LookupError(service)
 
 
@@ -75,8 +77,16 @@ def _stop(proc: subprocess.Popen[bytes], sig: int) -> tuple[int, list[psutil.Pro
     descendants = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(sig)
     code = proc.wait(60)
-    gone, alive = psutil.wait_procs(descendants, timeout=10)
-    return code, alive
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    return code, [p for p in alive if _running(p)]
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (this machine's init does not reap orphans; a zombie runs nothing)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_up_stops_cleanly_and_a_second_up_keeps_the_data() -> None:
