@@ -14,7 +14,7 @@ from libs.contracts.messages import ErrorBody
 from libs.kit.natsio import ServiceError
 from libs.kit.service import Deps, create_service_app, run
 from libs.kit.settings import Settings
-from services.gateway import metrics, upstream
+from services.gateway import http1, metrics
 from services.gateway.admin import admin_router
 from services.gateway.errors import GatewayError
 from services.gateway.localstate import LocalState
@@ -56,22 +56,23 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         assert deps.nc is not None
         state = LocalState()
         await state.start(deps.nc, settings.connect_timeout_s)
-        session = upstream.create_session(settings.upstream_pool_size, settings.upstream_connect_timeout_s)
+        pool = http1.Pool(max_connections_per_host=settings.upstream_pool_size,
+                          connect_timeout_s=settings.upstream_connect_timeout_s)
         publisher = UsagePublisher(deps.nc, Path(settings.spool_dir))
         deps.spawn(publisher.run(), "usage-publisher")
-        deps.extra.update(state=state, session=session, usage=publisher)
+        deps.extra.update(state=state, pool=pool, usage=publisher)
         metrics.USAGE_PENDING.set_function(lambda: publisher.pending)
         outcomes = OutcomeBatcher(deps.nc, settings.instance or f"gw{os.getpid()}")
-        holder[0].proxy = Proxy(state, Router(state.catalog), session, publisher, outcomes, settings.max_body_bytes)
+        holder[0].proxy = Proxy(state, Router(state.catalog), pool, publisher, outcomes, settings.max_body_bytes)
 
     async def stop(deps: Deps) -> None:
         holder[0].proxy = None
         publisher: UsagePublisher | None = deps.extra.get("usage")
         if publisher is not None:
             await publisher.drain()
-        session = deps.extra.get("session")
-        if session is not None:
-            await session.close()
+        pool = deps.extra.get("pool")
+        if pool is not None:
+            await pool.close()
 
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,

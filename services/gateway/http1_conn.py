@@ -130,7 +130,8 @@ class Connection(asyncio.Protocol):
         elif state == _CLOSE and exc is None:
             self._finish(b"")
         elif state != _IDLE and state != _DEAD:
-            self._fail(ResponseCut(f"the connection closed in the middle of the body ({exc})"))
+            reason = f": {exc}" if exc is not None else ""
+            self._fail(ResponseCut(f"the connection closed in the middle of the body{reason}"))
         self._host.lost(self)
 
     def data_received(self, data: bytes) -> None:

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 class Response:
     """A response whose head has arrived; the body is read with `read()` or `async for`.
 
-    Call `release()` when done with it: it closes the connection if the body is unfinished.
+    The connection goes back to the pool as soon as the whole body has arrived, read or not;
+    call `release()` when done all the same: it closes the connection if the body is unfinished.
     """
 
     __slots__ = ("status", "headers", "_conn", "_chunks", "_size", "_done", "_exc", "_waiter")

@@ -1,10 +1,6 @@
-"""HTTP/1.1 responses on the wire: the client's errors, head parsing, body framing and de-chunking.
+"""HTTP/1.1 responses on the wire: head parsing, body framing, de-chunking, and the client's errors.
 
-    UpstreamError
-    ├── ConnectFailed   refused, unreachable, DNS failure or connect timeout: nothing was sent
-    ├── ReadTimeout     no bytes from the upstream for read_timeout_s
-    └── ResponseCut     the connection closed or broke before the response was complete,
-                        or the response was malformed
+The error hierarchy is drawn in services.gateway.http1, which exports it.
 """
 
 from __future__ import annotations
@@ -49,21 +45,18 @@ def parse_head(buf: bytes, end: int) -> tuple[int, dict[str, str], bool]:
     status = int(line[9:12])
     headers: dict[str, str] = {}
     if eol >= 0:
-        last = ""
-        for field in buf[eol + 2 : end].decode("latin-1").split("\r\n"):
+        block = buf[eol + 2 : end].decode("latin-1")
+        if "\r\n " in block or "\r\n\t" in block or block[:1] in (" ", "\t"):
+            block = _unfold(block)
+        for field in block.split("\r\n"):
             name, sep, value = field.partition(":")
-            if not sep or name[:1] in (" ", "\t"):
-                if field[:1] in (" ", "\t") and last:  # obsolete line folding
-                    headers[last] = f"{headers[last]} {field.strip()}"
-                    continue
+            if not sep:
                 raise ResponseCut(f"malformed header line {field[:80]!r}")
             name = name.lower()
-            value = value.strip()
             if name in headers:
-                headers[name] = f"{headers[name]}, {value}"
+                headers[name] = f"{headers[name]}, {value.strip()}"
             else:
-                headers[name] = value
-            last = name
+                headers[name] = value.strip()
     connection = headers.get("connection")
     if line[7:8] == b"1":
         keep_alive = connection is None or "close" not in connection.lower()
@@ -160,6 +153,19 @@ class ChunkedDecoder:
                 raise ResponseCut("chunk size or trailer line too long")
             self._pending = data[pos:]
         return None
+
+
+def _unfold(block: str) -> str:
+    """Header lines with obsolete line folding joined up (RFC 9112 section 5.2)."""
+    lines: list[str] = []
+    for line in block.split("\r\n"):
+        if line[:1] not in (" ", "\t"):
+            lines.append(line)
+        elif lines:
+            lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
+        else:
+            raise ResponseCut("whitespace before the first header line")
+    return "\r\n".join(lines)
 
 
 def _chunk_size(line: bytes) -> int:

@@ -1,7 +1,7 @@
 """The hot path: OpenAI inference calls handled as raw ASGI, from request bytes to usage event.
 
 Per call: read and size-check the body, authenticate and route from the local
-catalog (no I/O), call the upstream over the pooled session, return or stream
+catalog (no I/O), call the upstream over the pooled HTTP/1.1 client, return or stream
 its answer, and queue exactly one usage event — whatever happens after the
 call is accepted (answered, failed, cut, or abandoned by the client).
 """
@@ -13,12 +13,11 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 import msgspec
 import structlog
 
 from libs.contracts.events import CallAttempted, EndpointRegistered, UsageRecorded
-from services.gateway import metrics, upstream
+from services.gateway import http1, metrics, upstream
 from services.gateway.auth import authenticate
 from services.gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UpstreamError
 from services.gateway.routing import Route, Router
@@ -55,6 +54,12 @@ _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# failures before the first response byte: (attempt outcome, status shown if no endpoint is left)
+_ATTEMPT_FAILURES = {
+    http1.ConnectFailed: ("refused", 502),
+    http1.ReadTimeout: ("timeout", 504),
+    http1.ResponseCut: ("cut", 502),
+}
 
 
 class ClientGone(Exception):
@@ -64,9 +69,9 @@ class ClientGone(Exception):
 class Proxy:
     """Serves /v1/chat/completions, /v1/completions and /v1/embeddings."""
 
-    def __init__(self, state: Any, router: Router, session: aiohttp.ClientSession, usage: Any,
+    def __init__(self, state: Any, router: Router, pool: http1.Pool, usage: Any,
                  outcomes: Any, max_body_bytes: int) -> None:
-        self.state, self.router, self.session = state, router, session
+        self.state, self.router, self.pool = state, router, pool
         self.usage, self.outcomes = usage, outcomes
         self.max_body_bytes = max_body_bytes
         self.routes = {
@@ -149,24 +154,26 @@ class Proxy:
         """One upstream attempt. (True, None) once the client got an answer; (False, error) to fall back."""
         attempt_started = time.perf_counter()
         try:
-            response = await self.session.post(
-                upstream.url(endpoint, path), data=payload, headers=upstream.request_headers(endpoint),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=endpoint.timeout_s),
-            )
-        except (aiohttp.ClientConnectionError, OSError, asyncio.TimeoutError) as exc:
-            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "refused"
+            response = await self.pool.request("POST", upstream.url(endpoint, path), payload,
+                                               upstream.request_headers(endpoint), endpoint.timeout_s)
+        except http1.UpstreamError as exc:
+            kind, status = _ATTEMPT_FAILURES.get(type(exc), ("error", 502))
             self._attempted(call, endpoint, kind, 0, attempt_started)
-            return False, UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({kind})",
-                                        status=502 if kind == "refused" else 504)
+            return False, UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({kind})", status=status)
         try:
             if response.status in RETRYABLE_STATUS:
-                detail = await response.read()
+                try:
+                    detail = await response.read()
+                except http1.UpstreamError:
+                    detail = b""
                 kind = "http_429" if response.status == 429 else "http_5xx"
                 self._attempted(call, endpoint, kind, response.status, attempt_started)
-                headers = {"retry-after": response.headers["Retry-After"]} if "Retry-After" in response.headers else {}
+                retry_after = response.headers.get("retry-after")
                 return False, UpstreamError(
-                    f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: {detail[:200].decode(errors='replace')}",
-                    status=response.status if response.status == 429 else 502, headers=headers)
+                    f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: "
+                    f"{detail[:200].decode(errors='replace')}",
+                    status=response.status if response.status == 429 else 502,
+                    headers={"retry-after": retry_after} if retry_after else None)
             if call.request.stream and response.status == 200:
                 await self._relay_stream(call, endpoint, response, proto, attempt_started)
             else:
@@ -175,11 +182,11 @@ class Proxy:
         finally:
             response.release()
 
-    async def _relay_body(self, call: Call, endpoint: EndpointRegistered, response: aiohttp.ClientResponse,
+    async def _relay_body(self, call: Call, endpoint: EndpointRegistered, response: http1.Response,
                           proto: Any, attempt_started: float) -> None:
         try:
             data = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except http1.UpstreamError as exc:
             self._attempted(call, endpoint, "cut", response.status, attempt_started)
             raise_upstream = UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its answer: {type(exc).__name__}")
             call.outcome, call.status = "error", raise_upstream.status
@@ -202,17 +209,17 @@ class Proxy:
             call.outcome = "error"
         call.status = status
         call.mark_first_byte()
-        proto.response_bytes(status, [("content-type", response.headers.get("Content-Type", "application/json")),
+        proto.response_bytes(status, [("content-type", response.headers.get("content-type", "application/json")),
                                       ("x-request-id", call.request_id)], data)
 
-    async def _relay_stream(self, call: Call, endpoint: EndpointRegistered, response: aiohttp.ClientResponse,
+    async def _relay_stream(self, call: Call, endpoint: EndpointRegistered, response: http1.Response,
                             proto: Any, attempt_started: float) -> None:
         wants_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
         tap = SseTap(keep_usage=wants_usage)
         call.status = 200
         transport = None
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response:
                 out = tap.feed(chunk)
                 if not out:
                     continue
@@ -221,13 +228,13 @@ class Proxy:
                 await _send(call, transport, out)
             tail = tap.close()
             if not tap.done:
-                raise aiohttp.ClientPayloadError("stream ended without [DONE]")
+                raise http1.ResponseCut("the stream ended without [DONE]")
             self._attempted(call, endpoint, "ok", 200, attempt_started)
             if transport is None:
                 transport = self._start_stream(call, response, proto)
             if tail:
                 await _send(call, transport, tail)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except http1.UpstreamError as exc:
             self._attempted(call, endpoint, "cut", 200, attempt_started)
             call.outcome = "error"
             log.warning("upstream.stream_cut", endpoint=endpoint.endpoint_id, request_id=call.request_id,
@@ -247,10 +254,10 @@ class Proxy:
                 call.output_tokens = tap.content_events
 
     @staticmethod
-    def _start_stream(call: Call, response: aiohttp.ClientResponse, proto: Any) -> Any:
+    def _start_stream(call: Call, response: http1.Response, proto: Any) -> Any:
         call.mark_first_byte()
         return proto.response_stream(200, [
-            ("content-type", response.headers.get("Content-Type", "text/event-stream")),
+            ("content-type", response.headers.get("content-type", "text/event-stream")),
             ("cache-control", "no-cache"), ("x-request-id", call.request_id),
         ])
 

@@ -49,7 +49,14 @@ def test_keep_alive_follows_the_version_and_connection_header(status_line, conne
 
 @pytest.mark.parametrize(
     "text",
-    [b"HTTP/2 200 OK", b"HTTP/1.1 20 OK", b"HTTP/1.1 2000 OK", b"ICY 200 OK", b"HTTP/1.1 200 OK\r\nno colon"],
+    [
+        b"HTTP/2 200 OK",
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1 2000 OK",
+        b"ICY 200 OK",
+        b"HTTP/1.1 200 OK\r\nno colon",
+        b"HTTP/1.1 200 OK\r\n X-Indented: before any field",
+    ],
 )
 def test_malformed_head_raises_response_cut(text):
     with pytest.raises(ResponseCut):
