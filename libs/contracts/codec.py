@@ -7,8 +7,16 @@ from typing import Any
 
 import msgspec
 
-from libs.contracts.events import EVENT_TYPES, AnyEvent, Event
+from typing import Union
+
+from libs.contracts import events, quota, routing
+from libs.contracts.events import Event
 from libs.contracts.messages import AnyCommand
+
+# Every event type of every contract module: the log and the streams may carry any of them.
+EVENT_CLASSES: tuple[type[Event], ...] = (*events.EVENT_CLASSES, *routing.EVENT_CLASSES, *quota.EVENT_CLASSES)
+EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_CLASSES}  # type: ignore[misc]
+AnyEvent = Union[EVENT_CLASSES]  # type: ignore[valid-type]  # noqa: UP007 — built from a tuple
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(AnyEvent)

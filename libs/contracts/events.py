@@ -259,17 +259,15 @@ RegistryEvent = (
     | ModelRegistered | ModelRemoved | TenantCreated | TenantRemoved
     | TenantModelAssigned | TenantModelUnassigned | KeyIssued | KeyRevoked
 )
-AnyEvent = UsageRecorded | CallAttempted | RegistryEvent
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (
-        UsageRecorded, CallAttempted, ProviderRegistered, ProviderRemoved,
-        EndpointRegistered, EndpointRemoved, ModelRegistered, ModelRemoved,
-        TenantCreated, TenantRemoved, TenantModelAssigned, TenantModelUnassigned,
-        KeyIssued, KeyRevoked,
-    )
-}
+# The events this module defines; `codec` joins them with those of the other contract modules.
+EVENT_CLASSES: tuple[type[Event], ...] = (
+    UsageRecorded, CallAttempted, ProviderRegistered, ProviderRemoved,
+    EndpointRegistered, EndpointRemoved, ModelRegistered, ModelRemoved,
+    TenantCreated, TenantRemoved, TenantModelAssigned, TenantModelUnassigned,
+    KeyIssued, KeyRevoked,
+)
+REGISTRY_EVENT_TYPES = frozenset(cls.__struct_config__.tag for cls in RegistryEvent.__args__)  # type: ignore[attr-defined]
 
 
 def event_type(event: Event) -> str:

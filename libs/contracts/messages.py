@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from libs.contracts.events import AnyEvent, ModelKind, ProviderKind, Role
+from libs.contracts.events import ModelKind, ProviderKind, RegistryEvent, Role
 
 
 class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -112,7 +112,7 @@ AnyCommand = (
 class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """The events a command recorded (none when it changed nothing) and, for a new key, the key once."""
 
-    events: list[AnyEvent] = []
+    events: list[RegistryEvent] = []
     key: str | None = None
     key_id: str | None = None
 

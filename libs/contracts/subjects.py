@@ -22,23 +22,40 @@ TENANT_MODEL_UNASSIGNED = "tenant.model_unassigned.v1"
 KEY_ISSUED = "key.issued.v1"
 KEY_REVOKED = "key.revoked.v1"
 
+# routing (router service)
+PROBE_COMPLETED = "probe.completed.v1"          # an unbilled health probe of an endpoint finished
+CIRCUIT_CHANGED = "circuit.changed.v1"          # an endpoint's breaker moved closed/open/half-open
+
+# quota (quota service)
+LIMITS_SET = "limits.set.v1"                    # a tenant's (or tenant x model's) limits were set
+
 # --- request/reply: <noun>.<verb>.v<major> ------------------------------------
 REGISTRY_COMMAND = "registry.command.v1"
 REGISTRY_QUERY = "registry.query.v1"
 METERING_QUERY = "metering.query.v1"
+ROUTER_COMMAND = "router.command.v1"            # reset a breaker, force a refresh, test an endpoint
+ROUTER_QUERY = "router.query.v1"                # circuits, per-endpoint health
+QUOTA_RESERVE = "quota.reserve.v1"              # reserve estimated tokens against every limit
+QUOTA_QUERY = "quota.query.v1"                  # quotas and usage views
+QUOTA_COMMAND = "quota.command.v1"              # set limits
 
 # --- JetStream streams: name -> subjects it captures ---------------------------
 STREAM_USAGE = "USAGE"
 STREAM_REGISTRY = "REGISTRY"
+STREAM_ROUTING = "ROUTING"
+STREAM_LIMITS = "LIMITS"
 
 STREAMS: dict[str, list[str]] = {
     STREAM_USAGE: ["usage.>"],
     STREAM_REGISTRY: ["provider.>", "endpoint.>", "model.>", "tenant.>", "key.>"],
+    STREAM_ROUTING: ["probe.>", "circuit.>"],
+    STREAM_LIMITS: ["limits.>"],
 }
 # `call.attempted.v1` is not stored: it is a live health signal on core NATS, batched per gateway.
 
 # --- durable consumers ---------------------------------------------------------
 CONSUMER_METERING = "metering"      # shared by every metering replica
+CONSUMER_QUOTA = "quota"            # settles reservations from usage; shared by quota replicas
 
 # --- headers -------------------------------------------------------------------
 MSG_ID_HEADER = "Nats-Msg-Id"       # JetStream de-duplication

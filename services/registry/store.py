@@ -17,14 +17,14 @@ from nats.aio.client import Client as NATS
 from libs.catalog.state import Catalog
 from libs.contracts import subjects
 from libs.contracts.codec import encode
-from libs.contracts.events import EVENT_TYPES, Event, RegistryEvent, subject_of
+from libs.contracts.events import REGISTRY_EVENT_TYPES, Event, subject_of
 from libs.contracts.messages import Command
 from libs.kit import eventlog, projections
 from services.registry.decide import decide
 
 log = structlog.get_logger()
 
-REGISTRY_TYPES = frozenset(t for t, cls in EVENT_TYPES.items() if cls in RegistryEvent.__args__)  # type: ignore[attr-defined]
+REGISTRY_TYPES = REGISTRY_EVENT_TYPES
 COMMAND_LOCK = 0x5359_5245_47  # "SYREG"
 OUTBOX = "registry.outbox"
 

@@ -33,7 +33,7 @@ SAMPLES: list[ev.Event] = [
 
 
 def test_every_event_type_has_a_sample_here() -> None:
-    assert {ev.event_type(e) for e in SAMPLES} == set(ev.EVENT_TYPES)
+    assert {ev.event_type(e) for e in SAMPLES} == set(codec.EVENT_TYPES)
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: ev.event_type(e))
@@ -50,7 +50,7 @@ def test_tag_is_the_subject_prefix_and_identifier_comes_last(event: ev.Event) ->
 
 
 def test_every_stored_event_subject_is_captured_by_exactly_one_stream() -> None:
-    for type_ in ev.EVENT_TYPES:
+    for type_ in codec.EVENT_TYPES:
         noun = type_.split(".", 1)[0]
         if type_ == subjects.CALL_ATTEMPTED:        # a live signal on core NATS, not stored
             assert not any(f"{noun}.>" in subs for subs in subjects.STREAMS.values())

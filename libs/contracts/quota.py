@@ -1,0 +1,8 @@
+"""Quota contracts: limits, reservations and their settlement (quota service)."""
+
+from __future__ import annotations
+
+from libs.contracts.events import Event
+
+# The events this module defines; `codec` joins them with the others.
+EVENT_CLASSES: tuple[type[Event], ...] = ()
