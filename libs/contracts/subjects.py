@@ -51,6 +51,8 @@ STREAMS: dict[str, list[str]] = {
     STREAM_ROUTING: ["probe.>", "circuit.>"],
     STREAM_LIMITS: ["limits.>"],
 }
+# Streams not listed keep everything; these age out (probe results and breaker history are not accounting).
+STREAM_MAX_AGE_S: dict[str, float] = {STREAM_ROUTING: 24 * 3600.0}
 # `call.attempted.v1` is not stored: it is a live health signal on core NATS, batched per gateway.
 
 # --- durable consumers ---------------------------------------------------------

@@ -91,7 +91,7 @@ async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
         config = StreamConfig(
             name=name, subjects=stream_subjects, retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, discard=DiscardPolicy.OLD, num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=DUPLICATE_WINDOW_S, max_age=subjects.STREAM_MAX_AGE_S.get(name),
         )
         try:
             await js.add_stream(config)
