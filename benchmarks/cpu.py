@@ -8,6 +8,8 @@ PostgreSQL backend that exits between two snapshots still counts once, in its po
 
 from __future__ import annotations
 
+import time
+
 import psutil
 
 INFRA = {"nats-server": "nats", "postgres": "postgres", "valkey-server": "valkey"}
@@ -71,6 +73,15 @@ class ProcessTree:
         return name
 
 
+def wait_until_quiet(max_busy_cores: float, within_s: float, sample_s: float = 3.0) -> float:
+    """Sample the machine's busy cores until a sample is at most `max_busy_cores` or `within_s` passes; return the last."""
+    deadline = time.monotonic() + within_s
+    while True:
+        busy = psutil.cpu_percent(interval=sample_s) / 100 * (psutil.cpu_count() or 1)
+        if busy <= max_busy_cores or time.monotonic() > deadline:
+            return round(busy, 2)
+
+
 def every_process() -> dict[tuple[int, float], tuple[str, float]]:
     """(pid, start time) -> (name and command line, user + system seconds) for every process we can read."""
     out = {}
@@ -78,7 +89,8 @@ def every_process() -> dict[tuple[int, float], tuple[str, float]]:
         info = p.info
         if info["cpu_times"] is None:
             continue
-        label = f"{p.pid} {' '.join(info['cmdline'] or [info['name'] or ''])}"[:100]
+        command = " ".join(" ".join(info["cmdline"] or [info["name"] or ""]).split())  # one line
+        label = f"{p.pid} {command}"[:100]
         out[(p.pid, info["create_time"])] = (label, info["cpu_times"].user + info["cpu_times"].system)
     return out
 

@@ -56,13 +56,20 @@ class Bench:
     async def sequential(self, kind: str, calls: int, warmup: int) -> dict:
         """Latency (chat) or time to first SSE data chunk (stream), direct and via the gateway."""
         say(f"sequential {kind}: {calls} calls per target after {warmup} warm-up")
+        before, own_before, t0 = self.tree.snapshot(), time.process_time(), time.monotonic()
         samples = await sequential([self.direct, self.gateway], SHAPES[kind], calls, warmup)
+        cpu, own, wall = delta(before, self.tree.snapshot()), time.process_time() - own_before, time.monotonic() - t0
         self.gateway_ok += samples["gateway"].ok
         pick = (lambda s: s.ttfb) if SHAPES[kind].stream else (lambda s: s.total)
         d, g = latency_ms(pick(samples["direct"])), latency_ms(pick(samples["gateway"]))
         out = {"metric": "ttfb" if SHAPES[kind].stream else "total", "calls": calls, "warmup": warmup,
                "direct": d, "gateway": g, "added": added(d, g),
-               "errors": {name: dict(s.errors) for name, s in samples.items()}}
+               "errors": {name: dict(s.errors) for name, s in samples.items()},
+               "gateway_cpu_ms_per_call": {  # every gateway call of the phase, warm-up included
+                   group: round(cpu[group] / (warmup + calls) * 1000, 3)
+                   for group in ("gateway", "router", "quota", "metering", "switchyard_total", "infra_total")},
+               "busy_cores": round(cpu["machine_busy"] / wall, 2),
+               "other_cores": round(max(0.0, cpu["machine_busy"] - _ours(cpu) - own) / wall, 2)}
         if SHAPES[kind].stream:
             out["total"] = {name: latency_ms(s.total) for name, s in samples.items()}
         return out
@@ -93,7 +100,9 @@ class Bench:
         cpu_s = delta(marks["cpu"], self.tree.snapshot())  # the window plus the usage log catching up
         cpu_s["loadgen"] = result["loadgen_cpu_s"]
         others = busiest_others(marks["all"], every_process(), self.tree.pids() | {os.getpid()})
-        ours = window["switchyard_total"] + window["infra_total"] + window["sims_total"] + result["loadgen_cpu_s"]
+        ours = _ours(window) + result["loadgen_cpu_s"]
+        per_call = per_call_ms(cpu_s, result["ok"])
+        stack_ms = _ours(per_call) + per_call["loadgen"]
         sims_after = self.sim_stats()
         run = {
             "kind": kind, "target": target.name, "concurrency": concurrency, "load_procs": result["procs"],
@@ -103,7 +112,10 @@ class Bench:
             "usage_drain_s": round(drain_s, 3), "usage_events_after": events,
             "sim_requests": {n: sims_after[n] - marks["sims"][n] for n in sims_after},
             "cpu_s": {k: round(v, 3) for k, v in sorted(cpu_s.items())},
-            "cpu_ms_per_call": per_call_ms(cpu_s, result["ok"]),
+            "cpu_ms_per_call": per_call,
+            # Derived, not measured: the rates the CPU cost per call allows if nothing else ran.
+            "ceiling_rps_one_gateway_core": round(1000 / per_call["gateway"]) if via_gateway else None,
+            "ceiling_rps_all_cores": round((os.cpu_count() or 1) * 1000 / stack_ms) if stack_ms else None,
             "window_cpu_s": {k: round(v, 3) for k, v in sorted(window.items())},
             "other_busiest": others,
             "window_s": round(window_s, 3),
@@ -134,6 +146,11 @@ class Bench:
     def sim_stats(self) -> dict[str, int]:
         """Requests each simulator has served so far."""
         return {name: self.stack.get_json("/_sim/stats", base=url)["total"] for name, url in self.sim_urls.items()}
+
+
+def _ours(cpu: dict[str, float]) -> float:
+    """The stack's share of `cpu`: Switchyard, infrastructure and simulators."""
+    return cpu["switchyard_total"] + cpu["infra_total"] + cpu["sims_total"]
 
 
 def say(text: str) -> None:

@@ -91,11 +91,18 @@ def table(results: dict) -> str:
         f"{cfg['warmup']} warm-up, alternating targets (ms)",
         f"  {'':26}{'p50':>8}{'p90':>8}{'p99':>8}{'mean':>8}",
     ]
+    seq_noise = ", ".join(f"{k} {v['other_cores']}" for k, v in results["sequential"].items())
     for kind, label in (("chat", "chat total"), ("stream", "stream TTFB")):
         seq = results["sequential"][kind]
         for row in ("direct", "gateway", "added"):
             v = seq[row]
             lines.append(f"  {label + ' ' + row:26}{v['p50']:8.3f}{v['p90']:8.3f}{v['p99']:8.3f}{v['mean']:8.3f}")
+    seq_cpu = ", ".join(f"{k} {v['gateway_cpu_ms_per_call']['gateway']} ms (all Switchyard "
+                        f"{v['gateway_cpu_ms_per_call']['switchyard_total']} ms)" for k, v in results["sequential"].items()
+                        if "gateway_cpu_ms_per_call" in v)
+    if seq_cpu:
+        lines.append(f"  gateway CPU per gateway call: {seq_cpu}")
+    lines.append(f"  cores used by other processes meanwhile: {seq_noise}")
     lines += [
         "",
         f"Throughput, {cfg['concurrency']} keep-alive connections; cores = CPU s / wall s of the run "
@@ -115,14 +122,18 @@ def table(results: dict) -> str:
         "",
         "CPU ms per call (gw = the gateway's processes, sy = every Switchyard process: gateway, router, quota, "
         "metering, registry, launcher; the usage log's catching up after a run is included)",
+        "  cap 1gw / cap all = req/s that CPU cost allows with one core for the gateway / every core for the stack "
+        "and load generator and nothing else running (derived, not measured)",
         f"  {'':15}{'gw':>7}{'router':>7}{'meter':>7}{'quota':>7}{'sy':>7}{'sim':>7}{'nats':>7}{'pg':>7}"
-        f"{'valkey':>7}{'load':>7}",
+        f"{'valkey':>7}{'load':>7}{'cap 1gw':>9}{'cap all':>9}",
     ]
     for run in results["throughput"]:
         c = run["cpu_ms_per_call"]
+        caps = [run["ceiling_rps_one_gateway_core"], run["ceiling_rps_all_cores"]]
         cells = [c.get(k, 0.0) for k in ("gateway", "router", "metering", "quota", "switchyard_total", "sims_total",
                                           "nats", "postgres", "valkey", "loadgen")]
-        lines.append(f"  {run['kind'] + ' ' + run['target']:15}" + "".join(f"{x:7.3f}" for x in cells))
+        lines.append(f"  {run['kind'] + ' ' + run['target']:15}" + "".join(f"{x:7.3f}" for x in cells)
+                     + "".join(f"{'-' if x is None else x:>9}" for x in caps))
     busy_others = [(run, o) for run in results["throughput"] for o in run["other_busiest"][:1]]
     if busy_others:
         lines += ["", "Busiest process outside the benchmark, per run:"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvloop
 
+from benchmarks.cpu import wait_until_quiet
 from benchmarks.phases import SIM_KNOBS, Bench, say
 from benchmarks.report import machine, table
 from benchmarks.stack import Stack
@@ -40,7 +41,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="sequential warm-up calls per target (default: 200, quick: 50)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections in the throughput runs (default: 32)")
     parser.add_argument("--load-procs", type=int, default=1, help="processes sharing the load (default: 1)")
-    parser.add_argument("--kinds", default="chat,stream,embed", help="throughput runs, comma-separated")
+    parser.add_argument("--kinds", default="chat,stream,embed", help="throughput runs, comma-separated; \"\" for none")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="on a shared machine, first wait up to this long for it to be nearly idle")
     parser.add_argument("--keep-data", action="store_true", help="keep the stack's data dir (logs) afterwards")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -57,7 +60,7 @@ async def bench(args: argparse.Namespace, stack: Stack) -> dict:
     try:
         sequential = {kind: await b.sequential(kind, args.sequential, args.warmup) for kind in ("chat", "stream")}
         counts = {"chat": args.requests, "stream": max(1, args.requests // 4), "embed": max(1, args.requests // 2)}
-        for kind in args.kinds.split(","):
+        for kind in [k for k in args.kinds.split(",") if k]:
             for target in (b.direct, b.gateway):
                 requests = 0 if args.seconds else counts[kind]
                 await b.run_throughput(kind, target, args.concurrency, requests, args.seconds or 0.0,
@@ -75,11 +78,14 @@ async def bench(args: argparse.Namespace, stack: Stack) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the stack on SIGTERM as on Ctrl-C
+    if args.wait_quiet:
+        say(f"waiting up to {args.wait_quiet:g} s for the machine to be quiet")
+        say(f"  {wait_until_quiet(0.3, args.wait_quiet)} cores busy")
     started = time.time()
     info = machine()
     config = {"quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
-              "load_procs": args.load_procs, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
+              "load_procs": args.load_procs, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
     say("starting switchyard up --demo --no-fsync ...")
     try:
         with Stack(keep_data=args.keep_data) as stack:

@@ -137,7 +137,7 @@ class Follower:
 
     def __init__(
         self, nc: NATS, pool: asyncpg.Pool, stream: str, durable: str,
-        projections: Sequence[Projection], batch: int = 1000, linger_s: float = 0.02,
+        projections: Sequence[Projection], batch: int = 1000, linger_s: float = 0.05,
         on_commit: Callable[[list[Positioned]], None] | None = None,
     ) -> None:
         self.linger_s = linger_s

@@ -89,4 +89,5 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
 
 def main() -> None:
-    run("services.gateway.app:create_app", Settings.from_env(), interface="rsgi")
+    # RSGI and granian's Rust task implementation: measured fastest for the hot path (docs/performance.md)
+    run("services.gateway.app:create_app", Settings.from_env(), interface="rsgi", task_impl="rust")

@@ -28,7 +28,8 @@ log = structlog.get_logger()
 
 ACK_TIMEOUT_S = 5.0
 MAX_BATCH = 256          # events in one JetStream message
-LINGER_S = 0.005         # wait this long for a batch to fill; bounds messages to ~200/s per tenant
+LINGER_S = 0.05          # wait this long for a batch to fill: at most ~20 messages/s per tenant and gateway,
+                         # and no publishing work between the calls of a quiet gateway
 MAX_IN_FLIGHT = 32       # batches awaiting their ack
 
 
