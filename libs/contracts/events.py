@@ -187,6 +187,7 @@ class TenantCreated(Event, frozen=True, tag=s.TENANT_CREATED):
     tenant_id: str
     display_name: str = ""
     all_models: bool = True
+    fallback_on_quota: bool = False   # over a quota, serve the next allowed model instead of 402
 
     @property
     def identifier(self) -> str:
@@ -211,6 +212,9 @@ class TenantModelAssigned(Event, frozen=True, tag=s.TENANT_MODEL_ASSIGNED):
     enabled: bool = True
     is_default: bool = False
     priority: int = 0               # higher is preferred
+    input_price_per_1m: float | None = None    # USD; None: the model's price
+    output_price_per_1m: float | None = None
+    fallback_model: str = ""        # this tenant's fallback for this model ("" = the model's own)
 
     @property
     def identifier(self) -> str:

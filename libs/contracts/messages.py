@@ -33,6 +33,7 @@ class CreateTenant(Command, frozen=True, tag="create_tenant"):
     tenant_id: str
     display_name: str = ""
     all_models: bool = True
+    fallback_on_quota: bool = False
 
 
 class RemoveTenant(Command, frozen=True, tag="remove_tenant"):
@@ -85,6 +86,9 @@ class AssignModel(Command, frozen=True, tag="assign_model"):
     enabled: bool = True
     is_default: bool = False
     priority: int = 0
+    input_price_per_1m: float | None = None
+    output_price_per_1m: float | None = None
+    fallback_model: str = ""
 
 
 class IssueKey(Command, frozen=True, tag="issue_key"):

@@ -66,7 +66,7 @@ def decide(catalog: Catalog, command: m.Command) -> tuple[list[ev.Event], str | 
         case m.CreateTenant():
             check_identifier(command.tenant_id, "tenant_id")
             new = ev.TenantCreated(tenant_id=command.tenant_id, display_name=command.display_name,
-                                   all_models=command.all_models)
+                                   all_models=command.all_models, fallback_on_quota=command.fallback_on_quota)
             return ([] if _same(catalog.tenants.get(command.tenant_id), new) else [new]), None, None
         case m.RemoveTenant():
             if command.tenant_id not in catalog.tenants:
