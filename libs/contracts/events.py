@@ -59,7 +59,7 @@ class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
     request_id: str
     tenant_id: str
     key_id: str
-    model: str                      # the model the client asked for
+    model: str                      # the model that served the call (its registry id; a fallback's if one served)
     api: str                        # e.g. "openai.chat", "ollama.embed"
     outcome: Outcome
     status: int                     # HTTP status the client saw
@@ -75,6 +75,7 @@ class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
     duration_ms: float = 0.0        # whole call as the gateway saw it
     ttfb_ms: float | None = None    # time to the first byte sent to the client
     overhead_ms: float = 0.0        # the gateway's own share of duration_ms
+    requested_model: str = ""       # the name the client used (an alias, ":latest", or another model on fallback)
 
     @property
     def identifier(self) -> str:

@@ -131,16 +131,15 @@ def create_service_app(
     )
 
 
-def run(target: str, settings: Settings, interface: str = "asgi", task_impl: str = "asyncio") -> None:
+def run(target: str, settings: Settings, interface: str = "asgi") -> None:
     """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1."""
     from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops, TaskImpl
+    from granian.constants import HTTPModes, Interfaces, Loops
 
     Granian(
         target, address=settings.host, port=settings.port, interface=Interfaces(interface),
         factory=True, workers=1, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
         log_enabled=False, backlog=2048,
-        task_impl=TaskImpl(task_impl),
     ).serve()
 
 

@@ -30,6 +30,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upstream_connect_timeout_s: float = 5.0
     upstream_pool_size: int = 512
     spool_dir: str = "./.switchyard/spool"
+    retries_per_endpoint: int = 1         # retries of one endpoint (5xx, 429) before falling back to the next
+    retry_base_ms: float = 50.0           # backoff: base * 2**attempt, with jitter, at most retry_max_ms
+    retry_max_ms: float = 1000.0
+    retry_after_max_s: float = 2.0        # honour an upstream Retry-After up to this; longer: next endpoint
+    cap_wait_s: float = 5.0               # how long a call waits for a slot when every endpoint is at its cap
     # metering
     ingest_batch: int = 200                # JetStream messages per transaction (each may hold many events)
 

@@ -19,6 +19,7 @@ from services.gateway.admin import admin_router
 from services.gateway.errors import GatewayError
 from services.gateway.localstate import LocalState
 from services.gateway.monitoring import config, list_models, token_counts
+from services.gateway.failover import Failover
 from services.gateway.proxy import Proxy
 from services.gateway.routing import Router
 from services.gateway.rsgi import GatewayRSGI
@@ -63,7 +64,10 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         deps.extra.update(state=state, pool=pool, usage=publisher)
         metrics.USAGE_PENDING.set_function(lambda: publisher.pending)
         outcomes = OutcomeBatcher(deps.nc, settings.instance or f"gw{os.getpid()}")
-        holder[0].proxy = Proxy(state, Router(state.catalog), pool, publisher, outcomes, settings.max_body_bytes)
+        router = Router(state.catalog, deps.extra.get("circuits"))
+        deps.extra["router"] = router
+        failover = Failover(router, pool, outcomes, settings)
+        holder[0].proxy = Proxy(state, router, failover, publisher, settings.max_body_bytes)
 
     async def stop(deps: Deps) -> None:
         holder[0].proxy = None
@@ -89,5 +93,5 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
 
 def main() -> None:
-    # RSGI and granian's Rust task implementation: measured fastest for the hot path (docs/performance.md)
-    run("services.gateway.app:create_app", Settings.from_env(), interface="rsgi", task_impl="rust")
+    # RSGI: measured fastest for the hot path (docs/performance.md)
+    run("services.gateway.app:create_app", Settings.from_env(), interface="rsgi")

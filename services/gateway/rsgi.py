@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from litestar import Litestar
+
+log = structlog.get_logger()
 
 
 class GatewayRSGI:
@@ -48,10 +51,19 @@ class GatewayRSGI:
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         proxy = self.proxy
-        if proxy is not None and scope.proto == "http" and scope.method == "POST" and scope.path in proxy.routes:
-            await proxy(scope, proto)
-        elif scope.proto == "http":
-            await bridge(self.litestar, scope, proto)
+        try:
+            if proxy is not None and scope.proto == "http" and scope.method == "POST" and scope.path in proxy.routes:
+                await proxy(scope, proto)
+            elif scope.proto == "http":
+                await bridge(self.litestar, scope, proto)
+        except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
+            log.exception("gateway.unhandled", path=scope.path, method=scope.method)
+            try:
+                proto.response_bytes(500, [("content-type", "application/json")],
+                                     b'{"error": {"message": "Internal error", "type": "server_error", '
+                                     b'"param": null, "code": "internal_error"}}')
+            except Exception:  # noqa: BLE001 — a response had already started
+                pass
 
 
 def _address(value: str) -> tuple[str, int] | None:

@@ -7,6 +7,9 @@ about a fifth of aiohttp's CPU per proxied call (docs/performance.md).
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import msgspec
 
 from libs.contracts.events import EndpointRegistered
 
@@ -31,3 +34,21 @@ def request_headers(endpoint: EndpointRegistered) -> tuple[tuple[str, str], ...]
 def url(endpoint: EndpointRegistered, path: str) -> str:
     """An API path on an endpoint. Base URLs name the server root; a trailing /v1 is tolerated."""
     return endpoint.base_url.rstrip("/").removesuffix("/v1") + path
+
+
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+def upstream_body(body: bytes, request: Any, upstream_model: str) -> bytes:
+    """The body to send upstream: untouched unless the model name differs or a stream needs usage."""
+    needs_usage = request.stream and not (request.stream_options and request.stream_options.include_usage)
+    if upstream_model == request.model and not needs_usage:
+        return body
+    data = _decode_any(body)
+    data["model"] = upstream_model
+    if needs_usage:
+        options = data.get("stream_options") or {}
+        options["include_usage"] = True
+        data["stream_options"] = options
+    return _encode(data)
