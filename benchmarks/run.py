@@ -45,6 +45,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="on a shared machine, first wait up to this long for it to be nearly idle")
     parser.add_argument("--keep-data", action="store_true", help="keep the stack's data dir (logs) afterwards")
+    parser.add_argument("--caps", type=int, default=0, metavar="N",
+                        help="set a per-model concurrency cap of N on every endpoint before measuring (0: none)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.requests = args.requests if args.requests is not None else (1000 if quick else 20_000)
@@ -85,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     config = {"quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
-              "load_procs": args.load_procs, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
+              "load_procs": args.load_procs, "caps": args.caps, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
     say("starting switchyard up --demo --no-fsync ...")
     try:
         with Stack(keep_data=args.keep_data) as stack:
             say(f"stack up on {stack.gateway_url} (data dir {stack.data_dir})")
+            if args.caps:
+                say(f"capping every endpoint at {args.caps} concurrent calls per model")
+                stack.set_caps(args.caps)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 figures = runner.run(bench(args, stack))
             stack_command = shlex.join(stack.command)

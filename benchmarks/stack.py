@@ -119,6 +119,18 @@ class Stack:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 — loopback only
             return json.loads(response.read())
 
+    def set_caps(self, cap: int) -> None:
+        """Give every endpoint a per-model concurrency cap through the admin API."""
+        for endpoint in self.get_json("/api/admin/endpoints", self.admin_key):
+            body = {k: v for k, v in endpoint.items() if k != "updated_at"}
+            body["max_concurrent"] = cap
+            request = urllib.request.Request(f"{self.gateway_url}/api/admin/endpoints/{endpoint['endpoint_id']}",
+                                             data=json.dumps(body).encode(), method="PUT",
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"Bearer {self.admin_key}"})
+            with urllib.request.urlopen(request, timeout=10):  # noqa: S310 — loopback only
+                pass
+
     def post_json(self, url: str, body: dict) -> dict:
         """POST a JSON body to `url` (a simulator's control API) and return the JSON reply."""
         request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
