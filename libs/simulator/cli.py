@@ -31,6 +31,7 @@ KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--failure-rate": (float, "share of upstream calls that fail, 0..1"),
     "--failure-kind": (str, f"how calls fail: {', '.join(FAILURE_KINDS)}"),
     "--retry-after-s": (int, "the Retry-After header of http_429 failures"),
+    "--failure-paths": (_names, "only these routes fail, comma-separated (default: every route)"),
     "--seed": (int, "seed of the (repeatable) choice of failing calls"),
 }
 

@@ -24,6 +24,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     `failure_kind` way; the choice is a pure function of `seed` and the call's serial number
     (counted from start or the last reset), so runs repeat.
     `refuse` acts on the listener, not on calls: any `failure_rate` above 0 closes it.
+    `failure_paths` limits failures to some routes, e.g. ("/v1/chat/completions",) to fail the
+    inference calls while the model-list probes keep answering.
     """
 
     models: tuple[str, ...] = ("llama3.2", "nomic-embed-text")
@@ -35,6 +37,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     failure_rate: float = 0.0
     failure_kind: FailureKind = "http_500"
     retry_after_s: int = 1  # the Retry-After header of http_429 failures
+    failure_paths: tuple[str, ...] = ()  # only these routes fail (e.g. inference, not health probes); () = all
     seed: int = 0
 
     def __post_init__(self) -> None:

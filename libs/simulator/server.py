@@ -225,7 +225,8 @@ class Simulator:
         cfg = self._config
         self._serial += 1
         self._requests[path] = self._requests.get(path, 0) + 1
-        if cfg.failure_rate > 0.0 and cfg.failure_kind != "refuse":
+        if cfg.failure_rate > 0.0 and cfg.failure_kind != "refuse" \
+                and (not cfg.failure_paths or path in cfg.failure_paths):
             if fails(cfg.seed, self._serial, cfg.failure_rate):
                 return self._fail(req, cfg)
         reply = self._route(req, cfg)

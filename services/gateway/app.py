@@ -19,6 +19,7 @@ from services.gateway.admin import admin_router
 from services.gateway.errors import GatewayError
 from services.gateway.localstate import LocalState
 from services.gateway.monitoring import config, list_models, token_counts
+from services.gateway.ollama_routes import OLLAMA_ROUTES
 from services.gateway.failover import Failover
 from services.gateway.proxy import Proxy
 from services.gateway.routing import Router
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
-        route_handlers=[admin_router, list_models, token_counts, config],
+        route_handlers=[admin_router, list_models, token_counts, config, *OLLAMA_ROUTES],
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
             msgspec.MsgspecError: _validation_error, HTTPException: _http_error,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -26,11 +27,12 @@ class Call:
 
     __slots__ = ("api", "tenant_id", "key_id", "request", "started", "request_id", "endpoint", "model",
                  "upstream_model", "attempts", "outcome", "status", "input_tokens", "output_tokens",
-                 "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback")
+                 "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback", "door")
 
-    def __init__(self, api: str, tenant_id: str, key_id: str, request: InferenceRequest,
+    def __init__(self, door: Any, tenant_id: str, key_id: str, request: InferenceRequest,
                  started: float, request_id: str, body_bytes: int) -> None:
-        self.api, self.tenant_id, self.key_id, self.request = api, tenant_id, key_id, request
+        self.door = door                # services.gateway.doors.Door: how this call's front door speaks
+        self.api, self.tenant_id, self.key_id, self.request = door.api, tenant_id, key_id, request
         self.started, self.request_id, self.body_bytes = started, request_id, body_bytes
         self.endpoint: EndpointRegistered | None = None
         self.model = ""                 # registry id of the model serving the call

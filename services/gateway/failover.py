@@ -25,7 +25,6 @@ from services.gateway import http1, relay
 from services.gateway.call import Call
 from services.gateway.errors import GatewayError, ModelNotFound, UpstreamError
 from services.gateway.routing import Route, Router
-from services.gateway.upstream import upstream_body
 
 log = structlog.get_logger()
 
@@ -39,7 +38,7 @@ class Failover:
         self.retry_after_max_s = settings.retry_after_max_s
         self.cap_wait_s = settings.cap_wait_s
 
-    async def serve(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes, path: str,
+    async def serve(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes,
                     proto: Any) -> GatewayError | None:
         """Serve the call; return the error to show if nothing could (the caller sends it)."""
         tried_models: set[str] = set()
@@ -49,7 +48,7 @@ class Failover:
             model, routes = current
             tried_models.add(model.model_id)
             call.model = model.model_id
-            error = await self._serve_model(call, model, routes, body, path, proto)
+            error = await self._serve_model(call, model, routes, body, proto)
             if error is None:
                 return None
             current = self._fallback(call, model, tried_models)
@@ -70,7 +69,7 @@ class Failover:
         call.served_by_fallback = True
         return fallback, routes
 
-    async def _serve_model(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes, path: str,
+    async def _serve_model(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes,
                            proto: Any) -> GatewayError | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cap_wait_s
@@ -87,16 +86,18 @@ class Failover:
                 return last if last is not None and not plan.capped else plan.error()
             route = plan.ready[0]
             tried.add(route.endpoint.endpoint_id)
-            error = await self._try_endpoint(call, model, route, body, path, proto)
+            error = await self._try_endpoint(call, model, route, body, proto)
             if error is None:
                 return None
             last = error
 
-    async def _try_endpoint(self, call: Call, model: ModelRegistered, route: Route, body: bytes, path: str,
+    async def _try_endpoint(self, call: Call, model: ModelRegistered, route: Route, body: bytes,
                             proto: Any) -> GatewayError | None:
         endpoint = route.endpoint
         eid = endpoint.endpoint_id
-        payload = upstream_body(body, call.request, route.upstream_model)
+        provider = self.router.catalog.providers.get(endpoint.provider_id)
+        plan = call.door.plan(provider.kind if provider else "openai-compatible")
+        upstream_path, payload = plan.request(body, route.upstream_model)
         circuits = self.router.circuits
         last: GatewayError | None = None
         for attempt in range(self.retries + 1):
@@ -109,7 +110,7 @@ class Failover:
             self.router.acquire(eid, model.model_id)
             started = time.perf_counter()
             try:
-                await relay.attempt(self.pool, call, endpoint, path, payload, proto,
+                await relay.attempt(self.pool, call, endpoint, plan, upstream_path, payload, proto,
                                     lambda outcome, status, t0: self._report(call, eid, outcome, status, t0))
                 return None
             except relay.Failed as failed:

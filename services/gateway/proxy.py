@@ -1,4 +1,4 @@
-"""The hot path: OpenAI inference calls handled over RSGI, from request bytes to usage event.
+"""The hot path: OpenAI and Ollama inference calls handled over RSGI, from request bytes to usage event.
 
 Per call: read and size-check the body, authenticate and route from the local
 catalog (no I/O), hand the call to Failover (upstream attempts over the pooled
@@ -19,6 +19,7 @@ import msgspec
 from services.gateway import metrics
 from services.gateway.auth import authenticate
 from services.gateway.call import Call, InferenceRequest
+from services.gateway.doors import APIS, Door, error_body_for
 from services.gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from services.gateway.failover import Failover
 from services.gateway.relay import ClientGone
@@ -26,20 +27,13 @@ from services.gateway.routing import Router
 
 _decode_request = msgspec.json.Decoder(InferenceRequest).decode
 
-ROUTES = {
-    "/v1/chat/completions": "openai.chat",
-    "/v1/completions": "openai.completions",
-    "/v1/embeddings": "openai.embeddings",
-}
-
-
 class Proxy:
-    """Serves the OpenAI inference routes."""
+    """Serves the inference routes of both front doors."""
 
     def __init__(self, state: Any, router: Router, failover: Failover, usage: Any, max_body_bytes: int) -> None:
         self.state, self.router, self.failover, self.usage = state, router, failover, usage
         self.max_body_bytes = max_body_bytes
-        self.routes = ROUTES
+        self.routes = APIS
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         """Serve one call (RSGI: `scope` has .path and .headers, `proto` reads the body and answers)."""
@@ -50,17 +44,18 @@ class Proxy:
             key = authenticate(self.state.catalog, headers)
             body = await self._read_body(headers, proto)
             request = _parse(body)
+            door = Door(scope.path, request, body)
             model, routes = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
-            send_error(proto, exc)
+            send_error(proto, exc, error_body_for(scope.path, exc))
             return
-        call = Call(api, key.tenant_id, key.key_id, request, started, _request_id(headers), len(body))
+        call = Call(door, key.tenant_id, key.key_id, request, started, _request_id(headers), len(body))
         try:
-            error = await self.failover.serve(call, model, routes, body, scope.path, proto)
+            error = await self.failover.serve(call, model, routes, body, proto)
             if error is not None:
                 call.outcome, call.status = "error", error.status
-                send_error(proto, error, call.response_headers())
+                send_error(proto, error, door.error_body(error), call.response_headers())
         except ClientGone:
             call.outcome = "cancelled"
         except asyncio.CancelledError:
@@ -111,6 +106,6 @@ def _request_id(headers: Any) -> str:
     return uuid.uuid4().hex
 
 
-def send_error(proto: Any, error: GatewayError, extra: list[tuple[str, str]] | None = None) -> None:
+def send_error(proto: Any, error: GatewayError, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:
     headers = [("content-type", "application/json"), *error.headers.items(), *(extra or ())]
-    proto.response_bytes(error.status, headers, error.render())
+    proto.response_bytes(error.status, headers, body)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgspec
 import structlog
 
 from libs.contracts.events import EndpointRegistered
 from services.gateway import http1, upstream
 from services.gateway.call import Call
 from services.gateway.errors import UpstreamError
-from services.gateway.sse import SseTap
+from services.gateway.translate import Plan
 
 log = structlog.get_logger()
 
@@ -29,20 +28,6 @@ _CONNECT_FAILURES = {
     http1.ReadTimeout: ("timeout", 504),
     http1.ResponseCut: ("cut", 502),
 }
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class UsageOnly(msgspec.Struct):
-    usage: Usage | None = None
-
-
-_decode_usage = msgspec.json.Decoder(UsageOnly).decode
-_encode = msgspec.json.Encoder().encode
 
 
 class Failed(Exception):
@@ -57,9 +42,9 @@ class ClientGone(Exception):
     """The client went away while we answered."""
 
 
-async def attempt(pool: http1.Pool, call: Call, endpoint: EndpointRegistered, path: str, payload: bytes,
-                  proto: Any, report: Any) -> None:
-    """Call `endpoint` and relay its answer; raise Failed to let the caller retry or fall back.
+async def attempt(pool: http1.Pool, call: Call, endpoint: EndpointRegistered, plan: Plan, path: str,
+                  payload: bytes, proto: Any, report: Any) -> None:
+    """Call `endpoint` and relay its answer the way `plan` says; raise Failed to let the caller retry or fall back.
 
     `report(outcome, status, started)` tells the router how the attempt went.
     """
@@ -75,10 +60,10 @@ async def attempt(pool: http1.Pool, call: Call, endpoint: EndpointRegistered, pa
     try:
         if response.status in RETRYABLE_STATUS:
             await _refused(response, endpoint, report, started)
-        if call.request.stream and response.status == 200:
-            await _relay_stream(call, endpoint, response, proto, report, started)
+        if call.request.stream and response.status == 200 and plan.stream is not None:
+            await _relay_stream(call, endpoint, plan, response, proto, report, started)
         else:
-            await _relay_body(call, endpoint, response, proto, report, started)
+            await _relay_body(call, endpoint, plan, response, proto, report, started)
     finally:
         response.release()
 
@@ -98,8 +83,8 @@ async def _refused(response: http1.Response, endpoint: EndpointRegistered, repor
     raise Failed(error, outcome, _seconds(retry_after))
 
 
-async def _relay_body(call: Call, endpoint: EndpointRegistered, response: http1.Response, proto: Any,
-                      report: Any, started: float) -> None:
+async def _relay_body(call: Call, endpoint: EndpointRegistered, plan: Plan, response: http1.Response,
+                      proto: Any, report: Any, started: float) -> None:
     try:
         data = await response.read()
     except http1.UpstreamError as exc:
@@ -108,28 +93,28 @@ async def _relay_body(call: Call, endpoint: EndpointRegistered, response: http1.
                      "cut") from None
     status = response.status
     report("ok" if status < 400 else "http_4xx", status, started)
+    content_type = response.headers.get("content-type", "application/json")
     if status == 200:
-        try:
-            usage = _decode_usage(data).usage
-        except msgspec.DecodeError:
-            usage = None
+        usage = plan.usage(data)
         if usage is not None:
-            call.input_tokens = usage.prompt_tokens
-            call.output_tokens = usage.completion_tokens or max(0, usage.total_tokens - usage.prompt_tokens)
+            call.input_tokens, call.output_tokens = usage
         else:
             call.estimate_tokens()
+        if plan.answer is not None:
+            data, content_type = plan.answer(data, call.request.model or ""), "application/json"
     else:
         call.outcome = "error"
+        if plan.error is not None:
+            data, content_type = plan.error(data), "application/json"
     call.status = status
     call.mark_first_byte()
-    proto.response_bytes(status, [("content-type", response.headers.get("content-type", "application/json")),
-                                  *call.response_headers()], data)
+    proto.response_bytes(status, [("content-type", content_type), *call.response_headers()], data)
 
 
-async def _relay_stream(call: Call, endpoint: EndpointRegistered, response: http1.Response, proto: Any,
-                        report: Any, started: float) -> None:
-    wants_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
-    tap = SseTap(keep_usage=wants_usage)
+async def _relay_stream(call: Call, endpoint: EndpointRegistered, plan: Plan, response: http1.Response,
+                        proto: Any, report: Any, started: float) -> None:
+    assert plan.stream is not None
+    tap = plan.stream(call.request.model or "")
     call.status = 200
     transport = None
     failed_early = False
@@ -139,14 +124,14 @@ async def _relay_stream(call: Call, endpoint: EndpointRegistered, response: http
             if not out:
                 continue
             if transport is None:
-                transport = _start_stream(call, response, proto)
+                transport = _start_stream(call, proto)
             await _send(call, transport, out)
-        tail = tap.close()
         if not tap.done:
-            raise http1.ResponseCut("the stream ended without [DONE]")
+            raise http1.ResponseCut("the stream ended before its last event")
+        tail = tap.finish()
         report("ok", 200, started)
         if transport is None:
-            transport = _start_stream(call, response, proto)
+            transport = _start_stream(call, proto)
         if tail:
             await _send(call, transport, tail)
     except http1.UpstreamError as exc:
@@ -158,11 +143,7 @@ async def _relay_stream(call: Call, endpoint: EndpointRegistered, response: http
         call.outcome = "error"
         log.warning("upstream.stream_cut", endpoint=endpoint.endpoint_id, request_id=call.request_id,
                     error=type(exc).__name__)
-        if transport is None:
-            transport = _start_stream(call, response, proto)
-        error = {"error": {"message": f"The upstream stream was cut: {type(exc).__name__}",
-                           "type": "upstream_error", "code": "stream_cut"}}
-        await _send(call, transport, b"data: " + _encode(error) + b"\n\n")
+        await _send(call, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}"))
     finally:
         # granian ends a streamed response when its transport is released; an upstream error's
         # traceback can outlive this frame, so let go of the transport explicitly.
@@ -170,17 +151,15 @@ async def _relay_stream(call: Call, endpoint: EndpointRegistered, response: http
         if failed_early:
             pass
         elif tap.usage is not None:
-            call.input_tokens = tap.usage.get("prompt_tokens", 0)
-            call.output_tokens = tap.usage.get("completion_tokens", tap.content_events)
+            call.input_tokens, call.output_tokens = tap.usage
         else:
             call.estimate_tokens(output_tokens=tap.content_events)
 
 
-def _start_stream(call: Call, response: http1.Response, proto: Any) -> Any:
+def _start_stream(call: Call, proto: Any) -> Any:
     call.mark_first_byte()
     return proto.response_stream(200, [
-        ("content-type", response.headers.get("content-type", "text/event-stream")),
-        ("cache-control", "no-cache"), *call.response_headers(),
+        ("content-type", call.door.stream_content_type), ("cache-control", "no-cache"), *call.response_headers(),
     ])
 
 

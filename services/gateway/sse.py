@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 _decode = msgspec.json.Decoder().decode
@@ -12,7 +10,7 @@ _decode = msgspec.json.Decoder().decode
 class SseTap:
     """Feed raw upstream chunks in, get the bytes to forward out (whole events only).
 
-    `usage` is the usage block of the stream's usage chunk, if any; that chunk is
+    `usage` is (prompt, completion) tokens from the stream's usage chunk, if any; that chunk is
     forwarded only when `keep_usage` (the client asked for it). `content_events`
     counts chunks that carried content: the output token estimate when the
     upstream reports no usage. `done` is set by the `[DONE]` event.
@@ -22,7 +20,7 @@ class SseTap:
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
-        self.usage: dict[str, Any] | None = None
+        self.usage: tuple[int, int] | None = None
         self.content_events = 0
         self.done = False
         self._buffer = b""
@@ -56,7 +54,12 @@ class SseTap:
                 except msgspec.DecodeError:
                     message = None
                 if isinstance(message, dict) and isinstance(message.get("usage"), dict):
-                    self.usage = message["usage"]
+                    usage = message["usage"]
+                    prompt = usage.get("prompt_tokens") or 0
+                    completion = usage.get("completion_tokens")
+                    if completion is None:
+                        completion = max(0, (usage.get("total_tokens") or 0) - prompt)
+                    self.usage = (prompt, completion)
                     if not message.get("choices"):
                         if self.keep_usage:
                             kept.append(event)
@@ -66,7 +69,7 @@ class SseTap:
             kept.append(event)
         return b"".join(e + b"\n\n" for e in kept)
 
-    def close(self) -> bytes:
+    def finish(self) -> bytes:
         """Whatever incomplete event is left at the end of the stream."""
         rest, self._buffer = self._buffer, b""
         if rest.strip() == b"data: [DONE]":

@@ -141,3 +141,10 @@ async def test_runtime_config_change_applies_to_the_next_request(client, sim):
     assert (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"][
         "completion_tokens"
     ] == 2
+
+
+async def test_failure_paths_limit_failures_to_the_named_routes(sim, client):
+    sim.configure(failure_kind="http_500", failure_rate=1.0, failure_paths=("/v1/chat/completions",))
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 500
+    assert (await client.get("/v1/models")).status_code == 200
+    assert (await client.get("/api/tags")).status_code == 200

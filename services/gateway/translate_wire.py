@@ -1,0 +1,184 @@
+"""The OpenAI and Ollama wire shapes the translators read and write, with their codecs built once."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+
+class TranslationError(ValueError):
+    """A body could not be read as the API it claims to be (the proxy answers 400 for a request, 502 for a reply)."""
+
+
+# --- OpenAI replies (read) ------------------------------------------------------------------------
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class FunctionCall(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None            # JSON text, streamed in fragments
+
+
+class ToolCall(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    function: FunctionCall | None = None
+
+
+class Message(msgspec.Struct):
+    """A chat `message` or a streamed `delta`."""
+
+    content: str | None = None
+    reasoning_content: str | None = None    # vLLM, DeepSeek
+    reasoning: str | None = None            # newer vLLM, OpenRouter
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(msgspec.Struct):
+    index: int = 0
+    message: Message | None = None          # chat.completion
+    delta: Message | None = None            # chat.completion.chunk
+    text: str | None = None                 # text_completion (whole or chunk)
+    finish_reason: str | None = None
+
+
+class Reply(msgspec.Struct):
+    """A chat or text completion, whole or one streamed chunk; `error` when the server reports one."""
+
+    created: int | None = None
+    choices: list[Choice] | None = None
+    usage: Usage | None = None
+    error: Any = None
+
+
+class UsageOnly(msgspec.Struct):
+    usage: Usage | None = None
+
+
+class EmbeddingItem(msgspec.Struct):
+    index: int = 0
+    embedding: msgspec.Raw = msgspec.Raw(b"[]")   # a float list or a base64 string, kept as sent
+
+
+class EmbeddingsReply(msgspec.Struct):
+    data: list[EmbeddingItem] = []
+    usage: Usage | None = None
+
+
+# --- Ollama (written) -----------------------------------------------------------------------------
+
+class OllamaFunction(msgspec.Struct):
+    name: str
+    arguments: Any
+
+
+class OllamaToolCall(msgspec.Struct):
+    function: OllamaFunction
+
+
+class OllamaMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str
+    thinking: str | None = None
+    tool_calls: list[OllamaToolCall] | None = None
+
+
+class OllamaChat(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One /api/chat line or reply; the statistics are absent when not known."""
+
+    model: str
+    created_at: str
+    message: OllamaMessage
+    done_reason: str | None = None
+    done: bool                              # required, so `false` is written too
+    total_duration: int | None = None       # nanoseconds
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class OllamaGenerate(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One /api/generate line or reply."""
+
+    model: str
+    created_at: str
+    response: str
+    thinking: str | None = None
+    done_reason: str | None = None
+    done: bool
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class OllamaEmbed(msgspec.Struct, omit_defaults=True):
+    model: str
+    embeddings: list[msgspec.Raw]
+    total_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class OllamaEmbedding(msgspec.Struct):
+    embedding: msgspec.Raw
+
+
+class OllamaCounts(msgspec.Struct):
+    """The token counts of an Ollama reply (a whole one, or the last line of a stream)."""
+
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    done: bool = False
+    error: Any = None
+
+
+decode_reply = msgspec.json.Decoder(Reply).decode
+decode_embeddings = msgspec.json.Decoder(EmbeddingsReply).decode
+decode_usage = msgspec.json.Decoder(UsageOnly).decode
+decode_counts = msgspec.json.Decoder(OllamaCounts).decode
+decode_any = msgspec.json.Decoder().decode
+encode = msgspec.json.Encoder().encode
+
+
+def ollama_time(created: int | None = None) -> str:
+    """An Ollama `created_at` (RFC 3339, UTC) from a Unix time in seconds; now when not given."""
+    moment = datetime.fromtimestamp(created, UTC) if created else datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def done_reason(finish_reason: str | None) -> str:
+    """Ollama's `done_reason` for an OpenAI `finish_reason`: `length` stays, everything else is `stop`."""
+    return "length" if finish_reason == "length" else "stop"
+
+
+def error_message(error: Any) -> str:
+    """The text of an OpenAI-style `error` member (an object with `message`, or a plain string)."""
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("error") or error)
+    return str(error)
+
+
+def tool_arguments(text: str | None) -> Any:
+    """Ollama wants tool arguments as an object; OpenAI sends them as JSON text."""
+    if not text:
+        return {}
+    try:
+        value = decode_any(text)
+    except msgspec.DecodeError:
+        return {"arguments": text}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()

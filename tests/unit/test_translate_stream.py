@@ -1,0 +1,182 @@
+"""Streams on the Ollama door: OpenAI SSE chunks become NDJSON lines; native NDJSON is relayed whole and counted."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from services.gateway.translate import OllamaStreamTap, OpenAIStreamToOllama
+
+HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_718_000_000, "model": "llama3.2"}
+
+
+def sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
+
+def chunk(delta=None, finish=None, **extra) -> bytes:
+    choice = {"index": 0, "delta": delta if delta is not None else {}, "logprobs": None, "finish_reason": finish}
+    return sse({**HEAD, "choices": [choice], **extra})
+
+
+CHAT_STREAM = b"".join([
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hel"}),
+    chunk({"content": "lo 🌍"}),
+    chunk({}, "stop"),
+    sse({**HEAD, "choices": [], "usage": {"prompt_tokens": 26, "completion_tokens": 2, "total_tokens": 28}}),
+    sse(b"[DONE]"),
+])
+
+
+def ticking_clock(step_ns: int = 1_000):
+    counter = itertools.count(0, step_ns)
+    return lambda: next(counter)
+
+
+def translate(stream: OpenAIStreamToOllama, data: bytes, size: int) -> list[dict]:
+    out = b"".join(stream.feed(data[i:i + size]) for i in range(0, len(data), size)) + stream.finish()
+    assert out.endswith(b"\n")
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, len(CHAT_STREAM)])
+def test_chat_stream_becomes_content_lines_and_a_final_line_with_usage(size: int) -> None:
+    stream = OpenAIStreamToOllama("llama3.2", "chat", clock=ticking_clock())
+    lines = translate(stream, CHAT_STREAM, size)
+    assert [line["message"]["content"] for line in lines] == ["Hel", "lo 🌍", ""]
+    assert [line["done"] for line in lines] == [False, False, True]
+    assert all(line["model"] == "llama3.2" and line["created_at"] == "2024-06-10T06:13:20.000000Z" for line in lines)
+    final = lines[-1]
+    assert final["done_reason"] == "stop"
+    assert (final["prompt_eval_count"], final["eval_count"]) == (26, 2)
+    assert final["total_duration"] > 0 and final["prompt_eval_duration"] > 0 and final["eval_duration"] > 0
+    assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"]
+    assert stream.usage == (26, 2) and stream.done and stream.content_events == 2 and stream.error is None
+
+
+def test_stream_without_usage_chunk_counts_content_chunks_and_omits_prompt_count() -> None:
+    data = chunk({"role": "assistant"}) + chunk({"content": "a"}) + chunk({"content": "b"}) \
+        + chunk({"content": "c"}, "length") + sse(b"[DONE]")
+    stream = OpenAIStreamToOllama("m", "chat")
+    final = translate(stream, data, 7)[-1]
+    assert stream.usage is None and stream.content_events == 3
+    assert final["eval_count"] == 3 and "prompt_eval_count" not in final and final["done_reason"] == "length"
+
+
+def test_usage_on_the_last_content_chunk_is_taken() -> None:
+    data = chunk({"content": "x"}, "stop", usage={"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}) \
+        + sse(b"[DONE]")
+    stream = OpenAIStreamToOllama("m", "chat")
+    assert translate(stream, data, 3)[-1]["eval_count"] == 1 and stream.usage == (4, 1)
+
+
+def test_completion_stream_becomes_generate_lines() -> None:
+    head = {"id": "cmpl-1", "object": "text_completion", "created": 1_700_000_000, "model": "m"}
+    data = b"".join([
+        sse({**head, "choices": [{"index": 0, "text": "The", "finish_reason": None}]}),
+        sse({**head, "choices": [{"index": 0, "text": " sky", "finish_reason": None}]}),
+        sse({**head, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
+        sse({**head, "choices": [], "usage": {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}}),
+        sse(b"[DONE]"),
+    ])
+    lines = translate(OpenAIStreamToOllama("m", "generate"), data, 11)
+    assert [line["response"] for line in lines] == ["The", " sky", ""]
+    assert "message" not in lines[0] and lines[-1]["done"] is True
+    assert (lines[-1]["prompt_eval_count"], lines[-1]["eval_count"]) == (6, 2)
+
+
+def test_chat_chunks_also_feed_a_generate_stream() -> None:
+    lines = translate(OpenAIStreamToOllama("m", "generate"), CHAT_STREAM, 9)
+    assert [line["response"] for line in lines] == ["Hel", "lo 🌍", ""]
+
+
+def test_streamed_tool_call_fragments_are_joined_into_one_tool_call_line() -> None:
+    data = b"".join([
+        chunk({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                    "function": {"name": "get_weather", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"location\": "}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+        chunk({}, "tool_calls"),
+        sse(b"[DONE]"),
+    ])
+    lines = translate(OpenAIStreamToOllama("m", "chat"), data, 13)
+    assert len(lines) == 2
+    assert lines[0]["message"]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"location": "Paris"}}}]
+    assert lines[0]["done"] is False and lines[1]["done"] is True and lines[1]["done_reason"] == "stop"
+
+
+def test_reasoning_deltas_become_thinking() -> None:
+    data = chunk({"reasoning_content": "hmm"}) + chunk({"content": "ok"}) + sse(b"[DONE]")
+    lines = translate(OpenAIStreamToOllama("m", "chat"), data, 100)
+    assert lines[0]["message"] == {"role": "assistant", "content": "", "thinking": "hmm"}
+    assert lines[1]["message"] == {"role": "assistant", "content": "ok"}
+
+
+def test_crlf_comments_and_events_without_data_are_understood() -> None:
+    data = (b": keep-alive\r\n\r\n" + chunk({"content": "hi"}) + b"event: ping\n\n" + sse(b"[DONE]")) \
+        .replace(b"\n\n", b"\r\n\r\n")
+    stream = OpenAIStreamToOllama("m", "chat")
+    lines = translate(stream, data, 4)
+    assert [line["message"]["content"] for line in lines] == ["hi", ""] and stream.done
+
+
+def test_an_error_event_becomes_an_ollama_error_line() -> None:
+    data = chunk({"content": "par"}) + sse({"error": {"message": "model overloaded", "type": "server_error"}})
+    stream = OpenAIStreamToOllama("m", "chat")
+    out = stream.feed(data)
+    assert json.loads(out.splitlines()[-1]) == {"error": "model overloaded"}
+    assert stream.error == "model overloaded" and not stream.done
+
+
+def test_a_cut_stream_is_not_done_and_keeps_what_it_translated() -> None:
+    stream = OpenAIStreamToOllama("m", "chat")
+    cut_at = CHAT_STREAM.index(b'"finish_reason": "stop"')     # inside the chunk after the second text
+    out = stream.feed(CHAT_STREAM[:cut_at])
+    assert not stream.done and stream.usage is None
+    assert [json.loads(line)["message"]["content"] for line in out.splitlines()] == ["Hel", "lo 🌍"]
+
+
+def test_last_event_without_its_blank_line_is_still_read_at_finish() -> None:
+    stream = OpenAIStreamToOllama("m", "chat")
+    unterminated = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+    stream.feed(chunk({"content": "a"}) + unterminated)
+    final = json.loads(stream.finish().splitlines()[-1])
+    assert stream.usage == (3, 1) and final["prompt_eval_count"] == 3
+
+
+NATIVE = b"".join(json.dumps(line).encode() + b"\n" for line in [
+    {"model": "llama3.2", "created_at": "2023-08-04T08:52:19.385406455-07:00",
+     "message": {"role": "assistant", "content": "The"}, "done": False},
+    {"model": "llama3.2", "created_at": "2023-08-04T08:52:19.385406455-07:00",
+     "message": {"role": "assistant", "content": " sky \"done\":true"}, "done": False},
+    {"model": "llama3.2", "created_at": "2023-08-04T19:22:45.499127Z", "message": {"role": "assistant", "content": ""},
+     "done_reason": "stop", "done": True, "total_duration": 4883583458, "load_duration": 1334875,
+     "prompt_eval_count": 26, "prompt_eval_duration": 342546000, "eval_count": 282, "eval_duration": 4535599000},
+])
+
+
+@pytest.mark.parametrize("size", [1, 10, 100, len(NATIVE)])
+def test_native_stream_is_relayed_in_whole_lines_and_its_counts_read(size: int) -> None:
+    tap = OllamaStreamTap()
+    pieces = [tap.feed(NATIVE[i:i + size]) for i in range(0, len(NATIVE), size)]
+    assert all(piece == b"" or piece.endswith(b"\n") for piece in pieces)
+    assert b"".join(pieces) + tap.close() == NATIVE
+    assert tap.done and tap.usage == (26, 282) and tap.content_events == 2 and tap.error is None
+
+
+def test_native_stream_cut_before_the_last_line_is_not_done() -> None:
+    tap = OllamaStreamTap()
+    cut = NATIVE[: NATIVE.rindex(b'{"model"')] + b'{"model": "llama3.2", "done"'
+    out = tap.feed(cut) + tap.finish()
+    assert out == cut and not tap.done and tap.usage is None and tap.content_events == 2
+
+
+def test_native_error_line_is_relayed_and_noted() -> None:
+    tap = OllamaStreamTap()
+    line = b'{"error":"an error was encountered while running the model"}\n'
+    assert tap.feed(line) == line
+    assert tap.error == "an error was encountered while running the model" and not tap.done
