@@ -42,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
                          "tenant 'demo' serving llama3.2 and nomic-embed-text")
     up.add_argument("--no-fsync", action="store_true",
                     help="run the embedded PostgreSQL and Valkey without fsync (faster; for benchmarks)")
+    up.add_argument("--config", type=Path, default=None,
+                    help="a registry document (providers, endpoints, models, tenants) applied at start as "
+                         "registry commands; applying it again changes nothing (default: ./switchyard.yaml "
+                         "if present)")
+
+    config = sub.add_parser("config", help="check a switchyard.yaml registry document")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    validate = config_sub.add_parser(
+        "validate", help="report every problem of a config file with its path; exit 1 if there is any",
+        description="Check a registry document without starting anything: YAML syntax, unknown keys, types, "
+                    "identifiers, URL schemes and port ranges, credentials given only as ${ENV_VAR}, dangling "
+                    "references (endpoint -> provider, assignment -> model, fallbacks) and duplicate identifiers.")
+    validate.add_argument("file", type=Path, help="the file to check, e.g. switchyard.yaml")
 
     sim = sub.add_parser("simulate-upstream", add_help=False,
                          help="run the upstream model-server simulator (OpenAI and Ollama APIs)")
@@ -57,6 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="rebuild every projection")
     replay.add_argument("--list", action="store_true", help="list the projections and their positions")
     replay.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+
+    events = sub.add_parser(
+        "events", help="read the event log: follow it, or export it as JSON lines",
+        description="Read the event log of `switchyard up --data-dir D` (or SWITCHYARD_DATABASE_URL).")
+    events_sub = events.add_subparsers(dest="events_command", required=True, metavar="SUBCOMMAND")
+    tail = events_sub.add_parser("tail", help="print the last events, then each new one as it is recorded")
+    tail.add_argument("--type", help="an event type, or a prefix of one: usage, tenant, usage.recorded.v1 ...")
+    tail.add_argument("--tenant", help="only this tenant's events")
+    tail.add_argument("-n", "--lines", type=int, default=10, help="how many past events to print first (default 10)")
+    tail.add_argument("--no-follow", action="store_true", help="print the past events and stop")
+    tail.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    export = events_sub.add_parser("export", help="write events as JSON lines, one stored event per line",
+                                   description="switchyard events export --since 7d > usage.jsonl")
+    export.add_argument("--since", required=True,
+                        help="events that occurred from then on: ISO 8601 (2026-11-22T10:00:00Z) or an age (30m, 7d)")
+    export.add_argument("--until", help="and before then (same forms)")
+    export.add_argument("--type", help="an event type, or a prefix of one")
+    export.add_argument("--tenant", help="only this tenant's events")
+    export.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
     return parser
 
 
@@ -70,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return up(args)
     if args.command == "replay":
         return replay(args)
+    if args.command == "events":
+        return events_command(args)
+    if args.command == "config":
+        return config_validate(args.file)
     return 2
 
 
@@ -79,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
 def up(args: argparse.Namespace) -> int:
     from libs.kit.stack import EmbeddedStack, StackError
 
+    config_path = args.config or (Path("switchyard.yaml") if Path("switchyard.yaml").exists() else None)
+    args.registry_doc = None
+    if config_path is not None:
+        args.registry_doc = _load_config(config_path)
+        if args.registry_doc is None:
+            return 1
     data_dir: Path = args.data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
@@ -144,9 +186,13 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, sup
     if args.demo:
         commands += boot.demo_commands(f"http://127.0.0.1:{sims['sim-ollama']}",
                                        f"http://127.0.0.1:{sims['sim-openai']}", demo_key)
+    if args.registry_doc is not None:
+        commands.append(boot.config_command(args.registry_doc))
     try:
         if commands:
-            asyncio.run(_bootstrap(urls.nats_url, commands))
+            replies = asyncio.run(_bootstrap(urls.nats_url, commands))
+            if args.registry_doc is not None:
+                say(f"registry document applied: {len(replies[-1].events)} change(s)")
         local = f"http://127.0.0.1:{args.port}"
         _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0)     # registry and gateway both answer
         if args.demo:
@@ -188,12 +234,12 @@ def _shown(key: str, env_name: str, generated: bool) -> str:
     return key
 
 
-async def _bootstrap(nats_url: str, commands: list[object]) -> None:
+async def _bootstrap(nats_url: str, commands: list[object]) -> list:
     from libs.kit import bootstrap, natsio
 
     nc = await natsio.connect(nats_url, "switchyard-up", 30.0)
     try:
-        await bootstrap.apply(nc, commands, timeout_s=60.0)  # type: ignore[arg-type]
+        return await bootstrap.apply(nc, commands, timeout_s=60.0)  # type: ignore[arg-type]
     finally:
         await nc.close()
 
@@ -218,18 +264,77 @@ def say(text: str) -> None:
     print(f"switchyard: {text}", file=sys.stderr, flush=True)
 
 
+# --- config ------------------------------------------------------------------------------------
+
+
+def _problems_of(path: Path) -> tuple[dict | None, list]:
+    from libs.kit import config_file
+
+    doc, problems = config_file.load(path)
+    if not problems:
+        problems = config_file.validate(doc)
+    return (None if problems else doc), problems
+
+
+def config_validate(path: Path) -> int:
+    """Print every problem of a config file with its path; 0 when there is none."""
+    doc, problems = _problems_of(path)
+    for problem in problems:
+        print(f"{path}: {problem.path}: {problem.message}", flush=True)
+    if problems:
+        say(f"{path}: {len(problems)} problem(s)")
+        return 1
+    counts = ", ".join(f"{len(doc.get(k) or [])} {k}" for k in ("providers", "endpoints", "models", "tenants"))
+    print(f"{path}: OK ({counts})", flush=True)
+    return 0
+
+
+def _load_config(path: Path) -> dict | None:
+    doc, problems = _problems_of(path)
+    for problem in problems:
+        say(f"{path}: {problem.path}: {problem.message}")
+    if problems:
+        say(f"{path}: {len(problems)} problem(s); nothing started")
+    return doc
+
+
 # --- replay ------------------------------------------------------------------------------------
 
 
 def replay(args: argparse.Namespace) -> int:
     from services.metering import replay as tool
     from services.metering.projections import PROJECTIONS
+    from services.quota import replay as quota_tool
 
     if not (args.list or args.all or args.projection):
-        say(f"name a projection ({', '.join(sorted(PROJECTIONS))}), or use --all or --list")
+        say(f"name a projection ({', '.join(sorted([*PROJECTIONS, quota_tool.NAME]))}), or use --all or --list")
         return 2
+    if args.projection == quota_tool.NAME and not (args.all or args.list):    # the counters in Valkey
+        return asyncio.run(quota_tool.run(args.data_dir.absolute()))
     names = sorted(PROJECTIONS) if args.all else [args.projection] if args.projection else []
-    return asyncio.run(tool.run(names, args.data_dir.absolute(), list_only=args.list))
+    code = asyncio.run(tool.run(names, args.data_dir.absolute(), list_only=args.list))
+    if code == 0 and (args.all or args.list):
+        code = asyncio.run(quota_tool.run(args.data_dir.absolute(), list_only=args.list))
+    return code
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def events_command(args: argparse.Namespace) -> int:
+    from services.metering import eventtools
+
+    data_dir = args.data_dir.absolute()
+    try:
+        if args.events_command == "tail":
+            return asyncio.run(eventtools.tail(data_dir, args.type, args.tenant, args.lines, not args.no_follow))
+        since = eventtools.parse_time(args.since)
+        until = eventtools.parse_time(args.until) if args.until else None
+        return asyncio.run(eventtools.export(data_dir, since, until, args.type, args.tenant))
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:             # `... | head`
+        return 0
 
 
 if __name__ == "__main__":

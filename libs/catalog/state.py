@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+
+import msgspec
 
 from libs.contracts.events import (
     EndpointRegistered, EndpointRemoved, Event, KeyIssued, KeyRevoked, ModelRegistered, ModelRemoved,
     ProviderRegistered, ProviderRemoved, TenantCreated, TenantModelAssigned, TenantModelUnassigned,
     TenantRemoved,
 )
+from libs.contracts.routing import EndpointModelsDiscovered
 
 KEY_PREFIX = "sy_"
 
@@ -32,10 +35,16 @@ def key_id_of(secret: str) -> str | None:
 
 @dataclass
 class Catalog:
-    """The registry's current state. `version` grows with every change, for cache invalidation."""
+    """The registry's current state. `version` grows with every change, for cache invalidation.
+
+    `registered` holds endpoints as an operator registered them; `endpoints` as they serve: one
+    registered without a model list serves the models its probes discovered (`discovered`).
+    """
 
     providers: dict[str, ProviderRegistered] = field(default_factory=dict)
     endpoints: dict[str, EndpointRegistered] = field(default_factory=dict)
+    registered: dict[str, EndpointRegistered] = field(default_factory=dict)
+    discovered: dict[str, tuple[str, ...]] = field(default_factory=dict)
     models: dict[str, ModelRegistered] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     tenants: dict[str, TenantCreated] = field(default_factory=dict)
@@ -53,9 +62,15 @@ class Catalog:
             case ProviderRemoved(provider_id=pid):
                 self.providers.pop(pid, None)
             case EndpointRegistered(endpoint_id=eid):
-                self.endpoints[eid] = event
+                self.registered[eid] = event
+                self._serve(eid)
+            case EndpointModelsDiscovered(endpoint_id=eid):
+                self.discovered[eid] = event.models
+                self._serve(eid)
             case EndpointRemoved(endpoint_id=eid):
                 self.endpoints.pop(eid, None)
+                self.registered.pop(eid, None)
+                self.discovered.pop(eid, None)
             case ModelRegistered(model_id=mid):
                 self._drop_aliases(mid)
                 self.models[mid] = event
@@ -84,6 +99,25 @@ class Catalog:
             case _:
                 return
         self.version += 1
+
+    def _serve(self, endpoint_id: str) -> None:
+        registered = self.registered.get(endpoint_id)
+        if registered is None:
+            return
+        discovered = self.discovered.get(endpoint_id)
+        if registered.models or discovered is None:
+            self.endpoints[endpoint_id] = registered
+        else:
+            self.endpoints[endpoint_id] = msgspec.structs.replace(registered, models=discovered)
+
+    def copy(self) -> Catalog:
+        """An independent copy (events are immutable; only the containers are copied)."""
+        copied = Catalog(**{f.name: getattr(self, f.name) for f in fields(self)})
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                setattr(copied, f.name, {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()})
+        return copied
 
     def _drop_aliases(self, model_id: str) -> None:
         for alias in [a for a, m in self.aliases.items() if m == model_id]:

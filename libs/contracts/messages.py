@@ -1,4 +1,5 @@
-"""Request/reply messages between services: registry commands and queries, metering queries.
+"""Request/reply messages between services: registry commands and queries, router commands and
+queries, metering queries.
 
 Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 (the code is an HTTP status); the body then holds an `ErrorBody`.
@@ -7,22 +8,39 @@ Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from libs.contracts.events import ModelKind, ProviderKind, RegistryEvent, Role
+from libs.contracts.routing import CircuitState, EndpointModelsDiscovered, ProbeCompleted
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """One thing wrong with a document, at its path (`endpoints[1].base_url`)."""
+
+    path: str
+    message: str
 
 
 class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What went wrong, for a person: a stable code, a sentence, and the field at fault."""
+    """What went wrong, for a person: a stable code, a sentence, and the field at fault.
+
+    `problems` lists every problem when a whole document was refused (an import).
+    """
 
     code: str
     message: str
     field: str | None = None
+    problems: list[Problem] | None = None
 
 
 # --- registry commands (tag field "command") -----------------------------------
+
+
+# How a register command treats an existing resource: replace it or create it (upsert, the default:
+# repeating a command records nothing), create only (409 CONFLICT if it exists), update only (404 if not).
+Mode = Literal["upsert", "create", "update"]
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="command"):
@@ -34,6 +52,7 @@ class CreateTenant(Command, frozen=True, tag="create_tenant"):
     display_name: str = ""
     all_models: bool = True
     fallback_on_quota: bool = False
+    mode: Mode = "upsert"
 
 
 class RemoveTenant(Command, frozen=True, tag="remove_tenant"):
@@ -44,6 +63,7 @@ class RegisterProvider(Command, frozen=True, tag="register_provider"):
     provider_id: str
     kind: ProviderKind
     display_name: str = ""
+    mode: Mode = "upsert"
 
 
 class RemoveProvider(Command, frozen=True, tag="remove_provider"):
@@ -60,6 +80,7 @@ class RegisterEndpoint(Command, frozen=True, tag="register_endpoint"):
     weight: int = 1
     max_concurrent: int = 0
     timeout_s: float = 300.0
+    mode: Mode = "upsert"
 
 
 class RemoveEndpoint(Command, frozen=True, tag="remove_endpoint"):
@@ -74,6 +95,7 @@ class RegisterModel(Command, frozen=True, tag="register_model"):
     input_price_per_1m: float = 0.0
     output_price_per_1m: float = 0.0
     fallback_model: str = ""
+    mode: Mode = "upsert"
 
 
 class RemoveModel(Command, frozen=True, tag="remove_model"):
@@ -89,6 +111,12 @@ class AssignModel(Command, frozen=True, tag="assign_model"):
     input_price_per_1m: float | None = None
     output_price_per_1m: float | None = None
     fallback_model: str = ""
+    mode: Mode = "upsert"
+
+
+class UnassignModel(Command, frozen=True, tag="unassign_model"):
+    tenant_id: str
+    model_id: str
 
 
 class IssueKey(Command, frozen=True, tag="issue_key"):
@@ -107,27 +135,65 @@ class RevokeKey(Command, frozen=True, tag="revoke_key"):
     key_id: str
 
 
+class ApplyTemplate(Command, frozen=True, tag="apply_template"):
+    """Register a provider (if new) and an endpoint from a named template; every field not given
+    takes the template's value."""
+
+    template: str
+    endpoint_id: str
+    provider_id: str = ""               # "" = the template's name
+    display_name: str = ""
+    base_url: str = ""
+    api_key_ref: str | None = None
+    models: tuple[str, ...] | None = None
+    priority: int | None = None
+    weight: int | None = None
+    max_concurrent: int | None = None
+    timeout_s: float | None = None
+
+
+class RecordDiscoveredModels(Command, frozen=True, tag="record_discovered_models"):
+    """The router's probe found these models on an endpoint (names normalised)."""
+
+    endpoint_id: str
+    models: tuple[str, ...] = ()
+
+
+class ImportConfig(Command, frozen=True, tag="import_config"):
+    """A whole registry document (the `switchyard.yaml` shape), validated and applied atomically:
+    every resource is upserted, so importing the same document twice records nothing."""
+
+    config: dict[str, Any]
+
+
 AnyCommand = (
     CreateTenant | RemoveTenant | RegisterProvider | RemoveProvider | RegisterEndpoint
-    | RemoveEndpoint | RegisterModel | RemoveModel | AssignModel | IssueKey | RevokeKey
+    | RemoveEndpoint | RegisterModel | RemoveModel | AssignModel | UnassignModel | IssueKey | RevokeKey
+    | ApplyTemplate | RecordDiscoveredModels | ImportConfig
 )
+
+AnyRegistryEvent = RegistryEvent | EndpointModelsDiscovered
 
 
 class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """The events a command recorded (none when it changed nothing) and, for a new key, the key once."""
 
-    events: list[RegistryEvent] = []
+    events: list[AnyRegistryEvent] = []
     key: str | None = None
     key_id: str | None = None
 
 
 # --- queries -------------------------------------------------------------------
 
-Resource = Literal["tenants", "providers", "endpoints", "models", "keys", "assignments"]
+Resource = Literal["tenants", "providers", "endpoints", "models", "keys", "assignments", "templates", "status",
+                   "export"]
 
 
 class RegistryQuery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Read registry state: one resource kind, optionally one item or one tenant's."""
+    """Read registry state: one resource kind, optionally one item or one tenant's.
+
+    `status` answers counts and the log position; `export` the whole registry as a config document.
+    """
 
     resource: Resource
     id: str | None = None
@@ -152,3 +218,66 @@ class TokenCount(msgspec.Struct, frozen=True):
 class TokenCountsReply(msgspec.Struct, frozen=True):
     total_tokens: int
     breakdown: list[TokenCount]
+
+
+# --- router commands and queries (tag field "command") ---------------------------
+
+
+class RouterCommand(msgspec.Struct, frozen=True, kw_only=True, tag_field="command"):
+    """A request to the router's leader (the one replica that probes and folds call outcomes)."""
+
+
+class ResetCircuit(RouterCommand, frozen=True, tag="reset_circuit"):
+    """Close an endpoint's breaker now and forget its failures."""
+
+    endpoint_id: str
+
+
+class RefreshProbes(RouterCommand, frozen=True, tag="refresh"):
+    """Probe now (every endpoint, or those named) and answer when the round is done."""
+
+    endpoint_ids: tuple[str, ...] = ()
+
+
+class TestEndpoint(RouterCommand, frozen=True, tag="test_endpoint"):
+    """Probe one endpoint once and report; nothing is published and no breaker moves."""
+
+    __test__ = False                 # not a pytest test class, whatever its name
+
+    endpoint_id: str
+    kind: ProviderKind
+    base_url: str
+    api_key_ref: str = ""
+    timeout_s: float = 5.0
+
+
+AnyRouterCommand = ResetCircuit | RefreshProbes | TestEndpoint
+
+
+class RefreshReply(msgspec.Struct, frozen=True):
+    """A finished probe round: its results and the registry events its discoveries recorded."""
+
+    probes: list[ProbeCompleted]
+    registry_event_ids: list[str] = []
+
+
+class RouterQuery(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Read the router's state: every breaker (`circuits`), or one (`endpoint_id`)."""
+
+    resource: Literal["circuits"] = "circuits"
+    endpoint_id: str | None = None
+
+
+class CircuitView(msgspec.Struct, frozen=True):
+    """One endpoint's breaker as the leader holds it."""
+
+    endpoint_id: str
+    state: CircuitState
+    since: datetime | None = None
+    reason: str = ""
+    retry_at: datetime | None = None
+    consecutive_failures: int = 0
+    calls: int = 0                  # in the error-ratio window
+    failed_calls: int = 0
+    trial_successes: int = 0        # half-open: successes so far
+    opened: int = 0                 # times it opened since it last closed (the cool-down doubles each time)

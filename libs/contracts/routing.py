@@ -1,8 +1,84 @@
-"""Routing contracts: endpoint probes and circuit-breaker transitions (router service)."""
+"""Routing contracts: endpoint probes, circuit-breaker transitions and discovered models (router service).
+
+`ProbeCompleted` and `CircuitChanged` live on the `ROUTING` stream (they age out
+after a day: health, not accounting). `EndpointModelsDiscovered` is a registry
+fact (the registry records it when the router reports a changed model set), so
+it lives on `REGISTRY` and in the log like every other registry event.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Literal
+
+from libs.contracts import subjects as s
 from libs.contracts.events import Event
 
+CircuitState = Literal["closed", "open", "half_open"]
+
+
+class ProbeCompleted(Event, frozen=True, tag=s.PROBE_COMPLETED):
+    """An unbilled health probe of an endpoint finished (`/api/tags` + `/api/ps`, or `/v1/models`).
+
+    Model names are normalised (`x:latest` is `x`). `loaded` is what Ollama's `/api/ps` reports;
+    OpenAI-style servers serve only what they hold in memory, so for them it equals `models`.
+    """
+
+    endpoint_id: str
+    ok: bool
+    latency_ms: float = 0.0
+    error: str = ""                 # why it failed, for a person ("" when ok); never a credential
+    status: int = 0                 # HTTP status of the failing call, 0 when none came
+    models: tuple[str, ...] = ()    # advertised
+    loaded: tuple[str, ...] = ()    # in memory now
+    version: str = ""               # server version when it says (Ollama /api/version)
+    prober: str = ""                # the router instance that probed
+
+    @property
+    def identifier(self) -> str:
+        return self.endpoint_id
+
+
+class CircuitChanged(Event, frozen=True, tag=s.CIRCUIT_CHANGED):
+    """An endpoint's circuit breaker moved between closed, open and half-open.
+
+    `retry_at` (open only) is when it turns half-open; a gateway that hears nothing
+    more by then treats it as half-open itself. `trial_calls` bounds the concurrent
+    trial calls each gateway lets through while half-open.
+    """
+
+    endpoint_id: str
+    state: CircuitState
+    previous: CircuitState
+    reason: str                     # consecutive_failures | error_ratio | cool_down | trial_failed |
+                                    # trials_succeeded | probe_failed | reset
+    failures: int = 0               # consecutive failures when it opened
+    calls: int = 0                  # calls in the error-ratio window
+    error_ratio: float = 0.0        # failed share of those calls
+    retry_at: datetime | None = None
+    trial_calls: int = 0
+    router: str = ""                # the router instance that decided
+
+    @property
+    def identifier(self) -> str:
+        return self.endpoint_id
+
+
+class EndpointModelsDiscovered(Event, frozen=True, tag=s.ENDPOINT_MODELS_DISCOVERED):
+    """A probe found an endpoint advertising a different set of models (names normalised, sorted).
+
+    An endpoint registered without a model list serves exactly these; one with a list keeps it.
+    """
+
+    endpoint_id: str
+    models: tuple[str, ...] = ()
+
+    @property
+    def identifier(self) -> str:
+        return self.endpoint_id
+
+
 # The events this module defines; `codec` joins them with the others.
-EVENT_CLASSES: tuple[type[Event], ...] = ()
+EVENT_CLASSES: tuple[type[Event], ...] = (ProbeCompleted, CircuitChanged, EndpointModelsDiscovered)
+# Routing events that are registry facts: recorded in the log and published on REGISTRY.
+REGISTRY_EVENT_CLASSES: tuple[type[Event], ...] = (EndpointModelsDiscovered,)

@@ -48,6 +48,11 @@ def demo_commands(ollama_url: str, openai_url: str, demo_key: str) -> list[m.Com
     ]
 
 
+def config_command(doc: dict) -> m.Command:
+    """A registry document (`switchyard.yaml`) as one atomic, idempotent registry command."""
+    return m.ImportConfig(config=doc)
+
+
 async def apply(nc: NATS, commands: list[m.Command], timeout_s: float = 30.0) -> list[m.CommandReply]:
     """Send commands to the registry in order, waiting for it to answer at all first."""
     deadline = time.monotonic() + timeout_s

@@ -96,9 +96,13 @@ def health_checks(deps: Deps) -> dict[str, bool]:
 
 def create_service_app(
     name: str, settings: Settings, start: Starter, *, database: bool = True,
-    route_handlers: Sequence[Any] = (), stop: Stopper | None = None, **litestar_kwargs: Any,
+    route_handlers: Sequence[Any] = (), stop: Stopper | None = None, health_handler: Any | None = None,
+    **litestar_kwargs: Any,
 ) -> Litestar:
-    """A Litestar app whose lifespan owns the service's Deps and background loops."""
+    """A Litestar app whose lifespan owns the service's Deps and background loops.
+
+    `health_handler`, a route handler for GET /health, replaces the default liveness check.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -126,7 +130,7 @@ def create_service_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Litestar(
-        route_handlers=[health, metrics, *route_handlers], lifespan=[lifespan],
+        route_handlers=[health_handler or health, metrics, *route_handlers], lifespan=[lifespan],
         logging_config=None, openapi_config=None, **litestar_kwargs,
     )
 

@@ -30,11 +30,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     upstream_connect_timeout_s: float = 5.0
     upstream_pool_size: int = 512
     spool_dir: str = "./.switchyard/spool"
+    # auth (gateway)
+    auth_mode: str = "multi-tenant"       # "multi-tenant": registry keys and JWTs; "single-user": only api_key
+    api_key: str = ""                     # single-user mode: the one key accepted (role admin, tenant "admin")
+    jwt_secret: str = ""                  # multi-tenant mode: HS256 secret of JWT bearer tokens ("" = no JWTs)
+    # quota
+    quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
+    quota_hold_s: float = 600.0           # a reservation never settled is released after this long
     retries_per_endpoint: int = 1         # retries of one endpoint (5xx, 429) before falling back to the next
     retry_base_ms: float = 50.0           # backoff: base * 2**attempt, with jitter, at most retry_max_ms
     retry_max_ms: float = 1000.0
     retry_after_max_s: float = 2.0        # honour an upstream Retry-After up to this; longer: next endpoint
     cap_wait_s: float = 5.0               # how long a call waits for a slot when every endpoint is at its cap
+    # router: probes and circuit breakers
+    probe_interval_s: float = 15.0
+    probe_timeout_s: float = 5.0
+    probe_concurrency: int = 16
+    breaker_failures: int = 5             # consecutive failures that open a breaker
+    breaker_error_ratio: float = 0.5      # ... or this share of failed calls over breaker_window_s
+    breaker_window_s: float = 30.0
+    breaker_min_calls: int = 20           # calls in the window before the ratio counts
+    breaker_cool_down_s: float = 5.0      # open -> half-open; doubles on each failed trial
+    breaker_max_cool_down_s: float = 60.0
+    breaker_trial_calls: int = 2          # concurrent trial calls while half-open
+    breaker_successes: int = 2            # successful trials that close it
+    leader_ttl_s: float = 5.0             # the probing router's lease
     # metering
     ingest_batch: int = 200                # JetStream messages per transaction (each may hold many events)
 
@@ -53,8 +73,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def redacted(self) -> dict[str, object]:
         """The settings with secrets masked, fit for a log line or `/api/config`."""
         out = msgspec.structs.asdict(self)
-        if out.get("admin_key"):
-            out["admin_key"] = "***"
+        for secret in ("admin_key", "api_key", "jwt_secret"):
+            if out.get(secret):
+                out[secret] = "***"
         for key in ("database_url", "redis_url", "nats_url"):
             out[key] = _mask_password(str(out[key]))
         return out

@@ -16,15 +16,20 @@ from libs.kit.service import Deps, create_service_app, run
 from libs.kit.settings import Settings
 from services.gateway import http1, metrics
 from services.gateway.admin import admin_router
+from services.gateway.auth import AuthConfig, configure as configure_auth
+from services.gateway.circuits import Circuits
 from services.gateway.errors import GatewayError
 from services.gateway.localstate import LocalState
-from services.gateway.monitoring import config, list_models, token_counts
+from services.gateway import monitoring
 from services.gateway.ollama_routes import OLLAMA_ROUTES
 from services.gateway.failover import Failover
 from services.gateway.proxy import Proxy
+from services.gateway.quota import QuotaClient
+from services.gateway.quota_routes import quota_route_handlers
 from services.gateway.routing import Router
 from services.gateway.rsgi import GatewayRSGI
 from services.gateway.usage import OutcomeBatcher, UsagePublisher
+from services.gateway.usage_stream import UsageHub
 
 _encode = msgspec.json.Encoder().encode
 
@@ -53,25 +58,36 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
     settings = settings or Settings.from_env()
     holder: list[GatewayRSGI] = []
+    configure_auth(AuthConfig.from_settings(settings))      # single-user or multi-tenant (keys and JWTs)
 
     async def start(deps: Deps) -> None:
         assert deps.nc is not None
         state = LocalState()
         await state.start(deps.nc, settings.connect_timeout_s)
+        circuits = Circuits()                      # breaker states and probe health, fed by ROUTING
+        await circuits.start(deps.nc, settings.connect_timeout_s)
+        deps.extra["circuits"] = circuits
         pool = http1.Pool(max_connections_per_host=settings.upstream_pool_size,
                           connect_timeout_s=settings.upstream_connect_timeout_s)
         publisher = UsagePublisher(deps.nc, Path(settings.spool_dir))
         deps.spawn(publisher.run(), "usage-publisher")
         deps.extra.update(state=state, pool=pool, usage=publisher)
+        deps.extra["quota"] = await QuotaClient.start(deps.nc, settings, state)   # limits feed + Valkey reservations
         metrics.USAGE_PENDING.set_function(lambda: publisher.pending)
         outcomes = OutcomeBatcher(deps.nc, settings.instance or f"gw{os.getpid()}")
         router = Router(state.catalog, deps.extra.get("circuits"))
         deps.extra["router"] = router
+        metrics.watch_state(deps)                  # in-flight and breaker gauges, read at scrape time
+        deps.extra["usage_stream"] = UsageHub(deps.nc, lambda: monitoring.inflight_counts(deps))   # SSE fan-out
         failover = Failover(router, pool, outcomes, settings)
-        holder[0].proxy = Proxy(state, router, failover, publisher, settings.max_body_bytes)
+        holder[0].proxy = Proxy(state, router, failover, publisher, settings.max_body_bytes,
+                                quota=deps.extra.get("quota"))
 
     async def stop(deps: Deps) -> None:
         holder[0].proxy = None
+        quota: QuotaClient | None = deps.extra.get("quota")
+        if quota is not None:
+            await quota.close()
         publisher: UsagePublisher | None = deps.extra.get("usage")
         if publisher is not None:
             await publisher.drain()
@@ -81,7 +97,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
-        route_handlers=[admin_router, list_models, token_counts, config, *OLLAMA_ROUTES],
+        route_handlers=[admin_router, *monitoring.ROUTES, *OLLAMA_ROUTES, *quota_route_handlers],
+        health_handler=monitoring.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
             msgspec.MsgspecError: _validation_error, HTTPException: _http_error,

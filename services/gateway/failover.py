@@ -109,6 +109,7 @@ class Failover:
             call.endpoint, call.upstream_model = endpoint, route.upstream_model
             self.router.acquire(eid, model.model_id)
             started = time.perf_counter()
+            delay = None
             try:
                 await relay.attempt(self.pool, call, endpoint, plan, upstream_path, payload, proto,
                                     lambda outcome, status, t0: self._report(call, eid, outcome, status, t0))
@@ -122,6 +123,8 @@ class Failover:
                     return last
             finally:
                 self.router.release(eid, model.model_id)
+                if circuits is not None:
+                    circuits.release(eid)      # frees a half-open trial slot, if this was one
                 call.upstream_s += time.perf_counter() - started
             await asyncio.sleep(delay)
         return last

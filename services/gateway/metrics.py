@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from libs.contracts.events import UsageRecorded
 
@@ -61,3 +64,42 @@ def observe_call(event: UsageRecorded, duration_s: float, overhead_s: float) -> 
         EMBEDDING_REQUESTS.labels(event.model, str(event.status)).inc()
         EMBEDDING_DURATION.labels(event.model).observe(duration_s)
         EMBEDDING_TOKENS.labels(event.model).inc(event.input_tokens)
+
+
+class StateCollector:
+    """Read at scrape time from the gateway's own state, so the hot path pays nothing: calls in flight per
+    endpoint and model, and each endpoint's breaker as this gateway sees it (0 closed, 1 half-open, 2 open)."""
+
+    CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+    def __init__(self) -> None:
+        self.deps: Any = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        deps = self.deps
+        if deps is None:
+            return
+        inflight = GaugeMetricFamily("switchyard_inflight_calls_by_endpoint",
+                                     "Calls in flight in this gateway per endpoint and model", labels=["endpoint", "model"])
+        router = deps.extra.get("router")
+        for (endpoint, model), count in list(getattr(router, "inflight", {}).items()):
+            inflight.add_metric([endpoint, model], count)
+        yield inflight
+        circuits, state = deps.extra.get("circuits"), deps.extra.get("state")
+        if circuits is None or state is None:
+            return
+        breaker = GaugeMetricFamily("switchyard_circuit_state",
+                                    "Breaker state per endpoint as this gateway follows it: 0 closed, 1 half-open, 2 open",
+                                    labels=["endpoint"])
+        for endpoint_id in list(state.catalog.endpoints):
+            breaker.add_metric([endpoint_id], self.CIRCUIT_VALUES.get(circuits.state(endpoint_id), 0))
+        yield breaker
+
+
+STATE = StateCollector()
+REGISTRY.register(STATE)
+
+
+def watch_state(deps: Any) -> None:
+    """Let the scrape-time gauges read this gateway's router and breakers."""
+    STATE.deps = deps

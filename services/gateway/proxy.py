@@ -30,8 +30,10 @@ _decode_request = msgspec.json.Decoder(InferenceRequest).decode
 class Proxy:
     """Serves the inference routes of both front doors."""
 
-    def __init__(self, state: Any, router: Router, failover: Failover, usage: Any, max_body_bytes: int) -> None:
+    def __init__(self, state: Any, router: Router, failover: Failover, usage: Any, max_body_bytes: int,
+                 quota: Any = None) -> None:
         self.state, self.router, self.failover, self.usage = state, router, failover, usage
+        self.quota = quota              # services.gateway.quota.QuotaClient: reserve before dispatch
         self.max_body_bytes = max_body_bytes
         self.routes = APIS
 
@@ -40,17 +42,26 @@ class Proxy:
         api = self.routes[scope.path]
         started = time.perf_counter()
         headers = scope.headers
+        request_id = _request_id(headers)     # also names the quota hold the usage event settles
+        quota_fallback = False
         try:
             key = authenticate(self.state.catalog, headers)
             body = await self._read_body(headers, proto)
             request = _parse(body)
             door = Door(scope.path, request, body)
             model, routes = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+            if self.quota is not None:
+                served, _ = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=model,
+                                                                 body=body)
+                if served is not model:        # over quota, and the tenant asked to fall back
+                    model, routes = self.router.resolve(key.tenant_id, served.model_id)
+                    quota_fallback = True
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
             send_error(proto, exc, error_body_for(scope.path, exc))
             return
-        call = Call(door, key.tenant_id, key.key_id, request, started, _request_id(headers), len(body))
+        call = Call(door, key.tenant_id, key.key_id, request, started, request_id, len(body))
+        call.served_by_fallback = quota_fallback
         try:
             error = await self.failover.serve(call, model, routes, body, proto)
             if error is not None:

@@ -6,6 +6,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any, Protocol
 
+from libs.catalog.rules import normalise_model
 from libs.catalog.state import Catalog, upstream_name
 from libs.contracts.events import EndpointRegistered, ModelRegistered
 from services.gateway.errors import ModelNotFound, UpstreamError
@@ -17,6 +18,7 @@ class Circuits(Protocol):
     def state(self, endpoint_id: str) -> str: ...
     def allows(self, endpoint_id: str) -> bool: ...
     def loaded(self, endpoint_id: str) -> frozenset[str]: ...
+    def release(self, endpoint_id: str) -> None: ...
 
 
 class Route:
@@ -118,7 +120,7 @@ class Router:
     def _rank(self, route: Route, model_id: str) -> tuple[int, int, int]:
         e = route.endpoint
         loaded = self.circuits.loaded(e.endpoint_id) if self.circuits is not None else frozenset()
-        cold = 0 if (route.upstream_model in loaded or model_id in loaded) else 1
+        cold = 0 if (normalise_model(route.upstream_model) in loaded or normalise_model(model_id) in loaded) else 1
         return (-e.priority, cold, self.inflight[(e.endpoint_id, model_id)])
 
     def acquire(self, endpoint_id: str, model_id: str) -> None:

@@ -1,35 +1,58 @@
-"""Metering's NATS entry points: the usage follower and the usage queries."""
+"""Metering's NATS entry points: the usage follower, usage queries, and the time-series rollup."""
 
 from __future__ import annotations
 
 from libs.contracts import subjects
 from libs.contracts.codec import decoder, encode
-from libs.contracts.messages import TokenCountsQuery
+from libs.contracts.events import now
+from libs.contracts.messages import ErrorBody
+from libs.kit.natsio import ServiceError
 from libs.kit.projections import Follower
 from libs.kit.service import Deps, serve_subscriptions
-from services.metering import queries
-from services.metering.projections import PROJECTIONS
+from services.metering import metrics, queries, rollup
+from services.metering.projections import PROJECTIONS, UsageCost
 
-_token_counts_query = decoder(TokenCountsQuery)
+_query = decoder(queries.MeteringQuery)
+_rollup = decoder(rollup.RollupDays)
 
 
-async def on_token_counts(deps: Deps, data: bytes) -> bytes:
-    """Answer a token-count query from the projection."""
-    query = _token_counts_query.decode(data)
+async def on_query(deps: Deps, data: bytes) -> bytes:
+    """Token counts, token usage per endpoint and model, or one model's stats; one tenant's or everyone's."""
+    query = _query.decode(data)
     assert deps.pool is not None
     async with deps.pool.acquire() as conn:
-        return encode(await queries.token_counts(conn, query.tenant_id))
+        match query.query:
+            case "token_counts":
+                return encode(await queries.token_counts(conn, query.tenant_id))
+            case "usage":
+                return encode({"token_usage_counts": await queries.token_usage(conn, query.tenant_id)})
+            case "stats":
+                if not query.model:
+                    raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
+                since = None if query.since is None else queries.from_epoch(query.since)
+                return encode(await queries.stats(conn, query.model, query.tenant_id, since))
+    raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"unknown query {query.query!r}", "query"))
 
 
-SUBSCRIPTIONS = {subjects.METERING_QUERY: on_token_counts}
+async def on_rollup(deps: Deps, data: bytes) -> bytes:
+    """Roll the minute series up into days (and trim), idempotently."""
+    command = _rollup.decode(data)
+    assert deps.pool is not None
+    async with deps.pool.acquire() as conn:
+        return encode(await rollup.roll_up(conn, command, now()))
+
+
+SUBSCRIPTIONS = {subjects.METERING_QUERY: on_query, subjects.METERING_COMMAND: on_rollup}
 
 
 async def start(deps: Deps) -> None:
     """Follow the usage stream into the log and projections; answer queries."""
     assert deps.nc is not None and deps.pool is not None
+    cost: UsageCost = PROJECTIONS["usage_cost"]  # type: ignore[assignment]
     follower = Follower(
         deps.nc, deps.pool, subjects.STREAM_USAGE, subjects.CONSUMER_METERING,
         list(PROJECTIONS.values()), batch=deps.settings.ingest_batch,
+        on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
     deps.extra["follower"] = follower
     deps.spawn(follower.run(), "usage-follower")

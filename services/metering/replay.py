@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from libs.kit import eventlog, projections
-from services.metering.projections import PROJECTIONS
+from services.metering.projections import DECODERS, PROJECTIONS
+
+CHUNK = 50_000          # events per read; the next read runs while this chunk is folded
 
 
 def database_url(data_dir: Path) -> str:
@@ -25,13 +27,18 @@ def database_url(data_dir: Path) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr: done/total, percent, events/s."""
+    """A one-line progress bar on stderr: done/total, percent, events/s (redrawn at most 10 times a second)."""
 
     def __init__(self, name: str, width: int = 30) -> None:
         self.name, self.width = name, width
         self.started = time.perf_counter()
+        self.drawn = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.drawn < 0.1:
+            return
+        self.drawn = now
         fraction = done / total if total else 1.0
         filled = int(fraction * self.width)
         rate = done / max(time.perf_counter() - self.started, 1e-9)
@@ -56,12 +63,14 @@ async def run(names: list[str], data_dir: Path, list_only: bool = False) -> int:
             print(f"switchyard: unknown projection {', '.join(unknown)}; known: {', '.join(sorted(PROJECTIONS))}",
                   file=sys.stderr)
             return 2
-        for name in names:
-            bar = ProgressBar(name)
-            count, seconds = await projections.rebuild(pool, PROJECTIONS[name], progress=bar)
-            sys.stderr.write("\n")
-            print(f"{name}: rebuilt from {count:,} events in {seconds:.2f} s "
-                  f"({count / max(seconds, 1e-9):,.0f} events/s)")
+        # All named projections in one pass over the log and one transaction.
+        label = names[0] if len(names) == 1 else f"{len(names)} projections"
+        bar = ProgressBar(label)
+        count, seconds = await projections.rebuild_all(
+            pool, [PROJECTIONS[n] for n in names], progress=bar, chunk=CHUNK, decoders=DECODERS)
+        sys.stderr.write("\n")
+        print(f"{', '.join(names)}: rebuilt from {count:,} events in {seconds:.2f} s "
+              f"({count / max(seconds, 1e-9):,.0f} events/s)")
         return 0
     finally:
         await pool.close()

@@ -1,4 +1,4 @@
-"""The quota service: limits and their counters in Redis/Valkey."""
+"""The quota service: limits as events, counters in Valkey as a projection of the usage log."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from services.quota import handlers
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    return create_service_app("quota", settings or Settings.from_env(), handlers.start, database=False,
-                              stop=handlers.stop)
+    return create_service_app("quota", settings or Settings.from_env(), handlers.start, stop=handlers.stop)
 
 
 def main() -> None:

@@ -1,16 +1,90 @@
-"""Quota's start-up: the Redis/Valkey connection its counters live in."""
+"""Quota's NATS entry points (limits commands, views, reservations) and its background loops."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import redis.asyncio as redis
 
-from libs.kit.service import Deps
+from libs.contracts import subjects
+from libs.contracts.codec import decoder, encode
+from libs.contracts.quota import QuotaQuery, ReservePlan, ReserveReply, SetLimits
+from libs.kit.service import Deps, serve_subscriptions
+from libs.quotas.periods import Keys, key_prefix
+from libs.quotas.scripts import EXPIRE_SCRIPT, RESERVE_SCRIPT, reserve_call
+from services.quota import views
+from services.quota.projection import CounterProjection, run_script
+from services.quota.store import LimitsStore
+
+_set_limits = decoder(SetLimits)
+_query = decoder(QuotaQuery)
+_plan = decoder(ReservePlan)
+EXPIRE_EVERY_S = 1.0
+
+
+async def on_command(deps: Deps, data: bytes) -> bytes:
+    """Set a tenant's or a tenant x model's limits (a LimitsSet event unless nothing changed)."""
+    store: LimitsStore = deps.extra["limits"]
+    return encode(await store.set_limits(_set_limits.decode(data)))
+
+
+async def on_query(deps: Deps, data: bytes) -> bytes:
+    """Answer the limits, quotas and usage views."""
+    query = _query.decode(data)
+    book = deps.extra["limits"].book
+    client, keys = deps.extra["redis"], deps.extra["keys"]
+    match query.kind:
+        case "limits":
+            return encode(views.limits(book, query))
+        case "quotas":
+            return encode(await views.quotas(book, client, keys, query))
+        case _:
+            return encode(await views.usage(book, client, keys, query))
+
+
+async def on_reserve(deps: Deps, data: bytes) -> bytes:
+    """Reserve a planned call against its counters (the NATS path; gateways normally call Valkey directly)."""
+    plan = _plan.decode(data)
+    names, args = reserve_call(deps.extra["keys"], plan.request_id, plan.deadline_ms, plan.counters)
+    result = await run_script(deps.extra["redis"], RESERVE_SCRIPT, names, args)
+    return encode(ReserveReply(True) if result[0] == 1 else ReserveReply(False, int(result[1]), int(result[2])))
+
+
+SUBSCRIPTIONS = {
+    subjects.QUOTA_COMMAND: on_command,
+    subjects.QUOTA_QUERY: on_query,
+    subjects.QUOTA_RESERVE: on_reserve,
+}
+
+
+async def expire_holds(deps: Deps) -> None:
+    """Release reservations whose call never settled (the gateway died, or the usage event is lost)."""
+    keys: Keys = deps.extra["keys"]
+    while True:
+        await asyncio.sleep(EXPIRE_EVERY_S)
+        try:
+            released = await run_script(deps.extra["redis"], EXPIRE_SCRIPT, [keys.holds, keys.hold_data],
+                                        [int(time.time() * 1000), 1000])
+        except (OSError, redis.RedisError) as exc:
+            deps.log.warning("quota.expire_failed", error=str(exc) or type(exc).__name__)
+            continue
+        if released:
+            deps.log.warning("quota.holds_expired", count=released)
 
 
 async def start(deps: Deps) -> None:
-    client = redis.from_url(deps.settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    assert deps.pool is not None and deps.nc is not None
+    client = redis.from_url(deps.settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     await client.ping()
-    deps.extra["redis"] = client
+    keys = Keys(key_prefix(deps.settings.quota_prefix, deps.settings.database_url))
+    store = LimitsStore(deps.pool, deps.nc)
+    await store.load()
+    projection = CounterProjection(deps.pool, client, keys)
+    deps.extra.update(redis=client, keys=keys, limits=store, projection=projection)
+    deps.spawn(projection.run(), "quota-projection")
+    deps.spawn(expire_holds(deps), "quota-expiry")
+    await serve_subscriptions(deps, SUBSCRIPTIONS)
 
 
 async def stop(deps: Deps) -> None:

@@ -25,7 +25,7 @@ async def on_command(deps: Deps, data: bytes) -> bytes:
 async def on_query(deps: Deps, data: bytes) -> bytes:
     """Read registry state."""
     store: RegistryStore = deps.extra["store"]
-    return encode(views.answer(store.catalog, _query.decode(data)))
+    return encode(views.answer(store.catalog, _query.decode(data), store.position, store.changed_at))
 
 
 SUBSCRIPTIONS = {subjects.REGISTRY_COMMAND: on_command, subjects.REGISTRY_QUERY: on_query}

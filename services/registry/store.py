@@ -9,6 +9,7 @@ event id as the JetStream message id, so a crash in between only delays them.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -18,13 +19,14 @@ from libs.catalog.state import Catalog
 from libs.contracts import subjects
 from libs.contracts.codec import encode
 from libs.contracts.events import REGISTRY_EVENT_TYPES, Event, subject_of
+from libs.contracts.routing import REGISTRY_EVENT_CLASSES
 from libs.contracts.messages import Command
 from libs.kit import eventlog, projections
 from services.registry.decide import decide
 
 log = structlog.get_logger()
 
-REGISTRY_TYPES = REGISTRY_EVENT_TYPES
+REGISTRY_TYPES = REGISTRY_EVENT_TYPES | {cls.__struct_config__.tag for cls in REGISTRY_EVENT_CLASSES}  # type: ignore[misc]
 COMMAND_LOCK = 0x5359_5245_47  # "SYREG"
 OUTBOX = "registry.outbox"
 
@@ -34,6 +36,7 @@ class RegistryStore:
         self.pool, self.nc = pool, nc
         self.catalog = Catalog()
         self.position = 0
+        self.changed_at: datetime | None = None
         self._publish_lock = asyncio.Lock()
 
     async def load(self) -> None:
@@ -46,8 +49,7 @@ class RegistryStore:
     async def _refresh(self, conn: asyncpg.Connection) -> None:
         async for batch in eventlog.read_all(conn, self.position, REGISTRY_TYPES):
             for position, event in batch:
-                self.catalog.apply(event)
-                self.position = position
+                self._fold(position, event)
 
     async def execute(self, command: Command) -> tuple[list[Event], str | None, str | None]:
         """Decide and record a command's events; return them with any new key (shown once)."""
@@ -58,11 +60,15 @@ class RegistryStore:
                 events, key, key_id = decide(self.catalog, command)
                 appended = await eventlog.append(conn, events)
             for position, event in appended:
-                self.catalog.apply(event)
-                self.position = max(self.position, position)
+                self._fold(position, event)
         if appended:
             await self.publish_pending()
         return events, key, key_id
+
+    def _fold(self, position: int, event: Event) -> None:
+        self.catalog.apply(event)
+        self.position = max(self.position, position)
+        self.changed_at = event.occurred_at
 
     async def publish_pending(self) -> int:
         """Publish registry events past the outbox checkpoint, in log order."""

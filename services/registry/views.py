@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from libs.catalog.state import Catalog
+from libs.catalog.templates import TEMPLATES, template_view
 from libs.contracts.events import Event, KeyIssued
 from libs.contracts.messages import ErrorBody, RegistryQuery
+from libs.kit import config_file
 from libs.kit.natsio import ServiceError
 
 _HIDDEN = {"type", "event_id", "occurred_at", "key_sha256"}
+_NOT_FOUND = {"providers": "PROVIDER_NOT_FOUND", "models": "MODEL_NOT_FOUND", "templates": "TEMPLATE_NOT_FOUND",
+              "assignments": "ASSIGNMENT_NOT_FOUND"}
 
 
 def view(event: Event) -> dict[str, Any]:
@@ -26,16 +31,41 @@ def key_view(key: KeyIssued, revoked: bool) -> dict[str, Any]:
     return {**view(key), "revoked": revoked}
 
 
-def answer(catalog: Catalog, query: RegistryQuery) -> Any:
+def endpoint_view(catalog: Catalog, endpoint_id: str) -> dict[str, Any]:
+    """An endpoint as registered, with the models its probes discovered and those it serves."""
+    data = view(catalog.registered[endpoint_id])
+    data["discovered_models"] = list(catalog.discovered.get(endpoint_id, ()))
+    data["serving_models"] = list(catalog.endpoints[endpoint_id].models)
+    return data
+
+
+def status(catalog: Catalog, position: int, changed_at: datetime | None) -> dict[str, Any]:
+    """How much the registry holds and how far its log goes."""
+    return {
+        "counts": {
+            "providers": len(catalog.providers), "endpoints": len(catalog.registered), "models": len(catalog.models),
+            "tenants": len(catalog.tenants),
+            "assignments": sum(len(by) for by in catalog.assignments.values()), "keys": len(catalog.keys),
+        },
+        "position": position,
+        "changed_at": msgspec.to_builtins(changed_at) if changed_at else None,
+    }
+
+
+def answer(catalog: Catalog, query: RegistryQuery, position: int = 0, changed_at: datetime | None = None) -> Any:
     """A list of resources, or one when `id` is given (404 if missing)."""
     items: dict[str, Any]
     match query.resource:
+        case "status":
+            return status(catalog, position, changed_at)
+        case "export":
+            return config_file.export(catalog)
         case "tenants":
             items = {k: view(v) for k, v in catalog.tenants.items()}
         case "providers":
             items = {k: view(v) for k, v in catalog.providers.items()}
         case "endpoints":
-            items = {k: view(v) for k, v in catalog.endpoints.items()}
+            items = {k: endpoint_view(catalog, k) for k in catalog.registered}
         case "models":
             items = {k: view(v) for k, v in catalog.models.items()}
         case "keys":
@@ -45,12 +75,13 @@ def answer(catalog: Catalog, query: RegistryQuery) -> Any:
             items = {
                 f"{t}/{m}": view(a) for t, by_model in catalog.assignments.items() for m, a in by_model.items()
             }
+        case "templates":
+            items = {k: template_view(t) for k, t in TEMPLATES.items()}
     if query.tenant_id is not None:
         items = {k: v for k, v in items.items() if v.get("tenant_id") == query.tenant_id}
     if query.id is None:
         return [items[k] for k in sorted(items)]
     if query.id not in items:
-        code = {"providers": "PROVIDER_NOT_FOUND", "models": "MODEL_NOT_FOUND"}.get(
-            query.resource, f"{query.resource[:-1].upper()}_NOT_FOUND")
+        code = _NOT_FOUND.get(query.resource, f"{query.resource[:-1].upper()}_NOT_FOUND")
         raise ServiceError(404, ErrorBody(code, f"{query.resource[:-1].capitalize()} '{query.id}' not found", "id"))
     return items[query.id]

@@ -1,4 +1,4 @@
-"""The router service: the control plane for routing (call outcomes now; probes and breakers build on them)."""
+"""The router service: the control plane for routing (probes, discovery, circuit breakers; one leader acts)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from services.router import handlers
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    return create_service_app("router", settings or Settings.from_env(), handlers.start, database=False)
+    return create_service_app("router", settings or Settings.from_env(), handlers.start, database=False,
+                              stop=handlers.stop)
 
 
 def main() -> None:

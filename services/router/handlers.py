@@ -1,41 +1,76 @@
-"""Router's NATS entry points: fold call outcomes per endpoint (the input its circuit breakers will use)."""
+"""Router's NATS entry points, answered by the leader: reset a breaker, probe now, test an endpoint, read
+the breakers."""
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-
-from nats.aio.msg import Msg
-from prometheus_client import Counter
+import os
+import socket
 
 from libs.contracts import subjects
-from libs.contracts.codec import decoder
-from libs.contracts.events import CallAttempted
+from libs.contracts.codec import decoder, encode
+from libs.contracts.events import now
+from libs.contracts.messages import (
+    AnyRouterCommand, ErrorBody, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint,
+)
+from libs.kit.natsio import ServiceError
 from libs.kit.service import Deps
+from services.router.control import RouterControl
+from services.router.policy import RouterPolicy
+from services.router.probes import probe
 
-ATTEMPTS = Counter("switchyard_upstream_attempts_total", "Upstream call attempts by endpoint and outcome",
-                   ["endpoint", "outcome"])
-_decode = decoder(list[CallAttempted])
+_command = decoder(AnyRouterCommand)
+_query = decoder(RouterQuery)
 
 
-class OutcomeTally:
-    """Per-endpoint counts of attempt outcomes since start."""
+async def on_command(control: RouterControl, data: bytes) -> bytes:
+    """Reset a breaker (the transition is published), probe now, or test one endpoint without publishing."""
+    command = _command.decode(data)
+    match command:
+        case ResetCircuit(endpoint_id=endpoint_id):
+            change = control.board.reset(endpoint_id, now())
+            await control.publish(change)
+            return encode(change)
+        case RefreshProbes(endpoint_ids=wanted):
+            ids = [e for e in (wanted or control.catalog.endpoints) if e in control.catalog.endpoints]
+            probes, event_ids = await control.probe_round(ids)
+            return encode(RefreshReply(probes=probes, registry_event_ids=event_ids))
+        case TestEndpoint():
+            result = await probe(control.client, command.endpoint_id, command.kind, command.base_url,
+                                 command.api_key_ref, command.timeout_s, control.instance)
+            return encode(result)
+    raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"unknown command {type(command).__name__}"))
 
-    def __init__(self) -> None:
-        self.by_endpoint: dict[str, Tally[str]] = {}
 
-    def fold(self, event: CallAttempted) -> None:
-        self.by_endpoint.setdefault(event.endpoint_id, Tally())[event.outcome] += 1
-        ATTEMPTS.labels(event.endpoint_id, event.outcome).inc()
+async def on_query(control: RouterControl, data: bytes) -> bytes:
+    """Every breaker, or one endpoint's (404 if neither the registry nor the router knows it)."""
+    query = _query.decode(data)
+    known = set(control.catalog.endpoints) | set(control.board.breakers)
+    if query.endpoint_id is None:
+        return encode(control.board.views(known))
+    if query.endpoint_id not in known:
+        raise ServiceError(404, ErrorBody("ENDPOINT_NOT_FOUND", f"Endpoint '{query.endpoint_id}' not found",
+                                          "endpoint_id"))
+    return encode(control.board.views([query.endpoint_id])[0])
+
+
+# Served only while this replica holds the lease (queue group "router").
+SUBSCRIPTIONS = {subjects.ROUTER_COMMAND: on_command, subjects.ROUTER_QUERY: on_query}
+
+
+def instance_name(deps: Deps) -> str:
+    return deps.settings.instance or f"router-{socket.gethostname()}-{os.getpid()}"
 
 
 async def start(deps: Deps) -> None:
     assert deps.nc is not None
-    tally = OutcomeTally()
-    deps.extra["tally"] = tally
+    control = RouterControl(
+        deps.nc, RouterPolicy.from_settings(deps.settings), instance_name(deps), leader_subscriptions=SUBSCRIPTIONS,
+        request_timeout_s=deps.settings.request_timeout_s, replicas=deps.settings.stream_replicas)
+    await control.start(deps.settings.connect_timeout_s, spawn=deps.spawn)
+    deps.extra["control"] = control
 
-    async def on_call_attempted(msg: Msg) -> None:
-        for event in _decode.decode(msg.data):
-            tally.fold(event)
 
-    # A queue group: with several router replicas each outcome is folded once.
-    await deps.nc.subscribe(f"{subjects.CALL_ATTEMPTED}.>", queue="router", cb=on_call_attempted)
+async def stop(deps: Deps) -> None:
+    control: RouterControl | None = deps.extra.get("control")
+    if control is not None:
+        await control.stop()

@@ -10,6 +10,8 @@ import pytest
 
 from libs.contracts import codec, subjects
 from libs.contracts import events as ev
+from libs.contracts import quota as qt
+from libs.contracts import routing as rt
 from libs.contracts import messages as m
 
 SAMPLES: list[ev.Event] = [
@@ -29,6 +31,10 @@ SAMPLES: list[ev.Event] = [
     ev.TenantModelUnassigned(tenant_id="acme", model_id="llama3.2"),
     ev.KeyIssued(key_id="sy_1", tenant_id="acme", key_sha256="00" * 32),
     ev.KeyRevoked(key_id="sy_1", tenant_id="acme"),
+    rt.ProbeCompleted(endpoint_id="ep-1", ok=True, latency_ms=2.5, models=("a",), loaded=("a",), version="0.5.7"),
+    rt.CircuitChanged(endpoint_id="ep-1", state="open", previous="closed", reason="consecutive_failures", failures=5),
+    rt.EndpointModelsDiscovered(endpoint_id="ep-1", models=("a", "b")),
+    qt.LimitsSet(tenant_id="acme", model_id="llama3.2"),
 ]
 
 

@@ -51,3 +51,51 @@ def test_other_event_types_are_ignored() -> None:
     from libs.contracts.events import TenantCreated
 
     assert fold_token_counts([TenantCreated(tenant_id="acme")]) == {}
+
+
+def test_series_and_cost_fold_the_same_in_any_batching() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from libs.contracts.events import ModelRegistered
+    from services.metering.folds import fold_series, usage_facts
+    from services.metering.pricing import PriceBook, fold_cost
+
+    start = datetime(2026, 1, 1, 23, 58, 30, tzinfo=UTC)
+    events: list = [ModelRegistered(model_id="llama3.2", input_price_per_1m=0.05, output_price_per_1m=0.1)]
+    for i, e in enumerate(EVENTS * 20):
+        events.append(e.__class__(**{**{f: getattr(e, f) for f in e.__struct_fields__},
+                                     "occurred_at": start + timedelta(seconds=17 * i)}))
+        if i == 40:
+            events.append(ModelRegistered(model_id="llama3.2", input_price_per_1m=0.07, output_price_per_1m=0.3))
+    whole_minutes, whole_days = fold_series(usage_facts(events))
+    whole_cost = fold_cost(usage_facts(events), PriceBook())
+    minutes: dict = {}
+    days: dict = {}
+    cost: dict = {}
+    book = PriceBook()
+    for i in range(0, len(events), 7):
+        fold_series(usage_facts(events[i:i + 7]), None, minutes, days)
+        fold_cost(usage_facts(events[i:i + 7]), book, cost)
+    assert (minutes, days, cost) == (whole_minutes, whole_days, whole_cost)
+    assert len(whole_days) > 1 and sum(c.calls for c in whole_minutes.values()) == len(EVENTS) * 20
+
+
+def test_prices_are_exact_integers_and_costs_sum_without_rounding() -> None:
+    from services.metering.pricing import nano, usd
+
+    assert nano(0.05) == 50_000_000 and nano(0.1 + 0.2) == 300_000_000
+    price = nano(0.1)
+    femto = sum(3 * price for _ in range(333_333))          # 3 tokens at 0.1 USD per 1M, many times
+    assert str(usd(femto)) == "0.099999900000000"
+
+
+def test_minutes_before_the_trim_point_count_in_days_only() -> None:
+    from datetime import UTC, datetime
+
+    from services.metering.folds import fold_series, usage_facts
+
+    at = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    event = UsageRecorded(request_id="r", tenant_id="t", key_id="k", model="m", api="openai.chat", outcome="ok",
+                          status=200, input_tokens=1, output_tokens=2, occurred_at=at)
+    minutes, days = fold_series(usage_facts([event]), trimmed_before=int(at.timestamp()) + 60)
+    assert minutes == {} and sum(c.calls for c in days.values()) == 1

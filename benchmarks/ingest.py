@@ -1,0 +1,272 @@
+"""Benchmark metering's ingest: usage events published into JetStream the way gateways batch them,
+committed by the metering service into the event log and its projections.
+
+    python -m benchmarks.ingest [--events 300000] [--rate 25000] [--no-fsync]
+
+Starts NATS and PostgreSQL (EmbeddedStack, fresh data dir) and the metering service as its own
+process, then runs two phases:
+
+- backlog: N events are published while metering is stopped; metering is started and the
+  rate is measured from its first to its last commit (the drain rate);
+- sustained: events are published at a fixed rate for a while, batched per tenant every 50 ms
+  like the gateway's publisher; metering must keep up (lag bounded, every event committed).
+
+Finally the log must hold exactly one row per event and the projections must equal their totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from libs.contracts import subjects
+from libs.contracts.codec import encode_batch
+from libs.contracts.events import UsageRecorded, subject_of
+from libs.kit import natsio
+from libs.kit.stack import EmbeddedStack
+from libs.kit.stack_proc import pick_free_port
+
+MODELS = ("llama3.2", "nomic-embed-text", "qwen2.5")
+ENDPOINTS = ("ollama-1", "ollama-2", "vllm-1", "vllm-2")
+LINGER_S = 0.05            # as services/gateway/usage.py
+MAX_BATCH = 256
+
+
+def usage_events(n: int, start: datetime, span_s: float, seed: int = 1, tenants: int = 50) -> Iterator[UsageRecorded]:
+    """A gateway-like mix: each tenant mostly on one model and one endpoint pair, 2% failed, 3% estimated."""
+    rnd = random.Random(seed)
+    for i in range(n):
+        t = rnd.randrange(tenants)
+        model = MODELS[t % 3] if rnd.random() < 0.9 else rnd.choice(MODELS)
+        endpoint = ENDPOINTS[(t % 2) * 2 + (rnd.random() < 0.15)]
+        r = rnd.random()
+        yield UsageRecorded(
+            request_id=f"bench-{seed}-{i}", tenant_id=f"tenant-{t:02d}", key_id=f"sy-{t:08x}", model=model,
+            requested_model=model, api="openai.embeddings" if model == "nomic-embed-text" else "openai.chat",
+            outcome="ok" if r < 0.98 else ("error" if r < 0.995 else "cancelled"), status=200,
+            input_tokens=rnd.randint(1, 500), output_tokens=rnd.randint(0, 500), estimated=rnd.random() < 0.03,
+            stream=bool(i % 2), endpoint_id=endpoint, provider_id="bench", upstream_model=model, attempts=1,
+            duration_ms=12.5, ttfb_ms=3.2, overhead_ms=0.3, occurred_at=start + timedelta(seconds=i * span_s / n),
+        )
+
+
+def by_tenant(events: list[UsageRecorded]) -> list[list[UsageRecorded]]:
+    """One message per tenant and at most MAX_BATCH events, as the gateway's publisher groups them."""
+    groups: dict[str, list[UsageRecorded]] = {}
+    for event in events:
+        groups.setdefault(event.tenant_id, []).append(event)
+    return [g[i:i + MAX_BATCH] for g in groups.values() for i in range(0, len(g), MAX_BATCH)]
+
+
+async def publish(js: object, events: list[UsageRecorded]) -> int:
+    futures = []
+    for batch in by_tenant(events):
+        futures.append(await js.publish_async(  # type: ignore[attr-defined]
+            subject_of(batch[0]), encode_batch(batch),
+            headers={subjects.MSG_ID_HEADER: f"{batch[0].event_id}+{len(batch)}"}))
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
+class Metering:
+    """The metering service as its own process, as `switchyard up` runs it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 — the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.metering"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+async def committed(conn: asyncpg.Connection) -> int:
+    """Usage events committed so far, read from a small projection (counting the log's rows would load it)."""
+    return await conn.fetchval("SELECT coalesce(sum(calls), 0)::bigint FROM tenant_token_counts")
+
+
+async def wait_commits(conn: asyncpg.Connection, target: int, timeout_s: float) -> tuple[float, float]:
+    """Poll until `target` usage events are in the log; (time of the first commit seen, of the last)."""
+    first = last = 0.0
+    seen = 0
+    deadline = time.perf_counter() + timeout_s
+    while seen < target:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"only {seen:,} of {target:,} events committed in {timeout_s:.0f} s")
+        now_seen = await committed(conn)
+        now = time.perf_counter()
+        if now_seen and not first:
+            first = now
+        if now_seen != seen:
+            last = now
+        seen = now_seen
+        await asyncio.sleep(0.02)
+    return first, last
+
+
+async def backlog_phase(js: object, conn: asyncpg.Connection, metering: Metering, n: int, seed: int) -> dict:
+    events = list(usage_events(n, datetime.now(UTC) - timedelta(hours=1), 3600.0, seed))
+    before = await committed(conn)
+    started = time.perf_counter()
+    for i in range(0, n, 20_000):
+        await publish(js, events[i:i + 20_000])
+    published_s = time.perf_counter() - started
+    metering.start()
+    cpu = CpuMeter(metering)
+    first, last = await wait_commits(conn, before + n, 300)
+    # the first poll that saw commits is one linger late at most; count the drain from there
+    return {"events": n, "publish_s": round(published_s, 2), "drain_s": round(last - first, 2),
+            "events_per_s": round(n / max(last - first, 1e-9)), "cpu_us_per_event": cpu.per(n)}
+
+
+class CpuMeter:
+    """CPU seconds used from now on by the metering process (and its granian worker), PostgreSQL and NATS."""
+
+    def __init__(self, metering: Metering) -> None:
+        assert metering.proc is not None
+        self.root = psutil.Process(metering.proc.pid)
+        self.start = self._now()
+
+    def _groups(self) -> dict[str, list[psutil.Process]]:
+        by_name: dict[str, list[psutil.Process]] = {"postgres": [], "nats-server": []}
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] in by_name:
+                by_name[proc.info["name"]].append(proc)
+        metering = [self.root, *self.root.children(recursive=True)]
+        return {"metering": metering, "postgres": by_name["postgres"], "nats": by_name["nats-server"]}
+
+    def _now(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for name, procs in self._groups().items():
+            out[name] = {}
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                    out[name][proc.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+        return out
+
+    def per(self, events: int) -> dict[str, float]:
+        """Microseconds of CPU per event, per group (processes that started meanwhile count from zero)."""
+        now = self._now()
+        return {name: round(sum(t - self.start[name].get(pid, 0.0) for pid, t in now[name].items())
+                            / events * 1e6, 1) for name in now}
+
+
+async def sustained_phase(js: object, conn: asyncpg.Connection, metering: Metering, rate: float, seconds: float,
+                          seed: int) -> dict:
+    n = int(rate * seconds)
+    cpu = CpuMeter(metering)
+    events = list(usage_events(n, datetime.now(UTC), seconds, seed))
+    before = await committed(conn)
+    per_tick = max(1, int(rate * LINGER_S))
+    started = time.perf_counter()
+    lags: list[int] = []
+    for i in range(0, n, per_tick):
+        await publish(js, events[i:i + per_tick])
+        due = started + (i + per_tick) / rate
+        if i % (per_tick * 20) == 0:
+            lags.append(before + i - await committed(conn))
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+    publish_s = time.perf_counter() - started
+    _, last = await wait_commits(conn, before + n, 120)
+    return {"events": n, "target_per_s": rate, "published_per_s": round(n / publish_s),
+            "committed_per_s": round(n / (last - started)), "caught_up_after_s": round(last - started - publish_s, 2),
+            "max_lag_events": max(lags, default=0), "cpu_us_per_event": cpu.per(n)}
+
+
+async def check(conn: asyncpg.Connection, expected: int) -> dict:
+    rows = await conn.fetchval("SELECT count(*) FROM events WHERE type = $1", subjects.USAGE_RECORDED)
+    distinct = await conn.fetchval("SELECT count(DISTINCT payload->>'request_id') FROM events WHERE type = $1",
+                                   subjects.USAGE_RECORDED)
+    calls = await conn.fetchval("SELECT sum(calls)::bigint FROM token_counts")
+    minutes = await conn.fetchval("SELECT sum(calls)::bigint FROM usage_minutes")
+    cost_calls = await conn.fetchval("SELECT sum(calls)::bigint FROM usage_cost")
+    ok = rows == distinct == expected == calls == minutes == cost_calls
+    return {"rows": rows, "distinct_request_ids": distinct, "token_counts_calls": calls,
+            "series_calls": minutes, "cost_calls": cost_calls, "exact": ok}
+
+
+async def main(args: argparse.Namespace) -> int:
+    root = Path(tempfile.mkdtemp(prefix="switchyard-ingest-"))
+    root.chmod(0o755)
+    stack = EmbeddedStack(root / "stack", durable=not args.no_fsync)
+    urls = stack.start()
+    env = {**os.environ, "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
+           "SWITCHYARD_PORT": str(pick_free_port(set())), "SWITCHYARD_LOG_JSON": "true"}
+    metering = Metering(env, root / "metering.log")
+    nc = await natsio.connect(urls.nats_url, "bench-ingest", 10)
+    await natsio.ensure_streams(nc)
+    js = nc.jetstream(timeout=30, publish_async_max_pending=20_000)
+    conn: asyncpg.Connection | None = None
+    try:
+        metering_started = Metering(env, root / "warmup.log")     # creates schema and the durable consumer
+        metering_started.start()
+        conn = await _connect_when_migrated(urls.database_url)
+        metering_started.stop()
+        say(f"backlog: publishing {args.events:,} events while metering is stopped ...")
+        backlog = await backlog_phase(js, conn, metering, args.events, seed=1)
+        say(f"backlog drained at {backlog['events_per_s']:,} events/s ({backlog})")
+        say(f"sustained: {args.rate:,.0f} events/s for {args.seconds:.0f} s ...")
+        sustained = await sustained_phase(js, conn, metering, args.rate, args.seconds, seed=2)
+        say(f"sustained: {sustained}")
+        result = await check(conn, args.events + int(args.rate * args.seconds))
+        say(f"accounting: {result}")
+        return 0 if result["exact"] else 1
+    finally:
+        metering.stop()
+        if conn is not None:
+            await conn.close()
+        await nc.close()
+        stack.stop()
+
+
+async def _connect_when_migrated(url: str) -> asyncpg.Connection:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = await asyncpg.connect(url)
+            if await conn.fetchval("SELECT to_regclass('usage_cost') IS NOT NULL"):
+                return conn
+            await conn.close()
+        except (OSError, asyncpg.PostgresError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("metering did not migrate the database")
+        await asyncio.sleep(0.2)
+
+
+def say(text: str) -> None:
+    print(f"ingest: {text}", flush=True)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000, help="backlog events (default: %(default)s)")
+    parser.add_argument("--rate", type=float, default=25_000, help="sustained events/s (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=20, help="sustained phase length (default: %(default)s)")
+    parser.add_argument("--no-fsync", action="store_true", help="PostgreSQL without fsync")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse(None))))

@@ -1,0 +1,99 @@
+"""The counter projection's pure fold: prices and time zones from the log, and the counter deltas of usage.
+
+Live settlement and `switchyard replay quota` run the same fold over the same log
+in the same order, so a usage event is priced and dated identically by both.
+A call counts as a request unless it failed with no tokens (a refunded call), is
+charged to the model that served it (a fallback model when one stepped in), and
+is counted in the periods holding the moment it finished, in the tenant's zone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from libs.catalog.state import Catalog
+from libs.contracts import subjects as s
+from libs.contracts.events import Event, UsageRecorded
+from libs.quotas.limits import LimitsBook
+from libs.quotas.periods import PERIODS, Keys, field, usd_nanos, zone
+
+# what the fold reads: usage, limits (time zones), and the registry events that set prices and names
+LEDGER_TYPES = frozenset({
+    s.LIMITS_SET, s.MODEL_REGISTERED, s.MODEL_REMOVED, s.TENANT_MODEL_ASSIGNED, s.TENANT_MODEL_UNASSIGNED,
+    s.TENANT_CREATED, s.TENANT_REMOVED,
+})
+PROJECTION_TYPES = LEDGER_TYPES | {s.USAGE_RECORDED}
+
+
+class Settlement(NamedTuple):
+    """What one usage event settles: its hold (by request id) to the actual amounts."""
+
+    request_id: str
+    tokens: int
+    requests: int
+    nanos: int
+
+
+CounterKey = tuple[str, str]            # (hash key, field)
+
+
+class Ledger:
+    """Prices, model names and time zones as of the last event folded in."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self.catalog = Catalog()
+        self.limits = LimitsBook()
+
+    def apply(self, event: Event) -> None:
+        self.catalog.apply(event)
+        self.limits.apply(event)
+
+    def price(self, tenant_id: str, model_id: str) -> tuple[float, float]:
+        """USD per million input and output tokens: the tenant's assignment price, else the model's."""
+        model = self.catalog.models.get(model_id)
+        assignment = self.catalog.assignments.get(tenant_id, {}).get(model_id)
+        inp = model.input_price_per_1m if model else 0.0
+        out = model.output_price_per_1m if model else 0.0
+        if assignment is not None:
+            inp = assignment.input_price_per_1m if assignment.input_price_per_1m is not None else inp
+            out = assignment.output_price_per_1m if assignment.output_price_per_1m is not None else out
+        return inp, out
+
+    def served_model(self, event: UsageRecorded) -> str:
+        """The model that served the call (a fallback, if one did), by id: from the name the endpoint
+        was asked for, else from the name the client asked for."""
+        served = self.catalog.resolve_model(event.upstream_model) if event.upstream_model else None
+        return served or self.catalog.resolve_model(event.model) or event.model
+
+    def settle(self, event: UsageRecorded, totals: dict[CounterKey, list[int]]) -> Settlement:
+        """Add a usage event's counts to `totals` ((key, field) -> [sum, expire_at]); return its settlement."""
+        model = self.served_model(event)
+        tokens = event.input_tokens + event.output_tokens
+        requests = 0 if event.outcome != "ok" and tokens == 0 else 1
+        nanos = usd_nanos(event.input_tokens, event.output_tokens, *self.price(event.tenant_id, model))
+        tz = zone(self.limits.timezone(event.tenant_id))
+        measures = (("tok", tokens), ("in", event.input_tokens), ("out", event.output_tokens),
+                    ("req", requests), ("usd", nanos))
+        for period in PERIODS:
+            key, _, expire = self.keys.period_counter(event.tenant_id, period, event.occurred_at, tz)
+            for measure, value in measures:
+                if value:
+                    for name in (field(measure), field(measure, model)):
+                        slot = totals.get((key, name))
+                        if slot is None:
+                            totals[(key, name)] = [value, expire]
+                        else:
+                            slot[0] += value
+        return Settlement(event.request_id, tokens, requests, nanos)
+
+    def fold(self, events: Iterable[Event], totals: dict[CounterKey, list[int]]) -> list[Settlement]:
+        """Fold events in order: ledger events change prices and zones, usage events add to `totals`."""
+        settled = []
+        for event in events:
+            if isinstance(event, UsageRecorded):
+                settled.append(self.settle(event, totals))
+            else:
+                self.apply(event)
+        return settled

@@ -1,0 +1,91 @@
+"""Limits as a fold of `LimitsSet` events, the merge of an update into them, and their validation."""
+
+from __future__ import annotations
+
+import msgspec
+
+from libs.contracts.events import Event, TenantRemoved
+from libs.contracts.quota import Limits, LimitsSet, LimitsUpdate
+from libs.quotas.periods import zone
+
+NO_LIMITS = Limits()
+_COUNTS = ("daily_tokens", "monthly_tokens", "monthly_requests", "rpm", "tpm", "key_rpm", "key_tpm",
+           "default_max_tokens")
+
+
+class InvalidLimits(ValueError):
+    """An update that cannot be applied; `field` names the culprit."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def enforced(limits: Limits) -> bool:
+    """Whether any limit is set (the time zone, budget period and output default alone enforce nothing)."""
+    return any(v is not None for v in (
+        limits.daily_tokens, limits.monthly_tokens, limits.monthly_requests, limits.rpm, limits.tpm,
+        limits.key_rpm, limits.key_tpm, limits.budget_usd))
+
+
+def merge(current: Limits, update: LimitsUpdate, *, per_model: bool) -> Limits:
+    """The limits after an update: a field left out keeps its value, null removes it; or InvalidLimits."""
+    changes = {name: value for name in update.__struct_fields__
+               if (value := getattr(update, name)) is not msgspec.UNSET}
+    for name in _COUNTS:
+        value = changes.get(name)
+        if value is not None and value < 0:
+            raise InvalidLimits(f"{name} cannot be negative", name)
+    budget = changes.get("budget_usd")
+    if budget is not None and budget < 0:
+        raise InvalidLimits("budget_usd cannot be negative", "budget_usd")
+    if "budget_period" in changes and changes["budget_period"] is None:
+        changes["budget_period"] = "month"
+    if changes.get("timezone") is not None:
+        if per_model:
+            raise InvalidLimits("timezone is set per tenant, not per model", "timezone")
+        try:
+            zone(changes["timezone"])
+        except ValueError as exc:
+            raise InvalidLimits(str(exc), "timezone") from None
+    return msgspec.structs.replace(current, **changes)
+
+
+class LimitsBook:
+    """Every tenant's and tenant x model's limits; `version` grows with each change."""
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, Limits] = {}
+        self.models: dict[str, dict[str, Limits]] = {}
+        self.version = 0
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in; events of other kinds are ignored."""
+        match event:
+            case LimitsSet(tenant_id=tenant, model_id=""):
+                self.tenants[tenant] = event.limits
+            case LimitsSet(tenant_id=tenant, model_id=model):
+                self.models.setdefault(tenant, {})[model] = event.limits
+            case TenantRemoved(tenant_id=tenant):
+                self.tenants.pop(tenant, None)
+                self.models.pop(tenant, None)
+            case _:
+                return
+        self.version += 1
+
+    def tenant(self, tenant_id: str) -> Limits:
+        return self.tenants.get(tenant_id, NO_LIMITS)
+
+    def model(self, tenant_id: str, model_id: str) -> Limits:
+        return self.models.get(tenant_id, {}).get(model_id, NO_LIMITS)
+
+    def timezone(self, tenant_id: str) -> str:
+        return self.tenant(tenant_id).timezone or "UTC"
+
+    def applicable(self, tenant_id: str, model_id: str) -> tuple[Limits, Limits] | None:
+        """(tenant limits, tenant x model limits) when any of them enforces something, else None."""
+        tenant = self.tenants.get(tenant_id)
+        model = self.models.get(tenant_id, {}).get(model_id) if tenant_id in self.models else None
+        if (tenant is None or not enforced(tenant)) and (model is None or not enforced(model)):
+            return None
+        return tenant or NO_LIMITS, model or NO_LIMITS

@@ -1,0 +1,118 @@
+"""Calendar-aligned periods in a time zone, and the Valkey keys of the counters that live in them.
+
+Days start at local midnight, weeks on Monday, months on the 1st, all in the
+tenant's time zone. Rate windows are whole UTC minutes. Counter hashes hold one
+field per measure: `tok`, `in`, `out`, `req`, `usd` (nano-USD) for the tenant and
+the same with `@<model>` for one of its models; rate windows add `#<key id>`.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, date, datetime, timedelta
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PERIODS = ("day", "week", "month")
+_CODE = {"day": "d", "week": "w", "month": "m"}
+RETAIN_S = 32 * 86400           # a period's counters are kept this long after it ends
+RATE_WINDOW_S = 60
+NANOS_PER_USD = 1_000_000_000
+_NO_SPACE = str.maketrans({"\t": "_", "\n": "_", " ": "_"})     # holds are tab/newline-separated text
+
+
+@functools.lru_cache(maxsize=256)
+def zone(name: str | None) -> ZoneInfo:
+    """The ZoneInfo for an IANA name (UTC when None); ValueError for an unknown one."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone '{name}'") from None
+
+
+def period_bounds(period: str, when: datetime, tz: ZoneInfo) -> tuple[str, datetime, datetime]:
+    """(label, start, end) of the calendar period holding `when`, in `tz`; start and end are aware."""
+    local = when.astimezone(tz)
+    day = local.date()
+    if period == "day":
+        first, after = day, day + timedelta(days=1)
+    elif period == "week":
+        first = day - timedelta(days=day.weekday())
+        after = first + timedelta(days=7)
+    elif period == "month":
+        first = day.replace(day=1)
+        after = (first + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"unknown period '{period}'")
+    label = first.isoformat() if period != "month" else first.isoformat()[:7]
+    return label, _midnight(first, tz), _midnight(after, tz)
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 in UTC with a Z, to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Keys:
+    """Valkey key names under one prefix (tests give each run its own)."""
+
+    def __init__(self, prefix: str = "sy:q:") -> None:
+        self.prefix = prefix
+        self.holds = f"{prefix}holds"             # zset: request id -> deadline (ms)
+        self.hold_data = f"{prefix}holddata"      # hash: request id -> JSON list of held entries
+        self.checkpoint = f"{prefix}checkpoint"   # the log position the counters reflect
+        self.rebuilding = f"{prefix}rebuilding"   # set while `switchyard replay quota` runs
+        self.leader = f"{prefix}leader"           # the quota replica that runs the projection
+        self.counters_pattern = f"{prefix}c:*"
+        self._periods: dict[tuple[str, str, str], tuple[float, float, tuple[str, datetime, int]]] = {}
+
+    def counter(self, tenant_id: str, period: str, label: str) -> str:
+        return f"{self.prefix}c:{tenant_id}:{_CODE[period]}:{label}"
+
+    def period_counter(self, tenant_id: str, period: str, when: datetime, tz: ZoneInfo) -> tuple[str, datetime, int]:
+        """(key, period end, expire-at unix seconds) of a tenant's counter hash for a period.
+
+        Remembered until the period ends: the hot path pays for calendar arithmetic once a period.
+        """
+        at = when.timestamp()
+        cached = self._periods.get((tenant_id, period, tz.key))
+        if cached is not None and cached[0] <= at < cached[1]:
+            return cached[2]
+        label, start, end = period_bounds(period, when, tz)
+        found = self.counter(tenant_id, period, label), end, int(end.timestamp()) + RETAIN_S
+        if len(self._periods) > 50_000:
+            self._periods.clear()
+        self._periods[(tenant_id, period, tz.key)] = (start.timestamp(), end.timestamp(), found)
+        return found
+
+    def rate(self, tenant_id: str, now_s: float) -> tuple[str, int]:
+        """(key, window end unix seconds) of a tenant's rate window holding `now_s`."""
+        start = int(now_s) // RATE_WINDOW_S * RATE_WINDOW_S
+        return f"{self.prefix}r:{tenant_id}:{start}", start + RATE_WINDOW_S
+
+
+def key_prefix(quota_prefix: str, database_url: str) -> str:
+    """The configured prefix, else `sy:q:<database name>:`: the counters are a projection of one log, so
+    systems that share a Valkey but not a database keep apart."""
+    if quota_prefix:
+        return quota_prefix
+    return f"sy:q:{urlsplit(database_url).path.strip('/') or 'switchyard'}:"
+
+
+def field(measure: str, model_id: str | None = None, key_id: str | None = None) -> str:
+    """A counter field: `tok`, `tok@llama3.2`, `req#sy_1a2b`, `req#sy_1a2b@llama3.2`."""
+    name = measure
+    if key_id:
+        name += f"#{key_id.translate(_NO_SPACE)}"
+    if model_id:
+        name += f"@{model_id}"
+    return name
+
+
+def usd_nanos(input_tokens: int, output_tokens: int, input_price_per_1m: float, output_price_per_1m: float) -> int:
+    """The cost of a call in nano-USD (prices are USD per million tokens, i.e. micro-USD per token)."""
+    return round(input_tokens * input_price_per_1m * 1000 + output_tokens * output_price_per_1m * 1000)

@@ -1,0 +1,96 @@
+"""`switchyard events tail` and `switchyard events export`: read the event log as JSON lines.
+
+Both read the database of `switchyard up --data-dir D` (or SWITCHYARD_DATABASE_URL), like replay.
+`export` writes each event exactly as stored, one per line, so a file can be read back with the
+contracts' decoder; `tail` puts the log position first in each line and follows new events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+
+import asyncpg
+
+from libs.kit import eventlog
+from services.metering.replay import database_url
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_FILTER = ("($1::text IS NULL OR type = $1 OR type LIKE $1 || '.%')"
+           " AND ($2::text IS NULL OR tenant = $2)")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An instant: ISO 8601 ('2026-11-22', '2026-11-22T10:00:00Z'; UTC when no offset) or an age ('90m', '7d')."""
+    now = now or datetime.now(UTC)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SystemExit(f"switchyard: cannot read the time {text!r}: use ISO 8601 (2026-11-22T10:00:00Z) "
+                         "or an age such as 30m, 12h, 7d") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _line(position: int, payload: str) -> str:
+    """The stored event with its log position as the first field."""
+    return f'{{"position":{position},{payload[1:]}' if payload.startswith("{") else payload
+
+
+async def tail(data_dir: Path, type_: str | None, tenant: str | None, lines: int, follow: bool,
+               out: TextIO = sys.stdout, interval_s: float = 0.5) -> int:
+    """Print the last `lines` matching events, then (if `follow`) every new one as it is appended."""
+    conn = await asyncpg.connect(database_url(data_dir))
+    try:
+        rows = await conn.fetch(
+            f"SELECT position, payload::text AS payload FROM events WHERE {_FILTER} ORDER BY position DESC LIMIT $3",
+            type_, tenant, lines)
+        for row in reversed(rows):
+            out.write(_line(row["position"], row["payload"]) + "\n")
+        out.flush()
+        after = rows[0]["position"] if rows else await eventlog.head(conn)
+        while follow:
+            await asyncio.sleep(interval_s)
+            rows = await conn.fetch(
+                f"SELECT position, payload::text AS payload FROM events WHERE position > $3 AND {_FILTER}"
+                " ORDER BY position LIMIT 10000", type_, tenant, after)
+            for row in rows:
+                out.write(_line(row["position"], row["payload"]) + "\n")
+            if rows:
+                out.flush()
+                after = rows[-1]["position"]
+            else:
+                # nothing matched: skip ahead so the next look reads only what is new
+                after = max(after, await eventlog.head(conn))
+        return 0
+    finally:
+        await conn.close()
+
+
+async def export(data_dir: Path, since: datetime, until: datetime | None, type_: str | None,
+                 tenant: str | None, out: TextIO = sys.stdout) -> int:
+    """Write every matching event that occurred at or after `since` (and before `until`), in log order."""
+    conn = await asyncpg.connect(database_url(data_dir))
+    count = 0
+    try:
+        async with conn.transaction():
+            cursor = conn.cursor(
+                f"SELECT payload::text FROM events WHERE {_FILTER} AND occurred_at >= $3"
+                " AND ($4::timestamptz IS NULL OR occurred_at < $4) ORDER BY position",
+                type_, tenant, since, until, prefetch=10_000)
+            async for row in cursor:
+                out.write(row[0])
+                out.write("\n")
+                count += 1
+        out.flush()
+    finally:
+        await conn.close()
+    print(f"switchyard: exported {count:,} events since {since.isoformat()}", file=sys.stderr)
+    return 0

@@ -1,0 +1,76 @@
+"""The quota views: each limit with its use, and one period's usage, read from the Valkey counters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis.asyncio as redis
+
+from libs.contracts.quota import (
+    LimitsReply, ModelUsage, QuotaQuery, QuotasReply, QuotaStatus, UsageFigures, UsageReply,
+)
+from libs.quotas.limits import NO_LIMITS, LimitsBook
+from libs.quotas.periods import NANOS_PER_USD, Keys, iso_utc, period_bounds, zone
+from libs.quotas.plan import Estimate, plan
+
+
+def limits(book: LimitsBook, query: QuotaQuery) -> LimitsReply:
+    return LimitsReply(query.tenant_id, book.tenant(query.tenant_id), dict(book.models.get(query.tenant_id, {})))
+
+
+async def quotas(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
+                 now: datetime | None = None) -> QuotasReply:
+    """Every limit of the tenant and of its models, with the counter behind it (reservations included)."""
+    now = now or datetime.now(UTC)
+    tenant = query.tenant_id
+    timezone = book.timezone(tenant)
+    scopes = [(None, book.tenant(tenant))]
+    scopes += sorted(book.models.get(tenant, {}).items())
+    planned = []
+    for model_id, model_limits in scopes:
+        pair = (model_limits, NO_LIMITS) if model_id is None else (NO_LIMITS, model_limits)
+        for item in plan(keys, pair, timezone, tenant, query.key_id or "", model_id or "", now, Estimate(0, 0)):
+            if query.key_id or not item.quota_type.startswith("key_"):
+                planned.append(item)
+    async with client.pipeline(transaction=False) as pipe:
+        for item in planned:
+            pipe.hget(item.counter.key, item.counter.field)
+        values = await pipe.execute()
+    statuses = []
+    for item, raw in zip(planned, values):
+        used, limit = int(raw or 0), item.counter.limit
+        if item.quota_type == "budget":
+            used_shown, limit_shown = used / NANOS_PER_USD, limit / NANOS_PER_USD
+        else:
+            used_shown, limit_shown = used, limit
+        period = "minute" if item.rate else {"daily": "day", "monthly": "month", "requests": "month"}.get(
+            item.quota_type, (book.model(tenant, item.model_id) if item.model_id else book.tenant(tenant)).budget_period)
+        statuses.append(QuotaStatus(item.quota_type, item.model_id, limit_shown, used_shown,
+                                    max(0, limit_shown - used_shown), period, iso_utc(item.reset)))
+    return QuotasReply(tenant, timezone, statuses)
+
+
+def _figures(values: dict[str, int], suffix: str) -> dict[str, int | float]:
+    tokens_in, tokens_out = values.get(f"in{suffix}", 0), values.get(f"out{suffix}", 0)
+    return dict(input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
+                requests=values.get(f"req{suffix}", 0), cost_usd=round(values.get(f"usd{suffix}", 0) / NANOS_PER_USD, 9),
+                reserved_tokens=max(0, values.get(f"tok{suffix}", 0) - tokens_in - tokens_out))
+
+
+async def usage(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
+                now: datetime | None = None) -> UsageReply:
+    """Settled usage of the tenant in the current day, week or month (its time zone), per model too."""
+    now = now or datetime.now(UTC)
+    timezone = book.timezone(query.tenant_id)
+    label, start, end = period_bounds(query.period, now, zone(timezone))
+    raw = await client.hgetall(keys.counter(query.tenant_id, query.period, label))
+    values = {k.decode(): int(v) for k, v in raw.items()}
+    models = sorted({name.split("@", 1)[1] for name in values if "@" in name and "#" not in name})
+    if query.model_id is not None:
+        models = [m for m in models if m == query.model_id]
+        total = UsageFigures(**_figures(values, f"@{query.model_id}"))
+    else:
+        total = UsageFigures(**_figures(values, ""))
+    per_model = [ModelUsage(model_id=m, **_figures(values, f"@{m}")) for m in models]
+    return UsageReply(query.tenant_id, query.period, timezone, iso_utc(start), iso_utc(end), query.model_id,
+                      total, per_model)

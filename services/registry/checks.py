@@ -1,0 +1,54 @@
+"""What every registry decision checks: identifiers, create/update modes, and "nothing changed"."""
+
+from __future__ import annotations
+
+from libs.catalog import rules
+from libs.contracts import events as ev
+from libs.contracts import messages as m
+from libs.contracts.messages import ErrorBody
+from libs.kit.natsio import ServiceError
+
+Decision = tuple[list[ev.Event], str | None, str | None]
+
+
+def invalid(code: str, message: str, field: str | None = None, status: int = 400) -> ServiceError:
+    return ServiceError(status, ErrorBody(code, message, field))
+
+
+def check(problem: str | None, field: str, code: str = "VALIDATION_ERROR") -> None:
+    if problem:
+        raise invalid(code, problem, field)
+
+
+def check_identifier(value: str, field: str) -> None:
+    check(rules.identifier_problem(value), field, "INVALID_IDENTIFIER")
+
+
+def check_model_name(value: str, field: str) -> None:
+    check(rules.model_name_problem(value), field)
+
+
+def not_found(code: str, what: str, ident: str, field: str | None = None) -> ServiceError:
+    return invalid(code, f"{what} '{ident}' not found", field, status=404)
+
+
+def check_mode(mode: m.Mode, exists: bool, what: str, ident: str, field: str) -> None:
+    """409 for a create of something that exists, 404 for an update of something that does not."""
+    if mode == "create" and exists:
+        raise invalid("CONFLICT", f"{what} '{ident}' already exists; update it with PUT", field, status=409)
+    if mode == "update" and not exists:
+        raise not_found(f"{what.upper()}_NOT_FOUND", what, ident, field)
+
+
+def same(old: ev.Event | None, new: ev.Event) -> bool:
+    """Full-state events are equal when all but their identity and time match."""
+    if old is None or type(old) is not type(new):
+        return False
+    skip = {"event_id", "occurred_at"}
+    return all(getattr(old, f) == getattr(new, f) for f in old.__struct_fields__ if f not in skip)
+
+
+def fields_of(command: m.Command, drop: tuple[str, ...] = ("mode",)) -> dict[str, object]:
+    return {f: getattr(command, f) for f in command.__struct_fields__ if f not in drop}
+
+

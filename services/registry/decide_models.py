@@ -1,0 +1,135 @@
+"""Decisions about models: registering and removing them, assigning them to tenants, endpoints from
+templates, and the models probes discover on endpoints (see `decide`)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from libs.catalog import rules
+from libs.catalog.state import Catalog
+from libs.catalog.templates import TEMPLATES
+from libs.contracts import events as ev
+from libs.contracts import messages as m
+from libs.contracts.routing import EndpointModelsDiscovered
+from services.registry.checks import (
+    check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
+)
+
+
+def register_model(catalog: Catalog, command: m.RegisterModel) -> list[ev.Event]:
+    check_model_name(command.model_id, "model_id")
+    check_mode(command.mode, command.model_id in catalog.models, "Model", command.model_id, "model_id")
+    for i, alias in enumerate(command.aliases):
+        check_model_name(alias, f"aliases[{i}]")
+        owner = alias if alias in catalog.models else catalog.aliases.get(alias)
+        if alias == command.model_id or (owner is not None and owner != command.model_id):
+            raise invalid("CONFLICT", f"'{alias}' already names model '{owner or alias}'", f"aliases[{i}]", 409)
+    for name in ("input_price_per_1m", "output_price_per_1m", "context_length"):
+        if getattr(command, name) < 0:
+            raise invalid("VALIDATION_ERROR", f"{name} cannot be negative", name)
+    _check_fallback(catalog, command.fallback_model, command.model_id)
+    new = ev.ModelRegistered(**fields_of(command))
+    return [] if same(catalog.models.get(command.model_id), new) else [new]
+
+
+def _check_fallback(catalog: Catalog, fallback: str, model_id: str) -> None:
+    if not fallback:
+        return
+    if catalog.resolve_model(fallback) is None:
+        raise not_found("MODEL_NOT_FOUND", "Fallback model", fallback, "fallback_model")
+    if catalog.resolve_model(fallback) == model_id or fallback == model_id:
+        raise invalid("VALIDATION_ERROR", f"model '{model_id}' cannot fall back to itself", "fallback_model")
+
+
+def remove_model(catalog: Catalog, command: m.RemoveModel) -> list[ev.Event]:
+    """Refused (409) while another model or an assignment falls back to it; its assignments go with it."""
+    mid = command.model_id
+    if mid not in catalog.models:
+        raise not_found("MODEL_NOT_FOUND", "Model", mid, "model_id")
+    users = sorted(x.model_id for x in catalog.models.values()
+                   if x.fallback_model and catalog.resolve_model(x.fallback_model) == mid and x.model_id != mid)
+    users += sorted(f"{t}/{a.model_id}" for t, by in catalog.assignments.items() for a in by.values()
+                    if a.fallback_model and catalog.resolve_model(a.fallback_model) == mid)
+    if users:
+        raise invalid("CONFLICT", f"Model '{mid}' is the fallback of {', '.join(users)}", "model_id", 409)
+    withdrawn: list[ev.Event] = [ev.TenantModelUnassigned(tenant_id=t, model_id=mid)
+                                 for t, by in sorted(catalog.assignments.items()) if mid in by]
+    return [*withdrawn, ev.ModelRemoved(model_id=mid)]
+
+
+def assign_model(catalog: Catalog, command: m.AssignModel) -> list[ev.Event]:
+    """An assignment; a new default takes the default flag from the tenant's previous one."""
+    tid = command.tenant_id
+    if tid not in catalog.tenants:
+        raise not_found("TENANT_NOT_FOUND", "Tenant", tid, "tenant_id")
+    model_id = catalog.resolve_model(command.model_id)
+    if model_id is None:
+        raise not_found("MODEL_NOT_FOUND", "Model", command.model_id, "model_id")
+    assigned = catalog.assignments.get(tid, {})
+    check_mode(command.mode, model_id in assigned, "Assignment", f"{tid}/{model_id}", "model_id")
+    for name in ("input_price_per_1m", "output_price_per_1m"):
+        price = getattr(command, name)
+        if price is not None and price < 0:
+            raise invalid("VALIDATION_ERROR", f"{name} cannot be negative", name)
+    _check_fallback(catalog, command.fallback_model, model_id)
+    new = ev.TenantModelAssigned(**{**fields_of(command), "model_id": model_id})
+    if same(assigned.get(model_id), new):
+        return []
+    events: list[ev.Event] = []
+    if new.is_default:
+        events += [msgspec.structs.replace(a, is_default=False, event_id=ev.new_id(), occurred_at=ev.now())
+                   for mid, a in sorted(assigned.items()) if a.is_default and mid != model_id]
+    return [*events, new]
+
+
+def apply_template(catalog: Catalog, command: m.ApplyTemplate) -> list[ev.Event]:
+    """The template's provider (registered if new) and a new endpoint with the template's settings,
+    each overridden by what the command gives."""
+    from services.registry.decide import register_endpoint    # decide dispatches here: import late
+
+    template = TEMPLATES.get(command.template)
+    if template is None:
+        raise not_found("TEMPLATE_NOT_FOUND", "Template", command.template, "template")
+    provider_id = command.provider_id or template.name
+    check_identifier(provider_id, "provider_id")
+    events: list[ev.Event] = []
+    provider = catalog.providers.get(provider_id)
+    if provider is None:
+        provider = ev.ProviderRegistered(provider_id=provider_id, kind=template.kind,
+                                         display_name=command.display_name or template.display_name)
+        events.append(provider)
+    elif provider.kind != template.kind:
+        raise invalid("CONFLICT", f"Provider '{provider_id}' exists with kind '{provider.kind}', "
+                      f"not the template's '{template.kind}'", "provider_id", 409)
+    work = catalog.copy()
+    for event in events:
+        work.apply(event)
+
+    def pick(value: object, default: object) -> object:
+        return default if value is None else value
+
+    endpoint = m.RegisterEndpoint(
+        endpoint_id=command.endpoint_id, provider_id=provider_id, base_url=command.base_url or template.base_url,
+        api_key_ref=pick(command.api_key_ref, template.api_key_ref),  # type: ignore[arg-type]
+        models=tuple(pick(command.models, template.models)),  # type: ignore[arg-type]
+        priority=pick(command.priority, 0), weight=pick(command.weight, 1),  # type: ignore[arg-type]
+        max_concurrent=pick(command.max_concurrent, 0),  # type: ignore[arg-type]
+        timeout_s=pick(command.timeout_s, template.timeout_s), mode="create")  # type: ignore[arg-type]
+    return [*events, *register_endpoint(work, endpoint)]
+
+
+def record_discovered(catalog: Catalog, command: m.RecordDiscoveredModels) -> list[ev.Event]:
+    """A changed model set of an endpoint; an endpoint without a model list also gets every model it
+    serves registered (kind guessed from the name) so that the gateway can route it."""
+    eid = command.endpoint_id
+    registered = catalog.registered.get(eid)
+    if registered is None:
+        raise not_found("ENDPOINT_NOT_FOUND", "Endpoint", eid, "endpoint_id")
+    models = tuple(sorted({rules.normalise_model(n) for n in command.models if not rules.model_name_problem(n)}))
+    if catalog.discovered.get(eid) == models:
+        return []
+    events: list[ev.Event] = [EndpointModelsDiscovered(endpoint_id=eid, models=models)]
+    if not registered.models:
+        events += [ev.ModelRegistered(model_id=name, kind=rules.guess_kind(name))  # type: ignore[arg-type]
+                   for name in models if catalog.resolve_model(name) is None]
+    return events

@@ -1,0 +1,215 @@
+"""The admin API of `switchyard up --demo`: validation codes, conflicts, updates, templates, endpoint tests,
+registry status, refresh, export and import. Every test works on identifiers of its own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import yaml
+
+from libs.simulator import SimConfig, Simulator
+from tests.conftest import DemoStack
+
+
+async def api(demo: DemoStack, method: str, path: str, body: object = None, *, content: str | None = None,
+              content_type: str | None = None, params: dict[str, str] | None = None) -> httpx.Response:
+    """One admin call; async, so that in-process simulators keep answering meanwhile."""
+    headers = {"X-API-Key": demo.admin_key, **({"Content-Type": content_type} if content_type else {})}
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.request(method, f"{demo.url}/api/admin{path}", json=body, content=content,
+                                    params=params, headers=headers)
+
+
+def ok(response: httpx.Response) -> dict:
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+@pytest.fixture
+async def tag(demo: DemoStack) -> AsyncIterator[str]:
+    """This test's identifiers contain it; endpoints left behind are removed (the demo's /health counts them)."""
+    tag = uuid.uuid4().hex[:8]
+    yield tag
+    for endpoint in (await api(demo, "GET", "/endpoints")).json():
+        if tag in endpoint["endpoint_id"]:
+            await api(demo, "DELETE", f"/endpoints/{endpoint['endpoint_id']}")
+
+
+@pytest.fixture
+async def provider(demo: DemoStack, tag: str) -> str:
+    ok(await api(demo, "POST", "/providers", {"provider_id": f"p-{tag}", "kind": "openai-compatible"}))
+    return f"p-{tag}"
+
+
+CASES = [
+    ("POST", "/providers", {"provider_id": "Not An Id!", "kind": "ollama"}, 400, "INVALID_IDENTIFIER", "provider_id"),
+    ("POST", "/providers", {"provider_id": "p-{tag}-x", "kind": "tgi"}, 400, "VALIDATION_ERROR", "kind"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "nope-{tag}", "base_url": "http://h:1"},
+     404, "PROVIDER_NOT_FOUND", "provider_id"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "ftp://h:1"},
+     400, "INVALID_ENDPOINT", "base_url"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://h:70000"},
+     400, "INVALID_ENDPOINT", "base_url"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://h:1",
+                            "api_key_ref": "sk-live-0123456789"}, 400, "VALIDATION_ERROR", "api_key_ref"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://h:1",
+                            "max_concurrent": -1}, 400, "VALIDATION_ERROR", "max_concurrent"),
+    ("POST", "/models", {"model_id": "m-{tag}", "fallback_model": "nope-{tag}"}, 404, "MODEL_NOT_FOUND",
+     "fallback_model"),
+    ("POST", "/models", {"model_id": "m-{tag}", "input_price_per_1m": -0.5}, 400, "VALIDATION_ERROR",
+     "input_price_per_1m"),
+    ("POST", "/tenants/demo/models", {"model_id": "nope-{tag}"}, 404, "MODEL_NOT_FOUND", "model_id"),
+    ("POST", "/templates/tgi/apply", {"endpoint_id": "e-{tag}"}, 404, "TEMPLATE_NOT_FOUND", "template"),
+    ("GET", "/providers/nope-{tag}", None, 404, "PROVIDER_NOT_FOUND", "id"),
+    ("GET", "/models/nope-{tag}", None, 404, "MODEL_NOT_FOUND", "id"),
+    ("GET", "/templates/nope", None, 404, "TEMPLATE_NOT_FOUND", "id"),
+    ("PUT", "/providers/nope-{tag}", {"display_name": "x"}, 404, "PROVIDER_NOT_FOUND", "id"),
+    ("POST", "/endpoints/nope-{tag}/test", None, 404, "ENDPOINT_NOT_FOUND", "endpoint_id"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), CASES,
+                         ids=[f"{c[0]} {c[1]} {c[4]}" for c in CASES])
+async def test_admin_validation_returns_the_exact_codes(demo: DemoStack, tag: str, provider: str, method: str, path: str,
+                                                  body: dict | None, status: int, code: str, field: str) -> None:
+    def fill(value: object) -> object:
+        return value.format(tag=tag, provider=provider) if isinstance(value, str) else value
+    body = {k: fill(v) for k, v in body.items()} if body is not None else None
+    response = await api(demo, method, str(fill(path)), body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == (code, field) and error["message"]
+
+
+async def test_creating_what_exists_is_a_conflict_and_put_updates_only_what_it_names(demo: DemoStack, tag: str,
+                                                                                 provider: str) -> None:
+    duplicate = await api(demo, "POST", "/providers", {"provider_id": provider, "kind": "openai-compatible"})
+    assert duplicate.status_code == 409 and duplicate.json()["error"]["code"] == "CONFLICT"
+    endpoint = {"endpoint_id": f"e-{tag}", "provider_id": provider, "base_url": "http://127.0.0.1:9", "models": ["a1"]}
+    assert (await api(demo, "POST", "/endpoints", endpoint)).status_code == 201
+    assert (await api(demo, "POST", "/endpoints", endpoint)).status_code == 409
+    for path, body in (("/models", {"model_id": f"m-{tag}"}), ("/tenants", {"tenant_id": f"t-{tag}"})):
+        assert (await api(demo, "POST", path, body)).status_code == 201
+        assert ((await api(demo, "POST", path, body))).json()["error"]["code"] == "CONFLICT"
+
+    updated = ok(await api(demo, "PUT", f"/endpoints/e-{tag}", {"priority": 7, "max_concurrent": 3}))
+    assert updated["changed"] is True
+    shown = ok(await api(demo, "GET", f"/endpoints/e-{tag}"))
+    assert (shown["priority"], shown["max_concurrent"], shown["base_url"], shown["models"]) == \
+        (7, 3, "http://127.0.0.1:9", ["a1"])
+    assert ok(await api(demo, "PUT", f"/endpoints/e-{tag}", {"priority": 7}))["changed"] is False
+
+
+async def test_deleting_a_provider_still_in_use_is_a_conflict(demo: DemoStack, tag: str, provider: str) -> None:
+    ok(await api(demo, "POST", "/endpoints", {"endpoint_id": f"e-{tag}", "provider_id": provider,
+                                        "base_url": "http://127.0.0.1:9"}))
+    refused = await api(demo, "DELETE", f"/providers/{provider}")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "CONFLICT" and f"e-{tag}" in refused.json()["error"]["message"]
+    ok(await api(demo, "DELETE", f"/endpoints/e-{tag}"))
+    ok(await api(demo, "DELETE", f"/providers/{provider}"))
+    assert (await api(demo, "GET", f"/providers/{provider}")).status_code == 404
+
+
+async def test_tenant_model_assignment_carries_default_priority_price_and_fallback(demo: DemoStack, tag: str) -> None:
+    ok(await api(demo, "POST", "/models", {"model_id": f"small-{tag}"}))
+    ok(await api(demo, "POST", "/models", {"model_id": f"big-{tag}", "fallback_model": f"small-{tag}"}))
+    ok(await api(demo, "POST", "/tenants", {"tenant_id": f"t-{tag}", "all_models": False, "fallback_on_quota": True}))
+    created = await api(demo, "POST", f"/tenants/t-{tag}/models", {
+        "model_id": f"big-{tag}", "is_default": True, "priority": 5, "input_price_per_1m": 0.4,
+        "output_price_per_1m": 1.2, "fallback_model": f"small-{tag}"})
+    assert created.status_code == 201, created.text
+    assert (await api(demo, "POST", f"/tenants/t-{tag}/models", {"model_id": f"big-{tag}"})).status_code == 409
+    ok(await api(demo, "PUT", f"/tenants/t-{tag}/models/big-{tag}", {"priority": 9}))
+    shown = ok(await api(demo, "GET", f"/tenants/t-{tag}/models/big-{tag}"))
+    assert (shown["is_default"], shown["priority"], shown["input_price_per_1m"], shown["output_price_per_1m"],
+            shown["fallback_model"]) == (True, 9, 0.4, 1.2, f"small-{tag}")
+    assert ok(await api(demo, "GET", f"/tenants/t-{tag}"))["fallback_on_quota"] is True
+    ok(await api(demo, "DELETE", f"/tenants/t-{tag}/models/big-{tag}"))
+    assert ok(await api(demo, "GET", f"/tenants/t-{tag}/models")) == []
+
+
+async def test_template_apply_registers_provider_and_endpoint_with_customisations(demo: DemoStack, tag: str) -> None:
+    names = {t["name"] for t in ok(await api(demo, "GET", "/templates"))}
+    assert {"ollama-local", "vllm", "llama-cpp", "openai", "lm-studio", "litellm"} <= names
+    async with Simulator(SimConfig(models=(f"tm-{tag}",))) as sim:
+        applied = await api(demo, "POST", "/templates/vllm/apply", {
+            "endpoint_id": f"gpu-{tag}", "provider_id": f"vllm-{tag}",
+            "customizations": {"base_url": sim.url, "max_concurrent": 4, "priority": 2, "models": [f"tm-{tag}"]}})
+        assert applied.status_code == 201, applied.text
+        endpoint = ok(await api(demo, "GET", f"/endpoints/gpu-{tag}"))
+        assert (endpoint["provider_id"], endpoint["base_url"], endpoint["max_concurrent"], endpoint["priority"],
+                endpoint["api_key_ref"]) == (f"vllm-{tag}", sim.url, 4, 2, "${VLLM_API_KEY}")
+        assert ok(await api(demo, "GET", f"/providers/vllm-{tag}"))["kind"] == "openai-compatible"
+        tested = ok(await api(demo, "POST", f"/endpoints/gpu-{tag}/test"))
+        assert tested["success"] is True and tested["models"] == [f"tm-{tag}"], tested
+        ok(await api(demo, "DELETE", f"/endpoints/gpu-{tag}"))
+
+
+async def test_endpoint_test_reports_a_refused_connection_with_its_error_and_a_live_one_with_latency(
+        demo: DemoStack, tag: str, provider: str) -> None:
+    async with Simulator(SimConfig(models=(f"lm-{tag}",))) as sim:
+        ok(await api(demo, "POST", "/endpoints", {"endpoint_id": f"e-{tag}", "provider_id": provider, "base_url": sim.url,
+                                            "models": [f"lm-{tag}"]}))
+        live = ok(await api(demo, "POST", f"/endpoints/e-{tag}/test"))
+        assert live["success"] is True and live["latency_ms"] > 0 and live["error"] is None
+        assert sim.stats.requests.get("/v1/models", 0) >= 1 and "/v1/chat/completions" not in sim.stats.requests
+        sim.configure(failure_kind="refuse", failure_rate=1.0)
+        dead = ok(await api(demo, "POST", f"/endpoints/e-{tag}/test"))
+    assert dead["success"] is False and "connection refused" in dead["error"]
+    ok(await api(demo, "DELETE", f"/endpoints/e-{tag}"))
+
+
+async def test_refresh_discovers_models_and_status_shows_counts_and_health(demo: DemoStack, tag: str) -> None:
+    ok(await api(demo, "POST", "/providers", {"provider_id": f"o-{tag}", "kind": "ollama"}))
+    models = (f"disc-{tag}", f"disc-embed-{tag}:v1")
+    async with Simulator(SimConfig(models=models, loaded=(models[0],))) as sim:
+        ok(await api(demo, "POST", "/endpoints", {"endpoint_id": f"auto-{tag}", "provider_id": f"o-{tag}",
+                                            "base_url": sim.url}))
+        refreshed = ok(await api(demo, "POST", "/registry/refresh"))
+        mine = [e for e in refreshed["endpoints"] if e["endpoint_id"] == f"auto-{tag}"]
+        assert mine and mine[0]["success"] and mine[0]["loaded"] == [models[0]]
+        endpoint = ok(await api(demo, "GET", f"/endpoints/auto-{tag}"))
+        assert endpoint["models"] == [] and endpoint["serving_models"] == sorted(models)
+        assert ok(await api(demo, "GET", f"/models/{models[1]}"))["kind"] == "embedding"
+        status = ok(await api(demo, "GET", "/registry/status"))
+        assert status["counts"]["endpoints"] >= 3 and status["last_refresh"]
+        health = next(e for e in status["endpoints"] if e["endpoint_id"] == f"auto-{tag}")
+        assert health["healthy"] is True and health["circuit"] == "closed" and health["probe"]["version"]
+        assert ((await api(demo, "GET", "/providers/registry-status"))).json()["counts"] == status["counts"]
+        ok(await api(demo, "DELETE", f"/endpoints/auto-{tag}"))
+
+
+async def test_import_is_validated_whole_applied_once_and_exported_back(demo: DemoStack, tag: str) -> None:
+    doc = {
+        "providers": [{"id": f"imp-{tag}", "kind": "openai-compatible"}],
+        "endpoints": [{"id": f"imp-e-{tag}", "provider": f"imp-{tag}", "base_url": "http://127.0.0.1:9",
+                       "api_key": "${IMPORTED_KEY}", "models": [f"imp-m-{tag}"]}],
+        "models": [{"id": f"imp-m-{tag}", "context_length": 4096}],
+        "tenants": [{"id": f"imp-t-{tag}", "all_models": False, "models": [{"model": f"imp-m-{tag}", "default": True}]}],
+    }
+    first = ok(await api(demo, "POST", "/registry/import", content=yaml.safe_dump(doc), content_type="application/yaml"))
+    assert first["changed"] is True and first["events"] == 5
+    assert ok(await api(demo, "POST", "/registry/import", doc))["changed"] is False
+    exported = ok(await api(demo, "GET", "/registry/export"))
+    assert next(e for e in exported["endpoints"] if e["id"] == f"imp-e-{tag}") == doc["endpoints"][0]
+    assert next(t for t in exported["tenants"] if t["id"] == f"imp-t-{tag}") == doc["tenants"][0]
+    as_yaml = yaml.safe_load(((await api(demo, "GET", "/registry/export", params={"format": "yaml"}))).text)
+    assert as_yaml == exported
+
+    bad = {"endpoints": [{"id": f"x-{tag}", "provider": "nowhere", "base_url": "ftp://h"}], "models": [{"id": "m!"}]}
+    refused = await api(demo, "POST", "/registry/import", bad)
+    assert refused.status_code == 400
+    assert {p["path"] for p in refused.json()["error"]["problems"]} == \
+        {"endpoints[0].provider", "endpoints[0].base_url", "models[0].id"}
+    assert (await api(demo, "GET", f"/endpoints/x-{tag}")).status_code == 404, "nothing of a refused import is applied"
+    ok(await api(demo, "DELETE", f"/endpoints/imp-e-{tag}"))
+
+
+async def test_admin_health_routes_need_the_admin_role(demo: DemoStack) -> None:
+    for method, path in (("GET", "/registry/status"), ("GET", "/circuits"), ("POST", "/registry/refresh")):
+        response = httpx.request(method, f"{demo.url}/api/admin{path}", headers={"X-API-Key": demo.demo_key})
+        assert response.status_code == 403, path

