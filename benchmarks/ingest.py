@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import os
 import random
 import subprocess
@@ -238,6 +239,7 @@ async def main(args: argparse.Namespace) -> int:
             await conn.close()
         await nc.close()
         stack.stop()
+        shutil.rmtree(root, ignore_errors=True)      # a million events take gigabytes
 
 
 async def _connect_when_migrated(url: str) -> asyncpg.Connection:

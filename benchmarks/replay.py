@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -80,6 +81,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await pool.close()
         stack.stop()
+        shutil.rmtree(root, ignore_errors=True)      # a million events take gigabytes
 
 
 def say(text: str) -> None:

@@ -251,6 +251,9 @@ def _gc_paused() -> Iterator[None]:
 
 
 Decoded = tuple[list[Msg], list[Event]]
+# How long JetStream waits for an ack before redelivering: messages a crashed replica held come back after
+# this. A live replica whose commit takes longer keeps its messages with `in_progress`.
+ACK_WAIT_S = 10.0
 
 
 class Follower:
@@ -282,7 +285,7 @@ class Follower:
         js = self.nc.jetstream(timeout=10)
         config = ConsumerConfig(
             durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30, max_ack_pending=max(20_000, self.batch * 4),
+            ack_wait=ACK_WAIT_S, max_ack_pending=max(20_000, self.batch * 4),
         )
         sub = await js.pull_subscribe_bind(self.durable, self.stream) if await _exists(js, self.stream, self.durable) \
             else await js.pull_subscribe("", durable=self.durable, stream=self.stream, config=config)
@@ -312,6 +315,25 @@ class Follower:
                 await out.put(await self._decode(msgs))
 
     async def _commit_until_done(self, msgs: list[Msg], events: list[Event]) -> None:
+        """Commit a batch, retrying with backoff; while it takes long (PostgreSQL down, a rebuild holding the
+        checkpoints) its messages are marked in progress so that JetStream does not redeliver them."""
+        attempt = asyncio.ensure_future(self._commit_retrying(msgs, events))
+        try:
+            while True:
+                done, _ = await asyncio.wait([attempt], timeout=ACK_WAIT_S / 2)
+                if done:
+                    attempt.result()
+                    return
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(BaseException):
+                    await attempt
+
+    async def _commit_retrying(self, msgs: list[Msg], events: list[Event]) -> None:
         backoff_s = 0.2
         while True:
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from libs.contracts import subjects
 from libs.contracts.codec import decoder, encode
 from libs.contracts.events import now
@@ -55,5 +57,9 @@ async def start(deps: Deps) -> None:
         on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
     deps.extra["follower"] = follower
+    # Ingest allocates tens of thousands of small objects per batch and makes no cycles: what start-up
+    # built is frozen out of the collector, and it runs less often (about a third of ingest CPU otherwise).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     deps.spawn(follower.run(), "usage-follower")
     await serve_subscriptions(deps, SUBSCRIPTIONS)

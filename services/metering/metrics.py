@@ -26,32 +26,26 @@ _FEMTO = 1e-15
 
 
 def observe_committed(appended: Sequence[Positioned], book: PriceBook | None) -> None:
-    """Count what one committed batch added to the log."""
-    tokens: dict[tuple[str, str], list[int]] = {}
-    calls: dict[tuple[str, str, str, str], int] = {}
-    femto: dict[tuple[str, str], int] = {}
-    embedding_femto: dict[str, int] = {}
+    """Count what one committed batch added to the log (grouped first: one label lookup per group)."""
+    groups: dict[tuple[str, str, str, bool, bool], list[int]] = {}
     for _, event in appended:
-        if not isinstance(event, UsageRecorded):
+        if type(event) is not UsageRecorded:
             continue
-        key = (event.tenant_id, event.model)
-        pair = tokens.setdefault(key, [0, 0])
-        pair[0] += event.input_tokens
-        pair[1] += event.output_tokens
-        call_key = (event.tenant_id, event.model, event.outcome, "true" if event.estimated else "false")
-        calls[call_key] = calls.get(call_key, 0) + 1
-        price = book.price(event.tenant_id, event.model) if book is not None else None
-        if price is not None:
-            cost = event.input_tokens * price[0] + event.output_tokens * price[1]
-            femto[key] = femto.get(key, 0) + cost
-            if "embed" in event.api:
-                embedding_femto[event.model] = embedding_femto.get(event.model, 0) + cost
-    for (tenant, model), (tokens_in, tokens_out) in tokens.items():
+        key = (event.tenant_id, event.model, event.outcome, event.estimated, "embed" in event.api)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [event.input_tokens, event.output_tokens, 1]
+        else:
+            group[0] += event.input_tokens
+            group[1] += event.output_tokens
+            group[2] += 1
+    for (tenant, model, outcome, estimated, embedding), (tokens_in, tokens_out, calls) in groups.items():
         TOKENS.labels(tenant, model, "input").inc(tokens_in)
         TOKENS.labels(tenant, model, "output").inc(tokens_out)
-    for labels, count in calls.items():
-        CALLS.labels(*labels).inc(count)
-    for (tenant, model), cost in femto.items():
-        COST.labels(tenant, model).inc(cost * _FEMTO)
-    for model, cost in embedding_femto.items():
-        EMBEDDING_COST.labels(model).inc(cost * _FEMTO)
+        CALLS.labels(tenant, model, outcome, "true" if estimated else "false").inc(calls)
+        price = book.price(tenant, model) if book is not None else None
+        if price is not None:
+            usd = (tokens_in * price[0] + tokens_out * price[1]) * _FEMTO
+            COST.labels(tenant, model).inc(usd)
+            if embedding:
+                EMBEDDING_COST.labels(model).inc(usd)
