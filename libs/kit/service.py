@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import structlog
-from litestar import Litestar, MediaType, Response, get
+from litestar import Litestar, Response, get
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -147,7 +146,6 @@ def run(target: str, settings: Settings, interface: str = "asgi") -> None:
     ).serve()
 
 
-_ = MediaType  # re-exported for services that build raw responses
 
 
 async def serve_subscriptions(

@@ -24,11 +24,9 @@ from typing import Any
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
+from libs.catalog.feed import Feed
 from libs.contracts import subjects
-from libs.contracts.codec import decode_events
 from libs.contracts.events import KeyIssued, ModelRegistered
 from libs.kit.settings import Settings
 from libs.contracts.quota import Limits
@@ -96,47 +94,17 @@ class LimitsFeed:
 
     def __init__(self) -> None:
         self.book = LimitsBook()
-        self.ready = asyncio.Event()
-        self._target = 0
-        self._seen: dict[str, None] = {}
-        self._sub: Any = None
+        self._feed = Feed(subjects.STREAM_LIMITS, self.book.apply)
 
     async def start(self, nc: NATS, timeout_s: float) -> None:
-        js = nc.jetstream(timeout=10)
-        info = await js.stream_info(subjects.STREAM_LIMITS)
-        self._target = info.state.last_seq
-        if info.state.messages == 0:
-            self.ready.set()
-        self._sub = await js.subscribe(">", stream=subjects.STREAM_LIMITS, ordered_consumer=True,
-                                       deliver_policy=DeliverPolicy.ALL, cb=self._on_message, idle_heartbeat=2.0)
-        await asyncio.wait_for(self.ready.wait(), timeout_s)
-
-    async def _on_message(self, msg: Msg) -> None:
-        try:
-            events = decode_events(msg.data)
-        except Exception:  # noqa: BLE001 — one bad message must not stop the feed
-            log.exception("quota.bad_limits_event", subject=msg.subject)
-            events = []
-        for event in events:
-            self.book.apply(event)
-            self._seen[str(event.event_id)] = None
-            if len(self._seen) > 1024:
-                del self._seen[next(iter(self._seen))]
-        if not self.ready.is_set() and msg.metadata.sequence.stream >= self._target:
-            self.ready.set()
+        await self._feed.start(nc, timeout_s)
 
     async def wait_for(self, event_id: str, timeout_s: float = 5.0) -> bool:
         """Wait until an event this gateway asked for is folded in (read-your-writes)."""
-        deadline = time.monotonic() + timeout_s
-        while event_id not in self._seen:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        return await self._feed.wait_for([event_id], timeout_s)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        await self._feed.stop()
 
 
 class QuotaClient:
