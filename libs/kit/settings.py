@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # quota
     quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
     quota_hold_s: float = 600.0           # a reservation never settled is released after this long
+    quota_timeout_s: float = 1.0          # a reservation Valkey has not answered by then lets the call through
     retries_per_endpoint: int = 1         # retries of one endpoint (5xx, 429) before falling back to the next
     retry_base_ms: float = 50.0           # backoff: base * 2**attempt, with jitter, at most retry_max_ms
     retry_max_ms: float = 1000.0

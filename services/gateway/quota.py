@@ -39,7 +39,6 @@ from libs.quotas.tokens import TokenEstimator
 from services.gateway.errors import GatewayError
 
 log = structlog.get_logger()
-RESERVE_TIMEOUT_S = 1.0
 SUGGESTED = 5
 
 
@@ -111,9 +110,9 @@ class QuotaClient:
     """Reserve before dispatch. `reserve` is the one awaited call on the hot path."""
 
     def __init__(self, state: Any, feed: LimitsFeed, valkey: Valkey, keys: Keys, estimator: TokenEstimator,
-                 hold_s: float) -> None:
+                 hold_s: float, timeout_s: float = 1.0) -> None:
         self.state, self.feed, self.valkey, self.keys = state, feed, valkey, keys
-        self.estimator, self.hold_s = estimator, hold_s
+        self.estimator, self.hold_s, self.timeout_s = estimator, hold_s, timeout_s
         self.unavailable = 0
         self._warned_at = 0.0
         self._plans: dict[tuple[str, str, str], tuple[int, float, list[Planned]]] = {}
@@ -125,7 +124,8 @@ class QuotaClient:
         await feed.start(nc, settings.connect_timeout_s)
         estimator = await asyncio.get_running_loop().run_in_executor(None, TokenEstimator)
         keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
-        return cls(state, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s)
+        return cls(state, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
+                   settings.quota_timeout_s)
 
     async def close(self) -> None:
         await self.feed.stop()
@@ -154,7 +154,7 @@ class QuotaClient:
         keys, args = reserve_call(self.keys, request_id, int((now + self.hold_s) * 1000),
                                   [item.counter for item in planned], {"t": prompt + output, "r": 1, "u": nanos})
         try:
-            async with asyncio.timeout(RESERVE_TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 result = await self.valkey.evalsha(RESERVE_SCRIPT.sha, RESERVE_SCRIPT.source, keys, args)
         except (ConnectionError, ValkeyError, TimeoutError) as exc:
             self._fail_open(exc, tenant_id)

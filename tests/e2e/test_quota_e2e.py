@@ -282,7 +282,10 @@ async def instances(demo: DemoStack, urls) -> Instances:
     nc = await natsio.connect(urls.nats_url, "quota-e2e", 10)
     state = LocalState()
     await state.start(nc, 10)
-    settings = Settings(nats_url=urls.nats_url, redis_url=urls.redis_url, database_url=demo.database_url)
+    # 200 calls at once in this one process keep its loop busy for a second or more: wait for Valkey
+    # rather than fail open, which is what this fixture's tests are not about.
+    settings = Settings(nats_url=urls.nats_url, redis_url=urls.redis_url, database_url=demo.database_url,
+                        quota_timeout_s=30.0)
     clients = [await QuotaClient.start(nc, settings, state) for _ in range(2)]
     publisher = UsagePublisher(nc, traversable_tempdir("switchyard-quota-spool-"))
     task = asyncio.ensure_future(publisher.run())
