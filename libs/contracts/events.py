@@ -76,6 +76,7 @@ class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
     ttfb_ms: float | None = None    # time to the first byte sent to the client
     overhead_ms: float = 0.0        # the gateway's own share of duration_ms
     requested_model: str = ""       # the name the client used (an alias, ":latest", or another model on fallback)
+    cache_hit: bool = False         # answered from the response cache: no endpoint, no tokens spent
 
     @property
     def identifier(self) -> str:

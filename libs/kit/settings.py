@@ -38,6 +38,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
     quota_hold_s: float = 600.0           # a reservation never settled is released after this long
     quota_timeout_s: float = 1.0          # a reservation Valkey has not answered by then lets the call through
+    # response cache (gateway)
+    cache: str = "off"                    # "off", "embeddings", or "all" (non-streamed chat and completions too)
+    cache_ttl_s: float = 3600.0           # how long an answer is kept
+    cache_max_bytes: int = 1024 * 1024    # larger answers are not kept
+    cache_timeout_s: float = 0.25         # a lookup Valkey has not answered by then is a miss
+    cache_prefix: str = ""                # Valkey key prefix of cached answers ("": sy:c:<database>:)
     retries_per_endpoint: int = 1         # retries of one endpoint (5xx, 429) before falling back to the next
     retry_base_ms: float = 50.0           # backoff: base * 2**attempt, with jitter, at most retry_max_ms
     retry_max_ms: float = 1000.0

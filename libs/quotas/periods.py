@@ -95,12 +95,12 @@ class Keys:
         return f"{self.prefix}r:{tenant_id}:{start}", start + RATE_WINDOW_S
 
 
-def key_prefix(quota_prefix: str, database_url: str) -> str:
-    """The configured prefix, else `sy:q:<database name>:`: the counters are a projection of one log, so
-    systems that share a Valkey but not a database keep apart."""
-    if quota_prefix:
-        return quota_prefix
-    return f"sy:q:{urlsplit(database_url).path.strip('/') or 'switchyard'}:"
+def key_prefix(configured: str, database_url: str, kind: str = "q") -> str:
+    """The configured prefix, else `sy:<kind>:<database name>:` (`q` quota counters, `c` cached answers):
+    the counters are a projection of one log, so systems that share a Valkey but not a database keep apart."""
+    if configured:
+        return configured
+    return f"sy:{kind}:{urlsplit(database_url).path.strip('/') or 'switchyard'}:"
 
 
 def field(measure: str, model_id: str | None = None, key_id: str | None = None) -> str:

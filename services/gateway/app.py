@@ -14,9 +14,12 @@ from libs.contracts.messages import ErrorBody
 from libs.kit.natsio import ServiceError
 from libs.kit.service import Deps, create_service_app, run
 from libs.kit.settings import Settings
+from libs.quotas.periods import key_prefix
+from libs.quotas.resp import Valkey
 from services.gateway import http1, metrics
 from services.gateway.admin import admin_router
 from services.gateway.auth import AuthConfig, configure as configure_auth
+from services.gateway.cache import MODES as CACHE_MODES, ResponseCache
 from services.gateway.circuits import Circuits
 from services.gateway.errors import GatewayError
 from services.gateway.localstate import LocalState
@@ -58,6 +61,8 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
     settings = settings or Settings.from_env()
     holder: list[GatewayRSGI] = []
+    if settings.cache not in CACHE_MODES:
+        raise SystemExit(f"SWITCHYARD_CACHE must be one of {', '.join(CACHE_MODES)}, not {settings.cache!r}")
     configure_auth(AuthConfig.from_settings(settings))      # single-user or multi-tenant (keys and JWTs)
 
     async def start(deps: Deps) -> None:
@@ -80,14 +85,20 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         metrics.watch_state(deps)                  # in-flight and breaker gauges, read at scrape time
         deps.extra["usage_stream"] = UsageHub(deps.nc, lambda: monitoring.inflight_counts(deps))   # SSE fan-out
         failover = Failover(router, pool, outcomes, settings)
+        cache = ResponseCache(Valkey(settings.redis_url), key_prefix(settings.cache_prefix, settings.database_url, "c"),
+                              settings.cache, settings.cache_ttl_s, settings.cache_max_bytes, settings.cache_timeout_s)
+        deps.extra["cache"] = cache
         holder[0].proxy = Proxy(state, router, failover, publisher, settings.max_body_bytes,
-                                quota=deps.extra.get("quota"))
+                                quota=deps.extra.get("quota"), cache=cache)
 
     async def stop(deps: Deps) -> None:
         holder[0].proxy = None
         quota: QuotaClient | None = deps.extra.get("quota")
         if quota is not None:
             await quota.close()
+        cache: ResponseCache | None = deps.extra.get("cache")
+        if cache is not None:
+            await cache.close()
         publisher: UsagePublisher | None = deps.extra.get("usage")
         if publisher is not None:
             await publisher.drain()

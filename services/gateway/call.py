@@ -27,7 +27,8 @@ class Call:
 
     __slots__ = ("api", "tenant_id", "key_id", "request", "started", "request_id", "endpoint", "model",
                  "upstream_model", "attempts", "outcome", "status", "input_tokens", "output_tokens",
-                 "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback", "door")
+                 "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback", "door",
+                 "cache_key", "cache_hit", "answer")
 
     def __init__(self, door: Any, tenant_id: str, key_id: str, request: InferenceRequest,
                  started: float, request_id: str, body_bytes: int) -> None:
@@ -46,6 +47,9 @@ class Call:
         self.first_byte = 0.0
         self.upstream_s = 0.0
         self.served_by_fallback = False
+        self.cache_key: str | None = None   # set when the response cache may keep this call's answer
+        self.cache_hit = False
+        self.answer: tuple[bytes, str] | None = None   # a 200 answer as sent (body, content type), for the cache
 
     def mark_first_byte(self) -> None:
         if not self.first_byte:
@@ -61,6 +65,8 @@ class Call:
         headers = [("x-request-id", self.request_id)]
         if self.served_by_fallback:
             headers.append(("x-switchyard-model", self.model))
+        if self.cache_key is not None:
+            headers.append(("x-switchyard-cache", "hit" if self.cache_hit else "miss"))
         return headers
 
     def usage_event(self) -> UsageRecorded:
@@ -75,5 +81,5 @@ class Call:
             provider_id=endpoint.provider_id if endpoint else "", upstream_model=self.upstream_model,
             attempts=self.attempts, duration_ms=duration * 1000,
             overhead_ms=max(0.0, duration - self.upstream_s) * 1000,
-            ttfb_ms=(self.first_byte - self.started) * 1000 if self.first_byte else None,
+            ttfb_ms=(self.first_byte - self.started) * 1000 if self.first_byte else None, cache_hit=self.cache_hit,
         )

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from libs.contracts.events import UsageRecorded
 
+EMBEDDING_APIS = frozenset({"openai.embeddings", "ollama.embed", "ollama.embeddings"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
 
@@ -26,6 +27,10 @@ EMBEDDING_REQUESTS = Counter("embedding_requests_total", "Embedding calls", ["mo
 EMBEDDING_DURATION = Histogram("embedding_request_duration_seconds", "Embedding call duration", ["model"],
                                buckets=_LATENCY_BUCKETS)
 EMBEDDING_TOKENS = Counter("embedding_tokens_total", "Embedding input tokens", ["model"])
+CACHE_REQUESTS = Counter("switchyard_cache_requests_total", "Response cache lookups", ["api", "model"])
+CACHE_HITS = Counter("switchyard_cache_hits_total", "Calls answered from the response cache", ["api", "model"])
+EMBEDDING_CACHE_HITS = Counter("embedding_cache_hits_total", "Embedding calls answered from the response cache",
+                               ["model"])
 INFLIGHT = Gauge("switchyard_inflight_calls", "Calls in flight in this gateway")
 USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events queued or spooled, not yet in JetStream")
 
@@ -45,6 +50,16 @@ def _tokens(model: str) -> tuple[Counter, Counter]:
     return TOKENS.labels(model, "input"), TOKENS.labels(model, "output")
 
 
+def count_cache_lookup(api: str, model: str) -> None:
+    CACHE_REQUESTS.labels(api, model).inc()
+
+
+def count_cache_hit(api: str, model: str) -> None:
+    CACHE_HITS.labels(api, model).inc()
+    if api in EMBEDDING_APIS:
+        EMBEDDING_CACHE_HITS.labels(model).inc()
+
+
 def count_request(api: str, status: int) -> None:
     _requests(api, status).inc()
 
@@ -60,7 +75,7 @@ def observe_call(event: UsageRecorded, duration_s: float, overhead_s: float) -> 
     tokens_out.inc(event.output_tokens)
     if event.stream and event.ttfb_ms is not None:
         TTFT.labels(event.model).observe(event.ttfb_ms / 1000)
-    if event.api == "openai.embeddings":
+    if event.api in EMBEDDING_APIS:
         EMBEDDING_REQUESTS.labels(event.model, str(event.status)).inc()
         EMBEDDING_DURATION.labels(event.model).observe(duration_s)
         EMBEDDING_TOKENS.labels(event.model).inc(event.input_tokens)

@@ -18,6 +18,7 @@ import msgspec
 
 from services.gateway import metrics
 from services.gateway.auth import authenticate
+from services.gateway.cache import CachedAnswer, ResponseCache, directives
 from services.gateway.call import Call, InferenceRequest
 from services.gateway.doors import APIS, Door, error_body_for
 from services.gateway.errors import BadRequest, GatewayError, PayloadTooLarge
@@ -31,9 +32,10 @@ class Proxy:
     """Serves the inference routes of both front doors."""
 
     def __init__(self, state: Any, router: Router, failover: Failover, usage: Any, max_body_bytes: int,
-                 quota: Any = None) -> None:
+                 quota: Any = None, cache: ResponseCache | None = None) -> None:
         self.state, self.router, self.failover, self.usage = state, router, failover, usage
         self.quota = quota              # services.gateway.quota.QuotaClient: reserve before dispatch
+        self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
         self.routes = APIS
 
@@ -50,6 +52,13 @@ class Proxy:
             request = _parse(body)
             door = Door(scope.path, request, body)
             model, routes = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+            cache_key = None
+            if self.cache is not None and self.cache.applies(door.api, request.stream):
+                cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, model.model_id, body)
+                if hit is not None:
+                    self._answer_from_cache(door, key, request, started, request_id, body, model, cache_key, hit,
+                                            proto)
+                    return
             if self.quota is not None:
                 served, _ = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=model,
                                                                  body=body)
@@ -62,11 +71,14 @@ class Proxy:
             return
         call = Call(door, key.tenant_id, key.key_id, request, started, request_id, len(body))
         call.served_by_fallback = quota_fallback
+        call.cache_key = cache_key
         try:
             error = await self.failover.serve(call, model, routes, body, proto)
             if error is not None:
                 call.outcome, call.status = "error", error.status
                 send_error(proto, error, door.error_body(error), call.response_headers())
+            elif call.answer is not None and cache_key is not None and not call.served_by_fallback:
+                self.cache.store(cache_key, CachedAnswer(*call.answer))  # type: ignore[union-attr]
         except ClientGone:
             call.outcome = "cancelled"
         except asyncio.CancelledError:
@@ -74,6 +86,26 @@ class Proxy:
             raise
         finally:
             self._finish(call)
+
+    async def _lookup(self, path: str, headers: Any, tenant_id: str, api: str, model_id: str,
+                      body: bytes) -> tuple[str | None, CachedAnswer | None]:
+        """The call's cache key (None: the client said `no-store`) and the answer kept under it, if any."""
+        assert self.cache is not None
+        read, write = directives(headers)
+        if not write:
+            return None, None
+        cache_key = self.cache.key(path, tenant_id, model_id, body)
+        return cache_key, await self.cache.lookup(cache_key, api, model_id) if read else None
+
+    def _answer_from_cache(self, door: Door, key: Any, request: InferenceRequest, started: float,
+                           request_id: str, body: bytes, model: Any, cache_key: str, hit: CachedAnswer,
+                           proto: Any) -> None:
+        """Replay a kept answer: no endpoint, no quota held, no tokens spent; still one usage event."""
+        call = Call(door, key.tenant_id, key.key_id, request, started, request_id, len(body))
+        call.model, call.status, call.cache_key, call.cache_hit = model.model_id, 200, cache_key, True
+        call.mark_first_byte()
+        proto.response_bytes(200, [("content-type", hit.content_type), *call.response_headers()], hit.body)
+        self._finish(call)
 
     async def _read_body(self, headers: Any, proto: Any) -> bytes:
         limit = self.max_body_bytes

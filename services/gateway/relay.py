@@ -102,6 +102,8 @@ async def _relay_body(call: Call, endpoint: EndpointRegistered, plan: Plan, resp
             call.estimate_tokens()
         if plan.answer is not None:
             data, content_type = plan.answer(data, call.request.model or ""), "application/json"
+        if call.cache_key is not None:
+            call.answer = (data, content_type)
     else:
         call.outcome = "error"
         if plan.error is not None:

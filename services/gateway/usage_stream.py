@@ -42,6 +42,7 @@ class LiveUsage(msgspec.Struct, frozen=True):
     input_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
+    cache_hit: bool = False
 
 
 _one = msgspec.json.Decoder(LiveUsage)
