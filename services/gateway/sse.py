@@ -35,8 +35,9 @@ class SseTap:
         if b'"usage":{' not in complete and b'"usage": {' not in complete and b"[DONE]" not in complete:
             self.content_events += complete.count(b'"content":"') + complete.count(b'"content": "') \
                 + complete.count(b'"text":"') + complete.count(b'"text": "')
-            return complete
-        return self._inspect(complete)
+            return complete if self.keep_usage else _without_null_usage(complete)
+        kept = self._inspect(complete)
+        return kept if self.keep_usage else _without_null_usage(kept)
 
     def _inspect(self, complete: bytes) -> bytes:
         kept: list[bytes] = []
@@ -75,3 +76,10 @@ class SseTap:
         if rest.strip() == b"data: [DONE]":
             self.done = True
         return rest
+
+
+def _without_null_usage(events: bytes) -> bytes:
+    """Drop the `"usage":null` a server adds to every chunk once usage was asked for, when the client did not ask."""
+    if b'"usage":null' not in events:
+        return events
+    return events.replace(b',"usage":null', b"").replace(b'"usage":null,', b"")

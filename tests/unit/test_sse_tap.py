@@ -51,3 +51,22 @@ def test_cut_stream_is_not_done() -> None:
     tap = SseTap(keep_usage=False)
     relay(tap, STREAM[: len(STREAM) // 2], 16)
     assert not tap.done and tap.usage is None and tap.content_events >= 1
+
+
+NULL_USAGE_STREAM = b"".join([
+    sse({"id": "c1", "choices": [{"delta": {"content": "Hi"}}], "usage": None}),
+    sse({"usage": None, "id": "c1", "choices": [{"delta": {}, "finish_reason": "stop"}]}),
+    sse({"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}),
+    sse(b"[DONE]"),
+])
+
+
+def test_null_usage_fields_are_dropped_unless_the_client_asked_for_usage() -> None:
+    for size in (5, 64, len(NULL_USAGE_STREAM)):
+        tap = SseTap(keep_usage=False)
+        out = relay(tap, NULL_USAGE_STREAM, size)
+        assert b'"usage"' not in out and tap.usage == (3, 1)
+        events = [json.loads(e[6:]) for e in out.split(b"\n\n") if e and e != b"data: [DONE]"]
+        assert [e["choices"] for e in events] == [[{"delta": {"content": "Hi"}}],
+                                                  [{"delta": {}, "finish_reason": "stop"}]]
+    assert relay(SseTap(keep_usage=True), NULL_USAGE_STREAM, 9) == NULL_USAGE_STREAM
