@@ -8,6 +8,7 @@ Register commands upsert by default; `mode="create"` refuses an existing resourc
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 
 from libs.catalog import rules
 from libs.catalog.state import KEY_PREFIX, Catalog, hash_key, key_id_of
@@ -102,6 +103,11 @@ def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.
 def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
     if command.tenant_id not in catalog.tenants:
         raise not_found("TENANT_NOT_FOUND", "Tenant", command.tenant_id, "tenant_id")
+    expires_at = command.expires_at
+    if expires_at is not None and (expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)) <= \
+            datetime.now(UTC):
+        raise invalid("VALIDATION_ERROR", f"expires_at {expires_at.isoformat()} is not in the future: "
+                      "the key would never work", "expires_at")
     if command.secret is not None:
         if len(command.secret) < 16:
             raise invalid("VALIDATION_ERROR", "a supplied key must be at least 16 characters", "secret")

@@ -168,3 +168,15 @@ def test_import_may_reference_what_the_registry_already_holds_and_twice_is_a_no_
            "tenants": [{"id": "beta", "models": [{"model": "qwen2.5", "default": True}]}]}
     assert len(run(catalog, m.ImportConfig(config=doc))) == 3
     assert run(catalog, m.ImportConfig(config=doc)) == []
+
+
+def test_a_key_that_would_already_be_expired_is_refused(catalog: Catalog) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    assert refused(catalog, m.IssueKey(tenant_id="acme", expires_at=past)) == (400, "VALIDATION_ERROR", "expires_at")
+    naive_past = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+    assert refused(catalog, m.IssueKey(tenant_id="acme", expires_at=naive_past))[2] == "expires_at"
+    future = datetime.now(UTC) + timedelta(days=1)
+    issued = run(catalog, m.IssueKey(tenant_id="acme", expires_at=future))
+    assert [type(e) for e in issued] == [ev.KeyIssued] and issued[0].expires_at == future
