@@ -38,6 +38,7 @@ class Stack:
     ready_timeout_s: float = 120.0
     stop_timeout_s: float = 60.0
     keep_data: bool = False
+    env: dict[str, str] = field(default_factory=dict)     # SWITCHYARD_* settings for every service
     data_dir: Path = field(init=False)
     port: int = field(init=False)
     command: list[str] = field(init=False)
@@ -73,7 +74,7 @@ class Stack:
         self.port = free_port()
         exe = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
         self.command = [exe, "up", "--demo", "--no-fsync", "--data-dir", str(self.data_dir), "--port", str(self.port)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}, **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
