@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from libs.kit import eventlog, logs, natsio
 from libs.kit.settings import Settings
 
+BEFORE_SCRAPE_TIMEOUT_S = 2.0    # each refresh before a scrape gets this long; a late one keeps its old figures
+
 
 @dataclass
 class Deps:
@@ -29,6 +31,7 @@ class Deps:
     pool: asyncpg.Pool | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    before_scrape: list[Callable[[], Awaitable[None]]] = field(default_factory=list)   # gauges read at scrape time
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run a background loop for the service's lifetime; a crash is logged and ends the process."""
@@ -86,6 +89,19 @@ async def close_deps(deps: Deps) -> None:
                 await asyncio.wait_for(deps.pool.close(), 5)
 
 
+async def refresh_before_scrape(deps: Deps) -> None:
+    """Run every `before_scrape` callback at once, each bounded by a timeout; a failure is logged, never raised."""
+
+    async def one(callback: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await asyncio.wait_for(callback(), BEFORE_SCRAPE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 — a scrape must not fail because one source is slow or down
+            deps.log.warning("metrics.refresh_failed", callback=getattr(callback, "__qualname__", repr(callback)),
+                             error=str(exc) or type(exc).__name__)
+
+    await asyncio.gather(*(one(callback) for callback in deps.before_scrape))
+
+
 def health_checks(deps: Deps) -> dict[str, bool]:
     checks = {"nats": bool(deps.nc and deps.nc.is_connected)}
     if deps.pool is not None:
@@ -124,8 +140,9 @@ def create_service_app(
         return Response({"status": "ok" if ok else "error", "service": name, "checks": checks},
                         status_code=200 if ok else 503)
 
-    @get("/metrics", sync_to_thread=False)
-    def metrics() -> Response[bytes]:
+    @get("/metrics")
+    async def metrics(request: Any) -> Response[bytes]:
+        await refresh_before_scrape(request.app.state.deps)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Litestar(

@@ -14,6 +14,7 @@ from libs.kit.service import Deps, serve_subscriptions
 from libs.quotas.periods import Keys, key_prefix
 from libs.quotas.scripts import EXPIRE_SCRIPT, RESERVE_SCRIPT, reserve_call
 from services.quota import views
+from services.quota.metrics import UsageRatios
 from services.quota.projection import CounterProjection, run_script
 from services.quota.store import LimitsStore
 
@@ -32,7 +33,9 @@ async def on_command(deps: Deps, data: bytes) -> bytes:
 async def on_query(deps: Deps, data: bytes) -> bytes:
     """Answer the limits, quotas and usage views."""
     query = _query.decode(data)
-    book = deps.extra["limits"].book
+    store: LimitsStore = deps.extra["limits"]
+    await store.catch_up()                 # limits another quota replica recorded
+    book = store.book
     client, keys = deps.extra["redis"], deps.extra["keys"]
     match query.kind:
         case "limits":
@@ -82,6 +85,7 @@ async def start(deps: Deps) -> None:
     await store.load()
     projection = CounterProjection(deps.pool, client, keys)
     deps.extra.update(redis=client, keys=keys, limits=store, projection=projection)
+    deps.before_scrape.append(UsageRatios(deps.pool, client, keys, store).refresh)
     deps.spawn(projection.run(), "quota-projection")
     deps.spawn(expire_holds(deps), "quota-expiry")
     await serve_subscriptions(deps, SUBSCRIPTIONS)

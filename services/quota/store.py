@@ -49,11 +49,21 @@ class LimitsStore:
                 await conn.execute("UPDATE projection_checkpoints SET position = 0 WHERE projection = $1", OUTBOX)
         await self.publish_pending()
 
+    async def catch_up(self) -> None:
+        """Fold what other replicas recorded since: views and gauges read the book right after."""
+        async with self.pool.acquire() as conn:
+            await self._refresh(conn)
+
     async def _refresh(self, conn: asyncpg.Connection) -> None:
         async for batch in eventlog.read_all(conn, self.position, TYPES):
             for position, event in batch:
-                self.book.apply(event)
-                self.position = position
+                self._fold(position, event)
+
+    def _fold(self, position: int, event: LimitsSet) -> None:
+        """Apply in log order only: a concurrent catch-up may hand over an event already passed."""
+        if position > self.position:
+            self.book.apply(event)
+            self.position = position
 
     async def set_limits(self, command: SetLimits) -> SetLimitsReply:
         """Merge an update into the current limits; record a LimitsSet unless nothing changed."""
@@ -73,8 +83,7 @@ class LimitsStore:
                 event = LimitsSet(tenant_id=command.tenant_id, model_id=command.model_id, limits=new)
                 appended = await eventlog.append(conn, [event])
             for position, folded in appended:
-                self.book.apply(folded)
-                self.position = max(self.position, position)
+                self._fold(position, folded)
         await self.publish_pending()
         log.info("quota.limits_set", tenant=command.tenant_id, model=command.model_id or None)
         return SetLimitsReply(limits=new, event=event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import redis.asyncio as redis
@@ -11,43 +12,58 @@ from libs.contracts.quota import (
 )
 from libs.quotas.limits import NO_LIMITS, LimitsBook
 from libs.quotas.periods import NANOS_PER_USD, Keys, iso_utc, period_bounds, zone
-from libs.quotas.plan import Estimate, plan
+from libs.quotas.plan import Estimate, Planned, plan
 
 
 def limits(book: LimitsBook, query: QuotaQuery) -> LimitsReply:
     return LimitsReply(query.tenant_id, book.tenant(query.tenant_id), dict(book.models.get(query.tenant_id, {})))
 
 
-async def quotas(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
-                 now: datetime | None = None) -> QuotasReply:
-    """Every limit of the tenant and of its models, with the counter behind it (reservations included)."""
-    now = now or datetime.now(UTC)
-    tenant = query.tenant_id
+def planned(book: LimitsBook, keys: Keys, tenant: str, key_id: str, now: datetime) -> list[Planned]:
+    """The counters behind every limit of a tenant and of its models; per-key rate limits only for a key."""
     timezone = book.timezone(tenant)
-    scopes = [(None, book.tenant(tenant))]
-    scopes += sorted(book.models.get(tenant, {}).items())
-    planned = []
+    scopes = [(None, book.tenant(tenant)), *sorted(book.models.get(tenant, {}).items())]
+    out = []
     for model_id, model_limits in scopes:
         pair = (model_limits, NO_LIMITS) if model_id is None else (NO_LIMITS, model_limits)
-        for item in plan(keys, pair, timezone, tenant, query.key_id or "", model_id or "", now, Estimate(0, 0)):
-            if query.key_id or not item.quota_type.startswith("key_"):
-                planned.append(item)
+        for item in plan(keys, pair, timezone, tenant, key_id, model_id or "", now, Estimate(0, 0)):
+            if key_id or not item.quota_type.startswith("key_"):
+                out.append(item)
+    return out
+
+
+async def read_counters(client: redis.Redis, items: Sequence[Planned]) -> list[int]:
+    """The value of each planned counter (reservations included), in one pipeline."""
     async with client.pipeline(transaction=False) as pipe:
-        for item in planned:
+        for item in items:
             pipe.hget(item.counter.key, item.counter.field)
         values = await pipe.execute()
-    statuses = []
-    for item, raw in zip(planned, values):
-        used, limit = int(raw or 0), item.counter.limit
+    return [int(raw or 0) for raw in values]
+
+
+def statuses(book: LimitsBook, tenant: str, items: Sequence[Planned], values: Iterable[int]) -> list[QuotaStatus]:
+    """Each limit with its use, from the planned counters and their values (budgets in USD)."""
+    out = []
+    for item, used in zip(items, values, strict=True):
+        limit = item.counter.limit
         if item.quota_type == "budget":
             used_shown, limit_shown = used / NANOS_PER_USD, limit / NANOS_PER_USD
         else:
             used_shown, limit_shown = used, limit
         period = "minute" if item.rate else {"daily": "day", "monthly": "month", "requests": "month"}.get(
             item.quota_type, (book.model(tenant, item.model_id) if item.model_id else book.tenant(tenant)).budget_period)
-        statuses.append(QuotaStatus(item.quota_type, item.model_id, limit_shown, used_shown,
-                                    max(0, limit_shown - used_shown), period, iso_utc(item.reset)))
-    return QuotasReply(tenant, timezone, statuses)
+        out.append(QuotaStatus(item.quota_type, item.model_id, limit_shown, used_shown,
+                               max(0, limit_shown - used_shown), period, iso_utc(item.reset)))
+    return out
+
+
+async def quotas(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
+                 now: datetime | None = None) -> QuotasReply:
+    """Every limit of the tenant and of its models, with the counter behind it (reservations included)."""
+    tenant = query.tenant_id
+    items = planned(book, keys, tenant, query.key_id or "", now or datetime.now(UTC))
+    values = await read_counters(client, items)
+    return QuotasReply(tenant, book.timezone(tenant), statuses(book, tenant, items, values))
 
 
 def _figures(values: dict[str, int], suffix: str) -> dict[str, int | float]:
