@@ -9,7 +9,10 @@ process, then runs two phases:
 - backlog: N events are published while metering is stopped; metering is started and the
   rate is measured from its first to its last commit (the drain rate);
 - sustained: events are published at a fixed rate for a while, batched per tenant every 50 ms
-  like the gateway's publisher; metering must keep up (lag bounded, every event committed).
+  like the gateway's publisher (the messages are encoded before the clock starts, so that the load
+  generator takes as little of the shared cores as it can); metering must keep up (lag bounded,
+  every event committed). `steady_committed_per_s` is the slope of events committed over time
+  from a quarter into the run; `lag_each_second` shows whether the lag stays bounded.
 
 Finally the log must hold exactly one row per event and the projections must equal their totals.
 """
@@ -71,12 +74,19 @@ def by_tenant(events: list[UsageRecorded]) -> list[list[UsageRecorded]]:
     return [g[i:i + MAX_BATCH] for g in groups.values() for i in range(0, len(g), MAX_BATCH)]
 
 
-async def publish(js: object, events: list[UsageRecorded]) -> int:
-    futures = []
-    for batch in by_tenant(events):
-        futures.append(await js.publish_async(  # type: ignore[attr-defined]
-            subject_of(batch[0]), encode_batch(batch),
-            headers={subjects.MSG_ID_HEADER: f"{batch[0].event_id}+{len(batch)}"}))
+Message = tuple[str, bytes, dict[str, str]]       # subject, body, headers
+
+
+def messages(events: list[UsageRecorded]) -> list[Message]:
+    """The JetStream messages a gateway would publish for these events (encoded ahead of the clock)."""
+    return [(subject_of(batch[0]), encode_batch(batch), {subjects.MSG_ID_HEADER: f"{batch[0].event_id}+{len(batch)}"})
+            for batch in by_tenant(events)]
+
+
+async def publish(js: object, events: list[UsageRecorded] | list[Message]) -> int:
+    ready = events if events and isinstance(events[0], tuple) else messages(events)  # type: ignore[arg-type]
+    futures = [await js.publish_async(subject, body, headers=headers)  # type: ignore[attr-defined]
+               for subject, body, headers in ready]
     await asyncio.gather(*futures)
     return len(futures)
 
@@ -139,7 +149,8 @@ async def backlog_phase(js: object, conn: asyncpg.Connection, metering: Metering
 
 
 class CpuMeter:
-    """CPU seconds used from now on by the metering process (and its granian worker), PostgreSQL and NATS."""
+    """CPU seconds used from now on by the metering process (and its granian worker), PostgreSQL, NATS and
+    this benchmark, which plays the gateways publishing usage."""
 
     def __init__(self, metering: Metering) -> None:
         assert metering.proc is not None
@@ -152,7 +163,8 @@ class CpuMeter:
             if proc.info["name"] in by_name:
                 by_name[proc.info["name"]].append(proc)
         metering = [self.root, *self.root.children(recursive=True)]
-        return {"metering": metering, "postgres": by_name["postgres"], "nats": by_name["nats-server"]}
+        return {"metering": metering, "postgres": by_name["postgres"], "nats": by_name["nats-server"],
+                "publisher": [psutil.Process()]}        # this process: the gateways' share, played here
 
     def _now(self) -> dict[str, dict[int, float]]:
         out: dict[str, dict[int, float]] = {}
@@ -176,23 +188,46 @@ class CpuMeter:
 async def sustained_phase(js: object, conn: asyncpg.Connection, metering: Metering, rate: float, seconds: float,
                           seed: int) -> dict:
     n = int(rate * seconds)
-    cpu = CpuMeter(metering)
-    events = list(usage_events(n, datetime.now(UTC), seconds, seed))
-    before = await committed(conn)
     per_tick = max(1, int(rate * LINGER_S))
+    events = list(usage_events(n, datetime.now(UTC), seconds, seed))
+    ticks = [messages(events[i:i + per_tick]) for i in range(0, n, per_tick)]   # the gateways' encoding, done now
+    del events
+    before = await committed(conn)
+    cpu = CpuMeter(metering)
     started = time.perf_counter()
     lags: list[int] = []
-    for i in range(0, n, per_tick):
-        await publish(js, events[i:i + per_tick])
+    seen: list[tuple[float, int]] = []          # (time, events committed) once a second while publishing
+    vacuuming: list[int] = []                   # autovacuum workers at work, once a second
+    for tick, i in enumerate(range(0, n, per_tick)):
+        await publish(js, ticks[tick])
         due = started + (i + per_tick) / rate
         if i % (per_tick * 20) == 0:
-            lags.append(before + i - await committed(conn))
+            done = await committed(conn) - before
+            seen.append((time.perf_counter(), done))
+            lags.append(i - done)
+            vacuuming.append(await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"))
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
     publish_s = time.perf_counter() - started
     _, last = await wait_commits(conn, before + n, 120)
+    # Steady state: the commit rate from a quarter into the run to its end, past the pipeline's fill
+    # (lingering batches make the first commits and the last ones trail the publishing by a second or two).
     return {"events": n, "target_per_s": rate, "published_per_s": round(n / publish_s),
+            "steady_committed_per_s": slope(seen[len(seen) // 4:]),
             "committed_per_s": round(n / (last - started)), "caught_up_after_s": round(last - started - publish_s, 2),
-            "max_lag_events": max(lags, default=0), "cpu_us_per_event": cpu.per(n)}
+            "max_lag_events": max(lags, default=0), "lag_each_second": lags,
+            "autovacuum_workers_each_second": vacuuming, "cpu_us_per_event": cpu.per(n)}
+
+
+def slope(points: list[tuple[float, int]]) -> int | None:
+    """Events per second: the least-squares slope of events committed over time (batches commit in steps)."""
+    if len(points) < 3:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_c = sum(c for _, c in points) / len(points)
+    num = sum((t - mean_t) * (c - mean_c) for t, c in points)
+    den = sum((t - mean_t) ** 2 for t, _ in points)
+    return round(num / den) if den else None
 
 
 async def check(conn: asyncpg.Connection, expected: int) -> dict:
@@ -203,8 +238,12 @@ async def check(conn: asyncpg.Connection, expected: int) -> dict:
     minutes = await conn.fetchval("SELECT sum(calls)::bigint FROM usage_minutes")
     cost_calls = await conn.fetchval("SELECT sum(calls)::bigint FROM usage_cost")
     ok = rows == distinct == expected == calls == minutes == cost_calls
+    vacuums = {r["relname"]: (r["autovacuum_count"], r["autoanalyze_count"]) for r in await conn.fetch(
+        "SELECT relname, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables"
+        " WHERE autovacuum_count + autoanalyze_count > 0 ORDER BY relname")}
     return {"rows": rows, "distinct_request_ids": distinct, "token_counts_calls": calls,
-            "series_calls": minutes, "cost_calls": cost_calls, "exact": ok}
+            "series_calls": minutes, "cost_calls": cost_calls, "exact": ok,
+            "autovacuum_autoanalyze_runs": vacuums}
 
 
 async def main(args: argparse.Namespace) -> int:

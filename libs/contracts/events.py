@@ -8,6 +8,8 @@ upcast in `codec.UPCASTS`.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Literal
@@ -24,8 +26,18 @@ AttemptOutcome = Literal["ok", "refused", "timeout", "http_5xx", "http_429", "ht
 
 
 def new_id() -> uuid.UUID:
-    """A fresh event id."""
-    return uuid.uuid4()
+    """A fresh event id: a version 7 UUID (RFC 9562), unix milliseconds first, then 74 random bits.
+
+    Ids that grow with time keep the log's unique index appending at its right edge: random ids
+    touch a random page of it on every insert, which turns into random I/O once the index
+    outgrows memory and into a burst of full-page WAL images after every checkpoint.
+    """
+    rand = int.from_bytes(os.urandom(10), "big")
+    return uuid.UUID(int=(time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
+                     | 0x2 << 62 | rand & _LOW_62)
+
+
+_LOW_62 = (1 << 62) - 1
 
 
 def now() -> datetime:

@@ -67,34 +67,39 @@ FROM (SELECT currval(pg_get_serial_sequence('events', 'position')) AS last) AS s
 """
 
 
-async def append(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Positioned]:
+class Prepared:
+    """A batch made ready to append: de-duplicated by event id, its rows built. Building the rows is the
+    Python share of an append; a caller with a transaction in flight can prepare the next batch meanwhile."""
+
+    __slots__ = ("by_id", "records")
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        self.by_id: dict[object, Event] = {}
+        for event in events:
+            self.by_id.setdefault(event.event_id, event)
+        self.records = [(e.event_id, event_type(e), e.tenant, e.occurred_at, _encode(e).decode())
+                        for e in self.by_id.values()]
+
+
+async def append(conn: asyncpg.Connection, events: Sequence[Event] | Prepared) -> list[Positioned]:
     """Append events inside the caller's transaction; return the new ones with their positions.
 
     An event already in the log (a redelivery) is skipped and not returned.
     """
-    if not events:
+    batch = events if isinstance(events, Prepared) else Prepared(events)
+    if not batch.by_id:
         return []
     await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-    by_id: dict[object, Event] = {}
-    for event in events:
-        by_id.setdefault(event.event_id, event)
-    if len(by_id) >= COPY_FROM:
-        return await _copy(conn, by_id)
-    unique = list(by_id.values())
-    rows = await conn.fetch(
-        _APPEND_SQL,
-        [e.event_id for e in unique],
-        [event_type(e) for e in unique],
-        [e.tenant for e in unique],
-        [e.occurred_at for e in unique],
-        [_encode(e).decode() for e in unique],
-    )
+    if len(batch.records) >= COPY_FROM:
+        return await _copy(conn, batch.by_id, batch.records)
+    by_id = batch.by_id
+    rows = await conn.fetch(_APPEND_SQL, *(list(column) for column in zip(*batch.records)))
     appended = [(row["position"], by_id[row["event_id"]]) for row in rows]
     appended.sort(key=lambda pair: pair[0])
     return appended
 
 
-async def _copy(conn: asyncpg.Connection, by_id: dict[object, Event]) -> list[Positioned]:
+async def _copy(conn: asyncpg.Connection, by_id: dict[object, Event], records: list[tuple]) -> list[Positioned]:
     """COPY the events not yet in the log straight into it.
 
     Most batches hold no event the log has: they are copied in optimistically; if
@@ -104,26 +109,24 @@ async def _copy(conn: asyncpg.Connection, by_id: dict[object, Event]) -> list[Po
     ending at `currval`. That is checked (the first row must sit at the first of
     those positions); if it ever does not hold, positions are read back by id.
     """
-    records = [(e.event_id, event_type(e), e.tenant, e.occurred_at, _encode(e).decode()) for e in by_id.values()]
     try:
         async with conn.transaction():          # a savepoint: a redelivered batch fails as a whole, cheaply
             await conn.copy_records_to_table("events", columns=_COLUMNS, records=records)
     except asyncpg.UniqueViolationError:
-        known = await conn.fetch("SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", list(by_id))
-        for row in known:
-            del by_id[row["event_id"]]
-        if not by_id:
+        known = {row["event_id"] for row in await conn.fetch(
+            "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", list(by_id))}
+        if len(known) == len(by_id):
             return []
-        records = [r for r in records if r[0] in by_id]
-        await conn.copy_records_to_table("events", columns=_COLUMNS, records=records)
+        by_id = {event_id: event for event_id, event in by_id.items() if event_id not in known}
+        await conn.copy_records_to_table("events", columns=_COLUMNS, records=[r for r in records if r[0] in by_id])
     new = list(by_id.values())
     row = await conn.fetchrow(_COPIED_SQL, len(new))
     if row["first_id"] == new[0].event_id:
         first = row["last"] - len(new) + 1
         return list(zip(range(first, first + len(new)), new))
-    rows = await conn.fetch("SELECT position, event_id FROM events WHERE event_id = ANY($1::uuid[])"
-                            " ORDER BY position", list(by_id))
-    return [(r["position"], by_id[r["event_id"]]) for r in rows]
+    found = await conn.fetch("SELECT position, event_id FROM events WHERE event_id = ANY($1::uuid[])"
+                             " ORDER BY position", list(by_id))
+    return [(r["position"], by_id[r["event_id"]]) for r in found]
 
 
 async def read(

@@ -250,7 +250,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-Decoded = tuple[list[Msg], list[Event]]
+Decoded = tuple[list[Msg], eventlog.Prepared]
 # How long JetStream waits for an ack before redelivering: messages a crashed replica held come back after
 # this. A live replica whose commit takes longer keeps its messages with `in_progress`.
 ACK_WAIT_S = 10.0
@@ -294,8 +294,8 @@ class Follower:
                    asyncio.ensure_future(self._watch_lag(js))]
         try:
             while True:
-                msgs, events = await fetched.get()
-                await self._commit_until_done(msgs, events)
+                msgs, batch = await fetched.get()
+                await self._commit_until_done(msgs, batch)
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -314,10 +314,10 @@ class Follower:
             if msgs:
                 await out.put(await self._decode(msgs))
 
-    async def _commit_until_done(self, msgs: list[Msg], events: list[Event]) -> None:
+    async def _commit_until_done(self, msgs: list[Msg], batch: eventlog.Prepared) -> None:
         """Commit a batch, retrying with backoff; while it takes long (PostgreSQL down, a rebuild holding the
         checkpoints) its messages are marked in progress so that JetStream does not redeliver them."""
-        attempt = asyncio.ensure_future(self._commit_retrying(msgs, events))
+        attempt = asyncio.ensure_future(self._commit_retrying(msgs, batch))
         try:
             while True:
                 done, _ = await asyncio.wait([attempt], timeout=ACK_WAIT_S / 2)
@@ -333,11 +333,11 @@ class Follower:
                 with contextlib.suppress(BaseException):
                     await attempt
 
-    async def _commit_retrying(self, msgs: list[Msg], events: list[Event]) -> None:
+    async def _commit_retrying(self, msgs: list[Msg], batch: eventlog.Prepared) -> None:
         backoff_s = 0.2
         while True:
             try:
-                await self._commit(msgs, events)
+                await self._commit(msgs, batch)
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
                 log.warning("follower.commit_failed", stream=self.stream, error=str(exc) or type(exc).__name__)
@@ -364,6 +364,7 @@ class Follower:
         return msgs
 
     async def _decode(self, msgs: list[Msg]) -> Decoded:
+        """Decode a fetched batch and prepare its append (the per-event work), while the last one commits."""
         events: list[Event] = []
         good: list[Msg] = []
         for msg in msgs:
@@ -373,17 +374,17 @@ class Follower:
             except Exception:  # noqa: BLE001 — a poison message must not block the stream
                 log.error("follower.undecodable", subject=msg.subject, size=len(msg.data))
                 await msg.term()
-        return good, events
+        return good, eventlog.Prepared(events)
 
     async def ingest(self, msgs: list[Msg]) -> list[Positioned]:
         """Append one fetched batch and advance the projections in one transaction, then ack."""
-        good, events = await self._decode(msgs)
-        return await self._commit(good, events)
+        good, batch = await self._decode(msgs)
+        return await self._commit(good, batch)
 
-    async def _commit(self, msgs: list[Msg], events: list[Event]) -> list[Positioned]:
+    async def _commit(self, msgs: list[Msg], batch: eventlog.Prepared) -> list[Positioned]:
         started = time.perf_counter()
         async with self.pool.acquire() as conn, conn.transaction():
-            appended = await eventlog.append(conn, events)
+            appended = await eventlog.append(conn, batch)
             for projection in self.projections:
                 await advance(conn, projection, appended)
         for msg in msgs:

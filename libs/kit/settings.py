@@ -63,7 +63,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     breaker_successes: int = 2            # successful trials that close it
     leader_ttl_s: float = 5.0             # the probing router's lease
     # metering
-    ingest_batch: int = 200                # JetStream messages per transaction (each may hold many events)
+    ingest_batch: int = 1000               # JetStream messages per transaction at most (each may hold many events)
+    ingest_linger_s: float = 0.25          # how long a batch waits for more messages after its first
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -53,7 +53,7 @@ async def start(deps: Deps) -> None:
     cost: UsageCost = PROJECTIONS["usage_cost"]  # type: ignore[assignment]
     follower = Follower(
         deps.nc, deps.pool, subjects.STREAM_USAGE, subjects.CONSUMER_METERING,
-        list(PROJECTIONS.values()), batch=deps.settings.ingest_batch,
+        list(PROJECTIONS.values()), batch=deps.settings.ingest_batch, linger_s=deps.settings.ingest_linger_s,
         on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
     deps.extra["follower"] = follower

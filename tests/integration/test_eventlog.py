@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 import asyncpg
+import msgspec
 import pytest
 
 from libs.contracts.events import TenantCreated, UsageRecorded
@@ -82,3 +84,27 @@ async def test_concurrent_appenders_commit_in_position_order(pool: asyncpg.Pool)
         assert all(p > max(earlier, default=0) for p in later - earlier)
     async with pool.acquire() as conn:
         assert await eventlog.count(conn) == 60
+
+
+async def test_a_copied_batch_keeps_every_byte_and_skips_what_the_log_has(pool: asyncpg.Pool) -> None:
+    """Batches of COPY_FROM events or more go in through COPY, skipping what a redelivery repeats; payloads keep every byte."""
+    from datetime import datetime
+
+    awkward = ["tab\there", "new\nline", "back\\slash \\N", "cr\r", 'quote " and \\t', "ünïcödé ✓"]
+    events = [UsageRecorded(request_id=f"r{i} {awkward[i % len(awkward)]}", tenant_id=f"t\\{i % 3}", key_id="k",
+                            model="m", api="openai.chat", outcome="ok", status=200, input_tokens=i)
+              for i in range(eventlog.COPY_FROM * 2)]
+    events[5] = msgspec.structs.replace(events[5], occurred_at=datetime(2026, 1, 2, 3, 4, 5, 6))  # naive: UTC
+    half = eventlog.COPY_FROM
+    async with pool.acquire() as conn, conn.transaction():
+        first = await eventlog.append(conn, events[:half])
+    async with pool.acquire() as conn, conn.transaction():
+        second = await eventlog.append(conn, events)                  # a redelivery holding the first half
+    assert [e for _, e in first] == events[:half] and [e for _, e in second] == events[half:]
+    async with pool.acquire() as conn:
+        stored = await eventlog.read(conn, 0, limit=10_000)
+        rows = await conn.fetch("SELECT position, tenant, occurred_at FROM events ORDER BY position")
+    assert [e for _, e in stored] == events
+    assert [p for p, _ in first + second] == [r["position"] for r in rows]
+    assert [r["tenant"] for r in rows] == [e.tenant_id for e in events]
+    assert rows[5]["occurred_at"] == datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)

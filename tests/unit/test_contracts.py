@@ -116,3 +116,15 @@ def test_a_message_may_carry_one_event_or_a_batch() -> None:
                                           api="openai.chat", outcome="error", status=502)]
     assert codec.decode_events(codec.encode_batch(batch)) == batch
     assert codec.decode_events(codec.encode(SAMPLES[2])) == [SAMPLES[2]]
+
+
+def test_event_ids_are_version_7_uuids_that_grow_with_time() -> None:
+    import time
+
+    first = ev.new_id()
+    time.sleep(0.002)
+    later = [ev.new_id() for _ in range(1000)]
+    assert first.version == 7 and first.variant == "specified in RFC 4122"
+    assert all(first < other for other in later)                  # a later millisecond sorts after
+    assert abs((first.int >> 80) - time.time() * 1000) < 5_000    # the first 48 bits are unix milliseconds
+    assert len({*later, first}) == 1001
