@@ -83,8 +83,7 @@ def messages(events: list[UsageRecorded]) -> list[Message]:
             for batch in by_tenant(events)]
 
 
-async def publish(js: object, events: list[UsageRecorded] | list[Message]) -> int:
-    ready = events if events and isinstance(events[0], tuple) else messages(events)  # type: ignore[arg-type]
+async def publish(js: object, ready: list[Message]) -> int:
     futures = [await js.publish_async(subject, body, headers=headers)  # type: ignore[attr-defined]
                for subject, body, headers in ready]
     await asyncio.gather(*futures)
@@ -138,7 +137,7 @@ async def backlog_phase(js: object, conn: asyncpg.Connection, metering: Metering
     before = await committed(conn)
     started = time.perf_counter()
     for i in range(0, n, 20_000):
-        await publish(js, events[i:i + 20_000])
+        await publish(js, messages(events[i:i + 20_000]))
     published_s = time.perf_counter() - started
     metering.start()
     cpu = CpuMeter(metering)

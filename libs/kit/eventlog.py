@@ -7,7 +7,7 @@ an event committed later with a smaller position.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib import resources
 
 import asyncpg
@@ -157,6 +157,27 @@ async def read_all(
             return
         yield batch
         after = batch[-1][0]
+
+
+class LogFold:
+    """An in-memory fold of some event types, kept current from the log: each event applies once, in log
+    order, whether it arrives by `catch_up` or from the caller's own append (a concurrent catch-up may hand
+    over an event already passed: it is skipped)."""
+
+    def __init__(self, types: Iterable[str], apply: Callable[[Event], object]) -> None:
+        self.types, self.apply = frozenset(types), apply
+        self.position = 0
+
+    async def catch_up(self, conn: asyncpg.Connection) -> None:
+        """Fold what the log holds past this fold's position."""
+        async for batch in read_all(conn, self.position, self.types):
+            for position, event in batch:
+                self.fold(position, event)
+
+    def fold(self, position: int, event: Event) -> None:
+        if position > self.position:
+            self.apply(event)
+            self.position = position
 
 
 async def read_rows(

@@ -19,7 +19,7 @@ from libs.quotas.resp import Valkey
 from services.gateway import http1, metrics
 from services.gateway.admin import admin_router
 from services.gateway.auth import AuthConfig, configure as configure_auth
-from services.gateway.cache import MODES as CACHE_MODES, ResponseCache
+from services.gateway.cache import ResponseCache
 from services.gateway.circuits import Circuits
 from services.gateway.errors import GatewayError
 from services.gateway.localstate import LocalState
@@ -61,8 +61,11 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
     settings = settings or Settings.from_env()
     holder: list[GatewayRSGI] = []
-    if settings.cache not in CACHE_MODES:
-        raise SystemExit(f"SWITCHYARD_CACHE must be one of {', '.join(CACHE_MODES)}, not {settings.cache!r}")
+    try:                                         # the response cache: a bad mode stops the gateway at once
+        cache = ResponseCache(Valkey(settings.redis_url), key_prefix(settings.cache_prefix, settings.database_url, "c"),
+                              settings.cache, settings.cache_ttl_s, settings.cache_max_bytes, settings.cache_timeout_s)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     configure_auth(AuthConfig.from_settings(settings))      # single-user or multi-tenant (keys and JWTs)
 
     async def start(deps: Deps) -> None:
@@ -85,8 +88,6 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         metrics.watch_state(deps)                  # in-flight and breaker gauges, read at scrape time
         deps.extra["usage_stream"] = UsageHub(deps.nc, lambda: monitoring.inflight_counts(deps))   # SSE fan-out
         failover = Failover(router, pool, outcomes, settings)
-        cache = ResponseCache(Valkey(settings.redis_url), key_prefix(settings.cache_prefix, settings.database_url, "c"),
-                              settings.cache, settings.cache_ttl_s, settings.cache_max_bytes, settings.cache_timeout_s)
         deps.extra["cache"] = cache
         holder[0].proxy = Proxy(state, router, failover, publisher, settings.max_body_bytes,
                                 quota=deps.extra.get("quota"), cache=cache)

@@ -68,14 +68,15 @@ class UsageRatios:
     def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: Keys, store: LimitsStore) -> None:
         self.pool, self.client, self.keys, self.store = pool, client, keys, store
         self.registry = Catalog()          # models and tenants only (REGISTRY_TYPES)
-        self.position = 0
+        self._registry_log = eventlog.LogFold(REGISTRY_TYPES, self.registry.apply)
         self.shown: dict[Gauge, set[Labels]] = {QUOTA_USAGE: set(), EMBEDDING_QUOTA_USAGE: set()}
         self._lock = asyncio.Lock()        # one refresh at a time: the fold and the gauges move in order
 
     async def refresh(self) -> None:
         """Catch up with the registry, read every tenant's counters in one pipeline, and set the gauges."""
         async with self._lock:
-            await self._catch_up()
+            async with self.pool.acquire() as conn:
+                await self._registry_log.catch_up(conn)
             await self.store.catch_up()
             book = self.store.book
             now = datetime.now(UTC)
@@ -89,13 +90,6 @@ class UsageRatios:
             kinds = {model_id: model.kind for model_id, model in self.registry.models.items()}
             for gauge, series in zip((QUOTA_USAGE, EMBEDDING_QUOTA_USAGE), usage_ratios(statuses, kinds), strict=True):
                 self._show(gauge, series)
-
-    async def _catch_up(self) -> None:
-        async with self.pool.acquire() as conn:
-            async for batch in eventlog.read_all(conn, self.position, REGISTRY_TYPES):
-                for position, event in batch:
-                    self.registry.apply(event)
-                    self.position = position
 
     def _show(self, gauge: Gauge, series: dict[Labels, float]) -> None:
         """Set the series, and remove those this refresher showed that are gone (a limit or tenant removed)."""

@@ -33,13 +33,13 @@ class LimitsStore:
     def __init__(self, pool: asyncpg.Pool, nc: NATS) -> None:
         self.pool, self.nc = pool, nc
         self.book = LimitsBook()
-        self.position = 0
+        self.limits = eventlog.LogFold(TYPES, self.book.apply)
         self._publish_lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Fold every LimitsSet in the log; republish them all if the stream lost any."""
         async with self.pool.acquire() as conn:
-            await self._refresh(conn)
+            await self.limits.catch_up(conn)
             js = self.nc.jetstream(timeout=5)
             info = await js.stream_info(subjects.STREAM_LIMITS)
             in_log = await eventlog.count(conn, subjects.LIMITS_SET)
@@ -52,25 +52,14 @@ class LimitsStore:
     async def catch_up(self) -> None:
         """Fold what other replicas recorded since: views and gauges read the book right after."""
         async with self.pool.acquire() as conn:
-            await self._refresh(conn)
-
-    async def _refresh(self, conn: asyncpg.Connection) -> None:
-        async for batch in eventlog.read_all(conn, self.position, TYPES):
-            for position, event in batch:
-                self._fold(position, event)
-
-    def _fold(self, position: int, event: LimitsSet) -> None:
-        """Apply in log order only: a concurrent catch-up may hand over an event already passed."""
-        if position > self.position:
-            self.book.apply(event)
-            self.position = position
+            await self.limits.catch_up(conn)
 
     async def set_limits(self, command: SetLimits) -> SetLimitsReply:
         """Merge an update into the current limits; record a LimitsSet unless nothing changed."""
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", LIMITS_LOCK)
-                await self._refresh(conn)
+                await self.limits.catch_up(conn)
                 per_model = bool(command.model_id)
                 current = self.book.model(command.tenant_id, command.model_id) if per_model \
                     else self.book.tenant(command.tenant_id)
@@ -83,7 +72,7 @@ class LimitsStore:
                 event = LimitsSet(tenant_id=command.tenant_id, model_id=command.model_id, limits=new)
                 appended = await eventlog.append(conn, [event])
             for position, folded in appended:
-                self._fold(position, folded)
+                self.limits.fold(position, folded)
         await self.publish_pending()
         log.info("quota.limits_set", tenant=command.tenant_id, model=command.model_id or None)
         return SetLimitsReply(limits=new, event=event)

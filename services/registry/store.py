@@ -35,39 +35,38 @@ class RegistryStore:
     def __init__(self, pool: asyncpg.Pool, nc: NATS) -> None:
         self.pool, self.nc = pool, nc
         self.catalog = Catalog()
-        self.position = 0
         self.changed_at: datetime | None = None
+        self.log = eventlog.LogFold(REGISTRY_TYPES, self._apply)
         self._publish_lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Fold every registry event in the log; republish if the stream lost any."""
         async with self.pool.acquire() as conn:
-            await self._refresh(conn)
+            await self.log.catch_up(conn)
         await self._repair_stream()
         await self.publish_pending()
 
-    async def _refresh(self, conn: asyncpg.Connection) -> None:
-        async for batch in eventlog.read_all(conn, self.position, REGISTRY_TYPES):
-            for position, event in batch:
-                self._fold(position, event)
+    @property
+    def position(self) -> int:
+        """The last log position the catalog holds."""
+        return self.log.position
 
     async def execute(self, command: Command) -> tuple[list[Event], str | None, str | None]:
         """Decide and record a command's events; return them with any new key (shown once)."""
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", COMMAND_LOCK)
-                await self._refresh(conn)
+                await self.log.catch_up(conn)
                 events, key, key_id = decide(self.catalog, command)
                 appended = await eventlog.append(conn, events)
             for position, event in appended:
-                self._fold(position, event)
+                self.log.fold(position, event)
         if appended:
             await self.publish_pending()
         return events, key, key_id
 
-    def _fold(self, position: int, event: Event) -> None:
+    def _apply(self, event: Event) -> None:
         self.catalog.apply(event)
-        self.position = max(self.position, position)
         self.changed_at = event.occurred_at
 
     async def publish_pending(self) -> int:

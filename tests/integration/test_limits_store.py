@@ -24,7 +24,7 @@ async def test_a_replica_sees_limits_another_recorded_and_never_folds_backwards(
     assert second.book.tenant(tenant).daily_tokens == 200
     # an older event handed over late (a concurrent catch-up's batch) changes nothing
     older = msgspec.structs.replace(first.book.tenant(tenant), daily_tokens=100)
-    second._fold(1, LimitsSet(tenant_id=tenant, limits=older))
+    second.limits.fold(1, LimitsSet(tenant_id=tenant, limits=older))
     assert second.book.tenant(tenant).daily_tokens == 200
     await second.set_limits(SetLimits(tenant_id=tenant, update=LimitsUpdate(rpm=5)))
     await first.catch_up()
