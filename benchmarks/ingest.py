@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,6 +103,18 @@ class Metering:
         self.proc = subprocess.Popen([sys.executable, "-m", "services.metering"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
 
+    async def ready(self, timeout_s: float = 60) -> float:
+        """When the service's /health first answered (time.perf_counter)."""
+        url = f"http://127.0.0.1:{self.env['SWITCHYARD_PORT']}/health"
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            try:
+                await asyncio.to_thread(urllib.request.urlopen, url, timeout=1)
+                return time.perf_counter()
+            except OSError:
+                await asyncio.sleep(0.01)
+        raise TimeoutError("the metering service did not start")
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -141,10 +154,12 @@ async def backlog_phase(js: object, conn: asyncpg.Connection, metering: Metering
     published_s = time.perf_counter() - started
     metering.start()
     cpu = CpuMeter(metering)
-    first, last = await wait_commits(conn, before + n, 300)
-    # the first poll that saw commits is one linger late at most; count the drain from there
-    return {"events": n, "publish_s": round(published_s, 2), "drain_s": round(last - first, 2),
-            "events_per_s": round(n / max(last - first, 1e-9)), "cpu_us_per_event": cpu.per(n)}
+    ready = await metering.ready()
+    _, last = await wait_commits(conn, before + n, 300)
+    # From the moment the service answers: a batch of up to 1,000 messages commits tens of thousands of
+    # events at once, so the first commit seen is no start line.
+    return {"events": n, "publish_s": round(published_s, 2), "drain_s": round(last - ready, 2),
+            "events_per_s": round(n / max(last - ready, 1e-3)), "cpu_us_per_event": cpu.per(n)}
 
 
 class CpuMeter:

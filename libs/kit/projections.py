@@ -254,6 +254,7 @@ Decoded = tuple[list[Msg], eventlog.Prepared]
 # How long JetStream waits for an ack before redelivering: messages a crashed replica held come back after
 # this. A live replica whose commit takes longer keeps its messages with `in_progress`.
 ACK_WAIT_S = 10.0
+FETCH_AT_ONCE = 100          # messages asked for per pull, so that the byte bound is checked as they come
 
 
 class Follower:
@@ -268,8 +269,9 @@ class Follower:
         self, nc: NATS, pool: asyncpg.Pool, stream: str, durable: str,
         projections: Sequence[Projection], batch: int = 1000, linger_s: float = 0.05,
         on_commit: Callable[[list[Positioned]], None] | None = None, lag_interval_s: float = 5.0,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
-        self.linger_s = linger_s
+        self.linger_s, self.max_bytes = linger_s, max_bytes
         self.nc, self.pool, self.stream, self.durable = nc, pool, stream, durable
         self.projections = list(projections)
         self.batch = batch
@@ -345,20 +347,24 @@ class Follower:
                 backoff_s = min(backoff_s * 2, 5.0)
 
     async def _gather(self, sub: object) -> list[Msg]:
-        """Fetch up to `batch` messages, waiting at most `linger_s` past the first for more to arrive:
-        one transaction per batch, not per message."""
+        """Fetch up to `batch` messages and `max_bytes` of them, waiting at most `linger_s` past the first
+        for more to arrive: one transaction per batch, not per message, and never an unbounded one when a
+        backlog of full messages is waiting."""
         msgs: list[Msg] = []
+        size = 0
         deadline: float | None = None
         loop = asyncio.get_running_loop()
-        while len(msgs) < self.batch:
+        while len(msgs) < self.batch and size < self.max_bytes:
             wait_s = 1.0 if deadline is None else deadline - loop.time()
             if wait_s <= 0:
                 break
             try:
-                got = await sub.fetch(self.batch - len(msgs), timeout=max(wait_s, 0.001))  # type: ignore[attr-defined]
+                got = await sub.fetch(min(self.batch - len(msgs), FETCH_AT_ONCE),  # type: ignore[attr-defined]
+                                      timeout=max(wait_s, 0.001))
             except (NatsTimeout, asyncio.TimeoutError):
                 break
             msgs.extend(got)
+            size += sum(len(msg.data) for msg in got)
             if deadline is None:
                 deadline = loop.time() + self.linger_s
         return msgs

@@ -105,3 +105,17 @@ async def test_catch_up_applies_events_appended_while_the_runner_was_away(pool) 
     assert await projections.catch_up(pool, projection) > position
     by_endpoint, _ = await view(pool)
     assert by_endpoint[0][2] == sum(range(1, 21)) + 99
+
+
+async def test_a_backlog_is_gathered_in_batches_bounded_by_size(nc, pool, stream) -> None:
+    """Waiting messages are taken a pull at a time until the batch holds `max_bytes`, not all at once."""
+    await publish(nc, stream, [usage(i) for i in range(1, 251)])
+    size = len(encode(usage(1)))
+    follower = Follower(nc, pool, stream, "metering-test", [TokenCounts()], batch=1000, linger_s=0.2,
+                        max_bytes=150 * size)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("", durable="metering-test", stream=stream)
+    first = await follower._gather(sub)
+    assert len(first) == 200                      # two pulls of 100 pass 150 messages' worth: it stops there
+    second = await follower._gather(sub)
+    assert len(second) == 50                      # the rest, after lingering for more that never came
