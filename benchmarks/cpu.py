@@ -63,12 +63,12 @@ class ProcessTree:
         if name in INFRA:
             return INFRA[name]
         cmd = proc.cmdline()
-        if "libs.simulator" in cmd and "--port" in cmd:
+        if "switchyard_gateway.simulator" in cmd and "--port" in cmd:
             port = int(cmd[cmd.index("--port") + 1])
             return "sim:" + self.sim_names.get(port, str(port))
         if "-m" in cmd:
             module = cmd[cmd.index("-m") + 1]
-            if module.startswith("services."):
+            if module.startswith("switchyard_gateway.services."):
                 return module.split(".")[1]
         return name
 

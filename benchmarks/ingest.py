@@ -36,16 +36,16 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from libs.contracts import subjects
-from libs.contracts.codec import encode_batch
-from libs.contracts.events import UsageRecorded, subject_of
-from libs.kit import natsio
-from libs.kit.stack import EmbeddedStack
-from libs.kit.stack_proc import pick_free_port
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode_batch
+from switchyard_gateway.contracts.events import UsageRecorded, subject_of
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.kit.stack_proc import pick_free_port
 
 MODELS = ("llama3.2", "nomic-embed-text", "qwen2.5")
 ENDPOINTS = ("ollama-1", "ollama-2", "vllm-1", "vllm-2")
-LINGER_S = 0.05            # as services/gateway/usage.py
+LINGER_S = 0.05            # as services/gateway/pipeline/usage.py
 MAX_BATCH = 256
 
 
@@ -100,7 +100,7 @@ class Metering:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 — the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.metering"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.services.metering"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
 
     async def ready(self, timeout_s: float = 60) -> float:

@@ -36,19 +36,19 @@ from types import SimpleNamespace
 import msgspec
 import uvloop
 
-from libs.catalog.state import Catalog
-from libs.contracts import subjects
-from libs.contracts.codec import encode
-from libs.contracts.events import KeyIssued, ModelRegistered, TenantCreated
-from libs.contracts.quota import LimitsUpdate, ReservePlan, ReserveReply, SetLimits
-from libs.kit import natsio
-from libs.kit.settings import Settings
-from libs.kit.stack import EmbeddedStack
-from libs.kit.stack_proc import pick_free_port
-from libs.quotas.periods import usd_nanos
-from libs.quotas.plan import Estimate, plan
-from libs.quotas.scripts import RESERVE_SCRIPT, reserve_call
-from services.gateway.quota import QuotaClient
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered, TenantCreated
+from switchyard_gateway.contracts.quota import LimitsUpdate, ReservePlan, ReserveReply, SetLimits
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.kit.stack_proc import pick_free_port
+from switchyard_gateway.quotas.periods import usd_nanos
+from switchyard_gateway.quotas.plan import Estimate, plan
+from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT, FREE = "bench", "free"
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
                    "SWITCHYARD_REDIS_URL": urls.redis_url, "SWITCHYARD_PORT": str(pick_free_port(set())),
                    "SWITCHYARD_QUOTA_PREFIX": prefix, "SWITCHYARD_LOG_LEVEL": "warning"}
-            quota_proc = subprocess.Popen([sys.executable, "-m", "services.quota"], env=env, cwd=REPO,
+            quota_proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.services.quota"], env=env, cwd=REPO,
                                           stdout=subprocess.DEVNULL, stderr=open(root / "quota.log", "wb"))
             settings = Settings(nats_url=urls.nats_url, redis_url=urls.redis_url, quota_prefix=prefix)
             results = uvloop.run(measure(settings, args.calls, args.warmup))

@@ -22,10 +22,10 @@ from pathlib import Path
 import asyncpg
 
 from benchmarks.ingest import MODELS, usage_events
-from libs.contracts.events import ModelRegistered
-from libs.kit import eventlog, projections
-from libs.kit.stack import EmbeddedStack
-from services.metering.projections import DECODERS, PROJECTIONS
+from switchyard_gateway.contracts.events import ModelRegistered
+from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 
 TABLES = ("token_counts", "tenant_token_counts", "usage_minutes", "usage_days", "usage_cost")
 

@@ -22,8 +22,8 @@ import asyncpg
 import httpx
 import pytest
 
-from libs.kit.stack import EmbeddedStack, StackUrls
-from libs.kit.stack_proc import pick_free_port
+from switchyard_gateway.kit.stack import EmbeddedStack, StackUrls
+from switchyard_gateway.kit.stack_proc import pick_free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ async def database_url(urls: StackUrls) -> str:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    from libs.kit import eventlog
+    from switchyard_gateway.kit import eventlog
 
     pool = await eventlog.create_pool(database_url, timeout_s=10)
     async with pool.acquire() as conn:
@@ -95,7 +95,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def nc(urls: StackUrls):
-    from libs.kit import natsio
+    from switchyard_gateway.kit import natsio
 
     client = await natsio.connect(urls.nats_url, "tests", 10)
     yield client
@@ -144,7 +144,7 @@ def demo(urls: StackUrls, stack_root: Path) -> Iterator[DemoStack]:
     }
     log = open(data_dir / "up.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "libs.cli", "up", "--demo", "--data-dir", str(data_dir), "--port", str(port)],
+        [sys.executable, "-m", "switchyard_gateway.cli", "up", "--demo", "--data-dir", str(data_dir), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
     )
     deadline = time.monotonic() + 90

@@ -16,8 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from libs.contracts.codec import decode_events
-from libs.contracts.events import Event
+from switchyard_gateway.contracts.codec import decode_events
+from switchyard_gateway.contracts.events import Event
 
 log = structlog.get_logger()
 SEEN_MAX = 4096

@@ -1,6 +1,6 @@
 """Endpoint health as the router publishes it: the last probe and the breaker state, folded per endpoint.
 
-The gateway routes with it (services/gateway/circuits.py); the router resumes its
+The gateway routes with it (services/gateway/state/circuits.py); the router resumes its
 breakers from it when it becomes the leader.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from libs.contracts.events import Event
-from libs.contracts.routing import CircuitChanged, ProbeCompleted
+from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
 
 
 @dataclass

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from libs.contracts.events import (
+from switchyard_gateway.contracts.events import (
     EndpointRegistered, EndpointRemoved, Event, KeyIssued, KeyRevoked, ModelRegistered, ModelRemoved,
     ProviderRegistered, ProviderRemoved, TenantCreated, TenantModelAssigned, TenantModelUnassigned,
     TenantRemoved,
 )
-from libs.contracts.routing import EndpointModelsDiscovered
+from switchyard_gateway.contracts.routing import EndpointModelsDiscovered
 
 KEY_PREFIX = "sy_"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from libs.contracts.events import ProviderKind
+from switchyard_gateway.contracts.events import ProviderKind
 
 
 class Template(msgspec.Struct, frozen=True):

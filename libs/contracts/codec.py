@@ -9,9 +9,9 @@ import msgspec
 
 from typing import Union
 
-from libs.contracts import events, quota, routing
-from libs.contracts.events import Event
-from libs.contracts.messages import AnyCommand
+from switchyard_gateway.contracts import events, quota, routing
+from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.contracts.messages import AnyCommand
 
 # Every event type of every contract module: the log and the streams may carry any of them.
 EVENT_CLASSES: tuple[type[Event], ...] = (*events.EVENT_CLASSES, *routing.EVENT_CLASSES, *quota.EVENT_CLASSES)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from libs.contracts import subjects as s
+from switchyard_gateway.contracts import subjects as s
 
 Role = Literal["member", "admin"]
 ProviderKind = Literal["ollama", "openai-compatible", "openai"]

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from libs.contracts.events import ModelKind, ProviderKind, RegistryEvent, Role
-from libs.contracts.routing import CircuitState, EndpointModelsDiscovered, ProbeCompleted
+from switchyard_gateway.contracts.events import ModelKind, ProviderKind, RegistryEvent, Role
+from switchyard_gateway.contracts.routing import CircuitState, EndpointModelsDiscovered, ProbeCompleted
 
 
 class Problem(msgspec.Struct, frozen=True):

@@ -12,8 +12,8 @@ from typing import Literal
 
 import msgspec
 
-from libs.contracts import subjects as s
-from libs.contracts.events import Event
+from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.events import Event
 
 BudgetPeriod = Literal["day", "week", "month"]
 UsagePeriod = Literal["day", "week", "month"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from libs.contracts import subjects as s
-from libs.contracts.events import Event
+from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.events import Event
 
 CircuitState = Literal["closed", "open", "half_open"]
 

@@ -13,8 +13,8 @@ from importlib import resources
 import asyncpg
 import msgspec
 
-from libs.contracts.codec import decode_event
-from libs.contracts.events import Event, event_type
+from switchyard_gateway.contracts.codec import decode_event
+from switchyard_gateway.contracts.events import Event, event_type
 
 APPEND_LOCK = 0x5359_4C4F47  # "SYLOG"
 MIGRATE_LOCK = 0x5359_4D4947  # "SYMIG"
@@ -26,7 +26,7 @@ Positioned = tuple[int, Event]
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) for every bundled migration, in order."""
     found = []
-    for entry in resources.files("libs.kit").joinpath("migrations").iterdir():
+    for entry in resources.files("switchyard_gateway.kit").joinpath("migrations").iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text()))

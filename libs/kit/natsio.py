@@ -20,8 +20,8 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.micro import add_service
 from nats.micro.request import Request
 
-from libs.contracts import subjects
-from libs.contracts.messages import ErrorBody
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.messages import ErrorBody
 
 log = structlog.get_logger()
 _error_decoder = msgspec.json.Decoder(ErrorBody)

@@ -23,10 +23,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
-from libs.contracts.codec import decode_event, decode_events
-from libs.contracts.events import Event, event_type
-from libs.kit import eventlog
-from libs.kit.eventlog import Positioned
+from switchyard_gateway.contracts.codec import decode_event, decode_events
+from switchyard_gateway.contracts.events import Event, event_type
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit.eventlog import Positioned
 
 log = structlog.get_logger()
 

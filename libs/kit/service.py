@@ -14,8 +14,8 @@ from litestar import Litestar, Response, get
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from libs.kit import eventlog, logs, natsio
-from libs.kit.settings import Settings
+from switchyard_gateway.kit import eventlog, logs, natsio
+from switchyard_gateway.kit.settings import Settings
 
 BEFORE_SCRAPE_TIMEOUT_S = 2.0    # each refresh before a scrape gets this long; a late one keeps its old figures
 

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import structlog
 
-from libs.kit.stack_nats import NatsServer, nats_problem
-from libs.kit.stack_postgres import PostgresServer, postgres_problem
-from libs.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
-from libs.kit.stack_server import ManagedServer
-from libs.kit.stack_valkey import ValkeyServer, valkey_problem
+from switchyard_gateway.kit.stack_nats import NatsServer, nats_problem
+from switchyard_gateway.kit.stack_postgres import PostgresServer, postgres_problem
+from switchyard_gateway.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
+from switchyard_gateway.kit.stack_server import ManagedServer
+from switchyard_gateway.kit.stack_valkey import ValkeyServer, valkey_problem
 
 __all__ = ["COMPONENTS", "Component", "EmbeddedStack", "StackError", "StackUrls"]
 

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from libs.kit.stack_proc import LOOPBACK, Spawner, StackError
-from libs.kit.stack_server import ManagedServer
+from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
+from switchyard_gateway.kit.stack_server import ManagedServer
 
 SERVER_NAME = "switchyard"  # stable, so JetStream state reads the same after a restart
 _DEFAULT_PORT = 4222

@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from libs.kit.stack_proc import LOOPBACK, Spawner, StackError, pid_alive, run_async, spawn, stop_pid
-from libs.kit.stack_server import ManagedServer
+from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError, pid_alive, run_async, spawn, stop_pid
+from switchyard_gateway.kit.stack_server import ManagedServer
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from libs.kit.stack_proc import (
+from switchyard_gateway.kit.stack_proc import (
     Spawner,
     StackError,
     log_tail,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import redis
 
-from libs.kit.stack_proc import LOOPBACK, Spawner, StackError
-from libs.kit.stack_server import ManagedServer
+from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
+from switchyard_gateway.kit.stack_server import ManagedServer
 
 
 def valkey_problem(url: str, *, timeout_s: float = 1.0) -> str | None:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.kit.stack_proc import _die_with_parent
+from switchyard_gateway.kit.stack_proc import _die_with_parent
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEALTHY_AFTER_S = 30.0      # a process that lived this long starts its backoff afresh

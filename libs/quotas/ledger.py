@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from libs.catalog.state import Catalog
-from libs.contracts import subjects as s
-from libs.contracts.events import Event, UsageRecorded
-from libs.quotas.limits import LimitsBook
-from libs.quotas.periods import PERIODS, Keys, field, usd_nanos, zone
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.events import Event, UsageRecorded
+from switchyard_gateway.quotas.limits import LimitsBook
+from switchyard_gateway.quotas.periods import PERIODS, Keys, field, usd_nanos, zone
 
 # what the fold reads: usage, limits (time zones), and the registry events that set prices and names
 LEDGER_TYPES = frozenset({

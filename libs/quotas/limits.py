@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from libs.contracts.events import Event, TenantRemoved
-from libs.contracts.quota import Limits, LimitsSet, LimitsUpdate
-from libs.quotas.periods import zone
+from switchyard_gateway.contracts.events import Event, TenantRemoved
+from switchyard_gateway.contracts.quota import Limits, LimitsSet, LimitsUpdate
+from switchyard_gateway.quotas.periods import zone
 
 NO_LIMITS = Limits()
 _COUNTS = ("daily_tokens", "monthly_tokens", "monthly_requests", "rpm", "tpm", "key_rpm", "key_tpm",

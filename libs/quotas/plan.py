@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from libs.contracts.quota import Counter, Limits
-from libs.quotas.periods import NANOS_PER_USD, Keys, field, zone
+from switchyard_gateway.contracts.quota import Counter, Limits
+from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, field, zone
 
 # limit name -> (quota type shown to clients, measure, counter period or "rate")
 TOKEN_LIMITS = (("daily_tokens", "daily", "day"), ("monthly_tokens", "monthly", "month"))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from libs.contracts.quota import Counter
-from libs.quotas.periods import Keys
+from switchyard_gateway.contracts.quota import Counter
+from switchyard_gateway.quotas.periods import Keys
 
 RESERVE = """
 -- KEYS: holds zset, hold data hash, then one counter hash per counter

@@ -5,11 +5,11 @@
     sim.configure(failure_kind="http_429", failure_rate=0.5)
     await sim.stop()
 
-`main(argv)` is the `switchyard simulate-upstream` command; `python -m libs.simulator` runs it.
+`main(argv)` is the `switchyard simulate-upstream` command; `python -m switchyard_gateway.simulator` runs it.
 """
 
-from libs.simulator.cli import main
-from libs.simulator.config import ConfigError, SimConfig
-from libs.simulator.server import SimStats, Simulator
+from switchyard_gateway.simulator.cli import main
+from switchyard_gateway.simulator.config import ConfigError, SimConfig
+from switchyard_gateway.simulator.server import SimStats, Simulator
 
 __all__ = ["ConfigError", "SimConfig", "SimStats", "Simulator", "main"]

@@ -1,7 +1,7 @@
-"""`python -m libs.simulator`: the same as `switchyard simulate-upstream`."""
+"""`python -m switchyard_gateway.simulator`: the same as `switchyard simulate-upstream`."""
 
 import sys
 
-from libs.simulator.cli import main
+from switchyard_gateway.simulator.cli import main
 
 sys.exit(main())

@@ -8,8 +8,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from libs.simulator.config import FAILURE_KINDS, ConfigError, SimConfig
-from libs.simulator.server import Simulator
+from switchyard_gateway.simulator.config import FAILURE_KINDS, ConfigError, SimConfig
+from switchyard_gateway.simulator.server import Simulator
 
 PROG = "switchyard simulate-upstream"
 

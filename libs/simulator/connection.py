@@ -12,8 +12,8 @@ from collections import deque
 
 import structlog
 
-from libs.simulator.replies import TEXT, Reply, StreamReply
-from libs.simulator.wire import (
+from switchyard_gateway.simulator.replies import TEXT, Reply, StreamReply
+from switchyard_gateway.simulator.wire import (
     LAST_CHUNK,
     MAX_HEAD_BYTES,
     App,

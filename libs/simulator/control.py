@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from libs.simulator.config import ConfigError
-from libs.simulator.replies import Reply, json_reply, ollama_error
-from libs.simulator.wire import Request
+from switchyard_gateway.simulator.config import ConfigError
+from switchyard_gateway.simulator.replies import Reply, json_reply, ollama_error
+from switchyard_gateway.simulator.wire import Request
 
 if TYPE_CHECKING:
-    from libs.simulator.server import Simulator
+    from switchyard_gateway.simulator.server import Simulator
 
 PREFIX = "/_sim/"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.simulator.synth import splitmix64
+from switchyard_gateway.simulator.synth import splitmix64
 
 _TWO_64 = float(1 << 64)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
-from libs.simulator import synth
-from libs.simulator.config import SimConfig, bare_name
-from libs.simulator.replies import (
+from switchyard_gateway.simulator import synth
+from switchyard_gateway.simulator.config import SimConfig, bare_name
+from switchyard_gateway.simulator.replies import (
     NDJSON,
     TEXT,
     Rejected,

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from libs.simulator import synth
-from libs.simulator.config import SimConfig
-from libs.simulator.replies import (
+from switchyard_gateway.simulator import synth
+from switchyard_gateway.simulator.config import SimConfig
+from switchyard_gateway.simulator.replies import (
     SSE,
     SSE_DONE,
     TEXT,

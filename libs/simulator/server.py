@@ -1,6 +1,6 @@
 """The Simulator: plays Ollama, vLLM and OpenAI model servers over real HTTP on loopback.
 
-Measured on 2 cores over loopback (`python -m libs.simulator.bench`, aiohttp client, 32 in flight):
+Measured on 2 cores over loopback (`python -m benchmarks.simulator`, aiohttp client, 32 in flight):
 this hand-written asyncio.Protocol on uvloop costs ~40 us of server CPU per chat reply (~24k req/s a
 core; 8k req/s served, client-bound); plain asyncio ~70 us; aiohttp.web.Server on uvloop ~100 us.
 """
@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from libs.simulator import control, ollama_api, openai_api
-from libs.simulator.config import SimConfig
-from libs.simulator.connection import HttpConnection
-from libs.simulator.faults import fails
-from libs.simulator.replies import TEXT, Rejected, Reply, StreamReply, error_for, is_openai_path
-from libs.simulator.wire import Plan, Request
+from switchyard_gateway.simulator import control, ollama_api, openai_api
+from switchyard_gateway.simulator.config import SimConfig
+from switchyard_gateway.simulator.connection import HttpConnection
+from switchyard_gateway.simulator.faults import fails
+from switchyard_gateway.simulator.replies import TEXT, Rejected, Reply, StreamReply, error_for, is_openai_path
+from switchyard_gateway.simulator.wire import Plan, Request
 
 # path -> (method, handler(body, config, serial)); every upstream route on one screen.
 ROUTES = {**openai_api.ROUTES, **ollama_api.ROUTES}

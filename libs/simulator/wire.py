@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from libs.simulator.replies import Reply, StreamReply
+from switchyard_gateway.simulator.replies import Reply, StreamReply
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -1,3 +1,3 @@
-from services.gateway.app import main
+from switchyard_gateway.services.gateway.app import main
 
 main()

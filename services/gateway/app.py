@@ -10,29 +10,30 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from libs.contracts.messages import ErrorBody
-from libs.kit.natsio import ServiceError
-from libs.kit.service import Deps, create_service_app, run
-from libs.kit.settings import Settings
-from libs.quotas.periods import key_prefix
-from libs.quotas.resp import Valkey
-from services.gateway import http1, metrics
-from services.gateway.admin import admin_router
-from services.gateway.auth import AuthConfig, configure as configure_auth
-from services.gateway.cache import ResponseCache
-from services.gateway.circuits import Circuits
-from services.gateway.errors import GatewayError
-from services.gateway.localstate import LocalState
-from services.gateway import monitoring
-from services.gateway.ollama_routes import OLLAMA_ROUTES
-from services.gateway.failover import Failover
-from services.gateway.proxy import Proxy
-from services.gateway.quota import QuotaClient
-from services.gateway.quota_routes import quota_route_handlers
-from services.gateway.routing import Router
-from services.gateway.rsgi import GatewayRSGI
-from services.gateway.usage import OutcomeBatcher, UsagePublisher
-from services.gateway.usage_stream import UsageHub
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.service import Deps, create_service_app, run
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.quotas.periods import key_prefix
+from switchyard_gateway.resp import Valkey
+from switchyard_gateway.services.gateway import metrics
+from switchyard_gateway import http1
+from switchyard_gateway.services.gateway.api.admin import admin_router
+from switchyard_gateway.services.gateway.edge.auth import AuthConfig, configure as configure_auth
+from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
+from switchyard_gateway.services.gateway.state.circuits import Circuits
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.state.catalog import LocalState
+from switchyard_gateway.services.gateway.api import monitoring
+from switchyard_gateway.services.gateway.api.ollama_listings import OLLAMA_ROUTES
+from switchyard_gateway.services.gateway.pipeline.failover import Failover
+from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
+from switchyard_gateway.services.gateway.api.quotas import quota_route_handlers
+from switchyard_gateway.services.gateway.pipeline.routing import Router
+from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
+from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
+from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 
 _encode = msgspec.json.Encoder().encode
 
@@ -124,4 +125,4 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
 def main() -> None:
     # RSGI: measured fastest for the hot path (docs/performance.md)
-    run("services.gateway.app:create_app", Settings.from_env(), interface="rsgi")
+    run("switchyard_gateway.services.gateway.app:create_app", Settings.from_env(), interface="rsgi")

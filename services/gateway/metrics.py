@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from libs.contracts.events import UsageRecorded
+from switchyard_gateway.contracts.events import UsageRecorded
 
 EMBEDDING_APIS = frozenset({"openai.embeddings", "ollama.embed", "ollama.embeddings"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

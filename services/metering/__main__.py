@@ -1,3 +1,3 @@
-from services.metering.app import main
+from switchyard_gateway.services.metering.app import main
 
 main()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Litestar
 
-from libs.kit.service import create_service_app, run
-from libs.kit.settings import Settings
-from services.metering import handlers
+from switchyard_gateway.kit.service import create_service_app, run
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.metering import handlers
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -14,4 +14,4 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 def main() -> None:
-    run("services.metering.app:create_app", Settings.from_env())
+    run("switchyard_gateway.services.metering.app:create_app", Settings.from_env())

@@ -16,8 +16,8 @@ from typing import TextIO
 
 import asyncpg
 
-from libs.kit import eventlog
-from services.metering.replay import database_url
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.services.metering.replay import database_url
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

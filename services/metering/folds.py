@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from libs.contracts import subjects
-from libs.contracts.events import UsageRecorded
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.events import UsageRecorded
 
 
 class UsageView(msgspec.Struct, gc=False):

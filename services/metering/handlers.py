@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import gc
 
-from libs.contracts import subjects
-from libs.contracts.codec import decoder, encode
-from libs.contracts.events import now
-from libs.contracts.messages import ErrorBody
-from libs.kit.natsio import ServiceError
-from libs.kit.projections import Follower
-from libs.kit.service import Deps, serve_subscriptions
-from services.metering import metrics, queries, rollup
-from services.metering.projections import PROJECTIONS, UsageCost
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decoder, encode
+from switchyard_gateway.contracts.events import now
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.projections import Follower
+from switchyard_gateway.kit.service import Deps, serve_subscriptions
+from switchyard_gateway.services.metering import metrics, queries, rollup
+from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
 
 _query = decoder(queries.MeteringQuery)
 _rollup = decoder(rollup.RollupDays)

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from prometheus_client import Counter
 
-from libs.contracts.events import UsageRecorded
-from libs.kit.eventlog import Positioned
-from services.metering.pricing import PriceBook
+from switchyard_gateway.contracts.events import UsageRecorded
+from switchyard_gateway.kit.eventlog import Positioned
+from switchyard_gateway.services.metering.pricing import PriceBook
 
 TOKENS = Counter("switchyard_metered_tokens_total", "Tokens recorded in the usage log",
                  ["tenant", "model", "direction"])

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from libs.contracts.events import ModelRegistered, TenantModelAssigned, TenantModelUnassigned
-from services.metering.folds import Segment
+from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, TenantModelUnassigned
+from switchyard_gateway.services.metering.folds import Segment
 
 FEMTO = Decimal(1).scaleb(-15)
 

@@ -17,13 +17,13 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from libs.contracts import subjects
-from libs.kit.eventlog import Positioned
-from services.metering.folds import (
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.kit.eventlog import Positioned
+from switchyard_gateway.services.metering.folds import (
     DECODERS, Counts, SeriesKey, add_facts, by_endpoint, by_tenant, facts_of, fold_series, fold_tenant_counts,
     fold_token_counts,
 )
-from services.metering.pricing import Cost, CostKey, ModelPrice, PriceBook, fold_cost, usd
+from switchyard_gateway.services.metering.pricing import Cost, CostKey, ModelPrice, PriceBook, fold_cost, usd
 
 __all__ = ["DECODERS", "PROJECTIONS", "Counts", "fold_tenant_counts", "fold_token_counts"]
 

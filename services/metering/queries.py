@@ -11,7 +11,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from libs.contracts.messages import TokenCount, TokenCountsReply
+from switchyard_gateway.contracts.messages import TokenCount, TokenCountsReply
 
 MAX_SERIES_POINTS = 20_000
 

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from libs.kit import eventlog, projections
-from services.metering.projections import DECODERS, PROJECTIONS
+from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 
 CHUNK = 50_000          # events per read; the next read runs while this chunk is folded
 

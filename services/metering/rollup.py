@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from libs.contracts.messages import ErrorBody
-from libs.kit.natsio import ServiceError
-from libs.kit.projections import lock_checkpoint
-from services.metering.projections import UsageSeries
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.projections import lock_checkpoint
+from switchyard_gateway.services.metering.projections import UsageSeries
 
 
 class RollupDays(msgspec.Struct, frozen=True):

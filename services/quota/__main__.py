@@ -1,3 +1,3 @@
-from services.quota.app import main
+from switchyard_gateway.services.quota.app import main
 
 main()

@@ -7,16 +7,16 @@ import time
 
 import redis.asyncio as redis
 
-from libs.contracts import subjects
-from libs.contracts.codec import decoder, encode
-from libs.contracts.quota import QuotaQuery, ReservePlan, ReserveReply, SetLimits
-from libs.kit.service import Deps, serve_subscriptions
-from libs.quotas.periods import Keys, key_prefix
-from libs.quotas.scripts import EXPIRE_SCRIPT, RESERVE_SCRIPT, reserve_call
-from services.quota import views
-from services.quota.metrics import UsageRatios
-from services.quota.projection import CounterProjection, run_script
-from services.quota.store import LimitsStore
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decoder, encode
+from switchyard_gateway.contracts.quota import QuotaQuery, ReservePlan, ReserveReply, SetLimits
+from switchyard_gateway.kit.service import Deps, serve_subscriptions
+from switchyard_gateway.quotas.periods import Keys, key_prefix
+from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT, RESERVE_SCRIPT, reserve_call
+from switchyard_gateway.services.quota import views
+from switchyard_gateway.services.quota.metrics import UsageRatios
+from switchyard_gateway.services.quota.projection import CounterProjection, run_script
+from switchyard_gateway.services.quota.store import LimitsStore
 
 _set_limits = decoder(SetLimits)
 _query = decoder(QuotaQuery)

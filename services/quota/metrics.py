@@ -20,13 +20,13 @@ import asyncpg
 import redis.asyncio as redis
 from prometheus_client import Gauge
 
-from libs.catalog.state import Catalog
-from libs.contracts import subjects
-from libs.contracts.quota import QuotaStatus
-from libs.kit import eventlog
-from libs.quotas.periods import Keys
-from services.quota import views
-from services.quota.store import LimitsStore
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.quota import QuotaStatus
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.quotas.periods import Keys
+from switchyard_gateway.services.quota import views
+from switchyard_gateway.services.quota.store import LimitsStore
 
 LABELS = ("tenant", "model", "window")
 QUOTA_USAGE = Gauge("switchyard_quota_usage_ratio",

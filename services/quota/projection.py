@@ -21,11 +21,11 @@ import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
 import structlog
 
-from libs.kit import eventlog
-from libs.kit.eventlog import Positioned
-from libs.quotas.ledger import LEDGER_TYPES, PROJECTION_TYPES, CounterKey, Ledger, Settlement
-from libs.quotas.periods import Keys
-from libs.quotas.scripts import APPLY_SCRIPT, LEAD_SCRIPT, REBUILD_SCRIPT, Script
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit.eventlog import Positioned
+from switchyard_gateway.quotas.ledger import LEDGER_TYPES, PROJECTION_TYPES, CounterKey, Ledger, Settlement
+from switchyard_gateway.quotas.periods import Keys
+from switchyard_gateway.quotas.scripts import APPLY_SCRIPT, LEAD_SCRIPT, REBUILD_SCRIPT, Script
 
 log = structlog.get_logger()
 Progress = Callable[[int, int], None]

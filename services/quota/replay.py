@@ -10,10 +10,10 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from libs.kit import eventlog
-from libs.kit.settings import Settings
-from libs.quotas.periods import Keys, key_prefix
-from services.quota.projection import RebuildRunning, checkpoint, rebuild
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.quotas.periods import Keys, key_prefix
+from switchyard_gateway.services.quota.projection import RebuildRunning, checkpoint, rebuild
 
 NAME = "quota"
 

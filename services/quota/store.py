@@ -13,14 +13,14 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from libs.contracts import subjects
-from libs.contracts.codec import encode
-from libs.contracts.events import subject_of
-from libs.contracts.messages import ErrorBody
-from libs.contracts.quota import LimitsSet, SetLimits, SetLimitsReply
-from libs.kit import eventlog, projections
-from libs.kit.natsio import ServiceError
-from libs.quotas.limits import InvalidLimits, LimitsBook, merge
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import subject_of
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.quota import LimitsSet, SetLimits, SetLimitsReply
+from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.quotas.limits import InvalidLimits, LimitsBook, merge
 
 log = structlog.get_logger()
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import redis.asyncio as redis
 
-from libs.contracts.quota import (
+from switchyard_gateway.contracts.quota import (
     LimitsReply, ModelUsage, QuotaQuery, QuotasReply, QuotaStatus, UsageFigures, UsageReply,
 )
-from libs.quotas.limits import NO_LIMITS, LimitsBook
-from libs.quotas.periods import NANOS_PER_USD, Keys, iso_utc, period_bounds, zone
-from libs.quotas.plan import Estimate, Planned, plan
+from switchyard_gateway.quotas.limits import NO_LIMITS, LimitsBook
+from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, period_bounds, zone
+from switchyard_gateway.quotas.plan import Estimate, Planned, plan
 
 
 def limits(book: LimitsBook, query: QuotaQuery) -> LimitsReply:

@@ -1,3 +1,3 @@
-from services.registry.app import main
+from switchyard_gateway.services.registry.app import main
 
 main()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from libs.catalog import rules
-from libs.contracts import events as ev
-from libs.contracts import messages as m
-from libs.contracts.messages import ErrorBody
-from libs.kit.natsio import ServiceError
+from switchyard_gateway.catalog import rules
+from switchyard_gateway.contracts import events as ev
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.kit.natsio import ServiceError
 
 Decision = tuple[list[ev.Event], str | None, str | None]
 

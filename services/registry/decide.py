@@ -10,14 +10,14 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from libs.catalog import rules
-from libs.catalog.state import KEY_PREFIX, Catalog, hash_key, key_id_of
-from libs.contracts import events as ev
-from libs.contracts import messages as m
-from libs.kit import config_file
-from libs.kit.natsio import ServiceError
-from services.registry import decide_models
-from services.registry.checks import (
+from switchyard_gateway.catalog import rules
+from switchyard_gateway.catalog.state import KEY_PREFIX, Catalog, hash_key, key_id_of
+from switchyard_gateway.contracts import events as ev
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.catalog import document as config_file
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.services.registry import decide_models
+from switchyard_gateway.services.registry.checks import (
     Decision, check, check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
 )
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import msgspec
 
-from libs.catalog import rules
-from libs.catalog.state import Catalog
-from libs.catalog.templates import TEMPLATES
-from libs.contracts import events as ev
-from libs.contracts import messages as m
-from libs.contracts.routing import EndpointModelsDiscovered
-from services.registry.checks import (
+from switchyard_gateway.catalog import rules
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.catalog.templates import TEMPLATES
+from switchyard_gateway.contracts import events as ev
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts.routing import EndpointModelsDiscovered
+from switchyard_gateway.services.registry.checks import (
     check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
 )
 
@@ -85,7 +85,7 @@ def assign_model(catalog: Catalog, command: m.AssignModel) -> list[ev.Event]:
 def apply_template(catalog: Catalog, command: m.ApplyTemplate) -> list[ev.Event]:
     """The template's provider (registered if new) and a new endpoint with the template's settings,
     each overridden by what the command gives."""
-    from services.registry.decide import register_endpoint    # decide dispatches here: import late
+    from switchyard_gateway.services.registry.decide import register_endpoint    # decide dispatches here: import late
 
     template = TEMPLATES.get(command.template)
     if template is None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from libs.contracts import subjects
-from libs.kit import bootstrap
-from libs.contracts.codec import decode_command, decoder, encode
-from libs.contracts.messages import CommandReply, RegistryQuery
-from libs.kit.service import Deps, serve_subscriptions
-from services.registry import views
-from services.registry.store import RegistryStore
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decode_command, decoder, encode
+from switchyard_gateway.contracts.messages import CommandReply, RegistryQuery
+from switchyard_gateway.kit.service import Deps, serve_subscriptions
+from switchyard_gateway.services.registry import views
+from switchyard_gateway.services.registry.store import RegistryStore
 
 _query = decoder(RegistryQuery)
 
@@ -28,6 +28,17 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
     return encode(views.answer(store.catalog, _query.decode(data), store.position, store.changed_at))
 
 
+ADMIN_TENANT = "admin"
+
+
+def admin_commands(admin_key: str) -> list[m.Command]:
+    """The operators' tenant and its admin key (`SWITCHYARD_ADMIN_KEY`), issued idempotently at start."""
+    return [
+        m.CreateTenant(tenant_id=ADMIN_TENANT, display_name="Operators", all_models=True),
+        m.IssueKey(tenant_id=ADMIN_TENANT, role="admin", name="bootstrap admin key", secret=admin_key),
+    ]
+
+
 SUBSCRIPTIONS = {subjects.REGISTRY_COMMAND: on_command, subjects.REGISTRY_QUERY: on_query}
 
 
@@ -37,6 +48,6 @@ async def start(deps: Deps) -> None:
     await store.load()
     deps.extra["store"] = store
     if deps.settings.admin_key:
-        for command in bootstrap.admin_commands(deps.settings.admin_key):
+        for command in admin_commands(deps.settings.admin_key):
             await store.execute(command)
     await serve_subscriptions(deps, SUBSCRIPTIONS)

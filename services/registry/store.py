@@ -15,14 +15,14 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from libs.catalog.state import Catalog
-from libs.contracts import subjects
-from libs.contracts.codec import encode
-from libs.contracts.events import REGISTRY_EVENT_TYPES, Event, subject_of
-from libs.contracts.routing import REGISTRY_EVENT_CLASSES
-from libs.contracts.messages import Command
-from libs.kit import eventlog, projections
-from services.registry.decide import decide
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import REGISTRY_EVENT_TYPES, Event, subject_of
+from switchyard_gateway.contracts.routing import REGISTRY_EVENT_CLASSES
+from switchyard_gateway.contracts.messages import Command
+from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway.services.registry.decide import decide
 
 log = structlog.get_logger()
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import msgspec
 
-from libs.catalog.state import Catalog
-from libs.catalog.templates import TEMPLATES, template_view
-from libs.contracts.events import Event, KeyIssued
-from libs.contracts.messages import ErrorBody, RegistryQuery
-from libs.kit import config_file
-from libs.kit.natsio import ServiceError
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.catalog.templates import TEMPLATES, template_view
+from switchyard_gateway.contracts.events import Event, KeyIssued
+from switchyard_gateway.contracts.messages import ErrorBody, RegistryQuery
+from switchyard_gateway.catalog import document as config_file
+from switchyard_gateway.kit.natsio import ServiceError
 
 _HIDDEN = {"type", "event_id", "occurred_at", "key_sha256"}
 _NOT_FOUND = {"providers": "PROVIDER_NOT_FOUND", "models": "MODEL_NOT_FOUND", "templates": "TEMPLATE_NOT_FOUND",

@@ -1,3 +1,3 @@
-from services.router.app import main
+from switchyard_gateway.services.router.app import main
 
 main()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Litestar
 
-from libs.kit.service import create_service_app, run
-from libs.kit.settings import Settings
-from services.router import handlers
+from switchyard_gateway.kit.service import create_service_app, run
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.router import handlers
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -15,4 +15,4 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 def main() -> None:
-    run("services.router.app:create_app", Settings.from_env())
+    run("switchyard_gateway.services.router.app:create_app", Settings.from_env())

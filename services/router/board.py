@@ -12,11 +12,11 @@ from datetime import datetime
 
 from prometheus_client import Counter, Gauge
 
-from libs.contracts.events import CallAttempted
-from libs.contracts.messages import CircuitView
-from libs.contracts.routing import CircuitChanged, ProbeCompleted
-from services.router.breaker import FAILED_OUTCOMES, Breaker
-from services.router.policy import RouterPolicy
+from switchyard_gateway.contracts.events import CallAttempted
+from switchyard_gateway.contracts.messages import CircuitView
+from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
+from switchyard_gateway.services.router.breaker import FAILED_OUTCOMES, Breaker
+from switchyard_gateway.services.router.policy import RouterPolicy
 
 ATTEMPTS = Counter("switchyard_upstream_attempts_total", "Upstream call attempts by endpoint and outcome",
                    ["endpoint", "outcome"])

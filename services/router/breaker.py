@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections import deque
 from datetime import datetime, timedelta
 
-from libs.contracts.messages import CircuitView
-from libs.contracts.routing import CircuitChanged, CircuitState
-from services.router.policy import RouterPolicy
+from switchyard_gateway.contracts.messages import CircuitView
+from switchyard_gateway.contracts.routing import CircuitChanged, CircuitState
+from switchyard_gateway.services.router.policy import RouterPolicy
 
 # Call outcomes that count against an endpoint. A 4xx is the caller's fault: the endpoint answered.
 FAILED_OUTCOMES = frozenset({"refused", "timeout", "http_5xx", "http_429", "cut", "error"})

@@ -22,20 +22,20 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from libs.catalog.feed import Feed
-from libs.catalog.health import HealthView
-from libs.catalog.rules import model_name_problem
-from libs.catalog.state import Catalog
-from libs.contracts import subjects
-from libs.contracts.codec import decoder, encode
-from libs.contracts.events import CallAttempted, EndpointRegistered, Event, now, subject_of
-from libs.contracts.messages import CommandReply, RecordDiscoveredModels
-from libs.contracts.routing import ProbeCompleted
-from libs.kit import natsio
-from services.router.board import Board
-from services.router.lease import Lease
-from services.router.policy import RouterPolicy
-from services.router.probes import probe
+from switchyard_gateway.catalog.feed import Feed
+from switchyard_gateway.catalog.health import HealthView
+from switchyard_gateway.catalog.rules import model_name_problem
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decoder, encode
+from switchyard_gateway.contracts.events import CallAttempted, EndpointRegistered, Event, now, subject_of
+from switchyard_gateway.contracts.messages import CommandReply, RecordDiscoveredModels
+from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.services.router.board import Board
+from switchyard_gateway.services.router.lease import Lease
+from switchyard_gateway.services.router.policy import RouterPolicy
+from switchyard_gateway.services.router.probes import probe
 
 log = structlog.get_logger()
 _outcomes = decoder(list[CallAttempted])

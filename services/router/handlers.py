@@ -6,17 +6,17 @@ from __future__ import annotations
 import os
 import socket
 
-from libs.contracts import subjects
-from libs.contracts.codec import decoder, encode
-from libs.contracts.events import now
-from libs.contracts.messages import (
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decoder, encode
+from switchyard_gateway.contracts.events import now
+from switchyard_gateway.contracts.messages import (
     AnyRouterCommand, ErrorBody, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint,
 )
-from libs.kit.natsio import ServiceError
-from libs.kit.service import Deps
-from services.router.control import RouterControl
-from services.router.policy import RouterPolicy
-from services.router.probes import probe
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.service import Deps
+from switchyard_gateway.services.router.control import RouterControl
+from switchyard_gateway.services.router.policy import RouterPolicy
+from switchyard_gateway.services.router.probes import probe
 
 _command = decoder(AnyRouterCommand)
 _query = decoder(RouterQuery)

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from libs.catalog.rules import normalise_model
-from libs.contracts.routing import ProbeCompleted
+from switchyard_gateway.catalog.rules import normalise_model
+from switchyard_gateway.contracts.routing import ProbeCompleted
 
 ERROR_BODY_CHARS = 200
 logging.getLogger("httpx").setLevel(logging.WARNING)     # not a line per probe call

@@ -23,11 +23,11 @@ import httpx
 import pytest
 from aiohttp import web
 
-from libs.contracts import subjects
-from libs.kit import natsio
-from libs.kit.stack import StackUrls
-from libs.kit.stack_nats import NatsServer
-from libs.kit.stack_proc import Spawner, pick_free_port
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.stack import StackUrls
+from switchyard_gateway.kit.stack_nats import NatsServer
+from switchyard_gateway.kit.stack_proc import Spawner, pick_free_port
 from tests.conftest import REPO, create_database, traversable_tempdir, wait_for
 
 SECRET = f"sk-e2e-{uuid.uuid4().hex}"
@@ -97,7 +97,7 @@ class Up:
         self.logs.append(self.data_dir.parent / f"up-{time.monotonic_ns()}.log")
         with open(self.logs[-1], "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "libs.cli", "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                [sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
                  "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         await wait_for(self._answers, 90, interval_s=0.3, what="switchyard up --config")
 
@@ -195,7 +195,7 @@ async def test_yaml_bootstraps_the_registry_idempotently_and_the_secret_never_le
 def test_up_refuses_an_invalid_config_before_starting_anything(tmp_path: Path) -> None:
     config = tmp_path / "switchyard.yaml"
     config.write_text("providers: [{id: pp, kind: ollama}]\nendpoints: [{id: e1, provider: qq, base_url: 'ftp://h'}]\n")
-    run = subprocess.run([sys.executable, "-m", "libs.cli", "up", "--data-dir", str(tmp_path / "data"),
+    run = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(tmp_path / "data"),
                           "--config", str(config)], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert run.returncode == 1
     assert "endpoints[0].provider" in run.stderr and "endpoints[0].base_url" in run.stderr

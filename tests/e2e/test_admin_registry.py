@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
 
 

@@ -24,8 +24,8 @@ import asyncpg
 import psutil
 import pytest
 
-from libs.kit.stack import EmbeddedStack
-from libs.kit.stack_proc import pick_free_port
+from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.kit.stack_proc import pick_free_port
 from tests.conftest import REPO, traversable_tempdir, wait_for
 from tests.e2e.test_up import service_process
 
@@ -54,7 +54,7 @@ def own() -> Iterator[OwnStack]:
                SWITCHYARD_REDIS_URL=urls.redis_url, SWITCHYARD_DEMO_KEY=key,
                SWITCHYARD_ADMIN_KEY=f"sy_faultadmin_{uuid.uuid4().hex}")
     log = open(root / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "libs.cli", "up", "--demo", "--data-dir", str(root / "data"),
+    proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", "--demo", "--data-dir", str(root / "data"),
                              "--port", str(port), "--no-fsync"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     deadline = time.monotonic() + 90
     while b"Switchyard is up" not in (root / "up.log").read_bytes():
@@ -176,7 +176,7 @@ async def test_metering_killed_mid_5000_calls_loses_nothing_and_projections_equa
     await every_call_recorded_once(own, load, timeout_s=40)
     await wait_for(lambda: _caught_up(own), timeout_s=20, what="projections at the head of the log")
     live = await snapshot(own)
-    replay = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "libs.cli", "replay", "--all",
+    replay = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "switchyard_gateway.cli", "replay", "--all",
                                                       "--data-dir", str(own.data_dir)],
                                      capture_output=True, text=True, timeout=60, cwd=REPO,
                                      env={k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")})

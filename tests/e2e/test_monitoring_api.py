@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_usage_accounting import Account, account, admin  # noqa: F401 — `account` is a fixture
 

@@ -22,8 +22,8 @@ import ollama
 import openai
 import pytest
 
-from libs.simulator.config import SimConfig
-from libs.simulator.server import Simulator
+from switchyard_gateway.simulator.config import SimConfig
+from switchyard_gateway.simulator.server import Simulator
 from tests.conftest import DemoStack, wait_for
 
 TOKENS = 16                              # the simulator's completion tokens per reply

@@ -19,19 +19,19 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 import jwt
 import pytest
 import redis.asyncio as redis
 
-from libs.contracts.events import UsageRecorded
-from libs.kit import natsio
-from libs.kit.settings import Settings
-from libs.kit.stack_proc import pick_free_port
-from libs.quotas.ledger import PROJECTION_TYPES
-from services.gateway.localstate import LocalState
-from services.gateway.quota import QuotaClient, QuotaExceeded, RateLimited
-from services.gateway.usage import UsagePublisher
+from switchyard_gateway.contracts.events import UsageRecorded
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.stack_proc import pick_free_port
+from switchyard_gateway.quotas.ledger import PROJECTION_TYPES
+from switchyard_gateway.services.gateway.state.catalog import LocalState
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, QuotaExceeded, RateLimited
+from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
 
 JWT_SECRET = "e2e-jwt-secret-with-at-least-32-bytes"
@@ -53,7 +53,7 @@ def start_gateway(demo: DemoStack, urls, **env: str) -> Gateway:
             "SWITCHYARD_SPOOL_DIR": str(root / "spool"), "SWITCHYARD_INSTANCE": f"gw{port}",
             **{f"SWITCHYARD_{k.upper()}": v for k, v in env.items()}}
     with open(root / "gateway.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=full, cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.services.gateway"], env=full, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -387,7 +387,7 @@ def test_replay_quota_rebuilds_counters_equal_to_the_live_ones(demo: DemoStack, 
     live = run_sync(snapshot())
     assert live, "earlier tests left counters to rebuild"
     env = {**os.environ, "SWITCHYARD_DATABASE_URL": demo.database_url, "SWITCHYARD_REDIS_URL": urls.redis_url}
-    done = subprocess.run([sys.executable, "-m", "libs.cli", "replay", "quota"], env=env, cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "replay", "quota"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "quota: rebuilt from" in done.stdout

@@ -11,7 +11,7 @@ import re
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.kit.bootstrap import DEMO_EMBED_MODEL
+from switchyard_gateway.cli.bootstrap import DEMO_EMBED_MODEL
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_quota_e2e import PROMPT, admin, new_tenant, set_limits, settled
 

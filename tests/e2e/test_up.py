@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from libs.kit.stack_proc import pick_free_port
+from switchyard_gateway.kit.stack_proc import pick_free_port
 from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
 
 
@@ -22,7 +22,7 @@ def service_process(root_pid: int, service: str) -> psutil.Process:
     """The running process of one service (granian's main process) under an `up` process."""
     for child in psutil.Process(root_pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-2:] == ["-m", f"services.{service}"]:
+            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-2:] == ["-m", f"switchyard_gateway.services.{service}"]:
                 return child
         except psutil.Error:        # exited meanwhile, or a zombie nobody reaped
             continue
@@ -55,7 +55,7 @@ def _replaced(root_pid: int, service: str, old_pid: int) -> bool:
 
 def _start(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(data_dir.parent / f"{data_dir.name}-up-{time.monotonic_ns()}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "libs.cli", "up", "--data-dir", str(data_dir),
+    return subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(data_dir),
                              "--port", str(port), "--no-fsync"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
 

@@ -9,8 +9,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from libs.contracts.events import TenantCreated, UsageRecorded
-from libs.kit import eventlog
+from switchyard_gateway.contracts.events import TenantCreated, UsageRecorded
+from switchyard_gateway.kit import eventlog
 
 
 def usage(i: int, tenant: str = "acme") -> UsageRecorded:

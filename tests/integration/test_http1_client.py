@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from libs.simulator import SimConfig, Simulator
-from services.gateway.http1 import ConnectFailed, Pool, ReadTimeout, ResponseCut
-from services.gateway.http1_conn import PAUSE_ABOVE_BYTES
+from switchyard_gateway.simulator import SimConfig, Simulator
+from switchyard_gateway.http1 import ConnectFailed, Pool, ReadTimeout, ResponseCut
+from switchyard_gateway.http1.conn import PAUSE_ABOVE_BYTES
 
 CHAT_PATH = "/v1/chat/completions"
 JSON = [("Content-Type", "application/json")]
@@ -577,7 +577,7 @@ def _main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     server = subprocess.Popen(
-        [sys.executable, "-m", "libs.simulator", "--port", "0"],
+        [sys.executable, "-m", "switchyard_gateway.simulator", "--port", "0"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     try:

@@ -6,9 +6,9 @@ import uuid
 
 import msgspec
 
-from libs.contracts.quota import LimitsSet, LimitsUpdate, SetLimits
-from libs.kit import natsio
-from services.quota.store import LimitsStore
+from switchyard_gateway.contracts.quota import LimitsSet, LimitsUpdate, SetLimits
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.services.quota.store import LimitsStore
 
 
 async def test_a_replica_sees_limits_another_recorded_and_never_folds_backwards(pool, nc) -> None:

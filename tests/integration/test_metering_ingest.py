@@ -12,12 +12,12 @@ import asyncpg
 import pytest
 from nats.js.api import StreamConfig
 
-from libs.contracts.codec import encode_batch
-from libs.contracts.events import Event, ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
-from libs.kit import eventlog, projections
-from libs.kit.projections import Follower
-from services.metering.projections import DECODERS, PROJECTIONS
-from services.metering.rollup import RollupDays, roll_up
+from switchyard_gateway.contracts.codec import encode_batch
+from switchyard_gateway.contracts.events import Event, ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
+from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway.kit.projections import Follower
+from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
+from switchyard_gateway.services.metering.rollup import RollupDays, roll_up
 from tests.conftest import wait_for
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)

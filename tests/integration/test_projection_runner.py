@@ -9,11 +9,11 @@ import asyncpg
 import pytest
 from nats.js.api import StreamConfig
 
-from libs.contracts.codec import encode
-from libs.contracts.events import UsageRecorded
-from libs.kit import eventlog, projections
-from libs.kit.projections import Follower
-from services.metering.projections import TokenCounts
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import UsageRecorded
+from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway.kit.projections import Follower
+from switchyard_gateway.services.metering.projections import TokenCounts
 from tests.conftest import wait_for
 
 

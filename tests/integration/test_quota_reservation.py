@@ -11,16 +11,16 @@ import msgspec
 import pytest
 import redis.asyncio as redis
 
-from libs.catalog.state import Catalog
-from libs.contracts.events import EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, UsageRecorded
-from libs.contracts.quota import Limits, LimitsSet
-from libs.kit import eventlog
-from libs.quotas.periods import Keys
-from libs.quotas.resp import Valkey
-from libs.quotas.scripts import EXPIRE_SCRIPT
-from libs.quotas.tokens import TokenEstimator
-from services.gateway.quota import LimitsFeed, QuotaClient, QuotaExceeded, RateLimited
-from services.quota.projection import CounterProjection, rebuild, run_script
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, UsageRecorded
+from switchyard_gateway.contracts.quota import Limits, LimitsSet
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.quotas.periods import Keys
+from switchyard_gateway.resp import Valkey
+from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT
+from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.services.gateway.pipeline.reserve import LimitsFeed, QuotaClient, QuotaExceeded, RateLimited
+from switchyard_gateway.services.quota.projection import CounterProjection, rebuild, run_script
 
 TENANT, OTHER = "acme", "globex"
 KEY = KeyIssued(key_id="sy_k1", tenant_id=TENANT, key_sha256="0" * 64)

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import httpx
 
-from libs.contracts.codec import decode_event
+from switchyard_gateway.contracts.codec import decode_event
 from tests.conftest import REPO, DemoStack, wait_for
 
 TABLES = ("token_counts", "tenant_token_counts", "usage_minutes", "usage_days", "usage_cost",
@@ -28,7 +28,7 @@ def cli(demo: DemoStack, *args: str, timeout_s: float = 60) -> subprocess.Comple
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     else:
         env = {**os.environ, "SWITCHYARD_DATABASE_URL": demo.database_url}
-    return subprocess.run([sys.executable, "-m", "libs.cli", *args], env=env, cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=timeout_s)
 
 
@@ -118,7 +118,7 @@ async def test_events_export_writes_decodable_lines_and_tail_follows_new_events(
         await client.post(f"{demo.url}/v1/embeddings", json={"model": "nomic-embed-text", "input": "before"},
                           headers={"Authorization": f"Bearer {demo.demo_key}"})
     await wait_for(lambda: usage_count(demo), what="a usage event in the log")
-    tail = subprocess.Popen([sys.executable, "-m", "libs.cli", "events", "tail", "--type", "usage",
+    tail = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "events", "tail", "--type", "usage",
                              "--tenant", "demo", "-n", "1"], cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "SWITCHYARD_DATABASE_URL": demo.database_url})
     read_line = lambda: asyncio.wait_for(asyncio.to_thread(tail.stdout.readline), 15)  # type: ignore[union-attr]  # noqa: E731

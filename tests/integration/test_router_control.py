@@ -17,22 +17,22 @@ import msgspec
 import pytest
 import structlog
 
-from libs.contracts import messages as m
-from libs.contracts import subjects
-from libs.contracts.codec import decode_events, encode, encode_batch
-from libs.contracts.events import CallAttempted
-from libs.contracts.routing import CircuitChanged, ProbeCompleted
-from libs.kit import natsio
-from libs.kit.service import Deps
-from libs.kit.settings import Settings
-from libs.kit.stack_nats import NatsServer
-from libs.kit.stack_proc import Spawner, pick_free_port
-from libs.simulator import SimConfig, Simulator
-from services.gateway.circuits import Circuits
-from services.registry import handlers as registry_handlers
-from services.router import handlers as router_handlers
-from services.router.control import RouterControl
-from services.router.policy import RouterPolicy
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decode_events, encode, encode_batch
+from switchyard_gateway.contracts.events import CallAttempted
+from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.service import Deps
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.stack_nats import NatsServer
+from switchyard_gateway.kit.stack_proc import Spawner, pick_free_port
+from switchyard_gateway.simulator import SimConfig, Simulator
+from switchyard_gateway.services.gateway.state.circuits import Circuits
+from switchyard_gateway.services.registry import handlers as registry_handlers
+from switchyard_gateway.services.router import handlers as router_handlers
+from switchyard_gateway.services.router.control import RouterControl
+from switchyard_gateway.services.router.policy import RouterPolicy
 from tests.conftest import wait_for
 
 FAST = RouterPolicy(probe_interval_s=60, probe_timeout_s=2, breaker_failures=3, breaker_cool_down_s=1.0,

@@ -12,13 +12,13 @@ import httpx
 import msgspec
 import pytest
 
-from libs.contracts import messages as m
-from libs.contracts import subjects
-from libs.contracts.codec import decode_events, encode
-from libs.kit import natsio
-from libs.kit.stack_proc import pick_free_port
-from libs.simulator import SimConfig, Simulator
-from services.router.lease import BUCKET, KEY
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decode_events, encode
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.stack_proc import pick_free_port
+from switchyard_gateway.simulator import SimConfig, Simulator
+from switchyard_gateway.services.router.lease import BUCKET, KEY
 from tests.conftest import REPO, wait_for
 from tests.integration.test_router_control import Plane, nats_url, plane  # noqa: F401 — fixtures
 
@@ -30,7 +30,7 @@ def start_router(name: str, nats: str, log_dir: Path) -> tuple[subprocess.Popen[
     env.update(SWITCHYARD_NATS_URL=nats, SWITCHYARD_PORT=str(port), SWITCHYARD_INSTANCE=name,
                SWITCHYARD_LOG_JSON="true")
     log = open(log_dir / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "services.router"], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.services.router"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO)
     return proc, port
 

@@ -1,4 +1,4 @@
-"""`python -m libs.simulator` as a subprocess: prints its URL, serves, exits cleanly on a signal."""
+"""`python -m switchyard_gateway.simulator` as a subprocess: prints its URL, serves, exits cleanly on a signal."""
 
 import signal
 import socket
@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-COMMAND = [sys.executable, "-m", "libs.simulator"]
+COMMAND = [sys.executable, "-m", "switchyard_gateway.simulator"]
 
 
 def test_cli_serves_until_sigterm_and_exits_cleanly():

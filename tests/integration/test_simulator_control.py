@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 
 from tests.integration.conftest import CHAT
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 
 CHAT = json.dumps(
     {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}

@@ -7,7 +7,7 @@ import httpx
 import ollama
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there yard"}]}
 DONE_FIELDS = {

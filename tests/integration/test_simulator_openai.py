@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from libs.simulator import SimConfig, Simulator
+from switchyard_gateway.simulator import SimConfig, Simulator
 
 from tests.integration.conftest import CHAT
 

@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 from nats.errors import NoServersError
 
-from libs.kit.stack import EmbeddedStack, StackError
-from libs.kit.stack_nats import NatsServer
-from libs.kit.stack_proc import pick_free_port, pid_alive, wait_until
+from switchyard_gateway.kit.stack import EmbeddedStack, StackError
+from switchyard_gateway.kit.stack_nats import NatsServer
+from switchyard_gateway.kit.stack_proc import pick_free_port, pid_alive, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from libs.catalog.state import Catalog, hash_key
-from libs.contracts.events import KeyIssued, KeyRevoked, TenantCreated
-from services.gateway import auth
-from services.gateway.errors import AuthError, ForbiddenError
+from switchyard_gateway.catalog.state import Catalog, hash_key
+from switchyard_gateway.contracts.events import KeyIssued, KeyRevoked, TenantCreated
+from switchyard_gateway.services.gateway.edge import auth
+from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError
 
 SECRET = "a-test-secret-of-32-bytes-or-more!"
 KEY = "sy_abc123_secretsecretsecret"

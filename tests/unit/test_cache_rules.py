@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from libs.quotas.resp import Valkey
-from services.gateway.cache import ResponseCache, directives
+from switchyard_gateway.resp import Valkey
+from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache, directives
 
 
 def cache(mode: str) -> ResponseCache:

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.catalog.state import Catalog, hash_key, key_id_of
-from libs.contracts import messages as m
-from libs.kit.natsio import ServiceError
-from services.registry.decide import decide
+from switchyard_gateway.catalog.state import Catalog, hash_key, key_id_of
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.services.registry.decide import decide
 
 
 def run(catalog: Catalog, command: m.Command):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from libs.catalog.state import Catalog
-from libs.kit import config_file
-from services.registry.decide import run_all
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.catalog import document as config_file
+from switchyard_gateway.services.registry.decide import run_all
 
 GOOD = """
 providers:
@@ -113,13 +113,13 @@ def test_models_are_registered_after_their_fallbacks_whatever_the_file_order() -
 def test_config_validate_command_prints_each_problem_and_exits_non_zero(tmp_path: Path) -> None:
     bad = tmp_path / "switchyard.yaml"
     bad.write_text("providers: [{id: pp, kind: ollama}]\nendpoints: [{id: e1, provider: x, base_url: 'http://h:0'}]\n")
-    run = subprocess.run([sys.executable, "-m", "libs.cli", "config", "validate", str(bad)],
+    run = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "config", "validate", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert f"{bad}: endpoints[0].provider: provider 'x' is not defined" in run.stdout
     assert f"{bad}: endpoints[0].base_url:" in run.stdout and "2 problem(s)" in run.stderr
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
-    ok = subprocess.run([sys.executable, "-m", "libs.cli", "config", "validate", str(good)],
+    ok = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "config", "validate", str(good)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "OK (2 providers, 2 endpoints, 3 models, 1 tenants)" in ok.stdout

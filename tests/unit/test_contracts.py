@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from libs.contracts import codec, subjects
-from libs.contracts import events as ev
-from libs.contracts import quota as qt
-from libs.contracts import routing as rt
-from libs.contracts import messages as m
+from switchyard_gateway.contracts import codec, subjects
+from switchyard_gateway.contracts import events as ev
+from switchyard_gateway.contracts import quota as qt
+from switchyard_gateway.contracts import routing as rt
+from switchyard_gateway.contracts import messages as m
 
 SAMPLES: list[ev.Event] = [
     ev.UsageRecorded(request_id="r1", tenant_id="acme", key_id="sy_1", model="llama3.2", api="openai.chat",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.gateway.http1_wire import (
+from switchyard_gateway.http1.wire import (
     CHUNKED,
     MAX_LINE_BYTES,
     UNTIL_CLOSE,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from libs.contracts.events import UsageRecorded
-from services.metering.projections import Counts, fold_tenant_counts, fold_token_counts
+from switchyard_gateway.contracts.events import UsageRecorded
+from switchyard_gateway.services.metering.projections import Counts, fold_tenant_counts, fold_token_counts
 
 
 def usage(endpoint: str, model: str, tenant: str, tokens_in: int, tokens_out: int, outcome: str = "ok") -> UsageRecorded:
@@ -48,7 +48,7 @@ def test_folding_in_batches_equals_folding_at_once() -> None:
 
 
 def test_other_event_types_are_ignored() -> None:
-    from libs.contracts.events import TenantCreated
+    from switchyard_gateway.contracts.events import TenantCreated
 
     assert fold_token_counts([TenantCreated(tenant_id="acme")]) == {}
 
@@ -56,9 +56,9 @@ def test_other_event_types_are_ignored() -> None:
 def test_series_and_cost_fold_the_same_in_any_batching() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from libs.contracts.events import ModelRegistered
-    from services.metering.folds import fold_series, usage_facts
-    from services.metering.pricing import PriceBook, fold_cost
+    from switchyard_gateway.contracts.events import ModelRegistered
+    from switchyard_gateway.services.metering.folds import fold_series, usage_facts
+    from switchyard_gateway.services.metering.pricing import PriceBook, fold_cost
 
     start = datetime(2026, 1, 1, 23, 58, 30, tzinfo=UTC)
     events: list = [ModelRegistered(model_id="llama3.2", input_price_per_1m=0.05, output_price_per_1m=0.1)]
@@ -81,7 +81,7 @@ def test_series_and_cost_fold_the_same_in_any_batching() -> None:
 
 
 def test_prices_are_exact_integers_and_costs_sum_without_rounding() -> None:
-    from services.metering.pricing import nano, usd
+    from switchyard_gateway.services.metering.pricing import nano, usd
 
     assert nano(0.05) == 50_000_000 and nano(0.1 + 0.2) == 300_000_000
     price = nano(0.1)
@@ -92,7 +92,7 @@ def test_prices_are_exact_integers_and_costs_sum_without_rounding() -> None:
 def test_minutes_before_the_trim_point_count_in_days_only() -> None:
     from datetime import UTC, datetime
 
-    from services.metering.folds import fold_series, usage_facts
+    from switchyard_gateway.services.metering.folds import fold_series, usage_facts
 
     at = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     event = UsageRecorded(request_id="r", tenant_id="t", key_id="k", model="m", api="openai.chat", outcome="ok",

@@ -13,11 +13,11 @@ _FUNCTIONS = {"sum", "by", "rate", "max", "histogram_quantile", "clamp_min", "le
 
 
 def exported() -> set[str]:
-    import libs.kit.projections  # noqa: F401 — consumer lag and commit metrics
-    import services.gateway.metrics  # noqa: F401
-    import services.metering.metrics  # noqa: F401
-    import services.quota.metrics  # noqa: F401 — quota usage ratios, refreshed before each scrape
-    import services.router.board  # noqa: F401
+    import switchyard_gateway.kit.projections  # noqa: F401 — consumer lag and commit metrics
+    import switchyard_gateway.services.gateway.metrics  # noqa: F401
+    import switchyard_gateway.services.metering.metrics  # noqa: F401
+    import switchyard_gateway.services.quota.metrics  # noqa: F401 — quota usage ratios, refreshed before each scrape
+    import switchyard_gateway.services.router.board  # noqa: F401
 
     names: set[str] = set()
     for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 — prometheus_client keeps no public list

@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from libs.contracts import codec
-from libs.contracts.events import ModelRegistered, TenantModelAssigned, UsageRecorded
-from libs.contracts.quota import Limits, LimitsSet, LimitsUpdate
-from libs.quotas.ledger import Ledger
-from libs.quotas.limits import InvalidLimits, LimitsBook, merge
-from libs.quotas.periods import Keys, period_bounds, usd_nanos, zone
-from libs.quotas.plan import Estimate, plan
-from libs.quotas.resp import ValkeyError, encode_command, parse
-from libs.quotas.tokens import TokenEstimator
+from switchyard_gateway.contracts import codec
+from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, UsageRecorded
+from switchyard_gateway.contracts.quota import Limits, LimitsSet, LimitsUpdate
+from switchyard_gateway.quotas.ledger import Ledger
+from switchyard_gateway.quotas.limits import InvalidLimits, LimitsBook, merge
+from switchyard_gateway.quotas.periods import Keys, period_bounds, usd_nanos, zone
+from switchyard_gateway.quotas.plan import Estimate, plan
+from switchyard_gateway.resp import ValkeyError, encode_command, parse
+from switchyard_gateway.quotas.tokens import TokenEstimator
 
 ESTIMATOR = TokenEstimator()
 
@@ -130,7 +130,7 @@ def test_ledger_prices_usage_with_the_price_in_force_when_it_reaches_the_log() -
 
 
 def test_systems_sharing_a_valkey_but_not_a_log_get_their_own_key_prefix() -> None:
-    from libs.quotas.periods import key_prefix
+    from switchyard_gateway.quotas.periods import key_prefix
 
     assert key_prefix("", "postgresql://u@h:5432/demo") == "sy:q:demo:"
     assert key_prefix("", "postgresql://u@other:5432/prod") == "sy:q:prod:"

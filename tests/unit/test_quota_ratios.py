@@ -6,11 +6,11 @@ import asyncio
 
 import structlog
 
-from libs.contracts.quota import QuotaStatus
-from libs.kit import service
-from libs.kit.service import Deps, refresh_before_scrape
-from libs.kit.settings import Settings
-from services.quota.metrics import ratio, usage_ratios
+from switchyard_gateway.contracts.quota import QuotaStatus
+from switchyard_gateway.kit import service
+from switchyard_gateway.kit.service import Deps, refresh_before_scrape
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.quota.metrics import ratio, usage_ratios
 
 
 def status(quota_type: str, model_id: str | None, limit: float, used: float) -> QuotaStatus:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from libs.catalog.state import Catalog
-from libs.contracts import events as ev
-from libs.contracts import messages as m
-from libs.contracts.routing import EndpointModelsDiscovered
-from libs.kit.natsio import ServiceError
-from services.registry.decide import decide, run_all
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import events as ev
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts.routing import EndpointModelsDiscovered
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.services.registry.decide import decide, run_all
 
 
 def run(catalog: Catalog, command: m.Command) -> list[ev.Event]:

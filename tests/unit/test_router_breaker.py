@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.contracts.events import CallAttempted
-from libs.contracts.routing import ProbeCompleted
-from services.router.board import Board
-from services.router.breaker import Breaker
-from services.router.policy import RouterPolicy
+from switchyard_gateway.contracts.events import CallAttempted
+from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.services.router.board import Board
+from switchyard_gateway.services.router.breaker import Breaker
+from switchyard_gateway.services.router.policy import RouterPolicy
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 POLICY = RouterPolicy(breaker_failures=3, breaker_error_ratio=0.5, breaker_window_s=10, breaker_min_calls=6,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.kit.settings import Settings
+from switchyard_gateway.kit.settings import Settings
 
 
 def test_settings_read_prefixed_variables_with_types() -> None:

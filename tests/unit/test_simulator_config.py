@@ -2,8 +2,8 @@
 
 import pytest
 
-from libs.simulator import ConfigError, SimConfig
-from libs.simulator.cli import build_parser, config_from_args
+from switchyard_gateway.simulator import ConfigError, SimConfig
+from switchyard_gateway.simulator.cli import build_parser, config_from_args
 
 
 def test_defaults_advertise_a_chat_and_an_embedding_model_all_loaded():
@@ -89,7 +89,7 @@ def test_cli_flags_build_the_config_and_omitted_flags_keep_defaults():
 
 
 def test_cli_rejects_an_invalid_knob_with_usage_error(capsys):
-    from libs.simulator import main
+    from switchyard_gateway.simulator import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--failure-rate", "2"])

@@ -2,7 +2,7 @@
 
 import json
 
-from libs.simulator.replies import error_for, per_token
+from switchyard_gateway.simulator.replies import error_for, per_token
 
 
 def test_per_token_matches_encoding_each_payload():

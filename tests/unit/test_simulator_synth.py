@@ -4,8 +4,8 @@ import base64
 import math
 import struct
 
-from libs.simulator import synth
-from libs.simulator.faults import fails
+from switchyard_gateway.simulator import synth
+from switchyard_gateway.simulator.faults import fails
 
 
 def test_prompt_tokens_are_whitespace_words_with_a_minimum_of_one():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from libs.simulator.wire import BadRequest, body_length, parse_chunked, parse_head, response_head
+from switchyard_gateway.simulator.wire import BadRequest, body_length, parse_chunked, parse_head, response_head
 
 
 def test_request_head_is_parsed_and_headers_read_case_insensitively():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.gateway.sse import SseTap
+from switchyard_gateway.services.gateway.translate.sse import SseTap
 
 
 def sse(obj) -> bytes:

@@ -7,7 +7,7 @@ import base64
 import json
 import math
 
-from services.gateway.translate import conform_embeddings, embedding_options, embeddings_to_base64
+from switchyard_gateway.services.gateway.translate.plans import conform_embeddings, embedding_options, embeddings_to_base64
 
 
 def body(obj) -> bytes:

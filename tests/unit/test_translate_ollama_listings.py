@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from libs.catalog.state import Catalog
-from libs.contracts import messages as m
-from services.gateway.ollama_routes import ollama_name, ps_body, show_body, tags_body
-from services.registry.decide import decide
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.services.gateway.api.ollama_listings import ollama_name, ps_body, show_body, tags_body
+from switchyard_gateway.services.registry.decide import decide
 
 
 def run(catalog: Catalog, *commands: m.Command) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.gateway.translate import (
+from switchyard_gateway.services.gateway.translate.plans import (
     CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, TranslationError, ollama_chat_to_openai, ollama_embed_to_openai,
     ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_plan,
     ollama_set_model, ollama_wants_stream,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from services.gateway.translate import (
+from switchyard_gateway.services.gateway.translate.plans import (
     TranslationError, ollama_error, ollama_error_line, ollama_usage, openai_chat_to_ollama,
     openai_completion_to_ollama_generate, openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings,
     openai_error_to_ollama, openai_usage,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.gateway.translate import OllamaStreamTap, OpenAIStreamToOllama
+from switchyard_gateway.services.gateway.translate.plans import OllamaStreamTap, OpenAIStreamToOllama
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_718_000_000, "model": "llama3.2"}
 

@@ -1,0 +1,90 @@
+"""What `up` asks of the registry at start: the demo tenant with two simulated endpoints, a registry document."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.kit import natsio
+
+DEMO_TENANT = "demo"
+DEMO_CHAT_MODEL = "llama3.2"
+DEMO_EMBED_MODEL = "nomic-embed-text"
+_reply = msgspec.json.Decoder(m.CommandReply)
+
+
+def demo_commands(ollama_url: str, openai_url: str, demo_key: str) -> list[m.Command]:
+    """Two simulated endpoints (Ollama-style and OpenAI-style) serving the demo models, and the demo tenant."""
+    models = (DEMO_CHAT_MODEL, DEMO_EMBED_MODEL)
+    return [
+        m.RegisterProvider(provider_id="ollama-local", kind="ollama", display_name="Simulated Ollama"),
+        m.RegisterProvider(provider_id="openai-sim", kind="openai-compatible", display_name="Simulated vLLM"),
+        m.RegisterEndpoint(endpoint_id="ollama-1", provider_id="ollama-local", base_url=ollama_url,
+                           models=models, priority=10),
+        m.RegisterEndpoint(endpoint_id="vllm-1", provider_id="openai-sim", base_url=openai_url,
+                           models=models, priority=5),
+        m.RegisterModel(model_id=DEMO_CHAT_MODEL, kind="chat", aliases=("llama3.2:latest",),
+                        context_length=131072, input_price_per_1m=0.05, output_price_per_1m=0.10),
+        m.RegisterModel(model_id=DEMO_EMBED_MODEL, kind="embedding", aliases=("nomic-embed-text:latest",),
+                        context_length=8192, input_price_per_1m=0.01),
+        m.CreateTenant(tenant_id=DEMO_TENANT, display_name="Demo tenant", all_models=True),
+        m.IssueKey(tenant_id=DEMO_TENANT, role="member", name="demo key", secret=demo_key),
+    ]
+
+
+def config_command(doc: dict) -> m.Command:
+    """A registry document (`switchyard.yaml`) as one atomic, idempotent registry command."""
+    return m.ImportConfig(config=doc)
+
+
+async def apply(nc: NATS, commands: list[m.Command], timeout_s: float = 30.0) -> list[m.CommandReply]:
+    """Send commands to the registry in order, waiting for it to answer at all first."""
+    deadline = time.monotonic() + timeout_s
+    replies = []
+    for command in commands:
+        while True:
+            try:
+                raw = await natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command), 5.0)
+                break
+            except natsio.ServiceUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        replies.append(_reply.decode(raw))
+    return replies
+
+
+def remembered_keys(path: Path, env_admin: str | None, env_demo: str | None) -> tuple[str, str, bool]:
+    """The admin and demo keys: from the environment, else from the data dir, else new ones (saved, 0600).
+
+    Returns (admin_key, demo_key, generated_now).
+    """
+    saved: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if value:
+                saved[name.strip()] = value.strip()
+    generated = False
+    admin = env_admin or saved.get("SWITCHYARD_ADMIN_KEY")
+    demo = env_demo or saved.get("SWITCHYARD_DEMO_KEY")
+    if not admin:
+        admin, generated = f"sy_admin{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}", True
+    if not demo:
+        demo, generated = f"sy_demo{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}", True
+    if generated:   # keep only keys we made: a key given in the environment is never written down
+        keep = {"SWITCHYARD_ADMIN_KEY": admin if not env_admin else None,
+                "SWITCHYARD_DEMO_KEY": demo if not env_demo else None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{k}={v}\n" for k, v in keep.items() if v))
+        path.chmod(0o600)
+    return admin, demo, generated

@@ -1,0 +1,55 @@
+"""`switchyard config validate`: every problem of a registry document, with its path."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from switchyard_gateway.cli.say import say
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    config = sub.add_parser("config", help="check a switchyard.yaml registry document")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    validate = config_sub.add_parser(
+        "validate", help="report every problem of a config file with its path; exit 1 if there is any",
+        description="Check a registry document without starting anything: YAML syntax, unknown keys, types, "
+                    "identifiers, URL schemes and port ranges, credentials given only as ${ENV_VAR}, dangling "
+                    "references (endpoint -> provider, assignment -> model, fallbacks) and duplicate identifiers.")
+    validate.add_argument("file", type=Path, help="the file to check, e.g. switchyard.yaml")
+
+def _problems_of(path: Path) -> tuple[dict | None, list]:
+    from switchyard_gateway.catalog import document as config_file
+
+    doc, problems = config_file.load(path)
+    if not problems:
+        problems = config_file.validate(doc)
+    return (None if problems else doc), problems
+
+
+def validate(path: Path) -> int:
+    """Print every problem of a config file with its path; 0 when there is none."""
+    doc, problems = _problems_of(path)
+    for problem in problems:
+        print(f"{path}: {problem.path}: {problem.message}", flush=True)
+    if problems:
+        say(f"{path}: {len(problems)} problem(s)")
+        return 1
+    counts = ", ".join(f"{len(doc.get(k) or [])} {k}" for k in ("providers", "endpoints", "models", "tenants"))
+    print(f"{path}: OK ({counts})", flush=True)
+    return 0
+
+
+def load(path: Path) -> dict | None:
+    doc, problems = _problems_of(path)
+    for problem in problems:
+        say(f"{path}: {problem.path}: {problem.message}")
+    if problems:
+        say(f"{path}: {len(problems)} problem(s); nothing started")
+    return doc
+
+
+
+
+def run(args: argparse.Namespace) -> int:
+    return validate(args.file)

@@ -1,0 +1,319 @@
+"""The registry as a document (`switchyard.yaml`): load, validate every problem with its path, turn into
+registry commands, and export the registry back into the same shape.
+
+    providers: [{id, kind, display_name}]
+    endpoints: [{id, provider, base_url, api_key: "${ENV_VAR}", models, priority, weight,
+                 max_concurrent, timeout_s}]
+    models:    [{id, kind, aliases, context_length, input_price_per_1m, output_price_per_1m, fallback}]
+    tenants:   [{id, display_name, all_models, fallback_on_quota,
+                 models: [{model, enabled, default, priority, input_price_per_1m, output_price_per_1m,
+                           fallback}]}]
+
+Applying it upserts every resource, so applying the same document twice records nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from switchyard_gateway.catalog import rules
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts.messages import Problem
+
+SECTIONS = ("providers", "endpoints", "models", "tenants")
+# section -> key -> (python types accepted, required)
+_NUM = (int, float)
+FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "providers": {"id": ((str,), True), "kind": ((str,), True), "display_name": ((str,), False)},
+    "endpoints": {
+        "id": ((str,), True), "provider": ((str,), True), "base_url": ((str,), True), "api_key": ((str,), False),
+        "models": ((list,), False), "priority": ((int,), False), "weight": ((int,), False),
+        "max_concurrent": ((int,), False), "timeout_s": (_NUM, False),
+    },
+    "models": {
+        "id": ((str,), True), "kind": ((str,), False), "aliases": ((list,), False),
+        "context_length": ((int,), False), "input_price_per_1m": (_NUM, False),
+        "output_price_per_1m": (_NUM, False), "fallback": ((str,), False),
+    },
+    "tenants": {
+        "id": ((str,), True), "display_name": ((str,), False), "all_models": ((bool,), False),
+        "fallback_on_quota": ((bool,), False), "models": ((list,), False),
+    },
+    "tenants.models": {
+        "model": ((str,), True), "enabled": ((bool,), False), "default": ((bool,), False),
+        "priority": ((int,), False), "input_price_per_1m": (_NUM, False), "output_price_per_1m": (_NUM, False),
+        "fallback": ((str,), False),
+    },
+}
+
+
+@dataclass
+class Known:
+    """Identifiers that already exist outside the document (the registry's, on import)."""
+
+    providers: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> Known:
+        return cls(set(catalog.providers), {*catalog.models, *catalog.aliases})
+
+
+def load(path: Path) -> tuple[dict[str, Any], list[Problem]]:
+    """Parse a YAML file; a syntax error is one problem at its line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return {}, [Problem(str(path), f"cannot read: {exc.strerror or exc}")]
+    return parse(text)
+
+
+def parse(text: str) -> tuple[dict[str, Any], list[Problem]]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(document)"
+        return {}, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]
+    if doc is None:
+        return {}, []
+    if not isinstance(doc, dict):
+        return {}, [Problem("(document)", "expected a mapping with providers, endpoints, models and tenants")]
+    return doc, []
+
+
+def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
+    """Every problem of a document, each at its path; an empty list means it can be applied."""
+    known = known or Known()
+    problems: list[Problem] = []
+
+    def bad(path: str, message: str | None) -> None:
+        if message:
+            problems.append(Problem(path, message))
+
+    for key in doc:
+        if key not in SECTIONS:
+            bad(str(key), f"unknown section '{key}' (expected {', '.join(SECTIONS)})")
+    items = {name: _items(doc, name, problems) for name in SECTIONS}
+    ids: dict[str, set[str]] = {}
+    for name in SECTIONS:
+        ids[name] = set()
+        for path, item in items[name]:
+            _check_fields(path, item, FIELDS[name], problems)
+            ident = item.get("id")
+            if not isinstance(ident, str):
+                continue
+            if ident in ids[name]:
+                bad(f"{path}.id", f"duplicate identifier '{ident}' in {name}")
+            ids[name].add(ident)
+            bad(f"{path}.id", rules.model_name_problem(ident) if name == "models" else rules.identifier_problem(ident))
+
+    providers = ids["providers"] | known.providers
+    model_names = ids["models"] | known.models
+    for path, item in items["providers"]:
+        if "kind" in item and item["kind"] not in rules.PROVIDER_KINDS:
+            bad(f"{path}.kind", f"'{item['kind']}' is not one of {', '.join(rules.PROVIDER_KINDS)}")
+    for path, item in items["endpoints"]:
+        if isinstance(item.get("provider"), str) and item["provider"] not in providers:
+            bad(f"{path}.provider", f"provider '{item['provider']}' is not defined")
+        if isinstance(item.get("base_url"), str):
+            bad(f"{path}.base_url", rules.url_problem(item["base_url"]))
+        bad(f"{path}.api_key", rules.credential_problem(item.get("api_key", "")))
+        _names(f"{path}.models", item.get("models"), problems)
+        for key in ("weight", "max_concurrent"):
+            if isinstance(item.get(key), int) and item[key] < 0:
+                bad(f"{path}.{key}", f"{key} must be >= 0")
+        if isinstance(item.get("timeout_s"), _NUM) and item["timeout_s"] <= 0:
+            bad(f"{path}.timeout_s", "timeout_s must be > 0")
+    aliases: dict[str, str] = {}
+    for path, item in items["models"]:
+        if "kind" in item and item["kind"] not in rules.MODEL_KINDS:
+            bad(f"{path}.kind", f"'{item['kind']}' is not one of {', '.join(rules.MODEL_KINDS)}")
+        for i, alias in enumerate(_names(f"{path}.aliases", item.get("aliases"), problems)):
+            if alias in ids["models"] or alias in aliases:
+                bad(f"{path}.aliases[{i}]", f"duplicate identifier: '{alias}' already names a model")
+            aliases[alias] = str(item.get("id"))
+        _non_negative(path, item, ("context_length", "input_price_per_1m", "output_price_per_1m"), problems)
+        _reference(f"{path}.fallback", item.get("fallback"), item.get("id"), model_names | set(aliases), problems)
+    for path, item in items["tenants"]:
+        seen: set[str] = set()
+        assignments = item.get("models") if isinstance(item.get("models"), list) else []
+        for j, assignment in enumerate(assignments):
+            apath = f"{path}.models[{j}]"
+            if not isinstance(assignment, dict):
+                bad(apath, "expected a mapping with 'model'")
+                continue
+            _check_fields(apath, assignment, FIELDS["tenants.models"], problems)
+            model = assignment.get("model")
+            if isinstance(model, str):
+                if model in seen:
+                    bad(f"{apath}.model", f"duplicate identifier: '{model}' is assigned twice")
+                seen.add(model)
+                _reference(f"{apath}.model", model, None, model_names | set(aliases), problems)
+            _reference(f"{apath}.fallback", assignment.get("fallback"), model, model_names | set(aliases), problems)
+            _non_negative(apath, assignment, ("input_price_per_1m", "output_price_per_1m"), problems)
+    return problems
+
+
+def _items(doc: dict[str, Any], name: str, problems: list[Problem]) -> list[tuple[str, dict[str, Any]]]:
+    section = doc.get(name)
+    if section is None:
+        return []
+    if not isinstance(section, list):
+        problems.append(Problem(name, f"'{name}' must be a list"))
+        return []
+    found = []
+    for i, item in enumerate(section):
+        if isinstance(item, dict):
+            found.append((f"{name}[{i}]", item))
+        else:
+            problems.append(Problem(f"{name}[{i}]", "expected a mapping"))
+    return found
+
+
+def _check_fields(path: str, item: dict[str, Any], spec: dict[str, tuple[tuple[type, ...], bool]],
+                  problems: list[Problem]) -> None:
+    for key, value in item.items():
+        if key not in spec:
+            problems.append(Problem(f"{path}.{key}", f"unknown key '{key}' (expected {', '.join(spec)})"))
+            continue
+        types, _ = spec[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            wanted = " or ".join(t.__name__ for t in types)
+            problems.append(Problem(f"{path}.{key}", f"expected {wanted}, got {type(value).__name__} {value!r}"))
+    for key, (_, required) in spec.items():
+        if required and key not in item:
+            problems.append(Problem(f"{path}.{key}", f"'{key}' is required"))
+
+
+def _names(path: str, value: Any, problems: list[Problem]) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    names = []
+    for i, name in enumerate(value):
+        problem = rules.model_name_problem(name)
+        if problem:
+            problems.append(Problem(f"{path}[{i}]", problem))
+        else:
+            names.append(name)
+    return names
+
+
+def _non_negative(path: str, item: dict[str, Any], keys: tuple[str, ...], problems: list[Problem]) -> None:
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, _NUM) and not isinstance(value, bool) and value < 0:
+            problems.append(Problem(f"{path}.{key}", f"{key} cannot be negative"))
+
+
+def _reference(path: str, value: Any, own: Any, models: set[str], problems: list[Problem]) -> None:
+    if not isinstance(value, str) or not value:
+        return
+    if value == own:
+        problems.append(Problem(path, f"a model cannot fall back to itself ('{value}')"))
+    elif value not in models:
+        problems.append(Problem(path, f"model '{value}' is not defined"))
+
+
+# --- document -> commands ----------------------------------------------------------------
+
+
+def to_commands(doc: dict[str, Any]) -> list[m.Command]:
+    """Upsert commands for a valid document, in an order where every reference is defined first."""
+    commands: list[m.Command] = []
+    for p in doc.get("providers") or []:
+        commands.append(m.RegisterProvider(provider_id=p["id"], kind=p["kind"], display_name=p.get("display_name", "")))
+    for model in _fallbacks_first(doc.get("models") or []):
+        commands.append(m.RegisterModel(
+            model_id=model["id"], kind=model.get("kind", "chat"), aliases=tuple(model.get("aliases") or ()),
+            context_length=model.get("context_length", 0),
+            input_price_per_1m=float(model.get("input_price_per_1m", 0.0)),
+            output_price_per_1m=float(model.get("output_price_per_1m", 0.0)),
+            fallback_model=model.get("fallback", "")))
+    for e in doc.get("endpoints") or []:
+        commands.append(m.RegisterEndpoint(
+            endpoint_id=e["id"], provider_id=e["provider"], base_url=e["base_url"], api_key_ref=e.get("api_key", ""),
+            models=tuple(e.get("models") or ()), priority=e.get("priority", 0), weight=e.get("weight", 1),
+            max_concurrent=e.get("max_concurrent", 0), timeout_s=float(e.get("timeout_s", 300.0))))
+    for t in doc.get("tenants") or []:
+        commands.append(m.CreateTenant(tenant_id=t["id"], display_name=t.get("display_name", ""),
+                                       all_models=t.get("all_models", True),
+                                       fallback_on_quota=t.get("fallback_on_quota", False)))
+        for a in t.get("models") or []:
+            commands.append(m.AssignModel(
+                tenant_id=t["id"], model_id=a["model"], enabled=a.get("enabled", True),
+                is_default=a.get("default", False), priority=a.get("priority", 0),
+                input_price_per_1m=_price(a.get("input_price_per_1m")),
+                output_price_per_1m=_price(a.get("output_price_per_1m")), fallback_model=a.get("fallback", "")))
+    return commands
+
+
+def _price(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _fallbacks_first(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Models ordered so that each one's fallback (by id or alias) is registered before it."""
+    names = {}
+    for model in models:
+        for name in (model["id"], *(model.get("aliases") or ())):
+            names[name] = model["id"]
+    by_id = {model["id"]: model for model in models}
+    ordered: list[dict[str, Any]] = []
+    placed: set[str] = set()
+
+    def place(model_id: str, trail: tuple[str, ...]) -> None:
+        if model_id in placed or model_id in trail:
+            return
+        fallback = names.get(by_id[model_id].get("fallback", ""))
+        if fallback is not None:
+            place(fallback, (*trail, model_id))
+        placed.add(model_id)
+        ordered.append(by_id[model_id])
+
+    for model in models:
+        place(model["id"], ())
+    return ordered
+
+
+# --- registry -> document ----------------------------------------------------------------
+
+
+def export(catalog: Catalog) -> dict[str, Any]:
+    """The registry as a document `to_commands` turns back into the same state (keys are not included)."""
+    def compact(item: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in item.items() if defaults.get(k, object()) != v}
+
+    providers = [compact({"id": p.provider_id, "kind": p.kind, "display_name": p.display_name},
+                         {"display_name": ""}) for _, p in sorted(catalog.providers.items())]
+    endpoints = [compact({
+        "id": e.endpoint_id, "provider": e.provider_id, "base_url": e.base_url, "api_key": e.api_key_ref,
+        "models": list(e.models), "priority": e.priority, "weight": e.weight, "max_concurrent": e.max_concurrent,
+        "timeout_s": e.timeout_s}, {"api_key": "", "models": [], "priority": 0, "weight": 1, "max_concurrent": 0,
+                                    "timeout_s": 300.0}) for _, e in sorted(catalog.registered.items())]
+    models = [compact({
+        "id": x.model_id, "kind": x.kind, "aliases": list(x.aliases), "context_length": x.context_length,
+        "input_price_per_1m": x.input_price_per_1m, "output_price_per_1m": x.output_price_per_1m,
+        "fallback": x.fallback_model}, {"kind": "chat", "aliases": [], "context_length": 0,
+                                        "input_price_per_1m": 0.0, "output_price_per_1m": 0.0, "fallback": ""})
+        for _, x in sorted(catalog.models.items())]
+    tenants = []
+    for tid, t in sorted(catalog.tenants.items()):
+        tenant = compact({"id": tid, "display_name": t.display_name, "all_models": t.all_models,
+                          "fallback_on_quota": t.fallback_on_quota},
+                         {"display_name": "", "all_models": True, "fallback_on_quota": False})
+        assigned = [compact({
+            "model": a.model_id, "enabled": a.enabled, "default": a.is_default, "priority": a.priority,
+            "input_price_per_1m": a.input_price_per_1m, "output_price_per_1m": a.output_price_per_1m,
+            "fallback": a.fallback_model}, {"enabled": True, "default": False, "priority": 0,
+                                            "input_price_per_1m": None, "output_price_per_1m": None, "fallback": ""})
+            for _, a in sorted(catalog.assignments.get(tid, {}).items())]
+        if assigned:
+            tenant["models"] = assigned
+        tenants.append(tenant)
+    return {"providers": providers, "endpoints": endpoints, "models": models, "tenants": tenants}

@@ -1,0 +1,82 @@
+"""A response whose head has arrived; its body is buffered by the connection and consumed here."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from switchyard_gateway.http1.wire import ResponseCut
+
+if TYPE_CHECKING:
+    from switchyard_gateway.http1.conn import Connection
+
+
+class Response:
+    """A response whose head has arrived; the body is read with `read()` or `async for`.
+
+    The connection goes back to the pool as soon as the whole body has arrived, read or not;
+    call `release()` when done all the same: it closes the connection if the body is unfinished.
+    """
+
+    __slots__ = ("status", "headers", "_conn", "_chunks", "_size", "_done", "_exc", "_waiter")
+
+    def __init__(self, status: int, headers: dict[str, str], conn: Connection) -> None:
+        self.status = status
+        self.headers = headers  # lower-case names; repeated headers joined with ", "
+        self._conn: Connection | None = conn  # None once the exchange ended
+        self._chunks: list[bytes] = []  # received, not yet consumed
+        self._size = 0
+        self._done = False  # the whole body arrived
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+    async def read(self) -> bytes:
+        """The whole (rest of the) body; raises ResponseCut or ReadTimeout if it breaks off."""
+        while not self._done:
+            if self._exc is not None:
+                raise self._exc
+            await self._wait()
+        return self._take()
+
+    def __aiter__(self) -> Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The body bytes that arrived since the last call (de-chunked), waiting for some."""
+        while not self._chunks:
+            if self._exc is not None:
+                raise self._exc
+            if self._done:
+                raise StopAsyncIteration
+            await self._wait()
+        return self._take()
+
+    def release(self) -> None:
+        """Done with this response; closes the connection if its body has not all arrived."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._exc = ResponseCut("the response was released before its body was read")
+            conn.abort()
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        if self._conn is not None:
+            self._conn.resume()
+        return data
+
+    async def _wait(self) -> None:
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            self.release()
+            raise
+        finally:
+            self._waiter = None

@@ -1,0 +1,191 @@
+"""The Ollama API routes beside the hot path: /api/tags, /api/ps, /api/version and /api/show, per tenant, from the local catalog.
+
+A model is listed when the caller's tenant may use it and at least one endpoint serves it,
+however many endpoints do (the list is merged). Names follow Ollama: a name without a tag
+is shown as `name:latest`, and `name:latest` finds `name`. Sizes are not known to the
+gateway and are 0; the digest is the SHA-256 of the model id, stable across restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts.events import ModelRegistered
+from switchyard_gateway.services.gateway.edge.auth import authenticate
+
+OLLAMA_API_VERSION = "0.6.0"     # the Ollama API level the gateway speaks (/api/version)
+KEEP_ALIVE = timedelta(minutes=5)  # Ollama's default: how long /api/ps says a loaded model stays
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _ShowRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""                   # the older spelling of `model`
+
+
+_decode_show = msgspec.json.Decoder(_ShowRequest).decode
+
+
+def ollama_name(model_id: str) -> str:
+    """The name Ollama shows for a model: with its tag, `:latest` when it has none."""
+    return model_id if ":" in model_id else f"{model_id}:latest"
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def details(model: ModelRegistered, catalog: Catalog) -> dict[str, Any]:
+    """Ollama's `details` block, from what the name says (family, size and quantisation tags)."""
+    base, _, tag = model.model_id.partition(":")
+    letters = re.match(r"[a-z]+", base.rsplit("/", 1)[-1].lower())
+    family = letters.group() if letters else ""
+    size = re.search(r"(?:^|[-_])(\d+(?:\.\d+)?[bm])(?:$|[-_])", tag.lower())
+    quant = re.search(r"(?:^|[-_])((?:q\d\w*)|f16|fp16|bf16|f32)(?:$|[-_])", tag.lower())
+    native = any(catalog.providers.get(e.provider_id) is not None
+                 and catalog.providers[e.provider_id].kind == "ollama"
+                 for e in catalog.endpoints_serving(model.model_id))
+    return {
+        "parent_model": "",
+        "format": "gguf" if native else "",
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": size.group(1).upper() if size else "",
+        "quantization_level": quant.group(1).upper() if quant else "",
+    }
+
+
+def visible_models(catalog: Catalog, tenant_id: str) -> list[ModelRegistered]:
+    """The models a tenant may use that some endpoint serves."""
+    return [m for m in catalog.models_for(tenant_id) if catalog.endpoints_serving(m.model_id)]
+
+
+def _entry(model: ModelRegistered, catalog: Catalog) -> dict[str, Any]:
+    name = ollama_name(model.model_id)
+    return {
+        "name": name, "model": name, "modified_at": _time(model.occurred_at), "size": 0,
+        "digest": hashlib.sha256(model.model_id.encode()).hexdigest(), "details": details(model, catalog),
+    }
+
+
+def tags_body(catalog: Catalog, tenant_id: str) -> dict[str, Any]:
+    """GET /api/tags: every model this tenant may use, once, however many endpoints serve it."""
+    return {"models": [_entry(m, catalog) for m in visible_models(catalog, tenant_id)]}
+
+
+def ps_body(catalog: Catalog, tenant_id: str, loaded: Callable[[str], Iterable[str]] | None,
+            now: datetime | None = None) -> dict[str, Any]:
+    """GET /api/ps: the models this tenant may use that some endpoint serving them reports loaded.
+
+    `loaded(endpoint_id)` gives the names an endpoint has loaded (as the endpoint spells them);
+    without it nothing is known to be loaded.
+    """
+    if loaded is None:
+        return {"models": []}
+    expires = _time((now or datetime.now(UTC)) + KEEP_ALIVE)
+    found: dict[str, ModelRegistered] = {}
+    for endpoint in catalog.endpoints.values():
+        for name in loaded(endpoint.endpoint_id) or ():
+            model_id = catalog.resolve_model(name)
+            if model_id is None or model_id in found or not catalog.tenant_may_use(tenant_id, model_id):
+                continue
+            if endpoint in catalog.endpoints_serving(model_id):
+                found[model_id] = catalog.models[model_id]
+    models = []
+    for model_id in sorted(found):
+        entry = _entry(found[model_id], catalog)
+        del entry["modified_at"]
+        entry.update(expires_at=expires, size_vram=0)
+        if found[model_id].context_length:
+            entry["context_length"] = found[model_id].context_length
+        models.append(entry)
+    return {"models": models}
+
+
+def show_body(catalog: Catalog, tenant_id: str, name: str) -> dict[str, Any] | None:
+    """POST /api/show: what the catalog knows of a model this tenant may use; None when there is no such model."""
+    model_id = catalog.resolve_model(name) if name else None
+    if model_id is None or not catalog.tenant_may_use(tenant_id, model_id) \
+            or not catalog.endpoints_serving(model_id):
+        return None
+    model = catalog.models[model_id]
+    info = details(model, catalog)
+    arch = info["family"] or "unknown"
+    model_info: dict[str, Any] = {"general.architecture": arch}
+    if model.context_length:
+        model_info[f"{arch}.context_length"] = model.context_length
+    assignment = catalog.assignments.get(tenant_id, {}).get(model_id)
+    price_in = assignment.input_price_per_1m if assignment and assignment.input_price_per_1m is not None \
+        else model.input_price_per_1m
+    price_out = assignment.output_price_per_1m if assignment and assignment.output_price_per_1m is not None \
+        else model.output_price_per_1m
+    return {
+        "license": "", "modelfile": "", "parameters": "", "template": "",
+        "details": info, "model_info": model_info,
+        "capabilities": ["embedding"] if model.kind == "embedding" else ["completion"],
+        "modified_at": _time(model.occurred_at),
+        "switchyard": {
+            "model": model.model_id, "aliases": list(model.aliases), "kind": model.kind,
+            "context_length": model.context_length, "input_price_per_1m": price_in,
+            "output_price_per_1m": price_out,
+        },
+    }
+
+
+def _json(body: Any, status: int = 200) -> Response[bytes]:
+    return Response(_encode(body), status_code=status, media_type="application/json")
+
+
+def _caller(request: Request[Any, Any, Any]) -> tuple[Catalog, str]:
+    catalog = request.app.state.deps.extra["state"].catalog
+    return catalog, authenticate(catalog, request.headers).tenant_id
+
+
+@get("/api/tags")
+async def ollama_tags(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The models this caller's tenant may use, in Ollama's list shape."""
+    catalog, tenant_id = _caller(request)
+    return _json(tags_body(catalog, tenant_id))
+
+
+@get("/api/ps")
+async def ollama_ps(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The models endpoints report loaded (from the routing state, when the gateway has it)."""
+    catalog, tenant_id = _caller(request)
+    circuits = request.app.state.deps.extra.get("circuits")
+    return _json(ps_body(catalog, tenant_id, getattr(circuits, "loaded", None)))
+
+
+@get("/api/version")
+async def ollama_version(request: Request[Any, Any, Any]) -> Response[bytes]:
+    _caller(request)
+    return _json({"version": OLLAMA_API_VERSION})
+
+
+@post("/api/show", status_code=200)
+async def ollama_show(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """One model's details, or 404 `{"error": "model 'x' not found"}`."""
+    catalog, tenant_id = _caller(request)
+    try:
+        req = _decode_show(await request.body() or b"{}")
+    except msgspec.MsgspecError as exc:
+        return _json({"error": f"invalid request: {exc}"}, 400)
+    name = req.model or req.name
+    if not name:
+        return _json({"error": "model is required"}, 400)
+    body = show_body(catalog, tenant_id, name)
+    if body is None:
+        return _json({"error": f"model '{name}' not found"}, 404)
+    return _json(body)
+
+
+OLLAMA_ROUTES = [ollama_tags, ollama_ps, ollama_version, ollama_show]

@@ -1,0 +1,149 @@
+"""Serve a call through the first endpoint that can: retry, back off, fall back — never after bytes reached the client.
+
+Per model: endpoints in plan order (breakers open skipped, priority, loaded
+first, least in flight). A refused connection, a timeout or a stream cut before
+any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
+the same endpoint after an exponential backoff with jitter (at least the
+upstream's Retry-After, unless that is longer than we are willing to wait), up
+to `retries_per_endpoint` times. When every endpoint at its cap is busy, the
+call waits up to `cap_wait_s` for a slot. When the model's endpoints are
+exhausted, its fallback model is tried the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import structlog
+
+from switchyard_gateway.contracts.events import CallAttempted, ModelRegistered
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway import http1
+from switchyard_gateway.services.gateway.pipeline import relay
+from switchyard_gateway.services.gateway.pipeline.call import Call
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, ModelNotFound, UpstreamError
+from switchyard_gateway.services.gateway.pipeline.routing import Route, Router
+
+log = structlog.get_logger()
+
+
+class Failover:
+    def __init__(self, router: Router, pool: http1.Pool, outcomes: Any, settings: Settings) -> None:
+        self.router, self.pool, self.outcomes = router, pool, outcomes
+        self.retries = max(0, settings.retries_per_endpoint)
+        self.base_s = settings.retry_base_ms / 1000
+        self.max_s = settings.retry_max_ms / 1000
+        self.retry_after_max_s = settings.retry_after_max_s
+        self.cap_wait_s = settings.cap_wait_s
+
+    async def serve(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes,
+                    proto: Any) -> GatewayError | None:
+        """Serve the call; return the error to show if nothing could (the caller sends it)."""
+        tried_models: set[str] = set()
+        error: GatewayError | None = None
+        current: tuple[ModelRegistered, list[Route]] | None = (model, routes)
+        while current is not None:
+            model, routes = current
+            tried_models.add(model.model_id)
+            call.model = model.model_id
+            error = await self._serve_model(call, model, routes, body, proto)
+            if error is None:
+                return None
+            current = self._fallback(call, model, tried_models)
+        return error
+
+    def _fallback(self, call: Call, model: ModelRegistered, tried: set[str]) -> tuple[ModelRegistered, list[Route]] | None:
+        name = self.router.fallback_for(call.tenant_id, model)
+        if not name:
+            return None
+        try:
+            fallback, routes = self.router.resolve(call.tenant_id, name)
+        except ModelNotFound:
+            log.warning("route.fallback_unknown", request_id=call.request_id, model=model.model_id, fallback=name)
+            return None
+        if fallback.model_id in tried:
+            return None
+        log.info("route.fallback_model", request_id=call.request_id, model=model.model_id, fallback=fallback.model_id)
+        call.served_by_fallback = True
+        return fallback, routes
+
+    async def _serve_model(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes,
+                           proto: Any) -> GatewayError | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cap_wait_s
+        tried: set[str] = set()
+        last: GatewayError | None = None
+        while True:
+            plan = self.router.plan(model, routes, tried)
+            log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model.model_id,
+                      **self.router.describe(plan))
+            if not plan.ready:
+                if plan.capped and loop.time() < deadline:
+                    await self.router.wait_for_release(model.model_id, deadline - loop.time())
+                    continue
+                return last if last is not None and not plan.capped else plan.error()
+            route = plan.ready[0]
+            tried.add(route.endpoint.endpoint_id)
+            error = await self._try_endpoint(call, model, route, body, proto)
+            if error is None:
+                return None
+            last = error
+
+    async def _try_endpoint(self, call: Call, model: ModelRegistered, route: Route, body: bytes,
+                            proto: Any) -> GatewayError | None:
+        endpoint = route.endpoint
+        eid = endpoint.endpoint_id
+        provider = self.router.catalog.providers.get(endpoint.provider_id)
+        plan = call.door.plan(provider.kind if provider else "openai-compatible")
+        upstream_path, payload = plan.request(body, route.upstream_model)
+        circuits = self.router.circuits
+        last: GatewayError | None = None
+        for attempt in range(self.retries + 1):
+            if circuits is not None and not circuits.allows(eid):
+                log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=f"circuit {circuits.state(eid)}")
+                return last or UpstreamError(f"Endpoint '{eid}' is unavailable (circuit open)", status=503,
+                                             code="circuit_open", headers={"retry-after": "5"})
+            call.attempts += 1
+            call.endpoint, call.upstream_model = endpoint, route.upstream_model
+            self.router.acquire(eid, model.model_id)
+            started = time.perf_counter()
+            delay = None
+            try:
+                await relay.attempt(self.pool, call, endpoint, plan, upstream_path, payload, proto,
+                                    lambda outcome, status, t0: self._report(call, eid, outcome, status, t0))
+                return None
+            except relay.Failed as failed:
+                last = failed.error
+                delay = self._backoff(attempt, failed)
+                log.debug("route.attempt_failed", request_id=call.request_id, endpoint=eid, outcome=failed.outcome,
+                          attempt=attempt + 1, retry_in_s=delay)
+                if delay is None:
+                    return last
+            finally:
+                self.router.release(eid, model.model_id)
+                if circuits is not None:
+                    circuits.release(eid)      # frees a half-open trial slot, if this was one
+                call.upstream_s += time.perf_counter() - started
+            await asyncio.sleep(delay)
+        return last
+
+    def _backoff(self, attempt: int, failed: relay.Failed) -> float | None:
+        """Seconds to wait before retrying the same endpoint, or None to move on."""
+        if failed.outcome not in ("http_5xx", "http_429") or attempt >= self.retries:
+            return None
+        delay = min(self.max_s, self.base_s * 2 ** attempt) * (0.5 + random.random() / 2)
+        if failed.retry_after_s is not None:
+            if failed.retry_after_s > self.retry_after_max_s:
+                return None
+            delay = max(delay, failed.retry_after_s)
+        return delay
+
+    def _report(self, call: Call, endpoint_id: str, outcome: str, status: int, started: float) -> None:
+        """Tell the router how an attempt went (batched onto core NATS, never awaited)."""
+        self.outcomes.record(CallAttempted(
+            request_id=call.request_id, endpoint_id=endpoint_id, model=call.model, outcome=outcome,  # type: ignore[arg-type]
+            status=status, latency_ms=(time.perf_counter() - started) * 1000,
+        ))

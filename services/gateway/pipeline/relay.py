@@ -1,0 +1,184 @@
+"""One upstream attempt: send the call, then relay the answer to the client, reading its usage on the way.
+
+An attempt ends in one of three ways: the client got an answer (`Answered`), the
+upstream failed before any byte reached the client (`Failed`: the caller may
+retry or fall back), or the upstream broke off after bytes reached the client
+(answered with an error event: no fallback is possible then).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from switchyard_gateway.contracts.events import EndpointRegistered
+from switchyard_gateway import http1
+from switchyard_gateway.services.gateway.pipeline import upstream
+from switchyard_gateway.services.gateway.pipeline.call import Call
+from switchyard_gateway.services.gateway.edge.errors import UpstreamError
+from switchyard_gateway.services.gateway.translate.plans import Plan
+
+log = structlog.get_logger()
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# failures before the first response byte: (attempt outcome, status shown if no endpoint is left)
+_CONNECT_FAILURES = {
+    http1.ConnectFailed: ("refused", 502),
+    http1.ReadTimeout: ("timeout", 504),
+    http1.ResponseCut: ("cut", 502),
+}
+
+
+class Failed(Exception):
+    """The attempt failed before the client saw a byte; `retry_after_s` is the upstream's hint, if any."""
+
+    def __init__(self, error: UpstreamError, outcome: str, retry_after_s: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error, self.outcome, self.retry_after_s = error, outcome, retry_after_s
+
+
+class ClientGone(Exception):
+    """The client went away while we answered."""
+
+
+async def attempt(pool: http1.Pool, call: Call, endpoint: EndpointRegistered, plan: Plan, path: str,
+                  payload: bytes, proto: Any, report: Any) -> None:
+    """Call `endpoint` and relay its answer the way `plan` says; raise Failed to let the caller retry or fall back.
+
+    `report(outcome, status, started)` tells the router how the attempt went.
+    """
+    started = time.perf_counter()
+    try:
+        response = await pool.request("POST", upstream.url(endpoint, path), payload,
+                                      upstream.request_headers(endpoint), endpoint.timeout_s)
+    except http1.TransportError as exc:
+        outcome, status = _CONNECT_FAILURES.get(type(exc), ("error", 502))
+        report(outcome, 0, started)
+        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({outcome})",
+                                   status=status), outcome) from None
+    try:
+        if response.status in RETRYABLE_STATUS:
+            await _refused(response, endpoint, report, started)
+        if call.request.stream and response.status == 200 and plan.stream is not None:
+            await _relay_stream(call, endpoint, plan, response, proto, report, started)
+        else:
+            await _relay_body(call, endpoint, plan, response, proto, report, started)
+    finally:
+        response.release()
+
+
+async def _refused(response: http1.Response, endpoint: EndpointRegistered, report: Any, started: float) -> None:
+    try:
+        detail = await response.read()
+    except http1.TransportError:
+        detail = b""
+    outcome = "http_429" if response.status == 429 else "http_5xx"
+    report(outcome, response.status, started)
+    retry_after = response.headers.get("retry-after")
+    error = UpstreamError(
+        f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: {detail[:200].decode(errors='replace')}",
+        status=response.status if response.status == 429 else 502,
+        headers={"retry-after": retry_after} if retry_after else None)
+    raise Failed(error, outcome, _seconds(retry_after))
+
+
+async def _relay_body(call: Call, endpoint: EndpointRegistered, plan: Plan, response: http1.Response,
+                      proto: Any, report: Any, started: float) -> None:
+    try:
+        data = await response.read()
+    except http1.TransportError as exc:
+        report("cut", response.status, started)
+        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its answer: {type(exc).__name__}"),
+                     "cut") from None
+    status = response.status
+    report("ok" if status < 400 else "http_4xx", status, started)
+    content_type = response.headers.get("content-type", "application/json")
+    if status == 200:
+        usage = plan.usage(data)
+        if usage is not None:
+            call.input_tokens, call.output_tokens = usage
+        else:
+            call.estimate_tokens()
+        if plan.answer is not None:
+            data, content_type = plan.answer(data, call.request.model or ""), "application/json"
+        if call.cache_key is not None:
+            call.answer = (data, content_type)
+    else:
+        call.outcome = "error"
+        if plan.error is not None:
+            data, content_type = plan.error(data), "application/json"
+    call.status = status
+    call.mark_first_byte()
+    proto.response_bytes(status, [("content-type", content_type), *call.response_headers()], data)
+
+
+async def _relay_stream(call: Call, endpoint: EndpointRegistered, plan: Plan, response: http1.Response,
+                        proto: Any, report: Any, started: float) -> None:
+    assert plan.stream is not None
+    tap = plan.stream(call.request.model or "")
+    call.status = 200
+    transport = None
+    failed_early = False
+    try:
+        async for chunk in response:
+            out = tap.feed(chunk)
+            if not out:
+                continue
+            if transport is None:
+                transport = _start_stream(call, proto)
+            await _send(call, transport, out)
+        if not tap.done:
+            raise http1.ResponseCut("the stream ended before its last event")
+        tail = tap.finish()
+        report("ok", 200, started)
+        if transport is None:
+            transport = _start_stream(call, proto)
+        if tail:
+            await _send(call, transport, tail)
+    except http1.TransportError as exc:
+        report("cut", 200, started)
+        if transport is None:       # nothing reached the client: the caller may still fall back
+            failed_early = True
+            raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its stream before any event"),
+                         "cut") from None
+        call.outcome = "error"
+        log.warning("upstream.stream_cut", endpoint=endpoint.endpoint_id, request_id=call.request_id,
+                    error=type(exc).__name__)
+        await _send(call, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}"))
+    finally:
+        # granian ends a streamed response when its transport is released; an upstream error's
+        # traceback can outlive this frame, so let go of the transport explicitly.
+        transport = None
+        if failed_early:
+            pass
+        elif tap.usage is not None:
+            call.input_tokens, call.output_tokens = tap.usage
+        else:
+            call.estimate_tokens(output_tokens=tap.content_events)
+
+
+def _start_stream(call: Call, proto: Any) -> Any:
+    call.mark_first_byte()
+    return proto.response_stream(200, [
+        ("content-type", call.door.stream_content_type), ("cache-control", "no-cache"), *call.response_headers(),
+    ])
+
+
+async def _send(call: Call, transport: Any, data: bytes) -> None:
+    """Send a stream chunk; if the client has gone, mark the call cancelled and stop the relay."""
+    try:
+        await transport.send_bytes(data)
+    except Exception as exc:  # noqa: BLE001 — granian raises its own protocol errors on a closed client
+        call.outcome = "cancelled"
+        raise ClientGone() from exc
+
+
+def _seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

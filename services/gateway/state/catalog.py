@@ -1,0 +1,34 @@
+"""The gateway's event-fed copy of the registry: a Catalog kept current from the REGISTRY stream.
+
+No request waits on NATS for auth or routing: the catalog is read in memory.
+`switchyard_gateway.catalog.feed.Feed` replays the stream from its start, then follows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from switchyard_gateway.catalog.feed import Feed
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts import subjects
+
+log = structlog.get_logger()
+
+
+class LocalState:
+    def __init__(self) -> None:
+        self.catalog = Catalog()
+        self.feed = Feed(subjects.STREAM_REGISTRY, self.catalog.apply)
+
+    async def start(self, nc: NATS, timeout_s: float = 30.0) -> None:
+        """Replay the REGISTRY stream and wait until caught up to its current end."""
+        await self.feed.start(nc, timeout_s)
+        log.info("catalog.loaded", version=self.catalog.version, tenants=len(self.catalog.tenants),
+                 endpoints=len(self.catalog.endpoints), models=len(self.catalog.models))
+
+    async def wait_for(self, event_ids: Iterable[str], timeout_s: float = 5.0) -> bool:
+        """Wait until events an admin command just recorded are folded in (read-your-writes)."""
+        return await self.feed.wait_for(event_ids, timeout_s)

@@ -1,0 +1,89 @@
+"""The two front doors, OpenAI (`/v1/*`) and Ollama (`/api/*`): how a call through each reaches each kind of endpoint.
+
+A door gives, per endpoint kind, a `Plan` (services/gateway/translate/plans.py): the
+upstream path and body, how a whole answer and its usage are read and
+translated, and the stream relay to use. It also renders the gateway's own
+errors the way its clients read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError, GatewayError
+from switchyard_gateway.services.gateway.translate.sse import SseTap
+from switchyard_gateway.services.gateway.translate.plans import (
+    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_error, ollama_error_line, ollama_plan,
+    ollama_wants_stream, openai_usage,
+)
+from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
+
+OPENAI_APIS = {
+    "/v1/chat/completions": "openai.chat",
+    "/v1/completions": "openai.completions",
+    "/v1/embeddings": "openai.embeddings",
+}
+APIS = {**OPENAI_APIS, **OLLAMA_APIS}
+_STREAMING_OLLAMA = frozenset({"ollama.chat", "ollama.generate"})
+
+
+class Door:
+    """One call's front door."""
+
+    __slots__ = ("api", "path", "ollama", "_plans", "_request", "_body")
+
+    def __init__(self, path: str, request: InferenceRequest, body: bytes) -> None:
+        self.path, self.api = path, APIS[path]
+        self.ollama = self.api.startswith("ollama.")
+        self._request, self._body = request, body
+        self._plans: dict[str, Plan] = {}
+        if self.ollama:
+            request.stream = self.api in _STREAMING_OLLAMA and ollama_wants_stream(body)
+
+    def plan(self, endpoint_kind: str) -> Plan:
+        plan = self._plans.get(endpoint_kind)
+        if plan is None:
+            plan = self._plans[endpoint_kind] = ollama_plan(self.api, endpoint_kind) if self.ollama \
+                else self._openai_plan()
+        return plan
+
+    def _openai_plan(self) -> Plan:
+        """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""
+        request, path = self._request, self.path
+        answer: Callable[[bytes, str], bytes] | None = None
+        if self.api == "openai.embeddings":
+            encoding_format, dimensions = embedding_options(self._body)
+            if encoding_format or dimensions:
+                def answer(data: bytes, _model: str) -> bytes:
+                    return conform_embeddings(data, encoding_format=encoding_format, dimensions=dimensions)
+        keep_usage = bool(request.stream_options and request.stream_options.include_usage)
+        return Plan(
+            native=True,
+            request=lambda body, upstream_model: (path, upstream_body(body, request, upstream_model)),
+            answer=answer, error=None, stream=lambda _model: SseTap(keep_usage=keep_usage), usage=openai_usage,
+        )
+
+    @property
+    def stream_content_type(self) -> str:
+        return "application/x-ndjson" if self.ollama else "text/event-stream"
+
+    def error_body(self, error: GatewayError) -> bytes:
+        """The gateway's own error as this door's clients read it (Ollama: `{"error": "<message>"}`)."""
+        if self.ollama and not isinstance(error, AuthError | ForbiddenError):
+            return ollama_error(str(error))
+        return error.render()
+
+    def cut_event(self, message: str) -> bytes:
+        """What ends a stream the upstream cut after bytes reached the client."""
+        if self.ollama:
+            return ollama_error_line(message)
+        return b'data: {"error":{"message":"' + message.replace('"', "'").encode() + \
+            b'","type":"upstream_error","code":"stream_cut"}}\n\n'
+
+
+def error_body_for(path: str, error: GatewayError) -> bytes:
+    """Render an error for a request whose body could not be read into a Door."""
+    if APIS.get(path, "").startswith("ollama.") and not isinstance(error, AuthError | ForbiddenError):
+        return ollama_error(str(error))
+    return error.render()

@@ -1,0 +1,109 @@
+"""Protocol translation between the OpenAI and Ollama APIs: pure functions on bytes, and the plan per front door and endpoint kind.
+
+| front door | endpoint kind | upstream path | request | answer | stream |
+|---|---|---|---|---|---|
+| OpenAI `/v1/*` | any | the same `/v1/*` path (Ollama serves it too) | as today | as today; embeddings through `conform_embeddings` | SSE relayed (`SseTap`) |
+| Ollama `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings` | `ollama` | the same `/api/*` path | `ollama_set_model` | relayed | NDJSON relayed (`OllamaStreamTap`) |
+| Ollama `/api/chat` | `openai-compatible`, `openai` | `/v1/chat/completions` | `ollama_chat_to_openai` | `openai_chat_to_ollama` | `OpenAIStreamToOllama(model, "chat")` |
+| Ollama `/api/generate` | `openai-compatible`, `openai` | `/v1/chat/completions` (`/v1/completions` when raw or with a suffix) | `ollama_generate_request` (path and body) | `openai_completion_to_ollama_generate` | `OpenAIStreamToOllama(model, "generate")` |
+| Ollama `/api/embed` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embed_to_openai` | `openai_embeddings_to_ollama_embed` | — |
+| Ollama `/api/embeddings` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embed_to_openai` | `openai_embeddings_to_ollama_embeddings` | — |
+
+`ollama_plan(api, endpoint_kind)` returns that row as functions. Usage on the Ollama door: `plan.usage`
+of the upstream's whole answer (`ollama_usage` natively, `openai_usage` translated), or the stream
+object's `usage` (then `content_events` as the output estimate when it stays None).
+Errors on the Ollama door are `{"error": "<message>"}` (`ollama_error`, `ollama_error_line`,
+`openai_error_to_ollama` for an upstream's OpenAI-style error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from switchyard_gateway.services.gateway.translate.embeddings import conform_embeddings, embedding_options, embeddings_to_base64
+from switchyard_gateway.services.gateway.translate.requests import (
+    CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, ollama_chat_to_openai, ollama_embed_to_openai,
+    ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_set_model,
+    ollama_wants_stream,
+)
+from switchyard_gateway.services.gateway.translate.responses import (
+    ollama_error, ollama_error_line, ollama_usage, openai_chat_to_ollama, openai_completion_to_ollama_generate,
+    openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings, openai_error_to_ollama, openai_usage,
+)
+from switchyard_gateway.services.gateway.translate.stream import OllamaStreamTap, OpenAIStreamToOllama
+from switchyard_gateway.services.gateway.translate.wire import TranslationError
+
+__all__ = [
+    "CHAT_PATH", "COMPLETIONS_PATH", "EMBEDDINGS_PATH", "OLLAMA_APIS", "OllamaStreamTap", "OpenAIStreamToOllama",
+    "Plan", "TranslationError", "conform_embeddings", "embedding_options", "embeddings_to_base64",
+    "ollama_chat_to_openai", "ollama_embed_to_openai", "ollama_error", "ollama_error_line", "ollama_generate_path",
+    "ollama_generate_request", "ollama_generate_to_openai", "ollama_model", "ollama_plan", "ollama_set_model",
+    "ollama_usage", "ollama_wants_stream", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
+    "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_to_ollama",
+    "openai_usage",
+]
+
+# Ollama front-door path -> the `api` the proxy records in usage events
+OLLAMA_APIS = {
+    "/api/chat": "ollama.chat",
+    "/api/generate": "ollama.generate",
+    "/api/embed": "ollama.embed",
+    "/api/embeddings": "ollama.embeddings",
+}
+
+Stream = OllamaStreamTap | OpenAIStreamToOllama
+
+
+class Plan(NamedTuple):
+    """How one Ollama-format call reaches one kind of endpoint.
+
+    `request(body, upstream_model)` -> (upstream path, upstream body);
+    `answer(data, model)` turns a 200 non-streamed answer into the Ollama one (None: relay as is);
+    `error(data)` turns a non-200 answer into an Ollama error body (None: relay as is);
+    `stream(model)` builds the object that relays a streamed answer (None: this API never streams);
+    `usage(data)` reads (prompt, completion) tokens from the upstream's whole 200 answer, before translation.
+    """
+
+    native: bool
+    request: Callable[[bytes, str], tuple[str, bytes]]
+    answer: Callable[[bytes, str], bytes] | None
+    error: Callable[[bytes], bytes] | None
+    stream: Callable[[str], Stream] | None
+    usage: Callable[[bytes], tuple[int, int] | None]
+
+
+def _native(path: str) -> Callable[[bytes, str], tuple[str, bytes]]:
+    return lambda body, upstream_model: (path, ollama_set_model(body, upstream_model))
+
+
+def _translated(path: str, translate: Callable[[bytes, str], bytes]) -> Callable[[bytes, str], tuple[str, bytes]]:
+    return lambda body, upstream_model: (path, translate(body, upstream_model))
+
+
+_PLANS: dict[tuple[str, bool], Plan] = {
+    ("ollama.chat", True): Plan(True, _native("/api/chat"), None, None, lambda _: OllamaStreamTap(), ollama_usage),
+    ("ollama.generate", True): Plan(
+        True, _native("/api/generate"), None, None, lambda _: OllamaStreamTap(), ollama_usage),
+    ("ollama.embed", True): Plan(True, _native("/api/embed"), None, None, None, ollama_usage),
+    ("ollama.embeddings", True): Plan(True, _native("/api/embeddings"), None, None, None, ollama_usage),
+    ("ollama.chat", False): Plan(
+        False, _translated(CHAT_PATH, ollama_chat_to_openai), openai_chat_to_ollama, openai_error_to_ollama,
+        lambda model: OpenAIStreamToOllama(model, "chat"), openai_usage),
+    ("ollama.generate", False): Plan(
+        False, ollama_generate_request, openai_completion_to_ollama_generate, openai_error_to_ollama,
+        lambda model: OpenAIStreamToOllama(model, "generate"), openai_usage),
+    ("ollama.embed", False): Plan(
+        False, _translated(EMBEDDINGS_PATH, ollama_embed_to_openai), openai_embeddings_to_ollama_embed,
+        openai_error_to_ollama, None, openai_usage),
+    ("ollama.embeddings", False): Plan(
+        False, _translated(EMBEDDINGS_PATH, ollama_embed_to_openai),
+        lambda data, _model: openai_embeddings_to_ollama_embeddings(data), openai_error_to_ollama, None,
+        openai_usage),
+}
+
+
+def ollama_plan(api: str, endpoint_kind: str) -> Plan:
+    """The plan for an Ollama-format call (`api` from OLLAMA_APIS) to an endpoint of a provider kind
+    (`ollama` natively; `openai-compatible`, `openai` and anything else through the OpenAI API)."""
+    return _PLANS[(api, endpoint_kind == "ollama")]

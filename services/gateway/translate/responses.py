@@ -1,0 +1,156 @@
+"""Whole (non-streamed) OpenAI answers as Ollama answers, usage included; Ollama token counts and error bodies.
+
+OpenAI `usage.prompt_tokens` / `completion_tokens` become Ollama `prompt_eval_count` /
+`eval_count`. Durations are the gateway's own measure when the caller passes
+`elapsed_ns` (`total_duration` and `eval_duration`), and absent otherwise.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import sys
+
+import msgspec
+
+from switchyard_gateway.services.gateway.translate.wire import (
+    Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
+    OllamaToolCall, Reply, TranslationError, Usage, decode_counts, decode_embeddings, decode_reply, decode_usage,
+    done_reason, encode, error_message, ollama_time, tool_arguments,
+)
+
+
+def _reply(data: bytes) -> Reply:
+    try:
+        return decode_reply(data)
+    except msgspec.MsgspecError as exc:
+        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+
+
+def _counts(usage: Usage | None) -> tuple[int | None, int | None]:
+    if usage is None:
+        return None, None
+    prompt = usage.prompt_tokens
+    completion = usage.completion_tokens
+    if completion is None and usage.total_tokens is not None:
+        completion = max(0, usage.total_tokens - (prompt or 0))
+    return prompt, completion
+
+
+def _first(reply: Reply) -> Choice:
+    return next((c for c in reply.choices or () if c.index == 0), Choice())
+
+
+def openai_chat_to_ollama(data: bytes, model: str, *, elapsed_ns: int | None = None) -> bytes:
+    """A chat.completion as an /api/chat reply (`stream: false`)."""
+    reply = _reply(data)
+    choice = _first(reply)
+    message = choice.message
+    content = (message.content if message else None) or choice.text or ""
+    out = OllamaMessage(role="assistant", content=content)
+    if message is not None:
+        out.thinking = message.reasoning_content or message.reasoning or None
+        if message.tool_calls:
+            out.tool_calls = [
+                OllamaToolCall(OllamaFunction(c.function.name or "", tool_arguments(c.function.arguments)))
+                for c in message.tool_calls if c.function is not None
+            ]
+    prompt, completion = _counts(reply.usage)
+    return encode(OllamaChat(
+        model=model, created_at=ollama_time(reply.created), message=out, done=True,
+        done_reason=done_reason(choice.finish_reason), total_duration=elapsed_ns, eval_duration=elapsed_ns,
+        prompt_eval_count=prompt, eval_count=completion,
+    ))
+
+
+def openai_completion_to_ollama_generate(data: bytes, model: str, *, elapsed_ns: int | None = None) -> bytes:
+    """A text_completion (or a chat.completion, which /api/generate is sent as) as an /api/generate reply."""
+    reply = _reply(data)
+    choice = _first(reply)
+    message = choice.message
+    text = choice.text if choice.text is not None else (message.content if message else None) or ""
+    thinking = (message.reasoning_content or message.reasoning) if message else None
+    prompt, completion = _counts(reply.usage)
+    return encode(OllamaGenerate(
+        model=model, created_at=ollama_time(reply.created), response=text, thinking=thinking or None,
+        done=True, done_reason=done_reason(choice.finish_reason), total_duration=elapsed_ns,
+        eval_duration=elapsed_ns, prompt_eval_count=prompt, eval_count=completion,
+    ))
+
+
+def _vectors(data: bytes) -> tuple[list[msgspec.Raw], int | None]:
+    try:
+        reply = decode_embeddings(data)
+    except msgspec.MsgspecError as exc:
+        raise TranslationError(f"The upstream answer is not an OpenAI embedding list: {exc}") from None
+    items = sorted(reply.data, key=lambda item: item.index)
+    vectors = [_as_float_list(item.embedding) for item in items]
+    return vectors, reply.usage.prompt_tokens if reply.usage else None
+
+
+def _as_float_list(raw: msgspec.Raw) -> msgspec.Raw:
+    """A vector as a JSON float list; a base64 one (little-endian float32) is decoded."""
+    if not bytes(raw).startswith(b'"'):
+        return raw
+    floats = array.array("f", base64.b64decode(msgspec.json.decode(bytes(raw), type=str)))
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return msgspec.Raw(encode(floats.tolist()))
+
+
+def openai_embeddings_to_ollama_embed(data: bytes, model: str, *, elapsed_ns: int | None = None) -> bytes:
+    """An OpenAI embedding list as an /api/embed reply: `{"model", "embeddings": [[...]], "prompt_eval_count"}`."""
+    vectors, prompt = _vectors(data)
+    return encode(OllamaEmbed(model=model, embeddings=vectors, total_duration=elapsed_ns, prompt_eval_count=prompt))
+
+
+def openai_embeddings_to_ollama_embeddings(data: bytes) -> bytes:
+    """An OpenAI embedding list as a legacy /api/embeddings reply: `{"embedding": [...]}` (the first vector)."""
+    vectors, _ = _vectors(data)
+    return encode(OllamaEmbedding(vectors[0] if vectors else msgspec.Raw(b"[]")))
+
+
+def ollama_usage(data: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a whole /api/chat, /api/generate or /api/embed reply; None without counts."""
+    try:
+        counts = decode_counts(data)
+    except msgspec.MsgspecError:
+        return None
+    if counts.prompt_eval_count is None and counts.eval_count is None:
+        return None
+    return counts.prompt_eval_count or 0, counts.eval_count or 0
+
+
+def openai_usage(data: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a whole OpenAI answer (completion or embeddings); None when it has no usage."""
+    try:
+        usage = decode_usage(data).usage
+    except msgspec.MsgspecError:
+        return None
+    if usage is None:
+        return None
+    prompt, completion = _counts(usage)
+    return prompt or 0, completion or 0
+
+
+def ollama_error(message: str) -> bytes:
+    """An Ollama error body: `{"error": "<message>"}`."""
+    return encode({"error": message})
+
+
+def ollama_error_line(message: str) -> bytes:
+    """The NDJSON line that ends an Ollama stream with an error (what Ollama sends when a stream fails)."""
+    return encode({"error": message}) + b"\n"
+
+
+def openai_error_to_ollama(data: bytes) -> bytes:
+    """An OpenAI-style error body (`{"error": {"message", ...}}`, or anything else) as an Ollama error body."""
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return ollama_error(data.decode(errors="replace").strip() or "upstream error")
+    if isinstance(body, dict) and "error" in body:
+        return ollama_error(error_message(body["error"]))
+    if isinstance(body, dict) and "message" in body:
+        return ollama_error(str(body["message"]))
+    return ollama_error(data.decode(errors="replace"))

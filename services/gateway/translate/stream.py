@@ -1,0 +1,193 @@
+"""Streams on the Ollama front door: OpenAI server-sent events translated to Ollama NDJSON, and native NDJSON watched as it is relayed.
+
+Both classes share one shape, so the proxy relays either the same way: `feed(chunk)`
+returns the bytes to send (whole lines only, possibly none), `finish()` what is left at
+the end; `done` tells whether the upstream ended its stream properly (without it the
+stream was cut: send `ollama_error_line(...)` instead of `finish()`), `usage` is
+(prompt, completion) tokens once reported, `content_events` counts the chunks that
+carried text (the output estimate when no usage came), `error` holds an error the
+upstream sent inside the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+from switchyard_gateway.services.gateway.translate.responses import ollama_error_line
+from switchyard_gateway.services.gateway.translate.wire import (
+    OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, ToolCall, decode_counts,
+    decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
+)
+
+
+class OpenAIStreamToOllama:
+    """Translate an OpenAI chat or completion stream into /api/chat or /api/generate NDJSON lines.
+
+    Feed it the upstream's bytes as they come (whole events or not); each text delta
+    becomes one `"done": false` line, empty deltas and the role-only first chunk none.
+    `finish()` writes the tool calls (if any) and the final `"done": true` line with
+    `prompt_eval_count` / `eval_count` from the usage chunk and durations measured here
+    with `clock` (nanoseconds): total since construction, prompt evaluation until the
+    first token, evaluation after it.
+    """
+
+    __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "_buffer",
+                 "_created_at", "_clock", "_started", "_first_token", "_calls")
+
+    def __init__(self, model: str, kind: Literal["chat", "generate"], *,
+                 clock: Callable[[], int] = now_ns) -> None:
+        self.model, self.kind = model, kind
+        self.usage: tuple[int, int] | None = None
+        self.done = False
+        self.error: str | None = None
+        self.content_events = 0
+        self.done_reason = "stop"
+        self._buffer = b""
+        self._created_at: str | None = None
+        self._clock = clock
+        self._started = clock()
+        self._first_token: int | None = None
+        self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far]
+
+    def feed(self, sse_events: bytes) -> bytes:
+        data = self._buffer + sse_events if self._buffer else sse_events
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return b""
+        complete, self._buffer = data[:end], data[end + 2:]
+        return b"".join(self._event(event) for event in complete.split(b"\n\n"))
+
+    def finish(self) -> bytes:
+        out = self.feed(b"\n\n") if self._buffer.strip() else b""
+        created_at = self._created_at or ollama_time()
+        if self._calls and self.kind == "chat":
+            calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)))
+                     for _, (name, arguments) in sorted(self._calls.items())]
+            message = OllamaMessage(role="assistant", content="", tool_calls=calls)
+            out += encode(OllamaChat(model=self.model, created_at=created_at, message=message, done=False)) + b"\n"
+        now = self._clock()
+        first = self._first_token if self._first_token is not None else now
+        prompt, completion = self.usage if self.usage is not None else (None, self.content_events)
+        stats = {
+            "done": True, "done_reason": self.done_reason, "total_duration": max(1, now - self._started),
+            "prompt_eval_count": prompt, "prompt_eval_duration": max(1, first - self._started),
+            "eval_count": completion, "eval_duration": max(1, now - first),
+        }
+        if self.kind == "chat":
+            line: OllamaChat | OllamaGenerate = OllamaChat(
+                model=self.model, created_at=created_at, message=OllamaMessage(role="assistant", content=""), **stats)
+        else:
+            line = OllamaGenerate(model=self.model, created_at=created_at, response="", **stats)
+        return out + encode(line) + b"\n"
+
+    def _event(self, event: bytes) -> bytes:
+        payload = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        if not payload:
+            return b""                                  # a comment, `event:` or `retry:` line
+        if payload == b"[DONE]":
+            self.done = True
+            return b""
+        try:
+            chunk = decode_reply(payload)
+        except msgspec.MsgspecError:
+            return b""
+        if chunk.error is not None:
+            self.error = error_message(chunk.error)
+            return ollama_error_line(self.error)
+        if self._created_at is None:
+            self._created_at = ollama_time(chunk.created)
+        if chunk.usage is not None:
+            prompt = chunk.usage.prompt_tokens or 0
+            completion = chunk.usage.completion_tokens
+            if completion is None:
+                completion = max(0, (chunk.usage.total_tokens or 0) - prompt)
+            self.usage = (prompt, completion)
+        out = b""
+        for choice in chunk.choices or ():
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            content = (delta.content if delta else None) or choice.text or ""
+            thinking = (delta.reasoning_content or delta.reasoning) if delta else None
+            if delta is not None and delta.tool_calls:
+                self._collect(delta.tool_calls)
+            if choice.finish_reason:
+                self.done_reason = done_reason(choice.finish_reason)
+            if content or thinking:
+                self.content_events += 1
+                if self._first_token is None:
+                    self._first_token = self._clock()
+                out += self._line(content, thinking or None)
+        return out
+
+    def _line(self, content: str, thinking: str | None) -> bytes:
+        assert self._created_at is not None
+        if self.kind == "chat":
+            message = OllamaMessage(role="assistant", content=content, thinking=thinking)
+            return encode(OllamaChat(model=self.model, created_at=self._created_at, message=message,
+                                     done=False)) + b"\n"
+        return encode(OllamaGenerate(model=self.model, created_at=self._created_at, response=content,
+                                     thinking=thinking, done=False)) + b"\n"
+
+    def _collect(self, calls: list[ToolCall]) -> None:
+        for call in calls:
+            slot = self._calls.setdefault(call.index, ["", ""])
+            if call.function is not None:
+                slot[0] = slot[0] or call.function.name or ""
+                slot[1] += call.function.arguments or ""
+
+
+class OllamaStreamTap:
+    """Watch a native Ollama NDJSON stream as it is relayed untouched: whole lines out, counts from the last line."""
+
+    __slots__ = ("usage", "done", "error", "content_events", "_buffer")
+
+    def __init__(self) -> None:
+        self.usage: tuple[int, int] | None = None
+        self.done = False
+        self.error: str | None = None
+        self.content_events = 0
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buffer + chunk if self._buffer else chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._buffer = data
+            return b""
+        complete, self._buffer = data[: end + 1], data[end + 1:]
+        self.content_events += complete.count(b'"done":false') + complete.count(b'"done": false')
+        if b'"done":true' in complete or b'"done": true' in complete or b'"error"' in complete:
+            for line in complete.split(b"\n"):
+                self._inspect(line)
+        return complete
+
+    def close(self) -> bytes:
+        """Whatever is left at the end of the stream (a last line without its newline)."""
+        rest, self._buffer = self._buffer, b""
+        if rest.strip():
+            self.content_events += rest.count(b'"done":false') + rest.count(b'"done": false')
+            self._inspect(rest)
+        return rest
+
+    finish = close
+
+    def _inspect(self, line: bytes) -> None:
+        if b'"done"' not in line and b'"error"' not in line:
+            return
+        try:
+            counts = decode_counts(line)
+        except msgspec.MsgspecError:
+            return
+        if counts.error is not None:
+            self.error = error_message(counts.error)
+        if counts.done:
+            self.done = True
+            if counts.prompt_eval_count is not None or counts.eval_count is not None:
+                self.usage = (counts.prompt_eval_count or 0, counts.eval_count or 0)
