@@ -19,7 +19,7 @@ from switchyard_gateway.cli.say import say
 from switchyard_gateway.kit import ports
 from switchyard_gateway.kit.stack import StackUrls
 from switchyard_gateway.kit.stack_proc import LOOPBACK, become_subreaper
-from switchyard_gateway.kit.supervisor import Command, Supervisor
+from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
 
 SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order
 SIMULATORS = ("sim-ollama", "sim-openai")                           # --demo's upstreams
@@ -121,7 +121,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     if args.demo:
         for name in SIMULATORS:
             supervisor.add(Command(name, [sys.executable, "-m", "switchyard_gateway.simulator", "--host", LOOPBACK,
-                                          "--port", str(planned[name])], dict(os.environ), logs / f"{name}.log"))
+                                          "--port", str(planned[name])], dict(os.environ), logs / f"{name}.log",
+                                  tier=UPSTREAMS))
 
     commands = []
     if args.demo:

@@ -26,7 +26,7 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEALTHY_AFTER_S = 30.0      # a process that lived this long starts its backoff afresh
 GROUP_GRACE_S = 5.0         # what is left of a dead unit's group gets this long to finish before SIGKILL
 STOP_TIMEOUT_S = 10.0       # a tier not stopped by then is killed
-INFRASTRUCTURE, SERVICES = 0, 1
+INFRASTRUCTURE, UPSTREAMS, SERVICES = 0, 1, 2   # stop order: services (they finish their calls), then the rest
 
 
 class Unit:
@@ -77,9 +77,9 @@ class Watch:
 
 
 class Supervisor:
-    def __init__(self, echo: bool = True) -> None:
+    def __init__(self, echo: bool = True, group_grace_s: float = GROUP_GRACE_S) -> None:
         self.watches: dict[str, Watch] = {}
-        self.echo = echo
+        self.echo, self.group_grace_s = echo, group_grace_s
         self.stopping = False
 
     def add(self, unit: Unit, running: subprocess.Popen[bytes] | None = None) -> Watch:
@@ -130,14 +130,14 @@ class Supervisor:
         watch.exited_at = now
         self._say(f"{watch.unit.name} exited with code {code} after {lived:.1f} s (log: {watch.unit.log_path})")
         signal_group(watch.proc.pid, signal.SIGTERM)      # a worker left behind drains and exits
-        watch.state, watch.deadline = State.REAPING, now + GROUP_GRACE_S
+        watch.state, watch.deadline = State.REAPING, now + self.group_grace_s
 
     def _reap(self, watch: Watch, now: float) -> None:
         assert watch.proc is not None
         if group_members(watch.proc.pid):
             if now < watch.deadline:
                 return
-            self._say(f"what was left of {watch.unit.name} did not exit in {GROUP_GRACE_S:.0f} s; killing it")
+            self._say(f"what was left of {watch.unit.name} did not exit in {self.group_grace_s:.0f} s; killing it")
             signal_group(watch.proc.pid, signal.SIGKILL)
             return                                          # gone by the next look
         self._wait(watch, watch.exited_at)

@@ -79,8 +79,10 @@ def own() -> Iterator[OwnStack]:
 class Load:
     """Calls through the gateway from `workers` concurrent clients until stopped; remembers who got a 200."""
 
-    def __init__(self, stack: OwnStack, prefix: str, workers: int = 8, limit: int | None = None) -> None:
+    def __init__(self, stack: OwnStack, prefix: str, workers: int = 8, limit: int | None = None,
+                 until_refused: bool = False) -> None:
         self.stack, self.prefix, self.workers, self.limit = stack, prefix, workers, limit
+        self.until_refused, self.refused = until_refused, 0     # a worker ends at its first refused connection
         self.answered: list[str] = []
         self.failed: list[int] = []
         self.sent = 0
@@ -96,14 +98,20 @@ class Load:
         while self.running and (self.limit is None or self.sent < self.limit):
             self.sent += 1
             request_id = f"{self.prefix}-{self.sent}"
-            async with client.post(f"{self.stack.url}/v1/chat/completions", data=body, headers={
-                    "Authorization": f"Bearer {self.stack.key}", "X-Request-Id": request_id,
-                    "Content-Type": "application/json"}) as reply:
-                await reply.read()
-                if reply.status == 200:
-                    self.answered.append(request_id)
-                else:
-                    self.failed.append(reply.status)
+            try:
+                async with client.post(f"{self.stack.url}/v1/chat/completions", data=body, headers={
+                        "Authorization": f"Bearer {self.stack.key}", "X-Request-Id": request_id,
+                        "Content-Type": "application/json"}) as reply:
+                    await reply.read()
+                    if reply.status == 200:
+                        self.answered.append(request_id)
+                    else:
+                        self.failed.append(reply.status)
+            except aiohttp.ClientConnectionError:
+                if not self.until_refused:
+                    raise
+                self.refused += 1
+                return
 
 
 async def rows_per_call(stack: OwnStack, prefix: str) -> tuple[int, int]:

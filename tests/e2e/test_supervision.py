@@ -86,8 +86,7 @@ def owned() -> Iterator[Owned]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
-        if os.environ.get('KEEP'): print(root)
-        else: shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -250,14 +249,29 @@ def _serving_again(stack: Owned, component: str, old_pid: int, port: int) -> boo
 # ---- stop --------------------------------------------------------------------------------------
 
 
-def test_sigterm_stops_everything_quickly_and_nothing_is_left(owned: Owned) -> None:
+async def test_sigterm_under_load_stops_everything_quickly_leaves_nothing_and_loses_no_usage(owned: Owned) -> None:
+    load = Load(owned, f"stop-{uuid.uuid4().hex[:8]}", until_refused=True)  # type: ignore[arg-type]
+    task = asyncio.create_task(load.run())
+    await wait_for(lambda: len(load.answered) >= 100, timeout_s=20, what="the load under way")
     everything = psutil.Process(owned.proc.pid).children(recursive=True)
     ports = [int(p) for p in owned.state()["ports"].values()]
     started = time.monotonic()
     owned.proc.send_signal(signal.SIGTERM)
-    assert owned.proc.wait(30) == 0
+    code = await asyncio.to_thread(owned.proc.wait, 30)
     took = time.monotonic() - started
-    print(f"\nSIGTERM: stopped in {took:.2f} s")
+    load.running = False
+    await task
+    print(f"\nSIGTERM under load: stopped in {took:.2f} s; {len(load.answered)} calls answered")
+    assert code == 0 and load.failed == []
     assert [p.pid for p in everything if _live(p)] == []
     assert [port for port in ports if not port_is_free(port)] == []
     assert "did not stop" not in owned.output() and "killing it" not in owned.output()
+
+    again = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(owned.data_dir),
+                              "--no-fsync", "--port", owned.url.rsplit(":", 1)[1]],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_clean_env(), cwd=REPO)
+    try:                                           # the next life of the stack records every answered call once
+        await every_call_recorded_once(owned, load, timeout_s=90)    # type: ignore[arg-type]
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(again.wait, 30) == 0
