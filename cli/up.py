@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from switchyard_gateway.cli import config as config_command
 from switchyard_gateway.cli.say import say
 from switchyard_gateway.kit import ports
+from switchyard_gateway.kit.settings import FILE_SUFFIX, SettingsError, env_value, with_password
 from switchyard_gateway.kit.stack import StackUrls
 from switchyard_gateway.kit.stack_proc import LOOPBACK, become_subreaper
 from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
@@ -62,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
         signal.signal(signum, _raise_stopping)
     become_subreaper()                                   # orphans of our children are ours to see and reap
-    env = os.environ
-    stack = EmbeddedStack(
-        data_dir, nats_url=env.get("SWITCHYARD_NATS_URL"), database_url=env.get("SWITCHYARD_DATABASE_URL"),
-        redis_url=env.get("SWITCHYARD_REDIS_URL"), durable=not args.no_fsync, ports={"gateway": args.port},
-    )
+    try:
+        external = _external_urls(os.environ)
+    except SettingsError as exc:
+        say(f"cannot start: {exc}")
+        return 1
+    stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, ports={"gateway": args.port})
     units = [*SERVICES, *(SIMULATORS if args.demo else ())]
     supervisor = Supervisor()
     try:
@@ -104,7 +106,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     from switchyard_gateway.cli import bootstrap as boot
 
     admin_key, demo_key, generated = boot.remembered_keys(
-        data_dir / "keys.env", os.environ.get("SWITCHYARD_ADMIN_KEY"), os.environ.get("SWITCHYARD_DEMO_KEY"))
+        data_dir / "keys.env", env_value(os.environ, "SWITCHYARD_ADMIN_KEY"),
+        env_value(os.environ, "SWITCHYARD_DEMO_KEY"))
     common = {
         "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url,
@@ -113,9 +116,10 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     logs = data_dir / "logs"
     for name in SERVICES:
         host = args.host if name == "gateway" else LOOPBACK
-        env = {**os.environ, **common, "SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(planned[name])}
+        own = {"SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(planned[name])}
         if name == "registry":
-            env["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
+            own["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
+        env = _service_env({**common, **own})
         supervisor.add(Command(name, [sys.executable, "-m", f"switchyard_gateway.services.{name}"], env,
                                logs / f"{name}.log"))
     if args.demo:
@@ -197,9 +201,28 @@ def _raise_stopping(signum: int, _frame: object) -> None:
 
 
 def _shown(key: str, env_name: str, generated: bool) -> str:
-    if os.environ.get(env_name):
-        return f"from ${env_name}"
+    for name in (env_name, env_name + FILE_SUFFIX):
+        if os.environ.get(name):
+            return f"from ${name}"
     return key
+
+
+def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The NATS, PostgreSQL and Valkey URLs given in the environment (or in files it names), if any."""
+    database_url = env_value(env, "SWITCHYARD_DATABASE_URL")
+    password = env_value(env, "SWITCHYARD_DATABASE_PASSWORD")
+    if database_url and password:
+        database_url = with_password(database_url, password)
+    return {"nats_url": env_value(env, "SWITCHYARD_NATS_URL"), "database_url": database_url,
+            "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
+
+
+def _service_env(values: dict[str, str]) -> dict[str, str]:
+    """Our environment with `values` set, and the _FILE twin of each dropped (a value and a file clash)."""
+    env = {**os.environ, **values}
+    for name in values:
+        env.pop(name + FILE_SUFFIX, None)
+    return env
 
 
 async def _bootstrap(nats_url: str, commands: list[object]) -> list:

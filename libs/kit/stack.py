@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import structlog
 
+from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.kit.stack_nats import NatsServer, nats_problem
 from switchyard_gateway.kit.stack_postgres import PostgresServer, postgres_problem
 from switchyard_gateway.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
@@ -228,7 +228,7 @@ class EmbeddedStack:
         if name not in COMPONENTS:
             raise StackError(f"unknown component {name!r}; expected one of {COMPONENTS}")
         if self._external[name] is not None:
-            url = _redact(self._external[name] or "")
+            url = mask_password(self._external[name] or "")
             raise StackError(f"{name} is external ({url}); the stack does not run it")
         if name not in self._servers:
             raise StackError("the stack is not started")
@@ -263,7 +263,7 @@ class EmbeddedStack:
 
         if not wait_until(answers, timeout_s=self.ready_timeout_s, interval_s=0.25):
             within = f"within {self.ready_timeout_s:.0f} s"
-            raise StackError(f"{name}: external {_redact(url)} did not answer {within}: {problems[0]}")
+            raise StackError(f"{name}: external {mask_password(url)} did not answer {within}: {problems[0]}")
 
     @property
     def _state_path(self) -> Path:
@@ -290,7 +290,7 @@ class EmbeddedStack:
             pids[name] = server.pid
         state.update(ports=ports, pids=pids, launcher_pid=os.getpid())
         if self._urls is not None:
-            state["urls"] = {key: _redact(value) for key, value in msgspec.structs.asdict(self._urls).items()}
+            state["urls"] = {key: mask_password(value) for key, value in msgspec.structs.asdict(self._urls).items()}
         scratch = self._state_path.with_suffix(".json.tmp")
         scratch.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         scratch.replace(self._state_path)
@@ -335,12 +335,3 @@ def _lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def _redact(url: str) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

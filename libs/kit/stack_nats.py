@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from switchyard_gateway.kit.settings import url_list
 from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
 from switchyard_gateway.kit.stack_server import ManagedServer
 
@@ -20,8 +21,8 @@ _DEFAULT_PORT = 4222
 def nats_problem(url: str, *, timeout_s: float = 1.0) -> str | None:
     """None when any server of a (comma-separated) NATS URL list greets us with INFO, else why not."""
     problems = []
-    for one in url.split(","):
-        parts = urlsplit(one.strip() if "://" in one else f"nats://{one.strip()}")
+    for one in url_list(url):
+        parts = urlsplit(one)
         address = (parts.hostname or LOOPBACK, parts.port or _DEFAULT_PORT)
         try:
             with socket.create_connection(address, timeout_s) as conn:
