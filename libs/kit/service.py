@@ -140,12 +140,16 @@ def create_service_app(
             await close_deps(deps)
             deps.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
 
-    @get("/health", sync_to_thread=False)
-    def health(request: Any) -> Response[dict[str, Any]]:
+    def liveness(request: Any) -> Response[dict[str, Any]]:
         checks = health_checks(request.app.state.deps)
         ok = all(checks.values())
         return Response({"status": "ok" if ok else "error", "service": name, "checks": checks},
                         status_code=200 if ok else 503)
+
+    health = get("/health", sync_to_thread=False)(liveness)
+    # This process and its own connections only: what a container healthcheck or a liveness probe asks,
+    # even where /health reports on more (the gateway's covers every endpoint and service).
+    live = get("/health/live", sync_to_thread=False, name="liveness")(liveness)
 
     @get("/metrics")
     async def metrics(request: Any) -> Response[bytes]:
@@ -153,7 +157,7 @@ def create_service_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Litestar(
-        route_handlers=[health_handler or health, metrics, *route_handlers], lifespan=[lifespan],
+        route_handlers=[health_handler or health, live, metrics, *route_handlers], lifespan=[lifespan],
         logging_config=None, openapi_config=None, **litestar_kwargs,
     )
 
