@@ -36,8 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 30.0       # how long start-up waits for NATS / Postgres
     request_timeout_s: float = 5.0        # NATS request/reply deadline
     stream_replicas: int = 1              # JetStream replicas (3 in the scaled-out compose)
-    # gateway
+    # registry
     admin_key: str = ""                   # bootstrap admin key, role admin (tenant "admin")
+    registry_document: str = ""           # a switchyard.yaml the registry applies at start (idempotently)
+    # gateway
     max_body_bytes: int = 4 * 1024 * 1024
     upstream_connect_timeout_s: float = 5.0
     upstream_pool_size: int = 512

