@@ -76,6 +76,9 @@ def owned() -> Iterator[Owned]:
         time.sleep(0.2)
     state = json.loads((root / "data" / "stack.json").read_text())
     database_url = f"postgresql://postgres@127.0.0.1:{state['ports']['postgres']}/switchyard"
+    limits = httpx.put(f"http://127.0.0.1:{port}/api/admin/tenants/demo/limits", headers={"X-API-Key": admin_key},
+                       json={"daily_tokens": 10**12}, timeout=10)       # every call reserves in Valkey
+    assert limits.status_code == 200, limits.text
     try:
         yield Owned(proc, root, root / "data", f"http://127.0.0.1:{port}", key, admin_key, database_url)
     finally:
@@ -86,6 +89,8 @@ def owned() -> Iterator[Owned]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+        print("\n" + "\n".join(line for line in (root / "up.log").read_text().splitlines()
+                                if line.startswith("switchyard:")))
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -210,9 +215,6 @@ async def test_kill_9_of_any_service_main_or_worker_ends_with_exactly_one_health
 
 @pytest.mark.parametrize("component", ["nats", "postgres", "valkey"])
 async def test_infrastructure_killed_under_load_is_restarted_and_no_usage_is_lost(owned: Owned, component: str) -> None:
-    limits = httpx.put(f"{owned.url}/api/admin/tenants/demo/limits", headers={"X-API-Key": owned.admin_key},
-                       json={"daily_tokens": 10**12}, timeout=10)       # every call reserves in Valkey
-    assert limits.status_code == 200, limits.text
     load = Load(owned, f"{component}-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
     task = asyncio.create_task(load.run())
     await wait_for(lambda: len(load.answered) >= 50, timeout_s=20, what="the load under way")
