@@ -1,5 +1,5 @@
 """Request/reply messages between services: registry commands and queries, router commands and
-queries, metering queries.
+queries (metering's are in `metering`, quota's in `quota`).
 
 Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 (the code is an HTTP status); the body then holds an `ErrorBody`.
@@ -198,26 +198,6 @@ class RegistryQuery(msgspec.Struct, frozen=True, omit_defaults=True):
     resource: Resource
     id: str | None = None
     tenant_id: str | None = None
-
-
-class TokenCountsQuery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Token totals per endpoint and model; `tenant_id` limits them to one tenant."""
-
-    tenant_id: str | None = None
-
-
-class TokenCount(msgspec.Struct, frozen=True):
-    endpoint: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    calls: int
-
-
-class TokenCountsReply(msgspec.Struct, frozen=True):
-    total_tokens: int
-    breakdown: list[TokenCount]
 
 
 # --- router commands and queries (tag field "command") ---------------------------
