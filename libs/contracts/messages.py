@@ -7,12 +7,11 @@ Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
-from switchyard_gateway.contracts.events import ModelKind, ProviderKind, RegistryEvent, Role
+from switchyard_gateway.contracts.events import Instant, ModelKind, ProviderKind, RegistryEvent, Role
 from switchyard_gateway.contracts.routing import CircuitState, EndpointModelsDiscovered, ProbeCompleted
 
 
@@ -127,7 +126,7 @@ class IssueKey(Command, frozen=True, tag="issue_key"):
     tenant_id: str
     role: Role = "member"
     name: str = ""
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
     secret: str | None = None
 
 
@@ -253,9 +252,9 @@ class CircuitView(msgspec.Struct, frozen=True):
 
     endpoint_id: str
     state: CircuitState
-    since: datetime | None = None
+    since: Instant | None = None
     reason: str = ""
-    retry_at: datetime | None = None
+    retry_at: Instant | None = None
     consecutive_failures: int = 0
     calls: int = 0                  # in the error-ratio window
     failed_calls: int = 0
