@@ -12,12 +12,14 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from switchyard_gateway.contracts import subjects as s
 
+# A point in time: RFC 3339 with its offset (UTC, `Z`, as written here).
+Instant = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 Role = Literal["member", "admin"]
 ProviderKind = Literal["ollama", "openai-compatible", "openai"]
 ModelKind = Literal["chat", "embedding"]
@@ -49,7 +51,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """A fact that happened. Never mutated, never deleted."""
 
     event_id: uuid.UUID = msgspec.field(default_factory=new_id)
-    occurred_at: datetime = msgspec.field(default_factory=now)
+    occurred_at: Instant = msgspec.field(default_factory=now)
 
     @property
     def tenant(self) -> str | None:
@@ -254,7 +256,7 @@ class KeyIssued(Event, frozen=True, tag=s.KEY_ISSUED):
     key_sha256: str
     role: Role = "member"
     name: str = ""
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
 
     @property
     def identifier(self) -> str:

@@ -9,20 +9,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-import msgspec
 
-from switchyard_gateway.contracts.messages import TokenCount, TokenCountsReply
+from switchyard_gateway.contracts.metering import ModelStats, SeriesPoint, TokenCount, TokenCountsReply
 
 MAX_SERIES_POINTS = 20_000
-
-
-class MeteringQuery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A question on `metering.query.v1`. Without `query` it is a token-count query (`TokenCountsQuery`)."""
-
-    query: Literal["token_counts", "usage", "stats"] = "token_counts"
-    tenant_id: str | None = None
-    model: str | None = None
-    since: float | None = None        # stats: time series points from this instant (epoch seconds)
 
 
 def from_epoch(seconds: float) -> datetime:
@@ -69,7 +59,7 @@ async def rollup_point(conn: asyncpg.Connection) -> datetime | None:
 
 
 async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
-                since: datetime | None = None) -> dict[str, Any]:
+                since: datetime | None = None) -> ModelStats:
     """One model's totals, its time series (minutes, and days before the rollup point) and its
     distribution over endpoints."""
     tenant_filter = "" if tenant_id is None else " AND tenant = $2"
@@ -85,20 +75,18 @@ async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
     series = await _series(conn, tenant_filter, args, rolled, since)
     tokens_in = sum(r["input_tokens"] for r in per_endpoint)
     tokens_out = sum(r["output_tokens"] for r in per_endpoint)
-    reply: dict[str, Any] = {
-        "model": model, "input_tokens": tokens_in, "output_tokens": tokens_out, "total_tokens": tokens_in + tokens_out,
-        "calls": sum(r["calls"] for r in per_endpoint), "errors": sum(r["errors"] for r in per_endpoint),
-        "estimated_calls": sum(r["estimated"] for r in per_endpoint), "cost_usd": float(cost),
-        "time_series": series[-MAX_SERIES_POINTS:],
-        "endpoint_distribution": {r["endpoint"]: r["input_tokens"] + r["output_tokens"] for r in per_endpoint},
-    }
-    if len(series) > MAX_SERIES_POINTS:
-        reply["truncated"] = True
-    return reply
+    return ModelStats(
+        model=model, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
+        calls=sum(r["calls"] for r in per_endpoint), errors=sum(r["errors"] for r in per_endpoint),
+        estimated_calls=sum(r["estimated"] for r in per_endpoint), cost_usd=float(cost),
+        time_series=series[-MAX_SERIES_POINTS:],
+        endpoint_distribution={r["endpoint"]: r["input_tokens"] + r["output_tokens"] for r in per_endpoint},
+        truncated=len(series) > MAX_SERIES_POINTS,
+    )
 
 
 async def _series(conn: asyncpg.Connection, tenant_filter: str, args: list[Any], rolled: datetime | None,
-                  since: datetime | None) -> list[dict[str, Any]]:
+                  since: datetime | None) -> list[SeriesPoint]:
     n = len(args)
     days = []
     if rolled is not None:
@@ -117,8 +105,7 @@ async def _series(conn: asyncpg.Connection, tenant_filter: str, args: list[Any],
     return points
 
 
-def _point(row: asyncpg.Record, granularity: str) -> dict[str, Any]:
+def _point(row: asyncpg.Record, granularity: Literal["minute", "day"]) -> SeriesPoint:
     at = row["at"]
     instant = at if isinstance(at, datetime) else datetime(at.year, at.month, at.day, tzinfo=UTC)
-    return {"endpoint": row["endpoint"], "timestamp": int(instant.timestamp()), "granularity": granularity,
-            "input_tokens": row["i"], "output_tokens": row["o"], "total_tokens": row["i"] + row["o"]}
+    return SeriesPoint(row["endpoint"], int(instant.timestamp()), granularity, row["i"], row["o"], row["i"] + row["o"])
