@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pytest
 
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_proc import pick_free_port
-from tests.conftest import REPO, traversable_tempdir, wait_for
+from tests.conftest import REPO, start_up, stop_up, traversable_tempdir, wait_for
 from tests.e2e.test_up import service_process
 
 TABLES = ("token_counts", "tenant_token_counts", "usage_minutes", "usage_days", "usage_cost")
@@ -53,25 +52,16 @@ def own() -> Iterator[OwnStack]:
     env.update(SWITCHYARD_NATS_URL=urls.nats_url, SWITCHYARD_DATABASE_URL=urls.database_url,
                SWITCHYARD_REDIS_URL=urls.redis_url, SWITCHYARD_DEMO_KEY=key,
                SWITCHYARD_ADMIN_KEY=f"sy_faultadmin_{uuid.uuid4().hex}")
-    log = open(root / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", "--demo", "--data-dir", str(root / "data"),
-                             "--port", str(port), "--no-fsync"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    deadline = time.monotonic() + 90
-    while b"Switchyard is up" not in (root / "up.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            servers.stop()
-            raise RuntimeError("switchyard up --demo did not start:\n" + (root / "up.log").read_text())
-        time.sleep(0.2)
+    try:
+        proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync"], env,
+                        root / "up.log")
+    except RuntimeError:
+        servers.stop()
+        raise
     try:
         yield OwnStack(servers, proc, root / "data", f"http://127.0.0.1:{port}", key, urls.database_url)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_up(proc)
         servers.stop()
         shutil.rmtree(root, ignore_errors=True)
 

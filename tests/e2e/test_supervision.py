@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from switchyard_gateway.kit.stack_proc import pick_free_port, port_is_free
-from tests.conftest import REPO, traversable_tempdir, wait_for
+from tests.conftest import REPO, start_up, stop_up, traversable_tempdir, wait_for
 from tests.e2e.test_faults import Load, every_call_recorded_once
 
 SERVICES = ("registry", "metering", "router", "quota", "gateway")
@@ -64,16 +64,8 @@ def owned() -> Iterator[Owned]:
     port = pick_free_port(set())
     key, admin_key = f"sy_supdemo_{uuid.uuid4().hex}", f"sy_supadmin_{uuid.uuid4().hex}"
     env = {**_clean_env(), "SWITCHYARD_DEMO_KEY": key, "SWITCHYARD_ADMIN_KEY": admin_key}
-    log = open(root / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", "--demo", "--data-dir",
-                             str(root / "data"), "--port", str(port), "--no-fsync"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    deadline = time.monotonic() + 90
-    while b"Switchyard is up" not in (root / "up.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("switchyard up --demo did not start:\n" + (root / "up.log").read_text())
-        time.sleep(0.2)
+    proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync"], env,
+                    root / "up.log")
     state = json.loads((root / "data" / "stack.json").read_text())
     database_url = f"postgresql://postgres@127.0.0.1:{state['ports']['postgres']}/switchyard"
     limits = httpx.put(f"http://127.0.0.1:{port}/api/admin/tenants/demo/limits", headers={"X-API-Key": admin_key},
@@ -82,13 +74,7 @@ def owned() -> Iterator[Owned]:
     try:
         yield Owned(proc, root, root / "data", f"http://127.0.0.1:{port}", key, admin_key, database_url)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        stop_up(proc)
         print("\n" + "\n".join(line for line in (root / "up.log").read_text().splitlines()
                                 if line.startswith("switchyard:")))
         shutil.rmtree(root, ignore_errors=True)
