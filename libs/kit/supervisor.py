@@ -61,6 +61,8 @@ class State(Enum):
 
 @dataclass
 class Watch:
+    """What the supervisor knows of one unit: its process, its state, its exits."""
+
     unit: Unit
     proc: subprocess.Popen[bytes] | None = None
     state: State = State.STOPPED
@@ -71,12 +73,10 @@ class Watch:
     restarts: int = 0
     history: list[int] = field(default_factory=list)    # exit codes, oldest first
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.state is State.RUNNING else None
-
 
 class Supervisor:
+    """Launches units, restarts them as they die (poll), stops them all (stop); single-threaded."""
+
     def __init__(self, echo: bool = True, group_grace_s: float = GROUP_GRACE_S) -> None:
         self.watches: dict[str, Watch] = {}
         self.echo, self.group_grace_s = echo, group_grace_s
