@@ -95,6 +95,7 @@ class RegisterModel(Command, frozen=True, tag="register_model"):
     input_price_per_1m: float = 0.0
     output_price_per_1m: float = 0.0
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
 
 
@@ -111,6 +112,7 @@ class AssignModel(Command, frozen=True, tag="assign_model"):
     input_price_per_1m: float | None = None
     output_price_per_1m: float | None = None
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
 
 
@@ -213,6 +215,7 @@ class TokenCount(msgspec.Struct, frozen=True):
     output_tokens: int
     total_tokens: int
     calls: int
+    cached_tokens: int = 0          # of input_tokens, served from the upstream's prompt cache
 
 
 class TokenCountsReply(msgspec.Struct, frozen=True):
