@@ -58,14 +58,14 @@ class SeriesPoint(msgspec.Struct, frozen=True):
     total_tokens: int
 
 
-class ModelStats(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+class ModelStats(msgspec.Struct, frozen=True, kw_only=True):
     """`stats`: one model's totals, its time series (oldest first) and its tokens per endpoint."""
 
     model: str
     input_tokens: int
     output_tokens: int
     total_tokens: int
-    cached_tokens: int                # of input_tokens, served from the upstream's prompt cache
+    cached_tokens: int = 0            # of input_tokens, served from the upstream's prompt cache
     calls: int
     errors: int
     estimated_calls: int
