@@ -79,7 +79,7 @@ class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
     status: int                     # HTTP status the client saw
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0          # of input_tokens, those the upstream served from its prompt cache
     estimated: bool = False         # counted by the gateway: the upstream reported none
     stream: bool = False
     endpoint_id: str = ""           # "" when no endpoint was reached
@@ -178,6 +178,7 @@ class ModelRegistered(Event, frozen=True, tag=s.MODEL_REGISTERED):
     input_price_per_1m: float = 0.0   # USD
     output_price_per_1m: float = 0.0  # USD
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None   # USD per 1M prompt tokens read from a prompt cache (None: input)
 
     @property
     def identifier(self) -> str:
@@ -231,6 +232,7 @@ class TenantModelAssigned(Event, frozen=True, tag=s.TENANT_MODEL_ASSIGNED):
     input_price_per_1m: float | None = None    # USD; None: the model's price
     output_price_per_1m: float | None = None
     fallback_model: str = ""        # this tenant's fallback for this model ("" = the model's own)
+    cached_input_price_per_1m: float | None = None   # None: the model's cached price, else this input price
 
     @property
     def identifier(self) -> str:

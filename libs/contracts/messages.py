@@ -94,6 +94,7 @@ class RegisterModel(Command, frozen=True, tag="register_model"):
     input_price_per_1m: float = 0.0
     output_price_per_1m: float = 0.0
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
 
 
@@ -110,6 +111,7 @@ class AssignModel(Command, frozen=True, tag="assign_model"):
     input_price_per_1m: float | None = None
     output_price_per_1m: float | None = None
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
 
 

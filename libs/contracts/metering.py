@@ -31,6 +31,7 @@ class TokenCount(msgspec.Struct, frozen=True):
     output_tokens: int
     total_tokens: int
     calls: int
+    cached_tokens: int = 0          # of input_tokens, served from the upstream's prompt cache
 
 
 class TokenCountsReply(msgspec.Struct, frozen=True):
@@ -57,13 +58,14 @@ class SeriesPoint(msgspec.Struct, frozen=True):
     total_tokens: int
 
 
-class ModelStats(msgspec.Struct, frozen=True, omit_defaults=True):
+class ModelStats(msgspec.Struct, frozen=True, kw_only=True):
     """`stats`: one model's totals, its time series (oldest first) and its tokens per endpoint."""
 
     model: str
     input_tokens: int
     output_tokens: int
     total_tokens: int
+    cached_tokens: int = 0            # of input_tokens, served from the upstream's prompt cache
     calls: int
     errors: int
     estimated_calls: int

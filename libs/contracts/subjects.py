@@ -73,11 +73,15 @@ SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 SERVICE_PING = "$SRV.PING"
 
 
-_TOKEN_ESCAPES = str.maketrans({".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09", "%": "%25"})
+_TOKEN_ESCAPES = str.maketrans({
+    ".": "%2E", "*": "%2A", ">": "%3E", "%": "%25", " ": "%20", "\x7f": "%7F",
+    **{chr(c): f"%{c:02X}" for c in range(0x20)},
+})
 
 
 def subject_token(identifier: str) -> str:
-    """An identifier as one subject token: '.', '*', '>' and white space are percent-escaped."""
+    """An identifier as one subject token: '.', '*', '>', '%', space and ASCII control characters are
+    percent-escaped, so a model id like `/models/llama-3.2.gguf` stays one token."""
     return identifier.translate(_TOKEN_ESCAPES) or "_"
 
 

@@ -23,17 +23,18 @@ async def token_counts(conn: asyncpg.Connection, tenant_id: str | None) -> Token
     """Totals per endpoint x model (all tenants), or per model for one tenant."""
     if tenant_id is None:
         rows = await conn.fetch(
-            "SELECT endpoint, model, input_tokens, output_tokens, calls FROM token_counts ORDER BY endpoint, model"
+            "SELECT endpoint, model, input_tokens, output_tokens, calls, cached_tokens FROM token_counts"
+            " ORDER BY endpoint, model"
         )
     else:
         rows = await conn.fetch(
-            "SELECT '' AS endpoint, model, input_tokens, output_tokens, calls FROM tenant_token_counts"
+            "SELECT '' AS endpoint, model, input_tokens, output_tokens, calls, cached_tokens FROM tenant_token_counts"
             " WHERE tenant = $1 ORDER BY model",
             tenant_id,
         )
     breakdown = [
         TokenCount(r["endpoint"], r["model"], r["input_tokens"], r["output_tokens"],
-                   r["input_tokens"] + r["output_tokens"], r["calls"])
+                   r["input_tokens"] + r["output_tokens"], r["calls"], r["cached_tokens"])
         for r in rows
     ]
     return TokenCountsReply(sum(t.total_tokens for t in breakdown), breakdown)
@@ -66,7 +67,8 @@ async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
     args: list[Any] = [model] if tenant_id is None else [model, tenant_id]
     per_endpoint = await conn.fetch(
         "SELECT endpoint, sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,"
-        " sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(estimated_calls)::bigint AS estimated"
+        " sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(estimated_calls)::bigint AS estimated,"
+        " sum(cached_tokens)::bigint AS cached"
         f" FROM usage_days WHERE model = $1{tenant_filter} GROUP BY endpoint ORDER BY endpoint", *args)
     cost = await conn.fetchval(
         f"SELECT coalesce(sum(input_cost_usd + output_cost_usd), 0) FROM usage_cost WHERE model = $1{tenant_filter}",
@@ -77,6 +79,7 @@ async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
     tokens_out = sum(r["output_tokens"] for r in per_endpoint)
     return ModelStats(
         model=model, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
+        cached_tokens=sum(r["cached"] for r in per_endpoint),
         calls=sum(r["calls"] for r in per_endpoint), errors=sum(r["errors"] for r in per_endpoint),
         estimated_calls=sum(r["estimated"] for r in per_endpoint), cost_usd=float(cost),
         time_series=series[-MAX_SERIES_POINTS:],
