@@ -1,8 +1,9 @@
 // Limits and how much of each is used (`/api/v1/tenant-models/quotas`), and a period's usage
-// (`/api/v1/tenant-models/usage`): a member's own page, and the same panels on an admin's tenant page.
+// (`/api/v1/tenant-models/usage`): a member's own page, and the same panels on an admin's tenant page,
+// with the form that sets a tenant's limits or one of its models'.
 
-import { get, enc } from "./api.js";
-import { h, fill, num, usd, ago, when, empty, segmented, panel, showError, clearError } from "./dom.js";
+import { get, put, enc } from "./api.js";
+import { h, fill, num, usd, ago, when, empty, busy, segmented, panel, showError, toast, clearError } from "./dom.js";
 
 const QUOTA_TEXT = {
   daily: "Tokens per day", monthly: "Tokens per month", requests: "Requests per month", budget: "Budget (USD)",
@@ -28,7 +29,7 @@ export function quotasPanel(tenantId, noLimitsHint) {
         return;
       }
       fill(content, h("div", { class: "table-wrap" }, h("table", {},
-        h("thead", {}, h("tr", {}, h("th", {}, "Limit"), h("th", {}, "Model"), h("th", {}, "Used"),
+        h("thead", {}, h("tr", {}, h("th", {}, "Limit"), h("th", {}, "Model"), h("th", { class: "hide-narrow" }, "Used"),
           h("th", { class: "num" }, "Used / limit"), h("th", { class: "num hide-narrow" }, "Remaining"),
           h("th", { class: "hide-narrow" }, "Resets"))),
         h("tbody", {}, reply.quotas.map((q) => quotaRow(q)))),
@@ -51,7 +52,7 @@ function quotaRow(q) {
   return h("tr", { dataset: { quota: q.quota_type, model: q.model_id || "" } },
     h("td", {}, QUOTA_TEXT[q.quota_type] || q.quota_type),
     h("td", {}, q.model_id || h("span", { class: "muted" }, "all models")),
-    h("td", {}, h("div", { class: `bar ${tone}`, role: "meter", "aria-valuemin": 0, "aria-valuemax": q.limit,
+    h("td", { class: "hide-narrow" }, h("div", { class: `bar ${tone}`, role: "meter", "aria-valuemin": 0, "aria-valuemax": q.limit,
       "aria-valuenow": q.used, "aria-label": `${QUOTA_TEXT[q.quota_type] || q.quota_type} used` },
     h("span", { style: `width: ${Math.min(100, ratio * 100).toFixed(1)}%` }))),
     h("td", { class: "num nowrap" }, `${show(q.used)} / ${show(q.limit)}`),
@@ -112,4 +113,64 @@ export function render(main, { live, session }) {
     timer = setTimeout(() => { quotas.reload(); usage.reload(); }, 1500);
   });
   return () => { unsubscribe(); clearTimeout(timer); };
+}
+
+const LIMIT_FIELDS = [
+  ["daily_tokens", "Tokens per day"], ["monthly_tokens", "Tokens per month"], ["monthly_requests", "Requests per month"],
+  ["rpm", "Requests per minute"], ["tpm", "Tokens per minute"], ["key_rpm", "Requests / min per key"],
+  ["key_tpm", "Tokens / min per key"], ["default_max_tokens", "Default max_tokens"],
+];
+
+export function limitsForm(base, tenantId, onSaved) {
+  let current = { limits: {}, models: {} };
+  const errorSlot = h("div", { hidden: true });
+  const scope = h("select", { id: "limit-scope", name: "scope" }, h("option", { value: "" }, "Whole tenant"));
+  const inputs = Object.fromEntries(LIMIT_FIELDS.map(([field]) =>
+    [field, h("input", { id: `limit-${field}`, name: field, type: "number", min: 0, step: 1, inputmode: "numeric", placeholder: "no limit" })]));
+  inputs.budget_usd = h("input", { id: "limit-budget_usd", name: "budget_usd", type: "number", min: 0, step: "any", placeholder: "no budget" });
+  const period = h("select", { id: "limit-budget_period", name: "budget_period" },
+    ["month", "week", "day"].map((p) => h("option", { value: p }, p)));
+  const timezone = h("input", { id: "limit-timezone", name: "timezone", autocomplete: "off", placeholder: "UTC" });
+  const timezoneField = h("label", { class: "field" }, "Time zone (IANA)", timezone);
+  const save = h("button", { type: "submit", class: "primary" }, "Save limits");
+  const form = h("form", { id: "limits-form" },
+    h("div", { class: "limits-form" },
+      h("label", { class: "field" }, "Applies to", scope),
+      LIMIT_FIELDS.map(([field, label]) => h("label", { class: "field" }, label, inputs[field])),
+      h("label", { class: "field" }, "Budget (USD)", inputs.budget_usd), h("label", { class: "field" }, "Budget period", period),
+      timezoneField, save),
+    h("p", { class: "muted small" }, "Leave a field empty for no limit. Changes apply to the next call."));
+  const section = panel("Set limits", [], errorSlot, form);
+  section.id = "set-limits";
+
+  function show() {
+    const values = scope.value ? current.models[scope.value] || {} : current.limits;
+    for (const [field, input] of Object.entries(inputs)) input.value = values[field] ?? "";
+    period.value = values.budget_period || "month";
+    timezone.value = values.timezone || "";
+    timezoneField.hidden = Boolean(scope.value);
+  }
+
+  scope.addEventListener("change", show);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(save, errorSlot, async () => {
+      const body = {};
+      for (const [field, input] of Object.entries(inputs)) body[field] = input.value === "" ? null : Number(input.value);
+      body.budget_period = period.value;
+      if (!scope.value) body.timezone = timezone.value.trim() || null;
+      const path = scope.value ? `${base}/models/${enc(scope.value)}/limits` : `${base}/limits`;
+      const reply = await put(path, body);
+      if (scope.value) current.models[scope.value] = reply.limits; else current.limits = reply.limits;
+      toast(reply.changed ? `Limits of ${tenantId}${scope.value ? ` / ${scope.value}` : ""} saved` : "Nothing changed");
+      onSaved();
+    });
+  });
+
+  Promise.all([get(`${base}/limits`), get("/api/admin/models")]).then(([limits, models]) => {
+    current = limits;
+    for (const m of models) scope.append(h("option", { value: m.model_id }, `Model ${m.model_id}`));
+    show();
+  }, (err) => showError(errorSlot, err, "Limits"));
+  return section;
 }
