@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from switchyard_gateway.simulator import SimConfig, Simulator
+
 from tests.browser.conftest import new_context, shoot
 from tests.conftest import DemoStack, wait_for
 

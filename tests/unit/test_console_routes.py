@@ -6,13 +6,12 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES, STATIC
+
 from tests.conftest import REPO
 
 

@@ -16,6 +16,7 @@ export function render(main) {
   const refreshSlot = h("div", { class: "result", "aria-live": "polite" });
   const list = h("div", { class: "endpoints", id: "endpoint-list" }, h("p", { class: "loading" }, "Loading endpoints…"));
   const lastRefresh = h("span", { class: "muted small" });
+  let shown = "";                  // what the cards show, to redraw only on a change
   const results = new Map();      // endpoint id -> the last test or reset result shown on its card
   const refreshButton = h("button", { type: "button", class: "primary", id: "refresh-registry" }, "Refresh registry");
 
@@ -46,10 +47,12 @@ export function render(main) {
       const breakers = new Map((circuits.error ? [] : circuits).map((c) => [c.endpoint_id, c]));
       lastRefresh.textContent = status.last_refresh ? `last probe ${ago(status.last_refresh)}` : "";
       if (!status.endpoints.length) {
+        shown = "";
         fill(list, empty("No endpoints registered",
           h("span", {}, "Register one with POST /api/admin/endpoints, a template (POST /api/admin/templates/{name}/apply) " +
             "or a switchyard.yaml given to `switchyard up --config`.")));
-      } else {
+      } else if (JSON.stringify([status.endpoints, endpoints, circuits]) !== shown) {   // unchanged: leave the DOM be
+        shown = JSON.stringify([status.endpoints, endpoints, circuits]);
         const focused = document.activeElement?.closest?.(".endpoint")?.dataset.endpoint;
         const focusedAction = document.activeElement?.dataset?.action;
         fill(list, status.endpoints.map((e) => card(e, registered.get(e.endpoint_id), breakers.get(e.endpoint_id))));
@@ -90,6 +93,7 @@ export function render(main) {
     reset.addEventListener("click", () => busy(reset, errorBox, async () => {
       const r = await post(`/api/admin/circuits/${enc(id)}/reset`);
       results.set(id, h("span", {}, `Breaker ${CIRCUIT_TEXT[r.state] || r.state} (was ${CIRCUIT_TEXT[r.previous] || r.previous || "closed"}).`));
+      shown = "";
       toast(`Breaker of ${id} reset`);
       await load();
     }));
