@@ -8,14 +8,15 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import now
 from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.metering import MeteringQuery, RollupDays, TokenUsageReply
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.projections import Follower
 from switchyard_gateway.kit.service import Deps, serve_subscriptions
 from switchyard_gateway.services.metering import metrics, queries, rollup
 from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
 
-_query = decoder(queries.MeteringQuery)
-_rollup = decoder(rollup.RollupDays)
+_query = decoder(MeteringQuery)
+_rollup = decoder(RollupDays)
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:
@@ -27,7 +28,7 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
             case "token_counts":
                 return encode(await queries.token_counts(conn, query.tenant_id))
             case "usage":
-                return encode({"token_usage_counts": await queries.token_usage(conn, query.tenant_id)})
+                return encode(TokenUsageReply(await queries.token_usage(conn, query.tenant_id)))
             case "stats":
                 if not query.model:
                     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))

@@ -63,8 +63,8 @@ def test_wheel_runs_up_demo_outside_the_checkout(wheel: Path, urls: StackUrls) -
     database_url = run_sync(create_database(urls.database_url, f"wheel_{os.getpid()}"))
     port = pick_free_port(set())
     env = {key: value for key, value in os.environ.items() if not key.startswith("SWITCHYARD_")}
-    # A NATS of its own: on the session's, this second system's registry would publish its demo endpoints
-    # (same ids, other ports) into the stream the session's demo gateway follows, and take it over.
+    # NATS of its own: on the session's, this demo's registry would re-point the shared demo's endpoints at
+    # simulators that stop with it (the REGISTRY stream is one per NATS server).
     env |= {"SWITCHYARD_DATABASE_URL": database_url, "SWITCHYARD_REDIS_URL": urls.redis_url, "PYTHONPATH": ""}
     log_path = root / "up.log"
     with log_path.open("wb") as log:

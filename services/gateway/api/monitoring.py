@@ -138,7 +138,7 @@ async def service_health(nc: Any) -> dict[str, dict[str, Any]]:
 
     sub = await nc.subscribe(inbox, cb=on_pong)
     try:
-        await nc.publish("$SRV.PING", b"", reply=inbox)
+        await nc.publish(subjects.SERVICE_PING, b"", reply=inbox)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), PING_WAIT_S)
     finally:

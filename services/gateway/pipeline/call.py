@@ -27,8 +27,8 @@ class Call:
 
     __slots__ = ("api", "tenant_id", "key_id", "request", "started", "request_id", "endpoint", "model",
                  "upstream_model", "attempts", "outcome", "status", "input_tokens", "output_tokens",
-                 "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback", "door",
-                 "cache_key", "cache_hit", "answer")
+                 "cached_tokens", "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback",
+                 "door", "cache_key", "cache_hit", "answer")
 
     def __init__(self, door: Any, tenant_id: str, key_id: str, request: InferenceRequest,
                  started: float, request_id: str, body_bytes: int) -> None:
@@ -43,6 +43,7 @@ class Call:
         self.status = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.cached_tokens = 0          # of input_tokens, what the upstream served from its prompt cache
         self.estimated = False
         self.first_byte = 0.0
         self.upstream_s = 0.0
@@ -60,6 +61,7 @@ class Call:
         self.estimated = True
         self.input_tokens = max(1, self.body_bytes // 4)
         self.output_tokens = output_tokens
+        self.cached_tokens = 0
 
     def response_headers(self) -> list[tuple[str, str]]:
         headers = [("x-request-id", self.request_id)]
@@ -76,7 +78,8 @@ class Call:
             request_id=self.request_id, tenant_id=self.tenant_id, key_id=self.key_id,
             model=self.model or (self.request.model or ""), requested_model=self.request.model or "",
             api=self.api, outcome=self.outcome, status=self.status,  # type: ignore[arg-type]
-            input_tokens=self.input_tokens, output_tokens=self.output_tokens, estimated=self.estimated,
+            input_tokens=self.input_tokens, output_tokens=self.output_tokens, cached_tokens=self.cached_tokens,
+            estimated=self.estimated,
             stream=self.request.stream, endpoint_id=endpoint.endpoint_id if endpoint else "",
             provider_id=endpoint.provider_id if endpoint else "", upstream_model=self.upstream_model,
             attempts=self.attempts, duration_ms=duration * 1000,

@@ -98,7 +98,7 @@ async def _relay_body(call: Call, endpoint: EndpointRegistered, plan: Plan, resp
     if status == 200:
         usage = plan.usage(data)
         if usage is not None:
-            call.input_tokens, call.output_tokens = usage
+            call.input_tokens, call.output_tokens, call.cached_tokens = usage
         else:
             call.estimate_tokens()
         if plan.answer is not None:
@@ -154,7 +154,7 @@ async def _relay_stream(call: Call, endpoint: EndpointRegistered, plan: Plan, re
         if failed_early:
             pass
         elif tap.usage is not None:
-            call.input_tokens, call.output_tokens = tap.usage
+            call.input_tokens, call.output_tokens, call.cached_tokens = tap.usage
         else:
             call.estimate_tokens(output_tokens=tap.content_events)
 
