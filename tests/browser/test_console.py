@@ -14,6 +14,7 @@ import statistics
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,7 +107,7 @@ async def open_breaker(demo: DemoStack) -> AsyncIterator[OpenBreaker]:
 
 
 async def test_operator_watches_live_usage_manages_a_tenant_and_resets_a_breaker(
-        demo: DemoStack, browser: Any, screenshots: Any, open_breaker: OpenBreaker) -> None:
+        browser: Any, screenshots: Path, demo: DemoStack, open_breaker: OpenBreaker) -> None:
     context, requests = await new_context(browser, demo.url)
     page = await context.new_page()
     errors: list[str] = []
@@ -209,7 +210,7 @@ async def test_operator_watches_live_usage_manages_a_tenant_and_resets_a_breaker
     await context.close()
 
 
-async def test_member_key_sees_only_its_tenant(demo: DemoStack, browser: Any, screenshots: Any) -> None:
+async def test_member_key_sees_only_its_tenant(browser: Any, screenshots: Path, demo: DemoStack) -> None:
     tenant = f"ui-m-{uuid.uuid4().hex[:8]}"
     assert (await admin(demo, "POST", "/api/admin/tenants", {"tenant_id": tenant})).status_code == 201
     key = (await admin(demo, "POST", f"/api/admin/tenants/{tenant}/keys", {"name": "member"})).json()["key"]
