@@ -152,6 +152,7 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
 
     gateway = f"http://{args.host}:{args.port}"
     print(f"\nSwitchyard is up. Gateway: {gateway}  (OpenAI API at {gateway}/v1)", flush=True)
+    print(f"  console:   {gateway}/ui  (sign in with a key)", flush=True)
     print(f"  admin key: {_shown(admin_key, 'SWITCHYARD_ADMIN_KEY', generated)}", flush=True)
     if args.demo:
         print(f"  demo key:  {_shown(demo_key, 'SWITCHYARD_DEMO_KEY', generated)}", flush=True)

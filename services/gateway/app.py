@@ -34,6 +34,7 @@ from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
+from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
 
 _encode = msgspec.json.Encoder().encode
 
@@ -110,7 +111,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
-        route_handlers=[admin_router, *monitoring.ROUTES, *OLLAMA_ROUTES, *quota_route_handlers],
+        route_handlers=[admin_router, *monitoring.ROUTES, *OLLAMA_ROUTES, *quota_route_handlers, *CONSOLE_ROUTES],
         health_handler=monitoring.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,

@@ -109,6 +109,15 @@ async def test_stats_give_totals_time_series_and_endpoint_distribution_per_tenan
     missing = await post(demo, "/api/stats", {}, account.key)
     assert missing.status_code == 400 and missing.json()["error"]["field"] == "model"
 
+    # One tenant's figures: an operator may name any tenant, a member only its own.
+    one = {"model": account.model, "tenant_id": account.tenant}
+    assert (await post(demo, "/api/stats", one, demo.admin_key)).json()["total_tokens"] == stats["total_tokens"]
+    assert (await post(demo, "/api/stats", one, account.key)).json()["total_tokens"] == stats["total_tokens"]
+    demos = (await post(demo, "/api/stats", {**one, "tenant_id": "demo"}, demo.admin_key)).json()
+    assert demos["calls"] == 0 and demos["time_series"] == []
+    refused = await post(demo, "/api/stats", {**one, "tenant_id": "demo"}, account.key)
+    assert refused.status_code == 403 and refused.json() == {"error": "Admin role required"}
+
 
 async def test_usage_stream_pushes_each_recorded_call_and_only_to_its_tenant(account: Account) -> None:
     demo = account.demo

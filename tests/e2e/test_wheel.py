@@ -40,6 +40,11 @@ def test_wheel_installs_one_namespace_with_every_package_and_its_data(wheel: Pat
             member = f"{installed}/{init.relative_to(REPO / folder).as_posix()}"
             assert member in names, f"{init.relative_to(REPO)} is missing from the wheel (pyproject.toml packages)"
     assert any(name.startswith(f"{TOP_LEVEL}/kit/migrations/") and name.endswith(".sql") for name in names)
+    console = REPO / "services" / "gateway" / "console" / "static"     # the web console's files, every one
+    for path in console.rglob("*"):
+        if path.is_file():
+            member = f"{TOP_LEVEL}/services/gateway/console/static/{path.relative_to(console).as_posix()}"
+            assert member in names, f"{member} is missing from the wheel (pyproject.toml package-data)"
 
 
 def test_wheel_runs_up_demo_outside_the_checkout(wheel: Path, urls: StackUrls) -> None:
@@ -77,6 +82,8 @@ def test_wheel_runs_up_demo_outside_the_checkout(wheel: Path, urls: StackUrls) -
                                json={"model": "llama3.2", "messages": [{"role": "user", "content": "from a wheel"}]})
             assert reply.status_code == 200, reply.text
             assert reply.json()["choices"][0]["message"]["content"]
+            for page in ("/ui", "/ui/js/app.js", "/ui/vendor/uPlot.iife.min.js"):     # the console, from the wheel
+                assert httpx.get(f"http://127.0.0.1:{port}{page}", timeout=10).status_code == 200, page
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -34,6 +34,7 @@ _any = msgspec.json.Decoder()
 class StatsRequest(msgspec.Struct, frozen=True):
     model: str | None = None
     since: float | None = None
+    tenant_id: str | None = None        # one tenant's figures: the caller's own, or any tenant's for an operator
 
 
 class RollupRequest(msgspec.Struct, frozen=True):
@@ -49,9 +50,12 @@ def _caller(request: Request[Any, Any, Any]) -> KeyIssued:
     return authenticate(_deps(request).extra["state"].catalog, request.headers)
 
 
-def _scope(key: KeyIssued) -> str | None:
-    """The tenant a caller may see the figures of; None for an operator (all of them)."""
-    return None if key.role == "admin" else key.tenant_id
+def _scope(key: KeyIssued, asked: str | None = None) -> str | None:
+    """The tenant whose figures a caller reads: the one it asked for (another tenant's needs the admin role),
+    else its own; None for an operator who asked for none (all of them)."""
+    if asked and asked != key.tenant_id:
+        require_admin(key)
+    return asked or (None if key.role == "admin" else key.tenant_id)
 
 
 async def _ask(request: Request[Any, Any, Any], subject: str, body: dict[str, Any]) -> bytes:
@@ -234,13 +238,13 @@ async def usage(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @post("/api/stats", status_code=200)
 async def stats(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """One model's tokens, time series and distribution over endpoints."""
+    """One model's tokens, time series and distribution over endpoints; everyone's or one tenant's."""
     key = _caller(request)
     body = await _body(request, StatsRequest)
     if not body.model:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
     model = _deps(request).extra["state"].catalog.resolve_model(body.model) or body.model
-    query = {"query": "stats", "model": model, "tenant_id": _scope(key), "since": body.since}
+    query = {"query": "stats", "model": model, "tenant_id": _scope(key, body.tenant_id), "since": body.since}
     return _json(await _ask(request, subjects.METERING_QUERY, query))
 
 

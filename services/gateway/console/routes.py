@@ -1,0 +1,89 @@
+"""The web console's routes: the page at `/ui`, its files under `/ui/` from inside the package, `/dashboard` pointing there.
+
+The console is plain HTML, CSS and JavaScript (with uPlot vendored for charts) that reads the admin and
+monitoring APIs from the browser with the key the user signs in with; the server side only hands out
+files. Each file is read once and kept with its ETag until its modification time changes, so a
+reinstall or an edit is served without a restart. The Content-Security-Policy lets the page talk to its
+own origin only: nothing it loads or sends leaves the gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.response import Redirect
+
+STATIC = Path(__file__).resolve().parent / "static"
+INDEX = "index.html"
+MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+               ".txt": "text/plain"}       # Litestar adds "; charset=utf-8" to text types
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",          # revalidate with the ETag: an upgrade is seen at the next load
+}
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    etag: str
+    media_type: str
+    mtime_ns: int
+
+
+_assets: dict[Path, Asset] = {}
+
+
+def find_asset(name: str) -> Asset | None:
+    """The file `name` under the static folder (never outside it), read or taken from the cache."""
+    path = (STATIC / (name or INDEX)).resolve()
+    if not path.is_relative_to(STATIC) or path.suffix not in MEDIA_TYPES:
+        return None
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    cached = _assets.get(path)
+    if cached is None or cached.mtime_ns != mtime_ns:
+        body = path.read_bytes()
+        cached = Asset(body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"', MEDIA_TYPES[path.suffix], mtime_ns)
+        _assets[path] = cached
+    return cached
+
+
+def _serve(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    asset = find_asset(name)
+    if asset is None:
+        return Response(b'{"error": "Not found"}', status_code=404, media_type="application/json")
+    headers = {**SECURITY_HEADERS, "etag": asset.etag}
+    if request.headers.get("if-none-match") == asset.etag:
+        return Response(b"", status_code=304, headers=headers)
+    return Response(asset.body, headers=headers, media_type=asset.media_type)
+
+
+@get("/dashboard", include_in_schema=False)
+async def to_console() -> Redirect:
+    return Redirect(path="/ui", status_code=308)
+
+
+@get("/ui", include_in_schema=False)
+async def console_page(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The page, at `/ui` and `/ui/`."""
+    return _serve(request, INDEX)
+
+
+@get("/ui/{name:path}", include_in_schema=False)
+async def console_file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    """The page's files under `/ui/`."""
+    return _serve(request, name.lstrip("/"))
+
+
+CONSOLE_ROUTES = [to_console, console_page, console_file]

@@ -1,0 +1,130 @@
+// The gateway's HTTP API from the browser: the signed-in key as a bearer token, errors carrying the API's message,
+// and the live usage stream read with fetch() (EventSource cannot send an Authorization header).
+
+const KEY_SLOT = "switchyard.console.key";
+
+export const session = {
+  get key() { return sessionStorage.getItem(KEY_SLOT) || ""; },
+  set key(value) { value ? sessionStorage.setItem(KEY_SLOT, value) : sessionStorage.removeItem(KEY_SLOT); },
+  role: "",        // "admin" or "member", found at sign-in
+  tenant: "",      // the key's tenant
+};
+
+export class ApiError extends Error {
+  constructor(status, message, code = "", field = "") {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.field = field;
+  }
+}
+
+/** The message an error body carries, whichever of the gateway's error shapes it has. */
+export function errorFrom(status, body) {
+  const error = body && typeof body === "object" ? body.error ?? body.detail ?? body.message : body;
+  if (error && typeof error === "object") {
+    const text = error.message || error.error || JSON.stringify(error);
+    return new ApiError(status, text, error.code || "", error.field || "");
+  }
+  if (typeof error === "string" && error.trim()) return new ApiError(status, error.trim());
+  return new ApiError(status, status ? `The gateway answered ${status}` : "The gateway cannot be reached");
+}
+
+const listeners = new Set();
+/** Called with the error whenever the gateway refuses the key (401): the console signs out. */
+export function onUnauthorized(fn) { listeners.add(fn); }
+
+function headers(extra = {}) {
+  return { Authorization: `Bearer ${session.key}`, ...extra };
+}
+
+/** One API call; resolves to the decoded JSON body, or throws an ApiError with the gateway's message. */
+export async function api(method, path, body, { signal } = {}) {
+  const init = { method, headers: headers(), signal, cache: "no-store" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, "The gateway cannot be reached. Is it running?");
+  }
+  const text = await response.text();
+  let data = text;
+  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON: keep the text */ }
+  if (!response.ok) {
+    const err = errorFrom(response.status, data);
+    if (response.status === 401) listeners.forEach((fn) => fn(err));
+    throw err;
+  }
+  return data;
+}
+
+export const get = (path, opts) => api("GET", path, undefined, opts);
+export const post = (path, body, opts) => api("POST", path, body ?? {}, opts);
+export const put = (path, body, opts) => api("PUT", path, body ?? {}, opts);
+export const del = (path, opts) => api("DELETE", path, undefined, opts);
+export const enc = encodeURIComponent;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Follow `GET /api/usage-stream`: `onEvent(snapshot)` for every `data:` event, `onState(state, error?)` with
+ * "live", "reconnecting" or "error". Reconnects with backoff; stops on 401/403 or when `stop()` is called.
+ */
+export function usageStream(onEvent, onState) {
+  let stopped = false;
+  let controller = null;
+
+  async function follow() {
+    let delay = 1000;
+    while (!stopped) {
+      controller = new AbortController();
+      try {
+        const response = await fetch("/api/usage-stream", {
+          headers: headers({ Accept: "text/event-stream" }), signal: controller.signal, cache: "no-store",
+        });
+        if (!response.ok) {
+          const text = await response.text();
+          let body = text;
+          try { body = JSON.parse(text); } catch { /* keep the text */ }
+          throw errorFrom(response.status, body);
+        }
+        onState("live");
+        delay = 1000;
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value.replaceAll("\r\n", "\n");
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            const data = block.split("\n").filter((line) => line.startsWith("data:"))
+              .map((line) => line.slice(5).trimStart()).join("\n");
+            if (data) onEvent(JSON.parse(data));
+          }
+        }
+      } catch (err) {
+        if (stopped) return;
+        if (err.status === 401 || err.status === 403) {
+          onState("error", err);
+          if (err.status === 401) listeners.forEach((fn) => fn(err));
+          return;
+        }
+      }
+      if (stopped) return;
+      onState("reconnecting");
+      await sleep(delay);
+      delay = Math.min(delay * 2, 15000);
+    }
+  }
+
+  follow();
+  return { stop() { stopped = true; controller?.abort(); } };
+}

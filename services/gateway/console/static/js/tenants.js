@@ -1,0 +1,190 @@
+// Tenants (admin): list and create; one tenant's usage chart, limits and their use, models and keys.
+
+import { get, post, put, del, enc } from "./api.js";
+import { h, fill, ago, when, badge, empty, busy, showError, clearError, toast, panel, segmented } from "./dom.js";
+import { RANGES, loadStats, usageChart } from "./charts.js";
+import { keysPanel } from "./keys.js";
+import { quotasPanel, periodPanel, limitsForm } from "./limits.js";
+
+export function render(main, context) {
+  return context.params[0] ? detail(main, context, context.params[0]) : list(main);
+}
+
+// --- the list -------------------------------------------------------------------------------------
+
+function list(main) {
+  const errorSlot = h("div", { hidden: true });
+  const formError = h("div", { id: "create-tenant-error", hidden: true });
+  const table = h("div", {}, h("p", { class: "loading" }, "Loading tenants…"));
+  const id = h("input", { id: "tenant-id", name: "tenant_id", required: true, autocomplete: "off", placeholder: "acme" });
+  const name = h("input", { id: "tenant-name", name: "display_name", autocomplete: "off", placeholder: "Acme Corp" });
+  const all = h("input", { id: "tenant-all", type: "checkbox", name: "all_models", checked: true });
+  const create = h("button", { type: "submit", class: "primary" }, "Create tenant");
+  const form = h("form", { class: "inline", id: "create-tenant" },
+    h("label", { class: "field" }, "Tenant id", id), h("label", { class: "field" }, "Display name", name),
+    h("label", { class: "check" }, all, "May use every model"), create);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(create, formError, async () => {
+      const reply = await post("/api/admin/tenants",
+        { tenant_id: id.value.trim(), display_name: name.value.trim(), all_models: all.checked });
+      toast(`Tenant ${reply.resource?.tenant_id || id.value} created`);
+      location.hash = `#/tenants/${enc(id.value.trim())}`;
+    });
+  });
+
+  fill(main, h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, "Tenants")),
+    panel("New tenant", [], form, formError), errorSlot, panel("All tenants", [], table));
+
+  get("/api/admin/tenants").then((tenants) => {
+    if (!tenants.length) {
+      fill(table, empty("No tenants yet", h("span", {}, "Create one above, then issue it a key.")));
+      return;
+    }
+    fill(table, h("div", { class: "table-wrap" }, h("table", { id: "tenant-list" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Name"), h("th", {}, "Models"),
+        h("th", { class: "hide-narrow" }, "Changed"))),
+      h("tbody", {}, tenants.map((t) => h("tr", { dataset: { tenant: t.tenant_id } },
+        h("td", {}, h("a", { href: `#/tenants/${enc(t.tenant_id)}` }, t.tenant_id)),
+        h("td", {}, t.display_name || h("span", { class: "muted" }, "–")),
+        h("td", {}, t.all_models ? "every model" : "assigned only"),
+        h("td", { class: "hide-narrow", title: when(t.updated_at) }, ago(t.updated_at))))))));
+  }, (err) => { fill(table); showError(errorSlot, err, "Tenants"); });
+  id.focus();
+}
+
+// --- one tenant -----------------------------------------------------------------------------------
+
+function detail(main, { live }, tenantId) {
+  const base = `/api/admin/tenants/${enc(tenantId)}`;
+  let gone = false;
+  let range = "hour";
+  let timer = 0;
+  const headError = h("div", { hidden: true });
+  const subtitle = h("span", { class: "muted" });
+  const chartHost = h("div", { id: "tenant-chart" });
+  const chart = usageChart(chartHost, () => [h("span", {}, "Issue the tenant a key below and make a call with it.")]);
+  const chartError = h("div", { hidden: true });
+  const quotas = quotasPanel(tenantId, h("span", {}, "Set limits below: tokens per day or month, requests, rates, a budget."));
+  const usage = periodPanel(tenantId);
+  const models = modelsPanel(base, tenantId, subtitle);
+  const keys = keysPanel(base, tenantId);
+  const limits = limitsForm(base, tenantId, () => quotas.reload());
+
+  fill(main,
+    h("div", { class: "page-head" }, h("a", { href: "#/tenants" }, "← Tenants"),
+      h("h1", { tabindex: "-1" }, tenantId), subtitle),
+    headError,
+    panel("Usage", [segmented("Range", RANGES, range, (value) => { range = value; drawChart(); })], chartError, chartHost),
+    quotas.section, usage.section,
+    limits, models.section, keys);
+
+  let shownTotal = 0;
+  async function drawChart(expectMore = false, tries = 0) {
+    try {
+      const counts = await get("/api/token_counts");
+      const names = new Set((counts.breakdown || []).map((row) => row.model));
+      models.assigned().forEach((m) => names.add(m));
+      const replies = await loadStats([...names].sort(), range, tenantId);
+      if (gone) return;
+      clearError(chartError);
+      chart.update(replies, range, "model");
+      const total = Number(chartHost.dataset.total || 0);
+      if (expectMore && total <= shownTotal && tries < 4) {   // the usage log is behind the stream: ask again
+        timer = setTimeout(() => drawChart(true, tries + 1), 1200);
+        return;
+      }
+      shownTotal = total;
+      if (expectMore) { quotas.reload(); usage.reload(); }
+    } catch (err) {
+      if (!gone) showError(chartError, err, "Usage chart");
+    }
+  }
+
+  get(base).then((tenant) => {
+    models.setAllModels(tenant.all_models);
+    subtitle.textContent = tenant.display_name || "";
+  }, (err) => showError(headError, err, `Tenant ${tenantId}`));
+  models.reload().then(() => drawChart());
+
+  const unsubscribe = live.subscribe((snapshot) => {
+    if (!(snapshot.recorded || []).some((call) => call.tenant_id === tenantId)) return;
+    clearTimeout(timer);
+    timer = setTimeout(() => drawChart(true), 1200);
+  });
+  return () => { gone = true; unsubscribe(); clearTimeout(timer); };
+}
+
+function modelsPanel(base, tenantId, subtitle) {
+  let assigned = [];
+  let allModels = null;
+  const errorSlot = h("div", { hidden: true });
+  const access = h("p", { class: "small" });
+  const toggle = h("button", { type: "button", id: "toggle-all-models" }, "…");
+  const content = h("div");
+  const select = h("select", { id: "assign-model", name: "model_id", required: true });
+  const isDefault = h("input", { type: "checkbox", id: "assign-default" });
+  const assign = h("button", { type: "submit" }, "Assign model");
+  const form = h("form", { class: "inline", id: "assign-form" },
+    h("label", { class: "field" }, "Model", select), h("label", { class: "check" }, isDefault, "Default model"), assign);
+  const section = panel("Models", [toggle], access, errorSlot, content, form);
+  section.id = "models";
+
+  function setAllModels(value) {
+    allModels = value;
+    access.textContent = value ? "This tenant may use every model; assignments set its default, priority and prices."
+      : "This tenant may use only the models assigned here.";
+    toggle.textContent = value ? "Limit to assigned models" : "Allow every model";
+  }
+
+  toggle.addEventListener("click", () => busy(toggle, errorSlot, async () => {
+    await put(base, { all_models: !allModels });
+    setAllModels(!allModels);
+    toast(allModels ? `${tenantId} may use every model` : `${tenantId} may use its assigned models only`);
+  }));
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(assign, errorSlot, async () => {
+      await post(`${base}/models`, { model_id: select.value, is_default: isDefault.checked });
+      toast(`${select.value} assigned to ${tenantId}`);
+      isDefault.checked = false;
+      await reload();
+    });
+  });
+
+  async function reload() {
+    try {
+      const [rows, catalog] = await Promise.all([get(`${base}/models`), get("/api/admin/models")]);
+      assigned = rows.map((r) => r.model_id);
+      clearError(errorSlot);
+      const free = catalog.map((m) => m.model_id).filter((m) => !assigned.includes(m));
+      fill(select, free.map((m) => h("option", { value: m }, m)));
+      form.hidden = !free.length;
+      if (!rows.length) {
+        fill(content, empty("No models assigned", h("span", {}, free.length ? "Assign one below." : "Register a model first.")));
+        return;
+      }
+      fill(content, h("div", { class: "table-wrap" }, h("table", { id: "assignments" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Model"), h("th", {}, "Default"), h("th", { class: "num hide-narrow" }, "Priority"),
+          h("th", { class: "hide-narrow" }, "Price in / out per 1M"), h("th", {}, ""))),
+        h("tbody", {}, rows.map((r) => {
+          const remove = h("button", { type: "button", class: "danger" }, "Remove");
+          remove.addEventListener("click", () => busy(remove, errorSlot, async () => {
+            await del(`${base}/models/${enc(r.model_id)}`);
+            toast(`${r.model_id} removed from ${tenantId}`);
+            await reload();
+          }));
+          return h("tr", { dataset: { model: r.model_id } }, h("td", {}, r.model_id, r.enabled ? "" : badge("disabled", "warn")),
+            h("td", {}, r.is_default ? badge("default", "ok") : ""), h("td", { class: "num hide-narrow" }, String(r.priority)),
+            h("td", { class: "hide-narrow" }, r.input_price_per_1m == null && r.output_price_per_1m == null
+              ? h("span", { class: "muted" }, "model's price") : `$${r.input_price_per_1m ?? "–"} / $${r.output_price_per_1m ?? "–"}`),
+            h("td", {}, remove));
+        })))));
+    } catch (err) {
+      showError(errorSlot, err, "Models");
+    }
+  }
+
+  return { section, reload, setAllModels, assigned: () => assigned };
+}
