@@ -18,18 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "references (endpoint -> provider, assignment -> model, fallbacks) and duplicate identifiers.")
     validate.add_argument("file", type=Path, help="the file to check, e.g. switchyard.yaml")
 
-def _problems_of(path: Path) -> tuple[dict | None, list]:
-    from switchyard_gateway.catalog import document as config_file
-
-    doc, problems = config_file.load(path)
-    if not problems:
-        problems = config_file.validate(doc)
-    return (None if problems else doc), problems
-
-
 def validate(path: Path) -> int:
     """Print every problem of a config file with its path; 0 when there is none."""
-    doc, problems = _problems_of(path)
+    from switchyard_gateway.catalog import document
+
+    doc, problems = document.checked(path)
     for problem in problems:
         print(f"{path}: {problem.path}: {problem.message}", flush=True)
     if problems:
@@ -41,7 +34,9 @@ def validate(path: Path) -> int:
 
 
 def load(path: Path) -> dict | None:
-    doc, problems = _problems_of(path)
+    from switchyard_gateway.catalog import document
+
+    doc, problems = document.checked(path)
     for problem in problems:
         say(f"{path}: {problem.path}: {problem.message}")
     if problems:

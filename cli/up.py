@@ -7,17 +7,24 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from switchyard_gateway.cli import config as config_command
 from switchyard_gateway.cli.say import say
+from switchyard_gateway.kit import ports
+from switchyard_gateway.kit.settings import FILE_SUFFIX, SettingsError, env_value, with_password
 from switchyard_gateway.kit.stack import StackUrls
-from switchyard_gateway.kit.stack_proc import pick_free_port
-from switchyard_gateway.kit.supervisor import Supervisor
+from switchyard_gateway.kit.stack_proc import LOOPBACK, become_subreaper
+from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
 
-SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order; stop runs reversed
+SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order
+SIMULATORS = ("sim-ollama", "sim-openai")                           # --demo's upstreams
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,82 +62,92 @@ def run(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
         signal.signal(signum, _raise_stopping)
-    env = os.environ
-    stack = EmbeddedStack(
-        data_dir, nats_url=env.get("SWITCHYARD_NATS_URL"), database_url=env.get("SWITCHYARD_DATABASE_URL"),
-        redis_url=env.get("SWITCHYARD_REDIS_URL"), durable=not args.no_fsync,
-    )
-    say(f"starting NATS, PostgreSQL and Valkey under {data_dir} ...")
+    become_subreaper()                                   # orphans of our children are ours to see and reap
     try:
-        urls = stack.start()
-    except StackError as exc:
-        say(f"could not start the embedded stack: {exc}")
+        external = _external_urls(os.environ)
+    except SettingsError as exc:
+        say(f"cannot start: {exc}")
         return 1
-    except Stopping:
-        stack.stop()
-        return 0
-    supervisor = Supervisor(data_dir / "logs")
+    stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, ports={"gateway": args.port})
+    units = [*SERVICES, *(SIMULATORS if args.demo else ())]
+    supervisor = Supervisor()
     try:
-        return _run_services(args, data_dir, urls, supervisor)
+        try:
+            planned = stack.plan(also=tuple(units))
+            ports.check_free({name: (args.host if name == "gateway" else LOOPBACK, port)
+                              for name, port in planned.items()})
+        except StackError as exc:
+            stack.stop()
+            say(f"cannot start: {exc}")
+            return 1
+        say(f"starting NATS, PostgreSQL and Valkey under {data_dir} ...")
+        try:
+            urls = stack.start()
+        except StackError as exc:
+            say(f"could not start the embedded stack: {exc}")
+            return 1
+        for unit in stack.units():
+            supervisor.add(unit, running=unit.process)
+        return _run_services(args, data_dir, urls, planned, supervisor)
     except Stopping:
         return 0
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):   # a second Ctrl-C must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
-        say("stopping ...")
-        supervisor.stop(order=[*reversed(SERVICES)])
-        stack.stop()
-        say("stopped")
+        if stack.ports:                                  # something was started (a refusal started nothing)
+            started = time.monotonic()
+            supervisor.stop()
+            stack.stop()
+            say(f"stopped in {time.monotonic() - started:.1f} s")
 
 
-def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, supervisor: Supervisor) -> int:
+def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, planned: dict[str, int],
+                  supervisor: Supervisor) -> int:
     from switchyard_gateway.cli import bootstrap as boot
 
     admin_key, demo_key, generated = boot.remembered_keys(
-        data_dir / "keys.env", os.environ.get("SWITCHYARD_ADMIN_KEY"), os.environ.get("SWITCHYARD_DEMO_KEY"))
-    taken = {args.port}
+        data_dir / "keys.env", env_value(os.environ, "SWITCHYARD_ADMIN_KEY"),
+        env_value(os.environ, "SWITCHYARD_DEMO_KEY"))
     common = {
         "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url,
         "SWITCHYARD_SPOOL_DIR": str(data_dir / "spool"),
     }
-    ports: dict[str, int] = {}
+    logs = data_dir / "logs"
     for name in SERVICES:
-        port = args.port if name == "gateway" else pick_free_port(taken)
-        taken.add(port)
-        ports[name] = port
-        host = args.host if name == "gateway" else "127.0.0.1"
-        env = {**common, "SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(port)}
+        host = args.host if name == "gateway" else LOOPBACK
+        own = {"SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(planned[name])}
         if name == "registry":
-            env["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
-        supervisor.add(name, [sys.executable, "-m", f"switchyard_gateway.services.{name}"], env)
-    sims: dict[str, int] = {}
+            own["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
+        env = _service_env({**common, **own})
+        supervisor.add(Command(name, [sys.executable, "-m", f"switchyard_gateway.services.{name}"], env,
+                               logs / f"{name}.log"))
     if args.demo:
-        for name in ("sim-ollama", "sim-openai"):
-            sims[name] = pick_free_port(taken)
-            taken.add(sims[name])
-            supervisor.add(name, [sys.executable, "-m", "switchyard_gateway.simulator", "--host", "127.0.0.1",
-                                  "--port", str(sims[name])], {})
+        for name in SIMULATORS:
+            supervisor.add(Command(name, [sys.executable, "-m", "switchyard_gateway.simulator", "--host", LOOPBACK,
+                                          "--port", str(planned[name])], dict(os.environ), logs / f"{name}.log",
+                                  tier=UPSTREAMS))
 
     commands = []
     if args.demo:
-        commands += boot.demo_commands(f"http://127.0.0.1:{sims['sim-ollama']}",
-                                       f"http://127.0.0.1:{sims['sim-openai']}", demo_key)
+        commands += boot.demo_commands(f"http://127.0.0.1:{planned['sim-ollama']}",
+                                       f"http://127.0.0.1:{planned['sim-openai']}", demo_key)
     if args.registry_doc is not None:
         commands.append(boot.config_command(args.registry_doc))
+    local = f"http://127.0.0.1:{args.port}"
+    gateway_at = (args.host, args.port)
     try:
         if commands:
-            replies = asyncio.run(_bootstrap(urls.nats_url, commands))
+            replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(urls.nats_url, commands)))
             if args.registry_doc is not None:
                 say(f"registry document applied: {len(replies[-1].events)} change(s)")
-        local = f"http://127.0.0.1:{args.port}"
-        _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0)     # registry and gateway both answer
+        _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0))
         if args.demo:
-            _wait_http(f"{local}/v1/models", demo_key, 30.0)         # the gateway knows the demo tenant
+            _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/v1/models", demo_key, 30.0))
     except Stopping:
         raise
     except Exception as exc:  # noqa: BLE001 — tell the operator where to look
-        say(f"start-up failed: {exc}; logs are in {data_dir / 'logs'}")
+        say(f"start-up failed: {exc}; logs are in {logs}")
         return 1
 
     gateway = f"http://{args.host}:{args.port}"
@@ -144,11 +161,36 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, sup
               "       -H 'Content-Type: application/json' \\\n"
               "       -d '{\"model\": \"llama3.2\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'",
               flush=True)
-    print(f"\n  services: {', '.join(f'{n} :{p}' for n, p in ports.items())}; logs in {data_dir / 'logs'}",
-          flush=True)
+    print(f"\n  services: {', '.join(f'{n} :{planned[n]}' for n in SERVICES)}; logs in {logs}", flush=True)
     print("  Ctrl-C stops everything.\n", flush=True)
     supervisor.run_forever()
     return 0
+
+
+def _supervising(supervisor: Supervisor, gateway: tuple[str, int], step: Callable[[], T]) -> T:
+    """Run a blocking start-up step in a helper thread while this one keeps supervising.
+
+    A gateway that exits because its port is taken ends the start-up at once, naming the holder.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = step()
+        except BaseException as exc:  # noqa: BLE001 — handed to the supervising thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=target, name="up-step", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(0.25)
+        supervisor.poll()
+        if supervisor.watches["gateway"].history[-1:] == [ports.PORT_IN_USE_EXIT]:
+            host, port = gateway
+            raise ports.PortInUse(port, "gateway", host, ports.holder(port))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class Stopping(Exception):
@@ -160,9 +202,28 @@ def _raise_stopping(signum: int, _frame: object) -> None:
 
 
 def _shown(key: str, env_name: str, generated: bool) -> str:
-    if os.environ.get(env_name):
-        return f"from ${env_name}"
+    for name in (env_name, env_name + FILE_SUFFIX):
+        if os.environ.get(name):
+            return f"from ${name}"
     return key
+
+
+def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
+    """The NATS, PostgreSQL and Valkey URLs given in the environment (or in files it names), if any."""
+    database_url = env_value(env, "SWITCHYARD_DATABASE_URL")
+    password = env_value(env, "SWITCHYARD_DATABASE_PASSWORD")
+    if database_url and password:
+        database_url = with_password(database_url, password)
+    return {"nats_url": env_value(env, "SWITCHYARD_NATS_URL"), "database_url": database_url,
+            "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
+
+
+def _service_env(values: dict[str, str]) -> dict[str, str]:
+    """Our environment with `values` set, and the _FILE twin of each dropped (a value and a file clash)."""
+    env = {**os.environ, **values}
+    for name in values:
+        env.pop(name + FILE_SUFFIX, None)
+    return env
 
 
 async def _bootstrap(nats_url: str, commands: list[object]) -> list:

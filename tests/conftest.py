@@ -142,23 +142,32 @@ def demo(urls: StackUrls, stack_root: Path) -> Iterator[DemoStack]:
         **os.environ, "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url, "SWITCHYARD_LOG_LEVEL": "info",
     }
-    log = open(data_dir / "up.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switchyard_gateway.cli", "up", "--demo", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-    )
-    deadline = time.monotonic() + 90
-    while b"Switchyard is up" not in (data_dir / "up.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("switchyard up --demo did not start:\n" + (data_dir / "up.log").read_text())
-        time.sleep(0.2)
+    proc = start_up(["--demo", "--data-dir", str(data_dir), "--port", str(port)], env, data_dir / "up.log")
     try:
         yield DemoStack(proc, data_dir, port, database_url)
     finally:
+        stop_up(proc)
+
+
+def start_up(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`switchyard up ARGS` as a subprocess writing to log_path, once it says it is up (90 s at most)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    deadline = time.monotonic() + 90
+    while b"Switchyard is up" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"switchyard up {' '.join(args)} did not start:\n" + log_path.read_text())
+        time.sleep(0.2)
+    return proc
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an operator stops it; SIGKILL after 30 s."""
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()

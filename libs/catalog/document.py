@@ -76,6 +76,14 @@ def load(path: Path) -> tuple[dict[str, Any], list[Problem]]:
     return parse(text)
 
 
+def checked(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Load and validate a document: (the document, []) or (None, every problem)."""
+    doc, problems = load(path)
+    if not problems:
+        problems = validate(doc)
+    return (None if problems else doc), problems
+
+
 def parse(text: str) -> tuple[dict[str, Any], list[Problem]]:
     try:
         doc = yaml.safe_load(text)

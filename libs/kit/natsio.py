@@ -22,6 +22,7 @@ from nats.micro.request import Request
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.kit.settings import mask_password, url_list
 
 log = structlog.get_logger()
 _error_decoder = msgspec.json.Decoder(ErrorBody)
@@ -47,11 +48,13 @@ class ServiceUnavailable(ServiceError):
 
 
 async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
-    """Connect, retrying until `timeout_s`; once connected, reconnect forever.
+    """Connect to any server of `url` (one URL or a comma-separated list: a cluster's servers), retrying
+    until `timeout_s`; once connected, reconnect forever, to whichever server of the list answers.
 
     nats-py's own initial connect retries without end when the server is down,
     so the deadline is ours.
     """
+    servers = url_list(url)
     async def _on_error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
@@ -65,7 +68,7 @@ async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
     try:
         await asyncio.wait_for(
             nc.connect(
-                url, name=name, connect_timeout=2, reconnect_time_wait=0.5,
+                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5,
                 max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
                 error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
             ),
@@ -73,7 +76,7 @@ async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
         )
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         await _close_quietly(nc)
-        raise ConnectionError(f"NATS at {url} did not answer within {timeout_s:.0f} s") from exc
+        raise ConnectionError(f"NATS at {mask_password(','.join(servers))} did not answer within {timeout_s:.0f} s") from exc
     return nc
 
 

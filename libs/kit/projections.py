@@ -302,6 +302,10 @@ class Follower:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            # Messages fetched but not committed stay unacknowledged (JetStream redelivers them); without
+            # the subscription, a drain of the connection does not wait for anyone to read them.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _fetch_loop(self, sub: object, out: asyncio.Queue[Decoded]) -> None:
         while True:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
+import os
+import signal
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +19,12 @@ from litestar import Litestar, Response, get
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from switchyard_gateway.kit import eventlog, logs, natsio
+from switchyard_gateway.kit import eventlog, logs, natsio, ports
 from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
 
 BEFORE_SCRAPE_TIMEOUT_S = 2.0    # each refresh before a scrape gets this long; a late one keeps its old figures
+DRAIN_TIMEOUT_S = 2.0           # on stop: NATS subscriptions finish their messages, the pool its queries, within this
 
 
 @dataclass
@@ -48,8 +55,6 @@ class Deps:
         if exc is not None:
             self.log.error("service.task_crashed", task=task.get_name(), error=repr(exc))
             # A dead background loop leaves a half-alive service: exit and let the supervisor restart us.
-            import os
-            import signal
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -82,11 +87,11 @@ async def close_deps(deps: Deps) -> None:
     try:
         if deps.nc is not None and not deps.nc.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(deps.nc.drain(), 5)
+                await asyncio.wait_for(deps.nc.drain(), DRAIN_TIMEOUT_S)
     finally:
         if deps.pool is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(deps.pool.close(), 5)
+                await asyncio.wait_for(deps.pool.close(), DRAIN_TIMEOUT_S)
 
 
 async def refresh_before_scrape(deps: Deps) -> None:
@@ -128,17 +133,23 @@ def create_service_app(
             deps.log.info("service.started", port=settings.port)
             yield
         finally:
+            stopping = time.monotonic()
             if stop is not None:
                 with contextlib.suppress(Exception):
                     await stop(deps)
             await close_deps(deps)
+            deps.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
 
-    @get("/health", sync_to_thread=False)
-    def health(request: Any) -> Response[dict[str, Any]]:
+    def liveness(request: Any) -> Response[dict[str, Any]]:
         checks = health_checks(request.app.state.deps)
         ok = all(checks.values())
         return Response({"status": "ok" if ok else "error", "service": name, "checks": checks},
                         status_code=200 if ok else 503)
+
+    health = get("/health", sync_to_thread=False)(liveness)
+    # This process and its own connections only: what a container healthcheck or a liveness probe asks,
+    # even where /health reports on more (the gateway's covers every endpoint and service).
+    live = get("/health/live", sync_to_thread=False, name="liveness")(liveness)
 
     @get("/metrics")
     async def metrics(request: Any) -> Response[bytes]:
@@ -146,23 +157,39 @@ def create_service_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Litestar(
-        route_handlers=[health_handler or health, metrics, *route_handlers], lifespan=[lifespan],
+        route_handlers=[health_handler or health, live, metrics, *route_handlers], lifespan=[lifespan],
         logging_config=None, openapi_config=None, **litestar_kwargs,
     )
 
 
 def run(target: str, settings: Settings, interface: str = "asgi") -> None:
-    """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1."""
+    """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1.
+
+    granian runs a main process and a worker; the worker dies with the main (SIGTERM, so it still
+    drains), and the main, started by the supervisor, dies with it. granian listens with
+    SO_REUSEPORT, so the port is checked first: a port another process listens on stops the
+    service with one line naming the holder and exit code PORT_IN_USE_EXIT, instead of sharing it.
+    """
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
 
+    if not port_is_free(settings.port, settings.host):
+        holder = ports.holder(settings.port)
+        print(f"switchyard: port {settings.port} on {settings.host} is already in use"
+              f"{f' by {holder}' if holder else ''}", file=sys.stderr, flush=True)
+        raise SystemExit(ports.PORT_IN_USE_EXIT)
     Granian(
         target, address=settings.host, port=settings.port, interface=Interfaces(interface),
         factory=True, workers=1, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
         log_enabled=False, backlog=2048,
-    ).serve()
+    ).serve(target_loader=functools.partial(_load_in_worker, os.getpid()))
 
 
+def _load_in_worker(main_pid: int, target: str) -> Any:
+    """Runs in granian's worker: tie its life to the main process, then build the app."""
+    die_with_parent(signal.SIGTERM, main_pid)
+    module, _, factory = target.partition(":")
+    return getattr(importlib.import_module(module), factory)()
 
 
 async def serve_subscriptions(

@@ -1,20 +1,32 @@
-"""Settings shared by every service: the only place the environment is read."""
+"""Settings shared by every service: the only place the environment is read.
+
+Any variable may instead name a file holding its value (`SWITCHYARD_ADMIN_KEY_FILE=/run/secrets/admin_key`),
+the way container secrets are mounted; giving both is an error.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
 ENV_PREFIX = "SWITCHYARD_"
+FILE_SUFFIX = "_FILE"
+
+
+class SettingsError(ValueError):
+    """A variable could not be read: both it and its _FILE are set, or its file is unreadable."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Where the infrastructure is and how a service presents itself. Defaults point at loopback."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"     # one URL or a comma-separated list (a cluster's servers)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/switchyard"
+    database_password: str = ""           # put into database_url when given (a secret kept apart from the URL)
     redis_url: str = "redis://127.0.0.1:6379/0"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -24,8 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 30.0       # how long start-up waits for NATS / Postgres
     request_timeout_s: float = 5.0        # NATS request/reply deadline
     stream_replicas: int = 1              # JetStream replicas (3 in the scaled-out compose)
-    # gateway
+    # registry
     admin_key: str = ""                   # bootstrap admin key, role admin (tenant "admin")
+    registry_document: str = ""           # a switchyard.yaml the registry applies at start (idempotently)
+    # gateway
     max_body_bytes: int = 4 * 1024 * 1024
     upstream_connect_timeout_s: float = 5.0
     upstream_pool_size: int = 512
@@ -68,28 +82,67 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Build settings from SWITCHYARD_* variables; unknown variables are ignored."""
+        """Build settings from SWITCHYARD_* variables (or their _FILE twins); unknown variables are ignored."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for name, field_type in _FIELD_TYPES.items():
-            raw = env.get(ENV_PREFIX + name.upper())
+            raw = env_value(env, ENV_PREFIX + name.upper())
             if raw is not None:
                 values[name] = _parse(raw, field_type)
         values.update(overrides)
+        if values.get("database_password"):
+            values["database_url"] = with_password(str(values.get("database_url", cls.database_url)),
+                                                   str(values["database_password"]))
         return msgspec.convert(values, cls)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return url_list(self.nats_url)
 
     def redacted(self) -> dict[str, object]:
         """The settings with secrets masked, fit for a log line or `/api/config`."""
         out = msgspec.structs.asdict(self)
-        for secret in ("admin_key", "api_key", "jwt_secret"):
+        for secret in ("admin_key", "api_key", "jwt_secret", "database_password"):
             if out.get(secret):
                 out[secret] = "***"
         for key in ("database_url", "redis_url", "nats_url"):
-            out[key] = _mask_password(str(out[key]))
+            out[key] = mask_password(str(out[key]))
         return out
 
 
 _FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+
+
+def env_value(env: Mapping[str, str], name: str) -> str | None:
+    """The value of variable `name`, or the content of the file `name`_FILE names (one trailing newline
+    dropped); None when neither is set."""
+    path = env.get(name + FILE_SUFFIX)
+    if path is None:
+        return env.get(name)
+    if name in env:
+        raise SettingsError(f"both {name} and {name}{FILE_SUFFIX} are set; give one")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{name}{FILE_SUFFIX}: cannot read {path}: {exc.strerror or exc}") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def url_list(value: str) -> list[str]:
+    """The URLs of a comma-separated list (`nats://a:4222,nats://b:4222`), blanks dropped, nats:// added
+    where no scheme is given."""
+    urls = [part.strip() for part in value.split(",") if part.strip()]
+    if not urls:
+        raise SettingsError(f"no URL in {value!r}")
+    return [url if "://" in url else f"nats://{url}" for url in urls]
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with its password set to `password` (user kept; the password URL-quoted)."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def _parse(raw: str, field_type: object) -> object:
@@ -102,7 +155,12 @@ def _parse(raw: str, field_type: object) -> object:
     return raw
 
 
-def _mask_password(url: str) -> str:
+def mask_password(url: str) -> str:
+    """The URL (or each URL of a comma-separated list) with any password replaced, fit for logs and errors."""
+    return ",".join(_mask_one(one) for one in url.split(","))
+
+
+def _mask_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url

@@ -5,20 +5,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import structlog
 
+from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.kit.stack_nats import NatsServer, nats_problem
 from switchyard_gateway.kit.stack_postgres import PostgresServer, postgres_problem
 from switchyard_gateway.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
 from switchyard_gateway.kit.stack_server import ManagedServer
 from switchyard_gateway.kit.stack_valkey import ValkeyServer, valkey_problem
+from switchyard_gateway.kit.supervisor import INFRASTRUCTURE, Unit
 
 __all__ = ["COMPONENTS", "Component", "EmbeddedStack", "StackError", "StackUrls"]
 
@@ -85,14 +87,20 @@ class EmbeddedStack:
         self._spawner: Spawner | None = None
         self._lock_fd: int | None = None
         self._urls: StackUrls | None = None
+        self._also_ports: dict[str, int] = {}
 
     # -- the whole stack --------------------------------------------------------------------------
 
-    def start(self) -> StackUrls:
-        """Start every component without an external URL, wait until all answer, return the URLs."""
-        if self._urls is not None:
-            return self._urls
-        started = time.monotonic()
+    def plan(self, also: tuple[str, ...] = ()) -> dict[str, int]:
+        """Lock the data dir, stop what a dead launcher left on it, choose every port; start nothing.
+
+        `also` names ports the caller needs besides the servers' (its services'): they are chosen
+        the same way (fixed, else last time's when free, else new) and kept in stack.json. Returns
+        every port by name ({"nats": 4222, "nats_monitor": 8222, "gateway": 8080, ...}), so that
+        the caller can check them all before anything starts.
+        """
+        if self._lock_fd is not None:
+            return self.ports
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock(self.data_dir / "stack.lock")
         self._spawner = Spawner()
@@ -105,9 +113,30 @@ class EmbeddedStack:
             }
             for name, server in self._servers.items():
                 server.reclaim(state.get("pids", {}).get(name), timeout_s=self.stop_timeout_s)
-            ports = self._choose_ports(state.get("ports", {}))
+            names = [name for server in self._servers.values() for name in server.port_names] + list(also)
+            ports = self._choose_ports(names, state.get("ports", {}))
             for server in self._servers.values():
                 server.ports = {port_name: ports[port_name] for port_name in server.port_names}
+            self._also_ports = {name: ports[name] for name in also}
+        except BaseException:
+            self.stop()
+            raise
+        return self.ports
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port of the plan by name: the servers' and those asked for with `also`."""
+        servers = {name: port for server in self._servers.values() for name, port in server.ports.items()}
+        return {**servers, **self._also_ports}
+
+    def start(self) -> StackUrls:
+        """Start every component without an external URL, wait until all answer, return the URLs."""
+        if self._urls is not None:
+            return self._urls
+        started = time.monotonic()
+        self.plan()
+        assert self._spawner is not None
+        try:
             for server in self._servers.values():
                 server.spawn(self._spawner)
                 self._write_state()
@@ -128,14 +157,20 @@ class EmbeddedStack:
         log.info("stack.started", data_dir=str(self.data_dir), start_s=round(time.monotonic() - started, 3))
         return self._urls
 
+    def units(self) -> list[Unit]:
+        """The running servers as supervisor units: restarted on the same ports and data when they die."""
+        return [ServerUnit(self, server) for server in self._servers.values()]
+
     def stop(self) -> None:
-        """Stop every server we started, in reverse order; safe to call twice or after a failed start."""
-        for name in reversed(COMPONENTS):
-            if name in self._servers:
-                self._servers[name].stop(timeout_s=self.stop_timeout_s)
+        """Stop every server we started, all at once; safe to call twice or after a failed start."""
+        running = [self._servers[name] for name in reversed(COMPONENTS) if name in self._servers]
+        for server in running:
+            server.ask_to_stop()
+        for server in running:
+            server.stop(timeout_s=self.stop_timeout_s)
         if self._servers:
             self._write_state()
-        self._servers = {}
+        self._servers, self._also_ports = {}, {}
         self._urls = None
         if self._spawner is not None:
             self._spawner.close()
@@ -193,7 +228,7 @@ class EmbeddedStack:
         if name not in COMPONENTS:
             raise StackError(f"unknown component {name!r}; expected one of {COMPONENTS}")
         if self._external[name] is not None:
-            url = _redact(self._external[name] or "")
+            url = mask_password(self._external[name] or "")
             raise StackError(f"{name} is external ({url}); the stack does not run it")
         if name not in self._servers:
             raise StackError("the stack is not started")
@@ -202,21 +237,21 @@ class EmbeddedStack:
     def _url(self, name: str) -> str:
         return self._external[name] or self._servers[name].url
 
-    def _choose_ports(self, recorded: dict[str, int]) -> dict[str, int]:
+    def _choose_ports(self, names: list[str], recorded: dict[str, int]) -> dict[str, int]:
         """Fixed ports as given; else the ports this data dir used last time when free; else new ones."""
         chosen: dict[str, int] = {}
-        for server in self._servers.values():
-            for port_name in server.port_names:
-                taken = set(chosen.values())
-                previous = recorded.get(port_name)
-                if port_name in self._fixed_ports:
-                    chosen[port_name] = self._fixed_ports[port_name]
-                elif previous and previous not in taken and port_is_free(previous):
-                    chosen[port_name] = previous
-                else:
-                    chosen[port_name] = pick_free_port(taken)
-                    if previous:
-                        log.warning("stack.port_moved", port=port_name, was=previous, now=chosen[port_name])
+        fixed = set(self._fixed_ports.values())
+        for port_name in names:
+            taken = set(chosen.values()) | fixed
+            previous = recorded.get(port_name)
+            if port_name in self._fixed_ports:
+                chosen[port_name] = self._fixed_ports[port_name]
+            elif previous and previous not in taken and port_is_free(previous):
+                chosen[port_name] = previous
+            else:
+                chosen[port_name] = pick_free_port(taken)
+                if previous:
+                    log.warning("stack.port_moved", port=port_name, was=previous, now=chosen[port_name])
         return chosen
 
     def _wait_external(self, name: str, url: str) -> None:
@@ -228,7 +263,7 @@ class EmbeddedStack:
 
         if not wait_until(answers, timeout_s=self.ready_timeout_s, interval_s=0.25):
             within = f"within {self.ready_timeout_s:.0f} s"
-            raise StackError(f"{name}: external {_redact(url)} did not answer {within}: {problems[0]}")
+            raise StackError(f"{name}: external {mask_password(url)} did not answer {within}: {problems[0]}")
 
     @property
     def _state_path(self) -> Path:
@@ -249,15 +284,38 @@ class EmbeddedStack:
         state = self._read_state()
         ports = dict(state.get("ports", {}))
         pids = dict(state.get("pids", {}))
+        ports.update(self._also_ports)
         for name, server in self._servers.items():
             ports.update(server.ports)
             pids[name] = server.pid
         state.update(ports=ports, pids=pids, launcher_pid=os.getpid())
         if self._urls is not None:
-            state["urls"] = {key: _redact(value) for key, value in msgspec.structs.asdict(self._urls).items()}
+            state["urls"] = {key: mask_password(value) for key, value in msgspec.structs.asdict(self._urls).items()}
         scratch = self._state_path.with_suffix(".json.tmp")
         scratch.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         scratch.replace(self._state_path)
+
+
+class ServerUnit(Unit):
+    """One embedded server under the supervisor: a restart spawns it again on its ports and data."""
+
+    tier = INFRASTRUCTURE
+
+    def __init__(self, stack: EmbeddedStack, server: ManagedServer) -> None:
+        self.stack, self.server = stack, server
+        self.name, self.log_path, self.stop_signal = server.name, server.log_path, server.stop_signal
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.server.process
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        assert self.stack._spawner is not None, "the stack is stopped"  # noqa: SLF001 — the stack's own unit
+        self.server.process = None                     # the dead one, already reaped by the supervisor
+        self.server.spawn(self.stack._spawner)          # noqa: SLF001
+        self.stack._write_state()                       # noqa: SLF001 — pids in stack.json stay true
+        assert self.server.process is not None
+        return self.server.process
 
 
 def _no_ports(name: str) -> dict[str, int]:
@@ -277,12 +335,3 @@ def _lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def _redact(url: str) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

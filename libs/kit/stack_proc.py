@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import random
@@ -21,6 +22,7 @@ T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_PR_SET_CHILD_SUBREAPER = 36
 _FALLBACK_EPHEMERAL_LOW = 32768
 
 
@@ -32,8 +34,13 @@ class StackError(RuntimeError):
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """True when a server (which sets SO_REUSEADDR, as ours all do) could listen on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """True when nothing listens on host:port.
+
+    The probe sets SO_REUSEADDR (a socket in TIME_WAIT does not count, as for our servers) but not
+    SO_REUSEPORT, so a listener that allows port sharing (granian's) still makes the port busy.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -70,19 +77,70 @@ def pick_free_port(taken: set[int]) -> int:
 # ---- child processes --------------------------------------------------------------------------
 
 
-def _die_with_parent(death_signal: int) -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to signal the child when the thread that spawned it dies."""
+def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _set_death_signal(prctl: Callable[..., int], death_signal: int, parent_pid: int) -> None:
+    prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def die_with_parent(death_signal: int, parent_pid: int) -> None:
+    """Ask Linux to send death_signal to this process when its parent dies; exit now if it already has."""
+    prctl = _prctl()
+    if prctl is not None:
+        _set_death_signal(prctl, death_signal, parent_pid)
+
+
+def _die_with_parent(death_signal: int) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to signal the child when the thread that spawned it dies."""
+    prctl = _prctl()  # resolved before fork, not in the child
+    if prctl is None:
+        return None
     parent_pid = os.getpid()
+    return lambda: _set_death_signal(prctl, death_signal, parent_pid)
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
-            os._exit(1)
 
-    return preexec
+def become_subreaper() -> None:
+    """Adopt the orphans of our descendants (Linux): none outlives us unseen, and we reap them."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def live_groups() -> dict[int, list[int]]:
+    """Process group id -> its live processes, from one pass over /proc; adopted zombies are reaped."""
+    groups: dict[int, list[int]] = {}
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, ppid, group, pid = fields[0], int(fields[1]), int(fields[3]), int(entry.name)
+        if state not in ("Z", "X"):
+            groups.setdefault(group, []).append(pid)
+        elif ppid == me and pid != group:   # an orphan we adopted as subreaper, now dead: reap it
+            with contextlib.suppress(ChildProcessError):  # (group leaders are our own children: Popen reaps them)
+                os.waitpid(pid, os.WNOHANG)
+    return groups
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of one process group."""
+    return live_groups().get(pgid, [])
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Send signum to every process of a group; a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 def spawn(
@@ -93,6 +151,7 @@ def spawn(
     user: int | None = None,
     group: int | None = None,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start args in its own session with output appended to log_path; it gets death_signal if we die."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +170,7 @@ def spawn(
             group=group,
             extra_groups=[] if user is not None else None,
             cwd=cwd,
+            env=env,
         )
 
 
@@ -177,10 +237,11 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def stop_process(proc: subprocess.Popen[bytes], *, stop_signal: int, timeout_s: float) -> None:
-    """Send stop_signal, wait up to timeout_s, then SIGKILL the process group; always reaps."""
+def stop_process(proc: subprocess.Popen[bytes], *, stop_signal: int, timeout_s: float, send: bool = True) -> None:
+    """Send stop_signal (unless already sent), wait up to timeout_s, then SIGKILL the process group; always reaps."""
     if proc.poll() is None and stop_signal != signal.SIGKILL:
-        proc.send_signal(stop_signal)
+        if send:
+            proc.send_signal(stop_signal)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

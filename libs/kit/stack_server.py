@@ -10,14 +10,15 @@ from typing import Any, ClassVar
 
 import structlog
 
+from switchyard_gateway.kit.ports import check_free
 from switchyard_gateway.kit.stack_proc import (
+    LOOPBACK,
     Spawner,
     StackError,
     log_tail,
     pid_alive,
     pid_cmdline,
     pid_path,
-    port_is_free,
     spawn,
     stop_pid,
     stop_process,
@@ -43,6 +44,7 @@ class ManagedServer:
         self.ports = {name: ports[name] for name in self.port_names}
         self.durable = durable
         self.process: subprocess.Popen[bytes] | None = None
+        self._asked = False          # the stop signal was sent by ask_to_stop
 
     # -- what subclasses provide ----------------------------------------------------------------
 
@@ -109,9 +111,7 @@ class ManagedServer:
         if self.running:
             return
         self.prepare(spawner)
-        busy = [port for port in self.ports.values() if not port_is_free(port)]
-        if busy:
-            raise StackError(f"{self.name}: port(s) {busy} on 127.0.0.1 are already in use")
+        check_free({name: (LOOPBACK, port) for name, port in self.ports.items()})
         args, options = self.command(), self.spawn_options()
         self.process = spawner.call(
             lambda: spawn(args, self.log_path, death_signal=self.stop_signal, **options)
@@ -126,13 +126,20 @@ class ManagedServer:
         ready_s = round(time.monotonic() - started, 3)
         log.info("stack.ready", component=self.name, port=self.port, ready_s=ready_s)
 
+    def ask_to_stop(self) -> None:
+        """Send the graceful stop signal and return at once (stop() then waits without sending it again)."""
+        if self.running:
+            assert self.process is not None
+            self.process.send_signal(self.stop_signal)
+            self._asked = True
+
     def stop(self, *, graceful: bool = True, timeout_s: float = 15.0) -> None:
         """Stop the server (graceful signal, SIGKILL after timeout_s); a no-op when it is not running."""
         if self.process is None:
             return
         stop_signal = self.stop_signal if graceful else signal.SIGKILL
-        stop_process(self.process, stop_signal=stop_signal, timeout_s=timeout_s)
-        self.process = None
+        stop_process(self.process, stop_signal=stop_signal, timeout_s=timeout_s, send=not (graceful and self._asked))
+        self.process, self._asked = None, False
 
     def error(self, problem: str) -> StackError:
         tail = log_tail(self.log_path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from switchyard_gateway.catalog import document
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_command, decoder, encode
@@ -50,4 +53,17 @@ async def start(deps: Deps) -> None:
     if deps.settings.admin_key:
         for command in admin_commands(deps.settings.admin_key):
             await store.execute(command)
+    if deps.settings.registry_document:
+        await apply_document(deps, store, Path(deps.settings.registry_document))
     await serve_subscriptions(deps, SUBSCRIPTIONS)
+
+
+async def apply_document(deps: Deps, store: RegistryStore, path: Path) -> None:
+    """Apply the registry document `SWITCHYARD_REGISTRY_DOCUMENT` names; a document with problems stops us."""
+    doc, problems = document.checked(path)
+    if doc is None:
+        for problem in problems:
+            deps.log.error("registry.document_problem", path=str(path), at=problem.path, problem=problem.message)
+        raise SystemExit(f"{path}: {len(problems)} problem(s) in the registry document")
+    events, _, _ = await store.execute(m.ImportConfig(config=doc))
+    deps.log.info("registry.document_applied", path=str(path), changes=len(events))

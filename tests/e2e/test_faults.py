@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pytest
 
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_proc import pick_free_port
-from tests.conftest import REPO, traversable_tempdir, wait_for
+from tests.conftest import REPO, start_up, stop_up, traversable_tempdir, wait_for
 from tests.e2e.test_up import service_process
 
 TABLES = ("token_counts", "tenant_token_counts", "usage_minutes", "usage_days", "usage_cost")
@@ -53,25 +52,16 @@ def own() -> Iterator[OwnStack]:
     env.update(SWITCHYARD_NATS_URL=urls.nats_url, SWITCHYARD_DATABASE_URL=urls.database_url,
                SWITCHYARD_REDIS_URL=urls.redis_url, SWITCHYARD_DEMO_KEY=key,
                SWITCHYARD_ADMIN_KEY=f"sy_faultadmin_{uuid.uuid4().hex}")
-    log = open(root / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.cli", "up", "--demo", "--data-dir", str(root / "data"),
-                             "--port", str(port), "--no-fsync"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    deadline = time.monotonic() + 90
-    while b"Switchyard is up" not in (root / "up.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            servers.stop()
-            raise RuntimeError("switchyard up --demo did not start:\n" + (root / "up.log").read_text())
-        time.sleep(0.2)
+    try:
+        proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync"], env,
+                        root / "up.log")
+    except RuntimeError:
+        servers.stop()
+        raise
     try:
         yield OwnStack(servers, proc, root / "data", f"http://127.0.0.1:{port}", key, urls.database_url)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_up(proc)
         servers.stop()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -79,8 +69,10 @@ def own() -> Iterator[OwnStack]:
 class Load:
     """Calls through the gateway from `workers` concurrent clients until stopped; remembers who got a 200."""
 
-    def __init__(self, stack: OwnStack, prefix: str, workers: int = 8, limit: int | None = None) -> None:
+    def __init__(self, stack: OwnStack, prefix: str, workers: int = 8, limit: int | None = None,
+                 until_refused: bool = False) -> None:
         self.stack, self.prefix, self.workers, self.limit = stack, prefix, workers, limit
+        self.until_refused, self.refused = until_refused, 0     # a worker ends at its first refused connection
         self.answered: list[str] = []
         self.failed: list[int] = []
         self.sent = 0
@@ -96,14 +88,20 @@ class Load:
         while self.running and (self.limit is None or self.sent < self.limit):
             self.sent += 1
             request_id = f"{self.prefix}-{self.sent}"
-            async with client.post(f"{self.stack.url}/v1/chat/completions", data=body, headers={
-                    "Authorization": f"Bearer {self.stack.key}", "X-Request-Id": request_id,
-                    "Content-Type": "application/json"}) as reply:
-                await reply.read()
-                if reply.status == 200:
-                    self.answered.append(request_id)
-                else:
-                    self.failed.append(reply.status)
+            try:
+                async with client.post(f"{self.stack.url}/v1/chat/completions", data=body, headers={
+                        "Authorization": f"Bearer {self.stack.key}", "X-Request-Id": request_id,
+                        "Content-Type": "application/json"}) as reply:
+                    await reply.read()
+                    if reply.status == 200:
+                        self.answered.append(request_id)
+                    else:
+                        self.failed.append(reply.status)
+            except aiohttp.ClientConnectionError:
+                if not self.until_refused:
+                    raise
+                self.refused += 1
+                return
 
 
 async def rows_per_call(stack: OwnStack, prefix: str) -> tuple[int, int]:

@@ -45,6 +45,8 @@ async def test_health_turns_503_with_the_failing_endpoint_named_then_recovers(de
 
             response = await wait_for(reported, timeout_s=20, what="the refusing endpoint reported unhealthy")
             assert response.status_code == 503
+            live = await get(demo, "/health/live")         # the gateway itself is fine: no restart wanted
+            assert live.status_code == 200 and live.json()["checks"] == {"nats": True}
             report = response.json()
             assert report["status"] == "error" and report["endpoints"][f"down-{tag}"]["detail"]
             assert report["endpoints"][f"down-{tag}"]["url"] == sim.url
@@ -200,5 +202,6 @@ async def test_every_service_serves_prometheus_metrics_and_its_own_health(demo: 
                 return all(re.search(rf"^{n}(_bucket)?[{{ ]", text, re.M) for n in names)
 
             await wait_for(exposes, timeout_s=15, what=f"{name} metrics")
+            assert (await client.get(f"{url}/health/live")).json()["service"] == name
             if name != "gateway":
                 assert (await client.get(f"{url}/health")).status_code == 200

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from switchyard_gateway.kit.settings import Settings
+import pytest
+
+from switchyard_gateway.kit.settings import Settings, SettingsError, url_list
 
 
 def test_settings_read_prefixed_variables_with_types() -> None:
@@ -21,3 +23,39 @@ def test_redacted_masks_passwords_and_the_admin_key() -> None:
                            "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
     shown = repr(s.redacted())
     assert "hunter2" not in shown and "sy_admin_secret" not in shown and "app:***@db" in shown
+
+
+def test_a_variable_may_name_a_file_holding_its_value(tmp_path) -> None:
+    (tmp_path / "admin_key").write_text("sy_from_a_secret\n")
+    (tmp_path / "port").write_text("9100")
+    s = Settings.from_env({"SWITCHYARD_ADMIN_KEY_FILE": str(tmp_path / "admin_key"),
+                           "SWITCHYARD_PORT_FILE": str(tmp_path / "port")})
+    assert (s.admin_key, s.port) == ("sy_from_a_secret", 9100)      # one trailing newline dropped, types kept
+
+
+def test_a_value_and_its_file_together_are_refused(tmp_path) -> None:
+    (tmp_path / "key").write_text("one")
+    with pytest.raises(SettingsError, match="both SWITCHYARD_ADMIN_KEY and SWITCHYARD_ADMIN_KEY_FILE"):
+        Settings.from_env({"SWITCHYARD_ADMIN_KEY": "two", "SWITCHYARD_ADMIN_KEY_FILE": str(tmp_path / "key")})
+
+
+def test_an_unreadable_secret_file_names_the_variable_and_path(tmp_path) -> None:
+    with pytest.raises(SettingsError, match=r"SWITCHYARD_JWT_SECRET_FILE: cannot read .*/missing"):
+        Settings.from_env({"SWITCHYARD_JWT_SECRET_FILE": str(tmp_path / "missing")})
+
+
+def test_database_password_from_a_file_joins_the_url_and_is_masked(tmp_path) -> None:
+    (tmp_path / "db_password").write_text("p@ss/wörd\n")
+    s = Settings.from_env({"SWITCHYARD_DATABASE_URL": "postgresql://switchyard@postgres:5432/switchyard",
+                           "SWITCHYARD_DATABASE_PASSWORD_FILE": str(tmp_path / "db_password")})
+    assert s.database_url == "postgresql://switchyard:p%40ss%2Fw%C3%B6rd@postgres:5432/switchyard"
+    shown = repr(s.redacted())
+    assert "p%40ss" not in shown and "p@ss" not in shown and "switchyard:***@postgres" in shown
+
+
+def test_nats_url_may_list_a_clusters_servers() -> None:
+    s = Settings.from_env({"SWITCHYARD_NATS_URL": "nats://nats-1:4222, nats-2:4222,nats://u:pw@nats-3:4222,"})
+    assert s.nats_servers == ["nats://nats-1:4222", "nats://nats-2:4222", "nats://u:pw@nats-3:4222"]
+    assert s.redacted()["nats_url"] == "nats://nats-1:4222, nats-2:4222,nats://u:***@nats-3:4222,"
+    with pytest.raises(SettingsError):
+        url_list(" , ")

@@ -119,7 +119,7 @@ class UsagePublisher:
                     await self._publish(events)
                     path.unlink()   # only now: a crash before this replays the file again
 
-    async def drain(self, timeout_s: float = 10.0) -> None:
+    async def drain(self, timeout_s: float = 2.0) -> None:
         """On shutdown: publish what is queued and wait for the acks; spool whatever is left."""
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout_s):

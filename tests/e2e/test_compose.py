@@ -1,0 +1,326 @@
+"""compose.yaml holds up without a Docker engine: valid against the compose-spec schema, and its topology
+started natively from its own environment (same variables, same URL lists) with the launcher `up` uses.
+
+The native run maps each compose hostname and container port to a loopback port, each secret and
+config to a file, and each image to what it runs: our services from the Dockerfile's ENV and the
+compose environment, nats-server nodes from the pip binary with the compose command's cluster
+routes, PostgreSQL and Valkey from the embedded launcher. Only the nginx front is left out: the
+gateways behind it are called directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import yaml
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.kit.stack_nats import nats_binary
+from switchyard_gateway.kit.stack_proc import pick_free_port
+from switchyard_gateway.kit.supervisor import INFRASTRUCTURE, UPSTREAMS, Command, Supervisor
+from tests.conftest import REPO, traversable_tempdir, wait_for
+
+COMPOSE_FILE = REPO / "compose.yaml"
+APP_COMMAND = ["python", "-m"]
+EXTERNAL_HOSTS = {"host.docker.internal"}          # the Docker host: where the example document's Ollama is
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def compose_schema() -> dict:
+    schema = pytest.importorskip("check_jsonschema.builtin_schemas.vendor", reason="check-jsonschema ships the "
+                                 "compose-spec schema (pip install -e '.[test]')")
+    import importlib.resources
+
+    return json.loads((importlib.resources.files(schema) / "compose-spec.json").read_text())
+
+
+def schema_errors(document: dict) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(compose_schema())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+# ---- the file itself ---------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_against_the_compose_spec_schema() -> None:
+    assert schema_errors(compose()) == []
+    broken = copy.deepcopy(compose())
+    broken["services"]["metering"]["deploy"] = {"replica": 2}            # the check does bite
+    broken["services"]["metering"]["depends_on"] = {"postgres": {"condition": "service_happy"}}
+    errors = " ".join(schema_errors(broken))
+    assert "'replica'" in errors and "service_happy" in errors
+
+
+def test_every_dependency_waits_for_a_healthcheck() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for needed, condition in (service.get("depends_on") or {}).items():
+            assert condition == {"condition": "service_healthy"}, (name, needed)
+            assert services[needed].get("healthcheck", {}).get("test"), f"{needed} has no healthcheck"
+
+
+def test_secrets_are_files_and_no_password_is_written_in_the_file() -> None:
+    doc = compose()
+    text = COMPOSE_FILE.read_text()
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), "a password inside a URL"
+    assert set(doc["secrets"]) == {"admin_key", "db_password"}
+    registry, postgres = doc["services"]["registry"], doc["services"]["postgres"]
+    assert registry["environment"]["SWITCHYARD_ADMIN_KEY_FILE"] == "/run/secrets/admin_key"
+    assert registry["environment"]["SWITCHYARD_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
+    for name, service in doc["services"].items():
+        for variable, value in (service.get("environment") or {}).items():
+            if variable.endswith("_FILE") and str(value).startswith("/run/secrets/"):
+                assert value.rsplit("/", 1)[1] in service["secrets"], (name, variable)
+
+
+def test_each_gateway_has_a_spool_of_its_own_and_one_front_door_is_published() -> None:
+    services = compose()["services"]
+    gateways = {n: s for n, s in services.items() if s.get("command", [])[-1:] == ["switchyard_gateway.services.gateway"]}
+    spools = [s["volumes"][0].split(":") for s in gateways.values()]
+    assert len(gateways) >= 2 and len({volume for volume, _ in spools}) == len(gateways)
+    assert {target for _, target in spools} == {_dockerfile_env()["SWITCHYARD_SPOOL_DIR"]}
+    published = [n for n, s in services.items() if s.get("ports") and not s.get("profiles")]
+    assert published == ["front"]
+    front = (REPO / compose()["configs"]["front"]["file"]).read_text()
+    assert all(f"server {gateway}:8080;" in front for gateway in gateways)
+
+
+def test_observability_profile_scrapes_every_service_and_provisions_the_dashboard() -> None:
+    doc = compose()
+    ours = {n for n, s in doc["services"].items() if s.get("command", [None])[:2] == APP_COMMAND}
+    scrape = yaml.safe_load((REPO / doc["configs"]["prometheus"]["file"]).read_text())
+    names = {n for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
+    assert names == ours
+    assert {doc["services"][n]["profiles"][0] for n in ("prometheus", "grafana")} == {"observability"}
+    assert doc["configs"]["grafana_dashboard"]["file"] == "./deploy/grafana/switchyard.json"
+    targets = {c["target"] for c in doc["services"]["grafana"]["configs"]}
+    provider = yaml.safe_load((REPO / doc["configs"]["grafana_dashboards"]["file"]).read_text())
+    assert f"{provider['providers'][0]['options']['path']}/switchyard.json" in targets
+
+
+def test_dockerfile_caches_dependencies_and_runs_unprivileged_with_a_healthcheck() -> None:
+    lines = [line for line in _dockerfile_lines() if line.split()]
+    keywords = [line.split()[0] for line in lines]
+    first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY libs"))
+    dependencies = next(i for i, line in enumerate(lines) if "requirements.txt" in line and line.startswith("RUN"))
+    assert dependencies < first_code, "the dependency layer must come before the code"
+    assert {"COPY libs ./libs", "COPY services ./services", "COPY cli ./cli"} <= set(lines)
+    assert {"EXPOSE", "HEALTHCHECK", "CMD", "USER"} <= set(keywords)
+    assert "/health/live" in next(line for line in lines if line.startswith("HEALTHCHECK"))
+    assert "['project']['dependencies']" in lines[dependencies - 1] + lines[dependencies]  # pyproject's own list
+
+
+def _dockerfile_lines() -> list[str]:
+    """Logical lines of the Dockerfile (continuations joined, comments dropped)."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    return [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
+
+
+def _dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in _dockerfile_lines():
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line[4:].split())
+    return env
+
+
+# ---- the topology, natively --------------------------------------------------------------------
+
+
+@dataclass
+class Native:
+    """compose.yaml mapped onto this machine: hostnames and container ports to loopback ports, paths to files."""
+
+    root: Path
+    doc: dict
+    ports: dict[tuple[str, int], int] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def port(self, host: str, container_port: int) -> int:
+        key = (host, container_port)
+        if key not in self.ports:
+            self.ports[key] = pick_free_port(set(self.ports.values()))
+        return self.ports[key]
+
+    def value(self, text: str, own_host: str) -> str:
+        """A compose value with every host:port, 0.0.0.0 and mounted path made local."""
+        hosts = set(self.doc["services"]) | EXTERNAL_HOSTS
+
+        def address(match: re.Match[str]) -> str:
+            host, port = match.group(1), int(match.group(2))
+            host = own_host if host == "0.0.0.0" else host
+            return f"127.0.0.1:{self.port(host, port)}" if host in hosts else match.group(0)
+
+        text = re.sub(r"([A-Za-z0-9_.-]+):(\d+)", address, text)
+        for inside, outside in self.paths.items():
+            text = text.replace(inside, str(outside))
+        return "127.0.0.1" if text == "0.0.0.0" else text
+
+    def instances(self, name: str) -> list[str]:
+        replicas = (self.doc["services"][name].get("deploy") or {}).get("replicas", 1)
+        return [name] if replicas == 1 else [f"{name}.{i}" for i in range(1, replicas + 1)]
+
+
+def nats_command(native: Native, name: str) -> list[str]:
+    """A compose nats node's command for the pip nats-server: its ports and routes mapped, its store a dir."""
+    args = list(native.doc["services"][name]["command"])
+    out: list[str] = []
+    for flag, value in zip([None, *args], args):
+        if flag in ("-p", "-m"):
+            out.append(str(native.port(name, int(value))))
+        elif flag == "-sd":
+            out.append(str(native.root / name))
+        else:
+            out.append(native.value(value, name))
+    return [str(nats_binary()), *out]
+
+
+def app_env(native: Native, name: str, instance: str) -> dict[str, str]:
+    """The container's environment: the Dockerfile's ENV, then compose's, mapped; each instance its own port."""
+    env = {**_dockerfile_env(), **{k: str(v) for k, v in native.doc["services"][name]["environment"].items()}}
+    env = {k: native.value(v, name) for k, v in env.items()}
+    env["SWITCHYARD_PORT"] = str(native.port(instance, int(env["SWITCHYARD_PORT"])))
+    for volume in native.doc["services"][name].get("volumes", []):
+        volume_name, target = volume.split(":")
+        env = {k: v.replace(target, str(native.root / volume_name)) for k, v in env.items()}
+    return env
+
+
+@pytest.fixture(scope="module")
+def native() -> Iterator[tuple[Native, Supervisor, str]]:
+    doc = compose()
+    root = traversable_tempdir("switchyard-compose-")
+    native = Native(root, doc)
+    secrets = {name: f"sy_compose_{name}_{time.monotonic_ns()}" for name in doc["secrets"]}
+    for name, value in secrets.items():
+        (root / "secrets").mkdir(exist_ok=True)
+        (root / "secrets" / name).write_text(value + "\n")
+        native.paths[f"/run/secrets/{name}"] = root / "secrets" / name
+    for service in doc["services"].values():
+        for config in service.get("configs", []):
+            native.paths[config["target"]] = root / "configs" / config["source"]
+    (root / "configs").mkdir()
+    for name, config in doc["configs"].items():
+        (root / "configs" / name).write_text(native.value((REPO / config["file"]).read_text(), name))
+
+    supervisor = Supervisor(echo=False)
+    stack: EmbeddedStack | None = None
+    try:
+        nodes = [n for n, s in doc["services"].items() if str(s.get("image", "")).startswith("nats:")]
+        for node in nodes:
+            supervisor.add(Command(node, nats_command(native, node), {}, root / "logs" / f"{node}.log",
+                                   tier=INFRASTRUCTURE))
+        cluster = native.value(doc["x-service"]["environment"]["SWITCHYARD_NATS_URL"], "")
+        stack = EmbeddedStack(root / "stack", nats_url=cluster, durable=False,
+                              ports={"postgres": native.port("postgres", 5432), "valkey": native.port("valkey", 6379)})
+        urls = stack.start()
+        asyncio.run(_app_role(urls.database_url, doc["services"]["postgres"]["environment"]["POSTGRES_USER"],
+                              secrets["db_password"]))
+        upstream = native.port("host.docker.internal", 11434)
+        supervisor.add(Command("upstream", [sys.executable, "-m", "switchyard_gateway.simulator", "--host", "127.0.0.1",
+                                            "--port", str(upstream)], {}, root / "logs" / "upstream.log", tier=UPSTREAMS))
+        for name, service in doc["services"].items():
+            if service.get("command", [None])[:2] != APP_COMMAND:
+                continue
+            for instance in native.instances(name):
+                supervisor.add(Command(instance, [sys.executable, *service["command"][1:]],
+                                       app_env(native, name, instance), root / "logs" / f"{instance}.log"))
+        yield native, supervisor, secrets["admin_key"]
+    finally:
+        supervisor.stop()
+        if stack is not None:
+            stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _app_role(admin_url: str, user: str, password: str) -> None:
+    """What the postgres image does with POSTGRES_USER and POSTGRES_PASSWORD_FILE."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{password}'")
+    finally:
+        await conn.close()
+
+
+async def test_compose_topology_starts_natively_from_its_own_environment(native) -> None:
+    topology, supervisor, admin_key = native
+    doc = topology.doc
+    instances = [i for n, s in doc["services"].items() if s.get("command", [None])[:2] == APP_COMMAND
+                 for i in topology.instances(n)]
+    assert len(instances) == 10                      # 2 x registry, metering, router, quota; 2 gateways
+
+    async def all_live() -> bool:
+        async with httpx.AsyncClient(timeout=2) as client:
+            for instance in instances:
+                supervisor.poll()
+                try:
+                    reply = await client.get(f"http://127.0.0.1:{topology.ports[(instance, 8080)]}/health/live")
+                except httpx.HTTPError:
+                    return False
+                if reply.status_code != 200:
+                    return False
+        return True
+
+    await wait_for(all_live, timeout_s=120, interval_s=0.5, what="every instance live")
+    assert all(w.restarts == 0 for w in supervisor.watches.values()), \
+        {n: w.history for n, w in supervisor.watches.items() if w.restarts}
+
+    gateways = [f"http://127.0.0.1:{topology.ports[(g, 8080)]}" for g in ("gateway-1", "gateway-2")]
+    admin = {"Authorization": f"Bearer {admin_key}"}            # the admin key came from the secret file
+    async with httpx.AsyncClient(timeout=30) as client:
+        tenants = await wait_for(lambda: _tenants(client, gateways[0], admin), timeout_s=30, what="the document")
+        assert "team" in tenants                                # the registry applied the document at start
+        issued = await client.post(f"{gateways[0]}/api/admin/tenants/team/keys", headers=admin, json={"name": "c"})
+        key = {"Authorization": f"Bearer {issued.json()['key']}"}
+        for gateway in gateways:
+            async def answered(gateway: str = gateway) -> bool:
+                reply = await client.post(f"{gateway}/v1/chat/completions", headers=key, json={
+                    "model": "llama3.2", "messages": [{"role": "user", "content": "through compose"}]})
+                return reply.status_code == 200
+            await wait_for(answered, timeout_s=60, interval_s=0.5, what=f"a chat answer through {gateway}")
+
+    settings = Settings.from_env(app_env(topology, "metering", "metering.1"))
+    assert len(settings.nats_servers) == 3
+    nc = await natsio.connect(settings.nats_url, "tests-compose", 10)
+    try:
+        js = nc.jetstream()
+        for stream in subjects.STREAMS:
+            info = await js.stream_info(stream)
+            assert info.config.num_replicas == 3 and info.cluster is not None and len(info.cluster.replicas) == 2
+    finally:
+        await nc.close()
+
+    async def two_usage_rows() -> bool:
+        conn = await asyncpg.connect(settings.database_url)         # the password joined from the secret file
+        try:
+            return await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v1'") >= 2
+        finally:
+            await conn.close()
+
+    await wait_for(two_usage_rows, timeout_s=30, what="the two calls in the log")
+
+
+async def _tenants(client: httpx.AsyncClient, gateway: str, headers: dict[str, str]) -> set[str] | None:
+    reply = await client.get(f"{gateway}/api/admin/tenants", headers=headers)
+    return {t["tenant_id"] for t in reply.json()} if reply.status_code == 200 else None
