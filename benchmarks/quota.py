@@ -42,7 +42,7 @@ from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered, TenantCreated
 from switchyard_gateway.contracts.quota import LimitsUpdate, ReservePlan, ReserveReply, SetLimits
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.quotas.periods import usd_nanos

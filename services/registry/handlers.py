@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_command, decoder, encode
 from switchyard_gateway.contracts.messages import CommandReply, RegistryQuery
-from switchyard_gateway.kit.service import Deps, serve_subscriptions
+from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.services.registry import views
+from switchyard_gateway.services.registry.settings import Settings
 from switchyard_gateway.services.registry.store import RegistryStore
 
 _query = decoder(RegistryQuery)
 
 
+@dataclass(frozen=True)
+class Deps:
+    """What the registry's handlers use, built once by `start`."""
+
+    log: Any
+    store: RegistryStore
+
+
 async def on_command(deps: Deps, data: bytes) -> bytes:
     """Apply one admin command; the reply carries its events and, for a new key, the key once."""
-    store: RegistryStore = deps.extra["store"]
     command = decode_command(data)
-    events, key, key_id = await store.execute(command)
+    events, key, key_id = await deps.store.execute(command)
     deps.log.info("registry.command", command=type(command).__name__, events=len(events))
     return encode(CommandReply(events=events, key=key, key_id=key_id))
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:
     """Read registry state."""
-    store: RegistryStore = deps.extra["store"]
+    store = deps.store
     return encode(views.answer(store.catalog, _query.decode(data), store.position, store.changed_at))
 
 
@@ -42,12 +53,15 @@ def admin_commands(admin_key: str) -> list[m.Command]:
 SUBSCRIPTIONS = {subjects.REGISTRY_COMMAND: on_command, subjects.REGISTRY_QUERY: on_query}
 
 
-async def start(deps: Deps) -> None:
-    assert deps.pool is not None and deps.nc is not None
-    store = RegistryStore(deps.pool, deps.nc)
+async def start(runtime: Runtime[Settings]) -> Deps:
+    """Load the catalog from the log, issue the bootstrap admin key, answer commands and queries."""
+    assert runtime.pool is not None
+    settings = runtime.settings
+    store = RegistryStore(runtime.pool, runtime.nc)
     await store.load()
-    deps.extra["store"] = store
-    if deps.settings.admin_key:
-        for command in admin_commands(deps.settings.admin_key):
+    if settings.admin_key:
+        for command in admin_commands(settings.admin_key):
             await store.execute(command)
-    await serve_subscriptions(deps, SUBSCRIPTIONS)
+    deps = Deps(log=runtime.log, store=store)
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
+    return deps

@@ -26,7 +26,7 @@ import redis.asyncio as redis
 
 from switchyard_gateway.contracts.events import UsageRecorded
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.quotas.ledger import PROJECTION_TYPES
 from switchyard_gateway.services.gateway.state.catalog import LocalState

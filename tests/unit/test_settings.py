@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.settings import ServiceSettings as Settings
+from switchyard_gateway.services.registry.settings import Settings as RegistrySettings
 
 
 def test_settings_read_prefixed_variables_with_types() -> None:
@@ -17,7 +18,7 @@ def test_defaults_point_at_loopback() -> None:
 
 
 def test_redacted_masks_passwords_and_the_admin_key() -> None:
-    s = Settings.from_env({"SWITCHYARD_DATABASE_URL": "postgresql://app:hunter2@db:5432/sy",
-                           "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
+    s = RegistrySettings.from_env({"SWITCHYARD_DATABASE_URL": "postgresql://app:hunter2@db:5432/sy",
+                                   "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
     shown = repr(s.redacted())
     assert "hunter2" not in shown and "sy_admin_secret" not in shown and "app:***@db" in shown

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from switchyard_gateway.contracts.events import CallAttempted, ModelRegistered
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway import http1
 from switchyard_gateway.services.gateway.pipeline import relay
 from switchyard_gateway.services.gateway.pipeline.call import Call

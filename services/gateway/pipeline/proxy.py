@@ -17,24 +17,25 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway import metrics
-from switchyard_gateway.services.gateway.edge.auth import authenticate
+from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.relay import ClientGone
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
+from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 
 _decode_request = msgspec.json.Decoder(InferenceRequest).decode
 
 class Proxy:
     """Serves the inference routes of both front doors."""
 
-    def __init__(self, state: Any, router: Router, failover: Failover, usage: Any, max_body_bytes: int,
-                 quota: Any = None, cache: ResponseCache | None = None) -> None:
-        self.state, self.router, self.failover, self.usage = state, router, failover, usage
-        self.quota = quota              # switchyard_gateway.services.gateway.pipeline.reserve.QuotaClient: reserve before dispatch
+    def __init__(self, auth: Authenticator, router: Router, quota: QuotaClient, failover: Failover,
+                 usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int) -> None:
+        self.auth, self.router, self.quota, self.failover, self.usage = auth, router, quota, failover, usage
         self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
         self.routes = APIS
@@ -47,7 +48,7 @@ class Proxy:
         request_id = _request_id(headers)     # also names the quota hold the usage event settles
         quota_fallback = False
         try:
-            key = authenticate(self.state.catalog, headers)
+            key = self.auth.authenticate(headers)
             body = await self._read_body(headers, proto)
             request = _parse(body)
             door = Door(scope.path, request, body)
@@ -59,12 +60,10 @@ class Proxy:
                     self._answer_from_cache(door, key, request, started, request_id, body, model, cache_key, hit,
                                             proto)
                     return
-            if self.quota is not None:
-                served, _ = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=model,
-                                                                 body=body)
-                if served is not model:        # over quota, and the tenant asked to fall back
-                    model, routes = self.router.resolve(key.tenant_id, served.model_id)
-                    quota_fallback = True
+            served, _ = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=model, body=body)
+            if served is not model:        # over quota, and the tenant asked to fall back
+                model, routes = self.router.resolve(key.tenant_id, served.model_id)
+                quota_fallback = True
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
             send_error(proto, exc, error_body_for(scope.path, exc))

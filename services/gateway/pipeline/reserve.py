@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.contracts.quota import Limits
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, key_prefix, usd_nanos

@@ -143,6 +143,15 @@ class Router:
         except asyncio.TimeoutError:
             return False
 
+    def inflight_counts(self) -> dict[str, dict[str, int]]:
+        """Calls in flight in this gateway per endpoint and model (every configured pair, zeros included)."""
+        out: dict[str, dict[str, int]] = {}
+        for endpoint in self.catalog.endpoints.values():
+            out[endpoint.endpoint_id] = {model: 0 for model in endpoint.models}
+        for (endpoint_id, model), count in list(self.inflight.items()):
+            out.setdefault(endpoint_id, {})[model] = count
+        return out
+
     def describe(self, plan: Plan) -> dict[str, Any]:
         """The plan for a debug log line: candidates in order with their load, and skip reasons."""
         return {
