@@ -26,6 +26,7 @@ from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
@@ -69,7 +70,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
     state = LocalState()                    # the registry catalog, fed by REGISTRY
     circuits = Circuits()                   # breaker states and probe health, fed by ROUTING
     auth = Authenticator.from_settings(state.catalog, settings)     # single-user or multi-tenant (keys and JWTs)
-    router = Router(state.catalog, circuits)
+    fallbacks = Fallbacks(state.catalog)
+    router = Router(state.catalog, fallbacks, circuits)
 
     async def start(runtime: Runtime[Settings]) -> Deps:
         nc = runtime.nc
@@ -79,7 +81,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
                                connect_timeout_s=settings.upstream_connect_timeout_s)
         publisher = UsagePublisher(nc, Path(settings.spool_dir))
         runtime.spawn(publisher.run(), "usage-publisher")
-        quota = await QuotaClient.start(nc, settings, state)   # limits feed + Valkey reservations
+        quota = await QuotaClient.start(nc, settings, state.catalog, fallbacks)   # limits feed + Valkey reservations
         outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
         failover = Failover(router, upstreams, outcomes, settings)
         proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes)
