@@ -8,11 +8,14 @@ pair into the call's one `UsageRecorded`, whatever happened.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded
+
+if TYPE_CHECKING:                 # the doors read InferenceRequest below
+    from switchyard_gateway.services.gateway.translate.doors import Door
 
 
 class StreamOptions(msgspec.Struct):
@@ -30,7 +33,7 @@ class InferenceRequest(msgspec.Struct):
 class Call(msgspec.Struct, frozen=True):
     """What the request is, fixed once it is accepted: door, caller, parsed request, body, id and start time."""
 
-    door: Any                     # translate.doors.Door: how this call's front door speaks
+    door: Door                    # how this call's front door speaks
     tenant_id: str
     key_id: str
     request: InferenceRequest
@@ -41,7 +44,7 @@ class Call(msgspec.Struct, frozen=True):
 
     @property
     def api(self) -> str:
-        return self.door.api      # type: ignore[no-any-return]
+        return self.door.api
 
 
 class Outcome:
