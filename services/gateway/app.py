@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
     async def stop(deps: Deps) -> None:
         await deps.quota.close()
-        await cache.close()
+        await deps.cache.close()
         await deps.usage.drain()
         await deps.upstreams.close()
 

@@ -34,7 +34,7 @@ class Deps:
     usage: UsagePublisher          # usage events to JetStream, spooled when it is away
     usage_stream: UsageHub         # live usage for /api/usage-stream
     proxy: Proxy                   # the hot path (served over RSGI by edge/rsgi.py)
-    cache: ResponseCache | None    # None when SWITCHYARD_CACHE=off
+    cache: ResponseCache           # answers kept in Valkey (mode "off": never consulted)
     upstreams: http1.Pool          # keep-alive connections to the endpoints
 
     @property

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from switchyard_gateway.kit.settings import ServiceSettings as Settings
+from switchyard_gateway.services.gateway.settings import Settings as GatewaySettings
+from switchyard_gateway.services.metering.settings import Settings as MeteringSettings
 from switchyard_gateway.services.registry.settings import Settings as RegistrySettings
+from switchyard_gateway.services.router.settings import Settings as RouterSettings
 
 
 def test_settings_read_prefixed_variables_with_types() -> None:
@@ -22,3 +25,19 @@ def test_redacted_masks_passwords_and_the_admin_key() -> None:
                                    "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
     shown = repr(s.redacted())
     assert "hunter2" not in shown and "sy_admin_secret" not in shown and "app:***@db" in shown
+
+
+def test_each_service_reads_only_its_own_fields() -> None:
+    env = {"SWITCHYARD_CACHE": "all", "SWITCHYARD_BREAKER_FAILURES": "9", "SWITCHYARD_INGEST_BATCH": "7",
+           "SWITCHYARD_PORT": "9001"}
+    gateway, router, metering = (GatewaySettings.from_env(env), RouterSettings.from_env(env),
+                                 MeteringSettings.from_env(env))
+    assert (gateway.cache, gateway.port, router.breaker_failures, metering.ingest_batch) == ("all", 9001, 9, 7)
+    assert not hasattr(gateway, "breaker_failures") and not hasattr(router, "cache")
+    assert not hasattr(Settings.from_env(env), "ingest_batch")
+
+
+def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
+    s = GatewaySettings.from_env({"SWITCHYARD_API_KEY": "the-one-key", "SWITCHYARD_JWT_SECRET": "hs256-secret"})
+    shown = repr(s.redacted())
+    assert "the-one-key" not in shown and "hs256-secret" not in shown and s.api_key == "the-one-key"
