@@ -1,9 +1,11 @@
-"""`switchyard events`: follow the event log, or export it as JSON lines."""
+"""`switchyard events`: follow the event log, export it as JSON lines, or print the published contracts."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sys
 from pathlib import Path
 
 
@@ -26,8 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--type", help="an event type, or a prefix of one")
     export.add_argument("--tenant", help="only this tenant's events")
     export.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    schema = events_sub.add_parser(
+        "schema", help="list the published contracts, or print one's JSON Schema, or the AsyncAPI document",
+        description="switchyard events schema usage.recorded.v1 > usage.recorded.v1.json")
+    schema.add_argument("name", nargs="?", help="an event type (usage.recorded.v1) or a message "
+                                                "(quota.query.v1.request, quota.query.v1.reply, service.error)")
+    schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3.0 document (YAML)")
+    schema.add_argument("--write", type=Path, metavar="DIR",
+                        help="write every schema, the index and asyncapi.yaml under DIR (docs/contracts)")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.events_command == "schema":
+        return _schema(args)
     from switchyard_gateway.services.metering import eventtools
 
     data_dir = args.data_dir.absolute()
@@ -41,3 +54,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except BrokenPipeError:             # `... | head`
         return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from switchyard_gateway.contracts import asyncapi, published, schemas
+
+    if args.write is not None:
+        written = published.write(args.write)
+        print(f"wrote {len(written)} files under {args.write}")
+        return 0
+    if args.asyncapi:
+        sys.stdout.write(asyncapi.text())
+        return 0
+    if args.name is None:
+        width = max(len(name) for name in schemas.CONTRACTS)
+        for contract in schemas.CONTRACTS.values():
+            print(f"{contract.name:<{width}}  {contract.kind:<7}  {contract.summary}")
+        return 0
+    if args.name not in schemas.CONTRACTS:
+        near = [n for n in schemas.CONTRACTS if n.startswith(args.name.rsplit(".", 1)[0])]
+        hint = f"; did you mean {', '.join(near)}?" if near else "; `switchyard events schema` lists them"
+        print(f"switchyard events schema: no contract named {args.name!r}{hint}", file=sys.stderr)
+        return 2
+    print(json.dumps(schemas.json_schema(args.name), indent=2, ensure_ascii=False))
+    return 0

@@ -4,10 +4,11 @@ registry commands, and export the registry back into the same shape.
     providers: [{id, kind, display_name}]
     endpoints: [{id, provider, base_url, api_key: "${ENV_VAR}", models, priority, weight,
                  max_concurrent, timeout_s}]
-    models:    [{id, kind, aliases, context_length, input_price_per_1m, output_price_per_1m, fallback}]
+    models:    [{id, kind, aliases, context_length, input_price_per_1m, output_price_per_1m,
+                 cached_input_price_per_1m, fallback}]
     tenants:   [{id, display_name, all_models, fallback_on_quota,
                  models: [{model, enabled, default, priority, input_price_per_1m, output_price_per_1m,
-                           fallback}]}]
+                           cached_input_price_per_1m, fallback}]}]
 
 Applying it upserts every resource, so applying the same document twice records nothing.
 """
@@ -26,6 +27,7 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts.messages import Problem
 
 SECTIONS = ("providers", "endpoints", "models", "tenants")
+_PRICES = ("input_price_per_1m", "output_price_per_1m", "cached_input_price_per_1m")
 # section -> key -> (python types accepted, required)
 _NUM = (int, float)
 FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -38,7 +40,8 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "models": {
         "id": ((str,), True), "kind": ((str,), False), "aliases": ((list,), False),
         "context_length": ((int,), False), "input_price_per_1m": (_NUM, False),
-        "output_price_per_1m": (_NUM, False), "fallback": ((str,), False),
+        "output_price_per_1m": (_NUM, False), "cached_input_price_per_1m": (_NUM, False),
+        "fallback": ((str,), False),
     },
     "tenants": {
         "id": ((str,), True), "display_name": ((str,), False), "all_models": ((bool,), False),
@@ -47,7 +50,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "tenants.models": {
         "model": ((str,), True), "enabled": ((bool,), False), "default": ((bool,), False),
         "priority": ((int,), False), "input_price_per_1m": (_NUM, False), "output_price_per_1m": (_NUM, False),
-        "fallback": ((str,), False),
+        "cached_input_price_per_1m": (_NUM, False), "fallback": ((str,), False),
     },
 }
 
@@ -138,7 +141,7 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
             if alias in ids["models"] or alias in aliases:
                 bad(f"{path}.aliases[{i}]", f"duplicate identifier: '{alias}' already names a model")
             aliases[alias] = str(item.get("id"))
-        _non_negative(path, item, ("context_length", "input_price_per_1m", "output_price_per_1m"), problems)
+        _non_negative(path, item, ("context_length", *_PRICES), problems)
         _reference(f"{path}.fallback", item.get("fallback"), item.get("id"), model_names | set(aliases), problems)
     for path, item in items["tenants"]:
         seen: set[str] = set()
@@ -156,7 +159,7 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
                 seen.add(model)
                 _reference(f"{apath}.model", model, None, model_names | set(aliases), problems)
             _reference(f"{apath}.fallback", assignment.get("fallback"), model, model_names | set(aliases), problems)
-            _non_negative(apath, assignment, ("input_price_per_1m", "output_price_per_1m"), problems)
+            _non_negative(apath, assignment, _PRICES, problems)
     return problems
 
 
@@ -234,6 +237,7 @@ def to_commands(doc: dict[str, Any]) -> list[m.Command]:
             context_length=model.get("context_length", 0),
             input_price_per_1m=float(model.get("input_price_per_1m", 0.0)),
             output_price_per_1m=float(model.get("output_price_per_1m", 0.0)),
+            cached_input_price_per_1m=_price(model.get("cached_input_price_per_1m")),
             fallback_model=model.get("fallback", "")))
     for e in doc.get("endpoints") or []:
         commands.append(m.RegisterEndpoint(
@@ -249,7 +253,9 @@ def to_commands(doc: dict[str, Any]) -> list[m.Command]:
                 tenant_id=t["id"], model_id=a["model"], enabled=a.get("enabled", True),
                 is_default=a.get("default", False), priority=a.get("priority", 0),
                 input_price_per_1m=_price(a.get("input_price_per_1m")),
-                output_price_per_1m=_price(a.get("output_price_per_1m")), fallback_model=a.get("fallback", "")))
+                output_price_per_1m=_price(a.get("output_price_per_1m")),
+                cached_input_price_per_1m=_price(a.get("cached_input_price_per_1m")),
+                fallback_model=a.get("fallback", "")))
     return commands
 
 
@@ -299,8 +305,10 @@ def export(catalog: Catalog) -> dict[str, Any]:
     models = [compact({
         "id": x.model_id, "kind": x.kind, "aliases": list(x.aliases), "context_length": x.context_length,
         "input_price_per_1m": x.input_price_per_1m, "output_price_per_1m": x.output_price_per_1m,
+        "cached_input_price_per_1m": x.cached_input_price_per_1m,
         "fallback": x.fallback_model}, {"kind": "chat", "aliases": [], "context_length": 0,
-                                        "input_price_per_1m": 0.0, "output_price_per_1m": 0.0, "fallback": ""})
+                                        "input_price_per_1m": 0.0, "output_price_per_1m": 0.0,
+                                        "cached_input_price_per_1m": None, "fallback": ""})
         for _, x in sorted(catalog.models.items())]
     tenants = []
     for tid, t in sorted(catalog.tenants.items()):
@@ -310,8 +318,10 @@ def export(catalog: Catalog) -> dict[str, Any]:
         assigned = [compact({
             "model": a.model_id, "enabled": a.enabled, "default": a.is_default, "priority": a.priority,
             "input_price_per_1m": a.input_price_per_1m, "output_price_per_1m": a.output_price_per_1m,
+            "cached_input_price_per_1m": a.cached_input_price_per_1m,
             "fallback": a.fallback_model}, {"enabled": True, "default": False, "priority": 0,
-                                            "input_price_per_1m": None, "output_price_per_1m": None, "fallback": ""})
+                                            "input_price_per_1m": None, "output_price_per_1m": None,
+                                            "cached_input_price_per_1m": None, "fallback": ""})
             for _, a in sorted(catalog.assignments.get(tid, {}).items())]
         if assigned:
             tenant["models"] = assigned

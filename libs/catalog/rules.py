@@ -7,10 +7,11 @@ it into an error reply, `switchyard config validate` into one line of its report
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import urlsplit
 
 IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+MODEL_NAME_MAX = 512            # characters; an escaped id still fits a NATS subject with room to spare
 ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 PROVIDER_KINDS = ("ollama", "openai-compatible", "openai")
 MODEL_KINDS = ("chat", "embedding")
@@ -24,9 +25,28 @@ def identifier_problem(value: object) -> str | None:
 
 
 def model_name_problem(value: object) -> str | None:
-    if isinstance(value, str) and MODEL_NAME.match(value):
-        return None
-    return f"'{value}' is not a valid model name"
+    """Any name a model server may advertise (`llama3.2`, `org/model:q4`, `/models/x.gguf`) is accepted;
+    refused are non-strings, the empty name, absurd lengths, control and other invisible format
+    characters (line breaks, NUL, bidirectional overrides) and white space at either end."""
+    if not isinstance(value, str):
+        return f"{_shown(value)} is not a valid model name: it must be a string"
+    if not value:
+        return "a model name cannot be empty"
+    if len(value) > MODEL_NAME_MAX:
+        return f"{_shown(value)} is not a valid model name: longer than {MODEL_NAME_MAX} characters"
+    hidden = next((ch for ch in value if unicodedata.category(ch).startswith("C")), None)
+    if hidden is not None:
+        return (f"{_shown(value)} is not a valid model name: it contains the control or format character "
+                f"U+{ord(hidden):04X}")
+    if value != value.strip():
+        return f"{_shown(value)} is not a valid model name: white space at its start or end"
+    return None
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value quoted for an error message: escaped, and cut short when long."""
+    text = repr(value) if isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= limit else text[:limit] + "...'"
 
 
 def url_problem(value: object) -> str | None:

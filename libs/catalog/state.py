@@ -139,7 +139,10 @@ class Catalog:
         key = (self.keys.get(key_id) if key_id else None) or self.keys_by_hash.get(digest)
         if key is None or not hmac.compare_digest(key.key_sha256, digest):
             return None
-        if key.expires_at is not None and key.expires_at <= (now or datetime.now(UTC)):
+        expires_at = key.expires_at
+        if expires_at is not None and expires_at.tzinfo is None:       # recorded without an offset: UTC
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
             return None
         if key.tenant_id not in self.tenants:
             return None

@@ -12,12 +12,14 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from switchyard_gateway.contracts import subjects as s
 
+# A point in time: RFC 3339 with its offset (UTC, `Z`, as written here).
+Instant = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 Role = Literal["member", "admin"]
 ProviderKind = Literal["ollama", "openai-compatible", "openai"]
 ModelKind = Literal["chat", "embedding"]
@@ -49,7 +51,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """A fact that happened. Never mutated, never deleted."""
 
     event_id: uuid.UUID = msgspec.field(default_factory=new_id)
-    occurred_at: datetime = msgspec.field(default_factory=now)
+    occurred_at: Instant = msgspec.field(default_factory=now)
 
     @property
     def tenant(self) -> str | None:
@@ -77,7 +79,7 @@ class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
     status: int                     # HTTP status the client saw
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0          # of input_tokens, those the upstream served from its prompt cache
     estimated: bool = False         # counted by the gateway: the upstream reported none
     stream: bool = False
     endpoint_id: str = ""           # "" when no endpoint was reached
@@ -176,6 +178,7 @@ class ModelRegistered(Event, frozen=True, tag=s.MODEL_REGISTERED):
     input_price_per_1m: float = 0.0   # USD
     output_price_per_1m: float = 0.0  # USD
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None   # USD per 1M prompt tokens read from a prompt cache (None: input)
 
     @property
     def identifier(self) -> str:
@@ -229,6 +232,7 @@ class TenantModelAssigned(Event, frozen=True, tag=s.TENANT_MODEL_ASSIGNED):
     input_price_per_1m: float | None = None    # USD; None: the model's price
     output_price_per_1m: float | None = None
     fallback_model: str = ""        # this tenant's fallback for this model ("" = the model's own)
+    cached_input_price_per_1m: float | None = None   # None: the model's cached price, else this input price
 
     @property
     def identifier(self) -> str:
@@ -254,7 +258,7 @@ class KeyIssued(Event, frozen=True, tag=s.KEY_ISSUED):
     key_sha256: str
     role: Role = "member"
     name: str = ""
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
 
     @property
     def identifier(self) -> str:

@@ -1,5 +1,5 @@
 """Request/reply messages between services: registry commands and queries, router commands and
-queries, metering queries.
+queries (metering's are in `metering`, quota's in `quota`).
 
 Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 (the code is an HTTP status); the body then holds an `ErrorBody`.
@@ -7,12 +7,11 @@ Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
-from switchyard_gateway.contracts.events import ModelKind, ProviderKind, RegistryEvent, Role
+from switchyard_gateway.contracts.events import Instant, ModelKind, ProviderKind, RegistryEvent, Role
 from switchyard_gateway.contracts.routing import CircuitState, EndpointModelsDiscovered, ProbeCompleted
 
 
@@ -95,6 +94,7 @@ class RegisterModel(Command, frozen=True, tag="register_model"):
     input_price_per_1m: float = 0.0
     output_price_per_1m: float = 0.0
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
 
 
@@ -111,6 +111,7 @@ class AssignModel(Command, frozen=True, tag="assign_model"):
     input_price_per_1m: float | None = None
     output_price_per_1m: float | None = None
     fallback_model: str = ""
+    cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
 
 
@@ -127,7 +128,7 @@ class IssueKey(Command, frozen=True, tag="issue_key"):
     tenant_id: str
     role: Role = "member"
     name: str = ""
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
     secret: str | None = None
 
 
@@ -200,26 +201,6 @@ class RegistryQuery(msgspec.Struct, frozen=True, omit_defaults=True):
     tenant_id: str | None = None
 
 
-class TokenCountsQuery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Token totals per endpoint and model; `tenant_id` limits them to one tenant."""
-
-    tenant_id: str | None = None
-
-
-class TokenCount(msgspec.Struct, frozen=True):
-    endpoint: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    calls: int
-
-
-class TokenCountsReply(msgspec.Struct, frozen=True):
-    total_tokens: int
-    breakdown: list[TokenCount]
-
-
 # --- router commands and queries (tag field "command") ---------------------------
 
 
@@ -273,9 +254,9 @@ class CircuitView(msgspec.Struct, frozen=True):
 
     endpoint_id: str
     state: CircuitState
-    since: datetime | None = None
+    since: Instant | None = None
     reason: str = ""
-    retry_at: datetime | None = None
+    retry_at: Instant | None = None
     consecutive_failures: int = 0
     calls: int = 0                  # in the error-ratio window
     failed_calls: int = 0

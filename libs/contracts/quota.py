@@ -124,7 +124,8 @@ class QuotasReply(msgspec.Struct, frozen=True):
 
 
 class UsageFigures(msgspec.Struct, frozen=True):
-    """Settled usage of one period; `reserved_tokens` are held by calls still running."""
+    """Settled usage of one period; `reserved_tokens` are held by calls still running; `cached_tokens` are
+    the part of `input_tokens` the upstream served from its prompt cache."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -132,6 +133,7 @@ class UsageFigures(msgspec.Struct, frozen=True):
     requests: int = 0
     cost_usd: float = 0.0
     reserved_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class ModelUsage(UsageFigures, frozen=True, kw_only=True):

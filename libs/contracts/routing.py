@@ -8,11 +8,10 @@ it lives on `REGISTRY` and in the log like every other registry event.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from switchyard_gateway.contracts import subjects as s
-from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.contracts.events import Event, Instant
 
 CircuitState = Literal["closed", "open", "half_open"]
 
@@ -55,7 +54,7 @@ class CircuitChanged(Event, frozen=True, tag=s.CIRCUIT_CHANGED):
     failures: int = 0               # consecutive failures when it opened
     calls: int = 0                  # calls in the error-ratio window
     error_ratio: float = 0.0        # failed share of those calls
-    retry_at: datetime | None = None
+    retry_at: Instant | None = None
     trial_calls: int = 0
     router: str = ""                # the router instance that decided
 

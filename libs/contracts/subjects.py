@@ -59,19 +59,29 @@ STREAM_MAX_AGE_S: dict[str, float] = {STREAM_ROUTING: 24 * 3600.0}
 
 # --- durable consumers ---------------------------------------------------------
 CONSUMER_METERING = "metering"      # shared by every metering replica
-CONSUMER_QUOTA = "quota"            # settles reservations from usage; shared by quota replicas
+CONSUMER_QUOTA = "quota"            # unused: the quota service settles from the log, not the stream
+
+# --- key-value buckets (each is a JetStream stream KV_<bucket>) ------------------
+KV_ROUTER_LEADER = "router_leader"  # one key, `leader`: the router replica that acts, as a lease with a TTL
 
 # --- headers -------------------------------------------------------------------
 MSG_ID_HEADER = "Nats-Msg-Id"       # JetStream de-duplication
 SERVICE_ERROR_HEADER = "Nats-Service-Error"
 SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
+# --- NATS micro discovery: every service answers; the gateway's /health asks ---------
+SERVICE_PING = "$SRV.PING"
 
-_TOKEN_ESCAPES = str.maketrans({".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09", "%": "%25"})
+
+_TOKEN_ESCAPES = str.maketrans({
+    ".": "%2E", "*": "%2A", ">": "%3E", "%": "%25", " ": "%20", "\x7f": "%7F",
+    **{chr(c): f"%{c:02X}" for c in range(0x20)},
+})
 
 
 def subject_token(identifier: str) -> str:
-    """An identifier as one subject token: '.', '*', '>' and white space are percent-escaped."""
+    """An identifier as one subject token: '.', '*', '>', '%', space and ASCII control characters are
+    percent-escaped, so a model id like `/models/llama-3.2.gguf` stays one token."""
     return identifier.translate(_TOKEN_ESCAPES) or "_"
 
 

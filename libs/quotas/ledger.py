@@ -50,16 +50,20 @@ class Ledger:
         self.catalog.apply(event)
         self.limits.apply(event)
 
-    def price(self, tenant_id: str, model_id: str) -> tuple[float, float]:
-        """USD per million input and output tokens: the tenant's assignment price, else the model's."""
+    def price(self, tenant_id: str, model_id: str) -> tuple[float, float, float | None]:
+        """USD per million input, output and cached input tokens: the tenant's assignment price, else the
+        model's; no cached price (None) means cached tokens cost the input price."""
         model = self.catalog.models.get(model_id)
         assignment = self.catalog.assignments.get(tenant_id, {}).get(model_id)
         inp = model.input_price_per_1m if model else 0.0
         out = model.output_price_per_1m if model else 0.0
+        cached = model.cached_input_price_per_1m if model else None
         if assignment is not None:
             inp = assignment.input_price_per_1m if assignment.input_price_per_1m is not None else inp
             out = assignment.output_price_per_1m if assignment.output_price_per_1m is not None else out
-        return inp, out
+            cached = assignment.cached_input_price_per_1m if assignment.cached_input_price_per_1m is not None \
+                else cached
+        return inp, out, cached
 
     def served_model(self, event: UsageRecorded) -> str:
         """The model that served the call (a fallback, if one did), by id: from the name the endpoint
@@ -72,10 +76,11 @@ class Ledger:
         model = self.served_model(event)
         tokens = event.input_tokens + event.output_tokens
         requests = 0 if event.outcome != "ok" and tokens == 0 else 1
-        nanos = usd_nanos(event.input_tokens, event.output_tokens, *self.price(event.tenant_id, model))
+        inp, out, cached = self.price(event.tenant_id, model)
+        nanos = usd_nanos(event.input_tokens, event.output_tokens, inp, out, event.cached_tokens, cached)
         tz = zone(self.limits.timezone(event.tenant_id))
         measures = (("tok", tokens), ("in", event.input_tokens), ("out", event.output_tokens),
-                    ("req", requests), ("usd", nanos))
+                    ("cin", event.cached_tokens), ("req", requests), ("usd", nanos))
         for period in PERIODS:
             key, _, expire = self.keys.period_counter(event.tenant_id, period, event.occurred_at, tz)
             for measure, value in measures:

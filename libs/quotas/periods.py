@@ -2,7 +2,7 @@
 
 Days start at local midnight, weeks on Monday, months on the 1st, all in the
 tenant's time zone. Rate windows are whole UTC minutes. Counter hashes hold one
-field per measure: `tok`, `in`, `out`, `req`, `usd` (nano-USD) for the tenant and
+field per measure: `tok`, `in`, `out`, `cin` (cached input), `req`, `usd` (nano-USD) for the tenant and
 the same with `@<model>` for one of its models; rate windows add `#<key id>`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, date, datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PERIODS = ("day", "week", "month")
@@ -104,15 +104,40 @@ def key_prefix(configured: str, database_url: str, kind: str = "q") -> str:
 
 
 def field(measure: str, model_id: str | None = None, key_id: str | None = None) -> str:
-    """A counter field: `tok`, `tok@llama3.2`, `req#sy_1a2b`, `req#sy_1a2b@llama3.2`."""
+    """A counter field: `tok`, `tok@llama3.2`, `req#sy_1a2b`, `req#sy_1a2b@llama3.2`; the model id is
+    escaped (`model_token`), so any id a server advertises makes one field that reads back as itself."""
     name = measure
     if key_id:
         name += f"#{key_id.translate(_NO_SPACE)}"
     if model_id:
-        name += f"@{model_id}"
+        name += f"@{model_token(model_id)}"
     return name
 
 
-def usd_nanos(input_tokens: int, output_tokens: int, input_price_per_1m: float, output_price_per_1m: float) -> int:
-    """The cost of a call in nano-USD (prices are USD per million tokens, i.e. micro-USD per token)."""
-    return round(input_tokens * input_price_per_1m * 1000 + output_tokens * output_price_per_1m * 1000)
+_FIELD_ESCAPES = str.maketrans({"%": "%25", "@": "%40", "#": "%23", " ": "%20",
+                                **{chr(c): f"%{c:02X}" for c in range(0x20)}})
+
+
+def model_token(model_id: str) -> str:
+    """A model id as it sits in a counter field: '%', '@', '#', space and control characters percent-escaped."""
+    return model_id.translate(_FIELD_ESCAPES)
+
+
+def model_of(field_name: str) -> str | None:
+    """The model a tenant-wide counter field is about (`tok@llama3.2` -> `llama3.2`); None for the tenant's own
+    fields and for per-key ones."""
+    measure, at, token = field_name.partition("@")
+    if not at or "#" in measure:
+        return None
+    return unquote(token)
+
+
+def usd_nanos(input_tokens: int, output_tokens: int, input_price_per_1m: float, output_price_per_1m: float,
+              cached_tokens: int = 0, cached_price_per_1m: float | None = None) -> int:
+    """The cost of a call in nano-USD (prices are USD per million tokens, i.e. micro-USD per token); the
+    `cached_tokens` among the input tokens cost `cached_price_per_1m` when one is set."""
+    cached = min(max(cached_tokens, 0), input_tokens) if cached_price_per_1m is not None else 0
+    micro_usd = (input_tokens - cached) * input_price_per_1m + output_tokens * output_price_per_1m
+    if cached:
+        micro_usd += cached * cached_price_per_1m  # type: ignore[operator]
+    return round(micro_usd * 1000)

@@ -32,6 +32,8 @@ KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--failure-kind": (str, f"how calls fail: {', '.join(FAILURE_KINDS)}"),
     "--retry-after-s": (int, "the Retry-After header of http_429 failures"),
     "--failure-paths": (_names, "only these routes fail, comma-separated (default: every route)"),
+    "--cached-tokens": (int, "prompt tokens reported as read from a prompt cache (OpenAI prompt_tokens_details, "
+                               "Ollama prompt_eval_cached_count)"),
     "--seed": (int, "seed of the (repeatable) choice of failing calls"),
 }
 

@@ -38,6 +38,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     failure_kind: FailureKind = "http_500"
     retry_after_s: int = 1  # the Retry-After header of http_429 failures
     failure_paths: tuple[str, ...] = ()  # only these routes fail (e.g. inference, not health probes); () = all
+    cached_tokens: int = 0  # prompt tokens reported as read from a prompt cache (at most the prompt's); 0 = none
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +95,8 @@ def _problems(cfg: SimConfig) -> list[str]:
         problems.append("latency_ms and token_interval_ms must be >= 0")
     if not 0 <= cfg.tokens <= MAX_TOKENS:
         problems.append(f"tokens must be in 0..{MAX_TOKENS}")
+    if not 0 <= cfg.cached_tokens <= MAX_TOKENS:
+        problems.append(f"cached_tokens must be in 0..{MAX_TOKENS}")
     if not 1 <= cfg.embedding_dims <= MAX_EMBEDDING_DIMS:
         problems.append(f"embedding_dims must be in 1..{MAX_EMBEDDING_DIMS}")
     if not 0.0 <= cfg.failure_rate <= 1.0:

@@ -91,7 +91,7 @@ def _timings(cfg: SimConfig, prompt_tokens: int, n: int) -> dict[str, int]:
     prompt_eval = prompt_tokens * 100_000
     per_token_ns = int(max(cfg.token_interval_ms, 1.0) * _NS_PER_MS)
     eval_ns = n * per_token_ns
-    return {
+    timings = {
         "total_duration": int(cfg.latency_ms * _NS_PER_MS) + load + prompt_eval + eval_ns,
         "load_duration": load,
         "prompt_eval_count": prompt_tokens,
@@ -99,6 +99,9 @@ def _timings(cfg: SimConfig, prompt_tokens: int, n: int) -> dict[str, int]:
         "eval_count": n,
         "eval_duration": eval_ns,
     }
+    if cfg.cached_tokens:               # what newer Ollama reports on /api/chat and /api/generate
+        timings["prompt_eval_cached_count"] = min(cfg.cached_tokens, prompt_tokens)
+    return timings
 
 
 def _generation(

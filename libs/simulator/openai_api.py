@@ -95,12 +95,12 @@ def prompt_texts(prompt: str | list[str | int | list[int]]) -> list[str]:
     return [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompt if p != ""]
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+def _usage(prompt: int, completion: int, cfg: SimConfig) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+    if cfg.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cfg.cached_tokens, prompt)}
+    return usage
 
 
 def _head(reply_id: str, object_type: str, model: str) -> dict[str, object]:
@@ -119,7 +119,7 @@ def chat_completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | Stream
     cap = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     n = synth.completion_tokens(cfg.tokens, cap)
     tokens = synth.reply_tokens(req.model, prompt, n)
-    usage = _usage(synth.count_tokens(prompt), n)
+    usage = _usage(synth.count_tokens(prompt), n, cfg)
     object_type = "chat.completion.chunk" if req.stream else "chat.completion"
     head = _head(f"chatcmpl-{serial:024x}", object_type, req.model)
     if not req.stream:
@@ -153,7 +153,7 @@ def completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply
     n = synth.completion_tokens(cfg.tokens, req.max_tokens)
     prompts = prompt_texts(req.prompt) or [""]
     replies = [synth.reply_tokens(req.model, p, n) for p in prompts]
-    usage = _usage(sum(synth.count_tokens(p) for p in prompts), n * len(prompts))
+    usage = _usage(sum(synth.count_tokens(p) for p in prompts), n * len(prompts), cfg)
     head = _head(f"cmpl-{serial:024x}", "text_completion", req.model)
     finish = _finish(n, cfg)
     if not req.stream:

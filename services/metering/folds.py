@@ -33,6 +33,7 @@ class UsageView(msgspec.Struct, gc=False):
     endpoint_id: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
     estimated: bool = False
 
 
@@ -40,7 +41,7 @@ DECODERS: dict[str, Callable[[Any], Any]] = {subjects.USAGE_RECORDED: msgspec.js
 USAGE_TYPES = (UsageRecorded, UsageView)
 
 FactKey = tuple[int, str, str, str, bool, bool]   # (minute as epoch seconds, tenant, endpoint, model, failed, estimated)
-Facts = dict[FactKey, list[int]]                   # -> [input tokens, output tokens, calls]
+Facts = dict[FactKey, list[int]]                   # -> [input tokens, output tokens, calls, cached input tokens]
 Segment = Facts | Any                              # a run of usage facts, or one other event, in log order
 
 
@@ -68,11 +69,12 @@ def usage_facts(events: Iterable[Any]) -> list[Segment]:
         key = (minute, event.tenant_id, event.endpoint_id, event.model, event.outcome != "ok", event.estimated)
         fact = facts.get(key)
         if fact is None:
-            facts[key] = [event.input_tokens, event.output_tokens, 1]
+            facts[key] = [event.input_tokens, event.output_tokens, 1, event.cached_tokens]
         else:
             fact[0] += event.input_tokens
             fact[1] += event.output_tokens
             fact[2] += 1
+            fact[3] += event.cached_tokens
     if facts:
         segments.append(facts)
     return segments
@@ -115,6 +117,7 @@ class Counts(msgspec.Struct):
     calls: int = 0
     errors: int = 0
     estimated_calls: int = 0
+    cached_tokens: int = 0
 
 
 def add_facts(segments: Iterable[Segment], key: Callable[[FactKey], Any],
@@ -122,7 +125,7 @@ def add_facts(segments: Iterable[Segment], key: Callable[[FactKey], Any],
     """Sum facts into totals per `key(fact key)`."""
     out: dict[Any, Counts] = {} if into is None else into
     for facts in only_facts(segments):
-        for k, (tokens_in, tokens_out, calls) in facts.items():
+        for k, (tokens_in, tokens_out, calls, cached) in facts.items():
             group = key(k)
             c = out.get(group)
             if c is None:
@@ -130,6 +133,7 @@ def add_facts(segments: Iterable[Segment], key: Callable[[FactKey], Any],
             c.input_tokens += tokens_in
             c.output_tokens += tokens_out
             c.calls += calls
+            c.cached_tokens += cached
             if k[4]:
                 c.errors += calls
             if k[5]:

@@ -11,6 +11,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import now
 from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.metering import MeteringQuery, RollupDays, TokenUsageReply
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.projections import Follower
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
@@ -18,8 +19,8 @@ from switchyard_gateway.services.metering import metrics, queries, rollup
 from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
 from switchyard_gateway.services.metering.settings import Settings
 
-_query = decoder(queries.MeteringQuery)
-_rollup = decoder(rollup.RollupDays)
+_query = decoder(MeteringQuery)
+_rollup = decoder(RollupDays)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
             case "token_counts":
                 return encode(await queries.token_counts(conn, query.tenant_id))
             case "usage":
-                return encode({"token_usage_counts": await queries.token_usage(conn, query.tenant_id)})
+                return encode(TokenUsageReply(await queries.token_usage(conn, query.tenant_id)))
             case "stats":
                 if not query.model:
                     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))

@@ -34,18 +34,19 @@ def observe_committed(appended: Sequence[Positioned], book: PriceBook | None) ->
         key = (event.tenant_id, event.model, event.outcome, event.estimated, "embed" in event.api)
         group = groups.get(key)
         if group is None:
-            groups[key] = [event.input_tokens, event.output_tokens, 1]
+            groups[key] = [event.input_tokens, event.output_tokens, 1, event.cached_tokens]
         else:
             group[0] += event.input_tokens
             group[1] += event.output_tokens
             group[2] += 1
-    for (tenant, model, outcome, estimated, embedding), (tokens_in, tokens_out, calls) in groups.items():
+            group[3] += event.cached_tokens
+    for (tenant, model, outcome, estimated, embedding), (tokens_in, tokens_out, calls, cached) in groups.items():
         TOKENS.labels(tenant, model, "input").inc(tokens_in)
         TOKENS.labels(tenant, model, "output").inc(tokens_out)
         CALLS.labels(tenant, model, outcome, "true" if estimated else "false").inc(calls)
         price = book.price(tenant, model) if book is not None else None
         if price is not None:
-            usd = (tokens_in * price[0] + tokens_out * price[1]) * _FEMTO
+            usd = sum(price.femto(tokens_in, tokens_out, cached)) * _FEMTO
             COST.labels(tenant, model).inc(usd)
             if embedding:
                 EMBEDDING_COST.labels(model).inc(usd)

@@ -4,7 +4,8 @@ Prices are kept as exact integers, nano-USD per 1M tokens, so that a call's
 cost is `tokens * price` femto-USD (1e-15 USD), an integer: sums are exact and
 the same in any batching, and a rebuild equals the live figures to the last digit.
 A tenant's assignment may override a model's prices; a model keeps its last
-prices after it is removed (calls in flight then are still priced).
+prices after it is removed (calls in flight then are still priced). Input tokens the
+upstream served from its prompt cache cost the cached-input price when one is set.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -39,6 +40,20 @@ class ModelPrice:
     input_nano: int
     output_nano: int
     aliases: tuple[str, ...] = ()
+    cached_nano: int | None = None          # None: cached input tokens cost the input price
+
+
+class Price(NamedTuple):
+    """What one tenant pays for one model, nano-USD per 1M tokens (so femto-USD per token)."""
+
+    input_nano: int
+    output_nano: int
+    cached_nano: int
+
+    def femto(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> tuple[int, int]:
+        """(input, output) cost in femto-USD; the cached part of the input at the cached price."""
+        cached = min(max(cached_tokens, 0), input_tokens)
+        return (input_tokens - cached) * self.input_nano + cached * self.cached_nano, output_tokens * self.output_nano
 
 
 @dataclass
@@ -46,7 +61,7 @@ class PriceBook:
     """Prices per model and per tenant override, as the registry's events set them."""
 
     models: dict[str, ModelPrice] = field(default_factory=dict)
-    overrides: dict[tuple[str, str], tuple[int | None, int | None]] = field(default_factory=dict)
+    overrides: dict[tuple[str, str], tuple[int | None, int | None, int | None]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     changed_models: set[str] = field(default_factory=set)
     changed_overrides: set[tuple[str, str]] = field(default_factory=set)
@@ -60,14 +75,16 @@ class PriceBook:
                     for alias in old.aliases:
                         self.aliases.pop(alias, None)
                 self.models[event.model_id] = ModelPrice(
-                    nano(event.input_price_per_1m) or 0, nano(event.output_price_per_1m) or 0, tuple(event.aliases))
+                    nano(event.input_price_per_1m) or 0, nano(event.output_price_per_1m) or 0, tuple(event.aliases),
+                    nano(event.cached_input_price_per_1m))
                 for alias in event.aliases:
                     self.aliases[alias] = event.model_id
                 self.changed_models.add(event.model_id)
                 return True
             case TenantModelAssigned():
                 key = (event.tenant_id, event.model_id)
-                self.overrides[key] = (nano(event.input_price_per_1m), nano(event.output_price_per_1m))
+                self.overrides[key] = (nano(event.input_price_per_1m), nano(event.output_price_per_1m),
+                                       nano(event.cached_input_price_per_1m))
                 self.changed_overrides.add(key)
                 return True
             case TenantModelUnassigned():
@@ -77,8 +94,9 @@ class PriceBook:
                 return True
         return False
 
-    def price(self, tenant_id: str, model: str) -> tuple[int, int] | None:
-        """(input, output) nano-USD per 1M tokens for this tenant and model; None if the model has no price."""
+    def price(self, tenant_id: str, model: str) -> Price | None:
+        """Nano-USD per 1M tokens for this tenant and model; None if the model has no price. Cached input
+        costs the assignment's cached price, else the model's, else the input price."""
         model_id = model if model in self.models else self.aliases.get(model)
         if model_id is None:
             bare = model.removesuffix(":latest")
@@ -86,11 +104,10 @@ class PriceBook:
             if model_id is None:
                 return None
         base = self.models[model_id]
-        override = self.overrides.get((tenant_id, model_id))
-        if override is None:
-            return base.input_nano, base.output_nano
-        return (base.input_nano if override[0] is None else override[0],
-                base.output_nano if override[1] is None else override[1])
+        inp, out, cached = self.overrides.get((tenant_id, model_id), (None, None, None))
+        inp = base.input_nano if inp is None else inp
+        cached = base.cached_nano if cached is None else cached
+        return Price(inp, base.output_nano if out is None else out, inp if cached is None else cached)
 
 
 class Cost(msgspec.Struct):
@@ -113,7 +130,7 @@ def fold_cost(segments: Iterable[Segment], book: PriceBook, into: dict[CostKey, 
         if type(segment) is not dict:
             book.apply(segment)
             continue
-        for (minute, tenant, _, model, _, estimated), (tokens_in, tokens_out, calls) in segment.items():
+        for (minute, tenant, _, model, _, estimated), (tokens_in, tokens_out, calls, cached) in segment.items():
             key = (minute // 86400, tenant, model)
             c = out.get(key)
             if c is None:
@@ -123,8 +140,7 @@ def fold_cost(segments: Iterable[Segment], book: PriceBook, into: dict[CostKey, 
             if price is None:
                 c.unpriced_calls += calls
                 continue
-            input_femto = tokens_in * price[0]
-            output_femto = tokens_out * price[1]
+            input_femto, output_femto = price.femto(tokens_in, tokens_out, cached)
             c.input_femto += input_femto
             c.output_femto += output_femto
             if estimated:
@@ -137,4 +153,4 @@ def cost_of(event: Any, book: PriceBook) -> Decimal:
     price = book.price(event.tenant_id, event.model)
     if price is None:
         return Decimal(0)
-    return usd(event.input_tokens * price[0] + event.output_tokens * price[1])
+    return usd(sum(price.femto(event.input_tokens, event.output_tokens, event.cached_tokens)))

@@ -57,9 +57,11 @@ class Table(NamedTuple):
 
 
 _COUNTS = (("input_tokens", "bigint"), ("output_tokens", "bigint"), ("calls", "bigint"))
-_SERIES = (*_COUNTS, ("errors", "bigint"), ("estimated_calls", "bigint"))
-TOKEN_COUNTS = Table("token_counts", (("endpoint", "text"), ("model", "text")), _COUNTS)
-TENANT_COUNTS = Table("tenant_token_counts", (("tenant", "text"), ("model", "text")), (*_COUNTS, ("errors", "bigint")))
+_CACHED = (("cached_tokens", "bigint"),)
+_SERIES = (*_COUNTS, ("errors", "bigint"), ("estimated_calls", "bigint"), *_CACHED)
+TOKEN_COUNTS = Table("token_counts", (("endpoint", "text"), ("model", "text")), (*_COUNTS, *_CACHED))
+TENANT_COUNTS = Table("tenant_token_counts", (("tenant", "text"), ("model", "text")),
+                      (*_COUNTS, ("errors", "bigint"), *_CACHED))
 MINUTES = Table("usage_minutes", (("minute", "timestamptz"), ("tenant", "text"), ("endpoint", "text"),
                                   ("model", "text")), _SERIES)
 DAYS = Table("usage_days", (("day", "date"), ("tenant", "text"), ("endpoint", "text"), ("model", "text")), _SERIES)
@@ -93,9 +95,9 @@ class TokenCountsFold:
         return len(self.by_endpoint) + len(self.by_tenant)
 
     async def write(self, conn: asyncpg.Connection, fresh: bool) -> None:
-        await TOKEN_COUNTS.merge(conn, [(*k, c.input_tokens, c.output_tokens, c.calls)
+        await TOKEN_COUNTS.merge(conn, [(*k, c.input_tokens, c.output_tokens, c.calls, c.cached_tokens)
                                         for k, c in self.by_endpoint.items()], fresh)
-        await TENANT_COUNTS.merge(conn, [(*k, c.input_tokens, c.output_tokens, c.calls, c.errors)
+        await TENANT_COUNTS.merge(conn, [(*k, c.input_tokens, c.output_tokens, c.calls, c.errors, c.cached_tokens)
                                          for k, c in self.by_tenant.items()], fresh)
         self.by_endpoint, self.by_tenant = {}, {}
 
@@ -139,7 +141,7 @@ class SeriesFold:
 
 
 def _series_values(c: Counts) -> tuple[int, ...]:
-    return c.input_tokens, c.output_tokens, c.calls, c.errors, c.estimated_calls
+    return c.input_tokens, c.output_tokens, c.calls, c.errors, c.estimated_calls, c.cached_tokens
 
 
 async def trimmed_before(conn: asyncpg.Connection) -> datetime | None:
@@ -183,19 +185,21 @@ class CostFold:
         for model_id in book.changed_models:
             price = book.models[model_id]
             await conn.execute(
-                "INSERT INTO cost_models (model_id, aliases, input_nano, output_nano) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (model_id) DO UPDATE SET aliases = excluded.aliases,"
-                " input_nano = excluded.input_nano, output_nano = excluded.output_nano",
-                model_id, list(price.aliases), price.input_nano, price.output_nano)
+                "INSERT INTO cost_models (model_id, aliases, input_nano, output_nano, cached_nano)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model_id) DO UPDATE SET aliases = excluded.aliases,"
+                " input_nano = excluded.input_nano, output_nano = excluded.output_nano,"
+                " cached_nano = excluded.cached_nano",
+                model_id, list(price.aliases), price.input_nano, price.output_nano, price.cached_nano)
         for tenant, model_id in book.changed_overrides:
             override = book.overrides.get((tenant, model_id))
             if override is None:
                 await conn.execute("DELETE FROM cost_overrides WHERE tenant = $1 AND model_id = $2", tenant, model_id)
             else:
                 await conn.execute(
-                    "INSERT INTO cost_overrides (tenant, model_id, input_nano, output_nano) VALUES ($1, $2, $3, $4)"
-                    " ON CONFLICT (tenant, model_id) DO UPDATE SET input_nano = excluded.input_nano,"
-                    " output_nano = excluded.output_nano", tenant, model_id, *override)
+                    "INSERT INTO cost_overrides (tenant, model_id, input_nano, output_nano, cached_nano)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, model_id) DO UPDATE SET"
+                    " input_nano = excluded.input_nano, output_nano = excluded.output_nano,"
+                    " cached_nano = excluded.cached_nano", tenant, model_id, *override)
         book.changed_models, book.changed_overrides = set(), set()
         await COST.merge(conn, [
             (as_day(k[0]), k[1], k[2], c.calls, usd(c.input_femto), usd(c.output_femto), usd(c.estimated_femto),
@@ -206,12 +210,13 @@ class CostFold:
 async def load_prices(conn: asyncpg.Connection) -> PriceBook:
     """The price book as the cost projection last wrote it."""
     book = PriceBook()
-    for row in await conn.fetch("SELECT model_id, aliases, input_nano, output_nano FROM cost_models"):
-        book.models[row["model_id"]] = ModelPrice(row["input_nano"], row["output_nano"], tuple(row["aliases"]))
+    for row in await conn.fetch("SELECT model_id, aliases, input_nano, output_nano, cached_nano FROM cost_models"):
+        book.models[row["model_id"]] = ModelPrice(row["input_nano"], row["output_nano"], tuple(row["aliases"]),
+                                                  row["cached_nano"])
         for alias in row["aliases"]:
             book.aliases[alias] = row["model_id"]
-    for row in await conn.fetch("SELECT tenant, model_id, input_nano, output_nano FROM cost_overrides"):
-        book.overrides[(row["tenant"], row["model_id"])] = (row["input_nano"], row["output_nano"])
+    for row in await conn.fetch("SELECT tenant, model_id, input_nano, output_nano, cached_nano FROM cost_overrides"):
+        book.overrides[(row["tenant"], row["model_id"])] = (row["input_nano"], row["output_nano"], row["cached_nano"])
     return book
 
 

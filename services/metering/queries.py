@@ -9,20 +9,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-import msgspec
 
-from switchyard_gateway.contracts.messages import TokenCount, TokenCountsReply
+from switchyard_gateway.contracts.metering import ModelStats, SeriesPoint, TokenCount, TokenCountsReply
 
 MAX_SERIES_POINTS = 20_000
-
-
-class MeteringQuery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A question on `metering.query.v1`. Without `query` it is a token-count query (`TokenCountsQuery`)."""
-
-    query: Literal["token_counts", "usage", "stats"] = "token_counts"
-    tenant_id: str | None = None
-    model: str | None = None
-    since: float | None = None        # stats: time series points from this instant (epoch seconds)
 
 
 def from_epoch(seconds: float) -> datetime:
@@ -33,17 +23,18 @@ async def token_counts(conn: asyncpg.Connection, tenant_id: str | None) -> Token
     """Totals per endpoint x model (all tenants), or per model for one tenant."""
     if tenant_id is None:
         rows = await conn.fetch(
-            "SELECT endpoint, model, input_tokens, output_tokens, calls FROM token_counts ORDER BY endpoint, model"
+            "SELECT endpoint, model, input_tokens, output_tokens, calls, cached_tokens FROM token_counts"
+            " ORDER BY endpoint, model"
         )
     else:
         rows = await conn.fetch(
-            "SELECT '' AS endpoint, model, input_tokens, output_tokens, calls FROM tenant_token_counts"
+            "SELECT '' AS endpoint, model, input_tokens, output_tokens, calls, cached_tokens FROM tenant_token_counts"
             " WHERE tenant = $1 ORDER BY model",
             tenant_id,
         )
     breakdown = [
         TokenCount(r["endpoint"], r["model"], r["input_tokens"], r["output_tokens"],
-                   r["input_tokens"] + r["output_tokens"], r["calls"])
+                   r["input_tokens"] + r["output_tokens"], r["calls"], r["cached_tokens"])
         for r in rows
     ]
     return TokenCountsReply(sum(t.total_tokens for t in breakdown), breakdown)
@@ -69,14 +60,15 @@ async def rollup_point(conn: asyncpg.Connection) -> datetime | None:
 
 
 async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
-                since: datetime | None = None) -> dict[str, Any]:
+                since: datetime | None = None) -> ModelStats:
     """One model's totals, its time series (minutes, and days before the rollup point) and its
     distribution over endpoints."""
     tenant_filter = "" if tenant_id is None else " AND tenant = $2"
     args: list[Any] = [model] if tenant_id is None else [model, tenant_id]
     per_endpoint = await conn.fetch(
         "SELECT endpoint, sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,"
-        " sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(estimated_calls)::bigint AS estimated"
+        " sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(estimated_calls)::bigint AS estimated,"
+        " sum(cached_tokens)::bigint AS cached"
         f" FROM usage_days WHERE model = $1{tenant_filter} GROUP BY endpoint ORDER BY endpoint", *args)
     cost = await conn.fetchval(
         f"SELECT coalesce(sum(input_cost_usd + output_cost_usd), 0) FROM usage_cost WHERE model = $1{tenant_filter}",
@@ -85,20 +77,19 @@ async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
     series = await _series(conn, tenant_filter, args, rolled, since)
     tokens_in = sum(r["input_tokens"] for r in per_endpoint)
     tokens_out = sum(r["output_tokens"] for r in per_endpoint)
-    reply: dict[str, Any] = {
-        "model": model, "input_tokens": tokens_in, "output_tokens": tokens_out, "total_tokens": tokens_in + tokens_out,
-        "calls": sum(r["calls"] for r in per_endpoint), "errors": sum(r["errors"] for r in per_endpoint),
-        "estimated_calls": sum(r["estimated"] for r in per_endpoint), "cost_usd": float(cost),
-        "time_series": series[-MAX_SERIES_POINTS:],
-        "endpoint_distribution": {r["endpoint"]: r["input_tokens"] + r["output_tokens"] for r in per_endpoint},
-    }
-    if len(series) > MAX_SERIES_POINTS:
-        reply["truncated"] = True
-    return reply
+    return ModelStats(
+        model=model, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
+        cached_tokens=sum(r["cached"] for r in per_endpoint),
+        calls=sum(r["calls"] for r in per_endpoint), errors=sum(r["errors"] for r in per_endpoint),
+        estimated_calls=sum(r["estimated"] for r in per_endpoint), cost_usd=float(cost),
+        time_series=series[-MAX_SERIES_POINTS:],
+        endpoint_distribution={r["endpoint"]: r["input_tokens"] + r["output_tokens"] for r in per_endpoint},
+        truncated=len(series) > MAX_SERIES_POINTS,
+    )
 
 
 async def _series(conn: asyncpg.Connection, tenant_filter: str, args: list[Any], rolled: datetime | None,
-                  since: datetime | None) -> list[dict[str, Any]]:
+                  since: datetime | None) -> list[SeriesPoint]:
     n = len(args)
     days = []
     if rolled is not None:
@@ -117,8 +108,7 @@ async def _series(conn: asyncpg.Connection, tenant_filter: str, args: list[Any],
     return points
 
 
-def _point(row: asyncpg.Record, granularity: str) -> dict[str, Any]:
+def _point(row: asyncpg.Record, granularity: Literal["minute", "day"]) -> SeriesPoint:
     at = row["at"]
     instant = at if isinstance(at, datetime) else datetime(at.year, at.month, at.day, tzinfo=UTC)
-    return {"endpoint": row["endpoint"], "timestamp": int(instant.timestamp()), "granularity": granularity,
-            "input_tokens": row["i"], "output_tokens": row["o"], "total_tokens": row["i"] + row["o"]}
+    return SeriesPoint(row["endpoint"], int(instant.timestamp()), granularity, row["i"], row["o"], row["i"] + row["o"])

@@ -12,23 +12,14 @@ rebuild after a trim equals the live view.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
-import msgspec
 
 from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.metering import RollupDays, RollupReply
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.projections import lock_checkpoint
 from switchyard_gateway.services.metering.projections import UsageSeries
-
-
-class RollupDays(msgspec.Struct, frozen=True):
-    """`POST /api/aggregate_time_series_days`: days older than `days` are shown by day; `trim_old` drops
-    their minutes."""
-
-    days: int
-    trim_old: bool = False
 
 
 def cutoff(days: int, now: datetime) -> datetime:
@@ -39,7 +30,7 @@ def cutoff(days: int, now: datetime) -> datetime:
     return today - timedelta(days=days)
 
 
-async def roll_up(conn: asyncpg.Connection, command: RollupDays, now: datetime) -> dict[str, Any]:
+async def roll_up(conn: asyncpg.Connection, command: RollupDays, now: datetime) -> RollupReply:
     """Move the rollup (and trim) point to the cutoff if it is later; report what that changed."""
     before = cutoff(command.days, now)
     async with conn.transaction():
@@ -61,9 +52,8 @@ async def roll_up(conn: asyncpg.Connection, command: RollupDays, now: datetime) 
                 " trimmed_before = excluded.trimmed_before, updated_at = now()", new_rolled, new_trimmed)
         day_rows = await conn.fetchval(
             "SELECT count(*) FROM usage_days WHERE day < ($1::timestamptz AT TIME ZONE 'UTC')::date", new_rolled)
-    return {
-        "days": command.days, "trim_old": command.trim_old, "changed": changed,
-        "rolled_up_before": new_rolled.isoformat(),
-        "trimmed_before": new_trimmed.isoformat() if new_trimmed is not None else None,
-        "day_rows": day_rows, "minute_rows_trimmed": deleted,
-    }
+    return RollupReply(
+        days=command.days, trim_old=command.trim_old, changed=changed, rolled_up_before=new_rolled.isoformat(),
+        trimmed_before=new_trimmed.isoformat() if new_trimmed is not None else None,
+        day_rows=day_rows, minute_rows_trimmed=deleted,
+    )

@@ -11,7 +11,7 @@ from switchyard_gateway.contracts.quota import (
     LimitsReply, ModelUsage, QuotaQuery, QuotasReply, QuotaStatus, UsageFigures, UsageReply,
 )
 from switchyard_gateway.quotas.limits import NO_LIMITS, LimitsBook
-from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, period_bounds, zone
+from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, field, iso_utc, model_of, period_bounds, zone
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
 
 
@@ -66,11 +66,14 @@ async def quotas(book: LimitsBook, client: redis.Redis, keys: Keys, query: Quota
     return QuotasReply(tenant, book.timezone(tenant), statuses(book, tenant, items, values))
 
 
-def _figures(values: dict[str, int], suffix: str) -> dict[str, int | float]:
-    tokens_in, tokens_out = values.get(f"in{suffix}", 0), values.get(f"out{suffix}", 0)
+def _figures(values: dict[str, int], model_id: str | None) -> dict[str, int | float]:
+    def value(measure: str) -> int:
+        return values.get(field(measure, model_id), 0)
+
+    tokens_in, tokens_out = value("in"), value("out")
     return dict(input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
-                requests=values.get(f"req{suffix}", 0), cost_usd=round(values.get(f"usd{suffix}", 0) / NANOS_PER_USD, 9),
-                reserved_tokens=max(0, values.get(f"tok{suffix}", 0) - tokens_in - tokens_out))
+                cached_tokens=value("cin"), requests=value("req"), cost_usd=round(value("usd") / NANOS_PER_USD, 9),
+                reserved_tokens=max(0, value("tok") - tokens_in - tokens_out))
 
 
 async def usage(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
@@ -81,12 +84,12 @@ async def usage(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQ
     label, start, end = period_bounds(query.period, now, zone(timezone))
     raw = await client.hgetall(keys.counter(query.tenant_id, query.period, label))
     values = {k.decode(): int(v) for k, v in raw.items()}
-    models = sorted({name.split("@", 1)[1] for name in values if "@" in name and "#" not in name})
+    models = sorted({m for m in map(model_of, values) if m is not None})
     if query.model_id is not None:
         models = [m for m in models if m == query.model_id]
-        total = UsageFigures(**_figures(values, f"@{query.model_id}"))
+        total = UsageFigures(**_figures(values, query.model_id))
     else:
-        total = UsageFigures(**_figures(values, ""))
-    per_model = [ModelUsage(model_id=m, **_figures(values, f"@{m}")) for m in models]
+        total = UsageFigures(**_figures(values, None))
+    per_model = [ModelUsage(model_id=m, **_figures(values, m)) for m in models]
     return UsageReply(query.tenant_id, query.period, timezone, iso_utc(start), iso_utc(end), query.model_id,
                       total, per_model)

@@ -103,9 +103,10 @@ def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.
 def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
     if command.tenant_id not in catalog.tenants:
         raise not_found("TENANT_NOT_FOUND", "Tenant", command.tenant_id, "tenant_id")
-    expires_at = command.expires_at
-    if expires_at is not None and (expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)) <= \
-            datetime.now(UTC):
+    expires_at = command.expires_at                # recorded with its offset: a time without one is UTC
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at is not None and expires_at <= datetime.now(UTC):
         raise invalid("VALIDATION_ERROR", f"expires_at {expires_at.isoformat()} is not in the future: "
                       "the key would never work", "expires_at")
     if command.secret is not None:
@@ -124,7 +125,7 @@ def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
         key_id = f"{KEY_PREFIX}{secrets.token_hex(4)}"
         secret = f"{key_id}_{secrets.token_urlsafe(24)}"
     issued = ev.KeyIssued(key_id=key_id, tenant_id=command.tenant_id, key_sha256=hash_key(secret),
-                          role=command.role, name=command.name, expires_at=command.expires_at)
+                          role=command.role, name=command.name, expires_at=expires_at)
     return [issued], (None if command.secret is not None else secret), key_id
 
 

@@ -24,8 +24,8 @@ def register_model(catalog: Catalog, command: m.RegisterModel) -> list[ev.Event]
         owner = alias if alias in catalog.models else catalog.aliases.get(alias)
         if alias == command.model_id or (owner is not None and owner != command.model_id):
             raise invalid("CONFLICT", f"'{alias}' already names model '{owner or alias}'", f"aliases[{i}]", 409)
-    for name in ("input_price_per_1m", "output_price_per_1m", "context_length"):
-        if getattr(command, name) < 0:
+    for name in ("input_price_per_1m", "output_price_per_1m", "cached_input_price_per_1m", "context_length"):
+        if (getattr(command, name) or 0) < 0:
             raise invalid("VALIDATION_ERROR", f"{name} cannot be negative", name)
     _check_fallback(catalog, command.fallback_model, command.model_id)
     new = ev.ModelRegistered(**fields_of(command))
@@ -67,7 +67,7 @@ def assign_model(catalog: Catalog, command: m.AssignModel) -> list[ev.Event]:
         raise not_found("MODEL_NOT_FOUND", "Model", command.model_id, "model_id")
     assigned = catalog.assignments.get(tid, {})
     check_mode(command.mode, model_id in assigned, "Assignment", f"{tid}/{model_id}", "model_id")
-    for name in ("input_price_per_1m", "output_price_per_1m"):
+    for name in ("input_price_per_1m", "output_price_per_1m", "cached_input_price_per_1m"):
         price = getattr(command, name)
         if price is not None and price < 0:
             raise invalid("VALIDATION_ERROR", f"{name} cannot be negative", name)

@@ -215,6 +215,9 @@ class RouterControl:
         models = tuple(sorted(n for n in result.models if not model_name_problem(n)))
         if not result.ok or self.catalog.discovered.get(result.endpoint_id) == models:
             return []
+        refused = [model_name_problem(n) for n in result.models if model_name_problem(n)]
+        if refused:
+            log.warning("router.model_names_refused", endpoint=result.endpoint_id, problems=refused[:10])
         command = RecordDiscoveredModels(endpoint_id=result.endpoint_id, models=models)
         try:
             raw = await natsio.request(self.nc, subjects.REGISTRY_COMMAND, encode(command), self.request_timeout_s)

@@ -20,9 +20,11 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from switchyard_gateway.contracts import subjects
+
 log = structlog.get_logger()
 
-BUCKET = "router_leader"      # JetStream stream KV_router_leader
+BUCKET = subjects.KV_ROUTER_LEADER      # JetStream stream KV_router_leader
 KEY = "leader"
 Hook = Callable[[], Awaitable[None]]
 

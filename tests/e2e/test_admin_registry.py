@@ -61,6 +61,13 @@ CASES = [
      "fallback_model"),
     ("POST", "/models", {"model_id": "m-{tag}", "input_price_per_1m": -0.5}, 400, "VALIDATION_ERROR",
      "input_price_per_1m"),
+    ("POST", "/models", {"model_id": "m-{tag}\nX-Injected: 1"}, 400, "VALIDATION_ERROR", "model_id"),
+    ("POST", "/models", {"model_id": ""}, 400, "VALIDATION_ERROR", "model_id"),
+    ("POST", "/models", {"model_id": "m" * 600}, 400, "VALIDATION_ERROR", "model_id"),
+    ("POST", "/models", {"model_id": "m-{tag}", "aliases": ["ok", "bidi\u202e"]}, 400, "VALIDATION_ERROR",
+     "aliases[1]"),
+    ("POST", "/models", {"model_id": "m-{tag}", "cached_input_price_per_1m": -1}, 400, "VALIDATION_ERROR",
+     "cached_input_price_per_1m"),
     ("POST", "/tenants/demo/models", {"model_id": "nope-{tag}"}, 404, "MODEL_NOT_FOUND", "model_id"),
     ("POST", "/templates/tgi/apply", {"endpoint_id": "e-{tag}"}, 404, "TEMPLATE_NOT_FOUND", "template"),
     ("GET", "/providers/nope-{tag}", None, 404, "PROVIDER_NOT_FOUND", "id"),
@@ -200,7 +207,8 @@ async def test_import_is_validated_whole_applied_once_and_exported_back(demo: De
     as_yaml = yaml.safe_load(((await api(demo, "GET", "/registry/export", params={"format": "yaml"}))).text)
     assert as_yaml == exported
 
-    bad = {"endpoints": [{"id": f"x-{tag}", "provider": "nowhere", "base_url": "ftp://h"}], "models": [{"id": "m!"}]}
+    bad = {"endpoints": [{"id": f"x-{tag}", "provider": "nowhere", "base_url": "ftp://h"}],
+           "models": [{"id": "m\u0007"}]}
     refused = await api(demo, "POST", "/registry/import", bad)
     assert refused.status_code == 400
     assert {p["path"] for p in refused.json()["error"]["problems"]} == \
@@ -213,3 +221,21 @@ async def test_admin_health_routes_need_the_admin_role(demo: DemoStack) -> None:
     for method, path in (("GET", "/registry/status"), ("GET", "/circuits"), ("POST", "/registry/refresh")):
         response = httpx.request(method, f"{demo.url}/api/admin{path}", headers={"X-API-Key": demo.demo_key})
         assert response.status_code == 403, path
+
+
+async def test_a_model_whose_id_is_a_path_is_managed_through_its_percent_encoded_url(demo: DemoStack,
+                                                                                    tag: str) -> None:
+    from urllib.parse import quote
+
+    model_id = f"/srv/models/{tag}/tiny q8.gguf"
+    url = f"/models/{quote(model_id, safe='')}"
+    created = ok(await api(demo, "POST", "/models", {"model_id": model_id, "input_price_per_1m": 1.0}))
+    assert created["resource"]["model_id"] == model_id
+    assert ok(await api(demo, "GET", url))["model_id"] == model_id
+    updated = ok(await api(demo, "PUT", url, {"aliases": [f"tiny-{tag}"], "cached_input_price_per_1m": 0.1}))
+    assert updated["resource"]["aliases"] == [f"tiny-{tag}"] and updated["resource"]["input_price_per_1m"] == 1.0
+    assert updated["resource"]["cached_input_price_per_1m"] == 0.1
+    exported = yaml.safe_load((await api(demo, "GET", "/registry/export", params={"format": "yaml"})).text)
+    assert any(m["id"] == model_id and m["cached_input_price_per_1m"] == 0.1 for m in exported["models"])
+    assert ok(await api(demo, "DELETE", url))["changed"] is True
+    assert (await api(demo, "GET", url)).status_code == 404

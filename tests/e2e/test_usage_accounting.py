@@ -223,3 +223,33 @@ async def _all_recorded(demo: DemoStack, ids: list[str]) -> bool:
     finally:
         await conn.close()
     return found == len(ids)
+
+
+async def test_cached_prompt_tokens_are_recorded_shown_and_priced_at_the_cached_price(account: Account) -> None:
+    account.sim.configure(cached_tokens=3)
+    await admin(account.demo, "PUT", f"/models/{account.model}", {"cached_input_price_per_1m": 0.25})
+    calls = [("/v1/chat/completions", account.chat_body(stream=False)),
+             ("/v1/chat/completions", account.chat_body(stream=True)),
+             ("/api/chat", {**account.chat_body(stream=False), "options": {"num_predict": 4}}),
+             ("/api/chat", {**account.chat_body(stream=True), "options": {"num_predict": 4}})]
+    events = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        for path, body in calls:
+            request_id = uuid.uuid4().hex
+            response = await client.post(f"{account.demo.url}{path}", headers=account.headers(request_id), json=body)
+            assert response.status_code == 200, response.text
+            if path == "/api/chat":                 # translated for this OpenAI-compatible endpoint
+                assert json.loads(response.text.splitlines()[-1])["prompt_eval_cached_count"] == 3
+            else:
+                assert '"prompt_tokens_details"' in response.text or body["stream"]
+            events.append(await exactly_one_usage_row(account.demo, request_id))
+    assert [e["cached_tokens"] for e in events] == [3, 3, 3, 3]
+    assert all(e["estimated"] is False and e["input_tokens"] > 3 for e in events)
+    figures = await wait_for(lambda: _with_calls(stats(account, account.model), len(calls)), what="stats of 4 calls")
+    assert figures["cached_tokens"] == 12
+    assert figures["cost_usd"] == pytest.approx(
+        ((figures["input_tokens"] - 12) * 1.0 + 12 * 0.25 + figures["output_tokens"] * 2.0) / 1e6)
+    async with httpx.AsyncClient(timeout=10) as client:
+        counts = (await client.get(f"{account.demo.url}/api/token_counts",
+                                   headers={"Authorization": f"Bearer {account.key}"})).json()
+    assert [row["cached_tokens"] for row in counts["breakdown"] if row["model"] == account.model] == [12]

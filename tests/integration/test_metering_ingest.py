@@ -13,11 +13,12 @@ import pytest
 from nats.js.api import StreamConfig
 
 from switchyard_gateway.contracts.codec import encode_batch
+from switchyard_gateway.contracts.metering import RollupDays
 from switchyard_gateway.contracts.events import Event, ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
 from switchyard_gateway.kit import eventlog, projections
 from switchyard_gateway.kit.projections import Follower
 from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
-from switchyard_gateway.services.metering.rollup import RollupDays, roll_up
+from switchyard_gateway.services.metering.rollup import roll_up
 from tests.conftest import wait_for
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
@@ -128,8 +129,8 @@ async def test_rollup_twice_changes_nothing_and_a_rebuild_after_trimming_equals_
         assert await snapshot(pool) == after_first
         assert await conn.fetchval("SELECT sum(calls) FROM usage_minutes") == 4           # only recent minutes
         assert await conn.fetchval("SELECT sum(calls) FROM usage_days") == 13             # days keep everything
-    assert (first["changed"], first["minute_rows_trimmed"]) == (True, 3)
-    assert (second["changed"], second["minute_rows_trimmed"]) == (False, 0)
+    assert (first.changed, first.minute_rows_trimmed) == (True, 3)
+    assert (second.changed, second.minute_rows_trimmed) == (False, 0)
     await append_and_advance(pool, [usage(200, at=old)])      # a late event older than the trim point
     live = await snapshot(pool)
     assert sum(r[6] for r in live["usage_minutes"]) == 4 and sum(r[6] for r in live["usage_days"]) == 14

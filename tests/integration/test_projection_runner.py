@@ -58,7 +58,7 @@ async def test_follower_appends_once_and_projects_even_when_messages_repeat(nc, 
             assert await eventlog.count(conn, "usage.recorded.v1") == 300
         by_endpoint, by_tenant = await view(pool)
         assert sum(r[2] for r in by_endpoint) == sum(range(1, 301))
-        assert by_tenant == [("acme", "llama3.2", sum(range(1, 301)), 300, 300, 0)]
+        assert by_tenant == [("acme", "llama3.2", sum(range(1, 301)), 300, 300, 0, 0)]   # ..., errors, cached
         await wait_for(lambda: info_pending(nc, stream), what="every message acknowledged")
     finally:
         task.cancel()

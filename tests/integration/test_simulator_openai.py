@@ -175,3 +175,17 @@ async def test_official_openai_client_chats_streams_and_embeds(sim):
             await oa.chat.completions.create(
                 model="nope", messages=[{"role": "user", "content": "x"}]
             )
+
+
+async def test_cached_tokens_knob_reports_prompt_tokens_details_capped_at_the_prompt(sim, client):
+    assert "prompt_tokens_details" not in (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"]
+    sim.configure(cached_tokens=2)
+    usage = (await client.post("/v1/chat/completions", json=CHAT)).json()["usage"]
+    assert usage["prompt_tokens"] == 3 and usage["prompt_tokens_details"] == {"cached_tokens": 2}
+    sim.configure(cached_tokens=50)
+    streamed = await client.post("/v1/completions", json={"model": "llama3.2", "prompt": "hello there yard",
+                                                           "stream": True, "stream_options": {"include_usage": True}})
+    last = json.loads(sse_payloads(streamed.text)[-2])
+    assert last["usage"]["prompt_tokens_details"] == {"cached_tokens": last["usage"]["prompt_tokens"]}
+    ollama = (await client.post("/api/chat", json={**CHAT, "stream": False})).json()
+    assert ollama["prompt_eval_cached_count"] == ollama["prompt_eval_count"]

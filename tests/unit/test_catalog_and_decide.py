@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from switchyard_gateway.catalog.state import Catalog, hash_key, key_id_of
@@ -87,6 +88,19 @@ def test_revoked_and_expired_keys_stop_working(catalog: Catalog) -> None:
     _, soon, _ = run(catalog, m.IssueKey(tenant_id="acme", expires_at=datetime.now(UTC) + timedelta(seconds=30)))
     assert catalog.authenticate(soon) is not None
     assert catalog.authenticate(soon, now=datetime.now(UTC) + timedelta(minutes=1)) is None
+
+
+def test_expiry_without_an_offset_is_recorded_as_utc_and_old_such_keys_still_authenticate(catalog: Catalog) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None)
+    events, key, _ = run(catalog, m.IssueKey(tenant_id="acme", expires_at=later))
+    assert events[0].expires_at == later.replace(tzinfo=UTC)
+    assert catalog.authenticate(key) is not None
+    # A key event recorded before times were normalised carries no offset: it is read as UTC, not a crash.
+    old = msgspec.structs.replace(events[0], key_id="sy-00000000", key_sha256=hash_key("sy-00000000_old"),
+                                  expires_at=later)
+    catalog.apply(old)
+    assert catalog.authenticate("sy-00000000_old") is not None
+    assert catalog.authenticate("sy-00000000_old", now=datetime.now(UTC) + timedelta(hours=2)) is None
 
 
 def test_removing_a_tenant_disables_its_keys(catalog: Catalog) -> None:

@@ -24,6 +24,7 @@ models:
   - {id: llama3.2, aliases: ["llama3.2:latest"], context_length: 131072, input_price_per_1m: 0.05, fallback: qwen2.5}
   - {id: qwen2.5, kind: chat}
   - {id: nomic-embed-text, kind: embedding}
+  - {id: "/models/tiny.gguf", aliases: [tiny], input_price_per_1m: 1.0, cached_input_price_per_1m: 0.1}
 tenants:
   - id: acme
     all_models: false
@@ -31,6 +32,7 @@ tenants:
     models:
       - {model: llama3.2, default: true, priority: 5, input_price_per_1m: 0.2, fallback: qwen2.5}
       - {model: nomic-embed-text, enabled: false}
+      - {model: tiny, cached_input_price_per_1m: 0.05}
 """
 
 
@@ -68,6 +70,8 @@ def test_a_good_document_has_no_problems() -> None:
     ("endpoints: [{id: e1, provider: pp, base_url: 'http://h', api_key: sk-live-abc}]\n"
      "providers: [{id: pp, kind: ollama}]", "endpoints[0].api_key", "environment reference"),
     ("models: [{id: a, input_price_per_1m: -1}]", "models[0].input_price_per_1m", "cannot be negative"),
+    ("models: [{id: a, cached_input_price_per_1m: -1}]", "models[0].cached_input_price_per_1m", "cannot be negative"),
+    ("models: [{id: \"bad\\nname\"}]", "models[0].id", "U+000A"),
     ("routes: []", "routes", "unknown section"),
     ("providers: [\n", "line 2, column 1", "not valid YAML"),
 ])
@@ -96,6 +100,8 @@ def test_document_round_trips_through_the_registry_and_export() -> None:
     for event in run_all(catalog, config_file.to_commands(doc)):
         catalog.apply(event)
     assert catalog.assignments["acme"]["llama3.2"].input_price_per_1m == 0.2
+    assert catalog.models["/models/tiny.gguf"].cached_input_price_per_1m == 0.1
+    assert catalog.assignments["acme"]["/models/tiny.gguf"].cached_input_price_per_1m == 0.05
     assert catalog.tenants["acme"].fallback_on_quota is True
     exported = config_file.export(catalog)
     again = Catalog()
@@ -122,4 +128,4 @@ def test_config_validate_command_prints_each_problem_and_exits_non_zero(tmp_path
     good.write_text(GOOD)
     ok = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "config", "validate", str(good)],
                         capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "OK (2 providers, 2 endpoints, 3 models, 1 tenants)" in ok.stdout
+    assert ok.returncode == 0 and "OK (2 providers, 2 endpoints, 4 models, 1 tenants)" in ok.stdout

@@ -109,6 +109,10 @@ def test_key_issued_carries_a_hash_never_a_secret_field() -> None:
 def test_identifiers_with_subject_metacharacters_stay_one_token() -> None:
     assert subjects.subject_for("model.registered.v1", "llama3.2") == "model.registered.v1.llama3%2E2"
     assert subjects.subject_token("a*b>c d%") == "a%2Ab%3Ec%20d%25"
+    path_id = "/tmp/pytest-of-ci/models/tiny q4.gguf"
+    assert subjects.subject_for("model.registered.v1", path_id) == \
+        "model.registered.v1./tmp/pytest-of-ci/models/tiny%20q4%2Egguf"
+    assert subjects.subject_token("a\tb\r\nc\x7f") == "a%09b%0D%0Ac%7F"
 
 
 def test_a_message_may_carry_one_event_or_a_batch() -> None:

@@ -99,3 +99,39 @@ def test_minutes_before_the_trim_point_count_in_days_only() -> None:
                           status=200, input_tokens=1, output_tokens=2, occurred_at=at)
     minutes, days = fold_series(usage_facts([event]), trimmed_before=int(at.timestamp()) + 60)
     assert minutes == {} and sum(c.calls for c in days.values()) == 1
+
+
+def test_cached_tokens_are_summed_and_priced_at_the_cached_price_where_one_is_set() -> None:
+    from datetime import UTC, datetime
+
+    from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned
+    from switchyard_gateway.services.metering.folds import usage_facts
+    from switchyard_gateway.services.metering.pricing import PriceBook, cost_of, fold_cost, usd
+
+    at = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+
+    def call(tenant: str, cached: int) -> UsageRecorded:
+        return UsageRecorded(request_id="r", tenant_id=tenant, key_id="k", model="/models/x.gguf", api="openai.chat",
+                             outcome="ok", status=200, input_tokens=100, output_tokens=10, cached_tokens=cached,
+                             endpoint_id="ep", occurred_at=at)
+
+    events = [call("acme", 96), call("beta", 96), call("acme", 0)]
+    assert fold_token_counts(events)[("ep", "/models/x.gguf")].cached_tokens == 192
+    assert fold_tenant_counts(events)[("acme", "/models/x.gguf")] == Counts(
+        input_tokens=200, output_tokens=20, calls=2, cached_tokens=96)
+    book = PriceBook()
+    for registry_event in (
+            ModelRegistered(model_id="/models/x.gguf", input_price_per_1m=1.0, output_price_per_1m=2.0,
+                            cached_input_price_per_1m=0.1),
+            TenantModelAssigned(tenant_id="beta", model_id="/models/x.gguf", input_price_per_1m=3.0)):
+        book.apply(registry_event)
+    cost = fold_cost(usage_facts(events), book)
+    day = at.toordinal() - datetime(1970, 1, 1).toordinal()
+    # acme: 4 tokens at 1.0, 96 at 0.1, then 100 at 1.0; output 20 at 2.0 (femto-USD = tokens x nano-USD per 1M)
+    assert cost[(day, "acme", "/models/x.gguf")].input_femto == (4 + 100) * 10**9 + 96 * 10**8
+    assert cost[(day, "acme", "/models/x.gguf")].output_femto == 20 * 2 * 10**9
+    # beta overrides the input price only: its cached tokens keep the model's cached price
+    assert cost[(day, "beta", "/models/x.gguf")].input_femto == 4 * 3 * 10**9 + 96 * 10**8
+    assert cost_of(events[0], book) == usd(4 * 10**9 + 96 * 10**8 + 10 * 2 * 10**9)
+    book.apply(ModelRegistered(model_id="/models/x.gguf", input_price_per_1m=1.0, output_price_per_1m=2.0))
+    assert cost_of(events[0], book) == usd(100 * 10**9 + 10 * 2 * 10**9)     # no cached price: the input price

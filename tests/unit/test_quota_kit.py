@@ -135,3 +135,34 @@ def test_systems_sharing_a_valkey_but_not_a_log_get_their_own_key_prefix() -> No
     assert key_prefix("", "postgresql://u@h:5432/demo") == "sy:q:demo:"
     assert key_prefix("", "postgresql://u@other:5432/prod") == "sy:q:prod:"
     assert key_prefix("mine:", "postgresql://u@h/demo") == "mine:"
+
+
+@pytest.mark.parametrize("model", ["llama3.2", "/models/tiny.gguf", "org/m:q4@v1", "50% off#2", "name with space"])
+def test_any_model_id_makes_one_counter_field_that_reads_back_as_itself(model: str) -> None:
+    from switchyard_gateway.quotas.periods import field, model_of
+
+    name = field("tok", model)
+    assert name.count("@") == 1 and "#" not in name and " " not in name
+    assert model_of(name) == model
+    assert model_of(field("req", model, "sy_k1")) is None and model_of("tok") is None
+
+
+def test_cached_input_tokens_cost_the_cached_price_when_one_is_set() -> None:
+    assert usd_nanos(100, 10, 1.0, 2.0, cached_tokens=80) == usd_nanos(100, 10, 1.0, 2.0)      # no cached price
+    assert usd_nanos(100, 10, 1.0, 2.0, cached_tokens=80, cached_price_per_1m=0.25) == 20_000 + 20_000 + 20_000
+    assert usd_nanos(10, 0, 1.0, 0.0, cached_tokens=50, cached_price_per_1m=0.0) == 0       # at most the input
+
+
+def test_ledger_counts_cached_tokens_and_prices_them_per_tenant() -> None:
+    ledger = Ledger(Keys("p:"))
+    totals: dict = {}
+    call = UsageRecorded(request_id="r", tenant_id="acme", key_id="k", model="/m/x.gguf", api="openai.chat",
+                         outcome="ok", status=200, input_tokens=100, output_tokens=10, cached_tokens=80,
+                         occurred_at=datetime(2025, 1, 15, tzinfo=UTC))
+    settled = ledger.fold([
+        ModelRegistered(model_id="/m/x.gguf", input_price_per_1m=1.0, output_price_per_1m=2.0,
+                        cached_input_price_per_1m=0.5), call,
+        TenantModelAssigned(tenant_id="acme", model_id="/m/x.gguf", cached_input_price_per_1m=0.0), call], totals)
+    assert [s.nanos for s in settled] == [20_000 + 40_000 + 20_000, 20_000 + 0 + 20_000]
+    assert totals[("p:c:acme:d:2025-01-15", "cin@/m/x.gguf")][0] == 160
+    assert totals[("p:c:acme:d:2025-01-15", "cin")][0] == 160

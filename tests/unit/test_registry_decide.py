@@ -180,3 +180,58 @@ def test_a_key_that_would_already_be_expired_is_refused(catalog: Catalog) -> Non
     future = datetime.now(UTC) + timedelta(days=1)
     issued = run(catalog, m.IssueKey(tenant_id="acme", expires_at=future))
     assert [type(e) for e in issued] == [ev.KeyIssued] and issued[0].expires_at == future
+
+
+PATH_ID = "/tmp/pytest-of-ci/pytest-3/models0/tiny-llama.Q8_0.gguf"
+
+
+def test_a_path_advertised_as_a_model_id_is_discovered_registered_and_served(catalog: Catalog) -> None:
+    events = run(catalog, m.RecordDiscoveredModels(endpoint_id="auto", models=(PATH_ID, "org/m:q4@v1")))
+    assert [type(e).__name__ for e in events] == ["EndpointModelsDiscovered", "ModelRegistered", "ModelRegistered"]
+    assert catalog.endpoints["auto"].models == (PATH_ID, "org/m:q4@v1")
+    assert [e.endpoint_id for e in catalog.endpoints_serving(PATH_ID)] == ["auto"]
+
+
+def test_an_alias_names_a_path_id_and_the_endpoint_is_asked_for_the_id_it_advertises(catalog: Catalog) -> None:
+    from switchyard_gateway.catalog.state import upstream_name
+
+    run(catalog, m.RegisterModel(model_id="tiny", aliases=(PATH_ID,)))
+    events = run(catalog, m.RecordDiscoveredModels(endpoint_id="auto", models=(PATH_ID,)))
+    assert [type(e).__name__ for e in events] == ["EndpointModelsDiscovered"], "the alias already names it"
+    assert catalog.resolve_model(PATH_ID) == "tiny" and catalog.resolve_model("tiny") == "tiny"
+    [endpoint] = catalog.endpoints_serving("tiny")
+    assert upstream_name(endpoint, catalog.models["tiny"]) == PATH_ID
+    # the other way round: the discovered path id is the model, and a short alias is added to it
+    run(catalog, m.RecordDiscoveredModels(endpoint_id="auto", models=("/srv/other.gguf",)))
+    run(catalog, m.RegisterModel(model_id="/srv/other.gguf", aliases=("other",), mode="update"))
+    assert catalog.resolve_model("other") == "/srv/other.gguf"
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("", "cannot be empty"),
+    ("a" * 513, "longer than 512 characters"),
+    ("evil\nmodel", "U+000A"),
+    ("nul\x00", "U+0000"),
+    ("right\u202eto-left", "U+202E"),
+    (" padded", "white space"),
+])
+def test_hostile_model_ids_are_refused_with_the_reason(catalog: Catalog, name: str, reason: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        decide(catalog, m.RegisterModel(model_id=name))
+    assert (caught.value.status, caught.value.body.code, caught.value.body.field) == (400, "VALIDATION_ERROR",
+                                                                                      "model_id")
+    assert reason in caught.value.body.message and len(caught.value.body.message) < 200
+    assert refused(catalog, m.RegisterModel(model_id="ok", aliases=(name,))) == (400, "VALIDATION_ERROR", "aliases[0]")
+    events = run(catalog, m.RecordDiscoveredModels(endpoint_id="auto", models=(name, "fine:1b")))
+    assert catalog.discovered["auto"] == ("fine:1b",) and name not in catalog.models and len(events) == 2
+
+
+def test_a_cached_input_price_is_kept_and_may_not_be_negative(catalog: Catalog) -> None:
+    run(catalog, m.RegisterModel(model_id="cachey", input_price_per_1m=1.0, cached_input_price_per_1m=0.1))
+    assert catalog.models["cachey"].cached_input_price_per_1m == 0.1
+    run(catalog, m.AssignModel(tenant_id="acme", model_id="cachey", cached_input_price_per_1m=0.05))
+    assert catalog.assignments["acme"]["cachey"].cached_input_price_per_1m == 0.05
+    assert refused(catalog, m.RegisterModel(model_id="x", cached_input_price_per_1m=-1)) == (
+        400, "VALIDATION_ERROR", "cached_input_price_per_1m")
+    assert refused(catalog, m.AssignModel(tenant_id="acme", model_id="qwen2.5", cached_input_price_per_1m=-1))[2] == \
+        "cached_input_price_per_1m"

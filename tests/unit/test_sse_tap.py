@@ -31,7 +31,7 @@ def test_usage_chunk_is_dropped_when_the_client_did_not_ask_for_it() -> None:
         tap = SseTap(keep_usage=False)
         out = relay(tap, STREAM, size)
         assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
-        assert tap.usage == (4, 2)
+        assert tap.usage == (4, 2, 0)
         assert tap.done and tap.content_events == 2
 
 
@@ -65,8 +65,24 @@ def test_null_usage_fields_are_dropped_unless_the_client_asked_for_usage() -> No
     for size in (5, 64, len(NULL_USAGE_STREAM)):
         tap = SseTap(keep_usage=False)
         out = relay(tap, NULL_USAGE_STREAM, size)
-        assert b'"usage"' not in out and tap.usage == (3, 1)
+        assert b'"usage"' not in out and tap.usage == (3, 1, 0)
         events = [json.loads(e[6:]) for e in out.split(b"\n\n") if e and e != b"data: [DONE]"]
         assert [e["choices"] for e in events] == [[{"delta": {"content": "Hi"}}],
                                                   [{"delta": {}, "finish_reason": "stop"}]]
     assert relay(SseTap(keep_usage=True), NULL_USAGE_STREAM, 9) == NULL_USAGE_STREAM
+
+
+def test_cached_prompt_tokens_are_read_from_the_usage_chunk() -> None:
+    stream = STREAM.replace(b'"total_tokens":6}', b'"total_tokens":6,"prompt_tokens_details":{"cached_tokens":3}}')
+    for size in (3, len(stream)):
+        tap = SseTap(keep_usage=True)
+        assert relay(tap, stream, size) == stream
+        assert tap.usage == (4, 2, 3)
+
+
+def test_odd_prompt_tokens_details_count_no_cached_tokens() -> None:
+    for details in (b"null", b"[]", b'{"cached_tokens":"9"}', b'{"cached_tokens":-2}', b'{"cached_tokens":true}'):
+        stream = STREAM.replace(b'"total_tokens":6}', b'"total_tokens":6,"prompt_tokens_details":' + details + b"}")
+        tap = SseTap(keep_usage=False)
+        relay(tap, stream, 64)
+        assert tap.usage == (4, 2, 0), details

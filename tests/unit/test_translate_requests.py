@@ -171,6 +171,6 @@ def test_plan_sends_each_ollama_api_to_the_right_upstream_path(api: str, kind: s
 def test_plan_reads_usage_in_the_upstreams_own_format(api: str) -> None:
     native = body({"model": "m", "done": True, "prompt_eval_count": 26, "eval_count": 3})
     openai = body({"choices": [], "usage": {"prompt_tokens": 26, "completion_tokens": 3, "total_tokens": 29}})
-    assert ollama_plan(api, "ollama").usage(native) == (26, 3)
-    assert ollama_plan(api, "openai-compatible").usage(openai) == (26, 3)
+    assert ollama_plan(api, "ollama").usage(native) == (26, 3, 0)
+    assert ollama_plan(api, "openai-compatible").usage(openai) == (26, 3, 0)
     assert ollama_plan(api, "ollama").usage(openai) is None

@@ -34,7 +34,7 @@ def test_chat_answer_keeps_content_and_usage_as_ollama_counts() -> None:
         "message": {"role": "assistant", "content": "Hello! How are you today?"},
         "done_reason": "stop", "done": True, "prompt_eval_count": 26, "eval_count": 7,
     }
-    assert ollama_usage(openai_chat_to_ollama(CHAT, "llama3.2")) == (26, 7)
+    assert ollama_usage(openai_chat_to_ollama(CHAT, "llama3.2")) == (26, 7, 0)
 
 
 def test_measured_time_becomes_the_ollama_durations() -> None:
@@ -67,7 +67,7 @@ def test_missing_usage_leaves_counts_out_and_total_only_usage_still_counts() -> 
     assert "eval_count" not in no_usage and "prompt_eval_count" not in no_usage
     assert ollama_usage(body(no_usage)) is None
     total_only = body({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 5, "total_tokens": 9}})
-    assert ollama_usage(openai_chat_to_ollama(total_only, "m")) == (5, 4)
+    assert ollama_usage(openai_chat_to_ollama(total_only, "m")) == (5, 4, 0)
 
 
 def test_text_completion_becomes_a_generate_answer() -> None:
@@ -104,7 +104,7 @@ def test_embeddings_become_an_embed_answer_in_input_order() -> None:
     out = json.loads(openai_embeddings_to_ollama_embed(EMBEDDINGS, "nomic-embed-text:latest"))
     assert out == {"model": "nomic-embed-text:latest", "embeddings": [[0.010071029, -0.0017594862], [0.25, -0.5]],
                    "prompt_eval_count": 8}
-    assert ollama_usage(openai_embeddings_to_ollama_embed(EMBEDDINGS, "m")) == (8, 0)
+    assert ollama_usage(openai_embeddings_to_ollama_embed(EMBEDDINGS, "m")) == (8, 0, 0)
 
 
 def test_legacy_embeddings_answer_is_the_first_vector() -> None:
@@ -129,15 +129,15 @@ def test_ollama_counts_come_from_whole_answers_and_are_absent_otherwise() -> Non
     native = body({"model": "llama3.2", "created_at": "2023-08-04T19:22:45.499127Z", "response": "The sky",
                    "done": True, "context": [1, 2, 3], "total_duration": 5043500667, "prompt_eval_count": 26,
                    "eval_count": 290})
-    assert ollama_usage(native) == (26, 290)
-    assert ollama_usage(body({"model": "all-minilm", "embeddings": [[0.1]], "prompt_eval_count": 8})) == (8, 0)
+    assert ollama_usage(native) == (26, 290, 0)
+    assert ollama_usage(body({"model": "all-minilm", "embeddings": [[0.1]], "prompt_eval_count": 8})) == (8, 0, 0)
     assert ollama_usage(body({"embedding": [0.5]})) is None
     assert ollama_usage(b"not json") is None
 
 
 def test_openai_usage_is_read_from_completions_and_embeddings() -> None:
-    assert openai_usage(CHAT) == (26, 7)
-    assert openai_usage(EMBEDDINGS) == (8, 0)
+    assert openai_usage(CHAT) == (26, 7, 0)
+    assert openai_usage(EMBEDDINGS) == (8, 0, 0)
     assert openai_usage(body({"choices": []})) is None and openai_usage(b"<html>") is None
 
 
@@ -151,3 +151,25 @@ def test_errors_are_ollama_shaped() -> None:
         "error": "This model's maximum context length is 8192 tokens."}
     assert json.loads(openai_error_to_ollama(body({"message": "overloaded"}))) == {"error": "overloaded"}
     assert json.loads(openai_error_to_ollama(b"Internal Server Error")) == {"error": "Internal Server Error"}
+
+
+CACHED_CHAT = body({
+    **json.loads(CHAT),
+    "usage": {"prompt_tokens": 97, "completion_tokens": 7, "total_tokens": 104,
+              "prompt_tokens_details": {"cached_tokens": 96}},
+})
+
+
+def test_cached_prompt_tokens_are_read_and_carried_into_the_ollama_answer() -> None:
+    assert openai_usage(CACHED_CHAT) == (97, 7, 96)
+    out = json.loads(openai_chat_to_ollama(CACHED_CHAT, "llama3.2"))
+    assert (out["prompt_eval_count"], out["prompt_eval_cached_count"], out["eval_count"]) == (97, 96, 7)
+    generated = json.loads(openai_completion_to_ollama_generate(CACHED_CHAT, "llama3.2"))
+    assert generated["prompt_eval_cached_count"] == 96
+    assert "prompt_eval_cached_count" not in json.loads(openai_chat_to_ollama(CHAT, "llama3.2"))
+
+
+def test_ollama_cached_count_is_read_from_native_answers() -> None:
+    native = body({"model": "llama3.2", "response": "x", "done": True, "prompt_eval_count": 40,
+                   "prompt_eval_cached_count": 32, "eval_count": 5})
+    assert ollama_usage(native) == (40, 5, 32)

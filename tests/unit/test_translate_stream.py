@@ -54,7 +54,7 @@ def test_chat_stream_becomes_content_lines_and_a_final_line_with_usage(size: int
     assert (final["prompt_eval_count"], final["eval_count"]) == (26, 2)
     assert final["total_duration"] > 0 and final["prompt_eval_duration"] > 0 and final["eval_duration"] > 0
     assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"]
-    assert stream.usage == (26, 2) and stream.done and stream.content_events == 2 and stream.error is None
+    assert stream.usage == (26, 2, 0) and stream.done and stream.content_events == 2 and stream.error is None
 
 
 def test_stream_without_usage_chunk_counts_content_chunks_and_omits_prompt_count() -> None:
@@ -70,7 +70,7 @@ def test_usage_on_the_last_content_chunk_is_taken() -> None:
     data = chunk({"content": "x"}, "stop", usage={"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}) \
         + sse(b"[DONE]")
     stream = OpenAIStreamToOllama("m", "chat")
-    assert translate(stream, data, 3)[-1]["eval_count"] == 1 and stream.usage == (4, 1)
+    assert translate(stream, data, 3)[-1]["eval_count"] == 1 and stream.usage == (4, 1, 0)
 
 
 def test_completion_stream_becomes_generate_lines() -> None:
@@ -145,7 +145,7 @@ def test_last_event_without_its_blank_line_is_still_read_at_finish() -> None:
     unterminated = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
     stream.feed(chunk({"content": "a"}) + unterminated)
     final = json.loads(stream.finish().splitlines()[-1])
-    assert stream.usage == (3, 1) and final["prompt_eval_count"] == 3
+    assert stream.usage == (3, 1, 0) and final["prompt_eval_count"] == 3
 
 
 NATIVE = b"".join(json.dumps(line).encode() + b"\n" for line in [
@@ -165,7 +165,7 @@ def test_native_stream_is_relayed_in_whole_lines_and_its_counts_read(size: int) 
     pieces = [tap.feed(NATIVE[i:i + size]) for i in range(0, len(NATIVE), size)]
     assert all(piece == b"" or piece.endswith(b"\n") for piece in pieces)
     assert b"".join(pieces) + tap.close() == NATIVE
-    assert tap.done and tap.usage == (26, 282) and tap.content_events == 2 and tap.error is None
+    assert tap.done and tap.usage == (26, 282, 0) and tap.content_events == 2 and tap.error is None
 
 
 def test_native_stream_cut_before_the_last_line_is_not_done() -> None:
@@ -180,3 +180,20 @@ def test_native_error_line_is_relayed_and_noted() -> None:
     line = b'{"error":"an error was encountered while running the model"}\n'
     assert tap.feed(line) == line
     assert tap.error == "an error was encountered while running the model" and not tap.done
+
+
+def test_cached_prompt_tokens_of_a_stream_reach_the_final_ollama_line() -> None:
+    cached = CHAT_STREAM.replace(b'"total_tokens": 28}',
+                                 b'"total_tokens": 28, "prompt_tokens_details": {"cached_tokens": 25}}')
+    stream = OpenAIStreamToOllama("llama3.2", "generate", clock=ticking_clock())
+    final = translate(stream, cached, 7)[-1]
+    assert (final["prompt_eval_count"], final["prompt_eval_cached_count"], final["eval_count"]) == (26, 25, 2)
+    assert stream.usage == (26, 2, 25)
+    plain = translate(OpenAIStreamToOllama("llama3.2", "chat", clock=ticking_clock()), CHAT_STREAM, 64)[-1]
+    assert "prompt_eval_cached_count" not in plain
+
+
+def test_native_stream_cached_count_is_read() -> None:
+    tap = OllamaStreamTap()
+    tap.feed(NATIVE.replace(b'"eval_count": 282', b'"eval_count": 282, "prompt_eval_cached_count": 20'))
+    assert tap.usage == (26, 282, 20)

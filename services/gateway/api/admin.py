@@ -53,27 +53,38 @@ async def _merged(request: Req, deps: Deps, kind: type[m.Command], query: m.Regi
     return msgspec.convert({**current, **await json_object(request), **path, "mode": "update"}, kind)
 
 
-def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[m.Command]) -> list[Any]:
+def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[m.Command],
+          any_id: bool = False) -> list[Any]:
+    """List, get, create, update and delete one kind of resource. With `any_id` the id in the URL may hold
+    slashes (model ids such as `/models/x.gguf`, sent as is or percent-encoded) and is read whole."""
+    item = "{item_id:path}" if any_id else "{item_id:str}"
+
+    def ident(request: Req, matched: Any) -> str:
+        if not any_id:
+            return matched
+        return request.scope["raw_path"].decode().split(f"/{resource}/", 1)[1]
+
     @get(f"/{resource}", name=f"list_{resource}")
     async def list_(deps: Deps) -> Response[bytes]:
         return await run_query(deps, m.RegistryQuery(resource))  # type: ignore[arg-type]
 
-    @get(f"/{resource}/{{item_id:str}}", name=f"get_{resource}")
-    async def get_(deps: Deps, item_id: str) -> Response[bytes]:
-        return await run_query(deps, m.RegistryQuery(resource, id=item_id))  # type: ignore[arg-type]
+    @get(f"/{resource}/{item}", name=f"get_{resource}")
+    async def get_(request: Req, deps: Deps, item_id: Any) -> Response[bytes]:
+        return await run_query(deps, m.RegistryQuery(resource, id=ident(request, item_id)))  # type: ignore[arg-type]
 
     @post(f"/{resource}", name=f"create_{resource}")
     async def create(request: Req, deps: Deps) -> Response[bytes]:
         return await run_command(deps, await _body(request, register, mode="create"), status=201)
 
-    @put(f"/{resource}/{{item_id:str}}", name=f"update_{resource}")
-    async def update(request: Req, deps: Deps, item_id: str) -> Response[bytes]:
-        query = m.RegistryQuery(resource, id=item_id)  # type: ignore[arg-type]
-        return await run_command(deps, await _merged(request, deps, register, query, **{id_field: item_id}))
+    @put(f"/{resource}/{item}", name=f"update_{resource}")
+    async def update(request: Req, deps: Deps, item_id: Any) -> Response[bytes]:
+        key = ident(request, item_id)
+        query = m.RegistryQuery(resource, id=key)  # type: ignore[arg-type]
+        return await run_command(deps, await _merged(request, deps, register, query, **{id_field: key}))
 
-    @delete(f"/{resource}/{{item_id:str}}", name=f"delete_{resource}", status_code=200)
-    async def remove_(deps: Deps, item_id: str) -> Response[bytes]:
-        return await run_command(deps, msgspec.convert({id_field: item_id}, remove))
+    @delete(f"/{resource}/{item}", name=f"delete_{resource}", status_code=200)
+    async def remove_(request: Req, deps: Deps, item_id: Any) -> Response[bytes]:
+        return await run_command(deps, msgspec.convert({id_field: ident(request, item_id)}, remove))
 
     return [list_, get_, create, update, remove_]
 
@@ -177,7 +188,7 @@ admin_router = Router(
         *_crud("tenants", "tenant_id", m.CreateTenant, m.RemoveTenant),
         *_crud("providers", "provider_id", m.RegisterProvider, m.RemoveProvider),
         *_crud("endpoints", "endpoint_id", m.RegisterEndpoint, m.RemoveEndpoint),
-        *_crud("models", "model_id", m.RegisterModel, m.RemoveModel),
+        *_crud("models", "model_id", m.RegisterModel, m.RemoveModel, any_id=True),
         issue_key, list_keys, revoke_key, assign_model, list_assignments, get_assignment, update_assignment,
         unassign_model, list_templates, get_template, apply_template, registry_export, registry_import,
     ],

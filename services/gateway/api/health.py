@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
+from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued
 from switchyard_gateway.services.gateway.api.common import json_response, visible_endpoints
 from switchyard_gateway.services.gateway.deps import Deps
@@ -69,7 +70,7 @@ async def service_health(nc: Any) -> dict[str, dict[str, Any]]:
 
     sub = await nc.subscribe(inbox, cb=on_pong)
     try:
-        await nc.publish("$SRV.PING", b"", reply=inbox)
+        await nc.publish(subjects.SERVICE_PING, b"", reply=inbox)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), PING_WAIT_S)
     finally:

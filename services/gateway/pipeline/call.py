@@ -51,8 +51,8 @@ class Outcome:
     """What happened to a call: filled in by failover and the relay, turned into its one UsageRecorded."""
 
     __slots__ = ("model", "endpoint", "upstream_model", "attempts", "result", "status", "input_tokens",
-                 "output_tokens", "estimated", "first_byte", "upstream_s", "served_by_fallback", "cache_hit",
-                 "answer")
+                 "output_tokens", "cached_tokens", "estimated", "first_byte", "upstream_s", "served_by_fallback",
+                 "cache_hit", "answer")
 
     def __init__(self, model: str = "", served_by_fallback: bool = False) -> None:
         self.model = model              # registry id of the model serving the call
@@ -63,6 +63,7 @@ class Outcome:
         self.status = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.cached_tokens = 0          # of input_tokens, what the upstream served from its prompt cache
         self.estimated = False
         self.first_byte = 0.0
         self.upstream_s = 0.0
@@ -79,6 +80,7 @@ class Outcome:
         self.estimated = True
         self.input_tokens = max(1, len(call.body) // 4)
         self.output_tokens = output_tokens
+        self.cached_tokens = 0
 
     def response_headers(self, call: Call) -> list[tuple[str, str]]:
         headers = [("x-request-id", call.request_id)]
@@ -96,7 +98,8 @@ class Outcome:
             request_id=call.request_id, tenant_id=call.tenant_id, key_id=call.key_id,
             model=self.model or (request.model or ""), requested_model=request.model or "",
             api=call.api, outcome=self.result, status=self.status,  # type: ignore[arg-type]
-            input_tokens=self.input_tokens, output_tokens=self.output_tokens, estimated=self.estimated,
+            input_tokens=self.input_tokens, output_tokens=self.output_tokens, cached_tokens=self.cached_tokens,
+            estimated=self.estimated,
             stream=request.stream, endpoint_id=endpoint.endpoint_id if endpoint else "",
             provider_id=endpoint.provider_id if endpoint else "", upstream_model=self.upstream_model,
             attempts=self.attempts, duration_ms=duration * 1000,

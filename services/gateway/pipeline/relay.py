@@ -110,7 +110,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
     if status == 200:
         usage = plan.usage(data)
         if usage is not None:
-            outcome.input_tokens, outcome.output_tokens = usage
+            outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
         else:
             outcome.estimate_tokens(call)
         if plan.answer is not None:
@@ -166,7 +166,7 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         if failed_early:
             pass
         elif tap.usage is not None:
-            outcome.input_tokens, outcome.output_tokens = tap.usage
+            outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = tap.usage
         else:
             outcome.estimate_tokens(call, output_tokens=tap.content_events)
 

@@ -32,7 +32,7 @@ from switchyard_gateway.services.gateway.translate.responses import (
     openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings, openai_error_to_ollama, openai_usage,
 )
 from switchyard_gateway.services.gateway.translate.stream import OllamaStreamTap, OpenAIStreamToOllama
-from switchyard_gateway.services.gateway.translate.wire import TranslationError
+from switchyard_gateway.services.gateway.translate.wire import TokenCounts, TranslationError
 
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "EMBEDDINGS_PATH", "OLLAMA_APIS", "OllamaStreamTap", "OpenAIStreamToOllama",
@@ -62,7 +62,7 @@ class Plan(NamedTuple):
     `answer(data, model)` turns a 200 non-streamed answer into the Ollama one (None: relay as is);
     `error(data)` turns a non-200 answer into an Ollama error body (None: relay as is);
     `stream(model)` builds the object that relays a streamed answer (None: this API never streams);
-    `usage(data)` reads (prompt, completion) tokens from the upstream's whole 200 answer, before translation.
+    `usage(data)` reads the `TokenCounts` of the upstream's whole 200 answer, before translation.
     """
 
     native: bool
@@ -70,7 +70,7 @@ class Plan(NamedTuple):
     answer: Callable[[bytes, str], bytes] | None
     error: Callable[[bytes], bytes] | None
     stream: Callable[[str], Stream] | None
-    usage: Callable[[bytes], tuple[int, int] | None]
+    usage: Callable[[bytes], TokenCounts | None]
 
 
 def _native(path: str) -> Callable[[bytes, str], tuple[str, bytes]]:

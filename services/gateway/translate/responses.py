@@ -1,8 +1,9 @@
 """Whole (non-streamed) OpenAI answers as Ollama answers, usage included; Ollama token counts and error bodies.
 
-OpenAI `usage.prompt_tokens` / `completion_tokens` become Ollama `prompt_eval_count` /
-`eval_count`. Durations are the gateway's own measure when the caller passes
-`elapsed_ns` (`total_duration` and `eval_duration`), and absent otherwise.
+OpenAI `usage.prompt_tokens` / `completion_tokens` / `prompt_tokens_details.cached_tokens`
+become Ollama `prompt_eval_count` / `eval_count` / `prompt_eval_cached_count`. Durations are the
+gateway's own measure when the caller passes `elapsed_ns` (`total_duration` and `eval_duration`), and
+absent otherwise.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import msgspec
 
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
-    OllamaToolCall, Reply, TranslationError, Usage, decode_counts, decode_embeddings, decode_reply, decode_usage,
-    done_reason, encode, error_message, ollama_time, tool_arguments,
+    OllamaToolCall, Reply, TokenCounts, TranslationError, Usage, decode_counts, decode_embeddings, decode_reply,
+    decode_usage, done_reason, encode, error_message, ollama_time, tool_arguments,
 )
 
 
@@ -27,14 +28,21 @@ def _reply(data: bytes) -> Reply:
         raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
 
 
-def _counts(usage: Usage | None) -> tuple[int | None, int | None]:
+def _counts(usage: Usage | None) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, cached prompt) tokens of an OpenAI `usage`; None where it says nothing."""
     if usage is None:
-        return None, None
+        return None, None, None
     prompt = usage.prompt_tokens
     completion = usage.completion_tokens
     if completion is None and usage.total_tokens is not None:
         completion = max(0, usage.total_tokens - (prompt or 0))
-    return prompt, completion
+    return prompt, completion, usage.cached_tokens or None
+
+
+def usage_counts(usage: Usage) -> TokenCounts:
+    """The token counts of an OpenAI `usage` block (a whole answer's or a stream's usage chunk)."""
+    prompt, completion, cached = _counts(usage)
+    return TokenCounts(prompt or 0, completion or 0, cached or 0)
 
 
 def _first(reply: Reply) -> Choice:
@@ -55,11 +63,11 @@ def openai_chat_to_ollama(data: bytes, model: str, *, elapsed_ns: int | None = N
                 OllamaToolCall(OllamaFunction(c.function.name or "", tool_arguments(c.function.arguments)))
                 for c in message.tool_calls if c.function is not None
             ]
-    prompt, completion = _counts(reply.usage)
+    prompt, completion, cached = _counts(reply.usage)
     return encode(OllamaChat(
         model=model, created_at=ollama_time(reply.created), message=out, done=True,
         done_reason=done_reason(choice.finish_reason), total_duration=elapsed_ns, eval_duration=elapsed_ns,
-        prompt_eval_count=prompt, eval_count=completion,
+        prompt_eval_count=prompt, prompt_eval_cached_count=cached, eval_count=completion,
     ))
 
 
@@ -70,11 +78,11 @@ def openai_completion_to_ollama_generate(data: bytes, model: str, *, elapsed_ns:
     message = choice.message
     text = choice.text if choice.text is not None else (message.content if message else None) or ""
     thinking = (message.reasoning_content or message.reasoning) if message else None
-    prompt, completion = _counts(reply.usage)
+    prompt, completion, cached = _counts(reply.usage)
     return encode(OllamaGenerate(
         model=model, created_at=ollama_time(reply.created), response=text, thinking=thinking or None,
         done=True, done_reason=done_reason(choice.finish_reason), total_duration=elapsed_ns,
-        eval_duration=elapsed_ns, prompt_eval_count=prompt, eval_count=completion,
+        eval_duration=elapsed_ns, prompt_eval_count=prompt, prompt_eval_cached_count=cached, eval_count=completion,
     ))
 
 
@@ -110,27 +118,21 @@ def openai_embeddings_to_ollama_embeddings(data: bytes) -> bytes:
     return encode(OllamaEmbedding(vectors[0] if vectors else msgspec.Raw(b"[]")))
 
 
-def ollama_usage(data: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of a whole /api/chat, /api/generate or /api/embed reply; None without counts."""
+def ollama_usage(data: bytes) -> TokenCounts | None:
+    """The tokens of a whole /api/chat, /api/generate or /api/embed reply; None without counts."""
     try:
-        counts = decode_counts(data)
+        return decode_counts(data).tokens
     except msgspec.MsgspecError:
         return None
-    if counts.prompt_eval_count is None and counts.eval_count is None:
-        return None
-    return counts.prompt_eval_count or 0, counts.eval_count or 0
 
 
-def openai_usage(data: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of a whole OpenAI answer (completion or embeddings); None when it has no usage."""
+def openai_usage(data: bytes) -> TokenCounts | None:
+    """The tokens of a whole OpenAI answer (completion or embeddings); None when it has no usage."""
     try:
         usage = decode_usage(data).usage
     except msgspec.MsgspecError:
         return None
-    if usage is None:
-        return None
-    prompt, completion = _counts(usage)
-    return prompt or 0, completion or 0
+    return None if usage is None else usage_counts(usage)
 
 
 def ollama_error(message: str) -> bytes:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
+from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cached_tokens
+
 _decode = msgspec.json.Decoder().decode
 
 
 class SseTap:
     """Feed raw upstream chunks in, get the bytes to forward out (whole events only).
 
-    `usage` is (prompt, completion) tokens from the stream's usage chunk, if any; that chunk is
+    `usage` is the `TokenCounts` of the stream's usage chunk, if any; that chunk is
     forwarded only when `keep_usage` (the client asked for it). `content_events`
     counts chunks that carried content: the output token estimate when the
     upstream reports no usage. `done` is set by the `[DONE]` event.
@@ -20,7 +22,7 @@ class SseTap:
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
-        self.usage: tuple[int, int] | None = None
+        self.usage: TokenCounts | None = None
         self.content_events = 0
         self.done = False
         self._buffer = b""
@@ -55,12 +57,7 @@ class SseTap:
                 except msgspec.DecodeError:
                     message = None
                 if isinstance(message, dict) and isinstance(message.get("usage"), dict):
-                    usage = message["usage"]
-                    prompt = usage.get("prompt_tokens") or 0
-                    completion = usage.get("completion_tokens")
-                    if completion is None:
-                        completion = max(0, (usage.get("total_tokens") or 0) - prompt)
-                    self.usage = (prompt, completion)
+                    self.usage = _counts(message["usage"])
                     if not message.get("choices"):
                         if self.keep_usage:
                             kept.append(event)
@@ -76,6 +73,14 @@ class SseTap:
         if rest.strip() == b"data: [DONE]":
             self.done = True
         return rest
+
+
+def _counts(usage: dict) -> TokenCounts:
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens")
+    if completion is None:
+        completion = max(0, (usage.get("total_tokens") or 0) - prompt)
+    return TokenCounts(prompt, completion, cached_tokens(usage.get("prompt_tokens_details")))
 
 
 def _without_null_usage(events: bytes) -> bytes:

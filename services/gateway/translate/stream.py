@@ -4,7 +4,7 @@ Both classes share one shape, so the proxy relays either the same way: `feed(chu
 returns the bytes to send (whole lines only, possibly none), `finish()` what is left at
 the end; `done` tells whether the upstream ended its stream properly (without it the
 stream was cut: send `ollama_error_line(...)` instead of `finish()`), `usage` is
-(prompt, completion) tokens once reported, `content_events` counts the chunks that
+the `TokenCounts` once reported, `content_events` counts the chunks that
 carried text (the output estimate when no usage came), `error` holds an error the
 upstream sent inside the stream.
 """
@@ -16,9 +16,9 @@ from typing import Literal
 
 import msgspec
 
-from switchyard_gateway.services.gateway.translate.responses import ollama_error_line
+from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
-    OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, ToolCall, decode_counts,
+    OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, TokenCounts, ToolCall, decode_counts,
     decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
 )
 
@@ -40,7 +40,7 @@ class OpenAIStreamToOllama:
     def __init__(self, model: str, kind: Literal["chat", "generate"], *,
                  clock: Callable[[], int] = now_ns) -> None:
         self.model, self.kind = model, kind
-        self.usage: tuple[int, int] | None = None
+        self.usage: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
         self.content_events = 0
@@ -73,10 +73,11 @@ class OpenAIStreamToOllama:
             out += encode(OllamaChat(model=self.model, created_at=created_at, message=message, done=False)) + b"\n"
         now = self._clock()
         first = self._first_token if self._first_token is not None else now
-        prompt, completion = self.usage if self.usage is not None else (None, self.content_events)
+        prompt, completion, cached = self.usage if self.usage is not None else (None, self.content_events, 0)
         stats = {
             "done": True, "done_reason": self.done_reason, "total_duration": max(1, now - self._started),
-            "prompt_eval_count": prompt, "prompt_eval_duration": max(1, first - self._started),
+            "prompt_eval_count": prompt, "prompt_eval_cached_count": cached or None,
+            "prompt_eval_duration": max(1, first - self._started),
             "eval_count": completion, "eval_duration": max(1, now - first),
         }
         if self.kind == "chat":
@@ -103,11 +104,7 @@ class OpenAIStreamToOllama:
         if self._created_at is None:
             self._created_at = ollama_time(chunk.created)
         if chunk.usage is not None:
-            prompt = chunk.usage.prompt_tokens or 0
-            completion = chunk.usage.completion_tokens
-            if completion is None:
-                completion = max(0, (chunk.usage.total_tokens or 0) - prompt)
-            self.usage = (prompt, completion)
+            self.usage = usage_counts(chunk.usage)
         out = b""
         for choice in chunk.choices or ():
             if choice.index != 0:
@@ -149,7 +146,7 @@ class OllamaStreamTap:
     __slots__ = ("usage", "done", "error", "content_events", "_buffer")
 
     def __init__(self) -> None:
-        self.usage: tuple[int, int] | None = None
+        self.usage: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
         self.content_events = 0
@@ -189,5 +186,5 @@ class OllamaStreamTap:
             self.error = error_message(counts.error)
         if counts.done:
             self.done = True
-            if counts.prompt_eval_count is not None or counts.eval_count is not None:
-                self.usage = (counts.prompt_eval_count or 0, counts.eval_count or 0)
+            if counts.tokens is not None:
+                self.usage = counts.tokens

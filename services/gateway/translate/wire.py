@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -15,10 +15,30 @@ class TranslationError(ValueError):
 
 # --- OpenAI replies (read) ------------------------------------------------------------------------
 
+class TokenCounts(NamedTuple):
+    """A call's tokens as its upstream reported them; `cached` of the prompt tokens came from its prompt cache."""
+
+    prompt: int
+    completion: int
+    cached: int = 0
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    prompt_tokens_details: Any = None       # {"cached_tokens": n} (OpenAI, vLLM, llama.cpp); read leniently
+
+    @property
+    def cached_tokens(self) -> int:
+        return cached_tokens(self.prompt_tokens_details)
+
+
+def cached_tokens(prompt_tokens_details: Any) -> int:
+    """`prompt_tokens_details.cached_tokens` of an OpenAI usage block; 0 when absent or not a count."""
+    details = prompt_tokens_details
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0 else 0
 
 
 class FunctionCall(msgspec.Struct):
@@ -101,6 +121,7 @@ class OllamaChat(msgspec.Struct, kw_only=True, omit_defaults=True):
     total_duration: int | None = None       # nanoseconds
     load_duration: int | None = None
     prompt_eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None     # of prompt_eval_count, read from the prompt cache
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
@@ -118,6 +139,7 @@ class OllamaGenerate(msgspec.Struct, kw_only=True, omit_defaults=True):
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
@@ -139,8 +161,16 @@ class OllamaCounts(msgspec.Struct):
 
     prompt_eval_count: int | None = None
     eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None     # newer Ollama: the prompt tokens it read from its cache
     done: bool = False
     error: Any = None
+
+    @property
+    def tokens(self) -> TokenCounts | None:
+        if self.prompt_eval_count is None and self.eval_count is None:
+            return None
+        cached = max(0, self.prompt_eval_cached_count or 0)
+        return TokenCounts(self.prompt_eval_count or 0, self.eval_count or 0, cached)
 
 
 decode_reply = msgspec.json.Decoder(Reply).decode

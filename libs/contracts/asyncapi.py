@@ -1,0 +1,180 @@
+"""The AsyncAPI 3.0 document of Switchyard's NATS traffic, built from the contracts and the topology."""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from typing import Any
+
+import yaml
+
+from switchyard_gateway.contracts import schemas, topology
+from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.schemas import CONTRACTS
+from switchyard_gateway.contracts.topology import Channel, Use
+
+SCHEMAS = "#/components/schemas/"
+MESSAGES = "#/components/messages/"
+
+DESCRIPTION = """\
+Every NATS subject Switchyard's services speak on. Events are facts, named `<noun>.<past-tense verb>.v<major>`:
+the same string is the subject prefix, the `type` field of the payload and the `type` column of the event log
+(PostgreSQL `events`). The identifier comes last, as one subject token with `.`, `*`, `>`, white space and `%`
+percent-escaped (`model.registered.v1.llama3%2E2`). A message on an event subject carries one event, or a JSON
+array of events of that subject. Request/reply subjects are NATS micro services: errors come back with the
+`Nats-Service-Error` and `Nats-Service-Error-Code` headers (the code is an HTTP status) and a `service.error`
+body. JetStream streams (x-switchyard-streams) use {settings}. Within a version, fields are only ever added,
+each with a default: readers must ignore fields they do not know. See docs/contracts/README.md."""
+
+
+def document() -> dict[str, Any]:
+    """The whole document as plain data."""
+    tops, defs = schemas.components(SCHEMAS + "{name}")
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for channel in topology.CHANNELS:
+        channels.update(_channels(channel))
+        operations.update(_operations(channel))
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Switchyard events and service messages",
+            "version": _version(),
+            "description": " ".join(DESCRIPTION.format(settings=topology.STREAM_SETTINGS).split()),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": "127.0.0.1:4222",
+                "protocol": "nats",
+                "description": "The NATS server of `switchyard up` (its port is chosen at start and kept in "
+                               "stack.json), or SWITCHYARD_NATS_URL.",
+            },
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": {name: _asyncapi_schema(schema) for name, schema in defs.items()},
+            "messages": {name: _message(name, tops[name]) for name in CONTRACTS},
+        },
+        "x-switchyard-streams": [_stream(stream) for stream in topology.STREAMS],
+    }
+
+
+def text() -> str:
+    """The document as YAML, the form checked in as docs/contracts/asyncapi.yaml."""
+    return yaml.safe_dump(document(), sort_keys=False, allow_unicode=True, width=110)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("switchyard-gateway")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _channels(channel: Channel) -> dict[str, Any]:
+    if channel.request_reply:
+        subject = channel.contract
+        return {
+            subject: {
+                "address": subject,
+                "title": subject,
+                "description": CONTRACTS[f"{subject}.request"].summary,
+                "messages": {"request": {"$ref": f"{MESSAGES}{subject}.request"}},
+            },
+            f"{subject}.reply": {
+                "address": None,
+                "title": f"{subject} reply",
+                "description": "The requester's inbox (the NATS reply subject of the request).",
+                "messages": {"reply": {"$ref": f"{MESSAGES}{subject}.reply"},
+                             "error": {"$ref": f"{MESSAGES}{schemas.ERROR.name}"}},
+            },
+        }
+    assert channel.parameter is not None
+    name, meaning = channel.parameter
+    where = f"Stream `{channel.stream}`" if channel.stream else "Core NATS only: not stored in any stream"
+    logged = "; recorded in the event log" if channel.logged else ""
+    entry: dict[str, Any] = {
+        "address": channel.address,
+        "title": channel.contract,
+        "description": f"{CONTRACTS[channel.contract].summary} {where}{logged}.",
+        "parameters": {name: {"description": f"{meaning}, percent-escaped as one subject token"}},
+        "messages": {"event": {"$ref": f"{MESSAGES}{channel.contract}"}},
+    }
+    if channel.stream:
+        entry["x-switchyard-stream"] = channel.stream
+    entry["x-switchyard-log"] = channel.logged
+    return {channel.contract: entry}
+
+
+def _operation_id(use: Use, action: str, contract: str) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_]+', '-', use.party)}.{action}.{contract}"
+
+
+def _operations(channel: Channel) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    ref = {"$ref": f"#/channels/{channel.contract}"}
+    if channel.request_reply:
+        subject = channel.contract
+        reply = {"channel": {"$ref": f"#/channels/{subject}.reply"},
+                 "messages": [{"$ref": f"#/channels/{subject}.reply/messages/reply"},
+                              {"$ref": f"#/channels/{subject}.reply/messages/error"}]}
+        request = [{"$ref": f"#/channels/{subject}/messages/request"}]
+        for use, action in [*((u, "send") for u in channel.producers), *((u, "receive") for u in channel.consumers)]:
+            found[_operation_id(use, action, subject)] = {
+                "action": action, "channel": ref, "title": f"{use.party} {'asks' if action == 'send' else 'answers'}",
+                "description": use.how, "messages": request, "reply": reply, "tags": [{"name": use.party}],
+            }
+        return found
+    messages = [{"$ref": f"#/channels/{channel.contract}/messages/event"}]
+    for use, action in [*((u, "send") for u in channel.producers), *((u, "receive") for u in channel.consumers)]:
+        found[_operation_id(use, action, channel.contract)] = {
+            "action": action, "channel": ref,
+            "title": f"{use.party} {'publishes' if action == 'send' else 'consumes'}",
+            "description": use.how, "messages": messages, "tags": [{"name": use.party}],
+        }
+    return found
+
+
+def _message(name: str, top: dict[str, Any]) -> dict[str, Any]:
+    contract = CONTRACTS[name]
+    message: dict[str, Any] = {"name": name, "title": name, "summary": contract.summary,
+                               "contentType": "application/json"}
+    if contract.kind == "event":
+        message["payload"] = {"oneOf": [top, {"type": "array", "items": top, "minItems": 1,
+                                              "description": "a batch: events of one subject, oldest first"}]}
+        message["headers"] = _headers({s.MSG_ID_HEADER: "JetStream de-duplication: the event id, or the first "
+                                                        "event id and `+<count>` for a batch"})
+    elif contract.kind == "error":
+        message["payload"] = _asyncapi_schema(top)
+        message["headers"] = _headers({s.SERVICE_ERROR_HEADER: "the error message",
+                                       s.SERVICE_ERROR_CODE_HEADER: "the HTTP status, e.g. 404"})
+    else:
+        message["payload"] = _asyncapi_schema(top)
+    return message
+
+
+def _headers(described: dict[str, str]) -> dict[str, Any]:
+    return {"type": "object", "properties": {k: {"type": "string", "description": v} for k, v in described.items()}}
+
+
+def _stream(stream: topology.Stream) -> dict[str, Any]:
+    return {
+        "name": stream.name, "subjects": list(stream.subjects), "description": stream.description,
+        **({"max_age_s": stream.max_age_s} if stream.max_age_s else {}),
+        "consumers": [{"party": c.party, **({"durable": c.durable} if c.durable else {}), "how": c.how}
+                      for c in stream.consumers],
+    }
+
+
+def _asyncapi_schema(schema: Any) -> Any:
+    """A JSON Schema in the AsyncAPI schema dialect: its `discriminator` is the property's name."""
+    if isinstance(schema, list):
+        return [_asyncapi_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _asyncapi_schema(value) for key, value in schema.items() if key != "discriminator"}
+    if isinstance(schema.get("discriminator"), dict):
+        out["discriminator"] = schema["discriminator"]["propertyName"]
+    return out

@@ -1,0 +1,158 @@
+"""Who speaks on which subject: every channel with its stream, its producers and its consumers, and every
+stream with its consumers — the facts the AsyncAPI document and the subject table in docs/architecture.md
+both state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from switchyard_gateway.contracts import subjects as s
+
+SERVICES = ("gateway", "registry", "metering", "router", "quota")
+
+
+@dataclass(frozen=True)
+class Use:
+    """One party's part on a channel: a service (or a command-line tool) and how it takes part."""
+
+    party: str
+    how: str
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A subject pattern. `contract` is the event type, or the request/reply subject; `parameter` names the
+    identifier token the subject ends with (percent-escaped: `llama3%2E2`)."""
+
+    contract: str
+    parameter: tuple[str, str] | None
+    stream: str | None
+    producers: tuple[Use, ...]
+    consumers: tuple[Use, ...]
+    logged: bool = False            # also an event of the log (PostgreSQL `events`)
+
+    @property
+    def address(self) -> str:
+        return f"{self.contract}.{{{self.parameter[0]}}}" if self.parameter else self.contract
+
+    @property
+    def request_reply(self) -> bool:
+        return self.stream is None and self.parameter is None
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A JetStream consumer of a stream: `durable` names a shared durable one; None is an ordered consumer
+    each process makes for itself."""
+
+    party: str
+    durable: str | None
+    how: str
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float | None
+    consumers: tuple[Consumer, ...]
+    description: str
+
+
+REGISTRY_OUT = Use("registry", "appends the event to the log, then publishes it from the log past its outbox "
+                               "checkpoint (`registry.outbox`); `Nats-Msg-Id` = the event id")
+REGISTRY_IN = (Use("gateway", "ordered consumer from the stream's start: the local catalog (keys, models, routes)"),
+               Use("router", "ordered consumer from the stream's start: what to probe"))
+ROUTING_IN = (Use("gateway", "ordered consumer, last message per subject: local breaker and probe state"),
+              Use("router", "ordered consumer, last message per subject: a new leader resumes each breaker"))
+ROUTER_OUT = Use("router", "the leader (holder of the router_leader lease) publishes it")
+ADMIN = Use("gateway", "admin API (/api/admin/...)")
+
+
+def _registry(contract: str, parameter: str, meaning: str) -> Channel:
+    return Channel(contract, (parameter, meaning), s.STREAM_REGISTRY, (REGISTRY_OUT,), REGISTRY_IN, logged=True)
+
+
+def _service(contract: str, requesters: tuple[Use, ...], responder: Use) -> Channel:
+    return Channel(contract, None, None, requesters, (responder,))
+
+
+CHANNELS: tuple[Channel, ...] = (
+    Channel(s.USAGE_RECORDED, ("tenant", "the tenant the call was made for"), s.STREAM_USAGE,
+            (Use("gateway", "one message per tenant and batch (a JSON array of up to 256 events), lingering 50 ms; "
+                            "`Nats-Msg-Id` = first event id + count; spooled to disk while NATS does not ack"),),
+            (Use("metering", f"durable pull consumer `{s.CONSUMER_METERING}` shared by its replicas: appended to "
+                             "the log and its projections, acknowledged after the commit"),
+             Use("gateway", "/api/usage-stream: a core subscription to `usage.recorded.v1.>` while a client "
+                            "watches")),
+            logged=True),
+    Channel(s.CALL_ATTEMPTED, ("gateway", "the gateway instance that made the attempts"), None,
+            (Use("gateway", "core NATS, not stored: a JSON array of the attempts of the last 50 ms"),),
+            (Use("router", "core subscription to `call.attempted.v1.>` on every replica; the leader folds it "
+                           "into the breakers"),)),
+    _registry(s.PROVIDER_REGISTERED, "provider", "the provider id"),
+    _registry(s.PROVIDER_REMOVED, "provider", "the provider id"),
+    _registry(s.ENDPOINT_REGISTERED, "endpoint", "the endpoint id"),
+    _registry(s.ENDPOINT_REMOVED, "endpoint", "the endpoint id"),
+    Channel(s.ENDPOINT_MODELS_DISCOVERED, ("endpoint", "the endpoint id"), s.STREAM_REGISTRY,
+            (Use("registry", "recorded when the router reports a changed model set (RecordDiscoveredModels), "
+                             "published from the log like every registry event"),), REGISTRY_IN, logged=True),
+    _registry(s.MODEL_REGISTERED, "model", "the model id"),
+    _registry(s.MODEL_REMOVED, "model", "the model id"),
+    _registry(s.TENANT_CREATED, "tenant", "the tenant id"),
+    _registry(s.TENANT_REMOVED, "tenant", "the tenant id"),
+    _registry(s.TENANT_MODEL_ASSIGNED, "tenant", "the tenant id"),
+    _registry(s.TENANT_MODEL_UNASSIGNED, "tenant", "the tenant id"),
+    _registry(s.KEY_ISSUED, "key", "the key id (its visible prefix)"),
+    _registry(s.KEY_REVOKED, "key", "the key id (its visible prefix)"),
+    Channel(s.PROBE_COMPLETED, ("endpoint", "the endpoint id"), s.STREAM_ROUTING, (ROUTER_OUT,), ROUTING_IN),
+    Channel(s.CIRCUIT_CHANGED, ("endpoint", "the endpoint id"), s.STREAM_ROUTING, (ROUTER_OUT,), ROUTING_IN),
+    Channel(s.LIMITS_SET, ("tenant", "the tenant id"), s.STREAM_LIMITS,
+            (Use("quota", "appends the event to the log, then publishes it past its outbox checkpoint "
+                          "(`quota.outbox`); `Nats-Msg-Id` = the event id"),),
+            (Use("gateway", "ordered consumer from the stream's start: the local limits book"),), logged=True),
+    _service(s.REGISTRY_COMMAND, (ADMIN, Use("router", "reports discovered models"),
+                                  Use("switchyard up", "bootstraps the registry from switchyard.yaml")),
+             Use("registry", "NATS micro service `registry`, one queue group")),
+    _service(s.REGISTRY_QUERY, (ADMIN,), Use("registry", "NATS micro service `registry`, one queue group")),
+    _service(s.ROUTER_COMMAND, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
+    _service(s.ROUTER_QUERY, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
+    _service(s.METERING_QUERY, (Use("gateway", "monitoring API: /api/token_counts, /api/usage, /api/stats, "
+                                               "/api/usage-stream"),),
+             Use("metering", "NATS micro service `metering`, one queue group")),
+    _service(s.METERING_COMMAND, (Use("gateway", "monitoring API: /api/aggregate_time_series_days"),),
+             Use("metering", "NATS micro service `metering`, one queue group")),
+    _service(s.QUOTA_COMMAND, (ADMIN,), Use("quota", "NATS micro service `quota`, one queue group")),
+    _service(s.QUOTA_QUERY, (Use("gateway", "quota and usage views (/api/v1/tenant-models/...)"),),
+             Use("quota", "NATS micro service `quota`, one queue group")),
+    _service(s.QUOTA_RESERVE, (Use("benchmarks", "the reservation benchmark; deployments that keep Valkey private "
+                                                 "to the quota service (gateways reserve in Valkey directly)"),),
+             Use("quota", "NATS micro service `quota`, one queue group")),
+)
+
+STREAMS: tuple[Stream, ...] = (
+    Stream(s.STREAM_USAGE, tuple(s.STREAMS[s.STREAM_USAGE]), None,
+           (Consumer("metering", s.CONSUMER_METERING, "pull, explicit ack (10 s), deliver all; every metering "
+                                                      "replica fetches from it"),),
+           "Usage events on their way to the log; kept in full, the log is the record."),
+    Stream(s.STREAM_REGISTRY, tuple(s.STREAMS[s.STREAM_REGISTRY]), None,
+           (Consumer("gateway", None, "ordered, deliver all"), Consumer("router", None, "ordered, deliver all")),
+           "Registry facts, kept in full: a gateway builds its catalog from them at start."),
+    Stream(s.STREAM_ROUTING, tuple(s.STREAMS[s.STREAM_ROUTING]), s.STREAM_MAX_AGE_S.get(s.STREAM_ROUTING),
+           (Consumer("gateway", None, "ordered, last per subject"), Consumer("router", None, "ordered, last per subject")),
+           "Probe results and breaker transitions: health, not accounting, so they age out."),
+    Stream(s.STREAM_LIMITS, tuple(s.STREAMS[s.STREAM_LIMITS]), None,
+           (Consumer("gateway", None, "ordered, deliver all"),),
+           "Limits, kept in full: a gateway builds its limits book from them at start."),
+    Stream(f"KV_{s.KV_ROUTER_LEADER}", (f"$KV.{s.KV_ROUTER_LEADER}.>",), None,
+           (Consumer("router", None, "the NATS KV API: create, compare-and-set update, delete"),),
+           "The router's leader lease: key `leader`, value the holder's instance name, entries expire after the "
+           "lease TTL (5 s), history 1."),
+)
+
+STREAM_SETTINGS = "file storage, limits retention, discard old, a 2-minute duplicate window"
+
+
+def channel(contract: str) -> Channel:
+    return next(c for c in CHANNELS if c.contract == contract)

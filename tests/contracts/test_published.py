@@ -1,0 +1,186 @@
+"""The published contracts: docs/contracts is what the code generates, every schema is valid JSON Schema
+that accepts what the code writes and refuses what it would refuse, and the AsyncAPI document, the
+subjects module and the subject table of docs/architecture.md name the same subjects."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import msgspec
+import pytest
+import yaml
+
+from switchyard_gateway.cli import main
+from switchyard_gateway.contracts import asyncapi, codec, published, schemas, subjects, topology
+from tests.unit.test_contracts import SAMPLES
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs" / "contracts"
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schemas.json_schema(name), format_checker=FORMATS)
+
+
+def test_checked_in_contracts_are_what_the_code_generates() -> None:
+    differences = published.differences(DOCS)
+    assert not differences, (
+        "docs/contracts is out of date with libs/contracts:\n  " + "\n  ".join(differences)
+        + f"\nRegenerate it with `{published.REGENERATE}` and commit the result (and check "
+          "docs/contracts/README.md's rules: a field removed or retyped needs a new version).")
+
+
+@pytest.mark.parametrize("name", list(schemas.CONTRACTS))
+def test_every_schema_is_valid_json_schema(name: str) -> None:
+    jsonschema.Draft202012Validator.check_schema(schemas.json_schema(name))
+
+
+def test_every_event_type_and_every_request_subject_has_a_contract() -> None:
+    names = set(schemas.CONTRACTS)
+    assert set(codec.EVENT_TYPES) <= names
+    request_subjects = {v for k, v in vars(subjects).items() if re.fullmatch(r"(REGISTRY|ROUTER|METERING|QUOTA)_[A-Z]+", k)}
+    assert {f"{x}.request" for x in request_subjects} | {f"{x}.reply" for x in request_subjects} <= names
+    assert len(schemas.CONTRACTS) == len(codec.EVENT_TYPES) + 2 * len(request_subjects) + 1
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: codec.EVENT_TYPES and type(e).__struct_config__.tag)
+def test_what_the_code_writes_is_valid_against_its_schema(event) -> None:
+    payload = msgspec.json.decode(codec.encode(event))
+    validator(payload["type"]).validate(payload)
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"input_tokens": "7"}, "a count as a string"),
+    ({"outcome": "maybe"}, "an outcome nobody knows"),
+    ({"type": "usage.recorded.v2"}, "another type's tag"),
+    ({"event_id": "not-a-uuid"}, "an event id that is no UUID"),
+    ({"occurred_at": "yesterday"}, "a time that is no RFC 3339 date-time"),
+    ({"ttfb_ms": [1]}, "a list for a number"),
+])
+def test_schema_refuses_what_the_decoder_refuses(change: dict, why: str) -> None:
+    payload = {**msgspec.json.decode(codec.encode(SAMPLES[0])), **change}
+    with pytest.raises(jsonschema.ValidationError):
+        validator("usage.recorded.v1").validate(payload)
+    with pytest.raises(msgspec.ValidationError):
+        codec.decode_event(msgspec.json.encode(payload))
+
+
+def test_a_missing_required_field_is_refused_and_an_unknown_one_is_not() -> None:
+    payload = msgspec.json.decode(codec.encode(SAMPLES[0]))
+    with pytest.raises(jsonschema.ValidationError, match="tenant_id"):
+        validator("usage.recorded.v1").validate({k: v for k, v in payload.items() if k != "tenant_id"})
+    validator("usage.recorded.v1").validate({**payload, "added_in_a_later_release": 1})   # readers must ignore it
+
+
+def test_request_schemas_follow_the_command_tags() -> None:
+    check = validator("registry.command.v1.request")
+    check.validate({"command": "create_tenant", "tenant_id": "acme"})
+    with pytest.raises(jsonschema.ValidationError):
+        check.validate({"command": "drop_everything"})
+    with pytest.raises(jsonschema.ValidationError):
+        check.validate({"command": "create_tenant"})            # no tenant_id
+
+
+# --- the AsyncAPI document, the subjects module and the docs agree ----------------------------------------
+
+
+def test_every_subject_of_the_code_is_a_channel() -> None:
+    versioned = {v for v in vars(subjects).values() if isinstance(v, str) and re.fullmatch(r"[a-z_.]+\.v\d+", v)}
+    assert versioned == {c.contract for c in topology.CHANNELS}
+    assert set(subjects.STREAMS) <= {s.name for s in topology.STREAMS}
+    for channel in topology.CHANNELS:
+        if channel.stream in subjects.STREAMS:
+            captured = [p for p in subjects.STREAMS[channel.stream] if channel.contract.startswith(p[:-1])]
+            assert captured, f"{channel.contract} is not captured by {channel.stream}"
+
+
+def test_event_subjects_end_with_the_identifier_the_asyncapi_document_names() -> None:
+    for event in SAMPLES:
+        tag = type(event).__struct_config__.tag
+        channel = topology.channel(tag)
+        if tag == subjects.CALL_ATTEMPTED:          # batched per gateway instance, whatever the endpoints
+            continue
+        assert channel.address == f"{tag}.{{{channel.parameter[0]}}}"
+        subject = codec.EVENT_TYPES[tag].identifier.fget(event)   # type: ignore[attr-defined]
+        assert subject in json.dumps(msgspec.to_builtins(event)), (tag, channel.parameter)
+
+
+def test_asyncapi_references_resolve_and_parameters_match_addresses() -> None:
+    doc = asyncapi.document()
+    assert doc["asyncapi"] == "3.0.0"
+
+    def resolve(ref: str) -> object:
+        node: object = doc
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]                       # type: ignore[index]
+        return node
+
+    refs = re.findall(r"'\$ref': '([^']+)'", repr(doc))
+    assert refs and all(resolve(ref) is not None for ref in refs)
+    for channel in doc["channels"].values():
+        if channel["address"] is not None:
+            assert set(re.findall(r"{(\w+)}", channel["address"])) == set(channel.get("parameters", {}))
+    for name, operation in doc["operations"].items():
+        assert operation["action"] in ("send", "receive"), name
+        channel = operation["channel"]["$ref"]
+        assert all(m["$ref"].startswith(channel + "/messages/") for m in operation["messages"]), name
+    parties = {op["tags"][0]["name"] for op in doc["operations"].values()}
+    assert set(topology.SERVICES) <= parties
+    assert {s["name"] for s in doc["x-switchyard-streams"]} >= set(subjects.STREAMS)
+
+
+def _table() -> dict[str, list[str]]:
+    """The subject table of docs/architecture.md: each subject (as written, `<tenant>` for `{tenant}`) with
+    its row's cells."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows: dict[str, list[str]] = {}
+    for line in text.split("| subject | stream | producer | consumers | payload |", 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        for subject in re.findall(r"`([^`]+)`", cells[0]):
+            rows[subject] = cells
+    return rows
+
+
+def test_the_architecture_subject_table_names_every_channel_with_its_stream_producers_and_consumers() -> None:
+    table = _table()
+    for channel in topology.CHANNELS:
+        written = re.sub(r"{(\w+)}", r"<\1>", channel.address)
+        assert written in table, f"docs/architecture.md's subject table has no row for `{written}`"
+        stream, producers, consumers = table[written][1:4]
+        assert (channel.stream or "—") in stream or (channel.stream is None and "none" in stream), written
+        for use in channel.producers:
+            assert use.party in producers, f"{written}: producer {use.party} not in the table"
+        for use in channel.consumers:
+            assert use.party in consumers, f"{written}: consumer {use.party} not in the table"
+    documented = set(table)
+    generated = {re.sub(r"{(\w+)}", r"<\1>", c.address) for c in topology.CHANNELS}
+    infrastructure = {subjects.SERVICE_PING, f"$KV.{subjects.KV_ROUTER_LEADER}.leader"}
+    assert documented <= generated | infrastructure, documented - generated
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def test_schema_command_lists_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "schema"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(schemas.CONTRACTS)
+    assert main(["events", "schema", "usage.recorded.v1"]) == 0
+    assert json.loads(capsys.readouterr().out) == schemas.json_schema("usage.recorded.v1")
+    assert main(["events", "schema", "--asyncapi"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(asyncapi.text())
+    assert main(["events", "schema", "--write", str(tmp_path)]) == 0
+    assert published.differences(tmp_path) == []
+    (tmp_path / "schemas" / "gone.v1.json").write_text("{}")
+    assert published.differences(tmp_path) == ["stale: schemas/gone.v1.json"]
+
+
+def test_schema_command_names_a_near_contract_when_asked_for_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "schema", "usage.recorded"]) == 2
+    assert "usage.recorded.v1" in capsys.readouterr().err

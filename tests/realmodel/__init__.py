@@ -1,0 +1,1 @@
+"""Tests against a real llama.cpp `llama-server` running a tiny model the tests write themselves."""
