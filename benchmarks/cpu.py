@@ -69,7 +69,7 @@ class ProcessTree:
         if "-m" in cmd:
             module = cmd[cmd.index("-m") + 1]
             if module.startswith("switchyard_gateway.services."):
-                return module.split(".")[1]
+                return module.split(".")[2]
         return name
 
 

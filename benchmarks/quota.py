@@ -31,7 +31,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import msgspec
 import uvloop
@@ -42,12 +41,13 @@ from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered, TenantCreated
 from switchyard_gateway.contracts.quota import LimitsUpdate, ReservePlan, ReserveReply, SetLimits
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.quotas.periods import usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, plan
 from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ async def measure(settings: Settings, calls: int, warmup: int) -> dict[str, list
         catalog = Catalog()
         for event in (MODEL, TenantCreated(tenant_id=TENANT), TenantCreated(tenant_id=FREE)):
             catalog.apply(event)
-        quota = await QuotaClient.start(nc, settings, SimpleNamespace(catalog=catalog))
+        quota = await QuotaClient.start(nc, settings, catalog, Fallbacks(catalog))
         key = KeyIssued(key_id="sy_bench", tenant_id=TENANT, key_sha256="0" * 64)
         free = KeyIssued(key_id="sy_free", tenant_id=FREE, key_sha256="0" * 64)
         deadline = time.monotonic() + 10

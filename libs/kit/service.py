@@ -1,4 +1,4 @@
-"""The shape every service shares: one Deps, a lifespan that opens and closes it, /health and /metrics."""
+"""The shape every service shares: a typed Runtime, a lifespan that builds the service's own Deps, /health and /metrics."""
 
 from __future__ import annotations
 
@@ -12,32 +12,39 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from switchyard_gateway.kit import eventlog, logs, natsio, ports
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.settings import ServiceSettings
 from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
 
 BEFORE_SCRAPE_TIMEOUT_S = 2.0    # each refresh before a scrape gets this long; a late one keeps its old figures
 DRAIN_TIMEOUT_S = 2.0           # on stop: NATS subscriptions finish their messages, the pool its queries, within this
 
+D = TypeVar("D")                                       # a service's own Deps
+S = TypeVar("S", bound=ServiceSettings)                # a service's own Settings
+
 
 @dataclass
-class Deps:
-    """Everything a service's handlers need, built once by the lifespan and passed explicitly."""
+class Runtime(Generic[S]):
+    """What the kit opens for every service: its name, settings, logger, NATS, the pool, background loops.
+
+    Built once by the lifespan; the service's `start` turns it into the service's own frozen Deps.
+    """
 
     name: str
-    settings: Settings
+    settings: S
     log: Any
-    nc: NATS | None = None
+    nc: NATS
     pool: asyncpg.Pool | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
     before_scrape: list[Callable[[], Awaitable[None]]] = field(default_factory=list)   # gauges read at scrape time
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -58,90 +65,98 @@ class Deps:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-Starter = Callable[[Deps], Awaitable[None]]
-Stopper = Callable[[Deps], Awaitable[None]]
+Starter = Callable[[Runtime[S]], Awaitable[D]]      # builds the service's own Deps from the runtime
+Stopper = Callable[[D], Awaitable[None]]
 
 
-async def open_deps(name: str, settings: Settings, *, database: bool) -> Deps:
+async def open_runtime(name: str, settings: S, *, database: bool) -> Runtime[S]:
     """Connect to NATS (streams ensured) and, if asked, PostgreSQL (migrations applied)."""
     log = logs.configure(name, settings.log_level, settings.log_json)
-    deps = Deps(name=name, settings=settings, log=log)
-    deps.nc = await natsio.connect(settings.nats_url, f"{name}{settings.instance}", settings.connect_timeout_s)
-    await natsio.ensure_streams(deps.nc, settings.stream_replicas)
+    nc = await natsio.connect(settings.nats_url, f"{name}{settings.instance}", settings.connect_timeout_s)
+    await natsio.ensure_streams(nc, settings.stream_replicas)
+    pool = None
     if database:
-        deps.pool = await eventlog.create_pool(settings.database_url, settings.connect_timeout_s)
-        async with deps.pool.acquire() as conn:
+        pool = await eventlog.create_pool(settings.database_url, settings.connect_timeout_s)
+        async with pool.acquire() as conn:
             applied = await eventlog.migrate(conn)
         if applied:
             log.info("migrations.applied", migrations=applied)
-    return deps
+    return Runtime(name=name, settings=settings, log=log, nc=nc, pool=pool)
 
 
-async def close_deps(deps: Deps) -> None:
+async def close_runtime(runtime: Runtime[Any]) -> None:
     """Stop background loops, then close NATS and the pool; each in its own `finally`."""
-    for task in deps.tasks:
+    for task in runtime.tasks:
         task.cancel()
-    for task in deps.tasks:
+    for task in runtime.tasks:
         with contextlib.suppress(BaseException):
             await task
     try:
-        if deps.nc is not None and not deps.nc.is_closed:
+        if runtime.nc is not None and not runtime.nc.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(deps.nc.drain(), DRAIN_TIMEOUT_S)
+                await asyncio.wait_for(runtime.nc.drain(), DRAIN_TIMEOUT_S)
     finally:
-        if deps.pool is not None:
+        if runtime.pool is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(deps.pool.close(), DRAIN_TIMEOUT_S)
+                await asyncio.wait_for(runtime.pool.close(), DRAIN_TIMEOUT_S)
 
 
-async def refresh_before_scrape(deps: Deps) -> None:
+async def refresh_before_scrape(runtime: Runtime[Any]) -> None:
     """Run every `before_scrape` callback at once, each bounded by a timeout; a failure is logged, never raised."""
 
     async def one(callback: Callable[[], Awaitable[None]]) -> None:
         try:
             await asyncio.wait_for(callback(), BEFORE_SCRAPE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 — a scrape must not fail because one source is slow or down
-            deps.log.warning("metrics.refresh_failed", callback=getattr(callback, "__qualname__", repr(callback)),
-                             error=str(exc) or type(exc).__name__)
+            runtime.log.warning("metrics.refresh_failed",
+                                callback=getattr(callback, "__qualname__", repr(callback)),
+                                error=str(exc) or type(exc).__name__)
 
-    await asyncio.gather(*(one(callback) for callback in deps.before_scrape))
+    await asyncio.gather(*(one(callback) for callback in runtime.before_scrape))
 
 
-def health_checks(deps: Deps) -> dict[str, bool]:
-    checks = {"nats": bool(deps.nc and deps.nc.is_connected)}
-    if deps.pool is not None:
-        checks["postgres"] = not deps.pool._closed  # noqa: SLF001 — asyncpg has no public flag
+def health_checks(runtime: Runtime[Any]) -> dict[str, bool]:
+    checks = {"nats": bool(runtime.nc and runtime.nc.is_connected)}
+    if runtime.pool is not None:
+        checks["postgres"] = not runtime.pool._closed  # noqa: SLF001 — asyncpg has no public flag
     return checks
 
 
+def _provide_deps(state: State) -> Any:
+    return state.deps
+
+
 def create_service_app(
-    name: str, settings: Settings, start: Starter, *, database: bool = True,
-    route_handlers: Sequence[Any] = (), stop: Stopper | None = None, health_handler: Any | None = None,
+    name: str, settings: S, start: Starter[S, D], *, database: bool = True,
+    route_handlers: Sequence[Any] = (), stop: Stopper[D] | None = None, health_handler: Any | None = None,
     **litestar_kwargs: Any,
 ) -> Litestar:
-    """A Litestar app whose lifespan owns the service's Deps and background loops.
+    """A Litestar app whose lifespan opens the Runtime, builds the service's Deps with `start` and closes both.
 
+    Route handlers receive the Deps by declaring a `deps` parameter; `app.state.runtime` holds the Runtime.
     `health_handler`, a route handler for GET /health, replaces the default liveness check.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        deps = await open_deps(name, settings, database=database)
-        app.state.deps = deps
+        runtime = await open_runtime(name, settings, database=database)
+        app.state.runtime = runtime
+        deps: D | None = None
         try:
-            await start(deps)
-            deps.log.info("service.started", port=settings.port)
+            deps = await start(runtime)
+            app.state.deps = deps
+            runtime.log.info("service.started", port=settings.port)
             yield
         finally:
             stopping = time.monotonic()
-            if stop is not None:
+            if stop is not None and deps is not None:
                 with contextlib.suppress(Exception):
                     await stop(deps)
-            await close_deps(deps)
-            deps.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
+            await close_runtime(runtime)
+            runtime.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
 
     def liveness(request: Any) -> Response[dict[str, Any]]:
-        checks = health_checks(request.app.state.deps)
+        checks = health_checks(request.app.state.runtime)
         ok = all(checks.values())
         return Response({"status": "ok" if ok else "error", "service": name, "checks": checks},
                         status_code=200 if ok else 503)
@@ -153,16 +168,17 @@ def create_service_app(
 
     @get("/metrics")
     async def metrics(request: Any) -> Response[bytes]:
-        await refresh_before_scrape(request.app.state.deps)
+        await refresh_before_scrape(request.app.state.runtime)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Litestar(
         route_handlers=[health_handler or health, live, metrics, *route_handlers], lifespan=[lifespan],
+        dependencies={"deps": Provide(_provide_deps, sync_to_thread=False)},
         logging_config=None, openapi_config=None, **litestar_kwargs,
     )
 
 
-def run(target: str, settings: Settings, interface: str = "asgi") -> None:
+def run(target: str, settings: ServiceSettings, interface: str = "asgi") -> None:
     """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1.
 
     granian runs a main process and a worker; the worker dies with the main (SIGTERM, so it still
@@ -193,9 +209,8 @@ def _load_in_worker(main_pid: int, target: str) -> Any:
 
 
 async def serve_subscriptions(
-    deps: Deps, subscriptions: dict[str, Callable[[Deps, bytes], Awaitable[bytes]]],
+    runtime: Runtime[Any], subscriptions: dict[str, Callable[[D, bytes], Awaitable[bytes]]], deps: D,
 ) -> object:
-    """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the Deps."""
-    assert deps.nc is not None
+    """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the service's Deps."""
     bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
-    return await natsio.serve(deps.nc, deps.name, bound)
+    return await natsio.serve(runtime.nc, runtime.name, bound)

@@ -1,4 +1,4 @@
-"""Settings shared by every service: the only place the environment is read.
+"""What every service's settings share, and the one way they are read from SWITCHYARD_* variables.
 
 Any variable may instead name a file holding its value (`SWITCHYARD_ADMIN_KEY_FILE=/run/secrets/admin_key`),
 the way container secrets are mounted; giving both is an error.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
@@ -21,8 +22,11 @@ class SettingsError(ValueError):
     """A variable could not be read: both it and its _FILE are set, or its file is unreadable."""
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Where the infrastructure is and how a service presents itself. Defaults point at loopback."""
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the infrastructure is and how a service presents itself; each service subclasses it with its own
+    fields (`services/<name>/settings.py`). Defaults point at loopback."""
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()    # fields masked by `redacted()`
 
     nats_url: str = "nats://127.0.0.1:4222"     # one URL or a comma-separated list (a cluster's servers)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/switchyard"
@@ -36,73 +40,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 30.0       # how long start-up waits for NATS / Postgres
     request_timeout_s: float = 5.0        # NATS request/reply deadline
     stream_replicas: int = 1              # JetStream replicas (3 in the scaled-out compose)
-    # registry
-    admin_key: str = ""                   # bootstrap admin key, role admin (tenant "admin")
-    registry_document: str = ""           # a switchyard.yaml the registry applies at start (idempotently)
-    # gateway
-    max_body_bytes: int = 4 * 1024 * 1024
-    upstream_connect_timeout_s: float = 5.0
-    upstream_pool_size: int = 512
-    spool_dir: str = "./.switchyard/spool"
-    # auth (gateway)
-    auth_mode: str = "multi-tenant"       # "multi-tenant": registry keys and JWTs; "single-user": only api_key
-    api_key: str = ""                     # single-user mode: the one key accepted (role admin, tenant "admin")
-    jwt_secret: str = ""                  # multi-tenant mode: HS256 secret of JWT bearer tokens ("" = no JWTs)
-    # quota
-    quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
-    quota_hold_s: float = 600.0           # a reservation never settled is released after this long
-    quota_timeout_s: float = 1.0          # a reservation Valkey has not answered by then lets the call through
-    # response cache (gateway)
-    cache: str = "off"                    # "off", "embeddings", or "all" (non-streamed chat and completions too)
-    cache_ttl_s: float = 3600.0           # how long an answer is kept
-    cache_max_bytes: int = 1024 * 1024    # larger answers are not kept
-    cache_timeout_s: float = 0.25         # a lookup Valkey has not answered by then is a miss
-    cache_prefix: str = ""                # Valkey key prefix of cached answers ("": sy:c:<database>:)
-    retries_per_endpoint: int = 1         # retries of one endpoint (5xx, 429) before falling back to the next
-    retry_base_ms: float = 50.0           # backoff: base * 2**attempt, with jitter, at most retry_max_ms
-    retry_max_ms: float = 1000.0
-    retry_after_max_s: float = 2.0        # honour an upstream Retry-After up to this; longer: next endpoint
-    cap_wait_s: float = 5.0               # how long a call waits for a slot when every endpoint is at its cap
-    # router: probes and circuit breakers
-    probe_interval_s: float = 15.0
-    probe_timeout_s: float = 5.0
-    probe_concurrency: int = 16
-    breaker_failures: int = 5             # consecutive failures that open a breaker
-    breaker_error_ratio: float = 0.5      # ... or this share of failed calls over breaker_window_s
-    breaker_window_s: float = 30.0
-    breaker_min_calls: int = 20           # calls in the window before the ratio counts
-    breaker_cool_down_s: float = 5.0      # open -> half-open; doubles on each failed trial
-    breaker_max_cool_down_s: float = 60.0
-    breaker_trial_calls: int = 2          # concurrent trial calls while half-open
-    breaker_successes: int = 2            # successful trials that close it
-    leader_ttl_s: float = 5.0             # the probing router's lease
-    # metering
-    ingest_batch: int = 1000               # JetStream messages per transaction at most (each may hold many events)
-    ingest_linger_s: float = 0.25          # how long a batch waits for more messages after its first
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Build settings from SWITCHYARD_* variables (or their _FILE twins); unknown variables are ignored."""
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
+        """Build settings from SWITCHYARD_* variables or their _FILE twins (this class's fields only); others
+        are ignored."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        for name, field_type in _FIELD_TYPES.items():
+        for name, field_type in _field_types(cls).items():
             raw = env_value(env, ENV_PREFIX + name.upper())
             if raw is not None:
                 values[name] = _parse(raw, field_type)
         values.update(overrides)
-        if values.get("database_password"):
-            values["database_url"] = with_password(str(values.get("database_url", cls.database_url)),
-                                                   str(values["database_password"]))
-        return msgspec.convert(values, cls)
+        settings = msgspec.convert(values, cls)
+        if settings.database_password:
+            settings = msgspec.structs.replace(
+                settings, database_url=with_password(settings.database_url, settings.database_password))
+        return settings
 
     @property
     def nats_servers(self) -> list[str]:
         return url_list(self.nats_url)
 
     def redacted(self) -> dict[str, object]:
-        """The settings with secrets masked, fit for a log line or `/api/config`."""
+        """The settings with secrets masked, fit for a log line or an admin response."""
         out = msgspec.structs.asdict(self)
-        for secret in ("admin_key", "api_key", "jwt_secret", "database_password"):
+        for secret in ("database_password", *self.SECRETS):
             if out.get(secret):
                 out[secret] = "***"
         for key in ("database_url", "redis_url", "nats_url"):
@@ -110,7 +73,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return out
 
 
-_FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(cls: type[ServiceSettings]) -> dict[str, Any]:
+    types = _FIELD_TYPES.get(cls)
+    if types is None:
+        types = _FIELD_TYPES[cls] = {f.name: f.type for f in msgspec.structs.fields(cls)}
+    return types
 
 
 def env_value(env: Mapping[str, str], name: str) -> str | None:

@@ -10,31 +10,31 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.service import Deps, create_service_app, run
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.service import Runtime, create_service_app, run
 from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.services.gateway import metrics
-from switchyard_gateway import http1
-from switchyard_gateway.services.gateway.api.admin import admin_router
-from switchyard_gateway.services.gateway.edge.auth import AuthConfig, configure as configure_auth
-from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
-from switchyard_gateway.services.gateway.state.circuits import Circuits
-from switchyard_gateway.services.gateway.edge.errors import GatewayError
-from switchyard_gateway.services.gateway.state.catalog import LocalState
-from switchyard_gateway.services.gateway.api import monitoring
+from switchyard_gateway.services.gateway.api import admin, health, monitoring, quotas, routing_admin
 from switchyard_gateway.services.gateway.api.ollama_listings import OLLAMA_ROUTES
+from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
+from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.edge.auth import Authenticator
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
+from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
-from switchyard_gateway.services.gateway.api.quotas import quota_route_handlers
 from switchyard_gateway.services.gateway.pipeline.routing import Router
-from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
-from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
+from switchyard_gateway.services.gateway.settings import Settings
+from switchyard_gateway.services.gateway.state.catalog import LocalState
+from switchyard_gateway.services.gateway.state.circuits import Circuits
 
 _encode = msgspec.json.Encoder().encode
 
@@ -61,67 +61,54 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 
 
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
+    """The composition root: parts that need no I/O are built here, the rest at start; one Deps holds them."""
     settings = settings or Settings.from_env()
-    holder: list[GatewayRSGI] = []
-    try:                                         # the response cache: a bad mode stops the gateway at once
+    try:                        # a bad cache mode stops the gateway at once
         cache = ResponseCache(Valkey(settings.redis_url), key_prefix(settings.cache_prefix, settings.database_url, "c"),
                               settings.cache, settings.cache_ttl_s, settings.cache_max_bytes, settings.cache_timeout_s)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    configure_auth(AuthConfig.from_settings(settings))      # single-user or multi-tenant (keys and JWTs)
+    state = LocalState()                    # the registry catalog, fed by REGISTRY
+    circuits = Circuits()                   # breaker states and probe health, fed by ROUTING
+    auth = Authenticator.from_settings(state.catalog, settings)     # single-user or multi-tenant (keys and JWTs)
+    fallbacks = Fallbacks(state.catalog)
+    router = Router(state.catalog, fallbacks, circuits)
 
-    async def start(deps: Deps) -> None:
-        assert deps.nc is not None
-        state = LocalState()
-        await state.start(deps.nc, settings.connect_timeout_s)
-        circuits = Circuits()                      # breaker states and probe health, fed by ROUTING
-        await circuits.start(deps.nc, settings.connect_timeout_s)
-        deps.extra["circuits"] = circuits
-        pool = http1.Pool(max_connections_per_host=settings.upstream_pool_size,
-                          connect_timeout_s=settings.upstream_connect_timeout_s)
-        publisher = UsagePublisher(deps.nc, Path(settings.spool_dir))
-        deps.spawn(publisher.run(), "usage-publisher")
-        deps.extra.update(state=state, pool=pool, usage=publisher)
-        deps.extra["quota"] = await QuotaClient.start(deps.nc, settings, state)   # limits feed + Valkey reservations
-        metrics.USAGE_PENDING.set_function(lambda: publisher.pending)
-        outcomes = OutcomeBatcher(deps.nc, settings.instance or f"gw{os.getpid()}")
-        router = Router(state.catalog, deps.extra.get("circuits"))
-        deps.extra["router"] = router
-        metrics.watch_state(deps)                  # in-flight and breaker gauges, read at scrape time
-        deps.extra["usage_stream"] = UsageHub(deps.nc, lambda: monitoring.inflight_counts(deps))   # SSE fan-out
-        failover = Failover(router, pool, outcomes, settings)
-        deps.extra["cache"] = cache
-        holder[0].proxy = Proxy(state, router, failover, publisher, settings.max_body_bytes,
-                                quota=deps.extra.get("quota"), cache=cache)
+    async def start(runtime: Runtime[Settings]) -> Deps:
+        nc = runtime.nc
+        await state.start(nc, settings.connect_timeout_s)
+        await circuits.start(nc, settings.connect_timeout_s)
+        upstreams = http1.Pool(max_connections_per_host=settings.upstream_pool_size,
+                               connect_timeout_s=settings.upstream_connect_timeout_s)
+        publisher = UsagePublisher(nc, Path(settings.spool_dir))
+        runtime.spawn(publisher.run(), "usage-publisher")
+        quota = await QuotaClient.start(nc, settings, state.catalog, fallbacks)   # limits feed + Valkey reservations
+        outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
+        failover = Failover(router, upstreams, outcomes, settings)
+        proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes)
+        metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
+        return Deps(settings=settings, nc=nc, auth=auth, state=state, circuits=circuits, router=router, quota=quota,
+                    usage=publisher, usage_stream=UsageHub(nc, router.inflight_counts), proxy=proxy,
+                    cache=cache, upstreams=upstreams)
 
     async def stop(deps: Deps) -> None:
-        holder[0].proxy = None
-        quota: QuotaClient | None = deps.extra.get("quota")
-        if quota is not None:
-            await quota.close()
-        cache: ResponseCache | None = deps.extra.get("cache")
-        if cache is not None:
-            await cache.close()
-        publisher: UsagePublisher | None = deps.extra.get("usage")
-        if publisher is not None:
-            await publisher.drain()
-        pool = deps.extra.get("pool")
-        if pool is not None:
-            await pool.close()
+        await deps.quota.close()
+        await deps.cache.close()
+        await deps.usage.drain()
+        await deps.upstreams.close()
 
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
-        route_handlers=[admin_router, *monitoring.ROUTES, *OLLAMA_ROUTES, *quota_route_handlers, *CONSOLE_ROUTES],
-        health_handler=monitoring.health,
+        route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
+                        *CONSOLE_ROUTES],
+        health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
             msgspec.MsgspecError: _validation_error, HTTPException: _http_error,
         },
         request_max_body_size=settings.max_body_bytes,
     )
-    app = GatewayRSGI(litestar)
-    holder.append(app)
-    return app
+    return GatewayRSGI(litestar)
 
 
 def main() -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from switchyard_gateway.contracts.events import UsageRecorded
+
+if TYPE_CHECKING:                 # the pipeline counts its calls here: these are only read at scrape time
+    from switchyard_gateway.catalog.state import Catalog
+    from switchyard_gateway.services.gateway.pipeline.routing import Router
+    from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
+    from switchyard_gateway.services.gateway.state.circuits import Circuits
 
 EMBEDDING_APIS = frozenset({"openai.embeddings", "ollama.embed", "ollama.embeddings"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -88,33 +94,32 @@ class StateCollector:
     CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
     def __init__(self) -> None:
-        self.deps: Any = None
+        self.router: Router | None = None
+        self.circuits: Circuits | None = None
+        self.catalog: Catalog | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        deps = self.deps
-        if deps is None:
+        router, circuits, catalog = self.router, self.circuits, self.catalog
+        if router is None or circuits is None or catalog is None:
             return
         inflight = GaugeMetricFamily("switchyard_inflight_calls_by_endpoint",
                                      "Calls in flight in this gateway per endpoint and model", labels=["endpoint", "model"])
-        router = deps.extra.get("router")
-        for (endpoint, model), count in list(getattr(router, "inflight", {}).items()):
+        for (endpoint, model), count in list(router.inflight.items()):
             inflight.add_metric([endpoint, model], count)
         yield inflight
-        circuits, state = deps.extra.get("circuits"), deps.extra.get("state")
-        if circuits is None or state is None:
-            return
         breaker = GaugeMetricFamily("switchyard_circuit_state",
                                     "Breaker state per endpoint as this gateway follows it: 0 closed, 1 half-open, 2 open",
                                     labels=["endpoint"])
-        for endpoint_id in list(state.catalog.endpoints):
+        for endpoint_id in list(catalog.endpoints):
             breaker.add_metric([endpoint_id], self.CIRCUIT_VALUES.get(circuits.state(endpoint_id), 0))
         yield breaker
 
 
-STATE = StateCollector()
+STATE = StateCollector()          # prometheus-client's registry is per process, and so is this gateway
 REGISTRY.register(STATE)
 
 
-def watch_state(deps: Any) -> None:
-    """Let the scrape-time gauges read this gateway's router and breakers."""
-    STATE.deps = deps
+def watch(router: Router, circuits: Circuits, catalog: Catalog, usage: UsagePublisher) -> None:
+    """Let the scrape-time gauges read this gateway's router, breakers and usage queue."""
+    STATE.router, STATE.circuits, STATE.catalog = router, circuits, catalog
+    USAGE_PENDING.set_function(lambda: usage.pending)

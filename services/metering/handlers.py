@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
+
+import asyncpg
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
@@ -11,18 +14,26 @@ from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import MeteringQuery, RollupDays, TokenUsageReply
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.projections import Follower
-from switchyard_gateway.kit.service import Deps, serve_subscriptions
+from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.services.metering import metrics, queries, rollup
 from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
+from switchyard_gateway.services.metering.settings import Settings
 
 _query = decoder(MeteringQuery)
 _rollup = decoder(RollupDays)
 
 
+@dataclass(frozen=True)
+class Deps:
+    """What metering's handlers use, built once by `start`."""
+
+    pool: asyncpg.Pool
+    follower: Follower
+
+
 async def on_query(deps: Deps, data: bytes) -> bytes:
     """Token counts, token usage per endpoint and model, or one model's stats; one tenant's or everyone's."""
     query = _query.decode(data)
-    assert deps.pool is not None
     async with deps.pool.acquire() as conn:
         match query.query:
             case "token_counts":
@@ -40,7 +51,6 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
 async def on_rollup(deps: Deps, data: bytes) -> bytes:
     """Roll the minute series up into days (and trim), idempotently."""
     command = _rollup.decode(data)
-    assert deps.pool is not None
     async with deps.pool.acquire() as conn:
         return encode(await rollup.roll_up(conn, command, now()))
 
@@ -48,19 +58,21 @@ async def on_rollup(deps: Deps, data: bytes) -> bytes:
 SUBSCRIPTIONS = {subjects.METERING_QUERY: on_query, subjects.METERING_COMMAND: on_rollup}
 
 
-async def start(deps: Deps) -> None:
+async def start(runtime: Runtime[Settings]) -> Deps:
     """Follow the usage stream into the log and projections; answer queries."""
-    assert deps.nc is not None and deps.pool is not None
+    assert runtime.pool is not None
+    settings = runtime.settings
     cost: UsageCost = PROJECTIONS["usage_cost"]  # type: ignore[assignment]
     follower = Follower(
-        deps.nc, deps.pool, subjects.STREAM_USAGE, subjects.CONSUMER_METERING,
-        list(PROJECTIONS.values()), batch=deps.settings.ingest_batch, linger_s=deps.settings.ingest_linger_s,
+        runtime.nc, runtime.pool, subjects.STREAM_USAGE, subjects.CONSUMER_METERING,
+        list(PROJECTIONS.values()), batch=settings.ingest_batch, linger_s=settings.ingest_linger_s,
         on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
-    deps.extra["follower"] = follower
+    deps = Deps(pool=runtime.pool, follower=follower)
     # Ingest allocates tens of thousands of small objects per batch and makes no cycles: what start-up
     # built is frozen out of the collector, and it runs less often (about a third of ingest CPU otherwise).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    deps.spawn(follower.run(), "usage-follower")
-    await serve_subscriptions(deps, SUBSCRIPTIONS)
+    runtime.spawn(follower.run(), "usage-follower")
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
+    return deps

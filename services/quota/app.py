@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Litestar
 
 from switchyard_gateway.kit.service import create_service_app, run
-from switchyard_gateway.kit.settings import Settings
 from switchyard_gateway.services.quota import handlers
+from switchyard_gateway.services.quota.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as redis
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.quota import QuotaQuery, ReservePlan, ReserveReply, SetLimits
-from switchyard_gateway.kit.service import Deps, serve_subscriptions
+from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.quotas.periods import Keys, key_prefix
 from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT, RESERVE_SCRIPT, reserve_call
 from switchyard_gateway.services.quota import views
 from switchyard_gateway.services.quota.metrics import UsageRatios
 from switchyard_gateway.services.quota.projection import CounterProjection, run_script
+from switchyard_gateway.services.quota.settings import Settings
 from switchyard_gateway.services.quota.store import LimitsStore
 
 _set_limits = decoder(SetLimits)
@@ -24,19 +27,28 @@ _plan = decoder(ReservePlan)
 EXPIRE_EVERY_S = 1.0
 
 
+@dataclass(frozen=True)
+class Deps:
+    """What the quota service's handlers and loops use, built once by `start`."""
+
+    log: Any
+    redis: redis.Redis
+    keys: Keys
+    limits: LimitsStore
+    projection: CounterProjection
+
+
 async def on_command(deps: Deps, data: bytes) -> bytes:
     """Set a tenant's or a tenant x model's limits (a LimitsSet event unless nothing changed)."""
-    store: LimitsStore = deps.extra["limits"]
-    return encode(await store.set_limits(_set_limits.decode(data)))
+    return encode(await deps.limits.set_limits(_set_limits.decode(data)))
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:
     """Answer the limits, quotas and usage views."""
     query = _query.decode(data)
-    store: LimitsStore = deps.extra["limits"]
-    await store.catch_up()                 # limits another quota replica recorded
-    book = store.book
-    client, keys = deps.extra["redis"], deps.extra["keys"]
+    await deps.limits.catch_up()           # limits another quota replica recorded
+    book = deps.limits.book
+    client, keys = deps.redis, deps.keys
     match query.kind:
         case "limits":
             return encode(views.limits(book, query))
@@ -49,8 +61,8 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
 async def on_reserve(deps: Deps, data: bytes) -> bytes:
     """Reserve a planned call against its counters (the NATS path; gateways normally call Valkey directly)."""
     plan = _plan.decode(data)
-    names, args = reserve_call(deps.extra["keys"], plan.request_id, plan.deadline_ms, plan.counters)
-    result = await run_script(deps.extra["redis"], RESERVE_SCRIPT, names, args)
+    names, args = reserve_call(deps.keys, plan.request_id, plan.deadline_ms, plan.counters)
+    result = await run_script(deps.redis, RESERVE_SCRIPT, names, args)
     return encode(ReserveReply(True) if result[0] == 1 else ReserveReply(False, int(result[1]), int(result[2])))
 
 
@@ -63,11 +75,11 @@ SUBSCRIPTIONS = {
 
 async def expire_holds(deps: Deps) -> None:
     """Release reservations whose call never settled (the gateway died, or the usage event is lost)."""
-    keys: Keys = deps.extra["keys"]
+    keys = deps.keys
     while True:
         await asyncio.sleep(EXPIRE_EVERY_S)
         try:
-            released = await run_script(deps.extra["redis"], EXPIRE_SCRIPT, [keys.holds, keys.hold_data],
+            released = await run_script(deps.redis, EXPIRE_SCRIPT, [keys.holds, keys.hold_data],
                                         [int(time.time() * 1000), 1000])
         except (OSError, redis.RedisError) as exc:
             deps.log.warning("quota.expire_failed", error=str(exc) or type(exc).__name__)
@@ -76,22 +88,22 @@ async def expire_holds(deps: Deps) -> None:
             deps.log.warning("quota.holds_expired", count=released)
 
 
-async def start(deps: Deps) -> None:
-    assert deps.pool is not None and deps.nc is not None
-    client = redis.from_url(deps.settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+async def start(runtime: Runtime[Settings]) -> Deps:
+    assert runtime.pool is not None
+    settings = runtime.settings
+    client = redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     await client.ping()
-    keys = Keys(key_prefix(deps.settings.quota_prefix, deps.settings.database_url))
-    store = LimitsStore(deps.pool, deps.nc)
+    keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
+    store = LimitsStore(runtime.pool, runtime.nc)
     await store.load()
-    projection = CounterProjection(deps.pool, client, keys)
-    deps.extra.update(redis=client, keys=keys, limits=store, projection=projection)
-    deps.before_scrape.append(UsageRatios(deps.pool, client, keys, store).refresh)
-    deps.spawn(projection.run(), "quota-projection")
-    deps.spawn(expire_holds(deps), "quota-expiry")
-    await serve_subscriptions(deps, SUBSCRIPTIONS)
+    projection = CounterProjection(runtime.pool, client, keys)
+    deps = Deps(log=runtime.log, redis=client, keys=keys, limits=store, projection=projection)
+    runtime.before_scrape.append(UsageRatios(runtime.pool, client, keys, store).refresh)
+    runtime.spawn(projection.run(), "quota-projection")
+    runtime.spawn(expire_holds(deps), "quota-expiry")
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
+    return deps
 
 
 async def stop(deps: Deps) -> None:
-    client = deps.extra.get("redis")
-    if client is not None:
-        await client.aclose()
+    await deps.redis.aclose()

@@ -11,7 +11,7 @@ from pathlib import Path
 import redis.asyncio as redis
 
 from switchyard_gateway.kit import eventlog
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.quota.settings import Settings
 from switchyard_gateway.quotas.periods import Keys, key_prefix
 from switchyard_gateway.services.quota.projection import RebuildRunning, checkpoint, rebuild
 

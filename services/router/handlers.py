@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
@@ -13,10 +14,11 @@ from switchyard_gateway.contracts.messages import (
     AnyRouterCommand, ErrorBody, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint,
 )
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.service import Deps
+from switchyard_gateway.kit.service import Runtime
 from switchyard_gateway.services.router.control import RouterControl
 from switchyard_gateway.services.router.policy import RouterPolicy
 from switchyard_gateway.services.router.probes import probe
+from switchyard_gateway.services.router.settings import Settings
 
 _command = decoder(AnyRouterCommand)
 _query = decoder(RouterQuery)
@@ -57,20 +59,25 @@ async def on_query(control: RouterControl, data: bytes) -> bytes:
 SUBSCRIPTIONS = {subjects.ROUTER_COMMAND: on_command, subjects.ROUTER_QUERY: on_query}
 
 
-def instance_name(deps: Deps) -> str:
-    return deps.settings.instance or f"router-{socket.gethostname()}-{os.getpid()}"
+@dataclass(frozen=True)
+class Deps:
+    """What the router runs, built once by `start`: its control loop (the handlers above receive it)."""
+
+    control: RouterControl
 
 
-async def start(deps: Deps) -> None:
-    assert deps.nc is not None
+def instance_name(settings: Settings) -> str:
+    return settings.instance or f"router-{socket.gethostname()}-{os.getpid()}"
+
+
+async def start(runtime: Runtime[Settings]) -> Deps:
+    settings = runtime.settings
     control = RouterControl(
-        deps.nc, RouterPolicy.from_settings(deps.settings), instance_name(deps), leader_subscriptions=SUBSCRIPTIONS,
-        request_timeout_s=deps.settings.request_timeout_s, replicas=deps.settings.stream_replicas)
-    await control.start(deps.settings.connect_timeout_s, spawn=deps.spawn)
-    deps.extra["control"] = control
+        runtime.nc, RouterPolicy.from_settings(settings), instance_name(settings), leader_subscriptions=SUBSCRIPTIONS,
+        request_timeout_s=settings.request_timeout_s, replicas=settings.stream_replicas)
+    await control.start(settings.connect_timeout_s, spawn=runtime.spawn)
+    return Deps(control=control)
 
 
 async def stop(deps: Deps) -> None:
-    control: RouterControl | None = deps.extra.get("control")
-    if control is not None:
-        await control.stop()
+    await deps.control.stop()

@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from switchyard_gateway.services.router.settings import Settings
+
 
 class RouterPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Defaults suit a handful of local model servers; every field can come from Settings (same name)."""
@@ -24,7 +26,7 @@ class RouterPolicy(msgspec.Struct, frozen=True, kw_only=True):
     leader_ttl_s: float = 5.0             # a leader that stops renewing loses the lease after this
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> RouterPolicy:
-        """Take each knob from a Settings field of the same name when there is one."""
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RouterPolicy:
+        """Take each knob from the router's Settings field of the same name."""
         values = {name: getattr(settings, name) for name in cls.__struct_fields__ if hasattr(settings, name)}
         return cls(**{**values, **overrides})

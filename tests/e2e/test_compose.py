@@ -28,7 +28,7 @@ import yaml
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.settings import ServiceSettings as Settings
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_nats import nats_binary
 from switchyard_gateway.kit.stack_proc import pick_free_port

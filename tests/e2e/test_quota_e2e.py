@@ -26,10 +26,11 @@ import redis.asyncio as redis
 
 from switchyard_gateway.contracts.events import UsageRecorded
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.quotas.ledger import PROJECTION_TYPES
 from switchyard_gateway.services.gateway.state.catalog import LocalState
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, QuotaExceeded, RateLimited
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
@@ -286,7 +287,7 @@ async def instances(demo: DemoStack, urls) -> Instances:
     # rather than fail open, which is what this fixture's tests are not about.
     settings = Settings(nats_url=urls.nats_url, redis_url=urls.redis_url, database_url=demo.database_url,
                         quota_timeout_s=30.0)
-    clients = [await QuotaClient.start(nc, settings, state) for _ in range(2)]
+    clients = [await QuotaClient.start(nc, settings, state.catalog, Fallbacks(state.catalog)) for _ in range(2)]
     publisher = UsagePublisher(nc, traversable_tempdir("switchyard-quota-spool-"))
     task = asyncio.ensure_future(publisher.run())
     yield Instances(nc, clients, state, publisher, demo.endpoint_url("ollama-1"))

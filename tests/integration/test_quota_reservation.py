@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -19,6 +18,7 @@ from switchyard_gateway.quotas.periods import Keys
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT
 from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import LimitsFeed, QuotaClient, QuotaExceeded, RateLimited
 from switchyard_gateway.services.quota.projection import CounterProjection, rebuild, run_script
 
@@ -61,7 +61,7 @@ def quota_client(urls, keys: Keys, limits: list[LimitsSet], hold_s: float = 600.
     feed = LimitsFeed()
     for event in limits:
         feed.book.apply(event)
-    return QuotaClient(SimpleNamespace(catalog=catalog), feed, Valkey(urls.redis_url), keys, ESTIMATOR, hold_s)
+    return QuotaClient(catalog, Fallbacks(catalog), feed, Valkey(urls.redis_url), keys, ESTIMATOR, hold_s)
 
 
 async def record(pool, events: list) -> None:
@@ -211,7 +211,7 @@ async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys)
                                       LimitsSet(tenant_id=TENANT, model_id="mini", limits=Limits(daily_tokens=500))])
     with pytest.raises(QuotaExceeded):
         await quota.reserve_or_fallback(request_id="r1", key=KEY, model=CHAT, body=body(100))
-    quota.state.catalog.apply(TenantCreated(tenant_id=TENANT, fallback_on_quota=True))
+    quota.catalog.apply(TenantCreated(tenant_id=TENANT, fallback_on_quota=True))
     model, held = await quota.reserve_or_fallback(request_id="r2", key=KEY, model=CHAT, body=body(100))
     assert model.model_id == "mini" and held is not None and held.model_id == "mini"
 

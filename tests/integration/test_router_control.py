@@ -23,8 +23,8 @@ from switchyard_gateway.contracts.codec import decode_events, encode, encode_bat
 from switchyard_gateway.contracts.events import CallAttempted
 from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.service import Deps
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.service import Runtime
+from switchyard_gateway.services.registry.settings import Settings
 from switchyard_gateway.kit.stack_nats import NatsServer
 from switchyard_gateway.kit.stack_proc import Spawner, pick_free_port
 from switchyard_gateway.simulator import SimConfig, Simulator
@@ -70,10 +70,9 @@ class Plane:
     async def start(self) -> None:
         self.nc = await self.connect("plane")
         await natsio.ensure_streams(self.nc)
-        deps = Deps(name="registry", settings=Settings(nats_url=self.url), log=structlog.get_logger(),
-                    nc=await self.connect("registry"), pool=self.pool)
-        await registry_handlers.start(deps)
-        self.store = deps.extra["store"]
+        runtime = Runtime(name="registry", settings=Settings(nats_url=self.url), log=structlog.get_logger(),
+                          nc=await self.connect("registry"), pool=self.pool)
+        self.store = (await registry_handlers.start(runtime)).store
         await self.circuits.start(self.nc, 10)
 
     async def router(self, instance: str, policy: RouterPolicy = FAST, *, leads: bool = True) -> RouterControl:

@@ -29,23 +29,18 @@ def token(secret: str = SECRET, **claims: object) -> str:
     return jwt.encode({**base, **claims}, secret, algorithm="HS256")
 
 
-@pytest.fixture(autouse=True)
-def restore_config():
-    yield
-    auth.configure(auth.AuthConfig())
-
-
 def bearer(value: str) -> dict[str, str]:
     return {"authorization": f"Bearer {value}"}
 
 
 def test_registry_key_is_accepted_as_bearer_and_x_api_key_until_revoked() -> None:
     c = catalog()
-    assert auth.authenticate(c, bearer(KEY)).key_id == "sy_abc123"
-    assert auth.authenticate(c, {"x-api-key": KEY}).tenant_id == "acme"
+    keys = auth.Authenticator(c)
+    assert keys.authenticate(bearer(KEY)).key_id == "sy_abc123"
+    assert keys.authenticate({"x-api-key": KEY}).tenant_id == "acme"
     c.apply(KeyRevoked(key_id="sy_abc123", tenant_id="acme"))
     with pytest.raises(AuthError):
-        auth.authenticate(c, bearer(KEY))
+        keys.authenticate(bearer(KEY))
 
 
 def test_expired_registry_key_is_refused() -> None:
@@ -53,64 +48,62 @@ def test_expired_registry_key_is_refused() -> None:
     c.apply(KeyIssued(key_id="sy_old", tenant_id="acme", key_sha256=hash_key("sy_old_x"),
                       expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     with pytest.raises(AuthError):
-        auth.authenticate(c, bearer("sy_old_x"))
+        auth.Authenticator(c).authenticate(bearer("sy_old_x"))
 
 
 def test_jwt_with_tenant_and_role_claims_is_accepted_in_multi_tenant_mode() -> None:
-    auth.configure(auth.AuthConfig(jwt_secret=SECRET))
-    caller = auth.authenticate(catalog(), bearer(token(role="admin")))
+    caller = auth.Authenticator(catalog(), jwt_secret=SECRET).authenticate(bearer(token(role="admin")))
     assert (caller.tenant_id, caller.role, caller.key_id) == ("acme", "admin", "jwt:alice")
     assert auth.require_admin(caller) is caller
 
 
 def test_jwt_with_a_wrong_signature_is_refused() -> None:
-    auth.configure(auth.AuthConfig(jwt_secret=SECRET))
     with pytest.raises(AuthError) as refused:
-        auth.authenticate(catalog(), bearer(token(secret="another-secret-of-32-bytes-or-more")))
+        auth.Authenticator(catalog(), jwt_secret=SECRET).authenticate(
+            bearer(token(secret="another-secret-of-32-bytes-or-more")))
     assert refused.value.status == 401 and refused.value.body() == {"error": "Invalid or expired token"}
 
 
 def test_expired_jwt_is_refused_even_after_it_was_accepted_once() -> None:
-    config = auth.AuthConfig(jwt_secret=SECRET)
-    auth.configure(config)
+    config = auth.Authenticator(catalog(), jwt_secret=SECRET)
     with pytest.raises(AuthError):
-        auth.authenticate(catalog(), bearer(token(exp=int(time.time()) - 1)))
+        config.authenticate(bearer(token(exp=int(time.time()) - 1)))
     fresh = token(exp=int(time.time()) + 5)
     assert config.token_caller(fresh) is not None
     assert config.token_caller(fresh, now=time.time() + 10) is None           # the cache honours `exp`
 
 
 def test_jwt_without_the_admin_role_gets_403_on_admin_routes() -> None:
-    auth.configure(auth.AuthConfig(jwt_secret=SECRET))
-    caller = auth.authenticate(catalog(), bearer(token()))
+    caller = auth.Authenticator(catalog(), jwt_secret=SECRET).authenticate(bearer(token()))
     with pytest.raises(ForbiddenError) as refused:
         auth.require_admin(caller)
     assert refused.value.status == 403 and refused.value.body() == {"error": "Admin role required"}
 
 
 def test_jwt_for_an_unknown_tenant_or_without_exp_is_refused() -> None:
-    auth.configure(auth.AuthConfig(jwt_secret=SECRET))
+    jwts = auth.Authenticator(catalog(), jwt_secret=SECRET)
     with pytest.raises(AuthError):
-        auth.authenticate(catalog(), bearer(token(tenant="nobody")))
+        jwts.authenticate(bearer(token(tenant="nobody")))
     no_exp = jwt.encode({"tenant": "acme", "role": "admin"}, SECRET, algorithm="HS256")
     with pytest.raises(AuthError):
-        auth.authenticate(catalog(), bearer(no_exp))
+        jwts.authenticate(bearer(no_exp))
 
 
 def test_jwts_are_refused_when_no_secret_is_configured() -> None:
     with pytest.raises(AuthError):
-        auth.authenticate(catalog(), bearer(token()))
+        auth.Authenticator(catalog()).authenticate(bearer(token()))
 
 
 def test_single_user_mode_accepts_only_its_one_key_as_admin() -> None:
-    auth.configure(auth.AuthConfig("single-user", api_key="the-only-key-0123456789", jwt_secret=SECRET))
-    caller = auth.authenticate(Catalog(), {"x-api-key": "the-only-key-0123456789"})
+    caller = auth.Authenticator(Catalog(), "single-user", api_key="the-only-key-0123456789",
+                                jwt_secret=SECRET).authenticate({"x-api-key": "the-only-key-0123456789"})
     assert (caller.role, caller.tenant_id) == ("admin", auth.SINGLE_USER_TENANT)
+    single = auth.Authenticator(catalog(), "single-user", api_key="the-only-key-0123456789", jwt_secret=SECRET)
     for refused in (KEY, token()):
         with pytest.raises(AuthError):
-            auth.authenticate(catalog(), bearer(refused))
+            single.authenticate(bearer(refused))
 
 
 def test_single_user_mode_without_a_key_does_not_start() -> None:
     with pytest.raises(ValueError):
-        auth.AuthConfig("single-user")
+        auth.Authenticator(Catalog(), "single-user")

@@ -74,7 +74,7 @@ def test_each_service_runs_its_module_with_probes_on_its_own_health() -> None:
 def test_every_service_connects_to_each_nats_node_and_reads_secrets_from_files() -> None:
     docs = render()
     config = next(d for d in by_kind(docs, "ConfigMap") if "SWITCHYARD_NATS_URL" in d["data"])
-    from switchyard_gateway.kit.settings import Settings, url_list
+    from switchyard_gateway.kit.settings import ServiceSettings as Settings, url_list
 
     servers = url_list(config["data"]["SWITCHYARD_NATS_URL"])
     assert servers == [f"nats://sy-nats-{i}.sy-nats-headless:4222" for i in range(3)]

@@ -8,8 +8,8 @@ import structlog
 
 from switchyard_gateway.contracts.quota import QuotaStatus
 from switchyard_gateway.kit import service
-from switchyard_gateway.kit.service import Deps, refresh_before_scrape
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.kit.service import Runtime, refresh_before_scrape
+from switchyard_gateway.services.quota.settings import Settings
 from switchyard_gateway.services.quota.metrics import ratio, usage_ratios
 
 
@@ -36,7 +36,7 @@ def test_embedding_gauge_takes_only_limits_on_embedding_models_and_key_limits_ar
 
 async def test_a_scrape_outlasts_a_slow_or_failing_refresh_and_keeps_the_others(monkeypatch) -> None:
     monkeypatch.setattr(service, "BEFORE_SCRAPE_TIMEOUT_S", 0.2)
-    deps = Deps(name="probe", settings=Settings(), log=structlog.get_logger())
+    deps = Runtime(name="probe", settings=Settings(), log=structlog.get_logger(), nc=None)  # type: ignore[arg-type]
     never, refreshed = asyncio.Event(), []
 
     async def stuck() -> None:           # a Valkey that never answers

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from switchyard_gateway.kit.settings import Settings, SettingsError, url_list
+from switchyard_gateway.kit.settings import ServiceSettings as Settings
+from switchyard_gateway.kit.settings import SettingsError, url_list
+from switchyard_gateway.services.gateway.settings import Settings as GatewaySettings
+from switchyard_gateway.services.metering.settings import Settings as MeteringSettings
+from switchyard_gateway.services.registry.settings import Settings as RegistrySettings
+from switchyard_gateway.services.router.settings import Settings as RouterSettings
 
 
 def test_settings_read_prefixed_variables_with_types() -> None:
@@ -19,8 +24,8 @@ def test_defaults_point_at_loopback() -> None:
 
 
 def test_redacted_masks_passwords_and_the_admin_key() -> None:
-    s = Settings.from_env({"SWITCHYARD_DATABASE_URL": "postgresql://app:hunter2@db:5432/sy",
-                           "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
+    s = RegistrySettings.from_env({"SWITCHYARD_DATABASE_URL": "postgresql://app:hunter2@db:5432/sy",
+                                   "SWITCHYARD_ADMIN_KEY": "sy_admin_secret"})
     shown = repr(s.redacted())
     assert "hunter2" not in shown and "sy_admin_secret" not in shown and "app:***@db" in shown
 
@@ -28,7 +33,7 @@ def test_redacted_masks_passwords_and_the_admin_key() -> None:
 def test_a_variable_may_name_a_file_holding_its_value(tmp_path) -> None:
     (tmp_path / "admin_key").write_text("sy_from_a_secret\n")
     (tmp_path / "port").write_text("9100")
-    s = Settings.from_env({"SWITCHYARD_ADMIN_KEY_FILE": str(tmp_path / "admin_key"),
+    s = RegistrySettings.from_env({"SWITCHYARD_ADMIN_KEY_FILE": str(tmp_path / "admin_key"),
                            "SWITCHYARD_PORT_FILE": str(tmp_path / "port")})
     assert (s.admin_key, s.port) == ("sy_from_a_secret", 9100)      # one trailing newline dropped, types kept
 
@@ -36,12 +41,12 @@ def test_a_variable_may_name_a_file_holding_its_value(tmp_path) -> None:
 def test_a_value_and_its_file_together_are_refused(tmp_path) -> None:
     (tmp_path / "key").write_text("one")
     with pytest.raises(SettingsError, match="both SWITCHYARD_ADMIN_KEY and SWITCHYARD_ADMIN_KEY_FILE"):
-        Settings.from_env({"SWITCHYARD_ADMIN_KEY": "two", "SWITCHYARD_ADMIN_KEY_FILE": str(tmp_path / "key")})
+        RegistrySettings.from_env({"SWITCHYARD_ADMIN_KEY": "two", "SWITCHYARD_ADMIN_KEY_FILE": str(tmp_path / "key")})
 
 
 def test_an_unreadable_secret_file_names_the_variable_and_path(tmp_path) -> None:
     with pytest.raises(SettingsError, match=r"SWITCHYARD_JWT_SECRET_FILE: cannot read .*/missing"):
-        Settings.from_env({"SWITCHYARD_JWT_SECRET_FILE": str(tmp_path / "missing")})
+        GatewaySettings.from_env({"SWITCHYARD_JWT_SECRET_FILE": str(tmp_path / "missing")})
 
 
 def test_database_password_from_a_file_joins_the_url_and_is_masked(tmp_path) -> None:
@@ -59,3 +64,19 @@ def test_nats_url_may_list_a_clusters_servers() -> None:
     assert s.redacted()["nats_url"] == "nats://nats-1:4222, nats-2:4222,nats://u:***@nats-3:4222,"
     with pytest.raises(SettingsError):
         url_list(" , ")
+
+
+def test_each_service_reads_only_its_own_fields() -> None:
+    env = {"SWITCHYARD_CACHE": "all", "SWITCHYARD_BREAKER_FAILURES": "9", "SWITCHYARD_INGEST_BATCH": "7",
+           "SWITCHYARD_PORT": "9001"}
+    gateway, router, metering = (GatewaySettings.from_env(env), RouterSettings.from_env(env),
+                                 MeteringSettings.from_env(env))
+    assert (gateway.cache, gateway.port, router.breaker_failures, metering.ingest_batch) == ("all", 9001, 9, 7)
+    assert not hasattr(gateway, "breaker_failures") and not hasattr(router, "cache")
+    assert not hasattr(Settings.from_env(env), "ingest_batch")
+
+
+def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
+    s = GatewaySettings.from_env({"SWITCHYARD_API_KEY": "the-one-key", "SWITCHYARD_JWT_SECRET": "hs256-secret"})
+    shown = repr(s.redacted())
+    assert "the-one-key" not in shown and "hs256-secret" not in shown and s.api_key == "the-one-key"

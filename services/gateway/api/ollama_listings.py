@@ -19,7 +19,7 @@ from litestar import Request, Response, get, post
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts.events import ModelRegistered
-from switchyard_gateway.services.gateway.edge.auth import authenticate
+from switchyard_gateway.services.gateway.deps import Deps
 
 OLLAMA_API_VERSION = "0.6.0"     # the Ollama API level the gateway speaks (/api/version)
 KEEP_ALIVE = timedelta(minutes=5)  # Ollama's default: how long /api/ps says a loaded model stays
@@ -145,36 +145,34 @@ def _json(body: Any, status: int = 200) -> Response[bytes]:
     return Response(_encode(body), status_code=status, media_type="application/json")
 
 
-def _caller(request: Request[Any, Any, Any]) -> tuple[Catalog, str]:
-    catalog = request.app.state.deps.extra["state"].catalog
-    return catalog, authenticate(catalog, request.headers).tenant_id
+def _caller(request: Request[Any, Any, Any], deps: Deps) -> tuple[Catalog, str]:
+    return deps.catalog, deps.auth.authenticate(request.headers).tenant_id
 
 
 @get("/api/tags")
-async def ollama_tags(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def ollama_tags(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
     """The models this caller's tenant may use, in Ollama's list shape."""
-    catalog, tenant_id = _caller(request)
+    catalog, tenant_id = _caller(request, deps)
     return _json(tags_body(catalog, tenant_id))
 
 
 @get("/api/ps")
-async def ollama_ps(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """The models endpoints report loaded (from the routing state, when the gateway has it)."""
-    catalog, tenant_id = _caller(request)
-    circuits = request.app.state.deps.extra.get("circuits")
-    return _json(ps_body(catalog, tenant_id, getattr(circuits, "loaded", None)))
+async def ollama_ps(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+    """The models endpoints report loaded (from the routing state this gateway follows)."""
+    catalog, tenant_id = _caller(request, deps)
+    return _json(ps_body(catalog, tenant_id, deps.circuits.loaded))
 
 
 @get("/api/version")
-async def ollama_version(request: Request[Any, Any, Any]) -> Response[bytes]:
-    _caller(request)
+async def ollama_version(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+    _caller(request, deps)
     return _json({"version": OLLAMA_API_VERSION})
 
 
 @post("/api/show", status_code=200)
-async def ollama_show(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def ollama_show(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
     """One model's details, or 404 `{"error": "model 'x' not found"}`."""
-    catalog, tenant_id = _caller(request)
+    catalog, tenant_id = _caller(request, deps)
     try:
         req = _decode_show(await request.body() or b"{}")
     except msgspec.MsgspecError as exc:

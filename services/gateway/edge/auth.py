@@ -21,7 +21,7 @@ import jwt
 
 from switchyard_gateway.catalog.state import Catalog, hash_key
 from switchyard_gateway.contracts.events import KeyIssued
-from switchyard_gateway.kit.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError
 
 SINGLE_USER_TENANT = "admin"
@@ -33,14 +33,15 @@ class HeaderLookup(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
 
-class AuthConfig:
-    """How this gateway authenticates; `configure` installs one from the settings at start."""
+class Authenticator:
+    """Who a request's key stands for, checked against the local catalog: one per gateway, built at start."""
 
-    def __init__(self, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "") -> None:
+    def __init__(self, catalog: Catalog, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "") -> None:
         if mode not in ("multi-tenant", "single-user"):
             raise ValueError(f"SWITCHYARD_AUTH_MODE must be 'multi-tenant' or 'single-user', not '{mode}'")
         if mode == "single-user" and not api_key:
             raise ValueError("single-user mode needs SWITCHYARD_API_KEY")
+        self.catalog = catalog
         self.mode = mode
         self.single_user: KeyIssued | None = None
         if mode == "single-user":
@@ -50,18 +51,26 @@ class AuthConfig:
         self._tokens: dict[str, KeyIssued] = {}    # verified tokens -> caller, until they expire
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AuthConfig:
-        return cls(settings.auth_mode, settings.api_key, settings.jwt_secret)
+    def from_settings(cls, catalog: Catalog, settings: Settings) -> Authenticator:
+        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret)
 
-    def caller(self, catalog: Catalog, secret: str) -> KeyIssued | None:
+    def authenticate(self, headers: HeaderLookup) -> KeyIssued:
+        """The caller's live key (or JWT, or the single-user key), or AuthError."""
+        secret = presented_key(headers)
+        key = self.caller(secret) if secret else None
+        if key is None:
+            raise AuthError()
+        return key
+
+    def caller(self, secret: str) -> KeyIssued | None:
         """The live caller a presented secret stands for, or None."""
         if self.single_user is not None:
             ok = hmac.compare_digest(hash_key(secret), self.single_user.key_sha256)
             return self.single_user if ok else None
-        key = catalog.authenticate(secret)
+        key = self.catalog.authenticate(secret)
         if key is None and self.jwt_secret and secret.count(".") == 2:
             key = self.token_caller(secret)
-            if key is not None and key.tenant_id not in catalog.tenants:
+            if key is not None and key.tenant_id not in self.catalog.tenants:
                 return None
         return key
 
@@ -90,15 +99,6 @@ class AuthConfig:
         return key
 
 
-_config = AuthConfig()
-
-
-def configure(config: AuthConfig) -> None:
-    """Install this process's auth configuration (the gateway does it at start from its settings)."""
-    global _config
-    _config = config
-
-
 def presented_key(headers: HeaderLookup) -> str | None:
     """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>` (lower-case header lookup)."""
     value = headers.get("authorization")
@@ -110,16 +110,8 @@ def presented_key(headers: HeaderLookup) -> str | None:
     return value.strip() if value else None
 
 
-def authenticate(catalog: Catalog, headers: HeaderLookup) -> KeyIssued:
-    """The caller's live key (or JWT, or the single-user key), or AuthError."""
-    secret = presented_key(headers)
-    key = _config.caller(catalog, secret) if secret else None
-    if key is None:
-        raise AuthError()
-    return key
-
-
 def require_admin(key: KeyIssued) -> KeyIssued:
+    """The key itself if it has the admin role; ForbiddenError otherwise."""
     if key.role != "admin":
         raise ForbiddenError()
     return key

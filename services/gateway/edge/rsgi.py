@@ -8,20 +8,27 @@ the admin and monitoring routes and the lifespan, through this small bridge.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar import Litestar
+
+if TYPE_CHECKING:
+    from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 
 log = structlog.get_logger()
 
 
 class GatewayRSGI:
-    """An RSGI application: `__rsgi_init__` runs the Litestar lifespan's start-up, `__rsgi_del__` its shutdown."""
+    """An RSGI application: `__rsgi_init__` runs the Litestar lifespan's start-up, `__rsgi_del__` its shutdown.
+
+    Inference calls go to the Proxy of the Deps the start-up built (`litestar.state.deps.proxy`), from the
+    end of start-up to the start of shutdown.
+    """
 
     def __init__(self, litestar: Litestar) -> None:
         self.litestar = litestar
-        self.proxy: Any = None           # set by the lifespan once state, pool and publisher exist
+        self.proxy: Proxy | None = None
         self._lifespan: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[dict[str, Any]] | None = None
         self._from_app: asyncio.Queue[dict[str, Any]] | None = None
@@ -30,8 +37,10 @@ class GatewayRSGI:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._lifespan_step("startup"))
+        self.proxy = self.litestar.state.deps.proxy
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.proxy = None
         loop.run_until_complete(self._lifespan_step("shutdown"))
 
     async def _lifespan_step(self, step: str) -> None:

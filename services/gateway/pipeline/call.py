@@ -1,13 +1,21 @@
-"""What the gateway learns about one accepted call as it goes, and the usage event it becomes."""
+"""One accepted call: what the request is (`Call`, immutable) and what happened to it (`Outcome`, one usage event).
+
+The proxy builds the `Call` once the request is authenticated, parsed and routed; failover and the
+relay fill the `Outcome` as attempts go (endpoint, tokens, status, timings); the proxy turns the
+pair into the call's one `UsageRecorded`, whatever happened.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded
+
+if TYPE_CHECKING:                 # the doors read InferenceRequest below
+    from switchyard_gateway.services.gateway.translate.doors import Door
 
 
 class StreamOptions(msgspec.Struct):
@@ -22,24 +30,36 @@ class InferenceRequest(msgspec.Struct):
     stream_options: StreamOptions | None = None
 
 
-class Call:
-    """Mutable per-call record: filled in by routing and relaying, turned into one UsageRecorded."""
+class Call(msgspec.Struct, frozen=True):
+    """What the request is, fixed once it is accepted: door, caller, parsed request, body, id and start time."""
 
-    __slots__ = ("api", "tenant_id", "key_id", "request", "started", "request_id", "endpoint", "model",
-                 "upstream_model", "attempts", "outcome", "status", "input_tokens", "output_tokens",
-                 "cached_tokens", "estimated", "first_byte", "upstream_s", "body_bytes", "served_by_fallback",
-                 "door", "cache_key", "cache_hit", "answer")
+    door: Door                    # how this call's front door speaks
+    tenant_id: str
+    key_id: str
+    request: InferenceRequest
+    request_id: str               # also names the quota hold the usage event settles
+    body: bytes
+    started: float                # perf_counter() when the request arrived
+    cache_key: str | None = None  # set when the response cache may keep this call's answer
 
-    def __init__(self, door: Any, tenant_id: str, key_id: str, request: InferenceRequest,
-                 started: float, request_id: str, body_bytes: int) -> None:
-        self.door = door                # switchyard_gateway.services.gateway.translate.doors.Door: how this call's front door speaks
-        self.api, self.tenant_id, self.key_id, self.request = door.api, tenant_id, key_id, request
-        self.started, self.request_id, self.body_bytes = started, request_id, body_bytes
+    @property
+    def api(self) -> str:
+        return self.door.api
+
+
+class Outcome:
+    """What happened to a call: filled in by failover and the relay, turned into its one UsageRecorded."""
+
+    __slots__ = ("model", "endpoint", "upstream_model", "attempts", "result", "status", "input_tokens",
+                 "output_tokens", "cached_tokens", "estimated", "first_byte", "upstream_s", "served_by_fallback",
+                 "cache_hit", "answer")
+
+    def __init__(self, model: str = "", served_by_fallback: bool = False) -> None:
+        self.model = model              # registry id of the model serving the call
         self.endpoint: EndpointRegistered | None = None
-        self.model = ""                 # registry id of the model serving the call
         self.upstream_model = ""
         self.attempts = 0
-        self.outcome = "ok"
+        self.result = "ok"              # ok | error | cancelled
         self.status = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -47,8 +67,7 @@ class Call:
         self.estimated = False
         self.first_byte = 0.0
         self.upstream_s = 0.0
-        self.served_by_fallback = False
-        self.cache_key: str | None = None   # set when the response cache may keep this call's answer
+        self.served_by_fallback = served_by_fallback
         self.cache_hit = False
         self.answer: tuple[bytes, str] | None = None   # a 200 answer as sent (body, content type), for the cache
 
@@ -56,33 +75,34 @@ class Call:
         if not self.first_byte:
             self.first_byte = time.perf_counter()
 
-    def estimate_tokens(self, output_tokens: int = 0) -> None:
+    def estimate_tokens(self, call: Call, output_tokens: int = 0) -> None:
         """The upstream reported no usage: about four request bytes per prompt token, one per content event."""
         self.estimated = True
-        self.input_tokens = max(1, self.body_bytes // 4)
+        self.input_tokens = max(1, len(call.body) // 4)
         self.output_tokens = output_tokens
         self.cached_tokens = 0
 
-    def response_headers(self) -> list[tuple[str, str]]:
-        headers = [("x-request-id", self.request_id)]
+    def response_headers(self, call: Call) -> list[tuple[str, str]]:
+        headers = [("x-request-id", call.request_id)]
         if self.served_by_fallback:
             headers.append(("x-switchyard-model", self.model))
-        if self.cache_key is not None:
+        if call.cache_key is not None:
             headers.append(("x-switchyard-cache", "hit" if self.cache_hit else "miss"))
         return headers
 
-    def usage_event(self) -> UsageRecorded:
-        duration = time.perf_counter() - self.started
+    def usage_event(self, call: Call) -> UsageRecorded:
+        duration = time.perf_counter() - call.started
         endpoint = self.endpoint
+        request = call.request
         return UsageRecorded(
-            request_id=self.request_id, tenant_id=self.tenant_id, key_id=self.key_id,
-            model=self.model or (self.request.model or ""), requested_model=self.request.model or "",
-            api=self.api, outcome=self.outcome, status=self.status,  # type: ignore[arg-type]
+            request_id=call.request_id, tenant_id=call.tenant_id, key_id=call.key_id,
+            model=self.model or (request.model or ""), requested_model=request.model or "",
+            api=call.api, outcome=self.result, status=self.status,  # type: ignore[arg-type]
             input_tokens=self.input_tokens, output_tokens=self.output_tokens, cached_tokens=self.cached_tokens,
             estimated=self.estimated,
-            stream=self.request.stream, endpoint_id=endpoint.endpoint_id if endpoint else "",
+            stream=request.stream, endpoint_id=endpoint.endpoint_id if endpoint else "",
             provider_id=endpoint.provider_id if endpoint else "", upstream_model=self.upstream_model,
             attempts=self.attempts, duration_ms=duration * 1000,
             overhead_ms=max(0.0, duration - self.upstream_s) * 1000,
-            ttfb_ms=(self.first_byte - self.started) * 1000 if self.first_byte else None, cache_hit=self.cache_hit,
+            ttfb_ms=(self.first_byte - call.started) * 1000 if self.first_byte else None, cache_hit=self.cache_hit,
         )

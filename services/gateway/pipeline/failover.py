@@ -1,13 +1,13 @@
 """Serve a call through the first endpoint that can: retry, back off, fall back — never after bytes reached the client.
 
-Per model: endpoints in plan order (breakers open skipped, priority, loaded
+Per model: endpoints in candidate order (breakers open skipped, priority, loaded
 first, least in flight). A refused connection, a timeout or a stream cut before
 any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
 the same endpoint after an exponential backoff with jitter (at least the
 upstream's Retry-After, unless that is longer than we are willing to wait), up
 to `retries_per_endpoint` times. When every endpoint at its cap is busy, the
 call waits up to `cap_wait_s` for a slot. When the model's endpoints are
-exhausted, its fallback model is tried the same way.
+exhausted, the next model of the call's route plan (its fallback chain) is tried the same way.
 """
 
 from __future__ import annotations
@@ -19,19 +19,22 @@ from typing import Any
 
 import structlog
 
-from switchyard_gateway.contracts.events import CallAttempted, ModelRegistered
-from switchyard_gateway.kit.settings import Settings
 from switchyard_gateway import http1
+from switchyard_gateway.contracts.events import CallAttempted
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError
 from switchyard_gateway.services.gateway.pipeline import relay
-from switchyard_gateway.services.gateway.pipeline.call import Call
-from switchyard_gateway.services.gateway.edge.errors import GatewayError, ModelNotFound, UpstreamError
-from switchyard_gateway.services.gateway.pipeline.routing import Route, Router
+from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
+from switchyard_gateway.services.gateway.pipeline.routing import Route, RoutePlan, Router, Target
+from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher
+from switchyard_gateway.services.gateway.settings import Settings
 
 log = structlog.get_logger()
 
 
 class Failover:
-    def __init__(self, router: Router, pool: http1.Pool, outcomes: Any, settings: Settings) -> None:
+    """Walks a call's route plan: each model's endpoints in candidate order, retries, then the next model."""
+
+    def __init__(self, router: Router, pool: http1.Pool, outcomes: OutcomeBatcher, settings: Settings) -> None:
         self.router, self.pool, self.outcomes = router, pool, outcomes
         self.retries = max(0, settings.retries_per_endpoint)
         self.base_s = settings.retry_base_ms / 1000
@@ -39,66 +42,54 @@ class Failover:
         self.retry_after_max_s = settings.retry_after_max_s
         self.cap_wait_s = settings.cap_wait_s
 
-    async def serve(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes,
-                    proto: Any) -> GatewayError | None:
-        """Serve the call; return the error to show if nothing could (the caller sends it)."""
-        tried_models: set[str] = set()
+    async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
+        """Serve the call along its plan; return the error to show if nothing could (the caller sends it)."""
         error: GatewayError | None = None
-        current: tuple[ModelRegistered, list[Route]] | None = (model, routes)
-        while current is not None:
-            model, routes = current
-            tried_models.add(model.model_id)
-            call.model = model.model_id
-            error = await self._serve_model(call, model, routes, body, proto)
+        for number, target in enumerate(plan.targets):
+            if number:
+                log.info("route.fallback_model", request_id=call.request_id, model=outcome.model,
+                         fallback=target.model.model_id)
+                outcome.served_by_fallback = True
+            outcome.model = target.model.model_id
+            error = await self._serve_model(call, outcome, target, proto)
             if error is None:
                 return None
-            current = self._fallback(call, model, tried_models)
+        if plan.unknown_fallback:
+            log.warning("route.fallback_unknown", request_id=call.request_id, model=outcome.model,
+                        fallback=plan.unknown_fallback)
         return error
 
-    def _fallback(self, call: Call, model: ModelRegistered, tried: set[str]) -> tuple[ModelRegistered, list[Route]] | None:
-        name = self.router.fallback_for(call.tenant_id, model)
-        if not name:
-            return None
-        try:
-            fallback, routes = self.router.resolve(call.tenant_id, name)
-        except ModelNotFound:
-            log.warning("route.fallback_unknown", request_id=call.request_id, model=model.model_id, fallback=name)
-            return None
-        if fallback.model_id in tried:
-            return None
-        log.info("route.fallback_model", request_id=call.request_id, model=model.model_id, fallback=fallback.model_id)
-        call.served_by_fallback = True
-        return fallback, routes
-
-    async def _serve_model(self, call: Call, model: ModelRegistered, routes: list[Route], body: bytes,
-                           proto: Any) -> GatewayError | None:
+    async def _serve_model(self, call: Call, outcome: Outcome, target: Target, proto: Any) -> GatewayError | None:
+        model_id = target.model.model_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cap_wait_s
         tried: set[str] = set()
         last: GatewayError | None = None
         while True:
-            plan = self.router.plan(model, routes, tried)
-            log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model.model_id,
-                      **self.router.describe(plan))
-            if not plan.ready:
-                if plan.capped and loop.time() < deadline:
-                    await self.router.wait_for_release(model.model_id, deadline - loop.time())
+            candidates = self.router.candidates(model_id, target.routes, tried)
+            log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model_id,
+                      **self.router.describe(candidates))
+            if not candidates.ready:
+                if candidates.capped and loop.time() < deadline:
+                    await self.router.wait_for_release(model_id, deadline - loop.time())
                     continue
-                return last if last is not None and not plan.capped else plan.error()
-            route = plan.ready[0]
+                return last if last is not None and not candidates.capped else candidates.error()
+            route = candidates.ready[0]
             tried.add(route.endpoint.endpoint_id)
-            error = await self._try_endpoint(call, model, route, body, proto)
+            error = await self._try_endpoint(call, outcome, model_id, route, proto)
             if error is None:
                 return None
             last = error
 
-    async def _try_endpoint(self, call: Call, model: ModelRegistered, route: Route, body: bytes,
+    async def _try_endpoint(self, call: Call, outcome: Outcome, model_id: str, route: Route,
                             proto: Any) -> GatewayError | None:
         endpoint = route.endpoint
         eid = endpoint.endpoint_id
         provider = self.router.catalog.providers.get(endpoint.provider_id)
         plan = call.door.plan(provider.kind if provider else "openai-compatible")
-        upstream_path, payload = plan.request(body, route.upstream_model)
+        upstream_path, payload = plan.request(call.body, route.upstream_model)
+        to = relay.Attempt(endpoint, plan, upstream_path, payload,
+                           lambda result, status, t0: self._report(call, model_id, eid, result, status, t0))
         circuits = self.router.circuits
         last: GatewayError | None = None
         for attempt in range(self.retries + 1):
@@ -106,14 +97,13 @@ class Failover:
                 log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=f"circuit {circuits.state(eid)}")
                 return last or UpstreamError(f"Endpoint '{eid}' is unavailable (circuit open)", status=503,
                                              code="circuit_open", headers={"retry-after": "5"})
-            call.attempts += 1
-            call.endpoint, call.upstream_model = endpoint, route.upstream_model
-            self.router.acquire(eid, model.model_id)
+            outcome.attempts += 1
+            outcome.endpoint, outcome.upstream_model = endpoint, route.upstream_model
+            self.router.acquire(eid, model_id)
             started = time.perf_counter()
             delay = None
             try:
-                await relay.attempt(self.pool, call, endpoint, plan, upstream_path, payload, proto,
-                                    lambda outcome, status, t0: self._report(call, eid, outcome, status, t0))
+                await relay.attempt(self.pool, call, outcome, to, proto)
                 return None
             except relay.Failed as failed:
                 last = failed.error
@@ -123,10 +113,10 @@ class Failover:
                 if delay is None:
                     return last
             finally:
-                self.router.release(eid, model.model_id)
+                self.router.release(eid, model_id)
                 if circuits is not None:
                     circuits.release(eid)      # frees a half-open trial slot, if this was one
-                call.upstream_s += time.perf_counter() - started
+                outcome.upstream_s += time.perf_counter() - started
             await asyncio.sleep(delay)
         return last
 
@@ -141,9 +131,9 @@ class Failover:
             delay = max(delay, failed.retry_after_s)
         return delay
 
-    def _report(self, call: Call, endpoint_id: str, outcome: str, status: int, started: float) -> None:
+    def _report(self, call: Call, model_id: str, endpoint_id: str, result: str, status: int, started: float) -> None:
         """Tell the router how an attempt went (batched onto core NATS, never awaited)."""
         self.outcomes.record(CallAttempted(
-            request_id=call.request_id, endpoint_id=endpoint_id, model=call.model, outcome=outcome,  # type: ignore[arg-type]
+            request_id=call.request_id, endpoint_id=endpoint_id, model=model_id, outcome=result,  # type: ignore[arg-type]
             status=status, latency_ms=(time.perf_counter() - started) * 1000,
         ))

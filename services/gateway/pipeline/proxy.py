@@ -1,10 +1,12 @@
 """The hot path: OpenAI and Ollama inference calls handled over RSGI, from request bytes to usage event.
 
-Per call: read and size-check the body, authenticate and route from the local
-catalog (no I/O), hand the call to Failover (upstream attempts over the pooled
-HTTP/1.1 client, retries, fallbacks, relaying), and queue exactly one usage
-event — whatever happens after the call is accepted (answered, failed, cut, or
-abandoned by the client).
+Per call: authenticate, read and size-check the body, parse it and resolve its
+route plan from the local catalog (no I/O); answer from the response cache when
+it may; reserve quota (one Valkey round trip, or a fallback model's plan when the
+tenant allows it); hand the call and its plan to Failover (upstream attempts
+over the pooled HTTP/1.1 client, retries, fallbacks, relaying), and queue
+exactly one usage event from its Outcome — whatever happens after the call is
+accepted (answered, failed, cut, or abandoned by the client).
 """
 
 from __future__ import annotations
@@ -16,25 +18,29 @@ from typing import Any
 
 import msgspec
 
+from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
-from switchyard_gateway.services.gateway.edge.auth import authenticate
-from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
-from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest
-from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
+from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge
+from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
+from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.relay import ClientGone
-from switchyard_gateway.services.gateway.pipeline.routing import Router
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
+from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
+from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
+from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
 
 _decode_request = msgspec.json.Decoder(InferenceRequest).decode
 
-class Proxy:
-    """Serves the inference routes of both front doors."""
 
-    def __init__(self, state: Any, router: Router, failover: Failover, usage: Any, max_body_bytes: int,
-                 quota: Any = None, cache: ResponseCache | None = None) -> None:
-        self.state, self.router, self.failover, self.usage = state, router, failover, usage
-        self.quota = quota              # switchyard_gateway.services.gateway.pipeline.reserve.QuotaClient: reserve before dispatch
+class Proxy:
+    """Serves the inference routes of both front doors: request -> route plan -> reservation -> attempts ->
+    outcome -> usage event."""
+
+    def __init__(self, auth: Authenticator, router: Router, quota: QuotaClient, failover: Failover,
+                 usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int) -> None:
+        self.auth, self.router, self.quota, self.failover, self.usage = auth, router, quota, failover, usage
         self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
         self.routes = APIS
@@ -44,48 +50,49 @@ class Proxy:
         api = self.routes[scope.path]
         started = time.perf_counter()
         headers = scope.headers
-        request_id = _request_id(headers)     # also names the quota hold the usage event settles
-        quota_fallback = False
         try:
-            key = authenticate(self.state.catalog, headers)
+            key = self.auth.authenticate(headers)
             body = await self._read_body(headers, proto)
             request = _parse(body)
             door = Door(scope.path, request, body)
-            model, routes = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
-            cache_key = None
+            plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+            cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
-                cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, model.model_id, body)
-                if hit is not None:
-                    self._answer_from_cache(door, key, request, started, request_id, body, model, cache_key, hit,
-                                            proto)
-                    return
-            if self.quota is not None:
-                served, _ = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=model,
-                                                                 body=body)
-                if served is not model:        # over quota, and the tenant asked to fall back
-                    model, routes = self.router.resolve(key.tenant_id, served.model_id)
-                    quota_fallback = True
+                cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,
+                                                    body)
+            call = Call(door, key.tenant_id, key.key_id, request, _request_id(headers), body, started, cache_key)
+            if hit is not None:
+                self._answer_from_cache(call, plan, hit, proto)
+                return
+            plan, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
             send_error(proto, exc, error_body_for(scope.path, exc))
             return
-        call = Call(door, key.tenant_id, key.key_id, request, started, request_id, len(body))
-        call.served_by_fallback = quota_fallback
-        call.cache_key = cache_key
+        outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         try:
-            error = await self.failover.serve(call, model, routes, body, proto)
+            error = await self.failover.serve(call, outcome, plan, proto)
             if error is not None:
-                call.outcome, call.status = "error", error.status
-                send_error(proto, error, door.error_body(error), call.response_headers())
-            elif call.answer is not None and cache_key is not None and not call.served_by_fallback:
-                self.cache.store(cache_key, CachedAnswer(*call.answer))  # type: ignore[union-attr]
+                outcome.result, outcome.status = "error", error.status
+                send_error(proto, error, door.error_body(error), outcome.response_headers(call))
+            elif outcome.answer is not None and cache_key is not None and not outcome.served_by_fallback:
+                self.cache.store(cache_key, CachedAnswer(*outcome.answer))  # type: ignore[union-attr]
         except ClientGone:
-            call.outcome = "cancelled"
+            outcome.result = "cancelled"
         except asyncio.CancelledError:
-            call.outcome = "cancelled"
+            outcome.result = "cancelled"
             raise
         finally:
-            self._finish(call)
+            self._finish(call, outcome)
+
+    async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
+        """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
+        (and True)."""
+        served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
+                                                         body=call.body)
+        if served is plan.model:
+            return plan, False
+        return self.router.resolve(key.tenant_id, served.model_id), True
 
     async def _lookup(self, path: str, headers: Any, tenant_id: str, api: str, model_id: str,
                       body: bytes) -> tuple[str | None, CachedAnswer | None]:
@@ -97,15 +104,13 @@ class Proxy:
         cache_key = self.cache.key(path, tenant_id, model_id, body)
         return cache_key, await self.cache.lookup(cache_key, api, model_id) if read else None
 
-    def _answer_from_cache(self, door: Door, key: Any, request: InferenceRequest, started: float,
-                           request_id: str, body: bytes, model: Any, cache_key: str, hit: CachedAnswer,
-                           proto: Any) -> None:
+    def _answer_from_cache(self, call: Call, plan: RoutePlan, hit: CachedAnswer, proto: Any) -> None:
         """Replay a kept answer: no endpoint, no quota held, no tokens spent; still one usage event."""
-        call = Call(door, key.tenant_id, key.key_id, request, started, request_id, len(body))
-        call.model, call.status, call.cache_key, call.cache_hit = model.model_id, 200, cache_key, True
-        call.mark_first_byte()
-        proto.response_bytes(200, [("content-type", hit.content_type), *call.response_headers()], hit.body)
-        self._finish(call)
+        outcome = Outcome(plan.model.model_id)
+        outcome.status, outcome.cache_hit = 200, True
+        outcome.mark_first_byte()
+        proto.response_bytes(200, [("content-type", hit.content_type), *outcome.response_headers(call)], hit.body)
+        self._finish(call, outcome)
 
     async def _read_body(self, headers: Any, proto: Any) -> bytes:
         limit = self.max_body_bytes
@@ -123,9 +128,9 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _finish(self, call: Call) -> None:
+    def _finish(self, call: Call, outcome: Outcome) -> None:
         """Queue the call's one usage event and count it."""
-        event = call.usage_event()
+        event = outcome.usage_event(call)
         self.usage.record(event)
         metrics.observe_call(event, event.duration_ms / 1000, event.overhead_ms / 1000)
 

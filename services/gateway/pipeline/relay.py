@@ -9,15 +9,16 @@ retry or fall back), or the upstream broke off after bytes reached the client
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway import http1
-from switchyard_gateway.services.gateway.pipeline import upstream
-from switchyard_gateway.services.gateway.pipeline.call import Call
+from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway.services.gateway.edge.errors import UpstreamError
+from switchyard_gateway.services.gateway.pipeline import upstream
+from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.translate.plans import Plan
 
 log = structlog.get_logger()
@@ -43,33 +44,43 @@ class ClientGone(Exception):
     """The client went away while we answered."""
 
 
-async def attempt(pool: http1.Pool, call: Call, endpoint: EndpointRegistered, plan: Plan, path: str,
-                  payload: bytes, proto: Any, report: Any) -> None:
-    """Call `endpoint` and relay its answer the way `plan` says; raise Failed to let the caller retry or fall back.
+class Attempt:
+    """One endpoint as failover tries it: how the door speaks to its kind, the upstream request, and where
+    each try's result goes (`report(outcome, status, started)`, for the router's breakers)."""
 
-    `report(outcome, status, started)` tells the router how the attempt went.
-    """
+    __slots__ = ("endpoint", "plan", "path", "payload", "report")
+
+    def __init__(self, endpoint: EndpointRegistered, plan: Plan, path: str, payload: bytes,
+                 report: Callable[[str, int, float], None]) -> None:
+        self.endpoint, self.plan, self.path, self.payload, self.report = endpoint, plan, path, payload, report
+
+
+async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, proto: Any) -> None:
+    """Call the endpoint and relay its answer the way the door's plan says; raise Failed to let the caller
+    retry or fall back."""
+    endpoint, report = to.endpoint, to.report
     started = time.perf_counter()
     try:
-        response = await pool.request("POST", upstream.url(endpoint, path), payload,
+        response = await pool.request("POST", upstream.url(endpoint, to.path), to.payload,
                                       upstream.request_headers(endpoint), endpoint.timeout_s)
     except http1.TransportError as exc:
-        outcome, status = _CONNECT_FAILURES.get(type(exc), ("error", 502))
-        report(outcome, 0, started)
-        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({outcome})",
-                                   status=status), outcome) from None
+        result, status = _CONNECT_FAILURES.get(type(exc), ("error", 502))
+        report(result, 0, started)
+        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({result})",
+                                   status=status), result) from None
     try:
         if response.status in RETRYABLE_STATUS:
             await _refused(response, endpoint, report, started)
-        if call.request.stream and response.status == 200 and plan.stream is not None:
-            await _relay_stream(call, endpoint, plan, response, proto, report, started)
+        if call.request.stream and response.status == 200 and to.plan.stream is not None:
+            await _relay_stream(call, outcome, to, response, proto, started)
         else:
-            await _relay_body(call, endpoint, plan, response, proto, report, started)
+            await _relay_body(call, outcome, to, response, proto, started)
     finally:
         response.release()
 
 
-async def _refused(response: http1.Response, endpoint: EndpointRegistered, report: Any, started: float) -> None:
+async def _refused(response: http1.Response, endpoint: EndpointRegistered,
+                   report: Callable[[str, int, float], None], started: float) -> None:
     try:
         detail = await response.read()
     except http1.TransportError:
@@ -84,41 +95,42 @@ async def _refused(response: http1.Response, endpoint: EndpointRegistered, repor
     raise Failed(error, outcome, _seconds(retry_after))
 
 
-async def _relay_body(call: Call, endpoint: EndpointRegistered, plan: Plan, response: http1.Response,
-                      proto: Any, report: Any, started: float) -> None:
+async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
+                      started: float) -> None:
+    plan = to.plan
     try:
         data = await response.read()
     except http1.TransportError as exc:
-        report("cut", response.status, started)
-        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its answer: {type(exc).__name__}"),
+        to.report("cut", response.status, started)
+        raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' cut its answer: {type(exc).__name__}"),
                      "cut") from None
     status = response.status
-    report("ok" if status < 400 else "http_4xx", status, started)
+    to.report("ok" if status < 400 else "http_4xx", status, started)
     content_type = response.headers.get("content-type", "application/json")
     if status == 200:
         usage = plan.usage(data)
         if usage is not None:
-            call.input_tokens, call.output_tokens, call.cached_tokens = usage
+            outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
         else:
-            call.estimate_tokens()
+            outcome.estimate_tokens(call)
         if plan.answer is not None:
             data, content_type = plan.answer(data, call.request.model or ""), "application/json"
         if call.cache_key is not None:
-            call.answer = (data, content_type)
+            outcome.answer = (data, content_type)
     else:
-        call.outcome = "error"
+        outcome.result = "error"
         if plan.error is not None:
             data, content_type = plan.error(data), "application/json"
-    call.status = status
-    call.mark_first_byte()
-    proto.response_bytes(status, [("content-type", content_type), *call.response_headers()], data)
+    outcome.status = status
+    outcome.mark_first_byte()
+    proto.response_bytes(status, [("content-type", content_type), *outcome.response_headers(call)], data)
 
 
-async def _relay_stream(call: Call, endpoint: EndpointRegistered, plan: Plan, response: http1.Response,
-                        proto: Any, report: Any, started: float) -> None:
-    assert plan.stream is not None
-    tap = plan.stream(call.request.model or "")
-    call.status = 200
+async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
+                        started: float) -> None:
+    assert to.plan.stream is not None
+    tap = to.plan.stream(call.request.model or "")
+    outcome.status = 200
     transport = None
     failed_early = False
     try:
@@ -127,26 +139,26 @@ async def _relay_stream(call: Call, endpoint: EndpointRegistered, plan: Plan, re
             if not out:
                 continue
             if transport is None:
-                transport = _start_stream(call, proto)
-            await _send(call, transport, out)
+                transport = _start_stream(call, outcome, proto)
+            await _send(outcome, transport, out)
         if not tap.done:
             raise http1.ResponseCut("the stream ended before its last event")
         tail = tap.finish()
-        report("ok", 200, started)
+        to.report("ok", 200, started)
         if transport is None:
-            transport = _start_stream(call, proto)
+            transport = _start_stream(call, outcome, proto)
         if tail:
-            await _send(call, transport, tail)
+            await _send(outcome, transport, tail)
     except http1.TransportError as exc:
-        report("cut", 200, started)
+        to.report("cut", 200, started)
         if transport is None:       # nothing reached the client: the caller may still fall back
             failed_early = True
-            raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' cut its stream before any event"),
+            raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' cut its stream before any event"),
                          "cut") from None
-        call.outcome = "error"
-        log.warning("upstream.stream_cut", endpoint=endpoint.endpoint_id, request_id=call.request_id,
+        outcome.result = "error"
+        log.warning("upstream.stream_cut", endpoint=to.endpoint.endpoint_id, request_id=call.request_id,
                     error=type(exc).__name__)
-        await _send(call, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}"))
+        await _send(outcome, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}"))
     finally:
         # granian ends a streamed response when its transport is released; an upstream error's
         # traceback can outlive this frame, so let go of the transport explicitly.
@@ -154,24 +166,25 @@ async def _relay_stream(call: Call, endpoint: EndpointRegistered, plan: Plan, re
         if failed_early:
             pass
         elif tap.usage is not None:
-            call.input_tokens, call.output_tokens, call.cached_tokens = tap.usage
+            outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = tap.usage
         else:
-            call.estimate_tokens(output_tokens=tap.content_events)
+            outcome.estimate_tokens(call, output_tokens=tap.content_events)
 
 
-def _start_stream(call: Call, proto: Any) -> Any:
-    call.mark_first_byte()
+def _start_stream(call: Call, outcome: Outcome, proto: Any) -> Any:
+    outcome.mark_first_byte()
     return proto.response_stream(200, [
-        ("content-type", call.door.stream_content_type), ("cache-control", "no-cache"), *call.response_headers(),
+        ("content-type", call.door.stream_content_type), ("cache-control", "no-cache"),
+        *outcome.response_headers(call),
     ])
 
 
-async def _send(call: Call, transport: Any, data: bytes) -> None:
+async def _send(outcome: Outcome, transport: Any, data: bytes) -> None:
     """Send a stream chunk; if the client has gone, mark the call cancelled and stop the relay."""
     try:
         await transport.send_bytes(data)
     except Exception as exc:  # noqa: BLE001 — granian raises its own protocol errors on a closed client
-        call.outcome = "cancelled"
+        outcome.result = "cancelled"
         raise ClientGone() from exc
 
 

@@ -26,17 +26,19 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from switchyard_gateway.catalog.feed import Feed
+from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
-from switchyard_gateway.kit.settings import Settings
 from switchyard_gateway.contracts.quota import Limits
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
-from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
 from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.settings import Settings
 
 log = structlog.get_logger()
 SUGGESTED = 5
@@ -109,22 +111,23 @@ class LimitsFeed:
 class QuotaClient:
     """Reserve before dispatch. `reserve` is the one awaited call on the hot path."""
 
-    def __init__(self, state: Any, feed: LimitsFeed, valkey: Valkey, keys: Keys, estimator: TokenEstimator,
-                 hold_s: float, timeout_s: float = 1.0) -> None:
-        self.state, self.feed, self.valkey, self.keys = state, feed, valkey, keys
+    def __init__(self, catalog: Catalog, fallbacks: Fallbacks, feed: LimitsFeed, valkey: Valkey, keys: Keys,
+                 estimator: TokenEstimator, hold_s: float, timeout_s: float = 1.0) -> None:
+        self.catalog, self.fallbacks = catalog, fallbacks
+        self.feed, self.valkey, self.keys = feed, valkey, keys
         self.estimator, self.hold_s, self.timeout_s = estimator, hold_s, timeout_s
         self.unavailable = 0
         self._warned_at = 0.0
         self._plans: dict[tuple[str, str, str], tuple[int, float, list[Planned]]] = {}
 
     @classmethod
-    async def start(cls, nc: NATS, settings: Settings, state: Any) -> QuotaClient:
+    async def start(cls, nc: NATS, settings: Settings, catalog: Catalog, fallbacks: Fallbacks) -> QuotaClient:
         """Follow the LIMITS stream and open the Valkey connection (lazily, on the first reservation)."""
         feed = LimitsFeed()
         await feed.start(nc, settings.connect_timeout_s)
         estimator = await asyncio.get_running_loop().run_in_executor(None, TokenEstimator)
         keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
-        return cls(state, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
+        return cls(catalog, fallbacks, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
                    settings.quota_timeout_s)
 
     async def close(self) -> None:
@@ -166,15 +169,15 @@ class QuotaClient:
     async def reserve_or_fallback(self, *, request_id: str, key: KeyIssued, model: ModelRegistered,
                                   body: bytes) -> tuple[ModelRegistered, Reservation | None]:
         """`reserve`, and over a quota (402) when the tenant enabled `fallback_on_quota`, reserve for the
-        next allowed model instead. Returns the model to serve; raises the first refusal if none fits."""
+        suggested models in turn instead. Returns the model to serve; raises the first refusal if none fits."""
         try:
             return model, await self.reserve(request_id=request_id, key=key, model=model, body=body)
         except QuotaExceeded as exc:
-            tenant = self.state.catalog.tenants.get(key.tenant_id)
+            tenant = self.catalog.tenants.get(key.tenant_id)
             if tenant is None or not tenant.fallback_on_quota:
                 raise
             for candidate in exc.suggested_models:
-                fallback = self.state.catalog.models.get(candidate)
+                fallback = self.catalog.models.get(candidate)
                 if fallback is None:
                     continue
                 try:
@@ -203,40 +206,20 @@ class QuotaClient:
         limit = item.counter.limit
         if item.rate:
             return RateLimited(item.quota_type, limit, used, item.reset)
+        suggested = self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED]
         if item.quota_type == "budget":
             return QuotaExceeded("budget", limit / NANOS_PER_USD, round(used / NANOS_PER_USD, 9), item.reset,
-                                 self.fallback_models(tenant_id, model_id)[:SUGGESTED], item.model_id)
-        return QuotaExceeded(item.quota_type, limit, used, item.reset,
-                             self.fallback_models(tenant_id, model_id)[:SUGGESTED], item.model_id)
+                                 suggested, item.model_id)
+        return QuotaExceeded(item.quota_type, limit, used, item.reset, suggested, item.model_id)
 
     def price(self, tenant_id: str, model: ModelRegistered) -> tuple[float, float]:
         """USD per million input and output tokens: the tenant's assignment price, else the model's."""
-        assignment = self.state.catalog.assignments.get(tenant_id, {}).get(model.model_id)
+        assignment = self.catalog.assignments.get(tenant_id, {}).get(model.model_id)
         inp, out = model.input_price_per_1m, model.output_price_per_1m
         if assignment is not None:
             inp = assignment.input_price_per_1m if assignment.input_price_per_1m is not None else inp
             out = assignment.output_price_per_1m if assignment.output_price_per_1m is not None else out
         return inp, out
-
-    def fallback_models(self, tenant_id: str, model_id: str) -> list[str]:
-        """The models to try instead, best first: the tenant's fallback for this model, the model's own,
-        then the tenant's other models of the same kind by assignment priority; only those it may use and
-        some endpoint serves."""
-        catalog = self.state.catalog
-        model = catalog.models.get(model_id)
-        assigned = catalog.assignments.get(tenant_id, {})
-        chain: list[str] = []
-        for name in (assigned[model_id].fallback_model if model_id in assigned else "",
-                     model.fallback_model if model else ""):
-            found = catalog.resolve_model(name) if name else None
-            if found and found != model_id and found not in chain:
-                chain.append(found)
-        kind = model.kind if model else "chat"
-        others = [m.model_id for m in catalog.models_for(tenant_id)
-                  if m.kind == kind and m.model_id != model_id and m.model_id not in chain]
-        others.sort(key=lambda mid: (-(assigned[mid].priority if mid in assigned else 0), mid))
-        return [mid for mid in chain + others
-                if catalog.tenant_may_use(tenant_id, mid) and catalog.endpoints_serving(mid)]
 
     def _fail_open(self, exc: Exception, tenant_id: str) -> None:
         self.unavailable += 1

@@ -1,15 +1,16 @@
-"""Pick the endpoints that may serve one call, from the local catalog and breaker state, best first."""
+"""Route a call from local state: its route plan (model, endpoints, fallback chain), then its endpoints best first."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from switchyard_gateway.catalog.rules import normalise_model
 from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import EndpointRegistered, ModelRegistered
 from switchyard_gateway.services.gateway.edge.errors import ModelNotFound, UpstreamError
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 
 
 class Circuits(Protocol):
@@ -31,8 +32,29 @@ class Route:
         self.upstream_model = upstream_model
 
 
-class Plan:
-    """Candidates ready now (best first), those at their concurrency cap, and why each other was skipped."""
+class Target(NamedTuple):
+    """A model and every endpoint serving it for the tenant (priority order)."""
+
+    model: ModelRegistered
+    routes: list[Route]
+
+
+class RoutePlan:
+    """Where one call may go: the model asked for, then its fallback chain; resolved once per call."""
+
+    __slots__ = ("targets", "unknown_fallback")
+
+    def __init__(self, targets: tuple[Target, ...], unknown_fallback: str = "") -> None:
+        self.targets = targets                    # the model asked for first, then the fallback chain
+        self.unknown_fallback = unknown_fallback  # a fallback named past the chain's end that cannot serve
+
+    @property
+    def model(self) -> ModelRegistered:
+        return self.targets[0].model
+
+
+class Candidates:
+    """A model's endpoints ready now (best first), those at their concurrency cap, and why each other was skipped."""
 
     __slots__ = ("ready", "capped", "skipped")
 
@@ -53,69 +75,70 @@ class Plan:
 
 
 class Router:
-    """Candidate selection plus the per endpoint x model in-flight counters it balances on."""
+    """Route plans from the local catalog, candidate ordering, and the per endpoint x model in-flight counters."""
 
-    def __init__(self, catalog: Catalog, circuits: Circuits | None = None) -> None:
+    def __init__(self, catalog: Catalog, fallbacks: Fallbacks, circuits: Circuits | None = None) -> None:
         self.catalog = catalog
+        self.fallbacks = fallbacks
         self.circuits = circuits
         self.inflight: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._released: dict[str, asyncio.Event] = {}
-        self._cache: dict[tuple[str, str], tuple[ModelRegistered, list[Route]]] = {}
-        self._cache_version = -1
+        self._plans: dict[tuple[str, str], RoutePlan] = {}
+        self._plans_version = -1
 
-    def resolve(self, tenant_id: str, requested: str) -> tuple[ModelRegistered, list[Route]]:
-        """The model and every endpoint serving it for this tenant (priority order), or ModelNotFound.
+    def resolve(self, tenant_id: str, requested: str) -> RoutePlan:
+        """The route plan of a call: the model (id, alias, or `default` for the tenant's default model) with
+        the endpoints serving it, then its fallback chain; ModelNotFound if the tenant cannot use it.
 
-        `default` names the tenant's default model.
+        Plans are kept until the catalog changes, so this is one dict lookup per call.
         """
-        if self._cache_version != self.catalog.version:
-            self._cache.clear()
-            self._cache_version = self.catalog.version
-        hit = self._cache.get((tenant_id, requested))
-        if hit is not None:
-            return hit
+        if self._plans_version != self.catalog.version:
+            self._plans.clear()
+            self._plans_version = self.catalog.version
+        plan = self._plans.get((tenant_id, requested))
+        if plan is None:
+            target = self._target(tenant_id, requested)
+            if target is None:
+                raise ModelNotFound(requested)
+            chain, unknown = self.fallbacks.chain(tenant_id, target.model.model_id,
+                                                  lambda name: self._target(tenant_id, name))
+            plan = self._plans[(tenant_id, requested)] = RoutePlan((target, *chain), unknown)
+        return plan
+
+    def _target(self, tenant_id: str, requested: str) -> Target | None:
         model_id = self._default_model(tenant_id) if requested == "default" else self.catalog.resolve_model(requested)
         if model_id is None or not self.catalog.tenant_may_use(tenant_id, model_id):
-            raise ModelNotFound(requested)
+            return None
         model = self.catalog.models[model_id]
         routes = [Route(e, upstream_name(e, model)) for e in self.catalog.endpoints_serving(model_id)]
-        if not routes:
-            raise ModelNotFound(requested)
-        self._cache[(tenant_id, requested)] = (model, routes)
-        return model, routes
+        return Target(model, routes) if routes else None
 
     def _default_model(self, tenant_id: str) -> str | None:
         assigned = [a for a in self.catalog.assignments.get(tenant_id, {}).values() if a.enabled and a.is_default]
         return max(assigned, key=lambda a: a.priority).model_id if assigned else None
 
-    def fallback_for(self, tenant_id: str, model: ModelRegistered) -> str:
-        """The tenant's fallback for a model if it set one, else the model's own ('' for none)."""
-        assignment = self.catalog.assignments.get(tenant_id, {}).get(model.model_id)
-        return (assignment.fallback_model if assignment and assignment.fallback_model else "") \
-            or model.fallback_model
-
-    def plan(self, model: ModelRegistered, routes: list[Route], exclude: set[str]) -> Plan:
-        """Order the candidates: breakers open skipped; at the cap set aside; then highest priority,
+    def candidates(self, model_id: str, routes: list[Route], exclude: set[str]) -> Candidates:
+        """Order a model's endpoints: breakers open skipped; at the cap set aside; then highest priority,
         model already loaded, least in flight."""
-        plan = Plan()
+        found = Candidates()
         circuits = self.circuits
-        mid = model.model_id
+        mid = model_id
         inflight = self.inflight
         for route in routes:
             e = route.endpoint
             eid = e.endpoint_id
             if eid in exclude:
-                plan.skipped[eid] = "already tried"
+                found.skipped[eid] = "already tried"
             elif circuits is not None and circuits.state(eid) == "open":
-                plan.skipped[eid] = "circuit open"
+                found.skipped[eid] = "circuit open"
             elif e.max_concurrent and inflight[(eid, mid)] >= e.max_concurrent:
-                plan.capped.append(route)
-                plan.skipped[eid] = f"at its concurrency cap ({inflight[(eid, mid)]}/{e.max_concurrent})"
+                found.capped.append(route)
+                found.skipped[eid] = f"at its concurrency cap ({inflight[(eid, mid)]}/{e.max_concurrent})"
             else:
-                plan.ready.append(route)
-        if len(plan.ready) > 1:
-            plan.ready.sort(key=lambda r: self._rank(r, mid))
-        return plan
+                found.ready.append(route)
+        if len(found.ready) > 1:
+            found.ready.sort(key=lambda r: self._rank(r, mid))
+        return found
 
     def _rank(self, route: Route, model_id: str) -> tuple[int, int, int]:
         e = route.endpoint
@@ -143,9 +166,18 @@ class Router:
         except asyncio.TimeoutError:
             return False
 
-    def describe(self, plan: Plan) -> dict[str, Any]:
-        """The plan for a debug log line: candidates in order with their load, and skip reasons."""
+    def inflight_counts(self) -> dict[str, dict[str, int]]:
+        """Calls in flight in this gateway per endpoint and model (every configured pair, zeros included)."""
+        out: dict[str, dict[str, int]] = {}
+        for endpoint in self.catalog.endpoints.values():
+            out[endpoint.endpoint_id] = {model: 0 for model in endpoint.models}
+        for (endpoint_id, model), count in list(self.inflight.items()):
+            out.setdefault(endpoint_id, {})[model] = count
+        return out
+
+    def describe(self, candidates: Candidates) -> dict[str, Any]:
+        """Candidates for a debug log line: in order with their priority, and skip reasons."""
         return {
-            "candidates": [f"{r.endpoint.endpoint_id}(p{r.endpoint.priority})" for r in plan.ready],
-            "skipped": plan.skipped,
+            "candidates": [f"{r.endpoint.endpoint_id}(p{r.endpoint.priority})" for r in candidates.ready],
+            "skipped": candidates.skipped,
         }

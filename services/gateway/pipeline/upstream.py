@@ -7,11 +7,11 @@ about a fifth of aiohttp's CPU per proxied call (docs/performance.md).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 
 
 def credential(endpoint: EndpointRegistered) -> str | None:
@@ -40,7 +40,7 @@ _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-def upstream_body(body: bytes, request: Any, upstream_model: str) -> bytes:
+def upstream_body(body: bytes, request: InferenceRequest, upstream_model: str) -> bytes:
     """The body to send upstream: untouched unless the model name differs or a stream needs usage."""
     needs_usage = request.stream and not (request.stream_options and request.stream_options.include_usage)
     if upstream_model == request.model and not needs_usage:

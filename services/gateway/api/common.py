@@ -1,0 +1,67 @@
+"""What the admin and monitoring routes share: the admin guard, the caller, requests to the owning service, JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued
+from switchyard_gateway.kit import natsio
+from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.edge.auth import require_admin
+
+Req = Request[Any, Any, Any]
+_any = msgspec.json.Decoder()
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Only a live key with the admin role passes (401 / 403 otherwise)."""
+    deps: Deps = connection.app.state.deps
+    require_admin(deps.auth.authenticate(connection.headers))
+
+
+def caller(request: Req, deps: Deps) -> KeyIssued:
+    """The request's live key (401 otherwise)."""
+    return deps.auth.authenticate(request.headers)
+
+
+def scope_of(key: KeyIssued, asked: str | None = None) -> str | None:
+    """The tenant whose figures a caller reads: the one it asked for (another tenant's needs the admin role),
+    else its own; None for an operator who asked for none (all of them)."""
+    if asked and asked != key.tenant_id:
+        require_admin(key)
+    return asked or (None if key.role == "admin" else key.tenant_id)
+
+
+async def ask(deps: Deps, subject: str, payload: Any, timeout_s: float | None = None) -> bytes:
+    """A request to the service that owns the answer; its errors reach the client as they are."""
+    return await natsio.request(deps.nc, subject, encode(payload), timeout_s or deps.settings.request_timeout_s)
+
+
+def json_response(body: Any, status: int = 200) -> Response[bytes]:
+    """A JSON reply: bytes as they are (already encoded by the owning service), anything else encoded."""
+    return Response(body if isinstance(body, bytes) else encode(body), status_code=status,
+                    media_type="application/json")
+
+
+async def json_object(request: Req) -> dict[str, Any]:
+    """The request body as a JSON object (empty: `{}`); anything else is a validation error."""
+    data = _any.decode(await request.body() or b"{}")
+    if not isinstance(data, dict):
+        raise msgspec.ValidationError("Expected a JSON object")
+    return data
+
+
+def visible_endpoints(deps: Deps, key: KeyIssued | None) -> list[EndpointRegistered]:
+    """Every endpoint for an operator (or with no caller); for a tenant, those serving a model it may use."""
+    catalog = deps.catalog
+    endpoints = list(catalog.endpoints.values())
+    if key is None or key.role == "admin":
+        return endpoints
+    models = {m.model_id for m in catalog.models_for(key.tenant_id)}
+    return [e for e in endpoints if models & set(e.models)]

@@ -1,0 +1,120 @@
+"""`GET /health`: the gateway, each endpoint (its breaker and last probe as this gateway follows them, never a
+live call) and every peer service (a NATS micro PING); an operator sees the detail, anyone else statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued
+from switchyard_gateway.services.gateway.api.common import json_response, visible_endpoints
+from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.state.circuits import Circuits
+
+SERVICES = ("registry", "metering", "router", "quota")   # the gateway's peers, found by NATS micro PING
+PING_WAIT_S = 0.25
+_any = msgspec.json.Decoder()
+
+
+def endpoint_health(circuits: Circuits | None, endpoint: EndpointRegistered) -> dict[str, Any]:
+    """ok / error / unknown for one endpoint, from its breaker and its last probe (never a live call)."""
+    if circuits is None:
+        return {"status": "unknown", "detail": "endpoint health is not available"}
+    state = circuits.state(endpoint.endpoint_id)
+    probe = circuits.health(endpoint.endpoint_id)
+    out: dict[str, Any] = {"circuit": state}
+    if probe is not None:
+        out.update(latency_ms=probe.get("latency_ms"), checked_at=probe.get("at"))
+        if probe.get("version"):
+            out["version"] = probe["version"]
+    if state == "open":
+        out.update(status="error", detail=_circuit_reason(circuits, endpoint.endpoint_id) or "circuit open")
+    elif probe is not None and not probe.get("ok"):
+        out.update(status="error", detail=probe.get("error") or f"probe answered {probe.get('status')}")
+    else:
+        out["status"] = "ok" if probe is not None else "unknown"
+    return out
+
+
+def _circuit_reason(circuits: Circuits, endpoint_id: str) -> str:
+    with contextlib.suppress(Exception):
+        return str(circuits.describe(endpoint_id).get("circuit_reason") or "")
+    return ""
+
+
+async def service_health(nc: Any) -> dict[str, dict[str, Any]]:
+    """Who answers a NATS micro PING within PING_WAIT_S: every instance of every service."""
+    seen: dict[str, dict[str, Any]] = {name: {"status": "error", "instances": 0, "detail": "not answering"}
+                                       for name in SERVICES}
+    if nc is None or not nc.is_connected:
+        return {name: {"status": "error", "instances": 0, "detail": "NATS is unreachable"} for name in SERVICES}
+    inbox = nc.new_inbox()
+    done = asyncio.Event()
+
+    async def on_pong(msg: Any) -> None:
+        with contextlib.suppress(msgspec.MsgspecError):
+            pong = _any.decode(msg.data)
+            name = pong.get("name")
+            entry = seen.setdefault(name, {"status": "ok", "instances": 0})
+            entry.update(status="ok", version=pong.get("version"))
+            entry.pop("detail", None)
+            entry["instances"] += 1
+            if all(seen[s]["status"] == "ok" for s in SERVICES):
+                done.set()
+
+    sub = await nc.subscribe(inbox, cb=on_pong)
+    try:
+        await nc.publish(subjects.SERVICE_PING, b"", reply=inbox)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), PING_WAIT_S)
+    finally:
+        await sub.unsubscribe()
+    return seen
+
+
+async def health_report(deps: Deps, key: KeyIssued | None) -> tuple[dict[str, Any], bool]:
+    """The whole report as the caller may see it, and whether everything is healthy."""
+    circuits = deps.circuits
+    nats_ok = bool(deps.nc and deps.nc.is_connected)
+    all_endpoints = list(deps.catalog.endpoints.values())
+    endpoints = {e.endpoint_id: endpoint_health(circuits, e) for e in all_endpoints}
+    services = await service_health(deps.nc)
+    healthy = nats_ok and all(e["status"] != "error" for e in endpoints.values()) \
+        and all(s["status"] == "ok" for s in services.values())
+    report: dict[str, Any] = {
+        "status": "ok" if healthy else "error",
+        "gateway": {"status": "ok" if nats_ok else "error", "nats": nats_ok,
+                    "usage_events_pending": deps.usage.pending},
+        "endpoints": endpoints, "services": services,
+    }
+    if key is None or key.role != "admin":       # a tenant or an anonymous probe: statuses, no details
+        visible = {e.endpoint_id for e in visible_endpoints(deps, key)} if key is not None else set(endpoints)
+        report["endpoints"] = {eid: {"status": e["status"]} for eid, e in endpoints.items() if eid in visible}
+        report["services"] = {name: {"status": s["status"]} for name, s in services.items()}
+        report["gateway"] = {"status": report["gateway"]["status"]}
+    else:
+        for endpoint in all_endpoints:
+            endpoints[endpoint.endpoint_id]["url"] = endpoint.base_url
+    return report, healthy
+
+
+def _optional_caller(request: Request[Any, Any, Any], deps: Deps) -> KeyIssued | None:
+    if not (request.headers.get("authorization") or request.headers.get("x-api-key")):
+        return None
+    try:
+        return deps.auth.authenticate(request.headers)
+    except GatewayError:
+        return None
+
+
+@get("/health")
+async def health(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+    """200 when the gateway, every endpoint and every service are healthy, 503 otherwise, with the detail."""
+    report, healthy = await health_report(deps, _optional_caller(request, deps))
+    return json_response(report, 200 if healthy else 503)

@@ -1,0 +1,87 @@
+"""Route plans and the one fallback policy: the chain failover walks and the models a quota refusal suggests."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.contracts.events import (
+    EndpointRegistered, ModelRegistered, TenantCreated, TenantModelAssigned,
+)
+from switchyard_gateway.services.gateway.edge.errors import ModelNotFound
+from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.pipeline.routing import Router
+
+TENANT = "acme"
+
+
+def catalog(*events: object, served: tuple[str, ...] = ("big", "mid", "small", "tiny")) -> Catalog:
+    c = Catalog()
+    for event in (TenantCreated(tenant_id=TENANT), *events,
+                  EndpointRegistered(endpoint_id="ep", provider_id="p", base_url="http://127.0.0.1:9", models=served)):
+        c.apply(event)  # type: ignore[arg-type]
+    return c
+
+
+def router(c: Catalog) -> Router:
+    return Router(c, Fallbacks(c))
+
+
+def chain(c: Catalog, requested: str = "big") -> list[str]:
+    return [target.model.model_id for target in router(c).resolve(TENANT, requested).targets]
+
+
+def test_plan_follows_each_models_own_fallback_in_order() -> None:
+    c = catalog(ModelRegistered(model_id="big", fallback_model="mid"), ModelRegistered(model_id="mid", fallback_model="small"),
+                ModelRegistered(model_id="small"))
+    assert chain(c) == ["big", "mid", "small"]
+
+
+def test_the_tenants_fallback_replaces_the_models_own_in_the_chain() -> None:
+    c = catalog(ModelRegistered(model_id="big", fallback_model="mid"), ModelRegistered(model_id="mid"),
+                ModelRegistered(model_id="small"),
+                TenantModelAssigned(tenant_id=TENANT, model_id="big", fallback_model="small"))
+    assert chain(c) == ["big", "small"]
+
+
+def test_chain_stops_where_a_fallback_repeats() -> None:
+    c = catalog(ModelRegistered(model_id="big", fallback_model="mid"), ModelRegistered(model_id="mid", fallback_model="big"))
+    plan = router(c).resolve(TENANT, "big")
+    assert [t.model.model_id for t in plan.targets] == ["big", "mid"] and plan.unknown_fallback == ""
+
+
+def test_chain_ends_at_a_fallback_that_cannot_serve_and_names_it() -> None:
+    c = catalog(ModelRegistered(model_id="big", fallback_model="mid"), ModelRegistered(model_id="mid", fallback_model="gone"),
+                served=("big", "mid"))
+    plan = router(c).resolve(TENANT, "big")
+    assert [t.model.model_id for t in plan.targets] == ["big", "mid"] and plan.unknown_fallback == "gone"
+    c.apply(ModelRegistered(model_id="lonely"))                      # registered, but no endpoint serves it
+    c.apply(ModelRegistered(model_id="mid", fallback_model="lonely"))
+    assert router(c).resolve(TENANT, "big").unknown_fallback == "lonely"
+
+
+def test_plan_is_kept_until_the_catalog_changes() -> None:
+    c = catalog(ModelRegistered(model_id="big", fallback_model="mid"), ModelRegistered(model_id="mid"))
+    routes = router(c)
+    first = routes.resolve(TENANT, "big")
+    assert routes.resolve(TENANT, "big") is first
+    c.apply(ModelRegistered(model_id="big"))                         # the fallback is withdrawn
+    assert [t.model.model_id for t in routes.resolve(TENANT, "big").targets] == ["big"]
+
+
+def test_a_model_the_tenant_may_not_use_is_not_found() -> None:
+    c = catalog(ModelRegistered(model_id="big"), TenantModelAssigned(tenant_id=TENANT, model_id="big", enabled=False))
+    with pytest.raises(ModelNotFound):
+        router(c).resolve(TENANT, "big")
+
+
+def test_suggestions_list_the_designated_fallbacks_then_same_kind_models_by_priority() -> None:
+    c = catalog(ModelRegistered(model_id="big", fallback_model="mid"), ModelRegistered(model_id="mid"),
+                ModelRegistered(model_id="small"), ModelRegistered(model_id="tiny"),
+                ModelRegistered(model_id="embed", kind="embedding"),
+                TenantModelAssigned(tenant_id=TENANT, model_id="big", fallback_model="small"),
+                TenantModelAssigned(tenant_id=TENANT, model_id="tiny", priority=5),
+                served=("big", "mid", "small", "tiny", "embed"))
+    assert Fallbacks(c).suggestions(TENANT, "big") == ["small", "mid", "tiny"]
+    assert Fallbacks(c).designated(TENANT, "big") == ["small", "mid"]
+    assert [t.model.model_id for t in router(c).resolve(TENANT, "big").targets] == ["big", "small"]
