@@ -22,7 +22,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.catalog.rules import model_name_problem
 from switchyard_gateway.catalog.state import Catalog
@@ -31,6 +30,7 @@ from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import CallAttempted, EndpointRegistered, Event, now, subject_of
 from switchyard_gateway.contracts.messages import CommandReply, RecordDiscoveredModels
 from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.events import StreamFold
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.services.router.board import Board
 from switchyard_gateway.services.router.lease import Lease
@@ -52,8 +52,8 @@ class RouterControl:
         self.request_timeout_s = request_timeout_s
         self.catalog = Catalog()
         self.health = HealthView()
-        self.registry = Feed(subjects.STREAM_REGISTRY, self._on_registry_event)
-        self.routing = Feed(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
+        self.registry = StreamFold(subjects.STREAM_REGISTRY, self._on_registry_event)
+        self.routing = StreamFold(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
         self.board = Board(policy, instance)
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
         self.client = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=policy.probe_concurrency))
