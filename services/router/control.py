@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
@@ -35,6 +34,7 @@ from switchyard_gateway.kit import natsio
 from switchyard_gateway.services.router.board import Board
 from switchyard_gateway.services.router.lease import Lease
 from switchyard_gateway.services.router.policy import RouterPolicy
+from switchyard_gateway.services.router import probes
 from switchyard_gateway.services.router.probes import probe
 
 log = structlog.get_logger()
@@ -56,7 +56,7 @@ class RouterControl:
         self.routing = StreamFold(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
         self.board = Board(policy, instance)
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
-        self.client = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=policy.probe_concurrency))
+        self.client = probes.client(policy.probe_concurrency)
         self.leader_subscriptions = leader_subscriptions
         self.next_probe: dict[str, float] = {}       # endpoint -> monotonic time of its next probe
         self._wake = asyncio.Event()
@@ -100,7 +100,7 @@ class RouterControl:
                 await self.lease.hook
         await self._stop_service()
         await self.lease.release()
-        for closing in (self.registry.stop(), self.routing.stop(), self.client.aclose()):
+        for closing in (self.registry.stop(), self.routing.stop(), self.client.close()):
             with contextlib.suppress(Exception):
                 await closing
         if self._sub is not None:
