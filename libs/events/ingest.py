@@ -58,14 +58,12 @@ class Ingest:
     def __init__(
         self, nc: NATS, pool: asyncpg.Pool, stream: str, durable: str,
         projections: Sequence[Projection], batch: int = 1000, linger_s: float = 0.05,
-        on_commit: Callable[[list[Positioned]], None] | None = None, lag_interval_s: float = 5.0,
-        max_bytes: int = 8 * 1024 * 1024,
+        on_commit: Callable[[list[Positioned]], None] | None = None, max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.nc, self.pool, self.stream, self.durable = nc, pool, stream, durable
         self.projections = list(projections)
         self.batch, self.linger_s, self.max_bytes = batch, linger_s, max_bytes
         self.on_commit = on_commit
-        self.lag_interval_s = lag_interval_s
         self.committed = Watermark()         # events this replica appended (redeliveries not counted)
         self.position = Watermark()          # the log position of its last append
         self.pending: int | None = None      # the consumer's num_pending at the last look
@@ -82,16 +80,14 @@ class Ingest:
         sub = await js.pull_subscribe_bind(self.durable, self.stream) if await _exists(js, self.stream, self.durable) \
             else await js.pull_subscribe("", durable=self.durable, stream=self.stream, config=config)
         fetched: asyncio.Queue[Decoded] = asyncio.Queue(maxsize=1)
-        helpers = [asyncio.ensure_future(self._fetch_loop(sub, fetched)),
-                   asyncio.ensure_future(self._watch_lag(js))]
+        fetching = asyncio.ensure_future(self._fetch_loop(sub, fetched))
         try:
             while True:
                 msgs, batch = await fetched.get()
                 await self._commit_until_done(msgs, batch)
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
             # Messages fetched but not committed stay unacknowledged (JetStream redelivers them); without
             # the subscription, a drain of the connection does not wait for anyone to read them.
             with contextlib.suppress(Exception):
@@ -197,21 +193,13 @@ class Ingest:
                 self.on_commit(appended)
         return appended
 
-    async def _watch_lag(self, js: object) -> None:
-        """Publish the consumer's lag (messages not yet delivered, and delivered but unacknowledged)."""
-        pending = CONSUMER_PENDING.labels(self.stream, self.durable)
-        ack_pending = CONSUMER_ACK_PENDING.labels(self.stream, self.durable)
-        while True:
-            try:
-                info = await js.consumer_info(self.stream, self.durable)  # type: ignore[attr-defined]
-                self.pending = info.num_pending
-                pending.set(info.num_pending)
-                ack_pending.set(info.num_ack_pending)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 — NATS away: keep the last figures
-                pass
-            await asyncio.sleep(self.lag_interval_s)
+    async def refresh_lag(self) -> None:
+        """Set the lag gauges from the consumer (messages not yet delivered, and delivered but unacknowledged):
+        run before each scrape, so an idle service asks nothing in between."""
+        info = await self.nc.jetstream(timeout=2).consumer_info(self.stream, self.durable)
+        self.pending = info.num_pending
+        CONSUMER_PENDING.labels(self.stream, self.durable).set(info.num_pending)
+        CONSUMER_ACK_PENDING.labels(self.stream, self.durable).set(info.num_ack_pending)
 
 
 async def _exists(js: object, stream: str, durable: str) -> bool:

@@ -52,6 +52,7 @@ class ValkeyServer(ManagedServer):
             "--appendonly", "yes",
             "--appendfsync", "everysec" if self.durable else "no",
             "--save", "",
+            "--hz", "1",            # background work once a second, not ten times: idle means idle
         ]  # fmt: skip
 
     def answers(self) -> bool:

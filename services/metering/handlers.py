@@ -69,6 +69,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
         on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
     deps = Deps(pool=runtime.pool, ingest=ingest)
+    runtime.before_scrape.append(ingest.refresh_lag)
     # Ingest allocates tens of thousands of small objects per batch and makes no cycles: what start-up
     # built is frozen out of the collector, and it runs less often (about a third of ingest CPU otherwise).
     gc.freeze()
