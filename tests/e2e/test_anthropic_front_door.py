@@ -268,21 +268,27 @@ async def test_a_missing_max_tokens_is_an_invalid_request_in_anthropics_shape(up
                                                           "message": "max_tokens: Field required"}}
 
 
+async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.APIStatusError],
+                        what: str) -> anthropic.APIStatusError:
+    """Call until the tenant's new limit is applied and the call is refused with `refusal`."""
+    client = upstream.client(key)
+
+    async def refused() -> anthropic.APIStatusError | None:
+        try:
+            await client.messages.create(model=upstream.model("translated"), max_tokens=50,
+                                         messages=[{"role": "user", "content": "hi"}])
+        except refusal as exc:
+            return exc
+        return None
+
+    return await wait_for(refused, timeout_s=15, what=what)
+
+
 async def test_a_quota_refusal_is_a_payment_required_error(demo: DemoStack, upstream: Upstream) -> None:
     tenant = f"{upstream.prefix}-poor"
     key = await add_tenant(demo, tenant, [upstream.model("translated")])
     assert set_limits(demo, tenant, daily_tokens=10).status_code == 200
-    client = upstream.client(key)
-
-    async def refused() -> anthropic.PaymentRequiredError | None:
-        try:
-            await client.messages.create(model=upstream.model("translated"), max_tokens=50,
-                                         messages=[{"role": "user", "content": "hi"}])
-        except anthropic.PaymentRequiredError as exc:
-            return exc
-        return None
-
-    error = await wait_for(refused, timeout_s=15, what="the daily quota to be applied")
+    error = await first_refusal(upstream, key, anthropic.PaymentRequiredError, "the daily quota to be applied")
     assert error.status_code == 402 and error.type == "billing_error"
     assert isinstance(error.body, dict) and error.body["error"]["quota_type"] == "daily"
 
@@ -291,17 +297,7 @@ async def test_a_rate_limit_is_a_rate_limit_error(demo: DemoStack, upstream: Ups
     tenant = f"{upstream.prefix}-busy"
     key = await add_tenant(demo, tenant, [upstream.model("translated")])
     assert set_limits(demo, tenant, rpm=1).status_code == 200
-    client = upstream.client(key)
-
-    async def refused() -> anthropic.RateLimitError | None:
-        try:
-            await client.messages.create(model=upstream.model("translated"), max_tokens=2,
-                                         messages=[{"role": "user", "content": "hi"}])
-        except anthropic.RateLimitError as exc:
-            return exc
-        return None
-
-    error = await wait_for(refused, timeout_s=15, what="the rpm limit to be applied")
+    error = await first_refusal(upstream, key, anthropic.RateLimitError, "the rpm limit to be applied")
     assert error.type == "rate_limit_error" and int(error.response.headers["retry-after"]) >= 1
 
 

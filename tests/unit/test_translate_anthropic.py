@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
-from switchyard_gateway.services.gateway.edge.errors import AuthError, BadRequest, ModelNotFound, UpstreamError
+from switchyard_gateway.services.gateway.edge.errors import (
+    AuthError, BadRequest, ModelNotFound, PayloadTooLarge, UpstreamError,
+)
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaExceeded, RateLimited
 from switchyard_gateway.services.gateway.translate.anthropic_door import (
@@ -366,6 +368,7 @@ def test_gateway_errors_take_anthropics_types_by_status() -> None:
     assert anthropic_error(ModelNotFound("x"))["error"]["type"] == "not_found_error"
     assert anthropic_error(UpstreamError("no endpoint", status=503))["error"]["type"] == "overloaded_error"
     assert anthropic_error(UpstreamError("slow", status=504))["error"]["type"] == "timeout_error"
+    assert anthropic_error(PayloadTooLarge("too big"))["error"]["type"] == "request_too_large"
 
 
 def test_a_quota_refusal_is_a_billing_error_with_its_figures() -> None:

@@ -55,10 +55,7 @@ class Proxy:
         started = time.perf_counter()
         headers = scope.headers
         try:
-            key = self.auth.authenticate(headers)
-            body = await self._read_body(headers, proto)
-            request = _parse(body)
-            door = Door(scope.path, request, body)
+            key, body, request, door = await self._read(scope, proto)
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
@@ -89,14 +86,18 @@ class Proxy:
         finally:
             self._finish(call, outcome)
 
+    async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
+        """The caller, the body, its routed fields and the door that reads it; a GatewayError refuses the call."""
+        key = self.auth.authenticate(scope.headers)
+        body = await self._read_body(scope.headers, proto)
+        request = _parse(body)
+        return key, body, request, Door(scope.path, request, body)
+
     async def _count_tokens(self, scope: Any, proto: Any) -> None:
         """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
         headers = scope.headers
         try:
-            key = self.auth.authenticate(headers)
-            body = await self._read_body(headers, proto)
-            request = _parse(body)
-            door = Door(scope.path, request, body)
+            key, _, request, door = await self._read(scope, proto)
             self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
             assert door.anthropic is not None
             answer = door.anthropic.count_tokens(self.quota.estimator.count)

@@ -30,6 +30,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     PingEvent, StopReason, TextContent, TextDelta, ToolUseContent, encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
+from switchyard_gateway.services.gateway.translate.sse import EventData
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, decode_reply, error_message
 
 _PING = sse(PingEvent())
@@ -112,7 +113,7 @@ class MessageEvents:
 class OpenAIStreamToAnthropic:
     """Translate an OpenAI chat stream (with its usage chunk) into Anthropic events."""
 
-    __slots__ = ("events", "stop_sequences", "usage", "done", "error", "_buffer", "_finish", "_matched")
+    __slots__ = ("events", "stop_sequences", "usage", "done", "error", "_events", "_finish", "_matched")
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None) -> None:
         self.events = MessageEvents(model)
@@ -120,7 +121,7 @@ class OpenAIStreamToAnthropic:
         self.usage: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
-        self._buffer = b""
+        self._events = EventData()
         self._finish: str | None = None
         self._matched: Any = None
 
@@ -129,25 +130,16 @@ class OpenAIStreamToAnthropic:
         return self.events.content_events
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = data
-            return b""
-        complete, self._buffer = data[:end], data[end + 2:]
-        return b"".join(self._event(event) for event in complete.split(b"\n\n"))
+        return b"".join(self._event(payload) for payload in self._events.feed(chunk))
 
     def finish(self) -> bytes:
-        out = self.feed(b"\n\n") if self._buffer.strip() else b""
+        out = b"".join(self._event(payload) for payload in self._events.flush())
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
         return out + self.events.end(reason, sequence, self.usage)
 
-    def _event(self, event: bytes) -> bytes:
-        payload = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    def _event(self, payload: bytes) -> bytes:
         if not payload or self.error is not None:
             return b""
         if payload == b"[DONE]":
