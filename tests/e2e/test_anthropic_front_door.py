@@ -268,14 +268,14 @@ async def test_a_missing_max_tokens_is_an_invalid_request_in_anthropics_shape(up
                                                           "message": "max_tokens: Field required"}}
 
 
-async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.APIStatusError],
-                        what: str) -> anthropic.APIStatusError:
+async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.APIStatusError], what: str,
+                        max_tokens: int = 50) -> anthropic.APIStatusError:
     """Call until the tenant's new limit is applied and the call is refused with `refusal`."""
     client = upstream.client(key)
 
     async def refused() -> anthropic.APIStatusError | None:
         try:
-            await client.messages.create(model=upstream.model("translated"), max_tokens=50,
+            await client.messages.create(model=upstream.model("translated"), max_tokens=max_tokens,
                                          messages=[{"role": "user", "content": "hi"}])
         except refusal as exc:
             return exc
@@ -287,10 +287,15 @@ async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.AP
 async def test_a_quota_refusal_is_a_payment_required_error(demo: DemoStack, upstream: Upstream) -> None:
     tenant = f"{upstream.prefix}-poor"
     key = await add_tenant(demo, tenant, [upstream.model("translated")])
-    assert set_limits(demo, tenant, daily_tokens=10).status_code == 200
-    error = await first_refusal(upstream, key, anthropic.PaymentRequiredError, "the daily quota to be applied")
+    assert set_limits(demo, tenant, daily_tokens=1000).status_code == 200
+    error = await first_refusal(upstream, key, anthropic.PaymentRequiredError, "the daily quota to be applied",
+                                max_tokens=4000)          # `max_tokens` is what the reservation holds
     assert error.status_code == 402 and error.type == "billing_error"
     assert isinstance(error.body, dict) and error.body["error"]["quota_type"] == "daily"
+    assert error.body["error"]["limit"] == 1000
+    fits = await upstream.client(key).messages.create(model=upstream.model("translated"), max_tokens=4,
+                                                      messages=[{"role": "user", "content": "hi"}])
+    assert fits.usage.output_tokens == 4
 
 
 async def test_a_rate_limit_is_a_rate_limit_error(demo: DemoStack, upstream: Upstream) -> None:
