@@ -17,7 +17,7 @@
     notices   LogNotices   the NOTIFY each appending transaction sends at commit: followers of the log
                            wake when it grows, and are idle otherwise
     marks     Watermark    a position that only moves forward; `await mark.reach(n)` instead of polling
-    retry     Backoff, retry   one way to wait and try again while a dependency is away
+    (kit.retry) Backoff, retry one way to wait and try again while a dependency is away, re-exported here
 
 Every follower exposes where it is as a Watermark (`StreamFold.sequence`, `LogFold.position`,
 `LogFollower.position`, `Ingest.position` and `Ingest.committed`), so callers and tests wait on a
@@ -33,7 +33,7 @@ from switchyard_gateway.events.project import (
     Busy, Lead, LogFollower, Projection, Target, advance, catch_up, checkpoints, lock_checkpoint, set_checkpoint,
 )
 from switchyard_gateway.events.rebuild import Folding, ProgressBar, rebuild, rebuild_all, replay_log
-from switchyard_gateway.events.retry import TRANSIENT, Backoff, retry
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
 
 __all__ = [
     "TRANSIENT", "Backoff", "Busy", "Folding", "Ingest", "Lead", "LogFold", "LogFollower", "LogNotices", "Outbox",

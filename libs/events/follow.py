@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from switchyard_gateway.contracts.codec import decode_events
 from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.events.marks import Watermark
-from switchyard_gateway.events.retry import Backoff
+from switchyard_gateway.kit.retry import Backoff
 from switchyard_gateway.kit import eventlog
 
 log = structlog.get_logger()

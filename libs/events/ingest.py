@@ -28,7 +28,7 @@ from switchyard_gateway.contracts.codec import decode_events
 from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.project import Projection, advance, catch_up
-from switchyard_gateway.events.retry import TRANSIENT, Backoff, retry
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
 

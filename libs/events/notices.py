@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from switchyard_gateway.events.marks import Watermark
-from switchyard_gateway.events.retry import TRANSIENT, Backoff
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff
 
 CHANNEL = "switchyard_events"        # sent by the `events_notify` trigger (migration 0030)
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 30, 10, 3   # a silently dead peer, found by the kernel

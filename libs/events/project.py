@@ -19,7 +19,7 @@ import structlog
 from switchyard_gateway.contracts.events import event_type
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.notices import LogNotices
-from switchyard_gateway.events.retry import TRANSIENT, Backoff
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
 

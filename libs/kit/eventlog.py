@@ -15,6 +15,7 @@ import msgspec
 
 from switchyard_gateway.contracts.codec import decode_event
 from switchyard_gateway.contracts.events import Event, event_type
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
 
 APPEND_LOCK = 0x5359_4C4F47  # "SYLOG"
 MIGRATE_LOCK = 0x5359_4D4947  # "SYMIG"
@@ -186,8 +187,6 @@ async def count(conn: asyncpg.Connection, type_: str | None = None) -> int:
 
 async def create_pool(url: str, timeout_s: float = 30.0, size: int = 10) -> asyncpg.Pool:
     """A connection pool, waiting up to `timeout_s` for PostgreSQL to answer."""
-    from switchyard_gateway.events.retry import TRANSIENT, Backoff, retry
-
     async def attempt() -> asyncpg.Pool:
         return await asyncpg.create_pool(url, min_size=1, max_size=size, timeout=5, command_timeout=60)
 
