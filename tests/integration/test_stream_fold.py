@@ -3,23 +3,10 @@ consumer that vanishes made anew without missing or repeating an event."""
 
 from __future__ import annotations
 
-import uuid
-
-import pytest
-from nats.js.api import StreamConfig
-
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import Event, TenantCreated
 from switchyard_gateway.events import StreamFold
-
-
-@pytest.fixture
-async def stream(nc):
-    name = f"F{uuid.uuid4().hex[:10].upper()}"
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
-    yield name
-    await js.delete_stream(name)
+from tests.integration.test_projection_runner import stream  # noqa: F401 — a stream of the test's own
 
 
 async def publish(nc, stream: str, event: Event, subject: str = "tenant") -> int:
