@@ -55,15 +55,17 @@ ERROR = Contract("service.error", "error", (m.ErrorBody,),
 EXCHANGES: tuple[Exchange, ...] = (
     Exchange(s.REGISTRY_COMMAND, (m.AnyCommand,), (m.CommandReply,),
              "A registry command, tagged by `command`.",
-             "The events the command recorded (none when it changed nothing) and, for a new key, the key once."),
+             "The events the command recorded (none when it changed nothing), for a new key the key once, and for "
+             "`verify_credentials` the user (never a password or hash)."),
     Exchange(s.REGISTRY_QUERY, (m.RegistryQuery,), (list[dict[str, Any]], dict[str, Any]),
              "Read one kind of registry resource, one item of it, or one tenant's.",
              "A list of resources (no `id`), one resource (`id`), the `status` document or the `export` document; "
              "never a key hash or a secret."),
-    Exchange(s.ROUTER_COMMAND, (m.AnyRouterCommand,), (routing.CircuitChanged, m.RefreshReply, routing.ProbeCompleted),
+    Exchange(s.ROUTER_COMMAND, (m.AnyRouterCommand,),
+             (routing.CircuitChanged, m.RefreshReply, routing.ProbeCompleted, m.WarmReply),
              "A command for the router leader, tagged by `command`.",
              "`reset_circuit`: the CircuitChanged it published; `refresh`: a RefreshReply; "
-             "`test_endpoint`: the ProbeCompleted (not published)."),
+             "`test_endpoint`: the ProbeCompleted (not published); `warm_model`: a WarmReply (each result recorded)."),
     Exchange(s.ROUTER_QUERY, (m.RouterQuery,), (list[m.CircuitView], m.CircuitView),
              "Read every breaker, or one endpoint's.",
              "Every breaker (no `endpoint_id`), or one."),

@@ -106,17 +106,28 @@ CHANNELS: tuple[Channel, ...] = (
     _registry(s.TENANT_MODEL_UNASSIGNED, "tenant", "the tenant id"),
     _registry(s.KEY_ISSUED, "key", "the key id (its visible prefix)"),
     _registry(s.KEY_REVOKED, "key", "the key id (its visible prefix)"),
+    _registry(s.USER_CREATED, "user", "the username"),
+    _registry(s.USER_UPDATED, "user", "the username"),
+    _registry(s.USER_PASSWORD_CHANGED, "user", "the username"),
+    _registry(s.USER_REMOVED, "user", "the username"),
+    _registry(s.USER_TOKEN_REVOKED, "user", "the username"),
+    Channel(s.MODEL_WARMED, ("model", "the model id"), s.STREAM_REGISTRY,
+            (Use("registry", "recorded when the router reports a warm-up (RecordWarmUp), published from the log "
+                             "like every registry event"),), REGISTRY_IN, logged=True),
     Channel(s.PROBE_COMPLETED, ("endpoint", "the endpoint id"), s.STREAM_ROUTING, (ROUTER_OUT,), ROUTING_IN),
     Channel(s.CIRCUIT_CHANGED, ("endpoint", "the endpoint id"), s.STREAM_ROUTING, (ROUTER_OUT,), ROUTING_IN),
     Channel(s.LIMITS_SET, ("tenant", "the tenant id"), s.STREAM_LIMITS,
             (Use("quota", "appends the event to the log, then publishes it past its outbox checkpoint "
                           "(`quota.outbox`); `Nats-Msg-Id` = the event id"),),
             (Use("gateway", "ordered consumer from the stream's start: the local limits book"),), logged=True),
-    _service(s.REGISTRY_COMMAND, (ADMIN, Use("router", "reports discovered models"),
+    _service(s.REGISTRY_COMMAND, (Use("gateway", "admin API (/api/admin/...); sign-in: verify_credentials on "
+                                                 "/api/auth/login, revoke_user_token on /api/auth/logout"),
+                                  Use("router", "reports discovered models and warm-ups"),
                                   Use("switchyard up", "bootstraps the registry from switchyard.yaml")),
              Use("registry", "NATS micro service `registry`, one queue group")),
     _service(s.REGISTRY_QUERY, (ADMIN,), Use("registry", "NATS micro service `registry`, one queue group")),
-    _service(s.ROUTER_COMMAND, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
+    _service(s.ROUTER_COMMAND, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only "
+                                                      "(warm_model: the warm-up and model test APIs)")),
     _service(s.ROUTER_QUERY, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
     _service(s.METERING_QUERY, (Use("gateway", "monitoring API: /api/token_counts, /api/usage, /api/stats, "
                                                "/api/usage-stream"),),
