@@ -240,7 +240,10 @@ AnyCommand = (
     | CreateUser | UpdateUser | RemoveUser | RevokeUserToken | VerifyCredentials
 )
 
-AnyRegistryEvent = RegistryEvent | EndpointModelsDiscovered | ModelWarmed | UserEvent
+AnyRegistryEvent = RegistryEvent | EndpointModelsDiscovered
+# Registry facts added after the first release: replied in a list of their own, so that a reader built
+# before them still reads every reply (a new member of `events`' union would break it).
+LaterRegistryEvent = ModelWarmed | UserEvent
 
 
 class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -250,7 +253,13 @@ class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     events: list[AnyRegistryEvent] = []
     key: str | None = None
     key_id: str | None = None
+    later_events: list[LaterRegistryEvent] = []     # users' and warm-ups' events (see LaterRegistryEvent)
     user: UserView | None = None
+
+    @property
+    def recorded(self) -> list[Any]:
+        """Every event the command recorded, in order (commands record one family or the other)."""
+        return [*self.events, *self.later_events]
 
 
 # --- queries -------------------------------------------------------------------
@@ -301,24 +310,7 @@ class TestEndpoint(RouterCommand, frozen=True, tag="test_endpoint"):
     timeout_s: float = 5.0
 
 
-class WarmModel(RouterCommand, frozen=True, tag="warm_model"):
-    """Send an unbilled minimal call to a model so that it is loaded: on one endpoint, or on every endpoint
-    serving it; the registry records each result as a `model.warmed.v1`."""
-
-    model_id: str
-    endpoint_id: str = ""           # "" = every endpoint serving the model
-    provider_id: str = ""           # "" = any provider; else only that provider's endpoints
-    trigger: Literal["admin", "start", "test"] = "admin"
-    first_only: bool = False        # stop at the first endpoint that answers (a test)
-
-
-class WarmReply(msgspec.Struct, frozen=True):
-    """What each warm-up call did, in the order they were made."""
-
-    results: list[ModelWarmed]
-
-
-AnyRouterCommand = ResetCircuit | RefreshProbes | TestEndpoint | WarmModel
+AnyRouterCommand = ResetCircuit | RefreshProbes | TestEndpoint
 
 
 class RefreshReply(msgspec.Struct, frozen=True):
@@ -348,3 +340,23 @@ class CircuitView(msgspec.Struct, frozen=True):
     failed_calls: int = 0
     trial_successes: int = 0        # half-open: successes so far
     opened: int = 0                 # times it opened since it last closed (the cool-down doubles each time)
+
+
+# --- router warm-ups (`router.warm.v1`, leader only) ------------------------------
+
+
+class WarmModel(msgspec.Struct, frozen=True, kw_only=True):
+    """Send an unbilled minimal call to a model so that it is loaded: on one endpoint, or on every endpoint
+    serving it; the registry records each result as a `model.warmed.v1`."""
+
+    model_id: str
+    endpoint_id: str = ""           # "" = every endpoint serving the model
+    provider_id: str = ""           # "" = any provider; else only that provider's endpoints
+    trigger: Literal["admin", "start", "test"] = "admin"
+    first_only: bool = False        # stop at the first endpoint that answers (a test)
+
+
+class WarmReply(msgspec.Struct, frozen=True):
+    """What each warm-up call did, in the order they were made."""
+
+    results: list[ModelWarmed]

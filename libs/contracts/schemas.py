@@ -61,11 +61,13 @@ EXCHANGES: tuple[Exchange, ...] = (
              "Read one kind of registry resource, one item of it, or one tenant's.",
              "A list of resources (no `id`), one resource (`id`), the `status` document or the `export` document; "
              "never a key hash or a secret."),
-    Exchange(s.ROUTER_COMMAND, (m.AnyRouterCommand,),
-             (routing.CircuitChanged, m.RefreshReply, routing.ProbeCompleted, m.WarmReply),
+    Exchange(s.ROUTER_COMMAND, (m.AnyRouterCommand,), (routing.CircuitChanged, m.RefreshReply, routing.ProbeCompleted),
              "A command for the router leader, tagged by `command`.",
              "`reset_circuit`: the CircuitChanged it published; `refresh`: a RefreshReply; "
-             "`test_endpoint`: the ProbeCompleted (not published); `warm_model`: a WarmReply (each result recorded)."),
+             "`test_endpoint`: the ProbeCompleted (not published)."),
+    Exchange(s.ROUTER_WARM, (m.WarmModel,), (m.WarmReply,),
+             "Warm a model up with unbilled minimal calls: on one endpoint, or every endpoint serving it.",
+             "Each call's result, as the registry recorded it (`model.warmed.v1`)."),
     Exchange(s.ROUTER_QUERY, (m.RouterQuery,), (list[m.CircuitView], m.CircuitView),
              "Read every breaker, or one endpoint's.",
              "Every breaker (no `endpoint_id`), or one."),

@@ -43,6 +43,7 @@ METERING_QUERY = "metering.query.v1"
 METERING_COMMAND = "metering.command.v1"        # roll the usage time series up into days
 ROUTER_COMMAND = "router.command.v1"            # reset a breaker, force a refresh, test an endpoint
 ROUTER_QUERY = "router.query.v1"                # circuits, per-endpoint health
+ROUTER_WARM = "router.warm.v1"                  # warm a model up: unbilled minimal calls (leader only)
 QUOTA_RESERVE = "quota.reserve.v1"              # reserve estimated tokens against every limit
 QUOTA_QUERY = "quota.query.v1"                  # quotas and usage views
 QUOTA_COMMAND = "quota.command.v1"              # set limits

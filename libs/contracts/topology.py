@@ -126,8 +126,9 @@ CHANNELS: tuple[Channel, ...] = (
                                   Use("switchyard up", "bootstraps the registry from switchyard.yaml")),
              Use("registry", "NATS micro service `registry`, one queue group")),
     _service(s.REGISTRY_QUERY, (ADMIN,), Use("registry", "NATS micro service `registry`, one queue group")),
-    _service(s.ROUTER_COMMAND, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only "
-                                                      "(warm_model: the warm-up and model test APIs)")),
+    _service(s.ROUTER_COMMAND, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
+    _service(s.ROUTER_WARM, (Use("gateway", "the warm-up and model test APIs (/api/admin/models/...)"),),
+             Use("router", "NATS micro service `router`, served by the leader only")),
     _service(s.ROUTER_QUERY, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
     _service(s.METERING_QUERY, (Use("gateway", "monitoring API: /api/token_counts, /api/usage, /api/stats, "
                                                "/api/usage-stream"),),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from switchyard_gateway.services.registry.settings import Settings
 from switchyard_gateway.services.registry.store import RegistryStore
 
 _query = decoder(RegistryQuery)
+LATER_EVENTS = tuple(typing.get_args(m.LaterRegistryEvent))
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ async def on_command(deps: Deps, data: bytes) -> bytes:
         password_hash = await deps.passwords.hash(command.password)
     events, key, key_id = await deps.store.execute(command, password_hash)
     deps.log.info("registry.command", command=type(command).__name__, events=len(events))
-    return encode(CommandReply(events=events, key=key, key_id=key_id))
+    later = [e for e in events if isinstance(e, LATER_EVENTS)]
+    earlier = [e for e in events if not isinstance(e, LATER_EVENTS)]
+    return encode(CommandReply(events=earlier, key=key, key_id=key_id, later_events=later))
 
 
 async def verify_credentials(deps: Deps, command: m.VerifyCredentials) -> bytes:
