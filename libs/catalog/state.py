@@ -20,6 +20,9 @@ from switchyard_gateway.contracts.users import (
 )
 
 KEY_PREFIX = "sy_"
+# A token issued this long before its user's password changed still counts as issued after: the clocks of
+# the gateway that signs and the registry that records may disagree by that much (tokens carry milliseconds).
+SESSION_CLOCK_SLACK_S = 0.05
 
 
 def hash_key(secret: str) -> str:
@@ -179,15 +182,21 @@ class Catalog:
             return None
         return key
 
-    def session_live(self, username: str, tenant_id: str, role: str, session: str, issued_at: float) -> bool:
-        """Whether a token the gateway signed for a user still stands: the user exists with the same tenant and
-        role, the session was not ended, and the password has not changed since the token was issued."""
+    def user_session(self, username: str, session: str, issued_at: float) -> UserCreated | None:
+        """The user a token the gateway signed for it stands for, if the token still stands: the user exists
+        (and its tenant), the session was not ended, and the password has not changed since the token was
+        issued (`issued_at`, unix seconds)."""
         user = self.users.get(username)
-        if user is None or user.tenant_id != tenant_id or user.role != role or tenant_id not in self.tenants:
-            return False
+        if user is None or user.tenant_id not in self.tenants:
+            return None
         if session and session in self.sessions_ended:
-            return False
-        return issued_at >= int(user.occurred_at.timestamp())
+            return None
+        return user if issued_at >= user.occurred_at.timestamp() - SESSION_CLOCK_SLACK_S else None
+
+    def session_live(self, username: str, tenant_id: str, role: str, session: str, issued_at: float) -> bool:
+        """`user_session`, and the user still has the tenant and role the token names."""
+        user = self.user_session(username, session, issued_at)
+        return user is not None and user.tenant_id == tenant_id and user.role == role
 
     def resolve_model(self, name: str) -> str | None:
         """A model id from a name or alias; `:latest` is the same model."""
