@@ -18,7 +18,7 @@ from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.api import (
-    admin, health, monitoring, quotas, routing_admin, sign_in, users, warmup,
+    admin, embedding_seeds, health, monitoring, quotas, routing_admin, sign_in, system_seeds, users, warmup,
 )
 from switchyard_gateway.services.gateway.api.ollama_listings import OLLAMA_ROUTES
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
@@ -150,7 +150,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
-                        *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES],
+                        *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
+                        *system_seeds.ROUTES],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
