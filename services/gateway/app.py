@@ -164,4 +164,4 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
 
 def main() -> None:
     # RSGI: measured fastest for the hot path (docs/performance.md)
-    run("switchyard_gateway.services.gateway.app:create_app", Settings.from_env(), interface="rsgi")
+    run("switchyard_gateway.services.gateway.app:create_app", Settings.from_env(), interface="rsgi", websockets=True)
