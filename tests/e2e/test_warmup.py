@@ -3,45 +3,19 @@ unbilled call recorded as `model.warmed.v1` in the log, never as usage."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import AsyncIterator
-
-import asyncpg
 import httpx
-import pytest
 
 from switchyard_gateway.simulator import SimConfig, Simulator
-from tests.conftest import DemoStack, wait_for
-from tests.e2e.test_admin_registry import api, ok
+from tests.conftest import DemoStack, logged, wait_for
+from tests.e2e.test_admin_registry import api, ok, tag  # noqa: F401 — `tag`: the fixture, shared
 
 
 async def warmed(demo: DemoStack, endpoint_id: str) -> list[dict]:
-    conn = await asyncpg.connect(demo.database_url)
-    try:
-        rows = await conn.fetch("SELECT payload FROM events WHERE type = 'model.warmed.v1' "
-                                "AND payload->>'endpoint_id' = $1 ORDER BY position", endpoint_id)
-    finally:
-        await conn.close()
-    return [json.loads(r["payload"]) for r in rows]
+    return await logged(demo.database_url, "model.warmed.v1", "payload->>'endpoint_id' = $2", endpoint_id)
 
 
 async def usage_of(demo: DemoStack, endpoint_id: str) -> int:
-    conn = await asyncpg.connect(demo.database_url)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v1' "
-                                   "AND payload->>'endpoint_id' = $1", endpoint_id)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def tag(demo: DemoStack) -> AsyncIterator[str]:
-    tag = uuid.uuid4().hex[:8]
-    yield tag
-    for endpoint in (await api(demo, "GET", "/endpoints")).json():
-        if tag in endpoint["endpoint_id"]:
-            await api(demo, "DELETE", f"/endpoints/{endpoint['endpoint_id']}")
+    return len(await logged(demo.database_url, "usage.recorded.v1", "payload->>'endpoint_id' = $2", endpoint_id))
 
 
 async def test_warming_a_model_calls_each_endpoint_once_unbilled_and_records_it(demo: DemoStack, tag: str) -> None:

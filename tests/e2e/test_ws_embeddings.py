@@ -8,7 +8,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from switchyard_gateway.services.gateway.edge.ws_frames import read_binary
 from switchyard_gateway.simulator import SimConfig, Simulator
-from tests.conftest import DemoStack, wait_for
+from tests.conftest import DemoStack, logged, wait_for
 from tests.e2e.test_admin_registry import api, ok
 from tests.e2e.test_quota_e2e import Gateway, admin, new_tenant, set_limits, start_gateway, stop_gateway
 
@@ -50,13 +49,7 @@ async def until_closed(ws: ClientConnection) -> list[dict | bytes]:
 
 
 async def usage_events(demo: DemoStack, connection: str) -> list[dict]:
-    conn = await asyncpg.connect(demo.database_url)
-    try:
-        rows = await conn.fetch("SELECT payload FROM events WHERE type = 'usage.recorded.v1' "
-                                "AND payload->>'request_id' LIKE $1", f"{connection}.%")
-    finally:
-        await conn.close()
-    return [json.loads(r["payload"]) for r in rows]
+    return await logged(demo.database_url, "usage.recorded.v1", "payload->>'request_id' LIKE $2", f"{connection}.%")
 
 
 async def exactly(demo: DemoStack, connection: str, count: int) -> list[dict]:
