@@ -26,6 +26,8 @@ _command_decoder = msgspec.json.Decoder(AnyCommand)
 _raw_decoder = msgspec.json.Decoder()
 
 
+USAGE_RECORDED_V1 = "usage.recorded.v1"     # no longer published; stored events of it are read as v2
+
 
 def _usage_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
     """usage.recorded.v2 only adds the outcome `interrupted`: a v1 event reads as it is, under the new type."""
@@ -34,9 +36,9 @@ def _usage_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
 
 # old type string -> function turning its payload (a dict) into a current one.
 # Add an entry when a `.v2` replaces a `.v1`; the log is never rewritten.
-UPCASTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {s.USAGE_RECORDED_V1: _usage_v1_to_v2}
+UPCASTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {USAGE_RECORDED_V1: _usage_v1_to_v2}
 # old type string -> the type its upcast turns it into (readers of the log ask for both)
-SUPERSEDED: dict[str, str] = {s.USAGE_RECORDED_V1: s.USAGE_RECORDED}
+SUPERSEDED: dict[str, str] = {USAGE_RECORDED_V1: s.USAGE_RECORDED}
 
 encode: Callable[[Any], bytes] = _encoder.encode
 

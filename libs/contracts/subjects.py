@@ -7,7 +7,6 @@ One string names a fact everywhere: the subject prefix, the msgspec tag and the
 
 # --- events: <noun>.<past-tense verb>.v<major> -------------------------------
 USAGE_RECORDED = "usage.recorded.v2"         # v2: outcome may be `interrupted` (a call its gateway died during)
-USAGE_RECORDED_V1 = "usage.recorded.v1"      # superseded; read through an upcast (codec.UPCASTS)
 CALL_ATTEMPTED = "call.attempted.v1"
 
 PROVIDER_REGISTERED = "provider.registered.v1"

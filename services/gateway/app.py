@@ -27,6 +27,7 @@ from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.pipeline.journal import Journal
 from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
@@ -80,9 +81,12 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         await circuits.start(nc, settings.connect_timeout_s)
         upstreams = http1.Pool(max_connections_per_host=settings.upstream_pool_size,
                                connect_timeout_s=settings.upstream_connect_timeout_s)
-        publisher = UsagePublisher(nc, Path(settings.spool_dir))
-        runtime.spawn(publisher.run(), "usage-publisher")
         quota = await QuotaClient.start(nc, settings, state.catalog, fallbacks)   # limits feed + Valkey reservations
+        journal = Journal(Path(settings.spool_dir), settings.instance or "gateway", fsync=settings.journal_fsync,
+                          estimator=quota.estimator)
+        publisher = UsagePublisher(nc, journal)
+        await publisher.open()              # what the last life left is published first
+        runtime.spawn(publisher.run(), "usage-publisher")
         outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
         failover = Failover(router, upstreams, outcomes, settings)
         proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes)

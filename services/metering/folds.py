@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import USAGE_RECORDED_V1
 from switchyard_gateway.contracts.events import UsageRecorded
 
 
@@ -39,7 +40,7 @@ class UsageView(msgspec.Struct, gc=False):
 
 
 _view = msgspec.json.Decoder(UsageView).decode
-DECODERS: dict[str, Callable[[Any], Any]] = {subjects.USAGE_RECORDED: _view, subjects.USAGE_RECORDED_V1: _view}
+DECODERS: dict[str, Callable[[Any], Any]] = {subjects.USAGE_RECORDED: _view, USAGE_RECORDED_V1: _view}
 USAGE_TYPES = (UsageRecorded, UsageView)
 
 FactKey = tuple[int, str, str, str, bool, bool]   # (minute as epoch seconds, tenant, endpoint, model, failed, estimated)

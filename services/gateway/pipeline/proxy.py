@@ -64,6 +64,7 @@ class Proxy:
             if hit is not None:
                 self._answer_from_cache(call, plan, hit, proto)
                 return
+            accepted = self.usage.accepted(call, plan.model.model_id)    # journaled before anything is held
             plan, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
@@ -71,6 +72,7 @@ class Proxy:
             return
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         try:
+            await self.usage.serving(call, outcome, accepted)
             error = await self.failover.serve(call, outcome, plan, proto)
             if error is not None:
                 outcome.result, outcome.status = "error", error.status
@@ -87,9 +89,13 @@ class Proxy:
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
-        (and True)."""
-        served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
-                                                         body=call.body)
+        (and True). A refusal takes the call out of the journal."""
+        try:
+            served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
+                                                             body=call.body)
+        except BaseException:
+            self.usage.refused(call)
+            raise
         if served is plan.model:
             return plan, False
         return self.router.resolve(key.tenant_id, served.model_id), True
