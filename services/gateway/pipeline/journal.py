@@ -4,9 +4,10 @@ A call is written when it is accepted (before its quota is reserved), every seco
 while it runs long (tokens so far), and when it finishes (its usage event, before that is
 queued for NATS); JetStream's acknowledgements are written too. Records go to an append-only
 segment file in batches: everything appended during one turn of the event loop is one
-write(2), which a crash of the process cannot lose; with `fsync` a batch also waits for
-fdatasync, for crashes of the machine. A call is dispatched upstream only once its
-acceptance is written.
+write(2), which a crash of the process cannot lose — except an acceptance, which is written
+at once (with whatever is waiting), so that no quota is held and no upstream called for a
+call the journal does not know. With `fsync` every batch also waits for fdatasync, for
+crashes of the machine, and a call waits for its acceptance to be on disk before it goes on.
 
 Segments roll over at `segment_bytes`; the calls still in flight are carried into the new
 one, and a segment is deleted once nothing in it is still needed (each of its events
@@ -150,7 +151,10 @@ class Journal:
                           call.request.model or "", call.api, call.request.stream, max(1, len(call.body) // 4))
         self.in_flight[call.event_id] = _Open(call, record, self.segment)
         self.live[self.segment] += 1
-        return self._append(encode(record) + b"\n")
+        number = self._append(encode(record) + b"\n")
+        if not self.fsync:
+            self._flush_now()
+        return number
 
     def serving(self, call: Call, outcome: Outcome) -> None:
         """The call's Outcome, read for progress while it runs long."""
@@ -376,6 +380,8 @@ class Journal:
                 else:
                     waiting.append((number, future))
             self._waiters = waiting
+        if not self._emptied:
+            return
         for segment in sorted(self.live):
             if segment == self.segment or self.live[segment] or self._emptied.get(segment, 0) > self._durable:
                 break

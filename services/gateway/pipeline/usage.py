@@ -62,17 +62,20 @@ class UsagePublisher:
     # -- the proxy's hooks ---------------------------------------------------------------------
 
     def accepted(self, call: Call, model: str) -> int:
-        """A call was accepted: journal it (the returned number is what `serving` waits for)."""
+        """A call was accepted: journal it; the number returned is what `journaled` waits for."""
         return self.journal.accepted(call, model)
+
+    async def journaled(self, accepted: int) -> None:
+        """Wait until an acceptance is safe (at once, unless the journal syncs to disk): before anything is held."""
+        await self.journal.written(accepted)
 
     def refused(self, call: Call) -> None:
         """An accepted call was refused after all (over a quota): no usage event will come."""
         self.journal.refused(call)
 
-    async def serving(self, call: Call, outcome: Outcome, accepted: int) -> None:
-        """The call is about to be dispatched: wait until its acceptance is written; follow its outcome."""
+    def serving(self, call: Call, outcome: Outcome) -> None:
+        """The call is about to be dispatched: the journal follows its outcome while it runs long."""
         self.journal.serving(call, outcome)
-        await self.journal.written(accepted)
 
     def record(self, event: UsageRecorded) -> None:
         """Journal a finished call's usage event and queue it for publishing; returns at once."""
