@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.service import Runtime, create_service_app, run
+from switchyard_gateway.kit.service import Runtime, create_service_app, run, serve_subscriptions
 from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.services.gateway import metrics
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         failover = Failover(router, upstreams, outcomes, settings)
         proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes)
         metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
+        await serve_subscriptions(runtime, {}, None)     # answers $SRV.PING: /health counts every gateway instance
         return Deps(settings=settings, nc=nc, auth=auth, state=state, circuits=circuits, router=router, quota=quota,
                     usage=publisher, usage_stream=UsageHub(nc, router.inflight_counts), proxy=proxy,
                     cache=cache, upstreams=upstreams)
