@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -33,6 +34,7 @@ class MixedLoad:
     workers: int = 12
     max_tokens: int = 16
     seen: dict[str, str] = field(default_factory=dict)      # request id -> DONE, CUT, UNANSWERED or "http_<status>"
+    sent_at: dict[str, float] = field(default_factory=dict)  # request id -> monotonic time it was sent
     streaming: set[str] = field(default_factory=set)        # request ids of streams whose status arrived, not done
     running: bool = True
     sent: int = 0
@@ -56,6 +58,7 @@ class MixedLoad:
             self.sent += 1
             request_id = f"{self.prefix}-{self.sent}"
             self.seen[request_id] = UNANSWERED
+            self.sent_at[request_id] = time.monotonic()
             try:
                 async with client.post(f"{self.url}/v1/chat/completions", data=body, headers={
                         "Authorization": f"Bearer {self.key}", "X-Request-Id": request_id,
