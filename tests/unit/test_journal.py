@@ -35,9 +35,10 @@ def finished(call: Call, outcome: str = "ok", tokens: int = 7) -> UsageRecorded:
 
 def die(journal: Journal) -> None:
     """What kill -9 leaves: whatever was written, nothing flushed by a close, the lock let go by the kernel."""
-    os.close(journal._fd)            # noqa: SLF001
-    assert journal._lock_fd is not None  # noqa: SLF001
-    os.close(journal._lock_fd)       # noqa: SLF001
+    files = journal.files
+    os.close(files._fd)              # noqa: SLF001
+    assert files._lock_fd is not None    # noqa: SLF001
+    os.close(files._lock_fd)         # noqa: SLF001
 
 
 async def turn() -> None:
@@ -114,7 +115,7 @@ async def test_segments_roll_over_carry_calls_in_flight_and_are_deleted_once_ack
         await turn()
         journal.acknowledged([call.event_id])
         await turn()
-    assert journal.segment > 10
+    assert journal.files.segment > 10
     assert len(segments(journal.directory)) <= 2                     # the old ones went as they were done
     die(journal)
     after = Journal(tmp_path, "gw")
@@ -172,5 +173,5 @@ async def test_with_fsync_a_call_is_dispatched_only_once_its_acceptance_is_on_di
     await journal.open()
     number = journal.accepted(a_call("synced"), "m1")
     await asyncio.wait_for(journal.written(number), 5)
-    assert journal._durable >= number            # noqa: SLF001
+    assert journal.files._durable >= number      # noqa: SLF001
     journal.close()
