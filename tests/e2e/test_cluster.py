@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import nats.errors
 import psutil
 import pytest
 
@@ -165,7 +166,10 @@ async def test_a_nats_node_killed_under_load_loses_nothing_and_its_streams_get_t
     back_after = time.monotonic() - killed
 
     async def whole() -> bool:
-        return all(current == 3 for _, current in (await stream_replicas(cluster)).values())
+        try:
+            return all(current == 3 for _, current in (await stream_replicas(cluster)).values())
+        except (nats.errors.Error, asyncio.TimeoutError, ConnectionError):    # a stream electing its leader
+            return False
 
     await wait_for(whole, timeout_s=60, interval_s=0.25, what="every stream on three current replicas again")
     replicas_after = time.monotonic() - killed
