@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from switchyard_gateway.contracts.subjects import USAGE_RECORDED
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, logged, wait_for
 from tests.e2e.test_admin_registry import api, ok, tag  # noqa: F401 — `tag`: the fixture, shared
@@ -15,7 +16,7 @@ async def warmed(demo: DemoStack, endpoint_id: str) -> list[dict]:
 
 
 async def usage_of(demo: DemoStack, endpoint_id: str) -> int:
-    return len(await logged(demo.database_url, "usage.recorded.v1", "payload->>'endpoint_id' = $2", endpoint_id))
+    return len(await logged(demo.database_url, USAGE_RECORDED, "payload->>'endpoint_id' = $2", endpoint_id))
 
 
 async def test_warming_a_model_calls_each_endpoint_once_unbilled_and_records_it(demo: DemoStack, tag: str) -> None:

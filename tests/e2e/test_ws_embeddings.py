@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from switchyard_gateway.contracts.subjects import USAGE_RECORDED
 from switchyard_gateway.services.gateway.edge.ws_frames import read_binary
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, logged, wait_for
@@ -49,7 +50,7 @@ async def until_closed(ws: ClientConnection) -> list[dict | bytes]:
 
 
 async def usage_events(demo: DemoStack, connection: str) -> list[dict]:
-    return await logged(demo.database_url, "usage.recorded.v1", "payload->>'request_id' LIKE $2", f"{connection}.%")
+    return await logged(demo.database_url, USAGE_RECORDED, "payload->>'request_id' LIKE $2", f"{connection}.%")
 
 
 async def exactly(demo: DemoStack, connection: str, count: int) -> list[dict]:
