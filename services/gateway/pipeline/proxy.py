@@ -22,6 +22,7 @@ import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
+from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
@@ -54,10 +55,21 @@ class Proxy:
         if api == COUNT_TOKENS:
             await self._count_tokens(scope, proto)
             return
+        if api not in EMBEDDING_APIS:
+            return await self._serve(api, scope, proto)
+        metrics.ACTIVE_EMBEDDINGS.inc()
+        try:
+            return await self._serve(api, scope, proto)
+        finally:
+            metrics.ACTIVE_EMBEDDINGS.dec()
+
+    async def _serve(self, api: str, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
         headers = scope.headers
+        model = ""
         try:
             key, body, request, door = await self._read(scope, proto)
+            model = request.model or ""
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
@@ -69,7 +81,7 @@ class Proxy:
                 return
             plan, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
-            metrics.count_request(api, exc.status)
+            metrics.count_request(api, exc.status, model)
             send_error(proto, exc, error_body_for(scope.path, exc))
             return
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
