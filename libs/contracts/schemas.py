@@ -1,6 +1,6 @@
 """Every published contract by name — each event type and each request/reply message — with its JSON Schema.
 
-An event's name is its type string (`usage.recorded.v1`); a request/reply message is named by its subject
+An event's name is its type string (`usage.recorded.v2`); a request/reply message is named by its subject
 and direction (`quota.query.v1.request`, `quota.query.v1.reply`); `service.error` is the body of every
 error reply. `CONTRACTS` is the registry a reader validates or decodes against: `Contract.types` are the
 msgspec types the services themselves decode with.
@@ -55,7 +55,8 @@ ERROR = Contract("service.error", "error", (m.ErrorBody,),
 EXCHANGES: tuple[Exchange, ...] = (
     Exchange(s.REGISTRY_COMMAND, (m.AnyCommand,), (m.CommandReply,),
              "A registry command, tagged by `command`.",
-             "The events the command recorded (none when it changed nothing) and, for a new key, the key once."),
+             "The events the command recorded (none when it changed nothing), for a new key the key once, and for "
+             "`verify_credentials` the user (never a password or hash)."),
     Exchange(s.REGISTRY_QUERY, (m.RegistryQuery,), (list[dict[str, Any]], dict[str, Any]),
              "Read one kind of registry resource, one item of it, or one tenant's.",
              "A list of resources (no `id`), one resource (`id`), the `status` document or the `export` document; "
@@ -64,6 +65,9 @@ EXCHANGES: tuple[Exchange, ...] = (
              "A command for the router leader, tagged by `command`.",
              "`reset_circuit`: the CircuitChanged it published; `refresh`: a RefreshReply; "
              "`test_endpoint`: the ProbeCompleted (not published)."),
+    Exchange(s.ROUTER_WARM, (m.WarmModel,), (m.WarmReply,),
+             "Warm a model up with unbilled minimal calls: on one endpoint, or every endpoint serving it.",
+             "Each call's result, as the registry recorded it (`model.warmed.v1`)."),
     Exchange(s.ROUTER_QUERY, (m.RouterQuery,), (list[m.CircuitView], m.CircuitView),
              "Read every breaker, or one endpoint's.",
              "Every breaker (no `endpoint_id`), or one."),

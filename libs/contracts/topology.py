@@ -81,10 +81,12 @@ def _service(contract: str, requesters: tuple[Use, ...], responder: Use) -> Chan
 CHANNELS: tuple[Channel, ...] = (
     Channel(s.USAGE_RECORDED, ("tenant", "the tenant the call was made for"), s.STREAM_USAGE,
             (Use("gateway", "one message per tenant and batch (a JSON array of up to 256 events), lingering 50 ms; "
-                            "`Nats-Msg-Id` = first event id + count; spooled to disk while NATS does not ack"),),
+                            "`Nats-Msg-Id` = first event id + count; each event is in the gateway's journal from the "
+                            "call's acceptance until JetStream acknowledges it, and republished from there (same "
+                            "event id) by the gateway's next life when it was not"),),
             (Use("metering", f"durable pull consumer `{s.CONSUMER_METERING}` shared by its replicas: appended to "
                              "the log and its projections, acknowledged after the commit"),
-             Use("gateway", "/api/usage-stream: a core subscription to `usage.recorded.v1.>` while a client "
+             Use("gateway", f"/api/usage-stream: a core subscription to `{s.USAGE_RECORDED}.>` while a client "
                             "watches")),
             logged=True),
     Channel(s.CALL_ATTEMPTED, ("gateway", "the gateway instance that made the attempts"), None,
@@ -106,17 +108,29 @@ CHANNELS: tuple[Channel, ...] = (
     _registry(s.TENANT_MODEL_UNASSIGNED, "tenant", "the tenant id"),
     _registry(s.KEY_ISSUED, "key", "the key id (its visible prefix)"),
     _registry(s.KEY_REVOKED, "key", "the key id (its visible prefix)"),
+    _registry(s.USER_CREATED, "user", "the username"),
+    _registry(s.USER_UPDATED, "user", "the username"),
+    _registry(s.USER_PASSWORD_CHANGED, "user", "the username"),
+    _registry(s.USER_REMOVED, "user", "the username"),
+    _registry(s.USER_TOKEN_REVOKED, "user", "the username"),
+    Channel(s.MODEL_WARMED, ("model", "the model id"), s.STREAM_REGISTRY,
+            (Use("registry", "recorded when the router reports a warm-up (RecordWarmUp), published from the log "
+                             "like every registry event"),), REGISTRY_IN, logged=True),
     Channel(s.PROBE_COMPLETED, ("endpoint", "the endpoint id"), s.STREAM_ROUTING, (ROUTER_OUT,), ROUTING_IN),
     Channel(s.CIRCUIT_CHANGED, ("endpoint", "the endpoint id"), s.STREAM_ROUTING, (ROUTER_OUT,), ROUTING_IN),
     Channel(s.LIMITS_SET, ("tenant", "the tenant id"), s.STREAM_LIMITS,
             (Use("quota", "appends the event to the log, then publishes it past its outbox checkpoint "
                           "(`quota.outbox`); `Nats-Msg-Id` = the event id"),),
             (Use("gateway", "ordered consumer from the stream's start: the local limits book"),), logged=True),
-    _service(s.REGISTRY_COMMAND, (ADMIN, Use("router", "reports discovered models"),
+    _service(s.REGISTRY_COMMAND, (Use("gateway", "admin API (/api/admin/...); sign-in: verify_credentials on "
+                                                 "/api/auth/login, revoke_user_token on /api/auth/logout"),
+                                  Use("router", "reports discovered models and warm-ups"),
                                   Use("switchyard up", "bootstraps the registry from switchyard.yaml")),
              Use("registry", "NATS micro service `registry`, one queue group")),
     _service(s.REGISTRY_QUERY, (ADMIN,), Use("registry", "NATS micro service `registry`, one queue group")),
     _service(s.ROUTER_COMMAND, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
+    _service(s.ROUTER_WARM, (Use("gateway", "the warm-up and model test APIs (/api/admin/models/...)"),),
+             Use("router", "NATS micro service `router`, served by the leader only")),
     _service(s.ROUTER_QUERY, (ADMIN,), Use("router", "NATS micro service `router`, served by the leader only")),
     _service(s.METERING_QUERY, (Use("gateway", "monitoring API: /api/token_counts, /api/usage, /api/stats, "
                                                "/api/usage-stream"),),

@@ -22,7 +22,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
-from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.codec import encode, stored_types
 from switchyard_gateway.contracts.events import Event, subject_of
 from switchyard_gateway.events.follow import LogFold
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
@@ -92,7 +92,7 @@ class Outbox:
         """If the stream holds fewer of these events than the log, start publishing over from position 0."""
         info = await self.nc.jetstream(timeout=5).stream_info(self.stream)
         async with self.pool.acquire() as conn:
-            in_log = await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1)", list(self.types))
+            in_log = await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1)", stored_types(self.types))
             if info.state.messages >= in_log:
                 return False
             log.warning("outbox.stream_behind_log", outbox=self.name, stream=self.stream,

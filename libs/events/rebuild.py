@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 
-from switchyard_gateway.contracts.codec import decode_event
+from switchyard_gateway.contracts.codec import SUPERSEDED, decode_event, stored_types
 from switchyard_gateway.events.project import Projection, lock_checkpoint, set_checkpoint
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
@@ -51,7 +51,7 @@ class Folding(Protocol):
 async def count_upto(conn: asyncpg.Connection, types: frozenset[str], upto: int) -> int:
     """How many events of these types the log holds up to a position: what a progress bar counts to."""
     return await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1) AND position <= $2",
-                               list(types), upto)
+                               stored_types(types), upto)
 
 
 async def replay_log(
@@ -139,12 +139,14 @@ async def rebuild_all(
 
 
 def _decode_rows(rows: list[asyncpg.Record], decoders: Decoders) -> tuple[list[Positioned], Sequence[str]]:
+    """Each row decoded, and its type as the current version names it (an older version is read upcast)."""
     kinds = {row[1] for row in rows}
     if len(kinds) == 1:                       # the common case: one decoder, one type for the whole chunk
         (only,) = kinds
         decode = decoders.get(only, decode_event)
-        return [(row[0], decode(row[2])) for row in rows], (only,)
-    return [(row[0], decoders.get(row[1], decode_event)(row[2])) for row in rows], [row[1] for row in rows]
+        return [(row[0], decode(row[2])) for row in rows], (SUPERSEDED.get(only, only),)
+    return ([(row[0], decoders.get(row[1], decode_event)(row[2])) for row in rows],
+            [SUPERSEDED.get(row[1], row[1]) for row in rows])
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ only delays them.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 
 import asyncpg
@@ -18,16 +20,19 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import REGISTRY_EVENT_TYPES, Event
 from switchyard_gateway.contracts.messages import Command
 from switchyard_gateway.contracts.routing import REGISTRY_EVENT_CLASSES
+from switchyard_gateway.contracts.users import EVENT_CLASSES as USER_EVENT_CLASSES
 from switchyard_gateway.events import Outbox
 from switchyard_gateway.services.registry.decide import decide
 
-REGISTRY_TYPES = REGISTRY_EVENT_TYPES | {cls.__struct_config__.tag for cls in REGISTRY_EVENT_CLASSES}  # type: ignore[misc]
+REGISTRY_TYPES = REGISTRY_EVENT_TYPES | {cls.__struct_config__.tag  # type: ignore[misc]
+                                         for cls in (*REGISTRY_EVENT_CLASSES, *USER_EVENT_CLASSES)}
 COMMAND_LOCK = 0x5359_5245_47  # "SYREG"
 OUTBOX = "registry.outbox"
 
 
 class RegistryStore:
     def __init__(self, pool: asyncpg.Pool, nc: NATS) -> None:
+        self.pool = pool
         self.catalog = Catalog()
         self.changed_at: datetime | None = None
         self.outbox = Outbox(pool, nc, name=OUTBOX, stream=subjects.STREAM_REGISTRY, types=REGISTRY_TYPES,
@@ -42,14 +47,29 @@ class RegistryStore:
         """The last log position the catalog holds."""
         return self.outbox.fold.position.value
 
-    async def execute(self, command: Command) -> tuple[list[Event], str | None, str | None]:
+    async def execute(self, command: Command,
+                      password_hash: str | None = None) -> tuple[list[Event], str | None, str | None]:
         """Decide and record a command's events; return them with any new key (shown once)."""
 
         def decided() -> tuple[tuple[list[Event], str | None, str | None], list[Event]]:
-            events, key, key_id = decide(self.catalog, command)
+            events, key, key_id = decide(self.catalog, command, password_hash)
             return (events, key, key_id), events
 
         return await self.outbox.record(decided)
+
+    async def ping(self, timeout_s: float = 2.0) -> dict[str, object]:
+        """Whether PostgreSQL answers a query now, and how fast (never raises)."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s), self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 — a status report, not a failure
+            return {"status": "error", "detail": str(exc) or type(exc).__name__}
+        return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def refresh(self) -> None:
+        """Fold what other replicas recorded since (no lock: reads only)."""
+        await self.outbox.catch_up()
 
     def _apply(self, event: Event) -> None:
         self.catalog.apply(event)

@@ -36,6 +36,7 @@ from switchyard_gateway.services.router.lease import Lease
 from switchyard_gateway.services.router.policy import RouterPolicy
 from switchyard_gateway.services.router import probes
 from switchyard_gateway.services.router.probes import probe
+from switchyard_gateway.services.router.warmup import Warmer
 
 log = structlog.get_logger()
 _outcomes = decoder(list[CallAttempted])
@@ -58,10 +59,15 @@ class RouterControl:
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
         self.client = probes.client(policy.probe_concurrency)
         self.leader_subscriptions = leader_subscriptions
+        self.warmer = Warmer(nc, self.client, self.catalog, instance, keep_alive=policy.warm_keep_alive,
+                             timeout_s=policy.warm_timeout_s, request_timeout_s=request_timeout_s)
         self.next_probe: dict[str, float] = {}       # endpoint -> monotonic time of its next probe
+        self.last_ok: dict[str, bool] = {}           # endpoint -> whether its last probe (as leader) was ok
+        self._warming: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._service: Any = None
+        self._service: Any = None               # the leader's request/reply service
+        self._presence: Any = None              # every replica answers $SRV.PING (the gateway's /health counts them)
         self._sub: Any = None
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -72,6 +78,7 @@ class RouterControl:
         await self.registry.start(self.nc, timeout_s)
         await self.routing.start(self.nc, timeout_s)
         await self.lease.open()
+        self._presence = await natsio.serve(self.nc, "router", {}, instance=self.instance)
         # No queue group: every replica hears every outcome, only the leader folds them.
         self._sub = await self.nc.subscribe(f"{subjects.CALL_ATTEMPTED}.>", cb=self._on_outcomes)
         for coro, name in ((self.lease.run(self._gained, self._lost), "router-lease"),
@@ -90,9 +97,9 @@ class RouterControl:
 
     async def stop(self) -> None:
         """Stop acting, give the lease up at once (a successor need not wait for it to expire)."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._warming]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._warming]:
             with contextlib.suppress(BaseException):
                 await task
         if self.lease.hook is not None:         # a gain or loss half done finishes first (see Lease)
@@ -100,6 +107,9 @@ class RouterControl:
                 await self.lease.hook
         await self._stop_service()
         await self.lease.release()
+        if self._presence is not None:
+            with contextlib.suppress(Exception):
+                await self._presence.stop()
         for closing in (self.registry.stop(), self.routing.stop(), self.client.close()):
             with contextlib.suppress(Exception):
                 await closing
@@ -110,8 +120,10 @@ class RouterControl:
     async def _gained(self) -> None:
         self.board.resume({e: c for e, c in self.health.circuits.items() if e in self.catalog.endpoints})
         self.next_probe.clear()                      # probe everything at once
+        self.last_ok.clear()                         # endpoints marked warm_on_start are warmed afresh
         self._service = await natsio.serve(self.nc, "router", {
-            subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()})
+            subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()},
+            instance=self.instance, role="leader")
         self._wake.set()
 
     async def _lost(self) -> None:
@@ -129,6 +141,7 @@ class RouterControl:
         self.catalog.apply(event)
         if isinstance(event, EndpointRegistered):
             self.next_probe.pop(event.endpoint_id, None)
+            self.last_ok.pop(event.endpoint_id, None)
             self._wake.set()
 
     # --- call outcomes and the clock -------------------------------------------------------------
@@ -205,10 +218,19 @@ class RouterControl:
         await self.publish(result)
         if not result.ok:
             log.info("router.probe_failed", endpoint=endpoint_id, error=result.error)
+        elif endpoint.warm_on_start and not self.last_ok.get(endpoint_id):
+            self._warm_soon(endpoint_id, endpoint.models or result.models)
+        self.last_ok[endpoint_id] = result.ok
         change = self.board.fold_probe(result, now())
         if change is not None:
             await self.publish(change)
         return result, await self._discover(result)
+
+    def _warm_soon(self, endpoint_id: str, models: tuple[str, ...]) -> None:
+        """Warm an endpoint marked `warm_on_start` now that it probed healthy (after none, or a failure)."""
+        task = asyncio.create_task(self.warmer.warm_endpoint(endpoint_id, models), name=f"warm-{endpoint_id}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _discover(self, result: ProbeCompleted) -> list[str]:
         """Tell the registry when an endpoint advertises a different set of models; the events it recorded."""

@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from switchyard_gateway.contracts.quota import Limits, LimitsSet
 from switchyard_gateway.events import LogFollower, LogNotices

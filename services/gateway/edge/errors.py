@@ -3,10 +3,12 @@
     GatewayError
     ├── AuthError            401 {"error": "Invalid or expired token"}
     ├── ForbiddenError       403 {"error": "Admin role required"}
+    │   └── TenantMismatch   403 {"error": "X-Tenant-ID names another tenant than the key's"}
     └── ApiError             an OpenAI-style body {"error": {"message", "type", "param", "code"}}
         ├── BadRequest       400 (malformed JSON, missing or invalid fields)
         ├── PayloadTooLarge  413
         ├── ModelNotFound    404
+        │   └── ModelNotConfigured  404, code MODEL_NOT_CONFIGURED: the model exists, not for this tenant
         └── UpstreamError    502 / 503 / 504 when no endpoint could answer
 """
 
@@ -44,6 +46,11 @@ class ForbiddenError(GatewayError):
         super().__init__("Admin role required")
 
 
+class TenantMismatch(ForbiddenError):
+    def __init__(self) -> None:
+        GatewayError.__init__(self, "X-Tenant-ID names another tenant than the key's")
+
+
 class ApiError(GatewayError):
     kind = "invalid_request_error"
     code: str | None = None
@@ -78,6 +85,17 @@ class ModelNotFound(ApiError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"None of the configured endpoints advertise the model '{model}'", param="model")
+
+
+class ModelNotConfigured(ModelNotFound):
+    """The model exists, but the tenant has no use of it (not assigned, disabled, or no default set)."""
+
+    code = "MODEL_NOT_CONFIGURED"
+
+    def __init__(self, model: str, tenant_id: str) -> None:
+        message = f"No default model is configured for tenant '{tenant_id}'" if model == "default" \
+            else f"Model '{model}' is not configured for tenant '{tenant_id}'"
+        ApiError.__init__(self, message, param="model")
 
 
 class UpstreamError(ApiError):

@@ -1,4 +1,5 @@
-"""Serve the gateway over RSGI: inference calls go straight to the Proxy, the rest to Litestar via ASGI.
+"""Serve the gateway over RSGI: inference calls go straight to the Proxy, WebSockets to the WebSocket door
+(edge/ws.py, embeddings through the same Proxy), the rest to Litestar via ASGI.
 
 granian's RSGI interface proxied about 1.7x the calls/s of its ASGI interface
 here (docs/performance.md), so the hot path speaks RSGI natively; Litestar keeps
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar import Litestar
+
+from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
 
 if TYPE_CHECKING:
     from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
@@ -29,6 +32,7 @@ class GatewayRSGI:
     def __init__(self, litestar: Litestar) -> None:
         self.litestar = litestar
         self.proxy: Proxy | None = None
+        self.websockets: WebSocketDoor | None = None
         self._lifespan: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[dict[str, Any]] | None = None
         self._from_app: asyncio.Queue[dict[str, Any]] | None = None
@@ -37,10 +41,12 @@ class GatewayRSGI:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._lifespan_step("startup"))
-        self.proxy = self.litestar.state.deps.proxy
+        deps = self.litestar.state.deps
+        self.proxy = deps.proxy
+        self.websockets = WebSocketDoor(deps.proxy, deps.auth, deps.settings)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.proxy = None
+        self.proxy = self.websockets = None
         loop.run_until_complete(self._lifespan_step("shutdown"))
 
     async def _lifespan_step(self, step: str) -> None:
@@ -65,6 +71,10 @@ class GatewayRSGI:
                 await proxy(scope, proto)
             elif scope.proto == "http":
                 await bridge(self.litestar, scope, proto)
+            elif self.websockets is not None:
+                await self.websockets(scope, proto)
+            else:
+                proto.close(503)                # not started yet, or stopping
         except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
             log.exception("gateway.unhandled", path=scope.path, method=scope.method)
             try:

@@ -2,11 +2,13 @@
 
 Per call: authenticate, read and size-check the body, parse it and resolve its
 route plan from the local catalog (no I/O); answer from the response cache when
-it may; reserve quota (one Valkey round trip, or a fallback model's plan when the
-tenant allows it); hand the call and its plan to Failover (upstream attempts
-over the pooled HTTP/1.1 client, retries, fallbacks, relaying), and queue
-exactly one usage event from its Outcome — whatever happens after the call is
-accepted (answered, failed, cut, or abandoned by the client).
+it may; journal the call as accepted, then reserve quota (one Valkey round trip,
+or a fallback model's plan when the tenant allows it); hand the call and its plan
+to Failover (upstream attempts over the pooled HTTP/1.1 client, retries,
+fallbacks, relaying), and journal and queue exactly one usage event from its
+Outcome — whatever happens after the call is accepted (answered, failed, cut, or
+abandoned by the client; if the gateway itself dies, its next life records it
+from the journal).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
+from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
@@ -52,10 +55,21 @@ class Proxy:
         if api == COUNT_TOKENS:
             await self._count_tokens(scope, proto)
             return
+        if api not in EMBEDDING_APIS:
+            return await self._serve(api, scope, proto)
+        metrics.ACTIVE_EMBEDDINGS.inc()
+        try:
+            return await self._serve(api, scope, proto)
+        finally:
+            metrics.ACTIVE_EMBEDDINGS.dec()
+
+    async def _serve(self, api: str, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
         headers = scope.headers
+        model = ""
         try:
             key, body, request, door = await self._read(scope, proto)
+            model = request.model or ""
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
@@ -67,11 +81,12 @@ class Proxy:
                 return
             plan, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
-            metrics.count_request(api, exc.status)
+            metrics.count_request(api, exc.status, model)
             send_error(proto, exc, error_body_for(scope.path, exc))
             return
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         try:
+            self.usage.serving(call, outcome)
             error = await self.failover.serve(call, outcome, plan, proto)
             if error is not None:
                 outcome.result, outcome.status = "error", error.status
@@ -111,12 +126,19 @@ class Proxy:
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
-        (and True)."""
-        served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
-                                                         body=call.body)
-        if served is plan.model:
-            return plan, False
-        return self.router.resolve(key.tenant_id, served.model_id), True
+        (and True). The call is journaled first, so that nothing is ever held for a call the journal does not
+        know; a refusal takes it out again."""
+        accepted = self.usage.accepted(call, plan.model.model_id)
+        try:
+            await self.usage.journaled(accepted)
+            served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
+                                                             body=call.body)
+            if served is plan.model:
+                return plan, False
+            return self.router.resolve(key.tenant_id, served.model_id), True
+        except BaseException:
+            self.usage.refused(call)
+            raise
 
     async def _lookup(self, path: str, headers: Any, tenant_id: str, api: str, model_id: str,
                       body: bytes) -> tuple[str | None, CachedAnswer | None]:
