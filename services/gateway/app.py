@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody
@@ -22,7 +22,9 @@ from switchyard_gateway.services.gateway.api.ollama_listings import OLLAMA_ROUTE
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
+from switchyard_gateway.services.gateway.edge import errors
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge.headers import Cors
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
@@ -39,25 +41,45 @@ from switchyard_gateway.services.gateway.state.circuits import Circuits
 _encode = msgspec.json.Encoder().encode
 
 
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return Response(exc.render(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+def _error(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+    return Response(errors.render_for(request.url.path, error), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
 
 
-def _service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
-    return Response(_encode({"error": exc.body}), status_code=exc.status, media_type="application/json")
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    return _error(request, exc)
 
 
-def _validation_error(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
+def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
+    """A service's refusal: `{"error": {"code", "message", "field"}}` on admin routes, the door's shape on a door's."""
+    path = request.url.path
+    if errors.shape_for(path) == "plain":
+        return Response(_encode({"error": exc.body}), status_code=exc.status, media_type="application/json")
+    return _error(request, errors.GatewayError(exc.body.message, status=exc.status, kind="invalid_request_error",
+                                               code=exc.body.code.lower(), param=exc.body.field))
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
     text = str(exc)
     field = text.split("at `$.", 1)[1].rstrip("`").split("[", 1)[0] if "at `$." in text else None
     code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
         else "VALIDATION_ERROR"
+    if errors.shape_for(request.url.path) != "plain":
+        return _error(request, errors.BadRequest(text, code=code.lower(), param=field))
     return Response(_encode({"error": ErrorBody(code, text, field)}), status_code=400, media_type="application/json")
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    return Response(_encode({"error": exc.detail}), status_code=exc.status_code, headers=exc.headers or None,
-                    media_type="application/json")
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """The web framework's refusals (no such route, method not allowed, a bad parameter) in the door's shape."""
+    method, path = request.method, request.url.path
+    if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
+        error: GatewayError = errors.RouteNotFound(method, path)
+    elif isinstance(exc, MethodNotAllowedException):
+        error = errors.MethodNotAllowed(method, path)
+    else:
+        error = errors.from_status(exc.status_code, str(exc.detail))
+    error.headers = {**(exc.headers or {}), **error.headers}
+    return _error(request, error)
 
 
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
@@ -108,7 +130,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         },
         request_max_body_size=settings.max_body_bytes,
     )
-    return GatewayRSGI(litestar)
+    return GatewayRSGI(litestar, Cors(settings.cors_origins))
 
 
 def main() -> None:

@@ -20,6 +20,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     auth_mode: str = "multi-tenant"       # "multi-tenant": registry keys and JWTs; "single-user": only api_key
     api_key: str = ""                     # single-user mode: the one key accepted (role admin, tenant "admin")
     jwt_secret: str = ""                  # multi-tenant mode: HS256 secret of JWT bearer tokens ("" = no JWTs)
+    anonymous_tenant: str = ""            # trusted networks only: calls with no key act as a member of this tenant
+    # browsers
+    cors_origins: str = ""                # comma-separated origins allowed to call from a browser, or "*" ("": none)
     # quota reservations
     quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
     quota_hold_s: float = 600.0           # a reservation never settled is released after this long

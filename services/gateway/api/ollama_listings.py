@@ -1,4 +1,4 @@
-"""The Ollama API routes beside the hot path: /api/tags, /api/ps, /api/version and /api/show, per tenant, from the local catalog.
+"""The Ollama API routes beside the hot path: `/`, /api/tags, /api/ps, /api/version and /api/show, per tenant, from the local catalog.
 
 A model is listed when the caller's tenant may use it and at least one endpoint serves it,
 however many endpoints do (the list is merged). Names follow Ollama: a name without a tag
@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, head, post
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts.events import ModelRegistered
@@ -146,7 +146,21 @@ def _json(body: Any, status: int = 200) -> Response[bytes]:
 
 
 def _caller(request: Request[Any, Any, Any], deps: Deps) -> tuple[Catalog, str]:
-    return deps.catalog, deps.auth.authenticate(request.headers).tenant_id
+    return deps.catalog, deps.auth.authenticate(request.headers, anonymous=True).tenant_id
+
+
+RUNNING = "Ollama is running"       # what Ollama answers at its root, and what tools look for
+
+
+@get("/", media_type="text/plain", sync_to_thread=False)
+def ollama_root() -> str:
+    """Ollama's liveness answer, so that tools which look for an Ollama find one (no key needed)."""
+    return RUNNING
+
+
+@head("/", sync_to_thread=False, name="ollama_root_head")
+def ollama_root_head() -> Response[None]:
+    return Response(None, media_type="text/plain", headers={"content-length": str(len(RUNNING))})
 
 
 @get("/api/tags")
@@ -186,4 +200,4 @@ async def ollama_show(request: Request[Any, Any, Any], deps: Deps) -> Response[b
     return _json(body)
 
 
-OLLAMA_ROUTES = [ollama_tags, ollama_ps, ollama_version, ollama_show]
+OLLAMA_ROUTES = [ollama_root, ollama_root_head, ollama_tags, ollama_ps, ollama_version, ollama_show]

@@ -7,7 +7,9 @@ Two modes (`SWITCHYARD_AUTH_MODE`):
   `tenant` and `role` (`member` or `admin`) and carry an `exp`.
 - `single-user`: only the key in `SWITCHYARD_API_KEY` is accepted, as an admin of
   the `admin` tenant.
-Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. With `SWITCHYARD_ANONYMOUS_TENANT`
+set (for trusted networks only), a call to the inference doors or the Ollama listings that presents no
+key at all is a member of that tenant; a wrong key is still refused, and admin routes always need a key.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from switchyard_gateway.services.gateway.edge.errors import AuthError, Forbidden
 
 SINGLE_USER_TENANT = "admin"
 SINGLE_USER_KEY_ID = "single-user"
+ANONYMOUS_KEY_ID = "anonymous"
 JWT_CACHE_SIZE = 4096
 
 
@@ -36,7 +39,8 @@ class HeaderLookup(Protocol):
 class Authenticator:
     """Who a request's key stands for, checked against the local catalog: one per gateway, built at start."""
 
-    def __init__(self, catalog: Catalog, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "") -> None:
+    def __init__(self, catalog: Catalog, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "",
+                 anonymous_tenant: str = "") -> None:
         if mode not in ("multi-tenant", "single-user"):
             raise ValueError(f"SWITCHYARD_AUTH_MODE must be 'multi-tenant' or 'single-user', not '{mode}'")
         if mode == "single-user" and not api_key:
@@ -48,15 +52,24 @@ class Authenticator:
             self.single_user = KeyIssued(key_id=SINGLE_USER_KEY_ID, tenant_id=SINGLE_USER_TENANT,
                                          key_sha256=hash_key(api_key), role="admin", name="single-user key")
         self.jwt_secret = jwt_secret if mode == "multi-tenant" else ""
+        self.anonymous: KeyIssued | None = None       # the caller a request without a key stands for, if any
+        if anonymous_tenant:
+            self.anonymous = KeyIssued(key_id=ANONYMOUS_KEY_ID, tenant_id=anonymous_tenant, key_sha256="",
+                                       role="member", name="anonymous")
         self._tokens: dict[str, KeyIssued] = {}    # verified tokens -> caller, until they expire
 
     @classmethod
     def from_settings(cls, catalog: Catalog, settings: Settings) -> Authenticator:
-        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret)
+        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret, settings.anonymous_tenant)
 
-    def authenticate(self, headers: HeaderLookup) -> KeyIssued:
-        """The caller's live key (or JWT, or the single-user key), or AuthError."""
+    def authenticate(self, headers: HeaderLookup, *, anonymous: bool = False) -> KeyIssued:
+        """The caller's live key (or JWT, or the single-user key), or AuthError. With `anonymous` (the
+        inference doors and Ollama's listings), a request with no key is the anonymous tenant's, when one is
+        configured and the registry knows it."""
         secret = presented_key(headers)
+        if not secret and anonymous and self.anonymous is not None \
+                and self.anonymous.tenant_id in self.catalog.tenants:
+            return self.anonymous
         key = self.caller(secret) if secret else None
         if key is None:
             raise AuthError()

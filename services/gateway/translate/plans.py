@@ -29,7 +29,8 @@ from switchyard_gateway.services.gateway.translate.requests import (
 )
 from switchyard_gateway.services.gateway.translate.responses import (
     ollama_error, ollama_error_line, ollama_usage, openai_chat_to_ollama, openai_completion_to_ollama_generate,
-    openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings, openai_error_to_ollama, openai_usage,
+    openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings, openai_error_body,
+    openai_error_to_ollama, openai_usage,
 )
 from switchyard_gateway.services.gateway.translate.stream import OllamaStreamTap, OpenAIStreamToOllama
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts, TranslationError
@@ -40,7 +41,8 @@ __all__ = [
     "ollama_chat_to_openai", "ollama_embed_to_openai", "ollama_error", "ollama_error_line", "ollama_generate_path",
     "ollama_generate_request", "ollama_generate_to_openai", "ollama_model", "ollama_plan", "ollama_set_model",
     "ollama_usage", "ollama_wants_stream", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
-    "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_to_ollama",
+    "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_body",
+    "openai_error_to_ollama",
     "openai_usage",
 ]
 

@@ -156,3 +156,21 @@ def openai_error_to_ollama(data: bytes) -> bytes:
     if isinstance(body, dict) and "message" in body:
         return ollama_error(str(body["message"]))
     return ollama_error(data.decode(errors="replace"))
+
+
+def openai_error_body(data: bytes) -> bytes:
+    """An upstream's error answer on the OpenAI door: relayed as is when it is OpenAI's
+    `{"error": {"message", ...}}`, else its message wrapped in that shape."""
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return data
+        message = error_message(inner) if inner is not None else str(body.get("message") or body.get("detail") or "")
+    else:
+        message = data.decode(errors="replace").strip()
+    return encode({"error": {"message": message or "upstream error", "type": "upstream_error", "param": None,
+                             "code": "upstream_error"}})
