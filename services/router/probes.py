@@ -1,6 +1,7 @@
 """Unbilled probes of an endpoint: what it advertises and holds loaded, how fast it answers, or why not.
 
 Ollama: `GET /api/tags`, `/api/ps` and `/api/version`; OpenAI-style servers: `GET /v1/models`.
+With a `FactsBook`, what the server says of its models comes along (services/router/facts.py).
 No call generates tokens. Error texts never carry the endpoint's credential.
 """
 
@@ -15,7 +16,8 @@ from typing import Any
 import httpx
 
 from switchyard_gateway.catalog.rules import normalise_model
-from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.contracts.routing import ModelFacts, ProbeCompleted
+from switchyard_gateway.services.router.facts import FactsBook
 
 ERROR_BODY_CHARS = 200
 logging.getLogger("httpx").setLevel(logging.WARNING)     # not a line per probe call
@@ -42,23 +44,33 @@ def base(url: str) -> str:
 
 
 async def probe(client: httpx.AsyncClient, endpoint_id: str, kind: str, base_url: str, api_key_ref: str = "",
-                timeout_s: float = 5.0, prober: str = "") -> ProbeCompleted:
+                timeout_s: float = 5.0, prober: str = "", facts: FactsBook | None = None) -> ProbeCompleted:
     """Probe one endpoint once; never raises for the endpoint's faults."""
     secret = credential(api_key_ref)
     headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     root = base(base_url)
     started = time.perf_counter()
+    found: tuple[ModelFacts, ...] = ()
     try:
         if kind == "ollama":
-            models, loaded, version = await _ollama(client, root, headers, timeout_s)
+            tags, loaded, version = await _ollama(client, root, headers, timeout_s)
+            digests = _names(tags, f"{root}/api/tags", "models", "name", "digest")
+            models = tuple(sorted(digests))
+            latency = _ms(started)
+            if facts is not None:
+                found = await facts.ollama(client, endpoint_id, root, headers, timeout_s, digests)
         else:
-            models = await _models(client, f"{root}/v1/models", headers, timeout_s, "data", "id")
+            listing = await _get(client, f"{root}/v1/models", headers, timeout_s)
+            models = tuple(sorted(_names(listing, f"{root}/v1/models", "data", "id")))
             loaded, version = models, ""
+            latency = _ms(started)
+            if facts is not None:
+                found = await facts.openai(client, endpoint_id, root, headers, timeout_s, listing, models)
     except ProbeFailed as exc:
         return ProbeCompleted(endpoint_id=endpoint_id, ok=False, latency_ms=_ms(started),
                               error=redact(str(exc), secret), status=exc.status, prober=prober)
-    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=_ms(started), models=models, loaded=loaded,
-                          version=version, prober=prober)
+    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=latency, models=models, loaded=loaded,
+                          version=version, prober=prober, facts=found)
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -70,9 +82,10 @@ def _ms(started: float) -> float:
 
 
 async def _ollama(client: httpx.AsyncClient, root: str, headers: dict[str, str],
-                  timeout_s: float) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+                  timeout_s: float) -> tuple[Any, tuple[str, ...], str]:
+    """The /api/tags answer, the names /api/ps reports loaded, and the /api/version."""
     tags, ps, version = await asyncio.gather(
-        _models(client, f"{root}/api/tags", headers, timeout_s, "models", "name"),
+        _get(client, f"{root}/api/tags", headers, timeout_s),
         _models(client, f"{root}/api/ps", headers, timeout_s, "models", "name"),
         _get(client, f"{root}/api/version", headers, timeout_s),
         return_exceptions=True,
@@ -86,13 +99,18 @@ async def _ollama(client: httpx.AsyncClient, root: str, headers: dict[str, str],
 
 async def _models(client: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float,
                   list_key: str, name_key: str) -> tuple[str, ...]:
-    body = await _get(client, url, headers, timeout_s)
+    return tuple(sorted(_names(await _get(client, url, headers, timeout_s), url, list_key, name_key)))
+
+
+def _names(body: Any, url: str, list_key: str, name_key: str, value_key: str = "") -> dict[str, str]:
+    """The model names a listing holds (normalised), each with its `value_key` field ("" without one)."""
     items = body.get(list_key) if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise ProbeFailed(f"unexpected answer from {_path(url)}: no '{list_key}' list")
-    names = {normalise_model(str(item.get(name_key) or item.get("model") or ""))
+    names = {normalise_model(str(item.get(name_key) or item.get("model") or "")): str(item.get(value_key) or "")
              for item in items if isinstance(item, dict)}
-    return tuple(sorted(n for n in names if n))
+    names.pop("", None)
+    return names
 
 
 async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float) -> Any:

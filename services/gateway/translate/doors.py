@@ -13,6 +13,7 @@ from collections.abc import Callable
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError, shape_for, stream_error
 from switchyard_gateway.services.gateway.translate.sse import SseTap
+from switchyard_gateway.services.gateway.translate.wire import Times
 from switchyard_gateway.services.gateway.translate.plans import (
     OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_error, ollama_error_line, ollama_plan,
     ollama_wants_stream, openai_error_body, openai_usage,
@@ -52,17 +53,17 @@ class Door:
     def _openai_plan(self) -> Plan:
         """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""
         request, path = self._request, self.path
-        answer: Callable[[bytes, str], bytes] | None = None
+        answer: Callable[[bytes, str, Times], bytes] | None = None
         if self.api == "openai.embeddings":
             encoding_format, dimensions = embedding_options(self._body)
             if encoding_format or dimensions:
-                def answer(data: bytes, _model: str) -> bytes:
+                def answer(data: bytes, _model: str, _times: Times) -> bytes:
                     return conform_embeddings(data, encoding_format=encoding_format, dimensions=dimensions)
         keep_usage = bool(request.stream_options and request.stream_options.include_usage)
         return Plan(
             native=True,
             request=lambda body, upstream_model: (path, upstream_body(body, request, upstream_model)),
-            answer=answer, error=openai_error_body, stream=lambda _model: SseTap(keep_usage=keep_usage), usage=openai_usage,
+            answer=answer, error=openai_error_body, stream=lambda _model, _times: SseTap(keep_usage=keep_usage), usage=openai_usage,
         )
 
     @property
