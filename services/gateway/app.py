@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
@@ -34,6 +35,7 @@ from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
+from switchyard_gateway.services.gateway.openapi.routes import DOCS_ROUTES
 from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.gateway.state.circuits import Circuits
@@ -82,6 +84,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return _error(request, error)
 
 
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Anything else: logged once, answered 500 in the door's shape."""
+    structlog.get_logger().exception("gateway.unhandled", path=request.url.path, method=request.method,
+                                     error=type(exc).__name__)
+    return _error(request, GatewayError("Internal error", code="internal_error"))
+
+
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
     """The composition root: parts that need no I/O are built here, the rest at start; one Deps holds them."""
     settings = settings or Settings.from_env()
@@ -122,11 +131,11 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
-                        *CONSOLE_ROUTES],
+                        *CONSOLE_ROUTES, *DOCS_ROUTES],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
-            msgspec.MsgspecError: _validation_error, HTTPException: _http_error,
+            msgspec.MsgspecError: _validation_error, HTTPException: _http_error, Exception: _unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
     )

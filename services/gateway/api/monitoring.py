@@ -9,10 +9,11 @@ the endpoints serving its models.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
 import msgspec
+from msgspec import Meta
 from litestar import Request, Response, get, post
 from litestar.response import Stream
 
@@ -32,9 +33,12 @@ _any = msgspec.json.Decoder()
 Req = Request[Any, Any, Any]
 
 
+EPOCH_MAX_S = 253402300799.0          # 9999-12-31T23:59:59Z, the last instant a timestamp can name
+
+
 class StatsRequest(msgspec.Struct, frozen=True):
     model: str | None = None
-    since: float | None = None
+    since: Annotated[float, Meta(ge=0, le=EPOCH_MAX_S)] | None = None     # epoch seconds
     tenant_id: str | None = None        # one tenant's figures: the caller's own, or any tenant's for an operator
 
 
