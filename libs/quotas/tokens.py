@@ -35,9 +35,10 @@ class Message(msgspec.Struct):
 
 
 class Estimable(msgspec.Struct):
-    """The fields of an OpenAI request body that decide its size."""
+    """The fields of an OpenAI (or Anthropic Messages) request body that decide its size."""
 
     messages: list[Message] | None = None
+    system: str | list[ContentPart] | None = None   # Anthropic's system prompt, beside the messages
     prompt: str | list[Any] | None = None          # text, texts, token ids, or lists of token ids
     input: str | list[Any] | None = None
     max_tokens: int | None = None
@@ -102,9 +103,11 @@ class TokenEstimator:
     def prompt_tokens(self, request: Estimable) -> int:
         if request.messages is not None:
             total = PER_MESSAGE
-            for message in request.messages:
+            contents = [m.content for m in request.messages]
+            if request.system:
+                contents.append(request.system)
+            for content in contents:
                 total += PER_MESSAGE
-                content = message.content
                 if isinstance(content, str):
                     total += self.count(content)
                 elif content:

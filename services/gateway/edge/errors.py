@@ -31,10 +31,11 @@ _encode = msgspec.json.Encoder().encode
 
 # OpenAI's `type` for a status when the error names none
 _OPENAI_TYPES = {402: "insufficient_quota", 429: "rate_limit_exceeded"}
-# Anthropic's error types (docs.anthropic.com, Errors)
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 529: "overloaded_error", 503: "overloaded_error"}
+# Anthropic's error types by status
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",
+                   529: "overloaded_error"}
 
 
 class GatewayError(Exception):
@@ -148,9 +149,13 @@ def flat_body(error: GatewayError) -> dict[str, Any]:
     return {"error": error.message, **error.details}
 
 
+def anthropic_type(status: int) -> str:
+    return ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
 def anthropic_body(error: GatewayError) -> dict[str, Any]:
-    kind = _ANTHROPIC_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": error.message}}
+    return {"type": "error", "error": {"type": anthropic_type(error.status), "message": error.message,
+                                       **error.details}}
 
 
 SHAPES: dict[str, Callable[[GatewayError], dict[str, Any]]] = {

@@ -17,6 +17,7 @@ from switchyard_gateway.contracts.metering import ModelStats, RollupReply, Token
 from switchyard_gateway.contracts.quota import LimitsReply, LimitsUpdate, QuotasReply, SetLimitsReply, UsageReply
 from switchyard_gateway.services.gateway.api.monitoring import RollupRequest, StatsRequest
 from switchyard_gateway.services.gateway.openapi import shapes as s
+from switchyard_gateway.services.gateway.translate import anthropic_wire as a
 
 Json = dict[str, Any]
 Auth = Literal["key", "admin", "none", "door"]       # door: a key, or none under the anonymous tenant
@@ -117,17 +118,7 @@ class PlainError(msgspec.Struct):
     error: str | m.ErrorBody
 
 
-class AnthropicErrorDetail(msgspec.Struct):
-    type: str
-    message: str
-
-
-class AnthropicError(msgspec.Struct):
-    type: Literal["error"]
-    error: AnthropicErrorDetail
-
-
-ERRORS: dict[str, Any] = {"openai": s.OpenAIError, "ollama": s.OllamaError, "anthropic": AnthropicError,
+ERRORS: dict[str, Any] = {"openai": s.OpenAIError, "ollama": s.OllamaError, "anthropic": a.ErrorResponse,
                           "plain": PlainError}
 
 
@@ -159,6 +150,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/embeddings"): Operation("Embeddings (OpenAI)", s.EmbeddingRequest, s.EmbeddingList, auth="door"),
     ("GET", "/v1/models"): Operation("The models the caller's tenant may use", response=s.ModelList, auth="door"),
     ("GET", "/v1/models/{model_id}"): Operation("One model, by id or alias", response=s.Model, auth="door"),
+    # Anthropic
+    ("POST", "/v1/messages"): Operation("Messages (Anthropic)", a.MessagesRequest, a.MessagesResponse, streams=_SSE,
+                                        events=a.StreamEvent, auth="door"),
+    ("POST", "/v1/messages/count_tokens"): Operation("Count a prompt's tokens (Anthropic)", a.CountTokensRequest,
+                                                     a.CountTokensResponse, auth="door"),
     # Ollama
     ("GET", "/"): Operation("Ollama's liveness answer", response=str, content_type="text/plain", auth="none"),
     ("HEAD", "/"): Operation("Ollama's liveness answer, headers only", auth="none"),

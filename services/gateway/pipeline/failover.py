@@ -21,12 +21,13 @@ import structlog
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.events import CallAttempted
-from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, UpstreamError
 from switchyard_gateway.services.gateway.pipeline import relay
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.pipeline.routing import Route, RoutePlan, Router, Target
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher
 from switchyard_gateway.services.gateway.settings import Settings
+from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 log = structlog.get_logger()
 
@@ -87,7 +88,11 @@ class Failover:
         eid = endpoint.endpoint_id
         provider = self.router.catalog.providers.get(endpoint.provider_id)
         plan = call.door.plan(provider.kind if provider else "openai-compatible")
-        upstream_path, payload = plan.request(call.body, route.upstream_model)
+        try:
+            upstream_path, payload = plan.request(call.body, route.upstream_model)
+        except TranslationError as exc:           # this kind of endpoint cannot take the request: try another
+            log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=str(exc))
+            return BadRequest(f"Endpoint '{eid}' cannot serve this request: {exc}")
         to = relay.Attempt(endpoint, plan, upstream_path, payload,
                            lambda result, status, t0: self._report(call, model_id, eid, result, status, t0))
         circuits = self.router.circuits

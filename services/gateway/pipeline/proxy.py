@@ -1,4 +1,4 @@
-"""The hot path: OpenAI and Ollama inference calls handled over RSGI, from request bytes to usage event.
+"""The hot path: OpenAI, Ollama and Anthropic inference calls handled over RSGI, from request bytes to usage event.
 
 Per call: authenticate, read and size-check the body, parse it and resolve its
 route plan from the local catalog (no I/O); answer from the response cache when
@@ -29,6 +29,7 @@ from switchyard_gateway.services.gateway.pipeline.relay import ClientGone
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
+from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
 _decode_request = msgspec.json.Decoder(InferenceRequest).decode
@@ -48,14 +49,14 @@ class Proxy:
     async def __call__(self, scope: Any, proto: Any) -> None:
         """Serve one call (RSGI: `scope` has .path and .headers, `proto` reads the body and answers)."""
         api = self.routes[scope.path]
+        if api == COUNT_TOKENS:
+            await self._count_tokens(scope, proto)
+            return
         started = time.perf_counter()
         headers = scope.headers
         request_id = request_id_of(headers)
         try:
-            key = self.auth.authenticate(headers, anonymous=True)
-            body = await self._read_body(headers, proto)
-            request = _parse(body)
-            door = Door(scope.path, request, body)
+            key, body, request, door = await self._read(scope, proto)
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
@@ -85,6 +86,28 @@ class Proxy:
             raise
         finally:
             self._finish(call, outcome)
+
+    async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
+        """The caller, the body, its routed fields and the door that reads it; a GatewayError refuses the call."""
+        key = self.auth.authenticate(scope.headers, anonymous=True)
+        body = await self._read_body(scope.headers, proto)
+        request = _parse(body)
+        return key, body, request, Door(scope.path, request, body)
+
+    async def _count_tokens(self, scope: Any, proto: Any) -> None:
+        """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
+        request_id = request_id_of(scope.headers)
+        try:
+            key, _, request, door = await self._read(scope, proto)
+            self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
+            assert door.anthropic is not None
+            answer = door.anthropic.count_tokens(self.quota.estimator.count)
+        except GatewayError as exc:
+            metrics.count_request(COUNT_TOKENS, exc.status)
+            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
+            return
+        metrics.count_request(COUNT_TOKENS, 200)
+        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], answer)
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead

@@ -1,9 +1,10 @@
-"""The two front doors, OpenAI (`/v1/*`) and Ollama (`/api/*`): how a call through each reaches each kind of endpoint.
+"""The front doors, OpenAI (`/v1/*`), Ollama (`/api/*`) and Anthropic (`/v1/messages`): how a call through each reaches each kind of endpoint.
 
 A door gives, per endpoint kind, a `Plan` (services/gateway/translate/plans.py): the
 upstream path and body, how a whole answer and its usage are read and
 translated, and the stream relay to use. It also renders the gateway's own
-errors the way its clients read them.
+errors the way its clients read them. The Anthropic door's request, plans and
+errors live in `anthropic_door.py` and `anthropic_responses.py`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Callable
 
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError, shape_for, stream_error
+from switchyard_gateway.services.gateway.translate.anthropic_door import ANTHROPIC_APIS, AnthropicCall
 from switchyard_gateway.services.gateway.translate.sse import SseTap
-from switchyard_gateway.services.gateway.translate.wire import Times
 from switchyard_gateway.services.gateway.translate.plans import (
-    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_error, ollama_error_line, ollama_plan,
-    ollama_wants_stream, openai_error_body, openai_usage,
+    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_plan, ollama_wants_stream, openai_error_body,
+    openai_usage,
 )
+from switchyard_gateway.services.gateway.translate.wire import Times
 from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
 
 OPENAI_APIS = {
@@ -25,14 +27,14 @@ OPENAI_APIS = {
     "/v1/completions": "openai.completions",
     "/v1/embeddings": "openai.embeddings",
 }
-APIS = {**OPENAI_APIS, **OLLAMA_APIS}
+APIS = {**OPENAI_APIS, **OLLAMA_APIS, **ANTHROPIC_APIS}
 _STREAMING_OLLAMA = frozenset({"ollama.chat", "ollama.generate"})
 
 
 class Door:
     """One call's front door."""
 
-    __slots__ = ("api", "path", "ollama", "shape", "_plans", "_request", "_body")
+    __slots__ = ("api", "path", "ollama", "anthropic", "shape", "_plans", "_request", "_body")
 
     def __init__(self, path: str, request: InferenceRequest, body: bytes) -> None:
         self.path, self.api = path, APIS[path]
@@ -42,12 +44,16 @@ class Door:
         self._plans: dict[str, Plan] = {}
         if self.ollama:
             request.stream = self.api in _STREAMING_OLLAMA and ollama_wants_stream(body)
+        self.anthropic = AnthropicCall(self.api, request, body) if path in ANTHROPIC_APIS else None
 
     def plan(self, endpoint_kind: str) -> Plan:
         plan = self._plans.get(endpoint_kind)
         if plan is None:
-            plan = self._plans[endpoint_kind] = ollama_plan(self.api, endpoint_kind) if self.ollama \
-                else self._openai_plan()
+            if self.anthropic is not None:
+                plan = self.anthropic.plan(endpoint_kind)
+            else:
+                plan = ollama_plan(self.api, endpoint_kind) if self.ollama else self._openai_plan()
+            self._plans[endpoint_kind] = plan
         return plan
 
     def _openai_plan(self) -> Plan:
@@ -63,7 +69,8 @@ class Door:
         return Plan(
             native=True,
             request=lambda body, upstream_model: (path, upstream_body(body, request, upstream_model)),
-            answer=answer, error=openai_error_body, stream=lambda _model, _times: SseTap(keep_usage=keep_usage), usage=openai_usage,
+            answer=answer, error=openai_error_body, stream=lambda _model, _times: SseTap(keep_usage=keep_usage),
+            usage=openai_usage,
         )
 
     @property

@@ -19,7 +19,7 @@ Errors on the Ollama door are `{"error": "<message>"}` (`ollama_error`, `ollama_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from switchyard_gateway.services.gateway.translate.embeddings import conform_embeddings, embedding_options, embeddings_to_base64
 from switchyard_gateway.services.gateway.translate.requests import (
@@ -54,16 +54,26 @@ OLLAMA_APIS = {
     "/api/embeddings": "ollama.embeddings",
 }
 
-Stream = OllamaStreamTap | OpenAIStreamToOllama
+
+class Stream(Protocol):
+    """What relays a streamed answer: `feed` and `finish` give the bytes to send (see translate/stream.py)."""
+
+    usage: TokenCounts | None
+    done: bool
+    content_events: int
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
 
 
 class Plan(NamedTuple):
-    """How one Ollama-format call reaches one kind of endpoint.
+    """How one call through a translating door reaches one kind of endpoint.
 
     `request(body, upstream_model)` -> (upstream path, upstream body);
     `answer(data, model, times)` turns a 200 non-streamed answer into the door's (None: relay as is);
     `times` (`wire.Times`) say when the call arrived and when the answering attempt was sent;
-    `error(data)` turns a non-200 answer into the door's error body (None: relay as is);
+    `error(data, status)` turns a non-200 answer into the door's error body (None: relay as is);
     `stream(model, times)` builds the object that relays a streamed answer (None: this API never streams);
     `usage(data)` reads the `TokenCounts` of the upstream's whole 200 answer, before translation.
     """
@@ -71,7 +81,7 @@ class Plan(NamedTuple):
     native: bool
     request: Callable[[bytes, str], tuple[str, bytes]]
     answer: Callable[[bytes, str, Times], bytes] | None
-    error: Callable[[bytes], bytes] | None
+    error: Callable[[bytes, int], bytes] | None
     stream: Callable[[str, Times], Stream] | None
     usage: Callable[[bytes], TokenCounts | None]
 

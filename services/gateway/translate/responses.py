@@ -167,7 +167,7 @@ def ollama_error_line(message: str) -> bytes:
     return encode({"error": message}) + b"\n"
 
 
-def openai_error_to_ollama(data: bytes) -> bytes:
+def openai_error_to_ollama(data: bytes, _status: int = 0) -> bytes:
     """An OpenAI-style error body (`{"error": {"message", ...}}`, or anything else) as an Ollama error body."""
     try:
         body = msgspec.json.decode(data)
@@ -180,7 +180,7 @@ def openai_error_to_ollama(data: bytes) -> bytes:
     return ollama_error(data.decode(errors="replace"))
 
 
-def openai_error_body(data: bytes) -> bytes:
+def openai_error_body(data: bytes, _status: int = 0) -> bytes:
     """An upstream's error answer on the OpenAI door: relayed as is when it is OpenAI's
     `{"error": {"message", ...}}`, else its message wrapped in that shape."""
     try:
