@@ -86,6 +86,10 @@ def test_errors_take_the_shape_of_the_door_they_come_through(demo: DemoStack) ->
     route = httpx.post(f"{demo.url}/v1/nothing", headers=bearer(demo.demo_key)).json()["error"]
     assert route["code"] == "unknown_url" and route["message"] == "Invalid URL (POST /v1/nothing)"
     assert httpx.get(f"{demo.url}/api/nothing").json() == {"error": "Invalid URL (GET /api/nothing)"}
+    for path, shape in (("/v1/chat/completions", dict), ("/api/chat", str), ("/v1/messages", dict)):
+        wrong_method = httpx.get(f"{demo.url}{path}", headers=bearer(demo.demo_key))
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST", path
+        assert isinstance(wrong_method.json()["error"], shape), path
     bad_since = httpx.post(f"{demo.url}/api/stats", headers=bearer(demo.admin_key),
                            json={"model": "llama3.2", "since": 1e300})
     assert bad_since.status_code == 400 and bad_since.json()["error"]["field"] == "since"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Litestar
 
-from switchyard_gateway.services.gateway.edge.errors import ForbiddenError, GatewayError, render_for
+from switchyard_gateway.services.gateway.edge.errors import ForbiddenError, GatewayError, MethodNotAllowed, render_for
 from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
     request_id_of
 
@@ -84,8 +84,11 @@ class GatewayRSGI:
             else:
                 proto = WithHeaders(proto, cors.answer_headers(origin))
         try:
-            if proxy is not None and scope.method == "POST" and scope.path in proxy.routes:
-                await proxy(scope, proto)
+            if proxy is not None and scope.path in proxy.routes:
+                if scope.method == "POST":
+                    await proxy(scope, proto)
+                else:
+                    _refuse(scope, proto, MethodNotAllowed(scope.method, scope.path), [("allow", "POST")])
             else:
                 await bridge(self.litestar, scope, proto)
         except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
@@ -96,9 +99,9 @@ class GatewayRSGI:
                 pass
 
 
-def _refuse(scope: Any, proto: Any, error: GatewayError) -> None:
+def _refuse(scope: Any, proto: Any, error: GatewayError, extra: list[tuple[str, str]] | None = None) -> None:
     proto.response_bytes(error.status, [("content-type", "application/json"),
-                                        (REQUEST_ID, request_id_of(scope.headers))],
+                                        (REQUEST_ID, request_id_of(scope.headers)), *(extra or ())],
                          render_for(scope.path, error))
 
 
