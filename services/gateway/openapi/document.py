@@ -25,8 +25,9 @@ from switchyard_gateway.services.gateway.openapi.operations import ERRORS, OPERA
 REF = "#/components/schemas/{name}"
 SSE = "text/event-stream"
 SECURED = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-_TAGS = (("/v1/messages", "Anthropic"), ("/v1/", "OpenAI"), ("/api/admin/", "Admin"), ("/ui", "Console"),
-         ("/dashboard", "Console"), ("/openapi.json", "Documentation"), ("/docs", "Documentation"))
+TAG_ORDER = ("OpenAI", "Anthropic", "Ollama", "Monitoring", "Admin", "Documentation")
+_TAGS = (("/v1/messages", "Anthropic"), ("/v1/", "OpenAI"), ("/api/admin/", "Admin"),
+         ("/openapi.json", "Documentation"), ("/docs", "Documentation"))
 
 
 def _version() -> str:
@@ -75,8 +76,9 @@ def build(app: Litestar, inference_paths: Iterable[str], *, anonymous: bool = Fa
     return {
         "openapi": "3.1.0",
         "info": {"title": "Switchyard", "version": _version(),
-                 "description": "An AI model gateway: the OpenAI and Ollama APIs in front of many model servers, "
-                                "with admin and monitoring routes. Errors come in each door's own shape."},
+                 "description": "An AI model gateway: the OpenAI, Anthropic and Ollama APIs in front of many model "
+                                "servers, with admin and monitoring routes. Errors come in each door's own shape."},
+        "tags": [{"name": name} for name in TAG_ORDER],
         "paths": paths,
         "components": {
             "schemas": components,
