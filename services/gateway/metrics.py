@@ -38,7 +38,7 @@ CACHE_HITS = Counter("switchyard_cache_hits_total", "Calls answered from the res
 EMBEDDING_CACHE_HITS = Counter("embedding_cache_hits_total", "Embedding calls answered from the response cache",
                                ["model"])
 INFLIGHT = Gauge("switchyard_inflight_calls", "Calls in flight in this gateway")
-USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events queued or spooled, not yet in JetStream")
+USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events in the journal that JetStream has not acknowledged yet")
 
 
 @lru_cache(maxsize=4096)

@@ -2,11 +2,13 @@
 
 Per call: authenticate, read and size-check the body, parse it and resolve its
 route plan from the local catalog (no I/O); answer from the response cache when
-it may; reserve quota (one Valkey round trip, or a fallback model's plan when the
-tenant allows it); hand the call and its plan to Failover (upstream attempts
-over the pooled HTTP/1.1 client, retries, fallbacks, relaying), and queue
-exactly one usage event from its Outcome — whatever happens after the call is
-accepted (answered, failed, cut, or abandoned by the client).
+it may; journal the call as accepted, then reserve quota (one Valkey round trip,
+or a fallback model's plan when the tenant allows it); hand the call and its plan
+to Failover (upstream attempts over the pooled HTTP/1.1 client, retries,
+fallbacks, relaying), and journal and queue exactly one usage event from its
+Outcome — whatever happens after the call is accepted (answered, failed, cut, or
+abandoned by the client; if the gateway itself dies, its next life records it
+from the journal).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Proxy:
             return
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         try:
+            self.usage.serving(call, outcome)
             error = await self.failover.serve(call, outcome, plan, proto)
             if error is not None:
                 outcome.result, outcome.status = "error", error.status
@@ -111,12 +114,19 @@ class Proxy:
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
-        (and True)."""
-        served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
-                                                         body=call.body)
-        if served is plan.model:
-            return plan, False
-        return self.router.resolve(key.tenant_id, served.model_id), True
+        (and True). The call is journaled first, so that nothing is ever held for a call the journal does not
+        know; a refusal takes it out again."""
+        accepted = self.usage.accepted(call, plan.model.model_id)
+        try:
+            await self.usage.journaled(accepted)
+            served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
+                                                             body=call.body)
+            if served is plan.model:
+                return plan, False
+            return self.router.resolve(key.tenant_id, served.model_id), True
+        except BaseException:
+            self.usage.refused(call)
+            raise
 
     async def _lookup(self, path: str, headers: Any, tenant_id: str, api: str, model_id: str,
                       body: bytes) -> tuple[str | None, CachedAnswer | None]:

@@ -131,7 +131,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
 async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
                         started: float) -> None:
     assert to.plan.stream is not None
-    tap = to.plan.stream(call.request.model or "", _times(call, started))
+    tap = outcome.stream_tap = to.plan.stream(call.request.model or "", _times(call, started))
     outcome.status = 200
     transport = None
     failed_early = False
