@@ -17,7 +17,7 @@ from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
 from tests.conftest import DemoStack
 from tests.e2e.test_ollama_front_door import Upstream, registered_upstream
-from tests.e2e.test_quota_e2e import new_tenant, set_limits
+from tests.e2e.test_quota_e2e import new_tenant, set_limits, settled
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -74,24 +74,30 @@ def test_openai_sdk_gets_permission_denied_from_an_admin_route(demo: DemoStack) 
     assert denied.value.status_code == 403 and denied.value.body == "Admin role required"   # that route's shape
 
 
-def test_openai_sdk_gets_insufficient_quota_with_the_quota_details(demo: DemoStack) -> None:
+async def test_openai_sdk_gets_insufficient_quota_with_the_quota_details(demo: DemoStack, urls) -> None:
     tenant, key = new_tenant(demo)
     assert set_limits(demo, tenant, daily_tokens=1).status_code == 200
+    client = openai.AsyncOpenAI(base_url=f"{demo.url}/v1", api_key=key, max_retries=0, timeout=30)
     with pytest.raises(openai.APIStatusError) as over:
-        sdk(demo, key).chat.completions.create(model="llama3.2", messages=HI)
+        await client.chat.completions.create(model="llama3.2", messages=HI)
     error = over.value
     assert error.status_code == 402 and error.type == "insufficient_quota" and error.code == "insufficient_quota"
     assert {"quota_type", "limit", "used", "reset_time", "suggested_models"} <= set(error.body)  # type: ignore[arg-type]
     assert error.body["quota_type"] == "daily" and error.body["limit"] == 1  # type: ignore[index]
+    # lifted, the tenant's next call is counted (so its counters are a replay's, as every tenant's must be)
+    assert set_limits(demo, tenant, daily_tokens=None).status_code == 200
+    await client.chat.completions.create(model="llama3.2", messages=HI)
+    await settled(demo, urls, tenant, 1)
 
 
-def test_openai_sdk_gets_rate_limit_error_with_retry_after(demo: DemoStack) -> None:
+async def test_openai_sdk_gets_rate_limit_error_with_retry_after(demo: DemoStack, urls) -> None:
     tenant, key = new_tenant(demo)
     assert set_limits(demo, tenant, rpm=1).status_code == 200
-    client = sdk(demo, key)
-    client.chat.completions.create(model="llama3.2", messages=HI)
+    client = openai.AsyncOpenAI(base_url=f"{demo.url}/v1", api_key=key, max_retries=0, timeout=30)
+    await client.chat.completions.create(model="llama3.2", messages=HI)
     with pytest.raises(openai.RateLimitError) as limited:
-        client.chat.completions.create(model="llama3.2", messages=HI)
+        await client.chat.completions.create(model="llama3.2", messages=HI)
+    await settled(demo, urls, tenant, 1)       # the answered call is counted before the next test looks
     assert limited.value.code == "rate_limit_exceeded" and limited.value.type == "requests"
     assert limited.value.body["limit_type"] == "rpm"  # type: ignore[index]
     assert int(limited.value.response.headers["retry-after"]) >= 1
