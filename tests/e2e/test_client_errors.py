@@ -84,6 +84,7 @@ async def test_openai_sdk_gets_insufficient_quota_with_the_quota_details(demo: D
     assert error.status_code == 402 and error.type == "insufficient_quota" and error.code == "insufficient_quota"
     assert {"quota_type", "limit", "used", "reset_time", "suggested_models"} <= set(error.body)  # type: ignore[arg-type]
     assert error.body["quota_type"] == "daily" and error.body["limit"] == 1  # type: ignore[index]
+    assert error.response.headers["x-request-id"]
     # lifted, the tenant's next call is counted (so its counters are a replay's, as every tenant's must be)
     assert set_limits(demo, tenant, daily_tokens=None).status_code == 200
     await client.chat.completions.create(model="llama3.2", messages=HI)

@@ -22,6 +22,7 @@ from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway.contracts.routing import ModelFacts
 from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.openapi.shapes import OllamaShowRequest
 
 OLLAMA_API_VERSION = "0.6.0"     # the Ollama API level the gateway speaks (/api/version)
 KEEP_ALIVE = timedelta(minutes=5)  # Ollama's default: how long /api/ps says a loaded model stays
@@ -30,12 +31,7 @@ _encode = msgspec.json.Encoder().encode
 FactsLookup = Callable[[str, str], ModelFacts | None]    # (endpoint id, model as served) -> what the server said
 
 
-class _ShowRequest(msgspec.Struct):
-    model: str = ""
-    name: str = ""                   # the older spelling of `model`
-
-
-_decode_show = msgspec.json.Decoder(_ShowRequest).decode
+_decode_show = msgspec.json.Decoder(OllamaShowRequest).decode
 
 
 def ollama_name(model_id: str) -> str:
