@@ -91,9 +91,9 @@ class FactsBook:
     async def ollama(self, client: httpx.AsyncClient, endpoint_id: str, root: str, headers: dict[str, str],
                      timeout_s: float, digests: dict[str, str]) -> tuple[ModelFacts, ...]:
         """Facts of every model an Ollama advertises (name -> digest), `/api/show` asked for new ones only."""
-        key, held = self._held.get(endpoint_id, (None, {}))
-        known = {name: facts for name, facts in held.items() if (key or {}).get(name) == digests[name]} \
-            if key is not None else {}
+        seen, held = self._held.get(endpoint_id, ({}, {}))
+        seen = seen if isinstance(seen, dict) else {}          # held for another kind of server before
+        known = {name: facts for name, facts in held.items() if name in digests and seen.get(name) == digests[name]}
         gate = asyncio.Semaphore(SHOW_CONCURRENCY)
 
         async def show(name: str) -> ModelFacts | None:

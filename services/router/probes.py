@@ -11,14 +11,17 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
+import structlog
 
 from switchyard_gateway.catalog.rules import normalise_model
 from switchyard_gateway.contracts.routing import ModelFacts, ProbeCompleted
 from switchyard_gateway.services.router.facts import FactsBook
 
+log = structlog.get_logger()
 ERROR_BODY_CHARS = 200
 logging.getLogger("httpx").setLevel(logging.WARNING)     # not a line per probe call
 
@@ -58,19 +61,29 @@ async def probe(client: httpx.AsyncClient, endpoint_id: str, kind: str, base_url
             models = tuple(sorted(digests))
             latency = _ms(started)
             if facts is not None:
-                found = await facts.ollama(client, endpoint_id, root, headers, timeout_s, digests)
+                found = await _facts(facts.ollama(client, endpoint_id, root, headers, timeout_s, digests), endpoint_id)
         else:
             listing = await _get(client, f"{root}/v1/models", headers, timeout_s)
             models = tuple(sorted(_names(listing, f"{root}/v1/models", "data", "id")))
             loaded, version = models, ""
             latency = _ms(started)
             if facts is not None:
-                found = await facts.openai(client, endpoint_id, root, headers, timeout_s, listing, models)
+                found = await _facts(facts.openai(client, endpoint_id, root, headers, timeout_s, listing, models),
+                                     endpoint_id)
     except ProbeFailed as exc:
         return ProbeCompleted(endpoint_id=endpoint_id, ok=False, latency_ms=_ms(started),
                               error=redact(str(exc), secret), status=exc.status, prober=prober)
     return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=latency, models=models, loaded=loaded,
                           version=version, prober=prober, facts=found)
+
+
+async def _facts(reading: Awaitable[tuple[ModelFacts, ...]], endpoint_id: str) -> tuple[ModelFacts, ...]:
+    """What a server says of its models; whatever goes wrong reading it, the probe's verdict stands."""
+    try:
+        return await reading
+    except Exception as exc:  # noqa: BLE001 — facts are extra: a server's odd answer must not fail its probe
+        log.warning("router.model_facts_unread", endpoint=endpoint_id, error=str(exc) or type(exc).__name__)
+        return ()
 
 
 def redact(text: str, secret: str | None) -> str:
