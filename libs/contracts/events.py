@@ -153,6 +153,7 @@ class EndpointRegistered(Event, frozen=True, tag=s.ENDPOINT_REGISTERED):
     weight: int = 1
     max_concurrent: int = 0         # per model on this endpoint; 0 = unbounded
     timeout_s: float = 300.0
+    warm_on_start: bool = False     # the router warms its models when it first probes it healthy
 
     @property
     def identifier(self) -> str:

@@ -9,6 +9,7 @@ event id as the JetStream message id, so a crash in between only delays them.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 import asyncpg
@@ -20,13 +21,15 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import REGISTRY_EVENT_TYPES, Event, subject_of
 from switchyard_gateway.contracts.routing import REGISTRY_EVENT_CLASSES
+from switchyard_gateway.contracts.users import EVENT_CLASSES as USER_EVENT_CLASSES
 from switchyard_gateway.contracts.messages import Command
 from switchyard_gateway.kit import eventlog, projections
 from switchyard_gateway.services.registry.decide import decide
 
 log = structlog.get_logger()
 
-REGISTRY_TYPES = REGISTRY_EVENT_TYPES | {cls.__struct_config__.tag for cls in REGISTRY_EVENT_CLASSES}  # type: ignore[misc]
+REGISTRY_TYPES = REGISTRY_EVENT_TYPES | {cls.__struct_config__.tag  # type: ignore[misc]
+                                         for cls in (*REGISTRY_EVENT_CLASSES, *USER_EVENT_CLASSES)}
 COMMAND_LOCK = 0x5359_5245_47  # "SYREG"
 OUTBOX = "registry.outbox"
 
@@ -51,19 +54,35 @@ class RegistryStore:
         """The last log position the catalog holds."""
         return self.log.position
 
-    async def execute(self, command: Command) -> tuple[list[Event], str | None, str | None]:
+    async def execute(self, command: Command,
+                      password_hash: str | None = None) -> tuple[list[Event], str | None, str | None]:
         """Decide and record a command's events; return them with any new key (shown once)."""
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", COMMAND_LOCK)
                 await self.log.catch_up(conn)
-                events, key, key_id = decide(self.catalog, command)
+                events, key, key_id = decide(self.catalog, command, password_hash)
                 appended = await eventlog.append(conn, events)
             for position, event in appended:
                 self.log.fold(position, event)
         if appended:
             await self.publish_pending()
         return events, key, key_id
+
+    async def ping(self, timeout_s: float = 2.0) -> dict[str, object]:
+        """Whether PostgreSQL answers a query now, and how fast (never raises)."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s), self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 — a status report, not a failure
+            return {"status": "error", "detail": str(exc) or type(exc).__name__}
+        return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def refresh(self) -> None:
+        """Fold what other replicas recorded since (no lock: reads only)."""
+        async with self.pool.acquire() as conn:
+            await self.log.catch_up(conn)
 
     def _apply(self, event: Event) -> None:
         self.catalog.apply(event)

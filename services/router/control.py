@@ -37,6 +37,7 @@ from switchyard_gateway.services.router.facts import FactsBook
 from switchyard_gateway.services.router.lease import Lease
 from switchyard_gateway.services.router.policy import RouterPolicy
 from switchyard_gateway.services.router.probes import probe
+from switchyard_gateway.services.router.warmup import Warmer
 
 log = structlog.get_logger()
 _outcomes = decoder(list[CallAttempted])
@@ -60,7 +61,11 @@ class RouterControl:
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
         self.client = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=policy.probe_concurrency))
         self.leader_subscriptions = leader_subscriptions
+        self.warmer = Warmer(nc, self.client, self.catalog, instance, keep_alive=policy.warm_keep_alive,
+                             timeout_s=policy.warm_timeout_s, request_timeout_s=request_timeout_s)
         self.next_probe: dict[str, float] = {}       # endpoint -> monotonic time of its next probe
+        self.last_ok: dict[str, bool] = {}           # endpoint -> whether its last probe (as leader) was ok
+        self._warming: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._service: Any = None               # the leader's request/reply service
@@ -94,9 +99,9 @@ class RouterControl:
 
     async def stop(self) -> None:
         """Stop acting, give the lease up at once (a successor need not wait for it to expire)."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._warming]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._warming]:
             with contextlib.suppress(BaseException):
                 await task
         if self.lease.hook is not None:         # a gain or loss half done finishes first (see Lease)
@@ -117,6 +122,7 @@ class RouterControl:
     async def _gained(self) -> None:
         self.board.resume({e: c for e, c in self.health.circuits.items() if e in self.catalog.endpoints})
         self.next_probe.clear()                      # probe everything at once
+        self.last_ok.clear()                         # endpoints marked warm_on_start are warmed afresh
         self._service = await natsio.serve(self.nc, "router", {
             subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()},
             instance=self.instance, role="leader")
@@ -137,6 +143,7 @@ class RouterControl:
         self.catalog.apply(event)
         if isinstance(event, EndpointRegistered):
             self.next_probe.pop(event.endpoint_id, None)
+            self.last_ok.pop(event.endpoint_id, None)
             self._wake.set()
 
     # --- call outcomes and the clock -------------------------------------------------------------
@@ -214,10 +221,19 @@ class RouterControl:
         await self.publish(result)
         if not result.ok:
             log.info("router.probe_failed", endpoint=endpoint_id, error=result.error)
+        elif endpoint.warm_on_start and not self.last_ok.get(endpoint_id):
+            self._warm_soon(endpoint_id, endpoint.models or result.models)
+        self.last_ok[endpoint_id] = result.ok
         change = self.board.fold_probe(result, now())
         if change is not None:
             await self.publish(change)
         return result, await self._discover(result)
+
+    def _warm_soon(self, endpoint_id: str, models: tuple[str, ...]) -> None:
+        """Warm an endpoint marked `warm_on_start` now that it probed healthy (after none, or a failure)."""
+        task = asyncio.create_task(self.warmer.warm_endpoint(endpoint_id, models), name=f"warm-{endpoint_id}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _discover(self, result: ProbeCompleted) -> list[str]:
         """Tell the registry when an endpoint advertises a different set of models; the events it recorded."""

@@ -234,7 +234,7 @@ def test_revoked_key_stops_working_on_every_gateway_within_a_second(demo: DemoSt
 
 
 def token(secret: str = JWT_SECRET, **claims: object) -> str:
-    base = {"tenant": "demo", "role": "member", "sub": "e2e", "exp": int(time.time()) + 60}
+    base = {"iss": "switchyard", "tenant": "demo", "role": "member", "sub": "e2e", "exp": int(time.time()) + 60}
     return jwt.encode({**base, **claims}, secret, algorithm="HS256")
 
 

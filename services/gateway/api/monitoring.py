@@ -16,6 +16,8 @@ import msgspec
 from msgspec import Meta
 from litestar import Request, Response, get, post
 from litestar.response import Stream
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import ModelRegistered
@@ -82,11 +84,34 @@ async def token_counts(request: Req, deps: Deps) -> Response[bytes]:
 
 @get("/api/usage")
 async def usage(request: Req, deps: Deps) -> Response[bytes]:
-    """In-flight calls per endpoint and model (operators), and token usage per endpoint and model."""
+    """In-flight calls per endpoint and model (operators), and token usage per endpoint and model; in the
+    Prometheus text format with `?format=prometheus` (what NOMYO Router's scrape config asks for)."""
     key = caller(request, deps)
     tokens = _any.decode(await ask(deps, subjects.METERING_QUERY, {"query": "usage", "tenant_id": scope_of(key)}))
     counts = deps.router.inflight_counts() if key.role == "admin" else {}
+    if request.query_params.get("format") == "prometheus":
+        return Response(prometheus_usage(counts, tokens["token_usage_counts"]), media_type=CONTENT_TYPE_LATEST)
     return json_response({"usage_counts": counts, "token_usage_counts": tokens["token_usage_counts"]})
+
+
+def prometheus_usage(counts: dict[str, dict[str, int]], tokens: dict[str, dict[str, int]]) -> bytes:
+    """`usage_counts{endpoint, model}` (calls in flight here) and `token_usage_counts{endpoint, model}`."""
+    registry = CollectorRegistry(auto_describe=False)
+    inflight = GaugeMetricFamily("usage_counts", "Calls in flight in this gateway per endpoint and model",
+                                 labels=["endpoint", "model"])
+    used = GaugeMetricFamily("token_usage_counts", "Tokens used per endpoint and model (the usage log's projection)",
+                             labels=["endpoint", "model"])
+    for family, table in ((inflight, counts), (used, tokens)):
+        for endpoint, per_model in sorted(table.items()):
+            for model, value in sorted(per_model.items()):
+                family.add_metric([endpoint, model], value)
+
+    class _Families:
+        def collect(self) -> list[GaugeMetricFamily]:
+            return [inflight, used]
+
+    registry.register(_Families())
+    return generate_latest(registry)
 
 
 @post("/api/stats", status_code=200)

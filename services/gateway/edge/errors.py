@@ -3,12 +3,14 @@
     GatewayError              status, message, OpenAI `type`, `code`, `param`, detail fields, headers
     ├── AuthError             401 Invalid or expired token
     ├── ForbiddenError        403 Admin role required
+    │   └── TenantMismatch    403 X-Tenant-ID names another tenant than the key's
     ├── RouteNotFound         404 no such route
     ├── MethodNotAllowed      405
     ├── ApiError              any status, for what the hot path refuses
     │   ├── BadRequest        400 (malformed JSON, missing or invalid fields)
     │   ├── PayloadTooLarge   413
     │   ├── ModelNotFound     404
+    │   │   └── ModelNotConfigured  404, code MODEL_NOT_CONFIGURED: the model exists, not for this tenant
     │   └── UpstreamError     502 / 503 / 504 when no endpoint could answer
     └── (pipeline/reserve.py) QuotaExceeded 402, RateLimited 429
 
@@ -101,6 +103,11 @@ class MethodNotAllowed(GatewayError):
         super().__init__(f"Method {method} is not allowed for {path}")
 
 
+class TenantMismatch(ForbiddenError):
+    def __init__(self) -> None:
+        super().__init__("X-Tenant-ID names another tenant than the key's")
+
+
 class ApiError(GatewayError):
     """An error of the hot path; by default a client's mistake."""
 
@@ -123,6 +130,17 @@ class ModelNotFound(ApiError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"None of the configured endpoints advertise the model '{model}'", param="model")
+
+
+class ModelNotConfigured(ModelNotFound):
+    """The model exists, but the tenant has no use of it (not assigned, disabled, or no default set)."""
+
+    code = "MODEL_NOT_CONFIGURED"
+
+    def __init__(self, model: str, tenant_id: str) -> None:
+        message = f"No default model is configured for tenant '{tenant_id}'" if model == "default" \
+            else f"Model '{model}' is not configured for tenant '{tenant_id}'"
+        ApiError.__init__(self, message, param="model")
 
 
 class UpstreamError(ApiError):

@@ -1,4 +1,5 @@
-"""Serve the gateway over RSGI: inference calls go straight to the Proxy, the rest to Litestar via ASGI.
+"""Serve the gateway over RSGI: inference calls go straight to the Proxy, WebSockets to the WebSocket door
+(edge/ws.py, embeddings through the same Proxy), the rest to Litestar via ASGI.
 
 granian's RSGI interface proxied about 1.7x the calls/s of its ASGI interface
 here (docs/performance.md), so the hot path speaks RSGI natively; Litestar keeps
@@ -18,6 +19,7 @@ from litestar import Litestar
 from switchyard_gateway.services.gateway.edge.errors import ForbiddenError, GatewayError, MethodNotAllowed, render_for
 from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
     request_id_of
+from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
 
 if TYPE_CHECKING:
     from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
@@ -36,6 +38,7 @@ class GatewayRSGI:
         self.litestar = litestar
         self.cors = cors if cors is not None and cors.enabled else None
         self.proxy: Proxy | None = None
+        self.websockets: WebSocketDoor | None = None
         self._lifespan: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[dict[str, Any]] | None = None
         self._from_app: asyncio.Queue[dict[str, Any]] | None = None
@@ -44,10 +47,12 @@ class GatewayRSGI:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._lifespan_step("startup"))
-        self.proxy = self.litestar.state.deps.proxy
+        deps = self.litestar.state.deps
+        self.proxy = deps.proxy
+        self.websockets = WebSocketDoor(deps.proxy, deps.auth, deps.settings)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.proxy = None
+        self.proxy = self.websockets = None
         loop.run_until_complete(self._lifespan_step("shutdown"))
 
     async def _lifespan_step(self, step: str) -> None:
@@ -67,6 +72,7 @@ class GatewayRSGI:
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
+            await self._websocket(scope, proto)
             return
         proxy = self.proxy
         cors = self.cors
@@ -97,6 +103,15 @@ class GatewayRSGI:
                 _refuse(scope, proto, GatewayError("Internal error", code="internal_error"))
             except Exception:  # noqa: BLE001 — a response had already started
                 pass
+
+    async def _websocket(self, scope: Any, proto: Any) -> None:
+        try:
+            if self.websockets is not None:
+                await self.websockets(scope, proto)
+            else:
+                proto.close(503)                # not started yet, or stopping
+        except Exception:  # noqa: BLE001 — a socket's unexpected failure is logged; the socket is gone
+            log.exception("gateway.unhandled", path=scope.path, method="WEBSOCKET")
 
 
 def _refuse(scope: Any, proto: Any, error: GatewayError, extra: list[tuple[str, str]] | None = None) -> None:

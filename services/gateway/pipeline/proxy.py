@@ -21,6 +21,7 @@ import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
+from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge, render_for
 from switchyard_gateway.services.gateway.edge.headers import request_id_of
@@ -54,11 +55,22 @@ class Proxy:
         if api == COUNT_TOKENS:
             await self._count_tokens(scope, proto)
             return
+        if api not in EMBEDDING_APIS:
+            return await self._serve(api, scope, proto)
+        metrics.ACTIVE_EMBEDDINGS.inc()
+        try:
+            return await self._serve(api, scope, proto)
+        finally:
+            metrics.ACTIVE_EMBEDDINGS.dec()
+
+    async def _serve(self, api: str, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
         headers = scope.headers
         request_id = request_id_of(headers)
+        model = ""
         try:
             key, body, request, door = await self._read(scope, proto)
+            model = request.model or ""
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
@@ -70,7 +82,7 @@ class Proxy:
                 return
             plan, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
-            metrics.count_request(api, exc.status)
+            metrics.count_request(api, exc.status, model)
             send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
             return
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
