@@ -44,9 +44,12 @@ def _tag(path: str) -> str:
     return "Ollama" if shape_for(path) == "ollama" else "Monitoring"
 
 
-def routes(app: Litestar, inference_paths: Iterable[str]) -> dict[tuple[str, str], tuple[str, list[str]]]:
-    """(method, path) -> (the handler's docstring, path parameter names) for every route served."""
-    found: dict[tuple[str, str], tuple[str, list[str]]] = {}
+Found = tuple[str, list[str], str]      # a route's handler docstring, path parameter names, declared media type
+
+
+def routes(app: Litestar, inference_paths: Iterable[str]) -> dict[tuple[str, str], Found]:
+    """(method, path) -> what its handler declares, for every route served."""
+    found: dict[tuple[str, str], Found] = {}
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -54,23 +57,25 @@ def routes(app: Litestar, inference_paths: Iterable[str]) -> dict[tuple[str, str
             if handler.include_in_schema is False:
                 continue
             for method in sorted(handler.http_methods - {"OPTIONS"}):
+                declared = getattr(handler.media_type, "value", handler.media_type) or "application/json"
+                media_type = str(declared).split(";", 1)[0].strip()
                 found[(method, route.path_format)] = ((handler.fn.__doc__ or "").strip(),
-                                                      list(route.path_parameters))
+                                                      list(route.path_parameters), media_type)
     for path in inference_paths:
-        found.setdefault(("POST", path), ("", []))
+        found.setdefault(("POST", path), ("", [], "application/json"))
     return dict(sorted(found.items(), key=lambda item: (item[0][1], item[0][0])))
 
 
 def build(app: Litestar, inference_paths: Iterable[str], *, anonymous: bool = False) -> dict[str, Any]:
     """The whole document. `anonymous`: calls to the doors may come without a key (an anonymous tenant is set)."""
     found = routes(app, inference_paths)
-    ops = {key: OPERATIONS.get(key) or _generic(doc) for key, (doc, _) in found.items()}
+    ops = {key: OPERATIONS.get(key) or _generic(doc, media_type) for key, (doc, _, media_type) in found.items()}
     types = sorted({t for op in ops.values() for t in (op.request, op.response, *_each(op.events))
                     if t not in (None, str)} | set(ERRORS.values()), key=repr)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     by_type = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), (_, params) in found.items():
+    for (method, path), (_, params, _) in found.items():
         paths.setdefault(path, {})[method.lower()] = _operation(method, path, params, ops[(method, path)], by_type,
                                                                 components, anonymous)
     return {
@@ -94,8 +99,10 @@ def _each(types: Any) -> tuple[Any, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
-def _generic(doc: str) -> Operation:
-    return Operation(doc.splitlines()[0] if doc else "")
+def _generic(doc: str, media_type: str) -> Operation:
+    """A route the table does not name: its docstring's first line, and any answer of its declared media type."""
+    return Operation(doc.splitlines()[0] if doc else "", response=None if media_type == "application/json" else str,
+                     content_type=media_type)
 
 
 def _operation(method: str, path: str, params: list[str], op: Operation, by_type: dict[Any, Any],

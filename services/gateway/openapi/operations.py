@@ -182,7 +182,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/health/live"): Operation("This process and its connections", response=Liveness, auth="none"),
     ("GET", "/metrics"): Operation("Prometheus metrics", response=str, content_type="text/plain", auth="none"),
     ("GET", "/api/token_counts"): Operation("Token totals per endpoint and model", response=TokenCountsReply),
-    ("GET", "/api/usage"): Operation("Calls in flight and tokens per endpoint and model", response=UsageCounts),
+    ("GET", "/api/usage"): Operation("Calls in flight and tokens per endpoint and model (Prometheus text with "
+                                     "`format=prometheus`)", response=UsageCounts, streams="text/plain",
+                                     query={"format": Literal["json", "prometheus"]}),
     ("POST", "/api/stats"): Operation("One model's figures and time series", StatsRequest, ModelStats),
     ("POST", "/api/aggregate_time_series_days"): Operation("Show old minutes by day (and trim them)", RollupRequest,
                                                            RollupReply, auth="admin"),
