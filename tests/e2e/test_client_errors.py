@@ -68,7 +68,11 @@ def test_openai_sdk_gets_status_errors_for_405_413_and_400(demo: DemoStack) -> N
     assert bad.value.code == "missing_field" and bad.value.param == "model"
 
 
-def test_openai_sdk_gets_permission_denied_from_an_admin_route(demo: DemoStack) -> None:
+def test_openai_sdk_gets_permission_denied_for_another_tenant_and_an_admin_route(demo: DemoStack) -> None:
+    client = sdk(demo, demo.demo_key)
+    with pytest.raises(openai.PermissionDeniedError) as other_tenant:
+        client.chat.completions.create(model="llama3.2", messages=HI, extra_headers={"X-Tenant-ID": "someone-else"})
+    assert other_tenant.value.code == "insufficient_permissions" and other_tenant.value.status_code == 403
     with pytest.raises(openai.PermissionDeniedError) as denied:
         sdk(demo, demo.demo_key, base="/api/admin").get("/tenants", cast_to=object)
     assert denied.value.status_code == 403 and denied.value.body == "Admin role required"   # that route's shape
