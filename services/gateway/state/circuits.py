@@ -19,7 +19,7 @@ from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Event
-from switchyard_gateway.contracts.routing import CircuitChanged
+from switchyard_gateway.contracts.routing import CircuitChanged, ModelFacts
 
 DEFAULT_TRIAL_CALLS = 2
 TRIAL_SLOT_S = 10.0                          # a trial slot nobody released frees itself after this
@@ -80,6 +80,10 @@ class Circuits:
     def loaded(self, endpoint_id: str) -> frozenset[str]:
         """The models the last successful probe saw loaded (names without `:latest`); empty if unknown."""
         return self.view.loaded.get(endpoint_id, frozenset())
+
+    def facts(self, endpoint_id: str, model: str) -> ModelFacts | None:
+        """What the endpoint said of a model (by the name it serves it under) at its last probe; None if nothing."""
+        return self.view.facts.get(endpoint_id, {}).get(model)
 
     def health(self, endpoint_id: str) -> dict[str, Any] | None:
         """The last probe: ok, latency_ms, error, status, version, models, loaded, at; None if never probed."""
