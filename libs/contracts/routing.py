@@ -11,10 +11,25 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
+
 from switchyard_gateway.contracts import subjects as s
 from switchyard_gateway.contracts.events import Event, Instant
 
 CircuitState = Literal["closed", "open", "half_open"]
+
+
+class ModelFacts(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a server itself says of one model it serves, read at probe time (never guessed from the name).
+
+    `capabilities` uses Ollama's words (`completion`, `tools`, `vision`, `embedding`, `insert`, `thinking`);
+    empty, like the other fields left out, when the server does not say.
+    """
+
+    model: str                              # as the server names it (`:latest` dropped)
+    capabilities: tuple[str, ...] = ()
+    architecture: str = ""                  # `general.architecture` (llama, qwen2, ...)
+    context_length: int = 0                 # the context the model was trained for, 0 when unknown
 
 
 class ProbeCompleted(Event, frozen=True, tag=s.PROBE_COMPLETED):
@@ -33,6 +48,7 @@ class ProbeCompleted(Event, frozen=True, tag=s.PROBE_COMPLETED):
     loaded: tuple[str, ...] = ()    # in memory now
     version: str = ""               # server version when it says (Ollama /api/version)
     prober: str = ""                # the router instance that probed
+    facts: tuple[ModelFacts, ...] = ()   # what the server says of its models (Ollama /api/show, llama.cpp /props)
 
     @property
     def identifier(self) -> str:

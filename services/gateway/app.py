@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 from litestar import Request, Response
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, MethodNotAllowedException, NotFoundException
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody, Problem
@@ -26,7 +27,9 @@ from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
 from switchyard_gateway.services.gateway.edge.tokens import Tokens
+from switchyard_gateway.services.gateway.edge import errors
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge.headers import Cors
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
@@ -37,6 +40,7 @@ from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
+from switchyard_gateway.services.gateway.openapi.routes import DOCS_ROUTES
 from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.gateway.state.circuits import Circuits
@@ -44,8 +48,13 @@ from switchyard_gateway.services.gateway.state.circuits import Circuits
 _encode = msgspec.json.Encoder().encode
 
 
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return Response(exc.render(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+def _error(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+    return Response(errors.render_for(request.url.path, error), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    return _error(request, exc)
 
 
 def error_body(body: ErrorBody, status: int) -> dict[str, Any]:
@@ -60,15 +69,22 @@ def error_body(body: ErrorBody, status: int) -> dict[str, Any]:
     return {"error": shown}
 
 
-def _service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
-    return Response(_encode(error_body(exc.body, exc.status)), status_code=exc.status, media_type="application/json")
+def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
+    """A service's refusal: the admin shape on admin and monitoring routes, the door's shape on a door's."""
+    if errors.shape_for(request.url.path) == "plain":
+        return Response(_encode(error_body(exc.body, exc.status)), status_code=exc.status,
+                        media_type="application/json")
+    return _error(request, GatewayError(exc.body.message, status=exc.status, kind="invalid_request_error",
+                                        code=exc.body.code.lower(), param=exc.body.field))
 
 
-def _validation_error(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
+def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
     text = str(exc)
     field = text.split("at `$.", 1)[1].rstrip("`").split("[", 1)[0] if "at `$." in text else None
     code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
         else "VALIDATION_ERROR"
+    if errors.shape_for(request.url.path) != "plain":
+        return _error(request, errors.BadRequest(text, code=code.lower(), param=field))
     return Response(_encode(error_body(ErrorBody(code, text, field), 400)), status_code=400,
                     media_type="application/json")
 
@@ -76,7 +92,7 @@ def _validation_error(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> R
 def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Response[bytes]:
     """A typed request body Litestar could not read (malformed JSON, a wrong type, a field missing): 400 in the
     admin shape; any other client error as it is."""
-    if exc.status_code != 400:
+    if exc.status_code != 400 or errors.shape_for(request.url.path) != "plain":
         return _http_error(request, exc)
     details = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
     if not details:
@@ -95,9 +111,24 @@ def _body_field(detail: dict[str, Any]) -> str:
     return "" if key == "data" else key
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    return Response(_encode({"error": exc.detail}), status_code=exc.status_code, headers=exc.headers or None,
-                    media_type="application/json")
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """The web framework's refusals (no such route, method not allowed, a bad parameter) in the door's shape."""
+    method, path = request.method, request.url.path
+    if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
+        error: GatewayError = errors.RouteNotFound(method, path)
+    elif isinstance(exc, MethodNotAllowedException):
+        error = errors.MethodNotAllowed(method, path)
+    else:
+        error = errors.from_status(exc.status_code, str(exc.detail))
+    error.headers = {**(exc.headers or {}), **error.headers}
+    return _error(request, error)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Anything else: logged once, answered 500 in the door's shape."""
+    structlog.get_logger().exception("gateway.unhandled", path=request.url.path, method=request.method,
+                                     error=type(exc).__name__)
+    return _error(request, GatewayError("Internal error", code="internal_error"))
 
 
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
@@ -156,15 +187,16 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
                         *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
-                        *system_seeds.ROUTES],
+                        *system_seeds.ROUTES, *DOCS_ROUTES],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
             msgspec.MsgspecError: _validation_error, ClientException: _body_refused, HTTPException: _http_error,
+            Exception: _unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
     )
-    return GatewayRSGI(litestar)
+    return GatewayRSGI(litestar, Cors(settings.cors_origins))
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     login_window_s: float = 900.0         # failures older than this (counted from the last one) are forgotten
     login_prefix: str = ""                # Valkey key prefix of the counters ("": sy:a:<database>:)
     trust_forwarded_for: bool = False     # behind a proxy: the client address is X-Forwarded-For's first
+    anonymous_tenant: str = ""            # trusted networks only: calls with no key act as a member of this tenant
+    # browsers
+    cors_origins: str = ""                # comma-separated origins allowed to call from a browser, or "*" ("": none)
     # quota reservations
     quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
     quota_hold_s: float = 600.0           # a reservation never settled is released after this long

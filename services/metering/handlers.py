@@ -43,7 +43,11 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
             case "stats":
                 if not query.model:
                     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
-                since = None if query.since is None else queries.from_epoch(query.since)
+                try:
+                    since = None if query.since is None else queries.from_epoch(query.since)
+                except (ValueError, OverflowError, OSError):
+                    raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "'since' is not a time (epoch seconds)",
+                                                      "since")) from None
                 return encode(await queries.stats(conn, query.model, query.tenant_id, since))
     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"unknown query {query.query!r}", "query"))
 

@@ -32,6 +32,7 @@ from switchyard_gateway.contracts.routing import ProbeCompleted
 from switchyard_gateway.events import StreamFold
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.services.router.board import Board
+from switchyard_gateway.services.router.facts import FactsBook
 from switchyard_gateway.services.router.lease import Lease
 from switchyard_gateway.services.router.policy import RouterPolicy
 from switchyard_gateway.services.router import probes
@@ -56,6 +57,7 @@ class RouterControl:
         self.registry = StreamFold(subjects.STREAM_REGISTRY, self._on_registry_event)
         self.routing = StreamFold(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
         self.board = Board(policy, instance)
+        self.facts = FactsBook()                  # what servers say of their models, kept between probes
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
         self.client = probes.client(policy.probe_concurrency)
         self.leader_subscriptions = leader_subscriptions
@@ -196,6 +198,7 @@ class RouterControl:
     async def probe_round(self, endpoint_ids: list[str]) -> tuple[list[ProbeCompleted], list[str]]:
         """Probe endpoints (bounded concurrency), publish results and transitions, record discoveries."""
         self.board.forget(self.catalog.endpoints)
+        self.facts.forget(self.catalog.endpoints)
         gate = asyncio.Semaphore(self.policy.probe_concurrency)
 
         async def one(endpoint_id: str) -> tuple[ProbeCompleted, list[str]] | None:
@@ -212,7 +215,7 @@ class RouterControl:
             return None
         self.next_probe[endpoint_id] = time.monotonic() + self.policy.probe_interval_s
         result = await probe(self.client, endpoint_id, provider.kind, endpoint.base_url, endpoint.api_key_ref,
-                             self.policy.probe_timeout_s, self.instance)
+                             self.policy.probe_timeout_s, self.instance, self.facts)
         if not self.lease.held:
             return None                              # lost the lease meanwhile: the new leader probes
         await self.publish(result)

@@ -3,7 +3,8 @@
 Ollama: `GET /api/tags`, `/api/ps` and `/api/version`; OpenAI-style servers: `GET /v1/models`.
 No call generates tokens. Error texts never carry the endpoint's credential. The calls go over
 `switchyard_gateway.http1` (keep-alive, TLS with the system's CAs for hosted APIs), each read whole
-within the probe's timeout.
+within the probe's timeout. With a `FactsBook`, what the server says of its models comes along
+(services/router/facts.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import asyncio
 import os
 import ssl
 import time
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
+
 from switchyard_gateway import http1
 from switchyard_gateway.catalog.rules import normalise_model
-from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.contracts.routing import ModelFacts, ProbeCompleted
+from switchyard_gateway.services.router.facts import FactsBook
 
+log = structlog.get_logger()
 ERROR_BODY_CHARS = 200
 MAX_PROBE_BODY_BYTES = 8 * 1024 * 1024      # a model list is a few KB; anything past this is not one
 USER_AGENT = "switchyard-router"
@@ -50,7 +56,7 @@ def base(url: str) -> str:
 
 
 async def probe(pool: http1.Pool, endpoint_id: str, kind: str, base_url: str, api_key_ref: str = "",
-                timeout_s: float = 5.0, prober: str = "") -> ProbeCompleted:
+                timeout_s: float = 5.0, prober: str = "", facts: FactsBook | None = None) -> ProbeCompleted:
     """Probe one endpoint once; never raises for the endpoint's faults."""
     secret = credential(api_key_ref)
     headers = [("User-Agent", USER_AGENT), ("Accept", "application/json")]
@@ -58,17 +64,37 @@ async def probe(pool: http1.Pool, endpoint_id: str, kind: str, base_url: str, ap
         headers.append(("Authorization", f"Bearer {secret}"))
     root = base(base_url)
     started = time.perf_counter()
+    found: tuple[ModelFacts, ...] = ()
     try:
         if kind == "ollama":
-            models, loaded, version = await _ollama(pool, root, headers, timeout_s)
+            tags, loaded, version = await _ollama(pool, root, headers, timeout_s)
+            digests = _names(tags, f"{root}/api/tags", "models", "name", "digest")
+            models = tuple(sorted(digests))
+            latency = _ms(started)
+            if facts is not None:
+                found = await _facts(facts.ollama(pool, endpoint_id, root, headers, timeout_s, digests), endpoint_id)
         else:
-            models = await _models(pool, f"{root}/v1/models", headers, timeout_s, "data", "id")
+            listing = await _get(pool, f"{root}/v1/models", headers, timeout_s)
+            models = tuple(sorted(_names(listing, f"{root}/v1/models", "data", "id")))
             loaded, version = models, ""
+            latency = _ms(started)
+            if facts is not None:
+                found = await _facts(facts.openai(pool, endpoint_id, root, headers, timeout_s, listing, models),
+                                     endpoint_id)
     except ProbeFailed as exc:
         return ProbeCompleted(endpoint_id=endpoint_id, ok=False, latency_ms=_ms(started),
                               error=redact(str(exc), secret), status=exc.status, prober=prober)
-    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=_ms(started), models=models, loaded=loaded,
-                          version=version, prober=prober)
+    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=latency, models=models, loaded=loaded,
+                          version=version, prober=prober, facts=found)
+
+
+async def _facts(reading: Awaitable[tuple[ModelFacts, ...]], endpoint_id: str) -> tuple[ModelFacts, ...]:
+    """What a server says of its models; whatever goes wrong reading it, the probe's verdict stands."""
+    try:
+        return await reading
+    except Exception as exc:  # noqa: BLE001 — facts are extra: a server's odd answer must not fail its probe
+        log.warning("router.model_facts_unread", endpoint=endpoint_id, error=str(exc) or type(exc).__name__)
+        return ()
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -83,9 +109,10 @@ Headers = list[tuple[str, str]]
 
 
 async def _ollama(pool: http1.Pool, root: str, headers: Headers,
-                  timeout_s: float) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+                  timeout_s: float) -> tuple[Any, tuple[str, ...], str]:
+    """The /api/tags answer, the names /api/ps reports loaded, and the /api/version."""
     tags, ps, version = await asyncio.gather(
-        _models(pool, f"{root}/api/tags", headers, timeout_s, "models", "name"),
+        _get(pool, f"{root}/api/tags", headers, timeout_s),
         _models(pool, f"{root}/api/ps", headers, timeout_s, "models", "name"),
         _get(pool, f"{root}/api/version", headers, timeout_s),
         return_exceptions=True,
@@ -99,13 +126,18 @@ async def _ollama(pool: http1.Pool, root: str, headers: Headers,
 
 async def _models(pool: http1.Pool, url: str, headers: Headers, timeout_s: float,
                   list_key: str, name_key: str) -> tuple[str, ...]:
-    body = await _get(pool, url, headers, timeout_s)
+    return tuple(sorted(_names(await _get(pool, url, headers, timeout_s), url, list_key, name_key)))
+
+
+def _names(body: Any, url: str, list_key: str, name_key: str, value_key: str = "") -> dict[str, str]:
+    """The model names a listing holds (normalised), each with its `value_key` field ("" without one)."""
     items = body.get(list_key) if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise ProbeFailed(f"unexpected answer from {_path(url)}: no '{list_key}' list")
-    names = {normalise_model(str(item.get(name_key) or item.get("model") or ""))
+    names = {normalise_model(str(item.get(name_key) or item.get("model") or "")): str(item.get(value_key) or "")
              for item in items if isinstance(item, dict)}
-    return tuple(sorted(n for n in names if n))
+    names.pop("", None)
+    return names
 
 
 async def _get(pool: http1.Pool, url: str, headers: Headers, timeout_s: float) -> Any:

@@ -171,7 +171,8 @@ async def test_quotas_apply_per_request_and_a_revoked_key_closes_the_socket_4401
         assert first["status"] == 200
         await ws.send(json.dumps({"id": "big", "model": "nomic-embed-text", "input": " ".join(["words"] * 200)}))
         over = (await answers(ws, 1))[0]
-        assert over["status"] == 402 and over["error"] == "Quota exceeded" and over["quota_type"] == "daily"
+        assert over["status"] == 402 and over["error"]["message"] == "Quota exceeded"
+        assert over["error"]["type"] == "insufficient_quota" and over["error"]["quota_type"] == "daily"
         key_id = next(k["key_id"] for k in httpx.get(f"{demo.url}/api/admin/tenants/{tenant}/keys",
                                                      headers=admin(demo)).json())
         assert httpx.delete(f"{demo.url}/api/admin/keys/{key_id}", headers=admin(demo)).status_code == 200

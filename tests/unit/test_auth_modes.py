@@ -109,6 +109,21 @@ def test_single_user_mode_without_a_key_does_not_start() -> None:
         auth.Authenticator(Catalog(), "single-user")
 
 
+def test_the_anonymous_tenant_stands_for_requests_without_a_key_only_where_asked() -> None:
+    authenticator = auth.Authenticator(catalog(), anonymous_tenant="acme")
+    caller = authenticator.authenticate({}, anonymous=True)
+    assert (caller.tenant_id, caller.role, caller.key_id) == ("acme", "member", "anonymous")
+    with pytest.raises(AuthError):
+        authenticator.authenticate({})                                  # admin and monitoring routes
+    with pytest.raises(AuthError):
+        authenticator.authenticate(bearer("sy_wrong"), anonymous=True)  # a wrong key is never anonymous
+    assert authenticator.authenticate(bearer(KEY), anonymous=True).key_id == "sy_abc123"
+    with pytest.raises(AuthError):                                      # off by default
+        auth.Authenticator(catalog()).authenticate({}, anonymous=True)
+    with pytest.raises(AuthError):                                      # a tenant the registry does not know
+        auth.Authenticator(catalog(), anonymous_tenant="nobody").authenticate({}, anonymous=True)
+
+
 def test_a_jwt_without_our_issuer_is_refused() -> None:
     jwts = auth.Authenticator(catalog(), jwt_secret=SECRET)
     for claims in ({"iss": "someone-else"}, {"iss": ""}):

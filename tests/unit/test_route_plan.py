@@ -74,7 +74,7 @@ def test_a_model_the_tenant_may_not_use_is_not_configured_and_an_unknown_one_not
     with pytest.raises(ModelNotConfigured) as refused:
         router(c).resolve(TENANT, "big")
     assert (refused.value.status, refused.value.code) == (404, "MODEL_NOT_CONFIGURED")
-    assert refused.value.body()["error"]["message"] == f"Model 'big' is not configured for tenant '{TENANT}'"
+    assert refused.value.body("openai")["error"]["message"] == f"Model 'big' is not configured for tenant '{TENANT}'"
     with pytest.raises(ModelNotConfigured, match="No default model is configured"):
         router(c).resolve(TENANT, "default")
     with pytest.raises(ModelNotFound) as unknown:

@@ -10,7 +10,9 @@ Two modes (`SWITCHYARD_AUTH_MODE`; the spellings `multi_user` and `single_user` 
 - `single-user`: only the key in `SWITCHYARD_API_KEY` is accepted, as an admin of
   the `admin` tenant.
 Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. A request that names a
-tenant (`X-Tenant-ID`) must name the caller's own (403 otherwise).
+tenant (`X-Tenant-ID`) must name the caller's own (403 otherwise). With `SWITCHYARD_ANONYMOUS_TENANT`
+set (for trusted networks only), a call to the inference doors or the Ollama listings that presents no
+key at all is a member of that tenant; a wrong key is still refused, and admin routes always need a key.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from switchyard_gateway.services.gateway.edge.errors import AuthError, Forbidden
 
 SINGLE_USER_TENANT = "admin"
 SINGLE_USER_KEY_ID = "single-user"
+ANONYMOUS_KEY_ID = "anonymous"
 JWT_CACHE_SIZE = 4096
 # SWITCHYARD_AUTH_MODE's accepted spellings (the embeddings service's `multi_user` / `single_user` too)
 MODES = {"multi-tenant": "multi-tenant", "multi_tenant": "multi-tenant", "multi-user": "multi-tenant",
@@ -62,7 +65,7 @@ class Authenticator:
     """Who a request's key stands for, checked against the local catalog: one per gateway, built at start."""
 
     def __init__(self, catalog: Catalog, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "",
-                 jwt_issuer: str = "switchyard") -> None:
+                 jwt_issuer: str = "switchyard", anonymous_tenant: str = "") -> None:
         mode = auth_mode(mode)
         if mode == "single-user" and not api_key:
             raise ValueError("single-user mode needs SWITCHYARD_API_KEY")
@@ -74,17 +77,27 @@ class Authenticator:
                                          key_sha256=hash_key(api_key), role="admin", name="single-user key")
         self.jwt_secret = jwt_secret if mode == "multi-tenant" else ""
         self.jwt_issuer = jwt_issuer
+        self.anonymous: KeyIssued | None = None       # the caller a request without a key stands for, if any
+        if anonymous_tenant:
+            self.anonymous = KeyIssued(key_id=ANONYMOUS_KEY_ID, tenant_id=anonymous_tenant, key_sha256="",
+                                       role="member", name="anonymous")
         self._tokens: dict[str, _Verified] = {}    # verified tokens -> caller, until they expire
 
     @classmethod
     def from_settings(cls, catalog: Catalog, settings: Settings) -> Authenticator:
-        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret, settings.jwt_issuer)
+        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret, settings.jwt_issuer,
+                   settings.anonymous_tenant)
 
-    def authenticate(self, headers: HeaderLookup) -> KeyIssued:
+    def authenticate(self, headers: HeaderLookup, *, anonymous: bool = False) -> KeyIssued:
         """The caller's live key (or JWT, or the single-user key), or AuthError; TenantMismatch (403) when
-        `X-Tenant-ID` names another tenant than the caller's."""
+        `X-Tenant-ID` names another tenant than the caller's. With `anonymous` (the inference doors and
+        Ollama's listings), a request with no key is the anonymous tenant's, when one is configured and the
+        registry knows it."""
         secret = presented_key(headers)
         key = self.caller(secret) if secret else None
+        if key is None and not secret and anonymous and self.anonymous is not None \
+                and self.anonymous.tenant_id in self.catalog.tenants:
+            key = self.anonymous
         if key is None:
             raise AuthError()
         asked = headers.get("x-tenant-id")

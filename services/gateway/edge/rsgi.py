@@ -4,6 +4,8 @@
 granian's RSGI interface proxied about 1.7x the calls/s of its ASGI interface
 here (docs/performance.md), so the hot path speaks RSGI natively; Litestar keeps
 the admin and monitoring routes and the lifespan, through this small bridge.
+CORS preflights are answered here, before either, and every answer leaves with
+an `x-request-id` (edge/headers.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Litestar
 
+from switchyard_gateway.services.gateway.edge.errors import ForbiddenError, GatewayError, MethodNotAllowed, render_for
+from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
+    request_id_of
 from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
 
 if TYPE_CHECKING:
@@ -29,8 +34,9 @@ class GatewayRSGI:
     end of start-up to the start of shutdown.
     """
 
-    def __init__(self, litestar: Litestar) -> None:
+    def __init__(self, litestar: Litestar, cors: Cors | None = None) -> None:
         self.litestar = litestar
+        self.cors = cors if cors is not None and cors.enabled else None
         self.proxy: Proxy | None = None
         self.websockets: WebSocketDoor | None = None
         self._lifespan: asyncio.Task[None] | None = None
@@ -65,24 +71,53 @@ class GatewayRSGI:
     # --- requests ---------------------------------------------------------------------------------
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            await self._websocket(scope, proto)
+            return
         proxy = self.proxy
-        try:
-            if proxy is not None and scope.proto == "http" and scope.method == "POST" and scope.path in proxy.routes:
-                await proxy(scope, proto)
-            elif scope.proto == "http":
-                await bridge(self.litestar, scope, proto)
-            elif self.websockets is not None:
-                await self.websockets(scope, proto)
+        cors = self.cors
+        if cors is not None and "origin" in scope.headers:
+            origin = scope.headers["origin"]
+            if not cors.allows(origin):
+                if is_preflight(scope):
+                    _refuse(scope, proto, ForbiddenError(f"Origin {origin} is not allowed"))
+                    return
+            elif is_preflight(scope):
+                proto.response_empty(204, [(REQUEST_ID, request_id_of(scope.headers)),
+                                           *cors.preflight_headers(origin, scope.headers.get(
+                                               "access-control-request-headers"))])
+                return
             else:
-                proto.close(503)                # not started yet, or stopping
+                proto = WithHeaders(proto, cors.answer_headers(origin))
+        try:
+            if proxy is not None and scope.path in proxy.routes:
+                if scope.method == "POST":
+                    await proxy(scope, proto)
+                else:
+                    _refuse(scope, proto, MethodNotAllowed(scope.method, scope.path), [("allow", "POST")])
+            else:
+                await bridge(self.litestar, scope, proto)
         except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
             log.exception("gateway.unhandled", path=scope.path, method=scope.method)
             try:
-                proto.response_bytes(500, [("content-type", "application/json")],
-                                     b'{"error": {"message": "Internal error", "type": "server_error", '
-                                     b'"param": null, "code": "internal_error"}}')
+                _refuse(scope, proto, GatewayError("Internal error", code="internal_error"))
             except Exception:  # noqa: BLE001 — a response had already started
                 pass
+
+    async def _websocket(self, scope: Any, proto: Any) -> None:
+        try:
+            if self.websockets is not None:
+                await self.websockets(scope, proto)
+            else:
+                proto.close(503)                # not started yet, or stopping
+        except Exception:  # noqa: BLE001 — a socket's unexpected failure is logged; the socket is gone
+            log.exception("gateway.unhandled", path=scope.path, method="WEBSOCKET")
+
+
+def _refuse(scope: Any, proto: Any, error: GatewayError, extra: list[tuple[str, str]] | None = None) -> None:
+    proto.response_bytes(error.status, [("content-type", "application/json"),
+                                        (REQUEST_ID, request_id_of(scope.headers)), *(extra or ())],
+                         render_for(scope.path, error))
 
 
 def _address(value: str) -> tuple[str, int] | None:
@@ -91,13 +126,15 @@ def _address(value: str) -> tuple[str, int] | None:
 
 
 async def bridge(app: Any, scope: Any, proto: Any) -> None:
-    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream."""
+    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream;
+    each with an `x-request-id` (the client's, else a new one) unless the app set one."""
+    request_id = request_id_of(scope.headers)
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
         "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
         "query_string": scope.query_string.encode("latin-1"), "root_path": "",
         "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
-        "client": _address(scope.client), "server": _address(scope.server), "state": {},
+        "client": _address(scope.client), "server": _address(scope.server), "state": {"request_id": request_id},
     }
     body_sent = False
 
@@ -121,6 +158,8 @@ async def bridge(app: Any, scope: Any, proto: Any) -> None:
             return
         body, more = message.get("body", b""), message.get("more_body", False)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        if not any(k.lower() == REQUEST_ID for k, _ in headers):
+            headers.append((REQUEST_ID, request_id))
         if transport is None and not more:
             proto.response_bytes(start["status"], headers, body)
             return

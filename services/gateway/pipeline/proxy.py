@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -24,7 +23,8 @@ from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
-from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge, render_for
+from switchyard_gateway.services.gateway.edge.headers import request_id_of
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
@@ -33,7 +33,7 @@ from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
-from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
+from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
 _decode_request = msgspec.json.Decoder(InferenceRequest).decode
 
@@ -66,6 +66,7 @@ class Proxy:
     async def _serve(self, api: str, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
         headers = scope.headers
+        request_id = request_id_of(headers)
         model = ""
         try:
             key, body, request, door = await self._read(scope, proto)
@@ -75,14 +76,14 @@ class Proxy:
             if self.cache is not None and self.cache.applies(door.api, request.stream):
                 cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,
                                                     body)
-            call = Call(door, key.tenant_id, key.key_id, request, _request_id(headers), body, started, cache_key)
+            call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key)
             if hit is not None:
                 self._answer_from_cache(call, plan, hit, proto)
                 return
             plan, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
             metrics.count_request(api, exc.status, model)
-            send_error(proto, exc, error_body_for(scope.path, exc))
+            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
             return
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         try:
@@ -103,14 +104,14 @@ class Proxy:
 
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
         """The caller, the body, its routed fields and the door that reads it; a GatewayError refuses the call."""
-        key = self.auth.authenticate(scope.headers)
+        key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await self._read_body(scope.headers, proto)
         request = _parse(body)
         return key, body, request, Door(scope.path, request, body)
 
     async def _count_tokens(self, scope: Any, proto: Any) -> None:
         """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
-        headers = scope.headers
+        request_id = request_id_of(scope.headers)
         try:
             key, _, request, door = await self._read(scope, proto)
             self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
@@ -118,11 +119,10 @@ class Proxy:
             answer = door.anthropic.count_tokens(self.quota.estimator.count)
         except GatewayError as exc:
             metrics.count_request(COUNT_TOKENS, exc.status)
-            send_error(proto, exc, error_body_for(scope.path, exc), [("x-request-id", _request_id(headers))])
+            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
             return
         metrics.count_request(COUNT_TOKENS, 200)
-        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", _request_id(headers))],
-                             answer)
+        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], answer)
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
@@ -185,19 +185,14 @@ def _parse(body: bytes) -> InferenceRequest:
     try:
         request = _decode_request(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"Invalid request: {exc}") from None
+        text = str(exc)
+        param = text.rsplit("at `$.", 1)[1].rstrip("`").split("[", 1)[0].split(".", 1)[0] if "at `$." in text else None
+        raise BadRequest(f"Invalid request: {text}", param=param) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from None
     if not request.model:
         raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
     return request
-
-
-def _request_id(headers: Any) -> str:
-    given = headers.get("x-request-id")
-    if given and len(given) <= 128:
-        return given
-    return uuid.uuid4().hex
 
 
 def send_error(proto: Any, error: GatewayError, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:

@@ -20,6 +20,7 @@ from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.translate.plans import Plan
+from switchyard_gateway.services.gateway.translate.wire import Times
 
 log = structlog.get_logger()
 
@@ -114,7 +115,8 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
         else:
             outcome.estimate_tokens(call)
         if plan.answer is not None:
-            data, content_type = plan.answer(data, call.request.model or ""), "application/json"
+            data, content_type = plan.answer(data, call.request.model or "", _times(call, started)), \
+                "application/json"
         if call.cache_key is not None:
             outcome.answer = (data, content_type)
     else:
@@ -129,7 +131,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
 async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
                         started: float) -> None:
     assert to.plan.stream is not None
-    tap = outcome.stream_tap = to.plan.stream(call.request.model or "")
+    tap = outcome.stream_tap = to.plan.stream(call.request.model or "", _times(call, started))
     outcome.status = 200
     transport = None
     failed_early = False
@@ -169,6 +171,11 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = tap.usage
         else:
             outcome.estimate_tokens(call, output_tokens=tap.content_events)
+
+
+def _times(call: Call, sent: float) -> Times:
+    """When the call arrived and when this attempt was sent, on the clock translated answers measure with."""
+    return Times(int(call.started * 1e9), int(sent * 1e9))
 
 
 def _start_stream(call: Call, outcome: Outcome, proto: Any) -> Any:

@@ -1,9 +1,9 @@
 """The gateway's reservation client: reserve a call's estimated tokens against every limit, in Valkey, first.
 
     GatewayError
-    ├── QuotaExceeded    402 {"error": "Quota exceeded", "quota_type", "limit", "used", "reset_time",
-    │                         "suggested_models"}
-    └── RateLimited      429 with Retry-After and X-RateLimit-Limit / -Remaining / -Reset
+    ├── QuotaExceeded    402 "Quota exceeded" with quota_type, limit, used, reset_time, suggested_models
+    └── RateLimited      429 with limit_type, limit, used, reset_time; Retry-After and X-RateLimit-*
+(each door renders them in its own shape: edge/errors.py)
 
 Limits come from the LIMITS stream, folded locally, so a tenant with no limits costs
 two dict lookups and no I/O. Otherwise one script call checks and charges every
@@ -19,7 +19,6 @@ import asyncio
 import math
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 import structlog
@@ -47,38 +46,34 @@ SUGGESTED = 5
 class QuotaExceeded(GatewayError):
     """402: a token quota, request quota or budget would be exceeded by this call."""
 
-    status = 402
+    status, kind, code = 402, "insufficient_quota", "insufficient_quota"
 
     def __init__(self, quota_type: str, limit: float, used: float, reset: datetime,
                  suggested_models: list[str], model_id: str | None = None) -> None:
-        super().__init__("Quota exceeded")
+        super().__init__("Quota exceeded", details={
+            "quota_type": quota_type, "limit": limit, "used": used, "reset_time": iso_utc(reset),
+            "suggested_models": suggested_models})
         self.quota_type, self.limit, self.used, self.reset = quota_type, limit, used, reset
         self.suggested_models, self.model_id = suggested_models, model_id
-        self.headers = {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": "Quota exceeded", "quota_type": self.quota_type, "limit": self.limit, "used": self.used,
-                "reset_time": iso_utc(self.reset), "suggested_models": self.suggested_models}
 
 
 class RateLimited(GatewayError):
     """429: a requests- or tokens-per-minute limit would be exceeded by this call."""
 
-    status = 429
+    status, code = 429, "rate_limit_exceeded"
 
     def __init__(self, limit_type: str, limit: int, used: int, reset: datetime,
                  now: float | None = None) -> None:
-        super().__init__("Rate limit exceeded")
+        # OpenAI's `type` says which budget ran out: "requests" or "tokens"
+        super().__init__("Rate limit exceeded", kind="tokens" if limit_type.endswith("tpm") else "requests",
+                         details={"limit_type": limit_type, "limit": limit, "used": used,
+                                  "reset_time": iso_utc(reset)})
         self.limit_type, self.limit, self.used, self.reset = limit_type, limit, used, reset
         wait_s = max(1, math.ceil(reset.timestamp() - (now if now is not None else time.time())))
         self.headers = {
             "retry-after": str(wait_s), "x-ratelimit-limit": str(limit),
             "x-ratelimit-remaining": str(max(0, limit - used)), "x-ratelimit-reset": str(int(reset.timestamp())),
         }
-
-    def body(self) -> dict[str, Any]:
-        return {"error": "Rate limit exceeded", "limit_type": self.limit_type, "limit": self.limit,
-                "used": self.used, "reset_time": iso_utc(self.reset)}
 
 
 class Reservation(msgspec.Struct, frozen=True):

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Event
-from switchyard_gateway.contracts.routing import CircuitChanged
+from switchyard_gateway.contracts.routing import CircuitChanged, ModelFacts
 from switchyard_gateway.events import StreamFold
 
 DEFAULT_TRIAL_CALLS = 2
@@ -80,6 +80,10 @@ class Circuits:
     def loaded(self, endpoint_id: str) -> frozenset[str]:
         """The models the last successful probe saw loaded (names without `:latest`); empty if unknown."""
         return self.view.loaded.get(endpoint_id, frozenset())
+
+    def facts(self, endpoint_id: str, model: str) -> ModelFacts | None:
+        """What the endpoint said of a model (by the name it serves it under) at its last probe; None if nothing."""
+        return self.view.facts.get(endpoint_id, {}).get(model)
 
     def health(self, endpoint_id: str) -> dict[str, Any] | None:
         """The last probe: ok, latency_ms, error, status, version, models, loaded, at; None if never probed."""
