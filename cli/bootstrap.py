@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.retry import Backoff, retry
 
 DEMO_TENANT = "demo"
 DEMO_CHAT_MODEL = "llama3.2"
@@ -50,14 +50,9 @@ async def apply(nc: NATS, commands: list[m.Command], timeout_s: float = 30.0) ->
     deadline = time.monotonic() + timeout_s
     replies = []
     for command in commands:
-        while True:
-            try:
-                raw = await natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command), 5.0)
-                break
-            except natsio.ServiceUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        raw = await retry(lambda command=command: natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command), 5.0),
+                          what=None, errors=(natsio.ServiceUnavailable,), backoff=Backoff(0.2, 0.2),
+                          deadline_s=max(deadline - time.monotonic(), 0.0))
         replies.append(_reply.decode(raw))
     return replies
 

@@ -18,7 +18,7 @@ import asyncpg
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import RollupDays, RollupReply
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.projections import lock_checkpoint
+from switchyard_gateway.events.project import lock_checkpoint
 from switchyard_gateway.services.metering.projections import UsageSeries
 
 

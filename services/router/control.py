@@ -16,13 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.catalog.rules import model_name_problem
 from switchyard_gateway.catalog.state import Catalog
@@ -31,11 +29,13 @@ from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import CallAttempted, EndpointRegistered, Event, now, subject_of
 from switchyard_gateway.contracts.messages import CommandReply, RecordDiscoveredModels
 from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.events import StreamFold
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.services.router.board import Board
 from switchyard_gateway.services.router.facts import FactsBook
 from switchyard_gateway.services.router.lease import Lease
 from switchyard_gateway.services.router.policy import RouterPolicy
+from switchyard_gateway.services.router import probes
 from switchyard_gateway.services.router.probes import probe
 from switchyard_gateway.services.router.warmup import Warmer
 
@@ -54,12 +54,12 @@ class RouterControl:
         self.request_timeout_s = request_timeout_s
         self.catalog = Catalog()
         self.health = HealthView()
-        self.registry = Feed(subjects.STREAM_REGISTRY, self._on_registry_event)
-        self.routing = Feed(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
+        self.registry = StreamFold(subjects.STREAM_REGISTRY, self._on_registry_event)
+        self.routing = StreamFold(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
         self.board = Board(policy, instance)
         self.facts = FactsBook()                  # what servers say of their models, kept between probes
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
-        self.client = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=policy.probe_concurrency))
+        self.client = probes.client(policy.probe_concurrency)
         self.leader_subscriptions = leader_subscriptions
         self.warmer = Warmer(nc, self.client, self.catalog, instance, keep_alive=policy.warm_keep_alive,
                              timeout_s=policy.warm_timeout_s, request_timeout_s=request_timeout_s)
@@ -112,7 +112,7 @@ class RouterControl:
         if self._presence is not None:
             with contextlib.suppress(Exception):
                 await self._presence.stop()
-        for closing in (self.registry.stop(), self.routing.stop(), self.client.aclose()):
+        for closing in (self.registry.stop(), self.routing.stop(), self.client.close()):
             with contextlib.suppress(Exception):
                 await closing
         if self._sub is not None:

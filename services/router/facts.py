@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import msgspec
 
+from switchyard_gateway import http1
 from switchyard_gateway.catalog.rules import normalise_model
 from switchyard_gateway.contracts.routing import ModelFacts
 
 CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking")   # Ollama's words
 SHOW_CONCURRENCY = 4
+MAX_FACTS_BYTES = 8 * 1024 * 1024             # a model card with its template is well under this
+JSON_BODY = ("Content-Type", "application/json")
 
 
 def ollama_facts(name: str, show: Any) -> ModelFacts:
@@ -88,7 +91,7 @@ class FactsBook:
         for endpoint_id in set(self._held) - set(endpoint_ids):
             del self._held[endpoint_id]
 
-    async def ollama(self, client: httpx.AsyncClient, endpoint_id: str, root: str, headers: dict[str, str],
+    async def ollama(self, pool: http1.Pool, endpoint_id: str, root: str, headers: list[tuple[str, str]],
                      timeout_s: float, digests: dict[str, str]) -> tuple[ModelFacts, ...]:
         """Facts of every model an Ollama advertises (name -> digest), `/api/show` asked for new ones only."""
         seen, held = self._held.get(endpoint_id, ({}, {}))
@@ -99,10 +102,11 @@ class FactsBook:
         async def show(name: str) -> ModelFacts | None:
             async with gate:
                 try:
-                    response = await client.post(f"{root}/api/show", json={"model": name}, headers=headers,
-                                                 timeout=timeout_s)
-                    return ollama_facts(name, response.json()) if response.status_code == 200 else None
-                except (httpx.HTTPError, ValueError):
+                    response = await pool.fetch("POST", f"{root}/api/show", [*headers, JSON_BODY],
+                                                msgspec.json.encode({"model": name}), timeout_s=timeout_s,
+                                                max_body_bytes=MAX_FACTS_BYTES)
+                    return ollama_facts(name, response.json()) if response.status == 200 else None
+                except (http1.TransportError, ValueError):
                     return None                         # asked again at the next probe
 
         missing = [name for name in digests if name not in known]
@@ -112,7 +116,7 @@ class FactsBook:
         self._held[endpoint_id] = (dict(digests), known)
         return tuple(known[name] for name in sorted(known) if name in digests)
 
-    async def openai(self, client: httpx.AsyncClient, endpoint_id: str, root: str, headers: dict[str, str],
+    async def openai(self, pool: http1.Pool, endpoint_id: str, root: str, headers: list[tuple[str, str]],
                      timeout_s: float, listing: Any, models: tuple[str, ...]) -> tuple[ModelFacts, ...]:
         """Facts from the `/v1/models` answer, with llama.cpp's `/props` read when the model list changed."""
         key, held = self._held.get(endpoint_id, (None, {}))
@@ -120,9 +124,10 @@ class FactsBook:
             props = None
             if _is_llama_cpp(listing):
                 try:
-                    response = await client.get(f"{root}/props", headers=headers, timeout=timeout_s)
-                    props = response.json() if response.status_code == 200 else None
-                except (httpx.HTTPError, ValueError):
+                    response = await pool.fetch("GET", f"{root}/props", headers, timeout_s=timeout_s,
+                                                max_body_bytes=MAX_FACTS_BYTES)
+                    props = response.json() if response.status == 200 else None
+                except (http1.TransportError, ValueError):
                     props = None
             held = openai_facts(listing, props)
             if props is not None or not _is_llama_cpp(listing):

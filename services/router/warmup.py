@@ -13,11 +13,11 @@ import asyncio
 import time
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
+from switchyard_gateway import http1
 from switchyard_gateway.catalog.rules import guess_kind
 from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts import subjects
@@ -27,7 +27,7 @@ from switchyard_gateway.contracts.messages import CommandReply, ErrorBody, Recor
 from switchyard_gateway.contracts.routing import ModelWarmed
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.router.probes import ERROR_BODY_CHARS, base, credential, redact
+from switchyard_gateway.services.router.probes import ERROR_BODY_CHARS, USER_AGENT, base, credential, redact
 
 log = structlog.get_logger()
 _reply = msgspec.json.Decoder(CommandReply)
@@ -51,7 +51,7 @@ class Warmer:
     """Makes warm-up calls and has the registry record each; `warm_on_start` endpoints are warmed by the
     control loop through `warm_endpoint`."""
 
-    def __init__(self, nc: NATS, client: httpx.AsyncClient, catalog: Catalog, instance: str, *,
+    def __init__(self, nc: NATS, client: http1.Pool, catalog: Catalog, instance: str, *,
                  keep_alive: str, timeout_s: float, request_timeout_s: float) -> None:
         self.nc, self.client, self.catalog, self.instance = nc, client, catalog, instance
         self.keep_alive, self.timeout_s, self.request_timeout_s = keep_alive, timeout_s, request_timeout_s
@@ -117,18 +117,21 @@ class Warmer:
         upstream = upstream_name(endpoint, model)
         path, body = warm_request(provider.kind if provider else "openai-compatible", model, upstream, self.keep_alive)
         secret = credential(endpoint.api_key_ref)
-        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        headers = [("User-Agent", USER_AGENT), ("Content-Type", "application/json")]
+        if secret:
+            headers.append(("Authorization", f"Bearer {secret}"))
+        timeout_s = min(endpoint.timeout_s, self.timeout_s)
         started = time.perf_counter()
         status, error = 0, ""
         try:
-            response = await self.client.post(f"{base(endpoint.base_url)}{path}", json=body, headers=headers,
-                                              timeout=min(endpoint.timeout_s, self.timeout_s))
-            status = response.status_code
+            response = await self.client.fetch("POST", f"{base(endpoint.base_url)}{path}", headers,
+                                               msgspec.json.encode(body), timeout_s=timeout_s)
+            status = response.status
             if status >= 400:
-                error = f"HTTP {status} from {path}: {response.text[:ERROR_BODY_CHARS].strip()}"
-        except httpx.TimeoutException:
-            error = f"no answer from {path} within {min(endpoint.timeout_s, self.timeout_s):g} s"
-        except httpx.HTTPError as exc:
+                error = f"HTTP {status} from {path}: {response.text()[:ERROR_BODY_CHARS].strip()}"
+        except http1.DeadlineExceeded:
+            error = f"no answer from {path} within {timeout_s:g} s"
+        except (http1.TransportError, ValueError) as exc:
             error = f"{path} failed: {str(exc) or type(exc).__name__}"
         command = RecordWarmUp(model_id=model.model_id, endpoint_id=endpoint.endpoint_id, ok=not error,
                                duration_ms=round((time.perf_counter() - started) * 1000, 3), upstream_model=upstream,

@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, UsageRecorded
 from switchyard_gateway.contracts.quota import Limits, LimitsSet
+from switchyard_gateway.events import LogFollower
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.quotas.periods import Keys
 from switchyard_gateway.resp import Valkey
@@ -20,7 +21,7 @@ from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT
 from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import LimitsFeed, QuotaClient, QuotaExceeded, RateLimited
-from switchyard_gateway.services.quota.projection import CounterProjection, rebuild, run_script
+from switchyard_gateway.services.quota.counters import Counters, ValkeyLead, rebuild
 
 TENANT, OTHER = "acme", "globex"
 KEY = KeyIssued(key_id="sy_k1", tenant_id=TENANT, key_sha256="0" * 64)
@@ -52,6 +53,18 @@ async def client(urls) -> redis.Redis:
     client = redis.from_url(urls.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def valkey(urls) -> Valkey:
+    valkey = Valkey(urls.redis_url)
+    yield valkey
+    await valkey.close()
+
+
+def counters(pool, valkey: Valkey, keys: Keys) -> LogFollower:
+    """The quota service's counter projection, stepped by hand."""
+    return LogFollower(pool, Counters(pool, valkey, keys))
 
 
 def quota_client(urls, keys: Keys, limits: list[LimitsSet], hold_s: float = 600.0) -> QuotaClient:
@@ -122,13 +135,14 @@ async def test_concurrent_reservations_from_two_instances_never_pass_the_limit(u
     assert await client.zcard(keys.holds) == sum(1 for g in granted if g)
 
 
-async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_registry(urls, keys, client, pool) -> None:
+async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_registry(urls, keys, client, valkey,
+                                                                                        pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000, budget_usd=1.0))
     quota = quota_client(urls, keys, [limits])
     held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
     assert (await day_counter(client, keys))["tok"] == held.tokens
     await record(pool, [*registry_events(), limits, usage("r1", 7, 11)])
-    projection = CounterProjection(pool, client, keys)
+    projection = counters(pool, valkey, keys)
     assert await projection.step() > 0
     counter = await day_counter(client, keys)
     # the tenant's assignment price (1.0 in) overrides the model's (2.0); output at the model's 4.0 per 1M
@@ -139,21 +153,21 @@ async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_re
     assert await projection.step() == 0               # nothing new: settling twice is impossible
 
 
-async def test_failed_call_settles_to_zero(urls, keys, client, pool) -> None:
+async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(monthly_requests=5, daily_tokens=1000))
     quota = quota_client(urls, keys, [limits])
     await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
     await record(pool, [*registry_events(), limits, usage("r1", 0, 0, outcome="error")])
-    await CounterProjection(pool, client, keys).step()
+    await counters(pool, valkey, keys).step()
     assert await day_counter(client, keys) == {"tok": 0}
     assert await client.zcard(keys.holds) == 0
 
 
-async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client) -> None:
+async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client, valkey) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))], hold_s=0.0)
     await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
     assert (await day_counter(client, keys))["tok"] > 100
-    released = await run_script(client, EXPIRE_SCRIPT, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
+    released = await EXPIRE_SCRIPT.run(valkey, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
     assert released == 1
     assert (await day_counter(client, keys))["tok"] == 0
 
@@ -216,11 +230,11 @@ async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys)
     assert model.model_id == "mini" and held is not None and held.model_id == "mini"
 
 
-async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client, pool) -> None:
+async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=100_000, timezone="Asia/Tokyo"))
     quota = quota_client(urls, keys, [limits])
     await record(pool, [*registry_events(), limits])
-    projection = CounterProjection(pool, client, keys)
+    projection = counters(pool, valkey, keys)
     for i in range(30):
         await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(50))
         if i < 25:       # five calls are still running when the rebuild starts
@@ -233,15 +247,15 @@ async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client,
     live = {k: await client.hgetall(k) async for k in client.scan_iter(match=f"{keys.prefix}c:*")}
     assert await client.zcard(keys.holds) == 5
     await client.delete(*live)                          # lose every counter
-    events, _ = await rebuild(pool, client, keys)
+    events, _ = await rebuild(pool, valkey, keys)
     rebuilt = {k: await client.hgetall(k) async for k in client.scan_iter(match=f"{keys.prefix}c:*")}
     assert events == 5 + 1 + 50 and rebuilt == live
     assert await client.zcard(keys.holds) == 5
 
 
-async def test_one_quota_replica_at_a_time_runs_the_projection(keys, client, pool) -> None:
-    first, second = CounterProjection(pool, client, keys), CounterProjection(pool, client, keys)
-    assert await first.lead("a") and not await second.lead("b")
-    assert await first.lead("a")                         # renewing keeps the lead
+async def test_one_quota_replica_at_a_time_runs_the_projection(keys, client, valkey) -> None:
+    first, second = ValkeyLead(valkey, keys.leader, "a"), ValkeyLead(valkey, keys.leader, "b")
+    assert await first.hold() == 0 and await second.hold() > 0     # 0: leads; else seconds to wait
+    assert await first.hold() == 0                       # renewing keeps the lead
     await client.delete(keys.leader)                     # the leader died and its lease ran out
-    assert await second.lead("b") and not await first.lead("a")
+    assert await second.hold() == 0 and await first.hold() > 0

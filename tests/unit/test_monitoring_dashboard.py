@@ -13,7 +13,7 @@ _FUNCTIONS = {"sum", "by", "rate", "max", "histogram_quantile", "clamp_min", "le
 
 
 def exported() -> set[str]:
-    import switchyard_gateway.kit.projections  # noqa: F401 — consumer lag and commit metrics
+    import switchyard_gateway.events.ingest  # noqa: F401 — consumer lag and commit metrics
     import switchyard_gateway.services.gateway.edge.ws  # noqa: F401 — WebSocket connections and closes
     import switchyard_gateway.services.gateway.metrics  # noqa: F401
     import switchyard_gateway.services.metering.metrics  # noqa: F401

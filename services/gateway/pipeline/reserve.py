@@ -24,11 +24,11 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
 from switchyard_gateway.contracts.quota import Limits
+from switchyard_gateway.events import StreamFold
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
@@ -90,7 +90,7 @@ class LimitsFeed:
 
     def __init__(self) -> None:
         self.book = LimitsBook()
-        self._feed = Feed(subjects.STREAM_LIMITS, self.book.apply)
+        self._feed = StreamFold(subjects.STREAM_LIMITS, self.book.apply)
 
     async def start(self, nc: NATS, timeout_s: float) -> None:
         await self._feed.start(nc, timeout_s)
