@@ -175,6 +175,21 @@ async def read_rows(
     )
 
 
+async def read_stored(
+    conn: asyncpg.Connection, after: int, upto: int, limit: int, *,
+    like: Sequence[str] | None = None, tenant: str | None = None,
+) -> list[asyncpg.Record]:
+    """Rows as stored (position, type, tenant, payload as text) with after < position <= upto, oldest first,
+    optionally only of types matching LIKE patterns and of one tenant: for readers that pass events on without
+    decoding them (the log's feed, replay pages)."""
+    return await conn.fetch(
+        "SELECT position, type, tenant, payload::text AS payload FROM events WHERE position > $1 AND position <= $2"
+        " AND ($3::text[] IS NULL OR type LIKE ANY($3)) AND ($4::text IS NULL OR tenant = $4)"
+        " ORDER BY position LIMIT $5",
+        after, upto, None if like is None else list(like), tenant, limit,
+    )
+
+
 async def head(conn: asyncpg.Connection) -> int:
     """The position of the newest event (0 for an empty log)."""
     return await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
