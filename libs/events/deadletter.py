@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
@@ -45,6 +46,8 @@ def poisonous(exc: BaseException) -> bool:
     """Whether a failure is the event's own rather than an outage's (the network, PostgreSQL away or restarting)."""
     if isinstance(exc, Poison):
         return True
+    if isinstance(exc, nats.errors.Error):          # NATS away, an ack or a dead letter not stored: an outage
+        return False
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] in POISON_SQLSTATES
     return isinstance(exc, Exception) and not isinstance(exc, TRANSIENT)

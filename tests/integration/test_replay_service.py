@@ -5,9 +5,7 @@ a hand-over to the stream at the head that neither skips nor repeats an event.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 import pytest
@@ -15,66 +13,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_event
-from switchyard_gateway.contracts.events import KeyIssued, TenantCreated, UsageRecorded
+from switchyard_gateway.contracts.events import KeyIssued, TenantCreated
 from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
-from switchyard_gateway.events import LogFeed, LogNotices
 from switchyard_gateway.events.feed import positions_of
-from switchyard_gateway.kit import eventlog, natsio
+from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.metering import history
-
-T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
-
-
-def usage(i: int, tenant: str, at: datetime = T0) -> UsageRecorded:
-    return UsageRecorded(request_id=f"r{i}", tenant_id=tenant, key_id="k", model="llama3.2", api="openai.chat",
-                         outcome="ok", status=200, input_tokens=i, output_tokens=1, occurred_at=at)
-
-
-class Metering:
-    """The replay handler and the log's feed as metering runs them, in this process."""
-
-    def __init__(self, nc, pool, database_url: str) -> None:
-        self.nc, self.pool = nc, pool
-        self.notices = LogNotices(database_url)
-        self.feed = LogFeed(pool, nc, self.notices)
-        self.tasks: list[asyncio.Task] = []
-
-    async def start(self) -> None:
-        await natsio.ensure_streams(self.nc)
-        await self.nc.jetstream().purge_stream(subjects.STREAM_LOG)    # one log per test, one stream per module
-        handler = functools.partial(history.on_replay, history.History(self.pool, self.nc))
-        self.service = await natsio.serve(self.nc, "metering", {}, by_subject=dict.fromkeys(history.SUBJECTS, handler))
-        self.tasks = [asyncio.ensure_future(self.notices.run()), asyncio.ensure_future(self.feed.run())]
-        await asyncio.wait_for(self.notices.listening.wait(), 10)
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.service.stop()  # type: ignore[attr-defined]
-
-    async def append(self, events) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            appended = await eventlog.append(conn, list(events))
-        return appended[-1][0]
-
-
-@pytest.fixture
-async def nats_client(own_nats: str):
-    nc = await natsio.connect(own_nats, "replay-tests", 10)
-    yield nc
-    await nc.close()
-
-
-@pytest.fixture
-async def metering(nats_client, pool, database_url: str):
-    running = Metering(nats_client, pool, database_url)
-    await running.start()
-    yield running
-    await running.stop()
-
+from tests.integration.logharness import T0, Metering, metering, nats_client, usage  # noqa: F401 — fixtures
 
 async def page(nc, subject: str = subjects.METERING_REPLAY, **ask) -> ReplayPage:
     body = await natsio.request(nc, subject, msgspec.json.encode(ReplayRequest(**ask)), 10)
