@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -49,7 +50,7 @@ from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRe
 from switchyard_gateway.events.deadletter import DeadLetters, poisonous
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.events.marks import Watermark
-from switchyard_gateway.kit import eventlog, natsio
+from switchyard_gateway.kit import eventlog, nats_auth, natsio
 from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
 
@@ -90,6 +91,7 @@ class Subscriber:
         nc: NATS | None = None, pool: asyncpg.Pool | None = None, types: Sequence[str] = (),
         tenant: str | None = None, start: int | datetime = 0, page_events: int = 2000, linger_s: float = 0.05,
         batch_events: int = 5000, max_queued: int = 10_000, request_timeout_s: float = 30.0,
+        inbox_prefix: str | None = None,
     ) -> None:
         if nc is None and nats_url is None or pool is None and database_url is None:
             raise ValueError("a subscriber needs NATS (nc or nats_url) and PostgreSQL (pool or database_url)")
@@ -98,6 +100,9 @@ class Subscriber:
         self.types, self.tenant, self.start = list(types), tenant, start
         self.page_events, self.linger_s, self.batch_events = page_events, linger_s, batch_events
         self.max_queued, self.request_timeout_s = max_queued, request_timeout_s
+        user = urlsplit(nats_url.split(",")[0]).username if nats_url else None
+        # the permissions of libs/kit/nats_auth.py let a user read its own inbox only
+        self.inbox_prefix = inbox_prefix or (nats_auth.inbox_prefix(user) if user else None)
         self.position = Watermark()          # the last log position applied and recorded
         self.live = asyncio.Event()          # set while following LOG
         self.applied = 0                     # events this process applied
@@ -132,7 +137,8 @@ class Subscriber:
 
     async def _open(self) -> None:
         if self.nc is None:
-            self.nc = await natsio.connect(self.nats_url, f"subscriber:{self.name}")  # type: ignore[arg-type]
+            self.nc = await natsio.connect(self.nats_url, f"subscriber:{self.name}",  # type: ignore[arg-type]
+                                           inbox_prefix=self.inbox_prefix)
             self._owned.append(self.nc)
         if self.pool is None:
             self.pool = await eventlog.create_pool(self.database_url)  # type: ignore[arg-type]
@@ -271,7 +277,10 @@ class Subscriber:
 
     async def _follow(self, live: LiveFrom) -> None:
         """Apply what LOG delivers from `live.sequence`, in batches gathered for up to `linger_s`, until LiveLost."""
-        tail = _Tail(self.nc, live.stream, live.subjects, live.sequence, self.name, self.max_queued)  # type: ignore[arg-type]
+        filters = live.subjects
+        if self.tenant and len(filters) > 1:       # one filter, which NATS permissions can hold to the tenant
+            filters = [f"{subjects.LOG_PREFIX}.*.*.*.{subjects.subject_token(self.tenant)}"]
+        tail = _Tail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued)  # type: ignore[arg-type]
         await tail.start()
         through = self.position.value
         self.live.set()
@@ -286,16 +295,23 @@ class Subscriber:
                     if held is None:
                         continue
                     raws = _raws.decode(msg.data)
+                    through = held[0] + len(raws) - 1
+                    if not self._wanted(msg.subject):
+                        continue
                     try:
                         fast = _fast_events.decode(msg.data)
                     except msgspec.ValidationError:
                         fast = None
                     batch += self._decoded(range(held[0], held[0] + len(raws)), raws, fast)
-                    through = held[0] + len(raws) - 1
                 if batch or through > self.position.value:
                     await self._commit(batch, max(through, self.position.value))
         finally:
             await tail.stop()
+
+    def _wanted(self, subject: str) -> bool:
+        """Whether a LOG message holds a type asked for (a tenant's one filter brings all of the tenant's types)."""
+        kind = subject.split(".", 1)[1].rsplit(".", 1)[0]
+        return not self.types or any(kind == t or kind.startswith(t + ".") for t in self.types)
 
     # --- retries ------------------------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class ServiceUnavailable(ServiceError):
         super().__init__(503, ErrorBody("SERVICE_UNAVAILABLE", f"{what} is not answering, try again shortly"))
 
 
-async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
+async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None) -> NATS:
     """Connect to any server of `url` (one URL or a comma-separated list: a cluster's servers), retrying
     until `timeout_s`; once connected, reconnect forever, to whichever server of the list answers.
 
@@ -65,10 +65,11 @@ async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
         log.info("nats.reconnected")
 
     nc = NATS()
+    inbox = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}     # a user allowed its own inbox only
     try:
         await asyncio.wait_for(
             nc.connect(
-                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5,
+                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5, **inbox,
                 max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
                 error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
             ),
