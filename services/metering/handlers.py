@@ -82,14 +82,15 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     )
     notices = LogNotices(settings.database_url, settings.connect_timeout_s)
     feed = LogFeed(runtime.pool, runtime.nc, notices)
-    deps = Deps(pool=runtime.pool, ingest=ingest, feed=feed, history=history.History(runtime.pool, runtime.nc))
+    deps = Deps(pool=runtime.pool, ingest=ingest, feed=feed, history=history.History(runtime.pool, runtime.nc, settings.log_feed))
     runtime.before_scrape.append(ingest.refresh_lag)
     # Ingest allocates tens of thousands of small objects per batch and makes no cycles: what start-up
     # built is frozen out of the collector, and it runs less often (about a third of ingest CPU otherwise).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     runtime.spawn(ingest.run(), "usage-ingest")
-    runtime.spawn(notices.run(), "log-notices")
-    runtime.spawn(feed.run(), "log-feed")
+    if settings.log_feed:
+        runtime.spawn(notices.run(), "log-notices")
+        runtime.spawn(feed.run(), "log-feed")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, BY_SUBJECT)
     return deps

@@ -47,6 +47,7 @@ class History:
 
     pool: asyncpg.Pool
     nc: NATS
+    feeding: bool = True         # this metering feeds LOG; without a feed no page says where to go live
 
 
 async def on_replay(history: History, data: bytes, subject: str) -> bytes | None:
@@ -114,7 +115,8 @@ async def read_page(history: History, ask: ReplayRequest, tenant: str | None, ma
     """The events past `ask.after` (or from `ask.since`) that match, within the bounds; `live` once at the head."""
     js = history.nc.jetstream(timeout=5)
     async with history.pool.acquire() as conn:
-        feeding = await conn.fetchval("SELECT true FROM projection_checkpoints WHERE projection = $1", FEED)
+        feeding = history.feeding and await conn.fetchval(
+            "SELECT true FROM projection_checkpoints WHERE projection = $1", FEED)
         # read before the head: every message the stream holds now holds positions at or below it
         sequence = (await js.stream_info(subjects.STREAM_LOG)).state.last_seq if feeding else None
         head = await eventlog.head(conn)
