@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -40,7 +38,6 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import AnyEvent, decode_event
@@ -50,8 +47,9 @@ from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRe
 from switchyard_gateway.events.deadletter import DeadLetters, poisonous
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.events.marks import Watermark
+from switchyard_gateway.events.tail import StreamTail, TailLost
 from switchyard_gateway.kit import eventlog, nats_auth, natsio
-from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
+from switchyard_gateway.kit.natsio import ServiceUnavailable
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
 
 __all__ = ["ASIDE", "Apply", "Event", "Subscriber", "TABLE"]
@@ -61,7 +59,6 @@ log = structlog.get_logger()
 Apply = Callable[[asyncpg.Connection, list[tuple[int, Event]]], Awaitable[None]]
 TABLE = "switchyard_subscriptions"         # a subscriber's position and the last retry it took
 ASIDE = "switchyard_set_aside"              # the events it set aside, until a retry takes them
-HEARTBEAT_S = 5.0
 
 _page = msgspec.json.Decoder(ReplayPage)
 _retry = msgspec.json.Decoder(EventRetryRequested)
@@ -77,10 +74,6 @@ _raws = msgspec.json.Decoder(list[msgspec.Raw])
 Raw = msgspec.Raw
 Item = tuple[int, Event | BaseException, Raw]   # log position, the event (or why it did not decode), bytes as stored
 OUTAGES = (*TRANSIENT, nats.errors.Error)   # what a commit is retried through: PostgreSQL or NATS away
-
-
-class LiveLost(Exception):
-    """Following live stopped being safe (a gap, silence, a queue too long): catch up from the position again."""
 
 
 class Subscriber:
@@ -124,7 +117,7 @@ class Subscriber:
                 live = await self._catch_up()
                 try:
                     await self._follow(live)
-                except LiveLost as why:
+                except TailLost as why:
                     log.info("subscriber.live_lost", subscriber=self.name, reason=str(why), position=self.position.value)
                 finally:
                     self.live.clear()
@@ -276,11 +269,11 @@ class Subscriber:
     # --- following LOG -----------------------------------------------------------------------------------------
 
     async def _follow(self, live: LiveFrom) -> None:
-        """Apply what LOG delivers from `live.sequence`, in batches gathered for up to `linger_s`, until LiveLost."""
+        """Apply what LOG delivers from `live.sequence`, in batches gathered for up to `linger_s`, until TailLost."""
         filters = live.subjects
         if self.tenant and len(filters) > 1:       # one filter, which NATS permissions can hold to the tenant
             filters = [f"{subjects.LOG_PREFIX}.*.*.*.{subjects.subject_token(self.tenant)}"]
-        tail = _Tail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued)  # type: ignore[arg-type]
+        tail = StreamTail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued)  # type: ignore[arg-type]
         await tail.start()
         through = self.position.value
         self.live.set()
@@ -295,7 +288,9 @@ class Subscriber:
                     if held is None:
                         continue
                     raws = _raws.decode(msg.data)
-                    through = held[0] + len(raws) - 1
+                    if held[1] - held[0] + 1 != len(raws):
+                        raise TailLost(f"a message for positions {held[0]}-{held[1]} holds {len(raws)} events")
+                    through = held[1]
                     if not self._wanted(msg.subject):
                         continue
                     try:
@@ -325,7 +320,7 @@ class Subscriber:
             try:
                 async with self.pool.acquire() as conn:
                     after = await conn.fetchval(f"SELECT retry_sequence FROM {TABLE} WHERE name = $1", self.name)
-                tail = _Tail(self.nc, subjects.STREAM_DEADLETTER, [subject], after + 1, f"{self.name}-retries",  # type: ignore[arg-type]
+                tail = StreamTail(self.nc, subjects.STREAM_DEADLETTER, [subject], after + 1, f"{self.name}-retries",  # type: ignore[arg-type]
                              self.max_queued)
                 await tail.start()
                 try:
@@ -365,102 +360,3 @@ class Subscriber:
         outcome = await retry(attempt, what="subscriber.commit_failed", errors=OUTAGES, subscriber=self.name)
         log.info("subscriber.retried", subscriber=self.name, dead_letter=asked.dead_letter, position=asked.sequence,
                  outcome=outcome)
-
-
-class _Tail:
-    """An ephemeral push consumer of a stream from a sequence, filtered, without acks: messages queued in order;
-    a gap, two silent heartbeats or more than `max_queued` messages waiting end it with LiveLost."""
-
-    def __init__(self, nc: NATS, stream: str, filters: list[str], sequence: int, owner: str, max_queued: int) -> None:
-        self.nc, self.stream, self.filters, self.sequence = nc, stream, filters, sequence
-        self.name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', owner)[:40]}-{uuid.uuid4().hex[:12]}"
-        self.max_queued = max_queued
-        self.queue: asyncio.Queue[Msg | LiveLost] = asyncio.Queue()
-        self._consumer_seq = 0
-        self._heard = True
-        self._sub: Any = None
-        self._watch: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_message)
-        one = self.filters[0] if len(self.filters) == 1 else None
-        config = ConsumerConfig(
-            name=self.name, deliver_subject=self._sub.subject, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(self.sequence, 1), filter_subject=one, filter_subjects=None if one else self.filters,
-            ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False, idle_heartbeat=HEARTBEAT_S,
-            mem_storage=True, num_replicas=1, inactive_threshold=30.0,
-        )
-        await self.nc.jetstream(timeout=10).add_consumer(self.stream, config)
-        self._watch = asyncio.ensure_future(self._watch_heartbeats())
-
-    async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
-        if self.nc.is_connected:
-            with contextlib.suppress(Exception):      # else it expires by itself (inactive threshold)
-                await self.nc.jetstream(timeout=2).delete_consumer(self.stream, self.name)
-
-    async def take(self, most: int, linger_s: float) -> list[Msg]:
-        """The next message, and whatever else arrives within `linger_s` (at most `most`); raises LiveLost."""
-        first = await self.queue.get()
-        if isinstance(first, LiveLost):
-            raise first
-        taken = [first]
-        deadline = asyncio.get_running_loop().time() + linger_s
-        while len(taken) < most:
-            if self.queue.empty():
-                wait = deadline - asyncio.get_running_loop().time()
-                if wait <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), wait)
-                except asyncio.TimeoutError:
-                    break
-            else:
-                item = self.queue.get_nowait()
-            if isinstance(item, LiveLost):
-                self.queue.put_nowait(item)        # after what came before it
-                break
-            taken.append(item)
-        return taken
-
-    def _lost(self, why: str) -> None:
-        if self._consumer_seq >= 0:
-            self._consumer_seq = -1                # nothing more is queued after this
-            self.queue.put_nowait(LiveLost(why))
-
-    async def _on_message(self, msg: Msg) -> None:
-        if self._consumer_seq < 0:
-            return
-        self._heard = True
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status:                                 # a heartbeat (did we miss anything?), or the consumer's end
-            last = headers.get("Nats-Last-Consumer")
-            if status != "100":
-                self._lost(f"consumer status {status} {headers.get('Description', '')}".strip())
-            elif last is not None and int(last) > self._consumer_seq:
-                self._lost("missed messages")
-            return
-        try:
-            meta = msg.metadata
-        except Exception:  # noqa: BLE001 — not a JetStream delivery
-            return
-        if meta.sequence.consumer != self._consumer_seq + 1:
-            self._lost("missed messages")
-            return
-        self._consumer_seq = meta.sequence.consumer
-        if self.queue.qsize() >= self.max_queued:
-            self._lost("falling behind")
-            return
-        self.queue.put_nowait(msg)
-
-    async def _watch_heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(2 * HEARTBEAT_S)
-            if not self._heard:
-                self._lost("no heartbeat")
-                return
-            self._heard = False

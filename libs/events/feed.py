@@ -3,8 +3,9 @@
     feed = LogFeed(pool, nc, notices)        # woken by each commit's NOTIFY, idle otherwise
     await feed.run()
 
-Consecutive events of one type and tenant go in one message on `log.<type>.<tenant>` (a JSON array of the
-events as stored), its positions in the `Switchyard-Log-Positions: <first>-<last>` header. Each message is
+Events of one type and tenant at consecutive positions go in one message on `log.<type>.<tenant>` (a JSON array
+of the events as stored, joined by PostgreSQL), its positions in the `Switchyard-Log-Positions: <first>-<last>`
+header: every position from first to last is in it, in order (a position the log skipped ends a message). Each message is
 published with `Nats-Expected-Last-Sequence`, so JetStream stores it only right after the one before it: a
 message lost on the way makes every later one of the round refused, and the stream never holds positions out
 of order. That is what lets a replay hand a subscriber over to the stream at a sequence: every message stored
@@ -22,6 +23,7 @@ import asyncio
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -36,31 +38,23 @@ log = structlog.get_logger()
 
 FEED = "log.feed"                 # the checkpoint row; it exists once a feed has started
 CHUNK = 5000                      # events read and published per round
-RUN_EVENTS = 1000                 # events per message at most
-RUN_BYTES = 256 * 1024            # bytes of events per message at most (one event alone may exceed it)
-NO_LIMIT = 2 ** 62
+RUN_EVENTS = 500                  # events per message at most
+HEADROOM = 4096                   # of a NATS message, for its subject and headers
 
 Message = tuple[str, bytes, int, int]        # subject, body, first position, last position
 
 
-def runs(rows: Sequence[asyncpg.Record], max_events: int = RUN_EVENTS, max_bytes: int = RUN_BYTES) -> list[Message]:
-    """Rows as stored, grouped into messages: consecutive events of one type and tenant, bounded in count and size."""
-    messages: list[Message] = []
-    parts: list[bytes] = []
-    key: tuple[str, str | None] | None = None
-    first = last = size = 0
-    for position, kind, tenant, payload in rows:
-        data = payload.encode()
-        if parts and ((kind, tenant) != key or len(parts) >= max_events or size + len(data) > max_bytes):
-            messages.append((subjects.log_subject(key[0], key[1]), b"[" + b",".join(parts) + b"]", first, last))  # type: ignore[index]
-            parts = []
-        if not parts:
-            key, first, size = (kind, tenant), position, 0
-        parts.append(data)
-        last, size = position, size + len(data) + 1
-    if parts:
-        messages.append((subjects.log_subject(key[0], key[1]), b"[" + b",".join(parts) + b"]", first, last))  # type: ignore[index]
-    return messages
+def messages_of(runs: Sequence[asyncpg.Record], max_bytes: int) -> list[Message]:
+    """Runs of the log as messages; a run too large for one message goes event by event (each its own message)."""
+    out: list[Message] = []
+    for first, last, kind, tenant, body in runs:
+        subject, data = subjects.log_subject(kind, tenant), body.encode()
+        if len(data) <= max_bytes or first == last:
+            out.append((subject, data, first, last))
+            continue
+        for offset, item in enumerate(msgspec.json.decode(data, type=list[msgspec.Raw])):
+            out.append((subject, b"[" + bytes(item) + b"]", first + offset, first + offset))
+    return out
 
 
 def positions_of(headers: dict[str, str] | None) -> tuple[int, int] | None:
@@ -114,11 +108,11 @@ class LogFeed:
                                "SELECT $1, coalesce(max(position), 0) FROM events ON CONFLICT DO NOTHING", self.name)
             checkpoint = await lock_checkpoint(conn, self.name)
             sequence, after = await self._where(js, checkpoint)
-            rows = await eventlog.read_stored(conn, after, NO_LIMIT, self.chunk)
-            if not rows:
+            runs = await eventlog.read_runs(conn, after, self.chunk, RUN_EVENTS)
+            if not runs:
                 self.position.advance(after)
                 return 0
-            messages = runs(rows)
+            messages = messages_of(runs, self.nc.max_payload - HEADROOM)
             pending = []
             for number, (subject, body, first, last) in enumerate(messages):
                 headers = {subjects.POSITIONS_HEADER: f"{first}-{last}",
@@ -129,12 +123,13 @@ class LogFeed:
             if failed is not None:
                 self._tail = None          # what did reach the stream is read back from it next round
                 raise failed
-            last_position = rows[-1]["position"]
+            last_position = runs[-1]["last"]
             await set_checkpoint(conn, self.name, last_position)
         self._tail = (acks[-1].seq, last_position)  # type: ignore[union-attr]
         self.position.advance(last_position)
-        self.published += len(rows)
-        return len(rows)
+        count = sum(m[3] - m[2] + 1 for m in messages)
+        self.published += count
+        return count
 
     async def _where(self, js: object, checkpoint: int) -> tuple[int, int]:
         """The stream's last sequence, and the last log position it holds (the checkpoint if it holds none)."""

@@ -22,7 +22,7 @@ from switchyard_gateway.kit.nats_auth import with_user
 from switchyard_gateway.kit.stack import running_url
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.subscribe import Subscriber
-from tests.conftest import REPO, create_database, start_up, stop_up, wait_for
+from tests.conftest import REPO, create_database, start_up, stop_up
 
 USERS = """subscribers:
   - user: billing

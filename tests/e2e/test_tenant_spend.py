@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from benchmarks.ingest import messages, usage_events
 from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, TenantModelUnassigned
 from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.stack_proc import pick_free_port
-from tests.conftest import REPO, create_database, wait_for
+from tests.conftest import REPO, create_database, stop_up, wait_for
 
 EVENTS = int(os.environ.get("SWITCHYARD_SPEND_EVENTS", "100000"))
 LIVE_EVENTS = 2000
@@ -64,16 +63,6 @@ async def fill(database_url: str) -> int:
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def position(database_url: str) -> int:
@@ -146,8 +135,8 @@ async def test_tenant_spend_killed_half_way_ends_equal_to_metering(own_nats: str
         caught_up_s = time.monotonic() - began - filled_s
     finally:
         if subscriber is not None:
-            stop(subscriber)
-        stop(metering)
+            stop_up(subscriber)
+        stop_up(metering)
     theirs, ours = await metering_figures(database_url), await example_figures(own)
     assert sum(f[0] for f in ours.values()) == total
     assert ours == theirs

@@ -12,13 +12,13 @@ import msgspec
 from switchyard_gateway.cli import deadletters, main
 from switchyard_gateway.contracts import codec, subjects
 from switchyard_gateway.contracts.codec import encode, encode_batch
-from switchyard_gateway.contracts.events import TenantCreated, subject_of
+from switchyard_gateway.contracts.events import TenantCreated
 from switchyard_gateway.events import LogFold, StreamFold
 from switchyard_gateway.events.deadletter import DEAD_LETTERS, DeadLetters
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.services.metering.projections import PROJECTIONS
 from tests.conftest import wait_for
-from tests.integration.logharness import Metering, nats_client, usage  # noqa: F401 — fixtures
+from tests.integration.logharness import Metering, usage
 
 
 async def listed(nc, consumer: str) -> list[deadletters.Letter]:

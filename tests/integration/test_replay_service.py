@@ -5,6 +5,7 @@ a hand-over to the stream at the head that neither skips nor repeats an event.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import msgspec
@@ -16,9 +17,9 @@ from switchyard_gateway.contracts.codec import decode_event
 from switchyard_gateway.contracts.events import KeyIssued, TenantCreated
 from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
 from switchyard_gateway.events.feed import positions_of
-from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.natsio import ServiceError
-from tests.integration.logharness import T0, Metering, metering, nats_client, usage  # noqa: F401 — fixtures
+from tests.integration.logharness import T0, Metering, usage
 
 async def page(nc, subject: str = subjects.METERING_REPLAY, **ask) -> ReplayPage:
     body = await natsio.request(nc, subject, msgspec.json.encode(ReplayRequest(**ask)), 10)
@@ -106,16 +107,21 @@ async def test_a_position_beyond_the_head_is_a_conflict(metering: Metering, nats
 
 
 async def test_the_feed_publishes_the_log_in_order_with_positions_per_type_and_tenant(metering: Metering,
-                                                                                      nats_client) -> None:
-    head = await metering.append([TenantCreated(tenant_id="acme"), *(usage(i, "acme") for i in range(3)),
-                                  usage(9, "beta"), TenantCreated(tenant_id="beta")])
+                                                                                      nats_client, pool) -> None:
+    await metering.append([TenantCreated(tenant_id="acme"), *(usage(i, "acme") for i in range(3))])
+    with contextlib.suppress(RuntimeError):                 # positions drawn and rolled back: a gap in the log
+        async with pool.acquire() as conn, conn.transaction():
+            await eventlog.append(conn, [usage(i, "acme") for i in range(100, 102)])
+            raise RuntimeError("rolled back")
+    head = await metering.append([usage(3, "acme"), usage(9, "beta"), TenantCreated(tenant_id="beta")])
     assert await metering.feed.position.reach(head, 10)
     js = nats_client.jetstream()
     info = await js.stream_info(subjects.STREAM_LOG)
     msgs = [await js.get_msg(subjects.STREAM_LOG, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
     assert [(m.subject, positions_of(m.headers)) for m in msgs] == [
         ("log.tenant.created.v1.acme", (1, 1)), ("log.usage.recorded.v2.acme", (2, 4)),
-        ("log.usage.recorded.v2.beta", (5, 5)), ("log.tenant.created.v1.beta", (6, 6))]
+        ("log.usage.recorded.v2.acme", (7, 7)),              # not one message across the gap: 5 and 6 are not in the log
+        ("log.usage.recorded.v2.beta", (8, 8)), ("log.tenant.created.v1.beta", (9, 9))]
     assert [e["request_id"] for e in msgspec.json.decode(msgs[1].data)] == ["r0", "r1", "r2"]
 
 

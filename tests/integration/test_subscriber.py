@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
 
 import asyncpg
 import msgspec
@@ -19,9 +18,9 @@ from switchyard_gateway.cli import deadletters, main
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode_batch
 from switchyard_gateway.contracts.events import TenantCreated, UsageRecorded, subject_of
-from switchyard_gateway.subscribe import TABLE, Subscriber
+from switchyard_gateway.subscribe import Subscriber
 from tests.conftest import create_database, wait_for
-from tests.integration.logharness import Metering, metering, nats_client, usage  # noqa: F401 — fixtures
+from tests.integration.logharness import Metering, usage
 
 SEEN = "CREATE TABLE IF NOT EXISTS seen (position bigint PRIMARY KEY, event_id uuid NOT NULL, tenant text," \
        " tokens int NOT NULL CHECK (tokens >= 0))"
