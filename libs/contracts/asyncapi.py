@@ -94,8 +94,8 @@ def _channels(channel: Channel) -> dict[str, Any]:
     where = f"Stream `{channel.stream}`" if channel.stream else "Core NATS only: not stored in any stream"
     logged = "; recorded in the event log" if channel.logged else ""
     if channel.contract == s.LOG_PREFIX:
-        summary = ("Every event of the log, in log order, as stored; consecutive events of one type and tenant in one "
-                   f"message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`).")
+        summary = ("Every event of the log, in log order, as stored; events of one type and tenant at consecutive "
+                   f"positions in one message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`).")
         messages = {kind: {"$ref": f"{MESSAGES}{kind}"} for kind in topology.logged_types()}
     else:
         summary = CONTRACTS[channel.contract].summary

@@ -152,8 +152,8 @@ CHANNELS: tuple[Channel, ...] = (
                                                  "`live.sequence`"),),
              Use("metering", "NATS micro service `metering`, one queue group; pages read from PostgreSQL")),
     Channel(s.LOG_PREFIX, ("tenant", "the event's tenant, `_` for an event that belongs to none"), s.STREAM_LOG,
-            (Use("metering", "the log's feed: every event appended to the log, in log order, consecutive events of "
-                             "one type and tenant in one message (a JSON array) with their positions in "
+            (Use("metering", "the log's feed: every event appended to the log, in log order, events of one type "
+                             "and tenant at consecutive positions in one message (a JSON array) with their positions in "
                              f"`{s.POSITIONS_HEADER}`; each message published with `{s.EXPECTED_LAST_SEQUENCE_HEADER}` "
                              "so that the stream never holds them out of order"),),
             (Use(SUBSCRIBER, "an ephemeral push consumer from the `live.sequence` a replay page named, filtered by "
