@@ -79,6 +79,7 @@ class RegisterEndpoint(Command, frozen=True, tag="register_endpoint"):
     weight: int = 1
     max_concurrent: int = 0
     timeout_s: float = 300.0
+    first_byte_timeout_s: float | None = None
     mode: Mode = "upsert"
 
 
@@ -151,6 +152,7 @@ class ApplyTemplate(Command, frozen=True, tag="apply_template"):
     weight: int | None = None
     max_concurrent: int | None = None
     timeout_s: float | None = None
+    first_byte_timeout_s: float | None = None
 
 
 class RecordDiscoveredModels(Command, frozen=True, tag="record_discovered_models"):
