@@ -1,7 +1,8 @@
-"""The Lua scripts that keep quota counters in Valkey: reserve, settle from the log, expire, rebuild.
+"""The Lua scripts that keep quota counters in Valkey: reserve, settle from the log, expire, release, rebuild.
 
 Each runs atomically in Valkey, so a reservation checks and charges every limit
-in one round trip, and a settlement moves counters and the log checkpoint together.
+in one round trip (granting the output tokens every limit has room for), and a
+settlement moves counters and the log checkpoint together.
 A hold is text, one line per counter: key, field, amount, mode, measure, expire_at;
 mode `p` (period counter) is refunded at settlement, where the log's actual usage
 is counted; mode `r` (rate window) is corrected in place to the actual amount.
@@ -17,28 +18,47 @@ from switchyard_gateway.quotas.periods import Keys
 
 RESERVE = """
 -- KEYS: holds zset, hold data hash, then one counter hash per counter
--- ARGV: request id, deadline (ms), hold text, then per counter: field, limit, amount, expire_at
--- Charge first, roll back on the first counter that goes over: the common case is one call per counter.
+-- ARGV: request id, deadline (ms), output wanted, output needed at least,
+--       then per counter: field, limit, fixed amount, amount per output token, mode, measure, expire_at
+-- Reads every counter, grants the most output each has room for (the wanted, or less; never below the
+-- needed), then charges them all and records the hold. Returns {1, output, counter values after} or
+-- {0, index of the counter that refused, its value}.
 local n = #KEYS - 2
+local out = tonumber(ARGV[3])
+local least = tonumber(ARGV[4])
+local used = {}
+local limiter = 0
 for i = 1, n do
-  local b = 3 + (i - 1) * 4
-  local amount = tonumber(ARGV[b + 3])
-  local now = redis.call('HINCRBY', KEYS[i + 2], ARGV[b + 1], amount)
-  if now == amount then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 4], 'NX') end
-  if now > tonumber(ARGV[b + 2]) then
-    for j = 1, i do
-      local c = 3 + (j - 1) * 4
-      redis.call('HINCRBY', KEYS[j + 2], ARGV[c + 1], -tonumber(ARGV[c + 3]))
-    end
-    return {0, i, now - amount}
+  local b = 5 + (i - 1) * 7
+  local now = tonumber(redis.call('HGET', KEYS[i + 2], ARGV[b]) or '0')
+  used[i] = now
+  local room = tonumber(ARGV[b + 1]) - now - tonumber(ARGV[b + 2])
+  if room < 0 then return {0, i, now} end
+  local per = tonumber(ARGV[b + 3])
+  if per > 0 and room < per * out then
+    out = math.floor(room / per)
+    limiter = i
   end
 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
+if out < least then return {0, limiter, used[limiter]} end
+local hold = {}
+local reply = {1, out}
+for i = 1, n do
+  local b = 5 + (i - 1) * 7
+  local amount = string.format('%d', tonumber(ARGV[b + 2]) + math.ceil(tonumber(ARGV[b + 3]) * out))
+  local now = redis.call('HINCRBY', KEYS[i + 2], ARGV[b], amount)
+  if now == tonumber(amount) then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 6], 'NX') end
+  hold[i] = KEYS[i + 2] .. '\\t' .. ARGV[b] .. '\\t' .. amount .. '\\t' .. ARGV[b + 4] .. '\\t' .. ARGV[b + 5] ..
+    '\\t' .. ARGV[b + 6] .. '\\n'
+  reply[i + 2] = now
+end
+local text = table.concat(hold)
+if redis.call('HSETNX', KEYS[2], ARGV[1], text) == 0 then
   -- the same request id twice (clients may choose it): one hold covering both
-  redis.call('HSET', KEYS[2], ARGV[1], redis.call('HGET', KEYS[2], ARGV[1]) .. ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], redis.call('HGET', KEYS[2], ARGV[1]) .. text)
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return {1}
+return reply
 """
 
 # one hold entry per line: key, field, amount, mode, measure, expire_at (tab-separated)
@@ -96,6 +116,25 @@ end
 return #ids
 """.replace("ENTRIES", _ENTRIES)
 
+RELEASE = """
+-- KEYS: holds zset, hold data hash; ARGV: request id, actual tokens, requests, nanos
+-- Settles one hold now, as the log's settlement would (period counters refunded, to be counted from the
+-- log; rate windows corrected to the actual amounts): a call whose client left frees its quota at once.
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return 0 end
+local actual = {t = tonumber(ARGV[2]), r = tonumber(ARGV[3]), u = tonumber(ARGV[4])}
+for key, fld, amount, mode, measure in ENTRIES do
+  if redis.call('EXISTS', key) == 1 then
+    local delta = -tonumber(amount)
+    if mode == 'r' then delta = actual[measure] + delta end
+    redis.call('HINCRBY', key, fld, string.format('%d', delta))
+  end
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+""".replace("ENTRIES", _ENTRIES)
+
 REBUILD = """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
 -- ARGV: flag token, position, K, K old counter keys, S, S settled request ids,
@@ -135,20 +174,20 @@ return 1
 
 
 def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[Counter],
-                 amounts: dict[str, int] | None = None) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of RESERVE for a call's counters; the hold is one tab-separated line per counter.
+                 amounts: dict[str, tuple[int, float]] | None = None, want: int = 0,
+                 least: int = 0) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of RESERVE for a call's counters.
 
-    `amounts` (measure -> amount) overrides the counters' own amounts, so a plan can be reused.
+    `amounts` (measure -> (fixed amount, amount per output token)) overrides the counters' own amounts, so a
+    plan can be reused; the script grants up to `want` output tokens (at least `least`). Without it each
+    counter is charged its own amount and no output is asked for.
     """
     names = [keys.holds, keys.hold_data]
-    args: list[Any] = [request_id, deadline_ms, ""]
-    hold = []
+    args: list[Any] = [request_id, deadline_ms, want, least]
     for c in counters:
-        amount = amounts[c.measure] if amounts is not None else c.amount
-        hold.append(f"{c.key}\t{c.field}\t{amount}\t{c.mode}\t{c.measure}\t{c.expire_at}\n")
+        fixed, per = amounts[c.measure] if amounts is not None else (c.amount, 0)
         names.append(c.key)
-        args += (c.field, c.limit, amount, c.expire_at)
-    args[2] = "".join(hold)
+        args += (c.field, c.limit, fixed, per, c.mode, c.measure, c.expire_at)
     return names, args
 
 
@@ -170,5 +209,5 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-RESERVE_SCRIPT, APPLY_SCRIPT, EXPIRE_SCRIPT, REBUILD_SCRIPT, LEAD_SCRIPT = (
-    Script(s) for s in (RESERVE, APPLY, EXPIRE, REBUILD, LEAD))
+RESERVE_SCRIPT, APPLY_SCRIPT, EXPIRE_SCRIPT, RELEASE_SCRIPT, REBUILD_SCRIPT, LEAD_SCRIPT = (
+    Script(s) for s in (RESERVE, APPLY, EXPIRE, RELEASE, REBUILD, LEAD))

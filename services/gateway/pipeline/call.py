@@ -14,7 +14,8 @@ import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded
 
-if TYPE_CHECKING:                 # the doors read InferenceRequest below
+if TYPE_CHECKING:                 # the doors and asks read InferenceRequest below
+    from switchyard_gateway.services.gateway.translate.asks import Ask
     from switchyard_gateway.services.gateway.translate.doors import Door
 
 
@@ -31,7 +32,8 @@ class InferenceRequest(msgspec.Struct):
 
 
 class Call(msgspec.Struct, frozen=True):
-    """What the request is, fixed once it is accepted: door, caller, parsed request, body, id and start time."""
+    """What the request is, fixed once it is accepted: door, caller, parsed request, body, id and start time,
+    what it asks for and the output ceiling its reservation granted."""
 
     door: Door                    # how this call's front door speaks
     tenant_id: str
@@ -41,6 +43,9 @@ class Call(msgspec.Struct, frozen=True):
     body: bytes
     started: float                # perf_counter() when the request arrived
     cache_key: str | None = None  # set when the response cache may keep this call's answer
+    ask: Ask | None = None        # output asked, choices, prompt tokens (counted once, lazily)
+    ceiling: int | None = None    # output tokens per choice sent upstream as the call's limit (None: as asked)
+    quota_headers: tuple[tuple[str, str], ...] = ()   # the rate-limit headers of its answer
 
     @property
     def api(self) -> str:
@@ -76,14 +81,15 @@ class Outcome:
             self.first_byte = time.perf_counter()
 
     def estimate_tokens(self, call: Call, output_tokens: int = 0) -> None:
-        """The upstream reported no usage: about four request bytes per prompt token, one per content event."""
+        """The upstream reported no usage: the prompt counted with the reservation's tokenizer, one output token
+        per content event."""
         self.estimated = True
-        self.input_tokens = max(1, len(call.body) // 4)
+        self.input_tokens = call.ask.prompt_tokens() if call.ask is not None else max(1, len(call.body) // 4)
         self.output_tokens = output_tokens
         self.cached_tokens = 0
 
     def response_headers(self, call: Call) -> list[tuple[str, str]]:
-        headers = [("x-request-id", call.request_id)]
+        headers = [("x-request-id", call.request_id), *call.quota_headers]
         if self.served_by_fallback:
             headers.append(("x-switchyard-model", self.model))
         if call.cache_key is not None:

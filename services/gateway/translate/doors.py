@@ -15,7 +15,7 @@ from switchyard_gateway.services.gateway.edge.errors import AuthError, Forbidden
 from switchyard_gateway.services.gateway.translate.sse import SseTap
 from switchyard_gateway.services.gateway.translate.plans import (
     OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_error, ollama_error_line, ollama_plan,
-    ollama_wants_stream, openai_usage,
+    openai_usage,
 )
 from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
 
@@ -39,16 +39,16 @@ class Door:
         self._request, self._body = request, body
         self._plans: dict[str, Plan] = {}
         if self.ollama:
-            request.stream = self.api in _STREAMING_OLLAMA and ollama_wants_stream(body)
+            request.stream = self.api in _STREAMING_OLLAMA and request.stream is not False
 
     def plan(self, endpoint_kind: str) -> Plan:
         plan = self._plans.get(endpoint_kind)
         if plan is None:
             plan = self._plans[endpoint_kind] = ollama_plan(self.api, endpoint_kind) if self.ollama \
-                else self._openai_plan()
+                else self._openai_plan(endpoint_kind)
         return plan
 
-    def _openai_plan(self) -> Plan:
+    def _openai_plan(self, endpoint_kind: str) -> Plan:
         """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""
         request, path = self._request, self.path
         answer: Callable[[bytes, str], bytes] | None = None
@@ -60,7 +60,8 @@ class Door:
         keep_usage = bool(request.stream_options and request.stream_options.include_usage)
         return Plan(
             native=True,
-            request=lambda body, upstream_model: (path, upstream_body(body, request, upstream_model)),
+            request=lambda body, upstream_model, ceiling=None: (
+                path, upstream_body(body, request, upstream_model, ceiling, endpoint_kind)),
             answer=answer, error=None, stream=lambda _model: SseTap(keep_usage=keep_usage), usage=openai_usage,
         )
 

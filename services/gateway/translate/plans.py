@@ -58,7 +58,8 @@ Stream = OllamaStreamTap | OpenAIStreamToOllama
 class Plan(NamedTuple):
     """How one Ollama-format call reaches one kind of endpoint.
 
-    `request(body, upstream_model)` -> (upstream path, upstream body);
+    `request(body, upstream_model, ceiling)` -> (upstream path, upstream body), the output held to `ceiling`
+    tokens when it is not None;
     `answer(data, model)` turns a 200 non-streamed answer into the Ollama one (None: relay as is);
     `error(data)` turns a non-200 answer into an Ollama error body (None: relay as is);
     `stream(model)` builds the object that relays a streamed answer (None: this API never streams);
@@ -66,19 +67,19 @@ class Plan(NamedTuple):
     """
 
     native: bool
-    request: Callable[[bytes, str], tuple[str, bytes]]
+    request: Callable[..., tuple[str, bytes]]
     answer: Callable[[bytes, str], bytes] | None
     error: Callable[[bytes], bytes] | None
     stream: Callable[[str], Stream] | None
     usage: Callable[[bytes], TokenCounts | None]
 
 
-def _native(path: str) -> Callable[[bytes, str], tuple[str, bytes]]:
-    return lambda body, upstream_model: (path, ollama_set_model(body, upstream_model))
+def _native(path: str) -> Callable[..., tuple[str, bytes]]:
+    return lambda body, upstream_model, ceiling=None: (path, ollama_set_model(body, upstream_model, ceiling))
 
 
-def _translated(path: str, translate: Callable[[bytes, str], bytes]) -> Callable[[bytes, str], tuple[str, bytes]]:
-    return lambda body, upstream_model: (path, translate(body, upstream_model))
+def _translated(path: str, translate: Callable[..., bytes]) -> Callable[..., tuple[str, bytes]]:
+    return lambda body, upstream_model, ceiling=None: (path, translate(body, upstream_model, ceiling))
 
 
 _PLANS: dict[tuple[str, bool], Plan] = {
