@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 from litestar import Litestar
+
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.services.gateway.edge.body import drain, read_body
+from switchyard_gateway.services.gateway.edge.errors import ApiError
 
 if TYPE_CHECKING:
     from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
@@ -29,6 +34,7 @@ class GatewayRSGI:
     def __init__(self, litestar: Litestar) -> None:
         self.litestar = litestar
         self.proxy: Proxy | None = None
+        self.max_body_bytes = 0                 # set at start-up: the bodies Litestar's routes may receive
         self._lifespan: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[dict[str, Any]] | None = None
         self._from_app: asyncio.Queue[dict[str, Any]] | None = None
@@ -38,6 +44,7 @@ class GatewayRSGI:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._lifespan_step("startup"))
         self.proxy = self.litestar.state.deps.proxy
+        self.max_body_bytes = self.litestar.state.deps.settings.max_body_bytes
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = None
@@ -64,7 +71,7 @@ class GatewayRSGI:
             if proxy is not None and scope.proto == "http" and scope.method == "POST" and scope.path in proxy.routes:
                 await proxy(scope, proto)
             elif scope.proto == "http":
-                await bridge(self.litestar, scope, proto)
+                await bridge(self.litestar, scope, proto, self.max_body_bytes)
         except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
             log.exception("gateway.unhandled", path=scope.path, method=scope.method)
             try:
@@ -80,8 +87,17 @@ def _address(value: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port)) if port.isdigit() else None
 
 
-async def bridge(app: Any, scope: Any, proto: Any) -> None:
-    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream."""
+async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> None:
+    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream. A body
+    over `max_body_bytes` is answered 413 before the app sees it (and read to its end, within bounds)."""
+    try:
+        request_body = await read_body(scope.headers, proto, max_body_bytes) if max_body_bytes else await proto()
+    except ApiError as exc:
+        body = msgspec.json.encode({"error": ErrorBody(exc.code.upper() if exc.code else "INVALID_REQUEST",
+                                                       str(exc))})
+        proto.response_bytes(exc.status, [("content-type", "application/json"), *exc.headers.items()], body)
+        await drain(proto)
+        return
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
         "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
@@ -95,7 +111,7 @@ async def bridge(app: Any, scope: Any, proto: Any) -> None:
         nonlocal body_sent
         if not body_sent:
             body_sent = True
-            return {"type": "http.request", "body": await proto(), "more_body": False}
+            return {"type": "http.request", "body": request_body, "more_body": False}
         await proto.client_disconnect()
         return {"type": "http.disconnect"}
 

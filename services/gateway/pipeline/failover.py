@@ -1,8 +1,9 @@
 """Serve a call through the first endpoint that can: retry, back off, fall back — never after bytes reached the client.
 
 Per model: endpoints in candidate order (breakers open skipped, priority, loaded
-first, least in flight). A refused connection, a timeout or a stream cut before
-any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
+first, least in flight). A refused connection, an answer that does not start
+within the endpoint's first-byte timeout, a refusal of the gateway's credentials
+or a stream cut before any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
 the same endpoint after an exponential backoff with jitter (at least the
 upstream's Retry-After, unless that is longer than we are willing to wait), up
 to `retries_per_endpoint` times. When every endpoint at its cap is busy, the
@@ -21,12 +22,13 @@ import structlog
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.events import CallAttempted
-from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, UpstreamError
 from switchyard_gateway.services.gateway.pipeline import relay
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.pipeline.routing import Route, RoutePlan, Router, Target
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher
 from switchyard_gateway.services.gateway.settings import Settings
+from switchyard_gateway.services.gateway.translate.plans import TranslationError
 
 log = structlog.get_logger()
 
@@ -41,6 +43,7 @@ class Failover:
         self.max_s = settings.retry_max_ms / 1000
         self.retry_after_max_s = settings.retry_after_max_s
         self.cap_wait_s = settings.cap_wait_s
+        self.first_byte_s = settings.first_byte_timeout_s
 
     async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
         """Serve the call along its plan; return the error to show if nothing could (the caller sends it)."""
@@ -87,9 +90,13 @@ class Failover:
         eid = endpoint.endpoint_id
         provider = self.router.catalog.providers.get(endpoint.provider_id)
         plan = call.door.plan(provider.kind if provider else "openai-compatible")
-        upstream_path, payload = plan.request(call.body, route.upstream_model)
+        try:
+            upstream_path, payload = plan.request(call.body, route.upstream_model, call.ceiling)
+        except TranslationError as exc:
+            return BadRequest(str(exc))
         to = relay.Attempt(endpoint, plan, upstream_path, payload,
-                           lambda result, status, t0: self._report(call, model_id, eid, result, status, t0))
+                           lambda result, status, t0: self._report(call, model_id, eid, result, status, t0),
+                           endpoint.first_byte_timeout_s or self.first_byte_s)
         circuits = self.router.circuits
         last: GatewayError | None = None
         for attempt in range(self.retries + 1):

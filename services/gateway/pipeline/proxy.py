@@ -1,12 +1,16 @@
 """The hot path: OpenAI and Ollama inference calls handled over RSGI, from request bytes to usage event.
 
-Per call: authenticate, read and size-check the body, parse it and resolve its
-route plan from the local catalog (no I/O); answer from the response cache when
-it may; reserve quota (one Valkey round trip, or a fallback model's plan when the
-tenant allows it); hand the call and its plan to Failover (upstream attempts
-over the pooled HTTP/1.1 client, retries, fallbacks, relaying), and queue
-exactly one usage event from its Outcome — whatever happens after the call is
-accepted (answered, failed, cut, or abandoned by the client).
+Per call: authenticate, read and size-check the body, read it as its door's
+request (types and bounds checked: 400 naming the field) and resolve its route
+plan from the local catalog (no I/O), then check the bounds that depend on the
+model; answer from the response cache when it may; reserve quota (one Valkey
+round trip, or a fallback model's plan when the tenant allows it), which grants
+the output ceiling sent upstream; hand the call and its plan to Failover
+(upstream attempts over the pooled HTTP/1.1 client, retries, fallbacks,
+relaying) while watching for the client to leave, and queue exactly one usage
+event from its Outcome — whatever happens after the call is accepted (answered,
+failed, cut, or abandoned by the client: then the upstream request is dropped,
+the quota hold released at once, and the call recorded `cancelled`).
 """
 
 from __future__ import annotations
@@ -16,22 +20,22 @@ import time
 import uuid
 from typing import Any
 
-import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
-from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge
+from switchyard_gateway.services.gateway.edge.body import drain, read_body
+from switchyard_gateway.services.gateway.edge.client import ClientWatch
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, PayloadTooLarge
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
-from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
+from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.relay import ClientGone
-from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, Reservation
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
+from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
-
-_decode_request = msgspec.json.Decoder(InferenceRequest).decode
 
 
 class Proxy:
@@ -39,10 +43,12 @@ class Proxy:
     outcome -> usage event."""
 
     def __init__(self, auth: Authenticator, router: Router, quota: QuotaClient, failover: Failover,
-                 usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int) -> None:
+                 usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int,
+                 max_output_tokens: int = 262_144) -> None:
         self.auth, self.router, self.quota, self.failover, self.usage = auth, router, quota, failover, usage
         self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
+        self.max_output_tokens = max_output_tokens
         self.routes = APIS
 
     async def __call__(self, scope: Any, proto: Any) -> None:
@@ -52,26 +58,35 @@ class Proxy:
         headers = scope.headers
         try:
             key = self.auth.authenticate(headers)
-            body = await self._read_body(headers, proto)
-            request = _parse(body)
+            body = await read_body(headers, proto, self.max_body_bytes)
+            request = read_request(api, body)
             door = Door(scope.path, request, body)
-            plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+            plan = self.router.resolve(key.tenant_id, request.model)
+            ask = request.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
+            request_id = _request_id(headers)
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
                 cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,
                                                     body)
-            call = Call(door, key.tenant_id, key.key_id, request, _request_id(headers), body, started, cache_key)
             if hit is not None:
+                call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key, ask)
                 self._answer_from_cache(call, plan, hit, proto)
                 return
-            plan, by_quota = await self._reserve(call, key, plan)
+            plan, reservation, by_quota = await self._reserve(request_id, key, plan, ask)
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
             send_error(proto, exc, error_body_for(scope.path, exc))
+            if isinstance(exc, PayloadTooLarge):
+                await drain(proto)
             return
+        call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key, ask,
+                    reservation.ceiling if reservation is not None else None,
+                    reservation.headers if reservation is not None else ())
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
+        watch = ClientWatch(proto)
         try:
             error = await self.failover.serve(call, outcome, plan, proto)
+            watch.stop()
             if error is not None:
                 outcome.result, outcome.status = "error", error.status
                 send_error(proto, error, door.error_body(error), outcome.response_headers(call))
@@ -81,18 +96,32 @@ class Proxy:
             outcome.result = "cancelled"
         except asyncio.CancelledError:
             outcome.result = "cancelled"
-            raise
+            if not watch.absorb():
+                raise
         finally:
+            watch.stop()
+            if outcome.result == "cancelled":
+                self._cancelled(call, outcome, reservation)
             self._finish(call, outcome)
 
-    async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
+    async def _reserve(self, request_id: str, key: KeyIssued, plan: RoutePlan,
+                       ask: Ask) -> tuple[RoutePlan, Reservation | None, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
         (and True)."""
-        served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
-                                                         body=call.body)
+        served, reservation = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=plan.model,
+                                                                   ask=ask)
         if served is plan.model:
-            return plan, False
-        return self.router.resolve(key.tenant_id, served.model_id), True
+            return plan, reservation, False
+        return self.router.resolve(key.tenant_id, served.model_id), reservation, True
+
+    def _cancelled(self, call: Call, outcome: Outcome, reservation: Reservation | None) -> None:
+        """The client left: the prompt counts if an upstream was asked (with what was streamed so far), and the
+        quota hold is released now rather than when the usage event settles."""
+        if outcome.attempts and not outcome.input_tokens:
+            outcome.estimate_tokens(call, outcome.output_tokens)
+        if reservation is not None:
+            tokens = outcome.input_tokens + outcome.output_tokens
+            self.quota.release(reservation, outcome.input_tokens, outcome.output_tokens, 1 if tokens else 0)
 
     async def _lookup(self, path: str, headers: Any, tenant_id: str, api: str, model_id: str,
                       body: bytes) -> tuple[str | None, CachedAnswer | None]:
@@ -112,39 +141,11 @@ class Proxy:
         proto.response_bytes(200, [("content-type", hit.content_type), *outcome.response_headers(call)], hit.body)
         self._finish(call, outcome)
 
-    async def _read_body(self, headers: Any, proto: Any) -> bytes:
-        limit = self.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None:
-            if int(length) > limit:
-                raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
-            return await proto()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def _finish(self, call: Call, outcome: Outcome) -> None:
         """Queue the call's one usage event and count it."""
         event = outcome.usage_event(call)
         self.usage.record(event)
         metrics.observe_call(event, event.duration_ms / 1000, event.overhead_ms / 1000)
-
-
-def _parse(body: bytes) -> InferenceRequest:
-    try:
-        request = _decode_request(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"Invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from None
-    if not request.model:
-        raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
-    return request
 
 
 def _request_id(headers: Any) -> str:
