@@ -114,7 +114,8 @@ def apply_template(catalog: Catalog, command: m.ApplyTemplate) -> list[ev.Event]
         models=tuple(pick(command.models, template.models)),  # type: ignore[arg-type]
         priority=pick(command.priority, 0), weight=pick(command.weight, 1),  # type: ignore[arg-type]
         max_concurrent=pick(command.max_concurrent, 0),  # type: ignore[arg-type]
-        timeout_s=pick(command.timeout_s, template.timeout_s), mode="create")  # type: ignore[arg-type]
+        timeout_s=pick(command.timeout_s, template.timeout_s),  # type: ignore[arg-type]
+        first_byte_timeout_s=command.first_byte_timeout_s, mode="create")
     return [*events, *register_endpoint(work, endpoint)]
 
 

@@ -27,6 +27,8 @@ from switchyard_gateway.services.gateway.edge.errors import AuthError, Forbidden
 SINGLE_USER_TENANT = "admin"
 SINGLE_USER_KEY_ID = "single-user"
 JWT_CACHE_SIZE = 4096
+JWT_MAX_BYTES = 8192                  # a longer bearer token is not one of ours
+LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)   # an `exp` past this (10^18, inf) means "never"
 
 
 class HeaderLookup(Protocol):
@@ -79,16 +81,19 @@ class Authenticator:
         now = time.time() if now is None else now
         key = self._tokens.get(token)
         if key is None:
-            try:
+            if len(token) > JWT_MAX_BYTES:
+                return None
+            try:       # a hostile token may carry an absurd exp, or JSON nested too deeply to read
                 claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"], options={"require": ["exp"]})
-            except jwt.PyJWTError:
+                expires_at = _expiry(claims["exp"])
+            except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
                 return None
             tenant, role = claims.get("tenant", claims.get("tenant_id")), claims.get("role", "member")
             if not isinstance(tenant, str) or not tenant or role not in ("member", "admin"):
                 return None
-            subject = str(claims.get("sub") or claims.get("jti") or tenant)
+            subject = str(claims.get("sub") or claims.get("jti") or tenant)[:200]
             key = KeyIssued(key_id=f"jwt:{subject}", tenant_id=tenant, key_sha256="", role=role,
-                            name="jwt", expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC))
+                            name="jwt", expires_at=expires_at)
             if len(self._tokens) >= JWT_CACHE_SIZE:
                 del self._tokens[next(iter(self._tokens))]
             self._tokens[token] = key
@@ -97,6 +102,15 @@ class Authenticator:
             self._tokens.pop(token, None)
             return None
         return key
+
+
+def _expiry(exp: object) -> datetime:
+    """A JWT's `exp` as a time; one past year 9999 (10^18, infinity) is read as year 9999, not a crash."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or exp != exp:
+        raise ValueError("exp is not a number")
+    if exp >= LATEST_EXPIRY.timestamp():
+        return LATEST_EXPIRY
+    return datetime.fromtimestamp(exp, UTC)
 
 
 def presented_key(headers: HeaderLookup) -> str | None:
