@@ -34,6 +34,7 @@ KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--failure-paths": (_names, "only these routes fail, comma-separated (default: every route)"),
     "--cached-tokens": (int, "prompt tokens reported as read from a prompt cache (OpenAI prompt_tokens_details, "
                                "Ollama prompt_eval_cached_count)"),
+    "--api-key": (str, "the bearer key every call must carry (401 without it; default: none needed)"),
     "--seed": (int, "seed of the (repeatable) choice of failing calls"),
 }
 
