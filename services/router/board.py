@@ -45,7 +45,8 @@ class Board:
             if attempt.endpoint_id not in known:
                 continue
             ATTEMPTS.labels(attempt.endpoint_id, attempt.outcome).inc()
-            change = self.breaker(attempt.endpoint_id).record(attempt.outcome in FAILED_OUTCOMES, now)
+            change = self.breaker(attempt.endpoint_id).record(attempt.outcome in FAILED_OUTCOMES, now,
+                                                              unreachable=attempt.outcome == "refused")
             if change is not None:
                 changes.append(self._count(change))
         return changes

@@ -217,7 +217,9 @@ async def test_rpm_limit_gives_429_with_rate_limit_headers(urls, keys) -> None:
     reset = int(exc.reset.timestamp())
     assert exc.status == 429 and reset % 60 == 0 and 0 < reset - time.time() <= 60
     assert exc.headers == {"retry-after": str(exc.headers["retry-after"]), "x-ratelimit-limit": "3",
-                           "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+                           "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset),
+                           "x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
+                           "x-ratelimit-reset-requests": exc.headers["x-ratelimit-reset-requests"]}
     assert 1 <= int(exc.headers["retry-after"]) <= 60
     assert exc.body()["limit_type"] == "rpm" and exc.body()["used"] == 3
 

@@ -141,6 +141,13 @@ def test_after_a_failed_probe_a_successful_one_ends_the_cool_down_at_once(breake
     assert closed is not None and closed.state == "closed"
 
 
+def test_after_refused_connections_a_successful_probe_ends_the_cool_down_at_once(breaker: Breaker) -> None:
+    for i in range(3):
+        breaker.record(True, at(0), unreachable=True)
+    change = breaker.probe(True, at(0.5))
+    assert change is not None and change.state == "half_open" and change.reason == "probe_succeeded"
+
+
 def test_probes_that_never_failed_cannot_end_the_cool_down_of_failing_calls(breaker: Breaker) -> None:
     for i in range(3):
         breaker.record(True, at(0))

@@ -30,7 +30,7 @@ from switchyard_gateway.services.gateway.edge.errors import GatewayError, Payloa
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
-from switchyard_gateway.services.gateway.pipeline.relay import ClientGone
+from switchyard_gateway.services.gateway.pipeline.relay import ClientGone, UpstreamAuthFailed
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, Reservation
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
@@ -88,6 +88,8 @@ class Proxy:
             error = await self.failover.serve(call, outcome, plan, proto)
             watch.stop()
             if error is not None:
+                if isinstance(error, UpstreamAuthFailed) and key.role == "admin":
+                    error = error.for_admin()             # operators are told which endpoint
                 outcome.result, outcome.status = "error", error.status
                 send_error(proto, error, door.error_body(error), outcome.response_headers(call))
             elif outcome.answer is not None and cache_key is not None and not outcome.served_by_fallback:

@@ -273,15 +273,19 @@ class QuotaClient:
         return planned
 
     def refusal(self, item: Planned, used: int, tenant_id: str, model_id: str) -> GatewayError:
-        """The error for the counter that would go over."""
+        """The error for the counter that would go over, with OpenAI's rate-limit headers for it."""
         limit = item.counter.limit
+        error: GatewayError
         if item.rate:
-            return RateLimited(item.quota_type, limit, used, item.reset)
-        suggested = self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED]
-        if item.quota_type == "budget":
-            return QuotaExceeded("budget", limit / NANOS_PER_USD, round(used / NANOS_PER_USD, 9), item.reset,
-                                 suggested, item.model_id)
-        return QuotaExceeded(item.quota_type, limit, used, item.reset, suggested, item.model_id)
+            error = RateLimited(item.quota_type, limit, used, item.reset)
+        elif item.quota_type == "budget":
+            error = QuotaExceeded("budget", limit / NANOS_PER_USD, round(used / NANOS_PER_USD, 9), item.reset,
+                                  self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED], item.model_id)
+        else:
+            error = QuotaExceeded(item.quota_type, limit, used, item.reset,
+                                  self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED], item.model_id)
+        error.headers = {**error.headers, **dict(rate_headers([item], [used], time.time()))}
+        return error
 
     def price(self, tenant_id: str, model: ModelRegistered) -> tuple[float, float]:
         """USD per million input and output tokens: the tenant's assignment price, else the model's."""
