@@ -74,7 +74,7 @@ class UsageRecorded(Event, frozen=True, tag=s.USAGE_RECORDED):
     tenant_id: str
     key_id: str
     model: str                      # the model that served the call (its registry id; a fallback's if one served)
-    api: str                        # e.g. "openai.chat", "ollama.embed"
+    api: str                        # e.g. "openai.chat", "ollama.embed", "anthropic.messages"
     outcome: Outcome
     status: int                     # HTTP status the client saw
     input_tokens: int = 0

@@ -26,6 +26,7 @@ CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3
 COUNT_LIMIT = 64 * 1024          # characters of one text counted exactly; the rest is scaled
 CALL_LIMIT = 256 * 1024          # characters of one call counted exactly; later texts are scaled
 MIN_RATIO = 0.25                 # tokens per character assumed beyond the limits, at least
+PER_MESSAGE = 3                  # chat formatting tokens per message, and per reply priming
 
 
 def load_encoding() -> Any | None:

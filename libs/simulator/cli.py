@@ -20,6 +20,14 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _switch(text: str) -> bool:
+    if text.lower() in ("true", "yes", "on", "1"):
+        return True
+    if text.lower() in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not '{text}'")
+
+
 # flag -> (type, help); the knob is the flag's name with underscores, its default SimConfig's.
 KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--models": (_names, "advertised models, comma-separated"),
@@ -35,6 +43,8 @@ KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--cached-tokens": (int, "prompt tokens reported as read from a prompt cache (OpenAI prompt_tokens_details, "
                                "Ollama prompt_eval_cached_count)"),
     "--api-key": (str, "the bearer key every call must carry (401 without it; default: none needed)"),
+    "--call-tools": (_switch, "answer a chat that offers tools with a call to one (the one tool_choice names, "
+                              "else the first), in text again after a tool result: true or false"),
     "--seed": (int, "seed of the (repeatable) choice of failing calls"),
 }
 

@@ -11,6 +11,7 @@ import msgspec
 
 from switchyard_gateway.simulator import synth
 from switchyard_gateway.simulator.config import SimConfig, bare_name
+from switchyard_gateway.simulator.tools import Tool, arguments, chosen_tool, cut_at_stop
 from switchyard_gateway.simulator.replies import (
     NDJSON,
     TEXT,
@@ -31,6 +32,7 @@ _NS_PER_MS = 1_000_000
 
 class Options(msgspec.Struct):
     num_predict: int | None = None
+    stop: str | list[str] | None = None
 
 
 class Message(msgspec.Struct):
@@ -43,6 +45,7 @@ class ChatRequest(msgspec.Struct):
     messages: list[Message] = []
     stream: bool | None = None
     options: Options | None = None
+    tools: list[Tool] | None = None
 
 
 class GenerateRequest(msgspec.Struct):
@@ -109,9 +112,10 @@ def _generation(
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     cap = options.num_predict if options else None
     n = synth.completion_tokens(cfg.tokens, cap)
-    done = {"done": True, "done_reason": "length" if n < cfg.tokens else "stop"}
-    done.update(_timings(cfg, synth.count_tokens(prompt), n))
-    return synth.reply_tokens(model, prompt, n), done
+    tokens, stopped_by = cut_at_stop(synth.reply_tokens(model, prompt, n), options.stop if options else None)
+    done = {"done": True, "done_reason": "length" if n < cfg.tokens and not stopped_by else "stop"}
+    done.update(_timings(cfg, synth.count_tokens(prompt), len(tokens)))
+    return tokens, done
 
 
 def chat(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
@@ -119,8 +123,19 @@ def chat(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
     req = decode_request("/api/chat", body, _chat)
     _known(cfg, req.model)
     prompt = "\n".join(m.content for m in req.messages if m.content)
-    tokens, done = _generation(cfg, req.model, prompt, req.options)
     head = {"model": req.model, "created_at": _now()}
+    tool = chosen_tool(req.tools, None, req.messages[-1].role if req.messages else None) if cfg.call_tools else None
+    if tool is not None:
+        args = arguments(req.model, tool)
+        done = {"done": True, "done_reason": "stop",
+                **_timings(cfg, synth.count_tokens(prompt), synth.count_tokens(msgspec.json.encode(args).decode()))}
+        message = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": tool.name,
+                                                                                     "arguments": args}}]}
+        if req.stream is False:
+            return json_reply({**head, "message": message, **done})
+        return StreamReply(NDJSON, [ndjson_line({**head, "message": message, "done": False}),
+                                    ndjson_line({**head, "message": {"role": "assistant", "content": ""}, **done})])
+    tokens, done = _generation(cfg, req.model, prompt, req.options)
     if req.stream is False:
         message = {"role": "assistant", "content": "".join(tokens)}
         return json_reply({**head, "message": message, **done})

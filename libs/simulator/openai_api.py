@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
 from switchyard_gateway.simulator import synth
+from switchyard_gateway.simulator.tools import Function, Tool, arguments, chosen_tool, cut_at_stop
 from switchyard_gateway.simulator.config import SimConfig
 from switchyard_gateway.simulator.replies import (
     SSE,
@@ -47,6 +49,9 @@ class ChatRequest(msgspec.Struct):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Any = None
 
 
 class CompletionRequest(msgspec.Struct):
@@ -116,31 +121,69 @@ def chat_completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | Stream
     req = decode_request("/v1/chat/completions", body, _chat)
     _known(cfg, req.model)
     prompt = message_text(req.messages)
+    head = _head(f"chatcmpl-{serial:024x}", "chat.completion.chunk" if req.stream else "chat.completion", req.model)
+    tool = chosen_tool(req.tools, req.tool_choice, req.messages[-1].role if req.messages else None) \
+        if cfg.call_tools else None
+    if tool is not None:
+        return _tool_call(req, cfg, head, prompt, tool, serial)
     cap = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     n = synth.completion_tokens(cfg.tokens, cap)
-    tokens = synth.reply_tokens(req.model, prompt, n)
+    tokens, stopped_by = cut_at_stop(synth.reply_tokens(req.model, prompt, n), req.stop)
+    finish, stop_reason = ("stop", stopped_by) if stopped_by else (_finish(n, cfg), None)
+    n = len(tokens)
     usage = _usage(synth.count_tokens(prompt), n, cfg)
-    object_type = "chat.completion.chunk" if req.stream else "chat.completion"
-    head = _head(f"chatcmpl-{serial:024x}", object_type, req.model)
     if not req.stream:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": "".join(tokens), "refusal": None},
             "logprobs": None,
-            "finish_reason": _finish(n, cfg),
+            "finish_reason": finish,
+            "stop_reason": stop_reason,
         }
         return json_reply({**head, "choices": [choice], "usage": usage})
-    with_usage = bool(req.stream_options and req.stream_options.include_usage)
-    extra = {"usage": None} if with_usage else {}
-
-    def payload(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**head, "choices": [choice], **extra}
-
+    payload = _chunk(req, head)
     chunks = [sse_event(payload({"role": "assistant", "content": ""}))]
     chunks += per_token(lambda t: payload({"content": t}), tokens, b"data: ", b"\n\n")
-    chunks.append(sse_event(payload({}, _finish(n, cfg))))
-    if with_usage:
+    chunks.append(sse_event(payload({}, finish, stop_reason)))
+    if req.stream_options and req.stream_options.include_usage:
+        chunks.append(sse_event({**head, "choices": [], "usage": usage}))
+    chunks.append(SSE_DONE)
+    return StreamReply(SSE, chunks)
+
+
+def _chunk(req: ChatRequest, head: dict[str, object]) -> Callable[..., dict[str, Any]]:
+    """A stream's chunk for a delta (with `"usage": null` once usage was asked for, as vLLM writes)."""
+    extra = {"usage": None} if req.stream_options and req.stream_options.include_usage else {}
+
+    def payload(delta: dict[str, Any], finish: str | None = None, stop_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        if finish is not None:
+            choice["stop_reason"] = stop_reason
+        return {**head, "choices": [choice], **extra}
+
+    return payload
+
+
+def _tool_call(req: ChatRequest, cfg: SimConfig, head: dict[str, object], prompt: str, tool: Function,
+               serial: int) -> Reply | StreamReply:
+    """A reply that calls `tool`: whole, or streamed as the id and name first, then the arguments in pieces."""
+    text = msgspec.json.encode(arguments(req.model, tool)).decode()
+    call_id = f"call_{serial:024x}"
+    usage = _usage(synth.count_tokens(prompt), synth.count_tokens(text), cfg)
+    if not req.stream:
+        call = {"id": call_id, "type": "function", "function": {"name": tool.name, "arguments": text}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        return json_reply({**head, "choices": [choice], "usage": usage})
+    payload = _chunk(req, head)
+    start = {"index": 0, "id": call_id, "type": "function", "function": {"name": tool.name, "arguments": ""}}
+    chunks = [sse_event(payload({"role": "assistant", "content": None, "tool_calls": [start]}))]
+    third = max(1, len(text) // 3)
+    for at in range(0, len(text), third):
+        piece = {"index": 0, "function": {"arguments": text[at:at + third]}}
+        chunks.append(sse_event(payload({"tool_calls": [piece]})))
+    chunks.append(sse_event(payload({}, "tool_calls")))
+    if req.stream_options and req.stream_options.include_usage:
         chunks.append(sse_event({**head, "choices": [], "usage": usage}))
     chunks.append(SSE_DONE)
     return StreamReply(SSE, chunks)

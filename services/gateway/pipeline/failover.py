@@ -28,7 +28,7 @@ from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.pipeline.routing import Route, RoutePlan, Router, Target
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher
 from switchyard_gateway.services.gateway.settings import Settings
-from switchyard_gateway.services.gateway.translate.plans import TranslationError
+from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 log = structlog.get_logger()
 
@@ -92,8 +92,9 @@ class Failover:
         plan = call.door.plan(provider.kind if provider else "openai-compatible")
         try:
             upstream_path, payload = plan.request(call.body, route.upstream_model, call.ceiling)
-        except TranslationError as exc:
-            return BadRequest(str(exc))
+        except TranslationError as exc:           # this kind of endpoint cannot take the request: try another
+            log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=str(exc))
+            return BadRequest(f"Endpoint '{eid}' cannot serve this request: {exc}")
         to = relay.Attempt(endpoint, plan, upstream_path, payload,
                            lambda result, status, t0: self._report(call, model_id, eid, result, status, t0),
                            endpoint.first_byte_timeout_s or self.first_byte_s)

@@ -1,4 +1,4 @@
-"""The hot path: OpenAI and Ollama inference calls handled over RSGI, from request bytes to usage event.
+"""The hot path: OpenAI, Ollama and Anthropic inference calls handled over RSGI, from request bytes to usage event.
 
 Per call: authenticate, read and size-check the body, read it as its door's
 request (types and bounds checked: 400 naming the field) and resolve its route
@@ -28,12 +28,13 @@ from switchyard_gateway.services.gateway.edge.body import drain, read_body
 from switchyard_gateway.services.gateway.edge.client import ClientWatch
 from switchyard_gateway.services.gateway.edge.errors import GatewayError, PayloadTooLarge
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
-from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
+from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.relay import ClientGone, UpstreamAuthFailed
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, Reservation
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
+from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
 
@@ -54,15 +55,15 @@ class Proxy:
     async def __call__(self, scope: Any, proto: Any) -> None:
         """Serve one call (RSGI: `scope` has .path and .headers, `proto` reads the body and answers)."""
         api = self.routes[scope.path]
+        if api == COUNT_TOKENS:
+            await self._count_tokens(scope, proto)
+            return
         started = time.perf_counter()
         headers = scope.headers
         try:
-            key = self.auth.authenticate(headers)
-            body = await read_body(headers, proto, self.max_body_bytes)
-            request = read_request(api, body)
-            door = Door(scope.path, request, body)
-            plan = self.router.resolve(key.tenant_id, request.model)
-            ask = request.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
+            key, body, request, door = await self._read(scope, proto)
+            plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+            ask = door.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
             request_id = _request_id(headers)
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
@@ -105,6 +106,32 @@ class Proxy:
             if outcome.result == "cancelled":
                 self._cancelled(call, outcome, reservation)
             self._finish(call, outcome)
+
+    async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
+        """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
+        a GatewayError refuses the call."""
+        key = self.auth.authenticate(scope.headers)
+        body = await read_body(scope.headers, proto, self.max_body_bytes)
+        request = read_request(self.routes[scope.path], body)
+        return key, body, request, Door(scope.path, request, body)
+
+    async def _count_tokens(self, scope: Any, proto: Any) -> None:
+        """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
+        headers = scope.headers
+        try:
+            key, _, request, door = await self._read(scope, proto)
+            self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
+            assert door.anthropic is not None
+            answer = door.anthropic.count_tokens(self.quota.estimator.count)
+        except GatewayError as exc:
+            metrics.count_request(COUNT_TOKENS, exc.status)
+            send_error(proto, exc, error_body_for(scope.path, exc), [("x-request-id", _request_id(headers))])
+            if isinstance(exc, PayloadTooLarge):
+                await drain(proto)
+            return
+        metrics.count_request(COUNT_TOKENS, 200)
+        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", _request_id(headers))],
+                             answer)
 
     async def _reserve(self, request_id: str, key: KeyIssued, plan: RoutePlan,
                        ask: Ask) -> tuple[RoutePlan, Reservation | None, bool]:

@@ -168,7 +168,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
     else:
         outcome.result = "error"
         if plan.error is not None:
-            data, content_type = plan.error(data), "application/json"
+            data, content_type = plan.error(data, status), "application/json"
     outcome.status = status
     outcome.mark_first_byte()
     proto.response_bytes(status, [("content-type", content_type), *outcome.response_headers(call)], data)

@@ -8,8 +8,9 @@ tokens and context sizes at most its `context_length`, else the configured maxim
 and returns the call's `Ask`: the output tokens asked per choice, how many choices,
 and its prompt, counted lazily with the reservation's tokenizer.
 
-A new door adds its own struct with an `ask` method and checks its own field names
-with `check_tokens` (e.g. a required `max_tokens` is `check_tokens(v, "max_tokens", limit, required=True)`).
+A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
+names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
+and `refusal` (msgspec's error as a 400 naming the field).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 
-PER_MESSAGE = 3                           # chat formatting tokens per message, and per reply priming
 MAX_CHOICES = 128                         # OpenAI's bound on `n`
 MAX_DIMENSIONS = 65_536                   # no embedding model comes near it
 MAX_INPUTS = 2048                         # texts (or token arrays) in one embeddings or completions call
@@ -36,28 +36,33 @@ Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Prompt = str | Annotated[list[str | TokenId | list[TokenId]], msgspec.Meta(max_length=MAX_INPUTS)]
 
 
+Count = Callable[[str], int]                # tokens in one text
+
+
 class Ask:
     """What one call asks for: output tokens per choice (None: not given), choices, whether it is an
-    embedding (no output), the field its client names the output limit by, and its prompt tokens."""
+    embedding (no output), the field its client names the output limit by, and its prompt tokens
+    (`prompt(count)` counts them with the `count` it is given)."""
 
-    __slots__ = ("output", "choices", "embedding", "field", "_texts", "_tokenizer", "_prompt")
+    __slots__ = ("output", "choices", "embedding", "field", "_counted", "_tokenizer", "_prompt")
 
     def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
-                 texts: Callable[[], Iterable[str | int]], tokenizer: TokenEstimator | None) -> None:
+                 prompt: Callable[[Count], int], tokenizer: TokenEstimator | None) -> None:
         self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
-        self._texts, self._tokenizer = texts, tokenizer
+        self._counted, self._tokenizer = prompt, tokenizer
         self._prompt: int | None = None
 
     def prompt_tokens(self) -> int:
-        """The prompt's tokens (at least 1), counted once: texts with the tokenizer, token ids one each,
-        plus chat formatting."""
+        """The prompt's tokens (at least 1), counted once with the reservation's tokenizer."""
         if self._prompt is None:
             count = self._tokenizer.counter() if self._tokenizer is not None else _rough
-            total = 0
-            for item in self._texts():
-                total += count(item) if isinstance(item, str) else item
-            self._prompt = max(1, total)
+            self._prompt = max(1, self._counted(count))
         return self._prompt
+
+
+def summed(texts: Callable[[], Iterable[str | int]]) -> Callable[[Count], int]:
+    """A prompt counter for texts and token counts: texts counted, numbers (token ids, formatting) as they are."""
+    return lambda count: sum(count(item) if isinstance(item, str) else item for item in texts())
 
 
 def _rough(text: str) -> int:
@@ -113,7 +118,7 @@ class OpenAIChat(Sampling):
         check_tokens(self.max_completion_tokens, "max_completion_tokens", limit)
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
-        return Ask(min(asked) if asked else None, self.n or 1, False, field, self._texts, tokenizer)
+        return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer)
 
     def _texts(self) -> Iterable[str | int]:
         yield PER_MESSAGE
@@ -141,7 +146,7 @@ class OpenAICompletion(Sampling):
             raise BadRequest(f"Invalid 'best_of': {self.best_of} is below 'n' ({n})", param="best_of",
                              code="invalid_value")
         return Ask(self.max_tokens, max(n, self.best_of or 1), False, "max_tokens",
-                   lambda: _inputs(self.prompt), tokenizer)
+                   summed(lambda: _inputs(self.prompt)), tokenizer)
 
 
 class OpenAIEmbeddings(InferenceRequest):
@@ -152,7 +157,7 @@ class OpenAIEmbeddings(InferenceRequest):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if self.input is None or self.input == [] or self.input == "":
             raise BadRequest("'input' must be a non-empty string or list", param="input", code="missing_field")
-        return Ask(None, 1, True, "", lambda: _inputs(self.input), tokenizer)
+        return Ask(None, 1, True, "", summed(lambda: _inputs(self.input)), tokenizer)
 
 
 def _inputs(value: Any) -> Iterable[str | int]:
@@ -225,7 +230,7 @@ class OllamaChat(OllamaCall):
     tools: Any = None
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
-        return Ask(self._output(limit), 1, False, "options.num_predict", self._texts, tokenizer)
+        return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
     def _texts(self) -> Iterable[str | int]:
         yield PER_MESSAGE
@@ -244,7 +249,7 @@ class OllamaGenerate(OllamaCall):
     context: Annotated[list[TokenId], msgspec.Meta(max_length=10_000_000)] | None = None   # earlier tokens
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
-        return Ask(self._output(limit), 1, False, "options.num_predict", self._texts, tokenizer)
+        return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
     def _texts(self) -> Iterable[str | int]:
         for text in (self.system, self.prompt, self.suffix):
@@ -261,7 +266,7 @@ class OllamaEmbed(OllamaCall):
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         self._output(limit)
-        return Ask(None, 1, True, "", lambda: _inputs(self.input if self.input is not None else self.prompt),
+        return Ask(None, 1, True, "", summed(lambda: _inputs(self.input if self.input is not None else self.prompt)),
                    tokenizer)
 
 
@@ -272,6 +277,8 @@ REQUESTS: dict[str, type[InferenceRequest]] = {
     "openai.chat": OpenAIChat, "openai.completions": OpenAICompletion, "openai.embeddings": OpenAIEmbeddings,
     "ollama.chat": OllamaChat, "ollama.generate": OllamaGenerate, "ollama.embed": OllamaEmbed,
     "ollama.embeddings": OllamaEmbed,
+    # the Anthropic door reads and checks its whole request itself (anthropic_door.py): the routed fields here
+    "anthropic.messages": InferenceRequest, "anthropic.count_tokens": InferenceRequest,
 }
 _DECODERS = {api: msgspec.json.Decoder(kind).decode for api, kind in REQUESTS.items()}
 
@@ -281,20 +288,24 @@ def read_request(api: str, body: bytes) -> Any:
     wrong type or a value out of range, for malformed JSON, and for JSON nested too deeply to read."""
     try:
         request = _DECODERS[api](body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = field_path(text)
-        if param is None:
-            raise BadRequest(f"Invalid request: {text}") from None
-        raise BadRequest(f"Invalid '{param}': {text.rpartition(' - at `$')[0]}", param=param,
-                         code="invalid_value") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from None
-    except RecursionError:
-        raise BadRequest("The request body is nested too deeply to read", code="json_too_deep") from None
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise refusal(exc) from None
     if not request.model:
         raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
     return request
+
+
+def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:
+    """The 400 for a body msgspec could not read: the field named (`param`) when it is one field's fault."""
+    if isinstance(exc, RecursionError):
+        return BadRequest("The request body is nested too deeply to read", code="json_too_deep")
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return BadRequest(f"Malformed JSON in request body: {text}", code="invalid_json")
+    param = field_path(text)
+    if param is None:
+        return BadRequest(f"Invalid request: {text}")
+    return BadRequest(f"Invalid '{param}': {text.rpartition(' - at `$')[0]}", param=param, code="invalid_value")
 
 
 def field_path(message: str) -> str | None:

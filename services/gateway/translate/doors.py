@@ -1,17 +1,22 @@
-"""The two front doors, OpenAI (`/v1/*`) and Ollama (`/api/*`): how a call through each reaches each kind of endpoint.
+"""The front doors, OpenAI (`/v1/*`), Ollama (`/api/*`) and Anthropic (`/v1/messages`): how a call through each reaches each kind of endpoint.
 
 A door gives, per endpoint kind, a `Plan` (services/gateway/translate/plans.py): the
 upstream path and body, how a whole answer and its usage are read and
 translated, and the stream relay to use. It also renders the gateway's own
-errors the way its clients read them.
+errors the way its clients read them. The Anthropic door's request, plans and
+errors live in `anthropic_door.py` and `anthropic_responses.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError, GatewayError
+from switchyard_gateway.services.gateway.translate.anthropic_door import ANTHROPIC_APIS, AnthropicCall
+from switchyard_gateway.services.gateway.translate.anthropic_responses import error_event, gateway_error
+from switchyard_gateway.services.gateway.translate.asks import Ask
 from switchyard_gateway.services.gateway.translate.sse import SseTap
 from switchyard_gateway.services.gateway.translate.plans import (
     OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_error, ollama_error_line, ollama_plan,
@@ -24,14 +29,14 @@ OPENAI_APIS = {
     "/v1/completions": "openai.completions",
     "/v1/embeddings": "openai.embeddings",
 }
-APIS = {**OPENAI_APIS, **OLLAMA_APIS}
+APIS = {**OPENAI_APIS, **OLLAMA_APIS, **ANTHROPIC_APIS}
 _STREAMING_OLLAMA = frozenset({"ollama.chat", "ollama.generate"})
 
 
 class Door:
     """One call's front door."""
 
-    __slots__ = ("api", "path", "ollama", "_plans", "_request", "_body")
+    __slots__ = ("api", "path", "ollama", "anthropic", "_plans", "_request", "_body")
 
     def __init__(self, path: str, request: InferenceRequest, body: bytes) -> None:
         self.path, self.api = path, APIS[path]
@@ -40,12 +45,23 @@ class Door:
         self._plans: dict[str, Plan] = {}
         if self.ollama:
             request.stream = self.api in _STREAMING_OLLAMA and request.stream is not False
+        self.anthropic = AnthropicCall(self.api, request, body) if path in ANTHROPIC_APIS else None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None) -> Ask:
+        """What the call asks for, its bounds that depend on the model checked (`limit`: its context length,
+        else the configured maximum): a 400 naming the field otherwise."""
+        if self.anthropic is not None:
+            return self.anthropic.ask(limit, tokenizer)
+        return self._request.ask(limit, tokenizer)  # type: ignore[attr-defined]
 
     def plan(self, endpoint_kind: str) -> Plan:
         plan = self._plans.get(endpoint_kind)
         if plan is None:
-            plan = self._plans[endpoint_kind] = ollama_plan(self.api, endpoint_kind) if self.ollama \
-                else self._openai_plan(endpoint_kind)
+            if self.anthropic is not None:
+                plan = self.anthropic.plan(endpoint_kind)
+            else:
+                plan = ollama_plan(self.api, endpoint_kind) if self.ollama else self._openai_plan(endpoint_kind)
+            self._plans[endpoint_kind] = plan
         return plan
 
     def _openai_plan(self, endpoint_kind: str) -> Plan:
@@ -71,12 +87,16 @@ class Door:
 
     def error_body(self, error: GatewayError) -> bytes:
         """The gateway's own error as this door's clients read it (Ollama: `{"error": "<message>"}`)."""
+        if self.anthropic is not None:
+            return gateway_error(error)
         if self.ollama and not isinstance(error, AuthError | ForbiddenError):
             return ollama_error(str(error))
         return error.render()
 
     def cut_event(self, message: str) -> bytes:
         """What ends a stream the upstream cut after bytes reached the client."""
+        if self.anthropic is not None:
+            return error_event(message)
         if self.ollama:
             return ollama_error_line(message)
         return b'data: {"error":{"message":"' + message.replace('"', "'").encode() + \
@@ -85,6 +105,8 @@ class Door:
 
 def error_body_for(path: str, error: GatewayError) -> bytes:
     """Render an error for a request whose body could not be read into a Door."""
+    if path in ANTHROPIC_APIS:
+        return gateway_error(error)
     if APIS.get(path, "").startswith("ollama.") and not isinstance(error, AuthError | ForbiddenError):
         return ollama_error(str(error))
     return error.render()

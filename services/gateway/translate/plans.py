@@ -19,7 +19,7 @@ Errors on the Ollama door are `{"error": "<message>"}` (`ollama_error`, `ollama_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from switchyard_gateway.services.gateway.translate.embeddings import conform_embeddings, embedding_options, embeddings_to_base64
 from switchyard_gateway.services.gateway.translate.requests import (
@@ -52,16 +52,26 @@ OLLAMA_APIS = {
     "/api/embeddings": "ollama.embeddings",
 }
 
-Stream = OllamaStreamTap | OpenAIStreamToOllama
+
+class Stream(Protocol):
+    """What relays a streamed answer: `feed` and `finish` give the bytes to send (see translate/stream.py)."""
+
+    usage: TokenCounts | None
+    done: bool
+    content_events: int
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
 
 
 class Plan(NamedTuple):
-    """How one Ollama-format call reaches one kind of endpoint.
+    """How one call through a translating door reaches one kind of endpoint.
 
     `request(body, upstream_model, ceiling)` -> (upstream path, upstream body), the output held to `ceiling`
     tokens when it is not None;
-    `answer(data, model)` turns a 200 non-streamed answer into the Ollama one (None: relay as is);
-    `error(data)` turns a non-200 answer into an Ollama error body (None: relay as is);
+    `answer(data, model)` turns a 200 non-streamed answer into the door's (None: relay as is);
+    `error(data, status)` turns a non-200 answer into the door's error body (None: relay as is);
     `stream(model)` builds the object that relays a streamed answer (None: this API never streams);
     `usage(data)` reads the `TokenCounts` of the upstream's whole 200 answer, before translation.
     """
@@ -69,7 +79,7 @@ class Plan(NamedTuple):
     native: bool
     request: Callable[..., tuple[str, bytes]]
     answer: Callable[[bytes, str], bytes] | None
-    error: Callable[[bytes], bytes] | None
+    error: Callable[[bytes, int], bytes] | None
     stream: Callable[[str], Stream] | None
     usage: Callable[[bytes], TokenCounts | None]
 

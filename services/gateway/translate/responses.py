@@ -145,7 +145,7 @@ def ollama_error_line(message: str) -> bytes:
     return encode({"error": message}) + b"\n"
 
 
-def openai_error_to_ollama(data: bytes) -> bytes:
+def openai_error_to_ollama(data: bytes, _status: int = 0) -> bytes:
     """An OpenAI-style error body (`{"error": {"message", ...}}`, or anything else) as an Ollama error body."""
     try:
         body = msgspec.json.decode(data)

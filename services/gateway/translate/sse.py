@@ -9,6 +9,36 @@ from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cach
 _decode = msgspec.json.Decoder().decode
 
 
+class EventData:
+    """Split a server-sent-event byte stream, however it is chunked, into the data of each whole event."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of each event `chunk` completes (b"" for an event with no data line: a comment, `retry:`)."""
+        data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return []
+        complete, self._buffer = data[:end], data[end + 2:]
+        return [_data(event) for event in complete.split(b"\n\n")]
+
+    def flush(self) -> list[bytes]:
+        """The data of a last event the stream ended without its blank line."""
+        rest, self._buffer = self._buffer, b""
+        return [_data(rest)] if rest.strip() else []
+
+
+def _data(event: bytes) -> bytes:
+    return b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
 class SseTap:
     """Feed raw upstream chunks in, get the bytes to forward out (whole events only).
 

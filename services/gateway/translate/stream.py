@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
+from switchyard_gateway.services.gateway.translate.sse import EventData
 from switchyard_gateway.services.gateway.translate.wire import (
     OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, TokenCounts, ToolCall, decode_counts,
     decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
@@ -34,7 +35,7 @@ class OpenAIStreamToOllama:
     first token, evaluation after it.
     """
 
-    __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "_buffer",
+    __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "_events",
                  "_created_at", "_clock", "_started", "_first_token", "_calls")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], *,
@@ -45,7 +46,7 @@ class OpenAIStreamToOllama:
         self.error: str | None = None
         self.content_events = 0
         self.done_reason = "stop"
-        self._buffer = b""
+        self._events = EventData()
         self._created_at: str | None = None
         self._clock = clock
         self._started = clock()
@@ -53,18 +54,10 @@ class OpenAIStreamToOllama:
         self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far]
 
     def feed(self, sse_events: bytes) -> bytes:
-        data = self._buffer + sse_events if self._buffer else sse_events
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = data
-            return b""
-        complete, self._buffer = data[:end], data[end + 2:]
-        return b"".join(self._event(event) for event in complete.split(b"\n\n"))
+        return b"".join(self._event(payload) for payload in self._events.feed(sse_events))
 
     def finish(self) -> bytes:
-        out = self.feed(b"\n\n") if self._buffer.strip() else b""
+        out = b"".join(self._event(payload) for payload in self._events.flush())
         created_at = self._created_at or ollama_time()
         if self._calls and self.kind == "chat":
             calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)))
@@ -87,8 +80,7 @@ class OpenAIStreamToOllama:
             line = OllamaGenerate(model=self.model, created_at=created_at, response="", **stats)
         return out + encode(line) + b"\n"
 
-    def _event(self, event: bytes) -> bytes:
-        payload = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    def _event(self, payload: bytes) -> bytes:
         if not payload:
             return b""                                  # a comment, `event:` or `retry:` line
         if payload == b"[DONE]":

@@ -67,6 +67,7 @@ class Choice(msgspec.Struct):
     delta: Message | None = None            # chat.completion.chunk
     text: str | None = None                 # text_completion (whole or chunk)
     finish_reason: str | None = None
+    stop_reason: Any = None                 # vLLM: the stop string (or token id) that ended the answer
 
 
 class Reply(msgspec.Struct):

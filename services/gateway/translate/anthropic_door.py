@@ -1,0 +1,142 @@
+"""The Anthropic front door (`/v1/messages`): a call's request read and checked, and its plan per endpoint kind.
+
+| endpoint kind | upstream path | request | answer | stream |
+|---|---|---|---|---|
+| `ollama` | `/api/chat` | `ollama_chat_body` | `ollama_to_message` | `OllamaStreamToAnthropic` |
+| `openai-compatible` (and any other) | `/v1/chat/completions` | `openai_chat_body` (with `top_k`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
+| `openai` | `/v1/chat/completions` | `openai_chat_body` (no `top_k`: OpenAI refuses it) | `openai_to_message` | `OpenAIStreamToAnthropic` |
+
+Errors from upstreams are rewritten into Anthropic's shape with their status kept. `/v1/messages/count_tokens`
+is answered by the gateway itself with its tokenizer (see `count_input_tokens`), reaching no endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
+from switchyard_gateway.services.gateway.edge.errors import BadRequest
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.translate.anthropic_requests import (
+    ollama_chat_body, openai_chat_body, system_text,
+)
+from switchyard_gateway.services.gateway.translate.anthropic_responses import (
+    ollama_to_message, openai_to_message, upstream_error,
+)
+from switchyard_gateway.services.gateway.translate.anthropic_stream import (
+    OllamaStreamToAnthropic, OpenAIStreamToAnthropic,
+)
+from switchyard_gateway.services.gateway.translate.asks import Ask, check_tokens, refusal
+from switchyard_gateway.services.gateway.translate.anthropic_wire import (
+    CountTokensRequest, CountTokensResponse, ImageBlock, MessagesRequest, TextBlock, ToolResultBlock, ToolUseBlock,
+    decode_count_tokens_request, decode_messages_request, encode,
+)
+from switchyard_gateway.services.gateway.translate.plans import Plan
+from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
+from switchyard_gateway.services.gateway.translate.responses import ollama_usage, openai_usage
+
+MESSAGES = "anthropic.messages"
+COUNT_TOKENS = "anthropic.count_tokens"
+ANTHROPIC_APIS = {"/v1/messages": MESSAGES, "/v1/messages/count_tokens": COUNT_TOKENS}
+OUTPUT_LIMIT_FIELD = "max_tokens"      # the request field that bounds the answer (required by the API)
+IMAGE_TOKENS = 1_600                    # an image counts as Anthropic's largest (about 1.15 megapixels)
+
+
+def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
+    """The whole request, checked; BadRequest (400, `invalid_request_error`) naming what is wrong."""
+    decode = decode_messages_request if api == MESSAGES else decode_count_tokens_request
+    try:
+        request = decode(body)
+    except msgspec.ValidationError as exc:
+        if "missing required field `max_tokens`" in str(exc):
+            raise BadRequest("max_tokens: Field required", param="max_tokens", code="missing_field") from None
+        raise refusal(exc) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise refusal(exc) from None
+    for tool in request.tools or ():
+        if tool.type not in (None, "custom"):
+            raise BadRequest(f"tools: the server tool '{tool.type}' ('{tool.name}') is not served; "
+                             "only client tools with an input_schema are", param="tools")
+    choice = request.tool_choice
+    if choice is not None and choice.type == "tool" and not any(t.name == choice.name for t in request.tools or ()):
+        raise BadRequest(f"tool_choice: no tool named '{choice.name}' in tools", param="tool_choice")
+    return request
+
+
+class AnthropicCall:
+    """One call through the Anthropic door: its checked request and its plans (built once per endpoint kind)."""
+
+    __slots__ = ("api", "request", "_body")
+
+    def __init__(self, api: str, request: InferenceRequest, body: bytes) -> None:
+        self.api, self._body = api, body
+        self.request = read_request(api, body)
+        request.stream = isinstance(self.request, MessagesRequest) and self.request.stream
+
+    def _messages(self, body: bytes, ceiling: int | None = None) -> MessagesRequest:
+        """The request a plan translates: the one read at the door, unless the body was rewritten since; its
+        `max_tokens` held to `ceiling` when that is lower."""
+        request = self.request if body is self._body else read_request(MESSAGES, body)
+        assert isinstance(request, MessagesRequest)
+        if ceiling is not None and ceiling < request.max_tokens:
+            return msgspec.structs.replace(request, max_tokens=ceiling)
+        return request
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None) -> Ask:
+        """What the call asks for: its required `max_tokens` (at most `limit`), its prompt counted as
+        `count_tokens` counts it."""
+        request = self.request
+        assert isinstance(request, MessagesRequest)
+        check_tokens(request.max_tokens, OUTPUT_LIMIT_FIELD, limit, required=True)
+        return Ask(request.max_tokens, 1, False, OUTPUT_LIMIT_FIELD,
+                   lambda count: count_input_tokens(request, count), tokenizer)
+
+    def plan(self, endpoint_kind: str) -> Plan:
+        """`request(body, model, ceiling)` holds `max_tokens` to the reservation's ceiling when one is given."""
+        if endpoint_kind == "ollama":
+            return Plan(
+                native=False,
+                request=lambda body, model, ceiling=None: (
+                    "/api/chat", ollama_chat_body(self._messages(body, ceiling), model)),
+                answer=ollama_to_message, error=upstream_error, stream=OllamaStreamToAnthropic, usage=ollama_usage)
+        stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
+        top_k = endpoint_kind != "openai"
+        return Plan(
+            native=False,
+            request=lambda body, model, ceiling=None: (
+                CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=top_k)),
+            answer=lambda data, model: openai_to_message(data, model, stop), error=upstream_error,
+            stream=lambda model: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
+
+    def count_tokens(self, count: Callable[[str], int]) -> bytes:
+        """The `count_tokens` answer: `{"input_tokens": N}`."""
+        return encode(CountTokensResponse(count_input_tokens(self.request, count)))
+
+
+def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int]) -> int:
+    """Prompt tokens as the gateway's tokenizer counts them (`count(text)`), with the chat framing the
+    reservation estimate adds (`PER_MESSAGE` per message and once for the reply); each image `IMAGE_TOKENS`,
+    each tool its name, description and schema as JSON."""
+    total = PER_MESSAGE
+    system = system_text(request.system)
+    if system:
+        total += PER_MESSAGE + count(system)
+    for message in request.messages:
+        total += PER_MESSAGE
+        blocks = [TextBlock(message.content)] if isinstance(message.content, str) else message.content
+        for block in blocks:
+            if isinstance(block, TextBlock):
+                total += count(block.text)
+            elif isinstance(block, ImageBlock):
+                total += IMAGE_TOKENS
+            elif isinstance(block, ToolUseBlock):
+                total += count(block.name) + count(encode(block.input).decode())
+            elif isinstance(block, ToolResultBlock):
+                content = block.content
+                parts = [TextBlock(content)] if isinstance(content, str) else content or []
+                total += sum(count(p.text) if isinstance(p, TextBlock) else IMAGE_TOKENS for p in parts)
+    for tool in request.tools or ():
+        total += count(tool.name) + count(tool.description or "") + count(encode(tool.input_schema).decode())
+    return total

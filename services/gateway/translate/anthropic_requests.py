@@ -1,0 +1,213 @@
+"""Anthropic Messages requests as chat requests: OpenAI `/v1/chat/completions` bodies, and Ollama `/api/chat` ones.
+
+| Anthropic | OpenAI chat | Ollama `/api/chat` |
+|---|---|---|
+| `system` (text or text blocks) | a first `system` message | a first `system` message |
+| text blocks | `content` (text, or parts beside images) | `content` |
+| image block, base64 / URL | `image_url` part, data URL / the URL | `images` (base64; a URL cannot be sent) |
+| assistant `tool_use` blocks | `tool_calls` (arguments as JSON text) | `tool_calls` (arguments as an object) |
+| user `tool_result` blocks | `tool` messages (`tool_call_id`), before the user's other content | `tool` messages (`tool_name`) |
+| `thinking` blocks | dropped | dropped |
+| `tools` (`input_schema`) | `tools` (`function.parameters`) | `tools` |
+| `tool_choice` auto / any / tool / none | `auto` / `required` / the function / `none` | all tools / all / only that tool / no tools |
+| `disable_parallel_tool_use` | `parallel_tool_calls: false` | — |
+| `max_tokens`, `stop_sequences` | `max_tokens`, `stop` | `options.num_predict`, `options.stop` |
+| `temperature`, `top_p`, `top_k` | the same (`top_k` only to OpenAI-compatible servers) | `options` |
+| `metadata.user_id` | `user` | — |
+| `stream` | `stream` with `stream_options.include_usage` | `stream` |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchyard_gateway.services.gateway.translate.anthropic_wire import (
+    Base64ImageSource, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock, ToolUseBlock, encode,
+)
+from switchyard_gateway.services.gateway.translate.wire import TranslationError
+
+
+def system_text(system: str | list[TextBlock] | None) -> str:
+    """The system prompt as one text."""
+    if system is None or isinstance(system, str):
+        return system or ""
+    return "\n".join(block.text for block in system)
+
+
+def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bool) -> bytes:
+    """The /v1/chat/completions body for a Messages request (`top_k`: whether the server takes that extension)."""
+    messages: list[dict[str, Any]] = []
+    system = system_text(request.system)
+    if system:
+        messages.append({"role": "system", "content": system})
+    for message in request.messages:
+        messages.extend(_openai_messages(message))
+    out: dict[str, Any] = {"model": upstream_model, "messages": messages, "max_tokens": request.max_tokens}
+    if request.stream:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    if request.stop_sequences:
+        out["stop"] = request.stop_sequences
+    for name in ("temperature", "top_p"):
+        value = getattr(request, name)
+        if value is not None:
+            out[name] = value
+    if top_k and request.top_k is not None:
+        out["top_k"] = request.top_k
+    if request.metadata is not None and request.metadata.user_id:
+        out["user"] = request.metadata.user_id
+    _openai_tools(request, out)
+    return encode(out)
+
+
+def _openai_tools(request: MessagesRequest, out: dict[str, Any]) -> None:
+    if not request.tools:
+        return
+    out["tools"] = [_function(tool.name, tool.description, tool.input_schema) for tool in request.tools]
+    choice = request.tool_choice
+    if choice is None:
+        return
+    if choice.type == "tool":
+        out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    else:
+        out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+    if choice.disable_parallel_tool_use:
+        out["parallel_tool_calls"] = False
+
+
+def _function(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "parameters": schema or {"type": "object", "properties": {}}}
+    if description:
+        function["description"] = description
+    return {"type": "function", "function": function}
+
+
+def _openai_messages(message: InputMessage) -> list[dict[str, Any]]:
+    """One Anthropic message as OpenAI messages: tool results first (each its own `tool` message), then the rest."""
+    if isinstance(message.content, str):
+        return [{"role": message.role, "content": message.content}]
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            parts.append({"type": "text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+        elif isinstance(block, ToolUseBlock):
+            calls.append({"id": block.id, "type": "function",
+                          "function": {"name": block.name, "arguments": encode(block.input).decode()}})
+        elif isinstance(block, ToolResultBlock):
+            text, images = _result_parts(block)
+            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+            parts.extend({"type": "image_url", "image_url": {"url": _image_url(image)}} for image in images)
+    if message.role == "assistant":
+        text = "".join(part["text"] for part in parts if part["type"] == "text")
+        if text or not calls:
+            reply: dict[str, Any] = {"role": "assistant", "content": text}
+        else:
+            reply = {"role": "assistant", "content": None}
+        if calls:
+            reply["tool_calls"] = calls
+        out.append(reply)
+    elif parts:
+        out.append({"role": "user", "content": _user_content(parts)})
+    return out
+
+
+def _user_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Text alone as one string (what every server takes); parts when there are images."""
+    if all(part["type"] == "text" for part in parts):
+        return "\n".join(part["text"] for part in parts)
+    return parts
+
+
+def _image_url(block: ImageBlock) -> str:
+    source = block.source
+    if isinstance(source, Base64ImageSource):
+        return f"data:{source.media_type};base64,{source.data}"
+    return source.url
+
+
+def _result_parts(block: ToolResultBlock) -> tuple[str, list[ImageBlock]]:
+    """A tool result's text, and the images it carries."""
+    content = block.content
+    if content is None or isinstance(content, str):
+        return content or "", []
+    text = "\n".join(part.text for part in content if isinstance(part, TextBlock))
+    return text, [part for part in content if isinstance(part, ImageBlock)]
+
+
+# --- Ollama /api/chat -------------------------------------------------------------------------------
+
+def ollama_chat_body(request: MessagesRequest, upstream_model: str) -> bytes:
+    """The /api/chat body for a Messages request; TranslationError for an image given by URL (Ollama takes base64)."""
+    messages: list[dict[str, Any]] = []
+    system = system_text(request.system)
+    if system:
+        messages.append({"role": "system", "content": system})
+    names: dict[str, str] = {}               # tool_use id -> tool name, for the results that answer them
+    for message in request.messages:
+        messages.extend(_ollama_messages(message, names))
+    options: dict[str, Any] = {"num_predict": request.max_tokens}
+    if request.stop_sequences:
+        options["stop"] = request.stop_sequences
+    for name in ("temperature", "top_p", "top_k"):
+        value = getattr(request, name)
+        if value is not None:
+            options[name] = value
+    out: dict[str, Any] = {"model": upstream_model, "messages": messages, "stream": request.stream,
+                           "options": options}
+    tools = _ollama_tools(request)
+    if tools:
+        out["tools"] = tools
+    return encode(out)
+
+
+def _ollama_tools(request: MessagesRequest) -> list[dict[str, Any]]:
+    """Ollama has no `tool_choice`: `none` offers no tools, `tool` only the one named."""
+    choice = request.tool_choice
+    if not request.tools or (choice is not None and choice.type == "none"):
+        return []
+    named = choice.name if choice is not None and choice.type == "tool" else None
+    return [_function(tool.name, tool.description, tool.input_schema) for tool in request.tools
+            if named is None or tool.name == named]
+
+
+def _ollama_messages(message: InputMessage, names: dict[str, str]) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"role": message.role, "content": message.content}]
+    out: list[dict[str, Any]] = []
+    texts: list[str] = []
+    images: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ImageBlock):
+            images.append(_base64(block))
+        elif isinstance(block, ToolUseBlock):
+            names[block.id] = block.name
+            calls.append({"function": {"name": block.name, "arguments": block.input}})
+        elif isinstance(block, ToolResultBlock):
+            text, result_images = _result_parts(block)
+            result: dict[str, Any] = {"role": "tool", "content": text}
+            if block.tool_use_id in names:
+                result["tool_name"] = names[block.tool_use_id]
+            out.append(result)
+            images.extend(_base64(image) for image in result_images)
+    if texts or images or calls or not out:
+        reply: dict[str, Any] = {"role": message.role, "content": "\n".join(texts)}
+        if images:
+            reply["images"] = images
+        if calls:
+            reply["tool_calls"] = calls
+        out.append(reply)
+    return out
+
+
+def _base64(block: ImageBlock) -> str:
+    if isinstance(block.source, Base64ImageSource):
+        return block.source.data
+    raise TranslationError("Ollama endpoints take images as base64 data, not by URL: "
+                           "send the image as a base64 source")

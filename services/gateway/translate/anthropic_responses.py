@@ -1,0 +1,174 @@
+"""Whole answers and errors for the Anthropic door: OpenAI and Ollama chat answers as Anthropic messages, any error in Anthropic's shape.
+
+Stop reasons: `length` → `max_tokens`; `tool_calls` (or any finish with tool calls made) → `tool_use`;
+`content_filter` → `refusal`; a finish the upstream says a stop string caused (vLLM's `stop_reason`,
+when it is one of the request's `stop_sequences`) → `stop_sequence` naming it; anything else → `end_turn`.
+Usage: Anthropic's `input_tokens` leaves out what the prompt cache served, which is
+`cache_read_input_tokens`; the usage event keeps the whole prompt count with `cached_tokens`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.translate.anthropic_wire import (
+    ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
+    ToolUseContent, encode, sse,
+)
+from switchyard_gateway.services.gateway.translate.responses import usage_counts
+from switchyard_gateway.services.gateway.translate.wire import (
+    Choice, TokenCounts, TranslationError, decode_any, decode_reply, error_message, tool_arguments,
+)
+
+# gateway and upstream statuses -> Anthropic's error types (the SDK picks its exception class by status)
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 502: "api_error",
+    503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error",
+}
+_DETAILS = ("quota_type", "limit_type", "limit", "used", "reset_time", "suggested_models")
+
+
+def message_id() -> str:
+    return f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def tool_use_id() -> str:
+    return f"toolu_{uuid.uuid4().hex[:24]}"
+
+
+def stop_reason(finish: str | None, tool_called: bool, matched: Any = None,
+                stop_sequences: list[str] | None = None) -> tuple[StopReason, str | None]:
+    """(stop_reason, stop_sequence) for an upstream's finish; `matched` is the stop string it reports, if any."""
+    if finish in ("tool_calls", "function_call") or (tool_called and finish in (None, "stop")):
+        return "tool_use", None
+    if finish == "length":
+        return "max_tokens", None
+    if finish == "content_filter":
+        return "refusal", None
+    if isinstance(matched, str) and stop_sequences and matched in stop_sequences:
+        return "stop_sequence", matched
+    return "end_turn", None
+
+
+def usage_block(counts: TokenCounts | None) -> MessagesUsage:
+    if counts is None:
+        return MessagesUsage(input_tokens=0, output_tokens=0)
+    prompt, completion, cached = counts
+    return MessagesUsage(input_tokens=max(0, prompt - cached), output_tokens=completion,
+                         cache_read_input_tokens=cached or None)
+
+
+def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None = None) -> bytes:
+    """A chat.completion as an Anthropic message."""
+    try:
+        reply = decode_reply(data)
+    except msgspec.MsgspecError as exc:
+        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+    choice = next((c for c in reply.choices or () if c.index == 0), Choice())
+    message = choice.message
+    text = (message.content if message else None) or choice.text
+    tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
+             for call in (message.tool_calls if message else None) or () if call.function is not None]
+    content: list[ContentBlock] = [TextContent(text), *tools] if text else [*tools]
+    reason, sequence = stop_reason(choice.finish_reason, bool(tools), choice.stop_reason, stop_sequences)
+    counts = usage_counts(reply.usage) if reply.usage is not None else None
+    return encode(MessagesResponse(id=message_id(), model=model, content=content, stop_reason=reason,
+                                   stop_sequence=sequence, usage=usage_block(counts)))
+
+
+class _OllamaFunction(msgspec.Struct):
+    name: str = ""
+    arguments: Any = None
+
+
+class _OllamaToolCall(msgspec.Struct):
+    function: _OllamaFunction | None = None
+
+
+class _OllamaMessage(msgspec.Struct):
+    content: str = ""
+    tool_calls: list[_OllamaToolCall] | None = None
+
+
+class OllamaChatLine(msgspec.Struct):
+    """A whole /api/chat answer, or one line of its stream."""
+
+    message: _OllamaMessage | None = None
+    done: bool = False
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    prompt_eval_cached_count: int | None = None
+    error: Any = None
+
+    @property
+    def counts(self) -> TokenCounts | None:
+        if self.prompt_eval_count is None and self.eval_count is None:
+            return None
+        return TokenCounts(self.prompt_eval_count or 0, self.eval_count or 0, max(0, self.prompt_eval_cached_count or 0))
+
+
+decode_ollama_line = msgspec.json.Decoder(OllamaChatLine).decode
+
+
+def ollama_tool_content(call: _OllamaToolCall) -> ToolUseContent:
+    function = call.function or _OllamaFunction()
+    arguments = function.arguments
+    if isinstance(arguments, str):
+        arguments = tool_arguments(arguments)
+    return ToolUseContent(tool_use_id(), function.name, arguments if isinstance(arguments, dict) else {})
+
+
+def ollama_to_message(data: bytes, model: str) -> bytes:
+    """A whole /api/chat answer as an Anthropic message."""
+    try:
+        reply = decode_ollama_line(data)
+    except msgspec.MsgspecError as exc:
+        raise TranslationError(f"The upstream answer is not an Ollama chat answer: {exc}") from None
+    message = reply.message or _OllamaMessage()
+    content: list[ContentBlock] = [TextContent(message.content)] if message.content else []
+    content.extend(ollama_tool_content(call) for call in message.tool_calls or ())
+    reason, sequence = stop_reason(reply.done_reason, bool(message.tool_calls))
+    return encode(MessagesResponse(id=message_id(), model=model, content=content, stop_reason=reason,
+                                   stop_sequence=sequence, usage=usage_block(reply.counts)))
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+def error_type(status: int) -> str:
+    return ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(status: int, message: str, details: dict[str, Any] | None = None) -> bytes:
+    fields = {k: v for k, v in (details or {}).items() if k in _DETAILS}
+    return encode(ErrorResponse(ErrorObject(type=error_type(status), message=message, **fields)))
+
+
+def gateway_error(error: GatewayError) -> bytes:
+    """One of the gateway's own errors in Anthropic's shape, keeping a refusal's figures (limit, used, reset...)."""
+    return error_body(error.status, str(error), error.body())
+
+
+def upstream_error(data: bytes, status: int) -> bytes:
+    """An upstream's error answer (OpenAI `{"error": {...}}`, Ollama `{"error": "..."}`, or text) in Anthropic's shape."""
+    try:
+        body = decode_any(data)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict) and "error" in body:
+        message = error_message(body["error"])
+    elif isinstance(body, dict) and "message" in body:
+        message = str(body["message"])
+    else:
+        message = data.decode(errors="replace").strip() or f"The upstream answered {status}"
+    return error_body(status, message)
+
+
+def error_event(message: str, status: int = 502) -> bytes:
+    """The `error` event that ends a stream which cannot go on."""
+    return sse(ErrorResponse(ErrorObject(type=error_type(status), message=message)))

@@ -1,0 +1,236 @@
+"""Anthropic's Messages API on the wire: the request, the answer, the stream events and the error body, as msgspec types.
+
+Requests are read strictly enough to refuse what cannot be served (a missing `max_tokens`, an unknown
+content block, a server tool) with a 400 before anything is reserved; unknown fields are ignored, as
+the API grows. Answers and events are written with these types, so the documented schema is the one
+the code writes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# --- the request ------------------------------------------------------------------------------------
+
+
+class Base64ImageSource(msgspec.Struct, tag_field="type", tag="base64"):
+    media_type: str
+    data: str
+
+
+class UrlImageSource(msgspec.Struct, tag_field="type", tag="url"):
+    url: str
+
+
+class TextBlock(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageBlock(msgspec.Struct, tag_field="type", tag="image"):
+    source: Base64ImageSource | UrlImageSource
+
+
+class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any] = {}
+
+
+class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock] | None = None
+    is_error: bool = False
+
+
+class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking"):
+    """Reasoning an earlier answer carried: accepted in the history, not sent upstream."""
+
+    thinking: str = ""
+    signature: str = ""
+
+
+class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thinking"):
+    data: str = ""
+
+
+InputBlock = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+
+
+class InputMessage(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[InputBlock]
+
+
+class ToolDefinition(msgspec.Struct):
+    """A client tool. `type` is absent or `custom`; Anthropic's server tools (web search, bash, ...) are not served."""
+
+    name: Annotated[str, Meta(min_length=1)]
+    input_schema: dict[str, Any] = {}
+    description: str | None = None
+    type: str | None = None
+
+
+class ToolChoice(msgspec.Struct):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None                       # with `tool`: the tool to call
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(msgspec.Struct):
+    user_id: str | None = None
+
+
+class CountTokensRequest(msgspec.Struct, kw_only=True):
+    """`POST /v1/messages/count_tokens`."""
+
+    model: str
+    messages: list[InputMessage]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class MessagesRequest(CountTokensRequest, kw_only=True):
+    """`POST /v1/messages`. `max_tokens` is required, as in Anthropic's API."""
+
+    max_tokens: Annotated[int, Meta(ge=1)]
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    metadata: Metadata | None = None
+
+
+# --- the answer -------------------------------------------------------------------------------------
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
+
+
+class TextContent(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ToolUseContent(msgspec.Struct, tag_field="type", tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+ContentBlock = TextContent | ToolUseContent
+
+
+class MessagesUsage(msgspec.Struct, omit_defaults=True):
+    """`input_tokens` excludes what the upstream read from its prompt cache (`cache_read_input_tokens`)."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int | None = None
+
+
+class MessagesResponse(msgspec.Struct, kw_only=True):
+    """A whole answer (`stream: false`), and the `message` of a stream's `message_start` (content still empty)."""
+
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[ContentBlock]
+    stop_reason: StopReason | None
+    stop_sequence: str | None
+    usage: MessagesUsage
+
+
+class CountTokensResponse(msgspec.Struct):
+    input_tokens: int
+
+
+# --- stream events ----------------------------------------------------------------------------------
+
+class TextDelta(msgspec.Struct, tag_field="type", tag="text_delta"):
+    text: str
+
+
+class InputJsonDelta(msgspec.Struct, tag_field="type", tag="input_json_delta"):
+    partial_json: str
+
+
+class MessageStartEvent(msgspec.Struct, tag_field="type", tag="message_start"):
+    message: MessagesResponse
+
+
+class ContentBlockStartEvent(msgspec.Struct, tag_field="type", tag="content_block_start"):
+    index: int
+    content_block: ContentBlock
+
+
+class PingEvent(msgspec.Struct, tag_field="type", tag="ping"):
+    pass
+
+
+class ContentBlockDeltaEvent(msgspec.Struct, tag_field="type", tag="content_block_delta"):
+    index: int
+    delta: TextDelta | InputJsonDelta
+
+
+class ContentBlockStopEvent(msgspec.Struct, tag_field="type", tag="content_block_stop"):
+    index: int
+
+
+class MessageDelta(msgspec.Struct):
+    stop_reason: StopReason | None
+    stop_sequence: str | None
+
+
+class MessageDeltaUsage(msgspec.Struct, omit_defaults=True):
+    """Totals for the whole call (they replace, not add to, what `message_start` said)."""
+
+    output_tokens: int
+    input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class MessageDeltaEvent(msgspec.Struct, tag_field="type", tag="message_delta"):
+    delta: MessageDelta
+    usage: MessageDeltaUsage
+
+
+class MessageStopEvent(msgspec.Struct, tag_field="type", tag="message_stop"):
+    pass
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    """`type` is one of Anthropic's error types; a quota or rate-limit refusal adds its figures."""
+
+    type: str
+    message: str
+    quota_type: str | None = None
+    limit_type: str | None = None
+    limit: float | None = None
+    used: float | None = None
+    reset_time: str | None = None
+    suggested_models: list[str] | None = None
+
+
+class ErrorResponse(msgspec.Struct, tag_field="type", tag="error"):
+    """Every error on the Anthropic door, as a body and as a stream's `error` event."""
+
+    error: ErrorObject
+
+
+StreamEvent = (MessageStartEvent | ContentBlockStartEvent | PingEvent | ContentBlockDeltaEvent | ContentBlockStopEvent
+               | MessageDeltaEvent | MessageStopEvent | ErrorResponse)
+
+decode_messages_request = msgspec.json.Decoder(MessagesRequest).decode
+decode_count_tokens_request = msgspec.json.Decoder(CountTokensRequest).decode
+encode = msgspec.json.Encoder().encode
+
+
+def sse(event: StreamEvent) -> bytes:
+    """One server-sent event: the `event:` line names the type, `data:` carries the JSON."""
+    return b"event: " + type(event).__struct_config__.tag.encode() + b"\ndata: " + encode(event) + b"\n\n"

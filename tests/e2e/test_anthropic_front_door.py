@@ -1,0 +1,339 @@
+"""End to end: the official `anthropic` client against the gateway's Anthropic door (`/v1/messages`), served by an
+Ollama endpoint (native `/api/chat`) and an OpenAI-compatible one (`/v1/chat/completions`).
+
+One simulator (answering tool calls) stands behind two endpoints: `<prefix>-ollama` serves the `*-native` model and
+`<prefix>-vllm` the `*-translated` one, so the simulator's per-path counters show which API each call used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anthropic
+import httpx
+import pytest
+
+from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS, count_input_tokens, read_request
+from switchyard_gateway.simulator.config import SimConfig
+from switchyard_gateway.simulator.server import Simulator
+from tests.conftest import DemoStack, wait_for
+from tests.e2e.test_demo import exactly_one_usage_row
+from tests.e2e.test_quota_e2e import set_limits
+
+TOKENS = 16
+PATHS = {"native": "/api/chat", "translated": "/v1/chat/completions"}
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+WEATHER = {"name": "get_weather", "description": "The current weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"},
+                                                             "unit": {"type": "string", "enum": ["c", "f"]}},
+                            "required": ["city"]}}
+
+
+@dataclass
+class Upstream:
+    demo: DemoStack
+    sim: Simulator
+    prefix: str
+    key: str
+
+    def model(self, served: str) -> str:
+        return f"{self.prefix}-{served}"
+
+    def calls(self, path: str) -> int:
+        return self.sim.stats.requests.get(path, 0)
+
+    def client(self, key: str | None = None, **options: object) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(base_url=self.demo.url, api_key=key or self.key, max_retries=0, timeout=30,
+                                        **options)  # type: ignore[arg-type]
+
+
+async def _admin(client: httpx.AsyncClient, method: str, path: str, body: dict | None = None) -> dict:
+    response = await client.request(method, f"/api/admin/{path}", json=body)
+    assert response.status_code in (200, 201), (path, response.status_code, response.text)
+    return response.json()
+
+
+async def add_tenant(demo: DemoStack, tenant: str, models: list[str]) -> str:
+    """A tenant that may use `models`, and a key of it."""
+    async with httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:
+        await _admin(admin, "POST", "tenants", {"tenant_id": tenant, "all_models": False})
+        for model in models:
+            await _admin(admin, "POST", f"tenants/{tenant}/models", {"model_id": model})
+        return (await _admin(admin, "POST", f"tenants/{tenant}/keys", {"name": "anthropic door tests"}))["key"]
+
+
+@asynccontextmanager
+async def registered_upstream(demo: DemoStack, prefix: str, **knobs: object) -> AsyncIterator[Upstream]:
+    """A simulator behind an Ollama and an OpenAI-compatible endpoint, and a tenant with a key; removed afterwards."""
+    names = [f"{prefix}-native", f"{prefix}-translated"]
+    config = SimConfig(models=tuple(names), call_tools=True, tokens=TOKENS).with_changes(knobs)
+    async with Simulator(config) as sim, \
+            httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:
+        providers = {"ollama": f"{prefix}-ollama-kind", "openai-compatible": f"{prefix}-openai-kind"}
+        for kind, provider in providers.items():
+            await _admin(admin, "POST", "providers", {"provider_id": provider, "kind": kind})
+        for name in names:
+            await _admin(admin, "POST", "models", {"model_id": name, "kind": "chat", "context_length": 4096})
+        await _admin(admin, "POST", "endpoints", {"endpoint_id": f"{prefix}-ollama", "provider_id": providers["ollama"],
+                                                  "base_url": sim.url, "models": [names[0]], "timeout_s": 10.0})
+        await _admin(admin, "POST", "endpoints", {"endpoint_id": f"{prefix}-vllm",
+                                                  "provider_id": providers["openai-compatible"], "base_url": sim.url,
+                                                  "models": [names[1]], "timeout_s": 10.0})
+        key = await add_tenant(demo, prefix, names)
+        try:
+            yield Upstream(demo, sim, prefix, key)
+        finally:
+            for path in (f"tenants/{prefix}", f"endpoints/{prefix}-ollama", f"endpoints/{prefix}-vllm",
+                         *(f"models/{n}" for n in names), *(f"providers/{p}" for p in providers.values())):
+                await admin.delete(f"/api/admin/{path}")
+
+
+@pytest.fixture(scope="module")
+async def upstream(demo: DemoStack) -> AsyncIterator[Upstream]:
+    async with registered_upstream(demo, f"anth-{uuid.uuid4().hex[:6]}") as registered:
+        yield registered
+
+
+def request_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- messages.create ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_create_answers_a_message_and_records_its_usage(demo: DemoStack, upstream: Upstream,
+                                                             served: str) -> None:
+    before, rid = upstream.calls(PATHS[served]), request_id()
+    message = await upstream.client().messages.create(
+        model=upstream.model(served), max_tokens=5, system="Be brief.",
+        messages=[{"role": "user", "content": "Grüße aus der Weichenhalle"}], extra_headers={"X-Request-Id": rid})
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert message.model == upstream.model(served)
+    assert message.content[0].type == "text" and message.content[0].text
+    assert (message.stop_reason, message.usage.output_tokens) == ("max_tokens", 5)
+    assert upstream.calls(PATHS[served]) == before + 1
+    event = await exactly_one_usage_row(demo, rid)
+    assert (event["api"], event["outcome"], event["status"], event["stream"]) == ("anthropic.messages", "ok", 200, False)
+    assert (event["input_tokens"], event["output_tokens"]) == (message.usage.input_tokens, 5)
+    assert event["endpoint_id"] == f"{upstream.prefix}-{'ollama' if served == 'native' else 'vllm'}"
+
+
+async def test_a_full_answer_ends_its_turn(upstream: Upstream) -> None:
+    message = await upstream.client().messages.create(model=upstream.model("translated"), max_tokens=100,
+                                                      messages=[{"role": "user", "content": "say it all"}])
+    assert (message.stop_reason, message.usage.output_tokens) == ("end_turn", TOKENS)
+
+
+async def test_a_stop_sequence_the_upstream_names_is_the_stop_reason(upstream: Upstream) -> None:
+    client, model = upstream.client(), upstream.model("translated")
+    prompt = [{"role": "user", "content": "where does it stop"}]
+    whole = (await client.messages.create(model=model, max_tokens=100, messages=prompt)).content[0].text
+    word = whole.split()[3]
+    cut = await client.messages.create(model=model, max_tokens=100, messages=prompt, stop_sequences=[f" {word}"])
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", f" {word}")
+    assert whole.startswith(cut.content[0].text) and len(cut.content[0].text) < len(whole)
+
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_images_are_accepted(upstream: Upstream, served: str) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    message = await upstream.client().messages.create(
+        model=upstream.model(served), max_tokens=4,
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "What is in this picture?"}]}])
+    assert message.content[0].text
+
+
+async def test_an_image_url_reaches_an_openai_server_and_is_refused_for_ollama(upstream: Upstream) -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/yard.png"}}
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": "Describe it."}]}]
+    answered = await upstream.client().messages.create(model=upstream.model("translated"), max_tokens=4,
+                                                       messages=messages)
+    assert answered.content[0].text
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await upstream.client().messages.create(model=upstream.model("native"), max_tokens=4, messages=messages)
+    assert refused.value.type == "invalid_request_error" and "base64" in (refused.value.api_message or "")
+
+
+# --- tools ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_a_tool_round_trip(upstream: Upstream, served: str) -> None:
+    client, model = upstream.client(), upstream.model(served)
+    question = {"role": "user", "content": "What is the weather in Oslo?"}
+    first = await client.messages.create(model=model, max_tokens=50, tools=[WEATHER], messages=[question])
+    assert first.stop_reason == "tool_use"
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    assert call.name == "get_weather" and call.id and set(call.input) == {"city", "unit"}
+    assert call.input["unit"] == "c"
+    result = {"type": "tool_result", "tool_use_id": call.id, "content": "-3 degrees, snow"}
+    second = await client.messages.create(model=model, max_tokens=50, tools=[WEATHER], messages=[
+        question, {"role": "assistant", "content": first.content}, {"role": "user", "content": [result]}])
+    assert second.stop_reason == "end_turn" and second.content[0].type == "text" and second.content[0].text
+
+
+async def test_tool_choice_none_answers_in_text(upstream: Upstream) -> None:
+    message = await upstream.client().messages.create(
+        model=upstream.model("translated"), max_tokens=8, tools=[WEATHER], tool_choice={"type": "none"},
+        messages=[{"role": "user", "content": "Weather?"}])
+    assert [block.type for block in message.content] == ["text"]
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_stream_text_and_final_message(demo: DemoStack, upstream: Upstream, served: str) -> None:
+    rid = request_id()
+    async with upstream.client().messages.stream(
+            model=upstream.model(served), max_tokens=100, messages=[{"role": "user", "content": "stream it"}],
+            extra_headers={"X-Request-Id": rid}) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text and final.content[0].text == text
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == TOKENS and final.usage.input_tokens > 0
+    event = await exactly_one_usage_row(demo, rid)
+    assert (event["api"], event["stream"], event["outcome"]) == ("anthropic.messages", True, "ok")
+    assert (event["input_tokens"], event["output_tokens"]) == (final.usage.input_tokens, TOKENS)
+    assert event["estimated"] is False
+
+
+async def test_the_raw_event_sequence_is_anthropics(upstream: Upstream) -> None:
+    stream = await upstream.client().messages.create(model=upstream.model("translated"), max_tokens=3, stream=True,
+                                                     messages=[{"role": "user", "content": "events please"}])
+    kinds = [event.type async for event in stream]
+    assert kinds == ["message_start", "content_block_start", "content_block_delta", "content_block_delta",
+                     "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_a_streamed_tool_call_arrives_as_input_json(upstream: Upstream, served: str) -> None:
+    async with upstream.client().messages.stream(
+            model=upstream.model(served), max_tokens=50, tools=[WEATHER],
+            messages=[{"role": "user", "content": "weather in Bergen, streamed"}]) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_message()
+    assert "input_json" in kinds and final.stop_reason == "tool_use"
+    [call] = final.content
+    assert call.type == "tool_use" and call.name == "get_weather" and set(call.input) == {"city", "unit"}
+
+
+# --- count_tokens ---------------------------------------------------------------------------------
+
+async def test_count_tokens_counts_with_the_gateways_tokenizer(upstream: Upstream) -> None:
+    body = {"model": upstream.model("translated"), "system": "Be brief.", "tools": [WEATHER],
+            "messages": [{"role": "user", "content": "How many tokens is this question?"}]}
+    counted = await upstream.client().messages.count_tokens(**body)   # type: ignore[arg-type]
+    expected = count_input_tokens(read_request(COUNT_TOKENS, json.dumps(body).encode()), TokenEstimator().count)
+    assert counted.input_tokens == expected > 20
+    with pytest.raises(anthropic.NotFoundError):
+        await upstream.client().messages.count_tokens(model="no-such-model", messages=body["messages"])
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+async def test_a_bad_key_is_an_authentication_error(upstream: Upstream) -> None:
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        await upstream.client("sk-not-a-key").messages.create(model=upstream.model("translated"), max_tokens=5,
+                                                             messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.type == "authentication_error"
+
+
+async def test_the_key_may_come_as_a_bearer_token(upstream: Upstream) -> None:
+    client = anthropic.AsyncAnthropic(base_url=upstream.demo.url, auth_token=upstream.key, max_retries=0)
+    message = await client.messages.create(model=upstream.model("translated"), max_tokens=2,
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert message.usage.output_tokens == 2
+
+
+async def test_an_unknown_model_is_not_found(upstream: Upstream) -> None:
+    with pytest.raises(anthropic.NotFoundError) as refused:
+        await upstream.client().messages.create(model="claude-nowhere", max_tokens=5,
+                                                messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.type == "not_found_error" and "claude-nowhere" in (refused.value.api_message or "")
+
+
+async def test_a_missing_max_tokens_is_an_invalid_request_in_anthropics_shape(upstream: Upstream) -> None:
+    async with httpx.AsyncClient(base_url=upstream.demo.url, timeout=10) as http:
+        response = await http.post("/v1/messages", headers={"x-api-key": upstream.key,
+                                                            "anthropic-version": "2023-06-01"},
+                                   json={"model": upstream.model("translated"),
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400
+    assert response.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                          "message": "max_tokens: Field required"}}
+
+
+async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.APIStatusError], what: str,
+                        max_tokens: int = 50) -> anthropic.APIStatusError:
+    """Call until the tenant's new limit is applied and the call is refused with `refusal`."""
+    client = upstream.client(key)
+
+    async def refused() -> anthropic.APIStatusError | None:
+        try:
+            await client.messages.create(model=upstream.model("translated"), max_tokens=max_tokens,
+                                         messages=[{"role": "user", "content": "hi"}])
+        except refusal as exc:
+            return exc
+        return None
+
+    return await wait_for(refused, timeout_s=15, what=what)
+
+
+async def test_a_quota_refusal_is_a_payment_required_error(demo: DemoStack, upstream: Upstream) -> None:
+    tenant = f"{upstream.prefix}-poor"
+    key = await add_tenant(demo, tenant, [upstream.model("translated")])
+    assert set_limits(demo, tenant, daily_tokens=1000).status_code == 200
+    error = await first_refusal(upstream, key, anthropic.PaymentRequiredError, "the daily quota to be applied",
+                                max_tokens=4000)          # `max_tokens` is what the reservation holds
+    assert error.status_code == 402 and error.type == "billing_error"
+    assert isinstance(error.body, dict) and error.body["error"]["quota_type"] == "daily"
+    assert error.body["error"]["limit"] == 1000
+    fits = await upstream.client(key).messages.create(model=upstream.model("translated"), max_tokens=4,
+                                                      messages=[{"role": "user", "content": "hi"}])
+    assert fits.usage.output_tokens == 4
+
+
+async def test_a_rate_limit_is_a_rate_limit_error(demo: DemoStack, upstream: Upstream) -> None:
+    tenant = f"{upstream.prefix}-busy"
+    key = await add_tenant(demo, tenant, [upstream.model("translated")])
+    assert set_limits(demo, tenant, rpm=1).status_code == 200
+    error = await first_refusal(upstream, key, anthropic.RateLimitError, "the rpm limit to be applied")
+    assert error.type == "rate_limit_error" and int(error.response.headers["retry-after"]) >= 1
+
+
+# --- streams that end early -----------------------------------------------------------------------
+
+async def test_a_client_leaving_mid_stream_records_one_cancelled_call(demo: DemoStack) -> None:
+    async with registered_upstream(demo, f"anth-slow-{uuid.uuid4().hex[:6]}", tokens=40,
+                                   token_interval_ms=40) as slow:
+        rid = request_id()
+        seen = 0
+        async with slow.client().messages.stream(model=slow.model("translated"), max_tokens=100,
+                                                 messages=[{"role": "user", "content": "a long one"}],
+                                                 extra_headers={"X-Request-Id": rid}) as stream:
+            async for event in stream:
+                seen += event.type == "content_block_delta"
+                if seen >= 5:
+                    break                               # leave: the connection closes with the stream unread
+        event = await exactly_one_usage_row(demo, rid)
+        assert event["outcome"] == "cancelled" and event["api"] == "anthropic.messages"
+        assert 5 <= event["output_tokens"] < 40 and event["input_tokens"] > 0
+
+
+async def test_an_upstream_cut_ends_the_stream_with_an_error_event(demo: DemoStack) -> None:
+    async with registered_upstream(demo, f"anth-cut-{uuid.uuid4().hex[:6]}", tokens=20, failure_kind="cut",
+                                   failure_rate=1.0, failure_paths=("/v1/chat/completions",)) as cut:
+        rid = request_id()
+        with pytest.raises(anthropic.APIStatusError) as failed:
+            async with cut.client().messages.stream(model=cut.model("translated"), max_tokens=100,
+                                                    messages=[{"role": "user", "content": "cut me off"}],
+                                                    extra_headers={"X-Request-Id": rid}) as stream:
+                await asyncio.wait_for(stream.get_final_message(), 20)
+        assert failed.value.type == "api_error" and "cut" in (failed.value.api_message or "")
+        event = await exactly_one_usage_row(demo, rid)
+        assert (event["outcome"], event["estimated"]) == ("error", True) and 0 < event["output_tokens"] < 20

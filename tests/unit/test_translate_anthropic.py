@@ -1,0 +1,394 @@
+"""The Anthropic door's translations: requests to OpenAI and Ollama chat, whole answers, stream event sequences, errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from anthropic.lib.streaming._messages import accumulate_event
+
+from switchyard_gateway.services.gateway.edge.errors import (
+    AuthError, BadRequest, ModelNotFound, PayloadTooLarge, UpstreamError,
+)
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaExceeded, RateLimited
+from switchyard_gateway.services.gateway.translate.anthropic_door import (
+    IMAGE_TOKENS, MESSAGES, AnthropicCall, count_input_tokens, read_request,
+)
+from switchyard_gateway.services.gateway.translate.anthropic_requests import ollama_chat_body, openai_chat_body
+from switchyard_gateway.services.gateway.translate.anthropic_responses import (
+    gateway_error, ollama_to_message, openai_to_message, upstream_error,
+)
+from switchyard_gateway.services.gateway.translate.anthropic_stream import (
+    OllamaStreamToAnthropic, OpenAIStreamToAnthropic,
+)
+from switchyard_gateway.services.gateway.translate.doors import Door, error_body_for
+from switchyard_gateway.services.gateway.translate.wire import TranslationError
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def request(**fields):
+    body = {"model": "claude-ish", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}], **fields}
+    return read_request(MESSAGES, json.dumps(body).encode())
+
+
+def to_openai(takes_top_k: bool = True, **fields) -> dict:
+    return json.loads(openai_chat_body(request(**fields), "up-model", top_k=takes_top_k))
+
+
+def to_ollama(**fields) -> dict:
+    return json.loads(ollama_chat_body(request(**fields), "up-model"))
+
+
+TOOL_ROUND_TRIP = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "the user wants weather", "signature": "sig"},
+        {"type": "text", "text": "Let me look."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}]},
+    {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "-3 C"}]},
+        {"type": "text", "text": "And tomorrow?"}]},
+]
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+def test_system_text_and_blocks_become_the_first_system_message() -> None:
+    assert to_openai(system="Be brief.")["messages"][0] == {"role": "system", "content": "Be brief."}
+    blocks = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Be kind."}]
+    assert to_openai(system=blocks)["messages"][0] == {"role": "system", "content": "Be brief.\nBe kind."}
+    assert to_ollama(system=blocks)["messages"][0] == {"role": "system", "content": "Be brief.\nBe kind."}
+    assert to_openai()["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_sampling_limits_and_metadata_are_mapped_and_top_k_only_where_the_server_takes_it() -> None:
+    fields = dict(temperature=0.2, top_p=0.9, top_k=40, stop_sequences=["END", "\n\n"],
+                  metadata={"user_id": "u-17"})
+    out = to_openai(**fields)
+    assert {k: out[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "stop", "user")} == {
+        "model": "up-model", "max_tokens": 64, "temperature": 0.2, "top_p": 0.9, "top_k": 40,
+        "stop": ["END", "\n\n"], "user": "u-17"}
+    assert "top_k" not in to_openai(takes_top_k=False, **fields)          # OpenAI itself refuses unknown parameters
+    assert "stream" not in out
+    assert to_ollama(**fields)["options"] == {"num_predict": 64, "temperature": 0.2, "top_p": 0.9, "top_k": 40,
+                                              "stop": ["END", "\n\n"]}
+
+
+def test_a_stream_asks_openai_servers_for_the_usage_chunk_and_ollama_for_a_stream() -> None:
+    assert to_openai(stream=True)["stream_options"] == {"include_usage": True}
+    assert to_ollama(stream=True)["stream"] is True and to_ollama()["stream"] is False
+
+
+def test_images_become_image_url_parts_and_ollama_base64_images() -> None:
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+               {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}]
+    message = to_openai(messages=[{"role": "user", "content": content}])["messages"][0]
+    assert message == {"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]}
+    native = to_ollama(messages=[{"role": "user", "content": content[:2]}])["messages"][0]
+    assert native == {"role": "user", "content": "What is this?", "images": [PNG]}
+    with pytest.raises(TranslationError, match="base64"):
+        to_ollama(messages=[{"role": "user", "content": content}])
+
+
+def test_tool_use_and_results_become_tool_calls_and_tool_messages_in_order() -> None:
+    out = to_openai(messages=TOOL_ROUND_TRIP, tools=[WEATHER])
+    assert out["messages"] == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "-3 C"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    assert out["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city", "parameters": WEATHER["input_schema"]}}]
+    native = to_ollama(messages=TOOL_ROUND_TRIP, tools=[WEATHER])["messages"]
+    assert native[1] == {"role": "assistant", "content": "Let me look.",
+                         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    assert native[2] == {"role": "tool", "content": "-3 C", "tool_name": "get_weather"}
+    assert native[3] == {"role": "user", "content": "And tomorrow?"}
+
+
+def test_an_assistant_turn_of_tool_calls_alone_has_null_content() -> None:
+    turn = {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "get_weather", "input": {}}]}
+    out = to_openai(messages=[{"role": "user", "content": "go"}, turn], tools=[WEATHER])
+    assert out["messages"][1]["content"] is None
+    assert out["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+@pytest.mark.parametrize(("choice", "openai", "ollama_tools"), [
+    ({"type": "auto"}, "auto", 2),
+    ({"type": "any"}, "required", 2),
+    ({"type": "tool", "name": "get_time"}, {"type": "function", "function": {"name": "get_time"}}, 1),
+    ({"type": "none"}, "none", 0),
+])
+def test_tool_choice_is_mapped(choice: dict, openai: object, ollama_tools: int) -> None:
+    tools = [WEATHER, {"name": "get_time", "input_schema": {"type": "object"}}]
+    assert to_openai(tools=tools, tool_choice=choice)["tool_choice"] == openai
+    assert len(to_ollama(tools=tools, tool_choice=choice).get("tools", [])) == ollama_tools
+    parallel = to_openai(tools=tools, tool_choice={**choice, "disable_parallel_tool_use": True})
+    assert parallel["parallel_tool_calls"] is False
+
+
+# --- what the door refuses ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"model": "m", "messages": []}, "max_tokens: Field required"),
+    ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens"),
+    ({"model": "m", "max_tokens": 5, "temperature": 1.5, "messages": []}, "temperature"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]}, "document"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "tools": [{"type": "web_search_20250305", "name": "web"}]},
+     "server tool"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "x"}},
+     "no tool named 'x'"),
+])
+def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        Door("/v1/messages", InferenceRequest(model="m"), json.dumps(body).encode())
+    assert expected in str(refused.value)
+    rendered = json.loads(error_body_for("/v1/messages", refused.value))
+    assert rendered == {"type": "error", "error": {"type": "invalid_request_error", "message": str(refused.value)}}
+
+
+def test_count_tokens_does_not_need_max_tokens_and_counts_every_part() -> None:
+    body = {"model": "m", "system": "Be brief.", "tools": [WEATHER], "messages": [
+        *TOOL_ROUND_TRIP,
+        {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                    "data": PNG}}]}]}
+    call = AnthropicCall("anthropic.count_tokens", InferenceRequest(model="m"), json.dumps(body).encode())
+    words = lambda text: len(text.split())  # noqa: E731 — a stand-in tokenizer whose counts are easy to check
+    counted = json.loads(call.count_tokens(words))["input_tokens"]
+    texts = ["Be brief.", "Weather in Oslo?", "Let me look.", "get_weather", '{"city":"Oslo"}', "-3 C", "And tomorrow?",
+             "get_weather", "The weather in a city", json.dumps(WEATHER["input_schema"], separators=(",", ":"))]
+    assert counted == 3 + 3 * 5 + sum(words(t) for t in texts) + IMAGE_TOKENS
+    assert count_input_tokens(call.request, words) == counted
+
+
+# --- whole answers --------------------------------------------------------------------------------
+
+def openai_answer(message: dict, finish: str, **choice) -> bytes:
+    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "up",
+                       "choices": [{"index": 0, "message": message, "finish_reason": finish, **choice}],
+                       "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37,
+                                 "prompt_tokens_details": {"cached_tokens": 20}}}).encode()
+
+
+def test_a_text_answer_becomes_a_message_with_anthropic_usage() -> None:
+    message = json.loads(openai_to_message(openai_answer({"role": "assistant", "content": "Hello."}, "stop"),
+                                           "claude-ish"))
+    assert message["id"].startswith("msg_") and message["type"] == "message" and message["role"] == "assistant"
+    assert message["model"] == "claude-ish"
+    assert message["content"] == [{"type": "text", "text": "Hello."}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("end_turn", None)
+    assert message["usage"] == {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 20}
+
+
+def test_tool_calls_become_tool_use_blocks() -> None:
+    call = {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    answer = openai_answer({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
+    message = json.loads(openai_to_message(answer, "m"))
+    assert message["content"] == [{"type": "tool_use", "id": "call_9", "name": "get_weather",
+                                   "input": {"city": "Oslo"}}]
+    assert message["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize(("finish", "matched", "reason", "sequence"), [
+    ("length", None, "max_tokens", None),
+    ("stop", "END", "stop_sequence", "END"),           # vLLM says which stop string ended the answer
+    ("stop", "NOT-ASKED", "end_turn", None),
+    ("stop", 128009, "end_turn", None),                # an end-of-sequence token id, not a stop string
+    ("content_filter", None, "refusal", None),
+])
+def test_stop_reasons_are_mapped(finish: str, matched: object, reason: str, sequence: str | None) -> None:
+    answer = openai_answer({"role": "assistant", "content": "text"}, finish, stop_reason=matched)
+    message = json.loads(openai_to_message(answer, "m", ["END"]))
+    assert (message["stop_reason"], message["stop_sequence"]) == (reason, sequence)
+
+
+def test_an_ollama_answer_becomes_a_message() -> None:
+    answer = json.dumps({"model": "up", "created_at": "2025-01-01T00:00:00Z", "done": True, "done_reason": "stop",
+                         "message": {"role": "assistant", "content": "",
+                                     "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+                         "prompt_eval_count": 12, "eval_count": 4}).encode()
+    message = json.loads(ollama_to_message(answer, "m"))
+    [block] = message["content"]
+    assert block["type"] == "tool_use" and block["id"].startswith("toolu_") and block["input"] == {"city": "Oslo"}
+    assert message["stop_reason"] == "tool_use"
+    assert message["usage"] == {"input_tokens": 12, "output_tokens": 4}
+    long = json.loads(ollama_to_message(json.dumps({"message": {"content": "so"}, "done": True,
+                                                    "done_reason": "length"}).encode(), "m"))
+    assert long["stop_reason"] == "max_tokens" and long["content"] == [{"type": "text", "text": "so"}]
+
+
+# --- streams --------------------------------------------------------------------------------------
+
+def sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
+
+def chunk(delta: dict | None = None, finish: str | None = None, **extra) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]
+    return sse({"id": "c", "object": "chat.completion.chunk", "created": 1, "choices": choices})
+
+
+USAGE = sse({"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}})
+
+
+def tool_delta(**fields) -> dict:
+    return {"tool_calls": [{"index": 0, **fields}]}
+
+
+TOOL_STREAM = b"".join([
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Checking"}), chunk({"content": " now."}),
+    chunk(tool_delta(id="call_1", type="function", function={"name": "get_weather", "arguments": ""})),
+    chunk(tool_delta(function={"arguments": '{"city":'})), chunk(tool_delta(function={"arguments": ' "Oslo"}'})),
+    chunk({}, "tool_calls"), USAGE, sse(b"[DONE]"),
+])
+
+
+def relay(tap, data: bytes, size: int) -> list[tuple[str, dict]]:
+    out = b"".join(tap.feed(data[i:i + size]) for i in range(0, len(data), size))
+    assert tap.done
+    return events(out + tap.finish())
+
+
+def events(raw: bytes) -> list[tuple[str, dict]]:
+    parsed = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            name, data = block.split("\n")
+            assert name.startswith("event: ") and data.startswith("data: ")
+            payload = json.loads(data[6:])
+            assert payload["type"] == name[7:]
+            parsed.append((name[7:], payload))
+    return parsed
+
+
+def final_message(parsed: list[tuple[str, dict]]):
+    """What the official SDK's stream helper builds from these events (`get_final_message()`)."""
+    snapshot, json_bufs = None, {}
+    for _, event in parsed:
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
+    return snapshot
+
+
+@pytest.mark.parametrize("size", [1, 9, 64, len(TOOL_STREAM)])
+def test_a_stream_with_text_and_a_tool_call_is_anthropics_event_sequence(size: int) -> None:
+    parsed = relay(OpenAIStreamToAnthropic("claude-ish"), TOOL_STREAM, size)
+    assert [name for name, _ in parsed] == [
+        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
+        "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_stop", "message_delta", "message_stop"]
+    assert parsed[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    assert parsed[6][1]["content_block"] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}
+    assert [e["delta"] for _, e in parsed[7:9]] == [{"type": "input_json_delta", "partial_json": '{"city":'},
+                                                    {"type": "input_json_delta", "partial_json": ' "Oslo"}'}]
+    assert parsed[10][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    assert parsed[10][1]["usage"] == {"output_tokens": 9, "input_tokens": 30}
+    message = final_message(parsed)
+    assert message.content[0].text == "Checking now."
+    assert message.content[1].input == {"city": "Oslo"} and message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.output_tokens, message.model) == (30, 9, "claude-ish")
+
+
+@pytest.mark.parametrize(("finish", "extra", "reason", "sequence"), [
+    ("stop", {}, "end_turn", None),
+    ("length", {}, "max_tokens", None),
+    ("stop", {"stop_reason": "END"}, "stop_sequence", "END"),
+])
+def test_a_text_stream_ends_with_the_mapped_stop_reason(finish: str, extra: dict, reason: str,
+                                                        sequence: str | None) -> None:
+    stream = chunk({"role": "assistant"}) + chunk({"content": "Hi"}) + chunk({}, finish, **extra) + USAGE \
+        + sse(b"[DONE]")
+    parsed = relay(OpenAIStreamToAnthropic("m", ["END"]), stream, 5)
+    assert parsed[-2][1]["delta"] == {"stop_reason": reason, "stop_sequence": sequence}
+
+
+def test_a_stream_without_usage_reports_what_it_relayed() -> None:
+    stream = chunk({"content": "a"}) + chunk({"content": "b"}) + chunk({}, "stop") + sse(b"[DONE]")
+    tap = OpenAIStreamToAnthropic("m")
+    parsed = relay(tap, stream, 7)
+    assert tap.usage is None and tap.content_events == 2
+    assert parsed[-2][1]["usage"] == {"output_tokens": 2}
+
+
+def test_an_empty_answer_still_pings_and_ends() -> None:
+    parsed = relay(OpenAIStreamToAnthropic("m"), chunk({}, "stop") + USAGE + sse(b"[DONE]"), 100)
+    assert [name for name, _ in parsed] == ["message_start", "ping", "message_delta", "message_stop"]
+
+
+def test_an_error_inside_the_stream_becomes_an_error_event_and_nothing_follows() -> None:
+    tap = OpenAIStreamToAnthropic("m")
+    out = tap.feed(chunk({"content": "a"}) + sse({"error": {"message": "model crashed", "type": "server_error"}})
+                   + chunk({"content": "b"}))
+    parsed = events(out + tap.finish())
+    assert parsed[-1] == ("error", {"type": "error", "error": {"type": "api_error", "message": "model crashed"}})
+
+
+def test_an_ollama_stream_with_a_tool_call_is_anthropics_event_sequence() -> None:
+    lines = [
+        {"message": {"role": "assistant", "content": "Sure"}, "done": False},
+        {"message": {"role": "assistant", "content": "",
+                     "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+         "done": False},
+        {"message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
+         "prompt_eval_count": 21, "eval_count": 6, "prompt_eval_cached_count": 8},
+    ]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    tap = OllamaStreamToAnthropic("m")
+    parsed = relay(tap, data, 11)
+    assert [name for name, _ in parsed] == [
+        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
+        "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    assert parsed[-2][1]["usage"] == {"output_tokens": 6, "input_tokens": 13, "cache_read_input_tokens": 8}
+    message = final_message(parsed)
+    assert message.content[1].input == {"city": "Oslo"} and message.stop_reason == "tool_use"
+    assert tap.usage == (21, 6, 8)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def anthropic_error(error) -> dict:
+    return json.loads(gateway_error(error))
+
+
+def test_gateway_errors_take_anthropics_types_by_status() -> None:
+    assert anthropic_error(AuthError()) == {"type": "error", "error": {"type": "authentication_error",
+                                                                       "message": "Invalid or expired token"}}
+    assert anthropic_error(ModelNotFound("x"))["error"]["type"] == "not_found_error"
+    assert anthropic_error(UpstreamError("no endpoint", status=503))["error"]["type"] == "overloaded_error"
+    assert anthropic_error(UpstreamError("slow", status=504))["error"]["type"] == "timeout_error"
+    assert anthropic_error(PayloadTooLarge("too big"))["error"]["type"] == "request_too_large"
+
+
+def test_a_quota_refusal_is_a_billing_error_with_its_figures() -> None:
+    reset = datetime(2030, 1, 2, tzinfo=UTC)
+    body = anthropic_error(QuotaExceeded("daily", 1000, 1012, reset, ["small-model"]))
+    assert body == {"type": "error", "error": {
+        "type": "billing_error", "message": "Quota exceeded", "quota_type": "daily", "limit": 1000,
+        "used": 1012, "reset_time": "2030-01-02T00:00:00Z", "suggested_models": ["small-model"]}}
+    limited = anthropic_error(RateLimited("rpm", 10, 10, reset, now=reset.timestamp() - 30))
+    assert limited["error"]["type"] == "rate_limit_error" and limited["error"]["limit_type"] == "rpm"
+
+
+@pytest.mark.parametrize(("data", "status", "kind", "message"), [
+    (b'{"error": {"message": "model x not found", "type": "invalid_request_error"}}', 404, "not_found_error",
+     "model x not found"),
+    (b'{"error": "model \\"x\\" not found, try pulling it first"}', 404, "not_found_error",
+     'model "x" not found, try pulling it first'),
+    (b"upstream exploded", 500, "api_error", "upstream exploded"),
+    (b'{"detail": "nope"}', 422, "invalid_request_error", '{"detail": "nope"}'),
+])
+def test_upstream_errors_are_rewritten_keeping_their_message(data: bytes, status: int, kind: str,
+                                                            message: str) -> None:
+    assert json.loads(upstream_error(data, status)) == {"type": "error", "error": {"type": kind, "message": message}}
