@@ -313,21 +313,27 @@ class QuotaClient:
         return Reservation(request_id, model_id, prompt + want * choices, 0, want if bounded else None, held=False)
 
 
+_HEADERS = {"r": ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+            "t": ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")}
+
+
 def rate_headers(planned: list[Planned], values: list[int], now: float) -> tuple[tuple[str, str], ...]:
     """OpenAI's rate-limit headers from the counters after this call: per kind (requests, tokens) the limit
     with the least left, what is left and when its window or period resets."""
     tightest: dict[str, tuple[int, int, float]] = {}
     for item, value in zip(planned, values):
-        kind = {"r": "requests", "t": "tokens"}.get(item.counter.measure)
-        if kind is None:
+        counter = item.counter
+        measure = counter.measure
+        if measure == "u":
             continue
-        left = max(0, item.counter.limit - int(value))
-        if kind not in tightest or left < tightest[kind][1]:
-            tightest[kind] = (item.counter.limit, left, item.reset.timestamp())
+        left = counter.limit - int(value)
+        best = tightest.get(measure)
+        if best is None or left < best[1]:
+            tightest[measure] = (counter.limit, left, item.reset_s)
     headers: list[tuple[str, str]] = []
-    for kind, (limit, left, reset) in tightest.items():
-        headers += ((f"x-ratelimit-limit-{kind}", str(limit)), (f"x-ratelimit-remaining-{kind}", str(left)),
-                    (f"x-ratelimit-reset-{kind}", duration(reset - now)))
+    for measure, (limit, left, reset) in tightest.items():
+        names = _HEADERS[measure]
+        headers += ((names[0], str(limit)), (names[1], str(max(0, left))), (names[2], duration(reset - now)))
     return tuple(headers)
 
 
