@@ -30,7 +30,7 @@ from switchyard_gateway.quotas.plan import Estimate, plan
 from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.edge.client import ClientWatch
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
-from switchyard_gateway.services.gateway.pipeline.reserve import rate_headers
+from switchyard_gateway.services.gateway.pipeline.quota_answers import rate_headers
 from switchyard_gateway.services.gateway.translate.asks import read_request
 from switchyard_gateway.services.gateway.translate.doors import Door
 

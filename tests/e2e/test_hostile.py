@@ -381,6 +381,7 @@ async def test_a_client_leaving_before_the_first_byte_cancels_the_upstream_call_
     event = await exactly_one_usage_row(lab.demo, request_id)
     prompt = 3 + 3 + ESTIMATOR.count(body["messages"][0]["content"])
     assert (event["outcome"], event["output_tokens"], event["input_tokens"]) == ("cancelled", 0, prompt)
+    assert event["status"] == 499, "nothing was sent: the client closed the request"
     assert event["estimated"] is True
     assert lab.b.stats.requests.get("/v1/chat/completions", 0) == 0, "the call did not move on to another endpoint"
 

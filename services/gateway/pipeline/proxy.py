@@ -39,6 +39,9 @@ from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
 
 
+CLIENT_CLOSED = 499
+
+
 class Proxy:
     """Serves the inference routes of both front doors: request -> route plan -> reservation -> attempts ->
     outcome -> usage event."""
@@ -148,6 +151,8 @@ class Proxy:
         quota hold is released now rather than when the usage event settles."""
         if outcome.attempts and not outcome.input_tokens:
             outcome.estimate_tokens(call, outcome.output_tokens)
+        if not outcome.status:
+            outcome.status = CLIENT_CLOSED          # nothing was sent: nginx's "client closed request"
         if reservation is not None:
             tokens = outcome.input_tokens + outcome.output_tokens
             self.quota.release(reservation, outcome.input_tokens, outcome.output_tokens, 1 if tokens else 0)

@@ -1,11 +1,7 @@
 """The gateway's reservation client: hold a call's tokens against every limit, in Valkey, before it runs.
 
-    GatewayError
-    ├── QuotaExceeded      402 {"error": "Quota exceeded", "quota_type", "limit", "used", "reset_time",
-    │                           "suggested_models"}
-    ├── RateLimited        429 with Retry-After and X-RateLimit-Limit / -Remaining / -Reset
-    └── QuotaUnavailable   503: Valkey unreachable or slow with SWITCHYARD_QUOTA_ON_ERROR=closed, or a
-                           script error (never let through)
+Its refusals (402 QuotaExceeded, 429 RateLimited, 503 QuotaUnavailable) and the rate-limit headers of
+an answer are in `quota_answers.py`.
 
 Limits come from the LIMITS stream, folded locally, so a tenant with no limits costs
 two dict lookups and no I/O. Otherwise one script call reads every counter that
@@ -23,7 +19,6 @@ and still held to the output it asked for) or refused with `closed`.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -38,14 +33,17 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
 from switchyard_gateway.contracts.quota import Limits
 from switchyard_gateway.quotas.limits import LimitsBook
-from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, key_prefix, usd_nanos
+from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
 from switchyard_gateway.quotas.scripts import RELEASE_SCRIPT, RESERVE_SCRIPT, reserve_call
 from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway import metrics
-from switchyard_gateway.services.gateway.edge.errors import ApiError, GatewayError
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.pipeline.quota_answers import (
+    QuotaExceeded, QuotaUnavailable, RateLimited, rate_headers,
+)
 from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.translate.asks import Ask
 
@@ -55,51 +53,6 @@ DEFAULT_MAX_TOKENS = 256          # output asked of a call that names none, when
 WARN_EVERY_S = 10.0               # at most one log line this often about Valkey being away
 # error replies that mean the server is away or busy, not that the script is wrong
 UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
-
-
-class QuotaExceeded(GatewayError):
-    """402: a token quota, request quota or budget would be exceeded by this call."""
-
-    status = 402
-
-    def __init__(self, quota_type: str, limit: float, used: float, reset: datetime,
-                 suggested_models: list[str], model_id: str | None = None) -> None:
-        super().__init__("Quota exceeded")
-        self.quota_type, self.limit, self.used, self.reset = quota_type, limit, used, reset
-        self.suggested_models, self.model_id = suggested_models, model_id
-        self.headers = {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": "Quota exceeded", "quota_type": self.quota_type, "limit": self.limit, "used": self.used,
-                "reset_time": iso_utc(self.reset), "suggested_models": self.suggested_models}
-
-
-class RateLimited(GatewayError):
-    """429: a requests- or tokens-per-minute limit would be exceeded by this call."""
-
-    status = 429
-
-    def __init__(self, limit_type: str, limit: int, used: int, reset: datetime,
-                 now: float | None = None) -> None:
-        super().__init__("Rate limit exceeded")
-        self.limit_type, self.limit, self.used, self.reset = limit_type, limit, used, reset
-        wait_s = max(1, math.ceil(reset.timestamp() - (now if now is not None else time.time())))
-        self.headers = {
-            "retry-after": str(wait_s), "x-ratelimit-limit": str(limit),
-            "x-ratelimit-remaining": str(max(0, limit - used)), "x-ratelimit-reset": str(int(reset.timestamp())),
-        }
-
-    def body(self) -> dict[str, Any]:
-        return {"error": "Rate limit exceeded", "limit_type": self.limit_type, "limit": self.limit,
-                "used": self.used, "reset_time": iso_utc(self.reset)}
-
-
-class QuotaUnavailable(ApiError):
-    """503: the quota store could not be asked (and the gateway fails closed), or answered with an error."""
-
-    status = 503
-    kind = "server_error"
-    code = "quota_unavailable"
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -311,39 +264,3 @@ class QuotaClient:
             raise QuotaUnavailable("Quota limits cannot be checked right now; retry shortly",
                                    headers={"retry-after": "1"})
         return Reservation(request_id, model_id, prompt + want * choices, 0, want if bounded else None, held=False)
-
-
-_HEADERS = {"r": ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-            "t": ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")}
-
-
-def rate_headers(planned: list[Planned], values: list[int], now: float) -> tuple[tuple[str, str], ...]:
-    """OpenAI's rate-limit headers from the counters after this call: per kind (requests, tokens) the limit
-    with the least left, what is left and when its window or period resets."""
-    tightest: dict[str, tuple[int, int, float]] = {}
-    for item, value in zip(planned, values):
-        counter = item.counter
-        measure = counter.measure
-        if measure == "u":
-            continue
-        left = counter.limit - int(value)
-        best = tightest.get(measure)
-        if best is None or left < best[1]:
-            tightest[measure] = (counter.limit, left, item.reset_s)
-    headers: list[tuple[str, str]] = []
-    for measure, (limit, left, reset) in tightest.items():
-        names = _HEADERS[measure]
-        headers += ((names[0], str(limit)), (names[1], str(max(0, left))), (names[2], duration(reset - now)))
-    return tuple(headers)
-
-
-def duration(seconds: float) -> str:
-    """A wait as OpenAI writes it: `20ms`, `59s`, `6m0s`, `3h2m5s`."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    whole = math.ceil(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
