@@ -1,4 +1,4 @@
-"""Check the usage accounting: one `usage.recorded.v1` event in the log per gateway call."""
+"""Check the usage accounting: one `usage.recorded.v2` event in the log per gateway call."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import asyncpg
 
-USAGE_RECORDED = "usage.recorded.v1"
+USAGE_RECORDED = "usage.recorded.v2"
 
 
 class UsageLog:

@@ -1,10 +1,11 @@
 """Benchmark metering's ingest: usage events published into JetStream the way gateways batch them,
 committed by the metering service into the event log and its projections.
 
-    python -m benchmarks.ingest [--events 300000] [--rate 25000] [--no-fsync]
+    python -m benchmarks.ingest [--events 300000] [--rate 25000] [--no-fsync] [--replicas 2] [--nats-nodes 3]
 
 Starts NATS and PostgreSQL (EmbeddedStack, fresh data dir) and the metering service as its own
-process, then runs two phases:
+process (`--replicas N`: N of them sharing the durable consumer, as `up --replicas metering=N` runs
+them; `--nats-nodes 3`: NATS as a 3-node cluster with the streams on all three), then runs two phases:
 
 - backlog: N events are published while metering is stopped; metering is started and the
   rate is measured from its first to its last commit (the drain rate);
@@ -92,33 +93,44 @@ async def publish(js: object, ready: list[Message]) -> int:
 
 
 class Metering:
-    """The metering service as its own process, as `switchyard up` runs it."""
+    """The metering service as `switchyard up` runs it: `replicas` processes, each on a port of its own, sharing
+    the durable consumer."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, replicas: int = 1) -> None:
         self.env, self.log_path = env, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.ports = [pick_free_port(set()) for _ in range(replicas)]
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 — the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "switchyard_gateway.services.metering"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        log = open(self.log_path, "ab")  # noqa: SIM115 — the children own it
+        for number, port in enumerate(self.ports, 1):
+            own = {"SWITCHYARD_PORT": str(port)}
+            if len(self.ports) > 1:
+                own["SWITCHYARD_INSTANCE"] = f"metering-{number}"
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "switchyard_gateway.services.metering"],
+                                               env={**self.env, **own}, stdout=log, stderr=subprocess.STDOUT))
 
     async def ready(self, timeout_s: float = 60) -> float:
-        """When the service's /health first answered (time.perf_counter)."""
-        url = f"http://127.0.0.1:{self.env['SWITCHYARD_PORT']}/health"
+        """When every replica's /health first answered (time.perf_counter)."""
         deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            try:
-                await asyncio.to_thread(urllib.request.urlopen, url, timeout=1)
-                return time.perf_counter()
-            except OSError:
-                await asyncio.sleep(0.01)
-        raise TimeoutError("the metering service did not start")
+        for port in self.ports:
+            while True:
+                try:
+                    await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/health", timeout=1)
+                    break
+                except OSError:
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError("the metering service did not start") from None
+                    await asyncio.sleep(0.01)
+        return time.perf_counter()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(30)
+        self.procs = []
 
 
 async def committed(conn: asyncpg.Connection) -> int:
@@ -159,7 +171,8 @@ async def backlog_phase(js: object, conn: asyncpg.Connection, metering: Metering
     # From the moment the service answers: a batch of up to 1,000 messages commits tens of thousands of
     # events at once, so the first commit seen is no start line.
     return {"events": n, "publish_s": round(published_s, 2), "drain_s": round(last - ready, 2),
-            "events_per_s": round(n / max(last - ready, 1e-3)), "cpu_us_per_event": cpu.per(n)}
+            "events_per_s": round(n / max(last - ready, 1e-3)), "cpu_us_per_event": cpu.per(n),
+            "other_cores": cpu.other_cores()}
 
 
 class CpuMeter:
@@ -167,16 +180,26 @@ class CpuMeter:
     this benchmark, which plays the gateways publishing usage."""
 
     def __init__(self, metering: Metering) -> None:
-        assert metering.proc is not None
-        self.root = psutil.Process(metering.proc.pid)
+        assert metering.procs
+        self.roots = [psutil.Process(proc.pid) for proc in metering.procs]
         self.start = self._now()
+        self.started, self.machine = time.perf_counter(), _machine_busy()
+
+    def other_cores(self) -> float:
+        """Cores other processes of the machine kept busy since the start (the machine is shared)."""
+        now = self._now()
+        ours = sum(t - self.start[name].get(pid, 0.0) for name in now for pid, t in now[name].items())
+        return round(max(0.0, _machine_busy() - self.machine - ours) / (time.perf_counter() - self.started), 2)
 
     def _groups(self) -> dict[str, list[psutil.Process]]:
         by_name: dict[str, list[psutil.Process]] = {"postgres": [], "nats-server": []}
-        for proc in psutil.process_iter(["name"]):
-            if proc.info["name"] in by_name:
-                by_name[proc.info["name"]].append(proc)
-        metering = [self.root, *self.root.children(recursive=True)]
+        for proc in psutil.Process().children(recursive=True):      # ours only: the machine may be shared
+            try:
+                if proc.name() in by_name:
+                    by_name[proc.name()].append(proc)
+            except psutil.Error:
+                continue
+        metering = [p for root in self.roots for p in (root, *root.children(recursive=True))]
         return {"metering": metering, "postgres": by_name["postgres"], "nats": by_name["nats-server"],
                 "publisher": [psutil.Process()]}        # this process: the gateways' share, played here
 
@@ -230,7 +253,13 @@ async def sustained_phase(js: object, conn: asyncpg.Connection, metering: Meteri
             "steady_committed_per_s": slope(seen[len(seen) // 4:]),
             "committed_per_s": round(n / (last - started)), "caught_up_after_s": round(last - started - publish_s, 2),
             "max_lag_events": max(lags, default=0), "lag_each_second": lags,
-            "autovacuum_workers_each_second": vacuuming, "cpu_us_per_event": cpu.per(n)}
+            "autovacuum_workers_each_second": vacuuming, "cpu_us_per_event": cpu.per(n),
+            "other_cores": cpu.other_cores()}
+
+
+def _machine_busy() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq
 
 
 def slope(points: list[tuple[float, int]]) -> int | None:
@@ -263,13 +292,15 @@ async def check(conn: asyncpg.Connection, expected: int) -> dict:
 async def main(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="switchyard-ingest-"))
     root.chmod(0o755)
-    stack = EmbeddedStack(root / "stack", durable=not args.no_fsync)
+    stack = EmbeddedStack(root / "stack", durable=not args.no_fsync, nats_nodes=args.nats_nodes)
     urls = stack.start()
+    stream_replicas = min(3, args.nats_nodes)
     env = {**os.environ, "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
-           "SWITCHYARD_PORT": str(pick_free_port(set())), "SWITCHYARD_LOG_JSON": "true"}
-    metering = Metering(env, root / "metering.log")
+           "SWITCHYARD_LOG_JSON": "true", "SWITCHYARD_STREAM_REPLICAS": str(stream_replicas)}
+    metering = Metering(env, root / "metering.log", args.replicas)
     nc = await natsio.connect(urls.nats_url, "bench-ingest", 10)
-    await natsio.ensure_streams(nc)
+    await natsio.ensure_streams(nc, stream_replicas)
+    say(f"{args.replicas} metering replica(s), NATS on {args.nats_nodes} node(s), streams on {stream_replicas}")
     js = nc.jetstream(timeout=30, publish_async_max_pending=20_000)
     conn: asyncpg.Connection | None = None
     try:
@@ -320,6 +351,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=25_000, help="sustained events/s (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=20, help="sustained phase length (default: %(default)s)")
     parser.add_argument("--no-fsync", action="store_true", help="PostgreSQL without fsync")
+    parser.add_argument("--replicas", type=int, default=1, help="metering processes (default: %(default)s)")
+    parser.add_argument("--nats-nodes", type=int, default=1, help="NATS cluster nodes, 1 or 3+ (default: %(default)s)")
     return parser.parse_args(argv)
 
 

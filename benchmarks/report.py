@@ -141,7 +141,7 @@ def table(results: dict) -> str:
     acc = results["accounting"]
     lines += [
         "",
-        f"Accounting: {acc['gateway_calls_200']} gateway calls returned 200; {acc['usage_events']} usage.recorded.v1 "
+        f"Accounting: {acc['gateway_calls_200']} gateway calls returned 200; {acc['usage_events']} usage.recorded.v2 "
         f"events ({acc['distinct_request_ids']} distinct request ids) after {acc['waited_s']:.1f} s -> "
         f"{'MATCH' if acc['match'] else 'MISMATCH'}; gateway-reported overhead_ms p50 "
         f"{acc['gateway_reported_overhead_ms']['p50']} p99 {acc['gateway_reported_overhead_ms']['p99']}",

@@ -1,7 +1,7 @@
 """Benchmark the gateway against the same upstream simulator called directly, on one machine.
 
     python -m benchmarks.run [--quick] [--out benchmarks/results/latest.json] [--requests N]
-                             [--concurrency 32] [--load-procs K]
+                             [--concurrency 32] [--load-procs K] [--replicas gateway=2] [--nats-cluster 3]
 
 Starts `switchyard up --demo --no-fsync` on a fresh data dir and a free port, then measures
 added latency and time to first byte (sequential calls), throughput and CPU per call (N
@@ -45,6 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="on a shared machine, first wait up to this long for it to be nearly idle")
     parser.add_argument("--keep-data", action="store_true", help="keep the stack's data dir (logs) afterwards")
+    parser.add_argument("--replicas", default="", metavar="SERVICE=N,...",
+                        help="passed to `switchyard up --replicas` (e.g. gateway=2: two gateways on one port)")
+    parser.add_argument("--nats-cluster", type=int, default=1, metavar="N", help="passed to `switchyard up`")
     parser.add_argument("--caps", type=int, default=0, metavar="N",
                         help="set a per-model concurrency cap of N on every endpoint before measuring (0: none)")
     args = parser.parse_args(argv)
@@ -87,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     config = {"quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
-              "load_procs": args.load_procs, "caps": args.caps, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
+              "load_procs": args.load_procs, "caps": args.caps, "replicas": args.replicas,
+              "nats_cluster": args.nats_cluster, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
     say("starting switchyard up --demo --no-fsync ...")
     try:
-        with Stack(keep_data=args.keep_data) as stack:
+        up_args = [*(["--replicas", args.replicas] if args.replicas else []),
+                   *(["--nats-cluster", str(args.nats_cluster)] if args.nats_cluster != 1 else [])]
+        with Stack(keep_data=args.keep_data, up_args=up_args) as stack:
             say(f"stack up on {stack.gateway_url} (data dir {stack.data_dir})")
             if args.caps:
                 say(f"capping every endpoint at {args.caps} concurrent calls per model")

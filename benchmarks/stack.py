@@ -39,6 +39,7 @@ class Stack:
     stop_timeout_s: float = 60.0
     keep_data: bool = False
     env: dict[str, str] = field(default_factory=dict)     # SWITCHYARD_* settings for every service
+    up_args: list[str] = field(default_factory=list)      # more `switchyard up` options (--replicas, --nats-cluster)
     data_dir: Path = field(init=False)
     port: int = field(init=False)
     command: list[str] = field(init=False)
@@ -73,7 +74,8 @@ class Stack:
         self.data_dir.chmod(0o755)  # the embedded PostgreSQL may run as another user
         self.port = free_port()
         exe = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
-        self.command = [exe, "up", "--demo", "--no-fsync", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        self.command = [exe, "up", "--demo", "--no-fsync", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                        *self.up_args]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}, **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

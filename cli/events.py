@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Read the event log of `switchyard up --data-dir D` (or SWITCHYARD_DATABASE_URL).")
     events_sub = events.add_subparsers(dest="events_command", required=True, metavar="SUBCOMMAND")
     tail = events_sub.add_parser("tail", help="print the last events, then each new one as it is recorded")
-    tail.add_argument("--type", help="an event type, or a prefix of one: usage, tenant, usage.recorded.v1 ...")
+    tail.add_argument("--type", help="an event type, or a prefix of one: usage, tenant, usage.recorded.v2 ...")
     tail.add_argument("--tenant", help="only this tenant's events")
     tail.add_argument("-n", "--lines", type=int, default=10, help="how many past events to print first (default 10)")
     tail.add_argument("--no-follow", action="store_true", help="print the past events and stop")
@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
     schema = events_sub.add_parser(
         "schema", help="list the published contracts, or print one's JSON Schema, or the AsyncAPI document",
-        description="switchyard events schema usage.recorded.v1 > usage.recorded.v1.json")
-    schema.add_argument("name", nargs="?", help="an event type (usage.recorded.v1) or a message "
+        description="switchyard events schema usage.recorded.v2 > usage.recorded.v2.json")
+    schema.add_argument("name", nargs="?", help="an event type (usage.recorded.v2) or a message "
                                                 "(quota.query.v1.request, quota.query.v1.reply, service.error)")
     schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3.0 document (YAML)")
     schema.add_argument("--write", type=Path, metavar="DIR",

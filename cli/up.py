@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +26,27 @@ from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
 
 SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order
 SIMULATORS = ("sim-ollama", "sim-openai")                           # --demo's upstreams
+MAX_REPLICAS = 8
 T = TypeVar("T")
+
+
+def replica_counts(spec: str) -> dict[str, int]:
+    """`gateway=2,metering=2` as {service: copies}; every service not named runs once."""
+    counts = dict.fromkeys(SERVICES, 1)
+    for part in filter(None, (piece.strip() for piece in spec.split(","))):
+        name, sep, number = part.partition("=")
+        if not sep or name.strip() not in SERVICES:
+            raise ValueError(f"--replicas: {part!r} is not SERVICE=N with SERVICE one of {', '.join(SERVICES)}")
+        if not number.strip().isdigit() or not 1 <= int(number) <= MAX_REPLICAS:
+            raise ValueError(f"--replicas: {part!r}: N must be a whole number from 1 to {MAX_REPLICAS}")
+        counts[name.strip()] = int(number)
+    return counts
+
+
+def unit_names(counts: dict[str, int]) -> dict[str, list[str]]:
+    """Each service's supervised units: its own name when it runs once, `<name>-<n>` for each replica."""
+    return {name: [name] if counts[name] == 1 else [f"{name}-{n}" for n in range(1, counts[name] + 1)]
+            for name in SERVICES}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,6 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="a registry document (providers, endpoints, models, tenants) applied at start as "
                          "registry commands; applying it again changes nothing (default: ./switchyard.yaml "
                          "if present)")
+    up.add_argument("--replicas", default="", metavar="SERVICE=N,...",
+                    help="run N copies of some services, e.g. gateway=2,metering=2,quota=2,router=2,registry=2; "
+                         "gateway replicas share the gateway's port (the kernel spreads connections), the others "
+                         "get a port each")
+    up.add_argument("--nats-cluster", type=int, default=1, metavar="N",
+                    help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them")
+    up.add_argument("--journal-fsync", action="store_true",
+                    help="fdatasync the gateways' journals batch by batch: no accepted call is lost even when the "
+                         "machine crashes (a crash of a process loses nothing without it)")
 
 def run(args: argparse.Namespace) -> int:
     from switchyard_gateway.kit.stack import EmbeddedStack, StackError
@@ -65,15 +96,19 @@ def run(args: argparse.Namespace) -> int:
     become_subreaper()                                   # orphans of our children are ours to see and reap
     try:
         external = _external_urls(os.environ)
-    except SettingsError as exc:
+        args.units = unit_names(replica_counts(args.replicas))
+        if args.nats_cluster != 1 and external["nats_url"]:
+            raise SettingsError("--nats-cluster runs NATS here, but SWITCHYARD_NATS_URL points at a running one")
+        stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, nats_nodes=args.nats_cluster,
+                              ports={"gateway": args.port})
+    except (SettingsError, ValueError, StackError) as exc:
         say(f"cannot start: {exc}")
         return 1
-    stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, ports={"gateway": args.port})
-    units = [*SERVICES, *(SIMULATORS if args.demo else ())]
+    ported = [unit for name, units in args.units.items() if name != "gateway" for unit in units]
     supervisor = Supervisor()
     try:
         try:
-            planned = stack.plan(also=tuple(units))
+            planned = stack.plan(also=("gateway", *ported, *(SIMULATORS if args.demo else ())))
             ports.check_free({name: (args.host if name == "gateway" else LOOPBACK, port)
                               for name, port in planned.items()})
         except StackError as exc:
@@ -112,16 +147,25 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
         "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url,
         "SWITCHYARD_SPOOL_DIR": str(data_dir / "spool"),
+        "SWITCHYARD_STREAM_REPLICAS": str(min(3, args.nats_cluster)),
     }
+    if args.journal_fsync:
+        common["SWITCHYARD_JOURNAL_FSYNC"] = "true"
     logs = data_dir / "logs"
     for name in SERVICES:
-        host = args.host if name == "gateway" else LOOPBACK
-        own = {"SWITCHYARD_HOST": host, "SWITCHYARD_PORT": str(planned[name])}
-        if name == "registry":
-            own["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
-        env = _service_env({**common, **own})
-        supervisor.add(Command(name, [sys.executable, "-m", f"switchyard_gateway.services.{name}"], env,
-                               logs / f"{name}.log"))
+        for unit in args.units[name]:
+            own = {"SWITCHYARD_HOST": LOOPBACK, "SWITCHYARD_PORT": str(planned[unit if name != "gateway" else name])}
+            if unit != name:
+                own["SWITCHYARD_INSTANCE"] = unit
+            if name == "gateway":
+                own["SWITCHYARD_HOST"] = args.host
+                if len(args.units[name]) > 1:       # replicas share the public port on purpose, with each other only
+                    own["SWITCHYARD_SHARE_PORT_WITH"] = str(os.getpid())
+            if name == "registry":
+                own["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
+            env = _service_env({**common, **own})
+            supervisor.add(Command(unit, [sys.executable, "-m", f"switchyard_gateway.services.{name}"], env,
+                                   logs / f"{unit}.log"))
     if args.demo:
         for name in SIMULATORS:
             supervisor.add(Command(name, [sys.executable, "-m", "switchyard_gateway.simulator", "--host", LOOPBACK,
@@ -142,6 +186,9 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
             if args.registry_doc is not None:
                 say(f"registry document applied: {len(replies[-1].events)} change(s)")
         _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0))
+        if any(len(units) > 1 for units in args.units.values()):
+            expected = {name: len(units) for name, units in args.units.items()}
+            _supervising(supervisor, gateway_at, lambda: _wait_instances(local, admin_key, expected, 60.0))
         if args.demo:
             _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/v1/models", demo_key, 30.0))
     except Stopping:
@@ -161,7 +208,10 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
               "       -H 'Content-Type: application/json' \\\n"
               "       -d '{\"model\": \"llama3.2\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'",
               flush=True)
-    print(f"\n  services: {', '.join(f'{n} :{planned[n]}' for n in SERVICES)}; logs in {logs}", flush=True)
+    shown = [f"{unit} :{planned[unit if name != 'gateway' else name]}" for name in SERVICES for unit in args.units[name]]
+    print(f"\n  services: {', '.join(shown)}; logs in {logs}", flush=True)
+    if args.nats_cluster > 1:
+        print(f"  NATS: a cluster of {args.nats_cluster} nodes ({urls.nats_url}), every stream on 3 of them", flush=True)
     print("  Ctrl-C stops everything.\n", flush=True)
     supervisor.run_forever()
     return 0
@@ -170,7 +220,7 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
 def _supervising(supervisor: Supervisor, gateway: tuple[str, int], step: Callable[[], T]) -> T:
     """Run a blocking start-up step in a helper thread while this one keeps supervising.
 
-    A gateway that exits because its port is taken ends the start-up at once, naming the holder.
+    A gateway (any replica) that exits because its port is taken ends the start-up at once, naming the holder.
     """
     outcome: dict[str, Any] = {}
 
@@ -185,7 +235,8 @@ def _supervising(supervisor: Supervisor, gateway: tuple[str, int], step: Callabl
     while helper.is_alive():
         helper.join(0.25)
         supervisor.poll()
-        if supervisor.watches["gateway"].history[-1:] == [ports.PORT_IN_USE_EXIT]:
+        if any(watch.history[-1:] == [ports.PORT_IN_USE_EXIT] for name, watch in supervisor.watches.items()
+               if name == "gateway" or name.startswith("gateway-")):
             host, port = gateway
             raise ports.PortInUse(port, "gateway", host, ports.holder(port))
     if "error" in outcome:
@@ -235,6 +286,31 @@ async def _bootstrap(nats_url: str, commands: list[object]) -> list:
         return await bootstrap.apply(nc, commands, timeout_s=60.0)  # type: ignore[arg-type]
     finally:
         await nc.close()
+
+
+def _wait_instances(gateway: str, key: str, expected: dict[str, int], timeout_s: float) -> None:
+    """Poll the gateway's /health until every replica of every service answers there."""
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{gateway}/health", headers={"Authorization": f"Bearer {key}"})
+    counts: dict[str, int] = {}
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 — loopback only
+                body = response.read()
+        except urllib.error.HTTPError as exc:            # 503: an endpoint or a service is not healthy yet
+            body = exc.read()
+        except OSError:
+            body = b"{}"
+        try:
+            services = json.loads(body).get("services", {})
+            counts = {name: int(services.get(name, {}).get("instances", 0)) for name in expected}
+        except (ValueError, AttributeError):
+            counts = {}
+        if counts and all(counts[name] >= number for name, number in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every replica answered within {timeout_s:.0f} s: {counts} of {expected}")
+        time.sleep(0.2)
 
 
 def _wait_http(url: str, key: str, timeout_s: float) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -10,6 +10,7 @@ import msgspec
 from typing import Union
 
 from switchyard_gateway.contracts import events, quota, routing
+from switchyard_gateway.contracts import subjects as s
 from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.contracts.messages import AnyCommand
 
@@ -24,9 +25,20 @@ _events_decoder = msgspec.json.Decoder(list[AnyEvent])
 _command_decoder = msgspec.json.Decoder(AnyCommand)
 _raw_decoder = msgspec.json.Decoder()
 
+
+USAGE_RECORDED_V1 = "usage.recorded.v1"     # no longer published; stored events of it are read as v2
+
+
+def _usage_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """usage.recorded.v2 only adds the outcome `interrupted`: a v1 event reads as it is, under the new type."""
+    return {**raw, "type": s.USAGE_RECORDED}
+
+
 # old type string -> function turning its payload (a dict) into a current one.
 # Add an entry when a `.v2` replaces a `.v1`; the log is never rewritten.
-UPCASTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {USAGE_RECORDED_V1: _usage_v1_to_v2}
+# old type string -> the type its upcast turns it into (readers of the log ask for both)
+SUPERSEDED: dict[str, str] = {USAGE_RECORDED_V1: s.USAGE_RECORDED}
 
 encode: Callable[[Any], bytes] = _encoder.encode
 
@@ -66,6 +78,12 @@ def decode_command(data: bytes | str) -> Any:
 def decoder(kind: type) -> msgspec.json.Decoder:
     """A decoder for one message type (build it once, at import)."""
     return msgspec.json.Decoder(kind)
+
+
+def stored_types(types: Iterable[str]) -> list[str]:
+    """The type strings events of `types` may be stored under in the log: each, and every older version of it."""
+    wanted = set(types)
+    return sorted(wanted | {old for old, new in SUPERSEDED.items() if new in wanted})
 
 
 def known_event_types() -> list[str]:

@@ -23,7 +23,8 @@ Instant = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-ti
 Role = Literal["member", "admin"]
 ProviderKind = Literal["ollama", "openai-compatible", "openai"]
 ModelKind = Literal["chat", "embedding"]
-Outcome = Literal["ok", "error", "cancelled"]
+# interrupted: the gateway died while serving the call; its next life recorded it from its journal
+Outcome = Literal["ok", "error", "cancelled", "interrupted"]
 AttemptOutcome = Literal["ok", "refused", "timeout", "http_5xx", "http_429", "http_4xx", "cut", "error"]
 
 

@@ -1,6 +1,6 @@
 """Every published contract by name — each event type and each request/reply message — with its JSON Schema.
 
-An event's name is its type string (`usage.recorded.v1`); a request/reply message is named by its subject
+An event's name is its type string (`usage.recorded.v2`); a request/reply message is named by its subject
 and direction (`quota.query.v1.request`, `quota.query.v1.reply`); `service.error` is the body of every
 error reply. `CONTRACTS` is the registry a reader validates or decodes against: `Contract.types` are the
 msgspec types the services themselves decode with.

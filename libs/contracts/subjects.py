@@ -2,11 +2,11 @@
 
 One string names a fact everywhere: the subject prefix, the msgspec tag and the
 `type` column of the event log.  Identifiers are appended last
-(`usage.recorded.v1.<tenant>`).  Stream names carry no dots.
+(`usage.recorded.v2.<tenant>`).  Stream names carry no dots.
 """
 
 # --- events: <noun>.<past-tense verb>.v<major> -------------------------------
-USAGE_RECORDED = "usage.recorded.v1"
+USAGE_RECORDED = "usage.recorded.v2"         # v2: outcome may be `interrupted` (a call its gateway died during)
 CALL_ATTEMPTED = "call.attempted.v1"
 
 PROVIDER_REGISTERED = "provider.registered.v1"

@@ -81,10 +81,12 @@ def _service(contract: str, requesters: tuple[Use, ...], responder: Use) -> Chan
 CHANNELS: tuple[Channel, ...] = (
     Channel(s.USAGE_RECORDED, ("tenant", "the tenant the call was made for"), s.STREAM_USAGE,
             (Use("gateway", "one message per tenant and batch (a JSON array of up to 256 events), lingering 50 ms; "
-                            "`Nats-Msg-Id` = first event id + count; spooled to disk while NATS does not ack"),),
+                            "`Nats-Msg-Id` = first event id + count; each event is in the gateway's journal from the "
+                            "call's acceptance until JetStream acknowledges it, and republished from there (same "
+                            "event id) by the gateway's next life when it was not"),),
             (Use("metering", f"durable pull consumer `{s.CONSUMER_METERING}` shared by its replicas: appended to "
                              "the log and its projections, acknowledged after the commit"),
-             Use("gateway", "/api/usage-stream: a core subscription to `usage.recorded.v1.>` while a client "
+             Use("gateway", f"/api/usage-stream: a core subscription to `{s.USAGE_RECORDED}.>` while a client "
                             "watches")),
             logged=True),
     Channel(s.CALL_ATTEMPTED, ("gateway", "the gateway instance that made the attempts"), None,

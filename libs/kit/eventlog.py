@@ -13,7 +13,7 @@ from importlib import resources
 import asyncpg
 import msgspec
 
-from switchyard_gateway.contracts.codec import decode_event
+from switchyard_gateway.contracts.codec import decode_event, stored_types
 from switchyard_gateway.contracts.events import Event, event_type
 
 APPEND_LOCK = 0x5359_4C4F47  # "SYLOG"
@@ -133,8 +133,9 @@ async def read(
     conn: asyncpg.Connection, after: int, limit: int = 5000,
     types: Iterable[str] | None = None, upto: int | None = None,
 ) -> list[Positioned]:
-    """Events with position > after (and <= upto), oldest first, optionally of some types only."""
-    type_list = list(types) if types is not None else None
+    """Events with position > after (and <= upto), oldest first, optionally of some types only (older versions of
+    those types included, upcast)."""
+    type_list = stored_types(types) if types is not None else None
     rows = await conn.fetch(
         "SELECT position, payload FROM events WHERE position > $1"
         " AND ($2::text[] IS NULL OR type = ANY($2))"
@@ -150,7 +151,7 @@ async def read_all(
     chunk: int = 10_000, upto: int | None = None,
 ) -> AsyncIterator[list[Positioned]]:
     """Every event after a position, in chunks."""
-    type_list = list(types) if types is not None else None
+    type_list = stored_types(types) if types is not None else None
     while True:
         batch = await read(conn, after, chunk, type_list, upto)
         if not batch:
@@ -184,8 +185,9 @@ async def read_rows(
     conn: asyncpg.Connection, after: int, types: Iterable[str] | None, upto: int, limit: int,
 ) -> list[asyncpg.Record]:
     """Raw rows (position, type, payload text) with after < position <= upto, oldest first: for
-    readers that decode payloads themselves (a rebuild may decode only the fields it folds)."""
-    type_list = list(types) if types is not None else None
+    readers that decode payloads themselves (a rebuild may decode only the fields it folds); older versions of
+    `types` included, as stored."""
+    type_list = stored_types(types) if types is not None else None
     return await conn.fetch(
         "SELECT position, type, payload FROM events WHERE position > $1 AND position <= $2"
         " AND ($3::text[] IS NULL OR type = ANY($3)) ORDER BY position LIMIT $4",
@@ -199,10 +201,10 @@ async def head(conn: asyncpg.Connection) -> int:
 
 
 async def count(conn: asyncpg.Connection, type_: str | None = None) -> int:
-    """How many events the log holds, optionally of one type."""
+    """How many events the log holds, optionally of one type (its older versions included)."""
     if type_ is None:
         return await conn.fetchval("SELECT count(*) FROM events")
-    return await conn.fetchval("SELECT count(*) FROM events WHERE type = $1", type_)
+    return await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1)", stored_types([type_]))
 
 
 async def create_pool(url: str, timeout_s: float = 30.0, size: int = 10) -> asyncpg.Pool:

@@ -122,9 +122,13 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
 Handler = Callable[[bytes], Awaitable[bytes]]
 
 
-async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0") -> object:
-    """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers."""
-    service = await add_service(nc, name=name, version=version, queue_group=name)
+async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
+                instance: str = "", role: str = "") -> object:
+    """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers. Each
+    copy answers `$SRV.PING` with its `instance` (replicas tell themselves apart by it) and `role` (the router's
+    leader says so) in its metadata."""
+    metadata = {key: value for key, value in (("instance", instance), ("role", role)) if value}
+    service = await add_service(nc, name=name, version=version, queue_group=name, metadata=metadata)
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[None]]:
         async def endpoint(req: Request) -> None:

@@ -2,7 +2,9 @@
 
 granian listens with SO_REUSEPORT, so a second server bound to a port already served would
 share it silently. The check here binds without SO_REUSEPORT: any listener on the address,
-reuse-port or not, makes it fail.
+reuse-port or not, makes it fail. Replicas of one stack that share a port on purpose (the
+gateways `up --replicas` starts) say so: a port held only by other processes of the same
+launcher may be shared (`shared_within`).
 """
 
 from __future__ import annotations
@@ -28,15 +30,37 @@ class PortInUse(StackError):
 
 def holder(port: int) -> str | None:
     """'pid N (command line)' of a process listening on port, or None when it cannot be told."""
+    pids = listeners(port)
+    if not pids:
+        return None
+    return ", ".join(describe(pid) for pid in sorted(pids))
+
+
+def listeners(port: int) -> set[int] | None:
+    """The pids listening on a TCP port, or None when the kernel's table cannot be read."""
     try:
         connections = psutil.net_connections(kind="tcp")
     except (psutil.Error, OSError):
         return None
-    pids = sorted({c.pid for c in connections
-                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
+    return {c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            and c.pid}
+
+
+def shared_within(port: int, launcher_pid: int) -> bool:
+    """True when every process listening on `port` descends from `launcher_pid` (replicas of one stack), so that
+    another replica may listen there too; False when any other process does, or when it cannot be told."""
+    if launcher_pid <= 0:
+        return False
+    pids = listeners(port)
     if not pids:
-        return None
-    return ", ".join(describe(pid) for pid in pids)
+        return False
+    for pid in pids:
+        try:
+            if launcher_pid not in {parent.pid for parent in psutil.Process(pid).parents()}:
+                return False
+        except psutil.Error:
+            return False
+    return True
 
 
 def describe(pid: int) -> str:

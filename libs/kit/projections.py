@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
-from switchyard_gateway.contracts.codec import decode_event, decode_events
+from switchyard_gateway.contracts.codec import SUPERSEDED, decode_event, decode_events, stored_types
 from switchyard_gateway.contracts.events import Event, event_type
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
@@ -168,7 +168,7 @@ async def rebuild_all(
             await lock_checkpoint(conn, projection.name)
         upto = await eventlog.head(conn)
         total = await conn.fetchval(
-            "SELECT count(*) FROM events WHERE type = ANY($1) AND position <= $2", list(types), upto)
+            "SELECT count(*) FROM events WHERE type = ANY($1) AND position <= $2", stored_types(types), upto)
         for projection in projections:
             for table in projection.tables:
                 await conn.execute(f"TRUNCATE {table}")
@@ -230,12 +230,14 @@ async def _read_decoded(
 
 
 def _decode_rows(rows: list[asyncpg.Record], decoders: Decoders) -> tuple[list[Positioned], Sequence[str]]:
+    """Each row decoded, and its type as the current version names it (an older version is read upcast)."""
     kinds = {row[1] for row in rows}
     if len(kinds) == 1:                       # the common case: one decoder, one type for the whole chunk
         (only,) = kinds
         decode = decoders.get(only, decode_event)
-        return [(row[0], decode(row[2])) for row in rows], (only,)
-    return [(row[0], decoders.get(row[1], decode_event)(row[2])) for row in rows], [row[1] for row in rows]
+        return [(row[0], decode(row[2])) for row in rows], (SUPERSEDED.get(only, only),)
+    return ([(row[0], decoders.get(row[1], decode_event)(row[2])) for row in rows],
+            [SUPERSEDED.get(row[1], row[1]) for row in rows])
 
 
 @contextlib.contextmanager

@@ -184,12 +184,15 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi") -> None
     granian runs a main process and a worker; the worker dies with the main (SIGTERM, so it still
     drains), and the main, started by the supervisor, dies with it. granian listens with
     SO_REUSEPORT, so the port is checked first: a port another process listens on stops the
-    service with one line naming the holder and exit code PORT_IN_USE_EXIT, instead of sharing it.
+    service with one line naming the holder and exit code PORT_IN_USE_EXIT, instead of sharing it
+    — unless `share_port_with` names the launcher and every listener is another of its processes
+    (replicas of one stack sharing the gateway's port on purpose; the kernel spreads connections).
     """
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
 
-    if not port_is_free(settings.port, settings.host):
+    if not port_is_free(settings.port, settings.host) and not ports.shared_within(settings.port,
+                                                                                  settings.share_port_with):
         holder = ports.holder(settings.port)
         print(f"switchyard: port {settings.port} on {settings.host} is already in use"
               f"{f' by {holder}' if holder else ''}", file=sys.stderr, flush=True)
@@ -213,4 +216,4 @@ async def serve_subscriptions(
 ) -> object:
     """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the service's Deps."""
     bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
-    return await natsio.serve(runtime.nc, runtime.name, bound)
+    return await natsio.serve(runtime.nc, runtime.name, bound, instance=runtime.settings.instance)

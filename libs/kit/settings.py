@@ -34,6 +34,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     host: str = "127.0.0.1"
     port: int = 8080
+    share_port_with: int = 0              # pid of the launcher whose other processes may listen on `port` too
+                                          # (replicas of one stack); 0: the port must be free
     log_level: str = "info"
     log_json: bool | None = None          # None: JSON when stderr is not a tty
     instance: str = ""                    # distinguishes replicas in logs and consumer names

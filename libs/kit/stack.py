@@ -15,7 +15,7 @@ import msgspec
 import structlog
 
 from switchyard_gateway.kit.settings import mask_password
-from switchyard_gateway.kit.stack_nats import NatsServer, nats_problem
+from switchyard_gateway.kit.stack_nats import NatsServer, cluster, nats_problem
 from switchyard_gateway.kit.stack_postgres import PostgresServer, postgres_problem
 from switchyard_gateway.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
 from switchyard_gateway.kit.stack_server import ManagedServer
@@ -49,7 +49,10 @@ class EmbeddedStack:
 
     Layout of data_dir: ``stack.json`` (ports, reused on the next start so URLs and data stay put;
     pids), ``stack.lock``, ``logs/{nats,postgres,valkey}.log``, ``nats/`` (JetStream store),
-    ``pg/data`` and ``pg/run`` (cluster, unix socket), ``valkey/`` (append-only file).
+    ``pg/data`` and ``pg/run`` (cluster, unix socket), ``valkey/`` (append-only file). With
+    `nats_nodes` > 1, NATS is a cluster of that many nodes on loopback (``nats-<n>/``,
+    ``logs/nats-<n>.log``, ports ``nats-<n>``, ``nats-<n>_monitor``, ``nats-<n>_cluster``) and
+    its URL lists every node.
 
     A component given an external URL is not started; its URL is passed through once it answers.
     One launcher owns a data dir (an flock on stack.lock, released by the kernel when we die). A
@@ -67,6 +70,7 @@ class EmbeddedStack:
         database_url: str | None = None,
         redis_url: str | None = None,
         durable: bool = True,
+        nats_nodes: int = 1,
         log_dir: Path | None = None,
         ports: dict[str, int] | None = None,
         ready_timeout_s: float = 30.0,
@@ -75,6 +79,9 @@ class EmbeddedStack:
         self.data_dir = Path(data_dir).absolute()
         self.log_dir = Path(log_dir).absolute() if log_dir is not None else self.data_dir / "logs"
         self.durable = durable  # False: fsync off in postgres and valkey (tests, benchmarks)
+        if nats_nodes < 1 or nats_nodes == 2:
+            raise StackError(f"a NATS cluster needs 3 nodes or more for its JetStream quorum, not {nats_nodes}")
+        self.nats_nodes = nats_nodes
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._external: dict[str, str | None] = {
@@ -106,11 +113,8 @@ class EmbeddedStack:
         self._spawner = Spawner()
         try:
             state = self._read_state()
-            self._servers = {
-                name: _SERVERS[name](self.data_dir, self.log_dir, _no_ports(name), durable=self.durable)
-                for name in COMPONENTS
-                if self._external[name] is None
-            }
+            self._servers = {server.name: server for name in COMPONENTS if self._external[name] is None
+                             for server in self._build(name)}
             for name, server in self._servers.items():
                 server.reclaim(state.get("pids", {}).get(name), timeout_s=self.stop_timeout_s)
             names = [name for server in self._servers.values() for name in server.port_names] + list(also)
@@ -163,7 +167,7 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stop every server we started, all at once; safe to call twice or after a failed start."""
-        running = [self._servers[name] for name in reversed(COMPONENTS) if name in self._servers]
+        running = [server for name in reversed(COMPONENTS) for server in self._of(name)]
         for server in running:
             server.ask_to_stop()
         for server in running:
@@ -196,12 +200,13 @@ class EmbeddedStack:
 
     # -- one component (fault tests) --------------------------------------------------------------
 
-    def stop_component(self, name: Component, *, graceful: bool = True) -> None:
-        """Stop one server we started; graceful=False SIGKILLs it (and its workers) like a crash."""
+    def stop_component(self, name: str, *, graceful: bool = True) -> None:
+        """Stop one server we started (a component, or one node of the NATS cluster: `nats-2`); graceful=False
+        SIGKILLs it (and its workers) like a crash."""
         self._managed(name).stop(graceful=graceful, timeout_s=self.stop_timeout_s)
         self._write_state()
 
-    def start_component(self, name: Component) -> None:
+    def start_component(self, name: str) -> None:
         """Start one stopped server again on the same port and data, and wait until it answers."""
         server = self._managed(name)
         if server.running:
@@ -215,27 +220,38 @@ class EmbeddedStack:
             server.stop(timeout_s=self.stop_timeout_s)
             raise
 
-    def is_running(self, name: Component) -> bool:
+    def is_running(self, name: str) -> bool:
         server = self._servers.get(name)
         return server is not None and server.running
 
-    def log_path(self, name: Component) -> Path:
+    def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _build(self, component: str) -> list[ManagedServer]:
+        if component == "nats" and self.nats_nodes > 1:
+            return list(cluster(self.nats_nodes, self.data_dir, self.log_dir, durable=self.durable))
+        return [_SERVERS[component](self.data_dir, self.log_dir, _no_ports(component), durable=self.durable)]
+
+    def _of(self, component: str) -> list[ManagedServer]:
+        """The servers that make up one component (the nodes of a NATS cluster; else one server)."""
+        return [server for server in self._servers.values() if server.component == component]
+
     def _managed(self, name: str) -> ManagedServer:
+        if name in self._servers:
+            return self._servers[name]
         if name not in COMPONENTS:
-            raise StackError(f"unknown component {name!r}; expected one of {COMPONENTS}")
+            raise StackError(f"unknown component {name!r}; expected one of {COMPONENTS} or {sorted(self._servers)}")
         if self._external[name] is not None:
             url = mask_password(self._external[name] or "")
             raise StackError(f"{name} is external ({url}); the stack does not run it")
-        if name not in self._servers:
-            raise StackError("the stack is not started")
-        return self._servers[name]
+        if self._of(name):
+            raise StackError(f"{name} is a cluster: name one of its nodes, {[s.name for s in self._of(name)]}")
+        raise StackError("the stack is not started")
 
     def _url(self, name: str) -> str:
-        return self._external[name] or self._servers[name].url
+        return self._external[name] or ",".join(server.url for server in self._of(name))
 
     def _choose_ports(self, names: list[str], recorded: dict[str, int]) -> dict[str, int]:
         """Fixed ports as given; else the ports this data dir used last time when free; else new ones."""

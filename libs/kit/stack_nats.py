@@ -1,4 +1,4 @@
-"""The embedded NATS server (JetStream on, one node) and a check that any NATS URL answers."""
+"""The embedded NATS server (JetStream on; one node, or a cluster of nodes on loopback) and a check that a NATS URL answers."""
 
 from __future__ import annotations
 
@@ -92,3 +92,57 @@ class NatsServer(ManagedServer):
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+
+CLUSTER_NAME = "switchyard"
+
+
+class NatsNode(NatsServer):
+    """One node of a NATS cluster on loopback: its own client, monitoring and route ports, its own JetStream
+    store under <data>/nats-<n>, and routes to every other node (`peers`, set once all ports are chosen)."""
+
+    def __init__(self, number: int, data_dir: Path, log_dir: Path, *, durable: bool) -> None:
+        self.number = number
+        self.name = f"nats-{number}"                                        # type: ignore[misc]
+        self.port_names = (self.name, f"{self.name}_monitor", f"{self.name}_cluster")   # type: ignore[misc]
+        super().__init__(data_dir, log_dir, dict.fromkeys(self.port_names, 0), durable=durable)
+        self.peers: list[NatsNode] = []
+
+    @property
+    def component(self) -> str:
+        return "nats"
+
+    @property
+    def home(self) -> Path:
+        return self.data_dir / self.name
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports[f'{self.name}_monitor']}"
+
+    @property
+    def route_url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.ports[f'{self.name}_cluster']}"
+
+    def command(self) -> list[str]:
+        routes = ",".join(peer.route_url for peer in self.peers if peer is not self)
+        return [
+            str(self.binary()),
+            "--jetstream",
+            "--store_dir", str(self.home),
+            "--addr", LOOPBACK,
+            "--port", str(self.port),
+            "--http_port", str(self.ports[f"{self.name}_monitor"]),
+            "--server_name", f"{SERVER_NAME}-{self.number}",
+            "--cluster_name", CLUSTER_NAME,
+            "--cluster", self.route_url,
+            "--routes", routes,
+        ]  # fmt: skip
+
+
+def cluster(nodes: int, data_dir: Path, log_dir: Path, *, durable: bool) -> list[NatsNode]:
+    """The nodes of a NATS cluster, each knowing the others."""
+    members = [NatsNode(number, data_dir, log_dir, durable=durable) for number in range(1, nodes + 1)]
+    for member in members:
+        member.peers = members
+    return members

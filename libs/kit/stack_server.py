@@ -49,6 +49,11 @@ class ManagedServer:
     # -- what subclasses provide ----------------------------------------------------------------
 
     @property
+    def component(self) -> str:
+        """What the stack runs this server as (`nats`, `postgres`, `valkey`); a cluster's nodes share one."""
+        return self.name
+
+    @property
     def port(self) -> int:
         return self.ports[self.port_names[0]]
 

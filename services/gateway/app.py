@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.service import Runtime, create_service_app, run
+from switchyard_gateway.kit.service import Runtime, create_service_app, run, serve_subscriptions
 from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.services.gateway import metrics
@@ -27,6 +27,7 @@ from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.pipeline.journal import Journal
 from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
@@ -82,14 +83,18 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         await circuits.start(nc, settings.connect_timeout_s)
         upstreams = http1.Pool(max_connections_per_host=settings.upstream_pool_size,
                                connect_timeout_s=settings.upstream_connect_timeout_s)
-        publisher = UsagePublisher(nc, Path(settings.spool_dir))
-        runtime.spawn(publisher.run(), "usage-publisher")
         quota = await QuotaClient.start(nc, settings, state.catalog, fallbacks)   # limits feed + Valkey reservations
+        journal = Journal(Path(settings.spool_dir), settings.instance or "gateway", fsync=settings.journal_fsync,
+                          estimator=quota.estimator)
+        publisher = UsagePublisher(nc, journal)
+        await publisher.open()              # what the last life left is published first
+        runtime.spawn(publisher.run(), "usage-publisher")
         outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
         failover = Failover(router, upstreams, outcomes, settings)
         proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes,
                       settings.max_output_tokens)
         metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
+        await serve_subscriptions(runtime, {}, None)     # answers $SRV.PING: /health counts every gateway instance
         return Deps(settings=settings, nc=nc, auth=auth, state=state, circuits=circuits, router=router, quota=quota,
                     usage=publisher, usage_stream=UsageHub(nc, router.inflight_counts), proxy=proxy,
                     cache=cache, upstreams=upstreams)

@@ -31,7 +31,7 @@ class Deps:
     circuits: Circuits             # breakers and probes, fed by ROUTING
     router: Router                 # route plans and in-flight counts
     quota: QuotaClient             # limits, fed by LIMITS, and reservations in Valkey
-    usage: UsagePublisher          # usage events to JetStream, spooled when it is away
+    usage: UsagePublisher          # usage events to JetStream, journaled until it has them
     usage_stream: UsageHub         # live usage for /api/usage-stream
     proxy: Proxy                   # the hot path (served over RSGI by edge/rsgi.py)
     cache: ResponseCache           # answers kept in Valkey (mode "off": never consulted)

@@ -41,7 +41,7 @@ INFLIGHT = Gauge("switchyard_inflight_calls", "Calls in flight in this gateway")
 QUOTA_UNAVAILABLE = Counter("switchyard_quota_unavailable_total",
                             "Reservations Valkey could not make: let through (open), refused (closed), "
                             "or refused after a script error (error)", ["action"])
-USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events queued or spooled, not yet in JetStream")
+USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events in the journal that JetStream has not acknowledged yet")
 
 
 @lru_cache(maxsize=4096)

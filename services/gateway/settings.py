@@ -17,7 +17,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     upstream_connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 60.0    # an endpoint's answer must start by then (endpoints may set their own)
     upstream_pool_size: int = 512         # keep-alive connections per upstream host
-    spool_dir: str = "./.switchyard/spool"
+    spool_dir: str = "./.switchyard/spool"    # the journals: <spool_dir>/<instance>/ (one per gateway instance)
+    journal_fsync: bool = False           # fdatasync each journal batch (machine crashes); a crashed process loses
+                                          # nothing written without it
     # auth
     auth_mode: str = "multi-tenant"       # "multi-tenant": registry keys and JWTs; "single-user": only api_key
     api_key: str = ""                     # single-user mode: the one key accepted (role admin, tenant "admin")

@@ -20,11 +20,13 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import USAGE_RECORDED_V1
 from switchyard_gateway.contracts.events import UsageRecorded
 
 
 class UsageView(msgspec.Struct, gc=False):
-    """The fields of `usage.recorded.v1` the usage projections fold; a rebuild decodes only these."""
+    """The fields of `usage.recorded.v2` (and v1, the same fields) the usage projections fold; a rebuild decodes
+    only these."""
 
     tenant_id: str
     model: str
@@ -37,7 +39,8 @@ class UsageView(msgspec.Struct, gc=False):
     estimated: bool = False
 
 
-DECODERS: dict[str, Callable[[Any], Any]] = {subjects.USAGE_RECORDED: msgspec.json.Decoder(UsageView).decode}
+_view = msgspec.json.Decoder(UsageView).decode
+DECODERS: dict[str, Callable[[Any], Any]] = {subjects.USAGE_RECORDED: _view, USAGE_RECORDED_V1: _view}
 USAGE_TYPES = (UsageRecorded, UsageView)
 
 FactKey = tuple[int, str, str, str, bool, bool]   # (minute as epoch seconds, tenant, endpoint, model, failed, estimated)

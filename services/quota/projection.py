@@ -21,6 +21,7 @@ import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
 import structlog
 
+from switchyard_gateway.contracts.codec import stored_types
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
 from switchyard_gateway.quotas.ledger import LEDGER_TYPES, PROJECTION_TYPES, CounterKey, Ledger, Settlement
@@ -151,7 +152,7 @@ async def rebuild(pool: asyncpg.Pool, client: redis.Redis, keys: Keys, progress:
             upto = await eventlog.head(conn)
             in_flight = {rid.decode() for rid in await client.hkeys(keys.hold_data)}
             total = await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1) AND position <= $2",
-                                        list(PROJECTION_TYPES), upto)
+                                        stored_types(PROJECTION_TYPES), upto)
             ledger, totals, settled_holds, applied = Ledger(keys), {}, [], 0
             if progress:
                 progress(0, total)

@@ -62,7 +62,8 @@ class RouterControl:
         self.next_probe: dict[str, float] = {}       # endpoint -> monotonic time of its next probe
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._service: Any = None
+        self._service: Any = None               # the leader's request/reply service
+        self._presence: Any = None              # every replica answers $SRV.PING (the gateway's /health counts them)
         self._sub: Any = None
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -73,6 +74,7 @@ class RouterControl:
         await self.registry.start(self.nc, timeout_s)
         await self.routing.start(self.nc, timeout_s)
         await self.lease.open()
+        self._presence = await natsio.serve(self.nc, "router", {}, instance=self.instance)
         # No queue group: every replica hears every outcome, only the leader folds them.
         self._sub = await self.nc.subscribe(f"{subjects.CALL_ATTEMPTED}.>", cb=self._on_outcomes)
         for coro, name in ((self.lease.run(self._gained, self._lost), "router-lease"),
@@ -101,6 +103,9 @@ class RouterControl:
                 await self.lease.hook
         await self._stop_service()
         await self.lease.release()
+        if self._presence is not None:
+            with contextlib.suppress(Exception):
+                await self._presence.stop()
         for closing in (self.registry.stop(), self.routing.stop(), self.client.aclose()):
             with contextlib.suppress(Exception):
                 await closing
@@ -112,7 +117,8 @@ class RouterControl:
         self.board.resume({e: c for e, c in self.health.circuits.items() if e in self.catalog.endpoints})
         self.next_probe.clear()                      # probe everything at once
         self._service = await natsio.serve(self.nc, "router", {
-            subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()})
+            subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()},
+            instance=self.instance, role="leader")
         self._wake.set()
 
     async def _lost(self) -> None:

@@ -107,7 +107,7 @@ def _usage(defs: dict) -> dict:
     (lambda d: _usage(d)["properties"]["outcome"]["enum"].append("abandoned"), "value 'abandoned' added"),
 ])
 def test_breaking_edits_of_an_event_are_caught(edit, expected: str) -> None:
-    old, new = _edit("usage.recorded.v1", edit)
+    old, new = _edit("usage.recorded.v2", edit)
     assert any(expected in change for change in compat.breaking_changes(old, new, strict=True))
 
 
@@ -117,7 +117,7 @@ def test_a_nested_struct_is_checked_too() -> None:
 
 
 def test_an_optional_field_with_a_default_is_a_compatible_addition() -> None:
-    old, new = _edit("usage.recorded.v1",
+    old, new = _edit("usage.recorded.v2",
                      lambda d: _usage(d)["properties"].update(region={"type": "string", "default": ""}))
     assert compat.breaking_changes(old, new, strict=True) == []
 
@@ -147,9 +147,9 @@ def test_a_v2_with_an_upcast_keeps_the_v1_corpus_readable(monkeypatch: pytest.Mo
     renamed = json.loads(v1) | {"type": "usage.recorded.v0"}
 
     def upcast(raw: dict) -> dict:
-        return {**raw, "type": "usage.recorded.v1"}
+        return {**raw, "type": "usage.recorded.v2"}
 
     with pytest.raises(msgspec.ValidationError):
         codec.decode_event(json.dumps(renamed))
     monkeypatch.setitem(codec.UPCASTS, "usage.recorded.v0", upcast)
-    assert event_type(codec.decode_event(json.dumps(renamed))) == "usage.recorded.v1"
+    assert event_type(codec.decode_event(json.dumps(renamed))) == "usage.recorded.v2"

@@ -56,7 +56,7 @@ def test_what_the_code_writes_is_valid_against_its_schema(event) -> None:
 @pytest.mark.parametrize(("change", "why"), [
     ({"input_tokens": "7"}, "a count as a string"),
     ({"outcome": "maybe"}, "an outcome nobody knows"),
-    ({"type": "usage.recorded.v2"}, "another type's tag"),
+    ({"type": "usage.recorded.v3"}, "another type's tag"),
     ({"event_id": "not-a-uuid"}, "an event id that is no UUID"),
     ({"occurred_at": "yesterday"}, "a time that is no RFC 3339 date-time"),
     ({"ttfb_ms": [1]}, "a list for a number"),
@@ -64,7 +64,7 @@ def test_what_the_code_writes_is_valid_against_its_schema(event) -> None:
 def test_schema_refuses_what_the_decoder_refuses(change: dict, why: str) -> None:
     payload = {**msgspec.json.decode(codec.encode(SAMPLES[0])), **change}
     with pytest.raises(jsonschema.ValidationError):
-        validator("usage.recorded.v1").validate(payload)
+        validator("usage.recorded.v2").validate(payload)
     with pytest.raises(msgspec.ValidationError):
         codec.decode_event(msgspec.json.encode(payload))
 
@@ -72,8 +72,8 @@ def test_schema_refuses_what_the_decoder_refuses(change: dict, why: str) -> None
 def test_a_missing_required_field_is_refused_and_an_unknown_one_is_not() -> None:
     payload = msgspec.json.decode(codec.encode(SAMPLES[0]))
     with pytest.raises(jsonschema.ValidationError, match="tenant_id"):
-        validator("usage.recorded.v1").validate({k: v for k, v in payload.items() if k != "tenant_id"})
-    validator("usage.recorded.v1").validate({**payload, "added_in_a_later_release": 1})   # readers must ignore it
+        validator("usage.recorded.v2").validate({k: v for k, v in payload.items() if k != "tenant_id"})
+    validator("usage.recorded.v2").validate({**payload, "added_in_a_later_release": 1})   # readers must ignore it
 
 
 def test_request_schemas_follow_the_command_tags() -> None:
@@ -171,8 +171,8 @@ def test_schema_command_lists_prints_and_writes(tmp_path: Path, capsys: pytest.C
     assert main(["events", "schema"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == list(schemas.CONTRACTS)
-    assert main(["events", "schema", "usage.recorded.v1"]) == 0
-    assert json.loads(capsys.readouterr().out) == schemas.json_schema("usage.recorded.v1")
+    assert main(["events", "schema", "usage.recorded.v2"]) == 0
+    assert json.loads(capsys.readouterr().out) == schemas.json_schema("usage.recorded.v2")
     assert main(["events", "schema", "--asyncapi"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(asyncapi.text())
     assert main(["events", "schema", "--write", str(tmp_path)]) == 0
@@ -183,4 +183,4 @@ def test_schema_command_lists_prints_and_writes(tmp_path: Path, capsys: pytest.C
 
 def test_schema_command_names_a_near_contract_when_asked_for_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["events", "schema", "usage.recorded"]) == 2
-    assert "usage.recorded.v1" in capsys.readouterr().err
+    assert "usage.recorded.v2" in capsys.readouterr().err

@@ -314,7 +314,7 @@ async def test_compose_topology_starts_natively_from_its_own_environment(native)
     async def two_usage_rows() -> bool:
         conn = await asyncpg.connect(settings.database_url)         # the password joined from the secret file
         try:
-            return await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v1'") >= 2
+            return await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v2'") >= 2
         finally:
             await conn.close()
 

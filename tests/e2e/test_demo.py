@@ -22,7 +22,7 @@ async def usage_rows(demo: DemoStack, request_id: str) -> list[asyncpg.Record]:
     try:
         return await conn.fetch(
             "SELECT position, payload::text AS payload FROM events"
-            " WHERE type = 'usage.recorded.v1' AND payload->>'request_id' = $1", request_id)
+            " WHERE type = 'usage.recorded.v2' AND payload->>'request_id' = $1", request_id)
     finally:
         await conn.close()
 

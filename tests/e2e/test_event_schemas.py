@@ -29,7 +29,7 @@ VALIDATORS = {name: jsonschema.Draft202012Validator(schemas.json_schema(name),
               for name in schemas.CONTRACTS}
 EVENT_TYPES = set(schemas.event_names())
 WORKLOAD_TYPES = {  # what the workload below must have made the system write, at least
-    "usage.recorded.v1", "call.attempted.v1", "provider.registered.v1", "provider.removed.v1",
+    "usage.recorded.v2", "call.attempted.v1", "provider.registered.v1", "provider.removed.v1",
     "endpoint.registered.v1", "endpoint.removed.v1", "model.registered.v1", "model.removed.v1",
     "tenant.created.v1", "tenant.removed.v1", "tenant.model_assigned.v1", "tenant.model_unassigned.v1",
     "key.issued.v1", "key.revoked.v1", "limits.set.v1", "probe.completed.v1", "circuit.changed.v1",
@@ -162,7 +162,7 @@ async def test_every_event_of_a_mixed_workload_is_valid_against_its_schema(demo:
 
     async def logged() -> list[dict] | None:
         events = await log_events(demo)
-        mine = [e for e in events if e.get("tenant_id") == tenant and e["type"] == "usage.recorded.v1"]
+        mine = [e for e in events if e.get("tenant_id") == tenant and e["type"] == "usage.recorded.v2"]
         removed = any(e["type"] == "provider.removed.v1" and e["provider_id"] == f"sch-p-{tag}" for e in events)
         return events if len(mine) == 4 and removed else None
 

@@ -110,7 +110,7 @@ async def rows_per_call(stack: OwnStack, prefix: str) -> tuple[int, int]:
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS rows, count(DISTINCT payload->>'request_id') AS calls FROM events"
-            " WHERE type = 'usage.recorded.v1' AND payload->>'request_id' LIKE $1", f"{prefix}-%")
+            " WHERE type = 'usage.recorded.v2' AND payload->>'request_id' LIKE $1", f"{prefix}-%")
     finally:
         await conn.close()
     return row["rows"], row["calls"]

@@ -51,7 +51,7 @@ async def test_health_turns_503_with_the_failing_endpoint_named_then_recovers(de
             assert report["status"] == "error" and report["endpoints"][f"down-{tag}"]["detail"]
             assert report["endpoints"][f"down-{tag}"]["url"] == sim.url
             assert {name: s["status"] for name, s in report["services"].items()} == {
-                "registry": "ok", "metering": "ok", "router": "ok", "quota": "ok"}
+                "gateway": "ok", "registry": "ok", "metering": "ok", "router": "ok", "quota": "ok"}
             anonymous = (await get(demo, "/health")).json()
             assert anonymous["endpoints"][f"down-{tag}"] == {"status": "error"}       # no detail, no URL
         finally:

@@ -98,7 +98,7 @@ async def usage_event(demo: DemoStack, request_id: str) -> dict:
     async def rows() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(demo.database_url)
         try:
-            return await conn.fetch("SELECT payload::text AS payload FROM events WHERE type = 'usage.recorded.v1'"
+            return await conn.fetch("SELECT payload::text AS payload FROM events WHERE type = 'usage.recorded.v2'"
                                     " AND payload->>'request_id' = $1", request_id)
         finally:
             await conn.close()

@@ -33,6 +33,7 @@ from switchyard_gateway.quotas.ledger import PROJECTION_TYPES
 from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, QuotaExceeded, RateLimited
+from switchyard_gateway.services.gateway.pipeline.journal import Journal
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.asks import read_request
 from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
@@ -113,7 +114,7 @@ async def log_usage(demo: DemoStack, tenant: str) -> list[asyncpg.Record]:
     try:
         return await conn.fetch("SELECT position, (payload->>'input_tokens')::int + (payload->>'output_tokens')::int"
                                 " AS tokens, payload->>'request_id' AS request_id FROM events"
-                                " WHERE type = 'usage.recorded.v1' AND tenant = $1", tenant)
+                                " WHERE type = 'usage.recorded.v2' AND tenant = $1", tenant)
     finally:
         await conn.close()
 
@@ -290,7 +291,8 @@ async def instances(demo: DemoStack, urls) -> Instances:
     settings = Settings(nats_url=urls.nats_url, redis_url=urls.redis_url, database_url=demo.database_url,
                         quota_timeout_s=30.0)
     clients = [await QuotaClient.start(nc, settings, state.catalog, Fallbacks(state.catalog)) for _ in range(2)]
-    publisher = UsagePublisher(nc, traversable_tempdir("switchyard-quota-spool-"))
+    publisher = UsagePublisher(nc, Journal(traversable_tempdir("switchyard-quota-spool-"), "quota-e2e"))
+    await publisher.open()
     task = asyncio.ensure_future(publisher.run())
     yield Instances(nc, clients, state, publisher, demo.endpoint_url("ollama-1"))
     await publisher.drain()

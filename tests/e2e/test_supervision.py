@@ -27,6 +27,7 @@ import pytest
 
 from switchyard_gateway.kit.stack_proc import pick_free_port, port_is_free
 from tests.conftest import REPO, start_up, stop_up, traversable_tempdir, wait_for
+from tests.e2e.accounting import Books, MixedLoad, held, usage_by_request
 from tests.e2e.test_faults import Load, every_call_recorded_once
 
 SERVICES = ("registry", "metering", "router", "quota", "gateway")
@@ -232,6 +233,62 @@ def _serving_again(stack: Owned, component: str, old_pid: int, port: int) -> boo
             return True
     except OSError:
         return False
+
+
+# ---- the gateway's journal -----------------------------------------------------------------------
+
+
+def _simulators(stack: Owned, **knobs: float) -> None:
+    for name in ("sim-ollama", "sim-openai"):
+        reply = httpx.post(f"http://127.0.0.1:{stack.port(name)}/_sim/config", json=knobs, timeout=10)
+        assert reply.status_code == 200, reply.text
+
+
+async def test_gateway_killed_mid_stream_records_every_accepted_call_once_and_releases_its_holds(owned: Owned) -> None:
+    """kill -9 of the gateway's worker, then of its main, under streamed (1.6 s) and plain calls that all reserve
+    quota: every call that got a status has one usage event (those cut by the kill: `interrupted`, recorded by the
+    gateway's next life from its journal), none has two, and no quota stays held."""
+    redis_url = f"redis://127.0.0.1:{owned.port('valkey')}/0"
+    _simulators(owned, token_interval_ms=100)
+    try:
+        for pick in ("worker", "main"):
+            load = MixedLoad(owned.url, owned.key, f"journal-{pick}-{uuid.uuid4().hex[:8]}")
+            task = asyncio.create_task(load.run())
+            await wait_for(lambda: load.answered >= 20 and len(load.streaming) >= 4, timeout_s=30,
+                           what="streams under way")
+            main, worker = main_and_worker(owned.proc.pid, "gateway")
+            streams_cut = len(load.streaming)
+            (worker if pick == "worker" else main).send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            before_kill = set(load.seen)
+            await wait_for(lambda: _healthy(owned, "gateway", {main.pid, worker.pid}), timeout_s=60, interval_s=0.1,
+                           what="the gateway whole again")
+            back_after = time.monotonic() - killed
+            async def released() -> bool:
+                return not before_kill & set(await held(redis_url, owned.database_url, load.prefix))
+
+            await wait_for(released, timeout_s=30, interval_s=0.1, what="no quota held by the calls the kill cut")
+            released_after = time.monotonic() - killed
+            answered = load.answered
+            await wait_for(lambda: load.answered >= answered + 20, timeout_s=30, what="calls answered again")
+            load.running = False
+            await task
+
+            async def recorded() -> Books | None:
+                books = Books(dict(load.seen), await usage_by_request(owned.database_url, load.prefix))
+                return books if not books.lost and not await held(redis_url, owned.database_url, load.prefix) else None
+
+            books = await wait_for(recorded, timeout_s=60, interval_s=0.25, what="every call with a status recorded")
+            books.check()
+            print(f"\nkill -9 of the gateway's {pick} under mixed load: back after {back_after:.2f} s, holds of "
+                  f"the calls it cut released {released_after:.2f} s after the kill; calls {len(load.seen)} "
+                  f"({dict(load.count())}), streams in flight at the kill {streams_cut}; usage events "
+                  f"{len(books.usage)} ({len(books.interrupted)} interrupted), lost {len(books.lost)}, "
+                  f"duplicated {len(books.duplicated)}")
+            if pick == "worker":             # a crash: what was in flight can only come from the journal
+                assert books.interrupted, "no call was recorded as interrupted"
+    finally:
+        _simulators(owned, token_interval_ms=0)
 
 
 # ---- stop --------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ async def _all_recorded(demo: DemoStack, ids: list[str]) -> bool:
     try:
         found = await conn.fetchval(
             "SELECT count(DISTINCT payload->>'request_id') FROM events"
-            " WHERE type = 'usage.recorded.v1' AND payload->>'request_id' = ANY($1)", ids)
+            " WHERE type = 'usage.recorded.v2' AND payload->>'request_id' = ANY($1)", ids)
     finally:
         await conn.close()
     return found == len(ids)

@@ -39,7 +39,7 @@ async def test_append_assigns_increasing_positions_and_skips_redeliveries(pool: 
         stored = await eventlog.read(conn, 0)
         assert [e for _, e in stored] == events
         row = await conn.fetchrow("SELECT type, tenant FROM events ORDER BY position LIMIT 1")
-    assert (row["type"], row["tenant"]) == ("usage.recorded.v1", "acme")
+    assert (row["type"], row["tenant"]) == ("usage.recorded.v2", "acme")
 
 
 async def test_rows_cannot_be_updated_deleted_or_truncated(pool: asyncpg.Pool) -> None:
@@ -56,10 +56,28 @@ async def test_read_filters_by_type_and_range(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         appended = await eventlog.append(conn, [usage(1), TenantCreated(tenant_id="acme"), usage(2)])
     async with pool.acquire() as conn:
-        only_usage = await eventlog.read(conn, 0, types=["usage.recorded.v1"])
+        only_usage = await eventlog.read(conn, 0, types=["usage.recorded.v2"])
         upto_second = await eventlog.read(conn, 0, upto=appended[1][0])
     assert [e.request_id for _, e in only_usage] == ["r1", "r2"]
     assert len(upto_second) == 2
+
+
+async def test_usage_stored_as_v1_is_read_counted_and_rebuilt_as_v2(pool: asyncpg.Pool) -> None:
+    """Events the log stored before usage.recorded.v2 existed stay readable wherever v2 is asked for."""
+    old = msgspec.json.decode(msgspec.json.encode(usage(1)))
+    old["type"] = "usage.recorded.v1"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO events (event_id, type, tenant, occurred_at, payload)"
+                           " VALUES ($1, $2, $3, now(), $4::json)", old["event_id"], old["type"], "acme",
+                           msgspec.json.encode(old).decode())
+        await eventlog.append(conn, [usage(2)])
+    async with pool.acquire() as conn:
+        read = await eventlog.read(conn, 0, types=["usage.recorded.v2"])
+        assert await eventlog.count(conn, "usage.recorded.v2") == 2
+        rows = await eventlog.read_rows(conn, 0, ["usage.recorded.v2"], 10, 10)
+    assert [type(e) for _, e in read] == [UsageRecorded, UsageRecorded]
+    assert [e.request_id for _, e in read] == ["r1", "r2"]
+    assert [r["type"] for r in rows] == ["usage.recorded.v1", "usage.recorded.v2"]
 
 
 async def test_concurrent_appenders_commit_in_position_order(pool: asyncpg.Pool) -> None:

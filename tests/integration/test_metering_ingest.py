@@ -74,7 +74,7 @@ async def test_batches_copied_in_and_redelivered_change_nothing(nc, pool, stream
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     async with pool.acquire() as conn:
-        assert await eventlog.count(conn, "usage.recorded.v1") == 300
+        assert await eventlog.count(conn, "usage.recorded.v2") == 300
         positions = [r[0] for r in await conn.fetch("SELECT position FROM events ORDER BY position")]
         assert await conn.fetchval("SELECT sum(calls) FROM usage_minutes") == 300
         assert await conn.fetchval("SELECT sum(estimated_calls) FROM usage_days") == 60

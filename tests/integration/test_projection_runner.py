@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import asyncpg
+import msgspec
 import pytest
 from nats.js.api import StreamConfig
 
@@ -13,7 +14,7 @@ from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import UsageRecorded
 from switchyard_gateway.kit import eventlog, projections
 from switchyard_gateway.kit.projections import Follower
-from switchyard_gateway.services.metering.projections import TokenCounts
+from switchyard_gateway.services.metering.projections import DECODERS, TokenCounts
 from tests.conftest import wait_for
 
 
@@ -55,7 +56,7 @@ async def test_follower_appends_once_and_projects_even_when_messages_repeat(nc, 
         await wait_for(lambda: follower.committed >= 300, what="300 events committed")
         await asyncio.sleep(0)
         async with pool.acquire() as conn:
-            assert await eventlog.count(conn, "usage.recorded.v1") == 300
+            assert await eventlog.count(conn, "usage.recorded.v2") == 300
         by_endpoint, by_tenant = await view(pool)
         assert sum(r[2] for r in by_endpoint) == sum(range(1, 301))
         assert by_tenant == [("acme", "llama3.2", sum(range(1, 301)), 300, 300, 0, 0)]   # ..., errors, cached
@@ -85,6 +86,22 @@ async def test_rebuild_matches_live_projection(nc, pool, stream) -> None:
                                            chunk=64)
     assert applied == 200 and progress[-1] == (200, 200)
     assert await view(pool) == live
+
+
+async def test_usage_stored_as_v1_folds_alike_live_and_in_a_rebuild(pool) -> None:
+    """Rows written before usage.recorded.v2 count in the catch-up and in a rebuild, with its fast decoders."""
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(1, 6):
+            old = msgspec.json.decode(encode(usage(i))) | {"type": "usage.recorded.v1"}
+            await conn.execute("INSERT INTO events (event_id, type, tenant, occurred_at, payload)"
+                               " VALUES ($1, $2, 'acme', now(), $3::json)", old["event_id"], old["type"],
+                               msgspec.json.encode(old).decode())
+        await eventlog.append(conn, [usage(i) for i in range(6, 11)])
+    await projections.catch_up(pool, TokenCounts())
+    live = await view(pool)
+    assert live[0][0][2] == sum(range(1, 11))
+    applied, _ = await projections.rebuild(pool, TokenCounts(), chunk=3, decoders=DECODERS)
+    assert applied == 10 and await view(pool) == live
 
 
 async def test_catch_up_applies_events_appended_while_the_runner_was_away(pool) -> None:

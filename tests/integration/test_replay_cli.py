@@ -43,7 +43,7 @@ async def snapshot(demo: DemoStack) -> dict[str, list[tuple]]:
 async def usage_count(demo: DemoStack) -> int:
     conn = await asyncpg.connect(demo.database_url)
     try:
-        return await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v1'")
+        return await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v2'")
     finally:
         await conn.close()
 
@@ -52,7 +52,7 @@ async def caught_up(demo: DemoStack, usage_events: int) -> bool:
     """The log holds `usage_events` usage events and every metering projection has folded the whole log."""
     conn = await asyncpg.connect(demo.database_url)
     try:
-        count = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v1'")
+        count = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v2'")
         head = await conn.fetchval("SELECT max(position) FROM events")
         positions = await conn.fetch("SELECT position FROM projection_checkpoints WHERE projection = ANY($1)",
                                      list(PROJECTIONS))
@@ -141,7 +141,7 @@ async def test_events_export_writes_decodable_lines_and_tail_follows_new_events(
     assert request_id in {e.request_id for e in events}          # type: ignore[attr-defined]
     conn = await asyncpg.connect(demo.database_url)
     try:
-        stored = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v1'"
+        stored = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'usage.recorded.v2'"
                                      " AND occurred_at >= now() - interval '1 hour'")
     finally:
         await conn.close()

@@ -118,7 +118,7 @@ async def test_a_repeated_prompt_records_cached_tokens_priced_at_the_cached_pric
 async def _tenant_events(real: RealUpstream) -> list[dict]:
     conn = await asyncpg.connect(real.demo.database_url)
     try:
-        rows = await conn.fetch("SELECT payload::text AS p FROM events WHERE type = 'usage.recorded.v1'"
+        rows = await conn.fetch("SELECT payload::text AS p FROM events WHERE type = 'usage.recorded.v2'"
                                 " AND tenant = $1", f"llama-{real.tag}")
     finally:
         await conn.close()

@@ -18,8 +18,9 @@ from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.pipeline.upstream import credential
 from switchyard_gateway.services.gateway.state.circuits import Circuits
 
-SERVICES = ("registry", "metering", "router", "quota")   # the gateway's peers, found by NATS micro PING
+SERVICES = ("gateway", "registry", "metering", "router", "quota")   # every instance answers a NATS micro PING
 PING_WAIT_S = 0.25
+STRAGGLERS_S = 0.03      # once each service has answered, how long the other replicas get to answer too
 _any = msgspec.json.Decoder()
 
 
@@ -59,7 +60,8 @@ def _circuit_reason(circuits: Circuits, endpoint_id: str) -> str:
 
 
 async def service_health(nc: Any) -> dict[str, dict[str, Any]]:
-    """Who answers a NATS micro PING within PING_WAIT_S: every instance of every service."""
+    """Who answers a NATS micro PING within PING_WAIT_S: every instance of every service (the gateways too), by
+    instance name (else its NATS micro id)."""
     seen: dict[str, dict[str, Any]] = {name: {"status": "error", "instances": 0, "detail": "not answering"}
                                        for name in SERVICES}
     if nc is None or not nc.is_connected:
@@ -70,19 +72,28 @@ async def service_health(nc: Any) -> dict[str, dict[str, Any]]:
     async def on_pong(msg: Any) -> None:
         with contextlib.suppress(msgspec.MsgspecError):
             pong = _any.decode(msg.data)
-            name = pong.get("name")
+            name, metadata = pong.get("name"), pong.get("metadata") or {}
             entry = seen.setdefault(name, {"status": "ok", "instances": 0})
             entry.update(status="ok", version=pong.get("version"))
             entry.pop("detail", None)
-            entry["instances"] += 1
+            members = entry.setdefault("members", [])
+            member = metadata.get("instance") or pong.get("id")
+            if member not in members:           # one instance may answer twice (the router's leader)
+                members.append(member)
+            entry["instances"] = len(members)
+            if metadata.get("role") == "leader":
+                entry["leader"] = member
             if all(seen[s]["status"] == "ok" for s in SERVICES):
                 done.set()
 
     sub = await nc.subscribe(inbox, cb=on_pong)
     try:
         await nc.publish(subjects.SERVICE_PING, b"", reply=inbox)
+        started = asyncio.get_running_loop().time()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), PING_WAIT_S)
+            # every service answered: give the other replicas of each a moment to answer too
+            await asyncio.sleep(min(STRAGGLERS_S, max(0.0, started + PING_WAIT_S - asyncio.get_running_loop().time())))
     finally:
         await sub.unsubscribe()
     return seen

@@ -1,7 +1,7 @@
 """`GET /api/usage-stream`: live usage as Server-Sent Events, pushed from usage events, never polled.
 
-Usage events are published to JetStream on `usage.recorded.v1.<tenant>`, and JetStream's subjects are
-ordinary subjects too: every gateway subscribes to `usage.recorded.v1.>` on core NATS (only while
+Usage events are published to JetStream on `usage.recorded.v2.<tenant>`, and JetStream's subjects are
+ordinary subjects too: every gateway subscribes to `usage.recorded.v2.>` on core NATS (only while
 someone watches) and pushes each client a fresh snapshot when events arrive. A snapshot is the
 seed's shape, `{"usage_counts", "token_usage_counts"}`, plus `recorded`: the calls just recorded.
 Token counts start from metering's projection when the client connects and grow with the events

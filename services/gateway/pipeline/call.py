@@ -8,11 +8,12 @@ pair into the call's one `UsageRecorded`, whatever happened.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded
+from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded, new_id
 
 if TYPE_CHECKING:                 # the doors and asks read InferenceRequest below
     from switchyard_gateway.services.gateway.translate.asks import Ask
@@ -43,6 +44,7 @@ class Call(msgspec.Struct, frozen=True):
     body: bytes
     started: float                # perf_counter() when the request arrived
     cache_key: str | None = None  # set when the response cache may keep this call's answer
+    event_id: uuid.UUID = msgspec.field(default_factory=new_id)   # its usage event's, from acceptance on (journal)
     ask: Ask | None = None        # output asked, choices, prompt tokens (counted once, lazily)
     ceiling: int | None = None    # output tokens per choice sent upstream as the call's limit (None: as asked)
     quota_headers: tuple[tuple[str, str], ...] = ()   # the rate-limit headers of its answer
@@ -57,14 +59,14 @@ class Outcome:
 
     __slots__ = ("model", "endpoint", "upstream_model", "attempts", "result", "status", "input_tokens",
                  "output_tokens", "cached_tokens", "estimated", "first_byte", "upstream_s", "served_by_fallback",
-                 "cache_hit", "answer")
+                 "cache_hit", "answer", "stream_tap")
 
     def __init__(self, model: str = "", served_by_fallback: bool = False) -> None:
         self.model = model              # registry id of the model serving the call
         self.endpoint: EndpointRegistered | None = None
         self.upstream_model = ""
         self.attempts = 0
-        self.result = "ok"              # ok | error | cancelled
+        self.result = "ok"              # ok | error | cancelled (interrupted: written by the next life)
         self.status = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -75,6 +77,7 @@ class Outcome:
         self.served_by_fallback = served_by_fallback
         self.cache_hit = False
         self.answer: tuple[bytes, str] | None = None   # a 200 answer as sent (body, content type), for the cache
+        self.stream_tap: Any = None     # the stream being relayed (content events so far: the journal's progress)
 
     def mark_first_byte(self) -> None:
         if not self.first_byte:
@@ -101,7 +104,7 @@ class Outcome:
         endpoint = self.endpoint
         request = call.request
         return UsageRecorded(
-            request_id=call.request_id, tenant_id=call.tenant_id, key_id=call.key_id,
+            event_id=call.event_id, request_id=call.request_id, tenant_id=call.tenant_id, key_id=call.key_id,
             model=self.model or (request.model or ""), requested_model=request.model or "",
             api=call.api, outcome=self.result, status=self.status,  # type: ignore[arg-type]
             input_tokens=self.input_tokens, output_tokens=self.output_tokens, cached_tokens=self.cached_tokens,

@@ -3,14 +3,16 @@
 Per call: authenticate, read and size-check the body, read it as its door's
 request (types and bounds checked: 400 naming the field) and resolve its route
 plan from the local catalog (no I/O), then check the bounds that depend on the
-model; answer from the response cache when it may; reserve quota (one Valkey
-round trip, or a fallback model's plan when the tenant allows it), which grants
-the output ceiling sent upstream; hand the call and its plan to Failover
-(upstream attempts over the pooled HTTP/1.1 client, retries, fallbacks,
-relaying) while watching for the client to leave, and queue exactly one usage
-event from its Outcome — whatever happens after the call is accepted (answered,
-failed, cut, or abandoned by the client: then the upstream request is dropped,
-the quota hold released at once, and the call recorded `cancelled`).
+model; answer from the response cache when it may; journal the call as
+accepted, then reserve quota (one Valkey round trip, or a fallback model's plan
+when the tenant allows it), which grants the output ceiling sent upstream; hand
+the call and its plan to Failover (upstream attempts over the pooled HTTP/1.1
+client, retries, fallbacks, relaying) while watching for the client to leave,
+and journal and queue exactly one usage event from its Outcome — whatever
+happens after the call is accepted (answered, failed, cut, or abandoned by the
+client: then the upstream request is dropped, the quota hold released at once
+and the call recorded `cancelled`; if the gateway itself dies, its next life
+records it from the journal).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
@@ -72,23 +75,23 @@ class Proxy:
             if self.cache is not None and self.cache.applies(door.api, request.stream):
                 cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,
                                                     body)
+            call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key, ask=ask)
             if hit is not None:
-                call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key, ask)
                 self._answer_from_cache(call, plan, hit, proto)
                 return
-            plan, reservation, by_quota = await self._reserve(request_id, key, plan, ask)
+            plan, reservation, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
             metrics.count_request(api, exc.status)
             send_error(proto, exc, error_body_for(scope.path, exc))
             if isinstance(exc, PayloadTooLarge):
                 await drain(proto)
             return
-        call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key, ask,
-                    reservation.ceiling if reservation is not None else None,
-                    reservation.headers if reservation is not None else ())
+        if reservation is not None:
+            call = msgspec.structs.replace(call, ceiling=ceiling(reservation, ask), quota_headers=reservation.headers)
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         watch = ClientWatch(proto)
         try:
+            self.usage.serving(call, outcome)
             error = await self.failover.serve(call, outcome, plan, proto)
             watch.stop()
             if error is not None:
@@ -136,15 +139,21 @@ class Proxy:
         proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", _request_id(headers))],
                              answer)
 
-    async def _reserve(self, request_id: str, key: KeyIssued, plan: RoutePlan,
-                       ask: Ask) -> tuple[RoutePlan, Reservation | None, bool]:
+    async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, Reservation | None, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
-        (and True)."""
-        served, reservation = await self.quota.reserve_or_fallback(request_id=request_id, key=key, model=plan.model,
-                                                                   ask=ask)
-        if served is plan.model:
-            return plan, reservation, False
-        return self.router.resolve(key.tenant_id, served.model_id), reservation, True
+        (and True). The call is journaled first, so that nothing is ever held for a call the journal does not
+        know; a refusal takes it out again."""
+        accepted = self.usage.accepted(call, plan.model.model_id)
+        try:
+            await self.usage.journaled(accepted)
+            served, reservation = await self.quota.reserve_or_fallback(
+                request_id=call.request_id, key=key, model=plan.model, ask=call.ask)  # type: ignore[arg-type]
+            if served is plan.model:
+                return plan, reservation, False
+            return self.router.resolve(key.tenant_id, served.model_id), reservation, True
+        except BaseException:
+            self.usage.refused(call)
+            raise
 
     def _cancelled(self, call: Call, outcome: Outcome, reservation: Reservation | None) -> None:
         """The client left: the prompt counts if an upstream was asked (with what was streamed so far), and the
@@ -180,6 +189,15 @@ class Proxy:
         event = outcome.usage_event(call)
         self.usage.record(event)
         metrics.observe_call(event, event.duration_ms / 1000, event.overhead_ms / 1000)
+
+
+def ceiling(reservation: Reservation, ask: Ask) -> int | None:
+    """The output limit to write upstream: the reservation's grant, when some limit depends on the output and
+    the client asked for more (or named no limit at all)."""
+    granted = reservation.ceiling
+    if granted is None or (ask.largest is not None and granted >= ask.largest):
+        return None
+    return granted
 
 
 def _request_id(headers: Any) -> str:

@@ -178,7 +178,7 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
                         started: float, deadline: float) -> None:
     """Relay events as they come; the first one must come by `deadline` (loop time), the rest within the idle gap."""
     assert to.plan.stream is not None
-    tap = to.plan.stream(call.request.model or "")
+    tap = outcome.stream_tap = to.plan.stream(call.request.model or "")
     outcome.status = 200
     transport = None
     failed_early = False

@@ -1,11 +1,15 @@
-"""Publish usage events without making the client wait, and never drop one.
+"""Publish usage events without making the client wait, and never lose one: each call is in the journal first.
 
-`record()` only appends to an in-memory queue. A background loop lingers a few
-milliseconds, then publishes what has gathered as one JetStream message per
-tenant (a JSON array of events on `usage.recorded.v1.<tenant>`) and awaits the
-acks in the background; whatever is not acknowledged in time is appended to a
-local spool file, replayed when NATS answers again. A batch resent after a lost
-ack may be stored twice in the stream; the log keeps each event id once.
+The proxy tells the publisher when a call is accepted, refused after all, and
+finished; each is written to the gateway's journal (`journal.py`) before
+anything else happens. `record()` writes the call's usage event there and queues
+it in memory. A background loop lingers a few milliseconds, then publishes what
+has gathered as one JetStream message per tenant (a JSON array of events on
+`usage.recorded.v2.<tenant>`) and awaits the acks in the background; acknowledged
+events leave the journal, events not acknowledged in time stay parked in it and
+are read back and published again once NATS answers — by this life, or by the
+gateway's next one. A batch resent after a lost ack may be stored twice in the
+stream; the log keeps each event id once.
 """
 
 from __future__ import annotations
@@ -13,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import time
-from pathlib import Path
+import uuid
 
 import structlog
 from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
-from switchyard_gateway.contracts.codec import decode_event, encode, encode_batch
-from switchyard_gateway.contracts.events import Event, subject_of
+from switchyard_gateway.contracts.codec import encode_batch
+from switchyard_gateway.contracts.events import Event, UsageRecorded, subject_of
+from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
+from switchyard_gateway.services.gateway.pipeline.journal import Journal
 
 log = structlog.get_logger()
 
@@ -31,33 +36,63 @@ MAX_BATCH = 256          # events in one JetStream message
 LINGER_S = 0.05          # wait this long for a batch to fill: at most ~20 messages/s per tenant and gateway,
                          # and no publishing work between the calls of a quiet gateway
 MAX_IN_FLIGHT = 32       # batches awaiting their ack
+TICK_S = 1.0             # parked events are tried again, and long calls' progress written, this often
+ADOPT_EVERY_S = 30.0     # journals of sibling instances that stopped are looked for this often
+Queued = tuple[Event, bytes]      # an event and its encoding (as the journal wrote it)
 
 
 class UsagePublisher:
-    def __init__(self, nc: NATS, spool_dir: Path) -> None:
+    def __init__(self, nc: NATS, journal: Journal) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=ACK_TIMEOUT_S, publish_async_max_pending=4096)
-        self.spool = Spool(spool_dir)
-        self.queue: collections.deque[Event] = collections.deque()
+        self.journal = journal
+        self.queue: collections.deque[Queued] = collections.deque()
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._confirmations: set[asyncio.Task[None]] = set()
         self.published = 0
-        self.spooled = 0
+        self.parked = 0
 
-    def record(self, event: Event) -> None:
-        """Queue an event for publishing; returns at once."""
-        self.queue.append(event)
+    async def open(self) -> None:
+        """Open the journal; what the last life (or a stopped sibling) left is published first."""
+        if await self.journal.open() + self.journal.adopt_orphans():
+            self._retry.set()
+
+    # -- the proxy's hooks ---------------------------------------------------------------------
+
+    def accepted(self, call: Call, model: str) -> int:
+        """A call was accepted: journal it; the number returned is what `journaled` waits for."""
+        return self.journal.accepted(call, model)
+
+    async def journaled(self, accepted: int) -> None:
+        """Wait until an acceptance is safe (at once, unless the journal syncs to disk): before anything is held."""
+        await self.journal.written(accepted)
+
+    def refused(self, call: Call) -> None:
+        """An accepted call was refused after all (over a quota): no usage event will come."""
+        self.journal.refused(call)
+
+    def serving(self, call: Call, outcome: Outcome) -> None:
+        """The call is about to be dispatched: the journal follows its outcome while it runs long."""
+        self.journal.serving(call, outcome)
+
+    def record(self, event: UsageRecorded) -> None:
+        """Journal a finished call's usage event and queue it for publishing; returns at once."""
+        self.queue.append((event, self.journal.finished(event)))
         if not self._wake.is_set():
             self._wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + self.spool.count + sum(1 for _ in self._confirmations)
+        """Usage events JetStream has not acknowledged yet (queued, awaiting their ack, or parked)."""
+        return len(self.journal.unacknowledged)
+
+    # -- publishing ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Publish queued events until cancelled; replay the spool whenever NATS is connected."""
-        replay = asyncio.ensure_future(self._replay_loop())
+        """Publish queued events until cancelled; publish parked ones whenever NATS is connected."""
+        retry = asyncio.ensure_future(self._retry_loop())
         try:
             while True:
                 if not self.queue:
@@ -67,60 +102,73 @@ class UsagePublisher:
                     await asyncio.sleep(LINGER_S)
                 await self._publish(self._take(MAX_BATCH * 4))
         finally:
-            replay.cancel()
+            retry.cancel()
 
-    def _take(self, limit: int) -> list[Event]:
+    def _take(self, limit: int) -> list[Queued]:
         return [self.queue.popleft() for _ in range(min(len(self.queue), limit))]
 
-    async def _publish(self, events: list[Event]) -> None:
+    async def _publish(self, events: list[Queued]) -> None:
         """Publish events as one message per tenant and batch; acks are awaited in the background."""
         for batch in _batches(events):
             await self._in_flight.acquire()
             future = await self._send(batch)
             if future is None:
                 self._in_flight.release()
-                self._spool(batch)
+                self._park(batch)
                 continue
             task = asyncio.ensure_future(self._confirm(batch, future))
             self._confirmations.add(task)
             task.add_done_callback(self._confirmations.discard)
 
-    async def _send(self, batch: list[Event]) -> asyncio.Future | None:
+    async def _send(self, batch: list[Queued]) -> asyncio.Future | None:
         if not self.nc.is_connected:
             return None
+        first = batch[0][0]
         try:
             return await self.js.publish_async(
-                subject_of(batch[0]), encode_batch(batch), wait_stall=ACK_TIMEOUT_S,
-                headers={subjects.MSG_ID_HEADER: f"{batch[0].event_id}+{len(batch)}"},
+                subject_of(first), b"[" + b",".join(raw for _, raw in batch) + b"]", wait_stall=ACK_TIMEOUT_S,
+                headers={subjects.MSG_ID_HEADER: f"{first.event_id}+{len(batch)}"},
             )
-        except Exception:  # noqa: BLE001 — NATS trouble: spool it
+        except Exception:  # noqa: BLE001 — NATS trouble: leave it parked in the journal
             return None
 
-    async def _confirm(self, batch: list[Event], future: asyncio.Future) -> None:
+    async def _confirm(self, batch: list[Queued], future: asyncio.Future) -> None:
         try:
             await asyncio.wait_for(future, ACK_TIMEOUT_S)
             self.published += len(batch)
-        except Exception:  # noqa: BLE001 — no ack (timeout, NATS down, stream error): keep it on disk
-            self._spool(batch)
+            self.journal.acknowledged(_ids(batch))
+        except Exception:  # noqa: BLE001 — no ack (timeout, NATS down, stream error): it stays in the journal
+            self._park(batch)
         finally:
             self._in_flight.release()
 
-    def _spool(self, batch: list[Event]) -> None:
-        self.spool.append(batch)
-        self.spooled += len(batch)
-        log.warning("usage.spooled", events=len(batch), spool=self.spool.count)
+    def _park(self, batch: list[Queued]) -> None:
+        self.journal.park(_ids(batch))
+        self.parked += len(batch)
+        log.warning("usage.parked", events=len(batch), parked=self.journal.parked_count)
 
-    async def _replay_loop(self) -> None:
+    async def _retry_loop(self) -> None:
+        """Every tick: publish parked events (NATS answering), write long calls' progress; now and then, take
+        over the journals of sibling instances that stopped."""
+        adopted_at = time.monotonic()
         while True:
-            await asyncio.sleep(1.0)
-            if self.spool.count and self.nc.is_connected:
-                for path, events in self.spool.take():
-                    log.info("usage.spool_replay", events=len(events), file=path.name)
-                    await self._publish(events)
-                    path.unlink()   # only now: a crash before this replays the file again
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), TICK_S)
+            self._retry.clear()
+            self.journal.note_progress(time.time())
+            if time.monotonic() - adopted_at > ADOPT_EVERY_S:
+                adopted_at = time.monotonic()
+                if self.journal.adopt_orphans():
+                    self._retry.set()
+            while self.journal.parked and self.nc.is_connected:
+                events = self.journal.take_parked(MAX_BATCH * 16)
+                log.info("usage.republishing", events=len(events))
+                await self._publish(events)
+                if self._confirmations:
+                    await asyncio.gather(*self._confirmations, return_exceptions=True)
 
     async def drain(self, timeout_s: float = 2.0) -> None:
-        """On shutdown: publish what is queued and wait for the acks; spool whatever is left."""
+        """On shutdown: publish what is queued and wait for the acks; what is left stays in the journal."""
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while self.queue:
@@ -128,14 +176,19 @@ class UsagePublisher:
                 if self._confirmations:
                     await asyncio.gather(*self._confirmations, return_exceptions=True)
         if self.queue:
-            self._spool(self._take(len(self.queue)))
+            self._park(self._take(len(self.queue)))
+        self.journal.close()
 
 
-def _batches(events: list[Event]) -> list[list[Event]]:
+def _ids(batch: list[Queued]) -> list[uuid.UUID]:
+    return [event.event_id for event, _ in batch]
+
+
+def _batches(events: list[Queued]) -> list[list[Queued]]:
     """Group events by subject (type and tenant), at most MAX_BATCH to a message, order kept."""
-    groups: dict[str, list[Event]] = {}
-    for event in events:
-        groups.setdefault(subject_of(event), []).append(event)
+    groups: dict[str, list[Queued]] = {}
+    for queued in events:
+        groups.setdefault(subject_of(queued[0]), []).append(queued)
     return [group[i:i + MAX_BATCH] for group in groups.values() for i in range(0, len(group), MAX_BATCH)]
 
 
@@ -163,50 +216,3 @@ class OutcomeBatcher:
     async def _publish(self, payload: bytes) -> None:
         with contextlib.suppress(Exception):   # a health signal, not accounting: never fail for it
             await self.nc.publish(self.subject, payload)
-
-
-class Spool:
-    """An append-only JSON-lines file of events waiting for NATS; fsynced on every append."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"usage-{os.getpid()}-{time.time_ns()}.jsonl"
-        self.directory = directory
-        self.count = sum(self._count(p) for p in self._files())
-
-    def _files(self) -> list[Path]:
-        return sorted([*self.directory.glob("usage-*.jsonl"), *self.directory.glob("usage-*.replaying")])
-
-    @staticmethod
-    def _count(path: Path) -> int:
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
-
-    def append(self, events: list[Event]) -> None:
-        with self.path.open("ab") as f:
-            f.write(b"".join(encode(e) + b"\n" for e in events))
-            f.flush()
-            os.fsync(f.fileno())
-        self.count += len(events)
-
-    def take(self) -> list[tuple[Path, list[Event]]]:
-        """Every spool file (including those an earlier process left) renamed aside, with its events.
-
-        The caller deletes each file once its events are published or re-spooled.
-        """
-        taken: list[tuple[Path, list[Event]]] = []
-        for path in self._files():
-            aside = path.with_suffix(".replaying")
-            if path != aside:
-                path.rename(aside)
-            events: list[Event] = []
-            with aside.open("rb") as f:
-                for line in f:
-                    if line.strip():
-                        try:
-                            events.append(decode_event(line))
-                        except Exception:  # noqa: BLE001 — a torn last line after a crash
-                            log.error("usage.spool_bad_line", file=str(aside))
-            taken.append((aside, events))
-        self.count = 0
-        return taken

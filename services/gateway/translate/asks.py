@@ -44,11 +44,12 @@ class Ask:
     embedding (no output), the field its client names the output limit by, and its prompt tokens
     (`prompt(count)` counts them with the `count` it is given)."""
 
-    __slots__ = ("output", "choices", "embedding", "field", "_counted", "_tokenizer", "_prompt")
+    __slots__ = ("output", "choices", "embedding", "field", "largest", "_counted", "_tokenizer", "_prompt")
 
     def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
-                 prompt: Callable[[Count], int], tokenizer: TokenEstimator | None) -> None:
+                 prompt: Callable[[Count], int], tokenizer: TokenEstimator | None, largest: int | None = None) -> None:
         self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
+        self.largest = largest if largest is not None else output    # the largest output limit the body names
         self._counted, self._tokenizer = prompt, tokenizer
         self._prompt: int | None = None
 
@@ -118,7 +119,8 @@ class OpenAIChat(Sampling):
         check_tokens(self.max_completion_tokens, "max_completion_tokens", limit)
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
-        return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer)
+        return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
+                   max(asked) if asked else None)
 
     def _texts(self) -> Iterable[str | int]:
         yield PER_MESSAGE

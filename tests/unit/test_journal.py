@@ -1,0 +1,177 @@
+"""The gateway's journal on its own: what a process that dies leaves, and what its next life makes of it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import UsageRecorded
+from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
+from switchyard_gateway.services.gateway.pipeline.journal import Journal, JournalBusy
+from switchyard_gateway.services.gateway.pipeline.journal_records import segments
+from switchyard_gateway.services.gateway.translate.doors import Door
+
+BODY = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "' + b"x" * 400 + b'"}]}'
+
+
+def a_call(request_id: str, tenant: str = "acme") -> Call:
+    request = msgspec.json.decode(BODY, type=InferenceRequest)
+    return Call(Door("/v1/chat/completions", request, BODY), tenant, "sy-key1", request, request_id, BODY,
+                time.perf_counter())
+
+
+def finished(call: Call, outcome: str = "ok", tokens: int = 7) -> UsageRecorded:
+    return UsageRecorded(event_id=call.event_id, request_id=call.request_id, tenant_id=call.tenant_id,
+                         key_id=call.key_id, model="m1", api=call.api, outcome=outcome, status=200,  # type: ignore[arg-type]
+                         input_tokens=tokens, output_tokens=tokens)
+
+
+def die(journal: Journal) -> None:
+    """What kill -9 leaves: whatever was written, nothing flushed by a close, the lock let go by the kernel."""
+    files = journal.files
+    os.close(files._fd)              # noqa: SLF001
+    assert files._lock_fd is not None    # noqa: SLF001
+    os.close(files._lock_fd)         # noqa: SLF001
+
+
+async def turn() -> None:
+    """Let the event loop run the journal's batched write."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def test_next_life_publishes_what_was_not_acknowledged_and_interrupts_what_was_in_flight(tmp_path: Path) -> None:
+    first = Journal(tmp_path, "gw-1", estimator=TokenEstimator())
+    assert await first.open() == 0
+    done, unacked, running, refused, long_running = (a_call(f"r{i}") for i in range(5))
+    for call in (done, unacked, running, refused, long_running):
+        first.accepted(call, "m1")
+    first.refused(refused)
+    first.finished(finished(done))
+    first.finished(finished(unacked))
+    first.acknowledged([done.event_id])
+    outcome = Outcome("m1")
+    outcome.status, outcome.output_tokens, outcome.attempts = 200, 0, 1
+    first.serving(long_running, outcome)
+    first.in_flight[long_running.event_id].accepted.at -= 5          # it has run for a while
+    outcome.stream_tap = type("Tap", (), {"content_events": 12})()
+    first.note_progress(time.time())
+    await turn()
+    die(first)
+
+    second = Journal(tmp_path, "gw-1")
+    assert await second.open() == 3
+    published = {event.event_id: event for event, _ in second.take_parked(100)}
+    assert set(published) == {unacked.event_id, running.event_id, long_running.event_id}
+    assert published[unacked.event_id].outcome == "ok"            # as it was written, under its own id
+    cut = published[running.event_id]
+    assert (cut.outcome, cut.request_id, cut.tenant_id, cut.estimated) == ("interrupted", "r2", "acme", True)
+    assert cut.input_tokens == len(BODY) // 4 and cut.output_tokens == 0 and cut.stream
+    streamed = published[long_running.event_id]
+    assert (streamed.outcome, streamed.status, streamed.output_tokens, streamed.attempts) == ("interrupted", 200, 12, 1)
+    assert 0 < streamed.input_tokens < len(BODY) // 4              # counted, not four bytes a token
+    assert second.parked == {} and len(second.unacknowledged) == 3
+
+    second.acknowledged(list(published))
+    second.close()
+    assert segments(second.directory) == []                        # nothing left to do: nothing left on disk
+
+
+async def test_a_life_that_dies_again_before_publishing_leaves_the_same_events(tmp_path: Path) -> None:
+    first = Journal(tmp_path, "gw")
+    await first.open()
+    call = a_call("again")
+    first.accepted(call, "m1")
+    await turn()
+    die(first)
+    for _ in range(3):                                               # three lives die before publishing anything
+        life = Journal(tmp_path, "gw")
+        assert await life.open() == 1
+        die(life)
+    last = Journal(tmp_path, "gw")
+    await last.open()
+    (event, _), = last.take_parked(10)
+    assert event.event_id == call.event_id and event.outcome == "interrupted"
+    last.close()
+
+
+async def test_segments_roll_over_carry_calls_in_flight_and_are_deleted_once_acknowledged(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "gw", segment_bytes=4096)
+    await journal.open()
+    long = a_call("long")
+    journal.accepted(long, "m1")
+    for i in range(200):
+        call = a_call(f"c{i}")
+        journal.accepted(call, "m1")
+        await turn()
+        journal.finished(finished(call))
+        await turn()
+        journal.acknowledged([call.event_id])
+        await turn()
+    assert journal.files.segment > 10
+    assert len(segments(journal.directory)) <= 2                     # the old ones went as they were done
+    die(journal)
+    after = Journal(tmp_path, "gw")
+    assert await after.open() == 1
+    (event, _), = after.take_parked(10)
+    assert event.event_id == long.event_id and event.outcome == "interrupted"
+    after.close()
+
+
+async def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "gw")
+    await journal.open()
+    call = a_call("torn")
+    journal.accepted(call, "m1")
+    await turn()
+    die(journal)
+    with open(segments(journal.directory)[-1], "ab") as segment:
+        segment.write(b'["f",{"type":"usage.rec')                    # a machine crash mid-write
+    after = Journal(tmp_path, "gw")
+    assert await after.open() == 1
+    after.close()
+
+
+async def test_a_sibling_that_stopped_is_adopted_and_a_running_one_is_not(tmp_path: Path) -> None:
+    mine, running, gone = Journal(tmp_path, "gw-1"), Journal(tmp_path, "gw-2"), Journal(tmp_path, "gw-3")
+    for journal in (mine, running, gone):
+        await journal.open()
+    running.accepted(a_call("busy"), "m1")
+    lost = a_call("lost")
+    gone.accepted(lost, "m1")
+    await turn()
+    die(gone)
+    assert mine.adopt_orphans() == 1
+    (event, _), = mine.take_parked(10)
+    assert event.event_id == lost.event_id
+    assert segments(gone.directory) == [] and segments(running.directory) != []
+    with pytest.raises(JournalBusy):
+        await Journal(tmp_path, "gw-2", lock_wait_s=0.2).open()
+    running.close()
+    mine.close()
+
+
+async def test_usage_an_earlier_version_spooled_is_taken_over(tmp_path: Path) -> None:
+    event = finished(a_call("spooled"))
+    (tmp_path / "usage-123-456.jsonl").write_bytes(encode(event) + b"\n")
+    journal = Journal(tmp_path, "gw")
+    assert await journal.open() == 1
+    assert [e.event_id for e, _ in journal.take_parked(10)] == [event.event_id]
+    assert not list(tmp_path.glob("usage-*"))
+    journal.close()
+
+
+async def test_with_fsync_a_call_is_dispatched_only_once_its_acceptance_is_on_disk(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "gw", fsync=True)
+    await journal.open()
+    number = journal.accepted(a_call("synced"), "m1")
+    await asyncio.wait_for(journal.written(number), 5)
+    assert journal.files._durable >= number      # noqa: SLF001
+    journal.close()
