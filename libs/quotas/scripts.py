@@ -19,37 +19,45 @@ from switchyard_gateway.quotas.periods import Keys
 RESERVE = """
 -- KEYS: holds zset, hold data hash, then one counter hash per counter
 -- ARGV: request id, deadline (ms), output wanted, output needed at least,
---       then per counter: field, limit, fixed amount, amount per output token, mode, measure, expire_at
+--       per measure (tokens, requests, nano-USD) its fixed amount and its amount per output token,
+--       then per counter: field, limit, mode and measure (`pt`: period tokens, `rr`: rate requests, ...), expire_at
 -- Reads every counter, grants the most output each has room for (the wanted, or less; never below the
 -- needed), then charges them all and records the hold. Returns {1, output, counter values after} or
 -- {0, index of the counter that refused, its value}.
 local n = #KEYS - 2
 local out = tonumber(ARGV[3])
 local least = tonumber(ARGV[4])
+local fixed = {t = tonumber(ARGV[5]), r = tonumber(ARGV[7]), u = tonumber(ARGV[9])}
+local per = {t = tonumber(ARGV[6]), r = tonumber(ARGV[8]), u = tonumber(ARGV[10])}
 local used = {}
 local limiter = 0
 for i = 1, n do
-  local b = 5 + (i - 1) * 7
+  local b = 11 + (i - 1) * 4
+  local measure = string.sub(ARGV[b + 2], 2, 2)
   local now = tonumber(redis.call('HGET', KEYS[i + 2], ARGV[b]) or '0')
   used[i] = now
-  local room = tonumber(ARGV[b + 1]) - now - tonumber(ARGV[b + 2])
+  local room = tonumber(ARGV[b + 1]) - now - fixed[measure]
   if room < 0 then return {0, i, now} end
-  local per = tonumber(ARGV[b + 3])
-  if per > 0 and room < per * out then
-    out = math.floor(room / per)
+  local each = per[measure]
+  if each > 0 and room < each * out then
+    out = math.floor(room / each)
     limiter = i
   end
 end
 if out < least then return {0, limiter, used[limiter]} end
+local charged = {}
+for m, f in pairs(fixed) do charged[m] = string.format('%d', f + math.ceil(per[m] * out)) end
 local hold = {}
 local reply = {1, out}
 for i = 1, n do
-  local b = 5 + (i - 1) * 7
-  local amount = string.format('%d', tonumber(ARGV[b + 2]) + math.ceil(tonumber(ARGV[b + 3]) * out))
+  local b = 11 + (i - 1) * 4
+  local kind = ARGV[b + 2]
+  local measure = string.sub(kind, 2, 2)
+  local amount = charged[measure]
   local now = redis.call('HINCRBY', KEYS[i + 2], ARGV[b], amount)
-  if now == tonumber(amount) then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 6], 'NX') end
-  hold[i] = KEYS[i + 2] .. '\\t' .. ARGV[b] .. '\\t' .. amount .. '\\t' .. ARGV[b + 4] .. '\\t' .. ARGV[b + 5] ..
-    '\\t' .. ARGV[b + 6] .. '\\n'
+  if now == tonumber(amount) then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 3], 'NX') end
+  hold[i] = KEYS[i + 2] .. '\\t' .. ARGV[b] .. '\\t' .. amount .. '\\t' .. string.sub(kind, 1, 1) .. '\\t' .. measure ..
+    '\\t' .. ARGV[b + 3] .. '\\n'
   reply[i + 2] = now
 end
 local text = table.concat(hold)
@@ -173,6 +181,9 @@ return 1
 """.replace("ENTRIES", _ENTRIES)
 
 
+MEASURES = ("t", "r", "u")            # tokens, requests, nano-USD
+
+
 def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[Counter],
                  amounts: dict[str, tuple[int, float]] | None = None, want: int = 0,
                  least: int = 0) -> tuple[list[str], list[Any]]:
@@ -180,14 +191,17 @@ def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[C
 
     `amounts` (measure -> (fixed amount, amount per output token)) overrides the counters' own amounts, so a
     plan can be reused; the script grants up to `want` output tokens (at least `least`). Without it each
-    counter is charged its own amount and no output is asked for.
+    measure is charged the amount its counters carry and no output is asked for.
     """
+    if amounts is None:
+        amounts = {c.measure: (c.amount, 0) for c in counters}
     names = [keys.holds, keys.hold_data]
     args: list[Any] = [request_id, deadline_ms, want, least]
+    for measure in MEASURES:
+        args += amounts.get(measure, (0, 0))
     for c in counters:
-        fixed, per = amounts[c.measure] if amounts is not None else (c.amount, 0)
         names.append(c.key)
-        args += (c.field, c.limit, fixed, per, c.mode, c.measure, c.expire_at)
+        args += (c.field, c.limit, c.mode + c.measure, c.expire_at)
     return names, args
 
 

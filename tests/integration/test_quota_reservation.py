@@ -355,3 +355,21 @@ async def test_the_largest_values_a_request_may_carry_never_make_the_script_fail
     ask = read_request("openai.chat", msgspec.json.encode(fields)).ask(100_000, ESTIMATOR)
     held = await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, ask=ask)
     assert held is not None and held.held and held.ceiling == (ask.output or 256)
+
+
+async def test_a_plan_carrying_its_own_amounts_reserves_as_the_quota_service_does(keys, client) -> None:
+    from datetime import UTC, datetime
+
+    from switchyard_gateway.quotas.plan import Estimate, plan
+    from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
+
+    planned = plan(keys, (Limits(daily_tokens=250, monthly_requests=10), Limits()), "UTC", TENANT, KEY.key_id,
+                   "llama3.2", datetime.now(UTC), Estimate(100, 0))
+    counters = [p.counter for p in planned]
+    replies = []
+    for request_id in ("a", "b", "c"):
+        names, args = reserve_call(keys, request_id, int(time.time() * 1000) + 60_000, counters)
+        replies.append(await run_script(client, RESERVE_SCRIPT, names, args))
+    assert replies[0] == [1, 0, 100, 1] and replies[1] == [1, 0, 200, 2]
+    assert replies[2] == [0, 1, 200], "the third would pass the daily 250: refused, nothing charged"
+    assert (await day_counter(client, keys))["tok"] == 200
