@@ -29,11 +29,12 @@ local out = tonumber(ARGV[3])
 local least = tonumber(ARGV[4])
 local fixed = {t = tonumber(ARGV[5]), r = tonumber(ARGV[7]), u = tonumber(ARGV[9])}
 local per = {t = tonumber(ARGV[6]), r = tonumber(ARGV[8]), u = tonumber(ARGV[10])}
-local used = {}
+local used, measures = {}, {}
 local limiter = 0
 for i = 1, n do
   local b = 11 + (i - 1) * 4
   local measure = string.sub(ARGV[b + 2], 2, 2)
+  measures[i] = measure
   local now = tonumber(redis.call('HGET', KEYS[i + 2], ARGV[b]) or '0')
   used[i] = now
   local room = tonumber(ARGV[b + 1]) - now - fixed[measure]
@@ -45,19 +46,21 @@ for i = 1, n do
   end
 end
 if out < least then return {0, limiter, used[limiter]} end
-local charged = {}
-for m, f in pairs(fixed) do charged[m] = string.format('%d', f + math.ceil(per[m] * out)) end
+local charged, texts = {}, {}
+for m, f in pairs(fixed) do
+  charged[m] = f + math.ceil(per[m] * out)
+  texts[m] = string.format('%d', charged[m])
+end
 local hold = {}
 local reply = {1, out}
 for i = 1, n do
   local b = 11 + (i - 1) * 4
-  local kind = ARGV[b + 2]
-  local measure = string.sub(kind, 2, 2)
-  local amount = charged[measure]
+  local measure = measures[i]
+  local amount = texts[measure]
   local now = redis.call('HINCRBY', KEYS[i + 2], ARGV[b], amount)
-  if now == tonumber(amount) then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 3], 'NX') end
-  hold[i] = KEYS[i + 2] .. '\\t' .. ARGV[b] .. '\\t' .. amount .. '\\t' .. string.sub(kind, 1, 1) .. '\\t' .. measure ..
-    '\\t' .. ARGV[b + 3] .. '\\n'
+  if now == charged[measure] then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 3], 'NX') end
+  hold[i] = KEYS[i + 2] .. '\\t' .. ARGV[b] .. '\\t' .. amount .. '\\t' .. string.sub(ARGV[b + 2], 1, 1) .. '\\t' ..
+    measure .. '\\t' .. ARGV[b + 3] .. '\\n'
   reply[i + 2] = now
 end
 local text = table.concat(hold)
