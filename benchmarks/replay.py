@@ -23,7 +23,8 @@ import asyncpg
 
 from benchmarks.ingest import MODELS, usage_events
 from switchyard_gateway.contracts.events import ModelRegistered
-from switchyard_gateway.kit import eventlog, projections
+from switchyard_gateway import events
+from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 
@@ -69,7 +70,7 @@ async def main(args: argparse.Namespace) -> int:
         say(f"filled in {await fill(pool, args.events):.1f} s")
         first = None
         for round_ in range(1, args.rounds + 1):
-            count, seconds = await projections.rebuild_all(pool, list(PROJECTIONS.values()), chunk=args.chunk,
+            count, seconds = await events.rebuild_all(pool, list(PROJECTIONS.values()), chunk=args.chunk,
                                                            decoders=DECODERS)
             view = await snapshot(pool)
             first = first or view

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.retry import Backoff, retry
 
 DEMO_TENANT = "demo"
 DEMO_CHAT_MODEL = "llama3.2"
@@ -50,22 +50,19 @@ async def apply(nc: NATS, commands: list[m.Command], timeout_s: float = 30.0) ->
     deadline = time.monotonic() + timeout_s
     replies = []
     for command in commands:
-        while True:
-            try:
-                raw = await natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command), 5.0)
-                break
-            except natsio.ServiceUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        raw = await retry(lambda command=command: natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command), 5.0),
+                          what=None, errors=(natsio.ServiceUnavailable,), backoff=Backoff(0.2, 0.2),
+                          deadline_s=max(deadline - time.monotonic(), 0.0))
         replies.append(_reply.decode(raw))
     return replies
 
 
-def remembered_keys(path: Path, env_admin: str | None, env_demo: str | None) -> tuple[str, str, bool]:
-    """The admin and demo keys: from the environment, else from the data dir, else new ones (saved, 0600).
+def remembered_keys(path: Path, env_admin: str | None, env_demo: str | None,
+                    env_jwt_secret: str | None = None) -> tuple[str, str, str, bool]:
+    """The admin key, the demo key and the gateway's JWT secret (it signs sign-in's tokens): from the
+    environment, else from the data dir, else new ones (saved, 0600).
 
-    Returns (admin_key, demo_key, generated_now).
+    Returns (admin_key, demo_key, jwt_secret, generated_now); `generated_now` is about the keys.
     """
     saved: dict[str, str] = {}
     if path.exists():
@@ -73,18 +70,19 @@ def remembered_keys(path: Path, env_admin: str | None, env_demo: str | None) -> 
             name, _, value = line.partition("=")
             if value:
                 saved[name.strip()] = value.strip()
-    generated = False
-    admin = env_admin or saved.get("SWITCHYARD_ADMIN_KEY")
-    demo = env_demo or saved.get("SWITCHYARD_DEMO_KEY")
-    if not admin:
-        admin, generated = f"sy_admin{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}", True
-    if not demo:
-        demo, generated = f"sy_demo{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}", True
-    if generated:   # keep only keys we made: a key given in the environment is never written down
-        keep = {"SWITCHYARD_ADMIN_KEY": admin if not env_admin else None,
-                "SWITCHYARD_DEMO_KEY": demo if not env_demo else None}
+    given = {"SWITCHYARD_ADMIN_KEY": env_admin, "SWITCHYARD_DEMO_KEY": env_demo, "SWITCHYARD_JWT_SECRET": env_jwt_secret}
+    make = {"SWITCHYARD_ADMIN_KEY": lambda: f"sy_admin{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}",
+            "SWITCHYARD_DEMO_KEY": lambda: f"sy_demo{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}",
+            "SWITCHYARD_JWT_SECRET": lambda: secrets.token_urlsafe(48)}
+    values, made = {}, set()
+    for name, value in given.items():
+        values[name] = value or saved.get(name)
+        if not values[name]:
+            values[name], _ = make[name](), made.add(name)
+    if made:        # keep only what we made: a value given in the environment is never written down
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text("".join(f"{k}={v}\n" for k, v in keep.items() if v))
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if not given[k]))
         path.chmod(0o600)
-    return admin, demo, generated
+    generated = bool(made - {"SWITCHYARD_JWT_SECRET"})
+    return values["SWITCHYARD_ADMIN_KEY"], values["SWITCHYARD_DEMO_KEY"], values["SWITCHYARD_JWT_SECRET"], generated

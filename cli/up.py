@@ -140,9 +140,9 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
                   supervisor: Supervisor) -> int:
     from switchyard_gateway.cli import bootstrap as boot
 
-    admin_key, demo_key, generated = boot.remembered_keys(
+    admin_key, demo_key, jwt_secret, generated = boot.remembered_keys(
         data_dir / "keys.env", env_value(os.environ, "SWITCHYARD_ADMIN_KEY"),
-        env_value(os.environ, "SWITCHYARD_DEMO_KEY"))
+        env_value(os.environ, "SWITCHYARD_DEMO_KEY"), env_value(os.environ, "SWITCHYARD_JWT_SECRET"))
     common = {
         "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url,
@@ -163,6 +163,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
                     own["SWITCHYARD_SHARE_PORT_WITH"] = str(os.getpid())
             if name == "registry":
                 own["SWITCHYARD_ADMIN_KEY"] = admin_key     # the registry issues it (idempotently) at start
+            if name == "gateway":
+                own["SWITCHYARD_JWT_SECRET"] = jwt_secret   # signs sign-in's tokens (and checks outside JWTs)
             env = _service_env({**common, **own})
             supervisor.add(Command(unit, [sys.executable, "-m", f"switchyard_gateway.services.{name}"], env,
                                    logs / f"{unit}.log"))

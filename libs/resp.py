@@ -1,17 +1,21 @@
-"""A lean pipelined Valkey/Redis client for the gateway's hot path: one connection, RESP2, replies in order.
+"""A lean pipelined Valkey/Redis client: one connection, RESP2, replies in order.
 
-Every call writes its command at once and awaits a future; replies arrive in
-request order, so concurrent calls share the connection without waiting for each
-other (measured: ~75 us a round trip against ~230 us with redis-py's asyncio client).
+Every call writes its command at once and awaits a future; replies arrive in request order, so
+concurrent calls share the connection without waiting for each other: `asyncio.gather` of calls is a
+pipeline. It replaces redis-py everywhere (the gateway's reservations and cache, the quota service, the
+launcher's readiness check): `benchmarks/clients.py` measures it against redis-py's asyncio client.
 
-    ValkeyError          the server answered with an error (`-ERR ...`, `-NOSCRIPT ...`)
-    ConnectionError      no connection, or it was lost with calls in flight
+    ValkeyError          the server answered with an error (`-ERR ...`, `-NOSCRIPT ...`, `-LOADING ...`)
+    ConnectionError      no connection, or it was lost with calls in flight (an OSError)
+    TimeoutError         no reply within the client's `timeout_s`, when one is set
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -99,16 +103,42 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(ConnectionError("the Valkey connection was lost"))
 
 
-class Valkey:
-    """One pipelined connection to the server at a `redis://[:password@]host:port/db` URL, reopened on demand."""
+class Address:
+    """Where a `redis://[[user]:password@]host[:port][/db]` URL points, and how to log in."""
 
-    def __init__(self, url: str, connect_timeout_s: float = 2.0) -> None:
+    __slots__ = ("host", "port", "username", "password", "db")
+
+    def __init__(self, url: str) -> None:
         parts = urlsplit(url)
+        if parts.scheme not in ("redis", "valkey"):
+            raise ValueError(f"not a redis:// URL: {parts.scheme}://...")
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
         self.password = unquote(parts.password) if parts.password else None
         self.username = unquote(parts.username) if parts.username else None
         self.db = int(parts.path.strip("/") or 0)
-        self.connect_timeout_s = connect_timeout_s
+
+    def hello(self) -> list[tuple[Any, ...]]:
+        """The commands that open a session: AUTH if there is a password, SELECT if not database 0."""
+        out: list[tuple[Any, ...]] = []
+        if self.password:
+            out.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
+        if self.db:
+            out.append(("SELECT", self.db))
+        return out
+
+
+class Valkey:
+    """One pipelined connection to the server at a `redis://` URL, reopened on demand after it is lost.
+
+    `timeout_s` bounds each call (None: callers bound it themselves, as the gateway's hot path does).
+    A call that times out keeps its place in the reply order, so the connection stays in step.
+    """
+
+    def __init__(self, url: str, connect_timeout_s: float = 2.0, timeout_s: float | None = None) -> None:
+        address = Address(url)
+        self.host, self.port = address.host, address.port
+        self._hello = address.hello()
+        self.connect_timeout_s, self.timeout_s = connect_timeout_s, timeout_s
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -127,12 +157,14 @@ class Valkey:
                     loop.create_connection(_Protocol, self.host, self.port), self.connect_timeout_s)
             except (OSError, asyncio.TimeoutError) as exc:
                 raise ConnectionError(f"Valkey at {self.host}:{self.port} is unreachable: {exc}") from None
+            try:
+                for command in self._hello:
+                    await self._send(proto, command)
+            except BaseException:
+                if proto.transport is not None:
+                    proto.transport.close()
+                raise
             self._proto = proto
-            if self.password:
-                auth = (self.username, self.password) if self.username else (self.password,)
-                await self._send(proto, ("AUTH", *auth))
-            if self.db:
-                await self._send(proto, ("SELECT", self.db))
             return proto
 
     async def _send(self, proto: _Protocol, args: tuple[Any, ...]) -> Any:
@@ -147,7 +179,25 @@ class Valkey:
 
     async def call(self, *args: Any) -> Any:
         """Send one command and return its reply; ValkeyError for an error reply."""
-        return await self._send(await self._connection(), args)
+        if self.timeout_s is None:
+            return await self._send(await self._connection(), args)
+        async with asyncio.timeout(self.timeout_s):
+            return await self._send(await self._connection(), args)
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        """A hash as a dict (empty if there is no such key)."""
+        flat = await self.call("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2]))
+
+    async def scan(self, match: str, count: int = 1000) -> AsyncIterator[bytes]:
+        """Every key matching a glob pattern, without blocking the server (SCAN, `count` keys a step)."""
+        cursor = b"0"
+        while True:
+            cursor, keys = await self.call("SCAN", cursor, "MATCH", match, "COUNT", count)
+            for key in keys:
+                yield key
+            if cursor == b"0":
+                return
 
     async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script by its SHA-1, loading it first if the server does not know it."""
@@ -162,3 +212,33 @@ class Valkey:
         proto, self._proto = self._proto, None
         if proto is not None and proto.transport is not None:
             proto.transport.close()
+
+
+def ping(url: str, timeout_s: float = 1.0) -> None:
+    """PING the server over a blocking socket, for callers without an event loop (the launcher).
+
+    Raises ConnectionError when it cannot be reached or answers nothing, ValkeyError for an error
+    reply (`-LOADING` while it reads its append-only file)."""
+    address = Address(url)
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout_s) as sock:
+            commands = [*address.hello(), ("PING",)]
+            sock.sendall(b"".join(encode_command(command) for command in commands))
+            buffer, pos, replies = bytearray(), 0, []
+            while len(replies) < len(commands):
+                value, nxt = parse(buffer, pos)
+                if value is _INCOMPLETE:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise ConnectionError(f"Valkey at {address.host}:{address.port} closed the connection")
+                    buffer += data
+                    continue
+                replies.append(value)
+                pos = nxt
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):
+            raise
+        raise ConnectionError(f"Valkey at {address.host}:{address.port} is unreachable: {exc}") from None
+    for reply in replies:
+        if isinstance(reply, ValkeyError):
+            raise reply

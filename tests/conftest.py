@@ -76,6 +76,20 @@ async def create_database(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+async def logged(database_url: str, type_: str, condition: str = "true", *args: object) -> list[dict]:
+    """The payloads of the log's events of one type that meet an SQL condition on `payload` ($2, $3... are
+    `args`), in log order."""
+    import json
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(f"SELECT payload::text AS p FROM events WHERE type = $1 AND ({condition}) "
+                                "ORDER BY position", type_, *args)
+    finally:
+        await conn.close()
+    return [json.loads(r["p"]) for r in rows]
+
+
 @pytest.fixture
 async def database_url(urls: StackUrls) -> str:
     """A fresh, empty database on the session's PostgreSQL."""

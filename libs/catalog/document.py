@@ -3,7 +3,7 @@ registry commands, and export the registry back into the same shape.
 
     providers: [{id, kind, display_name}]
     endpoints: [{id, provider, base_url, api_key: "${ENV_VAR}", models, priority, weight,
-                 max_concurrent, timeout_s, first_byte_timeout_s}]
+                 max_concurrent, timeout_s, first_byte_timeout_s, warm_on_start}]
     models:    [{id, kind, aliases, context_length, input_price_per_1m, output_price_per_1m,
                  cached_input_price_per_1m, fallback}]
     tenants:   [{id, display_name, all_models, fallback_on_quota,
@@ -36,6 +36,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "id": ((str,), True), "provider": ((str,), True), "base_url": ((str,), True), "api_key": ((str,), False),
         "models": ((list,), False), "priority": ((int,), False), "weight": ((int,), False),
         "max_concurrent": ((int,), False), "timeout_s": (_NUM, False), "first_byte_timeout_s": (_NUM, False),
+        "warm_on_start": ((bool,), False),
     },
     "models": {
         "id": ((str,), True), "kind": ((str,), False), "aliases": ((list,), False),
@@ -262,7 +263,8 @@ def to_commands(doc: dict[str, Any]) -> list[m.Command]:
             endpoint_id=e["id"], provider_id=e["provider"], base_url=e["base_url"], api_key_ref=e.get("api_key", ""),
             models=tuple(e.get("models") or ()), priority=e.get("priority", 0), weight=e.get("weight", 1),
             max_concurrent=e.get("max_concurrent", 0), timeout_s=float(e.get("timeout_s", 300.0)),
-            first_byte_timeout_s=_float_or_none(e.get("first_byte_timeout_s"))))
+            first_byte_timeout_s=_float_or_none(e.get("first_byte_timeout_s")),
+            warm_on_start=e.get("warm_on_start", False)))
     for t in doc.get("tenants") or []:
         commands.append(m.CreateTenant(tenant_id=t["id"], display_name=t.get("display_name", ""),
                                        all_models=t.get("all_models", True),
@@ -319,9 +321,9 @@ def export(catalog: Catalog) -> dict[str, Any]:
     endpoints = [compact({
         "id": e.endpoint_id, "provider": e.provider_id, "base_url": e.base_url, "api_key": e.api_key_ref,
         "models": list(e.models), "priority": e.priority, "weight": e.weight, "max_concurrent": e.max_concurrent,
-        "timeout_s": e.timeout_s, "first_byte_timeout_s": e.first_byte_timeout_s},
+        "timeout_s": e.timeout_s, "first_byte_timeout_s": e.first_byte_timeout_s, "warm_on_start": e.warm_on_start},
         {"api_key": "", "models": [], "priority": 0, "weight": 1, "max_concurrent": 0, "timeout_s": 300.0,
-         "first_byte_timeout_s": None}) for _, e in sorted(catalog.registered.items())]
+         "first_byte_timeout_s": None, "warm_on_start": False}) for _, e in sorted(catalog.registered.items())]
     models = [compact({
         "id": x.model_id, "kind": x.kind, "aliases": list(x.aliases), "context_length": x.context_length,
         "input_price_per_1m": x.input_price_per_1m, "output_price_per_1m": x.output_price_per_1m,

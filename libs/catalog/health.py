@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from switchyard_gateway.contracts.events import Event
-from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
+from switchyard_gateway.contracts.routing import CircuitChanged, ModelFacts, ProbeCompleted
 
 
 @dataclass
@@ -20,6 +20,7 @@ class HealthView:
     probes: dict[str, ProbeCompleted] = field(default_factory=dict)
     circuits: dict[str, CircuitChanged] = field(default_factory=dict)
     loaded: dict[str, frozenset[str]] = field(default_factory=dict)
+    facts: dict[str, dict[str, ModelFacts]] = field(default_factory=dict)   # endpoint -> model -> what it says
     last_probe_at: datetime | None = None
 
     def apply(self, event: Event) -> bool:
@@ -32,6 +33,7 @@ class HealthView:
                 self.probes[eid] = event
                 if event.ok:
                     self.loaded[eid] = frozenset(event.loaded)
+                    self.facts[eid] = {f.model: f for f in event.facts}
                 if self.last_probe_at is None or event.occurred_at > self.last_probe_at:
                     self.last_probe_at = event.occurred_at
                 return True

@@ -1,5 +1,5 @@
-"""What a valid registry value looks like: identifiers, model names, URLs, credential references, and how long
-or large any field may be.
+"""What a valid registry value looks like: identifiers, model names, URLs, credential references, users, and
+how long or large any field may be.
 
 Each check returns a sentence describing the problem, or None; the registry turns
 it into an error reply, `switchyard config validate` into one line of its report.
@@ -14,11 +14,14 @@ from urllib.parse import urlsplit
 IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
 MODEL_NAME_MAX = 512            # characters; an escaped id still fits a NATS subject with room to spare
 ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024      # characters; the upper bound keeps hashing cheap to refuse
+DISPLAY_NAME_MAX = 200
 PROVIDER_KINDS = ("ollama", "openai-compatible", "openai")
 MODEL_KINDS = ("chat", "embedding")
 # the longest text each field may hold (characters), and the most items each list may hold
 TEXT_BOUNDS = {
-    "display_name": 200, "name": 200, "base_url": 2048, "api_key_ref": 256, "api_key": 256, "secret": 512,
+    "display_name": DISPLAY_NAME_MAX, "name": 200, "base_url": 2048, "api_key_ref": 256, "api_key": 256, "secret": 512,
     "template": 64, "fallback_model": MODEL_NAME_MAX, "fallback": MODEL_NAME_MAX, "model_id": MODEL_NAME_MAX,
     "tenant_id": 64, "provider_id": 64, "endpoint_id": 64, "key_id": 64, "timezone": 64,
 }
@@ -110,3 +113,31 @@ def normalise_model(name: str) -> str:
 def guess_kind(name: str) -> str:
     """The kind of a discovered model, from its name (an admin can correct it)."""
     return "embedding" if "embed" in name.lower() else "chat"
+
+
+def username_problem(value: object) -> str | None:
+    if isinstance(value, str) and USERNAME.match(value):
+        return None
+    return (f"{_shown(value)} is not a valid username: use 1-64 of letters, digits, '.', '_', '@', '+' and '-', "
+            "starting with a letter or digit")
+
+
+def password_problem(value: object) -> str | None:
+    """Long enough to resist guessing, short enough to hash cheaply; anything printable otherwise."""
+    if not isinstance(value, str):
+        return "the password must be a string"
+    if len(value) < PASSWORD_MIN:
+        return f"the password must be at least {PASSWORD_MIN} characters"
+    if len(value) > PASSWORD_MAX:
+        return f"the password must be at most {PASSWORD_MAX} characters"
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        return "the password cannot contain control characters"
+    return None
+
+
+def display_name_problem(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > DISPLAY_NAME_MAX:
+        return f"a display name is a string of at most {DISPLAY_NAME_MAX} characters"
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        return "a display name cannot contain control or format characters"
+    return None

@@ -1,4 +1,4 @@
-"""Catalog: providers, endpoints, models, tenants, assignments and keys, folded from registry events."""
+"""Catalog: providers, endpoints, models, tenants, assignments, keys and users, folded from registry events."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ from switchyard_gateway.contracts.events import (
     ProviderRegistered, ProviderRemoved, TenantCreated, TenantModelAssigned, TenantModelUnassigned,
     TenantRemoved,
 )
-from switchyard_gateway.contracts.routing import EndpointModelsDiscovered
+from switchyard_gateway.contracts.routing import EndpointModelsDiscovered, ModelWarmed
+from switchyard_gateway.contracts.users import (
+    UserCreated, UserPasswordChanged, UserRemoved, UserTokenRevoked, UserUpdated,
+)
 
 KEY_PREFIX = "sy_"
+# A token issued this long before its user's password changed still counts as issued after: the clocks of
+# the gateway that signs and the registry that records may disagree by that much (tokens carry milliseconds).
+SESSION_CLOCK_SLACK_S = 0.05
 
 
 def hash_key(secret: str) -> str:
@@ -52,6 +58,9 @@ class Catalog:
     keys: dict[str, KeyIssued] = field(default_factory=dict)
     keys_by_hash: dict[str, KeyIssued] = field(default_factory=dict)
     revoked: dict[str, KeyIssued] = field(default_factory=dict)
+    users: dict[str, UserCreated] = field(default_factory=dict)         # the latest state, hash included
+    sessions_ended: dict[str, datetime | None] = field(default_factory=dict)   # revoked token id -> its expiry
+    warmed: dict[tuple[str, str], ModelWarmed] = field(default_factory=dict)  # (endpoint, model) -> last warm-up
     version: int = 0
 
     def apply(self, event: Event) -> None:
@@ -86,6 +95,8 @@ class Catalog:
                 self.assignments.pop(tid, None)
                 for key in [k for k in self.keys.values() if k.tenant_id == tid]:
                     self._drop_key(key.key_id)
+                for user in [u for u in self.users.values() if u.tenant_id == tid]:
+                    del self.users[user.username]
             case TenantModelAssigned(tenant_id=tid, model_id=mid):
                 self.assignments.setdefault(tid, {})[mid] = event
             case TenantModelUnassigned(tenant_id=tid, model_id=mid):
@@ -96,6 +107,23 @@ class Catalog:
                 self.revoked.pop(kid, None)
             case KeyRevoked(key_id=kid):
                 self._drop_key(kid)
+            case UserCreated(username=name):
+                self.users[name] = event
+            case UserUpdated(username=name) if name in self.users:
+                self.users[name] = msgspec.structs.replace(self.users[name], tenant_id=event.tenant_id,
+                                                           role=event.role, display_name=event.display_name)
+            case UserPasswordChanged(username=name) if name in self.users:
+                # occurred_at moves with it: tokens issued before the change no longer count
+                self.users[name] = msgspec.structs.replace(self.users[name], password_hash=event.password_hash,
+                                                           occurred_at=event.occurred_at)
+            case UserRemoved(username=name):
+                self.users.pop(name, None)
+            case UserTokenRevoked(token_id=tid):
+                self._forget_ended_sessions(event.occurred_at)
+                self.sessions_ended[tid] = event.expires_at
+            case ModelWarmed(endpoint_id=eid, model_id=mid):
+                self.warmed[(eid, mid)] = event
+                return                                  # no routing change: plans stay valid
             case _:
                 return
         self.version += 1
@@ -123,6 +151,12 @@ class Catalog:
         for alias in [a for a, m in self.aliases.items() if m == model_id]:
             del self.aliases[alias]
 
+    def _forget_ended_sessions(self, now: datetime) -> None:
+        """Revocations of tokens that have expired anyway are dropped (their tokens are refused by `exp`)."""
+        stale = [t for t, until in self.sessions_ended.items() if until is not None and until < now]
+        for token_id in stale:
+            del self.sessions_ended[token_id]
+
     def _drop_key(self, key_id: str) -> None:
         key = self.keys.pop(key_id, None)
         if key is not None:
@@ -147,6 +181,22 @@ class Catalog:
         if key.tenant_id not in self.tenants:
             return None
         return key
+
+    def user_session(self, username: str, session: str, issued_at: float) -> UserCreated | None:
+        """The user a token the gateway signed for it stands for, if the token still stands: the user exists
+        (and its tenant), the session was not ended, and the password has not changed since the token was
+        issued (`issued_at`, unix seconds)."""
+        user = self.users.get(username)
+        if user is None or user.tenant_id not in self.tenants:
+            return None
+        if session and session in self.sessions_ended:
+            return None
+        return user if issued_at >= user.occurred_at.timestamp() - SESSION_CLOCK_SLACK_S else None
+
+    def session_live(self, username: str, tenant_id: str, role: str, session: str, issued_at: float) -> bool:
+        """`user_session`, and the user still has the tenant and role the token names."""
+        user = self.user_session(username, session, issued_at)
+        return user is not None and user.tenant_id == tenant_id and user.role == role
 
     def resolve_model(self, name: str) -> str | None:
         """A model id from a name or alias; `:latest` is the same model."""

@@ -7,12 +7,19 @@ Errors travel in the `Nats-Service-Error` / `Nats-Service-Error-Code` headers
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from switchyard_gateway.contracts.events import Instant, ModelKind, ProviderKind, RegistryEvent, Role
-from switchyard_gateway.contracts.routing import CircuitState, EndpointModelsDiscovered, ProbeCompleted
+from switchyard_gateway.contracts.routing import CircuitState, EndpointModelsDiscovered, ModelWarmed, ProbeCompleted
+from switchyard_gateway.contracts.users import UserEvent, UserView
+
+# Bounds on what a user command may carry: anything longer is refused before it is looked at.
+Username = Annotated[str, msgspec.Meta(max_length=64)]
+Password = Annotated[str, msgspec.Meta(max_length=1024)]
+DisplayName = Annotated[str, msgspec.Meta(max_length=200)]
+TokenId = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -80,6 +87,7 @@ class RegisterEndpoint(Command, frozen=True, tag="register_endpoint"):
     max_concurrent: int = 0
     timeout_s: float = 300.0
     first_byte_timeout_s: float | None = None
+    warm_on_start: bool = False
     mode: Mode = "upsert"
 
 
@@ -153,6 +161,7 @@ class ApplyTemplate(Command, frozen=True, tag="apply_template"):
     max_concurrent: int | None = None
     timeout_s: float | None = None
     first_byte_timeout_s: float | None = None
+    warm_on_start: bool | None = None
 
 
 class RecordDiscoveredModels(Command, frozen=True, tag="record_discovered_models"):
@@ -169,27 +178,96 @@ class ImportConfig(Command, frozen=True, tag="import_config"):
     config: dict[str, Any]
 
 
+class RecordWarmUp(Command, frozen=True, tag="record_warm_up"):
+    """The router warmed a model on an endpoint (or tried to): recorded as a `model.warmed.v1` fact."""
+
+    model_id: str
+    endpoint_id: str
+    ok: bool
+    duration_ms: float = 0.0
+    upstream_model: str = ""
+    status: int = 0
+    error: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    trigger: Literal["admin", "start", "test"] = "admin"
+    router: str = ""
+
+
+# --- users -----------------------------------------------------------------------
+
+
+class CreateUser(Command, frozen=True, tag="create_user"):
+    """Create a user; the registry hashes the password at once (Argon2id) and keeps only the hash."""
+
+    username: Username
+    tenant_id: str
+    password: Password
+    role: Role = "member"
+    display_name: DisplayName = ""
+
+
+class UpdateUser(Command, frozen=True, tag="update_user"):
+    """Change what the command names of a user (404 if there is none); a new password is hashed at once."""
+
+    username: Username
+    tenant_id: str | None = None
+    role: Role | None = None
+    display_name: DisplayName | None = None
+    password: Password | None = None
+
+
+class RemoveUser(Command, frozen=True, tag="remove_user"):
+    username: Username
+
+
+class RevokeUserToken(Command, frozen=True, tag="revoke_user_token"):
+    """End a user's session: its refresh token (by `jti`) and the access tokens that carry it as `sid`."""
+
+    username: Username
+    token_id: TokenId
+    expires_at: Instant | None = None
+
+
+class VerifyCredentials(Command, frozen=True, tag="verify_credentials"):
+    """Check a username and password against the stored hash; records nothing. The reply carries the
+    user on success; a wrong pair is a 401 `INVALID_CREDENTIALS`, whichever half was wrong."""
+
+    username: Username
+    password: Password
+
+
 AnyCommand = (
     CreateTenant | RemoveTenant | RegisterProvider | RemoveProvider | RegisterEndpoint
     | RemoveEndpoint | RegisterModel | RemoveModel | AssignModel | UnassignModel | IssueKey | RevokeKey
-    | ApplyTemplate | RecordDiscoveredModels | ImportConfig
+    | ApplyTemplate | RecordDiscoveredModels | ImportConfig | RecordWarmUp
+    | CreateUser | UpdateUser | RemoveUser | RevokeUserToken | VerifyCredentials
 )
 
 AnyRegistryEvent = RegistryEvent | EndpointModelsDiscovered
+# Registry facts added after the first release: replied in a list of their own, so that a reader built
+# before them still reads every reply (a new member of `events`' union would break it).
+LaterRegistryEvent = ModelWarmed | UserEvent
 
 
 class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The events a command recorded (none when it changed nothing) and, for a new key, the key once."""
+    """The events a command recorded (none when it changed nothing), for a new key the key once, and for
+    `verify_credentials` the user whose password matched."""
 
     events: list[AnyRegistryEvent] = []
     key: str | None = None
     key_id: str | None = None
+    later_events: list[LaterRegistryEvent] = []     # users' and warm-ups' events (see LaterRegistryEvent)
+    user: UserView | None = None
+
+    @property
+    def recorded(self) -> list[Any]:
+        """Every event the command recorded, in order (commands record one family or the other)."""
+        return [*self.events, *self.later_events]
 
 
 # --- queries -------------------------------------------------------------------
 
 Resource = Literal["tenants", "providers", "endpoints", "models", "keys", "assignments", "templates", "status",
-                   "export"]
+                   "export", "users"]
 
 
 class RegistryQuery(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -264,3 +342,23 @@ class CircuitView(msgspec.Struct, frozen=True):
     failed_calls: int = 0
     trial_successes: int = 0        # half-open: successes so far
     opened: int = 0                 # times it opened since it last closed (the cool-down doubles each time)
+
+
+# --- router warm-ups (`router.warm.v1`, leader only) ------------------------------
+
+
+class WarmModel(msgspec.Struct, frozen=True, kw_only=True):
+    """Send an unbilled minimal call to a model so that it is loaded: on one endpoint, or on every endpoint
+    serving it; the registry records each result as a `model.warmed.v1`."""
+
+    model_id: str
+    endpoint_id: str = ""           # "" = every endpoint serving the model
+    provider_id: str = ""           # "" = any provider; else only that provider's endpoints
+    trigger: Literal["admin", "start", "test"] = "admin"
+    first_only: bool = False        # stop at the first endpoint that answers (a test)
+
+
+class WarmReply(msgspec.Struct, frozen=True):
+    """What each warm-up call did, in the order they were made."""
+
+    results: list[ModelWarmed]

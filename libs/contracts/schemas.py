@@ -55,7 +55,8 @@ ERROR = Contract("service.error", "error", (m.ErrorBody,),
 EXCHANGES: tuple[Exchange, ...] = (
     Exchange(s.REGISTRY_COMMAND, (m.AnyCommand,), (m.CommandReply,),
              "A registry command, tagged by `command`.",
-             "The events the command recorded (none when it changed nothing) and, for a new key, the key once."),
+             "The events the command recorded (none when it changed nothing), for a new key the key once, and for "
+             "`verify_credentials` the user (never a password or hash)."),
     Exchange(s.REGISTRY_QUERY, (m.RegistryQuery,), (list[dict[str, Any]], dict[str, Any]),
              "Read one kind of registry resource, one item of it, or one tenant's.",
              "A list of resources (no `id`), one resource (`id`), the `status` document or the `export` document; "
@@ -64,6 +65,9 @@ EXCHANGES: tuple[Exchange, ...] = (
              "A command for the router leader, tagged by `command`.",
              "`reset_circuit`: the CircuitChanged it published; `refresh`: a RefreshReply; "
              "`test_endpoint`: the ProbeCompleted (not published)."),
+    Exchange(s.ROUTER_WARM, (m.WarmModel,), (m.WarmReply,),
+             "Warm a model up with unbilled minimal calls: on one endpoint, or every endpoint serving it.",
+             "Each call's result, as the registry recorded it (`model.warmed.v1`)."),
     Exchange(s.ROUTER_QUERY, (m.RouterQuery,), (list[m.CircuitView], m.CircuitView),
              "Read every breaker, or one endpoint's.",
              "Every breaker (no `endpoint_id`), or one."),

@@ -22,6 +22,12 @@ TENANT_MODEL_ASSIGNED = "tenant.model_assigned.v1"
 TENANT_MODEL_UNASSIGNED = "tenant.model_unassigned.v1"
 KEY_ISSUED = "key.issued.v1"
 KEY_REVOKED = "key.revoked.v1"
+USER_CREATED = "user.created.v1"
+USER_UPDATED = "user.updated.v1"                # role, tenant or display name changed (never the password)
+USER_PASSWORD_CHANGED = "user.password_changed.v1"
+USER_REMOVED = "user.removed.v1"
+USER_TOKEN_REVOKED = "user.token_revoked.v1"    # a refresh token was revoked (sign-out): its session ends
+MODEL_WARMED = "model.warmed.v1"                # an unbilled warm-up call loaded a model on an endpoint
 
 # routing (router service)
 PROBE_COMPLETED = "probe.completed.v1"          # an unbilled health probe of an endpoint finished
@@ -37,6 +43,7 @@ METERING_QUERY = "metering.query.v1"
 METERING_COMMAND = "metering.command.v1"        # roll the usage time series up into days
 ROUTER_COMMAND = "router.command.v1"            # reset a breaker, force a refresh, test an endpoint
 ROUTER_QUERY = "router.query.v1"                # circuits, per-endpoint health
+ROUTER_WARM = "router.warm.v1"                  # warm a model up: unbilled minimal calls (leader only)
 QUOTA_RESERVE = "quota.reserve.v1"              # reserve estimated tokens against every limit
 QUOTA_QUERY = "quota.query.v1"                  # quotas and usage views
 QUOTA_COMMAND = "quota.command.v1"              # set limits
@@ -49,7 +56,7 @@ STREAM_LIMITS = "LIMITS"
 
 STREAMS: dict[str, list[str]] = {
     STREAM_USAGE: ["usage.>"],
-    STREAM_REGISTRY: ["provider.>", "endpoint.>", "model.>", "tenant.>", "key.>"],
+    STREAM_REGISTRY: ["provider.>", "endpoint.>", "model.>", "tenant.>", "key.>", "user.>"],
     STREAM_ROUTING: ["probe.>", "circuit.>"],
     STREAM_LIMITS: ["limits.>"],
 }

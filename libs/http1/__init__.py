@@ -10,13 +10,23 @@
         resp.release()
     await pool.close()
 
+For a short exchange read whole under one deadline (the router's probes):
+
+    fetched = await pool.fetch("GET", "https://api.example.com/v1/models",
+                               [("Authorization", "Bearer ...")], timeout_s=5)
+    fetched.status, fetched.headers, fetched.json()
+
+`https://` URLs use `tls_context()`: the system's CAs, host name checked and sent (SNI), ALPN
+`http/1.1`; pass `ssl_context` to trust something else.
+
 Errors (`wire.py`):
 
     TransportError
-    ├── ConnectFailed   refused, unreachable, DNS failure or connect timeout: nothing was sent
-    ├── ReadTimeout     no bytes from the upstream for read_timeout_s (between bytes, not in all)
-    └── ResponseCut     the connection closed or broke before the response was complete,
-                        or the response was malformed
+    ├── ConnectFailed     refused, unreachable, DNS or TLS failure, connect timeout: nothing was sent
+    ├── ReadTimeout       no bytes from the upstream for read_timeout_s (between bytes, not in all)
+    ├── ResponseCut       the connection closed or broke before the response was complete,
+    │                     or the response was malformed (or larger than fetch's max_body_bytes)
+    └── DeadlineExceeded  fetch got no complete response within its timeout_s
 
 A request reuses the most recently idle connection to its host. If that connection turns
 out to have been closed by the server (it closes before any byte of the response), the
@@ -24,8 +34,9 @@ request is sent once more on a fresh connection; once a response byte has arrive
 is. The caller's headers must not repeat Host or Content-Length, which are always sent.
 """
 
-from switchyard_gateway.http1.pool import Pool
-from switchyard_gateway.http1.response import Response
-from switchyard_gateway.http1.wire import ConnectFailed, ReadTimeout, ResponseCut, TransportError
+from switchyard_gateway.http1.pool import Pool, tls_context
+from switchyard_gateway.http1.response import Fetched, Response
+from switchyard_gateway.http1.wire import ConnectFailed, DeadlineExceeded, ReadTimeout, ResponseCut, TransportError
 
-__all__ = ["ConnectFailed", "Pool", "ReadTimeout", "Response", "ResponseCut", "TransportError"]
+__all__ = ["ConnectFailed", "DeadlineExceeded", "Fetched", "Pool", "ReadTimeout", "Response", "ResponseCut",
+           "TransportError", "tls_context"]

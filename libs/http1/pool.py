@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 import time
 from collections import deque
@@ -10,9 +11,11 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from switchyard_gateway.http1.conn import Connection, NoResponse, Response
-from switchyard_gateway.http1.wire import ConnectFailed, ReadTimeout, ResponseCut, TransportError
+from switchyard_gateway.http1.response import Fetched
+from switchyard_gateway.http1.wire import ConnectFailed, DeadlineExceeded, ReadTimeout, ResponseCut, TransportError
 
-__all__ = ["ConnectFailed", "Pool", "ReadTimeout", "Response", "ResponseCut", "TransportError"]
+__all__ = ["ConnectFailed", "DeadlineExceeded", "Fetched", "Pool", "ReadTimeout", "Response", "ResponseCut",
+           "TransportError"]
 
 MAX_TARGETS = 4096  # cached (method, url) parses; the cache starts over beyond this
 CLOSE_DEADLINE_S = 1.0
@@ -85,6 +88,38 @@ class Pool:
             retry = False
             conn = await host.acquire(fresh=True)
 
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        *,
+        timeout_s: float,
+        max_body_bytes: int = 16 * 1024 * 1024,
+    ) -> Fetched:
+        """Send one request and read its whole response within `timeout_s` (connect, head and body).
+
+        For short exchanges (probes, admin calls), where one deadline matters rather than the time
+        between bytes. Raises DeadlineExceeded, ConnectFailed, or ResponseCut (also for a body over
+        `max_body_bytes`, whose connection is then closed).
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self.request(method, url, body, headers, read_timeout_s=timeout_s)
+                try:
+                    chunks, size = [], 0
+                    async for data in resp:
+                        size += len(data)
+                        if size > max_body_bytes:
+                            raise ResponseCut(f"the response body is larger than {max_body_bytes} bytes")
+                        chunks.append(data)
+                finally:
+                    resp.release()
+        except TimeoutError:
+            raise DeadlineExceeded(f"no complete response within {timeout_s:g} s") from None
+        return Fetched(resp.status, resp.headers, b"".join(chunks))
+
     async def close(self) -> None:
         """Close every connection; requests waiting for one fail with ConnectFailed."""
         self.closed = True
@@ -110,7 +145,7 @@ class Pool:
         if host is None:
             context = None
             if scheme == "https":
-                context = self._ssl_context or ssl.create_default_context()
+                context = self._ssl_context or tls_context()
                 self._ssl_context = context
             host = self._hosts[key] = Host(self, parts.hostname, port, context)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -141,6 +176,25 @@ class Pool:
                 oldest = idle[0].idle_since
         if oldest is not None:
             self._sweeper = loop.call_at(oldest + self.idle_timeout_s, self._sweep, loop)
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong connecting, briefly: "connection refused" rather than the loop's errno text."""
+    text = str(exc)
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED or (
+            text.startswith("Multiple exceptions") and f"[Errno {errno.ECONNREFUSED}]" in text):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return text or type(exc).__name__
+
+
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """TLS as hosted APIs expect it: certificates verified against the system's CAs (or `cafile`), the host
+    name checked and sent (SNI), and HTTP/1.1 named in ALPN, so a server that also speaks h2 picks 1.1."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class _Target:
@@ -208,8 +262,7 @@ class Host:
                     server_hostname=self.hostname if self.ssl is not None else None,
                 )  # fmt: skip
         except OSError as exc:  # refused, unreachable, DNS, TLS, and TimeoutError
-            reason = str(exc) or type(exc).__name__
-            raise ConnectFailed(f"cannot connect to {self.hostname}:{self.port}: {reason}") from None
+            raise ConnectFailed(f"cannot connect to {self.hostname}:{self.port}: {_reason(exc)}") from None
         finally:
             self.opening -= 1
             self._pass_slot()

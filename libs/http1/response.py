@@ -1,9 +1,11 @@
-"""A response whose head has arrived; its body is buffered by the connection and consumed here."""
+"""A response whose head has arrived (its body buffered by the connection and consumed here), and a whole one."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from switchyard_gateway.http1.wire import ResponseCut
 
@@ -80,3 +82,26 @@ class Response:
             raise
         finally:
             self._waiter = None
+
+
+class Fetched:
+    """A whole response, as `Pool.fetch` returns it: status, headers (lower-case names) and body."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def __repr__(self) -> str:
+        return f"<Fetched {self.status} {len(self.body)} bytes>"
+
+    def json(self) -> Any:
+        """The body decoded as JSON; ValueError if it is not JSON."""
+        try:
+            return msgspec.json.decode(self.body)
+        except msgspec.DecodeError as exc:
+            raise ValueError(str(exc)) from None
+
+    def text(self) -> str:
+        """The body as text (UTF-8, undecodable bytes replaced)."""
+        return self.body.decode("utf-8", "replace")

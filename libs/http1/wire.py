@@ -31,6 +31,10 @@ class ResponseCut(TransportError):
     """The connection closed or broke before the response was complete, or it was malformed."""
 
 
+class DeadlineExceeded(TransportError):
+    """`Pool.fetch` got no complete response (connect, head and body) within its `timeout_s`."""
+
+
 def parse_head(buf: bytes, end: int) -> tuple[int, dict[str, str], bool]:
     """(status, headers, keep_alive) from `buf[:end]`, the head without its blank line.
 

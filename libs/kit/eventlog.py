@@ -7,7 +7,7 @@ an event committed later with a smaller position.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 
 import asyncpg
@@ -15,6 +15,7 @@ import msgspec
 
 from switchyard_gateway.contracts.codec import decode_event, stored_types
 from switchyard_gateway.contracts.events import Event, event_type
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
 
 APPEND_LOCK = 0x5359_4C4F47  # "SYLOG"
 MIGRATE_LOCK = 0x5359_4D4947  # "SYMIG"
@@ -160,27 +161,6 @@ async def read_all(
         after = batch[-1][0]
 
 
-class LogFold:
-    """An in-memory fold of some event types, kept current from the log: each event applies once, in log
-    order, whether it arrives by `catch_up` or from the caller's own append (a concurrent catch-up may hand
-    over an event already passed: it is skipped)."""
-
-    def __init__(self, types: Iterable[str], apply: Callable[[Event], object]) -> None:
-        self.types, self.apply = frozenset(types), apply
-        self.position = 0
-
-    async def catch_up(self, conn: asyncpg.Connection) -> None:
-        """Fold what the log holds past this fold's position."""
-        async for batch in read_all(conn, self.position, self.types):
-            for position, event in batch:
-                self.fold(position, event)
-
-    def fold(self, position: int, event: Event) -> None:
-        if position > self.position:
-            self.apply(event)
-            self.position = position
-
-
 async def read_rows(
     conn: asyncpg.Connection, after: int, types: Iterable[str] | None, upto: int, limit: int,
 ) -> list[asyncpg.Record]:
@@ -209,14 +189,10 @@ async def count(conn: asyncpg.Connection, type_: str | None = None) -> int:
 
 async def create_pool(url: str, timeout_s: float = 30.0, size: int = 10) -> asyncpg.Pool:
     """A connection pool, waiting up to `timeout_s` for PostgreSQL to answer."""
-    import asyncio
-    import time
+    async def attempt() -> asyncpg.Pool:
+        return await asyncpg.create_pool(url, min_size=1, max_size=size, timeout=5, command_timeout=60)
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await asyncpg.create_pool(url, min_size=1, max_size=size, timeout=5, command_timeout=60)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"PostgreSQL did not answer within {timeout_s:.0f} s: {exc}") from exc
-            await asyncio.sleep(0.3)
+    try:
+        return await retry(attempt, what=None, backoff=Backoff(0.3, 0.3), deadline_s=timeout_s)
+    except TRANSIENT as exc:
+        raise ConnectionError(f"PostgreSQL did not answer within {timeout_s:.0f} s: {exc}") from exc

@@ -178,8 +178,9 @@ def create_service_app(
     )
 
 
-def run(target: str, settings: ServiceSettings, interface: str = "asgi") -> None:
-    """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1.
+def run(target: str, settings: ServiceSettings, interface: str = "asgi", websockets: bool = False) -> None:
+    """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1 (and WebSocket
+    upgrades when `websockets`).
 
     granian runs a main process and a worker; the worker dies with the main (SIGTERM, so it still
     drains), and the main, started by the supervisor, dies with it. granian listens with
@@ -199,7 +200,7 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi") -> None
         raise SystemExit(ports.PORT_IN_USE_EXIT)
     Granian(
         target, address=settings.host, port=settings.port, interface=Interfaces(interface),
-        factory=True, workers=1, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
+        factory=True, workers=1, loop=Loops.uvloop, http=HTTPModes.http1, websockets=websockets,
         log_enabled=False, backlog=2048,
     ).serve(target_loader=functools.partial(_load_in_worker, os.getpid()))
 

@@ -36,6 +36,19 @@ _SERVERS: dict[str, type[ManagedServer]] = {
 _PROBLEMS = {"nats": nats_problem, "postgres": postgres_problem, "valkey": valkey_problem}
 
 
+def running_url(data_dir: Path, name: str) -> str:
+    """SWITCHYARD_<NAME> from the environment, else that URL of the stack `switchyard up --data-dir D` runs
+    (`name`: database_url, redis_url or nats_url), for tools that work on a running system."""
+    url = os.environ.get(f"SWITCHYARD_{name.upper()}")
+    if url:
+        return url
+    state = data_dir / "stack.json"
+    if not state.exists():
+        raise SystemExit(f"switchyard: no SWITCHYARD_{name.upper()} and no stack at {data_dir} "
+                         "(run `switchyard up --data-dir D` first, or pass the same --data-dir)")
+    return json.loads(state.read_text())["urls"][name]
+
+
 class StackUrls(msgspec.Struct, frozen=True):
     """Where the services find NATS, PostgreSQL and Redis/Valkey."""
 

@@ -1,24 +1,20 @@
-"""The embedded Valkey server, with an append-only file so data outlives a restart, and a Redis PING check."""
+"""The embedded Valkey server, with an append-only file so data outlives a restart, and a PING check."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import redis
-
+from switchyard_gateway import resp
 from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 
 def valkey_problem(url: str, *, timeout_s: float = 1.0) -> str | None:
     """None when the Redis/Valkey server at url answers PING, else why not (e.g. still loading)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
-        client.ping()
-    except redis.RedisError as exc:
+        resp.ping(url, timeout_s)
+    except (ConnectionError, resp.ValkeyError) as exc:
         return f"{type(exc).__name__}: {exc}"
-    finally:
-        client.close()
     return None
 
 
@@ -56,6 +52,7 @@ class ValkeyServer(ManagedServer):
             "--appendonly", "yes",
             "--appendfsync", "everysec" if self.durable else "no",
             "--save", "",
+            "--hz", "1",            # background work once a second, not ten times: idle means idle
         ]  # fmt: skip
 
     def answers(self) -> bool:

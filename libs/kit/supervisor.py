@@ -12,6 +12,8 @@ drain), and within a tier every unit at once.
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -81,6 +83,7 @@ class Supervisor:
         self.watches: dict[str, Watch] = {}
         self.echo, self.group_grace_s = echo, group_grace_s
         self.stopping = False
+        self._pidfds: dict[int, int] = {}      # leader pid -> pidfd, readable once it exits
 
     def add(self, unit: Unit, running: subprocess.Popen[bytes] | None = None) -> Watch:
         """Supervise a unit: launch it now, or adopt the process it already runs as."""
@@ -124,6 +127,7 @@ class Supervisor:
         code = watch.proc.poll()
         if code is None:
             return
+        self._forget(watch.proc.pid)
         lived = now - watch.started_at
         watch.failures_in_row = 0 if lived > HEALTHY_AFTER_S else watch.failures_in_row + 1
         watch.history.append(code)
@@ -150,13 +154,53 @@ class Supervisor:
         """Supervise until the caller's signal handler raises."""
         while True:
             self.poll()
-            time.sleep(interval_s)
+            self.sleep(interval_s)
+
+    def sleep(self, interval_s: float) -> None:
+        """Until a unit's leader exits or a restart is due; `interval_s` while a dead unit's group is being
+        ended (or where Linux cannot tell of an exit). Idle, nothing wakes the launcher."""
+        now = time.monotonic()
+        timeout: float | None = None
+        exits: list[int] = []
+        for watch in self.watches.values():
+            if watch.state is State.REAPING:
+                timeout = interval_s
+            elif watch.state is State.WAITING:
+                due = max(watch.deadline - now, 0.0)
+                timeout = due if timeout is None else min(timeout, due)
+            elif watch.state is State.RUNNING and watch.proc is not None:
+                fd = self._exit_fd(watch.proc)
+                if fd is None:
+                    timeout = interval_s
+                else:
+                    exits.append(fd)
+        if exits:
+            select.select(exits, [], [], timeout)
+        else:
+            time.sleep(timeout if timeout is not None else interval_s)
+
+    def _exit_fd(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """A descriptor that becomes readable when `proc` exits (a pidfd), kept while it runs."""
+        fd = self._pidfds.get(proc.pid)
+        if fd is None and hasattr(os, "pidfd_open"):
+            try:
+                fd = self._pidfds[proc.pid] = os.pidfd_open(proc.pid)
+            except OSError:
+                return None
+        return fd
+
+    def _forget(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop every unit, tier by tier from the highest, each tier's units at once; kill what lingers."""
         self.stopping = True
         for tier in sorted({w.unit.tier for w in self.watches.values()}, reverse=True):
             self._stop_tier([w for w in self.watches.values() if w.unit.tier == tier], timeout_s)
+        for pid in list(self._pidfds):
+            self._forget(pid)
 
     def _stop_tier(self, watches: list[Watch], timeout_s: float) -> None:
         live = [(w, w.proc) for w in watches if w.proc is not None and w.state in (State.RUNNING, State.REAPING)]

@@ -11,10 +11,12 @@ is counted; mode `r` (rate window) is corrected in place to the actual amount.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from switchyard_gateway.contracts.quota import Counter
 from switchyard_gateway.quotas.periods import Keys
+from switchyard_gateway.resp import Valkey
 
 RESERVE = """
 -- KEYS: holds zset, hold data hash, then one counter hash per counter
@@ -209,12 +211,17 @@ def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[C
 
 
 LEAD = """
--- KEYS: the projection lock; ARGV: this runner's token, lease (ms). 1 if this runner leads (now or still).
+-- KEYS: the projection lock; ARGV: this runner's token, lease (ms).
+-- 0 if this runner leads (now or still); else the milliseconds left of the other runner's lease.
 local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if owner then return 0 end
+if owner == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 0 end
+if owner then
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 1 then return tonumber(ARGV[2]) end
+  return left
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return 0
 """
 
 
@@ -224,6 +231,10 @@ class Script:
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def run(self, valkey: Valkey, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run it on `valkey` with these KEYS and ARGV."""
+        return await valkey.evalsha(self.sha, self.source, list(keys), list(args))
 
 
 RESERVE_SCRIPT, APPLY_SCRIPT, EXPIRE_SCRIPT, RELEASE_SCRIPT, REBUILD_SCRIPT, LEAD_SCRIPT = (

@@ -267,7 +267,7 @@ def show(body: bytes, cfg: SimConfig, serial: int) -> Reply:
                 f"{family}.context_length": 8192 if embedding else 131_072,
                 f"{family}.embedding_length": cfg.embedding_dims,
             },
-            "capabilities": ["embedding"] if embedding else ["completion"],
+            "capabilities": ["embedding"] if embedding else ["completion", "tools"],
             "modified_at": MODIFIED_AT,
         }
     )

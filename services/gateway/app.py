@@ -7,22 +7,29 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException, MethodNotAllowedException, NotFoundException
 
 from switchyard_gateway import http1
-from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.messages import ErrorBody, Problem
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import Runtime, create_service_app, run, serve_subscriptions
 from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.services.gateway import metrics
-from switchyard_gateway.services.gateway.api import admin, health, monitoring, quotas, routing_admin
+from switchyard_gateway.services.gateway.api import (
+    admin, embedding_seeds, health, monitoring, quotas, routing_admin, sign_in, system_seeds, users, warmup,
+)
 from switchyard_gateway.services.gateway.api.ollama_listings import OLLAMA_ROUTES
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
+from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
+from switchyard_gateway.services.gateway.edge.tokens import Tokens
+from switchyard_gateway.services.gateway.edge import errors
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge.headers import Cors
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
@@ -33,6 +40,7 @@ from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
+from switchyard_gateway.services.gateway.openapi.routes import DOCS_ROUTES
 from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.gateway.state.circuits import Circuits
@@ -40,25 +48,87 @@ from switchyard_gateway.services.gateway.state.circuits import Circuits
 _encode = msgspec.json.Encoder().encode
 
 
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return Response(exc.render(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+def _error(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+    return Response(errors.render_for(request.url.path, error), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
 
 
-def _service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
-    return Response(_encode({"error": exc.body}), status_code=exc.status, media_type="application/json")
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    return _error(request, exc)
 
 
-def _validation_error(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
+def error_body(body: ErrorBody, status: int) -> dict[str, Any]:
+    """An admin error as clients read it: `{"error": {"code", "message", "field", "problems"}}`; a refused
+    body also lists `validationErrors` (`[{"field", "message"}]`, the provider-admin API's spelling)."""
+    shown: dict[str, Any] = msgspec.to_builtins(body)
+    if status in (400, 422) and body.code not in ("INVALID_JSON",):
+        if body.problems:
+            shown["validationErrors"] = [{"field": p.path, "message": p.message} for p in body.problems]
+        elif body.field:
+            shown["validationErrors"] = [{"field": body.field, "message": body.message}]
+    return {"error": shown}
+
+
+def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
+    """A service's refusal: the admin shape on admin and monitoring routes, the door's shape on a door's."""
+    if errors.shape_for(request.url.path) == "plain":
+        return Response(_encode(error_body(exc.body, exc.status)), status_code=exc.status,
+                        media_type="application/json")
+    return _error(request, GatewayError(exc.body.message, status=exc.status, kind="invalid_request_error",
+                                        code=exc.body.code.lower(), param=exc.body.field))
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
     text = str(exc)
     field = text.split("at `$.", 1)[1].rstrip("`").split("[", 1)[0] if "at `$." in text else None
     code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
         else "VALIDATION_ERROR"
-    return Response(_encode({"error": ErrorBody(code, text, field)}), status_code=400, media_type="application/json")
-
-
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    return Response(_encode({"error": exc.detail}), status_code=exc.status_code, headers=exc.headers or None,
+    if errors.shape_for(request.url.path) != "plain":
+        return _error(request, errors.BadRequest(text, code=code.lower(), param=field))
+    return Response(_encode(error_body(ErrorBody(code, text, field), 400)), status_code=400,
                     media_type="application/json")
+
+
+def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Response[bytes]:
+    """A typed request body Litestar could not read (malformed JSON, a wrong type, a field missing): 400 in the
+    admin shape; any other client error as it is."""
+    if exc.status_code != 400 or errors.shape_for(request.url.path) != "plain":
+        return _http_error(request, exc)
+    details = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
+    if not details:
+        body = ErrorBody("INVALID_JSON", str(exc.detail))
+    else:
+        problems = [Problem(_body_field(e), str(e.get("message", ""))) for e in details]
+        body = ErrorBody("VALIDATION_ERROR", problems[0].message, problems[0].path or None, problems)
+    return Response(_encode(error_body(body, 400)), status_code=400, media_type="application/json")
+
+
+def _body_field(detail: dict[str, Any]) -> str:
+    """The field a Litestar validation detail is about (a missing one is named in its message only)."""
+    key, message = str(detail.get("key") or ""), str(detail.get("message", ""))
+    if key in ("", "data") and "`" in message:
+        return message.split("`")[1]
+    return "" if key == "data" else key
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """The web framework's refusals (no such route, method not allowed, a bad parameter) in the door's shape."""
+    method, path = request.method, request.url.path
+    if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
+        error: GatewayError = errors.RouteNotFound(method, path)
+    elif isinstance(exc, MethodNotAllowedException):
+        error = errors.MethodNotAllowed(method, path)
+    else:
+        error = errors.from_status(exc.status_code, str(exc.detail))
+    error.headers = {**(exc.headers or {}), **error.headers}
+    return _error(request, error)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Anything else: logged once, answered 500 in the door's shape."""
+    structlog.get_logger().exception("gateway.unhandled", path=request.url.path, method=request.method,
+                                     error=type(exc).__name__)
+    return _error(request, GatewayError("Internal error", code="internal_error"))
 
 
 def create_app(settings: Settings | None = None) -> GatewayRSGI:
@@ -73,7 +143,16 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         raise SystemExit(f"SWITCHYARD_QUOTA_ON_ERROR must be 'open' or 'closed', not '{settings.quota_on_error}'")
     state = LocalState()                    # the registry catalog, fed by REGISTRY
     circuits = Circuits()                   # breaker states and probe health, fed by ROUTING
-    auth = Authenticator.from_settings(state.catalog, settings)     # single-user or multi-tenant (keys and JWTs)
+    try:
+        auth = Authenticator.from_settings(state.catalog, settings)  # single-user or multi-tenant (keys, JWTs, users)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    tokens = Tokens(settings.jwt_secret if auth.mode == "multi-tenant" else "", settings.jwt_issuer,
+                    settings.access_token_ttl_s, settings.refresh_token_ttl_s)
+    login_guard = LoginGuard(Valkey(settings.redis_url), key_prefix(settings.login_prefix, settings.database_url, "a"),
+                             user_failures=settings.login_user_failures,
+                             address_failures=settings.login_address_failures, backoff_s=settings.login_backoff_s,
+                             backoff_max_s=settings.login_backoff_max_s, window_s=settings.login_window_s)
     fallbacks = Fallbacks(state.catalog)
     router = Router(state.catalog, fallbacks, circuits)
 
@@ -95,30 +174,34 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
                       settings.max_output_tokens)
         metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
         await serve_subscriptions(runtime, {}, None)     # answers $SRV.PING: /health counts every gateway instance
-        return Deps(settings=settings, nc=nc, auth=auth, state=state, circuits=circuits, router=router, quota=quota,
+        return Deps(settings=settings, nc=nc, auth=auth, tokens=tokens, login_guard=login_guard, state=state,
+                    circuits=circuits, router=router, quota=quota,
                     usage=publisher, usage_stream=UsageHub(nc, router.inflight_counts), proxy=proxy,
                     cache=cache, upstreams=upstreams)
 
     async def stop(deps: Deps) -> None:
         await deps.quota.close()
         await deps.cache.close()
+        await deps.login_guard.close()
         await deps.usage.drain()
         await deps.upstreams.close()
 
     litestar = create_service_app(
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
-                        *CONSOLE_ROUTES],
+                        *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
+                        *system_seeds.ROUTES, *DOCS_ROUTES],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
-            msgspec.MsgspecError: _validation_error, HTTPException: _http_error,
+            msgspec.MsgspecError: _validation_error, ClientException: _body_refused, HTTPException: _http_error,
+            Exception: _unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
     )
-    return GatewayRSGI(litestar)
+    return GatewayRSGI(litestar, Cors(settings.cors_origins))
 
 
 def main() -> None:
     # RSGI: measured fastest for the hot path (docs/performance.md)
-    run("switchyard_gateway.services.gateway.app:create_app", Settings.from_env(), interface="rsgi")
+    run("switchyard_gateway.services.gateway.app:create_app", Settings.from_env(), interface="rsgi", websockets=True)

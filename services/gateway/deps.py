@@ -10,6 +10,8 @@ from switchyard_gateway import http1
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
+from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
+from switchyard_gateway.services.gateway.edge.tokens import Tokens
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
@@ -27,6 +29,8 @@ class Deps:
     settings: Settings
     nc: NATS
     auth: Authenticator            # who a request's key stands for
+    tokens: Tokens                 # sign-in's access and refresh tokens
+    login_guard: LoginGuard        # failed sign-ins per username and address, in Valkey
     state: LocalState              # the registry catalog, fed by REGISTRY
     circuits: Circuits             # breakers and probes, fed by ROUTING
     router: Router                 # route plans and in-flight counts

@@ -18,6 +18,9 @@ if TYPE_CHECKING:                 # the pipeline counts its calls here: these ar
     from switchyard_gateway.services.gateway.state.circuits import Circuits
 
 EMBEDDING_APIS = frozenset({"openai.embeddings", "ollama.embed", "ollama.embeddings"})
+# `status` of the embedding metrics is the outcome, as the embeddings services' dashboards query it
+# (`embedding_requests_total{status="error"}`); `code` is the HTTP status the client saw.
+SUCCESS, ERROR = "success", "error"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
 
@@ -29,9 +32,15 @@ OVERHEAD = Histogram("switchyard_gateway_overhead_seconds", "The gateway's own s
 TTFT = Histogram("switchyard_time_to_first_token_seconds", "Time to the first streamed byte", ["model"],
                  buckets=_LATENCY_BUCKETS)
 TOKENS = Counter("switchyard_tokens_total", "Tokens by model and direction", ["model", "direction"])
-EMBEDDING_REQUESTS = Counter("embedding_requests_total", "Embedding calls", ["model", "status"])
+EMBEDDING_REQUESTS = Counter("embedding_requests_total",
+                             "Embedding calls by model, outcome (status: success or error) and HTTP status (code)",
+                             ["model", "status", "code"])
 EMBEDDING_DURATION = Histogram("embedding_request_duration_seconds", "Embedding call duration", ["model"],
                                buckets=_LATENCY_BUCKETS)
+EMBEDDING_LATENCY = Histogram("embedding_latency_seconds", "Time an embedding call spent at its provider (upstream)",
+                              ["model"], buckets=_LATENCY_BUCKETS)
+ACTIVE_EMBEDDINGS = Gauge("active_embedding_requests", "Embedding calls this gateway is serving now "
+                                                       "(HTTP and WebSocket)")
 EMBEDDING_TOKENS = Counter("embedding_tokens_total", "Embedding input tokens", ["model"])
 CACHE_REQUESTS = Counter("switchyard_cache_requests_total", "Response cache lookups", ["api", "model"])
 CACHE_HITS = Counter("switchyard_cache_hits_total", "Calls answered from the response cache", ["api", "model"])
@@ -59,6 +68,11 @@ def _tokens(model: str) -> tuple[Counter, Counter]:
     return TOKENS.labels(model, "input"), TOKENS.labels(model, "output")
 
 
+def active_embeddings() -> int:
+    """Embedding calls this gateway is serving now."""
+    return int(sum(sample.value for metric in ACTIVE_EMBEDDINGS.collect() for sample in metric.samples))
+
+
 def count_cache_lookup(api: str, model: str) -> None:
     CACHE_REQUESTS.labels(api, model).inc()
 
@@ -73,8 +87,11 @@ def count_quota_unavailable(action: str) -> None:
     QUOTA_UNAVAILABLE.labels(action).inc()
 
 
-def count_request(api: str, status: int) -> None:
+def count_request(api: str, status: int, model: str = "") -> None:
+    """A call refused before it was accepted (no usage event): counted by its API and status."""
     _requests(api, status).inc()
+    if api in EMBEDDING_APIS:
+        EMBEDDING_REQUESTS.labels(model, ERROR, str(status)).inc()
 
 
 def observe_call(event: UsageRecorded, duration_s: float, overhead_s: float) -> None:
@@ -89,14 +106,18 @@ def observe_call(event: UsageRecorded, duration_s: float, overhead_s: float) -> 
     if event.stream and event.ttfb_ms is not None:
         TTFT.labels(event.model).observe(event.ttfb_ms / 1000)
     if event.api in EMBEDDING_APIS:
-        EMBEDDING_REQUESTS.labels(event.model, str(event.status)).inc()
+        ok = event.outcome == "ok" and event.status < 400
+        EMBEDDING_REQUESTS.labels(event.model, SUCCESS if ok else ERROR, str(event.status)).inc()
         EMBEDDING_DURATION.labels(event.model).observe(duration_s)
         EMBEDDING_TOKENS.labels(event.model).inc(event.input_tokens)
+        if event.endpoint_id:
+            EMBEDDING_LATENCY.labels(event.model).observe(max(0.0, duration_s - overhead_s))
 
 
 class StateCollector:
     """Read at scrape time from the gateway's own state, so the hot path pays nothing: calls in flight per
-    endpoint and model, and each endpoint's breaker as this gateway sees it (0 closed, 1 half-open, 2 open)."""
+    endpoint and model, each endpoint's breaker as this gateway sees it (0 closed, 1 half-open, 2 open), and
+    whether each embedding model can be served now."""
 
     CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -120,6 +141,23 @@ class StateCollector:
         for endpoint_id in list(catalog.endpoints):
             breaker.add_metric([endpoint_id], self.CIRCUIT_VALUES.get(circuits.state(endpoint_id), 0))
         yield breaker
+        available = GaugeMetricFamily("embedding_model_availability",
+                                      "1 when some endpoint serving the embedding model can take a call now (breaker "
+                                      "not open, last probe answered), else 0", labels=["model"])
+        for model_id, model in list(catalog.models.items()):
+            if model.kind == "embedding":
+                available.add_metric([model_id], 1 if model_available(catalog, circuits, model_id) else 0)
+        yield available
+
+
+def model_available(catalog: Catalog, circuits: Circuits, model_id: str) -> bool:
+    """Whether some endpoint serving the model can take a call now: its breaker not open and its last probe
+    (if it had one yet) answered."""
+    for endpoint in catalog.endpoints_serving(model_id):
+        probe = circuits.health(endpoint.endpoint_id)
+        if circuits.state(endpoint.endpoint_id) != "open" and (probe is None or probe.get("ok")):
+            return True
+    return False
 
 
 STATE = StateCollector()          # prometheus-client's registry is per process, and so is this gateway

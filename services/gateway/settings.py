@@ -1,4 +1,5 @@
-"""The gateway's settings: the HTTP edge, upstream calls, auth, quota reservations and the response cache."""
+"""The gateway's settings: the HTTP edge, upstream calls, auth and sign-in, quota reservations, the response cache
+and WebSocket embeddings."""
 
 from __future__ import annotations
 
@@ -21,9 +22,24 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     journal_fsync: bool = False           # fdatasync each journal batch (machine crashes); a crashed process loses
                                           # nothing written without it
     # auth
-    auth_mode: str = "multi-tenant"       # "multi-tenant": registry keys and JWTs; "single-user": only api_key
+    auth_mode: str = "multi-tenant"       # "multi-tenant" (or "multi_user"): registry keys, JWTs and users;
+                                          # "single-user" (or "single_user"): only api_key
     api_key: str = ""                     # single-user mode: the one key accepted (role admin, tenant "admin")
     jwt_secret: str = ""                  # multi-tenant mode: HS256 secret of JWT bearer tokens ("" = no JWTs)
+    jwt_issuer: str = "switchyard"        # the `iss` every accepted JWT carries, and sign-in's tokens say
+    access_token_ttl_s: float = 900.0     # sign-in: an access token lives 15 minutes
+    refresh_token_ttl_s: float = 7 * 86400.0   # and its refresh token 7 days, unless revoked (sign-out)
+    # sign-in brute-force protection, counted in Valkey so that every gateway agrees
+    login_user_failures: int = 5          # failed sign-ins of one username before it is made to wait
+    login_address_failures: int = 20      # failed sign-ins from one address before it is made to wait
+    login_backoff_s: float = 1.0          # the first wait; each further failure doubles it
+    login_backoff_max_s: float = 900.0    # the longest wait
+    login_window_s: float = 900.0         # failures older than this (counted from the last one) are forgotten
+    login_prefix: str = ""                # Valkey key prefix of the counters ("": sy:a:<database>:)
+    trust_forwarded_for: bool = False     # behind a proxy: the client address is X-Forwarded-For's first
+    anonymous_tenant: str = ""            # trusted networks only: calls with no key act as a member of this tenant
+    # browsers
+    cors_origins: str = ""                # comma-separated origins allowed to call from a browser, or "*" ("": none)
     # quota reservations
     quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
     quota_hold_s: float = 600.0           # a reservation never settled is released after this long
@@ -41,3 +57,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     retry_max_ms: float = 1000.0
     retry_after_max_s: float = 2.0        # honour an upstream Retry-After up to this; longer: next endpoint
     cap_wait_s: float = 5.0               # how long a call waits for a slot when every endpoint is at its cap
+    # WebSocket embeddings (/ws)
+    ws_max_in_flight: int = 16            # requests one socket may have unanswered; one more closes it (1013)
+    ws_max_connections: int = 1024        # sockets this gateway holds at once; more are refused (503)
+    ws_idle_timeout_s: float = 120.0      # a socket with nothing in flight and no message for this long is closed

@@ -7,7 +7,6 @@ contracts' decoder; `tail` puts the log position first in each line and follows 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -16,8 +15,10 @@ from typing import TextIO
 
 import asyncpg
 
+from switchyard_gateway.events import Watermark
+from switchyard_gateway.events.notices import CHANNEL
 from switchyard_gateway.kit import eventlog
-from switchyard_gateway.services.metering.replay import database_url
+from switchyard_gateway.kit.stack import running_url
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -39,16 +40,23 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
+TAIL_CHUNK = 10_000
+
+
 def _line(position: int, payload: str) -> str:
     """The stored event with its log position as the first field."""
     return f'{{"position":{position},{payload[1:]}' if payload.startswith("{") else payload
 
 
 async def tail(data_dir: Path, type_: str | None, tenant: str | None, lines: int, follow: bool,
-               out: TextIO = sys.stdout, interval_s: float = 0.5) -> int:
-    """Print the last `lines` matching events, then (if `follow`) every new one as it is appended."""
-    conn = await asyncpg.connect(database_url(data_dir))
+               out: TextIO = sys.stdout) -> int:
+    """Print the last `lines` matching events, then (if `follow`) every new one as it is appended: woken by
+    the NOTIFY each append sends at commit, so an idle log costs nothing."""
+    conn = await asyncpg.connect(running_url(data_dir, "database_url"))
+    commits = Watermark()
     try:
+        if follow:
+            await conn.add_listener(CHANNEL, lambda *_: commits.advance(commits.value + 1))
         rows = await conn.fetch(
             f"SELECT position, payload::text AS payload FROM events WHERE {_FILTER} ORDER BY position DESC LIMIT $3",
             type_, tenant, lines)
@@ -56,11 +64,15 @@ async def tail(data_dir: Path, type_: str | None, tenant: str | None, lines: int
             out.write(_line(row["position"], row["payload"]) + "\n")
         out.flush()
         after = rows[0]["position"] if rows else await eventlog.head(conn)
+        seen, more = 0, False
         while follow:
-            await asyncio.sleep(interval_s)
+            if not more:
+                await commits.beyond(seen)
+                seen = commits.value        # before the read: a commit during it wakes the next one
             rows = await conn.fetch(
                 f"SELECT position, payload::text AS payload FROM events WHERE position > $3 AND {_FILTER}"
-                " ORDER BY position LIMIT 10000", type_, tenant, after)
+                " ORDER BY position LIMIT $4", type_, tenant, after, TAIL_CHUNK)
+            more = len(rows) == TAIL_CHUNK
             for row in rows:
                 out.write(_line(row["position"], row["payload"]) + "\n")
             if rows:
@@ -77,7 +89,7 @@ async def tail(data_dir: Path, type_: str | None, tenant: str | None, lines: int
 async def export(data_dir: Path, since: datetime, until: datetime | None, type_: str | None,
                  tenant: str | None, out: TextIO = sys.stdout) -> int:
     """Write every matching event that occurred at or after `since` (and before `until`), in log order."""
-    conn = await asyncpg.connect(database_url(data_dir))
+    conn = await asyncpg.connect(running_url(data_dir, "database_url"))
     count = 0
     try:
         async with conn.transaction():

@@ -1,4 +1,4 @@
-"""Metering's NATS entry points: the usage follower, usage queries, and the time-series rollup."""
+"""Metering's NATS entry points: the usage ingest, usage queries, and the time-series rollup."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from switchyard_gateway.contracts.events import now
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import MeteringQuery, RollupDays, TokenUsageReply
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.projections import Follower
+from switchyard_gateway.events import Ingest
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.services.metering import metrics, queries, rollup
 from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
@@ -28,7 +28,7 @@ class Deps:
     """What metering's handlers use, built once by `start`."""
 
     pool: asyncpg.Pool
-    follower: Follower
+    ingest: Ingest
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:
@@ -43,7 +43,11 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
             case "stats":
                 if not query.model:
                     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
-                since = None if query.since is None else queries.from_epoch(query.since)
+                try:
+                    since = None if query.since is None else queries.from_epoch(query.since)
+                except (ValueError, OverflowError, OSError):
+                    raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "'since' is not a time (epoch seconds)",
+                                                      "since")) from None
                 return encode(await queries.stats(conn, query.model, query.tenant_id, since))
     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"unknown query {query.query!r}", "query"))
 
@@ -63,16 +67,17 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     assert runtime.pool is not None
     settings = runtime.settings
     cost: UsageCost = PROJECTIONS["usage_cost"]  # type: ignore[assignment]
-    follower = Follower(
+    ingest = Ingest(
         runtime.nc, runtime.pool, subjects.STREAM_USAGE, subjects.CONSUMER_METERING,
         list(PROJECTIONS.values()), batch=settings.ingest_batch, linger_s=settings.ingest_linger_s,
         on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
-    deps = Deps(pool=runtime.pool, follower=follower)
+    deps = Deps(pool=runtime.pool, ingest=ingest)
+    runtime.before_scrape.append(ingest.refresh_lag)
     # Ingest allocates tens of thousands of small objects per batch and makes no cycles: what start-up
     # built is frozen out of the collector, and it runs less often (about a third of ingest CPU otherwise).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    runtime.spawn(follower.run(), "usage-follower")
+    runtime.spawn(ingest.run(), "usage-ingest")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
     return deps

@@ -1,7 +1,7 @@
 """Metering's Prometheus metrics: what was committed to the log, in tokens, calls and USD.
 
 Counted after each commit (a rolled-back batch counts nothing). Consumer lag and commit
-latency come from the follower itself (libs/kit/projections.py).
+latency come from the ingest itself (libs/events/ingest.py).
 """
 
 from __future__ import annotations

@@ -18,16 +18,20 @@ import asyncpg
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import RollupDays, RollupReply
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.kit.projections import lock_checkpoint
+from switchyard_gateway.events.project import lock_checkpoint
 from switchyard_gateway.services.metering.projections import UsageSeries
 
 
 def cutoff(days: int, now: datetime) -> datetime:
-    """Midnight (UTC) `days` days before today."""
-    if days < 0:
-        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "'days' must be 0 or more", "days"))
+    """Midnight (UTC) `days` days before today; a day before year 1 is refused like a negative count."""
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today - timedelta(days=days)
+    try:
+        if days < 0:
+            raise OverflowError
+        return today - timedelta(days=days)
+    except OverflowError:
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "'days' must be 0 or more, and name a day after "
+                                                              "year 1", "days")) from None
 
 
 async def roll_up(conn: asyncpg.Connection, command: RollupDays, now: datetime) -> RollupReply:

@@ -7,17 +7,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as redis
-
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.quota import QuotaQuery, ReservePlan, ReserveReply, SetLimits
+from switchyard_gateway.events import TRANSIENT, LogFollower, LogNotices
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.quotas.periods import Keys, key_prefix
 from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT, RESERVE_SCRIPT, reserve_call
+from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.quota import views
+from switchyard_gateway.services.quota.counters import Counters, ValkeyLead
 from switchyard_gateway.services.quota.metrics import UsageRatios
-from switchyard_gateway.services.quota.projection import CounterProjection, run_script
 from switchyard_gateway.services.quota.settings import Settings
 from switchyard_gateway.services.quota.store import LimitsStore
 
@@ -25,6 +25,7 @@ _set_limits = decoder(SetLimits)
 _query = decoder(QuotaQuery)
 _plan = decoder(ReservePlan)
 EXPIRE_EVERY_S = 1.0
+VALKEY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,11 @@ class Deps:
     """What the quota service's handlers and loops use, built once by `start`."""
 
     log: Any
-    redis: redis.Redis
+    valkey: Valkey
     keys: Keys
     limits: LimitsStore
-    projection: CounterProjection
+    counters: LogFollower        # the log followed into the counters, by push
+    notices: LogNotices
 
 
 async def on_command(deps: Deps, data: bytes) -> bytes:
@@ -48,21 +50,21 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
     query = _query.decode(data)
     await deps.limits.catch_up()           # limits another quota replica recorded
     book = deps.limits.book
-    client, keys = deps.redis, deps.keys
+    valkey, keys = deps.valkey, deps.keys
     match query.kind:
         case "limits":
             return encode(views.limits(book, query))
         case "quotas":
-            return encode(await views.quotas(book, client, keys, query))
+            return encode(await views.quotas(book, valkey, keys, query))
         case _:
-            return encode(await views.usage(book, client, keys, query))
+            return encode(await views.usage(book, valkey, keys, query))
 
 
 async def on_reserve(deps: Deps, data: bytes) -> bytes:
     """Reserve a planned call against its counters (the NATS path; gateways normally call Valkey directly)."""
     plan = _plan.decode(data)
     names, args = reserve_call(deps.keys, plan.request_id, plan.deadline_ms, plan.counters)
-    result = await run_script(deps.redis, RESERVE_SCRIPT, names, args)
+    result = await RESERVE_SCRIPT.run(deps.valkey, names, args)
     return encode(ReserveReply(True) if result[0] == 1 else ReserveReply(False, int(result[1]), int(result[2])))
 
 
@@ -79,9 +81,9 @@ async def expire_holds(deps: Deps) -> None:
     while True:
         await asyncio.sleep(EXPIRE_EVERY_S)
         try:
-            released = await run_script(deps.redis, EXPIRE_SCRIPT, [keys.holds, keys.hold_data],
-                                        [int(time.time() * 1000), 1000])
-        except (OSError, redis.RedisError) as exc:
+            released = await EXPIRE_SCRIPT.run(deps.valkey, [keys.holds, keys.hold_data],
+                                               [int(time.time() * 1000), 1000])
+        except (OSError, ValkeyError, asyncio.TimeoutError) as exc:
             deps.log.warning("quota.expire_failed", error=str(exc) or type(exc).__name__)
             continue
         if released:
@@ -91,19 +93,22 @@ async def expire_holds(deps: Deps) -> None:
 async def start(runtime: Runtime[Settings]) -> Deps:
     assert runtime.pool is not None
     settings = runtime.settings
-    client = redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
-    await client.ping()
+    valkey = Valkey(settings.redis_url, connect_timeout_s=5.0, timeout_s=VALKEY_TIMEOUT_S)
+    await valkey.call("PING")
     keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
     store = LimitsStore(runtime.pool, runtime.nc)
     await store.load()
-    projection = CounterProjection(runtime.pool, client, keys)
-    deps = Deps(log=runtime.log, redis=client, keys=keys, limits=store, projection=projection)
-    runtime.before_scrape.append(UsageRatios(runtime.pool, client, keys, store).refresh)
-    runtime.spawn(projection.run(), "quota-projection")
+    notices = LogNotices(settings.database_url, settings.connect_timeout_s)
+    counters = LogFollower(runtime.pool, Counters(runtime.pool, valkey, keys), notices,
+                           lead=ValkeyLead(valkey, keys.leader), errors=(*TRANSIENT, ValkeyError))
+    deps = Deps(log=runtime.log, valkey=valkey, keys=keys, limits=store, counters=counters, notices=notices)
+    runtime.before_scrape.append(UsageRatios(runtime.pool, valkey, keys, store).refresh)
+    runtime.spawn(notices.run(), "quota-log-notices")
+    runtime.spawn(counters.run(), "quota-counters")
     runtime.spawn(expire_holds(deps), "quota-expiry")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
     return deps
 
 
 async def stop(deps: Deps) -> None:
-    await deps.redis.aclose()
+    await deps.valkey.close()

@@ -17,14 +17,14 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
-import redis.asyncio as redis
 from prometheus_client import Gauge
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.quota import QuotaStatus
-from switchyard_gateway.kit import eventlog
+from switchyard_gateway.events import LogFold
 from switchyard_gateway.quotas.periods import Keys
+from switchyard_gateway.resp import Valkey
 from switchyard_gateway.services.quota import views
 from switchyard_gateway.services.quota.store import LimitsStore
 
@@ -65,10 +65,10 @@ def usage_ratios(statuses: Mapping[str, Sequence[QuotaStatus]],
 class UsageRatios:
     """Sets both gauges to the quotas view of every existing tenant with limits; `refresh` runs before a scrape."""
 
-    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: Keys, store: LimitsStore) -> None:
-        self.pool, self.client, self.keys, self.store = pool, client, keys, store
+    def __init__(self, pool: asyncpg.Pool, valkey: Valkey, keys: Keys, store: LimitsStore) -> None:
+        self.pool, self.valkey, self.keys, self.store = pool, valkey, keys, store
         self.registry = Catalog()          # models and tenants only (REGISTRY_TYPES)
-        self._registry_log = eventlog.LogFold(REGISTRY_TYPES, self.registry.apply)
+        self._registry_log = LogFold(REGISTRY_TYPES, self.registry.apply)
         self.shown: dict[Gauge, set[Labels]] = {QUOTA_USAGE: set(), EMBEDDING_QUOTA_USAGE: set()}
         self._lock = asyncio.Lock()        # one refresh at a time: the fold and the gauges move in order
 
@@ -82,7 +82,7 @@ class UsageRatios:
             now = datetime.now(UTC)
             tenants = sorted((book.tenants.keys() | book.models.keys()) & self.registry.tenants.keys())
             plans = [(tenant, views.planned(book, self.keys, tenant, "", now)) for tenant in tenants]
-            values = await views.read_counters(self.client, [item for _, items in plans for item in items])
+            values = await views.read_counters(self.valkey, [item for _, items in plans for item in items])
             statuses, start = {}, 0
             for tenant, items in plans:
                 statuses[tenant] = views.statuses(book, tenant, items, values[start:start + len(items)])

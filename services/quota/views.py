@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-
-import redis.asyncio as redis
 
 from switchyard_gateway.contracts.quota import (
     LimitsReply, ModelUsage, QuotaQuery, QuotasReply, QuotaStatus, UsageFigures, UsageReply,
@@ -13,6 +12,7 @@ from switchyard_gateway.contracts.quota import (
 from switchyard_gateway.quotas.limits import NO_LIMITS, LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, field, iso_utc, model_of, period_bounds, zone
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
+from switchyard_gateway.resp import Valkey
 
 
 def limits(book: LimitsBook, query: QuotaQuery) -> LimitsReply:
@@ -32,12 +32,9 @@ def planned(book: LimitsBook, keys: Keys, tenant: str, key_id: str, now: datetim
     return out
 
 
-async def read_counters(client: redis.Redis, items: Sequence[Planned]) -> list[int]:
+async def read_counters(valkey: Valkey, items: Sequence[Planned]) -> list[int]:
     """The value of each planned counter (reservations included), in one pipeline."""
-    async with client.pipeline(transaction=False) as pipe:
-        for item in items:
-            pipe.hget(item.counter.key, item.counter.field)
-        values = await pipe.execute()
+    values = await asyncio.gather(*(valkey.call("HGET", item.counter.key, item.counter.field) for item in items))
     return [int(raw or 0) for raw in values]
 
 
@@ -57,12 +54,12 @@ def statuses(book: LimitsBook, tenant: str, items: Sequence[Planned], values: It
     return out
 
 
-async def quotas(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
+async def quotas(book: LimitsBook, valkey: Valkey, keys: Keys, query: QuotaQuery,
                  now: datetime | None = None) -> QuotasReply:
     """Every limit of the tenant and of its models, with the counter behind it (reservations included)."""
     tenant = query.tenant_id
     items = planned(book, keys, tenant, query.key_id or "", now or datetime.now(UTC))
-    values = await read_counters(client, items)
+    values = await read_counters(valkey, items)
     return QuotasReply(tenant, book.timezone(tenant), statuses(book, tenant, items, values))
 
 
@@ -76,13 +73,13 @@ def _figures(values: dict[str, int], model_id: str | None) -> dict[str, int | fl
                 reserved_tokens=max(0, value("tok") - tokens_in - tokens_out))
 
 
-async def usage(book: LimitsBook, client: redis.Redis, keys: Keys, query: QuotaQuery,
+async def usage(book: LimitsBook, valkey: Valkey, keys: Keys, query: QuotaQuery,
                 now: datetime | None = None) -> UsageReply:
     """Settled usage of the tenant in the current day, week or month (its time zone), per model too."""
     now = now or datetime.now(UTC)
     timezone = book.timezone(query.tenant_id)
     label, start, end = period_bounds(query.period, now, zone(timezone))
-    raw = await client.hgetall(keys.counter(query.tenant_id, query.period, label))
+    raw = await valkey.hgetall(keys.counter(query.tenant_id, query.period, label))
     values = {k.decode(): int(v) for k, v in raw.items()}
     models = sorted({m for m in map(model_of, values) if m is not None})
     if query.model_id is not None:

@@ -16,14 +16,17 @@ from switchyard_gateway.contracts import events as ev
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.catalog import document as config_file
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.registry import decide_models
+from switchyard_gateway.contracts.routing import ModelWarmed
+from switchyard_gateway.services.registry import decide_models, decide_users
 from switchyard_gateway.services.registry.checks import (
     Decision, check, check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
 )
 
 
-def decide(catalog: Catalog, command: m.Command) -> Decision:
-    """(events, plaintext key or None, key id or None) for a command, or raise ServiceError."""
+def decide(catalog: Catalog, command: m.Command, password_hash: str | None = None) -> Decision:
+    """(events, plaintext key or None, key id or None) for a command, or raise ServiceError.
+
+    `password_hash` is the hash of the password a user command carries, made by the caller beforehand."""
     oversized = rules.bounds_problem({f: getattr(command, f) for f in command.__struct_fields__})
     if oversized is not None:
         raise invalid("VALIDATION_ERROR", oversized[1], oversized[0])
@@ -81,6 +84,18 @@ def decide(catalog: Catalog, command: m.Command) -> Decision:
             return decide_models.record_discovered(catalog, command), None, None
         case m.ImportConfig():
             return import_config(catalog, command), None, None
+        case m.RecordWarmUp():
+            if command.endpoint_id not in catalog.registered:
+                raise not_found("ENDPOINT_NOT_FOUND", "Endpoint", command.endpoint_id, "endpoint_id")
+            return [ModelWarmed(**fields_of(command, drop=()))], None, None
+        case m.CreateUser():
+            return decide_users.create_user(catalog, command, password_hash or ""), None, None
+        case m.UpdateUser():
+            return decide_users.update_user(catalog, command, password_hash), None, None
+        case m.RemoveUser():
+            return decide_users.remove_user(catalog, command), None, None
+        case m.RevokeUserToken():
+            return decide_users.revoke_token(catalog, command), None, None
     raise invalid("VALIDATION_ERROR", f"unknown command {type(command).__name__}")
 
 
@@ -113,7 +128,7 @@ def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
         expires_at = expires_at.replace(tzinfo=UTC)
     if expires_at is not None and expires_at <= datetime.now(UTC):
         raise invalid("VALIDATION_ERROR", f"expires_at {expires_at.isoformat()} is not in the future: "
-                      "the key would never work", "expires_at")
+                      "the key would never work", "expires_at", status=422)
     if command.secret is not None:
         if len(command.secret) < 16:
             raise invalid("VALIDATION_ERROR", "a supplied key must be at least 16 characters", "secret")

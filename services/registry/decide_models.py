@@ -38,7 +38,7 @@ def _check_fallback(catalog: Catalog, fallback: str, model_id: str) -> None:
     if catalog.resolve_model(fallback) is None:
         raise not_found("MODEL_NOT_FOUND", "Fallback model", fallback, "fallback_model")
     if catalog.resolve_model(fallback) == model_id or fallback == model_id:
-        raise invalid("VALIDATION_ERROR", f"model '{model_id}' cannot fall back to itself", "fallback_model")
+        raise invalid("VALIDATION_ERROR", f"model '{model_id}' cannot fall back to itself", "fallback_model", 422)
 
 
 def remove_model(catalog: Catalog, command: m.RemoveModel) -> list[ev.Event]:
@@ -67,6 +67,8 @@ def assign_model(catalog: Catalog, command: m.AssignModel) -> list[ev.Event]:
         raise not_found("MODEL_NOT_FOUND", "Model", command.model_id, "model_id")
     assigned = catalog.assignments.get(tid, {})
     check_mode(command.mode, model_id in assigned, "Assignment", f"{tid}/{model_id}", "model_id")
+    if command.is_default and not command.enabled:
+        raise invalid("VALIDATION_ERROR", "a disabled model cannot be the tenant's default", "is_default", 422)
     for name in ("input_price_per_1m", "output_price_per_1m", "cached_input_price_per_1m"):
         price = getattr(command, name)
         if price is not None and price < 0:
@@ -115,7 +117,7 @@ def apply_template(catalog: Catalog, command: m.ApplyTemplate) -> list[ev.Event]
         priority=pick(command.priority, 0), weight=pick(command.weight, 1),  # type: ignore[arg-type]
         max_concurrent=pick(command.max_concurrent, 0),  # type: ignore[arg-type]
         timeout_s=pick(command.timeout_s, template.timeout_s),  # type: ignore[arg-type]
-        first_byte_timeout_s=command.first_byte_timeout_s, mode="create")
+        first_byte_timeout_s=command.first_byte_timeout_s, warm_on_start=bool(command.warm_on_start), mode="create")
     return [*events, *register_endpoint(work, endpoint)]
 
 

@@ -1,7 +1,8 @@
-"""Registry's NATS entry points: commands and queries."""
+"""Registry's NATS entry points: commands (sign-in checks among them) and queries."""
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,18 @@ from switchyard_gateway.catalog import document
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_command, decoder, encode
-from switchyard_gateway.contracts.messages import CommandReply, RegistryQuery
+from switchyard_gateway.contracts.messages import CommandReply, ErrorBody, RegistryQuery
+from switchyard_gateway.contracts.users import UserView
+from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.services.registry import views
+from switchyard_gateway.services.registry.decide_users import check_password
+from switchyard_gateway.services.registry.passwords import Passwords
 from switchyard_gateway.services.registry.settings import Settings
 from switchyard_gateway.services.registry.store import RegistryStore
 
 _query = decoder(RegistryQuery)
+LATER_EVENTS = tuple(typing.get_args(m.LaterRegistryEvent))
 
 
 @dataclass(frozen=True)
@@ -25,20 +31,49 @@ class Deps:
 
     log: Any
     store: RegistryStore
+    passwords: Passwords
 
 
 async def on_command(deps: Deps, data: bytes) -> bytes:
-    """Apply one admin command; the reply carries its events and, for a new key, the key once."""
+    """Apply one admin command; the reply carries its events and, for a new key, the key once.
+
+    A password a command carries is checked against the policy and hashed first, off the event loop
+    and outside the command lock; a sign-in check records nothing and takes no lock."""
     command = decode_command(data)
-    events, key, key_id = await deps.store.execute(command)
+    if isinstance(command, m.VerifyCredentials):
+        return await verify_credentials(deps, command)
+    password_hash = None
+    if isinstance(command, m.CreateUser | m.UpdateUser) and command.password is not None:
+        check_password(command.password)
+        password_hash = await deps.passwords.hash(command.password)
+    events, key, key_id = await deps.store.execute(command, password_hash)
     deps.log.info("registry.command", command=type(command).__name__, events=len(events))
-    return encode(CommandReply(events=events, key=key, key_id=key_id))
+    later = [e for e in events if isinstance(e, LATER_EVENTS)]
+    earlier = [e for e in events if not isinstance(e, LATER_EVENTS)]
+    return encode(CommandReply(events=earlier, key=key, key_id=key_id, later_events=later))
+
+
+async def verify_credentials(deps: Deps, command: m.VerifyCredentials) -> bytes:
+    """The user, if the password matches its hash; one 401 for a wrong password and an unknown user alike."""
+    store = deps.store
+    await store.refresh()
+    user = store.catalog.users.get(command.username)
+    matched = await deps.passwords.check(user.password_hash if user is not None else None, command.password)
+    if not matched or user is None or user.tenant_id not in store.catalog.tenants:
+        deps.log.info("registry.sign_in_refused", known_user=user is not None)
+        raise ServiceError(401, ErrorBody("INVALID_CREDENTIALS", "Invalid username or password"))
+    view = UserView(username=user.username, tenant_id=user.tenant_id, role=user.role, display_name=user.display_name)
+    return encode(CommandReply(user=view))
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:
-    """Read registry state."""
+    """Read registry state; `status` also says whether the log's database answers."""
     store = deps.store
-    return encode(views.answer(store.catalog, _query.decode(data), store.position, store.changed_at))
+    query = _query.decode(data)
+    answer = views.answer(store.catalog, query, store.position, store.changed_at)
+    if query.resource == "status":
+        answer["database"] = await store.ping()
+    return encode(answer)
 
 
 ADMIN_TENANT = "admin"
@@ -61,12 +96,13 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     settings = runtime.settings
     store = RegistryStore(runtime.pool, runtime.nc)
     await store.load()
+    passwords = Passwords(settings.password_hash_concurrency)
     if settings.admin_key:
         for command in admin_commands(settings.admin_key):
             await store.execute(command)
     if settings.registry_document:
         await apply_document(runtime, store, Path(settings.registry_document))
-    deps = Deps(log=runtime.log, store=store)
+    deps = Deps(log=runtime.log, store=store, passwords=passwords)
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
     return deps
 

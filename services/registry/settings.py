@@ -14,3 +14,4 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
 
     admin_key: str = ""                   # bootstrap admin key, role admin (tenant "admin"), issued at start
     registry_document: str = ""           # a switchyard.yaml applied at start (idempotently); problems stop the registry
+    password_hash_concurrency: int = 2    # Argon2id hashes or checks at once (64 MiB each); the rest wait

@@ -14,9 +14,9 @@ from switchyard_gateway.contracts.messages import ErrorBody, RegistryQuery
 from switchyard_gateway.catalog import document as config_file
 from switchyard_gateway.kit.natsio import ServiceError
 
-_HIDDEN = {"type", "event_id", "occurred_at", "key_sha256"}
+_HIDDEN = {"type", "event_id", "occurred_at", "key_sha256", "password_hash"}
 _NOT_FOUND = {"providers": "PROVIDER_NOT_FOUND", "models": "MODEL_NOT_FOUND", "templates": "TEMPLATE_NOT_FOUND",
-              "assignments": "ASSIGNMENT_NOT_FOUND"}
+              "assignments": "ASSIGNMENT_NOT_FOUND", "users": "USER_NOT_FOUND"}
 
 
 def view(event: Event) -> dict[str, Any]:
@@ -29,6 +29,14 @@ def view(event: Event) -> dict[str, Any]:
 
 def key_view(key: KeyIssued, revoked: bool) -> dict[str, Any]:
     return {**view(key), "revoked": revoked}
+
+
+def user_view(catalog: Catalog, username: str) -> dict[str, Any]:
+    """A user without its password hash; `password_changed_at` is when its current password was set."""
+    user = catalog.users[username]
+    data = {k: v for k, v in view(user).items() if k != "updated_at"}
+    data["password_changed_at"] = msgspec.to_builtins(user.occurred_at)
+    return data
 
 
 def endpoint_view(catalog: Catalog, endpoint_id: str) -> dict[str, Any]:
@@ -46,6 +54,7 @@ def status(catalog: Catalog, position: int, changed_at: datetime | None) -> dict
             "providers": len(catalog.providers), "endpoints": len(catalog.registered), "models": len(catalog.models),
             "tenants": len(catalog.tenants),
             "assignments": sum(len(by) for by in catalog.assignments.values()), "keys": len(catalog.keys),
+            "users": len(catalog.users),
         },
         "position": position,
         "changed_at": msgspec.to_builtins(changed_at) if changed_at else None,
@@ -77,6 +86,8 @@ def answer(catalog: Catalog, query: RegistryQuery, position: int = 0, changed_at
             }
         case "templates":
             items = {k: template_view(t) for k, t in TEMPLATES.items()}
+        case "users":
+            items = {k: user_view(catalog, k) for k in catalog.users}
     if query.tenant_id is not None:
         items = {k: v for k, v in items.items() if v.get("tenant_id") == query.tenant_id}
     if query.id is None:

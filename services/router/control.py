@@ -17,13 +17,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.catalog.rules import model_name_problem
 from switchyard_gateway.catalog.state import Catalog
@@ -32,11 +30,15 @@ from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import CallAttempted, EndpointRegistered, Event, now, subject_of
 from switchyard_gateway.contracts.messages import CommandReply, RecordDiscoveredModels
 from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.events import StreamFold
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.services.router.board import Board
+from switchyard_gateway.services.router.facts import FactsBook
 from switchyard_gateway.services.router.lease import Lease
 from switchyard_gateway.services.router.policy import RouterPolicy
+from switchyard_gateway.services.router import probes
 from switchyard_gateway.services.router.probes import probe
+from switchyard_gateway.services.router.warmup import Warmer
 
 log = structlog.get_logger()
 _outcomes = decoder(list[CallAttempted])
@@ -53,13 +55,18 @@ class RouterControl:
         self.request_timeout_s = request_timeout_s
         self.catalog = Catalog()
         self.health = HealthView()
-        self.registry = Feed(subjects.STREAM_REGISTRY, self._on_registry_event)
-        self.routing = Feed(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
+        self.registry = StreamFold(subjects.STREAM_REGISTRY, self._on_registry_event)
+        self.routing = StreamFold(subjects.STREAM_ROUTING, self.health.apply, last_per_subject=True)
         self.board = Board(policy, instance)
+        self.facts = FactsBook()                  # what servers say of their models, kept between probes
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
-        self.client = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=policy.probe_concurrency))
+        self.client = probes.client(policy.probe_concurrency)
         self.leader_subscriptions = leader_subscriptions
+        self.warmer = Warmer(nc, self.client, self.catalog, instance, keep_alive=policy.warm_keep_alive,
+                             timeout_s=policy.warm_timeout_s, request_timeout_s=request_timeout_s)
         self.next_probe: dict[str, float] = {}       # endpoint -> monotonic time of its next probe
+        self.last_ok: dict[str, bool] = {}           # endpoint -> whether its last probe (as leader) was ok
+        self._warming: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._service: Any = None               # the leader's request/reply service
@@ -93,9 +100,9 @@ class RouterControl:
 
     async def stop(self) -> None:
         """Stop acting, give the lease up at once (a successor need not wait for it to expire)."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._warming]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._warming]:
             with contextlib.suppress(BaseException):
                 await task
         if self.lease.hook is not None:         # a gain or loss half done finishes first (see Lease)
@@ -106,7 +113,7 @@ class RouterControl:
         if self._presence is not None:
             with contextlib.suppress(Exception):
                 await self._presence.stop()
-        for closing in (self.registry.stop(), self.routing.stop(), self.client.aclose()):
+        for closing in (self.registry.stop(), self.routing.stop(), self.client.close()):
             with contextlib.suppress(Exception):
                 await closing
         if self._sub is not None:
@@ -116,6 +123,7 @@ class RouterControl:
     async def _gained(self) -> None:
         self.board.resume({e: c for e, c in self.health.circuits.items() if e in self.catalog.endpoints})
         self.next_probe.clear()                      # probe everything at once
+        self.last_ok.clear()                         # endpoints marked warm_on_start are warmed afresh
         self._service = await natsio.serve(self.nc, "router", {
             subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()},
             instance=self.instance, role="leader")
@@ -136,6 +144,7 @@ class RouterControl:
         self.catalog.apply(event)
         if isinstance(event, EndpointRegistered):
             self.next_probe.pop(event.endpoint_id, None)
+            self.last_ok.pop(event.endpoint_id, None)
             self._wake.set()
 
     # --- call outcomes and the clock -------------------------------------------------------------
@@ -197,6 +206,7 @@ class RouterControl:
     async def probe_round(self, endpoint_ids: list[str]) -> tuple[list[ProbeCompleted], list[str]]:
         """Probe endpoints (bounded concurrency), publish results and transitions, record discoveries."""
         self.board.forget(self.catalog.endpoints)
+        self.facts.forget(self.catalog.endpoints)
         gate = asyncio.Semaphore(self.policy.probe_concurrency)
 
         async def one(endpoint_id: str) -> tuple[ProbeCompleted, list[str]] | None:
@@ -213,18 +223,27 @@ class RouterControl:
             return None
         self.next_probe[endpoint_id] = time.monotonic() + self.policy.probe_interval_s
         result = await probe(self.client, endpoint_id, provider.kind, endpoint.base_url, endpoint.api_key_ref,
-                             self.policy.probe_timeout_s, self.instance)
+                             self.policy.probe_timeout_s, self.instance, self.facts)
         if not self.lease.held:
             return None                              # lost the lease meanwhile: the new leader probes
         await self.publish(result)
         if not result.ok:
             log.info("router.probe_failed", endpoint=endpoint_id, error=result.error)
+        elif endpoint.warm_on_start and not self.last_ok.get(endpoint_id):
+            self._warm_soon(endpoint_id, endpoint.models or result.models)
+        self.last_ok[endpoint_id] = result.ok
         change = self.board.fold_probe(result, now())
         if change is not None:
             await self.publish(change)
         if self.board.state(endpoint_id) != "closed":   # open or trying: look again soon
             self.next_probe[endpoint_id] = time.monotonic() + self.policy.probe_open_interval_s
         return result, await self._discover(result)
+
+    def _warm_soon(self, endpoint_id: str, models: tuple[str, ...]) -> None:
+        """Warm an endpoint marked `warm_on_start` now that it probed healthy (after none, or a failure)."""
+        task = asyncio.create_task(self.warmer.warm_endpoint(endpoint_id, models), name=f"warm-{endpoint_id}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _discover(self, result: ProbeCompleted) -> list[str]:
         """Tell the registry when an endpoint advertises a different set of models; the events it recorded."""

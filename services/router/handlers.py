@@ -11,7 +11,8 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import now
 from switchyard_gateway.contracts.messages import (
-    AnyRouterCommand, ErrorBody, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint,
+    AnyRouterCommand, ErrorBody, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint, WarmModel,
+    WarmReply,
 )
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import Runtime
@@ -22,6 +23,7 @@ from switchyard_gateway.services.router.settings import Settings
 
 _command = decoder(AnyRouterCommand)
 _query = decoder(RouterQuery)
+_warm = decoder(WarmModel)
 
 
 async def on_command(control: RouterControl, data: bytes) -> bytes:
@@ -55,8 +57,13 @@ async def on_query(control: RouterControl, data: bytes) -> bytes:
     return encode(control.board.views([query.endpoint_id])[0])
 
 
+async def on_warm(control: RouterControl, data: bytes) -> bytes:
+    """Warm a model up (unbilled minimal calls), each result recorded by the registry."""
+    return encode(WarmReply(results=await control.warmer.answer(_warm.decode(data))))
+
+
 # Served only while this replica holds the lease (queue group "router").
-SUBSCRIPTIONS = {subjects.ROUTER_COMMAND: on_command, subjects.ROUTER_QUERY: on_query}
+SUBSCRIPTIONS = {subjects.ROUTER_COMMAND: on_command, subjects.ROUTER_QUERY: on_query, subjects.ROUTER_WARM: on_warm}
 
 
 @dataclass(frozen=True)

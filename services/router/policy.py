@@ -25,6 +25,8 @@ class RouterPolicy(msgspec.Struct, frozen=True, kw_only=True):
     breaker_trial_calls: int = 2          # concurrent trial calls each gateway lets through while half-open
     breaker_successes: int = 2            # successful trials (calls or probes) that close it again
     leader_ttl_s: float = 5.0             # a leader that stops renewing loses the lease after this
+    warm_keep_alive: str = "30m"          # how long Ollama keeps a warmed model loaded (its keep_alive)
+    warm_timeout_s: float = 120.0         # a warm-up call waits this long at most (loading can be slow)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RouterPolicy:

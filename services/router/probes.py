@@ -1,24 +1,33 @@
 """Unbilled probes of an endpoint: what it advertises and holds loaded, how fast it answers, or why not.
 
 Ollama: `GET /api/tags`, `/api/ps` and `/api/version`; OpenAI-style servers: `GET /v1/models`.
-No call generates tokens. Error texts never carry the endpoint's credential.
+No call generates tokens. Error texts never carry the endpoint's credential. The calls go over
+`switchyard_gateway.http1` (keep-alive, TLS with the system's CAs for hosted APIs), each read whole
+within the probe's timeout. With a `FactsBook`, what the server says of its models comes along
+(services/router/facts.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
+import ssl
 import time
+from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import structlog
 
+from switchyard_gateway import http1
 from switchyard_gateway.catalog.rules import normalise_model
-from switchyard_gateway.contracts.routing import ProbeCompleted
+from switchyard_gateway.contracts.routing import ModelFacts, ProbeCompleted
+from switchyard_gateway.services.router.facts import FactsBook
 
+log = structlog.get_logger()
 ERROR_BODY_CHARS = 200
-logging.getLogger("httpx").setLevel(logging.WARNING)     # not a line per probe call
+MAX_PROBE_BODY_BYTES = 8 * 1024 * 1024      # a model list is a few KB; anything past this is not one
+USER_AGENT = "switchyard-router"
 
 
 class ProbeFailed(Exception):
@@ -27,6 +36,11 @@ class ProbeFailed(Exception):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+def client(concurrency: int, ssl_context: ssl.SSLContext | None = None) -> http1.Pool:
+    """The probes' HTTP client: keep-alive connections, at most `concurrency` to one host."""
+    return http1.Pool(max_connections_per_host=concurrency, ssl_context=ssl_context)
 
 
 def credential(api_key_ref: str) -> str | None:
@@ -41,24 +55,46 @@ def base(url: str) -> str:
     return url.rstrip("/").removesuffix("/v1")
 
 
-async def probe(client: httpx.AsyncClient, endpoint_id: str, kind: str, base_url: str, api_key_ref: str = "",
-                timeout_s: float = 5.0, prober: str = "") -> ProbeCompleted:
+async def probe(pool: http1.Pool, endpoint_id: str, kind: str, base_url: str, api_key_ref: str = "",
+                timeout_s: float = 5.0, prober: str = "", facts: FactsBook | None = None) -> ProbeCompleted:
     """Probe one endpoint once; never raises for the endpoint's faults."""
     secret = credential(api_key_ref)
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    headers = [("User-Agent", USER_AGENT), ("Accept", "application/json")]
+    if secret:
+        headers.append(("Authorization", f"Bearer {secret}"))
     root = base(base_url)
     started = time.perf_counter()
+    found: tuple[ModelFacts, ...] = ()
     try:
         if kind == "ollama":
-            models, loaded, version = await _ollama(client, root, headers, timeout_s)
+            tags, loaded, version = await _ollama(pool, root, headers, timeout_s)
+            digests = _names(tags, f"{root}/api/tags", "models", "name", "digest")
+            models = tuple(sorted(digests))
+            latency = _ms(started)
+            if facts is not None:
+                found = await _facts(facts.ollama(pool, endpoint_id, root, headers, timeout_s, digests), endpoint_id)
         else:
-            models = await _models(client, f"{root}/v1/models", headers, timeout_s, "data", "id")
+            listing = await _get(pool, f"{root}/v1/models", headers, timeout_s)
+            models = tuple(sorted(_names(listing, f"{root}/v1/models", "data", "id")))
             loaded, version = models, ""
+            latency = _ms(started)
+            if facts is not None:
+                found = await _facts(facts.openai(pool, endpoint_id, root, headers, timeout_s, listing, models),
+                                     endpoint_id)
     except ProbeFailed as exc:
         return ProbeCompleted(endpoint_id=endpoint_id, ok=False, latency_ms=_ms(started),
                               error=redact(str(exc), secret), status=exc.status, prober=prober)
-    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=_ms(started), models=models, loaded=loaded,
-                          version=version, prober=prober)
+    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=latency, models=models, loaded=loaded,
+                          version=version, prober=prober, facts=found)
+
+
+async def _facts(reading: Awaitable[tuple[ModelFacts, ...]], endpoint_id: str) -> tuple[ModelFacts, ...]:
+    """What a server says of its models; whatever goes wrong reading it, the probe's verdict stands."""
+    try:
+        return await reading
+    except Exception as exc:  # noqa: BLE001 — facts are extra: a server's odd answer must not fail its probe
+        log.warning("router.model_facts_unread", endpoint=endpoint_id, error=str(exc) or type(exc).__name__)
+        return ()
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -69,12 +105,16 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-async def _ollama(client: httpx.AsyncClient, root: str, headers: dict[str, str],
-                  timeout_s: float) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+Headers = list[tuple[str, str]]
+
+
+async def _ollama(pool: http1.Pool, root: str, headers: Headers,
+                  timeout_s: float) -> tuple[Any, tuple[str, ...], str]:
+    """The /api/tags answer, the names /api/ps reports loaded, and the /api/version."""
     tags, ps, version = await asyncio.gather(
-        _models(client, f"{root}/api/tags", headers, timeout_s, "models", "name"),
-        _models(client, f"{root}/api/ps", headers, timeout_s, "models", "name"),
-        _get(client, f"{root}/api/version", headers, timeout_s),
+        _get(pool, f"{root}/api/tags", headers, timeout_s),
+        _models(pool, f"{root}/api/ps", headers, timeout_s, "models", "name"),
+        _get(pool, f"{root}/api/version", headers, timeout_s),
         return_exceptions=True,
     )
     if isinstance(tags, BaseException):
@@ -84,52 +124,50 @@ async def _ollama(client: httpx.AsyncClient, root: str, headers: dict[str, str],
     return tags, loaded, str(release)
 
 
-async def _models(client: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float,
+async def _models(pool: http1.Pool, url: str, headers: Headers, timeout_s: float,
                   list_key: str, name_key: str) -> tuple[str, ...]:
-    body = await _get(client, url, headers, timeout_s)
+    return tuple(sorted(_names(await _get(pool, url, headers, timeout_s), url, list_key, name_key)))
+
+
+def _names(body: Any, url: str, list_key: str, name_key: str, value_key: str = "") -> dict[str, str]:
+    """The model names a listing holds (normalised), each with its `value_key` field ("" without one)."""
     items = body.get(list_key) if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise ProbeFailed(f"unexpected answer from {_path(url)}: no '{list_key}' list")
-    names = {normalise_model(str(item.get(name_key) or item.get("model") or ""))
+    names = {normalise_model(str(item.get(name_key) or item.get("model") or "")): str(item.get(value_key) or "")
              for item in items if isinstance(item, dict)}
-    return tuple(sorted(n for n in names if n))
+    names.pop("", None)
+    return names
 
 
-async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float) -> Any:
+async def _get(pool: http1.Pool, url: str, headers: Headers, timeout_s: float) -> Any:
     try:
-        response = await client.get(url, headers=headers, timeout=timeout_s)
-    except httpx.TimeoutException:
+        response = await pool.fetch("GET", url, headers, timeout_s=timeout_s, max_body_bytes=MAX_PROBE_BODY_BYTES)
+    except http1.DeadlineExceeded:
         raise ProbeFailed(f"no answer from {_path(url)} within {timeout_s:g} s") from None
-    except httpx.ConnectError as exc:
+    except http1.ConnectFailed as exc:
         raise ProbeFailed(f"cannot connect to {_host(url)}: {_reason(exc)}") from None
-    except httpx.HTTPError as exc:
-        raise ProbeFailed(f"{_path(url)} failed: {_reason(exc)}") from None
-    if response.status_code >= 400:
-        snippet = response.text[:ERROR_BODY_CHARS].strip()
-        raise ProbeFailed(f"HTTP {response.status_code} from {_path(url)}: {snippet}", response.status_code)
+    except (http1.TransportError, ValueError) as exc:
+        raise ProbeFailed(f"{_path(url)} failed: {exc}") from None
+    if response.status >= 400:
+        snippet = response.text()[:ERROR_BODY_CHARS].strip()
+        raise ProbeFailed(f"HTTP {response.status} from {_path(url)}: {snippet}", response.status)
     try:
         return response.json()
     except ValueError:
-        raise ProbeFailed(f"unexpected answer from {_path(url)}: not JSON", response.status_code) from None
+        raise ProbeFailed(f"unexpected answer from {_path(url)}: not JSON", response.status) from None
 
 
-def _reason(exc: BaseException) -> str:
-    """The most specific cause: 'connection refused' rather than 'All connection attempts failed'."""
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-        if isinstance(seen, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror.lower()
-    text = str(exc) or type(exc).__name__
-    return "connection refused" if "refused" in text.lower() else text
+def _reason(exc: http1.ConnectFailed) -> str:
+    """Why the connection failed, without the client's own "cannot connect to host:port" prefix."""
+    text = str(exc)
+    return text.split(": ", 1)[-1] if text.startswith("cannot connect to ") else text
 
 
 def _path(url: str) -> str:
-    return httpx.URL(url).path
+    return urlsplit(url).path
 
 
 def _host(url: str) -> str:
-    parsed = httpx.URL(url)
-    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)

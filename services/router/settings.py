@@ -21,3 +21,5 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     breaker_trial_calls: int = 2          # concurrent trial calls while half-open
     breaker_successes: int = 2            # successful trials that close it
     leader_ttl_s: float = 5.0             # the probing router's lease
+    warm_keep_alive: str = "30m"          # Ollama's keep_alive on warm-up calls
+    warm_timeout_s: float = 120.0         # longest wait for one warm-up call

@@ -60,6 +60,8 @@ def load(commit: str, scratch: Path) -> ModuleType:
 def _value(kind: Any, name: str, at: datetime) -> Any:
     """A value of a field's type, unlike its default, so that the encoded event shows the field's type."""
     t = msgspec.inspect
+    if isinstance(kind, t.Metadata):                # an annotated type (`Instant`): its value is the inner type's
+        return _value(kind.type, name, at)
     if isinstance(kind, t.UnionType):
         return _value(next(k for k in kind.types if not isinstance(k, t.NoneType)), name, at)
     if isinstance(kind, t.LiteralType):

@@ -166,7 +166,7 @@ async def test_endpoint_test_reports_a_refused_connection_with_its_error_and_a_l
         assert sim.stats.requests.get("/v1/models", 0) >= 1 and "/v1/chat/completions" not in sim.stats.requests
         sim.configure(failure_kind="refuse", failure_rate=1.0)
         dead = ok(await api(demo, "POST", f"/endpoints/e-{tag}/test"))
-    assert dead["success"] is False and "connection refused" in dead["error"]
+    assert dead["success"] is False and "connection refused" in dead["error"] and dead["code"] == "CONNECTIVITY_ERROR"
     ok(await api(demo, "DELETE", f"/endpoints/e-{tag}"))
 
 

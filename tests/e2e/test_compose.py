@@ -83,7 +83,7 @@ def test_secrets_are_files_and_no_password_is_written_in_the_file() -> None:
     doc = compose()
     text = COMPOSE_FILE.read_text()
     assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), "a password inside a URL"
-    assert set(doc["secrets"]) == {"admin_key", "db_password"}
+    assert set(doc["secrets"]) == {"admin_key", "db_password", "jwt_secret"}
     registry, postgres = doc["services"]["registry"], doc["services"]["postgres"]
     assert registry["environment"]["SWITCHYARD_ADMIN_KEY_FILE"] == "/run/secrets/admin_key"
     assert registry["environment"]["SWITCHYARD_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"

@@ -119,7 +119,8 @@ async def test_stream_cut_after_first_bytes_ends_with_an_error_event_and_partial
         reply = await lab.chat(client, stream=True, request_id=request_id)
     assert reply.status_code == 200
     events = [line[6:] for line in reply.text.split("\n") if line.startswith("data: ")]
-    assert json.loads(events[-1])["error"]["code"] == "stream_cut"
+    assert json.loads(events[-1]) == {"error": {"message": json.loads(events[-1])["error"]["message"],
+                                                "type": "upstream_error", "param": None, "code": "stream_cut"}}
     assert CHAT[0] not in lab.b.stats.requests, "no fallback once bytes reached the client"
     event = await exactly_one_usage_row(lab.demo, request_id)
     assert event["outcome"] == "error" and event["output_tokens"] >= 1 and event["estimated"] is True

@@ -199,10 +199,10 @@ async def test_bodies_nested_100000_deep_get_400_everywhere(lab: Lab, second_gat
                              ("POST", "/api/admin/registry/import"), ("POST", "/api/stats")):
             reply = await client.request(method, f"{lab.demo.url}{path}", content=deep, headers=admin)
             assert reply.status_code == 400, (path, reply.text)
-        token = jwt.encode({"tenant": lab.tenant, "exp": 10**18}, JWT_SECRET, algorithm="HS256")
+        token = jwt.encode({"iss": "switchyard", "tenant": lab.tenant, "exp": 10**18}, JWT_SECRET, algorithm="HS256")
         models = await client.get(f"{second_gateway.url}/v1/models", headers={"Authorization": f"Bearer {token}"})
         assert models.status_code == 200, "an exp of 10^18 means a token that does not expire, not a crash"
-        inf = jwt.encode({"tenant": lab.tenant, "exp": 1e308 * 10}, JWT_SECRET, algorithm="HS256")
+        inf = jwt.encode({"iss": "switchyard", "tenant": lab.tenant, "exp": 1e308 * 10}, JWT_SECRET, algorithm="HS256")
         assert (await client.get(f"{second_gateway.url}/v1/models",
                                  headers={"Authorization": f"Bearer {inf}"})).status_code == 401
 

@@ -236,7 +236,7 @@ def test_revoked_key_stops_working_on_every_gateway_within_a_second(demo: DemoSt
 
 
 def token(secret: str = JWT_SECRET, **claims: object) -> str:
-    base = {"tenant": "demo", "role": "member", "sub": "e2e", "exp": int(time.time()) + 60}
+    base = {"iss": "switchyard", "tenant": "demo", "role": "member", "sub": "e2e", "exp": int(time.time()) + 60}
     return jwt.encode({**base, **claims}, secret, algorithm="HS256")
 
 
@@ -264,7 +264,7 @@ def test_single_user_mode_accepts_only_its_one_key(demo: DemoStack, urls) -> Non
         assert ok.status_code == 200
         for key in (demo.demo_key, demo.admin_key):
             refused = httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
-            assert refused.status_code == 401 and refused.json() == {"error": "Invalid or expired token"}
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
     finally:
         stop_gateway(gateway)
 
@@ -420,9 +420,11 @@ async def test_gateways_enforce_a_daily_quota_over_200_concurrent_calls(
                                          for i in range(200)))
     refused = [r for r in replies if r.status_code == 402]
     assert refused, "the quota was never reached"
-    body = refused[0].json()
-    assert set(body) == {"error", "quota_type", "limit", "used", "reset_time", "suggested_models"}
-    assert body["error"] == "Quota exceeded" and body["quota_type"] == "daily" and body["limit"] == 10_000
+    body = refused[0].json()["error"]          # OpenAI's error object, the seed's detail fields inside it
+    assert set(body) == {"message", "type", "param", "code", "quota_type", "limit", "used", "reset_time",
+                         "suggested_models"}
+    assert body["message"] == "Quota exceeded" and body["type"] == "insufficient_quota"
+    assert body["quota_type"] == "daily" and body["limit"] == 10_000
     answered = sum(1 for r in replies if r.status_code == 200)
     log_tokens, counter = await settled(demo, urls, tenant, answered)
     assert log_tokens <= 10_000
@@ -439,7 +441,8 @@ async def test_gateways_answer_429_with_rate_limit_headers(demo: DemoStack, seco
     headers = limited[0].headers
     assert headers["x-ratelimit-limit"] == "4" and headers["x-ratelimit-remaining"] == "0"
     assert 1 <= int(headers["retry-after"]) <= 60 and int(headers["x-ratelimit-reset"]) % 60 == 0
-    assert limited[0].json()["error"] == "Rate limit exceeded"
+    assert limited[0].json()["error"]["message"] == "Rate limit exceeded"
+    assert limited[0].json()["error"]["code"] == "rate_limit_exceeded"
 
 
 async def test_gateways_refuse_over_budget_with_prices_from_the_registry(demo: DemoStack) -> None:
@@ -450,7 +453,7 @@ async def test_gateways_refuse_over_budget_with_prices_from_the_registry(demo: D
     async with httpx.AsyncClient(timeout=15) as http:
         replies = [await _post(http, demo.url, key) for _ in range(5)]
     assert [r.status_code for r in replies][:2] == [200, 200] and replies[-1].status_code == 402
-    assert replies[-1].json()["quota_type"] == "budget" and replies[-1].json()["limit"] == 0.2
+    assert replies[-1].json()["error"]["quota_type"] == "budget" and replies[-1].json()["error"]["limit"] == 0.2
 
 
 async def test_fallback_on_quota_serves_the_next_model_and_names_it(demo: DemoStack) -> None:

@@ -15,8 +15,9 @@ from nats.js.api import StreamConfig
 from switchyard_gateway.contracts.codec import encode_batch
 from switchyard_gateway.contracts.metering import RollupDays
 from switchyard_gateway.contracts.events import Event, ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
-from switchyard_gateway.kit import eventlog, projections
-from switchyard_gateway.kit.projections import Follower
+from switchyard_gateway import events as kit
+from switchyard_gateway.events import Ingest
+from switchyard_gateway.kit import eventlog
 from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 from switchyard_gateway.services.metering.rollup import roll_up
 from tests.conftest import wait_for
@@ -43,11 +44,11 @@ async def append_and_advance(pool: asyncpg.Pool, events: list[Event]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         appended = await eventlog.append(conn, events)
         for projection in PROJECTIONS.values():
-            await projections.advance(conn, projection, appended)
+            await kit.advance(conn, projection, appended)
 
 
 async def rebuild_everything(pool: asyncpg.Pool) -> None:
-    await projections.rebuild_all(pool, list(PROJECTIONS.values()), decoders=DECODERS, chunk=50)
+    await kit.rebuild_all(pool, list(PROJECTIONS.values()), decoders=DECODERS, chunk=50)
 
 
 @pytest.fixture
@@ -63,12 +64,12 @@ async def test_batches_copied_in_and_redelivered_change_nothing(nc, pool, stream
     events = [usage(i, tenant=f"t{i % 4}", estimated=i % 5 == 0) for i in range(300)]
     js = nc.jetstream()
     batches = [events[i:i + 100] for i in range(0, 300, 100)]       # >= 64 events: the COPY path
-    follower = Follower(nc, pool, stream, "metering-test", list(PROJECTIONS.values()), batch=2)
+    follower = Ingest(nc, pool, stream, "metering-test", list(PROJECTIONS.values()), batch=2)
     task = asyncio.create_task(follower.run())
     try:
         for batch in [*batches, batches[1], batches[2][:70]]:        # redelivered, whole and in part
             await js.publish(f"{stream.lower()}.usage", encode_batch(batch), headers={"Nats-Msg-Id": uuid.uuid4().hex})
-        await wait_for(lambda: follower.committed >= 300, what="300 events committed")
+        assert await follower.committed.reach(300, timeout_s=10), "300 events committed"
         await wait_for(lambda: _all_acked(nc, stream), what="every message acknowledged")
     finally:
         task.cancel()
@@ -140,7 +141,7 @@ async def test_rollup_twice_changes_nothing_and_a_rebuild_after_trimming_equals_
 
 async def test_rebuild_while_the_follower_runs_equals_live(nc, pool, stream) -> None:
     js = nc.jetstream()
-    follower = Follower(nc, pool, stream, "metering-test", list(PROJECTIONS.values()), batch=5)
+    follower = Ingest(nc, pool, stream, "metering-test", list(PROJECTIONS.values()), batch=5)
     task = asyncio.create_task(follower.run())
     try:
         sent = 0
@@ -151,7 +152,7 @@ async def test_rebuild_while_the_follower_runs_equals_live(nc, pool, stream) -> 
             sent += len(batch)
             if round_ == 1:
                 await rebuild_everything(pool)               # the follower waits on the checkpoint locks
-        await wait_for(lambda: follower.committed >= sent, what="every event committed")
+        assert await follower.committed.reach(sent, timeout_s=10), "every event committed"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -12,8 +12,9 @@ from nats.js.api import StreamConfig
 
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import UsageRecorded
-from switchyard_gateway.kit import eventlog, projections
-from switchyard_gateway.kit.projections import Follower
+from switchyard_gateway import events
+from switchyard_gateway.events import Ingest
+from switchyard_gateway.kit import eventlog
 from switchyard_gateway.services.metering.projections import DECODERS, TokenCounts
 from tests.conftest import wait_for
 
@@ -48,13 +49,12 @@ async def publish(nc, stream: str, events: list[UsageRecorded]) -> None:
 
 async def test_follower_appends_once_and_projects_even_when_messages_repeat(nc, pool, stream) -> None:
     events = [usage(i, endpoint=f"ep-{i % 3}") for i in range(1, 301)]
-    follower = Follower(nc, pool, stream, "metering-test", [TokenCounts()], batch=64)
+    follower = Ingest(nc, pool, stream, "metering-test", [TokenCounts()], batch=64)
     task = asyncio.create_task(follower.run())
     try:
         await publish(nc, stream, events)
         await publish(nc, stream, events[:50])            # redelivered / re-published
-        await wait_for(lambda: follower.committed >= 300, what="300 events committed")
-        await asyncio.sleep(0)
+        assert await follower.committed.reach(300, timeout_s=10), "300 events committed"
         async with pool.acquire() as conn:
             assert await eventlog.count(conn, "usage.recorded.v2") == 300
         by_endpoint, by_tenant = await view(pool)
@@ -72,17 +72,17 @@ async def info_pending(nc, stream) -> bool:
 
 
 async def test_rebuild_matches_live_projection(nc, pool, stream) -> None:
-    follower = Follower(nc, pool, stream, "metering-test", [TokenCounts()], batch=50)
+    follower = Ingest(nc, pool, stream, "metering-test", [TokenCounts()], batch=50)
     task = asyncio.create_task(follower.run())
     try:
         await publish(nc, stream, [usage(i, endpoint=f"ep-{i % 4}", tenant=f"t{i % 2}") for i in range(1, 201)])
-        await wait_for(lambda: follower.committed >= 200, what="200 events committed")
+        assert await follower.committed.reach(200, timeout_s=10), "200 events committed"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     live = await view(pool)
     progress: list[tuple[int, int]] = []
-    applied, _ = await projections.rebuild(pool, TokenCounts(), progress=lambda a, t: progress.append((a, t)),
+    applied, _ = await events.rebuild(pool, TokenCounts(), progress=lambda a, t: progress.append((a, t)),
                                            chunk=64)
     assert applied == 200 and progress[-1] == (200, 200)
     assert await view(pool) == live
@@ -97,10 +97,10 @@ async def test_usage_stored_as_v1_folds_alike_live_and_in_a_rebuild(pool) -> Non
                                " VALUES ($1, $2, 'acme', now(), $3::json)", old["event_id"], old["type"],
                                msgspec.json.encode(old).decode())
         await eventlog.append(conn, [usage(i) for i in range(6, 11)])
-    await projections.catch_up(pool, TokenCounts())
+    await events.catch_up(pool, TokenCounts())
     live = await view(pool)
     assert live[0][0][2] == sum(range(1, 11))
-    applied, _ = await projections.rebuild(pool, TokenCounts(), chunk=3, decoders=DECODERS)
+    applied, _ = await events.rebuild(pool, TokenCounts(), chunk=3, decoders=DECODERS)
     assert applied == 10 and await view(pool) == live
 
 
@@ -108,18 +108,18 @@ async def test_catch_up_applies_events_appended_while_the_runner_was_away(pool) 
     projection = TokenCounts()
     async with pool.acquire() as conn, conn.transaction():
         await eventlog.append(conn, [usage(i) for i in range(1, 11)])
-    assert await projections.catch_up(pool, projection) > 0
+    assert await events.catch_up(pool, projection) > 0
     async with pool.acquire() as conn, conn.transaction():
         appended = await eventlog.append(conn, [usage(i) for i in range(11, 21)])
     # a gap: the checkpoint is behind the first new event, so advance() reads it from the log
     async with pool.acquire() as conn, conn.transaction():
         await eventlog.append(conn, [usage(99)])
     async with pool.acquire() as conn, conn.transaction():
-        position = await projections.advance(conn, projection, appended[-1:])
+        position = await events.advance(conn, projection, appended[-1:])
     by_endpoint, _ = await view(pool)
     assert by_endpoint[0][2] == sum(range(1, 21))        # 99 is past the position asked for
     assert position == appended[-1][0]
-    assert await projections.catch_up(pool, projection) > position
+    assert await events.catch_up(pool, projection) > position
     by_endpoint, _ = await view(pool)
     assert by_endpoint[0][2] == sum(range(1, 21)) + 99
 
@@ -128,7 +128,7 @@ async def test_a_backlog_is_gathered_in_batches_bounded_by_size(nc, pool, stream
     """Waiting messages are taken a pull at a time until the batch holds `max_bytes`, not all at once."""
     await publish(nc, stream, [usage(i) for i in range(1, 251)])
     size = len(encode(usage(1)))
-    follower = Follower(nc, pool, stream, "metering-test", [TokenCounts()], batch=1000, linger_s=0.2,
+    follower = Ingest(nc, pool, stream, "metering-test", [TokenCounts()], batch=1000, linger_s=0.2,
                         max_bytes=150 * size)
     js = nc.jetstream()
     sub = await js.pull_subscribe("", durable="metering-test", stream=stream)

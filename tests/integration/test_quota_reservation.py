@@ -14,6 +14,7 @@ import redis.asyncio as redis
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, UsageRecorded
 from switchyard_gateway.contracts.quota import Limits, LimitsSet
+from switchyard_gateway.events import LogFollower
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.quotas.periods import Keys
 from switchyard_gateway.resp import Valkey
@@ -25,7 +26,7 @@ from switchyard_gateway.services.gateway.pipeline.reserve import (
     LimitsFeed, QuotaClient, QuotaExceeded, QuotaUnavailable, RateLimited,
 )
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
-from switchyard_gateway.services.quota.projection import CounterProjection, rebuild, run_script
+from switchyard_gateway.services.quota.counters import Counters, ValkeyLead, rebuild
 from tests.conftest import wait_for
 
 TENANT, OTHER = "acme", "globex"
@@ -63,6 +64,18 @@ async def client(urls) -> redis.Redis:
     client = redis.from_url(urls.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def valkey(urls) -> Valkey:
+    valkey = Valkey(urls.redis_url)
+    yield valkey
+    await valkey.close()
+
+
+def counters(pool, valkey: Valkey, keys: Keys) -> LogFollower:
+    """The quota service's counter projection, stepped by hand."""
+    return LogFollower(pool, Counters(pool, valkey, keys))
 
 
 def quota_client(urls, keys: Keys, limits: list[LimitsSet], hold_s: float = 600.0, redis_url: str | None = None,
@@ -171,13 +184,14 @@ async def test_concurrent_reservations_from_two_instances_never_pass_the_limit(u
     assert await client.zcard(keys.holds) == sum(1 for g in granted if g)
 
 
-async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_registry(urls, keys, client, pool) -> None:
+async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_registry(urls, keys, client, valkey,
+                                                                                        pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000, budget_usd=1.0))
     quota = quota_client(urls, keys, [limits])
     held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     assert (await day_counter(client, keys))["tok"] == held.tokens
     await record(pool, [*registry_events(), limits, usage("r1", 7, 11)])
-    projection = CounterProjection(pool, client, keys)
+    projection = counters(pool, valkey, keys)
     assert await projection.step() > 0
     counter = await day_counter(client, keys)
     # the tenant's assignment price (1.0 in) overrides the model's (2.0); output at the model's 4.0 per 1M
@@ -188,21 +202,21 @@ async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_re
     assert await projection.step() == 0               # nothing new: settling twice is impossible
 
 
-async def test_failed_call_settles_to_zero(urls, keys, client, pool) -> None:
+async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(monthly_requests=5, daily_tokens=1000))
     quota = quota_client(urls, keys, [limits])
     await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     await record(pool, [*registry_events(), limits, usage("r1", 0, 0, outcome="error")])
-    await CounterProjection(pool, client, keys).step()
+    await counters(pool, valkey, keys).step()
     assert await day_counter(client, keys) == {"tok": 0}
     assert await client.zcard(keys.holds) == 0
 
 
-async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client) -> None:
+async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client, valkey) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))], hold_s=0.0)
     await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     assert (await day_counter(client, keys))["tok"] > 100
-    released = await run_script(client, EXPIRE_SCRIPT, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
+    released = await EXPIRE_SCRIPT.run(valkey, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
     assert released == 1
     assert (await day_counter(client, keys))["tok"] == 0
 
@@ -269,11 +283,11 @@ async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys)
     assert model.model_id == "mini" and held is not None and held.model_id == "mini"
 
 
-async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client, pool) -> None:
+async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=100_000, timezone="Asia/Tokyo"))
     quota = quota_client(urls, keys, [limits])
     await record(pool, [*registry_events(), limits])
-    projection = CounterProjection(pool, client, keys)
+    projection = counters(pool, valkey, keys)
     for i in range(30):
         await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(50))
         if i < 25:       # five calls are still running when the rebuild starts
@@ -286,21 +300,22 @@ async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client,
     live = {k: await client.hgetall(k) async for k in client.scan_iter(match=f"{keys.prefix}c:*")}
     assert await client.zcard(keys.holds) == 5
     await client.delete(*live)                          # lose every counter
-    events, _ = await rebuild(pool, client, keys)
+    events, _ = await rebuild(pool, valkey, keys)
     rebuilt = {k: await client.hgetall(k) async for k in client.scan_iter(match=f"{keys.prefix}c:*")}
     assert events == 5 + 1 + 50 and rebuilt == live
     assert await client.zcard(keys.holds) == 5
 
 
-async def test_one_quota_replica_at_a_time_runs_the_projection(keys, client, pool) -> None:
-    first, second = CounterProjection(pool, client, keys), CounterProjection(pool, client, keys)
-    assert await first.lead("a") and not await second.lead("b")
-    assert await first.lead("a")                         # renewing keeps the lead
+async def test_one_quota_replica_at_a_time_runs_the_projection(keys, client, valkey) -> None:
+    first, second = ValkeyLead(valkey, keys.leader, "a"), ValkeyLead(valkey, keys.leader, "b")
+    assert await first.hold() == 0 and await second.hold() > 0     # 0: leads; else seconds to wait
+    assert await first.hold() == 0                       # renewing keeps the lead
     await client.delete(keys.leader)                     # the leader died and its lease ran out
-    assert await second.lead("b") and not await first.lead("a")
+    assert await second.hold() == 0 and await first.hold() > 0
 
 
-async def test_a_released_hold_frees_its_quota_at_once_and_the_log_still_settles_it(urls, keys, client, pool) -> None:
+async def test_a_released_hold_frees_its_quota_at_once_and_the_log_still_settles_it(urls, keys, client, valkey,
+                                                                                     pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000, tpm=1000))
     quota = quota_client(urls, keys, [limits])
     held = await quota.reserve(request_id="gone", key=KEY, model=CHAT, ask=body(500))
@@ -311,7 +326,7 @@ async def test_a_released_hold_frees_its_quota_at_once_and_the_log_still_settles
     rates = [k async for k in client.scan_iter(match=f"{keys.prefix}r:*")]
     assert int(await client.hget(rates[0], "tok")) == PROMPT + 3, "the minute keeps what was used"
     await record(pool, [*registry_events(), limits, usage("gone", PROMPT, 3, outcome="cancelled")])
-    await CounterProjection(pool, client, keys).step()
+    await counters(pool, valkey, keys).step()
     assert (await day_counter(client, keys))["tok"] == PROMPT + 3
 
 
@@ -357,7 +372,7 @@ async def test_the_largest_values_a_request_may_carry_never_make_the_script_fail
     assert held is not None and held.held and held.ceiling == (ask.output or 256)
 
 
-async def test_a_plan_carrying_its_own_amounts_reserves_as_the_quota_service_does(keys, client) -> None:
+async def test_a_plan_carrying_its_own_amounts_reserves_as_the_quota_service_does(keys, client, valkey) -> None:
     from datetime import UTC, datetime
 
     from switchyard_gateway.quotas.plan import Estimate, plan
@@ -365,11 +380,11 @@ async def test_a_plan_carrying_its_own_amounts_reserves_as_the_quota_service_doe
 
     planned = plan(keys, (Limits(daily_tokens=250, monthly_requests=10), Limits()), "UTC", TENANT, KEY.key_id,
                    "llama3.2", datetime.now(UTC), Estimate(100, 0))
-    counters = [p.counter for p in planned]
+    items = [p.counter for p in planned]
     replies = []
     for request_id in ("a", "b", "c"):
-        names, args = reserve_call(keys, request_id, int(time.time() * 1000) + 60_000, counters)
-        replies.append(await run_script(client, RESERVE_SCRIPT, names, args))
+        names, args = reserve_call(keys, request_id, int(time.time() * 1000) + 60_000, items)
+        replies.append(await RESERVE_SCRIPT.run(valkey, names, args))
     assert replies[0] == [1, 0, 100, 1] and replies[1] == [1, 0, 200, 2]
     assert replies[2] == [0, 1, 200], "the third would pass the daily 250: refused, nothing charged"
     assert (await day_counter(client, keys))["tok"] == 200

@@ -151,6 +151,8 @@ async def test_probes_discover_models_and_loaded_models(plane: Plane) -> None:
         sim.configure(models=("llama3.2", "phi4"), loaded=("llama3.2",))
         reply = msgspec.json.decode(await plane.router_command(m.RefreshProbes()), type=m.RefreshReply)
         assert [p.loaded for p in reply.probes] == [("llama3.2",)] and len(reply.registry_event_ids) == 2
+        facts = {f.model: f for f in reply.probes[0].facts}            # the simulator's own /api/show, per model
+        assert set(facts) == {"llama3.2", "phi4"} and facts["phi4"].capabilities == ("completion", "tools")
         await wait_for(lambda: plane.circuits.loaded(endpoint) == {"llama3.2"}, 5, what="loaded models updated")
         assert catalog.endpoints[endpoint].models == ("llama3.2", "phi4") and "phi4" in catalog.models
         again = msgspec.json.decode(await plane.router_command(m.RefreshProbes()), type=m.RefreshReply)

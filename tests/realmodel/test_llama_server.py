@@ -255,3 +255,24 @@ async def test_a_client_killed_mid_stream_leaves_exactly_one_usage_event(real: R
     event = await exactly_one_usage_row(real.demo, request_id)
     assert event["outcome"] == "cancelled" and event["stream"] is True
     assert event["output_tokens"] < 400 and event["endpoint_id"] == real.chat_endpoint
+
+
+async def test_what_llama_server_says_of_its_model_reaches_ollama_tools(real: RealUpstream) -> None:
+    """/api/show carries llama-server's own capabilities and trained context (its /v1/models and /props, read at
+    the router's probe); it names no architecture, so none is invented. A whole answer's durations split as
+    its `timings` say, and the model's path id is found by `models.retrieve`."""
+    client = ollama_client(real, uuid.uuid4().hex)
+
+    async def shown() -> ollama.ShowResponse | None:
+        answer = await client.show(real.alias)
+        return answer if answer.modelinfo and "unknown.context_length" in answer.modelinfo else None
+
+    show = await wait_for(shown, timeout_s=30, what="the model's facts from the router's probe")
+    assert show.capabilities == ["completion"] and show.modelinfo["general.architecture"] == "unknown"
+    assert show.modelinfo["unknown.context_length"] == 512            # the tiny model's trained context
+    answer = await client.chat(model=real.alias, messages=messages("time me"), options={"num_predict": MAX_TOKENS})
+    assert answer.prompt_eval_duration and answer.prompt_eval_duration > 0 and answer.eval_duration > 0
+    assert answer.load_duration + answer.prompt_eval_duration + answer.eval_duration <= answer.total_duration
+    retrieved = await openai.AsyncOpenAI(base_url=f"{real.demo.url}/v1", api_key=real.key).models.retrieve(
+        real.servers.model_path)
+    assert retrieved.id == real.servers.model_path

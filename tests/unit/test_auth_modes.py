@@ -25,7 +25,7 @@ def catalog() -> Catalog:
 
 
 def token(secret: str = SECRET, **claims: object) -> str:
-    base = {"tenant": "acme", "role": "member", "sub": "alice", "exp": int(time.time()) + 60}
+    base = {"iss": "switchyard", "tenant": "acme", "role": "member", "sub": "alice", "exp": int(time.time()) + 60}
     return jwt.encode({**base, **claims}, secret, algorithm="HS256")
 
 
@@ -84,7 +84,7 @@ def test_jwt_for_an_unknown_tenant_or_without_exp_is_refused() -> None:
     jwts = auth.Authenticator(catalog(), jwt_secret=SECRET)
     with pytest.raises(AuthError):
         jwts.authenticate(bearer(token(tenant="nobody")))
-    no_exp = jwt.encode({"tenant": "acme", "role": "admin"}, SECRET, algorithm="HS256")
+    no_exp = jwt.encode({"iss": "switchyard", "tenant": "acme", "role": "admin"}, SECRET, algorithm="HS256")
     with pytest.raises(AuthError):
         jwts.authenticate(bearer(no_exp))
 
@@ -107,3 +107,49 @@ def test_single_user_mode_accepts_only_its_one_key_as_admin() -> None:
 def test_single_user_mode_without_a_key_does_not_start() -> None:
     with pytest.raises(ValueError):
         auth.Authenticator(Catalog(), "single-user")
+
+
+def test_the_anonymous_tenant_stands_for_requests_without_a_key_only_where_asked() -> None:
+    authenticator = auth.Authenticator(catalog(), anonymous_tenant="acme")
+    caller = authenticator.authenticate({}, anonymous=True)
+    assert (caller.tenant_id, caller.role, caller.key_id) == ("acme", "member", "anonymous")
+    with pytest.raises(AuthError):
+        authenticator.authenticate({})                                  # admin and monitoring routes
+    with pytest.raises(AuthError):
+        authenticator.authenticate(bearer("sy_wrong"), anonymous=True)  # a wrong key is never anonymous
+    assert authenticator.authenticate(bearer(KEY), anonymous=True).key_id == "sy_abc123"
+    with pytest.raises(AuthError):                                      # off by default
+        auth.Authenticator(catalog()).authenticate({}, anonymous=True)
+    with pytest.raises(AuthError):                                      # a tenant the registry does not know
+        auth.Authenticator(catalog(), anonymous_tenant="nobody").authenticate({}, anonymous=True)
+
+
+def test_a_jwt_without_our_issuer_is_refused() -> None:
+    jwts = auth.Authenticator(catalog(), jwt_secret=SECRET)
+    for claims in ({"iss": "someone-else"}, {"iss": ""}):
+        with pytest.raises(AuthError):
+            jwts.authenticate(bearer(token(**claims)))
+    no_iss = jwt.encode({"tenant": "acme", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError):
+        jwts.authenticate(bearer(no_iss))
+    other = auth.Authenticator(catalog(), jwt_secret=SECRET, jwt_issuer="https://id.example")
+    assert other.authenticate(bearer(token(iss="https://id.example"))).tenant_id == "acme"
+
+
+def test_x_tenant_id_must_name_the_callers_tenant() -> None:
+    keys = auth.Authenticator(catalog())
+    assert keys.authenticate({**bearer(KEY), "x-tenant-id": "acme"}).tenant_id == "acme"
+    with pytest.raises(ForbiddenError) as refused:
+        keys.authenticate({**bearer(KEY), "x-tenant-id": "other"})
+    assert refused.value.status == 403 and "X-Tenant-ID" in refused.value.body()["error"]
+
+
+@pytest.mark.parametrize(("spelling", "mode"), [("single_user", "single-user"), ("SINGLE-USER", "single-user"),
+                                                ("multi_user", "multi-tenant"), ("multi-tenant", "multi-tenant")])
+def test_the_embeddings_services_auth_mode_spellings_are_accepted(spelling: str, mode: str) -> None:
+    assert auth.Authenticator(Catalog(), spelling, api_key="the-only-key-0123456789").mode == mode
+
+
+def test_an_unknown_auth_mode_does_not_start() -> None:
+    with pytest.raises(ValueError, match="single_user"):
+        auth.Authenticator(Catalog(), "everyone")

@@ -13,6 +13,7 @@ from switchyard_gateway.contracts import events as ev
 from switchyard_gateway.contracts import quota as qt
 from switchyard_gateway.contracts import routing as rt
 from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import users as us
 
 SAMPLES: list[ev.Event] = [
     ev.UsageRecorded(request_id="r1", tenant_id="acme", key_id="sy_1", model="llama3.2", api="openai.chat",
@@ -35,6 +36,12 @@ SAMPLES: list[ev.Event] = [
     rt.CircuitChanged(endpoint_id="ep-1", state="open", previous="closed", reason="consecutive_failures", failures=5),
     rt.EndpointModelsDiscovered(endpoint_id="ep-1", models=("a", "b")),
     qt.LimitsSet(tenant_id="acme", model_id="llama3.2"),
+    rt.ModelWarmed(model_id="llama3.2", endpoint_id="ep-1", ok=True, duration_ms=812.5, trigger="start"),
+    us.UserCreated(username="alice@acme", tenant_id="acme", role="admin", password_hash="$argon2id$v=19$..."),
+    us.UserUpdated(username="alice@acme", tenant_id="acme", role="member"),
+    us.UserPasswordChanged(username="alice@acme", tenant_id="acme", password_hash="$argon2id$v=19$..."),
+    us.UserRemoved(username="alice@acme", tenant_id="acme"),
+    us.UserTokenRevoked(username="alice@acme", tenant_id="acme", token_id="0f3a", expires_at=datetime.now(UTC)),
 ]
 
 

@@ -17,10 +17,12 @@ MAY_IMPORT: dict[str, set[str]] = {
     "libs/resp": set(),
     "libs/simulator": set(),
     "libs/catalog": {"libs/contracts"},
-    "libs/kit": {"libs/contracts"},
-    "libs/quotas": {"libs/catalog", "libs/contracts"},
+    "libs/kit": {"libs/contracts", "libs/resp"},
+    "libs/events": {"libs/contracts", "libs/kit"},
+    "libs/quotas": {"libs/catalog", "libs/contracts", "libs/resp"},
 }
-SERVICE_MAY_IMPORT = {"libs/contracts", "libs/catalog", "libs/quotas", "libs/kit", "libs/http1", "libs/resp"}
+SERVICE_MAY_IMPORT = {"libs/contracts", "libs/catalog", "libs/quotas", "libs/kit", "libs/events", "libs/http1",
+                      "libs/resp"}
 
 
 def _unit(path: Path) -> str:

@@ -13,7 +13,8 @@ _FUNCTIONS = {"sum", "by", "rate", "max", "histogram_quantile", "clamp_min", "le
 
 
 def exported() -> set[str]:
-    import switchyard_gateway.kit.projections  # noqa: F401 — consumer lag and commit metrics
+    import switchyard_gateway.events.ingest  # noqa: F401 — consumer lag and commit metrics
+    import switchyard_gateway.services.gateway.edge.ws  # noqa: F401 — WebSocket connections and closes
     import switchyard_gateway.services.gateway.metrics  # noqa: F401
     import switchyard_gateway.services.metering.metrics  # noqa: F401
     import switchyard_gateway.services.quota.metrics  # noqa: F401 — quota usage ratios, refreshed before each scrape
@@ -25,7 +26,8 @@ def exported() -> set[str]:
             names.add(metric.name)
             names.update(f"{metric.name}{suffix}" for suffix in ("_total", "_bucket", "_count", "_sum"))
     names.update(n for ns in REGISTRY._collector_to_names.values() for n in ns)  # noqa: SLF001
-    return names | {"switchyard_inflight_calls_by_endpoint", "switchyard_circuit_state"}   # read at scrape time
+    return names | {"switchyard_inflight_calls_by_endpoint", "switchyard_circuit_state",   # read at scrape time
+                    "embedding_model_availability"}
 
 
 def test_every_dashboard_query_uses_an_exported_metric() -> None:

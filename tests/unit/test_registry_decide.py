@@ -75,7 +75,7 @@ def test_assignment_carries_custom_prices_and_fallback(catalog: Catalog) -> None
 @pytest.mark.parametrize(("command", "expected"), [
     (m.AssignModel(tenant_id="acme", model_id="llama3.2", fallback_model="nope"), (404, "MODEL_NOT_FOUND",
                                                                                     "fallback_model")),
-    (m.AssignModel(tenant_id="acme", model_id="llama3.2", fallback_model="llama"), (400, "VALIDATION_ERROR",
+    (m.AssignModel(tenant_id="acme", model_id="llama3.2", fallback_model="llama"), (422, "VALIDATION_ERROR",
                                                                                      "fallback_model")),
     (m.AssignModel(tenant_id="acme", model_id="llama3.2", input_price_per_1m=-1), (400, "VALIDATION_ERROR",
                                                                                     "input_price_per_1m")),
@@ -174,7 +174,7 @@ def test_a_key_that_would_already_be_expired_is_refused(catalog: Catalog) -> Non
     from datetime import UTC, datetime, timedelta
 
     past = datetime.now(UTC) - timedelta(seconds=1)
-    assert refused(catalog, m.IssueKey(tenant_id="acme", expires_at=past)) == (400, "VALIDATION_ERROR", "expires_at")
+    assert refused(catalog, m.IssueKey(tenant_id="acme", expires_at=past)) == (422, "VALIDATION_ERROR", "expires_at")
     naive_past = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
     assert refused(catalog, m.IssueKey(tenant_id="acme", expires_at=naive_past))[2] == "expires_at"
     future = datetime.now(UTC) + timedelta(days=1)

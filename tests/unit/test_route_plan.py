@@ -8,7 +8,7 @@ from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts.events import (
     EndpointRegistered, ModelRegistered, TenantCreated, TenantModelAssigned,
 )
-from switchyard_gateway.services.gateway.edge.errors import ModelNotFound
+from switchyard_gateway.services.gateway.edge.errors import ModelNotConfigured, ModelNotFound
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.routing import Router
 
@@ -69,10 +69,17 @@ def test_plan_is_kept_until_the_catalog_changes() -> None:
     assert [t.model.model_id for t in routes.resolve(TENANT, "big").targets] == ["big"]
 
 
-def test_a_model_the_tenant_may_not_use_is_not_found() -> None:
+def test_a_model_the_tenant_may_not_use_is_not_configured_and_an_unknown_one_not_found() -> None:
     c = catalog(ModelRegistered(model_id="big"), TenantModelAssigned(tenant_id=TENANT, model_id="big", enabled=False))
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(ModelNotConfigured) as refused:
         router(c).resolve(TENANT, "big")
+    assert (refused.value.status, refused.value.code) == (404, "MODEL_NOT_CONFIGURED")
+    assert refused.value.body("openai")["error"]["message"] == f"Model 'big' is not configured for tenant '{TENANT}'"
+    with pytest.raises(ModelNotConfigured, match="No default model is configured"):
+        router(c).resolve(TENANT, "default")
+    with pytest.raises(ModelNotFound) as unknown:
+        router(c).resolve(TENANT, "nope")
+    assert not isinstance(unknown.value, ModelNotConfigured) and unknown.value.code == "model_not_found"
 
 
 def test_suggestions_list_the_designated_fallbacks_then_same_kind_models_by_priority() -> None:

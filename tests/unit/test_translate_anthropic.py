@@ -18,12 +18,13 @@ from switchyard_gateway.services.gateway.translate.anthropic_door import (
 )
 from switchyard_gateway.services.gateway.translate.anthropic_requests import ollama_chat_body, openai_chat_body
 from switchyard_gateway.services.gateway.translate.anthropic_responses import (
-    gateway_error, ollama_to_message, openai_to_message, upstream_error,
+    ollama_to_message, openai_to_message, upstream_error,
 )
 from switchyard_gateway.services.gateway.translate.anthropic_stream import (
     OllamaStreamToAnthropic, OpenAIStreamToAnthropic,
 )
-from switchyard_gateway.services.gateway.translate.doors import Door, error_body_for
+from switchyard_gateway.services.gateway.edge.errors import render_for
+from switchyard_gateway.services.gateway.translate.doors import Door
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -155,7 +156,7 @@ def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expe
     with pytest.raises(BadRequest) as refused:
         Door("/v1/messages", InferenceRequest(model="m"), json.dumps(body).encode())
     assert expected in str(refused.value)
-    rendered = json.loads(error_body_for("/v1/messages", refused.value))
+    rendered = json.loads(render_for("/v1/messages", refused.value))
     assert rendered == {"type": "error", "error": {"type": "invalid_request_error", "message": str(refused.value)}}
 
 
@@ -359,7 +360,7 @@ def test_an_ollama_stream_with_a_tool_call_is_anthropics_event_sequence() -> Non
 # --- errors ---------------------------------------------------------------------------------------
 
 def anthropic_error(error) -> dict:
-    return json.loads(gateway_error(error))
+    return json.loads(error.render("anthropic"))
 
 
 def test_gateway_errors_take_anthropics_types_by_status() -> None:

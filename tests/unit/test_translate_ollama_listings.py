@@ -8,6 +8,7 @@ import pytest
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts.routing import ModelFacts
 from switchyard_gateway.services.gateway.api.ollama_listings import ollama_name, ps_body, show_body, tags_body
 from switchyard_gateway.services.registry.decide import decide
 
@@ -85,13 +86,27 @@ def test_show_describes_a_model_by_any_of_its_names(catalog: Catalog) -> None:
     for name in ("llama3.2", "llama3.2:latest"):
         body = show_body(catalog, "narrow", name)
         assert body is not None
-        assert body["capabilities"] == ["completion"]
-        assert body["model_info"] == {"general.architecture": "llama", "llama.context_length": 131072}
+        assert body["capabilities"] == ["completion"]          # the registry's kind: no server said more
+        assert body["model_info"] == {"general.architecture": "unknown", "unknown.context_length": 131072}
         assert body["switchyard"]["model"] == "llama3.2"
         assert body["switchyard"]["input_price_per_1m"] == 0.05     # the model's own price
         assert body["switchyard"]["output_price_per_1m"] == 0.5     # the tenant's custom price
     embed = show_body(catalog, "everyone", "nomic-embed-text:latest")
     assert embed is not None and embed["capabilities"] == ["embedding"]
+
+
+def test_show_reports_what_the_serving_endpoints_said_at_their_probes(catalog: Catalog) -> None:
+    """Facts come per endpoint under the name it serves the model by; capabilities of all are merged."""
+    serving = [e.endpoint_id for e in catalog.endpoints_serving("llama3.2")]
+    said = {(serving[0], "llama3.2"): ModelFacts(model="llama3.2", capabilities=("completion", "tools"),
+                                                 architecture="llama", context_length=8192)}
+    if len(serving) > 1:
+        said[(serving[1], "llama3.2")] = ModelFacts(model="llama3.2", capabilities=("completion", "vision"))
+    body = show_body(catalog, "narrow", "llama3.2", lambda endpoint, model: said.get((endpoint, model)))
+    assert body is not None
+    assert set(body["capabilities"]) >= {"completion", "tools"}
+    assert body["model_info"] == {"general.architecture": "llama", "llama.context_length": 131072}  # registry's first
+    assert body["details"]["family"] == "llama"
 
 
 @pytest.mark.parametrize(("tenant", "name"), [

@@ -13,6 +13,8 @@ from switchyard_gateway.services.gateway.translate.plans import (
     openai_completion_to_ollama_generate, openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings,
     openai_error_to_ollama, openai_usage,
 )
+from switchyard_gateway.services.gateway.translate.responses import durations, openai_error_body
+from switchyard_gateway.services.gateway.translate.wire import Times, Timings, now_ns
 
 
 def body(obj) -> bytes:
@@ -37,9 +39,36 @@ def test_chat_answer_keeps_content_and_usage_as_ollama_counts() -> None:
     assert ollama_usage(openai_chat_to_ollama(CHAT, "llama3.2")) == (26, 7, 0)
 
 
-def test_measured_time_becomes_the_ollama_durations() -> None:
-    out = json.loads(openai_chat_to_ollama(CHAT, "llama3.2", elapsed_ns=1_500_000))
-    assert out["total_duration"] == out["eval_duration"] == 1_500_000
+def test_measured_times_become_the_four_ollama_durations() -> None:
+    """Arrived at 0, sent upstream at 2 ms, answered at 12 ms: no upstream timings, so the upstream's 10 ms
+    are evaluation."""
+    out = durations(Times(1_000_000_000, 1_002_000_000), None, now=1_012_000_000)
+    assert out == {"total_duration": 12_000_000, "load_duration": 2_000_000, "prompt_eval_duration": 0,
+                   "eval_duration": 10_000_000}
+    now = now_ns()
+    answer = json.loads(openai_chat_to_ollama(CHAT, "llama3.2", Times(now - 5_000_000, now - 1_000_000)))
+    assert answer["total_duration"] >= 5_000_000 and answer["load_duration"] == 4_000_000
+    assert answer["total_duration"] == answer["load_duration"] + answer["prompt_eval_duration"] \
+        + answer["eval_duration"]
+
+
+def test_upstream_timings_split_the_upstream_time_between_prompt_and_output() -> None:
+    """llama.cpp's `timings` (prompt_ms, predicted_ms) say how its time went; never more than was measured."""
+    times = Times(0, 1_000_000)
+    assert durations(times, Timings(prompt_ms=3.0, predicted_ms=5.0), now=11_000_000) == {
+        "total_duration": 11_000_000, "load_duration": 1_000_000, "prompt_eval_duration": 3_000_000,
+        "eval_duration": 5_000_000}
+    capped = durations(times, Timings(prompt_ms=500.0, predicted_ms=500.0), now=11_000_000)
+    assert capped["prompt_eval_duration"] + capped["eval_duration"] <= 10_000_000 and capped["eval_duration"] >= 1
+    with_timings = body({"created": 1, "choices": [{"index": 0, "finish_reason": "length", "message": {
+        "role": "assistant", "content": "x"}}], "usage": {"prompt_tokens": 54, "completion_tokens": 4},
+        "timings": {"prompt_n": 54, "prompt_ms": 2.766, "predicted_n": 4, "predicted_ms": 0.534}})
+    generated = json.loads(openai_completion_to_ollama_generate(with_timings, "m", Times(now_ns() - 10**9, now_ns() - 10**9)))
+    assert (generated["prompt_eval_duration"], generated["eval_duration"]) == (2_766_000, 534_000)
+
+
+def test_no_times_no_durations() -> None:
+    assert "total_duration" not in json.loads(openai_chat_to_ollama(CHAT, "llama3.2"))
 
 
 def test_length_finish_is_kept_and_tool_calls_become_objects() -> None:
@@ -173,3 +202,14 @@ def test_ollama_cached_count_is_read_from_native_answers() -> None:
     native = body({"model": "llama3.2", "response": "x", "done": True, "prompt_eval_count": 40,
                    "prompt_eval_cached_count": 32, "eval_count": 5})
     assert ollama_usage(native) == (40, 5, 32)
+
+
+def test_openai_door_keeps_an_openai_error_and_wraps_any_other() -> None:
+    own = body({"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}})
+    assert openai_error_body(own) == own
+    for other, message in ((body({"error": "model not loaded"}), "model not loaded"),
+                           (body({"detail": "Not Found"}), "Not Found"), (b"<html>oops</html>", "<html>oops</html>"),
+                           (b"", "upstream error")):
+        wrapped = json.loads(openai_error_body(other))
+        assert wrapped == {"error": {"message": message, "type": "upstream_error", "param": None,
+                                     "code": "upstream_error"}}

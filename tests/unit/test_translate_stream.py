@@ -8,6 +8,7 @@ import json
 import pytest
 
 from switchyard_gateway.services.gateway.translate.plans import OllamaStreamTap, OpenAIStreamToOllama
+from switchyard_gateway.services.gateway.translate.wire import Times
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_718_000_000, "model": "llama3.2"}
 
@@ -197,3 +198,14 @@ def test_native_stream_cached_count_is_read() -> None:
     tap = OllamaStreamTap()
     tap.feed(NATIVE.replace(b'"eval_count": 282', b'"eval_count": 282, "prompt_eval_cached_count": 20'))
     assert tap.usage == (26, 282, 20)
+
+
+def test_stream_durations_run_from_the_calls_arrival_through_its_first_token() -> None:
+    """Arrived 4 µs before it was sent upstream, 1 µs before the clock starts; then the clock ticks: load is the wait before the upstream was asked,
+    prompt evaluation runs to the first token, and the four durations add up to the total."""
+    clock = ticking_clock(step_ns=1_000)
+    stream = OpenAIStreamToOllama("llama3.2", "chat", Times(-5_000, -1_000), clock=clock)
+    final = translate(stream, CHAT_STREAM, 64)[-1]
+    assert final["load_duration"] == 4_000
+    assert final["prompt_eval_duration"] > 0 and final["eval_duration"] > 0
+    assert final["total_duration"] == final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]

@@ -23,7 +23,7 @@ from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(m.CommandReply)
 _any = msgspec.json.Decoder()
-_HIDDEN = ("type", "event_id", "occurred_at", "key_sha256", "mode")
+_HIDDEN = ("type", "event_id", "occurred_at", "key_sha256", "password_hash", "mode")
 
 
 async def run_command(deps: Deps, command: m.Command, status: int = 200) -> Response[bytes]:
@@ -31,16 +31,17 @@ async def run_command(deps: Deps, command: m.Command, status: int = 200) -> Resp
     or too large is refused here, before the registry is asked (400 naming it)."""
     check_bounds({f: getattr(command, f) for f in command.__struct_fields__})
     reply = _reply.decode(await ask(deps, subjects.REGISTRY_COMMAND, command))
-    await deps.state.wait_for({str(e.event_id) for e in reply.events})
-    body: dict[str, Any] = {"changed": bool(reply.events)}
+    recorded = reply.recorded
+    await deps.state.wait_for({str(e.event_id) for e in recorded})
+    body: dict[str, Any] = {"changed": bool(recorded)}
     if reply.key is not None:
         body["key"] = reply.key          # shown once, never stored in plaintext
     if reply.key_id is not None:
         body["key_id"] = reply.key_id
-    if reply.events:
-        body["resource"] = {k: v for k, v in msgspec.to_builtins(reply.events[-1]).items() if k not in _HIDDEN}
-        body["events"] = len(reply.events)
-    return json_response(body, status if reply.events else 200)
+    if recorded:
+        body["resource"] = {k: v for k, v in msgspec.to_builtins(recorded[-1]).items() if k not in _HIDDEN}
+        body["events"] = len(recorded)
+    return json_response(body, status if recorded else 200)
 
 
 async def run_query(deps: Deps, query: m.RegistryQuery) -> Response[bytes]:

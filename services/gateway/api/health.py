@@ -134,8 +134,9 @@ def _optional_caller(request: Request[Any, Any, Any], deps: Deps) -> KeyIssued |
         return None
 
 
-@get("/health")
+@get(["/health", "/api/system/health"])
 async def health(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
-    """200 when the gateway, every endpoint and every service are healthy, 503 otherwise, with the detail."""
+    """200 when the gateway, every endpoint and every service are healthy, 503 otherwise, with the detail
+    (`/api/system/health`: the provider-admin API's name for it)."""
     report, healthy = await health_report(deps, _optional_caller(request, deps))
     return json_response(report, 200 if healthy else 503)

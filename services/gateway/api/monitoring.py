@@ -1,4 +1,4 @@
-"""Read-only routes beside the hot path, in the seed's monitoring shapes: /v1/models, /api/usage,
+"""Read-only routes beside the hot path, in the seed's monitoring shapes: /v1/models[/{id}], /api/usage,
 /api/token_counts, /api/stats, /api/config, /api/usage-stream, and the time-series rollup.
 
 Figures come from metering over NATS (`metering.query.v1`, `metering.command.v1`), endpoint health
@@ -9,13 +9,18 @@ the endpoints serving its models.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import unquote
 
 import msgspec
+from msgspec import Meta
 from litestar import Request, Response, get, post
 from litestar.response import Stream
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import (
@@ -24,14 +29,18 @@ from switchyard_gateway.services.gateway.api.common import (
 from switchyard_gateway.services.gateway.api.health import endpoint_health
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
 
 _any = msgspec.json.Decoder()
 Req = Request[Any, Any, Any]
 
 
+EPOCH_MAX_S = 253402300799.0          # 9999-12-31T23:59:59Z, the last instant a timestamp can name
+
+
 class StatsRequest(msgspec.Struct, frozen=True):
     model: str | None = None
-    since: float | None = None
+    since: Annotated[float, Meta(ge=0, le=EPOCH_MAX_S)] | None = None     # epoch seconds
     tenant_id: str | None = None        # one tenant's figures: the caller's own, or any tenant's for an operator
 
 
@@ -40,17 +49,30 @@ class RollupRequest(msgspec.Struct, frozen=True):
     trim_old: bool = False
 
 
+def model_object(model: ModelRegistered) -> dict[str, Any]:
+    """OpenAI's model object."""
+    return {"id": model.model_id, "object": "model", "created": int(model.occurred_at.timestamp()),
+            "owned_by": "switchyard"}
+
+
 @get("/v1/models")
 async def list_models(request: Req, deps: Deps) -> Response[bytes]:
     """The models this caller's tenant may use, in the OpenAI list shape."""
-    key = caller(request, deps)
+    key = deps.auth.authenticate(request.headers, anonymous=True)
+    return json_response({"object": "list", "data": [model_object(m) for m in deps.catalog.models_for(key.tenant_id)]})
+
+
+@get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Req, deps: Deps, model_id: str) -> Response[bytes]:
+    """One model this caller's tenant may use, by id or alias (ids may hold slashes); 404 otherwise."""
+    key = deps.auth.authenticate(request.headers, anonymous=True)
+    name = unquote(request.scope["raw_path"].decode("latin-1").split("/v1/models/", 1)[1])
     catalog = deps.catalog
-    data = [
-        {"id": model.model_id, "object": "model", "created": int(model.occurred_at.timestamp()),
-         "owned_by": "switchyard"}
-        for model in catalog.models_for(key.tenant_id)
-    ]
-    return json_response({"object": "list", "data": data})
+    found = catalog.resolve_model(name)
+    if found is None or not catalog.tenant_may_use(key.tenant_id, found):
+        raise GatewayError(f"The model '{name}' does not exist or you do not have access to it.", status=404,
+                           kind="invalid_request_error", code="model_not_found", param="model")
+    return json_response(model_object(catalog.models[found]))
 
 
 @get("/api/token_counts")
@@ -62,11 +84,34 @@ async def token_counts(request: Req, deps: Deps) -> Response[bytes]:
 
 @get("/api/usage")
 async def usage(request: Req, deps: Deps) -> Response[bytes]:
-    """In-flight calls per endpoint and model (operators), and token usage per endpoint and model."""
+    """In-flight calls per endpoint and model (operators), and token usage per endpoint and model; in the
+    Prometheus text format with `?format=prometheus` (what NOMYO Router's scrape config asks for)."""
     key = caller(request, deps)
     tokens = _any.decode(await ask(deps, subjects.METERING_QUERY, {"query": "usage", "tenant_id": scope_of(key)}))
     counts = deps.router.inflight_counts() if key.role == "admin" else {}
+    if request.query_params.get("format") == "prometheus":
+        return Response(prometheus_usage(counts, tokens["token_usage_counts"]), media_type=CONTENT_TYPE_LATEST)
     return json_response({"usage_counts": counts, "token_usage_counts": tokens["token_usage_counts"]})
+
+
+def prometheus_usage(counts: dict[str, dict[str, int]], tokens: dict[str, dict[str, int]]) -> bytes:
+    """`usage_counts{endpoint, model}` (calls in flight here) and `token_usage_counts{endpoint, model}`."""
+    registry = CollectorRegistry(auto_describe=False)
+    inflight = GaugeMetricFamily("usage_counts", "Calls in flight in this gateway per endpoint and model",
+                                 labels=["endpoint", "model"])
+    used = GaugeMetricFamily("token_usage_counts", "Tokens used per endpoint and model (the usage log's projection)",
+                             labels=["endpoint", "model"])
+    for family, table in ((inflight, counts), (used, tokens)):
+        for endpoint, per_model in sorted(table.items()):
+            for model, value in sorted(per_model.items()):
+                family.add_metric([endpoint, model], value)
+
+    class _Families:
+        def collect(self) -> list[GaugeMetricFamily]:
+            return [inflight, used]
+
+    registry.register(_Families())
+    return generate_latest(registry)
 
 
 @post("/api/stats", status_code=200)
@@ -137,4 +182,4 @@ async def usage_stream(request: Req, deps: Deps) -> Stream:
 
 
 # /health is api/health.py's, which replaces the service default (create_service_app(health_handler=...)).
-ROUTES = [list_models, token_counts, usage, stats, aggregate_time_series_days, config, usage_stream]
+ROUTES = [list_models, retrieve_model, token_counts, usage, stats, aggregate_time_series_days, config, usage_stream]

@@ -1,4 +1,4 @@
-"""The Ollama API routes beside the hot path: /api/tags, /api/ps, /api/version and /api/show, per tenant, from the local catalog.
+"""The Ollama API routes beside the hot path: `/`, /api/tags, /api/ps, /api/version and /api/show, per tenant, from the local catalog.
 
 A model is listed when the caller's tenant may use it and at least one endpoint serves it,
 however many endpoints do (the list is merged). Names follow Ollama: a name without a tag
@@ -15,24 +15,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, head, post
 
-from switchyard_gateway.catalog.state import Catalog
+from switchyard_gateway.catalog.rules import normalise_model
+from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import ModelRegistered
+from switchyard_gateway.contracts.routing import ModelFacts
 from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.openapi.shapes import OllamaShowRequest
 
 OLLAMA_API_VERSION = "0.6.0"     # the Ollama API level the gateway speaks (/api/version)
 KEEP_ALIVE = timedelta(minutes=5)  # Ollama's default: how long /api/ps says a loaded model stays
 
 _encode = msgspec.json.Encoder().encode
+FactsLookup = Callable[[str, str], ModelFacts | None]    # (endpoint id, model as served) -> what the server said
 
 
-class _ShowRequest(msgspec.Struct):
-    model: str = ""
-    name: str = ""                   # the older spelling of `model`
-
-
-_decode_show = msgspec.json.Decoder(_ShowRequest).decode
+_decode_show = msgspec.json.Decoder(OllamaShowRequest).decode
 
 
 def ollama_name(model_id: str) -> str:
@@ -111,18 +110,39 @@ def ps_body(catalog: Catalog, tenant_id: str, loaded: Callable[[str], Iterable[s
     return {"models": models}
 
 
-def show_body(catalog: Catalog, tenant_id: str, name: str) -> dict[str, Any] | None:
-    """POST /api/show: what the catalog knows of a model this tenant may use; None when there is no such model."""
+def served_facts(catalog: Catalog, model: ModelRegistered, facts: FactsLookup | None) -> ModelFacts:
+    """What the endpoints serving a model said of it at their last probe, merged: capabilities together, the
+    first architecture and context length any of them gave."""
+    capabilities: set[str] = set()
+    architecture, context = "", 0
+    for endpoint in catalog.endpoints_serving(model.model_id) if facts is not None else ():
+        said = facts(endpoint.endpoint_id, normalise_model(upstream_name(endpoint, model)))  # type: ignore[misc]
+        if said is not None:
+            capabilities.update(said.capabilities)
+            architecture = architecture or said.architecture
+            context = context or said.context_length
+    return ModelFacts(model=model.model_id, capabilities=tuple(sorted(capabilities)), architecture=architecture,
+                      context_length=context)
+
+
+def show_body(catalog: Catalog, tenant_id: str, name: str, facts: FactsLookup | None = None) -> dict[str, Any] | None:
+    """POST /api/show: what the catalog knows of a model this tenant may use, with what its servers say of it
+    (capabilities, architecture; `unknown` when none says); None when there is no such model."""
     model_id = catalog.resolve_model(name) if name else None
     if model_id is None or not catalog.tenant_may_use(tenant_id, model_id) \
             or not catalog.endpoints_serving(model_id):
         return None
     model = catalog.models[model_id]
     info = details(model, catalog)
-    arch = info["family"] or "unknown"
+    said = served_facts(catalog, model, facts)
+    arch = said.architecture or "unknown"
+    if said.architecture:
+        info.update(family=said.architecture, families=[said.architecture])
     model_info: dict[str, Any] = {"general.architecture": arch}
-    if model.context_length:
-        model_info[f"{arch}.context_length"] = model.context_length
+    context = model.context_length or said.context_length
+    if context:
+        model_info[f"{arch}.context_length"] = context
+    capabilities = list(said.capabilities) or (["embedding"] if model.kind == "embedding" else ["completion"])
     assignment = catalog.assignments.get(tenant_id, {}).get(model_id)
     price_in = assignment.input_price_per_1m if assignment and assignment.input_price_per_1m is not None \
         else model.input_price_per_1m
@@ -131,11 +151,11 @@ def show_body(catalog: Catalog, tenant_id: str, name: str) -> dict[str, Any] | N
     return {
         "license": "", "modelfile": "", "parameters": "", "template": "",
         "details": info, "model_info": model_info,
-        "capabilities": ["embedding"] if model.kind == "embedding" else ["completion"],
+        "capabilities": capabilities,
         "modified_at": _time(model.occurred_at),
         "switchyard": {
             "model": model.model_id, "aliases": list(model.aliases), "kind": model.kind,
-            "context_length": model.context_length, "input_price_per_1m": price_in,
+            "context_length": context, "input_price_per_1m": price_in,
             "output_price_per_1m": price_out,
         },
     }
@@ -146,7 +166,21 @@ def _json(body: Any, status: int = 200) -> Response[bytes]:
 
 
 def _caller(request: Request[Any, Any, Any], deps: Deps) -> tuple[Catalog, str]:
-    return deps.catalog, deps.auth.authenticate(request.headers).tenant_id
+    return deps.catalog, deps.auth.authenticate(request.headers, anonymous=True).tenant_id
+
+
+RUNNING = "Ollama is running"       # what Ollama answers at its root, and what tools look for
+
+
+@get("/", media_type="text/plain", sync_to_thread=False)
+def ollama_root() -> str:
+    """Ollama's liveness answer, so that tools which look for an Ollama find one (no key needed)."""
+    return RUNNING
+
+
+@head("/", sync_to_thread=False, name="ollama_root_head")
+def ollama_root_head() -> Response[None]:
+    return Response(None, media_type="text/plain", headers={"content-length": str(len(RUNNING))})
 
 
 @get("/api/tags")
@@ -180,10 +214,10 @@ async def ollama_show(request: Request[Any, Any, Any], deps: Deps) -> Response[b
     name = req.model or req.name
     if not name:
         return _json({"error": "model is required"}, 400)
-    body = show_body(catalog, tenant_id, name)
+    body = show_body(catalog, tenant_id, name, deps.circuits.facts)
     if body is None:
         return _json({"error": f"model '{name}' not found"}, 404)
     return _json(body)
 
 
-OLLAMA_ROUTES = [ollama_tags, ollama_ps, ollama_version, ollama_show]
+OLLAMA_ROUTES = [ollama_root, ollama_root_head, ollama_tags, ollama_ps, ollama_version, ollama_show]

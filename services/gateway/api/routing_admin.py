@@ -35,7 +35,8 @@ def _endpoint(deps: Deps, endpoint_id: str) -> tuple[EndpointRegistered, str]:
 
 def _probe_view(probe: ProbeCompleted) -> dict[str, Any]:
     return {"endpoint_id": probe.endpoint_id, "success": probe.ok, "latency_ms": probe.latency_ms,
-            "error": probe.error or None, "status": probe.status or None, "models": list(probe.models),
+            "error": probe.error or None, "code": None if probe.ok else "CONNECTIVITY_ERROR",
+            "status": probe.status or None, "models": list(probe.models),
             "loaded": list(probe.loaded), "version": probe.version or None, "tested_at": probe.occurred_at}
 
 

@@ -20,7 +20,7 @@ from litestar.response import Redirect
 STATIC = Path(__file__).resolve().parent / "static"
 INDEX = "index.html"
 MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
-               ".txt": "text/plain"}       # Litestar adds "; charset=utf-8" to text types
+               ".txt": "text/plain", ".png": "image/png"}       # Litestar adds "; charset=utf-8" to text types
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
                                "style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; "
@@ -42,10 +42,10 @@ class Asset:
 _assets: dict[Path, Asset] = {}
 
 
-def find_asset(name: str) -> Asset | None:
-    """The file `name` under the static folder (never outside it), read or taken from the cache."""
-    path = (STATIC / (name or INDEX)).resolve()
-    if not path.is_relative_to(STATIC) or path.suffix not in MEDIA_TYPES:
+def find_asset(name: str, folder: Path = STATIC) -> Asset | None:
+    """The file `name` under a static folder (never outside it), read or taken from the cache."""
+    path = (folder / (name or INDEX)).resolve()
+    if not path.is_relative_to(folder) or path.suffix not in MEDIA_TYPES:
         return None
     try:
         mtime_ns = path.stat().st_mtime_ns
@@ -59,11 +59,13 @@ def find_asset(name: str) -> Asset | None:
     return cached
 
 
-def _serve(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
-    asset = find_asset(name)
+def serve_file(request: Request[Any, Any, Any], name: str, folder: Path = STATIC,
+               security: dict[str, str] = SECURITY_HEADERS) -> Response[bytes]:
+    """A static file with its ETag (304 when the client has it), or 404."""
+    asset = find_asset(name, folder)
     if asset is None:
         return Response(b'{"error": "Not found"}', status_code=404, media_type="application/json")
-    headers = {**SECURITY_HEADERS, "etag": asset.etag}
+    headers = {**security, "etag": asset.etag}
     if request.headers.get("if-none-match") == asset.etag:
         return Response(b"", status_code=304, headers=headers)
     return Response(asset.body, headers=headers, media_type=asset.media_type)
@@ -77,13 +79,13 @@ async def to_console() -> Redirect:
 @get("/ui", include_in_schema=False)
 async def console_page(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The page, at `/ui` and `/ui/`."""
-    return _serve(request, INDEX)
+    return serve_file(request, INDEX)
 
 
 @get("/ui/{name:path}", include_in_schema=False)
 async def console_file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     """The page's files under `/ui/`."""
-    return _serve(request, name.lstrip("/"))
+    return serve_file(request, name.lstrip("/"))
 
 
 CONSOLE_ROUTES = [to_console, console_page, console_file]

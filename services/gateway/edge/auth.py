@@ -1,13 +1,18 @@
 """Authenticate a caller from its headers, with no I/O: registry keys, JWTs, or the single-user key.
 
-Two modes (`SWITCHYARD_AUTH_MODE`):
+Two modes (`SWITCHYARD_AUTH_MODE`; the spellings `multi_user` and `single_user` are accepted too):
 - `multi-tenant` (default): keys issued by the registry, checked against the local
   catalog (SHA-256, constant-time compare, expiry, revocation); and, when
   `SWITCHYARD_JWT_SECRET` is set, HS256 JWT bearer tokens whose claims name the
-  `tenant` and `role` (`member` or `admin`) and carry an `exp`.
+  `tenant` and `role` (`member` or `admin`), carry an `exp` and the issuer
+  `SWITCHYARD_JWT_ISSUER` (`iss`). Access tokens of signed-in users (`typ: access`,
+  edge/tokens.py) must also still stand in the catalog: user, role, session, password.
 - `single-user`: only the key in `SWITCHYARD_API_KEY` is accepted, as an admin of
   the `admin` tenant.
-Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. A request that names a
+tenant (`X-Tenant-ID`) must name the caller's own (403 otherwise). With `SWITCHYARD_ANONYMOUS_TENANT`
+set (for trusted networks only), a call to the inference doors or the Ollama listings that presents no
+key at all is a member of that tenant; a wrong key is still refused, and admin routes always need a key.
 """
 
 from __future__ import annotations
@@ -15,20 +20,43 @@ from __future__ import annotations
 import hmac
 import time
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jwt
 
 from switchyard_gateway.catalog.state import Catalog, hash_key
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway.settings import Settings
-from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError
+from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError, TenantMismatch
 
 SINGLE_USER_TENANT = "admin"
 SINGLE_USER_KEY_ID = "single-user"
+ANONYMOUS_KEY_ID = "anonymous"
 JWT_CACHE_SIZE = 4096
 JWT_MAX_BYTES = 8192                  # a longer bearer token is not one of ours
 LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)   # an `exp` past this (10^18, inf) means "never"
+# SWITCHYARD_AUTH_MODE's accepted spellings (the embeddings service's `multi_user` / `single_user` too)
+MODES = {"multi-tenant": "multi-tenant", "multi_tenant": "multi-tenant", "multi-user": "multi-tenant",
+         "multi_user": "multi-tenant", "single-user": "single-user", "single_user": "single-user"}
+
+
+def auth_mode(value: str) -> str:
+    """The mode a SWITCHYARD_AUTH_MODE value names; ValueError for anything else."""
+    mode = MODES.get(value.strip().lower())
+    if mode is None:
+        raise ValueError(f"SWITCHYARD_AUTH_MODE must be 'multi-tenant' (or 'multi_user') or 'single-user' "
+                         f"(or 'single_user'), not '{value}'")
+    return mode
+
+
+class _Verified(NamedTuple):
+    """A verified JWT: the caller it stands for and, for a signed-in user's access token, what the catalog
+    must still agree with."""
+
+    key: KeyIssued
+    user: str | None
+    session: str
+    issued_at: float
 
 
 class HeaderLookup(Protocol):
@@ -38,9 +66,9 @@ class HeaderLookup(Protocol):
 class Authenticator:
     """Who a request's key stands for, checked against the local catalog: one per gateway, built at start."""
 
-    def __init__(self, catalog: Catalog, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "") -> None:
-        if mode not in ("multi-tenant", "single-user"):
-            raise ValueError(f"SWITCHYARD_AUTH_MODE must be 'multi-tenant' or 'single-user', not '{mode}'")
+    def __init__(self, catalog: Catalog, mode: str = "multi-tenant", api_key: str = "", jwt_secret: str = "",
+                 jwt_issuer: str = "switchyard", anonymous_tenant: str = "") -> None:
+        mode = auth_mode(mode)
         if mode == "single-user" and not api_key:
             raise ValueError("single-user mode needs SWITCHYARD_API_KEY")
         self.catalog = catalog
@@ -50,18 +78,33 @@ class Authenticator:
             self.single_user = KeyIssued(key_id=SINGLE_USER_KEY_ID, tenant_id=SINGLE_USER_TENANT,
                                          key_sha256=hash_key(api_key), role="admin", name="single-user key")
         self.jwt_secret = jwt_secret if mode == "multi-tenant" else ""
-        self._tokens: dict[str, KeyIssued] = {}    # verified tokens -> caller, until they expire
+        self.jwt_issuer = jwt_issuer
+        self.anonymous: KeyIssued | None = None       # the caller a request without a key stands for, if any
+        if anonymous_tenant:
+            self.anonymous = KeyIssued(key_id=ANONYMOUS_KEY_ID, tenant_id=anonymous_tenant, key_sha256="",
+                                       role="member", name="anonymous")
+        self._tokens: dict[str, _Verified] = {}    # verified tokens -> caller, until they expire
 
     @classmethod
     def from_settings(cls, catalog: Catalog, settings: Settings) -> Authenticator:
-        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret)
+        return cls(catalog, settings.auth_mode, settings.api_key, settings.jwt_secret, settings.jwt_issuer,
+                   settings.anonymous_tenant)
 
-    def authenticate(self, headers: HeaderLookup) -> KeyIssued:
-        """The caller's live key (or JWT, or the single-user key), or AuthError."""
+    def authenticate(self, headers: HeaderLookup, *, anonymous: bool = False) -> KeyIssued:
+        """The caller's live key (or JWT, or the single-user key), or AuthError; TenantMismatch (403) when
+        `X-Tenant-ID` names another tenant than the caller's. With `anonymous` (the inference doors and
+        Ollama's listings), a request with no key is the anonymous tenant's, when one is configured and the
+        registry knows it."""
         secret = presented_key(headers)
         key = self.caller(secret) if secret else None
+        if key is None and not secret and anonymous and self.anonymous is not None \
+                and self.anonymous.tenant_id in self.catalog.tenants:
+            key = self.anonymous
         if key is None:
             raise AuthError()
+        asked = headers.get("x-tenant-id")
+        if asked is not None and asked.strip() != key.tenant_id:
+            raise TenantMismatch()
         return key
 
     def caller(self, secret: str) -> KeyIssued | None:
@@ -77,31 +120,53 @@ class Authenticator:
         return key
 
     def token_caller(self, token: str, now: float | None = None) -> KeyIssued | None:
-        """The caller of a JWT: signature (HS256), `exp`, `tenant` and `role` checked; cached until it expires."""
+        """The caller of a JWT: signature (HS256), `iss`, `exp`, `tenant` and `role` checked, cached until it
+        expires; a signed-in user's access token also asks the catalog whether it still stands, every time."""
         now = time.time() if now is None else now
-        key = self._tokens.get(token)
-        if key is None:
-            if len(token) > JWT_MAX_BYTES:
+        seen = self._tokens.get(token)
+        if seen is None:
+            seen = self._verify(token)
+            if seen is None:
                 return None
-            try:       # a hostile token may carry an absurd exp, or JSON nested too deeply to read
-                claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"], options={"require": ["exp"]})
-                expires_at = _expiry(claims["exp"])
-            except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
-                return None
-            tenant, role = claims.get("tenant", claims.get("tenant_id")), claims.get("role", "member")
-            if not isinstance(tenant, str) or not tenant or role not in ("member", "admin"):
-                return None
-            subject = str(claims.get("sub") or claims.get("jti") or tenant)[:200]
-            key = KeyIssued(key_id=f"jwt:{subject}", tenant_id=tenant, key_sha256="", role=role,
-                            name="jwt", expires_at=expires_at)
             if len(self._tokens) >= JWT_CACHE_SIZE:
                 del self._tokens[next(iter(self._tokens))]
-            self._tokens[token] = key
+            self._tokens[token] = seen
+        key = seen.key
         assert key.expires_at is not None
         if key.expires_at.timestamp() <= now:
             self._tokens.pop(token, None)
             return None
+        if seen.user is not None and not self.catalog.session_live(seen.user, key.tenant_id, key.role, seen.session,
+                                                                   seen.issued_at):
+            return None
         return key
+
+    def _verify(self, token: str) -> _Verified | None:
+        if len(token) > JWT_MAX_BYTES:
+            return None
+        try:       # a hostile token may carry an absurd exp, or JSON nested too deeply to read
+            claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"], issuer=self.jwt_issuer,
+                                options={"require": ["exp", "iss"]})
+            expires = _expiry(claims["exp"])
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
+            return None
+        tenant, role = claims.get("tenant", claims.get("tenant_id")), claims.get("role", "member")
+        if not isinstance(tenant, str) or not tenant or role not in ("member", "admin"):
+            return None
+        kind = claims.get("typ")
+        if kind not in (None, "access"):            # a refresh token is not a bearer token
+            return None
+        if kind == "access":                        # signed by sign-in: a user of the catalog
+            user, session, issued = claims.get("sub"), claims.get("sid"), claims.get("iat")
+            if not isinstance(user, str) or not isinstance(session, str) or not isinstance(issued, int | float):
+                return None
+            key = KeyIssued(key_id=f"user:{user}", tenant_id=tenant, key_sha256="", role=role, name=user,
+                            expires_at=expires)
+            return _Verified(key, user, session, float(issued))
+        subject = str(claims.get("sub") or claims.get("jti") or tenant)[:200]
+        key = KeyIssued(key_id=f"jwt:{subject}", tenant_id=tenant, key_sha256="", role=role, name="jwt",
+                        expires_at=expires)
+        return _Verified(key, None, "", 0.0)
 
 
 def _expiry(exp: object) -> datetime:

@@ -1,65 +1,117 @@
-"""Errors the gateway shows to clients, each carrying its status and rendering its own JSON body.
+"""Errors the gateway shows to clients: each carries its numbers, and each front door renders them in its own shape.
 
-    GatewayError
-    ├── AuthError            401 {"error": "Invalid or expired token"}
-    ├── ForbiddenError       403 {"error": "Admin role required"}
-    └── ApiError             an OpenAI-style body {"error": {"message", "type", "param", "code"}}
-        ├── BadRequest       400 (malformed JSON, missing or invalid fields)
-        ├── PayloadTooLarge  413
-        ├── ModelNotFound    404
-        └── UpstreamError    502 / 503 / 504 when no endpoint could answer
+    GatewayError              status, message, OpenAI `type`, `code`, `param`, detail fields, headers
+    ├── AuthError             401 Invalid or expired token
+    ├── ForbiddenError        403 Admin role required
+    │   └── TenantMismatch    403 X-Tenant-ID names another tenant than the key's
+    ├── RouteNotFound         404 no such route
+    ├── MethodNotAllowed      405
+    ├── ApiError              any status, for what the hot path refuses
+    │   ├── BadRequest        400 (malformed JSON, missing or invalid fields)
+    │   ├── PayloadTooLarge   413
+    │   ├── ModelNotFound     404
+    │   │   └── ModelNotConfigured  404, code MODEL_NOT_CONFIGURED: the model exists, not for this tenant
+    │   └── UpstreamError     502 / 503 / 504 when no endpoint could answer
+    └── (pipeline/reserve.py) QuotaExceeded 402, RateLimited 429
+
+Which shape a path gets is one table, `DOORS` (first matching prefix wins; Ollama's routes by name):
+
+    openai      /v1/*          {"error": {"message", "type", "param", "code", ...detail}}
+    anthropic   /v1/messages   {"type": "error", "error": {"type", "message"}}
+    ollama      Ollama routes  {"error": "<message>", ...detail}
+    plain       the rest       {"error": "<message>", ...detail}   (the seed's shape: admin and monitoring routes)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 _encode = msgspec.json.Encoder().encode
 
+# OpenAI's `type` for a status when the error names none
+_OPENAI_TYPES = {402: "insufficient_quota", 429: "rate_limit_exceeded"}
+# Anthropic's error types by status
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",
+                   529: "overloaded_error"}
+
 
 class GatewayError(Exception):
+    """An error with what every door needs to render it; subclasses fix the status and the OpenAI type and code."""
+
     status = 500
-    headers: dict[str, str] = {}
+    kind = "server_error"           # OpenAI's `type`
+    code: str | None = None
+    param: str | None = None
 
-    def body(self) -> dict[str, Any]:
-        return {"error": str(self)}
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None,
+                 code: str | None = None, param: str | None = None, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        if kind is not None:
+            self.kind = kind
+        if code is not None:
+            self.code = code
+        if param is not None:
+            self.param = param
+        self.details: dict[str, Any] = details or {}     # the seed's fields beside the message (quota, limits)
+        self.headers: dict[str, str] = headers or {}
 
-    def render(self) -> bytes:
-        return _encode(self.body())
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def body(self, shape: str = "plain") -> dict[str, Any]:
+        """The error as the given door's clients read it."""
+        return SHAPES[shape](self)
+
+    def render(self, shape: str = "plain") -> bytes:
+        return _encode(SHAPES[shape](self))
 
 
 class AuthError(GatewayError):
-    status = 401
+    status, kind, code = 401, "invalid_request_error", "invalid_api_key"
 
     def __init__(self) -> None:
         super().__init__("Invalid or expired token")
 
 
 class ForbiddenError(GatewayError):
-    status = 403
+    status, kind, code = 403, "invalid_request_error", "insufficient_permissions"
 
+    def __init__(self, message: str = "Admin role required") -> None:
+        super().__init__(message)
+
+
+class RouteNotFound(GatewayError):
+    status, kind, code = 404, "invalid_request_error", "unknown_url"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"Invalid URL ({method} {path})")
+
+
+class MethodNotAllowed(GatewayError):
+    status, kind, code = 405, "invalid_request_error", "method_not_allowed"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"Method {method} is not allowed for {path}")
+
+
+class TenantMismatch(ForbiddenError):
     def __init__(self) -> None:
-        super().__init__("Admin role required")
+        super().__init__("X-Tenant-ID names another tenant than the key's")
 
 
 class ApiError(GatewayError):
+    """An error of the hot path; by default a client's mistake."""
+
     kind = "invalid_request_error"
-    code: str | None = None
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 status: int | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
 
 
 class BadRequest(ApiError):
@@ -80,7 +132,83 @@ class ModelNotFound(ApiError):
         super().__init__(f"None of the configured endpoints advertise the model '{model}'", param="model")
 
 
+class ModelNotConfigured(ModelNotFound):
+    """The model exists, but the tenant has no use of it (not assigned, disabled, or no default set)."""
+
+    code = "MODEL_NOT_CONFIGURED"
+
+    def __init__(self, model: str, tenant_id: str) -> None:
+        message = f"No default model is configured for tenant '{tenant_id}'" if model == "default" \
+            else f"Model '{model}' is not configured for tenant '{tenant_id}'"
+        ApiError.__init__(self, message, param="model")
+
+
 class UpstreamError(ApiError):
     status = 502
     kind = "upstream_error"
     code = "upstream_unavailable"
+
+
+def from_status(status: int, message: str, headers: dict[str, str] | None = None) -> GatewayError:
+    """A GatewayError for an HTTP status someone else decided (the web framework, a service's reply)."""
+    kind = "server_error" if status >= 500 else _OPENAI_TYPES.get(status, "invalid_request_error")
+    return GatewayError(message, status=status, kind=kind, headers=headers)
+
+
+# --- shapes -------------------------------------------------------------------------------------------
+
+
+def openai_body(error: GatewayError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code,
+                      **error.details}}
+
+
+def flat_body(error: GatewayError) -> dict[str, Any]:
+    return {"error": error.message, **error.details}
+
+
+def anthropic_type(status: int) -> str:
+    return ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_body(error: GatewayError) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": anthropic_type(error.status), "message": error.message,
+                                       **error.details}}
+
+
+SHAPES: dict[str, Callable[[GatewayError], dict[str, Any]]] = {
+    "openai": openai_body, "anthropic": anthropic_body, "ollama": flat_body, "plain": flat_body,
+}
+
+OLLAMA_PATHS = frozenset({
+    "/", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/tags", "/api/ps", "/api/show",
+    "/api/version", "/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete",
+})
+# (path prefix, shape), first match wins; Ollama's routes are named in OLLAMA_PATHS
+DOORS: tuple[tuple[str, str], ...] = (
+    ("/v1/messages", "anthropic"),
+    ("/v1/", "openai"),
+)
+
+
+def shape_for(path: str) -> str:
+    """The error shape of the door a path belongs to."""
+    for prefix, shape in DOORS:
+        if path.startswith(prefix):
+            return shape
+    if path in OLLAMA_PATHS or path.startswith("/api/blobs/"):
+        return "ollama"
+    return "plain"
+
+
+def render_for(path: str, error: GatewayError) -> bytes:
+    return error.render(shape_for(path))
+
+
+def stream_error(shape: str, error: GatewayError) -> bytes:
+    """What ends a started stream with an error, in the door's stream format (SSE or NDJSON)."""
+    if shape == "ollama":
+        return _encode({"error": error.message}) + b"\n"
+    if shape == "anthropic":
+        return b"event: error\ndata: " + error.render(shape) + b"\n\n"
+    return b"data: " + error.render(shape) + b"\n\n"

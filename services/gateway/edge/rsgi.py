@@ -1,8 +1,11 @@
-"""Serve the gateway over RSGI: inference calls go straight to the Proxy, the rest to Litestar via ASGI.
+"""Serve the gateway over RSGI: inference calls go straight to the Proxy, WebSockets to the WebSocket door
+(edge/ws.py, embeddings through the same Proxy), the rest to Litestar via ASGI.
 
 granian's RSGI interface proxied about 1.7x the calls/s of its ASGI interface
 here (docs/performance.md), so the hot path speaks RSGI natively; Litestar keeps
 the admin and monitoring routes and the lifespan, through this small bridge.
+CORS preflights are answered here, before either, and every answer leaves with
+an `x-request-id` (edge/headers.py).
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
 from litestar import Litestar
 
-from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.services.gateway.edge.body import drain, read_body
-from switchyard_gateway.services.gateway.edge.errors import ApiError
+from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
+    render_for
+from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
+    request_id_of
+from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
 
 if TYPE_CHECKING:
     from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
@@ -31,10 +36,12 @@ class GatewayRSGI:
     end of start-up to the start of shutdown.
     """
 
-    def __init__(self, litestar: Litestar) -> None:
+    def __init__(self, litestar: Litestar, cors: Cors | None = None) -> None:
         self.litestar = litestar
+        self.cors = cors if cors is not None and cors.enabled else None
         self.proxy: Proxy | None = None
         self.max_body_bytes = 0                 # set at start-up: the bodies Litestar's routes may receive
+        self.websockets: WebSocketDoor | None = None
         self._lifespan: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[dict[str, Any]] | None = None
         self._from_app: asyncio.Queue[dict[str, Any]] | None = None
@@ -43,11 +50,13 @@ class GatewayRSGI:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self._lifespan_step("startup"))
-        self.proxy = self.litestar.state.deps.proxy
-        self.max_body_bytes = self.litestar.state.deps.settings.max_body_bytes
+        deps = self.litestar.state.deps
+        self.proxy = deps.proxy
+        self.max_body_bytes = deps.settings.max_body_bytes
+        self.websockets = WebSocketDoor(deps.proxy, deps.auth, deps.settings)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.proxy = None
+        self.proxy = self.websockets = None
         loop.run_until_complete(self._lifespan_step("shutdown"))
 
     async def _lifespan_step(self, step: str) -> None:
@@ -66,20 +75,53 @@ class GatewayRSGI:
     # --- requests ---------------------------------------------------------------------------------
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            await self._websocket(scope, proto)
+            return
         proxy = self.proxy
+        cors = self.cors
+        if cors is not None and "origin" in scope.headers:
+            origin = scope.headers["origin"]
+            if not cors.allows(origin):
+                if is_preflight(scope):
+                    _refuse(scope, proto, ForbiddenError(f"Origin {origin} is not allowed"))
+                    return
+            elif is_preflight(scope):
+                proto.response_empty(204, [(REQUEST_ID, request_id_of(scope.headers)),
+                                           *cors.preflight_headers(origin, scope.headers.get(
+                                               "access-control-request-headers"))])
+                return
+            else:
+                proto = WithHeaders(proto, cors.answer_headers(origin))
         try:
-            if proxy is not None and scope.proto == "http" and scope.method == "POST" and scope.path in proxy.routes:
-                await proxy(scope, proto)
-            elif scope.proto == "http":
+            if proxy is not None and scope.path in proxy.routes:
+                if scope.method == "POST":
+                    await proxy(scope, proto)
+                else:
+                    _refuse(scope, proto, MethodNotAllowed(scope.method, scope.path), [("allow", "POST")])
+            else:
                 await bridge(self.litestar, scope, proto, self.max_body_bytes)
         except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
             log.exception("gateway.unhandled", path=scope.path, method=scope.method)
             try:
-                proto.response_bytes(500, [("content-type", "application/json")],
-                                     b'{"error": {"message": "Internal error", "type": "server_error", '
-                                     b'"param": null, "code": "internal_error"}}')
+                _refuse(scope, proto, GatewayError("Internal error", code="internal_error"))
             except Exception:  # noqa: BLE001 — a response had already started
                 pass
+
+    async def _websocket(self, scope: Any, proto: Any) -> None:
+        try:
+            if self.websockets is not None:
+                await self.websockets(scope, proto)
+            else:
+                proto.close(503)                # not started yet, or stopping
+        except Exception:  # noqa: BLE001 — a socket's unexpected failure is logged; the socket is gone
+            log.exception("gateway.unhandled", path=scope.path, method="WEBSOCKET")
+
+
+def _refuse(scope: Any, proto: Any, error: GatewayError, extra: list[tuple[str, str]] | None = None) -> None:
+    proto.response_bytes(error.status, [("content-type", "application/json"),
+                                        (REQUEST_ID, request_id_of(scope.headers)), *(extra or ())],
+                         render_for(scope.path, error))
 
 
 def _address(value: str) -> tuple[str, int] | None:
@@ -88,14 +130,15 @@ def _address(value: str) -> tuple[str, int] | None:
 
 
 async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> None:
-    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream. A body
-    over `max_body_bytes` is answered 413 before the app sees it (and read to its end, within bounds)."""
+    """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream;
+    each with an `x-request-id` (the client's, else a new one) unless the app set one. A body over
+    `max_body_bytes` is answered 413 before the app sees it (and read to its end, within bounds)."""
+    request_id = request_id_of(scope.headers)
     try:
         request_body = await read_body(scope.headers, proto, max_body_bytes) if max_body_bytes else await proto()
     except ApiError as exc:
-        body = msgspec.json.encode({"error": ErrorBody(exc.code.upper() if exc.code else "INVALID_REQUEST",
-                                                       str(exc))})
-        proto.response_bytes(exc.status, [("content-type", "application/json"), *exc.headers.items()], body)
+        proto.response_bytes(exc.status, [("content-type", "application/json"), (REQUEST_ID, request_id),
+                                          *exc.headers.items()], render_for(scope.path, exc))
         await drain(proto)
         return
     asgi_scope = {
@@ -103,7 +146,7 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
         "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
         "query_string": scope.query_string.encode("latin-1"), "root_path": "",
         "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
-        "client": _address(scope.client), "server": _address(scope.server), "state": {},
+        "client": _address(scope.client), "server": _address(scope.server), "state": {"request_id": request_id},
     }
     body_sent = False
 
@@ -127,6 +170,8 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
             return
         body, more = message.get("body", b""), message.get("more_body", False)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        if not any(k.lower() == REQUEST_ID for k, _ in headers):
+            headers.append((REQUEST_ID, request_id))
         if transport is None and not more:
             proto.response_bytes(start["status"], headers, body)
             return

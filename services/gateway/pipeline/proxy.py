@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
+from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.body import drain, read_body
 from switchyard_gateway.services.gateway.edge.client import ClientWatch
-from switchyard_gateway.services.gateway.edge.errors import GatewayError, PayloadTooLarge
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, PayloadTooLarge, render_for
+from switchyard_gateway.services.gateway.edge.headers import request_id_of
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
@@ -39,7 +40,7 @@ from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Rout
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
-from switchyard_gateway.services.gateway.translate.doors import APIS, Door, error_body_for
+from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
 
 CLIENT_CLOSED = 499
@@ -64,13 +65,24 @@ class Proxy:
         if api == COUNT_TOKENS:
             await self._count_tokens(scope, proto)
             return
+        if api not in EMBEDDING_APIS:
+            return await self._serve(api, scope, proto)
+        metrics.ACTIVE_EMBEDDINGS.inc()
+        try:
+            return await self._serve(api, scope, proto)
+        finally:
+            metrics.ACTIVE_EMBEDDINGS.dec()
+
+    async def _serve(self, api: str, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
         headers = scope.headers
+        request_id = request_id_of(headers)
+        model = ""
         try:
             key, body, request, door = await self._read(scope, proto)
+            model = request.model or ""
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             ask = door.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
-            request_id = _request_id(headers)
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
                 cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,
@@ -81,8 +93,8 @@ class Proxy:
                 return
             plan, reservation, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
-            metrics.count_request(api, exc.status)
-            send_error(proto, exc, error_body_for(scope.path, exc))
+            metrics.count_request(api, exc.status, model)
+            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
             if isinstance(exc, PayloadTooLarge):
                 await drain(proto)
             return
@@ -116,14 +128,14 @@ class Proxy:
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
         """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
         a GatewayError refuses the call."""
-        key = self.auth.authenticate(scope.headers)
+        key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await read_body(scope.headers, proto, self.max_body_bytes)
         request = read_request(self.routes[scope.path], body)
         return key, body, request, Door(scope.path, request, body)
 
     async def _count_tokens(self, scope: Any, proto: Any) -> None:
         """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
-        headers = scope.headers
+        request_id = request_id_of(scope.headers)
         try:
             key, _, request, door = await self._read(scope, proto)
             self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
@@ -131,13 +143,12 @@ class Proxy:
             answer = door.anthropic.count_tokens(self.quota.estimator.count)
         except GatewayError as exc:
             metrics.count_request(COUNT_TOKENS, exc.status)
-            send_error(proto, exc, error_body_for(scope.path, exc), [("x-request-id", _request_id(headers))])
+            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
             if isinstance(exc, PayloadTooLarge):
                 await drain(proto)
             return
         metrics.count_request(COUNT_TOKENS, 200)
-        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", _request_id(headers))],
-                             answer)
+        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], answer)
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, Reservation | None, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
@@ -198,13 +209,6 @@ def ceiling(reservation: Reservation, ask: Ask) -> int | None:
     if granted is None or (ask.largest is not None and granted >= ask.largest):
         return None
     return granted
-
-
-def _request_id(headers: Any) -> str:
-    given = headers.get("x-request-id")
-    if given and len(given) <= 128:
-        return given
-    return uuid.uuid4().hex
 
 
 def send_error(proto: Any, error: GatewayError, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:

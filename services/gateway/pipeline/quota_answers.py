@@ -1,10 +1,10 @@
 """What a reservation tells the client: its refusals (402, 429, 503) and OpenAI's rate-limit headers.
 
     GatewayError
-    ├── QuotaExceeded      402 {"error": "Quota exceeded", "quota_type", "limit", "used", "reset_time",
-    │                           "suggested_models"}
-    ├── RateLimited        429 with Retry-After and X-RateLimit-Limit / -Remaining / -Reset
+    ├── QuotaExceeded      402 "Quota exceeded" with quota_type, limit, used, reset_time, suggested_models
+    ├── RateLimited        429 with limit_type, limit, used, reset_time; Retry-After and X-RateLimit-*
     └── QuotaUnavailable   503 `quota_unavailable`: limits could not be checked
+(each door renders them in its own shape: edge/errors.py)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime
-from typing import Any
 
 from switchyard_gateway.quotas.periods import iso_utc
 from switchyard_gateway.quotas.plan import Planned
@@ -22,38 +21,34 @@ from switchyard_gateway.services.gateway.edge.errors import ApiError, GatewayErr
 class QuotaExceeded(GatewayError):
     """402: a token quota, request quota or budget would be exceeded by this call."""
 
-    status = 402
+    status, kind, code = 402, "insufficient_quota", "insufficient_quota"
 
     def __init__(self, quota_type: str, limit: float, used: float, reset: datetime,
                  suggested_models: list[str], model_id: str | None = None) -> None:
-        super().__init__("Quota exceeded")
+        super().__init__("Quota exceeded", details={
+            "quota_type": quota_type, "limit": limit, "used": used, "reset_time": iso_utc(reset),
+            "suggested_models": suggested_models})
         self.quota_type, self.limit, self.used, self.reset = quota_type, limit, used, reset
         self.suggested_models, self.model_id = suggested_models, model_id
-        self.headers = {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": "Quota exceeded", "quota_type": self.quota_type, "limit": self.limit, "used": self.used,
-                "reset_time": iso_utc(self.reset), "suggested_models": self.suggested_models}
 
 
 class RateLimited(GatewayError):
     """429: a requests- or tokens-per-minute limit would be exceeded by this call."""
 
-    status = 429
+    status, code = 429, "rate_limit_exceeded"
 
     def __init__(self, limit_type: str, limit: int, used: int, reset: datetime,
                  now: float | None = None) -> None:
-        super().__init__("Rate limit exceeded")
+        # OpenAI's `type` says which budget ran out: "requests" or "tokens"
+        super().__init__("Rate limit exceeded", kind="tokens" if limit_type.endswith("tpm") else "requests",
+                         details={"limit_type": limit_type, "limit": limit, "used": used,
+                                  "reset_time": iso_utc(reset)})
         self.limit_type, self.limit, self.used, self.reset = limit_type, limit, used, reset
         wait_s = max(1, math.ceil(reset.timestamp() - (now if now is not None else time.time())))
         self.headers = {
             "retry-after": str(wait_s), "x-ratelimit-limit": str(limit),
             "x-ratelimit-remaining": str(max(0, limit - used)), "x-ratelimit-reset": str(int(reset.timestamp())),
         }
-
-    def body(self) -> dict[str, Any]:
-        return {"error": "Rate limit exceeded", "limit_type": self.limit_type, "limit": self.limit,
-                "used": self.used, "reset_time": iso_utc(self.reset)}
 
 
 class QuotaUnavailable(ApiError):

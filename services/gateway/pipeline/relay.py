@@ -25,6 +25,7 @@ from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.translate.plans import Plan, TranslationError
+from switchyard_gateway.services.gateway.translate.wire import Times
 
 log = structlog.get_logger()
 
@@ -149,7 +150,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
     content_type = response.headers.get("content-type", "application/json")
     if status == 200 and plan.answer is not None:
         try:
-            answer = plan.answer(data, call.request.model or "")
+            answer = plan.answer(data, call.request.model or "", _times(call, started))
         except TranslationError as exc:
             to.report("error", status, started)
             raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
@@ -178,7 +179,7 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
                         started: float, deadline: float) -> None:
     """Relay events as they come; the first one must come by `deadline` (loop time), the rest within the idle gap."""
     assert to.plan.stream is not None
-    tap = outcome.stream_tap = to.plan.stream(call.request.model or "")
+    tap = outcome.stream_tap = to.plan.stream(call.request.model or "", _times(call, started))
     outcome.status = 200
     transport = None
     failed_early = False
@@ -224,6 +225,11 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = tap.usage
         else:
             outcome.estimate_tokens(call, output_tokens=tap.content_events)
+
+
+def _times(call: Call, sent: float) -> Times:
+    """When the call arrived and when this attempt was sent, on the clock translated answers measure with."""
+    return Times(int(call.started * 1e9), int(sent * 1e9))
 
 
 def _start_stream(call: Call, outcome: Outcome, proto: Any) -> Any:

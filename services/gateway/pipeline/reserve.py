@@ -1,7 +1,7 @@
 """The gateway's reservation client: hold a call's tokens against every limit, in Valkey, before it runs.
 
-Its refusals (402 QuotaExceeded, 429 RateLimited, 503 QuotaUnavailable) and the rate-limit headers of
-an answer are in `quota_answers.py`.
+Its refusals (402 QuotaExceeded, 429 RateLimited, 503 QuotaUnavailable; each door renders them in its own
+shape) and the rate-limit headers of an answer are in `quota_answers.py`.
 
 Limits come from the LIMITS stream, folded locally, so a tenant with no limits costs
 two dict lookups and no I/O. Otherwise one script call reads every counter that
@@ -27,11 +27,11 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
 from switchyard_gateway.contracts.quota import Limits
+from switchyard_gateway.events import StreamFold
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
@@ -77,7 +77,7 @@ class LimitsFeed:
 
     def __init__(self) -> None:
         self.book = LimitsBook()
-        self._feed = Feed(subjects.STREAM_LIMITS, self.book.apply)
+        self._feed = StreamFold(subjects.STREAM_LIMITS, self.book.apply)
 
     async def start(self, nc: NATS, timeout_s: float) -> None:
         await self._feed.start(nc, timeout_s)
@@ -205,8 +205,7 @@ class QuotaClient:
     async def _release(self, args: list[Any]) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.valkey.evalsha(RELEASE_SCRIPT.sha, RELEASE_SCRIPT.source, [self.keys.holds,
-                                          self.keys.hold_data], args)
+                await RELEASE_SCRIPT.run(self.valkey, [self.keys.holds, self.keys.hold_data], args)
         except (ConnectionError, TimeoutError, ValkeyError) as exc:      # the hold expires after quota_hold_s
             log.warning("quota.release_failed", request_id=args[0], error=str(exc) or type(exc).__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Protocol
 from switchyard_gateway.catalog.rules import normalise_model
 from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import EndpointRegistered, ModelRegistered
-from switchyard_gateway.services.gateway.edge.errors import ModelNotFound, UpstreamError
+from switchyard_gateway.services.gateway.edge.errors import ModelNotConfigured, ModelNotFound, UpstreamError
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 
 
@@ -88,7 +88,8 @@ class Router:
 
     def resolve(self, tenant_id: str, requested: str) -> RoutePlan:
         """The route plan of a call: the model (id, alias, or `default` for the tenant's default model) with
-        the endpoints serving it, then its fallback chain; ModelNotFound if the tenant cannot use it.
+        the endpoints serving it, then its fallback chain; ModelNotConfigured if the model exists but the tenant
+        may not use it (or has no default), ModelNotFound if no endpoint serves it.
 
         Plans are kept until the catalog changes, so this is one dict lookup per call.
         """
@@ -99,7 +100,7 @@ class Router:
         if plan is None:
             target = self._target(tenant_id, requested)
             if target is None:
-                raise ModelNotFound(requested)
+                raise self._refusal(tenant_id, requested)
             chain, unknown = self.fallbacks.chain(tenant_id, target.model.model_id,
                                                   lambda name: self._target(tenant_id, name))
             plan = self._plans[(tenant_id, requested)] = RoutePlan((target, *chain), unknown)
@@ -112,6 +113,14 @@ class Router:
         model = self.catalog.models[model_id]
         routes = [Route(e, upstream_name(e, model)) for e in self.catalog.endpoints_serving(model_id)]
         return Target(model, routes) if routes else None
+
+    def _refusal(self, tenant_id: str, requested: str) -> ModelNotFound:
+        model_id = self._default_model(tenant_id) if requested == "default" else self.catalog.resolve_model(requested)
+        if model_id is None and requested != "default":
+            return ModelNotFound(requested)
+        if model_id is None or not self.catalog.tenant_may_use(tenant_id, model_id):
+            return ModelNotConfigured(requested, tenant_id)
+        return ModelNotFound(requested)
 
     def _default_model(self, tenant_id: str) -> str | None:
         assigned = [a for a in self.catalog.assignments.get(tenant_id, {}).values() if a.enabled and a.is_default]

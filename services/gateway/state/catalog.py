@@ -1,7 +1,7 @@
 """The gateway's event-fed copy of the registry: a Catalog kept current from the REGISTRY stream.
 
 No request waits on NATS for auth or routing: the catalog is read in memory.
-`switchyard_gateway.catalog.feed.Feed` replays the stream from its start, then follows it.
+`switchyard_gateway.events.StreamFold` replays the stream from its start, then follows it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterable
 import structlog
 from nats.aio.client import Client as NATS
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.events import StreamFold
 
 log = structlog.get_logger()
 
@@ -21,7 +21,7 @@ log = structlog.get_logger()
 class LocalState:
     def __init__(self) -> None:
         self.catalog = Catalog()
-        self.feed = Feed(subjects.STREAM_REGISTRY, self.catalog.apply)
+        self.feed = StreamFold(subjects.STREAM_REGISTRY, self.catalog.apply)
 
     async def start(self, nc: NATS, timeout_s: float = 30.0) -> None:
         """Replay the REGISTRY stream and wait until caught up to its current end."""

@@ -15,11 +15,11 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from switchyard_gateway.catalog.feed import Feed
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Event
-from switchyard_gateway.contracts.routing import CircuitChanged
+from switchyard_gateway.contracts.routing import CircuitChanged, ModelFacts
+from switchyard_gateway.events import StreamFold
 
 DEFAULT_TRIAL_CALLS = 2
 TRIAL_SLOT_S = 10.0                          # a trial slot nobody released frees itself after this
@@ -29,7 +29,7 @@ ROUTER_SILENT_S = timedelta(seconds=2.0)     # open past retry_at by this much: 
 class Circuits:
     def __init__(self) -> None:
         self.view = HealthView()
-        self.feed = Feed(subjects.STREAM_ROUTING, self._fold, last_per_subject=True)
+        self.feed = StreamFold(subjects.STREAM_ROUTING, self._fold, last_per_subject=True)
         self._trials: dict[str, list[float]] = {}       # endpoint -> expiry (monotonic) of each trial slot taken
 
     async def start(self, nc: NATS, timeout_s: float = 30.0) -> None:
@@ -80,6 +80,10 @@ class Circuits:
     def loaded(self, endpoint_id: str) -> frozenset[str]:
         """The models the last successful probe saw loaded (names without `:latest`); empty if unknown."""
         return self.view.loaded.get(endpoint_id, frozenset())
+
+    def facts(self, endpoint_id: str, model: str) -> ModelFacts | None:
+        """What the endpoint said of a model (by the name it serves it under) at its last probe; None if nothing."""
+        return self.view.facts.get(endpoint_id, {}).get(model)
 
     def health(self, endpoint_id: str) -> dict[str, Any] | None:
         """The last probe: ok, latency_ms, error, status, version, models, loaded, at; None if never probed."""

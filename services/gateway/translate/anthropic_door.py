@@ -100,15 +100,16 @@ class AnthropicCall:
                 native=False,
                 request=lambda body, model, ceiling=None: (
                     "/api/chat", ollama_chat_body(self._messages(body, ceiling), model)),
-                answer=ollama_to_message, error=upstream_error, stream=OllamaStreamToAnthropic, usage=ollama_usage)
+                answer=lambda data, model, _times: ollama_to_message(data, model), error=upstream_error,
+                stream=lambda model, _times: OllamaStreamToAnthropic(model), usage=ollama_usage)
         stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
         top_k = endpoint_kind != "openai"
         return Plan(
             native=False,
             request=lambda body, model, ceiling=None: (
                 CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=top_k)),
-            answer=lambda data, model: openai_to_message(data, model, stop), error=upstream_error,
-            stream=lambda model: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
+            answer=lambda data, model, _times: openai_to_message(data, model, stop), error=upstream_error,
+            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
 
     def count_tokens(self, count: Callable[[str], int]) -> bytes:
         """The `count_tokens` answer: `{"input_tokens": N}`."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge.errors import anthropic_type
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
     ToolUseContent, encode, sse,
@@ -25,13 +25,6 @@ from switchyard_gateway.services.gateway.translate.wire import (
 )
 
 # gateway and upstream statuses -> Anthropic's error types (the SDK picks its exception class by status)
-ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
-    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 502: "api_error",
-    503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error",
-}
-_DETAILS = ("quota_type", "limit_type", "limit", "used", "reset_time", "suggested_models")
-
 
 def message_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
@@ -140,18 +133,9 @@ def ollama_to_message(data: bytes, model: str) -> bytes:
 
 # --- errors -----------------------------------------------------------------------------------------
 
-def error_type(status: int) -> str:
-    return ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-
-
-def error_body(status: int, message: str, details: dict[str, Any] | None = None) -> bytes:
-    fields = {k: v for k, v in (details or {}).items() if k in _DETAILS}
-    return encode(ErrorResponse(ErrorObject(type=error_type(status), message=message, **fields)))
-
-
-def gateway_error(error: GatewayError) -> bytes:
-    """One of the gateway's own errors in Anthropic's shape, keeping a refusal's figures (limit, used, reset...)."""
-    return error_body(error.status, str(error), error.body())
+def error_body(status: int, message: str) -> bytes:
+    """An error in Anthropic's shape (the gateway's own errors: `GatewayError.render("anthropic")`)."""
+    return encode(ErrorResponse(ErrorObject(type=anthropic_type(status), message=message)))
 
 
 def upstream_error(data: bytes, status: int) -> bytes:
@@ -171,4 +155,4 @@ def upstream_error(data: bytes, status: int) -> bytes:
 
 def error_event(message: str, status: int = 502) -> bytes:
     """The `error` event that ends a stream which cannot go on."""
-    return sse(ErrorResponse(ErrorObject(type=error_type(status), message=message)))
+    return sse(ErrorResponse(ErrorObject(type=anthropic_type(status), message=message)))

@@ -13,15 +13,14 @@ from collections.abc import Callable
 
 from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
-from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError, GatewayError
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError, shape_for, stream_error
 from switchyard_gateway.services.gateway.translate.anthropic_door import ANTHROPIC_APIS, AnthropicCall
-from switchyard_gateway.services.gateway.translate.anthropic_responses import error_event, gateway_error
 from switchyard_gateway.services.gateway.translate.asks import Ask
 from switchyard_gateway.services.gateway.translate.sse import SseTap
 from switchyard_gateway.services.gateway.translate.plans import (
-    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_error, ollama_error_line, ollama_plan,
-    openai_usage,
+    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_plan, openai_error_body, openai_usage,
 )
+from switchyard_gateway.services.gateway.translate.wire import Times
 from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
 
 OPENAI_APIS = {
@@ -36,11 +35,12 @@ _STREAMING_OLLAMA = frozenset({"ollama.chat", "ollama.generate"})
 class Door:
     """One call's front door."""
 
-    __slots__ = ("api", "path", "ollama", "anthropic", "_plans", "_request", "_body")
+    __slots__ = ("api", "path", "ollama", "anthropic", "shape", "_plans", "_request", "_body")
 
     def __init__(self, path: str, request: InferenceRequest, body: bytes) -> None:
         self.path, self.api = path, APIS[path]
         self.ollama = self.api.startswith("ollama.")
+        self.shape = shape_for(path)            # how this door's clients read errors (edge/errors.py)
         self._request, self._body = request, body
         self._plans: dict[str, Plan] = {}
         if self.ollama:
@@ -67,18 +67,19 @@ class Door:
     def _openai_plan(self, endpoint_kind: str) -> Plan:
         """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""
         request, path = self._request, self.path
-        answer: Callable[[bytes, str], bytes] | None = None
+        answer: Callable[[bytes, str, Times], bytes] | None = None
         if self.api == "openai.embeddings":
             encoding_format, dimensions = embedding_options(self._body)
             if encoding_format or dimensions:
-                def answer(data: bytes, _model: str) -> bytes:
+                def answer(data: bytes, _model: str, _times: Times) -> bytes:
                     return conform_embeddings(data, encoding_format=encoding_format, dimensions=dimensions)
         keep_usage = bool(request.stream_options and request.stream_options.include_usage)
         return Plan(
             native=True,
             request=lambda body, upstream_model, ceiling=None: (
                 path, upstream_body(body, request, upstream_model, ceiling, endpoint_kind)),
-            answer=answer, error=None, stream=lambda _model: SseTap(keep_usage=keep_usage), usage=openai_usage,
+            answer=answer, error=openai_error_body, stream=lambda _model, _times: SseTap(keep_usage=keep_usage),
+            usage=openai_usage,
         )
 
     @property
@@ -86,27 +87,9 @@ class Door:
         return "application/x-ndjson" if self.ollama else "text/event-stream"
 
     def error_body(self, error: GatewayError) -> bytes:
-        """The gateway's own error as this door's clients read it (Ollama: `{"error": "<message>"}`)."""
-        if self.anthropic is not None:
-            return gateway_error(error)
-        if self.ollama and not isinstance(error, AuthError | ForbiddenError):
-            return ollama_error(str(error))
-        return error.render()
+        """The gateway's own error as this door's clients read it."""
+        return error.render(self.shape)
 
     def cut_event(self, message: str) -> bytes:
         """What ends a stream the upstream cut after bytes reached the client."""
-        if self.anthropic is not None:
-            return error_event(message)
-        if self.ollama:
-            return ollama_error_line(message)
-        return b'data: {"error":{"message":"' + message.replace('"', "'").encode() + \
-            b'","type":"upstream_error","code":"stream_cut"}}\n\n'
-
-
-def error_body_for(path: str, error: GatewayError) -> bytes:
-    """Render an error for a request whose body could not be read into a Door."""
-    if path in ANTHROPIC_APIS:
-        return gateway_error(error)
-    if APIS.get(path, "").startswith("ollama.") and not isinstance(error, AuthError | ForbiddenError):
-        return ollama_error(str(error))
-    return error.render()
+        return stream_error(self.shape, UpstreamError(message, code="stream_cut"))

@@ -25,22 +25,23 @@ from switchyard_gateway.services.gateway.translate.embeddings import conform_emb
 from switchyard_gateway.services.gateway.translate.requests import (
     CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, ollama_chat_to_openai, ollama_embed_to_openai,
     ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_set_model,
-    ollama_wants_stream,
 )
 from switchyard_gateway.services.gateway.translate.responses import (
     ollama_error, ollama_error_line, ollama_usage, openai_chat_to_ollama, openai_completion_to_ollama_generate,
-    openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings, openai_error_to_ollama, openai_usage,
+    openai_embeddings_to_ollama_embed, openai_embeddings_to_ollama_embeddings, openai_error_body,
+    openai_error_to_ollama, openai_usage,
 )
 from switchyard_gateway.services.gateway.translate.stream import OllamaStreamTap, OpenAIStreamToOllama
-from switchyard_gateway.services.gateway.translate.wire import TokenCounts, TranslationError
+from switchyard_gateway.services.gateway.translate.wire import Times, TokenCounts, TranslationError
 
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "EMBEDDINGS_PATH", "OLLAMA_APIS", "OllamaStreamTap", "OpenAIStreamToOllama",
     "Plan", "TranslationError", "conform_embeddings", "embedding_options", "embeddings_to_base64",
     "ollama_chat_to_openai", "ollama_embed_to_openai", "ollama_error", "ollama_error_line", "ollama_generate_path",
     "ollama_generate_request", "ollama_generate_to_openai", "ollama_model", "ollama_plan", "ollama_set_model",
-    "ollama_usage", "ollama_wants_stream", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
-    "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_to_ollama",
+    "ollama_usage", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
+    "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_body",
+    "openai_error_to_ollama",
     "openai_usage",
 ]
 
@@ -70,17 +71,18 @@ class Plan(NamedTuple):
 
     `request(body, upstream_model, ceiling)` -> (upstream path, upstream body), the output held to `ceiling`
     tokens when it is not None;
-    `answer(data, model)` turns a 200 non-streamed answer into the door's (None: relay as is);
+    `answer(data, model, times)` turns a 200 non-streamed answer into the door's (None: relay as is);
+    `times` (`wire.Times`) say when the call arrived and when the answering attempt was sent;
     `error(data, status)` turns a non-200 answer into the door's error body (None: relay as is);
-    `stream(model)` builds the object that relays a streamed answer (None: this API never streams);
+    `stream(model, times)` builds the object that relays a streamed answer (None: this API never streams);
     `usage(data)` reads the `TokenCounts` of the upstream's whole 200 answer, before translation.
     """
 
     native: bool
     request: Callable[..., tuple[str, bytes]]
-    answer: Callable[[bytes, str], bytes] | None
+    answer: Callable[[bytes, str, Times], bytes] | None
     error: Callable[[bytes, int], bytes] | None
-    stream: Callable[[str], Stream] | None
+    stream: Callable[[str, Times], Stream] | None
     usage: Callable[[bytes], TokenCounts | None]
 
 
@@ -92,25 +94,27 @@ def _translated(path: str, translate: Callable[..., bytes]) -> Callable[..., tup
     return lambda body, upstream_model, ceiling=None: (path, translate(body, upstream_model, ceiling))
 
 
+def _native_stream(_model: str, _times: Times) -> Stream:
+    return OllamaStreamTap()
+
+
 _PLANS: dict[tuple[str, bool], Plan] = {
-    ("ollama.chat", True): Plan(True, _native("/api/chat"), None, None, lambda _: OllamaStreamTap(), ollama_usage),
-    ("ollama.generate", True): Plan(
-        True, _native("/api/generate"), None, None, lambda _: OllamaStreamTap(), ollama_usage),
+    ("ollama.chat", True): Plan(True, _native("/api/chat"), None, None, _native_stream, ollama_usage),
+    ("ollama.generate", True): Plan(True, _native("/api/generate"), None, None, _native_stream, ollama_usage),
     ("ollama.embed", True): Plan(True, _native("/api/embed"), None, None, None, ollama_usage),
     ("ollama.embeddings", True): Plan(True, _native("/api/embeddings"), None, None, None, ollama_usage),
     ("ollama.chat", False): Plan(
         False, _translated(CHAT_PATH, ollama_chat_to_openai), openai_chat_to_ollama, openai_error_to_ollama,
-        lambda model: OpenAIStreamToOllama(model, "chat"), openai_usage),
+        lambda model, times: OpenAIStreamToOllama(model, "chat", times), openai_usage),
     ("ollama.generate", False): Plan(
         False, ollama_generate_request, openai_completion_to_ollama_generate, openai_error_to_ollama,
-        lambda model: OpenAIStreamToOllama(model, "generate"), openai_usage),
+        lambda model, times: OpenAIStreamToOllama(model, "generate", times), openai_usage),
     ("ollama.embed", False): Plan(
         False, _translated(EMBEDDINGS_PATH, ollama_embed_to_openai), openai_embeddings_to_ollama_embed,
         openai_error_to_ollama, None, openai_usage),
     ("ollama.embeddings", False): Plan(
         False, _translated(EMBEDDINGS_PATH, ollama_embed_to_openai),
-        lambda data, _model: openai_embeddings_to_ollama_embeddings(data), openai_error_to_ollama, None,
-        openai_usage),
+        openai_embeddings_to_ollama_embeddings, openai_error_to_ollama, None, openai_usage),
 }
 
 

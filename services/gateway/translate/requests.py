@@ -78,10 +78,6 @@ class _Embed(msgspec.Struct):
     dimensions: int | None = None
 
 
-class _Stream(msgspec.Struct):
-    stream: bool | None = None
-
-
 class _Model(msgspec.Struct):
     model: str = ""
 
@@ -89,7 +85,6 @@ class _Model(msgspec.Struct):
 _decode_chat = msgspec.json.Decoder(_Chat).decode
 _decode_generate = msgspec.json.Decoder(_Generate).decode
 _decode_embed = msgspec.json.Decoder(_Embed).decode
-_decode_stream = msgspec.json.Decoder(_Stream).decode
 _decode_model = msgspec.json.Decoder(_Model).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -103,11 +98,6 @@ def _read(decode: Any, body: bytes) -> Any:
         raise TranslationError(f"Malformed JSON in request body: {exc}") from None
     except RecursionError:
         raise TranslationError("The request body is nested too deeply to read") from None
-
-
-def ollama_wants_stream(body: bytes) -> bool:
-    """Whether an /api/chat or /api/generate call streams: Ollama streams unless `stream` is false."""
-    return _read(_decode_stream, body).stream is not False
 
 
 def ollama_model(body: bytes) -> str:

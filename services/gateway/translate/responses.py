@@ -2,8 +2,7 @@
 
 OpenAI `usage.prompt_tokens` / `completion_tokens` / `prompt_tokens_details.cached_tokens`
 become Ollama `prompt_eval_count` / `eval_count` / `prompt_eval_cached_count`. Durations are the
-gateway's own measure when the caller passes `elapsed_ns` (`total_duration` and `eval_duration`), and
-absent otherwise.
+gateway's own measure when the caller passes the call's `Times` (see `durations`), and absent otherwise.
 """
 
 from __future__ import annotations
@@ -16,9 +15,29 @@ import msgspec
 
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
-    OllamaToolCall, Reply, TokenCounts, TranslationError, Usage, decode_counts, decode_embeddings, decode_reply,
-    decode_usage, done_reason, encode, error_message, ollama_time, tool_arguments,
+    OllamaToolCall, Reply, Times, Timings, TokenCounts, TranslationError, Usage, decode_counts, decode_embeddings,
+    decode_reply, decode_usage, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
 )
+
+
+def durations(times: Times | None, timings: Timings | None = None, now: int | None = None) -> dict[str, int]:
+    """Ollama's four durations of a whole answer, in nanoseconds, from the gateway's clock: `total_duration`
+    since the call arrived, `load_duration` until the answering upstream was asked (routing, quota, waiting
+    for a slot, earlier attempts), and the upstream's time as `prompt_eval_duration` + `eval_duration`, split
+    as the upstream's own `timings` say (llama.cpp) or, without them, all of it `eval_duration` (a whole
+    answer shows no first token to split at). Empty without `times`."""
+    if times is None:
+        return {}
+    now = now_ns() if now is None else now
+    upstream = max(1, now - times.sent_ns)
+    prompt = 0
+    if timings is not None and timings.prompt_ms is not None:
+        prompt = min(upstream - 1, max(0, int(timings.prompt_ms * 1_000_000)))
+    output = upstream - prompt
+    if timings is not None and timings.predicted_ms is not None:
+        output = min(output, max(1, int(timings.predicted_ms * 1_000_000)))
+    return {"total_duration": max(1, now - times.arrived_ns), "load_duration": max(0, times.sent_ns - times.arrived_ns),
+            "prompt_eval_duration": prompt, "eval_duration": output}
 
 
 def _reply(data: bytes) -> Reply:
@@ -49,7 +68,7 @@ def _first(reply: Reply) -> Choice:
     return next((c for c in reply.choices or () if c.index == 0), Choice())
 
 
-def openai_chat_to_ollama(data: bytes, model: str, *, elapsed_ns: int | None = None) -> bytes:
+def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None) -> bytes:
     """A chat.completion as an /api/chat reply (`stream: false`)."""
     reply = _reply(data)
     choice = _first(reply)
@@ -66,12 +85,12 @@ def openai_chat_to_ollama(data: bytes, model: str, *, elapsed_ns: int | None = N
     prompt, completion, cached = _counts(reply.usage)
     return encode(OllamaChat(
         model=model, created_at=ollama_time(reply.created), message=out, done=True,
-        done_reason=done_reason(choice.finish_reason), total_duration=elapsed_ns, eval_duration=elapsed_ns,
-        prompt_eval_count=prompt, prompt_eval_cached_count=cached, eval_count=completion,
+        done_reason=done_reason(choice.finish_reason), prompt_eval_count=prompt, prompt_eval_cached_count=cached,
+        eval_count=completion, **durations(times, reply.timings),
     ))
 
 
-def openai_completion_to_ollama_generate(data: bytes, model: str, *, elapsed_ns: int | None = None) -> bytes:
+def openai_completion_to_ollama_generate(data: bytes, model: str, times: Times | None = None) -> bytes:
     """A text_completion (or a chat.completion, which /api/generate is sent as) as an /api/generate reply."""
     reply = _reply(data)
     choice = _first(reply)
@@ -81,8 +100,8 @@ def openai_completion_to_ollama_generate(data: bytes, model: str, *, elapsed_ns:
     prompt, completion, cached = _counts(reply.usage)
     return encode(OllamaGenerate(
         model=model, created_at=ollama_time(reply.created), response=text, thinking=thinking or None,
-        done=True, done_reason=done_reason(choice.finish_reason), total_duration=elapsed_ns,
-        eval_duration=elapsed_ns, prompt_eval_count=prompt, prompt_eval_cached_count=cached, eval_count=completion,
+        done=True, done_reason=done_reason(choice.finish_reason), prompt_eval_count=prompt,
+        prompt_eval_cached_count=cached, eval_count=completion, **durations(times, reply.timings),
     ))
 
 
@@ -106,13 +125,16 @@ def _as_float_list(raw: msgspec.Raw) -> msgspec.Raw:
     return msgspec.Raw(encode(floats.tolist()))
 
 
-def openai_embeddings_to_ollama_embed(data: bytes, model: str, *, elapsed_ns: int | None = None) -> bytes:
-    """An OpenAI embedding list as an /api/embed reply: `{"model", "embeddings": [[...]], "prompt_eval_count"}`."""
+def openai_embeddings_to_ollama_embed(data: bytes, model: str, times: Times | None = None) -> bytes:
+    """An OpenAI embedding list as an /api/embed reply: `{"model", "embeddings": [[...]], "prompt_eval_count"}`,
+    with the total and load durations measured."""
     vectors, prompt = _vectors(data)
-    return encode(OllamaEmbed(model=model, embeddings=vectors, total_duration=elapsed_ns, prompt_eval_count=prompt))
+    measured = durations(times)
+    return encode(OllamaEmbed(model=model, embeddings=vectors, total_duration=measured.get("total_duration"),
+                              load_duration=measured.get("load_duration"), prompt_eval_count=prompt))
 
 
-def openai_embeddings_to_ollama_embeddings(data: bytes) -> bytes:
+def openai_embeddings_to_ollama_embeddings(data: bytes, _model: str = "", _times: Times | None = None) -> bytes:
     """An OpenAI embedding list as a legacy /api/embeddings reply: `{"embedding": [...]}` (the first vector)."""
     vectors, _ = _vectors(data)
     return encode(OllamaEmbedding(vectors[0] if vectors else msgspec.Raw(b"[]")))
@@ -156,3 +178,21 @@ def openai_error_to_ollama(data: bytes, _status: int = 0) -> bytes:
     if isinstance(body, dict) and "message" in body:
         return ollama_error(str(body["message"]))
     return ollama_error(data.decode(errors="replace"))
+
+
+def openai_error_body(data: bytes, _status: int = 0) -> bytes:
+    """An upstream's error answer on the OpenAI door: relayed as is when it is OpenAI's
+    `{"error": {"message", ...}}`, else its message wrapped in that shape."""
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        body = None
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return data
+        message = error_message(inner) if inner is not None else str(body.get("message") or body.get("detail") or "")
+    else:
+        message = data.decode(errors="replace").strip()
+    return encode({"error": {"message": message or "upstream error", "type": "upstream_error", "param": None,
+                             "code": "upstream_error"}})

@@ -19,8 +19,8 @@ import msgspec
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
 from switchyard_gateway.services.gateway.translate.sse import EventData
 from switchyard_gateway.services.gateway.translate.wire import (
-    OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, TokenCounts, ToolCall, decode_counts,
-    decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
+    OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
+    decode_counts, decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
 )
 
 
@@ -30,15 +30,16 @@ class OpenAIStreamToOllama:
     Feed it the upstream's bytes as they come (whole events or not); each text delta
     becomes one `"done": false` line, empty deltas and the role-only first chunk none.
     `finish()` writes the tool calls (if any) and the final `"done": true` line with
-    `prompt_eval_count` / `eval_count` from the usage chunk and durations measured here
-    with `clock` (nanoseconds): total since construction, prompt evaluation until the
-    first token, evaluation after it.
+    `prompt_eval_count` / `eval_count` from the usage chunk and durations measured with
+    `clock` (nanoseconds): total since the call arrived, load until the upstream was asked
+    (`times`; without them both are construction), prompt evaluation until the first token,
+    evaluation after it.
     """
 
     __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "_events",
-                 "_created_at", "_clock", "_started", "_first_token", "_calls")
+                 "_created_at", "_clock", "_started", "_sent", "_first_token", "_calls")
 
-    def __init__(self, model: str, kind: Literal["chat", "generate"], *,
+    def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
                  clock: Callable[[], int] = now_ns) -> None:
         self.model, self.kind = model, kind
         self.usage: TokenCounts | None = None
@@ -49,7 +50,7 @@ class OpenAIStreamToOllama:
         self._events = EventData()
         self._created_at: str | None = None
         self._clock = clock
-        self._started = clock()
+        self._started, self._sent = times if times is not None else (clock(), clock())
         self._first_token: int | None = None
         self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far]
 
@@ -69,8 +70,9 @@ class OpenAIStreamToOllama:
         prompt, completion, cached = self.usage if self.usage is not None else (None, self.content_events, 0)
         stats = {
             "done": True, "done_reason": self.done_reason, "total_duration": max(1, now - self._started),
+            "load_duration": max(0, self._sent - self._started),
             "prompt_eval_count": prompt, "prompt_eval_cached_count": cached or None,
-            "prompt_eval_duration": max(1, first - self._started),
+            "prompt_eval_duration": max(1, first - self._sent),
             "eval_count": completion, "eval_duration": max(1, now - first),
         }
         if self.kind == "chat":

@@ -70,6 +70,13 @@ class Choice(msgspec.Struct):
     stop_reason: Any = None                 # vLLM: the stop string (or token id) that ended the answer
 
 
+class Timings(msgspec.Struct):
+    """What some servers (llama.cpp) say they spent on an answer: the prompt, then the output, in milliseconds."""
+
+    prompt_ms: float | None = None
+    predicted_ms: float | None = None
+
+
 class Reply(msgspec.Struct):
     """A chat or text completion, whole or one streamed chunk; `error` when the server reports one."""
 
@@ -77,6 +84,14 @@ class Reply(msgspec.Struct):
     choices: list[Choice] | None = None
     usage: Usage | None = None
     error: Any = None
+    timings: Timings | None = None
+
+
+class Times(NamedTuple):
+    """When a call reached the gateway and when its answering attempt was sent upstream (`now_ns` clock)."""
+
+    arrived_ns: int
+    sent_ns: int
 
 
 class UsageOnly(msgspec.Struct):
@@ -150,6 +165,7 @@ class OllamaEmbed(msgspec.Struct, omit_defaults=True):
     model: str
     embeddings: list[msgspec.Raw]
     total_duration: int | None = None
+    load_duration: int | None = None
     prompt_eval_count: int | None = None
 
 
@@ -212,4 +228,5 @@ def tool_arguments(text: str | None) -> Any:
 
 
 def now_ns() -> int:
-    return time.monotonic_ns()
+    """The clock of every measured duration: the same as `time.perf_counter()`, in nanoseconds."""
+    return time.perf_counter_ns()

@@ -1,0 +1,216 @@
+"""Fold events into memory, each once and in order: from a JetStream stream (`StreamFold`) or from the log (`LogFold`).
+
+`StreamFold` replays a stream (all of it, or the last message per subject) through an ordered
+consumer of its own, is ready once it reached the stream's end as it was at start, then follows it; a caller
+that just caused events gets read-your-writes with `wait_for(event_ids)` or `sequence.reach(seq)`
+(the sequence a publish acknowledgement names). `LogFold` is caught up from the log past its own
+position when its owner asks (`catch_up`), and takes the owner's own appends (`fold`) in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from switchyard_gateway.contracts.codec import decode_events
+from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.events.marks import Watermark
+from switchyard_gateway.kit.retry import Backoff
+from switchyard_gateway.kit import eventlog
+
+log = structlog.get_logger()
+SEEN_MAX = 4096                 # event ids remembered for wait_for
+HEARTBEAT_S = 5.0               # the server's sign of life on an idle consumer
+INACTIVE_THRESHOLD_S = 30.0     # a consumer nobody listens to is dropped by the server after this
+
+
+class StreamFold:
+    """A stream folded into memory by `fold(event)`: replayed, caught up, then followed.
+
+    It runs its own ordered push consumer (ephemeral, in memory, no acks, no flow control): each
+    message must carry the next consumer sequence, else the consumer is made anew from the stream
+    sequence after the last one folded; so is one whose heartbeats stop (the server restarted, or
+    dropped it while the connection was down). Idle, that is one heartbeat from the server every
+    `heartbeat_s` and one look every twice that, nothing else.
+    """
+
+    def __init__(self, stream: str, fold: Callable[[Event], object], *, last_per_subject: bool = False,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.stream = stream
+        self.fold = fold
+        self.last_per_subject = last_per_subject
+        self.heartbeat_s = heartbeat_s
+        self.sequence = Watermark()          # the stream sequence of the last message folded
+        self.ready = asyncio.Event()
+        self.resets = 0                      # consumers made anew after a gap or silence
+        self._nc: NATS | None = None
+        self._sub: Any = None
+        self._consumer = ""
+        self._consumer_seq = 0               # the consumer sequence of the last message folded
+        self._heard = False                  # anything from the consumer since the last look
+        self._resetting: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._seen: dict[str, None] = {}     # recently folded event ids, oldest first
+        self._waiters: list[tuple[set[str], asyncio.Future[None]]] = []
+
+    async def start(self, nc: NATS, timeout_s: float = 30.0) -> None:
+        """Subscribe, and return once caught up to the stream's end as it is now."""
+        self._nc = nc
+        js = nc.jetstream(timeout=10)
+        info = await js.stream_info(self.stream)
+        self._sub = await nc.subscribe(nc.new_inbox(), cb=self._on_message)
+        await self._consume(from_start=True)
+        self._watch = asyncio.ensure_future(self._watch_heartbeats())
+        if info.state.messages == 0 or self.sequence.value >= info.state.last_seq:
+            self.ready.set()
+        await asyncio.wait_for(self.ready.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        for task in (self._watch, self._resetting):
+            if task is not None:
+                task.cancel()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):      # closing anyway
+                await sub.unsubscribe()
+        await self._drop_consumer()
+
+    async def _consume(self, *, from_start: bool) -> None:
+        """Make the consumer: from the stream's start (or last message per subject), or past what was folded."""
+        assert self._nc is not None and self._sub is not None
+        if from_start:
+            policy, start = (DeliverPolicy.LAST_PER_SUBJECT if self.last_per_subject else DeliverPolicy.ALL), None
+        else:
+            policy, start = DeliverPolicy.BY_START_SEQUENCE, self.sequence.value + 1
+        name = f"fold-{uuid.uuid4().hex}"     # named before it exists: its first deliveries may beat the reply
+        config = ConsumerConfig(
+            name=name, deliver_subject=self._sub.subject, deliver_policy=policy, opt_start_seq=start,
+            filter_subject=">", ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False,
+            idle_heartbeat=self.heartbeat_s, mem_storage=True, num_replicas=1, inactive_threshold=INACTIVE_THRESHOLD_S,
+        )
+        self._consumer, self._consumer_seq, self._heard = name, 0, True
+        await self._nc.jetstream(timeout=10).add_consumer(self.stream, config)
+
+    async def _drop_consumer(self) -> None:
+        if self._nc is not None and self._consumer and self._nc.is_connected:
+            with contextlib.suppress(Exception):      # gone already, or NATS away: it expires by itself
+                await self._nc.jetstream(timeout=2).delete_consumer(self.stream, self._consumer)
+        self._consumer = ""
+
+    def _reset(self, why: str) -> None:
+        """Make the consumer anew past the last message folded (once at a time)."""
+        if self._resetting is not None and not self._resetting.done():
+            return
+        log.info("follow.reset", stream=self.stream, reason=why, after=self.sequence.value)
+        self.resets += 1
+        self._consumer = ""                  # deliveries of the old consumer are ignored from now on
+
+        async def reset() -> None:
+            backoff = Backoff(first_s=0.2, max_s=5.0)
+            while True:
+                try:
+                    await self._consume(from_start=False)
+                    return
+                except Exception as exc:  # noqa: BLE001 — NATS away: try again
+                    log.warning("follow.reset_failed", stream=self.stream, error=str(exc) or type(exc).__name__)
+                    await backoff.wait()
+
+        self._resetting = asyncio.ensure_future(reset())
+
+    async def _watch_heartbeats(self) -> None:
+        """Every two heartbeats: if the consumer said nothing at all, it is gone: make it anew."""
+        while True:
+            await asyncio.sleep(2 * self.heartbeat_s)
+            if not self._heard and self._consumer and self._nc is not None and self._nc.is_connected:
+                self._reset("no heartbeat")
+            self._heard = False
+
+    async def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if headers.get("Status"):                                  # a heartbeat (100) or another status
+            self._heard = True
+            last = headers.get("Nats-Last-Consumer")
+            if last is not None and int(last) > self._consumer_seq and self._consumer:
+                self._reset("missed messages")
+            return
+        try:
+            meta = msg.metadata
+        except Exception:  # noqa: BLE001 — not a JetStream delivery
+            return
+        if meta.consumer != self._consumer:
+            return                                                 # from a consumer replaced meanwhile
+        self._heard = True
+        if meta.sequence.consumer != self._consumer_seq + 1:
+            self._reset("missed messages")
+            return
+        self._consumer_seq = meta.sequence.consumer
+        try:
+            events = decode_events(msg.data)
+        except Exception:  # noqa: BLE001 — one bad message must not stop the fold
+            log.exception("follow.bad_event", stream=self.stream, subject=msg.subject)
+            events = []
+        for event in events:
+            self.fold(event)
+            self._note(str(event.event_id))
+        self.sequence.advance(meta.sequence.stream)
+        if not self.ready.is_set() and meta.num_pending == 0:
+            self.ready.set()
+
+    async def wait_for(self, event_ids: Iterable[str], timeout_s: float = 5.0) -> bool:
+        """Wait until these events are folded in; False at the deadline."""
+        pending = set(event_ids) - self._seen.keys()
+        if not pending:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((pending, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _note(self, event_id: str) -> None:
+        self._seen[event_id] = None
+        if len(self._seen) > SEEN_MAX:
+            del self._seen[next(iter(self._seen))]
+        if not self._waiters:
+            return
+        still = []
+        for pending, waiter in self._waiters:
+            pending.discard(event_id)
+            if not pending and not waiter.done():
+                waiter.set_result(None)
+            elif not waiter.done():
+                still.append((pending, waiter))
+        self._waiters = still
+
+
+class LogFold:
+    """Some event types of the log folded into memory by `apply(event)`: each event once, in log order,
+    whether it comes from `catch_up` or from the owner's own append (`fold`); an event at or below the
+    position (a concurrent catch-up handed it over already) is skipped."""
+
+    def __init__(self, types: Iterable[str], apply: Callable[[Event], object]) -> None:
+        self.types, self.apply = frozenset(types), apply
+        self.position = Watermark()
+
+    async def catch_up(self, conn: asyncpg.Connection) -> int:
+        """Fold what the log holds past this fold's position; return the position."""
+        async for batch in eventlog.read_all(conn, self.position.value, self.types):
+            for position, event in batch:
+                self.fold(position, event)
+        return self.position.value
+
+    def fold(self, position: int, event: Event) -> None:
+        if position > self.position.value:
+            self.apply(event)
+            self.position.advance(position)

@@ -1,0 +1,173 @@
+"""Sign-in for users: `/api/auth/login`, `/refresh`, `/logout` and `/me`.
+
+The password is checked by the registry (`verify_credentials` on `registry.command.v1`), which alone
+holds the hashes: the gateway never sees one, and the slow Argon2id check stays off its hot path.
+Tokens are signed here with `SWITCHYARD_JWT_SECRET` (edge/tokens.py); refreshing needs no round trip
+(the local catalog says whether the session still stands); signing out is a registry event, so every
+gateway refuses the session's tokens once it has folded it. Failures are counted per username and
+per client address in Valkey (edge/login_guard.py): too many, and the next attempt waits (429).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.users import UserView
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.services.gateway.api.common import ask, caller
+from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.edge.tokens import TokenClaims, TokenPair
+
+Req = Request[Any, Any, Any]
+_reply = msgspec.json.Decoder(m.CommandReply)
+NAME_MAX, PASSWORD_MAX = 64, 1024          # longer cannot be a user's: refused without asking the registry
+
+
+class LoginRequest(msgspec.Struct, frozen=True):
+    username: str
+    password: str
+
+
+class RefreshRequest(msgspec.Struct, frozen=True):
+    refresh_token: str
+
+
+class LogoutRequest(msgspec.Struct, frozen=True):
+    refresh_token: str | None = None     # else the session of the access token in Authorization
+
+
+class SignedOut(msgspec.Struct, frozen=True):
+    revoked: bool                        # False: the session had already ended
+
+
+class Me(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Who the caller is: a signed-in user (`kind: user`), or a key or an outside JWT (no username)."""
+
+    kind: str
+    tenant_id: str
+    role: str
+    username: str | None = None
+    display_name: str | None = None
+    key_id: str | None = None
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> Response[bytes]:
+    return Response(encode({"error": {"code": code, "message": message, **extra}}), status_code=status,
+                    headers=headers, media_type="application/json")
+
+
+def _invalid_token() -> Response[bytes]:
+    return _error(401, "INVALID_TOKEN", "Invalid or expired token")
+
+
+def _enabled(deps: Deps) -> Response[bytes] | None:
+    """Why sign-in cannot work on this gateway, as the answer; None when it can."""
+    if deps.auth.mode != "multi-tenant":
+        return _error(404, "SIGN_IN_DISABLED", "There are no users in single-user mode: use the API key")
+    if not deps.tokens.enabled:
+        return _error(503, "SIGN_IN_DISABLED", "Sign-in needs SWITCHYARD_JWT_SECRET on the gateway")
+    return None
+
+
+def client_address(request: Req, trust_forwarded_for: bool) -> str:
+    """The client's address: the peer's, or behind a trusted proxy the first of X-Forwarded-For."""
+    if trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for", "").split(",", 1)[0].strip()
+        if forwarded:
+            return forwarded[:64]
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _too_many(wait_s: float) -> Response[bytes]:
+    seconds = max(1, math.ceil(wait_s))
+    return _error(429, "TOO_MANY_ATTEMPTS", f"Too many failed sign-ins; try again in {seconds} s",
+                  {"retry-after": str(seconds)}, retry_after=seconds)
+
+
+@post("/api/auth/login", status_code=200)
+async def login(request: Req, deps: Deps, data: LoginRequest) -> Response[bytes] | TokenPair:
+    """A username and password for an access token (15 minutes) and a refresh token (7 days)."""
+    if (refusal := _enabled(deps)) is not None:
+        return refusal
+    guard, address = deps.login_guard, client_address(request, deps.settings.trust_forwarded_for)
+    wait_s = await guard.wait_s(data.username, address)
+    if wait_s > 0:
+        return _too_many(wait_s)
+    user: UserView | None = None
+    if 0 < len(data.username) <= NAME_MAX and 0 < len(data.password) <= PASSWORD_MAX:
+        try:
+            raw = await ask(deps, subjects.REGISTRY_COMMAND,
+                            m.VerifyCredentials(username=data.username, password=data.password))
+            user = _reply.decode(raw).user
+        except ServiceError as exc:
+            if exc.status != 401:
+                raise
+    if user is None:
+        wait_s = await guard.failed(data.username, address)
+        headers = {"retry-after": str(max(1, math.ceil(wait_s)))} if wait_s > 0 else None
+        return _error(401, "INVALID_CREDENTIALS", "Invalid username or password", headers)
+    await guard.succeeded(data.username, address)
+    return deps.tokens.sign_in(user)
+
+
+@post("/api/auth/refresh", status_code=200)
+async def refresh(deps: Deps, data: RefreshRequest) -> Response[bytes] | TokenPair:
+    """A new access token for a refresh token whose session still stands (the same refresh token back)."""
+    if (refusal := _enabled(deps)) is not None:
+        return refusal
+    claims = deps.tokens.read(data.refresh_token, "refresh")
+    user = deps.catalog.user_session(claims.username, claims.session, claims.issued_at) if claims else None
+    if claims is None or user is None:
+        return _invalid_token()
+    view = UserView(username=user.username, tenant_id=user.tenant_id, role=user.role, display_name=user.display_name)
+    left = max(0, int(claims.expires_at - datetime.now(UTC).timestamp()))
+    return TokenPair(access_token=deps.tokens.access(view, claims.session), refresh_token=data.refresh_token,
+                     token_type="bearer", expires_in=deps.tokens.access_ttl_s, refresh_expires_in=left, user=view)
+
+
+@post("/api/auth/logout", status_code=200)
+async def logout(request: Req, deps: Deps, data: LogoutRequest | None = None) -> Response[bytes] | SignedOut:
+    """End a session: its refresh token and every access token of it stop working on every gateway."""
+    if (refusal := _enabled(deps)) is not None:
+        return refusal
+    claims = _session_claims(request, deps, data)
+    if claims is None:
+        return _invalid_token()
+    expires = claims.expires_at if claims.kind == "refresh" else claims.issued_at + deps.tokens.refresh_ttl_s
+    command = m.RevokeUserToken(username=claims.username, token_id=claims.session,
+                                expires_at=datetime.fromtimestamp(expires, UTC))
+    reply = _reply.decode(await ask(deps, subjects.REGISTRY_COMMAND, command))
+    await deps.state.wait_for({str(e.event_id) for e in reply.recorded})
+    return SignedOut(revoked=bool(reply.recorded))
+
+
+def _session_claims(request: Req, deps: Deps, data: LogoutRequest | None) -> TokenClaims | None:
+    if data is not None and data.refresh_token:
+        return deps.tokens.read(data.refresh_token, "refresh")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return deps.tokens.read(token.strip(), "access") if scheme.lower() == "bearer" else None
+
+
+@get("/api/auth/me")
+async def me(request: Req, deps: Deps) -> Me:
+    """The caller: a user's name, role and tenant; for a key, its id, role and tenant."""
+    key = caller(request, deps)
+    if key.key_id.startswith("user:"):
+        user = deps.catalog.users.get(key.name)
+        return Me(kind="user", tenant_id=key.tenant_id, role=key.role, username=key.name,
+                  display_name=user.display_name if user is not None else "")
+    return Me(kind="jwt" if key.key_id.startswith("jwt:") else "key", tenant_id=key.tenant_id, role=key.role,
+              key_id=key.key_id)
+
+
+ROUTES = [login, refresh, logout, me]

@@ -1,0 +1,83 @@
+"""The admin API for users, `/api/admin/users`: create, list, read, update and remove, answered by the registry.
+
+A password goes to the registry once, in the command that sets it, and is hashed there; no answer
+ever carries a password or its hash. Answers show a user as the registry holds it: username,
+tenant, role, display name, and when its password was last set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response, Router, delete, get, post, put
+
+from switchyard_gateway.contracts import messages as m
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.events import Role
+from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.deps import Deps
+
+_reply = msgspec.json.Decoder(m.CommandReply)
+
+
+class UserCreate(msgspec.Struct, frozen=True):
+    username: m.Username
+    password: m.Password
+    tenant_id: str
+    role: Role = "member"
+    display_name: m.DisplayName = ""
+
+
+class UserUpdate(msgspec.Struct, frozen=True):
+    """Any of the fields; a field left out keeps its value. A new password ends the user's sessions."""
+
+    tenant_id: str | None = None
+    role: Role | None = None
+    display_name: m.DisplayName | None = None
+    password: m.Password | None = None
+
+
+async def _run(deps: Deps, command: m.Command, username: str, status: int = 200) -> Response[bytes]:
+    """Send a user command, wait until this gateway's catalog shows it, answer with the user as it stands."""
+    reply = _reply.decode(await ask(deps, subjects.REGISTRY_COMMAND, command))
+    recorded = reply.recorded
+    await deps.state.wait_for({str(e.event_id) for e in recorded})
+    body: dict[str, Any] = {"changed": bool(recorded)}
+    if username in deps.catalog.users:
+        body["user"] = msgspec.json.decode(await ask(deps, subjects.REGISTRY_QUERY,
+                                                     m.RegistryQuery("users", id=username)))
+    return json_response(body, status if recorded else 200)
+
+
+@get("/users")
+async def list_users(deps: Deps, tenant_id: str | None = None) -> Response[bytes]:
+    return json_response(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("users", tenant_id=tenant_id)))
+
+
+@get("/users/{username:str}")
+async def get_user(deps: Deps, username: str) -> Response[bytes]:
+    return json_response(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("users", id=username)))
+
+
+@post("/users")
+async def create_user(deps: Deps, data: UserCreate) -> Response[bytes]:
+    command = m.CreateUser(username=data.username, tenant_id=data.tenant_id, password=data.password,
+                           role=data.role, display_name=data.display_name)
+    return await _run(deps, command, data.username, status=201)
+
+
+@put("/users/{username:str}")
+async def update_user(deps: Deps, username: str, data: UserUpdate) -> Response[bytes]:
+    command = m.UpdateUser(username=username, tenant_id=data.tenant_id, role=data.role,
+                           display_name=data.display_name, password=data.password)
+    return await _run(deps, command, username)
+
+
+@delete("/users/{username:str}", status_code=200)
+async def remove_user(deps: Deps, username: str) -> Response[bytes]:
+    return await _run(deps, m.RemoveUser(username=username), username)
+
+
+ROUTES = [Router(path="/api/admin", guards=[admin_guard],
+                 route_handlers=[list_users, get_user, create_user, update_user, remove_user])]

@@ -1,0 +1,103 @@
+"""What the edge adds to answers: the request id every answer carries, and CORS for the browsers it allows.
+
+CORS is off unless `SWITCHYARD_CORS_ORIGINS` names origins (comma-separated, or `*` for any). Then a
+preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on any path is answered at the
+edge, before routing, with 204 and what the browser asked for; answers to an allowed origin carry
+`Access-Control-Allow-Origin` and expose the gateway's own headers. Keys travel in headers, never in
+cookies, so credentials are never allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 128
+METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+EXPOSED = ("x-request-id, x-switchyard-model, x-switchyard-cache, retry-after, x-ratelimit-limit, "
+           "x-ratelimit-remaining, x-ratelimit-reset, x-ratelimit-limit-requests, x-ratelimit-limit-tokens, "
+           "x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, "
+           "x-ratelimit-reset-tokens")
+PREFLIGHT_MAX_AGE_S = 600
+_HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
+
+
+def request_id_of(headers: Any) -> str:
+    """The client's `x-request-id` when it sent a usable one, else a new id."""
+    given = headers.get(REQUEST_ID)
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+class Cors:
+    """Which browser origins may call the gateway, and the headers that tell them so."""
+
+    __slots__ = ("any", "origins")
+
+    def __init__(self, setting: str) -> None:
+        names = [o.strip().rstrip("/") for o in setting.split(",") if o.strip()]
+        self.any = "*" in names
+        self.origins = frozenset(n.lower() for n in names if n != "*")
+
+    @property
+    def enabled(self) -> bool:
+        return self.any or bool(self.origins)
+
+    def allows(self, origin: str | None) -> bool:
+        return bool(origin) and (self.any or origin.lower() in self.origins)  # type: ignore[union-attr]
+
+    def answer_headers(self, origin: str) -> list[tuple[str, str]]:
+        """Headers for an answer to an allowed origin."""
+        if self.any:
+            return [("access-control-allow-origin", "*"), ("access-control-expose-headers", EXPOSED)]
+        return [("access-control-allow-origin", origin), ("vary", "Origin"),
+                ("access-control-expose-headers", EXPOSED)]
+
+    def preflight_headers(self, origin: str, requested: str | None) -> list[tuple[str, str]]:
+        """Headers of the 204 that answers an allowed origin's preflight: every method, the headers it asked
+        for (a well-formed list), a cache of PREFLIGHT_MAX_AGE_S."""
+        headers = [("access-control-allow-origin", "*" if self.any else origin),
+                   ("access-control-allow-methods", METHODS), ("access-control-max-age", str(PREFLIGHT_MAX_AGE_S))]
+        if requested and _HEADER_LIST.match(requested.strip()):
+            headers.append(("access-control-allow-headers", requested.strip()))
+        if not self.any:
+            headers.append(("vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"))
+        return headers
+
+
+def is_preflight(scope: Any) -> bool:
+    return scope.method == "OPTIONS" and "origin" in scope.headers \
+        and "access-control-request-method" in scope.headers
+
+
+class WithHeaders:
+    """An RSGI protocol object that adds headers to whatever answer goes through it."""
+
+    __slots__ = ("_proto", "_extra")
+
+    def __init__(self, proto: Any, extra: list[tuple[str, str]]) -> None:
+        self._proto, self._extra = proto, extra
+
+    def __call__(self) -> Any:
+        return self._proto()
+
+    def __aiter__(self) -> Any:
+        return self._proto.__aiter__()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proto, name)
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self._proto.response_bytes(status, [*headers, *self._extra], body)
+
+    def response_str(self, status: int, headers: list[tuple[str, str]], body: str) -> None:
+        self._proto.response_str(status, [*headers, *self._extra], body)
+
+    def response_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._proto.response_empty(status, [*headers, *self._extra])
+
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Any:
+        return self._proto.response_stream(status, [*headers, *self._extra])

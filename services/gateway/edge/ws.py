@@ -1,0 +1,244 @@
+"""WebSocket embeddings at `/ws`: one request per message, answered in order of completion, through the Proxy.
+
+The upgrade is authenticated like any call (key, JWT, `X-Tenant-ID`) and refused with its HTTP status
+(401, 403; 503 when this gateway holds `ws_max_connections` sockets): no socket is opened for a caller
+that could not make a call. Each request message (translate/ws_frames.py) becomes one call of the
+embeddings pipeline — the Proxy, with a protocol adapter in place of granian's HTTP one — so quotas,
+routing, failover, the cache and its one usage event are those of `POST /v1/embeddings`; its answer goes
+back with the client's `id` as soon as it is ready, many at once per socket up to `ws_max_in_flight`.
+
+Closing: RSGI gives no way to put a code in the close frame once the socket is accepted (granian closes
+it without one), so the gateway's last message says why, `{"type": "close", "code", "reason"}`, with the
+code a close frame would carry: 1000 the client closed, 1001 idle for `ws_idle_timeout_s` (a `{"type":
+"ping"}` message, answered `{"type": "pong"}`, keeps a quiet socket open; WebSocket pings are answered
+by granian but not seen here) or the gateway stopping, 1003 a binary message, 1009 a message over
+`SWITCHYARD_MAX_BODY_BYTES`, 1013 a request beyond `ws_max_in_flight` (the requests in flight are
+answered first, then the socket closes), 4401 the key stopped working mid-connection.
+A client that hangs up cancels its requests in flight, as an HTTP client that leaves does (their upstream
+calls are dropped, their quota holds released); each still records its one usage event, `cancelled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from prometheus_client import Counter, Gauge
+
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge import ws_frames as frames
+
+if TYPE_CHECKING:
+    from switchyard_gateway.services.gateway.edge.auth import Authenticator
+    from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
+    from switchyard_gateway.services.gateway.settings import Settings
+
+log = structlog.get_logger()
+PATH = "/ws"
+EMBEDDINGS = "/v1/embeddings"
+PASSED_HEADERS = ("authorization", "x-api-key", "x-tenant-id", "cache-control")
+OPEN = Gauge("switchyard_ws_connections", "WebSocket connections this gateway holds")
+CLOSES = Counter("switchyard_ws_closes_total", "WebSocket connections ended, by the close code the gateway gave",
+                 ["code"])
+_encode = msgspec.json.Encoder().encode
+
+
+class _Scope:
+    """What the Proxy reads of a request: its path and headers (lower-case names)."""
+
+    __slots__ = ("path", "headers")
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.path, self.headers = EMBEDDINGS, headers
+
+
+class _Answer:
+    """The Proxy's protocol for one message: hands it the body, keeps what it answers."""
+
+    __slots__ = ("body", "status", "headers", "answer", "left")
+
+    def __init__(self, body: bytes, left: asyncio.Event) -> None:
+        self.body, self.status, self.headers, self.answer = body, 500, [], b""
+        self.left = left
+
+    async def __call__(self) -> bytes:
+        return self.body
+
+    async def client_disconnect(self) -> None:
+        """Completes when the socket's client is gone; the Proxy then cancels the call, as for HTTP."""
+        await self.left.wait()
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.answer = status, headers, body
+
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Any:
+        raise RuntimeError("an embeddings call never streams")
+
+
+class WebSocketDoor:
+    """Accepts sockets at /ws for one gateway and runs a Session for each."""
+
+    def __init__(self, proxy: Proxy, auth: Authenticator, settings: Settings) -> None:
+        self.proxy, self.auth, self.settings = proxy, auth, settings
+        self.open = 0
+
+    async def __call__(self, scope: Any, proto: Any) -> None:
+        if scope.path != PATH:
+            proto.close(404)
+            return
+        if self.open >= self.settings.ws_max_connections:
+            proto.close(503)
+            return
+        headers = {name: scope.headers.get(name) for name in PASSED_HEADERS if scope.headers.get(name) is not None}
+        try:
+            self.auth.authenticate(headers)
+        except GatewayError as exc:
+            proto.close(exc.status)              # refused at the upgrade: 401 or 403, no socket
+            return
+        transport = await proto.accept()
+        self.open += 1
+        OPEN.inc()
+        session = Session(self, transport, headers, scope.headers.get("x-request-id") or uuid.uuid4().hex[:16])
+        try:
+            code = await session.run()
+        finally:
+            self.open -= 1
+            OPEN.dec()
+        CLOSES.labels(str(code)).inc()
+        with contextlib.suppress(Exception):
+            proto.close(code)
+
+
+class Session:
+    """One socket: reads requests, runs each through the Proxy, answers each as it completes."""
+
+    def __init__(self, door: WebSocketDoor, transport: Any, headers: dict[str, str], connection_id: str) -> None:
+        self.door, self.transport, self.headers = door, transport, headers
+        self.connection_id = connection_id[:64]
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.sequence = 0
+        self.gone = False                       # the client closed or the socket failed: nothing more is sent
+        self.left = asyncio.Event()             # set with `gone`: the requests in flight are cancelled
+        self.close_with: tuple[int, str] | None = None   # set: read no more, answer what is in flight, close
+        self._wake = asyncio.Event()            # a request finished, or the session decided to close
+        self._sending = asyncio.Lock()          # granian's transport takes one send at a time
+
+    async def run(self) -> int:
+        """Serve the socket until it closes; the close code it ended with.
+
+        Once the session decides to close, it keeps reading (and drops what it reads) until its requests in
+        flight are answered: a socket closed with unread data is reset, and a reset loses the answers the
+        client has not read yet."""
+        settings = self.door.settings
+        loop = asyncio.get_running_loop()
+        receiving: Any = asyncio.ensure_future(self.transport.receive())
+        last = loop.time()
+        try:
+            while not (self.close_with is not None and not self.inflight):
+                self._wake.clear()
+                waking = asyncio.ensure_future(self._wake.wait())
+                idle = None if self.inflight or self.close_with else \
+                    max(0.0, last + settings.ws_idle_timeout_s - loop.time())
+                done, _ = await asyncio.wait({receiving, waking}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+                if not done and not self.inflight and loop.time() >= last + settings.ws_idle_timeout_s:
+                    self.close_with = (1001, f"idle for {settings.ws_idle_timeout_s:g} s")
+                if receiving not in done:
+                    continue
+                try:
+                    message = receiving.result()
+                except Exception:  # noqa: BLE001 — granian's own errors: the connection is gone
+                    self.gone, self.close_with = True, self.close_with or (1006, "connection lost")
+                    self.left.set()
+                    break
+                if message.kind == 0:
+                    self.gone, self.close_with = True, self.close_with or (1000, "closed by the client")
+                    self.left.set()
+                    break
+                receiving = asyncio.ensure_future(self.transport.receive())
+                if self.close_with is None:         # closing: read, and drop
+                    last = loop.time()
+                    await self.on_message(message.kind, message.data)
+        finally:
+            if not receiving.done():
+                receiving.cancel()
+            if self.inflight:                   # every accepted request finishes and records its usage
+                await asyncio.gather(*self.inflight, return_exceptions=True)
+        code, reason = self.close_with or (1000, "")
+        if not self.gone:
+            await self.send(_encode({"type": "close", "code": code, "reason": reason}))
+        log.info("ws.closed", connection=self.connection_id, code=code, reason=reason, requests=self.sequence)
+        return code
+
+    async def on_message(self, kind: int, data: Any) -> None:
+        settings = self.door.settings
+        if kind != 2:
+            self.stop(1003, "send requests as text messages")
+            return
+        if len(data) * 4 > settings.max_body_bytes and len(data.encode()) > settings.max_body_bytes:
+            self.stop(1009, f"a message is larger than the {settings.max_body_bytes} byte limit")
+            return
+        try:
+            request = frames.parse(data)
+        except frames.BadMessage as bad:
+            await self.send(frames.error_answer(bad.client_id, None, 400, str(bad), bad.code))
+            return
+        if isinstance(request, frames.Ping):
+            await self.send(request.pong())
+            return
+        if len(self.inflight) >= settings.ws_max_in_flight:
+            self.stop(1013, f"more than {settings.ws_max_in_flight} requests in flight on one connection")
+            return
+        self.sequence += 1
+        task = asyncio.create_task(self.serve(request, f"{self.connection_id}.{self.sequence}"))
+        self.inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self._wake.set()
+
+    async def serve(self, request: frames.Request, request_id: str) -> None:
+        """One request through the embeddings pipeline, then its answer, whatever happened."""
+        headers = {**self.headers, "content-length": str(len(request.body)), "x-request-id": request_id}
+        answer = _Answer(request.body, self.left)
+        try:
+            await self.door.proxy(_Scope(headers), answer)
+        except Exception:  # noqa: BLE001 — one request's failure is its own 500, not the socket's
+            log.exception("ws.request_failed", connection=self.connection_id, request_id=request_id)
+            answer.response_bytes(500, [], b'{"error":{"message":"Internal error","type":"server_error",'
+                                           b'"param":null,"code":"internal_error"}}')
+        packed = frames.binary_answer(request.client_id, answer.answer) \
+            if request.binary and answer.status == 200 else None
+        if packed is not None:
+            await self.send(packed, binary=True)
+        else:
+            cache = next((v for k, v in answer.headers if k == "x-switchyard-cache"), None)
+            await self.send(frames.text_answer(request.client_id, request_id, answer.status, answer.answer,
+                                               {"cache": cache} if cache else None))
+        if answer.status == 401:
+            self.stop(4401, "the key is no longer valid")
+
+    def stop(self, code: int, reason: str) -> None:
+        """Read no more; answer what is in flight, then close with this code."""
+        if self.close_with is None:
+            self.close_with = (code, reason)
+        self._wake.set()
+
+    async def send(self, data: bytes, binary: bool = False) -> None:
+        async with self._sending:
+            if self.gone:
+                return
+            try:
+                if binary:
+                    await self.transport.send_bytes(data)
+                else:
+                    await self.transport.send_str(data.decode())
+            except Exception as exc:  # noqa: BLE001 — the client left: its remaining answers are dropped
+                self.gone = True
+                self.left.set()
+                log.info("ws.client_gone", connection=self.connection_id, error=str(exc) or type(exc).__name__)

@@ -1,0 +1,216 @@
+"""End to end: users and sign-in on `switchyard up --demo` (whose gateway signs with the JWT secret `up` keeps in
+keys.env), and brute-force protection on a gateway of its own that trusts X-Forwarded-For."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import DemoStack, wait_for
+from tests.e2e.test_quota_e2e import Gateway, admin, start_gateway, stop_gateway
+
+PASSWORD = "correct horse battery staple"
+
+
+def secret(demo: DemoStack) -> str:
+    keys = dict(line.split("=", 1) for line in (demo.data_dir / "keys.env").read_text().split())
+    return keys["SWITCHYARD_JWT_SECRET"]
+
+
+def new_user(demo: DemoStack, role: str = "member", tenant: str = "demo", password: str = PASSWORD) -> str:
+    username = f"u{uuid.uuid4().hex[:10]}@example.com"
+    r = httpx.post(f"{demo.url}/api/admin/users", headers=admin(demo),
+                   json={"username": username, "password": password, "tenant_id": tenant, "role": role,
+                         "display_name": "Test User"})
+    assert r.status_code == 201, r.text
+    assert password not in r.text and "argon2" not in r.text
+    assert r.json()["user"] == {**r.json()["user"], "username": username, "tenant_id": tenant, "role": role}
+    return username
+
+
+def login(url: str, username: str, password: str = PASSWORD, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/api/auth/login", json={"username": username, "password": password}, headers=headers,
+                      timeout=30)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_user_signs_in_uses_the_api_refreshes_and_signs_out(demo: DemoStack) -> None:
+    username = new_user(demo)
+    signed = login(demo.url, username)
+    assert signed.status_code == 200, signed.text
+    tokens = signed.json()
+    assert tokens["token_type"] == "bearer" and tokens["expires_in"] == 900 and tokens["refresh_expires_in"] == 604800
+    claims = jwt.decode(tokens["access_token"], secret(demo), algorithms=["HS256"], issuer="switchyard")
+    assert (claims["sub"], claims["tenant"], claims["role"], claims["typ"]) == (username, "demo", "member", "access")
+    assert 899 < claims["exp"] - claims["iat"] <= 900
+
+    me = httpx.get(f"{demo.url}/api/auth/me", headers=bearer(tokens["access_token"]))
+    assert me.json() == {"kind": "user", "tenant_id": "demo", "role": "member", "username": username,
+                         "display_name": "Test User"}
+    assert httpx.get(f"{demo.url}/v1/models", headers=bearer(tokens["access_token"])).status_code == 200
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(tokens["access_token"])).status_code == 403
+    refresh_as_bearer = httpx.get(f"{demo.url}/v1/models", headers=bearer(tokens["refresh_token"]))
+    assert refresh_as_bearer.status_code == 401, "a refresh token is not a bearer token"
+
+    refreshed = httpx.post(f"{demo.url}/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    access2 = refreshed.json()["access_token"]
+    assert httpx.get(f"{demo.url}/v1/models", headers=bearer(access2)).status_code == 200
+
+    out = httpx.post(f"{demo.url}/api/auth/logout", json={"refresh_token": tokens["refresh_token"]})
+    assert out.status_code == 200 and out.json() == {"revoked": True}
+    again = httpx.post(f"{demo.url}/api/auth/logout", json={"refresh_token": tokens["refresh_token"]})
+    assert again.json() == {"revoked": False}
+    for access in (tokens["access_token"], access2):      # the session's access tokens end with it
+        assert httpx.get(f"{demo.url}/v1/models", headers=bearer(access)).status_code == 401
+    dead = httpx.post(f"{demo.url}/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert dead.status_code == 401 and dead.json()["error"]["code"] == "INVALID_TOKEN"
+    assert httpx.get(f"{demo.url}/v1/models",
+                     headers=bearer(login(demo.url, username).json()["access_token"])).status_code == 200
+
+
+def test_a_wrong_password_and_an_unknown_user_get_the_same_401(demo: DemoStack) -> None:
+    username = new_user(demo)
+    wrong, unknown = login(demo.url, username, PASSWORD + "!"), login(demo.url, f"nobody-{uuid.uuid4().hex[:8]}")
+    for refused in (wrong, unknown):
+        assert refused.status_code == 401
+        assert refused.json() == {"error": {"code": "INVALID_CREDENTIALS", "message": "Invalid username or password"}}
+    for body in ({"username": username}, {"username": 7, "password": PASSWORD}, "not json"):
+        bad = httpx.post(f"{demo.url}/api/auth/login", **({"json": body} if not isinstance(body, str)
+                                                           else {"content": body}))
+        assert bad.status_code == 400 and bad.json()["error"]["code"] in ("VALIDATION_ERROR", "INVALID_JSON"), bad.text
+    huge = login(demo.url, "x" * 100_000, "y" * 100_000)
+    assert huge.status_code == 401, "absurd lengths are refused without hashing anything"
+
+
+def test_forged_expired_and_wrong_kind_refresh_tokens_are_refused(demo: DemoStack) -> None:
+    username = new_user(demo)
+    real = login(demo.url, username).json()
+    base = jwt.decode(real["refresh_token"], secret(demo), algorithms=["HS256"], issuer="switchyard")
+    forged = [
+        jwt.encode(base, "another-secret-that-is-long-enough!!", algorithm="HS256"),
+        jwt.encode({**base, "exp": int(time.time()) - 1}, secret(demo), algorithm="HS256"),
+        jwt.encode({**base, "typ": "access", "sid": base["jti"]}, secret(demo), algorithm="HS256"),
+        jwt.encode({**base, "iss": "someone-else"}, secret(demo), algorithm="HS256"),
+        jwt.encode({**base, "sub": "admin-wannabe"}, secret(demo), algorithm="HS256"),
+        jwt.encode({k: v for k, v in base.items() if k != "jti"}, secret(demo), algorithm="HS256"),
+        real["refresh_token"][:-4] + "AAAA",
+        "a.b.c", "",
+    ]
+    for token in forged:
+        r = httpx.post(f"{demo.url}/api/auth/refresh", json={"refresh_token": token})
+        assert r.status_code == 401, (token, r.text)
+    none_alg = jwt.encode({**base}, None, algorithm="none")
+    assert httpx.post(f"{demo.url}/api/auth/refresh", json={"refresh_token": none_alg}).status_code == 401
+
+
+def test_a_password_change_role_change_or_removal_ends_the_tokens_issued_before(demo: DemoStack) -> None:
+    username = new_user(demo, role="admin", tenant="admin")
+    tokens = login(demo.url, username).json()
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(tokens["access_token"])).status_code == 200
+    changed = httpx.put(f"{demo.url}/api/admin/users/{username}", headers=admin(demo),
+                        json={"password": "a brand new passphrase"})
+    assert changed.status_code == 200 and "a brand new passphrase" not in changed.text and "argon2" not in changed.text
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(tokens["access_token"])).status_code == 401
+    assert httpx.post(f"{demo.url}/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code \
+        == 401
+    assert login(demo.url, username).status_code == 401, "the old password is gone"
+    fresh = login(demo.url, username, "a brand new passphrase").json()["access_token"]
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(fresh)).status_code == 200
+    demoted = httpx.put(f"{demo.url}/api/admin/users/{username}", headers=admin(demo), json={"role": "member"})
+    assert demoted.json()["user"]["role"] == "member"
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(fresh)).status_code == 401
+    assert httpx.delete(f"{demo.url}/api/admin/users/{username}", headers=admin(demo)).status_code == 200
+    assert login(demo.url, username, "a brand new passphrase").status_code == 401
+    assert httpx.get(f"{demo.url}/api/admin/users/{username}", headers=admin(demo)).status_code == 404
+
+
+def test_user_administration_validates_and_never_shows_a_hash(demo: DemoStack) -> None:
+    username = new_user(demo)
+    listed = httpx.get(f"{demo.url}/api/admin/users", params={"tenant_id": "demo"}, headers=admin(demo))
+    assert username in {u["username"] for u in listed.json()} and "argon2" not in listed.text
+    cases = [
+        ({"username": username, "password": PASSWORD, "tenant_id": "demo"}, 409, "CONFLICT"),
+        ({"username": "bad name", "password": PASSWORD, "tenant_id": "demo"}, 400, "INVALID_IDENTIFIER"),
+        ({"username": "short-pw", "password": "1234567", "tenant_id": "demo"}, 422, "VALIDATION_ERROR"),
+        ({"username": "no-tenant", "password": PASSWORD, "tenant_id": "nope"}, 404, "TENANT_NOT_FOUND"),
+        ({"username": "root", "password": PASSWORD, "tenant_id": "demo", "role": "superuser"}, 400,
+         "VALIDATION_ERROR"),
+        ({"username": "u" * 65, "password": PASSWORD, "tenant_id": "demo"}, 400, "VALIDATION_ERROR"),
+        ({"username": "long-pw", "password": "p" * 1025, "tenant_id": "demo"}, 400, "VALIDATION_ERROR"),
+    ]
+    for body, status, code in cases:
+        r = httpx.post(f"{demo.url}/api/admin/users", headers=admin(demo), json=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (body, r.text)
+        assert r.json()["error"]["validationErrors"] if status in (400, 422) else True
+        assert body["password"] not in r.text
+    member = login(demo.url, username).json()["access_token"]
+    assert httpx.get(f"{demo.url}/api/admin/users", headers=bearer(member)).status_code == 403
+    logs = "".join(p.read_text(errors="replace") for p in (demo.data_dir / "logs").glob("*.log"))
+    assert PASSWORD not in logs and "$argon2id$" not in logs
+
+
+def test_me_describes_a_key_too_and_x_tenant_id_must_match(demo: DemoStack) -> None:
+    me = httpx.get(f"{demo.url}/api/auth/me", headers=bearer(demo.demo_key)).json()
+    assert (me["kind"], me["tenant_id"], me["role"]) == ("key", "demo", "member") and "username" not in me
+    other = httpx.get(f"{demo.url}/v1/models", headers={**bearer(demo.demo_key), "X-Tenant-ID": "admin"})
+    assert other.status_code == 403
+    same = httpx.get(f"{demo.url}/v1/models", headers={**bearer(demo.demo_key), "X-Tenant-ID": "demo"})
+    assert same.status_code == 200
+
+
+# --- brute force, on a gateway that trusts X-Forwarded-For (so each test has addresses of its own) -----------
+
+
+@pytest.fixture(scope="module")
+def guarded(demo: DemoStack, urls) -> Iterator[Gateway]:
+    gateway = start_gateway(demo, urls, jwt_secret=secret(demo), trust_forwarded_for="true", login_user_failures="3",
+                            login_address_failures="6", login_backoff_s="2", login_backoff_max_s="30",
+                            login_window_s="60")
+    yield gateway
+    stop_gateway(gateway)
+
+
+def address() -> str:
+    return f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+
+
+async def test_one_username_waits_after_repeated_failures_even_with_the_right_password(demo: DemoStack,
+                                                                                       guarded: Gateway) -> None:
+    username = new_user(demo)
+    for attempt in range(3):
+        r = login(guarded.url, username, "guess-%d-wrong" % attempt, **{"X-Forwarded-For": address()})
+        assert r.status_code == 401
+    assert int(r.headers["retry-after"]) >= 1, "the third failure already says how long to wait"
+    locked = login(guarded.url, username, **{"X-Forwarded-For": address()})
+    assert locked.status_code == 429, locked.text
+    assert locked.json()["error"]["code"] == "TOO_MANY_ATTEMPTS" and 1 <= int(locked.headers["retry-after"]) <= 2
+    on_demo = login(demo.url, username)
+    assert on_demo.status_code == 429, "every gateway agrees: the counters are in Valkey"
+    await wait_for(lambda: login(guarded.url, username, **{"X-Forwarded-For": address()}).status_code == 200,
+                   timeout_s=10, interval_s=0.5, what="the wait to pass")
+    r = login(guarded.url, username, "wrong again", **{"X-Forwarded-For": address()})
+    assert r.status_code == 401 and "retry-after" not in r.headers, "a success forgot the username's failures"
+
+
+def test_one_address_waits_after_failures_across_usernames_and_waits_longer_each_time(demo: DemoStack,
+                                                                                     guarded: Gateway) -> None:
+    here = {"X-Forwarded-For": address()}
+    username = new_user(demo)
+    for _ in range(6):
+        assert login(guarded.url, f"spray-{uuid.uuid4().hex[:8]}", "password1", **here).status_code == 401
+    refused = login(guarded.url, username, **here)
+    assert refused.status_code == 429
+    assert login(guarded.url, username, **{"X-Forwarded-For": address()}).status_code == 200, \
+        "another address is not held up"
+    time.sleep(int(refused.headers["retry-after"]) + 0.1)     # the wait is what is under test
+    seventh = login(guarded.url, f"spray-{uuid.uuid4().hex[:8]}", "password1", **here)
+    assert seventh.status_code == 401 and int(seventh.headers["retry-after"]) >= 3, "the wait doubled"

@@ -1,0 +1,219 @@
+"""End to end: embeddings over the WebSocket at /ws, with a real client (`websockets`), on `switchyard up --demo`
+and on a gateway of its own with tight WebSocket settings and the response cache on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from switchyard_gateway.contracts.subjects import USAGE_RECORDED
+from switchyard_gateway.services.gateway.edge.ws_frames import read_binary
+from switchyard_gateway.simulator import SimConfig, Simulator
+from tests.conftest import DemoStack, logged, wait_for
+from tests.e2e.test_admin_registry import api, ok
+from tests.e2e.test_quota_e2e import Gateway, admin, new_tenant, set_limits, start_gateway, stop_gateway
+
+
+def ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://") + "/ws"
+
+
+def opened(url: str, key: str | None, **headers: str) -> connect:
+    extra = {**({"Authorization": f"Bearer {key}"} if key else {}), **headers}
+    return connect(ws_url(url), additional_headers=extra, open_timeout=10, max_size=2 ** 24)
+
+
+async def answers(ws: ClientConnection, count: int) -> list[dict | bytes]:
+    got = []
+    for _ in range(count):
+        message = await asyncio.wait_for(ws.recv(), 30)
+        got.append(message if isinstance(message, bytes) else json.loads(message))
+    return got
+
+
+async def until_closed(ws: ClientConnection) -> list[dict | bytes]:
+    """Every message until the gateway closes the socket."""
+    got: list[dict | bytes] = []
+    try:
+        while True:
+            message = await asyncio.wait_for(ws.recv(), 30)
+            got.append(message if isinstance(message, bytes) else json.loads(message))
+    except ConnectionClosed:
+        return got
+
+
+async def usage_events(demo: DemoStack, connection: str) -> list[dict]:
+    return await logged(demo.database_url, USAGE_RECORDED, "payload->>'request_id' LIKE $2", f"{connection}.%")
+
+
+async def exactly(demo: DemoStack, connection: str, count: int) -> list[dict]:
+    """Wait until the log holds `count` usage events of the connection's requests, then check none is doubled."""
+    events = await wait_for(lambda: _at_least(usage_events(demo, connection), count), timeout_s=30,
+                            what=f"{count} usage events of {connection}")
+    await asyncio.sleep(1.0)          # give a duplicate the chance to arrive (the next metering batch would carry it)
+    events = await usage_events(demo, connection)
+    ids = [e["request_id"] for e in events]
+    assert len(ids) == len(set(ids)) == count, sorted(ids)
+    return events
+
+
+async def _at_least(found, count: int):
+    events = await found
+    return events if len(events) >= count else None
+
+
+@pytest.fixture
+async def slow_model(demo: DemoStack) -> AsyncIterator[str]:
+    """An embedding model served by a simulator of this test that takes 1.5 s to answer."""
+    tag = uuid.uuid4().hex[:8]
+    ok(await api(demo, "POST", "/providers", {"provider_id": f"wslow-{tag}", "kind": "openai-compatible"}))
+    ok(await api(demo, "POST", "/models", {"model_id": f"wslow-{tag}", "kind": "embedding"}))
+    async with Simulator(SimConfig(models=(f"wslow-{tag}",), latency_ms=1500)) as sim:
+        ok(await api(demo, "POST", "/endpoints", {"endpoint_id": f"wslow-{tag}", "provider_id": f"wslow-{tag}",
+                                                  "base_url": sim.url, "models": [f"wslow-{tag}"]}))
+        yield f"wslow-{tag}"
+        await api(demo, "DELETE", f"/endpoints/wslow-{tag}")
+
+
+async def test_requests_are_answered_by_id_as_json_or_binary_and_metered_once_each(demo: DemoStack) -> None:
+    connection = uuid.uuid4().hex
+    async with opened(demo.url, demo.demo_key, **{"X-Request-Id": connection}) as ws:
+        for i in range(3):
+            await ws.send(json.dumps({"id": f"q{i}", "model": "nomic-embed-text", "input": [f"text {i}", "more"]}))
+        await ws.send(json.dumps({"id": 99, "model": "nomic-embed-text", "input": ["text 1", "more"],
+                                  "binary": True}))
+        got = await answers(ws, 4)
+    texts = {a["id"]: a for a in got if isinstance(a, dict)}
+    assert set(texts) == {"q0", "q1", "q2"}
+    for answer in texts.values():
+        assert answer["status"] == 200 and answer["object"] == "list" and len(answer["data"]) == 2
+        assert answer["request_id"].startswith(f"{connection}.") and answer["usage"]["prompt_tokens"] > 0
+    [frame] = [a for a in got if isinstance(a, bytes)]
+    ident, vectors, tokens = read_binary(frame)
+    assert ident == "99" and frame[5] & 1 and tokens == texts["q1"]["usage"]["prompt_tokens"]
+    assert vectors == [pytest.approx(d["embedding"], rel=1e-6) for d in texts["q1"]["data"]], \
+        "the binary frame carries the same vectors as float32"
+    events = await exactly(demo, connection, 4)
+    assert {(e["api"], e["outcome"], e["status"], e["tenant_id"]) for e in events} == \
+        {("openai.embeddings", "ok", 200, "demo")}
+
+
+async def test_the_upgrade_is_refused_without_a_valid_key_or_with_another_tenants_id(demo: DemoStack) -> None:
+    for key, headers, status in ((None, {}, 401), ("sy_nope_notakey", {}, 401),
+                                 (demo.demo_key, {"X-Tenant-ID": "admin"}, 403)):
+        with pytest.raises(InvalidStatus) as refused:
+            async with opened(demo.url, key, **headers):
+                pass
+        assert refused.value.response.status_code == status
+    async with opened(demo.url, None, **{"X-API-Key": demo.demo_key, "X-Tenant-ID": "demo"}) as ws:
+        await ws.send(json.dumps({"type": "ping", "id": "p"}))
+        assert json.loads(await ws.recv()) == {"type": "pong", "id": "p"}
+        assert await asyncio.wait_for(await ws.ping(), 5) >= 0, "WebSocket pings are answered"
+
+
+async def test_bad_messages_get_errors_with_their_id_and_a_binary_message_closes_the_socket(demo: DemoStack) -> None:
+    async with opened(demo.url, demo.demo_key) as ws:
+        await ws.send("{not json")
+        await ws.send(json.dumps({"id": "a", "input": "no model"}))
+        await ws.send(json.dumps({"id": "b", "model": "no-such-model", "input": "x"}))
+        await ws.send(json.dumps({"id": ["x"], "model": "nomic-embed-text", "input": "x"}))
+        await ws.send(json.dumps({"id": "c", "model": "nomic-embed-text", "input": "x", "binary": "yes"}))
+        await ws.send(json.dumps({"id": "d", "type": "chat", "model": "nomic-embed-text"}))
+        got = await answers(ws, 6)
+        assert got[0]["id"] is None and got[0]["status"] == 400 and got[0]["error"]["code"] == "invalid_json"
+        by_id = {a["id"]: a for a in got[1:] if isinstance(a["id"], str)}
+        assert by_id["a"]["status"] == 400 and "model" in by_id["a"]["error"]["message"]
+        assert by_id["b"]["status"] == 404 and by_id["b"]["error"]["code"] == "model_not_found"
+        assert by_id["c"]["status"] == 400 and by_id["d"]["status"] == 400
+        await ws.send(b"\x00\x01 a binary request")
+        assert await until_closed(ws) == [{"type": "close", "code": 1003, "reason": "send requests as text messages"}]
+
+
+async def test_more_requests_in_flight_than_the_bound_answer_those_then_close_1013(demo: DemoStack,
+                                                                                 slow_model: str) -> None:
+    connection = uuid.uuid4().hex
+    async with opened(demo.url, demo.demo_key, **{"X-Request-Id": connection}) as ws:
+        for i in range(40):                                  # a flood: 16 may be in flight
+            await ws.send(json.dumps({"id": i, "model": slow_model, "input": f"flood {i}"}))
+        got = await until_closed(ws)
+    *answered, closing = got
+    assert closing == {"type": "close", "code": 1013,
+                       "reason": "more than 16 requests in flight on one connection"}
+    assert len(answered) == 16 and {a["status"] for a in answered} == {200}
+    assert sorted(a["id"] for a in answered) == list(range(16))
+    await exactly(demo, connection, 16)
+
+
+async def test_a_client_that_hangs_up_mid_request_has_each_request_cancelled_and_metered_once(demo: DemoStack,
+                                                                                    slow_model: str) -> None:
+    connection = uuid.uuid4().hex
+    async with opened(demo.url, demo.demo_key, **{"X-Request-Id": connection}) as ws:
+        for i in range(5):
+            await ws.send(json.dumps({"id": i, "model": slow_model, "input": f"abandoned {i}"}))
+        await asyncio.sleep(0.3)              # the requests reach the gateway before the client goes
+    events = await exactly(demo, connection, 5)
+    assert all(e["endpoint_id"].startswith("wslow-") for e in events)
+    assert {e["outcome"] for e in events} == {"cancelled"}, "the client left: its calls were dropped, not waited on"
+
+
+async def test_quotas_apply_per_request_and_a_revoked_key_closes_the_socket_4401(demo: DemoStack) -> None:
+    tenant, key = new_tenant(demo)
+    assert set_limits(demo, tenant, daily_tokens=40).status_code == 200
+    async with opened(demo.url, key) as ws:
+        await ws.send(json.dumps({"id": "small", "model": "nomic-embed-text", "input": "a few words"}))
+        first = (await answers(ws, 1))[0]
+        assert first["status"] == 200
+        await ws.send(json.dumps({"id": "big", "model": "nomic-embed-text", "input": " ".join(["words"] * 200)}))
+        over = (await answers(ws, 1))[0]
+        assert over["status"] == 402 and over["error"]["message"] == "Quota exceeded"
+        assert over["error"]["type"] == "insufficient_quota" and over["error"]["quota_type"] == "daily"
+        key_id = next(k["key_id"] for k in httpx.get(f"{demo.url}/api/admin/tenants/{tenant}/keys",
+                                                     headers=admin(demo)).json())
+        assert httpx.delete(f"{demo.url}/api/admin/keys/{key_id}", headers=admin(demo)).status_code == 200
+        await ws.send(json.dumps({"id": "after", "model": "nomic-embed-text", "input": "x"}))
+        *answered, closing = await until_closed(ws)
+    assert [a["status"] for a in answered] == [401] and answered[0]["id"] == "after"
+    assert closing["code"] == 4401
+
+
+# --- a gateway of its own: idle timeout, connection bound, cache ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tight(demo: DemoStack, urls) -> Iterator[Gateway]:
+    gateway = start_gateway(demo, urls, ws_idle_timeout_s="1", ws_max_connections="2", cache="embeddings")
+    yield gateway
+    stop_gateway(gateway)
+
+
+async def test_an_idle_socket_is_closed_and_sockets_past_the_bound_are_refused(demo: DemoStack,
+                                                                            tight: Gateway) -> None:
+    async with opened(tight.url, demo.demo_key) as one, opened(tight.url, demo.demo_key) as two:
+        with pytest.raises(InvalidStatus) as refused:
+            async with opened(tight.url, demo.demo_key):
+                pass
+        assert refused.value.response.status_code == 503
+        await two.send(json.dumps({"type": "ping"}))
+        assert json.loads(await two.recv())["type"] == "pong"
+        assert await until_closed(one) == [{"type": "close", "code": 1001, "reason": "idle for 1 s"}]
+    async with opened(tight.url, demo.demo_key) as again:               # the bound counts open sockets only
+        await again.send(json.dumps({"type": "ping"}))
+        assert json.loads(await again.recv())["type"] == "pong"
+
+
+async def test_a_repeated_request_is_answered_from_the_cache(demo: DemoStack, tight: Gateway) -> None:
+    body = {"model": "nomic-embed-text", "input": f"cached {uuid.uuid4().hex}"}
+    async with opened(tight.url, demo.demo_key) as ws:
+        await ws.send(json.dumps({"id": 1, **body}))
+        first = (await answers(ws, 1))[0]
+        await ws.send(json.dumps({"id": 2, **body}))
+        second = (await answers(ws, 1))[0]
+    assert (first["cache"], second["cache"]) == ("miss", "hit")
+    assert second["data"] == first["data"] and second["request_id"] != first["request_id"]
