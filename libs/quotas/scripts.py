@@ -76,8 +76,21 @@ return reply
 
 # one hold entry per line: key, field, amount, mode, measure, expire_at (tab-separated)
 _ENTRIES = "string.gmatch(raw, '([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\n]*)\\n')"
+# settle(raw, actual): a hold's period counters refunded (the log counts them), its rate windows corrected to
+# the `actual` amounts per measure; its entry is then the caller's to remove
+_SETTLE = """
+local function settle(raw, actual)
+  for key, fld, amount, mode, measure in ENTRIES do
+    if redis.call('EXISTS', key) == 1 then
+      local delta = -tonumber(amount)
+      if mode == 'r' then delta = actual[measure] + delta end
+      redis.call('HINCRBY', key, fld, string.format('%d', delta))
+    end
+  end
+end
+""".replace("ENTRIES", _ENTRIES)
 
-APPLY = """
+APPLY = _SETTLE + """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
 -- ARGV: from position, to position, settlements S, S x (request id, tokens, requests, nanos),
 --       then deltas x (key, field, delta, expire_at)
@@ -89,14 +102,7 @@ for i = 0, s - 1 do
   local b = 4 + i * 4
   local raw = redis.call('HGET', KEYS[4], ARGV[b])
   if raw then
-    local actual = {t = tonumber(ARGV[b + 1]), r = tonumber(ARGV[b + 2]), u = tonumber(ARGV[b + 3])}
-    for key, fld, amount, mode, measure in ENTRIES do
-      if redis.call('EXISTS', key) == 1 then
-        local delta = -tonumber(amount)
-        if mode == 'r' then delta = actual[measure] + delta end
-        redis.call('HINCRBY', key, fld, string.format('%d', delta))
-      end
-    end
+    settle(raw, {t = tonumber(ARGV[b + 1]), r = tonumber(ARGV[b + 2]), u = tonumber(ARGV[b + 3])})
     redis.call('HDEL', KEYS[4], ARGV[b])
     redis.call('ZREM', KEYS[3], ARGV[b])
   end
@@ -109,7 +115,7 @@ while d <= #ARGV do
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return {1, tonumber(ARGV[2])}
-""".replace("ENTRIES", _ENTRIES)
+"""
 
 EXPIRE = """
 -- KEYS: holds zset, hold data hash; ARGV: now (ms), at most this many
@@ -129,24 +135,17 @@ end
 return #ids
 """.replace("ENTRIES", _ENTRIES)
 
-RELEASE = """
+RELEASE = _SETTLE + """
 -- KEYS: holds zset, hold data hash; ARGV: request id, actual tokens, requests, nanos
 -- Settles one hold now, as the log's settlement would (period counters refunded, to be counted from the
 -- log; rate windows corrected to the actual amounts): a call whose client left frees its quota at once.
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return 0 end
-local actual = {t = tonumber(ARGV[2]), r = tonumber(ARGV[3]), u = tonumber(ARGV[4])}
-for key, fld, amount, mode, measure in ENTRIES do
-  if redis.call('EXISTS', key) == 1 then
-    local delta = -tonumber(amount)
-    if mode == 'r' then delta = actual[measure] + delta end
-    redis.call('HINCRBY', key, fld, string.format('%d', delta))
-  end
-end
+settle(raw, {t = tonumber(ARGV[2]), r = tonumber(ARGV[3]), u = tonumber(ARGV[4])})
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
-""".replace("ENTRIES", _ENTRIES)
+"""
 
 REBUILD = """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from switchyard_gateway.services.gateway.translate.asks import OllamaFunction, OllamaMessage
 from switchyard_gateway.services.gateway.translate.wire import TranslationError, encode
 
 CHAT_PATH = "/v1/chat/completions"
@@ -33,24 +34,6 @@ _OPTIONS = {
 _IMAGE_TYPES = (("iVBOR", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"))
 
 
-class _Function(msgspec.Struct):
-    name: str = ""
-    arguments: Any = None
-
-
-class _ToolCall(msgspec.Struct):
-    function: _Function | None = None
-    id: str | None = None
-
-
-class _Message(msgspec.Struct):
-    role: str = "user"
-    content: str | None = None
-    images: list[str] | None = None
-    tool_calls: list[_ToolCall] | None = None
-    tool_name: str | None = None
-
-
 class _Common(msgspec.Struct):
     model: str = ""
     stream: bool | None = None
@@ -59,7 +42,7 @@ class _Common(msgspec.Struct):
 
 
 class _Chat(_Common):
-    messages: list[_Message] = []
+    messages: list[OllamaMessage] = []
     tools: msgspec.Raw = msgspec.Raw()     # passed through as sent; empty when absent
 
 
@@ -210,7 +193,7 @@ def _media_type(image: str) -> str:
     return next((kind for prefix, kind in _IMAGE_TYPES if image.startswith(prefix)), "image/png")
 
 
-def _messages(messages: list[_Message]) -> list[dict[str, Any]]:
+def _messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
     """Ollama messages as OpenAI messages; tool calls get ids, and tool results the id of the call they answer."""
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []    # (call id, function name) not answered yet
@@ -223,7 +206,7 @@ def _messages(messages: list[_Message]) -> list[dict[str, Any]]:
         if m.tool_calls:
             calls = []
             for i, call in enumerate(m.tool_calls):
-                function = call.function or _Function()
+                function = call.function or OllamaFunction()
                 call_id = call.id or f"call_{number}_{i}"
                 pending.append((call_id, function.name))
                 arguments = function.arguments if function.arguments is not None else {}
