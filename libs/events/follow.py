@@ -36,6 +36,28 @@ HEARTBEAT_S = 5.0               # the server's sign of life on an idle consumer
 INACTIVE_THRESHOLD_S = 30.0     # a consumer nobody listens to is dropped by the server after this
 
 
+def status_of(msg: Msg, taken: int) -> str | None:
+    """What a push consumer's status message says: `missed` (a heartbeat naming a consumer sequence past `taken`,
+    the last one taken), `idle` (a heartbeat, nothing missed) or `ended: <status> <description>`; None for a
+    message that is no status."""
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if not status:
+        return None
+    if status != "100":
+        return f"ended: {status} {headers.get('Description', '')}".strip()
+    last = headers.get("Nats-Last-Consumer")
+    return "missed" if last is not None and int(last) > taken else "idle"
+
+
+def metadata_of(msg: Msg) -> Any | None:
+    """A JetStream delivery's metadata (sequences, pending); None for any other message."""
+    try:
+        return msg.metadata
+    except Exception:  # noqa: BLE001 — not a JetStream delivery
+        return None
+
+
 class StreamFold:
     """A stream folded into memory by `fold(event)`: replayed, caught up, then followed.
 
@@ -141,16 +163,14 @@ class StreamFold:
             self._heard = False
 
     async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        if headers.get("Status"):                                  # a heartbeat (100) or another status
+        said = status_of(msg, self._consumer_seq)
+        if said is not None:                                       # a heartbeat (100) or another status
             self._heard = True
-            last = headers.get("Nats-Last-Consumer")
-            if last is not None and int(last) > self._consumer_seq and self._consumer:
+            if said == "missed" and self._consumer:
                 self._reset("missed messages")
             return
-        try:
-            meta = msg.metadata
-        except Exception:  # noqa: BLE001 — not a JetStream delivery
+        meta = metadata_of(msg)
+        if meta is None:
             return
         if meta.consumer != self._consumer:
             return                                                 # from a consumer replaced meanwhile

@@ -21,6 +21,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from switchyard_gateway.events.follow import metadata_of, status_of
+
 HEARTBEAT_S = 5.0
 
 
@@ -97,18 +99,13 @@ class StreamTail:
         if self._consumer_seq < 0:
             return
         self._heard = True
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status:                                 # a heartbeat (did we miss anything?), or the consumer's end
-            last = headers.get("Nats-Last-Consumer")
-            if status != "100":
-                self._lost(f"consumer status {status} {headers.get('Description', '')}".strip())
-            elif last is not None and int(last) > self._consumer_seq:
-                self._lost("missed messages")
+        said = status_of(msg, self._consumer_seq)
+        if said is not None:                       # a heartbeat (did we miss anything?), or the consumer's end
+            if said != "idle":
+                self._lost("missed messages" if said == "missed" else f"consumer {said}")
             return
-        try:
-            meta = msg.metadata
-        except Exception:  # noqa: BLE001 — not a JetStream delivery
+        meta = metadata_of(msg)
+        if meta is None:
             return
         if meta.sequence.consumer != self._consumer_seq + 1:
             self._lost("missed messages")
