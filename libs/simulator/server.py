@@ -35,6 +35,7 @@ class SimStats(msgspec.Struct, frozen=True):
     total: int
     failures: dict[str, int]  # injected failures by kind
     connections: int  # open connections on the main port
+    busy: int = 0     # of them, those answering a request now (one that waits for latency or is paced)
 
 
 class Simulator:
@@ -153,6 +154,7 @@ class Simulator:
             total=sum(self._requests.values()),
             failures=dict(self._failures),
             connections=len(self._conns),
+            busy=sum(1 for conn in self._conns if conn.busy),
         )
 
     def configure(self, **changes: object) -> SimConfig:

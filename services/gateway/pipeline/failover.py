@@ -30,6 +30,9 @@ from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 log = structlog.get_logger()
+# An endpoint's last slot went to a call in another worker between choosing it and counting this call in.
+AT_CAP = UpstreamError("Every endpoint for this model is at its concurrency limit", status=503, code="capacity",
+                       headers={"retry-after": "1"})
 
 
 class Failover:
@@ -80,6 +83,9 @@ class Failover:
             error = await self._try_endpoint(call, outcome, model_id, route, proto)
             if error is None:
                 return None
+            if error is AT_CAP:                   # another worker took the last slot meanwhile: look again
+                tried.discard(route.endpoint.endpoint_id)
+                continue
             last = error
 
     async def _try_endpoint(self, call: Call, outcome: Outcome, model_id: str, route: Route,
@@ -102,9 +108,10 @@ class Failover:
                 log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=f"circuit {circuits.state(eid)}")
                 return last or UpstreamError(f"Endpoint '{eid}' is unavailable (circuit open)", status=503,
                                              code="circuit_open", headers={"retry-after": "5"})
+            if not self.router.acquire(eid, model_id, endpoint.max_concurrent):
+                return last or AT_CAP
             outcome.attempts += 1
             outcome.endpoint, outcome.upstream_model = endpoint, route.upstream_model
-            self.router.acquire(eid, model_id)
             started = time.perf_counter()
             delay = None
             try:
