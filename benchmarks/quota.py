@@ -7,7 +7,9 @@ Starts NATS, PostgreSQL and Valkey (EmbeddedStack, no fsync) and the quota servi
 temp dir, gives a tenant a daily and a monthly token quota, a USD budget and an RPM limit (four
 counters), then times `QuotaClient.reserve` one call at a time, with three paths:
 - no limits: the common case, nothing reserved (two dict lookups);
-- direct: estimate with tiktoken, plan, one EVALSHA on the gateway's pipelined Valkey connection;
+- direct: the request read and checked, its prompt counted with tiktoken, the plan, one EVALSHA on the
+  gateway's pipelined Valkey connection (the script reads every counter, grants the output ceiling,
+  charges them and records the hold);
 - via NATS: the same estimate and plan, sent as a request to the quota service, which runs the
   same script with redis-py.
 Prints p50/p90/p99 per path in microseconds, and the parts of the direct path.
@@ -49,6 +51,7 @@ from switchyard_gateway.quotas.plan import Estimate, plan
 from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
+from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT, FREE = "bench", "free"
@@ -98,15 +101,19 @@ async def measure(settings: Settings, calls: int, warmup: int) -> dict[str, list
             assert time.monotonic() < deadline, "limits never reached the gateway's book"
             await asyncio.sleep(0.01)
 
+        def ask() -> Ask:
+            return read_request("openai.chat", BODY).ask(8192, quota.estimator)
+
         async def unlimited() -> None:
-            assert await quota.reserve(request_id=uuid.uuid4().hex, key=free, model=MODEL, body=BODY) is None
+            assert await quota.reserve(request_id=uuid.uuid4().hex, key=free, model=MODEL, ask=ask()) is None
 
         async def direct() -> None:
-            assert await quota.reserve(request_id=uuid.uuid4().hex, key=key, model=MODEL, body=BODY) is not None
+            assert await quota.reserve(request_id=uuid.uuid4().hex, key=key, model=MODEL, ask=ask()) is not None
 
         def planned(request_id: str) -> ReservePlan:
             scopes = quota.book.applicable(TENANT, MODEL.model_id)
-            prompt, output = quota.estimator.estimate(BODY, output=True, default_max_tokens=None)
+            asked = ask()
+            prompt, output = asked.prompt_tokens(), asked.output or 0
             nanos = usd_nanos(prompt, output, *quota.price(TENANT, MODEL))
             now = datetime.now(UTC)
             items = plan(quota.keys, scopes, quota.book.timezone(TENANT), TENANT, key.key_id, MODEL.model_id,
@@ -124,7 +131,9 @@ async def measure(settings: Settings, calls: int, warmup: int) -> dict[str, list
             await quota.valkey.call("PING")
 
         script = planned("x")
-        script_keys, script_args = reserve_call(quota.keys, "", script.deadline_ms, script.counters)
+        amounts = {"t": (60, 1), "r": (1, 0), "u": (usd_nanos(60, 0, *quota.price(TENANT, MODEL)),
+                                                    quota.price(TENANT, MODEL)[1] * 1000)}
+        script_keys, script_args = reserve_call(quota.keys, "", script.deadline_ms, script.counters, amounts, 64, 1)
 
         async def valkey_script() -> None:
             script_args[0] = uuid.uuid4().hex
@@ -138,6 +147,12 @@ async def measure(settings: Settings, calls: int, warmup: int) -> dict[str, list
             for name, call in paths.items():
                 await timed(warmup, call)
                 results[name] += await timed(calls // 2, call)
+        await quota.valkey.call("CONFIG", "RESETSTAT")
+        await timed(calls, valkey_script)
+        stats = (await quota.valkey.call("INFO", "commandstats")).decode()
+        inside = next(line for line in stats.splitlines() if line.startswith("cmdstat_evalsha:"))
+        results["  inside Valkey: the reserve script (server time)"] = [
+            float(inside.split("usec_per_call=")[1].split(",")[0]) / 1e6]
         await quota.close()
         return results
     finally:

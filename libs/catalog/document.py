@@ -3,7 +3,7 @@ registry commands, and export the registry back into the same shape.
 
     providers: [{id, kind, display_name}]
     endpoints: [{id, provider, base_url, api_key: "${ENV_VAR}", models, priority, weight,
-                 max_concurrent, timeout_s, warm_on_start}]
+                 max_concurrent, timeout_s, first_byte_timeout_s, warm_on_start}]
     models:    [{id, kind, aliases, context_length, input_price_per_1m, output_price_per_1m,
                  cached_input_price_per_1m, fallback}]
     tenants:   [{id, display_name, all_models, fallback_on_quota,
@@ -35,7 +35,8 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "endpoints": {
         "id": ((str,), True), "provider": ((str,), True), "base_url": ((str,), True), "api_key": ((str,), False),
         "models": ((list,), False), "priority": ((int,), False), "weight": ((int,), False),
-        "max_concurrent": ((int,), False), "timeout_s": (_NUM, False), "warm_on_start": ((bool,), False),
+        "max_concurrent": ((int,), False), "timeout_s": (_NUM, False), "first_byte_timeout_s": (_NUM, False),
+        "warm_on_start": ((bool,), False),
     },
     "models": {
         "id": ((str,), True), "kind": ((str,), False), "aliases": ((list,), False),
@@ -116,6 +117,7 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
         ids[name] = set()
         for path, item in items[name]:
             _check_fields(path, item, FIELDS[name], problems)
+            _check_bounds(path, item, problems)
             ident = item.get("id")
             if not isinstance(ident, str):
                 continue
@@ -139,8 +141,9 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
         for key in ("weight", "max_concurrent"):
             if isinstance(item.get(key), int) and item[key] < 0:
                 bad(f"{path}.{key}", f"{key} must be >= 0")
-        if isinstance(item.get("timeout_s"), _NUM) and item["timeout_s"] <= 0:
-            bad(f"{path}.timeout_s", "timeout_s must be > 0")
+        for key in ("timeout_s", "first_byte_timeout_s"):
+            if isinstance(item.get(key), _NUM) and item[key] <= 0:
+                bad(f"{path}.{key}", f"{key} must be > 0")
     aliases: dict[str, str] = {}
     for path, item in items["models"]:
         if "kind" in item and item["kind"] not in rules.MODEL_KINDS:
@@ -160,6 +163,7 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
                 bad(apath, "expected a mapping with 'model'")
                 continue
             _check_fields(apath, assignment, FIELDS["tenants.models"], problems)
+            _check_bounds(apath, assignment, problems)
             model = assignment.get("model")
             if isinstance(model, str):
                 if model in seen:
@@ -200,6 +204,13 @@ def _check_fields(path: str, item: dict[str, Any], spec: dict[str, tuple[tuple[t
     for key, (_, required) in spec.items():
         if required and key not in item:
             problems.append(Problem(f"{path}.{key}", f"'{key}' is required"))
+
+
+def _check_bounds(path: str, item: dict[str, Any], problems: list[Problem]) -> None:
+    oversized = rules.bounds_problem({("endpoint_id" if k == "id" else k): v for k, v in item.items()})
+    if oversized is not None:
+        key = "id" if oversized[0] == "endpoint_id" else oversized[0]
+        problems.append(Problem(f"{path}.{key}", oversized[1]))
 
 
 def _names(path: str, value: Any, problems: list[Problem]) -> list[str]:
@@ -245,13 +256,14 @@ def to_commands(doc: dict[str, Any]) -> list[m.Command]:
             context_length=model.get("context_length", 0),
             input_price_per_1m=float(model.get("input_price_per_1m", 0.0)),
             output_price_per_1m=float(model.get("output_price_per_1m", 0.0)),
-            cached_input_price_per_1m=_price(model.get("cached_input_price_per_1m")),
+            cached_input_price_per_1m=_float_or_none(model.get("cached_input_price_per_1m")),
             fallback_model=model.get("fallback", "")))
     for e in doc.get("endpoints") or []:
         commands.append(m.RegisterEndpoint(
             endpoint_id=e["id"], provider_id=e["provider"], base_url=e["base_url"], api_key_ref=e.get("api_key", ""),
             models=tuple(e.get("models") or ()), priority=e.get("priority", 0), weight=e.get("weight", 1),
             max_concurrent=e.get("max_concurrent", 0), timeout_s=float(e.get("timeout_s", 300.0)),
+            first_byte_timeout_s=_float_or_none(e.get("first_byte_timeout_s")),
             warm_on_start=e.get("warm_on_start", False)))
     for t in doc.get("tenants") or []:
         commands.append(m.CreateTenant(tenant_id=t["id"], display_name=t.get("display_name", ""),
@@ -261,14 +273,14 @@ def to_commands(doc: dict[str, Any]) -> list[m.Command]:
             commands.append(m.AssignModel(
                 tenant_id=t["id"], model_id=a["model"], enabled=a.get("enabled", True),
                 is_default=a.get("default", False), priority=a.get("priority", 0),
-                input_price_per_1m=_price(a.get("input_price_per_1m")),
-                output_price_per_1m=_price(a.get("output_price_per_1m")),
-                cached_input_price_per_1m=_price(a.get("cached_input_price_per_1m")),
+                input_price_per_1m=_float_or_none(a.get("input_price_per_1m")),
+                output_price_per_1m=_float_or_none(a.get("output_price_per_1m")),
+                cached_input_price_per_1m=_float_or_none(a.get("cached_input_price_per_1m")),
                 fallback_model=a.get("fallback", "")))
     return commands
 
 
-def _price(value: Any) -> float | None:
+def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
@@ -309,9 +321,9 @@ def export(catalog: Catalog) -> dict[str, Any]:
     endpoints = [compact({
         "id": e.endpoint_id, "provider": e.provider_id, "base_url": e.base_url, "api_key": e.api_key_ref,
         "models": list(e.models), "priority": e.priority, "weight": e.weight, "max_concurrent": e.max_concurrent,
-        "timeout_s": e.timeout_s, "warm_on_start": e.warm_on_start},
+        "timeout_s": e.timeout_s, "first_byte_timeout_s": e.first_byte_timeout_s, "warm_on_start": e.warm_on_start},
         {"api_key": "", "models": [], "priority": 0, "weight": 1, "max_concurrent": 0, "timeout_s": 300.0,
-         "warm_on_start": False}) for _, e in sorted(catalog.registered.items())]
+         "first_byte_timeout_s": None, "warm_on_start": False}) for _, e in sorted(catalog.registered.items())]
     models = [compact({
         "id": x.model_id, "kind": x.kind, "aliases": list(x.aliases), "context_length": x.context_length,
         "input_price_per_1m": x.input_price_per_1m, "output_price_per_1m": x.output_price_per_1m,

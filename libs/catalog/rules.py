@@ -1,4 +1,5 @@
-"""What a valid registry value looks like: identifiers, model names, URLs, credential references, users.
+"""What a valid registry value looks like: identifiers, model names, URLs, credential references, users, and
+how long or large any field may be.
 
 Each check returns a sentence describing the problem, or None; the registry turns
 it into an error reply, `switchyard config validate` into one line of its report.
@@ -18,6 +19,19 @@ PASSWORD_MIN, PASSWORD_MAX = 8, 1024      # characters; the upper bound keeps ha
 DISPLAY_NAME_MAX = 200
 PROVIDER_KINDS = ("ollama", "openai-compatible", "openai")
 MODEL_KINDS = ("chat", "embedding")
+# the longest text each field may hold (characters), and the most items each list may hold
+TEXT_BOUNDS = {
+    "display_name": DISPLAY_NAME_MAX, "name": 200, "base_url": 2048, "api_key_ref": 256, "api_key": 256, "secret": 512,
+    "template": 64, "fallback_model": MODEL_NAME_MAX, "fallback": MODEL_NAME_MAX, "model_id": MODEL_NAME_MAX,
+    "tenant_id": 64, "provider_id": 64, "endpoint_id": 64, "key_id": 64, "timezone": 64,
+}
+LIST_BOUNDS = {"models": 10_000, "aliases": 100}
+# the largest value each number may hold, so that no sum of them overflows a counter or a price
+NUMBER_BOUNDS = {
+    "priority": 1_000_000, "weight": 1_000_000, "max_concurrent": 1_000_000, "context_length": 100_000_000,
+    "timeout_s": 86_400, "first_byte_timeout_s": 86_400, "input_price_per_1m": 1_000_000,
+    "output_price_per_1m": 1_000_000, "cached_input_price_per_1m": 1_000_000,
+}
 
 
 def identifier_problem(value: object) -> str | None:
@@ -76,6 +90,19 @@ def credential_problem(value: object) -> str | None:
         return None
     return ("credentials must be given as an environment reference like ${OPENAI_API_KEY}, "
             "never as the secret itself")
+
+
+def bounds_problem(fields: dict[str, object]) -> tuple[str, str] | None:
+    """(field, sentence) for the first field too long, with too many items or too large; None when all fit."""
+    for name, value in fields.items():
+        if isinstance(value, str) and len(value) > TEXT_BOUNDS.get(name, len(value)):
+            return name, f"{name} is longer than {TEXT_BOUNDS[name]} characters"
+        if isinstance(value, list | tuple) and len(value) > LIST_BOUNDS.get(name, len(value)):
+            return name, f"{name} has more than {LIST_BOUNDS[name]} items"
+        if isinstance(value, int | float) and not isinstance(value, bool) and name in NUMBER_BOUNDS \
+                and not -NUMBER_BOUNDS[name] <= value <= NUMBER_BOUNDS[name]:
+            return name, f"{name} must be between -{NUMBER_BOUNDS[name]} and {NUMBER_BOUNDS[name]}"
+    return None
 
 
 def normalise_model(name: str) -> str:

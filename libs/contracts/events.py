@@ -152,7 +152,8 @@ class EndpointRegistered(Event, frozen=True, tag=s.ENDPOINT_REGISTERED):
     priority: int = 0               # higher is preferred
     weight: int = 1
     max_concurrent: int = 0         # per model on this endpoint; 0 = unbounded
-    timeout_s: float = 300.0
+    timeout_s: float = 300.0        # the longest silence between bytes of an answer
+    first_byte_timeout_s: float | None = None   # an answer must start by then (None: the gateway's setting)
     warm_on_start: bool = False     # the router warms its models when it first probes it healthy
 
     @property

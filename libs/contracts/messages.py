@@ -86,6 +86,7 @@ class RegisterEndpoint(Command, frozen=True, tag="register_endpoint"):
     weight: int = 1
     max_concurrent: int = 0
     timeout_s: float = 300.0
+    first_byte_timeout_s: float | None = None
     warm_on_start: bool = False
     mode: Mode = "upsert"
 
@@ -159,6 +160,7 @@ class ApplyTemplate(Command, frozen=True, tag="apply_template"):
     weight: int | None = None
     max_concurrent: int | None = None
     timeout_s: float | None = None
+    first_byte_timeout_s: float | None = None
     warm_on_start: bool | None = None
 
 

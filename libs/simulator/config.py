@@ -39,6 +39,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_s: int = 1  # the Retry-After header of http_429 failures
     failure_paths: tuple[str, ...] = ()  # only these routes fail (e.g. inference, not health probes); () = all
     cached_tokens: int = 0  # prompt tokens reported as read from a prompt cache (at most the prompt's); 0 = none
+    api_key: str | None = None  # when set, every call but /_sim/ needs `Authorization: Bearer <api_key>` (else 401)
     call_tools: bool = False  # a chat offering tools is answered with a call to one (simulator/tools.py)
     seed: int = 0
 

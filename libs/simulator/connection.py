@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 import structlog
 
@@ -34,11 +35,14 @@ FLUSH_DEADLINE_S = 2.0
 
 
 class HttpConnection(asyncio.Protocol):
-    """Serves one TCP connection with `app`; lists itself in `registry` while open."""
+    """Serves one TCP connection with `app`; lists itself in `registry` while open. `on_abandoned()` is called
+    when the client closes the connection while a reply is still being prepared or paced."""
 
-    def __init__(self, app: App, registry: set[HttpConnection]) -> None:
+    def __init__(self, app: App, registry: set[HttpConnection],
+                 on_abandoned: Callable[[], None] | None = None) -> None:
         self._app = app
         self._registry = registry
+        self._on_abandoned = on_abandoned
         self._transport: asyncio.Transport | None = None
         self._buf = b""
         self._head: Request | None = None  # parsed head whose body is still arriving
@@ -56,6 +60,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._registry.discard(self)
+        if self._busy and self._on_abandoned is not None:
+            self._on_abandoned()
         if self._task is not None:
             self._task.cancel()
 
@@ -218,4 +224,5 @@ class HttpConnection(asyncio.Protocol):
         deadline = time.monotonic() + FLUSH_DEADLINE_S
         while not self.closed and transport.get_write_buffer_size() and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
+        self._busy = False                  # the simulator cut it: not abandoned by the client
         transport.abort()

@@ -118,6 +118,7 @@ def error_for(
 
 
 _OPENAI_KINDS = {
+    401: ("invalid_request_error", "invalid_api_key"),
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     429: ("rate_limit_error", "rate_limit_exceeded"),

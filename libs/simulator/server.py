@@ -35,7 +35,8 @@ class SimStats(msgspec.Struct, frozen=True):
     total: int
     failures: dict[str, int]  # injected failures by kind
     connections: int  # open connections on the main port
-    busy: int = 0     # of them, those answering a request now (one that waits for latency or is paced)
+    abandoned: int = 0  # replies whose client closed the connection before they were complete
+    busy: int = 0     # open connections answering a request now (one that waits for latency or is paced)
 
 
 class Simulator:
@@ -59,6 +60,7 @@ class Simulator:
         self._control_conns: set[HttpConnection] = set()
         self._requests: dict[str, int] = {}
         self._failures: dict[str, int] = {}
+        self._abandoned = 0
         self._serial = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
@@ -120,7 +122,10 @@ class Simulator:
         await self.stop()
 
     def _main_protocol(self) -> HttpConnection:
-        return HttpConnection(self.handle, self._conns)
+        return HttpConnection(self.handle, self._conns, self._count_abandoned)
+
+    def _count_abandoned(self) -> None:
+        self._abandoned += 1
 
     def _control_protocol(self) -> HttpConnection:
         return HttpConnection(self._handle_control, self._control_conns)
@@ -153,6 +158,7 @@ class Simulator:
             requests=dict(self._requests),
             total=sum(self._requests.values()),
             failures=dict(self._failures),
+            abandoned=self._abandoned,
             connections=len(self._conns),
             busy=sum(1 for conn in self._conns if conn.busy),
         )
@@ -177,6 +183,7 @@ class Simulator:
         """Zero the stats and the call counter that failures are drawn from."""
         self._requests.clear()
         self._failures.clear()
+        self._abandoned = 0
         self._serial = 0
 
     # --- the listener, closed while refusing -------------------------------------------
@@ -227,6 +234,8 @@ class Simulator:
         cfg = self._config
         self._serial += 1
         self._requests[path] = self._requests.get(path, 0) + 1
+        if cfg.api_key is not None and req.header(b"authorization") != b"bearer " + cfg.api_key.lower().encode():
+            return error_for(path, 401, "Incorrect API key provided")
         if cfg.failure_rate > 0.0 and cfg.failure_kind != "refuse" \
                 and (not cfg.failure_paths or path in cfg.failure_paths):
             if fails(cfg.seed, self._serial, cfg.failure_rate):

@@ -141,6 +141,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
                               settings.cache, settings.cache_ttl_s, settings.cache_max_bytes, settings.cache_timeout_s)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    if settings.quota_on_error not in ("open", "closed"):
+        raise SystemExit(f"SWITCHYARD_QUOTA_ON_ERROR must be 'open' or 'closed', not '{settings.quota_on_error}'")
     state = LocalState()                    # the registry catalog, fed by REGISTRY
     circuits = Circuits()                   # breaker states and probe health, fed by ROUTING
     try:
@@ -175,7 +177,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         runtime.spawn(publisher.run(), "usage-publisher")
         outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
         failover = Failover(router, upstreams, outcomes, settings)
-        proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes)
+        proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes,
+                      settings.max_output_tokens)
         metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
         if settings.worker:                 # one scrape shows every worker's calls
             siblings = WorkerMetrics(nc, base, settings.instance, settings.workers)

@@ -47,6 +47,9 @@ CACHE_HITS = Counter("switchyard_cache_hits_total", "Calls answered from the res
 EMBEDDING_CACHE_HITS = Counter("embedding_cache_hits_total", "Embedding calls answered from the response cache",
                                ["model"])
 INFLIGHT = Gauge("switchyard_inflight_calls", "Calls in flight in this gateway")
+QUOTA_UNAVAILABLE = Counter("switchyard_quota_unavailable_total",
+                            "Reservations Valkey could not make: let through (open), refused (closed), "
+                            "or refused after a script error (error)", ["action"])
 USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events in the journal that JetStream has not acknowledged yet")
 
 
@@ -78,6 +81,10 @@ def count_cache_hit(api: str, model: str) -> None:
     CACHE_HITS.labels(api, model).inc()
     if api in EMBEDDING_APIS:
         EMBEDDING_CACHE_HITS.labels(model).inc()
+
+
+def count_quota_unavailable(action: str) -> None:
+    QUOTA_UNAVAILABLE.labels(action).inc()
 
 
 def count_request(api: str, status: int, model: str = "") -> None:

@@ -17,7 +17,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
                                           # journal; 0: one per core
     worker: int = 0                       # set in each worker when there are several: its slot, 1..workers
     max_body_bytes: int = 4 * 1024 * 1024
+    max_output_tokens: int = 262_144      # bound on asked output tokens and context sizes when a model has none
     upstream_connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 60.0    # an endpoint's answer must start by then (endpoints may set their own)
     upstream_pool_size: int = 512         # keep-alive connections per upstream host
     spool_dir: str = "./.switchyard/spool"    # the journals: <spool_dir>/<instance>/ (one per gateway instance)
     journal_fsync: bool = False           # fdatasync each journal batch (machine crashes); a crashed process loses
@@ -44,7 +46,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     # quota reservations
     quota_prefix: str = ""                # Valkey key prefix of counters and reservations ("": sy:q:<database>:)
     quota_hold_s: float = 600.0           # a reservation never settled is released after this long
-    quota_timeout_s: float = 1.0          # a reservation Valkey has not answered by then lets the call through
+    quota_timeout_s: float = 1.0          # a reservation Valkey has not answered by then is "unavailable"
+    quota_on_error: str = "open"          # Valkey unreachable or slow: "open" lets the call through, "closed" 503
     # response cache
     cache: str = "off"                    # "off", "embeddings", or "all" (non-streamed chat and completions too)
     cache_ttl_s: float = 3600.0           # how long an answer is kept

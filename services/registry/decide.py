@@ -27,6 +27,9 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
     """(events, plaintext key or None, key id or None) for a command, or raise ServiceError.
 
     `password_hash` is the hash of the password a user command carries, made by the caller beforehand."""
+    oversized = rules.bounds_problem({f: getattr(command, f) for f in command.__struct_fields__})
+    if oversized is not None:
+        raise invalid("VALIDATION_ERROR", oversized[1], oversized[0])
     match command:
         case m.CreateTenant():
             check_identifier(command.tenant_id, "tenant_id")
@@ -111,6 +114,8 @@ def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.
             raise invalid("VALIDATION_ERROR", f"{name} must be >= 0", name)
     if command.timeout_s <= 0:
         raise invalid("VALIDATION_ERROR", "timeout_s must be > 0", "timeout_s")
+    if command.first_byte_timeout_s is not None and command.first_byte_timeout_s <= 0:
+        raise invalid("VALIDATION_ERROR", "first_byte_timeout_s must be > 0", "first_byte_timeout_s")
     new = ev.EndpointRegistered(**fields_of(command))
     return [] if same(catalog.registered.get(command.endpoint_id), new) else [new]
 

@@ -117,7 +117,7 @@ def apply_template(catalog: Catalog, command: m.ApplyTemplate) -> list[ev.Event]
         priority=pick(command.priority, 0), weight=pick(command.weight, 1),  # type: ignore[arg-type]
         max_concurrent=pick(command.max_concurrent, 0),  # type: ignore[arg-type]
         timeout_s=pick(command.timeout_s, template.timeout_s),  # type: ignore[arg-type]
-        warm_on_start=bool(command.warm_on_start), mode="create")
+        first_byte_timeout_s=command.first_byte_timeout_s, warm_on_start=bool(command.warm_on_start), mode="create")
     return [*events, *register_endpoint(work, endpoint)]
 
 

@@ -45,18 +45,24 @@ class Board:
             if attempt.endpoint_id not in known:
                 continue
             ATTEMPTS.labels(attempt.endpoint_id, attempt.outcome).inc()
-            change = self.breaker(attempt.endpoint_id).record(attempt.outcome in FAILED_OUTCOMES, now)
+            change = self.breaker(attempt.endpoint_id).record(attempt.outcome in FAILED_OUTCOMES, now,
+                                                              unreachable=attempt.outcome == "refused")
             if change is not None:
                 changes.append(self._count(change))
         return changes
 
     def fold_probe(self, probe: ProbeCompleted, now: datetime) -> CircuitChanged | None:
-        change = self.breaker(probe.endpoint_id).record(not probe.ok, now)
+        change = self.breaker(probe.endpoint_id).probe(probe.ok, now)
         return self._count(change) if change is not None else None
 
     def tick(self, now: datetime) -> list[CircuitChanged]:
         """Breakers whose cool-down has passed turn half-open."""
         return [self._count(c) for b in self.breakers.values() if (c := b.tick(now)) is not None]
+
+    def state(self, endpoint_id: str) -> str:
+        """closed | open | half_open; an endpoint without a breaker yet is closed."""
+        found = self.breakers.get(endpoint_id)
+        return found.state if found is not None else "closed"
 
     def reset(self, endpoint_id: str, now: datetime) -> CircuitChanged:
         return self._count(self.breaker(endpoint_id).reset(now))

@@ -2,10 +2,16 @@
 
     closed ──N consecutive failures, or error ratio over the window──▶ open
     open ──cool-down elapsed──▶ half_open          (the cool-down doubles each time, up to a cap)
+    open ──a probe succeeds after it was unreachable──▶ half_open      (at once: the endpoint is back)
     half_open ──M successes──▶ closed
     half_open ──any failure──▶ open
     any ──reset──▶ closed
 
+A probe only lists models, so its success says the server is up, not that calls work:
+while closed it does not wipe out a run of failed calls, and while open it ends the
+cool-down early only if the server itself was unreachable (a failed probe or a refused
+connection: that outage is over); an endpoint whose calls hang or fail while its probes
+answer waits out its cool-down.
 Every move returns the `CircuitChanged` to publish; nothing else leaves this module.
 """
 
@@ -35,9 +41,12 @@ class Breaker:
         self.retry_at: datetime | None = None
         self.trial_successes = 0
         self.opened = 0                                    # times opened since it last closed
+        self.unreachable = False                           # a probe failed or a connection was refused since closed
 
-    def record(self, failed: bool, now: datetime) -> CircuitChanged | None:
-        """Fold one call or probe result in; the transition it caused, if any."""
+    def record(self, failed: bool, now: datetime, unreachable: bool = False) -> CircuitChanged | None:
+        """Fold one call or probe result in (`unreachable`: it failed to connect at all); the transition it
+        caused, if any."""
+        self.unreachable = self.unreachable or unreachable
         match self.state:
             case "closed":
                 self.window.append((now.timestamp(), failed))
@@ -61,6 +70,19 @@ class Breaker:
                 return None
         return None   # open: results of calls that started before it opened change nothing
 
+    def probe(self, ok: bool, now: datetime) -> CircuitChanged | None:
+        """Fold a probe result in: a failure counts like a failed call; a success counts as a trial while
+        half-open, ends the cool-down at once while open if the endpoint was unreachable, and changes
+        nothing while closed."""
+        if not ok:
+            return self.record(True, now, unreachable=True)
+        if self.state == "half_open":
+            return self.record(False, now)
+        if self.state == "open" and self.unreachable:
+            self.state, self.trial_successes, self.retry_at = "half_open", 0, None
+            return self._changed(now, "open", "probe_succeeded")
+        return None
+
     def tick(self, now: datetime) -> CircuitChanged | None:
         """Open past its cool-down turns half-open."""
         if self.state == "open" and self.retry_at is not None and now >= self.retry_at:
@@ -79,6 +101,7 @@ class Breaker:
         self.retry_at = changed.retry_at
         self.consecutive = changed.failures if changed.state == "open" else 0
         self.opened = 1 if changed.state != "closed" else 0
+        self.unreachable = changed.state != "closed"      # unknown: let a successful probe end the cool-down
 
     def counts(self) -> tuple[int, int]:
         """(calls, failed calls) in the error-ratio window."""
@@ -104,6 +127,7 @@ class Breaker:
     def _close(self, now: datetime, reason: str) -> CircuitChanged:
         previous = self.state
         self.state, self.retry_at, self.trial_successes, self.opened = "closed", None, 0, 0
+        self.unreachable = False
         event = self._changed(now, previous, reason)
         self.consecutive = 0
         self.window.clear()

@@ -1,5 +1,6 @@
 """The router's control loop: follow the registry, hold or chase the lease, and while leading probe every
-endpoint, fold call outcomes into breakers, publish what changed and answer commands.
+endpoint (every `probe_interval_s`, or `probe_open_interval_s` while its breaker is not closed), fold call
+outcomes into breakers, publish what changed and answer commands.
 
 Every replica follows `REGISTRY` (what to probe) and `ROUTING` (the breaker states
 last published) and hears every gateway's call outcomes; only the lease holder
@@ -158,6 +159,8 @@ class RouterControl:
             return
         for change in self.board.fold_outcomes(attempts, self.catalog.endpoints, now()):
             await self.publish(change)
+            if change.state == "open":               # probe it on the short schedule from now on
+                self._probe_soon(change.endpoint_id, self.policy.probe_open_interval_s)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -166,8 +169,13 @@ class RouterControl:
                 continue
             for change in self.board.tick(now()):
                 await self.publish(change)
-                self.next_probe[change.endpoint_id] = 0.0      # half-open: a trial probe now
-                self._wake.set()
+                self._probe_soon(change.endpoint_id, 0.0)       # half-open: a trial probe now
+
+    def _probe_soon(self, endpoint_id: str, delay_s: float) -> None:
+        """Probe an endpoint within `delay_s` (sooner if it was due sooner)."""
+        at = time.monotonic() + delay_s
+        self.next_probe[endpoint_id] = min(self.next_probe.get(endpoint_id, at), at)
+        self._wake.set()
 
     async def publish(self, event: Event) -> None:
         """Publish a routing event to JetStream (de-duplicated by its id); a failure is logged, not raised."""
@@ -186,7 +194,7 @@ class RouterControl:
     async def _probe_loop(self) -> None:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), min(1.0, self.policy.probe_open_interval_s))
             self._wake.clear()
             if not self.lease.held:
                 continue
@@ -227,6 +235,8 @@ class RouterControl:
         change = self.board.fold_probe(result, now())
         if change is not None:
             await self.publish(change)
+        if self.board.state(endpoint_id) != "closed":   # open or trying: look again soon
+            self.next_probe[endpoint_id] = time.monotonic() + self.policy.probe_open_interval_s
         return result, await self._discover(result)
 
     def _warm_soon(self, endpoint_id: str, models: tuple[str, ...]) -> None:

@@ -13,6 +13,7 @@ class RouterPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Defaults suit a handful of local model servers; every field can come from Settings (same name)."""
 
     probe_interval_s: float = 15.0        # between probes of one endpoint (new endpoints are probed at once)
+    probe_open_interval_s: float = 1.0    # ... while its breaker is open or half-open, so recovery shows fast
     probe_timeout_s: float = 5.0          # per probe call
     probe_concurrency: int = 16           # endpoints probed at the same time
     breaker_failures: int = 5             # consecutive failed calls that open a breaker

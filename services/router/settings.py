@@ -9,6 +9,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     """Everything the router reads from SWITCHYARD_* variables, beside what every service shares."""
 
     probe_interval_s: float = 15.0
+    probe_open_interval_s: float = 1.0    # probes of an endpoint whose breaker is open or half-open
     probe_timeout_s: float = 5.0
     probe_concurrency: int = 16
     breaker_failures: int = 5             # consecutive failures that open a breaker

@@ -287,15 +287,30 @@ async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.AP
 async def test_a_quota_refusal_is_a_payment_required_error(demo: DemoStack, upstream: Upstream) -> None:
     tenant = f"{upstream.prefix}-poor"
     key = await add_tenant(demo, tenant, [upstream.model("translated")])
-    assert set_limits(demo, tenant, daily_tokens=1000).status_code == 200
-    error = await first_refusal(upstream, key, anthropic.PaymentRequiredError, "the daily quota to be applied",
-                                max_tokens=4000)          # `max_tokens` is what the reservation holds
+    assert set_limits(demo, tenant, daily_tokens=20).status_code == 200
+    # each call is held to the output that is left; once not even its prompt fits, it is refused
+    error = await first_refusal(upstream, key, anthropic.PaymentRequiredError, "the daily quota to be used up",
+                                max_tokens=4000)
     assert error.status_code == 402 and error.type == "billing_error"
     assert isinstance(error.body, dict) and error.body["error"]["quota_type"] == "daily"
-    assert error.body["error"]["limit"] == 1000
-    fits = await upstream.client(key).messages.create(model=upstream.model("translated"), max_tokens=4,
-                                                      messages=[{"role": "user", "content": "hi"}])
-    assert fits.usage.output_tokens == 4
+    assert error.body["error"]["limit"] == 20
+
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_max_tokens_is_held_to_what_the_quota_has_left(demo: DemoStack, served: str) -> None:
+    async with registered_upstream(demo, f"anth-cap-{uuid.uuid4().hex[:6]}", tokens=1000) as upstream:
+        tenant = f"{upstream.prefix}-capped"
+        key = await add_tenant(demo, tenant, [upstream.model(served)])
+        assert set_limits(demo, tenant, daily_tokens=300).status_code == 200
+        client = upstream.client(key)
+
+        async def capped() -> anthropic.types.Message | None:
+            answer = await client.messages.create(model=upstream.model(served), max_tokens=4000,
+                                                  messages=[{"role": "user", "content": "hi"}])
+            return answer if answer.stop_reason == "max_tokens" else None
+
+        answer = await wait_for(capped, timeout_s=15, what="the daily quota to be applied")
+        assert 200 < answer.usage.output_tokens and answer.usage.input_tokens + answer.usage.output_tokens <= 300
 
 
 async def test_a_rate_limit_is_a_rate_limit_error(demo: DemoStack, upstream: Upstream) -> None:

@@ -21,6 +21,7 @@ import httpx
 
 from switchyard_gateway.simulator import SimConfig, Simulator
 import jwt
+import msgspec
 import pytest
 import redis.asyncio as redis
 
@@ -34,6 +35,7 @@ from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, QuotaExceeded, RateLimited
 from switchyard_gateway.services.gateway.pipeline.journal import Journal
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
+from switchyard_gateway.services.gateway.translate.asks import read_request
 from tests.conftest import REPO, DemoStack, traversable_tempdir, wait_for
 
 JWT_SECRET = "e2e-jwt-secret-with-at-least-32-bytes"
@@ -314,11 +316,14 @@ async def call_through(instances: Instances, http: httpx.AsyncClient, tenant: st
     model = instances.state.catalog.models["llama3.2"]
     request_id = uuid.uuid4().hex
     body = {"model": "llama3.2", "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}]}
+    client = instances.clients[i % 2]
+    ask = read_request("openai.chat", msgspec.json.encode(body)).ask(100_000, client.estimator)
     try:
-        await instances.clients[i % 2].reserve(request_id=request_id, key=key, model=model,
-                                               body=httpx.Request("POST", "/", json=body).read())
+        held = await client.reserve(request_id=request_id, key=key, model=model, ask=ask)
     except (QuotaExceeded, RateLimited) as exc:
         return type(exc).__name__, 0
+    if held is not None and held.ceiling is not None:
+        body["max_tokens"] = held.ceiling          # what the proxy sends upstream
     reply = (await http.post(f"{instances.upstream}/v1/chat/completions", json=body)).json()
     instances.publisher.record(UsageRecorded(
         request_id=request_id, tenant_id=tenant, key_id=key.key_id, model="llama3.2", api="openai.chat",
@@ -337,8 +342,7 @@ async def test_200_concurrent_calls_on_two_instances_stay_within_a_daily_quota(
     answered = [tokens for outcome, tokens in results if outcome == "ok"]
     assert sum(1 for outcome, _ in results if outcome == "QuotaExceeded") > 0
     log_tokens, counter = await settled(demo, urls, tenant, len(answered))
-    biggest_reservation = 3 + 3 + 64 + 16 + 10
-    assert log_tokens == sum(answered) <= 10_000 + 2 * biggest_reservation
+    assert log_tokens == sum(answered) <= 10_000
     assert counter["tok"] == counter["in"] + counter["out"] == log_tokens     # every hold settled
 
 
@@ -423,7 +427,7 @@ async def test_gateways_enforce_a_daily_quota_over_200_concurrent_calls(
     assert body["quota_type"] == "daily" and body["limit"] == 10_000
     answered = sum(1 for r in replies if r.status_code == 200)
     log_tokens, counter = await settled(demo, urls, tenant, answered)
-    assert log_tokens <= 10_000 + 2 * (3 + 3 + 64 + 16 + 10)
+    assert log_tokens <= 10_000
     assert counter["tok"] == log_tokens
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
@@ -141,7 +142,8 @@ async def test_stream_whose_upstream_reports_no_usage_is_counted_from_the_stream
     assert account.legacy.requests[-1]["stream_options"] == {"include_usage": True}   # the gateway asked
     event = await exactly_one_usage_row(account.demo, request_id)
     assert (event["outcome"], event["estimated"], event["output_tokens"]) == ("ok", True, len(LEGACY_CHUNKS))
-    assert event["input_tokens"] > 0
+    # the prompt counted with the reservation's tokenizer (chat formatting included), never bytes / 4
+    assert event["input_tokens"] == 3 + 3 + TokenEstimator().count(account.chat_body(True)["messages"][0]["content"])
     figures = await wait_for(lambda: _with_calls(stats(account, account.legacy_model), 1), what="stats of the call")
     assert figures["estimated_calls"] == 1
     assert figures["total_tokens"] == event["input_tokens"] + event["output_tokens"]

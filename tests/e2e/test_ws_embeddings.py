@@ -151,7 +151,7 @@ async def test_more_requests_in_flight_than_the_bound_answer_those_then_close_10
     await exactly(demo, connection, 16)
 
 
-async def test_a_client_that_hangs_up_mid_request_still_has_each_request_metered_once(demo: DemoStack,
+async def test_a_client_that_hangs_up_mid_request_has_each_request_cancelled_and_metered_once(demo: DemoStack,
                                                                                     slow_model: str) -> None:
     connection = uuid.uuid4().hex
     async with opened(demo.url, demo.demo_key, **{"X-Request-Id": connection}) as ws:
@@ -160,6 +160,7 @@ async def test_a_client_that_hangs_up_mid_request_still_has_each_request_metered
         await asyncio.sleep(0.3)              # the requests reach the gateway before the client goes
     events = await exactly(demo, connection, 5)
     assert all(e["endpoint_id"].startswith("wslow-") for e in events)
+    assert {e["outcome"] for e in events} == {"cancelled"}, "the client left: its calls were dropped, not waited on"
 
 
 async def test_quotas_apply_per_request_and_a_revoked_key_closes_the_socket_4401(demo: DemoStack) -> None:

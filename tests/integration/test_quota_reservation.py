@@ -1,4 +1,5 @@
-"""Reservations in a real Valkey, settled from a real event log: holds, refusals, settlement, expiry, rebuild."""
+"""Reservations in a real Valkey, settled from a real event log: holds, ceilings, refusals, settlement, expiry,
+release, rebuild, and what happens when Valkey is away or a script fails."""
 
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ from switchyard_gateway.quotas.periods import Keys
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT
 from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
-from switchyard_gateway.services.gateway.pipeline.reserve import LimitsFeed, QuotaClient, QuotaExceeded, RateLimited
+from switchyard_gateway.services.gateway.pipeline.reserve import (
+    LimitsFeed, QuotaClient, QuotaExceeded, QuotaUnavailable, RateLimited,
+)
+from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.quota.counters import Counters, ValkeyLead, rebuild
+from tests.conftest import wait_for
 
 TENANT, OTHER = "acme", "globex"
 KEY = KeyIssued(key_id="sy_k1", tenant_id=TENANT, key_sha256="0" * 64)
@@ -31,9 +37,14 @@ MINI = ModelRegistered(model_id="mini", input_price_per_1m=0.5, output_price_per
 ESTIMATOR = TokenEstimator()
 
 
-def body(max_tokens: int = 100, text: str = "hello there") -> bytes:
-    return msgspec.json.encode({"model": "llama3.2", "max_tokens": max_tokens,
-                                "messages": [{"role": "user", "content": text}]})
+PROMPT = 3 + 3 + 2                   # "hello there" as one chat message, counted with cl100k
+
+
+def body(max_tokens: int | None = 100, text: str = "hello there", **more: object) -> Ask:
+    fields = {"model": "llama3.2", "messages": [{"role": "user", "content": text}], **more}
+    if max_tokens is not None:
+        fields["max_tokens"] = max_tokens
+    return read_request("openai.chat", msgspec.json.encode(fields)).ask(100_000, ESTIMATOR)
 
 
 def registry_events() -> list:
@@ -67,14 +78,16 @@ def counters(pool, valkey: Valkey, keys: Keys) -> LogFollower:
     return LogFollower(pool, Counters(pool, valkey, keys))
 
 
-def quota_client(urls, keys: Keys, limits: list[LimitsSet], hold_s: float = 600.0) -> QuotaClient:
+def quota_client(urls, keys: Keys, limits: list[LimitsSet], hold_s: float = 600.0, redis_url: str | None = None,
+                 on_error: str = "open") -> QuotaClient:
     catalog = Catalog()
     for event in registry_events():
         catalog.apply(event)
     feed = LimitsFeed()
     for event in limits:
         feed.book.apply(event)
-    return QuotaClient(catalog, Fallbacks(catalog), feed, Valkey(urls.redis_url), keys, ESTIMATOR, hold_s)
+    return QuotaClient(catalog, Fallbacks(catalog), feed, Valkey(redis_url or urls.redis_url), keys, ESTIMATOR,
+                       hold_s, on_error=on_error)
 
 
 async def record(pool, events: list) -> None:
@@ -99,16 +112,19 @@ async def day_counter(client: redis.Redis, keys: Keys, tenant: str = TENANT) -> 
 
 async def test_tenant_without_limits_reserves_nothing(urls, keys, client) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=OTHER, limits=Limits(daily_tokens=10))])
-    assert await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body()) is None
+    assert await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body()) is None
     assert [k async for k in client.scan_iter(match=f"{keys.prefix}*")] == []
 
 
-async def test_call_that_would_exceed_the_daily_quota_gets_402_with_the_seed_body(urls, keys) -> None:
+async def test_calls_get_what_is_left_as_their_ceiling_then_402_with_the_seed_body(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
-    held = [await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(200)) for i in range(4)]
-    assert all(h is not None and h.tokens > 200 for h in held)
+    held = [await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(200)) for i in range(4)]
+    assert [(h.tokens, h.ceiling) for h in held] == [(PROMPT + 200, 200)] * 4
+    last = await quota.reserve(request_id="r5", key=KEY, model=CHAT, ask=body(200))
+    assert last.ceiling == 1000 - 4 * (PROMPT + 200) - PROMPT, "what is left after its prompt, not what it asked"
+    held.append(last)
     with pytest.raises(QuotaExceeded) as refused:
-        await quota.reserve(request_id="r5", key=KEY, model=CHAT, body=body(200))
+        await quota.reserve(request_id="r6", key=KEY, model=CHAT, ask=body(200))
     exc = refused.value
     assert exc.status == 402
     assert exc.body() == {"error": "Quota exceeded", "quota_type": "daily", "limit": 1000,
@@ -117,13 +133,46 @@ async def test_call_that_would_exceed_the_daily_quota_gets_402_with_the_seed_bod
     assert exc.body()["reset_time"].endswith("T00:00:00Z")
 
 
+async def test_a_call_naming_no_max_tokens_gets_the_default_capped_by_what_is_left(urls, keys) -> None:
+    limits = Limits(daily_tokens=PROMPT * 2 + 150 + 40, default_max_tokens=150)
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=limits)])
+    first = await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body(None))
+    second = await quota.reserve(request_id="b", key=KEY, model=CHAT, ask=body(None, n=2))
+    assert (first.ceiling, second.ceiling) == (150, 20), "two choices share the 40 left"
+    assert second.tokens == PROMPT + 2 * 20
+
+
+async def test_without_token_limits_the_call_keeps_its_own_output_limit(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=100))])
+    held = await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body(None))
+    assert held is not None and held.ceiling is None
+
+
+async def test_embeddings_hold_exactly_their_counted_input(urls, keys, client) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
+    texts = read_request("openai.embeddings", b'{"model": "e", "input": ["hello world", "railway yards"]}')
+    held = await quota.reserve(request_id="e1", key=KEY, model=MINI, ask=texts.ask(8192, ESTIMATOR))
+    counted = ESTIMATOR.count("hello world") + ESTIMATOR.count("railway yards")
+    assert held.ceiling is None and held.tokens == counted == (await day_counter(client, keys))["tok"]
+
+
+async def test_answers_carry_openai_rate_limit_headers(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=10, daily_tokens=5000))])
+    held = await quota.reserve(request_id="h1", key=KEY, model=CHAT, ask=body(100))
+    headers = dict(held.headers)
+    assert headers["x-ratelimit-limit-requests"] == "10" and headers["x-ratelimit-remaining-requests"] == "9"
+    assert headers["x-ratelimit-limit-tokens"] == "5000"
+    assert headers["x-ratelimit-remaining-tokens"] == str(5000 - PROMPT - 100)
+    assert headers["x-ratelimit-reset-requests"].endswith("s") and headers["x-ratelimit-reset-tokens"].endswith("s")
+
+
 async def test_concurrent_reservations_from_two_instances_never_pass_the_limit(urls, keys, client) -> None:
     limits = [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000))]
     instances = [quota_client(urls, keys, limits), quota_client(urls, keys, limits)]
 
     async def one(i: int) -> int:
         try:
-            held = await instances[i % 2].reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(90))
+            held = await instances[i % 2].reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(90))
             return held.tokens
         except QuotaExceeded:
             return 0
@@ -131,7 +180,7 @@ async def test_concurrent_reservations_from_two_instances_never_pass_the_limit(u
     granted = await asyncio.gather(*(one(i) for i in range(200)))
     counter = await day_counter(client, keys)
     assert counter["tok"] == sum(granted) <= 10_000
-    assert 10_000 - sum(granted) < max(granted)       # refused only once the next one would not fit
+    assert 10_000 - sum(granted) <= PROMPT, "refused only once not even one output token fits"
     assert await client.zcard(keys.holds) == sum(1 for g in granted if g)
 
 
@@ -139,7 +188,7 @@ async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_re
                                                                                         pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000, budget_usd=1.0))
     quota = quota_client(urls, keys, [limits])
-    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     assert (await day_counter(client, keys))["tok"] == held.tokens
     await record(pool, [*registry_events(), limits, usage("r1", 7, 11)])
     projection = counters(pool, valkey, keys)
@@ -156,7 +205,7 @@ async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_re
 async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(monthly_requests=5, daily_tokens=1000))
     quota = quota_client(urls, keys, [limits])
-    await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     await record(pool, [*registry_events(), limits, usage("r1", 0, 0, outcome="error")])
     await counters(pool, valkey, keys).step()
     assert await day_counter(client, keys) == {"tok": 0}
@@ -165,7 +214,7 @@ async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> 
 
 async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client, valkey) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))], hold_s=0.0)
-    await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     assert (await day_counter(client, keys))["tok"] > 100
     released = await EXPIRE_SCRIPT.run(valkey, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
     assert released == 1
@@ -175,24 +224,26 @@ async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client, va
 async def test_rpm_limit_gives_429_with_rate_limit_headers(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=3))])
     for i in range(3):
-        await quota.reserve(request_id=f"r{i}", key=KEY if i % 2 else KEY2, model=CHAT, body=body())
+        await quota.reserve(request_id=f"r{i}", key=KEY if i % 2 else KEY2, model=CHAT, ask=body())
     with pytest.raises(RateLimited) as refused:
-        await quota.reserve(request_id="r4", key=KEY, model=CHAT, body=body())
+        await quota.reserve(request_id="r4", key=KEY, model=CHAT, ask=body())
     exc = refused.value
     reset = int(exc.reset.timestamp())
     assert exc.status == 429 and reset % 60 == 0 and 0 < reset - time.time() <= 60
     assert exc.headers == {"retry-after": str(exc.headers["retry-after"]), "x-ratelimit-limit": "3",
-                           "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+                           "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset),
+                           "x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
+                           "x-ratelimit-reset-requests": exc.headers["x-ratelimit-reset-requests"]}
     assert 1 <= int(exc.headers["retry-after"]) <= 60
     assert exc.body()["limit_type"] == "rpm" and exc.body()["used"] == 3
 
 
 async def test_per_key_rpm_limits_each_key_on_its_own(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(key_rpm=1))])
-    await quota.reserve(request_id="a", key=KEY, model=CHAT, body=body())
-    await quota.reserve(request_id="b", key=KEY2, model=CHAT, body=body())
+    await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body())
+    await quota.reserve(request_id="b", key=KEY2, model=CHAT, ask=body())
     with pytest.raises(RateLimited) as refused:
-        await quota.reserve(request_id="c", key=KEY, model=CHAT, body=body())
+        await quota.reserve(request_id="c", key=KEY, model=CHAT, ask=body())
     assert refused.value.limit_type == "key_rpm"
 
 
@@ -200,11 +251,11 @@ async def test_budget_refuses_the_call_whose_estimated_cost_does_not_fit(urls, k
     # 100 prompt+output tokens at <= 4 USD per 1M cost well under 0.001 USD; a 0.0005 USD budget fits one call
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(budget_usd=0.0005,
                                                                                 budget_period="week"))])
-    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
-    assert held.nanos == held.tokens * 1000 + 100 * 3000     # prompt at 1.0, output at 4.0 per 1M
+    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+    assert held.nanos == PROMPT * 1000 + 100 * 4000     # prompt at 1.0, output at 4.0 per 1M
     with pytest.raises(QuotaExceeded) as refused:
         while True:
-            await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, body=body(100))
+            await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, ask=body(100))
     assert refused.value.quota_type == "budget" and refused.value.limit == 0.0005
     assert refused.value.used <= 0.0005
 
@@ -212,21 +263,23 @@ async def test_budget_refuses_the_call_whose_estimated_cost_does_not_fit(urls, k
 async def test_per_model_limit_applies_to_that_model_only(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, model_id="llama3.2",
                                                 limits=Limits(monthly_tokens=150))])
-    await quota.reserve(request_id="r1", key=KEY, model=CHAT, body=body(100))
+    await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+    rest = await quota.reserve(request_id="r2", key=KEY, model=CHAT, ask=body(100))
+    assert rest.ceiling == 150 - (PROMPT + 100) - PROMPT
     with pytest.raises(QuotaExceeded) as refused:
-        await quota.reserve(request_id="r2", key=KEY, model=CHAT, body=body(100))
+        await quota.reserve(request_id="r3", key=KEY, model=CHAT, ask=body(100))
     assert refused.value.quota_type == "monthly" and refused.value.model_id == "llama3.2"
-    assert await quota.reserve(request_id="r3", key=KEY, model=MINI, body=body(100)) is None
+    assert await quota.reserve(request_id="r4", key=KEY, model=MINI, ask=body(100)) is None
 
 
 async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, model_id="llama3.2",
-                                                limits=Limits(daily_tokens=10)),
+                                                limits=Limits(daily_tokens=PROMPT - 1)),
                                       LimitsSet(tenant_id=TENANT, model_id="mini", limits=Limits(daily_tokens=500))])
     with pytest.raises(QuotaExceeded):
-        await quota.reserve_or_fallback(request_id="r1", key=KEY, model=CHAT, body=body(100))
+        await quota.reserve_or_fallback(request_id="r1", key=KEY, model=CHAT, ask=body(100))
     quota.catalog.apply(TenantCreated(tenant_id=TENANT, fallback_on_quota=True))
-    model, held = await quota.reserve_or_fallback(request_id="r2", key=KEY, model=CHAT, body=body(100))
+    model, held = await quota.reserve_or_fallback(request_id="r2", key=KEY, model=CHAT, ask=body(100))
     assert model.model_id == "mini" and held is not None and held.model_id == "mini"
 
 
@@ -236,7 +289,7 @@ async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client,
     await record(pool, [*registry_events(), limits])
     projection = counters(pool, valkey, keys)
     for i in range(30):
-        await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, body=body(50))
+        await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(50))
         if i < 25:       # five calls are still running when the rebuild starts
             await record(pool, [usage(f"r{i}", 3 + i, 5, outcome="ok" if i % 7 else "error"),
                                 usage(f"o{i}", 2, 2, tenant=OTHER, model="mini")])
@@ -259,3 +312,79 @@ async def test_one_quota_replica_at_a_time_runs_the_projection(keys, client, val
     assert await first.hold() == 0                       # renewing keeps the lead
     await client.delete(keys.leader)                     # the leader died and its lease ran out
     assert await second.hold() == 0 and await first.hold() > 0
+
+
+async def test_a_released_hold_frees_its_quota_at_once_and_the_log_still_settles_it(urls, keys, client, valkey,
+                                                                                     pool) -> None:
+    limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000, tpm=1000))
+    quota = quota_client(urls, keys, [limits])
+    held = await quota.reserve(request_id="gone", key=KEY, model=CHAT, ask=body(500))
+    assert (await day_counter(client, keys))["tok"] == PROMPT + 500
+    quota.release(held, PROMPT, 3, 1)                          # the client left after three tokens
+    await wait_for(lambda: _no_hold(client, keys), what="the hold released")
+    assert (await day_counter(client, keys))["tok"] == 0      # the day's counter waits for the log
+    rates = [k async for k in client.scan_iter(match=f"{keys.prefix}r:*")]
+    assert int(await client.hget(rates[0], "tok")) == PROMPT + 3, "the minute keeps what was used"
+    await record(pool, [*registry_events(), limits, usage("gone", PROMPT, 3, outcome="cancelled")])
+    await counters(pool, valkey, keys).step()
+    assert (await day_counter(client, keys))["tok"] == PROMPT + 3
+
+
+async def _no_hold(client: redis.Redis, keys: Keys) -> bool:
+    return await client.zcard(keys.holds) == 0
+
+
+async def test_valkey_away_lets_calls_through_when_open_and_refuses_them_when_closed(urls, keys) -> None:
+    limits = [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))]
+    nobody = "redis://127.0.0.1:9/0"                           # the discard port: nothing listens
+    before = metrics.QUOTA_UNAVAILABLE.labels("open")._value.get()
+    opened = quota_client(urls, keys, limits, redis_url=nobody, on_error="open")
+    through = await opened.reserve(request_id="o1", key=KEY, model=CHAT, ask=body(None))
+    assert through is not None and not through.held and through.ceiling == 256, "still held to its default"
+    assert metrics.QUOTA_UNAVAILABLE.labels("open")._value.get() == before + 1
+    closed = quota_client(urls, keys, limits, redis_url=nobody, on_error="closed")
+    with pytest.raises(QuotaUnavailable) as refused:
+        await closed.reserve(request_id="c1", key=KEY, model=CHAT, ask=body(100))
+    assert refused.value.status == 503 and refused.value.headers["retry-after"] == "1"
+
+
+async def test_a_script_error_refuses_the_call_even_when_failing_open(urls, keys, client) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
+    await quota.reserve(request_id="ok", key=KEY, model=CHAT, ask=body(10))
+    day = [k async for k in client.scan_iter(match=f"{keys.prefix}c:{TENANT}:d:*")][0]
+    await client.delete(day)
+    await client.set(day, "not a hash")                        # every script call on it now fails
+    with pytest.raises(QuotaUnavailable) as refused:
+        await quota.reserve(request_id="broken", key=KEY, model=CHAT, ask=body(10))
+    assert refused.value.code == "quota_unavailable"
+
+
+@pytest.mark.parametrize("hostile", [
+    {"max_tokens": 99_999}, {"n": 128, "max_tokens": 99_999}, {"n": 128},
+    {"messages": [{"role": "user", "content": "x" * 300_000}]},
+])
+async def test_the_largest_values_a_request_may_carry_never_make_the_script_fail(urls, keys, hostile) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(
+        daily_tokens=10**15, monthly_tokens=10**15, tpm=10**15, budget_usd=1_000_000))])
+    fields = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], **hostile}
+    ask = read_request("openai.chat", msgspec.json.encode(fields)).ask(100_000, ESTIMATOR)
+    held = await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, ask=ask)
+    assert held is not None and held.held and held.ceiling == (ask.output or 256)
+
+
+async def test_a_plan_carrying_its_own_amounts_reserves_as_the_quota_service_does(keys, client, valkey) -> None:
+    from datetime import UTC, datetime
+
+    from switchyard_gateway.quotas.plan import Estimate, plan
+    from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
+
+    planned = plan(keys, (Limits(daily_tokens=250, monthly_requests=10), Limits()), "UTC", TENANT, KEY.key_id,
+                   "llama3.2", datetime.now(UTC), Estimate(100, 0))
+    items = [p.counter for p in planned]
+    replies = []
+    for request_id in ("a", "b", "c"):
+        names, args = reserve_call(keys, request_id, int(time.time() * 1000) + 60_000, items)
+        replies.append(await RESERVE_SCRIPT.run(valkey, names, args))
+    assert replies[0] == [1, 0, 100, 1] and replies[1] == [1, 0, 200, 2]
+    assert replies[2] == [0, 1, 200], "the third would pass the daily 250: refused, nothing charged"
+    assert (await day_counter(client, keys))["tok"] == 200

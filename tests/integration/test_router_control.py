@@ -167,7 +167,9 @@ async def test_breaker_opens_on_call_outcomes_goes_half_open_and_closes_after_su
         await plane.router("r1")
         endpoint = await plane.endpoint(sim, "openai-compatible", ("m1",))
         await wait_for(lambda: plane.circuits.health(endpoint), 5, what="the first probe")
-        await plane.outcomes(endpoint, "refused", "http_5xx")
+        # failures of calls to a server that is up (its probes answer): only the cool-down ends them; a refused
+        # connection would let the next successful probe end it sooner (test_router_breaker.py)
+        await plane.outcomes(endpoint, "cut", "http_5xx")
         await plane.outcomes(endpoint, "timeout")
         await wait_for(lambda: plane.circuits.state(endpoint) == "open", 5, what="breaker open")
         assert not plane.circuits.allows(endpoint)

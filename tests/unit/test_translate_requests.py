@@ -9,8 +9,10 @@ import pytest
 from switchyard_gateway.services.gateway.translate.plans import (
     CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, TranslationError, ollama_chat_to_openai, ollama_embed_to_openai,
     ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_plan,
-    ollama_set_model, ollama_wants_stream,
+    ollama_set_model,
 )
+from switchyard_gateway.services.gateway.translate.asks import read_request
+from switchyard_gateway.services.gateway.translate.doors import Door
 
 
 def body(obj) -> bytes:
@@ -130,10 +132,16 @@ def test_embed_input_and_legacy_prompt_both_become_openai_input_as_floats() -> N
     assert out == {"model": "minilm", "input": "Here is an article", "encoding_format": "float"}
 
 
-def test_stream_defaults_to_true_for_ollama() -> None:
-    assert ollama_wants_stream(b'{"model": "m", "messages": []}') is True
-    assert ollama_wants_stream(b'{"model": "m", "stream": true}') is True
-    assert ollama_wants_stream(b'{"model": "m", "stream": false}') is False
+@pytest.mark.parametrize(("raw", "streams"), [
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', True),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": null}', True),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}', True),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": false}', False),
+])
+def test_stream_defaults_to_true_for_ollama(raw: bytes, streams: bool) -> None:
+    request = read_request("ollama.chat", raw)
+    Door("/api/chat", request, raw)                 # the door decides whether the call streams
+    assert request.stream is streams
 
 
 def test_native_bodies_are_untouched_unless_the_endpoint_knows_another_name() -> None:

@@ -16,7 +16,9 @@ from litestar import Response, Router, delete, get, post, put
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import Req, admin_guard, ask, json_object, json_response
+from switchyard_gateway.services.gateway.api.common import (
+    Req, admin_guard, ask, check_bounds, json_object, json_response,
+)
 from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(m.CommandReply)
@@ -25,7 +27,9 @@ _HIDDEN = ("type", "event_id", "occurred_at", "key_sha256", "password_hash", "mo
 
 
 async def run_command(deps: Deps, command: m.Command, status: int = 200) -> Response[bytes]:
-    """Send a command to the registry and wait until this gateway's catalog shows its events."""
+    """Send a command to the registry and wait until this gateway's catalog shows its events; a field too long
+    or too large is refused here, before the registry is asked (400 naming it)."""
+    check_bounds({f: getattr(command, f) for f in command.__struct_fields__})
     reply = _reply.decode(await ask(deps, subjects.REGISTRY_COMMAND, command))
     recorded = reply.recorded
     await deps.state.wait_for({str(e.event_id) for e in recorded})
@@ -176,6 +180,8 @@ async def registry_import(request: Req, deps: Deps) -> Response[bytes]:
         doc = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", f"not valid JSON or YAML: {exc}")) from None
+    except RecursionError:
+        raise ServiceError(400, m.ErrorBody("INVALID_JSON", "the document is nested too deeply to read")) from None
     if not isinstance(doc, dict):
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "expected an object with providers, endpoints, "
                                             "models and tenants"))

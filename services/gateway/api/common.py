@@ -9,9 +9,12 @@ from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from switchyard_gateway.catalog import rules
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 
@@ -39,8 +42,29 @@ def scope_of(key: KeyIssued, asked: str | None = None) -> str | None:
 
 
 async def ask(deps: Deps, subject: str, payload: Any, timeout_s: float | None = None) -> bytes:
-    """A request to the service that owns the answer; its errors reach the client as they are."""
-    return await natsio.request(deps.nc, subject, encode(payload), timeout_s or deps.settings.request_timeout_s)
+    """A request to the service that owns the answer; its errors reach the client as they are. A request too
+    large for one NATS message is refused here (413)."""
+    data = encode(payload)
+    if len(data) > deps.nc.max_payload:
+        raise ServiceError(413, ErrorBody("PAYLOAD_TOO_LARGE", f"the request is larger than the "
+                                          f"{deps.nc.max_payload} bytes one message to the {subject.split('.')[0]} "
+                                          "service may carry"))
+    return await natsio.request(deps.nc, subject, data, timeout_s or deps.settings.request_timeout_s)
+
+
+def check_bounds(fields: dict[str, Any]) -> None:
+    """400 naming the first field that is too long, has too many items or is too large (`rules.bounds_problem`)."""
+    oversized = rules.bounds_problem(fields)
+    if oversized is not None:
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", oversized[1], oversized[0]))
+
+
+def read_json(raw: bytes, decode: Any = None) -> Any:
+    """A JSON body decoded (by `decode`, else as any value); nesting too deep to read is a 400, not a crash."""
+    try:
+        return (decode or _any.decode)(raw)
+    except RecursionError:
+        raise ServiceError(400, ErrorBody("INVALID_JSON", "the body is nested too deeply to read")) from None
 
 
 def json_response(body: Any, status: int = 200) -> Response[bytes]:
@@ -51,7 +75,7 @@ def json_response(body: Any, status: int = 200) -> Response[bytes]:
 
 async def json_object(request: Req) -> dict[str, Any]:
     """The request body as a JSON object (empty: `{}`); anything else is a validation error."""
-    data = _any.decode(await request.body() or b"{}")
+    data = read_json(await request.body() or b"{}")
     if not isinstance(data, dict):
         raise msgspec.ValidationError("Expected a JSON object")
     return data

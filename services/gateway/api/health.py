@@ -16,6 +16,7 @@ from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued
 from switchyard_gateway.services.gateway.api.common import json_response, visible_endpoints
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.pipeline.upstream import credential
 from switchyard_gateway.services.gateway.state.circuits import Circuits
 
 SERVICES = ("gateway", "registry", "metering", "router", "quota")   # every instance answers a NATS micro PING
@@ -24,8 +25,14 @@ STRAGGLERS_S = 0.03      # once each service has answered, how long the other re
 _any = msgspec.json.Decoder()
 
 
+def credential_missing(endpoint: EndpointRegistered) -> bool:
+    """Whether the endpoint names a `${ENV_VAR}` credential that is not set in this gateway's environment."""
+    return bool(endpoint.api_key_ref) and credential(endpoint) is None
+
+
 def endpoint_health(circuits: Circuits | None, endpoint: EndpointRegistered) -> dict[str, Any]:
-    """ok / error / unknown for one endpoint, from its breaker and its last probe (never a live call)."""
+    """ok / error / unknown for one endpoint, from its credential, its breaker and its last probe (never a live
+    call)."""
     if circuits is None:
         return {"status": "unknown", "detail": "endpoint health is not available"}
     state = circuits.state(endpoint.endpoint_id)
@@ -35,7 +42,10 @@ def endpoint_health(circuits: Circuits | None, endpoint: EndpointRegistered) -> 
         out.update(latency_ms=probe.get("latency_ms"), checked_at=probe.get("at"))
         if probe.get("version"):
             out["version"] = probe["version"]
-    if state == "open":
+    if credential_missing(endpoint):
+        out.update(status="error", credential_missing=True,
+                   detail=f"its credential {endpoint.api_key_ref} is not set in the gateway's environment")
+    elif state == "open":
         out.update(status="error", detail=_circuit_reason(circuits, endpoint.endpoint_id) or "circuit open")
     elif probe is not None and not probe.get("ok"):
         out.update(status="error", detail=probe.get("error") or f"probe answered {probe.get('status')}")

@@ -136,21 +136,23 @@ async def aggregate_time_series_days(request: Req, deps: Deps) -> Response[bytes
 
 @get("/api/config")
 async def config(request: Req, deps: Deps) -> Response[bytes]:
-    """The endpoints this gateway routes to, with their health (never credentials)."""
+    """The endpoints this gateway routes to, with their health (never credentials); an operator also sees their
+    URLs, settings and what is wrong, a tenant only which of its endpoints are up."""
     key = caller(request, deps)
     circuits = deps.circuits
     admin = key.role == "admin"
     models = None if admin else {m.model_id for m in deps.catalog.models_for(key.tenant_id)}
     endpoints = []
     for e in visible_endpoints(deps, key):
-        entry: dict[str, Any] = {"id": e.endpoint_id, "url": e.base_url, "provider": e.provider_id,
+        entry: dict[str, Any] = {"id": e.endpoint_id, "provider": e.provider_id,
                                  "models": [m for m in e.models if models is None or m in models],
                                  "priority": e.priority}
         if admin:
-            entry.update(weight=e.weight, max_concurrent=e.max_concurrent, timeout_s=e.timeout_s)
+            entry.update(url=e.base_url, weight=e.weight, max_concurrent=e.max_concurrent, timeout_s=e.timeout_s,
+                         first_byte_timeout_s=e.first_byte_timeout_s or deps.settings.first_byte_timeout_s)
         health_ = endpoint_health(circuits, e)
         entry["status"] = health_["status"]
-        for field in ("version", "detail", "circuit"):
+        for field in ("version", "circuit", *(("detail", "credential_missing") if admin else ())):
             if field in health_:
                 entry[field] = health_[field]
         endpoints.append(entry)

@@ -13,7 +13,7 @@ from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.quota import LimitsUpdate, QuotaQuery, SetLimits, SetLimitsReply
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response, read_json
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 
@@ -36,7 +36,7 @@ async def _set_limits(request: Request[Any, Any, Any], deps: Deps, tenant_id: st
         if resolved is None:
             raise _not_found("MODEL_NOT_FOUND", "Model", model_id, "model_id")
         model_id = resolved
-    update = _update.decode(await request.body() or b"{}")
+    update = read_json(await request.body() or b"{}", _update.decode)
     command = SetLimits(tenant_id=tenant_id, model_id=model_id, update=update)
     reply = _set_reply.decode(await ask(deps, subjects.QUOTA_COMMAND, command))
     if reply.event is not None:          # read-your-writes: this gateway enforces the new limits from now on

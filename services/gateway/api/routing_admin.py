@@ -14,6 +14,7 @@ from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.health import credential_missing
 from switchyard_gateway.services.gateway.deps import Deps
 
 _refresh = msgspec.json.Decoder(m.RefreshReply)
@@ -74,9 +75,10 @@ async def registry_status(deps: Deps) -> Response[bytes]:
     for endpoint_id, endpoint in sorted(catalog.registered.items()):
         health = circuits.describe(endpoint_id)
         probe = health["probe"]
-        healthy = None if probe is None else bool(probe["ok"]) and health["circuit"] != "open"
+        missing = credential_missing(endpoint)
+        healthy = False if missing else None if probe is None else bool(probe["ok"]) and health["circuit"] != "open"
         endpoints.append({**health, "provider_id": endpoint.provider_id, "base_url": endpoint.base_url,
-                          "healthy": healthy})
+                          "credential_missing": missing, "healthy": healthy})
     return json_response({**status, "last_refresh": circuits.last_probe_at, "endpoints": endpoints})
 
 

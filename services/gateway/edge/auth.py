@@ -33,6 +33,8 @@ SINGLE_USER_TENANT = "admin"
 SINGLE_USER_KEY_ID = "single-user"
 ANONYMOUS_KEY_ID = "anonymous"
 JWT_CACHE_SIZE = 4096
+JWT_MAX_BYTES = 8192                  # a longer bearer token is not one of ours
+LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)   # an `exp` past this (10^18, inf) means "never"
 # SWITCHYARD_AUTH_MODE's accepted spellings (the embeddings service's `multi_user` / `single_user` too)
 MODES = {"multi-tenant": "multi-tenant", "multi_tenant": "multi-tenant", "multi-user": "multi-tenant",
          "multi_user": "multi-tenant", "single-user": "single-user", "single_user": "single-user"}
@@ -140,10 +142,13 @@ class Authenticator:
         return key
 
     def _verify(self, token: str) -> _Verified | None:
-        try:
+        if len(token) > JWT_MAX_BYTES:
+            return None
+        try:       # a hostile token may carry an absurd exp, or JSON nested too deeply to read
             claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"], issuer=self.jwt_issuer,
                                 options={"require": ["exp", "iss"]})
-        except jwt.PyJWTError:
+            expires = _expiry(claims["exp"])
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
             return None
         tenant, role = claims.get("tenant", claims.get("tenant_id")), claims.get("role", "member")
         if not isinstance(tenant, str) or not tenant or role not in ("member", "admin"):
@@ -151,7 +156,6 @@ class Authenticator:
         kind = claims.get("typ")
         if kind not in (None, "access"):            # a refresh token is not a bearer token
             return None
-        expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
         if kind == "access":                        # signed by sign-in: a user of the catalog
             user, session, issued = claims.get("sub"), claims.get("sid"), claims.get("iat")
             if not isinstance(user, str) or not isinstance(session, str) or not isinstance(issued, int | float):
@@ -159,10 +163,19 @@ class Authenticator:
             key = KeyIssued(key_id=f"user:{user}", tenant_id=tenant, key_sha256="", role=role, name=user,
                             expires_at=expires)
             return _Verified(key, user, session, float(issued))
-        subject = str(claims.get("sub") or claims.get("jti") or tenant)
+        subject = str(claims.get("sub") or claims.get("jti") or tenant)[:200]
         key = KeyIssued(key_id=f"jwt:{subject}", tenant_id=tenant, key_sha256="", role=role, name="jwt",
                         expires_at=expires)
         return _Verified(key, None, "", 0.0)
+
+
+def _expiry(exp: object) -> datetime:
+    """A JWT's `exp` as a time; one past year 9999 (10^18, infinity) is read as year 9999, not a crash."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or exp != exp:
+        raise ValueError("exp is not a number")
+    if exp >= LATEST_EXPIRY.timestamp():
+        return LATEST_EXPIRY
+    return datetime.fromtimestamp(exp, UTC)
 
 
 def presented_key(headers: HeaderLookup) -> str | None:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Litestar
 
-from switchyard_gateway.services.gateway.edge.errors import ForbiddenError, GatewayError, MethodNotAllowed, render_for
+from switchyard_gateway.services.gateway.edge.body import drain, read_body
+from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
+    render_for
 from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
     request_id_of
 from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
@@ -38,6 +40,7 @@ class GatewayRSGI:
         self.litestar = litestar
         self.cors = cors if cors is not None and cors.enabled else None
         self.proxy: Proxy | None = None
+        self.max_body_bytes = 0                 # set at start-up: the bodies Litestar's routes may receive
         self.websockets: WebSocketDoor | None = None
         self._lifespan: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[dict[str, Any]] | None = None
@@ -49,6 +52,7 @@ class GatewayRSGI:
         loop.run_until_complete(self._lifespan_step("startup"))
         deps = self.litestar.state.deps
         self.proxy = deps.proxy
+        self.max_body_bytes = deps.settings.max_body_bytes
         self.websockets = WebSocketDoor(deps.proxy, deps.auth, deps.settings)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -96,7 +100,7 @@ class GatewayRSGI:
                 else:
                     _refuse(scope, proto, MethodNotAllowed(scope.method, scope.path), [("allow", "POST")])
             else:
-                await bridge(self.litestar, scope, proto)
+                await bridge(self.litestar, scope, proto, self.max_body_bytes)
         except Exception:  # noqa: BLE001 — the one place an unexpected failure becomes a 500, logged
             log.exception("gateway.unhandled", path=scope.path, method=scope.method)
             try:
@@ -125,10 +129,18 @@ def _address(value: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port)) if port.isdigit() else None
 
 
-async def bridge(app: Any, scope: Any, proto: Any) -> None:
+async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> None:
     """Run one RSGI request through an ASGI app: buffered replies as one response, streams as a stream;
-    each with an `x-request-id` (the client's, else a new one) unless the app set one."""
+    each with an `x-request-id` (the client's, else a new one) unless the app set one. A body over
+    `max_body_bytes` is answered 413 before the app sees it (and read to its end, within bounds)."""
     request_id = request_id_of(scope.headers)
+    try:
+        request_body = await read_body(scope.headers, proto, max_body_bytes) if max_body_bytes else await proto()
+    except ApiError as exc:
+        proto.response_bytes(exc.status, [("content-type", "application/json"), (REQUEST_ID, request_id),
+                                          *exc.headers.items()], render_for(scope.path, exc))
+        await drain(proto)
+        return
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
         "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
@@ -142,7 +154,7 @@ async def bridge(app: Any, scope: Any, proto: Any) -> None:
         nonlocal body_sent
         if not body_sent:
             body_sent = True
-            return {"type": "http.request", "body": await proto(), "more_body": False}
+            return {"type": "http.request", "body": request_body, "more_body": False}
         await proto.client_disconnect()
         return {"type": "http.disconnect"}
 

@@ -14,7 +14,8 @@ code a close frame would carry: 1000 the client closed, 1001 idle for `ws_idle_t
 by granian but not seen here) or the gateway stopping, 1003 a binary message, 1009 a message over
 `SWITCHYARD_MAX_BODY_BYTES`, 1013 a request beyond `ws_max_in_flight` (the requests in flight are
 answered first, then the socket closes), 4401 the key stopped working mid-connection.
-A client that hangs up leaves its requests to finish: each still records its usage event.
+A client that hangs up cancels its requests in flight, as an HTTP client that leaves does (their upstream
+calls are dropped, their quota holds released); each still records its one usage event, `cancelled`.
 """
 
 from __future__ import annotations
@@ -58,13 +59,18 @@ class _Scope:
 class _Answer:
     """The Proxy's protocol for one message: hands it the body, keeps what it answers."""
 
-    __slots__ = ("body", "status", "headers", "answer")
+    __slots__ = ("body", "status", "headers", "answer", "left")
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, left: asyncio.Event) -> None:
         self.body, self.status, self.headers, self.answer = body, 500, [], b""
+        self.left = left
 
     async def __call__(self) -> bytes:
         return self.body
+
+    async def client_disconnect(self) -> None:
+        """Completes when the socket's client is gone; the Proxy then cancels the call, as for HTTP."""
+        await self.left.wait()
 
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.status, self.headers, self.answer = status, headers, body
@@ -116,6 +122,7 @@ class Session:
         self.inflight: set[asyncio.Task[None]] = set()
         self.sequence = 0
         self.gone = False                       # the client closed or the socket failed: nothing more is sent
+        self.left = asyncio.Event()             # set with `gone`: the requests in flight are cancelled
         self.close_with: tuple[int, str] | None = None   # set: read no more, answer what is in flight, close
         self._wake = asyncio.Event()            # a request finished, or the session decided to close
         self._sending = asyncio.Lock()          # granian's transport takes one send at a time
@@ -146,9 +153,11 @@ class Session:
                     message = receiving.result()
                 except Exception:  # noqa: BLE001 — granian's own errors: the connection is gone
                     self.gone, self.close_with = True, self.close_with or (1006, "connection lost")
+                    self.left.set()
                     break
                 if message.kind == 0:
                     self.gone, self.close_with = True, self.close_with or (1000, "closed by the client")
+                    self.left.set()
                     break
                 receiving = asyncio.ensure_future(self.transport.receive())
                 if self.close_with is None:         # closing: read, and drop
@@ -196,7 +205,7 @@ class Session:
     async def serve(self, request: frames.Request, request_id: str) -> None:
         """One request through the embeddings pipeline, then its answer, whatever happened."""
         headers = {**self.headers, "content-length": str(len(request.body)), "x-request-id": request_id}
-        answer = _Answer(request.body)
+        answer = _Answer(request.body, self.left)
         try:
             await self.door.proxy(_Scope(headers), answer)
         except Exception:  # noqa: BLE001 — one request's failure is its own 500, not the socket's
@@ -231,4 +240,5 @@ class Session:
                     await self.transport.send_str(data.decode())
             except Exception as exc:  # noqa: BLE001 — the client left: its remaining answers are dropped
                 self.gone = True
+                self.left.set()
                 log.info("ws.client_gone", connection=self.connection_id, error=str(exc) or type(exc).__name__)

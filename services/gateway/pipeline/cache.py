@@ -75,7 +75,7 @@ class ResponseCache:
             return None
         try:
             answer = _decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None                 # written by an incompatible version: answer afresh, and overwrite
         metrics.count_cache_hit(api, model_id)
         return answer

@@ -15,7 +15,8 @@ import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded, new_id
 
-if TYPE_CHECKING:                 # the doors read InferenceRequest below
+if TYPE_CHECKING:                 # the doors and asks read InferenceRequest below
+    from switchyard_gateway.services.gateway.translate.asks import Ask
     from switchyard_gateway.services.gateway.translate.doors import Door
 
 
@@ -32,7 +33,8 @@ class InferenceRequest(msgspec.Struct):
 
 
 class Call(msgspec.Struct, frozen=True):
-    """What the request is, fixed once it is accepted: door, caller, parsed request, body, id and start time."""
+    """What the request is, fixed once it is accepted: door, caller, parsed request, body, id and start time,
+    what it asks for and the output ceiling its reservation granted."""
 
     door: Door                    # how this call's front door speaks
     tenant_id: str
@@ -43,6 +45,9 @@ class Call(msgspec.Struct, frozen=True):
     started: float                # perf_counter() when the request arrived
     cache_key: str | None = None  # set when the response cache may keep this call's answer
     event_id: uuid.UUID = msgspec.field(default_factory=new_id)   # its usage event's, from acceptance on (journal)
+    ask: Ask | None = None        # output asked, choices, prompt tokens (counted once, lazily)
+    ceiling: int | None = None    # output tokens per choice sent upstream as the call's limit (None: as asked)
+    quota_headers: tuple[tuple[str, str], ...] = ()   # the rate-limit headers of its answer
 
     @property
     def api(self) -> str:
@@ -79,14 +84,15 @@ class Outcome:
             self.first_byte = time.perf_counter()
 
     def estimate_tokens(self, call: Call, output_tokens: int = 0) -> None:
-        """The upstream reported no usage: about four request bytes per prompt token, one per content event."""
+        """The upstream reported no usage: the prompt counted with the reservation's tokenizer, one output token
+        per content event."""
         self.estimated = True
-        self.input_tokens = max(1, len(call.body) // 4)
+        self.input_tokens = call.ask.prompt_tokens() if call.ask is not None else max(1, len(call.body) // 4)
         self.output_tokens = output_tokens
         self.cached_tokens = 0
 
     def response_headers(self, call: Call) -> list[tuple[str, str]]:
-        headers = [("x-request-id", call.request_id)]
+        headers = [("x-request-id", call.request_id), *call.quota_headers]
         if self.served_by_fallback:
             headers.append(("x-switchyard-model", self.model))
         if call.cache_key is not None:

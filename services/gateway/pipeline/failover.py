@@ -1,8 +1,9 @@
 """Serve a call through the first endpoint that can: retry, back off, fall back — never after bytes reached the client.
 
 Per model: endpoints in candidate order (breakers open skipped, priority, loaded
-first, least in flight). A refused connection, a timeout or a stream cut before
-any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
+first, least in flight). A refused connection, an answer that does not start
+within the endpoint's first-byte timeout, a refusal of the gateway's credentials
+or a stream cut before any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
 the same endpoint after an exponential backoff with jitter (at least the
 upstream's Retry-After, unless that is longer than we are willing to wait), up
 to `retries_per_endpoint` times. When every endpoint at its cap is busy, the
@@ -45,6 +46,7 @@ class Failover:
         self.max_s = settings.retry_max_ms / 1000
         self.retry_after_max_s = settings.retry_after_max_s
         self.cap_wait_s = settings.cap_wait_s
+        self.first_byte_s = settings.first_byte_timeout_s
 
     async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
         """Serve the call along its plan; return the error to show if nothing could (the caller sends it)."""
@@ -95,12 +97,13 @@ class Failover:
         provider = self.router.catalog.providers.get(endpoint.provider_id)
         plan = call.door.plan(provider.kind if provider else "openai-compatible")
         try:
-            upstream_path, payload = plan.request(call.body, route.upstream_model)
+            upstream_path, payload = plan.request(call.body, route.upstream_model, call.ceiling)
         except TranslationError as exc:           # this kind of endpoint cannot take the request: try another
             log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=str(exc))
             return BadRequest(f"Endpoint '{eid}' cannot serve this request: {exc}")
         to = relay.Attempt(endpoint, plan, upstream_path, payload,
-                           lambda result, status, t0: self._report(call, model_id, eid, result, status, t0))
+                           lambda result, status, t0: self._report(call, model_id, eid, result, status, t0),
+                           endpoint.first_byte_timeout_s or self.first_byte_s)
         circuits = self.router.circuits
         last: GatewayError | None = None
         for attempt in range(self.retries + 1):

@@ -40,7 +40,10 @@ from switchyard_gateway.contracts.events import Event, UsageRecorded
 from switchyard_gateway.services.gateway.pipeline.journal_records import (
     Accepted, Finished, Left, Progress, Refused, encode, event_id_of, records, segments,
 )
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.pipeline.journal_segments import JournalBusy, Segments, try_lock
+from switchyard_gateway.services.gateway.translate.asks import read_request
+from switchyard_gateway.services.gateway.translate.doors import Door
 
 if TYPE_CHECKING:
     from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
@@ -195,7 +198,7 @@ class Journal:
             if outcome is None or now - entry.accepted.at < PROGRESS_AFTER_S:
                 continue
             if entry.prompt_tokens is None:
-                entry.prompt_tokens = self._count_prompt(entry.call.body)
+                entry.prompt_tokens = self._count_prompt(entry.call)
             endpoint = outcome.endpoint
             tap = outcome.stream_tap
             progress = Progress(entry.call.event_id, now, outcome.status, outcome.input_tokens or entry.prompt_tokens,
@@ -209,10 +212,17 @@ class Journal:
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
-    def _count_prompt(self, body: bytes) -> int:
-        if self.estimator is None:
-            return max(1, len(body) // 4)
-        return self.estimator.estimate(body, output=False, default_max_tokens=None)[0]
+    def _count_prompt(self, call: Call) -> int:
+        """The prompt's tokens as the reservation counts them (the call's Ask counts once); a call made without
+        an Ask is read again here."""
+        ask = call.ask
+        if ask is None and self.estimator is not None:
+            try:
+                request = read_request(call.api, call.body)
+                ask = Door(call.door.path, request, call.body).ask(1 << 30, self.estimator)
+            except GatewayError:
+                ask = None
+        return ask.prompt_tokens() if ask is not None else max(1, len(call.body) // 4)
 
     def _close_call(self, event_id: uuid.UUID) -> bool:
         entry = self.in_flight.pop(event_id, None)

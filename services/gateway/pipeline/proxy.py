@@ -1,14 +1,18 @@
 """The hot path: OpenAI, Ollama and Anthropic inference calls handled over RSGI, from request bytes to usage event.
 
-Per call: authenticate, read and size-check the body, parse it and resolve its
-route plan from the local catalog (no I/O); answer from the response cache when
-it may; journal the call as accepted, then reserve quota (one Valkey round trip,
-or a fallback model's plan when the tenant allows it); hand the call and its plan
-to Failover (upstream attempts over the pooled HTTP/1.1 client, retries,
-fallbacks, relaying), and journal and queue exactly one usage event from its
-Outcome — whatever happens after the call is accepted (answered, failed, cut, or
-abandoned by the client; if the gateway itself dies, its next life records it
-from the journal).
+Per call: authenticate, read and size-check the body, read it as its door's
+request (types and bounds checked: 400 naming the field) and resolve its route
+plan from the local catalog (no I/O), then check the bounds that depend on the
+model; answer from the response cache when it may; journal the call as
+accepted, then reserve quota (one Valkey round trip, or a fallback model's plan
+when the tenant allows it), which grants the output ceiling sent upstream; hand
+the call and its plan to Failover (upstream attempts over the pooled HTTP/1.1
+client, retries, fallbacks, relaying) while watching for the client to leave,
+and journal and queue exactly one usage event from its Outcome — whatever
+happens after the call is accepted (answered, failed, cut, or abandoned by the
+client: then the upstream request is dropped, the quota hold released at once
+and the call recorded `cancelled`; if the gateway itself dies, its next life
+records it from the journal).
 """
 
 from __future__ import annotations
@@ -23,19 +27,23 @@ from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
-from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, PayloadTooLarge, render_for
+from switchyard_gateway.services.gateway.edge.body import drain, read_body
+from switchyard_gateway.services.gateway.edge.client import ClientWatch
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, PayloadTooLarge, render_for
 from switchyard_gateway.services.gateway.edge.headers import request_id_of
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
-from switchyard_gateway.services.gateway.pipeline.relay import ClientGone
-from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
+from switchyard_gateway.services.gateway.pipeline.relay import ClientGone, UpstreamAuthFailed
+from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, Reservation
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
+from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
-_decode_request = msgspec.json.Decoder(InferenceRequest).decode
+
+CLIENT_CLOSED = 499
 
 
 class Proxy:
@@ -43,10 +51,12 @@ class Proxy:
     outcome -> usage event."""
 
     def __init__(self, auth: Authenticator, router: Router, quota: QuotaClient, failover: Failover,
-                 usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int) -> None:
+                 usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int,
+                 max_output_tokens: int = 262_144) -> None:
         self.auth, self.router, self.quota, self.failover, self.usage = auth, router, quota, failover, usage
         self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
+        self.max_output_tokens = max_output_tokens
         self.routes = APIS
 
     async def __call__(self, scope: Any, proto: Any) -> None:
@@ -72,24 +82,33 @@ class Proxy:
             key, body, request, door = await self._read(scope, proto)
             model = request.model or ""
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
+            ask = door.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
                 cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,
                                                     body)
-            call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key)
+            call = Call(door, key.tenant_id, key.key_id, request, request_id, body, started, cache_key, ask=ask)
             if hit is not None:
                 self._answer_from_cache(call, plan, hit, proto)
                 return
-            plan, by_quota = await self._reserve(call, key, plan)
+            plan, reservation, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
             metrics.count_request(api, exc.status, model)
             send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
+            if isinstance(exc, PayloadTooLarge):
+                await drain(proto)
             return
+        if reservation is not None:
+            call = msgspec.structs.replace(call, ceiling=ceiling(reservation, ask), quota_headers=reservation.headers)
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
+        watch = ClientWatch(proto)
         try:
             self.usage.serving(call, outcome)
             error = await self.failover.serve(call, outcome, plan, proto)
+            watch.stop()
             if error is not None:
+                if isinstance(error, UpstreamAuthFailed) and key.role == "admin":
+                    error = error.for_admin()             # operators are told which endpoint
                 outcome.result, outcome.status = "error", error.status
                 send_error(proto, error, door.error_body(error), outcome.response_headers(call))
             elif outcome.answer is not None and cache_key is not None and not outcome.served_by_fallback:
@@ -98,15 +117,20 @@ class Proxy:
             outcome.result = "cancelled"
         except asyncio.CancelledError:
             outcome.result = "cancelled"
-            raise
+            if not watch.absorb():
+                raise
         finally:
+            watch.stop()
+            if outcome.result == "cancelled":
+                self._cancelled(call, outcome, reservation)
             self._finish(call, outcome)
 
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
-        """The caller, the body, its routed fields and the door that reads it; a GatewayError refuses the call."""
+        """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
+        a GatewayError refuses the call."""
         key = self.auth.authenticate(scope.headers, anonymous=True)
-        body = await self._read_body(scope.headers, proto)
-        request = _parse(body)
+        body = await read_body(scope.headers, proto, self.max_body_bytes)
+        request = read_request(self.routes[scope.path], body)
         return key, body, request, Door(scope.path, request, body)
 
     async def _count_tokens(self, scope: Any, proto: Any) -> None:
@@ -120,25 +144,38 @@ class Proxy:
         except GatewayError as exc:
             metrics.count_request(COUNT_TOKENS, exc.status)
             send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
+            if isinstance(exc, PayloadTooLarge):
+                await drain(proto)
             return
         metrics.count_request(COUNT_TOKENS, 200)
         proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], answer)
 
-    async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, bool]:
+    async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, Reservation | None, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
         (and True). The call is journaled first, so that nothing is ever held for a call the journal does not
         know; a refusal takes it out again."""
         accepted = self.usage.accepted(call, plan.model.model_id)
         try:
             await self.usage.journaled(accepted)
-            served, _ = await self.quota.reserve_or_fallback(request_id=call.request_id, key=key, model=plan.model,
-                                                             body=call.body)
+            served, reservation = await self.quota.reserve_or_fallback(
+                request_id=call.request_id, key=key, model=plan.model, ask=call.ask)  # type: ignore[arg-type]
             if served is plan.model:
-                return plan, False
-            return self.router.resolve(key.tenant_id, served.model_id), True
+                return plan, reservation, False
+            return self.router.resolve(key.tenant_id, served.model_id), reservation, True
         except BaseException:
             self.usage.refused(call)
             raise
+
+    def _cancelled(self, call: Call, outcome: Outcome, reservation: Reservation | None) -> None:
+        """The client left: the prompt counts if an upstream was asked (with what was streamed so far), and the
+        quota hold is released now rather than when the usage event settles."""
+        if outcome.attempts and not outcome.input_tokens:
+            outcome.estimate_tokens(call, outcome.output_tokens)
+        if not outcome.status:
+            outcome.status = CLIENT_CLOSED          # nothing was sent: nginx's "client closed request"
+        if reservation is not None:
+            tokens = outcome.input_tokens + outcome.output_tokens
+            self.quota.release(reservation, outcome.input_tokens, outcome.output_tokens, 1 if tokens else 0)
 
     async def _lookup(self, path: str, headers: Any, tenant_id: str, api: str, model_id: str,
                       body: bytes) -> tuple[str | None, CachedAnswer | None]:
@@ -158,22 +195,6 @@ class Proxy:
         proto.response_bytes(200, [("content-type", hit.content_type), *outcome.response_headers(call)], hit.body)
         self._finish(call, outcome)
 
-    async def _read_body(self, headers: Any, proto: Any) -> bytes:
-        limit = self.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None:
-            if int(length) > limit:
-                raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
-            return await proto()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body is larger than the {limit} byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def _finish(self, call: Call, outcome: Outcome) -> None:
         """Queue the call's one usage event and count it."""
         event = outcome.usage_event(call)
@@ -181,18 +202,13 @@ class Proxy:
         metrics.observe_call(event, event.duration_ms / 1000, event.overhead_ms / 1000)
 
 
-def _parse(body: bytes) -> InferenceRequest:
-    try:
-        request = _decode_request(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = text.rsplit("at `$.", 1)[1].rstrip("`").split("[", 1)[0].split(".", 1)[0] if "at `$." in text else None
-        raise BadRequest(f"Invalid request: {text}", param=param) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from None
-    if not request.model:
-        raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
-    return request
+def ceiling(reservation: Reservation, ask: Ask) -> int | None:
+    """The output limit to write upstream: the reservation's grant, when some limit depends on the output and
+    the client asked for more (or named no limit at all)."""
+    granted = reservation.ceiling
+    if granted is None or (ask.largest is not None and granted >= ask.largest):
+        return None
+    return granted
 
 
 def send_error(proto: Any, error: GatewayError, body: bytes, extra: list[tuple[str, str]] | None = None) -> None:

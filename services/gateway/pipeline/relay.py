@@ -1,13 +1,18 @@
 """One upstream attempt: send the call, then relay the answer to the client, reading its usage on the way.
 
-An attempt ends in one of three ways: the client got an answer (`Answered`), the
-upstream failed before any byte reached the client (`Failed`: the caller may
-retry or fall back), or the upstream broke off after bytes reached the client
-(answered with an error event: no fallback is possible then).
+An attempt ends in one of three ways: the client got an answer, the upstream
+failed before any byte reached the client (`Failed`: the caller may retry or fall
+back), or the upstream broke off after bytes reached the client (answered with an
+error event: no fallback is possible then). An upstream that has not started its
+answer (its response head, and for a stream its first event) within the
+endpoint's first-byte timeout has failed with `timeout`, whatever the idle gap
+between chunks allows later; one that refuses the gateway's credentials (401,
+403) has failed too, as `502 upstream_auth`: the caller can do nothing about it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,12 +24,13 @@ from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
-from switchyard_gateway.services.gateway.translate.plans import Plan
+from switchyard_gateway.services.gateway.translate.plans import Plan, TranslationError
 from switchyard_gateway.services.gateway.translate.wire import Times
 
 log = structlog.get_logger()
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+AUTH_STATUS = frozenset({401, 403})
 # failures before the first response byte: (attempt outcome, status shown if no endpoint is left)
 _CONNECT_FAILURES = {
     http1.ConnectFailed: ("refused", 502),
@@ -45,15 +51,34 @@ class ClientGone(Exception):
     """The client went away while we answered."""
 
 
-class Attempt:
-    """One endpoint as failover tries it: how the door speaks to its kind, the upstream request, and where
-    each try's result goes (`report(outcome, status, started)`, for the router's breakers)."""
+class UpstreamAuthFailed(UpstreamError):
+    """502: an endpoint refused the gateway's own credentials; callers are not told which endpoint."""
 
-    __slots__ = ("endpoint", "plan", "path", "payload", "report")
+    code = "upstream_auth"
+
+    def __init__(self, endpoint_id: str, upstream_status: int, message: str | None = None) -> None:
+        super().__init__(message or "The model server refused the gateway's credentials; an operator must fix them",
+                         status=502)
+        self.endpoint_id, self.upstream_status = endpoint_id, upstream_status
+
+    def for_admin(self) -> UpstreamAuthFailed:
+        """The same error naming the endpoint and what it answered, for an operator's eyes."""
+        return UpstreamAuthFailed(self.endpoint_id, self.upstream_status,
+                                  f"Endpoint '{self.endpoint_id}' refused the gateway's credentials "
+                                  f"(HTTP {self.upstream_status}): check its api_key_ref")
+
+
+class Attempt:
+    """One endpoint as failover tries it: how the door speaks to its kind, the upstream request, how long its
+    answer may take to start, and where each try's result goes (`report(outcome, status, started)`, for the
+    router's breakers)."""
+
+    __slots__ = ("endpoint", "plan", "path", "payload", "report", "first_byte_s")
 
     def __init__(self, endpoint: EndpointRegistered, plan: Plan, path: str, payload: bytes,
-                 report: Callable[[str, int, float], None]) -> None:
+                 report: Callable[[str, int, float], None], first_byte_s: float = 60.0) -> None:
         self.endpoint, self.plan, self.path, self.payload, self.report = endpoint, plan, path, payload, report
+        self.first_byte_s = first_byte_s
 
 
 async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, proto: Any) -> None:
@@ -61,9 +86,13 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
     retry or fall back."""
     endpoint, report = to.endpoint, to.report
     started = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + to.first_byte_s
     try:
-        response = await pool.request("POST", upstream.url(endpoint, to.path), to.payload,
-                                      upstream.request_headers(endpoint), endpoint.timeout_s)
+        async with asyncio.timeout_at(deadline):
+            response = await pool.request("POST", upstream.url(endpoint, to.path), to.payload,
+                                          upstream.request_headers(endpoint), endpoint.timeout_s)
+    except TimeoutError:
+        raise _no_first_byte(to, 0, started) from None
     except http1.TransportError as exc:
         result, status = _CONNECT_FAILURES.get(type(exc), ("error", 502))
         report(result, 0, started)
@@ -72,12 +101,24 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
     try:
         if response.status in RETRYABLE_STATUS:
             await _refused(response, endpoint, report, started)
+        if response.status in AUTH_STATUS:
+            report("error", response.status, started)
+            log.warning("upstream.credentials_refused", endpoint=endpoint.endpoint_id, status=response.status,
+                        request_id=call.request_id)
+            raise Failed(UpstreamAuthFailed(endpoint.endpoint_id, response.status), "auth")
         if call.request.stream and response.status == 200 and to.plan.stream is not None:
-            await _relay_stream(call, outcome, to, response, proto, started)
+            await _relay_stream(call, outcome, to, response, proto, started, deadline)
         else:
             await _relay_body(call, outcome, to, response, proto, started)
     finally:
         response.release()
+
+
+def _no_first_byte(to: Attempt, status: int, started: float) -> Failed:
+    """The answer did not start in time: a failure for the breaker (`timeout`), and the call moves on."""
+    to.report("timeout", status, started)
+    return Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' did not start its answer within "
+                                f"{to.first_byte_s:g} s", status=504), "timeout")
 
 
 async def _refused(response: http1.Response, endpoint: EndpointRegistered,
@@ -106,8 +147,15 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
         raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' cut its answer: {type(exc).__name__}"),
                      "cut") from None
     status = response.status
-    to.report("ok" if status < 400 else "http_4xx", status, started)
     content_type = response.headers.get("content-type", "application/json")
+    if status == 200 and plan.answer is not None:
+        try:
+            answer = plan.answer(data, call.request.model or "", _times(call, started))
+        except TranslationError as exc:
+            to.report("error", status, started)
+            raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
+                                       f"{exc}"), "error") from None
+    to.report("ok" if status < 400 else "http_4xx", status, started)
     if status == 200:
         usage = plan.usage(data)
         if usage is not None:
@@ -115,8 +163,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
         else:
             outcome.estimate_tokens(call)
         if plan.answer is not None:
-            data, content_type = plan.answer(data, call.request.model or "", _times(call, started)), \
-                "application/json"
+            data, content_type = answer, "application/json"
         if call.cache_key is not None:
             outcome.answer = (data, content_type)
     else:
@@ -129,28 +176,35 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
 
 
 async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
-                        started: float) -> None:
+                        started: float, deadline: float) -> None:
+    """Relay events as they come; the first one must come by `deadline` (loop time), the rest within the idle gap."""
     assert to.plan.stream is not None
     tap = outcome.stream_tap = to.plan.stream(call.request.model or "", _times(call, started))
     outcome.status = 200
     transport = None
     failed_early = False
     try:
-        async for chunk in response:
-            out = tap.feed(chunk)
-            if not out:
-                continue
+        async with asyncio.timeout_at(deadline) as first_byte:
+            async for chunk in response:
+                out = tap.feed(chunk)
+                if not out:
+                    continue
+                if transport is None:
+                    first_byte.reschedule(None)
+                    transport = _start_stream(call, outcome, proto)
+                await _send(outcome, transport, out)
+            first_byte.reschedule(None)
+            if not tap.done:
+                raise http1.ResponseCut("the stream ended before its last event")
+            tail = tap.finish()
+            to.report("ok", 200, started)
             if transport is None:
                 transport = _start_stream(call, outcome, proto)
-            await _send(outcome, transport, out)
-        if not tap.done:
-            raise http1.ResponseCut("the stream ended before its last event")
-        tail = tap.finish()
-        to.report("ok", 200, started)
-        if transport is None:
-            transport = _start_stream(call, outcome, proto)
-        if tail:
-            await _send(outcome, transport, tail)
+            if tail:
+                await _send(outcome, transport, tail)
+    except TimeoutError:
+        failed_early = True                 # only possible before anything reached the client
+        raise _no_first_byte(to, 200, started) from None
     except http1.TransportError as exc:
         to.report("cut", 200, started)
         if transport is None:       # nothing reached the client: the caller may still fall back

@@ -1,24 +1,27 @@
-"""The gateway's reservation client: reserve a call's estimated tokens against every limit, in Valkey, first.
+"""The gateway's reservation client: hold a call's tokens against every limit, in Valkey, before it runs.
 
-    GatewayError
-    ├── QuotaExceeded    402 "Quota exceeded" with quota_type, limit, used, reset_time, suggested_models
-    └── RateLimited      429 with limit_type, limit, used, reset_time; Retry-After and X-RateLimit-*
-(each door renders them in its own shape: edge/errors.py)
+Its refusals (402 QuotaExceeded, 429 RateLimited, 503 QuotaUnavailable; each door renders them in its own
+shape) and the rate-limit headers of an answer are in `quota_answers.py`.
 
 Limits come from the LIMITS stream, folded locally, so a tenant with no limits costs
-two dict lookups and no I/O. Otherwise one script call checks and charges every
-counter that applies and records a hold under the request id; the quota service
-settles the hold from the usage event in the log (a failed call settles to zero)
-and releases it if no usage event ever comes. If Valkey cannot be reached the call
-is let through (fail open) and counted by the settlement all the same.
+two dict lookups and no I/O. Otherwise one script call reads every counter that
+applies, grants the call the output tokens all of them have room for (what the
+client asked, else the limits' `default_max_tokens`, capped by what is left) and
+charges the prompt plus that output: the reservation is a ceiling, and the proxy
+sends it upstream as the call's `max_tokens`. The quota service settles the hold
+from the usage event in the log (a failed call settles to zero) and releases it if
+no usage event ever comes; a call whose client left is released at once (`release`).
+If Valkey cannot be reached in time the call is let through with
+`SWITCHYARD_QUOTA_ON_ERROR=open` (the default; counted by the settlement all the same,
+and still held to the output it asked for) or refused with `closed`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -30,59 +33,43 @@ from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
 from switchyard_gateway.contracts.quota import Limits
 from switchyard_gateway.events import StreamFold
 from switchyard_gateway.quotas.limits import LimitsBook
-from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, iso_utc, key_prefix, usd_nanos
+from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
-from switchyard_gateway.quotas.scripts import RESERVE_SCRIPT, reserve_call
+from switchyard_gateway.quotas.scripts import RELEASE_SCRIPT, RESERVE_SCRIPT, reserve_call
 from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.resp import Valkey, ValkeyError
+from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.pipeline.quota_answers import (
+    QuotaExceeded, QuotaUnavailable, RateLimited, rate_headers,
+)
 from switchyard_gateway.services.gateway.settings import Settings
+from switchyard_gateway.services.gateway.translate.asks import Ask
 
 log = structlog.get_logger()
 SUGGESTED = 5
-
-
-class QuotaExceeded(GatewayError):
-    """402: a token quota, request quota or budget would be exceeded by this call."""
-
-    status, kind, code = 402, "insufficient_quota", "insufficient_quota"
-
-    def __init__(self, quota_type: str, limit: float, used: float, reset: datetime,
-                 suggested_models: list[str], model_id: str | None = None) -> None:
-        super().__init__("Quota exceeded", details={
-            "quota_type": quota_type, "limit": limit, "used": used, "reset_time": iso_utc(reset),
-            "suggested_models": suggested_models})
-        self.quota_type, self.limit, self.used, self.reset = quota_type, limit, used, reset
-        self.suggested_models, self.model_id = suggested_models, model_id
-
-
-class RateLimited(GatewayError):
-    """429: a requests- or tokens-per-minute limit would be exceeded by this call."""
-
-    status, code = 429, "rate_limit_exceeded"
-
-    def __init__(self, limit_type: str, limit: int, used: int, reset: datetime,
-                 now: float | None = None) -> None:
-        # OpenAI's `type` says which budget ran out: "requests" or "tokens"
-        super().__init__("Rate limit exceeded", kind="tokens" if limit_type.endswith("tpm") else "requests",
-                         details={"limit_type": limit_type, "limit": limit, "used": used,
-                                  "reset_time": iso_utc(reset)})
-        self.limit_type, self.limit, self.used, self.reset = limit_type, limit, used, reset
-        wait_s = max(1, math.ceil(reset.timestamp() - (now if now is not None else time.time())))
-        self.headers = {
-            "retry-after": str(wait_s), "x-ratelimit-limit": str(limit),
-            "x-ratelimit-remaining": str(max(0, limit - used)), "x-ratelimit-reset": str(int(reset.timestamp())),
-        }
+DEFAULT_MAX_TOKENS = 256          # output asked of a call that names none, when the limits name no default
+WARN_EVERY_S = 10.0               # at most one log line this often about Valkey being away
+# error replies that mean the server is away or busy, not that the script is wrong
+UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
 
 class Reservation(msgspec.Struct, frozen=True):
-    """What a call holds until its usage event settles it: nothing for the proxy to do."""
+    """What a call holds until its usage event settles it, and what it was granted.
+
+    `ceiling` is the output tokens per choice the call may produce (None: no limit depends on its output),
+    `headers` the OpenAI rate-limit headers of its answer, `held` False when Valkey was away (fail open).
+    """
 
     request_id: str
     model_id: str
     tokens: int
     nanos: int
+    ceiling: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    held: bool = True
+    prices: tuple[float, float] = (0.0, 0.0)       # USD per million input and output tokens
 
 
 class LimitsFeed:
@@ -107,13 +94,17 @@ class QuotaClient:
     """Reserve before dispatch. `reserve` is the one awaited call on the hot path."""
 
     def __init__(self, catalog: Catalog, fallbacks: Fallbacks, feed: LimitsFeed, valkey: Valkey, keys: Keys,
-                 estimator: TokenEstimator, hold_s: float, timeout_s: float = 1.0) -> None:
+                 estimator: TokenEstimator, hold_s: float, timeout_s: float = 1.0, on_error: str = "open") -> None:
+        if on_error not in ("open", "closed"):
+            raise ValueError(f"SWITCHYARD_QUOTA_ON_ERROR must be 'open' or 'closed', not '{on_error}'")
         self.catalog, self.fallbacks = catalog, fallbacks
         self.feed, self.valkey, self.keys = feed, valkey, keys
         self.estimator, self.hold_s, self.timeout_s = estimator, hold_s, timeout_s
+        self.fail_open = on_error == "open"
         self.unavailable = 0
         self._warned_at = 0.0
         self._plans: dict[tuple[str, str, str], tuple[int, float, list[Planned]]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def start(cls, nc: NATS, settings: Settings, catalog: Catalog, fallbacks: Fallbacks) -> QuotaClient:
@@ -123,9 +114,11 @@ class QuotaClient:
         estimator = await asyncio.get_running_loop().run_in_executor(None, TokenEstimator)
         keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
         return cls(catalog, fallbacks, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
-                   settings.quota_timeout_s)
+                   settings.quota_timeout_s, settings.quota_on_error)
 
     async def close(self) -> None:
+        if self._releases:
+            await asyncio.wait(self._releases, timeout=self.timeout_s)
         await self.feed.stop()
         await self.valkey.close()
 
@@ -134,39 +127,56 @@ class QuotaClient:
         return self.feed.book
 
     async def reserve(self, *, request_id: str, key: KeyIssued, model: ModelRegistered,
-                      body: bytes) -> Reservation | None:
-        """Hold the call's estimated tokens (and cost, and one request) against every limit that applies.
+                      ask: Ask) -> Reservation | None:
+        """Hold the call's prompt and output tokens (and cost, and one request) against every limit that applies.
 
-        None when no limit applies (nothing held). Raises QuotaExceeded (402) or RateLimited (429).
-        The hold settles from the call's usage event; nothing else is needed, whatever happens to the call.
+        None when no limit applies (nothing held). Raises QuotaExceeded (402), RateLimited (429) or
+        QuotaUnavailable (503). The hold settles from the call's usage event; nothing else is needed,
+        whatever happens to the call.
         """
         tenant_id, model_id = key.tenant_id, model.model_id
         scopes = self.book.applicable(tenant_id, model_id)
         if scopes is None:
             return None
-        default = scopes[1].default_max_tokens or scopes[0].default_max_tokens
-        prompt, output = self.estimator.estimate(body, output=model.kind != "embedding", default_max_tokens=default)
-        nanos = usd_nanos(prompt, output, *self.price(tenant_id, model))
+        prompt = ask.prompt_tokens()
+        choices = 0 if ask.embedding else ask.choices
+        want = 0 if ask.embedding else ask.output if ask.output is not None else \
+            (scopes[1].default_max_tokens or scopes[0].default_max_tokens or DEFAULT_MAX_TOKENS)
+        in_price, out_price = self.price(tenant_id, model)
+        amounts = {"t": (prompt, choices), "r": (1, 0), "u": (usd_nanos(prompt, 0, in_price, out_price),
+                                                             out_price * 1000 * choices)}
         now = time.time()
         planned = self._plan(scopes, tenant_id, key.key_id, model_id, now)
+        bounded = choices > 0 and any(p.counter.measure == "t" or (p.counter.measure == "u" and out_price > 0)
+                                      for p in planned)
         keys, args = reserve_call(self.keys, request_id, int((now + self.hold_s) * 1000),
-                                  [item.counter for item in planned], {"t": prompt + output, "r": 1, "u": nanos})
+                                  [item.counter for item in planned], amounts, want, min(want, 1))
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await self.valkey.evalsha(RESERVE_SCRIPT.sha, RESERVE_SCRIPT.source, keys, args)
-        except (ConnectionError, ValkeyError, TimeoutError) as exc:
-            self._fail_open(exc, tenant_id)
-            return None
-        if result[0] == 1:
-            return Reservation(request_id, model_id, prompt + output, nanos)
-        raise self.refusal(planned[result[1] - 1], result[2], tenant_id, model_id)
+        except ValkeyError as exc:
+            if not str(exc).startswith(UNAVAILABLE_REPLIES):
+                metrics.count_quota_unavailable("error")
+                log.error("quota.script_failed", tenant=tenant_id, model=model_id, error=str(exc))
+                raise QuotaUnavailable("The quota store could not reserve this call", headers={"retry-after": "1"}) \
+                    from None
+            return self._unavailable(exc, tenant_id, model_id, request_id, prompt, want, choices, bounded)
+        except (ConnectionError, TimeoutError) as exc:
+            return self._unavailable(exc, tenant_id, model_id, request_id, prompt, want, choices, bounded)
+        if result[0] != 1:
+            raise self.refusal(planned[result[1] - 1], result[2], tenant_id, model_id)
+        out = int(result[1])
+        tokens = prompt + out * choices
+        return Reservation(request_id, model_id, tokens, usd_nanos(prompt, out * choices, in_price, out_price),
+                           out if bounded else None, rate_headers(planned, result[2:], now), True,
+                           (in_price, out_price))
 
     async def reserve_or_fallback(self, *, request_id: str, key: KeyIssued, model: ModelRegistered,
-                                  body: bytes) -> tuple[ModelRegistered, Reservation | None]:
+                                  ask: Ask) -> tuple[ModelRegistered, Reservation | None]:
         """`reserve`, and over a quota (402) when the tenant enabled `fallback_on_quota`, reserve for the
         suggested models in turn instead. Returns the model to serve; raises the first refusal if none fits."""
         try:
-            return model, await self.reserve(request_id=request_id, key=key, model=model, body=body)
+            return model, await self.reserve(request_id=request_id, key=key, model=model, ask=ask)
         except QuotaExceeded as exc:
             tenant = self.catalog.tenants.get(key.tenant_id)
             if tenant is None or not tenant.fallback_on_quota:
@@ -176,10 +186,28 @@ class QuotaClient:
                 if fallback is None:
                     continue
                 try:
-                    return fallback, await self.reserve(request_id=request_id, key=key, model=fallback, body=body)
+                    return fallback, await self.reserve(request_id=request_id, key=key, model=fallback, ask=ask)
                 except QuotaExceeded:
                     continue
             raise
+
+    def release(self, reservation: Reservation, input_tokens: int, output_tokens: int, requests: int) -> None:
+        """Settle a hold now (a call whose client left), off the caller's path: rate windows keep what the call
+        used, period counters give its hold back (the log's settlement counts what it used)."""
+        if not reservation.held:
+            return
+        nanos = usd_nanos(input_tokens, output_tokens, *reservation.prices)
+        args = [reservation.request_id, input_tokens + output_tokens, requests, nanos]
+        task = asyncio.get_running_loop().create_task(self._release(args))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, args: list[Any]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await RELEASE_SCRIPT.run(self.valkey, [self.keys.holds, self.keys.hold_data], args)
+        except (ConnectionError, TimeoutError, ValkeyError) as exc:      # the hold expires after quota_hold_s
+            log.warning("quota.release_failed", request_id=args[0], error=str(exc) or type(exc).__name__)
 
     def _plan(self, scopes: tuple[Limits, Limits], tenant_id: str, key_id: str, model_id: str,
               now: float) -> list[Planned]:
@@ -197,15 +225,19 @@ class QuotaClient:
         return planned
 
     def refusal(self, item: Planned, used: int, tenant_id: str, model_id: str) -> GatewayError:
-        """The error for the counter that would go over."""
+        """The error for the counter that would go over, with OpenAI's rate-limit headers for it."""
         limit = item.counter.limit
+        error: GatewayError
         if item.rate:
-            return RateLimited(item.quota_type, limit, used, item.reset)
-        suggested = self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED]
-        if item.quota_type == "budget":
-            return QuotaExceeded("budget", limit / NANOS_PER_USD, round(used / NANOS_PER_USD, 9), item.reset,
-                                 suggested, item.model_id)
-        return QuotaExceeded(item.quota_type, limit, used, item.reset, suggested, item.model_id)
+            error = RateLimited(item.quota_type, limit, used, item.reset)
+        elif item.quota_type == "budget":
+            error = QuotaExceeded("budget", limit / NANOS_PER_USD, round(used / NANOS_PER_USD, 9), item.reset,
+                                  self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED], item.model_id)
+        else:
+            error = QuotaExceeded(item.quota_type, limit, used, item.reset,
+                                  self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED], item.model_id)
+        error.headers = {**error.headers, **dict(rate_headers([item], [used], time.time()))}
+        return error
 
     def price(self, tenant_id: str, model: ModelRegistered) -> tuple[float, float]:
         """USD per million input and output tokens: the tenant's assignment price, else the model's."""
@@ -216,10 +248,18 @@ class QuotaClient:
             out = assignment.output_price_per_1m if assignment.output_price_per_1m is not None else out
         return inp, out
 
-    def _fail_open(self, exc: Exception, tenant_id: str) -> None:
+    def _unavailable(self, exc: Exception, tenant_id: str, model_id: str, request_id: str, prompt: int, want: int,
+                     choices: int, bounded: bool) -> Reservation:
+        """Valkey is away or slow: let the call through (held to the output it asked for), or refuse it."""
         self.unavailable += 1
+        action = "open" if self.fail_open else "closed"
+        metrics.count_quota_unavailable(action)
         now = time.monotonic()
-        if now - self._warned_at > 10.0:
+        if now - self._warned_at > WARN_EVERY_S:
             self._warned_at = now
-            log.warning("quota.unavailable_fail_open", tenant=tenant_id, error=str(exc) or type(exc).__name__,
-                        calls_let_through=self.unavailable)
+            log.warning(f"quota.unavailable_fail_{action}", tenant=tenant_id, error=str(exc) or type(exc).__name__,
+                        calls_so_far=self.unavailable)
+        if not self.fail_open:
+            raise QuotaUnavailable("Quota limits cannot be checked right now; retry shortly",
+                                   headers={"retry-after": "1"})
+        return Reservation(request_id, model_id, prompt + want * choices, 0, want if bounded else None, held=False)

@@ -40,10 +40,13 @@ _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-def upstream_body(body: bytes, request: InferenceRequest, upstream_model: str) -> bytes:
-    """The body to send upstream: untouched unless the model name differs or a stream needs usage."""
+def upstream_body(body: bytes, request: InferenceRequest, upstream_model: str, ceiling: int | None = None,
+                  endpoint_kind: str = "openai-compatible") -> bytes:
+    """The body to send upstream: untouched unless the model name differs, a stream needs usage, or the call's
+    output must be held to a ceiling (written into the fields the client used, else `max_tokens`, or
+    `max_completion_tokens` for a chat call to OpenAI itself)."""
     needs_usage = request.stream and not (request.stream_options and request.stream_options.include_usage)
-    if upstream_model == request.model and not needs_usage:
+    if upstream_model == request.model and not needs_usage and ceiling is None:
         return body
     data = _decode_any(body)
     data["model"] = upstream_model
@@ -51,4 +54,11 @@ def upstream_body(body: bytes, request: InferenceRequest, upstream_model: str) -
         options = data.get("stream_options") or {}
         options["include_usage"] = True
         data["stream_options"] = options
+    if ceiling is not None:
+        named = [f for f in ("max_completion_tokens", "max_tokens") if data.get(f) is not None]
+        if not named:
+            chat = "messages" in data
+            named = ["max_completion_tokens" if chat and endpoint_kind == "openai" else "max_tokens"]
+        for name in named:
+            data[name] = ceiling
     return _encode(data)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from switchyard_gateway.quotas.tokens import PER_MESSAGE
+from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.anthropic_requests import (
@@ -28,6 +28,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_responses import (
 from switchyard_gateway.services.gateway.translate.anthropic_stream import (
     OllamaStreamToAnthropic, OpenAIStreamToAnthropic,
 )
+from switchyard_gateway.services.gateway.translate.asks import Ask, check_tokens, refusal
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     CountTokensRequest, CountTokensResponse, ImageBlock, MessagesRequest, TextBlock, ToolResultBlock, ToolUseBlock,
     decode_count_tokens_request, decode_messages_request, encode,
@@ -51,9 +52,9 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
     except msgspec.ValidationError as exc:
         if "missing required field `max_tokens`" in str(exc):
             raise BadRequest("max_tokens: Field required", param="max_tokens", code="missing_field") from None
-        raise BadRequest(f"Invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from None
+        raise refusal(exc) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise refusal(exc) from None
     for tool in request.tools or ():
         if tool.type not in (None, "custom"):
             raise BadRequest(f"tools: the server tool '{tool.type}' ('{tool.name}') is not served; "
@@ -74,24 +75,39 @@ class AnthropicCall:
         self.request = read_request(api, body)
         request.stream = isinstance(self.request, MessagesRequest) and self.request.stream
 
-    def _messages(self, body: bytes) -> MessagesRequest:
-        """The request a plan translates: the one read at the door, unless the body was rewritten since."""
+    def _messages(self, body: bytes, ceiling: int | None = None) -> MessagesRequest:
+        """The request a plan translates: the one read at the door, unless the body was rewritten since; its
+        `max_tokens` held to `ceiling` when that is lower."""
         request = self.request if body is self._body else read_request(MESSAGES, body)
         assert isinstance(request, MessagesRequest)
+        if ceiling is not None and ceiling < request.max_tokens:
+            return msgspec.structs.replace(request, max_tokens=ceiling)
         return request
 
+    def ask(self, limit: int, tokenizer: TokenEstimator | None) -> Ask:
+        """What the call asks for: its required `max_tokens` (at most `limit`), its prompt counted as
+        `count_tokens` counts it."""
+        request = self.request
+        assert isinstance(request, MessagesRequest)
+        check_tokens(request.max_tokens, OUTPUT_LIMIT_FIELD, limit, required=True)
+        return Ask(request.max_tokens, 1, False, OUTPUT_LIMIT_FIELD,
+                   lambda count: count_input_tokens(request, count), tokenizer)
+
     def plan(self, endpoint_kind: str) -> Plan:
+        """`request(body, model, ceiling)` holds `max_tokens` to the reservation's ceiling when one is given."""
         if endpoint_kind == "ollama":
             return Plan(
                 native=False,
-                request=lambda body, model: ("/api/chat", ollama_chat_body(self._messages(body), model)),
+                request=lambda body, model, ceiling=None: (
+                    "/api/chat", ollama_chat_body(self._messages(body, ceiling), model)),
                 answer=lambda data, model, _times: ollama_to_message(data, model), error=upstream_error,
                 stream=lambda model, _times: OllamaStreamToAnthropic(model), usage=ollama_usage)
         stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
         top_k = endpoint_kind != "openai"
         return Plan(
             native=False,
-            request=lambda body, model: (CHAT_PATH, openai_chat_body(self._messages(body), model, top_k=top_k)),
+            request=lambda body, model, ceiling=None: (
+                CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=top_k)),
             answer=lambda data, model, _times: openai_to_message(data, model, stop), error=upstream_error,
             stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
 

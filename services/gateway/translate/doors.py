@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError, shape_for, stream_error
 from switchyard_gateway.services.gateway.translate.anthropic_door import ANTHROPIC_APIS, AnthropicCall
+from switchyard_gateway.services.gateway.translate.asks import Ask
 from switchyard_gateway.services.gateway.translate.sse import SseTap
 from switchyard_gateway.services.gateway.translate.plans import (
-    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_plan, ollama_wants_stream, openai_error_body,
-    openai_usage,
+    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_plan, openai_error_body, openai_usage,
 )
 from switchyard_gateway.services.gateway.translate.wire import Times
 from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
@@ -43,8 +44,15 @@ class Door:
         self._request, self._body = request, body
         self._plans: dict[str, Plan] = {}
         if self.ollama:
-            request.stream = self.api in _STREAMING_OLLAMA and ollama_wants_stream(body)
+            request.stream = self.api in _STREAMING_OLLAMA and request.stream is not False
         self.anthropic = AnthropicCall(self.api, request, body) if path in ANTHROPIC_APIS else None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None) -> Ask:
+        """What the call asks for, its bounds that depend on the model checked (`limit`: its context length,
+        else the configured maximum): a 400 naming the field otherwise."""
+        if self.anthropic is not None:
+            return self.anthropic.ask(limit, tokenizer)
+        return self._request.ask(limit, tokenizer)  # type: ignore[attr-defined]
 
     def plan(self, endpoint_kind: str) -> Plan:
         plan = self._plans.get(endpoint_kind)
@@ -52,11 +60,11 @@ class Door:
             if self.anthropic is not None:
                 plan = self.anthropic.plan(endpoint_kind)
             else:
-                plan = ollama_plan(self.api, endpoint_kind) if self.ollama else self._openai_plan()
+                plan = ollama_plan(self.api, endpoint_kind) if self.ollama else self._openai_plan(endpoint_kind)
             self._plans[endpoint_kind] = plan
         return plan
 
-    def _openai_plan(self) -> Plan:
+    def _openai_plan(self, endpoint_kind: str) -> Plan:
         """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""
         request, path = self._request, self.path
         answer: Callable[[bytes, str, Times], bytes] | None = None
@@ -68,7 +76,8 @@ class Door:
         keep_usage = bool(request.stream_options and request.stream_options.include_usage)
         return Plan(
             native=True,
-            request=lambda body, upstream_model: (path, upstream_body(body, request, upstream_model)),
+            request=lambda body, upstream_model, ceiling=None: (
+                path, upstream_body(body, request, upstream_model, ceiling, endpoint_kind)),
             answer=answer, error=openai_error_body, stream=lambda _model, _times: SseTap(keep_usage=keep_usage),
             usage=openai_usage,
         )

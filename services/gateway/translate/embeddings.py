@@ -32,7 +32,7 @@ def embedding_options(body: bytes) -> tuple[str | None, int | None]:
     """(`encoding_format`, `dimensions`) of a /v1/embeddings request body; (None, None) when unreadable."""
     try:
         options = _decode_options(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None, None
     return options.encoding_format, options.dimensions
 
@@ -52,7 +52,7 @@ def conform_embeddings(data: bytes, *, encoding_format: str | None, dimensions: 
         return data
     try:
         body = decode_any(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return data
     items = body.get("data") if isinstance(body, dict) else None
     if not isinstance(items, list):

@@ -25,7 +25,6 @@ from switchyard_gateway.services.gateway.translate.embeddings import conform_emb
 from switchyard_gateway.services.gateway.translate.requests import (
     CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, ollama_chat_to_openai, ollama_embed_to_openai,
     ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_set_model,
-    ollama_wants_stream,
 )
 from switchyard_gateway.services.gateway.translate.responses import (
     ollama_error, ollama_error_line, ollama_usage, openai_chat_to_ollama, openai_completion_to_ollama_generate,
@@ -40,7 +39,7 @@ __all__ = [
     "Plan", "TranslationError", "conform_embeddings", "embedding_options", "embeddings_to_base64",
     "ollama_chat_to_openai", "ollama_embed_to_openai", "ollama_error", "ollama_error_line", "ollama_generate_path",
     "ollama_generate_request", "ollama_generate_to_openai", "ollama_model", "ollama_plan", "ollama_set_model",
-    "ollama_usage", "ollama_wants_stream", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
+    "ollama_usage", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
     "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_body",
     "openai_error_to_ollama",
     "openai_usage",
@@ -70,7 +69,8 @@ class Stream(Protocol):
 class Plan(NamedTuple):
     """How one call through a translating door reaches one kind of endpoint.
 
-    `request(body, upstream_model)` -> (upstream path, upstream body);
+    `request(body, upstream_model, ceiling)` -> (upstream path, upstream body), the output held to `ceiling`
+    tokens when it is not None;
     `answer(data, model, times)` turns a 200 non-streamed answer into the door's (None: relay as is);
     `times` (`wire.Times`) say when the call arrived and when the answering attempt was sent;
     `error(data, status)` turns a non-200 answer into the door's error body (None: relay as is);
@@ -79,19 +79,19 @@ class Plan(NamedTuple):
     """
 
     native: bool
-    request: Callable[[bytes, str], tuple[str, bytes]]
+    request: Callable[..., tuple[str, bytes]]
     answer: Callable[[bytes, str, Times], bytes] | None
     error: Callable[[bytes, int], bytes] | None
     stream: Callable[[str, Times], Stream] | None
     usage: Callable[[bytes], TokenCounts | None]
 
 
-def _native(path: str) -> Callable[[bytes, str], tuple[str, bytes]]:
-    return lambda body, upstream_model: (path, ollama_set_model(body, upstream_model))
+def _native(path: str) -> Callable[..., tuple[str, bytes]]:
+    return lambda body, upstream_model, ceiling=None: (path, ollama_set_model(body, upstream_model, ceiling))
 
 
-def _translated(path: str, translate: Callable[[bytes, str], bytes]) -> Callable[[bytes, str], tuple[str, bytes]]:
-    return lambda body, upstream_model: (path, translate(body, upstream_model))
+def _translated(path: str, translate: Callable[..., bytes]) -> Callable[..., tuple[str, bytes]]:
+    return lambda body, upstream_model, ceiling=None: (path, translate(body, upstream_model, ceiling))
 
 
 def _native_stream(_model: str, _times: Times) -> Stream:

@@ -7,6 +7,9 @@ becomes /v1/completions, which takes the prompt as it is. /api/embed and /api/em
 become /v1/embeddings asking for floats. A stream (Ollama's default) always asks for the
 usage chunk. Ollama options with an OpenAI twin are kept (`num_predict` -> `max_tokens`);
 the ones without (`top_k`, `num_ctx`, `repeat_penalty`, `keep_alive`, `think`, ...) are dropped.
+A `ceiling` (the output tokens the call's reservation granted) is written as
+`options.num_predict` for Ollama and as `max_tokens` once translated, unless the
+client asked for less.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from switchyard_gateway.services.gateway.translate.asks import OllamaFunction, OllamaMessage
 from switchyard_gateway.services.gateway.translate.wire import TranslationError, encode
 
 CHAT_PATH = "/v1/chat/completions"
@@ -30,24 +34,6 @@ _OPTIONS = {
 _IMAGE_TYPES = (("iVBOR", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"))
 
 
-class _Function(msgspec.Struct):
-    name: str = ""
-    arguments: Any = None
-
-
-class _ToolCall(msgspec.Struct):
-    function: _Function | None = None
-    id: str | None = None
-
-
-class _Message(msgspec.Struct):
-    role: str = "user"
-    content: str | None = None
-    images: list[str] | None = None
-    tool_calls: list[_ToolCall] | None = None
-    tool_name: str | None = None
-
-
 class _Common(msgspec.Struct):
     model: str = ""
     stream: bool | None = None
@@ -56,7 +42,7 @@ class _Common(msgspec.Struct):
 
 
 class _Chat(_Common):
-    messages: list[_Message] = []
+    messages: list[OllamaMessage] = []
     tools: msgspec.Raw = msgspec.Raw()     # passed through as sent; empty when absent
 
 
@@ -75,10 +61,6 @@ class _Embed(msgspec.Struct):
     dimensions: int | None = None
 
 
-class _Stream(msgspec.Struct):
-    stream: bool | None = None
-
-
 class _Model(msgspec.Struct):
     model: str = ""
 
@@ -86,7 +68,6 @@ class _Model(msgspec.Struct):
 _decode_chat = msgspec.json.Decoder(_Chat).decode
 _decode_generate = msgspec.json.Decoder(_Generate).decode
 _decode_embed = msgspec.json.Decoder(_Embed).decode
-_decode_stream = msgspec.json.Decoder(_Stream).decode
 _decode_model = msgspec.json.Decoder(_Model).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -98,11 +79,8 @@ def _read(decode: Any, body: bytes) -> Any:
         raise TranslationError(f"Invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise TranslationError(f"Malformed JSON in request body: {exc}") from None
-
-
-def ollama_wants_stream(body: bytes) -> bool:
-    """Whether an /api/chat or /api/generate call streams: Ollama streams unless `stream` is false."""
-    return _read(_decode_stream, body).stream is not False
+    except RecursionError:
+        raise TranslationError("The request body is nested too deeply to read") from None
 
 
 def ollama_model(body: bytes) -> str:
@@ -110,44 +88,52 @@ def ollama_model(body: bytes) -> str:
     return _read(_decode_model, body).model
 
 
-def ollama_set_model(body: bytes, upstream_model: str) -> bytes:
-    """The body for an Ollama endpoint: untouched, unless the endpoint knows the model by another name."""
+def ollama_set_model(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
+    """The body for an Ollama endpoint: untouched, unless the endpoint knows the model by another name or the
+    call's output must be held to a ceiling (`options.num_predict`)."""
     data = _read(_decode_object, body)
-    if data.get("model") == upstream_model:
+    if data.get("model") == upstream_model and ceiling is None:
         return body
     data["model"] = upstream_model
+    if ceiling is not None:
+        options = data.get("options")
+        options = options if isinstance(options, dict) else {}
+        asked = options.get("num_predict")
+        if not isinstance(asked, int) or asked < 0 or asked > ceiling:
+            options["num_predict"] = ceiling
+        data["options"] = options
     return encode(data)
 
 
-def ollama_chat_to_openai(body: bytes, upstream_model: str) -> bytes:
+def ollama_chat_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
     """An /api/chat body as a /v1/chat/completions body."""
     req = _read(_decode_chat, body)
     out: dict[str, Any] = {"model": upstream_model, "messages": _messages(req.messages)}
     if req.tools and bytes(req.tools) != b"null":
         out["tools"] = req.tools
-    _common(req, out, chat=True)
+    _common(req, out, chat=True, ceiling=ceiling)
     return encode(out)
 
 
-def ollama_generate_to_openai(body: bytes, upstream_model: str) -> bytes:
+def ollama_generate_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
     """An /api/generate body as a /v1/chat/completions body, or a /v1/completions one when raw or with a suffix
     (`ollama_generate_request` says which)."""
-    return ollama_generate_request(body, upstream_model)[1]
+    return ollama_generate_request(body, upstream_model, ceiling)[1]
 
 
-def ollama_generate_request(body: bytes, upstream_model: str) -> tuple[str, bytes]:
+def ollama_generate_request(body: bytes, upstream_model: str, ceiling: int | None = None) -> tuple[str, bytes]:
     """(OpenAI path, body) for an /api/generate body."""
     req = _read(_decode_generate, body)
     if req.raw or req.suffix:
         out: dict[str, Any] = {"model": upstream_model, "prompt": req.prompt}
         if req.suffix:
             out["suffix"] = req.suffix
-        _common(req, out, chat=False)
+        _common(req, out, chat=False, ceiling=ceiling)
         return COMPLETIONS_PATH, encode(out)
     messages: list[dict[str, Any]] = [{"role": "system", "content": req.system}] if req.system else []
     messages.append({"role": "user", "content": _content(req.prompt, req.images)})
     out = {"model": upstream_model, "messages": messages}
-    _common(req, out, chat=True)
+    _common(req, out, chat=True, ceiling=ceiling)
     return CHAT_PATH, encode(out)
 
 
@@ -157,7 +143,7 @@ def ollama_generate_path(body: bytes) -> str:
     return COMPLETIONS_PATH if req.raw or req.suffix else CHAT_PATH
 
 
-def ollama_embed_to_openai(body: bytes, upstream_model: str) -> bytes:
+def ollama_embed_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
     """An /api/embed (`input`) or /api/embeddings (`prompt`) body as a /v1/embeddings body asking for floats."""
     req = _read(_decode_embed, body)
     text = req.input if req.input is not None else (req.prompt or "")
@@ -167,8 +153,8 @@ def ollama_embed_to_openai(body: bytes, upstream_model: str) -> bytes:
     return encode(out)
 
 
-def _common(req: _Chat | _Generate, out: dict[str, Any], chat: bool) -> None:
-    """Stream flags, sampling options and the answer format, shared by chat and generate."""
+def _common(req: _Chat | _Generate, out: dict[str, Any], chat: bool, ceiling: int | None = None) -> None:
+    """Stream flags, sampling options, the output ceiling and the answer format, shared by chat and generate."""
     for name, value in (req.options or {}).items():
         target = _OPTIONS.get(name)
         if target is None or value is None:
@@ -176,6 +162,8 @@ def _common(req: _Chat | _Generate, out: dict[str, Any], chat: bool) -> None:
         if target == "max_tokens" and (not isinstance(value, int) or value < 0):
             continue                       # -1 (no limit) and -2 (fill the context) have no OpenAI twin
         out[target] = value
+    if ceiling is not None and (out.get("max_tokens") is None or out["max_tokens"] > ceiling):
+        out["max_tokens"] = ceiling
     if chat and req.format:
         out["response_format"] = _response_format(req.format)
     if req.stream is False:
@@ -205,7 +193,7 @@ def _media_type(image: str) -> str:
     return next((kind for prefix, kind in _IMAGE_TYPES if image.startswith(prefix)), "image/png")
 
 
-def _messages(messages: list[_Message]) -> list[dict[str, Any]]:
+def _messages(messages: list[OllamaMessage]) -> list[dict[str, Any]]:
     """Ollama messages as OpenAI messages; tool calls get ids, and tool results the id of the call they answer."""
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []    # (call id, function name) not answered yet
@@ -218,7 +206,7 @@ def _messages(messages: list[_Message]) -> list[dict[str, Any]]:
         if m.tool_calls:
             calls = []
             for i, call in enumerate(m.tool_calls):
-                function = call.function or _Function()
+                function = call.function or OllamaFunction()
                 call_id = call.id or f"call_{number}_{i}"
                 pending.append((call_id, function.name))
                 arguments = function.arguments if function.arguments is not None else {}

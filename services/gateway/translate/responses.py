@@ -43,7 +43,7 @@ def durations(times: Times | None, timings: Timings | None = None, now: int | No
 def _reply(data: bytes) -> Reply:
     try:
         return decode_reply(data)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, RecursionError) as exc:
         raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
 
 
@@ -108,7 +108,7 @@ def openai_completion_to_ollama_generate(data: bytes, model: str, times: Times |
 def _vectors(data: bytes) -> tuple[list[msgspec.Raw], int | None]:
     try:
         reply = decode_embeddings(data)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, RecursionError) as exc:
         raise TranslationError(f"The upstream answer is not an OpenAI embedding list: {exc}") from None
     items = sorted(reply.data, key=lambda item: item.index)
     vectors = [_as_float_list(item.embedding) for item in items]
@@ -144,7 +144,7 @@ def ollama_usage(data: bytes) -> TokenCounts | None:
     """The tokens of a whole /api/chat, /api/generate or /api/embed reply; None without counts."""
     try:
         return decode_counts(data).tokens
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None
 
 
@@ -152,7 +152,7 @@ def openai_usage(data: bytes) -> TokenCounts | None:
     """The tokens of a whole OpenAI answer (completion or embeddings); None when it has no usage."""
     try:
         usage = decode_usage(data).usage
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None
     return None if usage is None else usage_counts(usage)
 
@@ -171,7 +171,7 @@ def openai_error_to_ollama(data: bytes, _status: int = 0) -> bytes:
     """An OpenAI-style error body (`{"error": {"message", ...}}`, or anything else) as an Ollama error body."""
     try:
         body = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return ollama_error(data.decode(errors="replace").strip() or "upstream error")
     if isinstance(body, dict) and "error" in body:
         return ollama_error(error_message(body["error"]))

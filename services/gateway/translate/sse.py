@@ -84,7 +84,7 @@ class SseTap:
             if b'"usage"' in payload:
                 try:
                     message = _decode(payload)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     message = None
                 if isinstance(message, dict) and isinstance(message.get("usage"), dict):
                     self.usage = _counts(message["usage"])

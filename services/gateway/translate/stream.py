@@ -90,7 +90,7 @@ class OpenAIStreamToOllama:
             return b""
         try:
             chunk = decode_reply(payload)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return b""
         if chunk.error is not None:
             self.error = error_message(chunk.error)
@@ -174,7 +174,7 @@ class OllamaStreamTap:
             return
         try:
             counts = decode_counts(line)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return
         if counts.error is not None:
             self.error = error_message(counts.error)

@@ -222,7 +222,7 @@ def tool_arguments(text: str | None) -> Any:
         return {}
     try:
         value = decode_any(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {"arguments": text}
     return value if isinstance(value, dict) else {"arguments": value}
 

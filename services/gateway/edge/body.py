@@ -1,0 +1,55 @@
+"""Read a request body within the size limit; refuse a larger one early, and keep reading it so the client hears why.
+
+A client that writes its whole body before reading (Python's urllib, `requests`)
+sees a broken pipe, not the 413, if the server answers and closes while the body is
+still coming. So a body over the limit is answered 413 at once and then read to its
+end and thrown away, up to DRAIN_MAX_BYTES and DRAIN_MAX_S; past either bound the
+connection is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, PayloadTooLarge
+
+DRAIN_MAX_BYTES = 256 * 1024 * 1024       # a refused body is read and dropped up to this size
+DRAIN_MAX_S = 10.0                        # ... and for this long
+
+
+async def read_body(headers: Any, proto: Any, limit: int) -> bytes:
+    """The whole body, or PayloadTooLarge (answer it, then `drain`); BadRequest for a malformed Content-Length."""
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest("Content-Length must be a number of bytes", code="invalid_request")
+        if int(length) > limit:
+            raise too_large(limit)
+        return await proto()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than the {limit} byte limit", headers={"connection": "close"})
+
+
+async def drain(proto: Any) -> int:
+    """Read what is left of a refused body and drop it, within DRAIN_MAX_BYTES and DRAIN_MAX_S; the bytes read."""
+    read = 0
+    try:
+        async with asyncio.timeout(DRAIN_MAX_S):
+            async for chunk in proto:
+                read += len(chunk)
+                if read > DRAIN_MAX_BYTES:
+                    break
+    except (TimeoutError, Exception):  # noqa: BLE001 — the client left or stalled: nothing more to say to it
+        pass
+    return read

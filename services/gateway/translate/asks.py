@@ -1,0 +1,318 @@
+"""What a call asks for, read once per door and checked before anything is reserved: types, signs and bounds.
+
+Each API has a request struct (a subclass of the pipeline's `InferenceRequest`) whose
+fields carry their static bounds (`msgspec.Meta`): a wrong type, a negative count or a
+value out of the API's range is refused while decoding, with the field's path as `param`.
+`request.ask(limit, tokenizer)` then checks the bounds that depend on the model (output
+tokens and context sizes at most its `context_length`, else the configured maximum)
+and returns the call's `Ask`: the output tokens asked per choice, how many choices,
+and its prompt, counted lazily with the reservation's tokenizer.
+
+A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
+names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
+and `refusal` (msgspec's error as a 400 naming the field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
+from switchyard_gateway.services.gateway.edge.errors import BadRequest
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+
+MAX_CHOICES = 128                         # OpenAI's bound on `n`
+MAX_DIMENSIONS = 65_536                   # no embedding model comes near it
+MAX_INPUTS = 2048                         # texts (or token arrays) in one embeddings or completions call
+
+Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Prompt = str | Annotated[list[str | TokenId | list[TokenId]], msgspec.Meta(max_length=MAX_INPUTS)]
+
+
+Count = Callable[[str], int]                # tokens in one text
+
+
+class Ask:
+    """What one call asks for: output tokens per choice (None: not given), choices, whether it is an
+    embedding (no output), the field its client names the output limit by, and its prompt tokens
+    (`prompt(count)` counts them with the `count` it is given)."""
+
+    __slots__ = ("output", "choices", "embedding", "field", "largest", "_counted", "_tokenizer", "_prompt")
+
+    def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
+                 prompt: Callable[[Count], int], tokenizer: TokenEstimator | None, largest: int | None = None) -> None:
+        self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
+        self.largest = largest if largest is not None else output    # the largest output limit the body names
+        self._counted, self._tokenizer = prompt, tokenizer
+        self._prompt: int | None = None
+
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens (at least 1), counted once with the reservation's tokenizer."""
+        if self._prompt is None:
+            count = self._tokenizer.counter() if self._tokenizer is not None else _rough
+            self._prompt = max(1, self._counted(count))
+        return self._prompt
+
+
+def summed(texts: Callable[[], Iterable[str | int]]) -> Callable[[Count], int]:
+    """A prompt counter for texts and token counts: texts counted, numbers (token ids, formatting) as they are."""
+    return lambda count: sum(count(item) if isinstance(item, str) else item for item in texts())
+
+
+def _rough(text: str) -> int:
+    return (len(text.encode()) + 3) // 4
+
+
+def check_tokens(value: int | None, param: str, limit: int, *, minimum: int = 1, required: bool = False) -> None:
+    """A token count the client gave: present if required, at least `minimum`, at most `limit` (400 naming it)."""
+    if value is None:
+        if required:
+            raise BadRequest(f"Missing required field '{param}'", param=param, code="missing_field")
+        return
+    if value < minimum:
+        raise BadRequest(f"Invalid '{param}': {value} is below the minimum of {minimum}", param=param,
+                         code="invalid_value")
+    if value > limit:
+        raise BadRequest(f"Invalid '{param}': {value} is above this model's maximum of {limit}", param=param,
+                         code="invalid_value")
+
+
+# --- OpenAI ---------------------------------------------------------------------------------------
+
+
+class ContentPart(msgspec.Struct):
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct):
+    content: str | list[ContentPart] | None = None
+
+
+class Sampling(InferenceRequest):
+    """Sampling fields OpenAI's chat and text completions share, with OpenAI's ranges."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Unit | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    seed: Seed | None = None
+    n: Choices | None = None
+
+
+class OpenAIChat(Sampling):
+    messages: list[ChatMessage] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        if not self.messages:
+            raise BadRequest("'messages' must be a non-empty list", param="messages", code="missing_field")
+        check_tokens(self.max_tokens, "max_tokens", limit)
+        check_tokens(self.max_completion_tokens, "max_completion_tokens", limit)
+        field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
+        return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
+                   max(asked) if asked else None)
+
+    def _texts(self) -> Iterable[str | int]:
+        yield PER_MESSAGE
+        for message in self.messages or ():
+            yield PER_MESSAGE
+            content = message.content
+            if isinstance(content, str):
+                yield content
+            elif content:
+                yield from (part.text for part in content if part.text)
+
+
+class OpenAICompletion(Sampling):
+    prompt: Prompt | None = None
+    max_tokens: int | None = None
+    best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        if self.prompt is None:
+            raise BadRequest("Missing required field 'prompt'", param="prompt", code="missing_field")
+        check_tokens(self.max_tokens, "max_tokens", limit, minimum=0)
+        n = self.n or 1
+        if self.best_of is not None and self.best_of < n:
+            raise BadRequest(f"Invalid 'best_of': {self.best_of} is below 'n' ({n})", param="best_of",
+                             code="invalid_value")
+        return Ask(self.max_tokens, max(n, self.best_of or 1), False, "max_tokens",
+                   summed(lambda: _inputs(self.prompt)), tokenizer)
+
+
+class OpenAIEmbeddings(InferenceRequest):
+    input: Prompt | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        if self.input is None or self.input == [] or self.input == "":
+            raise BadRequest("'input' must be a non-empty string or list", param="input", code="missing_field")
+        return Ask(None, 1, True, "", summed(lambda: _inputs(self.input)), tokenizer)
+
+
+def _inputs(value: Any) -> Iterable[str | int]:
+    """Texts as they are, token ids as one token each (token arrays: their length)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, int):
+                yield 1
+            else:
+                yield len(item)
+
+
+# --- Ollama ---------------------------------------------------------------------------------------
+
+
+class OllamaOptions(msgspec.Struct):
+    """The options with a count or a range the gateway checks; the others pass through unread."""
+
+    num_predict: Annotated[int, msgspec.Meta(ge=-2)] | None = None     # -1: no limit, -2: fill the context
+    num_ctx: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    top_p: Unit | None = None
+    seed: Seed | None = None
+
+
+class OllamaCall(InferenceRequest):
+    """The fields every Ollama call shares; the types match what translation reads, so a body read here
+    always translates."""
+
+    stream: bool | None = None                    # type: ignore[assignment]  # null or absent: Ollama streams
+    options: OllamaOptions | None = None
+    format: Any = None
+
+    def _output(self, limit: int) -> int | None:
+        options = self.options
+        if options is None:
+            return None
+        if options.num_predict is not None and options.num_predict >= 0:
+            check_tokens(options.num_predict, "options.num_predict", limit, minimum=0)
+        check_tokens(options.num_ctx, "options.num_ctx", limit)
+        num_predict = options.num_predict
+        return num_predict if num_predict is not None and num_predict >= 0 else None
+
+
+class OllamaFunction(msgspec.Struct):
+    name: str = ""
+    arguments: Any = None
+
+
+class OllamaToolCall(msgspec.Struct):
+    function: OllamaFunction | None = None
+    id: str | None = None
+
+
+class OllamaMessage(msgspec.Struct):
+    role: str = "user"
+    content: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None
+
+
+class OllamaChat(OllamaCall):
+    messages: list[OllamaMessage] = []
+    tools: Any = None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
+
+    def _texts(self) -> Iterable[str | int]:
+        yield PER_MESSAGE
+        for message in self.messages:
+            yield PER_MESSAGE
+            if message.content:
+                yield message.content
+
+
+class OllamaGenerate(OllamaCall):
+    prompt: str = ""
+    system: str | None = None
+    suffix: str | None = None
+    images: list[str] | None = None
+    raw: bool = False
+    context: Annotated[list[TokenId], msgspec.Meta(max_length=10_000_000)] | None = None   # earlier tokens
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
+
+    def _texts(self) -> Iterable[str | int]:
+        for text in (self.system, self.prompt, self.suffix):
+            if text:
+                yield text
+        if self.context:
+            yield len(self.context)
+
+
+class OllamaEmbed(OllamaCall):
+    input: str | Annotated[list[str], msgspec.Meta(max_length=MAX_INPUTS)] | None = None
+    prompt: str | None = None                     # /api/embeddings spells it so
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        self._output(limit)
+        return Ask(None, 1, True, "", summed(lambda: _inputs(self.input if self.input is not None else self.prompt)),
+                   tokenizer)
+
+
+# --- reading a body -------------------------------------------------------------------------------
+
+
+REQUESTS: dict[str, type[InferenceRequest]] = {
+    "openai.chat": OpenAIChat, "openai.completions": OpenAICompletion, "openai.embeddings": OpenAIEmbeddings,
+    "ollama.chat": OllamaChat, "ollama.generate": OllamaGenerate, "ollama.embed": OllamaEmbed,
+    "ollama.embeddings": OllamaEmbed,
+    # the Anthropic door reads and checks its whole request itself (anthropic_door.py): the routed fields here
+    "anthropic.messages": InferenceRequest, "anthropic.count_tokens": InferenceRequest,
+}
+_DECODERS = {api: msgspec.json.Decoder(kind).decode for api, kind in REQUESTS.items()}
+
+
+def read_request(api: str, body: bytes) -> Any:
+    """The request struct of an API's body (`ask(limit, tokenizer)` gives its Ask); 400 naming the field for a
+    wrong type or a value out of range, for malformed JSON, and for JSON nested too deeply to read."""
+    try:
+        request = _DECODERS[api](body)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise refusal(exc) from None
+    if not request.model:
+        raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
+    return request
+
+
+def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:
+    """The 400 for a body msgspec could not read: the field named (`param`) when it is one field's fault."""
+    if isinstance(exc, RecursionError):
+        return BadRequest("The request body is nested too deeply to read", code="json_too_deep")
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return BadRequest(f"Malformed JSON in request body: {text}", code="invalid_json")
+    param = field_path(text)
+    if param is None:
+        return BadRequest(f"Invalid request: {text}")
+    return BadRequest(f"Invalid '{param}': {text.rpartition(' - at `$')[0]}", param=param, code="invalid_value")
+
+
+def field_path(message: str) -> str | None:
+    """`messages[0].content` from msgspec's "... - at `$.messages[0].content`"; None when it names none."""
+    _, at, path = message.rpartition(" - at `$")
+    if not at:
+        return None
+    return path.rstrip("`").lstrip(".") or None

@@ -1,0 +1,487 @@
+"""Hostile callers, hung upstreams and clients that leave, through the gateways of `switchyard up --demo`.
+
+Each test gets a private lab: two in-process simulators registered as endpoints `a` (priority 10) and
+`b` (priority 5) of a model only the lab's tenants use (context length 8192), each with a first-byte
+timeout of 1 s. A second gateway process runs beside the demo's on the same NATS and Valkey, with JWTs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import redis.asyncio as redis
+import requests
+
+from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.simulator import SimConfig, Simulator
+from tests.conftest import DemoStack, wait_for
+from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
+from tests.e2e.test_quota_e2e import PREFIX, Gateway, settled, start_gateway, stop_gateway
+
+JWT_SECRET = "hostile-e2e-jwt-secret-with-32-bytes!"
+CHAT = ("/v1/chat/completions", "/api/chat", "/v1/completions", "/api/generate")
+CONTEXT = 8192
+FIRST_BYTE_S = 1.0
+UNSET_CREDENTIAL = "SWITCHYARD_HOSTILE_TEST_KEY_NEVER_SET"
+ESTIMATOR = TokenEstimator()
+
+
+@pytest.fixture(scope="module")
+def second_gateway(demo: DemoStack, urls) -> Iterator[Gateway]:
+    gateway = start_gateway(demo, urls, jwt_secret=JWT_SECRET)
+    yield gateway
+    stop_gateway(gateway)
+
+
+@dataclass
+class Lab:
+    demo: DemoStack
+    a: Simulator
+    b: Simulator
+    model: str
+    tag: str
+    member: str                       # a member key of the lab's tenant
+    tenant: str
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def headers(self, key: str | None = None, request_id: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.member}", "X-Request-Id": request_id or uuid.uuid4().hex}
+
+    def body(self, path: str = "/v1/chat/completions", **fields: Any) -> dict[str, Any]:
+        if path in ("/v1/chat/completions", "/api/chat"):
+            base = {"messages": [{"role": "user", "content": "route me well through the yard"}]}
+        elif path in ("/v1/embeddings", "/api/embed"):
+            base = {"input": "route me well"}
+        else:
+            base = {"prompt": "route me well through the yard"}
+        if path.startswith("/api/"):
+            base["stream"] = False
+        return {"model": self.model, **base, **fields}
+
+    async def admin(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await client.request(method, f"{self.demo.url}/api/admin{path}", json=body,
+                                        headers={"X-API-Key": self.demo.admin_key})
+
+    async def tenant_with(self, **limits: Any) -> tuple[str, str]:
+        """Another tenant of the lab with a member key and these limits."""
+        tenant = f"h-{uuid.uuid4().hex[:10]}"
+        assert (await self.admin("POST", "/tenants", {"tenant_id": tenant})).status_code == 201
+        key = (await self.admin("POST", f"/tenants/{tenant}/keys", {"name": "hostile"})).json()["key"]
+        if limits:
+            assert (await self.admin("PUT", f"/tenants/{tenant}/limits", limits)).status_code == 200
+        return tenant, key
+
+    async def circuit(self, name: str) -> str:
+        listed = (await self.admin("GET", "/circuits")).json()
+        return next((c["state"] for c in listed if c["endpoint_id"] == self.ids[name]), "closed")
+
+
+@pytest.fixture
+async def lab(demo: DemoStack) -> AsyncIterator[Lab]:
+    tag = uuid.uuid4().hex[:8]
+    model = f"hostile-{tag}"
+    ids = {"provider": f"hp-{tag}", "a": f"ha-{tag}", "b": f"hb-{tag}"}
+    async with Simulator(SimConfig(models=(model, f"{model}-embed"), tokens=1000)) as a, \
+            Simulator(SimConfig(models=(model, f"{model}-embed"), tokens=1000)) as b:
+        probe = Lab(demo, a, b, model, tag, "", "", ids)
+        assert (await probe.admin("POST", "/providers", {"provider_id": ids["provider"],
+                                                         "kind": "openai-compatible"})).status_code == 201
+        assert (await probe.admin("POST", "/models", {"model_id": model, "context_length": CONTEXT})).status_code == 201
+        assert (await probe.admin("POST", "/models", {"model_id": f"{model}-embed", "kind": "embedding"})).status_code \
+            == 201
+        for name, sim, priority in (("a", a, 10), ("b", b, 5)):
+            registered = await probe.admin("POST", "/endpoints", {
+                "endpoint_id": ids[name], "provider_id": ids["provider"], "base_url": sim.url,
+                "models": [model, f"{model}-embed"], "priority": priority, "timeout_s": 30,
+                "first_byte_timeout_s": FIRST_BYTE_S})
+            assert registered.status_code == 201, registered.text
+        probe.tenant, probe.member = await probe.tenant_with()
+        await wait_for(lambda: a.stats.requests.get("/v1/models") and b.stats.requests.get("/v1/models"), 15,
+                       what="the router's first probes")
+        try:
+            yield probe
+        finally:
+            for name in ("a", "b"):
+                await probe.admin("DELETE", f"/endpoints/{ids[name]}")
+
+
+async def counters(urls, tenant: str) -> dict[str, int]:
+    client = redis.from_url(urls.redis_url)
+    try:
+        found = {}
+        async for key in client.scan_iter(match=f"{PREFIX}c:{tenant}:*"):
+            found.update({f"{key.decode()}/{k.decode()}": int(v) for k, v in (await client.hgetall(key)).items()})
+        return found
+    finally:
+        await client.aclose()
+
+
+async def holds(urls) -> set[str]:
+    client = redis.from_url(urls.redis_url)
+    try:
+        return {rid.decode() for rid in await client.zrange(f"{PREFIX}holds", 0, -1)}
+    finally:
+        await client.aclose()
+
+
+# --- 1, 8: hostile values never reach the reservation ---------------------------------------------
+
+HOSTILE = [
+    ("/v1/chat/completions", {"max_tokens": 9223372036854775807}, "max_tokens"),
+    ("/v1/chat/completions", {"max_tokens": -1000000000000000}, "max_tokens"),
+    ("/v1/chat/completions", {"max_tokens": 2**64}, "max_tokens"),
+    ("/v1/chat/completions", {"max_tokens": CONTEXT + 1}, "max_tokens"),
+    ("/v1/chat/completions", {"max_tokens": "100"}, "max_tokens"),
+    ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
+    ("/v1/chat/completions", {"n": 0}, "n"),
+    ("/v1/chat/completions", {"n": 100000}, "n"),
+    ("/v1/chat/completions", {"top_logprobs": 99}, "top_logprobs"),
+    ("/v1/completions", {"max_tokens": -1}, "max_tokens"),
+    ("/v1/completions", {"best_of": 50}, "best_of"),
+    ("/v1/completions", {"logprobs": 10}, "logprobs"),
+    ("/v1/embeddings", {"dimensions": 0}, "dimensions"),
+    ("/v1/embeddings", {"dimensions": 10**9}, "dimensions"),
+    ("/api/chat", {"options": {"num_predict": -5}}, "options.num_predict"),
+    ("/api/chat", {"options": {"num_predict": 10**12}}, "options.num_predict"),
+    ("/api/chat", {"options": {"num_ctx": 10**9}}, "options.num_ctx"),
+    ("/api/generate", {"options": {"num_predict": "many"}}, "options.num_predict"),
+    ("/api/generate", {"options": {"num_predict": 2**64}}, "options.num_predict"),
+    ("/api/embed", {"dimensions": -3}, "dimensions"),
+]
+
+
+async def test_hostile_numbers_get_400_naming_the_field_and_reserve_nothing(lab: Lab, urls) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, rpm=1000)
+    refused_ids = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for path, fields, param in HOSTILE:
+            request_id = uuid.uuid4().hex
+            refused_ids.append(request_id)
+            model = f"{lab.model}-embed" if "embed" in path else lab.model
+            reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(key, request_id),
+                                      json=lab.body(path, **fields) | {"model": model})
+            assert reply.status_code == 400, (path, fields, reply.text)
+            error = reply.json()["error"]
+            if path.startswith("/v1/"):
+                assert error["param"] == param, (path, fields, error)
+            else:
+                assert param in error, (path, fields, error)      # Ollama's shape: {"error": "<message>"}
+        assert await counters(urls, tenant) == {}, "nothing was reserved, not even a request"
+        sentinel = uuid.uuid4().hex
+        ok = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key, sentinel),
+                               json=lab.body(max_tokens=5))
+        assert ok.status_code == 200, ok.text
+    await exactly_one_usage_row(lab.demo, sentinel)
+    for request_id in refused_ids:
+        assert await usage_rows(lab.demo, request_id) == [], "a refused call records nothing"
+
+
+async def test_bodies_nested_100000_deep_get_400_everywhere(lab: Lab, second_gateway: Gateway) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    chat = b'{"model": "' + lab.model.encode() + b'", "messages": [], "x": ' + deep + b"}"
+    admin = {"X-API-Key": lab.demo.admin_key, "Content-Type": "application/json"}
+    async with httpx.AsyncClient(timeout=15) as client:
+        for path in ("/v1/chat/completions", "/api/chat", "/v1/embeddings"):
+            reply = await client.post(f"{lab.demo.url}{path}", content=chat, headers=lab.headers())
+            assert reply.status_code == 400, (path, reply.text)
+        for method, path in (("POST", "/api/admin/tenants"), ("PUT", f"/api/admin/tenants/{lab.tenant}/limits"),
+                             ("POST", "/api/admin/registry/import"), ("POST", "/api/stats")):
+            reply = await client.request(method, f"{lab.demo.url}{path}", content=deep, headers=admin)
+            assert reply.status_code == 400, (path, reply.text)
+        token = jwt.encode({"iss": "switchyard", "tenant": lab.tenant, "exp": 10**18}, JWT_SECRET, algorithm="HS256")
+        models = await client.get(f"{second_gateway.url}/v1/models", headers={"Authorization": f"Bearer {token}"})
+        assert models.status_code == 200, "an exp of 10^18 means a token that does not expire, not a crash"
+        inf = jwt.encode({"iss": "switchyard", "tenant": lab.tenant, "exp": 1e308 * 10}, JWT_SECRET, algorithm="HS256")
+        assert (await client.get(f"{second_gateway.url}/v1/models",
+                                 headers={"Authorization": f"Bearer {inf}"})).status_code == 401
+
+
+@pytest.mark.parametrize(("path", "fields", "field_name"), [
+    ("/tenants", {"tenant_id": "big-name", "display_name": "x" * 1_000_000}, "display_name"),
+    ("/providers", {"provider_id": "big-p", "kind": "openai", "display_name": "y" * 5000}, "display_name"),
+    ("/endpoints", {"endpoint_id": "big-e", "provider_id": "big-p", "base_url": "http://h/" + "z" * 5000},
+     "base_url"),
+    ("/models", {"model_id": "big-m", "aliases": [f"a{i}" for i in range(5000)]}, "aliases"),
+    ("/models", {"model_id": "big-m", "context_length": 10**15}, "context_length"),
+    ("/models", {"model_id": "big-m", "output_price_per_1m": 1e300}, "output_price_per_1m"),
+])
+async def test_admin_fields_have_bounds_and_oversized_ones_get_400_naming_them(
+        demo: DemoStack, path: str, fields: dict, field_name: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = await client.post(f"{demo.url}/api/admin{path}", json=fields, headers={"X-API-Key": demo.admin_key})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["field"] == field_name
+
+
+# --- 9: a 413 that clients writing their whole body first can read --------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/admin/tenants"])
+def test_a_client_writing_64_mib_before_reading_reads_the_413(demo: DemoStack, path: str) -> None:
+    body = b"x" * (64 * 1024 * 1024)
+    headers = {"Authorization": f"Bearer {demo.admin_key}", "Content-Type": "application/json"}
+    reply = requests.post(f"{demo.url}{path}", data=body, headers=headers, timeout=60)
+    assert reply.status_code == 413
+    request = urllib.request.Request(f"{demo.url}{path}", data=body, headers=headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+
+
+# --- 2: the reservation is a ceiling ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CHAT)
+async def test_a_call_naming_no_output_limit_is_held_to_the_default_and_stops_at_length(lab: Lab, urls,
+                                                                                     path: str) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, default_max_tokens=50)
+    request_id = uuid.uuid4().hex
+    async with httpx.AsyncClient(timeout=15) as client:
+        reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(key, request_id), json=lab.body(path))
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    if path.startswith("/v1/"):
+        assert answer["usage"]["completion_tokens"] == 50 and answer["choices"][0]["finish_reason"] == "length"
+        assert reply.headers["x-ratelimit-limit-tokens"] == "20000"
+    else:
+        assert answer["eval_count"] == 50 and answer["done_reason"] == "length"
+    event = await exactly_one_usage_row(lab.demo, request_id)
+    assert event["output_tokens"] == 50
+
+
+async def test_an_explicit_max_tokens_is_capped_by_what_is_left(lab: Lab, urls) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=400)
+    async with httpx.AsyncClient(timeout=15) as client:
+        first = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key),
+                                  json=lab.body(max_tokens=CONTEXT))
+        assert first.status_code == 200
+        used = first.json()["usage"]["total_tokens"]
+        assert used <= 400 and first.json()["choices"][0]["finish_reason"] == "length"
+        second = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key),
+                                   json=lab.body(max_tokens=100))
+    assert second.status_code == 402, "nothing is left: not even the prompt fits"
+    log_tokens, counter = await settled(lab.demo, urls, tenant, 1)
+    assert log_tokens == used == counter["tok"] <= 400
+
+
+async def test_embeddings_hold_exactly_their_counted_input(lab: Lab, urls) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=10_000)
+    lab.a.configure(latency_ms=1500)                   # long enough to read the hold while the call runs
+    request_id = uuid.uuid4().hex
+    text = "the points switch the freight train onto track nine"
+    async with httpx.AsyncClient(timeout=15) as client:
+        call = asyncio.ensure_future(client.post(
+            f"{lab.demo.url}/v1/embeddings", headers=lab.headers(key, request_id),
+            json={"model": f"{lab.model}-embed", "input": text}))
+        await wait_for(lambda: _holds_request(urls, request_id), what="the hold")
+        held = await counters(urls, tenant)
+        assert (await call).status_code == 200
+    assert {k: v for k, v in held.items() if k.endswith("/tok")} and \
+        set(v for k, v in held.items() if k.endswith("/tok")) == {ESTIMATOR.count(text)}
+
+
+async def _holds_request(urls, request_id: str) -> bool:
+    return request_id in await holds(urls)
+
+
+# --- 4: hung upstreams --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_with_one_endpoint_hanging_calls_complete_through_the_other_and_its_breaker_opens(
+        lab: Lab, stream: bool) -> None:
+    lab.a.configure(failure_kind="hang", failure_rate=1.0, failure_paths=("/v1/chat/completions",))
+    durations = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(8):
+            started = time.monotonic()
+            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                      json=lab.body(max_tokens=4, stream=stream))
+            durations.append(time.monotonic() - started)
+            assert reply.status_code == 200, reply.text
+            if await lab.circuit("a") == "open":
+                break
+        await wait_for(lambda: _state_is(lab, "a", "open"), 10, what="the hung endpoint's breaker open")
+        assert len(durations) <= 6, "the breaker opens within a few calls"
+        assert max(durations) < FIRST_BYTE_S + 3.0, durations
+        started = time.monotonic()
+        reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                  json=lab.body(max_tokens=4, stream=stream))
+        assert reply.status_code == 200 and time.monotonic() - started < FIRST_BYTE_S, "no more waiting on it"
+    assert lab.b.stats.requests["/v1/chat/completions"] >= len(durations) + 1
+
+
+async def _state_is(lab: Lab, name: str, state: str) -> bool:
+    return await lab.circuit(name) == state
+
+
+async def test_a_first_byte_slower_than_the_timeout_moves_the_call_on(lab: Lab) -> None:
+    lab.a.configure(latency_ms=FIRST_BYTE_S * 1000 + 2000)
+    request_id = uuid.uuid4().hex
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(request_id=request_id),
+                                  json=lab.body(max_tokens=4, stream=True))
+    assert reply.status_code == 200
+    event = await exactly_one_usage_row(lab.demo, request_id)
+    assert event["endpoint_id"] == lab.ids["b"] and event["attempts"] == 2
+
+
+# --- 10: recovery -------------------------------------------------------------------------------------
+
+
+async def test_an_endpoint_that_answers_again_gets_traffic_within_5_s(lab: Lab) -> None:
+    lab.a.configure(failure_kind="refuse", failure_rate=1.0)
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(10):
+            await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                              json=lab.body(max_tokens=2))
+            if await lab.circuit("a") == "open":
+                break
+        await wait_for(lambda: _state_is(lab, "a", "open"), 10, what="breaker open")
+        served_before = lab.a.stats.requests.get("/v1/chat/completions", 0)
+        lab.a.configure(failure_rate=0.0)
+        back = time.monotonic()
+        while lab.a.stats.requests.get("/v1/chat/completions", 0) == served_before:
+            assert time.monotonic() - back < 5.0, "no traffic reached the recovered endpoint within 5 s"
+            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                      json=lab.body(max_tokens=2))
+            assert reply.status_code == 200
+            await asyncio.sleep(0.1)        # one call every 100 ms, as steady traffic would
+
+
+# --- 5, 6: clients that leave ---------------------------------------------------------------------------
+
+
+async def test_a_client_leaving_before_the_first_byte_cancels_the_upstream_call_and_frees_its_quota(
+        lab: Lab, urls) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=20_000)
+    lab.a.configure(latency_ms=20_000)
+    lab.b.configure(latency_ms=20_000)
+    await lab.admin("PUT", f"/endpoints/{lab.ids['a']}", {"first_byte_timeout_s": 60})
+    request_id = uuid.uuid4().hex
+    body = lab.body(max_tokens=10)
+    with pytest.raises(httpx.ReadTimeout):
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=1.0)) as client:
+            await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key, request_id), json=body)
+    left = time.monotonic()
+    await wait_for(lambda: lab.a.stats.abandoned == 1, 5, what="the upstream connection closed mid-answer")
+    await wait_for(lambda: _released(urls, request_id), 5, what="the quota hold released")
+    assert time.monotonic() - left < 5, "released at once, not after the hold's 600 s"
+    event = await exactly_one_usage_row(lab.demo, request_id)
+    prompt = 3 + 3 + ESTIMATOR.count(body["messages"][0]["content"])
+    assert (event["outcome"], event["output_tokens"], event["input_tokens"]) == ("cancelled", 0, prompt)
+    assert event["status"] == 499, "nothing was sent: the client closed the request"
+    assert event["estimated"] is True
+    assert lab.b.stats.requests.get("/v1/chat/completions", 0) == 0, "the call did not move on to another endpoint"
+
+
+async def _released(urls, request_id: str) -> bool:
+    return request_id not in await holds(urls)
+
+
+async def test_a_client_leaving_mid_stream_stops_the_upstream_and_records_what_was_streamed(lab: Lab, urls) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=20_000)
+    lab.a.configure(token_interval_ms=100)
+    request_id = uuid.uuid4().hex
+    seen = 0
+    async with httpx.AsyncClient(timeout=30) as client, client.stream(
+            "POST", f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key, request_id),
+            json=lab.body(max_tokens=500, stream=True)) as response:
+        assert response.status_code == 200
+        async for chunk in response.aiter_raw():
+            seen += chunk.count(b'"content":')
+            if seen >= 4:
+                break
+    await wait_for(lambda: lab.a.stats.abandoned == 1, 5, what="the upstream connection closed mid-stream")
+    await wait_for(lambda: _released(urls, request_id), 5, what="the quota hold released")
+    event = await exactly_one_usage_row(lab.demo, request_id)
+    assert event["outcome"] == "cancelled" and 4 <= event["output_tokens"] < 100
+
+
+# --- 7: upstream credentials ----------------------------------------------------------------------------
+
+
+async def test_an_upstream_refusing_the_gateways_credentials_is_a_502_upstream_auth(lab: Lab) -> None:
+    for name, sim in (("a", lab.a), ("b", lab.b)):
+        sim.configure(api_key="the-real-key")
+        assert (await lab.admin("PUT", f"/endpoints/{lab.ids[name]}",
+                                {"api_key_ref": f"${{{UNSET_CREDENTIAL}}}"})).status_code == 200
+    async with httpx.AsyncClient(timeout=30) as client:
+        member = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                   json=lab.body(max_tokens=2))
+        assert member.status_code == 502 and member.json()["error"]["code"] == "upstream_auth"
+        assert lab.tag not in member.text, "a member is not told which endpoint"
+        operator = await client.post(f"{lab.demo.url}/v1/chat/completions",
+                                     headers=lab.headers(lab.demo.admin_key), json=lab.body(max_tokens=2))
+        assert operator.status_code == 502 and lab.ids["b"] in operator.json()["error"]["message"]
+        for _ in range(4):
+            await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(), json=lab.body())
+        await wait_for(lambda: _state_is(lab, "a", "open"), 10, what="refused credentials count against it")
+        health = (await client.get(f"{lab.demo.url}/health", headers={"X-API-Key": lab.demo.admin_key})).json()
+        assert health["endpoints"][lab.ids["a"]]["credential_missing"] is True
+        assert UNSET_CREDENTIAL in health["endpoints"][lab.ids["a"]]["detail"]
+        status = (await lab.admin("GET", "/registry/status")).json()
+        mine = next(e for e in status["endpoints"] if e["endpoint_id"] == lab.ids["a"])
+        assert mine["credential_missing"] is True and mine["healthy"] is False
+
+
+# --- 11: members see no upstream URLs --------------------------------------------------------------------
+
+
+async def test_members_see_no_upstream_urls(lab: Lab) -> None:
+    async with httpx.AsyncClient(timeout=15) as client:
+        for path in ("/api/config", "/health"):
+            member = await client.get(f"{lab.demo.url}{path}", headers=lab.headers())
+            assert lab.ids["a"] in member.text or path == "/health"
+            for sim in (lab.a, lab.b):
+                assert sim.url not in member.text and f":{sim.port}" not in member.text, path
+        operator = await client.get(f"{lab.demo.url}/api/config", headers={"X-API-Key": lab.demo.admin_key})
+        assert lab.a.url in operator.text
+
+
+# --- 12: the concurrency test: two gateways, 200 concurrent calls, hostile values among them ---------------
+
+
+async def test_200_concurrent_calls_on_two_gateways_with_hostile_values_never_exceed_the_limit(
+        lab: Lab, urls, second_gateway: Gateway) -> None:
+    limit = 20_000
+    tenant, key = await lab.tenant_with(daily_tokens=limit)
+    for name in ("a", "b"):                 # 200 calls at once on two shared cores: give answers time to start
+        assert (await lab.admin("PUT", f"/endpoints/{lab.ids[name]}", {"first_byte_timeout_s": 60})).status_code \
+            == 200
+    mixes: list[dict[str, Any]] = [
+        {}, {"max_tokens": 300}, {"max_tokens": 2000}, {"max_tokens": 9223372036854775807},
+        {"max_tokens": -1000000000000000}, {"max_tokens": 2**64}, {"n": 3}, {"max_completion_tokens": 700},
+    ]
+    gateways = (lab.demo.url, second_gateway.url)
+
+    async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.post(f"{gateways[i % 2]}/v1/chat/completions", headers=lab.headers(key),
+                                 json=lab.body(**mixes[i % len(mixes)], stream=i % 3 == 0))
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
+        replies = await asyncio.gather(*(one(client, i) for i in range(200)))
+    statuses = [r.status_code for r in replies]
+    hostile = [i for i in range(200) if i % len(mixes) in (3, 4, 5)]
+    assert all(statuses[i] == 400 for i in hostile)
+    assert set(statuses) <= {200, 400, 402}, statuses
+    answered = statuses.count(200)
+    assert statuses.count(402) > 0, "the quota was reached"
+    log_tokens, counter = await settled(lab.demo, urls, tenant, answered)
+    overshoot = log_tokens / limit
+    print(f"\nconcurrency: {answered} answered, {statuses.count(402)} refused 402, {len(hostile)} refused 400; "
+          f"settled {log_tokens} of {limit} tokens: settled / limit = {overshoot:.4f}")
+    assert log_tokens <= limit, f"settled usage exceeded the limit: {overshoot:.4f}"
+    assert counter["tok"] == log_tokens, "the log's sum equals the counter"
+    assert await holds(urls) & {r.headers.get("x-request-id") for r in replies} == set()

@@ -1,0 +1,183 @@
+"""Every number a call carries is checked per door before anything is reserved: type, sign, zero, bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from switchyard_gateway.quotas.tokens import TokenEstimator
+from switchyard_gateway.services.gateway.edge.errors import BadRequest
+from switchyard_gateway.services.gateway.translate.asks import MAX_CHOICES, MAX_DIMENSIONS, check_tokens, read_request
+from switchyard_gateway.services.gateway.translate.requests import (
+    ollama_chat_to_openai, ollama_embed_to_openai, ollama_generate_request, ollama_set_model,
+)
+
+LIMIT = 4096                          # the model's context length in these tests
+ESTIMATOR = TokenEstimator()
+MESSAGES = [{"role": "user", "content": "hello there"}]
+BASE: dict[str, dict[str, Any]] = {
+    "openai.chat": {"model": "m", "messages": MESSAGES},
+    "openai.completions": {"model": "m", "prompt": "hello there"},
+    "openai.embeddings": {"model": "m", "input": "hello there"},
+    "ollama.chat": {"model": "m", "messages": MESSAGES},
+    "ollama.generate": {"model": "m", "prompt": "hello there"},
+    "ollama.embed": {"model": "m", "input": "hello there"},
+    "ollama.embeddings": {"model": "m", "prompt": "hello there"},
+}
+HUGE = (2**63 - 1, 2**63, 2**64, 10**30)
+WRONG_TYPES = ("5", True, 5.5, [5], {"n": 5}, None)
+
+# (api, field path, values refused) -- every count and range each door checks
+REFUSED: list[tuple[str, str, tuple[Any, ...]]] = [
+    *[(api, "max_tokens", (-1, -10**15, 0, LIMIT + 1, *HUGE, "5", True, 5.5))
+      for api in ("openai.chat",)],
+    ("openai.chat", "max_completion_tokens", (-1, 0, LIMIT + 1, *HUGE, "5", 1.5)),
+    ("openai.completions", "max_tokens", (-1, LIMIT + 1, *HUGE, "5", False)),
+    *[(api, "n", (0, -1, MAX_CHOICES + 1, *HUGE, "2", 2.0)) for api in ("openai.chat", "openai.completions")],
+    ("openai.chat", "top_logprobs", (-1, 21, *HUGE, "3")),
+    ("openai.completions", "logprobs", (-1, 6, *HUGE, "3")),
+    ("openai.completions", "best_of", (0, 21, *HUGE, "2")),
+    *[(api, "temperature", (-0.1, 2.1, 10**30, "hot")) for api in ("openai.chat", "openai.completions")],
+    *[(api, "top_p", (-0.1, 1.1, "all")) for api in ("openai.chat", "openai.completions")],
+    *[(api, field, (-2.1, 2.1, "x")) for api in ("openai.chat", "openai.completions")
+      for field in ("presence_penalty", "frequency_penalty")],
+    ("openai.chat", "seed", (2**63, -(2**63) - 1, "1", 1.5)),
+    ("openai.embeddings", "dimensions", (0, -1, MAX_DIMENSIONS + 1, *HUGE, "3", 3.0)),
+    ("openai.embeddings", "encoding_format", ("utf8", 5)),
+    *[(api, "options.num_predict", (-3, -10**15, LIMIT + 1, *HUGE, "5", 5.5, True))
+      for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "options.num_ctx", (0, -1, LIMIT + 1, *HUGE, "8192"))
+      for api in ("ollama.chat", "ollama.generate", "ollama.embed")],
+    *[(api, "options.temperature", (-1, "warm")) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "options.top_k", (-1, 1.5)) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "options.top_p", (-0.5, 2)) for api in ("ollama.chat", "ollama.generate")],
+    ("ollama.embed", "dimensions", (0, MAX_DIMENSIONS + 1, *HUGE, "3")),
+]
+CASES = [(api, field, value) for api, field, values in REFUSED for value in values]
+
+
+def body(api: str, field: str, value: Any) -> bytes:
+    data = {**BASE[api]}
+    if field.startswith("options."):
+        data["options"] = {field.split(".", 1)[1]: value}
+    else:
+        data[field] = value
+    return msgspec.json.encode(data)
+
+
+def ask(api: str, raw: bytes):
+    return read_request(api, raw).ask(LIMIT, ESTIMATOR)
+
+
+@pytest.mark.parametrize(("api", "field", "value"), CASES, ids=[f"{a}:{f}={v!r}"[:80] for a, f, v in CASES])
+def test_a_hostile_value_is_refused_naming_its_field(api: str, field: str, value: Any) -> None:
+    with pytest.raises(BadRequest) as refused:
+        ask(api, body(api, field, value))
+    assert refused.value.status == 400 and refused.value.param == field
+    assert field in str(refused.value), "the message names the field too (Ollama's error shape has no param)"
+
+
+@pytest.mark.parametrize(("api", "field", "value"), [
+    ("openai.chat", "max_tokens", 1), ("openai.chat", "max_tokens", LIMIT), ("openai.chat", "max_tokens", None),
+    ("openai.chat", "max_completion_tokens", LIMIT), ("openai.chat", "n", MAX_CHOICES),
+    ("openai.chat", "top_logprobs", 20), ("openai.chat", "seed", -(2**63)), ("openai.chat", "temperature", 2),
+    ("openai.completions", "max_tokens", 0), ("openai.completions", "best_of", 20),
+    ("openai.embeddings", "dimensions", MAX_DIMENSIONS), ("openai.embeddings", "encoding_format", "base64"),
+    ("ollama.chat", "options.num_predict", -1), ("ollama.generate", "options.num_predict", -2),
+    ("ollama.generate", "options.num_predict", 0), ("ollama.chat", "options.num_predict", LIMIT),
+    ("ollama.chat", "options.num_ctx", LIMIT), ("ollama.embed", "dimensions", 1),
+])
+def test_values_at_the_bounds_are_accepted(api: str, field: str, value: Any) -> None:
+    assert ask(api, body(api, field, value)) is not None
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "m", "messages": []}', b'{"model": "m"}',
+                                 b'{"model": "m", "messages": null}'])
+def test_chat_needs_messages(raw: bytes) -> None:
+    with pytest.raises(BadRequest) as refused:
+        ask("openai.chat", raw)
+    assert refused.value.param == "messages"
+
+
+@pytest.mark.parametrize(("api", "raw", "param"), [
+    ("openai.completions", b'{"model": "m"}', "prompt"),
+    ("openai.embeddings", b'{"model": "m", "input": []}', "input"),
+    ("openai.embeddings", b'{"model": "m", "input": ""}', "input"),
+    ("openai.completions", b'{"model": "m", "prompt": "x", "n": 3, "best_of": 2}', "best_of"),
+    ("openai.embeddings", b'{"model": "m", "input": [[1, -2]]}', "input[0][1]"),
+    ("openai.chat", b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+    ("ollama.chat", b'{"model": "m", "messages": [{"images": "x"}]}', "messages[0].images"),
+    ("ollama.generate", b'{"model": "m", "prompt": null}', "prompt"),
+    ("openai.chat", b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+])
+def test_missing_and_malformed_fields_are_named(api: str, raw: bytes, param: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        ask(api, raw)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000, 1_000_000])
+def test_json_nested_too_deep_is_a_400_not_a_crash(depth: int) -> None:
+    raw = b'{"model": "m", "messages": [], "x": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(BadRequest) as refused:
+        read_request("openai.chat", raw)
+    assert refused.value.code == "json_too_deep"
+
+
+def test_malformed_json_is_a_400() -> None:
+    with pytest.raises(BadRequest) as refused:
+        read_request("ollama.chat", b'{"model": "m", ')
+    assert refused.value.code == "invalid_json"
+
+
+def test_the_ask_says_what_output_and_how_many_choices_a_call_wants() -> None:
+    both = ask("openai.chat", b'{"model": "m", "messages": [{"content": "hi"}], "max_tokens": 90, '
+                              b'"max_completion_tokens": 40, "n": 3}')
+    assert (both.output, both.choices, both.embedding, both.field) == (40, 3, False, "max_completion_tokens")
+    best = ask("openai.completions", b'{"model": "m", "prompt": ["a", "b"], "n": 2, "best_of": 5}')
+    assert (best.output, best.choices) == (None, 5)
+    endless = ask("ollama.chat", b'{"model": "m", "messages": [], "options": {"num_predict": -1}}')
+    assert endless.output is None and endless.field == "options.num_predict"
+    embed = ask("ollama.embed", b'{"model": "m", "input": ["a", "b"]}')
+    assert embed.embedding and embed.output is None
+
+
+def test_a_door_checks_its_own_required_count_by_its_own_name() -> None:
+    with pytest.raises(BadRequest) as missing:
+        check_tokens(None, "max_tokens", LIMIT, required=True)
+    assert missing.value.param == "max_tokens" and missing.value.code == "missing_field"
+    check_tokens(LIMIT, "max_tokens", LIMIT, required=True)
+
+
+def test_the_ceiling_is_written_in_each_doors_own_field() -> None:
+    chat = msgspec.json.encode({"model": "m", "messages": MESSAGES, "options": {"num_predict": 500, "top_k": 3}})
+    native = msgspec.json.decode(ollama_set_model(chat, "m", 40))
+    assert native["options"] == {"num_predict": 40, "top_k": 3}
+    smaller = msgspec.json.decode(ollama_set_model(chat, "m", 900))
+    assert smaller["options"]["num_predict"] == 500, "a client asking for less keeps its own limit"
+    endless = msgspec.json.encode({"model": "m", "messages": MESSAGES, "options": {"num_predict": -1}})
+    assert msgspec.json.decode(ollama_set_model(endless, "m", 40))["options"]["num_predict"] == 40
+    assert msgspec.json.decode(ollama_chat_to_openai(chat, "m", 40))["max_tokens"] == 40
+    generate = msgspec.json.encode({"model": "m", "prompt": "x"})
+    assert msgspec.json.decode(ollama_generate_request(generate, "m", 7)[1])["max_tokens"] == 7
+    assert "max_tokens" not in msgspec.json.decode(ollama_embed_to_openai(
+        msgspec.json.encode({"model": "m", "input": "x"}), "m", 7))
+
+
+@pytest.mark.parametrize(("fields", "kind", "written"), [
+    ({"max_tokens": 500}, "openai-compatible", {"max_tokens": 40}),
+    ({"max_completion_tokens": 500}, "openai-compatible", {"max_completion_tokens": 40}),
+    ({"max_tokens": 500, "max_completion_tokens": 600}, "openai", {"max_tokens": 40, "max_completion_tokens": 40}),
+    ({}, "openai-compatible", {"max_tokens": 40}),
+    ({}, "ollama", {"max_tokens": 40}),
+    ({}, "openai", {"max_completion_tokens": 40}),
+])
+def test_openai_calls_carry_the_ceiling_in_the_field_they_used(fields: dict, kind: str, written: dict) -> None:
+    from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
+
+    raw = msgspec.json.encode({"model": "m", "messages": MESSAGES, **fields})
+    sent = msgspec.json.decode(upstream_body(raw, read_request("openai.chat", raw), "m", 40, kind))
+    assert {k: sent[k] for k in ("max_tokens", "max_completion_tokens") if k in sent} == written
+    assert upstream_body(raw, read_request("openai.chat", raw), "m", None, kind) is raw
