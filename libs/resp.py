@@ -1,8 +1,8 @@
 """A lean pipelined Valkey/Redis client: one connection, RESP2, replies in order.
 
-Every call writes its command at once and awaits a future; replies arrive in request order, so
-concurrent calls share the connection without waiting for each other: `asyncio.gather` of calls is a
-pipeline. It replaces redis-py everywhere (the gateway's reservations and cache, the quota service, the
+Every call queues its command and awaits a future; the commands queued in one turn of the event loop go
+out in one write, and replies arrive in request order, so concurrent calls share the connection (and its
+system calls) without waiting for each other: `asyncio.gather` of calls is a pipeline. It replaces redis-py everywhere (the gateway's reservations and cache, the quota service, the
 launcher's readiness check): `benchmarks/clients.py` measures it against redis-py's asyncio client.
 
     ValkeyError          the server answered with an error (`-ERR ...`, `-NOSCRIPT ...`, `-LOADING ...`)
@@ -75,12 +75,28 @@ def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a command; every command queued in one turn of the event loop goes out in one write."""
+        future = self.loop.create_future()
+        self.waiting.append(future)
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append(command)
+        return future
+
+    def _flush(self) -> None:
+        commands, self.outgoing = self.outgoing, []
+        if not self.lost and self.transport is not None:
+            self.transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -168,11 +184,7 @@ class Valkey:
             return proto
 
     async def _send(self, proto: _Protocol, args: tuple[Any, ...]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        proto.waiting.append(future)
-        assert proto.transport is not None
-        proto.transport.write(encode_command(args))
-        value = await future
+        value = await proto.send(encode_command(args))
         if isinstance(value, ValkeyError):
             raise value
         return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from switchyard_gateway.services.gateway.state.circuits import Circuits
 from switchyard_gateway.services.gateway.worker_metrics import WorkerMetrics
 
 _encode = msgspec.json.Encoder().encode
+GC_YOUNG_THRESHOLD = 20_000        # container allocations between collections of the youngest generation
 
 
 def _error(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
@@ -186,6 +188,11 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
             runtime.before_scrape.append(siblings.gather)
             runtime.registry = siblings.registry
         await serve_subscriptions(runtime, {}, None)     # answers $SRV.PING: /health counts every gateway instance
+        # A call allocates hundreds of short-lived containers and leaves no cycles behind: what start-up built is
+        # frozen out of the collector, and the youngest generation is collected less often (measured: the
+        # collector took 8 % of the worker's CPU under load with the default threshold of 700).
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
         return Deps(settings=settings, nc=nc, auth=auth, tokens=tokens, login_guard=login_guard, state=state,
                     circuits=circuits, router=router, quota=quota,
                     usage=publisher, usage_stream=UsageHub(nc, router.inflight_counts), proxy=proxy,

@@ -14,6 +14,7 @@ exhausted, the next model of the call's route plan (its fallback chain) is tried
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import Any
@@ -46,6 +47,7 @@ class Failover:
         self.max_s = settings.retry_max_ms / 1000
         self.retry_after_max_s = settings.retry_after_max_s
         self.cap_wait_s = settings.cap_wait_s
+        self.debug = logging.getLogger().isEnabledFor(logging.DEBUG)    # the level is set once, at start
         self.first_byte_s = settings.first_byte_timeout_s
 
     async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
@@ -67,17 +69,17 @@ class Failover:
 
     async def _serve_model(self, call: Call, outcome: Outcome, target: Target, proto: Any) -> GatewayError | None:
         model_id = target.model.model_id
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cap_wait_s
+        deadline = time.monotonic() + self.cap_wait_s
         tried: set[str] = set()
         last: GatewayError | None = None
         while True:
             candidates = self.router.candidates(model_id, target.routes, tried)
-            log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model_id,
-                      **self.router.describe(candidates))
+            if self.debug:
+                log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model_id,
+                          **self.router.describe(candidates))
             if not candidates.ready:
-                if candidates.capped and loop.time() < deadline:
-                    await self.router.wait_for_release(model_id, deadline - loop.time())
+                if candidates.capped and time.monotonic() < deadline:
+                    await self.router.wait_for_release(model_id, deadline - time.monotonic())
                     continue
                 return last if last is not None and not candidates.capped else candidates.error()
             route = candidates.ready[0]
