@@ -119,6 +119,12 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(ConnectionError("the Valkey connection was lost"))
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    """A call's reply is late: the caller gets TimeoutError; the reply, when it comes, is read and dropped."""
+    if not future.done():
+        future.set_exception(TimeoutError("Valkey did not answer in time"))
+
+
 class Address:
     """Where a `redis://[[user]:password@]host[:port][/db]` URL points, and how to log in."""
 
@@ -189,12 +195,28 @@ class Valkey:
             raise value
         return value
 
-    async def call(self, *args: Any) -> Any:
-        """Send one command and return its reply; ValkeyError for an error reply."""
-        if self.timeout_s is None:
-            return await self._send(await self._connection(), args)
-        async with asyncio.timeout(self.timeout_s):
-            return await self._send(await self._connection(), args)
+    async def call(self, *args: Any, timeout_s: float | None = None) -> Any:
+        """Send one command and return its reply; ValkeyError for an error reply. `timeout_s` (else the client's)
+        bounds the wait for the connection and the reply: TimeoutError past it."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        proto = self._proto
+        if proto is None or proto.lost:             # (re)connecting: the slow path, bounded as a whole
+            if timeout_s is None:
+                return await self._send(await self._connection(), args)
+            async with asyncio.timeout(timeout_s):
+                return await self._send(await self._connection(), args)
+        future = proto.send(encode_command(args))
+        if timeout_s is None:
+            value = await future
+        else:                                       # one timer on the reply, cheaper than a timeout scope
+            expiry = proto.loop.call_later(timeout_s, _expire, future)
+            try:
+                value = await future
+            finally:
+                expiry.cancel()
+        if isinstance(value, ValkeyError):
+            raise value
+        return value
 
     async def hgetall(self, key: str) -> dict[bytes, bytes]:
         """A hash as a dict (empty if there is no such key)."""
@@ -211,14 +233,15 @@ class Valkey:
             if cursor == b"0":
                 return
 
-    async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
+    async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any],
+                      timeout_s: float | None = None) -> Any:
         """Run a script by its SHA-1, loading it first if the server does not know it."""
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args, timeout_s=timeout_s)
         except ValkeyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.call("EVAL", source, len(keys), *keys, *args)
+        return await self.call("EVAL", source, len(keys), *keys, *args, timeout_s=timeout_s)
 
     async def close(self) -> None:
         proto, self._proto = self._proto, None

@@ -152,8 +152,7 @@ class QuotaClient:
         keys, args = reserve_call(self.keys, request_id, int((now + self.hold_s) * 1000),
                                   [item.counter for item in planned], amounts, want, min(want, 1))
         try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await self.valkey.evalsha(RESERVE_SCRIPT.sha, RESERVE_SCRIPT.source, keys, args)
+            result = await self.valkey.evalsha(RESERVE_SCRIPT.sha, RESERVE_SCRIPT.source, keys, args, self.timeout_s)
         except ValkeyError as exc:
             if not str(exc).startswith(UNAVAILABLE_REPLIES):
                 metrics.count_quota_unavailable("error")
