@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -24,15 +24,44 @@ class ValkeyError(Exception):
     """An error reply from the server."""
 
 
+class Framed:
+    """Arguments framed once for many commands (the parts of a call that do not change), sent as they are."""
+
+    __slots__ = ("data", "count")
+
+    def __init__(self, args: Sequence[Any]) -> None:
+        self.data = b"".join(_frame(arg) for arg in args)
+        self.count = len(args)
+
+
+def _frame(arg: Any) -> bytes:
+    kind = type(arg)
+    data = arg.encode() if kind is str else b"%d" % arg if kind is int else arg if kind is bytes else str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def encode_command(args: tuple[Any, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+    parts = []
     append = parts.append
+    count = len(args)
     for arg in args:
-        data = arg if type(arg) is bytes else str(arg).encode()
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is int:
+            data = b"%d" % arg
+        elif kind is bytes:
+            data = arg
+        elif kind is Framed:
+            append(arg.data)
+            count += arg.count - 1
+            continue
+        else:
+            data = str(arg).encode()
         append(b"$%d\r\n" % len(data))
         append(data)
         append(b"\r\n")
-    return b"".join(parts)
+    return b"*%d\r\n%s" % (count, b"".join(parts))
 
 
 _INCOMPLETE = object()
@@ -43,33 +72,44 @@ def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
     end = buffer.find(b"\r\n", pos)
     if end < 0:
         return _INCOMPLETE, pos
-    kind, line = buffer[pos:pos + 1], buffer[pos + 1:end]
+    kind = buffer[pos]
     after = end + 2
-    if kind == b":":
-        return int(line), after
-    if kind == b"+":
-        return bytes(line).decode(), after
-    if kind == b"-":
-        return ValkeyError(bytes(line).decode()), after
-    if kind == b"$":
-        size = int(line)
+    if kind == _INTEGER:
+        return int(buffer[pos + 1:end]), after
+    if kind == _ARRAY:
+        count = int(buffer[pos + 1:end])
+        if count < 0:
+            return None, after
+        items: list[Any] = []
+        append, find, size = items.append, buffer.find, len(buffer)
+        for _ in range(count):
+            if after < size and buffer[after] == _INTEGER:     # the common item (script replies): inline
+                end = find(b"\r\n", after)
+                if end < 0:
+                    return _INCOMPLETE, pos
+                append(int(buffer[after + 1:end]))
+                after = end + 2
+                continue
+            item, after = parse(buffer, after)
+            if item is _INCOMPLETE:
+                return _INCOMPLETE, pos
+            append(item)
+        return items, after
+    if kind == _BULK:
+        size = int(buffer[pos + 1:end])
         if size < 0:
             return None, after
         if len(buffer) < after + size + 2:
             return _INCOMPLETE, pos
         return bytes(buffer[after:after + size]), after + size + 2
-    if kind == b"*":
-        count = int(line)
-        if count < 0:
-            return None, after
-        items = []
-        for _ in range(count):
-            item, after = parse(buffer, after)
-            if item is _INCOMPLETE:
-                return _INCOMPLETE, pos
-            items.append(item)
-        return items, after
-    raise ValkeyError(f"unexpected reply type {kind!r}")
+    if kind == _SIMPLE:
+        return bytes(buffer[pos + 1:end]).decode(), after
+    if kind == _ERROR:
+        return ValkeyError(bytes(buffer[pos + 1:end]).decode()), after
+    raise ValkeyError(f"unexpected reply type {bytes(buffer[pos:pos + 1])!r}")
+
+
+_INTEGER, _ARRAY, _BULK, _SIMPLE, _ERROR = b":*$+-"
 
 
 class _Protocol(asyncio.Protocol):
@@ -233,15 +273,17 @@ class Valkey:
             if cursor == b"0":
                 return
 
-    async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any],
+    async def evalsha(self, sha: str, source: str, keys: list[str] | Framed, args: Sequence[Any],
                       timeout_s: float | None = None) -> Any:
-        """Run a script by its SHA-1, loading it first if the server does not know it."""
+        """Run a script by its SHA-1, loading it first if the server does not know it. `keys` may come framed
+        (`Framed`), and so may some of `args`."""
+        head = (keys.count, keys) if type(keys) is Framed else (len(keys), *keys)
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args, timeout_s=timeout_s)
+            return await self.call("EVALSHA", sha, *head, *args, timeout_s=timeout_s)
         except ValkeyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.call("EVAL", source, len(keys), *keys, *args, timeout_s=timeout_s)
+        return await self.call("EVAL", source, *head, *args, timeout_s=timeout_s)
 
     async def close(self) -> None:
         proto, self._proto = self._proto, None
