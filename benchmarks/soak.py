@@ -154,7 +154,7 @@ async def account(stack: Stack, answered: int) -> dict:
             " FROM events WHERE type = $1 AND tenant = 'demo'", USAGE_RECORDED)
         deadline = time.monotonic() + 60.0
         while True:                                  # the counters follow the log: settlement, projections
-            usage = _get(stack, "/api/v1/tenant-models/usage?period=month", stack.demo_key)["total"]
+            usage = _get(stack, "/api/v1/tenant-models/usage?period=month", stack.demo_key)["usage"]
             projected = await conn.fetchrow(
                 "SELECT coalesce(sum(calls), 0) AS calls, coalesce(sum(input_tokens), 0) AS input,"
                 " coalesce(sum(output_tokens), 0) AS output FROM tenant_token_counts WHERE tenant = 'demo'")
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples (default: %(default)s)")
     parser.add_argument("--settle", type=float, default=20.0, help="idle seconds before measuring idle memory")
     parser.add_argument("--workers", type=int, default=0, help="gateway workers (default: `up`'s, one per core)")
+    parser.add_argument("--venv", type=Path, help="run the stack from this virtualenv (e.g. one with the runtime "
+                        "dependencies alone, as deployed: `pip install switchyard-gateway`)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S", help="first wait up to S s for quiet")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
@@ -229,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"cores busy before the run: {wait_until_quiet(0.3, args.wait_quiet)}")
     info = machine()
     up_args = ["--gateway-workers", str(args.workers)] if args.workers else []
-    with Stack(fsync=True, journal_fsync=True, up_args=up_args) as stack:
+    with Stack(fsync=True, journal_fsync=True, up_args=up_args, venv=args.venv) as stack:
         stack.admin("PUT", "/api/admin/tenants/demo/limits", POLICY_LIMITS)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             result = runner.run(soak(stack, args))
     result.update(machine=info, config={"minutes": args.minutes, "concurrency": args.concurrency,
+                                        "venv": str(args.venv) if args.venv else "the benchmark's own",
                                         "every_s": args.every, "settle_s": args.settle, "workers": args.workers,
                                         "limits": POLICY_LIMITS, "mix": MIX})
     print(report(result))

@@ -40,6 +40,7 @@ class Stack:
     keep_data: bool = False
     fsync: bool = False                                   # PostgreSQL and Valkey flush their writes (no --no-fsync)
     journal_fsync: bool = False                           # the gateway's journal fdatasyncs each batch
+    venv: Path | None = None                              # run `switchyard` from this virtualenv (default: ours)
     env: dict[str, str] = field(default_factory=dict)     # SWITCHYARD_* settings for every service
     up_args: list[str] = field(default_factory=list)      # more `switchyard up` options (--replicas, --nats-cluster)
     data_dir: Path = field(init=False)
@@ -75,7 +76,8 @@ class Stack:
         self.data_dir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
         self.data_dir.chmod(0o755)  # the embedded PostgreSQL may run as another user
         self.port = free_port()
-        exe = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
+        bin_dir = self.venv / "bin" if self.venv is not None else Path(sys.executable).parent
+        exe = shutil.which("switchyard", path=str(bin_dir)) or "switchyard"
         self.command = [exe, "up", "--demo", *([] if self.fsync else ["--no-fsync"]),
                         *(["--journal-fsync"] if self.journal_fsync else []),
                         "--data-dir", str(self.data_dir), "--port", str(self.port), *self.up_args]
