@@ -98,7 +98,9 @@ def table(results: dict) -> str:
     seq_noise = ", ".join(f"{k} {v['other_cores']}" for k, v in results["sequential"].items())
     for kind, label in (("chat", "chat total"), ("stream", "stream TTFB")):
         seq = results["sequential"][kind]
-        for row in ("direct", "gateway", "added"):
+        for row in ("direct", "gateway", "added", "portkey", "added_portkey"):
+            if row not in seq:
+                continue
             v = seq[row]
             lines.append(f"  {label + ' ' + row:26}{v['p50']:8.3f}{v['p90']:8.3f}{v['p99']:8.3f}{v['mean']:8.3f}")
     seq_cpu = ", ".join(f"{k} {v['gateway_cpu_ms_per_call']['gateway']} ms (all Switchyard "
@@ -124,7 +126,7 @@ def table(results: dict) -> str:
         )
     lines += [
         "",
-        "CPU ms per call, by process (gw = the gateway's processes; sy = every Switchyard process: gateway, router,"
+        "CPU ms per call, by process (gw = the gateway's processes, for a portkey row Portkey's; sy = every Switchyard process: gateway, router,"
         " metering, quota, registry, launcher; stack = sy + NATS + PostgreSQL + Valkey; the usage log's catching up"
         " after a run is included)",
         "  cap 1gw / cap all = req/s that CPU cost allows with one core for the gateway / every core for the stack "

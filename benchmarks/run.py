@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import signal
@@ -28,7 +29,9 @@ from pathlib import Path
 import uvloop
 
 from benchmarks.cpu import wait_until_quiet
-from benchmarks.phases import SIM_KNOBS, Bench, say
+from benchmarks.phases import DIRECT_ENDPOINT, SIM_KNOBS, Bench, say
+from benchmarks.portkey import VERSION as PORTKEY_VERSION
+from benchmarks.portkey import Portkey
 from benchmarks.report import machine, table
 from benchmarks.stack import Stack
 
@@ -50,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "light: neither")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="gateway workers, passed to `switchyard up --gateway-workers` (default: its default)")
+    parser.add_argument("--compare", choices=["portkey"], default=None,
+                        help="also measure Portkey's gateway (installed from npm, started here) in front of the same "
+                             "simulator, in the same run")
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke test (< 60 s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     parser.add_argument("--requests", type=int, help="non-streamed chat calls per throughput run; streams run "
@@ -77,14 +83,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def bench(args: argparse.Namespace, stack: Stack) -> dict:
+async def bench(args: argparse.Namespace, stack: Stack, other: Portkey | None = None) -> dict:
     """Every phase, in order; the figures as one JSON-ready dict."""
     b = await Bench.open(stack)
+    if other is not None:
+        b.other, b.other_cpu = other.target(), other.cpu_s
     try:
         sequential = {kind: await b.sequential(kind, args.sequential, args.warmup) for kind in ("chat", "stream")}
         counts = {"chat": args.requests, "stream": max(1, args.requests // 4), "embed": max(1, args.requests // 2)}
         for kind in [k for k in args.kinds.split(",") if k]:
-            for target in (b.direct, b.gateway):
+            for target in (b.direct, b.gateway, *([b.other] if b.other is not None else [])):
                 requests = 0 if args.seconds else counts[kind]
                 await b.run_throughput(kind, target, args.concurrency, requests, args.seconds or 0.0,
                                        args.load_procs, args.warmup_per_conn)
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               "workers": args.workers or "default", "quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
               "load_procs": args.load_procs, "caps": args.caps, "replicas": args.replicas,
-              "nats_cluster": args.nats_cluster, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
+              "nats_cluster": args.nats_cluster, "compare": args.compare, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
     try:
         up_args = [*(["--replicas", args.replicas] if args.replicas else []),
                    *(["--gateway-workers", str(args.workers)] if args.workers else []),
@@ -126,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.caps:
                 say(f"capping every endpoint at {args.caps} concurrent calls per model")
                 stack.set_caps(args.caps)
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                figures = runner.run(bench(args, stack))
+            with contextlib.ExitStack() as others:
+                other = None
+                if args.compare == "portkey":
+                    direct = next(e.url for e in stack.endpoints.values() if e.id == DIRECT_ENDPOINT)
+                    other = others.enter_context(Portkey(direct))
+                    say(f"Portkey {PORTKEY_VERSION} on {other.url}, in front of {direct}")
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    figures = runner.run(bench(args, stack, other))
             stack_command = shlex.join(stack.command)
             say("stopping the stack")
     except KeyboardInterrupt:
