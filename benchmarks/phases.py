@@ -127,7 +127,7 @@ class Bench:
             "cpu_ms_per_call": per_call,
             # Derived, not measured: the rates the CPU cost per call allows if nothing else ran.
             "ceiling_rps_one_gateway_core": round(1000 / per_call["gateway"]) if result["ok"] and per_call.get("gateway") else None,
-            "ceiling_rps_all_cores": round((os.cpu_count() or 1) * 1000 / stack_ms) if stack_ms else None,
+            "ceiling_rps_all_cores": round((os.cpu_count() or 1) * 1000 / stack_ms) if result["ok"] and stack_ms else None,
             "window_cpu_s": {k: round(v, 3) for k, v in sorted(window.items())},
             "other_busiest": others,
             "window_s": round(window_s, 3),
