@@ -53,6 +53,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "light: neither")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="gateway workers, passed to `switchyard up --gateway-workers` (default: its default)")
+    parser.add_argument("--venv", type=Path, default=None,
+                        help="run the stack from this virtualenv (another checkout's code), measured by this harness")
     parser.add_argument("--compare", choices=["portkey"], default=None,
                         help="also measure Portkey's gateway (installed from npm, started here) in front of the same "
                              "simulator, in the same run")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     info = machine()
     limits, fsync = VARIANTS[args.variant]
-    config = {"variant": args.variant, "limits": POLICY_LIMITS if limits else None, "fsync": fsync,
+    config = {"variant": args.variant, "venv": str(args.venv) if args.venv else None, "limits": POLICY_LIMITS if limits else None, "fsync": fsync,
               "workers": args.workers or "default", "quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
               "load_procs": args.load_procs, "caps": args.caps, "replicas": args.replicas,
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                    *(["--nats-cluster", str(args.nats_cluster)] if args.nats_cluster != 1 else [])]
         say(f"variant {args.variant}: starting switchyard up --demo{'' if fsync else ' --no-fsync'}"
             f"{' --journal-fsync' if fsync else ''} {shlex.join(up_args)}")
-        with Stack(keep_data=args.keep_data, up_args=up_args, fsync=fsync, journal_fsync=fsync) as stack:
+        with Stack(keep_data=args.keep_data, up_args=up_args, fsync=fsync, journal_fsync=fsync,
+                   venv=args.venv) as stack:
             say(f"stack up on {stack.gateway_url} (data dir {stack.data_dir})")
             if limits:
                 say(f"limits on the demo tenant: {POLICY_LIMITS}")
