@@ -2,7 +2,7 @@
 
 A small file under the spool directory, mapped by every worker: one row of counters per worker
 slot, one counter per bucket (a stable hash of endpoint and model; a shared bucket only makes a
-cap bite early). A worker writes its own row alone, so counting up and down takes no lock; a
+cap bite early), and one more for the gateway's open WebSockets. A worker writes its own row alone, so counting up and down takes no lock; a
 worker taking a slot of a capped endpoint holds an flock-style record lock on the bucket while it
 sums the rows and counts itself in, so two workers never both take the last slot. A worker
 zeroes its row when it starts: what its predecessor in the slot counted ended with it.
@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 BUCKETS = 4096
+SOCKETS = BUCKETS - 1          # the last counter: open WebSockets; endpoint x model pairs hash below it
 _INT = 4
 
 
@@ -42,25 +43,34 @@ class SharedInflight:
         key = (endpoint_id, model_id)
         found = self._buckets.get(key)
         if found is None:
-            found = self._buckets[key] = zlib.crc32(f"{endpoint_id}\0{model_id}".encode()) % BUCKETS
+            found = self._buckets[key] = zlib.crc32(f"{endpoint_id}\0{model_id}".encode()) % SOCKETS
         return found
 
     def count(self, endpoint_id: str, model_id: str) -> int:
         """Calls in flight on this endpoint and model in every worker."""
-        b, counts = self.bucket(endpoint_id, model_id), self.counts
+        return self.count_at(self.bucket(endpoint_id, model_id))
+
+    def count_at(self, b: int) -> int:
+        counts = self.counts
         return sum(counts[w * BUCKETS + b] for w in range(self.workers))
 
     def take(self, endpoint_id: str, model_id: str, cap: int) -> bool:
         """Count one more call unless every worker together already has `cap` in flight; whether it was counted."""
-        b = self.bucket(endpoint_id, model_id)
+        return self.take_at(self.bucket(endpoint_id, model_id), cap)
+
+    def take_at(self, b: int, cap: int) -> bool:
+        """Count one more in counter `b` unless every worker together already has `cap` there."""
         fcntl.lockf(self.fd, fcntl.LOCK_EX, _INT, b * _INT)
         try:
-            if self.count(endpoint_id, model_id) >= cap:
+            if self.count_at(b) >= cap:
                 return False
             self.counts[self.row + b] += 1
             return True
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, _INT, b * _INT)
+
+    def give_at(self, b: int) -> None:
+        self.counts[self.row + b] -= 1
 
     def add(self, endpoint_id: str, model_id: str) -> None:
         """Count one more call (no cap to respect)."""
