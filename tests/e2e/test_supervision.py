@@ -249,7 +249,7 @@ def _simulators(stack: Owned, **knobs: float) -> None:
 
 
 async def test_gateway_killed_mid_stream_records_every_accepted_call_once_and_releases_its_holds(owned: Owned) -> None:
-    """kill -9 of one of the gateway's two workers, then of its main, under streamed (1.6 s) and plain calls that all reserve
+    """kill -9 of the gateway's workers (both), then of its main, under streamed (1.6 s) and plain calls that all reserve
     quota: every call that got a status has one usage event (those cut by the kill: `interrupted`, recorded by the
     gateway's next life from its journal), none has two, and no quota stays held."""
     redis_url = f"redis://127.0.0.1:{owned.port('valkey')}/0"
@@ -262,7 +262,8 @@ async def test_gateway_killed_mid_stream_records_every_accepted_call_once_and_re
                            what="streams under way")
             main, workers = main_and_workers(owned.proc.pid, "gateway")
             streams_cut = len(load.streaming)
-            (workers[0] if pick == "worker" else main).send_signal(signal.SIGKILL)
+            for victim in (workers if pick == "worker" else [main]):    # every worker: each may hold streams
+                victim.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             before_kill = set(load.seen)
             await wait_for(lambda: _healthy(owned, "gateway", {main.pid, *(w.pid for w in workers)}), timeout_s=60,
