@@ -40,6 +40,16 @@ class ProcessTree:
         groups["machine_busy"] = t.user + t.nice + t.system + t.irq + t.softirq
         return groups
 
+    def groups(self) -> dict[str, list[psutil.Process]]:
+        """Each group's live processes now, the launcher (the root) included."""
+        found: dict[str, list[psutil.Process]] = {"launcher": [self.root]}
+        for child in self.root.children():
+            try:
+                found.setdefault(self._group(child), []).extend([child, *child.children(recursive=True)])
+            except psutil.Error:
+                continue
+        return found
+
     def pids(self) -> set[int]:
         """The tree's processes now, the root included."""
         try:
@@ -49,13 +59,13 @@ class ProcessTree:
 
     def members(self) -> dict[str, list[str]]:
         """Which processes each group holds now: for the report, to show what was counted."""
-        found: dict[str, list[str]] = {"launcher": [f"{self.root.pid} {self.root.name()}"]}
-        for child in self.root.children():
-            try:
-                procs = [child, *child.children(recursive=True)]
-                found.setdefault(self._group(child), []).extend(f"{p.pid} {p.name()}" for p in procs)
-            except psutil.Error:
-                continue
+        found: dict[str, list[str]] = {}
+        for group, procs in self.groups().items():
+            for p in procs:
+                try:
+                    found.setdefault(group, []).append(f"{p.pid} {p.name()}")
+                except psutil.Error:
+                    continue
         return found
 
     def _group(self, proc: psutil.Process) -> str:

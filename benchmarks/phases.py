@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks import procs
@@ -31,6 +32,8 @@ class Bench:
     gateway_ok: int = 0
     usage_base: int = 0
     throughput: list[dict] = field(default_factory=list)
+    other: Target | None = None                   # another gateway in front of the same simulator (Portkey)
+    other_cpu: Callable[[], float] | None = None   # its process's CPU seconds so far
 
     @classmethod
     async def open(cls, stack: Stack) -> Bench:
@@ -57,7 +60,8 @@ class Bench:
         """Latency (chat) or time to first SSE data chunk (stream), direct and via the gateway."""
         say(f"sequential {kind}: {calls} calls per target after {warmup} warm-up")
         before, own_before, t0 = self.tree.snapshot(), time.process_time(), time.monotonic()
-        samples = await sequential([self.direct, self.gateway], SHAPES[kind], calls, warmup)
+        targets = [self.direct, self.gateway, *([self.other] if self.other is not None else [])]
+        samples = await sequential(targets, SHAPES[kind], calls, warmup)
         cpu, own, wall = delta(before, self.tree.snapshot()), time.process_time() - own_before, time.monotonic() - t0
         self.gateway_ok += samples["gateway"].ok
         pick = (lambda s: s.ttfb) if SHAPES[kind].stream else (lambda s: s.total)
@@ -70,6 +74,10 @@ class Bench:
                    for group in ("gateway", "router", "quota", "metering", "switchyard_total", "infra_total")},
                "busy_cores": round(cpu["machine_busy"] / wall, 2),
                "other_cores": round(max(0.0, cpu["machine_busy"] - _ours(cpu) - own) / wall, 2)}
+        if self.other is not None:
+            o = latency_ms(pick(samples[self.other.name]))
+            out[self.other.name] = o
+            out[f"added_{self.other.name}"] = added(d, o)
         if SHAPES[kind].stream:
             out["total"] = {name: latency_ms(s.total) for name, s in samples.items()}
         return out
@@ -90,6 +98,7 @@ class Bench:
             marks["sims"] = self.sim_stats()
             marks["all"] = every_process()
             marks["cpu"], marks["t"] = self.tree.snapshot(), time.monotonic()
+            marks["other"] = self.other_cpu() if self.other_cpu is not None else 0.0
 
         result = await procs.run(job, load_procs, on_ready)
         window, window_s = delta(marks["cpu"], self.tree.snapshot()), time.monotonic() - marks["t"]
@@ -99,6 +108,9 @@ class Bench:
             events, drain_s = await self.usage.wait_for(self.usage_base + self.gateway_ok)
         cpu_s = delta(marks["cpu"], self.tree.snapshot())  # the window plus the usage log catching up
         cpu_s["loadgen"] = result["loadgen_cpu_s"]
+        if self.other is not None and target is self.other and self.other_cpu is not None:
+            cpu_s["gateway"] = self.other_cpu() - marks["other"]   # the gateway under test: the other one's process
+            window["gateway"] = cpu_s["gateway"]
         others = busiest_others(marks["all"], every_process(), self.tree.pids() | {os.getpid()})
         ours = _ours(window) + result["loadgen_cpu_s"]
         per_call = per_call_ms(cpu_s, result["ok"])
@@ -114,8 +126,8 @@ class Bench:
             "cpu_s": {k: round(v, 3) for k, v in sorted(cpu_s.items())},
             "cpu_ms_per_call": per_call,
             # Derived, not measured: the rates the CPU cost per call allows if nothing else ran.
-            "ceiling_rps_one_gateway_core": round(1000 / per_call["gateway"]) if via_gateway else None,
-            "ceiling_rps_all_cores": round((os.cpu_count() or 1) * 1000 / stack_ms) if stack_ms else None,
+            "ceiling_rps_one_gateway_core": round(1000 / per_call["gateway"]) if result["ok"] and per_call.get("gateway") else None,
+            "ceiling_rps_all_cores": round((os.cpu_count() or 1) * 1000 / stack_ms) if result["ok"] and stack_ms else None,
             "window_cpu_s": {k: round(v, 3) for k, v in sorted(window.items())},
             "other_busiest": others,
             "window_s": round(window_s, 3),

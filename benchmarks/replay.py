@@ -26,6 +26,7 @@ from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway import events
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.services.metering.folds import BULK
 from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 
 TABLES = ("token_counts", "tenant_token_counts", "usage_minutes", "usage_days", "usage_cost")
@@ -71,7 +72,7 @@ async def main(args: argparse.Namespace) -> int:
         first = None
         for round_ in range(1, args.rounds + 1):
             count, seconds = await events.rebuild_all(pool, list(PROJECTIONS.values()), chunk=args.chunk,
-                                                           decoders=DECODERS)
+                                                           decoders=DECODERS, bulk=BULK)
             view = await snapshot(pool)
             first = first or view
             say(f"round {round_}: rebuilt {', '.join(PROJECTIONS)} from {count:,} events in {seconds:.2f} s "

@@ -80,7 +80,11 @@ def _commit() -> str:
 def table(results: dict) -> str:
     """The results as a plain-text report."""
     m, cfg = results["machine"], results["config"]
+    variant = cfg.get("variant", "light")
     lines = [
+        f"Variant {variant}: " + ("a tenant with token and rate limits" if cfg.get("limits") else "no limits")
+        + (", fsync on (PostgreSQL, Valkey, the gateway's journal)" if cfg.get("fsync") else ", fsync off")
+        + f"; gateway workers: {cfg.get('workers', 1)}",
         f"Switchyard benchmark: {m['logical_cores']} cores ({m['cpu_model']}), Python {m['python']}, "
         f"commit {m['commit']}",
         f"Before the run: load average {m['load_average_before']}, {m['busy_cores_before']} cores busy (other users)",
@@ -94,7 +98,9 @@ def table(results: dict) -> str:
     seq_noise = ", ".join(f"{k} {v['other_cores']}" for k, v in results["sequential"].items())
     for kind, label in (("chat", "chat total"), ("stream", "stream TTFB")):
         seq = results["sequential"][kind]
-        for row in ("direct", "gateway", "added"):
+        for row in ("direct", "gateway", "added", "portkey", "added_portkey"):
+            if row not in seq:
+                continue
             v = seq[row]
             lines.append(f"  {label + ' ' + row:26}{v['p50']:8.3f}{v['p90']:8.3f}{v['p99']:8.3f}{v['mean']:8.3f}")
     seq_cpu = ", ".join(f"{k} {v['gateway_cpu_ms_per_call']['gateway']} ms (all Switchyard "
@@ -120,18 +126,22 @@ def table(results: dict) -> str:
         )
     lines += [
         "",
-        "CPU ms per call (gw = the gateway's processes, sy = every Switchyard process: gateway, router, quota, "
-        "metering, registry, launcher; the usage log's catching up after a run is included)",
+        "CPU ms per call, by process (gw = the gateway's processes, for a portkey row Portkey's; sy = every Switchyard process: gateway, router,"
+        " metering, quota, registry, launcher; stack = sy + NATS + PostgreSQL + Valkey; the usage log's catching up"
+        " after a run is included)",
         "  cap 1gw / cap all = req/s that CPU cost allows with one core for the gateway / every core for the stack "
         "and load generator and nothing else running (derived, not measured)",
-        f"  {'':15}{'gw':>7}{'router':>7}{'meter':>7}{'quota':>7}{'sy':>7}{'sim':>7}{'nats':>7}{'pg':>7}"
-        f"{'valkey':>7}{'load':>7}{'cap 1gw':>9}{'cap all':>9}",
+        f"  {'':15}" + "".join(f"{h:>7}" for h in ("gw", "router", "meter", "quota", "reg", "sy", "nats", "pg",
+                                                   "valkey", "stack", "sim", "load"))
+        + f"{'cap 1gw':>9}{'cap all':>9}",
     ]
     for run in results["throughput"]:
         c = run["cpu_ms_per_call"]
         caps = [run["ceiling_rps_one_gateway_core"], run["ceiling_rps_all_cores"]]
-        cells = [c.get(k, 0.0) for k in ("gateway", "router", "metering", "quota", "switchyard_total", "sims_total",
-                                          "nats", "postgres", "valkey", "loadgen")]
+        cells = [c.get(k, 0.0) for k in ("gateway", "router", "metering", "quota", "registry", "switchyard_total",
+                                          "nats", "postgres", "valkey")]
+        cells += [c.get("switchyard_total", 0.0) + c.get("infra_total", 0.0), c.get("sims_total", 0.0),
+                  c.get("loadgen", 0.0)]
         lines.append(f"  {run['kind'] + ' ' + run['target']:15}" + "".join(f"{x:7.3f}" for x in cells)
                      + "".join(f"{'-' if x is None else x:>9}" for x in caps))
     busy_others = [(run, o) for run in results["throughput"] for o in run["other_busiest"][:1]]

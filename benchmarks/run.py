@@ -1,18 +1,24 @@
 """Benchmark the gateway against the same upstream simulator called directly, on one machine.
 
-    python -m benchmarks.run [--quick] [--out benchmarks/results/latest.json] [--requests N]
-                             [--concurrency 32] [--load-procs K] [--replicas gateway=2] [--nats-cluster 3]
+    python -m benchmarks.run [--variant policy|no-limits|no-fsync|light] [--quick] [--out PATH] [--requests N]
+                             [--concurrency 32] [--load-procs K] [--workers N] [--replicas gateway=2]
 
-Starts `switchyard up --demo --no-fsync` on a fresh data dir and a free port, then measures
-added latency and time to first byte (sequential calls), throughput and CPU per call (N
-keep-alive connections) for chat, streamed chat and embeddings, and checks that the usage
-log holds one event per gateway call. Prints a table and writes every figure as JSON.
+Starts `switchyard up --demo` on a fresh data dir and a free port, then measures added latency
+and time to first byte (sequential calls), throughput and CPU per call by process (N keep-alive
+connections) for chat, streamed chat and embeddings, and checks that the usage log holds one
+event per gateway call. Prints a table and writes every figure as JSON.
+
+By default every call takes the policy path, as `switchyard up` offers it in production: the
+demo tenant has token and rate limits (each call authenticated, reserved in Valkey, metered
+through NATS into PostgreSQL), PostgreSQL and Valkey flush their writes, and the gateway's
+journal fdatasyncs (`--journal-fsync`). The lighter paths are named variants.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import signal
@@ -23,15 +29,35 @@ from pathlib import Path
 import uvloop
 
 from benchmarks.cpu import wait_until_quiet
-from benchmarks.phases import SIM_KNOBS, Bench, say
+from benchmarks.phases import DIRECT_ENDPOINT, SIM_KNOBS, Bench, say
+from benchmarks.portkey import VERSION as PORTKEY_VERSION
+from benchmarks.portkey import Portkey
 from benchmarks.report import machine, table
 from benchmarks.stack import Stack
 
 DEFAULT_OUT = Path("benchmarks/results/latest.json")
+# Limits no run reaches, so every call is reserved and settled but none refused.
+POLICY_LIMITS = {"daily_tokens": 10**12, "monthly_tokens": 10**13, "rpm": 10**9, "tpm": 10**12}
+VARIANTS = {  # name: (limits on the demo tenant, PostgreSQL/Valkey fsync and the journal's fdatasync)
+    "policy": (True, True),
+    "no-limits": (False, True),
+    "no-fsync": (True, False),
+    "light": (False, False),      # what this benchmark measured before the policy path was its default
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="policy",
+                        help="policy (default): a tenant with token and rate limits, fsync on; no-limits; no-fsync; "
+                             "light: neither")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="gateway workers, passed to `switchyard up --gateway-workers` (default: its default)")
+    parser.add_argument("--venv", type=Path, default=None,
+                        help="run the stack from this virtualenv (another checkout's code), measured by this harness")
+    parser.add_argument("--compare", choices=["portkey"], default=None,
+                        help="also measure Portkey's gateway (installed from npm, started here) in front of the same "
+                             "simulator, in the same run")
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke test (< 60 s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     parser.add_argument("--requests", type=int, help="non-streamed chat calls per throughput run; streams run "
@@ -59,14 +85,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def bench(args: argparse.Namespace, stack: Stack) -> dict:
+async def bench(args: argparse.Namespace, stack: Stack, other: Portkey | None = None) -> dict:
     """Every phase, in order; the figures as one JSON-ready dict."""
     b = await Bench.open(stack)
+    if other is not None:
+        b.other, b.other_cpu = other.target(), other.cpu_s
     try:
         sequential = {kind: await b.sequential(kind, args.sequential, args.warmup) for kind in ("chat", "stream")}
         counts = {"chat": args.requests, "stream": max(1, args.requests // 4), "embed": max(1, args.requests // 2)}
         for kind in [k for k in args.kinds.split(",") if k]:
-            for target in (b.direct, b.gateway):
+            for target in (b.direct, b.gateway, *([b.other] if b.other is not None else [])):
                 requests = 0 if args.seconds else counts[kind]
                 await b.run_throughput(kind, target, args.concurrency, requests, args.seconds or 0.0,
                                        args.load_procs, args.warmup_per_conn)
@@ -88,21 +116,35 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {wait_until_quiet(0.3, args.wait_quiet)} cores busy")
     started = time.time()
     info = machine()
-    config = {"quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
+    limits, fsync = VARIANTS[args.variant]
+    config = {"variant": args.variant, "venv": str(args.venv) if args.venv else None, "limits": POLICY_LIMITS if limits else None, "fsync": fsync,
+              "workers": args.workers or "default", "quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
               "load_procs": args.load_procs, "caps": args.caps, "replicas": args.replicas,
-              "nats_cluster": args.nats_cluster, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
-    say("starting switchyard up --demo --no-fsync ...")
+              "nats_cluster": args.nats_cluster, "compare": args.compare, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
     try:
         up_args = [*(["--replicas", args.replicas] if args.replicas else []),
+                   *(["--gateway-workers", str(args.workers)] if args.workers else []),
                    *(["--nats-cluster", str(args.nats_cluster)] if args.nats_cluster != 1 else [])]
-        with Stack(keep_data=args.keep_data, up_args=up_args) as stack:
+        say(f"variant {args.variant}: starting switchyard up --demo{'' if fsync else ' --no-fsync'}"
+            f"{' --journal-fsync' if fsync else ''} {shlex.join(up_args)}")
+        with Stack(keep_data=args.keep_data, up_args=up_args, fsync=fsync, journal_fsync=fsync,
+                   venv=args.venv) as stack:
             say(f"stack up on {stack.gateway_url} (data dir {stack.data_dir})")
+            if limits:
+                say(f"limits on the demo tenant: {POLICY_LIMITS}")
+                stack.admin("PUT", "/api/admin/tenants/demo/limits", POLICY_LIMITS)
             if args.caps:
                 say(f"capping every endpoint at {args.caps} concurrent calls per model")
                 stack.set_caps(args.caps)
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                figures = runner.run(bench(args, stack))
+            with contextlib.ExitStack() as others:
+                other = None
+                if args.compare == "portkey":
+                    direct = next(e.url for e in stack.endpoints.values() if e.id == DIRECT_ENDPOINT)
+                    other = others.enter_context(Portkey(direct))
+                    say(f"Portkey {PORTKEY_VERSION} on {other.url}, in front of {direct}")
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    figures = runner.run(bench(args, stack, other))
             stack_command = shlex.join(stack.command)
             say("stopping the stack")
     except KeyboardInterrupt:

@@ -38,6 +38,9 @@ class Stack:
     ready_timeout_s: float = 120.0
     stop_timeout_s: float = 60.0
     keep_data: bool = False
+    fsync: bool = False                                   # PostgreSQL and Valkey flush their writes (no --no-fsync)
+    journal_fsync: bool = False                           # the gateway's journal fdatasyncs each batch
+    venv: Path | None = None                              # run `switchyard` from this virtualenv (default: ours)
     env: dict[str, str] = field(default_factory=dict)     # SWITCHYARD_* settings for every service
     up_args: list[str] = field(default_factory=list)      # more `switchyard up` options (--replicas, --nats-cluster)
     data_dir: Path = field(init=False)
@@ -73,9 +76,11 @@ class Stack:
         self.data_dir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
         self.data_dir.chmod(0o755)  # the embedded PostgreSQL may run as another user
         self.port = free_port()
-        exe = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
-        self.command = [exe, "up", "--demo", "--no-fsync", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                        *self.up_args]
+        bin_dir = self.venv / "bin" if self.venv is not None else Path(sys.executable).parent
+        exe = shutil.which("switchyard", path=str(bin_dir)) or "switchyard"
+        self.command = [exe, "up", "--demo", *([] if self.fsync else ["--no-fsync"]),
+                        *(["--journal-fsync"] if self.journal_fsync else []),
+                        "--data-dir", str(self.data_dir), "--port", str(self.port), *self.up_args]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}, **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -133,6 +138,14 @@ class Stack:
                                                       "Authorization": f"Bearer {self.admin_key}"})
             with urllib.request.urlopen(request, timeout=10):  # noqa: S310 — loopback only
                 pass
+
+    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        """Call the gateway's admin API with the admin key; the JSON reply."""
+        request = urllib.request.Request(self.gateway_url + path, data=json.dumps(body or {}).encode(), method=method,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {self.admin_key}"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 — loopback only
+            return json.loads(response.read() or b"{}")
 
     def post_json(self, url: str, body: dict) -> dict:
         """POST a JSON body to `url` (a simulator's control API) and return the JSON reply."""

@@ -27,6 +27,7 @@ from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
 SERVICES = ("registry", "metering", "router", "quota", "gateway")   # start order
 SIMULATORS = ("sim-ollama", "sim-openai")                           # --demo's upstreams
 MAX_REPLICAS = 8
+MAX_WORKERS = 64
 T = TypeVar("T")
 
 
@@ -47,6 +48,14 @@ def unit_names(counts: dict[str, int]) -> dict[str, list[str]]:
     """Each service's supervised units: its own name when it runs once, `<name>-<n>` for each replica."""
     return {name: [name] if counts[name] == 1 else [f"{name}-{n}" for n in range(1, counts[name] + 1)]
             for name in SERVICES}
+
+
+def gateway_workers(asked: int, replicas: int) -> int:
+    """Workers per gateway: as asked, else the machine's cores shared among the replicas (at least one each)."""
+    if asked > 0:
+        return asked
+    from switchyard_gateway.kit.serve import worker_count
+    return max(1, worker_count(0) // replicas)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="run N copies of some services, e.g. gateway=2,metering=2,quota=2,router=2,registry=2; "
                          "gateway replicas share the gateway's port (the kernel spreads connections), the others "
                          "get a port each")
+    up.add_argument("--gateway-workers", type=int, default=0, metavar="N",
+                    help="worker processes per gateway, sharing its port (default: one per core, divided among "
+                         "gateway replicas); each has its own journal and event-fed state")
     up.add_argument("--nats-cluster", type=int, default=1, metavar="N",
                     help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them")
     up.add_argument("--nats-users", type=Path, default=None, metavar="F",
@@ -101,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         external = _external_urls(os.environ)
         args.units = unit_names(replica_counts(args.replicas))
+        if not 0 <= args.gateway_workers <= MAX_WORKERS:
+            raise ValueError(f"--gateway-workers: {args.gateway_workers}: N must be a whole number from 1 to "
+                             f"{MAX_WORKERS} (or 0: one per core)")
         if args.nats_cluster != 1 and external["nats_url"]:
             raise SettingsError("--nats-cluster runs NATS here, but SWITCHYARD_NATS_URL points at a running one")
         args.nats_password = None
@@ -172,6 +187,7 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
                 own["SWITCHYARD_INSTANCE"] = unit
             if name == "gateway":
                 own["SWITCHYARD_HOST"] = args.host
+                own["SWITCHYARD_WORKERS"] = str(gateway_workers(args.gateway_workers, len(args.units[name])))
                 if len(args.units[name]) > 1:       # replicas share the public port on purpose, with each other only
                     own["SWITCHYARD_SHARE_PORT_WITH"] = str(os.getpid())
             if name == "registry":

@@ -1,8 +1,8 @@
 """A lean pipelined Valkey/Redis client: one connection, RESP2, replies in order.
 
-Every call writes its command at once and awaits a future; replies arrive in request order, so
-concurrent calls share the connection without waiting for each other: `asyncio.gather` of calls is a
-pipeline. It replaces redis-py everywhere (the gateway's reservations and cache, the quota service, the
+Every call queues its command and awaits a future; the commands queued in one turn of the event loop go
+out in one write, and replies arrive in request order, so concurrent calls share the connection (and its
+system calls) without waiting for each other: `asyncio.gather` of calls is a pipeline. It replaces redis-py everywhere (the gateway's reservations and cache, the quota service, the
 launcher's readiness check): `benchmarks/clients.py` measures it against redis-py's asyncio client.
 
     ValkeyError          the server answered with an error (`-ERR ...`, `-NOSCRIPT ...`, `-LOADING ...`)
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -24,15 +24,44 @@ class ValkeyError(Exception):
     """An error reply from the server."""
 
 
+class Framed:
+    """Arguments framed once for many commands (the parts of a call that do not change), sent as they are."""
+
+    __slots__ = ("data", "count")
+
+    def __init__(self, args: Sequence[Any]) -> None:
+        self.data = b"".join(_frame(arg) for arg in args)
+        self.count = len(args)
+
+
+def _frame(arg: Any) -> bytes:
+    kind = type(arg)
+    data = arg.encode() if kind is str else b"%d" % arg if kind is int else arg if kind is bytes else str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def encode_command(args: tuple[Any, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+    parts = []
     append = parts.append
+    count = len(args)
     for arg in args:
-        data = arg if type(arg) is bytes else str(arg).encode()
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is int:
+            data = b"%d" % arg
+        elif kind is bytes:
+            data = arg
+        elif kind is Framed:
+            append(arg.data)
+            count += arg.count - 1
+            continue
+        else:
+            data = str(arg).encode()
         append(b"$%d\r\n" % len(data))
         append(data)
         append(b"\r\n")
-    return b"".join(parts)
+    return b"*%d\r\n%s" % (count, b"".join(parts))
 
 
 _INCOMPLETE = object()
@@ -43,44 +72,71 @@ def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
     end = buffer.find(b"\r\n", pos)
     if end < 0:
         return _INCOMPLETE, pos
-    kind, line = buffer[pos:pos + 1], buffer[pos + 1:end]
+    kind = buffer[pos]
     after = end + 2
-    if kind == b":":
-        return int(line), after
-    if kind == b"+":
-        return bytes(line).decode(), after
-    if kind == b"-":
-        return ValkeyError(bytes(line).decode()), after
-    if kind == b"$":
-        size = int(line)
+    if kind == _INTEGER:
+        return int(buffer[pos + 1:end]), after
+    if kind == _ARRAY:
+        count = int(buffer[pos + 1:end])
+        if count < 0:
+            return None, after
+        items: list[Any] = []
+        append, find, size = items.append, buffer.find, len(buffer)
+        for _ in range(count):
+            if after < size and buffer[after] == _INTEGER:     # the common item (script replies): inline
+                end = find(b"\r\n", after)
+                if end < 0:
+                    return _INCOMPLETE, pos
+                append(int(buffer[after + 1:end]))
+                after = end + 2
+                continue
+            item, after = parse(buffer, after)
+            if item is _INCOMPLETE:
+                return _INCOMPLETE, pos
+            append(item)
+        return items, after
+    if kind == _BULK:
+        size = int(buffer[pos + 1:end])
         if size < 0:
             return None, after
         if len(buffer) < after + size + 2:
             return _INCOMPLETE, pos
         return bytes(buffer[after:after + size]), after + size + 2
-    if kind == b"*":
-        count = int(line)
-        if count < 0:
-            return None, after
-        items = []
-        for _ in range(count):
-            item, after = parse(buffer, after)
-            if item is _INCOMPLETE:
-                return _INCOMPLETE, pos
-            items.append(item)
-        return items, after
-    raise ValkeyError(f"unexpected reply type {kind!r}")
+    if kind == _SIMPLE:
+        return bytes(buffer[pos + 1:end]).decode(), after
+    if kind == _ERROR:
+        return ValkeyError(bytes(buffer[pos + 1:end]).decode()), after
+    raise ValkeyError(f"unexpected reply type {bytes(buffer[pos:pos + 1])!r}")
+
+
+_INTEGER, _ARRAY, _BULK, _SIMPLE, _ERROR = b":*$+-"
 
 
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue a command; every command queued in one turn of the event loop goes out in one write."""
+        future = self.loop.create_future()
+        self.waiting.append(future)
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append(command)
+        return future
+
+    def _flush(self) -> None:
+        commands, self.outgoing = self.outgoing, []
+        if not self.lost and self.transport is not None:
+            self.transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -101,6 +157,12 @@ class _Protocol(asyncio.Protocol):
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(ConnectionError("the Valkey connection was lost"))
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    """A call's reply is late: the caller gets TimeoutError; the reply, when it comes, is read and dropped."""
+    if not future.done():
+        future.set_exception(TimeoutError("Valkey did not answer in time"))
 
 
 class Address:
@@ -168,21 +230,33 @@ class Valkey:
             return proto
 
     async def _send(self, proto: _Protocol, args: tuple[Any, ...]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        proto.waiting.append(future)
-        assert proto.transport is not None
-        proto.transport.write(encode_command(args))
-        value = await future
+        value = await proto.send(encode_command(args))
         if isinstance(value, ValkeyError):
             raise value
         return value
 
-    async def call(self, *args: Any) -> Any:
-        """Send one command and return its reply; ValkeyError for an error reply."""
-        if self.timeout_s is None:
-            return await self._send(await self._connection(), args)
-        async with asyncio.timeout(self.timeout_s):
-            return await self._send(await self._connection(), args)
+    async def call(self, *args: Any, timeout_s: float | None = None) -> Any:
+        """Send one command and return its reply; ValkeyError for an error reply. `timeout_s` (else the client's)
+        bounds the wait for the connection and the reply: TimeoutError past it."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        proto = self._proto
+        if proto is None or proto.lost:             # (re)connecting: the slow path, bounded as a whole
+            if timeout_s is None:
+                return await self._send(await self._connection(), args)
+            async with asyncio.timeout(timeout_s):
+                return await self._send(await self._connection(), args)
+        future = proto.send(encode_command(args))
+        if timeout_s is None:
+            value = await future
+        else:                                       # one timer on the reply, cheaper than a timeout scope
+            expiry = proto.loop.call_later(timeout_s, _expire, future)
+            try:
+                value = await future
+            finally:
+                expiry.cancel()
+        if isinstance(value, ValkeyError):
+            raise value
+        return value
 
     async def hgetall(self, key: str) -> dict[bytes, bytes]:
         """A hash as a dict (empty if there is no such key)."""
@@ -199,14 +273,17 @@ class Valkey:
             if cursor == b"0":
                 return
 
-    async def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a script by its SHA-1, loading it first if the server does not know it."""
+    async def evalsha(self, sha: str, source: str, keys: list[str] | Framed, args: Sequence[Any],
+                      timeout_s: float | None = None) -> Any:
+        """Run a script by its SHA-1, loading it first if the server does not know it. `keys` may come framed
+        (`Framed`), and so may some of `args`."""
+        head = (keys.count, keys) if type(keys) is Framed else (len(keys), *keys)
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", sha, *head, *args, timeout_s=timeout_s)
         except ValkeyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.call("EVAL", source, len(keys), *keys, *args)
+        return await self.call("EVAL", source, *head, *args, timeout_s=timeout_s)
 
     async def close(self) -> None:
         proto, self._proto = self._proto, None

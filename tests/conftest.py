@@ -165,7 +165,9 @@ def demo(urls: StackUrls, stack_root: Path) -> Iterator[DemoStack]:
         **os.environ, "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url, "SWITCHYARD_LOG_LEVEL": "info",
     }
-    proc = start_up(["--demo", "--data-dir", str(data_dir), "--port", str(port)], env, data_dir / "up.log")
+    # Two gateway workers whatever the machine: every end-to-end test meets the multi-worker gateway.
+    proc = start_up(["--demo", "--data-dir", str(data_dir), "--port", str(port), "--gateway-workers", "2"], env,
+                    data_dir / "up.log")
     try:
         yield DemoStack(proc, data_dir, port, database_url)
     finally:

@@ -362,3 +362,38 @@ class WarmReply(msgspec.Struct, frozen=True):
     """What each warm-up call did, in the order they were made."""
 
     results: list[ModelWarmed]
+
+
+# --- a gateway's workers (`gateway.metrics.v1`) -------------------------------------
+
+
+class WorkerMetricsAsk(msgspec.Struct, frozen=True):
+    """A worker of a gateway asks its sibling workers for their Prometheus samples, to answer a scrape for all."""
+
+    gateway: str                    # the gateway whose workers answer (its instance name, no worker suffix)
+    asker: str                      # the asking worker's instance name: it does not answer itself
+
+
+class MetricSample(msgspec.Struct, frozen=True, array_like=True):
+    """One sample: its name (with any suffix: `_total`, `_bucket`), its labels, its value."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class MetricFamily(msgspec.Struct, frozen=True):
+    """One metric family of a worker's registry."""
+
+    name: str
+    type: str                       # counter, gauge, histogram, summary, ...
+    documentation: str
+    unit: str
+    samples: list[MetricSample]
+
+
+class WorkerMetricsReply(msgspec.Struct, frozen=True):
+    """Every metric family of one worker's registry."""
+
+    instance: str
+    families: list[MetricFamily]

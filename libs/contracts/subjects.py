@@ -52,6 +52,7 @@ ROUTER_WARM = "router.warm.v1"                  # warm a model up: unbilled mini
 QUOTA_RESERVE = "quota.reserve.v1"              # reserve estimated tokens against every limit
 QUOTA_QUERY = "quota.query.v1"                  # quotas and usage views
 QUOTA_COMMAND = "quota.command.v1"              # set limits
+GATEWAY_METRICS = "gateway.metrics.v1"          # a gateway's workers send each other their metric samples
 
 # --- JetStream streams: name -> subjects it captures ---------------------------
 STREAM_USAGE = "USAGE"

@@ -176,6 +176,8 @@ CHANNELS: tuple[Channel, ...] = (
     _service(s.QUOTA_COMMAND, (ADMIN,), Use("quota", "NATS micro service `quota`, one queue group")),
     _service(s.QUOTA_QUERY, (Use("gateway", "quota and usage views (/api/v1/tenant-models/...)"),),
              Use("quota", "NATS micro service `quota`, one queue group")),
+    _service(s.GATEWAY_METRICS, (Use("gateway", "the worker a /metrics scrape reaches, for its sibling workers"),),
+             Use("gateway", "every worker of the gateway named in the request (core NATS, no queue group)")),
     _service(s.QUOTA_RESERVE, (Use("benchmarks", "the reservation benchmark; deployments that keep Valkey private "
                                                  "to the quota service (gateways reserve in Valkey directly)"),),
              Use("quota", "NATS micro service `quota`, one queue group")),

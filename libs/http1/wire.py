@@ -124,9 +124,14 @@ class ChunkedDecoder:
                 eol = data.find(b"\r\n", pos)
                 if eol < 0:
                     break
-                self._left = _chunk_size(data[pos:eol])
+                left = _chunk_size(data[pos:eol])
                 pos = eol + 2
-                if self._left:
+                if left and pos + left + 2 <= size and data[pos + left : pos + left + 2] == b"\r\n":
+                    out.append(data[pos : pos + left])  # the whole chunk and its CRLF are here: at once
+                    pos += left + 2
+                    continue
+                self._left = left
+                if left:
                     state = _DATA
                 else:
                     state = _TRAILER
@@ -173,6 +178,8 @@ def _unfold(block: str) -> str:
 
 
 def _chunk_size(line: bytes) -> int:
+    if 0 < len(line) <= 15 and not line.strip(_HEX):  # the usual size line: hex digits alone
+        return int(line, 16)
     raw = line.split(b";", 1)[0].strip(b" \t")
     if not raw or raw.strip(_HEX) or len(raw) > 15:
         raise ResponseCut(f"malformed chunk size {line[:40]!r}")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +17,10 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from nats.aio.client import Client as NATS
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from switchyard_gateway.kit import eventlog, logs, natsio, ports
+from switchyard_gateway.kit import eventlog, logs, natsio
 from switchyard_gateway.kit.settings import ServiceSettings
-from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
 
 BEFORE_SCRAPE_TIMEOUT_S = 2.0    # each refresh before a scrape gets this long; a late one keeps its old figures
 DRAIN_TIMEOUT_S = 2.0           # on stop: NATS subscriptions finish their messages, the pool its queries, within this
@@ -46,6 +43,7 @@ class Runtime(Generic[S]):
     pool: asyncpg.Pool | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     before_scrape: list[Callable[[], Awaitable[None]]] = field(default_factory=list)   # gauges read at scrape time
+    registry: Any = REGISTRY                            # what /metrics exposes (a gateway's workers: all of them)
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run a background loop for the service's lifetime; a crash is logged and ends the process."""
@@ -169,47 +167,13 @@ def create_service_app(
     @get("/metrics")
     async def metrics(request: Any) -> Response[bytes]:
         await refresh_before_scrape(request.app.state.runtime)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(request.app.state.runtime.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Litestar(
         route_handlers=[health_handler or health, live, metrics, *route_handlers], lifespan=[lifespan],
         dependencies={"deps": Provide(_provide_deps, sync_to_thread=False)},
         logging_config=None, openapi_config=None, **litestar_kwargs,
     )
-
-
-def run(target: str, settings: ServiceSettings, interface: str = "asgi", websockets: bool = False) -> None:
-    """Serve an app factory (`module:function`) with granian: one worker, uvloop, HTTP/1.1 (and WebSocket
-    upgrades when `websockets`).
-
-    granian runs a main process and a worker; the worker dies with the main (SIGTERM, so it still
-    drains), and the main, started by the supervisor, dies with it. granian listens with
-    SO_REUSEPORT, so the port is checked first: a port another process listens on stops the
-    service with one line naming the holder and exit code PORT_IN_USE_EXIT, instead of sharing it
-    — unless `share_port_with` names the launcher and every listener is another of its processes
-    (replicas of one stack sharing the gateway's port on purpose; the kernel spreads connections).
-    """
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-
-    if not port_is_free(settings.port, settings.host) and not ports.shared_within(settings.port,
-                                                                                  settings.share_port_with):
-        holder = ports.holder(settings.port)
-        print(f"switchyard: port {settings.port} on {settings.host} is already in use"
-              f"{f' by {holder}' if holder else ''}", file=sys.stderr, flush=True)
-        raise SystemExit(ports.PORT_IN_USE_EXIT)
-    Granian(
-        target, address=settings.host, port=settings.port, interface=Interfaces(interface),
-        factory=True, workers=1, loop=Loops.uvloop, http=HTTPModes.http1, websockets=websockets,
-        log_enabled=False, backlog=2048,
-    ).serve(target_loader=functools.partial(_load_in_worker, os.getpid()))
-
-
-def _load_in_worker(main_pid: int, target: str) -> Any:
-    """Runs in granian's worker: tie its life to the main process, then build the app."""
-    die_with_parent(signal.SIGTERM, main_pid)
-    module, _, factory = target.partition(":")
-    return getattr(importlib.import_module(module), factory)()
 
 
 async def serve_subscriptions(

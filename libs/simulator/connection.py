@@ -82,6 +82,11 @@ class HttpConnection(asyncio.Protocol):
             self._transport.close()
 
     @property
+    def busy(self) -> bool:
+        """Answering a request that waits or is paced (until its reply is written)."""
+        return self._busy
+
+    @property
     def closed(self) -> bool:
         return self._transport is None or self._transport.is_closing()
 

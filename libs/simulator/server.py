@@ -36,6 +36,7 @@ class SimStats(msgspec.Struct, frozen=True):
     failures: dict[str, int]  # injected failures by kind
     connections: int  # open connections on the main port
     abandoned: int = 0  # replies whose client closed the connection before they were complete
+    busy: int = 0     # open connections answering a request now (one that waits for latency or is paced)
 
 
 class Simulator:
@@ -159,6 +160,7 @@ class Simulator:
             failures=dict(self._failures),
             abandoned=self._abandoned,
             connections=len(self._conns),
+            busy=sum(1 for conn in self._conns if conn.busy),
         )
 
     def configure(self, **changes: object) -> SimConfig:

@@ -132,7 +132,7 @@ class StateCollector:
             return
         inflight = GaugeMetricFamily("switchyard_inflight_calls_by_endpoint",
                                      "Calls in flight in this gateway per endpoint and model", labels=["endpoint", "model"])
-        for (endpoint, model), count in list(router.inflight.items()):
+        for (endpoint, model), count in router.inflight_totals().items():
             inflight.add_metric([endpoint, model], count)
         yield inflight
         breaker = GaugeMetricFamily("switchyard_circuit_state",

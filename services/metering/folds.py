@@ -41,6 +41,8 @@ class UsageView(msgspec.Struct, gc=False):
 
 _view = msgspec.json.Decoder(UsageView).decode
 DECODERS: dict[str, Callable[[Any], Any]] = {subjects.USAGE_RECORDED: _view, USAGE_RECORDED_V1: _view}
+# Usage events are only summed: a rebuild may read them by payload alone, in any order between other events.
+BULK = frozenset({subjects.USAGE_RECORDED})
 USAGE_TYPES = (UsageRecorded, UsageView)
 
 FactKey = tuple[int, str, str, str, bool, bool]   # (minute as epoch seconds, tenant, endpoint, model, failed, estimated)
@@ -50,10 +52,14 @@ Segment = Facts | Any                              # a run of usage facts, or on
 
 def usage_facts(events: Iterable[Any]) -> list[Segment]:
     """Group usage events into facts; any other event ends the current run and is kept as it is."""
+    return _facts((None, event) for event in events)
+
+
+def _facts(batch: Iterable[tuple[Any, Any]]) -> list[Segment]:
     segments: list[Segment] = []
     facts: Facts = {}
     minutes = _MINUTES
-    for event in events:
+    for _, event in batch:
         kind = type(event)
         if kind is UsageView:
             at = event.occurred_at
@@ -104,7 +110,7 @@ def facts_of(batch: Sequence[tuple[int, Any]]) -> list[Segment]:
     """`usage_facts` of a positioned batch, remembered for the same batch object: the projections of one
     transaction (or one rebuild chunk) are handed the same list, and the grouping is done once for all."""
     if _last[0] is not batch:
-        _last[0], _last[1] = batch, usage_facts(event for _, event in batch)
+        _last[0], _last[1] = batch, _facts(batch)
     return _last[1]
 
 

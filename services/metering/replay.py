@@ -8,6 +8,7 @@ from pathlib import Path
 from switchyard_gateway.events import ProgressBar, checkpoints, rebuild_all
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.stack import running_url
+from switchyard_gateway.services.metering.folds import BULK
 from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 
 CHUNK = 50_000          # events per read; the next read runs while this chunk is folded
@@ -32,7 +33,7 @@ async def run(names: list[str], data_dir: Path, list_only: bool = False) -> int:
         # All named projections in one pass over the log and one transaction.
         label = names[0] if len(names) == 1 else f"{len(names)} projections"
         count, seconds = await rebuild_all(pool, [PROJECTIONS[n] for n in names], progress=ProgressBar(label),
-                                           chunk=CHUNK, decoders=DECODERS)
+                                           chunk=CHUNK, decoders=DECODERS, bulk=BULK)
         sys.stderr.write("\n")
         print(f"{', '.join(names)}: rebuilt from {count:,} events in {seconds:.2f} s "
               f"({count / max(seconds, 1e-9):,.0f} events/s)")

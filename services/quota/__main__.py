@@ -1,3 +1,6 @@
-from switchyard_gateway.services.quota.app import main
+"""`python -m switchyard_gateway.services.quota`: serve the quota from a lean main process (its workers build the app)."""
 
-main()
+from switchyard_gateway.kit.serve import run
+from switchyard_gateway.services.quota.settings import Settings
+
+run("switchyard_gateway.services.quota.app:create_app", Settings.from_env())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar
 
-from switchyard_gateway.kit.service import create_service_app, run
+from switchyard_gateway.kit.service import create_service_app
 from switchyard_gateway.services.router import handlers
 from switchyard_gateway.services.router.settings import Settings
 
@@ -12,7 +12,3 @@ from switchyard_gateway.services.router.settings import Settings
 def create_app(settings: Settings | None = None) -> Litestar:
     return create_service_app("router", settings or Settings.from_env(), handlers.start, database=False,
                               stop=handlers.stop)
-
-
-def main() -> None:
-    run("switchyard_gateway.services.router.app:create_app", Settings.from_env())

@@ -42,7 +42,7 @@ def test_every_schema_is_valid_json_schema(name: str) -> None:
 def test_every_event_type_and_every_request_subject_has_a_contract() -> None:
     names = set(schemas.CONTRACTS)
     assert set(codec.EVENT_TYPES) <= names
-    request_subjects = {v for k, v in vars(subjects).items() if re.fullmatch(r"(REGISTRY|ROUTER|METERING|QUOTA)_[A-Z]+", k)}
+    request_subjects = {v for k, v in vars(subjects).items() if re.fullmatch(r"(REGISTRY|ROUTER|METERING|QUOTA|GATEWAY)_[A-Z]+", k)}
     assert {f"{x}.request" for x in request_subjects} | {f"{x}.reply" for x in request_subjects} <= names
     assert len(schemas.CONTRACTS) == len(codec.EVENT_TYPES) + 2 * len(request_subjects) + 1
 

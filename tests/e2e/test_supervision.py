@@ -31,6 +31,7 @@ from tests.e2e.accounting import Books, MixedLoad, held, usage_by_request
 from tests.e2e.test_faults import Load, every_call_recorded_once
 
 SERVICES = ("registry", "metering", "router", "quota", "gateway")
+WORKERS = {"gateway": 2}      # the gateway runs two workers here, whatever the machine; every other service one
 
 
 @dataclass
@@ -65,8 +66,8 @@ def owned() -> Iterator[Owned]:
     port = pick_free_port(set())
     key, admin_key = f"sy_supdemo_{uuid.uuid4().hex}", f"sy_supadmin_{uuid.uuid4().hex}"
     env = {**_clean_env(), "SWITCHYARD_DEMO_KEY": key, "SWITCHYARD_ADMIN_KEY": admin_key}
-    proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync"], env,
-                    root / "up.log")
+    proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync",
+                     "--gateway-workers", str(WORKERS["gateway"])], env, root / "up.log")
     state = json.loads((root / "data" / "stack.json").read_text())
     database_url = f"postgresql://postgres@127.0.0.1:{state['ports']['postgres']}/switchyard"
     limits = httpx.put(f"http://127.0.0.1:{port}/api/admin/tenants/demo/limits", headers={"X-API-Key": admin_key},
@@ -103,23 +104,25 @@ def copies(up_pid: int, service: str) -> list[psutil.Process]:
     return found
 
 
-def main_and_worker(up_pid: int, service: str) -> tuple[psutil.Process, psutil.Process]:
-    """The one main (a child of `up`) and its one worker; AssertionError when there are more or fewer."""
+def main_and_workers(up_pid: int, service: str) -> tuple[psutil.Process, list[psutil.Process]]:
+    """The one main (a child of `up`) and its workers (WORKERS of them); AssertionError when there are more or
+    fewer."""
     found = copies(up_pid, service)
     mains = [p for p in found if p.ppid() == up_pid]
-    assert len(mains) == 1 and len(found) == 2, f"{service}: {[(p.pid, p.ppid()) for p in found]}"
-    worker = next(p for p in found if p is not mains[0])
-    assert worker.ppid() == mains[0].pid, f"{service}: worker {worker.pid} is not a child of {mains[0].pid}"
-    return mains[0], worker
+    expected = WORKERS.get(service, 1)
+    assert len(mains) == 1 and len(found) == 1 + expected, f"{service}: {[(p.pid, p.ppid()) for p in found]}"
+    workers = [p for p in found if p is not mains[0]]
+    assert all(w.ppid() == mains[0].pid for w in workers), f"{service}: workers not all children of {mains[0].pid}"
+    return mains[0], workers
 
 
 def _healthy(stack: Owned, service: str, old_pids: set[int]) -> bool:
     """Exactly one copy, a new one, answering /health."""
     try:
-        main, worker = main_and_worker(stack.proc.pid, service)
+        main, workers = main_and_workers(stack.proc.pid, service)
     except (AssertionError, psutil.Error):
         return False
-    if {main.pid, worker.pid} & old_pids:
+    if {main.pid, *(w.pid for w in workers)} & old_pids:
         return False
     try:
         return httpx.get(f"http://127.0.0.1:{stack.port(service)}/health", timeout=2).status_code == 200
@@ -128,12 +131,13 @@ def _healthy(stack: Owned, service: str, old_pids: set[int]) -> bool:
 
 
 async def _kill_and_time(stack: Owned, pick: str) -> dict[str, float]:
-    """kill -9 one process of every service at once ('main' or 'worker'); seconds until each is whole again."""
+    """kill -9 one process of every service at once ('main' or 'worker': of the gateway's, its first);
+    seconds until each is whole again."""
     old: dict[str, set[int]] = {}
     for service in SERVICES:
-        main, worker = main_and_worker(stack.proc.pid, service)
-        old[service] = {main.pid, worker.pid}
-        (main if pick == "main" else worker).send_signal(signal.SIGKILL)
+        main, workers = main_and_workers(stack.proc.pid, service)
+        old[service] = {main.pid, *(w.pid for w in workers)}
+        (main if pick == "main" else workers[0]).send_signal(signal.SIGKILL)
     killed = time.monotonic()
     recovered: dict[str, float] = {}
 
@@ -245,7 +249,7 @@ def _simulators(stack: Owned, **knobs: float) -> None:
 
 
 async def test_gateway_killed_mid_stream_records_every_accepted_call_once_and_releases_its_holds(owned: Owned) -> None:
-    """kill -9 of the gateway's worker, then of its main, under streamed (1.6 s) and plain calls that all reserve
+    """kill -9 of the gateway's workers (both), then of its main, under streamed (1.6 s) and plain calls that all reserve
     quota: every call that got a status has one usage event (those cut by the kill: `interrupted`, recorded by the
     gateway's next life from its journal), none has two, and no quota stays held."""
     redis_url = f"redis://127.0.0.1:{owned.port('valkey')}/0"
@@ -256,13 +260,14 @@ async def test_gateway_killed_mid_stream_records_every_accepted_call_once_and_re
             task = asyncio.create_task(load.run())
             await wait_for(lambda: load.answered >= 20 and len(load.streaming) >= 4, timeout_s=30,
                            what="streams under way")
-            main, worker = main_and_worker(owned.proc.pid, "gateway")
+            main, workers = main_and_workers(owned.proc.pid, "gateway")
             streams_cut = len(load.streaming)
-            (worker if pick == "worker" else main).send_signal(signal.SIGKILL)
+            for victim in (workers if pick == "worker" else [main]):    # every worker: each may hold streams
+                victim.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             before_kill = set(load.seen)
-            await wait_for(lambda: _healthy(owned, "gateway", {main.pid, worker.pid}), timeout_s=60, interval_s=0.1,
-                           what="the gateway whole again")
+            await wait_for(lambda: _healthy(owned, "gateway", {main.pid, *(w.pid for w in workers)}), timeout_s=60,
+                           interval_s=0.1, what="the gateway whole again")
             back_after = time.monotonic() - killed
             async def released() -> bool:
                 return not before_kill & set(await held(redis_url, owned.database_url, load.prefix))

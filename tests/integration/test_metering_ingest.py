@@ -18,6 +18,7 @@ from switchyard_gateway.contracts.events import Event, ModelRegistered, TenantMo
 from switchyard_gateway import events as kit
 from switchyard_gateway.events import Ingest
 from switchyard_gateway.kit import eventlog
+from switchyard_gateway.services.metering.folds import BULK
 from switchyard_gateway.services.metering.projections import DECODERS, PROJECTIONS
 from switchyard_gateway.services.metering.rollup import roll_up
 from tests.conftest import wait_for
@@ -48,7 +49,8 @@ async def append_and_advance(pool: asyncpg.Pool, events: list[Event]) -> None:
 
 
 async def rebuild_everything(pool: asyncpg.Pool) -> None:
-    await kit.rebuild_all(pool, list(PROJECTIONS.values()), decoders=DECODERS, chunk=50)
+    """As `switchyard replay` does: usage events read by payload between the price events, in small pieces."""
+    await kit.rebuild_all(pool, list(PROJECTIONS.values()), decoders=DECODERS, chunk=50, bulk=BULK)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 import msgspec
@@ -111,7 +112,8 @@ async def health_report(deps: Deps, key: KeyIssued | None) -> tuple[dict[str, An
     report: dict[str, Any] = {
         "status": "ok" if healthy else "error",
         "gateway": {"status": "ok" if nats_ok else "error", "nats": nats_ok,
-                    "usage_events_pending": deps.usage.pending},
+                    "usage_events_pending": deps.usage.pending,
+                    "instance": deps.settings.instance or "gateway", "pid": os.getpid()},   # the worker answering
         "endpoints": endpoints, "services": services,
     }
     if key is None or key.role != "admin":       # a tenant or an anonymous probe: statuses, no details

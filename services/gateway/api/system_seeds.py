@@ -62,7 +62,7 @@ async def system_status(deps: Deps) -> Response[bytes]:
 async def metrics_text(request: Request[Any, Any, Any]) -> Response[bytes]:
     """This gateway's Prometheus metrics, as `/metrics` serves them."""
     await refresh_before_scrape(request.app.state.runtime)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.runtime.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES = [Router(path="/api/system", guards=[admin_guard], route_handlers=[system_status]), metrics_text]

@@ -25,14 +25,16 @@ class ClientWatch:
 
     __slots__ = ("task", "proto", "future", "timer", "fired")
 
-    def __init__(self, proto: Any, after_s: float = WATCH_AFTER_S) -> None:
+    def __init__(self, proto: Any, loop: asyncio.AbstractEventLoop | None = None,
+                 after_s: float = WATCH_AFTER_S) -> None:
         self.fired = False
         self.proto = proto
-        self.task = asyncio.current_task()
+        loop = loop or asyncio.get_running_loop()
+        self.task = asyncio.current_task(loop)      # the loop given: no lookup of the running loop
         self.future: asyncio.Future[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         if self.task is not None:
-            self.timer = asyncio.get_running_loop().call_later(after_s, self._watch)
+            self.timer = loop.call_later(after_s, self._watch)
 
     def _watch(self) -> None:
         self.timer = None

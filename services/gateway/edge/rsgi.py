@@ -53,7 +53,7 @@ class GatewayRSGI:
         deps = self.litestar.state.deps
         self.proxy = deps.proxy
         self.max_body_bytes = deps.settings.max_body_bytes
-        self.websockets = WebSocketDoor(deps.proxy, deps.auth, deps.settings)
+        self.websockets = WebSocketDoor(deps.proxy, deps.auth, deps.settings, deps.router.shared)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy = self.websockets = None

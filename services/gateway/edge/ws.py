@@ -1,7 +1,7 @@
 """WebSocket embeddings at `/ws`: one request per message, answered in order of completion, through the Proxy.
 
 The upgrade is authenticated like any call (key, JWT, `X-Tenant-ID`) and refused with its HTTP status
-(401, 403; 503 when this gateway holds `ws_max_connections` sockets): no socket is opened for a caller
+(401, 403; 503 when this gateway, all its workers together, holds `ws_max_connections` sockets): no socket is opened for a caller
 that could not make a call. Each request message (translate/ws_frames.py) becomes one call of the
 embeddings pipeline — the Proxy, with a protocol adapter in place of granian's HTTP one — so quotas,
 routing, failover, the cache and its one usage event are those of `POST /v1/embeddings`; its answer goes
@@ -31,10 +31,12 @@ from prometheus_client import Counter, Gauge
 
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.edge import ws_frames as frames
+from switchyard_gateway.services.gateway.pipeline.shared_inflight import SOCKETS
 
 if TYPE_CHECKING:
     from switchyard_gateway.services.gateway.edge.auth import Authenticator
     from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
+    from switchyard_gateway.services.gateway.pipeline.shared_inflight import SharedInflight
     from switchyard_gateway.services.gateway.settings import Settings
 
 log = structlog.get_logger()
@@ -82,15 +84,18 @@ class _Answer:
 class WebSocketDoor:
     """Accepts sockets at /ws for one gateway and runs a Session for each."""
 
-    def __init__(self, proxy: Proxy, auth: Authenticator, settings: Settings) -> None:
+    def __init__(self, proxy: Proxy, auth: Authenticator, settings: Settings,
+                 shared: SharedInflight | None = None) -> None:
         self.proxy, self.auth, self.settings = proxy, auth, settings
+        self.shared = shared                     # the bound counts every worker's sockets, when there are several
         self.open = 0
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         if scope.path != PATH:
             proto.close(404)
             return
-        if self.open >= self.settings.ws_max_connections:
+        bound, shared = self.settings.ws_max_connections, self.shared
+        if (self.open if shared is None else shared.count_at(SOCKETS)) >= bound:
             proto.close(503)
             return
         headers = {name: scope.headers.get(name) for name in PASSED_HEADERS if scope.headers.get(name) is not None}
@@ -99,15 +104,22 @@ class WebSocketDoor:
         except GatewayError as exc:
             proto.close(exc.status)              # refused at the upgrade: 401 or 403, no socket
             return
-        transport = await proto.accept()
-        self.open += 1
-        OPEN.inc()
-        session = Session(self, transport, headers, scope.headers.get("x-request-id") or uuid.uuid4().hex[:16])
+        if shared is not None and not shared.take_at(SOCKETS, bound):
+            proto.close(503)                     # another worker took the last one meanwhile
+            return
         try:
-            code = await session.run()
+            transport = await proto.accept()
+            self.open += 1
+            OPEN.inc()
+            session = Session(self, transport, headers, scope.headers.get("x-request-id") or uuid.uuid4().hex[:16])
+            try:
+                code = await session.run()
+            finally:
+                self.open -= 1
+                OPEN.dec()
         finally:
-            self.open -= 1
-            OPEN.dec()
+            if shared is not None:
+                shared.give_at(SOCKETS)
         CLOSES.labels(str(code)).inc()
         with contextlib.suppress(Exception):
             proto.close(code)

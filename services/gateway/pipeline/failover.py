@@ -14,6 +14,7 @@ exhausted, the next model of the call's route plan (its fallback chain) is tried
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import Any
@@ -31,6 +32,9 @@ from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 log = structlog.get_logger()
+# An endpoint's last slot went to a call in another worker between choosing it and counting this call in.
+AT_CAP = UpstreamError("Every endpoint for this model is at its concurrency limit", status=503, code="capacity",
+                       headers={"retry-after": "1"})
 
 
 class Failover:
@@ -43,6 +47,7 @@ class Failover:
         self.max_s = settings.retry_max_ms / 1000
         self.retry_after_max_s = settings.retry_after_max_s
         self.cap_wait_s = settings.cap_wait_s
+        self.debug = logging.getLogger().isEnabledFor(logging.DEBUG)    # the level is set once, at start
         self.first_byte_s = settings.first_byte_timeout_s
 
     async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
@@ -64,17 +69,17 @@ class Failover:
 
     async def _serve_model(self, call: Call, outcome: Outcome, target: Target, proto: Any) -> GatewayError | None:
         model_id = target.model.model_id
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cap_wait_s
+        deadline = time.monotonic() + self.cap_wait_s
         tried: set[str] = set()
         last: GatewayError | None = None
         while True:
             candidates = self.router.candidates(model_id, target.routes, tried)
-            log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model_id,
-                      **self.router.describe(candidates))
+            if self.debug:
+                log.debug("route.plan", request_id=call.request_id, tenant=call.tenant_id, model=model_id,
+                          **self.router.describe(candidates))
             if not candidates.ready:
-                if candidates.capped and loop.time() < deadline:
-                    await self.router.wait_for_release(model_id, deadline - loop.time())
+                if candidates.capped and time.monotonic() < deadline:
+                    await self.router.wait_for_release(model_id, deadline - time.monotonic())
                     continue
                 return last if last is not None and not candidates.capped else candidates.error()
             route = candidates.ready[0]
@@ -82,6 +87,9 @@ class Failover:
             error = await self._try_endpoint(call, outcome, model_id, route, proto)
             if error is None:
                 return None
+            if error is AT_CAP:                   # another worker took the last slot meanwhile: look again
+                tried.discard(route.endpoint.endpoint_id)
+                continue
             last = error
 
     async def _try_endpoint(self, call: Call, outcome: Outcome, model_id: str, route: Route,
@@ -105,9 +113,10 @@ class Failover:
                 log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=f"circuit {circuits.state(eid)}")
                 return last or UpstreamError(f"Endpoint '{eid}' is unavailable (circuit open)", status=503,
                                              code="circuit_open", headers={"retry-after": "5"})
+            if not self.router.acquire(eid, model_id, endpoint.max_concurrent):
+                return last or AT_CAP
             outcome.attempts += 1
             outcome.endpoint, outcome.upstream_model = endpoint, route.upstream_model
-            self.router.acquire(eid, model_id)
             started = time.perf_counter()
             delay = None
             try:

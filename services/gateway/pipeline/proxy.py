@@ -58,6 +58,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.max_output_tokens = max_output_tokens
         self.routes = APIS
+        self.loop: asyncio.AbstractEventLoop | None = None     # the worker's loop, looked up once
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         """Serve one call (RSGI: `scope` has .path and .headers, `proto` reads the body and answers)."""
@@ -101,7 +102,10 @@ class Proxy:
         if reservation is not None:
             call = msgspec.structs.replace(call, ceiling=ceiling(reservation, ask), quota_headers=reservation.headers)
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
-        watch = ClientWatch(proto)
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        watch = ClientWatch(proto, loop)
         try:
             self.usage.serving(call, outcome)
             error = await self.failover.serve(call, outcome, plan, proto)

@@ -21,6 +21,7 @@ import structlog
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.events import EndpointRegistered
+from switchyard_gateway.kit.deadline import Deadline
 from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
@@ -86,9 +87,12 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
     retry or fall back."""
     endpoint, report = to.endpoint, to.report
     started = time.perf_counter()
-    deadline = asyncio.get_running_loop().time() + to.first_byte_s
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
+    assert task is not None
+    deadline = loop.time() + to.first_byte_s
     try:
-        async with asyncio.timeout_at(deadline):
+        async with Deadline(loop, task, deadline):
             response = await pool.request("POST", upstream.url(endpoint, to.path), to.payload,
                                           upstream.request_headers(endpoint), endpoint.timeout_s)
     except TimeoutError:
@@ -107,7 +111,7 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
                         request_id=call.request_id)
             raise Failed(UpstreamAuthFailed(endpoint.endpoint_id, response.status), "auth")
         if call.request.stream and response.status == 200 and to.plan.stream is not None:
-            await _relay_stream(call, outcome, to, response, proto, started, deadline)
+            await _relay_stream(call, outcome, to, response, proto, started, Deadline(loop, task, deadline))
         else:
             await _relay_body(call, outcome, to, response, proto, started)
     finally:
@@ -176,24 +180,25 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
 
 
 async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
-                        started: float, deadline: float) -> None:
-    """Relay events as they come; the first one must come by `deadline` (loop time), the rest within the idle gap."""
+                        started: float, first_byte: Deadline) -> None:
+    """Relay events as they come; the first one must come by the `first_byte` deadline, the rest within the idle
+    gap."""
     assert to.plan.stream is not None
     tap = outcome.stream_tap = to.plan.stream(call.request.model or "", _times(call, started))
     outcome.status = 200
     transport = None
     failed_early = False
     try:
-        async with asyncio.timeout_at(deadline) as first_byte:
+        async with first_byte:
             async for chunk in response:
                 out = tap.feed(chunk)
                 if not out:
                     continue
                 if transport is None:
-                    first_byte.reschedule(None)
+                    first_byte.clear()
                     transport = _start_stream(call, outcome, proto)
                 await _send(outcome, transport, out)
-            first_byte.reschedule(None)
+            first_byte.clear()
             if not tap.done:
                 raise http1.ResponseCut("the stream ended before its last event")
             tail = tap.finish()

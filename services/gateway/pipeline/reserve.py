@@ -35,9 +35,9 @@ from switchyard_gateway.events import StreamFold
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
-from switchyard_gateway.quotas.scripts import RELEASE_SCRIPT, RESERVE_SCRIPT, reserve_call
+from switchyard_gateway.quotas.scripts import MEASURES, RELEASE_SCRIPT, RESERVE_SCRIPT, reserve_call
 from switchyard_gateway.quotas.tokens import TokenEstimator
-from switchyard_gateway.resp import Valkey, ValkeyError
+from switchyard_gateway.resp import Framed, Valkey, ValkeyError
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
@@ -51,6 +51,7 @@ log = structlog.get_logger()
 SUGGESTED = 5
 DEFAULT_MAX_TOKENS = 256          # output asked of a call that names none, when the limits name no default
 WARN_EVERY_S = 10.0               # at most one log line this often about Valkey being away
+PER_CALL_ARGS = 4 + 2 * len(MEASURES)  # RESERVE's ARGV before the counters': request id, deadline, want, least, amounts
 # error replies that mean the server is away or busy, not that the script is wrong
 UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
@@ -103,7 +104,7 @@ class QuotaClient:
         self.fail_open = on_error == "open"
         self.unavailable = 0
         self._warned_at = 0.0
-        self._plans: dict[tuple[str, str, str], tuple[int, float, list[Planned]]] = {}
+        self._plans: dict[tuple[str, str, str], tuple[int, float, tuple[list[Planned], Framed, Framed]]] = {}
         self._releases: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -146,14 +147,15 @@ class QuotaClient:
         amounts = {"t": (prompt, choices), "r": (1, 0), "u": (usd_nanos(prompt, 0, in_price, out_price),
                                                              out_price * 1000 * choices)}
         now = time.time()
-        planned = self._plan(scopes, tenant_id, key.key_id, model_id, now)
+        planned, keys, counters = self._plan(scopes, tenant_id, key.key_id, model_id, now)
         bounded = choices > 0 and any(p.counter.measure == "t" or (p.counter.measure == "u" and out_price > 0)
                                       for p in planned)
-        keys, args = reserve_call(self.keys, request_id, int((now + self.hold_s) * 1000),
-                                  [item.counter for item in planned], amounts, want, min(want, 1))
+        args = [request_id, int((now + self.hold_s) * 1000), want, min(want, 1)]
+        for measure in MEASURES:
+            args += amounts[measure]
+        args.append(counters)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await self.valkey.evalsha(RESERVE_SCRIPT.sha, RESERVE_SCRIPT.source, keys, args)
+            result = await self.valkey.evalsha(RESERVE_SCRIPT.sha, RESERVE_SCRIPT.source, keys, args, self.timeout_s)
         except ValkeyError as exc:
             if not str(exc).startswith(UNAVAILABLE_REPLIES):
                 metrics.count_quota_unavailable("error")
@@ -210,19 +212,22 @@ class QuotaClient:
             log.warning("quota.release_failed", request_id=args[0], error=str(exc) or type(exc).__name__)
 
     def _plan(self, scopes: tuple[Limits, Limits], tenant_id: str, key_id: str, model_id: str,
-              now: float) -> list[Planned]:
+              now: float) -> tuple[list[Planned], Framed, Framed]:
         """The counters of a (tenant, key, model), remembered until the limits change or a period or
-        rate window ends; amounts are filled in per call."""
+        rate window ends, with the parts of their RESERVE call that do not change (its KEYS and the counters'
+        ARGV) framed once; amounts are filled in per call."""
         cache_key = (tenant_id, key_id, model_id)
         cached = self._plans.get(cache_key)
         if cached is not None and cached[0] == self.book.version and now < cached[1]:
             return cached[2]
         planned = plan(self.keys, scopes, self.book.timezone(tenant_id), tenant_id, key_id, model_id,
                        datetime.fromtimestamp(now, UTC), Estimate(0, 0))
+        names, args = reserve_call(self.keys, "", 0, [item.counter for item in planned], {})
+        made = (planned, Framed(names), Framed(args[PER_CALL_ARGS:]))
         if len(self._plans) > 10_000:
             self._plans.clear()
-        self._plans[cache_key] = (self.book.version, min(p.reset.timestamp() for p in planned), planned)
-        return planned
+        self._plans[cache_key] = (self.book.version, min(p.reset.timestamp() for p in planned), made)
+        return made
 
     def refusal(self, item: Planned, used: int, tenant_id: str, model_id: str) -> GatewayError:
         """The error for the counter that would go over, with OpenAI's rate-limit headers for it."""

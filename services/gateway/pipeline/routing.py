@@ -11,6 +11,9 @@ from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import EndpointRegistered, ModelRegistered
 from switchyard_gateway.services.gateway.edge.errors import ModelNotConfigured, ModelNotFound, UpstreamError
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
+from switchyard_gateway.services.gateway.pipeline.shared_inflight import SharedInflight
+
+SHARED_LOOK_S = 0.02       # a call waiting for a capped endpoint looks again this often when workers share the cap
 
 
 class Circuits(Protocol):
@@ -77,10 +80,12 @@ class Candidates:
 class Router:
     """Route plans from the local catalog, candidate ordering, and the per endpoint x model in-flight counters."""
 
-    def __init__(self, catalog: Catalog, fallbacks: Fallbacks, circuits: Circuits | None = None) -> None:
+    def __init__(self, catalog: Catalog, fallbacks: Fallbacks, circuits: Circuits | None = None,
+                 shared: SharedInflight | None = None) -> None:
         self.catalog = catalog
         self.fallbacks = fallbacks
         self.circuits = circuits
+        self.shared = shared                      # the counts of every worker, when the gateway runs several
         self.inflight: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._released: dict[str, asyncio.Event] = {}
         self._plans: dict[tuple[str, str], RoutePlan] = {}
@@ -140,9 +145,9 @@ class Router:
                 found.skipped[eid] = "already tried"
             elif circuits is not None and circuits.state(eid) == "open":
                 found.skipped[eid] = "circuit open"
-            elif e.max_concurrent and inflight[(eid, mid)] >= e.max_concurrent:
+            elif e.max_concurrent and (busy := self._busy(eid, mid, inflight)) >= e.max_concurrent:
                 found.capped.append(route)
-                found.skipped[eid] = f"at its concurrency cap ({inflight[(eid, mid)]}/{e.max_concurrent})"
+                found.skipped[eid] = f"at its concurrency cap ({busy}/{e.max_concurrent})"
             else:
                 found.ready.append(route)
         if len(found.ready) > 1:
@@ -155,17 +160,36 @@ class Router:
         cold = 0 if (normalise_model(route.upstream_model) in loaded or normalise_model(model_id) in loaded) else 1
         return (-e.priority, cold, self.inflight[(e.endpoint_id, model_id)])
 
-    def acquire(self, endpoint_id: str, model_id: str) -> None:
+    def _busy(self, endpoint_id: str, model_id: str, inflight: defaultdict[tuple[str, str], int]) -> int:
+        shared = self.shared
+        return inflight[(endpoint_id, model_id)] if shared is None else shared.count(endpoint_id, model_id)
+
+    def acquire(self, endpoint_id: str, model_id: str, cap: int = 0) -> bool:
+        """Count a call in flight; False (nothing counted) if `cap` calls are already in flight in every worker."""
+        shared = self.shared
+        if shared is not None:
+            if not cap:
+                shared.add(endpoint_id, model_id)
+            elif not shared.take(endpoint_id, model_id, cap):
+                return False
         self.inflight[(endpoint_id, model_id)] += 1
+        return True
 
     def release(self, endpoint_id: str, model_id: str) -> None:
         self.inflight[(endpoint_id, model_id)] -= 1
+        if self.shared is not None:
+            self.shared.give(endpoint_id, model_id)
         event = self._released.pop(model_id, None)
         if event is not None:
             event.set()
 
     async def wait_for_release(self, model_id: str, timeout_s: float) -> bool:
-        """Wait until some endpoint finishes a call of this model (a slot may be free), or time out."""
+        """Wait until some endpoint finishes a call of this model (a slot may be free), or time out.
+
+        Another worker's release wakes nobody here, so with several workers the wait ends after
+        SHARED_LOOK_S at most, for the caller to look again."""
+        if self.shared is not None:
+            timeout_s = min(timeout_s, SHARED_LOOK_S)
         event = self._released.get(model_id)
         if event is None:
             event = self._released[model_id] = asyncio.Event()
@@ -175,12 +199,22 @@ class Router:
         except asyncio.TimeoutError:
             return False
 
+    def inflight_totals(self) -> dict[tuple[str, str], int]:
+        """Calls in flight in this gateway (every worker of it) per (endpoint, model) that has had any."""
+        shared = self.shared
+        if shared is None:
+            return dict(self.inflight)
+        return {key: shared.count(*key) for key in list(self.inflight)}
+
     def inflight_counts(self) -> dict[str, dict[str, int]]:
         """Calls in flight in this gateway per endpoint and model (every configured pair, zeros included)."""
         out: dict[str, dict[str, int]] = {}
         for endpoint in self.catalog.endpoints.values():
             out[endpoint.endpoint_id] = {model: 0 for model in endpoint.models}
-        for (endpoint_id, model), count in list(self.inflight.items()):
+            if self.shared is not None:
+                for model in endpoint.models:
+                    out[endpoint.endpoint_id][model] = self.shared.count(endpoint.endpoint_id, model)
+        for (endpoint_id, model), count in self.inflight_totals().items():
             out.setdefault(endpoint_id, {})[model] = count
         return out
 

@@ -64,11 +64,18 @@ class SseTap:
             self._buffer = data
             return b""
         complete, self._buffer = data[: end + 2], data[end + 2:]
-        if b'"usage":{' not in complete and b'"usage": {' not in complete and b"[DONE]" not in complete:
-            self.content_events += complete.count(b'"content":"') + complete.count(b'"content": "') \
-                + complete.count(b'"text":"') + complete.count(b'"text": "')
+        marker = _first_marker(complete)
+        if marker < 0:
+            self.content_events += _content(complete)
             return complete if self.keep_usage else _without_null_usage(complete)
-        kept = self._inspect(complete)
+        # Only the events from the first that may carry usage or end the stream are read one by one (a stream
+        # that arrives whole would otherwise be split event by event).
+        start = complete.rfind(b"\n\n", 0, marker) + 2 if marker else 0
+        if start < 2:
+            start = 0
+        head = complete[:start]
+        self.content_events += _content(head)
+        kept = head + self._inspect(complete[start:])
         return kept if self.keep_usage else _without_null_usage(kept)
 
     def _inspect(self, complete: bytes) -> bytes:
@@ -103,6 +110,21 @@ class SseTap:
         if rest.strip() == b"data: [DONE]":
             self.done = True
         return rest
+
+
+_MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]")
+
+
+def _first_marker(events: bytes) -> int:
+    """Where the first usage object or `[DONE]` is in `events`, or -1."""
+    found = [at for at in (events.find(marker) for marker in _MARKERS) if at >= 0]
+    return min(found) if found else -1
+
+
+def _content(events: bytes) -> int:
+    """Chunks carrying content among whole events read at once (an estimate: each marker counts)."""
+    return events.count(b'"content":"') + events.count(b'"content": "') + events.count(b'"text":"') \
+        + events.count(b'"text": "')
 
 
 def _counts(usage: dict) -> TokenCounts:

@@ -1,0 +1,97 @@
+"""Serve a service's app factory with granian from a lean main process: its port checked, its workers numbered.
+
+The main process only supervises (granian's, importing granian and nothing of the service), so
+it holds tens of megabytes, not the app's hundred; each worker imports and builds the app. A
+service may run several workers on one listening socket (the kernel spreads connections among
+them). Each worker is an instance of its own — its own NATS connection, journal and
+event-fed state — named `<instance>-w<n>`: n is the lowest worker slot free in `slots_dir`,
+held by an flock on `<instance>-w<n>.lock` for the worker's life, so a worker that replaces
+a dead one takes its slot, and with it its journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import importlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from switchyard_gateway.kit import ports
+from switchyard_gateway.kit.settings import ENV_PREFIX, ServiceSettings
+from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
+
+SLOT_WAIT_S = 30.0          # a worker whose every slot is held (its predecessor still stopping) waits this long
+
+
+def worker_count(workers: int) -> int:
+    """A workers setting as a number of processes: 0 means one per core of this machine."""
+    return workers if workers > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                           else os.cpu_count() or 1)
+
+
+def run(target: str, settings: ServiceSettings, interface: str = "asgi", websockets: bool = False,
+        workers: int = 1, name: str = "", slots_dir: Path | None = None) -> None:
+    """Serve an app factory (`module:function`) with granian: uvloop, HTTP/1.1 (and WebSocket upgrades when
+    `websockets`), `workers` worker processes (numbered in `slots_dir` when more than one).
+
+    granian runs a main process and its workers; a worker dies with the main (SIGTERM, so it still
+    drains), and the main, started by the supervisor, dies with its first worker to exit. granian
+    listens with SO_REUSEPORT, so the port is checked first: a port another process listens on
+    stops the service with one line naming the holder and exit code PORT_IN_USE_EXIT, instead of
+    sharing it — unless `share_port_with` names the launcher and every listener is another of its
+    processes (replicas of one stack sharing the gateway's port on purpose; the kernel spreads
+    connections).
+    """
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+
+    if not port_is_free(settings.port, settings.host) and not ports.shared_within(settings.port,
+                                                                                  settings.share_port_with):
+        holder = ports.holder(settings.port)
+        print(f"switchyard: port {settings.port} on {settings.host} is already in use"
+              f"{f' by {holder}' if holder else ''}", file=sys.stderr, flush=True)
+        raise SystemExit(ports.PORT_IN_USE_EXIT)
+    slots = None
+    if workers > 1:
+        slots = (slots_dir or Path("."), settings.instance or name or "worker", workers)
+    Granian(
+        target, address=settings.host, port=settings.port, interface=Interfaces(interface),
+        factory=True, workers=workers, loop=Loops.uvloop, http=HTTPModes.http1, websockets=websockets,
+        log_enabled=False, backlog=2048,
+    ).serve(target_loader=functools.partial(_load_in_worker, os.getpid(), slots))
+
+
+def _load_in_worker(main_pid: int, slots: tuple[Path, str, int] | None, target: str) -> Any:
+    """Runs in each granian worker: tie its life to the main process, name the worker, then build the app."""
+    die_with_parent(signal.SIGTERM, main_pid)
+    if slots is not None:
+        directory, base, count = slots
+        number = claim_slot(directory, base, count)
+        os.environ[ENV_PREFIX + "INSTANCE"] = f"{base}-w{number}"     # read by the app's Settings.from_env
+        os.environ[ENV_PREFIX + "WORKER"] = str(number)
+        os.environ[ENV_PREFIX + "WORKERS"] = str(count)
+    module, _, factory = target.partition(":")
+    return getattr(importlib.import_module(module), factory)()
+
+
+def claim_slot(directory: Path, base: str, count: int, wait_s: float = SLOT_WAIT_S) -> int:
+    """The lowest worker number (1..count) whose lock in `directory` is free, held until this process exits."""
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for number in range(1, count + 1):
+            fd = os.open(directory / f"{base}-w{number}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return number           # the descriptor stays open (not inherited across exec): the slot is ours
+        if time.monotonic() > deadline:
+            raise SystemExit(f"switchyard: every worker slot of {base} in {directory} is held")
+        time.sleep(0.1)             # a predecessor still stopping; its slot frees when it exits
