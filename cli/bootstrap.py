@@ -64,12 +64,7 @@ def remembered_keys(path: Path, env_admin: str | None, env_demo: str | None,
 
     Returns (admin_key, demo_key, jwt_secret, generated_now); `generated_now` is about the keys.
     """
-    saved: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition("=")
-            if value:
-                saved[name.strip()] = value.strip()
+    saved = _read_keys(path)
     given = {"SWITCHYARD_ADMIN_KEY": env_admin, "SWITCHYARD_DEMO_KEY": env_demo, "SWITCHYARD_JWT_SECRET": env_jwt_secret}
     make = {"SWITCHYARD_ADMIN_KEY": lambda: f"sy_admin{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}",
             "SWITCHYARD_DEMO_KEY": lambda: f"sy_demo{secrets.token_hex(2)}_{secrets.token_urlsafe(24)}",
@@ -80,9 +75,33 @@ def remembered_keys(path: Path, env_admin: str | None, env_demo: str | None,
         if not values[name]:
             values[name], _ = make[name](), made.add(name)
     if made:        # keep only what we made: a value given in the environment is never written down
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text("".join(f"{k}={v}\n" for k, v in values.items() if not given[k]))
-        path.chmod(0o600)
+        kept = {k: v for k, v in saved.items() if k not in values}          # other secrets of the data dir
+        _write_keys(path, {**kept, **{k: v for k, v in values.items() if not given[k]}})
     generated = bool(made - {"SWITCHYARD_JWT_SECRET"})
     return values["SWITCHYARD_ADMIN_KEY"], values["SWITCHYARD_DEMO_KEY"], values["SWITCHYARD_JWT_SECRET"], generated
+
+
+def remembered_secret(path: Path, name: str) -> str:
+    """A secret of the data dir (keys.env, 0600): the one kept there, else a new one, kept."""
+    saved = _read_keys(path)
+    if not saved.get(name):
+        saved[name] = secrets.token_urlsafe(32)
+        _write_keys(path, saved)
+    return saved[name]
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    saved: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if value:
+                saved[name.strip()] = value.strip()
+    return saved
+
+
+def _write_keys(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)

@@ -1,4 +1,5 @@
-"""`switchyard events`: follow the event log, export it as JSON lines, or print the published contracts."""
+"""`switchyard events`: follow the event log, export it as JSON lines, print the published contracts, or list and
+retry the events consumers set aside (dead letters)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3.0 document (YAML)")
     schema.add_argument("--write", type=Path, metavar="DIR",
                         help="write every schema, the index and asyncapi.yaml under DIR (docs/contracts)")
+    dead = events_sub.add_parser(
+        "dead-letters", help="list the events consumers set aside (DEADLETTER), or send them back",
+        description="List the events a consumer could not decode or apply, with the error, from NATS (stream "
+                    "DEADLETTER) of `switchyard up --data-dir D` or SWITCHYARD_NATS_URL; --retry sends them back.")
+    dead.add_argument("--consumer", help="only this consumer's (metering, gateway:REGISTRY, a subscriber's name)")
+    which = dead.add_mutually_exclusive_group()
+    which.add_argument("--retry", type=int, nargs="+", metavar="ID", help="send back these dead letters (by ID)")
+    which.add_argument("--all", action="store_true", help="send back every dead letter not retried yet")
+    dead.add_argument("--json", action="store_true", help="one JSON object a line")
+    dead.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.events_command == "schema":
         return _schema(args)
+    if args.events_command == "dead-letters":
+        return asyncio.run(_dead_letters(args))
     from switchyard_gateway.services.metering import eventtools
 
     data_dir = args.data_dir.absolute()
@@ -78,3 +91,34 @@ def _schema(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(schemas.json_schema(args.name), indent=2, ensure_ascii=False))
     return 0
+
+
+async def _dead_letters(args: argparse.Namespace) -> int:
+    from switchyard_gateway.cli import deadletters
+    from switchyard_gateway.kit import natsio
+    from switchyard_gateway.kit.stack import running_url
+
+    nc = await natsio.connect(running_url(args.data_dir.absolute(), "nats_url"), "switchyard-events", 10)
+    try:
+        await natsio.ensure_streams(nc)
+        letters = await deadletters.read(nc, args.consumer)
+        if args.retry is None and not args.all:
+            deadletters.show(letters, args.json)
+            return 0
+        chosen = [one for one in letters if one.id in args.retry] if args.retry else \
+            [one for one in letters if not one.retries]
+        missing = sorted(set(args.retry or ()) - {one.id for one in chosen})
+        for one in chosen:
+            sequence = await deadletters.send_back(nc, one)
+            again = "published again on its subject, " if one.letter.source != "log" and one.letter.subject else ""
+            print(f"dead letter {one.id} ({one.letter.consumer}, {one.letter.source}:{one.letter.sequence}): "
+                  f"{again}retry {sequence} asked for")
+        if missing:
+            print(f"switchyard: no dead letter {', '.join(map(str, missing))}"
+                  f"{f' of {args.consumer}' if args.consumer else ''}", file=sys.stderr)
+            return 2
+        if not chosen:
+            print("nothing to retry")
+        return 0
+    finally:
+        await nc.close()

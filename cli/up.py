@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from switchyard_gateway.cli import config as config_command
 from switchyard_gateway.cli.say import say
-from switchyard_gateway.kit import ports
+from switchyard_gateway.kit import nats_auth, ports
 from switchyard_gateway.kit.settings import FILE_SUFFIX, SettingsError, env_value, with_password
 from switchyard_gateway.kit.stack import StackUrls
 from switchyard_gateway.kit.stack_proc import LOOPBACK, become_subreaper
@@ -88,6 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          "gateway replicas); each has its own journal and event-fed state")
     up.add_argument("--nats-cluster", type=int, default=1, metavar="N",
                     help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them")
+    up.add_argument("--nats-users", type=Path, default=None, metavar="F",
+                    help="subscribers allowed to replay the event log and follow it, each a NATS user with only "
+                         "that permission (YAML: subscribers: [{user, password: ${ENV_VAR}, name, tenant}]); NATS then "
+                         "asks every client for a user, the services' own kept in keys.env")
     up.add_argument("--journal-fsync", action="store_true",
                     help="fdatasync the gateways' journals batch by batch: no accepted call is lost even when the "
                          "machine crashes (a crash of a process loses nothing without it)")
@@ -114,8 +118,15 @@ def run(args: argparse.Namespace) -> int:
                              f"{MAX_WORKERS} (or 0: one per core)")
         if args.nats_cluster != 1 and external["nats_url"]:
             raise SettingsError("--nats-cluster runs NATS here, but SWITCHYARD_NATS_URL points at a running one")
+        args.nats_password = None
+        nats_config = None
+        if args.nats_users is not None:
+            if external["nats_url"]:
+                raise SettingsError("--nats-users configures the NATS run here, but SWITCHYARD_NATS_URL points at a "
+                                    "running one (give that server the users: docs/architecture.md)")
+            nats_config, args.nats_password = _nats_users(args.nats_users, data_dir)
         stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, nats_nodes=args.nats_cluster,
-                              ports={"gateway": args.port})
+                              ports={"gateway": args.port}, nats_config=nats_config)
     except (SettingsError, ValueError, StackError) as exc:
         say(f"cannot start: {exc}")
         return 1
@@ -158,8 +169,10 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     admin_key, demo_key, jwt_secret, generated = boot.remembered_keys(
         data_dir / "keys.env", env_value(os.environ, "SWITCHYARD_ADMIN_KEY"),
         env_value(os.environ, "SWITCHYARD_DEMO_KEY"), env_value(os.environ, "SWITCHYARD_JWT_SECRET"))
+    nats_url = urls.nats_url if args.nats_password is None else \
+        nats_auth.with_user(urls.nats_url, nats_auth.SERVICES_USER, args.nats_password)
     common = {
-        "SWITCHYARD_NATS_URL": urls.nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
+        "SWITCHYARD_NATS_URL": nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url,
         "SWITCHYARD_SPOOL_DIR": str(data_dir / "spool"),
         "SWITCHYARD_STREAM_REPLICAS": str(min(3, args.nats_cluster)),
@@ -200,7 +213,7 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     gateway_at = (args.host, args.port)
     try:
         if commands:
-            replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(urls.nats_url, commands)))
+            replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(nats_url, commands)))
             if args.registry_doc is not None:
                 say(f"registry document applied: {len(replies[-1].events)} change(s)")
         _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0))
@@ -285,6 +298,23 @@ def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
         database_url = with_password(database_url, password)
     return {"nats_url": env_value(env, "SWITCHYARD_NATS_URL"), "database_url": database_url,
             "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
+
+
+def _nats_users(path: Path, data_dir: Path) -> tuple[Path, str]:
+    """Write nats-server's users (the services' own, with a password kept in keys.env, and the file's subscribers)
+    into the data dir; return that file and the services' password."""
+    from switchyard_gateway.cli import bootstrap as boot
+
+    try:
+        subscribers = nats_auth.load(path, os.environ)
+    except nats_auth.UsersError as exc:
+        raise SettingsError(str(exc)) from None
+    password = boot.remembered_secret(data_dir / "keys.env", nats_auth.PASSWORD_KEY)
+    config = data_dir / "nats-users.conf"
+    config.touch(mode=0o600)
+    config.write_text(nats_auth.server_config(password, subscribers))
+    config.chmod(0o600)
+    return config, password
 
 
 def _service_env(values: dict[str, str]) -> dict[str, str]:

@@ -90,6 +90,15 @@ async def logged(database_url: str, type_: str, condition: str = "true", *args: 
     return [json.loads(r["p"]) for r in rows]
 
 
+@pytest.fixture(scope="module")
+def own_nats(urls: StackUrls, stack_root: Path) -> Iterator[str]:
+    """A NATS server (JetStream) of the test module's own, for tests that run metering's log feed and replay on the
+    production subjects and streams apart from the session's demo stack; PostgreSQL and Valkey are the session's."""
+    with EmbeddedStack(stack_root / f"nats-{uuid.uuid4().hex[:8]}", database_url=urls.database_url,
+                       redis_url=urls.redis_url, durable=False) as running:
+        yield running.urls.nats_url
+
+
 @pytest.fixture
 async def database_url(urls: StackUrls) -> str:
     """A fresh, empty database on the session's PostgreSQL."""

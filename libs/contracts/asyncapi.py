@@ -91,16 +91,22 @@ def _channels(channel: Channel) -> dict[str, Any]:
                              "error": {"$ref": f"{MESSAGES}{schemas.ERROR.name}"}},
             },
         }
-    assert channel.parameter is not None
-    name, meaning = channel.parameter
     where = f"Stream `{channel.stream}`" if channel.stream else "Core NATS only: not stored in any stream"
     logged = "; recorded in the event log" if channel.logged else ""
+    if channel.contract == s.LOG_PREFIX:
+        summary = ("Every event of the log, in log order, as stored; events of one type and tenant at consecutive "
+                   f"positions in one message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`).")
+        messages = {kind: {"$ref": f"{MESSAGES}{kind}"} for kind in topology.logged_types()}
+    else:
+        summary = CONTRACTS[channel.contract].summary
+        messages = {"event": {"$ref": f"{MESSAGES}{channel.contract}"}}
     entry: dict[str, Any] = {
         "address": channel.address,
         "title": channel.contract,
-        "description": f"{CONTRACTS[channel.contract].summary} {where}{logged}.",
-        "parameters": {name: {"description": f"{meaning}, percent-escaped as one subject token"}},
-        "messages": {"event": {"$ref": f"{MESSAGES}{channel.contract}"}},
+        "description": f"{summary} {where}{logged}.",
+        "parameters": {name: {"description": f"{meaning}, percent-escaped as one subject token"}
+                       for name, meaning in channel.parameters.items()},
+        "messages": messages,
     }
     if channel.stream:
         entry["x-switchyard-stream"] = channel.stream
@@ -127,7 +133,8 @@ def _operations(channel: Channel) -> dict[str, Any]:
                 "description": use.how, "messages": request, "reply": reply, "tags": [{"name": use.party}],
             }
         return found
-    messages = [{"$ref": f"#/channels/{channel.contract}/messages/event"}]
+    names = topology.logged_types() if channel.contract == s.LOG_PREFIX else ["event"]
+    messages = [{"$ref": f"#/channels/{channel.contract}/messages/{name}"} for name in names]
     for use, action in [*((u, "send") for u in channel.producers), *((u, "receive") for u in channel.consumers)]:
         found[_operation_id(use, action, channel.contract)] = {
             "action": action, "channel": ref,

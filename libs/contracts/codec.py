@@ -9,14 +9,14 @@ import msgspec
 
 from typing import Union
 
-from switchyard_gateway.contracts import events, quota, routing, users
+from switchyard_gateway.contracts import deadletters, events, quota, routing, users
 from switchyard_gateway.contracts import subjects as s
 from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.contracts.messages import AnyCommand
 
 # Every event type of every contract module: the log and the streams may carry any of them.
 EVENT_CLASSES: tuple[type[Event], ...] = (*events.EVENT_CLASSES, *routing.EVENT_CLASSES, *quota.EVENT_CLASSES,
-                                          *users.EVENT_CLASSES)
+                                          *users.EVENT_CLASSES, *deadletters.EVENT_CLASSES)
 EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_CLASSES}  # type: ignore[misc]
 AnyEvent = Union[EVENT_CLASSES]  # type: ignore[valid-type]  # noqa: UP007 — built from a tuple
 

@@ -1,7 +1,9 @@
-"""Metering's request/reply messages: usage queries (`metering.query.v1`) and the time-series rollup
-(`metering.command.v1`), with the replies each one gets.
+"""Metering's request/reply messages: usage queries (`metering.query.v1`), the time-series rollup
+(`metering.command.v1`) and pages of the event log (`metering.replay.v1`), with the replies each one gets.
 
-Every query takes `tenant_id`: None for an operator (every tenant's figures), else one tenant's own.
+Every query takes `tenant_id`: None for an operator (every tenant's figures), else one tenant's own. A replay
+is scoped by its subject instead, so that NATS permissions can hold a caller to its tenant:
+`metering.replay.v1` pages every tenant's events, `metering.replay.v1.<tenant>` that tenant's only.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+
+from switchyard_gateway.contracts.events import Instant
 
 MeteringQueryKind = Literal["token_counts", "usage", "stats"]
 
@@ -92,3 +96,36 @@ class RollupReply(msgspec.Struct, frozen=True):
     trimmed_before: str | None
     day_rows: int
     minute_rows_trimmed: int
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A page of the event log on `metering.replay.v1` (every tenant's events) or `metering.replay.v1.<tenant>`
+    (that tenant's only): the events after a log position, or from a time, of some types, oldest first.
+
+    Ask again with `after` = the page's `last` until a page says `live`: the log is read up to its head, and the
+    `LOG` stream holds everything after it from `live.sequence` on."""
+
+    after: int = 0                    # a log position: the events after it
+    since: Instant | None = None      # instead of `after` (when it is 0): from the first event that occurred then or later
+    types: list[str] = msgspec.field(default_factory=list)  # type prefixes of whole tokens ("usage", "tenant.created"); none: all
+    max_events: int = 1000            # at most this many events in the page (1 to 10,000)
+    max_bytes: int = 0                # at most this many bytes of events (0: what one NATS message may carry)
+    deliver_to: str | None = None     # publish the page there (a subject under `_INBOX` or `replay.`) instead of replying
+
+
+class LiveFrom(msgspec.Struct, frozen=True):
+    """Where the events after a page go on live: the stream, the first sequence to read, the subjects to filter."""
+
+    stream: str                       # LOG
+    sequence: int                     # deliver from this stream sequence; skip events at or below the page's `last`
+    subjects: list[str]               # filter subjects that hold what the request asked for (log.<type>.<tenant>)
+
+
+class ReplayPage(msgspec.Struct, frozen=True):
+    """A page of the log: events as stored, with their positions; where to ask next; where to go live."""
+
+    events: list[msgspec.Raw]         # each event as the log holds it (JSON; older versions as written), oldest first
+    positions: list[int]              # each event's log position
+    last: int                         # the log was read through this position: the next request's `after`
+    head: int                         # the log's newest position when it was read
+    live: LiveFrom | None = None      # the page reached the head: follow `live.stream` from here instead of asking again

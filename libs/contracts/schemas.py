@@ -78,6 +78,11 @@ EXCHANGES: tuple[Exchange, ...] = (
     Exchange(s.METERING_COMMAND, (metering.RollupDays,), (metering.RollupReply,),
              "Show the time series by day before a number of days ago, optionally trimming those minutes.",
              "What the rollup changed."),
+    Exchange(s.METERING_REPLAY, (metering.ReplayRequest,), (metering.ReplayPage,),
+             "A page of the event log after a position or from a time, of some types; `metering.replay.v1.<tenant>` "
+             "for one tenant's events.",
+             "The events as stored with their positions, where to ask next (`last`), and once the page reached the "
+             "log's head, the LOG stream sequence to follow live from (`live`)."),
     Exchange(s.QUOTA_COMMAND, (quota.SetLimits,), (quota.SetLimitsReply,),
              "Change a tenant's limits, or a tenant x model's.",
              "The limits now in force and the LimitsSet recorded (none when nothing changed)."),

@@ -36,11 +36,16 @@ CIRCUIT_CHANGED = "circuit.changed.v1"          # an endpoint's breaker moved cl
 # quota (quota service)
 LIMITS_SET = "limits.set.v1"                    # a tenant's (or tenant x model's) limits were set
 
+# dead letters (every consumer of the events kit, and subscribers)
+EVENT_DEAD_LETTERED = "event.dead_lettered.v1"      # a consumer set aside an event it could not decode or apply
+EVENT_RETRY_REQUESTED = "event.retry_requested.v1"  # an operator asked a consumer to take a dead letter again
+
 # --- request/reply: <noun>.<verb>.v<major> ------------------------------------
 REGISTRY_COMMAND = "registry.command.v1"
 REGISTRY_QUERY = "registry.query.v1"
 METERING_QUERY = "metering.query.v1"
 METERING_COMMAND = "metering.command.v1"        # roll the usage time series up into days
+METERING_REPLAY = "metering.replay.v1"          # a page of the log; `.<tenant>` appended: that tenant's events only
 ROUTER_COMMAND = "router.command.v1"            # reset a breaker, force a refresh, test an endpoint
 ROUTER_QUERY = "router.query.v1"                # circuits, per-endpoint health
 ROUTER_WARM = "router.warm.v1"                  # warm a model up: unbilled minimal calls (leader only)
@@ -54,15 +59,23 @@ STREAM_USAGE = "USAGE"
 STREAM_REGISTRY = "REGISTRY"
 STREAM_ROUTING = "ROUTING"
 STREAM_LIMITS = "LIMITS"
+STREAM_LOG = "LOG"                  # the event log in log order, each message with its positions (metering's feed)
+STREAM_DEADLETTER = "DEADLETTER"    # events consumers set aside, and the retries operators asked for
+
+LOG_PREFIX = "log"                  # LOG's subjects: log.<event type>.<tenant, or "_" for an event of none>
 
 STREAMS: dict[str, list[str]] = {
     STREAM_USAGE: ["usage.>"],
     STREAM_REGISTRY: ["provider.>", "endpoint.>", "model.>", "tenant.>", "key.>", "user.>"],
     STREAM_ROUTING: ["probe.>", "circuit.>"],
     STREAM_LIMITS: ["limits.>"],
+    STREAM_LOG: [f"{LOG_PREFIX}.>"],
+    STREAM_DEADLETTER: ["event.>"],
 }
-# Streams not listed keep everything; these age out (probe results and breaker history are not accounting).
-STREAM_MAX_AGE_S: dict[str, float] = {STREAM_ROUTING: 24 * 3600.0}
+# Streams not listed keep everything; these age out (probe results and breaker history are not accounting; the
+# log's feed is there to go live from, and the log itself is the record: a subscriber away longer catches up
+# from PostgreSQL through `metering.replay.v1`).
+STREAM_MAX_AGE_S: dict[str, float] = {STREAM_ROUTING: 24 * 3600.0, STREAM_LOG: 3600.0}
 # `call.attempted.v1` is not stored: it is a live health signal on core NATS, batched per gateway.
 
 # --- durable consumers ---------------------------------------------------------
@@ -74,6 +87,8 @@ KV_ROUTER_LEADER = "router_leader"  # one key, `leader`: the router replica that
 
 # --- headers -------------------------------------------------------------------
 MSG_ID_HEADER = "Nats-Msg-Id"       # JetStream de-duplication
+EXPECTED_LAST_SEQUENCE_HEADER = "Nats-Expected-Last-Sequence"   # JetStream stores it only right after that one
+POSITIONS_HEADER = "Switchyard-Log-Positions"    # on LOG: `<first>-<last>`, the log positions of the events in order
 SERVICE_ERROR_HEADER = "Nats-Service-Error"
 SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
@@ -91,6 +106,11 @@ def subject_token(identifier: str) -> str:
     """An identifier as one subject token: '.', '*', '>', '%', space and ASCII control characters are
     percent-escaped, so a model id like `/models/llama-3.2.gguf` stays one token."""
     return identifier.translate(_TOKEN_ESCAPES) or "_"
+
+
+def log_subject(event_type: str, tenant: str | None) -> str:
+    """The LOG stream's subject of an event: `log.<type>.<tenant>` (`_` for an event that belongs to no tenant)."""
+    return f"{LOG_PREFIX}.{event_type}.{subject_token(tenant or '')}"
 
 
 def subject_for(event_type: str, identifier: str) -> str:

@@ -31,10 +31,17 @@ class Channel:
     producers: tuple[Use, ...]
     consumers: tuple[Use, ...]
     logged: bool = False            # also an event of the log (PostgreSQL `events`)
+    prefix: tuple[str, str] | None = None   # a parameter before the identifier (LOG: the event type)
 
     @property
     def address(self) -> str:
-        return f"{self.contract}.{{{self.parameter[0]}}}" if self.parameter else self.contract
+        head = f"{self.contract}.{{{self.prefix[0]}}}" if self.prefix else self.contract
+        return f"{head}.{{{self.parameter[0]}}}" if self.parameter else head
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """Each parameter of the address with what it means."""
+        return dict(p for p in (self.prefix, self.parameter) if p is not None)
 
     @property
     def request_reply(self) -> bool:
@@ -68,6 +75,8 @@ ROUTING_IN = (Use("gateway", "ordered consumer, last message per subject: local 
               Use("router", "ordered consumer, last message per subject: a new leader resumes each breaker"))
 ROUTER_OUT = Use("router", "the leader (holder of the router_leader lease) publishes it")
 ADMIN = Use("gateway", "admin API (/api/admin/...)")
+SUBSCRIBER = "subscribers"          # programs built on switchyard_gateway.subscribe (examples/tenant_spend.py)
+DEAD_LETTERING = "a message (or the one event of a batch) it cannot decode, or whose handler fails, with the error"
 
 
 def _registry(contract: str, parameter: str, meaning: str) -> Channel:
@@ -137,6 +146,33 @@ CHANNELS: tuple[Channel, ...] = (
              Use("metering", "NATS micro service `metering`, one queue group")),
     _service(s.METERING_COMMAND, (Use("gateway", "monitoring API: /api/aggregate_time_series_days"),),
              Use("metering", "NATS micro service `metering`, one queue group")),
+    _service(s.METERING_REPLAY, (Use(SUBSCRIBER, f"catch up from the log page by page (`{s.METERING_REPLAY}`, or "
+                                                 f"`{s.METERING_REPLAY}.<tenant>` for one tenant's events), each page "
+                                                 "asked for once the last one arrived, then follow LOG from "
+                                                 "`live.sequence`"),),
+             Use("metering", "NATS micro service `metering`, one queue group; pages read from PostgreSQL")),
+    Channel(s.LOG_PREFIX, ("tenant", "the event's tenant, `_` for an event that belongs to none"), s.STREAM_LOG,
+            (Use("metering", "the log's feed: every event appended to the log, in log order, events of one type "
+                             "and tenant at consecutive positions in one message (a JSON array) with their positions in "
+                             f"`{s.POSITIONS_HEADER}`; each message published with `{s.EXPECTED_LAST_SEQUENCE_HEADER}` "
+                             "so that the stream never holds them out of order"),),
+            (Use(SUBSCRIBER, "an ephemeral push consumer from the `live.sequence` a replay page named, filtered by "
+                             "type and tenant, events at or below the subscriber's position skipped"),),
+            prefix=("type", "the event type (three tokens: usage.recorded.v2)")),
+    Channel(s.EVENT_DEAD_LETTERED, ("consumer", "the consumer that set the event aside"), s.STREAM_DEADLETTER,
+            (Use("metering", f"the usage ingest (`{s.CONSUMER_METERING}`): {DEAD_LETTERING}"),
+             Use("gateway", f"its folds of REGISTRY, LIMITS and ROUTING (`gateway:<stream>`): {DEAD_LETTERING}"),
+             Use("router", f"its folds of REGISTRY and ROUTING (`router:<stream>`): {DEAD_LETTERING}"),
+             Use("registry", f"its fold of the log (`registry.outbox`): {DEAD_LETTERING}"),
+             Use("quota", f"its folds of the log (`quota.outbox`): {DEAD_LETTERING}"),
+             Use(SUBSCRIBER, f"under the subscriber's name: {DEAD_LETTERING}")),
+            (Use("switchyard events", "`switchyard events dead-letters` lists them and retries them"),)),
+    Channel(s.EVENT_RETRY_REQUESTED, ("consumer", "the consumer asked to take the dead letter again"),
+            s.STREAM_DEADLETTER,
+            (Use("switchyard events", "`switchyard events dead-letters --retry ID|--all`; a dead letter read from a "
+                                      "stream is also published again on its subject"),),
+            (Use(SUBSCRIBER, "an ephemeral push consumer of its own retries from the last one it took, each applied "
+                             "in the transaction that records it"),)),
     _service(s.QUOTA_COMMAND, (ADMIN,), Use("quota", "NATS micro service `quota`, one queue group")),
     _service(s.QUOTA_QUERY, (Use("gateway", "quota and usage views (/api/v1/tenant-models/...)"),),
              Use("quota", "NATS micro service `quota`, one queue group")),
@@ -161,6 +197,15 @@ STREAMS: tuple[Stream, ...] = (
     Stream(s.STREAM_LIMITS, tuple(s.STREAMS[s.STREAM_LIMITS]), None,
            (Consumer("gateway", None, "ordered, deliver all"),),
            "Limits, kept in full: a gateway builds its limits book from them at start."),
+    Stream(s.STREAM_LOG, tuple(s.STREAMS[s.STREAM_LOG]), s.STREAM_MAX_AGE_S.get(s.STREAM_LOG),
+           (Consumer(SUBSCRIBER, None, "ephemeral push, from the sequence a replay page named, filtered by type and "
+                                       "tenant"),),
+           "The event log in log order, fed by metering from PostgreSQL: where a subscriber goes live after catching "
+           "up through metering.replay.v1. It ages out; the log is the record."),
+    Stream(s.STREAM_DEADLETTER, tuple(s.STREAMS[s.STREAM_DEADLETTER]), None,
+           (Consumer("switchyard events", None, "ordered, deliver all: `switchyard events dead-letters`"),
+            Consumer(SUBSCRIBER, None, "ephemeral push of its own retries, from the last one it took")),
+           "Events consumers could not decode or apply, and the retries operators asked for; kept until removed."),
     Stream(f"KV_{s.KV_ROUTER_LEADER}", (f"$KV.{s.KV_ROUTER_LEADER}.>",), None,
            (Consumer("router", None, "the NATS KV API: create, compare-and-set update, delete"),),
            "The router's leader lease: key `leader`, value the holder's instance name, entries expire after the "
@@ -172,3 +217,8 @@ STREAM_SETTINGS = "file storage, limits retention, discard old, a 2-minute dupli
 
 def channel(contract: str) -> Channel:
     return next(c for c in CHANNELS if c.contract == contract)
+
+
+def logged_types() -> list[str]:
+    """The event types the log holds, which its feed (LOG) carries."""
+    return [c.contract for c in CHANNELS if c.logged]

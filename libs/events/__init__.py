@@ -12,6 +12,12 @@
                            checkpoint moves atomically with it by compare-and-set; one Lead at a time
     ingest    Ingest       a stream's durable consumer appended to the log, projections advanced in the
                            same transaction, acknowledged after the commit
+    feed      LogFeed      the log published on the LOG stream in log order, each message with its
+                           positions: where subscribers go live after catching up through replay
+    deadletter DeadLetters what a consumer cannot decode or apply, set aside on DEADLETTER (counted) so that
+                           it goes on; `poisonous` tells the event's own failure from an outage
+    tail      StreamTail   a stream read from a sequence on, for a reader that keeps its own position: any
+                           gap or silence ends it (TailLost) and the reader starts again from where it is
     rebuild   rebuild_all  projections emptied and replayed from position 0 in one pass; replay_log
                            for any other rebuild; ProgressBar
     notices   LogNotices   the NOTIFY each appending transaction sends at commit: followers of the log
@@ -24,6 +30,8 @@ Every follower exposes where it is as a Watermark (`StreamFold.sequence`, `LogFo
 position, never on a sleep.
 """
 
+from switchyard_gateway.events.deadletter import DeadLetters, Poison, poisonous
+from switchyard_gateway.events.feed import LogFeed
 from switchyard_gateway.events.follow import LogFold, StreamFold
 from switchyard_gateway.events.ingest import Ingest
 from switchyard_gateway.events.marks import Watermark
@@ -33,10 +41,12 @@ from switchyard_gateway.events.project import (
     Busy, Lead, LogFollower, Projection, Target, advance, catch_up, checkpoints, lock_checkpoint, set_checkpoint,
 )
 from switchyard_gateway.events.rebuild import Folding, ProgressBar, rebuild, rebuild_all, replay_log
+from switchyard_gateway.events.tail import StreamTail, TailLost
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
 
 __all__ = [
-    "TRANSIENT", "Backoff", "Busy", "Folding", "Ingest", "Lead", "LogFold", "LogFollower", "LogNotices", "Outbox",
-    "ProgressBar", "Projection", "StreamFold", "Target", "Watermark", "advance", "catch_up", "checkpoints",
-    "lock_checkpoint", "rebuild", "rebuild_all", "replay_log", "retry", "set_checkpoint",
+    "TRANSIENT", "Backoff", "Busy", "DeadLetters", "Folding", "Ingest", "Lead", "LogFeed", "LogFold", "LogFollower",
+    "LogNotices", "Outbox", "Poison", "ProgressBar", "Projection", "StreamFold", "StreamTail", "TailLost", "Target",
+    "Watermark", "advance", "catch_up", "checkpoints", "lock_checkpoint", "poisonous", "rebuild", "rebuild_all",
+    "replay_log", "retry", "set_checkpoint",
 ]

@@ -4,7 +4,8 @@
 consumer of its own, is ready once it reached the stream's end as it was at start, then follows it; a caller
 that just caused events gets read-your-writes with `wait_for(event_ids)` or `sequence.reach(seq)`
 (the sequence a publish acknowledgement names). `LogFold` is caught up from the log past its own
-position when its owner asks (`catch_up`), and takes the owner's own appends (`fold`) in between.
+position when its owner asks (`catch_up`), and takes the owner's own appends (`fold`) in between. In both, an
+event that does not decode or whose fold raises is set aside on DEADLETTER and the fold goes on.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from switchyard_gateway.contracts.codec import decode_events
-from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.contracts.codec import decode_event, decode_events, encode
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE
+from switchyard_gateway.contracts.events import Event, subject_of
+from switchyard_gateway.events.deadletter import DEAD_LETTERS, DeadLetters, describe, events_of
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.kit.retry import Backoff
 from switchyard_gateway.kit import eventlog
@@ -31,6 +34,28 @@ log = structlog.get_logger()
 SEEN_MAX = 4096                 # event ids remembered for wait_for
 HEARTBEAT_S = 5.0               # the server's sign of life on an idle consumer
 INACTIVE_THRESHOLD_S = 30.0     # a consumer nobody listens to is dropped by the server after this
+
+
+def status_of(msg: Msg, taken: int) -> str | None:
+    """What a push consumer's status message says: `missed` (a heartbeat naming a consumer sequence past `taken`,
+    the last one taken), `idle` (a heartbeat, nothing missed) or `ended: <status> <description>`; None for a
+    message that is no status."""
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if not status:
+        return None
+    if status != "100":
+        return f"ended: {status} {headers.get('Description', '')}".strip()
+    last = headers.get("Nats-Last-Consumer")
+    return "missed" if last is not None and int(last) > taken else "idle"
+
+
+def metadata_of(msg: Msg) -> Any | None:
+    """A JetStream delivery's metadata (sequences, pending); None for any other message."""
+    try:
+        return msg.metadata
+    except Exception:  # noqa: BLE001 — not a JetStream delivery
+        return None
 
 
 class StreamFold:
@@ -44,8 +69,9 @@ class StreamFold:
     """
 
     def __init__(self, stream: str, fold: Callable[[Event], object], *, last_per_subject: bool = False,
-                 heartbeat_s: float = HEARTBEAT_S) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, name: str | None = None) -> None:
         self.stream = stream
+        self.name = name                     # as a consumer that sets events aside; `<client name>:<stream>` if None
         self.fold = fold
         self.last_per_subject = last_per_subject
         self.heartbeat_s = heartbeat_s
@@ -65,6 +91,8 @@ class StreamFold:
     async def start(self, nc: NATS, timeout_s: float = 30.0) -> None:
         """Subscribe, and return once caught up to the stream's end as it is now."""
         self._nc = nc
+        self.name = self.name or f"{nc.options.get('name') or 'fold'}:{self.stream}"
+        self.letters = DeadLetters(nc, self.name)
         js = nc.jetstream(timeout=10)
         info = await js.stream_info(self.stream)
         self._sub = await nc.subscribe(nc.new_inbox(), cb=self._on_message)
@@ -135,16 +163,14 @@ class StreamFold:
             self._heard = False
 
     async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        if headers.get("Status"):                                  # a heartbeat (100) or another status
+        said = status_of(msg, self._consumer_seq)
+        if said is not None:                                       # a heartbeat (100) or another status
             self._heard = True
-            last = headers.get("Nats-Last-Consumer")
-            if last is not None and int(last) > self._consumer_seq and self._consumer:
+            if said == "missed" and self._consumer:
                 self._reset("missed messages")
             return
-        try:
-            meta = msg.metadata
-        except Exception:  # noqa: BLE001 — not a JetStream delivery
+        meta = metadata_of(msg)
+        if meta is None:
             return
         if meta.consumer != self._consumer:
             return                                                 # from a consumer replaced meanwhile
@@ -155,15 +181,27 @@ class StreamFold:
         self._consumer_seq = meta.sequence.consumer
         try:
             events = decode_events(msg.data)
-        except Exception:  # noqa: BLE001 — one bad message must not stop the fold
-            log.exception("follow.bad_event", stream=self.stream, subject=msg.subject)
-            events = []
+        except Exception:  # noqa: BLE001 — one bad message must not stop the fold: what does not decode is set aside
+            events = await events_of(msg.data, lambda data, exc, key: self._set_aside(msg, "decode", exc, data, key))
         for event in events:
-            self.fold(event)
+            try:
+                self.fold(event)
+            except Exception as exc:  # noqa: BLE001 — nor one its fold cannot take
+                await self._set_aside(msg, "apply", exc, encode(event), str(event.event_id))
             self._note(str(event.event_id))
         self.sequence.advance(meta.sequence.stream)
         if not self.ready.is_set() and meta.num_pending == 0:
             self.ready.set()
+
+    async def _set_aside(self, msg: Msg, stage: str, exc: BaseException, data: bytes, key: str) -> None:
+        """Keep an event the fold cannot take on DEADLETTER; if NATS will not keep it either, say so and go on
+        (a fold of a stream has no redelivery to wait for)."""
+        try:
+            await self.letters.put(stage=stage, error=exc, source=self.stream, subject=msg.subject,  # type: ignore[arg-type]
+                                   sequence=msg.metadata.sequence.stream, data=data, headers=msg.headers, key=key)
+        except Exception as failed:  # noqa: BLE001
+            log.error("follow.dead_letter_lost", stream=self.stream, subject=msg.subject, error=describe(exc),
+                      why=str(failed) or type(failed).__name__)
 
     async def wait_for(self, event_ids: Iterable[str], timeout_s: float = 5.0) -> bool:
         """Wait until these events are folded in; False at the deadline."""
@@ -197,20 +235,53 @@ class StreamFold:
 class LogFold:
     """Some event types of the log folded into memory by `apply(event)`: each event once, in log order,
     whether it comes from `catch_up` or from the owner's own append (`fold`); an event at or below the
-    position (a concurrent catch-up handed it over already) is skipped."""
+    position (a concurrent catch-up handed it over already) is skipped. One that does not decode or that
+    `apply` refuses is set aside (on DEADLETTER as `name` when given `letters`, else logged and counted): the
+    fold reads the log again at its next start, so a fixed service takes it then."""
 
-    def __init__(self, types: Iterable[str], apply: Callable[[Event], object]) -> None:
+    def __init__(self, types: Iterable[str], apply: Callable[[Event], object], *, name: str = "log-fold",
+                 letters: DeadLetters | None = None) -> None:
         self.types, self.apply = frozenset(types), apply
+        self.name, self.letters = name, letters
         self.position = Watermark()
+        self._setting_aside: set[asyncio.Task[None]] = set()
 
-    async def catch_up(self, conn: asyncpg.Connection) -> int:
+    async def catch_up(self, conn: asyncpg.Connection, chunk: int = 10_000) -> int:
         """Fold what the log holds past this fold's position; return the position."""
-        async for batch in eventlog.read_all(conn, self.position.value, self.types):
-            for position, event in batch:
+        upto = await eventlog.head(conn)
+        while True:
+            rows = await eventlog.read_rows(conn, self.position.value, self.types, upto, chunk)
+            for position, _kind, payload in rows:
+                try:
+                    event = decode_event(payload)
+                except Exception as exc:  # noqa: BLE001 — not one this build reads: set aside, go on
+                    self._set_aside(position, "decode", exc, payload.encode(), "")
+                    self.position.advance(position)
+                    continue
                 self.fold(position, event)
-        return self.position.value
+            if len(rows) < chunk:
+                return self.position.value
 
     def fold(self, position: int, event: Event) -> None:
         if position > self.position.value:
-            self.apply(event)
+            try:
+                self.apply(event)
+            except Exception as exc:  # noqa: BLE001 — one event the fold cannot take must not stop it
+                self._set_aside(position, "apply", exc, encode(event), subject_of(event))
             self.position.advance(position)
+
+    def _set_aside(self, position: int, stage: str, exc: BaseException, data: bytes, subject: str) -> None:
+        if self.letters is None:
+            DEAD_LETTERS.labels(self.name, stage).inc()
+            log.error("follow.event_set_aside", fold=self.name, stage=stage, position=position, error=describe(exc))
+            return
+        put = self.letters.put(stage=stage, error=exc, source=LOG_SOURCE, subject=subject,  # type: ignore[arg-type]
+                               sequence=position, data=data)
+        task = asyncio.ensure_future(put)            # folds are synchronous: the dead letter is kept meanwhile
+        self._setting_aside.add(task)
+        task.add_done_callback(self._set_aside_done)
+
+    def _set_aside_done(self, task: asyncio.Task[None]) -> None:
+        self._setting_aside.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("follow.dead_letter_lost", fold=self.name, why=describe(task.exception()))

@@ -7,6 +7,8 @@ past the first (at most `batch` messages and `max_bytes`), and in one transactio
 checkpoint; only then are the messages acknowledged. The next batch is fetched and decoded while one
 commits. When PostgreSQL is away it stops acknowledging (JetStream keeps the messages) and retries
 with backoff, marking its messages in progress so that JetStream does not hand them to another replica.
+An event that does not decode, or that the log or a projection refuses, is set aside on DEADLETTER (the
+rest of its batch is committed without it) and the consumer goes on.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
-from switchyard_gateway.contracts.codec import decode_events
+from switchyard_gateway.contracts.codec import decode_events, encode
 from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.events.deadletter import DeadLetters, Poison, events_of, poisonous
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.project import Projection, advance, catch_up
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
@@ -59,8 +62,10 @@ class Ingest:
         self, nc: NATS, pool: asyncpg.Pool, stream: str, durable: str,
         projections: Sequence[Projection], batch: int = 1000, linger_s: float = 0.05,
         on_commit: Callable[[list[Positioned]], None] | None = None, max_bytes: int = 8 * 1024 * 1024,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.nc, self.pool, self.stream, self.durable = nc, pool, stream, durable
+        self.dead_letters = dead_letters or DeadLetters(nc, durable)
         self.projections = list(projections)
         self.batch, self.linger_s, self.max_bytes = batch, linger_s, max_bytes
         self.on_commit = on_commit
@@ -111,12 +116,15 @@ class Ingest:
     async def _commit_until_done(self, msgs: list[Msg], batch: eventlog.Prepared) -> None:
         """Commit a batch, retrying with backoff; while it takes long (PostgreSQL down, a rebuild holding the
         checkpoints) its messages are marked in progress so that JetStream does not redeliver them."""
-        attempt = asyncio.ensure_future(retry(lambda: self._commit(msgs, batch), what="ingest.commit_failed",
+        attempt = asyncio.ensure_future(retry(lambda: self._guarded(msgs, batch), what="ingest.commit_failed",
                                               errors=TRANSIENT, stream=self.stream))
         try:
             while True:
                 done, _ = await asyncio.wait([attempt], timeout=ACK_WAIT_S / 2)
                 if done:
+                    if isinstance(attempt.exception(), Poison):
+                        await self._isolate(msgs)
+                        return
                     attempt.result()
                     return
                 for msg in msgs:
@@ -159,7 +167,8 @@ class Ingest:
         return msgs
 
     async def _decode(self, msgs: list[Msg]) -> Decoded:
-        """Decode a fetched batch and prepare its append (the per-event work), while the last one commits."""
+        """Decode a fetched batch and prepare its append (the per-event work), while the last one commits. What does
+        not decode is set aside on DEADLETTER; a message left with no event is done with."""
         events: list[Event] = []
         good: list[Msg] = []
         for msg in msgs:
@@ -167,9 +176,46 @@ class Ingest:
                 events.extend(decode_events(msg.data))
                 good.append(msg)
             except Exception:  # noqa: BLE001 — a poison message must not block the stream
-                log.error("ingest.undecodable", subject=msg.subject, size=len(msg.data))
-                await msg.term()
+                kept = await events_of(msg.data, lambda data, exc, key, m=msg: self._set_aside(m, "decode", exc, data, key))
+                if kept:
+                    events.extend(kept)
+                    good.append(msg)
+                else:
+                    await msg.term()
         return good, eventlog.Prepared(events)
+
+    async def _set_aside(self, msg: Msg, stage: str, exc: BaseException, data: bytes, key: str = "") -> None:
+        await self.dead_letters.put(stage=stage, error=exc, source=self.stream, subject=msg.subject,  # type: ignore[arg-type]
+                                    sequence=_sequence(msg), data=data, headers=msg.headers, key=key)
+
+    async def _guarded(self, msgs: list[Msg], batch: eventlog.Prepared) -> list[Positioned]:
+        """A commit whose failure is the batch's own (bad data, a projection's bug) raises Poison, which no retry
+        repeats; an outage raises as it is, and is retried."""
+        try:
+            return await self._commit(msgs, batch)
+        except Exception as exc:
+            if poisonous(exc):
+                raise Poison(str(exc)) from exc
+            raise
+
+    async def _isolate(self, msgs: list[Msg]) -> None:
+        """A batch failed for one of its events: commit message by message, and event by event in a message that
+        fails, setting aside each event that fails alone."""
+        for msg in msgs:
+            events = await events_of(msg.data, None)
+            try:
+                await retry(lambda: self._guarded([msg], eventlog.Prepared(events)), what="ingest.commit_failed",
+                            errors=TRANSIENT, stream=self.stream)
+                continue
+            except Poison:
+                pass
+            for event in events:
+                try:
+                    await retry(lambda: self._guarded([], eventlog.Prepared([event])), what="ingest.commit_failed",
+                                errors=TRANSIENT, stream=self.stream)
+                except Poison as exc:
+                    await self._set_aside(msg, "apply", exc, encode(event), str(event.event_id))
+            await msg.ack()
 
     async def ingest(self, msgs: list[Msg]) -> list[Positioned]:
         """Append one fetched batch and advance the projections in one transaction, then ack."""
@@ -200,6 +246,13 @@ class Ingest:
         self.pending = info.num_pending
         CONSUMER_PENDING.labels(self.stream, self.durable).set(info.num_pending)
         CONSUMER_ACK_PENDING.labels(self.stream, self.durable).set(info.num_ack_pending)
+
+
+def _sequence(msg: Msg) -> int:
+    try:
+        return msg.metadata.sequence.stream
+    except Exception:  # noqa: BLE001 — not a JetStream delivery
+        return 0
 
 
 async def _exists(js: object, stream: str, durable: str) -> bool:

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode, stored_types
 from switchyard_gateway.contracts.events import Event, subject_of
+from switchyard_gateway.events.deadletter import DeadLetters
 from switchyard_gateway.events.follow import LogFold
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
 from switchyard_gateway.kit import eventlog
@@ -39,7 +40,7 @@ class Outbox:
                  apply: Callable[[Event], object], lock: int) -> None:
         self.pool, self.nc = pool, nc
         self.name, self.stream, self.lock = name, stream, lock
-        self.fold = LogFold(types, apply)
+        self.fold = LogFold(types, apply, name=name, letters=DeadLetters(nc, name))
         self._publishing = asyncio.Lock()
 
     @property

@@ -175,6 +175,46 @@ async def read_rows(
     )
 
 
+async def read_stored(
+    conn: asyncpg.Connection, after: int, upto: int, limit: int, *,
+    like: Sequence[str] | None = None, tenant: str | None = None,
+) -> list[asyncpg.Record]:
+    """Rows as stored (position, type, tenant, payload as text) with after < position <= upto, oldest first,
+    optionally only of types matching LIKE patterns and of one tenant: for readers that pass events on without
+    decoding them (the log's feed, replay pages)."""
+    return await conn.fetch(
+        "SELECT position, type, tenant, payload::text AS payload FROM events WHERE position > $1 AND position <= $2"
+        " AND ($3::text[] IS NULL OR type LIKE ANY($3)) AND ($4::text IS NULL OR tenant = $4)"
+        " ORDER BY position LIMIT $5",
+        after, upto, None if like is None else list(like), tenant, limit,
+    )
+
+
+_RUNS_SQL = """
+WITH chunk AS (
+    SELECT position, type, tenant, payload FROM events WHERE position > $1 ORDER BY position LIMIT $2
+), starts AS (
+    SELECT *, CASE WHEN position = lag(position) OVER w + 1 AND type = lag(type) OVER w
+                   AND tenant IS NOT DISTINCT FROM lag(tenant) OVER w THEN 0 ELSE 1 END AS starts
+    FROM chunk WINDOW w AS (ORDER BY position)
+), runs AS (
+    SELECT *, sum(starts) OVER (ORDER BY position) AS run FROM starts
+), parts AS (
+    SELECT *, (row_number() OVER (PARTITION BY run ORDER BY position) - 1) / $3 AS part FROM runs
+)
+SELECT min(position) AS first, max(position) AS last, min(type) AS type, min(tenant) AS tenant,
+       '[' || string_agg(payload::text, ',' ORDER BY position) || ']' AS body
+FROM parts GROUP BY run, part ORDER BY first
+"""
+
+
+async def read_runs(conn: asyncpg.Connection, after: int, limit: int, run_events: int) -> list[asyncpg.Record]:
+    """The next `limit` events after a position as runs (first, last, type, tenant, body): events of one type and
+    tenant at consecutive positions, at most `run_events` a run, each run's stored events joined into one JSON
+    array by PostgreSQL: for a reader that publishes the log as it is (the feed), at a cost per run, not per event."""
+    return await conn.fetch(_RUNS_SQL, after, limit, run_events)
+
+
 async def read_payloads(conn: asyncpg.Connection, after: int, upto: int, types: Iterable[str]) -> list[str]:
     """The payloads alone of the events of `types` (as stored, older versions not included unless named) with
     after < position <= upto, in no particular order: for a reader that only sums what it reads."""

@@ -47,7 +47,7 @@ class ServiceUnavailable(ServiceError):
         super().__init__(503, ErrorBody("SERVICE_UNAVAILABLE", f"{what} is not answering, try again shortly"))
 
 
-async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
+async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None) -> NATS:
     """Connect to any server of `url` (one URL or a comma-separated list: a cluster's servers), retrying
     until `timeout_s`; once connected, reconnect forever, to whichever server of the list answers.
 
@@ -65,10 +65,11 @@ async def connect(url: str, name: str, timeout_s: float = 30.0) -> NATS:
         log.info("nats.reconnected")
 
     nc = NATS()
+    inbox = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}     # a user allowed its own inbox only
     try:
         await asyncio.wait_for(
             nc.connect(
-                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5,
+                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5, **inbox,
                 max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
                 error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
             ),
@@ -120,20 +121,24 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
 
 
 Handler = Callable[[bytes], Awaitable[bytes]]
+# A handler that also reads the subject it was asked on (a wildcard endpoint); None: it answered elsewhere itself,
+# and the requester, if it waits, gets an empty reply.
+SubjectHandler = Callable[[bytes, str], Awaitable[bytes | None]]
 
 
 async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
-                instance: str = "", role: str = "") -> object:
+                instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None) -> object:
     """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers. Each
     copy answers `$SRV.PING` with its `instance` (replicas tell themselves apart by it) and `role` (the router's
-    leader says so) in its metadata."""
+    leader says so) in its metadata. `by_subject` handlers are given the request's subject too."""
     metadata = {key: value for key, value in (("instance", instance), ("role", role)) if value}
     service = await add_service(nc, name=name, version=version, queue_group=name, metadata=metadata)
 
-    def wrap(handler: Handler) -> Callable[[Request], Awaitable[None]]:
+    def wrap(handler: Handler | SubjectHandler, with_subject: bool = False) -> Callable[[Request], Awaitable[None]]:
         async def endpoint(req: Request) -> None:
             try:
-                reply = await handler(req.data)
+                reply = await (handler(req.data, req.subject) if with_subject  # type: ignore[call-arg]
+                               else handler(req.data))  # type: ignore[call-arg]
             except ServiceError as exc:
                 await req.respond_error(str(exc.status), exc.body.message, data=_encode(exc.body))
             except msgspec.ValidationError as exc:
@@ -147,11 +152,15 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                 body = ErrorBody("INTERNAL", f"{type(exc).__name__} in {name}")
                 await req.respond_error("500", body.message, data=_encode(body))
             else:
-                await req.respond(reply)
+                if req._msg.reply:  # noqa: SLF001 — a page published elsewhere may have been asked without a reply
+                    await req.respond(reply or b"")
         return endpoint
 
     for subject, handler in endpoints.items():
         await service.add_endpoint(name=subject.replace(".", "-"), subject=subject, handler=wrap(handler))
+    for subject, subject_handler in (by_subject or {}).items():
+        await service.add_endpoint(name=subject.replace(".", "-").replace("*", "any").replace(">", "rest"),
+                                   subject=subject, handler=wrap(subject_handler, with_subject=True))
     return service
 
 

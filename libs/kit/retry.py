@@ -55,3 +55,11 @@ async def retry(
             if what is not None:
                 log.warning(what, error=str(exc) or type(exc).__name__, retry_in_s=round(backoff.next_s, 2), **context)
             await backoff.wait()
+
+
+def honour_cancel() -> None:
+    """Raise CancelledError if the running task was asked to stop and something swallowed the request on the way
+    (nats-py's publish does, mid-flush): a loop that catches errors calls this before it goes round again."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

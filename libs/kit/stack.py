@@ -46,7 +46,15 @@ def running_url(data_dir: Path, name: str) -> str:
     if not state.exists():
         raise SystemExit(f"switchyard: no SWITCHYARD_{name.upper()} and no stack at {data_dir} "
                          "(run `switchyard up --data-dir D` first, or pass the same --data-dir)")
-    return json.loads(state.read_text())["urls"][name]
+    url = json.loads(state.read_text())["urls"][name]
+    keys = data_dir / "keys.env"
+    if name == "nats_url" and keys.exists():        # `up --nats-users`: NATS asks for the services' user
+        from switchyard_gateway.kit import nats_auth
+
+        found = dict(line.partition("=")[::2] for line in keys.read_text().splitlines() if "=" in line)
+        if found.get(nats_auth.PASSWORD_KEY):
+            url = nats_auth.with_user(url, nats_auth.SERVICES_USER, found[nats_auth.PASSWORD_KEY])
+    return url
 
 
 class StackUrls(msgspec.Struct, frozen=True):
@@ -88,8 +96,10 @@ class EmbeddedStack:
         ports: dict[str, int] | None = None,
         ready_timeout_s: float = 30.0,
         stop_timeout_s: float = 15.0,
+        nats_config: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.nats_config = nats_config  # read by nats-server before its flags: users and permissions
         self.log_dir = Path(log_dir).absolute() if log_dir is not None else self.data_dir / "logs"
         self.durable = durable  # False: fsync off in postgres and valkey (tests, benchmarks)
         if nats_nodes < 1 or nats_nodes == 2:
@@ -244,8 +254,14 @@ class EmbeddedStack:
 
     def _build(self, component: str) -> list[ManagedServer]:
         if component == "nats" and self.nats_nodes > 1:
-            return list(cluster(self.nats_nodes, self.data_dir, self.log_dir, durable=self.durable))
-        return [_SERVERS[component](self.data_dir, self.log_dir, _no_ports(component), durable=self.durable)]
+            servers: list[ManagedServer] = list(cluster(self.nats_nodes, self.data_dir, self.log_dir,
+                                                        durable=self.durable))
+        else:
+            servers = [_SERVERS[component](self.data_dir, self.log_dir, _no_ports(component), durable=self.durable)]
+        for server in servers:
+            if isinstance(server, NatsServer):
+                server.config = self.nats_config
+        return servers
 
     def _of(self, component: str) -> list[ManagedServer]:
         """The servers that make up one component (the nodes of a NATS cluster; else one server)."""

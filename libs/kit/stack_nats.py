@@ -49,10 +49,12 @@ def nats_binary() -> Path:
 
 
 class NatsServer(ManagedServer):
-    """nats-server with JetStream storing under <data>/nats and a monitoring port for /healthz."""
+    """nats-server with JetStream storing under <data>/nats and a monitoring port for /healthz; with `config`, a
+    configuration file read first (users and their permissions: `libs/kit/nats_auth.py`), the flags after it."""
 
     name = "nats"
     port_names = ("nats", "nats_monitor")
+    config: Path | None = None
 
     @property
     def home(self) -> Path:
@@ -72,9 +74,13 @@ class NatsServer(ManagedServer):
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
 
+    def configured(self) -> list[str]:
+        return ["--config", str(self.config)] if self.config is not None else []
+
     def command(self) -> list[str]:
         return [
             str(self.binary()),
+            *self.configured(),
             "--jetstream",
             "--store_dir", str(self.home),
             "--addr", LOOPBACK,
@@ -128,6 +134,7 @@ class NatsNode(NatsServer):
         routes = ",".join(peer.route_url for peer in self.peers if peer is not self)
         return [
             str(self.binary()),
+            *self.configured(),
             "--jetstream",
             "--store_dir", str(self.home),
             "--addr", LOOPBACK,

@@ -1,4 +1,4 @@
-"""Metering's NATS entry points: the usage ingest, usage queries, and the time-series rollup."""
+"""Metering's NATS entry points: the usage ingest, usage queries, the time-series rollup, the log's feed and its replay."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from switchyard_gateway.contracts.events import now
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import MeteringQuery, RollupDays, TokenUsageReply
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.events import Ingest
+from switchyard_gateway.events import Ingest, LogFeed, LogNotices
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
-from switchyard_gateway.services.metering import metrics, queries, rollup
+from switchyard_gateway.services.metering import history, metrics, queries, rollup
 from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
 from switchyard_gateway.services.metering.settings import Settings
 
@@ -29,6 +29,8 @@ class Deps:
 
     pool: asyncpg.Pool
     ingest: Ingest
+    feed: LogFeed
+    history: history.History
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:
@@ -59,7 +61,13 @@ async def on_rollup(deps: Deps, data: bytes) -> bytes:
         return encode(await rollup.roll_up(conn, command, now()))
 
 
+async def on_replay(deps: Deps, data: bytes, subject: str) -> bytes | None:
+    """A page of the log (`metering.replay.v1`, or `.<tenant>` for one tenant's events)."""
+    return await history.on_replay(deps.history, data, subject)
+
+
 SUBSCRIPTIONS = {subjects.METERING_QUERY: on_query, subjects.METERING_COMMAND: on_rollup}
+BY_SUBJECT = dict.fromkeys(history.SUBJECTS, on_replay)      # wildcard subjects: the handler reads the tenant token
 
 
 async def start(runtime: Runtime[Settings]) -> Deps:
@@ -72,12 +80,17 @@ async def start(runtime: Runtime[Settings]) -> Deps:
         list(PROJECTIONS.values()), batch=settings.ingest_batch, linger_s=settings.ingest_linger_s,
         on_commit=lambda appended: metrics.observe_committed(appended, cost.book),
     )
-    deps = Deps(pool=runtime.pool, ingest=ingest)
+    notices = LogNotices(settings.database_url, settings.connect_timeout_s)
+    feed = LogFeed(runtime.pool, runtime.nc, notices)
+    deps = Deps(pool=runtime.pool, ingest=ingest, feed=feed, history=history.History(runtime.pool, runtime.nc, settings.log_feed))
     runtime.before_scrape.append(ingest.refresh_lag)
     # Ingest allocates tens of thousands of small objects per batch and makes no cycles: what start-up
     # built is frozen out of the collector, and it runs less often (about a third of ingest CPU otherwise).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     runtime.spawn(ingest.run(), "usage-ingest")
-    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
+    if settings.log_feed:
+        runtime.spawn(notices.run(), "log-notices")
+        runtime.spawn(feed.run(), "log-feed")
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, BY_SUBJECT)
     return deps

@@ -1,4 +1,4 @@
-"""Metering's settings: how the usage follower batches what it ingests."""
+"""Metering's settings: how the usage follower batches what it ingests, and whether the log is fed to LOG."""
 
 from __future__ import annotations
 
@@ -10,3 +10,4 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
 
     ingest_batch: int = 1000               # JetStream messages per transaction at most (each may hold many events)
     ingest_linger_s: float = 0.25          # how long a batch waits for more messages after its first
+    log_feed: bool = True                  # publish the log to LOG, where subscribers go live (replay works either way)

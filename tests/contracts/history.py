@@ -78,6 +78,10 @@ def _value(kind: Any, name: str, at: datetime) -> Any:
         return at
     if isinstance(kind, t.UUIDType):
         return uuid.uuid5(NAMESPACE, name)
+    if isinstance(kind, t.BytesType):
+        return f"{name}-1".encode()
+    if isinstance(kind, t.DictType):
+        return {f"{name}-key": _value(kind.value_type, name, at)}
     if isinstance(kind, (t.VarTupleType, t.ListType)):
         return (_value(kind.item_type, name, at), f"{name}-2") if isinstance(kind.item_type, t.StrType) \
             else (_value(kind.item_type, name, at),)

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from switchyard_gateway.contracts import codec, subjects
+from switchyard_gateway.contracts import deadletters as dl
 from switchyard_gateway.contracts import events as ev
 from switchyard_gateway.contracts import quota as qt
 from switchyard_gateway.contracts import routing as rt
@@ -42,6 +43,10 @@ SAMPLES: list[ev.Event] = [
     us.UserPasswordChanged(username="alice@acme", tenant_id="acme", password_hash="$argon2id$v=19$..."),
     us.UserRemoved(username="alice@acme", tenant_id="acme"),
     us.UserTokenRevoked(username="alice@acme", tenant_id="acme", token_id="0f3a", expires_at=datetime.now(UTC)),
+    dl.EventDeadLettered(consumer="metering", stage="decode", error="ValidationError: Expected `int`", source="USAGE",
+                         subject="usage.recorded.v2.acme", sequence=42, data=b'{"type": "usage.recorded.v2"}',
+                         headers={"Nats-Msg-Id": "0191+1"}),
+    dl.EventRetryRequested(consumer="tenant-spend", dead_letter=7, source="log", sequence=1234, data=b"{}"),
 ]
 
 

@@ -20,6 +20,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "libs/kit": {"libs/contracts", "libs/resp"},
     "libs/events": {"libs/contracts", "libs/kit"},
     "libs/quotas": {"libs/catalog", "libs/contracts", "libs/resp"},
+    "libs/subscribe": {"libs/contracts", "libs/events", "libs/kit"},
 }
 SERVICE_MAY_IMPORT = {"libs/contracts", "libs/catalog", "libs/quotas", "libs/kit", "libs/events", "libs/http1",
                       "libs/resp"}

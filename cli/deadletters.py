@@ -1,0 +1,104 @@
+"""`switchyard events dead-letters`: list the events consumers set aside on DEADLETTER, and send them back.
+
+A retry is an `event.retry_requested.v1.<consumer>` on DEADLETTER (a subscriber follows its own and applies each
+once); a dead letter read from a stream (the usage ingest's, a service's fold of REGISTRY) is also published
+again on its subject, under a message id of its own so that JetStream's duplicate window does not drop it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventDeadLettered, EventRetryRequested
+from switchyard_gateway.contracts.events import subject_of
+
+_letter = msgspec.json.Decoder(EventDeadLettered)
+_retry = msgspec.json.Decoder(EventRetryRequested)
+FETCH = 500
+
+
+@dataclass
+class Letter:
+    """A dead letter as stored, with its DEADLETTER sequence and the sequences of the retries asked for it."""
+
+    id: int
+    letter: EventDeadLettered
+    retries: list[int] = field(default_factory=list)
+
+
+async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
+    """Every dead letter on DEADLETTER (of one consumer), oldest first, each with its retries."""
+    js = nc.jetstream(timeout=10)
+    letters: dict[int, Letter] = {}
+    retries: list[tuple[int, EventRetryRequested]] = []
+    sub = await js.pull_subscribe("event.>", stream=subjects.STREAM_DEADLETTER, config=ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0, mem_storage=True))
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(FETCH, timeout=1)
+            except NatsTimeout:
+                break
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                if msg.subject.startswith(subjects.EVENT_DEAD_LETTERED + "."):
+                    letters[seq] = Letter(seq, _letter.decode(msg.data))
+                elif msg.subject.startswith(subjects.EVENT_RETRY_REQUESTED + "."):
+                    retries.append((seq, _retry.decode(msg.data)))
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    for seq, asked in retries:
+        if asked.dead_letter in letters:
+            letters[asked.dead_letter].retries.append(seq)
+    return [one for one in letters.values() if consumer is None or one.letter.consumer == consumer]
+
+
+async def send_back(nc: NATS, one: Letter) -> int:
+    """Ask for a dead letter to be taken again; return the retry's DEADLETTER sequence."""
+    js = nc.jetstream(timeout=10)
+    letter = one.letter
+    if letter.source != LOG_SOURCE and letter.subject:
+        headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
+        headers[subjects.MSG_ID_HEADER] = f"retry:{one.id}:{len(one.retries) + 1}"
+        await js.publish(letter.subject, letter.data, headers=headers)
+    asked = EventRetryRequested(consumer=letter.consumer, dead_letter=one.id, source=letter.source,
+                                subject=letter.subject, sequence=letter.sequence, data=letter.data,
+                                headers=letter.headers)
+    ack = await js.publish(subject_of(asked), encode(asked),
+                           headers={subjects.MSG_ID_HEADER: f"retry-requested:{one.id}:{len(one.retries) + 1}"})
+    return ack.seq
+
+
+def show(letters: list[Letter], as_json: bool, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if as_json:
+        for one in letters:
+            out.write(json.dumps({"id": one.id, "retries": one.retries, **msgspec.to_builtins(one.letter)}) + "\n")
+        return
+    if not letters:
+        out.write("no dead letters\n")
+        return
+    out.write(f"{'ID':>6}  {'SET ASIDE':<19}  {'CONSUMER':<20}  {'STAGE':<6}  {'FROM':<16}  RETRIED  ERROR\n")
+    for one in letters:
+        letter = one.letter
+        where = f"{letter.source}:{letter.sequence}"
+        retried = ",".join(map(str, one.retries)) or "-"
+        out.write(f"{one.id:>6}  {_when(letter.occurred_at):<19}  {letter.consumer[:20]:<20}  {letter.stage:<6}  "
+                  f"{where[:16]:<16}  {retried:<7}  {letter.error}\n")
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S")

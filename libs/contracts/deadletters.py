@@ -1,0 +1,56 @@
+"""Dead letters: events a consumer could not decode or apply, set aside on `DEADLETTER` so that it moves on.
+
+Every consumer of the events kit (the usage ingest, folds of a stream or of the log) and every subscriber
+built on `switchyard_gateway.subscribe` puts what it cannot take on `event.dead_lettered.v1.<consumer>`, the
+message (or the one event of a batch) whole, with the error. `switchyard events dead-letters --retry` asks
+for it to be taken again: an `EventRetryRequested` on `event.retry_requested.v1.<consumer>`, and, for an event
+that came from a stream, the same message published again on its subject.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.events import Event
+
+Stage = Literal["decode", "apply"]
+LOG_SOURCE = "log"       # `source` of an event read from the event log (through replay or the LOG stream)
+
+
+class EventDeadLettered(Event, frozen=True, tag=s.EVENT_DEAD_LETTERED):
+    """A consumer could not decode or apply an event and set it aside to go on; the event is kept here whole."""
+
+    consumer: str                   # who set it aside: `metering`, `gateway:REGISTRY`, a subscriber's name
+    stage: Stage                    # decode: not an event this consumer can read; apply: its handler failed
+    error: str                      # the exception's type and message, one line
+    source: str                     # the stream it was read from (USAGE, REGISTRY, ...), or `log`
+    subject: str = ""               # the subject it was published on
+    sequence: int = 0               # its stream sequence, or (source `log`) its log position
+    data: bytes = b""               # the message body as received, or the one event of a batch that failed
+    headers: dict[str, str] = msgspec.field(default_factory=dict)     # the message's headers
+
+    @property
+    def identifier(self) -> str:
+        return self.consumer
+
+
+class EventRetryRequested(Event, frozen=True, tag=s.EVENT_RETRY_REQUESTED):
+    """An operator asked a consumer to take a dead letter again, once whatever made it fail is fixed."""
+
+    consumer: str
+    dead_letter: int                # the DEADLETTER stream sequence of the dead letter
+    source: str
+    subject: str = ""
+    sequence: int = 0
+    data: bytes = b""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def identifier(self) -> str:
+        return self.consumer
+
+
+EVENT_CLASSES: tuple[type[Event], ...] = (EventDeadLettered, EventRetryRequested)

@@ -1,0 +1,125 @@
+"""A stream read from a sequence on, for a reader that keeps its own position: any trouble ends it, and the reader
+starts again from where it is.
+
+    tail = StreamTail(nc, "LOG", ["log.usage.>"], sequence=1234, owner="tenant-spend", max_queued=10_000)
+    await tail.start()
+    msgs = await tail.take(most=5000, linger_s=0.05)      # raises TailLost once it cannot be trusted to be whole
+
+Unlike `StreamFold`, which makes its consumer anew past what it folded, a tail gives up: its reader (a subscriber
+of the log) goes back to a source it trusts more (replay from its own position) rather than to the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from switchyard_gateway.events.follow import metadata_of, status_of
+
+HEARTBEAT_S = 5.0
+
+
+class TailLost(Exception):
+    """The tail stopped being whole (a gap, silence, a queue too long, the consumer gone)."""
+
+
+class StreamTail:
+    """An ephemeral push consumer of `stream` from `sequence`, filtered, without acks: `take` hands out the
+    messages in order; a gap, two silent heartbeats, the consumer's end or more than `max_queued` messages
+    waiting end it with TailLost."""
+
+    def __init__(self, nc: NATS, stream: str, filters: list[str], sequence: int, owner: str, max_queued: int) -> None:
+        self.nc, self.stream, self.filters, self.sequence = nc, stream, filters, sequence
+        self.name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', owner)[:40]}-{uuid.uuid4().hex[:12]}"
+        self.max_queued = max_queued
+        self.queue: asyncio.Queue[Msg | TailLost] = asyncio.Queue()
+        self._consumer_seq = 0
+        self._heard = True
+        self._sub: Any = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_message)
+        one = self.filters[0] if len(self.filters) == 1 else None
+        config = ConsumerConfig(
+            name=self.name, deliver_subject=self._sub.subject, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(self.sequence, 1), filter_subject=one, filter_subjects=None if one else self.filters,
+            ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False, idle_heartbeat=HEARTBEAT_S,
+            mem_storage=True, num_replicas=1, inactive_threshold=30.0,
+        )
+        await self.nc.jetstream(timeout=10).add_consumer(self.stream, config)
+        self._watch = asyncio.ensure_future(self._watch_heartbeats())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):      # else it expires by itself (inactive threshold)
+                await self.nc.jetstream(timeout=2).delete_consumer(self.stream, self.name)
+
+    async def take(self, most: int, linger_s: float) -> list[Msg]:
+        """The next message, and whatever else arrives within `linger_s` (at most `most`); raises TailLost."""
+        first = await self.queue.get()
+        if isinstance(first, TailLost):
+            raise first
+        taken = [first]
+        deadline = asyncio.get_running_loop().time() + linger_s
+        while len(taken) < most:
+            if self.queue.empty():
+                wait = deadline - asyncio.get_running_loop().time()
+                if wait <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), wait)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                item = self.queue.get_nowait()
+            if isinstance(item, TailLost):
+                self.queue.put_nowait(item)        # after what came before it
+                break
+            taken.append(item)
+        return taken
+
+    def _lost(self, why: str) -> None:
+        if self._consumer_seq >= 0:
+            self._consumer_seq = -1                # nothing more is queued after this
+            self.queue.put_nowait(TailLost(why))
+
+    async def _on_message(self, msg: Msg) -> None:
+        if self._consumer_seq < 0:
+            return
+        self._heard = True
+        said = status_of(msg, self._consumer_seq)
+        if said is not None:                       # a heartbeat (did we miss anything?), or the consumer's end
+            if said != "idle":
+                self._lost("missed messages" if said == "missed" else f"consumer {said}")
+            return
+        meta = metadata_of(msg)
+        if meta is None:
+            return
+        if meta.sequence.consumer != self._consumer_seq + 1:
+            self._lost("missed messages")
+            return
+        self._consumer_seq = meta.sequence.consumer
+        if self.queue.qsize() >= self.max_queued:
+            self._lost("falling behind")
+            return
+        self.queue.put_nowait(msg)
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(2 * HEARTBEAT_S)
+            if not self._heard:
+                self._lost("no heartbeat")
+                return
+            self._heard = False

@@ -1,0 +1,136 @@
+"""Who may do what on Switchyard's NATS: the services' own user, and subscribers allowed to replay the log and follow it.
+
+    users = load(Path("nats-users.yaml"), os.environ)       # subscribers; plain-text passwords are refused
+    text = server_config(services_password, users)           # nats-server's `authorization` block
+
+A subscriber's allow lists are exactly what `switchyard_gateway.subscribe` uses: ask for pages of the log on
+`metering.replay.v1` (or `.<tenant>` only), make consumers of LOG (filtered to its tenant's subjects when it has
+one) and of its own retries on DEADLETTER, set aside its own dead letters, and read its own inbox
+(`_INBOX_<user>`, so that no user reads another's replies). Anything else it publishes or subscribes to is
+refused by the server, whatever the client asks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import yaml
+
+from switchyard_gateway.contracts import subjects
+
+SERVICES_USER = "switchyard"
+PASSWORD_KEY = "SWITCHYARD_NATS_PASSWORD"      # the services' password, kept in the data dir's keys.env
+USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class UsersError(ValueError):
+    """A users file that cannot be used, with every problem it has."""
+
+
+@dataclass(frozen=True)
+class SubscriberUser:
+    """A NATS user that runs one subscriber: every tenant's events, or one tenant's."""
+
+    user: str
+    password: str           # as nats-server takes it: a bcrypt hash ($2a$...), or the value of an environment variable
+    name: str               # the subscriber's name: the only dead letters and retries it may touch
+    tenant: str | None = None
+
+    @property
+    def inbox(self) -> str:
+        return inbox_prefix(self.user)
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix a user's client must connect with (`nats.connect(inbox_prefix=...)`)."""
+    return f"_INBOX_{user}"
+
+
+def permissions(sub: SubscriberUser) -> dict[str, dict[str, list[str]]]:
+    """The publish and subscribe allow lists of a subscriber's user."""
+    api = "$JS.API.CONSUMER"
+    name = subjects.subject_token(sub.name)
+    if sub.tenant:
+        replay = f"{subjects.METERING_REPLAY}.{sub.tenant}"
+        live = f"{api}.CREATE.{subjects.STREAM_LOG}.*.{subjects.LOG_PREFIX}.*.*.*.{sub.tenant}"
+    else:
+        replay, live = subjects.METERING_REPLAY, f"{api}.CREATE.{subjects.STREAM_LOG}.>"
+    return {
+        "publish": {"allow": [
+            replay, live, f"{api}.DELETE.{subjects.STREAM_LOG}.*",
+            f"{api}.CREATE.{subjects.STREAM_DEADLETTER}.*.{subjects.EVENT_RETRY_REQUESTED}.{name}",
+            f"{api}.DELETE.{subjects.STREAM_DEADLETTER}.*", f"{subjects.EVENT_DEAD_LETTERED}.{name}",
+        ]},
+        "subscribe": {"allow": [f"{sub.inbox}.>"]},
+    }
+
+
+def server_config(services_password: str, subscribers: list[SubscriberUser]) -> str:
+    """nats-server's `authorization` block: the services' user may do anything, each subscriber what it needs."""
+    users: list[dict[str, object]] = [{"user": SERVICES_USER, "password": services_password}]
+    users += [{"user": s.user, "password": s.password, "permissions": permissions(s)} for s in subscribers]
+    return "authorization " + json.dumps({"users": users}, indent=2) + "\n"
+
+
+def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
+    """The subscribers of a users file (YAML: `subscribers: [{user, password, name, tenant?}]`); passwords are
+    `${ENV_VAR}` (read from `env`) or bcrypt hashes, never plain text. Raises UsersError naming every problem."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsersError(f"{path}: {exc}") from None
+    entries = document.get("subscribers") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise UsersError(f"{path}: expected `subscribers:`, a list of {{user, password, name, tenant}}")
+    problems, found = [], []
+    for i, entry in enumerate(entries):
+        where = f"subscribers[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping")
+            continue
+        unknown = set(entry) - {"user", "password", "name", "tenant"}
+        user, name, tenant = str(entry.get("user", "")), str(entry.get("name", "")), entry.get("tenant")
+        password = _password(entry.get("password"), env)
+        problems += [f"{where}: unknown key {key!r}" for key in sorted(unknown)]
+        if not USER.match(user) or user == SERVICES_USER:
+            problems.append(f"{where}.user: 1 to 64 of A-Z a-z 0-9 _ -, and not {SERVICES_USER!r}")
+        if not name.strip():
+            problems.append(f"{where}.name: the subscriber's name is required")
+        if tenant is not None and not TENANT.match(str(tenant)):
+            problems.append(f"{where}.tenant: not a tenant id")
+        if isinstance(password, str) and password.startswith("!"):
+            problems.append(f"{where}.password: {password[1:]}")
+        found.append(SubscriberUser(user, str(password), name, str(tenant) if tenant is not None else None))
+    users = [u.user for u in found]
+    problems += [f"user {u!r} appears twice" for u in sorted({u for u in users if users.count(u) > 1})]
+    if problems:
+        raise UsersError(f"{path}: " + "; ".join(problems))
+    return found
+
+
+def _password(value: object, env: Mapping[str, str]) -> str:
+    """The password nats-server is given, or `!why` when there is none to give."""
+    text = str(value or "")
+    ref = ENV_REF.match(text)
+    if ref:
+        return env.get(ref.group(1)) or f"!{ref.group(1)} is not set"
+    if text.startswith("$2"):
+        return text                            # a bcrypt hash: nats-server checks the password against it
+    return "!give it as ${ENV_VAR} or a bcrypt hash, never in plain text"
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """Every server of a (comma-separated) NATS URL with this user and password in it."""
+    out = []
+    for one in url.split(","):
+        parts = urlsplit(one.strip())
+        host = parts.netloc.rsplit("@", 1)[-1]
+        out.append(urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}")))
+    return ",".join(out)

@@ -1,0 +1,362 @@
+"""Follow Switchyard's event log from anywhere NATS reaches, each event applied once into your own PostgreSQL tables.
+
+    async def apply(conn: asyncpg.Connection, batch: list[tuple[int, Event]]) -> None:
+        ...                                    # write your tables; runs in the transaction that moves the position
+
+    subscriber = Subscriber("tenant-spend", apply, nats_url="nats://...", database_url="postgresql://...",
+                            types=["usage"])
+    await subscriber.run()                     # catch up, then follow, until cancelled
+
+From the position it last recorded (table `switchyard_subscriptions`, one row per subscriber name; 0 the first
+time), a subscriber asks metering for the log page by page (`metering.replay.v1`, or `.<tenant>` for one tenant's
+events) and applies each page in one transaction that also records the page's last position; the next page is on
+its way meanwhile. The page that reaches the log's head names a LOG stream sequence: from there the subscriber
+follows LOG live, skipping events at or below its position, so nothing is missed or applied twice across the
+switch. Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
+`max_queued` messages because applying is slower than the log grows) sends it back to catching up from its
+position: the log, not the stream, is what it counts on.
+
+An event that does not decode, or whose `apply` raises (anything but a lost connection), is set aside on
+DEADLETTER under the subscriber's name and the rest of its batch is applied without it (each event of a failing
+batch is tried alone in a savepoint); `switchyard_set_aside` notes it in the same transaction. `switchyard events
+dead-letters --retry` sends it back: the subscriber follows its own retries on DEADLETTER and takes each noted
+event once, recording the retry's sequence in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import AnyEvent, decode_event
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested
+from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
+from switchyard_gateway.events.deadletter import DeadLetters, poisonous
+from switchyard_gateway.events.feed import positions_of
+from switchyard_gateway.events.marks import Watermark
+from switchyard_gateway.events.tail import StreamTail, TailLost
+from switchyard_gateway.kit import eventlog, nats_auth, natsio
+from switchyard_gateway.kit.natsio import ServiceUnavailable
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
+
+__all__ = ["ASIDE", "Apply", "Event", "Subscriber", "TABLE"]
+
+log = structlog.get_logger()
+
+Apply = Callable[[asyncpg.Connection, list[tuple[int, Event]]], Awaitable[None]]
+TABLE = "switchyard_subscriptions"         # a subscriber's position and the last retry it took
+ASIDE = "switchyard_set_aside"              # the events it set aside, until a retry takes them
+
+_page = msgspec.json.Decoder(ReplayPage)
+_retry = msgspec.json.Decoder(EventRetryRequested)
+
+
+class _FastPage(msgspec.Struct):
+    events: list[AnyEvent]  # type: ignore[valid-type]
+
+
+_fast_page = msgspec.json.Decoder(_FastPage)
+_fast_events = msgspec.json.Decoder(list[AnyEvent])  # type: ignore[valid-type]
+_raws = msgspec.json.Decoder(list[msgspec.Raw])
+Raw = msgspec.Raw
+Item = tuple[int, Event | BaseException, Raw]   # log position, the event (or why it did not decode), bytes as stored
+OUTAGES = (*TRANSIENT, nats.errors.Error)   # what a commit is retried through: PostgreSQL or NATS away
+
+
+class Subscriber:
+    """One named subscriber: its position, its catch-up through replay, its live tail of LOG, its retries."""
+
+    def __init__(
+        self, name: str, apply: Apply, *, nats_url: str | None = None, database_url: str | None = None,
+        nc: NATS | None = None, pool: asyncpg.Pool | None = None, types: Sequence[str] = (),
+        tenant: str | None = None, start: int | datetime = 0, page_events: int = 2000, linger_s: float = 0.05,
+        batch_events: int = 5000, max_queued: int = 10_000, request_timeout_s: float = 30.0,
+        inbox_prefix: str | None = None,
+    ) -> None:
+        if nc is None and nats_url is None or pool is None and database_url is None:
+            raise ValueError("a subscriber needs NATS (nc or nats_url) and PostgreSQL (pool or database_url)")
+        self.name, self.apply = name, apply
+        self.nats_url, self.database_url, self.nc, self.pool = nats_url, database_url, nc, pool
+        self.types, self.tenant, self.start = list(types), tenant, start
+        self.page_events, self.linger_s, self.batch_events = page_events, linger_s, batch_events
+        self.max_queued, self.request_timeout_s = max_queued, request_timeout_s
+        user = urlsplit(nats_url.split(",")[0]).username if nats_url else None
+        # the permissions of libs/kit/nats_auth.py let a user read its own inbox only
+        self.inbox_prefix = inbox_prefix or (nats_auth.inbox_prefix(user) if user else None)
+        self.position = Watermark()          # the last log position applied and recorded
+        self.live = asyncio.Event()          # set while following LOG
+        self.applied = 0                     # events this process applied
+        self.switches = 0                    # times it went live
+        self._owned: list[Any] = []
+
+    @property
+    def replay_subject(self) -> str:
+        return f"{subjects.METERING_REPLAY}.{subjects.subject_token(self.tenant)}" if self.tenant \
+            else subjects.METERING_REPLAY
+
+    async def run(self) -> None:
+        """Catch up, follow live, and go back to catching up whenever live goes wrong; until cancelled."""
+        await self._open()
+        retries = asyncio.ensure_future(self._follow_retries())
+        try:
+            while True:
+                honour_cancel()
+                live = await self._catch_up()
+                try:
+                    await self._follow(live)
+                except TailLost as why:
+                    log.info("subscriber.live_lost", subscriber=self.name, reason=str(why), position=self.position.value)
+                finally:
+                    self.live.clear()
+        finally:
+            retries.cancel()
+            await asyncio.gather(retries, return_exceptions=True)
+            await self._close()
+
+    # --- the position ------------------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        if self.nc is None:
+            self.nc = await natsio.connect(self.nats_url, f"subscriber:{self.name}",  # type: ignore[arg-type]
+                                           inbox_prefix=self.inbox_prefix)
+            self._owned.append(self.nc)
+        if self.pool is None:
+            self.pool = await eventlog.create_pool(self.database_url)  # type: ignore[arg-type]
+            self._owned.append(self.pool)
+        self.letters = DeadLetters(self.nc, self.name)
+        async with self.pool.acquire() as conn:
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (name text PRIMARY KEY, position bigint NOT NULL,"
+                               " retry_sequence bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {ASIDE} (name text, position bigint, dead_letter bigint NOT NULL,"
+                               " PRIMARY KEY (name, position))")
+            await conn.execute(f"INSERT INTO {TABLE} (name, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               self.name, self.start if isinstance(self.start, int) else 0)
+            self.position.advance(await conn.fetchval(f"SELECT position FROM {TABLE} WHERE name = $1", self.name))
+
+    async def _close(self) -> None:
+        for owned in reversed(self._owned):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(owned.close(), 5)
+
+    async def _commit(self, batch: list[Item], through: int) -> None:
+        """Apply the events past the recorded position and record `through`, in one transaction (retried while
+        PostgreSQL or NATS, where dead letters go, is away)."""
+        assert self.pool is not None
+
+        async def attempt() -> int:
+            async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+                held = await conn.fetchval(f"SELECT position FROM {TABLE} WHERE name = $1 FOR UPDATE", self.name)
+                todo = [item for item in batch if item[0] > held]
+                if todo:
+                    await self._apply(conn, todo)
+                if through > held:
+                    await conn.execute(f"UPDATE {TABLE} SET position = $2, updated_at = now() WHERE name = $1",
+                                       self.name, through)
+                return len(todo)
+
+        self.applied += await retry(attempt, what="subscriber.commit_failed", errors=OUTAGES, subscriber=self.name)
+        self.position.advance(through)
+
+    async def _apply(self, conn: asyncpg.Connection, todo: list[Item], key: str = "") -> list[Item]:
+        """`apply` in a savepoint; if it fails for an event's sake, each event alone, setting aside those that fail
+        (and those that did not decode). Returns what was set aside."""
+        aside = [item for item in todo if isinstance(item[1], BaseException)]
+        for item in aside:
+            await self._set_aside(conn, item, "decode", item[1], key)  # type: ignore[arg-type]
+        good = [item for item in todo if not isinstance(item[1], BaseException)] if aside else todo
+        if not good:
+            return aside
+        try:
+            async with conn.transaction():
+                await self.apply(conn, [(position, event) for position, event, _ in good])  # type: ignore[misc]
+            return aside
+        except Exception as exc:
+            if not poisonous(exc):
+                raise
+            if len(good) == 1:
+                await self._set_aside(conn, good[0], "apply", exc, key)
+                return aside + good
+        for one in good:
+            try:
+                async with conn.transaction():
+                    await self.apply(conn, [(one[0], one[1])])  # type: ignore[list-item]
+            except Exception as exc:
+                if not poisonous(exc):
+                    raise
+                await self._set_aside(conn, one, "apply", exc, key)
+                aside.append(one)
+        return aside
+
+    async def _set_aside(self, conn: asyncpg.Connection, item: Item, stage: str, exc: BaseException,
+                         key: str = "") -> None:
+        """Put an event on DEADLETTER and note, in the transaction, that it waits for a retry. `key` tells apart
+        setting it aside again on a retry from doing the same twice (a crash in between)."""
+        position, event, raw = item
+        subject = subjects.log_subject(event.__struct_config__.tag, event.tenant) if isinstance(event, Event) else ""
+        letter = await self.letters.put(stage=stage, error=exc, source=LOG_SOURCE, subject=subject,  # type: ignore[arg-type]
+                                        sequence=position, data=bytes(raw), key=key)
+        await conn.execute(f"INSERT INTO {ASIDE} (name, position, dead_letter) VALUES ($1, $2, $3) ON CONFLICT "
+                           "(name, position) DO UPDATE SET dead_letter = excluded.dead_letter", self.name, position, letter)
+
+    def _decoded(self, positions: Sequence[int], raws: Sequence[Raw], fast: list[Event] | None) -> list[Item]:
+        """Events with their positions and stored bytes; one that does not decode carries its error instead."""
+        if fast is not None:
+            return list(zip(positions, fast, raws))
+        out: list[Item] = []
+        for position, raw in zip(positions, raws):
+            try:
+                out.append((position, decode_event(raw), raw))  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 — this event alone: set aside when committed
+                out.append((position, exc, raw))
+        return out
+
+    # --- catching up through replay ----------------------------------------------------------------------------
+
+    async def _ask(self, after: int) -> tuple[ReplayPage, list[Event] | None]:
+        """One page (retried while metering is not answering), with its events decoded at once when they all decode
+        as this build's types."""
+        since = self.start if isinstance(self.start, datetime) and after == 0 else None
+        request = msgspec.json.encode(ReplayRequest(after=after, since=since, types=self.types,
+                                                    max_events=self.page_events))
+
+        async def attempt() -> bytes:
+            return await natsio.request(self.nc, self.replay_subject, request, self.request_timeout_s)  # type: ignore[arg-type]
+
+        body = await retry(attempt, what="subscriber.replay_unanswered", errors=(ServiceUnavailable,),
+                           backoff=Backoff(0.5, 5.0), subscriber=self.name)
+        page = _page.decode(body)
+        try:
+            fast = _fast_page.decode(body).events
+        except msgspec.ValidationError:
+            fast = None
+        return page, fast
+
+    async def _catch_up(self) -> LiveFrom:
+        """Apply pages from the position until one names where to go live; the next page is asked for while one is
+        applied."""
+        pending = asyncio.ensure_future(self._ask(self.position.value))
+        idle = Backoff(0.2, 2.0)
+        try:
+            while True:
+                honour_cancel()
+                page, fast = await pending
+                if page.live is None:
+                    pending = asyncio.ensure_future(self._ask(page.last))
+                await self._commit(self._decoded(page.positions, page.events, fast), page.last)
+                if page.live is not None:
+                    return page.live
+                if not page.events and page.last == page.head:     # at the head, and no feed to go live on yet
+                    await idle.wait()
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+    # --- following LOG -----------------------------------------------------------------------------------------
+
+    async def _follow(self, live: LiveFrom) -> None:
+        """Apply what LOG delivers from `live.sequence`, in batches gathered for up to `linger_s`, until TailLost."""
+        filters = live.subjects
+        if self.tenant and len(filters) > 1:       # one filter, which NATS permissions can hold to the tenant
+            filters = [f"{subjects.LOG_PREFIX}.*.*.*.{subjects.subject_token(self.tenant)}"]
+        tail = StreamTail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued)  # type: ignore[arg-type]
+        await tail.start()
+        through = self.position.value
+        self.live.set()
+        self.switches += 1
+        log.info("subscriber.live", subscriber=self.name, position=self.position.value, sequence=live.sequence)
+        try:
+            while True:
+                honour_cancel()
+                batch: list[Item] = []
+                for msg in await tail.take(self.batch_events, self.linger_s):
+                    held = positions_of(msg.headers)
+                    if held is None:
+                        continue
+                    raws = _raws.decode(msg.data)
+                    if held[1] - held[0] + 1 != len(raws):
+                        raise TailLost(f"a message for positions {held[0]}-{held[1]} holds {len(raws)} events")
+                    through = held[1]
+                    if not self._wanted(msg.subject):
+                        continue
+                    try:
+                        fast = _fast_events.decode(msg.data)
+                    except msgspec.ValidationError:
+                        fast = None
+                    batch += self._decoded(range(held[0], held[0] + len(raws)), raws, fast)
+                if batch or through > self.position.value:
+                    await self._commit(batch, max(through, self.position.value))
+        finally:
+            await tail.stop()
+
+    def _wanted(self, subject: str) -> bool:
+        """Whether a LOG message holds a type asked for (a tenant's one filter brings all of the tenant's types)."""
+        kind = subject.split(".", 1)[1].rsplit(".", 1)[0]
+        return not self.types or any(kind == t or kind.startswith(t + ".") for t in self.types)
+
+    # --- retries ------------------------------------------------------------------------------------------------
+
+    async def _follow_retries(self) -> None:
+        """Apply each retry asked for this subscriber once, recording its DEADLETTER sequence with it."""
+        assert self.pool is not None
+        backoff = Backoff(0.5, 10.0)
+        subject = f"{subjects.EVENT_RETRY_REQUESTED}.{subjects.subject_token(self.name)}"
+        while True:
+            honour_cancel()
+            try:
+                async with self.pool.acquire() as conn:
+                    after = await conn.fetchval(f"SELECT retry_sequence FROM {TABLE} WHERE name = $1", self.name)
+                tail = StreamTail(self.nc, subjects.STREAM_DEADLETTER, [subject], after + 1, f"{self.name}-retries",  # type: ignore[arg-type]
+                             self.max_queued)
+                await tail.start()
+                try:
+                    while True:
+                        for msg in await tail.take(1, 0):
+                            await self._retry(msg)
+                        backoff.reset()
+                finally:
+                    await tail.stop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 — NATS or PostgreSQL away, or the tail lost: start over
+                log.info("subscriber.retries_interrupted", subscriber=self.name, error=str(exc) or type(exc).__name__)
+                await backoff.wait()
+
+    async def _retry(self, msg: Msg) -> None:
+        """Take a set-aside event again, once: only while it is still noted as set aside (a second retry of one
+        already taken changes nothing), recording the retry's sequence in the same transaction."""
+        asked = _retry.decode(msg.data)
+        sequence = msg.metadata.sequence.stream
+        item = self._decoded([asked.sequence], [Raw(asked.data)], None)
+
+        async def attempt() -> str:
+            async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+                held = await conn.fetchval(f"SELECT retry_sequence FROM {TABLE} WHERE name = $1 FOR UPDATE", self.name)
+                if sequence <= held:
+                    return "done before"
+                waiting = await conn.fetchval(f"DELETE FROM {ASIDE} WHERE name = $1 AND position = $2 RETURNING true",
+                                              self.name, asked.sequence)
+                outcome = "not set aside here"
+                if waiting:
+                    outcome = "set aside again" if await self._apply(conn, item, f"retry{sequence}") else "applied"
+                await conn.execute(f"UPDATE {TABLE} SET retry_sequence = $2, updated_at = now() WHERE name = $1",
+                                   self.name, sequence)
+                return outcome
+
+        outcome = await retry(attempt, what="subscriber.commit_failed", errors=OUTAGES, subscriber=self.name)
+        log.info("subscriber.retried", subscriber=self.name, dead_letter=asked.dead_letter, position=asked.sequence,
+                 outcome=outcome)

@@ -1,0 +1,150 @@
+"""`metering.replay.v1`: pages of the event log for whoever NATS lets ask, and where to follow it live on LOG.
+
+A page is read from PostgreSQL as stored (events are not decoded, only filtered by type prefix and tenant) and
+answered on the request's reply subject, or published on the `deliver_to` subject it names. The caller asks for
+the next page once it has this one (`after` = the page's `last`): pages are the flow control, so a slow caller
+slows the replay down and no state is kept between pages, whichever metering replica answers each. A page that
+reached the log's head carries `live`: the LOG stream sequence read just before the head, after which the feed
+publishes every later position (a message at or after it may repeat positions the page held; the caller skips
+those). The tenant is the subject's last token, so NATS permissions decide who may read which tenant's events.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import SUPERSEDED, decoder, encode
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
+from switchyard_gateway.events.feed import FEED
+from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit.natsio import ServiceError
+
+MAX_EVENTS = 10_000
+SCAN = 200_000               # positions one page looks through at most, so that a sparse filter still answers promptly
+HEADROOM = 64 * 1024         # of a NATS message, for the positions and the page's own fields
+SUBJECTS = (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.*")
+TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}$")
+DELIVER_TO = re.compile(r"^(_INBOX[A-Za-z0-9_-]*|replay)(\.[A-Za-z0-9_-]+)+$")
+
+PAGES = Counter("switchyard_replay_pages_total", "Pages of the event log answered on metering.replay.v1", ["scope"])
+EVENTS = Counter("switchyard_replay_events_total", "Events sent in pages of the event log", ["scope"])
+
+_request = decoder(ReplayRequest)
+
+
+@dataclass(frozen=True)
+class History:
+    """What a replay page is read with: the pool, and NATS for the LOG stream's sequence."""
+
+    pool: asyncpg.Pool
+    nc: NATS
+    feeding: bool = True         # this metering feeds LOG; without a feed no page says where to go live
+
+
+async def on_replay(history: History, data: bytes, subject: str) -> bytes | None:
+    """Answer one page, or publish it where the request says and answer nothing."""
+    ask = _request.decode(data)
+    tenant = tenant_of(subject)
+    problem = _problem(ask)
+    if problem:
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", problem[1], problem[0]))
+    budget = max(HEADROOM, history.nc.max_payload - HEADROOM)
+    page = await read_page(history, ask, tenant, min(ask.max_bytes or budget, budget))
+    scope = "tenant" if tenant else "all"
+    PAGES.labels(scope).inc()
+    EVENTS.labels(scope).inc(len(page.events))
+    body = encode(page)
+    if ask.deliver_to:
+        await history.nc.publish(ask.deliver_to, body)
+        return None
+    return body
+
+
+def tenant_of(subject: str) -> str | None:
+    """The tenant a replay subject is scoped to: its token after `metering.replay.v1`, else None (every tenant)."""
+    rest = subject[len(subjects.METERING_REPLAY):].lstrip(".")
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), rest) if rest else None
+
+
+def _problem(ask: ReplayRequest) -> tuple[str, str] | None:
+    if not 1 <= ask.max_events <= MAX_EVENTS:
+        return "max_events", f"max_events must be 1 to {MAX_EVENTS:,}"
+    if ask.after < 0 or ask.max_bytes < 0:
+        return "after", "after and max_bytes may not be negative"
+    bad = [t for t in ask.types if not TYPE_PREFIX.match(t)]
+    if bad:
+        return "types", f"not a type prefix of whole tokens: {bad[0]!r} (usage, tenant.created, usage.recorded.v2)"
+    if ask.deliver_to is not None and not DELIVER_TO.match(ask.deliver_to):
+        return "deliver_to", "deliver_to must be a subject under _INBOX or replay., without wildcards"
+    return None
+
+
+def like_patterns(prefixes: list[str]) -> list[str] | None:
+    """LIKE patterns for events of these type prefixes (whole tokens), and of the older versions read as them."""
+    if not prefixes:
+        return None
+    def escaped(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    patterns = [p for prefix in prefixes for p in (escaped(prefix), escaped(prefix) + ".%")]
+    patterns += [escaped(old) for old, new in SUPERSEDED.items() if any(_within(new, p) for p in prefixes)]
+    return patterns
+
+
+def _within(kind: str, prefix: str) -> bool:
+    return kind == prefix or kind.startswith(prefix + ".")
+
+
+def live_subjects(prefixes: list[str], tenant: str | None) -> list[str]:
+    """The LOG filter subjects that hold these types (of this tenant): `log.<type, wildcards to three tokens>.<tenant>`."""
+    last = subjects.subject_token(tenant) if tenant else "*"
+    if not prefixes:
+        return [f"{subjects.LOG_PREFIX}.>"] if tenant is None else [f"{subjects.LOG_PREFIX}.*.*.*.{last}"]
+    return [f"{subjects.LOG_PREFIX}.{p}{'.*' * (2 - p.count('.'))}.{last}" for p in prefixes]
+
+
+async def read_page(history: History, ask: ReplayRequest, tenant: str | None, max_bytes: int) -> ReplayPage:
+    """The events past `ask.after` (or from `ask.since`) that match, within the bounds; `live` once at the head."""
+    js = history.nc.jetstream(timeout=5)
+    async with history.pool.acquire() as conn:
+        feeding = history.feeding and await conn.fetchval(
+            "SELECT true FROM projection_checkpoints WHERE projection = $1", FEED)
+        # read before the head: every message the stream holds now holds positions at or below it
+        sequence = (await js.stream_info(subjects.STREAM_LOG)).state.last_seq if feeding else None
+        head = await eventlog.head(conn)
+        after = ask.after if ask.after or ask.since is None else await _start_of(conn, ask.since, head)
+        if after > head:
+            raise ServiceError(409, ErrorBody("AHEAD_OF_LOG", f"after {after} is beyond the log's head {head}", "after"))
+        upto = min(head, after + SCAN)
+        rows = await eventlog.read_stored(conn, after, upto, ask.max_events, like=like_patterns(ask.types),
+                                          tenant=tenant)
+    events: list[msgspec.Raw] = []
+    positions: list[int] = []
+    size = 0
+    for row in rows:
+        data = row["payload"].encode()
+        if events and size + len(data) + 1 > max_bytes:
+            break
+        events.append(msgspec.Raw(data))
+        positions.append(row["position"])
+        size += len(data) + 1
+    whole = len(events) == len(rows) < ask.max_events
+    last = upto if whole else positions[-1]
+    live = None
+    if sequence is not None and last == head:
+        live = LiveFrom(subjects.STREAM_LOG, sequence + 1, live_subjects(ask.types, tenant))
+    return ReplayPage(events, positions, last, head, live)
+
+
+async def _start_of(conn: asyncpg.Connection, since: datetime, head: int) -> int:
+    """The position before the first event that occurred at or after `since` (the head when none did)."""
+    first = await conn.fetchval("SELECT min(position) FROM events WHERE occurred_at >= $1", since)
+    return head if first is None else first - 1

@@ -1,0 +1,170 @@
+"""Metering's replay of the log over NATS and the log's feed on LOG, on a NATS server of this module's own: pages
+cover the log once, filters by type and tenant, a start from a time, pages published where the caller says, and
+a hand-over to the stream at the head that neither skips nor repeats an event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import msgspec
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decode_event
+from switchyard_gateway.contracts.events import KeyIssued, TenantCreated
+from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
+from switchyard_gateway.events.feed import positions_of
+from switchyard_gateway.kit import eventlog, natsio
+from switchyard_gateway.kit.natsio import ServiceError
+from tests.integration.logharness import T0, Metering, usage
+
+async def page(nc, subject: str = subjects.METERING_REPLAY, **ask) -> ReplayPage:
+    body = await natsio.request(nc, subject, msgspec.json.encode(ReplayRequest(**ask)), 10)
+    return msgspec.json.decode(body, type=ReplayPage)
+
+
+async def read_all(nc, subject: str = subjects.METERING_REPLAY, after: int = 0, **ask) -> tuple[list[int], ReplayPage]:
+    positions: list[int] = []
+    while True:
+        got = await page(nc, subject, after=after, **ask)
+        positions += got.positions
+        after = got.last
+        if got.live is not None:
+            return positions, got
+
+
+async def test_pages_cover_the_log_once_in_order_and_hand_over_at_the_head(metering: Metering, nats_client) -> None:
+    head = await metering.append(usage(i, f"t{i % 3}") for i in range(2500))
+    positions, last = await read_all(nats_client, max_events=700)
+    assert positions == list(range(1, head + 1))
+    assert last.last == last.head == head
+    assert last.live is not None and last.live.stream == subjects.STREAM_LOG and last.live.subjects == ["log.>"]
+    first = await page(nats_client, max_events=700)
+    assert len(first.events) == 700 and first.live is None and first.last == first.positions[-1]
+    assert [decode_event(bytes(e)).request_id for e in first.events[:2]] == ["r0", "r1"]
+
+
+async def test_a_page_is_bounded_in_bytes_and_still_moves(metering: Metering, nats_client) -> None:
+    await metering.append(usage(i, "acme") for i in range(50))
+    got = await page(nats_client, max_events=50, max_bytes=1)
+    assert len(got.events) == 1 and got.last == 1 and got.live is None
+
+
+async def test_types_and_the_tenant_subject_filter_and_live_subjects_follow(metering: Metering, nats_client) -> None:
+    await metering.append([TenantCreated(tenant_id="acme"), TenantCreated(tenant_id="beta"),
+                           KeyIssued(key_id="sy_1", tenant_id="acme", key_sha256="00" * 32),
+                           usage(1, "acme"), usage(2, "beta"), usage(3, "acme")])
+    tenant_events, last = await read_all(nats_client, f"{subjects.METERING_REPLAY}.acme")
+    assert tenant_events == [1, 3, 4, 6]
+    assert last.live.subjects == ["log.*.*.*.acme"]
+    usage_of_acme, last = await read_all(nats_client, f"{subjects.METERING_REPLAY}.acme", types=["usage"])
+    assert usage_of_acme == [4, 6] and last.live.subjects == ["log.usage.*.*.acme"]
+    created, last = await read_all(nats_client, types=["tenant.created.v1", "key"])
+    assert created == [1, 2, 3] and last.live.subjects == ["log.tenant.created.v1.*", "log.key.*.*.*"]
+    # a prefix is whole tokens: `tenant.c` is not `tenant.created`
+    assert (await read_all(nats_client, types=["tenant.c"]))[0] == []
+
+
+async def test_since_starts_at_the_first_event_that_occurred_then(metering: Metering, nats_client) -> None:
+    await metering.append(usage(i, "acme", T0 + timedelta(minutes=i)) for i in range(10))
+    positions, _ = await read_all(nats_client, since=T0 + timedelta(minutes=6, seconds=30))
+    assert positions == [8, 9, 10]
+    assert (await read_all(nats_client, since=T0 + timedelta(days=1)))[0] == []
+
+
+async def test_a_page_goes_to_the_subject_the_caller_names(metering: Metering, nats_client) -> None:
+    await metering.append(usage(i, "acme") for i in range(3))
+    inbox = await nats_client.subscribe("replay.billing.pages", max_msgs=1)
+    answer = await natsio.request(nats_client, subjects.METERING_REPLAY,
+                                  msgspec.json.encode(ReplayRequest(deliver_to="replay.billing.pages")), 10)
+    assert answer == b""
+    delivered = msgspec.json.decode((await inbox.next_msg(10)).data, type=ReplayPage)
+    assert delivered.positions == [1, 2, 3] and delivered.live is not None
+
+
+@pytest.mark.parametrize(("ask", "field"), [
+    ({"deliver_to": "usage.recorded.v2.acme"}, "deliver_to"),        # never onto a stream's subject
+    ({"deliver_to": "_INBOX.>"}, "deliver_to"),
+    ({"max_events": 0}, "max_events"),
+    ({"max_events": 10_001}, "max_events"),
+    ({"types": ["usage.*"]}, "types"),
+    ({"after": -1}, "after"),
+])
+async def test_bad_requests_are_refused_with_the_field(metering: Metering, nats_client, ask: dict, field: str) -> None:
+    with pytest.raises(ServiceError) as refused:
+        await page(nats_client, **ask)
+    assert refused.value.status == 400 and refused.value.body.field == field
+
+
+async def test_a_position_beyond_the_head_is_a_conflict(metering: Metering, nats_client) -> None:
+    await metering.append([usage(1, "acme")])
+    with pytest.raises(ServiceError) as refused:
+        await page(nats_client, after=5)
+    assert refused.value.status == 409 and refused.value.body.code == "AHEAD_OF_LOG"
+
+
+async def test_the_feed_publishes_the_log_in_order_with_positions_per_type_and_tenant(metering: Metering,
+                                                                                      nats_client, pool) -> None:
+    await metering.append([TenantCreated(tenant_id="acme"), *(usage(i, "acme") for i in range(3))])
+    with contextlib.suppress(RuntimeError):                 # positions drawn and rolled back: a gap in the log
+        async with pool.acquire() as conn, conn.transaction():
+            await eventlog.append(conn, [usage(i, "acme") for i in range(100, 102)])
+            raise RuntimeError("rolled back")
+    head = await metering.append([usage(3, "acme"), usage(9, "beta"), TenantCreated(tenant_id="beta")])
+    assert await metering.feed.position.reach(head, 10)
+    js = nats_client.jetstream()
+    info = await js.stream_info(subjects.STREAM_LOG)
+    msgs = [await js.get_msg(subjects.STREAM_LOG, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    assert [(m.subject, positions_of(m.headers)) for m in msgs] == [
+        ("log.tenant.created.v1.acme", (1, 1)), ("log.usage.recorded.v2.acme", (2, 4)),
+        ("log.usage.recorded.v2.acme", (7, 7)),              # not one message across the gap: 5 and 6 are not in the log
+        ("log.usage.recorded.v2.beta", (8, 8)), ("log.tenant.created.v1.beta", (9, 9))]
+    assert [e["request_id"] for e in msgspec.json.decode(msgs[1].data)] == ["r0", "r1", "r2"]
+
+
+async def test_the_feed_resumes_from_what_the_stream_holds_after_losing_its_place(metering: Metering,
+                                                                                  nats_client, pool) -> None:
+    head = await metering.append(usage(i, "acme") for i in range(5))
+    assert await metering.feed.position.reach(head, 10)
+    async with pool.acquire() as conn:      # as if it died after publishing, before its checkpoint committed
+        await conn.execute("UPDATE projection_checkpoints SET position = 0 WHERE projection = 'log.feed'")
+    metering.feed._tail = None
+    head = await metering.append(usage(i, "acme") for i in range(5, 8))
+    assert await metering.feed.position.reach(head, 10)
+    js = nats_client.jetstream()
+    info = await js.stream_info(subjects.STREAM_LOG)
+    held = [positions_of((await js.get_msg(subjects.STREAM_LOG, seq)).headers)
+            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    assert held == [(1, 5), (6, 8)]                  # nothing published twice
+
+
+async def test_going_live_at_the_handed_sequence_misses_and_repeats_nothing_while_events_keep_coming(
+        metering: Metering, nats_client) -> None:
+    await metering.append(usage(i, "acme") for i in range(300))
+
+    async def writer() -> None:
+        for i in range(300, 600, 10):
+            await metering.append(usage(j, "acme") for j in range(i, i + 10))
+            await asyncio.sleep(0.005)
+
+    writing = asyncio.ensure_future(writer())
+    seen, last = await read_all(nats_client, max_events=50)
+    position = last.last
+    js = nats_client.jetstream()
+    sub = await js.subscribe(last.live.subjects[0], ordered_consumer=True,
+                             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                                   opt_start_seq=last.live.sequence))
+    await writing
+    while position < 600:
+        msg = await sub.next_msg(10)
+        first, _ = positions_of(msg.headers)
+        for offset, _event in enumerate(msgspec.json.decode(msg.data)):
+            if first + offset > position:
+                seen.append(first + offset)
+                position = first + offset
+    assert seen == list(range(1, 601))
+    await sub.unsubscribe()
+
