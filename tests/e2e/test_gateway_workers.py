@@ -11,7 +11,7 @@ import httpx
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack
 
-AGREE_WITHIN_S = 1.0          # every worker routes a model added to the registry this soon after the admin reply
+AGREE_WITHIN_S = 1.0          # no worker refuses a model added to the registry later than this after the admin reply
 POLL_DEADLINE_S = 15.0        # how long the test looks for every worker before it gives up
 
 
@@ -53,14 +53,16 @@ async def test_every_worker_routes_a_model_within_a_second_of_its_registration(d
             assert registered.status_code == 201, registered.text
             changed_at = time.monotonic()
             routed: dict[str, float] = {}
+            refused: dict[str, float] = {}   # per worker, the last refusal seen (the kernel picks who gets a connection)
             while set(routed) != set(members) and time.monotonic() - changed_at < POLL_DEADLINE_S:
                 instance, status = await probe(demo, model)
                 if status == 200:
                     routed.setdefault(instance, time.monotonic() - changed_at)
                 else:
                     assert status == 404 and instance not in routed, (instance, status, routed)
+                    refused[instance] = time.monotonic() - changed_at
             assert set(routed) == set(members), f"workers that never routed {model}: {set(members) - set(routed)}"
-            assert max(routed.values()) <= AGREE_WITHIN_S, routed
+            assert max(refused.values(), default=0.0) <= AGREE_WITHIN_S, (refused, routed)
         finally:
             await admin(demo, "DELETE", f"/api/admin/endpoints/e-{tag}")
             await admin(demo, "DELETE", f"/api/admin/models/{model}")
