@@ -309,6 +309,7 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         for node in nodes:
             supervisor.add(Command(node, nats_command(native, node), {}, root / "logs" / f"{node}.log",
                                    tier=INFRASTRUCTURE))
+        asyncio.run(_healthy(native, nodes, supervisor))      # what depends_on: service_healthy waits for
         cluster = native.value(doc["x-service"]["environment"]["SWITCHYARD_NATS_URL"], "")
         stack = EmbeddedStack(root / "stack", nats_url=cluster, durable=False,
                               ports={"postgres": native.port("postgres", 5432), "valkey": native.port("valkey", 6379)})
@@ -330,6 +331,23 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         if stack is not None:
             stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _healthy(native: Native, nodes: list[str], supervisor: Supervisor) -> None:
+    """Wait until each NATS node passes its compose healthcheck (/healthz on its monitoring port: JetStream up,
+    which a clustered node is once the nodes have routed to each other, as their users)."""
+    (url,) = [part for part in native.doc["x-nats"]["healthcheck"]["test"] if part.startswith("http://")]
+    path = url.split("8222", 1)[1]
+    async with httpx.AsyncClient(timeout=2) as client:
+        for node in nodes:
+            async def healthy(node: str = node) -> bool:
+                supervisor.poll()
+                try:
+                    reply = await client.get(f"http://127.0.0.1:{native.port(node, 8222)}{path}")
+                except httpx.HTTPError:
+                    return False
+                return reply.status_code == 200
+            await wait_for(healthy, timeout_s=60, interval_s=0.2, what=f"{node} healthy")
 
 
 async def _app_role(admin_url: str, user: str, password: str) -> None:
