@@ -15,7 +15,6 @@ from typing import TextIO
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts import subjects
@@ -48,7 +47,7 @@ async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
         while True:
             try:
                 msgs = await sub.fetch(FETCH, timeout=1)
-            except NatsTimeout:
+            except TimeoutError:        # nats-py raises its own or asyncio's, depending on where the wait ended
                 break
             for msg in msgs:
                 seq = msg.metadata.sequence.stream

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from nats.aio.client import Client as NATS
@@ -131,8 +131,9 @@ def create_service_app(
 ) -> Litestar:
     """A Litestar app whose lifespan opens the Runtime, builds the service's Deps with `start` and closes both.
 
-    Route handlers receive the Deps by declaring a `deps` parameter; `app.state.runtime` holds the Runtime.
-    `health_handler`, a route handler for GET /health, replaces the default liveness check.
+    Route handlers receive the Deps by declaring a `deps: NamedDependency[<their Deps>]` parameter;
+    `app.state.runtime` holds the Runtime. `health_handler`, a route handler for GET /health, replaces the
+    default liveness check.
     """
 
     @contextlib.asynccontextmanager
@@ -153,7 +154,7 @@ def create_service_app(
             await close_runtime(runtime)
             runtime.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
 
-    def liveness(request: Any) -> Response[dict[str, Any]]:
+    def liveness(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         checks = health_checks(request.app.state.runtime)
         ok = all(checks.values())
         return Response({"status": "ok" if ok else "error", "service": name, "checks": checks},
@@ -165,7 +166,7 @@ def create_service_app(
     live = get("/health/live", sync_to_thread=False, name="liveness")(liveness)
 
     @get("/metrics")
-    async def metrics(request: Any) -> Response[bytes]:
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         await refresh_before_scrape(request.app.state.runtime)
         return Response(generate_latest(request.app.state.runtime.registry), media_type=CONTENT_TYPE_LATEST)
 

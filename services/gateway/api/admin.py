@@ -12,12 +12,13 @@ from typing import Any
 import msgspec
 import yaml
 from litestar import Response, Router, delete, get, post, put
+from litestar.params import FromPath
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import (
-    Req, admin_guard, ask, check_bounds, json_object, json_response,
+    AppDeps, Req, admin_guard, ask, check_bounds, json_object, json_response,
 )
 from switchyard_gateway.services.gateway.deps import Deps
 
@@ -70,69 +71,70 @@ def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[
         return request.scope["raw_path"].decode().split(f"/{resource}/", 1)[1]
 
     @get(f"/{resource}", name=f"list_{resource}")
-    async def list_(deps: Deps) -> Response[bytes]:
+    async def list_(deps: AppDeps) -> Response[bytes]:
         return await run_query(deps, m.RegistryQuery(resource))  # type: ignore[arg-type]
 
     @get(f"/{resource}/{item}", name=f"get_{resource}")
-    async def get_(request: Req, deps: Deps, item_id: Any) -> Response[bytes]:
+    async def get_(request: Req, deps: AppDeps, item_id: FromPath[Any]) -> Response[bytes]:
         return await run_query(deps, m.RegistryQuery(resource, id=ident(request, item_id)))  # type: ignore[arg-type]
 
     @post(f"/{resource}", name=f"create_{resource}")
-    async def create(request: Req, deps: Deps) -> Response[bytes]:
+    async def create(request: Req, deps: AppDeps) -> Response[bytes]:
         return await run_command(deps, await _body(request, register, mode="create"), status=201)
 
     @put(f"/{resource}/{item}", name=f"update_{resource}")
-    async def update(request: Req, deps: Deps, item_id: Any) -> Response[bytes]:
+    async def update(request: Req, deps: AppDeps, item_id: FromPath[Any]) -> Response[bytes]:
         key = ident(request, item_id)
         query = m.RegistryQuery(resource, id=key)  # type: ignore[arg-type]
         return await run_command(deps, await _merged(request, deps, register, query, **{id_field: key}))
 
     @delete(f"/{resource}/{item}", name=f"delete_{resource}", status_code=200)
-    async def remove_(request: Req, deps: Deps, item_id: Any) -> Response[bytes]:
+    async def remove_(request: Req, deps: AppDeps, item_id: FromPath[Any]) -> Response[bytes]:
         return await run_command(deps, msgspec.convert({id_field: ident(request, item_id)}, remove))
 
     return [list_, get_, create, update, remove_]
 
 
 @post("/tenants/{tenant_id:str}/keys")
-async def issue_key(request: Req, deps: Deps, tenant_id: str) -> Response[bytes]:
+async def issue_key(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
     return await run_command(deps, await _body(request, m.IssueKey, tenant_id=tenant_id), status=201)
 
 
 @get("/tenants/{tenant_id:str}/keys")
-async def list_keys(deps: Deps, tenant_id: str) -> Response[bytes]:
+async def list_keys(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
     return await run_query(deps, m.RegistryQuery("keys", tenant_id=tenant_id))
 
 
 @delete("/keys/{key_id:str}", status_code=200)
-async def revoke_key(deps: Deps, key_id: str) -> Response[bytes]:
+async def revoke_key(deps: AppDeps, key_id: FromPath[str]) -> Response[bytes]:
     return await run_command(deps, m.RevokeKey(key_id=key_id))
 
 
 @post("/tenants/{tenant_id:str}/models")
-async def assign_model(request: Req, deps: Deps, tenant_id: str) -> Response[bytes]:
+async def assign_model(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
     return await run_command(deps, await _body(request, m.AssignModel, tenant_id=tenant_id, mode="create"), 201)
 
 
 @get("/tenants/{tenant_id:str}/models")
-async def list_assignments(deps: Deps, tenant_id: str) -> Response[bytes]:
+async def list_assignments(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
     return await run_query(deps, m.RegistryQuery("assignments", tenant_id=tenant_id))
 
 
 @get("/tenants/{tenant_id:str}/models/{model_id:str}")
-async def get_assignment(deps: Deps, tenant_id: str, model_id: str) -> Response[bytes]:
+async def get_assignment(deps: AppDeps, tenant_id: FromPath[str], model_id: FromPath[str]) -> Response[bytes]:
     return await run_query(deps, m.RegistryQuery("assignments", id=f"{tenant_id}/{model_id}"))
 
 
 @put("/tenants/{tenant_id:str}/models/{model_id:str}")
-async def update_assignment(request: Req, deps: Deps, tenant_id: str, model_id: str) -> Response[bytes]:
+async def update_assignment(request: Req, deps: AppDeps, tenant_id: FromPath[str],
+                            model_id: FromPath[str]) -> Response[bytes]:
     query = m.RegistryQuery("assignments", id=f"{tenant_id}/{model_id}")
     return await run_command(deps, await _merged(request, deps, m.AssignModel, query, tenant_id=tenant_id,
                                                  model_id=model_id))
 
 
 @delete("/tenants/{tenant_id:str}/models/{model_id:str}", status_code=200)
-async def unassign_model(deps: Deps, tenant_id: str, model_id: str) -> Response[bytes]:
+async def unassign_model(deps: AppDeps, tenant_id: FromPath[str], model_id: FromPath[str]) -> Response[bytes]:
     return await run_command(deps, m.UnassignModel(tenant_id=tenant_id, model_id=model_id))
 
 
@@ -140,17 +142,17 @@ async def unassign_model(deps: Deps, tenant_id: str, model_id: str) -> Response[
 
 
 @get(["/templates", "/provider-templates"])
-async def list_templates(deps: Deps) -> Response[bytes]:
+async def list_templates(deps: AppDeps) -> Response[bytes]:
     return await run_query(deps, m.RegistryQuery("templates"))
 
 
 @get(["/templates/{name:str}", "/provider-templates/{name:str}"])
-async def get_template(deps: Deps, name: str) -> Response[bytes]:
+async def get_template(deps: AppDeps, name: FromPath[str]) -> Response[bytes]:
     return await run_query(deps, m.RegistryQuery("templates", id=name))
 
 
 @post(["/templates/{name:str}/apply", "/provider-templates/{name:str}/apply"])
-async def apply_template(request: Req, deps: Deps, name: str) -> Response[bytes]:
+async def apply_template(request: Req, deps: AppDeps, name: FromPath[str]) -> Response[bytes]:
     """`{"endpoint_id", "provider_id"?, "display_name"?, "customizations": {"base_url", "api_key_ref",
     "models", "priority", "weight", "max_concurrent", "timeout_s"}}` (customisations may also sit at the top)."""
     data = await json_object(request)
@@ -164,7 +166,7 @@ async def apply_template(request: Req, deps: Deps, name: str) -> Response[bytes]
 
 
 @get("/registry/export")
-async def registry_export(request: Req, deps: Deps) -> Response[bytes]:
+async def registry_export(request: Req, deps: AppDeps) -> Response[bytes]:
     """The registry as a `switchyard.yaml` document: JSON, or YAML with `?format=yaml`."""
     raw = await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("export"))
     if request.query_params.get("format") == "yaml":
@@ -173,7 +175,7 @@ async def registry_export(request: Req, deps: Deps) -> Response[bytes]:
 
 
 @post("/registry/import", status_code=200)
-async def registry_import(request: Req, deps: Deps) -> Response[bytes]:
+async def registry_import(request: Req, deps: AppDeps) -> Response[bytes]:
     """Apply a document (JSON or YAML, the export's shape), all or nothing; every problem is reported."""
     text = (await request.body()).decode("utf-8", errors="replace")
     try:

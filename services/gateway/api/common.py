@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 
 from switchyard_gateway.catalog import rules
@@ -19,6 +20,7 @@ from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 
 Req = Request[Any, Any, Any]
+AppDeps = NamedDependency[Deps]        # a route's `deps` parameter: the gateway's Deps, injected by name
 _any = msgspec.json.Decoder()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, Router, get, post, put
+from litestar.params import FromPath, JSONBody
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
@@ -22,7 +23,7 @@ from switchyard_gateway.contracts.routing import CircuitChanged
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.api import routing_admin, warmup
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, caller, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, caller, json_response
 from switchyard_gateway.services.gateway.api.health import _optional_caller
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
@@ -43,7 +44,7 @@ def _not_found(code: str, message: str, field: str) -> ServiceError:
 
 
 @get("/api/v1/embedding-models/catalog")
-async def catalog(request: Req, deps: Deps) -> Response[bytes]:
+async def catalog(request: Req, deps: AppDeps) -> Response[bytes]:
     """Every embedding model the caller's tenant may use (an operator: every one), with its providers and
     whether it can be served now."""
     key = caller(request, deps)
@@ -112,7 +113,7 @@ async def _apply(request: Req, deps: Deps, body: TenantModel, model: str, create
 
 
 @post("/api/v1/tenant-models", status_code=201)
-async def enable_tenant_model(request: Req, deps: Deps, data: TenantModel) -> Response[bytes]:
+async def enable_tenant_model(request: Req, deps: AppDeps, data: JSONBody[TenantModel]) -> Response[bytes]:
     """Enable a model for a tenant (the caller's, or `tenant_id`), with optional token quotas; admin role."""
     if not data.model_id:
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "Missing required field 'model_id'", "model_id"))
@@ -120,7 +121,8 @@ async def enable_tenant_model(request: Req, deps: Deps, data: TenantModel) -> Re
 
 
 @put("/api/v1/tenant-models/{model:path}")
-async def update_tenant_model(request: Req, deps: Deps, model: str, data: TenantModel) -> Response[bytes]:
+async def update_tenant_model(request: Req, deps: AppDeps, model: FromPath[str],
+                              data: JSONBody[TenantModel]) -> Response[bytes]:
     """Change a tenant's model: enabled, default, priority, daily and monthly token quotas; admin role."""
     return await _apply(request, deps, data, request.scope["raw_path"].decode().split("/tenant-models/", 1)[1],
                         create=False)
@@ -130,7 +132,7 @@ async def update_tenant_model(request: Req, deps: Deps, model: str, data: Tenant
 
 
 @get("/api/v1/embeddings/health")
-async def embeddings_health(request: Req, deps: Deps) -> Response[bytes]:
+async def embeddings_health(request: Req, deps: AppDeps) -> Response[bytes]:
     """healthy (every embedding model can be served), degraded (some), unhealthy (none: 503); anyone may ask,
     an operator sees each model."""
     cat = deps.catalog
@@ -148,7 +150,7 @@ async def embeddings_health(request: Req, deps: Deps) -> Response[bytes]:
 
 
 @get("/metrics")
-async def embeddings_metrics(deps: Deps) -> Response[bytes]:
+async def embeddings_metrics(deps: AppDeps) -> Response[bytes]:
     """Per embedding model: calls, errors, tokens and cost (every gateway's, from metering), whether it can be
     served, and this gateway's active requests."""
     out: dict[str, Any] = {}
@@ -162,7 +164,7 @@ async def embeddings_metrics(deps: Deps) -> Response[bytes]:
 
 
 @get("/circuit-breakers")
-async def embeddings_circuits(deps: Deps) -> Response[bytes]:
+async def embeddings_circuits(deps: AppDeps) -> Response[bytes]:
     """Every endpoint's breaker, with its provider, as the router's leader holds it."""
     views = _views.decode(await ask(deps, subjects.ROUTER_QUERY, m.RouterQuery()))
     registered = deps.catalog.registered
@@ -172,7 +174,7 @@ async def embeddings_circuits(deps: Deps) -> Response[bytes]:
 
 
 @post("/circuit-breakers/{name:str}/reset", status_code=200)
-async def embeddings_reset(deps: Deps, name: str) -> Response[bytes]:
+async def embeddings_reset(deps: AppDeps, name: FromPath[str]) -> Response[bytes]:
     """Close a breaker now: an endpoint's by its id, or every breaker of a provider by the provider's id."""
     registered = deps.catalog.registered
     ids = [name] if name in registered else sorted(e for e, x in registered.items() if x.provider_id == name)
@@ -187,7 +189,7 @@ async def embeddings_reset(deps: Deps, name: str) -> Response[bytes]:
 
 
 @post("/models/warmup", status_code=200)
-async def embeddings_warmup(deps: Deps, data: warmup.WarmupRequest) -> Response[bytes]:
+async def embeddings_warmup(deps: AppDeps, data: JSONBody[warmup.WarmupRequest]) -> Response[bytes]:
     """The embeddings service's warm-up (`{"provider", "model_id"}`): Switchyard's, on that provider's endpoints."""
     if data.provider and data.provider not in deps.catalog.providers:
         raise _not_found("PROVIDER_NOT_FOUND", f"Provider '{data.provider}' not found", "provider")
@@ -195,7 +197,7 @@ async def embeddings_warmup(deps: Deps, data: warmup.WarmupRequest) -> Response[
 
 
 @post("/api/v1/admin/discover-models", status_code=200)
-async def discover_models(request: Req, deps: Deps) -> Response[bytes]:
+async def discover_models(request: Req, deps: AppDeps) -> Response[bytes]:
     """Probe every endpoint now and record the models they advertise (the registry refresh)."""
     require_admin(caller(request, deps))
     return await routing_admin.registry_refresh.fn(deps)

@@ -13,7 +13,7 @@ from litestar import Request, Response, get
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued
-from switchyard_gateway.services.gateway.api.common import json_response, visible_endpoints
+from switchyard_gateway.services.gateway.api.common import AppDeps, json_response, visible_endpoints
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.pipeline.upstream import credential
@@ -137,7 +137,7 @@ def _optional_caller(request: Request[Any, Any, Any], deps: Deps) -> KeyIssued |
 
 
 @get(["/health", "/api/system/health"])
-async def health(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def health(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """200 when the gateway, every endpoint and every service are healthy, 503 otherwise, with the detail
     (`/api/system/health`: the provider-admin API's name for it)."""
     report, healthy = await health_report(deps, _optional_caller(request, deps))

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import msgspec
 from msgspec import Meta
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -24,10 +25,9 @@ from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import (
-    ask, caller, json_object, json_response, scope_of, visible_endpoints,
+    AppDeps, ask, caller, json_object, json_response, scope_of, visible_endpoints,
 )
 from switchyard_gateway.services.gateway.api.health import endpoint_health
-from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 
@@ -56,14 +56,14 @@ def model_object(model: ModelRegistered) -> dict[str, Any]:
 
 
 @get("/v1/models")
-async def list_models(request: Req, deps: Deps) -> Response[bytes]:
+async def list_models(request: Req, deps: AppDeps) -> Response[bytes]:
     """The models this caller's tenant may use, in the OpenAI list shape."""
     key = deps.auth.authenticate(request.headers, anonymous=True)
     return json_response({"object": "list", "data": [model_object(m) for m in deps.catalog.models_for(key.tenant_id)]})
 
 
 @get("/v1/models/{model_id:path}")
-async def retrieve_model(request: Req, deps: Deps, model_id: str) -> Response[bytes]:
+async def retrieve_model(request: Req, deps: AppDeps, model_id: FromPath[str]) -> Response[bytes]:
     """One model this caller's tenant may use, by id or alias (ids may hold slashes); 404 otherwise."""
     key = deps.auth.authenticate(request.headers, anonymous=True)
     name = unquote(request.scope["raw_path"].decode("latin-1").split("/v1/models/", 1)[1])
@@ -76,14 +76,14 @@ async def retrieve_model(request: Req, deps: Deps, model_id: str) -> Response[by
 
 
 @get("/api/token_counts")
-async def token_counts(request: Req, deps: Deps) -> Response[bytes]:
+async def token_counts(request: Req, deps: AppDeps) -> Response[bytes]:
     """Token totals from the metering projection: all of them for an admin, the caller's tenant otherwise."""
     key = caller(request, deps)
     return json_response(await ask(deps, subjects.METERING_QUERY, {"tenant_id": scope_of(key)}))
 
 
 @get("/api/usage")
-async def usage(request: Req, deps: Deps) -> Response[bytes]:
+async def usage(request: Req, deps: AppDeps) -> Response[bytes]:
     """In-flight calls per endpoint and model (operators), and token usage per endpoint and model; in the
     Prometheus text format with `?format=prometheus` (what NOMYO Router's scrape config asks for)."""
     key = caller(request, deps)
@@ -115,7 +115,7 @@ def prometheus_usage(counts: dict[str, dict[str, int]], tokens: dict[str, dict[s
 
 
 @post("/api/stats", status_code=200)
-async def stats(request: Req, deps: Deps) -> Response[bytes]:
+async def stats(request: Req, deps: AppDeps) -> Response[bytes]:
     """One model's tokens, time series and distribution over endpoints; everyone's or one tenant's."""
     key = caller(request, deps)
     body = msgspec.convert(await json_object(request), StatsRequest)
@@ -127,7 +127,7 @@ async def stats(request: Req, deps: Deps) -> Response[bytes]:
 
 
 @post("/api/aggregate_time_series_days", status_code=200)
-async def aggregate_time_series_days(request: Req, deps: Deps) -> Response[bytes]:
+async def aggregate_time_series_days(request: Req, deps: AppDeps) -> Response[bytes]:
     """Show minutes older than `days` days by day; `trim_old` also drops them. Idempotent. Operators only."""
     require_admin(caller(request, deps))
     body = msgspec.convert(await json_object(request), RollupRequest)
@@ -135,7 +135,7 @@ async def aggregate_time_series_days(request: Req, deps: Deps) -> Response[bytes
 
 
 @get("/api/config")
-async def config(request: Req, deps: Deps) -> Response[bytes]:
+async def config(request: Req, deps: AppDeps) -> Response[bytes]:
     """The endpoints this gateway routes to, with their health (never credentials); an operator also sees their
     URLs, settings and what is wrong, a tenant only which of its endpoints are up."""
     key = caller(request, deps)
@@ -160,7 +160,7 @@ async def config(request: Req, deps: Deps) -> Response[bytes]:
 
 
 @get("/api/usage-stream")
-async def usage_stream(request: Req, deps: Deps) -> Stream:
+async def usage_stream(request: Req, deps: AppDeps) -> Stream:
     """Server-Sent Events: a usage snapshot now, then one each time usage events arrive."""
     key = caller(request, deps)
     tenant = scope_of(key)

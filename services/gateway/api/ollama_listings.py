@@ -21,6 +21,7 @@ from switchyard_gateway.catalog.rules import normalise_model
 from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway.contracts.routing import ModelFacts
+from switchyard_gateway.services.gateway.api.common import AppDeps
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.openapi.shapes import OllamaShowRequest
 
@@ -184,27 +185,27 @@ def ollama_root_head() -> Response[None]:
 
 
 @get("/api/tags")
-async def ollama_tags(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def ollama_tags(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """The models this caller's tenant may use, in Ollama's list shape."""
     catalog, tenant_id = _caller(request, deps)
     return _json(tags_body(catalog, tenant_id))
 
 
 @get("/api/ps")
-async def ollama_ps(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def ollama_ps(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """The models endpoints report loaded (from the routing state this gateway follows)."""
     catalog, tenant_id = _caller(request, deps)
     return _json(ps_body(catalog, tenant_id, deps.circuits.loaded))
 
 
 @get("/api/version")
-async def ollama_version(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def ollama_version(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     _caller(request, deps)
     return _json({"version": OLLAMA_API_VERSION})
 
 
 @post("/api/show", status_code=200)
-async def ollama_show(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def ollama_show(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """One model's details, or 404 `{"error": "model 'x' not found"}`."""
     catalog, tenant_id = _caller(request, deps)
     try:

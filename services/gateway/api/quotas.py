@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, Router, get, put
+from litestar.params import FromPath
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
@@ -13,7 +14,7 @@ from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.quota import LimitsUpdate, QuotaQuery, SetLimits, SetLimitsReply
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response, read_json
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response, read_json
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 
@@ -47,21 +48,22 @@ async def _set_limits(request: Request[Any, Any, Any], deps: Deps, tenant_id: st
 
 
 @put("/tenants/{tenant_id:str}/limits")
-async def set_tenant_limits(request: Request[Any, Any, Any], deps: Deps, tenant_id: str) -> Response[bytes]:
+async def set_tenant_limits(request: Request[Any, Any, Any], deps: AppDeps,
+                            tenant_id: FromPath[str]) -> Response[bytes]:
     """Set any of daily_tokens, monthly_tokens, monthly_requests, rpm, tpm, key_rpm, key_tpm, budget_usd,
     budget_period, timezone, default_max_tokens; a field left out keeps its value, null removes it."""
     return await _set_limits(request, deps, tenant_id)
 
 
 @put("/tenants/{tenant_id:str}/models/{model_id:str}/limits")
-async def set_model_limits(request: Request[Any, Any, Any], deps: Deps, tenant_id: str,
-                           model_id: str) -> Response[bytes]:
+async def set_model_limits(request: Request[Any, Any, Any], deps: AppDeps, tenant_id: FromPath[str],
+                           model_id: FromPath[str]) -> Response[bytes]:
     """The same fields for one model of the tenant (no timezone: the tenant's applies)."""
     return await _set_limits(request, deps, tenant_id, model_id)
 
 
 @get("/tenants/{tenant_id:str}/limits")
-async def get_limits(deps: Deps, tenant_id: str) -> Response[bytes]:
+async def get_limits(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
     return await _query(deps, QuotaQuery(kind="limits", tenant_id=tenant_id))
 
 
@@ -86,7 +88,7 @@ async def _query(deps: Deps, query: QuotaQuery) -> Response[bytes]:
 
 
 @get("/api/v1/tenant-models/quotas")
-async def quotas_view(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def quotas_view(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """Each limit of the tenant and its models with what is used, what remains and when it resets."""
     key, tenant_id = _scope(request, deps)
     own_key = key.key_id if tenant_id == key.tenant_id else None
@@ -94,7 +96,7 @@ async def quotas_view(request: Request[Any, Any, Any], deps: Deps) -> Response[b
 
 
 @get("/api/v1/tenant-models/usage")
-async def usage_view(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+async def usage_view(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """The tenant's usage in the current day, week or month (`period`), optionally of one model (`model_id`)."""
     _, tenant_id = _scope(request, deps)
     period = request.query_params.get("period", "day")

@@ -7,13 +7,14 @@ from typing import Any
 
 import msgspec
 from litestar import Response, Router, get, post
+from litestar.params import FromPath
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway.contracts.routing import CircuitChanged, ProbeCompleted
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response
 from switchyard_gateway.services.gateway.api.health import credential_missing
 from switchyard_gateway.services.gateway.deps import Deps
 
@@ -49,13 +50,13 @@ async def _test(deps: Deps, endpoint_id: str) -> dict[str, Any]:
 
 
 @post("/endpoints/{endpoint_id:str}/test", status_code=200)
-async def test_endpoint(deps: Deps, endpoint_id: str) -> Response[bytes]:
+async def test_endpoint(deps: AppDeps, endpoint_id: FromPath[str]) -> Response[bytes]:
     """A real, unbilled probe of one endpoint: latency and models, or the error."""
     return json_response(await _test(deps, endpoint_id))
 
 
 @post("/providers/{provider_id:str}/test", status_code=200)
-async def test_provider(deps: Deps, provider_id: str) -> Response[bytes]:
+async def test_provider(deps: AppDeps, provider_id: FromPath[str]) -> Response[bytes]:
     """Every endpoint of a provider, probed."""
     catalog = deps.catalog
     if provider_id not in catalog.providers:
@@ -66,7 +67,7 @@ async def test_provider(deps: Deps, provider_id: str) -> Response[bytes]:
 
 
 @get(["/registry/status", "/providers/registry-status"])
-async def registry_status(deps: Deps) -> Response[bytes]:
+async def registry_status(deps: AppDeps) -> Response[bytes]:
     """Counts and log position from the registry; per-endpoint breaker and last probe from local state."""
     status = _any.decode(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("status")))
     circuits = deps.circuits
@@ -83,7 +84,7 @@ async def registry_status(deps: Deps) -> Response[bytes]:
 
 
 @post(["/registry/refresh", "/providers/refresh-registry"], status_code=200)
-async def registry_refresh(deps: Deps) -> Response[bytes]:
+async def registry_refresh(deps: AppDeps) -> Response[bytes]:
     """Probe every endpoint now; answer once the results (and any discovered models) are visible here."""
     reply = _refresh.decode(await ask(deps, subjects.ROUTER_COMMAND, m.RefreshProbes(), 60.0))
     await deps.circuits.wait_for([str(p.event_id) for p in reply.probes])
@@ -93,20 +94,20 @@ async def registry_refresh(deps: Deps) -> Response[bytes]:
 
 
 @get(["/circuits", "/circuit-breakers"])
-async def list_circuits(deps: Deps) -> Response[bytes]:
+async def list_circuits(deps: AppDeps) -> Response[bytes]:
     """Every endpoint's breaker as the router's leader holds it."""
     return json_response(await ask(deps, subjects.ROUTER_QUERY, m.RouterQuery()))
 
 
 @get(["/circuits/{endpoint_id:str}", "/circuit-breakers/{endpoint_id:str}"])
-async def get_circuit(deps: Deps, endpoint_id: str) -> Response[bytes]:
+async def get_circuit(deps: AppDeps, endpoint_id: FromPath[str]) -> Response[bytes]:
     """One endpoint's breaker (404 ENDPOINT_NOT_FOUND if neither registry nor router knows it)."""
     query = m.RouterQuery(endpoint_id=endpoint_id)
     return json_response(await ask(deps, subjects.ROUTER_QUERY, query))
 
 
 @post(["/circuits/{endpoint_id:str}/reset", "/circuit-breakers/{endpoint_id:str}/reset"], status_code=200)
-async def reset_circuit(deps: Deps, endpoint_id: str) -> Response[bytes]:
+async def reset_circuit(deps: AppDeps, endpoint_id: FromPath[str]) -> Response[bytes]:
     """Close a breaker now; answer once this gateway routes by the new state."""
     _endpoint(deps, endpoint_id)
     change = _changed.decode(await ask(deps, subjects.ROUTER_COMMAND, m.ResetCircuit(endpoint_id=endpoint_id)))

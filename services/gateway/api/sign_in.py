@@ -16,13 +16,14 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import JSONBody
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.users import UserView
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import ask, caller
+from switchyard_gateway.services.gateway.api.common import AppDeps, ask, caller
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.tokens import TokenClaims, TokenPair
 
@@ -94,7 +95,7 @@ def _too_many(wait_s: float) -> Response[bytes]:
 
 
 @post("/api/auth/login", status_code=200)
-async def login(request: Req, deps: Deps, data: LoginRequest) -> Response[bytes] | TokenPair:
+async def login(request: Req, deps: AppDeps, data: JSONBody[LoginRequest]) -> Response[bytes] | TokenPair:
     """A username and password for an access token (15 minutes) and a refresh token (7 days)."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
@@ -120,7 +121,7 @@ async def login(request: Req, deps: Deps, data: LoginRequest) -> Response[bytes]
 
 
 @post("/api/auth/refresh", status_code=200)
-async def refresh(deps: Deps, data: RefreshRequest) -> Response[bytes] | TokenPair:
+async def refresh(deps: AppDeps, data: JSONBody[RefreshRequest]) -> Response[bytes] | TokenPair:
     """A new access token for a refresh token whose session still stands (the same refresh token back)."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
@@ -135,7 +136,8 @@ async def refresh(deps: Deps, data: RefreshRequest) -> Response[bytes] | TokenPa
 
 
 @post("/api/auth/logout", status_code=200)
-async def logout(request: Req, deps: Deps, data: LogoutRequest | None = None) -> Response[bytes] | SignedOut:
+async def logout(request: Req, deps: AppDeps,
+                 data: JSONBody[LogoutRequest | None] = None) -> Response[bytes] | SignedOut:
     """End a session: its refresh token and every access token of it stop working on every gateway."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
@@ -159,7 +161,7 @@ def _session_claims(request: Req, deps: Deps, data: LogoutRequest | None) -> Tok
 
 
 @get("/api/auth/me")
-async def me(request: Req, deps: Deps) -> Me:
+async def me(request: Req, deps: AppDeps) -> Me:
     """The caller: a user's name, role and tenant; for a key, its id, role and tenant."""
     key = caller(request, deps)
     if key.key_id.startswith("user:"):

@@ -20,7 +20,7 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import refresh_before_scrape
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response
 from switchyard_gateway.services.gateway.api.health import service_health
 from switchyard_gateway.services.gateway.deps import Deps
 
@@ -46,7 +46,7 @@ async def _registry(deps: Deps) -> dict[str, Any]:
 
 
 @get("/status")
-async def system_status(deps: Deps) -> Response[bytes]:
+async def system_status(deps: AppDeps) -> Response[bytes]:
     """Every dependency and service, each `ok` or `error` with why; 200 when all are ok, else 503."""
     registry, valkey, services = await asyncio.gather(_registry(deps), _valkey(deps), service_health(deps.nc))
     nats = {"status": "ok" if deps.nc is not None and deps.nc.is_connected else "error",

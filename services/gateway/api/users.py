@@ -11,11 +11,12 @@ from typing import Any
 
 import msgspec
 from litestar import Response, Router, delete, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Role
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response
 from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(m.CommandReply)
@@ -51,31 +52,31 @@ async def _run(deps: Deps, command: m.Command, username: str, status: int = 200)
 
 
 @get("/users")
-async def list_users(deps: Deps, tenant_id: str | None = None) -> Response[bytes]:
+async def list_users(deps: AppDeps, tenant_id: FromQuery[str | None] = None) -> Response[bytes]:
     return json_response(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("users", tenant_id=tenant_id)))
 
 
 @get("/users/{username:str}")
-async def get_user(deps: Deps, username: str) -> Response[bytes]:
+async def get_user(deps: AppDeps, username: FromPath[str]) -> Response[bytes]:
     return json_response(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("users", id=username)))
 
 
 @post("/users")
-async def create_user(deps: Deps, data: UserCreate) -> Response[bytes]:
+async def create_user(deps: AppDeps, data: JSONBody[UserCreate]) -> Response[bytes]:
     command = m.CreateUser(username=data.username, tenant_id=data.tenant_id, password=data.password,
                            role=data.role, display_name=data.display_name)
     return await _run(deps, command, data.username, status=201)
 
 
 @put("/users/{username:str}")
-async def update_user(deps: Deps, username: str, data: UserUpdate) -> Response[bytes]:
+async def update_user(deps: AppDeps, username: FromPath[str], data: JSONBody[UserUpdate]) -> Response[bytes]:
     command = m.UpdateUser(username=username, tenant_id=data.tenant_id, role=data.role,
                            display_name=data.display_name, password=data.password)
     return await _run(deps, command, username)
 
 
 @delete("/users/{username:str}", status_code=200)
-async def remove_user(deps: Deps, username: str) -> Response[bytes]:
+async def remove_user(deps: AppDeps, username: FromPath[str]) -> Response[bytes]:
     return await _run(deps, m.RemoveUser(username=username), username)
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, Router, post
+from litestar.params import FromPath
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.messages import ErrorBody, WarmModel, WarmReply
 from switchyard_gateway.contracts.routing import ModelWarmed
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import admin_guard, ask, json_object, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_object, json_response
 from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(WarmReply)
@@ -79,7 +80,7 @@ async def test_model(deps: Deps, model: str) -> Response[bytes]:
 
 
 @post("/models/{item:path}", status_code=200)
-async def model_action(request: Request[Any, Any, Any], deps: Deps, item: str) -> Response[bytes]:
+async def model_action(request: Request[Any, Any, Any], deps: AppDeps, item: FromPath[str]) -> Response[bytes]:
     """`/models/warmup` warms a model; `/models/<id>/test` tests one (the id read raw, slashes and all)."""
     rest = request.scope["raw_path"].decode().split("/models/", 1)[1]
     if rest == "warmup":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 from litestar.response import Redirect
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -83,7 +84,7 @@ async def console_page(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/ui/{name:path}", include_in_schema=False)
-async def console_file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+async def console_file(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
     """The page's files under `/ui/`."""
     return serve_file(request, name.lstrip("/"))
 

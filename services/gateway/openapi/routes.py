@@ -12,9 +12,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
 from switchyard_gateway.services.gateway.console.routes import SECURITY_HEADERS, serve_file
-from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.api.common import AppDeps
 from switchyard_gateway.services.gateway.openapi.document import build
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -23,7 +24,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 @get("/openapi.json", sync_to_thread=False)
-def openapi_document(request: Request[Any, Any, Any], deps: Deps) -> Response[bytes]:
+def openapi_document(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
     """The OpenAPI 3.1 document of every route this gateway serves."""
     state = request.app.state
     document = state.get("openapi_document")
@@ -40,7 +41,7 @@ def docs_page(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/docs/{name:path}", sync_to_thread=False, include_in_schema=False)
-def docs_file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+def docs_file(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
     return serve_file(request, name.lstrip("/"), STATIC, DOCS_SECURITY)
 
 
