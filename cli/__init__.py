@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from switchyard_gateway.cli import config, events, replay, up
+from switchyard_gateway.cli import config, events, natsconfig, replay, up
 
-COMMANDS = {"up": up, "config": config, "replay": replay, "events": events}
+COMMANDS = {"up": up, "config": config, "replay": replay, "events": events, "nats-config": natsconfig}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("args", nargs=argparse.REMAINDER)
     replay.register(sub)
     events.register(sub)
+    natsconfig.register(sub)
     return parser
 
 

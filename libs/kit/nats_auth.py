@@ -2,6 +2,7 @@
 
     users = load(Path("nats-users.yaml"), os.environ)       # subscribers; plain-text passwords are refused
     text = server_config(services_password, users)           # nats-server's `authorization` block
+    text += cluster_config(services_password, routes)        # and, for a cluster's nodes, routes that ask for a user
 
 A subscriber's allow lists are exactly what `switchyard_gateway.subscribe` uses: ask for pages of the log on
 `metering.replay.v1` (or `.<tenant>` only), make consumers of LOG (filtered to its tenant's subjects when it has
@@ -22,8 +23,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import yaml
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.kit.settings import SettingsError, env_value
+from switchyard_gateway.kit.stack_nats import CLUSTER_NAME
 
 SERVICES_USER = "switchyard"
+ROUTE_USER = "route"                           # what one node of a cluster presents to another
 PASSWORD_KEY = "SWITCHYARD_NATS_PASSWORD"      # the services' password, kept in the data dir's keys.env
 USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
@@ -79,9 +83,27 @@ def server_config(services_password: str, subscribers: list[SubscriberUser]) -> 
     return "authorization " + json.dumps({"users": users}, indent=2) + "\n"
 
 
+def cluster_config(password: str, routes: list[str], name: str = CLUSTER_NAME) -> str:
+    """nats-server's `cluster` block for nodes that ask each other for a user: each listens on the routes' port
+    and dials every route (itself included: a node knows itself and drops that one) as `route` with `password`.
+
+    Give the cluster here rather than with `--cluster`/`--routes` flags: nats-server's `--cluster` flag clears the
+    routes' authorization of a configuration file."""
+    parsed = [urlsplit(url if "://" in url else f"nats://{url}") for url in routes]
+    ports = {p.port for p in parsed}
+    if not parsed or None in ports or len(ports) != 1 or any(p.username for p in parsed):
+        raise UsersError(f"routes {','.join(routes)!r}: give each node as nats://HOST:PORT, every one on the same "
+                         "port and without a user")
+    dial = [urlunsplit(p._replace(netloc=f"{ROUTE_USER}:{quote(password, safe='')}@{p.netloc}")) for p in parsed]
+    block = {"name": name, "listen": f"0.0.0.0:{ports.pop()}",
+             "authorization": {"user": ROUTE_USER, "password": password}, "routes": dial}
+    return "cluster " + json.dumps(block, indent=2) + "\n"
+
+
 def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
     """The subscribers of a users file (YAML: `subscribers: [{user, password, name, tenant?}]`); passwords are
-    `${ENV_VAR}` (read from `env`) or bcrypt hashes, never plain text. Raises UsersError naming every problem."""
+    `${ENV_VAR}` (read from `env`, or the file `ENV_VAR_FILE` names) or bcrypt hashes, never plain text.
+    Raises UsersError naming every problem."""
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -119,8 +141,11 @@ def _password(value: object, env: Mapping[str, str]) -> str:
     """The password nats-server is given, or `!why` when there is none to give."""
     text = str(value or "")
     ref = ENV_REF.match(text)
-    if ref:
-        return env.get(ref.group(1)) or f"!{ref.group(1)} is not set"
+    if ref:                                    # the variable, or the file its _FILE twin names (a mounted secret)
+        try:
+            return env_value(env, ref.group(1)) or f"!{ref.group(1)} is not set"
+        except SettingsError as exc:
+            return f"!{exc}"
     if text.startswith("$2"):
         return text                            # a bcrypt hash: nats-server checks the password against it
     return "!give it as ${ENV_VAR} or a bcrypt hash, never in plain text"

@@ -29,6 +29,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     SECRETS: ClassVar[tuple[str, ...]] = ()    # fields masked by `redacted()`
 
     nats_url: str = "nats://127.0.0.1:4222"     # one URL or a comma-separated list (a cluster's servers)
+    nats_password: str = ""               # put into every server of nats_url when given (its user kept: nats://switchyard@...)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/switchyard"
     database_password: str = ""           # put into database_url when given (a secret kept apart from the URL)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -58,6 +59,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
         if settings.database_password:
             settings = msgspec.structs.replace(
                 settings, database_url=with_password(settings.database_url, settings.database_password))
+        if settings.nats_password:
+            settings = msgspec.structs.replace(settings, nats_url=",".join(
+                with_password(url, settings.nats_password) for url in url_list(settings.nats_url)))
         return settings
 
     @property
@@ -67,7 +71,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     def redacted(self) -> dict[str, object]:
         """The settings with secrets masked, fit for a log line or an admin response."""
         out = msgspec.structs.asdict(self)
-        for secret in ("database_password", *self.SECRETS):
+        for secret in ("database_password", "nats_password", *self.SECRETS):
             if out.get(secret):
                 out[secret] = "***"
         for key in ("database_url", "redis_url", "nats_url"):

@@ -3,8 +3,9 @@ started natively from its own environment (same variables, same URL lists) with 
 
 The native run maps each compose hostname and container port to a loopback port, each secret and
 config to a file, and each image to what it runs: our services from the Dockerfile's ENV and the
-compose environment, nats-server nodes from the pip binary with the compose command's cluster
-routes, PostgreSQL and Valkey from the embedded launcher. Only the nginx front is left out: the
+compose environment, nats-server nodes from the pip binary with the compose command and the NATS
+configuration the header's `switchyard nats-config` command writes (users, and routes that ask for
+one), PostgreSQL and Valkey from the embedded launcher. Only the nginx front is left out: the
 gateways behind it are called directly.
 """
 
@@ -13,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import re
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,11 +27,16 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import msgspec
+import nats
+import nats.errors
 import pytest
 import yaml
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
 from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.nats_auth import inbox_prefix, with_user
 from switchyard_gateway.kit.settings import ServiceSettings as Settings
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_nats import nats_binary
@@ -38,6 +47,7 @@ from tests.conftest import REPO, traversable_tempdir, wait_for
 COMPOSE_FILE = REPO / "compose.yaml"
 APP_COMMAND = ["python", "-m"]
 EXTERNAL_HOSTS = {"host.docker.internal"}          # the Docker host: where the example document's Ollama is
+SUBSCRIBER = ("team-bi", "team-bi-nats-secret", "team")   # a user, its password, its tenant (the document's)
 
 
 def compose() -> dict:
@@ -83,7 +93,7 @@ def test_secrets_are_files_and_no_password_is_written_in_the_file() -> None:
     doc = compose()
     text = COMPOSE_FILE.read_text()
     assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), "a password inside a URL"
-    assert set(doc["secrets"]) == {"admin_key", "db_password", "jwt_secret"}
+    assert set(doc["secrets"]) == {"admin_key", "db_password", "jwt_secret", "nats_password", "nats_config"}
     registry, postgres = doc["services"]["registry"], doc["services"]["postgres"]
     assert registry["environment"]["SWITCHYARD_ADMIN_KEY_FILE"] == "/run/secrets/admin_key"
     assert registry["environment"]["SWITCHYARD_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"
@@ -92,6 +102,62 @@ def test_secrets_are_files_and_no_password_is_written_in_the_file() -> None:
         for variable, value in (service.get("environment") or {}).items():
             if variable.endswith("_FILE") and str(value).startswith("/run/secrets/"):
                 assert value.rsplit("/", 1)[1] in service["secrets"], (name, variable)
+
+
+def test_nats_asks_every_client_for_a_user_and_every_node_reads_the_users_from_a_secret() -> None:
+    services = compose()["services"]
+    nodes = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("nats:")}
+    assert len(nodes) == 3
+    for name, node in nodes.items():
+        assert node["secrets"] == ["nats_config"] and node["command"][:2] == ["-c", "/run/secrets/nats_config"]
+        assert not {"--cluster", "--routes", "--user", "--pass"} & set(node["command"]), name   # --cluster clears route auth
+    ours = {n: s for n, s in services.items() if s.get("command", [None])[:2] == APP_COMMAND}
+    for name, service in ours.items():
+        env = service["environment"]
+        assert env["SWITCHYARD_NATS_PASSWORD_FILE"] == "/run/secrets/nats_password", name
+        assert [url.split("@")[0] for url in env["SWITCHYARD_NATS_URL"].split(",")] == ["nats://switchyard"] * 3, name
+
+
+def test_the_documented_nats_config_command_writes_a_configuration_nats_server_accepts(tmp_path: Path) -> None:
+    argv = documented_nats_config()
+    assert argv[argv.index("--users") + 1] == "deploy/compose/nats-users.yaml"
+    assert argv[argv.index("--out") + 1] == compose()["secrets"]["nats_config"]["file"].removeprefix("./")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "nats_password").write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "deploy" / "compose").mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "compose" / "nats-users.yaml", tmp_path / "deploy" / "compose")
+    rendered = run_nats_config(argv, tmp_path, {})
+    text = rendered.read_text()
+    assert rendered.stat().st_mode & 0o777 == 0o600
+    routes = re.findall(r'"nats://route:[^@"]+@([^"]+)"', text)
+    nodes = [n for n, s in compose()["services"].items() if str(s.get("image", "")).startswith("nats:")]
+    assert routes == [f"{node}:6222" for node in nodes]
+    assert '"user": "switchyard"' in text and '"listen": "0.0.0.0:6222"' in text
+    checked = subprocess.run([str(nats_binary()), "-c", str(rendered), "-t"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    (tmp_path / "secrets" / "nats_password").write_text("short\n")       # a guessable password is refused
+    refused = subprocess.run(nats_config_command(argv), capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1 and "at least 16" in refused.stderr
+
+
+def documented_nats_config() -> list[str]:
+    """The `switchyard nats-config ...` command compose.yaml's header tells the operator to run."""
+    header = "\n".join(line[1:].strip() for line in COMPOSE_FILE.read_text().splitlines() if line.startswith("#"))
+    found = re.search(r"^(switchyard nats-config .*?)$", header.replace("\\\n", " "), re.M)
+    assert found, "compose.yaml's header names the nats-config command"
+    return shlex.split(found.group(1))
+
+
+def nats_config_command(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "switchyard_gateway.cli", *argv[1:]]
+
+
+def run_nats_config(argv: list[str], cwd: Path, env: dict[str, str]) -> Path:
+    """Run the documented command in `cwd` (where it finds its relative paths); the file it wrote."""
+    done = subprocess.run(nats_config_command(argv), capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return cwd / argv[argv.index("--out") + 1]
 
 
 def test_each_gateway_has_a_spool_of_its_own_and_one_front_door_is_published() -> None:
@@ -183,7 +249,8 @@ class Native:
 
 
 def nats_command(native: Native, name: str) -> list[str]:
-    """A compose nats node's command for the pip nats-server: its ports and routes mapped, its store a dir."""
+    """A compose nats node's command for the pip nats-server: its ports mapped, its store a dir, its configuration
+    (the secret every node mounts) with this node's route port and its peers' mapped."""
     args = list(native.doc["services"][name]["command"])
     out: list[str] = []
     for flag, value in zip([None, *args], args):
@@ -191,6 +258,11 @@ def nats_command(native: Native, name: str) -> list[str]:
             out.append(str(native.port(name, int(value))))
         elif flag == "-sd":
             out.append(str(native.root / name))
+        elif flag == "-c":
+            own = native.root / "nats-conf" / f"{name}.conf"
+            own.parent.mkdir(exist_ok=True)
+            own.write_text(native.value(Path(native.value(value, name)).read_text(), name))
+            out.append(str(own))
         else:
             out.append(native.value(value, name))
     return [str(nats_binary()), *out]
@@ -217,6 +289,12 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         (root / "secrets").mkdir(exist_ok=True)
         (root / "secrets" / name).write_text(value + "\n")
         native.paths[f"/run/secrets/{name}"] = root / "secrets" / name
+    user, password, tenant = SUBSCRIBER                 # the operator's subscribers, then the header's command
+    (root / "deploy" / "compose").mkdir(parents=True)
+    (root / "deploy" / "compose" / "nats-users.yaml").write_text(
+        f"subscribers:\n  - {{user: {user}, password: '${{TEAM_BI_NATS_PASSWORD}}', name: {tenant}-spend, "
+        f"tenant: {tenant}}}\n")
+    run_nats_config(documented_nats_config(), root, {"TEAM_BI_NATS_PASSWORD": password})
     for service in doc["services"].values():
         for config in service.get("configs", []):
             native.paths[config["target"]] = root / "configs" / config["source"]
@@ -231,6 +309,7 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         for node in nodes:
             supervisor.add(Command(node, nats_command(native, node), {}, root / "logs" / f"{node}.log",
                                    tier=INFRASTRUCTURE))
+        asyncio.run(_healthy(native, nodes, supervisor))      # what depends_on: service_healthy waits for
         cluster = native.value(doc["x-service"]["environment"]["SWITCHYARD_NATS_URL"], "")
         stack = EmbeddedStack(root / "stack", nats_url=cluster, durable=False,
                               ports={"postgres": native.port("postgres", 5432), "valkey": native.port("valkey", 6379)})
@@ -252,6 +331,23 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         if stack is not None:
             stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _healthy(native: Native, nodes: list[str], supervisor: Supervisor) -> None:
+    """Wait until each NATS node passes its compose healthcheck (/healthz on its monitoring port: JetStream up,
+    which a clustered node is once the nodes have routed to each other, as their users)."""
+    (url,) = [part for part in native.doc["x-nats"]["healthcheck"]["test"] if part.startswith("http://")]
+    path = url.split("8222", 1)[1]
+    async with httpx.AsyncClient(timeout=2) as client:
+        for node in nodes:
+            async def healthy(node: str = node) -> bool:
+                supervisor.poll()
+                try:
+                    reply = await client.get(f"http://127.0.0.1:{native.port(node, 8222)}{path}")
+                except httpx.HTTPError:
+                    return False
+                return reply.status_code == 200
+            await wait_for(healthy, timeout_s=60, interval_s=0.2, what=f"{node} healthy")
 
 
 async def _app_role(admin_url: str, user: str, password: str) -> None:
@@ -319,6 +415,53 @@ async def test_compose_topology_starts_natively_from_its_own_environment(native)
             await conn.close()
 
     await wait_for(two_usage_rows, timeout_s=30, what="the two calls in the log")
+    await _a_subscriber_replays_its_tenant_and_nothing_more(topology)
+
+
+async def _a_subscriber_replays_its_tenant_and_nothing_more(topology: Native) -> None:
+    """NATS holds every client to its user: the subscriber's replays its tenant's events; publishing a usage
+    event or a registry command is refused it; a client without a user, or a route without one, is turned away."""
+    user, password, tenant = SUBSCRIBER
+    bare = f"nats://127.0.0.1:{topology.ports[('nats-1', 4222)]}"
+    refusals: list[str] = []
+
+    async def keep(exc: Exception) -> None:
+        refusals.append(str(exc).lower())
+
+    nc = await nats.connect(with_user(bare, user, password), inbox_prefix=inbox_prefix(user), error_cb=keep,
+                            allow_reconnect=False)
+    try:
+        reply = await nc.request(f"{subjects.METERING_REPLAY}.{tenant}", msgspec.json.encode(ReplayRequest()),
+                                 timeout=10)
+        page = msgspec.json.decode(reply.data, type=ReplayPage)
+        events = [json.loads(bytes(raw)) for raw in page.events]
+        assert {e.get("tenant_id") for e in events} == {tenant}
+        assert sum(e["type"] == subjects.USAGE_RECORDED for e in events) >= 2     # the calls above, metered
+        for subject in (f"{subjects.USAGE_RECORDED}.{tenant}", subjects.REGISTRY_COMMAND,
+                        subjects.METERING_REPLAY):                               # made-up usage, a command, everyone's
+            await nc.publish(subject, b"{}")
+            await nc.flush()
+
+            def refused(subject: str = subject) -> bool:
+                return any(f'permissions violation for publish to "{subject}"' in error for error in refusals)
+            await wait_for(refused, timeout_s=10, what=f"NATS refusing {user} {subject}")
+    finally:
+        await nc.close()
+    with pytest.raises(nats.errors.Error, match="(?i)authorization"):          # no user at all
+        await nats.connect(bare, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+    assert await _route_without_a_user(topology.ports[("nats-1", 6222)]) == "-ERR 'Authorization Violation'"
+
+
+async def _route_without_a_user(port: int) -> str:
+    """What a node answers a route that connects to its cluster port presenting no user."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await asyncio.wait_for(reader.readline(), 10)                           # the node's INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"name":"rogue","cluster":"switchyard"}\r\nPING\r\n')
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+    finally:
+        writer.close()
 
 
 async def _tenants(client: httpx.AsyncClient, gateway: str, headers: dict[str, str]) -> set[str] | None:

@@ -58,6 +58,16 @@ def test_database_password_from_a_file_joins_the_url_and_is_masked(tmp_path) -> 
     assert "p%40ss" not in shown and "p@ss" not in shown and "switchyard:***@postgres" in shown
 
 
+def test_nats_password_from_a_file_joins_every_server_of_the_url_and_is_masked(tmp_path) -> None:
+    (tmp_path / "nats_password").write_text("n@ts/pässword\n")
+    s = Settings.from_env({"SWITCHYARD_NATS_URL": "nats://switchyard@nats-1:4222, switchyard@nats-2:4222",
+                           "SWITCHYARD_NATS_PASSWORD_FILE": str(tmp_path / "nats_password")})
+    assert s.nats_servers == ["nats://switchyard:n%40ts%2Fp%C3%A4ssword@nats-1:4222",
+                              "nats://switchyard:n%40ts%2Fp%C3%A4ssword@nats-2:4222"]
+    shown = repr(s.redacted())
+    assert "n%40ts" not in shown and "n@ts" not in shown and shown.count("switchyard:***@") == 2
+
+
 def test_nats_url_may_list_a_clusters_servers() -> None:
     s = Settings.from_env({"SWITCHYARD_NATS_URL": "nats://nats-1:4222, nats-2:4222,nats://u:pw@nats-3:4222,"})
     assert s.nats_servers == ["nats://nats-1:4222", "nats://nats-2:4222", "nats://u:pw@nats-3:4222"]

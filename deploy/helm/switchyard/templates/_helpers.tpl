@@ -26,17 +26,55 @@ app.kubernetes.io/component: {{ .service }}
 {{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "switchyard.fullname" .)) -}}
 {{- end -}}
 
-{{/* The NATS servers every service connects to: each node of the chart's cluster, or natsUrls. */}}
+{{/* The NATS servers every service connects to: each node of the chart's cluster, or natsUrls; with natsUsers,
+as the services' user `switchyard` (its password comes from the Secret, never in a URL). */}}
 {{- define "switchyard.natsUrl" -}}
+{{- $user := ternary "switchyard@" "" .Values.natsUsers.enabled -}}
+{{- $urls := list -}}
 {{- if .Values.nats.enabled -}}
 {{- $nats := ternary .Release.Name (printf "%s-nats" .Release.Name) (contains "nats" .Release.Name) -}}
-{{- $urls := list -}}
 {{- range $i := until (int .Values.nats.config.cluster.replicas) -}}
-{{- $urls = append $urls (printf "nats://%s-%d.%s-headless:4222" $nats $i $nats) -}}
+{{- $urls = append $urls (printf "nats://%s%s-%d.%s-headless:4222" $user $nats $i $nats) -}}
 {{- end -}}
-{{- join "," $urls -}}
 {{- else -}}
-{{- required "natsUrls: list the servers of the NATS cluster (or set nats.enabled)" (join "," .Values.natsUrls) -}}
+{{- range $url := .Values.natsUrls -}}
+{{- $url = ternary $url (printf "nats://%s" $url) (contains "://" $url) -}}
+{{- $urls = append $urls (ternary $url (replace "://" (printf "://%s" $user) $url) (contains "@" $url)) -}}
+{{- end -}}
+{{- end -}}
+{{- required "natsUrls: list the servers of the NATS cluster (or set nats.enabled)" (join "," $urls) -}}
+{{- end -}}
+
+{{/* A subscriber's NATS allow lists: exactly what `permissions` in libs/kit/nats_auth.py gives (the chart's
+tests hold the two equal): pages of the log (its tenant's, or every tenant's), LOG consumers of those subjects,
+its own retries and dead letters on DEADLETTER, and its own inbox. */}}
+{{- define "switchyard.natsPermissions" -}}
+{{- $api := "$JS.API.CONSUMER" -}}
+{{- $replay := "metering.replay.v1" -}}
+{{- $live := printf "%s.CREATE.LOG.>" $api -}}
+{{- if .tenant -}}
+{{- $replay = printf "metering.replay.v1.%s" .tenant -}}
+{{- $live = printf "%s.CREATE.LOG.*.log.*.*.*.%s" $api .tenant -}}
+{{- end -}}
+{{- $publish := list $replay $live (printf "%s.DELETE.LOG.*" $api)
+      (printf "%s.CREATE.DEADLETTER.*.event.retry_requested.v1.%s" $api .name) (printf "%s.DELETE.DEADLETTER.*" $api)
+      (printf "event.dead_lettered.v1.%s" .name) -}}
+{{- dict "publish" (dict "allow" $publish) "subscribe" (dict "allow" (list (printf "_INBOX_%s.>" .user))) | toRawJson -}}
+{{- end -}}
+
+{{/* The bcrypt hash NATS checks the services' password against: given, or made from secrets.natsPassword. */}}
+{{- define "switchyard.natsPasswordHash" -}}
+{{- with .Values.secrets -}}
+{{- if .natsPasswordHash -}}
+{{- if not (hasPrefix "$2" .natsPasswordHash) }}{{ fail "secrets.natsPasswordHash: a bcrypt hash ($2a$...)" }}{{ end -}}
+{{- .natsPasswordHash -}}
+{{- else if .existingSecret -}}
+{{- fail "secrets.natsPasswordHash is required with secrets.existingSecret and natsUsers: the bcrypt hash of its nats-password" -}}
+{{- else -}}
+{{- $password := required "secrets.natsPassword or secrets.existingSecret is required (natsUsers)" .natsPassword -}}
+{{- if lt (len $password) 16 }}{{ fail "secrets.natsPassword: give at least 16 characters" }}{{ end -}}
+{{- bcrypt $password -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -70,6 +108,10 @@ spec:
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
         - name: SWITCHYARD_DATABASE_PASSWORD_FILE
           value: /run/secrets/switchyard/database-password
+        {{- if $root.Values.natsUsers.enabled }}
+        - name: SWITCHYARD_NATS_PASSWORD_FILE
+          value: /run/secrets/switchyard/nats-password
+        {{- end }}
         {{- if eq .service "registry" }}
         - name: SWITCHYARD_ADMIN_KEY_FILE
           value: /run/secrets/switchyard/admin-key
@@ -115,6 +157,9 @@ spec:
         secretName: {{ include "switchyard.secretName" $root }}
         items:
           - {key: database-password, path: database-password}
+          {{- if $root.Values.natsUsers.enabled }}
+          - {key: nats-password, path: nats-password}
+          {{- end }}
           {{- if eq .service "registry" }}
           - {key: admin-key, path: admin-key}
           {{- end }}
