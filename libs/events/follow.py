@@ -5,7 +5,8 @@ consumer of its own, is ready once it reached the stream's end as it was at star
 that just caused events gets read-your-writes with `wait_for(event_ids)` or `sequence.reach(seq)`
 (the sequence a publish acknowledgement names). `LogFold` is caught up from the log past its own
 position when its owner asks (`catch_up`), and takes the owner's own appends (`fold`) in between. In both, an
-event that does not decode or whose fold raises is set aside on DEADLETTER and the fold goes on.
+event that does not decode or whose fold raises is set aside on DEADLETTER and the fold goes on; a retry brings
+it back (a stream's, published again on its subject; the log's, through `LogFold.retake`).
 """
 
 from __future__ import annotations
@@ -236,14 +237,23 @@ class LogFold:
     """Some event types of the log folded into memory by `apply(event)`: each event once, in log order,
     whether it comes from `catch_up` or from the owner's own append (`fold`); an event at or below the
     position (a concurrent catch-up handed it over already) is skipped. One that does not decode or that
-    `apply` refuses is set aside (on DEADLETTER as `name` when given `letters`, else logged and counted): the
-    fold reads the log again at its next start, so a fixed service takes it then."""
+    `apply` refuses is set aside (on DEADLETTER as `name` when given `letters`, else logged and counted) and
+    noted in `aside` until `retake` takes it again (a retry: see `Outbox.follow_retries`).
+
+    `retake` reads the event from the log (not from the retry: the fold is the log's, and this build may read
+    the stored event better than the one that set it aside) and applies it, then every later event it holds
+    again in log order: its folds set or drop what an event names, so the result is what log order gives (a
+    model registered and then removed stays removed). A fold in memory starts from nothing and reads the whole
+    log again, so a new process owes nothing to retries asked of an earlier one.
+    """
 
     def __init__(self, types: Iterable[str], apply: Callable[[Event], object], *, name: str = "log-fold",
                  letters: DeadLetters | None = None) -> None:
         self.types, self.apply = frozenset(types), apply
         self.name, self.letters = name, letters
         self.position = Watermark()
+        self.aside: set[int] = set()         # positions set aside and not taken again since
+        self.retried = Watermark()           # the DEADLETTER sequence of the last retry taken
         self._setting_aside: set[asyncio.Task[None]] = set()
 
     async def catch_up(self, conn: asyncpg.Connection, chunk: int = 10_000) -> int:
@@ -252,31 +262,69 @@ class LogFold:
         while True:
             rows = await eventlog.read_rows(conn, self.position.value, self.types, upto, chunk)
             for position, _kind, payload in rows:
-                try:
-                    event = decode_event(payload)
-                except Exception as exc:  # noqa: BLE001 — not one this build reads: set aside, go on
-                    self._set_aside(position, "decode", exc, payload.encode(), "")
+                if position > self.position.value:
+                    self._take(position, payload)
                     self.position.advance(position)
-                    continue
-                self.fold(position, event)
             if len(rows) < chunk:
                 return self.position.value
 
     def fold(self, position: int, event: Event) -> None:
         if position > self.position.value:
-            try:
-                self.apply(event)
-            except Exception as exc:  # noqa: BLE001 — one event the fold cannot take must not stop it
-                self._set_aside(position, "apply", exc, encode(event), subject_of(event))
+            self._apply(position, event)
             self.position.advance(position)
 
-    def _set_aside(self, position: int, stage: str, exc: BaseException, data: bytes, subject: str) -> None:
+    async def retake(self, conn: asyncpg.Connection, position: int, key: str = "", chunk: int = 10_000) -> str:
+        """Take the event set aside at `position` again, once, and then the events after it again; return what
+        happened: `applied`, `set aside again` (its dead letter told apart by `key`) or `not set aside here`
+        (taken already, or never refused by this process)."""
+        if position not in self.aside:
+            return "not set aside here"
+        rows: list[asyncpg.Record] = []
+        after, upto = position - 1, self.position.value
+        while True:                                  # until nothing was folded while the log was read
+            more = await eventlog.read_rows(conn, after, self.types, upto, chunk)
+            rows += more
+            if len(more) == chunk:
+                after = more[-1][0]
+            elif upto < self.position.value:
+                after, upto = upto, self.position.value
+            else:
+                break
+        if position not in self.aside or not rows or rows[0][0] != position:
+            return "not set aside here"
+        self.aside.discard(position)                  # from here on synchronous: nothing else folds in between
+        if not self._take(position, rows[0][2], key):
+            return "set aside again"
+        for later, _kind, payload in rows[1:]:
+            if later not in self.aside:
+                self._take(later, payload, key)
+        return "applied"
+
+    def _take(self, position: int, payload: str, key: str = "") -> bool:
+        """Decode a stored event and apply it; set it aside if either fails."""
+        try:
+            event = decode_event(payload)
+        except Exception as exc:  # noqa: BLE001 — not one this build reads: set aside, go on
+            self._set_aside(position, "decode", exc, payload.encode(), "", key)
+            return False
+        return self._apply(position, event, key)
+
+    def _apply(self, position: int, event: Event, key: str = "") -> bool:
+        try:
+            self.apply(event)
+            return True
+        except Exception as exc:  # noqa: BLE001 — one event the fold cannot take must not stop it
+            self._set_aside(position, "apply", exc, encode(event), subject_of(event), key)
+            return False
+
+    def _set_aside(self, position: int, stage: str, exc: BaseException, data: bytes, subject: str, key: str) -> None:
+        self.aside.add(position)
         if self.letters is None:
             DEAD_LETTERS.labels(self.name, stage).inc()
             log.error("follow.event_set_aside", fold=self.name, stage=stage, position=position, error=describe(exc))
             return
         put = self.letters.put(stage=stage, error=exc, source=LOG_SOURCE, subject=subject,  # type: ignore[arg-type]
-                               sequence=position, data=data)
+                               sequence=position, data=data, key=key)
         task = asyncio.ensure_future(put)            # folds are synchronous: the dead letter is kept meanwhile
         self._setting_aside.add(task)
         task.add_done_callback(self._set_aside_done)
