@@ -171,8 +171,11 @@ CHANNELS: tuple[Channel, ...] = (
             s.STREAM_DEADLETTER,
             (Use("switchyard events", "`switchyard events dead-letters --retry ID|--all`; a dead letter read from a "
                                       "stream is also published again on its subject"),),
-            (Use(SUBSCRIBER, "an ephemeral push consumer of its own retries from the last one it took, each applied "
-                             "in the transaction that records it"),)),
+            (Use("registry", "each replica's fold of the log (`registry.outbox`), an ephemeral push consumer of its own "
+                             "retries from its start: the event read from the log, applied live, once"),
+             Use("quota", "each replica's fold of limits (`quota.outbox`), as the registry's"),
+             Use(SUBSCRIBER, "an ephemeral push consumer of its own retries from the last one it took, each applied "
+                             "in the transaction that records it"))),
     _service(s.QUOTA_COMMAND, (ADMIN,), Use("quota", "NATS micro service `quota`, one queue group")),
     _service(s.QUOTA_QUERY, (Use("gateway", "quota and usage views (/api/v1/tenant-models/...)"),),
              Use("quota", "NATS micro service `quota`, one queue group")),

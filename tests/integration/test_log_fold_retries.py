@@ -1,6 +1,6 @@
-"""Retries of what a fold of the log set aside are taken live (on a NATS server of this module's own): two running
+"""Retries are taken live by the folds that set events aside (on a NATS server of this module's own): two running
 quota replicas each take `switchyard events dead-letters --retry` once, keep log order, set aside again what still
-fails, and end where a fresh start ends."""
+fails, and end where a fresh start ends; the gateway's fold of REGISTRY takes the event published again."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 import msgspec
 
 from switchyard_gateway.contracts import codec, subjects
-from switchyard_gateway.contracts.events import TenantCreated, TenantRemoved
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.events import ModelRegistered, TenantCreated, TenantRemoved, subject_of
 from switchyard_gateway.contracts.quota import LimitsUpdate, SetLimits
 from switchyard_gateway.events.deadletter import DEAD_LETTERS
 from switchyard_gateway.events.outbox import Outbox
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
 from switchyard_gateway.kit import eventlog, natsio
+from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.quota.store import OUTBOX, LimitsStore
 from tests.conftest import wait_for
 from tests.integration.test_dead_letters import listed, retry
@@ -67,7 +69,7 @@ async def test_running_quota_replicas_take_a_retry_live_once_in_log_order(
     following = [asyncio.ensure_future(store.outbox.follow_retries()) for store in replicas]
     counted = DEAD_LETTERS.labels(OUTBOX, "decode")._value.get()
     try:
-        first, second = replicas
+        first = replicas[0]
         refused = await newer_limits(pool, nats_client, "t", 100)
         await first.set_limits(SetLimits(tenant_id="t", update=LimitsUpdate(daily_tokens=300)))   # after it in the log
         alone = await newer_limits(pool, nats_client, "u", 50)
@@ -161,6 +163,35 @@ async def test_a_retried_event_is_followed_by_the_later_events_again_and_taken_o
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_the_gateways_fold_of_the_registry_takes_a_retried_event_live(own_nats: str, monkeypatch) -> None:
+    """A model of a kind this gateway build does not read is set aside by the gateway's catalog (`gateway:REGISTRY`),
+    which goes on; after the fix, `--retry` publishes it again and the running gateway folds it in."""
+    nc = await natsio.connect(own_nats, "gateway", 10)
+    state = LocalState()
+    try:
+        await natsio.ensure_streams(nc)
+        await nc.jetstream().purge_stream(subjects.STREAM_REGISTRY)
+        await state.start(nc)
+        newer = {"type": subjects.MODEL_REGISTERED, "event_id": str(uuid.uuid4()),
+                 "occurred_at": datetime.now(UTC).isoformat(), "model_id": "rerank-1", "kind": "rerank"}
+        js = nc.jetstream()
+        await js.publish(f"{subjects.MODEL_REGISTERED}.rerank-1", json.dumps(newer).encode())
+        chat = ModelRegistered(model_id="chat-1")
+        last = await js.publish(subject_of(chat), encode(chat))
+        assert await state.feed.sequence.reach(last.seq, 10)
+        assert set(state.catalog.models) == {"chat-1"}
+        [letter] = await wait_for(lambda: _letters(nc, 1, "gateway:REGISTRY"), 10, what="the model set aside")
+        assert (letter.letter.stage, letter.letter.source, letter.letter.sequence) == ("decode", "REGISTRY", last.seq - 1)
+
+        monkeypatch.setitem(codec.UPCASTS, subjects.MODEL_REGISTERED, lambda raw: {**raw, "kind": "chat"})  # the fix
+        await retry(own_nats, monkeypatch, letter.id)
+        assert await state.wait_for([newer["event_id"]], 20)
+        assert set(state.catalog.models) == {"chat-1", "rerank-1"}
+    finally:
+        await state.feed.stop()
+        await nc.close()
 
 
 async def _letters(nc, count: int, consumer: str = OUTBOX):
