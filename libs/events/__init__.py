@@ -34,7 +34,8 @@ position, never on a sleep.
 
 from switchyard_gateway.events.deadletter import DeadLetters, Poison, poisonous
 from switchyard_gateway.events.feed import LogFeed
-from switchyard_gateway.events.follow import LogFold, StreamFold
+from switchyard_gateway.events.follow import StreamFold
+from switchyard_gateway.events.logfold import LogFold
 from switchyard_gateway.events.ingest import Ingest
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.notices import LogNotices

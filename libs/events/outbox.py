@@ -28,7 +28,7 @@ from switchyard_gateway.contracts.codec import encode, stored_types
 from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested
 from switchyard_gateway.contracts.events import Event, subject_of
 from switchyard_gateway.events.deadletter import DeadLetters
-from switchyard_gateway.events.follow import LogFold
+from switchyard_gateway.events.logfold import LogFold
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
 from switchyard_gateway.events.retries import follow_retries
 from switchyard_gateway.kit import eventlog

@@ -1,6 +1,6 @@
 """Retries are taken live by the folds that set events aside (on a NATS server of this module's own): two running
 quota replicas each take `switchyard events dead-letters --retry` once, keep log order, set aside again what still
-fails, and end where a fresh start ends; the gateway's fold of REGISTRY takes the event published again."""
+fails, and end where a fresh start ends; so do two running gateways' folds of REGISTRY, in stream order."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import msgspec
 
 from switchyard_gateway.contracts import codec, subjects
 from switchyard_gateway.contracts.codec import encode
-from switchyard_gateway.contracts.events import ModelRegistered, TenantCreated, TenantRemoved, subject_of
+from switchyard_gateway.contracts.events import (
+    ModelRegistered, ModelRemoved, TenantCreated, TenantRemoved, subject_of,
+)
 from switchyard_gateway.contracts.quota import LimitsUpdate, SetLimits
 from switchyard_gateway.events.deadletter import DEAD_LETTERS
 from switchyard_gateway.events.outbox import Outbox
@@ -165,33 +167,60 @@ async def test_a_retried_event_is_followed_by_the_later_events_again_and_taken_o
         await asyncio.gather(following, return_exceptions=True)
 
 
-async def test_the_gateways_fold_of_the_registry_takes_a_retried_event_live(own_nats: str, monkeypatch) -> None:
-    """A model of a kind this gateway build does not read is set aside by the gateway's catalog (`gateway:REGISTRY`),
-    which goes on; after the fix, `--retry` publishes it again and the running gateway folds it in."""
-    nc = await natsio.connect(own_nats, "gateway", 10)
-    state = LocalState()
+async def test_running_gateways_take_a_retry_of_their_fold_of_the_registry_live_in_stream_order(
+        own_nats: str, monkeypatch) -> None:
+    """Models of a kind this gateway build does not read are set aside by both replicas' catalogs (`gateway:REGISTRY`),
+    which go on; after the fix, `--retry` has each running replica take them again in stream order (a model removed
+    after it stays removed), with no copy published on the stream; a second retry changes nothing."""
+    ncs = [await natsio.connect(own_nats, "gateway", 10) for _ in range(2)]
+    replicas = [LocalState(), LocalState()]
     try:
-        await natsio.ensure_streams(nc)
-        await nc.jetstream().purge_stream(subjects.STREAM_REGISTRY)
-        await state.start(nc)
-        newer = {"type": subjects.MODEL_REGISTERED, "event_id": str(uuid.uuid4()),
-                 "occurred_at": datetime.now(UTC).isoformat(), "model_id": "rerank-1", "kind": "rerank"}
-        js = nc.jetstream()
-        await js.publish(f"{subjects.MODEL_REGISTERED}.rerank-1", json.dumps(newer).encode())
-        chat = ModelRegistered(model_id="chat-1")
-        last = await js.publish(subject_of(chat), encode(chat))
-        assert await state.feed.sequence.reach(last.seq, 10)
-        assert set(state.catalog.models) == {"chat-1"}
-        [letter] = await wait_for(lambda: _letters(nc, 1, "gateway:REGISTRY"), 10, what="the model set aside")
-        assert (letter.letter.stage, letter.letter.source, letter.letter.sequence) == ("decode", "REGISTRY", last.seq - 1)
+        await natsio.ensure_streams(ncs[0])
+        js = ncs[0].jetstream()
+        await js.purge_stream(subjects.STREAM_REGISTRY)
+        for state, nc in zip(replicas, ncs, strict=True):
+            await state.start(nc)
+        for model_id in ("rerank-gone", "rerank-1"):
+            newer = {"type": subjects.MODEL_REGISTERED, "event_id": str(uuid.uuid4()),
+                     "occurred_at": datetime.now(UTC).isoformat(), "model_id": model_id, "kind": "rerank"}
+            await js.publish(f"{subjects.MODEL_REGISTERED}.{model_id}", json.dumps(newer).encode())
+            if model_id == "rerank-gone":
+                await js.publish(*_published(ModelRemoved(model_id=model_id)))
+        last = await js.publish(*_published(ModelRegistered(model_id="chat-1")))
+        for state in replicas:
+            assert await state.feed.sequence.reach(last.seq, 10)
+            assert (set(state.catalog.models), state.feed.aside) == ({"chat-1"}, {last.seq - 3, last.seq - 1})
+        letters = await wait_for(lambda: _letters(ncs[0], 2, "gateway:REGISTRY"), 10, what="both models set aside")
+        assert [(x.letter.stage, x.letter.source, x.letter.sequence) for x in letters] == [
+            ("decode", "REGISTRY", last.seq - 3), ("decode", "REGISTRY", last.seq - 1)]
 
-        monkeypatch.setitem(codec.UPCASTS, subjects.MODEL_REGISTERED, lambda raw: {**raw, "kind": "chat"})  # the fix
-        await retry(own_nats, monkeypatch, letter.id)
-        assert await state.wait_for([newer["event_id"]], 20)
-        assert set(state.catalog.models) == {"chat-1", "rerank-1"}
+        monkeypatch.setitem(codec.UPCASTS, subjects.MODEL_REGISTERED, lambda raw: {**raw, "kind": "embedding"})  # fix
+        await retry(own_nats, monkeypatch, letters[0].id, letters[1].id)
+        sequence = await _last_retry(ncs[0], "gateway:REGISTRY")
+        for state in replicas:
+            assert await state.feed.retried.reach(sequence, 20), "a replica did not take the retry"
+            assert (set(state.catalog.models), state.feed.aside) == ({"chat-1", "rerank-1"}, set())
+        assert (await js.stream_info(subjects.STREAM_REGISTRY)).state.last_seq == last.seq     # no copy published
+        versions = [state.catalog.version for state in replicas]
+
+        await retry(own_nats, monkeypatch, letters[0].id)
+        sequence = await _last_retry(ncs[0], "gateway:REGISTRY")
+        for state in replicas:
+            assert await state.feed.retried.reach(sequence, 20)
+        assert [state.catalog.version for state in replicas] == versions
+        fresh = LocalState()
+        await fresh.start(ncs[1])
+        assert fresh.catalog.models == replicas[0].catalog.models == replicas[1].catalog.models
+        await fresh.feed.stop()
     finally:
-        await state.feed.stop()
-        await nc.close()
+        for state in replicas:
+            await state.feed.stop()
+        for nc in ncs:
+            await nc.close()
+
+
+def _published(event) -> tuple[str, bytes]:
+    return subject_of(event), encode(event)
 
 
 async def _letters(nc, count: int, consumer: str = OUTBOX):
