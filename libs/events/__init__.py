@@ -2,7 +2,7 @@
 
     follow    StreamFold   a JetStream stream folded into memory: replayed, caught up to the stream's end
                            at start, then followed; read-your-writes by event id or stream sequence
-              LogFold      some event types of the log folded into memory, caught up on demand
+    logfold   LogFold      some event types of the log folded into memory, caught up on demand
     outbox    Outbox       the one writer of some event types: decide under a lock against its fold,
                            append to the log, publish from the log past a checkpoint (event id as
                            Nats-Msg-Id), republish all when the stream lost messages
@@ -19,7 +19,8 @@
     tail      StreamTail   a stream read from a sequence on, for a reader that keeps its own position: any
                            gap or silence ends it (TailLost) and the reader starts again from where it is
     retries   follow_retries the retries asked of one consumer on DEADLETTER, handed to it in order from
-                           the last one it took (subscribers, `Outbox.follow_retries` for its LogFold)
+                           the last one it took (subscribers, StreamFold, `Outbox.follow_retries` for its
+                           LogFold)
     rebuild   rebuild_all  projections emptied and replayed from position 0 in one pass; replay_log
                            for any other rebuild; ProgressBar
     notices   LogNotices   the NOTIFY each appending transaction sends at commit: followers of the log
