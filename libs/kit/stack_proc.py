@@ -124,12 +124,19 @@ def live_groups() -> dict[int, list[int]]:
         except (OSError, IndexError):
             continue
         state, ppid, group, pid = fields[0], int(fields[1]), int(fields[3]), int(entry.name)
-        if state not in ("Z", "X"):
+        if state not in ("Z", "X") or (ppid == me and pid != group and not _reaped(pid)):
             groups.setdefault(group, []).append(pid)
-        elif ppid == me and pid != group:   # an orphan we adopted as subreaper, now dead: reap it
-            with contextlib.suppress(ChildProcessError):  # (group leaders are our own children: Popen reaps them)
-                os.waitpid(pid, os.WNOHANG)
     return groups
+
+
+def _reaped(pid: int) -> bool:
+    """Reap an orphan we adopted as subreaper, now dead (group leaders are our own children: Popen reaps them).
+    False while it cannot be reaped yet: a process whose main thread has exited is shown as a zombie until its
+    other threads have too, and until then it still counts as part of its group."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 def group_members(pgid: int) -> list[int]:

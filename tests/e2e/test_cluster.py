@@ -85,7 +85,9 @@ def cluster() -> Iterator[Cluster]:
     port = pick_free_port(set())
     key, admin_key = f"sy_clusterdemo_{uuid.uuid4().hex}", f"sy_clusteradmin_{uuid.uuid4().hex}"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
-           "SWITCHYARD_DEMO_KEY": key, "SWITCHYARD_ADMIN_KEY": admin_key}
+           "SWITCHYARD_DEMO_KEY": key, "SWITCHYARD_ADMIN_KEY": admin_key,
+           # an open breaker stays open through a change of leader (about 5 s), so its state can be compared
+           "SWITCHYARD_BREAKER_COOL_DOWN_S": "60"}
     proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync",
                      "--replicas", REPLICAS, "--nats-cluster", "3"], env, root / "up.log")
     stack = Cluster(proc, root, f"http://127.0.0.1:{port}", key, admin_key)

@@ -66,7 +66,8 @@ def owned() -> Iterator[Owned]:
     port = pick_free_port(set())
     key, admin_key = f"sy_supdemo_{uuid.uuid4().hex}", f"sy_supadmin_{uuid.uuid4().hex}"
     env = {**_clean_env(), "SWITCHYARD_DEMO_KEY": key, "SWITCHYARD_ADMIN_KEY": admin_key}
-    proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync",
+    # The gateway's journal syncs to disk here (the cluster tests kill gateways whose journal does not).
+    proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync", "--journal-fsync",
                      "--gateway-workers", str(WORKERS["gateway"])], env, root / "up.log")
     state = json.loads((root / "data" / "stack.json").read_text())
     database_url = f"postgresql://postgres@127.0.0.1:{state['ports']['postgres']}/switchyard"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,3 +97,70 @@ def test_stop_takes_the_highest_tier_first_and_each_tier_at_once(tmp_path: Path)
     assert float(stops["db"]) > max(float(stops["api-1"]), float(stops["api-2"]))
     assert took < 0.2 * 3 + 1.0, f"the services were stopped one after the other ({took:.2f} s)"
     assert all(w.state is State.STOPPED for w in supervisor.watches.values())
+
+
+# A unit that forks a helper whose main thread exits while another thread lingers (as a multi-threaded worker
+# looks while it dies: its main thread a zombie, its other threads still exiting), then waits.
+LINGERING = """
+import ctypes, os, signal, sys, threading, time
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def linger():
+        time.sleep(float(sys.argv[2]))
+        os._exit(0)
+    threading.Thread(target=linger).start()
+    open(sys.argv[1], "a").write(f"helper {os.getpid()}\\n")
+    ctypes.CDLL(None).pthread_exit(None)
+time.sleep(600)
+"""
+
+# Run as its own process: a subreaper adopts every orphan below it, which pytest must not become.
+ADOPTING = """
+import json, signal, sys, time
+from pathlib import Path
+from switchyard_gateway.kit.stack_proc import become_subreaper, wait_until
+from switchyard_gateway.kit.supervisor import Command, State, Supervisor
+
+become_subreaper()
+notes = Path(sys.argv[1])
+supervisor = Supervisor(echo=False, group_grace_s=10)
+unit = Command("lingering", [sys.executable, "-c", sys.argv[2], str(notes), "1.5"], {}, notes.with_suffix(".log"))
+watch = supervisor.add(unit)
+assert wait_until(lambda: notes.exists() and "helper" in notes.read_text(), timeout_s=10)
+helper = int(notes.read_text().split()[1])
+first = watch.proc
+first.send_signal(signal.SIGKILL)
+killed = time.monotonic()
+restarted_while_helper_ran = False
+
+def helper_state():
+    try:
+        return Path(f"/proc/{helper}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+def polled():
+    global restarted_while_helper_ran
+    supervisor.poll()
+    if watch.proc is not first and Path(f"/proc/{helper}/task").exists() and len(list(Path(f"/proc/{helper}/task").iterdir())) > 1:
+        restarted_while_helper_ran = True
+    return watch.proc is not first and watch.state is State.RUNNING and helper_state() is None
+
+done = wait_until(polled, timeout_s=10, interval_s=0.05)
+print(json.dumps({"restarted_and_reaped": done, "helper_state": helper_state(),
+                  "restarted_while_helper_ran": restarted_while_helper_ran,
+                  "after_s": round(time.monotonic() - killed, 2)}))
+supervisor.stop(timeout_s=2)
+"""
+
+
+def test_a_helper_whose_threads_are_still_exiting_holds_the_restart_and_is_reaped(tmp_path: Path) -> None:
+    """Killed with its main, a worker's main thread shows as a zombie while its other threads finish: until
+    they have, it is still part of its group (no second copy starts beside it), and then it is reaped."""
+    run = subprocess.run([sys.executable, "-c", ADOPTING, str(tmp_path / "helpers"), LINGERING],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["restarted_and_reaped"], seen            # not left a zombie nobody reaps
+    assert not seen["restarted_while_helper_ran"], seen   # no second copy while the first one's helper ran
+    assert seen["after_s"] >= 1.4, seen                   # the helper's thread lingered 1.5 s

@@ -175,3 +175,27 @@ async def test_with_fsync_a_call_is_dispatched_only_once_its_acceptance_is_on_di
     await asyncio.wait_for(journal.written(number), 5)
     assert journal.files._durable >= number      # noqa: SLF001
     journal.close()
+
+
+async def test_with_fsync_an_acceptance_is_written_at_once_and_syncs_while_the_call_goes_on(tmp_path: Path) -> None:
+    """The acceptance is in the file before the loop turns (a killed process cannot lose it), its sync runs
+    meanwhile, and `pending` is what the call awaits before it goes upstream."""
+    journal = Journal(tmp_path, "gw", fsync=True)
+    await journal.open()
+    call = a_call("overlapped")
+    number = journal.accepted(call, "m1")
+    syncing = journal.pending(number)
+    assert syncing is not None and not syncing.done()
+    die(journal)                                  # before any loop turn: what kill -9 leaves now
+    second = Journal(tmp_path, "gw", fsync=True, estimator=TokenEstimator())
+    assert await second.open() == 1
+    assert [e.request_id for e, _ in second.take_parked(10)] == ["overlapped"]
+    await asyncio.wait_for(syncing, 5)            # the first life's sync ends all the same
+    second.close()
+
+
+async def test_without_fsync_an_acceptance_is_safe_at_once(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "gw")
+    await journal.open()
+    assert journal.pending(journal.accepted(a_call("unsynced"), "m1")) is None
+    journal.close()

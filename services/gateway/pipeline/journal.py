@@ -6,8 +6,9 @@ queued for NATS); JetStream's acknowledgements are written too. Records go to an
 segment file in batches: everything appended during one turn of the event loop is one
 write(2), which a crash of the process cannot lose — except an acceptance, which is written
 at once (with whatever is waiting), so that no quota is held and no upstream called for a
-call the journal does not know. With `fsync` every batch also waits for fdatasync, for
-crashes of the machine, and a call waits for its acceptance to be on disk before it goes on.
+call the journal does not know. With `fsync` every batch is also synced (fdatasync, in a
+thread), for crashes of the machine: a call's acceptance syncs while its quota is reserved,
+and the call goes upstream only once it is on disk.
 
 Segments roll over at `segment_bytes`; the calls still in flight are carried into the new
 one, and a segment is deleted once nothing in it is still needed (each of its events
@@ -24,6 +25,7 @@ is free), so a replica that is gone for good leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -120,19 +122,22 @@ class Journal:
     # -- the calls -------------------------------------------------------------------------------
 
     def accepted(self, call: Call, model: str) -> int:
-        """Note an accepted call (written at once, unless syncing); return the number `written` waits for."""
+        """Note an accepted call, written at once (with fsync, its sync begun); return the number `pending` takes."""
         record = Accepted(call.event_id, call.request_id, time.time(), call.tenant_id, call.key_id, model,
                           call.request.model or "", call.api, call.request.stream, max(1, len(call.body) // 4))
         self.in_flight[call.event_id] = _Open(call, record, self.files.segment)
         self.files.hold(self.files.segment)
         number = self.files.append(encode(record) + b"\n")
-        if not self.fsync:
-            self.files.flush_now()
+        self.files.write_now()
         return number
 
     async def written(self, number: int) -> None:
         """Wait until record `number` is safe (at once, unless the journal syncs to disk)."""
         await self.files.written(number)
+
+    def pending(self, number: int) -> asyncio.Future[None] | None:
+        """What to await until record `number` is safe; None if it is (always, unless the journal syncs)."""
+        return self.files.pending(number)
 
     def serving(self, call: Call, outcome: Outcome) -> None:
         """The call's Outcome, read for progress while it runs long."""

@@ -97,12 +97,18 @@ class Segments:
 
     async def written(self, number: int) -> None:
         """Wait until record `number` is written (with fsync: on disk)."""
+        pending = self.pending(number)
+        if pending is not None:
+            await pending
+
+    def pending(self, number: int) -> asyncio.Future[None] | None:
+        """What to await until record `number` is written (with fsync: on disk); None if it already is."""
         if self._durable >= number:
-            return
+            return None
         assert self._loop is not None
         future = self._loop.create_future()
         self._waiters.append((number, future))
-        await future
+        return future
 
     def flush_now(self) -> None:
         """Write (and with fsync, sync) everything appended, before returning."""
@@ -114,9 +120,9 @@ class Segments:
             os.fdatasync(self._fd)
         self._advance(self._written)
 
-    def _flush(self) -> None:
-        """One write(2) for every record appended since the last; with fsync, then fdatasync in a thread."""
-        self._flush_scheduled = False
+    def write_now(self) -> None:
+        """One write(2) for every record appended since the last, now; with fsync, then fdatasync in a thread
+        (`pending` tells when it is done)."""
         if self._buffer and self._fd >= 0:
             self._write(b"".join(self._buffer))
             self._buffer.clear()
@@ -125,6 +131,11 @@ class Segments:
             self._advance(self._written)
         elif not self._syncing and self._written > self._durable:
             self._sync()
+
+    def _flush(self) -> None:
+        """What the loop turn appended, written at its end (see `write_now`)."""
+        self._flush_scheduled = False
+        self.write_now()
         if self._size >= self.segment_bytes:
             self._rotate()
 

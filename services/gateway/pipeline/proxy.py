@@ -157,12 +157,16 @@ class Proxy:
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, Reservation | None, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead
         (and True). The call is journaled first, so that nothing is ever held for a call the journal does not
-        know; a refusal takes it out again."""
+        know; a refusal takes it out again. A journal that syncs to disk syncs while the quota is reserved, and
+        the call goes on once both are done: no upstream is asked before its acceptance is on disk (a machine
+        that dies in between leaves a hold no call owns, which lapses at the hold's expiry)."""
         accepted = self.usage.accepted(call, plan.model.model_id)
         try:
-            await self.usage.journaled(accepted)
+            syncing = self.usage.journaling(accepted)
             served, reservation = await self.quota.reserve_or_fallback(
                 request_id=call.request_id, key=key, model=plan.model, ask=call.ask)  # type: ignore[arg-type]
+            if syncing is not None:
+                await syncing
             if served is plan.model:
                 return plan, reservation, False
             return self.router.resolve(key.tenant_id, served.model_id), reservation, True

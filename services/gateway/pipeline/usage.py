@@ -62,12 +62,12 @@ class UsagePublisher:
     # -- the proxy's hooks ---------------------------------------------------------------------
 
     def accepted(self, call: Call, model: str) -> int:
-        """A call was accepted: journal it; the number returned is what `journaled` waits for."""
+        """A call was accepted: journal it; the number returned is what `journaling` watches."""
         return self.journal.accepted(call, model)
 
-    async def journaled(self, accepted: int) -> None:
-        """Wait until an acceptance is safe (at once, unless the journal syncs to disk): before anything is held."""
-        await self.journal.written(accepted)
+    def journaling(self, accepted: int) -> asyncio.Future[None] | None:
+        """What to await until an acceptance is safe; None if it is (always, unless the journal syncs to disk)."""
+        return self.journal.pending(accepted)
 
     def refused(self, call: Call) -> None:
         """An accepted call was refused after all (over a quota): no usage event will come."""
