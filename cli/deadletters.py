@@ -1,8 +1,9 @@
 """`switchyard events dead-letters`: list the events consumers set aside on DEADLETTER, and send them back.
 
-A retry is an `event.retry_requested.v1.<consumer>` on DEADLETTER (a subscriber follows its own and applies each
-once); a dead letter read from a stream (the usage ingest's, a service's fold of REGISTRY) is also published
-again on its subject, under a message id of its own so that JetStream's duplicate window does not drop it.
+A retry is an `event.retry_requested.v1.<consumer>` on DEADLETTER: subscribers and the folds of a stream or of the
+log follow their own and take each once. The usage ingest, a durable consumer, takes it as the message published
+again on its subject instead, under a message id of its own so that JetStream's duplicate window does not drop it
+(its append skips what the log holds); a fold's would reach every fold of that stream, after later events.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventDeadLettered, EventRetryRequested
 from switchyard_gateway.contracts.events import subject_of
 
+REPUBLISHED = frozenset({subjects.CONSUMER_METERING})   # consumers that take a retry as the message published again
 _letter = msgspec.json.Decoder(EventDeadLettered)
 _retry = msgspec.json.Decoder(EventRetryRequested)
 FETCH = 500
@@ -69,7 +71,7 @@ async def send_back(nc: NATS, one: Letter) -> int:
     """Ask for a dead letter to be taken again; return the retry's DEADLETTER sequence."""
     js = nc.jetstream(timeout=10)
     letter = one.letter
-    if letter.source != LOG_SOURCE and letter.subject:
+    if republished(letter):
         headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
         headers[subjects.MSG_ID_HEADER] = f"retry:{one.id}:{len(one.retries) + 1}"
         await js.publish(letter.subject, letter.data, headers=headers)
@@ -79,6 +81,11 @@ async def send_back(nc: NATS, one: Letter) -> int:
     ack = await js.publish(subject_of(asked), encode(asked),
                            headers={subjects.MSG_ID_HEADER: f"retry-requested:{one.id}:{len(one.retries) + 1}"})
     return ack.seq
+
+
+def republished(letter: EventDeadLettered) -> bool:
+    """Whether a retry publishes the dead letter's message again on its subject (the usage ingest's)."""
+    return letter.consumer in REPUBLISHED and letter.source != LOG_SOURCE and bool(letter.subject)
 
 
 def show(letters: list[Letter], as_json: bool, out: TextIO | None = None) -> None:

@@ -110,7 +110,7 @@ async def _dead_letters(args: argparse.Namespace) -> int:
         missing = sorted(set(args.retry or ()) - {one.id for one in chosen})
         for one in chosen:
             sequence = await deadletters.send_back(nc, one)
-            again = "published again on its subject, " if one.letter.source != "log" and one.letter.subject else ""
+            again = "published again on its subject, " if deadletters.republished(one.letter) else ""
             print(f"dead letter {one.id} ({one.letter.consumer}, {one.letter.source}:{one.letter.sequence}): "
                   f"{again}retry {sequence} asked for")
         if missing:

@@ -37,7 +37,6 @@ import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import AnyEvent, decode_event
@@ -47,6 +46,7 @@ from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRe
 from switchyard_gateway.events.deadletter import DeadLetters, poisonous
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.events.marks import Watermark
+from switchyard_gateway.events.retries import follow_retries
 from switchyard_gateway.events.tail import StreamTail, TailLost
 from switchyard_gateway.kit import eventlog, nats_auth, natsio
 from switchyard_gateway.kit.natsio import ServiceUnavailable
@@ -61,7 +61,6 @@ TABLE = "switchyard_subscriptions"         # a subscriber's position and the las
 ASIDE = "switchyard_set_aside"              # the events it set aside, until a retry takes them
 
 _page = msgspec.json.Decoder(ReplayPage)
-_retry = msgspec.json.Decoder(EventRetryRequested)
 
 
 class _FastPage(msgspec.Struct):
@@ -312,35 +311,18 @@ class Subscriber:
 
     async def _follow_retries(self) -> None:
         """Apply each retry asked for this subscriber once, recording its DEADLETTER sequence with it."""
-        assert self.pool is not None
-        backoff = Backoff(0.5, 10.0)
-        subject = f"{subjects.EVENT_RETRY_REQUESTED}.{subjects.subject_token(self.name)}"
-        while True:
-            honour_cancel()
-            try:
-                async with self.pool.acquire() as conn:
-                    after = await conn.fetchval(f"SELECT retry_sequence FROM {TABLE} WHERE name = $1", self.name)
-                tail = StreamTail(self.nc, subjects.STREAM_DEADLETTER, [subject], after + 1, f"{self.name}-retries",  # type: ignore[arg-type]
-                             self.max_queued)
-                await tail.start()
-                try:
-                    while True:
-                        for msg in await tail.take(1, 0):
-                            await self._retry(msg)
-                        backoff.reset()
-                finally:
-                    await tail.stop()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 — NATS or PostgreSQL away, or the tail lost: start over
-                log.info("subscriber.retries_interrupted", subscriber=self.name, error=str(exc) or type(exc).__name__)
-                await backoff.wait()
+        assert self.pool is not None and self.nc is not None
+        pool = self.pool
 
-    async def _retry(self, msg: Msg) -> None:
+        async def last_taken() -> int:
+            async with pool.acquire() as conn:
+                return await conn.fetchval(f"SELECT retry_sequence FROM {TABLE} WHERE name = $1", self.name)
+
+        await follow_retries(self.nc, self.name, self._retry, last_taken, max_queued=self.max_queued)
+
+    async def _retry(self, asked: EventRetryRequested, sequence: int) -> None:
         """Take a set-aside event again, once: only while it is still noted as set aside (a second retry of one
         already taken changes nothing), recording the retry's sequence in the same transaction."""
-        asked = _retry.decode(msg.data)
-        sequence = msg.metadata.sequence.stream
         item = self._decoded([asked.sequence], [Raw(asked.data)], None)
 
         async def attempt() -> str:

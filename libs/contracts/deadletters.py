@@ -3,8 +3,8 @@
 Every consumer of the events kit (the usage ingest, folds of a stream or of the log) and every subscriber
 built on `switchyard_gateway.subscribe` puts what it cannot take on `event.dead_lettered.v1.<consumer>`, the
 message (or the one event of a batch) whole, with the error. `switchyard events dead-letters --retry` asks
-for it to be taken again: an `EventRetryRequested` on `event.retry_requested.v1.<consumer>`, and, for an event
-that came from a stream, the same message published again on its subject.
+for it to be taken again: an `EventRetryRequested` on `event.retry_requested.v1.<consumer>`, which the consumer
+follows and takes once, and, for what the usage ingest set aside, the same message published again on its subject.
 """
 
 from __future__ import annotations

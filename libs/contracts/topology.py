@@ -169,10 +169,16 @@ CHANNELS: tuple[Channel, ...] = (
             (Use("switchyard events", "`switchyard events dead-letters` lists them and retries them"),)),
     Channel(s.EVENT_RETRY_REQUESTED, ("consumer", "the consumer asked to take the dead letter again"),
             s.STREAM_DEADLETTER,
-            (Use("switchyard events", "`switchyard events dead-letters --retry ID|--all`; a dead letter read from a "
-                                      "stream is also published again on its subject"),),
-            (Use(SUBSCRIBER, "an ephemeral push consumer of its own retries from the last one it took, each applied "
-                             "in the transaction that records it"),)),
+            (Use("switchyard events", "`switchyard events dead-letters --retry ID|--all`; a dead letter of the usage "
+                                      "ingest is also published again on its subject"),),
+            (Use("gateway", "each worker's folds of REGISTRY, LIMITS and ROUTING, an ephemeral push consumer of their "
+                            "own retries from their start: the message folded again, then those after it"),
+             Use("router", "each replica's folds of REGISTRY and ROUTING, as the gateway's"),
+             Use("registry", "each replica's fold of the log (`registry.outbox`), an ephemeral push consumer of its own "
+                             "retries from its start: the event read from the log, applied live, once"),
+             Use("quota", "each replica's fold of limits (`quota.outbox`), as the registry's"),
+             Use(SUBSCRIBER, "an ephemeral push consumer of its own retries from the last one it took, each applied "
+                             "in the transaction that records it"))),
     _service(s.QUOTA_COMMAND, (ADMIN,), Use("quota", "NATS micro service `quota`, one queue group")),
     _service(s.QUOTA_QUERY, (Use("gateway", "quota and usage views (/api/v1/tenant-models/...)"),),
              Use("quota", "NATS micro service `quota`, one queue group")),

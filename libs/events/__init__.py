@@ -2,7 +2,7 @@
 
     follow    StreamFold   a JetStream stream folded into memory: replayed, caught up to the stream's end
                            at start, then followed; read-your-writes by event id or stream sequence
-              LogFold      some event types of the log folded into memory, caught up on demand
+    logfold   LogFold      some event types of the log folded into memory, caught up on demand
     outbox    Outbox       the one writer of some event types: decide under a lock against its fold,
                            append to the log, publish from the log past a checkpoint (event id as
                            Nats-Msg-Id), republish all when the stream lost messages
@@ -18,6 +18,9 @@
                            it goes on; `poisonous` tells the event's own failure from an outage
     tail      StreamTail   a stream read from a sequence on, for a reader that keeps its own position: any
                            gap or silence ends it (TailLost) and the reader starts again from where it is
+    retries   follow_retries the retries asked of one consumer on DEADLETTER, handed to it in order from
+                           the last one it took (subscribers, StreamFold, `Outbox.follow_retries` for its
+                           LogFold)
     rebuild   rebuild_all  projections emptied and replayed from position 0 in one pass; replay_log
                            for any other rebuild; ProgressBar
     notices   LogNotices   the NOTIFY each appending transaction sends at commit: followers of the log
@@ -32,7 +35,8 @@ position, never on a sleep.
 
 from switchyard_gateway.events.deadletter import DeadLetters, Poison, poisonous
 from switchyard_gateway.events.feed import LogFeed
-from switchyard_gateway.events.follow import LogFold, StreamFold
+from switchyard_gateway.events.follow import StreamFold
+from switchyard_gateway.events.logfold import LogFold
 from switchyard_gateway.events.ingest import Ingest
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.notices import LogNotices
@@ -41,12 +45,14 @@ from switchyard_gateway.events.project import (
     Busy, Lead, LogFollower, Projection, Target, advance, catch_up, checkpoints, lock_checkpoint, set_checkpoint,
 )
 from switchyard_gateway.events.rebuild import Folding, ProgressBar, rebuild, rebuild_all, replay_log
+from switchyard_gateway.events.retries import follow_retries
 from switchyard_gateway.events.tail import StreamTail, TailLost
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
 
 __all__ = [
     "TRANSIENT", "Backoff", "Busy", "DeadLetters", "Folding", "Ingest", "Lead", "LogFeed", "LogFold", "LogFollower",
     "LogNotices", "Outbox", "Poison", "ProgressBar", "Projection", "StreamFold", "StreamTail", "TailLost", "Target",
-    "Watermark", "advance", "catch_up", "checkpoints", "lock_checkpoint", "poisonous", "rebuild", "rebuild_all",
+    "Watermark", "advance", "catch_up", "checkpoints", "follow_retries", "lock_checkpoint", "poisonous", "rebuild",
+    "rebuild_all",
     "replay_log", "retry", "set_checkpoint",
 ]

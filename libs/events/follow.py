@@ -1,11 +1,10 @@
-"""Fold events into memory, each once and in order: from a JetStream stream (`StreamFold`) or from the log (`LogFold`).
+"""Fold a JetStream stream into memory, each message once and in order (`StreamFold`); what it cannot take is set
+aside on DEADLETTER, and taken again when a retry asks, followed by what came after it.
 
 `StreamFold` replays a stream (all of it, or the last message per subject) through an ordered
 consumer of its own, is ready once it reached the stream's end as it was at start, then follows it; a caller
 that just caused events gets read-your-writes with `wait_for(event_ids)` or `sequence.reach(seq)`
-(the sequence a publish acknowledgement names). `LogFold` is caught up from the log past its own
-position when its owner asks (`catch_up`), and takes the owner's own appends (`fold`) in between. In both, an
-event that does not decode or whose fold raises is set aside on DEADLETTER and the fold goes on.
+(the sequence a publish acknowledgement names). The log's counterpart is `events.logfold.LogFold`.
 """
 
 from __future__ import annotations
@@ -14,21 +13,24 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
-from switchyard_gateway.contracts.codec import decode_event, decode_events, encode
-from switchyard_gateway.contracts.deadletters import LOG_SOURCE
-from switchyard_gateway.contracts.events import Event, subject_of
-from switchyard_gateway.events.deadletter import DEAD_LETTERS, DeadLetters, describe, events_of
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decode_events, encode
+from switchyard_gateway.contracts.deadletters import EventRetryRequested
+from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.events.deadletter import DeadLetters, describe, events_of
 from switchyard_gateway.events.marks import Watermark
+from switchyard_gateway.events.retries import follow_retries
+from switchyard_gateway.events.tail import metadata_of, status_of
 from switchyard_gateway.kit.retry import Backoff
-from switchyard_gateway.kit import eventlog
 
 log = structlog.get_logger()
 SEEN_MAX = 4096                 # event ids remembered for wait_for
@@ -36,26 +38,15 @@ HEARTBEAT_S = 5.0               # the server's sign of life on an idle consumer
 INACTIVE_THRESHOLD_S = 30.0     # a consumer nobody listens to is dropped by the server after this
 
 
-def status_of(msg: Msg, taken: int) -> str | None:
-    """What a push consumer's status message says: `missed` (a heartbeat naming a consumer sequence past `taken`,
-    the last one taken), `idle` (a heartbeat, nothing missed) or `ended: <status> <description>`; None for a
-    message that is no status."""
-    headers = msg.headers or {}
-    status = headers.get("Status")
-    if not status:
-        return None
-    if status != "100":
-        return f"ended: {status} {headers.get('Description', '')}".strip()
-    last = headers.get("Nats-Last-Consumer")
-    return "missed" if last is not None and int(last) > taken else "idle"
+@dataclass
+class Refold:
+    """A retry being taken: the message set aside at `sequence`, then every message through `through` again."""
 
-
-def metadata_of(msg: Msg) -> Any | None:
-    """A JetStream delivery's metadata (sequences, pending); None for any other message."""
-    try:
-        return msg.metadata
-    except Exception:  # noqa: BLE001 — not a JetStream delivery
-        return None
+    sequence: int
+    through: int
+    key: str
+    done: asyncio.Future[str]
+    outcome: str = "not in the stream"
 
 
 class StreamFold:
@@ -66,6 +57,12 @@ class StreamFold:
     sequence after the last one folded; so is one whose heartbeats stop (the server restarted, or
     dropped it while the connection was down). Idle, that is one heartbeat from the server every
     `heartbeat_s` and one look every twice that, nothing else.
+
+    A message it sets aside is noted in `aside`; from its start it follows the retries asked of it
+    (`switchyard events dead-letters --retry`) and takes each once (`retake`): the consumer is made anew from
+    that message, which is folded again, and so is every message after it that was folded already, so the
+    fold ends as stream order has it (its folds set or drop what an event names: a model registered, set
+    aside, then removed stays removed).
     """
 
     def __init__(self, stream: str, fold: Callable[[Event], object], *, last_per_subject: bool = False,
@@ -78,6 +75,10 @@ class StreamFold:
         self.sequence = Watermark()          # the stream sequence of the last message folded
         self.ready = asyncio.Event()
         self.resets = 0                      # consumers made anew after a gap or silence
+        self.aside: set[int] = set()         # stream sequences of messages set aside, not taken again since
+        self.retried = Watermark()           # the DEADLETTER sequence of the last retry taken
+        self._refold: Refold | None = None
+        self._retries: asyncio.Task[None] | None = None
         self._nc: NATS | None = None
         self._sub: Any = None
         self._consumer = ""
@@ -95,15 +96,22 @@ class StreamFold:
         self.letters = DeadLetters(nc, self.name)
         js = nc.jetstream(timeout=10)
         info = await js.stream_info(self.stream)
+        try:                                 # retries asked before the replay are not this fold's to take
+            self.retried.advance((await js.stream_info(subjects.STREAM_DEADLETTER)).state.last_seq)
+            retries = True
+        except NotFoundError:
+            retries = False
         self._sub = await nc.subscribe(nc.new_inbox(), cb=self._on_message)
         await self._consume(from_start=True)
         self._watch = asyncio.ensure_future(self._watch_heartbeats())
         if info.state.messages == 0 or self.sequence.value >= info.state.last_seq:
             self.ready.set()
         await asyncio.wait_for(self.ready.wait(), timeout_s)
+        if retries:
+            self._retries = asyncio.ensure_future(follow_retries(nc, self.name, self._take_retry, self._last_retry))
 
     async def stop(self) -> None:
-        for task in (self._watch, self._resetting):
+        for task in (self._watch, self._resetting, self._retries):
             if task is not None:
                 task.cancel()
         sub, self._sub = self._sub, None
@@ -118,7 +126,8 @@ class StreamFold:
         if from_start:
             policy, start = (DeliverPolicy.LAST_PER_SUBJECT if self.last_per_subject else DeliverPolicy.ALL), None
         else:
-            policy, start = DeliverPolicy.BY_START_SEQUENCE, self.sequence.value + 1
+            policy = DeliverPolicy.BY_START_SEQUENCE
+            start = self._refold.sequence if self._refold is not None else self.sequence.value + 1
         name = f"fold-{uuid.uuid4().hex}"     # named before it exists: its first deliveries may beat the reply
         config = ConsumerConfig(
             name=name, deliver_subject=self._sub.subject, deliver_policy=policy, opt_start_seq=start,
@@ -134,12 +143,12 @@ class StreamFold:
                 await self._nc.jetstream(timeout=2).delete_consumer(self.stream, self._consumer)
         self._consumer = ""
 
-    def _reset(self, why: str) -> None:
-        """Make the consumer anew past the last message folded (once at a time)."""
+    def _reset(self, why: str, counted: bool = True) -> None:
+        """Make the consumer anew past the last message folded, or from a retried one (once at a time)."""
         if self._resetting is not None and not self._resetting.done():
             return
         log.info("follow.reset", stream=self.stream, reason=why, after=self.sequence.value)
-        self.resets += 1
+        self.resets += counted
         self._consumer = ""                  # deliveries of the old consumer are ignored from now on
 
         async def reset() -> None:
@@ -179,23 +188,89 @@ class StreamFold:
             self._reset("missed messages")
             return
         self._consumer_seq = meta.sequence.consumer
+        sequence, refold = meta.sequence.stream, self._refold
+        if refold is not None and sequence <= refold.through:     # a retry: this one again, then what followed it
+            if sequence == refold.sequence:
+                self.aside.discard(sequence)
+                refold.outcome = "applied" if await self._take(msg, refold.key) else "set aside again"
+            else:
+                await self._take(msg, refold.key, quiet=sequence in self.aside)
+            if sequence == refold.through or meta.num_pending == 0:
+                self._end_refold()
+            return
+        if refold is not None:
+            self._end_refold()
+        await self._take(msg)
+        self.sequence.advance(sequence)
+        if not self.ready.is_set() and meta.num_pending == 0:
+            self.ready.set()
+
+    async def _take(self, msg: Msg, suffix: str = "", quiet: bool = False) -> bool:
+        """Fold a message's events; set aside each that does not decode or that the fold refuses (unless `quiet`: a
+        message set aside already, folded again after a retried one). Whether all were taken."""
+        set_aside = None if quiet else (lambda data, exc, key: self._set_aside(msg, "decode", exc, data, key + suffix))
+        taken = True
         try:
             events = decode_events(msg.data)
         except Exception:  # noqa: BLE001 — one bad message must not stop the fold: what does not decode is set aside
-            events = await events_of(msg.data, lambda data, exc, key: self._set_aside(msg, "decode", exc, data, key))
+            events, taken = await events_of(msg.data, set_aside), False
         for event in events:
             try:
                 self.fold(event)
             except Exception as exc:  # noqa: BLE001 — nor one its fold cannot take
-                await self._set_aside(msg, "apply", exc, encode(event), str(event.event_id))
+                taken = False
+                if not quiet:
+                    await self._set_aside(msg, "apply", exc, encode(event), str(event.event_id) + suffix)
             self._note(str(event.event_id))
-        self.sequence.advance(meta.sequence.stream)
-        if not self.ready.is_set() and meta.num_pending == 0:
-            self.ready.set()
+        return taken
+
+    # --- retries ----------------------------------------------------------------------------------------------
+
+    async def retake(self, sequence: int, key: str = "") -> str:
+        """Take the message set aside at `sequence` again, once, then the messages folded after it again; return
+        `applied`, `set aside again` (its dead letters told apart by `key`), `not set aside here` (taken already, or
+        never refused by this process) or `not in the stream` (gone since: a newer message took its place)."""
+        assert self._nc is not None
+        if sequence not in self.aside:
+            return "not set aside here"
+        try:
+            await self._nc.jetstream(timeout=10).get_msg(self.stream, sequence)
+        except NotFoundError:
+            self.aside.discard(sequence)
+            return "not in the stream"
+        while self._resetting_now():
+            await asyncio.shield(self._resetting)  # type: ignore[arg-type]
+        self._refold = Refold(sequence, self.sequence.value, key, asyncio.get_running_loop().create_future())
+        done, old = self._refold.done, self._consumer
+        self._reset("a retry", counted=False)           # its deliveries are ignored from now on
+        if old and self._nc.is_connected:
+            with contextlib.suppress(Exception):        # alive, its heartbeats would speak of messages the new one lacks
+                await self._nc.jetstream(timeout=2).delete_consumer(self.stream, old)
+        return await done
+
+    def _end_refold(self) -> None:
+        refold, self._refold = self._refold, None
+        if refold is not None and not refold.done.done():
+            refold.done.set_result(refold.outcome)
+
+    def _resetting_now(self) -> bool:
+        return self._resetting is not None and not self._resetting.done()
+
+    async def _take_retry(self, asked: EventRetryRequested, sequence: int) -> None:
+        outcome = "not from this stream"
+        if asked.source == self.stream:
+            outcome = await self.retake(asked.sequence, f":retry{sequence}")
+        self.retried.advance(sequence)
+        log.info("follow.retried", fold=self.name, dead_letter=asked.dead_letter, sequence=asked.sequence,
+                 retry=sequence, outcome=outcome)
+
+    async def _last_retry(self) -> int:
+        return self.retried.value
 
     async def _set_aside(self, msg: Msg, stage: str, exc: BaseException, data: bytes, key: str) -> None:
         """Keep an event the fold cannot take on DEADLETTER; if NATS will not keep it either, say so and go on
         (a fold of a stream has no redelivery to wait for)."""
+        self.aside.add(msg.metadata.sequence.stream)
         try:
             await self.letters.put(stage=stage, error=exc, source=self.stream, subject=msg.subject,  # type: ignore[arg-type]
                                    sequence=msg.metadata.sequence.stream, data=data, headers=msg.headers, key=key)
@@ -230,58 +305,3 @@ class StreamFold:
             elif not waiter.done():
                 still.append((pending, waiter))
         self._waiters = still
-
-
-class LogFold:
-    """Some event types of the log folded into memory by `apply(event)`: each event once, in log order,
-    whether it comes from `catch_up` or from the owner's own append (`fold`); an event at or below the
-    position (a concurrent catch-up handed it over already) is skipped. One that does not decode or that
-    `apply` refuses is set aside (on DEADLETTER as `name` when given `letters`, else logged and counted): the
-    fold reads the log again at its next start, so a fixed service takes it then."""
-
-    def __init__(self, types: Iterable[str], apply: Callable[[Event], object], *, name: str = "log-fold",
-                 letters: DeadLetters | None = None) -> None:
-        self.types, self.apply = frozenset(types), apply
-        self.name, self.letters = name, letters
-        self.position = Watermark()
-        self._setting_aside: set[asyncio.Task[None]] = set()
-
-    async def catch_up(self, conn: asyncpg.Connection, chunk: int = 10_000) -> int:
-        """Fold what the log holds past this fold's position; return the position."""
-        upto = await eventlog.head(conn)
-        while True:
-            rows = await eventlog.read_rows(conn, self.position.value, self.types, upto, chunk)
-            for position, _kind, payload in rows:
-                try:
-                    event = decode_event(payload)
-                except Exception as exc:  # noqa: BLE001 — not one this build reads: set aside, go on
-                    self._set_aside(position, "decode", exc, payload.encode(), "")
-                    self.position.advance(position)
-                    continue
-                self.fold(position, event)
-            if len(rows) < chunk:
-                return self.position.value
-
-    def fold(self, position: int, event: Event) -> None:
-        if position > self.position.value:
-            try:
-                self.apply(event)
-            except Exception as exc:  # noqa: BLE001 — one event the fold cannot take must not stop it
-                self._set_aside(position, "apply", exc, encode(event), subject_of(event))
-            self.position.advance(position)
-
-    def _set_aside(self, position: int, stage: str, exc: BaseException, data: bytes, subject: str) -> None:
-        if self.letters is None:
-            DEAD_LETTERS.labels(self.name, stage).inc()
-            log.error("follow.event_set_aside", fold=self.name, stage=stage, position=position, error=describe(exc))
-            return
-        put = self.letters.put(stage=stage, error=exc, source=LOG_SOURCE, subject=subject,  # type: ignore[arg-type]
-                               sequence=position, data=data)
-        task = asyncio.ensure_future(put)            # folds are synchronous: the dead letter is kept meanwhile
-        self._setting_aside.add(task)
-        task.add_done_callback(self._set_aside_done)
-
-    def _set_aside_done(self, task: asyncio.Task[None]) -> None:
-        self._setting_aside.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("follow.dead_letter_lost", fold=self.name, why=describe(task.exception()))

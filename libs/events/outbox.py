@@ -4,11 +4,13 @@
                     apply=catalog.apply, lock=COMMAND_LOCK)
     await outbox.start()                      # fold the log, repair the stream, publish what is pending
     reply = await outbox.record(decide)       # decide() -> (reply, events), under the lock, then published
+    await outbox.follow_retries()             # take retries of what the fold set aside, live; until cancelled
 
 Events are committed to the log first and published afterwards from the log, past a checkpoint
 (`projection_checkpoints`, row `name`), in log order, each with its event id as `Nats-Msg-Id`, so a
 crash in between only delays them and JetStream drops a second copy. A stream that holds fewer of
-these events than the log (NATS lost its data) gets all of them again.
+these events than the log (NATS lost its data) gets all of them again. What the fold sets aside is
+taken again when `switchyard events dead-letters --retry` asks, by every replica that set it aside.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode, stored_types
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested
 from switchyard_gateway.contracts.events import Event, subject_of
 from switchyard_gateway.events.deadletter import DeadLetters
-from switchyard_gateway.events.follow import LogFold
+from switchyard_gateway.events.logfold import LogFold
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
+from switchyard_gateway.events.retries import follow_retries
 from switchyard_gateway.kit import eventlog
 
 R = TypeVar("R")
@@ -48,11 +52,31 @@ class Outbox:
         return self.fold.types
 
     async def start(self) -> None:
-        """Fold every event of these types in the log; republish all if the stream lost any; publish the rest."""
+        """Fold every event of these types in the log; republish all if the stream lost any; publish the rest.
+        Retries asked before now are not this fold's: it reads every event again here."""
+        info = await self.nc.jetstream(timeout=5).stream_info(subjects.STREAM_DEADLETTER)
+        self.fold.retried.advance(info.state.last_seq)
         async with self.pool.acquire() as conn:
             await self.fold.catch_up(conn)
         await self.repair()
         await self.publish()
+
+    async def follow_retries(self) -> None:
+        """Take each retry asked of this outbox's fold, live, once (`LogFold.retake`); until cancelled."""
+
+        async def take(asked: EventRetryRequested, sequence: int) -> None:
+            outcome = "not from the log"
+            if asked.source == LOG_SOURCE:
+                async with self.pool.acquire() as conn:
+                    outcome = await self.fold.retake(conn, asked.sequence, f"retry{sequence}")
+            self.fold.retried.advance(sequence)
+            log.info("outbox.retried", outbox=self.name, dead_letter=asked.dead_letter, position=asked.sequence,
+                     retry=sequence, outcome=outcome)
+
+        async def last_taken() -> int:
+            return self.fold.retried.value
+
+        await follow_retries(self.nc, self.name, take, last_taken)
 
     async def catch_up(self) -> int:
         """Fold what other replicas recorded since; return the position."""

@@ -21,9 +21,30 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from switchyard_gateway.events.follow import metadata_of, status_of
 
 HEARTBEAT_S = 5.0
+
+
+def status_of(msg: Msg, taken: int) -> str | None:
+    """What a push consumer's status message says: `missed` (a heartbeat naming a consumer sequence past `taken`,
+    the last one taken), `idle` (a heartbeat, nothing missed) or `ended: <status> <description>`; None for a
+    message that is no status."""
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if not status:
+        return None
+    if status != "100":
+        return f"ended: {status} {headers.get('Description', '')}".strip()
+    last = headers.get("Nats-Last-Consumer")
+    return "missed" if last is not None and int(last) > taken else "idle"
+
+
+def metadata_of(msg: Msg) -> Any | None:
+    """A JetStream delivery's metadata (sequences, pending); None for any other message."""
+    try:
+        return msg.metadata
+    except Exception:  # noqa: BLE001 — not a JetStream delivery
+        return None
 
 
 class TailLost(Exception):

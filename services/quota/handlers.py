@@ -106,6 +106,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     runtime.spawn(notices.run(), "quota-log-notices")
     runtime.spawn(counters.run(), "quota-counters")
     runtime.spawn(expire_holds(deps), "quota-expiry")
+    runtime.spawn(store.outbox.follow_retries(), "quota-limits-retries")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
     return deps
 

@@ -103,6 +103,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     if settings.registry_document:
         await apply_document(runtime, store, Path(settings.registry_document))
     deps = Deps(log=runtime.log, store=store, passwords=passwords)
+    runtime.spawn(store.outbox.follow_retries(), "registry-retries")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
     return deps
 
