@@ -34,6 +34,7 @@ KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--loaded": (_names, "models /api/ps reports as loaded, comma-separated (default: all)"),
     "--latency-ms": (float, "delay before each reply's first byte"),
     "--token-interval-ms": (float, "delay between streamed chunks"),
+    "--end-delay-ms": (float, "delay between a streamed reply's last event and the end of its body"),
     "--tokens": (int, "completion tokens per reply, capped by max_tokens / num_predict"),
     "--embedding-dims": (int, "embedding vector size"),
     "--failure-rate": (float, "share of upstream calls that fail, 0..1"),

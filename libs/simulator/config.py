@@ -32,6 +32,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     loaded: tuple[str, ...] | None = None  # None: every advertised model is loaded
     latency_ms: float = 0.0  # before the reply's first byte
     token_interval_ms: float = 0.0  # between streamed chunks
+    end_delay_ms: float = 0.0  # a streamed reply: between its last event and the end of its body
     tokens: int = 16  # completion tokens per reply, before max_tokens caps it
     embedding_dims: int = 768
     failure_rate: float = 0.0
@@ -93,8 +94,8 @@ def _problems(cfg: SimConfig) -> list[str]:
         problems.append("models must name at least one model, none empty")
     if cfg.loaded is not None and set(cfg.loaded) - set(cfg.models):
         problems.append("loaded models must be among the advertised models")
-    if cfg.latency_ms < 0 or cfg.token_interval_ms < 0:
-        problems.append("latency_ms and token_interval_ms must be >= 0")
+    if cfg.latency_ms < 0 or cfg.token_interval_ms < 0 or cfg.end_delay_ms < 0:
+        problems.append("latency_ms, token_interval_ms and end_delay_ms must be >= 0")
     if not 0 <= cfg.tokens <= MAX_TOKENS:
         problems.append(f"tokens must be in 0..{MAX_TOKENS}")
     if not 0 <= cfg.cached_tokens <= MAX_TOKENS:

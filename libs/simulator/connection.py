@@ -180,8 +180,8 @@ class HttpConnection(asyncio.Protocol):
         if plan.fault == "cut":
             await self._cut(reply, req, plan.interval_s)
             return
-        if type(reply) is StreamReply and plan.interval_s > 0:
-            await self._pace(reply, req, plan.interval_s)
+        if type(reply) is StreamReply and (plan.interval_s > 0 or plan.end_delay_s > 0):
+            await self._pace(reply, req, plan.interval_s, plan.end_delay_s)
         else:
             self._send(reply, req)
         self._task = None
@@ -197,11 +197,13 @@ class HttpConnection(asyncio.Protocol):
                 return
             self._transport.write(chunk(data) if chunked else data)
 
-    async def _pace(self, reply: StreamReply, req: Request, interval_s: float) -> None:
+    async def _pace(self, reply: StreamReply, req: Request, interval_s: float, end_delay_s: float = 0.0) -> None:
         chunked = req.http11
         keep = req.keep_alive and chunked
         self._transport.write(response_head(200, reply.content_type, None, keep, chunked=chunked))
         await self._write_chunks(reply.chunks, interval_s, chunked)
+        if end_delay_s > 0 and not self.closed:
+            await asyncio.sleep(end_delay_s)       # the last event is out; the body ends later
         if self.closed:
             return
         if chunked:

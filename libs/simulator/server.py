@@ -241,8 +241,8 @@ class Simulator:
             if fails(cfg.seed, self._serial, cfg.failure_rate):
                 return self._fail(req, cfg)
         reply = self._route(req, cfg)
-        if cfg.latency_ms > 0 or (cfg.token_interval_ms > 0 and type(reply) is StreamReply):
-            return Plan(reply, cfg.latency_ms / 1000, cfg.token_interval_ms / 1000)
+        if cfg.latency_ms > 0 or ((cfg.token_interval_ms > 0 or cfg.end_delay_ms > 0) and type(reply) is StreamReply):
+            return Plan(reply, cfg.latency_ms / 1000, cfg.token_interval_ms / 1000, end_delay_s=cfg.end_delay_ms / 1000)
         return reply
 
     def _route(self, req: Request, cfg: SimConfig) -> Reply | StreamReply:

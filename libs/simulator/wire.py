@@ -57,7 +57,7 @@ class Plan:
     connection).
     """
 
-    __slots__ = ("reply", "delay_s", "interval_s", "fault")
+    __slots__ = ("reply", "delay_s", "interval_s", "fault", "end_delay_s")
 
     def __init__(
         self,
@@ -65,11 +65,13 @@ class Plan:
         delay_s: float = 0.0,
         interval_s: float = 0.0,
         fault: str = "",
+        end_delay_s: float = 0.0,
     ) -> None:
         self.reply = reply
         self.delay_s = delay_s
         self.interval_s = interval_s
         self.fault = fault
+        self.end_delay_s = end_delay_s
 
 
 App = Callable[[Request], "Reply | StreamReply | Plan"]

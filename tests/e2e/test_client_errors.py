@@ -6,6 +6,7 @@ exception class with the status, type and code OpenAI's (or Ollama's) error shap
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,6 +17,7 @@ from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
 from tests.conftest import DemoStack
+from tests.e2e.test_demo import exactly_one_usage_row
 from tests.e2e.test_ollama_front_door import Upstream, registered_upstream
 from tests.e2e.test_quota_e2e import new_tenant, set_limits, settled
 
@@ -165,3 +167,35 @@ async def test_langchain_ollama_chats_with_token_counts_and_durations(demo: Demo
     meta = answer.response_metadata
     assert meta["eval_count"] == 16 and meta["total_duration"] > 0 and meta["eval_duration"] > 0
     assert "".join([str(c.content) async for c in chat.astream("Hi")])
+
+
+@pytest.mark.parametrize("door,model", [("/v1/chat/completions", "translated"), ("/v1/chat/completions", "native"),
+                                        ("/api/chat", "native"), ("/api/chat", "translated"),
+                                        ("/v1/messages", "translated"), ("/v1/messages", "native")])
+async def test_a_client_that_hangs_up_after_the_last_event_has_its_call_recorded_answered(
+        demo: DemoStack, upstream: Upstream, door: str, model: str) -> None:
+    """The official OpenAI SDK closes its connection as soon as it reads `data: [DONE]` (and an Ollama or Anthropic
+    client may, at `"done": true` or `message_stop`); an upstream that ends its body a while after its last event must not turn that
+    answered call into a cancelled one."""
+    upstream.sim.configure(tokens=3, token_interval_ms=20, end_delay_ms=1500)
+    request_id = f"hangup-{door.replace('/', '-')}-{model}-{uuid.uuid4().hex[:8]}"
+    last = {"/v1/chat/completions": lambda line: line == "data: [DONE]",
+            "/api/chat": lambda line: '"done":true' in line.replace(" ", ""),
+            "/v1/messages": lambda line: '"type":"message_stop"' in line.replace(" ", "")}[door]
+    try:
+        async with httpx.AsyncClient(timeout=30) as http, http.stream(
+                "POST", f"{demo.url}{door}", headers={"Authorization": f"Bearer {upstream.key}",
+                                                       "X-Request-Id": request_id},
+                json={"model": upstream.model(model), "messages": HI, "stream": True, "max_tokens": 50}) as reply:
+            assert reply.status_code == 200
+            lines = []
+            async for line in reply.aiter_lines():
+                lines.append(line)
+                if last(line):
+                    break                       # and hang up: the body's end has not come yet
+        assert any(last(line) for line in lines), lines
+        event = await exactly_one_usage_row(demo, request_id)
+    finally:
+        upstream.sim.configure(tokens=16, token_interval_ms=0.0, end_delay_ms=0.0)
+    assert (event["outcome"], event["status"]) == ("ok", 200), event
+    assert event["output_tokens"] == 3 and not event["estimated"], event

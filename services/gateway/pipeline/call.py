@@ -59,7 +59,7 @@ class Outcome:
 
     __slots__ = ("model", "endpoint", "upstream_model", "attempts", "result", "status", "input_tokens",
                  "output_tokens", "cached_tokens", "estimated", "first_byte", "upstream_s", "served_by_fallback",
-                 "cache_hit", "answer", "stream_tap")
+                 "cache_hit", "answer", "stream_tap", "delivered")
 
     def __init__(self, model: str = "", served_by_fallback: bool = False) -> None:
         self.model = model              # registry id of the model serving the call
@@ -78,6 +78,7 @@ class Outcome:
         self.cache_hit = False
         self.answer: tuple[bytes, str] | None = None   # a 200 answer as sent (body, content type), for the cache
         self.stream_tap: Any = None     # the stream being relayed (content events so far: the journal's progress)
+        self.delivered = False          # the answer's last event is handed to the client: its leaving now changes nothing
 
     def mark_first_byte(self) -> None:
         if not self.first_byte:

@@ -118,9 +118,11 @@ class Proxy:
             elif outcome.answer is not None and cache_key is not None and not outcome.served_by_fallback:
                 self.cache.store(cache_key, CachedAnswer(*outcome.answer))  # type: ignore[union-attr]
         except ClientGone:
-            outcome.result = "cancelled"
+            if not outcome.delivered:
+                outcome.result = "cancelled"
         except asyncio.CancelledError:
-            outcome.result = "cancelled"
+            if not outcome.delivered:
+                outcome.result = "cancelled"
             if not watch.absorb():
                 raise
         finally:

@@ -197,6 +197,7 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
                 if transport is None:
                     first_byte.clear()
                     transport = _start_stream(call, outcome, proto)
+                outcome.delivered = tap.done     # a client may hang up once it has the last event (the OpenAI SDK does)
                 await _send(outcome, transport, out)
             first_byte.clear()
             if not tap.done:
@@ -205,8 +206,13 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
             to.report("ok", 200, started)
             if transport is None:
                 transport = _start_stream(call, outcome, proto)
+            outcome.delivered = True
             if tail:
                 await _send(outcome, transport, tail)
+    except asyncio.CancelledError:
+        if outcome.delivered:                # the client left after the last event: the upstream answered
+            to.report("ok", 200, started)
+        raise
     except TimeoutError:
         failed_early = True                 # only possible before anything reached the client
         raise _no_first_byte(to, 200, started) from None
@@ -246,11 +252,10 @@ def _start_stream(call: Call, outcome: Outcome, proto: Any) -> Any:
 
 
 async def _send(outcome: Outcome, transport: Any, data: bytes) -> None:
-    """Send a stream chunk; if the client has gone, mark the call cancelled and stop the relay."""
+    """Send a stream chunk; if the client has gone, stop the relay (the call is cancelled unless delivered)."""
     try:
         await transport.send_bytes(data)
     except Exception as exc:  # noqa: BLE001 — granian raises its own protocol errors on a closed client
-        outcome.result = "cancelled"
         raise ClientGone() from exc
 
 
