@@ -128,7 +128,7 @@ class Journal:
         self.in_flight[call.event_id] = _Open(call, record, self.files.segment)
         self.files.hold(self.files.segment)
         number = self.files.append(encode(record) + b"\n")
-        self.files.write_now()
+        self.files.write_now(urgent=True)
         return number
 
     async def written(self, number: int) -> None:

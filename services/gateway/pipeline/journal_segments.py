@@ -1,8 +1,9 @@
 """The journal's files: append-only segments under a locked directory, written in batches, deleted once unneeded.
 
-Records appended during one turn of the event loop go out in one write(2); `flush_now` writes at
-once. With `fsync`, every write is followed by fdatasync in a thread, and `written(n)` waits for
-it. Each record is counted against the segment it sits in (`hold`) until the journal no longer
+Records appended during one turn of the event loop go out in one write(2); `write_now` and
+`flush_now` write at once. With `fsync`, writes are followed by fdatasync in a thread (one at a
+time: what is written meanwhile shares the next), at once for an acceptance and within
+SYNC_LATER_S for the rest, and `written(n)` waits for it. Each record is counted against the segment it sits in (`hold`) until the journal no longer
 needs it (`release`); a segment rolls over at `segment_bytes` (the journal carries what it still
 needs into the new one) and is deleted, oldest first, once nothing in it is needed and what made
 that so is safe.
@@ -22,6 +23,10 @@ import structlog
 from switchyard_gateway.services.gateway.pipeline.journal_records import segment_number, segments
 
 log = structlog.get_logger()
+# With fsync, what is not an acceptance (progress, usage events, acknowledgements) waits at most this long for its
+# fdatasync, or rides along with the next acceptance's: a call's acceptance never queues behind the previous
+# call's usage event.
+SYNC_LATER_S = 0.005
 
 
 class JournalBusy(RuntimeError):
@@ -44,6 +49,8 @@ class Segments:
         self.appended = self._written = self._durable = 0       # records: appended, written, safe
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._flush_scheduled = self._syncing = self._rotate_pending = False
+        self._urgent = 0                                # the last record to be synced at once (an acceptance)
+        self._later: asyncio.TimerHandle | None = None   # the sync the others wait for
         self._loop: asyncio.AbstractEventLoop | None = None
         self.write_errors = 0
 
@@ -61,6 +68,9 @@ class Segments:
         """Write what is buffered, let go of the directory; `remove` its segments (nothing in them is needed)."""
         if self._fd < 0:
             return
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         self.flush_now()
         os.close(self._fd)
         self._fd = -1
@@ -120,16 +130,32 @@ class Segments:
             os.fdatasync(self._fd)
         self._advance(self._written)
 
-    def write_now(self) -> None:
+    def write_now(self, urgent: bool = False) -> None:
         """One write(2) for every record appended since the last, now; with fsync, then fdatasync in a thread
-        (`pending` tells when it is done)."""
+        (`pending` tells when it is done): at once if `urgent`, else within SYNC_LATER_S."""
         if self._buffer and self._fd >= 0:
             self._write(b"".join(self._buffer))
             self._buffer.clear()
             self._written = self.appended
+        if urgent:
+            self._urgent = self._written
         if not self.fsync:
             self._advance(self._written)
-        elif not self._syncing and self._written > self._durable:
+        else:
+            self._sync_due()
+
+    def _sync_due(self) -> None:
+        """Begin the sync that is due: now for an acceptance, else on the timer (unless one is running)."""
+        if self._syncing or self._written <= self._durable:
+            return
+        if self._urgent > self._durable:
+            self._sync()
+        elif self._later is None and self._loop is not None:
+            self._later = self._loop.call_later(SYNC_LATER_S, self._sync_later)
+
+    def _sync_later(self) -> None:
+        self._later = None
+        if not self._syncing and self._written > self._durable:
             self._sync()
 
     def _flush(self) -> None:
@@ -151,6 +177,9 @@ class Segments:
 
     def _sync(self) -> None:
         assert self._loop is not None
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         self._syncing = True
         upto = self._written
         done = self._loop.run_in_executor(None, os.fdatasync, self._fd)
@@ -163,8 +192,8 @@ class Segments:
         self._advance(upto)
         if self._rotate_pending:
             self._rotate()
-        elif self._written > upto:
-            self._sync()
+        else:
+            self._sync_due()
 
     def _advance(self, upto: int) -> None:
         """Records up to `upto` are safe: wake who waits for them, delete the segments that are done."""
