@@ -199,3 +199,23 @@ async def test_without_fsync_an_acceptance_is_safe_at_once(tmp_path: Path) -> No
     await journal.open()
     assert journal.pending(journal.accepted(a_call("unsynced"), "m1")) is None
     journal.close()
+
+
+async def test_with_fsync_a_usage_event_is_synced_soon_or_with_the_next_acceptance(tmp_path: Path) -> None:
+    """A finished call's record does not start a sync of its own that the next acceptance would queue behind:
+    it is synced by a timer, or earlier by the next acceptance's sync, which covers it."""
+    journal = Journal(tmp_path, "gw", fsync=True)
+    await journal.open()
+    first = a_call("first")
+    await asyncio.wait_for(journal.written(journal.accepted(first, "m1")), 5)
+    journal.finished(finished(first))
+    await turn()                                               # written, its sync not begun
+    event_record = journal.files.appended
+    assert journal.files._written >= event_record and not journal.files._syncing    # noqa: SLF001
+    syncing = journal.pending(journal.accepted(a_call("second"), "m1"))
+    assert syncing is not None and journal.files._syncing      # noqa: SLF001 — the acceptance syncs at once
+    await asyncio.wait_for(syncing, 5)
+    assert journal.files._durable >= event_record              # noqa: SLF001 — and the event with it
+    journal.finished(finished(a_call("third")))
+    await asyncio.wait_for(journal.written(journal.files.appended), 5)     # alone: by the timer
+    journal.close()
