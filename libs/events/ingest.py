@@ -31,7 +31,7 @@ from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.events.deadletter import DeadLetters, Poison, events_of, poisonous
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.project import Projection, advance, catch_up
-from switchyard_gateway.kit.retry import TRANSIENT, Backoff, retry
+from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
 
@@ -106,6 +106,7 @@ class Ingest:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 — NATS away: try again
+                honour_cancel()
                 log.warning("ingest.fetch_failed", stream=self.stream, error=str(exc) or type(exc).__name__)
                 await backoff.wait()
                 continue

@@ -50,6 +50,7 @@ async def retry(
         try:
             return await attempt()
         except errors as exc:
+            honour_cancel()          # a cancellation turned into an error on the way (a query cancelled) still stops
             if give_up_at is not None and time.monotonic() >= give_up_at:
                 raise
             if what is not None:

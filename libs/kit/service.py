@@ -83,12 +83,17 @@ async def open_runtime(name: str, settings: S, *, database: bool) -> Runtime[S]:
 
 
 async def close_runtime(runtime: Runtime[Any]) -> None:
-    """Stop background loops, then close NATS and the pool; each in its own `finally`."""
+    """Stop background loops (those that do not end within DRAIN_TIMEOUT_S are named in the log and left), then
+    close NATS and the pool; each in its own `finally`."""
     for task in runtime.tasks:
         task.cancel()
-    for task in runtime.tasks:
-        with contextlib.suppress(BaseException):
-            await task
+    if runtime.tasks:
+        ended, lingering = await asyncio.wait(runtime.tasks, timeout=DRAIN_TIMEOUT_S)
+        for task in ended:
+            if not task.cancelled():
+                task.exception()                 # retrieved: how a loop ended is its own business by now
+        if lingering:
+            runtime.log.warning("service.tasks_lingering", tasks=sorted(t.get_name() for t in lingering))
     try:
         if runtime.nc is not None and not runtime.nc.is_closed:
             with contextlib.suppress(Exception):
