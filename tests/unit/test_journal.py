@@ -219,3 +219,19 @@ async def test_with_fsync_a_usage_event_is_synced_soon_or_with_the_next_acceptan
     journal.finished(finished(a_call("third")))
     await asyncio.wait_for(journal.written(journal.files.appended), 5)     # alone: by the timer
     journal.close()
+
+
+async def test_a_usage_event_is_written_at_once_so_a_kill_right_after_the_answer_finds_it_finished(
+        tmp_path: Path) -> None:
+    """The client may have the whole answer as soon as the call is finished: a process killed before the end of
+    that loop turn leaves its usage event, published again by the next life, not an interrupted call."""
+    journal = Journal(tmp_path, "gw")
+    await journal.open()
+    call = a_call("answered")
+    journal.accepted(call, "m1")
+    journal.finished(finished(call))
+    die(journal)                                   # before the loop turns
+    second = Journal(tmp_path, "gw", estimator=TokenEstimator())
+    assert await second.open() == 1
+    assert [(e.request_id, e.outcome) for e, _ in second.take_parked(10)] == [("answered", "ok")]
+    second.close()

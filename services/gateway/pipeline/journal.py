@@ -4,9 +4,10 @@ A call is written when it is accepted (before its quota is reserved), every seco
 while it runs long (tokens so far), and when it finishes (its usage event, before that is
 queued for NATS); JetStream's acknowledgements are written too. Records go to an append-only
 segment file in batches: everything appended during one turn of the event loop is one
-write(2), which a crash of the process cannot lose — except an acceptance, which is written
-at once (with whatever is waiting), so that no quota is held and no upstream called for a
-call the journal does not know. With `fsync` every batch is also synced (fdatasync, in a
+write(2), which a crash of the process cannot lose — except an acceptance and a usage event,
+which are written at once (with whatever is waiting): no quota is held and no upstream called
+for a call the journal does not know, and no call whose client has its answer is taken for
+interrupted. With `fsync` every batch is also synced (fdatasync, in a
 thread), for crashes of the machine: a call's acceptance syncs while its quota is reserved,
 and the call goes upstream only once it is on disk.
 
@@ -151,10 +152,13 @@ class Journal:
             self.files.append(encode(Refused(call.event_id)) + b"\n")
 
     def finished(self, event: UsageRecorded) -> bytes:
-        """Note a call's usage event; return it encoded, as it is to be published."""
+        """Note a call's usage event, written at once: its client may have the whole answer already, and a
+        process killed before the end of the loop turn must not leave the call looking interrupted. Return the
+        event encoded, as it is to be published."""
         raw = encode_event(event)
         self._close_call(event.event_id)
         self._note_finished(event.event_id, raw, park=False)
+        self.files.write_now()
         return raw
 
     def acknowledged(self, event_ids: list[uuid.UUID]) -> None:
