@@ -27,6 +27,9 @@ from switchyard_gateway.events.tail import StreamTail
 from switchyard_gateway.kit.retry import Backoff, honour_cancel
 
 log = structlog.get_logger()
+# Retries are rare and asked by an operator: an idle follower hears from its consumer this seldom (one per
+# fold of every process, so the idle stack stays quiet), and notices a lost tail within twice that.
+HEARTBEAT_S = 30.0
 
 Take = Callable[[EventRetryRequested, int], Awaitable[object]]      # (the retry, its DEADLETTER sequence)
 _retry = msgspec.json.Decoder(EventRetryRequested)
@@ -42,7 +45,7 @@ async def follow_retries(nc: NATS, consumer: str, take: Take, after: Callable[[]
         honour_cancel()
         try:
             tail = StreamTail(nc, subjects.STREAM_DEADLETTER, [subject], await after() + 1, f"{consumer}-retries",
-                              max_queued)
+                              max_queued, heartbeat_s=HEARTBEAT_S)
             await tail.start()
             try:
                 while True:

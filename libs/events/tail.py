@@ -54,10 +54,12 @@ class TailLost(Exception):
 class StreamTail:
     """An ephemeral push consumer of `stream` from `sequence`, filtered, without acks: `take` hands out the
     messages in order; a gap, two silent heartbeats, the consumer's end or more than `max_queued` messages
-    waiting end it with TailLost."""
+    waiting end it with TailLost. `heartbeat_s`: how often an idle consumer says it is there."""
 
-    def __init__(self, nc: NATS, stream: str, filters: list[str], sequence: int, owner: str, max_queued: int) -> None:
+    def __init__(self, nc: NATS, stream: str, filters: list[str], sequence: int, owner: str, max_queued: int,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
         self.nc, self.stream, self.filters, self.sequence = nc, stream, filters, sequence
+        self.heartbeat_s = heartbeat_s
         self.name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', owner)[:40]}-{uuid.uuid4().hex[:12]}"
         self.max_queued = max_queued
         self.queue: asyncio.Queue[Msg | TailLost] = asyncio.Queue()
@@ -72,7 +74,7 @@ class StreamTail:
         config = ConsumerConfig(
             name=self.name, deliver_subject=self._sub.subject, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(self.sequence, 1), filter_subject=one, filter_subjects=None if one else self.filters,
-            ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False, idle_heartbeat=HEARTBEAT_S,
+            ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False, idle_heartbeat=self.heartbeat_s,
             mem_storage=True, num_replicas=1, inactive_threshold=30.0,
         )
         await self.nc.jetstream(timeout=10).add_consumer(self.stream, config)
@@ -139,7 +141,7 @@ class StreamTail:
 
     async def _watch_heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(2 * HEARTBEAT_S)
+            await asyncio.sleep(2 * self.heartbeat_s)
             if not self._heard:
                 self._lost("no heartbeat")
                 return
