@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 import msgspec
 
-FailureKind = Literal["http_500", "http_429", "refuse", "hang", "cut"]
-FAILURE_KINDS: tuple[str, ...] = ("http_500", "http_429", "refuse", "hang", "cut")
+FailureKind = Literal["http_500", "http_429", "refuse", "hang", "cut", "cut_end"]
+FAILURE_KINDS: tuple[str, ...] = ("http_500", "http_429", "refuse", "hang", "cut", "cut_end")
 
 MAX_EMBEDDING_DIMS = 65_536
 MAX_TOKENS = 1_000_000

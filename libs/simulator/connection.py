@@ -177,8 +177,8 @@ class HttpConnection(asyncio.Protocol):
         if plan.fault == "hang" or self.closed:
             return  # stays busy: nothing more is answered on this connection
         reply = plan.reply
-        if plan.fault == "cut":
-            await self._cut(reply, req, plan.interval_s)
+        if plan.fault in ("cut", "cut_end"):
+            await self._cut(reply, req, plan.interval_s, whole=plan.fault == "cut_end")
             return
         if type(reply) is StreamReply and (plan.interval_s > 0 or plan.end_delay_s > 0):
             await self._pace(reply, req, plan.interval_s, plan.end_delay_s)
@@ -211,18 +211,19 @@ class HttpConnection(asyncio.Protocol):
         if not keep:
             self._transport.close()
 
-    async def _cut(self, reply: Reply | StreamReply, req: Request, interval_s: float) -> None:
-        """Send about half of the reply, then drop the connection without finishing it."""
+    async def _cut(self, reply: Reply | StreamReply, req: Request, interval_s: float, whole: bool = False) -> None:
+        """Send about half of the reply (`whole`: all of it, a stream without its body's end), then drop the
+        connection without finishing it."""
         transport = self._transport
         if type(reply) is Reply:
             head = response_head(
                 reply.status, reply.content_type, len(reply.body), True, reply.headers
             )
-            transport.write(head + reply.body[: len(reply.body) // 2])
+            transport.write(head + (reply.body if whole else reply.body[: len(reply.body) // 2]))
         else:
             transport.write(response_head(200, reply.content_type, None, True, chunked=req.http11))
-            half = reply.chunks[: len(reply.chunks) // 2]
-            await self._write_chunks(half, interval_s, req.http11)
+            sent = reply.chunks if whole else reply.chunks[: len(reply.chunks) // 2]
+            await self._write_chunks(sent, interval_s, req.http11)
         deadline = time.monotonic() + FLUSH_DEADLINE_S
         while not self.closed and transport.get_write_buffer_size() and time.monotonic() < deadline:
             await asyncio.sleep(0.001)

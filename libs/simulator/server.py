@@ -265,8 +265,8 @@ class Simulator:
         delay_s = cfg.latency_ms / 1000
         if kind == "hang":
             return Plan(None, delay_s, 0.0, "hang")
-        if kind == "cut":
-            return Plan(self._route(req, cfg), delay_s, cfg.token_interval_ms / 1000, "cut")
+        if kind in ("cut", "cut_end"):
+            return Plan(self._route(req, cfg), delay_s, cfg.token_interval_ms / 1000, kind)
         if kind == "http_429":
             retry = ((b"Retry-After", b"%d" % cfg.retry_after_s),)
             reply = error_for(req.path, 429, "simulated rate limit, retry later", retry)

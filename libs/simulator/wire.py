@@ -53,7 +53,8 @@ class Request:
 class Plan:
     """A reply that is not simply sent now: wait `delay_s`, pace chunks, or fail on the wire.
 
-    `fault` is "" (none), "hang" (never answer) or "cut" (send about half, then drop the
+    `fault` is "" (none), "hang" (never answer), "cut_end" (send it all but a stream's end, then drop
+    the connection) or "cut" (send about half, then drop the
     connection).
     """
 

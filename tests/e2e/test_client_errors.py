@@ -199,3 +199,31 @@ async def test_a_client_that_hangs_up_after_the_last_event_has_its_call_recorded
         upstream.sim.configure(tokens=16, token_interval_ms=0.0, end_delay_ms=0.0)
     assert (event["outcome"], event["status"]) == ("ok", 200), event
     assert event["output_tokens"] == 3 and not event["estimated"], event
+
+
+@pytest.mark.parametrize("door,model", [("/v1/chat/completions", "translated"), ("/v1/chat/completions", "native"),
+                                        ("/api/chat", "native"), ("/api/chat", "translated"),
+                                        ("/v1/messages", "translated"), ("/v1/messages", "native")])
+async def test_an_upstream_that_drops_its_connection_after_the_last_event_gave_a_whole_answer(
+        demo: DemoStack, upstream: Upstream, door: str, model: str) -> None:
+    """Every event came, then the connection dropped before the body's end: the client gets the whole stream with
+    its last event and no error after it, and the call is answered (`ok`, tokens counted), not cut."""
+    upstream.sim.configure(tokens=3, failure_kind="cut_end", failure_rate=1.0,
+                           failure_paths=("/v1/chat/completions", "/api/chat"))
+    request_id = f"cutend-{door.replace('/', '-')}-{model}-{uuid.uuid4().hex[:8]}"
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            reply = await http.post(f"{demo.url}{door}", json={
+                "model": upstream.model(model), "messages": HI, "stream": True, "max_tokens": 50},
+                headers={"Authorization": f"Bearer {upstream.key}", "X-Request-Id": request_id})
+        event = await exactly_one_usage_row(demo, request_id)
+    finally:
+        upstream.sim.configure(failure_rate=0.0, failure_paths=(), tokens=16)
+    assert reply.status_code == 200
+    lines = [line for line in reply.text.splitlines() if line.strip()]
+    last = {"/v1/chat/completions": lambda line: line == "data: [DONE]",
+            "/api/chat": lambda line: '"done":true' in line.replace(" ", ""),
+            "/v1/messages": lambda line: '"type":"message_stop"' in line.replace(" ", "")}[door]
+    assert last(lines[-1]), lines[-3:]                  # ends with its own last event, nothing after it
+    assert not any("stream_cut" in line or '"error"' in line for line in lines), lines[-3:]
+    assert (event["outcome"], event["status"], event["output_tokens"]) == ("ok", 200, 3), event

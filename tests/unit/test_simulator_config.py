@@ -30,6 +30,8 @@ def test_with_changes_returns_a_validated_copy():
         {"tokens": -1},
         {"embedding_dims": 0},
         {"latency_ms": -5},
+        {"end_delay_ms": -1},
+        {"end_delay_ms": "later"},
         {"models": []},
         {"loaded": ["not-advertised"]},
         {"tokens": "many"},

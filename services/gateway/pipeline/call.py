@@ -80,6 +80,11 @@ class Outcome:
         self.stream_tap: Any = None     # the stream being relayed (content events so far: the journal's progress)
         self.delivered = False          # the answer's last event is handed to the client: its leaving now changes nothing
 
+    def client_left(self) -> None:
+        """The client went away: the call is cancelled, unless its answer's last event had reached it."""
+        if not self.delivered:
+            self.result = "cancelled"
+
     def mark_first_byte(self) -> None:
         if not self.first_byte:
             self.first_byte = time.perf_counter()

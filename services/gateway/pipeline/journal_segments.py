@@ -3,10 +3,10 @@
 Records appended during one turn of the event loop go out in one write(2); `write_now` and
 `flush_now` write at once. With `fsync`, writes are followed by fdatasync in a thread (one at a
 time: what is written meanwhile shares the next), at once for an acceptance and within
-SYNC_LATER_S for the rest, and `written(n)` waits for it. Each record is counted against the segment it sits in (`hold`) until the journal no longer
-needs it (`release`); a segment rolls over at `segment_bytes` (the journal carries what it still
-needs into the new one) and is deleted, oldest first, once nothing in it is needed and what made
-that so is safe.
+SYNC_LATER_S for the rest, and `written(n)` waits for it. Each record is counted against the
+segment it sits in (`hold`) until the journal no longer needs it (`release`); a segment rolls
+over at `segment_bytes` (the journal carries what it still needs into the new one) and is
+deleted, oldest first, once nothing in it is needed and what made that so is safe.
 """
 
 from __future__ import annotations

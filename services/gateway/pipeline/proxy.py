@@ -118,11 +118,9 @@ class Proxy:
             elif outcome.answer is not None and cache_key is not None and not outcome.served_by_fallback:
                 self.cache.store(cache_key, CachedAnswer(*outcome.answer))  # type: ignore[union-attr]
         except ClientGone:
-            if not outcome.delivered:
-                outcome.result = "cancelled"
+            outcome.client_left()
         except asyncio.CancelledError:
-            if not outcome.delivered:
-                outcome.result = "cancelled"
+            outcome.client_left()
             if not watch.absorb():
                 raise
         finally:

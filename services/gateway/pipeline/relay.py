@@ -190,15 +190,20 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
     failed_early = False
     try:
         async with first_byte:
-            async for chunk in response:
-                out = tap.feed(chunk)
-                if not out:
-                    continue
-                if transport is None:
-                    first_byte.clear()
-                    transport = _start_stream(call, outcome, proto)
-                outcome.delivered = tap.done     # a client may hang up once it has the last event (the OpenAI SDK does)
-                await _send(outcome, transport, out)
+            try:
+                async for chunk in response:
+                    out = tap.feed(chunk)
+                    if not out:
+                        continue
+                    if transport is None:
+                        first_byte.clear()
+                        transport = _start_stream(call, outcome, proto)
+                    outcome.delivered = tap.done  # a client may hang up once it has the last event (OpenAI's SDK does)
+                    await _send(outcome, transport, out)
+            except http1.TransportError:
+                if not tap.done:
+                    raise
+                # cut after its last event, before its body's end: the answer is whole
             first_byte.clear()
             if not tap.done:
                 raise http1.ResponseCut("the stream ended before its last event")
