@@ -11,6 +11,7 @@ a dead one takes its slot, and with it its journal.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import importlib
@@ -35,9 +36,10 @@ def worker_count(workers: int) -> int:
 
 
 def run(target: str, settings: ServiceSettings, interface: str = "asgi", websockets: bool = False,
-        workers: int = 1, name: str = "", slots_dir: Path | None = None) -> None:
+        workers: int = 1, name: str = "", slots_dir: Path | None = None, server: str = "granian") -> None:
     """Serve an app factory (`module:function`) with granian: uvloop, HTTP/1.1 (and WebSocket upgrades when
-    `websockets`), `workers` worker processes (numbered in `slots_dir` when more than one).
+    `websockets`), `workers` worker processes (numbered in `slots_dir` when more than one). An RSGI app may
+    be served by our own server instead (`server="native"`: `http1.server`, in the same process shape).
 
     granian runs a main process and its workers; a worker dies with the main (SIGTERM, so it still
     drains), and the main, started by the supervisor, dies with its first worker to exit. granian
@@ -59,11 +61,95 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
     slots = None
     if workers > 1:
         slots = (slots_dir or Path("."), settings.instance or name or "worker", workers)
+    if server == "native":
+        if interface != "rsgi":
+            raise ValueError("the native server serves RSGI apps only")
+        _run_native(target, settings, workers, slots)
+        return
     Granian(
         target, address=settings.host, port=settings.port, interface=Interfaces(interface),
         factory=True, workers=workers, loop=Loops.uvloop, http=HTTPModes.http1, websockets=websockets,
         log_enabled=False, backlog=2048,
     ).serve(target_loader=functools.partial(_load_in_worker, os.getpid(), slots))
+
+
+def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tuple[Path, str, int] | None) -> None:
+    """granian's process shape with our server: this lean main forks `workers` workers, each listening on the
+    port itself (SO_REUSEPORT: the kernel spreads connections evenly); SIGTERM or SIGINT is passed on to
+    them (they drain); the first worker to exit ends the others and this process, with its exit code."""
+    main_pid = os.getpid()
+    children: dict[int, int] = {}
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _native_worker(target, settings, main_pid, slots)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 — printed, then the worker's exit code says it failed
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = pid
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    exit_code = 0
+    while children:
+        pid, status = os.wait()
+        children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if not stopping:                        # a worker ended on its own: so does the service
+            exit_code = code if code > 0 else 1
+            stop(signal.SIGTERM, None)
+    raise SystemExit(exit_code)
+
+
+def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
+                   slots: tuple[Path, str, int] | None) -> None:
+    """One worker: its own listening socket on the port, the app built, served until SIGTERM, then stopped."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from switchyard_gateway.http1.server import Server
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(f"switchyard: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(ports.PORT_IN_USE_EXIT) from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    app = _load_in_worker(main_pid, slots, target)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app.__rsgi_init__(loop)
+    try:
+        loop.run_until_complete(Server(app, loop).serve(sock, signals=True))
+    finally:
+        app.__rsgi_del__(loop)
+        loop.close()
 
 
 def _load_in_worker(main_pid: int, slots: tuple[Path, str, int] | None, target: str) -> Any:

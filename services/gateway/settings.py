@@ -16,6 +16,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     workers: int = 0                      # worker processes sharing the port, each with its own event-fed state and
                                           # journal; 0: one per core
     worker: int = 0                       # set in each worker when there are several: its slot, 1..workers
+    http_server: str = "native"           # "native": our HTTP/1.1 server in each worker's loop (libs/http1/server.py);
+                                          # "granian": granian's RSGI server (docs/performance.md compares them)
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 262_144      # bound on asked output tokens and context sizes when a model has none
     upstream_connect_timeout_s: float = 5.0

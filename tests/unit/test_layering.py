@@ -17,7 +17,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "libs/resp": set(),
     "libs/simulator": set(),
     "libs/catalog": {"libs/contracts"},
-    "libs/kit": {"libs/contracts", "libs/resp"},
+    "libs/kit": {"libs/contracts", "libs/http1", "libs/resp"},
     "libs/events": {"libs/contracts", "libs/kit"},
     "libs/quotas": {"libs/catalog", "libs/contracts", "libs/resp"},
     "libs/subscribe": {"libs/contracts", "libs/events", "libs/kit"},

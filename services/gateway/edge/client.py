@@ -1,12 +1,12 @@
 """Notice a client that disconnects while its call runs, and stop the call's work at once.
 
-granian's RSGI protocol object has `client_disconnect()`, an awaitable that completes
+The RSGI protocol object has `client_disconnect()`, an awaitable that completes
 when the client's connection closes. `ClientWatch` waits on it beside the call: if it
 completes first, the task serving the call is cancelled, which closes the upstream
 connection (so a real server stops generating) wherever the call was waiting: for a
 slot, for the upstream's first byte, or between streamed chunks.
 
-Watching costs granian a watcher per connection (measured: tens of microseconds of
+Watching costs a watcher per connection (under granian, measured: tens of microseconds of
 latency per call), so it starts only once a call has run for `WATCH_AFTER_S`: a call
 answered sooner never pays it, and a client that leaves is noticed that much later
 at most. A streamed call notices sooner anyway, on its next write.

@@ -3,15 +3,15 @@
 The upgrade is authenticated like any call (key, JWT, `X-Tenant-ID`) and refused with its HTTP status
 (401, 403; 503 when this gateway, all its workers together, holds `ws_max_connections` sockets): no socket is opened for a caller
 that could not make a call. Each request message (translate/ws_frames.py) becomes one call of the
-embeddings pipeline — the Proxy, with a protocol adapter in place of granian's HTTP one — so quotas,
+embeddings pipeline — the Proxy, with a protocol adapter in place of the HTTP one — so quotas,
 routing, failover, the cache and its one usage event are those of `POST /v1/embeddings`; its answer goes
 back with the client's `id` as soon as it is ready, many at once per socket up to `ws_max_in_flight`.
 
-Closing: RSGI gives no way to put a code in the close frame once the socket is accepted (granian closes
-it without one), so the gateway's last message says why, `{"type": "close", "code", "reason"}`, with the
-code a close frame would carry: 1000 the client closed, 1001 idle for `ws_idle_timeout_s` (a `{"type":
+Closing: the gateway's last message says why, `{"type": "close", "code", "reason"}`, and the close frame
+carries the same code (served by granian, `SWITCHYARD_HTTP_SERVER=granian`, the frame has none: RSGI
+gives no way to put one there once the socket is accepted). The codes: 1000 the client closed, 1001 idle for `ws_idle_timeout_s` (a `{"type":
 "ping"}` message, answered `{"type": "pong"}`, keeps a quiet socket open; WebSocket pings are answered
-by granian but not seen here) or the gateway stopping, 1003 a binary message, 1009 a message over
+by the server but not seen here) or the gateway stopping, 1003 a binary message, 1009 a message over
 `SWITCHYARD_MAX_BODY_BYTES`, 1013 a request beyond `ws_max_in_flight` (the requests in flight are
 answered first, then the socket closes), 4401 the key stopped working mid-connection.
 A client that hangs up cancels its requests in flight, as an HTTP client that leaves does (their upstream
@@ -137,7 +137,7 @@ class Session:
         self.left = asyncio.Event()             # set with `gone`: the requests in flight are cancelled
         self.close_with: tuple[int, str] | None = None   # set: read no more, answer what is in flight, close
         self._wake = asyncio.Event()            # a request finished, or the session decided to close
-        self._sending = asyncio.Lock()          # granian's transport takes one send at a time
+        self._sending = asyncio.Lock()          # one send at a time on the socket
 
     async def run(self) -> int:
         """Serve the socket until it closes; the close code it ended with.
@@ -163,7 +163,7 @@ class Session:
                     continue
                 try:
                     message = receiving.result()
-                except Exception:  # noqa: BLE001 — granian's own errors: the connection is gone
+                except Exception:  # noqa: BLE001 — the server's own errors: the connection is gone
                     self.gone, self.close_with = True, self.close_with or (1006, "connection lost")
                     self.left.set()
                     break

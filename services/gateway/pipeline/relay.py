@@ -232,8 +232,8 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
                     error=type(exc).__name__)
         await _send(outcome, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}"))
     finally:
-        # granian ends a streamed response when its transport is released; an upstream error's
-        # traceback can outlive this frame, so let go of the transport explicitly.
+        # granian (SWITCHYARD_HTTP_SERVER=granian) ends a streamed response when its transport is released; an
+        # upstream error's traceback can outlive this frame, so let go of the transport explicitly.
         transport = None
         if failed_early:
             pass
@@ -260,7 +260,7 @@ async def _send(outcome: Outcome, transport: Any, data: bytes) -> None:
     """Send a stream chunk; if the client has gone, stop the relay (the call is cancelled unless delivered)."""
     try:
         await transport.send_bytes(data)
-    except Exception as exc:  # noqa: BLE001 — granian raises its own protocol errors on a closed client
+    except Exception as exc:  # noqa: BLE001 — each server raises its own error on a closed client
         raise ClientGone() from exc
 
 

@@ -1,0 +1,338 @@
+"""Our HTTP/1.1 server (libs/http1/server.py) on a real socket, against raw clients that do what browsers, SDKs and
+attackers do: keep-alive, pipelining, chunked bodies, bad framing, stalls, hang-ups, WebSockets.
+
+The app here is a small RSGI app written for the test; the server is the one the gateway runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+
+import pytest
+import websockets
+
+from switchyard_gateway.http1 import server as http_server
+from switchyard_gateway.http1.server import ClientDisconnected, Server
+from tests.conftest import wait_for
+
+
+class App:
+    """Echoes what it was sent; a few paths do what the tests need."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.disconnects = 0
+        self.stream_blocked = asyncio.Event()
+        self.body_errors: list[str] = []
+        self.release = asyncio.Event()
+
+    async def __rsgi__(self, scope, proto) -> None:
+        self.seen.append(scope.path)
+        if scope.proto == "ws":
+            await self.websocket(scope, proto)
+            return
+        if scope.path == "/boom":
+            raise RuntimeError("the app failed")
+        if scope.path == "/silent":
+            return
+        if scope.path == "/inject":
+            proto.response_bytes(200, [("x-a", "1\r\nset-cookie: evil=1")], b"no")
+            return
+        if scope.path == "/unread":             # answers without reading the body
+            proto.response_bytes(401, [("content-type", "application/json")], b'{"error":"no key"}')
+            return
+        if scope.path == "/stream":
+            transport = proto.response_stream(200, [("content-type", "text/event-stream")])
+            for number in range(3):
+                await transport.send_bytes(b"data: %d\n\n" % number)
+            return
+        if scope.path == "/flood":              # a stream to a client that does not read
+            transport = proto.response_stream(200, [])
+            try:
+                for _ in range(10_000):
+                    await asyncio.wait_for(transport.send_bytes(b"x" * 65536), 2)
+            except TimeoutError:
+                self.stream_blocked.set()
+            return
+        if scope.path == "/watch":
+            await proto.client_disconnect()
+            self.disconnects += 1
+            return
+        if scope.path == "/slow":
+            await self.release.wait()
+        try:
+            body = await proto()
+        except ClientDisconnected as exc:
+            self.body_errors.append(str(exc))
+            return
+        answer = {"method": scope.method, "path": scope.path, "query": scope.query_string, "body": body.decode(),
+                  "x": scope.headers.get_all("x-a"), "version": scope.http_version}
+        proto.response_bytes(200, [("content-type", "application/json")], json.dumps(answer).encode())
+
+    async def websocket(self, scope, proto) -> None:
+        if scope.path == "/ws-refuse":
+            proto.close(403)
+            return
+        transport = await proto.accept()
+        while True:
+            message = await transport.receive()
+            if message.kind == 0:
+                return
+            if message.kind == 2 and message.data == "bye":
+                proto.close(4401)
+                return
+            if message.kind == 1:
+                await transport.send_bytes(message.data)
+            else:
+                await transport.send_str(message.data.upper())
+
+
+@pytest.fixture
+async def served():
+    app = App()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    server = Server(app, asyncio.get_running_loop(), grace_s=3.0)
+    task = asyncio.create_task(server.serve(sock))
+    yield app, server, sock.getsockname()[1]
+    server.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def exchange(port: int, raw: bytes, read_until_close: bool = True, timeout_s: float = 10.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    try:
+        if read_until_close:
+            return await asyncio.wait_for(reader.read(), timeout_s)
+        return await asyncio.wait_for(reader.read(65536), timeout_s)
+    finally:
+        writer.close()
+
+
+def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream of Content-Length framed responses."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split()[1]), headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+async def test_keep_alive_and_pipelining_answer_in_order(served) -> None:
+    app, _, port = served
+    raw = post("/a", b"one") + post("/b?q=1", b"two", "x-a: 1\r\nx-a: 2\r\n") + \
+        b"GET /c%20d HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    got = responses(await exchange(port, raw))
+    assert [status for status, _, _ in got] == [200, 200, 200]
+    bodies = [json.loads(body) for _, _, body in got]
+    assert [b["path"] for b in bodies] == ["/a", "/b", "/c d"]
+    assert [b["body"] for b in bodies] == ["one", "two", ""]
+    assert bodies[1]["query"] == "q=1" and bodies[1]["x"] == ["1", "2"]
+    assert got[2][1]["connection"] == "close" and "date" in got[0][1]
+
+
+async def test_http10_closes_unless_asked_to_keep_alive(served) -> None:
+    _, _, port = served
+    got = responses(await exchange(port, b"POST /x HTTP/1.0\r\ncontent-length: 2\r\n\r\nhi"))
+    assert got[0][0] == 200 and json.loads(got[0][2])["version"] == "1.0"
+    kept = await exchange(port, b"POST /x HTTP/1.0\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nhi",
+                          read_until_close=False)
+    assert b"connection: keep-alive" in kept
+
+
+async def test_chunked_body_is_joined(served) -> None:
+    _, _, port = served
+    raw = b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n" \
+          b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n"
+    got = responses(await exchange(port, raw))
+    assert json.loads(got[0][2])["body"] == "abcdefg"
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nname : space before colon\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 5\r\n\r\nabcde", 400),
+    (b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\ncontent-length: 99999999999999999999999\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"GET nowhere HTTP/1.1\r\n\r\n", 400),
+])
+async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int) -> None:
+    app, _, port = served
+    got = await exchange(port, raw)
+    assert got.startswith(b"HTTP/1.1 %d " % status), got[:80]
+    answer = responses(got)[0]
+    assert answer[1]["connection"] == "close" and json.loads(answer[2])["error"]["message"]
+
+
+async def test_a_head_over_the_limit_is_431(served) -> None:
+    _, _, port = served
+    got = await exchange(port, b"GET / HTTP/1.1\r\nx-big: " + b"a" * (http_server.MAX_HEAD_BYTES + 10))
+    assert got.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_expect_continue_is_sent_when_the_app_reads(served) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /e HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"body")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
+async def test_an_answer_before_the_body_is_read_closes_the_connection(served) -> None:
+    _, _, port = served
+    got = await exchange(port, b"POST /unread HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\npartial")
+    status, headers, _ = responses(got)[0]
+    assert status == 401 and headers["connection"] == "close"
+
+
+async def test_a_stream_is_chunked_and_ended(served) -> None:
+    _, _, port = served
+    got = await exchange(port, b"GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert body == b"9\r\ndata: 0\n\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
+    old = await exchange(port, b"GET /stream HTTP/1.0\r\n\r\n")
+    assert old.partition(b"\r\n\r\n")[2] == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_a_client_that_does_not_read_holds_the_stream_back(served) -> None:
+    app, _, port = served
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /flood HTTP/1.1\r\nhost: x\r\n\r\n")
+    try:
+        await asyncio.wait_for(app.stream_blocked.wait(), 15)     # send_bytes waited: the server did not buffer on
+    finally:
+        sock.close()
+
+
+async def test_the_app_failing_or_silent_is_a_500(served) -> None:
+    _, _, port = served
+    for path in (b"/boom", b"/silent", b"/inject"):
+        got = await exchange(port, b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 500 "), (path, got[:60])
+        assert b"evil" not in got
+
+
+async def test_client_disconnect_completes_when_the_client_leaves(served) -> None:
+    app, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /watch HTTP/1.1\r\nhost: x\r\n\r\n")
+    await writer.drain()
+    await wait_for(lambda: "/watch" in app.seen, what="the request reached the app")
+    writer.close()
+    await wait_for(lambda: app.disconnects == 1, what="client_disconnect completed")
+
+
+async def test_a_body_that_stops_coming_fails_the_read(served, monkeypatch) -> None:
+    app, _, port = served
+    monkeypatch.setattr(http_server, "BODY_TIMEOUT_S", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+    await wait_for(lambda: app.body_errors, what="the body read failed")
+    assert "BODY_TIMEOUT_S" in app.body_errors[0]
+    writer.close()
+    reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+    writer2.write(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+    await writer2.drain()
+    await wait_for(lambda: len(app.seen) >= 2, what="the second request reached the app")
+    writer2.close()                              # a client that hangs up mid-body: the read fails at once
+    await wait_for(lambda: len(app.body_errors) == 2, what="the hang-up failed the read")
+
+
+async def test_a_head_that_never_ends_is_408(served, monkeypatch) -> None:
+    _, _, port = served
+    monkeypatch.setattr(http_server, "HEAD_TIMEOUT_S", 0.3)
+    got = await exchange(port, b"GET / HTTP/1.1\r\nx-slow: ")
+    assert got.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_an_idle_connection_is_closed(served, monkeypatch) -> None:
+    _, _, port = served
+    monkeypatch.setattr(http_server, "KEEP_ALIVE_S", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_stop_finishes_requests_in_flight_and_refuses_new_ones(served) -> None:
+    app, server, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post("/slow", b"x"))
+    await writer.drain()
+    await wait_for(lambda: "/slow" in app.seen, what="the slow request reached the app")
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    server.stop()
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""          # idle: closed at once
+    app.release.set()
+    got = await asyncio.wait_for(reader.read(), 5)                      # in flight: answered, then closed
+    assert got.startswith(b"HTTP/1.1 200 ") and b"connection: close" in got
+    await wait_for(lambda: not server.connections, what="every connection closed")
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    writer.close()
+    idle_writer.close()
+
+
+async def test_websocket_messages_pings_and_close_codes(served) -> None:
+    _, _, port = served
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "HELLO"
+        await ws.send(b"\x00\x01")
+        assert await ws.recv() == b"\x00\x01"
+        await ws.send(["frag", "mented"])                  # a fragmented message arrives whole
+        assert await ws.recv() == "FRAGMENTED"
+        await asyncio.wait_for(await ws.ping(), 5)          # answered by the server itself
+        big = "y" * 200_000
+        await ws.send(big)
+        assert await ws.recv() == big.upper()
+        await ws.send("bye")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def test_websocket_refused_before_accept_gets_the_http_status(served) -> None:
+    _, _, port = served
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws-refuse"):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_an_unmasked_websocket_frame_closes_with_1002(served) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    writer.write(b"\x81\x02hi")                              # a text frame without a mask
+    frame = await asyncio.wait_for(reader.read(), 5)
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
+    writer.close()
