@@ -84,7 +84,7 @@ def table(results: dict) -> str:
     lines = [
         f"Variant {variant}: " + ("a tenant with token and rate limits" if cfg.get("limits") else "no limits")
         + (", fsync on (PostgreSQL, Valkey, the gateway's journal)" if cfg.get("fsync") else ", fsync off")
-        + f"; gateway workers: {cfg.get('workers', 1)}",
+        + f"; gateway workers: {cfg.get('workers', 1)}; HTTP server: {cfg.get('http_server', 'default')}",
         f"Switchyard benchmark: {m['logical_cores']} cores ({m['cpu_model']}), Python {m['python']}, "
         f"commit {m['commit']}",
         f"Before the run: load average {m['load_average_before']}, {m['busy_cores_before']} cores busy (other users)",

@@ -1,7 +1,8 @@
 """Benchmark the gateway against the same upstream simulator called directly, on one machine.
 
     python -m benchmarks.run [--variant policy|no-limits|no-fsync|light] [--quick] [--out PATH] [--requests N]
-                             [--concurrency 32] [--load-procs K] [--workers N] [--replicas gateway=2]
+                             [--concurrency 32] [--load-procs K] [--workers N] [--http-server native|granian]
+                             [--replicas gateway=2]
 
 Starts `switchyard up --demo` on a fresh data dir and a free port, then measures added latency
 and time to first byte (sequential calls), throughput and CPU per call by process (N keep-alive
@@ -53,6 +54,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "light: neither")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="gateway workers, passed to `switchyard up --gateway-workers` (default: its default)")
+    parser.add_argument("--http-server", choices=["native", "granian"], default=None,
+                        help="the gateway's HTTP server (SWITCHYARD_HTTP_SERVER; default: the gateway's default)")
     parser.add_argument("--venv", type=Path, default=None,
                         help="run the stack from this virtualenv (another checkout's code), measured by this harness")
     parser.add_argument("--compare", choices=["portkey"], default=None,
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     limits, fsync = VARIANTS[args.variant]
     config = {"variant": args.variant, "venv": str(args.venv) if args.venv else None, "limits": POLICY_LIMITS if limits else None, "fsync": fsync,
-              "workers": args.workers or "default", "quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
+              "workers": args.workers or "default", "http_server": args.http_server or "default", "quick": args.quick, "sequential": args.sequential, "warmup": args.warmup,
               "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
               "load_procs": args.load_procs, "caps": args.caps, "replicas": args.replicas,
               "nats_cluster": args.nats_cluster, "compare": args.compare, "wait_quiet_s": args.wait_quiet, "warmup_per_conn": args.warmup_per_conn, "sim_knobs": SIM_KNOBS}
@@ -128,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                    *(["--nats-cluster", str(args.nats_cluster)] if args.nats_cluster != 1 else [])]
         say(f"variant {args.variant}: starting switchyard up --demo{'' if fsync else ' --no-fsync'}"
             f"{' --journal-fsync' if fsync else ''} {shlex.join(up_args)}")
-        with Stack(keep_data=args.keep_data, up_args=up_args, fsync=fsync, journal_fsync=fsync,
-                   venv=args.venv) as stack:
+        with Stack(keep_data=args.keep_data, up_args=up_args, fsync=fsync, journal_fsync=fsync, venv=args.venv,
+                   env={"SWITCHYARD_HTTP_SERVER": args.http_server} if args.http_server else {}) as stack:
             say(f"stack up on {stack.gateway_url} (data dir {stack.data_dir})")
             if limits:
                 say(f"limits on the demo tenant: {POLICY_LIMITS}")
