@@ -90,3 +90,8 @@ def stored_types(types: Iterable[str]) -> list[str]:
 def known_event_types() -> list[str]:
     """Every event type string this build understands."""
     return sorted(EVENT_TYPES)
+
+
+def understands(type_: str) -> bool:
+    """Whether this build has a class, or an upcast, for events stored under `type_`."""
+    return type_ in EVENT_TYPES or type_ in UPCASTS

@@ -11,6 +11,18 @@ Events are committed to the log first and published afterwards from the log, pas
 crash in between only delays them and JetStream drops a second copy. A stream that holds fewer of
 these events than the log (NATS lost its data) gets all of them again. What the fold sets aside is
 taken again when `switchyard events dead-letters --retry` asks, by every replica that set it aside.
+
+The outbox is a relay: each event goes out as the log stores it (fields a newer build added pass on; only an event
+stored under an older version is encoded anew, upcast). A row this build cannot decode (a type or a value a newer
+build wrote mid-upgrade, a damaged payload) is published all the same, as stored, in its place in log order, with
+the event id of its row as `Nats-Msg-Id`, and logged (`outbox.published_undecodable`: position and type, never the
+payload); rows of types this build does not know are this outbox's when they fall under its stream's subjects
+(`provider.renamed.v1` on REGISTRY). Its subject is its type and `_` for the identifier, the one part of the
+subject that needs the payload read (`_` is what subjects carry for no identifier): the stream captures it, so
+followers that know the type take it in stream order, those that do not set it aside on DEADLETTER under their
+own name (counted, retryable), and the stream holds every row the log does, which keeps `repair` true. Sending
+it to DEADLETTER instead would keep it from the followers that can read it, and a stream short of the log would
+be republished in full at every start. Nothing past a row is held back by it, and no row is passed over.
 """
 
 from __future__ import annotations
@@ -24,9 +36,9 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
-from switchyard_gateway.contracts.codec import encode, stored_types
+from switchyard_gateway.contracts.codec import decode_event, encode, stored_types, understands
 from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested
-from switchyard_gateway.contracts.events import Event, subject_of
+from switchyard_gateway.contracts.events import Event, event_type, subject_of
 from switchyard_gateway.events.deadletter import DeadLetters
 from switchyard_gateway.events.logfold import LogFold
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
@@ -35,6 +47,7 @@ from switchyard_gateway.kit import eventlog
 
 R = TypeVar("R")
 log = structlog.get_logger()
+CHUNK = 10_000          # rows read at a time while publishing
 
 
 class Outbox:
@@ -44,6 +57,8 @@ class Outbox:
                  apply: Callable[[Event], object], lock: int) -> None:
         self.pool, self.nc = pool, nc
         self.name, self.stream, self.lock = name, stream, lock
+        # type prefixes the stream captures: a type under one of them that this build does not know is a newer one's
+        self.families = tuple(f.removesuffix(">") for f in subjects.STREAMS.get(stream, ()) if f.endswith(".>"))
         self.fold = LogFold(types, apply, name=name, letters=DeadLetters(nc, name))
         self._publishing = asyncio.Lock()
 
@@ -99,16 +114,25 @@ class Outbox:
         return result
 
     async def publish(self) -> int:
-        """Publish the events past the outbox checkpoint, in log order; return how many."""
+        """Publish the events past the outbox checkpoint, in log order, each as stored; return how many."""
         async with self._publishing, self.pool.acquire() as conn, conn.transaction():
             after = await lock_checkpoint(conn, self.name)
+            upto = await eventlog.head(conn)             # every row up to it is visible, so is its type below
+            types = await self._stored_types(conn)
             js = self.nc.jetstream(timeout=5)
             last, published = after, 0
-            async for batch in eventlog.read_all(conn, after, self.types):
-                for position, event in batch:
-                    await js.publish(subject_of(event), encode(event),
-                                     headers={subjects.MSG_ID_HEADER: str(event.event_id)})
+            while True:
+                rows = await eventlog.read_rows(conn, last, types, upto, CHUNK)
+                for position, kind, payload in rows:
+                    subject, body, msg_id, unread = await self._outgoing(conn, position, kind, payload)
+                    ack = await js.publish(subject, body, headers={subjects.MSG_ID_HEADER: msg_id})
+                    if unread is not None:
+                        log.warning("outbox.published_undecodable", outbox=self.name, position=position, type=kind,
+                                    known_type=understands(kind), error=type(unread).__name__, subject=subject,
+                                    sequence=ack.seq, duplicate=ack.duplicate)
                     last, published = position, published + 1
+                if len(rows) < CHUNK:
+                    break
             if last > after:
                 await set_checkpoint(conn, self.name, last)
             return published
@@ -117,7 +141,8 @@ class Outbox:
         """If the stream holds fewer of these events than the log, start publishing over from position 0."""
         info = await self.nc.jetstream(timeout=5).stream_info(self.stream)
         async with self.pool.acquire() as conn:
-            in_log = await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1)", stored_types(self.types))
+            in_log = await conn.fetchval("SELECT count(*) FROM events WHERE type = ANY($1)",
+                                         await self._stored_types(conn))
             if info.state.messages >= in_log:
                 return False
             log.warning("outbox.stream_behind_log", outbox=self.name, stream=self.stream,
@@ -126,3 +151,26 @@ class Outbox:
                 await lock_checkpoint(conn, self.name)
                 await set_checkpoint(conn, self.name, 0)
         return True
+
+    async def _stored_types(self, conn: asyncpg.Connection) -> list[str]:
+        """The types of the rows this outbox publishes: its own (older versions included) and each type in the log
+        that this build does not know and that falls under the stream's subjects (a newer build's)."""
+        newer = [kind for kind in await eventlog.types_stored(conn)
+                 if kind.startswith(self.families) and not understands(kind)]
+        return stored_types(self.types) + newer
+
+    @staticmethod
+    async def _outgoing(conn: asyncpg.Connection, position: int, kind: str,
+                        payload: str) -> tuple[str, bytes, str, Exception | None]:
+        """A stored event's subject, body and message id, and why this build cannot decode it (None if it can)."""
+        try:
+            event = decode_event(payload)
+        except Exception as exc:  # noqa: BLE001 — not one this build reads: relayed as stored
+            return undecoded_subject(kind), payload.encode(), await eventlog.event_id_at(conn, position), exc
+        body = payload.encode() if event_type(event) == kind else encode(event)
+        return subject_of(event), body, str(event.event_id), None
+
+
+def undecoded_subject(kind: str) -> str:
+    """The subject of an event this build cannot decode: its type (each token escaped), `_` for its identifier."""
+    return subjects.subject_for(".".join(subjects.subject_token(token) for token in kind.split(".")), "")

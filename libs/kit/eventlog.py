@@ -223,6 +223,27 @@ async def read_payloads(conn: asyncpg.Connection, after: int, upto: int, types: 
     return [row[0] for row in rows]
 
 
+_TYPES_SQL = """
+WITH RECURSIVE present(type) AS (
+    (SELECT type FROM events ORDER BY type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.type FROM events e WHERE e.type > p.type ORDER BY e.type LIMIT 1) FROM present p
+    WHERE p.type IS NOT NULL
+)
+SELECT type FROM present WHERE type IS NOT NULL
+"""
+
+
+async def types_stored(conn: asyncpg.Connection) -> list[str]:
+    """Every type string the log holds, sorted: a walk of the (type, position) index, one probe per type."""
+    return [row[0] for row in await conn.fetch(_TYPES_SQL)]
+
+
+async def event_id_at(conn: asyncpg.Connection, position: int) -> str:
+    """The event id stored at a position, as text (for an event that is not decoded)."""
+    return str(await conn.fetchval("SELECT event_id FROM events WHERE position = $1", position))
+
+
 async def head(conn: asyncpg.Connection) -> int:
     """The position of the newest event (0 for an empty log)."""
     return await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")

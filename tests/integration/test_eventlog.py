@@ -126,3 +126,11 @@ async def test_a_copied_batch_keeps_every_byte_and_skips_what_the_log_has(pool: 
     assert [p for p, _ in first + second] == [r["position"] for r in rows]
     assert [r["tenant"] for r in rows] == [e.tenant_id for e in events]
     assert rows[5]["occurred_at"] == datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
+async def test_types_stored_names_each_type_the_log_holds_once(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        assert await eventlog.types_stored(conn) == []
+        async with conn.transaction():
+            await eventlog.append(conn, [usage(1), TenantCreated(tenant_id="a"), usage(2), TenantCreated(tenant_id="b")])
+        assert await eventlog.types_stored(conn) == ["tenant.created.v1", "usage.recorded.v2"]
