@@ -14,6 +14,7 @@ import struct
 import pytest
 import websockets
 
+from switchyard_gateway.http1 import exchange as http_exchange
 from switchyard_gateway.http1 import server as http_server
 from switchyard_gateway.http1.server import ClientDisconnected, Server
 from tests.conftest import wait_for
@@ -134,7 +135,7 @@ def post(path: str, body: bytes, extra: str = "") -> bytes:
 
 
 async def test_keep_alive_and_pipelining_answer_in_order(served) -> None:
-    app, _, port = served
+    _, _, port = served
     raw = post("/a", b"one") + post("/b?q=1", b"two", "x-a: 1\r\nx-a: 2\r\n") + \
         b"GET /c%20d HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     got = responses(await exchange(port, raw))
@@ -177,7 +178,7 @@ async def test_chunked_body_is_joined(served) -> None:
     (b"GET nowhere HTTP/1.1\r\n\r\n", 400),
 ])
 async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int) -> None:
-    app, _, port = served
+    _, _, port = served
     got = await exchange(port, raw)
     assert got.startswith(b"HTTP/1.1 %d " % status), got[:80]
     answer = responses(got)[0]
@@ -240,7 +241,7 @@ async def test_the_app_failing_or_silent_is_a_500(served) -> None:
 
 async def test_client_disconnect_completes_when_the_client_leaves(served) -> None:
     app, _, port = served
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /watch HTTP/1.1\r\nhost: x\r\n\r\n")
     await writer.drain()
     await wait_for(lambda: "/watch" in app.seen, what="the request reached the app")
@@ -250,13 +251,13 @@ async def test_client_disconnect_completes_when_the_client_leaves(served) -> Non
 
 async def test_a_body_that_stops_coming_fails_the_read(served, monkeypatch) -> None:
     app, _, port = served
-    monkeypatch.setattr(http_server, "BODY_TIMEOUT_S", 0.3)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    monkeypatch.setattr(http_exchange, "BODY_TIMEOUT_S", 0.3)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
     await wait_for(lambda: app.body_errors, what="the body read failed")
     assert "BODY_TIMEOUT_S" in app.body_errors[0]
     writer.close()
-    reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+    _, writer2 = await asyncio.open_connection("127.0.0.1", port)
     writer2.write(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
     await writer2.drain()
     await wait_for(lambda: len(app.seen) >= 2, what="the second request reached the app")

@@ -1,0 +1,212 @@
+"""WebSocket (RFC 6455) for the HTTP server: the upgrade's RSGI object, then the socket's frames both ways.
+
+`accept()` answers the handshake (version 13) and returns the socket; `close(status)` before it refuses the
+upgrade with that HTTP status. The socket joins fragments, answers pings itself, refuses unmasked client
+frames (1002), messages over WS_MAX_MESSAGE_BYTES (1009) and text that is not UTF-8 (1007), and sends a
+close frame with the code it is closed with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import struct
+from typing import TYPE_CHECKING, Any
+
+from switchyard_gateway.http1.exchange import ClientDisconnected, Request, Scope, response_head
+
+if TYPE_CHECKING:
+    from switchyard_gateway.http1.server import Connection
+
+WS_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Message:
+    """A WebSocket message as RSGI gives it: kind 0 closed, 1 bytes, 2 text."""
+
+    __slots__ = ("kind", "data")
+
+    def __init__(self, kind: int, data: Any) -> None:
+        self.kind, self.data = kind, data
+
+
+class WebSocketUpgrade:
+    """The RSGI protocol object of a WebSocket request: `accept()` or `close(status)`."""
+
+    def __init__(self, conn: Connection, scope: Scope, request: Request) -> None:
+        self.conn, self.scope, self.request = conn, scope, request
+        self.socket: WebSocket | None = None
+
+    async def accept(self) -> WebSocket:
+        key = self.scope.headers.get("sec-websocket-key", "")
+        if self.scope.headers.get("sec-websocket-version") != "13" or len(key) != 24:
+            self._status(400)
+            raise ClientDisconnected("not a WebSocket handshake this server speaks (version 13)")
+        accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
+        self.request.responded = True
+        self.conn.write(response_head(b"HTTP/1.1", 101, [], b"upgrade: websocket\r\nconnection: Upgrade\r\n"
+                                                    b"sec-websocket-accept: %s\r\n" % accept.encode()))
+        self.conn._disarm()
+        self.socket = WebSocket(self.conn)
+        self.conn.websocket = self.socket
+        if self.conn.buffer:
+            rest, self.conn.buffer = self.conn.buffer, b""
+            self.socket.feed(rest)
+        return self.socket
+
+    def close(self, status: int = 1000) -> None:
+        if self.socket is not None:
+            self.socket.close(status)
+        elif not self.request.responded:
+            self._status(status if 400 <= status < 600 else 403)
+
+    def _status(self, status: int) -> None:
+        self.request.close_after = True
+        self.request.response_bytes(status, [], b"")
+
+    def finish(self) -> None:
+        self.request.close_after = True
+        if self.socket is not None:
+            self.socket.close(1000)
+        elif not self.request.responded:
+            self._status(500)
+        self.conn.answered(self.request)
+
+
+class WebSocket:
+    """An accepted WebSocket: messages in (pings answered, fragments joined), messages out, a close frame."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.buffer = b""
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.fragments: list[bytes] = []
+        self.fragment_kind = 0
+        self.closed = False                     # a close frame sent, or the connection gone
+
+    def feed(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        while True:
+            if len(buffer) < 2:
+                break
+            first, second = buffer[0], buffer[1]
+            length, at = second & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, at = struct.unpack_from("!H", buffer, 2)[0], 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    break
+                length, at = struct.unpack_from("!Q", buffer, 2)[0], 10
+            if not second & 0x80:
+                self._fail(1002, "client frames must be masked")
+                return
+            if length > WS_MAX_MESSAGE_BYTES:
+                self._fail(1009, "message too big")
+                return
+            if len(buffer) < at + 4 + length:
+                break
+            mask = buffer[at:at + 4]
+            payload = _unmask(buffer[at + 4:at + 4 + length], mask)
+            buffer = buffer[at + 4 + length:]
+            if not self._frame(first, payload):
+                return
+        self.buffer = buffer
+
+    def _frame(self, first: int, payload: bytes) -> bool:
+        opcode, fin = first & 0x0F, first & 0x80
+        if opcode == 0x8:                       # close: answer it, end
+            code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else 1000
+            self.close(code if 1000 <= code < 5000 else 1000)
+            self.messages.put_nowait(Message(0, None))
+            return False
+        if opcode == 0x9:                       # ping: pong
+            self._send(0xA, payload)
+            return True
+        if opcode == 0xA:
+            return True
+        if opcode in (0x1, 0x2):
+            if self.fragments:
+                self._fail(1002, "a new message before the last one ended")
+                return False
+            if fin:
+                self._deliver(opcode, payload)
+            else:
+                self.fragment_kind, self.fragments = opcode, [payload]
+            return True
+        if opcode == 0x0 and self.fragments:
+            self.fragments.append(payload)
+            if sum(len(part) for part in self.fragments) > WS_MAX_MESSAGE_BYTES:
+                self._fail(1009, "message too big")
+                return False
+            if fin:
+                parts, self.fragments = self.fragments, []
+                self._deliver(self.fragment_kind, b"".join(parts))
+            return True
+        self._fail(1002, "unknown opcode")
+        return False
+
+    def _deliver(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x1:
+            try:
+                self.messages.put_nowait(Message(2, payload.decode()))
+            except UnicodeDecodeError:
+                self._fail(1007, "text message is not UTF-8")
+        else:
+            self.messages.put_nowait(Message(1, payload))
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+        self.messages.put_nowait(Message(0, None))
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        length = len(payload)
+        if length < 126:
+            head = bytes((0x80 | opcode, length))
+        elif length < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+        self.conn.write(head + payload)
+
+    async def receive(self) -> Message:
+        if self.closed and self.messages.empty():
+            return Message(0, None)
+        return await self.messages.get()
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send_message(0x2, data)
+
+    async def send_str(self, data: str) -> None:
+        await self._send_message(0x1, data.encode())
+
+    async def _send_message(self, opcode: int, payload: bytes) -> None:
+        if self.closed or self.conn.lost:
+            raise ClientDisconnected("the WebSocket is closed")
+        self._send(opcode, payload)
+        if self.conn.write_paused is not None:
+            await self.conn.drained()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame with `code` (once), then close the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.conn.lost:
+            self._send(0x8, struct.pack("!H", code) + reason.encode()[:120])
+            self.conn.transport.close()         # type: ignore[union-attr]
+
+    def lost(self) -> None:
+        self.closed = True
+        self.messages.put_nowait(Message(0, None))
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    if not payload:
+        return payload
+    key = int.from_bytes(mask * (len(payload) // 4 + 1), "little")
+    return (int.from_bytes(payload, "little") ^ (key & ((1 << (8 * len(payload))) - 1))).to_bytes(len(payload),
+                                                                                                  "little")
