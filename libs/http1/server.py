@@ -260,11 +260,14 @@ class Connection(asyncio.Protocol):
     async def _serve(self, scope: Scope, request: Request) -> None:
         try:
             await self.app.__rsgi__(scope, request)
-        except Exception:  # noqa: BLE001 — the app's own failure: a 500 if nothing was sent, else the end
+        except Exception:  # noqa: BLE001 — the app's own failure: a 500 if nothing was sent, else a cut stream
             log.exception("http.app_failed", path=scope.path, method=scope.method)
             if not request.responded:
                 request.close_after = True
                 request.response_bytes(500, [("content-type", "text/plain")], b"Internal Server Error")
+            elif request.stream is not None:    # no last chunk: the client must not take the stream for whole
+                request.stream.ended, request.stream = True, None
+                request.close_after = True
         finally:
             self.task = None
         if not request.responded:

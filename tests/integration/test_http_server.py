@@ -50,6 +50,10 @@ class App:
             for number in range(3):
                 await transport.send_bytes(b"data: %d\n\n" % number)
             return
+        if scope.path == "/stream-fails":
+            transport = proto.response_stream(200, [("content-type", "text/event-stream")])
+            await transport.send_bytes(b"data: 0\n\n")
+            raise RuntimeError("the app failed mid-stream")
         if scope.path == "/flood":              # a stream to a client that does not read
             transport = proto.response_stream(200, [])
             try:
@@ -218,6 +222,12 @@ async def test_a_stream_is_chunked_and_ended(served) -> None:
     assert body == b"9\r\ndata: 0\n\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
     old = await exchange(port, b"GET /stream HTTP/1.0\r\n\r\n")
     assert old.partition(b"\r\n\r\n")[2] == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_a_stream_the_app_fails_is_cut_not_ended(served) -> None:
+    _, _, port = served
+    got = await exchange(port, b"GET /stream-fails HTTP/1.1\r\nhost: x\r\n\r\n")     # read until the server closes
+    assert got.partition(b"\r\n\r\n")[2] == b"9\r\ndata: 0\n\n\r\n"                    # no last chunk after it
 
 
 async def test_a_client_that_does_not_read_holds_the_stream_back(served) -> None:
