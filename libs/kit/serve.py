@@ -1,6 +1,8 @@
-"""Serve a service's app factory with granian from a lean main process: its port checked, its workers numbered.
+"""Serve a service's app factory from a lean main process: its port checked, its workers numbered.
 
-The main process only supervises (granian's, importing granian and nothing of the service), so
+granian serves the Litestar services; the gateway, an RSGI app, is served by our own server
+(`http1.server`) in the same shape unless SWITCHYARD_HTTP_SERVER says granian. The main process
+only supervises (importing the server and nothing of the service), so
 it holds tens of megabytes, not the app's hundred; each worker imports and builds the app. A
 service may run several workers on one listening socket (the kernel spreads connections among
 them). Each worker is an instance of its own — its own NATS connection, journal and
@@ -49,9 +51,6 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
     processes (replicas of one stack sharing the gateway's port on purpose; the kernel spreads
     connections).
     """
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-
     if not port_is_free(settings.port, settings.host) and not ports.shared_within(settings.port,
                                                                                   settings.share_port_with):
         holder = ports.holder(settings.port)
@@ -66,6 +65,9 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
             raise ValueError("the native server serves RSGI apps only")
         _run_native(target, settings, workers, slots)
         return
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+
     Granian(
         target, address=settings.host, port=settings.port, interface=Interfaces(interface),
         factory=True, workers=workers, loop=Loops.uvloop, http=HTTPModes.http1, websockets=websockets,
