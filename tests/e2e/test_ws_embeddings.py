@@ -203,6 +203,7 @@ async def test_an_idle_socket_is_closed_and_sockets_past_the_bound_are_refused(d
         await two.send(json.dumps({"type": "ping"}))
         assert json.loads(await two.recv())["type"] == "pong"
         assert await until_closed(one) == [{"type": "close", "code": 1001, "reason": "idle for 1 s"}]
+        assert one.close_code == 1001                       # the close frame says it too
     async with opened(tight.url, demo.demo_key) as again:               # the bound counts open sockets only
         await again.send(json.dumps({"type": "ping"}))
         assert json.loads(await again.recv())["type"] == "pong"
