@@ -221,7 +221,7 @@ class Connection(asyncio.Protocol):
                     raise _Refused(400, "malformed header line")
                 pairs.append((name.lower(), value.strip(" \t")))
         headers = Headers(pairs)
-        target_text = target.decode("latin-1")
+        target_text = target.decode("ascii") if target.isascii() else target.decode("utf-8", "replace")
         if target_text[:1] != "/":
             if target_text.startswith(("http://", "https://")):     # absolute form: the path is what counts
                 target_text = "/" + target_text.split("/", 3)[3] if target_text.count("/") >= 3 else "/"

@@ -151,6 +151,14 @@ async def test_keep_alive_and_pipelining_answer_in_order(served) -> None:
     assert got[2][1]["connection"] == "close" and "date" in got[0][1]
 
 
+async def test_a_path_in_raw_utf8_or_percent_encoded_reads_the_same(served) -> None:
+    _, _, port = served
+    raw = "GET /models/café HTTP/1.1\r\nhost: x\r\n\r\n".encode() + \
+        b"GET /models/caf%C3%A9?q=%20 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    got = [json.loads(body) for _, _, body in responses(await exchange(port, raw))]
+    assert [answer["path"] for answer in got] == ["/models/café", "/models/café"] and got[1]["query"] == "q=%20"
+
+
 async def test_http10_closes_unless_asked_to_keep_alive(served) -> None:
     _, _, port = served
     got = responses(await exchange(port, b"POST /x HTTP/1.0\r\ncontent-length: 2\r\n\r\nhi"))
