@@ -68,6 +68,7 @@ class Connection(asyncio.Protocol):
         self.client = self.local = ""
         self.websocket: WebSocket | None = None
         self.head_started = False               # a request head's first bytes are here: its timer runs
+        self.path_seen = ""                     # the path of the request being read or served, once known
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Connection(asyncio.Protocol):
             return
         self._disarm()
         self.head_started = False
+        self.path_seen = ""
         self.buffer = buffer[end + 4:]
         try:
             scope, request = self._parse(buffer[:end].lstrip(b"\r\n"))
@@ -231,6 +233,7 @@ class Connection(asyncio.Protocol):
                 raise _Refused(400, "malformed request target")
         path, _, query = target_text.partition("?")
         path = unquote(path, "utf-8", "replace") if "%" in path else path
+        self.path_seen = path
         connection = headers.get("connection", "").lower()
         close_after = "close" in connection if http_version == "1.1" else "keep-alive" not in connection
         length, chunked = 0, False
@@ -293,13 +296,16 @@ class Connection(asyncio.Protocol):
             self._arm(KEEP_ALIVE_S)
 
     def refuse(self, status: int, reason: str) -> None:
-        """Answer a request this server cannot serve, then close the connection."""
+        """Answer a request this server cannot serve, then close the connection. The body is the app's
+        `error_body(path, status, message)` when it has one (its error shape for that path), else OpenAI's."""
         if self.lost:
             return
-        body = json.dumps({"error": {"message": reason, "type": "invalid_request_error", "param": None,
-                                     "code": "bad_request"}}).encode()
+        render = self.server.error_body
+        body = render(self.path_seen, status, reason) if render is not None else json.dumps(
+            {"error": {"message": reason, "type": "invalid_request_error", "param": None, "code": None}}).encode()
+        framing = b"content-length: %d\r\nconnection: close\r\n" % len(body)
         self.transport.write(response_head(  # type: ignore[union-attr]
-            b"HTTP/1.1", status, [("content-type", "application/json")], b"content-length: %d\r\nconnection: close\r\n" % len(body)) + body)
+            b"HTTP/1.1", status, [("content-type", "application/json")], framing) + body)
         self.transport.close()                  # type: ignore[union-attr]
         self.buffer = b""
         self.request = None
@@ -334,6 +340,7 @@ class Server:
         self.app, self.grace_s = app, grace_s
         self.loop = loop or asyncio.get_event_loop()
         self.connections: set[Connection] = set()
+        self.error_body = getattr(app, "error_body", None)     # the app's error shape for refused requests
         self.stopping = False
         self._stopped = asyncio.Event()
 

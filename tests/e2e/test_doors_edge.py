@@ -229,3 +229,28 @@ async def test_show_reports_what_the_upstream_says_and_unknown_otherwise(demo: D
     translated = await client.show(upstream.model("translated"))
     assert translated.capabilities == ["completion"]
     assert translated.modelinfo["general.architecture"] == "unknown"
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/v1/chat/completions", "openai"), ("/api/chat", "ollama"),
+                                             ("/v1/messages", "anthropic")])
+def test_a_request_the_http_server_refuses_gets_its_doors_error_shape(demo: DemoStack, path: str, shape: str) -> None:
+    """Framing no server may guess at (a length and chunked at once: request smuggling) is refused before the
+    gateway's code runs, still in the error shape of the door the path belongs to."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", demo.port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n"
+                     "\r\n0\r\n\r\n".encode())
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    error = json.loads(body)
+    if shape == "ollama":
+        assert isinstance(error["error"], str) and "Transfer-Encoding" in error["error"]
+    elif shape == "anthropic":
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    else:
+        assert error["error"]["type"] == "invalid_request_error" and "Transfer-Encoding" in error["error"]["message"]

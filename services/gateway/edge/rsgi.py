@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+_REFUSED_CODES = {408: "request_timeout", 431: "headers_too_large", 501: "not_implemented",
+                  505: "http_version_not_supported"}
+
 
 class GatewayRSGI:
     """An RSGI application: `__rsgi_init__` runs the Litestar lifespan's start-up, `__rsgi_del__` its shutdown.
@@ -73,6 +76,13 @@ class GatewayRSGI:
             await self._lifespan
 
     # --- requests ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def error_body(path: str, status: int, message: str) -> bytes:
+        """A request the HTTP server refuses before it reaches here (malformed framing, a head too large or too
+        slow), in the error shape of the door its path belongs to."""
+        return render_for(path, GatewayError(message, status=status, kind="invalid_request_error",
+                                             code=_REFUSED_CODES.get(status, "invalid_request")))
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
