@@ -205,7 +205,8 @@ class Connection(asyncio.Protocol):
         line = head if eol < 0 else head[:eol]
         method, _, rest = line.partition(b" ")
         target, _, version = rest.partition(b" ")
-        if not target or b" " in version or (method not in _METHODS and not (method and all(c in _TOKEN for c in method))):
+        known = method in _METHODS or (method and all(c in _TOKEN for c in method))
+        if not target or b" " in version or not known:
             raise _Refused(400, "malformed request line")
         if version == b"HTTP/1.1":
             http_version = "1.1"
