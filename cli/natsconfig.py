@@ -66,7 +66,7 @@ def _read_password(path: Path) -> str:
     except OSError as exc:
         raise ValueError(f"--password-file: cannot read {path}: {exc.strerror or exc}") from None
     password = text[:-1] if text.endswith("\n") else text
-    if len(password) < 16:
-        raise ValueError(f"--password-file: {path} holds {len(password)} characters; give at least 16 "
-                         "(openssl rand -hex 24 > FILE)")
+    if len(password) < nats_auth.MIN_PASSWORD:
+        raise ValueError(f"--password-file: {path} holds {len(password)} characters; give at least "
+                         f"{nats_auth.MIN_PASSWORD} (openssl rand -hex 24 > FILE)")
     return password

@@ -32,6 +32,8 @@ PASSWORD_KEY = "SWITCHYARD_NATS_PASSWORD"      # the services' password, kept in
 USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+BCRYPT = re.compile(r"^\$2[abxy]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")   # whole: nats-server compares anything else as it is
+MIN_PASSWORD = 16                              # characters of a password given for the services or the routes
 
 
 class UsersError(ValueError):
@@ -146,7 +148,7 @@ def _password(value: object, env: Mapping[str, str]) -> str:
             return env_value(env, ref.group(1)) or f"!{ref.group(1)} is not set"
         except SettingsError as exc:
             return f"!{exc}"
-    if text.startswith("$2"):
+    if BCRYPT.match(text):
         return text                            # a bcrypt hash: nats-server checks the password against it
     return "!give it as ${ENV_VAR} or a bcrypt hash, never in plain text"
 

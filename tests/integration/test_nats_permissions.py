@@ -129,20 +129,25 @@ async def _nothing(_conn, _batch) -> None:
     return None
 
 
+HASH = "$2a$11$" + "abcdefghijklmnopqrstuv" + "0123456789./ABCDEFGHIJKLMNOPQRS"   # a whole bcrypt hash: salt, then hash
+
+
 def test_a_users_file_takes_passwords_from_the_environment_or_as_hashes_never_in_plain_text(tmp_path: Path) -> None:
     path = tmp_path / "users.yaml"
     path.write_text("subscribers:\n"
                     "  - {user: billing, password: '${BILLING_PW}', name: tenant-spend}\n"
-                    "  - {user: acme-bi, password: '$2a$11$abcdefghijklmnopqrstuv', name: acme-spend, tenant: acme}\n")
+                    f"  - {{user: acme-bi, password: '{HASH}', name: acme-spend, tenant: acme}}\n")
     users = load(path, {"BILLING_PW": "from-env"})
     assert [(u.user, u.password, u.tenant) for u in users] == [
-        ("billing", "from-env", None), ("acme-bi", "$2a$11$abcdefghijklmnopqrstuv", "acme")]
+        ("billing", "from-env", None), ("acme-bi", HASH, "acme")]
     path.write_text("subscribers:\n  - {user: billing, password: hunter2, name: x}\n"
-                    "  - {user: switchyard, password: '${NOPE}', name: '', tenant: 'Bad Tenant', colour: red}\n")
+                    "  - {user: switchyard, password: '${NOPE}', name: '', tenant: 'Bad Tenant', colour: red}\n"
+                    "  - {user: ops, password: '$2-not-a-whole-hash', name: x}\n")
     with pytest.raises(UsersError) as refused:
         load(path, {})
     text = str(refused.value)
     for problem in ("subscribers[0].password: give it as ${ENV_VAR}", "subscribers[1]: unknown key 'colour'",
                     "subscribers[1].user", "subscribers[1].name", "subscribers[1].tenant",
-                    "subscribers[1].password: NOPE is not set"):
+                    "subscribers[1].password: NOPE is not set",
+                    "subscribers[2].password: give it as ${ENV_VAR}"):   # nats-server would take it as plain text
         assert problem in text, problem

@@ -23,7 +23,7 @@ import nats.errors
 import pytest
 import yaml
 
-from switchyard_gateway.kit.nats_auth import SubscriberUser, inbox_prefix, permissions, with_user
+from switchyard_gateway.kit.nats_auth import BCRYPT, ROUTE_USER, SubscriberUser, inbox_prefix, permissions, with_user
 from switchyard_gateway.kit.stack_nats import nats_binary
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from tests.conftest import wait_for
@@ -39,7 +39,7 @@ VALUES: dict[str, Any] = {
     "database": {"url": "postgresql://switchyard@postgres.data:5432/switchyard"},
     "redis": {"url": "redis://valkey.data:6379/0"},
     "secrets": {"adminKey": "sy_admin_chart_test", "databasePassword": "chart-test-password",
-                "natsPassword": "chart-test-nats-password"},
+                "natsPassword": "chart-test-nats-password", "natsRoutePassword": "chart-test-route-password"},
     "registryDocument": {"providers": [{"id": "local", "kind": "ollama"}]},
 }
 
@@ -49,6 +49,11 @@ def render(values: dict[str, Any] | None = None, name: str = "sy") -> list[dict[
         files = chart.render(values if values is not None else VALUES, name=name, namespace="ai")
     return [doc for path, text in sorted(files.items()) if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if doc]
+
+
+def routes_from(secret: str) -> dict[str, Any]:
+    """NATS values naming an existing Secret as the one the nodes read the routes' password from."""
+    return {"container": {"env": {"SWITCHYARD_NATS_ROUTE_PASSWORD": {"valueFrom": {"secretKeyRef": {"name": secret}}}}}}
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -118,7 +123,10 @@ def test_nats_dependency_is_the_official_chart_as_a_three_node_jetstream_cluster
     (nats,) = chart["dependencies"]
     assert nats["name"] == "nats" and "nats-io" in nats["repository"] and nats["condition"] == "nats.enabled"
     values = yaml.safe_load((CHART / "values.yaml").read_text())["nats"]
-    assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    cluster = values["config"]["cluster"]
+    assert cluster["enabled"] is True and cluster["replicas"] == 3
+    assert cluster["merge"]["authorization"]["user"] == ROUTE_USER         # the routes' user compose's nodes use
+    assert not cluster.get("routeURLs")                                     # the NATS chart's would be plain text
     assert values["config"]["jetstream"]["enabled"] is True and values["config"]["jetstream"]["fileStore"]["pvc"]
 
 
@@ -143,7 +151,7 @@ def test_missing_required_values_fail_with_their_names() -> None:
     with pytest.raises(helm.HelmError, match="secrets.natsPassword: give at least 16 characters"):
         render({**VALUES, "secrets": {**VALUES["secrets"], "natsPassword": "short"}})
     with pytest.raises(helm.HelmError, match="secrets.natsPasswordHash is required with secrets.existingSecret"):
-        render({**VALUES, "secrets": {"existingSecret": "switchyard-prod"}})
+        render({**VALUES, "secrets": {"existingSecret": "switchyard-prod"}, "nats": routes_from("switchyard-prod")})
 
 
 def test_helm_lint_finds_nothing_but_the_dependency_left_to_fetch() -> None:
@@ -238,12 +246,18 @@ def test_no_password_is_written_outside_the_secrets_and_nats_gets_hashes_only() 
     holding = [d["metadata"]["name"] for d in docs if plain in yaml.safe_dump(d)]
     assert holding == ["sy-switchyard-secrets"]                      # the Secret the services mount, nowhere else
     assert all(u["password"].startswith("$2") for u in users_of(docs))
-    existing = render({**with_subscribers(), "secrets": {"existingSecret": "prod", "natsPasswordHash": HASHED}})
+    existing = render({**with_subscribers(), "secrets": {"existingSecret": "prod", "natsPasswordHash": HASHED},
+                       "nats": routes_from("prod")})
     text = yaml.safe_dump_all(existing)
     assert plain not in text and VALUES["secrets"]["databasePassword"] not in text
     assert [u["password"] for u in users_of(existing)] == [HASHED]
-    with pytest.raises(helm.HelmError, match=r"natsUsers.subscribers\[0\].password: a bcrypt hash"):
-        render(with_subscribers({"user": "acme-bi", "name": "acme-spend", "password": "hunter2-in-plain-text"}))
+    for plain in ("hunter2-in-plain-text", "$2-starts-like-a-hash", HASHED[:-1], "$2a$1$" + "x" * 53):
+        assert not BCRYPT.match(plain)                                       # nats-server would compare it as it is
+        with pytest.raises(helm.HelmError, match=r"natsUsers.subscribers\[0\].password: a bcrypt hash"):
+            render(with_subscribers({"user": "acme-bi", "name": "acme-spend", "password": plain}))
+    for hashed in (HASHED, HASHED.replace("$2a$", "$2y$"), HASHED.replace("$2a$", "$2b$")):   # htpasswd -B gives $2y$
+        assert BCRYPT.match(hashed)
+        render(with_subscribers({"user": "acme-bi", "name": "acme-spend", "password": hashed}))
     with pytest.raises(helm.HelmError, match=r"natsUsers.subscribers\[1\].user: \"acme-bi\" is taken"):
         render(with_subscribers(*[{"user": "acme-bi", "name": "x", "password": HASHED}] * 2))
     with pytest.raises(helm.HelmError, match=r"natsUsers.subscribers\[0\].tenant: not a tenant id"):

@@ -62,11 +62,17 @@ its own retries and dead letters on DEADLETTER, and its own inbox. */}}
 {{- dict "publish" (dict "allow" $publish) "subscribe" (dict "allow" (list (printf "_INBOX_%s.>" .user))) | toRawJson -}}
 {{- end -}}
 
+{{/* Whether a value is a whole bcrypt hash as nats-server takes one (nats_auth.BCRYPT: the chart's tests hold the
+two equal); anything else nats-server would compare as a password in plain text. */}}
+{{- define "switchyard.isBcrypt" -}}
+{{- if regexMatch "^\\$2[abxy]\\$[0-9]{2}\\$[./A-Za-z0-9]{53}$" (toString .) }}true{{ end -}}
+{{- end -}}
+
 {{/* The bcrypt hash NATS checks the services' password against: given, or made from secrets.natsPassword. */}}
 {{- define "switchyard.natsPasswordHash" -}}
 {{- with .Values.secrets -}}
 {{- if .natsPasswordHash -}}
-{{- if not (hasPrefix "$2" .natsPasswordHash) }}{{ fail "secrets.natsPasswordHash: a bcrypt hash ($2a$...)" }}{{ end -}}
+{{- if not (include "switchyard.isBcrypt" .natsPasswordHash) }}{{ fail "secrets.natsPasswordHash: a bcrypt hash ($2a$...)" }}{{ end -}}
 {{- .natsPasswordHash -}}
 {{- else if .existingSecret -}}
 {{- fail "secrets.natsPasswordHash is required with secrets.existingSecret and natsUsers: the bcrypt hash of its nats-password" -}}
@@ -74,6 +80,45 @@ its own retries and dead letters on DEADLETTER, and its own inbox. */}}
 {{- $password := required "secrets.natsPassword or secrets.existingSecret is required (natsUsers)" .natsPassword -}}
 {{- if lt (len $password) 16 }}{{ fail "secrets.natsPassword: give at least 16 characters" }}{{ end -}}
 {{- bcrypt $password -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The routes the chart's NATS nodes dial, as the JSON list the environment variable SWITCHYARD_NATS_ROUTE_URLS
+holds: the NATS chart's own route URLs (names, port, tls, useFQDN as its files/config/cluster.yaml makes them)
+with the routes' user and the password as a reference Kubernetes fills in from SWITCHYARD_NATS_ROUTE_PASSWORD,
+which comes first in the container's env. nats-server reads the list through `routes: $SWITCHYARD_NATS_ROUTE_URLS`
+(its variables are whole values only: a `$VAR` inside a URL stays as it is). Rendered by the NATS chart (values:
+nats.container.env), in its context. */}}
+{{- define "switchyard.natsRouteUrls" -}}
+{{- $cluster := .Values.config.cluster -}}
+{{- $user := $cluster.merge.authorization.user -}}
+{{- $proto := ternary "tls" "nats" $cluster.tls.enabled -}}
+{{- $domain := .Values.headlessService.name -}}
+{{- if $cluster.routeURLs.useFQDN -}}
+{{- $domain = printf "%s.%s.svc.%s" $domain (include "nats.namespace" .) $cluster.routeURLs.k8sClusterDomain -}}
+{{- end -}}
+{{- $urls := list -}}
+{{- range $i := until (int $cluster.replicas) -}}
+{{- $urls = append $urls (printf "%s://%s:$(SWITCHYARD_NATS_ROUTE_PASSWORD)@%s-%d.%s:%d" $proto $user $.Values.statefulSet.name $i $domain (int $cluster.port)) -}}
+{{- end -}}
+{{- toJson $urls -}}
+{{- end -}}
+
+{{/* The routes' password is read by the NATS nodes (a subchart, which cannot see secrets.existingSecret) from the
+Secret nats.container.env names: with existingSecret, that must be named there too. Made by the chart, it is
+at least 16 characters of A-Z a-z 0-9 . _ ~ - (it goes into the route URLs as it is). */}}
+{{- define "switchyard.natsRouteCheck" -}}
+{{- if .Values.nats.enabled -}}
+{{- $name := dig "container" "env" "SWITCHYARD_NATS_ROUTE_PASSWORD" "valueFrom" "secretKeyRef" "name" "" .Values.nats -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- if ne (toString $name) .Values.secrets.existingSecret -}}
+{{- fail (printf "secrets.existingSecret: the NATS nodes read the routes' password (key nats-route-password) from it too: set nats.container.env.SWITCHYARD_NATS_ROUTE_PASSWORD.valueFrom.secretKeyRef.name=%s" .Values.secrets.existingSecret) -}}
+{{- end -}}
+{{- else -}}
+{{- $password := required "secrets.natsRoutePassword or secrets.existingSecret is required (the routes between the NATS nodes)" .Values.secrets.natsRoutePassword -}}
+{{- if lt (len $password) 16 }}{{ fail "secrets.natsRoutePassword: give at least 16 characters" }}{{ end -}}
+{{- if not (regexMatch "^[A-Za-z0-9._~-]+$" $password) }}{{ fail "secrets.natsRoutePassword: only A-Z a-z 0-9 . _ ~ - (openssl rand -hex 24)" }}{{ end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
