@@ -1,7 +1,7 @@
 """One HTTP request as an RSGI app sees it: its scope and headers, its body in, its answer out (`server.py` runs it).
 
 The body is read as it arrives (`await proto()` for all of it, `async for chunk in proto` piece by piece; a body
-with no new byte for BODY_TIMEOUT_S, or whose client leaves, fails the read with ClientDisconnected), and the
+with no new byte for the server's `body_timeout_s`, or whose client leaves, fails the read with ClientDisconnected), and the
 connection stops reading while BODY_HIGH_WATER bytes wait for the app. The answer is one `write` of head and
 body, or a chunked stream (`response_stream`; close-delimited for HTTP/1.0) whose `send_bytes` waits while the
 client is not reading. An answer sent before the body was read to its end closes the connection after it.
@@ -20,7 +20,7 @@ from switchyard_gateway.http1.wire import ChunkedDecoder, ResponseCut
 if TYPE_CHECKING:
     from switchyard_gateway.http1.server import Connection
 
-BODY_TIMEOUT_S = 60.0             # between two bytes of a body the app waits for
+BODY_TIMEOUT_S = 60.0             # between two bytes of a body the app waits for (the server's default)
 BODY_HIGH_WATER = 256 * 1024      # body bytes buffered ahead of the app before reading pauses
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -166,7 +166,7 @@ class Request:
             conn.write(self.version + b" 100 Continue\r\n\r\n")
         conn.resume_reading()
         self.waiter = waiter = conn.loop.create_future()
-        timer = conn.loop.call_later(BODY_TIMEOUT_S, _timed_out, waiter)
+        timer = conn.loop.call_later(conn.server.body_timeout_s, _timed_out, waiter)
         try:
             await waiter
         finally:
@@ -274,4 +274,4 @@ class Stream:
 
 def _timed_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(ClientDisconnected("no byte of the request body for BODY_TIMEOUT_S"))
+        waiter.set_exception(ClientDisconnected("no byte of the request body in time"))

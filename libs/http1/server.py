@@ -18,8 +18,9 @@ and on the way out of every call; here the request is parsed where the app runs,
 - what it refuses, then closes: a malformed request line or header (400), a head over `max_head_bytes`
   (431), conflicting or malformed framing (400: Content-Length and Transfer-Encoding together, two
   different lengths), a transfer coding other than chunked (501), an HTTP version other than 1.x (505);
-- what it does not wait for: a request head not complete within `head_timeout_s` of its first byte, a
-  body with no byte for `body_timeout_s`, a connection idle for `keep_alive_s` between requests.
+- what it does not wait for (each a `Server` parameter): a request head not complete within `head_timeout_s`
+  of its first byte (408), a body with no byte for `body_timeout_s` (the app's read fails), a connection idle
+  for `keep_alive_s` between requests.
 
 Header names reach the app lower-cased; `scope.headers.get(name)` is the first value,
 `get_all(name)` every one. The path is percent-decoded, the query string as sent.
@@ -35,7 +36,8 @@ from urllib.parse import unquote
 
 import structlog
 
-from switchyard_gateway.http1.exchange import ClientDisconnected, Headers, Request, Scope, response_head
+from switchyard_gateway.http1.exchange import BODY_TIMEOUT_S, ClientDisconnected, Headers, Request, Scope, \
+    response_head
 from switchyard_gateway.http1.websocket import WebSocket, WebSocketUpgrade
 
 __all__ = ["ClientDisconnected", "Server"]
@@ -78,7 +80,7 @@ class Connection(asyncio.Protocol):
         peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
-        self._arm(KEEP_ALIVE_S)
+        self._arm(self.server.keep_alive_s)
 
     def data_received(self, data: bytes) -> None:
         if self.websocket is not None:
@@ -175,7 +177,7 @@ class Connection(asyncio.Protocol):
                     self.buffer = b""           # blank lines between requests are allowed
                 elif not self.head_started:
                     self.head_started = True
-                    self._arm(HEAD_TIMEOUT_S)
+                    self._arm(self.server.head_timeout_s)
             return
         if end > MAX_HEAD_BYTES:
             self.refuse(431, "the request head is larger than the limit")
@@ -294,7 +296,7 @@ class Connection(asyncio.Protocol):
         if self.buffer:
             self._next()
         if self.request is None and not self.lost:
-            self._arm(KEEP_ALIVE_S)
+            self._arm(self.server.keep_alive_s)
 
     def refuse(self, status: int, reason: str) -> None:
         """Answer a request this server cannot serve, then close the connection. The body is the app's
@@ -337,8 +339,11 @@ class _Refused(Exception):
 class Server:
     """Serves an RSGI app on listening sockets in the running loop until `stop()`."""
 
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop | None = None, grace_s: float = GRACE_S) -> None:
+    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop | None = None, grace_s: float = GRACE_S,
+                 head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
+                 keep_alive_s: float = KEEP_ALIVE_S) -> None:
         self.app, self.grace_s = app, grace_s
+        self.head_timeout_s, self.body_timeout_s, self.keep_alive_s = head_timeout_s, body_timeout_s, keep_alive_s
         self.loop = loop or asyncio.get_event_loop()
         self.connections: set[Connection] = set()
         self.error_body = getattr(app, "error_body", None)     # the app's error shape for refused requests

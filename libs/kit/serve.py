@@ -148,7 +148,10 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
     asyncio.set_event_loop(loop)
     app.__rsgi_init__(loop)
     try:
-        loop.run_until_complete(Server(app, loop).serve(sock, signals=True))
+        timeouts = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
+                                                                          "keep_alive_s")
+                    if hasattr(settings, f"http_{name}")}
+        loop.run_until_complete(Server(app, loop, **timeouts).serve(sock, signals=True))
     finally:
         app.__rsgi_del__(loop)
         loop.close()

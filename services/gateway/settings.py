@@ -18,6 +18,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     worker: int = 0                       # set in each worker when there are several: its slot, 1..workers
     http_server: str = "native"           # "native": our HTTP/1.1 server in each worker's loop (libs/http1/server.py);
                                           # "granian": granian's RSGI server (docs/performance.md compares them)
+    http_head_timeout_s: float = 30.0    # native server: a request head must be whole this long after its first byte
+    http_body_timeout_s: float = 60.0    # ... a body with no new byte this long is answered 408
+    http_keep_alive_s: float = 75.0      # ... a connection idle this long between requests is closed
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 262_144      # bound on asked output tokens and context sizes when a model has none
     upstream_connect_timeout_s: float = 5.0

@@ -254,3 +254,31 @@ def test_a_request_the_http_server_refuses_gets_its_doors_error_shape(demo: Demo
         assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     else:
         assert error["error"]["type"] == "invalid_request_error" and "Transfer-Encoding" in error["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def impatient(demo: DemoStack, urls) -> Iterator[Gateway]:
+    """A gateway that waits half a second for a stalled request body."""
+    gateway = start_gateway(demo, urls, http_body_timeout_s="0.5")
+    yield gateway
+    stop_gateway(gateway)
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/v1/chat/completions", "openai"), ("/api/chat", "ollama"),
+                                             ("/api/admin/tenants", "admin")])
+def test_a_body_that_stops_coming_is_answered_408_in_the_doors_shape(demo: DemoStack, impatient: Gateway,
+                                                                      path: str, shape: str) -> None:
+    import json
+    import socket
+
+    port = int(impatient.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {demo.demo_key}\r\n"
+                     f"content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":".encode())
+        got = b""
+        while chunk := sock.recv(65536):            # the gateway answers, then closes
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert "did not arrive" in (error if isinstance(error, str) else error["message"])

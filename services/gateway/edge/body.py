@@ -12,29 +12,34 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from switchyard_gateway.services.gateway.edge.errors import BadRequest, PayloadTooLarge
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, BodyNotReceived, PayloadTooLarge
 
 DRAIN_MAX_BYTES = 256 * 1024 * 1024       # a refused body is read and dropped up to this size
 DRAIN_MAX_S = 10.0                        # ... and for this long
 
 
 async def read_body(headers: Any, proto: Any, limit: int) -> bytes:
-    """The whole body, or PayloadTooLarge (answer it, then `drain`); BadRequest for a malformed Content-Length."""
+    """The whole body, or PayloadTooLarge (answer it, then `drain`); BadRequest for a malformed Content-Length;
+    BodyNotReceived when the client stops sending it (the server's body timeout) or leaves."""
     length = headers.get("content-length")
     if length is not None:
         if not length.isdigit():
             raise BadRequest("Content-Length must be a number of bytes", code="invalid_request")
         if int(length) > limit:
             raise too_large(limit)
-        return await proto()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in proto:
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        if length is not None:
+            return await proto()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in proto:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except ConnectionError as exc:          # our server's ClientDisconnected: stalled, or gone
+        raise BodyNotReceived("The request body did not arrive in time", headers={"connection": "close"}) from exc
 
 
 def too_large(limit: int) -> PayloadTooLarge:

@@ -119,6 +119,11 @@ class BadRequest(ApiError):
     code = "invalid_request"
 
 
+class BodyNotReceived(ApiError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

@@ -18,7 +18,7 @@ from litestar import Litestar
 
 from switchyard_gateway.services.gateway.edge.body import drain, read_body
 from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
-    render_for
+    PayloadTooLarge, render_for
 from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
     request_id_of
 from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
@@ -149,7 +149,8 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
     except ApiError as exc:
         proto.response_bytes(exc.status, [("content-type", "application/json"), (REQUEST_ID, request_id),
                                           *exc.headers.items()], render_for(scope.path, exc))
-        await drain(proto)
+        if isinstance(exc, PayloadTooLarge):    # read on, so the client hears why; a stalled body is not waited for
+            await drain(proto)
         return
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
