@@ -71,6 +71,7 @@ class Connection(asyncio.Protocol):
         self.websocket: WebSocket | None = None
         self.head_started = False               # a request head's first bytes are here: its timer runs
         self.path_seen = ""                     # the path of the request being read or served, once known
+        self.scanned = 0                        # the buffer holds no head's end before this offset
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -91,12 +92,16 @@ class Connection(asyncio.Protocol):
             data = request.feed(data)
             if not data:
                 return
-        if self.buffer:
-            data = self.buffer + data
-        self.buffer = data
+        buffer = self.buffer
+        if buffer:                              # a head arriving in pieces grows in place, not copied per piece
+            if type(buffer) is not bytearray:
+                buffer = self.buffer = bytearray(buffer)
+            buffer += data
+        else:
+            buffer = self.buffer = data
         if request is None:
             self._next()
-        elif len(data) > MAX_HEAD_BYTES:        # pipelined requests pile up: wait until this one is answered
+        elif len(buffer) > MAX_HEAD_BYTES:      # pipelined requests pile up: wait until this one is answered
             self.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -168,16 +173,18 @@ class Connection(asyncio.Protocol):
     def _next(self) -> None:
         """Start the next request in the buffer, if its head is complete."""
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
+        end = buffer.find(b"\r\n\r\n", self.scanned)
         if end < 0:
             if len(buffer) > MAX_HEAD_BYTES:
                 self.refuse(431, "the request head is larger than the limit")
             elif buffer and not self.server.stopping:
                 if buffer.strip(b"\r\n") == b"":
                     self.buffer = b""           # blank lines between requests are allowed
-                elif not self.head_started:
-                    self.head_started = True
-                    self._arm(self.server.head_timeout_s)
+                else:
+                    self.scanned = max(0, len(buffer) - 3)      # the next piece is searched from here on
+                    if not self.head_started:
+                        self.head_started = True
+                        self._arm(self.server.head_timeout_s)
             return
         if end > MAX_HEAD_BYTES:
             self.refuse(431, "the request head is larger than the limit")
@@ -185,9 +192,14 @@ class Connection(asyncio.Protocol):
         self._disarm()
         self.head_started = False
         self.path_seen = ""
-        self.buffer = buffer[end + 4:]
+        self.scanned = 0
+        head = buffer[:end]
+        if type(buffer) is bytearray:
+            head, self.buffer = bytes(head), bytes(buffer[end + 4:])
+        else:
+            self.buffer = buffer[end + 4:]
         try:
-            scope, request = self._parse(buffer[:end].lstrip(b"\r\n"))
+            scope, request = self._parse(head.lstrip(b"\r\n"))
         except _Refused as refused:
             self.refuse(refused.status, refused.reason)
             return
@@ -311,6 +323,7 @@ class Connection(asyncio.Protocol):
             b"HTTP/1.1", status, [("content-type", "application/json")], framing) + body)
         self.transport.close()                  # type: ignore[union-attr]
         self.buffer = b""
+        self.scanned = 0
         self.request = None
 
     def close_if_idle(self) -> None:

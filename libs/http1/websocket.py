@@ -2,7 +2,7 @@
 
 `accept()` answers the handshake (version 13) and returns the socket; `close(status)` before it refuses the
 upgrade with that HTTP status. The socket joins fragments, answers pings itself, refuses unmasked client
-frames (1002), messages over WS_MAX_MESSAGE_BYTES (1009) and text that is not UTF-8 (1007), and sends a
+frames (1002), frames or messages over WS_MAX_MESSAGE_BYTES (1009) and text that is not UTF-8 (1007), and sends a
 close frame with the code it is closed with.
 """
 
@@ -19,7 +19,7 @@ from switchyard_gateway.http1.exchange import ClientDisconnected, Request, Scope
 if TYPE_CHECKING:
     from switchyard_gateway.http1.server import Connection
 
-WS_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -80,41 +80,54 @@ class WebSocket:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.needed = 0                         # bytes the buffer must hold before the next frame can be read
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
         self.fragments: list[bytes] = []
         self.fragment_kind = 0
         self.closed = False                     # a close frame sent, or the connection gone
 
     def feed(self, data: bytes) -> None:
-        buffer = self.buffer + data if self.buffer else data
+        """Take bytes off the connection: whole frames are handled, a partial one waits in a growing buffer (a
+        large message arriving in many reads is copied once, not once per read)."""
+        buffer = self.buffer
+        buffer += data
+        if len(buffer) < self.needed:           # the frame in progress is still short: nothing to parse yet
+            return
+        at_frame = 0
+        size = len(buffer)
         while True:
-            if len(buffer) < 2:
+            if size - at_frame < 2:
+                self.needed = at_frame + 2
                 break
-            first, second = buffer[0], buffer[1]
-            length, at = second & 0x7F, 2
+            first, second = buffer[at_frame], buffer[at_frame + 1]
+            length, at = second & 0x7F, at_frame + 2
             if length == 126:
-                if len(buffer) < 4:
+                if size - at_frame < 4:
+                    self.needed = at_frame + 4
                     break
-                length, at = struct.unpack_from("!H", buffer, 2)[0], 4
+                length, at = struct.unpack_from("!H", buffer, at)[0], at_frame + 4
             elif length == 127:
-                if len(buffer) < 10:
+                if size - at_frame < 10:
+                    self.needed = at_frame + 10
                     break
-                length, at = struct.unpack_from("!Q", buffer, 2)[0], 10
+                length, at = struct.unpack_from("!Q", buffer, at)[0], at_frame + 10
             if not second & 0x80:
                 self._fail(1002, "client frames must be masked")
                 return
             if length > WS_MAX_MESSAGE_BYTES:
                 self._fail(1009, "message too big")
                 return
-            if len(buffer) < at + 4 + length:
+            if size < at + 4 + length:
+                self.needed = at + 4 + length
                 break
-            mask = buffer[at:at + 4]
-            payload = _unmask(buffer[at + 4:at + 4 + length], mask)
-            buffer = buffer[at + 4 + length:]
+            payload = _unmask(bytes(buffer[at + 4:at + 4 + length]), bytes(buffer[at:at + 4]))
+            at_frame = at + 4 + length
             if not self._frame(first, payload):
                 return
-        self.buffer = buffer
+        if at_frame:
+            del buffer[:at_frame]
+            self.needed -= at_frame
 
     def _frame(self, first: int, payload: bytes) -> bool:
         opcode, fin = first & 0x0F, first & 0x80

@@ -167,6 +167,39 @@ async def test_http10_closes_unless_asked_to_keep_alive(served) -> None:
     assert b"connection: keep-alive" in kept
 
 
+async def test_a_request_written_a_byte_at_a_time_is_read_whole(served) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw = post("/bytes", b"abc", "x-a: " + "z" * 3000 + "\r\nconnection: close\r\n")
+    for offset in range(len(raw)):
+        writer.write(raw[offset:offset + 1])
+        if offset % 64 == 0:
+            await writer.drain()
+            await asyncio.sleep(0)
+    got = responses(await asyncio.wait_for(reader.read(), 10))
+    assert got[0][0] == 200 and json.loads(got[0][2])["body"] == "abc"
+    writer.close()
+
+
+async def test_a_websocket_message_in_many_small_writes_arrives_whole(served) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    payload, mask = b"w" * 300_000, b"\x01\x02\x03\x04"
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    frame = struct.pack("!BBQ", 0x82, 0x80 | 127, len(payload)) + mask + masked
+    for offset in range(0, len(frame), 1000):
+        writer.write(frame[offset:offset + 1000])
+        await writer.drain()
+    head = await asyncio.wait_for(reader.readexactly(10), 10)
+    assert head[0] == 0x82 and struct.unpack("!Q", head[2:10])[0] == len(payload)
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+    writer.close()
+
+
 async def test_chunked_body_is_joined(served) -> None:
     _, _, port = served
     raw = b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n" \
