@@ -34,6 +34,7 @@ from typing import TypeVar
 import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_event, encode, stored_types, understands
@@ -47,6 +48,9 @@ from switchyard_gateway.kit import eventlog
 
 R = TypeVar("R")
 log = structlog.get_logger()
+UNDECODABLE = Counter("switchyard_outbox_undecodable_total",
+                      "Rows of the log an outbox published as stored because this build cannot decode them",
+                      ["outbox"])
 CHUNK = 10_000          # rows read at a time while publishing
 
 
@@ -127,6 +131,7 @@ class Outbox:
                     subject, body, msg_id, unread = await self._outgoing(conn, position, kind, payload)
                     ack = await js.publish(subject, body, headers={subjects.MSG_ID_HEADER: msg_id})
                     if unread is not None:
+                        UNDECODABLE.labels(self.name).inc()
                         log.warning("outbox.published_undecodable", outbox=self.name, position=position, type=kind,
                                     known_type=understands(kind), error=type(unread).__name__, subject=subject,
                                     sequence=ack.seq, duplicate=ack.duplicate)

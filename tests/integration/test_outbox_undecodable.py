@@ -14,6 +14,7 @@ import structlog
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import TenantCreated
 from switchyard_gateway.contracts.quota import LimitsUpdate, SetLimits
+from switchyard_gateway.events.outbox import UNDECODABLE as UNDECODABLE_ROWS
 from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.quota.store import OUTBOX as QUOTA_OUTBOX
@@ -72,8 +73,10 @@ async def test_the_registry_outbox_publishes_a_row_it_cannot_decode_as_stored_on
     await append(pool, after)
 
     store = RegistryStore(pool, nats_client)
+    counted = UNDECODABLE_ROWS.labels(OUTBOX)._value.get()
     with structlog.testing.capture_logs() as logs:
         await store.load()                          # fold, repair, publish: it used to raise here, every time
+    assert UNDECODABLE_ROWS.labels(OUTBOX)._value.get() == counted + 1
     assert await checkpoint(pool) == bad + 1
     assert await messages(js, subjects.STREAM_REGISTRY) == [
         ("tenant.created.v1.before", await _body(pool, bad - 1), str(before.event_id)),
