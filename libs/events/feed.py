@@ -76,6 +76,9 @@ class LogFeed:
         self.position = Watermark()       # the last log position the stream is known to hold
         self.published = 0                # events this feed published
         self._tail: tuple[int, int] | None = None   # (sequence, position) of the stream's last message, as left here
+        # one JetStream context for the feed's life: each context subscribes its own inbox for the acks of
+        # `publish_async` and never lets go of it, so a context per round leaked a subscription per round
+        self._js = nc.jetstream(timeout=10)
 
     async def run(self) -> None:
         """Feed until cancelled: a round per commit heard, retried with backoff while NATS or PostgreSQL is away."""
@@ -102,7 +105,7 @@ class LogFeed:
 
     async def publish(self) -> int:
         """One round: publish up to `chunk` events past what the stream holds; return how many."""
-        js = self.nc.jetstream(timeout=10)
+        js = self._js
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO projection_checkpoints (projection, position) "
                                "SELECT $1, coalesce(max(position), 0) FROM events ON CONFLICT DO NOTHING", self.name)

@@ -125,6 +125,19 @@ async def test_the_feed_publishes_the_log_in_order_with_positions_per_type_and_t
     assert [e["request_id"] for e in msgspec.json.decode(msgs[1].data)] == ["r0", "r1", "r2"]
 
 
+async def test_the_feed_holds_the_same_subscriptions_however_many_rounds_it_publishes(metering: Metering,
+                                                                                     nats_client) -> None:
+    """Each round publishes with acks to an inbox; a round must not leave a subscription behind (one per round
+    grew metering's memory and NATS's without bound under load)."""
+    head = await metering.append([usage(0, "acme")])
+    assert await metering.feed.position.reach(head, 10)
+    held = len(nats_client._subs)                       # the client's live subscriptions
+    for i in range(1, 31):                              # thirty commits, thirty rounds
+        head = await metering.append([usage(i, "acme")])
+        assert await metering.feed.position.reach(head, 10)
+    assert len(nats_client._subs) == held
+
+
 async def test_the_feed_resumes_from_what_the_stream_holds_after_losing_its_place(metering: Metering,
                                                                                   nats_client, pool) -> None:
     head = await metering.append(usage(i, "acme") for i in range(5))
