@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from switchyard_gateway.services.gateway.edge.errors import BadRequest, BodyNotReceived, PayloadTooLarge
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, BodyNotReceived, GatewayError, PayloadTooLarge, \
+    render_for
 
 DRAIN_MAX_BYTES = 256 * 1024 * 1024       # a refused body is read and dropped up to this size
 DRAIN_MAX_S = 10.0                        # ... and for this long
@@ -40,6 +41,15 @@ async def read_body(headers: Any, proto: Any, limit: int) -> bytes:
         return b"".join(chunks)
     except ConnectionError as exc:          # our server's ClientDisconnected: stalled, or gone
         raise BodyNotReceived("The request body did not arrive in time", headers={"connection": "close"}) from exc
+
+
+async def refuse(proto: Any, path: str, error: GatewayError, request_id: str) -> None:
+    """Answer a request refused before it was served, in its door's shape; a body refused for its size is then
+    read on (`drain`), so that the client hears why; one that stopped coming is not waited for again."""
+    proto.response_bytes(error.status, [("content-type", "application/json"), *error.headers.items(),
+                                        ("x-request-id", request_id)], render_for(path, error))
+    if isinstance(error, PayloadTooLarge):
+        await drain(proto)
 
 
 def too_large(limit: int) -> PayloadTooLarge:

@@ -2,8 +2,10 @@
 (edge/ws.py, embeddings through the same Proxy), the rest to Litestar via ASGI.
 
 granian's RSGI interface proxied about 1.7x the calls/s of its ASGI interface
-here (docs/performance.md), so the hot path speaks RSGI natively; Litestar keeps
-the admin and monitoring routes and the lifespan, through this small bridge.
+here (docs/performance.md), so the hot path speaks RSGI natively, now served by our
+own server in the worker's loop (libs/http1/server.py; granian still can); Litestar
+keeps the admin and monitoring routes and the lifespan, through this small bridge.
+A request the server itself refuses is answered in its door's shape (`error_body`).
 CORS preflights are answered here, before either, and every answer leaves with
 an `x-request-id` (edge/headers.py).
 """
@@ -16,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Litestar
 
-from switchyard_gateway.services.gateway.edge.body import drain, read_body
+from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
-    PayloadTooLarge, render_for
+    render_for
 from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
     request_id_of
 from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
@@ -147,10 +149,7 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
     try:
         request_body = await read_body(scope.headers, proto, max_body_bytes) if max_body_bytes else await proto()
     except ApiError as exc:
-        proto.response_bytes(exc.status, [("content-type", "application/json"), (REQUEST_ID, request_id),
-                                          *exc.headers.items()], render_for(scope.path, exc))
-        if isinstance(exc, PayloadTooLarge):    # read on, so the client hears why; a stalled body is not waited for
-            await drain(proto)
+        await refuse(proto, scope.path, exc, request_id)
         return
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,

@@ -27,9 +27,9 @@ from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
-from switchyard_gateway.services.gateway.edge.body import drain, read_body
+from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.client import ClientWatch
-from switchyard_gateway.services.gateway.edge.errors import GatewayError, PayloadTooLarge, render_for
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.edge.headers import request_id_of
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
@@ -95,9 +95,7 @@ class Proxy:
             plan, reservation, by_quota = await self._reserve(call, key, plan)
         except GatewayError as exc:
             metrics.count_request(api, exc.status, model)
-            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
-            if isinstance(exc, PayloadTooLarge):
-                await drain(proto)
+            await refuse(proto, scope.path, exc, request_id)
             return
         if reservation is not None:
             call = msgspec.structs.replace(call, ceiling=ceiling(reservation, ask), quota_headers=reservation.headers)
@@ -147,9 +145,7 @@ class Proxy:
             answer = door.anthropic.count_tokens(self.quota.estimator.count)
         except GatewayError as exc:
             metrics.count_request(COUNT_TOKENS, exc.status)
-            send_error(proto, exc, render_for(scope.path, exc), [("x-request-id", request_id)])
-            if isinstance(exc, PayloadTooLarge):
-                await drain(proto)
+            await refuse(proto, scope.path, exc, request_id)
             return
         metrics.count_request(COUNT_TOKENS, 200)
         proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], answer)
