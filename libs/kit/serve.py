@@ -22,13 +22,22 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from switchyard_gateway.kit import ports
-from switchyard_gateway.kit.settings import ENV_PREFIX, ServiceSettings
+from switchyard_gateway.kit.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
 
+S = TypeVar("S", bound=ServiceSettings)
 SLOT_WAIT_S = 30.0          # a worker whose every slot is held (its predecessor still stopping) waits this long
+
+
+def settings_of(cls: type[S]) -> S:
+    """A service's settings from its environment; a bad value stops it with one line naming the variable."""
+    try:
+        return cls.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"switchyard: {exc}") from None
 
 
 def worker_count(workers: int) -> int:
@@ -80,7 +89,7 @@ def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tup
     port itself (SO_REUSEPORT: the kernel spreads connections evenly); SIGTERM or SIGINT is passed on to
     them (they drain); the first worker to exit ends the others and this process, with its exit code."""
     main_pid = os.getpid()
-    children: dict[int, int] = {}
+    children: set[int] = set()
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
@@ -97,7 +106,7 @@ def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tup
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children[pid] = pid
+        children.add(pid)
     stopping = False
 
     def stop(signum: int, _frame: Any) -> None:
@@ -112,7 +121,7 @@ def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tup
     exit_code = 0
     while children:
         pid, status = os.wait()
-        children.pop(pid, None)
+        children.discard(pid)
         code = os.waitstatus_to_exitcode(status)
         if not stopping:                        # a worker ended on its own: so does the service
             exit_code = code if code > 0 else 1

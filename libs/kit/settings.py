@@ -53,7 +53,11 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
         for name, field_type in _field_types(cls).items():
             raw = env_value(env, ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = _parse(raw, field_type)
+                try:
+                    values[name] = _parse(raw, field_type)
+                except ValueError:              # only numbers fail to parse, and no secret is a number
+                    kind = "a whole number" if field_type is int else "a number"
+                    raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be {kind}, not {raw!r}") from None
         values.update(overrides)
         settings = msgspec.convert(values, cls)
         if settings.database_password:

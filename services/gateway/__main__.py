@@ -3,12 +3,16 @@ SWITCHYARD_WORKERS says otherwise, from a lean main process (its workers build t
 
 from pathlib import Path
 
-from switchyard_gateway.kit.serve import run, worker_count
+from switchyard_gateway.kit.serve import run, settings_of, worker_count
 from switchyard_gateway.services.gateway.settings import Settings
 
-settings = Settings.from_env()
+settings = settings_of(Settings)
 if settings.http_server not in ("native", "granian"):
-    raise SystemExit(f"SWITCHYARD_HTTP_SERVER must be 'native' or 'granian', not '{settings.http_server}'")
+    raise SystemExit(f"switchyard: SWITCHYARD_HTTP_SERVER must be 'native' or 'granian', not '{settings.http_server}'")
+for _name in ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s"):
+    if not getattr(settings, _name) > 0:
+        raise SystemExit(f"switchyard: SWITCHYARD_{_name.upper()} must be a number of seconds above 0, "
+                         f"not {getattr(settings, _name)}")
 # RSGI, served by our own server by default: both measured fastest for the hot path (docs/performance.md)
 run("switchyard_gateway.services.gateway.app:create_app", settings, interface="rsgi", websockets=True,
     workers=worker_count(settings.workers), name="gateway", slots_dir=Path(settings.spool_dir) / ".workers",

@@ -90,3 +90,29 @@ def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
     s = GatewaySettings.from_env({"SWITCHYARD_API_KEY": "the-one-key", "SWITCHYARD_JWT_SECRET": "hs256-secret"})
     shown = repr(s.redacted())
     assert "the-one-key" not in shown and "hs256-secret" not in shown and s.api_key == "the-one-key"
+
+
+@pytest.mark.parametrize(("service", "variable", "value", "says"), [
+    ("gateway", "SWITCHYARD_HTTP_SERVER", "nginx", "SWITCHYARD_HTTP_SERVER must be 'native' or 'granian'"),
+    ("gateway", "SWITCHYARD_HTTP_BODY_TIMEOUT_S", "0", "SWITCHYARD_HTTP_BODY_TIMEOUT_S must be a number of seconds"),
+    ("gateway", "SWITCHYARD_HTTP_HEAD_TIMEOUT_S", "-5",
+     "SWITCHYARD_HTTP_HEAD_TIMEOUT_S must be a number of seconds above 0"),
+    ("gateway", "SWITCHYARD_HTTP_KEEP_ALIVE_S", "nan",
+     "SWITCHYARD_HTTP_KEEP_ALIVE_S must be a number of seconds above 0"),
+    ("gateway", "SWITCHYARD_HTTP_KEEP_ALIVE_S", "soon", "SWITCHYARD_HTTP_KEEP_ALIVE_S must be a number, not 'soon'"),
+    ("metering", "SWITCHYARD_INGEST_BATCH", "lots", "SWITCHYARD_INGEST_BATCH must be a whole number, not 'lots'"),
+])
+def test_a_service_refuses_a_bad_setting_in_one_line_before_it_listens(service: str, variable: str, value: str,
+                                                                       says: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from switchyard_gateway.kit.stack_proc import pick_free_port
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
+           "SWITCHYARD_PORT": str(pick_free_port(set())), variable: value}
+    done = subprocess.run([sys.executable, "-m", f"switchyard_gateway.services.{service}"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0, done.stderr[-500:]
+    assert f"switchyard: {says}" in done.stderr and "Traceback" not in done.stderr, done.stderr[-500:]
