@@ -14,7 +14,7 @@ from litestar.exceptions import ClientException, HTTPException, MethodNotAllowed
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody, Problem
-from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.natsio import ServiceError, field_of
 from switchyard_gateway.kit.service import Runtime, create_service_app, serve_subscriptions
 from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
@@ -84,7 +84,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
 
 def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
     text = str(exc)
-    field = text.split("at `$.", 1)[1].rstrip("`").split("[", 1)[0] if "at `$." in text else None
+    field = field_of(text)
     code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
         else "VALIDATION_ERROR"
     if errors.shape_for(request.url.path) != "plain":
@@ -110,9 +110,9 @@ def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Resp
 def _body_field(detail: dict[str, Any]) -> str:
     """The field a Litestar validation detail is about (a missing one is named in its message only)."""
     key, message = str(detail.get("key") or ""), str(detail.get("message", ""))
-    if key in ("", "data") and "`" in message:
-        return message.split("`")[1]
-    return "" if key == "data" else key
+    if key in ("", "data"):
+        return field_of(message) or ""
+    return key
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
