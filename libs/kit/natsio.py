@@ -59,7 +59,8 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnect() -> None:
-        log.warning("nats.disconnected")
+        if not (nc.is_closed or nc.is_draining):          # closed on purpose: nothing went away
+            log.warning("nats.disconnected")
 
     async def _on_reconnect() -> None:
         log.info("nats.reconnected")
