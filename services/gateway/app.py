@@ -28,7 +28,7 @@ from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
 from switchyard_gateway.services.gateway.edge.tokens import Tokens
-from switchyard_gateway.services.gateway.edge import errors
+from switchyard_gateway.services.gateway.edge import errors, ws
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.edge.headers import Cors
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
@@ -209,7 +209,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
                         *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
-                        *system_seeds.ROUTES, *DOCS_ROUTES],
+                        *system_seeds.ROUTES, *DOCS_ROUTES, ws.upgrade_needed],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,

@@ -140,7 +140,7 @@ def _operation(method: str, path: str, params: list[str], op: Operation, by_type
     request_id = {"x-request-id": {"description": "The request's id (the client's own when it sent one)",
                                    "schema": {"type": "string"}}}
     answer: dict[str, Any] = {"description": op.summary or "The answer", "headers": request_id}
-    if method != "HEAD":
+    if method != "HEAD" and op.status != 101:          # 101: the connection becomes a WebSocket, no body
         answer["content"] = {}
         for content_type in filter(None, (op.content_type, op.streams)):
             if content_type == SSE:

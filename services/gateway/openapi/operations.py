@@ -189,6 +189,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/version"): Operation("The Ollama API version spoken", response=s.OllamaVersion, auth="door"),
     ("POST", "/api/show"): Operation("One model's details and capabilities (Ollama)", s.OllamaShowRequest,
                                      s.OllamaShowResponse, auth="door"),
+    ("GET", "/ws"): Operation("Embeddings over a WebSocket: a `/v1/embeddings` body and an `id` per message, "
+                              "answers by `id` (README, WebSocket embeddings); without `Upgrade: websocket`, 426",
+                              status=101),
     # monitoring
     ("GET", "/openapi.json"): Operation("This document", response=Json, auth="none"),
     ("GET", "/docs"): Operation("The API reference (Swagger UI over this document)", response=str,
