@@ -8,7 +8,7 @@ from typing import Any, Literal
 import msgspec
 
 from switchyard_gateway.contracts import events as e
-from switchyard_gateway.contracts.messages import CircuitView
+from switchyard_gateway.contracts.messages import ApplyTemplate, CircuitView
 from switchyard_gateway.contracts.routing import CircuitState
 from switchyard_gateway.contracts.users import UserView
 
@@ -113,16 +113,11 @@ class UserChange(msgspec.Struct, omit_defaults=True):
     user: UserView | None = None
 
 
-class Customizations(msgspec.Struct, omit_defaults=True):
-    base_url: str | None = None
-    api_key_ref: str | None = None
-    models: list[str] | None = None
-    priority: int | None = None
-    weight: int | None = None
-    max_concurrent: int | None = None
-    timeout_s: float | None = None
-    first_byte_timeout_s: float | None = None
-    warm_on_start: bool | None = None
+_NAMED = ("template", "endpoint_id", "provider_id", "display_name")
+# What a template application may change of the template's settings: ApplyTemplate's other fields.
+Customizations = msgspec.defstruct(
+    "Customizations", [(f.name, f.type, f.default) for f in msgspec.structs.fields(ApplyTemplate)
+                       if f.name not in _NAMED], kw_only=True, module=__name__)
 
 
 class TemplateApply(msgspec.Struct, omit_defaults=True):
@@ -131,7 +126,7 @@ class TemplateApply(msgspec.Struct, omit_defaults=True):
     endpoint_id: str
     provider_id: str | None = None
     display_name: str | None = None
-    customizations: Customizations | None = None
+    customizations: Customizations | None = None  # type: ignore[valid-type]
 
 
 class WarmedOn(msgspec.Struct):
