@@ -252,7 +252,8 @@ async def test_member_key_sees_only_its_tenant(browser: Any, screenshots: Path, 
     assert "needs an admin key" in await page.text_content("main")
     assert await page.query_selector("#tenant-list") is None
 
-    # The only admin route a member's console touches is the role probe at sign-in, refused with 403.
-    assert set(requests.paths("/api/admin/")) == {"/api/admin/tenants"}
+    # A member's console learns its role from /api/auth/me and touches no admin route at all.
+    assert "/api/auth/me" in requests.paths("/api/auth/")
+    assert requests.paths("/api/admin/") == []
     assert requests.foreign() == []
     await context.close()

@@ -36,13 +36,9 @@ function setLive(state, err) {
 }
 
 async function identify() {
-  const [models, admin, quotas] = await Promise.allSettled([
-    get("/v1/models"), get("/api/admin/tenants"), get("/api/v1/tenant-models/quotas"),
-  ]);
-  if (models.status === "rejected") throw models.reason;
-  // The admin routes check the role before anything else: only a 403 means "not an admin".
-  session.role = admin.status === "rejected" && admin.reason.status === 403 ? "member" : "admin";
-  session.tenant = quotas.status === "fulfilled" ? quotas.value.tenant_id : "";
+  const me = await get("/api/auth/me");        // a key, a JWT or a user's token: its role and tenant
+  session.role = me.role === "admin" ? "admin" : "member";
+  session.tenant = me.tenant_id || "";
 }
 
 function signOut(message) {
