@@ -25,14 +25,14 @@ RESERVE = """
 --       then per counter: field, limit, mode and measure (`pt`: period tokens, `rr`: rate requests, ...), expire_at
 -- Reads every counter, grants the most output each has room for (the wanted, or less; never below the
 -- needed), then charges them all and records the hold. Returns {1, output, counter values after} or
--- {0, index of the counter that refused, its value}.
+-- {0, index of the counter that refused, its value, every counter's value}.
 local n = #KEYS - 2
 local out = tonumber(ARGV[3])
 local least = tonumber(ARGV[4])
 local fixed = {t = tonumber(ARGV[5]), r = tonumber(ARGV[7]), u = tonumber(ARGV[9])}
 local per = {t = tonumber(ARGV[6]), r = tonumber(ARGV[8]), u = tonumber(ARGV[10])}
 local used, measures = {}, {}
-local limiter = 0
+local limiter, refused = 0, 0
 for i = 1, n do
   local b = 11 + (i - 1) * 4
   local measure = string.sub(ARGV[b + 2], 2, 2)
@@ -40,14 +40,22 @@ for i = 1, n do
   local now = tonumber(redis.call('HGET', KEYS[i + 2], ARGV[b]) or '0')
   used[i] = now
   local room = tonumber(ARGV[b + 1]) - now - fixed[measure]
-  if room < 0 then return {0, i, now} end
-  local each = per[measure]
-  if each > 0 and room < each * out then
-    out = math.floor(room / each)
-    limiter = i
+  if room < 0 then
+    if refused == 0 then refused = i end
+  else
+    local each = per[measure]
+    if each > 0 and room < each * out then
+      out = math.floor(room / each)
+      limiter = i
+    end
   end
 end
-if out < least then return {0, limiter, used[limiter]} end
+if refused == 0 and out < least then refused = limiter end
+if refused > 0 then
+  local reply = {0, refused, used[refused]}
+  for i = 1, n do reply[i + 3] = used[i] end
+  return reply
+end
 local charged, texts = {}, {}
 for m, f in pairs(fixed) do
   charged[m] = f + math.ceil(per[m] * out)

@@ -238,6 +238,29 @@ async def test_rpm_limit_gives_429_with_rate_limit_headers(urls, keys) -> None:
     assert exc.body()["limit_type"] == "rpm" and exc.body()["used"] == 3
 
 
+async def test_a_refusal_carries_the_rate_limit_headers_of_both_kinds(urls, keys) -> None:
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=10, daily_tokens=PROMPT + 53))])
+    await quota.reserve(request_id="q1", key=KEY, model=CHAT, ask=body(50))     # 3 tokens left: not the prompt
+    with pytest.raises(QuotaExceeded) as over_tokens:                   # the day's tokens refuse it ...
+        await quota.reserve(request_id="q2", key=KEY, model=CHAT, ask=body(50))
+    headers = over_tokens.value.headers
+    assert headers["x-ratelimit-limit-tokens"] == str(PROMPT + 53)        # ... so they speak for tokens,
+    assert headers["x-ratelimit-remaining-tokens"] == "3"
+    assert headers["x-ratelimit-limit-requests"] == "10"                  # and the minute's requests for requests
+    assert headers["x-ratelimit-remaining-requests"] == "9"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+
+    quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=3, daily_tokens=100_000))])
+    for i in range(2):                                                  # q1 was the minute's first
+        await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(10))
+    with pytest.raises(RateLimited) as over_requests:                   # the minute's requests refuse it ...
+        await quota.reserve(request_id="q3", key=KEY, model=CHAT, ask=body(10))
+    headers = over_requests.value.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-limit-tokens"] == "100000"               # ... and the day's tokens speak for tokens
+    assert headers["x-ratelimit-remaining-tokens"] == str(100_000 - (PROMPT + 50) - 2 * (PROMPT + 10))
+
+
 async def test_per_key_rpm_limits_each_key_on_its_own(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(key_rpm=1))])
     await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body())
@@ -386,5 +409,5 @@ async def test_a_plan_carrying_its_own_amounts_reserves_as_the_quota_service_doe
         names, args = reserve_call(keys, request_id, int(time.time() * 1000) + 60_000, items)
         replies.append(await RESERVE_SCRIPT.run(valkey, names, args))
     assert replies[0] == [1, 0, 100, 1] and replies[1] == [1, 0, 200, 2]
-    assert replies[2] == [0, 1, 200], "the third would pass the daily 250: refused, nothing charged"
+    assert replies[2] == [0, 1, 200, 200, 2], "the third would pass the daily 250: refused (every counter's value told), nothing charged"
     assert (await day_counter(client, keys))["tok"] == 200

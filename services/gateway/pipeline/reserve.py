@@ -166,7 +166,7 @@ class QuotaClient:
         except (ConnectionError, TimeoutError) as exc:
             return self._unavailable(exc, tenant_id, model_id, request_id, prompt, want, choices, bounded)
         if result[0] != 1:
-            raise self.refusal(planned[result[1] - 1], result[2], tenant_id, model_id)
+            raise self.refusal(planned, result, tenant_id, model_id, now)
         out = int(result[1])
         tokens = prompt + out * choices
         return Reservation(request_id, model_id, tokens, usd_nanos(prompt, out * choices, in_price, out_price),
@@ -229,8 +229,12 @@ class QuotaClient:
         self._plans[cache_key] = (self.book.version, min(p.reset.timestamp() for p in planned), made)
         return made
 
-    def refusal(self, item: Planned, used: int, tenant_id: str, model_id: str) -> GatewayError:
-        """The error for the counter that would go over, with OpenAI's rate-limit headers for it."""
+    def refusal(self, planned: list[Planned], reply: list[int], tenant_id: str, model_id: str,
+                now: float) -> GatewayError:
+        """The error for the counter that would go over (RESERVE's refusal: its index, its value, every
+        counter's value), with OpenAI's rate-limit headers for requests and tokens: the refusing counter's
+        for its kind, the tightest other counter's for the other."""
+        item, used = planned[reply[1] - 1], reply[2]
         limit = item.counter.limit
         error: GatewayError
         if item.rate:
@@ -241,7 +245,8 @@ class QuotaClient:
         else:
             error = QuotaExceeded(item.quota_type, limit, used, item.reset,
                                   self.fallbacks.suggestions(tenant_id, model_id)[:SUGGESTED], item.model_id)
-        error.headers = {**error.headers, **dict(rate_headers([item], [used], time.time()))}
+        error.headers = {**error.headers, **dict(rate_headers(planned, reply[3:], now)),
+                         **dict(rate_headers([item], [used], now))}
         return error
 
     def price(self, tenant_id: str, model: ModelRegistered) -> tuple[float, float]:
