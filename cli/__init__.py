@@ -6,6 +6,7 @@ The composition root: the one package that imports services (each command is a m
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from switchyard_gateway.cli import config, events, natsconfig, replay, up
@@ -33,8 +34,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate-upstream"]:
-        from switchyard_gateway.simulator import main as simulate
-        return simulate(argv[1:]) or 0
-    args = _parser().parse_args(argv)
-    return COMMANDS[args.command].run(args)
+    try:
+        if argv[:1] == ["simulate-upstream"]:
+            from switchyard_gateway.simulator import main as simulate
+            return simulate(argv[1:]) or 0
+        args = _parser().parse_args(argv)
+        code = COMMANDS[args.command].run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # whoever read the output stopped reading (`switchyard events schema ... | head`): nothing more to say,
+        # and nothing to flush at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

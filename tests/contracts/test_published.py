@@ -197,3 +197,19 @@ def test_schema_command_lists_prints_and_writes(tmp_path: Path, capsys: pytest.C
 def test_schema_command_names_a_near_contract_when_asked_for_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["events", "schema", "usage.recorded"]) == 2
     assert "usage.recorded.v2" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
+    """`switchyard events schema ... | head`: the pipe's reader is gone before the schema is written."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "events", "schema",
+                               "usage.recorded.v2"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == "", done.stderr[-600:]
