@@ -204,6 +204,12 @@ async def test_operator_watches_live_usage_manages_a_tenant_and_resets_a_breaker
     await page.wait_for_selector("#key-list tr[data-revoked='true']")
     assert (await call(demo, key)).status_code == 401
 
+    # A tenant that does not exist: the error and the way back, no forms to fill in for it.
+    await page.goto("/ui#/tenants/no-such-tenant")
+    await page.wait_for_selector("#tenant-missing", timeout=WAIT_MS)
+    assert "404" in await page.text_content("#tenant-missing")
+    assert await page.query_selector("#limits-form") is None and await page.query_selector("#key-list") is None
+
     assert "/api/usage-stream" in requests.paths("/api/usage-stream")
     assert requests.foreign() == [], "the console made requests off this machine"
     assert errors == [], f"script errors on the page: {errors}"

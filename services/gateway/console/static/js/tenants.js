@@ -1,7 +1,7 @@
 // Tenants (admin): list and create; one tenant's usage chart, limits and their use, models and keys.
 
 import { get, post, put, del, enc } from "./api.js";
-import { h, fill, ago, when, badge, empty, busy, showError, clearError, toast, panel, segmented } from "./dom.js";
+import { h, fill, ago, when, badge, empty, busy, errorBox, showError, clearError, toast, panel, segmented } from "./dom.js";
 import { RANGES, loadStats, usageChart } from "./charts.js";
 import { keysPanel } from "./keys.js";
 import { quotasPanel, periodPanel, limitsForm } from "./limits.js";
@@ -104,7 +104,14 @@ function detail(main, { live }, tenantId) {
   get(base).then((tenant) => {
     models.setAllModels(tenant.all_models);
     subtitle.textContent = tenant.display_name || "";
-  }, (err) => showError(headError, err, `Tenant ${tenantId}`));
+  }, (err) => {
+    if (err.status !== 404 || gone) { showError(headError, err, `Tenant ${tenantId}`); return; }
+    gone = true;                    // no such tenant: no forms to fill in for it, only the way back
+    clearTimeout(timer);
+    fill(main,
+      h("div", { class: "page-head" }, h("a", { href: "#/tenants" }, "← Tenants"), h("h1", { tabindex: "-1" }, tenantId)),
+      h("div", { id: "tenant-missing" }, errorBox(err, `Tenant ${tenantId}`)));
+  });
   models.reload().then(() => drawChart());
 
   const unsubscribe = live.subscribe((snapshot) => {
