@@ -128,9 +128,10 @@ async def counters(urls, tenant: str) -> dict[str, int]:
 
 
 async def holds(urls) -> set[str]:
+    """The request ids of the calls holding quota (a hold is named `<request id>/<usage event id>`)."""
     client = redis.from_url(urls.redis_url)
     try:
-        return {rid.decode() for rid in await client.zrange(f"{PREFIX}holds", 0, -1)}
+        return {name.decode().rpartition("/")[0] for name in await client.zrange(f"{PREFIX}holds", 0, -1)}
     finally:
         await client.aclose()
 
@@ -273,6 +274,34 @@ async def test_an_explicit_max_tokens_is_capped_by_what_is_left(lab: Lab, urls) 
     assert second.status_code == 402, "nothing is left: not even the prompt fits"
     log_tokens, counter = await settled(lab.demo, urls, tenant, 1)
     assert log_tokens == used == counter["tok"] <= 400
+
+
+async def test_calls_sharing_one_request_id_each_keep_their_own_hold(lab: Lab, urls) -> None:
+    """Clients choose X-Request-Id: a short call reusing a long call's id, once settled, must not free the long
+    call's hold, or a caller could run a new limit's worth of calls beside every one still running."""
+    limit = 1000
+    tenant, key = await lab.tenant_with(daily_tokens=limit)
+    lab.a.configure(token_interval_ms=10)           # 300 tokens: about 3 s of stream
+    shared = uuid.uuid4().hex
+
+    async def call(client: httpx.AsyncClient, request_id: str, max_tokens: int, stream: bool) -> int:
+        reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key, request_id),
+                                  json=lab.body(max_tokens=max_tokens, stream=stream))
+        return reply.status_code
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        long = [asyncio.ensure_future(call(client, shared, 300, True)) for _ in range(3)]
+        await wait_for(lambda: lab.a.stats.requests.get("/v1/chat/completions", 0) >= 3, 10, what="three streams")
+        lab.a.configure(token_interval_ms=0)
+        assert await call(client, shared, 5, False) == 200
+        await settled(lab.demo, urls, tenant, 1)     # the short call is settled while the long ones stream
+        lab.a.configure(token_interval_ms=10)
+        late = [await call(client, uuid.uuid4().hex, 300, False) for _ in range(2)]
+        statuses = [*await asyncio.gather(*long), *late]
+    answered = statuses.count(200) + 1
+    log_tokens, counter = await settled(lab.demo, urls, tenant, answered)
+    assert log_tokens <= limit, f"settled {log_tokens} tokens of a {limit} limit ({statuses})"
+    assert counter["tok"] == log_tokens
 
 
 async def test_embeddings_hold_exactly_their_counted_input(lab: Lab, urls) -> None:
