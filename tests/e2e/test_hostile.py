@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pytest
 import redis.asyncio as redis
 import requests
@@ -186,6 +187,27 @@ async def test_hostile_numbers_get_400_naming_the_field_and_reserve_nothing(lab:
     await exactly_one_usage_row(lab.demo, sentinel)
     for request_id in refused_ids:
         assert await usage_rows(lab.demo, request_id) == [], "a refused call records nothing"
+
+
+@pytest.mark.parametrize(("path", "tail"), [
+    ("/v1/chat/completions", b'"x_vendor_knob": 1e400'),
+    ("/v1/completions", b'"x_vendor_knob": [-1e999]'),
+    ("/api/chat", b'"options": {"mirostat_tau": 1e400}'),
+    ("/api/generate", b'"options": {"mirostat_tau": 1' + b"0" * 400 + b'.5}'),
+])
+async def test_a_float_past_float64_in_a_field_the_gateway_does_not_read_passes_on_as_written(
+        lab: Lab, path: str, tail: bytes) -> None:
+    """JSON allows such a number; a body the gateway rewrites (the ceiling, a translation) keeps it as it would in a
+    body sent untouched, rather than failing after the call was accepted."""
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, default_max_tokens=5)   # a ceiling: rewritten
+    request_id = uuid.uuid4().hex
+    body = msgspec.json.encode(lab.body(path))[:-1] + b", " + tail + b"}"
+    async with httpx.AsyncClient(timeout=15) as client:
+        reply = await client.post(f"{lab.demo.url}{path}", content=body,
+                                  headers={**lab.headers(key, request_id), "Content-Type": "application/json"})
+    assert reply.status_code == 200, reply.text
+    event = await exactly_one_usage_row(lab.demo, request_id)
+    assert (event["outcome"], event["status"], event["output_tokens"]) == ("ok", 200, 5)
 
 
 async def test_bodies_nested_100000_deep_get_400_everywhere(lab: Lab, second_gateway: Gateway) -> None:

@@ -122,6 +122,9 @@ class Proxy:
             outcome.client_left()
             if not watch.absorb():
                 raise
+        except Exception:                 # answered 500 by the edge: the usage event says so, not `ok`
+            outcome.result, outcome.status = "error", outcome.status or 500
+            raise
         finally:
             watch.stop()
             if outcome.result == "cancelled":
