@@ -326,6 +326,28 @@ async def test_calls_sharing_one_request_id_each_keep_their_own_hold(lab: Lab, u
     assert counter["tok"] == log_tokens
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_tools_offered_are_held_as_prompt_so_they_cannot_carry_a_caller_past_the_limit(
+        lab: Lab, urls, path: str) -> None:
+    """A server renders the tools offered into the prompt and bills them as prompt tokens: a caller offering a
+    large tool with a short message must reserve them too, or each call settles far more than it held."""
+    limit = 2000
+    tenant, key = await lab.tenant_with(daily_tokens=limit)
+    tools = [{"type": "function", "function": {
+        "name": "book_freight", "description": "book a slot for the freight train on the line " * 90,
+        "parameters": {"type": "object", "properties": {"yard": {"type": "string"}}}}}]
+    output = {"max_tokens": 5} if path.startswith("/v1/") else {"options": {"num_predict": 5}}
+    statuses = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for _ in range(4):
+            reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(key),
+                                      json=lab.body(path, tools=tools, **output))
+            statuses.append(reply.status_code)
+    log_tokens, counter = await settled(lab.demo, urls, tenant, statuses.count(200))
+    assert log_tokens <= limit, f"settled {log_tokens} tokens of a {limit} limit ({statuses})"
+    assert counter["tok"] == log_tokens and statuses[-1] == 402
+
+
 async def test_embeddings_hold_exactly_their_counted_input(lab: Lab, urls) -> None:
     tenant, key = await lab.tenant_with(daily_tokens=10_000)
     lab.a.configure(latency_ms=1500)                   # long enough to read the hold while the call runs
