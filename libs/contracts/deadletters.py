@@ -5,11 +5,14 @@ built on `switchyard_gateway.subscribe` puts what it cannot take on `event.dead_
 message (or the one event of a batch) whole, with the error. `switchyard events dead-letters --retry` asks
 for it to be taken again: an `EventRetryRequested` on `event.retry_requested.v1.<consumer>`, which the consumer
 follows and takes once, and, for what the usage ingest set aside, the same message published again on its subject.
+`EventWithheld` stands in a stream for a row of the log too large for one NATS message: no consumer reads it as an
+event, so each sets it aside here like any message it cannot decode.
 """
 
 from __future__ import annotations
 
 from typing import Literal
+from uuid import UUID
 
 import msgspec
 
@@ -54,3 +57,19 @@ class EventRetryRequested(Event, frozen=True, tag=s.EVENT_RETRY_REQUESTED):
 
 
 EVENT_CLASSES: tuple[type[Event], ...] = (EventDeadLettered, EventRetryRequested)
+
+# the `type` of a stand-in, not of an event: never stored, never a channel of its own, in no union of events
+EVENT_WITHHELD = "event.withheld.v1"
+
+
+class EventWithheld(msgspec.Struct, frozen=True, tag_field="type", tag=EVENT_WITHHELD):
+    """A row of the log an outbox did not publish because, with its headers, it is larger than the NATS server's
+    `max_payload`: published in the row's place (on `<its type>._`, with the row's event id as `Nats-Msg-Id`) so
+    that the stream holds every row, in order. The row itself stays in the log: read it there by position."""
+
+    event_id: UUID                  # the row's
+    event_type: str                 # the row's `type` column
+    position: int                   # the row's log position
+    size_bytes: int                 # the message the row would have made: its payload and headers
+    max_payload: int                # the server's limit it exceeded
+    outbox: str                     # who withheld it: `registry.outbox`, `quota.outbox`

@@ -5,7 +5,9 @@
     logfold   LogFold      some event types of the log folded into memory, caught up on demand
     outbox    Outbox       the one writer of some event types: decide under a lock against its fold,
                            append to the log, publish from the log past a checkpoint (event id as
-                           Nats-Msg-Id), republish all when the stream lost messages
+                           Nats-Msg-Id), republish all when the stream lost messages; refuse an event too
+                           large for one NATS message (EventTooLarge, 413), withhold a row too large all the
+                           same (an EventWithheld marker in its place)
     project   advance      inside an appending transaction, move a PostgreSQL projection and its
                            checkpoint through the new events; catch_up does the same from the log
               LogFollower  the log followed by push into a Target kept elsewhere (Valkey), whose

@@ -32,6 +32,7 @@ from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.notices import LogNotices
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
 from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit.natsio import HEADROOM
 from switchyard_gateway.kit.retry import Backoff, honour_cancel
 
 log = structlog.get_logger()
@@ -39,7 +40,6 @@ log = structlog.get_logger()
 FEED = "log.feed"                 # the checkpoint row; it exists once a feed has started
 CHUNK = 5000                      # events read and published per round
 RUN_EVENTS = 500                  # events per message at most
-HEADROOM = 4096                   # of a NATS message, for its subject and headers
 
 Message = tuple[str, bytes, int, int]        # subject, body, first position, last position
 

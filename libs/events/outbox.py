@@ -23,6 +23,14 @@ followers that know the type take it in stream order, those that do not set it a
 own name (counted, retryable), and the stream holds every row the log does, which keeps `repair` true. Sending
 it to DEADLETTER instead would keep it from the followers that can read it, and a stream short of the log would
 be republished in full at every start. Nothing past a row is held back by it, and no row is passed over.
+
+Every row is one NATS message, so none may be larger than the server's `max_payload` with its headers. `record`
+refuses a command whose event would be larger than that less `natsio.HEADROOM` (the room the LOG feed and replay
+pages need around one event): `EventTooLarge`, 413, nothing recorded. A row that is too large all the same (the
+limit was lowered after it was recorded) is withheld: in its place, on the same `<type>._` with its event id as
+`Nats-Msg-Id`, goes an `EventWithheld` naming its position, type and size, counted
+(`switchyard_outbox_oversized_total`) and logged (`outbox.withheld_oversized`, never the payload); the row stays
+in the log, and the rows after it go out.
 """
 
 from __future__ import annotations
@@ -30,28 +38,47 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
+from uuid import UUID
 
 import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_event, encode, stored_types, understands
-from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested, EventWithheld
 from switchyard_gateway.contracts.events import Event, event_type, subject_of
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.events.deadletter import DeadLetters
 from switchyard_gateway.events.logfold import LogFold
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
 from switchyard_gateway.events.retries import follow_retries
-from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit import eventlog, natsio
+from switchyard_gateway.kit.natsio import HEADROOM, ServiceError
 
 R = TypeVar("R")
 log = structlog.get_logger()
 UNDECODABLE = Counter("switchyard_outbox_undecodable_total",
                       "Rows of the log an outbox published as stored because this build cannot decode them",
                       ["outbox"])
+OVERSIZED = Counter("switchyard_outbox_oversized_total",
+                    "Rows of the log an outbox withheld as larger than one NATS message, a marker in their place",
+                    ["outbox"])
 CHUNK = 10_000          # rows read at a time while publishing
+
+
+class EventTooLarge(ServiceError):
+    """A command would record an event that leaves less than HEADROOM of one NATS message (413): nothing recorded."""
+
+    def __init__(self, kind: str, size: int, max_payload: int) -> None:
+        self.kind, self.size, self.max_payload = kind, size, max_payload
+        self.limit = max_payload - HEADROOM
+        super().__init__(413, ErrorBody("PAYLOAD_TOO_LARGE", (
+            f"the {kind} event this change would record is {size} bytes, over the {self.limit} bytes an event may "
+            f"take (the NATS server's max_payload of {max_payload} bytes, less {HEADROOM} for headers); "
+            "nothing was recorded")))
 
 
 class Outbox:
@@ -110,6 +137,7 @@ class Outbox:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock)
                 await self.fold.catch_up(conn)
                 result, events = decide()
+                self._check_sizes(events)
                 appended = await eventlog.append(conn, events) if events else []
             for position, event in appended:
                 self.fold.fold(position, event)
@@ -128,19 +156,43 @@ class Outbox:
             while True:
                 rows = await eventlog.read_rows(conn, last, types, upto, CHUNK)
                 for position, kind, payload in rows:
-                    subject, body, msg_id, unread = await self._outgoing(conn, position, kind, payload)
-                    ack = await js.publish(subject, body, headers={subjects.MSG_ID_HEADER: msg_id})
-                    if unread is not None:
-                        UNDECODABLE.labels(self.name).inc()
-                        log.warning("outbox.published_undecodable", outbox=self.name, position=position, type=kind,
-                                    known_type=understands(kind), error=type(unread).__name__, subject=subject,
-                                    sequence=ack.seq, duplicate=ack.duplicate)
+                    await self._publish_row(conn, js, position, kind, payload)
                     last, published = position, published + 1
                 if len(rows) < CHUNK:
                     break
             if last > after:
                 await set_checkpoint(conn, self.name, last)
             return published
+
+    async def _publish_row(self, conn: asyncpg.Connection, js: JetStreamContext, position: int, kind: str,
+                           payload: str) -> None:
+        """One row, as stored, with its event id as message id; a row too large for one message, withheld."""
+        subject, body, msg_id, unread = await self._outgoing(conn, position, kind, payload)
+        headers = {subjects.MSG_ID_HEADER: msg_id}
+        size, limit = natsio.message_size(body, headers), self.nc.max_payload
+        if size > limit:
+            marker = EventWithheld(event_id=UUID(msg_id), event_type=kind, position=position, size_bytes=size,
+                                   max_payload=limit, outbox=self.name)
+            subject = undecoded_subject(kind)
+            ack = await js.publish(subject, encode(marker), headers=headers)
+            OVERSIZED.labels(self.name).inc()
+            log.warning("outbox.withheld_oversized", outbox=self.name, position=position, type=kind, event_id=msg_id,
+                        size_bytes=size, max_payload=limit, subject=subject, sequence=ack.seq, duplicate=ack.duplicate)
+            return
+        ack = await js.publish(subject, body, headers=headers)
+        if unread is not None:
+            UNDECODABLE.labels(self.name).inc()
+            log.warning("outbox.published_undecodable", outbox=self.name, position=position, type=kind,
+                        known_type=understands(kind), error=type(unread).__name__, subject=subject,
+                        sequence=ack.seq, duplicate=ack.duplicate)
+
+    def _check_sizes(self, events: Sequence[Event]) -> None:
+        """Refuse (EventTooLarge) an event that, as stored, leaves less than HEADROOM of one NATS message."""
+        max_payload = self.nc.max_payload
+        for event in events:
+            size = len(encode(event))
+            if size > max_payload - HEADROOM:
+                raise EventTooLarge(event_type(event), size, max_payload)
 
     async def repair(self) -> bool:
         """If the stream holds fewer of these events than the log, start publishing over from position 0."""

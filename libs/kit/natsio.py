@@ -29,6 +29,18 @@ _error_decoder = msgspec.json.Decoder(ErrorBody)
 _encode = msgspec.json.Encoder().encode
 
 DUPLICATE_WINDOW_S = 120.0
+HEADROOM = 4096                 # bytes of a NATS message left for its headers when a body is sized to fit one
+_HEADER_BLOCK = len(b"NATS/1.0\r\n\r\n")
+
+
+def message_size(body: bytes, headers: dict[str, str] | None = None) -> int:
+    """What a message counts against the server's `max_payload`: its body and its header block as nats-py sends it
+    (`NATS/1.0`, a `Name: value` line per header, a blank line). nats-py checks the body alone; a server that gets
+    more than `max_payload` closes the connection."""
+    if not headers:
+        return len(body)
+    lines = sum(len(f"{name.strip()}: {value.strip()}\r\n".encode()) for name, value in headers.items())
+    return _HEADER_BLOCK + lines + len(body)
 
 
 class ServiceError(Exception):
@@ -104,11 +116,16 @@ async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
 
 
 async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> bytes:
-    """Send a request; return the reply body or raise ServiceError / ServiceUnavailable."""
+    """Send a request; return the reply body or raise ServiceError / ServiceUnavailable. A request too large for one
+    NATS message is refused here (413), before anything is sent."""
+    service = subject.split(".", 1)[0]
+    if len(payload) > nc.max_payload:
+        raise ServiceError(413, ErrorBody("PAYLOAD_TOO_LARGE", f"the request is larger than the {nc.max_payload} "
+                                          f"bytes one message to the {service} service may carry"))
     try:
         msg = await nc.request(subject, payload, timeout=timeout_s)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
-        raise ServiceUnavailable(subject.split(".", 1)[0]) from None
+        raise ServiceUnavailable(service) from None
     headers = msg.headers or {}
     code = headers.get(subjects.SERVICE_ERROR_CODE_HEADER)
     if code:

@@ -138,6 +138,7 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
     import uvloop
 
     from switchyard_gateway.http1.server import Server
+    from switchyard_gateway.kit.service import StartFailed
 
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
@@ -155,7 +156,10 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
     app = _load_in_worker(main_pid, slots, target)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    app.__rsgi_init__(loop)
+    try:
+        app.__rsgi_init__(loop)
+    except StartFailed:                          # its reason is in the service's log already, in one line
+        raise SystemExit(1) from None
     try:
         timeouts = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
                                                                           "keep_alive_s")

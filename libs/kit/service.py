@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,43 @@ def _provide_deps(state: State) -> Any:
     return state.deps
 
 
+class StartFailed(Exception):
+    """A service could not start (infrastructure away, a bad document) or was told to stop while starting; the
+    reason is already in its log."""
+
+
+@contextlib.asynccontextmanager
+async def starting(log: Any) -> AsyncIterator[None]:
+    """Start-up's frame: SIGTERM or SIGINT cancels it at once (an HTTP server heeds its signals only once it
+    serves, so a service waiting for NATS would otherwise wait out its connect timeout), and a start that fails
+    or is stopped says so in one log line and raises StartFailed."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    signalled: list[int] = []
+
+    def cancel(signum: int, _frame: Any) -> None:
+        signalled.append(signum)
+        loop.call_soon_threadsafe(task.cancel)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():         # where a process's signals can be heard
+        previous = {number: signal.signal(number, cancel) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        task.uncancel()
+        log.info("service.stopped", during="start-up", signal=signal.Signals(signalled[0]).name)
+        raise StartFailed("stopped while starting") from None
+    except Exception as exc:
+        log.error("service.start_failed", error=str(exc) or type(exc).__name__)
+        raise StartFailed(str(exc) or type(exc).__name__) from exc
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
 def create_service_app(
     name: str, settings: S, start: Starter[S, D], *, database: bool = True,
     route_handlers: Sequence[Any] = (), stop: Stopper[D] | None = None, health_handler: Any | None = None,
@@ -143,21 +181,25 @@ def create_service_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = await open_runtime(name, settings, database=database)
-        app.state.runtime = runtime
+        log = logs.configure(name, settings.log_level, settings.log_json)
+        runtime: Runtime[S] | None = None
         deps: D | None = None
         try:
-            deps = await start(runtime)
+            async with starting(log):
+                runtime = await open_runtime(name, settings, database=database)
+                app.state.runtime = runtime
+                deps = await start(runtime)
             app.state.deps = deps
             runtime.log.info("service.started", port=settings.port)
             yield
         finally:
-            stopping = time.monotonic()
-            if stop is not None and deps is not None:
-                with contextlib.suppress(Exception):
-                    await stop(deps)
-            await close_runtime(runtime)
-            runtime.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
+            if runtime is not None:
+                stopping = time.monotonic()
+                if stop is not None and deps is not None:
+                    with contextlib.suppress(Exception):
+                        await stop(deps)
+                await close_runtime(runtime)
+                runtime.log.info("service.stopped", stop_s=round(time.monotonic() - stopping, 3))
 
     def liveness(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         checks = health_checks(request.app.state.runtime)

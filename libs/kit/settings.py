@@ -16,6 +16,8 @@ import msgspec
 
 ENV_PREFIX = "SWITCHYARD_"
 FILE_SUFFIX = "_FILE"
+TRUE_WORDS = ("true", "1", "yes", "on")          # what a switch (SWITCHYARD_JOURNAL_FSYNC, ...) may be set to
+FALSE_WORDS = ("false", "0", "no", "off")
 
 
 class SettingsError(ValueError):
@@ -55,8 +57,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
             if raw is not None:
                 try:
                     values[name] = _parse(raw, field_type)
-                except ValueError:              # only numbers fail to parse, and no secret is a number
-                    kind = "a whole number" if field_type is int else "a number"
+                except ValueError:              # only numbers and switches fail to parse; no secret is either
+                    kind = ("a whole number" if field_type is int else "a number" if field_type is float
+                            else f"one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
                     raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be {kind}, not {raw!r}") from None
         values.update(overrides)
         settings = msgspec.convert(values, cls)
@@ -131,7 +134,10 @@ def _parse(raw: str, field_type: object) -> object:
     if field_type is float:
         return float(raw)
     if field_type in (bool, bool | None):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ValueError(raw)
     return raw
 
 

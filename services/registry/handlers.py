@@ -115,5 +115,9 @@ async def apply_document(runtime: Runtime[Settings], store: RegistryStore, path:
         for problem in problems:
             runtime.log.error("registry.document_problem", path=str(path), at=problem.path, problem=problem.message)
         raise SystemExit(f"{path}: {len(problems)} problem(s) in the registry document")
-    events, _, _ = await store.execute(m.ImportConfig(config=doc))
+    try:
+        events, _, _ = await store.execute(m.ImportConfig(config=doc))
+    except ServiceError as exc:         # refused as a whole: an event too large for one NATS message, say
+        runtime.log.error("registry.document_refused", path=str(path), status=exc.status, problem=exc.body.message)
+        raise SystemExit(f"{path}: {exc.body.message}") from None
     runtime.log.info("registry.document_applied", path=str(path), changes=len(events))

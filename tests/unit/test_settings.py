@@ -18,6 +18,18 @@ def test_settings_read_prefixed_variables_with_types() -> None:
     assert (s.port, s.connect_timeout_s, s.log_json, s.nats_url) == (9000, 2.5, True, "nats://h:1")
 
 
+@pytest.mark.parametrize(("value", "read"), [("true", True), ("On", True), (" yes ", True), ("1", True),
+                                             ("false", False), ("OFF", False), ("no", False), ("0", False)])
+def test_a_switch_takes_the_usual_words_for_on_and_off(value: str, read: bool) -> None:
+    assert GatewaySettings.from_env({"SWITCHYARD_JOURNAL_FSYNC": value}).journal_fsync is read
+
+
+@pytest.mark.parametrize("value", ["ture", "", "2", "enabled"])
+def test_a_switch_set_to_anything_else_is_refused_not_read_as_off(value: str) -> None:
+    with pytest.raises(SettingsError, match=f"SWITCHYARD_JOURNAL_FSYNC must be one of .*, not {value!r}"):
+        GatewaySettings.from_env({"SWITCHYARD_JOURNAL_FSYNC": value})
+
+
 def test_defaults_point_at_loopback() -> None:
     s = Settings.from_env({})
     assert "127.0.0.1" in s.nats_url and "127.0.0.1" in s.database_url and s.host == "127.0.0.1"
@@ -101,6 +113,7 @@ def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
      "SWITCHYARD_HTTP_KEEP_ALIVE_S must be a number of seconds above 0"),
     ("gateway", "SWITCHYARD_HTTP_KEEP_ALIVE_S", "soon", "SWITCHYARD_HTTP_KEEP_ALIVE_S must be a number, not 'soon'"),
     ("metering", "SWITCHYARD_INGEST_BATCH", "lots", "SWITCHYARD_INGEST_BATCH must be a whole number, not 'lots'"),
+    ("metering", "SWITCHYARD_LOG_FEED", "ture", "SWITCHYARD_LOG_FEED must be one of true, 1, yes, on, false, 0, no, off"),
 ])
 def test_a_service_refuses_a_bad_setting_in_one_line_before_it_listens(service: str, variable: str, value: str,
                                                                        says: str) -> None:

@@ -44,14 +44,9 @@ def scope_of(key: KeyIssued, asked: str | None = None) -> str | None:
 
 
 async def ask(deps: Deps, subject: str, payload: Any, timeout_s: float | None = None) -> bytes:
-    """A request to the service that owns the answer; its errors reach the client as they are. A request too
-    large for one NATS message is refused here (413)."""
-    data = encode(payload)
-    if len(data) > deps.nc.max_payload:
-        raise ServiceError(413, ErrorBody("PAYLOAD_TOO_LARGE", f"the request is larger than the "
-                                          f"{deps.nc.max_payload} bytes one message to the {subject.split('.')[0]} "
-                                          "service may carry"))
-    return await natsio.request(deps.nc, subject, data, timeout_s or deps.settings.request_timeout_s)
+    """A request to the service that owns the answer; its errors reach the client as they are (a request too large
+    for one NATS message: 413, `natsio.request`)."""
+    return await natsio.request(deps.nc, subject, encode(payload), timeout_s or deps.settings.request_timeout_s)
 
 
 def check_bounds(fields: dict[str, Any]) -> None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Litestar
 
+from switchyard_gateway.kit.service import StartFailed
+
 from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
     render_for
@@ -73,7 +75,8 @@ class GatewayRSGI:
         await self._to_app.put({"type": f"lifespan.{step}"})
         reply = await self._from_app.get()
         if reply["type"].endswith(".failed"):
-            raise RuntimeError(f"gateway {step} failed: {reply.get('message', '')}")
+            failed = StartFailed if step == "startup" else RuntimeError     # a start's reason is in the log already
+            raise failed(f"gateway {step} failed: {reply.get('message', '')}")
         if step == "shutdown":
             await self._lifespan
 

@@ -1,0 +1,74 @@
+"""A service that cannot start says why in one line, and one told to stop while starting stops at once.
+
+Both HTTP servers are covered: the gateway on ours, the quota service on granian. NATS is pointed at a port
+nothing listens on, so start-up waits in its connect loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from switchyard_gateway.kit.stack_proc import pick_free_port
+
+from tests.conftest import wait_for
+
+SERVICES = ["gateway", "quota"]
+
+
+def start(service: str, log: Path, connect_timeout_s: float) -> subprocess.Popen[bytes]:
+    nowhere = pick_free_port(set())
+    port = pick_free_port({nowhere})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
+           "SWITCHYARD_NATS_URL": f"nats://127.0.0.1:{nowhere}", "SWITCHYARD_PORT": str(port),
+           "SWITCHYARD_CONNECT_TIMEOUT_S": str(connect_timeout_s), "SWITCHYARD_LOG_JSON": "true",
+           "SWITCHYARD_WORKERS": "1"}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", f"switchyard_gateway.services.{service}"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def events(log: Path) -> list[dict]:
+    lines = log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_service_whose_nats_is_away_exits_naming_it_in_one_line(service: str, tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    proc = start(service, log, connect_timeout_s=2)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert code == 1, text[-800:]
+    failed = [e for e in events(log) if e["event"] == "service.start_failed"]
+    assert len(failed) == 1, text[-800:]
+    assert failed[0]["service"] == service and "did not answer within 2 s" in failed[0]["error"]
+    assert failed[0]["error"].startswith("NATS at nats://127.0.0.1:")
+    assert "Traceback" not in text, text[-800:]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_a_service_told_to_stop_while_waiting_for_nats_stops_at_once(service: str, tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    proc = start(service, log, connect_timeout_s=300)
+    try:
+        await wait_for(lambda: any(e["event"] == "nats.error" for e in events(log)), timeout_s=60,
+                 what="the service to be trying NATS")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)            # not the 300 s of its connect timeout
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert code == 0, text[-800:]
+    stopped = [e for e in events(log) if e["event"] == "service.stopped"]
+    assert stopped and stopped[0]["during"] == "start-up" and stopped[0]["signal"] == "SIGTERM", text[-800:]
+    assert not any(e["event"] == "service.start_failed" for e in events(log))
+    assert "Traceback" not in text, text[-800:]
