@@ -105,10 +105,10 @@ async def measure(settings: Settings, calls: int, warmup: int) -> dict[str, list
             return read_request("openai.chat", BODY).ask(8192, quota.estimator)
 
         async def unlimited() -> None:
-            assert await quota.reserve(request_id=uuid.uuid4().hex, key=free, model=MODEL, ask=ask()) is None
+            assert await quota.reserve(hold=uuid.uuid4().hex, key=free, model=MODEL, ask=ask()) is None
 
         async def direct() -> None:
-            assert await quota.reserve(request_id=uuid.uuid4().hex, key=key, model=MODEL, ask=ask()) is not None
+            assert await quota.reserve(hold=uuid.uuid4().hex, key=key, model=MODEL, ask=ask()) is not None
 
         def planned(request_id: str) -> ReservePlan:
             scopes = quota.book.applicable(TENANT, MODEL.model_id)

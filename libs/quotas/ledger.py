@@ -26,10 +26,17 @@ LEDGER_TYPES = frozenset({
 PROJECTION_TYPES = LEDGER_TYPES | {s.USAGE_RECORDED}
 
 
-class Settlement(NamedTuple):
-    """What one usage event settles: its hold (by request id) to the actual amounts."""
+def hold_name(request_id: str, event_id: object) -> str:
+    """The name of one accepted call's quota hold: its request id (readable, but chosen by the client, who may send
+    one id with many calls) and its usage event's id (the gateway's own, one per call), so no call's settlement or
+    release ever frees another's hold."""
+    return f"{request_id}/{event_id}"
 
-    request_id: str
+
+class Settlement(NamedTuple):
+    """What one usage event settles: its call's hold (`hold_name`) to the actual amounts."""
+
+    hold: str
     tokens: int
     requests: int
     nanos: int
@@ -91,7 +98,7 @@ class Ledger:
                             totals[(key, name)] = [value, expire]
                         else:
                             slot[0] += value
-        return Settlement(event.request_id, tokens, requests, nanos)
+        return Settlement(hold_name(event.request_id, event.event_id), tokens, requests, nanos)
 
     def fold(self, events: Iterable[Event], totals: dict[CounterKey, list[int]]) -> list[Settlement]:
         """Fold events in order: ledger events change prices and zones, usage events add to `totals`."""

@@ -62,8 +62,8 @@ class Keys:
 
     def __init__(self, prefix: str = "sy:q:") -> None:
         self.prefix = prefix
-        self.holds = f"{prefix}holds"             # zset: request id -> deadline (ms)
-        self.hold_data = f"{prefix}holddata"      # hash: request id -> JSON list of held entries
+        self.holds = f"{prefix}holds"             # zset: hold name -> deadline (ms)
+        self.hold_data = f"{prefix}holddata"      # hash: hold name -> its held entries
         self.checkpoint = f"{prefix}checkpoint"   # the log position the counters reflect
         self.rebuilding = f"{prefix}rebuilding"   # set while `switchyard replay quota` runs
         self.leader = f"{prefix}leader"           # the quota replica that runs the projection

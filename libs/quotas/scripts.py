@@ -20,7 +20,7 @@ from switchyard_gateway.resp import Valkey
 
 RESERVE = """
 -- KEYS: holds zset, hold data hash, then one counter hash per counter
--- ARGV: request id, deadline (ms), output wanted, output needed at least,
+-- ARGV: hold name, deadline (ms), output wanted, output needed at least,
 --       per measure (tokens, requests, nano-USD) its fixed amount and its amount per output token,
 --       then per counter: field, limit, mode and measure (`pt`: period tokens, `rr`: rate requests, ...), expire_at
 -- Reads every counter, grants the most output each has room for (the wanted, or less; never below the
@@ -75,7 +75,7 @@ for i = 1, n do
 end
 local text = table.concat(hold)
 if redis.call('HSETNX', KEYS[2], ARGV[1], text) == 0 then
-  -- the same request id twice (clients may choose it): one hold covering both
+  -- the same hold named twice (a caller of quota.reserve may repeat its name): one hold covering both
   redis.call('HSET', KEYS[2], ARGV[1], redis.call('HGET', KEYS[2], ARGV[1]) .. text)
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -100,7 +100,7 @@ end
 
 APPLY = _SETTLE + """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
--- ARGV: from position, to position, settlements S, S x (request id, tokens, requests, nanos),
+-- ARGV: from position, to position, settlements S, S x (hold name, tokens, requests, nanos),
 --       then deltas x (key, field, delta, expire_at)
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, 0} end
 local at = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -144,7 +144,7 @@ return #ids
 """.replace("ENTRIES", _ENTRIES)
 
 RELEASE = _SETTLE + """
--- KEYS: holds zset, hold data hash; ARGV: request id, actual tokens, requests, nanos
+-- KEYS: holds zset, hold data hash; ARGV: hold name, actual tokens, requests, nanos
 -- Settles one hold now, as the log's settlement would (period counters refunded, to be counted from the
 -- log; rate windows corrected to the actual amounts): a call whose client left frees its quota at once.
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
@@ -157,7 +157,7 @@ return 1
 
 REBUILD = """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
--- ARGV: flag token, position, K, K old counter keys, S, S settled request ids,
+-- ARGV: flag token, position, K, K old counter keys, S, S settled hold names,
 --       then counters x (key, field, value, expire_at)
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 local k = tonumber(ARGV[3])
@@ -196,7 +196,7 @@ return 1
 MEASURES = ("t", "r", "u")            # tokens, requests, nano-USD
 
 
-def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[Counter],
+def reserve_call(keys: Keys, hold: str, deadline_ms: int, counters: list[Counter],
                  amounts: dict[str, tuple[int, float]] | None = None, want: int = 0,
                  least: int = 0) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of RESERVE for a call's counters.
@@ -208,7 +208,7 @@ def reserve_call(keys: Keys, request_id: str, deadline_ms: int, counters: list[C
     if amounts is None:
         amounts = {c.measure: (c.amount, 0) for c in counters}
     names = [keys.holds, keys.hold_data]
-    args: list[Any] = [request_id, deadline_ms, want, least]
+    args: list[Any] = [hold, deadline_ms, want, least]
     for measure in MEASURES:
         args += amounts.get(measure, (0, 0))
     for c in counters:

@@ -11,7 +11,7 @@ import msgspec
 
 from switchyard_gateway.simulator import synth
 from switchyard_gateway.simulator.config import SimConfig, bare_name
-from switchyard_gateway.simulator.tools import Tool, arguments, chosen_tool, cut_at_stop
+from switchyard_gateway.simulator.tools import Tool, arguments, chosen_tool, cut_at_stop, offered_tokens
 from switchyard_gateway.simulator.replies import (
     NDJSON,
     TEXT,
@@ -108,13 +108,13 @@ def _timings(cfg: SimConfig, prompt_tokens: int, n: int) -> dict[str, int]:
 
 
 def _generation(
-    cfg: SimConfig, model: str, prompt: str, options: Options | None
+    cfg: SimConfig, model: str, prompt: str, options: Options | None, offered: int = 0
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     cap = options.num_predict if options else None
     n = synth.completion_tokens(cfg.tokens, cap)
     tokens, stopped_by = cut_at_stop(synth.reply_tokens(model, prompt, n), options.stop if options else None)
     done = {"done": True, "done_reason": "length" if n < cfg.tokens and not stopped_by else "stop"}
-    done.update(_timings(cfg, synth.count_tokens(prompt), len(tokens)))
+    done.update(_timings(cfg, synth.count_tokens(prompt) + offered, len(tokens)))
     return tokens, done
 
 
@@ -128,14 +128,15 @@ def chat(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
     if tool is not None:
         args = arguments(req.model, tool)
         done = {"done": True, "done_reason": "stop",
-                **_timings(cfg, synth.count_tokens(prompt), synth.count_tokens(msgspec.json.encode(args).decode()))}
+                **_timings(cfg, synth.count_tokens(prompt) + offered_tokens(req.tools),
+                           synth.count_tokens(msgspec.json.encode(args).decode()))}
         message = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": tool.name,
                                                                                      "arguments": args}}]}
         if req.stream is False:
             return json_reply({**head, "message": message, **done})
         return StreamReply(NDJSON, [ndjson_line({**head, "message": message, "done": False}),
                                     ndjson_line({**head, "message": {"role": "assistant", "content": ""}, **done})])
-    tokens, done = _generation(cfg, req.model, prompt, req.options)
+    tokens, done = _generation(cfg, req.model, prompt, req.options, offered_tokens(req.tools))
     if req.stream is False:
         message = {"role": "assistant", "content": "".join(tokens)}
         return json_reply({**head, "message": message, **done})

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from switchyard_gateway.simulator import synth
-from switchyard_gateway.simulator.tools import Function, Tool, arguments, chosen_tool, cut_at_stop
+from switchyard_gateway.simulator.tools import Function, Tool, arguments, chosen_tool, cut_at_stop, offered_tokens
 from switchyard_gateway.simulator.config import SimConfig
 from switchyard_gateway.simulator.replies import (
     SSE,
@@ -131,7 +131,7 @@ def chat_completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | Stream
     tokens, stopped_by = cut_at_stop(synth.reply_tokens(req.model, prompt, n), req.stop)
     finish, stop_reason = ("stop", stopped_by) if stopped_by else (_finish(n, cfg), None)
     n = len(tokens)
-    usage = _usage(synth.count_tokens(prompt), n, cfg)
+    usage = _usage(synth.count_tokens(prompt) + offered_tokens(req.tools), n, cfg)
     if not req.stream:
         choice = {
             "index": 0,
@@ -169,7 +169,7 @@ def _tool_call(req: ChatRequest, cfg: SimConfig, head: dict[str, object], prompt
     """A reply that calls `tool`: whole, or streamed as the id and name first, then the arguments in pieces."""
     text = msgspec.json.encode(arguments(req.model, tool)).decode()
     call_id = f"call_{serial:024x}"
-    usage = _usage(synth.count_tokens(prompt), synth.count_tokens(text), cfg)
+    usage = _usage(synth.count_tokens(prompt) + offered_tokens(req.tools), synth.count_tokens(text), cfg)
     if not req.stream:
         call = {"id": call_id, "type": "function", "function": {"name": tool.name, "arguments": text}}
         message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}

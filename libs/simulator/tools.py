@@ -4,10 +4,12 @@ With the `call_tools` knob on, a chat request that offers tools is answered by a
 (the one `tool_choice` names, else the first) unless its last message is a tool result or its
 `tool_choice` is `none`; after a tool result the reply is text again, so a client's round trip
 completes. Arguments are built from the tool's JSON schema, the same for the same model and tool.
+Offered tools count toward the prompt's tokens, as every server that renders them into the prompt bills them.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ from switchyard_gateway.simulator import synth
 class Function(msgspec.Struct):
     name: str = ""
     parameters: dict[str, Any] | None = None
+    description: str = ""
 
 
 class Tool(msgspec.Struct):
@@ -25,6 +28,15 @@ class Tool(msgspec.Struct):
 
     type: str = "function"
     function: Function | None = None
+
+
+def offered_tokens(tools: list[Tool] | None) -> int:
+    """What offering tools adds to a prompt's tokens, as a server that renders them into the prompt counts it:
+    the words of each one's name, description and parameter schema."""
+    return sum(len(_WORDS.findall(msgspec.json.encode(tool).decode())) for tool in tools or ())
+
+
+_WORDS = re.compile(r"\w+")
 
 
 def chosen_tool(tools: list[Tool] | None, tool_choice: Any, last_role: str | None) -> Function | None:

@@ -52,7 +52,7 @@ async def load_ledger(conn: asyncpg.Connection, keys: Keys, upto: int) -> Ledger
 def apply_args(start: int, end: int, settled: list[Settlement], totals: dict[CounterKey, list[int]]) -> list[Any]:
     args: list[Any] = [start, end, len(settled)]
     for s in settled:
-        args += (s.request_id, s.tokens, s.requests, s.nanos)
+        args += (s.hold, s.tokens, s.requests, s.nanos)
     for (key, name), (value, expire) in totals.items():
         args += (key, name, value, expire)
     return args
@@ -112,14 +112,14 @@ async def rebuild(pool: asyncpg.Pool, valkey: Valkey, keys: Keys, progress: Prog
         async with pool.acquire() as conn:
             upto = await eventlog.head(conn)
             total = await count_upto(conn, PROJECTION_TYPES, upto)
-        in_flight = {rid.decode() for rid in await valkey.call("HKEYS", keys.hold_data)}
+        in_flight = {hold.decode() for hold in await valkey.call("HKEYS", keys.hold_data)}
         ledger, totals, settled_holds, applied = Ledger(keys), {}, [], 0
         if progress:
             progress(0, total)
         async for batch, _ in replay_log(pool, PROJECTION_TYPES, upto, chunk):
             for settlement in ledger.fold([event for _, event in batch], totals):
-                if settlement.request_id in in_flight:
-                    settled_holds.append(settlement.request_id)
+                if settlement.hold in in_flight:
+                    settled_holds.append(settlement.hold)
             applied += len(batch)
             if progress:
                 progress(applied, total)

@@ -90,13 +90,15 @@ async def usage_by_request(database_url: str, prefix: str) -> dict[str, list[str
 
 
 async def held(redis_url: str, database_url: str, prefix: str) -> list[str]:
-    """The calls of one load that still hold quota (their reservation not settled)."""
+    """The request ids of one load's calls that still hold quota (their reservation not settled; a hold is named
+    `<request id>/<usage event id>`)."""
     valkey = Valkey(redis_url)
     try:
         holders = await valkey.call("HKEYS", Keys(key_prefix("", database_url)).hold_data)
     finally:
         await valkey.close()
-    return [name.decode() for name in holders if name.decode().startswith(f"{prefix}-")]
+    names = (name.decode().rpartition("/")[0] for name in holders)
+    return [name for name in names if name.startswith(f"{prefix}-")]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pytest
 import redis.asyncio as redis
 import requests
@@ -128,9 +129,10 @@ async def counters(urls, tenant: str) -> dict[str, int]:
 
 
 async def holds(urls) -> set[str]:
+    """The request ids of the calls holding quota (a hold is named `<request id>/<usage event id>`)."""
     client = redis.from_url(urls.redis_url)
     try:
-        return {rid.decode() for rid in await client.zrange(f"{PREFIX}holds", 0, -1)}
+        return {name.decode().rpartition("/")[0] for name in await client.zrange(f"{PREFIX}holds", 0, -1)}
     finally:
         await client.aclose()
 
@@ -187,6 +189,27 @@ async def test_hostile_numbers_get_400_naming_the_field_and_reserve_nothing(lab:
     await exactly_one_usage_row(lab.demo, sentinel)
     for request_id in refused_ids:
         assert await usage_rows(lab.demo, request_id) == [], "a refused call records nothing"
+
+
+@pytest.mark.parametrize(("path", "tail"), [
+    ("/v1/chat/completions", b'"x_vendor_knob": 1e400'),
+    ("/v1/completions", b'"x_vendor_knob": [-1e999]'),
+    ("/api/chat", b'"options": {"mirostat_tau": 1e400}'),
+    ("/api/generate", b'"options": {"mirostat_tau": 1' + b"0" * 400 + b'.5}'),
+])
+async def test_a_float_past_float64_in_a_field_the_gateway_does_not_read_passes_on_as_written(
+        lab: Lab, path: str, tail: bytes) -> None:
+    """JSON allows such a number; a body the gateway rewrites (the ceiling, a translation) keeps it as it would in a
+    body sent untouched, rather than failing after the call was accepted."""
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, default_max_tokens=5)   # a ceiling: rewritten
+    request_id = uuid.uuid4().hex
+    body = msgspec.json.encode(lab.body(path))[:-1] + b", " + tail + b"}"
+    async with httpx.AsyncClient(timeout=15) as client:
+        reply = await client.post(f"{lab.demo.url}{path}", content=body,
+                                  headers={**lab.headers(key, request_id), "Content-Type": "application/json"})
+    assert reply.status_code == 200, reply.text
+    event = await exactly_one_usage_row(lab.demo, request_id)
+    assert (event["outcome"], event["status"], event["output_tokens"]) == ("ok", 200, 5)
 
 
 async def test_bodies_nested_100000_deep_get_400_everywhere(lab: Lab, second_gateway: Gateway) -> None:
@@ -275,6 +298,56 @@ async def test_an_explicit_max_tokens_is_capped_by_what_is_left(lab: Lab, urls) 
     assert second.status_code == 402, "nothing is left: not even the prompt fits"
     log_tokens, counter = await settled(lab.demo, urls, tenant, 1)
     assert log_tokens == used == counter["tok"] <= 400
+
+
+async def test_calls_sharing_one_request_id_each_keep_their_own_hold(lab: Lab, urls) -> None:
+    """Clients choose X-Request-Id: a short call reusing a long call's id, once settled, must not free the long
+    call's hold, or a caller could run a new limit's worth of calls beside every one still running."""
+    limit = 1000
+    tenant, key = await lab.tenant_with(daily_tokens=limit)
+    lab.a.configure(token_interval_ms=10)           # 300 tokens: about 3 s of stream
+    shared = uuid.uuid4().hex
+
+    async def call(client: httpx.AsyncClient, request_id: str, max_tokens: int, stream: bool) -> int:
+        reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key, request_id),
+                                  json=lab.body(max_tokens=max_tokens, stream=stream))
+        return reply.status_code
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        long = [asyncio.ensure_future(call(client, shared, 300, True)) for _ in range(3)]
+        await wait_for(lambda: lab.a.stats.requests.get("/v1/chat/completions", 0) >= 3, 10, what="three streams")
+        lab.a.configure(token_interval_ms=0)
+        assert await call(client, shared, 5, False) == 200
+        await settled(lab.demo, urls, tenant, 1)     # the short call is settled while the long ones stream
+        lab.a.configure(token_interval_ms=10)
+        late = [await call(client, uuid.uuid4().hex, 300, False) for _ in range(2)]
+        statuses = [*await asyncio.gather(*long), *late]
+    answered = statuses.count(200) + 1
+    log_tokens, counter = await settled(lab.demo, urls, tenant, answered)
+    assert log_tokens <= limit, f"settled {log_tokens} tokens of a {limit} limit ({statuses})"
+    assert counter["tok"] == log_tokens
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_tools_offered_are_held_as_prompt_so_they_cannot_carry_a_caller_past_the_limit(
+        lab: Lab, urls, path: str) -> None:
+    """A server renders the tools offered into the prompt and bills them as prompt tokens: a caller offering a
+    large tool with a short message must reserve them too, or each call settles far more than it held."""
+    limit = 2000
+    tenant, key = await lab.tenant_with(daily_tokens=limit)
+    tools = [{"type": "function", "function": {
+        "name": "book_freight", "description": "book a slot for the freight train on the line " * 90,
+        "parameters": {"type": "object", "properties": {"yard": {"type": "string"}}}}}]
+    output = {"max_tokens": 5} if path.startswith("/v1/") else {"options": {"num_predict": 5}}
+    statuses = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for _ in range(4):
+            reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(key),
+                                      json=lab.body(path, tools=tools, **output))
+            statuses.append(reply.status_code)
+    log_tokens, counter = await settled(lab.demo, urls, tenant, statuses.count(200))
+    assert log_tokens <= limit, f"settled {log_tokens} tokens of a {limit} limit ({statuses})"
+    assert counter["tok"] == log_tokens and statuses[-1] == 402
 
 
 async def test_embeddings_hold_exactly_their_counted_input(lab: Lab, urls) -> None:

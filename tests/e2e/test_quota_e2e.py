@@ -25,11 +25,11 @@ import msgspec
 import pytest
 import redis.asyncio as redis
 
-from switchyard_gateway.contracts.events import UsageRecorded
+from switchyard_gateway.contracts.events import UsageRecorded, new_id
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.kit.stack_proc import pick_free_port
-from switchyard_gateway.quotas.ledger import PROJECTION_TYPES
+from switchyard_gateway.quotas.ledger import PROJECTION_TYPES, hold_name
 from switchyard_gateway.services.gateway.state.catalog import LocalState
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, QuotaExceeded, RateLimited
@@ -314,19 +314,19 @@ async def call_through(instances: Instances, http: httpx.AsyncClient, tenant: st
     """Reserve on instance i % 2, call the simulator, publish the usage event: what a gateway does."""
     key = next(k for k in instances.state.catalog.keys.values() if k.tenant_id == tenant)
     model = instances.state.catalog.models["llama3.2"]
-    request_id = uuid.uuid4().hex
+    request_id, event_id = uuid.uuid4().hex, new_id()
     body = {"model": "llama3.2", "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}]}
     client = instances.clients[i % 2]
     ask = read_request("openai.chat", msgspec.json.encode(body)).ask(100_000, client.estimator)
     try:
-        held = await client.reserve(request_id=request_id, key=key, model=model, ask=ask)
+        held = await client.reserve(hold=hold_name(request_id, event_id), key=key, model=model, ask=ask)
     except (QuotaExceeded, RateLimited) as exc:
         return type(exc).__name__, 0
     if held is not None and held.ceiling is not None:
         body["max_tokens"] = held.ceiling          # what the proxy sends upstream
     reply = (await http.post(f"{instances.upstream}/v1/chat/completions", json=body)).json()
     instances.publisher.record(UsageRecorded(
-        request_id=request_id, tenant_id=tenant, key_id=key.key_id, model="llama3.2", api="openai.chat",
+        event_id=event_id, request_id=request_id, tenant_id=tenant, key_id=key.key_id, model="llama3.2", api="openai.chat",
         outcome="ok", status=200, input_tokens=reply["usage"]["prompt_tokens"],
         output_tokens=reply["usage"]["completion_tokens"], endpoint_id="ollama-1", upstream_model="llama3.2"))
     return "ok", reply["usage"]["total_tokens"]

@@ -16,6 +16,7 @@ from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued, M
 from switchyard_gateway.contracts.quota import Limits, LimitsSet
 from switchyard_gateway.events import LogFollower
 from switchyard_gateway.kit import eventlog
+from switchyard_gateway.quotas.ledger import hold_name
 from switchyard_gateway.quotas.periods import Keys
 from switchyard_gateway.resp import Valkey
 from switchyard_gateway.quotas.scripts import EXPIRE_SCRIPT
@@ -95,9 +96,20 @@ async def record(pool, events: list) -> None:
         await eventlog.append(conn, events)
 
 
+def event_id(request_id: str) -> uuid.UUID:
+    """The usage event id of the call a test names by its request id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, request_id)
+
+
+def hold(request_id: str) -> str:
+    """The hold of that call, as the gateway names it."""
+    return hold_name(request_id, event_id(request_id))
+
+
 def usage(request_id: str, input_tokens: int, output_tokens: int, outcome: str = "ok", tenant: str = TENANT,
           model: str = "llama3.2") -> UsageRecorded:
-    return UsageRecorded(request_id=request_id, tenant_id=tenant, key_id=KEY.key_id, model=model,
+    return UsageRecorded(event_id=event_id(request_id), request_id=request_id, tenant_id=tenant, key_id=KEY.key_id,
+                         model=model,
                          api="openai.chat", outcome=outcome, status=200 if outcome == "ok" else 502,
                          input_tokens=input_tokens, output_tokens=output_tokens)
 
@@ -112,19 +124,19 @@ async def day_counter(client: redis.Redis, keys: Keys, tenant: str = TENANT) -> 
 
 async def test_tenant_without_limits_reserves_nothing(urls, keys, client) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=OTHER, limits=Limits(daily_tokens=10))])
-    assert await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body()) is None
+    assert await quota.reserve(hold=hold("r1"), key=KEY, model=CHAT, ask=body()) is None
     assert [k async for k in client.scan_iter(match=f"{keys.prefix}*")] == []
 
 
 async def test_calls_get_what_is_left_as_their_ceiling_then_402_with_the_seed_body(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
-    held = [await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(200)) for i in range(4)]
+    held = [await quota.reserve(hold=hold(f"r{i}"), key=KEY, model=CHAT, ask=body(200)) for i in range(4)]
     assert [(h.tokens, h.ceiling) for h in held] == [(PROMPT + 200, 200)] * 4
-    last = await quota.reserve(request_id="r5", key=KEY, model=CHAT, ask=body(200))
+    last = await quota.reserve(hold=hold("r5"), key=KEY, model=CHAT, ask=body(200))
     assert last.ceiling == 1000 - 4 * (PROMPT + 200) - PROMPT, "what is left after its prompt, not what it asked"
     held.append(last)
     with pytest.raises(QuotaExceeded) as refused:
-        await quota.reserve(request_id="r6", key=KEY, model=CHAT, ask=body(200))
+        await quota.reserve(hold=hold("r6"), key=KEY, model=CHAT, ask=body(200))
     exc = refused.value
     assert exc.status == 402
     assert exc.body() == {"error": "Quota exceeded", "quota_type": "daily", "limit": 1000,
@@ -136,29 +148,29 @@ async def test_calls_get_what_is_left_as_their_ceiling_then_402_with_the_seed_bo
 async def test_a_call_naming_no_max_tokens_gets_the_default_capped_by_what_is_left(urls, keys) -> None:
     limits = Limits(daily_tokens=PROMPT * 2 + 150 + 40, default_max_tokens=150)
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=limits)])
-    first = await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body(None))
-    second = await quota.reserve(request_id="b", key=KEY, model=CHAT, ask=body(None, n=2))
+    first = await quota.reserve(hold=hold("a"), key=KEY, model=CHAT, ask=body(None))
+    second = await quota.reserve(hold=hold("b"), key=KEY, model=CHAT, ask=body(None, n=2))
     assert (first.ceiling, second.ceiling) == (150, 20), "two choices share the 40 left"
     assert second.tokens == PROMPT + 2 * 20
 
 
 async def test_without_token_limits_the_call_keeps_its_own_output_limit(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=100))])
-    held = await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body(None))
+    held = await quota.reserve(hold=hold("a"), key=KEY, model=CHAT, ask=body(None))
     assert held is not None and held.ceiling is None
 
 
 async def test_embeddings_hold_exactly_their_counted_input(urls, keys, client) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
     texts = read_request("openai.embeddings", b'{"model": "e", "input": ["hello world", "railway yards"]}')
-    held = await quota.reserve(request_id="e1", key=KEY, model=MINI, ask=texts.ask(8192, ESTIMATOR))
+    held = await quota.reserve(hold=hold("e1"), key=KEY, model=MINI, ask=texts.ask(8192, ESTIMATOR))
     counted = ESTIMATOR.count("hello world") + ESTIMATOR.count("railway yards")
     assert held.ceiling is None and held.tokens == counted == (await day_counter(client, keys))["tok"]
 
 
 async def test_answers_carry_openai_rate_limit_headers(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=10, daily_tokens=5000))])
-    held = await quota.reserve(request_id="h1", key=KEY, model=CHAT, ask=body(100))
+    held = await quota.reserve(hold=hold("h1"), key=KEY, model=CHAT, ask=body(100))
     headers = dict(held.headers)
     assert headers["x-ratelimit-limit-requests"] == "10" and headers["x-ratelimit-remaining-requests"] == "9"
     assert headers["x-ratelimit-limit-tokens"] == "5000"
@@ -172,7 +184,7 @@ async def test_concurrent_reservations_from_two_instances_never_pass_the_limit(u
 
     async def one(i: int) -> int:
         try:
-            held = await instances[i % 2].reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(90))
+            held = await instances[i % 2].reserve(hold=hold(f"r{i}"), key=KEY, model=CHAT, ask=body(90))
             return held.tokens
         except QuotaExceeded:
             return 0
@@ -188,7 +200,7 @@ async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_re
                                                                                         pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=10_000, budget_usd=1.0))
     quota = quota_client(urls, keys, [limits])
-    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+    held = await quota.reserve(hold=hold("r1"), key=KEY, model=CHAT, ask=body(100))
     assert (await day_counter(client, keys))["tok"] == held.tokens
     await record(pool, [*registry_events(), limits, usage("r1", 7, 11)])
     projection = counters(pool, valkey, keys)
@@ -202,10 +214,28 @@ async def test_settlement_replaces_the_hold_with_actual_usage_priced_from_the_re
     assert await projection.step() == 0               # nothing new: settling twice is impossible
 
 
+async def test_calls_sharing_a_request_id_hold_apart_and_each_settlement_frees_only_its_own(urls, keys, client, valkey,
+                                                                                          pool) -> None:
+    limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))
+    quota = quota_client(urls, keys, [limits])
+    first, second = (UsageRecorded(request_id="same", tenant_id=TENANT, key_id=KEY.key_id, model="llama3.2",
+                                   api="openai.chat", outcome="ok", status=200, input_tokens=PROMPT, output_tokens=5)
+                     for _ in range(2))
+    held = [await quota.reserve(hold=hold_name("same", e.event_id), key=KEY, model=CHAT, ask=body(400))
+            for e in (first, second)]
+    assert [h.ceiling for h in held] == [400, 400] and await client.zcard(keys.holds) == 2
+    await record(pool, [*registry_events(), limits, first])
+    await counters(pool, valkey, keys).step()
+    assert await client.zcard(keys.holds) == 1, "the other call is still running: its hold stays"
+    assert (await day_counter(client, keys))["tok"] == PROMPT + 5 + held[1].tokens
+    quota.release(held[1], PROMPT, 2, 1)
+    await wait_for(lambda: _no_hold(client, keys), what="the second call's own release")
+
+
 async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(monthly_requests=5, daily_tokens=1000))
     quota = quota_client(urls, keys, [limits])
-    await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+    await quota.reserve(hold=hold("r1"), key=KEY, model=CHAT, ask=body(100))
     await record(pool, [*registry_events(), limits, usage("r1", 0, 0, outcome="error")])
     await counters(pool, valkey, keys).step()
     assert await day_counter(client, keys) == {"tok": 0}
@@ -214,7 +244,7 @@ async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> 
 
 async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client, valkey) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))], hold_s=0.0)
-    await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+    await quota.reserve(hold=hold("r1"), key=KEY, model=CHAT, ask=body(100))
     assert (await day_counter(client, keys))["tok"] > 100
     released = await EXPIRE_SCRIPT.run(valkey, [keys.holds, keys.hold_data], [int(time.time() * 1000), 100])
     assert released == 1
@@ -224,9 +254,9 @@ async def test_hold_never_settled_expires_and_is_refunded(urls, keys, client, va
 async def test_rpm_limit_gives_429_with_rate_limit_headers(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=3))])
     for i in range(3):
-        await quota.reserve(request_id=f"r{i}", key=KEY if i % 2 else KEY2, model=CHAT, ask=body())
+        await quota.reserve(hold=hold(f"r{i}"), key=KEY if i % 2 else KEY2, model=CHAT, ask=body())
     with pytest.raises(RateLimited) as refused:
-        await quota.reserve(request_id="r4", key=KEY, model=CHAT, ask=body())
+        await quota.reserve(hold=hold("r4"), key=KEY, model=CHAT, ask=body())
     exc = refused.value
     reset = int(exc.reset.timestamp())
     assert exc.status == 429 and reset % 60 == 0 and 0 < reset - time.time() <= 60
@@ -263,10 +293,10 @@ async def test_a_refusal_carries_the_rate_limit_headers_of_both_kinds(urls, keys
 
 async def test_per_key_rpm_limits_each_key_on_its_own(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(key_rpm=1))])
-    await quota.reserve(request_id="a", key=KEY, model=CHAT, ask=body())
-    await quota.reserve(request_id="b", key=KEY2, model=CHAT, ask=body())
+    await quota.reserve(hold=hold("a"), key=KEY, model=CHAT, ask=body())
+    await quota.reserve(hold=hold("b"), key=KEY2, model=CHAT, ask=body())
     with pytest.raises(RateLimited) as refused:
-        await quota.reserve(request_id="c", key=KEY, model=CHAT, ask=body())
+        await quota.reserve(hold=hold("c"), key=KEY, model=CHAT, ask=body())
     assert refused.value.limit_type == "key_rpm"
 
 
@@ -274,11 +304,11 @@ async def test_budget_refuses_the_call_whose_estimated_cost_does_not_fit(urls, k
     # 100 prompt+output tokens at <= 4 USD per 1M cost well under 0.001 USD; a 0.0005 USD budget fits one call
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(budget_usd=0.0005,
                                                                                 budget_period="week"))])
-    held = await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+    held = await quota.reserve(hold=hold("r1"), key=KEY, model=CHAT, ask=body(100))
     assert held.nanos == PROMPT * 1000 + 100 * 4000     # prompt at 1.0, output at 4.0 per 1M
     with pytest.raises(QuotaExceeded) as refused:
         while True:
-            await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, ask=body(100))
+            await quota.reserve(hold=hold(uuid.uuid4().hex), key=KEY, model=CHAT, ask=body(100))
     assert refused.value.quota_type == "budget" and refused.value.limit == 0.0005
     assert refused.value.used <= 0.0005
 
@@ -286,13 +316,13 @@ async def test_budget_refuses_the_call_whose_estimated_cost_does_not_fit(urls, k
 async def test_per_model_limit_applies_to_that_model_only(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, model_id="llama3.2",
                                                 limits=Limits(monthly_tokens=150))])
-    await quota.reserve(request_id="r1", key=KEY, model=CHAT, ask=body(100))
-    rest = await quota.reserve(request_id="r2", key=KEY, model=CHAT, ask=body(100))
+    await quota.reserve(hold=hold("r1"), key=KEY, model=CHAT, ask=body(100))
+    rest = await quota.reserve(hold=hold("r2"), key=KEY, model=CHAT, ask=body(100))
     assert rest.ceiling == 150 - (PROMPT + 100) - PROMPT
     with pytest.raises(QuotaExceeded) as refused:
-        await quota.reserve(request_id="r3", key=KEY, model=CHAT, ask=body(100))
+        await quota.reserve(hold=hold("r3"), key=KEY, model=CHAT, ask=body(100))
     assert refused.value.quota_type == "monthly" and refused.value.model_id == "llama3.2"
-    assert await quota.reserve(request_id="r4", key=KEY, model=MINI, ask=body(100)) is None
+    assert await quota.reserve(hold=hold("r4"), key=KEY, model=MINI, ask=body(100)) is None
 
 
 async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys) -> None:
@@ -300,9 +330,9 @@ async def test_fallback_on_quota_reserves_for_the_next_allowed_model(urls, keys)
                                                 limits=Limits(daily_tokens=PROMPT - 1)),
                                       LimitsSet(tenant_id=TENANT, model_id="mini", limits=Limits(daily_tokens=500))])
     with pytest.raises(QuotaExceeded):
-        await quota.reserve_or_fallback(request_id="r1", key=KEY, model=CHAT, ask=body(100))
+        await quota.reserve_or_fallback(hold=hold("r1"), key=KEY, model=CHAT, ask=body(100))
     quota.catalog.apply(TenantCreated(tenant_id=TENANT, fallback_on_quota=True))
-    model, held = await quota.reserve_or_fallback(request_id="r2", key=KEY, model=CHAT, ask=body(100))
+    model, held = await quota.reserve_or_fallback(hold=hold("r2"), key=KEY, model=CHAT, ask=body(100))
     assert model.model_id == "mini" and held is not None and held.model_id == "mini"
 
 
@@ -312,7 +342,7 @@ async def test_rebuild_from_the_log_equals_the_live_counters(urls, keys, client,
     await record(pool, [*registry_events(), limits])
     projection = counters(pool, valkey, keys)
     for i in range(30):
-        await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(50))
+        await quota.reserve(hold=hold(f"r{i}"), key=KEY, model=CHAT, ask=body(50))
         if i < 25:       # five calls are still running when the rebuild starts
             await record(pool, [usage(f"r{i}", 3 + i, 5, outcome="ok" if i % 7 else "error"),
                                 usage(f"o{i}", 2, 2, tenant=OTHER, model="mini")])
@@ -341,7 +371,7 @@ async def test_a_released_hold_frees_its_quota_at_once_and_the_log_still_settles
                                                                                      pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000, tpm=1000))
     quota = quota_client(urls, keys, [limits])
-    held = await quota.reserve(request_id="gone", key=KEY, model=CHAT, ask=body(500))
+    held = await quota.reserve(hold=hold("gone"), key=KEY, model=CHAT, ask=body(500))
     assert (await day_counter(client, keys))["tok"] == PROMPT + 500
     quota.release(held, PROMPT, 3, 1)                          # the client left after three tokens
     await wait_for(lambda: _no_hold(client, keys), what="the hold released")
@@ -362,23 +392,23 @@ async def test_valkey_away_lets_calls_through_when_open_and_refuses_them_when_cl
     nobody = "redis://127.0.0.1:9/0"                           # the discard port: nothing listens
     before = metrics.QUOTA_UNAVAILABLE.labels("open")._value.get()
     opened = quota_client(urls, keys, limits, redis_url=nobody, on_error="open")
-    through = await opened.reserve(request_id="o1", key=KEY, model=CHAT, ask=body(None))
+    through = await opened.reserve(hold=hold("o1"), key=KEY, model=CHAT, ask=body(None))
     assert through is not None and not through.held and through.ceiling == 256, "still held to its default"
     assert metrics.QUOTA_UNAVAILABLE.labels("open")._value.get() == before + 1
     closed = quota_client(urls, keys, limits, redis_url=nobody, on_error="closed")
     with pytest.raises(QuotaUnavailable) as refused:
-        await closed.reserve(request_id="c1", key=KEY, model=CHAT, ask=body(100))
+        await closed.reserve(hold=hold("c1"), key=KEY, model=CHAT, ask=body(100))
     assert refused.value.status == 503 and refused.value.headers["retry-after"] == "1"
 
 
 async def test_a_script_error_refuses_the_call_even_when_failing_open(urls, keys, client) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=1000))])
-    await quota.reserve(request_id="ok", key=KEY, model=CHAT, ask=body(10))
+    await quota.reserve(hold=hold("ok"), key=KEY, model=CHAT, ask=body(10))
     day = [k async for k in client.scan_iter(match=f"{keys.prefix}c:{TENANT}:d:*")][0]
     await client.delete(day)
     await client.set(day, "not a hash")                        # every script call on it now fails
     with pytest.raises(QuotaUnavailable) as refused:
-        await quota.reserve(request_id="broken", key=KEY, model=CHAT, ask=body(10))
+        await quota.reserve(hold=hold("broken"), key=KEY, model=CHAT, ask=body(10))
     assert refused.value.code == "quota_unavailable"
 
 
@@ -391,7 +421,7 @@ async def test_the_largest_values_a_request_may_carry_never_make_the_script_fail
         daily_tokens=10**15, monthly_tokens=10**15, tpm=10**15, budget_usd=1_000_000))])
     fields = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], **hostile}
     ask = read_request("openai.chat", msgspec.json.encode(fields)).ask(100_000, ESTIMATOR)
-    held = await quota.reserve(request_id=uuid.uuid4().hex, key=KEY, model=CHAT, ask=ask)
+    held = await quota.reserve(hold=hold(uuid.uuid4().hex), key=KEY, model=CHAT, ask=ask)
     assert held is not None and held.held and held.ceiling == (ask.output or 256)
 
 

@@ -185,3 +185,34 @@ def test_openai_calls_carry_the_ceiling_in_the_field_they_used(fields: dict, kin
     sent = msgspec.json.decode(upstream_body(raw, read_request("openai.chat", raw), "m", 40, kind))
     assert {k: sent[k] for k in ("max_tokens", "max_completion_tokens") if k in sent} == written
     assert upstream_body(raw, read_request("openai.chat", raw), "m", None, kind) is raw
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "book_freight", "description": "Book a freight slot on the line " * 40,
+    "parameters": {"type": "object", "properties": {"yard": {"type": "string", "description": "which yard " * 30}}}}}]
+SCHEMA = {"type": "object", "properties": {"track": {"type": "integer", "description": "the track number " * 30}}}
+CALL = {"function": {"name": "book_freight", "arguments": {"yard": "north " * 50}}}
+
+
+def _prompt(api: str, **fields: Any) -> int:
+    return ask(api, msgspec.json.encode({**BASE[api], **fields})).prompt_tokens()
+
+
+@pytest.mark.parametrize(("api", "fields", "text"), [
+    ("openai.chat", {"tools": TOOLS}, msgspec.json.encode(TOOLS).decode()),
+    ("openai.chat", {"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}},
+     msgspec.json.encode(SCHEMA).decode()),
+    ("openai.chat", {"messages": [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "book_freight",
+                                                      "arguments": msgspec.json.encode(CALL["function"]["arguments"]).decode()}}]}]},
+     "north " * 50),
+    ("ollama.chat", {"tools": TOOLS}, msgspec.json.encode(TOOLS).decode()),
+    ("ollama.chat", {"format": SCHEMA}, msgspec.json.encode(SCHEMA).decode()),
+    ("ollama.chat", {"messages": [*MESSAGES, {"role": "assistant", "tool_calls": [CALL]}]}, "north " * 50),
+    ("ollama.generate", {"format": SCHEMA}, msgspec.json.encode(SCHEMA).decode()),
+])
+def test_text_the_model_reads_beside_the_messages_counts_toward_the_prompt(api: str, fields: dict,
+                                                                          text: str) -> None:
+    """Tool definitions, tool calls and answer schemas are rendered into the model's prompt and billed as prompt
+    tokens by every real server: left out of the reservation, they would let a caller's usage pass its limit."""
+    assert _prompt(api, **fields) - _prompt(api) >= ESTIMATOR.count(text) * 0.9

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
+from switchyard_gateway.quotas.ledger import hold_name
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
@@ -121,6 +122,9 @@ class Proxy:
             outcome.client_left()
             if not watch.absorb():
                 raise
+        except Exception:                 # answered 500 by the edge: the usage event says so, not `ok`
+            outcome.result, outcome.status = "error", outcome.status or 500
+            raise
         finally:
             watch.stop()
             if outcome.result == "cancelled":
@@ -160,7 +164,8 @@ class Proxy:
         try:
             syncing = self.usage.journaling(accepted)
             served, reservation = await self.quota.reserve_or_fallback(
-                request_id=call.request_id, key=key, model=plan.model, ask=call.ask)  # type: ignore[arg-type]
+                hold=hold_name(call.request_id, call.event_id), key=key, model=plan.model,
+                ask=call.ask)  # type: ignore[arg-type]
             if syncing is not None:
                 await syncing
             if served is plan.model:

@@ -51,7 +51,7 @@ log = structlog.get_logger()
 SUGGESTED = 5
 DEFAULT_MAX_TOKENS = 256          # output asked of a call that names none, when the limits name no default
 WARN_EVERY_S = 10.0               # at most one log line this often about Valkey being away
-PER_CALL_ARGS = 4 + 2 * len(MEASURES)  # RESERVE's ARGV before the counters': request id, deadline, want, least, amounts
+PER_CALL_ARGS = 4 + 2 * len(MEASURES)  # RESERVE's ARGV before the counters': hold name, deadline, want, least, amounts
 # error replies that mean the server is away or busy, not that the script is wrong
 UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
@@ -59,11 +59,12 @@ UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN
 class Reservation(msgspec.Struct, frozen=True):
     """What a call holds until its usage event settles it, and what it was granted.
 
-    `ceiling` is the output tokens per choice the call may produce (None: no limit depends on its output),
+    `hold` names the hold (`ledger.hold_name`: one per accepted call), `ceiling` the output tokens per choice the
+    call may produce (None: no limit depends on its output),
     `headers` the OpenAI rate-limit headers of its answer, `held` False when Valkey was away (fail open).
     """
 
-    request_id: str
+    hold: str
     model_id: str
     tokens: int
     nanos: int
@@ -127,7 +128,7 @@ class QuotaClient:
     def book(self) -> LimitsBook:
         return self.feed.book
 
-    async def reserve(self, *, request_id: str, key: KeyIssued, model: ModelRegistered,
+    async def reserve(self, *, hold: str, key: KeyIssued, model: ModelRegistered,
                       ask: Ask) -> Reservation | None:
         """Hold the call's prompt and output tokens (and cost, and one request) against every limit that applies.
 
@@ -150,7 +151,7 @@ class QuotaClient:
         planned, keys, counters = self._plan(scopes, tenant_id, key.key_id, model_id, now)
         bounded = choices > 0 and any(p.counter.measure == "t" or (p.counter.measure == "u" and out_price > 0)
                                       for p in planned)
-        args = [request_id, int((now + self.hold_s) * 1000), want, min(want, 1)]
+        args = [hold, int((now + self.hold_s) * 1000), want, min(want, 1)]
         for measure in MEASURES:
             args += amounts[measure]
         args.append(counters)
@@ -162,23 +163,23 @@ class QuotaClient:
                 log.error("quota.script_failed", tenant=tenant_id, model=model_id, error=str(exc))
                 raise QuotaUnavailable("The quota store could not reserve this call", headers={"retry-after": "1"}) \
                     from None
-            return self._unavailable(exc, tenant_id, model_id, request_id, prompt, want, choices, bounded)
+            return self._unavailable(exc, tenant_id, model_id, hold, prompt, want, choices, bounded)
         except (ConnectionError, TimeoutError) as exc:
-            return self._unavailable(exc, tenant_id, model_id, request_id, prompt, want, choices, bounded)
+            return self._unavailable(exc, tenant_id, model_id, hold, prompt, want, choices, bounded)
         if result[0] != 1:
             raise self.refusal(planned, result, tenant_id, model_id, now)
         out = int(result[1])
         tokens = prompt + out * choices
-        return Reservation(request_id, model_id, tokens, usd_nanos(prompt, out * choices, in_price, out_price),
+        return Reservation(hold, model_id, tokens, usd_nanos(prompt, out * choices, in_price, out_price),
                            out if bounded else None, rate_headers(planned, result[2:], now), True,
                            (in_price, out_price))
 
-    async def reserve_or_fallback(self, *, request_id: str, key: KeyIssued, model: ModelRegistered,
+    async def reserve_or_fallback(self, *, hold: str, key: KeyIssued, model: ModelRegistered,
                                   ask: Ask) -> tuple[ModelRegistered, Reservation | None]:
         """`reserve`, and over a quota (402) when the tenant enabled `fallback_on_quota`, reserve for the
         suggested models in turn instead. Returns the model to serve; raises the first refusal if none fits."""
         try:
-            return model, await self.reserve(request_id=request_id, key=key, model=model, ask=ask)
+            return model, await self.reserve(hold=hold, key=key, model=model, ask=ask)
         except QuotaExceeded as exc:
             tenant = self.catalog.tenants.get(key.tenant_id)
             if tenant is None or not tenant.fallback_on_quota:
@@ -188,7 +189,7 @@ class QuotaClient:
                 if fallback is None:
                     continue
                 try:
-                    return fallback, await self.reserve(request_id=request_id, key=key, model=fallback, ask=ask)
+                    return fallback, await self.reserve(hold=hold, key=key, model=fallback, ask=ask)
                 except QuotaExceeded:
                     continue
             raise
@@ -199,7 +200,7 @@ class QuotaClient:
         if not reservation.held:
             return
         nanos = usd_nanos(input_tokens, output_tokens, *reservation.prices)
-        args = [reservation.request_id, input_tokens + output_tokens, requests, nanos]
+        args = [reservation.hold, input_tokens + output_tokens, requests, nanos]
         task = asyncio.get_running_loop().create_task(self._release(args))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
@@ -209,7 +210,7 @@ class QuotaClient:
             async with asyncio.timeout(self.timeout_s):
                 await RELEASE_SCRIPT.run(self.valkey, [self.keys.holds, self.keys.hold_data], args)
         except (ConnectionError, TimeoutError, ValkeyError) as exc:      # the hold expires after quota_hold_s
-            log.warning("quota.release_failed", request_id=args[0], error=str(exc) or type(exc).__name__)
+            log.warning("quota.release_failed", hold=args[0], error=str(exc) or type(exc).__name__)
 
     def _plan(self, scopes: tuple[Limits, Limits], tenant_id: str, key_id: str, model_id: str,
               now: float) -> tuple[list[Planned], Framed, Framed]:
@@ -258,7 +259,7 @@ class QuotaClient:
             out = assignment.output_price_per_1m if assignment.output_price_per_1m is not None else out
         return inp, out
 
-    def _unavailable(self, exc: Exception, tenant_id: str, model_id: str, request_id: str, prompt: int, want: int,
+    def _unavailable(self, exc: Exception, tenant_id: str, model_id: str, hold: str, prompt: int, want: int,
                      choices: int, bounded: bool) -> Reservation:
         """Valkey is away or slow: let the call through (held to the output it asked for), or refuse it."""
         self.unavailable += 1
@@ -272,4 +273,4 @@ class QuotaClient:
         if not self.fail_open:
             raise QuotaUnavailable("Quota limits cannot be checked right now; retry shortly",
                                    headers={"retry-after": "1"})
-        return Reservation(request_id, model_id, prompt + want * choices, 0, want if bounded else None, held=False)
+        return Reservation(hold, model_id, prompt + want * choices, 0, want if bounded else None, held=False)

@@ -12,6 +12,7 @@ import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.translate.wire import request_decoder
 
 
 def credential(endpoint: EndpointRegistered) -> str | None:
@@ -36,7 +37,7 @@ def url(endpoint: EndpointRegistered, path: str) -> str:
     return endpoint.base_url.rstrip("/").removesuffix("/v1") + path
 
 
-_decode_any = msgspec.json.Decoder().decode
+_decode_any = request_decoder()
 _encode = msgspec.json.Encoder().encode
 
 

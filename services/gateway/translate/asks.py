@@ -6,7 +6,9 @@ value out of the API's range is refused while decoding, with the field's path as
 `request.ask(limit, tokenizer)` then checks the bounds that depend on the model (output
 tokens and context sizes at most its `context_length`, else the configured maximum)
 and returns the call's `Ask`: the output tokens asked per choice, how many choices,
-and its prompt, counted lazily with the reservation's tokenizer.
+and its prompt, counted lazily with the reservation's tokenizer. The prompt is every text the
+model reads, as servers bill it: the messages, and beside them the tools offered, the tool calls
+made and the schema an answer must follow (read as raw JSON, counted as written).
 
 A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
 names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
@@ -66,6 +68,12 @@ def summed(texts: Callable[[], Iterable[str | int]]) -> Callable[[Count], int]:
     return lambda count: sum(count(item) if isinstance(item, str) else item for item in texts())
 
 
+def raw_text(raw: msgspec.Raw) -> str:
+    """A field kept as raw JSON, as text to count ("" when absent or null)."""
+    text = bytes(raw)
+    return "" if not text or text == b"null" else text.decode()
+
+
 def _rough(text: str) -> int:
     return (len(text.encode()) + 3) // 4
 
@@ -94,6 +102,7 @@ class ContentPart(msgspec.Struct):
 class ChatMessage(msgspec.Struct):
     role: Literal["developer", "system", "user", "assistant", "tool", "function"]     # OpenAI's, which refuses others
     content: str | list[ContentPart] | None = None
+    tool_calls: msgspec.Raw = msgspec.Raw()       # the calls an assistant made: read back by the model
 
 
 class Sampling(InferenceRequest):
@@ -112,6 +121,9 @@ class OpenAIChat(Sampling):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    tools: msgspec.Raw = msgspec.Raw()            # counted as prompt, never parsed
+    functions: msgspec.Raw = msgspec.Raw()        # the older name of tools
+    response_format: msgspec.Raw = msgspec.Raw()
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if not self.messages:
@@ -132,6 +144,9 @@ class OpenAIChat(Sampling):
                 yield content
             elif content:
                 yield from (part.text for part in content if part.text)
+            yield raw_text(message.tool_calls)
+        for raw in (self.tools, self.functions, self.response_format):
+            yield raw_text(raw)
 
 
 class OpenAICompletion(Sampling):
@@ -197,7 +212,7 @@ class OllamaCall(InferenceRequest):
 
     stream: bool | None = None                    # type: ignore[assignment]  # null or absent: Ollama streams
     options: OllamaOptions | None = None
-    format: Any = None
+    format: msgspec.Raw = msgspec.Raw()           # "json" or a schema the answer must follow: counted as prompt
 
     def _output(self, limit: int) -> int | None:
         options = self.options
@@ -230,7 +245,7 @@ class OllamaMessage(msgspec.Struct):
 
 class OllamaChat(OllamaCall):
     messages: list[OllamaMessage] = []
-    tools: Any = None
+    tools: msgspec.Raw = msgspec.Raw()            # counted as prompt, never parsed
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
@@ -241,6 +256,12 @@ class OllamaChat(OllamaCall):
             yield PER_MESSAGE
             if message.content:
                 yield message.content
+            for call in message.tool_calls or ():
+                arguments = call.function.arguments if call.function is not None else None
+                if arguments is not None:
+                    yield arguments if isinstance(arguments, str) else msgspec.json.encode(arguments).decode()
+        yield raw_text(self.tools)
+        yield raw_text(self.format)
 
 
 class OllamaGenerate(OllamaCall):
@@ -260,6 +281,7 @@ class OllamaGenerate(OllamaCall):
                 yield text
         if self.context:
             yield len(self.context)
+        yield raw_text(self.format)
 
 
 class OllamaEmbed(OllamaCall):

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.asks import OllamaFunction, OllamaMessage
-from switchyard_gateway.services.gateway.translate.wire import TranslationError, encode
+from switchyard_gateway.services.gateway.translate.wire import TranslationError, encode, request_decoder
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -65,11 +65,11 @@ class _Model(msgspec.Struct):
     model: str = ""
 
 
-_decode_chat = msgspec.json.Decoder(_Chat).decode
-_decode_generate = msgspec.json.Decoder(_Generate).decode
-_decode_embed = msgspec.json.Decoder(_Embed).decode
-_decode_model = msgspec.json.Decoder(_Model).decode
-_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_chat = request_decoder(_Chat)
+_decode_generate = request_decoder(_Generate)
+_decode_embed = request_decoder(_Embed)
+_decode_model = request_decoder(_Model)
+_decode_object = request_decoder(dict[str, Any])
 
 
 def _read(decode: Any, body: bytes) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -196,6 +197,18 @@ decode_usage = msgspec.json.Decoder(UsageOnly).decode
 decode_counts = msgspec.json.Decoder(OllamaCounts).decode
 decode_any = msgspec.json.Decoder().decode
 encode = msgspec.json.Encoder().encode
+
+
+def _as_written(literal: str) -> msgspec.Raw:
+    return msgspec.Raw(literal)
+
+
+def request_decoder(kind: Any = Any) -> Callable[[bytes], Any]:
+    """A decoder for a client's body the gateway rewrites (a model name, an output ceiling, a translation): every
+    float it does not read is kept as the client wrote it and encoded back byte for byte. JSON allows numbers past
+    float64's range (`1e400`); read as floats they would fail the rewrite after the call was accepted, while the
+    same body sent untouched passes on."""
+    return msgspec.json.Decoder(kind, float_hook=_as_written).decode
 
 
 def ollama_time(created: int | None = None) -> str:
