@@ -270,9 +270,9 @@ async def test_rpm_limit_gives_429_with_rate_limit_headers(urls, keys) -> None:
 
 async def test_a_refusal_carries_the_rate_limit_headers_of_both_kinds(urls, keys) -> None:
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=10, daily_tokens=PROMPT + 53))])
-    await quota.reserve(request_id="q1", key=KEY, model=CHAT, ask=body(50))     # 3 tokens left: not the prompt
+    await quota.reserve(hold=hold("q1"), key=KEY, model=CHAT, ask=body(50))     # 3 tokens left: not the prompt
     with pytest.raises(QuotaExceeded) as over_tokens:                   # the day's tokens refuse it ...
-        await quota.reserve(request_id="q2", key=KEY, model=CHAT, ask=body(50))
+        await quota.reserve(hold=hold("q2"), key=KEY, model=CHAT, ask=body(50))
     headers = over_tokens.value.headers
     assert headers["x-ratelimit-limit-tokens"] == str(PROMPT + 53)        # ... so they speak for tokens,
     assert headers["x-ratelimit-remaining-tokens"] == "3"
@@ -282,9 +282,9 @@ async def test_a_refusal_carries_the_rate_limit_headers_of_both_kinds(urls, keys
 
     quota = quota_client(urls, keys, [LimitsSet(tenant_id=TENANT, limits=Limits(rpm=3, daily_tokens=100_000))])
     for i in range(2):                                                  # q1 was the minute's first
-        await quota.reserve(request_id=f"r{i}", key=KEY, model=CHAT, ask=body(10))
+        await quota.reserve(hold=hold(f"r{i}"), key=KEY, model=CHAT, ask=body(10))
     with pytest.raises(RateLimited) as over_requests:                   # the minute's requests refuse it ...
-        await quota.reserve(request_id="q3", key=KEY, model=CHAT, ask=body(10))
+        await quota.reserve(hold=hold("q3"), key=KEY, model=CHAT, ask=body(10))
     headers = over_requests.value.headers
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert headers["x-ratelimit-limit-tokens"] == "100000"               # ... and the day's tokens speak for tokens
