@@ -1,11 +1,15 @@
 """A row of the log too large for one NATS message (on a NATS server of this module's own, its max_payload 16 KiB)
 stops neither metering's LOG feed nor replay: each sends an `event.withheld.v1` marker in the row's place, in log
-order, and goes on; a replay page never exceeds max_payload whatever its rows."""
+order, and goes on; a replay page never exceeds max_payload whatever its rows; the subscriber kit hands the marker
+to `apply` at the row's position and reads the row again once a limit carries it."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 
+import asyncpg
 import msgspec
 import pytest
 import structlog
@@ -17,9 +21,13 @@ from switchyard_gateway.contracts.events import UsageRecorded
 from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
 from switchyard_gateway.events.feed import FEED, WITHHELD, LogFeed, positions_of
 from switchyard_gateway.kit import natsio
-from tests.conftest import wait_for
+from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.services.metering import history
+from switchyard_gateway.subscribe import Subscriber
+from tests.conftest import REPO, wait_for
 from tests.integration.logharness import Metering, log_messages, usage
 from tests.integration.test_outbox_oversized import MAX_PAYLOAD, SECRET, small_nats  # noqa: F401 — a fixture
+from tests.integration.test_subscriber import own_database, running  # noqa: F401 — a fixture
 
 
 @pytest.fixture
@@ -123,3 +131,69 @@ async def test_a_page_never_exceeds_max_payload_however_rows_are_sized(metering:
     assert withheld == [5, 9]                           # 16,900 and 40,000 bytes as stored: no page carries them
     assert [decode_event(event).input_tokens for position, event in read if position not in withheld] == [
         i for i in range(len(sizes)) if i + 1 not in withheld]
+
+
+async def test_a_subscriber_is_handed_the_marker_at_the_rows_position_and_can_fetch_the_row_later(
+        metering: Metering, nats_client, pool, own_database: str, own_nats: str) -> None:  # noqa: F811 — fixtures
+    got: list[tuple[int, UsageRecorded | EventWithheld]] = []
+
+    async def apply(conn, batch) -> None:
+        got.extend(batch)
+
+    await feeding(pool)
+    caught_up, live = big_usage(2, "acme"), big_usage(5, "acme")
+    head = await metering.append([usage(1, "beta"), caught_up, usage(3, "beta")])
+    subscriber = Subscriber("withheld", apply, nc=nats_client, database_url=own_database, types=["usage"])
+    async with running(subscriber):
+        assert await subscriber.position.reach(head, 30)
+        assert await metering.feed.position.reach(head, 20)
+        head = await metering.append([usage(4, "beta"), live, usage(6, "beta")])
+        assert await subscriber.position.reach(head, 30)
+        assert subscriber.switches == 1                  # positions 1-3 came by replay, 4-6 by LOG
+        assert [p for p, _ in got] == [1, 2, 3, 4, 5, 6]
+        assert [e.request_id for p, e in got if p not in (2, 5)] == ["r1", "r3", "r4", "r6"]
+        assert [(e.position, e.event_id, e.event_type, e.tenant, e.outbox) for p, e in got if p in (2, 5)] == [
+            (2, caught_up.event_id, subjects.USAGE_RECORDED, "acme", subjects.METERING_REPLAY),
+            (5, live.event_id, subjects.USAGE_RECORDED, "acme", FEED)]
+
+        # read again while the limit is what it is: the marker again; a row that fits: the event
+        again = await subscriber.fetch(5)
+        assert isinstance(again, EventWithheld) and again.event_id == live.event_id
+        assert (await subscriber.fetch(4)).request_id == "r4"
+        with pytest.raises(ServiceError) as beyond:
+            await subscriber.fetch(head + 5)
+        assert beyond.value.status == 409
+
+    # a metering whose NATS server carries the row (its max_payload the default): fetch reads it whole
+    roomy = await natsio.connect(own_nats, "oversized-log-roomy", 10)
+    replay = functools.partial(history.on_replay, history.History(pool, roomy, feeding=False))
+    service = await natsio.serve(roomy, "metering", {}, by_subject=dict.fromkeys(history.SUBJECTS, replay))
+    try:
+        fetched = await Subscriber("withheld", apply, nc=roomy, pool=pool, types=["usage"]).fetch(5)
+        assert fetched == live
+        assert await Subscriber("withheld", apply, nc=roomy, pool=pool, types=["tenant"]).fetch(5) is None
+    finally:
+        await service.stop()  # type: ignore[attr-defined]
+        await roomy.close()
+
+
+async def test_the_tenant_spend_example_notes_a_withheld_row_and_reports_it(
+        metering: Metering, nats_client, own_database: str, capsys) -> None:  # noqa: F811 — a fixture
+    spec = importlib.util.spec_from_file_location("tenant_spend", REPO / "examples" / "tenant_spend.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    head = await metering.append([usage(1, "acme"), big_usage(2, "acme"), usage(3, "acme")])
+    conn = await asyncpg.connect(own_database)
+    try:
+        await conn.execute(example.SCHEMA)
+        subscriber = Subscriber("spend", example.apply, nc=nats_client, database_url=own_database, types=example.TYPES)
+        async with running(subscriber):
+            assert await subscriber.position.reach(head, 30)
+        assert await conn.fetchval("SELECT calls FROM tenant_spend WHERE tenant = 'acme'") == 2
+        assert [tuple(r) for r in await conn.fetch("SELECT position, type, tenant FROM tenant_spend_withheld")] == [
+            (2, subjects.USAGE_RECORDED, "acme")]
+    finally:
+        await conn.close()
+    assert await example.report(own_database) == 0
+    assert "not counted: 1 row(s) of the log too large for one NATS message, at positions 2 (usage.recorded.v2, " \
+        "tenant acme)" in capsys.readouterr().out
