@@ -74,16 +74,28 @@ def _version() -> str:
         return "0.0.0"
 
 
+def _addresses(channel: Channel) -> dict[str, str]:
+    """A request/reply channel's key in `channels` -> its address: the subject, and with a scope, the subject
+    with the scope's identifier appended (`metering.replay.v1.{tenant}`)."""
+    subject = channel.contract
+    scoped = {f"{subject}.{channel.scope[0]}": f"{subject}.{{{channel.scope[0]}}}"} if channel.scope else {}
+    return {subject: subject, **scoped}
+
+
 def _channels(channel: Channel) -> dict[str, Any]:
     if channel.request_reply:
         subject = channel.contract
+        asked = {key: {
+            "address": address,
+            "title": address,
+            "description": CONTRACTS[f"{subject}.request"].summary,
+            **({"parameters": {channel.scope[0]: {"description": f"{channel.scope[1]}, percent-escaped as one "
+                                                                 "subject token"}}}
+               if channel.scope and key != subject else {}),
+            "messages": {"request": {"$ref": f"{MESSAGES}{subject}.request"}},
+        } for key, address in _addresses(channel).items()}
         return {
-            subject: {
-                "address": subject,
-                "title": subject,
-                "description": CONTRACTS[f"{subject}.request"].summary,
-                "messages": {"request": {"$ref": f"{MESSAGES}{subject}.request"}},
-            },
+            **asked,
             f"{subject}.reply": {
                 "address": None,
                 "title": f"{subject} reply",
@@ -129,12 +141,15 @@ def _operations(channel: Channel) -> dict[str, Any]:
         reply = {"channel": {"$ref": f"#/channels/{subject}.reply"},
                  "messages": [{"$ref": f"#/channels/{subject}.reply/messages/reply"},
                               {"$ref": f"#/channels/{subject}.reply/messages/error"}]}
-        request = [{"$ref": f"#/channels/{subject}/messages/request"}]
-        for use, action in [*((u, "send") for u in channel.producers), *((u, "receive") for u in channel.consumers)]:
-            found[_operation_id(use, action, subject)] = {
-                "action": action, "channel": ref, "title": f"{use.party} {'asks' if action == 'send' else 'answers'}",
-                "description": use.how, "messages": request, "reply": reply, "tags": [{"name": use.party}],
-            }
+        for key in _addresses(channel):
+            asked, request = {"$ref": f"#/channels/{key}"}, [{"$ref": f"#/channels/{key}/messages/request"}]
+            for use, action in [*((u, "send") for u in channel.producers),
+                                *((u, "receive") for u in channel.consumers)]:
+                found[_operation_id(use, action, key)] = {
+                    "action": action, "channel": asked,
+                    "title": f"{use.party} {'asks' if action == 'send' else 'answers'}",
+                    "description": use.how, "messages": request, "reply": reply, "tags": [{"name": use.party}],
+                }
         return found
     names = topology.logged_types() if channel.contract == s.LOG_PREFIX else ["event"]
     messages = [{"$ref": f"#/channels/{channel.contract}/messages/{name}"} for name in names]

@@ -32,6 +32,7 @@ class Channel:
     consumers: tuple[Use, ...]
     logged: bool = False            # also an event of the log (PostgreSQL `events`)
     prefix: tuple[str, str] | None = None   # a parameter before the identifier (LOG: the event type)
+    scope: tuple[str, str] | None = None    # request/reply: also answered with this identifier appended
 
     @property
     def address(self) -> str:
@@ -83,8 +84,9 @@ def _registry(contract: str, parameter: str, meaning: str) -> Channel:
     return Channel(contract, (parameter, meaning), s.STREAM_REGISTRY, (REGISTRY_OUT,), REGISTRY_IN, logged=True)
 
 
-def _service(contract: str, requesters: tuple[Use, ...], responder: Use) -> Channel:
-    return Channel(contract, None, None, requesters, (responder,))
+def _service(contract: str, requesters: tuple[Use, ...], responder: Use,
+             scope: tuple[str, str] | None = None) -> Channel:
+    return Channel(contract, None, None, requesters, (responder,), scope=scope)
 
 
 CHANNELS: tuple[Channel, ...] = (
@@ -150,7 +152,8 @@ CHANNELS: tuple[Channel, ...] = (
                                                  f"`{s.METERING_REPLAY}.<tenant>` for one tenant's events), each page "
                                                  "asked for once the last one arrived, then follow LOG from "
                                                  "`live.sequence`"),),
-             Use("metering", "NATS micro service `metering`, one queue group; pages read from PostgreSQL")),
+             Use("metering", "NATS micro service `metering`, one queue group; pages read from PostgreSQL"),
+             scope=("tenant", "the tenant whose events alone the pages hold")),
     Channel(s.LOG_PREFIX, ("tenant", "the event's tenant, `_` for an event that belongs to none"), s.STREAM_LOG,
             (Use("metering", "the log's feed: every event appended to the log, in log order, events of one type "
                              "and tenant at consecutive positions in one message (a JSON array) with their positions in "

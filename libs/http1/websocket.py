@@ -62,9 +62,14 @@ class WebSocketUpgrade:
         elif not self.request.responded:
             self._status(status if 400 <= status < 600 else 403)
 
+    def refuse(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Refuse the upgrade with an HTTP answer that says why (RSGI's `close` carries a status alone)."""
+        if self.socket is None and not self.request.responded:
+            self.request.close_after = True
+            self.request.response_bytes(status, headers, body)
+
     def _status(self, status: int) -> None:
-        self.request.close_after = True
-        self.request.response_bytes(status, [], b"")
+        self.refuse(status, [], b"")
 
     def finish(self) -> None:
         self.request.close_after = True

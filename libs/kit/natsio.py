@@ -71,7 +71,8 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnect() -> None:
-        log.warning("nats.disconnected")
+        if not (nc.is_closed or nc.is_draining):          # closed on purpose: nothing went away
+            log.warning("nats.disconnected")
 
     async def _on_reconnect() -> None:
         log.info("nats.reconnected")
@@ -159,7 +160,7 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
             except ServiceError as exc:
                 await req.respond_error(str(exc.status), exc.body.message, data=_encode(exc.body))
             except msgspec.ValidationError as exc:
-                body = ErrorBody("VALIDATION_ERROR", str(exc), _field_of(exc))
+                body = ErrorBody("VALIDATION_ERROR", str(exc), field_of(str(exc)))
                 await req.respond_error("400", body.message, data=_encode(body))
             except msgspec.DecodeError as exc:
                 body = ErrorBody("INVALID_JSON", f"Malformed JSON: {exc}")
@@ -181,10 +182,13 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
     return service
 
 
-def _field_of(exc: msgspec.ValidationError) -> str | None:
-    """msgspec says '... - at `$.field`'; return 'field'."""
-    text = str(exc)
+def field_of(message: str) -> str | None:
+    """The body field a msgspec error is about: `field` from '... - at `$.field`', and for an object missing one,
+    the field it names ('Object missing required field `field`'); None when it names none."""
     marker = "at `$."
-    if marker not in text:
-        return None
-    return text.split(marker, 1)[1].rstrip("`").split("[", 1)[0]
+    if marker in message:
+        return message.split(marker, 1)[1].rstrip("`").split("[", 1)[0]
+    missing = "missing required field `"
+    if missing in message:
+        return message.split(missing, 1)[1].split("`", 1)[0]
+    return None

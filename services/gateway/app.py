@@ -14,7 +14,7 @@ from litestar.exceptions import ClientException, HTTPException, MethodNotAllowed
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.messages import ErrorBody, Problem
-from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.natsio import ServiceError, field_of
 from switchyard_gateway.kit.service import Runtime, create_service_app, serve_subscriptions
 from switchyard_gateway.quotas.periods import key_prefix
 from switchyard_gateway.resp import Valkey
@@ -28,7 +28,7 @@ from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
 from switchyard_gateway.services.gateway.edge.tokens import Tokens
-from switchyard_gateway.services.gateway.edge import errors
+from switchyard_gateway.services.gateway.edge import errors, ws
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 from switchyard_gateway.services.gateway.edge.headers import Cors
 from switchyard_gateway.services.gateway.edge.rsgi import GatewayRSGI
@@ -84,7 +84,7 @@ def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Respon
 
 def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[bytes]:
     text = str(exc)
-    field = text.split("at `$.", 1)[1].rstrip("`").split("[", 1)[0] if "at `$." in text else None
+    field = field_of(text)
     code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
         else "VALIDATION_ERROR"
     if errors.shape_for(request.url.path) != "plain":
@@ -110,9 +110,9 @@ def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Resp
 def _body_field(detail: dict[str, Any]) -> str:
     """The field a Litestar validation detail is about (a missing one is named in its message only)."""
     key, message = str(detail.get("key") or ""), str(detail.get("message", ""))
-    if key in ("", "data") and "`" in message:
-        return message.split("`")[1]
-    return "" if key == "data" else key
+    if key in ("", "data"):
+        return field_of(message) or ""
+    return key
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -209,7 +209,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
                         *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
-                        *system_seeds.ROUTES, *DOCS_ROUTES],
+                        *system_seeds.ROUTES, *DOCS_ROUTES, ws.upgrade_needed],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,

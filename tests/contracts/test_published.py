@@ -133,6 +133,19 @@ def test_asyncapi_references_resolve_and_parameters_match_addresses() -> None:
     assert {s["name"] for s in doc["x-switchyard-streams"]} >= set(subjects.STREAMS)
 
 
+@pytest.mark.parametrize("tenant", [None, "acme"])
+def test_every_subject_a_subscriber_may_publish_on_is_a_channel_of_the_document(tenant: str | None) -> None:
+    """What NATS lets a subscriber's user say (JetStream's own API aside) is named by the AsyncAPI document, so a
+    client generated from it can say it: a `{parameter}` stands for one token."""
+    from switchyard_gateway.kit.nats_auth import SubscriberUser, permissions
+
+    addresses = [c["address"] for c in asyncapi.document()["channels"].values() if c["address"]]
+    patterns = [re.compile("^" + re.sub(r"\\{\w+\\}", r"[^.]+", re.escape(a)) + "$") for a in addresses]
+    allowed = permissions(SubscriberUser("billing", "$2a$11$" + "x" * 53, "spend", tenant))["publish"]["allow"]
+    unnamed = [s for s in allowed if not s.startswith("$JS.") and not any(p.match(s) for p in patterns)]
+    assert not unnamed, f"subjects a subscriber may use that the AsyncAPI document does not name: {unnamed}"
+
+
 def _table() -> dict[str, list[str]]:
     """The subject table of docs/architecture.md: each subject (as written, `<tenant>` for `{tenant}`) with
     its row's cells."""

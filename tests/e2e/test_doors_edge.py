@@ -8,6 +8,7 @@ set; the demo's own gateway keeps both off (the default).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
 
 import httpx
 import ollama
@@ -111,6 +112,38 @@ def test_models_retrieve_answers_the_openai_model_object(demo: DemoStack, upstre
         narrow.models.retrieve(upstream.model("translated"))     # exists, but not for this tenant
     assert httpx.get(f"{demo.url}/v1/models/llama3.2:latest", headers=bearer(demo.demo_key)).json()["id"] == \
         "llama3.2"                                                 # an alias finds the model
+
+
+async def test_models_retrieve_finds_ids_with_any_characters_a_server_advertises(
+        demo: DemoStack, upstream: Upstream) -> None:
+    """Ids in UTF-8 and ids holding a literal `%` are read once, as the client percent-encoded them."""
+    names = [f"{upstream.prefix}-café/ü:7b", f"{upstream.prefix}-100%41-off", f"{upstream.prefix}-a%2Fb"]
+    endpoint = f"{upstream.prefix}-odd-ids"
+    async with httpx.AsyncClient(base_url=demo.url, headers=bearer(demo.admin_key), timeout=30) as admin:
+        for name in names:
+            assert (await admin.post("/api/admin/models", json={"model_id": name})).status_code == 201
+        assert (await admin.post("/api/admin/endpoints", json={
+            "endpoint_id": endpoint, "provider_id": f"{upstream.prefix}-openai-kind", "base_url": upstream.sim.url,
+            "models": names})).status_code == 201
+        tenant, key = new_tenant(demo)
+        try:
+            client = openai.AsyncOpenAI(base_url=f"{demo.url}/v1", api_key=key, max_retries=0)
+            await wait_for(lambda: _lists_all(client, names), 15, what="the odd ids in the tenant's listing")
+            for name in names:
+                assert (await client.models.retrieve(name)).id == name
+                encoded = "".join(c if c.isascii() and c.isalnum() else "".join(f"%{b:02X}" for b in c.encode())
+                                  for c in name)
+                answer = await admin.get(f"/v1/models/{encoded}", headers=bearer(key))
+                assert answer.status_code == 200 and answer.json()["id"] == name, (name, answer.text)
+        finally:
+            await admin.delete(f"/api/admin/endpoints/{endpoint}")
+            await admin.delete(f"/api/admin/tenants/{tenant}")
+            for name in names:
+                await admin.delete(f"/api/admin/models/{quote(name, safe='')}")
+
+
+async def _lists_all(client: openai.AsyncOpenAI, names: list[str]) -> bool:
+    return set(names) <= {m.id async for m in client.models.list()}
 
 
 # --- Ollama's root and the anonymous tenant -----------------------------------------------------------

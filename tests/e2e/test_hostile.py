@@ -147,6 +147,8 @@ HOSTILE = [
     ("/v1/chat/completions", {"n": 0}, "n"),
     ("/v1/chat/completions", {"n": 100000}, "n"),
     ("/v1/chat/completions", {"top_logprobs": 99}, "top_logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"content": "x"}]}, "messages[0].role"),
     ("/v1/completions", {"max_tokens": -1}, "max_tokens"),
     ("/v1/completions", {"best_of": 50}, "best_of"),
     ("/v1/completions", {"logprobs": 10}, "logprobs"),

@@ -157,6 +157,21 @@ async def test_admin_errors_carry_validation_errors_beside_problems_and_422_for_
     assert malformed.status_code == 400 and "validationErrors" not in malformed.json()["error"]
 
 
+async def test_a_body_missing_a_required_field_names_it_in_validation_errors(demo: DemoStack) -> None:
+    """Whoever reads the body (the registry over NATS, or the gateway's own typed routes), a field left out is
+    named like a field given wrong."""
+    for path, body, missing in (("/tenants", {"display_name": "no id"}, "tenant_id"),
+                                ("/providers", {"kind": "ollama"}, "provider_id"),
+                                ("/endpoints", {"endpoint_id": "ep-no-url", "provider_id": "ollama-local"}, "base_url"),
+                                ("/users", {"username": "no-password", "tenant_id": "demo"}, "password"),
+                                ("/tenants/demo/limits", {"timezone": 5}, "timezone")):
+        refused = await api(demo, "PUT" if path.endswith("/limits") else "POST", path, body)
+        assert refused.status_code == 400, (path, refused.text)
+        error = refused.json()["error"]
+        assert (error["code"], error.get("field")) == ("VALIDATION_ERROR", missing), (path, error)
+        assert error["validationErrors"] == [{"field": missing, "message": error["message"]}], (path, error)
+
+
 async def test_usage_in_the_prometheus_format_and_metrics_under_their_seed_paths(demo: DemoStack) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         await client.post(f"{demo.url}/v1/embeddings", headers=bearer(demo.demo_key),

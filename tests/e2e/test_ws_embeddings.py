@@ -111,11 +111,22 @@ async def test_the_upgrade_is_refused_without_a_valid_key_or_with_another_tenant
         with pytest.raises(InvalidStatus) as refused:
             async with opened(demo.url, key, **headers):
                 pass
-        assert refused.value.response.status_code == status
+        answer = refused.value.response
+        assert answer.status_code == status
+        assert len(answer.headers.get("x-request-id", "")) >= 8, "a refused upgrade carries its request id"
+        message = {401: "Invalid or expired token", 403: "X-Tenant-ID names another tenant than the key's"}[status]
+        assert json.loads(answer.body) == {"error": message}, "and says why, as every other answer does"
     async with opened(demo.url, None, **{"X-API-Key": demo.demo_key, "X-Tenant-ID": "demo"}) as ws:
         await ws.send(json.dumps({"type": "ping", "id": "p"}))
         assert json.loads(await ws.recv()) == {"type": "pong", "id": "p"}
         assert await asyncio.wait_for(await ws.ping(), 5) >= 0, "WebSocket pings are answered"
+
+
+def test_a_plain_request_to_the_socket_is_told_to_upgrade(demo: DemoStack) -> None:
+    """`curl /ws` learns that the route is there and speaks WebSocket (426), not that it does not exist."""
+    answer = httpx.get(f"{demo.url}/ws", headers={"Authorization": f"Bearer {demo.demo_key}"})
+    assert answer.status_code == 426 and answer.headers["upgrade"] == "websocket"
+    assert "WebSocket" in answer.json()["error"] and answer.headers["x-request-id"]
 
 
 async def test_bad_messages_get_errors_with_their_id_and_a_binary_message_closes_the_socket(demo: DemoStack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog.testing
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.stack import StackUrls
 from switchyard_gateway.kit.stack_nats import nats_problem
@@ -29,3 +30,12 @@ async def test_a_list_of_servers_that_are_all_down_fails_naming_them() -> None:
         assert all(str(port) in str(exc) for port in ports) and "pw" not in str(exc)
     else:
         raise AssertionError("connected to servers that are down")
+
+
+async def test_closing_a_connection_on_purpose_warns_of_nothing(urls: StackUrls) -> None:
+    """A command that closes its own connection (`switchyard events dead-letters`) does not print a warning that
+    NATS went away; a lost connection still does (the supervisor tests kill NATS)."""
+    nc = await natsio.connect(urls.nats_url, "tests-close", 10)
+    with structlog.testing.capture_logs() as logs:
+        await nc.close()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == []

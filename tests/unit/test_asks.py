@@ -111,6 +111,10 @@ def test_chat_needs_messages(raw: bytes) -> None:
     ("ollama.chat", b'{"model": "m", "messages": [{"images": "x"}]}', "messages[0].images"),
     ("ollama.generate", b'{"model": "m", "prompt": null}', "prompt"),
     ("openai.chat", b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+    ("openai.chat", b'{"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": "wizard"}]}',
+     "messages[1].role"),
+    ("openai.chat", b'{"model": "m", "messages": [{"content": "x"}]}', "messages[0].role"),
+    ("openai.chat", b'{"model": "m", "messages": [{"role": 1, "content": "x"}]}', "messages[0].role"),
 ])
 def test_missing_and_malformed_fields_are_named(api: str, raw: bytes, param: str) -> None:
     with pytest.raises(BadRequest) as refused:
@@ -133,7 +137,7 @@ def test_malformed_json_is_a_400() -> None:
 
 
 def test_the_ask_says_what_output_and_how_many_choices_a_call_wants() -> None:
-    both = ask("openai.chat", b'{"model": "m", "messages": [{"content": "hi"}], "max_tokens": 90, '
+    both = ask("openai.chat", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 90, '
                               b'"max_completion_tokens": 40, "n": 3}')
     assert (both.output, both.choices, both.embedding, both.field) == (40, 3, False, "max_completion_tokens")
     best = ask("openai.completions", b'{"model": "m", "prompt": ["a", "b"], "n": 2, "best_of": 5}')

@@ -10,7 +10,6 @@ the endpoints serving its models.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import unquote
 
 import msgspec
 from msgspec import Meta
@@ -66,7 +65,7 @@ async def list_models(request: Req, deps: AppDeps) -> Response[bytes]:
 async def retrieve_model(request: Req, deps: AppDeps, model_id: FromPath[str]) -> Response[bytes]:
     """One model this caller's tenant may use, by id or alias (ids may hold slashes); 404 otherwise."""
     key = deps.auth.authenticate(request.headers, anonymous=True)
-    name = unquote(request.scope["raw_path"].decode("latin-1").split("/v1/models/", 1)[1])
+    name = request.scope["raw_path"].decode().split("/v1/models/", 1)[1]     # decoded once, by the HTTP server
     catalog = deps.catalog
     found = catalog.resolve_model(name)
     if found is None or not catalog.tenant_may_use(key.tenant_id, found):

@@ -154,6 +154,8 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
     except ApiError as exc:
         await refuse(proto, scope.path, exc, request_id)
         return
+    # `raw_path` is the path as the HTTP server already percent-decoded it (UTF-8), kept whole for routes whose
+    # identifiers hold slashes (`/v1/models//models/x.gguf`): read it with `.decode()`, never unquote it again.
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
         "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),

@@ -1,8 +1,9 @@
 """WebSocket embeddings at `/ws`: one request per message, answered in order of completion, through the Proxy.
 
 The upgrade is authenticated like any call (key, JWT, `X-Tenant-ID`) and refused with its HTTP status
-(401, 403; 503 when this gateway, all its workers together, holds `ws_max_connections` sockets): no socket is opened for a caller
-that could not make a call. Each request message (translate/ws_frames.py) becomes one call of the
+(401, 403; 503 when this gateway, all its workers together, holds `ws_max_connections` sockets), its error body
+and request id: no socket is opened for a caller that could not make a call; a plain request is told to upgrade
+(426). Each request message (translate/ws_frames.py) becomes one call of the
 embeddings pipeline — the Proxy, with a protocol adapter in place of the HTTP one — so quotas,
 routing, failover, the cache and its one usage event are those of `POST /v1/embeddings`; its answer goes
 back with the client's `id` as soon as it is ready, many at once per socket up to `ws_max_in_flight`.
@@ -27,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
+from litestar import get
 from prometheus_client import Counter, Gauge
 
-from switchyard_gateway.services.gateway.edge.errors import GatewayError
+from switchyard_gateway.services.gateway.edge.errors import GatewayError, RouteNotFound, render_for
+from switchyard_gateway.services.gateway.edge.headers import request_id_of
 from switchyard_gateway.services.gateway.edge import ws_frames as frames
 from switchyard_gateway.services.gateway.pipeline.shared_inflight import SOCKETS
 
@@ -92,20 +95,20 @@ class WebSocketDoor:
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         if scope.path != PATH:
-            proto.close(404)
+            refuse(proto, scope, RouteNotFound("GET", scope.path))
             return
         bound, shared = self.settings.ws_max_connections, self.shared
         if (self.open if shared is None else shared.count_at(SOCKETS)) >= bound:
-            proto.close(503)
+            refuse(proto, scope, FULL)
             return
         headers = {name: scope.headers.get(name) for name in PASSED_HEADERS if scope.headers.get(name) is not None}
         try:
             self.auth.authenticate(headers)
         except GatewayError as exc:
-            proto.close(exc.status)              # refused at the upgrade: 401 or 403, no socket
+            refuse(proto, scope, exc)            # refused at the upgrade: 401 or 403, no socket
             return
         if shared is not None and not shared.take_at(SOCKETS, bound):
-            proto.close(503)                     # another worker took the last one meanwhile
+            refuse(proto, scope, FULL)           # another worker took the last one meanwhile
             return
         try:
             transport = await proto.accept()
@@ -123,6 +126,28 @@ class WebSocketDoor:
         CLOSES.labels(str(code)).inc()
         with contextlib.suppress(Exception):
             proto.close(code)
+
+
+@get(PATH, sync_to_thread=False)
+def upgrade_needed() -> None:
+    """A request to /ws that is not a WebSocket handshake: 426, naming the upgrade it needs."""
+    raise GatewayError("GET /ws is a WebSocket endpoint: connect with `Upgrade: websocket` (embeddings, one "
+                       "request per message)", status=426, code="upgrade_required", headers={"upgrade": "websocket"})
+
+
+FULL = GatewayError("This gateway holds as many WebSocket connections as it may; try again shortly", status=503,
+                    code="capacity")
+
+
+def refuse(proto: Any, scope: Any, error: GatewayError) -> None:
+    """Refuse an upgrade with its HTTP status; our server's answer also says why, in the door's shape, with the
+    request id every answer carries (granian's RSGI `close` takes a status alone)."""
+    refusing = getattr(proto, "refuse", None)
+    if refusing is None:
+        proto.close(error.status)
+        return
+    refusing(error.status, [("content-type", "application/json"), *error.headers.items(),
+                            ("x-request-id", request_id_of(scope.headers))], render_for(scope.path, error))
 
 
 class Session:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import re
+import types
+import typing
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -20,7 +23,7 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 
 from switchyard_gateway.services.gateway.edge.errors import shape_for
-from switchyard_gateway.services.gateway.openapi.operations import ERRORS, OPERATIONS, Operation
+from switchyard_gateway.services.gateway.openapi.operations import ERRORS, OPERATIONS, SPLIT, Operation
 
 REF = "#/components/schemas/{name}"
 SSE = "text/event-stream"
@@ -44,7 +47,17 @@ def _tag(path: str) -> str:
     return "Ollama" if shape_for(path) == "ollama" else "Monitoring"
 
 
-Found = tuple[str, list[str], str]      # a route's handler docstring, path parameter names, declared media type
+@dataclass(frozen=True)
+class Found:
+    """What a served route's handler declares: its docstring, path parameters, media type, the body it reads
+    (`data`) and the answer it returns when they are typed, and its status."""
+
+    doc: str = ""
+    params: tuple[str, ...] = ()
+    media_type: str = "application/json"
+    request: Any = None
+    response: Any = None
+    status: int = 200
 
 
 def routes(app: Litestar, inference_paths: Iterable[str]) -> dict[tuple[str, str], Found]:
@@ -58,26 +71,41 @@ def routes(app: Litestar, inference_paths: Iterable[str]) -> dict[tuple[str, str
                 continue
             for method in sorted(handler.http_methods - {"OPTIONS"}):
                 declared = getattr(handler.media_type, "value", handler.media_type) or "application/json"
-                media_type = str(declared).split(";", 1)[0].strip()
-                found[(method, route.path_format)] = ((handler.fn.__doc__ or "").strip(),
-                                                      list(route.path_parameters), media_type)
+                signature = handler.parsed_fn_signature
+                data = signature.parameters.get("data")
+                found[(method, route.path_format)] = Found(
+                    (handler.fn.__doc__ or "").strip(), tuple(route.path_parameters),
+                    str(declared).split(";", 1)[0].strip(), _typed(data.annotation if data else None),
+                    _typed(signature.return_type.annotation), handler.status_code or 200)
+    for key, spelled in SPLIT.items():
+        if (split := found.pop(key, None)) is not None:
+            found.update({(method, path): Found(split.doc, tuple(re.findall(r"{(\w+)}", path)), split.media_type)
+                          for method, path in spelled})
     for path in inference_paths:
-        found.setdefault(("POST", path), ("", [], "application/json"))
+        found.setdefault(("POST", path), Found())
     return dict(sorted(found.items(), key=lambda item: (item[0][1], item[0][0])))
+
+
+def _typed(annotation: Any) -> Any:
+    """The msgspec Struct an annotation names (`X`, `X | None`, `Response[bytes] | X`), else None."""
+    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    structs = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, msgspec.Struct)]
+    return structs[0] if len(structs) == 1 else None
 
 
 def build(app: Litestar, inference_paths: Iterable[str], *, anonymous: bool = False) -> dict[str, Any]:
     """The whole document. `anonymous`: calls to the doors may come without a key (an anonymous tenant is set)."""
     found = routes(app, inference_paths)
-    ops = {key: OPERATIONS.get(key) or _generic(doc, media_type) for key, (doc, _, media_type) in found.items()}
+    ops = {key: OPERATIONS.get(key) or _generic(route) for key, route in found.items()}
     types = sorted({t for op in ops.values() for t in (op.request, op.response, *_each(op.events))
                     if t not in (None, str)} | set(ERRORS.values()), key=repr)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     by_type = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), (_, params, _) in found.items():
-        paths.setdefault(path, {})[method.lower()] = _operation(method, path, params, ops[(method, path)], by_type,
-                                                                components, anonymous)
+    for (method, path), route in found.items():
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, list(route.params), ops[(method, path)],
+                                                                by_type, components, anonymous)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Switchyard", "version": _version(),
@@ -99,10 +127,12 @@ def _each(types: Any) -> tuple[Any, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
-def _generic(doc: str, media_type: str) -> Operation:
-    """A route the table does not name: its docstring's first line, and any answer of its declared media type."""
-    return Operation(doc.splitlines()[0] if doc else "", response=None if media_type == "application/json" else str,
-                     content_type=media_type)
+def _generic(route: Found) -> Operation:
+    """A route the table does not name: its docstring's first line, the body and answer its handler's types
+    declare, or any answer of its declared media type."""
+    json = route.media_type == "application/json"
+    return Operation(route.doc.splitlines()[0] if route.doc else "", route.request,
+                     route.response if json else str, route.status, content_type=route.media_type)
 
 
 def _operation(method: str, path: str, params: list[str], op: Operation, by_type: dict[Any, Any],
@@ -110,7 +140,7 @@ def _operation(method: str, path: str, params: list[str], op: Operation, by_type
     request_id = {"x-request-id": {"description": "The request's id (the client's own when it sent one)",
                                    "schema": {"type": "string"}}}
     answer: dict[str, Any] = {"description": op.summary or "The answer", "headers": request_id}
-    if method != "HEAD":
+    if method != "HEAD" and op.status != 101:          # 101: the connection becomes a WebSocket, no body
         answer["content"] = {}
         for content_type in filter(None, (op.content_type, op.streams)):
             if content_type == SSE:
@@ -126,7 +156,7 @@ def _operation(method: str, path: str, params: list[str], op: Operation, by_type
         "operationId": f"{method.lower()}_{re.sub(r'[^A-Za-z0-9]+', '_', path).strip('_') or 'root'}",
         "summary": op.summary, "tags": [_tag(path)],
         "responses": {
-            str(op.status): answer,
+            **{str(status): answer for status in (op.status, *op.also)},
             "default": {"description": f"An error, in the {shape} shape", "headers": request_id,
                         "content": {"application/json": {"schema": by_type[ERRORS[shape]]}}},
         },

@@ -12,10 +12,18 @@ from typing import Any, Literal
 
 import msgspec
 
+from switchyard_gateway.catalog.templates import Template
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts.metering import ModelStats, RollupReply, TokenCountsReply
 from switchyard_gateway.contracts.quota import LimitsReply, LimitsUpdate, QuotasReply, SetLimitsReply, UsageReply
+from switchyard_gateway.contracts.users import UserView
+from switchyard_gateway.services.gateway.api.embedding_seeds import TenantModel
 from switchyard_gateway.services.gateway.api.monitoring import RollupRequest, StatsRequest
+from switchyard_gateway.services.gateway.api.sign_in import LoginRequest, LogoutRequest, Me, RefreshRequest, SignedOut
+from switchyard_gateway.services.gateway.api.users import UserCreate, UserUpdate
+from switchyard_gateway.services.gateway.api.warmup import WarmupRequest
+from switchyard_gateway.services.gateway.edge.tokens import TokenPair
+from switchyard_gateway.services.gateway.openapi import answers as r
 from switchyard_gateway.services.gateway.openapi import shapes as s
 from switchyard_gateway.services.gateway.translate import anthropic_wire as a
 
@@ -31,6 +39,7 @@ class Operation:
     request: Any = None
     response: Any = None
     status: int = 200
+    also: tuple[int, ...] = ()           # other statuses it answers with the same body (200 when nothing was new)
     content_type: str = "application/json"
     streams: str | None = None           # also answers in this content type (a stream)
     events: Any = None                   # the JSON each server-sent event carries (text/event-stream); a tuple: any of
@@ -100,17 +109,6 @@ class Liveness(msgspec.Struct):
     checks: dict[str, bool]
 
 
-class ProbeView(msgspec.Struct, omit_defaults=True):
-    success: bool
-    latency_ms: float
-    endpoint_id: str | None = None
-    error: str | None = None
-    status: int | None = None
-    models: list[str] | None = None
-    loaded: list[str] | None = None
-    version: str | None = None
-
-
 class PlainError(msgspec.Struct):
     """The admin and monitoring routes' errors: `{"error": "<message>"}`, or `{"error": {"code", "message",
     "field"}}` when a service refused."""
@@ -128,17 +126,35 @@ _NDJSON, _SSE = "application/x-ndjson", "text/event-stream"
 _CHUNKS = (s.CompletionChunk, s.OpenAIError)        # a stream cut by the upstream ends with an error event
 
 
-def _crud(resource: str, item: str, create: type, what: str) -> dict[tuple[str, str], Operation]:
+def _crud(resource: str, item: str, create: type, what: str, shown: Any) -> dict[tuple[str, str], Operation]:
     base, one = f"/api/admin/{resource}", f"/api/admin/{resource}/{{item_id}}"
     return {
-        ("GET", base): Operation(f"List {what}s", response=list[Json], auth="admin"),
-        ("POST", base): Operation(f"Create a {what} (409 if it exists)", create, CommandResult, 201, auth="admin",
-                                  drop=("mode",)),
-        ("GET", one): Operation(f"One {what}", response=Json, auth="admin"),
+        ("GET", base): Operation(f"List {what}s", response=list[shown], auth="admin"),
+        ("POST", base): Operation(f"Create a {what} (409 if it exists)", create, CommandResult, 201, (200,),
+                                  auth="admin", drop=("mode",)),
+        ("GET", one): Operation(f"One {what}", response=shown, auth="admin"),
         ("PUT", one): Operation(f"Change the fields the body names (404 if missing)", create, CommandResult,
                                 auth="admin", drop=("mode", item)),
         ("DELETE", one): Operation(f"Remove a {what}", response=CommandResult, auth="admin"),
     }
+
+
+# A route that serves several operations under one path pattern, documented as each of them.
+SPLIT: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("POST", "/api/admin/models/{item}"): (("POST", "/api/admin/models/warmup"),
+                                           ("POST", "/api/admin/models/{model_id}/test")),
+}
+
+
+def _both(bases: tuple[str, str], ops: dict[tuple[str, str], Operation]) -> dict[tuple[str, str], Operation]:
+    """The same operations under a route's two spellings."""
+    return {(method, base + rest): op for base in bases for (method, rest), op in ops.items()}
+
+
+def _aliased(bases: tuple[str, str], ops: dict[tuple[str, str, str], Operation]) -> dict[tuple[str, str], Operation]:
+    """Operations whose two spellings differ in their last part too (`/registry/status`, `/providers/registry-status`)."""
+    return {(method, base + rest): op for (method, *rests), op in ops.items()
+            for base, rest in zip(bases, rests, strict=True)}
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -173,13 +189,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/version"): Operation("The Ollama API version spoken", response=s.OllamaVersion, auth="door"),
     ("POST", "/api/show"): Operation("One model's details and capabilities (Ollama)", s.OllamaShowRequest,
                                      s.OllamaShowResponse, auth="door"),
+    ("GET", "/ws"): Operation("Embeddings over a WebSocket: a `/v1/embeddings` body and an `id` per message, "
+                              "answers by `id` (README, WebSocket embeddings); without `Upgrade: websocket`, 426",
+                              status=101),
     # monitoring
     ("GET", "/openapi.json"): Operation("This document", response=Json, auth="none"),
     ("GET", "/docs"): Operation("The API reference (Swagger UI over this document)", response=str,
                                 content_type="text/html", auth="none"),
-    ("GET", "/health"): Operation("The gateway, its endpoints and its services", response=HealthReport,
-                                  auth="none"),
-    ("GET", "/health/live"): Operation("This process and its connections", response=Liveness, auth="none"),
+    ("GET", "/health"): Operation("The gateway, its endpoints and its services (503 unless all are healthy)",
+                                  response=HealthReport, also=(503,), auth="none"),
+    ("GET", "/health/live"): Operation("This process and its connections (503: not connected)", response=Liveness,
+                                       also=(503,), auth="none"),
     ("GET", "/metrics"): Operation("Prometheus metrics", response=str, content_type="text/plain", auth="none"),
     ("GET", "/api/token_counts"): Operation("Token totals per endpoint and model", response=TokenCountsReply),
     ("GET", "/api/usage"): Operation("Calls in flight and tokens per endpoint and model (Prometheus text with "
@@ -196,21 +216,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "A tenant's settled usage this calendar period", response=UsageReply,
         query={"period": Literal["day", "week", "month"], "model_id": str, "tenant_id": str}),
     # admin
-    **_crud("tenants", "tenant_id", m.CreateTenant, "tenant"),
-    **_crud("providers", "provider_id", m.RegisterProvider, "provider"),
-    **_crud("endpoints", "endpoint_id", m.RegisterEndpoint, "endpoint"),
-    **_crud("models", "model_id", m.RegisterModel, "model"),
+    **_crud("tenants", "tenant_id", m.CreateTenant, "tenant", r.Tenant),
+    **_crud("providers", "provider_id", m.RegisterProvider, "provider", r.Provider),
+    **_crud("endpoints", "endpoint_id", m.RegisterEndpoint, "endpoint", r.Endpoint),
+    **_crud("models", "model_id", m.RegisterModel, "model", r.Model),
     ("POST", "/api/admin/tenants/{tenant_id}/keys"): Operation("Issue a key (shown once)", m.IssueKey, CommandResult,
                                                                201, auth="admin", drop=("tenant_id",)),
     ("GET", "/api/admin/tenants/{tenant_id}/keys"): Operation("A tenant's keys (never the secrets)",
-                                                              response=list[Json], auth="admin"),
+                                                              response=list[r.Key], auth="admin"),
     ("DELETE", "/api/admin/keys/{key_id}"): Operation("Revoke a key", response=CommandResult, auth="admin"),
     ("POST", "/api/admin/tenants/{tenant_id}/models"): Operation("Assign a model to a tenant", m.AssignModel,
                                                                  CommandResult, 201, auth="admin",
                                                                  drop=("tenant_id", "mode")),
-    ("GET", "/api/admin/tenants/{tenant_id}/models"): Operation("A tenant's assignments", response=list[Json],
-                                                                auth="admin"),
-    ("GET", "/api/admin/tenants/{tenant_id}/models/{model_id}"): Operation("One assignment", response=Json,
+    ("GET", "/api/admin/tenants/{tenant_id}/models"): Operation("A tenant's assignments",
+                                                                response=list[r.Assignment], auth="admin"),
+    ("GET", "/api/admin/tenants/{tenant_id}/models/{model_id}"): Operation("One assignment", response=r.Assignment,
                                                                            auth="admin"),
     ("PUT", "/api/admin/tenants/{tenant_id}/models/{model_id}"): Operation(
         "Change an assignment", m.AssignModel, CommandResult, auth="admin", drop=("tenant_id", "model_id", "mode")),
@@ -222,10 +242,69 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Set the limits of one of a tenant's models", LimitsUpdate, SetLimitsReply, auth="admin"),
     ("GET", "/api/admin/tenants/{tenant_id}/limits"): Operation("A tenant's limits", response=LimitsReply,
                                                                 auth="admin"),
-    ("POST", "/api/admin/endpoints/{endpoint_id}/test"): Operation("Probe an endpoint now", response=ProbeView,
+    ("POST", "/api/admin/endpoints/{endpoint_id}/test"): Operation("Probe an endpoint now", response=r.ProbeView,
                                                                    auth="admin"),
     ("GET", "/api/admin/registry/export"): Operation("The registry as a document (YAML with `format=yaml`)",
                                                      response=Json, streams="application/yaml", auth="admin",
                                                      query={"format": Literal["json", "yaml"]}),
+    ("POST", "/api/admin/registry/import"): Operation("Apply a registry document (the export's shape, JSON or YAML), "
+                                                      "all or nothing", Json, CommandResult, auth="admin"),
+    ("POST", "/api/admin/providers/{provider_id}/test"): Operation("Probe every endpoint of a provider now",
+                                                                   response=r.ProviderTest, auth="admin"),
+    **_aliased(("/api/admin/registry", "/api/admin/providers"), {
+        ("GET", "/status", "/registry-status"): Operation("Counts, log position, and each endpoint's breaker and "
+                                                          "last probe", response=r.RegistryStatus, auth="admin"),
+        ("POST", "/refresh", "/refresh-registry"): Operation("Probe every endpoint now", response=r.Refreshed,
+                                                             auth="admin")}),
+    **_both(("/api/admin/circuits", "/api/admin/circuit-breakers"), {
+        ("GET", ""): Operation("Every endpoint's breaker", response=list[m.CircuitView], auth="admin"),
+        ("GET", "/{endpoint_id}"): Operation("One endpoint's breaker", response=m.CircuitView, auth="admin"),
+        ("POST", "/{endpoint_id}/reset"): Operation("Close a breaker now", response=r.CircuitReset, auth="admin")}),
+    **_both(("/api/admin/templates", "/api/admin/provider-templates"), {
+        ("GET", ""): Operation("Provider templates", response=list[Template], auth="admin"),
+        ("GET", "/{name}"): Operation("One provider template", response=Template, auth="admin"),
+        ("POST", "/{name}/apply"): Operation("Register an endpoint (and its provider, if new) from a template",
+                                             r.TemplateApply, CommandResult, 201, (200,), auth="admin")}),
+    ("POST", "/api/admin/models/warmup"): Operation("Warm a model up on every endpoint serving it, or one",
+                                                    WarmupRequest, r.WarmupReport, auth="admin"),
+    ("POST", "/api/admin/models/{model_id}/test"): Operation("One real, unbilled call to a model",
+                                                             response=r.ModelTest, auth="admin"),
+    # users and sign-in
+    ("GET", "/api/admin/users"): Operation("Users (never a password or its hash)", response=list[UserView],
+                                           auth="admin", query={"tenant_id": str}),
+    ("GET", "/api/admin/users/{username}"): Operation("One user", response=UserView, auth="admin"),
+    ("POST", "/api/admin/users"): Operation("Create a user", UserCreate, r.UserChange, 201, (200,), auth="admin"),
+    ("PUT", "/api/admin/users/{username}"): Operation("Change a user (a new password ends its sessions)", UserUpdate,
+                                                      r.UserChange, auth="admin"),
+    ("DELETE", "/api/admin/users/{username}"): Operation("Remove a user", response=r.UserChange, auth="admin"),
+    ("POST", "/api/auth/login"): Operation("Sign in: access and refresh tokens", LoginRequest, TokenPair, auth="none"),
+    ("POST", "/api/auth/refresh"): Operation("A new access token", RefreshRequest, TokenPair, auth="none"),
+    ("POST", "/api/auth/logout"): Operation("Sign out a session (the refresh token's, else the access token's)",
+                                            LogoutRequest, SignedOut, auth="none"),
+    ("GET", "/api/auth/me"): Operation("Who the caller is", response=Me),
+    # the seed systems' routes
+    ("GET", "/api/system/health"): Operation("The gateway, its endpoints and its services (503 unless all are "
+                                             "healthy)", response=HealthReport, also=(503,), auth="none"),
+    ("GET", "/api/system/status"): Operation("Every dependency and service, each ok or error (503 unless all are "
+                                             "ok)", response=r.SystemStatus, also=(503,), auth="admin"),
+    ("GET", "/api/v1/embedding-models/catalog"): Operation("The embedding models the caller's tenant may use",
+                                                           response=r.EmbeddingCatalog),
+    ("POST", "/api/v1/tenant-models"): Operation("Enable a model for a tenant, with token quotas (200: it was)",
+                                                 TenantModel, r.TenantModelView, 201, (200,), auth="admin",
+                                                 query={"tenant_id": str}),
+    ("PUT", "/api/v1/tenant-models/{model}"): Operation("Change a tenant's model and its token quotas", TenantModel,
+                                                        r.TenantModelView, auth="admin", query={"tenant_id": str}),
+    ("POST", "/api/v1/admin/discover-models"): Operation("Probe every endpoint now and record what they advertise",
+                                                         response=r.Refreshed, auth="admin"),
+    ("GET", "/api/v1/embeddings/health"): Operation("Whether every embedding model can be served (503: none can)",
+                                                    response=r.EmbeddingsHealth, also=(503,), auth="none"),
+    ("GET", "/api/v1/embeddings/metrics"): Operation("Calls, errors, tokens and cost per embedding model",
+                                                     response=r.EmbeddingsMetrics, auth="admin"),
+    ("GET", "/api/v1/embeddings/circuit-breakers"): Operation("Every breaker, with its provider",
+                                                              response=r.ProviderBreakers, auth="admin"),
+    ("POST", "/api/v1/embeddings/circuit-breakers/{name}/reset"): Operation(
+        "Close an endpoint's breaker, or every breaker of a provider", response=r.ProviderReset, auth="admin"),
+    ("POST", "/api/v1/embeddings/models/warmup"): Operation("Warm a model up on a provider's endpoints",
+                                                            WarmupRequest, r.WarmupReport, auth="admin"),
 }
 

@@ -92,6 +92,7 @@ class ContentPart(msgspec.Struct):
 
 
 class ChatMessage(msgspec.Struct):
+    role: Literal["developer", "system", "user", "assistant", "tool", "function"]     # OpenAI's, which refuses others
     content: str | list[ContentPart] | None = None
 
 
@@ -305,6 +306,10 @@ def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:
     if not isinstance(exc, msgspec.ValidationError):
         return BadRequest(f"Malformed JSON in request body: {text}", code="invalid_json")
     param = field_path(text)
+    missing = text.partition("missing required field `")[2].partition("`")[0]
+    if missing:                                         # the field itself is named, not the object lacking it
+        param = f"{param}.{missing}" if param else missing
+        return BadRequest(f"Missing required field '{param}'", param=param, code="missing_field")
     if param is None:
         return BadRequest(f"Invalid request: {text}")
     return BadRequest(f"Invalid '{param}': {text.rpartition(' - at `$')[0]}", param=param, code="invalid_value")
