@@ -10,6 +10,8 @@ prices are the registry's, folded from the same log in log order (`model.registe
 overriding them), kept in `tenant_spend_prices`: a call costs what its model cost for its tenant when it was made,
 as in metering's own figures. With `--tenant` it follows one tenant's events only (NATS may allow it no more);
 those carry the tenant's own prices but not the models' list prices, so calls priced by those count as unpriced.
+A row of the log too large for one NATS message comes as an `EventWithheld`: it is noted in `tenant_spend_withheld`
+and `--report` says so, as the figures leave it out (`Subscriber.fetch` reads it once the limit carries it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from decimal import Decimal
 import asyncpg
 
 from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
-from switchyard_gateway.subscribe import Event, Subscriber
+from switchyard_gateway.subscribe import Event, EventWithheld, Subscriber
 
 TYPES = ["usage", "model.registered", "tenant.model_assigned", "tenant.model_unassigned"]
 SCHEMA = """
@@ -35,6 +37,8 @@ CREATE TABLE IF NOT EXISTS tenant_spend (
     cost_usd numeric NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS tenant_spend_prices (   -- nano-USD per 1M tokens; tenant '' is the model's own price
     tenant text, model text, input bigint, output bigint, cached bigint, PRIMARY KEY (tenant, model));
+CREATE TABLE IF NOT EXISTS tenant_spend_withheld (   -- rows of the log too large for one NATS message: not counted
+    position bigint PRIMARY KEY, event_id uuid NOT NULL, type text NOT NULL, tenant text);
 """
 ADD = """
 INSERT INTO tenant_spend AS s (tenant, calls, errors, unpriced_calls, input_tokens, output_tokens, cached_tokens,
@@ -69,14 +73,17 @@ def cost_femto(prices: Prices, usage: UsageRecorded) -> int | None:
         + usage.output_tokens * (price_out or 0)
 
 
-async def apply(conn: asyncpg.Connection, batch: list[tuple[int, Event]]) -> None:
+async def apply(conn: asyncpg.Connection, batch: list[tuple[int, Event | EventWithheld]]) -> None:
     """Fold a batch in log order: prices move, calls add up per tenant; then write both."""
     prices: Prices = {(r["tenant"], r["model"]): (r["input"], r["output"], r["cached"])
                       for r in await conn.fetch("SELECT * FROM tenant_spend_prices")}
     changed: set[tuple[str, str]] = set()
     spend: dict[str, list[int]] = {}          # tenant -> calls, errors, unpriced, input, output, cached, femto-USD
-    for _position, event in batch:
+    for position, event in batch:
         match event:
+            case EventWithheld():
+                await conn.execute("INSERT INTO tenant_spend_withheld VALUES ($1, $2, $3, $4)", position,
+                                   event.event_id, event.event_type, event.tenant)
             case UsageRecorded():
                 row = spend.setdefault(event.tenant_id, [0] * 7)
                 femto = cost_femto(prices, event)
@@ -115,12 +122,16 @@ async def report(database_url: str) -> int:
     try:
         await conn.execute(SCHEMA)
         rows = await conn.fetch("SELECT * FROM tenant_spend ORDER BY cost_usd DESC, tenant")
+        withheld = await conn.fetch("SELECT * FROM tenant_spend_withheld ORDER BY position")
     finally:
         await conn.close()
     print(f"{'tenant':<24} {'calls':>10} {'errors':>8} {'input':>14} {'output':>14} {'cost USD':>16}")
     for r in rows:
         print(f"{r['tenant']:<24} {r['calls']:>10,} {r['errors']:>8,} {r['input_tokens']:>14,} "
               f"{r['output_tokens']:>14,} {r['cost_usd']:>16.6f}")
+    if withheld:
+        print(f"not counted: {len(withheld)} row(s) of the log too large for one NATS message, at positions "
+              + ", ".join(f"{w['position']} ({w['type']}, tenant {w['tenant'] or '-'})" for w in withheld))
     return 0
 
 

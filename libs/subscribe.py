@@ -21,6 +21,12 @@ DEADLETTER under the subscriber's name and the rest of its batch is applied with
 batch is tried alone in a savepoint); `switchyard_set_aside` notes it in the same transaction. `switchyard events
 dead-letters --retry` sends it back: the subscriber follows its own retries on DEADLETTER and takes each noted
 event once, recording the retry's sequence in the same transaction.
+
+A row of the log too large for one NATS message (the server's `max_payload` lowered after it was recorded) reaches
+`apply` as an `EventWithheld` in its place, in log order, with its position: the row's event id, type, tenant and
+size, and who withheld it (`log.feed` live, `metering.replay.v1` in a page). Nothing is skipped unseen: an `apply`
+that matches on event types passes it by; one that records it can read the row later with
+`await subscriber.fetch(position)`, which answers the event once the limit carries it (the marker until then).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import AnyEvent, decode_event
-from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested, EventWithheld
 from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
 from switchyard_gateway.events.deadletter import DeadLetters, poisonous
@@ -52,11 +58,11 @@ from switchyard_gateway.kit import eventlog, nats_auth, natsio
 from switchyard_gateway.kit.natsio import ServiceUnavailable
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
 
-__all__ = ["ASIDE", "Apply", "Event", "Subscriber", "TABLE"]
+__all__ = ["ASIDE", "Apply", "Event", "EventWithheld", "Subscriber", "TABLE"]
 
 log = structlog.get_logger()
 
-Apply = Callable[[asyncpg.Connection, list[tuple[int, Event]]], Awaitable[None]]
+Apply = Callable[[asyncpg.Connection, list[tuple[int, Event | EventWithheld]]], Awaitable[None]]
 TABLE = "switchyard_subscriptions"         # a subscriber's position and the last retry it took
 ASIDE = "switchyard_set_aside"              # the events it set aside, until a retry takes them
 
@@ -70,9 +76,19 @@ class _FastPage(msgspec.Struct):
 _fast_page = msgspec.json.Decoder(_FastPage)
 _fast_events = msgspec.json.Decoder(list[AnyEvent])  # type: ignore[valid-type]
 _raws = msgspec.json.Decoder(list[msgspec.Raw])
+_withheld = msgspec.json.Decoder(EventWithheld)
 Raw = msgspec.Raw
-Item = tuple[int, Event | BaseException, Raw]   # log position, the event (or why it did not decode), bytes as stored
+# log position, the event (its marker, or why it did not decode), bytes as sent
+Item = tuple[int, Event | EventWithheld | BaseException, Raw]
 OUTAGES = (*TRANSIENT, nats.errors.Error)   # what a commit is retried through: PostgreSQL or NATS away
+
+
+def _marker(raw: Raw) -> EventWithheld | None:
+    """The marker a row too large for one NATS message was sent as, if `raw` is one."""
+    try:
+        return _withheld.decode(raw)
+    except msgspec.DecodeError:
+        return None
 
 
 class Subscriber:
@@ -155,7 +171,7 @@ class Subscriber:
         PostgreSQL or NATS, where dead letters go, is away)."""
         assert self.pool is not None
 
-        async def attempt() -> int:
+        async def attempt() -> list[Item]:
             async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
                 held = await conn.fetchval(f"SELECT position FROM {TABLE} WHERE name = $1 FOR UPDATE", self.name)
                 todo = [item for item in batch if item[0] > held]
@@ -164,10 +180,16 @@ class Subscriber:
                 if through > held:
                     await conn.execute(f"UPDATE {TABLE} SET position = $2, updated_at = now() WHERE name = $1",
                                        self.name, through)
-                return len(todo)
+                return todo
 
-        self.applied += await retry(attempt, what="subscriber.commit_failed", errors=OUTAGES, subscriber=self.name)
+        todo = await retry(attempt, what="subscriber.commit_failed", errors=OUTAGES, subscriber=self.name)
+        self.applied += len(todo)
         self.position.advance(through)
+        for position, item, _ in todo:
+            if isinstance(item, EventWithheld):
+                log.warning("subscriber.withheld", subscriber=self.name, position=position, type=item.event_type,
+                            event_id=str(item.event_id), size_bytes=item.size_bytes, max_payload=item.max_payload,
+                            withheld_by=item.outbox)
 
     async def _apply(self, conn: asyncpg.Connection, todo: list[Item], key: str = "") -> list[Item]:
         """`apply` in a savepoint; if it fails for an event's sake, each event alone, setting aside those that fail
@@ -204,14 +226,19 @@ class Subscriber:
         """Put an event on DEADLETTER and note, in the transaction, that it waits for a retry. `key` tells apart
         setting it aside again on a retry from doing the same twice (a crash in between)."""
         position, event, raw = item
-        subject = subjects.log_subject(event.__struct_config__.tag, event.tenant) if isinstance(event, Event) else ""
+        subject = ""
+        if isinstance(event, Event):
+            subject = subjects.log_subject(event.__struct_config__.tag, event.tenant)
+        elif isinstance(event, EventWithheld):
+            subject = subjects.log_subject(event.event_type, event.tenant)
         letter = await self.letters.put(stage=stage, error=exc, source=LOG_SOURCE, subject=subject,  # type: ignore[arg-type]
                                         sequence=position, data=bytes(raw), key=key)
         await conn.execute(f"INSERT INTO {ASIDE} (name, position, dead_letter) VALUES ($1, $2, $3) ON CONFLICT "
                            "(name, position) DO UPDATE SET dead_letter = excluded.dead_letter", self.name, position, letter)
 
     def _decoded(self, positions: Sequence[int], raws: Sequence[Raw], fast: list[Event] | None) -> list[Item]:
-        """Events with their positions and stored bytes; one that does not decode carries its error instead."""
+        """Events with their positions and stored bytes; a row withheld as too large is its marker, and one that
+        does not decode carries its error instead."""
         if fast is not None:
             return list(zip(positions, fast, raws))
         out: list[Item] = []
@@ -219,8 +246,26 @@ class Subscriber:
             try:
                 out.append((position, decode_event(raw), raw))  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 — this event alone: set aside when committed
-                out.append((position, exc, raw))
+                out.append((position, _marker(raw) or exc, raw))
         return out
+
+    # --- a row withheld, read again ----------------------------------------------------------------------------
+
+    async def fetch(self, position: int) -> Event | EventWithheld | None:
+        """The event at a log position, read through replay: for a row that came as an `EventWithheld`, the event
+        once the NATS server's `max_payload` carries it, the marker again until then; None when the position holds
+        nothing this subscriber reads (another tenant's, a type it did not ask for, a rolled-back position). Needs
+        NATS: while the subscriber runs, or given `nc`. Replay's refusals raise `ServiceError`."""
+        if self.nc is None:
+            raise RuntimeError("fetch needs NATS: call it while the subscriber runs, or give the subscriber nc")
+        request = msgspec.json.encode(ReplayRequest(after=position - 1, types=self.types, max_events=1))
+        page = _page.decode(await natsio.request(self.nc, self.replay_subject, request, self.request_timeout_s))
+        if page.positions[:1] != [position]:
+            return None
+        [(_, event, _)] = self._decoded(page.positions[:1], page.events[:1], None)
+        if isinstance(event, BaseException):
+            raise event
+        return event
 
     # --- catching up through replay ----------------------------------------------------------------------------
 

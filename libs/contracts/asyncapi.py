@@ -10,6 +10,7 @@ import yaml
 
 from switchyard_gateway.contracts import schemas, topology
 from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.deadletters import EVENT_WITHHELD
 from switchyard_gateway.contracts.schemas import CONTRACTS
 from switchyard_gateway.contracts.topology import Channel, Use
 
@@ -107,7 +108,9 @@ def _channels(channel: Channel) -> dict[str, Any]:
     logged = "; recorded in the event log" if channel.logged else ""
     if channel.contract == s.LOG_PREFIX:
         summary = ("Every event of the log, in log order, as stored; events of one type and tenant at consecutive "
-                   f"positions in one message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`).")
+                   f"positions in one message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`). "
+                   f"A row too large for one NATS message comes alone, as an `{EVENT_WITHHELD}` marker in its place "
+                   "(its event id, type, position, tenant and size).")
         messages = {kind: {"$ref": f"{MESSAGES}{kind}"} for kind in topology.logged_types()}
     else:
         summary = CONTRACTS[channel.contract].summary

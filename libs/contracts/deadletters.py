@@ -5,8 +5,9 @@ built on `switchyard_gateway.subscribe` puts what it cannot take on `event.dead_
 message (or the one event of a batch) whole, with the error. `switchyard events dead-letters --retry` asks
 for it to be taken again: an `EventRetryRequested` on `event.retry_requested.v1.<consumer>`, which the consumer
 follows and takes once, and, for what the usage ingest set aside, the same message published again on its subject.
-`EventWithheld` stands in a stream for a row of the log too large for one NATS message: no consumer reads it as an
-event, so each sets it aside here like any message it cannot decode.
+`EventWithheld` stands in a stream, or in a replay page, for a row of the log too large for one NATS message: no
+fold reads it as an event, so each sets it aside here like any message it cannot decode; the subscriber kit hands it
+to `apply` in the row's place.
 """
 
 from __future__ import annotations
@@ -62,14 +63,18 @@ EVENT_CLASSES: tuple[type[Event], ...] = (EventDeadLettered, EventRetryRequested
 EVENT_WITHHELD = "event.withheld.v1"
 
 
-class EventWithheld(msgspec.Struct, frozen=True, tag_field="type", tag=EVENT_WITHHELD):
-    """A row of the log an outbox did not publish because, with its headers, it is larger than the NATS server's
-    `max_payload`: published in the row's place (on `<its type>._`, with the row's event id as `Nats-Msg-Id`) so
-    that the stream holds every row, in order. The row itself stays in the log: read it there by position."""
+class EventWithheld(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type", tag=EVENT_WITHHELD):
+    """A row of the log sent as this marker because, as the message that would carry it, it is larger than the NATS
+    server's `max_payload`; it goes in the row's place so that what follows the log holds every position, in order.
+    An outbox publishes it on `<its type>._` with the row's event id as `Nats-Msg-Id`, the LOG feed on the row's
+    `log.<type>.<tenant>` with its positions header, a replay page among the events with the row's position. The
+    row itself stays in the log: read it there by position, or by replay once the limit allows it."""
 
     event_id: UUID                  # the row's
     event_type: str                 # the row's `type` column
     position: int                   # the row's log position
-    size_bytes: int                 # the message the row would have made: its payload and headers
+    size_bytes: int                 # the message the row would have made: its payload and headers, or its page
     max_payload: int                # the server's limit it exceeded
-    outbox: str                     # who withheld it: `registry.outbox`, `quota.outbox`
+    outbox: str                     # who withheld it: `registry.outbox`, `quota.outbox`, the LOG feed `log.feed`,
+                                    # a replay page `metering.replay.v1`
+    tenant: str | None = None       # the row's `tenant` column, where the withholder reads it (the feed, replay pages)

@@ -124,7 +124,8 @@ class LiveFrom(msgspec.Struct, frozen=True):
 class ReplayPage(msgspec.Struct, frozen=True):
     """A page of the log: events as stored, with their positions; where to ask next; where to go live."""
 
-    events: list[msgspec.Raw]         # each event as the log holds it (JSON; older versions as written), oldest first
+    events: list[msgspec.Raw]         # each event as the log holds it (JSON; older versions as written), oldest first;
+                                      # a row no page can carry: an `event.withheld.v1` marker (EventWithheld)
     positions: list[int]              # each event's log position
     last: int                         # the log was read through this position: the next request's `after`
     head: int                         # the log's newest position when it was read

@@ -15,7 +15,8 @@
     ingest    Ingest       a stream's durable consumer appended to the log, projections advanced in the
                            same transaction, acknowledged after the commit
     feed      LogFeed      the log published on the LOG stream in log order, each message with its
-                           positions: where subscribers go live after catching up through replay
+                           positions: where subscribers go live after catching up through replay; a row
+                           too large for one NATS message goes as an EventWithheld marker in its place
     deadletter DeadLetters what a consumer cannot decode or apply, set aside on DEADLETTER (counted) so that
                            it goes on; `poisonous` tells the event's own failure from an outage
     tail      StreamTail   a stream read from a sequence on, for a reader that keeps its own position: any

@@ -15,23 +15,34 @@ Where the feed stands is the stream's own last message (its positions header); t
 `projection_checkpoints` is kept beside it for a stream that aged out empty, and is row-locked while a round
 publishes, so metering replicas feed one at a time. A feed that starts on a log with no checkpoint starts at
 the log's head: history is served by replay, the stream is for going live.
+
+A row too large for one NATS message with its headers (`natsio.message_size` over the server's `max_payload`: the
+limit was lowered after it was recorded) is withheld: its message carries an `EventWithheld` instead of the row, on
+the same subject with the same headers, so the stream still holds every position in order and the rows after it go
+out; it is counted (`switchyard_log_withheld_total{via="feed"}`) and logged (`feed.withheld_oversized`, never the
+payload). Only a lone row can be too large: a run that is goes event by event.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import NamedTuple
+from uuid import UUID
 
 import asyncpg
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.deadletters import EventWithheld
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.notices import LogNotices
 from switchyard_gateway.events.project import lock_checkpoint, set_checkpoint
-from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.natsio import HEADROOM
 from switchyard_gateway.kit.retry import Backoff, honour_cancel
 
@@ -40,8 +51,20 @@ log = structlog.get_logger()
 FEED = "log.feed"                 # the checkpoint row; it exists once a feed has started
 CHUNK = 5000                      # events read and published per round
 RUN_EVENTS = 500                  # events per message at most
+WITHHELD = Counter("switchyard_log_withheld_total",
+                   "Rows of the log sent as an event.withheld.v1 marker, too large for one NATS message: once per row "
+                   "by the LOG feed, once per page that held one by replay", ["via"])
 
-Message = tuple[str, bytes, int, int]        # subject, body, first position, last position
+
+class Message(NamedTuple):
+    """One LOG message: its subject and body, the positions it holds, and the type and tenant of its events."""
+
+    subject: str
+    body: bytes
+    first: int
+    last: int
+    kind: str
+    tenant: str | None
 
 
 def messages_of(runs: Sequence[asyncpg.Record], max_bytes: int) -> list[Message]:
@@ -50,10 +73,10 @@ def messages_of(runs: Sequence[asyncpg.Record], max_bytes: int) -> list[Message]
     for first, last, kind, tenant, body in runs:
         subject, data = subjects.log_subject(kind, tenant), body.encode()
         if len(data) <= max_bytes or first == last:
-            out.append((subject, data, first, last))
+            out.append(Message(subject, data, first, last, kind, tenant))
             continue
         for offset, item in enumerate(msgspec.json.decode(data, type=list[msgspec.Raw])):
-            out.append((subject, b"[" + bytes(item) + b"]", first + offset, first + offset))
+            out.append(Message(subject, b"[" + bytes(item) + b"]", first + offset, first + offset, kind, tenant))
     return out
 
 
@@ -116,11 +139,16 @@ class LogFeed:
                 self.position.advance(after)
                 return 0
             messages = messages_of(runs, self.nc.max_payload - HEADROOM)
-            pending = []
-            for number, (subject, body, first, last) in enumerate(messages):
-                headers = {subjects.POSITIONS_HEADER: f"{first}-{last}",
+            pending, withheld = [], []
+            for number, message in enumerate(messages):
+                headers = {subjects.POSITIONS_HEADER: f"{message.first}-{message.last}",
                            subjects.EXPECTED_LAST_SEQUENCE_HEADER: str(sequence + number)}
-                pending.append(await js.publish_async(subject, body, headers=headers))
+                body, size = message.body, natsio.message_size(message.body, headers)
+                if size > self.nc.max_payload:
+                    marker = await self._withheld(conn, message, size)
+                    body = b"[" + encode(marker) + b"]"
+                    withheld.append((number, marker))
+                pending.append(await js.publish_async(message.subject, body, headers=headers))
             acks = await asyncio.gather(*pending, return_exceptions=True)
             failed = next((a for a in acks if isinstance(a, BaseException)), None)
             if failed is not None:
@@ -128,11 +156,22 @@ class LogFeed:
                 raise failed
             last_position = runs[-1]["last"]
             await set_checkpoint(conn, self.name, last_position)
+        for number, marker in withheld:
+            WITHHELD.labels("feed").inc()
+            log.warning("feed.withheld_oversized", stream=self.stream, position=marker.position, type=marker.event_type,
+                        event_id=str(marker.event_id), tenant=marker.tenant, size_bytes=marker.size_bytes,
+                        max_payload=marker.max_payload, sequence=acks[number].seq)  # type: ignore[union-attr]
         self._tail = (acks[-1].seq, last_position)  # type: ignore[union-attr]
         self.position.advance(last_position)
         count = sum(m[3] - m[2] + 1 for m in messages)
         self.published += count
         return count
+
+    async def _withheld(self, conn: asyncpg.Connection, message: Message, size: int) -> EventWithheld:
+        """The marker that goes out in place of a lone row whose message would be `size` bytes, over the limit."""
+        event_id = UUID(await eventlog.event_id_at(conn, message.first))
+        return EventWithheld(event_id=event_id, event_type=message.kind, position=message.first, size_bytes=size,
+                             max_payload=self.nc.max_payload, outbox=self.name, tenant=message.tenant)
 
     async def _where(self, js: object, checkpoint: int) -> tuple[int, int]:
         """The stream's last sequence, and the last log position it holds (the checkpoint if it holds none)."""

@@ -7,6 +7,11 @@ slows the replay down and no state is kept between pages, whichever metering rep
 reached the log's head carries `live`: the LOG stream sequence read just before the head, after which the feed
 publishes every later position (a message at or after it may repeat positions the page held; the caller skips
 those). The tenant is the subject's last token, so NATS permissions decide who may read which tenant's events.
+
+A page fits one NATS message whatever its rows: each row is counted with its position against the server's
+`max_payload` less the page's own fields. A row whose page would not fit even alone (the limit was lowered after it
+was recorded) goes as an `EventWithheld` in its place, with its position, counted
+(`switchyard_log_withheld_total{via="replay"}`) and logged (`replay.withheld_oversized`, never the payload).
 """
 
 from __future__ import annotations
@@ -14,23 +19,27 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 import asyncpg
 import msgspec
+import structlog
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import SUPERSEDED, decoder, encode
+from switchyard_gateway.contracts.deadletters import EventWithheld
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
-from switchyard_gateway.events.feed import FEED
-from switchyard_gateway.kit import eventlog
+from switchyard_gateway.events.feed import FEED, WITHHELD
+from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.natsio import ServiceError
+
+log = structlog.get_logger()
 
 MAX_EVENTS = 10_000
 SCAN = 200_000               # positions one page looks through at most, so that a sparse filter still answers promptly
-HEADROOM = 64 * 1024         # of a NATS message, for the positions and the page's own fields
 SUBJECTS = (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.*")
 TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}$")
 DELIVER_TO = re.compile(r"^(_INBOX[A-Za-z0-9_-]*|replay)(\.[A-Za-z0-9_-]+)+$")
@@ -57,8 +66,7 @@ async def on_replay(history: History, data: bytes, subject: str) -> bytes | None
     problem = _problem(ask)
     if problem:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", problem[1], problem[0]))
-    budget = max(HEADROOM, history.nc.max_payload - HEADROOM)
-    page = await read_page(history, ask, tenant, min(ask.max_bytes or budget, budget))
+    page = await read_page(history, ask, tenant)
     scope = "tenant" if tenant else "all"
     PAGES.labels(scope).inc()
     EVENTS.labels(scope).inc(len(page.events))
@@ -111,9 +119,11 @@ def live_subjects(prefixes: list[str], tenant: str | None) -> list[str]:
     return [f"{subjects.LOG_PREFIX}.{p}{'.*' * (2 - p.count('.'))}.{last}" for p in prefixes]
 
 
-async def read_page(history: History, ask: ReplayRequest, tenant: str | None, max_bytes: int) -> ReplayPage:
-    """The events past `ask.after` (or from `ask.since`) that match, within the bounds; `live` once at the head."""
+async def read_page(history: History, ask: ReplayRequest, tenant: str | None) -> ReplayPage:
+    """The events past `ask.after` (or from `ask.since`) that match, within the bounds and one NATS message, a row
+    too large for any page as an EventWithheld; `live` once at the head."""
     js = history.nc.jetstream(timeout=5)
+    limit = history.nc.max_payload
     async with history.pool.acquire() as conn:
         feeding = history.feeding and await conn.fetchval(
             "SELECT true FROM projection_checkpoints WHERE projection = $1", FEED)
@@ -126,22 +136,56 @@ async def read_page(history: History, ask: ReplayRequest, tenant: str | None, ma
         upto = min(head, after + SCAN)
         rows = await eventlog.read_stored(conn, after, upto, ask.max_events, like=like_patterns(ask.types),
                                           tenant=tenant)
-    events: list[msgspec.Raw] = []
-    positions: list[int] = []
-    size = 0
-    for row in rows:
-        data = row["payload"].encode()
-        if events and size + len(data) + 1 > max_bytes:
-            break
-        events.append(msgspec.Raw(data))
-        positions.append(row["position"])
-        size += len(data) + 1
+        live = LiveFrom(subjects.STREAM_LOG, sequence + 1, live_subjects(ask.types, tenant)) \
+            if sequence is not None else None
+        events, positions, withheld = await _fill(conn, rows, ask.max_bytes, limit, head, live)
+    for marker in withheld:
+        WITHHELD.labels("replay").inc()
+        log.warning("replay.withheld_oversized", position=marker.position, type=marker.event_type,
+                    event_id=str(marker.event_id), tenant=marker.tenant, size_bytes=marker.size_bytes,
+                    max_payload=limit)
     whole = len(events) == len(rows) < ask.max_events
     last = upto if whole else positions[-1]
-    live = None
-    if sequence is not None and last == head:
-        live = LiveFrom(subjects.STREAM_LOG, sequence + 1, live_subjects(ask.types, tenant))
-    return ReplayPage(events, positions, last, head, live)
+    return ReplayPage(events, positions, last, head, live if live is not None and last == head else None)
+
+
+async def _fill(conn: asyncpg.Connection, rows: list[asyncpg.Record], max_bytes: int, limit: int, head: int,
+                live: LiveFrom | None) -> tuple[list[msgspec.Raw], list[int], list[EventWithheld]]:
+    """The rows, from the first, that one page of at most `limit` bytes carries (and `max_bytes` of events, if
+    asked), each with its position; a row too large for a page of its own goes as a marker."""
+    # the room the page's own fields leave at most (`last` is at most `head`; `live` whether or not it goes)
+    room = limit - natsio.message_size(encode(ReplayPage([], [], head, head, live)))
+    max_bytes = min(max_bytes or room, room)
+    position_bytes = len(str(head)) + 2          # a position, no wider than the head, and two commas
+    events: list[msgspec.Raw] = []
+    positions: list[int] = []
+    withheld: list[EventWithheld] = []
+    size = page = 0                     # bytes of the events, and of the events with their positions
+    for row in rows:
+        position, data = row["position"], row["payload"].encode()
+        cost = len(data) + position_bytes
+        marker = None
+        if cost > room:                                  # a page of its own, then: does even that fit?
+            alone = natsio.message_size(encode(ReplayPage([msgspec.Raw(data)], [position], head, head, live)))
+            if alone > limit:
+                marker = await _withheld(conn, row, alone, limit)
+                data = encode(marker)
+                cost = len(data) + position_bytes
+        if events and (size + len(data) + 1 > max_bytes or page + cost > room):
+            break
+        events.append(msgspec.Raw(data))
+        positions.append(position)
+        size, page = size + len(data) + 1, page + cost
+        if marker is not None:
+            withheld.append(marker)
+    return events, positions, withheld
+
+
+async def _withheld(conn: asyncpg.Connection, row: asyncpg.Record, size: int, limit: int) -> EventWithheld:
+    """The marker a page carries in place of a row whose page alone would be `size` bytes, over `limit`."""
+    event_id = UUID(await eventlog.event_id_at(conn, row["position"]))
+    return EventWithheld(event_id=event_id, event_type=row["type"], position=row["position"], size_bytes=size,
+                         max_payload=limit, outbox=subjects.METERING_REPLAY, tenant=row["tenant"])
 
 
 async def _start_of(conn: asyncpg.Connection, since: datetime, head: int) -> int:

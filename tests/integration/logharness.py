@@ -63,6 +63,13 @@ class Metering:
         return appended[-1][0]
 
 
+async def log_messages(nc) -> list:
+    """Every message the LOG stream holds, oldest first."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.STREAM_LOG)
+    return [await js.get_msg(subjects.STREAM_LOG, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+
+
 @pytest.fixture
 async def nats_client(own_nats: str):
     nc = await natsio.connect(own_nats, "replay-tests", 10)

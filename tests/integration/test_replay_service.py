@@ -19,7 +19,7 @@ from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.natsio import ServiceError
-from tests.integration.logharness import T0, Metering, usage
+from tests.integration.logharness import T0, Metering, log_messages, usage
 
 async def page(nc, subject: str = subjects.METERING_REPLAY, **ask) -> ReplayPage:
     body = await natsio.request(nc, subject, msgspec.json.encode(ReplayRequest(**ask)), 10)
@@ -115,9 +115,7 @@ async def test_the_feed_publishes_the_log_in_order_with_positions_per_type_and_t
             raise RuntimeError("rolled back")
     head = await metering.append([usage(3, "acme"), usage(9, "beta"), TenantCreated(tenant_id="beta")])
     assert await metering.feed.position.reach(head, 10)
-    js = nats_client.jetstream()
-    info = await js.stream_info(subjects.STREAM_LOG)
-    msgs = [await js.get_msg(subjects.STREAM_LOG, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    msgs = await log_messages(nats_client)
     assert [(m.subject, positions_of(m.headers)) for m in msgs] == [
         ("log.tenant.created.v1.acme", (1, 1)), ("log.usage.recorded.v2.acme", (2, 4)),
         ("log.usage.recorded.v2.acme", (7, 7)),              # not one message across the gap: 5 and 6 are not in the log
@@ -147,10 +145,7 @@ async def test_the_feed_resumes_from_what_the_stream_holds_after_losing_its_plac
     metering.feed._tail = None
     head = await metering.append(usage(i, "acme") for i in range(5, 8))
     assert await metering.feed.position.reach(head, 10)
-    js = nats_client.jetstream()
-    info = await js.stream_info(subjects.STREAM_LOG)
-    held = [positions_of((await js.get_msg(subjects.STREAM_LOG, seq)).headers)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    held = [positions_of(m.headers) for m in await log_messages(nats_client)]
     assert held == [(1, 5), (6, 8)]                  # nothing published twice
 
 
