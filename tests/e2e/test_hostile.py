@@ -397,6 +397,49 @@ async def test_with_one_endpoint_hanging_calls_complete_through_the_other_and_it
     assert lab.b.stats.requests["/v1/chat/completions"] >= len(durations) + 1
 
 
+async def test_new_calls_go_around_an_endpoint_whose_answers_stopped_starting(lab: Lab) -> None:
+    """A hung endpoint with the higher priority and a long first-byte timeout: its breaker hears nothing for a
+    minute, but once its oldest attempt has waited past the stall bound (5 s here, where answers start in
+    milliseconds) with nothing answered since, new calls go to the other endpoint and complete at once."""
+    from switchyard_gateway.services.gateway.pipeline.stalls import STALL_MIN_S
+
+    assert (await lab.admin("PUT", f"/endpoints/{lab.ids['a']}", {"first_byte_timeout_s": 60})).status_code == 200
+    async with httpx.AsyncClient(timeout=30) as client:         # a's answers start quickly while it is well
+        for _ in range(3):
+            assert (await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                      json=lab.body(max_tokens=2))).status_code == 200
+    assert lab.a.stats.requests["/v1/chat/completions"] >= 1
+    lab.a.configure(failure_kind="hang", failure_rate=1.0, failure_paths=("/v1/chat/completions",))
+    calls: list[tuple[float, float | None]] = []               # (sent, took) of each call, None while waiting
+
+    async def one(number: int) -> None:
+        sent = time.monotonic()
+        calls.append((sent, None))
+        async with httpx.AsyncClient(timeout=90) as fresh:      # a connection of its own: any gateway worker
+            reply = await fresh.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                     json=lab.body(max_tokens=2))
+        assert reply.status_code == 200, reply.text
+        calls[number] = (sent, time.monotonic() - sent)
+
+    began = time.monotonic()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        quiet_from = began + STALL_MIN_S + 3.0                  # every worker has had a call stuck by then
+        while time.monotonic() < quiet_from + 3.0:
+            tasks.append(asyncio.create_task(one(len(tasks))))
+            await asyncio.sleep(0.25)
+        late = [number for number, (sent, _) in enumerate(calls) if sent > quiet_from]
+        await wait_for(lambda: all(calls[n][1] is not None for n in late), 20,
+                       what="every call sent after the stall bound to complete")
+        assert late and max(calls[n][1] for n in late) < 3.0, [calls[n] for n in late]
+        assert await lab.circuit("a") == "closed", "the breaker heard nothing from the stall"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        lab.a.configure(failure_rate=0.0)
+
+
 async def _state_is(lab: Lab, name: str, state: str) -> bool:
     return await lab.circuit(name) == state
 

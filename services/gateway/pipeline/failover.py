@@ -103,9 +103,10 @@ class Failover:
         except TranslationError as exc:           # this kind of endpoint cannot take the request: try another
             log.debug("route.skip", request_id=call.request_id, endpoint=eid, reason=str(exc))
             return BadRequest(f"Endpoint '{eid}' cannot serve this request: {exc}")
+        stalls = self.router.stalls
         to = relay.Attempt(endpoint, plan, upstream_path, payload,
                            lambda result, status, t0: self._report(call, model_id, eid, result, status, t0),
-                           endpoint.first_byte_timeout_s or self.first_byte_s)
+                           endpoint.first_byte_timeout_s or self.first_byte_s, lambda: stalls.answered(eid, call))
         circuits = self.router.circuits
         last: GatewayError | None = None
         for attempt in range(self.retries + 1):
@@ -119,6 +120,7 @@ class Failover:
             outcome.endpoint, outcome.upstream_model = endpoint, route.upstream_model
             started = time.perf_counter()
             delay = None
+            stalls.begun(eid, call)
             try:
                 await relay.attempt(self.pool, call, outcome, to, proto)
                 return None
@@ -130,6 +132,7 @@ class Failover:
                 if delay is None:
                     return last
             finally:
+                stalls.ended(eid, call)
                 self.router.release(eid, model_id)
                 if circuits is not None:
                     circuits.release(eid)      # frees a half-open trial slot, if this was one

@@ -74,12 +74,14 @@ class Attempt:
     answer may take to start, and where each try's result goes (`report(outcome, status, started)`, for the
     router's breakers)."""
 
-    __slots__ = ("endpoint", "plan", "path", "payload", "report", "first_byte_s")
+    __slots__ = ("endpoint", "plan", "path", "payload", "report", "first_byte_s", "answered")
 
     def __init__(self, endpoint: EndpointRegistered, plan: Plan, path: str, payload: bytes,
-                 report: Callable[[str, int, float], None], first_byte_s: float = 60.0) -> None:
+                 report: Callable[[str, int, float], None], first_byte_s: float = 60.0,
+                 answered: Callable[[], None] | None = None) -> None:
         self.endpoint, self.plan, self.path, self.payload, self.report = endpoint, plan, path, payload, report
         self.first_byte_s = first_byte_s
+        self.answered = answered              # told when the endpoint's answer starts (its head came)
 
 
 async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, proto: Any) -> None:
@@ -102,6 +104,8 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
         report(result, 0, started)
         raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({result})",
                                    status=status), result) from None
+    if to.answered is not None:
+        to.answered()
     try:
         if response.status in RETRYABLE_STATUS:
             await _refused(response, endpoint, report, started)

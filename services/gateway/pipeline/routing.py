@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from typing import Any, NamedTuple, Protocol
 
@@ -12,6 +13,7 @@ from switchyard_gateway.contracts.events import EndpointRegistered, ModelRegiste
 from switchyard_gateway.services.gateway.edge.errors import ModelNotConfigured, ModelNotFound, UpstreamError
 from switchyard_gateway.services.gateway.pipeline.fallbacks import Fallbacks
 from switchyard_gateway.services.gateway.pipeline.shared_inflight import SharedInflight
+from switchyard_gateway.services.gateway.pipeline.stalls import Stalls
 
 SHARED_LOOK_S = 0.02       # a call waiting for a capped endpoint looks again this often when workers share the cap
 
@@ -87,6 +89,7 @@ class Router:
         self.circuits = circuits
         self.shared = shared                      # the counts of every worker, when the gateway runs several
         self.inflight: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.stalls = Stalls()                    # endpoints whose answers stopped starting (this worker's view)
         self._released: dict[str, asyncio.Event] = {}
         self._plans: dict[tuple[str, str], RoutePlan] = {}
         self._plans_version = -1
@@ -132,8 +135,8 @@ class Router:
         return max(assigned, key=lambda a: a.priority).model_id if assigned else None
 
     def candidates(self, model_id: str, routes: list[Route], exclude: set[str]) -> Candidates:
-        """Order a model's endpoints: breakers open skipped; at the cap set aside; then highest priority,
-        model already loaded, least in flight."""
+        """Order a model's endpoints: breakers open skipped; at the cap set aside; then those not stalled
+        (`stalls.py`), highest priority, model already loaded, least in flight."""
         found = Candidates()
         circuits = self.circuits
         mid = model_id
@@ -151,14 +154,15 @@ class Router:
             else:
                 found.ready.append(route)
         if len(found.ready) > 1:
-            found.ready.sort(key=lambda r: self._rank(r, mid))
+            now = time.monotonic()
+            found.ready.sort(key=lambda r: self._rank(r, mid, now))
         return found
 
-    def _rank(self, route: Route, model_id: str) -> tuple[int, int, int]:
+    def _rank(self, route: Route, model_id: str, now: float) -> tuple[bool, int, int, int]:
         e = route.endpoint
         loaded = self.circuits.loaded(e.endpoint_id) if self.circuits is not None else frozenset()
         cold = 0 if (normalise_model(route.upstream_model) in loaded or normalise_model(model_id) in loaded) else 1
-        return (-e.priority, cold, self.inflight[(e.endpoint_id, model_id)])
+        return (self.stalls.stalled(e.endpoint_id, now), -e.priority, cold, self.inflight[(e.endpoint_id, model_id)])
 
     def _busy(self, endpoint_id: str, model_id: str, inflight: defaultdict[tuple[str, str], int]) -> int:
         shared = self.shared
@@ -223,4 +227,5 @@ class Router:
         return {
             "candidates": [f"{r.endpoint.endpoint_id}(p{r.endpoint.priority})" for r in candidates.ready],
             "skipped": candidates.skipped,
+            "stalled": self.stalls.stalled_ids(),
         }
