@@ -2,16 +2,18 @@
 
     closed ──N consecutive failures, or error ratio over the window──▶ open
     open ──cool-down elapsed──▶ half_open          (the cool-down doubles each time, up to a cap)
-    open ──a probe succeeds after it was unreachable──▶ half_open      (at once: the endpoint is back)
+    open ──a probe succeeds──▶ half_open           (at once: the endpoint may be back)
     half_open ──M successes──▶ closed
     half_open ──any failure──▶ open
     any ──reset──▶ closed
 
-A probe only lists models, so its success says the server is up, not that calls work:
-while closed it does not wipe out a run of failed calls, and while open it ends the
-cool-down early only if the server itself was unreachable (a failed probe or a refused
-connection: that outage is over); an endpoint whose calls hang or fail while its probes
-answer waits out its cool-down.
+A probe only lists models, so its success says the server is up, not that calls work. So while
+closed it does not wipe out a run of failed calls; while open it lets trial calls through at once
+(an endpoint that answers again gets traffic within a probe interval, not a doubled cool-down);
+and while half-open it counts as a trial success only if the server itself had been unreachable
+(a failed probe or a refused connection: that outage is over). An endpoint whose calls hang or fail
+while its probes answer is closed by trial calls that succeed, never by probes; each failed trial
+opens it again until the next probe.
 Every move returns the `CircuitChanged` to publish; nothing else leaves this module.
 """
 
@@ -71,14 +73,14 @@ class Breaker:
         return None   # open: results of calls that started before it opened change nothing
 
     def probe(self, ok: bool, now: datetime) -> CircuitChanged | None:
-        """Fold a probe result in: a failure counts like a failed call; a success counts as a trial while
-        half-open, ends the cool-down at once while open if the endpoint was unreachable, and changes
+        """Fold a probe result in: a failure counts like a failed call; a success ends the cool-down at once
+        while open, counts as a trial while half-open if the endpoint had been unreachable, and changes
         nothing while closed."""
         if not ok:
             return self.record(True, now, unreachable=True)
         if self.state == "half_open":
-            return self.record(False, now)
-        if self.state == "open" and self.unreachable:
+            return self.record(False, now) if self.unreachable else None
+        if self.state == "open":
             self.state, self.trial_successes, self.retry_at = "half_open", 0, None
             return self._changed(now, "open", "probe_succeeded")
         return None

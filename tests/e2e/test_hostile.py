@@ -458,6 +458,29 @@ async def test_a_first_byte_slower_than_the_timeout_moves_the_call_on(lab: Lab) 
 # --- 10: recovery -------------------------------------------------------------------------------------
 
 
+async def test_an_endpoint_whose_calls_hung_gets_traffic_within_5_s_of_answering_again(lab: Lab) -> None:
+    """Its model list answered all along, so only a trial call can tell it works again: a probe lets trials
+    through at once, however often its trials failed (the cool-down would have doubled to 20 s here)."""
+    lab.a.configure(failure_kind="hang", failure_rate=1.0, failure_paths=("/v1/chat/completions",))
+    async with httpx.AsyncClient(timeout=30) as client:
+        hung_until = time.monotonic() + 15.0                 # open, trials failing, open again, ...
+        while time.monotonic() < hung_until:
+            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                      json=lab.body(max_tokens=2))
+            assert reply.status_code == 200, reply.text
+            await asyncio.sleep(0.1)
+        assert await lab.circuit("a") in ("open", "half_open")
+        served_before = lab.a.stats.requests.get("/v1/chat/completions", 0)
+        lab.a.configure(failure_rate=0.0)
+        back = time.monotonic()
+        while lab.a.stats.requests.get("/v1/chat/completions", 0) == served_before:
+            assert time.monotonic() - back < 5.0, "no traffic reached the recovered endpoint within 5 s"
+            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                      json=lab.body(max_tokens=2))
+            assert reply.status_code == 200
+            await asyncio.sleep(0.1)
+
+
 async def test_an_endpoint_that_answers_again_gets_traffic_within_5_s(lab: Lab) -> None:
     lab.a.configure(failure_kind="refuse", failure_rate=1.0)
     async with httpx.AsyncClient(timeout=30) as client:

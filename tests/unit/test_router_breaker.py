@@ -148,8 +148,17 @@ def test_after_refused_connections_a_successful_probe_ends_the_cool_down_at_once
     assert change is not None and change.state == "half_open" and change.reason == "probe_succeeded"
 
 
-def test_probes_that_never_failed_cannot_end_the_cool_down_of_failing_calls(breaker: Breaker) -> None:
+def test_while_calls_fail_and_probes_answer_a_probe_lets_trials_through_but_only_calls_close_it(
+        breaker: Breaker) -> None:
     for i in range(3):
         breaker.record(True, at(0))
-    assert breaker.probe(True, at(0.5)) is None and breaker.state == "open"
-    assert breaker.tick(at(2.1)) is not None and breaker.state == "half_open"
+    change = breaker.probe(True, at(0.5))                        # trials at once, not at retry_at (2.0)
+    assert change is not None and change.state == "half_open" and change.reason == "probe_succeeded"
+    for i in range(5):
+        assert breaker.probe(True, at(0.6 + i / 10)) is None and breaker.state == "half_open"
+    reopened = breaker.record(True, at(1.5))                     # a trial call still hangs or fails
+    assert reopened is not None and reopened.state == "open"
+    assert breaker.probe(True, at(1.6)) is not None and breaker.state == "half_open"
+    breaker.record(False, at(1.7))
+    closed = breaker.record(False, at(1.8))                      # two trial calls served: it works again
+    assert closed is not None and closed.state == "closed"
