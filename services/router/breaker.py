@@ -2,14 +2,15 @@
 
     closed ──N consecutive failures, or error ratio over the window──▶ open
     open ──cool-down elapsed──▶ half_open          (the cool-down doubles each time, up to a cap)
-    open ──a probe succeeds──▶ half_open           (at once: the endpoint may be back)
+    open ──a probe succeeds──▶ half_open           (once open 2 s, or at once after it was unreachable)
     half_open ──M successes──▶ closed
     half_open ──any failure──▶ open
     any ──reset──▶ closed
 
 A probe only lists models, so its success says the server is up, not that calls work. So while
-closed it does not wipe out a run of failed calls; while open it lets trial calls through at once
-(an endpoint that answers again gets traffic within a probe interval, not a doubled cool-down);
+closed it does not wipe out a run of failed calls; while open it lets trial calls through once the
+breaker has been open `breaker_probe_cool_down_s` (an endpoint that answers again gets traffic within
+seconds, not after a cool-down doubled to a minute; at once if the server had been unreachable);
 and while half-open it counts as a trial success only if the server itself had been unreachable
 (a failed probe or a refused connection: that outage is over). An endpoint whose calls hang or fail
 while its probes answer is closed by trial calls that succeed, never by probes; each failed trial
@@ -73,14 +74,16 @@ class Breaker:
         return None   # open: results of calls that started before it opened change nothing
 
     def probe(self, ok: bool, now: datetime) -> CircuitChanged | None:
-        """Fold a probe result in: a failure counts like a failed call; a success ends the cool-down at once
-        while open, counts as a trial while half-open if the endpoint had been unreachable, and changes
-        nothing while closed."""
+        """Fold a probe result in: a failure counts like a failed call; a success ends the cool-down while
+        open (at once after the endpoint was unreachable, else once it has been open breaker_probe_cool_down_s),
+        counts as a trial while half-open if the endpoint had been unreachable, and changes nothing while
+        closed."""
         if not ok:
             return self.record(True, now, unreachable=True)
         if self.state == "half_open":
             return self.record(False, now) if self.unreachable else None
-        if self.state == "open":
+        if self.state == "open" and (self.unreachable or self.since is None or
+                                     now >= self.since + timedelta(seconds=self.policy.breaker_probe_cool_down_s)):
             self.state, self.trial_successes, self.retry_at = "half_open", 0, None
             return self._changed(now, "open", "probe_succeeded")
         return None

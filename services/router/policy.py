@@ -22,8 +22,9 @@ class RouterPolicy(msgspec.Struct, frozen=True, kw_only=True):
     breaker_min_calls: int = 20           # the ratio counts only with at least this many calls in the window
     breaker_cool_down_s: float = 5.0      # open -> half-open; doubles each time a trial fails
     breaker_max_cool_down_s: float = 60.0
+    breaker_probe_cool_down_s: float = 2.0  # ... but a successful probe ends it once it has lasted this long
     breaker_trial_calls: int = 2          # concurrent trial calls each gateway lets through while half-open
-    breaker_successes: int = 2            # successful trials (calls or probes) that close it again
+    breaker_successes: int = 2            # successful trials that close it again
     leader_ttl_s: float = 5.0             # a leader that stops renewing loses the lease after this
     warm_keep_alive: str = "30m"          # how long Ollama keeps a warmed model loaded (its keep_alive)
     warm_timeout_s: float = 120.0         # a warm-up call waits this long at most (loading can be slow)

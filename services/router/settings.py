@@ -18,6 +18,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     breaker_min_calls: int = 20           # calls in the window before the ratio counts
     breaker_cool_down_s: float = 5.0      # open -> half-open; doubles on each failed trial
     breaker_max_cool_down_s: float = 60.0
+    breaker_probe_cool_down_s: float = 2.0  # a successful probe ends a cool-down once it has lasted this long
     breaker_trial_calls: int = 2          # concurrent trial calls while half-open
     breaker_successes: int = 2            # successful trials that close it
     leader_ttl_s: float = 5.0             # the probing router's lease

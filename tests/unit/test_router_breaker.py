@@ -14,7 +14,8 @@ from switchyard_gateway.services.router.policy import RouterPolicy
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 POLICY = RouterPolicy(breaker_failures=3, breaker_error_ratio=0.5, breaker_window_s=10, breaker_min_calls=6,
-                      breaker_cool_down_s=2, breaker_max_cool_down_s=5, breaker_successes=2, breaker_trial_calls=1)
+                      breaker_cool_down_s=2, breaker_max_cool_down_s=5, breaker_successes=2, breaker_trial_calls=1,
+                      breaker_probe_cool_down_s=0.8)
 
 
 def at(seconds: float) -> datetime:
@@ -152,13 +153,15 @@ def test_while_calls_fail_and_probes_answer_a_probe_lets_trials_through_but_only
         breaker: Breaker) -> None:
     for i in range(3):
         breaker.record(True, at(0))
-    change = breaker.probe(True, at(0.5))                        # trials at once, not at retry_at (2.0)
+    assert breaker.probe(True, at(0.5)) is None                  # open less than breaker_probe_cool_down_s
+    change = breaker.probe(True, at(1.0))                        # trials now, not at retry_at (2.0)
     assert change is not None and change.state == "half_open" and change.reason == "probe_succeeded"
     for i in range(5):
-        assert breaker.probe(True, at(0.6 + i / 10)) is None and breaker.state == "half_open"
-    reopened = breaker.record(True, at(1.5))                     # a trial call still hangs or fails
+        assert breaker.probe(True, at(1.1 + i / 10)) is None and breaker.state == "half_open"
+    reopened = breaker.record(True, at(1.7))                     # a trial call still hangs or fails
     assert reopened is not None and reopened.state == "open"
-    assert breaker.probe(True, at(1.6)) is not None and breaker.state == "half_open"
-    breaker.record(False, at(1.7))
-    closed = breaker.record(False, at(1.8))                      # two trial calls served: it works again
+    assert breaker.probe(True, at(1.8)) is None and breaker.state == "open"
+    assert breaker.probe(True, at(2.6)) is not None and breaker.state == "half_open"
+    breaker.record(False, at(2.7))
+    closed = breaker.record(False, at(2.8))                      # two trial calls served: it works again
     assert closed is not None and closed.state == "closed"
