@@ -459,8 +459,9 @@ async def test_a_first_byte_slower_than_the_timeout_moves_the_call_on(lab: Lab) 
 
 
 async def test_an_endpoint_whose_calls_hung_gets_traffic_within_5_s_of_answering_again(lab: Lab) -> None:
-    """Its model list answered all along, so only a trial call can tell it works again: a probe lets trials
-    through at once, however often its trials failed (the cool-down would have doubled to 20 s here)."""
+    """Its model list answered all along, so only a trial call can tell it works again: a successful probe lets
+    trials through 2 s after the breaker opened, however often its trials failed (the cool-down would have
+    doubled to 20 s here)."""
     lab.a.configure(failure_kind="hang", failure_rate=1.0, failure_paths=("/v1/chat/completions",))
     async with httpx.AsyncClient(timeout=30) as client:
         hung_until = time.monotonic() + 15.0                 # open, trials failing, open again, ...
