@@ -151,7 +151,6 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
         print(f"switchyard: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr,
               flush=True)
         raise SystemExit(ports.PORT_IN_USE_EXIT) from exc
-    sock.listen(2048)
     sock.setblocking(False)
     app = _load_in_worker(main_pid, slots, target)
     loop = uvloop.new_event_loop()
@@ -160,6 +159,9 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
         app.__rsgi_init__(loop)
     except StartFailed:                          # its reason is in the service's log already, in one line
         raise SystemExit(1) from None
+    # Listening only now: a socket sharing the port joins the kernel's share of new connections when it listens,
+    # so none waits out a worker's start-up (seconds: NATS, the catalog) while another worker or replica serves.
+    sock.listen(2048)
     try:
         timeouts = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
                                                                           "keep_alive_s")

@@ -117,9 +117,22 @@ async def rows_per_call(stack: OwnStack, prefix: str) -> tuple[int, int]:
 
 
 async def every_call_recorded_once(stack: OwnStack, load: Load, timeout_s: float) -> None:
+    """Every answered call has exactly one usage row within `timeout_s`. If not, the failure says whether the
+    missing rows were late (all there after as long again) or lost (still missing then)."""
     expected = len(load.answered)
-    await wait_for(lambda: _counted(stack, load.prefix, expected), timeout_s=timeout_s, interval_s=0.25,
-                   what=f"{expected} usage rows")
+    try:
+        await wait_for(lambda: _counted(stack, load.prefix, expected), timeout_s=timeout_s, interval_s=0.25,
+                       what=f"{expected} usage rows")
+    except AssertionError:
+        first = await rows_per_call(stack, load.prefix)
+        try:
+            await wait_for(lambda: _counted(stack, load.prefix, expected), timeout_s=timeout_s, interval_s=0.25)
+        except AssertionError:
+            then = await rows_per_call(stack, load.prefix)
+            raise AssertionError(f"lost: {then[1]} of {expected} answered calls have a usage row after "
+                                 f"{2 * timeout_s:g} s ({first[1]} after {timeout_s:g} s)") from None
+        raise AssertionError(f"late: {first[1]} of {expected} answered calls had a usage row after {timeout_s:g} s, "
+                             f"all of them within {2 * timeout_s:g} s") from None
     assert await rows_per_call(stack, load.prefix) == (expected, expected)
 
 
