@@ -189,7 +189,7 @@ class Subscriber:
             if isinstance(item, EventWithheld):
                 log.warning("subscriber.withheld", subscriber=self.name, position=position, type=item.event_type,
                             event_id=str(item.event_id), size_bytes=item.size_bytes, max_payload=item.max_payload,
-                            withheld_by=item.outbox)
+                            withheld_by=item.withheld_by)
 
     async def _apply(self, conn: asyncpg.Connection, todo: list[Item], key: str = "") -> list[Item]:
         """`apply` in a savepoint; if it fails for an event's sake, each event alone, setting aside those that fail

@@ -75,6 +75,6 @@ class EventWithheld(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="
     position: int                   # the row's log position
     size_bytes: int                 # the message the row would have made: its payload and headers, or its page
     max_payload: int                # the server's limit it exceeded
-    outbox: str                     # who withheld it: `registry.outbox`, `quota.outbox`, the LOG feed `log.feed`,
-                                    # a replay page `metering.replay.v1`
+    withheld_by: str                # `registry.outbox`, `quota.outbox`, the LOG feed `log.feed`, or a replay page
+                                    # `metering.replay.v1`
     tenant: str | None = None       # the row's `tenant` column, where the withholder reads it (the feed, replay pages)

@@ -171,7 +171,7 @@ class LogFeed:
         """The marker that goes out in place of a lone row whose message would be `size` bytes, over the limit."""
         event_id = UUID(await eventlog.event_id_at(conn, message.first))
         return EventWithheld(event_id=event_id, event_type=message.kind, position=message.first, size_bytes=size,
-                             max_payload=self.nc.max_payload, outbox=self.name, tenant=message.tenant)
+                             max_payload=self.nc.max_payload, withheld_by=self.name, tenant=message.tenant)
 
     async def _where(self, js: object, checkpoint: int) -> tuple[int, int]:
         """The stream's last sequence, and the last log position it holds (the checkpoint if it holds none)."""

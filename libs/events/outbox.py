@@ -172,7 +172,7 @@ class Outbox:
         size, limit = natsio.message_size(body, headers), self.nc.max_payload
         if size > limit:
             marker = EventWithheld(event_id=UUID(msg_id), event_type=kind, position=position, size_bytes=size,
-                                   max_payload=limit, outbox=self.name)
+                                   max_payload=limit, withheld_by=self.name)
             subject = undecoded_subject(kind)
             ack = await js.publish(subject, encode(marker), headers=headers)
             OVERSIZED.labels(self.name).inc()

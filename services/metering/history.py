@@ -185,7 +185,7 @@ async def _withheld(conn: asyncpg.Connection, row: asyncpg.Record, size: int, li
     """The marker a page carries in place of a row whose page alone would be `size` bytes, over `limit`."""
     event_id = UUID(await eventlog.event_id_at(conn, row["position"]))
     return EventWithheld(event_id=event_id, event_type=row["type"], position=row["position"], size_bytes=size,
-                         max_payload=limit, outbox=subjects.METERING_REPLAY, tenant=row["tenant"])
+                         max_payload=limit, withheld_by=subjects.METERING_REPLAY, tenant=row["tenant"])
 
 
 async def _start_of(conn: asyncpg.Connection, since: datetime, head: int) -> int:

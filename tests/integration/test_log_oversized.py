@@ -76,7 +76,7 @@ async def test_the_feed_publishes_a_marker_in_place_of_a_row_too_large_and_goes_
     assert [decode_event(e).request_id for e in first_two] == ["r1", "r2"]
     [raw] = msgspec.json.decode(held[1].data, type=list[msgspec.Raw])
     marker = marker_of(raw)
-    assert (marker.event_id, marker.event_type, marker.position, marker.max_payload, marker.outbox, marker.tenant) == (
+    assert (marker.event_id, marker.event_type, marker.position, marker.max_payload, marker.withheld_by, marker.tenant) == (
         too_large.event_id, subjects.USAGE_RECORDED, 3, MAX_PAYLOAD, FEED, "acme")
     assert marker.size_bytes > MAX_PAYLOAD
     assert WITHHELD.labels("feed")._value.get() == counted + 1
@@ -102,7 +102,7 @@ async def test_a_replay_page_carries_a_marker_in_place_of_a_row_too_large(meteri
         first, withheld, third = page.events
         assert decode_event(first).request_id == "r1" and decode_event(third).request_id == "r3"
         marker = marker_of(withheld)
-        assert (marker.event_id, marker.event_type, marker.position, marker.max_payload, marker.outbox,
+        assert (marker.event_id, marker.event_type, marker.position, marker.max_payload, marker.withheld_by,
                 marker.tenant) == (too_large.event_id, subjects.USAGE_RECORDED, 2, MAX_PAYLOAD,
                                    subjects.METERING_REPLAY, "acme")
         assert marker.size_bytes > MAX_PAYLOAD
@@ -152,7 +152,7 @@ async def test_a_subscriber_is_handed_the_marker_at_the_rows_position_and_can_fe
         assert subscriber.switches == 1                  # positions 1-3 came by replay, 4-6 by LOG
         assert [p for p, _ in got] == [1, 2, 3, 4, 5, 6]
         assert [e.request_id for p, e in got if p not in (2, 5)] == ["r1", "r3", "r4", "r6"]
-        assert [(e.position, e.event_id, e.event_type, e.tenant, e.outbox) for p, e in got if p in (2, 5)] == [
+        assert [(e.position, e.event_id, e.event_type, e.tenant, e.withheld_by) for p, e in got if p in (2, 5)] == [
             (2, caught_up.event_id, subjects.USAGE_RECORDED, "acme", subjects.METERING_REPLAY),
             (5, live.event_id, subjects.USAGE_RECORDED, "acme", FEED)]
 

@@ -91,7 +91,7 @@ async def test_a_row_too_large_for_one_message_is_withheld_in_its_place_and_the_
     position = head + 3
     assert msgspec.json.decode(held[2][1], type=EventWithheld) == EventWithheld(
         event_id=too_large.event_id, event_type=subjects.TENANT_CREATED, position=position,
-        size_bytes=MAX_PAYLOAD + 1, max_payload=MAX_PAYLOAD, outbox=OUTBOX)
+        size_bytes=MAX_PAYLOAD + 1, max_payload=MAX_PAYLOAD, withheld_by=OUTBOX)
     assert await checkpoint(pool) == position + 1
 
     [warned] = [x for x in logs if x["event"] == "outbox.withheld_oversized"]
