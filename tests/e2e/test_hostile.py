@@ -471,15 +471,7 @@ async def test_an_endpoint_whose_calls_hung_gets_traffic_within_5_s_of_answering
             assert reply.status_code == 200, reply.text
             await asyncio.sleep(0.1)
         assert await lab.circuit("a") in ("open", "half_open")
-        served_before = lab.a.stats.requests.get("/v1/chat/completions", 0)
-        lab.a.configure(failure_rate=0.0)
-        back = time.monotonic()
-        while lab.a.stats.requests.get("/v1/chat/completions", 0) == served_before:
-            assert time.monotonic() - back < 5.0, "no traffic reached the recovered endpoint within 5 s"
-            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
-                                      json=lab.body(max_tokens=2))
-            assert reply.status_code == 200
-            await asyncio.sleep(0.1)
+        await recovered_within_5_s(lab, client)
 
 
 async def test_an_endpoint_that_answers_again_gets_traffic_within_5_s(lab: Lab) -> None:
@@ -491,15 +483,20 @@ async def test_an_endpoint_that_answers_again_gets_traffic_within_5_s(lab: Lab) 
             if await lab.circuit("a") == "open":
                 break
         await wait_for(lambda: _state_is(lab, "a", "open"), 10, what="breaker open")
-        served_before = lab.a.stats.requests.get("/v1/chat/completions", 0)
-        lab.a.configure(failure_rate=0.0)
-        back = time.monotonic()
-        while lab.a.stats.requests.get("/v1/chat/completions", 0) == served_before:
-            assert time.monotonic() - back < 5.0, "no traffic reached the recovered endpoint within 5 s"
-            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
-                                      json=lab.body(max_tokens=2))
-            assert reply.status_code == 200
-            await asyncio.sleep(0.1)        # one call every 100 ms, as steady traffic would
+        await recovered_within_5_s(lab, client)
+
+
+async def recovered_within_5_s(lab: Lab, client: httpx.AsyncClient) -> None:
+    """Endpoint `a` answers again from now: calls at a steady pace must reach it within 5 s, each served."""
+    served_before = lab.a.stats.requests.get("/v1/chat/completions", 0)
+    lab.a.configure(failure_rate=0.0)
+    back = time.monotonic()
+    while lab.a.stats.requests.get("/v1/chat/completions", 0) == served_before:
+        assert time.monotonic() - back < 5.0, "no traffic reached the recovered endpoint within 5 s"
+        reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(),
+                                  json=lab.body(max_tokens=2))
+        assert reply.status_code == 200
+        await asyncio.sleep(0.1)        # one call every 100 ms, as steady traffic would
 
 
 # --- 5, 6: clients that leave ---------------------------------------------------------------------------
