@@ -182,13 +182,20 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
     return service
 
 
+def field_path(message: str) -> str | None:
+    """The whole path of the body field a msgspec error is about: `messages[0].content` from '... - at
+    `$.messages[0].content`', and for an object missing a field, that field under it (`messages[0].role` from
+    'Object missing required field `role` - at `$.messages[0]`'); None when it names none."""
+    _, at, path = message.rpartition(" - at `$")
+    path = path.rstrip("`").lstrip(".") if at else ""
+    missing = message.partition("missing required field `")[2].partition("`")[0]
+    if missing:
+        return f"{path}.{missing}" if path else missing
+    return path or None
+
+
 def field_of(message: str) -> str | None:
-    """The body field a msgspec error is about: `field` from '... - at `$.field`', and for an object missing one,
-    the field it names ('Object missing required field `field`'); None when it names none."""
-    marker = "at `$."
-    if marker in message:
-        return message.split(marker, 1)[1].rstrip("`").split("[", 1)[0]
-    missing = "missing required field `"
-    if missing in message:
-        return message.split(missing, 1)[1].split("`", 1)[0]
-    return None
+    """The top-level body field a msgspec error is about (`messages` for `messages[0].role`); None when it names
+    none."""
+    path = field_path(message)
+    return path.split("[", 1)[0] if path is not None else None

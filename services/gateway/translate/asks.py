@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from switchyard_gateway.kit.natsio import field_path
 from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
@@ -328,18 +329,8 @@ def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:
     if not isinstance(exc, msgspec.ValidationError):
         return BadRequest(f"Malformed JSON in request body: {text}", code="invalid_json")
     param = field_path(text)
-    missing = text.partition("missing required field `")[2].partition("`")[0]
-    if missing:                                         # the field itself is named, not the object lacking it
-        param = f"{param}.{missing}" if param else missing
+    if "missing required field" in text:                # the field itself is named, not the object lacking it
         return BadRequest(f"Missing required field '{param}'", param=param, code="missing_field")
     if param is None:
         return BadRequest(f"Invalid request: {text}")
     return BadRequest(f"Invalid '{param}': {text.rpartition(' - at `$')[0]}", param=param, code="invalid_value")
-
-
-def field_path(message: str) -> str | None:
-    """`messages[0].content` from msgspec's "... - at `$.messages[0].content`"; None when it names none."""
-    _, at, path = message.rpartition(" - at `$")
-    if not at:
-        return None
-    return path.rstrip("`").lstrip(".") or None
