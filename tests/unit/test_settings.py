@@ -114,6 +114,11 @@ def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
     ("gateway", "SWITCHYARD_HTTP_KEEP_ALIVE_S", "soon", "SWITCHYARD_HTTP_KEEP_ALIVE_S must be a number, not 'soon'"),
     ("metering", "SWITCHYARD_INGEST_BATCH", "lots", "SWITCHYARD_INGEST_BATCH must be a whole number, not 'lots'"),
     ("metering", "SWITCHYARD_LOG_FEED", "ture", "SWITCHYARD_LOG_FEED must be one of true, 1, yes, on, false, 0, no, off"),
+    ("router", "SWITCHYARD_BREAKER_PROBE_COOL_DOWN_S", "nan",
+     "SWITCHYARD_BREAKER_PROBE_COOL_DOWN_S must be a number of seconds above 0"),
+    ("router", "SWITCHYARD_PROBE_INTERVAL_S", "0", "SWITCHYARD_PROBE_INTERVAL_S must be a number of seconds above 0"),
+    ("router", "SWITCHYARD_BREAKER_ERROR_RATIO", "1.5", "SWITCHYARD_BREAKER_ERROR_RATIO must be above 0 and at most 1"),
+    ("router", "SWITCHYARD_BREAKER_FAILURES", "0", "SWITCHYARD_BREAKER_FAILURES must be at least 1"),
 ])
 def test_a_service_refuses_a_bad_setting_in_one_line_before_it_listens(service: str, variable: str, value: str,
                                                                        says: str) -> None:
