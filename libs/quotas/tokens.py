@@ -28,6 +28,8 @@ COUNT_LIMIT = 64 * 1024          # characters of one text counted exactly; the r
 CALL_LIMIT = 256 * 1024          # characters of one call counted exactly; later texts are scaled
 MIN_RATIO = 0.25                 # tokens per character assumed beyond the limits, at least
 PER_MESSAGE = 3                  # chat formatting tokens per message, and per reply priming
+IMAGE_TOKENS = 1_600             # an image, unless configured: above OpenAI's largest (1,445 at high detail) and
+                                 # Anthropic's (about 1,600 for 1.15 megapixels)
 
 
 def load_encoding() -> Any | None:
@@ -62,10 +64,12 @@ def _trim() -> None:
 
 
 class TokenEstimator:
-    """Token counts of prompt texts, with the same tokenizer for reservations and for estimates."""
+    """Token counts of prompt texts, with the same tokenizer for reservations and for estimates, and the
+    tokens one image is held as (`image_tokens`: a call's images are not decoded, each counts the same)."""
 
-    def __init__(self, encoding: Any | None = None, *, load: bool = True) -> None:
+    def __init__(self, encoding: Any | None = None, *, load: bool = True, image_tokens: int = IMAGE_TOKENS) -> None:
         self.encoding = encoding if encoding is not None or not load else load_encoding()
+        self.image_tokens = image_tokens
 
     @property
     def exact(self) -> bool:

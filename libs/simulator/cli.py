@@ -43,6 +43,8 @@ KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--failure-paths": (_names, "only these routes fail, comma-separated (default: every route)"),
     "--cached-tokens": (int, "prompt tokens reported as read from a prompt cache (OpenAI prompt_tokens_details, "
                                "Ollama prompt_eval_cached_count)"),
+    "--image-tokens": (int, "prompt tokens billed for each image a call sends (OpenAI image_url parts, Ollama "
+                            "images), as a vision model would"),
     "--api-key": (str, "the bearer key every call must carry (401 without it; default: none needed)"),
     "--call-tools": (_switch, "answer a chat that offers tools with a call to one (the one tool_choice names, "
                               "else the first), in text again after a tool result: true or false"),

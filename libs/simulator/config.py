@@ -42,6 +42,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     cached_tokens: int = 0  # prompt tokens reported as read from a prompt cache (at most the prompt's); 0 = none
     api_key: str | None = None  # when set, every call but /_sim/ needs `Authorization: Bearer <api_key>` (else 401)
     call_tools: bool = False  # a chat offering tools is answered with a call to one (simulator/tools.py)
+    image_tokens: int = 0  # prompt tokens billed for each image a call sends (a vision model's); 0 = none
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +101,8 @@ def _problems(cfg: SimConfig) -> list[str]:
         problems.append(f"tokens must be in 0..{MAX_TOKENS}")
     if not 0 <= cfg.cached_tokens <= MAX_TOKENS:
         problems.append(f"cached_tokens must be in 0..{MAX_TOKENS}")
+    if not 0 <= cfg.image_tokens <= MAX_TOKENS:
+        problems.append(f"image_tokens must be in 0..{MAX_TOKENS}")
     if not 1 <= cfg.embedding_dims <= MAX_EMBEDDING_DIMS:
         problems.append(f"embedding_dims must be in 1..{MAX_EMBEDDING_DIMS}")
     if not 0.0 <= cfg.failure_rate <= 1.0:

@@ -38,6 +38,7 @@ class Options(msgspec.Struct):
 class Message(msgspec.Struct):
     role: str = "user"
     content: str = ""
+    images: list[str] | None = None
 
 
 class ChatRequest(msgspec.Struct):
@@ -54,6 +55,7 @@ class GenerateRequest(msgspec.Struct):
     system: str = ""
     stream: bool | None = None
     options: Options | None = None
+    images: list[str] | None = None
 
 
 class EmbedRequest(msgspec.Struct):
@@ -123,12 +125,13 @@ def chat(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
     req = decode_request("/api/chat", body, _chat)
     _known(cfg, req.model)
     prompt = "\n".join(m.content for m in req.messages if m.content)
+    offered = offered_tokens(req.tools) + sum(len(m.images or ()) for m in req.messages) * cfg.image_tokens
     head = {"model": req.model, "created_at": _now()}
     tool = chosen_tool(req.tools, None, req.messages[-1].role if req.messages else None) if cfg.call_tools else None
     if tool is not None:
         args = arguments(req.model, tool)
         done = {"done": True, "done_reason": "stop",
-                **_timings(cfg, synth.count_tokens(prompt) + offered_tokens(req.tools),
+                **_timings(cfg, synth.count_tokens(prompt) + offered,
                            synth.count_tokens(msgspec.json.encode(args).decode()))}
         message = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": tool.name,
                                                                                      "arguments": args}}]}
@@ -136,7 +139,7 @@ def chat(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
             return json_reply({**head, "message": message, **done})
         return StreamReply(NDJSON, [ndjson_line({**head, "message": message, "done": False}),
                                     ndjson_line({**head, "message": {"role": "assistant", "content": ""}, **done})])
-    tokens, done = _generation(cfg, req.model, prompt, req.options, offered_tokens(req.tools))
+    tokens, done = _generation(cfg, req.model, prompt, req.options, offered)
     if req.stream is False:
         message = {"role": "assistant", "content": "".join(tokens)}
         return json_reply({**head, "message": message, **done})
@@ -153,7 +156,7 @@ def generate(body: bytes, cfg: SimConfig, serial: int) -> Reply | StreamReply:
     req = decode_request("/api/generate", body, _generate)
     _known(cfg, req.model)
     prompt = f"{req.system}\n{req.prompt}" if req.system else req.prompt
-    tokens, done = _generation(cfg, req.model, prompt, req.options)
+    tokens, done = _generation(cfg, req.model, prompt, req.options, len(req.images or ()) * cfg.image_tokens)
     head = {"model": req.model, "created_at": _now()}
     done["context"] = list(range(1, done["prompt_eval_count"] + done["eval_count"] + 1))
     if req.stream is False:

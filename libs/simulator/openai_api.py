@@ -80,6 +80,12 @@ def _known(cfg: SimConfig, model: str) -> None:
         raise Rejected(openai_error(404, message, "invalid_request_error", "model_not_found"))
 
 
+def _prompt_tokens(req: ChatRequest, prompt: str, cfg: SimConfig) -> int:
+    """What a chat's prompt is billed: its text, the tools offered and each `image_url` part's `image_tokens`."""
+    images = sum(1 for m in req.messages if isinstance(m.content, list) for p in m.content if p.type == "image_url")
+    return synth.count_tokens(prompt) + offered_tokens(req.tools) + images * cfg.image_tokens
+
+
 def message_text(messages: list[ChatMessage]) -> str:
     """Every message's text, one per line; the prompt a reply is derived from."""
     parts = []
@@ -131,7 +137,7 @@ def chat_completions(body: bytes, cfg: SimConfig, serial: int) -> Reply | Stream
     tokens, stopped_by = cut_at_stop(synth.reply_tokens(req.model, prompt, n), req.stop)
     finish, stop_reason = ("stop", stopped_by) if stopped_by else (_finish(n, cfg), None)
     n = len(tokens)
-    usage = _usage(synth.count_tokens(prompt) + offered_tokens(req.tools), n, cfg)
+    usage = _usage(_prompt_tokens(req, prompt, cfg), n, cfg)
     if not req.stream:
         choice = {
             "index": 0,
@@ -169,7 +175,7 @@ def _tool_call(req: ChatRequest, cfg: SimConfig, head: dict[str, object], prompt
     """A reply that calls `tool`: whole, or streamed as the id and name first, then the arguments in pieces."""
     text = msgspec.json.encode(arguments(req.model, tool)).decode()
     call_id = f"call_{serial:024x}"
-    usage = _usage(synth.count_tokens(prompt) + offered_tokens(req.tools), synth.count_tokens(text), cfg)
+    usage = _usage(_prompt_tokens(req, prompt, cfg), synth.count_tokens(text), cfg)
     if not req.stream:
         call = {"id": call_id, "type": "function", "function": {"name": tool.name, "arguments": text}}
         message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}

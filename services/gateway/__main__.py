@@ -13,6 +13,9 @@ for _name in ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s")
     if not getattr(settings, _name) > 0:
         raise SystemExit(f"switchyard: SWITCHYARD_{_name.upper()} must be a number of seconds above 0, "
                          f"not {getattr(settings, _name)}")
+if settings.image_tokens < 0:
+    raise SystemExit(f"switchyard: SWITCHYARD_IMAGE_TOKENS must be a whole number of tokens, 0 or more, "
+                     f"not {settings.image_tokens}")
 # RSGI, served by our own server by default: both measured fastest for the hot path (docs/performance.md)
 run("switchyard_gateway.services.gateway.app:create_app", settings, interface="rsgi", websockets=True,
     workers=worker_count(settings.workers), name="gateway", slots_dir=Path(settings.spool_dir) / ".workers",

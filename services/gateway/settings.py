@@ -23,6 +23,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     http_keep_alive_s: float = 75.0      # ... a connection idle this long between requests is closed
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 262_144      # bound on asked output tokens and context sizes when a model has none
+    image_tokens: int = 1_600             # prompt tokens a reservation holds for each image a call sends (servers
+                                          # bill images as prompt; 1,600 covers OpenAI's and Anthropic's largest)
     upstream_connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 60.0    # an endpoint's answer must start by then (endpoints may set their own)
     upstream_pool_size: int = 512         # keep-alive connections per upstream host

@@ -8,6 +8,7 @@ timeout of 1 s. A second gateway process runs beside the demo's on the same NATS
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import urllib.error
 import urllib.request
@@ -348,6 +349,46 @@ async def test_tools_offered_are_held_as_prompt_so_they_cannot_carry_a_caller_pa
     log_tokens, counter = await settled(lab.demo, urls, tenant, statuses.count(200))
     assert log_tokens <= limit, f"settled {log_tokens} tokens of a {limit} limit ({statuses})"
     assert counter["tok"] == log_tokens and statuses[-1] == 402
+
+
+PIXEL = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000105fe02fea70000000049454e44ae426082")).decode()
+
+
+def _with_images(lab: Lab, path: str, images: int) -> dict[str, Any]:
+    """A short question about `images` images, in the door's way of sending them, asking 5 tokens back."""
+    question = "which yard is this"
+    if path == "/v1/chat/completions":
+        parts = [{"type": "text", "text": question}] + [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}] * images
+        return lab.body(path, messages=[{"role": "user", "content": parts}], max_tokens=5)
+    if path == "/api/chat":
+        return lab.body(path, messages=[{"role": "user", "content": question, "images": [PIXEL] * images}],
+                        options={"num_predict": 5})
+    return lab.body(path, prompt=question, images=[PIXEL] * images, options={"num_predict": 5})
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat", "/api/generate"])
+async def test_images_are_held_as_prompt_so_they_cannot_carry_a_caller_past_the_limit(
+        lab: Lab, urls, path: str) -> None:
+    """A vision model bills each image as prompt tokens (hundreds to thousands): a caller sending images with
+    a short text must reserve them, or each call settles far more than it held (here each call settles about
+    4,500 tokens; held as text alone it would hold about 20 and a second call would go through)."""
+    limit = 5000
+    for sim in (lab.a, lab.b):
+        sim.configure(image_tokens=1500)
+    tenant, key = await lab.tenant_with(daily_tokens=limit)
+    statuses = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for _ in range(3):
+            reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(key),
+                                      json=_with_images(lab, path, 3))
+            statuses.append(reply.status_code)
+    log_tokens, counter = await settled(lab.demo, urls, tenant, statuses.count(200))
+    assert statuses[0] == 200 and log_tokens >= 3 * 1500, (statuses, log_tokens)     # the images were billed
+    assert log_tokens <= limit, f"settled {log_tokens} tokens of a {limit} limit ({statuses})"
+    assert counter["tok"] == log_tokens and statuses[1:] == [402, 402]
 
 
 async def test_embeddings_hold_exactly_their_counted_input(lab: Lab, urls) -> None:

@@ -216,3 +216,24 @@ def test_text_the_model_reads_beside_the_messages_counts_toward_the_prompt(api: 
     """Tool definitions, tool calls and answer schemas are rendered into the model's prompt and billed as prompt
     tokens by every real server: left out of the reservation, they would let a caller's usage pass its limit."""
     assert _prompt(api, **fields) - _prompt(api) >= ESTIMATOR.count(text) * 0.9
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.org/yard.png", "detail": "high"}}
+
+
+@pytest.mark.parametrize(("api", "fields", "images"), [
+    ("openai.chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}, IMAGE]}]}, 1),
+    ("openai.chat", {"messages": [{"role": "user", "content": [IMAGE, IMAGE]},
+                                 {"role": "user", "content": [{"type": "text", "text": "hello there"}, IMAGE]}]}, 3),
+    ("ollama.chat", {"messages": [{"role": "user", "content": "hello there", "images": ["aGk=", "aGk="]}]}, 2),
+    ("ollama.generate", {"images": ["aGk="]}, 1),
+])
+@pytest.mark.parametrize("per_image", [1_600, 85, 0])
+def test_each_image_is_held_as_the_configured_tokens(api: str, fields: dict, images: int, per_image: int) -> None:
+    """Servers bill an image as prompt tokens; the gateway does not decode it and holds each as `image_tokens`
+    (SWITCHYARD_IMAGE_TOKENS), whichever way the door sends it."""
+    tokenizer = TokenEstimator(ESTIMATOR.encoding, image_tokens=per_image)
+    with_images = read_request(api, msgspec.json.encode({**BASE[api], **fields})).ask(LIMIT, tokenizer)
+    text_alone = read_request(api, msgspec.json.encode(BASE[api])).ask(LIMIT, tokenizer)
+    assert with_images.prompt_tokens() - text_alone.prompt_tokens() == images * per_image + (
+        3 * (len(fields["messages"]) - 1) if api == "openai.chat" else 0)

@@ -146,7 +146,8 @@ class Proxy:
             key, _, request, door = await self._read(scope, proto)
             self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
             assert door.anthropic is not None
-            answer = door.anthropic.count_tokens(self.quota.estimator.count)
+            estimator = self.quota.estimator
+            answer = door.anthropic.count_tokens(estimator.count, estimator.image_tokens)
         except GatewayError as exc:
             metrics.count_request(COUNT_TOKENS, exc.status)
             await refuse(proto, scope.path, exc, request_id)

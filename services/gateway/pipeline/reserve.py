@@ -19,6 +19,7 @@ and still held to the output it asked for) or refused with `closed`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -113,7 +114,8 @@ class QuotaClient:
         """Follow the LIMITS stream and open the Valkey connection (lazily, on the first reservation)."""
         feed = LimitsFeed()
         await feed.start(nc, settings.connect_timeout_s)
-        estimator = await asyncio.get_running_loop().run_in_executor(None, TokenEstimator)
+        estimator = await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(TokenEstimator, image_tokens=settings.image_tokens))
         keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
         return cls(catalog, fallbacks, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
                    settings.quota_timeout_s, settings.quota_on_error)

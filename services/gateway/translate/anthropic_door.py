@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
+from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.anthropic_requests import (
@@ -41,7 +41,6 @@ MESSAGES = "anthropic.messages"
 COUNT_TOKENS = "anthropic.count_tokens"
 ANTHROPIC_APIS = {"/v1/messages": MESSAGES, "/v1/messages/count_tokens": COUNT_TOKENS}
 OUTPUT_LIMIT_FIELD = "max_tokens"      # the request field that bounds the answer (required by the API)
-IMAGE_TOKENS = 1_600                    # an image counts as Anthropic's largest (about 1.15 megapixels)
 
 
 def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
@@ -91,7 +90,7 @@ class AnthropicCall:
         assert isinstance(request, MessagesRequest)
         check_tokens(request.max_tokens, OUTPUT_LIMIT_FIELD, limit, required=True)
         return Ask(request.max_tokens, 1, False, OUTPUT_LIMIT_FIELD,
-                   lambda count: count_input_tokens(request, count), tokenizer)
+                   lambda count, per_image: count_input_tokens(request, count, per_image), tokenizer)
 
     def plan(self, endpoint_kind: str) -> Plan:
         """`request(body, model, ceiling)` holds `max_tokens` to the reservation's ceiling when one is given."""
@@ -111,14 +110,14 @@ class AnthropicCall:
             answer=lambda data, model, _times: openai_to_message(data, model, stop), error=upstream_error,
             stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
 
-    def count_tokens(self, count: Callable[[str], int]) -> bytes:
-        """The `count_tokens` answer: `{"input_tokens": N}`."""
-        return encode(CountTokensResponse(count_input_tokens(self.request, count)))
+    def count_tokens(self, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> bytes:
+        """The `count_tokens` answer: `{"input_tokens": N}`, each image `per_image` tokens."""
+        return encode(CountTokensResponse(count_input_tokens(self.request, count, per_image)))
 
 
-def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int]) -> int:
+def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> int:
     """Prompt tokens as the gateway's tokenizer counts them (`count(text)`), with the chat framing the
-    reservation estimate adds (`PER_MESSAGE` per message and once for the reply); each image `IMAGE_TOKENS`,
+    reservation estimate adds (`PER_MESSAGE` per message and once for the reply); each image `per_image`,
     each tool its name, description and schema as JSON."""
     total = PER_MESSAGE
     system = system_text(request.system)
@@ -131,13 +130,13 @@ def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int])
             if isinstance(block, TextBlock):
                 total += count(block.text)
             elif isinstance(block, ImageBlock):
-                total += IMAGE_TOKENS
+                total += per_image
             elif isinstance(block, ToolUseBlock):
                 total += count(block.name) + count(encode(block.input).decode())
             elif isinstance(block, ToolResultBlock):
                 content = block.content
                 parts = [TextBlock(content)] if isinstance(content, str) else content or []
-                total += sum(count(p.text) if isinstance(p, TextBlock) else IMAGE_TOKENS for p in parts)
+                total += sum(count(p.text) if isinstance(p, TextBlock) else per_image for p in parts)
     for tool in request.tools or ():
         total += count(tool.name) + count(tool.description or "") + count(encode(tool.input_schema).decode())
     return total

@@ -6,9 +6,10 @@ value out of the API's range is refused while decoding, with the field's path as
 `request.ask(limit, tokenizer)` then checks the bounds that depend on the model (output
 tokens and context sizes at most its `context_length`, else the configured maximum)
 and returns the call's `Ask`: the output tokens asked per choice, how many choices,
-and its prompt, counted lazily with the reservation's tokenizer. The prompt is every text the
+and its prompt, counted lazily with the reservation's tokenizer. The prompt is everything the
 model reads, as servers bill it: the messages, and beside them the tools offered, the tool calls
-made and the schema an answer must follow (read as raw JSON, counted as written).
+made and the schema an answer must follow (read as raw JSON, counted as written), and each image
+as the tokenizer's `image_tokens` (images are not decoded: each counts the same).
 
 A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
 names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
@@ -23,7 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from switchyard_gateway.kit.natsio import field_path
-from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
+from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 
@@ -40,17 +41,27 @@ Prompt = str | Annotated[list[str | TokenId | list[TokenId]], msgspec.Meta(max_l
 
 
 Count = Callable[[str], int]                # tokens in one text
+PromptCounter = Callable[[Count, int], int]       # a call's prompt tokens, given `count` and the tokens of one image
+
+
+class _Image:
+    """What a prompt's texts yield for an image: counted as the tokenizer's `image_tokens`."""
+
+    __slots__ = ()
+
+
+IMAGE = _Image()
 
 
 class Ask:
     """What one call asks for: output tokens per choice (None: not given), choices, whether it is an
     embedding (no output), the field its client names the output limit by, and its prompt tokens
-    (`prompt(count)` counts them with the `count` it is given)."""
+    (`prompt(count, per_image)` counts them with the `count` and the tokens per image it is given)."""
 
     __slots__ = ("output", "choices", "embedding", "field", "largest", "_counted", "_tokenizer", "_prompt")
 
     def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
-                 prompt: Callable[[Count], int], tokenizer: TokenEstimator | None, largest: int | None = None) -> None:
+                 prompt: PromptCounter, tokenizer: TokenEstimator | None, largest: int | None = None) -> None:
         self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
         self.largest = largest if largest is not None else output    # the largest output limit the body names
         self._counted, self._tokenizer = prompt, tokenizer
@@ -59,14 +70,20 @@ class Ask:
     def prompt_tokens(self) -> int:
         """The prompt's tokens (at least 1), counted once with the reservation's tokenizer."""
         if self._prompt is None:
-            count = self._tokenizer.counter() if self._tokenizer is not None else _rough
-            self._prompt = max(1, self._counted(count))
+            tokenizer = self._tokenizer
+            if tokenizer is None:
+                self._prompt = max(1, self._counted(_rough, IMAGE_TOKENS))
+            else:
+                self._prompt = max(1, self._counted(tokenizer.counter(), tokenizer.image_tokens))
         return self._prompt
 
 
-def summed(texts: Callable[[], Iterable[str | int]]) -> Callable[[Count], int]:
-    """A prompt counter for texts and token counts: texts counted, numbers (token ids, formatting) as they are."""
-    return lambda count: sum(count(item) if isinstance(item, str) else item for item in texts())
+def summed(texts: Callable[[], Iterable[str | int | _Image]]) -> PromptCounter:
+    """A prompt counter for texts, token counts and images: texts counted, numbers (token ids, formatting) as
+    they are, each `IMAGE` as the tokens per image."""
+    return lambda count, per_image: sum(
+        count(item) if isinstance(item, str) else per_image if item is IMAGE else item  # type: ignore[misc]
+        for item in texts())
 
 
 def raw_text(raw: msgspec.Raw) -> str:
@@ -97,6 +114,7 @@ def check_tokens(value: int | None, param: str, limit: int, *, minimum: int = 1,
 
 
 class ContentPart(msgspec.Struct):
+    type: str = "text"
     text: str | None = None
 
 
@@ -136,7 +154,7 @@ class OpenAIChat(Sampling):
         return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
                    max(asked) if asked else None)
 
-    def _texts(self) -> Iterable[str | int]:
+    def _texts(self) -> Iterable[str | int | _Image]:
         yield PER_MESSAGE
         for message in self.messages or ():
             yield PER_MESSAGE
@@ -144,7 +162,11 @@ class OpenAIChat(Sampling):
             if isinstance(content, str):
                 yield content
             elif content:
-                yield from (part.text for part in content if part.text)
+                for part in content:
+                    if part.text:
+                        yield part.text
+                    elif part.type == "image_url":
+                        yield IMAGE
             yield raw_text(message.tool_calls)
         for raw in (self.tools, self.functions, self.response_format):
             yield raw_text(raw)
@@ -251,12 +273,14 @@ class OllamaChat(OllamaCall):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
-    def _texts(self) -> Iterable[str | int]:
+    def _texts(self) -> Iterable[str | int | _Image]:
         yield PER_MESSAGE
         for message in self.messages:
             yield PER_MESSAGE
             if message.content:
                 yield message.content
+            for _ in message.images or ():
+                yield IMAGE
             for call in message.tool_calls or ():
                 arguments = call.function.arguments if call.function is not None else None
                 if arguments is not None:
@@ -276,10 +300,12 @@ class OllamaGenerate(OllamaCall):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
-    def _texts(self) -> Iterable[str | int]:
+    def _texts(self) -> Iterable[str | int | _Image]:
         for text in (self.system, self.prompt, self.suffix):
             if text:
                 yield text
+        for _ in self.images or ():
+            yield IMAGE
         if self.context:
             yield len(self.context)
         yield raw_text(self.format)
