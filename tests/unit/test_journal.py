@@ -194,6 +194,46 @@ async def test_with_fsync_an_acceptance_is_written_at_once_and_syncs_while_the_c
     second.close()
 
 
+async def test_with_fsync_a_quiet_journal_syncs_in_the_loop_and_a_busy_or_slow_one_in_a_thread(
+        tmp_path: Path) -> None:
+    """One call in flight: nothing else needs the loop, and the sync runs there, after the loop turn's other
+    writes (the hand-off to a thread and back cost more than the sync). Two in flight: in a thread, so the loop
+    serves the other meanwhile. A disk whose recent syncs were slow is synced in a thread, quiet or not."""
+    journal = Journal(tmp_path, "gw", fsync=True)
+    await journal.open()
+    files = journal.files
+    first = a_call("alone")
+    syncing = journal.pending(journal.accepted(first, "m1"))
+    assert syncing is not None and not syncing.done()
+    await turn()                                    # the turn's writes first: it waits one more turn
+    await asyncio.wait_for(syncing, 5)
+    assert files.syncs == {"loop": 1, "thread": 0}
+    second = a_call("beside")
+    await asyncio.wait_for(journal.written(journal.accepted(second, "m1")), 5)
+    assert files.syncs == {"loop": 1, "thread": 1}, "two calls in flight: the other one needs the loop"
+    for call in (first, second):
+        journal.finished(finished(call))
+    await asyncio.wait_for(journal.written(files.appended), 5)
+
+    def slow_disk(fd: int) -> None:
+        time.sleep(0.01)
+        os.fdatasync(fd)
+
+    files.datasync = slow_disk
+    before = dict(files.syncs)
+    slow = a_call("slow")
+    await asyncio.wait_for(journal.written(journal.accepted(slow, "m1")), 5)
+    assert files.syncs == {**before, "loop": before["loop"] + 1}     # quiet, nothing slow seen yet: in the loop
+    journal.finished(finished(slow))
+    await asyncio.wait_for(journal.written(files.appended), 5)
+    files.datasync = os.fdatasync
+    before = dict(files.syncs)
+    assert len(journal.in_flight) == 0
+    await asyncio.wait_for(journal.written(journal.accepted(a_call("after"), "m1")), 5)
+    assert files.syncs == {**before, "thread": before["thread"] + 1}, "a sync of 10 ms was seen: not in the loop"
+    journal.close()
+
+
 async def test_without_fsync_an_acceptance_is_safe_at_once(tmp_path: Path) -> None:
     journal = Journal(tmp_path, "gw")
     await journal.open()

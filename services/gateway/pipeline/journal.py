@@ -81,7 +81,8 @@ class Journal:
         self.directory = root / directory_name(instance)
         self.fsync, self.lock_wait_s = fsync, lock_wait_s
         self.estimator = estimator                      # counts the prompt of a long call (quotas.tokens)
-        self.files = Segments(self.directory, fsync=fsync, segment_bytes=segment_bytes, carry=self._carry)
+        self.files = Segments(self.directory, fsync=fsync, segment_bytes=segment_bytes, carry=self._carry,
+                              quiet=lambda: len(self.in_flight) <= 1)
         self.in_flight: dict[uuid.UUID, _Open] = {}
         self.unacknowledged: dict[uuid.UUID, int] = {}  # event id -> segment holding its usage event
         self.parked: dict[int, set[uuid.UUID]] = {}     # segment -> events to read back and publish again

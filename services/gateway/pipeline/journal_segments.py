@@ -1,9 +1,13 @@
 """The journal's files: append-only segments under a locked directory, written in batches, deleted once unneeded.
 
 Records appended during one turn of the event loop go out in one write(2); `write_now` and
-`flush_now` write at once. With `fsync`, writes are followed by fdatasync in a thread (one at a
-time: what is written meanwhile shares the next), at once for an acceptance and within
-SYNC_LATER_S for the rest, and `written(n)` waits for it. Each record is counted against the
+`flush_now` write at once. With `fsync`, writes are followed by fdatasync (one at a time: what is
+written meanwhile shares the next), at once for an acceptance and within SYNC_LATER_S for the rest,
+and `written(n)` waits for it. The sync runs in a thread, so the loop serves other calls meanwhile;
+when the journal is quiet (`quiet()`: the call syncing is the only one in flight) and this disk's
+recent syncs were all quick, it runs in the loop instead, once the loop turn's other writes (the
+call's reservation) are out: nothing else waits for the loop then, and the hand-off to a thread
+and back cost more than the sync (docs/performance.md). Each record is counted against the
 segment it sits in (`hold`) until the journal no longer needs it (`release`); a segment rolls
 over at `segment_bytes` (the journal carries what it still needs into the new one) and is
 deleted, oldest first, once nothing in it is needed and what made that so is safe.
@@ -12,6 +16,7 @@ deleted, oldest first, once nothing in it is needed and what made that so is saf
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import os
 import time
@@ -27,6 +32,8 @@ log = structlog.get_logger()
 # fdatasync, or rides along with the next acceptance's: a call's acceptance never queues behind the previous
 # call's usage event.
 SYNC_LATER_S = 0.005
+INLINE_SYNC_MAX_S = 0.002       # a quiet journal syncs in the loop while its last RECENT_SYNCS syncs each took less
+RECENT_SYNCS = 64
 
 
 class JournalBusy(RuntimeError):
@@ -37,8 +44,12 @@ class Segments:
     """One journal directory's segment files; `carry` returns, at a roll-over, the records to write again."""
 
     def __init__(self, directory: Path, *, fsync: bool, segment_bytes: int,
-                 carry: Callable[[], list[bytes]]) -> None:
+                 carry: Callable[[], list[bytes]], quiet: Callable[[], bool] = lambda: False) -> None:
         self.directory, self.fsync, self.segment_bytes, self.carry = directory, fsync, segment_bytes, carry
+        self.quiet = quiet
+        self.datasync: Callable[[int], None] = os.fdatasync
+        self.recent_sync_s: collections.deque[float] = collections.deque(maxlen=RECENT_SYNCS)
+        self.syncs = {"loop": 0, "thread": 0}
         self.segment = 0
         self.live: dict[int, int] = {}                  # segment -> its records still needed
         self._emptied: dict[int, int] = {}              # segment -> the record after which nothing in it was needed
@@ -131,7 +142,7 @@ class Segments:
         self._advance(self._written)
 
     def write_now(self, urgent: bool = False) -> None:
-        """One write(2) for every record appended since the last, now; with fsync, then fdatasync in a thread
+        """One write(2) for every record appended since the last, now; with fsync, then fdatasync
         (`pending` tells when it is done): at once if `urgent`, else within SYNC_LATER_S."""
         if self._buffer and self._fd >= 0:
             self._write(b"".join(self._buffer))
@@ -181,14 +192,35 @@ class Segments:
             self._later.cancel()
             self._later = None
         self._syncing = True
-        upto = self._written
-        done = self._loop.run_in_executor(None, os.fdatasync, self._fd)
-        done.add_done_callback(lambda future: self._synced(upto, future))
+        upto, loop = self._written, self._loop
+        if self.quiet() and max(self.recent_sync_s, default=0.0) < INLINE_SYNC_MAX_S:
+            loop.call_soon(loop.call_soon, self._sync_in_loop, upto)     # after this turn's writes
+            return
+        self.syncs["thread"] += 1
+        done = loop.run_in_executor(None, self._datasync, self._fd)
+        done.add_done_callback(lambda future: self._synced(upto, future.exception()))
 
-    def _synced(self, upto: int, future: asyncio.Future[None]) -> None:
+    def _sync_in_loop(self, upto: int) -> None:
+        self.syncs["loop"] += 1
+        error = None
+        if self._fd >= 0:                      # closed meanwhile: `close` synced it
+            try:
+                self._datasync(self._fd)
+            except OSError as exc:
+                error = exc
+        self._synced(upto, error)
+
+    def _datasync(self, fd: int) -> None:
+        started = time.perf_counter()
+        try:
+            self.datasync(fd)
+        finally:
+            self.recent_sync_s.append(time.perf_counter() - started)
+
+    def _synced(self, upto: int, error: BaseException | None) -> None:
         self._syncing = False
-        if future.exception() is not None:
-            log.error("journal.sync_failed", error=str(future.exception()))
+        if error is not None:
+            log.error("journal.sync_failed", error=str(error))
         self._advance(upto)
         if self._rotate_pending:
             self._rotate()
