@@ -97,7 +97,7 @@ def table(results: dict) -> str:
     ]
     seq_noise = ", ".join(f"{k} {v['other_cores']}" for k, v in results["sequential"].items())
     for kind, label in (("chat", "chat total"), ("stream", "stream TTFB")):
-        seq = results["sequential"][kind]
+        seq = results["sequential"].get(kind, {})
         for row in ("direct", "gateway", "added", "portkey", "added_portkey"):
             if row not in seq:
                 continue

@@ -66,7 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="non-streamed chat calls per throughput run; streams run "
                         "a quarter of it, embeddings half (default: 20000, quick: 1000)")
     parser.add_argument("--seconds", type=float, help="run each throughput run for this long instead of a count")
-    parser.add_argument("--sequential", type=int, help="sequential calls per target (default: 2000, quick: 300)")
+    parser.add_argument("--sequential", type=int, help="sequential calls per target, 0 for none (default: 2000, quick: 300)")
     parser.add_argument("--warmup", type=int, help="sequential warm-up calls per target (default: 200, quick: 50)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections in the throughput runs (default: 32)")
     parser.add_argument("--load-procs", type=int, default=1, help="processes sharing the load (default: 1)")
@@ -94,7 +94,8 @@ async def bench(args: argparse.Namespace, stack: Stack, other: Portkey | None = 
     if other is not None:
         b.other, b.other_cpu = other.target(), other.cpu_s
     try:
-        sequential = {kind: await b.sequential(kind, args.sequential, args.warmup) for kind in ("chat", "stream")}
+        sequential = {kind: await b.sequential(kind, args.sequential, args.warmup) for kind in ("chat", "stream")} \
+            if args.sequential else {}
         counts = {"chat": args.requests, "stream": max(1, args.requests // 4), "embed": max(1, args.requests // 2)}
         for kind in [k for k in args.kinds.split(",") if k]:
             for target in (b.direct, b.gateway, *([b.other] if b.other is not None else [])):
