@@ -74,7 +74,9 @@ class Response:
         return data
 
     async def _wait(self) -> None:
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        conn = self._conn
+        loop = conn.loop if conn is not None else asyncio.get_running_loop()   # no lookup (a system call)
+        self._waiter = waiter = loop.create_future()
         try:
             await waiter
         except asyncio.CancelledError:

@@ -144,3 +144,25 @@ def test_event_ids_are_version_7_uuids_that_grow_with_time() -> None:
     assert all(first < other for other in later)                  # a later millisecond sorts after
     assert abs((first.int >> 80) - time.time() * 1000) < 5_000    # the first 48 bits are unix milliseconds
     assert len({*later, first}) == 1001
+
+
+def test_random_bytes_are_not_shared_with_a_forked_child() -> None:
+    """Ids take their random bits from a pool read 4 KiB at a time; a child forked with a pool half used must
+    not hand out the bytes its parent hands out next (two gateway workers forked from one main)."""
+    import os
+
+    ev.random_bytes(10)                                  # the pool is filled, and partly used
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:                                       # pragma: no cover — the child writes and leaves
+        os.write(write, ev.random_bytes(64) + ev.random_hex(16).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = b""
+    while chunk := os.read(read, 4096):
+        theirs += chunk
+    os.close(read)
+    ours = ev.random_bytes(64) + ev.random_hex(16).encode()
+    assert len(theirs) == len(ours) == 96 and theirs[:64] != ours[:64] and theirs[64:] != ours[64:]
+    assert len({ev.random_hex(16) for _ in range(10_000)}) == 10_000       # across refills too

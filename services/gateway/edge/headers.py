@@ -10,8 +10,9 @@ cookies, so credentials are never allowed.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
+
+from switchyard_gateway.contracts.events import random_hex
 
 REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128
@@ -29,7 +30,7 @@ def request_id_of(headers: Any) -> str:
     given = headers.get(REQUEST_ID)
     if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return random_hex(16)
 
 
 class Cors:

@@ -49,6 +49,7 @@ class Failover:
         self.cap_wait_s = settings.cap_wait_s
         self.debug = logging.getLogger().isEnabledFor(logging.DEBUG)    # the level is set once, at start
         self.first_byte_s = settings.first_byte_timeout_s
+        self.loop: asyncio.AbstractEventLoop | None = None      # the worker's, looked up once (not per attempt)
 
     async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
         """Serve the call along its plan; return the error to show if nothing could (the caller sends it)."""
@@ -122,7 +123,10 @@ class Failover:
             delay = None
             stalls.begun(eid, call)
             try:
-                await relay.attempt(self.pool, call, outcome, to, proto)
+                loop = self.loop
+                if loop is None:
+                    loop = self.loop = asyncio.get_running_loop()
+                await relay.attempt(self.pool, call, outcome, to, proto, loop)
                 return None
             except relay.Failed as failed:
                 last = failed.error

@@ -84,12 +84,12 @@ class Attempt:
         self.answered = answered              # told when the endpoint's answer starts (its head came)
 
 
-async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, proto: Any) -> None:
+async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, proto: Any,
+                  loop: asyncio.AbstractEventLoop) -> None:
     """Call the endpoint and relay its answer the way the door's plan says; raise Failed to let the caller
-    retry or fall back."""
+    retry or fall back. `loop` is the running one, handed down (looking it up costs a system call here)."""
     endpoint, report = to.endpoint, to.report
     started = time.perf_counter()
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)
     assert task is not None
     deadline = loop.time() + to.first_byte_s
