@@ -17,7 +17,7 @@ import collections
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ValkeyError(Exception):
@@ -166,18 +166,30 @@ def _expire(future: asyncio.Future[Any]) -> None:
 
 
 class Address:
-    """Where a `redis://[[user]:password@]host[:port][/db]` URL points, and how to log in."""
+    """Where a `redis://[[user]:password@]host[:port][/db]` URL points, or a `unix://[[user]:password@]/path[?db=N]`
+    URL (a Unix socket, as redis-py spells it), and how to log in."""
 
-    __slots__ = ("host", "port", "username", "password", "db")
+    __slots__ = ("host", "port", "path", "username", "password", "db")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "valkey"):
-            raise ValueError(f"not a redis:// URL: {parts.scheme}://...")
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
+        if parts.scheme not in ("redis", "valkey", "unix"):
+            raise ValueError(f"not a redis:// or unix:// URL: {parts.scheme}://...")
         self.password = unquote(parts.password) if parts.password else None
         self.username = unquote(parts.username) if parts.username else None
-        self.db = int(parts.path.strip("/") or 0)
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("a unix:// URL names the socket's path: unix:///path/to/valkey.sock")
+            self.host, self.port, self.path = "", 0, unquote(parts.path)
+            self.db = int(parse_qs(parts.query).get("db", ["0"])[0])
+        else:
+            self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 6379, None
+            self.db = int(parts.path.strip("/") or 0)
+
+    @property
+    def where(self) -> str:
+        """The server, as error messages name it."""
+        return self.path if self.path is not None else f"{self.host}:{self.port}"
 
     def hello(self) -> list[tuple[Any, ...]]:
         """The commands that open a session: AUTH if there is a password, SELECT if not database 0."""
@@ -198,7 +210,7 @@ class Valkey:
 
     def __init__(self, url: str, connect_timeout_s: float = 2.0, timeout_s: float | None = None) -> None:
         address = Address(url)
-        self.host, self.port = address.host, address.port
+        self.host, self.port, self.path, self.where = address.host, address.port, address.path, address.where
         self._hello = address.hello()
         self.connect_timeout_s, self.timeout_s = connect_timeout_s, timeout_s
         self._proto: _Protocol | None = None
@@ -215,10 +227,11 @@ class Valkey:
                 return self._proto
             loop = asyncio.get_running_loop()
             try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port), self.connect_timeout_s)
+                connecting = loop.create_unix_connection(_Protocol, self.path) if self.path is not None else \
+                    loop.create_connection(_Protocol, self.host, self.port)
+                _, proto = await asyncio.wait_for(connecting, self.connect_timeout_s)
             except (OSError, asyncio.TimeoutError) as exc:
-                raise ConnectionError(f"Valkey at {self.host}:{self.port} is unreachable: {exc}") from None
+                raise ConnectionError(f"Valkey at {self.where} is unreachable: {exc}") from None
             try:
                 for command in self._hello:
                     await self._send(proto, command)
@@ -298,7 +311,7 @@ def ping(url: str, timeout_s: float = 1.0) -> None:
     reply (`-LOADING` while it reads its append-only file)."""
     address = Address(url)
     try:
-        with socket.create_connection((address.host, address.port), timeout=timeout_s) as sock:
+        with _connect(address, timeout_s) as sock:
             commands = [*address.hello(), ("PING",)]
             sock.sendall(b"".join(encode_command(command) for command in commands))
             buffer, pos, replies = bytearray(), 0, []
@@ -307,7 +320,7 @@ def ping(url: str, timeout_s: float = 1.0) -> None:
                 if value is _INCOMPLETE:
                     data = sock.recv(4096)
                     if not data:
-                        raise ConnectionError(f"Valkey at {address.host}:{address.port} closed the connection")
+                        raise ConnectionError(f"Valkey at {address.where} closed the connection")
                     buffer += data
                     continue
                 replies.append(value)
@@ -315,7 +328,21 @@ def ping(url: str, timeout_s: float = 1.0) -> None:
     except OSError as exc:
         if isinstance(exc, ConnectionError):
             raise
-        raise ConnectionError(f"Valkey at {address.host}:{address.port} is unreachable: {exc}") from None
+        raise ConnectionError(f"Valkey at {address.where} is unreachable: {exc}") from None
     for reply in replies:
         if isinstance(reply, ValkeyError):
             raise reply
+
+
+def _connect(address: Address, timeout_s: float) -> socket.socket:
+    """A blocking socket to the server."""
+    if address.path is None:
+        return socket.create_connection((address.host, address.port), timeout=timeout_s)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(address.path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -19,6 +19,7 @@ from nats.errors import NoServersError
 from switchyard_gateway.kit.stack import EmbeddedStack, StackError
 from switchyard_gateway.kit.stack_nats import NatsServer
 from switchyard_gateway.kit.stack_proc import pick_free_port, pid_alive, wait_until
+from switchyard_gateway.resp import Valkey
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,14 @@ async def test_fresh_stack_answers_jetstream_postgres_and_valkey(stack: Embedded
 
     await valkey_set(urls.redis_url, "fresh", b"value")
     assert await valkey_get(urls.redis_url, "fresh") == b"value"
+    # the services are given its Unix socket (cheaper than loopback TCP); tools still find it on its port
+    assert urls.redis_url.startswith("unix:///") and urls.redis_url.endswith("/valkey/valkey.sock"), urls.redis_url
+    assert await valkey_get(f"redis://127.0.0.1:{stack.ports['valkey']}/0", "fresh") == b"value"
+    valkey = Valkey(urls.redis_url)
+    try:
+        assert await valkey.call("GET", "fresh") == b"value"
+    finally:
+        await valkey.close()
     for name in ("nats", "postgres", "valkey"):
         assert stack.log_path(name).stat().st_size > 0
 

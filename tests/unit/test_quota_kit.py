@@ -14,7 +14,7 @@ from switchyard_gateway.quotas.ledger import Ledger
 from switchyard_gateway.quotas.limits import InvalidLimits, LimitsBook, merge
 from switchyard_gateway.quotas.periods import Keys, period_bounds, usd_nanos, zone
 from switchyard_gateway.quotas.plan import Estimate, plan
-from switchyard_gateway.resp import ValkeyError, encode_command, parse
+from switchyard_gateway.resp import Address, ValkeyError, encode_command, parse
 from switchyard_gateway.quotas.tokens import CALL_LIMIT, TokenEstimator
 from switchyard_gateway.services.gateway.translate.asks import read_request
 
@@ -188,3 +188,30 @@ def test_ledger_counts_cached_tokens_and_prices_them_per_tenant() -> None:
     assert [s.nanos for s in settled] == [20_000 + 40_000 + 20_000, 20_000 + 0 + 20_000]
     assert totals[("p:c:acme:d:2025-01-15", "cin@/m/x.gguf")][0] == 160
     assert totals[("p:c:acme:d:2025-01-15", "cin")][0] == 160
+
+
+@pytest.mark.parametrize(("url", "where", "db", "password"), [
+    ("redis://127.0.0.1:6390/2", "127.0.0.1:6390", 2, None),
+    ("redis://:s%40cret@10.0.0.5", "10.0.0.5:6379", 0, "s@cret"),
+    ("unix:///var/run/valkey/valkey.sock", "/var/run/valkey/valkey.sock", 0, None),
+    ("unix://:pw@/tmp/a%20dir/v.sock?db=3", "/tmp/a dir/v.sock", 3, "pw"),
+])
+def test_valkey_urls_name_a_tcp_address_or_a_unix_socket(url: str, where: str, db: int, password: str | None) -> None:
+    address = Address(url)
+    assert (address.where, address.db, address.password) == (where, db, password)
+    assert (address.path is not None) == url.startswith("unix:")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "unix://", "unix://host-not-path"])
+def test_a_url_that_names_no_valkey_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="redis://|unix://"):
+        Address(url)
+
+
+def test_a_data_dir_too_long_for_a_socket_name_gives_valkey_by_tcp(tmp_path) -> None:
+    from switchyard_gateway.kit.stack_valkey import ValkeyServer
+
+    short = ValkeyServer(tmp_path / "d", tmp_path, {"valkey": 16379}, durable=False)
+    long = ValkeyServer(tmp_path / ("d" * 120), tmp_path, {"valkey": 16379}, durable=False)
+    assert short.url == f"unix://{tmp_path}/d/valkey/valkey.sock" and "--unixsocket" in short.command()
+    assert long.url == "redis://127.0.0.1:16379/0" and "--unixsocket" not in long.command()
