@@ -39,6 +39,8 @@ from switchyard_gateway.kit.natsio import ServiceError
 log = structlog.get_logger()
 
 MAX_EVENTS = 10_000
+MAX_TYPES = 64                    # type prefixes in one request (the log has about 50 types), each at most
+MAX_TYPE_CHARS = 64               # this long: a page's own fields stay a few KiB whatever is asked
 SCAN = 200_000               # positions one page looks through at most, so that a sparse filter still answers promptly
 SUBJECTS = (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.*")
 TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}$")
@@ -88,9 +90,12 @@ def _problem(ask: ReplayRequest) -> tuple[str, str] | None:
         return "max_events", f"max_events must be 1 to {MAX_EVENTS:,}"
     if ask.after < 0 or ask.max_bytes < 0:
         return "after", "after and max_bytes may not be negative"
-    bad = [t for t in ask.types if not TYPE_PREFIX.match(t)]
+    if len(ask.types) > MAX_TYPES:
+        return "types", f"at most {MAX_TYPES} type prefixes, not {len(ask.types):,}"
+    bad = [t for t in ask.types if len(t) > MAX_TYPE_CHARS or not TYPE_PREFIX.match(t)]
     if bad:
-        return "types", f"not a type prefix of whole tokens: {bad[0]!r} (usage, tenant.created, usage.recorded.v2)"
+        return "types", (f"not a type prefix of whole tokens, at most {MAX_TYPE_CHARS} characters: {bad[0][:80]!r} "
+                         "(usage, tenant.created, usage.recorded.v2)")
     if ask.deliver_to is not None and not DELIVER_TO.match(ask.deliver_to):
         return "deliver_to", "deliver_to must be a subject under _INBOX or replay., without wildcards"
     return None
