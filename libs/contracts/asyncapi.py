@@ -111,7 +111,7 @@ def _channels(channel: Channel) -> dict[str, Any]:
                    f"positions in one message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`). "
                    f"A row too large for one NATS message comes alone, as an `{EVENT_WITHHELD}` marker in its place "
                    "(its event id, type, position, tenant and size).")
-        messages = {kind: {"$ref": f"{MESSAGES}{kind}"} for kind in topology.logged_types()}
+        messages = {kind: {"$ref": f"{MESSAGES}{kind}"} for kind in [*topology.logged_types(), EVENT_WITHHELD]}
     else:
         summary = CONTRACTS[channel.contract].summary
         messages = {"event": {"$ref": f"{MESSAGES}{channel.contract}"}}
@@ -151,7 +151,7 @@ def _operations(channel: Channel) -> dict[str, Any]:
                     "description": use.how, "messages": request, "reply": reply, "tags": [{"name": use.party}],
                 }
         return found
-    names = topology.logged_types() if channel.contract == s.LOG_PREFIX else ["event"]
+    names = [*topology.logged_types(), EVENT_WITHHELD] if channel.contract == s.LOG_PREFIX else ["event"]
     messages = [{"$ref": f"#/channels/{channel.contract}/messages/{name}"} for name in names]
     for use, action in [*((u, "send") for u in channel.producers), *((u, "receive") for u in channel.consumers)]:
         found[_operation_id(use, action, channel.contract)] = {

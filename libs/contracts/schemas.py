@@ -2,8 +2,9 @@
 
 An event's name is its type string (`usage.recorded.v2`); a request/reply message is named by its subject
 and direction (`quota.query.v1.request`, `quota.query.v1.reply`); `service.error` is the body of every
-error reply. `CONTRACTS` is the registry a reader validates or decodes against: `Contract.types` are the
-msgspec types the services themselves decode with.
+error reply; `event.withheld.v1` is the marker sent in the place of a row too large for one NATS message.
+`CONTRACTS` is the registry a reader validates or decodes against: `Contract.types` are the msgspec types the
+services themselves decode with.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import msgspec
 from switchyard_gateway.contracts import codec, metering, quota, routing
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects as s
+from switchyard_gateway.contracts.deadletters import EVENT_WITHHELD, EventWithheld
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 ID_BASE = "urn:switchyard:contract:"
 
-Kind = Literal["event", "request", "reply", "error"]
+Kind = Literal["event", "request", "reply", "error", "marker"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ EXCHANGES: tuple[Exchange, ...] = (
 
 
 def _summary(cls: type) -> str:
-    return (cls.__doc__ or "").strip().split("\n\n", 1)[0].replace("\n", " ")
+    return " ".join((cls.__doc__ or "").strip().split("\n\n", 1)[0].split())
 
 
 def _contracts() -> dict[str, Contract]:
@@ -108,6 +110,7 @@ def _contracts() -> dict[str, Contract]:
         found.append(Contract(f"{x.subject}.request", "request", x.request, x.asks))
         found.append(Contract(f"{x.subject}.reply", "reply", x.reply, x.answers))
     found.append(ERROR)
+    found.append(Contract(EVENT_WITHHELD, "marker", (EventWithheld,), _summary(EventWithheld)))
     return {c.name: c for c in found}
 
 

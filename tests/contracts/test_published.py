@@ -44,7 +44,21 @@ def test_every_event_type_and_every_request_subject_has_a_contract() -> None:
     assert set(codec.EVENT_TYPES) <= names
     request_subjects = {v for k, v in vars(subjects).items() if re.fullmatch(r"(REGISTRY|ROUTER|METERING|QUOTA|GATEWAY)_[A-Z]+", k)}
     assert {f"{x}.request" for x in request_subjects} | {f"{x}.reply" for x in request_subjects} <= names
-    assert len(schemas.CONTRACTS) == len(codec.EVENT_TYPES) + 2 * len(request_subjects) + 1
+    assert len(schemas.CONTRACTS) == len(codec.EVENT_TYPES) + 2 * len(request_subjects) + 2   # the error, the marker
+
+
+def test_the_withheld_marker_has_a_schema_that_takes_what_is_sent_and_refuses_an_event() -> None:
+    """An outside subscriber meets `event.withheld.v1` in the place of a row too large for NATS: it validates
+    against its own schema, and an ordinary event does not pass for one."""
+    from switchyard_gateway.contracts.deadletters import EVENT_WITHHELD, EventWithheld
+
+    marker = EventWithheld(event_id=SAMPLES[0].event_id,
+                           event_type="usage.recorded.v2", position=41, size_bytes=2_000_000, max_payload=1_048_576,
+                           withheld_by="log.feed", tenant="acme")
+    validator(EVENT_WITHHELD).validate(msgspec.json.decode(msgspec.json.encode(marker)))
+    event = msgspec.json.decode(codec.encode(SAMPLES[0]))
+    assert not validator(EVENT_WITHHELD).is_valid(event)
+    assert schemas.CONTRACTS[EVENT_WITHHELD].kind == "marker"
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: codec.EVENT_TYPES and type(e).__struct_config__.tag)
