@@ -391,6 +391,24 @@ async def test_images_are_held_as_prompt_so_they_cannot_carry_a_caller_past_the_
     assert counter["tok"] == log_tokens and statuses[1:] == [402, 402]
 
 
+async def test_a_part_the_gateway_cannot_count_holds_the_whole_context(lab: Lab, urls) -> None:
+    """Audio or a file is billed as prompt the gateway cannot count: the call holds the model's whole context
+    (8,192 here), so a tenant with less left than that is refused before anything is sent, and one with more
+    is served; the same text without the part is served either way."""
+    audio = {"type": "input_audio", "input_audio": {"data": PIXEL, "format": "wav"}}
+    text = {"type": "text", "text": "what is announced on platform nine"}
+    _, small = await lab.tenant_with(daily_tokens=5000)
+    _, large = await lab.tenant_with(daily_tokens=20_000)
+    async with httpx.AsyncClient(timeout=15) as client:
+        async def status(key: str, parts: list[dict[str, Any]]) -> int:
+            body = lab.body(messages=[{"role": "user", "content": parts}], max_tokens=5)
+            return (await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key),
+                                      json=body)).status_code
+        assert await status(small, [text, audio]) == 402
+        assert await status(small, [text]) == 200
+        assert await status(large, [text, audio]) == 200
+
+
 async def test_embeddings_hold_exactly_their_counted_input(lab: Lab, urls) -> None:
     tenant, key = await lab.tenant_with(daily_tokens=10_000)
     lab.a.configure(latency_ms=1500)                   # long enough to read the hold while the call runs

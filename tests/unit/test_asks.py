@@ -237,3 +237,25 @@ def test_each_image_is_held_as_the_configured_tokens(api: str, fields: dict, ima
     text_alone = read_request(api, msgspec.json.encode(BASE[api])).ask(LIMIT, tokenizer)
     assert with_images.prompt_tokens() - text_alone.prompt_tokens() == images * per_image + (
         3 * (len(fields["messages"]) - 1) if api == "openai.chat" else 0)
+
+
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+FILE = {"type": "file", "file": {"filename": "timetable.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}
+
+
+@pytest.mark.parametrize("part", [AUDIO, FILE, {"type": "file", "text": "a few words", "file": {"file_id": "f"}},
+                                  {"type": "video_url", "video_url": {"url": "https://example.org/v.mp4"}}])
+def test_a_part_that_cannot_be_counted_holds_the_whole_context(part: dict) -> None:
+    """Audio and files are billed as prompt tokens the gateway cannot count without decoding them (a short PDF
+    can bill many pages): the call is held at the most any server could bill for its prompt, the model's
+    context, so no caller gets past a limit with one; a text beside the part does not lower it."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hello there"}, part]}]
+    assert ask("openai.chat", msgspec.json.encode({**BASE["openai.chat"], "messages": messages})).prompt_tokens() \
+        == LIMIT
+    assert _prompt("openai.chat") < 50                 # the same call without the part: its text alone
+
+
+def test_a_refusal_read_back_counts_as_prompt_text() -> None:
+    refusal = "I cannot route that train " * 40
+    messages = [*MESSAGES, {"role": "assistant", "content": [{"type": "refusal", "refusal": refusal}]}]
+    assert _prompt("openai.chat", messages=messages) - _prompt("openai.chat") >= ESTIMATOR.count(refusal) * 0.9

@@ -9,7 +9,9 @@ and returns the call's `Ask`: the output tokens asked per choice, how many choic
 and its prompt, counted lazily with the reservation's tokenizer. The prompt is everything the
 model reads, as servers bill it: the messages, and beside them the tools offered, the tool calls
 made and the schema an answer must follow (read as raw JSON, counted as written), and each image
-as the tokenizer's `image_tokens` (images are not decoded: each counts the same).
+as the tokenizer's `image_tokens` (images are not decoded: each counts the same). A content part the
+gateway cannot count (audio, a file, a kind it does not know) makes the prompt the whole context: the
+most any server can bill for it, so no caller gets past a limit with one.
 
 A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
 names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
@@ -51,6 +53,7 @@ class _Image:
 
 
 IMAGE = _Image()
+UNCOUNTED = float("inf")                    # what the texts yield for a part that cannot be counted
 
 
 class Ask:
@@ -58,12 +61,15 @@ class Ask:
     embedding (no output), the field its client names the output limit by, and its prompt tokens
     (`prompt(count, per_image)` counts them with the `count` and the tokens per image it is given)."""
 
-    __slots__ = ("output", "choices", "embedding", "field", "largest", "_counted", "_tokenizer", "_prompt")
+    __slots__ = ("output", "choices", "embedding", "field", "largest", "context", "_counted", "_tokenizer",
+                 "_prompt")
 
     def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
-                 prompt: PromptCounter, tokenizer: TokenEstimator | None, largest: int | None = None) -> None:
+                 prompt: PromptCounter, tokenizer: TokenEstimator | None, largest: int | None = None,
+                 context: int | None = None) -> None:
         self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
         self.largest = largest if largest is not None else output    # the largest output limit the body names
+        self.context = context            # the prompt of a call with a part that cannot be counted
         self._counted, self._tokenizer = prompt, tokenizer
         self._prompt: int | None = None
 
@@ -72,15 +78,18 @@ class Ask:
         if self._prompt is None:
             tokenizer = self._tokenizer
             if tokenizer is None:
-                self._prompt = max(1, self._counted(_rough, IMAGE_TOKENS))
+                counted = self._counted(_rough, IMAGE_TOKENS)
             else:
-                self._prompt = max(1, self._counted(tokenizer.counter(), tokenizer.image_tokens))
+                counted = self._counted(tokenizer.counter(), tokenizer.image_tokens)
+            if counted == UNCOUNTED:
+                counted = self.context if self.context is not None else 1
+            self._prompt = max(1, int(counted))
         return self._prompt
 
 
-def summed(texts: Callable[[], Iterable[str | int | _Image]]) -> PromptCounter:
+def summed(texts: Callable[[], Iterable[str | float | _Image]]) -> PromptCounter:
     """A prompt counter for texts, token counts and images: texts counted, numbers (token ids, formatting) as
-    they are, each `IMAGE` as the tokens per image."""
+    they are, each `IMAGE` as the tokens per image (`UNCOUNTED` makes the sum infinite)."""
     return lambda count, per_image: sum(
         count(item) if isinstance(item, str) else per_image if item is IMAGE else item  # type: ignore[misc]
         for item in texts())
@@ -116,6 +125,7 @@ def check_tokens(value: int | None, param: str, limit: int, *, minimum: int = 1,
 class ContentPart(msgspec.Struct):
     type: str = "text"
     text: str | None = None
+    refusal: str | None = None
 
 
 class ChatMessage(msgspec.Struct):
@@ -152,9 +162,9 @@ class OpenAIChat(Sampling):
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
         return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
-                   max(asked) if asked else None)
+                   max(asked) if asked else None, context=limit)
 
-    def _texts(self) -> Iterable[str | int | _Image]:
+    def _texts(self) -> Iterable[str | float | _Image]:
         yield PER_MESSAGE
         for message in self.messages or ():
             yield PER_MESSAGE
@@ -163,10 +173,15 @@ class OpenAIChat(Sampling):
                 yield content
             elif content:
                 for part in content:
-                    if part.text:
-                        yield part.text
-                    elif part.type == "image_url":
+                    kind = part.type
+                    if kind == "text":
+                        yield part.text or ""
+                    elif kind == "image_url":
                         yield IMAGE
+                    elif kind == "refusal":                     # an assistant's, read back as prompt
+                        yield part.refusal or ""
+                    else:                                       # audio, a file: billed, but not countable here
+                        yield UNCOUNTED
             yield raw_text(message.tool_calls)
         for raw in (self.tools, self.functions, self.response_format):
             yield raw_text(raw)
