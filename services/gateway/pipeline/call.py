@@ -93,7 +93,7 @@ class Outcome:
         """The upstream reported no usage: the prompt counted with the reservation's tokenizer, one output token
         per content event."""
         self.estimated = True
-        self.input_tokens = call.ask.prompt_tokens() if call.ask is not None else max(1, len(call.body) // 4)
+        self.input_tokens = call.ask.counted_tokens() if call.ask is not None else max(1, len(call.body) // 4)
         self.output_tokens = output_tokens
         self.cached_tokens = 0
 

@@ -232,7 +232,7 @@ class Journal:
                 ask = Door(call.door.path, request, call.body).ask(1 << 30, self.estimator)
             except GatewayError:
                 ask = None
-        return ask.prompt_tokens() if ask is not None else max(1, len(call.body) // 4)
+        return ask.counted_tokens() if ask is not None else max(1, len(call.body) // 4)
 
     def _close_call(self, event_id: uuid.UUID) -> bool:
         entry = self.in_flight.pop(event_id, None)

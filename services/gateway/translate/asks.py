@@ -10,8 +10,9 @@ and its prompt, counted lazily with the reservation's tokenizer. The prompt is e
 model reads, as servers bill it: the messages, and beside them the tools offered, the tool calls
 made and the schema an answer must follow (read as raw JSON, counted as written), and each image
 as the tokenizer's `image_tokens` (images are not decoded: each counts the same). A content part the
-gateway cannot count (audio, a file, a kind it does not know) makes the prompt the whole context: the
-most any server can bill for it, so no caller gets past a limit with one.
+gateway cannot count (audio, a file, a kind it does not know) makes the prompt held the whole context:
+the most any server can bill for it, so no caller gets past a limit with one (a usage record that must
+estimate, the upstream having reported nothing, takes what was counted).
 
 A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
 names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
@@ -53,43 +54,48 @@ class _Image:
 
 
 IMAGE = _Image()
-UNCOUNTED = float("inf")                    # what the texts yield for a part that cannot be counted
 
 
 class Ask:
     """What one call asks for: output tokens per choice (None: not given), choices, whether it is an
     embedding (no output), the field its client names the output limit by, and its prompt tokens
-    (`prompt(count, per_image)` counts them with the `count` and the tokens per image it is given)."""
+    (`prompt(count, per_image)` counts them with the `count` and the tokens per image it is given).
+    `uncounted` says whether it has a part that cannot be counted, `context` the most its prompt can be."""
 
     __slots__ = ("output", "choices", "embedding", "field", "largest", "context", "_counted", "_tokenizer",
-                 "_prompt")
+                 "_prompt", "_uncounted")
 
     def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
                  prompt: PromptCounter, tokenizer: TokenEstimator | None, largest: int | None = None,
-                 context: int | None = None) -> None:
+                 context: int | None = None, uncounted: Callable[[], bool] | None = None) -> None:
         self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
         self.largest = largest if largest is not None else output    # the largest output limit the body names
-        self.context = context            # the prompt of a call with a part that cannot be counted
-        self._counted, self._tokenizer = prompt, tokenizer
+        self.context = context
+        self._counted, self._tokenizer, self._uncounted = prompt, tokenizer, uncounted
         self._prompt: int | None = None
 
-    def prompt_tokens(self) -> int:
-        """The prompt's tokens (at least 1), counted once with the reservation's tokenizer."""
+    def counted_tokens(self) -> int:
+        """The prompt's tokens as far as they can be counted (at least 1), counted once with the reservation's
+        tokenizer: the estimate a usage record takes when the upstream reported none."""
         if self._prompt is None:
             tokenizer = self._tokenizer
             if tokenizer is None:
-                counted = self._counted(_rough, IMAGE_TOKENS)
+                self._prompt = max(1, self._counted(_rough, IMAGE_TOKENS))
             else:
-                counted = self._counted(tokenizer.counter(), tokenizer.image_tokens)
-            if counted == UNCOUNTED:
-                counted = self.context if self.context is not None else 1
-            self._prompt = max(1, int(counted))
+                self._prompt = max(1, self._counted(tokenizer.counter(), tokenizer.image_tokens))
         return self._prompt
 
+    def prompt_tokens(self) -> int:
+        """The prompt tokens to hold: those counted, or the whole context when a part cannot be counted."""
+        counted = self.counted_tokens()
+        if self._uncounted is not None and self.context is not None and self._uncounted():
+            return max(counted, self.context)
+        return counted
 
-def summed(texts: Callable[[], Iterable[str | float | _Image]]) -> PromptCounter:
+
+def summed(texts: Callable[[], Iterable[str | int | _Image]]) -> PromptCounter:
     """A prompt counter for texts, token counts and images: texts counted, numbers (token ids, formatting) as
-    they are, each `IMAGE` as the tokens per image (`UNCOUNTED` makes the sum infinite)."""
+    they are, each `IMAGE` as the tokens per image."""
     return lambda count, per_image: sum(
         count(item) if isinstance(item, str) else per_image if item is IMAGE else item  # type: ignore[misc]
         for item in texts())
@@ -162,9 +168,14 @@ class OpenAIChat(Sampling):
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
         return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
-                   max(asked) if asked else None, context=limit)
+                   max(asked) if asked else None, context=limit, uncounted=self._uncounted)
 
-    def _texts(self) -> Iterable[str | float | _Image]:
+    def _uncounted(self) -> bool:
+        """Whether a message has a part that cannot be counted: audio, a file, a kind the gateway does not know."""
+        return any(part.type not in ("text", "image_url", "refusal")
+                   for message in self.messages or () if isinstance(message.content, list) for part in message.content)
+
+    def _texts(self) -> Iterable[str | int | _Image]:
         yield PER_MESSAGE
         for message in self.messages or ():
             yield PER_MESSAGE
@@ -180,8 +191,6 @@ class OpenAIChat(Sampling):
                         yield IMAGE
                     elif kind == "refusal":                     # an assistant's, read back as prompt
                         yield part.refusal or ""
-                    else:                                       # audio, a file: billed, but not countable here
-                        yield UNCOUNTED
             yield raw_text(message.tool_calls)
         for raw in (self.tools, self.functions, self.response_format):
             yield raw_text(raw)
