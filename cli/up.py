@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="also start two simulated upstreams (Ollama-style and OpenAI-style) and a demo "
                          "tenant 'demo' serving llama3.2 and nomic-embed-text")
     up.add_argument("--no-fsync", action="store_true",
-                    help="run the embedded PostgreSQL and Valkey without fsync (faster; for benchmarks)")
+                    help="run the embedded PostgreSQL and Valkey without fsync (faster; for benchmarks and tests): "
+                         "nothing is lost when a process dies, recent writes may be when the machine does")
     up.add_argument("--config", type=Path, default=None,
                     help="a registry document (providers, endpoints, models, tenants) applied at start as "
                          "registry commands; applying it again changes nothing (default: ./switchyard.yaml "

@@ -158,7 +158,11 @@ class PostgresServer(ManagedServer):
             "-c", "max_connections=200",
         ]  # fmt: skip
         if not self.durable:
-            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            # No fsync: a machine that dies may lose recent commits. Commits still reach the kernel before they
+            # are acknowledged (no `synchronous_commit=off`, which keeps them in PostgreSQL's own memory for up to
+            # 200 ms): metering acknowledges a usage event to NATS once its commit returns, so a PostgreSQL killed
+            # right after must not forget it (a kill -9 under load lost 61 of 955 calls' events that way).
+            args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         else:
             # The log is written all day long: checkpoints less often mean fewer full-page images in the WAL
             # (durability is unchanged: every commit is still flushed before it is acknowledged).
