@@ -44,7 +44,7 @@ Prompt = str | Annotated[list[str | TokenId | list[TokenId]], msgspec.Meta(max_l
 
 
 Count = Callable[[str], int]                # tokens in one text
-PromptCounter = Callable[[Count, int], int]       # a call's prompt tokens, given `count` and the tokens of one image
+PromptCounter = Callable[[Count, int], int]  # a call's prompt tokens, given `count` and the tokens of one image
 
 
 class _Image:
@@ -54,6 +54,7 @@ class _Image:
 
 
 IMAGE = _Image()
+COUNTED_PARTS = ("text", "image_url", "refusal")      # the OpenAI content parts a prompt's count covers
 
 
 class Ask:
@@ -172,7 +173,7 @@ class OpenAIChat(Sampling):
 
     def _uncounted(self) -> bool:
         """Whether a message has a part that cannot be counted: audio, a file, a kind the gateway does not know."""
-        return any(part.type not in ("text", "image_url", "refusal")
+        return any(part.type not in COUNTED_PARTS
                    for message in self.messages or () if isinstance(message.content, list) for part in message.content)
 
     def _texts(self) -> Iterable[str | int | _Image]:
