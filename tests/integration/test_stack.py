@@ -277,3 +277,26 @@ def test_leftover_server_of_a_dead_launcher_is_replaced(tmp_root: Path, stack: E
             orphan.kill()
             orphan.wait()
     assert not pid_alive(orphan.pid)
+
+
+async def test_a_commit_acknowledged_without_fsync_survives_a_kill_9_of_postgres(tmp_root: Path) -> None:
+    """Without fsync, only a machine's death may lose recent commits: one PostgreSQL acknowledged must outlive a
+    kill -9 of it. Metering acknowledges a usage event to NATS once its commit returns; a commit kept only in
+    PostgreSQL's memory (`synchronous_commit=off`) died with it, and the event with it."""
+    with EmbeddedStack(tmp_root / "killed-pg", durable=False) as stack:
+        url = stack.urls.database_url
+        conn = await asyncpg.connect(url, timeout=5)
+        await conn.execute("CREATE TABLE acked (n int)")
+        await conn.execute("CHECKPOINT")
+        await conn.close()
+        for n in range(1, 4):
+            conn = await asyncpg.connect(url, timeout=5)
+            await conn.execute("INSERT INTO acked VALUES ($1)", n)        # committed and acknowledged
+            stack.stop_component("postgres", graceful=False)             # the postmaster and every backend
+            conn.terminate()
+            stack.start_component("postgres")
+            check = await asyncpg.connect(url, timeout=10)
+            try:
+                assert await check.fetchval("SELECT count(*) FROM acked") == n, f"commit {n} lost by the kill"
+            finally:
+                await check.close()
