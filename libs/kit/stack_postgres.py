@@ -16,7 +16,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError, pid_alive, run_async, spawn, stop_pid
+from switchyard_gateway.kit.stack_proc import (
+    LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, pid_alive, run_async, spawn, stop_pid,
+)
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 log = structlog.get_logger(__name__)
@@ -24,7 +26,6 @@ log = structlog.get_logger(__name__)
 SUPERUSER = "postgres"  # the database role initdb creates; trust auth on loopback
 OS_USER = "switchyard"  # the system account postgres runs as when we are root (it refuses root)
 APP_DATABASE = "switchyard"
-_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 _INITDB_TIMEOUT_S = 120.0
 _LEFTOVER_STOP_TIMEOUT_S = 15.0
 
@@ -151,7 +152,7 @@ class PostgresServer(ManagedServer):
 
     def command(self) -> list[str]:
         socket_dir = str(self.socket_dir)
-        if len(f"{socket_dir}/.s.PGSQL.{self.port}") > _SOCKET_PATH_MAX:
+        if len(f"{socket_dir}/.s.PGSQL.{self.port}") > SOCKET_PATH_MAX:
             socket_dir = ""  # path too long for a unix socket: TCP only
         args = [
             str(self.binary()), "-D", str(self.home), "-h", LOOPBACK, "-p", str(self.port), "-k", socket_dir,

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
+SOCKET_PATH_MAX = 107         # bytes of a Unix socket's path: sun_path is 108 with the terminating NUL
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _PR_SET_CHILD_SUBREAPER = 36
 _FALLBACK_EPHEMERAL_LOW = 32768

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from switchyard_gateway import resp
-from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
+from switchyard_gateway.kit.stack_proc import LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 
@@ -23,9 +23,6 @@ def valkey_problem(url: str, *, timeout_s: float = 1.0) -> str | None:
     except (ConnectionError, resp.ValkeyError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-SOCKET_PATH_MAX = 100          # bytes of a Unix socket's path, with room under Linux's 108
 
 
 class ValkeyServer(ManagedServer):
@@ -40,9 +37,9 @@ class ValkeyServer(ManagedServer):
 
     @property
     def socket_path(self) -> Path | None:
-        """Where its Unix socket is, or None when the path would be too long for one (108 bytes on Linux)."""
+        """Where its Unix socket is, or None when the path would be too long for one."""
         path = self.home / "valkey.sock"
-        return path if len(str(path).encode()) < SOCKET_PATH_MAX else None
+        return path if len(str(path).encode()) <= SOCKET_PATH_MAX else None
 
     @property
     def url(self) -> str:
