@@ -5,7 +5,7 @@
 Starts `switchyard up --demo` with one gateway worker (the variant's limits and fsync, as `benchmarks.run`
 sets them), makes `--warmup` chat calls and then `--calls` more, one at a time on one keep-alive connection
 from a plain blocking socket (so the client costs next to nothing), and prints the round trip's p50 and p99
-and the CPU per call of every thread of the gateway's processes (from /proc/<pid>/task) and of every other
+and the CPU per call of every thread of the gateway's processes and of every other
 process of the stack. Sequential calls pay alone for the wake-ups that load shares, so this is where a
 hand-off between threads, or a system call per call, shows.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -58,17 +57,9 @@ def caller(url: str, key: str) -> Callable[[], None]:
     return call
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of each thread of `pid`, by `<name>:<tid>`."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as stat, open(f"/proc/{pid}/task/{tid}/comm") as comm:
-                fields, name = stat.read().rsplit(")", 1)[1].split(), comm.read().strip()
-        except OSError:
-            continue
-        out[f"{name}:{tid}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+def thread_cpu(process: psutil.Process) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of `process`, by `thread <id>`."""
+    return {f"thread {t.id}": t.user_time + t.system_time for t in process.threads()}
 
 
 def _label(process: psutil.Process) -> str:
@@ -97,14 +88,14 @@ def main() -> None:
         tree = psutil.Process(stack.process.pid).children(recursive=True)
         gateway = [p for p in tree if "services.gateway" in " ".join(p.cmdline())]
         names = {p.pid: _label(p) for p in tree}
-        threads_before = {p.pid: thread_cpu(p.pid) for p in gateway}
+        threads_before = {p.pid: thread_cpu(p) for p in gateway}
         procs_before = {p.pid: sum(p.cpu_times()[:2]) for p in tree}
         took = []
         for _ in range(args.calls):
             started = time.perf_counter()
             call()
             took.append(time.perf_counter() - started)
-        threads_after = {p.pid: thread_cpu(p.pid) for p in gateway}
+        threads_after = {p.pid: thread_cpu(p) for p in gateway}
         procs_after = {p.pid: sum(p.cpu_times()[:2]) for p in tree}
     took.sort()
     n = len(took)
