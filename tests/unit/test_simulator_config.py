@@ -35,6 +35,8 @@ def test_with_changes_returns_a_validated_copy():
         {"models": []},
         {"loaded": ["not-advertised"]},
         {"tokens": "many"},
+        {"image_tokens": -1},
+        {"image_tokens": 10**9},
         {"no_such_knob": 1},
     ],
 )
