@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import functools
 import importlib
+import math
 import os
 import signal
 import sys
@@ -38,6 +39,15 @@ def settings_of(cls: type[S]) -> S:
         return cls.from_env()
     except SettingsError as exc:
         raise SystemExit(f"switchyard: {exc}") from None
+
+
+def require_seconds(settings: ServiceSettings, names: tuple[str, ...]) -> None:
+    """Stop in one line naming the variable unless each of these durations is a finite number of seconds above 0:
+    they feed timers, which a NaN, an infinity or a zero would crash or spin long after start."""
+    for name in names:
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value > 0):
+            raise SystemExit(f"switchyard: SWITCHYARD_{name.upper()} must be a number of seconds above 0, not {value}")
 
 
 def worker_count(workers: int) -> int:

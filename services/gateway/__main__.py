@@ -3,16 +3,13 @@ SWITCHYARD_WORKERS says otherwise, from a lean main process (its workers build t
 
 from pathlib import Path
 
-from switchyard_gateway.kit.serve import run, settings_of, worker_count
+from switchyard_gateway.kit.serve import require_seconds, run, settings_of, worker_count
 from switchyard_gateway.services.gateway.settings import Settings
 
 settings = settings_of(Settings)
 if settings.http_server not in ("native", "granian"):
     raise SystemExit(f"switchyard: SWITCHYARD_HTTP_SERVER must be 'native' or 'granian', not '{settings.http_server}'")
-for _name in ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s"):
-    if not getattr(settings, _name) > 0:
-        raise SystemExit(f"switchyard: SWITCHYARD_{_name.upper()} must be a number of seconds above 0, "
-                         f"not {getattr(settings, _name)}")
+require_seconds(settings, ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s"))
 if settings.image_tokens < 0:
     raise SystemExit(f"switchyard: SWITCHYARD_IMAGE_TOKENS must be a whole number of tokens, 0 or more, "
                      f"not {settings.image_tokens}")
