@@ -1,7 +1,8 @@
 """Serve a service's app factory from a lean main process: its port checked, its workers numbered.
 
 granian serves the Litestar services; the gateway, an RSGI app, is served by our own server
-(`http1.server`) in the same shape unless SWITCHYARD_HTTP_SERVER says granian. The main process
+(`http1.server`) in the same shape unless SWITCHYARD_HTTP_SERVER says granian (with one worker, our
+server needs no main: the service is that one process). The main process
 only supervises (importing the server and nothing of the service), so
 it holds tens of megabytes, not the app's hundred; each worker imports and builds the app. A
 service may run several workers on one listening socket (the kernel spreads connections among
@@ -23,7 +24,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from switchyard_gateway.kit import ports
 from switchyard_gateway.kit.settings import ENV_PREFIX, ServiceSettings, SettingsError
@@ -97,25 +98,17 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
 def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tuple[Path, str, int] | None) -> None:
     """granian's process shape with our server: this lean main forks `workers` workers, each listening on the
     port itself (SO_REUSEPORT: the kernel spreads connections evenly); SIGTERM or SIGINT is passed on to
-    them (they drain); the first worker to exit ends the others and this process, with its exit code."""
+    them (they drain); the first worker to exit ends the others and this process, with its exit code.
+    One worker is this process itself: a main with nothing to share out would hold its tens of megabytes
+    for nothing (the process still dies with whoever started it, as every supervised process does)."""
+    if workers == 1:
+        _worker_then_exit(target, settings, None, slots)
     main_pid = os.getpid()
     children: set[int] = set()
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                _native_worker(target, settings, main_pid, slots)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001 — printed, then the worker's exit code says it failed
-                import traceback
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            _worker_then_exit(target, settings, main_pid, slots)
         children.add(pid)
     stopping = False
 
@@ -139,9 +132,29 @@ def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tup
     raise SystemExit(exit_code)
 
 
-def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
+def _worker_then_exit(target: str, settings: ServiceSettings, main_pid: int | None,
+                      slots: tuple[Path, str, int] | None) -> NoReturn:
+    """Run one worker, then end the process with its exit code at once: what its app left behind (a task that
+    failed during a start-up already logged in one line) is not finalized into tracebacks on the way out."""
+    code = 1
+    try:
+        _native_worker(target, settings, main_pid, slots)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 — printed, then the worker's exit code says it failed
+        import traceback
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _native_worker(target: str, settings: ServiceSettings, main_pid: int | None,
                    slots: tuple[Path, str, int] | None) -> None:
-    """One worker: its own listening socket on the port, the app built, served until SIGTERM, then stopped."""
+    """One worker: its own listening socket on the port, the app built, served until SIGTERM, then stopped
+    (`main_pid`: the main it dies with; None when it is the service's only process)."""
     import asyncio
     import socket
 
@@ -167,8 +180,8 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
     asyncio.set_event_loop(loop)
     try:
         app.__rsgi_init__(loop)
-    except StartFailed:                          # its reason is in the service's log already, in one line
-        raise SystemExit(1) from None
+    except StartFailed as exc:                   # its reason is in the service's log already, in one line
+        raise SystemExit(0 if exc.stopped else 1) from None
     # Listening only now: a socket sharing the port joins the kernel's share of new connections when it listens,
     # so none waits out a worker's start-up (seconds: NATS, the catalog) while another worker or replica serves.
     sock.listen(2048)
@@ -182,9 +195,11 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int,
         loop.close()
 
 
-def _load_in_worker(main_pid: int, slots: tuple[Path, str, int] | None, target: str) -> Any:
-    """Runs in each granian worker: tie its life to the main process, name the worker, then build the app."""
-    die_with_parent(signal.SIGTERM, main_pid)
+def _load_in_worker(main_pid: int | None, slots: tuple[Path, str, int] | None, target: str) -> Any:
+    """Runs in each worker: tie its life to the main process (if it has one), name the worker, then build the
+    app."""
+    if main_pid is not None:
+        die_with_parent(signal.SIGTERM, main_pid)
     if slots is not None:
         directory, base, count = slots
         number = claim_slot(directory, base, count)

@@ -131,8 +131,12 @@ def _provide_deps(state: State) -> Any:
 
 
 class StartFailed(Exception):
-    """A service could not start (infrastructure away, a bad document) or was told to stop while starting; the
-    reason is already in its log."""
+    """A service could not start (infrastructure away, a bad document) or was told to stop while starting
+    (`stopped`: not a failure, so the process exits 0); the reason is already in its log."""
+
+    def __init__(self, reason: str, stopped: bool = False) -> None:
+        super().__init__(reason)
+        self.stopped = stopped
 
 
 @contextlib.asynccontextmanager
@@ -158,7 +162,7 @@ async def starting(log: Any) -> AsyncIterator[None]:
             raise
         task.uncancel()
         log.info("service.stopped", during="start-up", signal=signal.Signals(signalled[0]).name)
-        raise StartFailed("stopped while starting") from None
+        raise StartFailed("stopped while starting", stopped=True) from None
     except Exception as exc:
         log.error("service.start_failed", error=str(exc) or type(exc).__name__)
         raise StartFailed(str(exc) or type(exc).__name__) from exc

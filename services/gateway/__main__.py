@@ -1,5 +1,6 @@
 """`python -m switchyard_gateway.services.gateway`: serve the gateway, one worker per core unless
-SWITCHYARD_WORKERS says otherwise, from a lean main process (its workers build the app)."""
+SWITCHYARD_WORKERS says otherwise, from a lean main process (its workers build the app); one worker
+is served by this process itself."""
 
 from pathlib import Path
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from switchyard_gateway.kit.stack_proc import pick_free_port
 
@@ -21,13 +22,13 @@ from tests.conftest import wait_for
 SERVICES = ["gateway", "quota"]
 
 
-def start(service: str, log: Path, connect_timeout_s: float) -> subprocess.Popen[bytes]:
+def start(service: str, log: Path, connect_timeout_s: float, workers: int = 1) -> subprocess.Popen[bytes]:
     nowhere = pick_free_port(set())
     port = pick_free_port({nowhere})
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
            "SWITCHYARD_NATS_URL": f"nats://127.0.0.1:{nowhere}", "SWITCHYARD_PORT": str(port),
            "SWITCHYARD_CONNECT_TIMEOUT_S": str(connect_timeout_s), "SWITCHYARD_LOG_JSON": "true",
-           "SWITCHYARD_WORKERS": "1"}
+           "SWITCHYARD_WORKERS": str(workers)}
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", f"switchyard_gateway.services.{service}"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,3 +73,22 @@ async def test_a_service_told_to_stop_while_waiting_for_nats_stops_at_once(servi
     assert stopped and stopped[0]["during"] == "start-up" and stopped[0]["signal"] == "SIGTERM", text[-800:]
     assert not any(e["event"] == "service.start_failed" for e in events(log))
     assert "Traceback" not in text, text[-800:]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_gateway_with_one_worker_is_one_process_and_with_more_a_main_and_its_workers(
+        workers: int, tmp_path: Path) -> None:
+    """One worker needs no main to share connections out: the started process builds and serves the app itself
+    (tens of megabytes fewer); more are forked by a main that builds nothing."""
+    log = tmp_path / "service.log"
+    proc = start("gateway", log, connect_timeout_s=300, workers=workers)
+    try:
+        await wait_for(lambda: sum(e["event"] == "nats.error" for e in events(log)) >= workers, timeout_s=60,
+                       what="every worker to be trying NATS")
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == (0 if workers == 1 else workers), children
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert code == 0, log.read_text()[-800:]

@@ -74,11 +74,28 @@ class GatewayRSGI:
         assert self._to_app is not None and self._from_app is not None
         await self._to_app.put({"type": f"lifespan.{step}"})
         reply = await self._from_app.get()
-        if reply["type"].endswith(".failed"):
-            failed = StartFailed if step == "startup" else RuntimeError     # a start's reason is in the log already
-            raise failed(f"gateway {step} failed: {reply.get('message', '')}")
+        if reply["type"].endswith(".failed"):              # a start's reason is in the log already
+            if step == "startup":
+                raise StartFailed(f"gateway startup failed: {reply.get('message', '')}",
+                                  stopped=await self._stopped_while_starting())
+            raise RuntimeError(f"gateway {step} failed: {reply.get('message', '')}")
         if step == "shutdown":
             await self._lifespan
+
+    async def _stopped_while_starting(self) -> bool:
+        """Whether the failed start-up was a stop asked for (a signal), read from the lifespan's own exception;
+        awaited here so that it is not reported again as an exception nobody retrieved."""
+        assert self._lifespan is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lifespan), 5)
+        except BaseException as exc:  # noqa: BLE001 — Litestar raises the start-up's error (in a group) after its reply
+            pending: list[BaseException] = [exc]
+            while pending:
+                error = pending.pop()
+                if isinstance(error, StartFailed):
+                    return error.stopped
+                pending.extend(getattr(error, "exceptions", ()))
+        return False
 
     # --- requests ---------------------------------------------------------------------------------
 
