@@ -7,6 +7,7 @@ it into an error reply, `switchyard config validate` into one line of its report
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from urllib.parse import urlsplit
@@ -67,10 +68,20 @@ def _shown(value: object, limit: int = 60) -> str:
 
 
 def url_problem(value: object) -> str | None:
-    """An http(s) URL with a host and, if given, a port in 1-65535."""
+    """An http(s) URL with a host and, if given, a port in 1-65535; nothing a request line cannot carry
+    (spaces, control characters) and no user or password (credentials are `${ENV_VAR}` references, kept out
+    of events and listings)."""
     if not isinstance(value, str):
         return f"'{value}' is not an http(s) URL"
-    parts = urlsplit(value)
+    if any(char.isspace() or unicodedata.category(char)[0] == "C" for char in value):
+        return "the URL holds a space or a control character: percent-encode it"
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:                  # an unclosed IPv6 bracket
+        return f"the URL cannot be read: {exc}"
+    if parts.username is not None or parts.password is not None:
+        return ("a URL must not carry a user or password: give the upstream's key as api_key_ref "
+                "(an environment reference like ${OPENAI_API_KEY})")
     if parts.scheme not in ("http", "https"):
         return f"'{value}' is not an http(s) URL: the scheme must be http or https"
     if not parts.hostname:
@@ -84,12 +95,36 @@ def url_problem(value: object) -> str | None:
     return None
 
 
+OWN_SETTINGS = "SWITCHYARD_"     # the prefix of Switchyard's own settings, which no endpoint's reference may name
+
+
 def credential_problem(value: object) -> str | None:
-    """Credentials are only ever named, as `${ENV_VAR}`; the secret itself is refused."""
-    if value in ("", None) or (isinstance(value, str) and ENV_REF.match(value)):
+    """Credentials are only ever named, as `${ENV_VAR}`; the secret itself is refused, and so is a name of
+    Switchyard's own settings (`${SWITCHYARD_JWT_SECRET}` would send the gateway's signing secret, or its
+    database's password, to whatever URL the endpoint names)."""
+    if value in ("", None):
+        return None
+    if isinstance(value, str) and ENV_REF.match(value):
+        if own_setting(value[2:-1]):
+            return (f"{value} names one of Switchyard's own settings, which are never sent to an upstream; "
+                    f"name a variable holding the upstream's key, like ${{OPENAI_API_KEY}}")
         return None
     return ("credentials must be given as an environment reference like ${OPENAI_API_KEY}, "
             "never as the secret itself")
+
+
+def own_setting(name: str) -> bool:
+    """Whether an environment variable's name is one of Switchyard's own settings (any letter case)."""
+    return name.upper().startswith(OWN_SETTINGS)
+
+
+def read_credential(api_key_ref: str) -> str | None:
+    """The secret a `${VAR}` reference names, from this process's environment; None when unset, and never one of
+    Switchyard's own settings (the registry refuses such a reference; one recorded before it did is not read)."""
+    name = api_key_ref[2:-1]
+    if not api_key_ref or own_setting(name):
+        return None
+    return os.environ.get(name) or None
 
 
 def bounds_problem(fields: dict[str, object]) -> tuple[str, str] | None:

@@ -10,7 +10,6 @@ within the probe's timeout. With a `FactsBook`, what the server says of its mode
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from collections.abc import Awaitable
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from switchyard_gateway import http1
-from switchyard_gateway.catalog.rules import normalise_model
+from switchyard_gateway.catalog.rules import normalise_model, read_credential
 from switchyard_gateway.contracts.routing import ModelFacts, ProbeCompleted
 from switchyard_gateway.services.router.facts import FactsBook
 
@@ -43,11 +42,7 @@ def client(concurrency: int, ssl_context: ssl.SSLContext | None = None) -> http1
     return http1.Pool(max_connections_per_host=concurrency, ssl_context=ssl_context)
 
 
-def credential(api_key_ref: str) -> str | None:
-    """The secret a `${VAR}` reference names, from this process's environment (like the gateway's)."""
-    if not api_key_ref:
-        return None
-    return os.environ.get(api_key_ref[2:-1]) or None
+credential = read_credential      # the secret a `${VAR}` reference names, read as the gateway reads it
 
 
 def base(url: str) -> str:

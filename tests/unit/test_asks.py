@@ -11,7 +11,8 @@ from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.translate.asks import MAX_CHOICES, MAX_DIMENSIONS, check_tokens, read_request
 from switchyard_gateway.services.gateway.translate.requests import (
-    ollama_chat_to_openai, ollama_embed_to_openai, ollama_generate_request, ollama_set_model,
+    ollama_chat_to_openai, ollama_embed_to_openai, ollama_embeddings_to_openai, ollama_generate_request,
+    ollama_set_model,
 )
 
 LIMIT = 4096                          # the model's context length in these tests
@@ -141,7 +142,7 @@ def test_the_ask_says_what_output_and_how_many_choices_a_call_wants() -> None:
                               b'"max_completion_tokens": 40, "n": 3}')
     assert (both.output, both.choices, both.embedding, both.field) == (40, 3, False, "max_completion_tokens")
     best = ask("openai.completions", b'{"model": "m", "prompt": ["a", "b"], "n": 2, "best_of": 5}')
-    assert (best.output, best.choices) == (None, 5)
+    assert (best.output, best.choices) == (None, 10)           # best_of 5 for each of the two prompts
     endless = ask("ollama.chat", b'{"model": "m", "messages": [], "options": {"num_predict": -1}}')
     assert endless.output is None and endless.field == "options.num_predict"
     embed = ask("ollama.embed", b'{"model": "m", "input": ["a", "b"]}')
@@ -210,6 +211,8 @@ def _prompt(api: str, **fields: Any) -> int:
     ("ollama.chat", {"format": SCHEMA}, msgspec.json.encode(SCHEMA).decode()),
     ("ollama.chat", {"messages": [*MESSAGES, {"role": "assistant", "tool_calls": [CALL]}]}, "north " * 50),
     ("ollama.generate", {"format": SCHEMA}, msgspec.json.encode(SCHEMA).decode()),
+    ("ollama.generate", {"template": "{{ .System }} " + "rail " * 300}, "rail " * 300),
+    ("openai.completions", {"suffix": "yard " * 300}, "yard " * 300),
 ])
 def test_text_the_model_reads_beside_the_messages_counts_toward_the_prompt(api: str, fields: dict,
                                                                           text: str) -> None:
@@ -259,3 +262,72 @@ def test_a_refusal_read_back_counts_as_prompt_text() -> None:
     refusal = "I cannot route that train " * 40
     messages = [*MESSAGES, {"role": "assistant", "content": [{"type": "refusal", "refusal": refusal}]}]
     assert _prompt("openai.chat", messages=messages) - _prompt("openai.chat") >= ESTIMATOR.count(refusal) * 0.9
+
+
+@pytest.mark.parametrize(("prompt", "prompts"), [
+    ("one text", 1), ([1, 2, 3], 1), (["a", "b", "c"], 3), ([[1, 2], [3], [4, 5, 6]], 3), ([[1, 2]] * 400, 400),
+])
+def test_each_prompt_of_a_completions_list_is_held_as_its_own_choices(prompt: Any, prompts: int) -> None:
+    """OpenAI and every compatible server answer each prompt of a list with its own `n` choices of up to
+    `max_tokens` each: holding the output of one would let a list of 400 prompts settle 400 times the hold."""
+    call = ask("openai.completions", msgspec.json.encode({"model": "m", "prompt": prompt, "max_tokens": 50, "n": 2}))
+    assert (call.output, call.choices) == (50, 2 * prompts)
+    suffixed = ask("openai.completions", msgspec.json.encode({"model": "m", "prompt": prompt, "suffix": "tail " * 40}))
+    assert suffixed.prompt_tokens() - call.prompt_tokens() >= prompts * ESTIMATOR.count("tail " * 40) * 0.9
+
+
+@pytest.mark.parametrize(("api", "field", "value"), [
+    ("openai.completions", "prompt", []), ("openai.completions", "prompt", ["a", [1, 2], 3]),
+    ("openai.completions", "prompt", ["a", 1]), ("openai.completions", "prompt", [[1], []]),
+    ("openai.embeddings", "input", [[]]), ("openai.embeddings", "input", ["", "a"]),
+    ("openai.embeddings", "input", ["a", [1]]),
+])
+def test_a_malformed_prompt_list_is_refused_naming_its_field(api: str, field: str, value: Any) -> None:
+    """A list mixing texts, token ids and token arrays, or holding an empty one, is a 400 (OpenAI's answer), not
+    a body passed on for the upstream to fail with a 500 counted against its breaker."""
+    with pytest.raises(BadRequest) as refused:
+        ask(api, body(api, field, value))
+    assert refused.value.param == field and refused.value.status == 400
+
+
+def test_best_of_cannot_stream() -> None:
+    with pytest.raises(BadRequest) as refused:
+        ask("openai.completions", b'{"model": "m", "prompt": "a", "best_of": 2, "stream": true}')
+    assert refused.value.param == "best_of"
+    assert ask("openai.completions", b'{"model": "m", "prompt": "a", "best_of": 1, "stream": true}').choices == 1
+
+
+def test_the_older_ollama_embeddings_route_counts_and_sends_what_ollama_embeds_its_prompt() -> None:
+    """/api/embeddings embeds `prompt` and ignores `input`: a large prompt beside a one-letter input is held, and
+    sent, as the prompt it is."""
+    raw = msgspec.json.encode({"model": "m", "prompt": "word " * 2000, "input": "a"})
+    assert ask("ollama.embeddings", raw).prompt_tokens() >= 2000
+    assert msgspec.json.decode(ollama_embeddings_to_openai(raw, "up"))["input"] == "word " * 2000
+    assert msgspec.json.decode(ollama_embed_to_openai(raw, "up"))["input"] == "a"      # /api/embed reads `input`
+
+
+@pytest.mark.parametrize(("api", "extra", "param"), [
+    ("openai.chat", {"MAX_TOKENS": 100_000}, "MAX_TOKENS"),
+    ("openai.chat", {"Model": "another-model"}, "Model"),
+    ("openai.chat", {"messages": [{"role": "user", "content": "hi", "Content": "word " * 1000}]},
+     "messages[0].Content"),
+    ("openai.completions", {"Prompt": "word " * 1000}, "Prompt"),
+    ("ollama.chat", {"Options": {"num_predict": 100_000}}, "Options"),
+    ("ollama.chat", {"messages": [{"role": "user", "content": "hi", "IMAGES": ["aGk="]}]}, "messages[0].IMAGES"),
+    ("ollama.generate", {"meſsages": [], "ſystem": "word " * 1000}, "ſystem"),       # ſ folds to s, as in Go
+    ("ollama.embeddings", {"PROMPT": "word " * 1000}, "PROMPT"),
+])
+def test_a_field_spelled_in_other_letter_case_is_refused(api: str, extra: dict, param: str) -> None:
+    """Ollama's server matches JSON keys to its fields whatever their case, the later one winning: a body with
+    `MAX_TOKENS` or `Model` beside what the gateway read would be served there past the reservation's ceiling or
+    as another model than the one allowed. Such a key is a 400 naming it."""
+    with pytest.raises(BadRequest) as refused:
+        ask(api, msgspec.json.encode({**BASE[api], **extra}))
+    assert refused.value.param == param and refused.value.code == "invalid_field"
+
+
+def test_keys_the_gateway_does_not_read_keep_their_case() -> None:
+    """Vendors' own fields (`Top_K` of some server) pass untouched; only case variants of read fields are refused."""
+    call = ask("openai.chat", msgspec.json.encode({**BASE["openai.chat"], "Top_K": 5, "User": "u-1",
+                                                   "messages": [{"role": "user", "content": "hi", "Extra": 1}]}))
+    assert call.choices == 1

@@ -69,6 +69,16 @@ def test_a_good_document_has_no_problems() -> None:
      "endpoints[0].priority", "expected int"),
     ("endpoints: [{id: e1, provider: pp, base_url: 'http://h', api_key: sk-live-abc}]\n"
      "providers: [{id: pp, kind: ollama}]", "endpoints[0].api_key", "environment reference"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://[::1'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "cannot be read"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h/v 1'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "space or a control character"),
+    ("endpoints: [{id: e1, provider: pp, base_url: \"http://h/v1\\r\\nX-Injected: 1\"}]\n"
+     "providers: [{id: pp, kind: ollama}]", "endpoints[0].base_url", "space or a control character"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://ops:hunter2@h/v1'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "must not carry a user or password"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h', api_key: '${SWITCHYARD_JWT_SECRET}'}]\n"
+     "providers: [{id: pp, kind: ollama}]", "endpoints[0].api_key", "Switchyard's own settings"),
     ("models: [{id: a, input_price_per_1m: -1}]", "models[0].input_price_per_1m", "cannot be negative"),
     ("models: [{id: a, cached_input_price_per_1m: -1}]", "models[0].cached_input_price_per_1m", "cannot be negative"),
     ("models: [{id: \"bad\\nname\"}]", "models[0].id", "U+000A"),
@@ -129,3 +139,22 @@ def test_config_validate_command_prints_each_problem_and_exits_non_zero(tmp_path
     ok = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "config", "validate", str(good)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "OK (2 providers, 2 endpoints, 4 models, 1 tenants)" in ok.stdout
+
+
+def test_a_password_in_a_url_is_refused_without_being_echoed() -> None:
+    found = problems_of("endpoints: [{id: e1, provider: pp, base_url: 'http://ops:hunter2@h/v1'}]\n"
+                        "providers: [{id: pp, kind: ollama}]")
+    assert found and "hunter2" not in " ".join(found.values())
+
+
+def test_no_reference_reads_switchyards_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint recorded before the registry refused such references still never sends the gateway's own
+    secrets (its JWT secret, its database URL) to the URL it names; its own upstream key is read as before."""
+    from switchyard_gateway.catalog.rules import read_credential
+    monkeypatch.setenv("SWITCHYARD_JWT_SECRET", "signing-secret")
+    monkeypatch.setenv("switchyard_lower", "also-ours")
+    monkeypatch.setenv("VLLM_API_KEY", "upstream-key")
+    assert read_credential("${SWITCHYARD_JWT_SECRET}") is None
+    assert read_credential("${switchyard_lower}") is None
+    assert read_credential("${VLLM_API_KEY}") == "upstream-key"
+    assert read_credential("") is None

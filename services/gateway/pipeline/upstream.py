@@ -6,21 +6,19 @@ about a fifth of aiohttp's CPU per proxied call (docs/performance.md).
 
 from __future__ import annotations
 
-import os
 
 import msgspec
 
+from switchyard_gateway.catalog.rules import read_credential
 from switchyard_gateway.contracts.events import EndpointRegistered
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.wire import request_decoder
 
 
 def credential(endpoint: EndpointRegistered) -> str | None:
-    """The secret an endpoint's `${VAR}` reference points to, read from this process's environment."""
-    ref = endpoint.api_key_ref
-    if not ref:
-        return None
-    return os.environ.get(ref[2:-1]) or None
+    """The secret an endpoint's `${VAR}` reference points to, read from this process's environment; never one of
+    Switchyard's own settings (the registry refuses such a reference; one recorded before it did is not read)."""
+    return read_credential(endpoint.api_key_ref)
 
 
 _BASE_HEADERS = (("Content-Type", "application/json"), ("Accept-Encoding", "identity"))

@@ -199,6 +199,7 @@ class OpenAIChat(Sampling):
 
 class OpenAICompletion(Sampling):
     prompt: Prompt | None = None
+    suffix: str | None = None
     max_tokens: int | None = None
     best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
@@ -206,13 +207,18 @@ class OpenAICompletion(Sampling):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if self.prompt is None:
             raise BadRequest("Missing required field 'prompt'", param="prompt", code="missing_field")
+        prompts = prompt_count(self.prompt, "prompt")
         check_tokens(self.max_tokens, "max_tokens", limit, minimum=0)
         n = self.n or 1
         if self.best_of is not None and self.best_of < n:
             raise BadRequest(f"Invalid 'best_of': {self.best_of} is below 'n' ({n})", param="best_of",
                              code="invalid_value")
-        return Ask(self.max_tokens, max(n, self.best_of or 1), False, "max_tokens",
-                   summed(lambda: _inputs(self.prompt)), tokenizer)
+        if self.best_of is not None and self.best_of > 1 and self.stream:
+            raise BadRequest("Invalid 'best_of': it cannot be used with 'stream'", param="best_of",
+                             code="invalid_value")
+        # each prompt of a list is answered on its own, with `n` (or `best_of`) choices and the suffix each
+        return Ask(self.max_tokens, max(n, self.best_of or 1) * prompts, False, "max_tokens",
+                   summed(lambda: (*_inputs(self.prompt), *(self.suffix or "" for _ in range(prompts)))), tokenizer)
 
 
 class OpenAIEmbeddings(InferenceRequest):
@@ -223,7 +229,30 @@ class OpenAIEmbeddings(InferenceRequest):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if self.input is None or self.input == [] or self.input == "":
             raise BadRequest("'input' must be a non-empty string or list", param="input", code="missing_field")
+        prompt_count(self.input, "input", empty_texts=False)
         return Ask(None, 1, True, "", summed(lambda: _inputs(self.input)), tokenizer)
+
+
+def prompt_count(value: str | list[Any], param: str, empty_texts: bool = True) -> int:
+    """How many prompts a completions `prompt` (or embeddings `input`) holds, as OpenAI reads it: a text or one
+    array of token ids is one, a list of texts or of token id arrays one each. An empty list, an empty token
+    array, a list mixing those kinds (or, unless `empty_texts`, an empty text) is a 400 naming `param`."""
+    if isinstance(value, str):
+        if not value and not empty_texts:
+            raise BadRequest(f"Invalid '{param}': an empty text", param=param, code="invalid_value")
+        return 1
+    if not value:
+        raise BadRequest(f"Invalid '{param}': an empty list", param=param, code="invalid_value")
+    kinds = {type(item) for item in value}
+    if len(kinds) > 1:
+        raise BadRequest(f"Invalid '{param}': a list of texts, of token ids or of token id arrays, not a mix of "
+                         f"them", param=param, code="invalid_value")
+    if int in kinds:
+        return 1
+    if any(not item for item in value) and (list in kinds or not empty_texts):
+        raise BadRequest(f"Invalid '{param}': an empty {'token id array' if list in kinds else 'text'} in the "
+                         f"list", param=param, code="invalid_value")
+    return len(value)
 
 
 def _inputs(value: Any) -> Iterable[str | int]:
@@ -318,6 +347,7 @@ class OllamaGenerate(OllamaCall):
     prompt: str = ""
     system: str | None = None
     suffix: str | None = None
+    template: str | None = None                   # rendered around the prompt by Ollama, and billed with it
     images: list[str] | None = None
     raw: bool = False
     context: Annotated[list[TokenId], msgspec.Meta(max_length=10_000_000)] | None = None   # earlier tokens
@@ -326,7 +356,7 @@ class OllamaGenerate(OllamaCall):
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
     def _texts(self) -> Iterable[str | int | _Image]:
-        for text in (self.system, self.prompt, self.suffix):
+        for text in (self.system, self.prompt, self.suffix, self.template):
             if text:
                 yield text
         for _ in self.images or ():
@@ -338,7 +368,7 @@ class OllamaGenerate(OllamaCall):
 
 class OllamaEmbed(OllamaCall):
     input: str | Annotated[list[str], msgspec.Meta(max_length=MAX_INPUTS)] | None = None
-    prompt: str | None = None                     # /api/embeddings spells it so
+    prompt: str | None = None                     # not Ollama's, but read when `input` is absent
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
@@ -347,13 +377,25 @@ class OllamaEmbed(OllamaCall):
                    tokenizer)
 
 
+class OllamaEmbeddings(OllamaCall):
+    """/api/embeddings, the older route: Ollama embeds `prompt` and nothing else (an `input` is ignored, here as
+    there, so what is counted is what is embedded)."""
+
+    prompt: str | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        self._output(limit)
+        return Ask(None, 1, True, "", summed(lambda: _inputs(self.prompt or "")), tokenizer)
+
+
 # --- reading a body -------------------------------------------------------------------------------
 
 
 REQUESTS: dict[str, type[InferenceRequest]] = {
     "openai.chat": OpenAIChat, "openai.completions": OpenAICompletion, "openai.embeddings": OpenAIEmbeddings,
     "ollama.chat": OllamaChat, "ollama.generate": OllamaGenerate, "ollama.embed": OllamaEmbed,
-    "ollama.embeddings": OllamaEmbed,
+    "ollama.embeddings": OllamaEmbeddings,
     # the Anthropic door reads and checks its whole request itself (anthropic_door.py): the routed fields here
     "anthropic.messages": InferenceRequest, "anthropic.count_tokens": InferenceRequest,
 }
@@ -362,14 +404,55 @@ _DECODERS = {api: msgspec.json.Decoder(kind).decode for api, kind in REQUESTS.it
 
 def read_request(api: str, body: bytes) -> Any:
     """The request struct of an API's body (`ask(limit, tokenizer)` gives its Ask); 400 naming the field for a
-    wrong type or a value out of range, for malformed JSON, and for JSON nested too deeply to read."""
+    wrong type or a value out of range, for malformed JSON, for JSON nested too deeply to read, and for a key
+    spelled as a field the gateway reads but in other letter case (`spelled_as_read`)."""
     try:
         request = _DECODERS[api](body)
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise refusal(exc) from None
     if not request.model:
         raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
+    fields = _FIELDS.get(api)
+    if fields is not None:
+        spelled_as_read(body, *fields)
     return request
+
+
+def _folded(kind: type[msgspec.Struct]) -> dict[str, str]:
+    return {field.encode_name.casefold(): field.encode_name for field in msgspec.structs.fields(kind)}
+
+
+# the fields read at the top of a body and in each of its messages, by their case-folded names; the Anthropic
+# door is left out: its upstream bodies are written by the gateway, never passed on
+_FIELDS: dict[str, tuple[dict[str, str], dict[str, str] | None]] = {
+    api: (_folded(kind), _folded(OllamaMessage) if api == "ollama.chat" else _folded(ChatMessage)
+          if api == "openai.chat" else None)
+    for api, kind in REQUESTS.items() if not api.startswith("anthropic.")
+}
+_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_items = msgspec.json.Decoder(list[dict[str, msgspec.Raw]]).decode
+
+
+def spelled_as_read(body: bytes, top: dict[str, str], message: dict[str, str] | None) -> None:
+    """Refuse (400 naming it) a key that differs from a field the gateway reads only in letter case (`Model`,
+    `MAX_TOKENS`, a message's `Content`), at the top of the body or in a message. Ollama's server reads JSON
+    keys without regard to case, the later one winning: such a key would be read there, and not here, as the
+    model, the output limit or the prompt, past the tenant's models and its quota."""
+    keys = _decode_keys(body)
+    _no_other_case(keys, top, "")
+    messages = keys.get("messages")
+    if message is not None and messages is not None and bytes(messages) != b"null":     # else read as a list
+        for index, item in enumerate(_decode_items(messages)):
+            _no_other_case(item, message, f"messages[{index}].")
+
+
+def _no_other_case(keys: dict[str, Any], fields: dict[str, str], prefix: str) -> None:
+    for key in keys:
+        read_as = fields.get(key.casefold())
+        if read_as is not None and read_as != key:
+            raise BadRequest(f"Unknown field '{prefix}{key}': field names are case-sensitive (the gateway reads "
+                             f"'{prefix}{read_as}', some servers read this one as it)", param=f"{prefix}{key}",
+                             code="invalid_field")
 
 
 def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:

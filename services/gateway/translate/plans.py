@@ -7,7 +7,7 @@
 | Ollama `/api/chat` | `openai-compatible`, `openai` | `/v1/chat/completions` | `ollama_chat_to_openai` | `openai_chat_to_ollama` | `OpenAIStreamToOllama(model, "chat")` |
 | Ollama `/api/generate` | `openai-compatible`, `openai` | `/v1/chat/completions` (`/v1/completions` when raw or with a suffix) | `ollama_generate_request` (path and body) | `openai_completion_to_ollama_generate` | `OpenAIStreamToOllama(model, "generate")` |
 | Ollama `/api/embed` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embed_to_openai` | `openai_embeddings_to_ollama_embed` | — |
-| Ollama `/api/embeddings` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embed_to_openai` | `openai_embeddings_to_ollama_embeddings` | — |
+| Ollama `/api/embeddings` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embeddings_to_openai` | `openai_embeddings_to_ollama_embeddings` | — |
 
 `ollama_plan(api, endpoint_kind)` returns that row as functions. Usage on the Ollama door: `plan.usage`
 of the upstream's whole answer (`ollama_usage` natively, `openai_usage` translated), or the stream
@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol
 from switchyard_gateway.services.gateway.translate.embeddings import conform_embeddings, embedding_options, embeddings_to_base64
 from switchyard_gateway.services.gateway.translate.requests import (
     CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, ollama_chat_to_openai, ollama_embed_to_openai,
-    ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_set_model,
+    ollama_embeddings_to_openai, ollama_generate_path, ollama_generate_request, ollama_generate_to_openai, ollama_model, ollama_set_model,
 )
 from switchyard_gateway.services.gateway.translate.responses import (
     ollama_error, ollama_error_line, ollama_usage, openai_chat_to_ollama, openai_completion_to_ollama_generate,
@@ -37,7 +37,8 @@ from switchyard_gateway.services.gateway.translate.wire import Times, TokenCount
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "EMBEDDINGS_PATH", "OLLAMA_APIS", "OllamaStreamTap", "OpenAIStreamToOllama",
     "Plan", "TranslationError", "conform_embeddings", "embedding_options", "embeddings_to_base64",
-    "ollama_chat_to_openai", "ollama_embed_to_openai", "ollama_error", "ollama_error_line", "ollama_generate_path",
+    "ollama_chat_to_openai", "ollama_embed_to_openai", "ollama_embeddings_to_openai", "ollama_error",
+    "ollama_error_line", "ollama_generate_path",
     "ollama_generate_request", "ollama_generate_to_openai", "ollama_model", "ollama_plan", "ollama_set_model",
     "ollama_usage", "openai_chat_to_ollama", "openai_completion_to_ollama_generate",
     "openai_embeddings_to_ollama_embed", "openai_embeddings_to_ollama_embeddings", "openai_error_body",
@@ -113,7 +114,7 @@ _PLANS: dict[tuple[str, bool], Plan] = {
         False, _translated(EMBEDDINGS_PATH, ollama_embed_to_openai), openai_embeddings_to_ollama_embed,
         openai_error_to_ollama, None, openai_usage),
     ("ollama.embeddings", False): Plan(
-        False, _translated(EMBEDDINGS_PATH, ollama_embed_to_openai),
+        False, _translated(EMBEDDINGS_PATH, ollama_embeddings_to_openai),
         openai_embeddings_to_ollama_embeddings, openai_error_to_ollama, None, openai_usage),
 }
 

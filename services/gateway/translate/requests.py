@@ -144,9 +144,18 @@ def ollama_generate_path(body: bytes) -> str:
 
 
 def ollama_embed_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
-    """An /api/embed (`input`) or /api/embeddings (`prompt`) body as a /v1/embeddings body asking for floats."""
+    """An /api/embed body (`input`; `prompt` when it has none) as a /v1/embeddings body asking for floats."""
     req = _read(_decode_embed, body)
-    text = req.input if req.input is not None else (req.prompt or "")
+    return _embeddings_body(req.input if req.input is not None else (req.prompt or ""), req, upstream_model)
+
+
+def ollama_embeddings_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
+    """An /api/embeddings body as a /v1/embeddings body: its `prompt` alone, as Ollama reads it."""
+    req = _read(_decode_embed, body)
+    return _embeddings_body(req.prompt or "", req, upstream_model)
+
+
+def _embeddings_body(text: str | list[str], req: _Embed, upstream_model: str) -> bytes:
     out: dict[str, Any] = {"model": upstream_model, "input": text, "encoding_format": "float"}
     if req.dimensions is not None:
         out["dimensions"] = req.dimensions
