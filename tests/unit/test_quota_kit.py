@@ -113,15 +113,32 @@ def test_prompt_tokens_are_counted_with_the_real_cl100k_encoding() -> None:
     assert (ollama.prompt_tokens(), ollama.output) == (1 + 1 + 3, 9)
 
 
-def test_one_huge_call_is_counted_exactly_up_to_a_bound_and_scaled_beyond() -> None:
+def test_one_huge_call_is_counted_exactly_up_to_a_bound_and_held_as_its_bytes_beyond() -> None:
     count = ESTIMATOR.counter()
     text = "railway " * 1000                      # 8,000 characters, about 1,000 tokens
     counted = [count(text) for _ in range(2 * CALL_LIMIT // len(text))]
     exact = ESTIMATOR.count(text)
     assert 900 < exact < 1100 and counted[0] == exact
     beyond = counted[CALL_LIMIT // len(text) + 1:]
-    assert beyond and set(beyond) == {max(exact, len(text) // 4)}, \
-        "past the bound, scaled by the tokens per character seen so far (a quarter at least)"
+    assert beyond and set(beyond) == {len(text.encode())}, "past the bound, a token per byte: never fewer"
+
+
+@pytest.mark.parametrize("dense", ["😀" * 200_000, " a" * 180_000, "".join(chr(0x4E00 + i % 20_000)
+                                                                            for i in range(150_000))])
+def test_a_cheap_opening_cannot_hide_dense_text_after_it(dense: str) -> None:
+    """A long run of one letter costs a token per few thousand characters; a scaled estimate of what follows
+    held 66,384 tokens for a text of 408,192. In the loop the tail is held as its bytes (at least what it
+    makes), and counted whole (in a thread, for a large body) it is exact."""
+    text = "a" * 65_536 + dense
+    exact = len(ESTIMATOR.encoding.encode_ordinary(text))
+    assert ESTIMATOR.count(text) >= exact
+    assert ESTIMATOR.counter()(text) >= exact
+    assert ESTIMATOR.whole_counter()(text) == exact
+    call = ask("openai.chat", msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": text}]}))
+    assert call.prompt_tokens() >= exact
+    whole = ask("openai.chat", msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": text}]}))
+    whole.count_whole()
+    assert exact <= whole.prompt_tokens() <= exact + 10          # the message's formatting tokens on top
 
 
 def test_without_the_encoding_the_estimate_is_four_bytes_a_token() -> None:

@@ -45,6 +45,7 @@ from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
 
 CLIENT_CLOSED = 499
+WHOLE_COUNT_BYTES = 256 * 1024     # a body larger is counted whole in a thread (the loop counts at most CALL_LIMIT)
 
 
 class Proxy:
@@ -143,11 +144,15 @@ class Proxy:
         """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
         request_id = request_id_of(scope.headers)
         try:
-            key, _, request, door = await self._read(scope, proto)
+            key, body, request, door = await self._read(scope, proto)
             self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
             assert door.anthropic is not None
             estimator = self.quota.estimator
-            answer = door.anthropic.count_tokens(estimator.count, estimator.image_tokens)
+            if len(body) > WHOLE_COUNT_BYTES:                  # exact however long, counted off the loop
+                answer = await asyncio.get_running_loop().run_in_executor(
+                    None, door.anthropic.count_tokens, estimator.whole_counter(), estimator.image_tokens)
+            else:
+                answer = door.anthropic.count_tokens(estimator.count, estimator.image_tokens)
         except GatewayError as exc:
             metrics.count_request(COUNT_TOKENS, exc.status)
             await refuse(proto, scope.path, exc, request_id)
@@ -161,6 +166,8 @@ class Proxy:
         know; a refusal takes it out again. A journal that syncs to disk syncs while the quota is reserved, and
         the call goes on once both are done: no upstream is asked before its acceptance is on disk (a machine
         that dies in between leaves a hold no call owns, which lapses at the hold's expiry)."""
+        if call.ask is not None and len(call.body) > WHOLE_COUNT_BYTES:      # counted exactly, off the loop
+            await asyncio.get_running_loop().run_in_executor(None, call.ask.count_whole)
         accepted = self.usage.accepted(call, plan.model.model_id)
         try:
             syncing = self.usage.journaling(accepted)

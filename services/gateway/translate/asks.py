@@ -86,6 +86,13 @@ class Ask:
                 self._prompt = max(1, self._counted(tokenizer.counter(), tokenizer.image_tokens))
         return self._prompt
 
+    def count_whole(self) -> None:
+        """Count the prompt exactly however long it is (the loop's count holds a long call's tail at a token a
+        byte): for a large body, run in a thread before the reservation, which then reads this count."""
+        tokenizer = self._tokenizer
+        if tokenizer is not None and tokenizer.exact:
+            self._prompt = max(1, self._counted(tokenizer.whole_counter(), tokenizer.image_tokens))
+
     def prompt_tokens(self) -> int:
         """The prompt tokens to hold: those counted, or the whole context when a part cannot be counted."""
         counted = self.counted_tokens()
