@@ -10,6 +10,20 @@ import sys
 from pathlib import Path
 
 
+
+MAX_LINES = 1_000_000     # past events `tail -n` prints at most (export writes any number)
+
+
+def _count(text: str) -> int:
+    """`-n`: a whole number of events from 0 to MAX_LINES (argparse turns the error into a one-line usage)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_LINES:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {MAX_LINES:,}")
+    return value
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     events = sub.add_parser(
         "events", help="read the event log: follow it, or export it as JSON lines",
@@ -18,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tail = events_sub.add_parser("tail", help="print the last events, then each new one as it is recorded")
     tail.add_argument("--type", help="an event type, or a prefix of one: usage, tenant, usage.recorded.v2 ...")
     tail.add_argument("--tenant", help="only this tenant's events")
-    tail.add_argument("-n", "--lines", type=int, default=10, help="how many past events to print first (default 10)")
+    tail.add_argument("-n", "--lines", type=_count, default=10,
+                      help=f"how many past events to print first, 0 to {MAX_LINES:,} (default 10)")
     tail.add_argument("--no-follow", action="store_true", help="print the past events and stop")
     tail.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
     export = events_sub.add_parser("export", help="write events as JSON lines, one stored event per line",

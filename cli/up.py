@@ -58,6 +58,17 @@ def gateway_workers(asked: int, replicas: int) -> int:
     return max(1, worker_count(0) // replicas)
 
 
+def port_number(text: str) -> int:
+    """A TCP port to listen on: 1-65535 (0 would let the kernel choose one nobody is told of)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port from 1 to 65535")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up = sub.add_parser(
         "up", help="run the whole system on this machine",
@@ -69,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.add_argument("--data-dir", type=Path, default=Path("./.switchyard"),
                     help="where data, logs and the spool live (default: ./.switchyard); a second `up` keeps it")
     up.add_argument("--host", default="127.0.0.1", help="gateway listen address (default: 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8080, help="gateway port (default: 8080)")
+    up.add_argument("--port", type=port_number, default=8080, help="gateway port, 1-65535 (default: 8080)")
     up.add_argument("--demo", action="store_true",
                     help="also start two simulated upstreams (Ollama-style and OpenAI-style) and a demo "
                          "tenant 'demo' serving llama3.2 and nomic-embed-text")
@@ -107,7 +118,11 @@ def run(args: argparse.Namespace) -> int:
         if args.registry_doc is None:
             return 1
     data_dir: Path = args.data_dir.absolute()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        say(f"cannot start: the data directory {data_dir} cannot be made: {exc.strerror or exc}")
+        return 1
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
         signal.signal(signum, _raise_stopping)
     become_subreaper()                                   # orphans of our children are ours to see and reap

@@ -15,6 +15,8 @@ Applying it upserts every resource, so applying the same document twice records 
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +70,36 @@ class Known:
         return cls(set(catalog.providers), {*catalog.models, *catalog.aliases})
 
 
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024     # a registry document larger is refused unread (the import route: 5 MB)
+
+
 def load(path: Path) -> tuple[dict[str, Any], list[Problem]]:
-    """Parse a YAML file; a syntax error is one problem at its line."""
+    """Parse a YAML (or JSON) file; a syntax error is one problem at its line, and so is a file that is not
+    UTF-8 text or is larger than MAX_DOCUMENT_BYTES (read no further: `/dev/zero` is a file too)."""
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         return {}, [Problem(str(path), f"cannot read: {exc.strerror or exc}")]
+    if len(data) > MAX_DOCUMENT_BYTES:
+        return {}, [Problem(str(path), f"larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB: not a registry "
+                                       "document")]
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        return {}, [Problem(str(path), f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})")]
     return parse(text)
+
+
+def decode_document(text: str) -> Any:
+    """A document's data: as JSON when it reads as JSON (YAML 1.1 would read the `5e-05` of an exported price as
+    a string), else as YAML. Raises yaml.YAMLError, or RecursionError for nesting too deep to read."""
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def checked(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -87,11 +112,13 @@ def checked(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
 
 def parse(text: str) -> tuple[dict[str, Any], list[Problem]]:
     try:
-        doc = yaml.safe_load(text)
+        doc = decode_document(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(document)"
         return {}, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]
+    except RecursionError:
+        return {}, [Problem("(document)", "nested too deeply to read")]
     if doc is None:
         return {}, []
     if not isinstance(doc, dict):

@@ -31,7 +31,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     match = _RELATIVE.match(text.strip())
     if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        except OverflowError:
+            raise SystemExit(f"switchyard: the age {text!r} reaches back before the year 1") from None
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -151,6 +151,22 @@ def test_tool_choice_is_mapped(choice: dict, openai: object, ollama_tools: int) 
      "server tool"),
     ({"model": "m", "max_tokens": 5, "messages": [], "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "x"}},
      "no tool named 'x'"),
+    ({"model": "m", "max_tokens": 5, "messages": []}, "at least one message is required"),
+    *[({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}, needle)
+      for content, needle in (("", "non-empty content"), ([], "non-empty content"),
+                              ([{"type": "text", "text": ""}], "text content blocks must be non-empty"),
+                              ([{"type": "tool_result", "tool_use_id": "t1", "content": "x"}], "does not hold"),
+                              ([{"type": "tool_use", "id": "t1", "name": "f", "input": {}}], "assistant messages"),
+                              ([{"type": "image", "source": {"type": "base64", "media_type": "text/html",
+                                                             "data": "PGI+"}}], "media_type"))],
+    ({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "x"}]}]},
+     "user messages"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER, WEATHER]},
+     "must be unique"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+      "tools": [{**WEATHER, "name": "a b/c!"}]}, "tools.0.name"),
 ])
 def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:
     with pytest.raises(BadRequest) as refused:

@@ -14,6 +14,7 @@ import yaml
 from litestar import Response, Router, delete, get, post, put
 from litestar.params import FromPath
 
+from switchyard_gateway.catalog.document import decode_document
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.natsio import ServiceError
@@ -179,7 +180,7 @@ async def registry_import(request: Req, deps: AppDeps) -> Response[bytes]:
     """Apply a document (JSON or YAML, the export's shape), all or nothing; every problem is reported."""
     text = (await request.body()).decode("utf-8", errors="replace")
     try:
-        doc = yaml.safe_load(text) if text.strip() else {}
+        doc = decode_document(text) if text.strip() else {}
     except yaml.YAMLError as exc:
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", f"not valid JSON or YAML: {exc}")) from None
     except RecursionError:

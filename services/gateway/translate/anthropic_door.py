@@ -12,6 +12,7 @@ is answered by the gateway itself with its tokenizer (see `count_input_tokens`),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import msgspec
@@ -30,8 +31,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_stream import (
 )
 from switchyard_gateway.services.gateway.translate.asks import Ask, check_tokens, refusal
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    CountTokensRequest, CountTokensResponse, ImageBlock, MessagesRequest, TextBlock, ToolResultBlock, ToolUseBlock,
-    decode_count_tokens_request, decode_messages_request, encode,
+    CountTokensRequest, CountTokensResponse, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock,
+    ToolUseBlock, decode_count_tokens_request, decode_messages_request, encode,
 )
 from switchyard_gateway.services.gateway.translate.plans import Plan
 from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
@@ -54,14 +55,53 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
         raise refusal(exc) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise refusal(exc) from None
-    for tool in request.tools or ():
+    names: set[str] = set()
+    for index, tool in enumerate(request.tools or ()):
         if tool.type not in (None, "custom"):
             raise BadRequest(f"tools: the server tool '{tool.type}' ('{tool.name}') is not served; "
                              "only client tools with an input_schema are", param="tools")
+        if not TOOL_NAME.fullmatch(tool.name):
+            raise BadRequest(f"tools.{index}.name: must match {TOOL_NAME.pattern}", param=f"tools.{index}.name")
+        if tool.name in names:
+            raise BadRequest(f"tools: tool names must be unique ('{tool.name}' is given twice)", param="tools")
+        names.add(tool.name)
     choice = request.tool_choice
     if choice is not None and choice.type == "tool" and not any(t.name == choice.name for t in request.tools or ()):
         raise BadRequest(f"tool_choice: no tool named '{choice.name}' in tools", param="tool_choice")
+    _check_conversation(request.messages)
     return request
+
+
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+
+def _check_conversation(messages: list[InputMessage]) -> None:
+    """What Anthropic refuses in a conversation, refused here too (400) rather than sent on broken: no message,
+    an empty content or text block, a `tool_use` outside an assistant turn, a `tool_result` outside a user turn
+    or answering no `tool_use` of the turn before it."""
+    if not messages:
+        raise BadRequest("messages: at least one message is required", param="messages")
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        content = message.content
+        if not content:
+            raise BadRequest(f"messages.{index}: all messages must have non-empty content", param=f"messages.{index}")
+        calls: set[str] = set()
+        for number, block in enumerate(content if isinstance(content, list) else ()):
+            where = f"messages.{index}.content.{number}"
+            if isinstance(block, TextBlock) and not block.text:
+                raise BadRequest(f"{where}: text content blocks must be non-empty", param=where)
+            if isinstance(block, ToolUseBlock):
+                if message.role != "assistant":
+                    raise BadRequest(f"{where}: tool_use blocks may only be in assistant messages", param=where)
+                calls.add(block.id)
+            elif isinstance(block, ToolResultBlock):
+                if message.role != "user":
+                    raise BadRequest(f"{where}: tool_result blocks may only be in user messages", param=where)
+                if block.tool_use_id not in called:
+                    raise BadRequest(f"{where}: tool_result answers tool_use id '{block.tool_use_id}', which the "
+                                     f"message before it does not hold", param=where)
+        called = calls
 
 
 class AnthropicCall:

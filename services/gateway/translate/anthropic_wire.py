@@ -17,7 +17,7 @@ from msgspec import Meta
 
 
 class Base64ImageSource(msgspec.Struct, tag_field="type", tag="base64"):
-    media_type: str
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]    # Anthropic's four
     data: str
 
 

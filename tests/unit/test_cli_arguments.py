@@ -1,0 +1,66 @@
+"""Hostile arguments to the command line: each refused in one line with a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from switchyard_gateway.catalog.document import MAX_DOCUMENT_BYTES, load
+
+
+def switchyard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd, env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (("events", "tail", "-n", "-1"), 2, "-1 is not between 0 and"),
+    (("events", "tail", "-n", "99999999999999999999"), 2, "is not between 0 and"),
+    (("events", "tail", "-n", "ten"), 2, "is not a whole number"),
+    (("events", "export", "--since", "999999999d"), 1, "reaches back before the year 1"),
+    (("up", "--port", "70000"), 2, "70000 is not a port from 1 to 65535"),
+    (("up", "--port", "-1"), 2, "-1 is not a port"),
+    (("up", "--port", "0"), 2, "0 is not a port"),        # the kernel would choose one nobody is told of
+    (("up", "--data-dir", "a-file"), 1, "cannot be made"),
+    (("up", "--data-dir", "a-file/below"), 1, "cannot be made"),
+])
+def test_a_hostile_argument_is_one_line_and_an_exit_code(args: tuple[str, ...], code: int, needle: str,
+                                                         tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    done = switchyard(*args, cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"providers:\n  - id: caf\xe9\n", "not UTF-8 text (byte 0xe9"),
+    (b"[" * 100_000, "nested too deeply"),
+    (b"{" * 50_000, "nested too deeply"),
+])
+def test_config_validate_refuses_what_it_cannot_read_in_one_line(content: bytes, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "switchyard.yaml"
+    path.write_bytes(content)
+    done = switchyard("config", "validate", str(path), cwd=tmp_path)
+    assert done.returncode == 1 and needle in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_document_past_the_size_bound_is_not_read(tmp_path: Path) -> None:
+    """`config validate /dev/zero` grew until it was killed: a document is read only up to its bound."""
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as out:
+        out.truncate(MAX_DOCUMENT_BYTES + 1)               # sparse: no disk written
+    doc, problems = load(path)
+    assert doc == {} and len(problems) == 1 and "larger than" in problems[0].message
+
+
+def test_an_exported_json_document_reads_back_with_its_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads `5e-05` (no dot) as a string: an export's JSON was refused on import. JSON is read as JSON."""
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps({"models": [{"id": "cheap", "kind": "chat", "input_price_per_1m": 0.00005}]}))
+    doc, problems = load(path)
+    assert problems == [] and doc["models"][0]["input_price_per_1m"] == 0.00005
