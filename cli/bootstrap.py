@@ -14,6 +14,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.retry import Backoff, retry
+from switchyard_gateway.cli.say import say
 
 DEMO_TENANT = "demo"
 DEMO_CHAT_MODEL = "llama3.2"
@@ -45,14 +46,26 @@ def config_command(doc: dict) -> m.Command:
     return m.ImportConfig(config=doc)
 
 
+KEY_SETTINGS = {"admin": "SWITCHYARD_ADMIN_KEY", "member": "SWITCHYARD_DEMO_KEY"}    # the keys `up` issues
+
+
 async def apply(nc: NATS, commands: list[m.Command], timeout_s: float = 30.0) -> list[m.CommandReply]:
     """Send commands to the registry in order, waiting for it to answer at all first."""
     deadline = time.monotonic() + timeout_s
     replies = []
     for command in commands:
-        raw = await retry(lambda command=command: natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command), 5.0),
-                          what=None, errors=(natsio.ServiceUnavailable,), backoff=Backoff(0.2, 0.2),
-                          deadline_s=max(deadline - time.monotonic(), 0.0))
+        try:
+            raw = await retry(lambda command=command: natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command),
+                                                                     5.0),
+                              what=None, errors=(natsio.ServiceUnavailable,), backoff=Backoff(0.2, 0.2),
+                              deadline_s=max(deadline - time.monotonic(), 0.0))
+        except natsio.ServiceError as exc:
+            if not (isinstance(command, m.IssueKey) and exc.body.code == "KEY_REVOKED"):
+                raise
+            # revoked through the API since the last start: it stays revoked, whatever keys.env still holds
+            say(f"the {command.name or 'key'} was revoked and stays revoked: set a new one "
+                f"({KEY_SETTINGS.get(command.role, 'SWITCHYARD_DEMO_KEY')}) to use it again")
+            raw = encode(m.CommandReply())
         replies.append(_reply.decode(raw))
     return replies
 

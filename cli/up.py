@@ -232,12 +232,14 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
             replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(nats_url, commands)))
             if args.registry_doc is not None:
                 say(f"registry document applied: {len(replies[-1].events)} change(s)")
-        _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0))
+        _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0,
+                                                                     "SWITCHYARD_ADMIN_KEY"))
         if any(len(units) > 1 for units in args.units.values()):
             expected = {name: len(units) for name, units in args.units.items()}
             _supervising(supervisor, gateway_at, lambda: _wait_instances(local, admin_key, expected, 60.0))
         if args.demo:
-            _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/v1/models", demo_key, 30.0))
+            _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/v1/models", demo_key, 30.0,
+                                                                         "SWITCHYARD_DEMO_KEY"))
     except Stopping:
         raise
     except Exception as exc:  # noqa: BLE001 — tell the operator where to look
@@ -377,15 +379,28 @@ def _wait_instances(gateway: str, key: str, expected: dict[str, int], timeout_s:
         time.sleep(0.2)
 
 
-def _wait_http(url: str, key: str, timeout_s: float) -> None:
-    """Poll a gateway URL with a key until it answers 200."""
+REFUSED_FOR_S = 10.0    # a key the gateway refuses (401) this long after it first answered was revoked
+
+
+def _wait_http(url: str, key: str, timeout_s: float, setting: str) -> None:
+    """Poll a gateway URL with a key until it answers 200; a key it keeps refusing (401 for REFUSED_FOR_S: the
+    registry issues `up`'s keys within a second of its start) was revoked, and `setting` names a new one."""
     deadline = time.monotonic() + timeout_s
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    refused_since: float | None = None
     while True:
         try:
             with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 — loopback only
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                refused_since = None
+            elif refused_since is None:
+                refused_since = time.monotonic()
+            elif time.monotonic() - refused_since > REFUSED_FOR_S:
+                raise RuntimeError(f"the gateway refuses the key in {setting} (it was revoked): set {setting} to a "
+                                   f"new key, which is issued at start") from None
         except OSError:
             pass
         if time.monotonic() > deadline:

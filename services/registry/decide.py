@@ -132,14 +132,18 @@ def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
     if command.secret is not None:
         if len(command.secret) < 16:
             raise invalid("VALIDATION_ERROR", "a supplied key must be at least 16 characters", "secret")
-        existing = catalog.keys_by_hash.get(hash_key(command.secret))
+        digest = hash_key(command.secret)
+        if any(key.key_sha256 == digest for key in catalog.revoked.values()):
+            raise invalid("KEY_REVOKED", "that key was revoked, and a revoked key stays revoked: supply another",
+                          "secret", 409)
+        existing = catalog.keys_by_hash.get(digest)
         if existing is not None:
             if existing.tenant_id != command.tenant_id or existing.role != command.role:
                 raise invalid("CONFLICT", "that key is already issued to another tenant or role", "secret", 409)
             return [], None, existing.key_id
         secret = command.secret
         key_id = key_id_of(secret) or f"{KEY_PREFIX}{secrets.token_hex(4)}"
-        if key_id in catalog.keys:
+        if key_id in catalog.keys or key_id in catalog.revoked:
             raise invalid("CONFLICT", f"key id '{key_id}' is already issued", "secret", 409)
     else:
         key_id = f"{KEY_PREFIX}{secrets.token_hex(4)}"

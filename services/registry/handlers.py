@@ -99,7 +99,14 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     passwords = Passwords(settings.password_hash_concurrency)
     if settings.admin_key:
         for command in admin_commands(settings.admin_key):
-            await store.execute(command)
+            try:
+                await store.execute(command)
+            except ServiceError as exc:
+                if exc.body.code != "KEY_REVOKED":
+                    raise
+                # an operator revoked it through the API: a restart must not bring it back
+                runtime.log.error("registry.admin_key_revoked", detail="SWITCHYARD_ADMIN_KEY names a key that was "
+                                  "revoked; it stays revoked: set a new one to sign in with it")
     if settings.registry_document:
         await apply_document(runtime, store, Path(settings.registry_document))
     deps = Deps(log=runtime.log, store=store, passwords=passwords)

@@ -235,3 +235,16 @@ def test_a_cached_input_price_is_kept_and_may_not_be_negative(catalog: Catalog) 
         400, "VALIDATION_ERROR", "cached_input_price_per_1m")
     assert refused(catalog, m.AssignModel(tenant_id="acme", model_id="qwen2.5", cached_input_price_per_1m=-1))[2] == \
         "cached_input_price_per_1m"
+
+
+def test_a_revoked_key_stays_revoked_when_its_secret_is_supplied_again(catalog: Catalog) -> None:
+    """`up` issues SWITCHYARD_ADMIN_KEY (and the demo key) again at every start, from keys.env: a key an operator
+    revoked through the API came back to life at the next start. Its secret is now refused, so is its id."""
+    secret = "sy_admin0a1b_" + "x" * 32
+    first = run(catalog, m.IssueKey(tenant_id="acme", role="admin", secret=secret))
+    assert run(catalog, m.IssueKey(tenant_id="acme", role="admin", secret=secret)) == []     # idempotent while live
+    run(catalog, m.RevokeKey(key_id=first[0].key_id))
+    assert refused(catalog, m.IssueKey(tenant_id="acme", role="admin", secret=secret)) == (409, "KEY_REVOKED",
+                                                                                             "secret")
+    assert catalog.authenticate(secret) is None
+    assert run(catalog, m.IssueKey(tenant_id="acme", role="admin", secret="sy_admin0c2d_" + "y" * 32))
