@@ -68,7 +68,7 @@ class Cluster:
             assert reply.status_code == 200, reply.text
 
     def unit(self, name: str) -> list[psutil.Process]:
-        """The live processes of one supervised unit (`gateway-1`: its main and its worker)."""
+        """The live processes of one supervised unit (`gateway-1`: its one process when it runs one worker)."""
         found = []
         for process in psutil.Process(self.proc.pid).children(recursive=True):
             try:
@@ -193,7 +193,7 @@ async def test_one_of_two_gateways_killed_the_other_keeps_serving_and_nothing_is
         await wait_for(lambda: load.answered >= 50 and len(load.streaming) >= 2, timeout_s=30,
                        what="the load under way")
         victims = cluster.unit("gateway-1")
-        assert len(victims) == 2, victims                 # its granian main and worker
+        assert victims, "gateway-1 is running"             # one process: one worker needs no main beside it
         for process in victims:
             process.send_signal(signal.SIGKILL)
         killed = time.monotonic()

@@ -17,7 +17,7 @@ from tests.e2e.test_ws_embeddings import exactly, opened, until_closed
 
 @pytest.fixture(scope="module")
 def granian_gateway(demo: DemoStack, urls) -> Iterator[Gateway]:
-    gateway = start_gateway(demo, urls, http_server="granian", ws_idle_timeout_s="1")
+    gateway = start_gateway(demo, urls, http_server="granian", ws_idle_timeout_s="3")                    # the first message may take a loaded second
     yield gateway
     stop_gateway(gateway)
 
@@ -42,5 +42,5 @@ async def test_websocket_embeddings_through_granian(demo: DemoStack, granian_gat
         await ws.send(json.dumps({"id": "a", "model": "nomic-embed-text", "input": "hello"}))
         answer = json.loads(await ws.recv())
         assert answer["id"] == "a" and answer["status"] == 200 and answer["data"][0]["embedding"]
-        assert await until_closed(ws) == [{"type": "close", "code": 1001, "reason": "idle for 1 s"}]
+        assert await until_closed(ws) == [{"type": "close", "code": 1001, "reason": "idle for 3 s"}]
     assert len(await exactly(demo, connection, 1)) == 1

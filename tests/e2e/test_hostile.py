@@ -34,7 +34,7 @@ JWT_SECRET = "hostile-e2e-jwt-secret-with-32-bytes!"
 CHAT = ("/v1/chat/completions", "/api/chat", "/v1/completions", "/api/generate")
 CONTEXT = 8192
 FIRST_BYTE_S = 1.0
-UNSET_CREDENTIAL = "SWITCHYARD_HOSTILE_TEST_KEY_NEVER_SET"
+UNSET_CREDENTIAL = "HOSTILE_TEST_UPSTREAM_KEY_NEVER_SET"     # not SWITCHYARD_*: those are refused
 ESTIMATOR = TokenEstimator()
 
 
