@@ -46,6 +46,8 @@ class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
 
 # How a register command treats an existing resource: replace it or create it (upsert, the default:
 # repeating a command records nothing), create only (409 CONFLICT if it exists), update only (404 if not).
+# `if_match`, on the same commands, is the event id of the resource's state the command was made from (an
+# update merged over what was read): when the resource has changed since, 409 CHANGED, and nothing is recorded.
 Mode = Literal["upsert", "create", "update"]
 
 
@@ -59,6 +61,7 @@ class CreateTenant(Command, frozen=True, tag="create_tenant"):
     all_models: bool = True
     fallback_on_quota: bool = False
     mode: Mode = "upsert"
+    if_match: str | None = None
 
 
 class RemoveTenant(Command, frozen=True, tag="remove_tenant"):
@@ -70,6 +73,7 @@ class RegisterProvider(Command, frozen=True, tag="register_provider"):
     kind: ProviderKind
     display_name: str = ""
     mode: Mode = "upsert"
+    if_match: str | None = None
 
 
 class RemoveProvider(Command, frozen=True, tag="remove_provider"):
@@ -89,6 +93,7 @@ class RegisterEndpoint(Command, frozen=True, tag="register_endpoint"):
     first_byte_timeout_s: float | None = None
     warm_on_start: bool = False
     mode: Mode = "upsert"
+    if_match: str | None = None
 
 
 class RemoveEndpoint(Command, frozen=True, tag="remove_endpoint"):
@@ -105,6 +110,7 @@ class RegisterModel(Command, frozen=True, tag="register_model"):
     fallback_model: str = ""
     cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
+    if_match: str | None = None
 
 
 class RemoveModel(Command, frozen=True, tag="remove_model"):
@@ -122,6 +128,7 @@ class AssignModel(Command, frozen=True, tag="assign_model"):
     fallback_model: str = ""
     cached_input_price_per_1m: float | None = None
     mode: Mode = "upsert"
+    if_match: str | None = None
 
 
 class UnassignModel(Command, frozen=True, tag="unassign_model"):

@@ -32,12 +32,20 @@ def not_found(code: str, what: str, ident: str, field: str | None = None) -> Ser
     return invalid(code, f"{what} '{ident}' not found", field, status=404)
 
 
-def check_mode(mode: m.Mode, exists: bool, what: str, ident: str, field: str) -> None:
-    """409 for a create of something that exists, 404 for an update of something that does not."""
+Registering = m.CreateTenant | m.RegisterProvider | m.RegisterEndpoint | m.RegisterModel | m.AssignModel
+
+
+def check_mode(command: Registering, current: ev.Event | None, what: str, ident: str, field: str) -> None:
+    """409 for a create of something that exists, 404 for an update of something that does not, and 409
+    CHANGED when the command was made from a state (`if_match`, an event id) the resource no longer has."""
+    mode, exists = command.mode, current is not None
     if mode == "create" and exists:
         raise invalid("CONFLICT", f"{what} '{ident}' already exists; update it with PUT", field, status=409)
     if mode == "update" and not exists:
         raise not_found(f"{what.upper()}_NOT_FOUND", what, ident, field)
+    if command.if_match is not None and current is not None and str(current.event_id) != command.if_match:
+        raise invalid("CHANGED", f"{what} '{ident}' was changed by another request meanwhile: read it and try again",
+                      None, status=409)
 
 
 def same(old: ev.Event | None, new: ev.Event) -> bool:
@@ -48,7 +56,7 @@ def same(old: ev.Event | None, new: ev.Event) -> bool:
     return all(getattr(old, f) == getattr(new, f) for f in old.__struct_fields__ if f not in skip)
 
 
-def fields_of(command: m.Command, drop: tuple[str, ...] = ("mode",)) -> dict[str, object]:
+def fields_of(command: m.Command, drop: tuple[str, ...] = ("mode", "if_match")) -> dict[str, object]:
     return {f: getattr(command, f) for f in command.__struct_fields__ if f not in drop}
 
 

@@ -33,7 +33,7 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
     match command:
         case m.CreateTenant():
             check_identifier(command.tenant_id, "tenant_id")
-            check_mode(command.mode, command.tenant_id in catalog.tenants, "Tenant", command.tenant_id, "tenant_id")
+            check_mode(command, catalog.tenants.get(command.tenant_id), "Tenant", command.tenant_id, "tenant_id")
             new = ev.TenantCreated(**fields_of(command))
             return ([] if same(catalog.tenants.get(command.tenant_id), new) else [new]), None, None
         case m.RemoveTenant():
@@ -42,7 +42,7 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
             return [ev.TenantRemoved(tenant_id=command.tenant_id)], None, None
         case m.RegisterProvider():
             check_identifier(command.provider_id, "provider_id")
-            check_mode(command.mode, command.provider_id in catalog.providers, "Provider", command.provider_id,
+            check_mode(command, catalog.providers.get(command.provider_id), "Provider", command.provider_id,
                        "provider_id")
             new = ev.ProviderRegistered(**fields_of(command))
             return ([] if same(catalog.providers.get(command.provider_id), new) else [new]), None, None
@@ -101,7 +101,7 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
 
 def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.Event]:
     check_identifier(command.endpoint_id, "endpoint_id")
-    check_mode(command.mode, command.endpoint_id in catalog.registered, "Endpoint", command.endpoint_id,
+    check_mode(command, catalog.registered.get(command.endpoint_id), "Endpoint", command.endpoint_id,
                "endpoint_id")
     if command.provider_id not in catalog.providers:
         raise not_found("PROVIDER_NOT_FOUND", "Provider", command.provider_id, "provider_id")

@@ -18,7 +18,7 @@ from switchyard_gateway.services.registry.checks import (
 
 def register_model(catalog: Catalog, command: m.RegisterModel) -> list[ev.Event]:
     check_model_name(command.model_id, "model_id")
-    check_mode(command.mode, command.model_id in catalog.models, "Model", command.model_id, "model_id")
+    check_mode(command, catalog.models.get(command.model_id), "Model", command.model_id, "model_id")
     for i, alias in enumerate(command.aliases):
         check_model_name(alias, f"aliases[{i}]")
         owner = alias if alias in catalog.models else catalog.aliases.get(alias)
@@ -66,7 +66,7 @@ def assign_model(catalog: Catalog, command: m.AssignModel) -> list[ev.Event]:
     if model_id is None:
         raise not_found("MODEL_NOT_FOUND", "Model", command.model_id, "model_id")
     assigned = catalog.assignments.get(tid, {})
-    check_mode(command.mode, model_id in assigned, "Assignment", f"{tid}/{model_id}", "model_id")
+    check_mode(command, assigned.get(model_id), "Assignment", f"{tid}/{model_id}", "model_id")
     if command.is_default and not command.enabled:
         raise invalid("VALIDATION_ERROR", "a disabled model cannot be the tenant's default", "is_default", 422)
     for name in ("input_price_per_1m", "output_price_per_1m", "cached_input_price_per_1m"):

@@ -20,10 +20,12 @@ _NOT_FOUND = {"providers": "PROVIDER_NOT_FOUND", "models": "MODEL_NOT_FOUND", "t
 
 
 def view(event: Event) -> dict[str, Any]:
-    """A registry event's full state as a resource, minus identity, time and hashes."""
+    """A registry event's full state as a resource, minus identity, time and hashes; its version is the id of
+    the event that recorded it."""
     data = msgspec.to_builtins(event)
     data = {k: v for k, v in data.items() if k not in _HIDDEN}
     data["updated_at"] = msgspec.to_builtins(event.occurred_at)
+    data["version"] = str(event.event_id)     # what an update names as `if_match` to be recorded only over it
     return data
 
 

@@ -245,3 +245,18 @@ async def test_seed_metrics_count_outcomes_latency_availability_and_active_reque
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+async def test_a_tenant_model_with_a_bad_quota_changes_nothing_and_the_caller_is_checked_first(
+        demo: DemoStack) -> None:
+    """The assignment was recorded before its quota was refused (a 400 that half happened), naming a field the
+    caller never sent; and a bad body without a key got its 400 before its 401."""
+    tenant, key = new_tenant(demo, all_models=False)
+    refused = await send(demo, "POST", "/api/v1/tenant-models", demo.admin_key,
+                         {"model_id": "nomic-embed-text", "tenant_id": tenant, "monthly_quota": -5})
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "monthly_quota", refused.text
+    assigned = await send(demo, "GET", f"/api/admin/tenants/{tenant}/models", demo.admin_key)
+    assert "nomic-embed-text" not in {a["model_id"] for a in assigned.json()}, "nothing recorded"
+    assert (await send(demo, "POST", "/api/v1/tenant-models", None, {})).status_code == 401
+    assert (await send(demo, "POST", "/api/v1/tenant-models", key, {"model_id": 5})).status_code == 403
+    assert (await send(demo, "POST", "/api/v1/tenant-models", demo.admin_key, {})).status_code == 400

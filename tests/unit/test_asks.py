@@ -331,3 +331,17 @@ def test_keys_the_gateway_does_not_read_keep_their_case() -> None:
     call = ask("openai.chat", msgspec.json.encode({**BASE["openai.chat"], "Top_K": 5, "User": "u-1",
                                                    "messages": [{"role": "user", "content": "hi", "Extra": 1}]}))
     assert call.choices == 1
+
+
+@pytest.mark.parametrize("value", ["xml", 123, [1], True, {"type": "object"}, "json", None, ""])
+@pytest.mark.parametrize("api", ["ollama.chat", "ollama.generate"])
+def test_ollama_format_is_json_or_a_schema(api: str, value: Any) -> None:
+    """Ollama answers 400 to a `format` other than "json" or a schema; translated, any such value became JSON
+    mode. It is a 400 naming `format` before anything is held."""
+    raw = msgspec.json.encode({**BASE[api], "format": value})
+    if value in ("xml", 123, [1], True):
+        with pytest.raises(BadRequest) as refused:
+            ask(api, raw)
+        assert refused.value.param == "format"
+    else:
+        assert ask(api, raw).choices == 1

@@ -60,7 +60,7 @@ def test_refusals_by_the_framework_get_a_status_type() -> None:
 
 def test_a_request_id_is_the_clients_when_usable_else_new() -> None:
     assert request_id_of({"x-request-id": "abc-1"}) == "abc-1"
-    for unusable in ("x" * 129, "tab\there", ""):
+    for unusable in ("x" * 129, "tab\there", "", "caf\xc3\xa9"):          # UTF-8 bytes, read as Latin-1
         made = request_id_of({"x-request-id": unusable})
         assert made != unusable and len(made) == 32
     assert request_id_of({}) != request_id_of({})

@@ -248,3 +248,13 @@ def test_a_revoked_key_stays_revoked_when_its_secret_is_supplied_again(catalog: 
                                                                                              "secret")
     assert catalog.authenticate(secret) is None
     assert run(catalog, m.IssueKey(tenant_id="acme", role="admin", secret="sy_admin0c2d_" + "y" * 32))
+
+
+def test_an_update_made_from_a_state_the_resource_no_longer_has_is_refused(catalog: Catalog) -> None:
+    read = catalog.registered["auto"]
+    run(catalog, m.RegisterEndpoint(endpoint_id="auto", provider_id="local", base_url="http://127.0.0.1:2",
+                                    priority=5, mode="update", if_match=str(read.event_id)))
+    assert refused(catalog, m.RegisterEndpoint(endpoint_id="auto", provider_id="local", base_url="http://127.0.0.1:2",
+                                               weight=9, mode="update", if_match=str(read.event_id))) \
+        == (409, "CHANGED", None)
+    assert catalog.registered["auto"].priority == 5 and catalog.registered["auto"].weight == 1

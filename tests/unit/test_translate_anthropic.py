@@ -409,3 +409,15 @@ def test_a_quota_refusal_is_a_billing_error_with_its_figures() -> None:
 def test_upstream_errors_are_rewritten_keeping_their_message(data: bytes, status: int, kind: str,
                                                             message: str) -> None:
     assert json.loads(upstream_error(data, status)) == {"type": "error", "error": {"type": kind, "message": message}}
+
+
+@pytest.mark.parametrize(("kind", "field", "absent"), [("openai", "max_completion_tokens", "max_tokens"),
+                                                       ("openai-compatible", "max_tokens", "max_completion_tokens")])
+def test_openai_itself_is_given_the_output_limit_as_max_completion_tokens(kind: str, field: str, absent: str) -> None:
+    """OpenAI's reasoning models refuse `max_tokens`; the OpenAI door already wrote `max_completion_tokens` for
+    `openai` endpoints, the Anthropic door did not, so those models were out of its reach."""
+    raw = json.dumps({"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    call = AnthropicCall(MESSAGES, InferenceRequest(model="m"), raw)
+    _, body = call.plan(kind).request(raw, "up-model", 40)
+    sent = json.loads(body)
+    assert sent[field] == 40 and absent not in sent

@@ -42,6 +42,7 @@ async def run_command(deps: Deps, command: m.Command, status: int = 200) -> Resp
         body["key_id"] = reply.key_id
     if recorded:
         body["resource"] = {k: v for k, v in msgspec.to_builtins(recorded[-1]).items() if k not in _HIDDEN}
+        body["resource"]["version"] = str(recorded[-1].event_id)
         body["events"] = len(recorded)
     return json_response(body, status if recorded else 200)
 
@@ -54,10 +55,26 @@ async def _body(request: Req, kind: type[m.Command], **path: Any) -> m.Command:
     return msgspec.convert({**await json_object(request), **path}, kind)
 
 
-async def _merged(request: Req, deps: Deps, kind: type[m.Command], query: m.RegistryQuery, **path: Any) -> m.Command:
-    """An update: the resource as the registry holds it, overlaid with what the body names."""
-    current = _any.decode(await ask(deps, subjects.REGISTRY_QUERY, query))
-    return msgspec.convert({**current, **await json_object(request), **path, "mode": "update"}, kind)
+MERGE_TRIES = 5        # an update read and overlaid again at most this often while other changes come between
+
+
+async def _update(request: Req, deps: Deps, kind: type[m.Command], query: m.RegistryQuery, **path: Any) \
+        -> Response[bytes]:
+    """An update: the resource as the registry holds it, overlaid with what the body names, and recorded only if
+    the resource is still as it was read (`if_match`: its version): another update between the read and the
+    write would otherwise lose its fields to this one's stale copy. Read and overlaid again when one came
+    between; a body naming its own `if_match` (a version it read) gets the 409 CHANGED itself."""
+    body = await json_object(request)
+    for attempt in range(MERGE_TRIES):
+        current = _any.decode(await ask(deps, subjects.REGISTRY_QUERY, query))
+        command = msgspec.convert({**current, **body, **path, "mode": "update",
+                                   "if_match": body.get("if_match", current.get("version"))}, kind)
+        try:
+            return await run_command(deps, command)
+        except ServiceError as exc:
+            if exc.body.code != "CHANGED" or "if_match" in body or attempt == MERGE_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[m.Command],
@@ -87,7 +104,7 @@ def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[
     async def update(request: Req, deps: AppDeps, item_id: FromPath[Any]) -> Response[bytes]:
         key = ident(request, item_id)
         query = m.RegistryQuery(resource, id=key)  # type: ignore[arg-type]
-        return await run_command(deps, await _merged(request, deps, register, query, **{id_field: key}))
+        return await _update(request, deps, register, query, **{id_field: key})
 
     @delete(f"/{resource}/{item}", name=f"delete_{resource}", status_code=200)
     async def remove_(request: Req, deps: AppDeps, item_id: FromPath[Any]) -> Response[bytes]:
@@ -130,8 +147,7 @@ async def get_assignment(deps: AppDeps, tenant_id: FromPath[str], model_id: From
 async def update_assignment(request: Req, deps: AppDeps, tenant_id: FromPath[str],
                             model_id: FromPath[str]) -> Response[bytes]:
     query = m.RegistryQuery("assignments", id=f"{tenant_id}/{model_id}")
-    return await run_command(deps, await _merged(request, deps, m.AssignModel, query, tenant_id=tenant_id,
-                                                 model_id=model_id))
+    return await _update(request, deps, m.AssignModel, query, tenant_id=tenant_id, model_id=model_id)
 
 
 @delete("/tenants/{tenant_id:str}/models/{model_id:str}", status_code=200)

@@ -18,12 +18,17 @@ from litestar.params import FromPath, JSONBody
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
-from switchyard_gateway.contracts.quota import LimitsReply, LimitsUpdate, QuotaQuery, SetLimits, SetLimitsReply
+from switchyard_gateway.contracts.quota import (
+    Limits, LimitsReply, LimitsUpdate, QuotaQuery, SetLimits, SetLimitsReply,
+)
 from switchyard_gateway.contracts.routing import CircuitChanged
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.api import routing_admin, warmup
-from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, caller, json_response
+from switchyard_gateway.quotas.limits import InvalidLimits, merge
+from switchyard_gateway.services.gateway.api.common import (
+    AppDeps, admin_guard, ask, caller, json_response, read_json,
+)
 from switchyard_gateway.services.gateway.api.health import _optional_caller
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import require_admin
@@ -74,8 +79,25 @@ class TenantModel(msgspec.Struct, frozen=True, kw_only=True):
     daily_quota: int | None | msgspec.UnsetType = msgspec.UNSET
 
 
-async def _apply(request: Req, deps: Deps, body: TenantModel, model: str, create: bool) -> Response[bytes]:
+_tenant_model = msgspec.json.Decoder(TenantModel).decode
+_QUOTA_FIELDS = {"daily_tokens": "daily_quota", "monthly_tokens": "monthly_quota"}    # ours -> the body's
+
+
+async def _apply(request: Req, deps: Deps, model: str | None, create: bool) -> Response[bytes]:
+    """Assign (or change) a tenant's model and its token quotas: the caller checked first (401/403 before the body
+    is read), then every value (400 naming the body's own field), and only then anything recorded, so that a bad
+    quota leaves no assignment behind."""
     key = require_admin(caller(request, deps))
+    body = read_json(await request.body() or b"{}", _tenant_model)
+    model = model or body.model_id
+    if not model:
+        raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "Missing required field 'model_id'", "model_id"))
+    update = LimitsUpdate(daily_tokens=body.daily_quota, monthly_tokens=body.monthly_quota)
+    try:
+        merge(Limits(), update, per_model=True)
+    except InvalidLimits as exc:
+        field = _QUOTA_FIELDS.get(exc.field, exc.field)
+        raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", str(exc).replace(exc.field, field), field)) from None
     tenant_id = body.tenant_id or request.query_params.get("tenant_id") or key.tenant_id
     cat = deps.catalog
     if tenant_id not in cat.tenants:
@@ -91,10 +113,10 @@ async def _apply(request: Req, deps: Deps, body: TenantModel, model: str, create
     fields = {k: v for k, v in msgspec.to_builtins(current).items() if k in m.AssignModel.__struct_fields__} \
         if current is not None else {}
     given = {k: getattr(body, k) for k in ("enabled", "is_default", "priority") if getattr(body, k) is not None}
-    command = m.AssignModel(**{**fields, **given, "tenant_id": tenant_id, "model_id": model_id, "mode": "upsert"})
+    command = m.AssignModel(**{**fields, **given, "tenant_id": tenant_id, "model_id": model_id, "mode": "upsert",
+                               "if_match": str(current.event_id) if current is not None else None})
     reply = _command_reply.decode(await ask(deps, subjects.REGISTRY_COMMAND, command))
     await deps.state.wait_for({str(e.event_id) for e in reply.recorded})
-    update = LimitsUpdate(daily_tokens=body.daily_quota, monthly_tokens=body.monthly_quota)
     if body.daily_quota is not msgspec.UNSET or body.monthly_quota is not msgspec.UNSET:
         limits = _set.decode(await ask(deps, subjects.QUOTA_COMMAND,
                                        SetLimits(tenant_id=tenant_id, model_id=model_id, update=update)))
@@ -113,18 +135,15 @@ async def _apply(request: Req, deps: Deps, body: TenantModel, model: str, create
 
 
 @post("/api/v1/tenant-models", status_code=201)
-async def enable_tenant_model(request: Req, deps: AppDeps, data: JSONBody[TenantModel]) -> Response[bytes]:
+async def enable_tenant_model(request: Req, deps: AppDeps) -> Response[bytes]:
     """Enable a model for a tenant (the caller's, or `tenant_id`), with optional token quotas; admin role."""
-    if not data.model_id:
-        raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "Missing required field 'model_id'", "model_id"))
-    return await _apply(request, deps, data, data.model_id, create=True)
+    return await _apply(request, deps, None, create=True)
 
 
 @put("/api/v1/tenant-models/{model:path}")
-async def update_tenant_model(request: Req, deps: AppDeps, model: FromPath[str],
-                              data: JSONBody[TenantModel]) -> Response[bytes]:
+async def update_tenant_model(request: Req, deps: AppDeps, model: FromPath[str]) -> Response[bytes]:
     """Change a tenant's model: enabled, default, priority, daily and monthly token quotas; admin role."""
-    return await _apply(request, deps, data, request.scope["raw_path"].decode().split("/tenant-models/", 1)[1],
+    return await _apply(request, deps, request.scope["raw_path"].decode().split("/tenant-models/", 1)[1],
                         create=False)
 
 

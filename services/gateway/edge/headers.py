@@ -26,9 +26,10 @@ _HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'
 
 
 def request_id_of(headers: Any) -> str:
-    """The client's `x-request-id` when it sent a usable one, else a new id."""
+    """The client's `x-request-id` when it sent a usable one (printable ASCII: a header's other bytes arrive as
+    Latin-1 and would be echoed and recorded re-encoded), else a new id."""
     given = headers.get(REQUEST_ID)
-    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
     return random_hex(16)
 

@@ -22,7 +22,8 @@ def _resource(name: str, event: type[msgspec.Struct], *extra: tuple[str, Any, An
     id and time, and what is never shown, left out), when it last changed, and what the API adds."""
     own = [(f.name, f.type, f.default) for f in msgspec.structs.fields(event)
            if f.name not in ("event_id", "occurred_at", *hidden)]
-    return msgspec.defstruct(name, [*own, ("updated_at", str | None, None), *extra], kw_only=True,
+    return msgspec.defstruct(name, [*own, ("updated_at", str | None, None), ("version", str | None, None), *extra],
+                             kw_only=True,
                              module=__name__)
 
 

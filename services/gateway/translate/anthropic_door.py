@@ -4,7 +4,7 @@
 |---|---|---|---|---|
 | `ollama` | `/api/chat` | `ollama_chat_body` | `ollama_to_message` | `OllamaStreamToAnthropic` |
 | `openai-compatible` (and any other) | `/v1/chat/completions` | `openai_chat_body` (with `top_k`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
-| `openai` | `/v1/chat/completions` | `openai_chat_body` (no `top_k`: OpenAI refuses it) | `openai_to_message` | `OpenAIStreamToAnthropic` |
+| `openai` | `/v1/chat/completions` | `openai_chat_body` (no `top_k`, which OpenAI refuses; `max_completion_tokens`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
 
 Errors from upstreams are rewritten into Anthropic's shape with their status kept. `/v1/messages/count_tokens`
 is answered by the gateway itself with its tokenizer (see `count_input_tokens`), reaching no endpoint.
@@ -142,11 +142,12 @@ class AnthropicCall:
                 answer=lambda data, model, _times: ollama_to_message(data, model), error=upstream_error,
                 stream=lambda model, _times: OllamaStreamToAnthropic(model), usage=ollama_usage)
         stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
-        top_k = endpoint_kind != "openai"
+        hosted = endpoint_kind == "openai"
+        field = "max_completion_tokens" if hosted else "max_tokens"
         return Plan(
             native=False,
             request=lambda body, model, ceiling=None: (
-                CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=top_k)),
+                CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=not hosted, output_field=field)),
             answer=lambda data, model, _times: openai_to_message(data, model, stop), error=upstream_error,
             stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
 

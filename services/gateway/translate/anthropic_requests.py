@@ -34,15 +34,18 @@ def system_text(system: str | list[TextBlock] | None) -> str:
     return "\n".join(block.text for block in system)
 
 
-def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bool) -> bytes:
-    """The /v1/chat/completions body for a Messages request (`top_k`: whether the server takes that extension)."""
+def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bool,
+                     output_field: str = "max_tokens") -> bytes:
+    """The /v1/chat/completions body for a Messages request (`top_k`: whether the server takes that extension;
+    `output_field`: the name it reads the output limit by, `max_completion_tokens` for OpenAI itself, whose
+    reasoning models refuse `max_tokens`)."""
     messages: list[dict[str, Any]] = []
     system = system_text(request.system)
     if system:
         messages.append({"role": "system", "content": system})
     for message in request.messages:
         messages.extend(_openai_messages(message))
-    out: dict[str, Any] = {"model": upstream_model, "messages": messages, "max_tokens": request.max_tokens}
+    out: dict[str, Any] = {"model": upstream_model, "messages": messages, output_field: request.max_tokens}
     if request.stream:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}

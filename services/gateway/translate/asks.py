@@ -299,6 +299,11 @@ class OllamaCall(InferenceRequest):
     format: msgspec.Raw = msgspec.Raw()           # "json" or a schema the answer must follow: counted as prompt
 
     def _output(self, limit: int) -> int | None:
+        """The output limit the options name (None: none), each count checked; `format` checked too."""
+        answer_format = bytes(self.format).strip()
+        if answer_format and answer_format not in (b"null", b'""', b'"json"') and not answer_format.startswith(b"{"):
+            raise BadRequest("Invalid 'format': it is \"json\" or a JSON schema (an object), as Ollama reads it",
+                             param="format", code="invalid_value")
         options = self.options
         if options is None:
             return None
