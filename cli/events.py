@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(eventtools.tail(data_dir, args.type, args.tenant, args.lines, not args.no_follow))
         since = eventtools.parse_time(args.since)
         until = eventtools.parse_time(args.until) if args.until else None
+        if until is not None and until <= since:
+            print(f"switchyard: --until ({until.isoformat()}) is not after --since ({since.isoformat()}): no event "
+                  "lies between them", file=sys.stderr)
+            return 1
         return asyncio.run(eventtools.export(data_dir, since, until, args.type, args.tenant))
     except KeyboardInterrupt:
         return 0

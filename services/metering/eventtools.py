@@ -22,7 +22,8 @@ from switchyard_gateway.kit.stack import running_url
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_FILTER = ("($1::text IS NULL OR type = $1 OR type LIKE $1 || '.%')"
+# a type, or a prefix of one ending at a dot: `starts_with`, not LIKE, so `%` and `_` in it match only themselves
+_FILTER = ("($1::text IS NULL OR type = $1 OR starts_with(type, $1 || '.'))"
            " AND ($2::text IS NULL OR tenant = $2)")
 
 

@@ -9,6 +9,7 @@ from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
 
 Decision = tuple[list[ev.Event], str | None, str | None]
+OPERATORS = "admin"         # the operators' tenant: it holds the bootstrap admin key (SWITCHYARD_ADMIN_KEY)
 
 
 def invalid(code: str, message: str, field: str | None = None, status: int = 400) -> ServiceError:

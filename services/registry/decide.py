@@ -19,7 +19,7 @@ from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.contracts.routing import ModelWarmed
 from switchyard_gateway.services.registry import decide_models, decide_users
 from switchyard_gateway.services.registry.checks import (
-    Decision, check, check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
+    OPERATORS, Decision, check, check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
 )
 
 
@@ -33,15 +33,20 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
     match command:
         case m.CreateTenant():
             check_identifier(command.tenant_id, "tenant_id")
+            check(rules.display_name_problem(command.display_name), "display_name")
             check_mode(command, catalog.tenants.get(command.tenant_id), "Tenant", command.tenant_id, "tenant_id")
             new = ev.TenantCreated(**fields_of(command))
             return ([] if same(catalog.tenants.get(command.tenant_id), new) else [new]), None, None
         case m.RemoveTenant():
             if command.tenant_id not in catalog.tenants:
                 raise not_found("TENANT_NOT_FOUND", "Tenant", command.tenant_id, "tenant_id")
+            if command.tenant_id == OPERATORS:
+                raise invalid("CONFLICT", f"the operators' tenant '{OPERATORS}' holds the bootstrap admin key and "
+                              "cannot be removed (revoke its keys instead)", "tenant_id", 409)
             return [ev.TenantRemoved(tenant_id=command.tenant_id)], None, None
         case m.RegisterProvider():
             check_identifier(command.provider_id, "provider_id")
+            check(rules.display_name_problem(command.display_name), "display_name")
             check_mode(command, catalog.providers.get(command.provider_id), "Provider", command.provider_id,
                        "provider_id")
             new = ev.ProviderRegistered(**fields_of(command))
@@ -132,6 +137,9 @@ def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
     if command.secret is not None:
         if len(command.secret) < 16:
             raise invalid("VALIDATION_ERROR", "a supplied key must be at least 16 characters", "secret")
+        if not (command.secret.isascii() and command.secret.isprintable()) or " " in command.secret:
+            raise invalid("VALIDATION_ERROR", "a supplied key is printable ASCII without spaces: it is sent in a "
+                          "header", "secret")
         digest = hash_key(command.secret)
         if any(key.key_sha256 == digest for key in catalog.revoked.values()):
             raise invalid("KEY_REVOKED", "that key was revoked, and a revoked key stays revoked: supply another",

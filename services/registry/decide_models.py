@@ -12,7 +12,7 @@ from switchyard_gateway.contracts import events as ev
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts.routing import EndpointModelsDiscovered
 from switchyard_gateway.services.registry.checks import (
-    check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
+    check, check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
 )
 
 
@@ -94,6 +94,7 @@ def apply_template(catalog: Catalog, command: m.ApplyTemplate) -> list[ev.Event]
         raise not_found("TEMPLATE_NOT_FOUND", "Template", command.template, "template")
     provider_id = command.provider_id or template.name
     check_identifier(provider_id, "provider_id")
+    check(rules.display_name_problem(command.display_name or ""), "display_name")
     events: list[ev.Event] = []
     provider = catalog.providers.get(provider_id)
     if provider is None:

@@ -16,6 +16,7 @@ from switchyard_gateway.contracts.users import UserView
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.services.registry import views
+from switchyard_gateway.services.registry.checks import OPERATORS
 from switchyard_gateway.services.registry.decide_users import check_password
 from switchyard_gateway.services.registry.passwords import Passwords
 from switchyard_gateway.services.registry.settings import Settings
@@ -76,7 +77,7 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
     return encode(answer)
 
 
-ADMIN_TENANT = "admin"
+ADMIN_TENANT = OPERATORS
 
 
 def admin_commands(admin_key: str) -> list[m.Command]:

@@ -75,6 +75,21 @@ CASES = [
     ("GET", "/templates/nope", None, 404, "TEMPLATE_NOT_FOUND", "id"),
     ("PUT", "/providers/nope-{tag}", {"display_name": "x"}, 404, "PROVIDER_NOT_FOUND", "id"),
     ("POST", "/endpoints/nope-{tag}/test", None, 404, "ENDPOINT_NOT_FOUND", "endpoint_id"),
+    # a misspelt field changed nothing and answered 200; the fields a GET shows may come back in a PUT
+    ("POST", "/providers", {"provider_id": "p-{tag}-y", "kind": "ollama", "display_nme": "typo"}, 400,
+     "UNKNOWN_FIELD", "display_nme"),
+    ("PUT", "/providers/{provider}", {"display_nme": "typo"}, 400, "UNKNOWN_FIELD", "display_nme"),
+    ("POST", "/tenants", {"tenant_id": "t-{tag}", "display_name": "\u202eevil"}, 400, "VALIDATION_ERROR",
+     "display_name"),
+    ("GET", "/tenants/nope-{tag}/keys", None, 404, "TENANT_NOT_FOUND", "tenant_id"),
+    ("GET", "/tenants/nope-{tag}/limits", None, 404, "TENANT_NOT_FOUND", "tenant_id"),
+    ("DELETE", "/tenants/admin", None, 409, "CONFLICT", "tenant_id"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://127.0.0.1:1",
+                            "api_key_ref": "${{SWITCHYARD_JWT_SECRET}}"}, 400, "VALIDATION_ERROR", "api_key_ref"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}",
+                            "base_url": "http://ops:hunter2@127.0.0.1:1"}, 400, "INVALID_ENDPOINT", "base_url"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://[::1"},
+     400, "INVALID_ENDPOINT", "base_url"),
 ]
 
 
@@ -262,3 +277,12 @@ async def test_concurrent_updates_of_one_resource_each_keep_their_fields(demo: D
     refused = await api(demo, "PUT", f"/endpoints/{endpoint}", {"weight": 7, "if_match": stale})
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "CHANGED", refused.text
     assert ok(await api(demo, "GET", f"/endpoints/{endpoint}"))["weight"] == 110
+
+
+
+async def test_a_resource_read_edited_and_put_back_whole_is_updated(demo: DemoStack, tag: str, provider: str) -> None:
+    """What a GET shows beside the fields (updated_at, version, ...) is not an unknown field in a PUT."""
+    shown = ok(await api(demo, "GET", f"/providers/{provider}"))
+    assert shown["version"]
+    changed = ok(await api(demo, "PUT", f"/providers/{provider}", {**shown, "display_name": "Edited"}))
+    assert changed["changed"] is True and ok(await api(demo, "GET", f"/providers/{provider}"))["display_name"] == "Edited"

@@ -147,3 +147,6 @@ async def test_events_export_writes_decodable_lines_and_tail_follows_new_events(
         await conn.close()
     assert len(events) == stored
     assert cli(demo, "events", "export", "--since", "yesterday-ish").returncode != 0     # a clear refusal
+    for wildcard in ("%", "usage_recorded", "u%"):        # a type's prefix is matched as written, not as a pattern
+        matched = cli(demo, "events", "export", "--since", "1h", "--type", wildcard)
+        assert matched.returncode == 0 and matched.stdout == "", (wildcard, matched.stdout[:200])

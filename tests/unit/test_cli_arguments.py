@@ -22,6 +22,7 @@ def switchyard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     (("events", "tail", "-n", "99999999999999999999"), 2, "is not between 0 and"),
     (("events", "tail", "-n", "ten"), 2, "is not a whole number"),
     (("events", "export", "--since", "999999999d"), 1, "reaches back before the year 1"),
+    (("events", "export", "--since", "1d", "--until", "2d"), 1, "is not after --since"),
     (("up", "--port", "70000"), 2, "70000 is not a port from 1 to 65535"),
     (("up", "--port", "-1"), 2, "-1 is not a port"),
     (("up", "--port", "0"), 2, "0 is not a port"),        # the kernel would choose one nobody is told of

@@ -258,3 +258,26 @@ def test_an_update_made_from_a_state_the_resource_no_longer_has_is_refused(catal
                                                weight=9, mode="update", if_match=str(read.event_id))) \
         == (409, "CHANGED", None)
     assert catalog.registered["auto"].priority == 5 and catalog.registered["auto"].weight == 1
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "nul\x00", "\x1b[31mred", "\u202eevil", "zero\u200bwidth"])
+def test_a_display_name_with_control_or_format_characters_is_refused(catalog: Catalog, name: str) -> None:
+    """Stored and shown as given, a display name with a bidi override or an escape sequence misleads whoever
+    reads it in the console or a terminal; users' names were checked, tenants' and providers' were not."""
+    assert refused(catalog, m.CreateTenant(tenant_id="shown", display_name=name))[2] == "display_name"
+    assert refused(catalog, m.RegisterProvider(provider_id="shown", kind="ollama", display_name=name))[2] == \
+        "display_name"
+    assert refused(catalog, m.ApplyTemplate(template="vllm", endpoint_id="shown-e", display_name=name))[2] == \
+        "display_name"
+
+
+@pytest.mark.parametrize("secret", ["sixteen chars with spaces", "sy_line_break_0123456789\n", "sy_cafe\u00e9_0123456789"])
+def test_a_supplied_key_that_no_header_can_carry_is_refused(catalog: Catalog, secret: str) -> None:
+    assert refused(catalog, m.IssueKey(tenant_id="acme", secret=secret)) == (400, "VALIDATION_ERROR", "secret")
+
+
+def test_the_operators_tenant_cannot_be_removed(catalog: Catalog) -> None:
+    """Removing it took the bootstrap admin key with it: no admin left until a restart issued it again."""
+    run(catalog, m.CreateTenant(tenant_id="admin"))
+    assert refused(catalog, m.RemoveTenant(tenant_id="admin")) == (409, "CONFLICT", "tenant_id")
+    assert run(catalog, m.RemoveTenant(tenant_id="acme"))

@@ -51,8 +51,21 @@ async def run_query(deps: Deps, query: m.RegistryQuery) -> Response[bytes]:
     return json_response(await ask(deps, subjects.REGISTRY_QUERY, query))
 
 
+# what a resource's answer shows beside its fields: sent back in an update (a GET's body, edited), it is ignored
+_SHOWN_ONLY = frozenset({"updated_at", "version", "discovered_models", "serving_models", "revoked", "type"})
+
+
+def _known(body: dict[str, Any], kind: type[m.Command]) -> dict[str, Any]:
+    """The body, if every field in it is one the command has (or one its resource only shows): a misspelt field
+    would otherwise change nothing and answer 200. 400 naming the first unknown one."""
+    for name in body:
+        if name not in kind.__struct_fields__ and name not in _SHOWN_ONLY:
+            raise ServiceError(400, m.ErrorBody("UNKNOWN_FIELD", f"unknown field '{name}'", name))
+    return body
+
+
 async def _body(request: Req, kind: type[m.Command], **path: Any) -> m.Command:
-    return msgspec.convert({**await json_object(request), **path}, kind)
+    return msgspec.convert({**_known(await json_object(request), kind), **path}, kind)
 
 
 MERGE_TRIES = 5        # an update read and overlaid again at most this often while other changes come between
@@ -64,7 +77,7 @@ async def _update(request: Req, deps: Deps, kind: type[m.Command], query: m.Regi
     the resource is still as it was read (`if_match`: its version): another update between the read and the
     write would otherwise lose its fields to this one's stale copy. Read and overlaid again when one came
     between; a body naming its own `if_match` (a version it read) gets the 409 CHANGED itself."""
-    body = await json_object(request)
+    body = _known(await json_object(request), kind)
     for attempt in range(MERGE_TRIES):
         current = _any.decode(await ask(deps, subjects.REGISTRY_QUERY, query))
         command = msgspec.convert({**current, **body, **path, "mode": "update",
@@ -120,6 +133,8 @@ async def issue_key(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Re
 
 @get("/tenants/{tenant_id:str}/keys")
 async def list_keys(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    if tenant_id not in deps.catalog.tenants:          # as issuing one answers: not an empty list
+        raise ServiceError(404, m.ErrorBody("TENANT_NOT_FOUND", f"Tenant '{tenant_id}' not found", "tenant_id"))
     return await run_query(deps, m.RegistryQuery("keys", tenant_id=tenant_id))
 
 

@@ -64,6 +64,8 @@ async def set_model_limits(request: Request[Any, Any, Any], deps: AppDeps, tenan
 
 @get("/tenants/{tenant_id:str}/limits")
 async def get_limits(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    if tenant_id not in deps.catalog.tenants:          # as its PUT answers: not an empty set of limits
+        raise _not_found("TENANT_NOT_FOUND", "Tenant", tenant_id, "tenant_id")
     return await _query(deps, QuotaQuery(kind="limits", tenant_id=tenant_id))
 
 
