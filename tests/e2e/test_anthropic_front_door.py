@@ -114,6 +114,7 @@ async def test_create_answers_a_message_and_records_its_usage(demo: DemoStack, u
         model=upstream.model(served), max_tokens=5, system="Be brief.",
         messages=[{"role": "user", "content": "Grüße aus der Weichenhalle"}], extra_headers={"X-Request-Id": rid})
     assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert message._request_id == rid                  # the SDK reads Anthropic's `request-id` header
     assert message.model == upstream.model(served)
     assert message.content[0].type == "text" and message.content[0].text
     assert (message.stop_reason, message.usage.output_tokens) == ("max_tokens", 5)

@@ -185,6 +185,20 @@ async def test_upstream_cutting_the_stream_records_an_error_with_its_partial_tok
     assert 0 < event["output_tokens"] < 20 and event["estimated"] is True
 
 
+async def test_upstream_cutting_a_whole_answer_records_an_error_with_its_prompt_estimated(account: Account) -> None:
+    """An upstream that cut its answer mid-body had read the prompt (and bills it): the call was recorded with 0
+    tokens, where a cut stream records its prompt estimated. Both now do."""
+    account.sim.configure(tokens=20, failure_kind="cut", failure_rate=1.0)
+    request_id = uuid.uuid4().hex
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"{account.demo.url}/v1/chat/completions", headers=account.headers(request_id),
+                                     json=account.chat_body(stream=False))
+    assert response.status_code == 502 and "cut" in response.text
+    event = await exactly_one_usage_row(account.demo, request_id)
+    assert (event["outcome"], event["estimated"]) == ("error", True)
+    assert event["input_tokens"] > 0 and event["output_tokens"] == 0
+
+
 async def test_failed_call_records_one_error_event(account: Account) -> None:
     account.sim.configure(failure_kind="http_500", failure_rate=1.0)
     request_id = uuid.uuid4().hex

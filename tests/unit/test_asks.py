@@ -345,3 +345,22 @@ def test_ollama_format_is_json_or_a_schema(api: str, value: Any) -> None:
         assert refused.value.param == "format"
     else:
         assert ask(api, raw).choices == 1
+
+
+
+@pytest.mark.parametrize(("image_url", "refused"), [
+    ({"url": "file:///etc/passwd"}, True), ({"url": "ftp://h/x.png"}, True), ("file:///etc/shadow", True),
+    ({}, True), ({"url": "https://example.org/x.png"}, False), ({"url": "data:image/png;base64,aGk="}, False),
+    ("http://example.org/x.png", False),
+])
+def test_an_image_is_an_http_or_data_url(image_url: Any, refused: bool) -> None:
+    """The upstream fetches an image URL: a file:// one would have it read its own disk (vLLM with local media
+    allowed, any server that opens what it is given)."""
+    raw = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": image_url}]}]})
+    if refused:
+        with pytest.raises(BadRequest) as caught:
+            ask("openai.chat", raw)
+        assert caught.value.param == "messages[0].content[1].image_url.url"
+    else:
+        assert ask("openai.chat", raw).choices == 1

@@ -184,7 +184,8 @@ def test_count_tokens_does_not_need_max_tokens_and_counts_every_part() -> None:
     call = AnthropicCall("anthropic.count_tokens", InferenceRequest(model="m"), json.dumps(body).encode())
     words = lambda text: len(text.split())  # noqa: E731 — a stand-in tokenizer whose counts are easy to check
     counted = json.loads(call.count_tokens(words))["input_tokens"]
-    texts = ["Be brief.", "Weather in Oslo?", "Let me look.", "get_weather", '{"city":"Oslo"}', "-3 C", "And tomorrow?",
+    texts = ["Be brief.", "Weather in Oslo?", "Let me look.", "toolu_1", "get_weather", '{"city":"Oslo"}', "toolu_1",
+             "-3 C", "And tomorrow?",
              "get_weather", "The weather in a city", json.dumps(WEATHER["input_schema"], separators=(",", ":"))]
     assert counted == 3 + 3 * 5 + sum(words(t) for t in texts) + IMAGE_TOKENS
     assert count_input_tokens(call.request, words) == counted
@@ -421,3 +422,21 @@ def test_openai_itself_is_given_the_output_limit_as_max_completion_tokens(kind: 
     _, body = call.plan(kind).request(raw, "up-model", 40)
     sent = json.loads(body)
     assert sent[field] == 40 and absent not in sent
+
+
+
+@pytest.mark.parametrize(("source", "needle"), [
+    ({"type": "url", "url": "file:///etc/passwd"}, "url"), ({"type": "url", "url": "gopher://h/"}, "url"),
+])
+def test_an_image_url_the_upstream_would_fetch_from_its_own_disk_is_refused(source: dict, needle: str) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": source}]}]}
+    with pytest.raises(BadRequest) as refused:
+        Door("/v1/messages", InferenceRequest(model="m"), json.dumps(body).encode())
+    assert needle in str(refused.value)
+
+
+def test_top_k_past_any_vocabulary_is_refused() -> None:
+    body = {"model": "m", "max_tokens": 5, "top_k": 2**70, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest) as refused:
+        Door("/v1/messages", InferenceRequest(model="m"), json.dumps(body).encode())
+    assert "top_k" in str(refused.value)

@@ -13,7 +13,8 @@ import asyncio
 from typing import Any
 
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, BodyNotReceived, GatewayError, PayloadTooLarge, \
-    render_for
+    render_for, shape_for
+from switchyard_gateway.services.gateway.edge.headers import request_id_headers
 
 DRAIN_MAX_BYTES = 256 * 1024 * 1024       # a refused body is read and dropped up to this size
 DRAIN_MAX_S = 10.0                        # ... and for this long
@@ -47,7 +48,7 @@ async def refuse(proto: Any, path: str, error: GatewayError, request_id: str) ->
     """Answer a request refused before it was served, in its door's shape; a body refused for its size is then
     read on (`drain`), so that the client hears why; one that stopped coming is not waited for again."""
     proto.response_bytes(error.status, [("content-type", "application/json"), *error.headers.items(),
-                                        ("x-request-id", request_id)], render_for(path, error))
+                                        *request_id_headers(shape_for(path), request_id)], render_for(path, error))
     if isinstance(error, PayloadTooLarge):
         await drain(proto)
 

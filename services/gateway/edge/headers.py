@@ -34,6 +34,14 @@ def request_id_of(headers: Any) -> str:
     return random_hex(16)
 
 
+def request_id_headers(shape: str, request_id: str) -> list[tuple[str, str]]:
+    """The request's id as every answer carries it (`x-request-id`), and as Anthropic's clients read it too
+    (`request-id`: the SDK's `_request_id`) on that door."""
+    if shape == "anthropic":
+        return [("x-request-id", request_id), ("request-id", request_id)]
+    return [("x-request-id", request_id)]
+
+
 class Cors:
     """Which browser origins may call the gateway, and the headers that tell them so."""
 

@@ -131,9 +131,10 @@ def _crud(resource: str, item: str, create: type, what: str, shown: Any) -> dict
     return {
         ("GET", base): Operation(f"List {what}s", response=list[shown], auth="admin"),
         ("POST", base): Operation(f"Create a {what} (409 if it exists)", create, CommandResult, 201, (200,),
-                                  auth="admin", drop=("mode",)),
+                                  auth="admin", drop=("mode", "if_match")),
         ("GET", one): Operation(f"One {what}", response=shown, auth="admin"),
-        ("PUT", one): Operation(f"Change the fields the body names (404 if missing)", create, CommandResult,
+        ("PUT", one): Operation("Change the fields the body names (404 if missing; with `if_match`, a version read "
+                                "before, 409 CHANGED if it changed since)", create, CommandResult,
                                 auth="admin", drop=("mode", item)),
         ("DELETE", one): Operation(f"Remove a {what}", response=CommandResult, auth="admin"),
     }

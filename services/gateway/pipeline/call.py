@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from switchyard_gateway.contracts.events import EndpointRegistered, UsageRecorded, new_id
+from switchyard_gateway.services.gateway.edge.headers import request_id_headers
 
 if TYPE_CHECKING:                 # the doors and asks read InferenceRequest below
     from switchyard_gateway.services.gateway.translate.asks import Ask
@@ -59,7 +60,7 @@ class Outcome:
 
     __slots__ = ("model", "endpoint", "upstream_model", "attempts", "result", "status", "input_tokens",
                  "output_tokens", "cached_tokens", "estimated", "first_byte", "upstream_s", "served_by_fallback",
-                 "cache_hit", "answer", "stream_tap", "delivered")
+                 "cache_hit", "answer", "stream_tap", "delivered", "cut_answering")
 
     def __init__(self, model: str = "", served_by_fallback: bool = False) -> None:
         self.model = model              # registry id of the model serving the call
@@ -79,6 +80,7 @@ class Outcome:
         self.answer: tuple[bytes, str] | None = None   # a 200 answer as sent (body, content type), for the cache
         self.stream_tap: Any = None     # the stream being relayed (content events so far: the journal's progress)
         self.delivered = False          # the answer's last event is handed to the client: its leaving now changes nothing
+        self.cut_answering = False      # an upstream cut its answer after it began: it read the prompt, and bills it
 
     def client_left(self) -> None:
         """The client went away: the call is cancelled, unless its answer's last event had reached it."""
@@ -98,7 +100,7 @@ class Outcome:
         self.cached_tokens = 0
 
     def response_headers(self, call: Call) -> list[tuple[str, str]]:
-        headers = [("x-request-id", call.request_id), *call.quota_headers]
+        headers = [*request_id_headers(call.door.shape, call.request_id), *call.quota_headers]
         if self.served_by_fallback:
             headers.append(("x-switchyard-model", self.model))
         if call.cache_key is not None:

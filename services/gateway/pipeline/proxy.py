@@ -31,7 +31,7 @@ from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.client import ClientWatch
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
-from switchyard_gateway.services.gateway.edge.headers import request_id_of
+from switchyard_gateway.services.gateway.edge.headers import request_id_headers, request_id_of
 from switchyard_gateway.services.gateway.pipeline.cache import CachedAnswer, ResponseCache, directives
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.failover import Failover
@@ -114,6 +114,8 @@ class Proxy:
                 if isinstance(error, UpstreamAuthFailed) and key.role == "admin":
                     error = error.for_admin()             # operators are told which endpoint
                 outcome.result, outcome.status = "error", error.status
+                if outcome.cut_answering and not outcome.input_tokens:
+                    outcome.estimate_tokens(call)        # as a stream cut is: the upstream read the prompt
                 send_error(proto, error, door.error_body(error), outcome.response_headers(call))
             elif outcome.answer is not None and cache_key is not None and not outcome.served_by_fallback:
                 self.cache.store(cache_key, CachedAnswer(*outcome.answer))  # type: ignore[union-attr]
@@ -158,7 +160,8 @@ class Proxy:
             await refuse(proto, scope.path, exc, request_id)
             return
         metrics.count_request(COUNT_TOKENS, 200)
-        proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], answer)
+        proto.response_bytes(200, [("content-type", "application/json"), *request_id_headers("anthropic", request_id)],
+                             answer)
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, Reservation | None, bool]:
         """Hold the call's quota; over a quota with `fallback_on_quota`, the plan of the model reserved instead

@@ -152,6 +152,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
         data = await response.read()
     except http1.TransportError as exc:
         to.report("cut", response.status, started)
+        outcome.cut_answering = True
         raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' cut its answer: {type(exc).__name__}"),
                      "cut") from None
     status = response.status

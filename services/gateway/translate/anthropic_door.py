@@ -172,9 +172,10 @@ def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int],
                 total += count(block.text)
             elif isinstance(block, ImageBlock):
                 total += per_image
-            elif isinstance(block, ToolUseBlock):
-                total += count(block.name) + count(encode(block.input).decode())
+            elif isinstance(block, ToolUseBlock):                 # its id is sent on as the call's id
+                total += count(block.id) + count(block.name) + count(encode(block.input).decode())
             elif isinstance(block, ToolResultBlock):
+                total += count(block.tool_use_id)
                 content = block.content
                 parts = [TextBlock(content)] if isinstance(content, str) else content or []
                 total += sum(count(p.text) if isinstance(p, TextBlock) else per_image for p in parts)

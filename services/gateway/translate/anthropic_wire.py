@@ -22,7 +22,7 @@ class Base64ImageSource(msgspec.Struct, tag_field="type", tag="base64"):
 
 
 class UrlImageSource(msgspec.Struct, tag_field="type", tag="url"):
-    url: str
+    url: Annotated[str, Meta(pattern=r"^https?://")]     # the upstream fetches it: never a file:// or other scheme
 
 
 class TextBlock(msgspec.Struct, tag_field="type", tag="text"):
@@ -101,7 +101,7 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     stream: bool = False
     temperature: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: Metadata | None = None
 
 

@@ -136,10 +136,18 @@ def check_tokens(value: int | None, param: str, limit: int, *, minimum: int = 1,
 # --- OpenAI ---------------------------------------------------------------------------------------
 
 
+class ImageUrl(msgspec.Struct):
+    url: str = ""
+
+
+IMAGE_SCHEMES = ("https://", "http://", "data:")     # what an upstream may be asked to fetch or read for an image
+
+
 class ContentPart(msgspec.Struct):
     type: str = "text"
     text: str | None = None
     refusal: str | None = None
+    image_url: ImageUrl | str | None = None
 
 
 class ChatMessage(msgspec.Struct):
@@ -175,8 +183,25 @@ class OpenAIChat(Sampling):
         check_tokens(self.max_completion_tokens, "max_completion_tokens", limit)
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
+        self._check_images()
         return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
                    max(asked) if asked else None, context=limit, uncounted=self._uncounted)
+
+    def _check_images(self) -> None:
+        """An image is given by an http(s) or data: URL: the upstream fetches it, so a `file://` (or any other
+        scheme) would ask it to read its own disk. 400 naming the part."""
+        for index, message in enumerate(self.messages or ()):
+            if not isinstance(message.content, list):
+                continue
+            for number, part in enumerate(message.content):
+                if part.type != "image_url":
+                    continue
+                image = part.image_url
+                url = image.url if isinstance(image, ImageUrl) else image or ""
+                if not url.startswith(IMAGE_SCHEMES):
+                    where = f"messages[{index}].content[{number}].image_url.url"
+                    raise BadRequest(f"Invalid '{where}': an image is an http(s) URL or a data: URL", param=where,
+                                     code="invalid_value")
 
     def _uncounted(self) -> bool:
         """Whether a message has a part that cannot be counted: audio, a file, a kind the gateway does not know."""
