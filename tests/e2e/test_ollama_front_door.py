@@ -265,3 +265,23 @@ async def test_ollama_call_for_a_model_the_tenant_may_not_use_is_an_ollama_404(d
                                                      messages=[{"role": "user", "content": "hi"}])
     assert refused.value.status_code == 404
     assert isinstance(refused.value.error, str) and upstream.model("translated") in refused.value.error
+
+
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_a_load_or_unload_request_generates_nothing_and_is_answered_as_ollama_does(
+        demo: DemoStack, upstream: Upstream, served: str) -> None:
+    """`ollama run` loads a model with an empty generate; `keep_alive: 0` unloads it. Translated to an
+    OpenAI-compatible server, that was a generated answer, billed; no tenant of a shared server should unload its
+    models either. The gateway answers both itself, as Ollama does, and nothing reaches an upstream."""
+    before = {path: upstream.calls(path) for path in ("/api/generate", "/api/chat", "/v1/chat/completions")}
+    ollama_client = client(demo, upstream.key)
+    loaded = await ollama_client.generate(model=upstream.model(served), prompt="")
+    assert (loaded.done, loaded.done_reason, loaded.response) == (True, "load", "")
+    unloaded = await ollama_client.generate(model=upstream.model(served), prompt="", keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    chat = await ollama_client.chat(model=upstream.model(served), messages=[], keep_alive="0s")
+    assert (chat.done_reason, chat.message.role, chat.message.content) == ("unload", "assistant", "")
+    assert {path: upstream.calls(path) for path in before} == before, "no upstream was asked"
+    with pytest.raises(ollama.ResponseError) as unknown:
+        await ollama_client.generate(model="no-such-model", prompt="")
+    assert unknown.value.status_code == 404                    # still only the tenant's models

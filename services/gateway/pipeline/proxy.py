@@ -86,6 +86,10 @@ class Proxy:
             model = request.model or ""
             plan = self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]
             ask = door.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
+            if door.ollama and (loaded := request.load_answer()) is not None:   # type: ignore[attr-defined]
+                metrics.count_request(api, 200, model)       # a load or unload: nothing generated, nothing recorded
+                proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], loaded)
+                return
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
                 cache_key, hit = await self._lookup(scope.path, headers, key.tenant_id, door.api, plan.model.model_id,

@@ -30,6 +30,7 @@ from switchyard_gateway.kit.natsio import field_path
 from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.translate.wire import ollama_time
 
 MAX_CHOICES = 128                         # OpenAI's bound on `n`
 MAX_DIMENSIONS = 65_536                   # no embedding model comes near it
@@ -322,6 +323,19 @@ class OllamaCall(InferenceRequest):
     stream: bool | None = None                    # type: ignore[assignment]  # null or absent: Ollama streams
     options: OllamaOptions | None = None
     format: msgspec.Raw = msgspec.Raw()           # "json" or a schema the answer must follow: counted as prompt
+    keep_alive: msgspec.Raw = msgspec.Raw()       # how long the server keeps the model loaded: 0 unloads it
+
+    def load_answer(self) -> bytes | None:
+        """Ollama's answer to a request that only loads or unloads the model (a generate with no prompt, a chat
+        with no message; `keep_alive` 0 unloads), which generates nothing; None for any other request. The gateway
+        answers it itself: an OpenAI-compatible server has nothing to load and would generate an answer (billed),
+        and no tenant of a shared server should unload its models."""
+        return None
+
+    def _load_reply(self, **fields: Any) -> bytes:
+        unload = bytes(self.keep_alive).strip() in (b"0", b"0.0", b'"0"', b'"0s"', b'"0m"', b'"0h"')
+        return msgspec.json.encode({"model": self.model, "created_at": ollama_time(), **fields,
+                                    "done_reason": "unload" if unload else "load", "done": True})
 
     def _output(self, limit: int) -> int | None:
         """The output limit the options name (None: none), each count checked; `format` checked too."""
@@ -361,6 +375,9 @@ class OllamaChat(OllamaCall):
     messages: list[OllamaMessage] = []
     tools: msgspec.Raw = msgspec.Raw()            # counted as prompt, never parsed
 
+    def load_answer(self) -> bytes | None:
+        return None if self.messages else self._load_reply(message={"role": "assistant", "content": ""})
+
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
@@ -388,6 +405,9 @@ class OllamaGenerate(OllamaCall):
     images: list[str] | None = None
     raw: bool = False
     context: Annotated[list[TokenId], msgspec.Meta(max_length=10_000_000)] | None = None   # earlier tokens
+
+    def load_answer(self) -> bytes | None:
+        return None if self.prompt else self._load_reply(response="")
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
