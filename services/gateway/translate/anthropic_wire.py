@@ -22,7 +22,7 @@ class Base64ImageSource(msgspec.Struct, tag_field="type", tag="base64"):
 
 
 class UrlImageSource(msgspec.Struct, tag_field="type", tag="url"):
-    url: Annotated[str, Meta(pattern=r"^https?://")]     # the upstream fetches it: never a file:// or other scheme
+    url: Annotated[str, Meta(pattern=r"^(?i:https?)://")]     # the upstream fetches it: never a file:// or other scheme
 
 
 class TextBlock(msgspec.Struct, tag_field="type", tag="text"):

@@ -199,7 +199,7 @@ class OpenAIChat(Sampling):
                     continue
                 image = part.image_url
                 url = image.url if isinstance(image, ImageUrl) else image or ""
-                if not url.startswith(IMAGE_SCHEMES):
+                if not url[:8].lower().startswith(IMAGE_SCHEMES):       # a scheme is read in any case
                     where = f"messages[{index}].content[{number}].image_url.url"
                     raise BadRequest(f"Invalid '{where}': an image is an http(s) URL or a data: URL", param=where,
                                      code="invalid_value")
