@@ -31,11 +31,14 @@ FETCH = 500
 
 @dataclass
 class Letter:
-    """A dead letter as stored, with its DEADLETTER sequence and the sequences of the retries asked for it."""
+    """A dead letter as stored, with its DEADLETTER sequence and the sequences of the retries asked for it.
+    `forged`: the consumer it names is not the one whose subject it was written on (a subscriber may write only
+    its own; one naming `metering` or a service's fold would have the retry publish or apply what it holds)."""
 
     id: int
     letter: EventDeadLettered
     retries: list[int] = field(default_factory=list)
+    forged: bool = False
 
 
 async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
@@ -54,7 +57,8 @@ async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if msg.subject.startswith(subjects.EVENT_DEAD_LETTERED + "."):
-                    letters[seq] = Letter(seq, _letter.decode(msg.data))
+                    letter = _letter.decode(msg.data)
+                    letters[seq] = Letter(seq, letter, forged=msg.subject != subject_of(letter))
                 elif msg.subject.startswith(subjects.EVENT_RETRY_REQUESTED + "."):
                     retries.append((seq, _retry.decode(msg.data)))
             if msgs and msgs[-1].metadata.num_pending == 0:
@@ -67,10 +71,20 @@ async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
     return [one for one in letters.values() if consumer is None or one.letter.consumer == consumer]
 
 
+class Refused(Exception):
+    """A dead letter that is not sent back, and why."""
+
+
 async def send_back(nc: NATS, one: Letter) -> int:
-    """Ask for a dead letter to be taken again; return the retry's DEADLETTER sequence."""
+    """Ask for a dead letter to be taken again; return the retry's DEADLETTER sequence. A forged letter, or a
+    usage ingest's whose subject is not a usage subject, is refused (Refused), and nothing is published."""
     js = nc.jetstream(timeout=10)
     letter = one.letter
+    if one.forged:
+        raise Refused(f"it names the consumer {letter.consumer!r} but was written on another's subject")
+    if letter.consumer in REPUBLISHED and letter.source != LOG_SOURCE and \
+            not letter.subject.startswith(subjects.USAGE_RECORDED + "."):
+        raise Refused(f"its subject {letter.subject!r} is not a usage subject")
     if republished(letter):
         headers = {k: v for k, v in letter.headers.items() if not k.startswith("Nats-")}
         headers[subjects.MSG_ID_HEADER] = f"retry:{one.id}:{len(one.retries) + 1}"
@@ -92,7 +106,8 @@ def show(letters: list[Letter], as_json: bool, out: TextIO | None = None) -> Non
     out = out or sys.stdout
     if as_json:
         for one in letters:
-            out.write(json.dumps({"id": one.id, "retries": one.retries, **msgspec.to_builtins(one.letter)}) + "\n")
+            out.write(json.dumps({"id": one.id, "retries": one.retries, "forged": one.forged,
+                                  **msgspec.to_builtins(one.letter)}) + "\n")
         return
     if not letters:
         out.write("no dead letters\n")
@@ -102,8 +117,10 @@ def show(letters: list[Letter], as_json: bool, out: TextIO | None = None) -> Non
         letter = one.letter
         where = f"{letter.source}:{letter.sequence}"
         retried = ",".join(map(str, one.retries)) or "-"
+        error = f"FORGED (written on another consumer's subject; never sent back): {letter.error}" if one.forged \
+            else letter.error
         out.write(f"{one.id:>6}  {_when(letter.occurred_at):<19}  {letter.consumer[:20]:<20}  {letter.stage:<6}  "
-                  f"{where[:16]:<16}  {retried:<7}  {letter.error}\n")
+                  f"{where[:16]:<16}  {retried:<7}  {error}\n")
 
 
 def _when(at: datetime) -> str:

@@ -125,10 +125,19 @@ async def _dead_letters(args: argparse.Namespace) -> int:
             deadletters.show(letters, args.json)
             return 0
         chosen = [one for one in letters if one.id in args.retry] if args.retry else \
-            [one for one in letters if not one.retries]
+            [one for one in letters if not one.retries and not one.forged]
+        if not args.retry and any(one.forged for one in letters):
+            print(f"switchyard: {sum(one.forged for one in letters)} forged dead letter(s) left alone (each names "
+                  "another consumer than the one whose subject it was written on)", file=sys.stderr)
         missing = sorted(set(args.retry or ()) - {one.id for one in chosen})
+        refused = 0
         for one in chosen:
-            sequence = await deadletters.send_back(nc, one)
+            try:
+                sequence = await deadletters.send_back(nc, one)
+            except deadletters.Refused as why:
+                refused += 1
+                print(f"switchyard: dead letter {one.id} is not sent back: {why}", file=sys.stderr)
+                continue
             again = "published again on its subject, " if deadletters.republished(one.letter) else ""
             print(f"dead letter {one.id} ({one.letter.consumer}, {one.letter.source}:{one.letter.sequence}): "
                   f"{again}retry {sequence} asked for")
@@ -138,6 +147,6 @@ async def _dead_letters(args: argparse.Namespace) -> int:
             return 2
         if not chosen:
             print("nothing to retry")
-        return 0
+        return 1 if refused else 0
     finally:
         await nc.close()

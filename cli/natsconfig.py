@@ -51,10 +51,14 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.touch(mode=0o600)
-    args.out.chmod(0o600)
-    args.out.write_text(text)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.touch(mode=0o600)
+        args.out.chmod(0o600)
+        args.out.write_text(text)
+    except OSError as exc:
+        say(f"cannot write {args.out}: {exc.strerror or exc}")
+        return 1
     say(f"wrote {args.out}: the services' user and {len(subscribers)} subscriber(s)"
         + (f", routes to {len(url_list(args.routes))} nodes" if args.routes else ""))
     return 0

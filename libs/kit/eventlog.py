@@ -175,15 +175,27 @@ async def read_rows(
     )
 
 
+# What the log's public readers (the LOG stream's feed, replay pages: outside subscribers) get of an event that
+# holds a credential's hash: the hash blanked, the field kept (so the event still decodes as its contract says).
+# A user's password hash can be cracked offline; a key's hash is a key's fingerprint. The services rebuild from
+# the log itself, which keeps them.
+CREDENTIAL_FIELDS = {"user.created.v1": "password_hash", "user.password_changed.v1": "password_hash",
+                     "key.issued.v1": "key_sha256"}
+PUBLIC_PAYLOAD = "CASE type " + " ".join(      # the payload as text
+    f"WHEN '{event_type}' THEN (payload::jsonb || '{{\"{field}\": \"\"}}'::jsonb)::text"
+    for event_type, field in CREDENTIAL_FIELDS.items()) + " ELSE payload::text END"
+
+
 async def read_stored(
     conn: asyncpg.Connection, after: int, upto: int, limit: int, *,
     like: Sequence[str] | None = None, tenant: str | None = None,
 ) -> list[asyncpg.Record]:
-    """Rows as stored (position, type, tenant, payload as text) with after < position <= upto, oldest first,
-    optionally only of types matching LIKE patterns and of one tenant: for readers that pass events on without
-    decoding them (the log's feed, replay pages)."""
+    """Rows as the log's public readers get them (position, type, tenant, payload as text: `PUBLIC_PAYLOAD`) with
+    after < position <= upto, oldest first, optionally only of types matching LIKE patterns and of one tenant:
+    for readers that pass events on without decoding them (replay pages)."""
     return await conn.fetch(
-        "SELECT position, type, tenant, payload::text AS payload FROM events WHERE position > $1 AND position <= $2"
+        f"SELECT position, type, tenant, {PUBLIC_PAYLOAD} AS payload FROM events"
+        " WHERE position > $1 AND position <= $2"
         " AND ($3::text[] IS NULL OR type LIKE ANY($3)) AND ($4::text IS NULL OR tenant = $4)"
         " ORDER BY position LIMIT $5",
         after, upto, None if like is None else list(like), tenant, limit,
@@ -203,15 +215,15 @@ WITH chunk AS (
     SELECT *, (row_number() OVER (PARTITION BY run ORDER BY position) - 1) / $3 AS part FROM runs
 )
 SELECT min(position) AS first, max(position) AS last, min(type) AS type, min(tenant) AS tenant,
-       '[' || string_agg(payload::text, ',' ORDER BY position) || ']' AS body
+       '[' || string_agg(PUBLIC_PAYLOAD, ',' ORDER BY position) || ']' AS body
 FROM parts GROUP BY run, part ORDER BY first
-"""
+""".replace("PUBLIC_PAYLOAD", PUBLIC_PAYLOAD)
 
 
 async def read_runs(conn: asyncpg.Connection, after: int, limit: int, run_events: int) -> list[asyncpg.Record]:
     """The next `limit` events after a position as runs (first, last, type, tenant, body): events of one type and
-    tenant at consecutive positions, at most `run_events` a run, each run's stored events joined into one JSON
-    array by PostgreSQL: for a reader that publishes the log as it is (the feed), at a cost per run, not per event."""
+    tenant at consecutive positions, at most `run_events` a run, each run's events joined into one JSON array by
+    PostgreSQL as public readers get them (`PUBLIC_PAYLOAD`): for the feed, at a cost per run, not per event."""
     return await conn.fetch(_RUNS_SQL, after, limit, run_events)
 
 

@@ -29,7 +29,10 @@ from switchyard_gateway.kit.stack_nats import CLUSTER_NAME
 SERVICES_USER = "switchyard"
 ROUTE_USER = "route"                           # what one node of a cluster presents to another
 PASSWORD_KEY = "SWITCHYARD_NATS_PASSWORD"      # the services' password, kept in the data dir's keys.env
-USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")       # a user's name, and a subscriber's
+# the services' consumers that set events aside under a plain name (their folds' names hold a `.` or `:`): a
+# subscriber's dead letters are its name's alone, so it may not take one of these
+RESERVED_NAMES = frozenset({subjects.CONSUMER_METERING, subjects.CONSUMER_QUOTA})
 TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 BCRYPT = re.compile(r"^\$2[abxy]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")   # whole: nats-server compares anything else as it is
@@ -108,8 +111,12 @@ def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
     Raises UsersError naming every problem."""
     try:
         document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsersError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsersError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UsersError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     entries = document.get("subscribers") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise UsersError(f"{path}: expected `subscribers:`, a list of {{user, password, name, tenant}}")
@@ -125,8 +132,9 @@ def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
         problems += [f"{where}: unknown key {key!r}" for key in sorted(unknown)]
         if not USER.match(user) or user == SERVICES_USER:
             problems.append(f"{where}.user: 1 to 64 of A-Z a-z 0-9 _ -, and not {SERVICES_USER!r}")
-        if not name.strip():
-            problems.append(f"{where}.name: the subscriber's name is required")
+        if not USER.match(name) or name in RESERVED_NAMES:
+            problems.append(f"{where}.name: the subscriber's name, 1 to 64 of A-Z a-z 0-9 _ -, and not a service's "
+                            f"own consumer ({', '.join(sorted(RESERVED_NAMES))})")
         if tenant is not None and not TENANT.match(str(tenant)):
             problems.append(f"{where}.tenant: not a tenant id")
         if isinstance(password, str) and password.startswith("!"):

@@ -8,6 +8,7 @@ Exceptions:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -59,6 +60,28 @@ class ServiceUnavailable(ServiceError):
         super().__init__(503, ErrorBody("SERVICE_UNAVAILABLE", f"{what} is not answering, try again shortly"))
 
 
+class ErrorLog:
+    """The client's asynchronous errors in the log, each kind at most once every `every_s` with how many came
+    since: a subscriber that floods a service with requests whose replies it never reads makes one "slow
+    consumer" error per message dropped (half a million lines in ten seconds)."""
+
+    def __init__(self, every_s: float = 10.0, kinds: int = 100) -> None:
+        self.every_s, self.kinds = every_s, kinds
+        self._last: dict[str, tuple[float, int]] = {}        # an error's text (without its subject) -> (logged, since)
+
+    def heard(self, error: str) -> None:
+        kind = error.split(", sid:", 1)[0].split(" on subject ", 1)[0][:200]
+        now = time.monotonic()
+        logged, since = self._last.get(kind, (-self.every_s, 0))
+        if now - logged < self.every_s:
+            self._last[kind] = (logged, since + 1)
+            return
+        if len(self._last) >= self.kinds and kind not in self._last:
+            self._last.clear()
+        self._last[kind] = (now, 0)
+        log.warning("nats.error", error=error, **({"repeated": since} if since else {}))
+
+
 async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None) -> NATS:
     """Connect to any server of `url` (one URL or a comma-separated list: a cluster's servers), retrying
     until `timeout_s`; once connected, reconnect forever, to whichever server of the list answers.
@@ -67,8 +90,10 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
     so the deadline is ours.
     """
     servers = url_list(url)
+    errors = ErrorLog()
+
     async def _on_error(exc: Exception) -> None:
-        log.warning("nats.error", error=str(exc) or type(exc).__name__)
+        errors.heard(str(exc) or type(exc).__name__)
 
     async def _on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):          # closed on purpose: nothing went away
@@ -139,24 +164,24 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
 
 
 Handler = Callable[[bytes], Awaitable[bytes]]
-# A handler that also reads the subject it was asked on (a wildcard endpoint); None: it answered elsewhere itself,
-# and the requester, if it waits, gets an empty reply.
-SubjectHandler = Callable[[bytes, str], Awaitable[bytes | None]]
+# A handler that also reads the subject it was asked on (a wildcard endpoint) and the request's reply subject ("" if
+# none); None: it answered elsewhere itself, and the requester, if it waits, gets an empty reply.
+SubjectHandler = Callable[[bytes, str, str], Awaitable[bytes | None]]
 
 
 async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
                 instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None) -> object:
     """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers. Each
     copy answers `$SRV.PING` with its `instance` (replicas tell themselves apart by it) and `role` (the router's
-    leader says so) in its metadata. `by_subject` handlers are given the request's subject too."""
+    leader says so) in its metadata. `by_subject` handlers are given the request's subject and reply subject too."""
     metadata = {key: value for key, value in (("instance", instance), ("role", role)) if value}
     service = await add_service(nc, name=name, version=version, queue_group=name, metadata=metadata)
 
     def wrap(handler: Handler | SubjectHandler, with_subject: bool = False) -> Callable[[Request], Awaitable[None]]:
         async def endpoint(req: Request) -> None:
             try:
-                reply = await (handler(req.data, req.subject) if with_subject  # type: ignore[call-arg]
-                               else handler(req.data))  # type: ignore[call-arg]
+                reply = await (handler(req.data, req.subject, req._msg.reply or "")  # type: ignore[call-arg]  # noqa: SLF001
+                               if with_subject else handler(req.data))  # type: ignore[call-arg]
             except ServiceError as exc:
                 await req.respond_error(str(exc.status), exc.body.message, data=_encode(exc.body))
             except msgspec.ValidationError as exc:

@@ -230,10 +230,10 @@ def create_service_app(
 
 async def serve_subscriptions(
     runtime: Runtime[Any], subscriptions: dict[str, Callable[[D, bytes], Awaitable[bytes]]], deps: D,
-    by_subject: dict[str, Callable[[D, bytes, str], Awaitable[bytes | None]]] | None = None,
+    by_subject: dict[str, Callable[[D, bytes, str, str], Awaitable[bytes | None]]] | None = None,
 ) -> object:
     """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the service's Deps;
-    `by_subject` handlers (wildcard subjects) are given the subject asked on too."""
+    `by_subject` handlers (wildcard subjects) are given the subject asked on and the reply subject too."""
     bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
     routed = {subject: functools.partial(handler, deps) for subject, handler in (by_subject or {}).items()}
     return await natsio.serve(runtime.nc, runtime.name, bound, instance=runtime.settings.instance, by_subject=routed)

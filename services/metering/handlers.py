@@ -61,9 +61,9 @@ async def on_rollup(deps: Deps, data: bytes) -> bytes:
         return encode(await rollup.roll_up(conn, command, now()))
 
 
-async def on_replay(deps: Deps, data: bytes, subject: str) -> bytes | None:
+async def on_replay(deps: Deps, data: bytes, subject: str, reply: str) -> bytes | None:
     """A page of the log (`metering.replay.v1`, or `.<tenant>` for one tenant's events)."""
-    return await history.on_replay(deps.history, data, subject)
+    return await history.on_replay(deps.history, data, subject, reply)
 
 
 SUBSCRIPTIONS = {subjects.METERING_QUERY: on_query, subjects.METERING_COMMAND: on_rollup}

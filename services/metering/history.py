@@ -61,11 +61,11 @@ class History:
     feeding: bool = True         # this metering feeds LOG; without a feed no page says where to go live
 
 
-async def on_replay(history: History, data: bytes, subject: str) -> bytes | None:
+async def on_replay(history: History, data: bytes, subject: str, reply: str = "") -> bytes | None:
     """Answer one page, or publish it where the request says and answer nothing."""
     ask = _request.decode(data)
     tenant = tenant_of(subject)
-    problem = _problem(ask)
+    problem = _problem(ask, reply)
     if problem:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", problem[1], problem[0]))
     page = await read_page(history, ask, tenant)
@@ -85,11 +85,13 @@ def tenant_of(subject: str) -> str | None:
     return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), rest) if rest else None
 
 
-def _problem(ask: ReplayRequest) -> tuple[str, str] | None:
+def _problem(ask: ReplayRequest, reply: str = "") -> tuple[str, str] | None:
     if not 1 <= ask.max_events <= MAX_EVENTS:
         return "max_events", f"max_events must be 1 to {MAX_EVENTS:,}"
-    if ask.after < 0 or ask.max_bytes < 0:
-        return "after", "after and max_bytes may not be negative"
+    if ask.after < 0:
+        return "after", "after may not be negative"
+    if ask.max_bytes < 0:
+        return "max_bytes", "max_bytes may not be negative"
     if len(ask.types) > MAX_TYPES:
         return "types", f"at most {MAX_TYPES} type prefixes, not {len(ask.types):,}"
     bad = [t for t in ask.types if len(t) > MAX_TYPE_CHARS or not TYPE_PREFIX.match(t)]
@@ -98,6 +100,11 @@ def _problem(ask: ReplayRequest) -> tuple[str, str] | None:
                          "(usage, tenant.created, usage.recorded.v2)")
     if ask.deliver_to is not None and not DELIVER_TO.match(ask.deliver_to):
         return "deliver_to", "deliver_to must be a subject under _INBOX or replay., without wildcards"
+    if ask.deliver_to is not None and ask.deliver_to.startswith("_INBOX") and \
+            ask.deliver_to.split(".", 1)[0] != reply.split(".", 1)[0]:
+        # metering publishes as the services: an inbox named here must be the asker's own (its reply's prefix),
+        # or one subscriber could have pages sent into another's inbox, or the services' own
+        return "deliver_to", "deliver_to under an inbox must be under the asker's own (its reply subject's prefix)"
     return None
 
 

@@ -151,3 +151,14 @@ def test_a_users_file_takes_passwords_from_the_environment_or_as_hashes_never_in
                     "subscribers[1].password: NOPE is not set",
                     "subscribers[2].password: give it as ${ENV_VAR}"):   # nats-server would take it as plain text
         assert problem in text, problem
+    # a subscriber writes dead letters under its name: the services' own consumers' names are not for it
+    for name in ("metering", "quota", "spend.outbox", "gateway:REGISTRY", "has space"):
+        path.write_text(f"subscribers:\n  - {{user: bi, password: '${{PW}}', name: '{name}'}}\n")
+        with pytest.raises(UsersError) as reserved:
+            load(path, {"PW": "from-env"})
+        assert "subscribers[0].name" in str(reserved.value), name
+    for content, needle in ((b"\xff\xfe", "cannot read it"), (b"subscribers: [\n  - x", "not valid YAML at line 2")):
+        path.write_bytes(content)
+        with pytest.raises(UsersError) as unreadable:
+            load(path, {})
+        assert needle in str(unreadable.value) and "\n" not in str(unreadable.value)

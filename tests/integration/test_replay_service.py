@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from datetime import timedelta
 
 import msgspec
@@ -16,6 +17,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_event
 from switchyard_gateway.contracts.events import KeyIssued, TenantCreated
 from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
+from switchyard_gateway.contracts.users import UserCreated, UserPasswordChanged
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.natsio import ServiceError
@@ -94,6 +96,9 @@ async def test_a_page_goes_to_the_subject_the_caller_names(metering: Metering, n
     ({"types": ["usage"] * 65}, "types"),                           # a page's own fields stay small
     ({"types": ["u" * 65]}, "types"),
     ({"after": -1}, "after"),
+    ({"max_bytes": -5}, "max_bytes"),
+    # the asker's client uses `_INBOX`: another's inbox (a subscriber's `_INBOX_<user>`) is not for it to fill
+    ({"deliver_to": "_INBOX_billing.pages"}, "deliver_to"),
 ])
 async def test_bad_requests_are_refused_with_the_field(metering: Metering, nats_client, ask: dict, field: str) -> None:
     with pytest.raises(ServiceError) as refused:
@@ -178,3 +183,36 @@ async def test_going_live_at_the_handed_sequence_misses_and_repeats_nothing_whil
     assert seen == list(range(1, 601))
     await sub.unsubscribe()
 
+
+
+async def test_credential_hashes_are_blanked_for_the_logs_outside_readers(metering: Metering, nats_client,
+                                                                           pool) -> None:
+    """A user's Argon2 hash in `user.created.v1` was read by every subscriber of its tenant (and cracked offline);
+    a key's SHA-256 too. Replay pages and the LOG stream carry the events with those fields blanked; the log
+    itself keeps them (the registry rebuilds its users and keys from it)."""
+    secret_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+    head = await metering.append([
+        UserCreated(username="alice", tenant_id="acme", password_hash=secret_hash),
+        UserPasswordChanged(username="alice", tenant_id="acme", password_hash=secret_hash),
+        KeyIssued(key_id="sy_1", tenant_id="acme", key_sha256="ab" * 32), usage(1, "acme")])
+    pages = await page(nats_client, max_events=10)
+    assert len(pages.events) == 4
+    replayed = [decode_event(bytes(e)) for e in pages.events]
+    assert [getattr(e, "password_hash", None) for e in replayed[:2]] == ["", ""] and replayed[2].key_sha256 == ""
+    assert replayed[3].request_id == "r1"                 # other events as they are
+    assert await metering.feed.position.reach(head, 10)
+    fed = b"".join(m.data for m in await log_messages(nats_client))
+    assert b"argon2id" not in fed and b"ab" * 32 not in fed and b'"password_hash":""' in fed.replace(b" ", b"")
+    async with pool.acquire() as conn:                    # the log keeps them
+        kept = await conn.fetchval("SELECT payload::text FROM events WHERE type = 'user.created.v1'")
+    assert secret_hash in kept
+
+
+
+async def test_a_page_may_go_to_the_askers_own_inbox(metering: Metering, nats_client) -> None:
+    await metering.append(usage(i, "acme") for i in range(2))
+    own = f"{nats_client._inbox_prefix.decode()}.pages.{uuid.uuid4().hex[:6]}"      # noqa: SLF001
+    inbox = await nats_client.subscribe(own, max_msgs=1)
+    assert await natsio.request(nats_client, subjects.METERING_REPLAY,
+                                msgspec.json.encode(ReplayRequest(deliver_to=own)), 10) == b""
+    assert msgspec.json.decode((await inbox.next_msg(10)).data, type=ReplayPage).positions == [1, 2]

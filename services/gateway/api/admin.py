@@ -21,6 +21,7 @@ from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import (
     AppDeps, Req, admin_guard, ask, check_bounds, json_object, json_response,
 )
+from switchyard_gateway.services.gateway.api.quotas import set_model_limits
 from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(m.CommandReply)
@@ -153,21 +154,30 @@ async def list_assignments(deps: AppDeps, tenant_id: FromPath[str]) -> Response[
     return await run_query(deps, m.RegistryQuery("assignments", tenant_id=tenant_id))
 
 
-@get("/tenants/{tenant_id:str}/models/{model_id:str}")
-async def get_assignment(deps: AppDeps, tenant_id: FromPath[str], model_id: FromPath[str]) -> Response[bytes]:
-    return await run_query(deps, m.RegistryQuery("assignments", id=f"{tenant_id}/{model_id}"))
+def assigned_model(request: Req, tenant_id: str) -> str:
+    """The model id of a `/tenants/{tenant_id}/models/{model_id}` path, read whole: ids such as `org/model:q4`
+    hold slashes, sent as they are or percent-encoded (the HTTP server decodes the path before routing)."""
+    return request.scope["raw_path"].decode().split(f"/tenants/{tenant_id}/models/", 1)[1]
 
 
-@put("/tenants/{tenant_id:str}/models/{model_id:str}")
-async def update_assignment(request: Req, deps: AppDeps, tenant_id: FromPath[str],
-                            model_id: FromPath[str]) -> Response[bytes]:
+@get("/tenants/{tenant_id:str}/models/{model_id:path}")
+async def get_assignment(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    return await run_query(deps, m.RegistryQuery("assignments", id=f"{tenant_id}/{assigned_model(request, tenant_id)}"))
+
+
+@put("/tenants/{tenant_id:str}/models/{model_id:path}")
+async def update_assignment(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    """Change an assignment, or (`.../models/{model_id}/limits`) the limits of that model for the tenant."""
+    model_id = assigned_model(request, tenant_id)
+    if model_id.endswith("/limits") and deps.catalog.resolve_model(model_id) is None:
+        return await set_model_limits(request, deps, tenant_id, model_id.removesuffix("/limits"))
     query = m.RegistryQuery("assignments", id=f"{tenant_id}/{model_id}")
     return await _update(request, deps, m.AssignModel, query, tenant_id=tenant_id, model_id=model_id)
 
 
-@delete("/tenants/{tenant_id:str}/models/{model_id:str}", status_code=200)
-async def unassign_model(deps: AppDeps, tenant_id: FromPath[str], model_id: FromPath[str]) -> Response[bytes]:
-    return await run_command(deps, m.UnassignModel(tenant_id=tenant_id, model_id=model_id))
+@delete("/tenants/{tenant_id:str}/models/{model_id:path}", status_code=200)
+async def unassign_model(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    return await run_command(deps, m.UnassignModel(tenant_id=tenant_id, model_id=assigned_model(request, tenant_id)))
 
 
 # --- templates ---------------------------------------------------------------------------------

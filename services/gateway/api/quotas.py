@@ -55,10 +55,9 @@ async def set_tenant_limits(request: Request[Any, Any, Any], deps: AppDeps,
     return await _set_limits(request, deps, tenant_id)
 
 
-@put("/tenants/{tenant_id:str}/models/{model_id:str}/limits")
-async def set_model_limits(request: Request[Any, Any, Any], deps: AppDeps, tenant_id: FromPath[str],
-                           model_id: FromPath[str]) -> Response[bytes]:
-    """The same fields for one model of the tenant (no timezone: the tenant's applies)."""
+async def set_model_limits(request: Request[Any, Any, Any], deps: Deps, tenant_id: str, model_id: str) -> Response[bytes]:
+    """`PUT /tenants/{tenant_id}/models/{model_id}/limits`, served by the assignment's path route (a model id
+    may hold slashes): the same fields for one model of the tenant (no timezone: the tenant's applies)."""
     return await _set_limits(request, deps, tenant_id, model_id)
 
 
@@ -70,7 +69,7 @@ async def get_limits(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]
 
 
 limits_router = Router(path="/api/admin", guards=[admin_guard],
-                       route_handlers=[set_tenant_limits, set_model_limits, get_limits])
+                       route_handlers=[set_tenant_limits, get_limits])
 
 
 def _scope(request: Request[Any, Any, Any], deps: Deps) -> tuple[KeyIssued, str]:

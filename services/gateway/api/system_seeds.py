@@ -50,7 +50,9 @@ async def system_status(deps: AppDeps) -> Response[bytes]:
     """Every dependency and service, each `ok` or `error` with why; 200 when all are ok, else 503."""
     registry, valkey, services = await asyncio.gather(_registry(deps), _valkey(deps), service_health(deps.nc))
     nats = {"status": "ok" if deps.nc is not None and deps.nc.is_connected else "error",
-            "server": deps.nc.connected_url.netloc if deps.nc is not None and deps.nc.connected_url else None}
+            # host and port alone: the URL's user part holds the services' NATS password
+            "server": deps.nc.connected_url.netloc.rpartition("@")[2]
+            if deps.nc is not None and deps.nc.connected_url else None}
     database = registry.pop("database", {"status": "error"})
     healthy = all(x["status"] == "ok" for x in (nats, database, valkey, *services.values()))
     return json_response({"status": "ok" if healthy else "error", "uptime_s": round(time.time() - STARTED, 1),

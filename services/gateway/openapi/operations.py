@@ -144,6 +144,9 @@ def _crud(resource: str, item: str, create: type, what: str, shown: Any) -> dict
 SPLIT: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("POST", "/api/admin/models/{item}"): (("POST", "/api/admin/models/warmup"),
                                            ("POST", "/api/admin/models/{model_id}/test")),
+    ("PUT", "/api/admin/tenants/{tenant_id}/models/{model_id}"): (
+        ("PUT", "/api/admin/tenants/{tenant_id}/models/{model_id}"),
+        ("PUT", "/api/admin/tenants/{tenant_id}/models/{model_id}/limits")),
 }
 
 
