@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from typing import Any
 from urllib.parse import unquote
@@ -50,6 +51,7 @@ KEEP_ALIVE_S = 75.0               # an idle connection between requests
 GRACE_S = 5.0                     # at stop: how long requests in flight may take to finish
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # a token (RFC 9110 5.6.2)
 _METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"))
 
 
@@ -72,6 +74,7 @@ class Connection(asyncio.Protocol):
         self.head_started = False               # a request head's first bytes are here: its timer runs
         self.path_seen = ""                     # the path of the request being read or served, once known
         self.scanned = 0                        # the buffer holds no head's end before this offset
+        self.held_back = False                  # the next request waits for the client to read its answers
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -117,6 +120,7 @@ class Connection(asyncio.Protocol):
             request.waiter.set_exception(ClientDisconnected("the client closed the connection"))
         if self.write_paused is not None and not self.write_paused.done():
             self.write_paused.set_exception(ClientDisconnected("the client closed the connection"))
+            self.write_paused.exception()       # whoever waits hears it; nobody waiting is no error to report
         if self.websocket is not None:
             self.websocket.lost()
 
@@ -128,6 +132,11 @@ class Connection(asyncio.Protocol):
         paused, self.write_paused = self.write_paused, None
         if paused is not None and not paused.done():
             paused.set_result(None)
+        if self.held_back and self.request is None and not self.lost:
+            self.held_back = False
+            self._go_on()
+        if self.websocket is not None:
+            self.websocket.throttle()
 
     async def drained(self) -> None:
         paused = self.write_paused
@@ -163,7 +172,9 @@ class Connection(asyncio.Protocol):
     def _expire(self) -> None:
         self.timer = None
         if self.request is None and not self.lost:
-            if self.buffer:
+            if self.held_back:                  # its answers stayed unread: nothing to say that it would read
+                self.transport.close()          # type: ignore[union-attr]
+            elif self.buffer:
                 self.refuse(408, "the request head did not arrive in time")
             else:
                 self.transport.close()          # type: ignore[union-attr]
@@ -234,7 +245,8 @@ class Connection(asyncio.Protocol):
         if eol >= 0:
             for field in head[eol + 2:].decode("latin-1").split("\r\n"):
                 name, sep, value = field.partition(":")
-                if not sep or not name or name != name.strip() or "\n" in field or "\r" in field:
+                if not sep or not name or "\n" in field or "\r" in field or "\x00" in value or \
+                        not _HEADER_NAME.fullmatch(name):            # a name is a token: no space, no NUL
                     raise _Refused(400, "malformed header line")
                 pairs.append((name.lower(), value.strip(" \t")))
         headers = Headers(pairs)
@@ -256,7 +268,7 @@ class Connection(asyncio.Protocol):
         if encoding is not None:
             if "content-length" in headers or http_version == "1.0":
                 raise _Refused(400, "Transfer-Encoding with Content-Length, or in HTTP/1.0")
-            if encoding.lower().replace(" ", "") != "chunked" or len(headers.get_all("transfer-encoding")) > 1:
+            if encoding.lower().strip(" \t") != "chunked" or len(headers.get_all("transfer-encoding")) > 1:
                 raise _Refused(501, f"transfer coding {encoding!r} not supported")
             chunked = True
         elif "content-length" in headers:
@@ -304,6 +316,15 @@ class Connection(asyncio.Protocol):
         if request.close_after or not request.complete or self.server.stopping:
             self.transport.close()              # type: ignore[union-attr]
             return
+        if self.write_paused is not None:       # a client that does not read its answers gets no more of them:
+            self.held_back = True               # pipelined requests would each add an answer to the unsent pile
+            self.pause_reading()
+            self._arm(self.server.keep_alive_s)
+            return
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Read again, and start the next request the buffer holds (else wait, idle, for one)."""
         self.resume_reading()
         if self.buffer:
             self._next()

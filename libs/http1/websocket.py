@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from switchyard_gateway.http1.server import Connection
 
 WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+WS_MAX_FRAGMENTS = 4096         # frames of one message: more is a client making each one cost us, not a message
+WS_MAX_QUEUED = 64              # messages read and not yet taken by the app: past it, reading pauses
+CONTROL_MAX = 125               # RFC 6455 5.5: a control frame's payload, at most, and never fragmented
+_CLOSE_CODES_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -90,6 +94,7 @@ class WebSocket:
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
         self.fragments: list[bytes] = []
         self.fragment_kind = 0
+        self.fragment_bytes = 0                 # the fragments' total, kept as they come (not summed per frame)
         self.closed = False                     # a close frame sent, or the connection gone
 
     def feed(self, data: bytes) -> None:
@@ -120,6 +125,12 @@ class WebSocket:
             if not second & 0x80:
                 self._fail(1002, "client frames must be masked")
                 return
+            if first & 0x70:
+                self._fail(1002, "reserved bits set: no extension was agreed")
+                return
+            if first & 0x08 and (length > CONTROL_MAX or not first & 0x80):      # checked before it is read
+                self._fail(1002, "a control frame is at most 125 bytes and never fragmented")
+                return
             if length > WS_MAX_MESSAGE_BYTES:
                 self._fail(1009, "message too big")
                 return
@@ -133,12 +144,29 @@ class WebSocket:
         if at_frame:
             del buffer[:at_frame]
             self.needed -= at_frame
+        self.throttle()
+
+    def throttle(self) -> None:
+        """Read on only while the app keeps up and the client reads what is sent (pongs included): a client that
+        floods pings or messages and reads nothing must not grow this process's memory without end."""
+        if self.closed:
+            return
+        if self.messages.qsize() >= WS_MAX_QUEUED or self.conn.write_paused is not None:
+            self.conn.pause_reading()
+        else:
+            self.conn.resume_reading()
 
     def _frame(self, first: int, payload: bytes) -> bool:
         opcode, fin = first & 0x0F, first & 0x80
-        if opcode == 0x8:                       # close: answer it, end
+        if opcode == 0x8:                       # close: answer it (a malformed one with 1002), end
             code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else 1000
-            self.close(code if 1000 <= code < 5000 else 1000)
+            valid = len(payload) != 1 and code not in _CLOSE_CODES_UNSENDABLE and (
+                1000 <= code <= 1014 or 3000 <= code < 5000)
+            try:
+                payload[2:].decode()
+            except UnicodeDecodeError:
+                valid = False
+            self.close(code if valid else 1002)
             self.messages.put_nowait(Message(0, None))
             return False
         if opcode == 0x9:                       # ping: pong
@@ -153,15 +181,19 @@ class WebSocket:
             if fin:
                 self._deliver(opcode, payload)
             else:
-                self.fragment_kind, self.fragments = opcode, [payload]
+                self.fragment_kind, self.fragments, self.fragment_bytes = opcode, [payload], len(payload)
             return True
         if opcode == 0x0 and self.fragments:
             self.fragments.append(payload)
-            if sum(len(part) for part in self.fragments) > WS_MAX_MESSAGE_BYTES:
+            self.fragment_bytes += len(payload)
+            if self.fragment_bytes > WS_MAX_MESSAGE_BYTES:
                 self._fail(1009, "message too big")
                 return False
+            if len(self.fragments) > WS_MAX_FRAGMENTS:
+                self._fail(1009, f"a message in more than {WS_MAX_FRAGMENTS} frames")
+                return False
             if fin:
-                parts, self.fragments = self.fragments, []
+                parts, self.fragments, self.fragment_bytes = self.fragments, [], 0
                 self._deliver(self.fragment_kind, b"".join(parts))
             return True
         self._fail(1002, "unknown opcode")
@@ -193,7 +225,9 @@ class WebSocket:
     async def receive(self) -> Message:
         if self.closed and self.messages.empty():
             return Message(0, None)
-        return await self.messages.get()
+        message = await self.messages.get()
+        self.throttle()
+        return message
 
     async def send_bytes(self, data: bytes) -> None:
         await self._send_message(0x2, data)

@@ -61,6 +61,9 @@ class App:
             except TimeoutError:
                 self.stream_blocked.set()
             return
+        if scope.path == "/big":                # a large answer, for pipelines nobody reads
+            proto.response_bytes(200, [("content-type", "text/plain")], b"z" * 200_000)
+            return
         if scope.path == "/watch":
             await proto.client_disconnect()
             self.disconnects += 1
@@ -220,6 +223,10 @@ async def test_chunked_body_is_joined(served) -> None:
     (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 501),
     (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"GET nowhere HTTP/1.1\r\n\r\n", 400),
+    # read otherwise by a proxy in front, each would be a way to smuggle a request past it
+    (b"POST / HTTP/1.1\r\ntransfer-encoding: ch unked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\ntransfer encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nx-a: nul\x00byte\r\n\r\n", 400),
 ])
 async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int) -> None:
     _, _, port = served
@@ -387,3 +394,101 @@ async def test_an_unmasked_websocket_frame_closes_with_1002(served) -> None:
     frame = await asyncio.wait_for(reader.read(), 5)
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
     writer.close()
+
+
+async def test_pipelined_requests_from_a_client_that_reads_nothing_wait_for_it(served) -> None:
+    """3,000 pipelined requests for 166 KB answers, nothing read: each answer went onto the unsent pile (a
+    gateway worker grew by 470 MB for 117 KB of requests, no key needed). The next request now waits until
+    the client reads; reading, it gets every answer."""
+    app, _, port = served
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    count = 300
+    await asyncio.get_running_loop().sock_sendall(sock, b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n" * count)
+    await asyncio.sleep(1.0)
+    started = app.seen.count("/big")
+    assert started < 40, f"{started} answers of 200 KB piled up for a client that reads nothing"
+    received = 0
+    loop = asyncio.get_running_loop()
+    while received < count * 200_000:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        assert chunk, "the connection closed before every answer"
+        received += len(chunk)
+    sock.close()
+    assert app.seen.count("/big") == count
+
+
+def _ws_open(port: int) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    return sock, head.split(b"\r\n\r\n", 1)[1]
+
+
+def _masked(first: int, payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    length = len(payload)
+    size = bytes((0x80 | length,)) if length < 126 else struct.pack("!BH", 0x80 | 126, length) if length < 65536 \
+        else struct.pack("!BQ", 0x80 | 127, length)
+    return bytes((first,)) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _close_code(sock: socket.socket, already: bytes) -> int:
+    data = already
+    sock.settimeout(5)
+    while True:
+        at = data.find(b"\x88")
+        if at >= 0 and len(data) >= at + 4:
+            return struct.unpack("!H", data[at + 2:at + 4])[0]
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed without a close frame: {data[:40]!r}")
+        data += chunk
+
+
+@pytest.mark.parametrize(("frames", "code"), [
+    ([_masked(0x89, b"p" * 126)], 1002),                       # a ping over 125 bytes
+    ([_masked(0x09, b"p")], 1002),                             # a fragmented ping
+    ([_masked(0xC1, b"hi")], 1002),                            # RSV1 without an extension
+    ([_masked(0x88, b"\x03")], 1002),                          # a close payload of one byte
+    ([_masked(0x88, struct.pack("!H", 1005))], 1002),          # a code no endpoint may send
+    ([_masked(0x01, b"a"), *[_masked(0x00, b"") for _ in range(5000)]], 1009),   # fragments without end
+])
+async def test_websocket_frames_rfc_6455_forbids_close_with_the_code_it_names(served, frames: list[bytes],
+                                                                            code: int) -> None:
+    _, _, port = served
+    sock, rest = await asyncio.to_thread(_ws_open, port)
+    try:
+        await asyncio.to_thread(sock.sendall, b"".join(frames))
+        assert await asyncio.to_thread(_close_code, sock, rest) == code
+    finally:
+        sock.close()
+
+
+async def test_pings_from_a_client_that_reads_nothing_stop_being_read(served) -> None:
+    """Each ping was answered at once whether or not the client read its pongs: 400 MB of pings grew the worker
+    by 420 MB. A socket whose answers are not read is no longer read either."""
+    _, server, port = served
+    sock, _ = await asyncio.to_thread(_ws_open, port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    ping = _masked(0x89, b"p" * 125)
+    loop = asyncio.get_running_loop()
+    sent = 0
+    try:
+        while sent < 200_000 * len(ping):                         # 26 MB of pings, if all were read
+            try:
+                await asyncio.wait_for(loop.sock_sendall(sock, ping * 1000), 2)
+            except TimeoutError:
+                break                                             # the server stopped reading: backpressure
+            sent += 1000 * len(ping)
+        assert sent < 200_000 * len(ping), "every ping was read though no pong was"
+        conn = next(iter(server.connections))
+        assert conn.reading_paused
+    finally:
+        sock.close()

@@ -47,6 +47,7 @@ REFUSED: list[tuple[str, str, tuple[Any, ...]]] = [
     ("openai.chat", "seed", (2**63, -(2**63) - 1, "1", 1.5)),
     ("openai.embeddings", "dimensions", (0, -1, MAX_DIMENSIONS + 1, *HUGE, "3", 3.0)),
     ("openai.embeddings", "encoding_format", ("utf8", 5)),
+    ("openai.embeddings", "stream", (True,)),        # answered whole: sent on, it opened every endpoint's breaker
     *[(api, "options.num_predict", (-3, -10**15, LIMIT + 1, *HUGE, "5", 5.5, True))
       for api in ("ollama.chat", "ollama.generate")],
     *[(api, "options.num_ctx", (0, -1, LIMIT + 1, *HUGE, "8192"))

@@ -262,6 +262,8 @@ class OpenAIEmbeddings(InferenceRequest):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if self.input is None or self.input == [] or self.input == "":
             raise BadRequest("'input' must be a non-empty string or list", param="input", code="missing_field")
+        if self.stream:          # no embedding streams: sent on, the upstream's whole answer read as a cut stream
+            raise BadRequest("Invalid 'stream': embeddings are not streamed", param="stream", code="invalid_value")
         prompt_count(self.input, "input", empty_texts=False)
         return Ask(None, 1, True, "", summed(lambda: _inputs(self.input)), tokenizer)
 
