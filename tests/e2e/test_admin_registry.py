@@ -286,3 +286,25 @@ async def test_a_resource_read_edited_and_put_back_whole_is_updated(demo: DemoSt
     assert shown["version"]
     changed = ok(await api(demo, "PUT", f"/providers/{provider}", {**shown, "display_name": "Edited"}))
     assert changed["changed"] is True and ok(await api(demo, "GET", f"/providers/{provider}"))["display_name"] == "Edited"
+
+
+async def test_a_model_id_with_slashes_is_unassigned_and_limited_per_tenant(demo: DemoStack, tag: str) -> None:
+    """`org/model:q4` could be assigned but not changed, limited or unassigned: the routes' `{model_id:str}` stops
+    at a slash, and the server decodes `%2F` before routing."""
+    model, tenant = f"org-{tag}/model:q4", f"t-{tag}"
+    ok(await api(demo, "POST", "/models", {"model_id": model}))
+    ok(await api(demo, "POST", "/tenants", {"tenant_id": tenant, "all_models": False}))
+    try:
+        ok(await api(demo, "POST", f"/tenants/{tenant}/models", {"model_id": model}))
+        for shown in (model, model.replace("/", "%2F")):               # as it is, or percent-encoded
+            assert ok(await api(demo, "GET", f"/tenants/{tenant}/models/{shown}"))["model_id"] == model
+        ok(await api(demo, "PUT", f"/tenants/{tenant}/models/{model}", {"priority": 7}))
+        limited = ok(await api(demo, "PUT", f"/tenants/{tenant}/models/{model.replace('/', '%2F')}/limits",
+                               {"daily_tokens": 500}))
+        assert limited["model_id"] == model and limited["limits"]["daily_tokens"] == 500
+        assert ok(await api(demo, "GET", f"/tenants/{tenant}/models/{model}"))["priority"] == 7
+        ok(await api(demo, "DELETE", f"/tenants/{tenant}/models/{model.replace('/', '%2F')}"))
+        assert model not in {a["model_id"] for a in ok(await api(demo, "GET", f"/tenants/{tenant}/models"))}
+    finally:
+        await api(demo, "DELETE", f"/tenants/{tenant}")
+        await api(demo, "DELETE", f"/models/{model}")

@@ -3,6 +3,7 @@ keys.env), and brute-force protection on a gateway of its own that trusts X-Forw
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -85,7 +86,8 @@ def test_a_wrong_password_and_an_unknown_user_get_the_same_401(demo: DemoStack) 
         assert refused.json() == {"error": {"code": "INVALID_CREDENTIALS", "message": "Invalid username or password"}}
     for body in ({"username": username}, {"username": 7, "password": PASSWORD}, "not json"):
         bad = httpx.post(f"{demo.url}/api/auth/login", **({"json": body} if not isinstance(body, str)
-                                                           else {"content": body}))
+                                                           else {"content": body,
+                                                                 "headers": {"content-type": "application/json"}}))
         assert bad.status_code == 400 and bad.json()["error"]["code"] in ("VALIDATION_ERROR", "INVALID_JSON"), bad.text
     huge = login(demo.url, "x" * 100_000, "y" * 100_000)
     assert huge.status_code == 401, "absurd lengths are refused without hashing anything"
@@ -214,3 +216,16 @@ def test_one_address_waits_after_failures_across_usernames_and_waits_longer_each
     time.sleep(int(refused.headers["retry-after"]) + 0.1)     # the wait is what is under test
     seventh = login(guarded.url, f"spray-{uuid.uuid4().hex[:8]}", "password1", **here)
     assert seventh.status_code == 401 and int(seventh.headers["retry-after"]) >= 3, "the wait doubled"
+
+
+def test_a_sign_in_body_not_sent_as_json_is_refused_unread(demo: DemoStack) -> None:
+    """A `text/plain` POST needs no CORS preflight: any page a visitor opens could try passwords in their name and
+    lock them out (the back-off is per username). A body must say it is JSON (415, no attempt counted)."""
+    username = new_user(demo)
+    for _ in range(8):
+        refused = httpx.post(f"{demo.url}/api/auth/login", content=json.dumps(
+            {"username": username, "password": "wrong-password-1"}), timeout=10,
+            headers={"content-type": "text/plain", "origin": "https://evil.example"})
+        assert refused.status_code == 415, refused.text
+    assert login(demo.url, username).status_code == 200                # not locked out
+    assert httpx.post(f"{demo.url}/api/auth/logout", timeout=10).status_code in (200, 401)   # no body: no type needed

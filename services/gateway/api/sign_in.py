@@ -94,7 +94,17 @@ def _too_many(wait_s: float) -> Response[bytes]:
                   {"retry-after": str(seconds)}, retry_after=seconds)
 
 
-@post("/api/auth/login", status_code=200)
+def json_bodies(connection: Any, _handler: Any) -> None:
+    """A guard: a body must say it is JSON. A browser sends `text/plain` from any page without asking (no CORS
+    preflight), so without this any site its user opens could try passwords in their name and lock them out."""
+    sent = connection.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in connection.headers
+    media = connection.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if sent and media != "application/json":
+        raise ServiceError(415, m.ErrorBody("UNSUPPORTED_MEDIA_TYPE", "the body must be sent as application/json",
+                                            "content-type"))
+
+
+@post("/api/auth/login", status_code=200, guards=[json_bodies])
 async def login(request: Req, deps: AppDeps, data: JSONBody[LoginRequest]) -> Response[bytes] | TokenPair:
     """A username and password for an access token (15 minutes) and a refresh token (7 days)."""
     if (refusal := _enabled(deps)) is not None:
@@ -120,7 +130,7 @@ async def login(request: Req, deps: AppDeps, data: JSONBody[LoginRequest]) -> Re
     return deps.tokens.sign_in(user)
 
 
-@post("/api/auth/refresh", status_code=200)
+@post("/api/auth/refresh", status_code=200, guards=[json_bodies])
 async def refresh(deps: AppDeps, data: JSONBody[RefreshRequest]) -> Response[bytes] | TokenPair:
     """A new access token for a refresh token whose session still stands (the same refresh token back)."""
     if (refusal := _enabled(deps)) is not None:
@@ -135,7 +145,7 @@ async def refresh(deps: AppDeps, data: JSONBody[RefreshRequest]) -> Response[byt
                      token_type="bearer", expires_in=deps.tokens.access_ttl_s, refresh_expires_in=left, user=view)
 
 
-@post("/api/auth/logout", status_code=200)
+@post("/api/auth/logout", status_code=200, guards=[json_bodies])
 async def logout(request: Req, deps: AppDeps,
                  data: JSONBody[LogoutRequest | None] = None) -> Response[bytes] | SignedOut:
     """End a session: its refresh token and every access token of it stop working on every gateway."""
