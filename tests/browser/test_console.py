@@ -210,6 +210,14 @@ async def test_operator_watches_live_usage_manages_a_tenant_and_resets_a_breaker
     assert "404" in await page.text_content("#tenant-missing")
     assert await page.query_selector("#limits-form") is None and await page.query_selector("#key-list") is None
 
+    # A crafted link whose tenant id holds encoded slashes: once decoded by the server it named another route
+    # (saving "the tenant's" limits set a model's). It is no tenant id, and nothing is asked of the API for it.
+    asked = len(requests.urls)
+    await page.goto("/ui#/tenants/demo%2Fmodels%2Fllama3.2")
+    await page.wait_for_selector("main h1:text('No such tenant')", timeout=WAIT_MS)
+    assert not [url for url in requests.urls[asked:] if "%2F" in url or "/tenants/demo/" in url]
+    assert await page.query_selector("#limits-form") is None
+
     assert "/api/usage-stream" in requests.paths("/api/usage-stream")
     assert requests.foreign() == [], "the console made requests off this machine"
     assert errors == [], f"script errors on the page: {errors}"

@@ -308,3 +308,16 @@ async def test_a_model_id_with_slashes_is_unassigned_and_limited_per_tenant(demo
     finally:
         await api(demo, "DELETE", f"/tenants/{tenant}")
         await api(demo, "DELETE", f"/models/{model}")
+
+
+async def test_admin_answers_are_never_cached_nor_sniffed(demo: DemoStack, tag: str) -> None:
+    """A new key is shown once, in its answer: a cache (a proxy's, the browser's) must not keep it."""
+    ok(await api(demo, "POST", "/tenants", {"tenant_id": f"t-{tag}"}))
+    try:
+        issued = await api(demo, "POST", f"/tenants/t-{tag}/keys", {"name": "once"})
+        assert issued.status_code == 201 and issued.json()["key"]
+        for answer in (issued, await api(demo, "GET", "/tenants"), await api(demo, "GET", "/nope-route")):
+            assert answer.headers["cache-control"] == "no-store", answer.headers
+            assert answer.headers["x-content-type-options"] == "nosniff"
+    finally:
+        await api(demo, "DELETE", f"/tenants/t-{tag}")

@@ -202,8 +202,15 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
             return
         body, more = message.get("body", b""), message.get("more_body", False)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
-        if not any(k.lower() == REQUEST_ID for k, _ in headers):
+        named = {k.lower() for k, _ in headers}
+        if REQUEST_ID not in named:
             headers.append((REQUEST_ID, request_id))
+        # an answer that says nothing of caching is not kept anywhere (a key is shown once, in its answer), and
+        # none is read as another type than it says
+        if "cache-control" not in named:
+            headers.append(("cache-control", "no-store"))
+        if "x-content-type-options" not in named:
+            headers.append(("x-content-type-options", "nosniff"))
         if transport is None and not more:
             proto.response_bytes(start["status"], headers, body)
             return

@@ -6,8 +6,22 @@ import { RANGES, loadStats, usageChart } from "./charts.js";
 import { keysPanel } from "./keys.js";
 import { quotasPanel, periodPanel, limitsForm } from "./limits.js";
 
+// A tenant id as the registry allows it (libs/catalog/rules.py IDENTIFIER): one taken from the URL is checked
+// against it, so that a crafted link (`#/tenants/demo%2Fmodels%2Fx`) cannot point this page's requests at
+// another route of the admin API.
+const TENANT_ID = /^[a-z0-9][a-z0-9_-]{1,49}$/;
+
 export function render(main, context) {
-  return context.params[0] ? detail(main, context, context.params[0]) : list(main);
+  const tenantId = context.params[0];
+  if (tenantId === undefined) return list(main);
+  if (!TENANT_ID.test(tenantId) || context.params.length > 1) {
+    fill(main, h("section", { class: "panel" }, h("div", { class: "body" },
+      h("h1", { tabindex: "-1" }, "No such tenant"),
+      h("p", {}, "A tenant id is 2 to 50 of a-z 0-9 _ -, starting with a letter or digit. ",
+        h("a", { href: "#/tenants" }, "Go to the tenants"), "."))));
+    return null;
+  }
+  return detail(main, context, tenantId);
 }
 
 // --- the list -------------------------------------------------------------------------------------
