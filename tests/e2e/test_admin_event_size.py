@@ -31,7 +31,7 @@ def endpoint_of_size(endpoint_id: str, provider_id: str, command_bytes: int) -> 
     models.append("last" + "x" * (command_bytes - len(command([*models, "last"]))))     # the rest, to the byte
     sent = command(models)
     assert len(sent) == command_bytes
-    event = EndpointRegistered(**{k: v for k, v in msgspec.json.decode(sent).items() if k not in ("command", "mode")})
+    event = EndpointRegistered(**{k: v for k, v in msgspec.json.decode(sent).items() if k not in ("command", "mode", "if_match")})
     return {**body, "models": models}, len(sent), natsio.message_size(
         encode(event), {subjects.MSG_ID_HEADER: str(event.event_id)})
 
