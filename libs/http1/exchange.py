@@ -1,7 +1,8 @@
 """One HTTP request as an RSGI app sees it: its scope and headers, its body in, its answer out (`server.py` runs it).
 
 The body is read as it arrives (`await proto()` for all of it, `async for chunk in proto` piece by piece; a body
-with no new byte for the server's `body_timeout_s`, or whose client leaves, fails the read with ClientDisconnected), and the
+with no new byte for the server's `body_timeout_s`, or slower on the whole than `body_timeout_s` and a second per
+BODY_MIN_RATE bytes, or whose client leaves, fails the read with ClientDisconnected), and the
 connection stops reading while BODY_HIGH_WATER bytes wait for the app. The answer is one `write` of head and
 body, or a chunked stream (`response_stream`; close-delimited for HTTP/1.0) whose `send_bytes` waits while the
 client is not reading. An answer sent before the body was read to its end closes the connection after it.
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from switchyard_gateway.http1.server import Connection
 
 BODY_TIMEOUT_S = 60.0             # between two bytes of a body the app waits for (the server's default)
+BODY_MIN_RATE = 500               # bytes/s: a body may take body_timeout_s, and one second more per this many bytes
 BODY_HIGH_WATER = 256 * 1024      # body bytes buffered ahead of the app before reading pauses
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -106,7 +108,7 @@ class Request:
     """One HTTP request's RSGI protocol object: its body in, its answer out."""
 
     __slots__ = ("conn", "head_only", "version", "close_after", "continue_", "left", "chunks", "decoder",
-                 "parts", "buffered", "complete", "waiter", "responded", "stream")
+                 "parts", "buffered", "complete", "waiter", "received", "body_since", "responded", "stream")
 
     def __init__(self, conn: Connection, version: bytes, head_only: bool, close_after: bool, continue_: bool,
                  length: int, chunked: bool) -> None:
@@ -119,6 +121,8 @@ class Request:
         self.buffered = 0
         self.complete = not chunked and length == 0
         self.waiter: asyncio.Future[None] | None = None
+        self.received = 0                       # body bytes received, for the body's whole deadline
+        self.body_since = 0.0                   # when the app first waited for the body
         self.responded = False
         self.stream: Stream | None = None
 
@@ -135,7 +139,9 @@ class Request:
                 return b""
             if self.chunks:
                 self.parts.extend(self.chunks)
-                self.buffered += sum(len(chunk) for chunk in self.chunks)
+                size = sum(len(chunk) for chunk in self.chunks)
+                self.buffered += size
+                self.received += size
                 self.chunks.clear()
             if after is not None:
                 self.complete, rest = True, after
@@ -147,6 +153,7 @@ class Request:
             if data:
                 self.parts.append(data)
                 self.buffered += len(data)
+                self.received += len(data)
             if not self.left:
                 self.complete = True
         waiter = self.waiter
@@ -165,8 +172,16 @@ class Request:
             self.continue_ = False
             conn.write(self.version + b" 100 Continue\r\n\r\n")
         conn.resume_reading()
+        now, per_byte = conn.loop.time(), conn.server.body_timeout_s
+        if not self.body_since:
+            self.body_since = now
+        # a byte a minute would hold the connection and this task for ever: the whole body has a deadline too
+        whole = self.body_since + per_byte + self.received / BODY_MIN_RATE - now
+        if whole <= 0:
+            raise ClientDisconnected("the request body came too slowly")
         self.waiter = waiter = conn.loop.create_future()
-        timer = conn.loop.call_later(conn.server.body_timeout_s, _timed_out, waiter)
+        timer = conn.loop.call_later(whole, _too_slow, waiter) if whole < per_byte else \
+            conn.loop.call_later(per_byte, _timed_out, waiter)
         try:
             await waiter
         finally:
@@ -275,3 +290,8 @@ class Stream:
 def _timed_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(ClientDisconnected("no byte of the request body in time"))
+
+
+def _too_slow(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(ClientDisconnected("the request body came too slowly"))

@@ -182,8 +182,12 @@ class Connection(asyncio.Protocol):
     # --- requests ---------------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Start the next request in the buffer, if its head is complete."""
+        """Start the next request in the buffer, if its head is complete (blank lines before it are skipped, as
+        RFC 9112 2.2 asks)."""
         buffer = self.buffer
+        if buffer[:2] == b"\r\n":
+            buffer = self.buffer = bytes(buffer).lstrip(b"\r\n")
+            self.scanned = 0
         end = buffer.find(b"\r\n\r\n", self.scanned)
         if end < 0:
             if len(buffer) > MAX_HEAD_BYTES:

@@ -163,3 +163,29 @@ async def test_answers_expire_after_the_ttl_and_the_demo_gateway_does_not_cache(
     plain = httpx.post(f"{demo.url}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
     assert plain.status_code == 200 and "x-switchyard-cache" not in plain.headers
     assert json.loads(plain.content)["data"]
+
+
+async def test_an_answer_cut_short_by_a_nearly_spent_quota_is_not_kept(demo: DemoStack, cached_gateway: Gateway) -> None:
+    """With a few tokens left of a day, a question was answered with what was left; kept, that short answer would
+    be served again tomorrow, with the day's tokens back. A call granted less than it asked is not cached; the
+    same call with room to spare is."""
+    tenant, key = new_tenant(demo)
+    body = {"model": "llama3.2", "max_tokens": 200,
+            "messages": [{"role": "user", "content": f"hi {uuid.uuid4().int % 100_000}"}]}
+    assert set_limits(demo, tenant, daily_tokens=16).status_code == 200
+    for _ in range(100):                          # until this gateway has folded the limit
+        short = post(cached_gateway, "/v1/chat/completions", key, body)
+        if short.status_code == 200 and short.json()["choices"][0]["finish_reason"] == "length":
+            break
+        await asyncio.sleep(0.05)
+    assert short.status_code == 200 and short.json()["choices"][0]["finish_reason"] == "length", short.text
+    assert short.headers["x-switchyard-cache"] == "miss"
+    assert set_limits(demo, tenant, daily_tokens=None).status_code == 200
+    for _ in range(100):                          # until this gateway has folded the change: a whole answer
+        whole = post(cached_gateway, "/v1/chat/completions", key, body)
+        assert whole.status_code == 200 and whole.headers["x-switchyard-cache"] == "miss", "the short answer was kept"
+        if whole.json()["choices"][0]["finish_reason"] != "length":
+            break
+        await asyncio.sleep(0.05)
+    hit = await _until_hit(cached_gateway, "/v1/chat/completions", key, body)
+    assert hit.json()["choices"] == whole.json()["choices"]

@@ -14,6 +14,7 @@ import struct
 import pytest
 import websockets
 
+from switchyard_gateway.http1 import exchange as http_exchange
 from switchyard_gateway.http1 import server as http_server
 from switchyard_gateway.http1.server import ClientDisconnected, Server
 from tests.conftest import wait_for
@@ -320,6 +321,31 @@ async def test_a_body_that_stops_coming_fails_the_read(served, monkeypatch) -> N
     await wait_for(lambda: len(app.seen) >= 2, what="the second request reached the app")
     writer2.close()                              # a client that hangs up mid-body: the read fails at once
     await wait_for(lambda: len(app.body_errors) == 2, what="the hang-up failed the read")
+
+
+async def test_a_body_trickled_a_byte_at_a_time_runs_out_of_time_on_the_whole(served, monkeypatch) -> None:
+    """One byte every half minute met the per-byte timeout for ever, holding a connection and a task: the whole
+    body now has `body_timeout_s` and a second per BODY_MIN_RATE bytes."""
+    app, server, port = served
+    monkeypatch.setattr(server, "body_timeout_s", 0.5)
+    monkeypatch.setattr(http_exchange, "BODY_MIN_RATE", 100)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+    started = asyncio.get_running_loop().time()
+    try:
+        while not app.body_errors and asyncio.get_running_loop().time() - started < 10:
+            writer.write(b"a")                         # well within the per-byte 0.5 s, far below 100 bytes/s
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        assert app.body_errors and "too slowly" in app.body_errors[0], app.body_errors
+        assert asyncio.get_running_loop().time() - started < 3
+    finally:
+        writer.close()
+
+
+async def test_blank_lines_before_a_request_are_skipped(served) -> None:
+    got = await exchange(served[2], b"\r\n\r\n\r\nGET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 "), got[:80]
 
 
 async def test_a_head_that_never_ends_is_408(served, monkeypatch) -> None:

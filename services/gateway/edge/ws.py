@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -114,7 +113,7 @@ class WebSocketDoor:
             transport = await proto.accept()
             self.open += 1
             OPEN.inc()
-            session = Session(self, transport, headers, scope.headers.get("x-request-id") or uuid.uuid4().hex[:16])
+            session = Session(self, transport, headers, request_id_of(scope.headers))   # checked, as any request id
             try:
                 code = await session.run()
             finally:

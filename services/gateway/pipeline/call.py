@@ -49,6 +49,7 @@ class Call(msgspec.Struct, frozen=True):
     ask: Ask | None = None        # output asked, choices, prompt tokens (counted once, lazily)
     ceiling: int | None = None    # output tokens per choice sent upstream as the call's limit (None: as asked)
     quota_headers: tuple[tuple[str, str], ...] = ()   # the rate-limit headers of its answer
+    short: bool = False           # its output limit was cut to what a quota had left: its answer is not for the cache
 
     @property
     def api(self) -> str:

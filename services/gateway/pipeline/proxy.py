@@ -104,7 +104,8 @@ class Proxy:
             await refuse(proto, scope.path, exc, request_id)
             return
         if reservation is not None:
-            call = msgspec.structs.replace(call, ceiling=ceiling(reservation, ask), quota_headers=reservation.headers)
+            call = msgspec.structs.replace(call, ceiling=ceiling(reservation, ask), quota_headers=reservation.headers,
+                                           short=reservation.short)
         outcome = Outcome(plan.model.model_id, served_by_fallback=by_quota)
         loop = self.loop
         if loop is None:

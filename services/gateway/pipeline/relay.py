@@ -173,8 +173,8 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
             outcome.estimate_tokens(call)
         if plan.answer is not None:
             data, content_type = answer, "application/json"
-        if call.cache_key is not None:
-            outcome.answer = (data, content_type)
+        if call.cache_key is not None and not call.short:       # an answer a nearly spent quota cut short is this
+            outcome.answer = (data, content_type)               # moment's, not the one the question deserves
     else:
         outcome.result = "error"
         if plan.error is not None:
