@@ -9,8 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-
-
 MAX_LINES = 1_000_000     # past events `tail -n` prints at most (export writes any number)
 
 
@@ -23,6 +21,7 @@ def _count(text: str) -> int:
     if not 0 <= value <= MAX_LINES:
         raise argparse.ArgumentTypeError(f"{value} is not between 0 and {MAX_LINES:,}")
     return value
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     events = sub.add_parser(

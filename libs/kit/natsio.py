@@ -67,7 +67,7 @@ class ErrorLog:
 
     def __init__(self, every_s: float = 10.0, kinds: int = 100) -> None:
         self.every_s, self.kinds = every_s, kinds
-        self._last: dict[str, tuple[float, int]] = {}        # an error's text (without its subject) -> (logged, since)
+        self._last: dict[str, tuple[float, int]] = {}        # an error's text up to its sid -> (logged, since)
 
     def heard(self, error: str) -> None:
         kind = error.split(", sid:", 1)[0].split(" on subject ", 1)[0][:200]
