@@ -137,6 +137,10 @@ def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     return out
 
 
+WS_UPGRADE = (b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+              b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+
+
 def post(path: str, body: bytes, extra: str = "") -> bytes:
     return (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n{extra}\r\n").encode() + body
 
@@ -189,12 +193,10 @@ async def test_a_request_written_a_byte_at_a_time_is_read_whole(served) -> None:
 async def test_a_websocket_message_in_many_small_writes_arrives_whole(served) -> None:
     _, _, port = served
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+    writer.write(WS_UPGRADE)
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    payload, mask = b"w" * 300_000, b"\x01\x02\x03\x04"
-    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-    frame = struct.pack("!BBQ", 0x82, 0x80 | 127, len(payload)) + mask + masked
+    payload = b"w" * 300_000
+    frame = _masked(0x82, payload)
     for offset in range(0, len(frame), 1000):
         writer.write(frame[offset:offset + 1000])
         await writer.drain()
@@ -412,8 +414,7 @@ async def test_websocket_refused_before_accept_gets_the_http_status(served) -> N
 async def test_an_unmasked_websocket_frame_closes_with_1002(served) -> None:
     _, _, port = served
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+    writer.write(WS_UPGRADE)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101 ") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
     writer.write(b"\x81\x02hi")                              # a text frame without a mask
@@ -448,8 +449,7 @@ async def test_pipelined_requests_from_a_client_that_reads_nothing_wait_for_it(s
 
 def _ws_open(port: int) -> tuple[socket.socket, bytes]:
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+    sock.sendall(WS_UPGRADE)
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(4096)
