@@ -281,6 +281,10 @@ async def test_a_load_or_unload_request_generates_nothing_and_is_answered_as_oll
     assert unloaded.done_reason == "unload"
     chat = await ollama_client.chat(model=upstream.model(served), messages=[], keep_alive="0s")
     assert (chat.done_reason, chat.message.role, chat.message.content) == ("unload", "assistant", "")
+    async with httpx.AsyncClient(base_url=demo.url, timeout=10) as http:
+        answered = await http.post("/api/generate", json={"model": upstream.model(served), "prompt": ""},
+                                   headers={"Authorization": f"Bearer {upstream.key}", "x-request-id": "load-1"})
+    assert answered.status_code == 200 and answered.headers["x-request-id"] == "load-1"   # as every answer carries it
     assert {path: upstream.calls(path) for path in before} == before, "no upstream was asked"
     with pytest.raises(ollama.ResponseError) as unknown:
         await ollama_client.generate(model="no-such-model", prompt="")

@@ -25,6 +25,7 @@ import msgspec
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.quotas.ledger import hold_name
+from switchyard_gateway.quotas.tokens import CALL_LIMIT
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
@@ -45,7 +46,7 @@ from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
 
 CLIENT_CLOSED = 499
-WHOLE_COUNT_BYTES = 256 * 1024     # a body larger is counted whole in a thread (the loop counts at most CALL_LIMIT)
+WHOLE_COUNT_BYTES = CALL_LIMIT     # a body larger is counted whole in a thread (the loop counts at most CALL_LIMIT)
 
 
 class Proxy:
@@ -88,7 +89,8 @@ class Proxy:
             ask = door.ask(plan.model.context_length or self.max_output_tokens, self.quota.estimator)
             if door.ollama and (loaded := request.load_answer()) is not None:   # type: ignore[attr-defined]
                 metrics.count_request(api, 200, model)       # a load or unload: nothing generated, nothing recorded
-                proto.response_bytes(200, [("content-type", "application/json"), ("x-request-id", request_id)], loaded)
+                proto.response_bytes(200, [("content-type", "application/json"),
+                                           *request_id_headers(door.shape, request_id)], loaded)
                 return
             cache_key = hit = None
             if self.cache is not None and self.cache.applies(door.api, request.stream):
