@@ -20,7 +20,11 @@ and on the way out of every call; here the request is parsed where the app runs,
   different lengths), a transfer coding other than chunked (501), an HTTP version other than 1.x (505);
 - what it does not wait for (each a `Server` parameter): a request head not complete within `head_timeout_s`
   of its first byte (408), a body with no byte for `body_timeout_s` (the app's read fails), a connection idle
-  for `keep_alive_s` between requests.
+  for `keep_alive_s` between requests;
+- how many connections it holds: at most `max_connections` (default: `default_max_connections()`). One more
+  closes the connection idle longest (between requests, or still sending a request head) to make room, and is
+  answered 503 only when every connection has a request in flight: clients that open connections and hold them
+  cannot take the process's open files, which its upstream calls need too.
 
 Header names reach the app lower-cased; `scope.headers.get(name)` is the first value,
 `get_all(name)` every one. The path is percent-decoded, the query string as sent.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import resource
 import signal
 from typing import Any
 from urllib.parse import unquote
@@ -49,6 +54,8 @@ MAX_HEAD_BYTES = 64 * 1024        # request line and headers
 HEAD_TIMEOUT_S = 30.0             # from a request head's first byte to its blank line
 KEEP_ALIVE_S = 75.0               # an idle connection between requests
 GRACE_S = 5.0                     # at stop: how long requests in flight may take to finish
+MAX_CONNECTIONS = 10_000          # client connections held at once, unless the open-file limit allows fewer
+SHED_LOG_EVERY_S = 10.0           # connections closed or refused at the limit: one warning at most this often
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # a token (RFC 9110 5.6.2)
@@ -80,11 +87,17 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport              # type: ignore[assignment]
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.max_connections and not server.make_room():
+            self.refuse(503, "the server holds as many connections as it may, each with a request in flight; "
+                             "retry shortly")
+            return
+        server.connections.add(self)
+        server.idle[self] = None
         peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
-        self._arm(self.server.keep_alive_s)
+        self._arm(server.keep_alive_s)
 
     def data_received(self, data: bytes) -> None:
         if self.websocket is not None:
@@ -110,6 +123,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
+        self.server.idle.pop(self, None)
         self._disarm()
         for watcher in self.watchers:
             if not watcher.done():
@@ -219,6 +233,7 @@ class Connection(asyncio.Protocol):
             self.refuse(refused.status, refused.reason)
             return
         self.request = request
+        self.server.idle.pop(self, None)        # busy: not one to close for room
         if not request.complete and self.buffer:
             rest, self.buffer = self.buffer, b""
             self.buffer = request.feed(rest)
@@ -324,6 +339,7 @@ class Connection(asyncio.Protocol):
             self.held_back = True               # pipelined requests would each add an answer to the unsent pile
             self.pause_reading()
             self._arm(self.server.keep_alive_s)
+            self.server.idle[self] = None
             return
         self._go_on()
 
@@ -334,6 +350,7 @@ class Connection(asyncio.Protocol):
             self._next()
         if self.request is None and not self.lost:
             self._arm(self.server.keep_alive_s)
+            self.server.idle[self] = None       # idle from now: the last to be closed for room
 
     def refuse(self, status: int, reason: str) -> None:
         """Answer a request this server cannot serve, then close the connection. The body is the app's
@@ -374,19 +391,60 @@ class _Refused(Exception):
         self.status, self.reason = status, reason
 
 
+def default_max_connections(open_files: int | None = None) -> int:
+    """The connections a server holds by default: MAX_CONNECTIONS, or fewer when the process's open-file limit
+    (`open_files`, default: the soft RLIMIT_NOFILE) would not leave room beside them for what the process opens
+    itself (upstream connections, NATS, Valkey, journals): a quarter of the limit, at least 64 and at most 2,048
+    files, is kept for those."""
+    if open_files is None:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if open_files == resource.RLIM_INFINITY or open_files <= 0:
+        return MAX_CONNECTIONS
+    kept = max(64, min(2048, open_files // 4))
+    return max(1, min(MAX_CONNECTIONS, open_files - kept))
+
+
 class Server:
     """Serves an RSGI app on listening sockets in the running loop until `stop()`."""
 
     def __init__(self, app: Any, loop: asyncio.AbstractEventLoop | None = None, grace_s: float = GRACE_S,
                  head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
-                 keep_alive_s: float = KEEP_ALIVE_S) -> None:
+                 keep_alive_s: float = KEEP_ALIVE_S, max_connections: int = 0) -> None:
         self.app, self.grace_s = app, grace_s
         self.head_timeout_s, self.body_timeout_s, self.keep_alive_s = head_timeout_s, body_timeout_s, keep_alive_s
+        self.max_connections = max_connections if max_connections > 0 else default_max_connections()
         self.loop = loop or asyncio.get_event_loop()
         self.connections: set[Connection] = set()
+        self.idle: dict[Connection, None] = {}  # connections with no request in flight, the longest idle first
         self.error_body = getattr(app, "error_body", None)     # the app's error shape for refused requests
+        self.on_shed = getattr(app, "connection_shed", None)   # told "idle_closed" or "refused" at the limit
+        self.shed = {"idle_closed": 0, "refused": 0}
+        self._warned_at = -SHED_LOG_EVERY_S
         self.stopping = False
         self._stopped = asyncio.Event()
+
+    def make_room(self) -> bool:
+        """At the limit: close the connection idle longest, if one is idle; False if every one is busy."""
+        for conn in self.idle:
+            break
+        else:
+            self._shed("refused")
+            return False
+        del self.idle[conn]
+        self.connections.discard(conn)          # counted out now: its close completes on the loop's next turn
+        if conn.transport is not None:
+            conn.transport.close()
+        self._shed("idle_closed")
+        return True
+
+    def _shed(self, how: str) -> None:
+        self.shed[how] += 1
+        if self.on_shed is not None:
+            self.on_shed(how)
+        now = self.loop.time()
+        if now - self._warned_at >= SHED_LOG_EVERY_S:
+            self._warned_at = now
+            log.warning("http.connections_at_limit", limit=self.max_connections, **self.shed)
 
     async def serve(self, sock: Any, backlog: int = 2048, signals: bool = False) -> None:
         """Accept on `sock` until `stop()` (or SIGTERM/SIGINT when `signals`); then stop accepting, close idle

@@ -20,6 +20,7 @@ import functools
 import importlib
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -77,6 +78,7 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
         print(f"switchyard: port {settings.port} on {settings.host} is already in use"
               f"{f' by {holder}' if holder else ''}", file=sys.stderr, flush=True)
         raise SystemExit(ports.PORT_IN_USE_EXIT)
+    raise_open_file_limit()
     slots = None
     if workers > 1:
         slots = (slots_dir or Path("."), settings.instance or name or "worker", workers)
@@ -93,6 +95,18 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
         factory=True, workers=workers, loop=Loops.uvloop, http=HTTPModes.http1, websockets=websockets,
         log_enabled=False, backlog=2048,
     ).serve(target_loader=functools.partial(_load_in_worker, os.getpid(), slots))
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (inherited by its workers) and return it:
+    a server holds a file per client and per upstream connection, and the soft limit many systems start
+    processes with (1,024) is reached by a few hundred idle clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)   # Linux's usual fs.nr_open
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tuple[Path, str, int] | None) -> None:
@@ -187,7 +201,7 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int | None,
     sock.listen(2048)
     try:
         timeouts = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
-                                                                          "keep_alive_s")
+                                                                          "keep_alive_s", "max_connections")
                     if hasattr(settings, f"http_{name}")}
         loop.run_until_complete(Server(app, loop, **timeouts).serve(sock, signals=True))
     finally:

@@ -50,6 +50,9 @@ INFLIGHT = Gauge("switchyard_inflight_calls", "Calls in flight in this gateway")
 QUOTA_UNAVAILABLE = Counter("switchyard_quota_unavailable_total",
                             "Reservations Valkey could not make: let through (open), refused (closed), "
                             "or refused after a script error (error)", ["action"])
+CONNECTIONS_SHED = Counter("switchyard_http_connections_shed_total",
+                           "Client connections over the HTTP server's limit: the longest-idle one closed to make room "
+                           "(idle_closed), or the new one answered 503 when none was idle (refused)", ["how"])
 USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events in the journal that JetStream has not acknowledged yet")
 
 
@@ -85,6 +88,10 @@ def count_cache_hit(api: str, model: str) -> None:
 
 def count_quota_unavailable(action: str) -> None:
     QUOTA_UNAVAILABLE.labels(action).inc()
+
+
+def count_connection_shed(how: str) -> None:
+    CONNECTIONS_SHED.labels(how).inc()
 
 
 def count_request(api: str, status: int, model: str = "") -> None:

@@ -12,6 +12,7 @@ import base64
 import time
 import urllib.error
 import urllib.request
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -683,3 +684,40 @@ async def test_200_concurrent_calls_on_two_gateways_with_hostile_values_never_ex
     assert log_tokens <= limit, f"settled usage exceeded the limit: {overshoot:.4f}"
     assert counter["tok"] == log_tokens, "the log's sum equals the counter"
     assert await holds(urls) & {r.headers.get("x-request-id") for r in replies} == set()
+
+
+# --- clients that open connections and hold them --------------------------------------------------------
+
+
+async def test_a_flood_of_idle_connections_neither_starves_callers_nor_takes_the_gateways_files(
+        demo: DemoStack, urls) -> None:
+    """300 connections opened and left idle against a gateway that may hold 20: each newcomer closes the longest
+    idle instead of taking another open file, calls made during the flood are served and recorded once each, and
+    /metrics counts what was closed."""
+    gateway = start_gateway(demo, urls, workers="1", http_max_connections="20")
+    port = int(gateway.url.rsplit(":", 1)[1])
+    flood: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(300):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            flood.append(writer)
+        request_ids = [f"flood-{uuid.uuid4().hex}" for _ in range(5)]
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            for request_id in request_ids:
+                reply = await client.post("/v1/chat/completions", headers={
+                    "Authorization": f"Bearer {demo.demo_key}", "X-Request-Id": request_id},
+                    json={"model": "llama3.2", "messages": [{"role": "user", "content": "still there?"}]})
+                assert reply.status_code == 200, reply.text
+            metrics = (await client.get("/metrics")).text
+        for request_id in request_ids:
+            assert (await exactly_one_usage_row(demo, request_id))["status"] == 200
+        shed = [line for line in metrics.splitlines()
+                if line.startswith('switchyard_http_connections_shed_total{how="idle_closed"}')]
+        assert shed and float(shed[0].split()[-1]) >= 250, shed
+        sockets = sum(1 for fd in os.listdir(f"/proc/{gateway.proc.pid}/fd")
+                      if os.readlink(f"/proc/{gateway.proc.pid}/fd/{fd}").startswith("socket:"))
+        assert sockets < 20 + 40, f"the gateway holds {sockets} sockets"    # its clients' 20, and its own few
+    finally:
+        for writer in flood:
+            writer.close()
+        stop_gateway(gateway)

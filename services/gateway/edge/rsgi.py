@@ -19,6 +19,7 @@ import structlog
 from litestar import Litestar
 
 from switchyard_gateway.kit.service import StartFailed
+from switchyard_gateway.services.gateway import metrics
 
 from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 _REFUSED_CODES = {408: "request_timeout", 431: "headers_too_large", 501: "not_implemented",
-                  505: "http_version_not_supported"}
+                  503: "capacity", 505: "http_version_not_supported"}
 
 
 class GatewayRSGI:
@@ -103,8 +104,14 @@ class GatewayRSGI:
     def error_body(path: str, status: int, message: str) -> bytes:
         """A request the HTTP server refuses before it reaches here (malformed framing, a head too large or too
         slow), in the error shape of the door its path belongs to."""
-        return render_for(path, GatewayError(message, status=status, kind="invalid_request_error",
+        kind = "server_error" if status == 503 else "invalid_request_error"     # 503: every connection busy
+        return render_for(path, GatewayError(message, status=status, kind=kind,
                                              code=_REFUSED_CODES.get(status, "invalid_request")))
+
+    @staticmethod
+    def connection_shed(how: str) -> None:
+        """The HTTP server held as many connections as it may and closed an idle one, or refused a new one."""
+        metrics.count_connection_shed(how)
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
