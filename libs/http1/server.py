@@ -206,6 +206,8 @@ class Connection(asyncio.Protocol):
         if end < 0:
             if len(buffer) > MAX_HEAD_BYTES:
                 self.refuse(431, "the request head is larger than the limit")
+            elif buffer.find(b"\n\n", self.scanned) >= 0 or buffer.find(b"\n\r\n", self.scanned) >= 0:
+                self.refuse(400, "malformed request head: its lines must end in CRLF")   # not wait out the timer
             elif buffer and not self.server.stopping:
                 if buffer.strip(b"\r\n") == b"":
                     self.buffer = b""           # blank lines between requests are allowed

@@ -230,6 +230,9 @@ async def test_chunked_body_is_joined(served) -> None:
     (b"POST / HTTP/1.1\r\ntransfer-encoding: ch unked\r\n\r\n0\r\n\r\n", 501),
     (b"POST / HTTP/1.1\r\ntransfer encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nx-a: nul\x00byte\r\n\r\n", 400),
+    # lines ended by a bare LF: refused at once, not left to the head's 30 s timer
+    (b"GET / HTTP/1.1\nhost: x\n\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: x\n\r\n", 400),
 ])
 async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int) -> None:
     _, _, port = served
@@ -348,6 +351,15 @@ async def test_a_body_trickled_a_byte_at_a_time_runs_out_of_time_on_the_whole(se
 async def test_blank_lines_before_a_request_are_skipped(served) -> None:
     got = await exchange(served[2], b"\r\n\r\n\r\nGET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 200 "), got[:80]
+
+
+async def test_a_bare_lf_head_arriving_a_byte_at_a_time_is_refused_at_its_end(served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served[2])
+    for byte in b"GET / HTTP/1.1\nhost: x\n\n":
+        writer.write(bytes([byte]))
+        await writer.drain()
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 400 ")
+    writer.close()
 
 
 async def test_a_head_that_never_ends_is_408(served, monkeypatch) -> None:
