@@ -4,7 +4,7 @@
     resp = await pool.request("POST", "http://127.0.0.1:11434/v1/chat/completions", body,
                               [("Content-Type", "application/json")], read_timeout_s=60)
     try:
-        async for data in resp:        # or: data = await resp.read()
+        async for data in resp:        # or: data = await resp.read(limit=...)
             ...
     finally:
         resp.release()
@@ -25,7 +25,8 @@ Errors (`wire.py`):
     ├── ConnectFailed     refused, unreachable, DNS or TLS failure, connect timeout: nothing was sent
     ├── ReadTimeout       no bytes from the upstream for read_timeout_s (between bytes, not in all)
     ├── ResponseCut       the connection closed or broke before the response was complete,
-    │                     or the response was malformed (or larger than fetch's max_body_bytes)
+    │   │                 or the response was malformed (or larger than fetch's max_body_bytes)
+    │   └── AnswerTooLarge  a body over read()'s limit (its connection closed)
     └── DeadlineExceeded  fetch got no complete response within its timeout_s
 
 A request reuses the most recently idle connection to its host. If that connection turns
@@ -36,7 +37,8 @@ is. The caller's headers must not repeat Host or Content-Length, which are alway
 
 from switchyard_gateway.http1.pool import Pool, tls_context
 from switchyard_gateway.http1.response import Fetched, Response
-from switchyard_gateway.http1.wire import ConnectFailed, DeadlineExceeded, ReadTimeout, ResponseCut, TransportError
+from switchyard_gateway.http1.wire import AnswerTooLarge, ConnectFailed, DeadlineExceeded, ReadTimeout, ResponseCut, \
+    TransportError
 
-__all__ = ["ConnectFailed", "DeadlineExceeded", "Fetched", "Pool", "ReadTimeout", "Response", "ResponseCut",
-           "TransportError", "tls_context"]
+__all__ = ["AnswerTooLarge", "ConnectFailed", "DeadlineExceeded", "Fetched", "Pool", "ReadTimeout", "Response",
+           "ResponseCut", "TransportError", "tls_context"]

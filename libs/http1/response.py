@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from switchyard_gateway.http1.wire import ResponseCut
+from switchyard_gateway.http1.wire import AnswerTooLarge, ResponseCut
 
 if TYPE_CHECKING:
     from switchyard_gateway.http1.conn import Connection
@@ -35,13 +35,26 @@ class Response:
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
 
-    async def read(self) -> bytes:
-        """The whole (rest of the) body; raises ResponseCut or ReadTimeout if it breaks off."""
-        while not self._done:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole (rest of the) body; raises ResponseCut or ReadTimeout if it breaks off, and AnswerTooLarge
+        (closing the connection) once it is over `limit` bytes. The body is taken as it arrives, so that the
+        connection, which stops reading while what it holds is unread (PAUSE_ABOVE_BYTES), goes on reading."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if self._chunks:
+                data = self._take()
+                size += len(data)
+                if limit is not None and size > limit:
+                    self.release()
+                    raise AnswerTooLarge(f"the response body is larger than {limit} bytes")
+                parts.append(data)
+                continue
+            if self._done:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
             if self._exc is not None:
                 raise self._exc
             await self._wait()
-        return self._take()
 
     def __aiter__(self) -> Response:
         return self

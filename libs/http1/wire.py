@@ -31,6 +31,10 @@ class ResponseCut(TransportError):
     """The connection closed or broke before the response was complete, or it was malformed."""
 
 
+class AnswerTooLarge(ResponseCut):
+    """The response body is larger than the reader allowed (`Response.read(limit)`); its connection is closed."""
+
+
 class DeadlineExceeded(TransportError):
     """`Pool.fetch` got no complete response (connect, head and body) within its `timeout_s`."""
 

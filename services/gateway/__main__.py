@@ -11,6 +11,9 @@ settings = settings_of(Settings)
 if settings.http_server not in ("native", "granian"):
     raise SystemExit(f"switchyard: SWITCHYARD_HTTP_SERVER must be 'native' or 'granian', not '{settings.http_server}'")
 require_seconds(settings, ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s"))
+if settings.max_answer_bytes < 1024:
+    raise SystemExit(f"switchyard: SWITCHYARD_MAX_ANSWER_BYTES must be a number of bytes, at least 1024, "
+                     f"not {settings.max_answer_bytes}")
 if settings.http_max_connections < 0:
     raise SystemExit(f"switchyard: SWITCHYARD_HTTP_MAX_CONNECTIONS must be a whole number of connections, 0 (the "
                      f"default: 10,000, fewer if the open-file limit is lower) or more, not {settings.http_max_connections}")

@@ -24,6 +24,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     http_max_connections: int = 0         # ... client connections one worker holds (0: 10,000, fewer if the open-file
                                           # limit is lower); one more closes the longest idle, or is answered 503
     max_body_bytes: int = 4 * 1024 * 1024
+    max_answer_bytes: int = 128 * 1024 * 1024   # an upstream's whole (not streamed) answer larger is its failure
+                                                # (502, the call moves on): a runaway one cannot take the memory
     max_output_tokens: int = 262_144      # bound on asked output tokens and context sizes when a model has none
     image_tokens: int = 1_600             # prompt tokens a reservation holds for each image a call sends (servers
                                           # bill images as prompt; 1,600 covers OpenAI's and Anthropic's largest)

@@ -721,3 +721,115 @@ async def test_a_flood_of_idle_connections_neither_starves_callers_nor_takes_the
         for writer in flood:
             writer.close()
         stop_gateway(gateway)
+
+
+# --- answers: large ones arrive, runaway ones are bounded -------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "inputs"), [("/v1/embeddings", "input"), ("/api/embed", "input")])
+async def test_an_answer_of_several_megabytes_arrives_whole(lab: Lab, path: str, inputs: str) -> None:
+    """A batch of 400 embeddings answers about 6 MB; the upstream client stops reading past 1 MiB not yet taken,
+    so a whole-answer read that took nothing until the end waited out the call's timeouts."""
+    texts = [f"text number {n}" for n in range(400)]
+    request_id = f"big-{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(timeout=60) as client:
+        reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(request_id=request_id),
+                                  json={"model": f"{lab.model}-embed", inputs: texts})
+    assert reply.status_code == 200, reply.text[:300]
+    assert len(reply.content) > 2 * 1024 * 1024
+    vectors = reply.json()["data"] if path.startswith("/v1") else reply.json()["embeddings"]
+    assert len(vectors) == len(texts)
+    assert (await exactly_one_usage_row(lab.demo, request_id))["status"] == 200
+
+
+class Runaway:
+    """An upstream that answers its models list, then answers every call with a body that never ends: a whole
+    (chunked) JSON answer, or one SSE event that never gets its blank line."""
+
+    def __init__(self, model: str) -> None:
+        self.model, self.sent, self.calls = model, 0, 0
+        self.server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> Runaway:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                               if line.startswith(b"content-length:")), 0)
+                body = await reader.readexactly(length) if length else b""
+                if head.startswith(b"GET"):
+                    listed = msgspec.json.encode({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                                 % len(listed) + listed)
+                    await writer.drain()
+                    continue
+                self.calls += 1
+                streamed = b'"stream":true' in body.replace(b" ", b"")
+                kind = b"text/event-stream" if streamed else b"application/json"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ntransfer-encoding: chunked\r\n\r\n")
+                piece = b"x" * 65536
+                opening = b'data: {"choices": [{"delta": {"content": "' if streamed else b'{"choices": "'
+                writer.write(b"%x\r\n%s\r\n" % (len(opening), opening))
+                while True:                        # until the gateway hangs up
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.sent += len(piece)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_runaway_answer_is_the_endpoints_failure_and_the_call_moves_on(
+        lab: Lab, urls, stream: bool) -> None:
+    """An endpoint whose answer never ends (a whole answer past SWITCHYARD_MAX_ANSWER_BYTES, or a streamed event past
+    8 MiB without its end) fails the attempt: the gateway stops reading it, the call is served by the next endpoint,
+    and the worker holds none of it."""
+    limit = 2 * 1024 * 1024
+    gateway = start_gateway(lab.demo, urls, workers="1", max_answer_bytes=str(limit))
+    endpoint_id = f"runaway-{lab.tag}-{int(stream)}"
+    try:
+        async with Runaway(lab.model) as runaway:
+            registered = await lab.admin("POST", "/endpoints", {
+                "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": runaway.url,
+                "models": [lab.model], "priority": 50, "timeout_s": 30})
+            assert registered.status_code == 201, registered.text
+            request_id = f"runaway-{uuid.uuid4().hex}"
+            async with httpx.AsyncClient(timeout=60) as client:
+                await wait_for(lambda: client.get(f"{gateway.url}/v1/models", headers=lab.headers()), 15)
+
+                async def endpoint_known() -> bool:
+                    config = await client.get(f"{gateway.url}/api/config",
+                                              headers={"Authorization": f"Bearer {lab.demo.admin_key}"})
+                    return any(e["id"] == endpoint_id for e in config.json()["endpoints"])
+                await wait_for(endpoint_known, 15, what="the gateway to know the runaway endpoint")
+                body = lab.body(max_tokens=20, stream=stream)
+                reply = await client.post(f"{gateway.url}/v1/chat/completions", json=body,
+                                          headers=lab.headers(request_id=request_id))
+            assert reply.status_code == 200, reply.text[:300]
+            if stream:
+                assert reply.text.rstrip().endswith("data: [DONE]")
+            else:
+                assert reply.json()["choices"][0]["message"]["content"]
+            assert runaway.calls == 1
+            bound = limit if not stream else 8 * 1024 * 1024
+            assert runaway.sent < bound + 16 * 1024 * 1024, runaway.sent        # it was stopped, not read on
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["status"] == 200 and usage["endpoint_id"] in (lab.ids["a"], lab.ids["b"])
+    finally:
+        await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+        stop_gateway(gateway)

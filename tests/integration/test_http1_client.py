@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from switchyard_gateway.simulator import SimConfig, Simulator
-from switchyard_gateway.http1 import ConnectFailed, Pool, ReadTimeout, ResponseCut
+from switchyard_gateway.http1 import AnswerTooLarge, ConnectFailed, Pool, ReadTimeout, ResponseCut
 from switchyard_gateway.http1.conn import PAUSE_ABOVE_BYTES
 
 CHAT_PATH = "/v1/chat/completions"
@@ -484,6 +484,54 @@ async def test_cancelled_request_waiting_for_the_head_closes_the_connection(pool
     with pytest.raises(asyncio.CancelledError):
         await task
     await wait_for(lambda: upstream.stats.connections == 0, what="the connection to close")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_whole_body_larger_than_the_pause_threshold_is_read_whole(pool, framing):
+    """read() takes the body as it arrives: the connection stops reading past PAUSE_ABOVE_BYTES not yet taken, so
+    waiting for the end before taking any waited for ever."""
+    body = bytes(range(256)) * (12 * 1024)           # 3 MiB
+
+    async def big(reader, writer, _):
+        while await read_request(reader):
+            if framing == "length":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for i in range(0, len(body), 50_000):
+                    piece = body[i:i + 50_000]
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_server(big) as (url, writers):
+        for _ in range(2):                           # and the connection is reused after it
+            resp = await pool.request("GET", url + "/", b"", ())
+            assert await asyncio.wait_for(resp.read(), 10) == body
+        assert len(writers) == 1
+
+
+async def test_a_body_over_the_read_limit_raises_and_closes_the_connection(pool):
+    sent = 0
+
+    async def endless(reader, writer, _):
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"10000\r\n" + b"y" * 0x10000 + b"\r\n")
+                sent += 0x10000
+                await writer.drain()
+
+    async with raw_server(endless) as (url, writers):
+        resp = await pool.request("GET", url + "/", b"", ())
+        with pytest.raises(AnswerTooLarge, match="larger than 1000000 bytes"):
+            await asyncio.wait_for(resp.read(limit=1_000_000), 10)
+        assert isinstance(AnswerTooLarge("x"), ResponseCut)
+        await wait_for(lambda: writers[0].is_closing() or writers[0].transport.is_closing(), 5,
+                       what="the server to see the connection closed")
+        assert sent < 1_000_000 + 16 * 1024 * 1024
 
 
 async def test_slow_consumer_pauses_reading_instead_of_buffering_the_body(pool):

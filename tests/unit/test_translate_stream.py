@@ -7,7 +7,11 @@ import json
 
 import pytest
 
+from switchyard_gateway.http1 import AnswerTooLarge
+from switchyard_gateway.services.gateway.translate.anthropic_stream import OllamaStreamToAnthropic, \
+    OpenAIStreamToAnthropic
 from switchyard_gateway.services.gateway.translate.plans import OllamaStreamTap, OpenAIStreamToOllama
+from switchyard_gateway.services.gateway.translate.sse import MAX_EVENT_BYTES, SseTap
 from switchyard_gateway.services.gateway.translate.wire import Times
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_718_000_000, "model": "llama3.2"}
@@ -209,3 +213,24 @@ def test_stream_durations_run_from_the_calls_arrival_through_its_first_token() -
     assert final["load_duration"] == 4_000
     assert final["prompt_eval_duration"] > 0 and final["eval_duration"] > 0
     assert final["total_duration"] == final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SseTap(keep_usage=True),
+    lambda: OllamaStreamTap(),
+    lambda: OpenAIStreamToOllama("m", "chat"),
+    lambda: OpenAIStreamToAnthropic("m"),
+    lambda: OllamaStreamToAnthropic("m"),
+], ids=["openai", "ollama", "openai-to-ollama", "openai-to-anthropic", "ollama-to-anthropic"])
+def test_an_event_that_never_ends_is_a_cut_stream_once_past_the_bound(make) -> None:
+    """An upstream that sends one event (or line) for ever would otherwise be kept whole in the worker's memory."""
+    tap = make()
+    piece = b"x" * 65536
+    opening = b'data: {"choices": [{"delta": {"content": "'
+    assert tap.feed(opening + piece) == b""
+    held = len(opening) + len(piece)
+    with pytest.raises(AnswerTooLarge, match="without its end"):
+        while held <= MAX_EVENT_BYTES + len(piece):
+            held += len(piece)
+            tap.feed(piece)
+    assert held > MAX_EVENT_BYTES                     # not refused before its bound

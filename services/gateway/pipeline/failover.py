@@ -49,6 +49,7 @@ class Failover:
         self.cap_wait_s = settings.cap_wait_s
         self.debug = logging.getLogger().isEnabledFor(logging.DEBUG)    # the level is set once, at start
         self.first_byte_s = settings.first_byte_timeout_s
+        self.max_answer_bytes = settings.max_answer_bytes
         self.loop: asyncio.AbstractEventLoop | None = None      # the worker's, looked up once (not per attempt)
 
     async def serve(self, call: Call, outcome: Outcome, plan: RoutePlan, proto: Any) -> GatewayError | None:
@@ -107,7 +108,8 @@ class Failover:
         stalls = self.router.stalls
         to = relay.Attempt(endpoint, plan, upstream_path, payload,
                            lambda result, status, t0: self._report(call, model_id, eid, result, status, t0),
-                           endpoint.first_byte_timeout_s or self.first_byte_s, lambda: stalls.answered(eid, call))
+                           endpoint.first_byte_timeout_s or self.first_byte_s, lambda: stalls.answered(eid, call),
+                           self.max_answer_bytes)
         circuits = self.router.circuits
         last: GatewayError | None = None
         for attempt in range(self.retries + 1):

@@ -31,6 +31,8 @@ from switchyard_gateway.services.gateway.translate.wire import Times
 log = structlog.get_logger()
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_ANSWER_BYTES = 128 * 1024 * 1024      # a whole answer is read into memory: an endpoint's runaway one is bounded
+ERROR_DETAIL_BYTES = 1024 * 1024          # a refusal's body, read for its message
 AUTH_STATUS = frozenset({401, 403})
 # failures before the first response byte: (attempt outcome, status shown if no endpoint is left)
 _CONNECT_FAILURES = {
@@ -74,13 +76,14 @@ class Attempt:
     answer may take to start, and where each try's result goes (`report(outcome, status, started)`, for the
     router's breakers)."""
 
-    __slots__ = ("endpoint", "plan", "path", "payload", "report", "first_byte_s", "answered")
+    __slots__ = ("endpoint", "plan", "path", "payload", "report", "first_byte_s", "answered", "max_answer_bytes")
 
     def __init__(self, endpoint: EndpointRegistered, plan: Plan, path: str, payload: bytes,
                  report: Callable[[str, int, float], None], first_byte_s: float = 60.0,
-                 answered: Callable[[], None] | None = None) -> None:
+                 answered: Callable[[], None] | None = None, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self.endpoint, self.plan, self.path, self.payload, self.report = endpoint, plan, path, payload, report
         self.first_byte_s = first_byte_s
+        self.max_answer_bytes = max_answer_bytes  # a whole (not streamed) answer larger is the endpoint's failure
         self.answered = answered              # told when the endpoint's answer starts (its head came)
 
 
@@ -132,8 +135,8 @@ def _no_first_byte(to: Attempt, status: int, started: float) -> Failed:
 async def _refused(response: http1.Response, endpoint: EndpointRegistered,
                    report: Callable[[str, int, float], None], started: float) -> None:
     try:
-        detail = await response.read()
-    except http1.TransportError:
+        detail = await response.read(ERROR_DETAIL_BYTES)
+    except http1.TransportError:            # cut, or larger than any error message needs
         detail = b""
     outcome = "http_429" if response.status == 429 else "http_5xx"
     report(outcome, response.status, started)
@@ -149,7 +152,11 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
                       started: float) -> None:
     plan = to.plan
     try:
-        data = await response.read()
+        data = await response.read(to.max_answer_bytes)
+    except http1.AnswerTooLarge:
+        to.report("error", response.status, started)
+        raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered more than "
+                                   f"{to.max_answer_bytes} bytes"), "error") from None
     except http1.TransportError as exc:
         to.report("cut", response.status, started)
         outcome.cut_answering = True

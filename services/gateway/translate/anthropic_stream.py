@@ -30,7 +30,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     PingEvent, StopReason, TextContent, TextDelta, ToolUseContent, encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
-from switchyard_gateway.services.gateway.translate.sse import EventData
+from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, decode_reply, error_message
 
 _PING = sse(PingEvent())
@@ -199,7 +199,7 @@ class OllamaStreamToAnthropic:
         data = self._buffer + chunk if self._buffer else chunk
         end = data.rfind(b"\n")
         if end < 0:
-            self._buffer = data
+            self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[:end], data[end + 1:]
         return b"".join(self._line(line) for line in complete.split(b"\n"))

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import msgspec
 
+from switchyard_gateway.http1 import AnswerTooLarge
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cached_tokens
 
 _decode = msgspec.json.Decoder().decode
+MAX_EVENT_BYTES = 8 * 1024 * 1024       # one streamed event or line, kept until its end comes
+
+
+def unfinished(data: bytes) -> bytes:
+    """`data`, an event or line whose end has not come yet, to keep for the next chunk; AnswerTooLarge (a cut
+    stream, to the relay) past MAX_EVENT_BYTES: an endpoint that never ends one would take the worker's memory."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise AnswerTooLarge(f"the upstream sent more than {MAX_EVENT_BYTES} bytes of one event without its end")
+    return data
 
 
 class EventData:
@@ -24,7 +34,7 @@ class EventData:
             data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
         if end < 0:
-            self._buffer = data
+            self._buffer = unfinished(data)
             return []
         complete, self._buffer = data[:end], data[end + 2:]
         return [_data(event) for event in complete.split(b"\n\n")]
@@ -61,7 +71,7 @@ class SseTap:
         data = self._buffer + chunk if self._buffer else chunk
         end = data.rfind(b"\n\n")
         if end < 0:
-            self._buffer = data
+            self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 2], data[end + 2:]
         marker = _first_marker(complete)

@@ -17,7 +17,7 @@ from typing import Literal
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
-from switchyard_gateway.services.gateway.translate.sse import EventData
+from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.wire import (
     OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
     decode_counts, decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
@@ -150,7 +150,7 @@ class OllamaStreamTap:
         data = self._buffer + chunk if self._buffer else chunk
         end = data.rfind(b"\n")
         if end < 0:
-            self._buffer = data
+            self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 1], data[end + 1:]
         self.content_events += complete.count(b'"done":false') + complete.count(b'"done": false')
