@@ -833,3 +833,56 @@ async def test_a_runaway_answer_is_the_endpoints_failure_and_the_call_moves_on(
     finally:
         await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
         stop_gateway(gateway)
+
+
+# --- a call that outlives its hold ---------------------------------------------------------------------------
+
+
+async def test_a_call_longer_than_the_hold_keeps_its_hold_until_it_ends(lab: Lab, urls) -> None:
+    """A hold lapses after SWITCHYARD_QUOTA_HOLD_S so that a dead gateway's holds free themselves; a stream that
+    runs longer must keep its own, else its tokens are given back while it still spends them. With holds of 2 s, a
+    6-second stream's hold is still there at 4 s; it is settled once the stream ends, to what the log says."""
+    gateway = start_gateway(lab.demo, urls, workers="1", quota_hold_s="2")
+    model, endpoint_id = f"{lab.model}-slow", f"slow-{lab.tag}"
+    try:
+        async with Simulator(SimConfig(models=(model,), tokens=24, token_interval_ms=250)) as slow:
+            assert (await lab.admin("POST", "/models", {"model_id": model})).status_code == 201
+            registered = await lab.admin("POST", "/endpoints", {
+                "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": slow.url,
+                "models": [model], "priority": 10, "timeout_s": 30})
+            assert registered.status_code == 201, registered.text
+            tenant, key = await lab.tenant_with(daily_tokens=1_000_000)
+            request_id = f"long-{uuid.uuid4().hex}"
+            async with httpx.AsyncClient(timeout=60) as client:
+                async def served() -> bool:
+                    listed = await client.get(f"{gateway.url}/v1/models", headers=lab.headers(key))
+                    return model in {m["id"] for m in listed.json()["data"]}
+                await wait_for(served, 15, what="the gateway to serve the slow model")
+                started = time.monotonic()
+                call = asyncio.ensure_future(client.post(
+                    f"{gateway.url}/v1/chat/completions", headers=lab.headers(key, request_id),
+                    json={"model": model, "stream": True, "messages": [{"role": "user", "content": "take your time"}]}))
+                await wait_for(lambda: _held(urls, request_id), 5, what="the call's hold")
+                while time.monotonic() - started < 4.0:             # twice the hold's life, the stream still going
+                    assert request_id in await holds(urls), f"the hold lapsed {time.monotonic() - started:.1f} s in"
+                    assert not call.done()
+                    await asyncio.sleep(0.2)
+                reply = await call
+            assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]")
+            assert time.monotonic() - started > 5.0
+            event = await exactly_one_usage_row(lab.demo, request_id)
+            await wait_for(lambda: _not_held(urls, request_id), 15, what="the hold settled from the log")
+            tokens = await counters(urls, tenant)
+            daily = [v for k, v in tokens.items() if k.endswith("/tok") and ":d:" in k]
+            assert daily == [event["input_tokens"] + event["output_tokens"]], tokens
+    finally:
+        await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+        stop_gateway(gateway)
+
+
+async def _held(urls, request_id: str) -> bool:
+    return request_id in await holds(urls)
+
+
+async def _not_held(urls, request_id: str) -> bool:
+    return request_id not in await holds(urls)

@@ -114,6 +114,7 @@ def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
     ("gateway", "SWITCHYARD_HTTP_BODY_TIMEOUT_S", "inf",
      "SWITCHYARD_HTTP_BODY_TIMEOUT_S must be a number of seconds above 0"),
     ("gateway", "SWITCHYARD_IMAGE_TOKENS", "-1", "SWITCHYARD_IMAGE_TOKENS must be a whole number of tokens, 0 or more"),
+    ("gateway", "SWITCHYARD_QUOTA_HOLD_S", "0", "SWITCHYARD_QUOTA_HOLD_S must be a number of seconds above 0"),
     ("gateway", "SWITCHYARD_MAX_ANSWER_BYTES", "10", "SWITCHYARD_MAX_ANSWER_BYTES must be a number of bytes, at least 1024"),
     ("gateway", "SWITCHYARD_HTTP_MAX_CONNECTIONS", "-3",
      "SWITCHYARD_HTTP_MAX_CONNECTIONS must be a whole number of connections, 0 (the default"),

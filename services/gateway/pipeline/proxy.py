@@ -139,6 +139,8 @@ class Proxy:
             watch.stop()
             if outcome.result == "cancelled":
                 self._cancelled(call, outcome, reservation)
+            if reservation is not None:
+                self.quota.finished(reservation)
             self._finish(call, outcome)
 
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
@@ -179,6 +181,7 @@ class Proxy:
         if call.ask is not None and len(call.body) > WHOLE_COUNT_BYTES:      # counted exactly, off the loop
             await asyncio.get_running_loop().run_in_executor(None, call.ask.count_whole)
         accepted = self.usage.accepted(call, plan.model.model_id)
+        reservation = None
         try:
             syncing = self.usage.journaling(accepted)
             served, reservation = await self.quota.reserve_or_fallback(
@@ -190,6 +193,8 @@ class Proxy:
                 return plan, reservation, False
             return self.router.resolve(key.tenant_id, served.model_id), reservation, True
         except BaseException:
+            if reservation is not None:           # its hold, no longer kept, lapses at its expiry
+                self.quota.finished(reservation)
             self.usage.refused(call)
             raise
 

@@ -19,6 +19,7 @@ and still held to the output it asked for) or refused with `closed`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from datetime import UTC, datetime
@@ -110,6 +111,8 @@ class QuotaClient:
         self._warned_at = 0.0
         self._plans: dict[tuple[str, str, str], tuple[int, float, tuple[list[Planned], Framed, Framed]]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self.running: dict[str, float] = {}     # the holds of calls in flight -> when each lapses (epoch s)
+        self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, nc: NATS, settings: Settings, catalog: Catalog, fallbacks: Fallbacks) -> QuotaClient:
@@ -119,10 +122,16 @@ class QuotaClient:
         estimator = await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(TokenEstimator, image_tokens=settings.image_tokens))
         keys = Keys(key_prefix(settings.quota_prefix, settings.database_url))
-        return cls(catalog, fallbacks, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
-                   settings.quota_timeout_s, settings.quota_on_error)
+        client = cls(catalog, fallbacks, feed, Valkey(settings.redis_url), keys, estimator, settings.quota_hold_s,
+                     settings.quota_timeout_s, settings.quota_on_error)
+        client._keeper = asyncio.get_running_loop().create_task(client.keep_holds())
+        return client
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         if self._releases:
             await asyncio.wait(self._releases, timeout=self.timeout_s)
         await self.feed.stop()
@@ -172,6 +181,7 @@ class QuotaClient:
             return self._unavailable(exc, tenant_id, model_id, hold, prompt, want, choices, bounded)
         if result[0] != 1:
             raise self.refusal(planned, result, tenant_id, model_id, now)
+        self.running[hold] = now + self.hold_s
         out = int(result[1])
         tokens = prompt + out * choices
         return Reservation(hold, model_id, tokens, usd_nanos(prompt, out * choices, in_price, out_price),
@@ -197,6 +207,37 @@ class QuotaClient:
                 except QuotaExceeded:
                     continue
             raise
+
+    def finished(self, reservation: Reservation) -> None:
+        """The call is over: its hold now waits only for its usage event, well within `hold_s`."""
+        self.running.pop(reservation.hold, None)
+
+    async def keep_holds(self) -> None:
+        """Extend the holds of calls still running, so that none lapses under a call that outlives `hold_s` (a long
+        stream): a lapsed hold gives its tokens back while the call still spends them, and other calls could then
+        take them past the limit. Every `hold_s / 4`, the holds older than that get a new deadline, all in one
+        command (`ZADD XX GT`: a hold already settled or lapsed stays gone, and none is shortened)."""
+        every = self.hold_s / 4
+        while True:
+            await asyncio.sleep(every)
+            now = time.time()
+            due = [name for name, lapses in self.running.items() if lapses - now < self.hold_s - every]
+            if not due:
+                continue
+            lapses = now + self.hold_s
+            score = int(lapses * 1000)
+            try:
+                for start in range(0, len(due), 1000):
+                    args: list[Any] = ["ZADD", self.keys.holds, "XX", "GT"]
+                    for name in due[start:start + 1000]:
+                        args += (score, name)
+                    await self.valkey.call(*args, timeout_s=self.timeout_s)
+            except (ConnectionError, TimeoutError, ValkeyError) as exc:     # tried again at the next turn
+                log.warning("quota.hold_renewal_failed", holds=len(due), error=str(exc) or type(exc).__name__)
+                continue
+            for name in due:
+                if name in self.running:
+                    self.running[name] = lapses
 
     def release(self, reservation: Reservation, input_tokens: int, output_tokens: int, requests: int) -> None:
         """Settle a hold now (a call whose client left), off the caller's path: rate windows keep what the call
