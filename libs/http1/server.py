@@ -427,9 +427,8 @@ class Server:
 
     def make_room(self) -> bool:
         """At the limit: close the connection idle longest, if one is idle; False if every one is busy."""
-        for conn in self.idle:
-            break
-        else:
+        conn = next(iter(self.idle), None)
+        if conn is None:
             self._shed("refused")
             return False
         del self.idle[conn]

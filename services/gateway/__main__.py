@@ -16,7 +16,8 @@ if settings.max_answer_bytes < 1024:
                      f"not {settings.max_answer_bytes}")
 if settings.http_max_connections < 0:
     raise SystemExit(f"switchyard: SWITCHYARD_HTTP_MAX_CONNECTIONS must be a whole number of connections, 0 (the "
-                     f"default: 10,000, fewer if the open-file limit is lower) or more, not {settings.http_max_connections}")
+                     f"default: 10,000, fewer if the open-file limit is lower) or more, "
+                     f"not {settings.http_max_connections}")
 if settings.image_tokens < 0:
     raise SystemExit(f"switchyard: SWITCHYARD_IMAGE_TOKENS must be a whole number of tokens, 0 or more, "
                      f"not {settings.image_tokens}")

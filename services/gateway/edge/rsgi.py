@@ -19,8 +19,8 @@ import structlog
 from litestar import Litestar
 
 from switchyard_gateway.kit.service import StartFailed
-from switchyard_gateway.services.gateway import metrics
 
+from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
     render_for
