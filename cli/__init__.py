@@ -17,7 +17,7 @@ COMMANDS = {"up": up, "config": config, "replay": replay, "events": events, "nat
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchyard",
-        description="Switchyard, an AI model gateway: one OpenAI- and Ollama-compatible front door for "
+        description="Switchyard, an AI model gateway: one OpenAI-, Anthropic- and Ollama-compatible front door for "
                     "every model server, with routing, quotas and an event-sourced usage log.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
