@@ -30,6 +30,7 @@ from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
 from tests.e2e.test_quota_e2e import PREFIX, Gateway, settled, start_gateway, stop_gateway
+from tests.raw_upstream import RawUpstream
 
 JWT_SECRET = "hostile-e2e-jwt-secret-with-32-bytes!"
 CHAT = ("/v1/chat/completions", "/api/chat", "/v1/completions", "/api/generate")
@@ -742,55 +743,32 @@ async def test_an_answer_of_several_megabytes_arrives_whole(lab: Lab, path: str,
     assert (await exactly_one_usage_row(lab.demo, request_id))["status"] == 200
 
 
-class Runaway:
+class Runaway(RawUpstream):
     """An upstream that answers its models list, then answers every call with a body that never ends: a whole
     (chunked) JSON answer, or one SSE event that never gets its blank line."""
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model, self.sent, self.calls = model, 0, 0
-        self.server: asyncio.AbstractServer | None = None
 
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aenter__(self) -> Runaway:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                               if line.startswith(b"content-length:")), 0)
-                body = await reader.readexactly(length) if length else b""
-                if head.startswith(b"GET"):
-                    listed = msgspec.json.encode({"object": "list", "data": [{"id": self.model, "object": "model"}]})
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-                                 % len(listed) + listed)
-                    await writer.drain()
-                    continue
-                self.calls += 1
-                streamed = b'"stream":true' in body.replace(b" ", b"")
-                kind = b"text/event-stream" if streamed else b"application/json"
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ntransfer-encoding: chunked\r\n\r\n")
-                piece = b"x" * 65536
-                opening = b'data: {"choices": [{"delta": {"content": "' if streamed else b'{"choices": "'
-                writer.write(b"%x\r\n%s\r\n" % (len(opening), opening))
-                while True:                        # until the gateway hangs up
-                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    self.sent += len(piece)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET"):
+            listed = msgspec.json.encode({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                         % len(listed) + listed)
+            await writer.drain()
+            return
+        self.calls += 1
+        streamed = b'"stream":true' in body.replace(b" ", b"")
+        kind = b"text/event-stream" if streamed else b"application/json"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ntransfer-encoding: chunked\r\n\r\n")
+        piece = b"x" * 65536
+        opening = b'data: {"choices": [{"delta": {"content": "' if streamed else b'{"choices": "'
+        writer.write(b"%x\r\n%s\r\n" % (len(opening), opening))
+        while True:                                # until the gateway hangs up
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.sent += len(piece)
+            await writer.drain()
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -21,6 +21,7 @@ from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
+from tests.raw_upstream import RawUpstream
 
 LEGACY_CHUNKS = ("Legacy", " servers", " ignore", " stream", " options")
 
@@ -33,39 +34,19 @@ async def admin(demo: DemoStack, method: str, path: str, body: dict | None = Non
     return response.json()
 
 
-class LegacyUpstream:
+class LegacyUpstream(RawUpstream):
     """An OpenAI-style server of the kind that ignores `stream_options` and never reports usage (older
     Ollama and vLLM builds did): five content chunks, then [DONE]. Not ours, so played here over real HTTP."""
 
     def __init__(self) -> None:
-        self.server: asyncio.base_events.Server | None = None
+        super().__init__()
         self.requests: list[dict] = []
 
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aenter__(self) -> LegacyUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = json.loads(await reader.readexactly(length)) if length else {}
-                self.requests.append(body)
-                writer.write(self._answer(head.split(b" ", 2)[1], body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
+    async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        request = json.loads(body) if body else {}
+        self.requests.append(request)
+        writer.write(self._answer(head.split(b" ", 2)[1], request))
+        await writer.drain()
 
     @staticmethod
     def _answer(path: bytes, body: dict) -> bytes:

@@ -7,9 +7,11 @@ The app here is a small RSGI app written for the test; the server is the one the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 import websockets
@@ -98,18 +100,27 @@ class App:
                 await transport.send_str(message.data.upper())
 
 
-@pytest.fixture
-async def served():
-    app = App()
+@contextlib.asynccontextmanager
+async def serving(app, **options) -> AsyncIterator[tuple[Server, int]]:
+    """`app` served by our server on a loopback port (Server's `options`), stopped at the end."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
-    server = Server(app, asyncio.get_running_loop(), grace_s=3.0)
+    server = Server(app, asyncio.get_running_loop(), **options)
     task = asyncio.create_task(server.serve(sock))
-    yield app, server, sock.getsockname()[1]
-    server.stop()
-    await asyncio.wait_for(task, 10)
+    try:
+        yield server, sock.getsockname()[1]
+    finally:
+        server.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def served():
+    app = App()
+    async with serving(app, grace_s=3.0) as (server, port):
+        yield app, server, port
 
 
 async def exchange(port: int, raw: bytes, read_until_close: bool = True, timeout_s: float = 10.0) -> bytes:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from switchyard_gateway.http1.server import MAX_CONNECTIONS, Server, default_max_connections
+from switchyard_gateway.http1.server import MAX_CONNECTIONS, default_max_connections
 from tests.conftest import wait_for
+from tests.integration.test_http_server import serving
 
 LIMIT = 3
 
@@ -49,16 +49,11 @@ class App:
 @pytest.fixture
 async def served():
     app = App()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    server = Server(app, asyncio.get_running_loop(), grace_s=1.0, max_connections=LIMIT)
-    task = asyncio.create_task(server.serve(sock))
-    yield app, server, sock.getsockname()[1]
-    app.release.set()
-    server.stop()
-    await asyncio.wait_for(task, 10)
+    async with serving(app, grace_s=1.0, max_connections=LIMIT) as (server, port):
+        try:
+            yield app, server, port
+        finally:
+            app.release.set()
 
 
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
