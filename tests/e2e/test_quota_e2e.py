@@ -475,3 +475,47 @@ async def test_fallback_on_quota_serves_the_next_model_and_names_it(demo: DemoSt
     assert reply.status_code == 200
     assert reply.headers.get("x-switchyard-model") == fallback
     assert sim.stats.requests.get("/v1/chat/completions") == 1
+
+
+async def test_the_hold_keeper_outlives_valkey_being_away_and_stops_with_the_call(demo: DemoStack, urls,
+                                                                                   instances: Instances) -> None:
+    """The keeper extends a running call's hold; Valkey away for two of its turns costs a warning, not the keeper;
+    once the call is finished its hold is no longer extended."""
+    from switchyard_gateway.resp import Valkey
+
+    tenant, _ = new_tenant(demo)
+    assert set_limits(demo, tenant, daily_tokens=1_000_000).status_code == 200
+    await wait_known(instances, tenant)
+    settings = Settings(nats_url=urls.nats_url, redis_url=urls.redis_url, database_url=demo.database_url,
+                        quota_hold_s=2.0)
+    client = await QuotaClient.start(instances.nc, settings, instances.state.catalog, Fallbacks(instances.state.catalog))
+    probe = redis.from_url(urls.redis_url)
+    try:
+        key = next(k for k in instances.state.catalog.keys.values() if k.tenant_id == tenant)
+        ask = read_request("openai.chat", msgspec.json.encode(
+            {"model": "llama3.2", "max_tokens": 8, "messages": [{"role": "user", "content": PROMPT}]})).ask(
+            100_000, client.estimator)
+        hold = hold_name(uuid.uuid4().hex, new_id())
+        reservation = await client.reserve(hold=hold, key=key, model=instances.state.catalog.models["llama3.2"],
+                                           ask=ask)
+        assert reservation is not None and reservation.held
+        first = await probe.zscore(client.keys.holds, hold)
+        real, client.valkey = client.valkey, Valkey(f"redis://127.0.0.1:{pick_free_port(set())}")   # nothing there
+        await asyncio.sleep(1.2)                       # two of the keeper's turns (every 0.5 s) fail
+        assert await probe.zscore(client.keys.holds, hold) == first
+        away, client.valkey = client.valkey, real
+        await away.close()
+
+        async def extended() -> bool:
+            return (await probe.zscore(client.keys.holds, hold) or 0) > first
+        await wait_for(extended, 3, what="the keeper to extend the hold again")
+        assert client._keeper is not None and not client._keeper.done()
+        client.finished(reservation)
+        last = await probe.zscore(client.keys.holds, hold)
+        await asyncio.sleep(1.2)
+        assert await probe.zscore(client.keys.holds, hold) == last     # a finished call's hold is left to settle
+        assert await probe.zscore(client.keys.holds, hold) < (time.time() + 2.0) * 1000
+        client.release(reservation, 0, 0, 0)
+    finally:
+        await client.close()
+        await probe.aclose()

@@ -234,11 +234,14 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         failed_early = True                 # only possible before anything reached the client
         raise _no_first_byte(to, 200, started) from None
     except http1.TransportError as exc:
-        to.report("cut", 200, started)
+        runaway = isinstance(exc, http1.AnswerTooLarge)     # an event without end: the endpoint's failure, as for
+        to.report("error" if runaway else "cut", 200, started)      # a whole answer too large
         if transport is None:       # nothing reached the client: the caller may still fall back
             failed_early = True
-            raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' cut its stream before any event"),
-                         "cut") from None
+            endpoint_id = to.endpoint.endpoint_id
+            message = f"Endpoint '{endpoint_id}': {exc}" if runaway else \
+                f"Endpoint '{endpoint_id}' cut its stream before any event"
+            raise Failed(UpstreamError(message), "error" if runaway else "cut") from None
         outcome.result = "error"
         log.warning("upstream.stream_cut", endpoint=to.endpoint.endpoint_id, request_id=call.request_id,
                     error=type(exc).__name__)
