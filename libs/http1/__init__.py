@@ -24,6 +24,7 @@ Errors (`wire.py`):
     TransportError
     ├── ConnectFailed     refused, unreachable, DNS or TLS failure, connect timeout: nothing was sent
     ├── ReadTimeout       no bytes from the upstream for read_timeout_s (between bytes, not in all)
+    │   └── AnswerTooSlow   a body not all arrived within read()'s within_s (its connection closed)
     ├── ResponseCut       the connection closed or broke before the response was complete,
     │   │                 or the response was malformed (or larger than fetch's max_body_bytes)
     │   └── AnswerTooLarge  a body over read()'s limit (its connection closed)
@@ -37,8 +38,8 @@ is. The caller's headers must not repeat Host or Content-Length, which are alway
 
 from switchyard_gateway.http1.pool import Pool, tls_context
 from switchyard_gateway.http1.response import Fetched, Response
-from switchyard_gateway.http1.wire import AnswerTooLarge, ConnectFailed, DeadlineExceeded, ReadTimeout, ResponseCut, \
-    TransportError
+from switchyard_gateway.http1.wire import AnswerTooLarge, AnswerTooSlow, ConnectFailed, DeadlineExceeded, ReadTimeout, \
+    ResponseCut, TransportError
 
-__all__ = ["AnswerTooLarge", "ConnectFailed", "DeadlineExceeded", "Fetched", "Pool", "ReadTimeout", "Response",
-           "ResponseCut", "TransportError", "tls_context"]
+__all__ = ["AnswerTooLarge", "AnswerTooSlow", "ConnectFailed", "DeadlineExceeded", "Fetched", "Pool", "ReadTimeout",
+           "Response", "ResponseCut", "TransportError", "tls_context"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from switchyard_gateway.http1.wire import AnswerTooLarge, ResponseCut
+from switchyard_gateway.http1.wire import AnswerTooLarge, AnswerTooSlow, ResponseCut
 
 if TYPE_CHECKING:
     from switchyard_gateway.http1.conn import Connection
@@ -35,12 +35,15 @@ class Response:
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
 
-    async def read(self, limit: int | None = None) -> bytes:
-        """The whole (rest of the) body; raises ResponseCut or ReadTimeout if it breaks off, and AnswerTooLarge
-        (closing the connection) once it is over `limit` bytes. The body is taken as it arrives, so that the
-        connection, which stops reading while what it holds is unread (PAUSE_ABOVE_BYTES), goes on reading."""
+    async def read(self, limit: int | None = None, within_s: float | None = None) -> bytes:
+        """The whole (rest of the) body; raises ResponseCut or ReadTimeout if it breaks off, AnswerTooLarge
+        (closing the connection) once it is over `limit` bytes, and AnswerTooSlow (closing it) if it has not all
+        arrived `within_s` seconds after this call, however steadily it came (the connection's read timeout
+        bounds only the silence between bytes). The body is taken as it arrives, so that the connection, which
+        stops reading while what it holds is unread (PAUSE_ABOVE_BYTES), goes on reading."""
         parts: list[bytes] = []
         size = 0
+        deadline: float | None = None
         while True:
             if self._chunks:
                 data = self._take()
@@ -54,7 +57,12 @@ class Response:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             if self._exc is not None:
                 raise self._exc
-            await self._wait()
+            if within_s is None:
+                await self._wait()
+                continue
+            if deadline is None:    # only a body that did not arrive with its head needs the clock
+                deadline = self._loop().time() + within_s
+            await self._wait(deadline, within_s)
 
     def __aiter__(self) -> Response:
         return self
@@ -86,17 +94,31 @@ class Response:
             self._conn.resume()
         return data
 
-    async def _wait(self) -> None:
+    def _loop(self) -> asyncio.AbstractEventLoop:
         conn = self._conn
-        loop = conn.loop if conn is not None else asyncio.get_running_loop()   # no lookup (a system call)
+        return conn.loop if conn is not None else asyncio.get_running_loop()   # no lookup (a system call)
+
+    async def _wait(self, deadline: float | None = None, within_s: float = 0.0) -> None:
+        loop = self._loop()
         self._waiter = waiter = loop.create_future()
+        timer = None if deadline is None else loop.call_at(deadline, self._too_slow, waiter, within_s)
         try:
             await waiter
         except asyncio.CancelledError:
             self.release()
             raise
+        except AnswerTooSlow:
+            self.release()
+            raise
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    @staticmethod
+    def _too_slow(waiter: asyncio.Future[None], within_s: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(AnswerTooSlow(f"the response body did not all arrive within {within_s:g} s"))
 
 
 class Fetched:

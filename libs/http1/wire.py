@@ -35,6 +35,11 @@ class AnswerTooLarge(ResponseCut):
     """The response body is larger than the reader allowed (`Response.read(limit)`); its connection is closed."""
 
 
+class AnswerTooSlow(ReadTimeout):
+    """The response body did not all arrive within the reader's time (`Response.read(within_s=)`), however
+    steadily its bytes came; its connection is closed."""
+
+
 class DeadlineExceeded(TransportError):
     """`Pool.fetch` got no complete response (connect, head and body) within its `timeout_s`."""
 

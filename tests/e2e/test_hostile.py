@@ -745,11 +745,13 @@ async def test_an_answer_of_several_megabytes_arrives_whole(lab: Lab, path: str,
 
 class Runaway(RawUpstream):
     """An upstream that answers its models list, then answers every call with a body that never ends: a whole
-    (chunked) JSON answer, or one SSE event that never gets its blank line."""
+    (chunked) JSON answer, or one SSE event that never gets its blank line; 64 KiB at a time as fast as it is
+    taken, or with `trickle_s`, one byte every `trickle_s` seconds."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, trickle_s: float | None = None) -> None:
         super().__init__()
-        self.model, self.sent, self.calls = model, 0, 0
+        self.model, self.sent, self.calls, self.trickle_s = model, 0, 0, trickle_s
+        self.hung_up = 0                               # calls whose connection the gateway closed
 
     async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
         if head.startswith(b"GET"):
@@ -762,13 +764,19 @@ class Runaway(RawUpstream):
         streamed = b'"stream":true' in body.replace(b" ", b"")
         kind = b"text/event-stream" if streamed else b"application/json"
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ntransfer-encoding: chunked\r\n\r\n")
-        piece = b"x" * 65536
+        piece = b"x" if self.trickle_s else b"x" * 65536
         opening = b'data: {"choices": [{"delta": {"content": "' if streamed else b'{"choices": "'
         writer.write(b"%x\r\n%s\r\n" % (len(opening), opening))
-        while True:                                # until the gateway hangs up
-            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.sent += len(piece)
-            await writer.drain()
+        try:
+            while True:                                # until the gateway hangs up
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.sent += len(piece)
+                await writer.drain()
+                if self.trickle_s:
+                    await asyncio.sleep(self.trickle_s)
+        except ConnectionError:
+            self.hung_up += 1
+            raise
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -806,6 +814,41 @@ async def test_a_runaway_answer_is_the_endpoints_failure_and_the_call_moves_on(
             assert runaway.calls == 1
             bound = limit if not stream else 8 * 1024 * 1024
             assert runaway.sent < bound + 16 * 1024 * 1024, runaway.sent        # it was stopped, not read on
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["status"] == 200 and usage["endpoint_id"] in (lab.ids["a"], lab.ids["b"])
+    finally:
+        await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+        stop_gateway(gateway)
+
+
+async def test_a_whole_answer_trickling_past_the_endpoints_timeout_fails_over(lab: Lab, urls) -> None:
+    """`timeout_s` bounds the silence between an upstream's bytes; a whole answer that keeps coming a byte every
+    0.2 s is never silent that long, and held the call (and its hold) for as long as the upstream liked. A whole
+    answer must now be complete within `timeout_s` of its start: the attempt is the endpoint's failure
+    (`timeout`), the gateway hangs up on it, and the call is served by the next endpoint, recorded once."""
+    gateway = start_gateway(lab.demo, urls, workers="1")
+    endpoint_id = f"trickle-{lab.tag}"
+    try:
+        async with Runaway(lab.model, trickle_s=0.2) as trickle:
+            registered = await lab.admin("POST", "/endpoints", {
+                "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": trickle.url,
+                "models": [lab.model], "priority": 50, "timeout_s": 1.5})
+            assert registered.status_code == 201, registered.text
+            request_id = f"trickle-{uuid.uuid4().hex}"
+            async with httpx.AsyncClient(timeout=60) as client:
+                await wait_for(lambda: client.get(f"{gateway.url}/v1/models", headers=lab.headers()), 15)
+
+                async def endpoint_known() -> bool:
+                    config = await client.get(f"{gateway.url}/api/config",
+                                              headers={"Authorization": f"Bearer {lab.demo.admin_key}"})
+                    return any(e["id"] == endpoint_id for e in config.json()["endpoints"])
+                await wait_for(endpoint_known, 15, what="the gateway to know the trickling endpoint")
+                reply = await client.post(f"{gateway.url}/v1/chat/completions", json=lab.body(max_tokens=20),
+                                          headers=lab.headers(request_id=request_id))
+            assert reply.status_code == 200, reply.text[:300]
+            assert reply.json()["choices"][0]["message"]["content"]
+            assert trickle.calls == 1 and trickle.sent >= 3        # it had begun, and kept coming
+            await wait_for(lambda: trickle.hung_up == 1, 10, what="the gateway to hang up on the trickle")
             usage = await exactly_one_usage_row(lab.demo, request_id)
             assert usage["status"] == 200 and usage["endpoint_id"] in (lab.ids["a"], lab.ids["b"])
     finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from switchyard_gateway.simulator import SimConfig, Simulator
-from switchyard_gateway.http1 import AnswerTooLarge, ConnectFailed, Pool, ReadTimeout, ResponseCut
+from switchyard_gateway.http1 import AnswerTooLarge, AnswerTooSlow, ConnectFailed, Pool, ReadTimeout, ResponseCut
 from switchyard_gateway.http1.conn import PAUSE_ABOVE_BYTES
 
 CHAT_PATH = "/v1/chat/completions"
@@ -532,6 +532,45 @@ async def test_a_body_over_the_read_limit_raises_and_closes_the_connection(pool)
         await wait_for(lambda: writers[0].is_closing() or writers[0].transport.is_closing(), 5,
                        what="the server to see the connection closed")
         assert sent < 1_000_000 + 16 * 1024 * 1024
+
+
+async def test_a_body_trickling_past_the_read_time_raises_and_closes_the_connection(pool):
+    """The read timeout bounds the silence between bytes; a body that keeps coming a byte at a time, never silent
+    long enough for it, is bounded by read()'s within_s instead."""
+    async def trickle(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"1\r\nx\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    async with raw_server(trickle) as (url, writers):
+        resp = await pool.request("GET", url + "/", b"", (), read_timeout_s=1)
+        with pytest.raises(AnswerTooSlow, match="did not all arrive within 0.5 s"):
+            await asyncio.wait_for(resp.read(within_s=0.5), 10)
+        assert isinstance(AnswerTooSlow("x"), ReadTimeout)
+        await wait_for(lambda: writers[0].is_closing() or writers[0].transport.is_closing(), 5,
+                       what="the server to see the connection closed")
+
+
+async def test_a_body_within_its_read_time_is_read_and_the_connection_kept(pool):
+    async def slow_but_done(reader, writer, _):
+        while await read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(3):
+                writer.write(b"2\r\nab\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_server(slow_but_done) as (url, writers):
+        for _ in range(2):
+            resp = await pool.request("GET", url + "/", b"", ())
+            assert await asyncio.wait_for(resp.read(within_s=5), 10) == b"ababab"
+        assert len(writers) == 1
 
 
 async def test_slow_consumer_pauses_reading_instead_of_buffering_the_body(pool):

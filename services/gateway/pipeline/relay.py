@@ -135,8 +135,8 @@ def _no_first_byte(to: Attempt, status: int, started: float) -> Failed:
 async def _refused(response: http1.Response, endpoint: EndpointRegistered,
                    report: Callable[[str, int, float], None], started: float) -> None:
     try:
-        detail = await response.read(ERROR_DETAIL_BYTES)
-    except http1.TransportError:            # cut, or larger than any error message needs
+        detail = await response.read(ERROR_DETAIL_BYTES, endpoint.timeout_s)
+    except http1.TransportError:            # cut, too slow, or larger than any error message needs
         detail = b""
     outcome = "http_429" if response.status == 429 else "http_5xx"
     report(outcome, response.status, started)
@@ -152,11 +152,16 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
                       started: float) -> None:
     plan = to.plan
     try:
-        data = await response.read(to.max_answer_bytes)
+        data = await response.read(to.max_answer_bytes, to.endpoint.timeout_s)
     except http1.AnswerTooLarge:
         to.report("error", response.status, started)
         raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered more than "
                                    f"{to.max_answer_bytes} bytes"), "error") from None
+    except http1.AnswerTooSlow:             # begun, so it read the prompt: billed as a cut answer is
+        to.report("timeout", response.status, started)
+        outcome.cut_answering = True
+        raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' did not finish its answer within "
+                                   f"{to.endpoint.timeout_s:g} s of starting it", status=504), "timeout") from None
     except http1.TransportError as exc:
         to.report("cut", response.status, started)
         outcome.cut_answering = True
