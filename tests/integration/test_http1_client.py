@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 import subprocess
 import sys
