@@ -91,15 +91,67 @@ def load(path: Path) -> tuple[dict[str, Any], list[Problem]]:
     return parse(text)
 
 
+MAX_EXPANDED_NODES = 1_000_000     # beyond the document's own nodes: what YAML aliases may add when read
+
+
+class AliasBomb(yaml.YAMLError):
+    """A document whose aliases would expand it far past its size (or into itself)."""
+
+
 def decode_document(text: str) -> Any:
     """A document's data: as JSON when it reads as JSON (YAML 1.1 would read the `5e-05` of an exported price as
-    a string), else as YAML. Raises yaml.YAMLError, or RecursionError for nesting too deep to read."""
+    a string), else as YAML. Raises yaml.YAMLError (AliasBomb for aliases that expand the document past
+    MAX_EXPANDED_NODES more nodes than it holds: a few hundred bytes of nested aliases can stand for 10^9 items),
+    or RecursionError for nesting too deep to read."""
     if text.lstrip().startswith(("{", "[")):
         try:
             return json.loads(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes the document stands for, each alias as a copy of what it names, and refuse it when they
+    pass its own nodes by MAX_EXPANDED_NODES, or when an alias names a node it is inside."""
+    sizes: dict[int, int] = {}          # id(node) -> nodes it expands to, once counted
+    unique = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise AliasBomb("an alias names a node it is inside: the document would never end")
+        unique += 1
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    if sizes[id(root)] > unique + MAX_EXPANDED_NODES:
+        raise AliasBomb(f"its aliases expand it to {sizes[id(root)]:,} nodes, more than {MAX_EXPANDED_NODES:,} "
+                        f"beyond the {unique:,} it holds")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def checked(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:

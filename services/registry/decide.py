@@ -81,6 +81,8 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
         case m.RevokeKey():
             key = catalog.keys.get(command.key_id)
             if key is None:
+                if command.key_id in catalog.revoked:         # revoked already: as asked, nothing to record
+                    return [], None, None
                 raise not_found("KEY_NOT_FOUND", "Key", command.key_id, "key_id")
             return [ev.KeyRevoked(key_id=key.key_id, tenant_id=key.tenant_id)], None, None
         case m.ApplyTemplate():
@@ -128,6 +130,7 @@ def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.
 def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
     if command.tenant_id not in catalog.tenants:
         raise not_found("TENANT_NOT_FOUND", "Tenant", command.tenant_id, "tenant_id")
+    check(rules.display_name_problem(command.name), "name")      # shown in lists and the console, as a name is
     expires_at = command.expires_at                # recorded with its offset: a time without one is UTC
     if expires_at is not None and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)

@@ -209,6 +209,23 @@ async def test_credential_hashes_are_blanked_for_the_logs_outside_readers(meteri
 
 
 
+async def test_a_nul_in_an_event_with_a_credential_neither_stops_the_feed_nor_fools_the_blanking(
+        metering: Metering, nats_client) -> None:
+    """The blanking went through jsonb, which refuses a string holding \\u0000: one key named with a NUL stopped the
+    LOG stream's feed for good and failed every replay page across it. A name that spells the field out must not
+    be taken for it either."""
+    hostile = 'a\x00"key_sha256":"ffff\\'
+    head = await metering.append([
+        KeyIssued(key_id="sy_nul", tenant_id="acme", key_sha256="cd" * 32, name=hostile), usage(1, "acme")])
+    pages = await page(nats_client, max_events=10)
+    replayed = [decode_event(bytes(e)) for e in pages.events]
+    assert [type(e).__name__ for e in replayed] == ["KeyIssued", "UsageRecorded"]
+    assert replayed[0].key_sha256 == "" and replayed[0].name == hostile
+    assert await metering.feed.position.reach(head, 10)
+    fed = b"".join(m.data for m in await log_messages(nats_client))
+    assert b"cd" * 32 not in fed and b"sy_nul" in fed and b'"request_id":"r1"' in fed.replace(b" ", b"")
+
+
 async def test_a_page_may_go_to_the_askers_own_inbox(metering: Metering, nats_client) -> None:
     await metering.append(usage(i, "acme") for i in range(2))
     own = f"{nats_client._inbox_prefix.decode()}.pages.{uuid.uuid4().hex[:6]}"      # noqa: SLF001

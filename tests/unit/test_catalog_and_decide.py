@@ -47,6 +47,10 @@ def catalog() -> Catalog:
         (m.AssignModel(tenant_id="acme", model_id="nope"), 404, "MODEL_NOT_FOUND", "model_id"),
         (m.RemoveProvider(provider_id="ollama-local"), 409, "CONFLICT", "provider_id"),
         (m.IssueKey(tenant_id="ghost"), 404, "TENANT_NOT_FOUND", "tenant_id"),
+        (m.IssueKey(tenant_id="acme", name="a\x00"), 400, "VALIDATION_ERROR", "name"),       # stopped the log's feed
+        (m.IssueKey(tenant_id="acme", name="\x1b[31mred\r\nX-Injected: 1"), 400, "VALIDATION_ERROR", "name"),
+        (m.IssueKey(tenant_id="acme", name="evil\u202etxt.exe"), 400, "VALIDATION_ERROR", "name"),
+        (m.IssueKey(tenant_id="acme", name="k" * 201), 400, "VALIDATION_ERROR", "name"),
         (m.RevokeKey(key_id="sy_nothere"), 404, "KEY_NOT_FOUND", "key_id"),
     ],
 )
@@ -129,3 +133,11 @@ def test_endpoints_serving_a_model_come_highest_priority_first(catalog: Catalog)
     run(catalog, m.RegisterEndpoint(endpoint_id="ep-0", provider_id="ollama-local", base_url="http://h:1",
                                     models=("llama",), priority=9))
     assert [e.endpoint_id for e in catalog.endpoints_serving("llama3.2")] == ["ep-0", "ep-1"]
+
+
+def test_revoking_a_revoked_key_again_records_nothing_and_succeeds(catalog: Catalog) -> None:
+    _, _, key_id = run(catalog, m.IssueKey(tenant_id="acme", name="ci runner — ünïcode ok"))
+    revoked, _, _ = run(catalog, m.RevokeKey(key_id=key_id))
+    assert len(revoked) == 1 and key_id in catalog.revoked
+    again, _, _ = run(catalog, m.RevokeKey(key_id=key_id))
+    assert again == [] and key_id in catalog.revoked
