@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
@@ -69,8 +70,9 @@ def _shown(value: object, limit: int = 60) -> str:
 
 def url_problem(value: object) -> str | None:
     """An http(s) URL with a host and, if given, a port in 1-65535; nothing a request line cannot carry
-    (spaces, control characters) and no user or password (credentials are `${ENV_VAR}` references, kept out
-    of events and listings)."""
+    (spaces, control characters), no user or password (credentials are `${ENV_VAR}` references, kept out
+    of events and listings) and no query or fragment (calls append their own path to it, and a query would
+    be stored in events). A sentence about a query says nothing of what it holds."""
     if not isinstance(value, str):
         return f"'{value}' is not an http(s) URL"
     if any(char.isspace() or unicodedata.category(char)[0] == "C" for char in value):
@@ -82,6 +84,9 @@ def url_problem(value: object) -> str | None:
     if parts.username is not None or parts.password is not None:
         return ("a URL must not carry a user or password: give the upstream's key as api_key_ref "
                 "(an environment reference like ${OPENAI_API_KEY})")
+    if "?" in value or "#" in value:
+        return ("a URL must not carry a query string or fragment ('?' or '#'): calls append their own path to it; "
+                "give the upstream's key as api_key_ref (an environment reference like ${OPENAI_API_KEY})")
     if parts.scheme not in ("http", "https"):
         return f"'{value}' is not an http(s) URL: the scheme must be http or https"
     if not parts.hostname:
@@ -138,6 +143,43 @@ def bounds_problem(fields: dict[str, object]) -> tuple[str, str] | None:
                 and not -NUMBER_BOUNDS[name] <= value <= NUMBER_BOUNDS[name]:
             return name, f"{name} must be between -{NUMBER_BOUNDS[name]} and {NUMBER_BOUNDS[name]}"
     return None
+
+
+def duplicate(values: Sequence[object]) -> tuple[int, str] | None:
+    """(index, sentence) for the first item of a list that an earlier one already holds; None when none repeats."""
+    first: dict[object, int] = {}
+    for i, value in enumerate(values):
+        if value in first:
+            return i, f"{_shown(value)} is listed twice (also at [{first[value]}])"
+        first.setdefault(value, i)
+    return None
+
+
+def fallback_cycle(start: str, fallback_of: Callable[[str], str],
+                   resolve: Callable[[str], str | None]) -> list[str] | None:
+    """The models a fallback chain goes through from `start` back to it (`[a, b, a]`); None when the chain
+    ends, names an unknown model, or runs into a loop that `start` is not on (that loop is not start's).
+    `fallback_of(model_id)` is the name a model falls back to first ('' for none)."""
+    trail, seen = [start], {start}
+    name = fallback_of(start)
+    while name:
+        model_id = resolve(name)
+        if model_id is None:
+            return None
+        trail.append(model_id)
+        if model_id == start:
+            return trail
+        if model_id in seen:
+            return None
+        seen.add(model_id)
+        name = fallback_of(model_id)
+    return None
+
+
+def cycle_problem(cycle: list[str], tenant_id: str | None = None) -> str:
+    whose = f" for tenant '{tenant_id}'" if tenant_id is not None else ""
+    return (f"fallback cycle{whose}: {' -> '.join(_shown(name, 80) for name in cycle)}; a fallback chain must end "
+            "at a model without a fallback")
 
 
 def normalise_model(name: str) -> str:

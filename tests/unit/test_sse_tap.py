@@ -86,3 +86,26 @@ def test_odd_prompt_tokens_details_count_no_cached_tokens() -> None:
         tap = SseTap(keep_usage=False)
         relay(tap, stream, 64)
         assert tap.usage == (4, 2, 0), details
+
+
+def test_other_spellings_the_format_allows_are_read_as_the_usual_one() -> None:
+    """CRLF line ends and `data:` without its space are both server-sent events (some servers write them); the
+    tap split only at LF LF (a CRLF stream: no event, a 502) and knew `[DONE]` only as `data: [DONE]` (so it
+    forwarded the usage chunk nobody asked for and called a finished stream cut). Comments, `event:` and `id:`
+    lines, and data over two lines too."""
+    spellings = {
+        "crlf": STREAM.replace(b"\n", b"\r\n"),
+        "no space": STREAM.replace(b"data: ", b"data:"),
+        "both": STREAM.replace(b"data: ", b"data:").replace(b"\n", b"\r\n"),
+        "fields": STREAM.replace(b"data: ", b": keep-alive\nevent: message\nid: 7\ndata: "),
+        "two lines": STREAM.replace(b'data: {"choices":[],"usage"', b'data: {"choices":[],\ndata: "usage"'),
+    }
+    for name, stream in spellings.items():
+        for size in (1, 5, 64, len(stream)):
+            tap = SseTap(keep_usage=False)
+            out = relay(tap, stream, size)
+            assert tap.done and tap.usage == (4, 2, 0), (name, size)
+            assert b'"usage"' not in out and b"\r" not in out and out.count(b"\n\n") == 5, (name, size, out)
+            assert tap.content_events == 2, (name, size)
+        kept = relay(SseTap(keep_usage=True), stream, 11)
+        assert kept == stream.replace(b"\r\n", b"\n"), name

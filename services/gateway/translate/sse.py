@@ -69,6 +69,8 @@ class SseTap:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:                  # CRLF line ends (the format allows them): relayed as LF
+            data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
         if end < 0:
             self._buffer = unfinished(data)
@@ -93,7 +95,7 @@ class SseTap:
         for event in complete.split(b"\n\n"):
             if not event:
                 continue
-            payload = event[6:] if event.startswith(b"data: ") else event
+            payload = event[6:] if event.startswith(b"data: ") and b"\n" not in event else _data(event)
             if payload.strip() == b"[DONE]":
                 self.done = True
                 kept.append(event)
@@ -117,7 +119,7 @@ class SseTap:
     def finish(self) -> bytes:
         """Whatever incomplete event is left at the end of the stream."""
         rest, self._buffer = self._buffer, b""
-        if rest.strip() == b"data: [DONE]":
+        if _data(rest.strip()).strip() == b"[DONE]":
             self.done = True
         return rest
 
