@@ -319,6 +319,51 @@ def test_a_stream_with_text_and_a_tool_call_is_anthropics_event_sequence(size: i
     assert (message.usage.input_tokens, message.usage.output_tokens, message.model) == (30, 9, "claude-ish")
 
 
+def call_delta(index: int, **fields) -> dict:
+    return {"tool_calls": [{"index": index, **fields}]}
+
+
+INTERLEAVED = b"".join([
+    chunk({"role": "assistant", "content": None}),
+    chunk(call_delta(0, id="call_a", type="function", function={"name": "get_weather", "arguments": '{"ci'})),
+    chunk(call_delta(1, id="call_b", type="function", function={"name": "get_time", "arguments": '{"tz":'})),
+    chunk(call_delta(0, function={"arguments": 'ty": "Oslo"}'})),
+    chunk(call_delta(2, id="call_c", type="function", function={"name": "get_weather", "arguments": ""})),
+    chunk(call_delta(1, function={"arguments": ' "UTC"}'})),
+    chunk(call_delta(2, function={"arguments": '{"city": "Rome"}'})),
+    chunk({}, "tool_calls"), USAGE, sse(b"[DONE]"),
+])
+
+
+@pytest.mark.parametrize("size", [1, 17, len(INTERLEAVED)])
+def test_parallel_tool_calls_whose_arguments_interleave_are_written_one_block_after_another(size: int) -> None:
+    """An upstream may send the argument pieces of parallel calls in turns (0, 1, 0); Anthropic's blocks come one
+    after another. Before, the first call's block was closed when the second began and its later pieces went to a
+    closed block (a tool run at its block's stop got no arguments); now the first stays open and takes them, and
+    the calls begun meanwhile follow, each whole."""
+    parsed = relay(OpenAIStreamToAnthropic("m"), INTERLEAVED, size)
+    open_blocks: set[int] = set()
+    inputs: dict[int, str] = {}
+    for name, event in parsed:
+        if name == "content_block_start":
+            assert not open_blocks, "a block started while another was open"
+            open_blocks.add(event["index"])
+            inputs[event["index"]] = ""
+        elif name == "content_block_delta":
+            assert event["index"] in open_blocks, "a piece went to a block not open"
+            inputs[event["index"]] += event["delta"]["partial_json"]
+        elif name == "content_block_stop":
+            open_blocks.remove(event["index"])
+    assert not open_blocks
+    starts = [e["content_block"] for name, e in parsed if name == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("call_a", "get_weather"), ("call_b", "get_time"),
+                                                      ("call_c", "get_weather")]
+    assert [json.loads(inputs[i]) for i in range(3)] == [{"city": "Oslo"}, {"tz": "UTC"}, {"city": "Rome"}]
+    message = final_message(parsed)
+    assert [block.input for block in message.content] == [{"city": "Oslo"}, {"tz": "UTC"}, {"city": "Rome"}]
+    assert message.stop_reason == "tool_use"
+
+
 @pytest.mark.parametrize(("finish", "extra", "reason", "sequence"), [
     ("stop", {}, "end_turn", None),
     ("length", {}, "max_tokens", None),

@@ -40,7 +40,8 @@ _STOP = sse(MessageStopEvent())
 class MessageEvents:
     """Write one message as events from text and tool-call pieces, opening and closing content blocks as they change."""
 
-    __slots__ = ("model", "started", "pinged", "tool_called", "content_events", "_index", "_open", "_tools")
+    __slots__ = ("model", "started", "pinged", "tool_called", "content_events", "_index", "_open", "_tools",
+                 "_waiting")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -49,6 +50,10 @@ class MessageEvents:
         self._index = -1                          # the last block opened
         self._open: object | None = None          # "text", or the key of the open tool call
         self._tools: dict[object, int] = {}       # tool call key -> its block index
+        # Tool calls begun while another's block is open (an upstream may interleave parallel calls' arguments;
+        # Anthropic's blocks come one after another): key -> (id, name, argument pieces), each written whole as
+        # its own block once the open one closes.
+        self._waiting: dict[object, tuple[str | None, str, list[str]]] = {}
 
     def start(self) -> bytes:
         if self.started:
@@ -66,24 +71,33 @@ class MessageEvents:
         return out + sse(ContentBlockDeltaEvent(self._index, TextDelta(text)))
 
     def tool(self, key: object, call_id: str | None, name: str) -> bytes:
-        """Open the tool_use block of tool call `key` (a new call closes the open block)."""
+        """Open the tool_use block of tool call `key`: at once after text, else once the open tool call's block
+        closes (its arguments may still be coming)."""
         self.tool_called = True
-        out = self._open_block(key, ToolUseContent(call_id or tool_use_id(), name, {}))
-        self._tools[key] = self._index
-        return out
+        if self._open is not None and self._open != "text":
+            self._waiting[key] = (call_id, name, [])
+            return b""
+        return self._tool_block(key, call_id, name)
 
     def arguments(self, key: object, fragment: str) -> bytes:
+        if not fragment:
+            return b""
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            self.content_events += 1
+            waiting[2].append(fragment)
+            return b""
         index = self._tools.get(key)
-        if not fragment or index is None:
+        if index is None:
             return b""
         self.content_events += 1
         return sse(ContentBlockDeltaEvent(index, InputJsonDelta(fragment)))
 
     def has_tool(self, key: object) -> bool:
-        return key in self._tools
+        return key in self._tools or key in self._waiting
 
     def end(self, reason: StopReason, sequence: str | None, counts: TokenCounts | None) -> bytes:
-        out = self.start() + self._close()
+        out = self.start() + self._close() + self._write_waiting()
         if not self.pinged:
             self.pinged = True
             out += _PING
@@ -93,8 +107,27 @@ class MessageEvents:
                                    cache_read_input_tokens=usage.cache_read_input_tokens)
         return out + sse(MessageDeltaEvent(MessageDelta(reason, sequence), totals)) + _STOP
 
-    def _open_block(self, key: object, block: TextContent | ToolUseContent) -> bytes:
+    def _tool_block(self, key: object, call_id: str | None, name: str, waited: bool = False) -> bytes:
+        out = self._open_block(key, ToolUseContent(call_id or tool_use_id(), name, {}), waited)
+        self._tools[key] = self._index
+        return out
+
+    def _write_waiting(self) -> bytes:
+        """Each tool call that waited for the open block, as a whole block of its own (the open one closed)."""
+        out = b""
+        while self._waiting:
+            key = next(iter(self._waiting))
+            call_id, name, pieces = self._waiting.pop(key)
+            out += self._tool_block(key, call_id, name, waited=True)
+            if pieces:
+                out += sse(ContentBlockDeltaEvent(self._index, InputJsonDelta("".join(pieces))))
+            out += self._close()
+        return out
+
+    def _open_block(self, key: object, block: TextContent | ToolUseContent, waited: bool = False) -> bytes:
         out = self.start() + self._close()
+        if self._waiting and not waited:
+            out += self._write_waiting()
         self._index += 1
         self._open = key
         out += sse(ContentBlockStartEvent(self._index, block))
