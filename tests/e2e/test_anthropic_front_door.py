@@ -251,6 +251,27 @@ async def test_the_key_may_come_as_a_bearer_token(upstream: Upstream) -> None:
     assert message.usage.output_tokens == 2
 
 
+async def test_the_models_list_is_anthropics_page_for_anthropics_client(upstream: Upstream) -> None:
+    """Anthropic's client sends `anthropic-version`; it got OpenAI's list, so each model's `created_at` and
+    `display_name` and the page's `has_more` and `last_id` read as None."""
+    client = upstream.client()
+    page = await client.models.list()
+    names = sorted([upstream.model("native"), upstream.model("translated")])
+    assert [m.id for m in page.data] == names and page.has_more is False
+    assert page.first_id == names[0] and page.last_id == names[1]
+    assert all(m.type == "model" and m.display_name == m.id and m.created_at.tzinfo is not None for m in page.data)
+    assert [m.id async for m in await client.models.list(limit=1)] == names    # page by page, after_id
+    one = await client.models.retrieve(names[1])
+    assert (one.id, one.type) == (names[1], "model")
+    with pytest.raises(anthropic.NotFoundError):
+        await client.models.retrieve("claude-nowhere")
+    with pytest.raises(anthropic.BadRequestError):
+        await client.models.list(limit=0)
+    async with httpx.AsyncClient(base_url=upstream.demo.url, timeout=10) as http:   # OpenAI's clients: unchanged
+        listed = (await http.get("/v1/models", headers={"Authorization": f"Bearer {upstream.key}"})).json()
+    assert listed["object"] == "list" and sorted(m["id"] for m in listed["data"]) == names
+
+
 async def test_an_unknown_model_is_not_found(upstream: Upstream) -> None:
     with pytest.raises(anthropic.NotFoundError) as refused:
         await upstream.client().messages.create(model="claude-nowhere", max_tokens=5,

@@ -9,6 +9,7 @@ the endpoints serving its models.
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Any
 
 import msgspec
@@ -54,11 +55,47 @@ def model_object(model: ModelRegistered) -> dict[str, Any]:
             "owned_by": "switchyard"}
 
 
+def anthropic_model_object(model: ModelRegistered) -> dict[str, Any]:
+    """Anthropic's model object (what its client's `models.list()` / `models.retrieve()` read)."""
+    created = model.occurred_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"type": "model", "id": model.model_id, "display_name": model.model_id, "created_at": created}
+
+
+def anthropic_page(request: Req, models: list[ModelRegistered]) -> dict[str, Any]:
+    """Anthropic's page of models: `limit` (1-1000, default 20), after `after_id` or before `before_id`."""
+    params = request.query_params
+    raw_limit = params.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise GatewayError("limit: must be an integer from 1 to 1000", status=400, kind="invalid_request_error",
+                           param="limit")
+    limit, ids = int(raw_limit), [m.model_id for m in models]
+    after, before = params.get("after_id"), params.get("before_id")
+    if after is not None or before is not None:
+        anchor = after if after is not None else before
+        if anchor not in ids:
+            raise GatewayError(f"{'after_id' if after is not None else 'before_id'}: no model '{anchor}' in the "
+                               "list", status=400, kind="invalid_request_error")
+    if after is not None:
+        page = models[ids.index(after) + 1:][:limit]
+        more = ids.index(after) + 1 + limit < len(ids)
+    elif before is not None:
+        start = max(0, ids.index(before) - limit)
+        page, more = models[start:ids.index(before)], start > 0
+    else:
+        page, more = models[:limit], limit < len(ids)
+    return {"data": [anthropic_model_object(m) for m in page], "has_more": more,
+            "first_id": page[0].model_id if page else None, "last_id": page[-1].model_id if page else None}
+
+
 @get("/v1/models")
 async def list_models(request: Req, deps: AppDeps) -> Response[bytes]:
-    """The models this caller's tenant may use, in the OpenAI list shape."""
+    """The models this caller's tenant may use, in the OpenAI list shape; in Anthropic's (a page) when the caller
+    sends `anthropic-version`, as Anthropic's clients do."""
     key = deps.auth.authenticate(request.headers, anonymous=True)
-    return json_response({"object": "list", "data": [model_object(m) for m in deps.catalog.models_for(key.tenant_id)]})
+    models = deps.catalog.models_for(key.tenant_id)
+    if "anthropic-version" in request.headers:
+        return json_response(anthropic_page(request, list(models)))
+    return json_response({"object": "list", "data": [model_object(m) for m in models]})
 
 
 @get("/v1/models/{model_id:path}")
@@ -71,6 +108,8 @@ async def retrieve_model(request: Req, deps: AppDeps, model_id: FromPath[str]) -
     if found is None or not catalog.tenant_may_use(key.tenant_id, found):
         raise GatewayError(f"The model '{name}' does not exist or you do not have access to it.", status=404,
                            kind="invalid_request_error", code="model_not_found", param="model")
+    if "anthropic-version" in request.headers:
+        return json_response(anthropic_model_object(catalog.models[found]))
     return json_response(model_object(catalog.models[found]))
 
 
