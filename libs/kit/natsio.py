@@ -209,13 +209,15 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
 
 def field_path(message: str) -> str | None:
     """The whole path of the body field a msgspec error is about: `messages[0].content` from '... - at
-    `$.messages[0].content`', and for an object missing a field, that field under it (`messages[0].role` from
-    'Object missing required field `role` - at `$.messages[0]`'); None when it names none."""
+    `$.messages[0].content`', and for an object missing a field or holding one it does not have, that field
+    under it (`messages[0].role` from 'Object missing required field `role` - at `$.messages[0]`'); None when it
+    names none."""
     _, at, path = message.rpartition(" - at `$")
     path = path.rstrip("`").lstrip(".") if at else ""
-    missing = message.partition("missing required field `")[2].partition("`")[0]
-    if missing:
-        return f"{path}.{missing}" if path else missing
+    named = (message.partition("missing required field `")[2] or message.partition("contains unknown field `")[2]) \
+        .partition("`")[0]
+    if named:
+        return f"{path}.{named}" if path else named
     return path or None
 
 

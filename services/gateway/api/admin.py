@@ -65,8 +65,19 @@ def _known(body: dict[str, Any], kind: type[m.Command]) -> dict[str, Any]:
     return body
 
 
+def _same_ids(body: dict[str, Any], path: dict[str, Any]) -> None:
+    """400 when the body names another id than the URL does (it was silently the URL's): an id is not changed
+    by an update, and a key is issued to the tenant its URL names."""
+    for name, value in path.items():
+        if name in body and body[name] != value and name.endswith("_id"):
+            raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", f"{name}: the body names {body[name]!r} but "
+                                                f"the URL {value!r}; leave it out, or make them the same", name))
+
+
 async def _body(request: Req, kind: type[m.Command], **path: Any) -> m.Command:
-    return msgspec.convert({**_known(await json_object(request), kind), **path}, kind)
+    body = _known(await json_object(request), kind)
+    _same_ids(body, path)
+    return msgspec.convert({**body, **path}, kind)
 
 
 MERGE_TRIES = 5        # an update read and overlaid again at most this often while other changes come between
@@ -79,6 +90,7 @@ async def _update(request: Req, deps: Deps, kind: type[m.Command], query: m.Regi
     write would otherwise lose its fields to this one's stale copy. Read and overlaid again when one came
     between; a body naming its own `if_match` (a version it read) gets the 409 CHANGED itself."""
     body = _known(await json_object(request), kind)
+    _same_ids(body, path)
     for attempt in range(MERGE_TRIES):
         current = _any.decode(await ask(deps, subjects.REGISTRY_QUERY, query))
         command = msgspec.convert({**current, **body, **path, "mode": "update",
@@ -201,7 +213,8 @@ async def apply_template(request: Req, deps: AppDeps, name: FromPath[str]) -> Re
     custom = data.pop("customizations", None) or {}
     if not isinstance(custom, dict):
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "customizations must be an object", "customizations"))
-    return await run_command(deps, msgspec.convert({**data, **custom, "template": name}, m.ApplyTemplate), 201)
+    fields = _known({**data, **custom}, m.ApplyTemplate)        # a misspelt customization was silently dropped
+    return await run_command(deps, msgspec.convert({**fields, "template": name}, m.ApplyTemplate), 201)
 
 
 # --- export and import ---------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Role
 from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response
 from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.kit.natsio import ServiceError
 
 _reply = msgspec.json.Decoder(m.CommandReply)
 
 
-class UserCreate(msgspec.Struct, frozen=True):
+class UserCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):     # `rol` was a member, silently
     username: m.Username
     password: m.Password
     tenant_id: str
@@ -30,13 +31,16 @@ class UserCreate(msgspec.Struct, frozen=True):
     display_name: m.DisplayName = ""
 
 
-class UserUpdate(msgspec.Struct, frozen=True):
+class UserUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Any of the fields; a field left out keeps its value. A new password ends the user's sessions."""
 
     tenant_id: str | None = None
     role: Role | None = None
     display_name: m.DisplayName | None = None
     password: m.Password | None = None
+    username: str | None = None               # a GET's answer, edited and sent back: the URL's, or a 400
+    password_changed_at: str | None = None    # shown only: ignored
+    version: str | None = None
 
 
 async def _run(deps: Deps, command: m.Command, username: str, status: int = 200) -> Response[bytes]:
@@ -70,6 +74,9 @@ async def create_user(deps: AppDeps, data: JSONBody[UserCreate]) -> Response[byt
 
 @put("/users/{username:str}")
 async def update_user(deps: AppDeps, username: FromPath[str], data: JSONBody[UserUpdate]) -> Response[bytes]:
+    if data.username is not None and data.username != username:
+        raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", f"username: the body names {data.username!r} but the "
+                                            f"URL {username!r}; a user is renamed by creating anew", "username"))
     command = m.UpdateUser(username=username, tenant_id=data.tenant_id, role=data.role,
                            display_name=data.display_name, password=data.password)
     return await _run(deps, command, username)
