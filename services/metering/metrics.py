@@ -41,12 +41,16 @@ def observe_committed(appended: Sequence[Positioned], book: PriceBook | None) ->
             group[2] += 1
             group[3] += event.cached_tokens
     for (tenant, model, outcome, estimated, embedding), (tokens_in, tokens_out, calls, cached) in groups.items():
-        TOKENS.labels(tenant, model, "input").inc(tokens_in)
-        TOKENS.labels(tenant, model, "output").inc(tokens_out)
+        if tokens_in > 0:       # a counter only grows: a negative count (no gateway of ours sends one) must not
+            TOKENS.labels(tenant, model, "input").inc(tokens_in)        # raise after the batch was acknowledged
+        if tokens_out > 0:
+            TOKENS.labels(tenant, model, "output").inc(tokens_out)
         CALLS.labels(tenant, model, outcome, "true" if estimated else "false").inc(calls)
         price = book.price(tenant, model) if book is not None else None
         if price is not None:
             usd = sum(price.femto(tokens_in, tokens_out, cached)) * _FEMTO
+            if usd <= 0:
+                continue
             COST.labels(tenant, model).inc(usd)
             if embedding:
                 EMBEDDING_COST.labels(model).inc(usd)

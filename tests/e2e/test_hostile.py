@@ -856,6 +856,69 @@ async def test_a_whole_answer_trickling_past_the_endpoints_timeout_fails_over(la
         stop_gateway(gateway)
 
 
+class LyingCounts(RawUpstream):
+    """An upstream serving one model whose answers are fine but whose token counts are not: a whole answer
+    reports `usage` (negative, say), a stream's usage chunk `stream_usage` (counts as text, say); the stream's
+    `[DONE]` comes without its blank line."""
+
+    def __init__(self, model: str, usage: dict, stream_usage: dict) -> None:
+        super().__init__()
+        self.model, self.usage, self.stream_usage = model, usage, stream_usage
+
+    async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET"):
+            reply, kind = {"object": "list", "data": [{"id": self.model, "object": "model"}]}, b"application/json"
+            data = msgspec.json.encode(reply)
+        elif b'"stream":true' in body.replace(b" ", b""):
+            kind = b"text/event-stream"
+            chunks = [{"choices": [{"index": 0, "delta": {"content": word}}]} for word in ("counted ", "wrong")]
+            chunks += [{"choices": [], "usage": self.stream_usage}]
+            data = b"".join(b"data: " + msgspec.json.encode(c) + b"\n\n" for c in chunks) \
+                + b"data: [DONE]"                                  # without the blank line that ends an event
+        else:
+            kind = b"application/json"
+            data = msgspec.json.encode({"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "counted wrong"}, "finish_reason": "stop"}],
+                "usage": self.usage})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-length: %d\r\n\r\n" % len(data)
+                     + data)
+        await writer.drain()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_token_counts_an_upstream_could_not_have_are_estimated_not_recorded(lab: Lab, stream: bool) -> None:
+    """An upstream reporting -1000 prompt tokens gave its tenant credit and its model's cost went negative (and
+    the metering service, raising on a counter that may not fall, restarted for each); counts as text made a
+    usage event the log refused (no event for the call at all). They are estimated now, as when none come. The
+    stream's `[DONE]` without its blank line ends it (it was called cut)."""
+    model, endpoint_id = f"{lab.model}-lying", f"lying-{lab.tag}-{int(stream)}"
+    async with LyingCounts(model, usage={"prompt_tokens": -1000, "completion_tokens": -500, "total_tokens": -1500},
+                           stream_usage={"prompt_tokens": "7", "completion_tokens": 2**63, "total_tokens": 9}) as lying:
+        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+        registered = await lab.admin("POST", "/endpoints", {
+            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": lying.url,
+            "models": [model], "priority": 50, "timeout_s": 30})
+        assert registered.status_code == 201, registered.text
+        try:
+            request_id = f"lying-{uuid.uuid4().hex}"
+            async with httpx.AsyncClient(timeout=30) as client:
+                async def served() -> httpx.Response | None:
+                    reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(
+                        request_id=request_id), json={**lab.body(stream=stream), "model": model})
+                    return reply if reply.status_code != 404 else None        # until the gateway knows the model
+                reply = await wait_for(served, 15, what="the lying endpoint to serve")
+            assert reply.status_code == 200, reply.text[:300]
+            if stream:
+                assert reply.text.rstrip().endswith("data: [DONE]") and "stream_cut" not in reply.text
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["outcome"] == "ok" and usage["estimated"] is True, usage
+            assert 0 < usage["input_tokens"] < 100 and 0 < usage["output_tokens"] < 100, usage
+        finally:
+            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    logs = (lab.demo.data_dir / "logs" / "metering.log").read_text()
+    assert "task_crashed" not in logs and "MsgAlreadyAckd" not in logs
+
+
 # --- a call that outlives its hold ---------------------------------------------------------------------------
 
 

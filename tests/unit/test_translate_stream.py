@@ -234,3 +234,45 @@ def test_an_event_that_never_ends_is_a_cut_stream_once_past_the_bound(make) -> N
             held += len(piece)
             tap.feed(piece)
     assert held > MAX_EVENT_BYTES                     # not refused before its bound
+
+
+AFTER_DONE_SSE = chunk({"content": "AFTERDONE"}) + sse(
+    {**HEAD, "choices": [], "usage": {"prompt_tokens": 999, "completion_tokens": 999, "total_tokens": 1998}})
+AFTER_DONE_NDJSON = json.dumps({"model": "llama3.2", "message": {"role": "assistant", "content": "AFTERDONE"},
+                                "done": True, "prompt_eval_count": 999, "eval_count": 999}).encode() + b"\n"
+TAPS = {  # name: (make, its upstream's stream, what comes after its end, the counts it reports)
+    "openai": (lambda: SseTap(keep_usage=True), CHAT_STREAM, AFTER_DONE_SSE, (26, 2, 0)),
+    "ollama": (OllamaStreamTap, NATIVE, AFTER_DONE_NDJSON, (26, 282, 0)),
+    "openai-to-ollama": (lambda: OpenAIStreamToOllama("m", "chat"), CHAT_STREAM, AFTER_DONE_SSE, (26, 2, 0)),
+    "openai-to-anthropic": (lambda: OpenAIStreamToAnthropic("m"), CHAT_STREAM, AFTER_DONE_SSE, (26, 2, 0)),
+    "ollama-to-anthropic": (lambda: OllamaStreamToAnthropic("m"), NATIVE, AFTER_DONE_NDJSON, (26, 282, 0)),
+}
+
+
+@pytest.mark.parametrize("name", TAPS)
+def test_a_last_event_or_line_without_its_terminator_ends_the_stream_when_the_body_ends(name: str) -> None:
+    """`data: [DONE]` with no blank line after it, or Ollama's last line with no newline, ended a stream the relay
+    then called cut (an error event after the answer, the outcome `error`, the tokens estimated)."""
+    make, stream, _, counts = TAPS[name]
+    for tail in (b"", b"\n"):                        # SSE: no blank line, or only its first newline
+        tap = make()
+        data = stream.rstrip(b"\n") + tail
+        for i in range(0, len(data), 7):
+            tap.feed(data[i:i + 7])
+        assert not tap.done or (tail and name in ("ollama", "ollama-to-anthropic")), (name, tail)
+        tap.ended()
+        assert tap.done and tap.usage == counts, (name, tail)
+        assert tap.ended() == b""                       # once
+
+
+@pytest.mark.parametrize("name", TAPS)
+def test_nothing_after_the_end_of_a_stream_is_relayed_or_counted(name: str) -> None:
+    """Data after `[DONE]` (or after Ollama's done line) reached the client, and a usage chunk there replaced the
+    stream's own counts (999/999 billed for 26/2)."""
+    make, stream, after, counts = TAPS[name]
+    for size in (3, len(stream) + len(after)):
+        tap = make()
+        data = stream + after
+        out = b"".join(tap.feed(data[i:i + size]) for i in range(0, len(data), size)) + tap.ended() + tap.finish()
+        assert tap.done and tap.usage == counts, (name, size)
+        assert b"AFTERDONE" not in out and b"999" not in out, (name, size)

@@ -26,7 +26,7 @@ from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.translate.plans import Plan, TranslationError
-from switchyard_gateway.services.gateway.translate.wire import Times
+from switchyard_gateway.services.gateway.translate.wire import Times, believable
 
 log = structlog.get_logger()
 
@@ -178,11 +178,12 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
                                        f"{exc}"), "error") from None
     to.report("ok" if status < 400 else "http_4xx", status, started)
     if status == 200:
-        usage = plan.usage(data)
+        usage = believable(plan.usage(data))
         if usage is not None:
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
-        else:
-            outcome.estimate_tokens(call)
+        else:                       # a whole answer without believable counts: its output taken as a token per 4
+            ask = call.ask          # bytes, as text runs (more than none, which let an upstream's answers go free)
+            outcome.estimate_tokens(call, 0 if ask is None or ask.embedding else max(1, len(data) // 4))
         if plan.answer is not None:
             data, content_type = answer, "application/json"
         if call.cache_key is not None and not call.short:       # an answer a nearly spent quota cut short is this
@@ -216,6 +217,13 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
                         first_byte.clear()
                         transport = _start_stream(call, outcome, proto)
                     outcome.delivered = tap.done  # a client may hang up once it has the last event (OpenAI's SDK does)
+                    await _send(outcome, transport, out)
+                out = tap.ended()           # the body ended: a last event or line without its terminator is whole
+                if out:
+                    if transport is None:
+                        first_byte.clear()
+                        transport = _start_stream(call, outcome, proto)
+                    outcome.delivered = tap.done
                     await _send(outcome, transport, out)
             except http1.TransportError:
                 if not tap.done:
@@ -255,10 +263,11 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         # granian (SWITCHYARD_HTTP_SERVER=granian) ends a streamed response when its transport is released; an
         # upstream error's traceback can outlive this frame, so let go of the transport explicitly.
         transport = None
+        reported = None if failed_early else believable(tap.usage)
         if failed_early:
             pass
-        elif tap.usage is not None:
-            outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = tap.usage
+        elif reported is not None:
+            outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = reported
         else:
             outcome.estimate_tokens(call, output_tokens=tap.content_events)
 

@@ -165,6 +165,9 @@ class OpenAIStreamToAnthropic:
     def feed(self, chunk: bytes) -> bytes:
         return b"".join(self._event(payload) for payload in self._events.feed(chunk))
 
+    def ended(self) -> bytes:
+        return b"".join(self._event(payload) for payload in self._events.flush())
+
     def finish(self) -> bytes:
         out = b"".join(self._event(payload) for payload in self._events.flush())
         if self.error is not None:
@@ -173,7 +176,7 @@ class OpenAIStreamToAnthropic:
         return out + self.events.end(reason, sequence, self.usage)
 
     def _event(self, payload: bytes) -> bytes:
-        if not payload or self.error is not None:
+        if not payload or self.error is not None or self.done:
             return b""
         if payload == b"[DONE]":
             self.done = True
@@ -237,16 +240,20 @@ class OllamaStreamToAnthropic:
         complete, self._buffer = data[:end], data[end + 1:]
         return b"".join(self._line(line) for line in complete.split(b"\n"))
 
-    def finish(self) -> bytes:
+    def ended(self) -> bytes:
         out = self._line(self._buffer) if self._buffer.strip() else b""
         self._buffer = b""
+        return out
+
+    def finish(self) -> bytes:
+        out = self.ended()
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called)
         return out + self.events.end(reason, sequence, self.usage)
 
     def _line(self, line: bytes) -> bytes:
-        if not line.strip() or self.error is not None:
+        if not line.strip() or self.error is not None or self.done:
             return b""
         try:
             reply = decode_ollama_line(line)

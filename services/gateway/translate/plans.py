@@ -56,13 +56,18 @@ OLLAMA_APIS = {
 
 
 class Stream(Protocol):
-    """What relays a streamed answer: `feed` and `finish` give the bytes to send (see translate/stream.py)."""
+    """What relays a streamed answer: `feed`, `ended` and `finish` give the bytes to send (see
+    translate/stream.py). `ended` is told that the upstream's body ended cleanly: a last event or line whose
+    terminator never came is taken as whole then (it may be the one that ends the stream); `finish`, once the
+    stream is `done`, gives what closes it in the door's format."""
 
     usage: TokenCounts | None
     done: bool
     content_events: int
 
     def feed(self, chunk: bytes) -> bytes: ...
+
+    def ended(self) -> bytes: ...
 
     def finish(self) -> bytes: ...
 

@@ -68,6 +68,8 @@ class SseTap:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.done:                       # past [DONE]: nothing more is the answer (nor billed)
+            return b""
         data = self._buffer + chunk if self._buffer else chunk
         if b"\r" in data:                  # CRLF line ends (the format allows them): relayed as LF
             data = data.replace(b"\r\n", b"\n")
@@ -95,6 +97,8 @@ class SseTap:
         for event in complete.split(b"\n\n"):
             if not event:
                 continue
+            if self.done:
+                break
             payload = event[6:] if event.startswith(b"data: ") and b"\n" not in event else _data(event)
             if payload.strip() == b"[DONE]":
                 self.done = True
@@ -115,6 +119,14 @@ class SseTap:
                 self.content_events += 1
             kept.append(event)
         return b"".join(e + b"\n\n" for e in kept)
+
+    def ended(self) -> bytes:
+        """The body ended: a last event without its blank line is whole."""
+        rest = self._buffer.rstrip(b"\r\n")
+        if not rest.strip():
+            return b""
+        self._buffer = b""
+        return self.feed(rest + b"\n\n")
 
     def finish(self) -> bytes:
         """Whatever incomplete event is left at the end of the stream."""
@@ -139,11 +151,15 @@ def _content(events: bytes) -> int:
         + events.count(b'"text": "')
 
 
-def _counts(usage: dict) -> TokenCounts:
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens")
+def _counts(usage: dict) -> TokenCounts | None:
+    """The counts of a usage chunk; None when it reports none (all null), and whatever it says otherwise, for
+    `believable` to judge (a count as text must not raise here)."""
+    prompt, completion, total = usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens")
+    if prompt is None and completion is None and total is None:
+        return None
+    prompt = prompt or 0
     if completion is None:
-        completion = max(0, (usage.get("total_tokens") or 0) - prompt)
+        completion = total - prompt if type(total) is int and type(prompt) is int else total
     return TokenCounts(prompt, completion, cached_tokens(usage.get("prompt_tokens_details")))
 
 

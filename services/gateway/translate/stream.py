@@ -57,6 +57,9 @@ class OpenAIStreamToOllama:
     def feed(self, sse_events: bytes) -> bytes:
         return b"".join(self._event(payload) for payload in self._events.feed(sse_events))
 
+    def ended(self) -> bytes:
+        return b"".join(self._event(payload) for payload in self._events.flush())
+
     def finish(self) -> bytes:
         out = b"".join(self._event(payload) for payload in self._events.flush())
         created_at = self._created_at or ollama_time()
@@ -83,8 +86,8 @@ class OpenAIStreamToOllama:
         return out + encode(line) + b"\n"
 
     def _event(self, payload: bytes) -> bytes:
-        if not payload:
-            return b""                                  # a comment, `event:` or `retry:` line
+        if not payload or self.done:
+            return b""                                  # a comment, `event:` or `retry:` line; or past [DONE]
         if payload == b"[DONE]":
             self.done = True
             return b""
@@ -147,17 +150,32 @@ class OllamaStreamTap:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.done:                       # past the last line: nothing more is the answer
+            return b""
         data = self._buffer + chunk if self._buffer else chunk
         end = data.rfind(b"\n")
         if end < 0:
             self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 1], data[end + 1:]
-        self.content_events += complete.count(b'"done":false') + complete.count(b'"done": false')
         if b'"done":true' in complete or b'"done": true' in complete or b'"error"' in complete:
+            at = 0
             for line in complete.split(b"\n"):
+                at += len(line) + 1
                 self._inspect(line)
+                if self.done:
+                    complete, self._buffer = complete[:at], b""
+                    break
+        self.content_events += complete.count(b'"done":false') + complete.count(b'"done": false')
         return complete
+
+    def ended(self) -> bytes:
+        """The body ended: a last line without its newline is whole."""
+        rest = self._buffer.rstrip(b"\r\n")
+        if not rest.strip():
+            return b""
+        self._buffer = b""
+        return self.feed(rest + b"\n")
 
     def close(self) -> bytes:
         """Whatever is left at the end of the stream (a last line without its newline)."""

@@ -24,6 +24,23 @@ class TokenCounts(NamedTuple):
     cached: int = 0
 
 
+MAX_REPORTED_TOKENS = 100_000_000      # one call's count past this is no model's: the report is not believed
+
+
+def believable(counts: TokenCounts | None) -> TokenCounts | None:
+    """An upstream's counts if they can be true (whole numbers from 0 to MAX_REPORTED_TOKENS; cached tokens no
+    more than the prompt's), else None: the call's tokens are then estimated, as when none are reported. An
+    upstream reporting -1000 tokens gave its tenant credit; a count as text or past int64 made a usage event
+    the log could not take."""
+    if counts is None:
+        return None
+    prompt, completion, cached = counts
+    for value in counts:
+        if type(value) is not int or not 0 <= value <= MAX_REPORTED_TOKENS:
+            return None
+    return counts if cached <= prompt else TokenCounts(prompt, completion, prompt)
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
