@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from switchyard_gateway.catalog import rules
+from switchyard_gateway.catalog.references import Fallbacks, Names, cycles
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts.messages import Problem
@@ -60,14 +61,20 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 
 @dataclass
 class Known:
-    """Identifiers that already exist outside the document (the registry's, on import)."""
+    """Identifiers that already exist outside the document (the registry's, on import), and the fallbacks
+    its chains already take."""
 
     providers: set[str] = field(default_factory=set)
-    models: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)                   # model ids and aliases
+    aliases: dict[str, str] = field(default_factory=dict)           # alias -> model id
+    fallbacks: dict[str, str] = field(default_factory=dict)         # model id -> its own fallback
+    assigned: dict[str, dict[str, str]] = field(default_factory=dict)   # tenant -> model id -> its fallback
 
     @classmethod
     def of(cls, catalog: Catalog) -> Known:
-        return cls(set(catalog.providers), {*catalog.models, *catalog.aliases})
+        return cls(set(catalog.providers), {*catalog.models, *catalog.aliases}, dict(catalog.aliases),
+                   {mid: model.fallback_model for mid, model in catalog.models.items()},
+                   {tid: {mid: a.fallback_model for mid, a in by.items()} for tid, by in catalog.assignments.items()})
 
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024     # a registry document larger is refused unread (the import route: 5 MB)
@@ -206,7 +213,6 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
             bad(f"{path}.id", rules.model_name_problem(ident) if name == "models" else rules.identifier_problem(ident))
 
     providers = ids["providers"] | known.providers
-    model_names = ids["models"] | known.models
     for path, item in items["providers"]:
         if "kind" in item and item["kind"] not in rules.PROVIDER_KINDS:
             bad(f"{path}.kind", f"'{item['kind']}' is not one of {', '.join(rules.PROVIDER_KINDS)}")
@@ -216,23 +222,26 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
         if isinstance(item.get("base_url"), str):
             bad(f"{path}.base_url", rules.url_problem(item["base_url"]))
         bad(f"{path}.api_key", rules.credential_problem(item.get("api_key", "")))
-        _names(f"{path}.models", item.get("models"), problems)
+        _names(f"{path}.models", item.get("models"), problems)     # a name listed twice is refused
         for key in ("weight", "max_concurrent"):
             if isinstance(item.get(key), int) and item[key] < 0:
                 bad(f"{path}.{key}", f"{key} must be >= 0")
         for key in ("timeout_s", "first_byte_timeout_s"):
             if isinstance(item.get(key), _NUM) and item[key] <= 0:
                 bad(f"{path}.{key}", f"{key} must be > 0")
-    aliases: dict[str, str] = {}
+    names = _model_names(items["models"], ids["models"], known, problems)
+    fallbacks = Fallbacks(dict(known.fallbacks), {tid: dict(by) for tid, by in known.assigned.items()})
+    starts: list[tuple[str, str | None, str]] = []        # where a fallback cycle is looked for
     for path, item in items["models"]:
         if "kind" in item and item["kind"] not in rules.MODEL_KINDS:
             bad(f"{path}.kind", f"'{item['kind']}' is not one of {', '.join(rules.MODEL_KINDS)}")
-        for i, alias in enumerate(_names(f"{path}.aliases", item.get("aliases"), problems)):
-            if alias in ids["models"] or alias in aliases:
-                bad(f"{path}.aliases[{i}]", f"duplicate identifier: '{alias}' already names a model")
-            aliases[alias] = str(item.get("id"))
         _non_negative(path, item, ("context_length", *_PRICES), problems)
-        _reference(f"{path}.fallback", item.get("fallback"), item.get("id"), model_names | set(aliases), problems)
+        _reference(f"{path}.fallback", item.get("fallback"), item.get("id"), names, problems)
+        if isinstance(item.get("id"), str):
+            fallback = item.get("fallback")
+            fallbacks.models[item["id"]] = fallback if isinstance(fallback, str) else ""
+            starts.append((f"{path}.fallback", None, item["id"]))
+    tenant_starts: dict[str, list[tuple[str, str | None, str]]] = {}
     for path, item in items["tenants"]:
         seen: set[str] = set()
         assignments = item.get("models") if isinstance(item.get("models"), list) else []
@@ -248,9 +257,19 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
                 if model in seen:
                     bad(f"{apath}.model", f"duplicate identifier: '{model}' is assigned twice")
                 seen.add(model)
-                _reference(f"{apath}.model", model, None, model_names | set(aliases), problems)
-            _reference(f"{apath}.fallback", assignment.get("fallback"), model, model_names | set(aliases), problems)
+                _reference(f"{apath}.model", model, None, names, problems)
+            _reference(f"{apath}.fallback", assignment.get("fallback"), model, names, problems)
             _non_negative(apath, assignment, _PRICES, problems)
+            model_id = names.resolve(model) if isinstance(model, str) else None
+            if model_id is not None and isinstance(item.get("id"), str):
+                fallback = assignment.get("fallback")
+                fallbacks.assigned.setdefault(item["id"], {})[model_id] = fallback if isinstance(fallback, str) else ""
+                tenant_starts.setdefault(item["id"], []).append((f"{apath}.fallback", item["id"], model_id))
+    every = list(starts)                # the registry's chains, then those of each tenant with fallbacks of its own
+    for tenant_id in fallbacks.tenants_with_their_own():
+        every += [*tenant_starts.get(tenant_id, []), *((path, tenant_id, mid) for path, _, mid in starts)]
+    for path, message in cycles(every, names, fallbacks):
+        bad(path, message)
     return problems
 
 
@@ -292,16 +311,50 @@ def _check_bounds(path: str, item: dict[str, Any], problems: list[Problem]) -> N
         problems.append(Problem(f"{path}.{key}", oversized[1]))
 
 
-def _names(path: str, value: Any, problems: list[Problem]) -> list[str]:
+def _names(path: str, value: Any, problems: list[Problem]) -> list[tuple[int, str]]:
+    """The valid names of a list, each once, with their index; a problem for each invalid or repeated one."""
     if not isinstance(value, list):
         return []
-    names = []
+    names: list[tuple[int, str]] = []
+    first: dict[str, int] = {}
     for i, name in enumerate(value):
         problem = rules.model_name_problem(name)
+        if not problem and name in first:
+            problem = rules.repeated_problem(name, f"{path.rsplit('.', 1)[-1]}[{first[name]}]")
         if problem:
             problems.append(Problem(f"{path}[{i}]", problem))
         else:
-            names.append(name)
+            first[name] = i
+            names.append((i, name))
+    return names
+
+
+def _model_names(items: list[tuple[str, dict[str, Any]]], ids: set[str], known: Known,
+                 problems: list[Problem]) -> Names:
+    """The model names the registry would hold after the document, with a problem for each alias, and each
+    new model's id, that already names another model (the alias would not reach it, the new model would
+    hide the other)."""
+    known_ids = known.models - set(known.aliases)
+    owners = {alias: owner for alias, owner in known.aliases.items() if owner not in ids}   # left as they are
+    for path, item in items:
+        own = item.get("id")
+        for i, alias in _names(f"{path}.aliases", item.get("aliases"), problems):
+            owner = alias if alias in ids or alias in known_ids else owners.get(alias)
+            if alias == own or (owner is not None and owner != own):
+                problems.append(Problem(f"{path}.aliases[{i}]", f"duplicate identifier: '{alias}' already names "
+                                                                 f"model '{owner or alias}'"))
+            elif isinstance(own, str):
+                owners[alias] = own
+    names = Names(known_ids | ids, owners)
+    for path, item in items:
+        own = item.get("id")
+        if not isinstance(own, str) or own in known_ids:
+            continue
+        owner = owners.get(own)
+        if owner is None and own.endswith(":latest"):
+            owner = names.resolve(own.removesuffix(":latest"))
+        if owner is not None and owner != own:
+            problems.append(Problem(f"{path}.id", f"'{own}' already names model '{owner}'"))
     return names
 
 
@@ -312,12 +365,14 @@ def _non_negative(path: str, item: dict[str, Any], keys: tuple[str, ...], proble
             problems.append(Problem(f"{path}.{key}", f"{key} cannot be negative"))
 
 
-def _reference(path: str, value: Any, own: Any, models: set[str], problems: list[Problem]) -> None:
+def _reference(path: str, value: Any, own: Any, names: Names, problems: list[Problem]) -> None:
+    """A name of a model the registry will hold (`own`: the model it is a fallback of, by any name)."""
     if not isinstance(value, str) or not value:
         return
-    if value == own:
+    model_id = names.resolve(value)
+    if value == own or (model_id is not None and isinstance(own, str) and model_id == names.resolve(own)):
         problems.append(Problem(path, f"a model cannot fall back to itself ('{value}')"))
-    elif value not in models:
+    elif model_id is None:
         problems.append(Problem(path, f"model '{value}' is not defined"))
 
 

@@ -145,14 +145,18 @@ def bounds_problem(fields: dict[str, object]) -> tuple[str, str] | None:
     return None
 
 
-def duplicate(values: Sequence[object]) -> tuple[int, str] | None:
+def duplicate(values: Sequence[object], field: str) -> tuple[int, str] | None:
     """(index, sentence) for the first item of a list that an earlier one already holds; None when none repeats."""
     first: dict[object, int] = {}
     for i, value in enumerate(values):
         if value in first:
-            return i, f"{_shown(value)} is listed twice (also at [{first[value]}])"
-        first.setdefault(value, i)
+            return i, repeated_problem(value, f"{field}[{first[value]}]")
+        first[value] = i
     return None
+
+
+def repeated_problem(value: object, first: str) -> str:
+    return f"{_shown(value)} is listed twice (first at {first}): each may be listed once"
 
 
 def fallback_cycle(start: str, fallback_of: Callable[[str], str],

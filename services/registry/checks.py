@@ -1,4 +1,5 @@
-"""What every registry decision checks: identifiers, create/update modes, and "nothing changed"."""
+"""What every registry decision checks: identifiers, lists without repeats, create/update modes, and "nothing
+changed"."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ def check_identifier(value: str, field: str) -> None:
 
 def check_model_name(value: str, field: str) -> None:
     check(rules.model_name_problem(value), field)
+
+
+def check_duplicates(values: tuple[str, ...], field: str) -> None:
+    """400 naming the first item of a list (`models[1]`) that an earlier one already holds."""
+    repeated = rules.duplicate(values, field)
+    if repeated is not None:
+        raise invalid("VALIDATION_ERROR", repeated[1], f"{field}[{repeated[0]}]")
 
 
 def not_found(code: str, what: str, ident: str, field: str | None = None) -> ServiceError:

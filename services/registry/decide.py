@@ -19,14 +19,17 @@ from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.contracts.routing import ModelWarmed
 from switchyard_gateway.services.registry import decide_models, decide_users
 from switchyard_gateway.services.registry.checks import (
-    OPERATORS, Decision, check, check_identifier, check_mode, check_model_name, fields_of, invalid, not_found, same,
+    OPERATORS, Decision, check, check_duplicates, check_identifier, check_mode, check_model_name, fields_of, invalid,
+    not_found, same,
 )
 
 
-def decide(catalog: Catalog, command: m.Command, password_hash: str | None = None) -> Decision:
+def decide(catalog: Catalog, command: m.Command, password_hash: str | None = None,
+           check_cycles: bool = True) -> Decision:
     """(events, plaintext key or None, key id or None) for a command, or raise ServiceError.
 
-    `password_hash` is the hash of the password a user command carries, made by the caller beforehand."""
+    `password_hash` is the hash of the password a user command carries, made by the caller beforehand;
+    `check_cycles=False` leaves fallback cycles to the caller (a batch checks the state it ends in)."""
     oversized = rules.bounds_problem({f: getattr(command, f) for f in command.__struct_fields__})
     if oversized is not None:
         raise invalid("VALIDATION_ERROR", oversized[1], oversized[0])
@@ -66,16 +69,13 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
                 raise not_found("ENDPOINT_NOT_FOUND", "Endpoint", command.endpoint_id, "endpoint_id")
             return [ev.EndpointRemoved(endpoint_id=command.endpoint_id)], None, None
         case m.RegisterModel():
-            return decide_models.register_model(catalog, command), None, None
+            return decide_models.register_model(catalog, command, check_cycles), None, None
         case m.RemoveModel():
             return decide_models.remove_model(catalog, command), None, None
         case m.AssignModel():
-            return decide_models.assign_model(catalog, command), None, None
+            return decide_models.assign_model(catalog, command, check_cycles), None, None
         case m.UnassignModel():
-            if command.model_id not in catalog.assignments.get(command.tenant_id, {}):
-                raise not_found("ASSIGNMENT_NOT_FOUND", "Assignment", f"{command.tenant_id}/{command.model_id}",
-                                "model_id")
-            return [ev.TenantModelUnassigned(tenant_id=command.tenant_id, model_id=command.model_id)], None, None
+            return decide_models.unassign_model(catalog, command, check_cycles), None, None
         case m.IssueKey():
             return issue_key(catalog, command)
         case m.RevokeKey():
@@ -116,6 +116,7 @@ def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.
     check(rules.credential_problem(command.api_key_ref), "api_key_ref")
     for i, name in enumerate(command.models):
         check_model_name(name, f"models[{i}]")
+    check_duplicates(command.models, "models")
     for name in ("max_concurrent", "weight"):
         if getattr(command, name) < 0:
             raise invalid("VALIDATION_ERROR", f"{name} must be >= 0", name)
@@ -165,14 +166,16 @@ def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
 
 
 def run_all(catalog: Catalog, commands: list[m.Command]) -> list[ev.Event]:
-    """Decide commands in order against a working copy, each seeing the events of those before it."""
+    """Decide commands in order against a working copy, each seeing the events of those before it; fallback
+    cycles are looked for once, in the state the batch ends in."""
     work = catalog.copy()
     recorded: list[ev.Event] = []
     for command in commands:
-        events, _, _ = decide(work, command)
+        events, _, _ = decide(work, command, check_cycles=False)
         for event in events:
             work.apply(event)
         recorded.extend(events)
+    decide_models.cycles_after(work, recorded)
     return recorded
 
 

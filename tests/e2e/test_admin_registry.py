@@ -90,6 +90,15 @@ CASES = [
                             "base_url": "http://ops:hunter2@127.0.0.1:1"}, 400, "INVALID_ENDPOINT", "base_url"),
     ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://[::1"},
      400, "INVALID_ENDPOINT", "base_url"),
+    # the demo model llama3.2 answers to llama3.2:latest: a model of that name was created and hid it (404s)
+    ("POST", "/models", {"model_id": "llama3.2:latest"}, 409, "CONFLICT", "model_id"),
+    # calls append their own path to base_url; a query's secret would be stored in events
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}",
+                            "base_url": "http://127.0.0.1:18712/v1?api_key=sk-x"}, 400, "INVALID_ENDPOINT", "base_url"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}",
+                            "base_url": "http://127.0.0.1:18712/v1#x"}, 400, "INVALID_ENDPOINT", "base_url"),
+    ("POST", "/endpoints", {"endpoint_id": "e-{tag}", "provider_id": "{provider}", "base_url": "http://127.0.0.1:9",
+                            "models": ["a", "a"]}, 400, "VALIDATION_ERROR", "models[1]"),
 ]
 
 
@@ -321,3 +330,53 @@ async def test_admin_answers_are_never_cached_nor_sniffed(demo: DemoStack, tag: 
             assert answer.headers["x-content-type-options"] == "nosniff"
     finally:
         await api(demo, "DELETE", f"/tenants/t-{tag}")
+
+
+async def test_a_fallback_cycle_is_refused_and_an_import_may_name_models_defined_later(demo: DemoStack,
+                                                                                        tag: str) -> None:
+    """loop-b falling back to loop-a, a PUT making loop-a fall back to loop-b answered 200; its export then failed
+    to import (404 "Fallback model 'loop-a' not found")."""
+    a, b = f"loop-a-{tag}", f"loop-b-{tag}"
+    try:
+        ok(await api(demo, "POST", "/models", {"model_id": a}))
+        ok(await api(demo, "POST", "/models", {"model_id": b, "fallback_model": a}))
+        refused = await api(demo, "PUT", f"/models/{a}", {"fallback_model": b})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["field"]) == ("VALIDATION_ERROR", "fallback_model")
+        assert f"'{a}' -> '{b}' -> '{a}'" in error["message"]
+        assert ok(await api(demo, "GET", f"/models/{a}"))["fallback_model"] == ""
+
+        later = {"models": [{"id": f"{b}-2", "fallback": f"{a}-2"}, {"id": f"{a}-2"}]}
+        imported = ok(await api(demo, "POST", "/registry/import", later))
+        assert imported["changed"] is True and imported["events"] == 2
+        assert ok(await api(demo, "GET", f"/models/{b}-2"))["fallback_model"] == f"{a}-2"
+        cycle = {"models": [{"id": f"{a}-2", "fallback": f"{b}-2"}]}
+        refused = await api(demo, "POST", "/registry/import", cycle)
+        assert refused.status_code == 400, refused.text
+        assert [p["path"] for p in refused.json()["error"]["problems"]] == ["models[0].fallback"]
+        assert ok(await api(demo, "GET", f"/models/{a}-2"))["fallback_model"] == ""
+    finally:
+        for model in (f"{b}-2", f"{a}-2", b, a):
+            await api(demo, "DELETE", f"/models/{model}")
+
+
+@pytest.mark.parametrize(("resource", "field"), [("tenants", "tenant_id"), ("providers", "provider_id"),
+                                                 ("models", "model_id"), ("endpoints", "endpoint_id")])
+async def test_a_put_naming_another_id_than_its_url_is_refused(demo: DemoStack, tag: str, provider: str,
+                                                               resource: str, field: str) -> None:
+    """`PUT /tenants/t1 {"tenant_id": "t2"}` answered 200, changing t1 and ignoring the body's id; so did every
+    resource's PUT (tests/e2e/test_admin_bodies.py has the tenant's and the keys')."""
+    ident = {"tenants": f"t-{tag}", "providers": provider, "models": f"m-{tag}", "endpoints": f"e-{tag}"}[resource]
+    created = {"tenants": {"tenant_id": ident}, "models": {"model_id": ident},
+               "endpoints": {"endpoint_id": ident, "provider_id": provider, "base_url": "http://127.0.0.1:9"}}
+    if resource in created:
+        ok(await api(demo, "POST", f"/{resource}", created[resource]))
+    try:
+        ok(await api(demo, "PUT", f"/{resource}/{ident}", {field: ident}))          # the same id: fine
+        other = await api(demo, "PUT", f"/{resource}/{ident}", {field: f"{ident}-other"})
+        assert other.status_code == 400, other.text
+        assert other.json()["error"]["field"] == field
+    finally:
+        if resource in ("tenants", "models"):
+            await api(demo, "DELETE", f"/{resource}/{ident}")

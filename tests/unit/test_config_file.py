@@ -158,3 +158,64 @@ def test_no_reference_reads_switchyards_own_settings(monkeypatch: pytest.MonkeyP
     assert read_credential("${switchyard_lower}") is None
     assert read_credential("${VLLM_API_KEY}") == "upstream-key"
     assert read_credential("") is None
+
+
+@pytest.mark.parametrize(("text", "path", "needle"), [
+    ("models: [{id: a, fallback: b}, {id: b, fallback: a}]", "models[0].fallback", "fallback cycle: 'a' -> 'b' -> 'a'"),
+    ("models: [{id: a, fallback: b}, {id: b, fallback: c}, {id: c, aliases: [cc], fallback: 'a:latest'}]",
+     "models[0].fallback", "'a' -> 'b' -> 'c' -> 'a'"),
+    ("models: [{id: a, fallback: b}, {id: b}]\ntenants: [{id: t1, models: [{model: b, fallback: a}]}]",
+     "tenants[0].models[0].fallback", "fallback cycle for tenant 't1': 'b' -> 'a' -> 'b'"),
+    ("models: [{id: llama3.2, aliases: ['llama3.2:latest']}, {id: 'llama3.2:latest'}]", "models[0].aliases[0]",
+     "already names model 'llama3.2:latest'"),
+    ("models: [{id: qwen2.5}, {id: 'qwen2.5:latest'}]", "models[1].id", "already names model 'qwen2.5'"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h/v1?api_key=sk-x'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "query string or fragment"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h/v1#x'}]\nproviders: [{id: pp, kind: ollama}]",
+     "endpoints[0].base_url", "query string or fragment"),
+    ("endpoints: [{id: e1, provider: pp, base_url: 'http://h', models: [a, b, a]}]\n"
+     "providers: [{id: pp, kind: ollama}]", "endpoints[0].models[2]", "listed twice (first at models[0])"),
+    ("models: [{id: a, aliases: [x, '', x]}]", "models[0].aliases[2]", "listed twice (first at aliases[0])"),
+])
+def test_cycles_taken_names_queries_and_repeats_are_reported_at_their_path(text: str, path: str, needle: str) -> None:
+    found = problems_of(text)
+    assert path in found, found
+    assert needle in found[path]
+    assert "sk-x" not in " ".join(found.values())
+
+
+def test_a_cycle_is_reported_once_and_models_may_name_later_ones() -> None:
+    assert list(problems_of("models: [{id: a, fallback: b}, {id: b, fallback: a}]")) == ["models[0].fallback"]
+    assert problems_of("models: [{id: a, fallback: 'b:latest'}, {id: b, fallback: c}, {id: c}]") == {}
+
+
+def test_a_document_checked_against_the_registry_sees_its_names_and_chains() -> None:
+    """On import a document's models meet the registry's: a new id that is an alias there, a fallback closing a
+    cycle through a model the document does not name, or through a tenant's own choices; and a document that turns
+    a chain round is applied, though half-applied it would be a cycle."""
+    catalog = Catalog()
+    for event in run_all(catalog, config_file.to_commands(config_file.parse(GOOD)[0])):
+        catalog.apply(event)
+    known = config_file.Known.of(catalog)
+
+    def problems(doc: dict) -> dict[str, str]:
+        return {p.path: p.message for p in config_file.validate(doc, known)}
+
+    assert problems({"models": [{"id": "llama3.2:latest"}]}) == {
+        "models[0].id": "'llama3.2:latest' already names model 'llama3.2'"}
+    assert "'qwen2.5' -> 'llama3.2' -> 'qwen2.5'" in problems({"models": [{"id": "qwen2.5", "fallback": "llama3.2"}]})[
+        "models[0].fallback"]
+    through_acme = problems({"models": [{"id": "qwen2.5", "fallback": "tiny"}],
+                             "tenants": [{"id": "acme", "models": [{"model": "tiny", "fallback": "llama3.2"}]}]})
+    assert list(through_acme) == ["tenants[0].models[0].fallback"]
+    assert "for tenant 'acme': '/models/tiny.gguf' -> 'llama3.2' -> 'qwen2.5' -> '/models/tiny.gguf'" in \
+        through_acme["tenants[0].models[0].fallback"]
+    assert config_file.validate(config_file.export(catalog), known) == [], "the registry's own export validates"
+
+    turned = {"models": [{"id": "llama3.2", "aliases": ["llama3.2:latest"]}, {"id": "qwen2.5", "fallback": "llama3.2"}],
+              "tenants": [{"id": "acme", "all_models": False, "fallback_on_quota": True,
+                           "models": [{"model": "llama3.2", "default": True}]}]}
+    assert problems(turned) == {}
+    events = run_all(catalog, config_file.to_commands(turned))    # qwen2.5 -> llama3.2 while acme still chose qwen2.5
+    assert [(type(e).__name__, e.model_id) for e in events] == [   # type: ignore[attr-defined]
+        ("ModelRegistered", "llama3.2"), ("ModelRegistered", "qwen2.5"), ("TenantModelAssigned", "llama3.2")]

@@ -281,3 +281,78 @@ def test_the_operators_tenant_cannot_be_removed(catalog: Catalog) -> None:
     run(catalog, m.CreateTenant(tenant_id="admin"))
     assert refused(catalog, m.RemoveTenant(tenant_id="admin")) == (409, "CONFLICT", "tenant_id")
     assert run(catalog, m.RemoveTenant(tenant_id="acme"))
+
+
+def test_a_new_model_cannot_take_a_name_another_model_already_answers_to(catalog: Catalog) -> None:
+    """A model named `llama` (another's alias) was recorded, and calls by that name then reached the new model,
+    which no endpoint serves: 404. An alias naming an existing id was already a 409; now the id is too."""
+    assert refused(catalog, m.RegisterModel(model_id="llama", mode="create")) == (409, "CONFLICT", "model_id")
+    assert refused(catalog, m.RegisterModel(model_id="llama")) == (409, "CONFLICT", "model_id")      # upsert too
+    assert refused(catalog, m.RegisterModel(model_id="qwen2.5:latest")) == (409, "CONFLICT", "model_id")
+    assert catalog.resolve_model("llama") == "llama3.2"
+    assert run(catalog, m.RegisterModel(model_id="llama3.2", context_length=8192, mode="update"))  # its own id: fine
+
+
+def test_a_fallback_cycle_is_refused_naming_it(catalog: Catalog) -> None:
+    run(catalog, m.RegisterModel(model_id="loop-a"))
+    run(catalog, m.RegisterModel(model_id="loop-b", fallback_model="loop-a"))
+    with pytest.raises(ServiceError) as caught:
+        decide(catalog, m.RegisterModel(model_id="loop-a", fallback_model="loop-b", mode="update"))
+    assert (caught.value.status, caught.value.body.code, caught.value.body.field) == \
+        (422, "VALIDATION_ERROR", "fallback_model")
+    assert "'loop-a' -> 'loop-b' -> 'loop-a'" in caught.value.body.message
+    run(catalog, m.RegisterModel(model_id="loop-c", fallback_model="loop-b"))
+    assert refused(catalog, m.RegisterModel(model_id="loop-a", fallback_model="loop-c"))[:2] == \
+        (422, "VALIDATION_ERROR"), "a longer one too"
+    assert run(catalog, m.RegisterModel(model_id="loop-a", fallback_model="qwen2.5")), "a chain that ends is fine"
+
+
+def test_a_tenants_fallbacks_may_not_close_a_cycle_either(catalog: Catalog) -> None:
+    """Failover follows a tenant's assignment's fallback before the model's own: a cycle can run through both."""
+    run(catalog, m.RegisterModel(model_id="qwen2.5", fallback_model="llama3.2"))
+    assert refused(catalog, m.AssignModel(tenant_id="acme", model_id="llama", fallback_model="qwen2.5")) == \
+        (422, "VALIDATION_ERROR", "fallback_model")
+    run(catalog, m.RegisterModel(model_id="phi"))
+    run(catalog, m.AssignModel(tenant_id="acme", model_id="qwen2.5", fallback_model="phi"))
+    run(catalog, m.AssignModel(tenant_id="acme", model_id="llama3.2", fallback_model="qwen2.5"))   # ends at phi
+    assert refused(catalog, m.UnassignModel(tenant_id="acme", model_id="qwen2.5")) == \
+        (422, "VALIDATION_ERROR", "model_id"), "without its choice, qwen2.5 falls back to llama3.2 again"
+    assert refused(catalog, m.RegisterModel(model_id="phi", fallback_model="llama3.2"))[:2] == \
+        (422, "VALIDATION_ERROR"), "the tenant's chain llama3.2 -> qwen2.5 -> phi would come back"
+
+
+def test_an_import_checks_fallback_cycles_in_the_state_it_ends_in(catalog: Catalog) -> None:
+    """Models may name one another in any order; only a cycle is refused, not a state passed through."""
+    run(catalog, m.RegisterModel(model_id="qwen2.5", fallback_model="llama3.2"))
+    doc = {"models": [{"id": "loop-b", "fallback": "loop-a"}, {"id": "loop-a"},
+                      {"id": "llama3.2", "aliases": ["llama"], "fallback": "qwen2.5"}, {"id": "qwen2.5"}]}
+    events = run(catalog, m.ImportConfig(config=doc))
+    assert {e.model_id: e.fallback_model for e in events} == {"loop-a": "", "loop-b": "loop-a",
+                                                                "qwen2.5": "", "llama3.2": "qwen2.5"}
+    with pytest.raises(ServiceError) as caught:
+        decide(catalog, m.ImportConfig(config={"models": [{"id": "loop-a", "fallback": "loop-b"}]}))
+    assert caught.value.status == 400 and caught.value.body.problems is not None
+    assert [(p.path, "'loop-a' -> 'loop-b' -> 'loop-a'" in p.message) for p in caught.value.body.problems] == \
+        [("models[0].fallback", True)]
+    with pytest.raises(ServiceError) as caught:        # past the document's own check, the batch's is the same
+        run_all(catalog, [m.RegisterModel(model_id="loop-a", fallback_model="loop-b")])
+    assert (caught.value.status, caught.value.body.field) == (422, "fallback_model")
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:18712/v1?api_key=sk-x", "http://127.0.0.1:18712/v1#x",
+                                      "http://127.0.0.1:18712/v1?", "ftp://h/v1?api_key=sk-x"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_without_echoing_it(catalog: Catalog, base_url: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        decide(catalog, m.RegisterEndpoint(endpoint_id="q1", provider_id="local", base_url=base_url))
+    assert (caught.value.status, caught.value.body.code, caught.value.body.field) == (400, "INVALID_ENDPOINT",
+                                                                                      "base_url")
+    assert "query string or fragment" in caught.value.body.message and "sk-x" not in caught.value.body.message
+
+
+def test_a_name_listed_twice_is_refused_naming_the_second(catalog: Catalog) -> None:
+    assert refused(catalog, m.RegisterEndpoint(endpoint_id="d1", provider_id="local", base_url="http://h:1",
+                                               models=("a", "b", "a"))) == (400, "VALIDATION_ERROR", "models[2]")
+    assert refused(catalog, m.ApplyTemplate(template="vllm", endpoint_id="d2", models=("a", "a"))) == \
+        (400, "VALIDATION_ERROR", "models[1]")
+    assert refused(catalog, m.RegisterModel(model_id="mistral", aliases=("m", "m"))) == \
+        (400, "VALIDATION_ERROR", "aliases[1]")
