@@ -143,6 +143,10 @@ async def test_ollama_sdk_gets_response_errors_with_their_status(demo: DemoStack
     assert missing.value.status_code == 404 and "no-such-model" in missing.value.error
     answer = await client.chat(model=upstream.model("translated"), messages=HI)
     assert answer.message.content and answer.eval_count == 16
+    calls = upstream.sim.stats.total
+    with pytest.raises(ollama.ResponseError) as robot:      # a role Ollama does not have was sent on as it was
+        await client.chat(model=upstream.model("translated"), messages=[{"role": "robot", "content": "hi"}])
+    assert robot.value.status_code == 400 and "role" in robot.value.error and upstream.sim.stats.total == calls
 
 
 def test_langchain_openai_chats_streams_and_embeds_through_the_gateway(demo: DemoStack) -> None:

@@ -366,7 +366,7 @@ class OllamaToolCall(msgspec.Struct):
 
 
 class OllamaMessage(msgspec.Struct):
-    role: str = "user"
+    role: Literal["system", "user", "assistant", "tool"] = "user"       # Ollama's four; another was sent on as is
     content: str | None = None
     images: list[str] | None = None
     tool_calls: list[OllamaToolCall] | None = None
