@@ -276,3 +276,23 @@ def test_nothing_after_the_end_of_a_stream_is_relayed_or_counted(name: str) -> N
         out = b"".join(tap.feed(data[i:i + size]) for i in range(0, len(data), size)) + tap.ended() + tap.finish()
         assert tap.done and tap.usage == counts, (name, size)
         assert b"AFTERDONE" not in out and b"999" not in out, (name, size)
+
+
+@pytest.mark.parametrize("name", ["openai", "openai-to-ollama", "openai-to-anthropic"])
+def test_a_finished_answer_whose_body_ends_without_done_is_whole_and_one_cut_before_its_finish_is_not(
+        name: str) -> None:
+    """A server that ends its body cleanly after the finish_reason and the usage chunk, without `[DONE]`, has
+    answered: the stream was called cut (an error after the answer, the outcome `error`)."""
+    make, stream, _, counts = TAPS[name]
+    without_done = stream.replace(sse(b"[DONE]"), b"")
+    tap = make()
+    out = tap.feed(without_done)
+    assert not tap.done
+    out += tap.ended()
+    assert tap.done and tap.usage == counts
+    if name == "openai":
+        assert out.endswith(b"data: [DONE]\n\n") and out.count(b"[DONE]") == 1   # the client gets its end
+    unfinished = make()
+    unfinished.feed(stream[:stream.index(b'"finish_reason": "stop"') - 60].rsplit(b"\n\n", 1)[0] + b"\n\n")
+    unfinished.ended()
+    assert not unfinished.done

@@ -166,7 +166,10 @@ class OpenAIStreamToAnthropic:
         return b"".join(self._event(payload) for payload in self._events.feed(chunk))
 
     def ended(self) -> bytes:
-        return b"".join(self._event(payload) for payload in self._events.flush())
+        out = b"".join(self._event(payload) for payload in self._events.flush())
+        if not self.done and self._finish is not None and self.error is None:   # finished, without [DONE]
+            self.done = True
+        return out
 
     def finish(self) -> bytes:
         out = b"".join(self._event(payload) for payload in self._events.flush())

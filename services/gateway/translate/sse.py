@@ -58,7 +58,7 @@ class SseTap:
     upstream reports no usage. `done` is set by the `[DONE]` event.
     """
 
-    __slots__ = ("keep_usage", "usage", "content_events", "done", "_buffer")
+    __slots__ = ("keep_usage", "usage", "content_events", "done", "_buffer", "_finished")
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
@@ -66,6 +66,7 @@ class SseTap:
         self.content_events = 0
         self.done = False
         self._buffer = b""
+        self._finished = False      # a choice's finish_reason came: a body ending cleanly after it is whole
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:                       # past [DONE]: nothing more is the answer (nor billed)
@@ -78,6 +79,8 @@ class SseTap:
             self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 2], data[end + 2:]
+        if not self._finished and (b'"finish_reason":"' in complete or b'"finish_reason": "' in complete):
+            self._finished = True
         marker = _first_marker(complete)
         if marker < 0:
             self.content_events += _content(complete)
@@ -121,12 +124,17 @@ class SseTap:
         return b"".join(e + b"\n\n" for e in kept)
 
     def ended(self) -> bytes:
-        """The body ended: a last event without its blank line is whole."""
+        """The body ended: a last event without its blank line is whole; a stream whose answer finished (a
+        finish_reason came) but that sent no `[DONE]` is whole too, and the client gets the `[DONE]`."""
         rest = self._buffer.rstrip(b"\r\n")
-        if not rest.strip():
-            return b""
-        self._buffer = b""
-        return self.feed(rest + b"\n\n")
+        out = b""
+        if rest.strip():
+            self._buffer = b""
+            out = self.feed(rest + b"\n\n")
+        if not self.done and self._finished:
+            self.done = True
+            out += b"data: [DONE]\n\n"
+        return out
 
     def finish(self) -> bytes:
         """Whatever incomplete event is left at the end of the stream."""

@@ -37,7 +37,7 @@ class OpenAIStreamToOllama:
     """
 
     __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "_events",
-                 "_created_at", "_clock", "_started", "_sent", "_first_token", "_calls")
+                 "_created_at", "_clock", "_started", "_sent", "_first_token", "_calls", "_finished")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
                  clock: Callable[[], int] = now_ns) -> None:
@@ -47,6 +47,7 @@ class OpenAIStreamToOllama:
         self.error: str | None = None
         self.content_events = 0
         self.done_reason = "stop"
+        self._finished = False                      # a finish_reason came (a clean end after it is whole)
         self._events = EventData()
         self._created_at: str | None = None
         self._clock = clock
@@ -58,7 +59,10 @@ class OpenAIStreamToOllama:
         return b"".join(self._event(payload) for payload in self._events.feed(sse_events))
 
     def ended(self) -> bytes:
-        return b"".join(self._event(payload) for payload in self._events.flush())
+        out = b"".join(self._event(payload) for payload in self._events.flush())
+        if not self.done and self._finished and self.error is None:     # finished, without [DONE]: whole
+            self.done = True
+        return out
 
     def finish(self) -> bytes:
         out = b"".join(self._event(payload) for payload in self._events.flush())
@@ -113,6 +117,7 @@ class OpenAIStreamToOllama:
                 self._collect(delta.tool_calls)
             if choice.finish_reason:
                 self.done_reason = done_reason(choice.finish_reason)
+                self._finished = True
             if content or thinking:
                 self.content_events += 1
                 if self._first_token is None:
