@@ -41,6 +41,20 @@ def test_a_text_answer_puts_the_id_first_and_leaves_the_rest_of_the_body_as_it_w
     assert json.loads(frames.text_answer(1, "c.3", 200, b"{}")) == {"id": 1, "request_id": "c.3", "status": 200}
 
 
+def test_an_upstreams_own_id_request_id_status_or_cache_do_not_replace_the_gateways() -> None:
+    """vLLM's embeddings answer carries an `id` of its own; it came after the client's, and a JSON reader keeps the
+    last of two keys: no answer could be matched to its request."""
+    body = b'{"id": "embd-1", "object": "list", "request_id": "up", "status": 999, "cache": "x",' \
+           b' "data": [{"embedding": [0.5, 0.25], "id": "inner"}], "model": "m"}'
+    raw = frames.text_answer("mine-1", "c.1", 200, body, {"cache": "miss"})
+    answer = json.loads(raw)
+    assert (answer["id"], answer["request_id"], answer["status"], answer["cache"]) == ("mine-1", "c.1", 200, "miss")
+    assert raw.count(b'"id"') == 2 and raw.count(b'"status"') == 1            # the data's own `id` stays
+    assert answer["data"] == [{"embedding": [0.5, 0.25], "id": "inner"}] and answer["model"] == "m"
+    untouched = b'{"object":"list","data":[{"embedding":[0.5]}],"model":"m"}'
+    assert frames.text_answer("q", "c.2", 200, untouched).endswith(untouched[1:])      # as it was, undecoded
+
+
 def test_a_binary_answer_carries_the_id_and_float32_vectors_in_index_order() -> None:
     def b64(*values: float) -> str:
         return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()

@@ -36,6 +36,7 @@ FLAG_NUMERIC_ID = 1
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
+_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode       # top-level keys, values left as bytes
 
 ClientId = str | int | float | None
 
@@ -100,9 +101,23 @@ def text_answer(client_id: ClientId, request_id: str, status: int, body: bytes,
     prefix = _encode(head)[:-1]
     stripped = body.strip()
     if stripped[:1] == b"{" and stripped[-1:] == b"}":
+        if any(b'"%s"' % name.encode() in stripped for name in head):
+            stripped = _without(stripped, head)
         rest = stripped[1:].lstrip()
         return prefix + (b"}" if rest == b"}" else b"," + rest)
     return prefix + b',"body":' + _encode(body.decode("utf-8", "replace")) + b"}"
+
+
+def _without(body: bytes, names: dict[str, object]) -> bytes:
+    """A JSON object without the top-level keys the gateway's answer puts first: an upstream's own `id` (vLLM's
+    embeddings answer has one) came after the client's and, the last of two keys winning, replaced it."""
+    try:
+        fields = _fields(body)
+    except msgspec.DecodeError:
+        return body
+    if not names.keys() & fields.keys():
+        return body
+    return _encode({key: value for key, value in fields.items() if key not in names})
 
 
 def error_answer(client_id: ClientId, request_id: str | None, status: int, message: str, code: str) -> bytes:
