@@ -82,7 +82,8 @@ class Ledger:
         """Add a usage event's counts to `totals` ((key, field) -> [sum, expire_at]); return its settlement."""
         model = self.served_model(event)
         tokens = event.input_tokens + event.output_tokens
-        requests = 0 if event.outcome != "ok" and tokens == 0 else 1
+        # a failure that spent nothing is no request; nor is a cache hit (it holds no quota and is never refused)
+        requests = 0 if event.cache_hit or (event.outcome != "ok" and tokens == 0) else 1
         inp, out, cached = self.price(event.tenant_id, model)
         nanos = usd_nanos(event.input_tokens, event.output_tokens, inp, out, event.cached_tokens, cached)
         tz = zone(self.limits.timezone(event.tenant_id))

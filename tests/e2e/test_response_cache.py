@@ -8,11 +8,12 @@ import re
 import uuid
 from collections.abc import Iterator
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import DemoStack
+from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_demo import exactly_one_usage_row
 from tests.e2e.test_quota_e2e import Gateway, admin, new_tenant, set_limits, start_gateway, stop_gateway
 
@@ -189,3 +190,59 @@ async def test_an_answer_cut_short_by_a_nearly_spent_quota_is_not_kept(demo: Dem
         await asyncio.sleep(0.05)
     hit = await _until_hit(cached_gateway, "/v1/chat/completions", key, body)
     assert hit.json()["choices"] == whole.json()["choices"]
+
+
+async def test_cache_hits_count_toward_no_limit(demo: DemoStack, cached_gateway: Gateway) -> None:
+    """A hit holds no quota and is never refused; its usage event still counted as a request, so hits used up the
+    `monthly_requests` real calls needed (and the figure passed its limit: used 5 of 3)."""
+    tenant, key = new_tenant(demo)
+    assert set_limits(demo, tenant, monthly_requests=5).status_code == 200
+    body = {"model": "nomic-embed-text", "input": f"counted once {uuid.uuid4().hex}"}
+    seen = {"hit": 0, "miss": 0}
+    for _ in range(100):                          # until the answer is kept, then six hits
+        reply = post(cached_gateway, "/v1/embeddings", key, body)
+        assert reply.status_code == 200, reply.text
+        seen[reply.headers["x-switchyard-cache"]] += 1
+        if seen["hit"] == 6:
+            break
+        if not seen["hit"]:
+            await asyncio.sleep(0.05)
+    assert seen["hit"] == 6 and seen["miss"] < 5, seen
+
+    async def settled() -> bool:
+        conn = await asyncpg.connect(demo.database_url)
+        try:
+            rows = await conn.fetchval("SELECT count(*) FROM events WHERE type LIKE 'usage.recorded%' AND tenant = $1",
+                                       tenant)
+        finally:
+            await conn.close()
+        quotas = httpx.get(f"{demo.url}/api/v1/tenant-models/quotas?tenant_id={tenant}", headers=admin(demo)).json()
+        used = next(q["used"] for q in quotas["quotas"] if q["quota_type"] == "requests")
+        assert used <= seen["miss"], f"{used} requests counted for {seen['miss']} real calls and {seen['hit']} hits"
+        return rows == 6 + seen["miss"] and used == seen["miss"]
+    await wait_for(settled, 15, what="every call settled, the hits counted as no request")
+    left = 5 - seen["miss"]
+    fresh = [post(cached_gateway, "/v1/embeddings", key, {**body, "input": f"new {n}"}) for n in range(left + 1)]
+    assert [r.status_code for r in fresh[:left]] == [200] * left and fresh[left].status_code in (402, 429), \
+        [r.text for r in fresh]
+
+
+async def test_an_answer_held_to_the_tenants_default_maximum_is_not_kept(demo: DemoStack,
+                                                                          cached_gateway: Gateway) -> None:
+    """A call naming no max_tokens is held to the tenant's `default_max_tokens`; kept, its 3-token answer outlived
+    the setting. The same question naming its own maximum is kept."""
+    tenant, key = new_tenant(demo)
+    assert set_limits(demo, tenant, daily_tokens=100_000, default_max_tokens=3).status_code == 200
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": f"hi {uuid.uuid4().hex}"}]}
+    for _ in range(100):                          # until this gateway has folded the limits
+        held = post(cached_gateway, "/v1/chat/completions", key, body)
+        if held.status_code == 200 and held.json()["usage"]["completion_tokens"] == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert held.json()["choices"][0]["finish_reason"] == "length", held.text
+    for _ in range(6):
+        again = post(cached_gateway, "/v1/chat/completions", key, body)
+        assert again.status_code == 200 and again.headers["x-switchyard-cache"] == "miss", "a held answer was kept"
+        await asyncio.sleep(0.05)
+    named = await _until_hit(cached_gateway, "/v1/chat/completions", key, {**body, "max_tokens": 3})
+    assert named.json()["usage"]["completion_tokens"] == 3

@@ -64,7 +64,8 @@ class Reservation(msgspec.Struct, frozen=True):
     `hold` names the hold (`ledger.hold_name`: one per accepted call), `ceiling` the output tokens per choice the
     call may produce (None: no limit depends on its output),
     `headers` the OpenAI rate-limit headers of its answer, `held` False when Valkey was away (fail open), `short`
-    True when it was granted less output than it wanted (its answer, cut by what a limit had left, is not cached).
+    True when its output was held by a limit rather than by the client: granted less than it wanted, or held to
+    the limits' default because it named none (its answer, cut by the limits of the moment, is not cached).
     """
 
     hold: str
@@ -75,7 +76,7 @@ class Reservation(msgspec.Struct, frozen=True):
     headers: tuple[tuple[str, str], ...] = ()
     held: bool = True
     prices: tuple[float, float] = (0.0, 0.0)       # USD per million input and output tokens
-    short: bool = False                            # granted less output than it wanted: a limit was nearly used up
+    short: bool = False                            # its output held by a limit, not by the client
 
 
 class LimitsFeed:
@@ -186,7 +187,7 @@ class QuotaClient:
         tokens = prompt + out * choices
         return Reservation(hold, model_id, tokens, usd_nanos(prompt, out * choices, in_price, out_price),
                            out if bounded else None, rate_headers(planned, result[2:], now), True,
-                           (in_price, out_price), short=bounded and out < want)
+                           (in_price, out_price), short=bounded and (out < want or ask.output is None))
 
     async def reserve_or_fallback(self, *, hold: str, key: KeyIssued, model: ModelRegistered,
                                   ask: Ask) -> tuple[ModelRegistered, Reservation | None]:
