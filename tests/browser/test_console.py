@@ -266,6 +266,18 @@ async def test_member_key_sees_only_its_tenant(browser: Any, screenshots: Path, 
     assert "needs an admin key" in await page.text_content("main")
     assert await page.query_selector("#tenant-list") is None
 
+    # Hashes that are no page: the overview, and no script error (`#/constructor` found Object.prototype's
+    # member; a malformed escape threw URIError; either left the page broken).
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    for odd in ("#/constructor", "#/__proto__", "#/toString", "#/%E0%A4%A", "#/limits/%"):
+        await page.goto(f"/ui{odd}")
+        await page.wait_for_function("() => document.title.endsWith('· Switchyard') && "
+                                     "!document.title.startsWith('undefined')", timeout=WAIT_MS)
+    assert errors == []
+    await page.goto("/ui#/constructor")
+    await page.wait_for_selector("#kpi-calls .value", timeout=WAIT_MS)          # the overview, drawn
+
     # A member's console learns its role from /api/auth/me and touches no admin route at all.
     assert "/api/auth/me" in requests.paths("/api/auth/")
     assert requests.paths("/api/admin/") == []

@@ -109,10 +109,19 @@ function start() {
   route();
 }
 
+function decodedPart(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;                         // a malformed escape (`%E0%A4%A`) is read as it is written
+  }
+}
+
 async function route() {
   if (!signedIn) return;
-  const [name = "overview", ...params] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-  const page = PAGES[name] || PAGES.overview;
+  const [name = "overview", ...params] = location.hash.replace(/^#\/?/, "").split("/").map(decodedPart);
+  // own pages only: `#/constructor` found Object.prototype's, and the page broke
+  const page = Object.hasOwn(PAGES, name) ? PAGES[name] : PAGES.overview;
   for (const link of nav.querySelectorAll("a")) {
     if (link.dataset.page === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
