@@ -24,6 +24,7 @@ from switchyard_gateway.http1.wire import (
     ReadTimeout,
     ResponseCut,
     body_length,
+    head_end,
     parse_head,
 )
 
@@ -161,14 +162,16 @@ class Connection(asyncio.Protocol):
     def _on_head(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
         while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    raise ResponseCut("the response head is too large")
+            end, after = head_end(buf)
+            if end < 0:         # the head's end yet to come: it will be longer than what is here
+                if len(buf) >= MAX_HEAD_BYTES:
+                    raise ResponseCut(f"the response head is larger than {MAX_HEAD_BYTES} bytes")
                 self._buf = buf
                 return
+            if after > MAX_HEAD_BYTES:      # the same limit for a head that came in one piece
+                raise ResponseCut(f"the response head is larger than {MAX_HEAD_BYTES} bytes")
             status, headers, keep = parse_head(buf, end)
-            buf = buf[end + 4 :]
+            buf = buf[after:]
             if status >= 200 or status == 101:
                 break
             if not buf:  # an interim 1xx reply: the real head follows

@@ -5,7 +5,7 @@ The error hierarchy is drawn in the package docstring (`switchyard_gateway.http1
 
 from __future__ import annotations
 
-MAX_HEAD_BYTES = 64 * 1024  # status line and headers
+MAX_HEAD_BYTES = 64 * 1024  # status line and headers, with the blank line that ends them
 MAX_LINE_BYTES = 8 * 1024  # one chunk-size or trailer line
 
 CHUNKED = -1  # body_length(): the body is chunked
@@ -44,13 +44,29 @@ class DeadlineExceeded(TransportError):
     """`Pool.fetch` got no complete response (connect, head and body) within its `timeout_s`."""
 
 
+def head_end(buf: bytes) -> tuple[int, int]:
+    """Where the response head at the start of `buf` ends: (its length without the blank line that ends it, where
+    what follows begins), or (-1, -1) while that blank line has not arrived. Lines end in CRLF or, as RFC 9112
+    section 2.2 lets a recipient accept, in a bare LF: the blank line is the first LF followed by CRLF or LF."""
+    crlf = buf.find(b"\n\r\n")                                    # a CRLF head's end: "\r\n\r\n"
+    lf = buf.find(b"\n\n", 0, len(buf) if crlf < 0 else crlf + 1)  # a bare LF's, if before it (no body scanned)
+    if lf >= 0:
+        eol, after = lf, lf + 2
+    elif crlf >= 0:
+        eol, after = crlf, crlf + 3
+    else:
+        return -1, -1
+    return (eol - 1 if eol and buf[eol - 1] == 13 else eol), after     # 13: the CR before the LF, if any
+
+
 def parse_head(buf: bytes, end: int) -> tuple[int, dict[str, str], bool]:
-    """(status, headers, keep_alive) from `buf[:end]`, the head without its blank line.
+    """(status, headers, keep_alive) from `buf[:end]`, the head without its blank line (`head_end`); its lines
+    end in CRLF or a bare LF.
 
     Header names are lower-cased, values stripped, repeated headers joined with ", ".
     """
-    eol = buf.find(b"\r\n", 0, end)
-    line = buf[:end] if eol < 0 else buf[:eol]
+    eol = buf.find(b"\n", 0, end)
+    line = buf[:end] if eol < 0 else buf[: eol - 1 if eol and buf[eol - 1] == 13 else eol]
     if line[:7] != b"HTTP/1." or line[8:9] != b" " or not line[9:12].isdigit():
         raise ResponseCut(f"malformed status line {line[:80]!r}")
     if len(line) > 12 and line[12:13] != b" ":
@@ -58,10 +74,10 @@ def parse_head(buf: bytes, end: int) -> tuple[int, dict[str, str], bool]:
     status = int(line[9:12])
     headers: dict[str, str] = {}
     if eol >= 0:
-        block = buf[eol + 2 : end].decode("latin-1")
-        if "\r\n " in block or "\r\n\t" in block or block[:1] in (" ", "\t"):
+        block = buf[eol + 1 : end].decode("latin-1")   # a CR ending a line is stripped with its value
+        if "\n " in block or "\n\t" in block or block[:1] in (" ", "\t"):
             block = _unfold(block)
-        for field in block.split("\r\n"):
+        for field in block.split("\n"):
             name, sep, value = field.partition(":")
             if not sep:
                 raise ResponseCut(f"malformed header line {field[:80]!r}")
@@ -174,16 +190,17 @@ class ChunkedDecoder:
 
 
 def _unfold(block: str) -> str:
-    """Header lines with obsolete line folding joined up (RFC 9112 section 5.2)."""
+    """Header lines with obsolete line folding joined up (RFC 9112 section 5.2); lines end in LF (a CR before it
+    is left for the value's strip)."""
     lines: list[str] = []
-    for line in block.split("\r\n"):
+    for line in block.split("\n"):
         if line[:1] not in (" ", "\t"):
             lines.append(line)
         elif lines:
             lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
         else:
             raise ResponseCut("whitespace before the first header line")
-    return "\r\n".join(lines)
+    return "\n".join(lines)
 
 
 def _chunk_size(line: bytes) -> int:

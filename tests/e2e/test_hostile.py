@@ -8,6 +8,7 @@ timeout of 1 s. A second gateway process runs beside the demo's on the same NATS
 from __future__ import annotations
 
 import asyncio
+import json
 import base64
 import time
 import urllib.error
@@ -861,7 +862,7 @@ class LyingCounts(RawUpstream):
     reports `usage` (negative, say), a stream's usage chunk `stream_usage` (counts as text, say); the stream's
     `[DONE]` comes without its blank line."""
 
-    def __init__(self, model: str, usage: dict, stream_usage: dict) -> None:
+    def __init__(self, model: str, usage: dict, stream_usage: dict | None) -> None:
         super().__init__()
         self.model, self.usage, self.stream_usage = model, usage, stream_usage
 
@@ -872,7 +873,7 @@ class LyingCounts(RawUpstream):
         elif b'"stream":true' in body.replace(b" ", b""):
             kind = b"text/event-stream"
             chunks = [{"choices": [{"index": 0, "delta": {"content": word}}]} for word in ("counted ", "wrong")]
-            chunks += [{"choices": [], "usage": self.stream_usage}]
+            chunks += [{"choices": [], "usage": self.stream_usage}] if self.stream_usage is not None else []
             data = b"".join(b"data: " + msgspec.json.encode(c) + b"\n\n" for c in chunks) \
                 + b"data: [DONE]"                                  # without the blank line that ends an event
         else:
@@ -917,6 +918,39 @@ async def test_token_counts_an_upstream_could_not_have_are_estimated_not_recorde
             await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
     logs = (lab.demo.data_dir / "logs" / "metering.log").read_text()
     assert "task_crashed" not in logs and "MsgAlreadyAckd" not in logs
+
+
+async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upstream_sends_none(lab: Lab) -> None:
+    """`stream_options.include_usage` promises a last chunk with usage. An upstream that sends none left the client
+    with none, while the gateway recorded an estimate; the client now gets the same figures as the log."""
+    model, endpoint_id = f"{lab.model}-quiet", f"quiet-{lab.tag}"
+    async with LyingCounts(model, usage={}, stream_usage=None) as quiet:
+        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+        registered = await lab.admin("POST", "/endpoints", {
+            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": quiet.url,
+            "models": [model], "priority": 50, "timeout_s": 30})
+        assert registered.status_code == 201, registered.text
+        try:
+            request_id = f"quiet-{uuid.uuid4().hex}"
+            body = {**lab.body(stream=True), "model": model, "stream_options": {"include_usage": True}}
+            async with httpx.AsyncClient(timeout=30) as client:
+                async def served() -> httpx.Response | None:
+                    reply = await client.post(f"{lab.demo.url}/v1/chat/completions", json=body,
+                                              headers=lab.headers(request_id=request_id))
+                    return reply if reply.status_code != 404 else None
+                reply = await wait_for(served, 15, what="the quiet endpoint to serve")
+            assert reply.status_code == 200, reply.text[:300]
+            events = [e[6:] for e in reply.text.split("\n\n") if e.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            shown = json.loads(events[-2])
+            assert shown["choices"] == [] and set(shown["usage"]) == {"prompt_tokens", "completion_tokens",
+                                                                       "total_tokens"}
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["estimated"] is True and usage["outcome"] == "ok"
+            assert (shown["usage"]["prompt_tokens"], shown["usage"]["completion_tokens"]) == \
+                (usage["input_tokens"], usage["output_tokens"])
+        finally:
+            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
 
 
 # --- a call that outlives its hold ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from switchyard_gateway.simulator import SimConfig, Simulator
 from switchyard_gateway.http1 import AnswerTooLarge, AnswerTooSlow, ConnectFailed, Pool, ReadTimeout, ResponseCut
 from switchyard_gateway.http1.conn import PAUSE_ABOVE_BYTES
+from switchyard_gateway.http1.wire import MAX_HEAD_BYTES
 
 CHAT_PATH = "/v1/chat/completions"
 JSON = [("Content-Type", "application/json")]
@@ -442,6 +443,78 @@ async def test_malformed_reply_raises_response_cut(pool):
     async with raw_server(garbage) as (url, _):
         with pytest.raises(ResponseCut, match="status line"):
             await pool.request("GET", url + "/", b"", ())
+
+
+async def written(writer: asyncio.StreamWriter, data: bytes, piece: int | None) -> None:
+    """Write `data` at once, or `piece` bytes at a time, each sent before the next is written."""
+    if piece is None:
+        writer.write(data)
+        await writer.drain()
+        return
+    for start in range(0, len(data), piece):
+        writer.write(data[start : start + piece])
+        await writer.drain()
+        await asyncio.sleep(0.005)     # a piece per segment, as a server writing its head line by line sends it
+
+
+@pytest.mark.parametrize("piece", [None, 1, 7])
+@pytest.mark.parametrize(("head", "framing"), [
+    pytest.param(b"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 13\nX-Odd: a\n\n", None,
+                 id="bare LF"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 13\nX-Odd: a\r\n\n", None, id="mixed"),
+    pytest.param(b"HTTP/1.1 200 OK\nContent-Length: 13\r\n\r\n", None, id="LF then CRLF"),
+    pytest.param(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nX-Odd:\n  folded\n\n", "chunked",
+                 id="chunked and folded"),
+    pytest.param(b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nContent-Length: 13\n\n", None, id="interim 1xx"),
+])
+async def test_a_head_whose_lines_end_in_a_bare_lf_is_read(pool, head, framing, piece):
+    """RFC 9112 section 2.2 lets a recipient take a bare LF as a line's end; old servers write them. Such a head
+    was never found: the call waited out its whole timeout and was called a timeout. (The body holds a CRLF blank
+    line, which is not the head's end.)"""
+    body = b'{"a": "\r\n\r\n"}'
+    wire = body if framing is None else b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+    async def old_server(reader, writer, _):
+        while await read_request(reader):
+            await written(writer, head + wire, piece)
+
+    async with raw_server(old_server) as (url, writers):
+        async with asyncio.timeout(3):
+            for _ in range(2):                  # and the connection is kept for the next call
+                resp = await pool.request("POST", url + "/", b"x", (), read_timeout_s=30)
+                assert resp.status == 200 and await resp.read() == body
+                assert "\r" not in "".join(resp.headers.values())
+                if b"X-Odd" in head:
+                    assert resp.headers["x-odd"] in ("a", "folded")
+        assert len(writers) == 1
+
+
+def head_of(size: int, eol: bytes = b"\r\n") -> bytes:
+    """A response head of exactly `size` bytes, its blank line included, padded by one header."""
+    start = b"HTTP/1.1 200 OK" + eol + b"Content-Length: 2" + eol + b"X-Pad: "
+    return start + b"a" * (size - len(start) - 2 * len(eol)) + eol + eol
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("piece", [None, 8192])
+@pytest.mark.parametrize("over", [0, 1])
+async def test_the_head_limit_is_the_same_however_the_head_arrives(pool, eol, piece, over):
+    """A head over 64 KiB written in one go was taken, the same head in 8 KB pieces refused."""
+    head = head_of(MAX_HEAD_BYTES + over, eol)
+    assert len(head) == MAX_HEAD_BYTES + over
+
+    async def big_head(reader, writer, _):
+        await read_request(reader)
+        await written(writer, head + b"ok", piece)
+
+    async with raw_server(big_head) as (url, _):
+        async with asyncio.timeout(3):
+            if over:
+                with pytest.raises(ResponseCut, match="head is larger than"):
+                    await pool.request("POST", url + "/", b"x", ())
+            else:
+                resp = await pool.request("POST", url + "/", b"x", ())
+                assert len(resp.headers["x-pad"]) > 60000 and await resp.read() == b"ok"
 
 
 # --- giving up on a response ---------------------------------------------------------------------

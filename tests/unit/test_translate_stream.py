@@ -12,7 +12,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_stream import Ollam
     OpenAIStreamToAnthropic
 from switchyard_gateway.services.gateway.translate.plans import OllamaStreamTap, OpenAIStreamToOllama
 from switchyard_gateway.services.gateway.translate.sse import MAX_EVENT_BYTES, SseTap
-from switchyard_gateway.services.gateway.translate.wire import Times
+from switchyard_gateway.services.gateway.translate.wire import Times, TokenCounts
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_718_000_000, "model": "llama3.2"}
 
@@ -296,3 +296,40 @@ def test_a_finished_answer_whose_body_ends_without_done_is_whole_and_one_cut_bef
     unfinished.feed(stream[:stream.index(b'"finish_reason": "stop"') - 60].rsplit(b"\n\n", 1)[0] + b"\n\n")
     unfinished.ended()
     assert not unfinished.done
+
+
+WITHOUT_USAGE = CHAT_STREAM.replace(
+    sse({**HEAD, "choices": [], "usage": {"prompt_tokens": 26, "completion_tokens": 2, "total_tokens": 28}}), b"")
+
+
+def test_a_client_that_asked_for_usage_gets_the_gateways_counts_when_the_upstream_sends_none() -> None:
+    """`stream_options.include_usage` promises a last chunk with usage; an upstream that ignores it left the client
+    with none, while the gateway recorded its own estimate. The client now gets that estimate, before [DONE]."""
+    tap = SseTap(keep_usage=True)
+    out = b"".join(tap.feed(WITHOUT_USAGE[i:i + 9]) for i in range(0, len(WITHOUT_USAGE), 9)) + tap.ended()
+    assert tap.done and tap.usage is None and b"[DONE]" not in out            # held for the usage chunk
+    tap.estimate = TokenCounts(31, tap.content_events)
+    out += tap.finish()
+    events = [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+    assert out.endswith(b"data: [DONE]\n\n") and out.count(b"[DONE]") == 1
+    assert events[-1] == {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_718_000_000,
+                          "model": "llama3.2", "choices": [],
+                          "usage": {"prompt_tokens": 31, "completion_tokens": tap.content_events,
+                                    "total_tokens": 31 + tap.content_events}}
+    plain = SseTap(keep_usage=False)                                           # not asked: nothing added
+    relayed = plain.feed(WITHOUT_USAGE) + plain.ended()
+    plain.estimate = TokenCounts(31, 2)
+    assert (relayed + plain.finish()).endswith(b"data: [DONE]\n\n") and b'"usage"' not in relayed + plain.finish()
+
+
+def test_translated_streams_show_the_gateways_counts_when_the_upstream_sends_none() -> None:
+    ollama = OpenAIStreamToOllama("m", "chat")
+    ollama.feed(WITHOUT_USAGE)
+    ollama.estimate = TokenCounts(31, 2)
+    assert json.loads(ollama.finish().splitlines()[-1])["prompt_eval_count"] == 31
+    anthropic = OpenAIStreamToAnthropic("m")
+    anthropic.feed(WITHOUT_USAGE)
+    anthropic.estimate = TokenCounts(31, 2)
+    delta = next(json.loads(block.split("\ndata: ")[1]) for block in anthropic.finish().decode().split("\n\n")
+                 if block.startswith("event: message_delta"))
+    assert delta["usage"]["input_tokens"] == 31 and delta["usage"]["output_tokens"] == 2

@@ -2,11 +2,13 @@
 
 Per model: endpoints in candidate order (breakers open skipped, priority, loaded
 first, least in flight). A refused connection, an answer that does not start
-within the endpoint's first-byte timeout, a refusal of the gateway's credentials
-or a stream cut before any event moves on to the next endpoint at once; a 5xx or a 429 is retried on
+within the endpoint's first-byte timeout, a refusal of the gateway's credentials,
+a status that is no answer (a redirect, a 2xx other than 200), a 200 that is
+none (not a JSON object, only an `error`, compressed) or a stream cut before any
+event moves on to the next endpoint at once; every 5xx and a 429 is retried on
 the same endpoint after an exponential backoff with jitter (at least the
 upstream's Retry-After, unless that is longer than we are willing to wait), up
-to `retries_per_endpoint` times. When every endpoint at its cap is busy, the
+to `retries_per_endpoint` times. Another 4xx is the client's error: no failover. When every endpoint at its cap is busy, the
 call waits up to `cap_wait_s` for a slot. When the model's endpoints are
 exhausted, the next model of the call's route plan (its fallback chain) is tried the same way.
 """

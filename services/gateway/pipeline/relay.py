@@ -8,15 +8,25 @@ answer (its response head, and for a stream its first event) within the
 endpoint's first-byte timeout has failed with `timeout`, whatever the idle gap
 between chunks allows later; one that refuses the gateway's credentials (401,
 403) has failed too, as `502 upstream_auth`: the caller can do nothing about it.
+Every 5xx and 429 is the endpoint's refusal (the caller may retry it); any other
+status but 200 and the client's own 4xx (a redirect, a 2xx that is not the
+answer, a 1xx) is an endpoint misconfigured, and a 200 whole answer that is not a
+JSON object, holds only an `error`, or comes coded (gzip) although the gateway
+asked for it as it is, is no answer: each fails the attempt, never reaching the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any, NoReturn
 
+import msgspec
 import structlog
 
 from switchyard_gateway import http1
@@ -25,21 +35,24 @@ from switchyard_gateway.kit.deadline import Deadline
 from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
-from switchyard_gateway.services.gateway.translate.plans import Plan, TranslationError
-from switchyard_gateway.services.gateway.translate.wire import Times, believable
+from switchyard_gateway.services.gateway.translate.plans import Plan, TranslationError, openai_error_to_ollama
+from switchyard_gateway.services.gateway.translate.wire import Times, TokenCounts, believable, error_message
 
 log = structlog.get_logger()
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({429, *range(500, 600)})     # the endpoint's refusal: retried, then the next endpoint
 MAX_ANSWER_BYTES = 128 * 1024 * 1024      # a whole answer is read into memory: an endpoint's runaway one is bounded
 ERROR_DETAIL_BYTES = 1024 * 1024          # a refusal's body, read for its message
 AUTH_STATUS = frozenset({401, 403})
-# failures before the first response byte: (attempt outcome, status shown if no endpoint is left)
+RETRY_AFTER_MAX_S = 3600                  # an upstream's Retry-After further ahead is not passed on to the client
+# failures before the first response byte: (attempt outcome, status shown if no endpoint is left, what it did)
 _CONNECT_FAILURES = {
-    http1.ConnectFailed: ("refused", 502),
-    http1.ReadTimeout: ("timeout", 504),
-    http1.ResponseCut: ("cut", 502),
+    http1.ConnectFailed: ("refused", 502, "did not answer (refused)"),
+    http1.ReadTimeout: ("timeout", 504, "did not answer (timeout)"),
+    http1.ResponseCut: ("cut", 502, "did not answer (cut)"),
+    http1.NoResponse: ("cut", 502, "closed the connection without answering"),
 }
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")     # Retry-After's delay-seconds (a fraction tolerated)
 
 
 class Failed(Exception):
@@ -103,21 +116,29 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
     except TimeoutError:
         raise _no_first_byte(to, 0, started) from None
     except http1.TransportError as exc:
-        result, status = _CONNECT_FAILURES.get(type(exc), ("error", 502))
+        result, status, what = _CONNECT_FAILURES.get(type(exc), ("error", 502, "did not answer (error)"))
         report(result, 0, started)
-        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' did not answer ({result})",
-                                   status=status), result) from None
+        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' {what}", status=status), result) from None
     if to.answered is not None:
         to.answered()
     try:
-        if response.status in RETRYABLE_STATUS:
+        status = response.status
+        if status == 200:
+            coding = _coding(response.headers)
+            if coding is not None:          # asked for as it is (Accept-Encoding: identity): unreadable otherwise
+                report("error", status, started)
+                raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' answered something unreadable: "
+                                           f"a body sent with {coding}"), "error")
+        elif status in RETRYABLE_STATUS:
             await _refused(response, endpoint, report, started)
-        if response.status in AUTH_STATUS:
-            report("error", response.status, started)
-            log.warning("upstream.credentials_refused", endpoint=endpoint.endpoint_id, status=response.status,
+        elif status in AUTH_STATUS:
+            report("error", status, started)
+            log.warning("upstream.credentials_refused", endpoint=endpoint.endpoint_id, status=status,
                         request_id=call.request_id)
-            raise Failed(UpstreamAuthFailed(endpoint.endpoint_id, response.status), "auth")
-        if call.request.stream and response.status == 200 and to.plan.stream is not None:
+            raise Failed(UpstreamAuthFailed(endpoint.endpoint_id, status), "auth")
+        elif not 400 <= status < 500:       # the client's own error (4xx) is relayed; anything else is no answer
+            _misconfigured(call, response, endpoint, report, started)
+        if call.request.stream and status == 200 and to.plan.stream is not None:
             await _relay_stream(call, outcome, to, response, proto, started, Deadline(loop, task, deadline))
         else:
             await _relay_body(call, outcome, to, response, proto, started)
@@ -140,12 +161,65 @@ async def _refused(response: http1.Response, endpoint: EndpointRegistered,
         detail = b""
     outcome = "http_429" if response.status == 429 else "http_5xx"
     report(outcome, response.status, started)
-    retry_after = response.headers.get("retry-after")
+    wait_s, retry_after = _seconds(response.headers.get("retry-after"))
     error = UpstreamError(
         f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: {detail[:200].decode(errors='replace')}",
         status=response.status if response.status == 429 else 502,
         headers={"retry-after": retry_after} if retry_after else None)
-    raise Failed(error, outcome, _seconds(retry_after))
+    raise Failed(error, outcome, wait_s)
+
+
+def _misconfigured(call: Call, response: http1.Response, endpoint: EndpointRegistered,
+                   report: Callable[[str, int, float], None], started: float) -> NoReturn:
+    """A status that is neither an answer (200), a refusal (5xx, 429, 401, 403) nor the client's error (4xx): a
+    redirect (an http:// URL the server sends to https://), a 2xx that is not the answer, a 1xx. The endpoint is
+    misconfigured: its failure (`error`, for its breaker), and the call moves on at once."""
+    report("error", response.status, started)
+    log.warning("upstream.unusable_status", endpoint=endpoint.endpoint_id, status=response.status,
+                location=response.headers.get("location"), request_id=call.request_id)
+    raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' answered HTTP {response.status}, which is no "
+                               f"answer to an inference call"), "error")
+
+
+def _coding(headers: dict[str, str]) -> str | None:
+    """The content or transfer coding (other than chunked) of an answer, which the gateway asked for as it is and
+    cannot read coded; None for a plain one."""
+    coding = headers.get("content-encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        return f"Content-Encoding: {coding}"
+    coding = headers.get("transfer-encoding")
+    if coding is not None and coding.replace(" ", "").lower() not in ("chunked", "identity"):
+        return f"Transfer-Encoding: {coding}"
+    return None
+
+
+class _Whole(msgspec.Struct):
+    """What a whole answer holds: an `error`, and the members that carry an answer (OpenAI's `choices` and `data`,
+    Ollama's `message`, `response`, `embeddings` and `embedding`), kept unread."""
+
+    error: Any = None
+    choices: msgspec.Raw = msgspec.Raw(b"")
+    data: msgspec.Raw = msgspec.Raw(b"")
+    message: msgspec.Raw = msgspec.Raw(b"")
+    response: msgspec.Raw = msgspec.Raw(b"")
+    embeddings: msgspec.Raw = msgspec.Raw(b"")
+    embedding: msgspec.Raw = msgspec.Raw(b"")
+
+
+_decode_whole = msgspec.json.Decoder(_Whole).decode
+
+
+def _no_answer(data: bytes) -> str | None:
+    """Why a 200 whole answer that reported no token counts is no answer (not a JSON object, or only an `error`),
+    or None: it is one. Answers with counts were read as JSON objects already; only these are read again."""
+    try:
+        whole = _decode_whole(data)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        return f"answered something unreadable: not a JSON object ({exc})"
+    if whole.error is not None and not (whole.choices or whole.data or whole.message or whole.response
+                                        or whole.embeddings or whole.embedding):
+        return f"answered an error: {error_message(whole.error)[:200] or 'without a message'}"
+    return None
 
 
 async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1.Response, proto: Any,
@@ -169,16 +243,23 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
                      "cut") from None
     status = response.status
     content_type = response.headers.get("content-type", "application/json")
-    if status == 200 and plan.answer is not None:
-        try:
-            answer = plan.answer(data, call.request.model or "", _times(call, started))
-        except TranslationError as exc:
-            to.report("error", status, started)
-            raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
-                                       f"{exc}"), "error") from None
-    to.report("ok" if status < 400 else "http_4xx", status, started)
     if status == 200:
-        usage = believable(plan.usage(data))
+        counts = plan.usage(data)   # read as a JSON object when it has counts, as nearly every answer has
+        if counts is None:
+            problem = _no_answer(data)
+            if problem is not None:
+                to.report("error", status, started)
+                raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' {problem}"), "error")
+        if plan.answer is not None:
+            try:
+                answer = plan.answer(data, call.request.model or "", _times(call, started))
+            except TranslationError as exc:
+                to.report("error", status, started)
+                raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
+                                           f"{exc}"), "error") from None
+    to.report("ok" if status == 200 else "http_4xx", status, started)
+    if status == 200:
+        usage = believable(counts)
         if usage is not None:
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
         else:                       # a whole answer without believable counts: its output taken as a token per 4
@@ -188,10 +269,14 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
             data, content_type = answer, "application/json"
         if call.cache_key is not None and not call.short:       # an answer a nearly spent quota cut short is this
             outcome.answer = (data, content_type)               # moment's, not the one the question deserves
-    else:
+    else:                           # the client's error (4xx), in the door's shape
         outcome.result = "error"
+        if _coding(response.headers) is not None:
+            data = b""              # coded although asked for as it is: its message is unreadable
         if plan.error is not None:
             data, content_type = plan.error(data, status), "application/json"
+        elif call.door.ollama:      # the native Ollama plans relay errors; an HTML page or text is wrapped
+            data, content_type = openai_error_to_ollama(data, status), "application/json"
     outcome.status = status
     outcome.mark_first_byte()
     proto.response_bytes(status, [("content-type", content_type), *outcome.response_headers(call)], data)
@@ -232,6 +317,9 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
             first_byte.clear()
             if not tap.done:
                 raise http1.ResponseCut("the stream ended before its last event")
+            if believable(tap.usage) is None:    # no counts came: the client is shown the gateway's, as recorded
+                outcome.estimate_tokens(call, output_tokens=tap.content_events)
+                tap.estimate = TokenCounts(outcome.input_tokens, outcome.output_tokens)
             tail = tap.finish()
             to.report("ok", 200, started)
             if transport is None:
@@ -293,10 +381,22 @@ async def _send(outcome: Outcome, transport: Any, data: bytes) -> None:
         raise ClientGone() from exc
 
 
-def _seconds(value: str | None) -> float | None:
+def _seconds(value: str | None) -> tuple[float | None, str | None]:
+    """An upstream's Retry-After read: (seconds from now to wait, what to pass on to the client). Its
+    delay-seconds are passed on rounded up to whole seconds, its HTTP date as an IMF-fixdate, each only if at most
+    RETRY_AFTER_MAX_S ahead (the gateway's own Retry-After, if any, stands); anything else (`1e400`, `-1`, `soon`)
+    is neither waited for nor passed on. A delay too large for a float is infinite: longer than any wait."""
     if not value:
-        return None
+        return None, None
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        wait_s = float(value)
+        return wait_s, str(math.ceil(wait_s)) if wait_s <= RETRY_AFTER_MAX_S else None
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None, None
+    if when.tzinfo is None:                 # asctime's form and `-0000` name no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    wait_s = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return wait_s, format_datetime(when.astimezone(UTC), usegmt=True) if wait_s <= RETRY_AFTER_MAX_S else None

@@ -146,12 +146,13 @@ class MessageEvents:
 class OpenAIStreamToAnthropic:
     """Translate an OpenAI chat stream (with its usage chunk) into Anthropic events."""
 
-    __slots__ = ("events", "stop_sequences", "usage", "done", "error", "_events", "_finish", "_matched")
+    __slots__ = ("events", "stop_sequences", "usage", "estimate", "done", "error", "_events", "_finish", "_matched")
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None) -> None:
         self.events = MessageEvents(model)
         self.stop_sequences = stop_sequences
         self.usage: TokenCounts | None = None
+        self.estimate: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
         self._events = EventData()
@@ -176,7 +177,7 @@ class OpenAIStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
-        return out + self.events.end(reason, sequence, self.usage)
+        return out + self.events.end(reason, sequence, self.usage or self.estimate)
 
     def _event(self, payload: bytes) -> bytes:
         if not payload or self.error is not None or self.done:
@@ -219,11 +220,12 @@ class OpenAIStreamToAnthropic:
 class OllamaStreamToAnthropic:
     """Translate an Ollama /api/chat NDJSON stream into Anthropic events; tool calls come whole, one block each."""
 
-    __slots__ = ("events", "usage", "done", "error", "_buffer", "_finish", "_calls")
+    __slots__ = ("events", "usage", "estimate", "done", "error", "_buffer", "_finish", "_calls")
 
     def __init__(self, model: str) -> None:
         self.events = MessageEvents(model)
         self.usage: TokenCounts | None = None
+        self.estimate: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
         self._buffer = b""
@@ -253,7 +255,7 @@ class OllamaStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called)
-        return out + self.events.end(reason, sequence, self.usage)
+        return out + self.events.end(reason, sequence, self.usage or self.estimate)
 
     def _line(self, line: bytes) -> bytes:
         if not line.strip() or self.error is not None or self.done:

@@ -64,6 +64,7 @@ class Stream(Protocol):
     usage: TokenCounts | None
     done: bool
     content_events: int
+    estimate: TokenCounts | None    # set by the relay before `finish` when no counts came: what the client is shown
 
     def feed(self, chunk: bytes) -> bytes: ...
 

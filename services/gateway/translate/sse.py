@@ -58,15 +58,19 @@ class SseTap:
     upstream reports no usage. `done` is set by the `[DONE]` event.
     """
 
-    __slots__ = ("keep_usage", "usage", "content_events", "done", "_buffer", "_finished")
+    __slots__ = ("keep_usage", "usage", "content_events", "done", "estimate", "_buffer", "_finished", "_first",
+                 "_held")
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
         self.usage: TokenCounts | None = None
         self.content_events = 0
         self.done = False
+        self.estimate: TokenCounts | None = None    # the gateway's counts, when the upstream sent none (relay)
         self._buffer = b""
         self._finished = False      # a choice's finish_reason came: a body ending cleanly after it is whole
+        self._first = b""           # the first event, whose id, created and model a usage chunk of ours repeats
+        self._held = False          # [DONE] held back: the client asked for usage and the upstream sent none
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:                       # past [DONE]: nothing more is the answer (nor billed)
@@ -79,6 +83,8 @@ class SseTap:
             self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 2], data[end + 2:]
+        if self.keep_usage and not self._first:
+            self._first = complete[:complete.find(b"\n\n")]
         if not self._finished and (b'"finish_reason":"' in complete or b'"finish_reason": "' in complete):
             self._finished = True
         marker = _first_marker(complete)
@@ -105,7 +111,10 @@ class SseTap:
             payload = event[6:] if event.startswith(b"data: ") and b"\n" not in event else _data(event)
             if payload.strip() == b"[DONE]":
                 self.done = True
-                kept.append(event)
+                if self.keep_usage and self.usage is None:     # the usage chunk asked for comes first (finish)
+                    self._held = True
+                else:
+                    kept.append(event)
                 continue
             if b'"usage"' in payload:
                 try:
@@ -133,15 +142,36 @@ class SseTap:
             out = self.feed(rest + b"\n\n")
         if not self.done and self._finished:
             self.done = True
-            out += b"data: [DONE]\n\n"
+            if self.keep_usage and self.usage is None:
+                self._held = True
+            else:
+                out += b"data: [DONE]\n\n"
         return out
 
     def finish(self) -> bytes:
-        """Whatever incomplete event is left at the end of the stream."""
+        """Whatever incomplete event is left at the end of the stream; and a [DONE] held back, after the usage
+        chunk the client asked for, of the gateway's `estimate` (the upstream sent none)."""
         rest, self._buffer = self._buffer, b""
         if _data(rest.strip()).strip() == b"[DONE]":
             self.done = True
-        return rest
+        if not self._held:
+            return rest
+        self._held = False
+        return rest + self._usage_chunk() + b"data: [DONE]\n\n"
+
+    def _usage_chunk(self) -> bytes:
+        counts = self.estimate
+        if counts is None:
+            return b""
+        try:
+            first = _decode(_data(self._first)) if self._first else {}
+        except (msgspec.DecodeError, RecursionError):
+            first = {}
+        first = first if isinstance(first, dict) else {}
+        chunk = {key: first[key] for key in ("id", "object", "created", "model", "system_fingerprint") if key in first}
+        chunk.update(choices=[], usage={"prompt_tokens": counts.prompt, "completion_tokens": counts.completion,
+                                        "total_tokens": counts.prompt + counts.completion})
+        return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
 
 
 _MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]")

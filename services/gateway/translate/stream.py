@@ -36,7 +36,7 @@ class OpenAIStreamToOllama:
     evaluation after it.
     """
 
-    __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "_events",
+    __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "estimate", "_events",
                  "_created_at", "_clock", "_started", "_sent", "_first_token", "_calls", "_finished")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
@@ -47,6 +47,7 @@ class OpenAIStreamToOllama:
         self.error: str | None = None
         self.content_events = 0
         self.done_reason = "stop"
+        self.estimate: TokenCounts | None = None
         self._finished = False                      # a finish_reason came (a clean end after it is whole)
         self._events = EventData()
         self._created_at: str | None = None
@@ -74,7 +75,8 @@ class OpenAIStreamToOllama:
             out += encode(OllamaChat(model=self.model, created_at=created_at, message=message, done=False)) + b"\n"
         now = self._clock()
         first = self._first_token if self._first_token is not None else now
-        prompt, completion, cached = self.usage if self.usage is not None else (None, self.content_events, 0)
+        counts = self.usage or self.estimate
+        prompt, completion, cached = counts if counts is not None else (None, self.content_events, 0)
         stats = {
             "done": True, "done_reason": self.done_reason, "total_duration": max(1, now - self._started),
             "load_duration": max(0, self._sent - self._started),
@@ -145,10 +147,11 @@ class OpenAIStreamToOllama:
 class OllamaStreamTap:
     """Watch a native Ollama NDJSON stream as it is relayed untouched: whole lines out, counts from the last line."""
 
-    __slots__ = ("usage", "done", "error", "content_events", "_buffer")
+    __slots__ = ("usage", "done", "error", "content_events", "estimate", "_buffer")
 
     def __init__(self) -> None:
         self.usage: TokenCounts | None = None
+        self.estimate: TokenCounts | None = None        # the upstream's own last line is relayed: not shown
         self.done = False
         self.error: str | None = None
         self.content_events = 0
