@@ -16,6 +16,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import structlog
+from prometheus_client import Counter
 from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.micro import add_service
@@ -163,6 +164,24 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
     return msg.data
 
 
+# A service answers only on an inbox (`_INBOX.` as the clients name them, `_INBOX_<user>.` for a subscriber's user):
+# the reply subject is the asker's to choose, and a service publishes as the services' user, who may publish
+# anywhere; an outside subscriber asking with its reply set to a stream's subject had the answer stored there.
+REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
+REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
+                          "Requests not answered: their reply subject was not an inbox", ["service"])
+_refusals_logged: dict[str, float] = {}
+
+
+def _refuse_reply(service: str, subject: str) -> None:
+    REFUSED_REPLIES.labels(service).inc()
+    now = time.monotonic()
+    if now - _refusals_logged.get(service, -60.0) >= 10.0:     # a flood of them writes a line every 10 s
+        _refusals_logged[service] = now
+        log.warning("service.reply_refused", service=service, subject=subject,
+                    reason="the reply subject is not an inbox")
+
+
 Handler = Callable[[bytes], Awaitable[bytes]]
 # A handler that also reads the subject it was asked on (a wildcard endpoint) and the request's reply subject ("" if
 # none); None: it answered elsewhere itself, and the requester, if it waits, gets an empty reply.
@@ -179,6 +198,10 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
 
     def wrap(handler: Handler | SubjectHandler, with_subject: bool = False) -> Callable[[Request], Awaitable[None]]:
         async def endpoint(req: Request) -> None:
+            reply_to = req._msg.reply  # noqa: SLF001
+            if reply_to and not reply_to.startswith(REPLY_PREFIXES):
+                _refuse_reply(name, req.subject)
+                return
             try:
                 reply = await (handler(req.data, req.subject, req._msg.reply or "")  # type: ignore[call-arg]  # noqa: SLF001
                                if with_subject else handler(req.data))  # type: ignore[call-arg]
@@ -189,6 +212,9 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                 await req.respond_error("400", body.message, data=_encode(body))
             except msgspec.DecodeError as exc:
                 body = ErrorBody("INVALID_JSON", f"Malformed JSON: {exc}")
+                await req.respond_error("400", body.message, data=_encode(body))
+            except RecursionError:
+                body = ErrorBody("INVALID_JSON", "The request is nested too deeply to read")
                 await req.respond_error("400", body.message, data=_encode(body))
             except Exception as exc:  # noqa: BLE001 — one edge translates every failure
                 log.exception("service.handler_failed", service=name)

@@ -21,6 +21,7 @@ from switchyard_gateway.contracts.users import UserCreated, UserPasswordChanged
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.kit import eventlog, natsio
 from switchyard_gateway.kit.natsio import ServiceError
+from tests.conftest import wait_for
 from tests.integration.logharness import T0, Metering, log_messages, usage
 
 async def page(nc, subject: str = subjects.METERING_REPLAY, **ask) -> ReplayPage:
@@ -233,3 +234,23 @@ async def test_a_page_may_go_to_the_askers_own_inbox(metering: Metering, nats_cl
     assert await natsio.request(nats_client, subjects.METERING_REPLAY,
                                 msgspec.json.encode(ReplayRequest(deliver_to=own)), 10) == b""
     assert msgspec.json.decode((await inbox.next_msg(10)).data, type=ReplayPage).positions == [1, 2]
+
+
+async def test_a_request_whose_reply_subject_is_no_inbox_is_not_answered(metering: Metering, nats_client) -> None:
+    """A reply subject is the asker's to choose, and a service answers as the services' user, who may publish
+    anywhere: an outside subscriber asking with its reply set to a stream's subject (`provider.registered.v1.x`)
+    had the page stored in REGISTRY. Only inboxes are answered; a nested body is a 400, not a 500."""
+    await metering.append([usage(1, "acme")])
+    forged = "provider.registered.v1.evil"
+    landed = await nats_client.subscribe(forged)
+    before = natsio.REFUSED_REPLIES.labels("metering")._value.get()          # noqa: SLF001
+    await nats_client.publish(f"{subjects.METERING_REPLAY}.acme", msgspec.json.encode(ReplayRequest()), reply=forged)
+    await nats_client.flush()
+    await wait_for(lambda: natsio.REFUSED_REPLIES.labels("metering")._value.get() > before, 10,  # noqa: SLF001
+                   what="the forged request to be refused")
+    assert (await page(nats_client, f"{subjects.METERING_REPLAY}.acme")).events     # an inbox is answered
+    with pytest.raises(asyncio.TimeoutError):
+        await landed.next_msg(timeout=0.2)
+    with pytest.raises(ServiceError) as nested:
+        await natsio.request(nats_client, subjects.METERING_REPLAY, b'{"types":' + b"[" * 5000 + b"]" * 5000 + b"}", 10)
+    assert nested.value.status == 400
