@@ -112,7 +112,7 @@ def decode_document(text: str) -> Any:
     or RecursionError for nesting too deep to read."""
     if text.lstrip().startswith(("{", "[")):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_pairs)
         except ValueError:
             pass
     loader = yaml.SafeLoader(text)
@@ -144,6 +144,8 @@ def _check_expansion(root: yaml.Node) -> None:
             continue
         if key in open_nodes:
             raise AliasBomb("an alias names a node it is inside: the document would never end")
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node)
         unique += 1
         open_nodes.add(key)
         stack.append((node, True))
@@ -151,6 +153,28 @@ def _check_expansion(root: yaml.Node) -> None:
     if sizes[id(root)] > unique + MAX_EXPANDED_NODES:
         raise AliasBomb(f"its aliases expand it to {sizes[id(root)]:,} nodes, more than {MAX_EXPANDED_NODES:,} "
                         f"beyond the {unique:,} it holds")
+
+
+def _check_unique_keys(node: yaml.MappingNode) -> None:
+    """A key given twice in one mapping (`tenants:` twice) kept only the last, silently: refused, naming both."""
+    seen: dict[object, yaml.Node] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.value == "<<":       # merge keys may repeat
+            continue
+        first = seen.setdefault((key.tag, key.value), key)
+        if first is not key:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key.value!r} is given twice in one mapping (first on line "
+                f"{first.start_mark.line + 1}): only the last would count", key.start_mark)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the key {twice!r} is given twice in one object: only the last would count", None)
+    return dict(pairs)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -219,3 +219,20 @@ def test_a_document_checked_against_the_registry_sees_its_names_and_chains() -> 
     events = run_all(catalog, config_file.to_commands(turned))    # qwen2.5 -> llama3.2 while acme still chose qwen2.5
     assert [(type(e).__name__, e.model_id) for e in events] == [   # type: ignore[attr-defined]
         ("ModelRegistered", "llama3.2"), ("ModelRegistered", "qwen2.5"), ("TenantModelAssigned", "llama3.2")]
+
+
+@pytest.mark.parametrize(("text", "where", "key"), [
+    ("tenants:\n  - tenant_id: a\nmodels: []\ntenants:\n  - tenant_id: b\n", "line 4, column 1", "tenants"),
+    ("tenants:\n  - tenant_id: a\n    display_name: x\n    display_name: y\n", "line 4, column 5", "display_name"),
+    ('{"tenants": [], "tenants": [{"tenant_id": "b"}]}', "(document)", "tenants"),
+])
+def test_a_key_given_twice_is_refused_not_silently_the_last(text: str, where: str, key: str) -> None:
+    """`tenants:` twice kept only the second list, and `config validate` said OK."""
+    doc, problems = config_file.parse(text)
+    assert doc == {} and [p.path for p in problems] == [where]
+    assert f"the key '{key}' is given twice" in problems[0].message
+
+
+def test_merge_keys_may_repeat_as_yaml_allows() -> None:
+    doc, problems = config_file.parse("d: &d {a: 1}\ne: &e {c: 3}\nx: {<<: *d, <<: *e, b: 2}\n")
+    assert problems == [] and doc["x"] == {"a": 1, "b": 2, "c": 3}
