@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from switchyard_gateway.cli import config, events, natsconfig, replay, up
+from switchyard_gateway.cli import config, events, failures, natsconfig, replay, up
+from switchyard_gateway.cli.say import say
 
 COMMANDS = {"up": up, "config": config, "replay": replay, "events": events, "nats-config": natsconfig}
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    args = None
     try:
         if argv[:1] == ["simulate-upstream"]:
             from switchyard_gateway.simulator import main as simulate
@@ -46,4 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         # whoever read the output stopped reading (`switchyard events schema ... | head`): nothing more to say,
         # and nothing to flush at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        line = failures.described(exc, args)    # a server or a file failed us: one line; a bug keeps its traceback
+        if line is None:
+            raise
+        say(line)
         return 1

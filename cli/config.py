@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import stat
 from pathlib import Path
 
 from switchyard_gateway.cli.say import say
@@ -20,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def validate(path: Path) -> int:
     """Print every problem of a config file with its path; 0 when there is none."""
-    from switchyard_gateway.catalog import document
-
-    doc, problems = document.checked(path)
+    doc, problems = _checked(path)
     for problem in problems:
         print(f"{path}: {problem.path}: {problem.message}", flush=True)
     if problems:
@@ -34,9 +33,7 @@ def validate(path: Path) -> int:
 
 
 def load(path: Path) -> dict | None:
-    from switchyard_gateway.catalog import document
-
-    doc, problems = document.checked(path)
+    doc, problems = _checked(path)
     for problem in problems:
         say(f"{path}: {problem.path}: {problem.message}")
     if problems:
@@ -44,6 +41,20 @@ def load(path: Path) -> dict | None:
     return doc
 
 
+def _checked(path: Path) -> tuple[dict | None, list]:
+    """document.checked, but a path that is not a regular file is refused unopened: a FIFO would wait for a
+    writer for ever."""
+    from switchyard_gateway.catalog import document
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = stat.S_IFREG                 # missing or unreadable: load says which
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+        return None, [document.Problem(str(path), f"cannot read: it is {kind}, not a regular file")]
+    return document.checked(path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
@@ -27,6 +29,7 @@ REPUBLISHED = frozenset({subjects.CONSUMER_METERING})   # consumers that take a 
 _letter = msgspec.json.Decoder(EventDeadLettered)
 _retry = msgspec.json.Decoder(EventRetryRequested)
 FETCH = 500
+SHOWN_SKIPPED = 20      # sequences of skipped entries named in the line that reports them
 
 
 @dataclass
@@ -41,11 +44,12 @@ class Letter:
     forged: bool = False
 
 
-async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
-    """Every dead letter on DEADLETTER (of one consumer), oldest first, each with its retries."""
+async def read(nc: NATS, consumer: str | None = None, skipped: list[int] | None = None) -> list[Letter]:
+    """Every dead letter on DEADLETTER (of one consumer), oldest first, each with its retries. An entry on a dead
+    letter's or a retry's subject that does not decode as one (anyone may publish on its own subject) is left out,
+    its sequence appended to `skipped`."""
     js = nc.jetstream(timeout=10)
-    letters: dict[int, Letter] = {}
-    retries: list[tuple[int, EventRetryRequested]] = []
+    entries: list[tuple[int, str, bytes]] = []
     sub = await js.pull_subscribe("event.>", stream=subjects.STREAM_DEADLETTER, config=ConsumerConfig(
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0, mem_storage=True))
     try:
@@ -54,21 +58,41 @@ async def read(nc: NATS, consumer: str | None = None) -> list[Letter]:
                 msgs = await sub.fetch(FETCH, timeout=1)
             except TimeoutError:        # nats-py raises its own or asyncio's, depending on where the wait ended
                 break
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                if msg.subject.startswith(subjects.EVENT_DEAD_LETTERED + "."):
-                    letter = _letter.decode(msg.data)
-                    letters[seq] = Letter(seq, letter, forged=msg.subject != subject_of(letter))
-                elif msg.subject.startswith(subjects.EVENT_RETRY_REQUESTED + "."):
-                    retries.append((seq, _retry.decode(msg.data)))
+            entries += [(msg.metadata.sequence.stream, msg.subject, msg.data) for msg in msgs]
             if msgs and msgs[-1].metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
+    return collect(entries, consumer, skipped)
+
+
+def collect(entries: Iterable[tuple[int, str, bytes]], consumer: str | None = None,
+            skipped: list[int] | None = None) -> list[Letter]:
+    """The dead letters among DEADLETTER's entries (sequence, subject, data), each with its retries; what does not
+    decode as the subject says is skipped (its sequence appended to `skipped`), never fatal."""
+    letters: dict[int, Letter] = {}
+    retries: list[tuple[int, EventRetryRequested]] = []
+    for seq, subject, data in entries:
+        try:
+            if subject.startswith(subjects.EVENT_DEAD_LETTERED + "."):
+                letter = _letter.decode(data)
+                letters[seq] = Letter(seq, letter, forged=subject != subject_of(letter))
+            elif subject.startswith(subjects.EVENT_RETRY_REQUESTED + "."):
+                retries.append((seq, _retry.decode(data)))
+        except msgspec.DecodeError:     # ValidationError too: junk, another type, a JetStream API reply
+            if skipped is not None:
+                skipped.append(seq)
     for seq, asked in retries:
         if asked.dead_letter in letters:
             letters[asked.dead_letter].retries.append(seq)
     return [one for one in letters.values() if consumer is None or one.letter.consumer == consumer]
+
+
+def skipped_line(skipped: list[int]) -> str:
+    """One line telling of the entries on DEADLETTER that are not dead letters (nor retries)."""
+    shown = ", ".join(map(str, skipped[:SHOWN_SKIPPED])) + (", ..." if len(skipped) > SHOWN_SKIPPED else "")
+    return (f"{len(skipped)} {'entry' if len(skipped) == 1 else 'entries'} on {subjects.STREAM_DEADLETTER} "
+            f"{'is' if len(skipped) == 1 else 'are'} not dead letters (sequence {shown}): skipped")
 
 
 class Refused(Exception):
@@ -115,12 +139,30 @@ def show(letters: list[Letter], as_json: bool, out: TextIO | None = None) -> Non
     out.write(f"{'ID':>6}  {'SET ASIDE':<19}  {'CONSUMER':<20}  {'STAGE':<6}  {'FROM':<16}  RETRIED  ERROR\n")
     for one in letters:
         letter = one.letter
-        where = f"{letter.source}:{letter.sequence}"
+        where = printable(f"{letter.source}:{letter.sequence}", 16)
         retried = ",".join(map(str, one.retries)) or "-"
-        error = f"FORGED (written on another consumer's subject; never sent back): {letter.error}" if one.forged \
-            else letter.error
-        out.write(f"{one.id:>6}  {_when(letter.occurred_at):<19}  {letter.consumer[:20]:<20}  {letter.stage:<6}  "
-                  f"{where[:16]:<16}  {retried:<7}  {error}\n")
+        error = printable(letter.error)
+        if one.forged:
+            error = f"FORGED (written on another consumer's subject; never sent back): {error}"
+        out.write(f"{one.id:>6}  {_when(letter.occurred_at):<19}  {printable(letter.consumer, 20):<20}  "
+                  f"{printable(letter.stage, 20):<6}  {where:<16}  {retried:<7}  {error}\n")
+
+
+SHOWN_CHARS = 300       # of a text field in the table (--json gives it whole)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` safe to print on a terminal: control characters (and line separators, bidirectional overrides)
+    written as Python escapes (\\x1b, \\n, \\u202e), and cut to `limit` characters with an ellipsis and the full
+    length when longer. A field is what a subscriber wrote: it must not move the cursor or forge a line."""
+    shown = "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI else ch
+                    for ch in text)
+    if len(shown) <= limit:
+        return shown
+    if limit < SHOWN_CHARS:             # a column: no room to say more
+        return shown[:limit - 1] + "…"
+    return f"{shown[:limit]}… ({len(text):,} characters)"
 
 
 def _when(at: datetime) -> str:

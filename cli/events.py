@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from switchyard_gateway.cli.say import say
+
 MAX_LINES = 1_000_000     # past events `tail -n` prints at most (export writes any number)
 
 
@@ -119,7 +121,10 @@ async def _dead_letters(args: argparse.Namespace) -> int:
     nc = await natsio.connect(running_url(args.data_dir.absolute(), "nats_url"), "switchyard-events", 10)
     try:
         await natsio.ensure_streams(nc)
-        letters = await deadletters.read(nc, args.consumer)
+        skipped: list[int] = []
+        letters = await deadletters.read(nc, args.consumer, skipped)
+        if skipped:
+            say(deadletters.skipped_line(skipped))
         if args.retry is None and not args.all:
             deadletters.show(letters, args.json)
             return 0

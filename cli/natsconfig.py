@@ -64,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_PASSWORD_BYTES = 4096     # a password file larger is refused unread
+
+
 def _read_password(path: Path) -> str:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"--password-file: cannot read {path}: {exc.strerror or exc}") from None
+        text = nats_auth.read_text(path, MAX_PASSWORD_BYTES)
+    except nats_auth.UsersError as exc:
+        raise ValueError(f"--password-file: cannot read {path}: {exc}") from None
     password = text[:-1] if text.endswith("\n") else text
     if len(password) < nats_auth.MIN_PASSWORD:
         raise ValueError(f"--password-file: {path} holds {len(password)} characters; give at least "

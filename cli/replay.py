@@ -26,8 +26,12 @@ def run(args: argparse.Namespace) -> int:
     from switchyard_gateway.services.metering.projections import PROJECTIONS
     from switchyard_gateway.services.quota import replay as quota_tool
 
+    known = ", ".join(sorted([*PROJECTIONS, quota_tool.NAME]))      # what --list names
     if not (args.list or args.all or args.projection):
-        say(f"name a projection ({', '.join(sorted([*PROJECTIONS, quota_tool.NAME]))}), or use --all or --list")
+        say(f"name a projection ({known}), or use --all or --list")
+        return 2
+    if args.projection and args.projection not in PROJECTIONS and args.projection != quota_tool.NAME:
+        say(f"unknown projection {args.projection}; known: {known}")
         return 2
     if args.projection == quota_tool.NAME and not (args.all or args.list):    # the counters in Valkey
         return asyncio.run(quota_tool.run(args.data_dir.absolute()))

@@ -14,7 +14,9 @@ refused by the server, whatever the client asks.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +112,9 @@ def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
     `${ENV_VAR}` (read from `env`, or the file `ENV_VAR_FILE` names) or bcrypt hashes, never plain text.
     Raises UsersError naming every problem."""
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsersError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+        document = yaml.safe_load(read_text(path, MAX_USERS_BYTES)) or {}
+    except UsersError as exc:
+        raise UsersError(f"{path}: cannot read it: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -145,6 +147,45 @@ def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
     if problems:
         raise UsersError(f"{path}: " + "; ".join(problems))
     return found
+
+
+MAX_USERS_BYTES = 1024 * 1024      # a users file larger is refused unread
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+
+
+def read_text(path: Path, limit: int) -> str:
+    """A regular file's UTF-8 text of at most `limit` bytes. Raises UsersError saying why not: no file, not a
+    regular file (a FIFO would block the read for ever, /dev/zero never end it), larger, or not UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)     # a FIFO opens at once, and is then refused
+    except OSError as exc:
+        raise UsersError(exc.strerror or str(exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UsersError(f"it is {_KINDS.get(stat.S_IFMT(mode), 'of another kind')}, not a regular file")
+        os.set_blocking(fd, True)
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise UsersError(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise UsersError(f"larger than {_size(limit)}")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise UsersError(f"not UTF-8 text (an invalid byte at offset {exc.start})") from None
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n // 1024} KiB"
 
 
 def _password(value: object, env: Mapping[str, str]) -> str:
