@@ -31,6 +31,8 @@ class LogFold:
     again in log order: its folds set or drop what an event names, so the result is what log order gives (a
     model registered and then removed stays removed). A fold in memory starts from nothing and reads the whole
     log again, so a new process owes nothing to retries asked of an earlier one.
+
+    `applying` is the log position of the event being handed to `apply`, for folds that keep positions.
     """
 
     def __init__(self, types: Iterable[str], apply: Callable[[Event], object], *, name: str = "log-fold",
@@ -38,6 +40,7 @@ class LogFold:
         self.types, self.apply = frozenset(types), apply
         self.name, self.letters = name, letters
         self.position = Watermark()
+        self.applying = 0                    # the position of the event `apply` is given (see above)
         self.aside: set[int] = set()         # positions set aside and not taken again since
         self.retried = Watermark()           # the DEADLETTER sequence of the last retry taken
         self._setting_aside: set[asyncio.Task[None]] = set()
@@ -97,6 +100,7 @@ class LogFold:
 
     def _apply(self, position: int, event: Event, key: str = "") -> bool:
         try:
+            self.applying = position
             self.apply(event)
             return True
         except Exception as exc:  # noqa: BLE001 — one event the fold cannot take must not stop it

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import msgspec
 
-from switchyard_gateway.contracts.events import Event, TenantRemoved
+from switchyard_gateway.contracts.events import Event, ModelRemoved, TenantRemoved
 from switchyard_gateway.contracts.quota import Limits, LimitsSet, LimitsUpdate
 from switchyard_gateway.quotas.periods import zone
 
@@ -60,26 +62,56 @@ def merge(current: Limits, update: LimitsUpdate, *, per_model: bool) -> Limits:
 
 
 class LimitsBook:
-    """Every tenant's and tenant x model's limits; `version` grows with each change."""
+    """Every tenant's and tenant x model's limits; `version` grows with each change.
+
+    A `LimitsSet` of no limits at all (`NO_LIMITS`: cleared, or never anything set) leaves no entry, so the views
+    show nothing for it. `positions` holds the log position of the `LimitsSet` in force for each (tenant, model)
+    ("" for the tenant's own) when the folder hands it over (the quota service's fold of the log; a reader of the
+    LIMITS stream does not, and sees 0). A removal drops what it names (the counter ledger folds them in log order).
+    """
 
     def __init__(self) -> None:
         self.tenants: dict[str, Limits] = {}
         self.models: dict[str, dict[str, Limits]] = {}
+        self.positions: dict[tuple[str, str], int] = {}
         self.version = 0
 
-    def apply(self, event: Event) -> None:
-        """Fold one event in; events of other kinds are ignored."""
+    def apply(self, event: Event, position: int = 0) -> None:
+        """Fold one event in (at its log position, when known); events of other kinds are ignored."""
         match event:
-            case LimitsSet(tenant_id=tenant, model_id=""):
-                self.tenants[tenant] = event.limits
             case LimitsSet(tenant_id=tenant, model_id=model):
-                self.models.setdefault(tenant, {})[model] = event.limits
+                self._set(tenant, model, event.limits, position)
             case TenantRemoved(tenant_id=tenant):
                 self.tenants.pop(tenant, None)
-                self.models.pop(tenant, None)
+                self.positions.pop((tenant, ""), None)
+                for model in self.models.pop(tenant, {}):
+                    self.positions.pop((tenant, model), None)
+            case ModelRemoved(model_id=model):
+                for tenant in [t for t, scopes in self.models.items() if model in scopes]:
+                    self._set(tenant, model, NO_LIMITS, 0)
             case _:
                 return
         self.version += 1
+
+    def _set(self, tenant: str, model: str, limits: Limits, position: int) -> None:
+        scopes = self.tenants if not model else self.models.setdefault(tenant, {})
+        key = tenant if not model else model
+        if limits == NO_LIMITS:
+            scopes.pop(key, None)
+            self.positions.pop((tenant, model), None)
+            if model and not scopes:
+                del self.models[tenant]
+        else:
+            scopes[key] = limits
+            self.positions[(tenant, model)] = position
+
+    def in_force(self) -> Iterator[tuple[str, str, int]]:
+        """(tenant, model or "", log position) of every entry."""
+        for tenant in self.tenants:
+            yield tenant, "", self.positions.get((tenant, ""), 0)
+        for tenant, scopes in self.models.items():
+            for model in scopes:
+                yield tenant, model, self.positions.get((tenant, model), 0)
 
     def tenant(self, tenant_id: str) -> Limits:
         return self.tenants.get(tenant_id, NO_LIMITS)

@@ -5,19 +5,22 @@ time zones) and usage events in log order, and applies each batch with one scrip
 holds of the calls it contains, adds their actual tokens, requests and cost, and moves the checkpoint,
 all at once and only if the checkpoint is still where the batch starts (so replicas never apply a
 batch twice). `events.LogFollower` drives it by push; `ValkeyLead` lets one quota replica at a time
-follow. `rebuild` (what `switchyard replay quota` runs) recomputes every counter from position 0 and
-swaps them in atomically, keeping the reservations still in flight.
+follow; a batch holding a tenant's or a model's removal is told to `on_removal` (the limits store then clears
+the limits it voided), whether or not it gets applied. `rebuild` (what `switchyard replay quota` runs)
+recomputes every counter from position 0 and swaps them in atomically, keeping the reservations still in
+flight.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
+from switchyard_gateway.contracts.events import ModelRemoved, TenantRemoved
 from switchyard_gateway.events import Busy
 from switchyard_gateway.events.rebuild import Progress, count_upto, replay_log
 from switchyard_gateway.kit import eventlog
@@ -63,8 +66,10 @@ class Counters:
 
     event_types = PROJECTION_TYPES
 
-    def __init__(self, pool: asyncpg.Pool, valkey: Valkey, keys: Keys) -> None:
+    def __init__(self, pool: asyncpg.Pool, valkey: Valkey, keys: Keys,
+                 on_removal: Callable[[], object] | None = None) -> None:
         self.pool, self.valkey, self.keys = pool, valkey, keys
+        self.on_removal = on_removal
         self.ledger = Ledger(keys)
         self._ledger_at = -1          # the log position the ledger is folded through (-1: to be loaded)
 
@@ -72,6 +77,8 @@ class Counters:
         return await checkpoint(self.valkey, self.keys)
 
     async def apply(self, after: int, batch: Sequence[Positioned]) -> bool:
+        if self.on_removal is not None and any(isinstance(e, TenantRemoved | ModelRemoved) for _, e in batch):
+            self.on_removal()          # before the script: told even if a rebuild or another replica takes it
         if self._ledger_at != after:
             async with self.pool.acquire() as conn:
                 self.ledger = await load_ledger(conn, self.keys, after)

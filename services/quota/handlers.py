@@ -99,7 +99,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     store = LimitsStore(runtime.pool, runtime.nc)
     await store.load()
     notices = LogNotices(settings.database_url, settings.connect_timeout_s)
-    counters = LogFollower(runtime.pool, Counters(runtime.pool, valkey, keys), notices,
+    counters = LogFollower(runtime.pool, Counters(runtime.pool, valkey, keys, on_removal=store.removed), notices,
                            lead=ValkeyLead(valkey, keys.leader), errors=(*TRANSIENT, ValkeyError))
     deps = Deps(log=runtime.log, valkey=valkey, keys=keys, limits=store, counters=counters, notices=notices)
     runtime.before_scrape.append(UsageRatios(runtime.pool, valkey, keys, store).refresh)
@@ -107,6 +107,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     runtime.spawn(counters.run(), "quota-counters")
     runtime.spawn(expire_holds(deps), "quota-expiry")
     runtime.spawn(store.outbox.follow_retries(), "quota-limits-retries")
+    runtime.spawn(store.follow_removals(), "quota-limits-removals")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
     return deps
 
