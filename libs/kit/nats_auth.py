@@ -142,8 +142,10 @@ def load(path: Path, env: Mapping[str, str]) -> list[SubscriberUser]:
         if isinstance(password, str) and password.startswith("!"):
             problems.append(f"{where}.password: {password[1:]}")
         found.append(SubscriberUser(user, str(password), name, str(tenant) if tenant is not None else None))
-    users = [u.user for u in found]
+    users, names = [u.user for u in found], [u.name for u in found]
     problems += [f"user {u!r} appears twice" for u in sorted({u for u in users if users.count(u) > 1})]
+    problems += [f"name {n!r} appears twice: a name's dead letters and retries are one subscriber's"
+                 for n in sorted({n for n in names if names.count(n) > 1})]
     if problems:
         raise UsersError(f"{path}: " + "; ".join(problems))
     return found
@@ -194,9 +196,14 @@ def _password(value: object, env: Mapping[str, str]) -> str:
     ref = ENV_REF.match(text)
     if ref:                                    # the variable, or the file its _FILE twin names (a mounted secret)
         try:
-            return env_value(env, ref.group(1)) or f"!{ref.group(1)} is not set"
+            given = env_value(env, ref.group(1))
         except SettingsError as exc:
             return f"!{exc}"
+        if not given:
+            return f"!{ref.group(1)} is not set"
+        if len(given) < MIN_PASSWORD:          # as the services' own: a subscriber's is as exposed on the network
+            return f"!{ref.group(1)} holds {len(given)} characters; give at least {MIN_PASSWORD}"
+        return given
     if BCRYPT.match(text):
         return text                            # a bcrypt hash: nats-server checks the password against it
     return "!give it as ${ENV_VAR} or a bcrypt hash, never in plain text"

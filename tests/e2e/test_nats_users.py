@@ -41,7 +41,7 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
     (data_dir / "users.yaml").write_text(USERS)
     database_url = await create_database(urls.database_url, f"users_{uuid.uuid4().hex[:8]}")
     env = {**os.environ, "SWITCHYARD_DATABASE_URL": database_url, "SWITCHYARD_REDIS_URL": urls.redis_url,
-           "BILLING_NATS_PASSWORD": "billing-secret"}
+           "BILLING_NATS_PASSWORD": "billing-secret-password"}
     env.pop("SWITCHYARD_NATS_URL", None)
     port = pick_free_port(set())
     proc = start_up(["--data-dir", str(data_dir), "--port", str(port), "--no-fsync", "--nats-users",
@@ -57,7 +57,7 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
         assert all(s["status"] == "ok" for s in health["services"].values()), health
 
         own = await create_database(urls.database_url, f"users_sub_{uuid.uuid4().hex[:8]}")
-        subscriber = Subscriber("spend", _nothing, nats_url=with_user(bare, "billing", "billing-secret"),
+        subscriber = Subscriber("spend", _nothing, nats_url=with_user(bare, "billing", "billing-secret-password"),
                                 database_url=own)
         running = asyncio.ensure_future(subscriber.run())
         try:
@@ -80,7 +80,7 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
         forged = EventDeadLettered(consumer="metering", stage="apply", error="forged", source="USAGE",
                                    subject=subjects.REGISTRY_COMMAND, sequence=3, data=encode(m.IssueKey(
                                        tenant_id="admin", role="admin", secret="sy_attacker_chosen_0123456789")))
-        sub_nc = await nats.connect(with_user(bare, "billing", "billing-secret"), inbox_prefix=b"_INBOX_billing")
+        sub_nc = await nats.connect(with_user(bare, "billing", "billing-secret-password"), inbox_prefix=b"_INBOX_billing")
         await sub_nc.publish(f"{subjects.EVENT_DEAD_LETTERED}.spend", encode(forged))
         await sub_nc.flush()
         await sub_nc.close()

@@ -137,9 +137,9 @@ def test_a_users_file_takes_passwords_from_the_environment_or_as_hashes_never_in
     path.write_text("subscribers:\n"
                     "  - {user: billing, password: '${BILLING_PW}', name: tenant-spend}\n"
                     f"  - {{user: acme-bi, password: '{HASH}', name: acme-spend, tenant: acme}}\n")
-    users = load(path, {"BILLING_PW": "from-env"})
+    users = load(path, {"BILLING_PW": "from-the-environment"})
     assert [(u.user, u.password, u.tenant) for u in users] == [
-        ("billing", "from-env", None), ("acme-bi", HASH, "acme")]
+        ("billing", "from-the-environment", None), ("acme-bi", HASH, "acme")]
     path.write_text("subscribers:\n  - {user: billing, password: hunter2, name: x}\n"
                     "  - {user: switchyard, password: '${NOPE}', name: '', tenant: 'Bad Tenant', colour: red}\n"
                     "  - {user: ops, password: '$2-not-a-whole-hash', name: x}\n")
@@ -155,10 +155,23 @@ def test_a_users_file_takes_passwords_from_the_environment_or_as_hashes_never_in
     for name in ("metering", "quota", "spend.outbox", "gateway:REGISTRY", "has space"):
         path.write_text(f"subscribers:\n  - {{user: bi, password: '${{PW}}', name: '{name}'}}\n")
         with pytest.raises(UsersError) as reserved:
-            load(path, {"PW": "from-env"})
+            load(path, {"PW": "from-the-environment"})
         assert "subscribers[0].name" in str(reserved.value), name
     for content, needle in ((b"\xff\xfe", "cannot read it"), (b"subscribers: [\n  - x", "not valid YAML at line 2")):
         path.write_bytes(content)
         with pytest.raises(UsersError) as unreadable:
             load(path, {})
         assert needle in str(unreadable.value) and "\n" not in str(unreadable.value)
+
+
+def test_a_subscribers_password_is_as_long_as_the_services_and_its_name_its_own(tmp_path: Path) -> None:
+    """`SHORTPW=x` was accepted and written into nats-server's users (the services' needs 16 characters); two
+    subscribers of one name would share one dead-letter and retry subject."""
+    path = tmp_path / "users.yaml"
+    path.write_text("subscribers:\n  - {user: bi, password: '${SHORTPW}', name: spend}\n"
+                    "  - {user: bi2, password: '${LONGPW}', name: spend}\n")
+    with pytest.raises(UsersError) as refused:
+        load(path, {"SHORTPW": "x", "LONGPW": "long-enough-password"})
+    text = str(refused.value)
+    assert "subscribers[0].password: SHORTPW holds 1 characters; give at least 16" in text
+    assert "subscribers[1].password" not in text and "name 'spend' appears twice" in text
