@@ -128,7 +128,7 @@ def live_subjects(prefixes: list[str], tenant: str | None) -> list[str]:
     last = subjects.subject_token(tenant) if tenant else "*"
     if not prefixes:
         return [f"{subjects.LOG_PREFIX}.>"] if tenant is None else [f"{subjects.LOG_PREFIX}.*.*.*.{last}"]
-    return [f"{subjects.LOG_PREFIX}.{p}{'.*' * (2 - p.count('.'))}.{last}" for p in prefixes]
+    return list(dict.fromkeys(f"{subjects.LOG_PREFIX}.{p}{'.*' * (2 - p.count('.'))}.{last}" for p in prefixes))
 
 
 async def read_page(history: History, ask: ReplayRequest, tenant: str | None) -> ReplayPage:

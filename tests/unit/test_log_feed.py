@@ -30,4 +30,5 @@ def test_replay_subjects_patterns_and_live_filters() -> None:
     assert like_patterns(["tenant.model_assigned"]) == ["tenant.model\\_assigned", "tenant.model\\_assigned.%"]
     assert "usage.recorded.v1" in like_patterns(["usage"])             # older versions, read upcast
     assert live_subjects(["usage", "tenant.created.v1"], "acme") == ["log.usage.*.*.acme", "log.tenant.created.v1.acme"]
+    assert live_subjects(["usage"] * 64, None) == ["log.usage.*.*.*"]      # one filter per type, however often asked
     assert live_subjects([], None) == ["log.>"]
