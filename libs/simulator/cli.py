@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (kind, text) in KNOB_FLAGS.items():
         default = getattr(_DEFAULTS, flag[2:].replace("-", "_"))
         shown = ",".join(default) if isinstance(default, tuple) else default
-        if default is not None:
+        if default is not None and "(default:" not in text and shown != "":   # the text may say it in words
             text = f"{text} (default: {shown})"
         choices = FAILURE_KINDS if flag == "--failure-kind" else None
         knobs.add_argument(flag, type=kind, choices=choices, help=text)

@@ -119,3 +119,5 @@ def test_cli_help_names_the_command_and_every_knob(capsys):
         "--seed",
     ):
         assert flag in text
+    flat = " ".join(text.split())                  # a default said once, and never as an empty one
+    assert "(default: )" not in flat and ") (default:" not in flat and "(default: every route)" in flat
