@@ -120,4 +120,4 @@ def test_cli_help_names_the_command_and_every_knob(capsys):
     ):
         assert flag in text
     flat = " ".join(text.split())                  # a default said once, and never as an empty one
-    assert "(default: )" not in flat and ") (default:" not in flat and "(default: every route)" in flat
+    assert "(default: )" not in flat and "every route) (default" not in flat and "(default: every route)" in flat
