@@ -953,6 +953,34 @@ async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upst
             await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
 
 
+async def test_a_translated_whole_answer_shows_what_is_recorded_when_the_upstream_reports_no_usage(lab: Lab) -> None:
+    """An upstream answering `"usage": {}` was billed 0/0 (taken as a report of nothing), and the Anthropic door
+    showed its client 0/0 while the log recorded an estimate. Both now carry the same estimate."""
+    model, endpoint_id = f"{lab.model}-mute", f"mute-{lab.tag}"
+    async with LyingCounts(model, usage={}, stream_usage=None) as mute:
+        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+        registered = await lab.admin("POST", "/endpoints", {
+            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": mute.url,
+            "models": [model], "priority": 50, "timeout_s": 30})
+        assert registered.status_code == 201, registered.text
+        try:
+            request_id = f"mute-{uuid.uuid4().hex}"
+            body = {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "route me well"}]}
+            async with httpx.AsyncClient(timeout=30) as client:
+                async def served() -> httpx.Response | None:
+                    reply = await client.post(f"{lab.demo.url}/v1/messages", json=body,
+                                              headers=lab.headers(request_id=request_id))
+                    return reply if reply.status_code != 404 else None
+                reply = await wait_for(served, 15, what="the mute endpoint to serve")
+            assert reply.status_code == 200, reply.text[:300]
+            shown = reply.json()["usage"]
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["estimated"] is True and usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
+            assert (shown["input_tokens"], shown["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
+        finally:
+            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+
+
 # --- a call that outlives its hold ---------------------------------------------------------------------------
 
 

@@ -250,21 +250,24 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
             if problem is not None:
                 to.report("error", status, started)
                 raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' {problem}"), "error")
-        if plan.answer is not None:
-            try:
-                answer = plan.answer(data, call.request.model or "", _times(call, started))
-            except TranslationError as exc:
-                to.report("error", status, started)
-                raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
-                                           f"{exc}"), "error") from None
-    to.report("ok" if status == 200 else "http_4xx", status, started)
-    if status == 200:
         usage = believable(counts)
         if usage is not None:
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
         else:                       # a whole answer without believable counts: its output taken as a token per 4
             ask = call.ask          # bytes, as text runs (more than none, which let an upstream's answers go free)
             outcome.estimate_tokens(call, 0 if ask is None or ask.embedding else max(1, len(data) // 4))
+        if plan.answer is not None:
+            times = _times(call, started)
+            if usage is None:       # a translated answer shows what the log will record
+                times = times._replace(estimate=TokenCounts(outcome.input_tokens, outcome.output_tokens))
+            try:
+                answer = plan.answer(data, call.request.model or "", times)
+            except TranslationError as exc:
+                to.report("error", status, started)
+                raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
+                                           f"{exc}"), "error") from None
+    to.report("ok" if status == 200 else "http_4xx", status, started)
+    if status == 200:
         if plan.answer is not None:
             data, content_type = answer, "application/json"
         if call.cache_key is not None and not call.short:       # an answer a nearly spent quota cut short is this

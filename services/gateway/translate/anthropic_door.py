@@ -139,7 +139,8 @@ class AnthropicCall:
                 native=False,
                 request=lambda body, model, ceiling=None: (
                     "/api/chat", ollama_chat_body(self._messages(body, ceiling), model)),
-                answer=lambda data, model, _times: ollama_to_message(data, model), error=upstream_error,
+                answer=lambda data, model, times: ollama_to_message(data, model, times.estimate),
+                error=upstream_error,
                 stream=lambda model, _times: OllamaStreamToAnthropic(model), usage=ollama_usage)
         stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
         hosted = endpoint_kind == "openai"
@@ -148,7 +149,8 @@ class AnthropicCall:
             native=False,
             request=lambda body, model, ceiling=None: (
                 CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=not hosted, output_field=field)),
-            answer=lambda data, model, _times: openai_to_message(data, model, stop), error=upstream_error,
+            answer=lambda data, model, times: openai_to_message(data, model, stop, times.estimate),
+            error=upstream_error,
             stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
 
     def count_tokens(self, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> bytes:

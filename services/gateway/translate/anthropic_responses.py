@@ -21,7 +21,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
 )
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, TranslationError, decode_any, decode_reply, error_message, tool_arguments,
+    Choice, TokenCounts, TranslationError, believable, decode_any, decode_reply, error_message, tool_arguments,
 )
 
 # gateway and upstream statuses -> Anthropic's error types (the SDK picks its exception class by status)
@@ -56,8 +56,10 @@ def usage_block(counts: TokenCounts | None) -> MessagesUsage:
                          cache_read_input_tokens=cached or None)
 
 
-def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None = None) -> bytes:
-    """A chat.completion as an Anthropic message."""
+def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None = None,
+                      estimate: TokenCounts | None = None) -> bytes:
+    """A chat.completion as an Anthropic message; its usage the gateway's `estimate` when the relay made one (it
+    believed no counts of the upstream's), else the upstream's."""
     try:
         reply = decode_reply(data)
     except msgspec.MsgspecError as exc:
@@ -69,9 +71,9 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
              for call in (message.tool_calls if message else None) or () if call.function is not None]
     content: list[ContentBlock] = [TextContent(text), *tools] if text else [*tools]
     reason, sequence = stop_reason(choice.finish_reason, bool(tools), choice.stop_reason, stop_sequences)
-    counts = usage_counts(reply.usage) if reply.usage is not None else None
+    counts = believable(usage_counts(reply.usage)) if reply.usage is not None else None
     return encode(MessagesResponse(id=message_id(), model=model, content=content, stop_reason=reason,
-                                   stop_sequence=sequence, usage=usage_block(counts)))
+                                   stop_sequence=sequence, usage=usage_block(estimate or counts)))
 
 
 class _OllamaFunction(msgspec.Struct):
@@ -117,8 +119,9 @@ def ollama_tool_content(call: _OllamaToolCall) -> ToolUseContent:
     return ToolUseContent(tool_use_id(), function.name, arguments if isinstance(arguments, dict) else {})
 
 
-def ollama_to_message(data: bytes, model: str) -> bytes:
-    """A whole /api/chat answer as an Anthropic message."""
+def ollama_to_message(data: bytes, model: str, estimate: TokenCounts | None = None) -> bytes:
+    """A whole /api/chat answer as an Anthropic message; its usage the gateway's `estimate` when the relay made
+    one, else the upstream's."""
     try:
         reply = decode_ollama_line(data)
     except msgspec.MsgspecError as exc:
@@ -128,7 +131,8 @@ def ollama_to_message(data: bytes, model: str) -> bytes:
     content.extend(ollama_tool_content(call) for call in message.tool_calls or ())
     reason, sequence = stop_reason(reply.done_reason, bool(message.tool_calls))
     return encode(MessagesResponse(id=message_id(), model=model, content=content, stop_reason=reason,
-                                   stop_sequence=sequence, usage=usage_block(reply.counts)))
+                                   stop_sequence=sequence,
+                                   usage=usage_block(estimate or believable(reply.counts))))
 
 
 # --- errors -----------------------------------------------------------------------------------------

@@ -58,6 +58,14 @@ def _counts(usage: Usage | None) -> tuple[int | None, int | None, int | None]:
     return prompt, completion, usage.cached_tokens or None
 
 
+def _shown_counts(usage: Usage | None, times: Times | None) -> tuple[int | None, int | None, int | None]:
+    """The counts a translated answer shows: the gateway's estimate when the relay made one (the upstream reported
+    none it believed: the log records the estimate), else the upstream's."""
+    if times is not None and times.estimate is not None:
+        return times.estimate.prompt, times.estimate.completion, None
+    return _counts(usage)
+
+
 def usage_counts(usage: Usage) -> TokenCounts:
     """The token counts of an OpenAI `usage` block (a whole answer's or a stream's usage chunk)."""
     prompt, completion, cached = _counts(usage)
@@ -82,7 +90,7 @@ def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None) -
                 OllamaToolCall(OllamaFunction(c.function.name or "", tool_arguments(c.function.arguments)))
                 for c in message.tool_calls if c.function is not None
             ]
-    prompt, completion, cached = _counts(reply.usage)
+    prompt, completion, cached = _shown_counts(reply.usage, times)
     return encode(OllamaChat(
         model=model, created_at=ollama_time(reply.created), message=out, done=True,
         done_reason=done_reason(choice.finish_reason), prompt_eval_count=prompt, prompt_eval_cached_count=cached,
@@ -97,7 +105,7 @@ def openai_completion_to_ollama_generate(data: bytes, model: str, times: Times |
     message = choice.message
     text = choice.text if choice.text is not None else (message.content if message else None) or ""
     thinking = (message.reasoning_content or message.reasoning) if message else None
-    prompt, completion, cached = _counts(reply.usage)
+    prompt, completion, cached = _shown_counts(reply.usage, times)
     return encode(OllamaGenerate(
         model=model, created_at=ollama_time(reply.created), response=text, thinking=thinking or None,
         done=True, done_reason=done_reason(choice.finish_reason), prompt_eval_count=prompt,
@@ -154,7 +162,10 @@ def openai_usage(data: bytes) -> TokenCounts | None:
         usage = decode_usage(data).usage
     except (msgspec.MsgspecError, RecursionError):
         return None
-    return None if usage is None else usage_counts(usage)
+    if usage is None or (usage.prompt_tokens is None and usage.completion_tokens is None
+                         and usage.total_tokens is None):           # `"usage": {}` or all null reports nothing
+        return None
+    return usage_counts(usage)
 
 
 def ollama_error(message: str) -> bytes:

@@ -52,7 +52,7 @@ class OpenAIStreamToOllama:
         self._events = EventData()
         self._created_at: str | None = None
         self._clock = clock
-        self._started, self._sent = times if times is not None else (clock(), clock())
+        self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
         self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far]
 

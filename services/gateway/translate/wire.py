@@ -106,10 +106,13 @@ class Reply(msgspec.Struct):
 
 
 class Times(NamedTuple):
-    """When a call reached the gateway and when its answering attempt was sent upstream (`now_ns` clock)."""
+    """When a call reached the gateway and when its answering attempt was sent upstream (`now_ns` clock); and, for a
+    whole answer that reported no believable counts, the gateway's `estimate` (what the log records), which a
+    translated answer shows in their place."""
 
     arrived_ns: int
     sent_ns: int
+    estimate: TokenCounts | None = None
 
 
 class UsageOnly(msgspec.Struct):
