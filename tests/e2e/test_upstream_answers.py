@@ -249,6 +249,25 @@ async def test_a_200_that_is_no_answer_is_the_endpoints_failure(lab: Lab, gatewa
         await served_by_a(rig, attempts=2)
 
 
+@pytest.mark.parametrize(("path", "ollama"), [("/v1/chat/completions", False), ("/api/chat", True)])
+async def test_a_200_to_a_streamed_call_that_is_no_stream_is_the_endpoints_failure(
+        lab: Lab, gateway: Gateway, path: str, ollama: bool) -> None:
+    """Asked for a stream, a page of HTML (or a whole JSON answer) was relayed as it came, with a cut event after
+    it, and the call ended there; it is refused before a byte reaches the client now, and the call moves on."""
+    async with odd_endpoint(lab, gateway, ollama=ollama) as rig:
+        for case in ("html", "array"):
+            rig.odd.reply = NO_ANSWERS[case]
+            before = rig.odd.calls
+            async with httpx.AsyncClient(timeout=30) as client:
+                reply = await client.post(f"{gateway.url}{path}", headers=lab.headers(),
+                                          json={**lab.body(path), "model": lab.model, "stream": True})
+            assert reply.status_code == 200, (case, reply.text[:300])
+            assert "<html>" not in reply.text and "stream_cut" not in reply.text and "error" not in reply.text, case
+            assert reply.text.rstrip().endswith("data: [DONE]" if not ollama else "}"), (case, reply.text[-200:])
+            assert rig.odd.calls - before == 1, case
+            await rig.heard(1)
+
+
 async def test_an_old_servers_head_with_bare_lf_line_ends_is_an_answer(lab: Lab, gateway: Gateway) -> None:
     """Its head was never found: the call waited out the first-byte timeout and moved on, the endpoint blamed."""
     async with odd_endpoint(lab, gateway) as rig:

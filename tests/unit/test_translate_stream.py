@@ -333,3 +333,33 @@ def test_translated_streams_show_the_gateways_counts_when_the_upstream_sends_non
     delta = next(json.loads(block.split("\ndata: ")[1]) for block in anthropic.finish().decode().split("\n\n")
                  if block.startswith("event: message_delta"))
     assert delta["usage"]["input_tokens"] == 31 and delta["usage"]["output_tokens"] == 2
+
+
+@pytest.mark.parametrize(("make", "answer"), [
+    (lambda: SseTap(keep_usage=False), b"<html><body>oops</body></html>\n\n"),
+    (lambda: SseTap(keep_usage=True), b'{"id": "x", "choices": [{"message": {"content": "whole"}}]}'),
+    (OllamaStreamTap, b"<html><body>oops</body></html>\n"),
+])
+def test_an_answer_that_is_no_stream_is_refused_before_a_byte_is_relayed(make, answer: bytes) -> None:
+    """A 200 that is a page of HTML, or a whole JSON answer from a server that does not stream, was relayed as it
+    came with a cut event after it; refused now (ResponseCut), before anything reached the client, it is the
+    endpoint's failure and the call moves on."""
+    from switchyard_gateway.http1 import ResponseCut
+    tap = make()
+    with pytest.raises(ResponseCut, match="not"):
+        tap.feed(answer)
+        tap.ended()
+    ok = make()
+    ok.feed(b"\n")                                  # a newline before the first event or line is no verdict
+    ok.feed(CHAT_STREAM if isinstance(ok, SseTap) else NATIVE)
+    assert ok.done
+
+
+@pytest.mark.parametrize("make", [OllamaStreamTap, lambda: OllamaStreamToAnthropic("m")])
+def test_an_ollama_last_line_whose_counts_are_not_numbers_still_ends_the_stream(make) -> None:
+    """`"prompt_eval_count": "7"` on the done line: the line did not read, so the stream was never done and the
+    relay called it cut; it is done now, its counts left to the gateway's estimate."""
+    tap = make()
+    lines = NATIVE.replace(b'"prompt_eval_count": 26', b'"prompt_eval_count": "26"')
+    tap.feed(lines)
+    assert tap.done and tap.usage is None

@@ -31,6 +31,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
 )
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
+from switchyard_gateway.services.gateway.translate.stream import says_done
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, decode_reply, error_message
 
 _PING = sse(PingEvent())
@@ -263,6 +264,8 @@ class OllamaStreamToAnthropic:
         try:
             reply = decode_ollama_line(line)
         except msgspec.MsgspecError:
+            if says_done(line):            # counts of the wrong type on the last line: it ends all the same
+                self.done, self._finish = True, "stop"
             return b""
         out = self.events.start()
         if reply.error is not None:

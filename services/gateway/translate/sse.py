@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from switchyard_gateway.http1 import AnswerTooLarge
+from switchyard_gateway.http1 import AnswerTooLarge, ResponseCut
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cached_tokens
 
 _decode = msgspec.json.Decoder().decode
@@ -59,7 +59,7 @@ class SseTap:
     """
 
     __slots__ = ("keep_usage", "usage", "content_events", "done", "estimate", "_buffer", "_finished", "_first",
-                 "_held")
+                 "_held", "_seen")
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
@@ -71,6 +71,7 @@ class SseTap:
         self._finished = False      # a choice's finish_reason came: a body ending cleanly after it is whole
         self._first = b""           # the first event, whose id, created and model a usage chunk of ours repeats
         self._held = False          # [DONE] held back: the client asked for usage and the upstream sent none
+        self._seen = False          # an event came: the answer is an event stream
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:                       # past [DONE]: nothing more is the answer (nor billed)
@@ -83,6 +84,8 @@ class SseTap:
             self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 2], data[end + 2:]
+        if not self._seen:
+            self._seen = _is_event_stream(complete)
         if self.keep_usage and not self._first:
             self._first = complete[:complete.find(b"\n\n")]
         if not self._finished and (b'"finish_reason":"' in complete or b'"finish_reason": "' in complete):
@@ -172,6 +175,21 @@ class SseTap:
         chunk.update(choices=[], usage={"prompt_tokens": counts.prompt, "completion_tokens": counts.completion,
                                         "total_tokens": counts.prompt + counts.completion})
         return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+
+
+_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
+
+
+def _is_event_stream(events: bytes) -> bool:
+    """Whether the first event of an answer is one (True), or there is none yet (False); ResponseCut for an answer
+    that is no event stream (a page of HTML, a whole JSON answer from a server that does not stream), which was
+    relayed as it came, with a cut event after it, and is now the endpoint's failure before any byte is sent."""
+    first = events.lstrip(b"\n")
+    if not first:
+        return False
+    if not first.startswith(_FIELDS):
+        raise ResponseCut("the upstream's answer is not an event stream")
+    return True
 
 
 _MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]")

@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
+from switchyard_gateway.http1 import ResponseCut
 from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.wire import (
     OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
@@ -147,11 +148,12 @@ class OpenAIStreamToOllama:
 class OllamaStreamTap:
     """Watch a native Ollama NDJSON stream as it is relayed untouched: whole lines out, counts from the last line."""
 
-    __slots__ = ("usage", "done", "error", "content_events", "estimate", "_buffer")
+    __slots__ = ("usage", "done", "error", "content_events", "estimate", "_buffer", "_seen")
 
     def __init__(self) -> None:
         self.usage: TokenCounts | None = None
         self.estimate: TokenCounts | None = None        # the upstream's own last line is relayed: not shown
+        self._seen = False                              # a line came: the answer is NDJSON
         self.done = False
         self.error: str | None = None
         self.content_events = 0
@@ -166,6 +168,11 @@ class OllamaStreamTap:
             self._buffer = unfinished(data)
             return b""
         complete, self._buffer = data[: end + 1], data[end + 1:]
+        if not self._seen:
+            first = complete.lstrip()
+            if first and first[:1] != b"{":     # a page of HTML, not Ollama's lines: the endpoint's failure
+                raise ResponseCut("the upstream's answer is not a stream of JSON lines")
+            self._seen = bool(first)
         if b'"done":true' in complete or b'"done": true' in complete or b'"error"' in complete:
             at = 0
             for line in complete.split(b"\n"):
@@ -201,6 +208,8 @@ class OllamaStreamTap:
         try:
             counts = decode_counts(line)
         except (msgspec.MsgspecError, RecursionError):
+            if says_done(line):                # counts of the wrong type: the stream ended all the same
+                self.done = True
             return
         if counts.error is not None:
             self.error = error_message(counts.error)
@@ -208,3 +217,13 @@ class OllamaStreamTap:
             self.done = True
             if counts.tokens is not None:
                 self.usage = counts.tokens
+
+
+def says_done(line: bytes) -> bool:
+    """Whether an Ollama line that did not read as one (its counts as text, say) is its stream's last: a JSON object
+    with `"done": true`."""
+    try:
+        message = msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return isinstance(message, dict) and message.get("done") is True
