@@ -16,6 +16,7 @@ import urllib.request
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -780,6 +781,22 @@ class Runaway(RawUpstream):
             raise
 
 
+async def tried_first(lab: Lab, gateway: Gateway, endpoint_id: str, url: str, timeout_s: float) -> None:
+    """Register `url` as an endpoint of the lab's model tried before the demo's, and wait until `gateway` knows it."""
+    registered = await lab.admin("POST", "/endpoints", {
+        "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": url,
+        "models": [lab.model], "priority": 50, "timeout_s": timeout_s})
+    assert registered.status_code == 201, registered.text
+    async with httpx.AsyncClient(timeout=30) as client:
+        await wait_for(lambda: client.get(f"{gateway.url}/v1/models", headers=lab.headers()), 15)
+
+        async def endpoint_known() -> bool:
+            config = await client.get(f"{gateway.url}/api/config",
+                                      headers={"Authorization": f"Bearer {lab.demo.admin_key}"})
+            return any(e["id"] == endpoint_id for e in config.json()["endpoints"])
+        await wait_for(endpoint_known, 15, what=f"the gateway to know endpoint {endpoint_id}")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_runaway_answer_is_the_endpoints_failure_and_the_call_moves_on(
         lab: Lab, urls, stream: bool) -> None:
@@ -791,19 +808,9 @@ async def test_a_runaway_answer_is_the_endpoints_failure_and_the_call_moves_on(
     endpoint_id = f"runaway-{lab.tag}-{int(stream)}"
     try:
         async with Runaway(lab.model) as runaway:
-            registered = await lab.admin("POST", "/endpoints", {
-                "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": runaway.url,
-                "models": [lab.model], "priority": 50, "timeout_s": 30})
-            assert registered.status_code == 201, registered.text
+            await tried_first(lab, gateway, endpoint_id, runaway.url, timeout_s=30)
             request_id = f"runaway-{uuid.uuid4().hex}"
             async with httpx.AsyncClient(timeout=60) as client:
-                await wait_for(lambda: client.get(f"{gateway.url}/v1/models", headers=lab.headers()), 15)
-
-                async def endpoint_known() -> bool:
-                    config = await client.get(f"{gateway.url}/api/config",
-                                              headers={"Authorization": f"Bearer {lab.demo.admin_key}"})
-                    return any(e["id"] == endpoint_id for e in config.json()["endpoints"])
-                await wait_for(endpoint_known, 15, what="the gateway to know the runaway endpoint")
                 body = lab.body(max_tokens=20, stream=stream)
                 reply = await client.post(f"{gateway.url}/v1/chat/completions", json=body,
                                           headers=lab.headers(request_id=request_id))
@@ -831,19 +838,9 @@ async def test_a_whole_answer_trickling_past_the_endpoints_timeout_fails_over(la
     endpoint_id = f"trickle-{lab.tag}"
     try:
         async with Runaway(lab.model, trickle_s=0.2) as trickle:
-            registered = await lab.admin("POST", "/endpoints", {
-                "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": trickle.url,
-                "models": [lab.model], "priority": 50, "timeout_s": 1.5})
-            assert registered.status_code == 201, registered.text
+            await tried_first(lab, gateway, endpoint_id, trickle.url, timeout_s=1.5)
             request_id = f"trickle-{uuid.uuid4().hex}"
             async with httpx.AsyncClient(timeout=60) as client:
-                await wait_for(lambda: client.get(f"{gateway.url}/v1/models", headers=lab.headers()), 15)
-
-                async def endpoint_known() -> bool:
-                    config = await client.get(f"{gateway.url}/api/config",
-                                              headers={"Authorization": f"Bearer {lab.demo.admin_key}"})
-                    return any(e["id"] == endpoint_id for e in config.json()["endpoints"])
-                await wait_for(endpoint_known, 15, what="the gateway to know the trickling endpoint")
                 reply = await client.post(f"{gateway.url}/v1/chat/completions", json=lab.body(max_tokens=20),
                                           headers=lab.headers(request_id=request_id))
             assert reply.status_code == 200, reply.text[:300]
@@ -886,36 +883,50 @@ class LyingCounts(RawUpstream):
         await writer.drain()
 
 
+@asynccontextmanager
+async def lying_endpoint(lab: Lab, name: str, usage: dict, stream_usage: dict | None) -> AsyncIterator[str]:
+    """A LyingCounts upstream serving model `<lab model>-<name>`, the only endpoint of it (removed afterwards);
+    yields the model."""
+    model, endpoint_id = f"{lab.model}-{name}", f"{name}-{lab.tag}-{uuid.uuid4().hex[:4]}"
+    async with LyingCounts(model, usage, stream_usage) as upstream:
+        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+        registered = await lab.admin("POST", "/endpoints", {
+            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": upstream.url,
+            "models": [model], "priority": 50, "timeout_s": 30})
+        assert registered.status_code == 201, registered.text
+        try:
+            yield model
+        finally:
+            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+
+
+async def served(lab: Lab, path: str, body: dict[str, Any], request_id: str) -> httpx.Response:
+    """`body` posted to the demo's gateway, again while it does not know the model yet (404)."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def once() -> httpx.Response | None:
+            reply = await client.post(f"{lab.demo.url}{path}", json=body, headers=lab.headers(request_id=request_id))
+            return reply if reply.status_code != 404 else None
+        return await wait_for(once, 15, what=f"{body['model']} to be served")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_token_counts_an_upstream_could_not_have_are_estimated_not_recorded(lab: Lab, stream: bool) -> None:
     """An upstream reporting -1000 prompt tokens gave its tenant credit and its model's cost went negative (and
     the metering service, raising on a counter that may not fall, restarted for each); counts as text made a
     usage event the log refused (no event for the call at all). They are estimated now, as when none come. The
     stream's `[DONE]` without its blank line ends it (it was called cut)."""
-    model, endpoint_id = f"{lab.model}-lying", f"lying-{lab.tag}-{int(stream)}"
-    async with LyingCounts(model, usage={"prompt_tokens": -1000, "completion_tokens": -500, "total_tokens": -1500},
-                           stream_usage={"prompt_tokens": "7", "completion_tokens": 2**63, "total_tokens": 9}) as lying:
-        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
-        registered = await lab.admin("POST", "/endpoints", {
-            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": lying.url,
-            "models": [model], "priority": 50, "timeout_s": 30})
-        assert registered.status_code == 201, registered.text
-        try:
-            request_id = f"lying-{uuid.uuid4().hex}"
-            async with httpx.AsyncClient(timeout=30) as client:
-                async def served() -> httpx.Response | None:
-                    reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(
-                        request_id=request_id), json={**lab.body(stream=stream), "model": model})
-                    return reply if reply.status_code != 404 else None        # until the gateway knows the model
-                reply = await wait_for(served, 15, what="the lying endpoint to serve")
-            assert reply.status_code == 200, reply.text[:300]
-            if stream:
-                assert reply.text.rstrip().endswith("data: [DONE]") and "stream_cut" not in reply.text
-            usage = await exactly_one_usage_row(lab.demo, request_id)
-            assert usage["outcome"] == "ok" and usage["estimated"] is True, usage
-            assert 0 < usage["input_tokens"] < 100 and 0 < usage["output_tokens"] < 100, usage
-        finally:
-            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    async with lying_endpoint(lab, "lying", usage={"prompt_tokens": -1000, "completion_tokens": -500,
+                                                   "total_tokens": -1500},
+                              stream_usage={"prompt_tokens": "7", "completion_tokens": 2**63, "total_tokens": 9}) \
+            as model:
+        request_id = f"lying-{uuid.uuid4().hex}"
+        reply = await served(lab, "/v1/chat/completions", {**lab.body(stream=stream), "model": model}, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        if stream:
+            assert reply.text.rstrip().endswith("data: [DONE]") and "stream_cut" not in reply.text
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["outcome"] == "ok" and usage["estimated"] is True, usage
+        assert 0 < usage["input_tokens"] < 100 and 0 < usage["output_tokens"] < 100, usage
     logs = (lab.demo.data_dir / "logs" / "metering.log").read_text()
     assert "task_crashed" not in logs and "MsgAlreadyAckd" not in logs
 
@@ -923,62 +934,33 @@ async def test_token_counts_an_upstream_could_not_have_are_estimated_not_recorde
 async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upstream_sends_none(lab: Lab) -> None:
     """`stream_options.include_usage` promises a last chunk with usage. An upstream that sends none left the client
     with none, while the gateway recorded an estimate; the client now gets the same figures as the log."""
-    model, endpoint_id = f"{lab.model}-quiet", f"quiet-{lab.tag}"
-    async with LyingCounts(model, usage={}, stream_usage=None) as quiet:
-        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
-        registered = await lab.admin("POST", "/endpoints", {
-            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": quiet.url,
-            "models": [model], "priority": 50, "timeout_s": 30})
-        assert registered.status_code == 201, registered.text
-        try:
-            request_id = f"quiet-{uuid.uuid4().hex}"
-            body = {**lab.body(stream=True), "model": model, "stream_options": {"include_usage": True}}
-            async with httpx.AsyncClient(timeout=30) as client:
-                async def served() -> httpx.Response | None:
-                    reply = await client.post(f"{lab.demo.url}/v1/chat/completions", json=body,
-                                              headers=lab.headers(request_id=request_id))
-                    return reply if reply.status_code != 404 else None
-                reply = await wait_for(served, 15, what="the quiet endpoint to serve")
-            assert reply.status_code == 200, reply.text[:300]
-            events = [e[6:] for e in reply.text.split("\n\n") if e.startswith("data: ")]
-            assert events[-1] == "[DONE]"
-            shown = json.loads(events[-2])
-            assert shown["choices"] == [] and set(shown["usage"]) == {"prompt_tokens", "completion_tokens",
-                                                                       "total_tokens"}
-            usage = await exactly_one_usage_row(lab.demo, request_id)
-            assert usage["estimated"] is True and usage["outcome"] == "ok"
-            assert (shown["usage"]["prompt_tokens"], shown["usage"]["completion_tokens"]) == \
-                (usage["input_tokens"], usage["output_tokens"])
-        finally:
-            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    async with lying_endpoint(lab, "quiet", usage={}, stream_usage=None) as model:
+        request_id = f"quiet-{uuid.uuid4().hex}"
+        body = {**lab.body(stream=True), "model": model, "stream_options": {"include_usage": True}}
+        reply = await served(lab, "/v1/chat/completions", body, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        events = [e[6:] for e in reply.text.split("\n\n") if e.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        shown = json.loads(events[-2])
+        assert shown["choices"] == [] and set(shown["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["estimated"] is True and usage["outcome"] == "ok"
+        assert (shown["usage"]["prompt_tokens"], shown["usage"]["completion_tokens"]) == \
+            (usage["input_tokens"], usage["output_tokens"])
 
 
 async def test_a_translated_whole_answer_shows_what_is_recorded_when_the_upstream_reports_no_usage(lab: Lab) -> None:
     """An upstream answering `"usage": {}` was billed 0/0 (taken as a report of nothing), and the Anthropic door
     showed its client 0/0 while the log recorded an estimate. Both now carry the same estimate."""
-    model, endpoint_id = f"{lab.model}-mute", f"mute-{lab.tag}"
-    async with LyingCounts(model, usage={}, stream_usage=None) as mute:
-        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
-        registered = await lab.admin("POST", "/endpoints", {
-            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": mute.url,
-            "models": [model], "priority": 50, "timeout_s": 30})
-        assert registered.status_code == 201, registered.text
-        try:
-            request_id = f"mute-{uuid.uuid4().hex}"
-            body = {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "route me well"}]}
-            async with httpx.AsyncClient(timeout=30) as client:
-                async def served() -> httpx.Response | None:
-                    reply = await client.post(f"{lab.demo.url}/v1/messages", json=body,
-                                              headers=lab.headers(request_id=request_id))
-                    return reply if reply.status_code != 404 else None
-                reply = await wait_for(served, 15, what="the mute endpoint to serve")
-            assert reply.status_code == 200, reply.text[:300]
-            shown = reply.json()["usage"]
-            usage = await exactly_one_usage_row(lab.demo, request_id)
-            assert usage["estimated"] is True and usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
-            assert (shown["input_tokens"], shown["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
-        finally:
-            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    async with lying_endpoint(lab, "mute", usage={}, stream_usage=None) as model:
+        request_id = f"mute-{uuid.uuid4().hex}"
+        body = {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "route me well"}]}
+        reply = await served(lab, "/v1/messages", body, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        shown = reply.json()["usage"]
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["estimated"] is True and usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
+        assert (shown["input_tokens"], shown["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
 
 
 # --- a call that outlives its hold ---------------------------------------------------------------------------
