@@ -18,12 +18,7 @@ class Names:
 
     def resolve(self, name: str) -> str | None:
         """A model id from a name or alias; `:latest` is the same model (as `Catalog.resolve_model`)."""
-        if name in self.ids:
-            return name
-        if name in self.owners:
-            return self.owners[name]
-        base = name.removesuffix(":latest")
-        return self.resolve(base) if base != name else None
+        return rules.resolve_model_name(name, self.ids, self.owners)
 
 
 @dataclass

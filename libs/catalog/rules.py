@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from urllib.parse import urlsplit
 
 IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
@@ -222,3 +222,17 @@ def display_name_problem(value: object) -> str | None:
     if any(unicodedata.category(ch).startswith("C") for ch in value):
         return "a display name cannot contain control or format characters"
     return None
+
+
+def resolve_model_name(name: str, ids: Container[str], aliases: Mapping[str, str]) -> str | None:
+    """A model id from a name: the id itself, an alias of it, or either with `:latest` (the same model); None
+    when no model answers to it. The registry's catalog and a document's checks resolve names with this."""
+    while True:
+        if name in ids:
+            return name
+        if name in aliases:
+            return aliases[name]
+        base = name.removesuffix(":latest")
+        if base == name:
+            return None
+        name = base

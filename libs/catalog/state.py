@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from switchyard_gateway.catalog.rules import resolve_model_name
 from switchyard_gateway.contracts.events import (
     EndpointRegistered, EndpointRemoved, Event, KeyIssued, KeyRevoked, ModelRegistered, ModelRemoved,
     ProviderRegistered, ProviderRemoved, TenantCreated, TenantModelAssigned, TenantModelUnassigned,
@@ -200,14 +201,7 @@ class Catalog:
 
     def resolve_model(self, name: str) -> str | None:
         """A model id from a name or alias; `:latest` is the same model."""
-        if name in self.models:
-            return name
-        if name in self.aliases:
-            return self.aliases[name]
-        base = name.removesuffix(":latest")
-        if base != name:
-            return self.resolve_model(base)
-        return None
+        return resolve_model_name(name, self.models, self.aliases)
 
     def tenant_may_use(self, tenant_id: str, model_id: str) -> bool:
         """Whether a tenant may call a model: assigned and enabled, or the tenant may use all models."""

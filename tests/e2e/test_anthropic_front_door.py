@@ -267,6 +267,9 @@ async def test_the_models_list_is_anthropics_page_for_anthropics_client(upstream
         await client.models.retrieve("claude-nowhere")
     with pytest.raises(anthropic.BadRequestError):
         await client.models.list(limit=0)
+    for hostile in ({"limit": 1001}, {"after_id": "claude-nowhere"}, {"before_id": "../../etc"}):
+        with pytest.raises(anthropic.BadRequestError):
+            await client.models.list(**hostile)
     async with httpx.AsyncClient(base_url=upstream.demo.url, timeout=10) as http:   # OpenAI's clients: unchanged
         listed = (await http.get("/v1/models", headers={"Authorization": f"Bearer {upstream.key}"})).json()
     assert listed["object"] == "list" and sorted(m["id"] for m in listed["data"]) == names

@@ -294,6 +294,7 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
     outcome.status = 200
     transport = None
     failed_early = False
+    reported: TokenCounts | None = None     # the upstream's counts, once believed
     try:
         async with first_byte:
             try:
@@ -320,7 +321,8 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
             first_byte.clear()
             if not tap.done:
                 raise http1.ResponseCut("the stream ended before its last event")
-            if believable(tap.usage) is None:    # no counts came: the client is shown the gateway's, as recorded
+            reported = believable(tap.usage)
+            if reported is None:                # no counts came: the client is shown the gateway's, as recorded
                 outcome.estimate_tokens(call, output_tokens=tap.content_events)
                 tap.estimate = TokenCounts(outcome.input_tokens, outcome.output_tokens)
             tail = tap.finish()
@@ -354,7 +356,8 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         # granian (SWITCHYARD_HTTP_SERVER=granian) ends a streamed response when its transport is released; an
         # upstream error's traceback can outlive this frame, so let go of the transport explicitly.
         transport = None
-        reported = None if failed_early else believable(tap.usage)
+        if reported is None and not failed_early:
+            reported = believable(tap.usage)     # a stream that broke off: what its counts were, if any came
         if failed_early:
             pass
         elif reported is not None:
