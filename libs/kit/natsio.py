@@ -8,7 +8,6 @@ Exceptions:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -24,6 +23,7 @@ from nats.micro.request import Request
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.kit.settings import mask_password, url_list
 
 log = structlog.get_logger()
@@ -67,20 +67,13 @@ class ErrorLog:
     consumer" error per message dropped (half a million lines in ten seconds)."""
 
     def __init__(self, every_s: float = 10.0, kinds: int = 100) -> None:
-        self.every_s, self.kinds = every_s, kinds
-        self._last: dict[str, tuple[float, int]] = {}        # an error's text up to its sid -> (logged, since)
+        self.throttle = Throttle(every_s, kinds)
 
     def heard(self, error: str) -> None:
         kind = error.split(", sid:", 1)[0].split(" on subject ", 1)[0][:200]
-        now = time.monotonic()
-        logged, since = self._last.get(kind, (-self.every_s, 0))
-        if now - logged < self.every_s:
-            self._last[kind] = (logged, since + 1)
-            return
-        if len(self._last) >= self.kinds and kind not in self._last:
-            self._last.clear()
-        self._last[kind] = (now, 0)
-        log.warning("nats.error", error=error, **({"repeated": since} if since else {}))
+        since = self.throttle.due(kind)
+        if since is not None:
+            log.warning("nats.error", error=error, **({"repeated": since} if since else {}))
 
 
 async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None) -> NATS:
@@ -170,16 +163,15 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
 REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
 REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
                           "Requests not answered: their reply subject was not an inbox", ["service"])
-_refusals_logged: dict[str, float] = {}
+_refusals = Throttle(10.0)          # a flood of them writes a line every 10 s per service
 
 
 def _refuse_reply(service: str, subject: str) -> None:
     REFUSED_REPLIES.labels(service).inc()
-    now = time.monotonic()
-    if now - _refusals_logged.get(service, -60.0) >= 10.0:     # a flood of them writes a line every 10 s
-        _refusals_logged[service] = now
+    since = _refusals.due(service)
+    if since is not None:
         log.warning("service.reply_refused", service=service, subject=subject,
-                    reason="the reply subject is not an inbox")
+                    reason="the reply subject is not an inbox", **({"repeated": since} if since else {}))
 
 
 Handler = Callable[[bytes], Awaitable[bytes]]

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 
 import structlog
 
+from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.resp import Valkey, ValkeyError
 
 log = structlog.get_logger()
@@ -63,7 +63,7 @@ class LoginGuard:
         self.valkey, self.prefix = valkey, prefix
         self.args = [max(1, user_failures), max(1, address_failures), int(backoff_s * 1000),
                      int(backoff_max_s * 1000), max(1, int(window_s * 1000))]
-        self._warned_at = 0.0
+        self._warnings = Throttle(WARN_EVERY_S)
 
     def _keys(self, username: str, address: str) -> list[str]:
         # a hash keeps any username (or a hostile string posing as one) to one short key
@@ -95,9 +95,10 @@ class LoginGuard:
         return max(0, int(waited)) / 1000
 
     def _warn(self, exc: BaseException) -> None:
-        if time.monotonic() - self._warned_at > WARN_EVERY_S:
-            self._warned_at = time.monotonic()
-            log.warning("sign_in.guard_unavailable", error=str(exc) or type(exc).__name__)
+        since = self._warnings.due()
+        if since is not None:
+            log.warning("sign_in.guard_unavailable", error=str(exc) or type(exc).__name__,
+                        **({"repeated": since} if since else {}))
 
     async def close(self) -> None:
         await self.valkey.close()

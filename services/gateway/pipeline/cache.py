@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from typing import Any
 
 import msgspec
 import structlog
 
+from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
@@ -50,7 +50,7 @@ class ResponseCache:
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.max_bytes, self.timeout_s = max_bytes, timeout_s
         self._stores: set[asyncio.Task[Any]] = set()
-        self._warned_at = 0.0
+        self._warnings = Throttle(WARN_EVERY_S)
 
     def applies(self, api: str, stream: bool) -> bool:
         """Whether calls of this API may be cached at all under the configured mode."""
@@ -101,10 +101,9 @@ class ResponseCache:
         await self.valkey.close()
 
     def _warn(self, what: str, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_at > WARN_EVERY_S:
-            self._warned_at = now
-            log.warning(what, error=str(exc) or type(exc).__name__)
+        since = self._warnings.due()
+        if since is not None:
+            log.warning(what, error=str(exc) or type(exc).__name__, **({"repeated": since} if since else {}))
 
 
 def directives(headers: Any) -> tuple[bool, bool]:

@@ -34,6 +34,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import KeyIssued, ModelRegistered
 from switchyard_gateway.contracts.quota import Limits
 from switchyard_gateway.events import StreamFold
+from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import NANOS_PER_USD, Keys, key_prefix, usd_nanos
 from switchyard_gateway.quotas.plan import Estimate, Planned, plan
@@ -109,7 +110,7 @@ class QuotaClient:
         self.estimator, self.hold_s, self.timeout_s = estimator, hold_s, timeout_s
         self.fail_open = on_error == "open"
         self.unavailable = 0
-        self._warned_at = 0.0
+        self._warnings = Throttle(WARN_EVERY_S)
         self._plans: dict[tuple[str, str, str], tuple[int, float, tuple[list[Planned], Framed, Framed]]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         self.running: dict[str, float] = {}     # the holds of calls in flight -> when each lapses (epoch s)
@@ -311,9 +312,7 @@ class QuotaClient:
         self.unavailable += 1
         action = "open" if self.fail_open else "closed"
         metrics.count_quota_unavailable(action)
-        now = time.monotonic()
-        if now - self._warned_at > WARN_EVERY_S:
-            self._warned_at = now
+        if self._warnings.due() is not None:
             log.warning(f"quota.unavailable_fail_{action}", tenant=tenant_id, error=str(exc) or type(exc).__name__,
                         calls_so_far=self.unavailable)
         if not self.fail_open:
