@@ -5,6 +5,9 @@ in the same order, so a usage event is priced and dated identically by both.
 A call counts as a request unless it failed with no tokens (a refunded call), is
 charged to the model that served it (a fallback model when one stepped in), and
 is counted in the periods holding the moment it finished, in the tenant's zone.
+A tenant's removal ends its counters: usage folded before it is dropped, and usage of a call
+that finishes while the tenant is gone counts nowhere, so a tenant created again under the same
+id starts from nothing, however often the log is folded from position 0.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import NamedTuple
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects as s
-from switchyard_gateway.contracts.events import Event, UsageRecorded
+from switchyard_gateway.contracts.events import Event, TenantCreated, TenantRemoved, UsageRecorded
 from switchyard_gateway.quotas.limits import LimitsBook
 from switchyard_gateway.quotas.periods import PERIODS, Keys, field, usd_nanos, zone
 
@@ -52,10 +55,16 @@ class Ledger:
         self.keys = keys
         self.catalog = Catalog()
         self.limits = LimitsBook()
+        self.gone: set[str] = set()       # tenants removed and not created since: their usage counts nowhere
 
     def apply(self, event: Event) -> None:
         self.catalog.apply(event)
         self.limits.apply(event)
+        match event:
+            case TenantRemoved(tenant_id=tenant):
+                self.gone.add(tenant)
+            case TenantCreated(tenant_id=tenant):
+                self.gone.discard(tenant)
 
     def price(self, tenant_id: str, model_id: str) -> tuple[float, float, float | None]:
         """USD per million input, output and cached input tokens: the tenant's assignment price, else the
@@ -101,12 +110,21 @@ class Ledger:
                             slot[0] += value
         return Settlement(hold_name(event.request_id, event.event_id), tokens, requests, nanos)
 
-    def fold(self, events: Iterable[Event], totals: dict[CounterKey, list[int]]) -> list[Settlement]:
-        """Fold events in order: ledger events change prices and zones, usage events add to `totals`."""
+    def fold(self, events: Iterable[Event], totals: dict[CounterKey, list[int]],
+             removed: set[str] | None = None) -> list[Settlement]:
+        """Fold events in order: ledger events change prices and zones, usage events add to `totals`. A tenant's
+        removal drops what `totals` holds of it and names it in `removed` (its counters, already stored, end
+        there too); a gone tenant's calls settle their holds and count nowhere."""
         settled = []
         for event in events:
             if isinstance(event, UsageRecorded):
-                settled.append(self.settle(event, totals))
+                settled.append(self.settle(event, totals if event.tenant_id not in self.gone else {}))
             else:
                 self.apply(event)
+                if isinstance(event, TenantRemoved):
+                    ended = self.keys.tenant_prefixes(event.tenant_id)[0]
+                    for counter in [counter for counter in totals if counter[0].startswith(ended)]:
+                        del totals[counter]
+                    if removed is not None:
+                        removed.add(event.tenant_id)
         return settled

@@ -89,6 +89,10 @@ class Keys:
         self._periods[(tenant_id, period, tz.key)] = (start.timestamp(), end.timestamp(), found)
         return found
 
+    def tenant_prefixes(self, tenant_id: str) -> tuple[str, str]:
+        """The start of every key of a tenant's counters: its period counters' and its rate windows'."""
+        return f"{self.prefix}c:{tenant_id}:", f"{self.prefix}r:{tenant_id}:"
+
     def rate(self, tenant_id: str, now_s: float) -> tuple[str, int]:
         """(key, window end unix seconds) of a tenant's rate window holding `now_s`."""
         start = int(now_s) // RATE_WINDOW_S * RATE_WINDOW_S

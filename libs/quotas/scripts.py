@@ -101,7 +101,9 @@ end
 APPLY = _SETTLE + """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
 -- ARGV: from position, to position, settlements S, S x (hold name, tokens, requests, nanos),
---       then deltas x (key, field, delta, expire_at)
+--       P, P key prefixes of removed tenants, K, K keys of theirs, then deltas x (key, field, delta, expire_at)
+-- A removed tenant's holds are dropped (a call of it settling later refunds nothing) and its keys deleted
+-- before the deltas are added: the deltas then hold only usage of the tenant created again after it.
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, 0} end
 local at = tonumber(redis.call('GET', KEYS[1]) or '0')
 if at ~= tonumber(ARGV[1]) then return {0, at} end
@@ -116,6 +118,26 @@ for i = 0, s - 1 do
   end
 end
 local d = 4 + s * 4
+local p = tonumber(ARGV[d])
+if p > 0 then
+  local all = redis.call('HGETALL', KEYS[4])
+  for j = 1, #all, 2 do
+    local ended = false
+    for key in string.gmatch(all[j + 1], '([^\\t\\n]*)\\t[^\\n]*\\n') do
+      for i = d + 1, d + p do
+        if string.sub(key, 1, #ARGV[i]) == ARGV[i] then ended = true end
+      end
+    end
+    if ended then
+      redis.call('HDEL', KEYS[4], all[j])
+      redis.call('ZREM', KEYS[3], all[j])
+    end
+  end
+end
+d = d + 1 + p
+local k = tonumber(ARGV[d])
+for i = d + 1, d + k do redis.call('DEL', ARGV[i]) end
+d = d + 1 + k
 while d <= #ARGV do
   redis.call('HINCRBY', ARGV[d], ARGV[d + 1], ARGV[d + 2])
   redis.call('EXPIREAT', ARGV[d], ARGV[d + 3])

@@ -6,7 +6,8 @@ holds of the calls it contains, adds their actual tokens, requests and cost, and
 all at once and only if the checkpoint is still where the batch starts (so replicas never apply a
 batch twice). `events.LogFollower` drives it by push; `ValkeyLead` lets one quota replica at a time
 follow; a batch holding a tenant's or a model's removal is told to `on_removal` (the limits store then clears
-the limits it voided), whether or not it gets applied. `rebuild` (what `switchyard replay quota` runs)
+the limits it voided), whether or not it gets applied; a tenant's removal also ends its counters, rate windows
+and holds in the batch's script, so a tenant created again under its id counts from nothing. `rebuild` (what `switchyard replay quota` runs)
 recomputes every counter from position 0 and swaps them in atomically, keeping the reservations still in
 flight.
 """
@@ -52,10 +53,12 @@ async def load_ledger(conn: asyncpg.Connection, keys: Keys, upto: int) -> Ledger
     return ledger
 
 
-def apply_args(start: int, end: int, settled: list[Settlement], totals: dict[CounterKey, list[int]]) -> list[Any]:
+def apply_args(start: int, end: int, settled: list[Settlement], totals: dict[CounterKey, list[int]],
+               ended: Sequence[str] = (), ended_keys: Sequence[str] = ()) -> list[Any]:
     args: list[Any] = [start, end, len(settled)]
     for s in settled:
         args += (s.hold, s.tokens, s.requests, s.nanos)
+    args += (len(ended), *ended, len(ended_keys), *ended_keys)
     for (key, name), (value, expire) in totals.items():
         args += (key, name, value, expire)
     return args
@@ -84,16 +87,25 @@ class Counters:
                 self.ledger = await load_ledger(conn, self.keys, after)
             self._ledger_at = after
         totals: dict[CounterKey, list[int]] = {}
-        settled = self.ledger.fold([event for _, event in batch], totals)
+        removed: set[str] = set()
+        settled = self.ledger.fold([event for _, event in batch], totals, removed)
         end = batch[-1][0]
         self._ledger_at = -1          # folded past `after`: valid again only once the script agrees
+        ended = [prefix for tenant in sorted(removed) for prefix in self.keys.tenant_prefixes(tenant)]
+        ended_keys = [key for prefix in ended async for key in self.valkey.scan(glob_escape(prefix) + "*")]
         keys = (self.keys.checkpoint, self.keys.rebuilding, self.keys.holds, self.keys.hold_data)
-        done, _at = await APPLY_SCRIPT.run(self.valkey, keys, apply_args(after, end, settled, totals))
+        done, _at = await APPLY_SCRIPT.run(self.valkey, keys,
+                                           apply_args(after, end, settled, totals, ended, ended_keys))
         if done == 2:
             raise Busy("a rebuild of the quota counters is running")
         if done == 1:
             self._ledger_at = end
         return done == 1              # 0: another replica (or a rebuild) moved the checkpoint
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally by a SCAN pattern."""
+    return "".join("\\" + c if c in "\\*?[]^" else c for c in text)
 
 
 class ValkeyLead:

@@ -1,5 +1,6 @@
 """End to end on the demo stack: a tenant or model removed through the admin API takes its limits with it, so one
-created again under the same id starts without them, and limits set afterwards are enforced."""
+created again under the same id starts without them (a tenant without its usage either), and limits set afterwards
+are enforced."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ async def test_a_tenant_created_again_under_a_removed_ones_id_starts_without_its
     key = await new_key(demo, tenant)
     assert [(await call(demo, key)).status_code for _ in range(3)] == [200, 200, 402]
 
+    await wait_for(lambda: _requests_counted(demo, tenant, 2), timeout_s=10, what="the two calls counted")
     assert (await api(demo, "DELETE", f"/tenants/{tenant}")).status_code == 200
     assert (await api(demo, "GET", f"/tenants/{tenant}/limits")).status_code == 404
     assert (await api(demo, "POST", "/tenants", {"tenant_id": tenant})).status_code == 201
@@ -54,11 +56,16 @@ async def test_a_tenant_created_again_under_a_removed_ones_id_starts_without_its
     served = await call(demo, key)
     assert served.status_code == 200, served.text
 
-    assert (await api(demo, "PUT", f"/tenants/{tenant}/limits", {"monthly_requests": 1})).status_code == 200
+    # its counters started from nothing too: of two requests a month it has used the one above, not the removed
+    # tenant's two as well
+    assert (await api(demo, "PUT", f"/tenants/{tenant}/limits", {"monthly_requests": 2})).status_code == 200
+    await wait_for(lambda: _requests_counted(demo, tenant, 1), timeout_s=10, what="the call counted")
+    assert (await call(demo, key)).status_code == 200
     refused = await call(demo, key)
     assert refused.status_code == 402, refused.text
-    assert refused.json()["error"]["quota_type"] == "requests" and refused.json()["error"]["limit"] == 1
-    assert (await limits_of(demo, tenant))["limits"] == {"monthly_requests": 1}
+    assert refused.json()["error"]["quota_type"] == "requests" and refused.json()["error"]["limit"] == 2
+    assert refused.json()["error"]["used"] == 2
+    assert (await limits_of(demo, tenant))["limits"] == {"monthly_requests": 2}
     await api(demo, "DELETE", f"/tenants/{tenant}")
 
 
@@ -84,3 +91,11 @@ async def test_removing_a_model_removes_every_tenants_limits_of_it(demo: DemoSta
 
 async def _shows(demo: DemoStack, tenant: str, expected: dict) -> bool:
     return await limits_of(demo, tenant) == expected
+
+
+async def _requests_counted(demo: DemoStack, tenant: str, requests: int) -> bool:
+    async with httpx.AsyncClient(timeout=30) as client:
+        usage = await client.get(f"{demo.url}/api/v1/tenant-models/usage", headers=admin(demo),
+                                 params={"period": "month", "tenant_id": tenant})
+    assert usage.status_code == 200, usage.text
+    return usage.json()["usage"]["requests"] == requests

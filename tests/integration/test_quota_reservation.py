@@ -12,7 +12,9 @@ import pytest
 import redis.asyncio as redis
 
 from switchyard_gateway.catalog.state import Catalog
-from switchyard_gateway.contracts.events import EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, UsageRecorded
+from switchyard_gateway.contracts.events import (
+    EndpointRegistered, KeyIssued, ModelRegistered, TenantCreated, TenantModelAssigned, TenantRemoved, UsageRecorded,
+)
 from switchyard_gateway.contracts.quota import Limits, LimitsSet
 from switchyard_gateway.events import LogFollower
 from switchyard_gateway.kit import eventlog
@@ -230,6 +232,42 @@ async def test_calls_sharing_a_request_id_hold_apart_and_each_settlement_frees_o
     assert (await day_counter(client, keys))["tok"] == PROMPT + 5 + held[1].tokens
     quota.release(held[1], PROMPT, 2, 1)
     await wait_for(lambda: _no_hold(client, keys), what="the second call's own release")
+
+
+async def test_a_tenant_created_again_counts_from_nothing_live_and_when_rebuilt(urls, keys, client, valkey,
+                                                                                 pool) -> None:
+    """A removed tenant's counters, rate windows and holds end with its removal: a call of it still running then
+    refunds nothing when it settles, and the tenant created again under its id counts only its own calls, live and
+    when every counter is rebuilt from position 0. Another tenant's counters are untouched."""
+    from switchyard_gateway.services.quota.counters import rebuild
+
+    limits = [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=100_000, rpm=1000)),
+              LimitsSet(tenant_id=OTHER, limits=Limits(daily_tokens=100_000))]
+    quota = quota_client(urls, keys, limits)
+    await record(pool, [*registry_events(), *limits, usage("old1", 500, 500), usage("o1", 9, 1, tenant=OTHER)])
+    projection = counters(pool, valkey, keys)
+    await projection.step()
+    assert (await day_counter(client, keys))["tok"] == 1000
+    running = await quota.reserve(hold=hold("old2"), key=KEY, model=CHAT, ask=body(100))   # in flight at removal
+    assert running is not None and await client.zcard(keys.holds) == 1
+    assert [k async for k in client.scan_iter(match=f"{keys.prefix}r:{TENANT}:*")], "a rate window of the tenant"
+    await record(pool, [TenantRemoved(tenant_id=TENANT)])
+    await projection.step()
+    assert await day_counter(client, keys) == {}
+    assert [k async for k in client.scan_iter(match=f"{keys.prefix}r:{TENANT}:*")] == []
+    assert await client.zcard(keys.holds) == 0, "the removed tenant's hold went with it"
+    await record(pool, [usage("old2", 40, 40)])            # it finishes while the tenant is gone: counts nowhere
+    await projection.step()
+    assert await day_counter(client, keys) == {}
+    await record(pool, [TenantCreated(tenant_id=TENANT), usage("new1", 3, 4)])
+    await projection.step()
+    live = await day_counter(client, keys)
+    assert live["tok"] == 7 and live["req"] == 1
+    assert (await day_counter(client, keys, OTHER))["tok"] == 10
+    await client.delete(*[k async for k in client.scan_iter(match=f"{keys.prefix}c:*")])
+    await rebuild(pool, valkey, keys)
+    assert await day_counter(client, keys) == live
+    assert (await day_counter(client, keys, OTHER))["tok"] == 10
 
 
 async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> None:

@@ -8,7 +8,9 @@ import msgspec
 import pytest
 
 from switchyard_gateway.contracts import codec
-from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, UsageRecorded
+from switchyard_gateway.contracts.events import (
+    ModelRegistered, TenantCreated, TenantModelAssigned, TenantRemoved, UsageRecorded,
+)
 from switchyard_gateway.contracts.quota import Limits, LimitsSet, LimitsUpdate
 from switchyard_gateway.quotas.ledger import Ledger
 from switchyard_gateway.quotas.limits import InvalidLimits, LimitsBook, merge
@@ -232,3 +234,26 @@ def test_a_data_dir_too_long_for_a_socket_name_gives_valkey_by_tcp(tmp_path) -> 
     long = ValkeyServer(tmp_path / ("d" * 120), tmp_path, {"valkey": 16379}, durable=False)
     assert short.url == f"unix://{tmp_path}/d/valkey/valkey.sock" and "--unixsocket" in short.command()
     assert long.url == "redis://127.0.0.1:16379/0" and "--unixsocket" not in long.command()
+
+
+def test_a_tenant_created_again_under_a_removed_ones_id_counts_from_nothing() -> None:
+    """Its counters ended with the removal: usage folded before it is dropped, a call of the removed tenant that
+    finishes while it is gone counts nowhere, and only usage after the creation counts (the same from position 0)."""
+    ledger = Ledger(Keys("p:"))
+    totals: dict = {}
+
+    def call(tokens: int, tenant: str = "acme") -> UsageRecorded:
+        return UsageRecorded(request_id="r", tenant_id=tenant, key_id="k", model="m", api="openai.chat",
+                             outcome="ok", status=200, input_tokens=tokens, output_tokens=0,
+                             occurred_at=datetime(2025, 1, 15, tzinfo=UTC))
+
+    removed: set[str] = set()
+    settled = ledger.fold([TenantCreated(tenant_id="acme"), TenantCreated(tenant_id="other"), call(100),
+                           call(7, "other"), TenantRemoved(tenant_id="acme"), call(50)], totals, removed)
+    assert removed == {"acme"}
+    assert [s.tokens for s in settled] == [100, 7, 50]            # every hold still settles
+    assert not any(key.startswith("p:c:acme:") for key, _ in totals)
+    assert totals[("p:c:other:d:2025-01-15", "tok")][0] == 7      # another tenant's usage untouched
+    ledger.fold([TenantCreated(tenant_id="acme"), call(3)], totals)
+    assert totals[("p:c:acme:d:2025-01-15", "tok")][0] == 3
+    assert totals[("p:c:acme:m:2025-01", "req")][0] == 1
