@@ -867,6 +867,10 @@ class LyingCounts(RawUpstream):
         if head.startswith(b"GET"):
             reply, kind = {"object": "list", "data": [{"id": self.model, "object": "model"}]}, b"application/json"
             data = msgspec.json.encode(reply)
+        elif head.split(b" ", 2)[1].endswith(b"/embeddings"):
+            kind = b"application/json"
+            data = msgspec.json.encode({"object": "list", "model": self.model, "usage": self.usage,
+                                        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]}]})
         elif b'"stream":true' in body.replace(b" ", b""):
             kind = b"text/event-stream"
             chunks = [{"choices": [{"index": 0, "delta": {"content": word}}]} for word in ("counted ", "wrong")]
@@ -949,18 +953,45 @@ async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upst
             (usage["input_tokens"], usage["output_tokens"])
 
 
-async def test_a_translated_whole_answer_shows_what_is_recorded_when_the_upstream_reports_no_usage(lab: Lab) -> None:
+@pytest.mark.parametrize("door", ["/v1/messages", "/api/chat"])
+@pytest.mark.parametrize(("name", "reported"), [
+    ("mute", {}),
+    ("texty", {"prompt_tokens": "7", "completion_tokens": "2", "total_tokens": "9"}),
+    ("vast", {"prompt_tokens": 7, "completion_tokens": 2**70, "total_tokens": 2**70 + 7}),
+])
+async def test_a_translated_whole_answer_shows_what_is_recorded_when_the_upstream_reports_no_usage(
+        lab: Lab, door: str, name: str, reported: dict) -> None:
     """An upstream answering `"usage": {}` was billed 0/0 (taken as a report of nothing), and the Anthropic door
-    showed its client 0/0 while the log recorded an estimate. Both now carry the same estimate."""
-    async with lying_endpoint(lab, "mute", usage={}, stream_usage=None) as model:
-        request_id = f"mute-{uuid.uuid4().hex}"
-        body = {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "route me well"}]}
-        reply = await served(lab, "/v1/messages", body, request_id)
+    showed its client 0/0 while the log recorded an estimate. Both now carry the same estimate. Counts as text
+    made a translated answer unreadable (the call failed over, here to no other endpoint: 502) while the OpenAI
+    door estimated them."""
+    async with lying_endpoint(lab, name, usage=reported, stream_usage=None) as model:
+        request_id = f"{name}-{uuid.uuid4().hex}"
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "route me well"}]}
+        body.update({"max_tokens": 20} if door == "/v1/messages" else {"stream": False})
+        reply = await served(lab, door, body, request_id)
         assert reply.status_code == 200, reply.text[:300]
-        shown = reply.json()["usage"]
+        shown = reply.json()["usage"] if door == "/v1/messages" else reply.json()
+        counts = ("input_tokens", "output_tokens") if door == "/v1/messages" else ("prompt_eval_count", "eval_count")
         usage = await exactly_one_usage_row(lab.demo, request_id)
         assert usage["estimated"] is True and usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
-        assert (shown["input_tokens"], shown["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
+        assert usage["outcome"] == "ok" and usage["attempts"] == 1, usage
+        assert (shown[counts[0]], shown[counts[1]]) == (usage["input_tokens"], usage["output_tokens"])
+
+
+@pytest.mark.parametrize("reported", [{"prompt_tokens": "7", "total_tokens": "7"}, {"prompt_tokens": -3}])
+async def test_a_translated_embedding_shows_what_is_recorded_when_its_count_cannot_be_true(
+        lab: Lab, reported: dict) -> None:
+    """Ollama's /api/embed over an OpenAI upstream showed the upstream's prompt count as written (text, or
+    negative) while the log recorded the gateway's estimate."""
+    async with lying_endpoint(lab, "embedder", usage=reported, stream_usage=None) as model:
+        request_id = f"embedder-{uuid.uuid4().hex}"
+        reply = await served(lab, "/api/embed", {"model": model, "input": "route me well"}, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        assert reply.json()["embeddings"] == [[0.5, -0.25]]
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["estimated"] is True and usage["input_tokens"] > 0, usage
+        assert reply.json()["prompt_eval_count"] == usage["input_tokens"]
 
 
 # --- a call that outlives its hold ---------------------------------------------------------------------------

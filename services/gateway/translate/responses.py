@@ -53,7 +53,7 @@ def _counts(usage: Usage | None) -> tuple[int | None, int | None, int | None]:
         return None, None, None
     prompt = usage.prompt_tokens
     completion = usage.completion_tokens
-    if completion is None and usage.total_tokens is not None:
+    if completion is None and type(usage.total_tokens) is int and type(prompt or 0) is int:
         completion = max(0, usage.total_tokens - (prompt or 0))
     return prompt, completion, usage.cached_tokens or None
 
@@ -137,6 +137,8 @@ def openai_embeddings_to_ollama_embed(data: bytes, model: str, times: Times | No
     """An OpenAI embedding list as an /api/embed reply: `{"model", "embeddings": [[...]], "prompt_eval_count"}`,
     with the total and load durations measured."""
     vectors, prompt = _vectors(data)
+    if times is not None and times.estimate is not None:    # the upstream's count not believed: the log's estimate
+        prompt = times.estimate.prompt
     measured = durations(times)
     return encode(OllamaEmbed(model=model, embeddings=vectors, total_duration=measured.get("total_duration"),
                               load_duration=measured.get("load_duration"), prompt_eval_count=prompt))

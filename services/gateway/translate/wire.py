@@ -42,9 +42,11 @@ def believable(counts: TokenCounts | None) -> TokenCounts | None:
 
 
 class Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+    # read as written, whatever their type: counts an upstream could not have (text, past int64) leave the answer
+    # readable, and `believable` judges them (the call's tokens are then estimated)
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    total_tokens: Any = None
     prompt_tokens_details: Any = None       # {"cached_tokens": n} (OpenAI, vLLM, llama.cpp); read leniently
 
     @property
