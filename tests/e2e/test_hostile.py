@@ -935,6 +935,43 @@ async def test_token_counts_an_upstream_could_not_have_are_estimated_not_recorde
     assert "task_crashed" not in logs and "MsgAlreadyAckd" not in logs
 
 
+@pytest.mark.parametrize("door", ["/v1/messages", "/api/chat"])
+@pytest.mark.parametrize(("name", "reported"), [
+    ("textual", {"prompt_tokens": "10", "completion_tokens": 5, "total_tokens": 15}),
+    ("negative", {"prompt_tokens": 0, "completion_tokens": -5, "total_tokens": -5}),
+    ("vast", {"prompt_tokens": 10**15, "completion_tokens": 10**15, "total_tokens": 2 * 10**15}),
+    ("cachey", {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
+                "prompt_tokens_details": {"cached_tokens": 50}}),
+])
+async def test_a_translated_stream_shows_the_counts_the_log_records(lab: Lab, door: str, name: str,
+                                                                     reported: dict) -> None:
+    """A translated stream showed the upstream's counts as written when the relay believed none of them (-5 output
+    tokens, 10^15, 50 cached of a 10-token prompt) while the log recorded the gateway's estimate; counts as text
+    raised inside the Anthropic translation and the stream stopped without its end (the SDK's final message had no
+    stop reason)."""
+    async with lying_endpoint(lab, f"s{name}", usage={}, stream_usage=reported) as model:
+        request_id = f"{name}-{uuid.uuid4().hex}"
+        body: dict[str, Any] = {"model": model, "stream": True,
+                                "messages": [{"role": "user", "content": "route me well"}]}
+        if door == "/v1/messages":
+            body["max_tokens"] = 20
+        reply = await served(lab, door, body, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        if door == "/v1/messages":
+            events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+            assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"], reply.text[-300:]
+            totals = events[-2]["usage"]
+            shown = (totals["input_tokens"] + totals.get("cache_read_input_tokens", 0), totals["output_tokens"])
+        else:
+            last = json.loads(reply.text.strip().splitlines()[-1])
+            assert last["done"] is True, last
+            shown = (last["prompt_eval_count"], last["eval_count"])
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["outcome"] == "ok", usage
+        assert shown == (usage["input_tokens"], usage["output_tokens"]), (shown, usage)
+        assert usage["cached_tokens"] <= usage["input_tokens"]
+
+
 async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upstream_sends_none(lab: Lab) -> None:
     """`stream_options.include_usage` promises a last chunk with usage. An upstream that sends none left the client
     with none, while the gateway recorded an estimate; the client now gets the same figures as the log."""

@@ -10,7 +10,8 @@
 
 Both translators share the relay's shape (see translate/stream.py): `feed(chunk)` gives the events
 to send, `finish()` the closing ones once the upstream ended properly (`done`); `usage` holds the
-upstream's counts, `content_events` the pieces relayed (the output estimate when no usage came). Usage
+upstream's counts, `content_events` the pieces relayed (the output estimate when no usage came); the client is
+shown the relay's `estimate` when it believed no counts of the upstream's (what the log records), else them. Usage
 arrives at the end of a chat stream, so `message_start` says 0 tokens and `message_delta` carries the
 totals (the SDK takes them as final). An upstream error inside the stream becomes an `error` event.
 """
@@ -32,7 +33,9 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.stream import says_done
-from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, decode_reply, error_message
+from switchyard_gateway.services.gateway.translate.wire import (
+    TokenCounts, ToolCall, believable, decode_reply, error_message,
+)
 
 _PING = sse(PingEvent())
 _STOP = sse(MessageStopEvent())
@@ -178,7 +181,7 @@ class OpenAIStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
-        return out + self.events.end(reason, sequence, self.usage or self.estimate)
+        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage))
 
     def _event(self, payload: bytes) -> bytes:
         if not payload or self.error is not None or self.done:
@@ -256,7 +259,7 @@ class OllamaStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called)
-        return out + self.events.end(reason, sequence, self.usage or self.estimate)
+        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage))
 
     def _line(self, line: bytes) -> bytes:
         if not line.strip() or self.error is not None or self.done:

@@ -21,7 +21,7 @@ from switchyard_gateway.http1 import ResponseCut
 from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.wire import (
     OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
-    decode_counts, decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
+    believable, decode_counts, decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
 )
 
 
@@ -76,7 +76,7 @@ class OpenAIStreamToOllama:
             out += encode(OllamaChat(model=self.model, created_at=created_at, message=message, done=False)) + b"\n"
         now = self._clock()
         first = self._first_token if self._first_token is not None else now
-        counts = self.usage or self.estimate
+        counts = self.estimate or believable(self.usage)      # the relay's estimate when it believed none
         prompt, completion, cached = counts if counts is not None else (None, self.content_events, 0)
         stats = {
             "done": True, "done_reason": self.done_reason, "total_duration": max(1, now - self._started),
