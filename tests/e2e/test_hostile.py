@@ -887,6 +887,74 @@ class LyingCounts(RawUpstream):
         await writer.drain()
 
 
+class FailingMidStream(RawUpstream):
+    """An upstream whose stream says a word, then fails with an error chunk (OpenAI's and vLLM's shape), then
+    ends (with `[DONE]` after it when `then_done`, as vLLM does)."""
+
+    def __init__(self, model: str, then_done: bool, failing: dict | None = None) -> None:
+        super().__init__()
+        self.model, self.then_done = model, then_done
+        self.failing = failing or {"error": {"message": "the model ran out of memory", "type": "server_error",
+                                             "code": 500}}
+
+    async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET"):
+            data, kind = msgspec.json.encode({"object": "list", "data": [{"id": self.model}]}), b"application/json"
+        else:
+            kind = b"text/event-stream"
+            chunks = [{"choices": [{"index": 0, "delta": {"content": "partly "}}]}, self.failing]
+            data = b"".join(b"data: " + msgspec.json.encode(c) + b"\n\n" for c in chunks)
+            data += b"data: [DONE]\n\n" if self.then_done else b""
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-length: %d\r\n\r\n" % len(data)
+                     + data)
+        await writer.drain()
+
+
+UNREADABLE_CHUNK = {"choices": [{"index": 0, "delta": {"content": ["parts", "where", "text", "belongs"]}}]}
+
+
+@pytest.mark.parametrize("then_done", [False, True])
+@pytest.mark.parametrize(("door", "failing", "said"), [
+    ("/v1/chat/completions", None, "the model ran out of memory"),
+    ("/v1/messages", None, "the model ran out of memory"),
+    ("/api/chat", None, "the model ran out of memory"),
+    ("/v1/messages", UNREADABLE_CHUNK, "not an OpenAI chat chunk"),
+    ("/api/chat", UNREADABLE_CHUNK, "not an OpenAI chat chunk"),
+])
+async def test_an_error_inside_a_stream_reaches_the_client_once_and_the_call_is_an_error(
+        lab: Lab, door: str, failing: dict | None, said: str, then_done: bool) -> None:
+    """An upstream that failed inside its stream and said so was taken for a cut stream: the client got the
+    upstream's error and then the gateway's cut event (two errors), the log said `stream_cut`, and with `[DONE]`
+    after the error the call was recorded as ok. A chunk a translating door cannot read was dropped without a
+    word (its text lost, the answer ending as if whole); it ends the stream with an error now."""
+    model, endpoint_id = f"{lab.model}-failing", f"failing-{lab.tag}-{uuid.uuid4().hex[:4]}"
+    async with FailingMidStream(model, then_done, failing) as upstream:
+        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+        registered = await lab.admin("POST", "/endpoints", {
+            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": upstream.url,
+            "models": [model], "priority": 50, "timeout_s": 30})
+        assert registered.status_code == 201, registered.text
+        try:
+            request_id = f"failing-{uuid.uuid4().hex}"
+            body: dict[str, Any] = {"model": model, "stream": True,
+                                    "messages": [{"role": "user", "content": "route me well"}]}
+            if door == "/v1/messages":
+                body["max_tokens"] = 20
+            reply = await served(lab, door, body, request_id)
+            assert reply.status_code == 200, reply.text[:300]
+            assert reply.text.count(said) == 1, reply.text
+            assert "cut" not in reply.text, reply.text
+            if door == "/v1/messages":
+                assert reply.text.count("event: error") == 1 and "message_stop" not in reply.text
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["outcome"] == "error" and usage["output_tokens"] >= 1, usage
+        finally:
+            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    logs = (lab.demo.data_dir / "logs" / "gateway.log").read_text().splitlines()
+    assert [line for line in logs if request_id in line and "upstream.stream_error" in line], \
+        "the upstream's error is logged as such"
+
+
 @asynccontextmanager
 async def lying_endpoint(lab: Lab, name: str, usage: dict, stream_usage: dict | None) -> AsyncIterator[str]:
     """A LyingCounts upstream serving model `<lab model>-<name>`, the only endpoint of it (removed afterwards);
@@ -1014,6 +1082,51 @@ async def test_a_translated_whole_answer_shows_what_is_recorded_when_the_upstrea
         assert usage["estimated"] is True and usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
         assert usage["outcome"] == "ok" and usage["attempts"] == 1, usage
         assert (shown[counts[0]], shown[counts[1]]) == (usage["input_tokens"], usage["output_tokens"])
+
+
+class UnreadableAnswers(RawUpstream):
+    """An upstream whose whole chat answers report true counts but hold what no translation reads: a tool call's
+    arguments as an object instead of JSON text."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.model = model
+
+    async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET"):
+            data = msgspec.json.encode({"object": "list", "data": [{"id": self.model}]})
+        else:
+            call = {"id": "c1", "type": "function", "function": {"name": "look", "arguments": {"q": 1}}}
+            data = msgspec.json.encode({"object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                 "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                     % len(data) + data)
+        await writer.drain()
+
+
+@pytest.mark.parametrize("door", ["/v1/messages", "/api/chat"])
+async def test_an_answer_no_translation_can_read_fails_and_charges_nothing(lab: Lab, door: str) -> None:
+    """A whole answer the door could not translate failed the call (502, the endpoint's failure) but charged its
+    tenant the upstream's counts: a failed call settles to zero."""
+    model, endpoint_id = f"{lab.model}-unreadable", f"unreadable-{lab.tag}-{uuid.uuid4().hex[:4]}"
+    async with UnreadableAnswers(model) as upstream:
+        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+        registered = await lab.admin("POST", "/endpoints", {
+            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": upstream.url,
+            "models": [model], "priority": 50, "timeout_s": 30})
+        assert registered.status_code == 201, registered.text
+        try:
+            request_id = f"unreadable-{uuid.uuid4().hex}"
+            body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "route me well"}]}
+            body.update({"max_tokens": 20} if door == "/v1/messages" else {"stream": False})
+            reply = await served(lab, door, body, request_id)
+            assert reply.status_code == 502, reply.text[:300]
+            usage = await exactly_one_usage_row(lab.demo, request_id)
+            assert usage["outcome"] == "error" and usage["status"] == 502, usage
+            assert (usage["input_tokens"], usage["output_tokens"]) == (0, 0), usage
+        finally:
+            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
 
 
 @pytest.mark.parametrize("reported", [{"prompt_tokens": "7", "total_tokens": "7"}, {"prompt_tokens": -3}])

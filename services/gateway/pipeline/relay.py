@@ -264,6 +264,8 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
                 answer = plan.answer(data, call.request.model or "", times)
             except TranslationError as exc:
                 to.report("error", status, started)
+                outcome.input_tokens = outcome.output_tokens = outcome.cached_tokens = 0   # no answer: nothing spent
+                outcome.estimated = False
                 raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
                                            f"{exc}"), "error") from None
     to.report("ok" if status == 200 else "http_4xx", status, started)
@@ -319,6 +321,8 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
                     raise
                 # cut after its last event, before its body's end: the answer is whole
             first_byte.clear()
+            if tap.error is not None:       # the upstream failed inside its stream and said so (already relayed)
+                raise _FailedInStream(tap.error)
             if not tap.done:
                 raise http1.ResponseCut("the stream ended before its last event")
             reported = believable(tap.usage)
@@ -339,6 +343,15 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
     except TimeoutError:
         failed_early = True                 # only possible before anything reached the client
         raise _no_first_byte(to, 200, started) from None
+    except _FailedInStream as exc:
+        to.report("error", 200, started)
+        if transport is None:               # said before anything reached the client: the caller may fall back
+            failed_early = True
+            raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' failed its stream: {exc}"),
+                         "error") from None
+        outcome.result = "error"            # the client has the upstream's error in its door's shape: no cut event
+        log.warning("upstream.stream_error", endpoint=to.endpoint.endpoint_id, request_id=call.request_id,
+                    error=str(exc)[:300])
     except http1.TransportError as exc:
         runaway = isinstance(exc, http1.AnswerTooLarge)     # an event without end: the endpoint's failure, as for
         to.report("error" if runaway else "cut", 200, started)      # a whole answer too large
@@ -364,6 +377,10 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = reported
         else:
             outcome.estimate_tokens(call, output_tokens=tap.content_events)
+
+
+class _FailedInStream(Exception):
+    """The upstream sent an error inside its stream (a chunk or line holding `error`), the stream's end."""
 
 
 def _times(call: Call, sent: float) -> Times:

@@ -191,8 +191,9 @@ class OpenAIStreamToAnthropic:
             return b""
         try:
             chunk = decode_reply(payload)
-        except msgspec.MsgspecError:
-            return b""
+        except (msgspec.MsgspecError, RecursionError) as exc:     # what it said is lost: the stream fails here
+            self.error = f"The upstream sent an event that is not an OpenAI chat chunk: {exc}"
+            return self.events.start() + error_event(self.error)
         out = self.events.start()
         if chunk.error is not None:
             self.error = error_message(chunk.error)
@@ -266,10 +267,12 @@ class OllamaStreamToAnthropic:
             return b""
         try:
             reply = decode_ollama_line(line)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError) as exc:
             if says_done(line):            # counts of the wrong type on the last line: it ends all the same
                 self.done, self._finish = True, "stop"
-            return b""
+                return b""
+            self.error = f"The upstream sent a line that is not an Ollama chat line: {exc}"
+            return self.events.start() + error_event(self.error)
         out = self.events.start()
         if reply.error is not None:
             self.error = error_message(reply.error)

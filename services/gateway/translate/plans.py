@@ -65,6 +65,7 @@ class Stream(Protocol):
     done: bool
     content_events: int
     estimate: TokenCounts | None    # set by the relay before `finish` when no counts came: what the client is shown
+    error: str | None               # an error the upstream sent inside its stream (relayed in the door's shape)
 
     def feed(self, chunk: bytes) -> bytes: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from switchyard_gateway.http1 import AnswerTooLarge, ResponseCut
-from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cached_tokens
+from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cached_tokens, error_message
 
 _decode = msgspec.json.Decoder().decode
 MAX_EVENT_BYTES = 8 * 1024 * 1024       # one streamed event or line, kept until its end comes
@@ -55,11 +55,12 @@ class SseTap:
     `usage` is the `TokenCounts` of the stream's usage chunk, if any; that chunk is
     forwarded only when `keep_usage` (the client asked for it). `content_events`
     counts chunks that carried content: the output token estimate when the
-    upstream reports no usage. `done` is set by the `[DONE]` event.
+    upstream reports no usage. `done` is set by the `[DONE]` event; `error` by an
+    event holding an `error` (relayed as it came).
     """
 
-    __slots__ = ("keep_usage", "usage", "content_events", "done", "estimate", "_buffer", "_finished", "_first",
-                 "_held", "_seen")
+    __slots__ = ("keep_usage", "usage", "content_events", "done", "estimate", "error", "_buffer", "_finished",
+                 "_first", "_held", "_seen")
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
@@ -67,6 +68,7 @@ class SseTap:
         self.content_events = 0
         self.done = False
         self.estimate: TokenCounts | None = None    # the gateway's counts, when the upstream sent none (relay)
+        self.error: str | None = None
         self._buffer = b""
         self._finished = False      # a choice's finish_reason came: a body ending cleanly after it is whole
         self._first = b""           # the first event, whose id, created and model a usage chunk of ours repeats
@@ -90,6 +92,8 @@ class SseTap:
             self._first = complete[:complete.find(b"\n\n")]
         if not self._finished and (b'"finish_reason":"' in complete or b'"finish_reason": "' in complete):
             self._finished = True
+        if self.error is None and b'"error"' in complete:      # a key, never text: quotes in text are escaped
+            self.error = _error_in(complete)
         marker = _first_marker(complete)
         if marker < 0:
             self.content_events += _content(complete)
@@ -175,6 +179,20 @@ class SseTap:
         chunk.update(choices=[], usage={"prompt_tokens": counts.prompt, "completion_tokens": counts.completion,
                                         "total_tokens": counts.prompt + counts.completion})
         return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+
+
+def _error_in(events: bytes) -> str | None:
+    """The message of the first event holding an `error`, if one does."""
+    for event in events.split(b"\n\n"):
+        if b'"error"' not in event:
+            continue
+        try:
+            message = _decode(_data(event))
+        except (msgspec.DecodeError, RecursionError):
+            continue
+        if isinstance(message, dict) and message.get("error") is not None:
+            return error_message(message["error"])
+    return None
 
 
 _FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")

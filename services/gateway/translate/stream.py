@@ -93,15 +93,16 @@ class OpenAIStreamToOllama:
         return out + encode(line) + b"\n"
 
     def _event(self, payload: bytes) -> bytes:
-        if not payload or self.done:
-            return b""                                  # a comment, `event:` or `retry:` line; or past [DONE]
+        if not payload or self.done or self.error is not None:
+            return b""                  # a comment, `event:` or `retry:` line; or past [DONE] or the upstream's error
         if payload == b"[DONE]":
             self.done = True
             return b""
         try:
             chunk = decode_reply(payload)
-        except (msgspec.MsgspecError, RecursionError):
-            return b""
+        except (msgspec.MsgspecError, RecursionError) as exc:     # what it said is lost: the stream fails here
+            self.error = f"The upstream sent an event that is not an OpenAI chat chunk: {exc}"
+            return ollama_error_line(self.error)
         if chunk.error is not None:
             self.error = error_message(chunk.error)
             return ollama_error_line(self.error)
