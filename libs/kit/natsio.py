@@ -181,10 +181,15 @@ SubjectHandler = Callable[[bytes, str, str], Awaitable[bytes | None]]
 
 
 async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
-                instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None) -> object:
+                instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None,
+                at_once: dict[str, int] | None = None) -> object:
     """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers. Each
     copy answers `$SRV.PING` with its `instance` (replicas tell themselves apart by it) and `role` (the router's
-    leader says so) in its metadata. `by_subject` handlers are given the request's subject and reply subject too."""
+    leader says so) in its metadata. `by_subject` handlers are given the request's subject and reply subject too.
+
+    An endpoint's requests are handled one after another, each awaited before the next is read, unless `at_once`
+    gives its subject a number: then up to that many are handled at once, each in a task of its own (a slow one
+    holds up no other), and one more is refused 503 `BUSY` at once."""
     metadata = {key: value for key, value in (("instance", instance), ("role", role)) if value}
     service = await add_service(nc, name=name, version=version, queue_group=name, metadata=metadata)
 
@@ -217,8 +222,25 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                     await req.respond(reply or b"")
         return endpoint
 
+    def concurrently(endpoint: Callable[[Request], Awaitable[None]], limit: int) -> Callable[[Request], Awaitable[None]]:
+        running: set[asyncio.Task[None]] = set()
+
+        async def start(req: Request) -> None:
+            if len(running) >= limit:
+                body = ErrorBody("BUSY", f"{name} is handling {limit} such requests already; retry shortly")
+                if req._msg.reply:  # noqa: SLF001
+                    await req.respond_error("503", body.message, data=_encode(body))
+                return
+            task = asyncio.create_task(endpoint(req))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        return start
+
     for subject, handler in endpoints.items():
-        await service.add_endpoint(name=subject.replace(".", "-"), subject=subject, handler=wrap(handler))
+        endpoint = wrap(handler)
+        if at_once and subject in at_once:
+            endpoint = concurrently(endpoint, at_once[subject])
+        await service.add_endpoint(name=subject.replace(".", "-"), subject=subject, handler=endpoint)
     for subject, subject_handler in (by_subject or {}).items():
         await service.add_endpoint(name=subject.replace(".", "-").replace("*", "any").replace(">", "rest"),
                                    subject=subject, handler=wrap(subject_handler, with_subject=True))

@@ -231,9 +231,12 @@ def create_service_app(
 async def serve_subscriptions(
     runtime: Runtime[Any], subscriptions: dict[str, Callable[[D, bytes], Awaitable[bytes]]], deps: D,
     by_subject: dict[str, Callable[[D, bytes, str, str], Awaitable[bytes | None]]] | None = None,
+    at_once: dict[str, int] | None = None,
 ) -> object:
     """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the service's Deps;
-    `by_subject` handlers (wildcard subjects) are given the subject asked on and the reply subject too."""
+    `by_subject` handlers (wildcard subjects) are given the subject asked on and the reply subject too; `at_once`
+    lets a subject's requests be handled that many at a time (`natsio.serve`)."""
     bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
     routed = {subject: functools.partial(handler, deps) for subject, handler in (by_subject or {}).items()}
-    return await natsio.serve(runtime.nc, runtime.name, bound, instance=runtime.settings.instance, by_subject=routed)
+    return await natsio.serve(runtime.nc, runtime.name, bound, instance=runtime.settings.instance, by_subject=routed,
+                              at_once=at_once)

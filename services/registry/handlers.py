@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,13 @@ from switchyard_gateway.kit.service import Runtime, serve_subscriptions
 from switchyard_gateway.services.registry import views
 from switchyard_gateway.services.registry.checks import OPERATORS
 from switchyard_gateway.services.registry.decide_users import check_password
-from switchyard_gateway.services.registry.passwords import Passwords
+from switchyard_gateway.services.registry.passwords import Busy, Passwords
 from switchyard_gateway.services.registry.settings import Settings
 from switchyard_gateway.services.registry.store import RegistryStore
 
 _query = decoder(RegistryQuery)
 LATER_EVENTS = tuple(typing.get_args(m.LaterRegistryEvent))
+COMMANDS_AT_ONCE = 256      # requests on registry.command.v1 in hand at once (sign-in checks run side by side)
 
 
 @dataclass(frozen=True)
@@ -33,16 +35,24 @@ class Deps:
     log: Any
     store: RegistryStore
     passwords: Passwords
+    commands: asyncio.Lock = field(default_factory=asyncio.Lock)     # one command at a time, in arrival order
 
 
 async def on_command(deps: Deps, data: bytes) -> bytes:
     """Apply one admin command; the reply carries its events and, for a new key, the key once.
 
-    A password a command carries is checked against the policy and hashed first, off the event loop
-    and outside the command lock; a sign-in check records nothing and takes no lock."""
+    Requests are handled side by side (`COMMANDS_AT_ONCE`): a sign-in check records nothing, takes no lock and
+    runs beside the others (a burst of them held every command back: revoking a key answered 503 for as long as
+    it lasted); every other command waits for the one before it, as one subscription's requests did. A password
+    a command carries is checked against the policy and hashed first, off the event loop."""
     command = decode_command(data)
     if isinstance(command, m.VerifyCredentials):
         return await verify_credentials(deps, command)
+    async with deps.commands:
+        return await _execute(deps, command)
+
+
+async def _execute(deps: Deps, command: Any) -> bytes:
     password_hash = None
     if isinstance(command, m.CreateUser | m.UpdateUser) and command.password is not None:
         check_password(command.password)
@@ -59,7 +69,12 @@ async def verify_credentials(deps: Deps, command: m.VerifyCredentials) -> bytes:
     store = deps.store
     await store.refresh()
     user = store.catalog.users.get(command.username)
-    matched = await deps.passwords.check(user.password_hash if user is not None else None, command.password)
+    try:
+        matched = await deps.passwords.check(user.password_hash if user is not None else None, command.password)
+    except Busy as exc:
+        deps.log.warning("registry.sign_in_busy", reason=str(exc))
+        raise ServiceError(503, ErrorBody("SIGN_IN_BUSY", "Too many sign-in attempts are being checked; retry "
+                                                          "shortly")) from None
     if not matched or user is None or user.tenant_id not in store.catalog.tenants:
         deps.log.info("registry.sign_in_refused", known_user=user is not None)
         raise ServiceError(401, ErrorBody("INVALID_CREDENTIALS", "Invalid username or password"))
@@ -112,7 +127,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
         await apply_document(runtime, store, Path(settings.registry_document))
     deps = Deps(log=runtime.log, store=store, passwords=passwords)
     runtime.spawn(store.outbox.follow_retries(), "registry-retries")
-    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps)
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, at_once={subjects.REGISTRY_COMMAND: COMMANDS_AT_ONCE})
     return deps
 
 
