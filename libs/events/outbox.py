@@ -8,7 +8,10 @@
 
 Events are committed to the log first and published afterwards from the log, past a checkpoint
 (`projection_checkpoints`, row `name`), in log order, each with its event id as `Nats-Msg-Id`, so a
-crash in between only delays them and JetStream drops a second copy. A stream that holds fewer of
+crash in between only delays them and JetStream drops a second copy. A command recorded is recorded: when
+JetStream cannot take its events (no quorum, say), `record` still answers with its result and publishing is
+tried again in the background, with backoff, until it succeeds (it answered 503 "try again" for a change
+already in force). A stream that holds fewer of
 these events than the log (NATS lost its data) gets all of them again. What the fold sets aside is
 taken again when `switchyard events dead-letters --retry` asks, by every replica that set it aside.
 
@@ -41,6 +44,7 @@ from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
@@ -67,6 +71,9 @@ OVERSIZED = Counter("switchyard_outbox_oversized_total",
                     "Rows of the log an outbox withheld as larger than one NATS message, a marker in their place",
                     ["outbox"])
 CHUNK = 10_000          # rows read at a time while publishing
+# what keeps committed events from going out for now: JetStream or NATS away or without quorum, PostgreSQL away
+PUBLISH_TROUBLE = (nats.errors.Error, TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+REPUBLISH_S = (0.5, 10.0)   # the background retry's first and longest wait
 
 
 class EventTooLarge(ServiceError):
@@ -92,6 +99,7 @@ class Outbox:
         self.families = tuple(f.removesuffix(">") for f in subjects.STREAMS.get(stream, ()) if f.endswith(".>"))
         self.fold = LogFold(types, apply, name=name, letters=DeadLetters(nc, name))
         self._publishing = asyncio.Lock()
+        self._republishing: asyncio.Task[None] | None = None
 
     @property
     def types(self) -> frozenset[str]:
@@ -142,8 +150,31 @@ class Outbox:
             for position, event in appended:
                 self.fold.fold(position, event)
         if appended:
-            await self.publish()
+            try:
+                await self.publish()
+            except PUBLISH_TROUBLE as exc:              # recorded all the same: published once it can be
+                log.warning("outbox.publish_deferred", outbox=self.name, error=str(exc) or type(exc).__name__)
+                self._republish()
         return result
+
+    def _republish(self) -> None:
+        """Publish what is pending in the background, with backoff, until it goes out (one such task at a time)."""
+        if self._republishing is None or self._republishing.done():
+            self._republishing = asyncio.create_task(self._publish_until_out())
+
+    async def _publish_until_out(self) -> None:
+        wait = REPUBLISH_S[0]
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                published = await self.publish()
+            except PUBLISH_TROUBLE as exc:
+                wait = min(wait * 2, REPUBLISH_S[1])
+                log.info("outbox.publish_retrying", outbox=self.name, in_s=wait,
+                         error=str(exc) or type(exc).__name__)
+                continue
+            log.info("outbox.published_late", outbox=self.name, events=published)
+            return
 
     async def publish(self) -> int:
         """Publish the events past the outbox checkpoint, in log order, each as stored; return how many."""
