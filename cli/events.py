@@ -120,7 +120,7 @@ async def _dead_letters(args: argparse.Namespace) -> int:
 
     nc = await natsio.connect(running_url(args.data_dir.absolute(), "nats_url"), "switchyard-events", 10)
     try:
-        await natsio.ensure_streams(nc)
+        await natsio.ensure_streams(nc, update=False)       # the stack's streams as they are (replicas and all)
         skipped: list[int] = []
         letters = await deadletters.read(nc, args.consumer, skipped)
         if skipped:

@@ -120,8 +120,10 @@ async def _close_quietly(nc: NATS) -> None:
         pass
 
 
-async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
-    """Create (or update) every JetStream stream the contracts name."""
+async def ensure_streams(nc: NATS, replicas: int = 1, update: bool = True) -> None:
+    """Create (or update) every JetStream stream the contracts name. A tool that does not know the stack's settings
+    (its streams' replicas) passes `update=False`: it creates what is missing and changes nothing that exists (a
+    listing of dead letters scaled every stream of a three-node cluster down to one replica)."""
     js = nc.jetstream(timeout=10)
     for name, stream_subjects in subjects.STREAMS.items():
         config = StreamConfig(
@@ -132,7 +134,8 @@ async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            await js.update_stream(config)
+            if update:
+                await js.update_stream(config)
 
 
 async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> bytes:

@@ -162,3 +162,19 @@ async def _listed_one(nc, name: str) -> bool:
 
 async def _equal(value, expected) -> bool:
     return await value == expected
+
+
+async def test_listing_dead_letters_leaves_the_stacks_streams_as_they_are(nats_client, own_nats: str,
+                                                                           monkeypatch) -> None:
+    """The listing made sure the streams existed by creating or updating each with this tool's defaults: on a
+    three-node cluster it scaled every stream down to one replica; here, a stream an operator tuned is put back."""
+    from switchyard_gateway.kit import natsio
+
+    await natsio.ensure_streams(nats_client)
+    js = nats_client.jetstream()
+    tuned = (await js.stream_info(subjects.STREAM_LOG)).config
+    tuned.max_age = 7200.0                      # the operator keeps the feed two hours instead of one
+    await js.update_stream(tuned)
+    monkeypatch.setenv("SWITCHYARD_NATS_URL", own_nats)
+    assert await asyncio.to_thread(main, ["events", "dead-letters"]) == 0
+    assert (await js.stream_info(subjects.STREAM_LOG)).config.max_age == 7200.0
