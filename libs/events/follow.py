@@ -138,23 +138,38 @@ class StreamFold:
         await self._nc.jetstream(timeout=10).add_consumer(self.stream, config)
 
     async def _drop_consumer(self) -> None:
-        if self._nc is not None and self._consumer and self._nc.is_connected:
-            with contextlib.suppress(Exception):      # gone already, or NATS away: it expires by itself
-                await self._nc.jetstream(timeout=2).delete_consumer(self.stream, self._consumer)
+        await self._delete_consumer(self._consumer)
         self._consumer = ""
 
+    async def _delete_consumer(self, name: str) -> None:
+        if self._nc is not None and name and self._nc.is_connected:
+            with contextlib.suppress(Exception):      # gone already, or NATS away: it expires by itself
+                await self._nc.jetstream(timeout=2).delete_consumer(self.stream, name)
+
     def _reset(self, why: str, counted: bool = True) -> None:
-        """Make the consumer anew past the last message folded, or from a retried one (once at a time)."""
+        """Make the consumer anew past the last message folded, or from a retried one (once at a time), on an inbox
+        of its own: the old consumer is deleted and its inbox given up, so that nothing it still sends (a heartbeat
+        whose sequence runs ahead of the new consumer's reads as messages missed) resets the fold again. Sharing
+        one inbox, a reset made another after every heartbeat, each consumer kept alive by the inbox's interest:
+        one more every 5 s, without end, after a NATS node of a cluster died."""
         if self._resetting is not None and not self._resetting.done():
             return
         log.info("follow.reset", stream=self.stream, reason=why, after=self.sequence.value)
         self.resets += counted
+        stale, stale_sub = self._consumer, self._sub
         self._consumer = ""                  # deliveries of the old consumer are ignored from now on
 
         async def reset() -> None:
             backoff = Backoff(first_s=0.2, max_s=5.0)
+            if stale_sub is not None:
+                with contextlib.suppress(Exception):      # NATS away: the subscription goes with the connection
+                    await stale_sub.unsubscribe()
+            await self._delete_consumer(stale)
             while True:
                 try:
+                    assert self._nc is not None
+                    if self._sub is stale_sub:
+                        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=self._on_message)
                     await self._consume(from_start=False)
                     return
                 except Exception as exc:  # noqa: BLE001 — NATS away: try again

@@ -3,6 +3,8 @@ consumer that vanishes made anew without missing or repeating an event."""
 
 from __future__ import annotations
 
+import asyncio
+
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.events import Event, TenantCreated
 from switchyard_gateway.events import StreamFold
@@ -62,5 +64,32 @@ async def test_a_consumer_that_vanishes_is_made_anew_from_where_the_fold_stood(n
             last = await publish(nc, stream, tenant(i))
         assert await fold.sequence.reach(last, timeout_s=10), "the fold caught up after its consumer vanished"
         assert folded == [f"t{i}" for i in range(20)] and fold.resets >= 1      # none missed, none twice
+    finally:
+        await fold.stop()
+
+
+async def test_a_reset_leaves_one_consumer_behind_and_none_of_the_old_ones_can_reset_it_again(nc, stream) -> None:
+    """A reset made a new consumer on the old one's inbox and left the old one alive (the inbox kept it from
+    expiring): after a NATS node of a cluster died, a heartbeat of a stale consumer read as messages missed, reset
+    the fold again, and one more consumer was left every 5 s, without end."""
+    folded: list[str] = []
+    fold = StreamFold(stream, lambda e: folded.append(e.tenant_id), heartbeat_s=0.3)
+    await fold.start(nc, 10)
+    try:
+        js = nc.jetstream()
+        for i in range(3):
+            await publish(nc, stream, tenant(i))
+            assert await fold.sequence.reach(i + 1, timeout_s=10)
+            fold._reset("a test's")                                     # noqa: SLF001
+            await fold._resetting                                       # noqa: SLF001
+        assert fold.resets == 3
+        assert (await js.stream_info(stream)).state.consumer_count == 1
+        assert (await js.consumer_info(stream, fold._consumer)).name == fold._consumer    # noqa: SLF001
+        resets = fold.resets
+        await asyncio.sleep(1.0)                # several heartbeats: none of them resets the fold again
+        assert fold.resets == resets
+        await publish(nc, stream, tenant(3))
+        assert await fold.sequence.reach(4, timeout_s=10)
+        assert folded == ["t0", "t1", "t2", "t3"]
     finally:
         await fold.stop()
