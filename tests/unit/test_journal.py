@@ -16,6 +16,7 @@ from switchyard_gateway.quotas.tokens import TokenEstimator
 from switchyard_gateway.services.gateway.pipeline.call import Call, InferenceRequest, Outcome
 from switchyard_gateway.services.gateway.pipeline.journal import Journal, JournalBusy
 from switchyard_gateway.services.gateway.pipeline.journal_records import segments
+from switchyard_gateway.services.gateway.translate.asks import read_request
 from switchyard_gateway.services.gateway.translate.doors import Door
 
 BODY = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "' + b"x" * 400 + b'"}]}'
@@ -82,6 +83,31 @@ async def test_next_life_publishes_what_was_not_acknowledged_and_interrupts_what
     second.acknowledged(list(published))
     second.close()
     assert segments(second.directory) == []                        # nothing left to do: nothing left on disk
+
+
+async def test_a_call_cut_before_its_first_progress_is_charged_its_counted_prompt_not_its_body(tmp_path: Path) -> None:
+    """A call whose gateway died before the journal wrote its progress was charged a token per four bytes of its
+    whole body: a 300 KB image made 75,056 input tokens (a 24-token call), past the tenant's daily limit at once.
+    It is charged the prompt the reservation counted (an image as SWITCHYARD_IMAGE_TOKENS)."""
+    image = "data:image/png;base64," + "A" * 300_000
+    body = msgspec.json.encode({"model": "m1", "stream": True, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in this picture"}, {"type": "image_url", "image_url": {"url": image}}]}]})
+    request = msgspec.json.decode(body, type=InferenceRequest)
+    ask = Door("/v1/chat/completions", read_request("openai.chat", body), body).ask(1 << 30, TokenEstimator())
+    call = Call(Door("/v1/chat/completions", request, body), "acme", "sy-key1", request, "pictured", body,
+                time.perf_counter(), ask=ask)
+    first = Journal(tmp_path, "gw-1", estimator=TokenEstimator())
+    await first.open()
+    first.accepted(call, "m1")
+    await turn()
+    die(first)
+
+    second = Journal(tmp_path, "gw-1")
+    assert await second.open() == 1
+    [(cut, _)] = second.take_parked(10)
+    assert cut.outcome == "interrupted" and cut.input_tokens == call.ask.counted_tokens()
+    assert cut.input_tokens < 5_000 < len(body) // 4
+    second.close()
 
 
 async def test_a_life_that_dies_again_before_publishing_leaves_the_same_events(tmp_path: Path) -> None:
