@@ -98,7 +98,7 @@ async def test_a_call_cut_before_its_first_progress_is_charged_its_counted_promp
                 time.perf_counter(), ask=ask)
     first = Journal(tmp_path, "gw-1", estimator=TokenEstimator())
     await first.open()
-    first.accepted(call, "m1")
+    first.accepted(call, "m1", call.ask.counted_tokens())        # as the proxy journals a call its limits count
     await turn()
     die(first)
 

@@ -123,13 +123,14 @@ class Journal:
 
     # -- the calls -------------------------------------------------------------------------------
 
-    def accepted(self, call: Call, model: str) -> int:
-        """Note an accepted call, written at once (with fsync, its sync begun); return the number `pending` takes."""
-        # the prompt as the reservation counts it (an image as SWITCHYARD_IMAGE_TOKENS, not its base64), what a call
-        # cut before its first progress record is charged; a call without an Ask, a token per four bytes
-        prompt = call.ask.counted_tokens() if call.ask is not None else max(1, len(call.body) // 4)
+    def accepted(self, call: Call, model: str, prompt_tokens: int | None = None) -> int:
+        """Note an accepted call, written at once (with fsync, its sync begun); return the number `pending` takes.
+        `prompt_tokens` is what a call cut before its first progress record is charged: the prompt as its
+        reservation counts it (an image as SWITCHYARD_IMAGE_TOKENS, not its base64); without it (no limit counts
+        the call), a token per four bytes of the body."""
         record = Accepted(call.event_id, call.request_id, time.time(), call.tenant_id, call.key_id, model,
-                          call.request.model or "", call.api, call.request.stream, prompt)
+                          call.request.model or "", call.api, call.request.stream,
+                          prompt_tokens or max(1, len(call.body) // 4))
         self.in_flight[call.event_id] = _Open(call, record, self.files.segment)
         self.files.hold(self.files.segment)
         number = self.files.append(encode(record) + b"\n")

@@ -180,7 +180,11 @@ class Proxy:
         that dies in between leaves a hold no call owns, which lapses at the hold's expiry)."""
         if call.ask is not None and len(call.body) > WHOLE_COUNT_BYTES:      # counted exactly, off the loop
             await asyncio.get_running_loop().run_in_executor(None, call.ask.count_whole)
-        accepted = self.usage.accepted(call, plan.model.model_id)
+        # a call its limits count is journaled with its counted prompt (the reservation counts it next, once): what
+        # it is charged if its gateway dies before its first progress record, which a hold never falls short of
+        limited = call.ask is not None and self.quota.book.applicable(key.tenant_id, plan.model.model_id) is not None
+        accepted = self.usage.accepted(call, plan.model.model_id,
+                                       call.ask.counted_tokens() if limited else None)  # type: ignore[union-attr]
         reservation = None
         try:
             syncing = self.usage.journaling(accepted)

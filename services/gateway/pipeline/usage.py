@@ -61,9 +61,9 @@ class UsagePublisher:
 
     # -- the proxy's hooks ---------------------------------------------------------------------
 
-    def accepted(self, call: Call, model: str) -> int:
+    def accepted(self, call: Call, model: str, prompt_tokens: int | None = None) -> int:
         """A call was accepted: journal it; the number returned is what `journaling` watches."""
-        return self.journal.accepted(call, model)
+        return self.journal.accepted(call, model, prompt_tokens)
 
     def journaling(self, accepted: int) -> asyncio.Future[None] | None:
         """What to await until an acceptance is safe; None if it is (always, unless the journal syncs to disk)."""
