@@ -25,6 +25,7 @@ from switchyard_gateway.simulator.server import Simulator
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_demo import exactly_one_usage_row
 from tests.e2e.test_quota_e2e import set_limits
+from tests.raw_upstream import RawUpstream
 
 TOKENS = 16
 PATHS = {"native": "/api/chat", "translated": "/v1/chat/completions"}
@@ -399,3 +400,202 @@ async def test_dense_text_behind_a_cheap_opening_is_counted_whole_for_the_hold(d
         await upstream.client(key).messages.create(model=upstream.model("translated"), max_tokens=16,
                                                    messages=messages)  # type: ignore[arg-type]
     assert upstream.calls("/v1/chat/completions") == before, "nothing reached the upstream"
+
+
+# --- a scripted upstream: answers no simulator gives -------------------------------------------------
+
+def _chunk(delta: dict | None = None, finish: str | None = None, **fields: object) -> dict:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "scripted", "choices": choices,
+            **fields}
+
+
+def _call(index: int, call_id: str | None = None, name: str | None = None, arguments: str | None = None) -> dict:
+    function = {key: value for key, value in (("name", name), ("arguments", arguments)) if value is not None}
+    call = {"index": index, "function": function}
+    if call_id is not None:
+        call.update(id=call_id, type="function")
+    return {"tool_calls": [call]}
+
+
+_COUNTS = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+# script -> the stream's chunks; a whole answer holds each call's pieces joined
+SCRIPTS: dict[str, list[dict]] = {
+    "badargs": [_chunk({"role": "assistant"}), _chunk(_call(0, "call_1", "get_weather", "{not json")),
+                _chunk({}, "tool_calls")],
+    "arrayargs": [_chunk({"role": "assistant"}), _chunk(_call(0, "call_1", "get_weather", "[1,2]")),
+                  _chunk({}, "tool_calls")],
+    "late_name": [_chunk({"role": "assistant"}), _chunk(_call(0, "call_1", "", "")),
+                  _chunk(_call(0, None, "get_weather", '{"city":')), _chunk(_call(0, None, None, ' "Paris"}')),
+                  _chunk({}, "tool_calls")],
+}
+# script -> the error a stream begins with (HTTP 200)
+STREAM_ERRORS: dict[str, dict] = {
+    "too_long_streamed": {"error": {"type": "invalid_request_error", "message": "context too long", "code": 400}},
+    "busy_streamed": {"error": {"message": "try later", "type": "server_error", "code": 429}},
+    "crashed_streamed": {"error": {"message": "model crashed", "type": "server_error"}},
+}
+
+
+class ScriptedUpstream(RawUpstream):
+    """An OpenAI-compatible server answering each chat call as its last user message names (`SCRIPTS`,
+    `STREAM_ERRORS`; anything else: "ok"), keeping every chat request it was sent in `bodies`."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.model = model
+        self.bodies: list[dict] = []
+
+    async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if head.startswith(b"GET"):
+            await self._send(writer, 200, "application/json", {"object": "list", "data": [{"id": self.model}]})
+            return
+        request = json.loads(body)
+        self.bodies.append(request)
+        last = request["messages"][-1]["content"]
+        script = last if isinstance(last, str) else ""
+        if script in STREAM_ERRORS:
+            await self._send(writer, 200, "text/event-stream", b"data: " + json.dumps(STREAM_ERRORS[script]).encode()
+                             + b"\n\n")
+            return
+        chunks = SCRIPTS.get(script) or [_chunk({"role": "assistant", "content": "ok"}), _chunk({}, "stop")]
+        if request.get("stream"):
+            events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n"
+                              for c in [*chunks, _chunk(None, usage=_COUNTS)]) + b"data: [DONE]\n\n"
+            await self._send(writer, 200, "text/event-stream", events)
+            return
+        text, calls, finish = "", {}, "stop"
+        for c in chunks:
+            for choice in c["choices"]:
+                text += choice["delta"].get("content") or ""
+                finish = choice["finish_reason"] or finish
+                for call in choice["delta"].get("tool_calls") or ():
+                    whole = calls.setdefault(call["index"], {"id": call.get("id"), "type": "function",
+                                                             "function": {"name": "", "arguments": ""}})
+                    for key in ("name", "arguments"):
+                        whole["function"][key] += call["function"].get(key) or ""
+        message = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = list(calls.values())
+        await self._send(writer, 200, "application/json", {
+            "id": "c1", "object": "chat.completion", "created": 1, "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": _COUNTS})
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: int, content_type: str, data: dict | bytes) -> None:
+        payload = data if isinstance(data, bytes) else json.dumps(data).encode()
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+                     % (status, content_type.encode(), len(payload)) + payload)
+        await writer.drain()
+
+
+@dataclass
+class Scripted:
+    upstream: ScriptedUpstream
+    demo: DemoStack
+    model: str
+    key: str
+
+    def client(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(base_url=self.demo.url, api_key=self.key, max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+async def scripted(demo: DemoStack) -> AsyncIterator[Scripted]:
+    """A ScriptedUpstream behind an OpenAI-compatible endpoint serving its own model, and a tenant with a key."""
+    prefix = f"anth-scripted-{uuid.uuid4().hex[:6]}"
+    model, provider, endpoint = f"{prefix}-model", f"{prefix}-kind", f"{prefix}-endpoint"
+    async with ScriptedUpstream(model) as upstream, \
+            httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:
+        await _admin(admin, "POST", "providers", {"provider_id": provider, "kind": "openai-compatible"})
+        await _admin(admin, "POST", "models", {"model_id": model, "kind": "chat", "context_length": 4096})
+        await _admin(admin, "POST", "endpoints", {"endpoint_id": endpoint, "provider_id": provider,
+                                                  "base_url": upstream.url, "models": [model], "timeout_s": 10.0})
+        key = await add_tenant(demo, prefix, [model])
+        registered = Scripted(upstream, demo, model, key)
+
+        async def served() -> bool:
+            try:
+                await registered.client().messages.create(model=model, max_tokens=5,
+                                                          messages=[{"role": "user", "content": "hi"}])
+            except anthropic.NotFoundError:
+                return False
+            return True
+
+        await wait_for(served, 15, what="the scripted model to be served")
+        try:
+            yield registered
+        finally:
+            for path in (f"tenants/{prefix}", f"endpoints/{endpoint}", f"models/{model}", f"providers/{provider}"):
+                await admin.delete(f"/api/admin/{path}")
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("badargs", {"arguments": "{not json"}),
+    ("arrayargs", {"arguments": [1, 2]}),
+    ("late_name", {"city": "Paris"}),
+])
+async def test_a_streamed_tool_call_is_the_call_the_whole_answer_gives(scripted: Scripted, script: str,
+                                                                       expected: dict) -> None:
+    """Streamed, a call's arguments were relayed as the upstream wrote them (`{not json` made the SDK raise
+    mid-stream, `[1,2]` gave a list as `input`) and a name that came after the call's first piece was lost; whole,
+    they were read as an object. Both give the same call now."""
+    client = scripted.client()
+    body = {"model": scripted.model, "max_tokens": 50, "tools": [WEATHER],
+            "messages": [{"role": "user", "content": script}]}
+    whole = await client.messages.create(**body)  # type: ignore[arg-type]
+    async with client.messages.stream(**body) as stream:  # type: ignore[arg-type]
+        streamed = await stream.get_final_message()
+    for message in (whole, streamed):
+        assert [(b.type, b.id, b.name, b.input) for b in message.content] == [  # type: ignore[union-attr]
+            ("tool_use", "call_1", "get_weather", expected)]
+        assert message.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize(("script", "kind", "message"), [
+    ("too_long_streamed", "invalid_request_error", "context too long"),
+    ("busy_streamed", "rate_limit_error", "try later"),
+    ("crashed_streamed", "api_error", "model crashed"),
+])
+async def test_an_upstreams_refusal_inside_its_stream_keeps_its_type(scripted: Scripted, script: str, kind: str,
+                                                                     message: str) -> None:
+    """A stream whose upstream answered with an error event (`{"error": {"type": "invalid_request_error", "code":
+    400}}`) ended with an `error` event of type `api_error` whatever that error was; its type is the one its code
+    (or its type, when Anthropic has it) stands for now."""
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        async with scripted.client().messages.stream(model=scripted.model, max_tokens=20,
+                                                     messages=[{"role": "user", "content": script}]) as stream:
+            await stream.get_final_message()
+    assert (refused.value.type, refused.value.api_message) == (kind, message)
+
+
+async def test_a_failed_tool_result_reaches_the_upstream_as_a_failure(scripted: Scripted) -> None:
+    """`is_error: true` was dropped on the way to the upstream: the model read the failure as the tool's answer."""
+    call = {"type": "tool_use", "id": "toolu_7", "name": "get_weather", "input": {"city": "Oslo"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_7", "is_error": True, "content": "service unreachable"}
+    await scripted.client().messages.create(model=scripted.model, max_tokens=20, tools=[WEATHER], messages=[
+        {"role": "user", "content": "weather in Oslo?"}, {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]}])
+    assert scripted.upstream.bodies[-1]["messages"][-1] == {"role": "tool", "tool_call_id": "toolu_7",
+                                                            "content": "Error: service unreachable"}
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"output_format": {"type": "json_schema", "schema": {"type": "object"}}}, "output_format"),
+    ({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]}, "mcp_servers"),
+    ({"tool_choice": {"type": "any"}}, "tool_choice"),
+])
+async def test_what_the_door_cannot_serve_as_asked_is_refused_before_the_upstream(
+        scripted: Scripted, fields: dict, needle: str) -> None:
+    """Structured outputs and MCP servers were dropped and the call answered without them, and `tool_choice: any`
+    with no tools was sent on: each is refused now (400, naming the field), and reaches no upstream."""
+    sent = len(scripted.upstream.bodies)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await scripted.client().messages.create(model=scripted.model, max_tokens=20,
+                                                messages=[{"role": "user", "content": "hi"}], extra_body=fields)
+    assert refused.value.type == "invalid_request_error" and (refused.value.api_message or "").startswith(needle)
+    assert len(scripted.upstream.bodies) == sent
+    answered = await scripted.client().messages.create(model=scripted.model, max_tokens=20,
+                                                       messages=[{"role": "user", "content": "hi"}],
+                                                       extra_body={"a_field_from_next_year": True})
+    assert answered.content[0].text == "ok"                # a field it does not know is still ignored

@@ -141,6 +141,16 @@ def test_tool_choice_is_mapped(choice: dict, openai: object, ollama_tools: int) 
 
 # --- what the door refuses ------------------------------------------------------------------------
 
+SCHEMA = {"type": "json_schema", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+# fields whose loss would change what the answer must be, and what their refusal names
+UNSERVED_FIELDS = [
+    ({"output_format": SCHEMA}, "output_format: structured outputs are not served"),
+    ({"output_config": {"format": SCHEMA, "effort": "low"}}, "output_config.format: structured outputs"),
+    ({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]},
+     "mcp_servers: MCP connectors"),
+    ({"container": "container_011CZ"}, "container: code execution containers"),
+]
+
 @pytest.mark.parametrize(("body", "expected"), [
     ({"model": "m", "messages": []}, "max_tokens: Field required"),
     ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens"),
@@ -167,6 +177,11 @@ def test_tool_choice_is_mapped(choice: dict, openai: object, ollama_tools: int) 
      "must be unique"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
       "tools": [{**WEATHER, "name": "a b/c!"}]}, "tools.0.name"),
+    *[({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tool_choice": choice}, needle)
+      for choice, needle in (({"type": "any"}, "'any' may only be given with tools"),
+                             ({"type": "tool", "name": "get_weather"}, "'tool' may only be given with tools"))],
+    *[({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **field}, needle)
+      for field, needle in UNSERVED_FIELDS],
 ])
 def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:
     with pytest.raises(BadRequest) as refused:
@@ -174,6 +189,38 @@ def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expe
     assert expected in str(refused.value)
     rendered = json.loads(render_for("/v1/messages", refused.value))
     assert rendered == {"type": "error", "error": {"type": "invalid_request_error", "message": str(refused.value)}}
+
+
+def test_fields_it_does_not_know_or_that_only_hint_are_ignored() -> None:
+    """Newer clients send fields the door has never seen; refusing them would break them. Only the fields whose loss
+    changes the answer are refused (see the refusals above); given as null or empty, they ask for nothing."""
+    fields = {"a_field_from_next_year": {"x": 1}, "service_tier": "auto", "output_config": {"effort": "low"},
+              "output_format": None, "mcp_servers": [], "container": None}
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **fields}
+    call = AnthropicCall(MESSAGES, InferenceRequest(model="m"), json.dumps(body).encode())
+    _, sent = call.plan("openai-compatible").request(json.dumps(body).encode(), "up-model", None)
+    assert json.loads(sent) == {"model": "up-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+@pytest.mark.parametrize(("content", "text"), [
+    ("timed out after 30 s", "Error: timed out after 30 s"),
+    ([{"type": "text", "text": "no such city"}], "Error: no such city"),
+    (None, "Error"),
+    ("", "Error"),
+])
+def test_a_failed_tool_result_says_so_in_its_tool_message(content: object, text: str) -> None:
+    """A `tool_result` with `is_error: true` reached the upstream as a plain tool message (with no content as an
+    empty string), so the model could not tell the tool had failed."""
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+              **({} if content is None else {"content": content})}
+    messages = [*TOOL_ROUND_TRIP[:2], {"role": "user", "content": [result]}]
+    assert to_openai(messages=messages, tools=[WEATHER])["messages"][2] == {
+        "role": "tool", "tool_call_id": "toolu_1", "content": text}
+    assert to_ollama(messages=messages, tools=[WEATHER])["messages"][2] == {
+        "role": "tool", "content": text, "tool_name": "get_weather"}
+    fine = {**result, "is_error": False, "content": "-3 C"}
+    assert to_openai(messages=[*TOOL_ROUND_TRIP[:2], {"role": "user", "content": [fine]}],
+                     tools=[WEATHER])["messages"][2]["content"] == "-3 C"
 
 
 def test_count_tokens_does_not_need_max_tokens_and_counts_every_part() -> None:
@@ -305,14 +352,13 @@ def test_a_stream_with_text_and_a_tool_call_is_anthropics_event_sequence(size: i
     parsed = relay(OpenAIStreamToAnthropic("claude-ish"), TOOL_STREAM, size)
     assert [name for name, _ in parsed] == [
         "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
-        "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop"]
+        "content_block_stop", "content_block_start", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop"]
     assert parsed[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
     assert parsed[6][1]["content_block"] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}
-    assert [e["delta"] for _, e in parsed[7:9]] == [{"type": "input_json_delta", "partial_json": '{"city":'},
-                                                    {"type": "input_json_delta", "partial_json": ' "Oslo"}'}]
-    assert parsed[10][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
-    assert parsed[10][1]["usage"] == {"output_tokens": 9, "input_tokens": 30}
+    assert parsed[7][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"city":"Oslo"}'}
+    assert parsed[9][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    assert parsed[9][1]["usage"] == {"output_tokens": 9, "input_tokens": 30}
     message = final_message(parsed)
     assert message.content[0].text == "Checking now."
     assert message.content[1].input == {"city": "Oslo"} and message.stop_reason == "tool_use"
@@ -339,8 +385,8 @@ INTERLEAVED = b"".join([
 def test_parallel_tool_calls_whose_arguments_interleave_are_written_one_block_after_another(size: int) -> None:
     """An upstream may send the argument pieces of parallel calls in turns (0, 1, 0); Anthropic's blocks come one
     after another. Before, the first call's block was closed when the second began and its later pieces went to a
-    closed block (a tool run at its block's stop got no arguments); now the first stays open and takes them, and
-    the calls begun meanwhile follow, each whole."""
+    closed block (a tool run at its block's stop got no arguments); now each call is kept until its block's turn
+    and written whole, in the order the calls began."""
     parsed = relay(OpenAIStreamToAnthropic("m"), INTERLEAVED, size)
     open_blocks: set[int] = set()
     inputs: dict[int, str] = {}
@@ -362,6 +408,101 @@ def test_parallel_tool_calls_whose_arguments_interleave_are_written_one_block_af
     message = final_message(parsed)
     assert [block.input for block in message.content] == [{"city": "Oslo"}, {"tz": "UTC"}, {"city": "Rome"}]
     assert message.stop_reason == "tool_use"
+
+
+def blocks(parsed: list[tuple[str, dict]]) -> list[dict]:
+    """The content blocks a stream wrote, each with its pieces joined, checked as Anthropic's grammar has them: one
+    block open at a time, and every delta to the open one."""
+    open_block: int | None = None
+    written: list[dict] = []
+    for name, event in parsed:
+        if name == "content_block_start":
+            assert open_block is None, "a block started while another was open"
+            open_block = event["index"]
+            assert open_block == len(written)
+            written.append({**event["content_block"], "pieces": ""})
+        elif name == "content_block_delta":
+            assert event["index"] == open_block, "a piece went to a block not open"
+            delta = event["delta"]
+            written[open_block]["pieces"] += delta.get("text") or delta.get("partial_json") or ""
+        elif name == "content_block_stop":
+            assert event["index"] == open_block
+            open_block = None
+    assert open_block is None
+    return written
+
+
+@pytest.mark.parametrize(("pieces", "expected"), [
+    (["{not json"], {"arguments": "{not json"}),
+    (["[1,", "2]"], {"arguments": [1, 2]}),
+    (['"Oslo"'], {"arguments": "Oslo"}),
+    (["", ""], {}),
+    (['{"city":', ' "Oslo"}'], {"city": "Oslo"}),
+])
+def test_streamed_tool_arguments_are_the_object_a_whole_answer_gives(pieces: list[str], expected: dict) -> None:
+    """A streamed call's arguments were relayed as the upstream wrote them: `{not json` made the official SDK raise
+    mid-stream (`Unable to parse tool parameter JSON`) and `[1,2]` gave a list as `tool_use.input`, while a whole
+    answer reads them with `wire.tool_arguments` (always an object). A stream writes that object now, as one
+    `input_json_delta`, or none when it is empty."""
+    stream = b"".join([
+        chunk({"role": "assistant"}),
+        *(chunk(tool_delta(**({"id": "call_1", "type": "function"} if n == 0 else {}),
+                           function={"arguments": piece, **({"name": "get_weather"} if n == 0 else {})}))
+          for n, piece in enumerate(pieces)),
+        chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
+    parsed = relay(OpenAIStreamToAnthropic("m"), stream, 7)
+    [block] = blocks(parsed)
+    assert (block["type"], block["id"], block["name"]) == ("tool_use", "call_1", "get_weather")
+    assert block["pieces"] == ("" if not expected else json.dumps(expected, separators=(",", ":")))
+    message = final_message(parsed)
+    assert message.content[0].input == expected and message.stop_reason == "tool_use"
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "".join(pieces)}}
+    whole = json.loads(openai_to_message(openai_answer({"role": "assistant", "content": None, "tool_calls": [call]},
+                                                       "tool_calls"), "m"))
+    assert whole["content"][0]["input"] == expected
+
+
+def test_a_tool_name_that_comes_after_the_calls_first_piece_is_kept() -> None:
+    """A server that sends a call's id first and its name in a later piece gave `content_block_start` with
+    `name: ""`: the block began at the first piece. It begins once the call is whole now."""
+    stream = b"".join([
+        chunk({"role": "assistant"}),
+        chunk(tool_delta(id="call_1", type="function", function={"name": "", "arguments": ""})),
+        chunk(tool_delta(function={"name": "get_weather", "arguments": '{"city":'})),
+        chunk(tool_delta(function={"arguments": ' "Paris"}'})),
+        chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
+    parsed = relay(OpenAIStreamToAnthropic("m"), stream, 11)
+    [block] = blocks(parsed)
+    assert (block["id"], block["name"], json.loads(block["pieces"])) == ("call_1", "get_weather", {"city": "Paris"})
+
+
+def test_text_after_a_tool_call_follows_its_block_and_a_late_piece_goes_to_no_closed_block() -> None:
+    """Text that follows a call ends the call's turn: its block is written whole before the text's. A piece of it
+    arriving after that has no open block to go to and is dropped (it went to the closed block before)."""
+    stream = b"".join([
+        chunk({"role": "assistant", "content": "Let me look."}),
+        chunk(tool_delta(id="call_1", type="function", function={"name": "get_weather", "arguments": '{"city": "Oslo"}'})),
+        chunk({"content": "One moment."}),
+        chunk(tool_delta(function={"arguments": " "})),
+        chunk({"content": " Done."}),
+        chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
+    parsed = relay(OpenAIStreamToAnthropic("m"), stream, 5)
+    assert [(b["type"], b["pieces"]) for b in blocks(parsed)] == [
+        ("text", "Let me look."), ("tool_use", '{"city":"Oslo"}'), ("text", "One moment. Done.")]
+    assert final_message(parsed).stop_reason == "tool_use"
+
+
+def test_a_new_call_under_a_written_calls_index_is_a_call_of_its_own() -> None:
+    """A server may number the calls after a text run from 0 again; the new id says it is another call."""
+    stream = b"".join([
+        chunk(tool_delta(id="call_1", type="function", function={"name": "get_weather", "arguments": '{"city": "A"}'})),
+        chunk({"content": "And the next."}),
+        chunk(tool_delta(id="call_2", type="function", function={"name": "get_time", "arguments": "{}"})),
+        chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
+    written = blocks(relay(OpenAIStreamToAnthropic("m"), stream, 13))
+    assert [(b["type"], b.get("id"), b.get("name"), b["pieces"]) for b in written] == [
+        ("tool_use", "call_1", "get_weather", '{"city":"A"}'), ("text", None, None, "And the next."),
+        ("tool_use", "call_2", "get_time", "")]
 
 
 @pytest.mark.parametrize(("finish", "extra", "reason", "sequence"), [
@@ -396,6 +537,22 @@ def test_an_error_inside_the_stream_becomes_an_error_event_and_nothing_follows()
                    + chunk({"content": "b"}))
     parsed = events(out + tap.finish())
     assert parsed[-1] == ("error", {"type": "error", "error": {"type": "api_error", "message": "model crashed"}})
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    ({"message": "context too long", "type": "invalid_request_error", "code": 400}, "invalid_request_error"),
+    ({"message": "slow down", "type": "server_error", "code": "429"}, "rate_limit_error"),
+    ({"message": "no such model", "type": "not_found_error"}, "not_found_error"),
+    ({"message": "model crashed", "type": "server_error", "code": True}, "api_error"),
+])
+def test_an_upstream_error_inside_a_stream_keeps_the_type_its_status_stands_for(error: dict, kind: str) -> None:
+    """An upstream's refusal inside its stream (`code: 400`) ended the stream with an `error` event of type
+    `api_error`, whatever it said; the event's type is the one its code, or its type when Anthropic has that
+    name, stands for."""
+    tap = OpenAIStreamToAnthropic("m")
+    parsed = events(tap.feed(sse({"error": error})) + tap.finish())
+    assert [name for name, _ in parsed] == ["message_start", "error"]
+    assert parsed[-1][1]["error"] == {"type": kind, "message": error["message"]}
 
 
 def test_an_ollama_stream_with_a_tool_call_is_anthropics_event_sequence() -> None:

@@ -66,13 +66,38 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
             raise BadRequest(f"tools: tool names must be unique ('{tool.name}' is given twice)", param="tools")
         names.add(tool.name)
     choice = request.tool_choice
+    if choice is not None and choice.type in ("any", "tool") and not request.tools:
+        raise BadRequest(f"tool_choice: '{choice.type}' may only be given with tools, and none are",
+                         param="tool_choice")
     if choice is not None and choice.type == "tool" and not any(t.name == choice.name for t in request.tools or ()):
         raise BadRequest(f"tool_choice: no tool named '{choice.name}' in tools", param="tool_choice")
+    if isinstance(request, MessagesRequest):
+        _refuse_unserved(request)
     _check_conversation(request.messages)
     return request
 
 
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+# Request fields the door does not serve and may not drop, since the answer would not be what they ask for:
+# (field, what it asks for). Other fields it does not know are ignored: newer clients send fields it has never
+# seen, and refusing those would break them.
+UNSERVED = (
+    ("output_format", "structured outputs"),
+    ("output_config.format", "structured outputs"),
+    ("mcp_servers", "MCP connectors"),
+    ("container", "code execution containers"),
+)
+
+
+def _refuse_unserved(request: MessagesRequest) -> None:
+    """BadRequest naming the first field of `UNSERVED` the request gives (null or empty is not given)."""
+    config = request.output_config or {}
+    given = {"output_format": request.output_format, "output_config.format": config.get("format"),
+             "mcp_servers": request.mcp_servers, "container": request.container}
+    for field, what in UNSERVED:
+        if given[field] not in (None, "", [], {}):
+            raise BadRequest(f"{field}: {what} are not served by this gateway", param=field)
 
 
 def _check_conversation(messages: list[InputMessage]) -> None:

@@ -7,6 +7,7 @@
 | image block, base64 / URL | `image_url` part, data URL / the URL | `images` (base64; a URL cannot be sent) |
 | assistant `tool_use` blocks | `tool_calls` (arguments as JSON text) | `tool_calls` (arguments as an object) |
 | user `tool_result` blocks | `tool` messages (`tool_call_id`), before the user's other content | `tool` messages (`tool_name`) |
+| `tool_result` with `is_error` | its text after `Error: ` (`Error` when it has none) | the same |
 | `thinking` blocks | dropped | dropped |
 | `tools` (`input_schema`) | `tools` (`function.parameters`) | `tools` |
 | `tool_choice` auto / any / tool / none | `auto` / `required` / the function / `none` | all tools / all / only that tool / no tools |
@@ -133,12 +134,17 @@ def _image_url(block: ImageBlock) -> str:
 
 
 def _result_parts(block: ToolResultBlock) -> tuple[str, list[ImageBlock]]:
-    """A tool result's text, and the images it carries."""
+    """A tool result's text, and the images it carries. A result with `is_error` says so in its text (`Error: ...`,
+    or `Error` alone), as a `tool` message has no other way to: else the model takes the failure for an answer."""
     content = block.content
     if content is None or isinstance(content, str):
-        return content or "", []
-    text = "\n".join(part.text for part in content if isinstance(part, TextBlock))
-    return text, [part for part in content if isinstance(part, ImageBlock)]
+        text, images = content or "", []
+    else:
+        text = "\n".join(part.text for part in content if isinstance(part, TextBlock))
+        images = [part for part in content if isinstance(part, ImageBlock)]
+    if block.is_error:
+        text = f"Error: {text}" if text else "Error"
+    return text, images
 
 
 # --- Ollama /api/chat -------------------------------------------------------------------------------

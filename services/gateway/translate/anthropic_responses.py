@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from switchyard_gateway.services.gateway.edge.errors import anthropic_type
+from switchyard_gateway.services.gateway.edge.errors import ANTHROPIC_TYPES, anthropic_type
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
     ToolUseContent, encode, sse,
@@ -24,7 +24,6 @@ from switchyard_gateway.services.gateway.translate.wire import (
     Choice, TokenCounts, TranslationError, believable, decode_any, decode_reply, error_message, tool_arguments,
 )
 
-# gateway and upstream statuses -> Anthropic's error types (the SDK picks its exception class by status)
 
 def message_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
@@ -160,3 +159,20 @@ def upstream_error(data: bytes, status: int) -> bytes:
 def error_event(message: str, status: int = 502) -> bytes:
     """The `error` event that ends a stream which cannot go on."""
     return sse(ErrorResponse(ErrorObject(type=anthropic_type(status), message=message)))
+
+
+_STATUS_OF_TYPE = {kind: status for status, kind in sorted(ANTHROPIC_TYPES.items(), reverse=True)}
+
+
+def stream_error_status(error: Any) -> int:
+    """The status an upstream's error inside its stream stands for, which picks the `error` event's type: its `code`
+    when that is an HTTP error status (`{"error": {"code": 400, ...}}`, as vLLM writes its errors), else its `type` when
+    that is one of Anthropic's error types (`invalid_request_error` is OpenAI's name too), else 502 (`api_error`)."""
+    if not isinstance(error, dict):
+        return 502
+    code = error.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return code
+    return _STATUS_OF_TYPE.get(error.get("type"), 502)

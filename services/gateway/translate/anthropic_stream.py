@@ -1,9 +1,11 @@
 """Streams on the Anthropic door: OpenAI server-sent events and Ollama NDJSON, each written as Anthropic's event sequence.
 
     message_start
-    content_block_start (text, or tool_use)   ping after the first one
-    content_block_delta (text_delta, or input_json_delta)...
-    content_block_stop                         when the next block starts, or at the end
+    content_block_start (text)                 ping after the first block's start
+    content_block_delta (text_delta)...
+    content_block_stop                         when a tool call or the end follows
+    content_block_start (tool_use), content_block_delta (one input_json_delta), content_block_stop
+                                               a tool call, whole, once text follows it or at the end
     ... one block per text run and per tool call ...
     message_delta (stop_reason, stop_sequence; usage: output_tokens, input_tokens)
     message_stop
@@ -23,7 +25,8 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.anthropic_responses import (
-    decode_ollama_line, error_event, message_id, ollama_tool_content, stop_reason, tool_use_id, usage_block,
+    decode_ollama_line, error_event, message_id, ollama_tool_content, stop_reason, stream_error_status, tool_use_id,
+    usage_block,
 )
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlockDeltaEvent, ContentBlockStartEvent, ContentBlockStopEvent, InputJsonDelta, MessageDelta,
@@ -34,7 +37,7 @@ from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.stream import says_done
 from switchyard_gateway.services.gateway.translate.wire import (
-    TokenCounts, ToolCall, believable, decode_reply, error_message,
+    TokenCounts, ToolCall, believable, decode_reply, error_message, tool_arguments,
 )
 
 _PING = sse(PingEvent())
@@ -42,22 +45,27 @@ _STOP = sse(MessageStopEvent())
 
 
 class MessageEvents:
-    """Write one message as events from text and tool-call pieces, opening and closing content blocks as they change."""
+    """Write one message as events from text and tool-call pieces: text as it comes, each tool call whole.
 
-    __slots__ = ("model", "started", "pinged", "tool_called", "content_events", "_index", "_open", "_tools",
-                 "_waiting")
+    A tool call's id, name and argument pieces are kept until its block's turn: when text follows it, or at the
+    end. Its block is then written at once: `content_block_start` with the final id and name, one `input_json_delta`
+    holding its arguments as a JSON object (`wire.tool_arguments`, as a whole answer reads them: text that is no
+    JSON object is `{"arguments": ...}`; none when there are none) and `content_block_stop`. So a client never sees
+    arguments it cannot parse, nor a name that came after the call's first piece go missing, and parallel calls
+    whose pieces interleave each keep theirs. A piece for a call already written is dropped: its block is closed.
+    """
+
+    __slots__ = ("model", "started", "pinged", "tool_called", "content_events", "_index", "_text_open", "_calls",
+                 "_written")
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.started = self.pinged = self.tool_called = False
         self.content_events = 0
         self._index = -1                          # the last block opened
-        self._open: object | None = None          # "text", or the key of the open tool call
-        self._tools: dict[object, int] = {}       # tool call key -> its block index
-        # Tool calls begun while another's block is open (an upstream may interleave parallel calls' arguments;
-        # Anthropic's blocks come one after another): key -> (id, name, argument pieces), each written whole as
-        # its own block once the open one closes.
-        self._waiting: dict[object, tuple[str | None, str, list[str]]] = {}
+        self._text_open = False                   # whether block `_index` is a text block still taking text
+        self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
+        self._written: dict[object, str] = {}     # tool call key -> the id the upstream gave it ("": none), written
 
     def start(self) -> bytes:
         if self.started:
@@ -71,37 +79,36 @@ class MessageEvents:
         if not text:
             return b""
         self.content_events += 1
-        out = b"" if self._open == "text" else self._open_block("text", TextContent(""))
+        out = self.start() + self._write_calls()
+        if not self._text_open:
+            out += self._open_block(TextContent(""))
+            self._text_open = True
         return out + sse(ContentBlockDeltaEvent(self._index, TextDelta(text)))
 
-    def tool(self, key: object, call_id: str | None, name: str) -> bytes:
-        """Open the tool_use block of tool call `key`: at once after text, else once the open tool call's block
-        closes (its arguments may still be coming)."""
-        self.tool_called = True
-        if self._open is not None and self._open != "text":
-            self._waiting[key] = (call_id, name, [])
-            return b""
-        return self._tool_block(key, call_id, name)
-
-    def arguments(self, key: object, fragment: str) -> bytes:
-        if not fragment:
-            return b""
-        waiting = self._waiting.get(key)
-        if waiting is not None:
+    def call(self, key: object, call_id: str | None, name: str | None, fragment: str | None) -> bytes:
+        """A piece of tool call `key`: its id, its name, a piece of its arguments (any of them empty). The first id
+        and the first name given are the call's. A piece naming another id than the one the upstream gave the call
+        of this key already written begins a new call."""
+        if fragment:
             self.content_events += 1
-            waiting[2].append(fragment)
-            return b""
-        index = self._tools.get(key)
-        if index is None:
-            return b""
-        self.content_events += 1
-        return sse(ContentBlockDeltaEvent(index, InputJsonDelta(fragment)))
-
-    def has_tool(self, key: object) -> bool:
-        return key in self._tools or key in self._waiting
+        written = self._written.get(key)
+        if written is not None and not (written and call_id and call_id != written):
+            return b""                            # its block is written and closed
+        self.tool_called = True
+        out = b""
+        pending = self._calls.get(key)
+        if pending is None:
+            self._written.pop(key, None)
+            pending = self._calls[key] = ["", "", []]
+            out = self.start() + self._close()    # the text before the call ends here
+        pending[0] = pending[0] or call_id or ""
+        pending[1] = pending[1] or name or ""
+        if fragment:
+            pending[2].append(fragment)
+        return out
 
     def end(self, reason: StopReason, sequence: str | None, counts: TokenCounts | None) -> bytes:
-        out = self.start() + self._close() + self._write_waiting()
+        out = self.start() + self._close() + self._write_calls()
         if not self.pinged:
             self.pinged = True
             out += _PING
@@ -111,29 +118,22 @@ class MessageEvents:
                                    cache_read_input_tokens=usage.cache_read_input_tokens)
         return out + sse(MessageDeltaEvent(MessageDelta(reason, sequence), totals)) + _STOP
 
-    def _tool_block(self, key: object, call_id: str | None, name: str, waited: bool = False) -> bytes:
-        out = self._open_block(key, ToolUseContent(call_id or tool_use_id(), name, {}), waited)
-        self._tools[key] = self._index
-        return out
-
-    def _write_waiting(self) -> bytes:
-        """Each tool call that waited for the open block, as a whole block of its own (the open one closed)."""
+    def _write_calls(self) -> bytes:
+        """Each tool call kept so far, in the order they began, as a whole block of its own."""
         out = b""
-        while self._waiting:
-            key = next(iter(self._waiting))
-            call_id, name, pieces = self._waiting.pop(key)
-            out += self._tool_block(key, call_id, name, waited=True)
-            if pieces:
-                out += sse(ContentBlockDeltaEvent(self._index, InputJsonDelta("".join(pieces))))
-            out += self._close()
+        for key, (call_id, name, pieces) in self._calls.items():
+            out += self._open_block(ToolUseContent(call_id or tool_use_id(), name, {}))
+            arguments = tool_arguments("".join(pieces))
+            if arguments:
+                out += sse(ContentBlockDeltaEvent(self._index, InputJsonDelta(encode(arguments).decode())))
+            out += sse(ContentBlockStopEvent(self._index))
+            self._written[key] = call_id
+        self._calls.clear()
         return out
 
-    def _open_block(self, key: object, block: TextContent | ToolUseContent, waited: bool = False) -> bytes:
-        out = self.start() + self._close()
-        if self._waiting and not waited:
-            out += self._write_waiting()
+    def _open_block(self, block: TextContent | ToolUseContent) -> bytes:
+        out = self._close()
         self._index += 1
-        self._open = key
         out += sse(ContentBlockStartEvent(self._index, block))
         if not self.pinged:
             self.pinged = True
@@ -141,9 +141,9 @@ class MessageEvents:
         return out
 
     def _close(self) -> bytes:
-        if self._open is None:
+        if not self._text_open:
             return b""
-        self._open = None
+        self._text_open = False
         return sse(ContentBlockStopEvent(self._index))
 
 
@@ -197,7 +197,7 @@ class OpenAIStreamToAnthropic:
         out = self.events.start()
         if chunk.error is not None:
             self.error = error_message(chunk.error)
-            return out + error_event(self.error)
+            return out + error_event(self.error, stream_error_status(chunk.error))
         if chunk.usage is not None:
             self.usage = usage_counts(chunk.usage)
         for choice in chunk.choices or ():
@@ -216,10 +216,8 @@ class OpenAIStreamToAnthropic:
 
     def _tool_call(self, call: ToolCall) -> bytes:
         function = call.function
-        out = b""
-        if not self.events.has_tool(call.index):
-            out = self.events.tool(call.index, call.id, (function.name if function else None) or "")
-        return out + self.events.arguments(call.index, (function.arguments if function else None) or "")
+        return self.events.call(call.index, call.id, function.name if function else None,
+                                function.arguments if function else None)
 
 
 class OllamaStreamToAnthropic:
@@ -276,15 +274,14 @@ class OllamaStreamToAnthropic:
         out = self.events.start()
         if reply.error is not None:
             self.error = error_message(reply.error)
-            return out + error_event(self.error)
+            return out + error_event(self.error, stream_error_status(reply.error))
         message = reply.message
         if message is not None:
             out += self.events.text(message.content)
             for call in message.tool_calls or ():
                 block = ollama_tool_content(call)
                 self._calls += 1
-                out += self.events.tool(self._calls, block.id, block.name)
-                out += self.events.arguments(self._calls, encode(block.input).decode())
+                out += self.events.call(self._calls, block.id, block.name, encode(block.input).decode())
         if reply.done:
             self.done = True
             self._finish = reply.done_reason

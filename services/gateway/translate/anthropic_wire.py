@@ -1,9 +1,9 @@
 """Anthropic's Messages API on the wire: the request, the answer, the stream events and the error body, as msgspec types.
 
 Requests are read strictly enough to refuse what cannot be served (a missing `max_tokens`, an unknown
-content block, a server tool) with a 400 before anything is reserved; unknown fields are ignored, as
-the API grows. Answers and events are written with these types, so the documented schema is the one
-the code writes.
+content block, a server tool, structured outputs, MCP servers, a container) with a 400 before anything is
+reserved; unknown fields are ignored, as the API grows. Answers and events are written with these types, so
+the documented schema is the one the code writes.
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: Metadata | None = None
+    # Read only to be refused when given (see `anthropic_door.UNSERVED`): dropping them would change what the answer
+    # must be. `output_config` is read for its `format`; its `effort` is a hint, ignored like unknown fields.
+    output_format: Any = None
+    output_config: dict[str, Any] | None = None
+    mcp_servers: Any = None
+    container: Any = None
 
 
 # --- the answer -------------------------------------------------------------------------------------
