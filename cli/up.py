@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     become_subreaper()                                   # orphans of our children are ours to see and reap
     try:
         external = _external_urls(os.environ)
+        _check_auth(args, os.environ)
         args.units = unit_names(replica_counts(args.replicas))
         if not 0 <= args.gateway_workers <= MAX_WORKERS:
             raise ValueError(f"--gateway-workers: {args.gateway_workers}: N must be a whole number from 1 to "
@@ -306,6 +307,28 @@ def _shown(key: str, env_name: str, generated: bool) -> str:
         if os.environ.get(name):
             return f"from ${name}"
     return key
+
+
+def _check_auth(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """SettingsError, before anything starts, for an auth set-up the gateway would refuse or `up` could never use:
+    a JWT secret too short to be safe, or single-user mode (which accepts only SWITCHYARD_API_KEY) with a demo
+    tenant's key or an admin key of another value."""
+    from switchyard_gateway.services.gateway.settings import jwt_secret_problem
+
+    mode = (env_value(env, "SWITCHYARD_AUTH_MODE") or "").strip().lower().replace("_", "-")
+    if mode != "single-user":
+        problem = jwt_secret_problem(env_value(env, "SWITCHYARD_JWT_SECRET") or "")
+        if problem:
+            raise SettingsError(problem)
+        return
+    if args.demo:
+        raise SettingsError("--demo makes a demo tenant with a key of its own, and single-user mode "
+                            "(SWITCHYARD_AUTH_MODE=single-user) accepts only SWITCHYARD_API_KEY: run --demo in "
+                            "multi-tenant mode, or single-user mode without --demo")
+    api_key = env_value(env, "SWITCHYARD_API_KEY") or ""
+    if env_value(env, "SWITCHYARD_ADMIN_KEY") != api_key or not api_key:
+        raise SettingsError("single-user mode (SWITCHYARD_AUTH_MODE=single-user) accepts only SWITCHYARD_API_KEY: "
+                            "set it, and give SWITCHYARD_ADMIN_KEY the same value")
 
 
 def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:

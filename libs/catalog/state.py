@@ -59,7 +59,9 @@ class Catalog:
     keys: dict[str, KeyIssued] = field(default_factory=dict)
     keys_by_hash: dict[str, KeyIssued] = field(default_factory=dict)
     revoked: dict[str, KeyIssued] = field(default_factory=dict)
-    users: dict[str, UserCreated] = field(default_factory=dict)         # the latest state, hash included
+    # the latest state of each user, hash included; its occurred_at is the last password, role or tenant change
+    # (the tokens issued before it no longer count)
+    users: dict[str, UserCreated] = field(default_factory=dict)
     sessions_ended: dict[str, datetime | None] = field(default_factory=dict)   # revoked token id -> its expiry
     warmed: dict[tuple[str, str], ModelWarmed] = field(default_factory=dict)  # (endpoint, model) -> last warm-up
     version: int = 0
@@ -111,8 +113,13 @@ class Catalog:
             case UserCreated(username=name):
                 self.users[name] = event
             case UserUpdated(username=name) if name in self.users:
-                self.users[name] = msgspec.structs.replace(self.users[name], tenant_id=event.tenant_id,
-                                                           role=event.role, display_name=event.display_name)
+                user = self.users[name]
+                # a new role or tenant moves occurred_at, as a new password does: tokens issued before it never
+                # count again, even once the change is reverted (they would otherwise name the role they had)
+                since = event.occurred_at if (user.role, user.tenant_id) != (event.role, event.tenant_id) \
+                    else user.occurred_at
+                self.users[name] = msgspec.structs.replace(user, tenant_id=event.tenant_id, role=event.role,
+                                                           display_name=event.display_name, occurred_at=since)
             case UserPasswordChanged(username=name) if name in self.users:
                 # occurred_at moves with it: tokens issued before the change no longer count
                 self.users[name] = msgspec.structs.replace(self.users[name], password_hash=event.password_hash,
@@ -185,8 +192,8 @@ class Catalog:
 
     def user_session(self, username: str, session: str, issued_at: float) -> UserCreated | None:
         """The user a token the gateway signed for it stands for, if the token still stands: the user exists
-        (and its tenant), the session was not ended, and the password has not changed since the token was
-        issued (`issued_at`, unix seconds)."""
+        (and its tenant), the session was not ended, and neither the password nor the role or tenant has changed
+        since the token was issued (`issued_at`, unix seconds)."""
         user = self.users.get(username)
         if user is None or user.tenant_id not in self.tenants:
             return None

@@ -3,9 +3,21 @@ and WebSocket embeddings."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import ClassVar, Self
 
-from switchyard_gateway.kit.settings import ServiceSettings
+from switchyard_gateway.kit.settings import ServiceSettings, SettingsError
+
+JWT_SECRET_MIN_BYTES = 32             # HS256 wants a key as long as its hash (RFC 7518 3.2); a shorter one is guessed
+
+
+def jwt_secret_problem(secret: str) -> str | None:
+    """Why a JWT secret may not sign or check tokens; None when it may ("" is no JWTs at all)."""
+    size = len(secret.encode("utf-8", "surrogatepass"))
+    if 0 < size < JWT_SECRET_MIN_BYTES:
+        return (f"SWITCHYARD_JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes, not {size}: a short secret is "
+                "recovered offline from any token it signed (make one with `openssl rand -hex 32`)")
+    return None
 
 
 class Settings(ServiceSettings, frozen=True, kw_only=True):
@@ -39,7 +51,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     auth_mode: str = "multi-tenant"       # "multi-tenant" (or "multi_user"): registry keys, JWTs and users;
                                           # "single-user" (or "single_user"): only api_key
     api_key: str = ""                     # single-user mode: the one key accepted (role admin, tenant "admin")
-    jwt_secret: str = ""                  # multi-tenant mode: HS256 secret of JWT bearer tokens ("" = no JWTs)
+    jwt_secret: str = ""                  # multi-tenant mode: HS256 secret of JWT bearer tokens ("" = no JWTs), at
+                                          # least JWT_SECRET_MIN_BYTES long
     jwt_issuer: str = "switchyard"        # the `iss` every accepted JWT carries, and sign-in's tokens say
     access_token_ttl_s: float = 900.0     # sign-in: an access token lives 15 minutes
     refresh_token_ttl_s: float = 7 * 86400.0   # and its refresh token 7 days, unless revoked (sign-out)
@@ -50,7 +63,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     login_backoff_max_s: float = 900.0    # the longest wait
     login_window_s: float = 900.0         # failures older than this (counted from the last one) are forgotten
     login_prefix: str = ""                # Valkey key prefix of the counters ("": sy:a:<database>:)
-    trust_forwarded_for: bool = False     # behind a proxy: the client address is X-Forwarded-For's first
+    trust_forwarded_for: bool = False     # behind a proxy: the client address is X-Forwarded-For's last (the one
+                                          # the proxy appended; the earlier ones are the client's to write)
     anonymous_tenant: str = ""            # trusted networks only: calls with no key act as a member of this tenant
     # browsers
     cors_origins: str = ""                # comma-separated origins allowed to call from a browser, or "*" ("": none)
@@ -75,3 +89,13 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     ws_max_in_flight: int = 16            # requests one socket may have unanswered; one more closes it (1013)
     ws_max_connections: int = 1024        # sockets this gateway holds at once; more are refused (503)
     ws_idle_timeout_s: float = 120.0      # a socket with nothing in flight and no message for this long is closed
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
+        """The settings, or SettingsError naming the variable when the JWT secret is too short to be safe (single-user
+        mode reads no JWTs, so there it is not looked at)."""
+        settings = super().from_env(env, **overrides)
+        single_user = settings.auth_mode.strip().lower().replace("_", "-") == "single-user"
+        if not single_user and (problem := jwt_secret_problem(settings.jwt_secret)):
+            raise SettingsError(problem)
+        return settings

@@ -205,3 +205,85 @@ async def test_every_service_serves_prometheus_metrics_and_its_own_health(demo: 
             assert (await client.get(f"{url}/health/live")).json()["service"] == name
             if name != "gateway":
                 assert (await client.get(f"{url}/health")).status_code == 200
+
+
+async def sign_in_user(demo: DemoStack, tenant: str, role: str) -> tuple[str, str]:
+    """A new user of `tenant` with `role`, signed in: its name and access token."""
+    username, password = f"watch{uuid.uuid4().hex[:10]}", "a passphrase for watching"
+    await admin(demo, "POST", "/users", {"username": username, "password": password, "tenant_id": tenant,
+                                          "role": role})
+    async with httpx.AsyncClient(timeout=30) as client:
+        signed = await client.post(f"{demo.url}/api/auth/login", json={"username": username, "password": password})
+    assert signed.status_code == 200, signed.text
+    return username, signed.json()["access_token"]
+
+
+async def test_usage_stream_ends_once_its_caller_is_revoked_demoted_or_moved(account: Account) -> None:
+    """The stream checks its caller before every push: a revoked key, or an operator made a member or moved to
+    another tenant, sees no call recorded after the change (an ex-operator kept seeing every tenant's)."""
+    demo = account.demo
+    issued = await admin(demo, "POST", f"/tenants/{account.tenant}/keys", {"name": "watcher"})
+    demoted_name, demoted = await sign_in_user(demo, "admin", "admin")
+    moved_name, moved = await sign_in_user(demo, "admin", "admin")
+    streams: dict[str, list[dict]] = {"revoked": [], "demoted": [], "moved": []}
+    ended: dict[str, bool] = {}
+
+    async def watch(name: str, key: str) -> None:
+        async with httpx.AsyncClient(timeout=60) as client, \
+                client.stream("GET", f"{demo.url}/api/usage-stream", headers=auth(key)) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    streams[name].append(json.loads(line[6:]))
+        ended[name] = True
+
+    watchers = [asyncio.create_task(watch("revoked", issued["key"])), asyncio.create_task(watch("demoted", demoted)),
+                asyncio.create_task(watch("moved", moved))]
+    await wait_for(lambda: all(streams.values()), timeout_s=10, what="the first snapshots")
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = uuid.uuid4().hex
+        await client.post(f"{demo.url}/v1/chat/completions", headers=account.headers(before),
+                          json=account.chat_body(stream=False))
+        await wait_for(lambda: all(before in {r["request_id"] for s in shown for r in s["recorded"]}
+                                   for shown in streams.values()), timeout_s=15, what="every stream to show a call")
+        key_id = "_".join(issued["key"].split("_")[:2])
+        assert (await client.delete(f"{demo.url}/api/admin/keys/{key_id}", headers=auth(demo.admin_key))) \
+            .status_code == 200
+        for username, change in ((demoted_name, {"role": "member"}), (moved_name, {"tenant_id": "demo"})):
+            changed = await client.put(f"{demo.url}/api/admin/users/{username}", json=change,
+                                       headers=auth(demo.admin_key))
+            assert changed.status_code == 200, changed.text
+        after = uuid.uuid4().hex
+        await client.post(f"{demo.url}/v1/chat/completions", headers=account.headers(after),
+                          json=account.chat_body(stream=False))
+    await asyncio.wait(watchers, timeout=30)
+    for watcher in watchers:
+        watcher.cancel()
+    assert ended == {"revoked": True, "demoted": True, "moved": True}
+    for name, shown in streams.items():
+        assert after not in {r["request_id"] for s in shown for r in s["recorded"]}, name
+
+
+async def test_models_refusals_come_in_anthropics_shape_to_anthropics_clients(demo: DemoStack) -> None:
+    """Anthropic's clients read /v1/models answers in Anthropic's shape, so its refusals too: otherwise the SDK
+    finds no `error.type` and raises a bare APIStatusError without the message."""
+    anthropic_client = {"anthropic-version": "2023-06-01"}
+    cases = [
+        ("/v1/models", {**anthropic_client, "x-api-key": "sy_wrong"}, 401, "authentication_error"),
+        ("/v1/models", {**anthropic_client, "x-api-key": demo.demo_key, "x-tenant-id": "admin"}, 403,
+         "permission_error"),
+        ("/v1/models?limit=0", {**anthropic_client, "x-api-key": demo.demo_key}, 400, "invalid_request_error"),
+        ("/v1/models?after_id=nowhere", {**anthropic_client, "x-api-key": demo.demo_key}, 400,
+         "invalid_request_error"),
+        ("/v1/models/claude-nowhere", {**anthropic_client, "x-api-key": demo.demo_key}, 404, "not_found_error"),
+        ("/v1/models/llama3.2", {**anthropic_client, "authorization": "Bearer sy_wrong"}, 401,
+         "authentication_error"),
+    ]
+    async with httpx.AsyncClient(base_url=demo.url, timeout=10) as client:
+        for path, headers, status, kind in cases:
+            refused = await client.get(path, headers=headers)
+            assert refused.status_code == status, (path, refused.text)
+            body = refused.json()
+            assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"], (path, body)
+        openai_client = await client.get("/v1/models/claude-nowhere", headers=auth(demo.demo_key))
+    assert openai_client.status_code == 404 and openai_client.json()["error"]["code"] == "model_not_found"

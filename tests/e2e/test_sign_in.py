@@ -3,6 +3,7 @@ keys.env), and brute-force protection on a gateway of its own that trusts X-Forw
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -216,6 +217,70 @@ def test_one_address_waits_after_failures_across_usernames_and_waits_longer_each
     time.sleep(int(refused.headers["retry-after"]) + 0.1)     # the wait is what is under test
     seventh = login(guarded.url, f"spray-{uuid.uuid4().hex[:8]}", "password1", **here)
     assert seventh.status_code == 401 and int(seventh.headers["retry-after"]) >= 3, "the wait doubled"
+
+
+async def test_guesses_sent_together_get_no_more_checks_than_the_budget(demo: DemoStack, guarded: Gateway) -> None:
+    """An attempt takes its slot before its password is checked: guesses sent at once (each from its own address)
+    get at most the username's 3 checks, however many are in flight, and the right password sent while they are
+    is refused too (before, every guess in flight was checked, and the right one signed in)."""
+    username = new_user(demo)
+    async with httpx.AsyncClient(timeout=60) as client:
+        def attempt(password: str) -> asyncio.Task[httpx.Response]:
+            return asyncio.create_task(client.post(f"{guarded.url}/api/auth/login", headers={
+                "X-Forwarded-For": address()}, json={"username": username, "password": password}))
+
+        guesses = [attempt(f"wrong-guess-{i:02d}") for i in range(15)]
+        await asyncio.wait(guesses, return_when=asyncio.FIRST_COMPLETED)
+        right = await attempt(PASSWORD)
+        statuses = [r.status_code for r in await asyncio.gather(*guesses)]
+    assert statuses.count(401) <= 3 and statuses.count(401) + statuses.count(429) == 15, statuses
+    assert right.status_code == 429, right.text
+
+
+async def test_one_address_gets_no_more_checks_in_flight_than_its_budget(demo: DemoStack, guarded: Gateway) -> None:
+    here = {"X-Forwarded-For": address()}
+    async with httpx.AsyncClient(timeout=60) as client:
+        answers = await asyncio.gather(*(client.post(f"{guarded.url}/api/auth/login", headers=here, json={
+            "username": f"spray-{uuid.uuid4().hex[:8]}", "password": "password1"}) for _ in range(40)))
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(401) <= 6 and statuses.count(401) + statuses.count(429) == 40, statuses
+
+
+def test_the_address_is_the_one_the_trusted_proxy_appended_not_what_the_client_wrote(demo: DemoStack,
+                                                                                    guarded: Gateway) -> None:
+    """A proxy that appends to X-Forwarded-For keeps what the client sent in front: a client writing a new address
+    there with each guess must still spend one address's budget."""
+    proxy_saw = address()
+    for _ in range(6):
+        spoofed = {"X-Forwarded-For": f"{address()}, {proxy_saw}"}
+        assert login(guarded.url, f"spray-{uuid.uuid4().hex[:8]}", "password1", **spoofed).status_code == 401
+    refused = login(guarded.url, new_user(demo), **{"X-Forwarded-For": f"{address()},{proxy_saw}"})
+    assert refused.status_code == 429, refused.text
+
+
+def test_sign_in_and_user_bodies_nested_too_deeply_are_a_400(demo: DemoStack) -> None:
+    """Every route reads its JSON body with the same reader, which refuses nesting too deep to read (before, the
+    sign-in and users routes answered 500 with a RecursionError in the log)."""
+    deep = '{"username":' + "[" * 10_000 + "]" * 10_000 + "}"
+    username = new_user(demo)
+    for method, path, headers in (("POST", "/api/auth/login", {}), ("POST", "/api/auth/refresh", {}),
+                                  ("POST", "/api/auth/logout", {}), ("POST", "/api/admin/users", admin(demo)),
+                                  ("PUT", f"/api/admin/users/{username}", admin(demo))):
+        r = httpx.request(method, f"{demo.url}{path}", content=deep, timeout=10,
+                          headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_JSON", (path, r.text)
+
+
+def test_single_user_mode_refuses_to_make_a_user_that_could_never_sign_in(demo: DemoStack, urls) -> None:
+    key = f"sy_single_{uuid.uuid4().hex}"
+    gateway = start_gateway(demo, urls, auth_mode="single-user", api_key=key)
+    try:
+        r = httpx.post(f"{gateway.url}/api/admin/users", headers=bearer(key), timeout=30,
+                       json={"username": f"u{uuid.uuid4().hex[:10]}", "password": PASSWORD, "tenant_id": "admin"})
+    finally:
+        stop_gateway(gateway)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "SINGLE_USER_MODE", r.text
+    assert "single-user mode has one key" in r.json()["error"]["message"]
 
 
 def test_a_sign_in_body_not_sent_as_json_is_refused_unread(demo: DemoStack) -> None:

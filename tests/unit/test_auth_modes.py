@@ -117,6 +117,11 @@ def test_the_anonymous_tenant_stands_for_requests_without_a_key_only_where_asked
         authenticator.authenticate({})                                  # admin and monitoring routes
     with pytest.raises(AuthError):
         authenticator.authenticate(bearer("sy_wrong"), anonymous=True)  # a wrong key is never anonymous
+    for header in ({"authorization": "sy_wrong"}, {"authorization": "Token x"},
+                   {"authorization": "Basic dXNlcjpwYXNz"}, {"authorization": "Bearer "}, {"x-api-key": "sy_wrong"}):
+        with pytest.raises(AuthError):                                  # nor any other credential not accepted
+            authenticator.authenticate(header, anonymous=True)
+    assert authenticator.authenticate({"authorization": " ", "x-api-key": ""}, anonymous=True).key_id == "anonymous"
     assert authenticator.authenticate(bearer(KEY), anonymous=True).key_id == "sy_abc123"
     with pytest.raises(AuthError):                                      # off by default
         auth.Authenticator(catalog()).authenticate({}, anonymous=True)
@@ -142,6 +147,18 @@ def test_x_tenant_id_must_name_the_callers_tenant() -> None:
     with pytest.raises(ForbiddenError) as refused:
         keys.authenticate({**bearer(KEY), "x-tenant-id": "other"})
     assert refused.value.status == 403 and "X-Tenant-ID" in refused.value.body()["error"]
+
+
+def test_an_empty_x_tenant_id_names_no_tenant() -> None:
+    keys = auth.Authenticator(catalog())
+    for empty in ("", " "):
+        assert keys.authenticate({**bearer(KEY), "x-tenant-id": empty}).tenant_id == "acme"
+
+
+def test_a_jwt_secret_shorter_than_32_bytes_does_not_start() -> None:
+    with pytest.raises(ValueError, match="SWITCHYARD_JWT_SECRET must be at least 32 bytes"):
+        auth.Authenticator(catalog(), jwt_secret="changeme")
+    assert auth.Authenticator(catalog(), "single-user", api_key="the-only-key-0123456789", jwt_secret="changeme")
 
 
 @pytest.mark.parametrize(("spelling", "mode"), [("single_user", "single-user"), ("SINGLE-USER", "single-user"),

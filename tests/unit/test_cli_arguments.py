@@ -37,6 +37,28 @@ def test_a_hostile_argument_is_one_line_and_an_exit_code(args: tuple[str, ...], 
     assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+SINGLE_KEY = "sy_single_0123456789abcdefghij"
+
+
+@pytest.mark.parametrize(("env", "args", "needle"), [
+    ({"SWITCHYARD_JWT_SECRET": "changeme"}, (), "SWITCHYARD_JWT_SECRET must be at least 32 bytes, not 8"),
+    ({"SWITCHYARD_AUTH_MODE": "single-user", "SWITCHYARD_API_KEY": SINGLE_KEY, "SWITCHYARD_ADMIN_KEY": SINGLE_KEY},
+     ("--demo",), "single-user mode (SWITCHYARD_AUTH_MODE=single-user) accepts only SWITCHYARD_API_KEY"),
+    ({"SWITCHYARD_AUTH_MODE": "single_user", "SWITCHYARD_API_KEY": SINGLE_KEY}, (),
+     "give SWITCHYARD_ADMIN_KEY the same value"),
+])
+def test_up_refuses_an_auth_set_up_it_could_never_use_before_starting_anything(
+        env: dict[str, str], args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
+    """A weak JWT secret would let anyone who holds one token mint any other; in single-user mode the demo key, or
+    an admin key other than SWITCHYARD_API_KEY, is never accepted (`up` blamed a revocation that never happened)."""
+    done = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(tmp_path / "d"),
+                           *args], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
+    assert done.returncode == 1, done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr and "starting NATS" not in done.stderr, \
+        done.stderr
+
+
 @pytest.mark.parametrize(("content", "needle"), [
     (b"providers:\n  - id: caf\xe9\n", "not UTF-8 text (byte 0xe9"),
     (b"[" * 100_000, "nested too deeply"),

@@ -99,9 +99,21 @@ def test_each_service_reads_only_its_own_fields() -> None:
 
 
 def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
-    s = GatewaySettings.from_env({"SWITCHYARD_API_KEY": "the-one-key", "SWITCHYARD_JWT_SECRET": "hs256-secret"})
+    s = GatewaySettings.from_env({"SWITCHYARD_API_KEY": "the-one-key",
+                                  "SWITCHYARD_JWT_SECRET": "hs256-secret-of-at-least-32-bytes"})
     shown = repr(s.redacted())
     assert "the-one-key" not in shown and "hs256-secret" not in shown and s.api_key == "the-one-key"
+
+
+@pytest.mark.parametrize("weak", ["changeme", "x" * 31, "é" * 15])
+def test_a_jwt_secret_shorter_than_32_bytes_is_refused_naming_the_setting(weak: str) -> None:
+    """A short HS256 secret is found offline from any token it signed (a member's own), and with it any token can
+    be minted, an admin's too: the gateway must not start with one."""
+    with pytest.raises(SettingsError, match=r"^SWITCHYARD_JWT_SECRET must be at least 32 bytes"):
+        GatewaySettings.from_env({"SWITCHYARD_JWT_SECRET": weak})
+    assert GatewaySettings.from_env({"SWITCHYARD_JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
+    assert GatewaySettings.from_env({"SWITCHYARD_AUTH_MODE": "single_user", "SWITCHYARD_JWT_SECRET": weak}), \
+        "single-user mode reads no JWTs"
 
 
 @pytest.mark.parametrize(("service", "variable", "value", "says"), [
@@ -119,6 +131,7 @@ def test_gateway_settings_mask_the_single_user_key_and_the_jwt_secret() -> None:
     ("gateway", "SWITCHYARD_HTTP_MAX_CONNECTIONS", "-3",
      "SWITCHYARD_HTTP_MAX_CONNECTIONS must be a whole number of connections, 0 (the default"),
     ("gateway", "SWITCHYARD_HTTP_KEEP_ALIVE_S", "soon", "SWITCHYARD_HTTP_KEEP_ALIVE_S must be a number, not 'soon'"),
+    ("gateway", "SWITCHYARD_JWT_SECRET", "changeme", "SWITCHYARD_JWT_SECRET must be at least 32 bytes, not 8"),
     ("metering", "SWITCHYARD_INGEST_BATCH", "lots", "SWITCHYARD_INGEST_BATCH must be a whole number, not 'lots'"),
     ("metering", "SWITCHYARD_LOG_FEED", "ture", "SWITCHYARD_LOG_FEED must be one of true, 1, yes, on, false, 0, no, off"),
     ("router", "SWITCHYARD_BREAKER_PROBE_COOL_DOWN_S", "nan",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
@@ -79,3 +80,40 @@ def test_tokens_of_another_issuer_or_secret_or_past_their_time_are_not_read() ->
     claims = jwt.decode(fresh, SECRET, algorithms=["HS256"], issuer="switchyard")
     assert tokens().read(jwt.encode({**claims, "alg": "none"}, None, algorithm="none"), "refresh") is None
     assert tokens().read("x" * 5000 + ".a.b", "refresh") is None
+
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("change", [{"role": "member"}, {"tenant_id": "other"}])
+def test_a_token_cut_off_by_a_role_or_tenant_change_stays_cut_off_when_the_change_is_reverted(
+        catalog: Catalog, change: dict[str, str]) -> None:
+    """Reverting a demotion (or a move) must not revive the tokens issued before it: they could have been taken
+    while the user was being locked out; only tokens signed after the last change stand."""
+    catalog.apply(TenantCreated(tenant_id="other"))
+    catalog.apply(UserCreated(username="alice", tenant_id="acme", role="admin", password_hash="$h",
+                              occurred_at=ago(60)))
+    pair = tokens().sign_in(alice(), now=time.time() - 50)
+    gate = auth.Authenticator(catalog, jwt_secret=SECRET)
+    gate.authenticate(bearer(pair.access_token))
+    catalog.apply(UserUpdated(username="alice", **{"tenant_id": "acme", "role": "admin", **change},
+                              occurred_at=ago(40)))
+    catalog.apply(UserUpdated(username="alice", tenant_id="acme", role="admin", occurred_at=ago(30)))
+    with pytest.raises(AuthError):
+        gate.authenticate(bearer(pair.access_token))
+    session = tokens().read(pair.refresh_token, "refresh")
+    assert session is not None and catalog.user_session("alice", session.session, session.issued_at) is None
+    fresh = tokens().sign_in(alice()).access_token
+    assert gate.authenticate(bearer(fresh)).role == "admin"
+
+
+def test_a_display_name_change_leaves_the_tokens_standing(catalog: Catalog) -> None:
+    catalog.apply(UserCreated(username="alice", tenant_id="acme", role="admin", password_hash="$h",
+                              occurred_at=ago(60)))
+    access = tokens().sign_in(alice(), now=time.time() - 50).access_token
+    gate = auth.Authenticator(catalog, jwt_secret=SECRET)
+    catalog.apply(UserUpdated(username="alice", tenant_id="acme", role="admin", display_name="Alice A.",
+                              occurred_at=ago(40)))
+    assert gate.authenticate(bearer(access)).name == "alice"

@@ -16,7 +16,6 @@ import msgspec
 from msgspec import Meta
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
-from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -28,6 +27,8 @@ from switchyard_gateway.services.gateway.api.common import (
     AppDeps, ask, caller, json_object, json_response, scope_of, visible_endpoints,
 )
 from switchyard_gateway.services.gateway.api.health import endpoint_health
+from switchyard_gateway.services.gateway.api.usage_stream import EventStream
+from switchyard_gateway.services.gateway.edge import errors
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
 
@@ -87,27 +88,44 @@ def anthropic_page(request: Req, models: list[ModelRegistered]) -> dict[str, Any
             "first_id": page[0].model_id if page else None, "last_id": page[-1].model_id if page else None}
 
 
+def models_refusal(request: Req, error: GatewayError) -> Response[bytes]:
+    """A /v1/models refusal (401, 403, 404, a bad page parameter) in Anthropic's error shape for an Anthropic client,
+    which reads the answers in Anthropic's shape too; for any other client it is raised on, for the app's handler
+    to render in OpenAI's."""
+    shape = errors.shape_for_client(request.url.path, request.headers)
+    if shape != "anthropic":
+        raise error
+    return Response(error.render(shape), status_code=error.status, headers=error.headers or None,
+                    media_type="application/json")
+
+
 @get("/v1/models")
 async def list_models(request: Req, deps: AppDeps) -> Response[bytes]:
     """The models this caller's tenant may use, in the OpenAI list shape; in Anthropic's (a page) when the caller
-    sends `anthropic-version`, as Anthropic's clients do."""
-    key = deps.auth.authenticate(request.headers, anonymous=True)
-    models = deps.catalog.models_for(key.tenant_id)
-    if "anthropic-version" in request.headers:
-        return json_response(anthropic_page(request, list(models)))
+    sends `anthropic-version`, as Anthropic's clients do (its errors too)."""
+    try:
+        key = deps.auth.authenticate(request.headers, anonymous=True)
+        models = deps.catalog.models_for(key.tenant_id)
+        if "anthropic-version" in request.headers:
+            return json_response(anthropic_page(request, list(models)))
+    except GatewayError as exc:
+        return models_refusal(request, exc)
     return json_response({"object": "list", "data": [model_object(m) for m in models]})
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Req, deps: AppDeps, model_id: FromPath[str]) -> Response[bytes]:
     """One model this caller's tenant may use, by id or alias (ids may hold slashes); 404 otherwise."""
-    key = deps.auth.authenticate(request.headers, anonymous=True)
     name = request.scope["raw_path"].decode().split("/v1/models/", 1)[1]     # decoded once, by the HTTP server
     catalog = deps.catalog
-    found = catalog.resolve_model(name)
-    if found is None or not catalog.tenant_may_use(key.tenant_id, found):
-        raise GatewayError(f"The model '{name}' does not exist or you do not have access to it.", status=404,
-                           kind="invalid_request_error", code="model_not_found", param="model")
+    try:
+        key = deps.auth.authenticate(request.headers, anonymous=True)
+        found = catalog.resolve_model(name)
+        if found is None or not catalog.tenant_may_use(key.tenant_id, found):
+            raise GatewayError(f"The model '{name}' does not exist or you do not have access to it.", status=404,
+                               kind="invalid_request_error", code="model_not_found", param="model")
+    except GatewayError as exc:
+        return models_refusal(request, exc)
     if "anthropic-version" in request.headers:
         return json_response(anthropic_model_object(catalog.models[found]))
     return json_response(model_object(catalog.models[found]))
@@ -198,12 +216,18 @@ async def config(request: Req, deps: AppDeps) -> Response[bytes]:
 
 
 @get("/api/usage-stream")
-async def usage_stream(request: Req, deps: AppDeps) -> Stream:
-    """Server-Sent Events: a usage snapshot now, then one each time usage events arrive."""
+async def usage_stream(request: Req, deps: AppDeps) -> EventStream:
+    """Server-Sent Events: a usage snapshot now, then one each time usage events arrive, while the caller stands
+    (checked again before every push: a revoked key, an ended session or a new role or tenant ends the stream)."""
+    headers = request.headers
     key = caller(request, deps)
     tenant = scope_of(key)
     hub = deps.usage_stream
-    watcher = await hub.watch(tenant, {})           # subscribed first: no event falls between baseline and feed
+
+    def scope_now() -> str | None:                  # what the caller may see now; AuthError once it stands no more
+        return scope_of(deps.auth.authenticate(headers))
+
+    watcher = await hub.watch(tenant, {}, scope_now)     # subscribed first: no event falls between baseline and feed
     try:
         baseline = _any.decode(await ask(deps, subjects.METERING_QUERY, {"query": "usage", "tenant_id": tenant}))
     except ServiceError:
@@ -215,7 +239,7 @@ async def usage_stream(request: Req, deps: AppDeps) -> Stream:
         mine = watcher.tokens.setdefault(endpoint, {})
         for model, tokens in per_model.items():
             mine[model] = mine.get(model, 0) + tokens
-    return Stream(hub.stream(watcher), media_type="text/event-stream",
+    return EventStream(hub.stream(watcher), media_type="text/event-stream",
                   headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 

@@ -5,25 +5,27 @@ holds the hashes: the gateway never sees one, and the slow Argon2id check stays 
 Tokens are signed here with `SWITCHYARD_JWT_SECRET` (edge/tokens.py); refreshing needs no round trip
 (the local catalog says whether the session still stands); signing out is a registry event, so every
 gateway refuses the session's tokens once it has folded it. Failures are counted per username and
-per client address in Valkey (edge/login_guard.py): too many, and the next attempt waits (429).
+per client address in Valkey (edge/login_guard.py), each attempt from before its password is checked: too many,
+and the next attempt waits (429). Bodies are read by the admin routes' reader (`read_json`): one nested too
+deeply is a 400 `INVALID_JSON`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.params import JSONBody
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.users import UserView
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import AppDeps, ask, caller
+from switchyard_gateway.services.gateway.api.common import AppDeps, ask, caller, json_object, read_json
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.tokens import TokenClaims, TokenPair
 
@@ -80,9 +82,12 @@ def _enabled(deps: Deps) -> Response[bytes] | None:
 
 
 def client_address(request: Req, trust_forwarded_for: bool) -> str:
-    """The client's address: the peer's, or behind a trusted proxy the first of X-Forwarded-For."""
+    """The client's address: the peer's, or behind a trusted proxy the last entry of X-Forwarded-For, the one the
+    proxy appended (the entries before it are whatever the client sent, and a client that names a new address with
+    each guess must not get a new budget with each); several X-Forwarded-For headers read as one list."""
     if trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for", "").split(",", 1)[0].strip()
+        values = request.headers.getall("x-forwarded-for", [])
+        forwarded = ",".join(values).rsplit(",", 1)[-1].strip()
         if forwarded:
             return forwarded[:64]
     return request.client.host if request.client is not None else "unknown"
@@ -90,7 +95,7 @@ def client_address(request: Req, trust_forwarded_for: bool) -> str:
 
 def _too_many(wait_s: float) -> Response[bytes]:
     seconds = max(1, math.ceil(wait_s))
-    return _error(429, "TOO_MANY_ATTEMPTS", f"Too many failed sign-ins; try again in {seconds} s",
+    return _error(429, "TOO_MANY_ATTEMPTS", f"Too many sign-in attempts; try again in {seconds} s",
                   {"retry-after": str(seconds)}, retry_after=seconds)
 
 
@@ -104,37 +109,49 @@ def json_bodies(connection: Any, _handler: Any) -> None:
                                             "content-type"))
 
 
+async def _body(request: Req) -> Any:
+    """The request's JSON body (None when there is none); one nested too deeply to read is a 400 `INVALID_JSON`."""
+    raw = await request.body()
+    return read_json(raw) if raw.strip() else None
+
+
 @post("/api/auth/login", status_code=200, guards=[json_bodies])
-async def login(request: Req, deps: AppDeps, data: JSONBody[LoginRequest]) -> Response[bytes] | TokenPair:
+async def login(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
     """A username and password for an access token (15 minutes) and a refresh token (7 days)."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
+    data = msgspec.convert(await json_object(request), LoginRequest)
     guard, address = deps.login_guard, client_address(request, deps.settings.trust_forwarded_for)
-    wait_s = await guard.wait_s(data.username, address)
+    attempt, wait_s = await guard.begin(data.username, address)      # the slot is taken before the check
     if wait_s > 0:
         return _too_many(wait_s)
     user: UserView | None = None
-    if 0 < len(data.username) <= NAME_MAX and 0 < len(data.password) <= PASSWORD_MAX:
-        try:
-            raw = await ask(deps, subjects.REGISTRY_COMMAND,
-                            m.VerifyCredentials(username=data.username, password=data.password))
-            user = _reply.decode(raw).user
-        except ServiceError as exc:
-            if exc.status != 401:
-                raise
+    try:
+        if 0 < len(data.username) <= NAME_MAX and 0 < len(data.password) <= PASSWORD_MAX:
+            try:
+                raw = await ask(deps, subjects.REGISTRY_COMMAND,
+                                m.VerifyCredentials(username=data.username, password=data.password))
+                user = _reply.decode(raw).user
+            except ServiceError as exc:
+                if exc.status != 401:
+                    raise
+    except BaseException:           # not checked (the registry busy, away or failing): the slot is given back
+        await asyncio.shield(guard.unchecked(attempt, data.username, address))
+        raise
     if user is None:
-        wait_s = await guard.failed(data.username, address)
+        wait_s = await guard.failed(attempt, data.username, address)
         headers = {"retry-after": str(max(1, math.ceil(wait_s)))} if wait_s > 0 else None
         return _error(401, "INVALID_CREDENTIALS", "Invalid username or password", headers)
-    await guard.succeeded(data.username, address)
+    await guard.succeeded(attempt, data.username, address)
     return deps.tokens.sign_in(user)
 
 
 @post("/api/auth/refresh", status_code=200, guards=[json_bodies])
-async def refresh(deps: AppDeps, data: JSONBody[RefreshRequest]) -> Response[bytes] | TokenPair:
+async def refresh(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
     """A new access token for a refresh token whose session still stands (the same refresh token back)."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
+    data = msgspec.convert(await json_object(request), RefreshRequest)
     claims = deps.tokens.read(data.refresh_token, "refresh")
     user = deps.catalog.user_session(claims.username, claims.session, claims.issued_at) if claims else None
     if claims is None or user is None:
@@ -146,12 +163,12 @@ async def refresh(deps: AppDeps, data: JSONBody[RefreshRequest]) -> Response[byt
 
 
 @post("/api/auth/logout", status_code=200, guards=[json_bodies])
-async def logout(request: Req, deps: AppDeps,
-                 data: JSONBody[LogoutRequest | None] = None) -> Response[bytes] | SignedOut:
+async def logout(request: Req, deps: AppDeps) -> Response[bytes] | SignedOut:
     """End a session: its refresh token and every access token of it stop working on every gateway."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
-    claims = _session_claims(request, deps, data)
+    body = await _body(request)
+    claims = _session_claims(request, deps, None if body is None else msgspec.convert(body, LogoutRequest))
     if claims is None:
         return _invalid_token()
     expires = claims.expires_at if claims.kind == "refresh" else claims.issued_at + deps.tokens.refresh_ttl_s

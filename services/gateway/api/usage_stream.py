@@ -6,7 +6,9 @@ someone watches) and pushes each client a fresh snapshot when events arrive. A s
 seed's shape, `{"usage_counts", "token_usage_counts"}`, plus `recorded`: the calls just recorded.
 Token counts start from metering's projection when the client connects and grow with the events
 that arrive afterwards. An operator sees every tenant and the gateway's in-flight calls; a tenant
-sees only its own calls and tokens.
+sees only its own calls and tokens. The caller is checked again before every push and keep-alive (a
+catalog lookup, no I/O): once its key is revoked, its session ended, or its role or tenant changed so
+that it may no longer see what the stream shows, the stream ends, and a reconnect shows what it may see now.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from typing import Any
 
 import msgspec
 import structlog
+from anyio import create_task_group
+from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from switchyard_gateway.contracts import subjects
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
 
 log = structlog.get_logger()
 
@@ -56,10 +63,14 @@ def decode_usage(data: bytes) -> list[LiveUsage]:
 
 
 class Watcher:
-    """One SSE client: its tenant filter, its running token counts, and what to push next."""
+    """One SSE client: its tenant filter, its running token counts, and what to push next. `scope`, asked before
+    every push, says which tenant the caller may see now (None: every one), or raises GatewayError once the caller
+    is no longer valid."""
 
-    def __init__(self, tenant_id: str | None, tokens: dict[str, dict[str, int]]) -> None:
+    def __init__(self, tenant_id: str | None, tokens: dict[str, dict[str, int]],
+                 scope: Callable[[], str | None] | None = None) -> None:
         self.tenant_id = tenant_id
+        self.scope = scope
         self.tokens = tokens
         self.recorded: list[LiveUsage] = []
         self.wake = asyncio.Event()
@@ -76,6 +87,30 @@ class Watcher:
         self.wake.set()
 
 
+class _EndingStreamingResponse(ASGIStreamingResponse):
+    """Litestar's streaming response, except that it ends when its body does. Litestar's waits for the client to
+    disconnect even then, so a stream the server ends (its caller no longer valid) would stay open, silent, until the
+    client left; this one still stops at once when the client goes first."""
+
+    __slots__ = ()
+
+    async def send_body(self, send: Any, receive: Any) -> None:
+        async with create_task_group() as group:
+            group.start_soon(self._listen_for_disconnect, group.cancel_scope, receive)
+            await self._stream(send)
+            group.cancel_scope.cancel()
+
+
+class EventStream(Stream):
+    """A Server-Sent Events answer that closes when its iterator ends."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        assert isinstance(response, ASGIStreamingResponse)
+        response.__class__ = _EndingStreamingResponse        # the same response, ending with its body
+        return response
+
+
 class UsageHub:
     """Fans usage events out to SSE watchers; subscribed to NATS only while anyone watches."""
 
@@ -86,8 +121,9 @@ class UsageHub:
         self._sub: Any = None
         self.received = 0
 
-    async def watch(self, tenant_id: str | None, tokens: dict[str, dict[str, int]]) -> Watcher:
-        watcher = Watcher(tenant_id, tokens)
+    async def watch(self, tenant_id: str | None, tokens: dict[str, dict[str, int]],
+                    scope: Callable[[], str | None] | None = None) -> Watcher:
+        watcher = Watcher(tenant_id, tokens, scope)
         self.watchers.add(watcher)
         if self._sub is None:
             self._sub = await self.nc.subscribe(f"{subjects.USAGE_RECORDED}.>", cb=self._on_message)
@@ -120,18 +156,31 @@ class UsageHub:
         }
         return b"data: " + _encode(body) + b"\n\n"
 
+    @staticmethod
+    def allowed(watcher: Watcher) -> bool:
+        """Whether the watcher's caller still stands and may still see all that its stream shows."""
+        if watcher.scope is None:
+            return True
+        try:
+            return watcher.scope() == watcher.tenant_id
+        except GatewayError:
+            return False
+
     async def stream(self, watcher: Watcher) -> AsyncIterator[bytes]:
         """The SSE body: a snapshot now, then one whenever usage events arrive; a comment line keeps idle
-        connections open."""
+        connections open. It ends, pushing nothing more, when the caller no longer passes `allowed`."""
         try:
             yield self.snapshot(watcher)
             while True:
                 watcher.wake.clear()
                 try:
                     await asyncio.wait_for(watcher.wake.wait(), KEEPALIVE_S)
+                    woken = True
                 except asyncio.TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                yield self.snapshot(watcher)
+                    woken = False
+                if not self.allowed(watcher):
+                    log.info("usage_stream.caller_no_longer_valid", tenant=watcher.tenant_id or "*")
+                    return
+                yield self.snapshot(watcher) if woken else b": keep-alive\n\n"
         finally:
             await self.leave(watcher)

@@ -2,7 +2,8 @@
 
 A password goes to the registry once, in the command that sets it, and is hashed there; no answer
 ever carries a password or its hash. Answers show a user as the registry holds it: username,
-tenant, role, display name, and when its password was last set.
+tenant, role, display name, and when its password was last set. Bodies are read by `json_object`, like every
+admin route's: one nested too deeply is a 400 `INVALID_JSON`, not a crash.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from typing import Any
 
 import msgspec
 from litestar import Response, Router, delete, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery
 
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Role
-from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, Req, admin_guard, ask, json_object, json_response
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.kit.natsio import ServiceError
 
@@ -66,14 +67,20 @@ async def get_user(deps: AppDeps, username: FromPath[str]) -> Response[bytes]:
 
 
 @post("/users")
-async def create_user(deps: AppDeps, data: JSONBody[UserCreate]) -> Response[bytes]:
+async def create_user(request: Req, deps: AppDeps) -> Response[bytes]:
+    """A new user; refused in single-user mode, where no user could ever sign in (409 `SINGLE_USER_MODE`)."""
+    if deps.auth.mode != "multi-tenant":
+        raise ServiceError(409, m.ErrorBody("SINGLE_USER_MODE", "single-user mode has one key (SWITCHYARD_API_KEY) "
+                                            "and no users: a user made here could never sign in"))
+    data = msgspec.convert(await json_object(request), UserCreate)
     command = m.CreateUser(username=data.username, tenant_id=data.tenant_id, password=data.password,
                            role=data.role, display_name=data.display_name)
     return await _run(deps, command, data.username, status=201)
 
 
 @put("/users/{username:str}")
-async def update_user(deps: AppDeps, username: FromPath[str], data: JSONBody[UserUpdate]) -> Response[bytes]:
+async def update_user(request: Req, deps: AppDeps, username: FromPath[str]) -> Response[bytes]:
+    data = msgspec.convert(await json_object(request), UserUpdate)
     if data.username is not None and data.username != username:
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", f"username: the body names {data.username!r} but the "
                                             f"URL {username!r}; a user is renamed by creating anew", "username"))

@@ -10,9 +10,12 @@ Two modes (`SWITCHYARD_AUTH_MODE`; the spellings `multi_user` and `single_user` 
 - `single-user`: only the key in `SWITCHYARD_API_KEY` is accepted, as an admin of
   the `admin` tenant.
 Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. A request that names a
-tenant (`X-Tenant-ID`) must name the caller's own (403 otherwise). With `SWITCHYARD_ANONYMOUS_TENANT`
+tenant (`X-Tenant-ID`, not empty) must name the caller's own (403 otherwise). With `SWITCHYARD_ANONYMOUS_TENANT`
 set (for trusted networks only), a call to the inference doors or the Ollama listings that presents no
-key at all is a member of that tenant; a wrong key is still refused, and admin routes always need a key.
+credential at all is a member of that tenant; any credential presented and not accepted (a wrong key, or an
+`Authorization` header of another scheme) is still refused, and admin routes always need a key.
+`SWITCHYARD_JWT_SECRET` must be at least 32 bytes (settings.JWT_SECRET_MIN_BYTES): a shorter one can be guessed
+offline from any token it signed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import jwt
 
 from switchyard_gateway.catalog.state import Catalog, hash_key
 from switchyard_gateway.contracts.events import KeyIssued
-from switchyard_gateway.services.gateway.settings import Settings
+from switchyard_gateway.services.gateway.settings import Settings, jwt_secret_problem
 from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError, TenantMismatch
 
 SINGLE_USER_TENANT = "admin"
@@ -71,6 +74,8 @@ class Authenticator:
         mode = auth_mode(mode)
         if mode == "single-user" and not api_key:
             raise ValueError("single-user mode needs SWITCHYARD_API_KEY")
+        if mode == "multi-tenant" and (problem := jwt_secret_problem(jwt_secret)):
+            raise ValueError(problem)
         self.catalog = catalog
         self.mode = mode
         self.single_user: KeyIssued | None = None
@@ -97,13 +102,13 @@ class Authenticator:
         registry knows it."""
         secret = presented_key(headers)
         key = self.caller(secret) if secret else None
-        if key is None and not secret and anonymous and self.anonymous is not None \
+        if key is None and anonymous and self.anonymous is not None and not credential_presented(headers) \
                 and self.anonymous.tenant_id in self.catalog.tenants:
             key = self.anonymous
         if key is None:
             raise AuthError()
-        asked = headers.get("x-tenant-id")
-        if asked is not None and asked.strip() != key.tenant_id:
+        asked = (headers.get("x-tenant-id") or "").strip()      # an empty header names no tenant
+        if asked and asked != key.tenant_id:
             raise TenantMismatch()
         return key
 
@@ -176,6 +181,12 @@ def _expiry(exp: object) -> datetime:
     if exp >= LATEST_EXPIRY.timestamp():
         return LATEST_EXPIRY
     return datetime.fromtimestamp(exp, UTC)
+
+
+def credential_presented(headers: HeaderLookup) -> bool:
+    """Whether the request presents any credential at all (an `Authorization` header of any scheme, or an
+    `X-API-Key`): one that is not accepted is a 401, never the anonymous tenant."""
+    return bool((headers.get("authorization") or "").strip() or (headers.get("x-api-key") or "").strip())
 
 
 def presented_key(headers: HeaderLookup) -> str | None:

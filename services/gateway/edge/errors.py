@@ -20,6 +20,9 @@ Which shape a path gets is one table, `DOORS` (first matching prefix wins; Ollam
     anthropic   /v1/messages   {"type": "error", "error": {"type", "message"}}
     ollama      Ollama routes  {"error": "<message>", ...detail}
     plain       the rest       {"error": "<message>", ...detail}   (the seed's shape: admin and monitoring routes)
+
+`/v1/models` is both OpenAI's and Anthropic's: a client that sends `anthropic-version` (Anthropic's clients
+always do) gets Anthropic's shapes there, its errors included (`shape_for_client`, SHARED_PATHS).
 """
 
 from __future__ import annotations
@@ -204,6 +207,19 @@ def shape_for(path: str) -> str:
     if path in OLLAMA_PATHS or path.startswith("/api/blobs/"):
         return "ollama"
     return "plain"
+
+
+# paths both OpenAI's and Anthropic's clients call: Anthropic's shape when the client sends `anthropic-version`
+SHARED_PATHS: tuple[str, ...] = ("/v1/models",)
+
+
+def shape_for_client(path: str, headers: Any) -> str:
+    """The error shape for this client at this path: `shape_for`, except that on a path both doors share an
+    Anthropic client (it sends `anthropic-version`) gets Anthropic's. `headers`: a lower-case lookup."""
+    if headers.get("anthropic-version") is not None and \
+            any(path == shared or path.startswith(shared + "/") for shared in SHARED_PATHS):
+        return "anthropic"
+    return shape_for(path)
 
 
 def render_for(path: str, error: GatewayError) -> bytes:
