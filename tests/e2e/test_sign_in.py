@@ -277,10 +277,13 @@ def test_single_user_mode_refuses_to_make_a_user_that_could_never_sign_in(demo: 
     try:
         r = httpx.post(f"{gateway.url}/api/admin/users", headers=bearer(key), timeout=30,
                        json={"username": f"u{uuid.uuid4().hex[:10]}", "password": PASSWORD, "tenant_id": "admin"})
+        issued = httpx.post(f"{gateway.url}/api/admin/tenants/admin/keys", headers=bearer(key), timeout=30,
+                            json={"role": "member"})
     finally:
         stop_gateway(gateway)
     assert r.status_code == 409 and r.json()["error"]["code"] == "SINGLE_USER_MODE", r.text
     assert "single-user mode has one key" in r.json()["error"]["message"]
+    assert issued.status_code == 409 and issued.json()["error"]["code"] == "SINGLE_USER_MODE", issued.text
 
 
 def test_a_sign_in_body_not_sent_as_json_is_refused_unread(demo: DemoStack) -> None:

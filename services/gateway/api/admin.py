@@ -22,6 +22,7 @@ from switchyard_gateway.services.gateway.api.common import (
     AppDeps, Req, admin_guard, ask, check_bounds, json_object, json_response,
 )
 from switchyard_gateway.services.gateway.api.quotas import set_model_limits
+from switchyard_gateway.services.gateway.api.users import refuse_in_single_user_mode
 from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(m.CommandReply)
@@ -141,6 +142,8 @@ def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[
 
 @post("/tenants/{tenant_id:str}/keys")
 async def issue_key(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    """A new key; refused in single-user mode, which accepts SWITCHYARD_API_KEY alone (409 `SINGLE_USER_MODE`)."""
+    refuse_in_single_user_mode(deps, "a key issued here would never be accepted")
     return await run_command(deps, await _body(request, m.IssueKey, tenant_id=tenant_id), status=201)
 
 

@@ -66,12 +66,17 @@ async def get_user(deps: AppDeps, username: FromPath[str]) -> Response[bytes]:
     return json_response(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("users", id=username)))
 
 
+def refuse_in_single_user_mode(deps: AppDeps, why: str) -> None:
+    """409 `SINGLE_USER_MODE` for what single-user mode could never use (a user, a key)."""
+    if deps.auth.mode != "multi-tenant":
+        raise ServiceError(409, m.ErrorBody("SINGLE_USER_MODE", f"single-user mode has one key (SWITCHYARD_API_KEY) "
+                                            f"and no users: {why}"))
+
+
 @post("/users")
 async def create_user(request: Req, deps: AppDeps) -> Response[bytes]:
     """A new user; refused in single-user mode, where no user could ever sign in (409 `SINGLE_USER_MODE`)."""
-    if deps.auth.mode != "multi-tenant":
-        raise ServiceError(409, m.ErrorBody("SINGLE_USER_MODE", "single-user mode has one key (SWITCHYARD_API_KEY) "
-                                            "and no users: a user made here could never sign in"))
+    refuse_in_single_user_mode(deps, "a user made here could never sign in")
     data = msgspec.convert(await json_object(request), UserCreate)
     command = m.CreateUser(username=data.username, tenant_id=data.tenant_id, password=data.password,
                            role=data.role, display_name=data.display_name)
