@@ -6,13 +6,15 @@ A call counts as a request unless it failed with no tokens (a refunded call), is
 charged to the model that served it (a fallback model when one stepped in), and
 is counted in the periods holding the moment it finished, in the tenant's zone.
 A tenant's removal ends its counters: usage folded before it is dropped, and usage of a call
-that finishes while the tenant is gone counts nowhere, so a tenant created again under the same
-id starts from nothing, however often the log is folded from position 0.
+that finishes while the tenant is gone, or that began before the tenant was created again (a call
+of the removed tenant whose usage reached the log late), counts nowhere, so a tenant created again
+under the same id starts from nothing, however often the log is folded from position 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from switchyard_gateway.catalog.state import Catalog
@@ -56,6 +58,7 @@ class Ledger:
         self.catalog = Catalog()
         self.limits = LimitsBook()
         self.gone: set[str] = set()       # tenants removed and not created since: their usage counts nowhere
+        self.again: dict[str, datetime] = {}      # tenant created again after a removal -> when
 
     def apply(self, event: Event) -> None:
         self.catalog.apply(event)
@@ -63,8 +66,18 @@ class Ledger:
         match event:
             case TenantRemoved(tenant_id=tenant):
                 self.gone.add(tenant)
-            case TenantCreated(tenant_id=tenant):
+            case TenantCreated(tenant_id=tenant) if tenant in self.gone:
                 self.gone.discard(tenant)
+                self.again[tenant] = event.occurred_at
+
+    def counts(self, event: UsageRecorded) -> bool:
+        """Whether a call's usage counts toward its tenant: not while the tenant is gone, nor for a call that began
+        before the tenant was created again (the removed tenant's, whose usage reached the log late)."""
+        tenant = event.tenant_id
+        if tenant in self.gone:
+            return False
+        again = self.again.get(tenant)
+        return again is None or event.occurred_at - timedelta(milliseconds=event.duration_ms) >= again
 
     def price(self, tenant_id: str, model_id: str) -> tuple[float, float, float | None]:
         """USD per million input, output and cached input tokens: the tenant's assignment price, else the
@@ -118,7 +131,7 @@ class Ledger:
         settled = []
         for event in events:
             if isinstance(event, UsageRecorded):
-                settled.append(self.settle(event, totals if event.tenant_id not in self.gone else {}))
+                settled.append(self.settle(event, totals if self.counts(event) else {}))
             else:
                 self.apply(event)
                 if isinstance(event, TenantRemoved):

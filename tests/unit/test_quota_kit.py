@@ -238,22 +238,35 @@ def test_a_data_dir_too_long_for_a_socket_name_gives_valkey_by_tcp(tmp_path) -> 
 
 def test_a_tenant_created_again_under_a_removed_ones_id_counts_from_nothing() -> None:
     """Its counters ended with the removal: usage folded before it is dropped, a call of the removed tenant that
-    finishes while it is gone counts nowhere, and only usage after the creation counts (the same from position 0)."""
+    finishes while it is gone counts nowhere, nor one that began before the tenant was created again whose usage
+    reached the log after that (metering's lag); only calls of the tenant created again count, from position 0 as
+    live."""
+    from datetime import timedelta
+
     ledger = Ledger(Keys("p:"))
     totals: dict = {}
+    t0 = datetime(2025, 1, 15, 12, tzinfo=UTC)
 
-    def call(tokens: int, tenant: str = "acme") -> UsageRecorded:
+    def call(tokens: int, ended: datetime, tenant: str = "acme", took_ms: float = 200.0) -> UsageRecorded:
         return UsageRecorded(request_id="r", tenant_id=tenant, key_id="k", model="m", api="openai.chat",
-                             outcome="ok", status=200, input_tokens=tokens, output_tokens=0,
-                             occurred_at=datetime(2025, 1, 15, tzinfo=UTC))
+                             outcome="ok", status=200, input_tokens=tokens, output_tokens=0, occurred_at=ended,
+                             duration_ms=took_ms)
 
     removed: set[str] = set()
-    settled = ledger.fold([TenantCreated(tenant_id="acme"), TenantCreated(tenant_id="other"), call(100),
-                           call(7, "other"), TenantRemoved(tenant_id="acme"), call(50)], totals, removed)
+    settled = ledger.fold([TenantCreated(tenant_id="acme", occurred_at=t0), TenantCreated(tenant_id="other"),
+                           call(100, t0 + timedelta(seconds=1)), call(7, t0, "other"),
+                           TenantRemoved(tenant_id="acme", occurred_at=t0 + timedelta(seconds=2)),
+                           call(50, t0 + timedelta(seconds=3))], totals, removed)
     assert removed == {"acme"}
     assert [s.tokens for s in settled] == [100, 7, 50]            # every hold still settles
     assert not any(key.startswith("p:c:acme:") for key, _ in totals)
     assert totals[("p:c:other:d:2025-01-15", "tok")][0] == 7      # another tenant's usage untouched
-    ledger.fold([TenantCreated(tenant_id="acme"), call(3)], totals)
+    again = t0 + timedelta(seconds=4)
+    ledger.fold([TenantCreated(tenant_id="acme", occurred_at=again),
+                 call(40, again + timedelta(seconds=1), took_ms=3000),       # began before: the removed tenant's
+                 call(3, again + timedelta(seconds=1))], totals)
     assert totals[("p:c:acme:d:2025-01-15", "tok")][0] == 3
     assert totals[("p:c:acme:m:2025-01", "req")][0] == 1
+    ledger.fold([TenantCreated(tenant_id="acme", occurred_at=again + timedelta(hours=1)),    # an upsert, not a
+                 call(2, again + timedelta(hours=1, seconds=1), took_ms=5000)], totals)    # creation: all count
+    assert totals[("p:c:acme:d:2025-01-15", "tok")][0] == 5
