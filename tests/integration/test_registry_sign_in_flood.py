@@ -19,6 +19,7 @@ from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
 from switchyard_gateway.kit.service import close_runtime, open_runtime
 from switchyard_gateway.services.registry import handlers
 from switchyard_gateway.services.registry.settings import Settings
+from tests.conftest import wait_for
 
 _reply = decoder(m.CommandReply)
 FLOOD = 150
@@ -38,9 +39,23 @@ async def registry(nats_url: str, database_url: str, redis_url: str) -> AsyncIte
                         log_json=True)
     runtime = await open_runtime("registry", settings, database=True)
     try:
-        yield await handlers.start(runtime)
+        deps = await handlers.start(runtime)
+        # its endpoints reachable from the test's own connection (a first request a moment early can find none)
+        await wait_for(lambda: _answers(nats_url), timeout_s=15, what="the registry answering")
+        yield deps
     finally:
         await close_runtime(runtime)
+
+
+async def _answers(nats_url: str) -> bool:
+    nc = await natsio.connect(nats_url, "registry-flood-probe", 10)
+    try:
+        await natsio.request(nc, subjects.REGISTRY_QUERY, encode(m.RegistryQuery("tenants")), 2)
+    except ServiceUnavailable:
+        return False
+    finally:
+        await nc.close()
+    return True
 
 
 async def command(nc, body: object, timeout_s: float = 5.0) -> m.CommandReply:
@@ -65,9 +80,9 @@ async def test_a_flood_of_sign_ins_holds_no_command_back_and_is_refused_not_queu
     as the burst lasted, the checks still running long after their askers had gone."""
     async with registry(own_nats, database_url, urls.redis_url):
         tenant = f"t-{uuid.uuid4().hex[:6]}"
-        await command(nats_client, m.CreateTenant(tenant_id=tenant))
+        await command(nats_client, m.CreateTenant(tenant_id=tenant), timeout_s=30)
         await command(nats_client, m.CreateUser(username="flooded", password="correct-horse-9", tenant_id=tenant,
-                                                role="member"))
+                                                role="member"), timeout_s=30)
         flood = [asyncio.create_task(sign_in(nats_client, "flooded", f"guess-{n}")) for n in range(FLOOD)]
         await asyncio.sleep(0.05)                           # the flood is in the registry's hands
         issued = await command(nats_client, m.IssueKey(tenant_id=tenant, role="member"), timeout_s=5)
