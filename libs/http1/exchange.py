@@ -5,7 +5,9 @@ with no new byte for the server's `body_timeout_s`, or slower on the whole than 
 BODY_MIN_RATE bytes, or whose client leaves, fails the read with ClientDisconnected), and the
 connection stops reading while BODY_HIGH_WATER bytes wait for the app. The answer is one `write` of head and
 body, or a chunked stream (`response_stream`; close-delimited for HTTP/1.0) whose `send_bytes` waits while the
-client is not reading. An answer sent before the body was read to its end closes the connection after it.
+client is not reading (up to the server's `send_timeout_s` without progress: then the client is dropped and the
+send fails with ClientDisconnected). An answer sent before the body was read to its end closes the connection
+after it. A 204 or 304 carries no length, and HEAD gets no body, streamed or not.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class Request:
         self.conn, self.version, self.head_only, self.close_after = conn, version, head_only, close_after
         self.continue_ = continue_              # the client waits for "100 Continue" before its body
         self.left = length                      # body bytes still to come (Content-Length)
-        self.decoder = ChunkedDecoder() if chunked else None
+        self.decoder = ChunkedDecoder(strict=True) if chunked else None
         self.chunks: list[bytes] = []           # a chunked body's pieces, from the decoder
         self.parts: list[bytes] = []            # body bytes received and not yet taken by the app
         self.buffered = 0
@@ -131,18 +133,23 @@ class Request:
     def feed(self, data: bytes) -> bytes:
         """Take the body's bytes from `data`; return what follows the body (the next request's)."""
         rest = b""
-        if self.decoder is not None:
+        decoder = self.decoder
+        if decoder is not None:
             try:
-                after = self.decoder.feed(data, self.chunks)
+                after = decoder.feed(data, self.chunks)
             except ResponseCut as exc:
                 self.conn.refuse(400, f"malformed chunked body: {exc}")
                 return b""
-            if self.chunks:
-                self.parts.extend(self.chunks)
-                size = sum(len(chunk) for chunk in self.chunks)
-                self.buffered += size
-                self.received += size
-                self.chunks.clear()
+            if decoder.chunks > self.conn.server.max_body_chunks:
+                self._too_many_chunks()
+                return b""
+            chunks = self.chunks
+            if chunks:                          # one part per read, however many chunks it held
+                part = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self.parts.append(part)
+                self.buffered += len(part)
+                self.received += len(part)
+                chunks.clear()
             if after is not None:
                 self.complete, rest = True, after
         else:
@@ -163,14 +170,34 @@ class Request:
             self.conn.pause_reading()
         return rest
 
+    def _too_many_chunks(self) -> None:
+        """A body in more chunks than the server reads for one request: each chunk costs a parse, so a body of
+        1-byte chunks costs the worker about six times the CPU of its bytes, before any key is looked at.
+        Refused; or, once answered (a 413, whose body is read on so that the client hears it), dropped."""
+        conn = self.conn
+        if not self.responded:
+            conn.refuse(400, f"a chunked body in more than {conn.server.max_body_chunks} chunks")
+            return
+        self.fail("the request body came in too many chunks")
+        conn.request = None
+        if not conn.lost:
+            conn.transport.close()              # type: ignore[union-attr]
+
+    def fail(self, reason: str) -> None:
+        """The body will not come: whoever waits for it hears ClientDisconnected now."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientDisconnected(reason))
+
     async def _more(self) -> None:
         """Wait for more of the body (or its end); ClientDisconnected if the client leaves first."""
         conn = self.conn
-        if conn.lost:
+        if conn.lost or conn.request is not self:      # gone, or its body was refused
             raise ClientDisconnected("the client closed the connection before sending the whole body")
         if self.continue_:
             self.continue_ = False
-            conn.write(self.version + b" 100 Continue\r\n\r\n")
+            if not self.responded:              # RFC 9110 10.1.1: never after the final answer
+                conn.write(self.version + b" 100 Continue\r\n\r\n")
         conn.resume_reading()
         now, per_byte = conn.loop.time(), conn.server.body_timeout_s
         if not self.body_since:
@@ -227,6 +254,9 @@ class Request:
             if length is not None and length.isdigit():
                 self.conn.write(self._start(status, headers, b"content-length: %s\r\n" % length.encode()))
                 return
+        if not body and (status == 204 or status == 304):     # RFC 9110 8.6: no length (a 304's is the 200's)
+            self.conn.write(self._start(status, headers, b""))
+            return
         head = self._start(status, headers, b"content-length: %d\r\n" % len(body))
         self.conn.write(head if self.head_only or not body else head + body)
 
@@ -240,10 +270,12 @@ class Request:
         if self.version == b"HTTP/1.0":         # no chunked coding: the body ends when the connection does
             self.close_after = True
             self.conn.write(self._start(status, headers, b""))
-            self.stream = stream = Stream(self, chunked=False)
+            chunked = False
         else:
             self.conn.write(self._start(status, headers, b"transfer-encoding: chunked\r\n"))
-            self.stream = stream = Stream(self, chunked=True)
+            chunked = True
+        # HEAD: the head a GET would have, and none of the body
+        self.stream = stream = _HeadStream(self, False) if self.head_only else Stream(self, chunked)
         return stream
 
     async def client_disconnect(self) -> None:
@@ -285,6 +317,16 @@ class Stream:
                 request.conn.write(b"0\r\n\r\n")
             request.stream = None
             request.conn.answered(request)
+
+
+class _HeadStream(Stream):
+    """A streamed answer to HEAD: its head is sent, what the app streams is not."""
+
+    __slots__ = ()
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self.request.conn.lost or self.ended:
+            raise ClientDisconnected("the client closed the connection")
 
 
 def _timed_out(waiter: asyncio.Future[None]) -> None:

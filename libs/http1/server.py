@@ -10,24 +10,31 @@ and on the way out of every call; here the request is parsed where the app runs,
 `write` (docs/performance.md measures the difference). What it speaks:
 
 - HTTP/1.1 and 1.0: keep-alive (1.1's default, 1.0's when asked), requests on one connection served in
-  order (pipelined ones wait their turn), `Expect: 100-continue`, bodies by Content-Length or chunked;
+  order (pipelined ones wait their turn), `Expect: 100-continue` (1.1 only, never after the answer), bodies by
+  Content-Length or chunked; a client that shuts its side after a request gets the answer, then the close;
 - the RSGI calls the gateway uses: `await proto()` (the whole body), `async for chunk in proto`,
   `response_bytes/str/empty`, `response_stream` (chunked; `send_bytes`/`send_str`, ended when the handler
   returns), `client_disconnect()`; WebSocket upgrades (`proto.accept()`, `receive()`,
   `send_bytes`/`send_str`, `close(code)`: an HTTP status before the accept, a close frame's code after);
-- what it refuses, then closes: a malformed request line or header (400), a head over `max_head_bytes`
-  (431), conflicting or malformed framing (400: Content-Length and Transfer-Encoding together, two
-  different lengths), a transfer coding other than chunked (501), an HTTP version other than 1.x (505);
+- what it refuses, then closes: a malformed request line or header (400; a target with a byte that is not
+  ASCII in its query or not UTF-8 in its path too), a head over `max_head_bytes` (431), conflicting or malformed
+  framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
+  trailer RFC 9112 does not allow, a body in more than `max_body_chunks` chunks), a transfer coding other than
+  chunked (501), an HTTP version other than 1.x (505), a WebSocket handshake it cannot accept (426 for another
+  version than 13, else 400);
 - what it does not wait for (each a `Server` parameter): a request head not complete within `head_timeout_s`
   of its first byte (408), a body with no byte for `body_timeout_s` (the app's read fails), a connection idle
-  for `keep_alive_s` between requests;
+  for `keep_alive_s` between requests, a client that has read none of the output waiting for it for
+  `send_timeout_s` (dropped, with that output; the app's send fails);
 - how many connections it holds: at most `max_connections` (default: `default_max_connections()`). One more
-  closes the connection idle longest (between requests, or still sending a request head) to make room, and is
-  answered 503 only when every connection has a request in flight: clients that open connections and hold them
-  cannot take the process's open files, which its upstream calls need too.
+  closes the connection idle longest (between requests, or still sending a request head; else one whose
+  request's body has not begun within `body_start_s`) to make room, and is answered 503 only when every
+  connection has a request in flight: clients that open connections and hold them cannot take the process's
+  open files, which its upstream calls need too.
 
 Header names reach the app lower-cased; `scope.headers.get(name)` is the first value,
-`get_all(name)` every one. The path is percent-decoded, the query string as sent.
+`get_all(name)` every one (repeated `Connection` lines are read as one list). The path is percent-decoded, the
+query string as sent.
 """
 
 from __future__ import annotations
@@ -53,8 +60,13 @@ log = structlog.get_logger()
 MAX_HEAD_BYTES = 64 * 1024        # request line and headers
 HEAD_TIMEOUT_S = 30.0             # from a request head's first byte to its blank line
 KEEP_ALIVE_S = 75.0               # an idle connection between requests
+SEND_TIMEOUT_S = 60.0             # output written and not read by the client, with no byte of it read this long
+SEND_LOOKS = 4                    # ... is looked at this many times per SEND_TIMEOUT_S
 GRACE_S = 5.0                     # at stop: how long requests in flight may take to finish
 MAX_CONNECTIONS = 10_000          # client connections held at once, unless the open-file limit allows fewer
+BODY_START_S = 5.0                # at the connection limit, a request whose body has not begun this long is closed
+MIN_BODY_CHUNKS = 4096            # a request body may come in this many chunks, or more with a larger body limit,
+BYTES_PER_CHUNK = 64              # ... one per this many bytes of the app's `max_body_bytes`
 SHED_LOG_EVERY_S = 10.0           # connections closed or refused at the limit: one warning at most this often
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -74,6 +86,9 @@ class Connection(asyncio.Protocol):
         self.lost = False
         self.reading_paused = False
         self.write_paused: asyncio.Future[None] | None = None
+        self.send_timer: asyncio.TimerHandle | None = None     # runs while output waits for the client to read
+        self.send_mark = 0                      # output unread at the last look (plus what was written since)
+        self.send_since = 0.0                   # when the client last read any of it
         self.watchers: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.client = self.local = ""
@@ -120,11 +135,22 @@ class Connection(asyncio.Protocol):
         elif len(buffer) > MAX_HEAD_BYTES:      # pipelined requests pile up: wait until this one is answered
             self.pause_reading()
 
+    def eof_received(self) -> bool:
+        """The client ended its side: it is taken as gone, and a call in flight is cancelled as any whose client
+        leaves (nginx reads it so too, 499). A client that only shut its side and waits for the answer
+        (`shutdown(SHUT_WR)`) and one that timed out and closed look alike until something is sent; cancelling is
+        the reading that never bills an answer nobody will read."""
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
         self.server.idle.pop(self, None)
+        self.server.awaiting_body.pop(self, None)
         self._disarm()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         for watcher in self.watchers:
             if not watcher.done():
                 watcher.set_result(None)
@@ -141,8 +167,15 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.write_paused is None:
             self.write_paused = self.loop.create_future()
+        if self.send_timer is None and not self.lost:
+            self.send_mark = self.transport.get_write_buffer_size()     # type: ignore[union-attr]
+            self.send_since = self.loop.time()
+            self.send_timer = self.loop.call_later(self.server.send_timeout_s / SEND_LOOKS, self._send_stalled)
 
     def resume_writing(self) -> None:
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         paused, self.write_paused = self.write_paused, None
         if paused is not None and not paused.done():
             paused.set_result(None)
@@ -160,6 +193,44 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.lost:
             self.transport.write(data)          # type: ignore[union-attr]
+            if self.send_timer is not None:     # written while the client is behind: not progress of its reading
+                self.send_mark += len(data)
+
+    def _send_stalled(self) -> None:
+        """The send deadline, looked at SEND_LOOKS times per `send_timeout_s` while output waits for the client to
+        read it. Some of it read since the last look is progress (a slow reader is served); none for
+        `send_timeout_s` is a client that stopped reading, whose unread answer would hold this process's memory,
+        the request's task and its upstream connection for as long as it keeps the connection open. Aborted: the
+        buffer is dropped, and whoever sends sees the client gone."""
+        self.send_timer = None
+        if self.lost:
+            return
+        unread, now = self.transport.get_write_buffer_size(), self.loop.time()     # type: ignore[union-attr]
+        if not unread:
+            return
+        if unread < self.send_mark:
+            self.send_mark, self.send_since = unread, now
+        elif now - self.send_since >= self.server.send_timeout_s:
+            self.abort()
+            return
+        self.send_timer = self.loop.call_later(self.server.send_timeout_s / SEND_LOOKS, self._send_stalled)
+
+    def abort(self) -> None:
+        """Drop the connection and what it has not sent (`close` would wait, for ever, for a client that does not
+        read to take it)."""
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
+
+    def shut(self) -> None:
+        """Close the connection: after its unsent output if there is none waiting, else at once (an idle connection
+        closed with an answer still unread is a client that stopped reading it)."""
+        transport = self.transport
+        if transport is None or self.lost:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def pause_reading(self) -> None:
         if not self.reading_paused and not self.lost:
@@ -187,11 +258,11 @@ class Connection(asyncio.Protocol):
         self.timer = None
         if self.request is None and not self.lost:
             if self.held_back:                  # its answers stayed unread: nothing to say that it would read
-                self.transport.close()          # type: ignore[union-attr]
-            elif self.buffer:
-                self.refuse(408, "the request head did not arrive in time")
+                self.shut()
+            elif self.buffer and self.buffer != b"\r":
+                self._refuse_head(408, "the request head did not arrive in time")
             else:
-                self.transport.close()          # type: ignore[union-attr]
+                self.shut()
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -200,17 +271,17 @@ class Connection(asyncio.Protocol):
         RFC 9112 2.2 asks)."""
         buffer = self.buffer
         if buffer[:2] == b"\r\n":
-            buffer = self.buffer = bytes(buffer).lstrip(b"\r\n")
+            buffer = self.buffer = bytes(buffer).lstrip(b"\r\n") or _lone_cr(buffer)
             self.scanned = 0
         end = buffer.find(b"\r\n\r\n", self.scanned)
         if end < 0:
             if len(buffer) > MAX_HEAD_BYTES:
-                self.refuse(431, "the request head is larger than the limit")
+                self._refuse_head(431, "the request head is larger than the limit")
             elif buffer.find(b"\n\n", self.scanned) >= 0 or buffer.find(b"\n\r\n", self.scanned) >= 0:
-                self.refuse(400, "malformed request head: its lines must end in CRLF")   # not wait out the timer
+                self._refuse_head(400, "malformed request head: its lines must end in CRLF")   # not wait out the timer
             elif buffer and not self.server.stopping:
                 if buffer.strip(b"\r\n") == b"":
-                    self.buffer = b""           # blank lines between requests are allowed
+                    self.buffer = _lone_cr(buffer)  # blank lines between requests are allowed
                 else:
                     self.scanned = max(0, len(buffer) - 3)      # the next piece is searched from here on
                     if not self.head_started:
@@ -218,7 +289,7 @@ class Connection(asyncio.Protocol):
                         self._arm(self.server.head_timeout_s)
             return
         if end > MAX_HEAD_BYTES:
-            self.refuse(431, "the request head is larger than the limit")
+            self._refuse_head(431, "the request head is larger than the limit")
             return
         self._disarm()
         self.head_started = False
@@ -236,11 +307,14 @@ class Connection(asyncio.Protocol):
             return
         self.request = request
         self.server.idle.pop(self, None)        # busy: not one to close for room
-        if not request.complete and self.buffer:
-            rest, self.buffer = self.buffer, b""
-            self.buffer = request.feed(rest)
-            if self.request is None:            # its chunked body was malformed: refused
-                return
+        if not request.complete:
+            if self.buffer:
+                rest, self.buffer = self.buffer, b""
+                self.buffer = request.feed(rest)
+                if self.request is None:        # its chunked body was malformed: refused
+                    return
+            if not request.received:            # a head that promises a body: until it begins, closable for room
+                self.server.awaiting_body[self] = (request, self.loop.time())
         if scope.proto == "ws":
             self.task = self.loop.create_task(self._websocket(scope, request))
         else:
@@ -262,16 +336,14 @@ class Connection(asyncio.Protocol):
             raise _Refused(505, "HTTP version not supported")
         else:
             raise _Refused(400, "malformed request line")
-        pairs: list[tuple[str, str]] = []
-        if eol >= 0:
-            for field in head[eol + 2:].decode("latin-1").split("\r\n"):
-                name, sep, value = field.partition(":")
-                if not sep or not name or "\n" in field or "\r" in field or "\x00" in value or \
-                        not _HEADER_NAME.fullmatch(name):            # a name is a token: no space, no NUL
-                    raise _Refused(400, "malformed header line")
-                pairs.append((name.lower(), value.strip(" \t")))
-        headers = Headers(pairs)
-        target_text = target.decode("ascii") if target.isascii() else target.decode("utf-8", "replace")
+        if target.isascii():
+            target_text = target.decode("ascii")
+        else:                                   # RFC 9112 3.2: the target is ASCII; a raw UTF-8 path is tolerated
+            before, mark, after = target.partition(b"?")
+            try:
+                target_text = before.decode("utf-8") + mark.decode() + after.decode("ascii")
+            except UnicodeDecodeError:
+                raise _Refused(400, "malformed request target: bytes that are not ASCII") from None
         if target_text[:1] != "/":
             if target_text.startswith(("http://", "https://")):     # absolute form: the path is what counts
                 target_text = "/" + target_text.split("/", 3)[3] if target_text.count("/") >= 3 else "/"
@@ -281,8 +353,19 @@ class Connection(asyncio.Protocol):
                 raise _Refused(400, "malformed request target")
         path, _, query = target_text.partition("?")
         path = unquote(path, "utf-8", "replace") if "%" in path else path
-        self.path_seen = path
+        self.path_seen = path                   # a refusal of the headers below answers in this path's shape
+        pairs: list[tuple[str, str]] = []
+        if eol >= 0:
+            for field in head[eol + 2:].decode("latin-1").split("\r\n"):
+                name, sep, value = field.partition(":")
+                if not sep or not name or "\n" in field or "\r" in field or "\x00" in value or \
+                        not _HEADER_NAME.fullmatch(name):            # a name is a token: no space, no NUL
+                    raise _Refused(400, "malformed header line")
+                pairs.append((name.lower(), value.strip(" \t")))
+        headers = Headers(pairs)
         connection = headers.get("connection", "").lower()
+        if len(headers) != len(pairs) and "connection" in headers:     # RFC 9110 5.3: repeated lines are one list
+            connection = ", ".join(headers.get_all("connection")).lower()
         close_after = "close" in connection if http_version == "1.1" else "keep-alive" not in connection
         length, chunked = 0, False
         encoding = headers.get("transfer-encoding")
@@ -301,8 +384,9 @@ class Connection(asyncio.Protocol):
         method_text = method.decode()
         proto = "http"
         if "upgrade" in connection and headers.get("upgrade", "").lower() == "websocket" and method == b"GET":
-            proto = "ws"
-        continue_ = headers.get("expect", "").lower() == "100-continue" and (chunked or length > 0)
+            proto = "ws"                        # an HTTP/1.0 one too: refused as a handshake, not served as a GET
+        continue_ = http_version == "1.1" and (chunked or length > 0) and \
+            headers.get("expect", "").lower() == "100-continue"      # RFC 9110 15.2: not to an HTTP/1.0 client
         scope = Scope(proto, http_version, method_text, path, query, headers, self.client, self.local)
         request = Request(self, version, method == b"HEAD", close_after or self.server.stopping, continue_,
                           length, chunked)
@@ -351,7 +435,8 @@ class Connection(asyncio.Protocol):
         if self.buffer:
             self._next()
         if self.request is None and not self.lost:
-            self._arm(self.server.keep_alive_s)
+            if not self.head_started:           # else the next head has begun: its own timer runs
+                self._arm(self.server.keep_alive_s)
             self.server.idle[self] = None       # idle from now: the last to be closed for room
 
     def refuse(self, status: int, reason: str) -> None:
@@ -359,16 +444,27 @@ class Connection(asyncio.Protocol):
         `error_body(path, status, message)` when it has one (its error shape for that path), else OpenAI's."""
         if self.lost:
             return
-        render = self.server.error_body
-        body = render(self.path_seen, status, reason) if render is not None else json.dumps(
-            {"error": {"message": reason, "type": "invalid_request_error", "param": None, "code": None}}).encode()
+        body = self.error_body(status, reason)
         framing = b"content-length: %d\r\nconnection: close\r\n" % len(body)
         self.transport.write(response_head(  # type: ignore[union-attr]
             b"HTTP/1.1", status, [("content-type", "application/json")], framing) + body)
         self.transport.close()                  # type: ignore[union-attr]
         self.buffer = b""
         self.scanned = 0
+        if self.request is not None:            # an app waiting for the refused body hears it now
+            self.request.fail(reason)
         self.request = None
+
+    def error_body(self, status: int, reason: str) -> bytes:
+        """A refusal's body: the app's `error_body(path, status, message)` when it has one, else OpenAI's shape."""
+        render = self.server.error_body
+        return render(self.path_seen, status, reason) if render is not None else json.dumps(
+            {"error": {"message": reason, "type": "invalid_request_error", "param": None, "code": None}}).encode()
+
+    def _refuse_head(self, status: int, reason: str) -> None:
+        """Refuse the request whose head the buffer holds, unparsed, in the error shape of its path."""
+        self.path_seen = _path_of(self.buffer)
+        self.refuse(status, reason)
 
     def close_if_idle(self) -> None:
         if self.request is None and not self.lost:
@@ -378,6 +474,12 @@ class Connection(asyncio.Protocol):
 
     async def _websocket(self, scope: Scope, request: Request) -> None:
         upgrade = WebSocketUpgrade(self, scope, request)
+        problem = upgrade.handshake_problem()
+        if problem is not None:                 # not a handshake to accept: refused here, the app not troubled
+            upgrade.refuse_handshake(problem[0], self.error_body(*problem))
+            self.task = None
+            upgrade.finish()
+            return
         try:
             await self.app.__rsgi__(scope, upgrade)
         except Exception:  # noqa: BLE001 — the app's failure: the socket closes
@@ -385,6 +487,20 @@ class Connection(asyncio.Protocol):
         finally:
             self.task = None
             upgrade.finish()
+
+
+def _lone_cr(blank: bytes | bytearray) -> bytes:
+    """What is kept of blank lines between requests: a CR that ended the read, whose LF is in the next one (else
+    that LF would start the next request's head and have it refused)."""
+    return b"\r" if blank[-1:] == b"\r" else b""
+
+
+def _path_of(head: bytes | bytearray) -> str:
+    """The path of a request line at the start of `head`, as far as it can be read: for the error shape of a
+    refusal that comes before the head is parsed."""
+    line = bytes(head[:min(len(head), 8192)]).lstrip(b"\r\n").split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    return parts[1].partition(b"?")[0].decode("ascii", "replace") if len(parts) > 1 else ""
 
 
 class _Refused(Exception):
@@ -411,13 +527,22 @@ class Server:
 
     def __init__(self, app: Any, loop: asyncio.AbstractEventLoop | None = None, grace_s: float = GRACE_S,
                  head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
-                 keep_alive_s: float = KEEP_ALIVE_S, max_connections: int = 0) -> None:
+                 keep_alive_s: float = KEEP_ALIVE_S, max_connections: int = 0,
+                 send_timeout_s: float = SEND_TIMEOUT_S, max_body_chunks: int = 0,
+                 body_start_s: float = BODY_START_S) -> None:
         self.app, self.grace_s = app, grace_s
+        self.send_timeout_s, self.body_start_s = send_timeout_s, body_start_s
+        # the chunks a request body may come in: one per BYTES_PER_CHUNK of the app's body limit, at least
+        # MIN_BODY_CHUNKS
+        self.max_body_chunks = max_body_chunks or max(MIN_BODY_CHUNKS,
+                                                      (getattr(app, "max_body_bytes", 0) or 0) // BYTES_PER_CHUNK)
         self.head_timeout_s, self.body_timeout_s, self.keep_alive_s = head_timeout_s, body_timeout_s, keep_alive_s
         self.max_connections = max_connections if max_connections > 0 else default_max_connections()
         self.loop = loop or asyncio.get_event_loop()
         self.connections: set[Connection] = set()
         self.idle: dict[Connection, None] = {}  # connections with no request in flight, the longest idle first
+        # requests whose body has not begun, and since when, the longest waiting first (stale entries included)
+        self.awaiting_body: dict[Connection, tuple[Request, float]] = {}
         self.error_body = getattr(app, "error_body", None)     # the app's error shape for refused requests
         self.on_shed = getattr(app, "connection_shed", None)   # told "idle_closed" or "refused" at the limit
         self.shed = {"idle_closed": 0, "refused": 0}
@@ -426,17 +551,36 @@ class Server:
         self._stopped = asyncio.Event()
 
     def make_room(self) -> bool:
-        """At the limit: close the connection idle longest, if one is idle; False if every one is busy."""
+        """At the limit: close the connection idle longest, if one is idle, else the one longest waiting past
+        `body_start_s` for the first byte of a request's body (a head promising a body that never comes holds
+        a connection as a request in flight would); False if every one is busy."""
         conn = next(iter(self.idle), None)
+        if conn is None:
+            conn = self._body_never_began()
         if conn is None:
             self._shed("refused")
             return False
-        del self.idle[conn]
+        self.idle.pop(conn, None)
         self.connections.discard(conn)          # counted out now: its close completes on the loop's next turn
-        if conn.transport is not None:
-            conn.transport.close()
+        conn.shut()
         self._shed("idle_closed")
         return True
+
+    def _body_never_began(self) -> Connection | None:
+        """The connection waiting longest, and over `body_start_s`, for its request's body to begin. Entries whose
+        body has begun since, or whose connection moved on, are dropped as they are met: each costs one look."""
+        waiting, deadline = self.awaiting_body, self.loop.time() - self.body_start_s
+        while waiting:
+            conn = next(iter(waiting))
+            request, since = waiting[conn]
+            if conn.lost or conn.request is not request or request.received or request.complete:
+                del waiting[conn]
+                continue
+            if since > deadline:
+                return None
+            del waiting[conn]
+            return conn
+        return None
 
     def _shed(self, how: str) -> None:
         self.shed[how] += 1

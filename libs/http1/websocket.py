@@ -1,15 +1,17 @@
 """WebSocket (RFC 6455) for the HTTP server: the upgrade's RSGI object, then the socket's frames both ways.
 
 `accept()` answers the handshake (version 13) and returns the socket; `close(status)` before it refuses the
-upgrade with that HTTP status. The socket joins fragments, answers pings itself, refuses unmasked client
+upgrade with that HTTP status. A handshake it cannot accept never reaches the app: the server answers it 426
+(another version) or 400 (`handshake_problem`). The socket joins fragments, answers pings itself, refuses unmasked client
 frames (1002), frames or messages over WS_MAX_MESSAGE_BYTES (1009) and text that is not UTF-8 (1007), and sends a
-close frame with the code it is closed with.
+close frame with the code it is closed with; the app's closing message carries that code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import struct
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,8 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Message:
-    """A WebSocket message as RSGI gives it: kind 0 closed, 1 bytes, 2 text."""
+    """A WebSocket message as RSGI gives it: kind 0 closed, 1 bytes, 2 text. A close's data is the code the server
+    closed the socket with for the client's breach of the protocol (1002, 1007, 1009), else None."""
 
     __slots__ = ("kind", "data")
 
@@ -43,10 +46,35 @@ class WebSocketUpgrade:
         self.conn, self.scope, self.request = conn, scope, request
         self.socket: WebSocket | None = None
 
+    def handshake_problem(self) -> tuple[int, str] | None:
+        """Why this is not a handshake the server can accept (RFC 6455 4.2.1), as (status, reason); else None. A
+        version other than 13 is 426, anything else 400; either answer names the version it speaks."""
+        headers, request = self.scope.headers, self.request
+        version = headers.get("sec-websocket-version")
+        if version is not None and version != "13":
+            return 426, f"WebSocket version {version[:20]!r} is not supported: this server speaks version 13"
+        if version is None:
+            return 400, "a WebSocket handshake needs Sec-WebSocket-Version: 13"
+        if request.version != b"HTTP/1.1":
+            return 400, "a WebSocket handshake is an HTTP/1.1 request"
+        if request.decoder is not None or headers.get("content-length", "0").partition(",")[0].strip() != "0":
+            return 400, "a WebSocket handshake carries no body"
+        key = headers.get("sec-websocket-key", "")
+        try:
+            valid = len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            return 400, "Sec-WebSocket-Key must be 16 bytes in base64"
+        return None
+
+    def refuse_handshake(self, status: int, body: bytes) -> None:
+        """Answer a handshake the server cannot accept, naming the version it speaks."""
+        self.refuse(status, [("content-type", "application/json"), ("sec-websocket-version", "13")], body)
+
     async def accept(self) -> WebSocket:
         key = self.scope.headers.get("sec-websocket-key", "")
-        if self.scope.headers.get("sec-websocket-version") != "13" or len(key) != 24:
-            self._status(400)
+        if self.handshake_problem() is not None:     # the server refused it before the app ran: not to be accepted
             raise ClientDisconnected("not a WebSocket handshake this server speaks (version 13)")
         accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
         self.request.responded = True
@@ -209,8 +237,10 @@ class WebSocket:
             self.messages.put_nowait(Message(1, payload))
 
     def _fail(self, code: int, reason: str) -> None:
+        """Close for the client's breach of the protocol; the app's last message carries the code (a client's own
+        close carries none)."""
         self.close(code, reason)
-        self.messages.put_nowait(Message(0, None))
+        self.messages.put_nowait(Message(0, code))
 
     def _send(self, opcode: int, payload: bytes) -> None:
         length = len(payload)

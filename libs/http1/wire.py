@@ -5,6 +5,8 @@ The error hierarchy is drawn in the package docstring (`switchyard_gateway.http1
 
 from __future__ import annotations
 
+import re
+
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers, with the blank line that ends them
 MAX_LINE_BYTES = 8 * 1024  # one chunk-size or trailer line
 
@@ -12,6 +14,11 @@ CHUNKED = -1  # body_length(): the body is chunked
 UNTIL_CLOSE = -2  # body_length(): the body ends when the connection closes
 
 _HEX = b"0123456789abcdefABCDEF"
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9112 7.1.1: chunk-size, then `;` extensions, each a token with an optional token or quoted-string value
+_SIZE_LINE = re.compile(rb'[0-9A-Fa-f]{1,15}(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|"(?:[\t !#-\[\]-~\x80-\xff]|'
+                        rb'\\[\t -~\x80-\xff])*"))?)*' % (_TOKEN, _TOKEN))
+_FIELD_LINE = re.compile(rb"%s:[\t \x21-\x7e\x80-\xff]*" % _TOKEN)      # RFC 9112 7.1.2: a trailer is a field line
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
 
@@ -117,15 +124,20 @@ def body_length(status: int, headers: dict[str, str], head_only: bool) -> int:
 class ChunkedDecoder:
     """De-chunks a `Transfer-Encoding: chunked` body fed in arbitrary pieces.
 
-    Chunk extensions and trailers are read and ignored.
+    Chunk extensions and trailers are read and ignored. A `strict` decoder (a request's body, which another server
+    in front of us may have framed differently) also refuses a chunk extension or a trailer line that RFC 9112
+    7.1.1 and 7.1.2 do not allow: a control byte or a bare LF there is where request smuggling hides a request.
+    An upstream's answer is read leniently.
     """
 
-    __slots__ = ("_state", "_left", "_pending")
+    __slots__ = ("_state", "_left", "_pending", "strict", "chunks")
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = False) -> None:
         self._state = _SIZE
         self._left = 0  # bytes left in this chunk; in trailers, bytes of trailers allowed
         self._pending = b""  # an incomplete size line, chunk end or trailer line
+        self.strict = strict
+        self.chunks = 0  # chunks read so far: the work a body costs grows with them, not with its bytes
 
     def feed(self, data: bytes, out: list[bytes]) -> bytes | None:
         """Append the body bytes in `data` to `out`; once the body is complete, return the
@@ -149,7 +161,8 @@ class ChunkedDecoder:
                 eol = data.find(b"\r\n", pos)
                 if eol < 0:
                     break
-                left = _chunk_size(data[pos:eol])
+                left = _chunk_size(data[pos:eol], self.strict)
+                self.chunks += 1
                 pos = eol + 2
                 if left and pos + left + 2 <= size and data[pos + left : pos + left + 2] == b"\r\n":
                     out.append(data[pos : pos + left])  # the whole chunk and its CRLF are here: at once
@@ -175,6 +188,8 @@ class ChunkedDecoder:
                 if eol == pos:
                     self._state = _DONE
                     return data[pos + 2 :]
+                if self.strict and not _FIELD_LINE.fullmatch(data, pos, eol):
+                    raise ResponseCut(f"malformed trailer line {data[pos:eol][:40]!r}")
                 self._left -= eol + 2 - pos
                 if self._left < 0:
                     raise ResponseCut("chunked trailers too large")
@@ -203,9 +218,11 @@ def _unfold(block: str) -> str:
     return "\n".join(lines)
 
 
-def _chunk_size(line: bytes) -> int:
+def _chunk_size(line: bytes, strict: bool = False) -> int:
     if 0 < len(line) <= 15 and not line.strip(_HEX):  # the usual size line: hex digits alone
         return int(line, 16)
+    if strict and not _SIZE_LINE.fullmatch(line):
+        raise ResponseCut(f"malformed chunk size line {line[:40]!r}")
     raw = line.split(b";", 1)[0].strip(b" \t")
     if not raw or raw.strip(_HEX) or len(raw) > 15:
         raise ResponseCut(f"malformed chunk size {line[:40]!r}")

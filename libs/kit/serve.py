@@ -201,7 +201,8 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int | None,
     sock.listen(2048)
     try:
         timeouts = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
-                                                                          "keep_alive_s", "max_connections")
+                                                                          "keep_alive_s", "send_timeout_s",
+                                                                          "max_connections")
                     if hasattr(settings, f"http_{name}")}
         loop.run_until_complete(Server(app, loop, **timeouts).serve(sock, signals=True))
     finally:

@@ -33,6 +33,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     http_head_timeout_s: float = 30.0    # native server: a request head must be whole this long after its first byte
     http_body_timeout_s: float = 60.0    # ... a body with no new byte this long is answered 408
     http_keep_alive_s: float = 75.0      # ... a connection idle this long between requests is closed
+    http_send_timeout_s: float = 60.0    # ... a client that reads none of its unread answer this long is dropped
     http_max_connections: int = 0         # ... client connections one worker holds (0: 10,000, fewer if the open-file
                                           # limit is lower); one more closes the longest idle, or is answered 503
     max_body_bytes: int = 4 * 1024 * 1024

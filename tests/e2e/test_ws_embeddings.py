@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -145,6 +147,43 @@ async def test_bad_messages_get_errors_with_their_id_and_a_binary_message_closes
         assert by_id["c"]["status"] == 400 and by_id["d"]["status"] == 400
         await ws.send(b"\x00\x01 a binary request")
         assert await until_closed(ws) == [{"type": "close", "code": 1003, "reason": "send requests as text messages"}]
+
+
+def _unmasked_frame_close(port: int, key: str, connection: str) -> int:
+    """Open /ws with a raw socket, send a text frame without the mask RFC 6455 requires of clients, and return the
+    code of the close frame the gateway answers with."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                     f"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+                     f"authorization: Bearer {key}\r\nx-request-id: {connection}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        assert data.startswith(b"HTTP/1.1 101 "), data[:80]
+        data = data.split(b"\r\n\r\n", 1)[1]
+        sock.sendall(b"\x81\x02hi")
+        while not (data.find(b"\x88") >= 0 and len(data) >= data.find(b"\x88") + 4):
+            chunk = sock.recv(4096)
+            assert chunk, "closed without a close frame"
+            data += chunk
+        at = data.find(b"\x88")
+        return struct.unpack("!H", data[at + 2:at + 4])[0]
+
+
+async def test_a_socket_closed_for_a_protocol_breach_is_logged_with_its_code(demo: DemoStack) -> None:
+    """A socket our server closed with 1002 was logged and counted as the client's normal close (1000)."""
+    connection = uuid.uuid4().hex
+    assert await asyncio.to_thread(_unmasked_frame_close, demo.port, demo.demo_key, connection) == 1002
+    log = demo.data_dir / "logs" / "gateway.log"
+
+    def closed() -> dict | None:
+        for line in log.read_text().splitlines():
+            if connection in line and '"ws.closed"' in line:
+                return json.loads(line)
+        return None
+
+    entry = await wait_for(closed, timeout_s=10, what="the socket's ws.closed line")
+    assert entry["code"] == 1002
 
 
 async def test_more_requests_in_flight_than_the_bound_answer_those_then_close_1013(demo: DemoStack,

@@ -29,8 +29,10 @@ class App:
         self.seen: list[str] = []
         self.disconnects = 0
         self.stream_blocked = asyncio.Event()
+        self.stream_cut = asyncio.Event()
         self.body_errors: list[str] = []
         self.release = asyncio.Event()
+        self.ws_closes: list[object] = []      # the data of each socket's closing message
 
     async def __rsgi__(self, scope, proto) -> None:
         self.seen.append(scope.path)
@@ -46,6 +48,17 @@ class App:
             return
         if scope.path == "/unread":             # answers without reading the body
             proto.response_bytes(401, [("content-type", "application/json")], b'{"error":"no key"}')
+            return
+        if scope.path in ("/status/204", "/status/304"):
+            proto.response_empty(int(scope.path[-3:]), [("etag", '"v1"')])
+            return
+        if scope.path == "/too-large":          # refused for its size, then read on and dropped, as the gateway does
+            proto.response_bytes(413, [("content-type", "application/json")], b'{"error":"too large"}')
+            try:
+                async for _ in proto:
+                    pass
+            except ClientDisconnected as exc:
+                self.body_errors.append(str(exc))
             return
         if scope.path == "/stream":
             transport = proto.response_stream(200, [("content-type", "text/event-stream")])
@@ -63,6 +76,22 @@ class App:
                     await asyncio.wait_for(transport.send_bytes(b"x" * 65536), 2)
             except TimeoutError:
                 self.stream_blocked.set()
+            return
+        if scope.path == "/endless":            # a stream until the client is gone
+            transport = proto.response_stream(200, [])
+            try:
+                while True:
+                    await transport.send_bytes(b"y" * 65536)
+            except ClientDisconnected:
+                self.stream_cut.set()
+            return
+        if scope.path == "/paced":              # 512 KB streamed in 64 KB chunks
+            transport = proto.response_stream(200, [])
+            for _ in range(8):
+                await transport.send_bytes(b"p" * 65536)
+            return
+        if scope.path == "/huge":               # an answer larger than the socket buffers hold
+            proto.response_bytes(200, [("content-type", "text/plain")], b"h" * 16_000_000)
             return
         if scope.path == "/big":                # a large answer, for pipelines nobody reads
             proto.response_bytes(200, [("content-type", "text/plain")], b"z" * 200_000)
@@ -82,6 +111,11 @@ class App:
                   "x": scope.headers.get_all("x-a"), "version": scope.http_version}
         proto.response_bytes(200, [("content-type", "application/json")], json.dumps(answer).encode())
 
+    @staticmethod
+    def error_body(path: str, status: int, message: str) -> bytes:
+        """The error shape of a refusal: the path says which door's shape the gateway would use."""
+        return json.dumps({"error": {"message": message, "path": path}}).encode()
+
     async def websocket(self, scope, proto) -> None:
         if scope.path == "/ws-refuse":
             proto.close(403)
@@ -90,6 +124,7 @@ class App:
         while True:
             message = await transport.receive()
             if message.kind == 0:
+                self.ws_closes.append(message.data)
                 return
             if message.kind == 2 and message.data == "bye":
                 proto.close(4401)
@@ -253,6 +288,182 @@ async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int
     assert answer[1]["connection"] == "close" and json.loads(answer[2])["error"]["message"]
 
 
+CHUNKED_POST = b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("body", [
+    # a chunk extension ended by a bare LF: read by a proxy in front that ends lines at LF, the 0x45 bytes after it
+    # are a chunk here and a last chunk plus a second request there
+    b"2;\nxx\r\n45\r\n0\r\n\r\n" + SMUGGLED + b"X" * (0x45 - 5 - len(SMUGGLED)) + b"\r\n0\r\n\r\n",
+    b"2;\x00\r\nxx\r\n0\r\n\r\n",                              # control bytes in an extension
+    b"2;a\rb\r\nxx\r\n0\r\n\r\n",
+    b"2;\x7f\x01\r\nxx\r\n0\r\n\r\n",
+    b"2;\r\nxx\r\n0\r\n\r\n",                                  # `;` with no extension name
+    b"2;a=\"open\r\nxx\r\n0\r\n\r\n",                          # an unterminated quoted-string
+    b"2\r\nxx\r\n0\r\nX: y\n\r\n" + SMUGGLED,                    # a trailer ended by a bare LF swallowed a request
+    b"2\r\nxx\r\n0\r\nnot a field line\r\n\r\n",
+    b"2\r\nxx\r\n0\r\nx: \x00\x01\r\n\r\n",
+])
+async def test_chunk_extensions_and_trailers_rfc_9112_forbids_are_refused(served, body: bytes) -> None:
+    """RFC 9112 7.1.1 and 7.1.2: an extension is `;` and a token, with a token or quoted-string value; a trailer is a
+    field line ended by CRLF. Anything else (a bare LF, a control byte) is read differently by some other server
+    on the way: refused, and nothing after it is read as a request."""
+    app, _, port = served
+    got = await exchange(port, CHUNKED_POST + body)
+    assert [answer[0] for answer in responses(got)] == [400], got[:200]
+    assert "/smuggled" not in app.seen
+
+
+async def test_chunk_extensions_and_trailers_rfc_9112_allows_are_read(served) -> None:
+    _, _, port = served
+    got = await exchange(port, CHUNKED_POST.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n") +
+                         b'3 ; a = b ; c ; d="q \\" \xe9"\r\nabc\r\n1;x\r\nd\r\n0\r\nx-sum: 1\r\nx-b:\r\n\r\n')
+    assert json.loads(responses(got)[0][2])["body"] == "abcd"
+
+
+async def test_the_app_reading_a_body_refused_as_malformed_hears_it_at_once(served) -> None:
+    """The client was answered 400 at once, but the app waiting for the body was never told, and waited out the
+    body timeout (60 s) holding its task."""
+    app, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(CHUNKED_POST + b"3\r\nabc\r\n")
+    await writer.drain()
+    await wait_for(lambda: "/c" in app.seen, timeout_s=5)
+    writer.write(b"zz\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400 ")
+    await wait_for(lambda: app.body_errors, timeout_s=2)
+    writer.close()
+
+
+async def test_a_body_in_too_many_chunks_is_refused(served) -> None:
+    """Each chunk costs a parse: 30 MB of 1-byte chunks took 4.3 s of a worker's CPU, before any key was read."""
+    _, server, port = served
+    got = await exchange(port, CHUNKED_POST + b"1\r\nx\r\n" * (server.max_body_chunks + 1) + b"0\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400 ") and b"chunks" in got
+
+
+async def test_a_body_refused_for_its_size_is_read_on_only_up_to_the_chunk_bound(served) -> None:
+    app, server, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(CHUNKED_POST.replace(b"/c", b"/too-large"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 413 ")
+    try:
+        for _ in range(server.max_body_chunks // 1000 + 2):     # the client goes on sending, and is cut off
+            writer.write(b"1\r\nx\r\n" * 1000)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    await wait_for(lambda: app.body_errors, timeout_s=5)
+    assert await asyncio.wait_for(reader.read(), 5) == b'{"error":"too large"}'
+    writer.close()
+
+
+async def test_100_continue_is_never_sent_after_the_answer_nor_to_http10(served) -> None:
+    """RFC 9110 10.1.1 and 15.2: an interim answer after the final one, or to an HTTP/1.0 client, reads as the next
+    response's head."""
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /too-large HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b'{"error":"too large"}'), 5)
+    writer.write(b"body")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    got = await exchange(port, b"POST /e HTTP/1.0\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+                               b"body")
+    assert got.startswith(b"HTTP/1.0 200 ") and b"100 Continue" not in got
+
+
+@pytest.mark.parametrize("target", [b"/x?a=\xff", b"/x?name=\xe2\x82\xac", b"/\xff"])
+async def test_a_request_target_that_is_not_ascii_is_400(served, target: bytes) -> None:
+    """RFC 9112 3.2: a request-target is ASCII. A raw byte in the query reached the app replaced by U+FFFD, and the
+    gateway's bridge failed on it (500, a traceback); a raw UTF-8 path is still read as its text."""
+    app, _, port = served
+    got = await exchange(port, b"GET " + target + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400 ") and not app.seen
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /v1/messages HTTP/1.1\r\nbad header\r\n\r\n",
+    b"POST /v1/messages?x=1 HTTP/1.1\r\nx-a: nul\x00byte\r\n\r\n",
+    b"POST /v1/messages HTTP/1.1\r\nx-big: " + b"a" * (http_server.MAX_HEAD_BYTES + 10),
+    b"POST /v1/messages HTTP/1.1\r\nx-big: " + b"a" * (http_server.MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
+], ids=["bad-line", "nul", "431-unended", "431-ended"])
+async def test_a_refused_head_is_answered_in_the_shape_of_its_path(served, head: bytes) -> None:
+    """Anthropic's door answers errors in its own shape: a refusal of the headers, after the path was read, said
+    `{"error": ...}` in OpenAI's."""
+    _, _, port = served
+    got = await exchange(port, post("/a", b"one") + head)
+    answers = responses(got)
+    assert answers[0][0] == 200 and answers[1][0] in (400, 431)
+    assert json.loads(answers[1][2])["error"]["path"] == "/v1/messages"
+
+
+async def test_repeated_connection_lines_are_read_as_one_list(served) -> None:
+    """RFC 9110 5.3: `Connection: keep-alive` then `Connection: close` is `keep-alive, close`; the first line
+    alone kept the connection open, or missed an Upgrade."""
+    _, _, port = served
+    got = await exchange(port, b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\nconnection: close\r\n\r\n")
+    assert responses(got)[0][1]["connection"] == "close"
+    upgrade = WS_UPGRADE.replace(b"connection: Upgrade\r\n", b"connection: keep-alive\r\nconnection: Upgrade\r\n")
+    assert (await exchange(port, upgrade, read_until_close=False)).startswith(b"HTTP/1.1 101 ")
+
+
+async def test_a_head_begun_behind_a_pipelined_request_has_the_head_timeout() -> None:
+    app = App()
+    async with serving(app, head_timeout_s=0.3, keep_alive_s=60) as (_, port):
+        got = await exchange(port, b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nho", timeout_s=10)
+    assert [answer[0] for answer in responses(got)] == [200, 408]
+
+
+async def test_blank_lines_between_requests_split_inside_a_crlf_are_skipped(served) -> None:
+    """A read that ends between the CR and the LF of a blank line: the CR was dropped as blank, and the LF that
+    began the next read made the next head one with a bare LF (refused 400)."""
+    _, server, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n\r")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+    conn = next(iter(server.connections))
+    writer.write(b"\n\r\nGET /b HTTP/1.1\r\nho")
+    await wait_for(lambda: conn.head_started or conn.lost, timeout_s=5)
+    writer.write(b"st: x\r\nconnection: close\r\n\r\n")
+    got = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert [answer[0] for answer in responses(got)] == [200]
+
+
+async def test_204_and_304_say_no_length_and_head_of_a_stream_sends_no_body(served) -> None:
+    """RFC 9110 8.6: a 204 has no Content-Length, and a 304's may only be the 200's (`0` is not it); HEAD gets the
+    head a GET would, and no body: a streamed one was sent, and read as the next answer."""
+    _, _, port = served
+    got = await exchange(port, b"GET /status/204 HTTP/1.1\r\nhost: x\r\n\r\nGET /status/304 HTTP/1.1\r\nhost: x\r\n\r\n"
+                               b"HEAD /stream HTTP/1.1\r\nhost: x\r\n\r\nGET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    answers = responses(got)
+    assert [answer[0] for answer in answers] == [204, 304, 200, 200]
+    assert "content-length" not in answers[0][1] and "content-length" not in answers[1][1]
+    assert answers[2][1]["transfer-encoding"] == "chunked" and json.loads(answers[3][2])["path"] == "/a"
+
+
+async def test_a_client_that_ends_its_side_is_taken_as_gone(served) -> None:
+    """A client that ends its side after its request (an SDK that timed out and closed; `shutdown(SHUT_WR)` alike)
+    is taken as gone, as nginx takes it: its connection closes and the call in flight sees its client leave, so no
+    answer nobody reads is billed."""
+    app, server, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+    await writer.drain()
+    await wait_for(lambda: "/slow" in app.seen, timeout_s=5)
+    conn = next(iter(server.connections))
+    writer.write_eof()
+    await wait_for(lambda: conn.lost, timeout_s=5)
+    app.release.set()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
 async def test_a_head_over_the_limit_is_431(served) -> None:
     _, _, port = served
     got = await exchange(port, b"GET / HTTP/1.1\r\nx-big: " + b"a" * (http_server.MAX_HEAD_BYTES + 10))
@@ -303,6 +514,63 @@ async def test_a_client_that_does_not_read_holds_the_stream_back(served) -> None
         await asyncio.wait_for(app.stream_blocked.wait(), 15)     # send_bytes waited: the server did not buffer on
     finally:
         sock.close()
+
+
+def _not_reading(port: int) -> socket.socket:
+    """A client connection with a small receive buffer, for a client that stops reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+async def test_a_stream_whose_client_stops_reading_is_cut_after_the_send_timeout() -> None:
+    """A client that started a streamed answer and stopped reading held the request's task, its upstream
+    connection and megabytes of unsent answer for as long as it kept the connection open (540 s in a probe).
+    With no byte read for `send_timeout_s` the connection is dropped and the app's send fails."""
+    app = App()
+    async with serving(app, send_timeout_s=0.5) as (server, port):
+        sock = _not_reading(port)
+        try:
+            sock.sendall(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n")
+            await asyncio.wait_for(app.stream_cut.wait(), 10)
+            await wait_for(lambda: not server.connections, timeout_s=5)
+        finally:
+            sock.close()
+
+
+async def test_an_answer_left_unread_on_a_kept_alive_connection_is_dropped_after_the_send_timeout() -> None:
+    """A whole answer written and never read: the connection, idle between requests, was closed at its keep-alive
+    timeout by a close that waited for the client to read, that is for ever, holding the answer in memory."""
+    app = App()
+    async with serving(app, send_timeout_s=0.5, keep_alive_s=0.5) as (server, port):
+        sock = _not_reading(port)
+        try:
+            sock.sendall(b"GET /huge HTTP/1.1\r\nhost: x\r\n\r\n")
+            await wait_for(lambda: app.seen == ["/huge"], timeout_s=5)
+            await wait_for(lambda: not server.connections, timeout_s=10)
+        finally:
+            sock.close()
+
+
+async def test_a_client_reading_slowly_but_steadily_gets_the_whole_stream() -> None:
+    app = App()
+    async with serving(app, send_timeout_s=0.5) as (_, port):
+        sock = _not_reading(port)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, b"GET /paced HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        received = b""
+        try:
+            while True:
+                await asyncio.sleep(0.05)       # the pace of a slow reader: a few KB every 50 ms
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+                if not chunk:
+                    break
+                received += chunk
+        finally:
+            sock.close()
+        assert received.endswith(b"0\r\n\r\n") and received.count(b"p") == 8 * 65536
 
 
 async def test_the_app_failing_or_silent_is_a_500(served) -> None:
@@ -432,6 +700,59 @@ async def test_websocket_refused_before_accept_gets_the_http_status(served) -> N
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws-refuse"):
             pass
     assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize(("handshake", "status"), [
+    (WS_UPGRADE.replace(b"version: 13", b"version: 8"), 426),
+    (WS_UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"abc"), 400),
+    (WS_UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"!" * 24), 400),
+    (WS_UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"eHh4eHh4eHh4eHh4eHh4"), 400),      # base64 of 15 bytes
+    (WS_UPGRADE.replace(b"sec-websocket-version: 13\r\n", b""), 400),
+    (WS_UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"), 400),
+    (WS_UPGRADE.replace(b"\r\n\r\n", b"\r\ncontent-length: 5\r\n\r\nhello"), 400),
+    (WS_UPGRADE.replace(b"\r\n\r\n", b"\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+], ids=["version-8", "short-key", "key-not-base64", "key-15-bytes", "no-version", "http10", "body", "chunked"])
+async def test_a_websocket_handshake_rfc_6455_refuses_is_answered_with_the_version_it_speaks(
+        served, handshake: bytes, status: int) -> None:
+    """RFC 6455 4.2.2: an unsupported version is 426, a malformed handshake 400, each naming version 13. The answer
+    was a 400 with no body nor version (and a logged traceback per attempt, from the app's `accept`)."""
+    app, _, port = served
+    got = await exchange(port, handshake)
+    answer = responses(got)[0]
+    assert answer[0] == status and answer[1]["sec-websocket-version"] == "13"
+    assert json.loads(answer[2])["error"]["message"] and "/ws" not in app.seen
+
+
+async def test_a_websocket_failed_for_a_protocol_breach_tells_the_app_its_close_code(served) -> None:
+    """The app heard a protocol failure (1002, 1007, 1009) as the client's own close, and counted it as 1000."""
+    app, _, port = served
+    sock, rest = await asyncio.to_thread(_ws_open, port)
+    try:
+        await asyncio.to_thread(sock.sendall, b"\x81\x02hi")        # unmasked
+        assert await asyncio.to_thread(_close_code, sock, rest) == 1002
+    finally:
+        sock.close()
+    await wait_for(lambda: app.ws_closes, timeout_s=5)
+    assert app.ws_closes == [1002]
+
+
+async def test_a_websocket_whose_client_stops_reading_is_dropped_after_the_send_timeout() -> None:
+    """Echoes to a client that reads nothing: the app's send waited for ever, and the socket outlived every idle
+    timeout of the app (which cannot run while its send waits)."""
+    app = App()
+    async with serving(app, send_timeout_s=0.5) as (server, port):
+        sock, _ = await asyncio.to_thread(_ws_open, port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            message = _masked(0x82, b"e" * 1_000_000)
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                for _ in range(64):                                 # until the server stops reading, or drops us
+                    await asyncio.wait_for(loop.sock_sendall(sock, message), 2)
+            await wait_for(lambda: not server.connections, timeout_s=10)
+        finally:
+            sock.close()
 
 
 async def test_an_unmasked_websocket_frame_closes_with_1002(served) -> None:

@@ -141,6 +141,39 @@ async def test_a_flood_of_idle_connections_leaves_the_server_serving(served) -> 
         writer.close()
 
 
+async def test_a_connection_whose_body_never_begins_is_closed_for_room() -> None:
+    """Heads promising a 100-byte body that never comes counted as requests in flight: 10,100 of them locked every
+    client out for the body timeout (60 s). Past `body_start_s` with no byte of its body, one is closed for room."""
+    app = App()
+    async with serving(app, grace_s=1.0, max_connections=LIMIT, body_start_s=0.2) as (server, port):
+        held = [await _open(port) for _ in range(LIMIT)]
+        for _reader, writer in held:
+            writer.write(b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+            await writer.drain()
+        await wait_for(lambda: len(server.connections) == LIMIT and all(conn.request for conn in server.connections),
+                       timeout_s=10)
+        await asyncio.sleep(0.3)                                            # past body_start_s
+        newcomer = await _open(port)
+        assert await _get(*newcomer, "/new") == (200, b'{"path": "/new"}')
+        assert await _closed_by_server(held[0][0]), "the one waiting longest for its body was closed"
+        assert app.shed == ["idle_closed"]
+        for _reader, writer in held:
+            writer.close()
+
+
+async def test_a_body_that_has_begun_keeps_its_connection_at_the_limit(served) -> None:
+    app, _, port = served
+    held = [await _open(port) for _ in range(LIMIT)]
+    for _reader, writer in held:
+        writer.write(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nsome")
+        await writer.drain()
+    await wait_for(lambda: app.busy == LIMIT, timeout_s=10)
+    reader, _writer = await _open(port)
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 503 ")
+    for _reader, writer in held:
+        writer.close()
+
+
 @pytest.mark.parametrize(("open_files", "held"), [
     (1024, 768),                  # a common soft limit: a quarter kept for the process's own files
     (256, 192),

@@ -121,3 +121,28 @@ def test_malformed_chunking_raises_response_cut(wire):
 def test_endless_chunk_size_line_raises_response_cut():
     with pytest.raises(ResponseCut):
         ChunkedDecoder().feed(b"1" * (MAX_LINE_BYTES + 1), [])
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"2;\nxx\r\nok\r\n0\r\n\r\n",  # a bare LF in an extension
+        b"2;a\x00\r\nok\r\n0\r\n\r\n",  # a control byte in one
+        b"2;\r\nok\r\n0\r\n\r\n",  # `;` and no name
+        b"2\r\nok\r\n0\r\nX: y\nGET / HTTP/1.1\r\n\r\n",  # a trailer with a bare LF in it
+        b"2\r\nok\r\n0\r\nnot a field\r\n\r\n",
+    ],
+)
+def test_a_strict_decoder_refuses_what_rfc_9112_forbids_and_a_lenient_one_reads_it(wire):
+    """Requests are read strictly (a server in front may frame them otherwise); upstream answers leniently."""
+    with pytest.raises(ResponseCut):
+        ChunkedDecoder(strict=True).feed(wire, [])
+    out: list[bytes] = []
+    assert ChunkedDecoder().feed(wire, out) == b"" and b"".join(out) == b"ok"
+
+
+def test_a_strict_decoder_reads_extensions_and_trailers_rfc_9112_allows_and_counts_chunks():
+    decoder, out = ChunkedDecoder(strict=True), []
+    wire = b'2 ; a=b;c ; d = "q\\" x"\r\nok\r\n1\r\n!\r\n0\r\nx-sum: 1\r\nx-e:\r\n\r\n'
+    assert decoder.feed(wire, out) == b"" and b"".join(out) == b"ok!"
+    assert decoder.chunks == 3

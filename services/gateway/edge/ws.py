@@ -13,7 +13,8 @@ carries the same code (served by granian, `SWITCHYARD_HTTP_SERVER=granian`, the 
 gives no way to put one there once the socket is accepted). The codes: 1000 the client closed, 1001 idle for `ws_idle_timeout_s` (a `{"type":
 "ping"}` message, answered `{"type": "pong"}`, keeps a quiet socket open; WebSocket pings are answered
 by the server but not seen here) or the gateway stopping, 1003 a binary message, 1009 a message over
-`SWITCHYARD_MAX_BODY_BYTES`, 1013 a request beyond `ws_max_in_flight` (the requests in flight are
+`SWITCHYARD_MAX_BODY_BYTES`, 1002, 1007 or 1009 the client broke the protocol (our server closed the socket,
+and says with which code; nothing more is sent), 1013 a request beyond `ws_max_in_flight` (the requests in flight are
 answered first, then the socket closes), 4401 the key stopped working mid-connection.
 A client that hangs up cancels its requests in flight, as an HTTP client that leaves does (their upstream
 calls are dropped, their quota holds released); each still records its one usage event, `cancelled`.
@@ -110,7 +111,11 @@ class WebSocketDoor:
             refuse(proto, scope, FULL)           # another worker took the last one meanwhile
             return
         try:
-            transport = await proto.accept()
+            try:
+                transport = await proto.accept()
+            except ConnectionError as exc:       # the handshake refused by the server, or the client gone
+                log.info("ws.not_accepted", reason=str(exc) or type(exc).__name__)
+                return
             self.open += 1
             OPEN.inc()
             session = Session(self, transport, headers, request_id_of(scope.headers))   # checked, as any request id
@@ -191,8 +196,10 @@ class Session:
                     self.gone, self.close_with = True, self.close_with or (1006, "connection lost")
                     self.left.set()
                     break
-                if message.kind == 0:
-                    self.gone, self.close_with = True, self.close_with or (1000, "closed by the client")
+                if message.kind == 0:           # the client closed; or broke the protocol, and our server said so
+                    failed = message.data if isinstance(message.data, int) else None
+                    self.gone, self.close_with = True, self.close_with or (
+                        (failed, "the client broke the WebSocket protocol") if failed else (1000, "closed by the client"))
                     self.left.set()
                     break
                 receiving = asyncio.ensure_future(self.transport.receive())
