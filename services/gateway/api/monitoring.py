@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
+from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -27,7 +28,6 @@ from switchyard_gateway.services.gateway.api.common import (
     AppDeps, ask, caller, json_object, json_response, scope_of, visible_endpoints,
 )
 from switchyard_gateway.services.gateway.api.health import endpoint_health
-from switchyard_gateway.services.gateway.api.usage_stream import EventStream
 from switchyard_gateway.services.gateway.edge import errors
 from switchyard_gateway.services.gateway.edge.auth import require_admin
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
@@ -216,7 +216,7 @@ async def config(request: Req, deps: AppDeps) -> Response[bytes]:
 
 
 @get("/api/usage-stream")
-async def usage_stream(request: Req, deps: AppDeps) -> EventStream:
+async def usage_stream(request: Req, deps: AppDeps) -> Stream:
     """Server-Sent Events: a usage snapshot now, then one each time usage events arrive, while the caller stands
     (checked again before every push: a revoked key, an ended session or a new role or tenant ends the stream)."""
     headers = request.headers
@@ -239,7 +239,7 @@ async def usage_stream(request: Req, deps: AppDeps) -> EventStream:
         mine = watcher.tokens.setdefault(endpoint, {})
         for model, tokens in per_model.items():
             mine[model] = mine.get(model, 0) + tokens
-    return EventStream(hub.stream(watcher), media_type="text/event-stream",
+    return Stream(hub.stream(watcher), media_type="text/event-stream",
                   headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 

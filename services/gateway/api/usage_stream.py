@@ -20,10 +20,6 @@ from typing import Any
 
 import msgspec
 import structlog
-from anyio import create_task_group
-from litestar.response import Stream
-from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -85,30 +81,6 @@ class Watcher:
         self.recorded.extend(mine)
         del self.recorded[:-MAX_RECORDED]
         self.wake.set()
-
-
-class _EndingStreamingResponse(ASGIStreamingResponse):
-    """Litestar's streaming response, except that it ends when its body does. Litestar's waits for the client to
-    disconnect even then, so a stream the server ends (its caller no longer valid) would stay open, silent, until the
-    client left; this one still stops at once when the client goes first."""
-
-    __slots__ = ()
-
-    async def send_body(self, send: Any, receive: Any) -> None:
-        async with create_task_group() as group:
-            group.start_soon(self._listen_for_disconnect, group.cancel_scope, receive)
-            await self._stream(send)
-            group.cancel_scope.cancel()
-
-
-class EventStream(Stream):
-    """A Server-Sent Events answer that closes when its iterator ends."""
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        response = super().to_asgi_response(*args, **kwargs)
-        assert isinstance(response, ASGIStreamingResponse)
-        response.__class__ = _EndingStreamingResponse        # the same response, ending with its body
-        return response
 
 
 class UsageHub:

@@ -188,13 +188,22 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
         "client": _address(scope.client), "server": _address(scope.server), "state": {"request_id": request_id},
     }
     body_sent = False
+    answered = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
+        """The body, then `http.disconnect` once the client leaves or the answer is complete (as ASGI servers say:
+        a streamed answer that ends by itself ends its response, which waits on this for the client otherwise)."""
         nonlocal body_sent
         if not body_sent:
             body_sent = True
             return {"type": "http.request", "body": request_body, "more_body": False}
-        await proto.client_disconnect()
+        if not answered.is_set():
+            waits = {asyncio.ensure_future(proto.client_disconnect()), asyncio.ensure_future(answered.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
         return {"type": "http.disconnect"}
 
     start: dict[str, Any] = {}
@@ -208,6 +217,8 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
         if message["type"] != "http.response.body":
             return
         body, more = message.get("body", b""), message.get("more_body", False)
+        if not more:
+            answered.set()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
         named = {k.lower() for k, _ in headers}
         if REQUEST_ID not in named:
