@@ -289,6 +289,21 @@ def test_a_request_the_http_server_refuses_gets_its_doors_error_shape(demo: Demo
         assert error["error"]["type"] == "invalid_request_error" and "Transfer-Encoding" in error["error"]["message"]
 
 
+def test_a_body_a_json_encoder_streams_token_by_token_is_read(demo: DemoStack) -> None:
+    """A client streaming its JSON as the encoder makes it (`json.JSONEncoder().iterencode` into httpx) sends about
+    one chunk per 4 bytes: 487 KB of chat came in 120,013 chunks, which the bound on chunks (one per 64 bytes of the
+    body limit) refused 400."""
+    import json
+
+    body = {"model": "llama3.2", "max_tokens": 4,
+            "messages": [{"role": "user", "content": f"line {n}"} for n in range(12_000)]}
+    pieces = list(json.JSONEncoder().iterencode(body))
+    assert len(pieces) > 65_536                     # more chunks than the old bound allowed
+    served = httpx.post(f"{demo.url}/v1/chat/completions", headers={"Authorization": f"Bearer {demo.demo_key}"},
+                        content=(piece.encode() for piece in pieces), timeout=60)
+    assert served.status_code == 200, served.text[:300]
+
+
 @pytest.fixture(scope="module")
 def impatient(demo: DemoStack, urls) -> Iterator[Gateway]:
     """A gateway that waits half a second for a stalled request body."""
