@@ -37,6 +37,7 @@ LINGER_S = 0.05          # wait this long for a batch to fill: at most ~20 messa
                          # and no publishing work between the calls of a quiet gateway
 MAX_IN_FLIGHT = 32       # batches awaiting their ack
 TICK_S = 1.0             # parked events are tried again, and long calls' progress written, this often
+REPUBLISH_BACKOFF_MAX_S = 10.0   # a republish JetStream refused again waits twice as long each time, up to this
 ADOPT_EVERY_S = 30.0     # journals of sibling instances that stopped are looked for this often
 Queued = tuple[Event, bytes]      # an event and its encoding (as the journal wrote it)
 
@@ -53,6 +54,7 @@ class UsagePublisher:
         self._confirmations: set[asyncio.Task[None]] = set()
         self.published = 0
         self.parked = 0
+        self.republish_wait_s = TICK_S      # doubles with each republish refused again, back at TICK_S once one goes
 
     async def open(self) -> None:
         """Open the journal; what the last life (or a stopped sibling) left is published first."""
@@ -151,6 +153,7 @@ class UsagePublisher:
         """Every tick: publish parked events (NATS answering), write long calls' progress; now and then, take
         over the journals of sibling instances that stopped."""
         adopted_at = time.monotonic()
+        republish_at = 0.0
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._retry.wait(), TICK_S)
@@ -160,12 +163,26 @@ class UsagePublisher:
                 adopted_at = time.monotonic()
                 if self.journal.adopt_orphans():
                     self._retry.set()
-            while self.journal.parked and self.nc.is_connected:
-                events = self.journal.take_parked(MAX_BATCH * 16)
-                log.info("usage.republishing", events=len(events))
-                await self._publish(events)
-                if self._confirmations:
-                    await asyncio.gather(*self._confirmations, return_exceptions=True)
+            if time.monotonic() >= republish_at and not await self._republish():
+                # refused again (JetStream without quorum answers at once): wait longer before the next try, not
+                # a loop as fast as refusals come (2,000 tries and two log lines each a second)
+                republish_at = time.monotonic() + self.republish_wait_s
+                self.republish_wait_s = min(self.republish_wait_s * 2, REPUBLISH_BACKOFF_MAX_S)
+
+    async def _republish(self) -> bool:
+        """Publish what is parked, round after round while JetStream takes it; False when a round was refused
+        (parked again)."""
+        while self.journal.parked and self.nc.is_connected:
+            refused = self.parked
+            events = self.journal.take_parked(MAX_BATCH * 16)
+            log.info("usage.republishing", events=len(events))
+            await self._publish(events)
+            if self._confirmations:
+                await asyncio.gather(*self._confirmations, return_exceptions=True)
+            if self.parked > refused:
+                return False
+        self.republish_wait_s = TICK_S
+        return True
 
     async def drain(self, timeout_s: float = 2.0) -> None:
         """On shutdown: publish what is queued and wait for the acks; what is left stays in the journal."""
