@@ -1058,6 +1058,20 @@ async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upst
             (usage["input_tokens"], usage["output_tokens"])
 
 
+@pytest.mark.parametrize(("max_tokens", "estimated"), [(50, len('"counted wrong"') // 4), (2, 2)])
+async def test_a_whole_answer_without_counts_is_charged_what_the_model_wrote_never_past_its_limit(
+        lab: Lab, max_tokens: int, estimated: int) -> None:
+    """Without counts a whole answer's output was a token per 4 bytes of the whole JSON answer, wrapping and all:
+    "ok" was 45 to 66 output tokens, past a `max_tokens` of 50. Now what the model wrote, at most its limit."""
+    async with lying_endpoint(lab, f"wordy{max_tokens}", usage={}, stream_usage=None) as model:
+        request_id = f"wordy-{uuid.uuid4().hex}"
+        body = {**lab.body(), "model": model, "max_tokens": max_tokens}
+        reply = await served(lab, "/v1/chat/completions", body, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["estimated"] is True and usage["output_tokens"] == estimated, usage
+
+
 @pytest.mark.parametrize("door", ["/v1/messages", "/api/chat"])
 @pytest.mark.parametrize(("name", "reported"), [
     ("mute", {}),

@@ -209,6 +209,56 @@ class _Whole(msgspec.Struct):
 _decode_whole = msgspec.json.Decoder(_Whole).decode
 
 
+class _Said(msgspec.Struct):
+    """What a message holds that the model wrote (kept unread: only their size is wanted)."""
+
+    content: msgspec.Raw = msgspec.Raw(b"")
+    tool_calls: msgspec.Raw = msgspec.Raw(b"")
+    reasoning_content: msgspec.Raw = msgspec.Raw(b"")
+    reasoning: msgspec.Raw = msgspec.Raw(b"")
+    thinking: msgspec.Raw = msgspec.Raw(b"")
+
+    def size(self) -> int:
+        return len(self.content) + len(self.tool_calls) + len(self.reasoning_content) + len(self.reasoning) \
+            + len(self.thinking)
+
+
+class _SaidChoice(msgspec.Struct):
+    message: _Said | None = None
+    text: msgspec.Raw = msgspec.Raw(b"")
+
+
+class _Written(msgspec.Struct):
+    """What a whole chat or completion answer holds that the model wrote: OpenAI's choices, Ollama's message or
+    response."""
+
+    choices: list[_SaidChoice] = []
+    message: _Said | None = None
+    response: msgspec.Raw = msgspec.Raw(b"")
+
+
+_decode_written = msgspec.json.Decoder(_Written).decode
+
+
+def _written_tokens(call: Call, data: bytes) -> int:
+    """A whole answer's output when the upstream reported no believable counts: a token per 4 bytes of what the
+    model wrote (its text, tool calls and reasoning, as JSON), never more than the call was held to. The whole
+    answer's bytes counted its wrapping too: "ok" was 45 to 66 tokens, past a `max_tokens` of 50."""
+    try:
+        written = _decode_written(data)
+        size = sum(choice.message.size() if choice.message is not None else len(choice.text)
+                   for choice in written.choices)
+        size += (written.message.size() if written.message is not None else 0) + len(written.response)
+    except (msgspec.MsgspecError, RecursionError):
+        size = len(data)
+    tokens = max(1, size // 4)
+    ask = call.ask
+    most = call.ceiling if call.ceiling is not None else ask.output if ask is not None else None
+    if most is not None:
+        tokens = min(tokens, max(1, most) * max(1, ask.choices if ask is not None else 1))
+    return tokens
+
+
 def _no_answer(data: bytes) -> str | None:
     """Why a 200 whole answer that reported no token counts is no answer (not a JSON object, or only an `error`),
     or None: it is one. Answers with counts were read as JSON objects already; only these are read again."""
@@ -253,9 +303,9 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
         usage = believable(counts)
         if usage is not None:
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
-        else:                       # a whole answer without believable counts: its output taken as a token per 4
-            ask = call.ask          # bytes, as text runs (more than none, which let an upstream's answers go free)
-            outcome.estimate_tokens(call, 0 if ask is None or ask.embedding else max(1, len(data) // 4))
+        else:                       # a whole answer without believable counts: its output estimated from what the
+            ask = call.ask          # model wrote (more than none, which let an upstream's answers go free)
+            outcome.estimate_tokens(call, 0 if ask is None or ask.embedding else _written_tokens(call, data))
         if plan.answer is not None:
             times = _times(call, started)
             if usage is None:       # a translated answer shows what the log will record
