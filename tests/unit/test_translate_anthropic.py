@@ -642,3 +642,22 @@ def test_top_k_past_any_vocabulary_is_refused() -> None:
     with pytest.raises(BadRequest) as refused:
         Door("/v1/messages", InferenceRequest(model="m"), json.dumps(body).encode())
     assert "top_k" in str(refused.value)
+
+
+@pytest.mark.parametrize("counts", [{"prompt_eval_count": 10.0, "eval_count": 2},
+                                    {"prompt_eval_count": "10", "eval_count": 2, "prompt_eval_cached_count": "3"}])
+def test_an_ollama_answer_whose_counts_are_not_whole_numbers_shows_the_gateways_estimate(counts: dict) -> None:
+    """A count of 10.0 made the whole Ollama answer unreadable to the Anthropic door (502) while the same answer
+    on the Ollama door was estimated; the stream's last line likewise."""
+    from switchyard_gateway.services.gateway.translate.wire import TokenCounts
+
+    whole = json.dumps({"message": {"role": "assistant", "content": "hi"}, "done": True, "done_reason": "stop",
+                        **counts}).encode()
+    message = json.loads(ollama_to_message(whole, "m", estimate=TokenCounts(7, 1)))
+    assert message["content"] == [{"type": "text", "text": "hi"}]
+    assert (message["usage"]["input_tokens"], message["usage"]["output_tokens"]) == (7, 1)
+    tap = OllamaStreamToAnthropic("m")
+    tap.feed(whole + b"\n")
+    assert tap.done
+    tap.estimate = TokenCounts(7, 1)
+    assert b'"output_tokens":1' in tap.finish()

@@ -95,16 +95,20 @@ class OllamaChatLine(msgspec.Struct):
     message: _OllamaMessage | None = None
     done: bool = False
     done_reason: str | None = None
-    prompt_eval_count: int | None = None
-    eval_count: int | None = None
-    prompt_eval_cached_count: int | None = None
+    # read as written, whatever their type (a float, text): `believable` judges them, and the call's tokens are
+    # estimated when it believes none (a count of 10.0 made a whole answer unreadable: 502)
+    prompt_eval_count: Any = None
+    eval_count: Any = None
+    prompt_eval_cached_count: Any = None
     error: Any = None
 
     @property
     def counts(self) -> TokenCounts | None:
-        if self.prompt_eval_count is None and self.eval_count is None:
+        prompt, output, cached = self.prompt_eval_count, self.eval_count, self.prompt_eval_cached_count
+        if prompt is None and output is None:
             return None
-        return TokenCounts(self.prompt_eval_count or 0, self.eval_count or 0, max(0, self.prompt_eval_cached_count or 0))
+        return TokenCounts(prompt if prompt is not None else 0, output if output is not None else 0,
+                           cached if type(cached) is int and cached > 0 else 0)
 
 
 decode_ollama_line = msgspec.json.Decoder(OllamaChatLine).decode
