@@ -35,6 +35,15 @@ class ClientDisconnected(ConnectionError):
     """The client's connection closed before the request's body was read, or while the answer was sent."""
 
 
+class BodyRefused(ClientDisconnected):
+    """The request's body broke the framing (a malformed chunk, too many chunks): this server answered the client
+    with `status` and closed the connection."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class Headers(dict[str, str]):
     """A request's headers: name (lower-case) -> its first value; `items()` and `get_all()` see every copy."""
 
@@ -183,11 +192,12 @@ class Request:
         if not conn.lost:
             conn.transport.close()              # type: ignore[union-attr]
 
-    def fail(self, reason: str) -> None:
-        """The body will not come: whoever waits for it hears ClientDisconnected now."""
+    def fail(self, reason: str, status: int = 0) -> None:
+        """The body will not come: whoever waits for it hears it now (BodyRefused when this server refused it with
+        `status`, else ClientDisconnected)."""
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ClientDisconnected(reason))
+            waiter.set_exception(BodyRefused(reason, status) if status else ClientDisconnected(reason))
 
     async def _more(self) -> None:
         """Wait for more of the body (or its end); ClientDisconnected if the client leaves first."""

@@ -49,11 +49,11 @@ from urllib.parse import unquote
 
 import structlog
 
-from switchyard_gateway.http1.exchange import BODY_TIMEOUT_S, ClientDisconnected, Headers, Request, Scope, \
+from switchyard_gateway.http1.exchange import BODY_TIMEOUT_S, BodyRefused, ClientDisconnected, Headers, Request, Scope, \
     response_head
 from switchyard_gateway.http1.websocket import WebSocket, WebSocketUpgrade
 
-__all__ = ["ClientDisconnected", "Server"]
+__all__ = ["BodyRefused", "ClientDisconnected", "Server"]
 
 log = structlog.get_logger()
 
@@ -455,7 +455,7 @@ class Connection(asyncio.Protocol):
         self.buffer = b""
         self.scanned = 0
         if self.request is not None:            # an app waiting for the refused body hears it now
-            self.request.fail(reason)
+            self.request.fail(reason, status)
         self.request = None
 
     def error_body(self, status: int, reason: str) -> bytes:

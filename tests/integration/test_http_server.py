@@ -31,6 +31,7 @@ class App:
         self.stream_blocked = asyncio.Event()
         self.stream_cut = asyncio.Event()
         self.body_errors: list[str] = []
+        self.refused_with: list[int] = []
         self.release = asyncio.Event()
         self.ws_closes: list[object] = []      # the data of each socket's closing message
 
@@ -106,6 +107,7 @@ class App:
             body = await proto()
         except ClientDisconnected as exc:
             self.body_errors.append(str(exc))
+            self.refused_with.append(getattr(exc, "status", 0))     # BodyRefused: the status the client got
             return
         answer = {"method": scope.method, "path": scope.path, "query": scope.query_string, "body": body.decode(),
                   "x": scope.headers.get_all("x-a"), "version": scope.http_version}
@@ -333,6 +335,7 @@ async def test_the_app_reading_a_body_refused_as_malformed_hears_it_at_once(serv
     writer.write(b"zz\r\n")
     assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 400 ")
     await wait_for(lambda: app.body_errors, timeout_s=2)
+    assert app.refused_with == [400]        # told what the client was answered (its metrics said 408, a timeout)
     writer.close()
 
 

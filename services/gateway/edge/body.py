@@ -14,6 +14,7 @@ from typing import Any
 
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, BodyNotReceived, GatewayError, PayloadTooLarge, \
     render_for, shape_for
+from switchyard_gateway.http1.server import BodyRefused
 from switchyard_gateway.services.gateway.edge.headers import request_id_headers
 
 DRAIN_MAX_BYTES = 256 * 1024 * 1024       # a refused body is read and dropped up to this size
@@ -40,6 +41,8 @@ async def read_body(headers: Any, proto: Any, limit: int) -> bytes:
                 raise too_large(limit)
             chunks.append(chunk)
         return b"".join(chunks)
+    except BodyRefused as exc:              # our server answered it 400 already: counted as what the client got
+        raise BadRequest(str(exc), headers={"connection": "close"}) from exc
     except ConnectionError as exc:          # our server's ClientDisconnected: stalled, or gone
         raise BodyNotReceived("The request body did not arrive in time", headers={"connection": "close"}) from exc
 
