@@ -289,6 +289,16 @@ def test_a_request_the_http_server_refuses_gets_its_doors_error_shape(demo: Demo
         assert error["error"]["type"] == "invalid_request_error" and "Transfer-Encoding" in error["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/api/tags", "/ui/"])
+def test_head_is_answered_as_get_would_be_without_the_body(demo: DemoStack, path: str) -> None:
+    """RFC 9110 9.3.2: HEAD was a 405 on every route that names GET (monitoring probes and `curl -I` use it)."""
+    headers = {"Authorization": f"Bearer {demo.demo_key}"}
+    head = httpx.head(f"{demo.url}{path}", headers=headers, timeout=30)
+    get = httpx.get(f"{demo.url}{path}", headers=headers, timeout=30)
+    assert head.status_code == get.status_code == 200, (head.status_code, get.status_code)
+    assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+
+
 def test_a_body_a_json_encoder_streams_token_by_token_is_read(demo: DemoStack) -> None:
     """A client streaming its JSON as the encoder makes it (`json.JSONEncoder().iterencode` into httpx) sends about
     one chunk per 4 bytes: 487 KB of chat came in 120,013 chunks, which the bound on chunks (one per 64 bytes of the

@@ -180,9 +180,11 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
         return
     # `raw_path` is the path as the HTTP server already percent-decoded it (UTF-8), kept whole for routes whose
     # identifiers hold slashes (`/v1/models//models/x.gguf`): read it with `.decode()`, never unquote it again.
+    # HEAD is answered as GET would be, the server sending the head and none of the body (RFC 9110 9.3.2): the
+    # routes name GET only, and HEAD was a 405 on every one of them (monitoring probes, `curl -I`)
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
-        "method": scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
+        "method": "GET" if scope.method == "HEAD" else scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
         "query_string": scope.query_string.encode("latin-1"), "root_path": "",
         "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
         "client": _address(scope.client), "server": _address(scope.server), "state": {"request_id": request_id},
