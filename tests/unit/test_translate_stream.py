@@ -11,6 +11,7 @@ from switchyard_gateway.http1 import AnswerTooLarge
 from switchyard_gateway.services.gateway.translate.anthropic_stream import OllamaStreamToAnthropic, \
     OpenAIStreamToAnthropic
 from switchyard_gateway.services.gateway.translate.plans import OllamaStreamTap, OpenAIStreamToOllama
+from switchyard_gateway.services.gateway.translate.wire import believable
 from switchyard_gateway.services.gateway.translate.sse import MAX_EVENT_BYTES, SseTap
 from switchyard_gateway.services.gateway.translate.wire import Times, TokenCounts
 
@@ -362,4 +363,4 @@ def test_an_ollama_last_line_whose_counts_are_not_numbers_still_ends_the_stream(
     tap = make()
     lines = NATIVE.replace(b'"prompt_eval_count": 26', b'"prompt_eval_count": "26"')
     tap.feed(lines)
-    assert tap.done and tap.usage is None
+    assert tap.done and believable(tap.usage) is None      # not believed: the relay estimates them
