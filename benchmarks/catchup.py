@@ -1,5 +1,5 @@
 """Benchmark catching up from the log over NATS: events per second from PostgreSQL, through metering's replay
-(`metering.replay.v1`), to a subscriber on this machine.
+(a subscriber's door, `metering.subscriber.v1...replay`), to a subscriber on this machine.
 
     python -m benchmarks.catchup [--events 500000] [--rounds 3] [--page 2000]
 

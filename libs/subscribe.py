@@ -8,11 +8,12 @@
     await subscriber.run()                     # catch up, then follow, until cancelled
 
 From the position it last recorded (table `switchyard_subscriptions`, one row per subscriber name; 0 the first
-time), a subscriber asks metering for the log page by page (`metering.replay.v1`, or `.<tenant>` for one tenant's
-events) and applies each page in one transaction that also records the page's last position; the next page is on
-its way meanwhile. The page that reaches the log's head names a LOG stream sequence: from there the subscriber
-follows LOG live, skipping events at or below its position, so nothing is missed or applied twice across the
-switch. Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
+time), a subscriber asks metering for the log page by page and applies each page in one transaction that also
+records the page's last position; the next page is on its way meanwhile. The page that reaches the log's head names
+a LOG stream sequence: from there the subscriber follows LOG live (metering makes the consumer, delivering to the
+subscriber's inbox), skipping events at or below its position, so nothing is missed or applied twice across the
+switch. Everything it asks goes through its door, `metering.subscriber.v1.<user>.<name>.<tenant, or _all>.<op>`
+(`events.door`): the NATS user in `nats_url` (or `user`; none: the services' own) may publish there alone. Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
 `max_queued` messages because applying is slower than the log grows) sends it back to catching up from its
 position: the log, not the stream, is what it counts on.
 
@@ -50,12 +51,13 @@ from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryReque
 from switchyard_gateway.contracts.events import Event
 from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
 from switchyard_gateway.events.deadletter import DeadLetters, poisonous
+from switchyard_gateway.events.door import Door
 from switchyard_gateway.events.feed import positions_of
 from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.retries import follow_retries
 from switchyard_gateway.events.tail import StreamTail, TailLost
 from switchyard_gateway.kit import eventlog, nats_auth, natsio
-from switchyard_gateway.kit.natsio import ServiceUnavailable
+from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
 
 __all__ = ["ASIDE", "Apply", "Event", "EventWithheld", "Subscriber", "TABLE"]
@@ -80,7 +82,8 @@ _withheld = msgspec.json.Decoder(EventWithheld)
 Raw = msgspec.Raw
 # log position, the event (its marker, or why it did not decode), bytes as sent
 Item = tuple[int, Event | EventWithheld | BaseException, Raw]
-OUTAGES = (*TRANSIENT, nats.errors.Error)   # what a commit is retried through: PostgreSQL or NATS away
+# what a commit is retried through: PostgreSQL, NATS or metering (which stores dead letters) away
+OUTAGES = (*TRANSIENT, nats.errors.Error, ServiceUnavailable)
 
 
 def _marker(raw: Raw) -> EventWithheld | None:
@@ -99,7 +102,7 @@ class Subscriber:
         nc: NATS | None = None, pool: asyncpg.Pool | None = None, types: Sequence[str] = (),
         tenant: str | None = None, start: int | datetime = 0, page_events: int = 2000, linger_s: float = 0.05,
         batch_events: int = 5000, max_queued: int = 10_000, request_timeout_s: float = 30.0,
-        inbox_prefix: str | None = None,
+        inbox_prefix: str | None = None, user: str | None = None,
     ) -> None:
         if nc is None and nats_url is None or pool is None and database_url is None:
             raise ValueError("a subscriber needs NATS (nc or nats_url) and PostgreSQL (pool or database_url)")
@@ -108,34 +111,46 @@ class Subscriber:
         self.types, self.tenant, self.start = list(types), tenant, start
         self.page_events, self.linger_s, self.batch_events = page_events, linger_s, batch_events
         self.max_queued, self.request_timeout_s = max_queued, request_timeout_s
-        user = urlsplit(nats_url.split(",")[0]).username if nats_url else None
-        # the permissions of libs/kit/nats_auth.py let a user read its own inbox only
+        user = user or (urlsplit(nats_url.split(",")[0]).username if nats_url else None)
+        # the permissions of libs/kit/nats_auth.py let a user read its own inbox only, and ask metering through
+        # its own door; a subscriber given no user is the services' (a client of theirs, `nc`)
+        self.user = user or nats_auth.SERVICES_USER
         self.inbox_prefix = inbox_prefix or (nats_auth.inbox_prefix(user) if user else None)
         self.position = Watermark()          # the last log position applied and recorded
         self.live = asyncio.Event()          # set while following LOG
         self.applied = 0                     # events this process applied
         self.switches = 0                    # times it went live
         self._owned: list[Any] = []
+        self._door: Door | None = None
 
     @property
-    def replay_subject(self) -> str:
-        return f"{subjects.METERING_REPLAY}.{subjects.subject_token(self.tenant)}" if self.tenant \
-            else subjects.METERING_REPLAY
+    def door(self) -> Door:
+        """How this subscriber asks metering for pages, consumers and dead letters (its NATS user's door)."""
+        if self._door is None or self._door.nc is not self.nc:
+            self._door = Door(self.nc, user=self.user, name=self.name, tenant=self.tenant,  # type: ignore[arg-type]
+                              timeout_s=self.request_timeout_s)
+        return self._door
 
     async def run(self) -> None:
         """Catch up, follow live, and go back to catching up whenever live goes wrong; until cancelled."""
         await self._open()
         retries = asyncio.ensure_future(self._follow_retries())
+        refused = Backoff(0.5, 10.0)            # going live refused again and again: not in a tight loop
         try:
             while True:
                 honour_cancel()
                 live = await self._catch_up()
+                switches = self.switches
                 try:
                     await self._follow(live)
                 except TailLost as why:
                     log.info("subscriber.live_lost", subscriber=self.name, reason=str(why), position=self.position.value)
                 finally:
                     self.live.clear()
+                if self.switches == switches:
+                    await refused.wait()
+                else:
+                    refused.reset()
         finally:
             retries.cancel()
             await asyncio.gather(retries, return_exceptions=True)
@@ -151,7 +166,7 @@ class Subscriber:
         if self.pool is None:
             self.pool = await eventlog.create_pool(self.database_url)  # type: ignore[arg-type]
             self._owned.append(self.pool)
-        self.letters = DeadLetters(self.nc, self.name)
+        self.letters = DeadLetters(self.nc, self.name, door=self.door)
         async with self.pool.acquire() as conn:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (name text PRIMARY KEY, position bigint NOT NULL,"
                                " retry_sequence bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())")
@@ -259,7 +274,7 @@ class Subscriber:
         if self.nc is None:
             raise RuntimeError("fetch needs NATS: call it while the subscriber runs, or give the subscriber nc")
         request = msgspec.json.encode(ReplayRequest(after=position - 1, types=self.types, max_events=1))
-        page = _page.decode(await natsio.request(self.nc, self.replay_subject, request, self.request_timeout_s))
+        page = _page.decode(await self.door.ask("replay", request))
         if page.positions[:1] != [position]:
             return None
         [(_, event, _)] = self._decoded(page.positions[:1], page.events[:1], None)
@@ -273,11 +288,10 @@ class Subscriber:
         """One page (retried while metering is not answering), with its events decoded at once when they all decode
         as this build's types."""
         since = self.start if isinstance(self.start, datetime) and after == 0 else None
-        request = msgspec.json.encode(ReplayRequest(after=after, since=since, types=self.types,
-                                                    max_events=self.page_events))
+        request = ReplayRequest(after=after, since=since, types=self.types, max_events=self.page_events)
 
         async def attempt() -> bytes:
-            return await natsio.request(self.nc, self.replay_subject, request, self.request_timeout_s)  # type: ignore[arg-type]
+            return await self.door.replay(request)
 
         body = await retry(attempt, what="subscriber.replay_unanswered", errors=(ServiceUnavailable,),
                            backoff=Backoff(0.5, 5.0), subscriber=self.name)
@@ -317,8 +331,13 @@ class Subscriber:
         filters = live.subjects
         if self.tenant and len(filters) > 1:       # one filter, which NATS permissions can hold to the tenant
             filters = [f"{subjects.LOG_PREFIX}.*.*.*.{subjects.subject_token(self.tenant)}"]
-        tail = StreamTail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued)  # type: ignore[arg-type]
-        await tail.start()
+        tail = StreamTail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued,  # type: ignore[arg-type]
+                          door=self.door)
+        try:
+            await tail.start()
+        except (ServiceError, nats.errors.Error) as exc:      # metering or NATS away, or the door refused
+            await tail.stop()
+            raise TailLost(f"could not follow {live.stream}: {exc}") from None
         through = self.position.value
         self.live.set()
         self.switches += 1
@@ -363,7 +382,7 @@ class Subscriber:
             async with pool.acquire() as conn:
                 return await conn.fetchval(f"SELECT retry_sequence FROM {TABLE} WHERE name = $1", self.name)
 
-        await follow_retries(self.nc, self.name, self._retry, last_taken, max_queued=self.max_queued)
+        await follow_retries(self.nc, self.name, self._retry, last_taken, max_queued=self.max_queued, door=self.door)
 
     async def _retry(self, asked: EventRetryRequested, sequence: int) -> None:
         """Take a set-aside event again, once: only while it is still noted as set aside (a second retry of one

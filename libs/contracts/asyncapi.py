@@ -78,6 +78,9 @@ def _addresses(channel: Channel) -> dict[str, str]:
     """A request/reply channel's key in `channels` -> its address: the subject, and with a scope, the subject
     with the scope's identifier appended (`metering.replay.v1.{tenant}`)."""
     subject = channel.contract
+    if channel.tail:                    # a door: asked only with every token appended
+        names = [name for name, _ in channel.tail]
+        return {".".join([subject, *names]): ".".join([subject, *(f"{{{name}}}" for name in names)])}
     scoped = {f"{subject}.{channel.scope[0]}": f"{subject}.{{{channel.scope[0]}}}"} if channel.scope else {}
     return {subject: subject, **scoped}
 
@@ -92,6 +95,8 @@ def _channels(channel: Channel) -> dict[str, Any]:
             **({"parameters": {channel.scope[0]: {"description": f"{channel.scope[1]}, percent-escaped as one "
                                                                  "subject token"}}}
                if channel.scope and key != subject else {}),
+            **({"parameters": {name: {"description": f"{meaning}; one subject token"} for name, meaning in channel.tail}}
+               if channel.tail else {}),
             "messages": {"request": {"$ref": f"{MESSAGES}{subject}.request"}},
         } for key, address in _addresses(channel).items()}
         return {

@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 
+from switchyard_gateway.contracts.deadletters import EventDeadLettered
 from switchyard_gateway.contracts.events import Instant
 
 MeteringQueryKind = Literal["token_counts", "usage", "stats"]
@@ -130,3 +131,42 @@ class ReplayPage(msgspec.Struct, frozen=True):
     last: int                         # the log was read through this position: the next request's `after`
     head: int                         # the log's newest position when it was read
     live: LiveFrom | None = None      # the page reached the head: follow `live.stream` from here instead of asking again
+
+
+class Follow(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Follow a stream live, asked through the subscriber's door (op `follow`): metering makes an ephemeral push
+    consumer (no acks, in memory, gone 30 s after its inbox goes quiet) that delivers to `deliver_to`, within what
+    the door's subject allows: LOG filtered to its tenant's subjects, or DEADLETTER's retries of its own name."""
+
+    stream: str                       # LOG, or DEADLETTER (only `event.retry_requested.v1.<name>`)
+    sequence: int                     # the first stream sequence to deliver (1 or more)
+    subjects: list[str]               # filter subjects (LOG: log.<type: three tokens or *>.<tenant or *>, or log.>)
+    deliver_to: str                   # a subject under the asker's own inbox (`_INBOX_<user>.`), no wildcards
+    heartbeat_s: float = 5.0          # how often an idle consumer says it is there (0.5 to 60)
+
+
+class Following(msgspec.Struct, frozen=True):
+    """The consumer metering made for a `Follow`: its name, to stop it with an `Unfollow`."""
+
+    consumer: str
+
+
+class Unfollow(msgspec.Struct, frozen=True):
+    """Stop following (op `unfollow`): delete a consumer a `Follow` of the same user made."""
+
+    stream: str
+    consumer: str
+
+
+class SetAside(msgspec.Struct, frozen=True):
+    """Store one of the subscriber's own dead letters on DEADLETTER (op `set_aside`): `letter.consumer` must be the
+    door's name; `msg_id` (starting `<name>:`) lets JetStream store a letter sent twice once."""
+
+    letter: EventDeadLettered
+    msg_id: str
+
+
+class SetAsideDone(msgspec.Struct, frozen=True):
+    """Where DEADLETTER stored the letter."""
+
+    sequence: int

@@ -85,6 +85,13 @@ EXCHANGES: tuple[Exchange, ...] = (
              "for one tenant's events.",
              "The events as stored with their positions, where to ask next (`last`), and once the page reached the "
              "log's head, the LOG stream sequence to follow live from (`live`)."),
+    Exchange(s.METERING_SUBSCRIBER,
+             (metering.ReplayRequest, metering.Follow, metering.Unfollow, metering.SetAside),
+             (metering.ReplayPage, metering.Following, metering.SetAsideDone),
+             "A subscriber's request through its door, by the subject's last token: `replay` a ReplayRequest, "
+             "`follow` a Follow, `unfollow` an Unfollow, `set_aside` a SetAside.",
+             "`replay`: a ReplayPage; `follow`: Following; `unfollow`: nothing; `set_aside`: SetAsideDone. No answer "
+             "at all to a request whose reply subject is not under the asking user's inbox."),
     Exchange(s.QUOTA_COMMAND, (quota.SetLimits,), (quota.SetLimitsReply,),
              "Change a tenant's limits, or a tenant x model's.",
              "The limits now in force and the LimitsSet recorded (none when nothing changed)."),

@@ -46,6 +46,7 @@ REGISTRY_QUERY = "registry.query.v1"
 METERING_QUERY = "metering.query.v1"
 METERING_COMMAND = "metering.command.v1"        # roll the usage time series up into days
 METERING_REPLAY = "metering.replay.v1"          # a page of the log; `.<tenant>` appended: that tenant's events only
+METERING_SUBSCRIBER = "metering.subscriber.v1"  # an outside subscriber's door: .<user>.<name>.<tenant, or _all>.<op>
 ROUTER_COMMAND = "router.command.v1"            # reset a breaker, force a refresh, test an endpoint
 ROUTER_QUERY = "router.query.v1"                # circuits, per-endpoint health
 ROUTER_WARM = "router.warm.v1"                  # warm a model up: unbilled minimal calls (leader only)
@@ -106,6 +107,17 @@ def subject_token(identifier: str) -> str:
     """An identifier as one subject token: '.', '*', '>', '%', space and ASCII control characters are
     percent-escaped, so a model id like `/models/llama-3.2.gguf` stays one token."""
     return identifier.translate(_TOKEN_ESCAPES) or "_"
+
+
+SUBSCRIBER_ALL = "_all"             # the door's scope for every tenant's events (no tenant id starts with `_`)
+SUBSCRIBER_OPS = ("replay", "follow", "unfollow", "set_aside")
+
+
+def subscriber_subject(user: str, name: str, tenant: str | None, op: str) -> str:
+    """The subject a subscriber asks metering on: `metering.subscriber.v1.<user>.<name>.<tenant, or _all>.<op>`.
+    NATS permissions let a user publish only under its own user, name and tenant, so the subject says who asks."""
+    scope = subject_token(tenant) if tenant else SUBSCRIBER_ALL
+    return f"{METERING_SUBSCRIBER}.{subject_token(user)}.{subject_token(name)}.{scope}.{op}"
 
 
 def log_subject(event_type: str, tenant: str | None) -> str:

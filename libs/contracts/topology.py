@@ -33,9 +33,12 @@ class Channel:
     logged: bool = False            # also an event of the log (PostgreSQL `events`)
     prefix: tuple[str, str] | None = None   # a parameter before the identifier (LOG: the event type)
     scope: tuple[str, str] | None = None    # request/reply: also answered with this identifier appended
+    tail: tuple[tuple[str, str], ...] = ()  # request/reply: answered only with these tokens appended (a door)
 
     @property
     def address(self) -> str:
+        if self.tail:
+            return ".".join([self.contract, *(f"{{{name}}}" for name, _ in self.tail)])
         head = f"{self.contract}.{{{self.prefix[0]}}}" if self.prefix else self.contract
         return f"{head}.{{{self.parameter[0]}}}" if self.parameter else head
 
@@ -148,12 +151,21 @@ CHANNELS: tuple[Channel, ...] = (
              Use("metering", "NATS micro service `metering`, one queue group")),
     _service(s.METERING_COMMAND, (Use("gateway", "monitoring API: /api/aggregate_time_series_days"),),
              Use("metering", "NATS micro service `metering`, one queue group")),
-    _service(s.METERING_REPLAY, (Use(SUBSCRIBER, f"catch up from the log page by page (`{s.METERING_REPLAY}`, or "
-                                                 f"`{s.METERING_REPLAY}.<tenant>` for one tenant's events), each page "
-                                                 "asked for once the last one arrived, then follow LOG from "
-                                                 "`live.sequence`"),),
+    _service(s.METERING_REPLAY, (Use("services' clients", "programs with the services' NATS user read pages of the log "
+                                                           "here (a subscriber asks through its door)"),),
              Use("metering", "NATS micro service `metering`, one queue group; pages read from PostgreSQL"),
              scope=("tenant", "the tenant whose events alone the pages hold")),
+    Channel(s.METERING_SUBSCRIBER, None, None,
+            (Use(SUBSCRIBER, "everything a subscriber does on NATS, through its door: catch up from the log page by "
+                             "page (`replay`, each page asked for once the last one arrived), then follow LOG from "
+                             "`live.sequence` (`follow`: metering makes the consumer, delivering to the subscriber's "
+                             "inbox), follow its own retries on DEADLETTER, store its dead letters (`set_aside`)"),),
+            (Use("metering", "NATS micro service `metering`, one queue group: answers only on the asking user's own "
+                             "inbox, and does only what the subject's user, name and tenant allow"),),
+            tail=(("user", "the subscriber's NATS user: its permissions let it publish under its own alone"),
+                  ("name", "the subscriber's name: the dead letters and retries that are its own"),
+                  ("tenant", f"the tenant whose events alone it may read, or `{s.SUBSCRIBER_ALL}` for every tenant"),
+                  ("op", f"what is asked: {', '.join(s.SUBSCRIBER_OPS)}"))),
     Channel(s.LOG_PREFIX, ("tenant", "the event's tenant, `_` for an event that belongs to none"), s.STREAM_LOG,
             (Use("metering", "the log's feed: every event appended to the log, in log order, events of one type "
                              "and tenant at consecutive positions in one message (a JSON array) with their positions in "

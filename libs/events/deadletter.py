@@ -25,6 +25,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decode_event, encode
 from switchyard_gateway.contracts.deadletters import EventDeadLettered, Stage
 from switchyard_gateway.contracts.events import Event, subject_of
+from switchyard_gateway.events.door import Door
 from switchyard_gateway.kit.retry import TRANSIENT
 
 log = structlog.get_logger()
@@ -64,8 +65,9 @@ def describe(exc: BaseException) -> str:
 class DeadLetters:
     """Where one consumer sets events aside: `event.dead_lettered.v1.<consumer>` on DEADLETTER."""
 
-    def __init__(self, nc: NATS, consumer: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, nc: NATS, consumer: str, timeout_s: float = 5.0, door: Door | None = None) -> None:
         self.nc, self.consumer, self.timeout_s = nc, consumer, timeout_s
+        self.door = door                     # a subscriber's: metering stores its letters
 
     async def put(self, *, stage: Stage, error: BaseException | str, source: str, subject: str = "",
                   sequence: int = 0, data: bytes = b"", headers: dict[str, str] | None = None, key: str = "") -> int:
@@ -77,12 +79,15 @@ class DeadLetters:
                                    sequence=sequence, data=data,
                                    headers={k: v for k, v in (headers or {}).items() if isinstance(v, str)})
         msg_id = f"{self.consumer}:{source}:{sequence}:{stage}:{key}"
-        ack = await self.nc.jetstream(timeout=self.timeout_s).publish(
-            subject_of(letter), encode(letter), headers={subjects.MSG_ID_HEADER: msg_id})
+        if self.door is not None:
+            sequence = await self.door.set_aside(letter, msg_id, self.timeout_s)
+        else:
+            sequence = (await self.nc.jetstream(timeout=self.timeout_s).publish(
+                subject_of(letter), encode(letter), headers={subjects.MSG_ID_HEADER: msg_id})).seq
         DEAD_LETTERS.labels(self.consumer, stage).inc()
         log.warning("events.dead_lettered", consumer=self.consumer, stage=stage, source=source, sequence=sequence,
-                    subject=subject, error=text, dead_letter=ack.seq)
-        return ack.seq
+                    subject=subject, error=text, dead_letter=sequence)
+        return sequence
 
 
 SetAside = Callable[[bytes, BaseException, str], Awaitable[object]]     # (the bytes, the error, which item)

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.deadletters import EventRetryRequested
+from switchyard_gateway.events.door import Door
 from switchyard_gateway.events.tail import StreamTail
 from switchyard_gateway.kit.retry import Backoff, honour_cancel
 
@@ -36,16 +37,17 @@ _retry = msgspec.json.Decoder(EventRetryRequested)
 
 
 async def follow_retries(nc: NATS, consumer: str, take: Take, after: Callable[[], Awaitable[int]], *,
-                         max_queued: int = 10_000) -> None:
+                         max_queued: int = 10_000, door: Door | None = None) -> None:
     """Hand each retry asked of `consumer` past the sequence `after()` names to `take`, one at a time; until
-    cancelled. A message on the subject that is no retry is logged and passed over."""
+    cancelled. A message on the subject that is no retry is logged and passed over. A subscriber follows through
+    its `door`."""
     backoff = Backoff(0.5, 10.0)
     subject = f"{subjects.EVENT_RETRY_REQUESTED}.{subjects.subject_token(consumer)}"
     while True:
         honour_cancel()
         try:
             tail = StreamTail(nc, subjects.STREAM_DEADLETTER, [subject], await after() + 1, f"{consumer}-retries",
-                              max_queued, heartbeat_s=HEARTBEAT_S)
+                              max_queued, heartbeat_s=HEARTBEAT_S, door=door)
             await tail.start()
             try:
                 while True:

@@ -21,6 +21,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from switchyard_gateway.contracts.metering import Follow
+from switchyard_gateway.events.door import Door
+
 
 HEARTBEAT_S = 5.0
 
@@ -57,8 +60,9 @@ class StreamTail:
     waiting end it with TailLost. `heartbeat_s`: how often an idle consumer says it is there."""
 
     def __init__(self, nc: NATS, stream: str, filters: list[str], sequence: int, owner: str, max_queued: int,
-                 heartbeat_s: float = HEARTBEAT_S) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, door: Door | None = None) -> None:
         self.nc, self.stream, self.filters, self.sequence = nc, stream, filters, sequence
+        self.door = door                     # a subscriber's: metering makes and deletes the consumer
         self.heartbeat_s = heartbeat_s
         self.name = f"{re.sub(r'[^A-Za-z0-9_-]', '_', owner)[:40]}-{uuid.uuid4().hex[:12]}"
         self.max_queued = max_queued
@@ -67,9 +71,16 @@ class StreamTail:
         self._heard = True
         self._sub: Any = None
         self._watch: asyncio.Task[None] | None = None
+        self._made = False                   # through the door: whether metering made the consumer
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_message)
+        if self.door is not None:
+            self.name = await self.door.follow(Follow(self.stream, max(self.sequence, 1), self.filters,
+                                                      self._sub.subject, self.heartbeat_s))
+            self._made = True
+            self._watch = asyncio.ensure_future(self._watch_heartbeats())
+            return
         one = self.filters[0] if len(self.filters) == 1 else None
         config = ConsumerConfig(
             name=self.name, deliver_subject=self._sub.subject, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -87,7 +98,11 @@ class StreamTail:
             await self._sub.unsubscribe()
         if self.nc.is_connected:
             with contextlib.suppress(Exception):      # else it expires by itself (inactive threshold)
-                await self.nc.jetstream(timeout=2).delete_consumer(self.stream, self.name)
+                if self.door is not None:
+                    if self._made:
+                        await self.door.unfollow(self.stream, self.name)
+                else:
+                    await self.nc.jetstream(timeout=2).delete_consumer(self.stream, self.name)
 
     async def take(self, most: int, linger_s: float) -> list[Msg]:
         """The next message, and whatever else arrives within `linger_s` (at most `most`); raises TailLost."""

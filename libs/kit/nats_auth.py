@@ -4,9 +4,9 @@
     text = server_config(services_password, users)           # nats-server's `authorization` block
     text += cluster_config(services_password, routes)        # and, for a cluster's nodes, routes that ask for a user
 
-A subscriber's allow lists are exactly what `switchyard_gateway.subscribe` uses: ask for pages of the log on
-`metering.replay.v1` (or `.<tenant>` only), make consumers of LOG (filtered to its tenant's subjects when it has
-one) and of its own retries on DEADLETTER, set aside its own dead letters, and read its own inbox
+A subscriber's allow lists are exactly what `switchyard_gateway.subscribe` uses: ask metering through its own door,
+`metering.subscriber.v1.<user>.<name>.<tenant>.<op>` (any tenant's token for a user of every tenant), for pages of
+the log, consumers of LOG and of its own retries, and its dead letters stored; and read its own inbox
 (`_INBOX_<user>`, so that no user reads another's replies). Anything else it publishes or subscribes to is
 refused by the server, whatever the client asks.
 """
@@ -65,22 +65,12 @@ def inbox_prefix(user: str) -> str:
 
 
 def permissions(sub: SubscriberUser) -> dict[str, dict[str, list[str]]]:
-    """The publish and subscribe allow lists of a subscriber's user."""
-    api = "$JS.API.CONSUMER"
-    name = subjects.subject_token(sub.name)
-    if sub.tenant:
-        replay = f"{subjects.METERING_REPLAY}.{sub.tenant}"
-        live = f"{api}.CREATE.{subjects.STREAM_LOG}.*.{subjects.LOG_PREFIX}.*.*.*.{sub.tenant}"
-    else:
-        replay, live = subjects.METERING_REPLAY, f"{api}.CREATE.{subjects.STREAM_LOG}.>"
-    return {
-        "publish": {"allow": [
-            replay, live, f"{api}.DELETE.{subjects.STREAM_LOG}.*",
-            f"{api}.CREATE.{subjects.STREAM_DEADLETTER}.*.{subjects.EVENT_RETRY_REQUESTED}.{name}",
-            f"{api}.DELETE.{subjects.STREAM_DEADLETTER}.*", f"{subjects.EVENT_DEAD_LETTERED}.{name}",
-        ]},
-        "subscribe": {"allow": [f"{sub.inbox}.>"]},
-    }
+    """The publish and subscribe allow lists of a subscriber's user: its own door to metering (every tenant's, or
+    its tenant's) and its own inbox. Nothing of JetStream's API and no stream's subject: NATS permissions see only
+    subjects, and JetStream answers on any reply subject a request names (services/metering/door.py)."""
+    scope = sub.tenant or "*"
+    door = f"{subjects.METERING_SUBSCRIBER}.{sub.user}.{sub.name}.{scope}.*"
+    return {"publish": {"allow": [door]}, "subscribe": {"allow": [f"{sub.inbox}.>"]}}
 
 
 def server_config(services_password: str, subscribers: list[SubscriberUser]) -> str:

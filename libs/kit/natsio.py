@@ -54,6 +54,11 @@ class ServiceError(Exception):
         self.body = body
 
 
+class Unanswered(Exception):
+    """A request that gets no answer at all, not even an error: its reply subject is not the asker's to name (an
+    answer there would go to someone else). Counted and logged like a reply subject that is no inbox."""
+
+
 class ServiceUnavailable(ServiceError):
     """Nobody answered: the owning service or NATS is down."""
 
@@ -165,16 +170,16 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
 # anywhere; an outside subscriber asking with its reply set to a stream's subject had the answer stored there.
 REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
 REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
-                          "Requests not answered: their reply subject was not an inbox", ["service"])
+                          "Requests not answered: their reply subject was not an inbox, or not the asker's own", ["service"])
 _refusals = Throttle(10.0)          # a flood of them writes a line every 10 s per service
 
 
-def _refuse_reply(service: str, subject: str) -> None:
+def _refuse_reply(service: str, subject: str, reason: str = "the reply subject is not an inbox") -> None:
     REFUSED_REPLIES.labels(service).inc()
     since = _refusals.due(service)
     if since is not None:
-        log.warning("service.reply_refused", service=service, subject=subject,
-                    reason="the reply subject is not an inbox", **({"repeated": since} if since else {}))
+        log.warning("service.reply_refused", service=service, subject=subject, reason=reason,
+                    **({"repeated": since} if since else {}))
 
 
 Handler = Callable[[bytes], Awaitable[bytes]]
@@ -205,6 +210,9 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
             try:
                 reply = await (handler(req.data, req.subject, req._msg.reply or "")  # type: ignore[call-arg]  # noqa: SLF001
                                if with_subject else handler(req.data))  # type: ignore[call-arg]
+            except Unanswered as exc:
+                _refuse_reply(name, req.subject, str(exc))
+                return
             except ServiceError as exc:
                 await req.respond_error(str(exc.status), exc.body.message, data=_encode(exc.body))
             except msgspec.ValidationError as exc:
@@ -245,8 +253,11 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
             endpoint = concurrently(endpoint, at_once[subject])
         await service.add_endpoint(name=subject.replace(".", "-"), subject=subject, handler=endpoint)
     for subject, subject_handler in (by_subject or {}).items():
+        endpoint = wrap(subject_handler, with_subject=True)
+        if at_once and subject in at_once:
+            endpoint = concurrently(endpoint, at_once[subject])
         await service.add_endpoint(name=subject.replace(".", "-").replace("*", "any").replace(">", "rest"),
-                                   subject=subject, handler=wrap(subject_handler, with_subject=True))
+                                   subject=subject, handler=endpoint)
     return service
 
 

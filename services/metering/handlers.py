@@ -15,7 +15,7 @@ from switchyard_gateway.contracts.metering import MeteringQuery, RollupDays, Tok
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.events import Ingest, LogFeed, LogNotices
 from switchyard_gateway.kit.service import Runtime, serve_subscriptions
-from switchyard_gateway.services.metering import history, metrics, queries, rollup
+from switchyard_gateway.services.metering import door, history, metrics, queries, rollup
 from switchyard_gateway.services.metering.projections import PROJECTIONS, UsageCost
 from switchyard_gateway.services.metering.settings import Settings
 
@@ -66,8 +66,15 @@ async def on_replay(deps: Deps, data: bytes, subject: str, reply: str) -> bytes 
     return await history.on_replay(deps.history, data, subject, reply)
 
 
+async def on_door(deps: Deps, data: bytes, subject: str, reply: str) -> bytes | None:
+    """An outside subscriber's request through its door (`metering.subscriber.v1.<user>.<name>.<tenant>.<op>`)."""
+    return await door.on_request(deps.history, data, subject, reply)
+
+
 SUBSCRIPTIONS = {subjects.METERING_QUERY: on_query, subjects.METERING_COMMAND: on_rollup}
-BY_SUBJECT = dict.fromkeys(history.SUBJECTS, on_replay)      # wildcard subjects: the handler reads the tenant token
+# wildcard subjects: the handlers read the tenant token, and the door who asks
+BY_SUBJECT = {**dict.fromkeys(history.SUBJECTS, on_replay), door.SUBJECT: on_door}
+AT_ONCE = {door.SUBJECT: door.AT_ONCE}      # subscribers' requests side by side: one slow page holds up no other
 
 
 async def start(runtime: Runtime[Settings]) -> Deps:
@@ -92,5 +99,5 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     if settings.log_feed:
         runtime.spawn(notices.run(), "log-notices")
         runtime.spawn(feed.run(), "log-feed")
-    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, BY_SUBJECT)
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, BY_SUBJECT, AT_ONCE)
     return deps

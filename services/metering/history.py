@@ -63,9 +63,16 @@ class History:
 
 async def on_replay(history: History, data: bytes, subject: str, reply: str = "") -> bytes | None:
     """Answer one page, or publish it where the request says and answer nothing."""
+    return await answer(history, data, tenant_of(subject), reply)
+
+
+async def answer(history: History, data: bytes, tenant: str | None, reply: str, inbox: str | None = None) -> bytes | None:
+    """One page of `tenant`'s events (every tenant's: None) for the request `data`, answered or delivered (under
+    `inbox`, when given: the asker's own)."""
     ask = _request.decode(data)
-    tenant = tenant_of(subject)
     problem = _problem(ask, reply)
+    if not problem and inbox and ask.deliver_to is not None and not ask.deliver_to.startswith(inbox):
+        problem = "deliver_to", f"deliver_to must be a subject under your inbox, {inbox}"
     if problem:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", problem[1], problem[0]))
     page = await read_page(history, ask, tenant)
@@ -82,7 +89,12 @@ async def on_replay(history: History, data: bytes, subject: str, reply: str = ""
 def tenant_of(subject: str) -> str | None:
     """The tenant a replay subject is scoped to: its token after `metering.replay.v1`, else None (every tenant)."""
     rest = subject[len(subjects.METERING_REPLAY):].lstrip(".")
-    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), rest) if rest else None
+    return unescaped(rest) if rest else None
+
+
+def unescaped(token: str) -> str:
+    """An identifier from its subject token (`subjects.subject_token` undone)."""
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), token)
 
 
 def _problem(ask: ReplayRequest, reply: str = "") -> tuple[str, str] | None:

@@ -419,8 +419,8 @@ async def test_compose_topology_starts_natively_from_its_own_environment(native)
 
 
 async def _a_subscriber_replays_its_tenant_and_nothing_more(topology: Native) -> None:
-    """NATS holds every client to its user: the subscriber's replays its tenant's events; publishing a usage
-    event or a registry command is refused it; a client without a user, or a route without one, is turned away."""
+    """NATS holds every client to its user: the subscriber's replays its tenant's events through its door;
+    publishing a usage event, a registry command or asking for every tenant's pages is refused it; a client without a user, or a route without one, is turned away."""
     user, password, tenant = SUBSCRIBER
     bare = f"nats://127.0.0.1:{topology.ports[('nats-1', 4222)]}"
     refusals: list[str] = []
@@ -431,14 +431,14 @@ async def _a_subscriber_replays_its_tenant_and_nothing_more(topology: Native) ->
     nc = await nats.connect(with_user(bare, user, password), inbox_prefix=inbox_prefix(user), error_cb=keep,
                             allow_reconnect=False)
     try:
-        reply = await nc.request(f"{subjects.METERING_REPLAY}.{tenant}", msgspec.json.encode(ReplayRequest()),
-                                 timeout=10)
+        reply = await nc.request(subjects.subscriber_subject(user, f"{tenant}-spend", tenant, "replay"),
+                                 msgspec.json.encode(ReplayRequest()), timeout=10)
         page = msgspec.json.decode(reply.data, type=ReplayPage)
         events = [json.loads(bytes(raw)) for raw in page.events]
         assert {e.get("tenant_id") for e in events} == {tenant}
         assert sum(e["type"] == subjects.USAGE_RECORDED for e in events) >= 2     # the calls above, metered
-        for subject in (f"{subjects.USAGE_RECORDED}.{tenant}", subjects.REGISTRY_COMMAND,
-                        subjects.METERING_REPLAY):                               # made-up usage, a command, everyone's
+        for subject in (f"{subjects.USAGE_RECORDED}.{tenant}", subjects.REGISTRY_COMMAND,   # made-up usage, a command,
+                        subjects.subscriber_subject(user, f"{tenant}-spend", None, "replay")):   # everyone's
             await nc.publish(subject, b"{}")
             await nc.flush()
 

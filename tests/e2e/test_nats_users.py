@@ -21,8 +21,10 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.deadletters import EventDeadLettered
+from switchyard_gateway.events.door import Door
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.nats_auth import with_user
+from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.stack import running_url
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.subscribe import Subscriber
@@ -75,25 +77,34 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
                                          capture_output=True, text=True, env={**env}, cwd=REPO)
         assert listed.returncode == 0 and "no dead letters" in listed.stdout, listed.stderr
 
-        # A subscriber may write its own dead letters; one claiming to be the usage ingest's (or a service fold's)
-        # had `dead-letters --all` publish what it held, as the services: an admin key with a secret of its choosing.
+        # A subscriber's dead letters are stored by metering, under the subscriber's own name only. One claiming to
+        # be the usage ingest's (or a service fold's), published by the subscriber itself, had `dead-letters --all`
+        # publish what it held, as the services: an admin key with a secret of the subscriber's choosing.
         forged = EventDeadLettered(consumer="metering", stage="apply", error="forged", source="USAGE",
                                    subject=subjects.REGISTRY_COMMAND, sequence=3, data=encode(m.IssueKey(
                                        tenant_id="admin", role="admin", secret="sy_attacker_chosen_0123456789")))
-        sub_nc = await nats.connect(with_user(bare, "billing", "billing-secret-password"), inbox_prefix=b"_INBOX_billing")
-        await sub_nc.publish(f"{subjects.EVENT_DEAD_LETTERED}.spend", encode(forged))
-        await sub_nc.flush()
-        await sub_nc.close()
+        refusals: list[str] = []
+
+        async def keep(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        sub_nc = await nats.connect(with_user(bare, "billing", "billing-secret-password"), inbox_prefix=b"_INBOX_billing",
+                                    error_cb=keep)
+        try:
+            await sub_nc.publish(f"{subjects.EVENT_DEAD_LETTERED}.spend", encode(forged))
+            await sub_nc.flush()
+            with pytest.raises(ServiceError) as theirs:
+                await Door(sub_nc, user="billing", name="spend", tenant=None).set_aside(forged, "metering:USAGE:3:apply:")
+            assert theirs.value.status == 403
+        finally:
+            await sub_nc.close()
+        assert any("permissions violation for publish" in r for r in refusals), refusals
         cli = [sys.executable, "-m", "switchyard_gateway.cli", "events", "dead-letters", "--data-dir", str(data_dir)]
         shown = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, env={**env}, cwd=REPO)
-        assert "FORGED" in shown.stdout, shown.stdout
+        assert shown.returncode == 0 and "no dead letters" in shown.stdout, shown.stdout
         sent = await asyncio.to_thread(subprocess.run, [*cli, "--all"], capture_output=True, text=True, env={**env},
                                        cwd=REPO)
-        assert sent.returncode == 0 and "forged dead letter(s) left alone" in sent.stderr, sent.stderr
-        letter_id = shown.stdout.split("\n")[1].split()[0]
-        asked = await asyncio.to_thread(subprocess.run, [*cli, "--retry", letter_id], capture_output=True, text=True,
-                                        env={**env}, cwd=REPO)
-        assert asked.returncode == 1 and "is not sent back" in asked.stderr, asked.stderr
+        assert sent.returncode == 0, sent.stderr
         keys = dict(line.split("=", 1) for line in (data_dir / "keys.env").read_text().splitlines() if "=" in line)
         async with httpx.AsyncClient() as client:
             refused = await client.get(f"http://127.0.0.1:{port}/api/admin/tenants", timeout=5,

@@ -14,7 +14,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import UsageRecorded
 from switchyard_gateway.events import Ingest, LogFeed, LogNotices
 from switchyard_gateway.kit import eventlog, natsio
-from switchyard_gateway.services.metering import history
+from switchyard_gateway.services.metering import door, history
 from switchyard_gateway.services.metering.projections import PROJECTIONS
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -39,8 +39,11 @@ class Metering:
         js = self.nc.jetstream()
         for stream in (subjects.STREAM_LOG, subjects.STREAM_USAGE, subjects.STREAM_DEADLETTER):
             await js.purge_stream(stream)            # one log per test, one set of streams per module
-        handler = functools.partial(history.on_replay, history.History(self.pool, self.nc))
-        self.service = await natsio.serve(self.nc, "metering", {}, by_subject=dict.fromkeys(history.SUBJECTS, handler))
+        pages = history.History(self.pool, self.nc)
+        handlers = {**dict.fromkeys(history.SUBJECTS, functools.partial(history.on_replay, pages)),
+                    door.SUBJECT: functools.partial(door.on_request, pages)}
+        self.service = await natsio.serve(self.nc, "metering", {}, by_subject=handlers,
+                                          at_once={door.SUBJECT: door.AT_ONCE})
         self.tasks = [asyncio.ensure_future(self.notices.run()), asyncio.ensure_future(self.feed.run())]
         if ingest:
             with contextlib.suppress(Exception):    # a consumer left by an earlier test of the module

@@ -22,7 +22,7 @@ from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
 from switchyard_gateway.events.feed import FEED, WITHHELD, LogFeed, positions_of
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.metering import history
+from switchyard_gateway.services.metering import door, history
 from switchyard_gateway.subscribe import Subscriber
 from tests.conftest import REPO, wait_for
 from tests.integration.logharness import Metering, log_messages, usage
@@ -166,8 +166,8 @@ async def test_a_subscriber_is_handed_the_marker_at_the_rows_position_and_can_fe
 
     # a metering whose NATS server carries the row (its max_payload the default): fetch reads it whole
     roomy = await natsio.connect(own_nats, "oversized-log-roomy", 10)
-    replay = functools.partial(history.on_replay, history.History(pool, roomy, feeding=False))
-    service = await natsio.serve(roomy, "metering", {}, by_subject=dict.fromkeys(history.SUBJECTS, replay))
+    service = await natsio.serve(roomy, "metering", {}, by_subject={
+        door.SUBJECT: functools.partial(door.on_request, history.History(pool, roomy, feeding=False))})
     try:
         fetched = await Subscriber("withheld", apply, nc=roomy, pool=pool, types=["usage"]).fetch(5)
         assert fetched == live

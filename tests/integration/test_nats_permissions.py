@@ -5,6 +5,7 @@ its allow lists; a tenant's user gets that tenant's events only; NATS refuses ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import TenantCreated
-from switchyard_gateway.contracts.metering import ReplayPage, ReplayRequest
+from switchyard_gateway.contracts.deadletters import EventDeadLettered
+from switchyard_gateway.contracts.metering import Follow, ReplayPage, ReplayRequest
+from switchyard_gateway.contracts.subjects import subscriber_subject as door_subject
+from switchyard_gateway.events.door import Door
 from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.nats_auth import SubscriberUser, UsersError, inbox_prefix, load, server_config, with_user
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.subscribe import Subscriber
@@ -104,25 +109,146 @@ async def test_nats_refuses_a_user_what_it_is_not_allowed(guarded_nats: str, ser
     client = Refusals()
     nc = await client.connect(guarded_nats, "acme-bi", "acme-secret")
     try:
-        own = await nc.request(f"{subjects.METERING_REPLAY}.acme", msgspec.json.encode(ReplayRequest()), timeout=10)
+        own = await nc.request(door_subject("acme-bi", "acme-spend", "acme", "replay"),
+                               msgspec.json.encode(ReplayRequest()), timeout=10)
         assert msgspec.json.decode(own.data, type=ReplayPage).positions == [1]
-        for subject in (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.beta"):      # everyone's, another's
+        for subject in (door_subject("acme-bi", "acme-spend", None, "replay"),      # everyone's
+                        door_subject("acme-bi", "acme-spend", "beta", "replay"),    # another tenant's
+                        door_subject("acme-bi", "tenant-spend", "acme", "replay"),  # under another name
+                        door_subject("billing", "tenant-spend", None, "replay"),    # as another user
+                        subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.acme"):   # around the door
             with pytest.raises(nats.errors.TimeoutError):
                 await nc.request(subject, msgspec.json.encode(ReplayRequest()), timeout=1)
             assert await client.refused(f'permissions violation for publish to "{subject}"'), client.errors
-        with pytest.raises(nats.errors.TimeoutError):          # a consumer of another tenant's events on LOG
+        with pytest.raises(nats.errors.TimeoutError):          # a consumer of its own tenant's events, made itself
             await nc.jetstream(timeout=1).add_consumer(subjects.STREAM_LOG, ConsumerConfig(
-                name=f"x-{uuid.uuid4().hex[:6]}", filter_subject="log.*.*.*.beta", ack_policy=AckPolicy.NONE,
+                name=f"x-{uuid.uuid4().hex[:6]}", filter_subject="log.*.*.*.acme", ack_policy=AckPolicy.NONE,
                 deliver_policy=DeliverPolicy.ALL, deliver_subject=nc.new_inbox()))
         assert await client.refused("permissions violation for publish to \"$JS.API.CONSUMER.CREATE.LOG")
         await nc.subscribe("_INBOX_billing.>")                  # another user's replies
         assert await client.refused('permissions violation for subscription to "_INBOX_billing.>"')
-        await nc.publish("usage.recorded.v2.acme", b"{}")       # made-up usage
-        assert await client.refused('permissions violation for publish to "usage.recorded.v2.acme"')
+        for subject in ("usage.recorded.v2.acme", "event.dead_lettered.v1.acme-spend"):   # made-up usage; a letter
+            await nc.publish(subject, b"{}")
+            assert await client.refused(f'permissions violation for publish to "{subject}"')
     finally:
         await nc.close()
     with pytest.raises(nats.errors.Error):
         await Refusals().connect(guarded_nats, "acme-bi", "not-the-password")
+
+
+async def test_no_answer_of_the_services_or_jetstream_lands_where_a_subscriber_points_it(
+        guarded_nats: str, services: Metering) -> None:
+    """A subscriber's user could make consumers and publish dead letters itself, and JetStream answers on whatever
+    reply subject a request names: a consumer's creation with its reply set to `usage.<x>` was stored in USAGE (and
+    metering's usage ingest set it aside as a dead letter). Now a subscriber asks metering, which answers only on
+    the asking user's own inbox: pointed at a stream's subject or another user's inbox, nothing is sent at all."""
+    await services.append([usage(1, "acme")])
+    js = services.nc.jetstream()
+    stored = (await js.stream_info(subjects.STREAM_USAGE)).state.last_seq
+    billing = await Refusals().connect(guarded_nats, "billing", "billing-secret")
+    overheard: list[bytes] = []
+
+    async def overhear(msg) -> None:
+        overheard.append(msg.data)
+
+    await billing.subscribe("_INBOX_billing.>", cb=overhear)
+    await billing.flush()
+    client = Refusals()
+    nc = await client.connect(guarded_nats, "acme-bi", "acme-secret")
+    refused = natsio.REFUSED_REPLIES.labels("metering")
+    before = refused._value.get()
+    try:
+        # the old way: JetStream's own answer to a consumer's creation, sent to a stream's subject
+        await nc.publish(f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_LOG}", b"{}", reply="usage.forged.acme")
+        assert await client.refused("permissions violation for publish to \"$JS.API.CONSUMER.CREATE.LOG")
+        follow = msgspec.json.encode(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.tail"))
+        for reply in ("usage.forged.acme", "_INBOX_billing.forged", "_INBOX.forged"):
+            await nc.publish(door_subject("acme-bi", "acme-spend", "acme", "replay"), msgspec.json.encode(
+                ReplayRequest()), reply=reply)
+            await nc.publish(door_subject("acme-bi", "acme-spend", "acme", "follow"), follow, reply=reply)
+        await nc.flush()
+        assert await wait_for(lambda: refused._value.get() - before >= 6, 10)
+        await billing.flush()
+        assert overheard == []
+        assert (await js.stream_info(subjects.STREAM_USAGE)).state.last_seq == stored
+        assert not [c for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith("sub6_acme-bi_")]
+    finally:
+        await nc.close()
+        await billing.close()
+
+
+async def test_metering_makes_a_subscribers_consumers_within_its_door_and_no_more_than_its_share(
+        guarded_nats: str, services: Metering) -> None:
+    """What a subscriber asks of its door is held to what the subject allows: deliveries under its own inbox,
+    filters within its tenant, retries and dead letters of its own name, consumers of its own, at most 8 at once."""
+    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    door = Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=5)
+    js = services.nc.jetstream()
+    made: list[str] = []
+    try:
+        refusals = [
+            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_billing.x"), "deliver_to"),
+            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "registry.command.v1"), "deliver_to"),
+            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.*"), "deliver_to"),
+            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.beta"], "_INBOX_acme-bi.x"), "subjects"),
+            (Follow(subjects.STREAM_LOG, 1, ["log.>"], "_INBOX_acme-bi.x"), "subjects"),
+            (Follow(subjects.STREAM_LOG, 1, ["log.usage.recorded.v2.acme.more"], "_INBOX_acme-bi.x"), "subjects"),
+            (Follow(subjects.STREAM_DEADLETTER, 1, ["event.retry_requested.v1.tenant-spend"], "_INBOX_acme-bi.x"),
+             "subjects"),
+            (Follow(subjects.STREAM_USAGE, 1, ["usage.>"], "_INBOX_acme-bi.x"), "stream"),
+            (Follow(subjects.STREAM_LOG, 0, ["log.*.*.*.acme"], "_INBOX_acme-bi.x"), "sequence"),
+            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.x", heartbeat_s=0.001), "heartbeat_s"),
+        ]
+        for ask, field in refusals:
+            with pytest.raises(ServiceError) as refused:
+                await door.follow(ask)
+            assert (refused.value.status, refused.value.body.field) == (400, field), ask
+        for _ in range(8):
+            made.append(await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.usage.*.*.acme"], nc.new_inbox())))
+        with pytest.raises(ServiceError) as crowded:
+            await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], nc.new_inbox()))
+        assert crowded.value.status == 429 and crowded.value.body.code == "TOO_MANY_CONSUMERS"
+        info = await js.consumer_info(subjects.STREAM_LOG, made[0])
+        assert info.config.deliver_subject.startswith("_INBOX_acme-bi.") and info.config.durable_name is None
+        assert info.config.mem_storage and info.config.inactive_threshold == 30.0
+        assert info.config.filter_subject == "log.usage.*.*.acme"
+
+        billing = await Refusals().connect(guarded_nats, "billing", "billing-secret")
+        try:                                        # another user can neither stop them nor store under acme's name
+            other = Door(billing, user="billing", name="tenant-spend", tenant=None, timeout_s=5)
+            with pytest.raises(ServiceError) as theirs:
+                await other.unfollow(subjects.STREAM_LOG, made[0])
+            assert theirs.value.status == 403
+            letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="x", source="log")
+            with pytest.raises(ServiceError) as forged:
+                await other.set_aside(letter, "acme-spend:log:1:apply:")
+            assert forged.value.status == 403
+        finally:
+            await billing.close()
+        gone = made.pop(0)
+        await door.unfollow(subjects.STREAM_LOG, gone)
+        assert gone not in [c.name for c in await js.consumers_info(subjects.STREAM_LOG)]
+        made.append(await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], nc.new_inbox())))
+
+        letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="boom", source="log", sequence=7)
+        sequence = await door.set_aside(letter, "acme-spend:log:7:apply:")
+        assert await door.set_aside(letter, "acme-spend:log:7:apply:") == sequence       # stored once
+        kept = await js.get_msg(subjects.STREAM_DEADLETTER, sequence)
+        assert kept.subject == "event.dead_lettered.v1.acme-spend"
+    finally:
+        for name in made:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(subjects.STREAM_LOG, name)
+        await nc.close()
+
+
+async def wait_for(condition, within_s: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
 
 
 async def _nothing(_conn, _batch) -> None:
@@ -175,3 +301,33 @@ def test_a_subscribers_password_is_as_long_as_the_services_and_its_name_its_own(
     text = str(refused.value)
     assert "subscribers[0].password: SHORTPW holds 1 characters; give at least 16" in text
     assert "subscribers[1].password" not in text and "name 'spend' appears twice" in text
+
+
+async def test_a_subscriber_refused_its_consumer_keeps_catching_up_and_goes_live_once_it_may(
+        guarded_nats: str, services: Metering, urls) -> None:
+    """Going live is asked of metering now, and may be refused (the user's consumers all taken, metering away):
+    the subscriber stays on the log's pages, trying again with a backoff, and goes live once it may."""
+    head = await services.append([usage(i, "acme") for i in range(5)])
+    holder = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    door = Door(holder, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=5)
+    taken = [await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], holder.new_inbox()))
+             for _ in range(8)]
+    subscriber = Subscriber("acme-spend", _nothing, nats_url=with_user(guarded_nats, "acme-bi", "acme-secret"),
+                            tenant="acme", database_url=await create_database(urls.database_url,
+                                                                              f"p_{uuid.uuid4().hex[:10]}"))
+    running = asyncio.ensure_future(subscriber.run())
+    try:
+        assert await subscriber.position.reach(head, 20)
+        await asyncio.sleep(1.5)                                   # refused, and refused again: still on pages
+        assert not subscriber.live.is_set() and not running.done()
+        await door.unfollow(subjects.STREAM_LOG, taken.pop())
+        await asyncio.wait_for(subscriber.live.wait(), 20)
+        later = await services.append([usage(9, "acme")])
+        assert await subscriber.position.reach(later, 20)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        for name in taken:
+            with contextlib.suppress(Exception):
+                await door.unfollow(subjects.STREAM_LOG, name)
+        await holder.close()

@@ -46,20 +46,10 @@ as the services' user `switchyard` (its password comes from the Secret, never in
 {{- end -}}
 
 {{/* A subscriber's NATS allow lists: exactly what `permissions` in libs/kit/nats_auth.py gives (the chart's
-tests hold the two equal): pages of the log (its tenant's, or every tenant's), LOG consumers of those subjects,
-its own retries and dead letters on DEADLETTER, and its own inbox. */}}
+tests hold the two equal): its own door to metering (its tenant's, or every tenant's) and its own inbox. */}}
 {{- define "switchyard.natsPermissions" -}}
-{{- $api := "$JS.API.CONSUMER" -}}
-{{- $replay := "metering.replay.v1" -}}
-{{- $live := printf "%s.CREATE.LOG.>" $api -}}
-{{- if .tenant -}}
-{{- $replay = printf "metering.replay.v1.%s" .tenant -}}
-{{- $live = printf "%s.CREATE.LOG.*.log.*.*.*.%s" $api .tenant -}}
-{{- end -}}
-{{- $publish := list $replay $live (printf "%s.DELETE.LOG.*" $api)
-      (printf "%s.CREATE.DEADLETTER.*.event.retry_requested.v1.%s" $api .name) (printf "%s.DELETE.DEADLETTER.*" $api)
-      (printf "event.dead_lettered.v1.%s" .name) -}}
-{{- dict "publish" (dict "allow" $publish) "subscribe" (dict "allow" (list (printf "_INBOX_%s.>" .user))) | toRawJson -}}
+{{- $door := printf "metering.subscriber.v1.%s.%s.%s.*" .user .name (.tenant | default "*") -}}
+{{- dict "publish" (dict "allow" (list $door)) "subscribe" (dict "allow" (list (printf "_INBOX_%s.>" .user))) | toRawJson -}}
 {{- end -}}
 
 {{/* Whether a value is a whole bcrypt hash as nats-server takes one (nats_auth.BCRYPT: the chart's tests hold the

@@ -1,0 +1,198 @@
+"""The subscriber's door: everything an outside subscriber does on NATS, done by metering on its behalf.
+
+    metering.subscriber.v1.<user>.<name>.<tenant, or _all>.<op>      op: replay, follow, unfollow, set_aside
+
+A subscriber's NATS user may publish on its own door's subjects and read its own inbox (`_INBOX_<user>.`), nothing
+else (`libs/kit/nats_auth.py`), so the subject says who asks: the user, the subscriber's name (its dead letters and
+retries) and the tenant whose events it may read. Metering answers only on the asker's own inbox (a request whose
+reply subject is anyone else's gets no answer at all), and does what was asked only within the subject:
+
+- `replay`: a page of the log (`history.answer`), of the tenant's events; delivered, if asked, under the asker's inbox.
+- `follow`: an ephemeral push consumer that metering makes, on LOG filtered to subjects within the tenant's
+  (`log.<type>.<tenant>`), or on DEADLETTER filtered to the name's retries, delivering under the asker's inbox;
+  at most `MAX_FOLLOWS` of one user's on a stream. The consumer's settings are metering's, not the asker's.
+- `unfollow`: delete one of the user's own consumers.
+- `set_aside`: store a dead letter of the name's own on DEADLETTER.
+
+Why not let subscribers use JetStream's API themselves, as before: NATS permissions see subjects, never payloads or
+reply subjects, and JetStream answers on whatever reply subject a request names. A user allowed to make consumers
+could have JetStream's answers (and the acknowledgements of the dead letters it published) stored in the services'
+own streams, make consumers that deliver the log into the services' request subjects, and make as many durable
+consumers as it liked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from switchyard_gateway.contracts import subjects
+from switchyard_gateway.contracts.codec import decoder, encode
+from switchyard_gateway.contracts.events import subject_of
+from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.metering import Follow, Following, SetAside, SetAsideDone, Unfollow
+from switchyard_gateway.kit.nats_auth import SERVICES_USER, USER, inbox_prefix
+from switchyard_gateway.kit.natsio import ServiceError, Unanswered
+from switchyard_gateway.services.metering import history as pages
+
+log = structlog.get_logger()
+
+SUBJECT = f"{subjects.METERING_SUBSCRIBER}.*.*.*.*"
+AT_ONCE = 64                           # requests handled side by side (one more: 503 BUSY)
+MAX_FOLLOWS = 8                        # consumers one user may have on one stream at a time
+MAX_FILTERS = 64
+INACTIVE_S = 30.0                      # a consumer whose inbox went quiet this long is removed by the server
+TOKEN = r"[A-Za-z0-9_%-]+"
+LOG_FILTER = re.compile(rf"^{subjects.LOG_PREFIX}(\.({TOKEN}|\*)){{3}}\.({TOKEN}|\*)$")
+SUBJECT_CHARS = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")
+
+_follow, _unfollow, _set_aside = decoder(Follow), decoder(Unfollow), decoder(SetAside)
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks, as the door's subject says: the NATS user, the subscriber's name (a subject token) and the tenant
+    whose events it may read (None: every tenant's)."""
+
+    user: str
+    name: str
+    tenant: str | None
+    op: str
+
+    @property
+    def inbox(self) -> str:
+        """The prefix of every subject the user may read, with its dot (the services' clients: `_INBOX.`)."""
+        return "_INBOX." if self.user == SERVICES_USER else f"{inbox_prefix(self.user)}."
+
+    @property
+    def consumer_prefix(self) -> str:
+        """The start of the names of this user's consumers: the user's length first, so that no user's names
+        begin another's (`a` and `a_b`)."""
+        return f"sub{len(self.user)}_{self.user}_"
+
+
+def asker_of(subject: str) -> Asker:
+    _, _, _, user, name, scope, op = subject.split(".")
+    if not USER.match(user):
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "the user token must be 1 to 64 of A-Z a-z 0-9 _ -",
+                                          "subject"))
+    if op not in subjects.SUBSCRIBER_OPS:
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"unknown operation {op[:40]!r}: one of "
+                                          f"{', '.join(subjects.SUBSCRIBER_OPS)}", "subject"))
+    return Asker(user, name, None if scope == subjects.SUBSCRIBER_ALL else pages.unescaped(scope), op)
+
+
+async def on_request(history: pages.History, data: bytes, subject: str, reply: str = "") -> bytes | None:
+    """One request through the door; no answer at all when its reply subject is not the asker's own inbox."""
+    asker = asker_of(subject)
+    if reply and not reply.startswith(asker.inbox):
+        raise Unanswered(f"the reply subject is not under {asker.inbox}, the asking user's inbox")
+    match asker.op:
+        case "replay":
+            return await pages.answer(history, data, asker.tenant, reply, inbox=asker.inbox)
+        case "follow":
+            return encode(Following(await follow(history, asker, _follow.decode(data))))
+        case "unfollow":
+            await unfollow(history, asker, _unfollow.decode(data))
+            return b""
+        case _:
+            return encode(SetAsideDone(await set_aside(history, asker, _set_aside.decode(data))))
+
+
+def _refused(field: str, message: str, status: int = 400, code: str = "VALIDATION_ERROR") -> ServiceError:
+    return ServiceError(status, ErrorBody(code, message, field))
+
+
+def _filters_problem(asker: Asker, ask: Follow) -> str | None:
+    if not 1 <= len(ask.subjects) <= MAX_FILTERS:
+        return f"give 1 to {MAX_FILTERS} filter subjects"
+    if ask.stream == subjects.STREAM_DEADLETTER:
+        own = f"{subjects.EVENT_RETRY_REQUESTED}.{asker.name}"
+        return None if ask.subjects == [own] else f"on {subjects.STREAM_DEADLETTER} only your own retries: [{own!r}]"
+    tenant = subjects.subject_token(asker.tenant) if asker.tenant else None
+    for filter_subject in ask.subjects:
+        whole = filter_subject == f"{subjects.LOG_PREFIX}.>" and tenant is None
+        if not whole and not (LOG_FILTER.match(filter_subject)
+                              and (tenant is None or filter_subject.rsplit(".", 1)[1] == tenant)):
+            scope = f"ending in your tenant, {tenant}" if tenant else f"or {subjects.LOG_PREFIX}.>"
+            return (f"{filter_subject[:120]!r} is not a LOG filter you may follow: {subjects.LOG_PREFIX}.<type: three "
+                    f"tokens or *>.<tenant>, {scope}")
+    return None
+
+
+async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
+    """Make the consumer a `Follow` asks for, delivering under the asker's inbox; its name."""
+    if ask.stream not in (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER):
+        raise _refused("stream", f"follow {subjects.STREAM_LOG} or {subjects.STREAM_DEADLETTER}")
+    if not 1 <= ask.sequence < 2**63:
+        raise _refused("sequence", "sequence must be a stream sequence, 1 or more")
+    if not (0.5 <= ask.heartbeat_s <= 60):
+        raise _refused("heartbeat_s", "heartbeat_s must be 0.5 to 60")
+    if not (ask.deliver_to.startswith(asker.inbox) and SUBJECT_CHARS.match(ask.deliver_to)
+            and len(ask.deliver_to) <= 256):
+        raise _refused("deliver_to", f"deliver_to must be a subject under your inbox, {asker.inbox}, without "
+                                     "wildcards")
+    problem = _filters_problem(asker, ask)
+    if problem:
+        raise _refused("subjects", problem)
+    held = [name for name in await _consumer_names(history, ask.stream) if name.startswith(asker.consumer_prefix)]
+    if len(held) >= MAX_FOLLOWS:
+        raise _refused("stream", f"user {asker.user} follows {ask.stream} {len(held)} times already (at most "
+                                 f"{MAX_FOLLOWS}); unfollow one, or wait {INACTIVE_S:.0f} s for one whose inbox "
+                                 "went quiet to go", 429, "TOO_MANY_CONSUMERS")
+    name = f"{asker.consumer_prefix}{uuid.uuid4().hex[:12]}"
+    one = ask.subjects[0] if len(ask.subjects) == 1 else None
+    config = ConsumerConfig(
+        name=name, deliver_subject=ask.deliver_to, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=ask.sequence, filter_subject=one, filter_subjects=None if one else list(ask.subjects),
+        ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False, idle_heartbeat=ask.heartbeat_s,
+        mem_storage=True, num_replicas=1, inactive_threshold=INACTIVE_S,
+    )
+    await history.nc.jetstream(timeout=5).add_consumer(ask.stream, config)
+    log.info("door.followed", user=asker.user, subscriber=asker.name, stream=ask.stream, consumer=name,
+             sequence=ask.sequence, filters=len(ask.subjects))
+    return name
+
+
+async def unfollow(history: pages.History, asker: Asker, ask: Unfollow) -> None:
+    if ask.stream not in (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER):
+        raise _refused("stream", f"unfollow {subjects.STREAM_LOG} or {subjects.STREAM_DEADLETTER}")
+    if not ask.consumer.startswith(asker.consumer_prefix) or not USER.match(ask.consumer[len(asker.consumer_prefix):]):
+        raise _refused("consumer", "not a consumer of yours", 403, "FORBIDDEN")
+    try:
+        await history.nc.jetstream(timeout=5).delete_consumer(ask.stream, ask.consumer)
+    except Exception as exc:  # noqa: BLE001 — gone already (its inbox went quiet) is what was asked
+        if "not found" not in str(exc).lower():
+            raise
+
+
+async def set_aside(history: pages.History, asker: Asker, ask: SetAside) -> int:
+    """Store the asker's dead letter on DEADLETTER, once per message id; its sequence."""
+    if subjects.subject_token(ask.letter.consumer) != asker.name:
+        raise _refused("letter.consumer", "a dead letter of your own name only", 403, "FORBIDDEN")
+    if not ask.msg_id.startswith(f"{ask.letter.consumer}:") or len(ask.msg_id) > 512:
+        raise _refused("msg_id", "msg_id must start with the letter's consumer and a colon (at most 512 characters)")
+    ack = await history.nc.jetstream(timeout=5).publish(subject_of(ask.letter), encode(ask.letter),
+                                                        headers={subjects.MSG_ID_HEADER: ask.msg_id})
+    return ack.seq
+
+
+async def _consumer_names(history: pages.History, stream: str) -> list[str]:
+    """Every consumer's name on a stream, page by page."""
+    names: list[str] = []
+    while True:
+        msg = await history.nc.request(f"$JS.API.CONSUMER.NAMES.{stream}", json.dumps({"offset": len(names)}).encode(),
+                                       timeout=5)
+        body = msgspec.json.decode(msg.data)
+        if "error" in body:
+            raise RuntimeError(f"listing {stream}'s consumers: {body['error'].get('description', body['error'])}")
+        found = body.get("consumers") or []
+        names += found
+        if not found or len(names) >= body.get("total", 0):
+            return names
