@@ -17,7 +17,7 @@ and on the way out of every call; here the request is parsed where the app runs,
   returns), `client_disconnect()`; WebSocket upgrades (`proto.accept()`, `receive()`,
   `send_bytes`/`send_str`, `close(code)`: an HTTP status before the accept, a close frame's code after);
 - what it refuses, then closes: a malformed request line or header (400; a target with a byte that is not
-  ASCII in its query or not UTF-8 in its path too), a head over `max_head_bytes` (431), conflicting or malformed
+  ASCII in its query or not UTF-8 in its path too; a Host line given twice, or one that is no host and port), a head over `max_head_bytes` (431), conflicting or malformed
   framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
   trailer RFC 9112 does not allow, a body in more than `max_body_chunks` chunks), a transfer coding other than
   chunked (501), an HTTP version other than 1.x (505), a WebSocket handshake it cannot accept (426 for another
@@ -74,6 +74,8 @@ SHED_LOG_EVERY_S = 10.0           # connections closed or refused at the limit: 
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # a token (RFC 9110 5.6.2)
+# RFC 9112 3.2: a Host value is `uri-host [":" port]` (RFC 3986: a name, an IPv4 address, or an IP literal in [])
+_HOST = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=]*(?::[0-9]*)?|\[[0-9A-Fa-f:.vV\-._~!$&'()*+,;=]+\](?::[0-9]*)?")
 _METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"))
 
 
@@ -366,6 +368,10 @@ class Connection(asyncio.Protocol):
                     raise _Refused(400, "malformed header line")
                 pairs.append((name.lower(), value.strip(" \t")))
         headers = Headers(pairs)
+        host = headers.get("host")
+        if host is not None and (not _HOST.fullmatch(host) or len(headers) != len(pairs)
+                                 and len(headers.get_all("host")) > 1):
+            raise _Refused(400, "malformed or repeated Host")            # RFC 9112 3.2
         connection = headers.get("connection", "").lower()
         if len(headers) != len(pairs) and "connection" in headers:     # RFC 9110 5.3: repeated lines are one list
             connection = ", ".join(headers.get_all("connection")).lower()

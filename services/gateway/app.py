@@ -99,8 +99,8 @@ def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Resp
     if exc.status_code != 400 or errors.shape_for(request.url.path) != "plain":
         return _http_error(request, exc)
     details = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
-    if not details:
-        body = ErrorBody("INVALID_JSON", str(exc.detail))
+    if not details:      # the framework's own refusal of a Host (served by granian) is no body's fault
+        body = ErrorBody("INVALID_HOST" if exc.detail == "Invalid host header" else "INVALID_JSON", str(exc.detail))
     else:
         problems = [Problem(_body_field(e), str(e.get("message", ""))) for e in details]
         body = ErrorBody("VALIDATION_ERROR", problems[0].message, problems[0].path or None, problems)

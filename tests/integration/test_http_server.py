@@ -281,6 +281,11 @@ async def test_chunked_body_is_joined(served) -> None:
     # lines ended by a bare LF: refused at once, not left to the head's 30 s timer
     (b"GET / HTTP/1.1\nhost: x\n\n", 400),
     (b"GET / HTTP/1.1\r\nhost: x\n\r\n", 400),
+    # RFC 9112 3.2: a Host that is no host (the framework behind refused it on some routes only, as a body error)
+    (b"GET / HTTP/1.1\r\nhost: a b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: a/b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: [::1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n", 400),
 ])
 async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int) -> None:
     _, _, port = served
@@ -393,7 +398,8 @@ async def test_a_request_target_that_is_not_ascii_is_400(served, target: bytes) 
     b"POST /v1/messages?x=1 HTTP/1.1\r\nx-a: nul\x00byte\r\n\r\n",
     b"POST /v1/messages HTTP/1.1\r\nx-big: " + b"a" * (http_server.MAX_HEAD_BYTES + 10),
     b"POST /v1/messages HTTP/1.1\r\nx-big: " + b"a" * (http_server.MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
-], ids=["bad-line", "nul", "431-unended", "431-ended"])
+    b"POST /v1/messages HTTP/1.1\r\nhost: exa\x01mple\r\n\r\n",
+], ids=["bad-line", "nul", "431-unended", "431-ended", "bad-host"])
 async def test_a_refused_head_is_answered_in_the_shape_of_its_path(served, head: bytes) -> None:
     """Anthropic's door answers errors in its own shape: a refusal of the headers, after the path was read, said
     `{"error": ...}` in OpenAI's."""
