@@ -27,8 +27,8 @@ and on the way out of every call; here the request is parsed where the app runs,
   for `keep_alive_s` between requests, a client that has read none of the output waiting for it for
   `send_timeout_s` (dropped, with that output; the app's send fails);
 - how many connections it holds: at most `max_connections` (default: `default_max_connections()`). One more
-  closes the connection idle longest (between requests, or still sending a request head; else one whose
-  request's body has not begun within `body_start_s`) to make room, and is answered 503 only when every
+  closes the connection idle longest (between requests, or still sending a request head; else the one waiting
+  longest for its request's body to begin, if it waited `body_start_s`: by default any) to make room, and is answered 503 only when every
   connection has a request in flight: clients that open connections and hold them cannot take the process's
   open files, which its upstream calls need too.
 
@@ -64,7 +64,10 @@ SEND_TIMEOUT_S = 60.0             # output written and not read by the client, w
 SEND_LOOKS = 4                    # ... is looked at this many times per SEND_TIMEOUT_S
 GRACE_S = 5.0                     # at stop: how long requests in flight may take to finish
 MAX_CONNECTIONS = 10_000          # client connections held at once, unless the open-file limit allows fewer
-BODY_START_S = 5.0                # at the connection limit, a request whose body has not begun this long is closed
+# at the connection limit, the request waiting longest for its body to begin is closed if it waited this long: none
+# (a grace let heads sent faster than it lapses, 4,000 a second from one client, keep every caller out for good;
+# a caller's body begins within a round trip, and the one waiting longest is a flood's oldest)
+BODY_START_S = 0.0
 MIN_BODY_CHUNKS = 4096            # a request body may come in this many chunks, or more with a larger body limit,
 BYTES_PER_CHUNK = 4               # ... one per this many bytes of the app's `max_body_bytes`: a JSON encoder streamed
                                   # token by token (iterencode into httpx) sends about one chunk per 4 bytes, and at

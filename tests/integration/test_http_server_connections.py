@@ -161,6 +161,29 @@ async def test_a_connection_whose_body_never_begins_is_closed_for_room() -> None
             writer.close()
 
 
+async def test_heads_without_bodies_sent_faster_than_any_grace_keep_no_caller_out() -> None:
+    """With 5 s of grace for a body to begin, 10,500 such heads sent in 2.4 s answered every new caller 503 until
+    the oldest was 5 s old, and a flood that kept coming kept everyone out. The one waiting longest goes at once."""
+    app = App()
+    async with serving(app, grace_s=1.0, max_connections=LIMIT) as (server, port):
+        held = [await _open(port) for _ in range(LIMIT)]
+        for _reader, writer in held:
+            writer.write(b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+            await writer.drain()
+        await wait_for(lambda: len(server.connections) == LIMIT and all(conn.request for conn in server.connections),
+                       timeout_s=10)
+        for round_ in range(3):                       # the flood goes on: each caller still gets in
+            newcomer = await _open(port)
+            assert await _get(*newcomer, f"/new{round_}") == (200, b'{"path": "/new%d"}' % round_)
+            newcomer[1].close()
+            again = await _open(port)
+            again[1].write(b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+            held.append(again)
+        assert await _closed_by_server(held[0][0]), "the one waiting longest for its body was closed"
+        for _reader, writer in held:
+            writer.close()
+
+
 async def test_a_body_that_has_begun_keeps_its_connection_at_the_limit(served) -> None:
     app, _, port = served
     held = [await _open(port) for _ in range(LIMIT)]
