@@ -8,7 +8,9 @@ is counted in the periods holding the moment it finished, in the tenant's zone.
 A tenant's removal ends its counters: usage folded before it is dropped, and usage of a call
 that finishes while the tenant is gone, or that began before the tenant was created again (a call
 of the removed tenant whose usage reached the log late), counts nowhere, so a tenant created again
-under the same id starts from nothing, however often the log is folded from position 0.
+under the same id starts from nothing, however often the log is folded from position 0. A model's
+removal ends every tenant's figures of that model the same way (the tenants' own totals keep its
+calls): a model registered again under the id starts from nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import NamedTuple
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts import subjects as s
-from switchyard_gateway.contracts.events import Event, TenantCreated, TenantRemoved, UsageRecorded
+from switchyard_gateway.contracts.events import (
+    Event, ModelRegistered, ModelRemoved, TenantCreated, TenantRemoved, UsageRecorded,
+)
 from switchyard_gateway.quotas.limits import LimitsBook
-from switchyard_gateway.quotas.periods import PERIODS, Keys, field, usd_nanos, zone
+from switchyard_gateway.quotas.periods import PERIODS, Keys, field, model_token, usd_nanos, zone
 
 # what the fold reads: usage, limits (time zones), and the registry events that set prices and names
 LEDGER_TYPES = frozenset({
@@ -59,6 +63,8 @@ class Ledger:
         self.limits = LimitsBook()
         self.gone: set[str] = set()       # tenants removed and not created since: their usage counts nowhere
         self.again: dict[str, datetime] = {}      # tenant created again after a removal -> when
+        self.models_gone: set[str] = set()          # models removed and not registered since
+        self.models_again: dict[str, datetime] = {}     # model registered again after a removal -> when
 
     def apply(self, event: Event) -> None:
         self.catalog.apply(event)
@@ -69,6 +75,11 @@ class Ledger:
             case TenantCreated(tenant_id=tenant) if tenant in self.gone:
                 self.gone.discard(tenant)
                 self.again[tenant] = event.occurred_at
+            case ModelRemoved(model_id=model):
+                self.models_gone.add(model)
+            case ModelRegistered(model_id=model) if model in self.models_gone:
+                self.models_gone.discard(model)
+                self.models_again[model] = event.occurred_at
 
     def counts(self, event: UsageRecorded) -> bool:
         """Whether a call's usage counts toward its tenant: not while the tenant is gone, nor for a call that began
@@ -77,6 +88,14 @@ class Ledger:
         if tenant in self.gone:
             return False
         again = self.again.get(tenant)
+        return again is None or event.occurred_at - timedelta(milliseconds=event.duration_ms) >= again
+
+    def counts_for_model(self, model: str, event: UsageRecorded) -> bool:
+        """Whether a call's usage counts in its tenant's figures of the model that served it: not while the model
+        is gone, nor for a call that began before the model was registered again (the removed model's)."""
+        if model in self.models_gone:
+            return False
+        again = self.models_again.get(model)
         return again is None or event.occurred_at - timedelta(milliseconds=event.duration_ms) >= again
 
     def price(self, tenant_id: str, model_id: str) -> tuple[float, float, float | None]:
@@ -111,11 +130,12 @@ class Ledger:
         tz = zone(self.limits.timezone(event.tenant_id))
         measures = (("tok", tokens), ("in", event.input_tokens), ("out", event.output_tokens),
                     ("cin", event.cached_tokens), ("req", requests), ("usd", nanos))
+        per_model = self.counts_for_model(model, event)
         for period in PERIODS:
             key, _, expire = self.keys.period_counter(event.tenant_id, period, event.occurred_at, tz)
             for measure, value in measures:
                 if value:
-                    for name in (field(measure), field(measure, model)):
+                    for name in (field(measure), field(measure, model)) if per_model else (field(measure),):
                         slot = totals.get((key, name))
                         if slot is None:
                             totals[(key, name)] = [value, expire]
@@ -124,10 +144,11 @@ class Ledger:
         return Settlement(hold_name(event.request_id, event.event_id), tokens, requests, nanos)
 
     def fold(self, events: Iterable[Event], totals: dict[CounterKey, list[int]],
-             removed: set[str] | None = None) -> list[Settlement]:
+             removed: set[str] | None = None, removed_models: set[str] | None = None) -> list[Settlement]:
         """Fold events in order: ledger events change prices and zones, usage events add to `totals`. A tenant's
         removal drops what `totals` holds of it and names it in `removed` (its counters, already stored, end
-        there too); a gone tenant's calls settle their holds and count nowhere."""
+        there too); a gone tenant's calls settle their holds and count nowhere. A model's removal drops every
+        tenant's fields of it from `totals` and names it in `removed_models`."""
         settled = []
         for event in events:
             if isinstance(event, UsageRecorded):
@@ -140,4 +161,15 @@ class Ledger:
                         del totals[counter]
                     if removed is not None:
                         removed.add(event.tenant_id)
+                elif isinstance(event, ModelRemoved):
+                    suffix = model_suffix(event.model_id)
+                    for counter in [counter for counter in totals if counter[1].endswith(suffix)]:
+                        del totals[counter]
+                    if removed_models is not None:
+                        removed_models.add(event.model_id)
         return settled
+
+
+def model_suffix(model_id: str) -> str:
+    """How every counter field of a model ends (`tok@llama3.2`, `req#sy_1a2b@llama3.2`)."""
+    return f"@{model_token(model_id)}"

@@ -89,6 +89,10 @@ class Keys:
         self._periods[(tenant_id, period, tz.key)] = (start.timestamp(), end.timestamp(), found)
         return found
 
+    def counter_prefixes(self) -> tuple[str, str]:
+        """The start of every tenant's counter keys: period counters' and rate windows'."""
+        return f"{self.prefix}c:", f"{self.prefix}r:"
+
     def tenant_prefixes(self, tenant_id: str) -> tuple[str, str]:
         """The start of every key of a tenant's counters: its period counters' and its rate windows'."""
         return f"{self.prefix}c:{tenant_id}:", f"{self.prefix}r:{tenant_id}:"

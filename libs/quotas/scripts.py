@@ -101,9 +101,12 @@ end
 APPLY = _SETTLE + """
 -- KEYS: checkpoint, rebuilding flag, holds zset, hold data hash
 -- ARGV: from position, to position, settlements S, S x (hold name, tokens, requests, nanos),
---       P, P key prefixes of removed tenants, K, K keys of theirs, then deltas x (key, field, delta, expire_at)
+--       P, P key prefixes of removed tenants, K, K keys of theirs,
+--       M, M field suffixes of removed models, C, C counter keys that may hold such fields,
+--       then deltas x (key, field, delta, expire_at)
 -- A removed tenant's holds are dropped (a call of it settling later refunds nothing) and its keys deleted
--- before the deltas are added: the deltas then hold only usage of the tenant created again after it.
+-- before the deltas are added: the deltas then hold only usage of the tenant created again after it. A removed
+-- model's fields are deleted from every counter and its entries from every hold, the same way.
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2, 0} end
 local at = tonumber(redis.call('GET', KEYS[1]) or '0')
 if at ~= tonumber(ARGV[1]) then return {0, at} end
@@ -138,6 +141,39 @@ d = d + 1 + p
 local k = tonumber(ARGV[d])
 for i = d + 1, d + k do redis.call('DEL', ARGV[i]) end
 d = d + 1 + k
+local m = tonumber(ARGV[d])
+local function ended_field(fld)
+  for i = d + 1, d + m do
+    local suffix = ARGV[i]
+    if #fld >= #suffix and string.sub(fld, -#suffix) == suffix then return true end
+  end
+  return false
+end
+if m > 0 then
+  local all = redis.call('HGETALL', KEYS[4])
+  for j = 1, #all, 2 do
+    local kept, changed = {}, false
+    for line in string.gmatch(all[j + 1], '[^\\n]*\\n') do
+      local fld = string.match(line, '^[^\\t]*\\t([^\\t]*)\\t')
+      if fld and ended_field(fld) then changed = true else kept[#kept + 1] = line end
+    end
+    if changed then
+      if #kept == 0 then
+        redis.call('HDEL', KEYS[4], all[j])
+        redis.call('ZREM', KEYS[3], all[j])
+      else
+        redis.call('HSET', KEYS[4], all[j], table.concat(kept))
+      end
+    end
+  end
+end
+local c = tonumber(ARGV[d + 1 + m])
+for i = d + 2 + m, d + 1 + m + c do
+  for _, fld in ipairs(redis.call('HKEYS', ARGV[i])) do
+    if ended_field(fld) then redis.call('HDEL', ARGV[i], fld) end
+  end
+end
+d = d + 2 + m + c
 while d <= #ARGV do
   redis.call('HINCRBY', ARGV[d], ARGV[d + 1], ARGV[d + 2])
   redis.call('EXPIREAT', ARGV[d], ARGV[d + 3])

@@ -7,7 +7,8 @@ all at once and only if the checkpoint is still where the batch starts (so repli
 batch twice). `events.LogFollower` drives it by push; `ValkeyLead` lets one quota replica at a time
 follow; a batch holding a tenant's or a model's removal is told to `on_removal` (the limits store then clears
 the limits it voided), whether or not it gets applied; a tenant's removal also ends its counters, rate windows
-and holds in the batch's script, so a tenant created again under its id counts from nothing. `rebuild` (what `switchyard replay quota` runs)
+and holds in the batch's script, so a tenant created again under its id counts from nothing, and a model's ends
+every tenant's fields of it (and the holds' entries for them), so a model registered again counts from nothing. `rebuild` (what `switchyard replay quota` runs)
 recomputes every counter from position 0 and swaps them in atomically, keeping the reservations still in
 flight.
 """
@@ -26,7 +27,9 @@ from switchyard_gateway.events import Busy
 from switchyard_gateway.events.rebuild import Progress, count_upto, replay_log
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.eventlog import Positioned
-from switchyard_gateway.quotas.ledger import LEDGER_TYPES, PROJECTION_TYPES, CounterKey, Ledger, Settlement
+from switchyard_gateway.quotas.ledger import (
+    LEDGER_TYPES, PROJECTION_TYPES, CounterKey, Ledger, Settlement, model_suffix,
+)
 from switchyard_gateway.quotas.periods import Keys
 from switchyard_gateway.quotas.scripts import APPLY_SCRIPT, LEAD_SCRIPT, REBUILD_SCRIPT
 from switchyard_gateway.resp import Valkey
@@ -54,11 +57,13 @@ async def load_ledger(conn: asyncpg.Connection, keys: Keys, upto: int) -> Ledger
 
 
 def apply_args(start: int, end: int, settled: list[Settlement], totals: dict[CounterKey, list[int]],
-               ended: Sequence[str] = (), ended_keys: Sequence[str] = ()) -> list[Any]:
+               ended: Sequence[str] = (), ended_keys: Sequence[str] = (), model_suffixes: Sequence[str] = (),
+               model_keys: Sequence[str] = ()) -> list[Any]:
     args: list[Any] = [start, end, len(settled)]
     for s in settled:
         args += (s.hold, s.tokens, s.requests, s.nanos)
     args += (len(ended), *ended, len(ended_keys), *ended_keys)
+    args += (len(model_suffixes), *model_suffixes, len(model_keys), *model_keys)
     for (key, name), (value, expire) in totals.items():
         args += (key, name, value, expire)
     return args
@@ -88,14 +93,18 @@ class Counters:
             self._ledger_at = after
         totals: dict[CounterKey, list[int]] = {}
         removed: set[str] = set()
-        settled = self.ledger.fold([event for _, event in batch], totals, removed)
+        removed_models: set[str] = set()
+        settled = self.ledger.fold([event for _, event in batch], totals, removed, removed_models)
         end = batch[-1][0]
         self._ledger_at = -1          # folded past `after`: valid again only once the script agrees
         ended = [prefix for tenant in sorted(removed) for prefix in self.keys.tenant_prefixes(tenant)]
         ended_keys = [key for prefix in ended async for key in self.valkey.scan(glob_escape(prefix) + "*")]
+        suffixes = [model_suffix(model) for model in sorted(removed_models)]
+        model_keys = [key for prefix in self.keys.counter_prefixes() if suffixes
+                      async for key in self.valkey.scan(glob_escape(prefix) + "*")]
         keys = (self.keys.checkpoint, self.keys.rebuilding, self.keys.holds, self.keys.hold_data)
-        done, _at = await APPLY_SCRIPT.run(self.valkey, keys,
-                                           apply_args(after, end, settled, totals, ended, ended_keys))
+        done, _at = await APPLY_SCRIPT.run(self.valkey, keys, apply_args(after, end, settled, totals, ended,
+                                                                         ended_keys, suffixes, model_keys))
         if done == 2:
             raise Busy("a rebuild of the quota counters is running")
         if done == 1:

@@ -270,6 +270,51 @@ async def test_a_tenant_created_again_counts_from_nothing_live_and_when_rebuilt(
     assert (await day_counter(client, keys, OTHER))["tok"] == 10
 
 
+async def test_a_model_registered_again_counts_from_nothing_in_every_tenants_figures(urls, keys, client, valkey,
+                                                                                       pool) -> None:
+    """A removed model's figures end with its removal, in every tenant's counters and in the holds of calls still
+    running (which then refund only the tenant's own figures): a model registered again under its id showed the
+    removed one's usage in each tenant's figures of it, and a limit on it started part spent. The tenants' own
+    totals keep every call; live and rebuilt from position 0 agree."""
+    from switchyard_gateway.contracts.events import ModelRemoved
+    from switchyard_gateway.services.quota.counters import rebuild
+
+    limits = [LimitsSet(tenant_id=TENANT, limits=Limits(daily_tokens=100_000)),
+              LimitsSet(tenant_id=TENANT, model_id="llama3.2", limits=Limits(daily_tokens=50_000))]
+    quota = quota_client(urls, keys, limits)
+    await record(pool, [*registry_events(), *limits, usage("old1", 500, 500), usage("m1", 5, 5, model="mini"),
+                        usage("o1", 9, 1, tenant=OTHER)])
+    projection = counters(pool, valkey, keys)
+    await projection.step()
+    day = await day_counter(client, keys)
+    assert (day["tok"], day["tok@llama3.2"], day["tok@mini"]) == (1010, 1000, 10)
+    running = await quota.reserve(hold=hold("old2"), key=KEY, model=CHAT, ask=body(100))   # in flight at removal
+    assert running is not None
+    assert (await day_counter(client, keys))["tok@llama3.2"] == 1000 + PROMPT + 100
+    await record(pool, [ModelRemoved(model_id="llama3.2")])
+    await projection.step()
+    day = await day_counter(client, keys)
+    assert not [name for name in day if name.endswith("@llama3.2")], day
+    assert (day["tok"], day["tok@mini"]) == (1010 + PROMPT + 100, 10)      # the call in flight still holds its tokens
+    assert not [n for n in await day_counter(client, keys, OTHER) if n.endswith("@llama3.2")]
+    [kept] = await client.hvals(keys.hold_data)
+    assert b"@llama3.2" not in kept and await client.zcard(keys.holds) == 1
+    await record(pool, [usage("old2", 40, 40)])          # it finishes while the model is gone: the tenant's alone
+    await projection.step()
+    day = await day_counter(client, keys)
+    assert day["tok"] == 1090 and not [name for name in day if name.endswith("@llama3.2")], day
+    assert all(value >= 0 for value in day.values()), day
+    again = ModelRegistered(model_id="llama3.2", input_price_per_1m=2.0, output_price_per_1m=4.0)
+    await record(pool, [again, usage("new1", 3, 4)])      # registered again: counts only its own calls
+    await projection.step()
+    live = await day_counter(client, keys)
+    assert (live["tok"], live.get("tok@llama3.2"), live.get("req@llama3.2")) == (1097, 7, 1), live
+    assert (await day_counter(client, keys, OTHER))["tok"] == 10
+    await client.delete(*[k async for k in client.scan_iter(match=f"{keys.prefix}c:*")])
+    await rebuild(pool, valkey, keys)
+    assert await day_counter(client, keys) == live
+
+
 async def test_failed_call_settles_to_zero(urls, keys, client, valkey, pool) -> None:
     limits = LimitsSet(tenant_id=TENANT, limits=Limits(monthly_requests=5, daily_tokens=1000))
     quota = quota_client(urls, keys, [limits])
