@@ -141,17 +141,26 @@ async def test_a_flood_of_idle_connections_leaves_the_server_serving(served) -> 
         writer.close()
 
 
+BODILESS = b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"     # a body that never comes
+
+
+async def _fill_with_bodiless_heads(server, port: int) -> list:
+    """LIMIT connections, each holding a head whose body never comes, all of them in the server's hands."""
+    held = [await _open(port) for _ in range(LIMIT)]
+    for _reader, writer in held:
+        writer.write(BODILESS)
+        await writer.drain()
+    await wait_for(lambda: len(server.connections) == LIMIT and all(conn.request for conn in server.connections),
+                   timeout_s=10)
+    return held
+
+
 async def test_a_connection_whose_body_never_begins_is_closed_for_room() -> None:
     """Heads promising a 100-byte body that never comes counted as requests in flight: 10,100 of them locked every
     client out for the body timeout (60 s). Past `body_start_s` with no byte of its body, one is closed for room."""
     app = App()
     async with serving(app, grace_s=1.0, max_connections=LIMIT, body_start_s=0.2) as (server, port):
-        held = [await _open(port) for _ in range(LIMIT)]
-        for _reader, writer in held:
-            writer.write(b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
-            await writer.drain()
-        await wait_for(lambda: len(server.connections) == LIMIT and all(conn.request for conn in server.connections),
-                       timeout_s=10)
+        held = await _fill_with_bodiless_heads(server, port)
         await asyncio.sleep(0.3)                                            # past body_start_s
         newcomer = await _open(port)
         assert await _get(*newcomer, "/new") == (200, b'{"path": "/new"}')
@@ -166,18 +175,13 @@ async def test_heads_without_bodies_sent_faster_than_any_grace_keep_no_caller_ou
     the oldest was 5 s old, and a flood that kept coming kept everyone out. The one waiting longest goes at once."""
     app = App()
     async with serving(app, grace_s=1.0, max_connections=LIMIT) as (server, port):
-        held = [await _open(port) for _ in range(LIMIT)]
-        for _reader, writer in held:
-            writer.write(b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
-            await writer.drain()
-        await wait_for(lambda: len(server.connections) == LIMIT and all(conn.request for conn in server.connections),
-                       timeout_s=10)
+        held = await _fill_with_bodiless_heads(server, port)
         for round_ in range(3):                       # the flood goes on: each caller still gets in
             newcomer = await _open(port)
             assert await _get(*newcomer, f"/new{round_}") == (200, b'{"path": "/new%d"}' % round_)
             newcomer[1].close()
             again = await _open(port)
-            again[1].write(b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+            again[1].write(BODILESS)
             held.append(again)
         assert await _closed_by_server(held[0][0]), "the one waiting longest for its body was closed"
         for _reader, writer in held:
