@@ -927,49 +927,49 @@ async def test_an_error_inside_a_stream_reaches_the_client_once_and_the_call_is_
     upstream's error and then the gateway's cut event (two errors), the log said `stream_cut`, and with `[DONE]`
     after the error the call was recorded as ok. A chunk a translating door cannot read was dropped without a
     word (its text lost, the answer ending as if whole); it ends the stream with an error now."""
-    model, endpoint_id = f"{lab.model}-failing", f"failing-{lab.tag}-{uuid.uuid4().hex[:4]}"
-    async with FailingMidStream(model, then_done, failing) as upstream:
-        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
-        registered = await lab.admin("POST", "/endpoints", {
-            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": upstream.url,
-            "models": [model], "priority": 50, "timeout_s": 30})
-        assert registered.status_code == 201, registered.text
-        try:
-            request_id = f"failing-{uuid.uuid4().hex}"
-            body: dict[str, Any] = {"model": model, "stream": True,
-                                    "messages": [{"role": "user", "content": "route me well"}]}
-            if door == "/v1/messages":
-                body["max_tokens"] = 20
-            reply = await served(lab, door, body, request_id)
-            assert reply.status_code == 200, reply.text[:300]
-            assert reply.text.count(said) == 1, reply.text
-            assert "cut" not in reply.text, reply.text
-            if door == "/v1/messages":
-                assert reply.text.count("event: error") == 1 and "message_stop" not in reply.text
-            usage = await exactly_one_usage_row(lab.demo, request_id)
-            assert usage["outcome"] == "error" and usage["output_tokens"] >= 1, usage
-        finally:
-            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    model = f"{lab.model}-failing"
+    async with FailingMidStream(model, then_done, failing) as upstream, \
+            only_endpoint(lab, model, "failing", upstream.url):
+        request_id = f"failing-{uuid.uuid4().hex}"
+        body: dict[str, Any] = {"model": model, "stream": True,
+                                "messages": [{"role": "user", "content": "route me well"}]}
+        if door == "/v1/messages":
+            body["max_tokens"] = 20
+        reply = await served(lab, door, body, request_id)
+        assert reply.status_code == 200, reply.text[:300]
+        assert reply.text.count(said) == 1, reply.text
+        assert "cut" not in reply.text, reply.text
+        if door == "/v1/messages":
+            assert reply.text.count("event: error") == 1 and "message_stop" not in reply.text
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["outcome"] == "error" and usage["output_tokens"] >= 1, usage
     logs = (lab.demo.data_dir / "logs" / "gateway.log").read_text().splitlines()
     assert [line for line in logs if request_id in line and "upstream.stream_error" in line], \
         "the upstream's error is logged as such"
 
 
 @asynccontextmanager
+async def only_endpoint(lab: Lab, model: str, name: str, url: str) -> AsyncIterator[str]:
+    """The upstream at `url` registered as the only endpoint of `model` (removed afterwards); yields the model."""
+    endpoint_id = f"{name}-{lab.tag}-{uuid.uuid4().hex[:4]}"
+    assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
+    registered = await lab.admin("POST", "/endpoints", {
+        "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": url,
+        "models": [model], "priority": 50, "timeout_s": 30})
+    assert registered.status_code == 201, registered.text
+    try:
+        yield model
+    finally:
+        await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+
+
+@asynccontextmanager
 async def lying_endpoint(lab: Lab, name: str, usage: dict, stream_usage: dict | None) -> AsyncIterator[str]:
     """A LyingCounts upstream serving model `<lab model>-<name>`, the only endpoint of it (removed afterwards);
     yields the model."""
-    model, endpoint_id = f"{lab.model}-{name}", f"{name}-{lab.tag}-{uuid.uuid4().hex[:4]}"
-    async with LyingCounts(model, usage, stream_usage) as upstream:
-        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
-        registered = await lab.admin("POST", "/endpoints", {
-            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": upstream.url,
-            "models": [model], "priority": 50, "timeout_s": 30})
-        assert registered.status_code == 201, registered.text
-        try:
-            yield model
-        finally:
-            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    model = f"{lab.model}-{name}"
+    async with LyingCounts(model, usage, stream_usage) as upstream, only_endpoint(lab, model, name, upstream.url):
+        yield model
 
 
 async def served(lab: Lab, path: str, body: dict[str, Any], request_id: str) -> httpx.Response:
@@ -1123,24 +1123,16 @@ class UnreadableAnswers(RawUpstream):
 async def test_an_answer_no_translation_can_read_fails_and_charges_nothing(lab: Lab, door: str) -> None:
     """A whole answer the door could not translate failed the call (502, the endpoint's failure) but charged its
     tenant the upstream's counts: a failed call settles to zero."""
-    model, endpoint_id = f"{lab.model}-unreadable", f"unreadable-{lab.tag}-{uuid.uuid4().hex[:4]}"
-    async with UnreadableAnswers(model) as upstream:
-        assert (await lab.admin("POST", "/models", {"model_id": model})).status_code in (201, 409)
-        registered = await lab.admin("POST", "/endpoints", {
-            "endpoint_id": endpoint_id, "provider_id": lab.ids["provider"], "base_url": upstream.url,
-            "models": [model], "priority": 50, "timeout_s": 30})
-        assert registered.status_code == 201, registered.text
-        try:
-            request_id = f"unreadable-{uuid.uuid4().hex}"
-            body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "route me well"}]}
-            body.update({"max_tokens": 20} if door == "/v1/messages" else {"stream": False})
-            reply = await served(lab, door, body, request_id)
-            assert reply.status_code == 502, reply.text[:300]
-            usage = await exactly_one_usage_row(lab.demo, request_id)
-            assert usage["outcome"] == "error" and usage["status"] == 502, usage
-            assert (usage["input_tokens"], usage["output_tokens"]) == (0, 0), usage
-        finally:
-            await lab.admin("DELETE", f"/endpoints/{endpoint_id}")
+    model = f"{lab.model}-unreadable"
+    async with UnreadableAnswers(model) as upstream, only_endpoint(lab, model, "unreadable", upstream.url):
+        request_id = f"unreadable-{uuid.uuid4().hex}"
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "route me well"}]}
+        body.update({"max_tokens": 20} if door == "/v1/messages" else {"stream": False})
+        reply = await served(lab, door, body, request_id)
+        assert reply.status_code == 502, reply.text[:300]
+        usage = await exactly_one_usage_row(lab.demo, request_id)
+        assert usage["outcome"] == "error" and usage["status"] == 502, usage
+        assert (usage["input_tokens"], usage["output_tokens"]) == (0, 0), usage
 
 
 @pytest.mark.parametrize("reported", [{"prompt_tokens": "7", "total_tokens": "7"}, {"prompt_tokens": -3}])
