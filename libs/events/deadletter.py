@@ -26,6 +26,7 @@ from switchyard_gateway.contracts.codec import decode_event, encode
 from switchyard_gateway.contracts.deadletters import EventDeadLettered, Stage
 from switchyard_gateway.contracts.events import Event, subject_of
 from switchyard_gateway.events.door import Door
+from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.retry import TRANSIENT
 
 log = structlog.get_logger()
@@ -62,6 +63,29 @@ def describe(exc: BaseException) -> str:
     return text if len(text) <= ERROR_MAX else text[:ERROR_MAX - 1] + "…"
 
 
+HEADROOM = 256           # bytes a letter leaves of `max_payload` (a header the server or client may add)
+
+
+def fitted(letter: EventDeadLettered, msg_id: str, max_payload: int) -> EventDeadLettered:
+    """The letter as one NATS message can carry it with its message id: whole if it fits; else its error cut to
+    ERROR_MAX characters and as much of its data as fits (said in its error). A letter larger than a message closed
+    the connection that published it (a body near the limit grows by a third in base64, and by its fields)."""
+    limit = max_payload - HEADROOM
+
+    def size(one: EventDeadLettered) -> int:
+        return natsio.message_size(encode(one), {subjects.MSG_ID_HEADER: msg_id})
+
+    if size(letter) <= limit:
+        return letter
+    error = letter.error if len(letter.error) <= ERROR_MAX else letter.error[:ERROR_MAX - 1] + "…"
+    headers = {name[:128]: value[:512] for name, value in list(letter.headers.items())[:32]}
+    bare = msgspec.structs.replace(letter, data=b"", error=error, headers=headers, subject=letter.subject[:1024])
+    room = (limit - size(bare) - 120) * 3 // 4           # base64: 4 characters for 3 bytes; 120 for the note
+    keep = max(0, min(len(letter.data), room))
+    note = f" [data cut to {keep:,} of {len(letter.data):,} bytes to fit one message]"
+    return msgspec.structs.replace(bare, data=letter.data[:keep], error=error + note)
+
+
 class DeadLetters:
     """Where one consumer sets events aside: `event.dead_lettered.v1.<consumer>` on DEADLETTER."""
 
@@ -79,6 +103,7 @@ class DeadLetters:
                                    sequence=sequence, data=data,
                                    headers={k: v for k, v in (headers or {}).items() if isinstance(v, str)})
         msg_id = f"{self.consumer}:{source}:{sequence}:{stage}:{key}"
+        letter = fitted(letter, msg_id, self.nc.max_payload)
         if self.door is not None:
             sequence = await self.door.set_aside(letter, msg_id, self.timeout_s)
         else:

@@ -81,12 +81,15 @@ class ErrorLog:
             log.warning("nats.error", error=error, **({"repeated": since} if since else {}))
 
 
-async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None) -> NATS:
+async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None,
+                  on_closed: Callable[[NATS], Awaitable[None]] | None = None) -> NATS:
     """Connect to any server of `url` (one URL or a comma-separated list: a cluster's servers), retrying
     until `timeout_s`; once connected, reconnect forever, to whichever server of the list answers.
 
     nats-py's own initial connect retries without end when the server is down,
-    so the deadline is ours.
+    so the deadline is ours. It does not reconnect after a protocol error the server closed the connection for
+    (a message over `max_payload`, say): `on_closed` is told whenever the connection is closed for good, by
+    anyone, so that a service can tell that from its own close and start again.
     """
     servers = url_list(url)
     errors = ErrorLog()
@@ -101,6 +104,10 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
     async def _on_reconnect() -> None:
         log.info("nats.reconnected")
 
+    async def _on_closed() -> None:
+        if on_closed is not None:
+            await on_closed(nc)
+
     nc = NATS()
     inbox = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}     # a user allowed its own inbox only
     try:
@@ -109,6 +116,7 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
                 servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5, **inbox,
                 max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
                 error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+                closed_cb=_on_closed,
             ),
             timeout=timeout_s,
         )
@@ -172,6 +180,9 @@ REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
 REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
                           "Requests not answered: their reply subject was not an inbox, or not the asker's own", ["service"])
 _refusals = Throttle(10.0)          # a flood of them writes a line every 10 s per service
+MAX_ERROR_BYTES = 16 * 1024          # an error answer larger is cut down (msgspec echoes the value it refused):
+MAX_ERROR_CHARS = 1000               # its message to this many characters, its problems to 20
+MAX_ERROR_HEADER_CHARS = 200         # ... and of its copy in the Nats-Service-Error header
 
 
 def _refuse_reply(service: str, subject: str, reason: str = "the reply subject is not an inbox") -> None:
@@ -190,22 +201,50 @@ SubjectHandler = Callable[[bytes, str, str], Awaitable[bytes | None]]
 
 async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
                 instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None,
-                at_once: dict[str, int] | None = None) -> object:
+                at_once: dict[str, int] | None = None,
+                reply_rules: dict[str, Callable[[str, str], str | None]] | None = None) -> object:
     """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers. Each
     copy answers `$SRV.PING` with its `instance` (replicas tell themselves apart by it) and `role` (the router's
     leader says so) in its metadata. `by_subject` handlers are given the request's subject and reply subject too.
 
     An endpoint's requests are handled one after another, each awaited before the next is read, unless `at_once`
     gives its subject a number: then up to that many are handled at once, each in a task of its own (a slow one
-    holds up no other), and one more is refused 503 `BUSY` at once."""
+    holds up no other), and one more is refused 503 `BUSY` at once.
+
+    Nothing is answered on a reply subject that is not an inbox, nor, for an endpoint `reply_rules` names, on one
+    its rule (subject asked on, reply subject) gives a reason against: checked first, before a refusal for being
+    busy. No answer is larger than one NATS message (the server closes a connection that sends one): an error's
+    message is cut to MAX_ERROR_CHARS, an answer too large becomes a 500 `ANSWER_TOO_LARGE`."""
     metadata = {key: value for key, value in (("instance", instance), ("role", role)) if value}
     service = await add_service(nc, name=name, version=version, queue_group=name, metadata=metadata)
 
-    def wrap(handler: Handler | SubjectHandler, with_subject: bool = False) -> Callable[[Request], Awaitable[None]]:
+    Rule = Callable[[str, str], str | None]
+
+    def unanswerable(req: Request, rule: Rule | None) -> str | None:
+        """Why a request gets no answer at all (its reply subject is not the asker's), else None: asked before
+        anything else, a refusal for being busy included."""
+        reply_to = req._msg.reply  # noqa: SLF001
+        if reply_to and not reply_to.startswith(REPLY_PREFIXES):
+            return "the reply subject is not an inbox"
+        return rule(req.subject, reply_to) if rule is not None and reply_to else None
+
+    async def answer(req: Request, status: int, body: ErrorBody) -> None:
+        """An error answer that always fits one message: one echoing a huge request is cut short."""
+        data = _encode(body)
+        if len(data) > MAX_ERROR_BYTES:
+            problems = [msgspec.structs.replace(p, path=p.path[:200], message=p.message[:200])
+                        for p in (body.problems or [])[:20]] or None
+            body = msgspec.structs.replace(body, message=body.message[:MAX_ERROR_CHARS] + "…",
+                                           field=(body.field or "")[:200] or None, problems=problems)
+            data = _encode(body)
+        await req.respond_error(str(status), " ".join(body.message[:MAX_ERROR_HEADER_CHARS].split()), data=data)
+
+    def wrap(handler: Handler | SubjectHandler, with_subject: bool = False,
+             rule: Rule | None = None) -> Callable[[Request], Awaitable[None]]:
         async def endpoint(req: Request) -> None:
-            reply_to = req._msg.reply  # noqa: SLF001
-            if reply_to and not reply_to.startswith(REPLY_PREFIXES):
-                _refuse_reply(name, req.subject)
+            why = unanswerable(req, rule)
+            if why is not None:
+                _refuse_reply(name, req.subject, why)
                 return
             try:
                 reply = await (handler(req.data, req.subject, req._msg.reply or "")  # type: ignore[call-arg]  # noqa: SLF001
@@ -214,33 +253,40 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                 _refuse_reply(name, req.subject, str(exc))
                 return
             except ServiceError as exc:
-                await req.respond_error(str(exc.status), exc.body.message, data=_encode(exc.body))
+                await answer(req, exc.status, exc.body)
             except msgspec.ValidationError as exc:
-                body = ErrorBody("VALIDATION_ERROR", str(exc), field_of(str(exc)))
-                await req.respond_error("400", body.message, data=_encode(body))
+                await answer(req, 400, ErrorBody("VALIDATION_ERROR", str(exc), field_of(str(exc))))
             except msgspec.DecodeError as exc:
-                body = ErrorBody("INVALID_JSON", f"Malformed JSON: {exc}")
-                await req.respond_error("400", body.message, data=_encode(body))
+                await answer(req, 400, ErrorBody("INVALID_JSON", f"Malformed JSON: {exc}"))
             except RecursionError:
-                body = ErrorBody("INVALID_JSON", "The request is nested too deeply to read")
-                await req.respond_error("400", body.message, data=_encode(body))
+                await answer(req, 400, ErrorBody("INVALID_JSON", "The request is nested too deeply to read"))
             except Exception as exc:  # noqa: BLE001 — one edge translates every failure
                 log.exception("service.handler_failed", service=name)
-                body = ErrorBody("INTERNAL", f"{type(exc).__name__} in {name}")
-                await req.respond_error("500", body.message, data=_encode(body))
+                await answer(req, 500, ErrorBody("INTERNAL", f"{type(exc).__name__} in {name}"))
             else:
-                if req._msg.reply:  # noqa: SLF001 — a page published elsewhere may have been asked without a reply
-                    await req.respond(reply or b"")
+                if not req._msg.reply:  # noqa: SLF001 — a page published elsewhere may have been asked without a reply
+                    return
+                if message_size(reply or b"") > nc.max_payload:      # the server would close the connection
+                    log.error("service.answer_too_large", service=name, subject=req.subject, size=len(reply or b""),
+                              max_payload=nc.max_payload)
+                    await answer(req, 500, ErrorBody("ANSWER_TOO_LARGE", f"the answer of {name} is larger than one "
+                                                     f"NATS message ({nc.max_payload:,} bytes); ask for less"))
+                    return
+                await req.respond(reply or b"")
         return endpoint
 
-    def concurrently(endpoint: Callable[[Request], Awaitable[None]], limit: int) -> Callable[[Request], Awaitable[None]]:
+    def concurrently(endpoint: Callable[[Request], Awaitable[None]], limit: int,
+                     rule: Rule | None = None) -> Callable[[Request], Awaitable[None]]:
         running: set[asyncio.Task[None]] = set()
 
         async def start(req: Request) -> None:
             if len(running) >= limit:
-                body = ErrorBody("BUSY", f"{name} is handling {limit} such requests already; retry shortly")
-                if req._msg.reply:  # noqa: SLF001
-                    await req.respond_error("503", body.message, data=_encode(body))
+                why = unanswerable(req, rule)
+                if why is not None:
+                    _refuse_reply(name, req.subject, why)
+                elif req._msg.reply:  # noqa: SLF001
+                    await answer(req, 503, ErrorBody("BUSY", f"{name} is handling {limit} such requests already; "
+                                                              "retry shortly"))
                 return
             task = asyncio.create_task(endpoint(req))
             running.add(task)
@@ -253,9 +299,10 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
             endpoint = concurrently(endpoint, at_once[subject])
         await service.add_endpoint(name=subject.replace(".", "-"), subject=subject, handler=endpoint)
     for subject, subject_handler in (by_subject or {}).items():
-        endpoint = wrap(subject_handler, with_subject=True)
+        rule = (reply_rules or {}).get(subject)
+        endpoint = wrap(subject_handler, with_subject=True, rule=rule)
         if at_once and subject in at_once:
-            endpoint = concurrently(endpoint, at_once[subject])
+            endpoint = concurrently(endpoint, at_once[subject], rule)
         await service.add_endpoint(name=subject.replace(".", "-").replace("*", "any").replace(">", "rest"),
                                    subject=subject, handler=endpoint)
     return service

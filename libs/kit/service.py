@@ -45,6 +45,7 @@ class Runtime(Generic[S]):
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     before_scrape: list[Callable[[], Awaitable[None]]] = field(default_factory=list)   # gauges read at scrape time
     registry: Any = REGISTRY                            # what /metrics exposes (a gateway's workers: all of them)
+    closing: bool = False                               # close_runtime began: NATS closing is ours
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run a background loop for the service's lifetime; a crash is logged and ends the process."""
@@ -71,7 +72,17 @@ Stopper = Callable[[D], Awaitable[None]]
 async def open_runtime(name: str, settings: S, *, database: bool) -> Runtime[S]:
     """Connect to NATS (streams ensured) and, if asked, PostgreSQL (migrations applied)."""
     log = logs.configure(name, settings.log_level, settings.log_json)
-    nc = await natsio.connect(settings.nats_url, f"{name}{settings.instance}", settings.connect_timeout_s)
+    opened: list[Runtime[S]] = []
+
+    async def closed(nc: NATS) -> None:
+        if opened and not opened[0].closing:
+            # not by us: the server closed it for a protocol error, and nats-py does not reconnect after one. A
+            # service without NATS is half alive: exit and let the supervisor start it again.
+            log.error("nats.closed_for_good", error=str(nc.last_error or "") or None)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    nc = await natsio.connect(settings.nats_url, f"{name}{settings.instance}", settings.connect_timeout_s,
+                              on_closed=closed)
     await natsio.ensure_streams(nc, settings.stream_replicas)
     pool = None
     if database:
@@ -80,12 +91,14 @@ async def open_runtime(name: str, settings: S, *, database: bool) -> Runtime[S]:
             applied = await eventlog.migrate(conn)
         if applied:
             log.info("migrations.applied", migrations=applied)
-    return Runtime(name=name, settings=settings, log=log, nc=nc, pool=pool)
+    opened.append(Runtime(name=name, settings=settings, log=log, nc=nc, pool=pool))
+    return opened[0]
 
 
 async def close_runtime(runtime: Runtime[Any]) -> None:
     """Stop background loops (those that do not end within DRAIN_TIMEOUT_S are named in the log and left), then
     close NATS and the pool; each in its own `finally`."""
+    runtime.closing = True
     for task in runtime.tasks:
         task.cancel()
     if runtime.tasks:
@@ -231,12 +244,13 @@ def create_service_app(
 async def serve_subscriptions(
     runtime: Runtime[Any], subscriptions: dict[str, Callable[[D, bytes], Awaitable[bytes]]], deps: D,
     by_subject: dict[str, Callable[[D, bytes, str, str], Awaitable[bytes | None]]] | None = None,
-    at_once: dict[str, int] | None = None,
+    at_once: dict[str, int] | None = None, reply_rules: dict[str, Callable[[str, str], str | None]] | None = None,
 ) -> object:
     """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the service's Deps;
     `by_subject` handlers (wildcard subjects) are given the subject asked on and the reply subject too; `at_once`
-    lets a subject's requests be handled that many at a time (`natsio.serve`)."""
+    lets a subject's requests be handled that many at a time, and `reply_rules` says on which reply subjects a
+    subject's requests may be answered at all (`natsio.serve`)."""
     bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
     routed = {subject: functools.partial(handler, deps) for subject, handler in (by_subject or {}).items()}
     return await natsio.serve(runtime.nc, runtime.name, bound, instance=runtime.settings.instance, by_subject=routed,
-                              at_once=at_once)
+                              at_once=at_once, reply_rules=reply_rules)

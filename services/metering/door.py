@@ -12,7 +12,11 @@ reply subject is anyone else's gets no answer at all), and does what was asked o
   (`log.<type>.<tenant>`), or on DEADLETTER filtered to the name's retries, delivering under the asker's inbox;
   at most `MAX_FOLLOWS` of one user's on a stream. The consumer's settings are metering's, not the asker's.
 - `unfollow`: delete one of the user's own consumers.
-- `set_aside`: store a dead letter of the name's own on DEADLETTER.
+- `set_aside`: store a dead letter of the name's own on DEADLETTER (cut to fit one message, at most
+  `MAX_LETTERS` of one name's waiting).
+
+One user has at most `PER_USER` requests in hand at once (one more: 503 `BUSY`), so that one flooding the door
+leaves room for the others; a request whose reply subject is not the user's own gets no answer even then.
 
 Why not let subscribers use JetStream's API themselves, as before: NATS permissions see subjects, never payloads or
 reply subjects, and JetStream answers on whatever reply subject a request names. A user allowed to make consumers
@@ -23,6 +27,8 @@ consumers as it liked.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import re
 import uuid
@@ -30,14 +36,17 @@ from dataclasses import dataclass
 
 import msgspec
 import structlog
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
+from switchyard_gateway.contracts.deadletters import LOG_SOURCE
 from switchyard_gateway.contracts.events import subject_of
+from switchyard_gateway.events.deadletter import fitted
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import Follow, Following, SetAside, SetAsideDone, Unfollow
-from switchyard_gateway.kit.nats_auth import SERVICES_USER, USER, inbox_prefix
+from switchyard_gateway.kit.nats_auth import RESERVED_NAMES, SERVICES_USER, USER, inbox_prefix
 from switchyard_gateway.kit.natsio import ServiceError, Unanswered
 from switchyard_gateway.services.metering import history as pages
 
@@ -45,6 +54,8 @@ log = structlog.get_logger()
 
 SUBJECT = f"{subjects.METERING_SUBSCRIBER}.*.*.*.*"
 AT_ONCE = 64                           # requests handled side by side (one more: 503 BUSY)
+PER_USER = 8                           # of them, one user's at most
+MAX_LETTERS = 10_000                   # dead letters of one name waiting on DEADLETTER
 MAX_FOLLOWS = 8                        # consumers one user may have on one stream at a time
 MAX_FILTERS = 64
 INACTIVE_S = 30.0                      # a consumer whose inbox went quiet this long is removed by the server
@@ -88,21 +99,53 @@ def asker_of(subject: str) -> Asker:
     return Asker(user, name, None if scope == subjects.SUBSCRIBER_ALL else pages.unescaped(scope), op)
 
 
+def reply_rule(subject: str, reply: str) -> str | None:
+    """Why a request through the door gets no answer at all: its reply subject is not under the asking user's
+    inbox (checked before anything, a refusal for being busy included)."""
+    try:
+        inbox = asker_of(subject).inbox
+    except ServiceError:
+        return None                      # answered with its refusal, on an inbox (natsio checks that much)
+    return None if reply.startswith(inbox) else f"the reply subject is not under {inbox}, the asking user's inbox"
+
+
+_in_hand: collections.Counter[str] = collections.Counter()     # requests each user has in hand
+_following: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)   # one follow of a user at a time
+
+
 async def on_request(history: pages.History, data: bytes, subject: str, reply: str = "") -> bytes | None:
     """One request through the door; no answer at all when its reply subject is not the asker's own inbox."""
     asker = asker_of(subject)
     if reply and not reply.startswith(asker.inbox):
         raise Unanswered(f"the reply subject is not under {asker.inbox}, the asking user's inbox")
-    match asker.op:
-        case "replay":
-            return await pages.answer(history, data, asker.tenant, reply, inbox=asker.inbox)
-        case "follow":
-            return encode(Following(await follow(history, asker, _follow.decode(data))))
-        case "unfollow":
-            await unfollow(history, asker, _unfollow.decode(data))
-            return b""
-        case _:
-            return encode(SetAsideDone(await set_aside(history, asker, _set_aside.decode(data))))
+    if _in_hand[asker.user] >= PER_USER:
+        raise ServiceError(503, ErrorBody("BUSY", f"user {asker.user} has {PER_USER} requests in hand already; "
+                                                  "retry shortly"))
+    _in_hand[asker.user] += 1
+    try:
+        return await _handle(history, asker, data, reply)
+    finally:
+        _in_hand[asker.user] -= 1
+        if not _in_hand[asker.user]:
+            del _in_hand[asker.user]
+
+
+async def _handle(history: pages.History, asker: Asker, data: bytes, reply: str) -> bytes | None:
+    try:
+        match asker.op:
+            case "replay":
+                return await pages.answer(history, data, asker.tenant, reply, inbox=asker.inbox)
+            case "follow":
+                async with _following[asker.user]:        # counted and made one at a time: the cap holds
+                    return encode(Following(await follow(history, asker, _follow.decode(data))))
+            case "unfollow":
+                await unfollow(history, asker, _unfollow.decode(data))
+                return b""
+            case _:
+                return encode(SetAsideDone(await set_aside(history, asker, _set_aside.decode(data))))
+    except nats.js.errors.BadRequestError as exc:       # what JetStream refused of it: the asker's to mend
+        raise _refused("subjects" if asker.op == "follow" else "request",
+                       f"JetStream refused it: {exc.description or exc}") from None
 
 
 def _refused(field: str, message: str, status: int = 400, code: str = "VALIDATION_ERROR") -> ServiceError:
@@ -116,6 +159,10 @@ def _filters_problem(asker: Asker, ask: Follow) -> str | None:
         own = f"{subjects.EVENT_RETRY_REQUESTED}.{asker.name}"
         return None if ask.subjects == [own] else f"on {subjects.STREAM_DEADLETTER} only your own retries: [{own!r}]"
     tenant = subjects.subject_token(asker.tenant) if asker.tenant else None
+    for i, one in enumerate(ask.subjects):
+        for other in ask.subjects[:i]:
+            if _overlap(one, other):
+                return f"{one[:120]!r} and {other[:120]!r} overlap: give filters that no subject matches twice"
     for filter_subject in ask.subjects:
         whole = filter_subject == f"{subjects.LOG_PREFIX}.>" and tenant is None
         if not whole and not (LOG_FILTER.match(filter_subject)
@@ -124,6 +171,17 @@ def _filters_problem(asker: Asker, ask: Follow) -> str | None:
             return (f"{filter_subject[:120]!r} is not a LOG filter you may follow: {subjects.LOG_PREFIX}.<type: three "
                     f"tokens or *>.<tenant>, {scope}")
     return None
+
+
+def _overlap(one: str, other: str) -> bool:
+    """Whether some subject matches both filters (`*` a token, `>` the rest)."""
+    a, b = one.split("."), other.split(".")
+    for x, y in zip(a, b):
+        if x == ">" or y == ">":
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(a) == len(b)
 
 
 async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
@@ -173,13 +231,23 @@ async def unfollow(history: pages.History, asker: Asker, ask: Unfollow) -> None:
 
 
 async def set_aside(history: pages.History, asker: Asker, ask: SetAside) -> int:
-    """Store the asker's dead letter on DEADLETTER, once per message id; its sequence."""
-    if subjects.subject_token(ask.letter.consumer) != asker.name:
+    """Store the asker's dead letter on DEADLETTER, once per message id, cut to fit one message; its sequence."""
+    letter = ask.letter
+    if subjects.subject_token(letter.consumer) != asker.name or letter.consumer in RESERVED_NAMES:
         raise _refused("letter.consumer", "a dead letter of your own name only", 403, "FORBIDDEN")
-    if not ask.msg_id.startswith(f"{ask.letter.consumer}:") or len(ask.msg_id) > 512:
-        raise _refused("msg_id", "msg_id must start with the letter's consumer and a colon (at most 512 characters)")
-    ack = await history.nc.jetstream(timeout=5).publish(subject_of(ask.letter), encode(ask.letter),
-                                                        headers={subjects.MSG_ID_HEADER: ask.msg_id})
+    if letter.source != LOG_SOURCE:
+        raise _refused("letter.source", f"a subscriber's dead letter is of an event of the log: source {LOG_SOURCE!r}")
+    if not ask.msg_id.startswith(f"{letter.consumer}:{LOG_SOURCE}:") or len(ask.msg_id) > 512:
+        raise _refused("msg_id", f"msg_id must start with the letter's consumer and ':{LOG_SOURCE}:' (at most 512 "
+                                 "characters)")
+    subject = subject_of(letter)
+    js = history.nc.jetstream(timeout=5)
+    waiting = (await js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=subject)).state.subjects or {}
+    if waiting.get(subject, 0) >= MAX_LETTERS:
+        raise _refused("letter", f"{MAX_LETTERS:,} dead letters of {letter.consumer} wait already; retry or remove "
+                                 "them (switchyard events dead-letters) first", 429, "TOO_MANY_DEAD_LETTERS")
+    letter = fitted(letter, ask.msg_id, history.nc.max_payload)
+    ack = await js.publish(subject, encode(letter), headers={subjects.MSG_ID_HEADER: ask.msg_id})
     return ack.seq
 
 

@@ -43,7 +43,8 @@ class Metering:
         handlers = {**dict.fromkeys(history.SUBJECTS, functools.partial(history.on_replay, pages)),
                     door.SUBJECT: functools.partial(door.on_request, pages)}
         self.service = await natsio.serve(self.nc, "metering", {}, by_subject=handlers,
-                                          at_once={door.SUBJECT: door.AT_ONCE})
+                                          at_once={door.SUBJECT: door.AT_ONCE},
+                                          reply_rules={door.SUBJECT: door.reply_rule})
         self.tasks = [asyncio.ensure_future(self.notices.run()), asyncio.ensure_future(self.feed.run())]
         if ingest:
             with contextlib.suppress(Exception):    # a consumer left by an earlier test of the module

@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import TenantCreated
 from switchyard_gateway.contracts.deadletters import EventDeadLettered
-from switchyard_gateway.contracts.metering import Follow, ReplayPage, ReplayRequest
+from switchyard_gateway.contracts.metering import Follow, ReplayPage, ReplayRequest, SetAside
 from switchyard_gateway.contracts.subjects import subscriber_subject as door_subject
 from switchyard_gateway.events.door import Door
 from switchyard_gateway.kit import natsio
@@ -171,7 +171,7 @@ async def test_no_answer_of_the_services_or_jetstream_lands_where_a_subscriber_p
         await billing.flush()
         assert overheard == []
         assert (await js.stream_info(subjects.STREAM_USAGE)).state.last_seq == stored
-        assert not [c for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith("sub6_acme-bi_")]
+        assert not [c for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith("sub7_acme-bi_")]
     finally:
         await nc.close()
         await billing.close()
@@ -278,7 +278,8 @@ def test_a_users_file_takes_passwords_from_the_environment_or_as_hashes_never_in
                     "subscribers[2].password: give it as ${ENV_VAR}"):   # nats-server would take it as plain text
         assert problem in text, problem
     # a subscriber writes dead letters under its name: the services' own consumers' names are not for it
-    for name in ("metering", "quota", "spend.outbox", "gateway:REGISTRY", "has space"):
+    for name in ("metering", "quota", "gateway", "router", "registry", "spend.outbox", "gateway:REGISTRY",
+                 "has space"):
         path.write_text(f"subscribers:\n  - {{user: bi, password: '${{PW}}', name: '{name}'}}\n")
         with pytest.raises(UsersError) as reserved:
             load(path, {"PW": "from-the-environment"})
@@ -331,3 +332,54 @@ async def test_a_subscriber_refused_its_consumer_keeps_catching_up_and_goes_live
             with contextlib.suppress(Exception):
                 await door.unfollow(subjects.STREAM_LOG, name)
         await holder.close()
+
+
+async def test_what_a_hostile_subscriber_sends_the_door_cannot_take_metering_off_nats(
+        guarded_nats: str, services: Metering) -> None:
+    """A letter within a message of the limit grew past it when metering stored it (its defaults, the message id),
+    and a refused enum value of 600 KB came back twice in the error: each time the server closed metering's
+    connection, for good. Racing follows got 60 consumers past a cap of 8; overlapping filters were a 500 with a
+    traceback each."""
+    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    door = Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=10)
+    js = services.nc.jetstream()
+    made: list[str] = []
+    try:
+        limit = nc.max_payload
+        letter = EventDeadLettered(consumer="acme-spend", stage="decode", error="", source="log", data=b"d" * 1000)
+        room = limit - len(msgspec.json.encode(SetAside(letter, "acme-spend:log:1:decode:"))) - 40
+        huge = msgspec.structs.replace(letter, error="e" * room)
+        sequence = await door.set_aside(huge, "acme-spend:log:1:decode:")
+        stored = msgspec.json.decode((await js.get_msg(subjects.STREAM_DEADLETTER, sequence)).data,
+                                     type=EventDeadLettered)
+        assert len(stored.error) < 1000 and stored.consumer == "acme-spend"
+        echo = msgspec.json.encode({"letter": {**msgspec.to_builtins(letter), "stage": "x" * 600_000},
+                                    "msg_id": "acme-spend:log:2:decode:"})
+        with pytest.raises(ServiceError) as refused:
+            await door.ask("set_aside", echo)
+        assert refused.value.status == 400
+        for name, value in (("source", "USAGE"), ("msg_id", "acme-spend:USAGE:1:decode:")):
+            with pytest.raises(ServiceError) as bad:
+                ask = letter if name == "msg_id" else msgspec.structs.replace(letter, source=value)
+                await door.set_aside(ask, value if name == "msg_id" else "acme-spend:log:3:decode:")
+            assert bad.value.status == 400 and bad.value.body.field in (name, f"letter.{name}")
+        await asyncio.sleep(0.2)
+        assert services.nc.is_connected, "metering kept its connection"
+
+        with pytest.raises(ServiceError) as overlapping:
+            await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.usage.*.*.acme", "log.*.*.*.acme"],
+                                     nc.new_inbox()))
+        assert overlapping.value.status == 400 and overlapping.value.body.field == "subjects"
+        results = await asyncio.gather(*(door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"],
+                                                            nc.new_inbox())) for _ in range(20)),
+                                       return_exceptions=True)
+        made = [r for r in results if isinstance(r, str)]
+        refusals = {(r.status, r.body.code) for r in results if isinstance(r, ServiceError)}
+        assert len(made) == 8 and refusals <= {(429, "TOO_MANY_CONSUMERS"), (503, "SERVICE_UNAVAILABLE")}, results
+        ours = [c.name for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith("sub7_acme-bi_")]
+        assert sorted(ours) == sorted(made)
+    finally:
+        for name in made:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(subjects.STREAM_LOG, name)
+        await nc.close()
