@@ -108,6 +108,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="fdatasync the gateways' journals batch by batch: no accepted call is lost even when the "
                          "machine crashes (a crash of a process loses nothing without it)")
 
+# the settings other gateways read without a prefix, and what Switchyard reads for them
+SEED_SETTINGS = {"AUTH_MODE": "SWITCHYARD_AUTH_MODE", "SINGLE_USER_API_KEY": "SWITCHYARD_API_KEY",
+                 "JWT_SECRET_KEY": "SWITCHYARD_JWT_SECRET", "REDIS_URL": "SWITCHYARD_REDIS_URL",
+                 "REDIS_ADDR": "SWITCHYARD_REDIS_URL", "DATABASE_URL": "SWITCHYARD_DATABASE_URL",
+                 "LOG_LEVEL": "SWITCHYARD_LOG_LEVEL"}
+
+
+def seed_spellings(env: Mapping[str, str]) -> list[str]:
+    """A note for each setting given as another gateway spells it (and not as ours): set, and not read."""
+    return [f"note: {theirs} is set, but Switchyard reads {ours} (it takes the same values); {theirs} is ignored"
+            for theirs, ours in SEED_SETTINGS.items() if env.get(theirs) and not env.get(ours)
+            and not env.get(ours + "_FILE")]
+
+
 def run(args: argparse.Namespace) -> int:
     from switchyard_gateway.kit.stack import EmbeddedStack, StackError
 
@@ -126,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
         signal.signal(signum, _raise_stopping)
     become_subreaper()                                   # orphans of our children are ours to see and reap
+    for line in seed_spellings(os.environ):
+        say(line)
     try:
         external = _external_urls(os.environ)
         _check_auth(args, os.environ)

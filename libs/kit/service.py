@@ -65,6 +65,9 @@ class Runtime(Generic[S]):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+# Prometheus's text format: the web framework adds `; charset=utf-8` to a text type itself (it said it twice)
+PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split("; charset")[0]
+
 Starter = Callable[[Runtime[S]], Awaitable[D]]      # builds the service's own Deps from the runtime
 Stopper = Callable[[D], Awaitable[None]]
 
@@ -232,7 +235,7 @@ def create_service_app(
     @get("/metrics")
     async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         await refresh_before_scrape(request.app.state.runtime)
-        return Response(generate_latest(request.app.state.runtime.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(request.app.state.runtime.registry), media_type=PROMETHEUS_MEDIA_TYPE)
 
     return Litestar(
         route_handlers=[health_handler or health, live, metrics, *route_handlers], lifespan=[lifespan],

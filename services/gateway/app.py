@@ -87,6 +87,8 @@ def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError
     field = field_of(text)
     code = "INVALID_JSON" if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError) \
         else "VALIDATION_ERROR"
+    if code == "INVALID_JSON":          # as the doors say it (and the monitoring API's users know it)
+        text = f"Malformed JSON in request body: {text}"
     if errors.shape_for(request.url.path) != "plain":
         return _error(request, errors.BadRequest(text, code=code.lower(), param=field))
     return Response(_encode(error_body(ErrorBody(code, text, field), 400)), status_code=400,
@@ -100,7 +102,9 @@ def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Resp
         return _http_error(request, exc)
     details = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
     if not details:      # the framework's own refusal of a Host (served by granian) is no body's fault
-        body = ErrorBody("INVALID_HOST" if exc.detail == "Invalid host header" else "INVALID_JSON", str(exc.detail))
+        host = exc.detail == "Invalid host header"
+        body = ErrorBody("INVALID_HOST" if host else "INVALID_JSON",
+                         str(exc.detail) if host else f"Malformed JSON in request body: {exc.detail}")
     else:
         problems = [Problem(_body_field(e), str(e.get("message", ""))) for e in details]
         body = ErrorBody("VALIDATION_ERROR", problems[0].message, problems[0].path or None, problems)
@@ -180,7 +184,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
         failover = Failover(router, upstreams, outcomes, settings)
         proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes,
-                      settings.max_output_tokens)
+                      settings.max_output_tokens, settings.access_log)
         metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
         if settings.worker:                 # one scrape shows every worker's calls
             siblings = WorkerMetrics(nc, base, settings.instance, settings.workers)

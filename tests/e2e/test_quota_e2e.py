@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 
 import asyncpg
@@ -44,8 +45,8 @@ PROMPT = " ".join(["quota"] * 60)          # 60 simulator tokens, about as many 
 
 
 class Gateway:
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
-        self.url, self.proc = url, proc
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], log_path: Path | None = None) -> None:
+        self.url, self.proc, self.log_path = url, proc, log_path
 
 
 def start_gateway(demo: DemoStack, urls, **env: str) -> Gateway:
@@ -64,7 +65,7 @@ def start_gateway(demo: DemoStack, urls, **env: str) -> Gateway:
     while True:
         try:
             httpx.get(f"{url}/health", timeout=1)      # any answer: started (503 = some endpoint is down)
-            return Gateway(url, proc)
+            return Gateway(url, proc, root / "gateway.log")
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:

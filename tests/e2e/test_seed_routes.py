@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from switchyard_gateway.simulator import SimConfig, Simulator
+from switchyard_gateway.kit.stack_proc import pick_free_port
 from tests.conftest import DemoStack, wait_for
 from tests.e2e.test_admin_registry import api, ok
 from tests.e2e.test_quota_e2e import admin, new_tenant, start_gateway, stop_gateway
@@ -75,6 +76,12 @@ async def test_tenant_models_are_enabled_and_given_quotas_through_the_platforms_
         == 403
     assert (await send(demo, "POST", "/api/v1/tenant-models", demo.admin_key,
                        {"model_id": "nope", "tenant_id": tenant})).status_code == 404
+    # a model the registry does not know is not configured either, in the same body (it was another shape)
+    unknown_model = await send(demo, "PUT", "/api/v1/tenant-models/abc-123", demo.admin_key, {"tenant_id": tenant})
+    assert unknown_model.status_code == 404 and unknown_model.json()["code"] == "MODEL_NOT_CONFIGURED"
+    typo = await send(demo, "PUT", "/api/v1/tenant-models/nomic-embed-text", demo.admin_key,
+                      {"tenant_id": tenant, "monthly_qouta": 5})          # was 200, the typo dropped
+    assert typo.status_code == 400 and "monthly_qouta" in typo.text
 
     async with httpx.AsyncClient(timeout=30) as client:
         call = await client.post(f"{demo.url}/v1/embeddings", headers=bearer(key),
@@ -84,6 +91,12 @@ async def test_tenant_models_are_enabled_and_given_quotas_through_the_platforms_
         ollama = await client.post(f"{demo.url}/api/embed", headers=bearer(key),
                                    json={"model": "llama3.2", "input": "not mine"})
         assert ollama.status_code == 404 and "not configured" in ollama.json()["error"]
+        assert ollama.json()["code"] == "MODEL_NOT_CONFIGURED"            # on every door, in its shape
+        anthropic = await client.post(f"{demo.url}/v1/messages", headers={**bearer(key), "anthropic-version": "x"},
+                                      json={"model": "llama3.2", "max_tokens": 5,
+                                            "messages": [{"role": "user", "content": "not mine"}]})
+        assert anthropic.status_code == 404 and anthropic.json()["error"]["code"] == "MODEL_NOT_CONFIGURED"
+        assert anthropic.json()["error"]["type"] == "not_found_error"
         default = await client.post(f"{demo.url}/v1/embeddings", headers=bearer(key),
                                     json={"model": "default", "input": "mine"})
         assert default.status_code == 200, "the default model is the one just made default"
@@ -104,6 +117,9 @@ async def test_the_embeddings_services_operations_routes(demo: DemoStack) -> Non
 
     assert (await get(demo, "/api/v1/embeddings/metrics", demo.demo_key)).status_code == 403
     figures = (await get(demo, "/api/v1/embeddings/metrics", demo.admin_key)).json()
+    # Prometheus's type says its charset once (the framework added a second)
+    scraped = await get(demo, "/api/v1/metrics/text")
+    assert scraped.headers["content-type"].count("charset") == 1, scraped.headers["content-type"]
     assert figures["models"]["nomic-embed-text"]["available"] is True
     assert {"requests_total", "errors_total", "input_tokens", "cost_usd"} <= set(figures["models"]["nomic-embed-text"])
 
@@ -155,6 +171,30 @@ async def test_admin_errors_carry_validation_errors_beside_problems_and_422_for_
     assert typed.status_code == 400 and typed.json()["error"]["validationErrors"][0]["field"] == "context_length"
     malformed = await api(demo, "POST", "/providers", content="{not json", content_type="application/json")
     assert malformed.status_code == 400 and "validationErrors" not in malformed.json()["error"]
+    assert malformed.json()["error"]["message"].startswith("Malformed JSON in request body")
+
+
+async def test_the_provider_platforms_bodies_are_read_and_a_key_in_them_refused_saying_where_keys_go(
+        demo: DemoStack) -> None:
+    """Its guide's provider body (`identifier`, `name`) was refused as unknown fields; a key given inline
+    (`authConfig`, a template's `customizations.apiKey`) is refused naming `api_key_ref`."""
+    ident = f"seed-{uuid.uuid4().hex[:6]}"
+    made = await api(demo, "POST", "/providers", {"identifier": ident, "name": "My Provider", "kind": "ollama"})
+    assert made.status_code == 201, made.text
+    shown = (await api(demo, "GET", f"/providers/{ident}")).json()
+    assert (shown["provider_id"], shown["display_name"]) == (ident, "My Provider")
+    renamed = await api(demo, "PUT", f"/providers/{ident}", {"name": "Renamed"})
+    assert renamed.status_code == 200 and (await api(demo, "GET", f"/providers/{ident}")).json()["display_name"] \
+        == "Renamed"
+    for body, field in (({"identifier": "x-y", "kind": "ollama", "authConfig": {"type": "api_key"}}, "authConfig"),
+                        ({"identifier": "x-y", "provider_id": "x-z", "kind": "ollama"}, "identifier")):
+        refused = await api(demo, "POST", "/providers", body)
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == field, refused.text
+    keyed = await api(demo, "POST", "/provider-templates/vllm/apply",
+                      {"identifier": "x-y", "customizations": {"apiKey": "sk-secret", "endpoint": "http://h:1"}})
+    assert keyed.status_code == 400 and "api_key_ref" in keyed.json()["error"]["message"]
+    assert "sk-secret" not in keyed.text
+    await api(demo, "DELETE", f"/providers/{ident}")
 
 
 async def test_a_body_missing_a_required_field_names_it_in_validation_errors(demo: DemoStack) -> None:
@@ -260,3 +300,40 @@ async def test_a_tenant_model_with_a_bad_quota_changes_nothing_and_the_caller_is
     assert (await send(demo, "POST", "/api/v1/tenant-models", None, {})).status_code == 401
     assert (await send(demo, "POST", "/api/v1/tenant-models", key, {"model_id": 5})).status_code == 403
     assert (await send(demo, "POST", "/api/v1/tenant-models", demo.admin_key, {})).status_code == 400
+
+
+def test_log_based_monitoring_a_line_per_call_and_each_failing_endpoint_said(demo: DemoStack, urls) -> None:
+    """The gateway's log recipes of the proxy people come from grep a line per call and the upstream failures: at
+    info level there was neither (a refused endpoint's 502 logged nothing). `SWITCHYARD_ACCESS_LOG` writes
+    `call.done` per call; an endpoint's failed attempt is an `upstream.attempt_failed` warning, at most one per
+    endpoint and kind of failure every 10 s."""
+    gateway = start_gateway(demo, urls, access_log="true")
+    model, endpoint = f"ghost-{uuid.uuid4().hex[:6]}", f"deadend-{uuid.uuid4().hex[:6]}"
+    try:
+        ok(httpx.post(f"{demo.url}/api/admin/models", json={"model_id": model}, headers=bearer(demo.admin_key)))
+        ok(httpx.post(f"{demo.url}/api/admin/endpoints", headers=bearer(demo.admin_key), json={
+            "endpoint_id": endpoint, "provider_id": "ollama-local", "models": [model],
+            "base_url": f"http://127.0.0.1:{pick_free_port(set())}"}))
+        request_id = f"logged-{uuid.uuid4().hex}"
+        served = httpx.post(f"{gateway.url}/v1/embeddings", json={"model": "nomic-embed-text", "input": "hi"},
+                            headers={**bearer(demo.admin_key), "X-Request-ID": request_id}, timeout=30)
+        assert served.status_code == 200
+
+        def failed() -> int | None:
+            answer = httpx.post(f"{gateway.url}/v1/embeddings", json={"model": model, "input": "hi"},
+                                headers=bearer(demo.admin_key), timeout=30)
+            return answer.status_code if answer.status_code != 404 else None     # until it knows the model
+        assert asyncio.run(wait_for(failed, timeout_s=15, what=f"{model} routed")) in (502, 503)
+        log = asyncio.run(wait_for(lambda: _log_with(gateway, "upstream.attempt_failed"), timeout_s=10,
+                                   what="the failed attempt in the log"))
+        done = [line for line in log.splitlines() if '"call.done"' in line and request_id in line]
+        assert len(done) == 1 and '"latency_ms"' in done[0] and '"status": 200' in done[0], done
+        assert endpoint in next(line for line in log.splitlines() if "upstream.attempt_failed" in line)
+    finally:
+        httpx.delete(f"{demo.url}/api/admin/endpoints/{endpoint}", headers=bearer(demo.admin_key))
+        stop_gateway(gateway)
+
+
+def _log_with(gateway, event: str) -> str | None:
+    text = gateway.log_path.read_text()
+    return text if event in text else None

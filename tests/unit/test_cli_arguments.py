@@ -87,3 +87,18 @@ def test_an_exported_json_document_reads_back_with_its_numbers(tmp_path: Path) -
     path.write_text(json.dumps({"models": [{"id": "cheap", "kind": "chat", "input_price_per_1m": 0.00005}]}))
     doc, problems = load(path)
     assert problems == [] and doc["models"][0]["input_price_per_1m"] == 0.00005
+
+
+def test_up_notes_the_settings_other_gateways_spell_without_our_prefix() -> None:
+    """`AUTH_MODE=single_user` (the embeddings service's spelling) was silently ignored and `up` started a
+    multi-tenant stack: it now says which SWITCHYARD_ variable it reads instead, unless that one is given."""
+    from switchyard_gateway.cli.up import seed_spellings
+
+    notes = seed_spellings({"AUTH_MODE": "single_user", "JWT_SECRET_KEY": "s", "REDIS_URL": "redis://x",
+                            "SWITCHYARD_REDIS_URL": "redis://y", "LOG_LEVEL": "", "DATABASE_URL": "postgresql://d",
+                            "SWITCHYARD_DATABASE_URL_FILE": "/run/secrets/db"})
+    assert notes == [
+        "note: AUTH_MODE is set, but Switchyard reads SWITCHYARD_AUTH_MODE (it takes the same values); AUTH_MODE is "
+        "ignored",
+        "note: JWT_SECRET_KEY is set, but Switchyard reads SWITCHYARD_JWT_SECRET (it takes the same values); "
+        "JWT_SECRET_KEY is ignored"]

@@ -92,3 +92,14 @@ def test_suggestions_list_the_designated_fallbacks_then_same_kind_models_by_prio
     assert Fallbacks(c).suggestions(TENANT, "big") == ["small", "mid", "tiny"]
     assert Fallbacks(c).designated(TENANT, "big") == ["small", "mid"]
     assert [t.model.model_id for t in router(c).resolve(TENANT, "big").targets] == ["big", "small"]
+
+
+def test_the_embeddings_health_of_a_gateway_with_no_embedding_model_yet_is_healthy() -> None:
+    """A fresh single-user gateway answered its embeddings health check 503 (a container that never became
+    healthy); none registered is nothing failing. Every registered one down is still unhealthy."""
+    from switchyard_gateway.services.gateway.api.embedding_seeds import embeddings_status
+
+    assert embeddings_status({}) == "healthy"
+    assert embeddings_status({"a": True, "b": True}) == "healthy"
+    assert embeddings_status({"a": True, "b": False}) == "degraded"
+    assert embeddings_status({"a": False}) == "unhealthy"

@@ -57,9 +57,40 @@ async def run_query(deps: Deps, query: m.RegistryQuery) -> Response[bytes]:
 _SHOWN_ONLY = frozenset({"updated_at", "version", "discovered_models", "serving_models", "revoked", "type"})
 
 
+# the provider-management platform's spellings of our fields (its guide's bodies), per command
+SEED_SPELLINGS: dict[type[m.Command], dict[str, str]] = {
+    m.RegisterProvider: {"identifier": "provider_id", "name": "display_name"},
+    m.ApplyTemplate: {"identifier": "endpoint_id", "name": "display_name", "endpoint": "base_url"},
+}
+_NO_SECRETS = ("authConfig", "apiKey")       # its ways of giving a key; the registry keeps none
+
+
+def _spelt_ours(body: dict[str, Any], kind: type[m.Command]) -> dict[str, Any]:
+    """The body with the provider-management platform's field names read as ours (`identifier`, `name`, a
+    template's `endpoint`); a key given in the body is refused, saying where a key goes instead."""
+    for name in _NO_SECRETS:
+        if name in body:
+            raise ServiceError(400, m.ErrorBody(
+                "VALIDATION_ERROR", f"{name}: Switchyard keeps no API key in its registry (its events would carry "
+                "it): put the key in an environment variable of the gateway and name that variable with "
+                "`api_key_ref` on the endpoint", name))
+    spellings = SEED_SPELLINGS.get(kind)
+    if not spellings or not any(name in body for name in spellings):
+        return body
+    out = dict(body)
+    for theirs, ours in spellings.items():
+        if theirs in out:
+            if ours in out:
+                raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", f"give {ours!r} or {theirs!r}, not both",
+                                                    theirs))
+            out[ours] = out.pop(theirs)
+    return out
+
+
 def _known(body: dict[str, Any], kind: type[m.Command]) -> dict[str, Any]:
     """The body, if every field in it is one the command has (or one its resource only shows): a misspelt field
     would otherwise change nothing and answer 200. 400 naming the first unknown one."""
+    body = _spelt_ours(body, kind)
     for name in body:
         if name not in kind.__struct_fields__ and name not in _SHOWN_ONLY:
             raise ServiceError(400, m.ErrorBody("UNKNOWN_FIELD", f"unknown field '{name}'", name))

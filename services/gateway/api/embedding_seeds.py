@@ -67,7 +67,7 @@ async def catalog(request: Req, deps: AppDeps) -> Response[bytes]:
     return json_response({"models": rows, "count": len(rows)})
 
 
-class TenantModel(msgspec.Struct, frozen=True, kw_only=True):
+class TenantModel(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The embedding platform's tenant-model body: the assignment and the model's token quotas in one."""
 
     model_id: str | None = None
@@ -103,13 +103,13 @@ async def _apply(request: Req, deps: Deps, model: str | None, create: bool) -> R
     if tenant_id not in cat.tenants:
         raise _not_found("TENANT_NOT_FOUND", f"Tenant '{tenant_id}' not found", "tenant_id")
     model_id = cat.resolve_model(model)
+    current = cat.assignments.get(tenant_id, {}).get(model_id) if model_id is not None else None
+    if current is None and not create:     # the embedding platform's own body for this refusal, known model or not
+        return Response(encode({"error": "Model not found", "details": f"Model {model_id or model} is not "
+                                f"configured for tenant {tenant_id}", "code": "MODEL_NOT_CONFIGURED"}),
+                        status_code=404, media_type="application/json")
     if model_id is None:
         raise _not_found("MODEL_NOT_FOUND", f"Model '{model}' not found", "model_id")
-    current = cat.assignments.get(tenant_id, {}).get(model_id)
-    if current is None and not create:     # the embedding platform's own body for this refusal
-        return Response(encode({"error": "Model not found", "details": f"Model {model_id} is not configured for "
-                                f"tenant {tenant_id}", "code": "MODEL_NOT_CONFIGURED"}), status_code=404,
-                        media_type="application/json")
     fields = {k: v for k, v in msgspec.to_builtins(current).items() if k in m.AssignModel.__struct_fields__} \
         if current is not None else {}
     given = {k: getattr(body, k) for k in ("enabled", "is_default", "priority") if getattr(body, k) is not None}
@@ -150,15 +150,21 @@ async def update_tenant_model(request: Req, deps: AppDeps, model: FromPath[str])
 # --- the embeddings service's operations routes ---------------------------------------------------------------
 
 
+def embeddings_status(models: dict[str, bool]) -> str:
+    """healthy, degraded or unhealthy, from whether each embedding model can be served. None registered yet is
+    nothing failing: a probe of a fresh gateway (the embeddings service's container health check) passes."""
+    up = sum(models.values())
+    return "healthy" if up == len(models) else "degraded" if up else "unhealthy"
+
+
 @get("/api/v1/embeddings/health")
 async def embeddings_health(request: Req, deps: AppDeps) -> Response[bytes]:
-    """healthy (every embedding model can be served), degraded (some), unhealthy (none: 503); anyone may ask,
-    an operator sees each model."""
+    """healthy (every embedding model can be served, or none is registered yet), degraded (some), unhealthy (none
+    of those registered: 503); anyone may ask, an operator sees each model."""
     cat = deps.catalog
     models = {x.model_id: metrics.model_available(cat, deps.circuits, x.model_id)
               for x in cat.models.values() if x.kind == "embedding"}
-    up = sum(models.values())
-    status = "healthy" if models and up == len(models) else "degraded" if up else "unhealthy"
+    status = embeddings_status(models)
     body: dict[str, Any] = {"status": status, "service": "embeddings",
                             "timestamp": msgspec.to_builtins(datetime.now(UTC))}
     key = _optional_caller(request, deps)

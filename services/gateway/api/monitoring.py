@@ -17,9 +17,10 @@ from msgspec import Meta
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Stream
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from switchyard_gateway.kit.service import PROMETHEUS_MEDIA_TYPE
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway.contracts.messages import ErrorBody
@@ -146,7 +147,7 @@ async def usage(request: Req, deps: AppDeps) -> Response[bytes]:
     tokens = _any.decode(await ask(deps, subjects.METERING_QUERY, {"query": "usage", "tenant_id": scope_of(key)}))
     counts = deps.router.inflight_counts() if key.role == "admin" else {}
     if request.query_params.get("format") == "prometheus":
-        return Response(prometheus_usage(counts, tokens["token_usage_counts"]), media_type=CONTENT_TYPE_LATEST)
+        return Response(prometheus_usage(counts, tokens["token_usage_counts"]), media_type=PROMETHEUS_MEDIA_TYPE)
     return json_response({"usage_counts": counts, "token_usage_counts": tokens["token_usage_counts"]})
 
 

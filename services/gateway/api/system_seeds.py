@@ -14,8 +14,9 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, Router, get
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
+from switchyard_gateway.kit.service import PROMETHEUS_MEDIA_TYPE
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.natsio import ServiceError
@@ -60,11 +61,11 @@ async def system_status(deps: AppDeps) -> Response[bytes]:
                           "registry": registry}, 200 if healthy else 503)
 
 
-@get("/api/v1/metrics/text", media_type=CONTENT_TYPE_LATEST)
+@get("/api/v1/metrics/text", media_type=PROMETHEUS_MEDIA_TYPE)
 async def metrics_text(request: Request[Any, Any, Any]) -> Response[bytes]:
     """This gateway's Prometheus metrics, as `/metrics` serves them."""
     await refresh_before_scrape(request.app.state.runtime)
-    return Response(generate_latest(request.app.state.runtime.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.runtime.registry), media_type=PROMETHEUS_MEDIA_TYPE)
 
 
 ROUTES = [Router(path="/api/system", guards=[admin_guard], route_handlers=[system_status]), metrics_text]

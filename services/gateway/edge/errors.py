@@ -148,7 +148,8 @@ class ModelNotConfigured(ModelNotFound):
     def __init__(self, model: str, tenant_id: str) -> None:
         message = f"No default model is configured for tenant '{tenant_id}'" if model == "default" \
             else f"Model '{model}' is not configured for tenant '{tenant_id}'"
-        ApiError.__init__(self, message, param="model")
+        # the code on every door: beside Ollama's `error`, in Anthropic's error object, OpenAI's own `code`
+        ApiError.__init__(self, message, param="model", details={"code": self.code})
 
 
 class UpstreamError(ApiError):

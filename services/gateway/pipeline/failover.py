@@ -25,6 +25,7 @@ import structlog
 
 from switchyard_gateway import http1
 from switchyard_gateway.contracts.events import CallAttempted
+from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError, UpstreamError
 from switchyard_gateway.services.gateway.pipeline import relay
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
@@ -34,6 +35,7 @@ from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 log = structlog.get_logger()
+_failures = Throttle(10.0)          # one line per endpoint and kind of failure every 10 s, with how many were held back
 # An endpoint's last slot went to a call in another worker between choosing it and counting this call in.
 AT_CAP = UpstreamError("Every endpoint for this model is at its concurrency limit", status=503, code="capacity",
                        headers={"retry-after": "1"})
@@ -135,8 +137,11 @@ class Failover:
             except relay.Failed as failed:
                 last = failed.error
                 delay = self._backoff(attempt, failed)
-                log.debug("route.attempt_failed", request_id=call.request_id, endpoint=eid, outcome=failed.outcome,
-                          attempt=attempt + 1, retry_in_s=delay)
+                held_back = _failures.due(f"{eid}\t{failed.outcome}")
+                if held_back is not None:       # an endpoint failing is an operator's business: said, not flooded
+                    log.warning("upstream.attempt_failed", request_id=call.request_id, endpoint=eid,
+                                outcome=failed.outcome, error=str(failed.error)[:300], attempt=attempt + 1,
+                                retry_in_s=delay, **({"repeated": held_back} if held_back else {}))
                 if delay is None:
                     return last
             finally:

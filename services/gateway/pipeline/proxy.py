@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import msgspec
+import structlog
 
 from switchyard_gateway.contracts.events import KeyIssued
 from switchyard_gateway.quotas.ledger import hold_name
@@ -44,6 +45,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_T
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door
 
+log = structlog.get_logger()
+
 
 CLIENT_CLOSED = 499
 WHOLE_COUNT_BYTES = CALL_LIMIT     # a body larger is counted whole in a thread (the loop counts at most CALL_LIMIT)
@@ -55,8 +58,9 @@ class Proxy:
 
     def __init__(self, auth: Authenticator, router: Router, quota: QuotaClient, failover: Failover,
                  usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int,
-                 max_output_tokens: int = 262_144) -> None:
+                 max_output_tokens: int = 262_144, access_log: bool = False) -> None:
         self.auth, self.router, self.quota, self.failover, self.usage = auth, router, quota, failover, usage
+        self.access_log = access_log
         self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
         self.max_output_tokens = max_output_tokens
@@ -236,6 +240,14 @@ class Proxy:
         event = outcome.usage_event(call)
         self.usage.record(event)
         metrics.observe_call(event, event.duration_ms / 1000, event.overhead_ms / 1000)
+        if self.access_log:
+            log.info("call.done", request_id=event.request_id, tenant=event.tenant_id, key=event.key_id,
+                     api=event.api, model=event.model, endpoint=event.endpoint_id, status=event.status,
+                     outcome=event.outcome, latency_ms=round(event.duration_ms, 3),
+                     overhead_ms=round(event.overhead_ms, 3),
+                     ttfb_ms=round(event.ttfb_ms, 3) if event.ttfb_ms is not None else None,
+                     input_tokens=event.input_tokens, output_tokens=event.output_tokens, cache_hit=event.cache_hit,
+                     attempts=event.attempts)
 
 
 def ceiling(reservation: Reservation, ask: Ask) -> int | None:
