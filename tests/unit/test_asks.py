@@ -45,6 +45,9 @@ REFUSED: list[tuple[str, str, tuple[Any, ...]]] = [
     *[(api, field, (-2.1, 2.1, "x")) for api in ("openai.chat", "openai.completions")
       for field in ("presence_penalty", "frequency_penalty")],
     ("openai.chat", "seed", (2**63, -(2**63) - 1, "1", 1.5)),
+    # sent on, the upstream refused them (its own 400, naming no field)
+    ("openai.chat", "stop", (5, 1.5, {"a": 1})),
+    ("openai.chat", "tools", ("x", 5, {"type": "function"})),
     ("openai.embeddings", "dimensions", (0, -1, MAX_DIMENSIONS + 1, *HUGE, "3", 3.0)),
     ("openai.embeddings", "encoding_format", ("utf8", 5)),
     ("openai.embeddings", "stream", (True,)),        # answered whole: sent on, it opened every endpoint's breaker
@@ -85,6 +88,7 @@ def test_a_hostile_value_is_refused_naming_its_field(api: str, field: str, value
     ("openai.chat", "max_tokens", 1), ("openai.chat", "max_tokens", LIMIT), ("openai.chat", "max_tokens", None),
     ("openai.chat", "max_completion_tokens", LIMIT), ("openai.chat", "n", MAX_CHOICES),
     ("openai.chat", "top_logprobs", 20), ("openai.chat", "seed", -(2**63)), ("openai.chat", "temperature", 2),
+    ("openai.chat", "stop", "\n"), ("openai.chat", "stop", ["a", "b"]), ("openai.chat", "tools", None),
     ("openai.completions", "max_tokens", 0), ("openai.completions", "best_of", 20),
     ("openai.embeddings", "dimensions", MAX_DIMENSIONS), ("openai.embeddings", "encoding_format", "base64"),
     ("ollama.chat", "options.num_predict", -1), ("ollama.generate", "options.num_predict", -2),

@@ -173,6 +173,7 @@ class OpenAIChat(Sampling):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    stop: str | list[str] | None = None
     tools: msgspec.Raw = msgspec.Raw()            # counted as prompt, never parsed
     functions: msgspec.Raw = msgspec.Raw()        # the older name of tools
     response_format: msgspec.Raw = msgspec.Raw()
@@ -180,6 +181,9 @@ class OpenAIChat(Sampling):
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if not self.messages:
             raise BadRequest("'messages' must be a non-empty list", param="messages", code="missing_field")
+        for name, raw in (("tools", self.tools), ("functions", self.functions)):
+            if raw and bytes(raw)[:1] != b"[" and bytes(raw) != b"null":     # a list of them, as OpenAI takes it
+                raise BadRequest(f"Invalid '{name}': expected an array", param=name, code="invalid_type")
         check_tokens(self.max_tokens, "max_tokens", limit)
         check_tokens(self.max_completion_tokens, "max_completion_tokens", limit)
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
