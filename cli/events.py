@@ -4,6 +4,7 @@ retry the events consumers set aside (dead letters)."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import asyncio
 import json
 import sys
@@ -56,11 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dead = events_sub.add_parser(
         "dead-letters", help="list the events consumers set aside (DEADLETTER), or send them back",
         description="List the events a consumer could not decode or apply, with the error, from NATS (stream "
-                    "DEADLETTER) of `switchyard up --data-dir D` or SWITCHYARD_NATS_URL; --retry sends them back.")
+                    "DEADLETTER) of `switchyard up --data-dir D` or SWITCHYARD_NATS_URL; --retry sends them back, "
+                    "--remove gives them up.")
     dead.add_argument("--consumer", help="only this consumer's (metering, gateway:REGISTRY, a subscriber's name)")
     which = dead.add_mutually_exclusive_group()
     which.add_argument("--retry", type=int, nargs="+", metavar="ID", help="send back these dead letters (by ID)")
     which.add_argument("--all", action="store_true", help="send back every dead letter not retried yet")
+    which.add_argument("--remove", type=int, nargs="+", metavar="ID",
+                       help="remove these dead letters (by ID) and the retries asked for them: their events are given "
+                            "up by their consumer (a subscriber's waits for a retry no more)")
     dead.add_argument("--json", action="store_true", help="one JSON object a line")
     dead.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
 
@@ -113,6 +118,25 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _remove(nc: Any, letters: list[Any], args: argparse.Namespace) -> int:
+    """Delete the chosen dead letters and their retries from DEADLETTER; 2 if one named is not there."""
+    from switchyard_gateway.contracts import subjects
+
+    js = nc.jetstream(timeout=10)
+    chosen = [one for one in letters if one.id in args.remove]
+    for one in chosen:
+        for sequence in (one.id, *one.retries):
+            await js.delete_msg(subjects.STREAM_DEADLETTER, sequence)
+        print(f"dead letter {one.id} ({one.letter.consumer}, {one.letter.source}:{one.letter.sequence}) removed, "
+              f"with {len(one.retries)} retr{'y' if len(one.retries) == 1 else 'ies'} asked for it")
+    missing = sorted(set(args.remove) - {one.id for one in chosen})
+    if missing:
+        print(f"switchyard: no dead letter {', '.join(map(str, missing))}"
+              f"{f' of {args.consumer}' if args.consumer else ''}", file=sys.stderr)
+        return 2
+    return 0
+
+
 async def _dead_letters(args: argparse.Namespace) -> int:
     from switchyard_gateway.cli import deadletters
     from switchyard_gateway.kit import natsio
@@ -125,6 +149,8 @@ async def _dead_letters(args: argparse.Namespace) -> int:
         letters = await deadletters.read(nc, args.consumer, skipped)
         if skipped:
             say(deadletters.skipped_line(skipped))
+        if args.remove:
+            return await _remove(nc, letters, args)
         if args.retry is None and not args.all:
             deadletters.show(letters, args.json)
             return 0

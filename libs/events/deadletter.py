@@ -67,9 +67,10 @@ HEADROOM = 256           # bytes a letter leaves of `max_payload` (a header the 
 
 
 def fitted(letter: EventDeadLettered, msg_id: str, max_payload: int) -> EventDeadLettered:
-    """The letter as one NATS message can carry it with its message id: whole if it fits; else its error cut to
-    ERROR_MAX characters and as much of its data as fits (said in its error). A letter larger than a message closed
-    the connection that published it (a body near the limit grows by a third in base64, and by its fields)."""
+    """The letter as one NATS message can carry it with its message id: whole if it fits; else as much of its data
+    as fits (its error says so), and if its other fields alone do not fit, those cut too (the error to ERROR_MAX
+    characters, 32 headers, a 1 KiB subject). A letter larger than a message closed the connection that published
+    it (a body near the limit grows by a third in base64, and by the letter's fields)."""
     limit = max_payload - HEADROOM
 
     def size(one: EventDeadLettered) -> int:
@@ -77,13 +78,18 @@ def fitted(letter: EventDeadLettered, msg_id: str, max_payload: int) -> EventDea
 
     if size(letter) <= limit:
         return letter
-    error = letter.error if len(letter.error) <= ERROR_MAX else letter.error[:ERROR_MAX - 1] + "…"
-    headers = {name[:128]: value[:512] for name, value in list(letter.headers.items())[:32]}
-    bare = msgspec.structs.replace(letter, data=b"", error=error, headers=headers, subject=letter.subject[:1024])
-    room = (limit - size(bare) - 120) * 3 // 4           # base64: 4 characters for 3 bytes; 120 for the note
+    bare = msgspec.structs.replace(letter, data=b"")
+    note = ""
+    if size(bare) > limit - 200:
+        error = letter.error if len(letter.error) <= ERROR_MAX else letter.error[:ERROR_MAX - 1] + "…"
+        headers = {name[:128]: value[:512] for name, value in list(letter.headers.items())[:32]}
+        bare = msgspec.structs.replace(bare, error=error, headers=headers, subject=letter.subject[:1024])
+        note = " [its error, headers and subject cut to fit one message]"
+    room = (limit - size(bare) - len(note) - 120) * 3 // 4       # base64: 4 characters for 3 bytes; 120 for the note
     keep = max(0, min(len(letter.data), room))
-    note = f" [data cut to {keep:,} of {len(letter.data):,} bytes to fit one message]"
-    return msgspec.structs.replace(bare, data=letter.data[:keep], error=error + note)
+    if keep < len(letter.data):
+        note = f" [data cut to {keep:,} of {len(letter.data):,} bytes to fit one message]" + note
+    return msgspec.structs.replace(bare, data=letter.data[:keep], error=bare.error + note)
 
 
 class DeadLetters:

@@ -14,17 +14,27 @@ services' own user asks as that user; its answers come to `_INBOX.` as its clien
 from __future__ import annotations
 
 import msgspec
+import structlog
 from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.deadletters import EventDeadLettered
 from switchyard_gateway.contracts.metering import Follow, Following, ReplayRequest, SetAside, SetAsideDone, Unfollow
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
 
+log = structlog.get_logger()
 _following = msgspec.json.Decoder(Following)
 _stored = msgspec.json.Decoder(SetAsideDone)
+
+
+class LettersFull(ServiceUnavailable):
+    """Metering stores no more of this subscriber's dead letters until some are retried or removed."""
+
+    def __init__(self, message: str) -> None:
+        ServiceError.__init__(self, 503, ErrorBody("TOO_MANY_DEAD_LETTERS", message))
 
 
 class Door:
@@ -57,4 +67,13 @@ class Door:
         await self.ask("unfollow", encode(Unfollow(stream, consumer)), 2.0)
 
     async def set_aside(self, letter: EventDeadLettered, msg_id: str, timeout_s: float = 5.0) -> int:
-        return _stored.decode(await self.ask("set_aside", encode(SetAside(letter, msg_id)), timeout_s)).sequence
+        """Where the letter was stored. Metering refusing it because too many of the name's wait (429) is waited
+        out like an outage (LettersFull): the subscriber stays at the event until an operator retries or removes
+        some, rather than stopping, or going on without it."""
+        try:
+            return _stored.decode(await self.ask("set_aside", encode(SetAside(letter, msg_id)), timeout_s)).sequence
+        except ServiceError as exc:
+            if exc.status == 429:
+                log.error("subscriber.dead_letters_full", subscriber=self.name, error=exc.body.message)
+                raise LettersFull(exc.body.message) from None
+            raise

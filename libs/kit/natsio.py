@@ -180,6 +180,7 @@ REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
 REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
                           "Requests not answered: their reply subject was not an inbox, or not the asker's own", ["service"])
 _refusals = Throttle(10.0)          # a flood of them writes a line every 10 s per service
+MAX_REPLY_CHARS = 1024               # of a reply subject answered at all
 MAX_ERROR_BYTES = 16 * 1024          # an error answer larger is cut down (msgspec echoes the value it refused):
 MAX_ERROR_CHARS = 1000               # its message to this many characters, its problems to 20
 MAX_ERROR_HEADER_CHARS = 200         # ... and of its copy in the Nats-Service-Error header
@@ -226,6 +227,8 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
         reply_to = req._msg.reply  # noqa: SLF001
         if reply_to and not reply_to.startswith(REPLY_PREFIXES):
             return "the reply subject is not an inbox"
+        if reply_to and len(reply_to) > MAX_REPLY_CHARS:      # an answer's protocol line must stay within 4 KiB
+            return "the reply subject is too long"
         return rule(req.subject, reply_to) if rule is not None and reply_to else None
 
     async def answer(req: Request, status: int, body: ErrorBody) -> None:

@@ -101,11 +101,11 @@ def asker_of(subject: str) -> Asker:
 
 def reply_rule(subject: str, reply: str) -> str | None:
     """Why a request through the door gets no answer at all: its reply subject is not under the asking user's
-    inbox (checked before anything, a refusal for being busy included)."""
-    try:
-        inbox = asker_of(subject).inbox
-    except ServiceError:
-        return None                      # answered with its refusal, on an inbox (natsio checks that much)
+    inbox (checked before anything, a refusal for being busy or of the request itself included)."""
+    user = subject.split(".")[3]
+    if not USER.match(user):
+        return "the subject names no user"
+    inbox = Asker(user, "", None, "").inbox
     return None if reply.startswith(inbox) else f"the reply subject is not under {inbox}, the asking user's inbox"
 
 
@@ -155,6 +155,9 @@ def _refused(field: str, message: str, status: int = 400, code: str = "VALIDATIO
 def _filters_problem(asker: Asker, ask: Follow) -> str | None:
     if not 1 <= len(ask.subjects) <= MAX_FILTERS:
         return f"give 1 to {MAX_FILTERS} filter subjects"
+    if any(len(one) > pages.MAX_SUBJECT_CHARS for one in ask.subjects):
+        # one filter goes into the subject metering asks JetStream on: longer, the server closed its connection
+        return f"a filter subject is at most {pages.MAX_SUBJECT_CHARS} characters"
     if ask.stream == subjects.STREAM_DEADLETTER:
         own = f"{subjects.EVENT_RETRY_REQUESTED}.{asker.name}"
         return None if ask.subjects == [own] else f"on {subjects.STREAM_DEADLETTER} only your own retries: [{own!r}]"
@@ -193,7 +196,7 @@ async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
     if not (0.5 <= ask.heartbeat_s <= 60):
         raise _refused("heartbeat_s", "heartbeat_s must be 0.5 to 60")
     if not (ask.deliver_to.startswith(asker.inbox) and SUBJECT_CHARS.match(ask.deliver_to)
-            and len(ask.deliver_to) <= 256):
+            and len(ask.deliver_to) <= pages.MAX_SUBJECT_CHARS):
         raise _refused("deliver_to", f"deliver_to must be a subject under your inbox, {asker.inbox}, without "
                                      "wildcards")
     problem = _filters_problem(asker, ask)
@@ -237,15 +240,21 @@ async def set_aside(history: pages.History, asker: Asker, ask: SetAside) -> int:
         raise _refused("letter.consumer", "a dead letter of your own name only", 403, "FORBIDDEN")
     if letter.source != LOG_SOURCE:
         raise _refused("letter.source", f"a subscriber's dead letter is of an event of the log: source {LOG_SOURCE!r}")
+    if not 0 <= letter.sequence < 2**63:
+        raise _refused("letter.sequence", "letter.sequence must be a log position")
     if not ask.msg_id.startswith(f"{letter.consumer}:{LOG_SOURCE}:") or len(ask.msg_id) > 512:
         raise _refused("msg_id", f"msg_id must start with the letter's consumer and ':{LOG_SOURCE}:' (at most 512 "
                                  "characters)")
     subject = subject_of(letter)
+    retried = f"{subjects.EVENT_RETRY_REQUESTED}.{asker.name}"
     js = history.nc.jetstream(timeout=5)
-    waiting = (await js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=subject)).state.subjects or {}
-    if waiting.get(subject, 0) >= MAX_LETTERS:
-        raise _refused("letter", f"{MAX_LETTERS:,} dead letters of {letter.consumer} wait already; retry or remove "
-                                 "them (switchyard events dead-letters) first", 429, "TOO_MANY_DEAD_LETTERS")
+    stored = (await js.stream_info(subjects.STREAM_DEADLETTER,
+                                   subjects_filter=f"*.*.*.{asker.name}")).state.subjects or {}
+    waiting = stored.get(subject, 0) - stored.get(retried, 0)       # letters not yet asked back, about
+    if waiting >= MAX_LETTERS:
+        raise _refused("letter", f"{waiting:,} dead letters of {letter.consumer} wait to be retried; retry or remove "
+                                 "some (switchyard events dead-letters --retry/--remove) first", 429,
+                       "TOO_MANY_DEAD_LETTERS")
     letter = fitted(letter, ask.msg_id, history.nc.max_payload)
     ack = await js.publish(subject, encode(letter), headers={subjects.MSG_ID_HEADER: ask.msg_id})
     return ack.seq

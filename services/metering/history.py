@@ -44,6 +44,7 @@ MAX_TYPE_CHARS = 64               # this long: a page's own fields stay a few Ki
 SCAN = 200_000               # positions one page looks through at most, so that a sparse filter still answers promptly
 SUBJECTS = (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.*")
 TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}$")
+MAX_SUBJECT_CHARS = 256          # of a subject the asker names (nats-server's protocol lines are at most 4 KiB)
 DELIVER_TO = re.compile(r"^(_INBOX[A-Za-z0-9_-]*|replay)(\.[A-Za-z0-9_-]+)+$")
 
 PAGES = Counter("switchyard_replay_pages_total", "Pages of the event log answered on metering.replay.v1", ["scope"])
@@ -110,8 +111,10 @@ def _problem(ask: ReplayRequest, reply: str = "") -> tuple[str, str] | None:
     if bad:
         return "types", (f"not a type prefix of whole tokens, at most {MAX_TYPE_CHARS} characters: {bad[0][:80]!r} "
                          "(usage, tenant.created, usage.recorded.v2)")
-    if ask.deliver_to is not None and not DELIVER_TO.match(ask.deliver_to):
-        return "deliver_to", "deliver_to must be a subject under _INBOX or replay., without wildcards"
+    if ask.deliver_to is not None and (len(ask.deliver_to) > MAX_SUBJECT_CHARS or not DELIVER_TO.match(ask.deliver_to)):
+        # a longer one made metering's publish line too long for the server, which closed its connection
+        return "deliver_to", (f"deliver_to must be a subject under _INBOX or replay., without wildcards, at most "
+                              f"{MAX_SUBJECT_CHARS} characters")
     if ask.deliver_to is not None and ask.deliver_to.startswith("_INBOX") and \
             ask.deliver_to.split(".", 1)[0] != reply.split(".", 1)[0]:
         # metering publishes as the services: an inbox named here must be the asker's own (its reply's prefix),

@@ -178,3 +178,24 @@ async def test_listing_dead_letters_leaves_the_stacks_streams_as_they_are(nats_c
     monkeypatch.setenv("SWITCHYARD_NATS_URL", own_nats)
     assert await asyncio.to_thread(main, ["events", "dead-letters"]) == 0
     assert (await js.stream_info(subjects.STREAM_LOG)).config.max_age == 7200.0
+
+
+async def test_an_operator_removes_dead_letters_with_their_retries(nats_client, own_nats: str, monkeypatch) -> None:
+    """A letter could only be retried: the ones a consumer will never take again stayed for good (and a
+    subscriber's counted against its room for more). `--remove` deletes letters and the retries asked for them."""
+    from switchyard_gateway.kit import natsio
+
+    await natsio.ensure_streams(nats_client)
+    name = f"removal{uuid.uuid4().hex[:6]}"
+    letters = DeadLetters(nats_client, name)
+    first = await letters.put(stage="apply", error="one", source="log", sequence=1, data=b"{}")
+    second = await letters.put(stage="apply", error="two", source="log", sequence=2, data=b"{}")
+    await retry(own_nats, monkeypatch, first)
+    [asked] = [one.retries for one in await listed(nats_client, name) if one.id == first]
+    assert len(asked) == 1
+    assert await asyncio.to_thread(main, ["events", "dead-letters", "--remove", str(first)]) == 0
+    assert [one.id for one in await listed(nats_client, name)] == [second]
+    js = nats_client.jetstream()
+    waiting = (await js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=f"*.*.*.{name}")).state.subjects
+    assert waiting == {f"{subjects.EVENT_DEAD_LETTERED}.{name}": 1}, "its retry went with it"
+    assert await asyncio.to_thread(main, ["events", "dead-letters", "--remove", str(first)]) == 2

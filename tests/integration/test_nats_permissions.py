@@ -350,9 +350,10 @@ async def test_what_a_hostile_subscriber_sends_the_door_cannot_take_metering_off
         room = limit - len(msgspec.json.encode(SetAside(letter, "acme-spend:log:1:decode:"))) - 40
         huge = msgspec.structs.replace(letter, error="e" * room)
         sequence = await door.set_aside(huge, "acme-spend:log:1:decode:")
-        stored = msgspec.json.decode((await js.get_msg(subjects.STREAM_DEADLETTER, sequence)).data,
-                                     type=EventDeadLettered)
-        assert len(stored.error) < 1000 and stored.consumer == "acme-spend"
+        kept = await js.get_msg(subjects.STREAM_DEADLETTER, sequence)
+        stored = msgspec.json.decode(kept.data, type=EventDeadLettered)
+        assert len(kept.data) < limit and stored.consumer == "acme-spend"
+        assert stored.error.endswith("bytes to fit one message]") and len(stored.data) < 1000    # its data cut
         echo = msgspec.json.encode({"letter": {**msgspec.to_builtins(letter), "stage": "x" * 600_000},
                                     "msg_id": "acme-spend:log:2:decode:"})
         with pytest.raises(ServiceError) as refused:
@@ -382,4 +383,74 @@ async def test_what_a_hostile_subscriber_sends_the_door_cannot_take_metering_off
         for name in made:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(subjects.STREAM_LOG, name)
+        await nc.close()
+
+
+async def test_subjects_a_subscriber_names_stay_short_and_its_door_answers_it_alone(
+        guarded_nats: str, services: Metering) -> None:
+    """A replay's 5,000-character `deliver_to`, or a follow's long filter, made metering's own protocol line longer
+    than the server allows: the server closed its connection (again and again, one request a second). A request of
+    an unknown operation was answered on any inbox (another user's)."""
+    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    door = Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=10)
+    refused_replies = natsio.REFUSED_REPLIES.labels("metering")
+    try:
+        for op, body, field in (
+                ("replay", ReplayRequest(deliver_to="_INBOX_acme-bi." + "x" * 5000), "deliver_to"),
+                ("follow", Follow(subjects.STREAM_LOG, 1, [f"log.{'x' * 4200}.b.c.acme"], "_INBOX_acme-bi.t"),
+                 "subjects")):
+            with pytest.raises(ServiceError) as refused:
+                await door.ask(op, msgspec.json.encode(body))
+            assert (refused.value.status, refused.value.body.field) == (400, field)
+        letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="x", source="log", sequence=2**64)
+        with pytest.raises(ServiceError) as out_of_range:
+            await door.set_aside(letter, "acme-spend:log:1:apply:")
+        assert out_of_range.value.body.field == "letter.sequence"
+        before = refused_replies._value.get()
+        await nc.publish(door.subject("bogus"), b"{}", reply="_INBOX_billing.victim")      # another user's inbox
+        await nc.flush()
+        assert await wait_for(lambda: refused_replies._value.get() > before, 10)
+        with pytest.raises(ServiceError) as unknown:                                        # its own: answered
+            await door.ask("bogus", b"{}")
+        assert unknown.value.status == 400
+        await asyncio.sleep(0.2)
+        assert services.nc.is_connected
+    finally:
+        await nc.close()
+
+
+async def test_a_subscriber_whose_dead_letters_are_full_waits_at_the_event_and_goes_on_once_there_is_room(
+        guarded_nats: str, services: Metering, urls, monkeypatch) -> None:
+    """At the cap of dead letters waiting, one more event its `apply` refuses ended the subscriber (a 429). It now
+    waits at that event, as through an outage, nothing skipped; a retry (or a removal) makes room. A retried
+    letter no longer counts as waiting."""
+    from switchyard_gateway.cli import deadletters
+    from switchyard_gateway.services.metering import door as door_service
+
+    monkeypatch.setattr(door_service, "MAX_LETTERS", 1)
+    head = await services.append([usage(i, "acme") for i in range(3)])
+
+    async def refuse_second(_conn, batch) -> None:
+        if any(e.request_id == "r1" for _, e in batch):
+            raise ValueError("not this one")
+
+    subscriber = Subscriber("acme-spend", refuse_second, nats_url=with_user(guarded_nats, "acme-bi", "acme-secret"),
+                            tenant="acme", database_url=await create_database(urls.database_url,
+                                                                              f"p_{uuid.uuid4().hex[:10]}"))
+    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    await Door(nc, user="acme-bi", name="acme-spend", tenant="acme").set_aside(       # the one letter of room
+        EventDeadLettered(consumer="acme-spend", stage="apply", error="earlier", source="log", sequence=99),
+        "acme-spend:log:99:apply:")
+    running = asyncio.ensure_future(subscriber.run())
+    try:
+        await asyncio.sleep(3)
+        assert not running.done() and subscriber.position.value < head, "waiting at the event, not past it"
+        [earlier] = [one for one in await deadletters.read(services.nc, "acme-spend") if one.letter.error == "earlier"]
+        await deadletters.send_back(services.nc, earlier)                # retried: no longer waiting
+        assert await subscriber.position.reach(head, 30)
+        letters = await deadletters.read(services.nc, "acme-spend")
+        assert [one.letter.sequence for one in letters] == [99, 2]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         await nc.close()
