@@ -282,6 +282,12 @@ class Subscriber:
             raise event
         return event
 
+    async def _from_log(self, position: int) -> Raw | None:
+        """The stored event at a log position, as a replay page carries it; None when the page has none there."""
+        request = msgspec.json.encode(ReplayRequest(after=position - 1, types=self.types, max_events=1))
+        page = _page.decode(await self.door.ask("replay", request))
+        return page.events[0] if page.positions[:1] == [position] else None
+
     # --- catching up through replay ----------------------------------------------------------------------------
 
     async def _ask(self, after: int) -> tuple[ReplayPage, list[Event] | None]:
@@ -386,8 +392,10 @@ class Subscriber:
 
     async def _retry(self, asked: EventRetryRequested, sequence: int) -> None:
         """Take a set-aside event again, once: only while it is still noted as set aside (a second retry of one
-        already taken changes nothing), recording the retry's sequence in the same transaction."""
-        item = self._decoded([asked.sequence], [Raw(asked.data)], None)
+        already taken changes nothing), recording the retry's sequence in the same transaction. The event is read
+        again from the log, which holds it whole (a letter's data may have been cut to fit), else from the letter."""
+        raw = await self._from_log(asked.sequence) if asked.sequence > 0 else None
+        item = self._decoded([asked.sequence], [raw or Raw(asked.data)], None)
 
         async def attempt() -> str:
             async with self.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]

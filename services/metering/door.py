@@ -12,8 +12,9 @@ reply subject is anyone else's gets no answer at all), and does what was asked o
   (`log.<type>.<tenant>`), or on DEADLETTER filtered to the name's retries, delivering under the asker's inbox;
   at most `MAX_FOLLOWS` of one user's on a stream. The consumer's settings are metering's, not the asker's.
 - `unfollow`: delete one of the user's own consumers.
-- `set_aside`: store a dead letter of the name's own on DEADLETTER (cut to fit one message, at most
-  `MAX_LETTERS` of one name's waiting).
+- `set_aside`: store a dead letter of the name's own on DEADLETTER (its data at most MAX_LETTER_DATA bytes: the
+  log holds the event whole, and the kit reads it from there when it retries; at most `MAX_LETTERS` of one name's
+  waiting to be retried, so that one subscriber's letters take at most about 64 MiB).
 
 One user has at most `PER_USER` requests in hand at once (one more: 503 `BUSY`), so that one flooding the door
 leaves room for the others; a request whose reply subject is not the user's own gets no answer even then.
@@ -55,7 +56,8 @@ log = structlog.get_logger()
 SUBJECT = f"{subjects.METERING_SUBSCRIBER}.*.*.*.*"
 AT_ONCE = 64                           # requests handled side by side (one more: 503 BUSY)
 PER_USER = 8                           # of them, one user's at most
-MAX_LETTERS = 10_000                   # dead letters of one name waiting on DEADLETTER
+MAX_LETTERS = 1_000                    # dead letters of one name waiting to be retried on DEADLETTER
+MAX_LETTER_DATA = 64 * 1024            # of a subscriber's letter's data (its event, which the log holds whole)
 MAX_FOLLOWS = 8                        # consumers one user may have on one stream at a time
 MAX_FILTERS = 64
 INACTIVE_S = 30.0                      # a consumer whose inbox went quiet this long is removed by the server
@@ -255,6 +257,10 @@ async def set_aside(history: pages.History, asker: Asker, ask: SetAside) -> int:
         raise _refused("letter", f"{waiting:,} dead letters of {letter.consumer} wait to be retried; retry or remove "
                                  "some (switchyard events dead-letters --retry/--remove) first", 429,
                        "TOO_MANY_DEAD_LETTERS")
+    if len(letter.data) > MAX_LETTER_DATA:      # the kit reads the event again from the log when it retries it
+        letter = msgspec.structs.replace(letter, data=letter.data[:MAX_LETTER_DATA], error=letter.error[:2000] +
+                                         f" [data cut to {MAX_LETTER_DATA:,} of {len(letter.data):,} bytes: the log "
+                                         "holds the event whole]")
     letter = fitted(letter, ask.msg_id, history.nc.max_payload)
     ack = await js.publish(subject, encode(letter), headers={subjects.MSG_ID_HEADER: ask.msg_id})
     return ack.seq

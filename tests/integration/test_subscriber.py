@@ -194,3 +194,32 @@ def _listed(out: str) -> list[dict]:
 
 async def _letters(nc, n: int) -> bool:
     return len(await deadletters.read(nc, "spend")) == n
+
+
+async def test_a_large_event_set_aside_is_taken_again_whole_from_the_log(
+        metering: Metering, nats_client, own_database: str) -> None:
+    """A subscriber's dead letter keeps at most 64 KiB of its event (its letters would otherwise fill DEADLETTER
+    without bound): a retry reads the event from the log, which holds it whole."""
+    big = msgspec.structs.replace(usage(7, "acme"), request_id="r" * 100_000)
+    head = await metering.append([big])
+    taken: list[int] = []
+    fixed = asyncio.Event()
+
+    async def apply(_conn, batch) -> None:
+        if not fixed.is_set():
+            raise ValueError("not yet")
+        taken.extend(len(e.request_id) for _, e in batch)
+
+    subscriber = Subscriber("whole", apply, nc=nats_client, database_url=own_database)
+    async with running(subscriber):
+        assert await subscriber.position.reach(head, 30)
+        [letter] = await wait_for(lambda: _of(nats_client, "whole"), 15, what="the letter")
+        assert len(letter.letter.data) <= 64 * 1024 and "the log holds the event whole" in letter.letter.error
+        fixed.set()
+        await deadletters.send_back(nats_client, letter)
+        await wait_for(lambda: taken, 15, what="the retried event applied")
+    assert taken == [100_000]
+
+
+async def _of(nc, name: str) -> list | None:
+    return await deadletters.read(nc, name) or None
