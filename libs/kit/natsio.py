@@ -8,6 +8,7 @@ Exceptions:
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -203,14 +204,17 @@ SubjectHandler = Callable[[bytes, str, str], Awaitable[bytes | None]]
 async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
                 instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None,
                 at_once: dict[str, int] | None = None,
-                reply_rules: dict[str, Callable[[str, str], str | None]] | None = None) -> object:
+                reply_rules: dict[str, Callable[[str, str], str | None]] | None = None,
+                shares: dict[str, tuple[Callable[[str], str], int]] | None = None) -> object:
     """Expose handlers as a NATS micro service in one queue group; ServiceError becomes error headers. Each
     copy answers `$SRV.PING` with its `instance` (replicas tell themselves apart by it) and `role` (the router's
     leader says so) in its metadata. `by_subject` handlers are given the request's subject and reply subject too.
 
     An endpoint's requests are handled one after another, each awaited before the next is read, unless `at_once`
     gives its subject a number: then up to that many are handled at once, each in a task of its own (a slow one
-    holds up no other), and one more is refused 503 `BUSY` at once.
+    holds up no other), and one more is refused 503 `BUSY` at once; `shares` gives such a subject (who asks, from
+    the subject; how many of one asker's at most), and an asker's request past its share is refused as busy before
+    it takes one of the subject's places.
 
     Nothing is answered on a reply subject that is not an inbox, nor, for an endpoint `reply_rules` names, on one
     its rule (subject asked on, reply subject) gives a reason against: checked first, before a refusal for being
@@ -278,22 +282,40 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                 await req.respond(reply or b"")
         return endpoint
 
-    def concurrently(endpoint: Callable[[Request], Awaitable[None]], limit: int,
-                     rule: Rule | None = None) -> Callable[[Request], Awaitable[None]]:
+    def concurrently(endpoint: Callable[[Request], Awaitable[None]], limit: int, rule: Rule | None = None,
+                     share: tuple[Callable[[str], str], int] | None = None) -> Callable[[Request], Awaitable[None]]:
         running: set[asyncio.Task[None]] = set()
+        in_hand: collections.Counter[str] = collections.Counter()       # per asker, with `share`
+
+        async def refuse(req: Request, message: str) -> None:
+            why = unanswerable(req, rule)
+            if why is not None:
+                _refuse_reply(name, req.subject, why)
+            elif req._msg.reply:  # noqa: SLF001
+                await answer(req, 503, ErrorBody("BUSY", message))
+
+        def done(task: asyncio.Task[None], asker: str | None) -> None:
+            running.discard(task)
+            if asker is not None:
+                in_hand[asker] -= 1
+                if not in_hand[asker]:
+                    del in_hand[asker]
 
         async def start(req: Request) -> None:
             if len(running) >= limit:
-                why = unanswerable(req, rule)
-                if why is not None:
-                    _refuse_reply(name, req.subject, why)
-                elif req._msg.reply:  # noqa: SLF001
-                    await answer(req, 503, ErrorBody("BUSY", f"{name} is handling {limit} such requests already; "
-                                                              "retry shortly"))
+                await refuse(req, f"{name} is handling {limit} such requests already; retry shortly")
                 return
+            asker = None
+            if share is not None:
+                who, most = share
+                asker = who(req.subject)
+                if in_hand[asker] >= most:       # refused before it takes a slot: one asker leaves room for others
+                    await refuse(req, f"{asker} has {most} requests in hand already; retry shortly")
+                    return
+                in_hand[asker] += 1
             task = asyncio.create_task(endpoint(req))
             running.add(task)
-            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda finished: done(finished, asker))
         return start
 
     for subject, handler in endpoints.items():
@@ -305,7 +327,7 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
         rule = (reply_rules or {}).get(subject)
         endpoint = wrap(subject_handler, with_subject=True, rule=rule)
         if at_once and subject in at_once:
-            endpoint = concurrently(endpoint, at_once[subject], rule)
+            endpoint = concurrently(endpoint, at_once[subject], rule, (shares or {}).get(subject))
         await service.add_endpoint(name=subject.replace(".", "-").replace("*", "any").replace(">", "rest"),
                                    subject=subject, handler=endpoint)
     return service

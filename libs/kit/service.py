@@ -248,12 +248,13 @@ async def serve_subscriptions(
     runtime: Runtime[Any], subscriptions: dict[str, Callable[[D, bytes], Awaitable[bytes]]], deps: D,
     by_subject: dict[str, Callable[[D, bytes, str, str], Awaitable[bytes | None]]] | None = None,
     at_once: dict[str, int] | None = None, reply_rules: dict[str, Callable[[str, str], str | None]] | None = None,
+    shares: dict[str, tuple[Callable[[str], str], int]] | None = None,
 ) -> object:
     """Expose a service's SUBSCRIPTIONS table over NATS request/reply, each handler given the service's Deps;
     `by_subject` handlers (wildcard subjects) are given the subject asked on and the reply subject too; `at_once`
-    lets a subject's requests be handled that many at a time, and `reply_rules` says on which reply subjects a
-    subject's requests may be answered at all (`natsio.serve`)."""
+    lets a subject's requests be handled that many at a time (`shares`: at most so many of one asker's), and
+    `reply_rules` says on which reply subjects a subject's requests may be answered at all (`natsio.serve`)."""
     bound = {subject: functools.partial(handler, deps) for subject, handler in subscriptions.items()}
     routed = {subject: functools.partial(handler, deps) for subject, handler in (by_subject or {}).items()}
     return await natsio.serve(runtime.nc, runtime.name, bound, instance=runtime.settings.instance, by_subject=routed,
-                              at_once=at_once, reply_rules=reply_rules)
+                              at_once=at_once, reply_rules=reply_rules, shares=shares)

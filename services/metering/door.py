@@ -16,8 +16,9 @@ reply subject is anyone else's gets no answer at all), and does what was asked o
   log holds the event whole, and the kit reads it from there when it retries; at most `MAX_LETTERS` of one name's
   waiting to be retried, so that one subscriber's letters take at most about 64 MiB).
 
-One user has at most `PER_USER` requests in hand at once (one more: 503 `BUSY`), so that one flooding the door
-leaves room for the others; a request whose reply subject is not the user's own gets no answer even then.
+One user has at most `PER_USER` requests in hand at once (`natsio.serve`'s `shares`: one more is refused 503
+`BUSY` before it takes one of the door's `AT_ONCE` places), so that one flooding the door leaves room for the
+others; a request whose reply subject is not the user's own gets no answer even then.
 
 Why not let subscribers use JetStream's API themselves, as before: NATS permissions see subjects, never payloads or
 reply subjects, and JetStream answers on whatever reply subject a request names. A user allowed to make consumers
@@ -101,6 +102,11 @@ def asker_of(subject: str) -> Asker:
     return Asker(user, name, None if scope == subjects.SUBSCRIBER_ALL else pages.unescaped(scope), op)
 
 
+def user_of(subject: str) -> str:
+    """Who asks through the door (its share of the door's places is PER_USER)."""
+    return f"user {subject.split('.')[3]}"
+
+
 def reply_rule(subject: str, reply: str) -> str | None:
     """Why a request through the door gets no answer at all: its reply subject is not under the asking user's
     inbox (checked before anything, a refusal for being busy or of the request itself included)."""
@@ -111,7 +117,6 @@ def reply_rule(subject: str, reply: str) -> str | None:
     return None if reply.startswith(inbox) else f"the reply subject is not under {inbox}, the asking user's inbox"
 
 
-_in_hand: collections.Counter[str] = collections.Counter()     # requests each user has in hand
 _following: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)   # one follow of a user at a time
 
 
@@ -120,16 +125,7 @@ async def on_request(history: pages.History, data: bytes, subject: str, reply: s
     asker = asker_of(subject)
     if reply and not reply.startswith(asker.inbox):
         raise Unanswered(f"the reply subject is not under {asker.inbox}, the asking user's inbox")
-    if _in_hand[asker.user] >= PER_USER:
-        raise ServiceError(503, ErrorBody("BUSY", f"user {asker.user} has {PER_USER} requests in hand already; "
-                                                  "retry shortly"))
-    _in_hand[asker.user] += 1
-    try:
-        return await _handle(history, asker, data, reply)
-    finally:
-        _in_hand[asker.user] -= 1
-        if not _in_hand[asker.user]:
-            del _in_hand[asker.user]
+    return await _handle(history, asker, data, reply)
 
 
 async def _handle(history: pages.History, asker: Asker, data: bytes, reply: str) -> bytes | None:

@@ -76,6 +76,7 @@ SUBSCRIPTIONS = {subjects.METERING_QUERY: on_query, subjects.METERING_COMMAND: o
 BY_SUBJECT = {**dict.fromkeys(history.SUBJECTS, on_replay), door.SUBJECT: on_door}
 AT_ONCE = {door.SUBJECT: door.AT_ONCE}      # subscribers' requests side by side: one slow page holds up no other
 REPLY_RULES = {door.SUBJECT: door.reply_rule}   # a subscriber is answered on its own inbox alone, busy or not
+SHARES = {door.SUBJECT: (door.user_of, door.PER_USER)}     # one subscriber's flood leaves room for the others
 
 
 async def start(runtime: Runtime[Settings]) -> Deps:
@@ -100,5 +101,5 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     if settings.log_feed:
         runtime.spawn(notices.run(), "log-notices")
         runtime.spawn(feed.run(), "log-feed")
-    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, BY_SUBJECT, AT_ONCE, REPLY_RULES)
+    await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, BY_SUBJECT, AT_ONCE, REPLY_RULES, SHARES)
     return deps

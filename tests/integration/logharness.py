@@ -44,7 +44,8 @@ class Metering:
                     door.SUBJECT: functools.partial(door.on_request, pages)}
         self.service = await natsio.serve(self.nc, "metering", {}, by_subject=handlers,
                                           at_once={door.SUBJECT: door.AT_ONCE},
-                                          reply_rules={door.SUBJECT: door.reply_rule})
+                                          reply_rules={door.SUBJECT: door.reply_rule},
+                                          shares={door.SUBJECT: (door.user_of, door.PER_USER)})
         self.tasks = [asyncio.ensure_future(self.notices.run()), asyncio.ensure_future(self.feed.run())]
         if ingest:
             with contextlib.suppress(Exception):    # a consumer left by an earlier test of the module

@@ -454,3 +454,43 @@ async def test_a_subscriber_whose_dead_letters_are_full_waits_at_the_event_and_g
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await nc.close()
+
+
+async def test_one_subscriber_flooding_the_door_leaves_room_for_the_others(
+        guarded_nats: str, services: Metering) -> None:
+    """While one user flooded the door, its requests refused as busy still took the door's places one by one, and
+    other users were refused too (34 of 76 answered). One user's requests past its share are refused before they
+    take a place."""
+    await services.append([usage(i, "acme") for i in range(20)])
+    flooder = await Refusals().connect(guarded_nats, "billing", "billing-secret")
+    other = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    busy: list[bytes] = []
+
+    async def heard(msg) -> None:
+        busy.append(msg.headers.get(subjects.SERVICE_ERROR_CODE_HEADER, "") if msg.headers else "")
+
+    inbox = "_INBOX_billing.flood"
+    await flooder.subscribe(f"{inbox}.>", cb=heard)
+    subject = door_subject("billing", "tenant-spend", None, "replay")
+    heavy = msgspec.json.encode(ReplayRequest(max_events=10_000))
+
+    async def flood() -> None:
+        for i in range(3000):
+            await flooder.publish(subject, heavy, reply=f"{inbox}.{i}")
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+
+    flooding = asyncio.ensure_future(flood())
+    door = Door(other, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=10)
+    answered = 0
+    try:
+        for _ in range(20):
+            page = msgspec.json.decode(await door.ask("replay", msgspec.json.encode(ReplayRequest())), type=ReplayPage)
+            answered += len(page.positions) == 20
+        await flooding
+        assert answered == 20, "every request of the other user answered"
+        assert await wait_for(lambda: "503" in busy, 10), "the flooder's past its share refused as busy"
+    finally:
+        flooding.cancel()
+        await flooder.close()
+        await other.close()
