@@ -25,7 +25,7 @@ MODEL_KINDS = ("chat", "embedding")
 TEXT_BOUNDS = {
     "display_name": DISPLAY_NAME_MAX, "name": 200, "base_url": 2048, "api_key_ref": 256, "api_key": 256, "secret": 512,
     "template": 64, "fallback_model": MODEL_NAME_MAX, "fallback": MODEL_NAME_MAX, "model_id": MODEL_NAME_MAX,
-    "tenant_id": 64, "provider_id": 64, "endpoint_id": 64, "key_id": 64, "timezone": 64,
+    "tenant_id": 50, "provider_id": 50, "endpoint_id": 50, "key_id": 64, "timezone": 64,   # identifiers: 2-50
 }
 LIST_BOUNDS = {"models": 10_000, "aliases": 100}
 # the largest value each number may hold, so that no sum of them overflows a counter or a price

@@ -191,7 +191,15 @@ async def test_endpoint_test_reports_a_refused_connection_with_its_error_and_a_l
         sim.configure(failure_kind="refuse", failure_rate=1.0)
         dead = ok(await api(demo, "POST", f"/endpoints/e-{tag}/test"))
     assert dead["success"] is False and "connection refused" in dead["error"] and dead["code"] == "CONNECTIVITY_ERROR"
+    whole = ok(await api(demo, "POST", f"/providers/{provider}/test"))      # the provider's test names what failed
+    assert whole["success"] is False and whole["code"] == "CONNECTIVITY_ERROR" and f"e-{tag}" in whole["error"]
     ok(await api(demo, "DELETE", f"/endpoints/e-{tag}"))
+    bare = f"bare-{tag}"
+    ok(await api(demo, "POST", "/providers", {"provider_id": bare, "kind": "ollama"}))
+    empty = ok(await api(demo, "POST", f"/providers/{bare}/test"))          # it said only `success: false`
+    assert (empty["success"], empty["code"], empty["endpoints"]) == (False, "CONNECTIVITY_ERROR", [])
+    assert "no endpoints" in empty["error"]
+    ok(await api(demo, "DELETE", f"/providers/{bare}"))
 
 
 async def test_refresh_discovers_models_and_status_shows_counts_and_health(demo: DemoStack, tag: str) -> None:

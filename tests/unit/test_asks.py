@@ -59,6 +59,8 @@ REFUSED: list[tuple[str, str, tuple[Any, ...]]] = [
     *[(api, "options.top_k", (-1, 1.5)) for api in ("ollama.chat", "ollama.generate")],
     *[(api, "options.top_p", (-0.5, 2)) for api in ("ollama.chat", "ollama.generate")],
     ("ollama.embed", "dimensions", (0, MAX_DIMENSIONS + 1, *HUGE, "3")),
+    *[(api, "keep_alive", ({"x": 1}, [1], True)) for api in ("ollama.chat", "ollama.generate", "ollama.embed")],
+    ("ollama.embed", "truncate", ("no", 1)),
 ]
 CASES = [(api, field, value) for api, field, values in REFUSED for value in values]
 
@@ -94,6 +96,7 @@ def test_a_hostile_value_is_refused_naming_its_field(api: str, field: str, value
     ("ollama.chat", "options.num_predict", -1), ("ollama.generate", "options.num_predict", -2),
     ("ollama.generate", "options.num_predict", 0), ("ollama.chat", "options.num_predict", LIMIT),
     ("ollama.chat", "options.num_ctx", LIMIT), ("ollama.embed", "dimensions", 1),
+    ("ollama.chat", "keep_alive", "5m"), ("ollama.chat", "keep_alive", -1), ("ollama.embed", "truncate", False),
 ])
 def test_values_at_the_bounds_are_accepted(api: str, field: str, value: Any) -> None:
     assert ask(api, body(api, field, value)) is not None

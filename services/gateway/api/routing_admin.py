@@ -62,8 +62,14 @@ async def test_provider(deps: AppDeps, provider_id: FromPath[str]) -> Response[b
     if provider_id not in catalog.providers:
         raise ServiceError(404, m.ErrorBody("PROVIDER_NOT_FOUND", f"Provider '{provider_id}' not found", "provider_id"))
     results = [await _test(deps, e.endpoint_id) for e in catalog.registered.values() if e.provider_id == provider_id]
-    return json_response({"provider_id": provider_id, "success": bool(results) and all(r["success"] for r in results),
-                  "endpoints": results})
+    answer: dict[str, Any] = {"provider_id": provider_id,
+                              "success": bool(results) and all(r["success"] for r in results), "endpoints": results}
+    if not results:        # nothing was tested: say so, as a failed test does (it said only `success: false`)
+        answer.update(error=f"Provider '{provider_id}' has no endpoints to test", code="CONNECTIVITY_ERROR")
+    elif not answer["success"]:
+        failed = next(r for r in results if not r["success"])
+        answer.update(error=f"endpoint '{failed.get('endpoint_id')}': {failed.get('error')}", code="CONNECTIVITY_ERROR")
+    return json_response(answer)
 
 
 @get(["/registry/status", "/providers/registry-status"])

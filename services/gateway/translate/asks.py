@@ -349,6 +349,10 @@ class OllamaCall(InferenceRequest):
         if answer_format and answer_format not in (b"null", b'""', b'"json"') and not answer_format.startswith(b"{"):
             raise BadRequest("Invalid 'format': it is \"json\" or a JSON schema (an object), as Ollama reads it",
                              param="format", code="invalid_value")
+        keep = bytes(self.keep_alive).strip()
+        if keep and keep != b"null" and keep[:1] not in b'"-0123456789':
+            raise BadRequest("Invalid 'keep_alive': a duration (\"5m\") or a number of seconds, as Ollama reads it",
+                             param="keep_alive", code="invalid_value")
         options = self.options
         if options is None:
             return None
@@ -433,6 +437,7 @@ class OllamaEmbed(OllamaCall):
     input: str | Annotated[list[str], msgspec.Meta(max_length=MAX_INPUTS)] | None = None
     prompt: str | None = None                     # not Ollama's, but read when `input` is absent
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
+    truncate: bool | None = None                  # checked only: the upstream truncates (or refuses) itself
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         self._output(limit)
