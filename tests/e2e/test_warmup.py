@@ -72,6 +72,9 @@ async def test_a_model_test_reports_success_and_latency_or_the_connectivity_erro
     assert dead["success"] is False and dead["code"] == "CONNECTIVITY_ERROR" and dead["error"]
     assert (await warmed(demo, f"gone-{tag}"))[-1]["trigger"] == "test"
     assert (await api(demo, "POST", f"/models/nope-{tag}/test")).status_code == 404
+    huge = "m" * 100_000                     # was echoed whole in a 404: no model can have that name
+    refused = await api(demo, "POST", "/models/warmup", {"model": huge})
+    assert refused.status_code == 400 and len(refused.content) < 2_000 and refused.json()["error"]["field"] == "model"
 
 
 async def test_an_endpoint_marked_warm_on_start_is_warmed_when_it_first_probes_healthy(demo: DemoStack,

@@ -16,6 +16,7 @@ import msgspec
 from litestar import Request, Response, Router, post
 from litestar.params import FromPath
 
+from switchyard_gateway.catalog.rules import model_name_problem
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.messages import ErrorBody, WarmModel, WarmReply
 from switchyard_gateway.contracts.routing import ModelWarmed
@@ -41,11 +42,19 @@ def result_view(result: ModelWarmed) -> dict[str, Any]:
             "warmed_at": msgspec.to_builtins(result.occurred_at)}
 
 
+def refused_name(model: str) -> None:
+    """400 for what can be no model's name (a 100,000-character one was echoed whole in a 404)."""
+    problem = model_name_problem(model)
+    if problem is not None:
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", problem, "model"))
+
+
 async def warm(deps: Deps, model: str, *, endpoint: str = "", provider: str = "", trigger: str = "admin",
                first_only: bool = False) -> list[ModelWarmed]:
     """Have the router warm a model; answer once this gateway's catalog shows the recorded warm-ups."""
     if not model:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
+    refused_name(model)
     catalog = deps.catalog
     model_id = catalog.resolve_model(model) or model
     serving = [e for e in catalog.endpoints_serving(model_id) if (not endpoint or e.endpoint_id == endpoint)
@@ -68,6 +77,7 @@ async def warmup(deps: Deps, body: WarmupRequest) -> Response[bytes]:
 
 async def test_model(deps: Deps, model: str) -> Response[bytes]:
     """One real, unbilled call to the model on the first endpoint that answers (recorded as a warm-up)."""
+    refused_name(model)
     if deps.catalog.resolve_model(model) is None:
         raise ServiceError(404, ErrorBody("MODEL_NOT_FOUND", f"Model '{model}' not found", "model_id"))
     results = await warm(deps, model, trigger="test", first_only=True)
