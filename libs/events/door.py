@@ -19,8 +19,8 @@ from nats.aio.client import Client as NATS
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
-from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.deadletters import EventDeadLettered
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import Follow, Following, ReplayRequest, SetAside, SetAsideDone, Unfollow
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable

@@ -37,17 +37,17 @@ import uuid
 from dataclasses import dataclass
 
 import msgspec
-import structlog
 import nats.js.errors
+import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.deadletters import LOG_SOURCE
 from switchyard_gateway.contracts.events import subject_of
-from switchyard_gateway.events.deadletter import fitted
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import Follow, Following, SetAside, SetAsideDone, Unfollow
+from switchyard_gateway.events.deadletter import fitted
 from switchyard_gateway.kit.nats_auth import RESERVED_NAMES, SERVICES_USER, USER, inbox_prefix
 from switchyard_gateway.kit.natsio import ServiceError, Unanswered
 from switchyard_gateway.services.metering import history as pages
