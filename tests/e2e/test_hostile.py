@@ -931,10 +931,7 @@ async def test_an_error_inside_a_stream_reaches_the_client_once_and_the_call_is_
     async with FailingMidStream(model, then_done, failing) as upstream, \
             only_endpoint(lab, model, "failing", upstream.url):
         request_id = f"failing-{uuid.uuid4().hex}"
-        body: dict[str, Any] = {"model": model, "stream": True,
-                                "messages": [{"role": "user", "content": "route me well"}]}
-        if door == "/v1/messages":
-            body["max_tokens"] = 20
+        body = stream_body(model, door)
         reply = await served(lab, door, body, request_id)
         assert reply.status_code == 200, reply.text[:300]
         assert reply.text.count(said) == 1, reply.text
@@ -946,6 +943,14 @@ async def test_an_error_inside_a_stream_reaches_the_client_once_and_the_call_is_
     logs = (lab.demo.data_dir / "logs" / "gateway.log").read_text().splitlines()
     assert [line for line in logs if request_id in line and "upstream.stream_error" in line], \
         "the upstream's error is logged as such"
+
+
+def stream_body(model: str, door: str) -> dict[str, Any]:
+    """A streamed call's body for a door (Anthropic's asks for `max_tokens`)."""
+    body: dict[str, Any] = {"model": model, "stream": True, "messages": [{"role": "user", "content": "route me well"}]}
+    if door == "/v1/messages":
+        body["max_tokens"] = 20
+    return body
 
 
 @asynccontextmanager
@@ -1019,10 +1024,7 @@ async def test_a_translated_stream_shows_the_counts_the_log_records(lab: Lab, do
     stop reason)."""
     async with lying_endpoint(lab, f"s{name}", usage={}, stream_usage=reported) as model:
         request_id = f"{name}-{uuid.uuid4().hex}"
-        body: dict[str, Any] = {"model": model, "stream": True,
-                                "messages": [{"role": "user", "content": "route me well"}]}
-        if door == "/v1/messages":
-            body["max_tokens"] = 20
+        body = stream_body(model, door)
         reply = await served(lab, door, body, request_id)
         assert reply.status_code == 200, reply.text[:300]
         if door == "/v1/messages":

@@ -106,10 +106,7 @@ async def test_a_connection_still_sending_its_head_counts_as_idle(served) -> Non
 
 async def test_when_every_connection_is_busy_one_more_is_answered_503_and_the_busy_ones_finish(served) -> None:
     app, server, port = served
-    busy = [await _open(port) for _ in range(LIMIT)]
-    for _reader, writer in busy:
-        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-        await writer.drain()
+    busy = await _hold(port, b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
     await wait_for(lambda: app.busy == LIMIT, timeout_s=10)
     reader, _writer = await _open(port)
     refused = await asyncio.wait_for(reader.read(), 10)                     # answered, then closed
@@ -144,12 +141,18 @@ async def test_a_flood_of_idle_connections_leaves_the_server_serving(served) -> 
 BODILESS = b"POST /never HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"     # a body that never comes
 
 
-async def _fill_with_bodiless_heads(server, port: int) -> list:
-    """LIMIT connections, each holding a head whose body never comes, all of them in the server's hands."""
+async def _hold(port: int, head: bytes) -> list:
+    """LIMIT connections, each having sent `head`."""
     held = [await _open(port) for _ in range(LIMIT)]
     for _reader, writer in held:
-        writer.write(BODILESS)
+        writer.write(head)
         await writer.drain()
+    return held
+
+
+async def _fill_with_bodiless_heads(server, port: int) -> list:
+    """LIMIT connections, each holding a head whose body never comes, all of them in the server's hands."""
+    held = await _hold(port, BODILESS)
     await wait_for(lambda: len(server.connections) == LIMIT and all(conn.request for conn in server.connections),
                    timeout_s=10)
     return held
@@ -190,10 +193,7 @@ async def test_heads_without_bodies_sent_faster_than_any_grace_keep_no_caller_ou
 
 async def test_a_body_that_has_begun_keeps_its_connection_at_the_limit(served) -> None:
     app, _, port = served
-    held = [await _open(port) for _ in range(LIMIT)]
-    for _reader, writer in held:
-        writer.write(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nsome")
-        await writer.drain()
+    held = await _hold(port, b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nsome")
     await wait_for(lambda: app.busy == LIMIT, timeout_s=10)
     reader, _writer = await _open(port)
     assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 503 ")
