@@ -56,6 +56,23 @@ async def services(guarded_nats: str, pool, database_url: str):
     await nc.close()
 
 
+@pytest.fixture
+async def acme(guarded_nats: str, services: Metering):
+    """A client of the tenant-held user `acme-bi` and its door; every consumer the door made for it goes at the end."""
+    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
+    yield nc, Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=10)
+    js = services.nc.jetstream()
+    for stream in (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER):
+        for consumer in await js.consumers_info(stream):
+            if consumer.name.startswith(ACME_CONSUMERS):
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(stream, consumer.name)
+    await nc.close()
+
+
+ACME_CONSUMERS = "sub7_acme-bi_"          # the names of the consumers metering makes for user acme-bi
+
+
 class Refusals:
     """A client of one user that keeps what the server refused it."""
 
@@ -171,75 +188,68 @@ async def test_no_answer_of_the_services_or_jetstream_lands_where_a_subscriber_p
         await billing.flush()
         assert overheard == []
         assert (await js.stream_info(subjects.STREAM_USAGE)).state.last_seq == stored
-        assert not [c for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith("sub7_acme-bi_")]
+        assert not [c for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith(ACME_CONSUMERS)]
     finally:
         await nc.close()
         await billing.close()
 
 
 async def test_metering_makes_a_subscribers_consumers_within_its_door_and_no_more_than_its_share(
-        guarded_nats: str, services: Metering) -> None:
+        guarded_nats: str, services: Metering, acme) -> None:
     """What a subscriber asks of its door is held to what the subject allows: deliveries under its own inbox,
     filters within its tenant, retries and dead letters of its own name, consumers of its own, at most 8 at once."""
-    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
-    door = Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=5)
+    nc, door = acme
     js = services.nc.jetstream()
     made: list[str] = []
-    try:
-        refusals = [
-            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_billing.x"), "deliver_to"),
-            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "registry.command.v1"), "deliver_to"),
-            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.*"), "deliver_to"),
-            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.beta"], "_INBOX_acme-bi.x"), "subjects"),
-            (Follow(subjects.STREAM_LOG, 1, ["log.>"], "_INBOX_acme-bi.x"), "subjects"),
-            (Follow(subjects.STREAM_LOG, 1, ["log.usage.recorded.v2.acme.more"], "_INBOX_acme-bi.x"), "subjects"),
-            (Follow(subjects.STREAM_DEADLETTER, 1, ["event.retry_requested.v1.tenant-spend"], "_INBOX_acme-bi.x"),
-             "subjects"),
-            (Follow(subjects.STREAM_USAGE, 1, ["usage.>"], "_INBOX_acme-bi.x"), "stream"),
-            (Follow(subjects.STREAM_LOG, 0, ["log.*.*.*.acme"], "_INBOX_acme-bi.x"), "sequence"),
-            (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.x", heartbeat_s=0.001), "heartbeat_s"),
-        ]
-        for ask, field in refusals:
-            with pytest.raises(ServiceError) as refused:
-                await door.follow(ask)
-            assert (refused.value.status, refused.value.body.field) == (400, field), ask
-        for _ in range(8):
-            made.append(await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.usage.*.*.acme"], nc.new_inbox())))
-        with pytest.raises(ServiceError) as crowded:
-            await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], nc.new_inbox()))
-        assert crowded.value.status == 429 and crowded.value.body.code == "TOO_MANY_CONSUMERS"
-        info = await js.consumer_info(subjects.STREAM_LOG, made[0])
-        assert info.config.deliver_subject.startswith("_INBOX_acme-bi.") and info.config.durable_name is None
-        assert info.config.mem_storage and info.config.inactive_threshold == 30.0
-        assert info.config.filter_subject == "log.usage.*.*.acme"
+    refusals = [
+        (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_billing.x"), "deliver_to"),
+        (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "registry.command.v1"), "deliver_to"),
+        (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.*"), "deliver_to"),
+        (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.beta"], "_INBOX_acme-bi.x"), "subjects"),
+        (Follow(subjects.STREAM_LOG, 1, ["log.>"], "_INBOX_acme-bi.x"), "subjects"),
+        (Follow(subjects.STREAM_LOG, 1, ["log.usage.recorded.v2.acme.more"], "_INBOX_acme-bi.x"), "subjects"),
+        (Follow(subjects.STREAM_DEADLETTER, 1, ["event.retry_requested.v1.tenant-spend"], "_INBOX_acme-bi.x"),
+         "subjects"),
+        (Follow(subjects.STREAM_USAGE, 1, ["usage.>"], "_INBOX_acme-bi.x"), "stream"),
+        (Follow(subjects.STREAM_LOG, 0, ["log.*.*.*.acme"], "_INBOX_acme-bi.x"), "sequence"),
+        (Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], "_INBOX_acme-bi.x", heartbeat_s=0.001), "heartbeat_s"),
+    ]
+    for ask, field in refusals:
+        with pytest.raises(ServiceError) as refused:
+            await door.follow(ask)
+        assert (refused.value.status, refused.value.body.field) == (400, field), ask
+    for _ in range(8):
+        made.append(await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.usage.*.*.acme"], nc.new_inbox())))
+    with pytest.raises(ServiceError) as crowded:
+        await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], nc.new_inbox()))
+    assert crowded.value.status == 429 and crowded.value.body.code == "TOO_MANY_CONSUMERS"
+    info = await js.consumer_info(subjects.STREAM_LOG, made[0])
+    assert info.config.deliver_subject.startswith("_INBOX_acme-bi.") and info.config.durable_name is None
+    assert info.config.mem_storage and info.config.inactive_threshold == 30.0
+    assert info.config.filter_subject == "log.usage.*.*.acme"
 
-        billing = await Refusals().connect(guarded_nats, "billing", "billing-secret")
-        try:                                        # another user can neither stop them nor store under acme's name
-            other = Door(billing, user="billing", name="tenant-spend", tenant=None, timeout_s=5)
-            with pytest.raises(ServiceError) as theirs:
-                await other.unfollow(subjects.STREAM_LOG, made[0])
-            assert theirs.value.status == 403
-            letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="x", source="log")
-            with pytest.raises(ServiceError) as forged:
-                await other.set_aside(letter, "acme-spend:log:1:apply:")
-            assert forged.value.status == 403
-        finally:
-            await billing.close()
-        gone = made.pop(0)
-        await door.unfollow(subjects.STREAM_LOG, gone)
-        assert gone not in [c.name for c in await js.consumers_info(subjects.STREAM_LOG)]
-        made.append(await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], nc.new_inbox())))
-
-        letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="boom", source="log", sequence=7)
-        sequence = await door.set_aside(letter, "acme-spend:log:7:apply:")
-        assert await door.set_aside(letter, "acme-spend:log:7:apply:") == sequence       # stored once
-        kept = await js.get_msg(subjects.STREAM_DEADLETTER, sequence)
-        assert kept.subject == "event.dead_lettered.v1.acme-spend"
+    billing = await Refusals().connect(guarded_nats, "billing", "billing-secret")
+    try:                                        # another user can neither stop them nor store under acme's name
+        other = Door(billing, user="billing", name="tenant-spend", tenant=None, timeout_s=5)
+        with pytest.raises(ServiceError) as theirs:
+            await other.unfollow(subjects.STREAM_LOG, made[0])
+        assert theirs.value.status == 403
+        letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="x", source="log")
+        with pytest.raises(ServiceError) as forged:
+            await other.set_aside(letter, "acme-spend:log:1:apply:")
+        assert forged.value.status == 403
     finally:
-        for name in made:
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(subjects.STREAM_LOG, name)
-        await nc.close()
+        await billing.close()
+    gone = made.pop(0)
+    await door.unfollow(subjects.STREAM_LOG, gone)
+    assert gone not in [c.name for c in await js.consumers_info(subjects.STREAM_LOG)]
+    made.append(await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], nc.new_inbox())))
+
+    letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="boom", source="log", sequence=7)
+    sequence = await door.set_aside(letter, "acme-spend:log:7:apply:")
+    assert await door.set_aside(letter, "acme-spend:log:7:apply:") == sequence       # stored once
+    kept = await js.get_msg(subjects.STREAM_DEADLETTER, sequence)
+    assert kept.subject == "event.dead_lettered.v1.acme-spend"
 
 
 async def wait_for(condition, within_s: float) -> bool:
@@ -305,12 +315,11 @@ def test_a_subscribers_password_is_as_long_as_the_services_and_its_name_its_own(
 
 
 async def test_a_subscriber_refused_its_consumer_keeps_catching_up_and_goes_live_once_it_may(
-        guarded_nats: str, services: Metering, urls) -> None:
+        guarded_nats: str, services: Metering, urls, acme) -> None:
     """Going live is asked of metering now, and may be refused (the user's consumers all taken, metering away):
     the subscriber stays on the log's pages, trying again with a backoff, and goes live once it may."""
     head = await services.append([usage(i, "acme") for i in range(5)])
-    holder = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
-    door = Door(holder, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=5)
+    holder, door = acme
     taken = [await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"], holder.new_inbox()))
              for _ in range(8)]
     subscriber = Subscriber("acme-spend", _nothing, nats_url=with_user(guarded_nats, "acme-bi", "acme-secret"),
@@ -328,99 +337,83 @@ async def test_a_subscriber_refused_its_consumer_keeps_catching_up_and_goes_live
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        for name in taken:
-            with contextlib.suppress(Exception):
-                await door.unfollow(subjects.STREAM_LOG, name)
-        await holder.close()
 
 
 async def test_what_a_hostile_subscriber_sends_the_door_cannot_take_metering_off_nats(
-        guarded_nats: str, services: Metering) -> None:
+        guarded_nats: str, services: Metering, acme) -> None:
     """A letter within a message of the limit grew past it when metering stored it (its defaults, the message id),
     and a refused enum value of 600 KB came back twice in the error: each time the server closed metering's
     connection, for good. Racing follows got 60 consumers past a cap of 8; overlapping filters were a 500 with a
     traceback each."""
-    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
-    door = Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=10)
+    nc, door = acme
     js = services.nc.jetstream()
-    made: list[str] = []
-    try:
-        limit = nc.max_payload
-        letter = EventDeadLettered(consumer="acme-spend", stage="decode", error="", source="log", data=b"d" * 1000)
-        room = limit - len(msgspec.json.encode(SetAside(letter, "acme-spend:log:1:decode:"))) - 40
-        huge = msgspec.structs.replace(letter, error="e" * room)
-        sequence = await door.set_aside(huge, "acme-spend:log:1:decode:")
-        kept = await js.get_msg(subjects.STREAM_DEADLETTER, sequence)
-        stored = msgspec.json.decode(kept.data, type=EventDeadLettered)
-        assert len(kept.data) < limit and stored.consumer == "acme-spend"
-        assert stored.error.endswith("bytes to fit one message]") and len(stored.data) < 1000    # its data cut
-        echo = msgspec.json.encode({"letter": {**msgspec.to_builtins(letter), "stage": "x" * 600_000},
-                                    "msg_id": "acme-spend:log:2:decode:"})
-        with pytest.raises(ServiceError) as refused:
-            await door.ask("set_aside", echo)
-        assert refused.value.status == 400
-        for name, value in (("source", "USAGE"), ("msg_id", "acme-spend:USAGE:1:decode:")):
-            with pytest.raises(ServiceError) as bad:
-                ask = letter if name == "msg_id" else msgspec.structs.replace(letter, source=value)
-                await door.set_aside(ask, value if name == "msg_id" else "acme-spend:log:3:decode:")
-            assert bad.value.status == 400 and bad.value.body.field in (name, f"letter.{name}")
-        await asyncio.sleep(0.2)
-        assert services.nc.is_connected, "metering kept its connection"
+    limit = nc.max_payload
+    letter = EventDeadLettered(consumer="acme-spend", stage="decode", error="", source="log", data=b"d" * 1000)
+    room = limit - len(msgspec.json.encode(SetAside(letter, "acme-spend:log:1:decode:"))) - 40
+    huge = msgspec.structs.replace(letter, error="e" * room)
+    sequence = await door.set_aside(huge, "acme-spend:log:1:decode:")
+    kept = await js.get_msg(subjects.STREAM_DEADLETTER, sequence)
+    stored = msgspec.json.decode(kept.data, type=EventDeadLettered)
+    assert len(kept.data) < limit and stored.consumer == "acme-spend"
+    assert stored.error.endswith("bytes to fit one message]") and len(stored.data) < 1000    # its data cut
+    echo = msgspec.json.encode({"letter": {**msgspec.to_builtins(letter), "stage": "x" * 600_000},
+                                "msg_id": "acme-spend:log:2:decode:"})
+    with pytest.raises(ServiceError) as refused:
+        await door.ask("set_aside", echo)
+    assert refused.value.status == 400
+    for name, value in (("source", "USAGE"), ("msg_id", "acme-spend:USAGE:1:decode:")):
+        with pytest.raises(ServiceError) as bad:
+            ask = letter if name == "msg_id" else msgspec.structs.replace(letter, source=value)
+            await door.set_aside(ask, value if name == "msg_id" else "acme-spend:log:3:decode:")
+        assert bad.value.status == 400 and bad.value.body.field in (name, f"letter.{name}")
+    await asyncio.sleep(0.2)
+    assert services.nc.is_connected, "metering kept its connection"
 
-        with pytest.raises(ServiceError) as overlapping:
-            await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.usage.*.*.acme", "log.*.*.*.acme"],
-                                     nc.new_inbox()))
-        assert overlapping.value.status == 400 and overlapping.value.body.field == "subjects"
-        results = await asyncio.gather(*(door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"],
-                                                            nc.new_inbox())) for _ in range(20)),
-                                       return_exceptions=True)
-        made = [r for r in results if isinstance(r, str)]
-        refusals = {(r.status, r.body.code) for r in results if isinstance(r, ServiceError)}
-        assert len(made) == 8 and refusals <= {(429, "TOO_MANY_CONSUMERS"), (503, "SERVICE_UNAVAILABLE")}, results
-        ours = [c.name for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith("sub7_acme-bi_")]
-        assert sorted(ours) == sorted(made)
-    finally:
-        for name in made:
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(subjects.STREAM_LOG, name)
-        await nc.close()
+    with pytest.raises(ServiceError) as overlapping:
+        await door.follow(Follow(subjects.STREAM_LOG, 1, ["log.usage.*.*.acme", "log.*.*.*.acme"],
+                                 nc.new_inbox()))
+    assert overlapping.value.status == 400 and overlapping.value.body.field == "subjects"
+    results = await asyncio.gather(*(door.follow(Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"],
+                                                        nc.new_inbox())) for _ in range(20)),
+                                   return_exceptions=True)
+    made = [r for r in results if isinstance(r, str)]
+    refusals = {(r.status, r.body.code) for r in results if isinstance(r, ServiceError)}
+    assert len(made) == 8 and refusals <= {(429, "TOO_MANY_CONSUMERS"), (503, "SERVICE_UNAVAILABLE")}, results
+    ours = [c.name for c in await js.consumers_info(subjects.STREAM_LOG) if c.name.startswith(ACME_CONSUMERS)]
+    assert sorted(ours) == sorted(made)
 
 
 async def test_subjects_a_subscriber_names_stay_short_and_its_door_answers_it_alone(
-        guarded_nats: str, services: Metering) -> None:
+        guarded_nats: str, services: Metering, acme) -> None:
     """A replay's 5,000-character `deliver_to`, or a follow's long filter, made metering's own protocol line longer
     than the server allows: the server closed its connection (again and again, one request a second). A request of
     an unknown operation was answered on any inbox (another user's)."""
-    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
-    door = Door(nc, user="acme-bi", name="acme-spend", tenant="acme", timeout_s=10)
+    nc, door = acme
     refused_replies = natsio.REFUSED_REPLIES.labels("metering")
-    try:
-        for op, body, field in (
-                ("replay", ReplayRequest(deliver_to="_INBOX_acme-bi." + "x" * 5000), "deliver_to"),
-                ("follow", Follow(subjects.STREAM_LOG, 1, [f"log.{'x' * 4200}.b.c.acme"], "_INBOX_acme-bi.t"),
-                 "subjects")):
-            with pytest.raises(ServiceError) as refused:
-                await door.ask(op, msgspec.json.encode(body))
-            assert (refused.value.status, refused.value.body.field) == (400, field)
-        letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="x", source="log", sequence=2**64)
-        with pytest.raises(ServiceError) as out_of_range:
-            await door.set_aside(letter, "acme-spend:log:1:apply:")
-        assert out_of_range.value.body.field == "letter.sequence"
-        before = refused_replies._value.get()
-        await nc.publish(door.subject("bogus"), b"{}", reply="_INBOX_billing.victim")      # another user's inbox
-        await nc.flush()
-        assert await wait_for(lambda: refused_replies._value.get() > before, 10)
-        with pytest.raises(ServiceError) as unknown:                                        # its own: answered
-            await door.ask("bogus", b"{}")
-        assert unknown.value.status == 400
-        await asyncio.sleep(0.2)
-        assert services.nc.is_connected
-    finally:
-        await nc.close()
+    for op, body, field in (
+            ("replay", ReplayRequest(deliver_to="_INBOX_acme-bi." + "x" * 5000), "deliver_to"),
+            ("follow", Follow(subjects.STREAM_LOG, 1, [f"log.{'x' * 4200}.b.c.acme"], "_INBOX_acme-bi.t"),
+             "subjects")):
+        with pytest.raises(ServiceError) as refused:
+            await door.ask(op, msgspec.json.encode(body))
+        assert (refused.value.status, refused.value.body.field) == (400, field)
+    letter = EventDeadLettered(consumer="acme-spend", stage="apply", error="x", source="log", sequence=2**64)
+    with pytest.raises(ServiceError) as out_of_range:
+        await door.set_aside(letter, "acme-spend:log:1:apply:")
+    assert out_of_range.value.body.field == "letter.sequence"
+    before = refused_replies._value.get()
+    await nc.publish(door.subject("bogus"), b"{}", reply="_INBOX_billing.victim")      # another user's inbox
+    await nc.flush()
+    assert await wait_for(lambda: refused_replies._value.get() > before, 10)
+    with pytest.raises(ServiceError) as unknown:                                        # its own: answered
+        await door.ask("bogus", b"{}")
+    assert unknown.value.status == 400
+    await asyncio.sleep(0.2)
+    assert services.nc.is_connected
 
 
 async def test_a_subscriber_whose_dead_letters_are_full_waits_at_the_event_and_goes_on_once_there_is_room(
-        guarded_nats: str, services: Metering, urls, monkeypatch) -> None:
+        guarded_nats: str, services: Metering, urls, monkeypatch, acme) -> None:
     """At the cap of dead letters waiting, one more event its `apply` refuses ended the subscriber (a 429). It now
     waits at that event, as through an outage, nothing skipped; a retry (or a removal) makes room. A retried
     letter no longer counts as waiting."""
@@ -437,8 +430,8 @@ async def test_a_subscriber_whose_dead_letters_are_full_waits_at_the_event_and_g
     subscriber = Subscriber("acme-spend", refuse_second, nats_url=with_user(guarded_nats, "acme-bi", "acme-secret"),
                             tenant="acme", database_url=await create_database(urls.database_url,
                                                                               f"p_{uuid.uuid4().hex[:10]}"))
-    nc = await Refusals().connect(guarded_nats, "acme-bi", "acme-secret")
-    await Door(nc, user="acme-bi", name="acme-spend", tenant="acme").set_aside(       # the one letter of room
+    _, door = acme
+    await door.set_aside(                                                              # the one letter of room
         EventDeadLettered(consumer="acme-spend", stage="apply", error="earlier", source="log", sequence=99),
         "acme-spend:log:99:apply:")
     running = asyncio.ensure_future(subscriber.run())
@@ -453,7 +446,6 @@ async def test_a_subscriber_whose_dead_letters_are_full_waits_at_the_event_and_g
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        await nc.close()
 
 
 async def test_one_subscriber_flooding_the_door_leaves_room_for_the_others(
