@@ -13,7 +13,8 @@ records the page's last position; the next page is on its way meanwhile. The pag
 a LOG stream sequence: from there the subscriber follows LOG live (metering makes the consumer, delivering to the
 subscriber's inbox), skipping events at or below its position, so nothing is missed or applied twice across the
 switch. Everything it asks goes through its door, `metering.subscriber.v1.<user>.<name>.<tenant, or _all>.<op>`
-(`events.door`): the NATS user in `nats_url` (or `user`; none: the services' own) may publish there alone. Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
+(`events.door`): the NATS user in `nats_url` (or `user`; none: the services' own) may publish there alone.
+Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
 `max_queued` messages because applying is slower than the log grows) sends it back to catching up from its
 position: the log, not the stream, is what it counts on.
 
@@ -273,19 +274,17 @@ class Subscriber:
         NATS: while the subscriber runs, or given `nc`. Replay's refusals raise `ServiceError`."""
         if self.nc is None:
             raise RuntimeError("fetch needs NATS: call it while the subscriber runs, or give the subscriber nc")
-        request = msgspec.json.encode(ReplayRequest(after=position - 1, types=self.types, max_events=1))
-        page = _page.decode(await self.door.ask("replay", request))
-        if page.positions[:1] != [position]:
+        raw = await self._from_log(position)
+        if raw is None:
             return None
-        [(_, event, _)] = self._decoded(page.positions[:1], page.events[:1], None)
+        [(_, event, _)] = self._decoded([position], [raw], None)
         if isinstance(event, BaseException):
             raise event
         return event
 
     async def _from_log(self, position: int) -> Raw | None:
         """The stored event at a log position, as a replay page carries it; None when the page has none there."""
-        request = msgspec.json.encode(ReplayRequest(after=position - 1, types=self.types, max_events=1))
-        page = _page.decode(await self.door.ask("replay", request))
+        page = _page.decode(await self.door.replay(ReplayRequest(after=position - 1, types=self.types, max_events=1)))
         return page.events[0] if page.positions[:1] == [position] else None
 
     # --- catching up through replay ----------------------------------------------------------------------------
@@ -335,7 +334,7 @@ class Subscriber:
     async def _follow(self, live: LiveFrom) -> None:
         """Apply what LOG delivers from `live.sequence`, in batches gathered for up to `linger_s`, until TailLost."""
         filters = live.subjects
-        if self.tenant and len(filters) > 1:       # one filter, which NATS permissions can hold to the tenant
+        if self.tenant and len(filters) > 1:       # one filter, ending in the tenant, as its door allows
             filters = [f"{subjects.LOG_PREFIX}.*.*.*.{subjects.subject_token(self.tenant)}"]
         tail = StreamTail(self.nc, live.stream, filters, live.sequence, self.name, self.max_queued,  # type: ignore[arg-type]
                           door=self.door)

@@ -66,25 +66,39 @@ def describe(exc: BaseException) -> str:
 HEADROOM = 256           # bytes a letter leaves of `max_payload` (a header the server or client may add)
 
 
-def fitted(letter: EventDeadLettered, msg_id: str, max_payload: int) -> EventDeadLettered:
+def fitted(letter: EventDeadLettered, msg_id: str, max_payload: int,
+           max_data: int | None = None) -> EventDeadLettered:
     """The letter as one NATS message can carry it with its message id: whole if it fits; else as much of its data
     as fits (its error says so), and if its other fields alone do not fit, those cut too (the error to ERROR_MAX
     characters, 32 headers, a 1 KiB subject). A letter larger than a message closed the connection that published
-    it (a body near the limit grows by a third in base64, and by the letter's fields)."""
+    it (a body near the limit grows by a third in base64, and by the letter's fields).
+
+    `max_data`: a letter whose event the log keeps whole (a subscriber's) keeps at most that much of it, and its
+    other fields cut as above, whatever the limit: such letters stay small (a subscriber's 1,000 of them 64 MiB)."""
     limit = max_payload - HEADROOM
 
     def size(one: EventDeadLettered) -> int:
         return natsio.message_size(encode(one), {subjects.MSG_ID_HEADER: msg_id})
 
-    if size(letter) <= limit:
-        return letter
-    bare = msgspec.structs.replace(letter, data=b"")
+    def cut(text: str) -> str:
+        return text if len(text) <= ERROR_MAX else text[:ERROR_MAX - 1] + "…"
+
+    def few(headers: dict[str, str]) -> dict[str, str]:
+        return {name[:128]: value[:512] for name, value in list(headers.items())[:32]}
+
     note = ""
+    if max_data is not None:
+        if len(letter.data) > max_data:
+            note = f" [data cut to {max_data:,} of {len(letter.data):,} bytes: the log holds the event whole]"
+        letter = msgspec.structs.replace(letter, data=letter.data[:max_data], error=cut(letter.error),
+                                         headers=few(letter.headers), subject=letter.subject[:1024])
+    if size(letter) + len(note) <= limit:
+        return msgspec.structs.replace(letter, error=letter.error + note) if note else letter
+    bare = msgspec.structs.replace(letter, data=b"")
     if size(bare) > limit - 200:
-        error = letter.error if len(letter.error) <= ERROR_MAX else letter.error[:ERROR_MAX - 1] + "…"
-        headers = {name[:128]: value[:512] for name, value in list(letter.headers.items())[:32]}
-        bare = msgspec.structs.replace(bare, error=error, headers=headers, subject=letter.subject[:1024])
-        note = " [its error, headers and subject cut to fit one message]"
+        bare = msgspec.structs.replace(bare, error=cut(letter.error), headers=few(letter.headers),
+                                       subject=letter.subject[:1024])
+        note += " [its error, headers and subject cut to fit one message]"
     room = (limit - size(bare) - len(note) - 120) * 3 // 4       # base64: 4 characters for 3 bytes; 120 for the note
     keep = max(0, min(len(letter.data), room))
     if keep < len(letter.data):

@@ -61,10 +61,10 @@ MAX_LETTERS = 1_000                    # dead letters of one name waiting to be 
 MAX_LETTER_DATA = 64 * 1024            # of a subscriber's letter's data (its event, which the log holds whole)
 MAX_FOLLOWS = 8                        # consumers one user may have on one stream at a time
 MAX_FILTERS = 64
+FOLLOWED = (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER)     # the streams a subscriber may follow
 INACTIVE_S = 30.0                      # a consumer whose inbox went quiet this long is removed by the server
 TOKEN = r"[A-Za-z0-9_%-]+"
 LOG_FILTER = re.compile(rf"^{subjects.LOG_PREFIX}(\.({TOKEN}|\*)){{3}}\.({TOKEN}|\*)$")
-SUBJECT_CHARS = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")
 
 _follow, _unfollow, _set_aside = decoder(Follow), decoder(Unfollow), decoder(SetAside)
 
@@ -121,11 +121,12 @@ _following: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)   # 
 
 
 async def on_request(history: pages.History, data: bytes, subject: str, reply: str = "") -> bytes | None:
-    """One request through the door; no answer at all when its reply subject is not the asker's own inbox."""
-    asker = asker_of(subject)
-    if reply and not reply.startswith(asker.inbox):
-        raise Unanswered(f"the reply subject is not under {asker.inbox}, the asking user's inbox")
-    return await _handle(history, asker, data, reply)
+    """One request through the door; no answer at all when its reply subject is not the asker's own inbox (served
+    with `reply_rule`, natsio has refused it already, even when busy)."""
+    why = reply_rule(subject, reply) if reply else None
+    if why is not None:
+        raise Unanswered(why)
+    return await _handle(history, asker_of(subject), data, reply)
 
 
 async def _handle(history: pages.History, asker: Asker, data: bytes, reply: str) -> bytes | None:
@@ -187,14 +188,13 @@ def _overlap(one: str, other: str) -> bool:
 
 async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
     """Make the consumer a `Follow` asks for, delivering under the asker's inbox; its name."""
-    if ask.stream not in (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER):
-        raise _refused("stream", f"follow {subjects.STREAM_LOG} or {subjects.STREAM_DEADLETTER}")
+    if ask.stream not in FOLLOWED:
+        raise _refused("stream", f"follow {' or '.join(FOLLOWED)}")
     if not 1 <= ask.sequence < 2**63:
         raise _refused("sequence", "sequence must be a stream sequence, 1 or more")
     if not (0.5 <= ask.heartbeat_s <= 60):
         raise _refused("heartbeat_s", "heartbeat_s must be 0.5 to 60")
-    if not (ask.deliver_to.startswith(asker.inbox) and SUBJECT_CHARS.match(ask.deliver_to)
-            and len(ask.deliver_to) <= pages.MAX_SUBJECT_CHARS):
+    if not pages.named_subject_ok(ask.deliver_to, asker.inbox):
         raise _refused("deliver_to", f"deliver_to must be a subject under your inbox, {asker.inbox}, without "
                                      "wildcards")
     problem = _filters_problem(asker, ask)
@@ -220,8 +220,8 @@ async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
 
 
 async def unfollow(history: pages.History, asker: Asker, ask: Unfollow) -> None:
-    if ask.stream not in (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER):
-        raise _refused("stream", f"unfollow {subjects.STREAM_LOG} or {subjects.STREAM_DEADLETTER}")
+    if ask.stream not in FOLLOWED:
+        raise _refused("stream", f"unfollow {' or '.join(FOLLOWED)}")
     if not ask.consumer.startswith(asker.consumer_prefix) or not USER.match(ask.consumer[len(asker.consumer_prefix):]):
         raise _refused("consumer", "not a consumer of yours", 403, "FORBIDDEN")
     try:
@@ -253,11 +253,8 @@ async def set_aside(history: pages.History, asker: Asker, ask: SetAside) -> int:
         raise _refused("letter", f"{waiting:,} dead letters of {letter.consumer} wait to be retried; retry or remove "
                                  "some (switchyard events dead-letters --retry/--remove) first", 429,
                        "TOO_MANY_DEAD_LETTERS")
-    if len(letter.data) > MAX_LETTER_DATA:      # the kit reads the event again from the log when it retries it
-        letter = msgspec.structs.replace(letter, data=letter.data[:MAX_LETTER_DATA], error=letter.error[:2000] +
-                                         f" [data cut to {MAX_LETTER_DATA:,} of {len(letter.data):,} bytes: the log "
-                                         "holds the event whole]")
-    letter = fitted(letter, ask.msg_id, history.nc.max_payload)
+    # the kit reads the event again from the log when it retries it: the letter keeps MAX_LETTER_DATA of it
+    letter = fitted(letter, ask.msg_id, history.nc.max_payload, max_data=MAX_LETTER_DATA)
     ack = await js.publish(subject, encode(letter), headers={subjects.MSG_ID_HEADER: ask.msg_id})
     return ack.seq
 

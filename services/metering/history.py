@@ -67,12 +67,13 @@ async def on_replay(history: History, data: bytes, subject: str, reply: str = ""
     return await answer(history, data, tenant_of(subject), reply)
 
 
-async def answer(history: History, data: bytes, tenant: str | None, reply: str, inbox: str | None = None) -> bytes | None:
+async def answer(history: History, data: bytes, tenant: str | None, reply: str,
+                 inbox: str | None = None) -> bytes | None:
     """One page of `tenant`'s events (every tenant's: None) for the request `data`, answered or delivered (under
     `inbox`, when given: the asker's own)."""
     ask = _request.decode(data)
     problem = _problem(ask, reply)
-    if not problem and inbox and ask.deliver_to is not None and not ask.deliver_to.startswith(inbox):
+    if not problem and inbox and ask.deliver_to is not None and not named_subject_ok(ask.deliver_to, inbox):
         problem = "deliver_to", f"deliver_to must be a subject under your inbox, {inbox}"
     if problem:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", problem[1], problem[0]))
@@ -111,8 +112,7 @@ def _problem(ask: ReplayRequest, reply: str = "") -> tuple[str, str] | None:
     if bad:
         return "types", (f"not a type prefix of whole tokens, at most {MAX_TYPE_CHARS} characters: {bad[0][:80]!r} "
                          "(usage, tenant.created, usage.recorded.v2)")
-    if ask.deliver_to is not None and (len(ask.deliver_to) > MAX_SUBJECT_CHARS or not DELIVER_TO.match(ask.deliver_to)):
-        # a longer one made metering's publish line too long for the server, which closed its connection
+    if ask.deliver_to is not None and not named_subject_ok(ask.deliver_to):
         return "deliver_to", (f"deliver_to must be a subject under _INBOX or replay., without wildcards, at most "
                               f"{MAX_SUBJECT_CHARS} characters")
     if ask.deliver_to is not None and ask.deliver_to.startswith("_INBOX") and \
@@ -121,6 +121,13 @@ def _problem(ask: ReplayRequest, reply: str = "") -> tuple[str, str] | None:
         # or one subscriber could have pages sent into another's inbox, or the services' own
         return "deliver_to", "deliver_to under an inbox must be under the asker's own (its reply subject's prefix)"
     return None
+
+
+def named_subject_ok(subject: str, under: str = "") -> bool:
+    """Whether metering may publish on a subject an asker named: under an inbox (its own, `under`) or `replay.`,
+    no wildcards, at most MAX_SUBJECT_CHARS (a longer one made metering's protocol line longer than the server
+    allows, and the server closed its connection)."""
+    return len(subject) <= MAX_SUBJECT_CHARS and subject.startswith(under) and DELIVER_TO.match(subject) is not None
 
 
 def like_patterns(prefixes: list[str]) -> list[str] | None:
