@@ -4,11 +4,11 @@ retry the events consumers set aside (dead letters)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from switchyard_gateway.cli.say import say
 

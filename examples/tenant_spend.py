@@ -5,8 +5,8 @@
 
 It is a subscriber (`switchyard_gateway.subscribe`): it asks metering for the log from where it stopped
 (through its door, `metering.subscriber.v1.<user>.<name>...`), then follows the LOG stream, and writes each batch
-of events into `tenant_spend` in the transaction that records its position, so that a kill at any moment neither loses nor counts twice a call. The
-prices are the registry's, folded from the same log in log order (`model.registered.v1`, a tenant's assignment
+of events into `tenant_spend` in the transaction that records its position, so that a kill at any moment neither
+loses nor counts twice a call. The prices are the registry's, folded from the same log in log order (`model.registered.v1`, a tenant's assignment
 overriding them), kept in `tenant_spend_prices`: a call costs what its model cost for its tenant when it was made,
 as in metering's own figures. With `--tenant` it follows one tenant's events only (NATS may allow it no more);
 those carry the tenant's own prices but not the models' list prices, so calls priced by those count as unpriced.

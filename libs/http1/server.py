@@ -17,8 +17,8 @@ and on the way out of every call; here the request is parsed where the app runs,
   returns), `client_disconnect()`; WebSocket upgrades (`proto.accept()`, `receive()`,
   `send_bytes`/`send_str`, `close(code)`: an HTTP status before the accept, a close frame's code after);
 - what it refuses, then closes: a malformed request line or header (400; a target with a byte that is not
-  ASCII in its query or not UTF-8 in its path too; a Host line given twice, or one that is no host and port), a head over `max_head_bytes` (431), conflicting or malformed
-  framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
+  ASCII in its query or not UTF-8 in its path too; a Host line given twice, or one that is no host and port), a
+  head over `max_head_bytes` (431), conflicting or malformed framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
   trailer RFC 9112 does not allow, a body in more than `max_body_chunks` chunks), a transfer coding other than
   chunked (501), an HTTP version other than 1.x (505), a WebSocket handshake it cannot accept (426 for another
   version than 13, else 400);
@@ -28,8 +28,8 @@ and on the way out of every call; here the request is parsed where the app runs,
   `send_timeout_s` (dropped, with that output; the app's send fails);
 - how many connections it holds: at most `max_connections` (default: `default_max_connections()`). One more
   closes the connection idle longest (between requests, or still sending a request head; else the one waiting
-  longest for its request's body to begin, if it waited `body_start_s`: by default any) to make room, and is answered 503 only when every
-  connection has a request in flight: clients that open connections and hold them cannot take the process's
+  longest for its request's body to begin, if it waited `body_start_s`: by default any) to make room, and is
+  answered 503 only when every connection has a request in flight: clients that open connections and hold them cannot take the process's
   open files, which its upstream calls need too.
 
 Header names reach the app lower-cased; `scope.headers.get(name)` is the first value,
@@ -49,8 +49,8 @@ from urllib.parse import unquote
 
 import structlog
 
-from switchyard_gateway.http1.exchange import BODY_TIMEOUT_S, BodyRefused, ClientDisconnected, Headers, Request, Scope, \
-    response_head
+from switchyard_gateway.http1.exchange import BODY_TIMEOUT_S, BodyRefused, ClientDisconnected, Headers, Request, \
+    Scope, response_head
 from switchyard_gateway.http1.websocket import WebSocket, WebSocketUpgrade
 
 __all__ = ["BodyRefused", "ClientDisconnected", "Server"]

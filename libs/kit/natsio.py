@@ -179,7 +179,8 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
 # anywhere; an outside subscriber asking with its reply set to a stream's subject had the answer stored there.
 REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
 REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
-                          "Requests not answered: their reply subject was not an inbox, or not the asker's own", ["service"])
+                          "Requests not answered: their reply subject was not an inbox, or not the asker's own",
+                          ["service"])
 _refusals = Throttle(10.0)          # a flood of them writes a line every 10 s per service
 MAX_REPLY_CHARS = 1024               # of a reply subject answered at all
 MAX_ERROR_BYTES = 16 * 1024          # an error answer larger is cut down (msgspec echoes the value it refused):

@@ -8,9 +8,9 @@ batch twice). `events.LogFollower` drives it by push; `ValkeyLead` lets one quot
 follow; a batch holding a tenant's or a model's removal is told to `on_removal` (the limits store then clears
 the limits it voided), whether or not it gets applied; a tenant's removal also ends its counters, rate windows
 and holds in the batch's script, so a tenant created again under its id counts from nothing, and a model's ends
-every tenant's fields of it (and the holds' entries for them), so a model registered again counts from nothing. `rebuild` (what `switchyard replay quota` runs)
-recomputes every counter from position 0 and swaps them in atomically, keeping the reservations still in
-flight.
+every tenant's fields of it (and the holds' entries for them), so a model registered again counts from nothing.
+`rebuild` (what `switchyard replay quota` runs) recomputes every counter from position 0 and swaps them in
+atomically, keeping the reservations still in flight.
 """
 
 from __future__ import annotations

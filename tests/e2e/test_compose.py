@@ -420,7 +420,8 @@ async def test_compose_topology_starts_natively_from_its_own_environment(native)
 
 async def _a_subscriber_replays_its_tenant_and_nothing_more(topology: Native) -> None:
     """NATS holds every client to its user: the subscriber's replays its tenant's events through its door;
-    publishing a usage event, a registry command or asking for every tenant's pages is refused it; a client without a user, or a route without one, is turned away."""
+    publishing a usage event, a registry command or asking for every tenant's pages is refused it; a client
+    without a user, or a route without one, is turned away."""
     user, password, tenant = SUBSCRIBER
     bare = f"nats://127.0.0.1:{topology.ports[('nats-1', 4222)]}"
     refusals: list[str] = []

@@ -184,7 +184,8 @@ async def bridge(app: Any, scope: Any, proto: Any, max_body_bytes: int = 0) -> N
     # routes name GET only, and HEAD was a 405 on every one of them (monitoring probes, `curl -I`)
     asgi_scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
-        "method": "GET" if scope.method == "HEAD" else scope.method, "scheme": scope.scheme, "path": scope.path, "raw_path": scope.path.encode(),
+        "method": "GET" if scope.method == "HEAD" else scope.method, "scheme": scope.scheme, "path": scope.path,
+        "raw_path": scope.path.encode(),
         "query_string": scope.query_string.encode("latin-1"), "root_path": "",
         "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
         "client": _address(scope.client), "server": _address(scope.server), "state": {"request_id": request_id},
