@@ -17,8 +17,8 @@ and on the way out of every call; here the request is parsed where the app runs,
   returns), `client_disconnect()`; WebSocket upgrades (`proto.accept()`, `receive()`,
   `send_bytes`/`send_str`, `close(code)`: an HTTP status before the accept, a close frame's code after);
 - what it refuses, then closes: a malformed request line or header (400; a target with a byte that is not
-  ASCII in its query or not UTF-8 in its path too; a Host line given twice, or one that is no host and port), a
-  head over `max_head_bytes` (431), conflicting or malformed framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
+  ASCII in its query or not UTF-8 in its path too; an HTTP/1.1 request without Host, a Host line given twice, or
+  one that is no host and port), a head over `max_head_bytes` (431), conflicting or malformed framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
   trailer RFC 9112 does not allow, a body in more than `max_body_chunks` chunks), a transfer coding other than
   chunked (501), an HTTP version other than 1.x (505), a WebSocket handshake it cannot accept (426 for another
   version than 13, else 400);
@@ -372,8 +372,10 @@ class Connection(asyncio.Protocol):
                 pairs.append((name.lower(), value.strip(" \t")))
         headers = Headers(pairs)
         host = headers.get("host")
-        if host is not None and (not _HOST.fullmatch(host) or len(headers) != len(pairs)
-                                 and len(headers.get_all("host")) > 1):
+        if host is None:
+            if http_version == "1.1":                        # RFC 9112 3.2: an HTTP/1.1 request names its host
+                raise _Refused(400, "missing Host")
+        elif not _HOST.fullmatch(host) or len(headers) != len(pairs) and len(headers.get_all("host")) > 1:
             raise _Refused(400, "malformed or repeated Host")            # RFC 9112 3.2
         connection = headers.get("connection", "").lower()
         if len(headers) != len(pairs) and "connection" in headers:     # RFC 9110 5.3: repeated lines are one list

@@ -265,19 +265,19 @@ async def test_chunked_body_is_joined(served) -> None:
 @pytest.mark.parametrize(("raw", "status"), [
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\n\r\n", 505),
-    (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nname : space before colon\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 5\r\n\r\nabcde", 400),
-    (b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\ncontent-length: 99999999999999999999999\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 501),
-    (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 400),
-    (b"GET nowhere HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: x\r\nname : space before colon\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 5\r\n\r\nabcde", 400),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999999999999999\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"GET nowhere HTTP/1.1\r\nhost: x\r\n\r\n", 400),
     # read otherwise by a proxy in front, each would be a way to smuggle a request past it
-    (b"POST / HTTP/1.1\r\ntransfer-encoding: ch unked\r\n\r\n0\r\n\r\n", 501),
-    (b"POST / HTTP/1.1\r\ntransfer encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nx-a: nul\x00byte\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: ch unked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nhost: x\r\ntransfer encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: x\r\nx-a: nul\x00byte\r\n\r\n", 400),
     # lines ended by a bare LF: refused at once, not left to the head's 30 s timer
     (b"GET / HTTP/1.1\nhost: x\n\n", 400),
     (b"GET / HTTP/1.1\r\nhost: x\n\r\n", 400),
@@ -286,13 +286,16 @@ async def test_chunked_body_is_joined(served) -> None:
     (b"GET / HTTP/1.1\r\nhost: a/b\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nhost: [::1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),                 # and an HTTP/1.1 request names one (HTTP/1.0 need not)
 ])
 async def test_bad_framing_is_refused_and_closed(served, raw: bytes, status: int) -> None:
     _, _, port = served
     got = await exchange(port, raw)
     assert got.startswith(b"HTTP/1.1 %d " % status), got[:80]
     answer = responses(got)[0]
-    assert answer[1]["connection"] == "close" and json.loads(answer[2])["error"]["message"]
+    message = json.loads(answer[2])["error"]["message"]
+    assert answer[1]["connection"] == "close" and message
+    assert (message == "missing Host") == (b"HTTP/1.1" in raw and b"host" not in raw.lower()), message
 
 
 CHUNKED_POST = b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
