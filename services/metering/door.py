@@ -10,15 +10,16 @@ reply subject is anyone else's gets no answer at all), and does what was asked o
 - `replay`: a page of the log (`history.answer`), of the tenant's events; delivered, if asked, under the asker's inbox.
 - `follow`: an ephemeral push consumer that metering makes, on LOG filtered to subjects within the tenant's
   (`log.<type>.<tenant>`), or on DEADLETTER filtered to the name's retries, delivering under the asker's inbox;
-  at most `MAX_FOLLOWS` of one user's on a stream. The consumer's settings are metering's, not the asker's.
+  at most `MAX_FOLLOWS` of one user's on a stream, counted on the stream (whichever metering replica made them).
+  The consumer's settings are metering's, not the asker's.
 - `unfollow`: delete one of the user's own consumers.
 - `set_aside`: store a dead letter of the name's own on DEADLETTER (its data at most MAX_LETTER_DATA bytes: the
   log holds the event whole, and the kit reads it from there when it retries; at most `MAX_LETTERS` of one name's
   waiting to be retried, so that one subscriber's letters take at most about 64 MiB).
 
-One user has at most `PER_USER` requests in hand at once (`natsio.serve`'s `shares`: one more is refused 503
-`BUSY` before it takes one of the door's `AT_ONCE` places), so that one flooding the door leaves room for the
-others; a request whose reply subject is not the user's own gets no answer even then.
+One user has at most `PER_USER` requests in hand at once in each metering replica (`natsio.serve`'s `shares`: one
+more is refused 503 `BUSY` before it takes one of the replica's `AT_ONCE` places for the door), so that one flooding
+the door leaves room for the others; a request whose reply subject is not the user's own gets no answer even then.
 
 Why not let subscribers use JetStream's API themselves, as before: NATS permissions see subjects, never payloads or
 reply subjects, and JetStream answers on whatever reply subject a request names. A user allowed to make consumers
@@ -35,6 +36,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 import nats.js.errors
@@ -117,7 +119,7 @@ def reply_rule(subject: str, reply: str) -> str | None:
     return None if reply.startswith(inbox) else f"the reply subject is not under {inbox}, the asking user's inbox"
 
 
-_following: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)   # one follow of a user at a time
+_following: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)   # one follow of a user at a time here
 
 
 async def on_request(history: pages.History, data: bytes, subject: str, reply: str = "") -> bytes | None:
@@ -200,11 +202,9 @@ async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
     problem = _filters_problem(asker, ask)
     if problem:
         raise _refused("subjects", problem)
-    held = [name for name in await _consumer_names(history, ask.stream) if name.startswith(asker.consumer_prefix)]
-    if len(held) >= MAX_FOLLOWS:
-        raise _refused("stream", f"user {asker.user} follows {ask.stream} {len(held)} times already (at most "
-                                 f"{MAX_FOLLOWS}); unfollow one, or wait {INACTIVE_S:.0f} s for one whose inbox "
-                                 "went quiet to go", 429, "TOO_MANY_CONSUMERS")
+    held = await _held(history, asker, ask.stream)
+    if held >= MAX_FOLLOWS:
+        raise _too_many(asker, ask.stream, held)
     name = f"{asker.consumer_prefix}{uuid.uuid4().hex[:12]}"
     one = ask.subjects[0] if len(ask.subjects) == 1 else None
     config = ConsumerConfig(
@@ -213,10 +213,44 @@ async def follow(history: pages.History, asker: Asker, ask: Follow) -> str:
         ack_policy=AckPolicy.NONE, max_deliver=1, flow_control=False, idle_heartbeat=ask.heartbeat_s,
         mem_storage=True, num_replicas=1, inactive_threshold=INACTIVE_S,
     )
-    await history.nc.jetstream(timeout=5).add_consumer(ask.stream, config)
+    js = history.nc.jetstream(timeout=5)
+    made = await js.add_consumer(ask.stream, config)
+    # Another metering replica may have made some of the user's meanwhile (a replica makes one user's follows one at
+    # a time, the replicas together do not). JetStream's creation times order them all: a consumer with MAX_FOLLOWS
+    # of the user's made before it gives way. Every standing one made earlier is there when a later one looks, so
+    # the (MAX_FOLLOWS + 1)th standing one would have seen MAX_FOLLOWS before it: no more stand.
+    ahead = await _made_before(history, ask.stream, asker.consumer_prefix, (made.created, name))
+    if ahead >= MAX_FOLLOWS:
+        await js.delete_consumer(ask.stream, name)
+        raise _too_many(asker, ask.stream, ahead)
     log.info("door.followed", user=asker.user, subscriber=asker.name, stream=ask.stream, consumer=name,
              sequence=ask.sequence, filters=len(ask.subjects))
     return name
+
+
+async def _held(history: pages.History, asker: Asker, stream: str) -> int:
+    """How many consumers of the asker's user the stream has, whichever metering replica made them."""
+    return sum(name.startswith(asker.consumer_prefix) for name in await _consumer_names(history, stream))
+
+
+async def _made_before(history: pages.History, stream: str, prefix: str, mine: tuple[datetime, str]) -> int:
+    """How many consumers named with `prefix` JetStream made before `mine` (its creation time and name)."""
+    js = history.nc.jetstream(timeout=5)
+    ahead = 0
+    for name in await _consumer_names(history, stream):
+        if name.startswith(prefix) and name != mine[1]:
+            try:
+                info = await js.consumer_info(stream, name)
+            except nats.js.errors.NotFoundError:            # gone meanwhile (given way, or unfollowed)
+                continue
+            ahead += (info.created, name) < mine
+    return ahead
+
+
+def _too_many(asker: Asker, stream: str, held: int) -> ServiceError:
+    return _refused("stream", f"user {asker.user} follows {stream} {held} times already (at most {MAX_FOLLOWS}); "
+                              f"unfollow one, or wait {INACTIVE_S:.0f} s for one whose inbox went quiet to go", 429,
+                    "TOO_MANY_CONSUMERS")
 
 
 async def unfollow(history: pages.History, asker: Asker, ask: Unfollow) -> None:

@@ -26,6 +26,8 @@ from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.nats_auth import SubscriberUser, UsersError, inbox_prefix, load, server_config, with_user
 from switchyard_gateway.kit.stack import EmbeddedStack
+from switchyard_gateway.services.metering import door as door_service
+from switchyard_gateway.services.metering import history
 from switchyard_gateway.subscribe import Subscriber
 from tests.conftest import create_database
 from tests.integration.logharness import Metering, usage
@@ -385,6 +387,29 @@ async def test_what_a_hostile_subscriber_sends_the_door_cannot_take_metering_off
     assert sorted(ours) == sorted(made)
 
 
+async def test_follows_made_by_two_metering_replicas_at_once_stay_within_the_cap(
+        guarded_nats: str, services: Metering, acme) -> None:
+    """A replica makes one user's follows one at a time, but two replicas counted the user's consumers side by side
+    and each made its own: the cap of 8 held per replica, 8 x R in all. Here nothing holds them one at a time (the
+    door's `follow` called directly, from two replicas' connections at once)."""
+    second = await natsio.connect(with_user(guarded_nats, "switchyard", SERVICES_PASSWORD), "metering-2", 10)
+    replicas = [history.History(services.pool, services.nc), history.History(services.pool, second)]
+    asker = door_service.asker_of(door_subject("acme-bi", "acme-spend", "acme", "follow"))
+    try:
+        results = await asyncio.gather(*(
+            door_service.follow(replicas[i % 2], asker, Follow(subjects.STREAM_LOG, 1, ["log.*.*.*.acme"],
+                                                               f"{asker.inbox}{i}"))
+            for i in range(24)), return_exceptions=True)
+    finally:
+        await second.close()
+    made = [r for r in results if isinstance(r, str)]
+    refusals = {(r.status, r.body.code) for r in results if not isinstance(r, str)}
+    ours = [c.name for c in await services.nc.jetstream().consumers_info(subjects.STREAM_LOG)
+            if c.name.startswith(ACME_CONSUMERS)]
+    assert 1 <= len(made) <= door_service.MAX_FOLLOWS and refusals == {(429, "TOO_MANY_CONSUMERS")}, results
+    assert sorted(ours) == sorted(made)
+
+
 async def test_subjects_a_subscriber_names_stay_short_and_its_door_answers_it_alone(
         guarded_nats: str, services: Metering, acme) -> None:
     """A replay's 5,000-character `deliver_to`, or a follow's long filter, made metering's own protocol line longer
@@ -420,7 +445,6 @@ async def test_a_subscriber_whose_dead_letters_are_full_waits_at_the_event_and_g
     waits at that event, as through an outage, nothing skipped; a retry (or a removal) makes room. A retried
     letter no longer counts as waiting."""
     from switchyard_gateway.cli import deadletters
-    from switchyard_gateway.services.metering import door as door_service
 
     monkeypatch.setattr(door_service, "MAX_LETTERS", 1)
     head = await services.append([usage(i, "acme") for i in range(3)])
