@@ -54,6 +54,8 @@ CONNECTIONS_SHED = Counter("switchyard_http_connections_shed_total",
                            "Client connections over the HTTP server's limit: the longest-idle one closed to make room "
                            "(idle_closed), or the new one answered 503 when none was idle (refused)", ["how"])
 USAGE_PENDING = Gauge("switchyard_usage_events_pending", "Usage events in the journal that JetStream has not acknowledged yet")
+USAGE_WAITING = Gauge("switchyard_usage_waiting_seconds", "How long usage events have been parked without JetStream "
+                      "taking them all (0: none is parked); past SWITCHYARD_USAGE_STALL_S, /health is 503")
 
 
 @lru_cache(maxsize=4096)
@@ -175,3 +177,4 @@ def watch(router: Router, circuits: Circuits, catalog: Catalog, usage: UsagePubl
     """Let the scrape-time gauges read this gateway's router, breakers and usage queue."""
     STATE.router, STATE.circuits, STATE.catalog = router, circuits, catalog
     USAGE_PENDING.set_function(lambda: usage.pending)
+    USAGE_WAITING.set_function(lambda: usage.waiting_s)

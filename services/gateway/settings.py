@@ -48,6 +48,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     spool_dir: str = "./.switchyard/spool"    # the journals: <spool_dir>/<instance>/ (one per gateway instance)
     journal_fsync: bool = False           # fdatasync each journal batch (machine crashes); a crashed process loses
                                           # nothing written without it
+    usage_stall_s: float = 60.0           # usage events parked this long (JetStream not taking them) make /health 503;
+                                          # they wait in the journal meanwhile, nothing is lost
     access_log: bool = False              # one info line per call (`call.done`: tenant, model, endpoint, status,
                                           # latency, tokens, cache): for log-based monitoring; off, it costs nothing
     # auth

@@ -3,7 +3,8 @@ NATS (`gateway.metrics.v1`) and adds them to its own, so the hot path writes its
 no shared memory).
 
 Counters, histograms and summaries are summed sample by sample (their `_created` times: the earliest); so are
-the gauges in SUMMED (calls in flight, queues). Every other gauge is this worker's own: they describe state each
+the gauges in SUMMED (calls in flight, queues); of the gauges in LONGEST (how long something has waited), the
+largest is kept. Every other gauge is this worker's own: they describe state each
 worker follows alike (breakers, models) or this process (its memory). A sibling that does not answer within
 ASK_S is left out of that scrape.
 """
@@ -26,6 +27,7 @@ from switchyard_gateway.contracts.messages import MetricFamily, MetricSample, Wo
 ASK_S = 0.5                    # how long a scrape waits for the sibling workers' samples
 SUMMED = frozenset({"switchyard_inflight_calls", "active_embedding_requests", "switchyard_usage_events_pending",
                     "switchyard_ws_connections", "process_cpu_seconds", "process_resident_memory_bytes"})
+LONGEST = frozenset({"switchyard_usage_waiting_seconds"})
 ADDED_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 
 _ask = msgspec.json.Decoder(WorkerMetricsAsk).decode
@@ -51,7 +53,7 @@ def merge(own: list[MetricFamily], siblings: list[list[MetricFamily]]) -> list[M
         metric = Metric(name, family.documentation, family.type, family.unit)
         values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         labels: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
-        adds = family.type in ADDED_TYPES or name in SUMMED
+        adds = family.type in ADDED_TYPES or name in SUMMED or name in LONGEST
         for group in [family.samples, *(theirs.get(name, []) if adds else [])]:
             for sample in group:
                 sample_name, sample_labels, value = sample.name, sample.labels, sample.value
@@ -60,6 +62,8 @@ def merge(own: list[MetricFamily], siblings: list[list[MetricFamily]]) -> list[M
                     values[key], labels[key] = value, sample_labels
                 elif sample_name.endswith("_created"):
                     values[key] = min(values[key], value)
+                elif name in LONGEST:
+                    values[key] = max(values[key], value)
                 else:
                     values[key] += value
         for (sample_name, _), value in values.items():

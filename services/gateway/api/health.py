@@ -100,6 +100,20 @@ async def service_health(nc: Any) -> dict[str, dict[str, Any]]:
     return seen
 
 
+def usage_health(deps: Deps) -> dict[str, Any]:
+    """The usage events this worker has not had acknowledged, and how long the parked ones have waited; parked
+    longer than SWITCHYARD_USAGE_STALL_S, the gateway is not healthy (JetStream is taking none of them: the log
+    and every figure built from it fall behind, though the journal keeps each event)."""
+    usage = deps.usage
+    waited = usage.waiting_s
+    out: dict[str, Any] = {"usage_events_pending": usage.pending, "usage_events_parked": usage.journal.parked_count,
+                           "usage_waiting_s": round(waited, 1)}
+    if waited > deps.settings.usage_stall_s:
+        out.update(status="error", detail=f"usage events have waited {waited:.0f} s for JetStream to take them "
+                                          "(kept in the journal, published once it does)")
+    return out
+
+
 async def health_report(deps: Deps, key: KeyIssued | None) -> tuple[dict[str, Any], bool]:
     """The whole report as the caller may see it, and whether everything is healthy."""
     circuits = deps.circuits
@@ -107,14 +121,13 @@ async def health_report(deps: Deps, key: KeyIssued | None) -> tuple[dict[str, An
     all_endpoints = list(deps.catalog.endpoints.values())
     endpoints = {e.endpoint_id: endpoint_health(circuits, e) for e in all_endpoints}
     services = await service_health(deps.nc)
-    healthy = nats_ok and all(e["status"] != "error" for e in endpoints.values()) \
+    gateway = {"status": "ok" if nats_ok else "error", "nats": nats_ok, **usage_health(deps),
+               "instance": deps.settings.instance or "gateway", "pid": os.getpid()}      # the worker answering
+    healthy = gateway["status"] == "ok" and all(e["status"] != "error" for e in endpoints.values()) \
         and all(s["status"] == "ok" for s in services.values())
     report: dict[str, Any] = {
         "status": "ok" if healthy else "error",
-        "gateway": {"status": "ok" if nats_ok else "error", "nats": nats_ok,
-                    "usage_events_pending": deps.usage.pending,
-                    "instance": deps.settings.instance or "gateway", "pid": os.getpid()},   # the worker answering
-        "endpoints": endpoints, "services": services,
+        "gateway": gateway, "endpoints": endpoints, "services": services,
     }
     if key is None or key.role != "admin":       # a tenant or an anonymous probe: statuses, no details
         visible = {e.endpoint_id for e in visible_endpoints(deps, key)} if key is not None else set(endpoints)

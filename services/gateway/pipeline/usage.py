@@ -54,11 +54,13 @@ class UsagePublisher:
         self._confirmations: set[asyncio.Task[None]] = set()
         self.published = 0
         self.parked = 0
+        self.parked_at: float | None = None     # when what is parked now began to wait (monotonic), None: nothing
         self.republish_wait_s = TICK_S      # doubles with each republish refused again, back at TICK_S once one goes
 
     async def open(self) -> None:
         """Open the journal; what the last life (or a stopped sibling) left is published first."""
         if await self.journal.open() + self.journal.adopt_orphans():
+            self.parked_at = time.monotonic()
             self._retry.set()
 
     # -- the proxy's hooks ---------------------------------------------------------------------
@@ -89,6 +91,11 @@ class UsagePublisher:
     def pending(self) -> int:
         """Usage events JetStream has not acknowledged yet (queued, awaiting their ack, or parked)."""
         return len(self.journal.unacknowledged)
+
+    @property
+    def waiting_s(self) -> float:
+        """How long usage events have been parked without JetStream taking them all (0: none is parked)."""
+        return 0.0 if self.parked_at is None else time.monotonic() - self.parked_at
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -147,6 +154,8 @@ class UsagePublisher:
     def _park(self, batch: list[Queued]) -> None:
         self.journal.park(_ids(batch))
         self.parked += len(batch)
+        if self.parked_at is None:
+            self.parked_at = time.monotonic()
         log.warning("usage.parked", events=len(batch), parked=self.journal.parked_count)
 
     async def _retry_loop(self) -> None:
@@ -162,6 +171,7 @@ class UsagePublisher:
             if time.monotonic() - adopted_at > ADOPT_EVERY_S:
                 adopted_at = time.monotonic()
                 if self.journal.adopt_orphans():
+                    self.parked_at = self.parked_at or time.monotonic()
                     self._retry.set()
             if time.monotonic() >= republish_at and not await self._republish():
                 # refused again (JetStream without quorum answers at once): wait longer before the next try, not
@@ -181,6 +191,8 @@ class UsagePublisher:
                 await asyncio.gather(*self._confirmations, return_exceptions=True)
             if self.parked > refused:
                 return False
+        if not self.journal.parked:
+            self.parked_at = None               # all that waited is taken
         self.republish_wait_s = TICK_S
         return True
 
