@@ -90,6 +90,7 @@ KV_ROUTER_LEADER = "router_leader"  # one key, `leader`: the router replica that
 MSG_ID_HEADER = "Nats-Msg-Id"       # JetStream de-duplication
 EXPECTED_LAST_SEQUENCE_HEADER = "Nats-Expected-Last-Sequence"   # JetStream stores it only right after that one
 POSITIONS_HEADER = "Switchyard-Log-Positions"    # on LOG: `<first>-<last>`, the log positions of the events in order
+DEADLINE_HEADER = "Switchyard-Deadline"          # on a request: the Unix time its asker stops waiting for the answer
 SERVICE_ERROR_HEADER = "Nats-Service-Error"
 SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 

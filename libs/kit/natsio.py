@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -160,7 +161,8 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
         raise ServiceError(413, ErrorBody("PAYLOAD_TOO_LARGE", f"the request is larger than the {nc.max_payload} "
                                           f"bytes one message to the {service} service may carry"))
     try:
-        msg = await nc.request(subject, payload, timeout=timeout_s)
+        msg = await nc.request(subject, payload, timeout=timeout_s,
+                               headers={subjects.DEADLINE_HEADER: f"{time.time() + timeout_s:.3f}"})
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
         raise ServiceUnavailable(service) from None
     headers = msg.headers or {}
@@ -181,11 +183,29 @@ REPLY_PREFIXES = ("_INBOX.", "_INBOX_")
 REFUSED_REPLIES = Counter("switchyard_nats_replies_refused_total",
                           "Requests not answered: their reply subject was not an inbox, or not the asker's own",
                           ["service"])
+EXPIRED = Counter("switchyard_nats_requests_expired_total",
+                  "Requests not carried out: their asker had stopped waiting (its deadline passed before they came)",
+                  ["service"])
 _refusals = Throttle(10.0)          # a flood of them writes a line every 10 s per service
+_expiries = Throttle(10.0)
 MAX_REPLY_CHARS = 1024               # of a reply subject answered at all
 MAX_ERROR_BYTES = 16 * 1024          # an error answer larger is cut down (msgspec echoes the value it refused):
 MAX_ERROR_CHARS = 1000               # its message to this many characters, its problems to 20
 MAX_ERROR_HEADER_CHARS = 200         # ... and of its copy in the Nats-Service-Error header
+DEADLINE_SLACK_S = 0.5               # a request is carried out until this long after its deadline (clocks differ)
+
+
+def expired(req: Request) -> bool:
+    """Whether the asker of a request has stopped waiting for it (its `Switchyard-Deadline` has passed): it was told
+    the service is unavailable, so doing it now would do what the asker was told was not done (a command held up
+    by a frozen NATS node and delivered after its 503, or one that waited its turn longer than its asker)."""
+    deadline = (req.headers or {}).get(subjects.DEADLINE_HEADER)
+    if deadline is None:
+        return False
+    try:
+        return time.time() > float(deadline) + DEADLINE_SLACK_S
+    except ValueError:
+        return False
 
 
 def _refuse_reply(service: str, subject: str, reason: str = "the reply subject is not an inbox") -> None:
@@ -253,6 +273,11 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
             why = unanswerable(req, rule)
             if why is not None:
                 _refuse_reply(name, req.subject, why)
+                return
+            if expired(req):
+                EXPIRED.labels(name).inc()
+                if (since := _expiries.due(name)) is not None:
+                    log.warning("service.request_expired", service=name, subject=req.subject, held_back=since)
                 return
             try:
                 reply = await (handler(req.data, req.subject, req._msg.reply or "")  # type: ignore[call-arg]  # noqa: SLF001

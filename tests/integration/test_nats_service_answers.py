@@ -121,3 +121,38 @@ async def test_a_service_whose_connection_the_server_closed_exits_to_be_started_
     await service.close_runtime(calm)
     await asyncio.sleep(0.2)
     assert calm.nc.is_closed and signalled == []
+
+
+async def test_a_request_its_asker_stopped_waiting_for_is_not_carried_out(own_nats: str) -> None:
+    """A command that reached its service after its asker had been told 503 (held up by a frozen NATS node, or
+    waiting its turn behind a slow one) was carried out all the same: the change an operator was told had not
+    been made was made."""
+    nc = await natsio.connect(own_nats, "deadline-tests", 10)
+    gate, done = asyncio.Event(), []
+    subject = f"deadline{uuid.uuid4().hex[:6]}"
+
+    async def handler(data: bytes) -> bytes:
+        if data == b"slow":
+            await gate.wait()
+        done.append(data)
+        return b"done"
+
+    svc = await natsio.serve(nc, "deadline", {subject: handler})       # one request after another
+    try:
+        slow = asyncio.ensure_future(natsio.request(nc, subject, b"slow", 10))
+        await asyncio.sleep(0.1)
+        with pytest.raises(natsio.ServiceUnavailable):
+            await natsio.request(nc, subject, b"late", 0.2)             # waits behind the slow one, then gives up
+        await asyncio.sleep(natsio.DEADLINE_SLACK_S + 0.3)
+        gate.set()
+        assert await slow == b"done"
+        assert await natsio.request(nc, subject, b"in time", 5) == b"done"
+        # an asker that names no deadline, or one that is no time, is served whenever its request comes
+        for header in ({}, {"Switchyard-Deadline": "soon"}):
+            assert (await nc.request(subject, b"no deadline", timeout=5, headers=header)).data == b"done"
+        assert done == [b"slow", b"in time", b"no deadline", b"no deadline"]
+        assert natsio.EXPIRED.labels("deadline")._value.get() == 1
+    finally:
+        gate.set()
+        await svc.stop()  # type: ignore[attr-defined]
+        await nc.close()
