@@ -120,7 +120,8 @@ def test_tool_use_and_results_become_tool_calls_and_tool_messages_in_order() -> 
 
 def test_an_assistant_turn_of_tool_calls_alone_has_null_content() -> None:
     turn = {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "get_weather", "input": {}}]}
-    out = to_openai(messages=[{"role": "user", "content": "go"}, turn], tools=[WEATHER])
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "-3 C"}]}
+    out = to_openai(messages=[{"role": "user", "content": "go"}, turn, result], tools=[WEATHER])
     assert out["messages"][1]["content"] is None
     assert out["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
 
@@ -151,7 +152,73 @@ UNSERVED_FIELDS = [
     ({"container": "container_011CZ"}, "container: code execution containers"),
 ]
 
+CALL = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3 C"}
+ASK = {"role": "user", "content": "Weather in Oslo?"}
+UNANSWERED = "`tool_use` ids were found without `tool_result` blocks immediately after: "
+# what Anthropic refuses that the door accepted (and sent on, or reordered), and what its refusal names
+ANTHROPIC_REFUSES = [
+    ([ASK, {"role": "assistant", "content": [CALL]}, {"role": "user", "content": "and?"}],
+     f"messages.1: {UNANSWERED}toolu_1."),
+    ([ASK, {"role": "assistant", "content": [CALL, {**CALL, "id": "toolu_2"}]}, {"role": "user", "content": [RESULT]}],
+     f"messages.1: {UNANSWERED}toolu_2."),
+    ([ASK, {"role": "assistant", "content": [CALL]}], f"messages.1: {UNANSWERED}toolu_1."),     # the last turn too
+    ([ASK, {"role": "assistant", "content": [CALL]}, {"role": "assistant", "content": "Done."}],
+     f"messages.1: {UNANSWERED}toolu_1."),
+    ([ASK, {"role": "assistant", "content": [CALL, CALL]}, {"role": "user", "content": [RESULT]}],
+     "messages.1.content.1: `tool_use` ids must be unique"),
+    ([ASK, {"role": "assistant", "content": [CALL]}, {"role": "user", "content": [RESULT]},
+      {"role": "assistant", "content": [CALL]}, {"role": "user", "content": [RESULT]}],
+     "messages.3.content.0: `tool_use` ids must be unique"),
+    ([ASK, {"role": "assistant", "content": [CALL]}, {"role": "user", "content": [{"type": "text", "text": "Here:"},
+                                                                               RESULT]}],
+     "messages.2.content.1: tool_result blocks must come FIRST in the content array"),
+    ([{"role": "user", "content": " \n\t"}], "messages.0: text content blocks must contain non-whitespace text"),
+    ([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "  "}]}],
+     "messages.0.content.1: text content blocks must contain non-whitespace text"),
+    ([ASK, {"role": "assistant", "content": [CALL]},
+      {"role": "user", "content": [{**RESULT, "content": [{"type": "text", "text": "\n"}]}]}],
+     "messages.2.content.0.content.0: text content blocks must contain non-whitespace text"),
+    ([ASK, {"role": "assistant", "content": "The weather is "}],
+     "messages.1: final assistant content cannot end with trailing whitespace"),
+    ([ASK, {"role": "assistant", "content": [{"type": "text", "text": "It is\n"}]}],
+     "messages.1: final assistant content cannot end with trailing whitespace"),
+]
+# request fields given otherwise than Anthropic takes them, and what the refusal names
+ANTHROPIC_REFUSES_FIELDS = [
+    ({"system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": " "}]},
+     "system.1: text content blocks must contain non-whitespace text"),
+    ({"system": [{"type": "text", "text": ""}]}, "system.0: text content blocks must be non-empty"),
+    ({"tools": [{"name": "get_weather"}]}, "tools.0.input_schema: Field required"),
+    ({"tools": [{"name": "get_weather", "input_schema": {"type": "string"}}]},
+     "tools.0.input_schema.type: Input should be 'object'"),
+    ({"tools": [{"name": "get_weather", "input_schema": {"properties": {}}}]},
+     "tools.0.input_schema.type: Input should be 'object'"),
+    ({"messages": [ASK, {"role": "assistant", "content": [{k: v for k, v in CALL.items() if k != "input"}]},
+                   {"role": "user", "content": [RESULT]}]}, "Missing required field 'messages[1].content[0].input'"),
+    ({"thinking": "yes"}, "Invalid 'thinking'"),
+    ({"thinking": {"type": "sometimes"}}, "Invalid 'thinking.type'"),
+    ({"thinking": {"type": "enabled"}}, "Missing required field 'thinking.budget_tokens'"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 1023}, "max_tokens": 4096},
+     "Invalid 'thinking.budget_tokens': Expected `int` >= 1024"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 2048}, "max_tokens": 2048},
+     "thinking.budget_tokens: must be less than max_tokens"),
+    ({"service_tier": "priority"}, "Invalid 'service_tier'"),
+    ({"cache_control": {"type": "persistent"}}, "Invalid 'cache_control.type'"),
+    ({"system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "2h"}}]},
+     "Invalid 'system[0].cache_control.ttl'"),
+    ({"tools": [{**WEATHER, "cache_control": {"ttl": "5m"}}]}, "Missing required field 'tools[0].cache_control.type'"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": "ephemeral"}]}]},
+     "Invalid 'messages[0].content[0].cache_control'"),
+    ({"metadata": {"user_id": "u" * 257}}, "Invalid 'metadata.user_id'"),
+    ({"metadata": {"user_id": "u-17", "session_id": "s-1"}}, "Invalid 'metadata.session_id'"),
+]
+
+
 @pytest.mark.parametrize(("body", "expected"), [
+    *[({"model": "m", "max_tokens": 5, "messages": messages}, needle) for messages, needle in ANTHROPIC_REFUSES],
+    *[({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **fields}, needle)
+      for fields, needle in ANTHROPIC_REFUSES_FIELDS],
     ({"model": "m", "messages": []}, "max_tokens: Field required"),
     ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens"),
     ({"model": "m", "max_tokens": 5, "temperature": 1.5, "messages": []}, "temperature"),
@@ -189,6 +256,25 @@ def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expe
     assert expected in str(refused.value)
     rendered = json.loads(render_for("/v1/messages", refused.value))
     assert rendered == {"type": "error", "error": {"type": "invalid_request_error", "message": str(refused.value)}}
+
+
+def test_what_anthropic_takes_is_taken_and_what_only_concerns_anthropic_is_not_sent_on() -> None:
+    """Thinking of each type, prompt-cache breakpoints wherever they may be, a service tier, a user id of 256
+    characters and a prefill are accepted; tool results may be followed by the turn's text."""
+    cached = {"cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    messages = [ASK, {"role": "assistant", "content": [{**CALL, **cached}]},
+                {"role": "user", "content": [{**RESULT, **cached}, {"type": "text", "text": "In Celsius", **cached}]},
+                {"role": "assistant", "content": "It is"}]
+    for thinking in ({"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"}, {"type": "adaptive"}):
+        sent = to_openai(messages=messages, thinking=thinking, max_tokens=1025, service_tier="standard_only",
+                         system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+                         tools=[{**WEATHER, **cached}], cache_control={"type": "ephemeral", "ttl": "5m"},
+                         metadata={"user_id": "u" * 256})
+        assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool", "user", "assistant"]
+        assert not {"thinking", "service_tier", "cache_control", "metadata"} & set(sent)
+    counted = AnthropicCall("anthropic.count_tokens", InferenceRequest(model="m"), json.dumps(
+        {"model": "m", "messages": [ASK], "thinking": {"type": "adaptive"}}).encode())
+    assert json.loads(counted.count_tokens(len))["input_tokens"] > 0
 
 
 def test_fields_it_does_not_know_or_that_only_hint_are_ignored() -> None:

@@ -13,7 +13,7 @@ is answered by the gateway itself with its tokenizer (see `count_input_tokens`),
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -31,8 +31,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_stream import (
 )
 from switchyard_gateway.services.gateway.translate.asks import Ask, check_tokens, refusal
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    CountTokensRequest, CountTokensResponse, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock,
-    ToolUseBlock, decode_count_tokens_request, decode_messages_request, encode,
+    CountTokensRequest, CountTokensResponse, ImageBlock, InputMessage, MessagesRequest, TextBlock, ThinkingEnabled,
+    ToolDefinition, ToolResultBlock, ToolUseBlock, decode_count_tokens_request, decode_messages_request, encode,
 )
 from switchyard_gateway.services.gateway.translate.plans import Plan
 from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
@@ -55,16 +55,7 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
         raise refusal(exc) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise refusal(exc) from None
-    names: set[str] = set()
-    for index, tool in enumerate(request.tools or ()):
-        if tool.type not in (None, "custom"):
-            raise BadRequest(f"tools: the server tool '{tool.type}' ('{tool.name}') is not served; "
-                             "only client tools with an input_schema are", param="tools")
-        if not TOOL_NAME.fullmatch(tool.name):
-            raise BadRequest(f"tools.{index}.name: must match {TOOL_NAME.pattern}", param=f"tools.{index}.name")
-        if tool.name in names:
-            raise BadRequest(f"tools: tool names must be unique ('{tool.name}' is given twice)", param="tools")
-        names.add(tool.name)
+    _check_tools(request.tools or ())
     choice = request.tool_choice
     if choice is not None and choice.type in ("any", "tool") and not request.tools:
         raise BadRequest(f"tool_choice: '{choice.type}' may only be given with tools, and none are",
@@ -73,11 +64,38 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
         raise BadRequest(f"tool_choice: no tool named '{choice.name}' in tools", param="tool_choice")
     if isinstance(request, MessagesRequest):
         _refuse_unserved(request)
+        thinking = request.thinking
+        if isinstance(thinking, ThinkingEnabled) and thinking.budget_tokens >= request.max_tokens:
+            raise BadRequest(f"thinking.budget_tokens: must be less than max_tokens ({thinking.budget_tokens} is not "
+                             f"less than {request.max_tokens})", param="thinking.budget_tokens")
     _check_conversation(request.messages)
+    if isinstance(request.system, list):
+        for index, block in enumerate(request.system):
+            _check_text(block.text, f"system.{index}")
     return request
 
 
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+
+def _check_tools(tools: Sequence[ToolDefinition]) -> None:
+    """Client tools only, each with a name of TOOL_NAME's form given once and an object schema for its input."""
+    names: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool.type not in (None, "custom"):
+            raise BadRequest(f"tools: the server tool '{tool.type}' ('{tool.name}') is not served; "
+                             "only client tools with an input_schema are", param="tools")
+        if not TOOL_NAME.fullmatch(tool.name):
+            raise BadRequest(f"tools.{index}.name: must match {TOOL_NAME.pattern}", param=f"tools.{index}.name")
+        if tool.name in names:
+            raise BadRequest(f"tools: tool names must be unique ('{tool.name}' is given twice)", param="tools")
+        names.add(tool.name)
+        if tool.input_schema is msgspec.UNSET:
+            raise BadRequest(f"tools.{index}.input_schema: Field required", param=f"tools.{index}.input_schema",
+                             code="missing_field")
+        if tool.input_schema.get("type") != "object":
+            raise BadRequest(f"tools.{index}.input_schema.type: Input should be 'object'",
+                             param=f"tools.{index}.input_schema.type")
 
 # Request fields the door does not serve and may not drop, since the answer would not be what they ask for:
 # (field, what it asks for). Other fields it does not know are ignored: newer clients send fields it has never
@@ -101,32 +119,86 @@ def _refuse_unserved(request: MessagesRequest) -> None:
 
 
 def _check_conversation(messages: list[InputMessage]) -> None:
-    """What Anthropic refuses in a conversation, refused here too (400) rather than sent on broken: no message,
-    an empty content or text block, a `tool_use` outside an assistant turn, a `tool_result` outside a user turn
-    or answering no `tool_use` of the turn before it."""
+    """What Anthropic refuses in a conversation, refused here too (400) rather than sent on broken, in the one pass
+    that reads it: no message; an empty content, or text that is empty or whitespace only; a final assistant turn
+    ending in whitespace; a `tool_use` outside an assistant turn, or with an id given before; a turn of `tool_use`
+    blocks not answered, each, by a `tool_result` in the user turn right after it (the last turn too: the answer
+    would need the results); a `tool_result` outside a user turn, after the turn's other content, or answering no
+    `tool_use` of the turn before it."""
     if not messages:
         raise BadRequest("messages: at least one message is required", param="messages")
-    called: set[str] = set()
+    called: list[str] = []             # the ids of the turn before's tool_use blocks, each answered by this turn
+    seen: set[str] = set()             # every tool_use id so far
     for index, message in enumerate(messages):
         content = message.content
         if not content:
             raise BadRequest(f"messages.{index}: all messages must have non-empty content", param=f"messages.{index}")
-        calls: set[str] = set()
+        if isinstance(content, str):
+            _check_text(content, f"messages.{index}")
+        calls: list[str] = []
+        answered: set[str] = set()
+        others = False                 # content other than tool_result blocks seen in this turn
         for number, block in enumerate(content if isinstance(content, list) else ()):
             where = f"messages.{index}.content.{number}"
-            if isinstance(block, TextBlock) and not block.text:
-                raise BadRequest(f"{where}: text content blocks must be non-empty", param=where)
-            if isinstance(block, ToolUseBlock):
-                if message.role != "assistant":
-                    raise BadRequest(f"{where}: tool_use blocks may only be in assistant messages", param=where)
-                calls.add(block.id)
-            elif isinstance(block, ToolResultBlock):
+            if isinstance(block, ToolResultBlock):
                 if message.role != "user":
                     raise BadRequest(f"{where}: tool_result blocks may only be in user messages", param=where)
+                if others:
+                    raise BadRequest(f"{where}: tool_result blocks must come FIRST in the content array, before "
+                                     "any other content", param=where)
                 if block.tool_use_id not in called:
                     raise BadRequest(f"{where}: tool_result answers tool_use id '{block.tool_use_id}', which the "
                                      f"message before it does not hold", param=where)
+                answered.add(block.tool_use_id)
+                for part, result in enumerate(block.content if isinstance(block.content, list) else ()):
+                    if isinstance(result, TextBlock):
+                        _check_text(result.text, f"{where}.content.{part}")
+                continue
+            others = True
+            if isinstance(block, TextBlock):
+                _check_text(block.text, where)
+            elif isinstance(block, ToolUseBlock):
+                if message.role != "assistant":
+                    raise BadRequest(f"{where}: tool_use blocks may only be in assistant messages", param=where)
+                if block.id in seen:
+                    raise BadRequest(f"{where}: `tool_use` ids must be unique", param=where)
+                seen.add(block.id)
+                calls.append(block.id)
+        _check_answered(called, answered, index - 1)
         called = calls
+    _check_answered(called, set(), len(messages) - 1)
+    _check_final_turn(messages[-1], len(messages) - 1)
+
+
+def _check_text(text: str, where: str) -> None:
+    """Text is refused empty or whitespace only (`isspace` stops at the first other character: no copy, no scan of
+    a long text)."""
+    if not text:
+        raise BadRequest(f"{where}: text content blocks must be non-empty", param=where)
+    if text.isspace():
+        raise BadRequest(f"{where}: text content blocks must contain non-whitespace text", param=where)
+
+
+def _check_answered(called: list[str], answered: set[str], index: int) -> None:
+    """BadRequest naming the `tool_use` ids of message `index` that the message after it (`answered`) leaves
+    without a `tool_result`, in Anthropic's words."""
+    missing = [call for call in called if call not in answered]
+    if missing:
+        raise BadRequest(f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately "
+                         f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding `tool_result` "
+                         f"block in the next message.", param=f"messages.{index}")
+
+
+def _check_final_turn(message: InputMessage, index: int) -> None:
+    """A final assistant turn (what the answer continues) may not end in whitespace."""
+    if message.role != "assistant":
+        return
+    content = message.content
+    last = content if isinstance(content, str) else content[-1]
+    text = last if isinstance(last, str) else last.text if isinstance(last, TextBlock) else ""
+    if text[-1:].isspace():
+        raise BadRequest(f"messages.{index}: final assistant content cannot end with trailing whitespace",
+                         param=f"messages.{index}")
 
 
 class AnthropicCall:

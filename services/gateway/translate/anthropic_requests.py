@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     Base64ImageSource, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock, ToolUseBlock, encode,
 )
@@ -79,7 +81,7 @@ def _openai_tools(request: MessagesRequest, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
-def _function(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:
+def _function(name: str, description: str | None, schema: dict[str, Any] | msgspec.UnsetType) -> dict[str, Any]:
     function: dict[str, Any] = {"name": name, "parameters": schema or {"type": "object", "properties": {}}}
     if description:
         function["description"] = description

@@ -1,9 +1,11 @@
 """Anthropic's Messages API on the wire: the request, the answer, the stream events and the error body, as msgspec types.
 
 Requests are read strictly enough to refuse what cannot be served (a missing `max_tokens`, an unknown
-content block, a server tool, structured outputs, MCP servers, a container) with a 400 before anything is
-reserved; unknown fields are ignored, as the API grows. Answers and events are written with these types, so
-the documented schema is the one the code writes.
+content block, a server tool, structured outputs, MCP servers, a container) and what Anthropic refuses (a
+`thinking`, `service_tier`, `cache_control` or `metadata` not of its form, a `tool_use` without `input`) with a
+400 before anything is reserved; unknown fields are ignored, as the API grows, except inside `metadata`, which
+Anthropic closes. Answers and events are written with these types, so the documented schema is the one the
+code writes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ import msgspec
 from msgspec import Meta
 
 # --- the request ------------------------------------------------------------------------------------
+
+class CacheControl(msgspec.Struct):
+    """A prompt-cache breakpoint: checked as Anthropic checks it, not sent upstream (the servers cache as they do)."""
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
 
 
 class Base64ImageSource(msgspec.Struct, tag_field="type", tag="base64"):
@@ -27,22 +35,26 @@ class UrlImageSource(msgspec.Struct, tag_field="type", tag="url"):
 
 class TextBlock(msgspec.Struct, tag_field="type", tag="text"):
     text: str
+    cache_control: CacheControl | None = None
 
 
 class ImageBlock(msgspec.Struct, tag_field="type", tag="image"):
     source: Base64ImageSource | UrlImageSource
+    cache_control: CacheControl | None = None
 
 
 class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use"):
     id: str
     name: str
-    input: dict[str, Any] = {}
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
 class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result"):
     tool_use_id: str
     content: str | list[TextBlock | ImageBlock] | None = None
     is_error: bool = False
+    cache_control: CacheControl | None = None
 
 
 class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking"):
@@ -65,12 +77,15 @@ class InputMessage(msgspec.Struct):
 
 
 class ToolDefinition(msgspec.Struct):
-    """A client tool. `type` is absent or `custom`; Anthropic's server tools (web search, bash, ...) are not served."""
+    """A client tool. `type` is absent or `custom`; Anthropic's server tools (web search, bash, ...) are not served.
+    `input_schema` is required of a client tool (an object schema), which the door checks once it knows the tool is
+    one (a server tool has none, and is refused for what it is)."""
 
     name: Annotated[str, Meta(min_length=1)]
-    input_schema: dict[str, Any] = {}
+    input_schema: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     description: str | None = None
     type: str | None = None
+    cache_control: CacheControl | None = None
 
 
 class ToolChoice(msgspec.Struct):
@@ -79,18 +94,37 @@ class ToolChoice(msgspec.Struct):
     disable_parallel_tool_use: bool | None = None
 
 
-class Metadata(msgspec.Struct):
-    user_id: str | None = None
+class Metadata(msgspec.Struct, forbid_unknown_fields=True):
+    """Closed, as Anthropic's is (a key it does not know is a 400 there too)."""
+
+    user_id: Annotated[str, Meta(max_length=256)] | None = None
+
+
+class ThinkingEnabled(msgspec.Struct, tag_field="type", tag="enabled"):
+    budget_tokens: Annotated[int, Meta(ge=1024)]       # and below `max_tokens` (anthropic_door.read_request)
+
+
+class ThinkingDisabled(msgspec.Struct, tag_field="type", tag="disabled"):
+    pass
+
+
+class ThinkingAdaptive(msgspec.Struct, tag_field="type", tag="adaptive"):
+    pass
+
+
+Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
 
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
-    """`POST /v1/messages/count_tokens`."""
+    """`POST /v1/messages/count_tokens`. `thinking` is checked and otherwise ignored: no upstream is asked to think."""
 
     model: str
     messages: list[InputMessage]
     system: str | list[TextBlock] | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+    cache_control: CacheControl | None = None
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):
@@ -103,6 +137,7 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: Metadata | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None     # checked; every call is served alike
     # Read only to be refused when given (see `anthropic_door.UNSERVED`): dropping them would change what the answer
     # must be. `output_config` is read for its `format`; its `effort` is a hint, ignored like unknown fields.
     output_format: Any = None
