@@ -291,7 +291,64 @@ async def test_a_missing_max_tokens_is_an_invalid_request_in_anthropics_shape(up
                                          "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 400
     assert response.json() == {"type": "error", "error": {"type": "invalid_request_error",
-                                                          "message": "max_tokens: Field required"}}
+                                                          "message": "max_tokens: Field required"},
+                               "request_id": response.headers["request-id"]}
+
+
+async def test_every_answer_of_the_door_carries_its_request_id(upstream: Upstream) -> None:
+    """Anthropic's errors carry the request's id as `request_id` beside `error` (the `request-id` header's value),
+    which the door's did not; and its 405 had no `request-id` header."""
+    door = {"x-api-key": upstream.key, "anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(base_url=upstream.demo.url, timeout=10) as http:
+        answers = {
+            "405": await http.get("/v1/messages", headers=door),
+            "400": await http.post("/v1/messages", headers={**door, "x-request-id": "trace-anth-1"},
+                                   json={"model": upstream.model("translated"), "max_tokens": 5,
+                                         "messages": [{"role": "user", "content": " "}]}),
+            "401": await http.post("/v1/messages/count_tokens", headers={**door, "x-api-key": "sk-not-a-key"},
+                                   json={"model": upstream.model("translated"), "messages": []}),
+            "404": await http.get("/v1/messages/batches", headers=door),
+        }
+    for status, answer in answers.items():
+        assert answer.status_code == int(status), (status, answer.text)
+        assert answer.headers["request-id"] == answer.headers["x-request-id"], status
+        body = answer.json()
+        assert body["type"] == "error" and body["request_id"] == answer.headers["request-id"], (status, body)
+    assert answers["400"].json()["request_id"] == "trace-anth-1"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await upstream.client().messages.create(model=upstream.model("translated"), max_tokens=5,
+                                                messages=[{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "Well, "}])
+    assert isinstance(refused.value.body, dict) and refused.value.body["request_id"] == refused.value.request_id
+    assert "final assistant content cannot end with trailing whitespace" in (refused.value.api_message or "")
+
+
+async def test_no_endpoint_left_is_anthropics_overloaded_error(demo: DemoStack) -> None:
+    """With every endpoint of the model out, the door answered 503 `overloaded_error`, which Anthropic's clients
+    take for another error (Anthropic says 529: `anthropic.OverloadedError`, which they retry); it is 529 now,
+    with the Retry-After the 503 had. The OpenAI door still says 503."""
+    async with registered_upstream(demo, f"anth-down-{uuid.uuid4().hex[:6]}", failure_kind="http_500",
+                                   failure_rate=1.0, failure_paths=("/v1/chat/completions",)) as down:
+        model, client = down.model("translated"), down.client()
+        hi = [{"role": "user", "content": "hi"}]
+
+        async def out() -> tuple[httpx.Response, anthropic.OverloadedError] | None:
+            async with httpx.AsyncClient(base_url=demo.url, timeout=10) as http:
+                openai = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {down.key}"},
+                                         json={"model": model, "messages": hi})
+            try:
+                await client.messages.create(model=model, max_tokens=5, messages=hi)  # type: ignore[arg-type]
+            except anthropic.OverloadedError as exc:
+                return (openai, exc) if openai.status_code == 503 else None
+            except anthropic.APIStatusError:          # not yet known, or the endpoint's failures not yet counted
+                return None
+            return None
+
+        openai, overloaded = await wait_for(out, timeout_s=30, what="the model's only endpoint to be out")
+    assert (overloaded.status_code, overloaded.type) == (529, "overloaded_error")
+    assert overloaded.response.headers["retry-after"] == openai.headers["retry-after"]
+    assert isinstance(overloaded.body, dict) and overloaded.body["request_id"] == overloaded.request_id
+    assert openai.json()["error"]["code"] == "circuit_open"
 
 
 async def first_refusal(upstream: Upstream, key: str, refusal: type[anthropic.APIStatusError], what: str,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from switchyard_gateway.services.gateway.edge import errors
-from switchyard_gateway.services.gateway.edge.headers import Cors, request_id_of
+from switchyard_gateway.services.gateway.edge.headers import AnthropicAnswers, Cors, request_id_of
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaExceeded, RateLimited
 
 RESET = datetime(2030, 1, 2, tzinfo=UTC)
@@ -79,3 +79,46 @@ def test_cors_allows_only_the_origins_it_names() -> None:
     anyone = Cors("*")
     assert anyone.allows("http://whatever") and dict(anyone.answer_headers("http://x"))[
         "access-control-allow-origin"] == "*"
+
+
+class Answered:
+    """An RSGI protocol object that keeps what was answered."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str], bytes | None]] = []
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.answers.append((status, dict(headers), body))
+
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.answers.append((status, dict(headers), None))
+
+
+def test_anthropics_door_answers_overloaded_with_529_and_each_answer_with_its_request_id() -> None:
+    """Anthropic's clients read 529 as overloaded (`anthropic.OverloadedError`), the id from `request-id`, and
+    Anthropic's error bodies carry it as `request_id`: the door answered 503, and a 405 had no `request-id`."""
+    proto = Answered()
+    door = AnthropicAnswers(proto)
+    overloaded = errors.UpstreamError("Every endpoint for this model is at its concurrency limit", status=503,
+                                      code="capacity", headers={"retry-after": "5"})
+    door.response_bytes(overloaded.status, [("content-type", "application/json"), *overloaded.headers.items(),
+                                            ("x-request-id", "r-1"), ("request-id", "r-1")],
+                        overloaded.render("anthropic"))
+    refused = errors.MethodNotAllowed("GET", "/v1/messages")
+    door.response_bytes(405, [("content-type", "application/json"), ("x-request-id", 'r"2'), ("allow", "POST")],
+                        refused.render("anthropic"))
+    door.response_bytes(200, [("x-request-id", "r-3")], b'{"type":"message"}')
+    door.response_stream(200, [("x-request-id", "r-4")])
+    (status, headers, body), (status_405, headers_405, body_405), answered, streamed = proto.answers
+    assert (status, headers["retry-after"], headers["request-id"]) == (529, "5", "r-1")
+    assert json.loads(body or b"") == {"type": "error", "error": {
+        "type": "overloaded_error", "message": overloaded.message}, "request_id": "r-1"}
+    assert (status_405, headers_405["request-id"], headers_405["allow"]) == (405, 'r"2', "POST")
+    assert json.loads(body_405 or b"")["request_id"] == 'r"2'
+    assert answered == (200, {"x-request-id": "r-3", "request-id": "r-3"}, b'{"type":"message"}')
+    assert streamed == (200, {"x-request-id": "r-4", "request-id": "r-4"}, None)
+
+
+def test_only_an_error_body_in_anthropics_shape_takes_a_request_id() -> None:
+    assert errors.with_request_id(b'{"error":"x"}', "r-1") == b'{"error":"x"}'
+    assert errors.with_request_id(b'{"type":"error","error":{}}', None) == b'{"type":"error","error":{}}'

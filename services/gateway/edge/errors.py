@@ -17,12 +17,16 @@
 Which shape a path gets is one table, `DOORS` (first matching prefix wins; Ollama's routes by name):
 
     openai      /v1/*          {"error": {"message", "type", "param", "code", ...detail}}
-    anthropic   /v1/messages   {"type": "error", "error": {"type", "message"}}
+    anthropic   /v1/messages   {"type": "error", "error": {"type", "message"}, "request_id"}
     ollama      Ollama routes  {"error": "<message>", ...detail}
     plain       the rest       {"error": "<message>", ...detail}   (the seed's shape: admin and monitoring routes)
 
 `/v1/models` is both OpenAI's and Anthropic's: a client that sends `anthropic-version` (Anthropic's clients
 always do) gets Anthropic's shapes there, its errors included (`shape_for_client`, SHARED_PATHS).
+
+A door whose clients read another status for one of the gateway's says so in DOOR_STATUS: Anthropic's answers
+529 where the gateway says 503. Anthropic's `request_id` and its statuses are written as the answer leaves the
+edge (edge/headers.py, `AnthropicAnswers`): where an error is rendered, its request's id is not always known.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 40
                    403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                    500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",
                    529: "overloaded_error"}
+# the status a door's clients read for one of the gateway's: Anthropic's API answers 529 when it is overloaded (its
+# SDK's `OverloadedError`, which it retries), where the gateway, its metrics and usage events and the other doors
+# say 503 (no endpoint could serve the call, or the quota store could not be asked)
+DOOR_STATUS: dict[str, dict[int, int]] = {"anthropic": {503: 529}}
 
 
 class GatewayError(Exception):
@@ -185,6 +193,17 @@ def anthropic_body(error: GatewayError) -> dict[str, Any]:
                                        **error.details}}
 
 
+_ANTHROPIC_ERROR = b'{"type":"error",'
+
+
+def with_request_id(body: bytes, request_id: str | None) -> bytes:
+    """An error body in Anthropic's shape (as this module and the door write it) with the request's id beside
+    `error`, as Anthropic's carry it; any other body as it is."""
+    if request_id is None or not body.startswith(_ANTHROPIC_ERROR) or not body.endswith(b"}"):
+        return body
+    return body[:-1] + b',"request_id":' + _encode(request_id) + b"}"
+
+
 SHAPES: dict[str, Callable[[GatewayError], dict[str, Any]]] = {
     "openai": openai_body, "anthropic": anthropic_body, "ollama": flat_body, "plain": flat_body,
 }
@@ -212,13 +231,13 @@ def shape_for(path: str) -> str:
 
 # paths both OpenAI's and Anthropic's clients call: Anthropic's shape when the client sends `anthropic-version`
 SHARED_PATHS: tuple[str, ...] = ("/v1/models",)
+_UNDER_SHARED_PATHS = tuple(f"{shared}/" for shared in SHARED_PATHS)
 
 
 def shape_for_client(path: str, headers: Any) -> str:
     """The error shape for this client at this path: `shape_for`, except that on a path both doors share an
     Anthropic client (it sends `anthropic-version`) gets Anthropic's. `headers`: a lower-case lookup."""
-    if headers.get("anthropic-version") is not None and \
-            any(path == shared or path.startswith(shared + "/") for shared in SHARED_PATHS):
+    if (path in SHARED_PATHS or path.startswith(_UNDER_SHARED_PATHS)) and headers.get("anthropic-version") is not None:
         return "anthropic"
     return shape_for(path)
 

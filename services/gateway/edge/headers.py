@@ -1,5 +1,8 @@
 """What the edge adds to answers: the request id every answer carries, and CORS for the browsers it allows.
 
+Anthropic's door's answers leave as its clients read them (`AnthropicAnswers`): with a `request-id` header, the
+same id as the error body's `request_id`, and 529 for overloaded.
+
 CORS is off unless `SWITCHYARD_CORS_ORIGINS` names origins (comma-separated, or `*` for any). Then a
 preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on any path is answered at the
 edge, before routing, with 204 and what the browser asked for; answers to an allowed origin carry
@@ -13,11 +16,13 @@ import re
 from typing import Any
 
 from switchyard_gateway.contracts.events import random_hex
+from switchyard_gateway.services.gateway.edge.errors import DOOR_STATUS, with_request_id
 
 REQUEST_ID = "x-request-id"
+ANTHROPIC_REQUEST_ID = "request-id"       # the header Anthropic's clients read the id from (the SDK's `_request_id`)
 MAX_REQUEST_ID = 128
 METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
-EXPOSED = ("x-request-id, x-switchyard-model, x-switchyard-cache, retry-after, x-ratelimit-limit, "
+EXPOSED = ("x-request-id, request-id, x-switchyard-model, x-switchyard-cache, retry-after, x-ratelimit-limit, "
            "x-ratelimit-remaining, x-ratelimit-reset, x-ratelimit-limit-requests, x-ratelimit-limit-tokens, "
            "x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, "
            "x-ratelimit-reset-tokens")
@@ -38,8 +43,8 @@ def request_id_headers(shape: str, request_id: str) -> list[tuple[str, str]]:
     """The request's id as every answer carries it (`x-request-id`), and as Anthropic's clients read it too
     (`request-id`: the SDK's `_request_id`) on that door."""
     if shape == "anthropic":
-        return [("x-request-id", request_id), ("request-id", request_id)]
-    return [("x-request-id", request_id)]
+        return [(REQUEST_ID, request_id), (ANTHROPIC_REQUEST_ID, request_id)]
+    return [(REQUEST_ID, request_id)]
 
 
 class Cors:
@@ -111,3 +116,44 @@ class WithHeaders:
 
     def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Any:
         return self._proto.response_stream(status, [*headers, *self._extra])
+
+
+class AnthropicAnswers(WithHeaders):
+    """The answers of Anthropic's door as its clients read them, whoever wrote them (the proxy, the edge's refusals,
+    Litestar's routes): each with a `request-id` header, each error body with the same id as `request_id` beside
+    `error`, and a 503 as 529 (DOOR_STATUS). Only the head of an answer is looked at, and an error's body."""
+
+    __slots__ = ()
+
+    _STATUS = DOOR_STATUS["anthropic"]
+
+    def __init__(self, proto: Any) -> None:
+        super().__init__(proto, [])
+
+    def _head(self, status: int, headers: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]], str | None]:
+        """The status to write, the headers with `request-id` (the `x-request-id` every answer has), and the id."""
+        given = None
+        for name, value in headers:
+            name = name.lower()
+            if name == ANTHROPIC_REQUEST_ID:
+                return self._STATUS.get(status, status), headers, value
+            if name == REQUEST_ID:
+                given = value
+        if given is not None:
+            headers = [*headers, (ANTHROPIC_REQUEST_ID, given)]
+        return self._STATUS.get(status, status), headers, given
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        written, headers, request_id = self._head(status, headers)
+        self._proto.response_bytes(written, headers, with_request_id(body, request_id) if status >= 400 else body)
+
+    def response_str(self, status: int, headers: list[tuple[str, str]], body: str) -> None:
+        self.response_bytes(status, headers, body.encode())
+
+    def response_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
+        written, headers, _ = self._head(status, headers)
+        self._proto.response_empty(written, headers)
+
+    def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Any:
+        written, headers, _ = self._head(status, headers)
+        return self._proto.response_stream(written, headers)

@@ -7,7 +7,8 @@ own server in the worker's loop (libs/http1/server.py; granian still can); Lites
 keeps the admin and monitoring routes and the lifespan, through this small bridge.
 A request the server itself refuses is answered in its door's shape (`error_body`).
 CORS preflights are answered here, before either, and every answer leaves with
-an `x-request-id` (edge/headers.py).
+an `x-request-id` (edge/headers.py); those of Anthropic's door as its clients read
+them (`AnthropicAnswers`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from switchyard_gateway.kit.service import StartFailed
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.edge.body import read_body, refuse
 from switchyard_gateway.services.gateway.edge.errors import ApiError, ForbiddenError, GatewayError, MethodNotAllowed, \
-    render_for
-from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, Cors, WithHeaders, is_preflight, \
-    request_id_of
+    render_for, shape_for_client
+from switchyard_gateway.services.gateway.edge.headers import REQUEST_ID, AnthropicAnswers, Cors, WithHeaders, \
+    is_preflight, request_id_of
 from switchyard_gateway.services.gateway.edge.ws import WebSocketDoor
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ class GatewayRSGI:
             return
         proxy = self.proxy
         cors = self.cors
+        if shape_for_client(scope.path, scope.headers) == "anthropic":
+            proto = AnthropicAnswers(proto)         # `request-id`, the body's `request_id`, 529 (edge/headers.py)
         if cors is not None and "origin" in scope.headers:
             origin = scope.headers["origin"]
             if not cors.allows(origin):

@@ -258,10 +258,12 @@ class ErrorObject(msgspec.Struct, omit_defaults=True):
     suggested_models: list[str] | None = None
 
 
-class ErrorResponse(msgspec.Struct, tag_field="type", tag="error"):
-    """Every error on the Anthropic door, as a body and as a stream's `error` event."""
+class ErrorResponse(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True):
+    """Every error on the Anthropic door, as a body and as a stream's `error` event. A body leaves with the
+    request's id as `request_id`, added at the edge (edge/headers.py, `AnthropicAnswers`); an event has none."""
 
     error: ErrorObject
+    request_id: str | None = None
 
 
 StreamEvent = (MessageStartEvent | ContentBlockStartEvent | PingEvent | ContentBlockDeltaEvent | ContentBlockStopEvent
