@@ -157,12 +157,12 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
     """Send a request; return the reply body or raise ServiceError / ServiceUnavailable. A request too large for one
     NATS message is refused here (413), before anything is sent."""
     service = subject.split(".", 1)[0]
-    if len(payload) > nc.max_payload:
+    headers = {subjects.DEADLINE_HEADER: f"{time.time() + timeout_s:.3f}"}
+    if message_size(payload, headers) > nc.max_payload:        # the server would close the connection
         raise ServiceError(413, ErrorBody("PAYLOAD_TOO_LARGE", f"the request is larger than the {nc.max_payload} "
                                           f"bytes one message to the {service} service may carry"))
     try:
-        msg = await nc.request(subject, payload, timeout=timeout_s,
-                               headers={subjects.DEADLINE_HEADER: f"{time.time() + timeout_s:.3f}"})
+        msg = await nc.request(subject, payload, timeout=timeout_s, headers=headers)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
         raise ServiceUnavailable(service) from None
     headers = msg.headers or {}

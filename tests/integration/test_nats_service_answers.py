@@ -156,3 +156,14 @@ async def test_a_request_its_asker_stopped_waiting_for_is_not_carried_out(own_na
         gate.set()
         await svc.stop()  # type: ignore[attr-defined]
         await nc.close()
+
+
+async def test_a_request_that_fits_only_without_its_deadline_is_refused_before_it_is_sent(served) -> None:
+    """The deadline's header counts against max_payload too: a request the body alone let through made the server
+    close the asker's connection (an admin write near the limit took a gateway off NATS for good)."""
+    nc, subject, _gate = served
+    with pytest.raises(ServiceError) as refused:
+        await natsio.request(nc, subject, b"x" * (nc.max_payload - 10), 5)
+    assert refused.value.status == 413 and refused.value.body.code == "PAYLOAD_TOO_LARGE"
+    await asyncio.sleep(0.2)
+    assert nc.is_connected
