@@ -120,20 +120,26 @@ def _refuse_unserved(request: MessagesRequest) -> None:
 
 def _check_conversation(messages: list[InputMessage]) -> None:
     """What Anthropic refuses in a conversation, refused here too (400) rather than sent on broken, in the one pass
-    that reads it: no message; an empty content, or text that is empty or whitespace only; a final assistant turn
-    ending in whitespace; a `tool_use` outside an assistant turn, or with an id given before; a turn of `tool_use`
-    blocks not answered, each, by a `tool_result` in the user turn right after it (the last turn too: the answer
-    would need the results); a `tool_result` outside a user turn, after the turn's other content, or answering no
-    `tool_use` of the turn before it."""
+    that reads it: no message; an empty content; text that is empty or whitespace only in a user turn; a final
+    assistant turn ending in whitespace; a `tool_use` outside an assistant turn, or with an id its turn gave
+    before; a turn of `tool_use` blocks not answered, each, by a `tool_result` in the user turn right after it (the
+    last turn too: the answer would need the results); a `tool_result` outside a user turn, after the turn's other
+    content, or answering no `tool_use` of the turn before it.
+
+    Two of Anthropic's rules are kept narrower, for answers this door wrote itself and a client sends back as they
+    were: a local model's text before its tool call may be whitespace only (the door relays it as a text block), and
+    an upstream's tool-call ids may repeat from one answer to the next (`call_0`), which Anthropic's never do. So
+    an assistant turn's text is not held to the text rules, and ids are unique within a turn, where a
+    `tool_result` names its `tool_use`."""
     if not messages:
         raise BadRequest("messages: at least one message is required", param="messages")
     called: list[str] = []             # the ids of the turn before's tool_use blocks, each answered by this turn
-    seen: set[str] = set()             # every tool_use id so far
     for index, message in enumerate(messages):
         content = message.content
         if not content:
             raise BadRequest(f"messages.{index}: all messages must have non-empty content", param=f"messages.{index}")
-        if isinstance(content, str):
+        user = message.role == "user"
+        if isinstance(content, str) and user:
             _check_text(content, f"messages.{index}")
         calls: list[str] = []
         answered: set[str] = set()
@@ -156,13 +162,13 @@ def _check_conversation(messages: list[InputMessage]) -> None:
                 continue
             others = True
             if isinstance(block, TextBlock):
-                _check_text(block.text, where)
+                if user:
+                    _check_text(block.text, where)
             elif isinstance(block, ToolUseBlock):
                 if message.role != "assistant":
                     raise BadRequest(f"{where}: tool_use blocks may only be in assistant messages", param=where)
-                if block.id in seen:
+                if block.id in calls:
                     raise BadRequest(f"{where}: `tool_use` ids must be unique", param=where)
-                seen.add(block.id)
                 calls.append(block.id)
         _check_answered(called, answered, index - 1)
         called = calls
