@@ -93,8 +93,9 @@ async def transport(nats_url: str, database_url: str, page: int, metering: Meter
 
 
 async def tenant_spend(nats_url: str, database_url: str, metering: Metering) -> dict:
-    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "tenant_spend.py"), "--database", database_url,
-                             "--nats", nats_url, "--catch-up-only"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "SWITCHYARD_NATS_URL": nats_url, "TENANT_SPEND_DATABASE_URL": database_url}  # not argv:
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "tenant_spend.py"), "--catch-up-only"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)                   # any user reads that
     cpu = Cpu(metering, psutil.Process())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out, _ = await asyncio.to_thread(proc.communicate)

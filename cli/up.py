@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "up", help="run the whole system on this machine",
         description="Start NATS, PostgreSQL and Valkey from their pip-installed binaries (unless "
                     "SWITCHYARD_NATS_URL, SWITCHYARD_DATABASE_URL or SWITCHYARD_REDIS_URL point at running "
-                    "ones), then every service as its own process; restart a service that crashes; stop "
+                    "ones), each asking for a password kept in the data dir, then every service as its own "
+                    "process; restart a service that crashes; stop "
                     "everything on Ctrl-C or SIGTERM.",
     )
     up.add_argument("--data-dir", type=Path, default=Path("./.switchyard"),
@@ -102,8 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them")
     up.add_argument("--nats-users", type=Path, default=None, metavar="F",
                     help="subscribers allowed to replay the event log and follow it, each a NATS user with only "
-                         "that permission (YAML: subscribers: [{user, password: ${ENV_VAR}, name, tenant}]); NATS then "
-                         "asks every client for a user, the services' own kept in keys.env")
+                         "that permission (YAML: subscribers: [{user, password: ${ENV_VAR}, name, tenant}]); beside "
+                         "the services' own user, whose password is kept in keys.env (NATS always asks for a user)")
     up.add_argument("--journal-fsync", action="store_true",
                     help="fdatasync the gateways' journals batch by batch: no accepted call is lost even when the "
                          "machine crashes (a crash of a process loses nothing without it)")
@@ -151,15 +152,13 @@ def run(args: argparse.Namespace) -> int:
                              f"{MAX_WORKERS} (or 0: one per core)")
         if args.nats_cluster != 1 and external["nats_url"]:
             raise SettingsError("--nats-cluster runs NATS here, but SWITCHYARD_NATS_URL points at a running one")
-        args.nats_password = None
-        nats_config = None
-        if args.nats_users is not None:
-            if external["nats_url"]:
-                raise SettingsError("--nats-users configures the NATS run here, but SWITCHYARD_NATS_URL points at a "
-                                    "running one (give that server the users: docs/architecture.md)")
-            nats_config, args.nats_password = _nats_users(args.nats_users, data_dir)
+        if args.nats_users is not None and external["nats_url"]:
+            raise SettingsError("--nats-users configures the NATS run here, but SWITCHYARD_NATS_URL points at a "
+                                "running one (give that server the users: docs/architecture.md)")
+        subscribers = _subscribers(args.nats_users) if args.nats_users is not None else []
         stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, nats_nodes=args.nats_cluster,
-                              ports={"gateway": args.port}, nats_config=nats_config)
+                              ports={"gateway": args.port}, nats_users=subscribers,
+                              nats_password=None if external["nats_url"] else _services_password(data_dir))
     except (SettingsError, ValueError, StackError) as exc:
         say(f"cannot start: {exc}")
         return 1
@@ -202,10 +201,9 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     admin_key, demo_key, jwt_secret, generated = boot.remembered_keys(
         data_dir / "keys.env", env_value(os.environ, "SWITCHYARD_ADMIN_KEY"),
         env_value(os.environ, "SWITCHYARD_DEMO_KEY"), env_value(os.environ, "SWITCHYARD_JWT_SECRET"))
-    nats_url = urls.nats_url if args.nats_password is None else \
-        nats_auth.with_user(urls.nats_url, nats_auth.SERVICES_USER, args.nats_password)
     common = {
-        "SWITCHYARD_NATS_URL": nats_url, "SWITCHYARD_DATABASE_URL": urls.database_url,
+        "SWITCHYARD_NATS_URL": urls.nats_url,          # with the services' user in it when NATS runs here
+        "SWITCHYARD_DATABASE_URL": urls.database_url,
         "SWITCHYARD_REDIS_URL": urls.redis_url,
         "SWITCHYARD_SPOOL_DIR": str(data_dir / "spool"),
         "SWITCHYARD_STREAM_REPLICAS": str(min(3, args.nats_cluster)),
@@ -246,7 +244,7 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     gateway_at = (args.host, args.port)
     try:
         if commands:
-            replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(nats_url, commands)))
+            replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(urls.nats_url, commands)))
             if args.registry_doc is not None:
                 say(f"registry document applied: {len(replies[-1].events)} change(s)")
         _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0,
@@ -357,21 +355,20 @@ def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
             "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
 
 
-def _nats_users(path: Path, data_dir: Path) -> tuple[Path, str]:
-    """Write nats-server's users (the services' own, with a password kept in keys.env, and the file's subscribers)
-    into the data dir; return that file and the services' password."""
-    from switchyard_gateway.cli import bootstrap as boot
-
+def _subscribers(path: Path) -> list[nats_auth.SubscriberUser]:
+    """The subscribers a `--nats-users` file lists, each a NATS user that may replay and follow the log."""
     try:
-        subscribers = nats_auth.load(path, os.environ)
+        return nats_auth.load(path, os.environ)
     except nats_auth.UsersError as exc:
         raise SettingsError(str(exc)) from None
-    password = boot.remembered_secret(data_dir / "keys.env", nats_auth.PASSWORD_KEY)
-    config = data_dir / "nats-users.conf"
-    config.touch(mode=0o600)
-    config.write_text(nats_auth.server_config(password, subscribers))
-    config.chmod(0o600)
-    return config, password
+
+
+def _services_password(data_dir: Path) -> str:
+    """The password of the services' NATS user, kept in keys.env: NATS asks every client for a user, so that no other
+    program of the machine can act as a service (issue itself an admin key through the registry's subject)."""
+    from switchyard_gateway.cli import bootstrap as boot
+
+    return boot.remembered_secret(data_dir / "keys.env", nats_auth.PASSWORD_KEY)
 
 
 def _service_env(values: dict[str, str]) -> dict[str, str]:

@@ -26,10 +26,10 @@ import yaml
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.settings import SettingsError, env_value
-from switchyard_gateway.kit.stack_nats import CLUSTER_NAME
 
 SERVICES_USER = "switchyard"
 ROUTE_USER = "route"                           # what one node of a cluster presents to another
+CLUSTER_NAME = "switchyard"                    # of the NATS cluster `up --nats-cluster` runs
 PASSWORD_KEY = "SWITCHYARD_NATS_PASSWORD"      # the services' password, kept in the data dir's keys.env
 USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")       # a user's name, and a subscriber's
 # the services' names: their consumers set events aside under them (`metering`, `quota`) or under names that begin
@@ -81,19 +81,21 @@ def server_config(services_password: str, subscribers: list[SubscriberUser]) -> 
     return "authorization " + json.dumps({"users": users}, indent=2) + "\n"
 
 
-def cluster_config(password: str, routes: list[str], name: str = CLUSTER_NAME) -> str:
+def cluster_config(password: str, routes: list[str], name: str = CLUSTER_NAME,
+                   listen: str | None = None) -> str:
     """nats-server's `cluster` block for nodes that ask each other for a user: each listens on the routes' port
-    and dials every route (itself included: a node knows itself and drops that one) as `route` with `password`.
+    (or where `listen` says: nodes of one machine, each on a port of its own) and dials every route (itself
+    included: a node knows itself and drops that one) as `route` with `password`.
 
     Give the cluster here rather than with `--cluster`/`--routes` flags: nats-server's `--cluster` flag clears the
     routes' authorization of a configuration file."""
     parsed = [urlsplit(url if "://" in url else f"nats://{url}") for url in routes]
     ports = {p.port for p in parsed}
-    if not parsed or None in ports or len(ports) != 1 or any(p.username for p in parsed):
+    if not parsed or None in ports or len(ports) != 1 and listen is None or any(p.username for p in parsed):
         raise UsersError(f"routes {','.join(routes)!r}: give each node as nats://HOST:PORT, every one on the same "
                          "port and without a user")
     dial = [urlunsplit(p._replace(netloc=f"{ROUTE_USER}:{quote(password, safe='')}@{p.netloc}")) for p in parsed]
-    block = {"name": name, "listen": f"0.0.0.0:{ports.pop()}",
+    block = {"name": name, "listen": listen or f"0.0.0.0:{ports.pop()}",
              "authorization": {"user": ROUTE_USER, "password": password}, "routes": dial}
     return "cluster " + json.dumps(block, indent=2) + "\n"
 

@@ -14,10 +14,14 @@ from typing import Literal
 import msgspec
 import structlog
 
+from switchyard_gateway.kit import nats_auth
+from switchyard_gateway.kit.nats_auth import SubscriberUser
 from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.kit.stack_nats import NatsServer, cluster, nats_problem
 from switchyard_gateway.kit.stack_postgres import PostgresServer, postgres_problem
-from switchyard_gateway.kit.stack_proc import Spawner, StackError, pick_free_port, port_is_free, wait_until
+from switchyard_gateway.kit.stack_proc import (
+    Spawner, StackError, kept_secret, pick_free_port, port_is_free, wait_until,
+)
 from switchyard_gateway.kit.stack_server import ManagedServer
 from switchyard_gateway.kit.stack_valkey import ValkeyServer, valkey_problem
 from switchyard_gateway.kit.supervisor import INFRASTRUCTURE, Unit
@@ -47,14 +51,28 @@ def running_url(data_dir: Path, name: str) -> str:
         raise SystemExit(f"switchyard: no SWITCHYARD_{name.upper()} and no stack at {data_dir} "
                          "(run `switchyard up --data-dir D` first, or pass the same --data-dir)")
     url = json.loads(state.read_text())["urls"][name]
-    keys = data_dir / "keys.env"
-    if name == "nats_url" and keys.exists():        # `up --nats-users`: NATS asks for the services' user
-        from switchyard_gateway.kit import nats_auth
-
-        found = dict(line.partition("=")[::2] for line in keys.read_text().splitlines() if "=" in line)
-        if found.get(nats_auth.PASSWORD_KEY):
-            url = nats_auth.with_user(url, nats_auth.SERVICES_USER, found[nats_auth.PASSWORD_KEY])
+    kept = {"database_url": data_dir / "pg" / "password", "redis_url": data_dir / "valkey" / "password"}.get(name)
+    if kept is not None and ":***@" in url:         # stack.json masks the password the server's own file keeps
+        if not kept.exists():                       # a server the stack did not run: its password is not here
+            raise SystemExit(f"switchyard: the stack at {data_dir} uses a {name.split('_')[0]} server it did not "
+                             f"start ({mask_password(url)}); give its URL, password and all, as "
+                             f"SWITCHYARD_{name.upper()}")
+        url = url.replace(":***@", f":{kept.read_text().strip()}@")
+    if name == "nats_url":                          # NATS asks for the services' user: `up` keeps its password
+        keys = data_dir / "keys.env"                # in keys.env, a stack run otherwise in nats/password
+        found = dict(line.partition("=")[::2] for line in keys.read_text().splitlines() if "=" in line) \
+            if keys.exists() else {}
+        password = found.get(nats_auth.PASSWORD_KEY) or _read(data_dir / "nats" / "password")
+        if password:
+            url = nats_auth.with_user(url, nats_auth.SERVICES_USER, password)
     return url
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 class StackUrls(msgspec.Struct, frozen=True):
@@ -97,9 +115,15 @@ class EmbeddedStack:
         ready_timeout_s: float = 30.0,
         stop_timeout_s: float = 15.0,
         nats_config: Path | None = None,
+        nats_password: str | None = None,
+        nats_users: list[SubscriberUser] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
-        self.nats_config = nats_config  # read by nats-server before its flags: users and permissions
+        self.nats_config = nats_config  # read by nats-server before its flags: users and permissions, as given
+        # else NATS asks every client for a user: the services' (this password, else one kept in nats/password) and
+        # each of `nats_users`, the subscribers
+        self.nats_users = (nats_password or (kept_secret(self.data_dir / "nats" / "password") if nats_url is None
+                                             else ""), list(nats_users or []))
         self.log_dir = Path(log_dir).absolute() if log_dir is not None else self.data_dir / "logs"
         self.durable = durable  # False: fsync off in postgres and valkey (tests, benchmarks)
         if nats_nodes < 1 or nats_nodes == 2:
@@ -261,6 +285,7 @@ class EmbeddedStack:
         for server in servers:
             if isinstance(server, NatsServer):
                 server.config = self.nats_config
+                server.users = self.nats_users if self.nats_config is None else None
         return servers
 
     def _of(self, component: str) -> list[ManagedServer]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
@@ -10,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from switchyard_gateway.kit import nats_auth
 from switchyard_gateway.kit.settings import url_list
 from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
 from switchyard_gateway.kit.stack_server import ManagedServer
@@ -50,11 +52,14 @@ def nats_binary() -> Path:
 
 class NatsServer(ManagedServer):
     """nats-server with JetStream storing under <data>/nats and a monitoring port for /healthz; with `config`, a
-    configuration file read first (users and their permissions: `libs/kit/nats_auth.py`), the flags after it."""
+    configuration file read first (users and their permissions: `libs/kit/nats_auth.py`), the flags after it.
+    With `users` (the services' password and the subscribers) instead, it writes that file itself, in its home,
+    readable by its owner only, and its URL carries the services' user."""
 
     name = "nats"
     port_names = ("nats", "nats_monitor")
     config: Path | None = None
+    users: tuple[str, list[nats_auth.SubscriberUser]] | None = None
 
     @property
     def home(self) -> Path:
@@ -62,7 +67,8 @@ class NatsServer(ManagedServer):
 
     @property
     def url(self) -> str:
-        return f"nats://{LOOPBACK}:{self.port}"
+        bare = f"nats://{LOOPBACK}:{self.port}"
+        return bare if self.users is None else nats_auth.with_user(bare, nats_auth.SERVICES_USER, self.users[0])
 
     @property
     def monitor_url(self) -> str:
@@ -73,6 +79,14 @@ class NatsServer(ManagedServer):
 
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.users is not None:
+            self.config = self.home / "auth.conf"
+            fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(self.auth_config(*self.users))
+
+    def auth_config(self, password: str, subscribers: list[nats_auth.SubscriberUser]) -> str:
+        return nats_auth.server_config(password, subscribers)
 
     def configured(self) -> list[str]:
         return ["--config", str(self.config)] if self.config is not None else []
@@ -100,7 +114,6 @@ class NatsServer(ManagedServer):
             return False
 
 
-CLUSTER_NAME = "switchyard"
 
 
 class NatsNode(NatsServer):
@@ -130,8 +143,17 @@ class NatsNode(NatsServer):
     def route_url(self) -> str:
         return f"nats://{LOOPBACK}:{self.ports[f'{self.name}_cluster']}"
 
+    def auth_config(self, password: str, subscribers: list[nats_auth.SubscriberUser]) -> str:
+        """The users, and the cluster with routes that ask each other for the route user (the services' password):
+        any program of the machine could otherwise join the cluster as a node and read every message."""
+        others = [peer.route_url for peer in self.peers if peer is not self]
+        return super().auth_config(password, subscribers) + nats_auth.cluster_config(
+            password, others, nats_auth.CLUSTER_NAME, listen=self.route_url.removeprefix("nats://"))
+
     def command(self) -> list[str]:
         routes = ",".join(peer.route_url for peer in self.peers if peer is not self)
+        clustered = [] if self.users is not None else [    # the file's cluster block: flags would clear its users
+            "--cluster_name", nats_auth.CLUSTER_NAME, "--cluster", self.route_url, "--routes", routes]
         return [
             str(self.binary()),
             *self.configured(),
@@ -141,9 +163,7 @@ class NatsNode(NatsServer):
             "--port", str(self.port),
             "--http_port", str(self.ports[f"{self.name}_monitor"]),
             "--server_name", f"{SERVER_NAME}-{self.number}",
-            "--cluster_name", CLUSTER_NAME,
-            "--cluster", self.route_url,
-            "--routes", routes,
+            *clustered,
         ]  # fmt: skip
 
 

@@ -17,13 +17,13 @@ import asyncpg
 import structlog
 
 from switchyard_gateway.kit.stack_proc import (
-    LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, pid_alive, run_async, spawn, stop_pid,
+    LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, kept_secret, pid_alive, run_async, spawn, stop_pid,
 )
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 log = structlog.get_logger(__name__)
 
-SUPERUSER = "postgres"  # the database role initdb creates; trust auth on loopback
+SUPERUSER = "postgres"  # the database role initdb creates; its password kept in <data>/pg/password
 OS_USER = "switchyard"  # the system account postgres runs as when we are root (it refuses root)
 APP_DATABASE = "switchyard"
 _INITDB_TIMEOUT_S = 120.0
@@ -52,9 +52,16 @@ def postgres_problem(url: str, *, timeout_s: float = 2.0) -> str | None:
     return None
 
 
-async def _ensure_database(admin_url: str, name: str) -> None:
+async def _ensure_database(admin_url: str, name: str, trusting: Path | None = None, password: str = "") -> None:
+    """Create the database `name` if missing; with `trusting` (a pg_hba.conf that lets anyone in), first give the
+    superuser `password` and make the server ask every client for it."""
     conn = await asyncpg.connect(admin_url, timeout=5.0)
     try:
+        if trusting is not None:
+            await conn.execute(f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'")     # URL-safe: nothing to quote
+            trusting.write_text(_asking(trusting.read_text()))
+            await conn.fetchval("SELECT pg_reload_conf()")
+            log.warning("stack.postgres_password_set", reason="the cluster let any local user in (trust)")
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')
@@ -62,6 +69,18 @@ async def _ensure_database(admin_url: str, name: str) -> None:
                 pass
     finally:
         await conn.close()
+
+
+def _trusts(hba: str) -> bool:
+    """Whether a pg_hba.conf lets some client in without a password."""
+    return any(line.split()[-1:] == ["trust"] for line in hba.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _asking(hba: str) -> str:
+    """The pg_hba.conf with every `trust` rule asking for the password instead."""
+    return "\n".join(line.rsplit("trust", 1)[0] + "scram-sha-256"
+                     if not line.lstrip().startswith("#") and line.split()[-1:] == ["trust"] else line
+                     for line in hba.splitlines()) + "\n"
 
 
 def _system_user(name: str) -> tuple[int, int]:
@@ -125,18 +144,23 @@ class PostgresServer(ManagedServer):
         return self.data_dir / "pg" / "run"
 
     @property
+    def password_path(self) -> Path:
+        return self.data_dir / "pg" / "password"
+
+    @property
     def url(self) -> str:
-        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{APP_DATABASE}"
+        return f"postgresql://{SUPERUSER}:{kept_secret(self.password_path)}@{LOOPBACK}:{self.port}/{APP_DATABASE}"
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/postgres"
+        return f"postgresql://{SUPERUSER}:{kept_secret(self.password_path)}@{LOOPBACK}:{self.port}/postgres"
 
     def binary(self) -> Path:
         return postgres_bin_dir() / "postgres"
 
     def prepare(self, spawner: Spawner) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
+        kept_secret(self.password_path)
         if os.geteuid() == 0:
             self._owner = _system_user(OS_USER)
             self._hand_over(*self._owner)
@@ -174,7 +198,9 @@ class PostgresServer(ManagedServer):
         return postgres_problem(self.admin_url) is None
 
     def on_ready(self) -> None:
-        run_async(lambda: _ensure_database(self.admin_url, APP_DATABASE))
+        hba = self.home / "pg_hba.conf"          # a cluster made before its superuser had a password trusts anyone
+        trusting = hba if _trusts(hba.read_text()) else None
+        run_async(lambda: _ensure_database(self.admin_url, APP_DATABASE, trusting, kept_secret(self.password_path)))
 
     def reclaim(self, pid: int | None, *, timeout_s: float) -> None:
         super().reclaim(pid, timeout_s=timeout_s)
@@ -190,6 +216,7 @@ class PostgresServer(ManagedServer):
         _open_binaries_to_others(postgres_bin_dir().parent)
         os.chown(pg_root, uid, gid)
         os.chown(self.socket_dir, uid, gid)
+        os.chown(self.password_path, uid, gid)             # initdb reads it
         if self.home.exists() and self.home.stat().st_uid != uid:
             _chown_tree(self.home, uid, gid)
 
@@ -197,7 +224,8 @@ class PostgresServer(ManagedServer):
         if self.home.exists():  # no PG_VERSION: an interrupted initdb left it half made
             shutil.rmtree(self.home)
         args = [
-            str(postgres_bin_dir() / "initdb"), "-D", str(self.home), "-U", SUPERUSER, "--auth=trust",
+            str(postgres_bin_dir() / "initdb"), "-D", str(self.home), "-U", SUPERUSER, "--auth=scram-sha-256",
+            f"--pwfile={self.password_path}",
             "-E", "UTF8", "--no-locale", "--no-instructions",
         ]  # fmt: skip
         if not self.durable:

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -55,6 +56,28 @@ def _ephemeral_low() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return _FALLBACK_EPHEMERAL_LOW
+
+
+def kept_secret(path: Path) -> str:
+    """The password kept in `path` (only its owner may read it), made the first time it is asked for: what an
+    embedded server asks its clients for, so that another user of the machine cannot use it."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)              # URL-safe: it goes into URLs as it is
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    try:
+        os.link(scratch, path)                      # a launcher racing this one keeps whichever came first
+    except FileExistsError:
+        pass
+    finally:
+        scratch.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def pick_free_port(taken: set[int]) -> int:

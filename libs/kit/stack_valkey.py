@@ -1,18 +1,21 @@
 """The embedded Valkey server, with an append-only file so data outlives a restart, and a PING check.
 
-It listens on loopback TCP (for tools: `redis-cli -p PORT`) and on a Unix socket in its data
+It listens on loopback TCP (for tools: `redis-cli -p PORT --askpass`) and on a Unix socket in its data
 directory, which is the URL the services are given: a command and its reply over a Unix socket
 cost the gateway and Valkey about a third less CPU than over loopback TCP, and take ~20 us less
 (docs/performance.md). A data directory whose path is too long for a socket's name keeps TCP.
+Every client gives the password kept in <data>/valkey/password (written into a config file only its
+owner reads, never on the command line, which any user of the machine can read).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import quote
 
 from switchyard_gateway import resp
-from switchyard_gateway.kit.stack_proc import LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError
+from switchyard_gateway.kit.stack_proc import LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, kept_secret
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 
@@ -42,9 +45,14 @@ class ValkeyServer(ManagedServer):
         return path if len(str(path).encode()) <= SOCKET_PATH_MAX else None
 
     @property
+    def password_path(self) -> Path:
+        return self.home / "password"
+
+    @property
     def url(self) -> str:
-        path = self.socket_path
-        return f"unix://{quote(str(path))}" if path is not None else f"redis://{LOOPBACK}:{self.port}/0"
+        path, password = self.socket_path, kept_secret(self.password_path)
+        return f"unix://:{password}@{quote(str(path))}" if path is not None else \
+            f"redis://:{password}@{LOOPBACK}:{self.port}/0"
 
     def binary(self) -> Path:
         try:
@@ -55,10 +63,17 @@ class ValkeyServer(ManagedServer):
 
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"requirepass {kept_secret(self.password_path)}\n")
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "auth.conf"
 
     def command(self) -> list[str]:
         return [
-            str(self.binary()),
+            str(self.binary()), str(self.config_path),
             "--bind", LOOPBACK,
             "--port", str(self.port),
             "--dir", str(self.home),

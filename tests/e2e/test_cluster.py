@@ -27,6 +27,7 @@ import pytest
 
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit import natsio
+from switchyard_gateway.kit.stack import running_url
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import start_up, stop_up, traversable_tempdir, wait_for
@@ -50,11 +51,11 @@ class Cluster:
 
     @property
     def nats_url(self) -> str:
-        return self.state["urls"]["nats_url"]
+        return running_url(self.root / "data", "nats_url")
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.state['ports']['postgres']}/switchyard"
+        return running_url(self.root / "data", "database_url")
 
     def admin(self, method: str, path: str, body: object = None) -> httpx.Response:
         return httpx.request(method, f"{self.url}{path}", json=body, headers={"X-API-Key": self.admin_key}, timeout=30)
@@ -149,6 +150,20 @@ async def test_every_replica_answers_and_every_stream_is_kept_on_three_nodes(clu
     state = cluster.state
     assert {f"nats-{n}" for n in (1, 2, 3)} <= set(state["pids"])
     assert {f"nats-{n}_cluster" for n in (1, 2, 3)} <= set(state["ports"])
+
+
+@pytest.mark.parametrize("port_of", ["nats-1", "nats-2_cluster"])
+async def test_a_client_or_a_node_without_the_password_is_refused(cluster: Cluster, port_of: str) -> None:
+    """NATS trusted whoever reached its ports on loopback: any program of the machine could publish the registry's
+    commands (an admin key of its own) or join the cluster as a node on a route port and read every message."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.state["ports"][port_of])
+    try:
+        assert (await reader.readline()).startswith(b"INFO ")
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        await writer.drain()
+        assert b"Authorization Violation" in await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
 
 
 # ---- kills -------------------------------------------------------------------------------------

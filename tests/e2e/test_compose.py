@@ -42,6 +42,7 @@ from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.kit.stack_nats import nats_binary
 from switchyard_gateway.kit.stack_proc import pick_free_port
 from switchyard_gateway.kit.supervisor import INFRASTRUCTURE, UPSTREAMS, Command, Supervisor
+from switchyard_gateway.resp import Valkey
 from tests.conftest import REPO, traversable_tempdir, wait_for
 
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -316,6 +317,8 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         urls = stack.start()
         asyncio.run(_app_role(urls.database_url, doc["services"]["postgres"]["environment"]["POSTGRES_USER"],
                               secrets["db_password"]))
+        # compose's Valkey asks for no password (only the stack's own network reaches it): the stand-in neither
+        asyncio.run(_no_password(urls.redis_url))
         upstream = native.port("host.docker.internal", 11434)
         supervisor.add(Command("upstream", [sys.executable, "-m", "switchyard_gateway.simulator", "--host", "127.0.0.1",
                                             "--port", str(upstream)], {}, root / "logs" / "upstream.log", tier=UPSTREAMS))
@@ -331,6 +334,14 @@ def native() -> Iterator[tuple[Native, Supervisor, str]]:
         if stack is not None:
             stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _no_password(redis_url: str) -> None:
+    valkey = Valkey(redis_url)
+    try:
+        assert await valkey.call("CONFIG", "SET", "requirepass", "") == "OK"
+    finally:
+        await valkey.close()
 
 
 async def _healthy(native: Native, nodes: list[str], supervisor: Supervisor) -> None:

@@ -49,7 +49,7 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
     proc = start_up(["--data-dir", str(data_dir), "--port", str(port), "--no-fsync", "--nats-users",
                      str(data_dir / "users.yaml")], env, data_dir / "up.log")
     try:
-        assert (data_dir / "nats-users.conf").stat().st_mode & 0o777 == 0o600
+        assert (data_dir / "nats" / "auth.conf").stat().st_mode & 0o777 == 0o600
         assert "switchyard:" in running_url(data_dir, "nats_url")      # the tools find the services' user
         bare = f"nats://{running_url(data_dir, 'nats_url').split('@')[-1]}"
         with pytest.raises(nats.errors.Error):                           # no user: refused

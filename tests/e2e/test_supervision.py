@@ -25,6 +25,7 @@ import httpx
 import psutil
 import pytest
 
+from switchyard_gateway.kit.stack import running_url
 from switchyard_gateway.kit.stack_proc import pick_free_port, port_is_free
 from tests.conftest import REPO, start_up, stop_up, traversable_tempdir, wait_for
 from tests.e2e.accounting import Books, MixedLoad, held, usage_by_request
@@ -69,8 +70,7 @@ def owned() -> Iterator[Owned]:
     # The gateway's journal syncs to disk here (the cluster tests kill gateways whose journal does not).
     proc = start_up(["--demo", "--data-dir", str(root / "data"), "--port", str(port), "--no-fsync", "--journal-fsync",
                      "--gateway-workers", str(WORKERS["gateway"])], env, root / "up.log")
-    state = json.loads((root / "data" / "stack.json").read_text())
-    database_url = f"postgresql://postgres@127.0.0.1:{state['ports']['postgres']}/switchyard"
+    database_url = running_url(root / "data", "database_url")
     limits = httpx.put(f"http://127.0.0.1:{port}/api/admin/tenants/demo/limits", headers={"X-API-Key": admin_key},
                        json={"daily_tokens": 10**12}, timeout=10)       # every call reserves in Valkey
     assert limits.status_code == 200, limits.text
@@ -253,7 +253,7 @@ async def test_gateway_killed_mid_stream_records_every_accepted_call_once_and_re
     """kill -9 of the gateway's workers (both), then of its main, under streamed (1.6 s) and plain calls that all reserve
     quota: every call that got a status has one usage event (those cut by the kill: `interrupted`, recorded by the
     gateway's next life from its journal), none has two, and no quota stays held."""
-    redis_url = f"redis://127.0.0.1:{owned.port('valkey')}/0"
+    redis_url = running_url(owned.data_dir, "redis_url")
     _simulators(owned, token_interval_ms=100)
     try:
         for pick in ("worker", "main"):

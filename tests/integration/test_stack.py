@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+import redis
 import redis.asyncio as aioredis
 from nats.errors import NoServersError
 
@@ -121,8 +122,9 @@ async def test_fresh_stack_answers_jetstream_postgres_and_valkey(stack: Embedded
     await valkey_set(urls.redis_url, "fresh", b"value")
     assert await valkey_get(urls.redis_url, "fresh") == b"value"
     # the services are given its Unix socket (cheaper than loopback TCP); tools still find it on its port
-    assert urls.redis_url.startswith("unix:///") and urls.redis_url.endswith("/valkey/valkey.sock"), urls.redis_url
-    assert await valkey_get(f"redis://127.0.0.1:{stack.ports['valkey']}/0", "fresh") == b"value"
+    password = (stack.data_dir / "valkey" / "password").read_text().strip()
+    assert urls.redis_url.startswith(f"unix://:{password}@/") and urls.redis_url.endswith("/valkey/valkey.sock")
+    assert await valkey_get(f"redis://:{password}@127.0.0.1:{stack.ports['valkey']}/0", "fresh") == b"value"
     valkey = Valkey(urls.redis_url)
     try:
         assert await valkey.call("GET", "fresh") == b"value"
@@ -130,6 +132,40 @@ async def test_fresh_stack_answers_jetstream_postgres_and_valkey(stack: Embedded
         await valkey.close()
     for name in ("nats", "postgres", "valkey"):
         assert stack.log_path(name).stat().st_size > 0
+
+
+async def test_postgres_and_valkey_let_in_only_who_has_their_password(stack: EmbeddedStack) -> None:
+    """PostgreSQL trusted every client on loopback and Valkey asked for no password: any program of any user of the
+    machine could rewrite the event log, or run a program as the stack's user through the superuser. Each asks
+    for a password kept in a file only its owner reads, never on a command line (which every user can read)."""
+    port = stack.ports["postgres"]
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/switchyard", timeout=5)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(f"postgresql://postgres:guess@127.0.0.1:{port}/switchyard", timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        await valkey_get(f"redis://127.0.0.1:{stack.ports['valkey']}/0", "fresh")
+    for name in ("pg/password", "valkey/password", "valkey/auth.conf"):
+        assert (stack.data_dir / name).stat().st_mode & 0o077 == 0, name
+    passwords = [(stack.data_dir / name).read_text().strip() for name in ("pg/password", "valkey/password")]
+    for pid in (stack._managed("postgres").pid, stack._managed("valkey").pid):  # noqa: SLF001
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert not any(password in cmdline for password in passwords)
+
+
+async def test_a_cluster_made_trusting_anyone_asks_for_the_password_once_started_again(tmp_root: Path) -> None:
+    """A data dir made before the superuser had a password (initdb --auth=trust) keeps its data and, started
+    again, asks every client for the password."""
+    data = tmp_root / "was-trusting"
+    with EmbeddedStack(data, durable=False) as first:
+        await write_row(first.urls.database_url, "kept", "before")
+    hba = data / "pg" / "data" / "pg_hba.conf"
+    hba.write_text(re.sub(r"scram-sha-256\s*$", "trust", hba.read_text(), flags=re.M))   # as initdb --auth=trust
+    with EmbeddedStack(data, durable=False) as second:
+        assert await read_rows(second.urls.database_url, "kept") == ["before"]
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{second.ports['postgres']}/switchyard", timeout=5)
+    assert "trust" not in "".join(line for line in hba.read_text().splitlines() if not line.startswith("#"))
 
 
 async def test_second_start_on_same_dir_keeps_data_and_ports(tmp_root: Path) -> None:
@@ -270,7 +306,7 @@ def test_leftover_server_of_a_dead_launcher_is_replaced(tmp_root: Path, stack: E
         fresh = EmbeddedStack(data_dir, database_url=stack.urls.database_url, redis_url=stack.urls.redis_url)
         with fresh:
             assert orphan.wait(timeout=5) is not None
-            assert fresh.urls.nats_url == f"nats://127.0.0.1:{port}"
+            assert fresh.urls.nats_url.endswith(f"@127.0.0.1:{port}")
             assert fresh.is_running("nats")
     finally:
         if orphan.poll() is None:

@@ -232,8 +232,10 @@ def test_a_data_dir_too_long_for_a_socket_name_gives_valkey_by_tcp(tmp_path) -> 
 
     short = ValkeyServer(tmp_path / "d", tmp_path, {"valkey": 16379}, durable=False)
     long = ValkeyServer(tmp_path / ("d" * 120), tmp_path, {"valkey": 16379}, durable=False)
-    assert short.url == f"unix://{tmp_path}/d/valkey/valkey.sock" and "--unixsocket" in short.command()
-    assert long.url == "redis://127.0.0.1:16379/0" and "--unixsocket" not in long.command()
+    short_url, long_url = short.url, long.url                 # each makes its password the first time
+    short_password, long_password = (server.password_path.read_text().strip() for server in (short, long))
+    assert short_url == f"unix://:{short_password}@{tmp_path}/d/valkey/valkey.sock" and "--unixsocket" in short.command()
+    assert long_url == f"redis://:{long_password}@127.0.0.1:16379/0" and "--unixsocket" not in long.command()
 
 
 def test_a_tenant_created_again_under_a_removed_ones_id_counts_from_nothing() -> None:
