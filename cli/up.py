@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -133,8 +134,10 @@ def run(args: argparse.Namespace) -> int:
         if args.registry_doc is None:
             return 1
     data_dir: Path = args.data_dir.absolute()
+    os.umask(0o077)                 # what the stack writes (Valkey's files, logs, journals) is its owner's alone
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        _owner_only(data_dir)
     except OSError as exc:
         say(f"cannot start: the data directory {data_dir} cannot be made: {exc.strerror or exc}")
         return 1
@@ -353,6 +356,20 @@ def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
         database_url = with_password(database_url, password)
     return {"nats_url": env_value(env, "SWITCHYARD_NATS_URL"), "database_url": database_url,
             "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
+
+
+def _owner_only(data_dir: Path) -> None:
+    """Take from other users what an older `up` left readable in the data dir (Valkey's files hold the quota's
+    counters and cached answers; logs name tenants and keys). PostgreSQL's cluster is its own (it keeps it 0700)."""
+    data_dir.chmod(stat.S_IMODE(data_dir.stat().st_mode) & ~0o077)
+    for root, dirs, files in os.walk(data_dir):
+        if Path(root) == data_dir and "pg" in dirs:
+            dirs.remove("pg")
+        for name in dirs + files:
+            path = Path(root, name)
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+                path.chmod(stat.S_IMODE(mode) & ~0o077)
 
 
 def _subscribers(path: Path) -> list[nats_auth.SubscriberUser]:

@@ -165,6 +165,15 @@ def _up(data_dir: Path, port: int, timeout_s: float = 30) -> tuple[int, str, flo
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
+def test_no_other_user_may_read_or_write_what_the_stack_keeps(owned: Owned) -> None:
+    """Valkey's files (the quota's counters, cached answers), the logs (tenants, keys' ids) and stack.json were
+    readable by every user of the machine, in a data dir anyone could list."""
+    exposed = [str(path) for path in owned.data_dir.rglob("*")
+               if not path.is_symlink() and not path.is_socket() and path.stat().st_mode & 0o066]
+    assert exposed == []
+    assert owned.data_dir.stat().st_mode & 0o066 == 0           # traversable for PostgreSQL's own user at most
+
+
 def test_second_up_on_the_same_port_refuses_at_once_naming_the_holder(owned: Owned) -> None:
     port = int(owned.url.rsplit(":", 1)[1])
     code, output, took = _up(owned.root / "second", port)

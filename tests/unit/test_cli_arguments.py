@@ -102,3 +102,23 @@ def test_up_notes_the_settings_other_gateways_spell_without_our_prefix() -> None
         "ignored",
         "note: JWT_SECRET_KEY is set, but Switchyard reads SWITCHYARD_JWT_SECRET (it takes the same values); "
         "JWT_SECRET_KEY is ignored"]
+
+
+def test_a_data_dir_an_older_up_left_readable_is_made_its_owners_alone(tmp_path: Path) -> None:
+    """A data dir made before `up` kept it private: its Valkey files and logs stay readable by every user unless
+    the next start takes that away; PostgreSQL's cluster is left to PostgreSQL."""
+    from switchyard_gateway.cli.up import _owner_only
+
+    data = tmp_path / "data"
+    (data / "valkey" / "appendonlydir").mkdir(parents=True)
+    (data / "pg" / "data").mkdir(parents=True)
+    aof, log, pg_file = data / "valkey" / "appendonlydir" / "appendonly.aof", data / "gateway.log", data / "pg" / "x"
+    for path in (aof, log, pg_file):
+        path.write_text("x")
+        path.chmod(0o644)
+    for path in (data, data / "valkey", data / "valkey" / "appendonlydir"):
+        path.chmod(0o755)
+    _owner_only(data)
+    assert [oct(p.stat().st_mode & 0o777) for p in (data, data / "valkey", aof, log)] == ["0o700", "0o700", "0o600",
+                                                                                        "0o600"]
+    assert pg_file.stat().st_mode & 0o777 == 0o644
