@@ -36,6 +36,7 @@ import psutil
 from benchmarks.ingest import Metering
 from benchmarks.replay import fill
 from switchyard_gateway.kit import eventlog
+from switchyard_gateway.kit.settings import with_database
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.services.metering.projections import PROJECTIONS
 from switchyard_gateway.subscribe import Subscriber
@@ -149,9 +150,10 @@ async def main(args: argparse.Namespace) -> int:
         ok = True
         for round_ in range(1, args.rounds + 1):
             for name in ("transport", "tenant_spend"):
-                own = f"{urls.database_url.rsplit('/', 1)[0]}/sub_{uuid.uuid4().hex[:8]}"
+                named = f"sub_{uuid.uuid4().hex[:8]}"
+                own = with_database(urls.database_url, named)
                 async with pool.acquire() as conn:
-                    await conn.execute(f'CREATE DATABASE "{own.rsplit("/", 1)[1]}"')
+                    await conn.execute(f'CREATE DATABASE "{named}"')
                 got = await (transport(urls.nats_url, own, args.page, metering) if name == "transport"
                              else tenant_spend(urls.nats_url, own, metering))
                 if name == "tenant_spend":

@@ -92,7 +92,7 @@ class Stack:
         self.admin_key, self.demo_key = keys["SWITCHYARD_ADMIN_KEY"], keys["SWITCHYARD_DEMO_KEY"]
         url = json.loads((self.data_dir / "stack.json").read_text())["urls"]["database_url"]
         if ":***@" in url:                          # the password is kept beside the cluster, masked in stack.json
-            url = url.replace(":***@", f":{(self.data_dir / 'pg' / 'password').read_text().strip()}@")
+            url = url.replace(":***@", f":{(self.data_dir / 'postgres.password').read_text().strip()}@")
         self.database_url = url
         config = self.get_json("/api/config", self.admin_key)
         self.endpoints = {e["id"]: Endpoint(e["id"], e["url"], e.get("priority", 0)) for e in config["endpoints"]}

@@ -13,14 +13,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from switchyard_gateway.cli import config as config_command
 from switchyard_gateway.cli.say import say
 from switchyard_gateway.kit import nats_auth, ports
-from switchyard_gateway.kit.settings import FILE_SUFFIX, SettingsError, env_value, with_password
+from switchyard_gateway.kit.settings import FILE_SUFFIX, SettingsError, env_value, mask_password, with_password
 from switchyard_gateway.kit.stack import StackUrls
 from switchyard_gateway.kit.stack_proc import LOOPBACK, become_subreaper
 from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
@@ -137,9 +137,13 @@ def run(args: argparse.Namespace) -> int:
     os.umask(0o077)                 # what the stack writes (Valkey's files, logs, journals) is its owner's alone
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        _owner_only(data_dir)
+        strangers = _owner_only(data_dir)
     except OSError as exc:
         say(f"cannot start: the data directory {data_dir} cannot be made: {exc.strerror or exc}")
+        return 1
+    if strangers:                   # its owner could read the keys and passwords written there, or swap them
+        say(f"cannot start: {strangers[0]} in the data directory belongs to another user (uid "
+            f"{strangers[0].lstat().st_uid}); use a data directory of your own")
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
         signal.signal(signum, _raise_stopping)
@@ -278,7 +282,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     shown = [f"{unit} :{planned[unit if name != 'gateway' else name]}" for name in SERVICES for unit in args.units[name]]
     print(f"\n  services: {', '.join(shown)}; logs in {logs}", flush=True)
     if args.nats_cluster > 1:
-        print(f"  NATS: a cluster of {args.nats_cluster} nodes ({urls.nats_url}), every stream on 3 of them", flush=True)
+        print(f"  NATS: a cluster of {args.nats_cluster} nodes ({mask_password(urls.nats_url)}), every stream on 3 "
+              "of them", flush=True)
     print("  Ctrl-C stops everything.\n", flush=True)
     supervisor.run_forever()
     return 0
@@ -358,18 +363,29 @@ def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
             "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
 
 
-def _owner_only(data_dir: Path) -> None:
+def _owner_only(data_dir: Path) -> list[Path]:
     """Take from other users what an older `up` left readable in the data dir (Valkey's files hold the quota's
-    counters and cached answers; logs name tenants and keys). PostgreSQL's cluster is its own (it keeps it 0700)."""
-    data_dir.chmod(stat.S_IMODE(data_dir.stat().st_mode) & ~0o077)
+    counters and cached answers; logs name tenants and keys). PostgreSQL's cluster is its own (it keeps it 0700).
+    Return what in it belongs to another user (the data dir first): none of it is touched then."""
+    me = os.geteuid()
+    strangers = [path for path in _entries(data_dir) if path.lstat().st_uid != me]
+    if strangers:
+        return strangers
+    for path in _entries(data_dir):
+        mode = path.lstat().st_mode
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+            path.chmod(stat.S_IMODE(mode) & ~0o077)
+    return []
+
+
+def _entries(data_dir: Path) -> Iterator[Path]:
+    """The data dir and everything in it but PostgreSQL's cluster directory (its own user's when we are root)."""
+    yield data_dir
     for root, dirs, files in os.walk(data_dir):
         if Path(root) == data_dir and "pg" in dirs:
             dirs.remove("pg")
         for name in dirs + files:
-            path = Path(root, name)
-            mode = path.lstat().st_mode
-            if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
-                path.chmod(stat.S_IMODE(mode) & ~0o077)
+            yield Path(root, name)
 
 
 def _subscribers(path: Path) -> list[nats_auth.SubscriberUser]:

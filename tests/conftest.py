@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from switchyard_gateway.kit.settings import with_database
 from switchyard_gateway.kit.stack import EmbeddedStack, StackUrls
 from switchyard_gateway.kit.stack_proc import pick_free_port
 
@@ -73,7 +74,7 @@ async def create_database(admin_url: str, name: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+    return with_database(admin_url, name)
 
 
 async def logged(database_url: str, type_: str, condition: str = "true", *args: object) -> list[dict]:

@@ -128,6 +128,11 @@ def with_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
+def with_database(url: str, database: str) -> str:
+    """A PostgreSQL URL naming another database on the same server (its host, a socket's included, kept)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{quote(database, safe='')}"))
+
+
 def _parse(raw: str, field_type: object) -> object:
     if field_type is int:
         return int(raw)

@@ -51,7 +51,7 @@ def running_url(data_dir: Path, name: str) -> str:
         raise SystemExit(f"switchyard: no SWITCHYARD_{name.upper()} and no stack at {data_dir} "
                          "(run `switchyard up --data-dir D` first, or pass the same --data-dir)")
     url = json.loads(state.read_text())["urls"][name]
-    kept = {"database_url": data_dir / "pg" / "password", "redis_url": data_dir / "valkey" / "password"}.get(name)
+    kept = {"database_url": data_dir / "postgres.password", "redis_url": data_dir / "valkey" / "password"}.get(name)
     if kept is not None and ":***@" in url:         # stack.json masks the password the server's own file keeps
         if not kept.exists():                       # a server the stack did not run: its password is not here
             raise SystemExit(f"switchyard: the stack at {data_dir} uses a {name.split('_')[0]} server it did not "

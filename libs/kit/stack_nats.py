@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from switchyard_gateway.kit import nats_auth
 from switchyard_gateway.kit.settings import url_list
-from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError
+from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError, kept_secret
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 SERVER_NAME = "switchyard"  # stable, so JetStream state reads the same after a restart
@@ -148,7 +148,12 @@ class NatsNode(NatsServer):
         any program of the machine could otherwise join the cluster as a node and read every message."""
         others = [peer.route_url for peer in self.peers if peer is not self]
         return super().auth_config(password, subscribers) + nats_auth.cluster_config(
-            password, others, nats_auth.CLUSTER_NAME, listen=self.route_url.removeprefix("nats://"))
+            self.route_password, others, nats_auth.CLUSTER_NAME, listen=self.route_url.removeprefix("nats://"))
+
+    @property
+    def route_password(self) -> str:
+        """The nodes' own password, not the services': a node's is sent to whatever listens on a route port."""
+        return kept_secret(self.data_dir / "nats-routes.password")
 
     def command(self) -> list[str]:
         routes = ",".join(peer.route_url for peer in self.peers if peer is not self)

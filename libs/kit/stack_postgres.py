@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -10,8 +11,11 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import structlog
@@ -23,7 +27,7 @@ from switchyard_gateway.kit.stack_server import ManagedServer
 
 log = structlog.get_logger(__name__)
 
-SUPERUSER = "postgres"  # the database role initdb creates; its password kept in <data>/pg/password
+SUPERUSER = "postgres"  # the database role initdb creates; its password kept in <data>/postgres.password
 OS_USER = "switchyard"  # the system account postgres runs as when we are root (it refuses root)
 APP_DATABASE = "switchyard"
 _INITDB_TIMEOUT_S = 120.0
@@ -59,7 +63,7 @@ async def _ensure_database(admin_url: str, name: str, trusting: Path | None = No
     try:
         if trusting is not None:
             await conn.execute(f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'")     # URL-safe: nothing to quote
-            trusting.write_text(_asking(trusting.read_text()))
+            _write_owned_file(trusting, _asking(trusting.read_text()))
             await conn.fetchval("SELECT pg_reload_conf()")
             log.warning("stack.postgres_password_set", reason="the cluster let any local user in (trust)")
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -81,6 +85,24 @@ def _asking(hba: str) -> str:
     return "\n".join(line.rsplit("trust", 1)[0] + "scram-sha-256"
                      if not line.lstrip().startswith("#") and line.split()[-1:] == ["trust"] else line
                      for line in hba.splitlines()) + "\n"
+
+
+def _write_owned_file(path: Path, text: str) -> None:
+    """Write an existing file whose directory PostgreSQL's user owns, never through a link it put there (we may be
+    root: a pg_hba.conf made a link to /etc/passwd would be written over)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _chown_no_follow(path: Path, uid: int, gid: int) -> None:
+    """chown a directory or file, never what a link in its place points at: as root, in a directory PostgreSQL's
+    user owns (and could fill with links to /etc), following one would hand that user the file it names."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
 
 
 def _system_user(name: str) -> tuple[int, int]:
@@ -120,14 +142,15 @@ def _open_binaries_to_others(install_dir: Path) -> None:
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    os.chown(top, uid, gid)
+    _chown_no_follow(top, uid, gid)
     for root, dirs, files in os.walk(top):
         for name in dirs + files:
             os.lchown(Path(root, name), uid, gid)
 
 
 class PostgresServer(ManagedServer):
-    """postgres on 127.0.0.1 with its cluster in <data>/pg/data and its unix socket in <data>/pg/run."""
+    """postgres on 127.0.0.1 with its cluster in <data>/pg/data and its unix socket in <data>/pg/run, which its URL
+    names (loopback TCP stays open for tools)."""
 
     name = "postgres"
     port_names = ("postgres",)
@@ -145,15 +168,27 @@ class PostgresServer(ManagedServer):
 
     @property
     def password_path(self) -> Path:
-        return self.data_dir / "pg" / "password"
+        """Beside the cluster's directory, not in it: when we are root, PostgreSQL's user owns <data>/pg."""
+        return self.data_dir / "postgres.password"
 
     @property
     def url(self) -> str:
-        return f"postgresql://{SUPERUSER}:{kept_secret(self.password_path)}@{LOOPBACK}:{self.port}/{APP_DATABASE}"
+        return self._url(APP_DATABASE)
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://{SUPERUSER}:{kept_secret(self.password_path)}@{LOOPBACK}:{self.port}/postgres"
+        return self._url("postgres")
+
+    def _url(self, database: str) -> str:
+        """Through the Unix socket in <data>/pg/run when its name fits: no other user can open it, and none can
+        take its place while the server restarts, as one could take a loopback port and be sent the password."""
+        password = kept_secret(self.password_path)
+        if self._socket_fits():
+            return f"postgresql://{SUPERUSER}:{password}@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
+        return f"postgresql://{SUPERUSER}:{password}@{LOOPBACK}:{self.port}/{database}"
+
+    def _socket_fits(self) -> bool:
+        return len(f"{self.socket_dir}/.s.PGSQL.{self.port}") <= SOCKET_PATH_MAX
 
     def binary(self) -> Path:
         return postgres_bin_dir() / "postgres"
@@ -175,9 +210,7 @@ class PostgresServer(ManagedServer):
         return options
 
     def command(self) -> list[str]:
-        socket_dir = str(self.socket_dir)
-        if len(f"{socket_dir}/.s.PGSQL.{self.port}") > SOCKET_PATH_MAX:
-            socket_dir = ""  # path too long for a unix socket: TCP only
+        socket_dir = str(self.socket_dir) if self._socket_fits() else ""   # path too long for a socket: TCP only
         args = [
             str(self.binary()), "-D", str(self.home), "-h", LOOPBACK, "-p", str(self.port), "-k", socket_dir,
             "-c", "max_connections=200",
@@ -214,18 +247,43 @@ class PostgresServer(ManagedServer):
                 log.warning("stack.chmod_traversable", path=str(directory))
                 _add_mode(directory, stat.S_IXOTH)
         _open_binaries_to_others(postgres_bin_dir().parent)
-        os.chown(pg_root, uid, gid)
-        os.chown(self.socket_dir, uid, gid)
-        os.chown(self.password_path, uid, gid)             # initdb reads it
-        if self.home.exists() and self.home.stat().st_uid != uid:
+        os.chown(pg_root, uid, gid)                        # in the data dir, ours: no one else's link
+        try:
+            _chown_no_follow(self.socket_dir, uid, gid)
+        except OSError as exc:
+            raise self.error(f"{self.socket_dir} is not a directory of its own ({exc.strerror}): remove it") from None
+        if self.home.exists() and self.home.lstat().st_uid != uid:
             _chown_tree(self.home, uid, gid)
 
     def _initdb(self, spawner: Spawner) -> None:
         if self.home.exists():  # no PG_VERSION: an interrupted initdb left it half made
             shutil.rmtree(self.home)
+        with self._password_for_initdb() as pwfile:
+            self._run_initdb(spawner, pwfile)
+
+    @contextlib.contextmanager
+    def _password_for_initdb(self) -> Iterator[Path]:
+        """The superuser's password as a file initdb can read: ours as it is, or, when initdb runs as PostgreSQL's
+        user, a copy of its own in a directory of ours only it may read, gone after."""
+        if self._owner is None:
+            yield self.password_path
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=".initdb-", dir=self.data_dir))
+        try:
+            scratch.chmod(0o711)
+            copy = scratch / "password"
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "w") as out:
+                out.write(kept_secret(self.password_path) + "\n")
+            os.chown(copy, *self._owner)
+            yield copy
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run_initdb(self, spawner: Spawner, pwfile: Path) -> None:
         args = [
             str(postgres_bin_dir() / "initdb"), "-D", str(self.home), "-U", SUPERUSER, "--auth=scram-sha-256",
-            f"--pwfile={self.password_path}",
+            f"--pwfile={pwfile}",
             "-E", "UTF8", "--no-locale", "--no-instructions",
         ]  # fmt: skip
         if not self.durable:

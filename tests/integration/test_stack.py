@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from nats.errors import NoServersError
 
+from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.kit.stack import EmbeddedStack, StackError
 from switchyard_gateway.kit.stack_nats import NatsServer
 from switchyard_gateway.kit.stack_proc import pick_free_port, pid_alive, wait_until
@@ -111,6 +113,8 @@ async def test_fresh_stack_answers_jetstream_postgres_and_valkey(stack: Embedded
     await publish_to_new_stream(urls.nats_url, "FRESH", b"hello")
     assert await first_message(urls.nats_url, "FRESH") == b"hello"
 
+    # the services reach PostgreSQL through its socket, which no other user can open or take while it restarts
+    assert f"host={stack.data_dir}/pg/run" in urls.database_url, mask_password(urls.database_url)
     conn = await asyncpg.connect(urls.database_url, timeout=5)
     try:
         assert await conn.fetchval("SELECT current_database()") == "switchyard"
@@ -145,9 +149,9 @@ async def test_postgres_and_valkey_let_in_only_who_has_their_password(stack: Emb
         await asyncpg.connect(f"postgresql://postgres:guess@127.0.0.1:{port}/switchyard", timeout=5)
     with pytest.raises(redis.AuthenticationError):
         await valkey_get(f"redis://127.0.0.1:{stack.ports['valkey']}/0", "fresh")
-    for name in ("pg/password", "valkey/password", "valkey/auth.conf"):
+    for name in ("postgres.password", "valkey/password", "valkey/auth.conf"):
         assert (stack.data_dir / name).stat().st_mode & 0o077 == 0, name
-    passwords = [(stack.data_dir / name).read_text().strip() for name in ("pg/password", "valkey/password")]
+    passwords = [(stack.data_dir / name).read_text().strip() for name in ("postgres.password", "valkey/password")]
     for pid in (stack._managed("postgres").pid, stack._managed("valkey").pid):  # noqa: SLF001
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         assert not any(password in cmdline for password in passwords)
@@ -166,6 +170,25 @@ async def test_a_cluster_made_trusting_anyone_asks_for_the_password_once_started
         with pytest.raises(asyncpg.InvalidPasswordError):
             await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{second.ports['postgres']}/switchyard", timeout=5)
     assert "trust" not in "".join(line for line in hba.read_text().splitlines() if not line.startswith("#"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs as a user of its own only when we are root")
+def test_links_postgres_own_user_leaves_in_its_directory_are_not_followed_as_root(tmp_root: Path, stack) -> None:
+    """As root, `up` handed PostgreSQL's user its socket directory with a chown that followed links, and that user
+    owns <data>/pg: a link there to a directory of root's made that directory its own at the next start (and
+    through /etc, root). Such a start is refused now, and the directory linked to stays root's."""
+    data = tmp_root / "linked"
+    with EmbeddedStack(data, durable=False, nats_url=stack.urls.nats_url, redis_url=stack.urls.redis_url):
+        pass
+    roots = tmp_root / "roots-only"
+    roots.mkdir(mode=0o700)
+    run = data / "pg" / "run"
+    shutil.rmtree(run)
+    run.symlink_to(roots)
+    with pytest.raises(StackError, match="not a directory of its own"):
+        with EmbeddedStack(data, durable=False, nats_url=stack.urls.nats_url, redis_url=stack.urls.redis_url):
+            pass
+    assert roots.stat().st_uid == 0 and roots.stat().st_mode & 0o777 == 0o700
 
 
 async def test_second_start_on_same_dir_keeps_data_and_ports(tmp_root: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,7 +119,25 @@ def test_a_data_dir_an_older_up_left_readable_is_made_its_owners_alone(tmp_path:
         path.chmod(0o644)
     for path in (data, data / "valkey", data / "valkey" / "appendonlydir"):
         path.chmod(0o755)
-    _owner_only(data)
+    assert _owner_only(data) == []
     assert [oct(p.stat().st_mode & 0o777) for p in (data, data / "valkey", aof, log)] == ["0o700", "0o700", "0o600",
                                                                                         "0o600"]
     assert pg_file.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a file that belongs to another user")
+def test_a_data_dir_holding_another_users_file_is_refused_untouched(tmp_path: Path) -> None:
+    """`up` wrote its keys and passwords into a keys.env another user had put in the data dir (mode 0666, theirs:
+    a chmod of ours could not take it back), and that user read them."""
+    from switchyard_gateway.cli.up import _owner_only
+
+    planted = tmp_path / "data" / "keys.env"
+    planted.parent.mkdir()
+    planted.write_text("")
+    planted.chmod(0o666)
+    os.chown(planted, 65534, 65534)
+    assert _owner_only(planted.parent) == [planted]
+    assert planted.stat().st_mode & 0o777 == 0o666
+    refused = switchyard("up", "--data-dir", str(planted.parent), "--port", "1", cwd=tmp_path)
+    assert refused.returncode == 1 and "belongs to another user (uid 65534)" in refused.stderr + refused.stdout
+    assert planted.read_text() == ""
