@@ -5,6 +5,11 @@ No call generates tokens. Error texts never carry the endpoint's credential. The
 `switchyard_gateway.http1` (keep-alive, TLS with the system's CAs for hosted APIs), each read whole
 within the probe's timeout. With a `FactsBook`, what the server says of its models comes along
 (services/router/facts.py).
+
+Whatever text a server sends is bounded before it is recorded (a probe result is one NATS message, and a
+console shows it): its version, an error's text, the details of its models, and how many model names and
+how long. Bidirectional controls are taken out of that text, since they reverse whatever follows them where
+it is shown; model names keep theirs, for the registry to refuse the name (catalog.rules.model_name_problem).
 """
 
 from __future__ import annotations
@@ -16,16 +21,23 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import structlog
 
 from switchyard_gateway import http1
-from switchyard_gateway.catalog.rules import normalise_model, read_credential
+from switchyard_gateway.catalog.rules import MODEL_NAME_MAX, normalise_model, read_credential
 from switchyard_gateway.contracts.routing import ModelFacts, ProbeCompleted
 from switchyard_gateway.services.router.facts import FactsBook
 
 log = structlog.get_logger()
-ERROR_BODY_CHARS = 200
+ERROR_BODY_CHARS = 200                      # of a refusal's body, quoted in the error
+ERROR_CHARS = 500                           # a whole error text, whatever it quotes
+VERSION_CHARS = 100                         # Ollama says "0.5.7"
+DETAIL_CHARS = 100                          # a model's architecture or digest
+MAX_MODELS = 1000                           # model names taken from one listing (sorted, the rest left out)...
+MODEL_NAMES_CHARS = 64 * 1024               # ...and characters of names in all: a probe stays a small message
 MAX_PROBE_BODY_BYTES = 8 * 1024 * 1024      # a model list is a few KB; anything past this is not one
+BIDI_CONTROLS = dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])   # LRE..RLO, LRI..PDI
 USER_AGENT = "switchyard-router"
 
 
@@ -76,11 +88,15 @@ async def probe(pool: http1.Pool, endpoint_id: str, kind: str, base_url: str, ap
             if facts is not None:
                 found = await _facts(facts.openai(pool, endpoint_id, root, headers, timeout_s, listing, models),
                                      endpoint_id)
-    except ProbeFailed as exc:
+    except ProbeFailed as exc:         # redacted before it is cut: no piece of the credential survives
         return ProbeCompleted(endpoint_id=endpoint_id, ok=False, latency_ms=_ms(started),
-                              error=redact(str(exc), secret), status=exc.status, prober=prober)
-    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=latency, models=models, loaded=loaded,
-                          version=version, prober=prober, facts=found)
+                              error=upstream_text(redact(str(exc), secret), ERROR_CHARS), status=exc.status,
+                              prober=prober)
+    named = set(models)
+    found = tuple(msgspec.structs.replace(f, architecture=upstream_text(f.architecture, DETAIL_CHARS))
+                  for f in found if f.model in named)
+    return ProbeCompleted(endpoint_id=endpoint_id, ok=True, latency_ms=latency, models=models,
+                          loaded=tuple(n for n in loaded if n in named), version=version, prober=prober, facts=found)
 
 
 async def _facts(reading: Awaitable[tuple[ModelFacts, ...]], endpoint_id: str) -> tuple[ModelFacts, ...]:
@@ -94,6 +110,12 @@ async def _facts(reading: Awaitable[tuple[ModelFacts, ...]], endpoint_id: str) -
 
 def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
+
+
+def upstream_text(value: object, limit: int) -> str:
+    """Text a server sent, as a probe records it: without bidirectional controls, at most `limit` characters."""
+    text = str(value)[:limit * 2].translate(BIDI_CONTROLS)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _ms(started: float) -> float:
@@ -116,7 +138,7 @@ async def _ollama(pool: http1.Pool, root: str, headers: Headers,
         raise tags
     loaded = () if isinstance(ps, BaseException) else ps      # an Ollama without /api/ps still serves
     release = version.get("version", "") if isinstance(version, dict) else ""
-    return tags, loaded, str(release)
+    return tags, loaded, upstream_text(release, VERSION_CHARS)
 
 
 async def _models(pool: http1.Pool, url: str, headers: Headers, timeout_s: float,
@@ -125,13 +147,23 @@ async def _models(pool: http1.Pool, url: str, headers: Headers, timeout_s: float
 
 
 def _names(body: Any, url: str, list_key: str, name_key: str, value_key: str = "") -> dict[str, str]:
-    """The model names a listing holds (normalised), each with its `value_key` field ("" without one)."""
+    """The model names a listing holds (normalised), each with its `value_key` field ("" without one): the first
+    MAX_MODELS in sorted order within MODEL_NAMES_CHARS, a name longer than a model name may be cut to one
+    character past the bound (so that the registry still refuses it as too long)."""
     items = body.get(list_key) if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise ProbeFailed(f"unexpected answer from {_path(url)}: no '{list_key}' list")
-    names = {normalise_model(str(item.get(name_key) or item.get("model") or "")): str(item.get(value_key) or "")
-             for item in items if isinstance(item, dict)}
-    names.pop("", None)
+    listed = {normalise_model(str(item.get(name_key) or item.get("model") or ""))[:MODEL_NAME_MAX + 1]:
+              item.get(value_key) or "" for item in items if isinstance(item, dict)}
+    listed.pop("", None)
+    names: dict[str, str] = {}
+    budget = MODEL_NAMES_CHARS
+    for name in sorted(listed):
+        budget -= len(name)
+        if len(names) == MAX_MODELS or budget < 0:
+            log.warning("router.models_left_out", url=_path(url), listed=len(listed), kept=len(names))
+            break
+        names[name] = upstream_text(listed[name], DETAIL_CHARS)
     return names
 
 
