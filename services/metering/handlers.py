@@ -42,15 +42,13 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
                 return encode(await queries.token_counts(conn, query.tenant_id))
             case "usage":
                 return encode(TokenUsageReply(await queries.token_usage(conn, query.tenant_id)))
-            case "stats":
-                if not query.model:
-                    raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
+            case "stats":                   # no model: every model's together
                 try:
                     since = None if query.since is None else queries.from_epoch(query.since)
                 except (ValueError, OverflowError, OSError):
                     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "'since' is not a time (epoch seconds)",
                                                       "since")) from None
-                return encode(await queries.stats(conn, query.model, query.tenant_id, since))
+                return encode(await queries.stats(conn, query.model or None, query.tenant_id, since))
     raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"unknown query {query.query!r}", "query"))
 
 

@@ -59,26 +59,30 @@ async def rollup_point(conn: asyncpg.Connection) -> datetime | None:
     return await conn.fetchval("SELECT rolled_before FROM time_series_rollup")
 
 
-async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
+async def stats(conn: asyncpg.Connection, model: str | None, tenant_id: str | None,
                 since: datetime | None = None) -> ModelStats:
-    """One model's totals, its time series (minutes, and days before the rollup point) and its
-    distribution over endpoints."""
-    tenant_filter = "" if tenant_id is None else " AND tenant = $2"
-    args: list[Any] = [model] if tenant_id is None else [model, tenant_id]
+    """One model's totals (every model's together when `model` is None, `model` then ""), its time series
+    (minutes, and days before the rollup point) and its distribution over endpoints."""
+    args: list[Any] = []
+    where = []
+    for column, value in (("model", model), ("tenant", tenant_id)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    matching = " AND ".join(where) or "true"
     per_endpoint = await conn.fetch(
         "SELECT endpoint, sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,"
         " sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(estimated_calls)::bigint AS estimated,"
         " sum(cached_tokens)::bigint AS cached"
-        f" FROM usage_days WHERE model = $1{tenant_filter} GROUP BY endpoint ORDER BY endpoint", *args)
+        f" FROM usage_days WHERE {matching} GROUP BY endpoint ORDER BY endpoint", *args)
     cost = await conn.fetchval(
-        f"SELECT coalesce(sum(input_cost_usd + output_cost_usd), 0) FROM usage_cost WHERE model = $1{tenant_filter}",
-        *args)
+        f"SELECT coalesce(sum(input_cost_usd + output_cost_usd), 0) FROM usage_cost WHERE {matching}", *args)
     rolled = await rollup_point(conn)
-    series = await _series(conn, tenant_filter, args, rolled, since)
+    series = await _series(conn, matching, args, rolled, since)
     tokens_in = sum(r["input_tokens"] for r in per_endpoint)
     tokens_out = sum(r["output_tokens"] for r in per_endpoint)
     return ModelStats(
-        model=model, input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
+        model=model or "", input_tokens=tokens_in, output_tokens=tokens_out, total_tokens=tokens_in + tokens_out,
         cached_tokens=sum(r["cached"] for r in per_endpoint),
         calls=sum(r["calls"] for r in per_endpoint), errors=sum(r["errors"] for r in per_endpoint),
         estimated_calls=sum(r["estimated"] for r in per_endpoint), cost_usd=float(cost),
@@ -88,20 +92,20 @@ async def stats(conn: asyncpg.Connection, model: str, tenant_id: str | None,
     )
 
 
-async def _series(conn: asyncpg.Connection, tenant_filter: str, args: list[Any], rolled: datetime | None,
+async def _series(conn: asyncpg.Connection, matching: str, args: list[Any], rolled: datetime | None,
                   since: datetime | None) -> list[SeriesPoint]:
     n = len(args)
     days = []
     if rolled is not None:
         days = await conn.fetch(
             "SELECT endpoint, day AS at, sum(input_tokens)::bigint AS i, sum(output_tokens)::bigint AS o"
-            f" FROM usage_days WHERE model = $1{tenant_filter} AND day < (${n + 1}::timestamptz AT TIME ZONE 'UTC')::date"
+            f" FROM usage_days WHERE {matching} AND day < (${n + 1}::timestamptz AT TIME ZONE 'UTC')::date"
             f" AND (${n + 2}::timestamptz IS NULL OR day >= (${n + 2}::timestamptz AT TIME ZONE 'UTC')::date)"
             " GROUP BY endpoint, day ORDER BY day, endpoint", *args, rolled, since)
     lower = max((t for t in (rolled, since) if t is not None), default=None)
     minutes = await conn.fetch(
         "SELECT endpoint, minute AS at, sum(input_tokens)::bigint AS i, sum(output_tokens)::bigint AS o"
-        f" FROM usage_minutes WHERE model = $1{tenant_filter} AND (${n + 1}::timestamptz IS NULL OR minute >= ${n + 1})"
+        f" FROM usage_minutes WHERE {matching} AND (${n + 1}::timestamptz IS NULL OR minute >= ${n + 1})"
         " GROUP BY endpoint, minute ORDER BY minute, endpoint", *args, lower)
     points = [_point(r, "day") for r in days]
     points += [_point(r, "minute") for r in minutes]

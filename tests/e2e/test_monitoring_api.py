@@ -106,8 +106,15 @@ async def test_stats_give_totals_time_series_and_endpoint_distribution_per_tenan
     assert operator["total_tokens"] == stats["total_tokens"]               # nobody else uses this model
     other_tenant = (await post(demo, "/api/stats", {"model": account.model}, demo.demo_key)).json()
     assert other_tenant["calls"] == 0 and other_tenant["time_series"] == []
-    missing = await post(demo, "/api/stats", {}, account.key)
-    assert missing.status_code == 400 and missing.json()["error"]["field"] == "model"
+
+    # Without a model, every model's figures together in one answer (the console's overview asks this once, not
+    # once per model): the tenant's own, which used this model alone; an operator's cover every tenant.
+    every = (await post(demo, "/api/stats", {}, account.key)).json()
+    assert every["model"] == "" and every["calls"] == 4 and every["total_tokens"] == stats["total_tokens"]
+    assert every["time_series"] == stats["time_series"] and every["cost_usd"] == stats["cost_usd"]
+    everyone = (await post(demo, "/api/stats", {"since": 0}, demo.admin_key)).json()
+    assert everyone["calls"] >= every["calls"] and everyone["total_tokens"] >= every["total_tokens"]
+    assert (await post(demo, "/api/stats", {"tenant_id": account.tenant}, demo.admin_key)).json() == every
 
     # One tenant's figures: an operator may name any tenant, a member only its own.
     one = {"model": account.model, "tenant_id": account.tenant}
@@ -117,6 +124,13 @@ async def test_stats_give_totals_time_series_and_endpoint_distribution_per_tenan
     assert demos["calls"] == 0 and demos["time_series"] == []
     refused = await post(demo, "/api/stats", {**one, "tenant_id": "demo"}, account.key)
     assert refused.status_code == 403 and refused.json() == {"error": "Admin role required"}
+
+    # Token counts too: an operator may ask for one tenant's, a member only for its own.
+    counts = (await get(demo, f"/api/token_counts?tenant_id={account.tenant}", demo.admin_key)).json()
+    assert counts == (await get(demo, "/api/token_counts", account.key)).json()
+    assert [row["model"] for row in counts["breakdown"]] == [account.model]
+    assert counts["total_tokens"] == stats["total_tokens"]
+    assert (await get(demo, "/api/token_counts?tenant_id=demo", account.key)).status_code == 403
 
 
 async def test_usage_stream_pushes_each_recorded_call_and_only_to_its_tenant(account: Account) -> None:

@@ -23,7 +23,6 @@ from prometheus_client.core import GaugeMetricFamily
 from switchyard_gateway.kit.service import PROMETHEUS_MEDIA_TYPE
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import ModelRegistered
-from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import (
     AppDeps, ask, caller, json_object, json_response, scope_of, visible_endpoints,
@@ -41,7 +40,7 @@ EPOCH_MAX_S = 253402300799.0          # 9999-12-31T23:59:59Z, the last instant a
 
 
 class StatsRequest(msgspec.Struct, frozen=True):
-    model: str | None = None
+    model: str | None = None            # none: every model's figures together
     since: Annotated[float, Meta(ge=0, le=EPOCH_MAX_S)] | None = None     # epoch seconds
     tenant_id: str | None = None        # one tenant's figures: the caller's own, or any tenant's for an operator
 
@@ -134,9 +133,11 @@ async def retrieve_model(request: Req, deps: AppDeps, model_id: FromPath[str]) -
 
 @get("/api/token_counts")
 async def token_counts(request: Req, deps: AppDeps) -> Response[bytes]:
-    """Token totals from the metering projection: all of them for an admin, the caller's tenant otherwise."""
+    """Token totals from the metering projection: all of them for an admin (one tenant's with `?tenant_id=`), the
+    caller's tenant otherwise."""
     key = caller(request, deps)
-    return json_response(await ask(deps, subjects.METERING_QUERY, {"tenant_id": scope_of(key)}))
+    tenant = scope_of(key, request.query_params.get("tenant_id"))
+    return json_response(await ask(deps, subjects.METERING_QUERY, {"tenant_id": tenant}))
 
 
 @get("/api/usage")
@@ -173,12 +174,11 @@ def prometheus_usage(counts: dict[str, dict[str, int]], tokens: dict[str, dict[s
 
 @post("/api/stats", status_code=200)
 async def stats(request: Req, deps: AppDeps) -> Response[bytes]:
-    """One model's tokens, time series and distribution over endpoints; everyone's or one tenant's."""
+    """One model's tokens, time series and distribution over endpoints, or without `model` every model's together
+    (what an overview sums, in one request); everyone's or one tenant's."""
     key = caller(request, deps)
     body = msgspec.convert(await json_object(request), StatsRequest)
-    if not body.model:
-        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
-    model = deps.catalog.resolve_model(body.model) or body.model
+    model = (deps.catalog.resolve_model(body.model) or body.model) if body.model else None
     query = {"query": "stats", "model": model, "tenant_id": scope_of(key, body.tenant_id), "since": body.since}
     return json_response(await ask(deps, subjects.METERING_QUERY, query))
 
