@@ -10,7 +10,7 @@ import tomllib
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES, STATIC
+from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES, STATIC, find_asset
 
 from tests.conftest import REPO
 
@@ -27,7 +27,10 @@ def test_page_is_served_at_ui_with_a_same_origin_policy(client) -> None:
         assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
         policy = reply.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "style-src 'self';" in policy and "unsafe-inline" not in policy      # no inline style or script
         assert reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["x-frame-options"] == "DENY"
+        assert reply.headers["cross-origin-opener-policy"] == "same-origin"
     assert client.get("/ui/js/app.js").headers["content-type"].startswith("text/javascript")
 
 
@@ -45,10 +48,16 @@ def test_unchanged_file_revalidates_with_its_etag(client) -> None:
 
 
 @pytest.mark.parametrize("path", ["/ui/%2e%2e/routes.py", "/ui/..%2f__init__.py", "/ui/nope.js",
-                                  "/ui/js", "/ui/vendor/uPlot.LICENSE", "/ui/%2fetc%2fpasswd"])
+                                  "/ui/js", "/ui/vendor/uPlot.LICENSE", "/ui/%2fetc%2fpasswd", "/ui/js/app.js%00",
+                                  "/ui/%00"])
 def test_nothing_outside_the_static_files_is_served(client, path: str) -> None:
     reply = client.get(path)
     assert reply.status_code == 404 and reply.json() == {"error": "Not found"}
+
+
+def test_a_nul_in_the_name_is_no_file_and_no_error() -> None:
+    """A NUL made the path lookup raise ValueError: a 500 with a traceback in the log on every such request."""
+    assert find_asset("js/app.js\x00") is None and find_asset("\x00") is None
 
 
 def test_every_file_the_page_loads_exists_and_is_package_data() -> None:

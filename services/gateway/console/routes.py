@@ -4,7 +4,8 @@ The console is plain HTML, CSS and JavaScript (with uPlot vendored for charts) t
 monitoring APIs from the browser with the key the user signs in with; the server side only hands out
 files. Each file is read once and kept with its ETag until its modification time changes, so a
 reinstall or an edit is served without a restart. The Content-Security-Policy lets the page talk to its
-own origin only: nothing it loads or sends leaves the gateway.
+own origin only: nothing it loads or sends leaves the gateway, and no inline script or style runs (the page
+sets what it styles from script through the CSSOM); no other page may frame it or share its window.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
                ".txt": "text/plain", ".png": "image/png"}       # Litestar adds "; charset=utf-8" to text types
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-                               "style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; "
                                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",            # frame-ancestors for browsers that read only this
+    "cross-origin-opener-policy": "same-origin",     # a page that opened this one gets no handle on it
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",          # revalidate with the ETag: an upgrade is seen at the next load
 }
@@ -45,12 +48,12 @@ _assets: dict[Path, Asset] = {}
 
 def find_asset(name: str, folder: Path = STATIC) -> Asset | None:
     """The file `name` under a static folder (never outside it), read or taken from the cache."""
-    path = (folder / (name or INDEX)).resolve()
-    if not path.is_relative_to(folder) or path.suffix not in MEDIA_TYPES:
-        return None
     try:
+        path = (folder / (name or INDEX)).resolve()
+        if not path.is_relative_to(folder) or path.suffix not in MEDIA_TYPES:
+            return None
         mtime_ns = path.stat().st_mtime_ns
-    except OSError:
+    except (OSError, ValueError):           # ValueError: a NUL in the name (`/ui/js/app.js%00`)
         return None
     cached = _assets.get(path)
     if cached is None or cached.mtime_ns != mtime_ns:

@@ -49,12 +49,14 @@ function quotaRow(q) {
   const tone = ratio >= 1 ? "bad" : ratio >= 0.8 ? "warn" : "";
   const money = q.quota_type === "budget";
   const show = (v) => (money ? usd(v) : num(v));
+  const used = h("span");
+  used.style.width = `${Math.min(100, ratio * 100).toFixed(1)}%`;   // the CSSOM: the policy allows no style attribute
   return h("tr", { dataset: { quota: q.quota_type, model: q.model_id || "" } },
     h("td", {}, QUOTA_TEXT[q.quota_type] || q.quota_type),
     h("td", {}, q.model_id || h("span", { class: "muted" }, "all models")),
     h("td", { class: "hide-narrow" }, h("div", { class: `bar ${tone}`, role: "meter", "aria-valuemin": 0, "aria-valuemax": q.limit,
       "aria-valuenow": q.used, "aria-label": `${QUOTA_TEXT[q.quota_type] || q.quota_type} used` },
-    h("span", { style: `width: ${Math.min(100, ratio * 100).toFixed(1)}%` }))),
+    used)),
     h("td", { class: "num nowrap" }, `${show(q.used)} / ${show(q.limit)}`),
     h("td", { class: "num hide-narrow" }, show(q.remaining)),
     h("td", { class: "hide-narrow nowrap", title: when(q.reset_time) }, ago(q.reset_time)));
