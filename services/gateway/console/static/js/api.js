@@ -38,8 +38,38 @@ function headers(extra = {}) {
   return { Authorization: `Bearer ${session.key}`, ...extra };
 }
 
-/** One API call; resolves to the decoded JSON body, or throws an ApiError with the gateway's message. */
+/**
+ * Why a key cannot be one, or "": keys, JWTs and user tokens are printable ASCII, and a header can carry no
+ * character past U+00FF at all (fetch refused it, and the console said the gateway could not be reached).
+ */
+export function keyProblem(key) {
+  const odd = [...key].find((ch) => ch < "!" || ch > "~");
+  if (odd === undefined) return "";
+  const code = `U+${odd.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+  const shown = /[\p{L}\p{N}\p{P}\p{S}]/u.test(odd) ? `“${odd}” (${code})` : code;
+  return `The key holds ${shown}, a character no key has: copy the key again, whole and as it was issued`;
+}
+
+// The reads of the page shown: all aborted when another page is shown (or on sign-out), so that a page left
+// behind neither holds the browser's few connections nor draws into the next one. Writes run to their end: a
+// key issued as the page was left still shows its secret once.
+let pageRequests = new AbortController();
+const isRead = (method, path) => method === "GET" || path === "/api/stats";
+
+/** Another page is about to be shown: abort every read the page before it still waits on. */
+export function newPage() {
+  pageRequests.abort();
+  pageRequests = new AbortController();
+}
+
+/**
+ * One API call; resolves to the decoded JSON body, or throws an ApiError with the gateway's message. A read is
+ * aborted with the page that made it, unless given a `signal` of its own.
+ */
 export async function api(method, path, body, { signal } = {}) {
+  const problem = keyProblem(session.key);
+  if (problem) throw new ApiError(0, problem);
+  signal ??= isRead(method, path) ? pageRequests.signal : undefined;
   const init = { method, headers: headers(), signal, cache: "no-store" };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";

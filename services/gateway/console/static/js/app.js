@@ -1,7 +1,7 @@
 // The console's shell: sign-in with a key (kept in this tab's sessionStorage only), the role it has, navigation
 // between pages by the URL's hash, and one live usage stream shared by every page.
 
-import { session, get, onUnauthorized, usageStream } from "./api.js";
+import { session, get, onUnauthorized, usageStream, newPage } from "./api.js";
 import { h, fill, errorBox } from "./dom.js";
 import * as overview from "./overview.js";
 
@@ -17,6 +17,7 @@ const topbar = document.querySelector(".topbar");
 const nav = document.getElementById("nav");
 const liveBadge = document.getElementById("live");
 let cleanup = null;
+let navigation = 0;      // counts page changes: a page whose module arrives after a newer change is not drawn
 let stream = null;
 let signedIn = false;
 
@@ -41,12 +42,25 @@ async function identify() {
   session.tenant = me.tenant_id || "";
 }
 
+/** The page shown is left: its timers and subscriptions stopped (cleanup), its requests aborted. */
+function leavePage() {
+  navigation += 1;
+  const done = cleanup;
+  cleanup = null;
+  done?.();
+  newPage();
+}
+
 function signOut(message) {
   signedIn = false;
   stream?.stop();
   stream = null;
-  cleanup?.();
-  cleanup = null;
+  leavePage();
+  for (const dialog of document.querySelectorAll("dialog")) {    // the show-once key among them: gone with the key
+    for (const field of dialog.querySelectorAll("input")) field.value = "";
+    dialog.close();
+    dialog.remove();
+  }
   session.key = "";
   session.role = session.tenant = "";
   setLive("off");
@@ -105,7 +119,8 @@ function start() {
   topbar.hidden = false;
   renderNav();
   stream = usageStream((snapshot) => live.subscribers.forEach((fn) => fn(snapshot)), setLive);
-  if (!location.hash || location.hash === "#" || location.hash === "#/") location.replace("#/overview");
+  // replaceState fires no hashchange: the page is drawn once, by the call below (location.replace drew it twice)
+  if (!location.hash || location.hash === "#" || location.hash === "#/") history.replaceState(null, "", "#/overview");
   route();
 }
 
@@ -126,8 +141,8 @@ async function route() {
     if (link.dataset.page === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  cleanup?.();
-  cleanup = null;
+  leavePage();
+  const mine = navigation;
   document.title = `${page.title} · Switchyard`;
   if (!page.roles.includes(session.role)) {
     fill(main, h("section", { class: "panel" }, h("div", { class: "body" },
@@ -140,8 +155,10 @@ async function route() {
   }
   try {
     const module = await page.load();
+    if (mine !== navigation) return;          // another page was asked for while this one's module loaded
     cleanup = module.render(main, { live, params, session }) || null;
   } catch (err) {
+    if (mine !== navigation) return;
     fill(main, errorBox(err, `Could not open ${page.title}`));
   }
   main.querySelector("h1")?.focus({ preventScroll: true });

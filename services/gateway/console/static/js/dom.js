@@ -29,12 +29,20 @@ export function fill(el, ...children) {
   return el;
 }
 
+/**
+ * Text that came from elsewhere (an upstream's error or version, a name), isolated: a bidirectional control in it
+ * (U+202E reverses what follows) cannot reorder the console's own words around it.
+ */
+export function bdi(text) {
+  return h("bdi", {}, text);
+}
+
 /** The API's error, in place: "403 Admin role required". */
 export function errorBox(err, what = "") {
   const status = err && err.status ? String(err.status) : "";
   const message = (err && err.message) || String(err);
   return h("div", { class: "error", role: "alert" },
-    status ? h("strong", {}, status) : null, what ? `${what}: ` : "", message);
+    status ? h("strong", {}, status) : null, what ? `${what}: ` : "", bdi(message));
 }
 
 export function showError(slot, err, what) {
@@ -58,17 +66,19 @@ export function badge(text, tone = "") {
 
 const integer = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
 const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
+const cents = new Intl.NumberFormat("en", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const small = new Intl.NumberFormat("en", { maximumSignificantDigits: 2, maximumFractionDigits: 20 });
 
 export function num(value) {
   const n = Number(value) || 0;
   return Math.abs(n) >= 1e6 ? compact.format(n) : integer.format(n);
 }
 
+/** "$1,234.50", and under a cent two significant digits written out ("$0.00000055", never "$5.5e-7"). */
 export function usd(value) {
   const n = Number(value) || 0;
   if (n === 0) return "$0";
-  if (Math.abs(n) < 0.01) return `$${n.toPrecision(2)}`;
-  return `$${n.toFixed(2)}`;
+  return `$${(Math.abs(n) < 0.01 ? small : cents).format(n)}`;
 }
 
 export function rate(value) {
@@ -93,7 +103,9 @@ export function ago(iso) {
 function until(s) {
   if (s < 90) return `${s} s`;
   if (s < 5400) return `${Math.round(s / 60)} min`;
-  return `${Math.round(s / 3600)} h`;
+  if (s <= 48 * 3600) return `${Math.round(s / 3600)} h`;
+  const days = Math.round(s / 86400);
+  return `${days} day${days === 1 ? "" : "s"}`;          // "resets in 25 days", not "in 599 h"
 }
 
 export function when(iso) {

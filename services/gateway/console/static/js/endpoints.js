@@ -2,7 +2,7 @@
 // endpoint, refresh the registry, each through the admin API.
 
 import { get, post, enc } from "./api.js";
-import { h, fill, ago, when, badge, empty, busy, showError, clearError, toast, panel } from "./dom.js";
+import { h, fill, ago, when, badge, bdi, empty, busy, showError, clearError, toast, panel } from "./dom.js";
 
 const POLL_MS = 5000;
 
@@ -81,10 +81,10 @@ export function render(main) {
     test.addEventListener("click", () => busy(test, errorBox, async () => {
       fill(result, "Testing…");
       const r = await post(`/api/admin/endpoints/${enc(id)}/test`);
-      const text = r.success
-        ? `Test passed in ${Math.round(r.latency_ms)} ms: ${r.models.length} model${r.models.length === 1 ? "" : "s"} advertised` +
-          (r.version ? `, version ${r.version}` : "") + "."
-        : `Test failed after ${Math.round(r.latency_ms)} ms: ${r.error || `status ${r.status}`}.`;
+      const text = r.success     // what the upstream said (its version, its error) isolated from our words
+        ? [`Test passed in ${Math.round(r.latency_ms)} ms: ${r.models.length} model${r.models.length === 1 ? "" : "s"} advertised`,
+          r.version ? [", version ", bdi(r.version)] : "", "."]
+        : [`Test failed after ${Math.round(r.latency_ms)} ms: `, r.error ? bdi(r.error) : `status ${r.status}`, "."];
       results.set(id, h("span", { class: r.success ? "" : "error" }, text));
       fill(result, results.get(id));
     }));
@@ -117,7 +117,7 @@ export function render(main) {
             ? [h("span", { title: when(probe.at) }, ago(probe.at)), probe.ok ? "" : probeError(probe)]
             : "not yet"),
           h("dt", {}, "Latency"), h("dd", {}, probe?.latency_ms != null ? `${Math.round(probe.latency_ms)} ms` : "–"),
-          probe?.version ? [h("dt", {}, "Version"), h("dd", {}, probe.version)] : null,
+          probe?.version ? [h("dt", {}, "Version"), h("dd", {}, bdi(probe.version))] : null,
           h("dt", {}, "Models"), h("dd", {}, serving.length
             ? h("div", { class: "chips" }, serving.map((m) => h("span", { class: loaded.has(m) ? "chip loaded" : "chip",
               title: loaded.has(m) ? "loaded" : "served, not loaded" }, m, loaded.has(m) ? " ●" : "")))
@@ -133,5 +133,5 @@ export function render(main) {
 function probeError(probe) {
   const text = probe.error || `status ${probe.status}`;
   const short = text.length > 140 ? `${text.slice(0, 140)}…` : text;
-  return h("span", { class: "muted", title: text }, ` · ${short}`);
+  return h("span", { class: "muted", title: text }, " · ", bdi(short));
 }

@@ -1,9 +1,9 @@
-// Overview: calls per second, tokens, errors and cost, moved live by the usage stream and settled from /api/stats;
-// tokens over time per model or endpoint; the calls just recorded.
+// Overview: calls per second, tokens, errors and cost, moved live by the usage stream and settled from /api/stats
+// (every model's together, one request); tokens over time per model or endpoint, the busiest by name and the rest
+// summed; the calls just recorded.
 
-import { get } from "./api.js";
 import { h, fill, num, usd, rate, time, empty, badge, segmented, panel, showError, clearError } from "./dom.js";
-import { RANGES, loadStats, totals, usageChart } from "./charts.js";
+import { RANGES, allStats, busiestModels, topModelStats, usageChart } from "./charts.js";
 
 const RATE_WINDOW_S = 10;         // calls per second: calls that arrived in the last 10 s
 const SETTLE_MS = 1200;           // figures are asked for again this long after the stream goes quiet...
@@ -35,7 +35,6 @@ export function render(main, { live, session }) {
   let lastSettled = 0;
   let retries = 0;
   let gone = false;
-  const models = new Set();
   const seen = new Set();
 
   const kpi = (id, label, hint) => h("div", { class: "kpi", id: `kpi-${id}` },
@@ -100,13 +99,12 @@ export function render(main, { live, session }) {
     loading = true;
     lastSettled = Date.now();
     const before = { ...delta };
+    const [asked, grouped] = [range, groupBy];
     try {
-      const counts = await get("/api/token_counts");
-      for (const row of counts.breakdown || []) models.add(row.model);
-      const replies = await loadStats([...models].sort(), range);
+      const [all, ranked] = await Promise.all([allStats(asked), grouped === "model" ? busiestModels() : []]);
       if (gone) return;
-      chart.update(replies, range, groupBy);
-      const fetched = totals(replies);
+      const fetched = { calls: all.calls || 0, errors: all.errors || 0, input: all.input_tokens || 0,
+                        output: all.output_tokens || 0, cost: all.cost_usd || 0 };
       if (base && fetched.calls < base.calls + before.calls && retries < SETTLE_RETRIES) {
         retries += 1;                   // the usage log has not recorded every call the stream showed yet
         again = true;
@@ -121,6 +119,8 @@ export function render(main, { live, session }) {
         markedFirstData = true;
         performance.mark("console:first-data");
       }
+      const top = await topModelStats(ranked, asked);
+      if (!gone) chart.update({ all, top, models: ranked.length }, asked, grouped);
     } catch (err) {
       if (!gone) showError(errorSlot, err, "Usage figures");
     } finally {
@@ -146,7 +146,6 @@ export function render(main, { live, session }) {
       delta.input += call.input_tokens || 0;
       delta.output += call.output_tokens || 0;
       if (call.outcome !== "ok") delta.errors += 1;
-      if (!models.has(call.model)) models.add(call.model);
       rows.prepend(feedRow(call, admin));
     }
     while (rows.children.length > FEED_ROWS) rows.lastChild.remove();

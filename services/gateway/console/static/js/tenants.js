@@ -2,7 +2,7 @@
 
 import { get, post, put, del, enc } from "./api.js";
 import { h, fill, ago, when, badge, empty, busy, errorBox, showError, clearError, toast, panel, segmented } from "./dom.js";
-import { RANGES, loadStats, usageChart } from "./charts.js";
+import { RANGES, allStats, busiestModels, topModelStats, usageChart } from "./charts.js";
 import { keysPanel } from "./keys.js";
 import { quotasPanel, periodPanel, limitsForm } from "./limits.js";
 
@@ -96,13 +96,12 @@ function detail(main, { live }, tenantId) {
   let shownTotal = 0;
   async function drawChart(expectMore = false, tries = 0) {
     try {
-      const counts = await get("/api/token_counts");
-      const names = new Set((counts.breakdown || []).map((row) => row.model));
-      models.assigned().forEach((m) => names.add(m));
-      const replies = await loadStats([...names].sort(), range, tenantId);
+      const asked = range;
+      const [all, ranked] = await Promise.all([allStats(asked, tenantId), busiestModels(tenantId)]);
+      const top = await topModelStats(ranked, asked, tenantId);
       if (gone) return;
       clearError(chartError);
-      chart.update(replies, range, "model");
+      chart.update({ all, top, models: ranked.length }, asked, "model");
       const total = Number(chartHost.dataset.total || 0);
       if (expectMore && total <= shownTotal && tries < 4) {   // the usage log is behind the stream: ask again
         timer = setTimeout(() => drawChart(true, tries + 1), 1200);
@@ -137,7 +136,6 @@ function detail(main, { live }, tenantId) {
 }
 
 function modelsPanel(base, tenantId, subtitle) {
-  let assigned = [];
   let allModels = null;
   const errorSlot = h("div", { hidden: true });
   const access = h("p", { class: "small" });
@@ -177,7 +175,7 @@ function modelsPanel(base, tenantId, subtitle) {
   async function reload() {
     try {
       const [rows, catalog] = await Promise.all([get(`${base}/models`), get("/api/admin/models")]);
-      assigned = rows.map((r) => r.model_id);
+      const assigned = rows.map((r) => r.model_id);
       clearError(errorSlot);
       const free = catalog.map((m) => m.model_id).filter((m) => !assigned.includes(m));
       fill(select, free.map((m) => h("option", { value: m }, m)));
@@ -207,5 +205,5 @@ function modelsPanel(base, tenantId, subtitle) {
     }
   }
 
-  return { section, reload, setAllModels, assigned: () => assigned };
+  return { section, reload, setAllModels };
 }
