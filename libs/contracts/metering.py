@@ -19,11 +19,12 @@ MeteringQueryKind = Literal["token_counts", "usage", "stats"]
 
 
 class MeteringQuery(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A question on `metering.query.v1`: token counts (the default), token usage, or one model's stats."""
+    """A question on `metering.query.v1`: token counts (the default), token usage, or stats (of one model, or of
+    every model together)."""
 
     query: MeteringQueryKind = "token_counts"
     tenant_id: str | None = None
-    model: str | None = None          # stats: the model (its registry id); required there
+    model: str | None = None          # stats: the model (its registry id); none: every model's together
     since: float | None = None        # stats: time series points from this instant (epoch seconds)
 
 
@@ -64,7 +65,8 @@ class SeriesPoint(msgspec.Struct, frozen=True):
 
 
 class ModelStats(msgspec.Struct, frozen=True, kw_only=True):
-    """`stats`: one model's totals, its time series (oldest first) and its tokens per endpoint."""
+    """`stats`: one model's totals (every model's together: `model` ""), its time series (oldest first) and its
+    tokens per endpoint."""
 
     model: str
     input_tokens: int
