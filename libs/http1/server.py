@@ -18,10 +18,11 @@ and on the way out of every call; here the request is parsed where the app runs,
   `send_bytes`/`send_str`, `close(code)`: an HTTP status before the accept, a close frame's code after);
 - what it refuses, then closes: a malformed request line or header (400; a target with a byte that is not
   ASCII in its query or not UTF-8 in its path too; an HTTP/1.1 request without Host, a Host line given twice, or
-  one that is no host and port), a head over `max_head_bytes` (431), conflicting or malformed framing (400: Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or
-  trailer RFC 9112 does not allow, a body in more than `max_body_chunks` chunks), a transfer coding other than
-  chunked (501), an HTTP version other than 1.x (505), a WebSocket handshake it cannot accept (426 for another
-  version than 13, else 400);
+  one that is no host and port), a head over `max_head_bytes` (431), conflicting or malformed framing (400:
+  Content-Length and Transfer-Encoding together, two different lengths, a chunk extension or trailer RFC 9112
+  does not allow, a body in more than `max_body_chunks` chunks), a transfer coding other than chunked (501), an
+  HTTP version other than 1.x (505), a WebSocket handshake it cannot accept (426 for another version than 13,
+  else 400);
 - what it does not wait for (each a `Server` parameter): a request head not complete within `head_timeout_s`
   of its first byte (408), a body with no byte for `body_timeout_s` (the app's read fails), a connection idle
   for `keep_alive_s` between requests, a client that has read none of the output waiting for it for

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import sys
@@ -13,7 +12,7 @@ from urllib.parse import urlsplit
 
 from switchyard_gateway.kit import nats_auth
 from switchyard_gateway.kit.settings import url_list
-from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError, kept_secret
+from switchyard_gateway.kit.stack_proc import LOOPBACK, Spawner, StackError, kept_secret, write_private
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 SERVER_NAME = "switchyard"  # stable, so JetStream state reads the same after a restart
@@ -81,9 +80,7 @@ class NatsServer(ManagedServer):
         self.home.mkdir(parents=True, exist_ok=True)
         if self.users is not None:
             self.config = self.home / "auth.conf"
-            fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(self.auth_config(*self.users))
+            write_private(self.config, self.auth_config(*self.users))
 
     def auth_config(self, password: str, subscribers: list[nats_auth.SubscriberUser]) -> str:
         return nats_auth.server_config(password, subscribers)
@@ -144,8 +141,8 @@ class NatsNode(NatsServer):
         return f"nats://{LOOPBACK}:{self.ports[f'{self.name}_cluster']}"
 
     def auth_config(self, password: str, subscribers: list[nats_auth.SubscriberUser]) -> str:
-        """The users, and the cluster with routes that ask each other for the route user (the services' password):
-        any program of the machine could otherwise join the cluster as a node and read every message."""
+        """The users, and the cluster with routes that ask each other for the route user (with the nodes' own
+        password): any program of the machine could otherwise join the cluster as a node and read every message."""
         others = [peer.route_url for peer in self.peers if peer is not self]
         return super().auth_config(password, subscribers) + nats_auth.cluster_config(
             self.route_password, others, nats_auth.CLUSTER_NAME, listen=self.route_url.removeprefix("nats://"))

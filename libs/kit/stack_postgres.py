@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 
 from switchyard_gateway.kit.stack_proc import (
-    LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, kept_secret, pid_alive, run_async, spawn, stop_pid,
+    LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, kept_secret, pid_alive, run_async, spawn, stop_pid, write_private,
 )
 from switchyard_gateway.kit.stack_server import ManagedServer
 
@@ -182,10 +182,10 @@ class PostgresServer(ManagedServer):
     def _url(self, database: str) -> str:
         """Through the Unix socket in <data>/pg/run when its name fits: no other user can open it, and none can
         take its place while the server restarts, as one could take a loopback port and be sent the password."""
-        password = kept_secret(self.password_path)
+        user = f"{SUPERUSER}:{kept_secret(self.password_path)}"
         if self._socket_fits():
-            return f"postgresql://{SUPERUSER}:{password}@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
-        return f"postgresql://{SUPERUSER}:{password}@{LOOPBACK}:{self.port}/{database}"
+            return f"postgresql://{user}@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
+        return f"postgresql://{user}@{LOOPBACK}:{self.port}/{database}"
 
     def _socket_fits(self) -> bool:
         return len(f"{self.socket_dir}/.s.PGSQL.{self.port}") <= SOCKET_PATH_MAX
@@ -272,9 +272,7 @@ class PostgresServer(ManagedServer):
         try:
             scratch.chmod(0o711)
             copy = scratch / "password"
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with os.fdopen(fd, "w") as out:
-                out.write(kept_secret(self.password_path) + "\n")
+            write_private(copy, kept_secret(self.password_path) + "\n", 0o400)
             os.chown(copy, *self._owner)
             yield copy
         finally:

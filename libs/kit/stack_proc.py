@@ -66,11 +66,8 @@ def kept_secret(path: Path) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(24)              # URL-safe: it goes into URLs as it is
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secret + "\n")
+    write_private(scratch, secrets.token_urlsafe(24) + "\n")      # URL-safe: it goes into URLs as it is
     try:
         os.link(scratch, path)                      # a launcher racing this one keeps whichever came first
     except FileExistsError:
@@ -78,6 +75,14 @@ def kept_secret(path: Path) -> str:
     finally:
         scratch.unlink(missing_ok=True)
     return path.read_text().strip()
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file only its owner may read (made so, never widened after): a password, or a server's configuration
+    holding one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def pick_free_port(taken: set[int]) -> int:

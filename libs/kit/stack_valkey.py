@@ -10,12 +10,11 @@ owner reads, never on the command line, which any user of the machine can read).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import quote
 
 from switchyard_gateway import resp
-from switchyard_gateway.kit.stack_proc import LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, kept_secret
+from switchyard_gateway.kit.stack_proc import LOOPBACK, SOCKET_PATH_MAX, Spawner, StackError, kept_secret, write_private
 from switchyard_gateway.kit.stack_server import ManagedServer
 
 
@@ -63,9 +62,7 @@ class ValkeyServer(ManagedServer):
 
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"requirepass {kept_secret(self.password_path)}\n")
+        write_private(self.config_path, f"requirepass {kept_secret(self.password_path)}\n")
 
     @property
     def config_path(self) -> Path:
