@@ -61,8 +61,9 @@ class SubscriberUser:
 
 
 def inbox_prefix(user: str) -> str:
-    """The inbox prefix a user's client must connect with (`nats.connect(inbox_prefix=...)`)."""
-    return f"_INBOX_{user}"
+    """The inbox prefix a user's client must connect with (`nats.connect(inbox_prefix=...)`); the services' user
+    keeps nats-py's own (it may read any inbox)."""
+    return "_INBOX" if user == SERVICES_USER else f"_INBOX_{user}"
 
 
 def permissions(sub: SubscriberUser) -> dict[str, dict[str, list[str]]]:

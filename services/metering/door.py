@@ -50,7 +50,7 @@ from switchyard_gateway.contracts.events import subject_of
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import Follow, Following, SetAside, SetAsideDone, Unfollow
 from switchyard_gateway.events.deadletter import fitted
-from switchyard_gateway.kit.nats_auth import RESERVED_NAMES, SERVICES_USER, USER, inbox_prefix
+from switchyard_gateway.kit.nats_auth import RESERVED_NAMES, USER, inbox_prefix
 from switchyard_gateway.kit.natsio import ServiceError, Unanswered
 from switchyard_gateway.services.metering import history as pages
 
@@ -84,7 +84,7 @@ class Asker:
     @property
     def inbox(self) -> str:
         """The prefix of every subject the user may read, with its dot (the services' clients: `_INBOX.`)."""
-        return "_INBOX." if self.user == SERVICES_USER else f"{inbox_prefix(self.user)}."
+        return f"{inbox_prefix(self.user)}."
 
     @property
     def consumer_prefix(self) -> str:
