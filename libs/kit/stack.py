@@ -20,7 +20,7 @@ from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.kit.stack_nats import NatsServer, cluster, nats_problem
 from switchyard_gateway.kit.stack_postgres import PostgresServer, postgres_problem
 from switchyard_gateway.kit.stack_proc import (
-    Spawner, StackError, kept_secret, pick_free_port, port_is_free, wait_until,
+    Spawner, StackError, kept_secret, pick_free_port, port_is_free, wait_until, write_private,
 )
 from switchyard_gateway.kit.stack_server import ManagedServer
 from switchyard_gateway.kit.stack_valkey import ValkeyServer, valkey_problem
@@ -38,6 +38,7 @@ _SERVERS: dict[str, type[ManagedServer]] = {
     "valkey": ValkeyServer,
 }
 _PROBLEMS = {"nats": nats_problem, "postgres": postgres_problem, "valkey": valkey_problem}
+PRIVATE_URLS = "urls.private.json"      # in the data dir, its owner's alone: the URLs the services are given, whole
 
 
 def running_url(data_dir: Path, name: str) -> str:
@@ -46,33 +47,19 @@ def running_url(data_dir: Path, name: str) -> str:
     url = os.environ.get(f"SWITCHYARD_{name.upper()}")
     if url:
         return url
-    state = data_dir / "stack.json"
+    private, state = data_dir / PRIVATE_URLS, data_dir / "stack.json"
+    if private.exists():                            # the URLs whole, passwords and all, for the data dir's owner
+        return json.loads(private.read_text())[name]
     if not state.exists():
         raise SystemExit(f"switchyard: no SWITCHYARD_{name.upper()} and no stack at {data_dir} "
                          "(run `switchyard up --data-dir D` first, or pass the same --data-dir)")
     url = json.loads(state.read_text())["urls"][name]
-    kept = {"database_url": data_dir / "postgres.password", "redis_url": data_dir / "valkey" / "password"}.get(name)
-    if kept is not None and ":***@" in url:         # stack.json masks the password the server's own file keeps
-        if not kept.exists():                       # a server the stack did not run: its password is not here
-            raise SystemExit(f"switchyard: the stack at {data_dir} uses a {name.split('_')[0]} server it did not "
-                             f"start ({mask_password(url)}); give its URL, password and all, as "
-                             f"SWITCHYARD_{name.upper()}")
-        url = url.replace(":***@", f":{kept.read_text().strip()}@")
-    if name == "nats_url":                          # NATS asks for the services' user: `up` keeps its password
-        keys = data_dir / "keys.env"                # in keys.env, a stack run otherwise in nats/password
-        found = dict(line.partition("=")[::2] for line in keys.read_text().splitlines() if "=" in line) \
-            if keys.exists() else {}
-        password = found.get(nats_auth.PASSWORD_KEY) or _read(data_dir / "nats" / "password")
-        if password:
-            url = nats_auth.with_user(url, nats_auth.SERVICES_USER, password)
+    keys = data_dir / "keys.env"
+    if name == "nats_url" and keys.exists():        # a stack run before the URLs were kept whole: NATS with users
+        found = dict(line.partition("=")[::2] for line in keys.read_text().splitlines() if "=" in line)
+        if found.get(nats_auth.PASSWORD_KEY):
+            url = nats_auth.with_user(url, nats_auth.SERVICES_USER, found[nats_auth.PASSWORD_KEY])
     return url
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
 
 
 class StackUrls(msgspec.Struct, frozen=True):
@@ -360,7 +347,9 @@ class EmbeddedStack:
             pids[name] = server.pid
         state.update(ports=ports, pids=pids, launcher_pid=os.getpid())
         if self._urls is not None:
-            state["urls"] = {key: mask_password(value) for key, value in msgspec.structs.asdict(self._urls).items()}
+            whole = msgspec.structs.asdict(self._urls)
+            state["urls"] = {key: mask_password(value) for key, value in whole.items()}
+            write_private(self.data_dir / PRIVATE_URLS, json.dumps(whole, indent=2) + "\n")
         scratch = self._state_path.with_suffix(".json.tmp")
         scratch.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         scratch.replace(self._state_path)

@@ -149,7 +149,7 @@ async def test_postgres_and_valkey_let_in_only_who_has_their_password(stack: Emb
         await asyncpg.connect(f"postgresql://postgres:guess@127.0.0.1:{port}/switchyard", timeout=5)
     with pytest.raises(redis.AuthenticationError):
         await valkey_get(f"redis://127.0.0.1:{stack.ports['valkey']}/0", "fresh")
-    for name in ("postgres.password", "valkey/password", "valkey/auth.conf"):
+    for name in ("postgres.password", "valkey/password", "valkey/auth.conf", "urls.private.json"):
         assert (stack.data_dir / name).stat().st_mode & 0o077 == 0, name
     passwords = [(stack.data_dir / name).read_text().strip() for name in ("postgres.password", "valkey/password")]
     for pid in (stack._managed("postgres").pid, stack._managed("valkey").pid):  # noqa: SLF001
