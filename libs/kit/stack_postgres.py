@@ -63,7 +63,7 @@ async def _ensure_database(admin_url: str, name: str, trusting: Path | None = No
     try:
         if trusting is not None:
             await conn.execute(f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'")     # URL-safe: nothing to quote
-            _write_owned_file(trusting, _asking(trusting.read_text()))
+            write_private(trusting, _asking(trusting.read_text()))      # never through a link its user put there
             await conn.fetchval("SELECT pg_reload_conf()")
             log.warning("stack.postgres_password_set", reason="the cluster let any local user in (trust)")
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -85,14 +85,6 @@ def _asking(hba: str) -> str:
     return "\n".join(line.rsplit("trust", 1)[0] + "scram-sha-256"
                      if not line.lstrip().startswith("#") and line.split()[-1:] == ["trust"] else line
                      for line in hba.splitlines()) + "\n"
-
-
-def _write_owned_file(path: Path, text: str) -> None:
-    """Write an existing file whose directory PostgreSQL's user owns, never through a link it put there (we may be
-    root: a pg_hba.conf made a link to /etc/passwd would be written over)."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def _chown_no_follow(path: Path, uid: int, gid: int) -> None:

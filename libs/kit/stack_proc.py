@@ -79,7 +79,8 @@ def kept_secret(path: Path) -> str:
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     """Write a file only its owner may read (made so, never widened after): a password, or a server's configuration
-    holding one."""
+    holding one; never through a link in its place (as root, in a directory another user owns, one to /etc/passwd
+    would be written over)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w") as out:
         out.write(text)
