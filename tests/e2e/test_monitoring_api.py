@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import uuid
+from urllib.parse import quote
 
 import httpx
 
@@ -131,6 +132,16 @@ async def test_stats_give_totals_time_series_and_endpoint_distribution_per_tenan
     assert [row["model"] for row in counts["breakdown"]] == [account.model]
     assert counts["total_tokens"] == stats["total_tokens"]
     assert (await get(demo, "/api/token_counts?tenant_id=demo", account.key)).status_code == 403
+
+
+async def test_a_tenant_named_by_a_hostile_value_is_refused_naming_the_field(demo: DemoStack) -> None:
+    """The tenant an operator names for figures reached metering's SQL as it was: a NUL (which PostgreSQL's text
+    cannot hold) was a 500 with a traceback in metering's log."""
+    for tenant in ("\x00", "t" * 300, "../demo", "DEMO"):
+        counts = await get(demo, f"/api/token_counts?tenant_id={quote(tenant)}", demo.admin_key)
+        stats = await post(demo, "/api/stats", {"tenant_id": tenant}, demo.admin_key)
+        for answer in (counts, stats):
+            assert answer.status_code == 400 and answer.json()["error"]["field"] == "tenant_id", (tenant, answer.text)
 
 
 async def test_usage_stream_pushes_each_recorded_call_and_only_to_its_tenant(account: Account) -> None:

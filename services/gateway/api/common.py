@@ -37,7 +37,10 @@ def caller(request: Req, deps: Deps) -> KeyIssued:
 
 def scope_of(key: KeyIssued, asked: str | None = None) -> str | None:
     """The tenant whose figures a caller reads: the one it asked for (another tenant's needs the admin role),
-    else its own; None for an operator who asked for none (all of them)."""
+    else its own; None for an operator who asked for none (all of them). A name no tenant can have is a 400 (it
+    reached metering's SQL as it was: a NUL was a 500)."""
+    if asked and (problem := rules.identifier_problem(asked)):
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"tenant_id: {problem}", "tenant_id"))
     if asked and asked != key.tenant_id:
         require_admin(key)
     return asked or (None if key.role == "admin" else key.tenant_id)
