@@ -359,3 +359,19 @@ async def test_a_commit_acknowledged_without_fsync_survives_a_kill_9_of_postgres
                 assert await check.fetchval("SELECT count(*) FROM acked") == n, f"commit {n} lost by the kill"
             finally:
                 await check.close()
+
+
+def test_a_private_file_is_never_written_through_a_link_in_its_place(tmp_path: Path) -> None:
+    """As root the stack writes into a directory PostgreSQL's own user owns (pg_hba.conf): a link put there in the
+    file's place, to /etc/passwd say, must not be written through."""
+    from switchyard_gateway.kit.stack_proc import write_private
+
+    target = tmp_path / "roots"
+    target.write_text("root:x:0:0\n")
+    link = tmp_path / "pg_hba.conf"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        write_private(link, "host all all 127.0.0.1/32 scram-sha-256\n")
+    assert target.read_text() == "root:x:0:0\n"
+    write_private(tmp_path / "new", "secret\n")
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o600
