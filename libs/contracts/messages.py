@@ -322,11 +322,24 @@ class TestEndpoint(RouterCommand, frozen=True, tag="test_endpoint"):
 AnyRouterCommand = ResetCircuit | RefreshProbes | TestEndpoint
 
 
+class ProbeRef(msgspec.Struct, frozen=True):
+    """One probe of a refresh round, by the ROUTING event that recorded it."""
+
+    endpoint_id: str
+    event_id: str
+    ok: bool
+
+
 class RefreshReply(msgspec.Struct, frozen=True):
-    """A finished probe round: its results and the registry events its discoveries recorded."""
+    """A finished probe round: its results and the registry events its discoveries recorded.
+
+    `probed` names every probe of the round; `probes` carries them whole while they fit in one NATS message, and
+    is empty when they do not (each is on the ROUTING stream: a reader follows it, as the gateway does).
+    """
 
     probes: list[ProbeCompleted]
     registry_event_ids: list[str] = []
+    probed: list[ProbeRef] = []
 
 
 class RouterQuery(msgspec.Struct, frozen=True, omit_defaults=True):

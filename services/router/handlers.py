@@ -11,8 +11,8 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import decoder, encode
 from switchyard_gateway.contracts.events import now
 from switchyard_gateway.contracts.messages import (
-    AnyRouterCommand, ErrorBody, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint, WarmModel,
-    WarmReply,
+    AnyRouterCommand, ErrorBody, ProbeRef, RefreshProbes, RefreshReply, ResetCircuit, RouterQuery, TestEndpoint,
+    WarmModel, WarmReply,
 )
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import Runtime
@@ -37,7 +37,11 @@ async def on_command(control: RouterControl, data: bytes) -> bytes:
         case RefreshProbes(endpoint_ids=wanted):
             ids = [e for e in (wanted or control.catalog.endpoints) if e in control.catalog.endpoints]
             probes, event_ids = await control.probe_round(ids)
-            return encode(RefreshReply(probes=probes, registry_event_ids=event_ids))
+            probed = [ProbeRef(endpoint_id=p.endpoint_id, event_id=str(p.event_id), ok=p.ok) for p in probes]
+            whole = encode(RefreshReply(probes=probes, registry_event_ids=event_ids, probed=probed))
+            if len(whole) <= control.nc.max_payload:
+                return whole
+            return encode(RefreshReply(probes=[], registry_event_ids=event_ids, probed=probed))   # read from ROUTING
         case TestEndpoint():
             result = await probe(control.client, command.endpoint_id, command.kind, command.base_url,
                                  command.api_key_ref, command.timeout_s, control.instance)

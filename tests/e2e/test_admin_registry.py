@@ -3,6 +3,7 @@ registry status, refresh, export and import. Every test works on identifiers of 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -220,6 +221,27 @@ async def test_refresh_discovers_models_and_status_shows_counts_and_health(demo:
         assert health["healthy"] is True and health["circuit"] == "closed" and health["probe"]["version"]
         assert ((await api(demo, "GET", "/providers/registry-status"))).json()["counts"] == status["counts"]
         ok(await api(demo, "DELETE", f"/endpoints/auto-{tag}"))
+
+
+async def test_a_refresh_larger_than_one_nats_message_answers_every_endpoint(demo: DemoStack, tag: str) -> None:
+    """Ten endpoints listing a thousand long names each: the round's probes were one NATS reply, larger than the
+    server takes (about 1.2 MB against 1 MB), and every refresh was a 500."""
+    models = tuple(f"wide-{tag}-{i:04d}-" + "w" * 40 for i in range(1000))
+    ids = [f"wide-{tag}-{n}" for n in range(10)]
+    ok(await api(demo, "POST", "/providers", {"provider_id": f"w-{tag}", "kind": "openai-compatible"}))
+    async with Simulator(SimConfig(models=models)) as sim:
+        for endpoint_id in ids:
+            ok(await api(demo, "POST", "/endpoints", {"endpoint_id": endpoint_id, "provider_id": f"w-{tag}",
+                                                    "base_url": sim.url}))
+        refreshed = ok(await api(demo, "POST", "/registry/refresh"))
+        mine = {e["endpoint_id"]: e for e in refreshed["endpoints"] if e["endpoint_id"] in ids}
+        assert sorted(mine) == sorted(ids)
+        assert all(e["success"] and set(e["models"]) == set(models) == set(e["loaded"]) for e in mine.values())
+        assert len(json.dumps(list(mine.values()))) > 1024 * 1024, "the round really is larger than one message"
+        assert refreshed["probed"] == len(refreshed["endpoints"]) and refreshed["healthy"] >= len(ids)
+        for endpoint_id in ids:
+            ok(await api(demo, "DELETE", f"/endpoints/{endpoint_id}"))
+    ok(await api(demo, "DELETE", f"/providers/w-{tag}"))
 
 
 async def test_import_is_validated_whole_applied_once_and_exported_back(demo: DemoStack, tag: str) -> None:

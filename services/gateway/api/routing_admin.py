@@ -93,10 +93,17 @@ async def registry_status(deps: AppDeps) -> Response[bytes]:
 async def registry_refresh(deps: AppDeps) -> Response[bytes]:
     """Probe every endpoint now; answer once the results (and any discovered models) are visible here."""
     reply = _refresh.decode(await ask(deps, subjects.ROUTER_COMMAND, m.RefreshProbes(), 60.0))
-    await deps.circuits.wait_for([str(p.event_id) for p in reply.probes])
+    probed = reply.probed or [m.ProbeRef(p.endpoint_id, str(p.event_id), p.ok) for p in reply.probes]
+    await deps.circuits.wait_for([r.event_id for r in probed])
     await deps.state.wait_for(set(reply.registry_event_ids))
-    return json_response({"probed": len(reply.probes), "healthy": sum(1 for p in reply.probes if p.ok),
-                  "discovered": len(reply.registry_event_ids), "endpoints": [_probe_view(p) for p in reply.probes]})
+    whole = {p.endpoint_id: p for p in reply.probes}          # empty when the round did not fit one NATS message
+    views = []
+    for ref in probed:
+        probe = whole.get(ref.endpoint_id) or deps.circuits.probe(ref.endpoint_id)
+        views.append(_probe_view(probe) if probe is not None else {
+            "endpoint_id": ref.endpoint_id, "success": ref.ok, "code": None if ref.ok else "CONNECTIVITY_ERROR"})
+    return json_response({"probed": len(probed), "healthy": sum(1 for r in probed if r.ok),
+                          "discovered": len(reply.registry_event_ids), "endpoints": views})
 
 
 @get(["/circuits", "/circuit-breakers"])

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from switchyard_gateway.catalog.health import HealthView
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Event
-from switchyard_gateway.contracts.routing import CircuitChanged, ModelFacts
+from switchyard_gateway.contracts.routing import CircuitChanged, ModelFacts, ProbeCompleted
 from switchyard_gateway.events import StreamFold
 
 DEFAULT_TRIAL_CALLS = 2
@@ -84,6 +84,10 @@ class Circuits:
     def facts(self, endpoint_id: str, model: str) -> ModelFacts | None:
         """What the endpoint said of a model (by the name it serves it under) at its last probe; None if nothing."""
         return self.view.facts.get(endpoint_id, {}).get(model)
+
+    def probe(self, endpoint_id: str) -> ProbeCompleted | None:
+        """The endpoint's last probe as the ROUTING stream told it; None if never probed."""
+        return self.view.probes.get(endpoint_id)
 
     def health(self, endpoint_id: str) -> dict[str, Any] | None:
         """The last probe: ok, latency_ms, error, status, version, models, loaded, at; None if never probed."""
