@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import msgspec
+
 from switchyard_gateway.kit import ports
 from switchyard_gateway.kit.settings import ENV_PREFIX, ServiceSettings, SettingsError
 from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
@@ -52,6 +54,16 @@ def require_seconds(settings: ServiceSettings, names: tuple[str, ...]) -> None:
             raise SystemExit(f"switchyard: SWITCHYARD_{name.upper()} must be a number of seconds above 0, not {value}")
 
 
+def require_numbers(settings: ServiceSettings) -> None:
+    """Stop in one line naming the variable unless every number setting is finite and not negative: each is a
+    count, a size, a duration or a ratio (the stricter bounds of some are checked by their service first)."""
+    for field in msgspec.structs.fields(settings):
+        value = getattr(settings, field.name)
+        if field.type in (int, float) and not 0 <= value < math.inf:        # a NaN is never 0 or more
+            kind = "a whole number" if field.type is int else "a finite number"
+            raise SystemExit(f"switchyard: SWITCHYARD_{field.name.upper()} must be {kind}, 0 or more, not {value}")
+
+
 def worker_count(workers: int) -> int:
     """A workers setting as a number of processes: 0 means one per core of this machine."""
     return workers if workers > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -72,6 +84,8 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
     processes (replicas of one stack sharing the gateway's port on purpose; the kernel spreads
     connections).
     """
+    require_seconds(settings, ("connect_timeout_s", "request_timeout_s"))
+    require_numbers(settings)
     if not port_is_free(settings.port, settings.host) and not ports.shared_within(settings.port,
                                                                                   settings.share_port_with):
         holder = ports.holder(settings.port)

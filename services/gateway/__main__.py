@@ -11,7 +11,9 @@ settings = settings_of(Settings)
 if settings.http_server not in ("native", "granian"):
     raise SystemExit(f"switchyard: SWITCHYARD_HTTP_SERVER must be 'native' or 'granian', not '{settings.http_server}'")
 require_seconds(settings, ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s", "http_send_timeout_s",
-                           "quota_hold_s"))
+                           "quota_hold_s", "quota_timeout_s", "upstream_connect_timeout_s", "first_byte_timeout_s",
+                           "usage_stall_s", "access_token_ttl_s", "refresh_token_ttl_s", "login_window_s",
+                           "cache_ttl_s", "cache_timeout_s", "ws_idle_timeout_s"))
 if settings.max_answer_bytes < 1024:
     raise SystemExit(f"switchyard: SWITCHYARD_MAX_ANSWER_BYTES must be a number of bytes, at least 1024, "
                      f"not {settings.max_answer_bytes}")

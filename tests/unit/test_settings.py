@@ -139,6 +139,17 @@ def test_a_jwt_secret_shorter_than_32_bytes_is_refused_naming_the_setting(weak: 
     ("router", "SWITCHYARD_PROBE_INTERVAL_S", "0", "SWITCHYARD_PROBE_INTERVAL_S must be a number of seconds above 0"),
     ("router", "SWITCHYARD_BREAKER_ERROR_RATIO", "1.5", "SWITCHYARD_BREAKER_ERROR_RATIO must be above 0 and at most 1"),
     ("router", "SWITCHYARD_BREAKER_FAILURES", "0", "SWITCHYARD_BREAKER_FAILURES must be at least 1"),
+    ("gateway", "SWITCHYARD_USAGE_STALL_S", "nan", "SWITCHYARD_USAGE_STALL_S must be a number of seconds above 0"),
+    ("gateway", "SWITCHYARD_FIRST_BYTE_TIMEOUT_S", "0",
+     "SWITCHYARD_FIRST_BYTE_TIMEOUT_S must be a number of seconds above 0"),
+    ("gateway", "SWITCHYARD_RETRY_BASE_MS", "-50", "SWITCHYARD_RETRY_BASE_MS must be a finite number, 0 or more"),
+    ("gateway", "SWITCHYARD_CAP_WAIT_S", "inf", "SWITCHYARD_CAP_WAIT_S must be a finite number, 0 or more"),
+    ("gateway", "SWITCHYARD_UPSTREAM_POOL_SIZE", "-2", "SWITCHYARD_UPSTREAM_POOL_SIZE must be a whole number, 0 or more"),
+    ("metering", "SWITCHYARD_INGEST_LINGER_S", "nan", "SWITCHYARD_INGEST_LINGER_S must be a finite number, 0 or more"),
+    ("quota", "SWITCHYARD_REQUEST_TIMEOUT_S", "0", "SWITCHYARD_REQUEST_TIMEOUT_S must be a number of seconds above 0"),
+    ("registry", "SWITCHYARD_PASSWORD_HASH_CONCURRENCY", "0",
+     "SWITCHYARD_PASSWORD_HASH_CONCURRENCY must be at least 1"),
+    ("registry", "SWITCHYARD_STREAM_REPLICAS", "-1", "SWITCHYARD_STREAM_REPLICAS must be a whole number, 0 or more"),
 ])
 def test_a_service_refuses_a_bad_setting_in_one_line_before_it_listens(service: str, variable: str, value: str,
                                                                        says: str) -> None:
