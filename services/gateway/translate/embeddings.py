@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from switchyard_gateway.services.gateway.translate.wire import decode_any, encode
+from switchyard_gateway.services.gateway.translate.wire import TranslationError, decode_any, encode
 
 
 class _Options(msgspec.Struct):
@@ -44,7 +44,9 @@ def embeddings_to_base64(data: bytes) -> bytes:
 
 def conform_embeddings(data: bytes, *, encoding_format: str | None, dimensions: int | None) -> bytes:
     """A /v1/embeddings answer in the form the client asked for: vectors cut to `dimensions` (and renormalised),
-    base64 when `encoding_format` is "base64", float lists otherwise. Unreadable bodies are returned as they are."""
+    base64 when `encoding_format` is "base64", float lists otherwise. Unreadable bodies are returned as they are
+    (the relay judges them); a vector that cannot be converted (base64 that is not, a list of other than numbers)
+    is a TranslationError: the upstream's failure, where it was a 500."""
     want_base64 = encoding_format == "base64"
     has_lists = b'"embedding":[' in data or b'"embedding": [' in data
     has_strings = b'"embedding":"' in data or b'"embedding": "' in data
@@ -59,20 +61,25 @@ def conform_embeddings(data: bytes, *, encoding_format: str | None, dimensions: 
         return data
     for item in items:
         if isinstance(item, dict) and "embedding" in item:
-            vector = _floats(item["embedding"])
-            if vector is None:
-                continue
-            if dimensions is not None and 0 < dimensions < len(vector):
-                vector = _shorten(vector, dimensions)
-            item["embedding"] = _base64(vector) if want_base64 else vector
+            try:
+                vector = _floats(item["embedding"])
+                if vector is None:
+                    continue
+                if dimensions is not None and 0 < dimensions < len(vector):
+                    vector = _shorten(vector, dimensions)
+                item["embedding"] = _base64(vector) if want_base64 else vector
+            except (ValueError, TypeError) as exc:     # binascii.Error, a length not whole float32s, not numbers
+                raise TranslationError(f"The upstream answer holds an embedding that is not a vector: {exc}") \
+                    from None
     return encode(body)
 
 
 def _floats(value: Any) -> list[float] | None:
+    """A vector as floats: a list as it is, base64 (strictly: no other characters) decoded; None for neither."""
     if isinstance(value, list):
         return value
     if isinstance(value, str):
-        floats = array.array("f", base64.b64decode(value))
+        floats = array.array("f", base64.b64decode(value, validate=True))
         if sys.byteorder == "big":
             floats.byteswap()
         return floats.tolist()

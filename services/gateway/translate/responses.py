@@ -30,14 +30,21 @@ def durations(times: Times | None, timings: Timings | None = None, now: int | No
         return {}
     now = now_ns() if now is None else now
     upstream = max(1, now - times.sent_ns)
-    prompt = 0
-    if timings is not None and timings.prompt_ms is not None:
-        prompt = min(upstream - 1, max(0, int(timings.prompt_ms * 1_000_000)))
+    prompt = (_reported_ns(timings.prompt_ms, upstream - 1) if timings is not None else None) or 0
     output = upstream - prompt
-    if timings is not None and timings.predicted_ms is not None:
-        output = min(output, max(1, int(timings.predicted_ms * 1_000_000)))
+    predicted = _reported_ns(timings.predicted_ms, output) if timings is not None else None
+    if predicted is not None:
+        output = max(1, predicted)
     return {"total_duration": max(1, now - times.arrived_ns), "load_duration": max(0, times.sent_ns - times.arrived_ns),
             "prompt_eval_duration": prompt, "eval_duration": output}
+
+
+def _reported_ns(ms: object, most: int) -> int | None:
+    """Milliseconds an upstream says it spent, in nanoseconds from 0 to `most` (what the gateway measured); None
+    when it is no number. 1e308 or -1e308 were an OverflowError, and a 500."""
+    if type(ms) not in (int, float) or ms != ms:    # NaN is unequal to itself
+        return None
+    return int(min(max(ms * 1_000_000, 0), most))   # type: ignore[operator]
 
 
 def _reply(data: bytes) -> Reply:
@@ -123,11 +130,22 @@ def _vectors(data: bytes) -> tuple[list[msgspec.Raw], int | None]:
     return vectors, reply.usage.prompt_tokens if reply.usage else None
 
 
+_decode_vector = msgspec.json.Decoder(list[float]).decode
+_decode_text = msgspec.json.Decoder(str).decode
+
+
 def _as_float_list(raw: msgspec.Raw) -> msgspec.Raw:
-    """A vector as a JSON float list; a base64 one (little-endian float32) is decoded."""
-    if not bytes(raw).startswith(b'"'):
-        return raw
-    floats = array.array("f", base64.b64decode(msgspec.json.decode(bytes(raw), type=str)))
+    """A vector as a JSON float list, kept as written; a base64 one (little-endian float32) is decoded. A vector
+    that is neither (nested lists, objects, base64 that is not, or not whole float32s) is no answer: a
+    TranslationError, where a 500 was, or the junk was passed on."""
+    text = bytes(raw)
+    try:
+        if not text.startswith(b'"'):
+            _decode_vector(text)
+            return raw
+        floats = array.array("f", base64.b64decode(_decode_text(text), validate=True))
+    except (msgspec.MsgspecError, ValueError) as exc:      # binascii.Error, and a length not whole float32s
+        raise TranslationError(f"The upstream answer holds an embedding that is not a vector: {exc}") from None
     if sys.byteorder == "big":
         floats.byteswap()
     return msgspec.Raw(encode(floats.tolist()))

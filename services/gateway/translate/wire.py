@@ -91,16 +91,17 @@ class Choice(msgspec.Struct):
 
 
 class Timings(msgspec.Struct):
-    """What some servers (llama.cpp) say they spent on an answer: the prompt, then the output, in milliseconds."""
+    """What some servers (llama.cpp) say they spent on an answer: the prompt, then the output, in milliseconds;
+    read as written, whatever their type (`durations` takes only numbers, and holds them to what was measured)."""
 
-    prompt_ms: float | None = None
-    predicted_ms: float | None = None
+    prompt_ms: Any = None
+    predicted_ms: Any = None
 
 
 class Reply(msgspec.Struct):
     """A chat or text completion, whole or one streamed chunk; `error` when the server reports one."""
 
-    created: int | None = None
+    created: Any = None                     # seconds, or milliseconds as some servers write it: see `ollama_time`
     choices: list[Choice] | None = None
     usage: Usage | None = None
     error: Any = None
@@ -233,9 +234,22 @@ def request_decoder(kind: Any = Any) -> Callable[[bytes], Any]:
     return msgspec.json.Decoder(kind, float_hook=_as_written).decode
 
 
-def ollama_time(created: int | None = None) -> str:
-    """An Ollama `created_at` (RFC 3339, UTC) from a Unix time in seconds; now when not given."""
-    moment = datetime.fromtimestamp(created, UTC) if created else datetime.now(UTC)
+LATEST_SECONDS = 100_000_000_000        # a Unix time in seconds past this (the year 5138) was written in ms, µs or ns
+
+
+def ollama_time(created: Any = None) -> str:
+    """An Ollama `created_at` (RFC 3339, UTC) from an OpenAI `created`: a Unix time in seconds, or in milliseconds
+    as mistral.rs, Qwen's Bailian and web-llm write it (microseconds and nanoseconds too: a time past
+    LATEST_SECONDS is divided by 1000 until it is not); now, the moment the gateway read the answer, when none is
+    given or it names no moment (not a number, 0 or less, more than nanoseconds could be), which datetime refused
+    with a 500."""
+    if type(created) in (int, float) and 0 < created < 10**19:
+        seconds = created
+        while seconds > LATEST_SECONDS:
+            seconds /= 1000
+        moment = datetime.fromtimestamp(seconds, UTC)
+    else:
+        moment = datetime.now(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
