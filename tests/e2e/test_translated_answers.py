@@ -132,3 +132,33 @@ async def test_with_no_endpoint_left_an_untranslatable_answer_is_a_502_recorded_
         row = await exactly_one_usage_row(lab.demo, rig.request_ids[-1])
         assert (row["status"], row["outcome"], row["input_tokens"]) == (502, "error", 0), row
         await rig.heard(1)
+
+
+def tool_call_stream() -> bytes:
+    head = {"id": "odd", "object": "chat.completion.chunk", "created": int(time.time()), "model": "m"}
+    call = {"index": 0, "id": "call_7", "type": "function", "function": {"name": "weather", "arguments": ""}}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}}]},
+              {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
+                  {"index": 0, "function": {"arguments": "{\"city\": \"Oslo\"}"}}]}, "finish_reason": "tool_calls"}]},
+              {**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}]
+    return b"".join(b"data: " + msgspec.json.encode(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+async def test_tool_calls_keep_their_ids_and_durations_read_as_ollamas(lab: Lab, gateway: Gateway) -> None:
+    """A tool call's id was dropped (a tool result names it); a whole answer said `prompt_eval_duration: 0`, which
+    Ollama leaves out; a stream of tool calls alone reported `eval_duration: 1` and all its time as the prompt's."""
+    called = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_7", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]}
+    whole = chat_answer()
+    whole["choices"][0].update(message=called, finish_reason="tool_calls")
+    wanted = [{"id": "call_7", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = raw(200, msgspec.json.encode(whole), JSON)
+        answer = (await post(rig, "/api/chat")).json()
+        assert answer["message"]["tool_calls"] == wanted, answer
+        assert "prompt_eval_duration" not in answer and answer["eval_duration"] > 0, answer
+        rig.odd.reply = raw(200, tool_call_stream(), b"content-type: text/event-stream")
+        reply = await post(rig, "/api/chat", stream=True)
+        lines = [json.loads(line) for line in reply.text.splitlines()]
+        assert [line["message"].get("tool_calls") for line in lines] == [wanted, None], lines
+        assert lines[-1]["done"] is True and lines[-1]["eval_duration"] > 1, lines[-1]

@@ -99,7 +99,7 @@ def test_chat_chunks_also_feed_a_generate_stream() -> None:
     assert [line["response"] for line in lines] == ["Hel", "lo 🌍", ""]
 
 
-def test_streamed_tool_call_fragments_are_joined_into_one_tool_call_line() -> None:
+def test_streamed_tool_call_fragments_are_joined_into_one_tool_call_line_with_its_id() -> None:
     data = b"".join([
         chunk({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                                     "function": {"name": "get_weather", "arguments": ""}}]}),
@@ -108,11 +108,12 @@ def test_streamed_tool_call_fragments_are_joined_into_one_tool_call_line() -> No
         chunk({}, "tool_calls"),
         sse(b"[DONE]"),
     ])
-    lines = translate(OpenAIStreamToOllama("m", "chat"), data, 13)
+    lines = translate(OpenAIStreamToOllama("m", "chat", Times(0, 0), clock=ticking_clock()), data, 13)
     assert len(lines) == 2
     assert lines[0]["message"]["tool_calls"] == [
-        {"function": {"name": "get_weather", "arguments": {"location": "Paris"}}}]
+        {"id": "call_1", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}}]
     assert lines[0]["done"] is False and lines[1]["done"] is True and lines[1]["done_reason"] == "stop"
+    assert lines[1]["eval_duration"] > 1, "the calls are output: their time is evaluation, not the prompt's"
 
 
 def test_reasoning_deltas_become_thinking() -> None:

@@ -25,7 +25,8 @@ def durations(times: Times | None, timings: Timings | None = None, now: int | No
     since the call arrived, `load_duration` until the answering upstream was asked (routing, quota, waiting
     for a slot, earlier attempts), and the upstream's time as `prompt_eval_duration` + `eval_duration`, split
     as the upstream's own `timings` say (llama.cpp) or, without them, all of it `eval_duration` (a whole
-    answer shows no first token to split at). Empty without `times`."""
+    answer shows no first token to split at; a `prompt_eval_duration` of 0 is left out, as Ollama leaves out
+    durations it has none of). Empty without `times`."""
     if times is None:
         return {}
     now = now_ns() if now is None else now
@@ -36,7 +37,7 @@ def durations(times: Times | None, timings: Timings | None = None, now: int | No
     if predicted is not None:
         output = max(1, predicted)
     return {"total_duration": max(1, now - times.arrived_ns), "load_duration": max(0, times.sent_ns - times.arrived_ns),
-            "prompt_eval_duration": prompt, "eval_duration": output}
+            **({"prompt_eval_duration": prompt} if prompt else {}), "eval_duration": output}
 
 
 def _reported_ns(ms: object, most: int) -> int | None:
@@ -94,7 +95,7 @@ def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None) -
         out.thinking = message.reasoning_content or message.reasoning or None
         if message.tool_calls:
             out.tool_calls = [
-                OllamaToolCall(OllamaFunction(c.function.name or "", tool_arguments(c.function.arguments)))
+                OllamaToolCall(OllamaFunction(c.function.name or "", tool_arguments(c.function.arguments)), c.id)
                 for c in message.tool_calls if c.function is not None
             ]
     prompt, completion, cached = _shown_counts(reply.usage, times)

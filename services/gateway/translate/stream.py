@@ -30,11 +30,11 @@ class OpenAIStreamToOllama:
 
     Feed it the upstream's bytes as they come (whole events or not); each text delta
     becomes one `"done": false` line, empty deltas and the role-only first chunk none.
-    `finish()` writes the tool calls (if any) and the final `"done": true` line with
-    `prompt_eval_count` / `eval_count` from the usage chunk and durations measured with
-    `clock` (nanoseconds): total since the call arrived, load until the upstream was asked
-    (`times`; without them both are construction), prompt evaluation until the first token,
-    evaluation after it.
+    `finish()` writes the tool calls (if any, with the ids the upstream gave them) and the final
+    `"done": true` line with `prompt_eval_count` / `eval_count` from the usage chunk and durations
+    measured with `clock` (nanoseconds): total since the call arrived, load until the upstream was
+    asked (`times`; without them both are construction), prompt evaluation until the first token
+    (text, thinking or a tool call), evaluation after it.
     """
 
     __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "estimate", "_events",
@@ -55,7 +55,7 @@ class OpenAIStreamToOllama:
         self._clock = clock
         self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
-        self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far]
+        self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far, id]
 
     def feed(self, sse_events: bytes) -> bytes:
         return b"".join(self._event(payload) for payload in self._events.feed(sse_events))
@@ -70,8 +70,8 @@ class OpenAIStreamToOllama:
         out = b"".join(self._event(payload) for payload in self._events.flush())
         created_at = self._created_at or ollama_time()
         if self._calls and self.kind == "chat":
-            calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)))
-                     for _, (name, arguments) in sorted(self._calls.items())]
+            calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)), call_id or None)
+                     for _, (name, arguments, call_id) in sorted(self._calls.items())]
             message = OllamaMessage(role="assistant", content="", tool_calls=calls)
             out += encode(OllamaChat(model=self.model, created_at=created_at, message=message, done=False)) + b"\n"
         now = self._clock()
@@ -139,8 +139,11 @@ class OpenAIStreamToOllama:
                                      thinking=thinking, done=False)) + b"\n"
 
     def _collect(self, calls: list[ToolCall]) -> None:
+        if self._first_token is None:       # a tool call is output: an answer of calls alone was all prompt time
+            self._first_token = self._clock()
         for call in calls:
-            slot = self._calls.setdefault(call.index, ["", ""])
+            slot = self._calls.setdefault(call.index, ["", "", ""])
+            slot[2] = slot[2] or call.id or ""
             if call.function is not None:
                 slot[0] = slot[0] or call.function.name or ""
                 slot[1] += call.function.arguments or ""

@@ -139,8 +139,9 @@ class OllamaFunction(msgspec.Struct):
     arguments: Any
 
 
-class OllamaToolCall(msgspec.Struct):
+class OllamaToolCall(msgspec.Struct, omit_defaults=True):
     function: OllamaFunction
+    id: str | None = None                   # the upstream's id for the call, which a tool result names
 
 
 class OllamaMessage(msgspec.Struct, omit_defaults=True):
