@@ -162,3 +162,15 @@ async def test_tool_calls_keep_their_ids_and_durations_read_as_ollamas(lab: Lab,
         lines = [json.loads(line) for line in reply.text.splitlines()]
         assert [line["message"].get("tool_calls") for line in lines] == [wanted, None], lines
         assert lines[-1]["done"] is True and lines[-1]["eval_duration"] > 1, lines[-1]
+
+
+async def test_streamed_lines_are_stamped_when_the_gateway_wrote_them(lab: Lab, gateway: Gateway) -> None:
+    """Every line of a translated stream carried the upstream's one `created` (here 2001), where Ollama stamps each
+    line as it writes it."""
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = raw(200, chat_stream(1_000_000_000), b"content-type: text/event-stream")
+        before = datetime.now(UTC)
+        reply = await post(rig, "/api/generate", stream=True)
+        moments = [datetime.fromisoformat(json.loads(line)["created_at"].replace("Z", "+00:00"))
+                   for line in reply.text.splitlines()]
+        assert len(moments) == 3 and before <= moments[0] <= moments[1] <= moments[2] <= datetime.now(UTC), moments

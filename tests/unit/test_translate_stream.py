@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -54,13 +56,28 @@ def test_chat_stream_becomes_content_lines_and_a_final_line_with_usage(size: int
     lines = translate(stream, CHAT_STREAM, size)
     assert [line["message"]["content"] for line in lines] == ["Hel", "lo 🌍", ""]
     assert [line["done"] for line in lines] == [False, False, True]
-    assert all(line["model"] == "llama3.2" and line["created_at"] == "2024-06-10T06:13:20.000000Z" for line in lines)
+    assert all(line["model"] == "llama3.2" and line["created_at"] > "2026" for line in lines), "now, not `created`"
     final = lines[-1]
     assert final["done_reason"] == "stop"
     assert (final["prompt_eval_count"], final["eval_count"]) == (26, 2)
     assert final["total_duration"] > 0 and final["prompt_eval_duration"] > 0 and final["eval_duration"] > 0
     assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"]
     assert stream.usage == (26, 2, 0) and stream.done and stream.content_events == 2 and stream.error is None
+
+
+def test_each_line_is_stamped_when_it_was_written_as_ollama_stamps_its_lines() -> None:
+    """Every line carried the upstream's one `created`, to the second."""
+    def moment(line: bytes) -> datetime:
+        return datetime.fromisoformat(json.loads(line)["created_at"].replace("Z", "+00:00"))
+
+    stream = OpenAIStreamToOllama("m", "chat")
+    first = moment(stream.feed(chunk({"content": "a"})))
+    deadline = time.monotonic() + 5
+    while datetime.now(UTC) <= first:          # the clock moves on past the first line
+        assert time.monotonic() < deadline
+    second = moment(stream.feed(chunk({"content": "b"}, "stop")))
+    last = moment(stream.finish())
+    assert first < second <= last <= datetime.now(UTC), (first, second, last)
 
 
 def test_stream_without_usage_chunk_counts_content_chunks_and_omits_prompt_count() -> None:

@@ -21,7 +21,7 @@ from switchyard_gateway.http1 import ResponseCut
 from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
 from switchyard_gateway.services.gateway.translate.wire import (
     OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
-    believable, decode_counts, decode_reply, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
+    believable, decode_counts, decode_reply, done_reason, encode, error_message, now_ns, tool_arguments, written_at,
 )
 
 
@@ -34,11 +34,12 @@ class OpenAIStreamToOllama:
     `"done": true` line with `prompt_eval_count` / `eval_count` from the usage chunk and durations
     measured with `clock` (nanoseconds): total since the call arrived, load until the upstream was
     asked (`times`; without them both are construction), prompt evaluation until the first token
-    (text, thinking or a tool call), evaluation after it.
+    (text, thinking or a tool call), evaluation after it. Each line's `created_at` is when the
+    gateway wrote it, as Ollama stamps each line it writes (the upstream's `created` is one moment for all).
     """
 
     __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "estimate", "_events",
-                 "_created_at", "_clock", "_started", "_sent", "_first_token", "_calls", "_finished")
+                 "_clock", "_started", "_sent", "_first_token", "_calls", "_finished")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
                  clock: Callable[[], int] = now_ns) -> None:
@@ -51,7 +52,6 @@ class OpenAIStreamToOllama:
         self.estimate: TokenCounts | None = None
         self._finished = False                      # a finish_reason came (a clean end after it is whole)
         self._events = EventData()
-        self._created_at: str | None = None
         self._clock = clock
         self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
@@ -68,12 +68,12 @@ class OpenAIStreamToOllama:
 
     def finish(self) -> bytes:
         out = b"".join(self._event(payload) for payload in self._events.flush())
-        created_at = self._created_at or ollama_time()
         if self._calls and self.kind == "chat":
             calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)), call_id or None)
                      for _, (name, arguments, call_id) in sorted(self._calls.items())]
             message = OllamaMessage(role="assistant", content="", tool_calls=calls)
-            out += encode(OllamaChat(model=self.model, created_at=created_at, message=message, done=False)) + b"\n"
+            out += encode(OllamaChat(model=self.model, created_at=written_at(), message=message, done=False)) \
+                + b"\n"
         now = self._clock()
         first = self._first_token if self._first_token is not None else now
         counts = self.estimate or believable(self.usage)      # the relay's estimate when it believed none
@@ -87,9 +87,10 @@ class OpenAIStreamToOllama:
         }
         if self.kind == "chat":
             line: OllamaChat | OllamaGenerate = OllamaChat(
-                model=self.model, created_at=created_at, message=OllamaMessage(role="assistant", content=""), **stats)
+                model=self.model, created_at=written_at(), message=OllamaMessage(role="assistant", content=""),
+                **stats)
         else:
-            line = OllamaGenerate(model=self.model, created_at=created_at, response="", **stats)
+            line = OllamaGenerate(model=self.model, created_at=written_at(), response="", **stats)
         return out + encode(line) + b"\n"
 
     def _event(self, payload: bytes) -> bytes:
@@ -106,8 +107,6 @@ class OpenAIStreamToOllama:
         if chunk.error is not None:
             self.error = error_message(chunk.error)
             return ollama_error_line(self.error)
-        if self._created_at is None:
-            self._created_at = ollama_time(chunk.created)
         if chunk.usage is not None:
             self.usage = usage_counts(chunk.usage)
         out = b""
@@ -130,12 +129,10 @@ class OpenAIStreamToOllama:
         return out
 
     def _line(self, content: str, thinking: str | None) -> bytes:
-        assert self._created_at is not None
         if self.kind == "chat":
             message = OllamaMessage(role="assistant", content=content, thinking=thinking)
-            return encode(OllamaChat(model=self.model, created_at=self._created_at, message=message,
-                                     done=False)) + b"\n"
-        return encode(OllamaGenerate(model=self.model, created_at=self._created_at, response=content,
+            return encode(OllamaChat(model=self.model, created_at=written_at(), message=message, done=False)) + b"\n"
+        return encode(OllamaGenerate(model=self.model, created_at=written_at(), response=content,
                                      thinking=thinking, done=False)) + b"\n"
 
     def _collect(self, calls: list[ToolCall]) -> None:

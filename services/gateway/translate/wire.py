@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import msgspec
@@ -155,7 +156,7 @@ class OllamaChat(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One /api/chat line or reply; the statistics are absent when not known."""
 
     model: str
-    created_at: str
+    created_at: str | datetime              # RFC 3339; a datetime (UTC) is written so by the encoder
     message: OllamaMessage
     done_reason: str | None = None
     done: bool                              # required, so `false` is written too
@@ -172,7 +173,7 @@ class OllamaGenerate(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One /api/generate line or reply."""
 
     model: str
-    created_at: str
+    created_at: str | datetime
     response: str
     thinking: str | None = None
     done_reason: str | None = None
@@ -252,6 +253,9 @@ def ollama_time(created: Any = None) -> str:
     else:
         moment = datetime.now(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+written_at = partial(datetime.now, UTC)     # a streamed line's `created_at`: now, formatted by the encoder
 
 
 def done_reason(finish_reason: str | None) -> str:
