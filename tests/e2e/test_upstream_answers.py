@@ -201,6 +201,26 @@ async def test_with_no_endpoint_left_a_redirect_is_a_502_naming_the_endpoint_and
         await rig.heard(2)
 
 
+async def test_what_a_failing_endpoint_said_is_told_to_operators_not_to_members(lab: Lab, gateway: Gateway) -> None:
+    """A hosted API's 429 names the operator's organisation, a server's 500 its hosts: a member was shown the
+    upstream's words whole; it is now told which endpoint failed and how, the operator what it said too."""
+    said = b'{"error": {"message": "Rate limit reached for org-Operator42 via http://10.1.2.3:8000/internal"}}'
+    async with odd_endpoint(lab, gateway) as rig:
+        for status in (500, 429):
+            rig.odd.reply = raw(status, said, b"content-type: application/json")
+            member = await rig.call(model=rig.lone)
+            assert member.status_code == (429 if status == 429 else 502), member.text
+            message = member.json()["error"]["message"]
+            assert message == f"Endpoint '{rig.endpoint_id}' answered {status}", message
+            assert "Operator42" not in member.text and "10.1.2.3" not in member.text
+            async with httpx.AsyncClient(timeout=30) as client:
+                operator = await client.post(f"{gateway.url}/api/chat", headers=lab.headers(lab.demo.admin_key),
+                                             json={**lab.body("/api/chat"), "model": rig.lone})
+            assert operator.status_code == member.status_code
+            assert rig.endpoint_id in operator.json()["error"] and "org-Operator42" in operator.json()["error"]
+            await rig.heard(4)                  # two calls, each tried twice (a retry of the one endpoint)
+
+
 async def test_an_error_page_on_the_native_ollama_door_reaches_the_client_in_the_doors_shape(
         lab: Lab, gateway: Gateway) -> None:
     """A 404 the upstream wrote as HTML (a proxy's page) is still the client's error, passed on as Ollama's

@@ -31,6 +31,7 @@ edge (edge/headers.py, `AnthropicAnswers`): where an error is rendered, its requ
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,7 @@ class GatewayError(Exception):
     kind = "server_error"           # OpenAI's `type`
     code: str | None = None
     param: str | None = None
+    member_message: str | None = None   # an endpoint's failure as a tenant's caller is told it (`for_member`)
 
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None,
                  code: str | None = None, param: str | None = None, details: dict[str, Any] | None = None,
@@ -77,6 +79,15 @@ class GatewayError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+    def for_member(self) -> GatewayError:
+        """The error as a tenant's caller sees it: an endpoint's failure without what the server said
+        (`member_message`, set where the error is made); operators see it whole."""
+        if self.member_message is None:
+            return self
+        error = copy.copy(self)
+        error.args = (self.member_message,)
+        return error
 
     def body(self, shape: str = "plain") -> dict[str, Any]:
         """The error as the given door's clients read it."""

@@ -122,7 +122,9 @@ class Proxy:
             error = await self.failover.serve(call, outcome, plan, proto)
             watch.stop()
             if error is not None:
-                if isinstance(error, UpstreamAuthFailed) and key.role == "admin":
+                if key.role != "admin":
+                    error = error.for_member()            # which endpoint, and what it said, is the operator's
+                elif isinstance(error, UpstreamAuthFailed):
                     error = error.for_admin()             # operators are told which endpoint
                 outcome.result, outcome.status = "error", error.status
                 if outcome.cut_answering and not outcome.input_tokens:

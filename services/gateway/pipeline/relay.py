@@ -63,6 +63,18 @@ class Failed(Exception):
         self.error, self.outcome, self.retry_after_s = error, outcome, retry_after_s
 
 
+def endpoint_failed(endpoint_id: str, what: str, said: str = "", *, status: int = 502,
+                    headers: dict[str, str] | None = None) -> UpstreamError:
+    """An endpoint's failure: operators are told what it said too, a tenant's caller only what happened
+    (`GatewayError.for_member`). A server's own words are the operator's: a hosted API's 429 names the operator's
+    organisation, a server's 500 its hosts and paths."""
+    error = UpstreamError(f"Endpoint '{endpoint_id}' {what}" + (f": {said}" if said else ""), status=status,
+                          headers=headers)
+    if said:
+        error.member_message = f"Endpoint '{endpoint_id}' {what}"
+    return error
+
+
 class ClientGone(Exception):
     """The client went away while we answered."""
 
@@ -118,7 +130,7 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
     except http1.TransportError as exc:
         result, status, what = _CONNECT_FAILURES.get(type(exc), ("error", 502, "did not answer (error)"))
         report(result, 0, started)
-        raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' {what}", status=status), result) from None
+        raise Failed(endpoint_failed(endpoint.endpoint_id, what, status=status), result) from None
     if to.answered is not None:
         to.answered()
     try:
@@ -127,8 +139,8 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
             coding = _coding(response.headers)
             if coding is not None:          # asked for as it is (Accept-Encoding: identity): unreadable otherwise
                 report("error", status, started)
-                raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' answered something unreadable: "
-                                           f"a body sent with {coding}"), "error")
+                raise Failed(endpoint_failed(endpoint.endpoint_id, "answered something unreadable",
+                                             f"a body sent with {coding}"), "error")
         elif status in RETRYABLE_STATUS:
             await _refused(response, endpoint, report, started)
         elif status in AUTH_STATUS:
@@ -149,8 +161,8 @@ async def attempt(pool: http1.Pool, call: Call, outcome: Outcome, to: Attempt, p
 def _no_first_byte(to: Attempt, status: int, started: float) -> Failed:
     """The answer did not start in time: a failure for the breaker (`timeout`), and the call moves on."""
     to.report("timeout", status, started)
-    return Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' did not start its answer within "
-                                f"{to.first_byte_s:g} s", status=504), "timeout")
+    return Failed(endpoint_failed(to.endpoint.endpoint_id, f"did not start its answer within {to.first_byte_s:g} s",
+                                  status=504), "timeout")
 
 
 async def _refused(response: http1.Response, endpoint: EndpointRegistered,
@@ -162,10 +174,9 @@ async def _refused(response: http1.Response, endpoint: EndpointRegistered,
     outcome = "http_429" if response.status == 429 else "http_5xx"
     report(outcome, response.status, started)
     wait_s, retry_after = _seconds(response.headers.get("retry-after"))
-    error = UpstreamError(
-        f"Endpoint '{endpoint.endpoint_id}' answered {response.status}: {detail[:200].decode(errors='replace')}",
-        status=response.status if response.status == 429 else 502,
-        headers={"retry-after": retry_after} if retry_after else None)
+    error = endpoint_failed(endpoint.endpoint_id, f"answered {response.status}", detail[:200].decode(errors="replace"),
+                            status=response.status if response.status == 429 else 502,
+                            headers={"retry-after": retry_after} if retry_after else None)
     raise Failed(error, outcome, wait_s)
 
 
@@ -177,8 +188,8 @@ def _misconfigured(call: Call, response: http1.Response, endpoint: EndpointRegis
     report("error", response.status, started)
     log.warning("upstream.unusable_status", endpoint=endpoint.endpoint_id, status=response.status,
                 location=response.headers.get("location"), request_id=call.request_id)
-    raise Failed(UpstreamError(f"Endpoint '{endpoint.endpoint_id}' answered HTTP {response.status}, which is no "
-                               f"answer to an inference call"), "error")
+    raise Failed(endpoint_failed(endpoint.endpoint_id, f"answered HTTP {response.status}, which is no answer to an "
+                                 f"inference call"), "error")
 
 
 def _coding(headers: dict[str, str]) -> str | None:
@@ -259,16 +270,17 @@ def _written_tokens(call: Call, data: bytes) -> int:
     return tokens
 
 
-def _no_answer(data: bytes) -> str | None:
-    """Why a 200 whole answer that reported no token counts is no answer (not a JSON object, or only an `error`),
-    or None: it is one. Answers with counts were read as JSON objects already; only these are read again."""
+def _no_answer(data: bytes) -> tuple[str, str] | None:
+    """Why a 200 whole answer that reported no token counts is no answer (not a JSON object, or only an `error`):
+    what happened and what the endpoint said; or None: it is one. Answers with counts were read as JSON objects
+    already; only these are read again."""
     try:
         whole = _decode_whole(data)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        return f"answered something unreadable: not a JSON object ({exc})"
+        return "answered something unreadable", f"not a JSON object ({exc})"
     if whole.error is not None and not (whole.choices or whole.data or whole.message or whole.response
                                         or whole.embeddings or whole.embedding):
-        return f"answered an error: {error_message(whole.error)[:200] or 'without a message'}"
+        return "answered an error", error_message(whole.error)[:200] or "without a message"
     return None
 
 
@@ -279,18 +291,17 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
         data = await response.read(to.max_answer_bytes, to.endpoint.timeout_s)
     except http1.AnswerTooLarge:
         to.report("error", response.status, started)
-        raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered more than "
-                                   f"{to.max_answer_bytes} bytes"), "error") from None
+        raise Failed(endpoint_failed(to.endpoint.endpoint_id, f"answered more than {to.max_answer_bytes} bytes"),
+                     "error") from None
     except http1.AnswerTooSlow:             # begun, so it read the prompt: billed as a cut answer is
         to.report("timeout", response.status, started)
         outcome.cut_answering = True
-        raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' did not finish its answer within "
-                                   f"{to.endpoint.timeout_s:g} s of starting it", status=504), "timeout") from None
+        raise Failed(endpoint_failed(to.endpoint.endpoint_id, f"did not finish its answer within "
+                                     f"{to.endpoint.timeout_s:g} s of starting it", status=504), "timeout") from None
     except http1.TransportError as exc:
         to.report("cut", response.status, started)
         outcome.cut_answering = True
-        raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' cut its answer: {type(exc).__name__}"),
-                     "cut") from None
+        raise Failed(endpoint_failed(to.endpoint.endpoint_id, "cut its answer", type(exc).__name__), "cut") from None
     status = response.status
     content_type = response.headers.get("content-type", "application/json")
     if status == 200:
@@ -299,7 +310,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
             problem = _no_answer(data)
             if problem is not None:
                 to.report("error", status, started)
-                raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' {problem}"), "error")
+                raise Failed(endpoint_failed(to.endpoint.endpoint_id, *problem), "error")
         usage = believable(counts)
         if usage is not None:
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
@@ -316,8 +327,8 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
                 to.report("error", status, started)
                 outcome.input_tokens = outcome.output_tokens = outcome.cached_tokens = 0   # no answer: nothing spent
                 outcome.estimated = False
-                raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' answered something unreadable: "
-                                           f"{exc}"), "error") from None
+                raise Failed(endpoint_failed(to.endpoint.endpoint_id, "answered something unreadable", str(exc)),
+                             "error") from None
     to.report("ok" if status == 200 else "http_4xx", status, started)
     if status == 200:
         if plan.answer is not None:
@@ -397,8 +408,7 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         to.report("error", 200, started)
         if transport is None:               # said before anything reached the client: the caller may fall back
             failed_early = True
-            raise Failed(UpstreamError(f"Endpoint '{to.endpoint.endpoint_id}' failed its stream: {exc}"),
-                         "error") from None
+            raise Failed(endpoint_failed(to.endpoint.endpoint_id, "failed its stream", str(exc)), "error") from None
         outcome.result = "error"            # the client has the upstream's error in its door's shape: no cut event
         log.warning("upstream.stream_error", endpoint=to.endpoint.endpoint_id, request_id=call.request_id,
                     error=str(exc)[:300])
@@ -407,10 +417,9 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         to.report("error" if runaway else "cut", 200, started)      # a whole answer too large
         if transport is None:       # nothing reached the client: the caller may still fall back
             failed_early = True
-            endpoint_id = to.endpoint.endpoint_id
-            message = f"Endpoint '{endpoint_id}': {exc}" if runaway else \
-                f"Endpoint '{endpoint_id}' cut its stream before any event"
-            raise Failed(UpstreamError(message), "error" if runaway else "cut") from None
+            error = endpoint_failed(to.endpoint.endpoint_id, "sent an event without end", str(exc)) if runaway \
+                else endpoint_failed(to.endpoint.endpoint_id, "cut its stream before any event")
+            raise Failed(error, "error" if runaway else "cut") from None
         outcome.result = "error"
         log.warning("upstream.stream_cut", endpoint=to.endpoint.endpoint_id, request_id=call.request_id,
                     error=type(exc).__name__)
