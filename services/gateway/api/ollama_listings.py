@@ -25,7 +25,9 @@ from switchyard_gateway.services.gateway.api.common import AppDeps
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.openapi.shapes import OllamaShowRequest
 
-OLLAMA_API_VERSION = "0.6.0"     # the Ollama API level the gateway speaks (/api/version)
+# the Ollama release whose API the door matches (its api/types.go and server/routes.go were read for it), said at
+# /api/version: clients check it before they talk (VS Code's Copilot Chat refuses a server below 0.6.4)
+OLLAMA_VERSION = "0.32.15"
 KEEP_ALIVE = timedelta(minutes=5)  # Ollama's default: how long /api/ps says a loaded model stays
 
 _encode = msgspec.json.Encoder().encode
@@ -198,10 +200,11 @@ async def ollama_ps(request: Request[Any, Any, Any], deps: AppDeps) -> Response[
     return _json(ps_body(catalog, tenant_id, deps.circuits.loaded))
 
 
-@get("/api/version")
-async def ollama_version(request: Request[Any, Any, Any], deps: AppDeps) -> Response[bytes]:
-    _caller(request, deps)
-    return _json({"version": OLLAMA_API_VERSION})
+@get("/api/version", sync_to_thread=False)
+def ollama_version() -> Response[bytes]:
+    """The Ollama release the door speaks, with no key needed, as at `/`: it tells nothing of the tenant, and tools
+    ask it before they send one (Copilot Chat sends none)."""
+    return _json({"version": OLLAMA_VERSION})
 
 
 @post("/api/show", status_code=200)

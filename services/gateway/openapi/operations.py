@@ -190,7 +190,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                     auth="door"),
     ("GET", "/api/ps"): Operation("The models endpoints hold loaded (Ollama)", response=s.OllamaModelList,
                                   auth="door"),
-    ("GET", "/api/version"): Operation("The Ollama API version spoken", response=s.OllamaVersion, auth="door"),
+    ("GET", "/api/version"): Operation("The Ollama release whose API the door speaks (no key needed)",
+                                       response=s.OllamaVersion, auth="none"),
     ("POST", "/api/show"): Operation("One model's details and capabilities (Ollama)", s.OllamaShowRequest,
                                      s.OllamaShowResponse, auth="door"),
     ("GET", "/ws"): Operation("Embeddings over a WebSocket: a `/v1/embeddings` body and an `id` per message, "
