@@ -125,7 +125,7 @@ def seed_spellings(env: Mapping[str, str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from switchyard_gateway.kit.stack import EmbeddedStack, StackError
+    from switchyard_gateway.kit.stack import EmbeddedStack, StackError, lock_data_dir
 
     config_path = args.config or (Path("switchyard.yaml") if Path("switchyard.yaml").exists() else None)
     args.registry_doc = None
@@ -136,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.absolute()
     os.umask(0o077)                 # what the stack writes (Valkey's files, logs, journals) is its owner's alone
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        locked = lock_data_dir(data_dir)                 # before anything there changes: it may be another's stack
         strangers = _owner_only(data_dir)
+    except StackError as exc:
+        say(f"cannot start: {exc}")
+        return 1
     except OSError as exc:
         say(f"cannot start: the data directory {data_dir} cannot be made: {exc.strerror or exc}")
         return 1
@@ -165,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         subscribers = _subscribers(args.nats_users) if args.nats_users is not None else []
         stack = EmbeddedStack(data_dir, **external, durable=not args.no_fsync, nats_nodes=args.nats_cluster,
                               ports={"gateway": args.port}, nats_users=subscribers,
-                              nats_password=None if external["nats_url"] else _services_password(data_dir))
+                              nats_password=None if external["nats_url"] else _services_password(data_dir),
+                              locked=locked)
     except (SettingsError, ValueError, StackError) as exc:
         say(f"cannot start: {exc}")
         return 1
@@ -373,8 +377,9 @@ def _owner_only(data_dir: Path) -> list[Path]:
         return strangers
     for path in _entries(data_dir):
         mode = path.lstat().st_mode
-        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
-            path.chmod(stat.S_IMODE(mode) & ~0o077)
+        taken = 0o076 if path == data_dir else 0o077     # the data dir may keep o+x: PostgreSQL's user (`up` as
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & taken:          # root) passes through it, and only that
+            path.chmod(stat.S_IMODE(mode) & ~taken)
     return []
 
 

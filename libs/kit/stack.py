@@ -104,6 +104,7 @@ class EmbeddedStack:
         nats_config: Path | None = None,
         nats_password: str | None = None,
         nats_users: list[SubscriberUser] | None = None,
+        locked: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.nats_config = nats_config  # read by nats-server before its flags: users and permissions, as given
@@ -126,7 +127,7 @@ class EmbeddedStack:
         self._fixed_ports = dict(ports or {})  # e.g. {"nats": 4222, "nats_monitor": 8222, "postgres": 5432}
         self._servers: dict[str, ManagedServer] = {}
         self._spawner: Spawner | None = None
-        self._lock_fd: int | None = None
+        self._lock_fd = locked      # the flock on stack.lock, when the caller took it first (`lock_data_dir`)
         self._urls: StackUrls | None = None
         self._also_ports: dict[str, int] = {}
 
@@ -140,10 +141,9 @@ class EmbeddedStack:
         every port by name ({"nats": 4222, "nats_monitor": 8222, "gateway": 8080, ...}), so that
         the caller can check them all before anything starts.
         """
-        if self._lock_fd is not None:
+        if self._spawner is not None:
             return self.ports
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.data_dir / "stack.lock")
+        self.lock()
         self._spawner = Spawner()
         try:
             state = self._read_state()
@@ -160,6 +160,11 @@ class EmbeddedStack:
             self.stop()
             raise
         return self.ports
+
+    def lock(self) -> None:
+        """Own the data dir, unless the caller gave the lock it took (`locked`)."""
+        if self._lock_fd is None:
+            self._lock_fd = lock_data_dir(self.data_dir)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -382,9 +387,13 @@ def _no_ports(name: str) -> dict[str, int]:
     return {port_name: 0 for port_name in _SERVERS[name].port_names}
 
 
-def _lock(path: Path) -> int:
-    """Hold an exclusive flock on path (with our pid inside) or fail naming the launcher that holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def lock_data_dir(data_dir: Path) -> int:
+    """Own a data dir: an exclusive flock on its stack.lock (with our pid inside), released by the kernel when we die,
+    or StackError naming the launcher that holds it. Take it before changing anything there: a second launcher
+    refused must have touched nothing of the running stack's."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "stack.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

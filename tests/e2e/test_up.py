@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -104,6 +105,18 @@ def test_up_stops_cleanly_and_a_second_up_keeps_the_data() -> None:
         created = httpx.post(f"{url}/api/admin/tenants", headers={"X-API-Key": admin_key},
                              json={"tenant_id": "kept-tenant", "display_name": "Survives restarts"})
         assert created.status_code == 201, created.text
+        # a second `up` on the same data dir is refused, having changed nothing there: it took o+x from the data
+        # dir that a root-run PostgreSQL's user passes through, and the running cluster panicked at its checkpoint
+        left = data_dir / "logs" / "left-readable.txt"
+        left.write_text("an operator's file")
+        left.chmod(0o644)
+        modes = stat.S_IMODE(data_dir.stat().st_mode), stat.S_IMODE(left.stat().st_mode)
+        refused = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(data_dir),
+                                  "--port", str(pick_free_port({port})), "--no-fsync"], capture_output=True, text=True,
+                                 env=env, cwd=REPO, timeout=60)
+        assert refused.returncode == 1 and "is in use by another launcher" in refused.stderr, refused.stderr
+        assert (stat.S_IMODE(data_dir.stat().st_mode), stat.S_IMODE(left.stat().st_mode)) == modes
+        assert httpx.get(f"{url}/api/admin/tenants", headers={"X-API-Key": admin_key}).status_code == 200
     finally:
         code, alive = _stop(first, signal.SIGINT)
     assert code == 0
