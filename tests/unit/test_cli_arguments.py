@@ -47,6 +47,14 @@ SINGLE_KEY = "sy_single_0123456789abcdefghij"
      ("--demo",), "single-user mode (SWITCHYARD_AUTH_MODE=single-user) accepts only SWITCHYARD_API_KEY"),
     ({"SWITCHYARD_AUTH_MODE": "single_user", "SWITCHYARD_API_KEY": SINGLE_KEY}, (),
      "give SWITCHYARD_ADMIN_KEY the same value"),
+    # read once the whole stack had started: a traceback, and the stack stopped again
+    ({"SWITCHYARD_ADMIN_KEY_FILE": "/nonexistent/admin"}, (), "SWITCHYARD_ADMIN_KEY_FILE: cannot read /nonexistent"),
+    ({"SWITCHYARD_DEMO_KEY_FILE": "/nonexistent/demo"}, ("--demo",), "SWITCHYARD_DEMO_KEY_FILE: cannot read"),
+    ({"SWITCHYARD_ADMIN_KEY": SINGLE_KEY, "SWITCHYARD_ADMIN_KEY_FILE": "/etc/hostname"}, (),
+     "both SWITCHYARD_ADMIN_KEY and SWITCHYARD_ADMIN_KEY_FILE are set"),
+    ({"SWITCHYARD_REDIS_URL": "notaurl"}, (), "SWITCHYARD_REDIS_URL: not a redis:// or unix:// URL"),
+    ({"SWITCHYARD_DATABASE_URL": "garbage"}, (), "SWITCHYARD_DATABASE_URL must be a postgresql:// URL"),
+    ({"SWITCHYARD_NATS_URL": " , "}, (), "no URL in"),
 ])
 def test_up_refuses_an_auth_set_up_it_could_never_use_before_starting_anything(
         env: dict[str, str], args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
