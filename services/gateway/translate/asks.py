@@ -30,6 +30,7 @@ from switchyard_gateway.kit.natsio import field_path
 from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.translate.keep_alive import keep_alive_seconds, unloads
 from switchyard_gateway.services.gateway.translate.wire import ollama_time
 
 MAX_CHOICES = 128                         # OpenAI's bound on `n`
@@ -329,7 +330,7 @@ class OllamaCall(InferenceRequest):
     stream: bool | None = None                    # type: ignore[assignment]  # null or absent: Ollama streams
     options: OllamaOptions | None = None
     format: msgspec.Raw = msgspec.Raw()           # "json" or a schema the answer must follow: counted as prompt
-    keep_alive: msgspec.Raw = msgspec.Raw()       # how long the server keeps the model loaded: 0 unloads it
+    keep_alive: msgspec.Raw = msgspec.Raw()       # how long the server keeps the model loaded: see keep_alive.py
 
     def load_answer(self) -> bytes | None:
         """Ollama's answer to a request that only loads or unloads the model (a generate with no prompt, a chat
@@ -339,9 +340,17 @@ class OllamaCall(InferenceRequest):
         return None
 
     def _load_reply(self, **fields: Any) -> bytes:
-        unload = bytes(self.keep_alive).strip() in (b"0", b"0.0", b'"0"', b'"0s"', b'"0m"', b'"0h"')
+        unload = unloads(self._keep_alive())
         return msgspec.json.encode({"model": self.model, "created_at": ollama_time(), **fields,
                                     "done_reason": "unload" if unload else "load", "done": True})
+
+    def _keep_alive(self) -> float | None:
+        """The call's `keep_alive` in seconds (None: not given); 400 naming it for one Ollama would refuse."""
+        raw = bytes(self.keep_alive)
+        try:
+            return keep_alive_seconds(msgspec.json.decode(raw)) if raw else None
+        except (msgspec.MsgspecError, ValueError) as exc:
+            raise BadRequest(f"Invalid 'keep_alive': {exc}", param="keep_alive", code="invalid_value") from None
 
     def _output(self, limit: int) -> int | None:
         """The output limit the options name (None: none), each count checked; `format` checked too."""
@@ -349,10 +358,7 @@ class OllamaCall(InferenceRequest):
         if answer_format and answer_format not in (b"null", b'""', b'"json"') and not answer_format.startswith(b"{"):
             raise BadRequest("Invalid 'format': it is \"json\" or a JSON schema (an object), as Ollama reads it",
                              param="format", code="invalid_value")
-        keep = bytes(self.keep_alive).strip()
-        if keep and keep != b"null" and keep[:1] not in b'"-0123456789':
-            raise BadRequest("Invalid 'keep_alive': a duration (\"5m\") or a number of seconds, as Ollama reads it",
-                             param="keep_alive", code="invalid_value")
+        self._keep_alive()
         options = self.options
         if options is None:
             return None

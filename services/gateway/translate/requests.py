@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.asks import OllamaFunction, OllamaMessage
+from switchyard_gateway.services.gateway.translate.keep_alive import held
 from switchyard_gateway.services.gateway.translate.wire import TranslationError, encode, request_decoder
 
 CHAT_PATH = "/v1/chat/completions"
@@ -89,12 +90,17 @@ def ollama_model(body: bytes) -> str:
 
 
 def ollama_set_model(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
-    """The body for an Ollama endpoint: untouched, unless the endpoint knows the model by another name or the
-    call's output must be held to a ceiling (`options.num_predict`)."""
+    """The body for an Ollama endpoint: untouched, unless the endpoint knows the model by another name, the
+    call's output must be held to a ceiling (`options.num_predict`), or its `keep_alive` is past the bounds a
+    shared server keeps (keep_alive.py: held to them)."""
     data = _read(_decode_object, body)
-    if data.get("model") == upstream_model and ceiling is None:
+    keep_alive = data.get("keep_alive")
+    kept = held(keep_alive)
+    if data.get("model") == upstream_model and ceiling is None and kept is keep_alive:
         return body
     data["model"] = upstream_model
+    if kept is not keep_alive:
+        data["keep_alive"] = kept
     if ceiling is not None:
         options = data.get("options")
         options = options if isinstance(options, dict) else {}
