@@ -334,9 +334,10 @@ class OllamaCall(InferenceRequest):
 
     def load_answer(self) -> bytes | None:
         """Ollama's answer to a request that only loads or unloads the model (a generate with no prompt, a chat
-        with no message; `keep_alive` 0 unloads), which generates nothing; None for any other request. The gateway
-        answers it itself: an OpenAI-compatible server has nothing to load and would generate an answer (billed),
-        and no tenant of a shared server should unload its models."""
+        with no message, an embed with no input; `keep_alive` 0 unloads), which generates nothing; None for any
+        other request. The gateway answers it itself: an OpenAI-compatible server has nothing to load and would
+        generate an answer (billed) or refuse an empty input (after quota was held), and no tenant of a shared
+        server should unload its models."""
         return None
 
     def _load_reply(self, **fields: Any) -> bytes:
@@ -445,6 +446,10 @@ class OllamaEmbed(OllamaCall):
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
     truncate: bool | None = None                  # checked only: the upstream truncates (or refuses) itself
 
+    def load_answer(self) -> bytes | None:
+        embedded = self.input if self.input is not None else self.prompt
+        return None if embedded else msgspec.json.encode({"model": self.model, "embeddings": []})
+
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         self._output(limit)
         return Ask(None, 1, True, "", summed(lambda: _inputs(self.input if self.input is not None else self.prompt)),
@@ -457,6 +462,9 @@ class OllamaEmbeddings(OllamaCall):
 
     prompt: str | None = None
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
+
+    def load_answer(self) -> bytes | None:
+        return None if self.prompt else b'{"embedding":[]}'
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         self._output(limit)
