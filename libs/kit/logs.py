@@ -13,7 +13,7 @@ import structlog
 def configure(service: str, level: str = "info", json: bool | None = None) -> structlog.BoundLogger:
     """Configure logging once per process and return the service's bound logger."""
     as_json = (not sys.stderr.isatty()) if json is None else json
-    numeric = logging.getLevelName(level.upper())
+    numeric = logging.getLevelName(level.strip().upper())
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
     renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     structlog.configure(

@@ -54,6 +54,14 @@ def require_seconds(settings: ServiceSettings, names: tuple[str, ...]) -> None:
             raise SystemExit(f"switchyard: SWITCHYARD_{name.upper()} must be a number of seconds above 0, not {value}")
 
 
+def require_counts(settings: ServiceSettings, names: tuple[str, ...]) -> None:
+    """Stop in one line naming the variable unless each of these counts is at least 1: none at a time (a batch, a
+    pool, a limit of sockets) would wait for ever, spin, or refuse every call long after start."""
+    for name in names:
+        if (value := getattr(settings, name)) < 1:
+            raise SystemExit(f"switchyard: SWITCHYARD_{name.upper()} must be at least 1, not {value}")
+
+
 def require_numbers(settings: ServiceSettings) -> None:
     """Stop in one line naming the variable unless every number setting is finite and not negative: each is a
     count, a size, a duration or a ratio (the stricter bounds of some are checked by their service first)."""
@@ -170,6 +178,8 @@ def _worker_then_exit(target: str, settings: ServiceSettings, main_pid: int | No
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+        if isinstance(exc.code, str):       # a refusal in words, met as the app was built: said, not swallowed
+            print(exc.code if exc.code.startswith("switchyard: ") else f"switchyard: {exc.code}", file=sys.stderr)
     except BaseException:  # noqa: BLE001 — printed, then the worker's exit code says it failed
         import traceback
         traceback.print_exc()

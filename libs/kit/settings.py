@@ -18,10 +18,12 @@ ENV_PREFIX = "SWITCHYARD_"
 FILE_SUFFIX = "_FILE"
 TRUE_WORDS = ("true", "1", "yes", "on")          # what a switch (SWITCHYARD_JOURNAL_FSYNC, ...) may be set to
 FALSE_WORDS = ("false", "0", "no", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")   # SWITCHYARD_LOG_LEVEL's words, in any case
 
 
 class SettingsError(ValueError):
-    """A variable could not be read: both it and its _FILE are set, or its file is unreadable."""
+    """A variable could not be read (both it and its _FILE are set, or its file is unreadable) or holds what it
+    may not (a number that is none, a word not among its words)."""
 
 
 class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +65,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
                     raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be {kind}, not {raw!r}") from None
         values.update(overrides)
         settings = msgspec.convert(values, cls)
+        if settings.log_level.strip().lower() not in LOG_LEVELS:      # logging would raise it only once it logs
+            raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                                f"not {settings.log_level!r}")
         if settings.database_password:
             settings = msgspec.structs.replace(
                 settings, database_url=with_password(settings.database_url, settings.database_password))

@@ -4,7 +4,7 @@ is served by this process itself."""
 
 from pathlib import Path
 
-from switchyard_gateway.kit.serve import require_seconds, run, settings_of, worker_count
+from switchyard_gateway.kit.serve import require_counts, require_seconds, run, settings_of, worker_count
 from switchyard_gateway.services.gateway.settings import Settings
 
 settings = settings_of(Settings)
@@ -14,6 +14,8 @@ require_seconds(settings, ("http_head_timeout_s", "http_body_timeout_s", "http_k
                            "quota_hold_s", "quota_timeout_s", "upstream_connect_timeout_s", "first_byte_timeout_s",
                            "usage_stall_s", "access_token_ttl_s", "refresh_token_ttl_s", "login_window_s",
                            "cache_ttl_s", "cache_timeout_s", "ws_idle_timeout_s"))
+# none at a time: no upstream connection (every call fails), no WebSocket request or no socket at all
+require_counts(settings, ("upstream_pool_size", "ws_max_in_flight", "ws_max_connections"))
 if settings.max_answer_bytes < 1024:
     raise SystemExit(f"switchyard: SWITCHYARD_MAX_ANSWER_BYTES must be a number of bytes, at least 1024, "
                      f"not {settings.max_answer_bytes}")

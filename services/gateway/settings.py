@@ -9,6 +9,11 @@ from typing import ClassVar, Self
 from switchyard_gateway.kit.settings import ServiceSettings, SettingsError
 
 JWT_SECRET_MIN_BYTES = 32             # HS256 wants a key as long as its hash (RFC 7518 3.2); a shorter one is guessed
+# SWITCHYARD_AUTH_MODE's accepted spellings (the embeddings service's `multi_user` / `single_user` too)
+AUTH_MODES = {"multi-tenant": "multi-tenant", "multi_tenant": "multi-tenant", "multi-user": "multi-tenant",
+              "multi_user": "multi-tenant", "single-user": "single-user", "single_user": "single-user"}
+CACHE_MODES = ("off", "embeddings", "all")
+QUOTA_ON_ERROR = ("open", "closed")   # Valkey away: let the call through, or refuse it 503
 
 
 def jwt_secret_problem(secret: str) -> str | None:
@@ -97,10 +102,18 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
-        """The settings, or SettingsError naming the variable when the JWT secret is too short to be safe (single-user
-        mode reads no JWTs, so there it is not looked at)."""
+        """The settings, or SettingsError naming the variable when a mode is none of its words (read only once the
+        app is built, a worker would die of it unheard) or the JWT secret is too short to be safe (single-user mode
+        reads no JWTs, so there it is not looked at)."""
         settings = super().from_env(env, **overrides)
-        single_user = settings.auth_mode.strip().lower().replace("_", "-") == "single-user"
-        if not single_user and (problem := jwt_secret_problem(settings.jwt_secret)):
+        mode = AUTH_MODES.get(settings.auth_mode.strip().lower())
+        if mode is None:
+            raise SettingsError(f"SWITCHYARD_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
+                                f"not {settings.auth_mode!r}")
+        for name, words in (("cache", CACHE_MODES), ("quota_on_error", QUOTA_ON_ERROR)):
+            if getattr(settings, name) not in words:
+                raise SettingsError(f"SWITCHYARD_{name.upper()} must be one of {', '.join(words)}, "
+                                    f"not {getattr(settings, name)!r}")
+        if mode == "multi-tenant" and (problem := jwt_secret_problem(settings.jwt_secret)):
             raise SettingsError(problem)
         return settings

@@ -1,6 +1,6 @@
 """`python -m switchyard_gateway.services.router`: serve the router from a lean main process (its workers build the app)."""
 
-from switchyard_gateway.kit.serve import require_seconds, run, settings_of
+from switchyard_gateway.kit.serve import require_counts, require_seconds, run, settings_of
 from switchyard_gateway.services.router.settings import Settings
 
 settings = settings_of(Settings)
@@ -11,7 +11,6 @@ require_seconds(settings, ("probe_interval_s", "probe_open_interval_s", "probe_t
 if not 0 < settings.breaker_error_ratio <= 1:
     raise SystemExit(f"switchyard: SWITCHYARD_BREAKER_ERROR_RATIO must be above 0 and at most 1, "
                      f"not {settings.breaker_error_ratio}")
-for _name in ("probe_concurrency", "breaker_failures", "breaker_min_calls", "breaker_trial_calls", "breaker_successes"):
-    if getattr(settings, _name) < 1:
-        raise SystemExit(f"switchyard: SWITCHYARD_{_name.upper()} must be at least 1, not {getattr(settings, _name)}")
+require_counts(settings, ("probe_concurrency", "breaker_failures", "breaker_min_calls", "breaker_trial_calls",
+                          "breaker_successes"))
 run("switchyard_gateway.services.router.app:create_app", settings)

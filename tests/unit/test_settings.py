@@ -30,6 +30,11 @@ def test_a_switch_set_to_anything_else_is_refused_not_read_as_off(value: str) ->
         GatewaySettings.from_env({"SWITCHYARD_JOURNAL_FSYNC": value})
 
 
+@pytest.mark.parametrize("level", ["debug", "INFO", " Warning ", "error", "critical"])
+def test_a_log_level_is_read_in_any_case(level: str) -> None:
+    assert GatewaySettings.from_env({"SWITCHYARD_LOG_LEVEL": level}).log_level == level
+
+
 def test_defaults_point_at_loopback() -> None:
     s = Settings.from_env({})
     assert "127.0.0.1" in s.nats_url and "127.0.0.1" in s.database_url and s.host == "127.0.0.1"
@@ -144,12 +149,24 @@ def test_a_jwt_secret_shorter_than_32_bytes_is_refused_naming_the_setting(weak: 
      "SWITCHYARD_FIRST_BYTE_TIMEOUT_S must be a number of seconds above 0"),
     ("gateway", "SWITCHYARD_RETRY_BASE_MS", "-50", "SWITCHYARD_RETRY_BASE_MS must be a finite number, 0 or more"),
     ("gateway", "SWITCHYARD_CAP_WAIT_S", "inf", "SWITCHYARD_CAP_WAIT_S must be a finite number, 0 or more"),
-    ("gateway", "SWITCHYARD_UPSTREAM_POOL_SIZE", "-2", "SWITCHYARD_UPSTREAM_POOL_SIZE must be a whole number, 0 or more"),
+    ("gateway", "SWITCHYARD_UPSTREAM_POOL_SIZE", "-2", "SWITCHYARD_UPSTREAM_POOL_SIZE must be at least 1, not -2"),
     ("metering", "SWITCHYARD_INGEST_LINGER_S", "nan", "SWITCHYARD_INGEST_LINGER_S must be a finite number, 0 or more"),
     ("quota", "SWITCHYARD_REQUEST_TIMEOUT_S", "0", "SWITCHYARD_REQUEST_TIMEOUT_S must be a number of seconds above 0"),
     ("registry", "SWITCHYARD_PASSWORD_HASH_CONCURRENCY", "0",
      "SWITCHYARD_PASSWORD_HASH_CONCURRENCY must be at least 1"),
     ("registry", "SWITCHYARD_STREAM_REPLICAS", "-1", "SWITCHYARD_STREAM_REPLICAS must be a whole number, 0 or more"),
+    ("gateway", "SWITCHYARD_LOG_LEVEL", "bogus",
+     "SWITCHYARD_LOG_LEVEL must be one of debug, info, warning, error, critical, not 'bogus'"),
+    ("quota", "SWITCHYARD_LOG_LEVEL", "verbose", "SWITCHYARD_LOG_LEVEL must be one of debug, info, warning"),
+    ("gateway", "SWITCHYARD_CACHE", "bogus", "SWITCHYARD_CACHE must be one of off, embeddings, all, not 'bogus'"),
+    ("gateway", "SWITCHYARD_AUTH_MODE", "bogus", "SWITCHYARD_AUTH_MODE must be one of multi-tenant, "),
+    ("gateway", "SWITCHYARD_QUOTA_ON_ERROR", "bogus", "SWITCHYARD_QUOTA_ON_ERROR must be one of open, closed"),
+    ("gateway", "SWITCHYARD_AUTH_MODE", "single-user", "single-user mode needs SWITCHYARD_API_KEY"),
+    ("metering", "SWITCHYARD_INGEST_BATCH", "0", "SWITCHYARD_INGEST_BATCH must be at least 1, not 0"),
+    ("gateway", "SWITCHYARD_UPSTREAM_POOL_SIZE", "0", "SWITCHYARD_UPSTREAM_POOL_SIZE must be at least 1, not 0"),
+    ("gateway", "SWITCHYARD_WS_MAX_IN_FLIGHT", "0", "SWITCHYARD_WS_MAX_IN_FLIGHT must be at least 1, not 0"),
+    ("gateway", "SWITCHYARD_WS_MAX_CONNECTIONS", "0", "SWITCHYARD_WS_MAX_CONNECTIONS must be at least 1, not 0"),
+    ("router", "SWITCHYARD_PROBE_CONCURRENCY", "0", "SWITCHYARD_PROBE_CONCURRENCY must be at least 1, not 0"),
 ])
 def test_a_service_refuses_a_bad_setting_in_one_line_before_it_listens(service: str, variable: str, value: str,
                                                                        says: str) -> None:

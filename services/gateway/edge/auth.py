@@ -29,7 +29,7 @@ import jwt
 
 from switchyard_gateway.catalog.state import Catalog, hash_key
 from switchyard_gateway.contracts.events import KeyIssued
-from switchyard_gateway.services.gateway.settings import Settings, jwt_secret_problem
+from switchyard_gateway.services.gateway.settings import AUTH_MODES, Settings, jwt_secret_problem
 from switchyard_gateway.services.gateway.edge.errors import AuthError, ForbiddenError, TenantMismatch
 
 SINGLE_USER_TENANT = "admin"
@@ -38,14 +38,11 @@ ANONYMOUS_KEY_ID = "anonymous"
 JWT_CACHE_SIZE = 4096
 JWT_MAX_BYTES = 8192                  # a longer bearer token is not one of ours
 LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)   # an `exp` past this (10^18, inf) means "never"
-# SWITCHYARD_AUTH_MODE's accepted spellings (the embeddings service's `multi_user` / `single_user` too)
-MODES = {"multi-tenant": "multi-tenant", "multi_tenant": "multi-tenant", "multi-user": "multi-tenant",
-         "multi_user": "multi-tenant", "single-user": "single-user", "single_user": "single-user"}
 
 
 def auth_mode(value: str) -> str:
     """The mode a SWITCHYARD_AUTH_MODE value names; ValueError for anything else."""
-    mode = MODES.get(value.strip().lower())
+    mode = AUTH_MODES.get(value.strip().lower())
     if mode is None:
         raise ValueError(f"SWITCHYARD_AUTH_MODE must be 'multi-tenant' (or 'multi_user') or 'single-user' "
                          f"(or 'single_user'), not '{value}'")

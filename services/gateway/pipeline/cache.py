@@ -21,10 +21,10 @@ from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
+from switchyard_gateway.services.gateway.settings import CACHE_MODES
 
 log = structlog.get_logger()
 
-MODES = ("off", "embeddings", "all")
 WARN_EVERY_S = 30.0
 
 
@@ -44,8 +44,8 @@ class ResponseCache:
 
     def __init__(self, valkey: Valkey, prefix: str, mode: str, ttl_s: float, max_bytes: int,
                  timeout_s: float) -> None:
-        if mode not in MODES:
-            raise ValueError(f"SWITCHYARD_CACHE must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode not in CACHE_MODES:
+            raise ValueError(f"SWITCHYARD_CACHE must be one of {', '.join(CACHE_MODES)}, not {mode!r}")
         self.valkey, self.prefix, self.mode = valkey, prefix, mode
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.max_bytes, self.timeout_s = max_bytes, timeout_s
