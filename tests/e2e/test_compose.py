@@ -163,7 +163,7 @@ def run_nats_config(argv: list[str], cwd: Path, env: dict[str, str]) -> Path:
 
 def test_each_gateway_has_a_spool_of_its_own_and_one_front_door_is_published() -> None:
     services = compose()["services"]
-    gateways = {n: s for n, s in services.items() if s.get("command", [])[-1:] == ["switchyard_gateway.services.gateway"]}
+    gateways = gateways_of(services)
     spools = [s["volumes"][0].split(":") for s in gateways.values()]
     assert len(gateways) >= 2 and len({volume for volume, _ in spools}) == len(gateways)
     assert {target for _, target in spools} == {_dockerfile_env()["SWITCHYARD_SPOOL_DIR"]}
@@ -171,6 +171,36 @@ def test_each_gateway_has_a_spool_of_its_own_and_one_front_door_is_published() -
     assert published == ["front"]
     front = (REPO / compose()["configs"]["front"]["file"]).read_text()
     assert all(f"server {gateway}:8080;" in front for gateway in gateways)
+
+
+def gateways_of(services: dict) -> dict[str, dict]:
+    return {n: s for n, s in services.items() if s.get("command", [])[-1:] == ["switchyard_gateway.services.gateway"]}
+
+
+def test_each_gateway_gets_every_variable_of_the_gateway_environment_and_its_own_instance() -> None:
+    """A merge key replaces whole keys: a gateway whose environment merges the services' alone loses the JWT secret
+    (sign-in 503) and the forwarded-for trust (every client counted as the front door)."""
+    doc = compose()
+    shared = doc["x-gateway"]["environment"]
+    assert {"SWITCHYARD_JWT_SECRET_FILE", "SWITCHYARD_TRUST_FORWARDED_FOR"} <= set(shared)
+    gateways = gateways_of(doc["services"])
+    assert len(gateways) >= 2
+    for name, gateway in gateways.items():
+        env = gateway["environment"]
+        assert {k: env.get(k) for k in shared} == shared, name
+        assert env["SWITCHYARD_INSTANCE"] == name
+
+
+def test_the_front_door_takes_every_body_a_gateway_takes_so_the_gateway_answers_its_own_413() -> None:
+    """nginx's 413 is an HTML page; the gateway's is in the door's shape: nginx's bound must be the larger."""
+    from switchyard_gateway.services.gateway.settings import Settings as GatewaySettings
+
+    front = (REPO / compose()["configs"]["front"]["file"]).read_text()
+    size, unit = re.search(r"^\s*client_max_body_size\s+(\d+)([kKmMgG]?);", front, re.MULTILINE).groups()
+    front_bytes = int(size) * 1024 ** " kmg".index(unit.lower() or " ")
+    for name, gateway in gateways_of(compose()["services"]).items():
+        env = {k: v for k, v in gateway["environment"].items() if not k.endswith("_FILE")}    # secrets not here
+        assert front_bytes > GatewaySettings.from_env(env).max_body_bytes, name
 
 
 def test_observability_profile_scrapes_every_service_and_provisions_the_dashboard() -> None:
