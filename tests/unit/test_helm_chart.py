@@ -38,7 +38,8 @@ SERVICES = ("registry", "metering", "router", "quota", "gateway")
 VALUES: dict[str, Any] = {
     "database": {"url": "postgresql://switchyard@postgres.data:5432/switchyard"},
     "redis": {"url": "redis://valkey.data:6379/0"},
-    "secrets": {"adminKey": "sy_admin_chart_test", "databasePassword": "chart-test-password",
+    "secrets": {"adminKey": "sy_admin_chart_test", "jwtSecret": "chart-test-jwt-secret-of-at-least-32-bytes",
+                "databasePassword": "chart-test-password",
                 "natsPassword": "chart-test-nats-password", "natsRoutePassword": "chart-test-route-password"},
     "registryDocument": {"providers": [{"id": "local", "kind": "ollama"}]},
 }
@@ -105,6 +106,46 @@ def test_every_service_connects_to_each_nats_node_and_reads_secrets_from_files()
     assert env["SWITCHYARD_ADMIN_KEY_FILE"] == "/run/secrets/switchyard/admin-key"
     assert env["SWITCHYARD_DATABASE_PASSWORD_FILE"] == "/run/secrets/switchyard/database-password"
     assert env["SWITCHYARD_REGISTRY_DOCUMENT"] == "/etc/switchyard/switchyard.yaml"
+
+
+def _container_env(workload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A workload's container, and its env's values by name."""
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    return container, {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_the_gateways_sign_tokens_with_the_jwt_secret_of_the_secret(tmp_path: Path) -> None:
+    """Without a JWT secret, sign-in is disabled (503): each gateway reads the Secret's `jwt-secret` from its file."""
+    from switchyard_gateway.services.gateway.settings import Settings as GatewaySettings
+
+    docs = render()
+    gateway = by_kind(docs, "StatefulSet")[0]
+    container, env = _container_env(gateway)
+    secret = next(s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "sy-switchyard-secrets")
+    volume = next(v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets")["secret"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")["mountPath"]
+    files = {f"{mount}/{item['path']}": secret["stringData"][item["key"]] for item in volume["items"]}
+    assert env["SWITCHYARD_JWT_SECRET_FILE"] in files
+    (tmp_path / "jwt-secret").write_text(files[env["SWITCHYARD_JWT_SECRET_FILE"]])
+    read = GatewaySettings.from_env({"SWITCHYARD_JWT_SECRET_FILE": str(tmp_path / "jwt-secret")})
+    assert read.jwt_secret == VALUES["secrets"]["jwtSecret"]
+    for workload in by_kind(docs, "Deployment"):                      # the other services never see it
+        assert "SWITCHYARD_JWT_SECRET_FILE" not in _container_env(workload)[1]
+    assert VALUES["secrets"]["jwtSecret"] not in yaml.safe_dump_all([d for d in docs if d["kind"] != "Secret"])
+    with pytest.raises(helm.HelmError, match="secrets.jwtSecret or secrets.existingSecret is required"):
+        render({**VALUES, "secrets": {**VALUES["secrets"], "jwtSecret": ""}})
+    with pytest.raises(helm.HelmError, match="secrets.jwtSecret: give at least 32 bytes"):
+        render({**VALUES, "secrets": {**VALUES["secrets"], "jwtSecret": "x" * 31}})
+
+
+def test_each_gateway_pod_runs_the_workers_the_values_give_one_by_default() -> None:
+    """Unset, SWITCHYARD_WORKERS is one worker per CPU the node shows, whatever the pod's CPU limit."""
+    from switchyard_gateway.services.gateway.settings import Settings as GatewaySettings
+
+    for given, workers in ((None, 1), (4, 4)):
+        values = VALUES if given is None else {**VALUES, "services": {"gateway": {"workers": given}}}
+        _, env = _container_env(by_kind(render(values), "StatefulSet")[0])
+        assert GatewaySettings.from_env({"SWITCHYARD_WORKERS": env["SWITCHYARD_WORKERS"]}).workers == workers
 
 
 def test_service_monitor_scrapes_every_service_on_a_port_it_has() -> None:

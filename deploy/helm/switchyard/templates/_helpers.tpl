@@ -58,6 +58,14 @@ two equal); anything else nats-server would compare as a password in plain text.
 {{- if regexMatch "^\\$2[abxy]\\$[0-9]{2}\\$[./A-Za-z0-9]{53}$" (toString .) }}true{{ end -}}
 {{- end -}}
 
+{{/* The gateways' JWT secret, which signs sign-in's tokens: at least 32 bytes, as the gateway asks
+(JWT_SECRET_MIN_BYTES in services/gateway/settings.py: a shorter one is recovered offline from any token). */}}
+{{- define "switchyard.jwtSecret" -}}
+{{- $secret := required "secrets.jwtSecret or secrets.existingSecret is required (sign-in's tokens)" .Values.secrets.jwtSecret -}}
+{{- if lt (len $secret) 32 }}{{ fail "secrets.jwtSecret: give at least 32 bytes (openssl rand -hex 32)" }}{{ end -}}
+{{- $secret -}}
+{{- end -}}
+
 {{/* The bcrypt hash NATS checks the services' password against: given, or made from secrets.natsPassword. */}}
 {{- define "switchyard.natsPasswordHash" -}}
 {{- with .Values.secrets -}}
@@ -147,6 +155,12 @@ spec:
         - name: SWITCHYARD_NATS_PASSWORD_FILE
           value: /run/secrets/switchyard/nats-password
         {{- end }}
+        {{- if eq .service "gateway" }}
+        - name: SWITCHYARD_JWT_SECRET_FILE
+          value: /run/secrets/switchyard/jwt-secret
+        - name: SWITCHYARD_WORKERS        # unset, a pod would start one worker per CPU of the node
+          value: {{ $root.Values.services.gateway.workers | quote }}
+        {{- end }}
         {{- if eq .service "registry" }}
         - name: SWITCHYARD_ADMIN_KEY_FILE
           value: /run/secrets/switchyard/admin-key
@@ -197,6 +211,9 @@ spec:
           {{- end }}
           {{- if eq .service "registry" }}
           - {key: admin-key, path: admin-key}
+          {{- end }}
+          {{- if eq .service "gateway" }}
+          - {key: jwt-secret, path: jwt-secret}
           {{- end }}
     - name: tmp
       emptyDir: {}
