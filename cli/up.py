@@ -16,11 +16,14 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from switchyard_gateway.cli import config as config_command
 from switchyard_gateway.cli.say import say
 from switchyard_gateway.kit import nats_auth, ports
-from switchyard_gateway.kit.settings import FILE_SUFFIX, SettingsError, env_value, mask_password, with_password
+from switchyard_gateway.kit.settings import (
+    FILE_SUFFIX, SettingsError, env_value, mask_password, url_list, with_password,
+)
 from switchyard_gateway.kit.stack import StackUrls
 from switchyard_gateway.kit.stack_proc import LOOPBACK, become_subreaper
 from switchyard_gateway.kit.supervisor import UPSTREAMS, Command, Supervisor
@@ -110,6 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="fdatasync the gateways' journals batch by batch: no accepted call is lost even when the "
                          "machine crashes (a crash of a process loses nothing without it)")
 
+# what `up` hands the services unless given, in remembered_keys' order (read before anything starts)
+GIVEN_SECRETS = ("SWITCHYARD_ADMIN_KEY", "SWITCHYARD_DEMO_KEY", "SWITCHYARD_JWT_SECRET")
 # the settings other gateways read without a prefix, and what Switchyard reads for them
 SEED_SETTINGS = {"AUTH_MODE": "SWITCHYARD_AUTH_MODE", "SINGLE_USER_API_KEY": "SWITCHYARD_API_KEY",
                  "JWT_SECRET_KEY": "SWITCHYARD_JWT_SECRET", "REDIS_URL": "SWITCHYARD_REDIS_URL",
@@ -156,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         external = _external_urls(os.environ)
         _check_auth(args, os.environ)
+        args.given = {name: env_value(os.environ, name) for name in GIVEN_SECRETS}    # their files read now
         args.units = unit_names(replica_counts(args.replicas))
         if not 0 <= args.gateway_workers <= MAX_WORKERS:
             raise ValueError(f"--gateway-workers: {args.gateway_workers}: N must be a whole number from 1 to "
@@ -209,9 +215,7 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
                   supervisor: Supervisor) -> int:
     from switchyard_gateway.cli import bootstrap as boot
 
-    admin_key, demo_key, jwt_secret, generated = boot.remembered_keys(
-        data_dir / "keys.env", env_value(os.environ, "SWITCHYARD_ADMIN_KEY"),
-        env_value(os.environ, "SWITCHYARD_DEMO_KEY"), env_value(os.environ, "SWITCHYARD_JWT_SECRET"))
+    admin_key, demo_key, jwt_secret, generated = boot.remembered_keys(data_dir / "keys.env", *args.given.values())
     common = {
         "SWITCHYARD_NATS_URL": urls.nats_url,          # with the services' user in it when NATS runs here
         "SWITCHYARD_DATABASE_URL": urls.database_url,
@@ -260,9 +264,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
                 say(f"registry document applied: {len(replies[-1].events)} change(s)")
         _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0,
                                                                      "SWITCHYARD_ADMIN_KEY"))
-        if any(len(units) > 1 for units in args.units.values()):
-            expected = {name: len(units) for name, units in args.units.items()}
-            _supervising(supervisor, gateway_at, lambda: _wait_instances(local, admin_key, expected, 60.0))
+        expected = {name: len(units) for name, units in args.units.items()}   # every service, not the gateway alone
+        _supervising(supervisor, gateway_at, lambda: _wait_instances(local, admin_key, expected, 60.0))
         if args.demo:
             _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/v1/models", demo_key, 30.0,
                                                                          "SWITCHYARD_DEMO_KEY"))
@@ -315,9 +318,29 @@ def _supervising(supervisor: Supervisor, gateway: tuple[str, int], step: Callabl
                if name == "gateway" or name.startswith("gateway-")):
             host, port = gateway
             raise ports.PortInUse(port, "gateway", host, ports.holder(port))
+        for name, watch in supervisor.watches.items():
+            refusal = _refusal(watch.unit.log_path) if watch.history[-1:] not in ([], [0]) else None
+            if refusal is not None:          # a setting it refuses: every restart would say the same
+                raise StartRefused(f"{name} refuses to start: {refusal}")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+class StartRefused(Exception):
+    """A service stopped at start naming what it refuses (a setting, its port): restarting it cannot help."""
+
+
+def _refusal(log_path: Path) -> str | None:
+    """The one line a service that refuses to start ends its log with (`switchyard: ...`), if that is how it ended."""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return last.removeprefix("switchyard: ") if last.startswith("switchyard: ") else None
 
 
 class Stopping(Exception):
@@ -359,12 +382,25 @@ def _check_auth(args: argparse.Namespace, env: Mapping[str, str]) -> None:
 
 def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
     """The NATS, PostgreSQL and Valkey URLs given in the environment (or in files it names), if any."""
+    from switchyard_gateway import resp
+
     database_url = env_value(env, "SWITCHYARD_DATABASE_URL")
     password = env_value(env, "SWITCHYARD_DATABASE_PASSWORD")
+    if database_url and urlsplit(database_url).scheme not in ("postgresql", "postgres"):
+        raise SettingsError("SWITCHYARD_DATABASE_URL must be a postgresql:// URL, not "
+                            f"{mask_password(database_url)!r}")
     if database_url and password:
         database_url = with_password(database_url, password)
-    return {"nats_url": env_value(env, "SWITCHYARD_NATS_URL"), "database_url": database_url,
-            "redis_url": env_value(env, "SWITCHYARD_REDIS_URL")}
+    redis_url = env_value(env, "SWITCHYARD_REDIS_URL")
+    if redis_url:
+        try:
+            resp.Address(redis_url)
+        except ValueError as exc:
+            raise SettingsError(f"SWITCHYARD_REDIS_URL: {exc}") from None
+    nats_url = env_value(env, "SWITCHYARD_NATS_URL")
+    if nats_url:
+        url_list(nats_url)                    # SettingsError when it names no server
+    return {"nats_url": nats_url, "database_url": database_url, "redis_url": redis_url}
 
 
 def _owner_only(data_dir: Path) -> list[Path]:

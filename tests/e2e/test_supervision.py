@@ -165,6 +165,22 @@ def _up(data_dir: Path, port: int, timeout_s: float = 30) -> tuple[int, str, flo
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
+def test_a_service_that_refuses_its_settings_stops_up_with_its_own_words() -> None:
+    """A setting a service refuses only reached its log: `up` restarted it for a minute and then blamed a timeout
+    (or, for one not on the gateway's path, said "Switchyard is up" over a service that never ran)."""
+    root = traversable_tempdir("switchyard-refusal-")
+    env = {**_clean_env(), "SWITCHYARD_PROBE_INTERVAL_S": "-1"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "switchyard_gateway.cli", "up", "--data-dir", str(root / "d"),
+                           "--port", str(pick_free_port(set())), "--no-fsync"], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "router refuses to start: SWITCHYARD_PROBE_INTERVAL_S must be a number of seconds above 0" in output
+    assert "Switchyard is up" not in output and time.monotonic() - started < 45, output
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def test_no_other_user_may_read_or_write_what_the_stack_keeps(owned: Owned) -> None:
     """Valkey's files (the quota's counters, cached answers), the logs (tenants, keys' ids) and stack.json were
     readable by every user of the machine, in a data dir anyone could list."""
