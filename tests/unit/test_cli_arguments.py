@@ -128,8 +128,8 @@ def test_a_data_dir_an_older_up_left_readable_is_made_its_owners_alone(tmp_path:
     for path in (data, data / "valkey", data / "valkey" / "appendonlydir"):
         path.chmod(0o755)
     assert _owner_only(data) == []
-    assert [oct(p.stat().st_mode & 0o777) for p in (data, data / "valkey", aof, log)] == ["0o701", "0o700", "0o600",
-                                                                                        "0o600"]  # the data dir passable, not listable
+    modes = [oct(p.stat().st_mode & 0o777) for p in (data, data / "valkey", aof, log)]
+    assert modes == ["0o701", "0o700", "0o600", "0o600"]          # the data dir passable, not listable
     assert pg_file.stat().st_mode & 0o777 == 0o644
 
 
