@@ -1,7 +1,8 @@
 """End to end: what the Ollama door answers itself, and what it refuses before anything is reserved, as Ollama does.
 
 The upstream is test_ollama_front_door's: one simulator behind an Ollama endpoint (the `*-native` models) and an
-OpenAI-compatible one (the `*-translated` models), registered here under the prefix `fdc`.
+OpenAI-compatible one (the `*-translated` models), registered here under the prefix `fdc`; the checks of a call's
+values run in the hostile lab (tests/e2e/test_hostile.py), whose tenants can have limits.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import httpx
 import pytest
 
 from tests.conftest import DemoStack
+from tests.e2e import test_hostile
 from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
+from tests.e2e.test_hostile import Lab, counters
 from tests.e2e.test_ollama_front_door import Upstream, registered_upstream
+
+lab = test_hostile.lab        # two simulators behind OpenAI-compatible endpoints, and tenants with limits
 
 EMBEDDING_PATHS = ("/api/embed", "/api/embeddings", "/v1/embeddings")
 
@@ -67,3 +72,59 @@ async def test_an_embed_with_no_input_loads_the_model_as_ollama_answers_it(
     await nothing_recorded(demo, upstream, request_ids)
     unknown = await post(demo, upstream, "/api/embed", {"model": "no-such-model", "input": []})
     assert unknown.status_code == 404, "still only the tenant's models"
+
+
+# (path, fields, the field the 400 names): what Ollama refuses with a 400, and the door sent on after quota was held
+REFUSED = [
+    ("/api/chat", {"options": {"stop": 5}}, "options.stop"),
+    ("/api/generate", {"options": {"stop": [1, 2]}}, "options.stop[0]"),
+    ("/api/chat", {"tools": "x"}, "tools"),
+    ("/api/chat", {"tools": [1]}, "tools[0]"),
+    ("/api/chat", {"think": "bogus"}, "think"),
+    ("/api/generate", {"think": 5}, "think"),
+    ("/api/chat", {"messages": [{"role": "user", "content": "hi", "images": ["!!!not base64"]}]},
+     "messages[0].images[0]"),
+    ("/api/generate", {"images": ["data:image/png;base64,aGk="]}, "images[0]"),
+    ("/api/generate", {"raw": True, "system": "be brief"}, "system"),
+    ("/api/generate", {"raw": True, "template": "{{ .Prompt }}"}, "template"),
+    ("/api/generate", {"raw": True, "context": [1, 2]}, "context"),
+    ("/api/chat", {"top_logprobs": 50}, "top_logprobs"),
+    ("/api/generate", {"top_logprobs": -1}, "top_logprobs"),
+    ("/api/chat", {"keep_alive": "5x"}, "keep_alive"),
+    ("/api/chat", {"keep_alive": "forever"}, "keep_alive"),
+    ("/api/chat", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+]
+
+
+async def test_values_ollama_refuses_are_a_400_naming_the_field_and_reserve_nothing(lab: Lab, urls) -> None:
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, rpm=1000)
+    refused_ids = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for path, fields, param in REFUSED:
+            refused_ids.append(uuid.uuid4().hex)
+            reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(key, refused_ids[-1]),
+                                      json=lab.body(path, **fields))
+            assert reply.status_code == 400, (path, fields, reply.text)
+            error = reply.json()["error"]
+            assert isinstance(error, str) and f"'{param}'" in error, (path, fields, error)
+    assert await counters(urls, tenant) == {}, "nothing was reserved, not even a request"
+    sentinel = uuid.uuid4().hex
+    async with httpx.AsyncClient(timeout=15) as client:
+        ok = await client.post(f"{lab.demo.url}/api/chat", headers=lab.headers(key, sentinel), json=lab.body("/api/chat"))
+    assert ok.status_code == 200, ok.text
+    await exactly_one_usage_row(lab.demo, sentinel)
+    for request_id in refused_ids:
+        assert await usage_rows(lab.demo, request_id) == [], "a refused call records nothing"
+
+
+async def test_what_ollama_takes_the_door_takes(lab: Lab) -> None:
+    """A role in capitals (Ollama lowercases it) and a `num_predict` of 5.0 (Ollama truncates any number) were 400s;
+    they are answered, the output held to 5 tokens as asked."""
+    async with httpx.AsyncClient(timeout=15) as client:
+        for messages, num_predict in (([{"role": "USER", "content": "route me well"}], 5.0),
+                                      ([{"role": "System", "content": "Be brief."},
+                                        {"role": "user", "content": "route me well"}], 5.9)):
+            reply = await client.post(f"{lab.demo.url}/api/chat", headers=lab.headers(), json=lab.body(
+                "/api/chat", messages=messages, options={"num_predict": num_predict}, think="high"))
+            assert reply.status_code == 200, (messages, reply.text)
+            assert (reply.json()["eval_count"], reply.json()["done_reason"]) == (5, "length"), reply.json()

@@ -51,12 +51,22 @@ REFUSED: list[tuple[str, str, tuple[Any, ...]]] = [
     ("openai.embeddings", "dimensions", (0, -1, MAX_DIMENSIONS + 1, *HUGE, "3", 3.0)),
     ("openai.embeddings", "encoding_format", ("utf8", 5)),
     ("openai.embeddings", "stream", (True,)),        # answered whole: sent on, it opened every endpoint's breaker
-    *[(api, "options.num_predict", (-3, -10**15, LIMIT + 1, *HUGE, "5", 5.5, True))
+    *[(api, "options.num_predict", (-3, -3.5, -10**15, LIMIT + 1, LIMIT + 1.5, *HUGE, 1e300, "5", True))
       for api in ("ollama.chat", "ollama.generate")],
     *[(api, "options.num_ctx", (0, -1, LIMIT + 1, *HUGE, "8192"))
       for api in ("ollama.chat", "ollama.generate", "ollama.embed")],
     *[(api, "options.temperature", (-1, "warm")) for api in ("ollama.chat", "ollama.generate")],
-    *[(api, "options.top_k", (-1, 1.5)) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "options.top_k", (-1, -1.5, "3")) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "options.stop", (5, {"a": 1})) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "options.stop[0]", ([1, 2], [None])) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "think", ("bogus", "HIGH", 5, [True], {})) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "top_logprobs", (-1, 21, 2.5, "3")) for api in ("ollama.chat", "ollama.generate")],
+    *[(api, "logprobs", ("yes", 1)) for api in ("ollama.chat", "ollama.generate")],
+    ("ollama.chat", "tools", ("x", 5, {"type": "function"})),
+    ("ollama.chat", "tools[0]", ([1], ["f"], [None])),
+    ("ollama.chat", "tools[1]", ([{"type": "function"}, []],)),
+    ("ollama.generate", "images[0]", (["!!!not base64"], ["data:image/png;base64,aGk="], ["file:///etc/passwd"],
+                                      ["aGk"], ["=aGk="])),
     *[(api, "options.top_p", (-0.5, 2)) for api in ("ollama.chat", "ollama.generate")],
     ("ollama.embed", "dimensions", (0, MAX_DIMENSIONS + 1, *HUGE, "3")),
     *[(api, "keep_alive", ({"x": 1}, [1], True)) for api in ("ollama.chat", "ollama.generate", "ollama.embed")],
@@ -68,9 +78,9 @@ CASES = [(api, field, value) for api, field, values in REFUSED for value in valu
 def body(api: str, field: str, value: Any) -> bytes:
     data = {**BASE[api]}
     if field.startswith("options."):
-        data["options"] = {field.split(".", 1)[1]: value}
+        data["options"] = {field.split(".", 1)[1].partition("[")[0]: value}
     else:
-        data[field] = value
+        data[field.partition("[")[0]] = value          # `tools[0]`: the item of `tools` refused
     return msgspec.json.encode(data)
 
 
@@ -97,6 +107,14 @@ def test_a_hostile_value_is_refused_naming_its_field(api: str, field: str, value
     ("ollama.generate", "options.num_predict", 0), ("ollama.chat", "options.num_predict", LIMIT),
     ("ollama.chat", "options.num_ctx", LIMIT), ("ollama.embed", "dimensions", 1),
     ("ollama.chat", "keep_alive", "5m"), ("ollama.chat", "keep_alive", -1), ("ollama.embed", "truncate", False),
+    ("ollama.chat", "options.num_predict", 5.0), ("ollama.generate", "options.num_predict", 5.5),
+    ("ollama.chat", "options.num_predict", -2.9), ("ollama.chat", "options.num_ctx", 1.0),
+    ("ollama.generate", "options.top_k", 1.5), ("ollama.chat", "options.seed", 7.0),
+    ("ollama.chat", "options.stop", "x"), ("ollama.chat", "options.stop", ["a", "b"]),
+    ("ollama.chat", "think", True), ("ollama.chat", "think", "high"), ("ollama.generate", "think", "max"),
+    ("ollama.chat", "top_logprobs", 20), ("ollama.generate", "logprobs", True),
+    ("ollama.chat", "tools", []), ("ollama.chat", "tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("ollama.generate", "images", ["aGk=", "aG\nk="]), ("ollama.generate", "raw", True),
 ])
 def test_values_at_the_bounds_are_accepted(api: str, field: str, value: Any) -> None:
     assert ask(api, body(api, field, value)) is not None

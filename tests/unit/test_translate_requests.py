@@ -182,3 +182,16 @@ def test_plan_reads_usage_in_the_upstreams_own_format(api: str) -> None:
     assert ollama_plan(api, "ollama").usage(native) == (26, 3, 0)
     assert ollama_plan(api, "openai-compatible").usage(openai) == (26, 3, 0)
     assert ollama_plan(api, "ollama").usage(openai) is None
+
+
+def test_roles_and_integer_options_are_sent_on_as_ollama_reads_them() -> None:
+    """Ollama lowercases a role and truncates any number given for an integer option; an OpenAI-style server
+    takes neither `USER` nor a `max_tokens` of 5.0."""
+    out = json.loads(ollama_chat_to_openai(body({
+        "model": "m", "messages": [{"role": "SYSTEM", "content": "terse"}, {"role": "User", "content": "hi"}],
+        "options": {"num_predict": 5.0, "seed": 7.9}}), "m"))
+    assert [m["role"] for m in out["messages"]] == ["system", "user"]
+    assert (out["max_tokens"], out["seed"]) == (5, 7) and type(out["max_tokens"]) is int
+    raw = body({"model": "m", "messages": [], "options": {"num_predict": 900.5}})
+    assert json.loads(ollama_set_model(raw, "m", 40))["options"]["num_predict"] == 40
+    assert json.loads(ollama_set_model(raw, "m", 1000))["options"]["num_predict"] == 900.5, "kept as written"

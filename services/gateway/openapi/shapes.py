@@ -222,6 +222,7 @@ class OllamaToolFunction(msgspec.Struct, omit_defaults=True):
 
 class OllamaToolCall(msgspec.Struct, omit_defaults=True):
     function: OllamaToolFunction
+    id: str | None = None                  # the call's id, which a tool result names
 
 
 class OllamaMessage(msgspec.Struct, omit_defaults=True):
@@ -242,7 +243,7 @@ class OllamaChatRequest(msgspec.Struct, omit_defaults=True):
     options: Json | None = None
     tools: list[Json] | None = None
     keep_alive: str | int | None = None
-    think: bool | None = None
+    think: bool | Literal["high", "medium", "low", "max"] | None = None
 
 
 class OllamaGenerateRequest(msgspec.Struct, omit_defaults=True):
@@ -259,7 +260,7 @@ class OllamaGenerateRequest(msgspec.Struct, omit_defaults=True):
     format: str | Json | None = None
     options: Json | None = None
     keep_alive: str | int | None = None
-    think: bool | None = None
+    think: bool | Literal["high", "medium", "low", "max"] | None = None
 
 
 class OllamaEmbedRequest(msgspec.Struct, omit_defaults=True):

@@ -31,6 +31,9 @@ from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEst
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.keep_alive import keep_alive_seconds, unloads
+from switchyard_gateway.services.gateway.translate.ollama_checks import (
+    check_images, check_raw, check_tools, truncated, whole,
+)
 from switchyard_gateway.services.gateway.translate.wire import ollama_time
 
 MAX_CHOICES = 128                         # OpenAI's bound on `n`
@@ -312,15 +315,28 @@ def _inputs(value: Any) -> Iterable[str | int]:
 # --- Ollama ---------------------------------------------------------------------------------------
 
 
-class OllamaOptions(msgspec.Struct):
-    """The options with a count or a range the gateway checks; the others pass through unread."""
+OutputCount, ContextSize, Candidates = whole(-2), whole(1), whole(0)     # Ollama's integer options
+OllamaSeed = whole(-(2**63), 2**63 - 1)
 
-    num_predict: Annotated[int, msgspec.Meta(ge=-2)] | None = None     # -1: no limit, -2: fill the context
-    num_ctx: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+class OllamaOptions(msgspec.Struct):
+    """The options with a type, a count or a range the gateway checks; the others pass through unread. Integer
+    options take any number, truncated, as Ollama takes them (`whole`)."""
+
+    num_predict: OutputCount | None = None       # -1: no limit, -2: fill the context
+    num_ctx: ContextSize | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    top_k: Candidates | None = None
     top_p: Unit | None = None
-    seed: Seed | None = None
+    seed: OllamaSeed | None = None
+    stop: str | list[str] | None = None          # Ollama's is a list; a text is taken, as OpenAI takes it
+
+    def __post_init__(self) -> None:
+        self.num_predict, self.num_ctx = truncated(self.num_predict), truncated(self.num_ctx)
+        self.top_k, self.seed = truncated(self.top_k), truncated(self.seed)
+
+
+Think = bool | Literal["high", "medium", "low", "max"]     # Ollama's levels ("max": 0.32's)
 
 
 class OllamaCall(InferenceRequest):
@@ -380,22 +396,43 @@ class OllamaToolCall(msgspec.Struct):
     id: str | None = None
 
 
+OLLAMA_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
 class OllamaMessage(msgspec.Struct):
-    role: Literal["system", "user", "assistant", "tool"] = "user"       # Ollama's four; another was sent on as is
+    role: str = "user"                  # one of OLLAMA_ROLES in any case, as Ollama lowercases it
     content: str | None = None
     images: list[str] | None = None
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None
 
+    def __post_init__(self) -> None:
+        self.role = self.role.lower()
 
-class OllamaChat(OllamaCall):
+
+class OllamaGenerating(OllamaCall):
+    """The fields a chat and a generate share beside every call's, with Ollama's types and ranges."""
+
+    think: Think | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+
+
+class OllamaChat(OllamaGenerating):
     messages: list[OllamaMessage] = []
-    tools: msgspec.Raw = msgspec.Raw()            # counted as prompt, never parsed
+    tools: msgspec.Raw = msgspec.Raw()            # a list of objects, checked as one; counted as prompt
 
     def load_answer(self) -> bytes | None:
         return None if self.messages else self._load_reply(message={"role": "assistant", "content": ""})
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        for number, message in enumerate(self.messages):
+            if message.role not in OLLAMA_ROLES:
+                where = f"messages[{number}].role"
+                raise BadRequest(f"Invalid '{where}': {message.role!r} is none of system, user, assistant and tool",
+                                 param=where, code="invalid_value")
+            check_images(message.images, f"messages[{number}].images")
+        check_tools(self.tools)
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
     def _texts(self) -> Iterable[str | int | _Image]:
@@ -414,7 +451,7 @@ class OllamaChat(OllamaCall):
         yield raw_text(self.format)
 
 
-class OllamaGenerate(OllamaCall):
+class OllamaGenerate(OllamaGenerating):
     prompt: str = ""
     system: str | None = None
     suffix: str | None = None
@@ -427,6 +464,8 @@ class OllamaGenerate(OllamaCall):
         return None if self.prompt else self._load_reply(response="")
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
+        check_raw(self.raw, self.system, self.template, self.context)
+        check_images(self.images, "images")
         return Ask(self._output(limit), 1, False, "options.num_predict", summed(self._texts), tokenizer)
 
     def _texts(self) -> Iterable[str | int | _Image]:

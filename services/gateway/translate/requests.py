@@ -14,6 +14,7 @@ client asked for less.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -104,8 +105,8 @@ def ollama_set_model(body: bytes, upstream_model: str, ceiling: int | None = Non
     if ceiling is not None:
         options = data.get("options")
         options = options if isinstance(options, dict) else {}
-        asked = options.get("num_predict")
-        if not isinstance(asked, int) or asked < 0 or asked > ceiling:
+        asked = _whole(options.get("num_predict"))
+        if asked is None or asked < 0 or asked > ceiling:
             options["num_predict"] = ceiling
         data["options"] = options
     return encode(data)
@@ -174,8 +175,10 @@ def _common(req: _Chat | _Generate, out: dict[str, Any], chat: bool, ceiling: in
         target = _OPTIONS.get(name)
         if target is None or value is None:
             continue
-        if target == "max_tokens" and (not isinstance(value, int) or value < 0):
-            continue                       # -1 (no limit) and -2 (fill the context) have no OpenAI twin
+        if target in ("max_tokens", "seed"):    # integers, which Ollama reads from any number (truncated)
+            value = _whole(value)
+            if value is None or (target == "max_tokens" and value < 0):
+                continue                   # -1 (no limit) and -2 (fill the context) have no OpenAI twin
         out[target] = value
     if ceiling is not None and (out.get("max_tokens") is None or out["max_tokens"] > ceiling):
         out["max_tokens"] = ceiling
@@ -186,6 +189,16 @@ def _common(req: _Chat | _Generate, out: dict[str, Any], chat: bool, ceiling: in
     else:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
+
+
+def _whole(value: Any) -> int | None:
+    """An Ollama integer option as Ollama takes it: any number, truncated (a float kept as written, `5.0`, is 5);
+    None for anything else."""
+    if isinstance(value, msgspec.Raw):
+        value = float(bytes(value))
+    if type(value) is float:
+        return int(value) if math.isfinite(value) else None
+    return value if type(value) is int else None
 
 
 def _response_format(fmt: Any) -> dict[str, Any]:
