@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from collections.abc import Callable
@@ -20,6 +21,28 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free one): the socket layer would wrap 70000 to 4464, and refuse -1 cryptically."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port from 0 to 65535")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    """A finite delay of 0 or more: an infinite one would hang every call, a NaN be taken as none."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value < math.inf:                   # a NaN is never 0 or more
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of milliseconds, 0 or more")
+    return value
+
+
 def _switch(text: str) -> bool:
     if text.lower() in ("true", "yes", "on", "1"):
         return True
@@ -32,9 +55,9 @@ def _switch(text: str) -> bool:
 KNOB_FLAGS: dict[str, tuple[Callable[[str], object], str]] = {
     "--models": (_names, "advertised models, comma-separated"),
     "--loaded": (_names, "models /api/ps reports as loaded, comma-separated (default: all)"),
-    "--latency-ms": (float, "delay before each reply's first byte"),
-    "--token-interval-ms": (float, "delay between streamed chunks"),
-    "--end-delay-ms": (float, "delay between a streamed reply's last event and the end of its body"),
+    "--latency-ms": (_milliseconds, "delay before each reply's first byte"),
+    "--token-interval-ms": (_milliseconds, "delay between streamed chunks"),
+    "--end-delay-ms": (_milliseconds, "delay between a streamed reply's last event and the end of its body"),
     "--tokens": (int, "completion tokens per reply, capped by max_tokens / num_predict"),
     "--embedding-dims": (int, "embedding vector size"),
     "--failure-rate": (float, "share of upstream calls that fail, 0..1"),
@@ -71,12 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=11434,
         help="port to bind, 0 for any free one (default: %(default)s)",
     )
     parser.add_argument(
-        "--control-port", type=int, help="also serve the /_sim/ routes on this port, never refused"
+        "--control-port", type=_port,
+        help="also serve the /_sim/ routes on this port (0: any free one), never refused"
     )
     knobs = parser.add_argument_group("knobs (all changeable at runtime)")
     for flag, (kind, text) in KNOB_FLAGS.items():
@@ -99,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, serve until SIGINT or SIGTERM, and return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.control_port is not None and args.control_port == args.port != 0:
+        parser.error(f"--control-port must be another port than --port ({args.port})")
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -120,7 +146,8 @@ async def _serve(config: SimConfig, host: str, port: int, control_port: int | No
     try:
         await sim.start(host, port, control_port=control_port)
     except OSError as exc:
-        print(f"{PROG}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        ports = f"{port} or the control port {control_port}" if control_port is not None else port
+        print(f"{PROG}: cannot listen on {host}:{ports}: {exc}", file=sys.stderr)
         return 1
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
