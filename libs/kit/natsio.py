@@ -11,6 +11,8 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 
 import msgspec
 import nats
@@ -33,6 +35,18 @@ _error_decoder = msgspec.json.Decoder(ErrorBody)
 _encode = msgspec.json.Encoder().encode
 
 DUPLICATE_WINDOW_S = 120.0
+
+
+def _package_version() -> str:
+    """The installed distribution's version, which each service reports in `$SRV.PING` (and so in /health); 0.0.0
+    from a tree never installed (NATS micro asks for a semantic version)."""
+    try:
+        return installed_version("switchyard-gateway")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+VERSION = _package_version()            # read once, at import
 HEADROOM = 4096                 # bytes of a NATS message left for its headers when a body is sized to fit one
 _HEADER_BLOCK = len(b"NATS/1.0\r\n\r\n")
 
@@ -222,7 +236,7 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 SubjectHandler = Callable[[bytes, str, str], Awaitable[bytes | None]]
 
 
-async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = "0.1.0",
+async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str = VERSION,
                 instance: str = "", role: str = "", by_subject: dict[str, SubjectHandler] | None = None,
                 at_once: dict[str, int] | None = None,
                 reply_rules: dict[str, Callable[[str, str], str | None]] | None = None,
