@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -73,6 +74,21 @@ def port_number(text: str) -> int:
     return value
 
 
+def listen_address(text: str) -> str:
+    """An address of this machine to listen on, checked by binding it (a mistyped or foreign address was reported
+    as the port being in use; an empty one listened on every interface)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty address listens on every interface: name one (0.0.0.0 for all)")
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((text, 0))
+    except (OSError, UnicodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise argparse.ArgumentTypeError(f"cannot listen on {text!r}: {reason}") from None
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up = sub.add_parser(
         "up", help="run the whole system on this machine",
@@ -84,7 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     up.add_argument("--data-dir", type=Path, default=Path("./.switchyard"),
                     help="where data, logs and the spool live (default: ./.switchyard); a second `up` keeps it")
-    up.add_argument("--host", default="127.0.0.1", help="gateway listen address (default: 127.0.0.1)")
+    up.add_argument("--host", type=listen_address, default="127.0.0.1",
+                    help="gateway listen address (default: 127.0.0.1; 0.0.0.0 for every interface)")
     up.add_argument("--port", type=port_number, default=8080, help="gateway port, 1-65535 (default: 8080)")
     up.add_argument("--demo", action="store_true",
                     help="also start two simulated upstreams (Ollama-style and OpenAI-style) and a demo "
@@ -100,11 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="run N copies of some services, e.g. gateway=2,metering=2,quota=2,router=2,registry=2; "
                          "gateway replicas share the gateway's port (the kernel spreads connections), the others "
                          "get a port each")
-    up.add_argument("--gateway-workers", type=int, default=0, metavar="N",
-                    help="worker processes per gateway, sharing its port (default: one per core, divided among "
-                         "gateway replicas); each has its own journal and event-fed state")
+    up.add_argument("--gateway-workers", type=int, default=None, metavar="N",
+                    help="worker processes per gateway, sharing its port (default: SWITCHYARD_WORKERS, else one per "
+                         "core, divided among gateway replicas); each has its own journal and event-fed state")
     up.add_argument("--nats-cluster", type=int, default=1, metavar="N",
-                    help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them")
+                    help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them "
+                         "(default: 1, a single server)")
     up.add_argument("--nats-users", type=Path, default=None, metavar="F",
                     help="subscribers allowed to replay the event log and follow it, each a NATS user with only "
                          "that permission (YAML: subscribers: [{user, password: ${ENV_VAR}, name, tenant}]); beside "
@@ -163,6 +181,11 @@ def run(args: argparse.Namespace) -> int:
         _check_auth(args, os.environ)
         args.given = {name: env_value(os.environ, name) for name in GIVEN_SECRETS}    # their files read now
         args.units = unit_names(replica_counts(args.replicas))
+        if args.gateway_workers is None:              # the flag first, else the services' own setting
+            workers = env_value(os.environ, "SWITCHYARD_WORKERS") or "0"
+            if not workers.strip().isdigit():
+                raise SettingsError(f"SWITCHYARD_WORKERS must be a whole number, not {workers!r}")
+            args.gateway_workers = int(workers)
         if not 0 <= args.gateway_workers <= MAX_WORKERS:
             raise ValueError(f"--gateway-workers: {args.gateway_workers}: N must be a whole number from 1 to "
                              f"{MAX_WORKERS} (or 0: one per core)")

@@ -122,11 +122,14 @@ def test_up_stops_cleanly_and_a_second_up_keeps_the_data() -> None:
     assert code == 0
     assert alive == [], f"processes left running after Ctrl-C: {[p.pid for p in alive]}"
 
-    second = _start(data_dir, port, env)
+    second = _start(data_dir, port, {**env, "SWITCHYARD_WORKERS": "1"})       # up ran one worker per core anyway
     try:
         _wait_up(second, f"{url}/api/admin/tenants", admin_key)
         tenants = httpx.get(f"{url}/api/admin/tenants", headers={"X-API-Key": admin_key}).json()
         assert "kept-tenant" in {t["tenant_id"] for t in tenants}
+        gateways = [p for p in psutil.Process(second.pid).children(recursive=True)
+                    if "switchyard_gateway.services.gateway" in " ".join(p.cmdline())]
+        assert len(gateways) == 1, "one worker: the gateway's own process, no main above it"
     finally:
         code, alive = _stop(second, signal.SIGTERM)
     assert code == 0 and alive == []

@@ -27,6 +27,9 @@ def switchyard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     (("up", "--port", "70000"), 2, "70000 is not a port from 1 to 65535"),
     (("up", "--port", "-1"), 2, "-1 is not a port"),
     (("up", "--port", "0"), 2, "0 is not a port"),        # the kernel would choose one nobody is told of
+    (("up", "--host", ""), 2, "an empty address listens on every interface"),    # it did, silently
+    (("up", "--host", "192.0.2.1"), 2, "cannot listen on '192.0.2.1': Cannot assign requested address"),
+    (("up", "--host", "999.1.1.1"), 2, "cannot listen on '999.1.1.1'"),     # both said the port was in use
     (("up", "--data-dir", "a-file"), 1, "cannot be made"),
     (("up", "--data-dir", "a-file/below"), 1, "cannot be made"),
 ])
@@ -55,6 +58,7 @@ SINGLE_KEY = "sy_single_0123456789abcdefghij"
     ({"SWITCHYARD_REDIS_URL": "notaurl"}, (), "SWITCHYARD_REDIS_URL: not a redis:// or unix:// URL"),
     ({"SWITCHYARD_DATABASE_URL": "garbage"}, (), "SWITCHYARD_DATABASE_URL must be a postgresql:// URL"),
     ({"SWITCHYARD_NATS_URL": " , "}, (), "no URL in"),
+    ({"SWITCHYARD_WORKERS": "two"}, (), "SWITCHYARD_WORKERS must be a whole number, not 'two'"),
 ])
 def test_up_refuses_an_auth_set_up_it_could_never_use_before_starting_anything(
         env: dict[str, str], args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
