@@ -128,3 +128,24 @@ async def test_what_ollama_takes_the_door_takes(lab: Lab) -> None:
                 "/api/chat", messages=messages, options={"num_predict": num_predict}, think="high"))
             assert reply.status_code == 200, (messages, reply.text)
             assert (reply.json()["eval_count"], reply.json()["done_reason"]) == (5, "length"), reply.json()
+
+
+async def test_an_unknown_or_unconfigured_model_is_not_found_in_ollamas_words(
+        demo: DemoStack, upstream: Upstream) -> None:
+    """The door said "None of the configured endpoints advertise the model 'nope'"; the Ollama CLI looks for Ollama's
+    "model 'nope' not found" (and then offers to pull it). The OpenAI door keeps its own words."""
+    not_yours = upstream.model("translated")             # a model of the tenant's, not of the narrow key's tenant
+    for path, fields in (("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+                         ("/api/chat", {"messages": [{"role": "user", "content": "hi"}], "stream": True}),
+                         ("/api/generate", {"prompt": "hi"}), ("/api/embed", {"input": "hi"}),
+                         ("/api/embeddings", {"prompt": "hi"})):
+        for model, key in (("nope", upstream.key), (not_yours, upstream.narrow_key)):
+            async with httpx.AsyncClient(base_url=demo.url, timeout=30) as http:
+                reply = await http.post(path, json={"model": model, **fields},
+                                        headers={"Authorization": f"Bearer {key}"})
+            assert reply.status_code == 404, (path, model, reply.text)
+            assert reply.json()["error"].startswith(f"model '{model}' not found"), (path, model, reply.text)
+    async with httpx.AsyncClient(base_url=demo.url, timeout=30) as http:
+        openai_door = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {upstream.key}"},
+                                      json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
+    assert openai_door.json()["error"]["message"] == "None of the configured endpoints advertise the model 'nope'"

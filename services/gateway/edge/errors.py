@@ -18,7 +18,7 @@ Which shape a path gets is one table, `DOORS` (first matching prefix wins; Ollam
 
     openai      /v1/*          {"error": {"message", "type", "param", "code", ...detail}}
     anthropic   /v1/messages   {"type": "error", "error": {"type", "message"}, "request_id"}
-    ollama      Ollama routes  {"error": "<message>", ...detail}
+    ollama      Ollama routes  {"error": "<message>", ...detail}   (in Ollama's words where they differ)
     plain       the rest       {"error": "<message>", ...detail}   (the seed's shape: admin and monitoring routes)
 
 `/v1/models` is both OpenAI's and Anthropic's: a client that sends `anthropic-version` (Anthropic's clients
@@ -60,6 +60,7 @@ class GatewayError(Exception):
     code: str | None = None
     param: str | None = None
     member_message: str | None = None   # an endpoint's failure as a tenant's caller is told it (`for_member`)
+    ollama_message: str | None = None   # the message in Ollama's own words, where its clients look for them
 
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None,
                  code: str | None = None, param: str | None = None, details: dict[str, Any] | None = None,
@@ -157,6 +158,7 @@ class ModelNotFound(ApiError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"None of the configured endpoints advertise the model '{model}'", param="model")
+        self.ollama_message = ollama_not_found(model, str(self))
 
 
 class ModelNotConfigured(ModelNotFound):
@@ -169,6 +171,13 @@ class ModelNotConfigured(ModelNotFound):
             else f"Model '{model}' is not configured for tenant '{tenant_id}'"
         # the code on every door: beside Ollama's `error`, in Anthropic's error object, OpenAI's own `code`
         ApiError.__init__(self, message, param="model", details={"code": self.code})
+        self.ollama_message = ollama_not_found(model, message)
+
+
+def ollama_not_found(model: str, reason: str) -> str:
+    """Ollama's words for a model it does not have, which the Ollama CLI looks for (then offers to pull it), with
+    the gateway's reason after them (NOMYO Router's users know "None of the configured endpoints advertise")."""
+    return f"model '{model}' not found ({reason})"
 
 
 class UpstreamError(ApiError):
@@ -195,6 +204,11 @@ def flat_body(error: GatewayError) -> dict[str, Any]:
     return {"error": error.message, **error.details}
 
 
+def ollama_body(error: GatewayError) -> dict[str, Any]:
+    """Ollama's `{"error": "..."}`, in Ollama's words where they differ (`model 'x' not found`)."""
+    return {"error": error.ollama_message or error.message, **error.details}
+
+
 def anthropic_type(status: int) -> str:
     return ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
@@ -216,7 +230,7 @@ def with_request_id(body: bytes, request_id: str | None) -> bytes:
 
 
 SHAPES: dict[str, Callable[[GatewayError], dict[str, Any]]] = {
-    "openai": openai_body, "anthropic": anthropic_body, "ollama": flat_body, "plain": flat_body,
+    "openai": openai_body, "anthropic": anthropic_body, "ollama": ollama_body, "plain": flat_body,
 }
 
 OLLAMA_PATHS = frozenset({
