@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["simulate-upstream"]:
             from switchyard_gateway.simulator import main as simulate
             return simulate(argv[1:]) or 0
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(events.joined_ages(argv))
         code = COMMANDS[args.command].run(args)
         sys.stdout.flush()
         return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import stat
 from pathlib import Path
+from typing import Any
 
 from switchyard_gateway.cli.say import say
 
@@ -17,13 +18,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Check a registry document without starting anything: YAML syntax, unknown keys, types, "
                     "identifiers, URL schemes and port ranges, credentials given only as ${ENV_VAR}, dangling "
                     "references (endpoint -> provider, assignment -> model, fallbacks) and duplicate identifiers.")
-    validate.add_argument("file", type=Path, help="the file to check, e.g. switchyard.yaml")
+    validate.add_argument("file", type=_file, help="the file to check, e.g. switchyard.yaml")
+
+
+def _file(text: str) -> Path:
+    """A path that names a file: an empty one would be read as the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return Path(text)
+
+
+def _said(path: Path, problem: Any) -> str:
+    """A problem as one line: its place in the document after the file's name, unless the place is the file itself."""
+    where = "" if problem.path == str(path) else f"{problem.path}: "
+    return f"{path}: {where}{problem.message}"
+
 
 def validate(path: Path) -> int:
     """Print every problem of a config file with its path; 0 when there is none."""
     doc, problems = _checked(path)
     for problem in problems:
-        print(f"{path}: {problem.path}: {problem.message}", flush=True)
+        print(_said(path, problem), flush=True)
     if problems:
         say(f"{path}: {len(problems)} problem(s)")
         return 1
@@ -35,7 +50,7 @@ def validate(path: Path) -> int:
 def load(path: Path) -> dict | None:
     doc, problems = _checked(path)
     for problem in problems:
-        say(f"{path}: {problem.path}: {problem.message}")
+        say(_said(path, problem))
     if problems:
         say(f"{path}: {len(problems)} problem(s); nothing started")
     return doc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,42 @@ def _count(text: str) -> int:
     return value
 
 
+DATA_DIR = "./.switchyard"                 # up's default data directory
+AGO = re.compile(r"^-\d+(?:\.\d+)?\s*[smhdw]$")        # `--since -5m`: an age written as "minus", read as ago
+
+
+def add_data_dir(parser: argparse.ArgumentParser, server: str) -> None:
+    """--data-dir: the stack of `switchyard up` a command reads, said the same way by each command."""
+    variable = {"database": "SWITCHYARD_DATABASE_URL", "NATS": "SWITCHYARD_NATS_URL"}[server]
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,         # argparse makes the default a Path too
+                        help=f"the data directory of the `switchyard up` whose {server} to use, unless {variable} "
+                             f"is set (default: {DATA_DIR}, as up's)")
+
+
+def joined_ages(argv: list[str]) -> list[str]:
+    """`--since -5m` as `--since=-5m`: argparse takes a value starting with '-' for an option and refuses it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--since", "--until") and AGO.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _instant(text: str) -> Any:
+    """--since/--until as eventtools reads them, an age written with a minus (-5m) taken as the same age ago."""
+    from switchyard_gateway.services.metering import eventtools
+
+    return eventtools.parse_time(text.strip().removeprefix("-") if AGO.match(text.strip()) else text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     events = sub.add_parser(
-        "events", help="read the event log: follow it, or export it as JSON lines",
-        description="Read the event log of `switchyard up --data-dir D` (or SWITCHYARD_DATABASE_URL).")
+        "events", help="read the event log (follow it, export it as JSON lines), print the published contracts' "
+                       "schemas, list or retry dead letters",
+        description="Read the event log of `switchyard up --data-dir D` (or SWITCHYARD_DATABASE_URL), print the "
+                    "published contracts, and list or send back the events consumers set aside.")
     events_sub = events.add_subparsers(dest="events_command", required=True, metavar="SUBCOMMAND")
     tail = events_sub.add_parser("tail", help="print the last events, then each new one as it is recorded")
     tail.add_argument("--type", help="an event type, or a prefix of one: usage, tenant, usage.recorded.v2 ...")
@@ -37,23 +70,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tail.add_argument("-n", "--lines", type=_count, default=10,
                       help=f"how many past events to print first, 0 to {MAX_LINES:,} (default 10)")
     tail.add_argument("--no-follow", action="store_true", help="print the past events and stop")
-    tail.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    add_data_dir(tail, "database")
     export = events_sub.add_parser("export", help="write events as JSON lines, one stored event per line",
                                    description="switchyard events export --since 7d > usage.jsonl")
     export.add_argument("--since", required=True,
-                        help="events that occurred from then on: ISO 8601 (2026-11-22T10:00:00Z) or an age (30m, 7d)")
+                        help="events that occurred from then on: ISO 8601 (2026-11-22T10:00:00Z) or an age (30m, 7d; "
+                             "-30m is read as 30m ago too)")
     export.add_argument("--until", help="and before then (same forms)")
     export.add_argument("--type", help="an event type, or a prefix of one")
     export.add_argument("--tenant", help="only this tenant's events")
-    export.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    add_data_dir(export, "database")
     schema = events_sub.add_parser(
         "schema", help="list the published contracts, or print one's JSON Schema, or the AsyncAPI document",
         description="switchyard events schema usage.recorded.v2 > usage.recorded.v2.json")
     schema.add_argument("name", nargs="?", help="an event type (usage.recorded.v2) or a message "
                                                 "(quota.query.v1.request, quota.query.v1.reply, service.error)")
-    schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3.0 document (YAML)")
+    schema.add_argument("--asyncapi", action="store_true",
+                        help="print the AsyncAPI 3.0 document (YAML) of every contract, instead of one NAME's schema")
     schema.add_argument("--write", type=Path, metavar="DIR",
-                        help="write every schema, the index and asyncapi.yaml under DIR (docs/contracts)")
+                        help="write every schema, the index and asyncapi.yaml under DIR (docs/contracts), instead of "
+                             "printing")
     dead = events_sub.add_parser(
         "dead-letters", help="list the events consumers set aside (DEADLETTER), or send them back",
         description="List the events a consumer could not decode or apply, with the error, from NATS (stream "
@@ -67,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="remove these dead letters (by ID) and the retries asked for them: their events are given "
                             "up by their consumer (a subscriber's waits for a retry no more)")
     dead.add_argument("--json", action="store_true", help="one JSON object a line")
-    dead.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    add_data_dir(dead, "NATS")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.events_command == "tail":
             return asyncio.run(eventtools.tail(data_dir, args.type, args.tenant, args.lines, not args.no_follow))
-        since = eventtools.parse_time(args.since)
-        until = eventtools.parse_time(args.until) if args.until else None
+        since = _instant(args.since)
+        until = _instant(args.until) if args.until else None
         if until is not None and until <= since:
             print(f"switchyard: --until ({until.isoformat()}) is not after --since ({since.isoformat()}): no event "
                   "lies between them", file=sys.stderr)
@@ -97,6 +133,15 @@ def run(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     from switchyard_gateway.contracts import asyncapi, published, schemas
 
+    if args.name is not None and (args.asyncapi or args.write is not None):
+        given = "--asyncapi" if args.asyncapi else "--write"
+        print(f"switchyard events schema: {given} covers every contract, not {args.name!r} alone: give {given} or "
+              "NAME, not both", file=sys.stderr)
+        return 2
+    if args.asyncapi and args.write is not None:
+        print("switchyard events schema: --write writes asyncapi.yaml too; give --asyncapi or --write, not both",
+              file=sys.stderr)
+        return 2
     if args.write is not None:
         written = published.write(args.write)
         print(f"wrote {len(written)} files under {args.write}")

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from switchyard_gateway.cli.say import say
 from switchyard_gateway.kit import nats_auth
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         subscribers = nats_auth.load(args.users, os.environ) if args.users is not None else []
         text = nats_auth.server_config(password, subscribers)
         if args.routes:
-            text += nats_auth.cluster_config(password, url_list(args.routes))
+            text += nats_auth.cluster_config(password, _routes(args.routes))
     except (nats_auth.UsersError, ValueError) as exc:
         say(f"cannot write the NATS users: {exc}")
         return 1
@@ -52,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     try:
+        blocker = next((p for p in args.out.parents if p.exists() or p.is_symlink()), None)
+        if blocker is not None and not blocker.is_dir():      # mkdir would say "File exists" of it
+            say(f"cannot write {args.out}: {blocker} is not a directory")
+            return 1
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.touch(mode=0o600)
         args.out.chmod(0o600)
@@ -62,6 +67,17 @@ def run(args: argparse.Namespace) -> int:
     say(f"wrote {args.out}: the services' user and {len(subscribers)} subscriber(s)"
         + (f", routes to {len(url_list(args.routes))} nodes" if args.routes else ""))
     return 0
+
+
+def _routes(text: str) -> list[str]:
+    """--routes as URLs, each with a port that is one: the URL parser's error names no URL."""
+    urls = url_list(text)
+    for url in urls:
+        try:
+            urlsplit(url).port
+        except ValueError:
+            raise ValueError(f"--routes: {url!r} has a port outside 0-65535") from None
+    return urls
 
 
 MAX_PASSWORD_BYTES = 4096     # a password file larger is refused unread

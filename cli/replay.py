@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from pathlib import Path
 
+from switchyard_gateway.cli.events import add_data_dir
 from switchyard_gateway.cli.say import say
 
 
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     replay.add_argument("projection", nargs="?", help="projection name (see --list)")
     replay.add_argument("--all", action="store_true", help="rebuild every projection")
     replay.add_argument("--list", action="store_true", help="list the projections and their positions")
-    replay.add_argument("--data-dir", type=Path, default=Path("./.switchyard"))
+    add_data_dir(replay, "database")
 
 def run(args: argparse.Namespace) -> int:
     from switchyard_gateway.services.metering import replay as tool
