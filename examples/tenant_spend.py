@@ -27,9 +27,11 @@ from decimal import Decimal
 import asyncpg
 
 from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
+from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.subscribe import Event, EventWithheld, Subscriber
 
 TYPES = ["usage", "model.registered", "tenant.model_assigned", "tenant.model_unassigned"]
+CONNECT_TIMEOUT_S = 10.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenant_spend (
     tenant text PRIMARY KEY, calls bigint NOT NULL, errors bigint NOT NULL, unpriced_calls bigint NOT NULL,
@@ -117,8 +119,17 @@ async def apply(conn: asyncpg.Connection, batch: list[tuple[int, Event | EventWi
         await conn.execute(ADD, *(list(column) for column in zip(*rows)))
 
 
+async def connect(database_url: str) -> asyncpg.Connection:
+    """Your database, or an exit in one line saying why not (its password masked), rather than a traceback."""
+    try:
+        return await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+        raise SystemExit(f"tenant_spend.py: cannot reach the database {mask_password(database_url)}: {why}") from None
+
+
 async def report(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)
     try:
         await conn.execute(SCHEMA)
         rows = await conn.fetch("SELECT * FROM tenant_spend ORDER BY cost_usd DESC, tenant")
@@ -136,7 +147,7 @@ async def report(database_url: str) -> int:
 
 
 async def follow(args: argparse.Namespace) -> int:
-    conn = await asyncpg.connect(args.database)
+    conn = await connect(args.database)
     try:
         await conn.execute(SCHEMA)
     finally:
