@@ -102,9 +102,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:
-        """The settings, or SettingsError naming the variable when a mode is none of its words (read only once the
-        app is built, a worker would die of it unheard) or the JWT secret is too short to be safe (single-user mode
-        reads no JWTs, so there it is not looked at)."""
+        """The settings, or SettingsError naming the variable when a mode is none of its words or lacks its key (read
+        only once the app is built, each worker would die of it) or the JWT secret is too short to be safe
+        (single-user mode reads no JWTs, so there it is not looked at)."""
         settings = super().from_env(env, **overrides)
         mode = AUTH_MODES.get(settings.auth_mode.strip().lower())
         if mode is None:
@@ -114,6 +114,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
             if getattr(settings, name) not in words:
                 raise SettingsError(f"SWITCHYARD_{name.upper()} must be one of {', '.join(words)}, "
                                     f"not {getattr(settings, name)!r}")
+        if mode == "single-user" and not settings.api_key:
+            raise SettingsError("single-user mode needs SWITCHYARD_API_KEY, the one key it accepts")
         if mode == "multi-tenant" and (problem := jwt_secret_problem(settings.jwt_secret)):
             raise SettingsError(problem)
         return settings
