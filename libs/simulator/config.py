@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import msgspec
@@ -95,8 +96,8 @@ def _problems(cfg: SimConfig) -> list[str]:
         problems.append("models must name at least one model, none empty")
     if cfg.loaded is not None and set(cfg.loaded) - set(cfg.models):
         problems.append("loaded models must be among the advertised models")
-    if cfg.latency_ms < 0 or cfg.token_interval_ms < 0 or cfg.end_delay_ms < 0:
-        problems.append("latency_ms, token_interval_ms and end_delay_ms must be >= 0")
+    if not all(0 <= delay < math.inf for delay in (cfg.latency_ms, cfg.token_interval_ms, cfg.end_delay_ms)):
+        problems.append("latency_ms, token_interval_ms and end_delay_ms must be finite and >= 0")   # nan too
     if not 0 <= cfg.tokens <= MAX_TOKENS:
         problems.append(f"tokens must be in 0..{MAX_TOKENS}")
     if not 0 <= cfg.cached_tokens <= MAX_TOKENS:
@@ -109,6 +110,6 @@ def _problems(cfg: SimConfig) -> list[str]:
         problems.append("failure_rate must be in 0..1")
     if cfg.failure_kind not in FAILURE_KINDS:
         problems.append(f"failure_kind must be one of {', '.join(FAILURE_KINDS)}")
-    if cfg.retry_after_s < 0:
-        problems.append("retry_after_s must be >= 0")
+    if not 0 <= cfg.retry_after_s < math.inf:
+        problems.append("retry_after_s must be finite and >= 0")
     return problems

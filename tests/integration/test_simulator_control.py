@@ -85,3 +85,13 @@ async def test_control_port_restores_a_refusing_main_port():
             assert (await control.get("/api/tags")).status_code == 404  # control routes only
     finally:
         await sim.stop()
+
+
+@pytest.mark.parametrize("knob", ["latency_ms", "token_interval_ms", "end_delay_ms", "retry_after_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_delay_that_is_no_number_of_seconds_is_refused(knob: str, value: float) -> None:
+    """A NaN delay was taken as none and an infinite one hung every call (a test's `Simulator(SimConfig(...))`)."""
+    from switchyard_gateway.simulator.config import ConfigError
+
+    with pytest.raises(ConfigError, match="finite and >= 0"):
+        SimConfig(**{knob: value})
