@@ -30,6 +30,7 @@ def switchyard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     (("up", "--host", ""), 2, "an empty address listens on every interface"),    # it did, silently
     (("up", "--host", "192.0.2.1"), 2, "cannot listen on '192.0.2.1': Cannot assign requested address"),
     (("up", "--host", "999.1.1.1"), 2, "cannot listen on '999.1.1.1'"),     # both said the port was in use
+    (("up", "--config", ""), 2, "an empty path names no file"),
     (("up", "--data-dir", "a-file"), 1, "cannot be made"),
     (("up", "--data-dir", "a-file/below"), 1, "cannot be made"),
 ])
