@@ -525,8 +525,10 @@ _DECODERS = {api: msgspec.json.Decoder(kind).decode for api, kind in REQUESTS.it
 
 def read_request(api: str, body: bytes) -> Any:
     """The request struct of an API's body (`ask(limit, tokenizer)` gives its Ask); 400 naming the field for a
-    wrong type or a value out of range, for malformed JSON, for JSON nested too deeply to read, and for a key
-    spelled as a field the gateway reads but in other letter case (`spelled_as_read`)."""
+    wrong type or a value out of range, for a body that is not UTF-8 (`check_utf8`), for malformed JSON, for JSON
+    nested too deeply to read, and for a key spelled as a field the gateway reads but in other letter case
+    (`spelled_as_read`). Every door reads its body here first, Anthropic's included."""
+    check_utf8(body)
     try:
         request = _DECODERS[api](body)
     except (msgspec.MsgspecError, RecursionError) as exc:
@@ -535,8 +537,24 @@ def read_request(api: str, body: bytes) -> Any:
         raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
     fields = _FIELDS.get(api)
     if fields is not None:
-        spelled_as_read(body, *fields)
+        try:
+            spelled_as_read(body, *fields)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            raise refusal(exc) from None
     return request
+
+
+def check_utf8(body: bytes) -> None:
+    """JSON is UTF-8 (RFC 8259); 400 `invalid_json` for a body that is not. msgspec checks only the texts it reads:
+    a byte that is no UTF-8 in a key or a field it skips went upstream as it was, or failed a rewrite of the body
+    (500) after the call was accepted. An ASCII body, most of them, is checked in a few nanoseconds."""
+    if body.isascii():
+        return
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"Malformed JSON in request body: not UTF-8 at byte {exc.start}", code="invalid_json") \
+            from None
 
 
 def _folded(kind: type[msgspec.Struct]) -> dict[str, str]:

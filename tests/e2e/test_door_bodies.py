@@ -1,0 +1,83 @@
+"""End to end: what the doors take as a request body and what they refuse before anything is reserved or recorded.
+
+Each test gets the hostile lab (tests/e2e/test_hostile.py): two simulators serving a model only the lab's tenants use.
+A tenant with limits has its calls reserved and their bodies rewritten (the output ceiling), the path on which a body
+the gateway did not read whole could fail after the call was accepted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
+from tests.e2e.test_hostile import Lab, counters
+from tests.e2e.test_hostile import lab as lab  # noqa: F401  (the fixture)
+
+DOORS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/chat", "/api/generate", "/v1/messages"]
+
+
+def door_body(lab: Lab, path: str, **fields: Any) -> dict[str, Any]:
+    """A call's body on a door, streamed where the door streams (a stream without `include_usage` is rewritten)."""
+    if path == "/v1/messages":
+        body = {"model": lab.model, "max_tokens": 5, "messages": [{"role": "user", "content": "route me well"}]}
+    else:
+        body = lab.body(path)
+    if "embed" in path:
+        body["model"] = f"{lab.model}-embed"
+    elif path.startswith("/v1/"):
+        body["stream"] = True
+    return {**body, **fields}
+
+
+def error_of(path: str, reply: httpx.Response) -> tuple[str | None, str]:
+    """(code, message) of an error in the door's shape; Ollama's names no code, Anthropic's names a type."""
+    error = reply.json()["error"]
+    if path.startswith("/api/"):
+        assert isinstance(error, str), reply.text
+        return None, error
+    if path == "/v1/messages":
+        assert reply.json()["type"] == "error" and error["type"] == "invalid_request_error", reply.text
+        return None, error["message"]
+    assert set(error) == {"message", "type", "param", "code"}, reply.text
+    return error["code"], error["message"]
+
+
+async def refused_before_anything(lab: Lab, urls, tenant: str, request_ids: list[str]) -> None:
+    """Nothing was reserved for the tenant, and none of the calls was recorded."""
+    assert await counters(urls, tenant) == {}, "nothing was reserved, not even a request"
+    sentinel = uuid.uuid4().hex
+    async with httpx.AsyncClient(timeout=15) as client:
+        ok = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(request_id=sentinel),
+                               json=lab.body(max_tokens=5))
+    assert ok.status_code == 200, ok.text
+    await exactly_one_usage_row(lab.demo, sentinel)
+    for request_id in request_ids:
+        assert await usage_rows(lab.demo, request_id) == [], "a refused call records nothing"
+
+
+# --- UTF-8 ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DOORS)
+async def test_a_body_that_is_not_utf8_is_a_400_invalid_json_on_every_door(lab: Lab, urls, path: str) -> None:
+    """A byte that is no UTF-8 in a key was a 500 with a traceback (the key check's decode, unwrapped); in a field
+    the gateway does not read it went upstream as it was, or, with the body rewritten (a stream's usage, a ceiling),
+    was a 500 after the call was accepted, with a usage event. JSON is UTF-8: refused as malformed, first."""
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, rpm=1000)
+    written = msgspec.json.encode(door_body(lab, path))[:-1]
+    request_ids = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for tail in (b', "\xff": 1}', b', "x_vendor": "caf\xe9"}', b', "x_vendor": {"\xc3\x28": ["\xed\xa0\x80"]}}'):
+            request_id = uuid.uuid4().hex
+            request_ids.append(request_id)
+            reply = await client.post(f"{lab.demo.url}{path}", content=written + tail,
+                                      headers={**lab.headers(key, request_id), "Content-Type": "application/json"})
+            assert reply.status_code == 400, (tail, reply.text)
+            code, message = error_of(path, reply)
+            assert code in (None, "invalid_json") and "not UTF-8" in message, (tail, reply.text)
+    await refused_before_anything(lab, urls, tenant, request_ids)
