@@ -7,6 +7,7 @@ the gateway did not read whole could fail after the call was accepted.
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from typing import Any
 
@@ -81,3 +82,30 @@ async def test_a_body_that_is_not_utf8_is_a_400_invalid_json_on_every_door(lab: 
             code, message = error_of(path, reply)
             assert code in (None, "invalid_json") and "not UTF-8" in message, (tail, reply.text)
     await refused_before_anything(lab, urls, tenant, request_ids)
+
+
+# --- content codings ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DOORS)
+async def test_a_body_sent_with_a_content_coding_is_a_415_naming_it(lab: Lab, urls, path: str) -> None:
+    """No route decodes a coded body: a gzip one was "Malformed JSON at byte 0", and a plain one labelled `br` was
+    served as if the header were not there. Both are 415 naming the coding, in the door's shape; `identity` is
+    the body as it is."""
+    tenant, key = await lab.tenant_with(daily_tokens=20_000, rpm=1000)
+    body = msgspec.json.encode(door_body(lab, path))
+    request_ids = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for coding, content in (("gzip", gzip.compress(body)), ("br", body), ("gzip, identity", gzip.compress(body))):
+            request_id = uuid.uuid4().hex
+            request_ids.append(request_id)
+            reply = await client.post(f"{lab.demo.url}{path}", content=content, headers={
+                **lab.headers(key, request_id), "Content-Type": "application/json", "Content-Encoding": coding})
+            assert reply.status_code == 415, (coding, reply.text)
+            code, message = error_of(path, reply)
+            assert code in (None, "unsupported_content_encoding") and f"'{coding}'" in message, (coding, reply.text)
+            assert reply.headers["accept-encoding"] == "identity"
+        await refused_before_anything(lab, urls, tenant, request_ids)
+        plain = await client.post(f"{lab.demo.url}{path}", content=body, headers={
+            **lab.headers(key), "Content-Type": "application/json", "Content-Encoding": "identity"})
+        assert plain.status_code == 200, plain.text

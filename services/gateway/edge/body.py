@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from switchyard_gateway.services.gateway.edge.errors import BadRequest, BodyNotReceived, GatewayError, PayloadTooLarge, \
-    render_for, shape_for
+    UnsupportedEncoding, render_for, shape_for
 from switchyard_gateway.http1.server import BodyRefused
 from switchyard_gateway.services.gateway.edge.headers import request_id_headers
 
@@ -23,7 +23,9 @@ DRAIN_MAX_S = 10.0                        # ... and for this long
 
 async def read_body(headers: Any, proto: Any, limit: int) -> bytes:
     """The whole body, or PayloadTooLarge (answer it, then `drain`); BadRequest for a malformed Content-Length;
-    BodyNotReceived when the client stops sending it (the server's body timeout) or leaves."""
+    BodyNotReceived when the client stops sending it (the server's body timeout) or leaves; UnsupportedEncoding,
+    once it is read, for a body sent coded (`Content-Encoding: gzip`), which no route decodes: it was read as
+    malformed JSON at byte 0, or the header was ignored."""
     length = headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -32,19 +34,25 @@ async def read_body(headers: Any, proto: Any, limit: int) -> bytes:
             raise too_large(limit)
     try:
         if length is not None:
-            return await proto()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body = await proto()
+        else:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in proto:
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+            body = b"".join(chunks)
     except BodyRefused as exc:              # our server answered it 400 already: counted as what the client got
         raise BadRequest(str(exc), headers={"connection": "close"}) from exc
     except ConnectionError as exc:          # our server's ClientDisconnected: stalled, or gone
         raise BodyNotReceived("The request body did not arrive in time", headers={"connection": "close"}) from exc
+    coding = headers.get("content-encoding")
+    if coding is not None and body and coding.strip(" \t").lower() not in ("", "identity"):
+        raise UnsupportedEncoding(f"Content-Encoding '{coding}' is not supported: send the body as it is",
+                                  headers={"accept-encoding": "identity"})
+    return body
 
 
 async def refuse(proto: Any, path: str, error: GatewayError, request_id: str) -> None:

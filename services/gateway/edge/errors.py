@@ -9,6 +9,7 @@
     ├── ApiError              any status, for what the hot path refuses
     │   ├── BadRequest        400 (malformed JSON, missing or invalid fields)
     │   ├── PayloadTooLarge   413
+    │   ├── UnsupportedEncoding  415 a body sent with a content coding (gzip, br): none is decoded
     │   ├── ModelNotFound     404
     │   │   └── ModelNotConfigured  404, code MODEL_NOT_CONFIGURED: the model exists, not for this tenant
     │   └── UpstreamError     502 / 503 / 504 when no endpoint could answer
@@ -150,6 +151,11 @@ class BodyNotReceived(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedEncoding(ApiError):
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class ModelNotFound(ApiError):
