@@ -109,3 +109,24 @@ async def test_a_body_sent_with_a_content_coding_is_a_415_naming_it(lab: Lab, ur
         plain = await client.post(f"{lab.demo.url}{path}", content=body, headers={
             **lab.headers(key), "Content-Type": "application/json", "Content-Encoding": "identity"})
         assert plain.status_code == 200, plain.text
+
+
+# --- stream: null ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+async def test_stream_null_is_a_whole_answer_as_openai_reads_it(lab: Lab, urls, path: str) -> None:
+    """OpenAI's `stream` is nullable, null meaning false; it was a 400 "Expected `bool`, got `null`". Now a whole
+    answer, recorded as no stream, with a tenant's limits (the body rewritten) and without."""
+    _, key = await lab.tenant_with(daily_tokens=20_000)
+    async with httpx.AsyncClient(timeout=15) as client:
+        for caller in (key, lab.member):
+            request_id = uuid.uuid4().hex
+            reply = await client.post(f"{lab.demo.url}{path}", headers=lab.headers(caller, request_id),
+                                      json=door_body(lab, path, stream=None))
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["content-type"].startswith("application/json"), reply.text[:200]
+            assert reply.json()["object"] == ("list" if "embed" in path else
+                                              "chat.completion" if "chat" in path else "text_completion")
+            event = await exactly_one_usage_row(lab.demo, request_id)
+            assert (event["stream"], event["outcome"], event["status"]) == (False, "ok", 200), event

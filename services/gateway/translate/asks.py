@@ -161,7 +161,17 @@ class ChatMessage(msgspec.Struct):
     tool_calls: msgspec.Raw = msgspec.Raw()       # the calls an assistant made: read back by the model
 
 
-class Sampling(InferenceRequest):
+class OpenAICall(InferenceRequest):
+    """What every OpenAI call shares: `stream` may be null, as OpenAI's API has it, meaning false (it was a 400)."""
+
+    stream: bool | None = False                   # type: ignore[assignment]  # false once read
+
+    def __post_init__(self) -> None:
+        if self.stream is None:
+            self.stream = False
+
+
+class Sampling(OpenAICall):
     """Sampling fields OpenAI's chat and text completions share, with OpenAI's ranges."""
 
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
@@ -262,7 +272,7 @@ class OpenAICompletion(Sampling):
                    summed(lambda: (*_inputs(self.prompt), *(self.suffix or "" for _ in range(prompts)))), tokenizer)
 
 
-class OpenAIEmbeddings(InferenceRequest):
+class OpenAIEmbeddings(OpenAICall):
     input: Prompt | None = None
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
     encoding_format: Literal["float", "base64"] | None = None
