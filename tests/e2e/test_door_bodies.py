@@ -130,3 +130,43 @@ async def test_stream_null_is_a_whole_answer_as_openai_reads_it(lab: Lab, urls, 
                                               "chat.completion" if "chat" in path else "text_completion")
             event = await exactly_one_usage_row(lab.demo, request_id)
             assert (event["stream"], event["outcome"], event["status"]) == (False, "ok", 200), event
+
+
+# --- content parts --------------------------------------------------------------------------------------------------
+
+
+async def test_a_content_part_of_a_type_openai_does_not_have_is_a_400_naming_it(lab: Lab, urls) -> None:
+    """`bogus` or `Text` was held at the model's whole context as a part the gateway could not count, and under a
+    limit answered 402 "Quota exceeded"; OpenAI refuses it, naming the part (vLLM's media types are taken, held at
+    the whole context as audio and files are)."""
+    tenant, key = await lab.tenant_with(daily_tokens=5000)
+    text = {"type": "text", "text": "what is announced on platform nine"}
+    request_ids = []
+    async with httpx.AsyncClient(timeout=15) as client:
+        for kind in ("bogus", "Text", "image", ""):
+            request_id = uuid.uuid4().hex
+            request_ids.append(request_id)
+            parts = [text, {"type": kind, "text": "and on platform ten"}]
+            reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key, request_id),
+                                      json=lab.body(messages=[{"role": "user", "content": parts}]))
+            assert reply.status_code == 400, (kind, reply.text)
+            error = reply.json()["error"]
+            assert (error["param"], error["code"]) == ("messages[0].content[1].type", "invalid_value"), error
+    await refused_before_anything(lab, urls, tenant, request_ids)
+
+
+async def test_a_402_for_a_part_held_at_the_whole_context_says_so(lab: Lab) -> None:
+    """Audio is held at the model's context (8,192 here): a tenant with 5,000 tokens left was told "Quota exceeded"
+    with numbers showing room left; the message now says why the call did not fit."""
+    _, key = await lab.tenant_with(daily_tokens=5000)
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    parts = [{"type": "text", "text": "what is announced here"}, audio]
+    async with httpx.AsyncClient(timeout=15) as client:
+        reply = await client.post(f"{lab.demo.url}/v1/chat/completions", headers=lab.headers(key),
+                                  json=lab.body(messages=[{"role": "user", "content": parts}], max_tokens=5))
+    assert reply.status_code == 402, reply.text
+    error = reply.json()["error"]
+    assert error["limit"] == 5000 and error["used"] < 5000, error        # room left, which the call did not fit
+    assert error["message"] == ("Quota exceeded: the prompt holds a content part the gateway cannot count "
+                                "(messages[0].content[1], input_audio), held as the model's whole context "
+                                "(8192 tokens)"), error

@@ -182,7 +182,7 @@ class QuotaClient:
         except (ConnectionError, TimeoutError) as exc:
             return self._unavailable(exc, tenant_id, model_id, hold, prompt, want, choices, bounded)
         if result[0] != 1:
-            raise self.refusal(planned, result, tenant_id, model_id, now)
+            raise ask.explained(self.refusal(planned, result, tenant_id, model_id, now))
         self.running[hold] = now + self.hold_s
         out = int(result[1])
         tokens = prompt + out * choices

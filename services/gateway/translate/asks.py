@@ -10,9 +10,10 @@ and its prompt, counted lazily with the reservation's tokenizer. The prompt is e
 model reads, as servers bill it: the messages, and beside them the tools offered, the tool calls
 made and the schema an answer must follow (read as raw JSON, counted as written), and each image
 as the tokenizer's `image_tokens` (images are not decoded: each counts the same). A content part the
-gateway cannot count (audio, a file, a kind it does not know) makes the prompt held the whole context:
-the most any server can bill for it, so no caller gets past a limit with one (a usage record that must
-estimate, the upstream having reported nothing, takes what was counted).
+gateway cannot count (audio, a file) makes the prompt held the whole context: the most any server can bill
+for it, so no caller gets past a limit with one (a usage record that must estimate, the upstream having
+reported nothing, takes what was counted; a refusal says why it was held so, `Ask.explained`). A part of a
+type OpenAI does not have is a 400 naming it.
 
 A door that reads its own request (Anthropic's) builds its `Ask` itself and checks its own field
 names with `check_tokens` (a required `max_tokens`: `check_tokens(v, "max_tokens", limit, required=True)`)
@@ -28,7 +29,7 @@ import msgspec
 
 from switchyard_gateway.kit.natsio import field_path
 from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEstimator
-from switchyard_gateway.services.gateway.edge.errors import BadRequest
+from switchyard_gateway.services.gateway.edge.errors import BadRequest, GatewayError
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.keep_alive import keep_alive_seconds, unloads
 from switchyard_gateway.services.gateway.translate.ollama_checks import (
@@ -60,20 +61,24 @@ class _Image:
 
 IMAGE = _Image()
 COUNTED_PARTS = ("text", "image_url", "refusal")      # the OpenAI content parts a prompt's count covers
+# OpenAI's chat content parts (a `refusal` is an assistant's) and the media vLLM's server takes beside them; another
+# type is a 400 naming it (a `bogus` or `Text` was held at the whole context, as a part the gateway could not count)
+PartType = Literal["text", "image_url", "input_audio", "file", "refusal", "video_url", "audio_url", "image_embeds"]
+REQUEST_LIMITS = frozenset({"requests", "rpm", "key_rpm"})     # the limits of requests, not tokens (quotas.plan)
 
 
 class Ask:
     """What one call asks for: output tokens per choice (None: not given), choices, whether it is an
     embedding (no output), the field its client names the output limit by, and its prompt tokens
     (`prompt(count, per_image)` counts them with the `count` and the tokens per image it is given).
-    `uncounted` says whether it has a part that cannot be counted, `context` the most its prompt can be."""
+    `uncounted` names a part that cannot be counted (None: there is none), `context` the most its prompt can be."""
 
     __slots__ = ("output", "choices", "embedding", "field", "largest", "context", "_counted", "_tokenizer",
                  "_prompt", "_uncounted")
 
     def __init__(self, output: int | None, choices: int, embedding: bool, field: str,
                  prompt: PromptCounter, tokenizer: TokenEstimator | None, largest: int | None = None,
-                 context: int | None = None, uncounted: Callable[[], bool] | None = None) -> None:
+                 context: int | None = None, uncounted: Callable[[], str | None] | None = None) -> None:
         self.output, self.choices, self.embedding, self.field = output, choices, embedding, field
         self.largest = largest if largest is not None else output    # the largest output limit the body names
         self.context = context
@@ -104,6 +109,18 @@ class Ask:
         if self._uncounted is not None and self.context is not None and self._uncounted():
             return max(counted, self.context)
         return counted
+
+    def explained(self, error: GatewayError) -> GatewayError:
+        """A refusal of this call's hold, saying when its prompt was held at the model's whole context for a part
+        that cannot be counted: a 402 whose numbers show room left is otherwise read as the gateway's mistake.
+        A refusal of requests (not tokens) is the same with or without it."""
+        where = self._uncounted() if self._uncounted is not None and self.context is not None else None
+        limited = error.details.get("quota_type") or error.details.get("limit_type")
+        if where is None or limited in REQUEST_LIMITS or self.counted_tokens() >= self.context:  # type: ignore[operator]
+            return error
+        error.args = (f"{error.message}: the prompt holds a content part the gateway cannot count ({where}), held "
+                      f"as the model's whole context ({self.context} tokens)",)
+        return error
 
 
 def summed(texts: Callable[[], Iterable[str | int | _Image]]) -> PromptCounter:
@@ -149,7 +166,7 @@ IMAGE_SCHEMES = ("https://", "http://", "data:")     # what an upstream may be a
 
 
 class ContentPart(msgspec.Struct):
-    type: str = "text"
+    type: PartType = "text"
     text: str | None = None
     refusal: str | None = None
     image_url: ImageUrl | str | None = None
@@ -204,7 +221,7 @@ class OpenAIChat(Sampling):
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
         self._check_images()
         return Ask(min(asked) if asked else None, self.n or 1, False, field, summed(self._texts), tokenizer,
-                   max(asked) if asked else None, context=limit, uncounted=self._uncounted)
+                   max(asked) if asked else None, context=limit, uncounted=self._uncounted_part)
 
     def _check_images(self) -> None:
         """An image is given by an http(s) or data: URL: the upstream fetches it, so a `file://` (or any other
@@ -222,10 +239,14 @@ class OpenAIChat(Sampling):
                     raise BadRequest(f"Invalid '{where}': an image is an http(s) URL or a data: URL", param=where,
                                      code="invalid_value")
 
-    def _uncounted(self) -> bool:
-        """Whether a message has a part that cannot be counted: audio, a file, a kind the gateway does not know."""
-        return any(part.type not in COUNTED_PARTS
-                   for message in self.messages or () if isinstance(message.content, list) for part in message.content)
+    def _uncounted_part(self) -> str | None:
+        """The first part that cannot be counted (audio, a file), named with its type; None when there is none."""
+        for index, message in enumerate(self.messages or ()):
+            if isinstance(message.content, list):
+                for number, part in enumerate(message.content):
+                    if part.type not in COUNTED_PARTS:
+                        return f"messages[{index}].content[{number}], {part.type}"
+        return None
 
     def _texts(self) -> Iterable[str | int | _Image]:
         yield PER_MESSAGE
