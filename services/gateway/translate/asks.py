@@ -47,6 +47,7 @@ Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Prompt = str | Annotated[list[str | TokenId | list[TokenId]], msgspec.Meta(max_length=MAX_INPUTS)]
+Stops = str | Annotated[list[str], msgspec.Meta(max_length=4)]       # OpenAI's: a text, or at most 4
 
 
 Count = Callable[[str], int]                # tokens in one text
@@ -179,9 +180,13 @@ class ChatMessage(msgspec.Struct):
 
 
 class OpenAICall(InferenceRequest):
-    """What every OpenAI call shares: `stream` may be null, as OpenAI's API has it, meaning false (it was a 400)."""
+    """What every OpenAI call shares: `stream` may be null, as OpenAI's API has it, meaning false (it was a 400).
+
+    The fields declared here and below and never read are declared for their types (and OpenAI's bounds), checked in
+    the same decode: a field of the wrong type is a 400 naming it, not the upstream's 400 after quota was held."""
 
     stream: bool | None = False                   # type: ignore[assignment]  # false once read
+    user: str | None = None
 
     def __post_init__(self) -> None:
         if self.stream is None:
@@ -191,6 +196,8 @@ class OpenAICall(InferenceRequest):
 class Sampling(OpenAICall):
     """Sampling fields OpenAI's chat and text completions share, with OpenAI's ranges."""
 
+    stop: Stops | None = None
+
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Unit | None = None
     presence_penalty: Penalty | None = None
@@ -199,15 +206,26 @@ class Sampling(OpenAICall):
     n: Choices | None = None
 
 
+class ToolChoice(msgspec.Struct):
+    """A tool the model must call: `{"type": "function", "function": {"name": ...}}` or another kind, kept unread."""
+
+    type: str
+
+
 class OpenAIChat(Sampling):
     messages: list[ChatMessage] | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
-    stop: str | list[str] | None = None
+    logprobs: bool | None = None
     tools: msgspec.Raw = msgspec.Raw()            # counted as prompt, never parsed
     functions: msgspec.Raw = msgspec.Raw()        # the older name of tools
-    response_format: msgspec.Raw = msgspec.Raw()
+    tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: msgspec.Raw = msgspec.Raw()  # counted as prompt; its `type` checked by `ask`
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    modalities: list[str] | None = None
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if not self.messages:
@@ -217,6 +235,8 @@ class OpenAIChat(Sampling):
                 raise BadRequest(f"Invalid '{name}': expected an array", param=name, code="invalid_type")
         check_tokens(self.max_tokens, "max_tokens", limit)
         check_tokens(self.max_completion_tokens, "max_completion_tokens", limit)
+        if self.response_format:
+            _check_format(self.response_format)
         field = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         asked = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
         self._check_images()
@@ -269,12 +289,35 @@ class OpenAIChat(Sampling):
             yield raw_text(raw)
 
 
+class _Format(msgspec.Struct):
+    """A chat's `response_format`, read only to refuse one no server takes: OpenAI's types, and vLLM's
+    `structural_tag`."""
+
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+
+
+class _Formatted(msgspec.Struct):
+    response_format: _Format | None = None
+
+
+_decode_format = msgspec.json.Decoder(_Formatted).decode
+
+
+def _check_format(raw: msgspec.Raw) -> None:
+    """400 naming `response_format` (or its `type`) for one that is no object with a type a server takes."""
+    try:
+        _decode_format(b'{"response_format":' + bytes(raw) + b"}")
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise refusal(exc) from None
+
+
 class OpenAICompletion(Sampling):
     prompt: Prompt | None = None
     suffix: str | None = None
     max_tokens: int | None = None
     best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    echo: bool | None = None
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         if self.prompt is None:
@@ -588,8 +631,13 @@ def check_utf8(body: bytes) -> None:
             from None
 
 
+# fields declared only for their types (OpenAICall): their keys in another case are a client's own (`User`), passed on
+TYPED_ONLY = frozenset({"user", "store", "metadata", "modalities", "parallel_tool_calls", "tool_choice", "echo"})
+
+
 def _folded(kind: type[msgspec.Struct]) -> dict[str, str]:
-    return {field.encode_name.casefold(): field.encode_name for field in msgspec.structs.fields(kind)}
+    return {field.encode_name.casefold(): field.encode_name for field in msgspec.structs.fields(kind)
+            if field.encode_name not in TYPED_ONLY}
 
 
 # the fields read at the top of a body and in each of its messages, by their case-folded names; the Anthropic
@@ -633,6 +681,8 @@ def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:
     if not isinstance(exc, msgspec.ValidationError):
         return BadRequest(f"Malformed JSON in request body: {text}", code="invalid_json")
     param = field_path(text)
+    if param is not None and "[...]" in param:          # msgspec's name for any value of an object: the object is named
+        param = param.partition("[...]")[0]
     if "missing required field" in text:                # the field itself is named, not the object lacking it
         return BadRequest(f"Missing required field '{param}'", param=param, code="missing_field")
     if param is None:
