@@ -35,6 +35,7 @@ from switchyard_gateway.kit.stack_proc import die_with_parent, port_is_free
 
 S = TypeVar("S", bound=ServiceSettings)
 SLOT_WAIT_S = 30.0          # a worker whose every slot is held (its predecessor still stopping) waits this long
+WORKER_SETTLED_S = 10.0     # a worker that dies after this long is replaced alone; sooner, it failed to start
 
 
 def settings_of(cls: type[S]) -> S:
@@ -82,7 +83,8 @@ def run(target: str, settings: ServiceSettings, interface: str = "asgi", websock
         workers: int = 1, name: str = "", slots_dir: Path | None = None, server: str = "granian") -> None:
     """Serve an app factory (`module:function`) with granian: uvloop, HTTP/1.1 (and WebSocket upgrades when
     `websockets`), `workers` worker processes (numbered in `slots_dir` when more than one). An RSGI app may
-    be served by our own server instead (`server="native"`: `http1.server`, in the same process shape).
+    be served by our own server instead (`server="native"`: `http1.server`, in the same process shape, save that
+    a worker dying after it served is replaced alone: `_run_native`).
 
     granian runs a main process and its workers; a worker dies with the main (SIGTERM, so it still
     drains), and the main, started by the supervisor, dies with its first worker to exit. granian
@@ -134,18 +136,25 @@ def raise_open_file_limit() -> int:
 def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tuple[Path, str, int] | None) -> None:
     """granian's process shape with our server: this lean main forks `workers` workers, each listening on the
     port itself (SO_REUSEPORT: the kernel spreads connections evenly); SIGTERM or SIGINT is passed on to
-    them (they drain); the first worker to exit ends the others and this process, with its exit code.
-    One worker is this process itself: a main with nothing to share out would hold its tens of megabytes
-    for nothing (the process still dies with whoever started it, as every supervised process does)."""
+    them (they drain). A worker that dies after WORKER_SETTLED_S is replaced alone (it takes its slot, and its
+    journal, again) while the others serve: ending them all took the port down for seconds. One that dies
+    sooner failed to start (a setting, its port, NATS): it ends the others and this process, with its exit
+    code, for the supervisor to see. One worker is this process itself: a main with nothing to share out
+    would hold its tens of megabytes for nothing (the process still dies with whoever started it, as every
+    supervised process does)."""
     if workers == 1:
         _worker_then_exit(target, settings, None, slots)
     main_pid = os.getpid()
-    children: set[int] = set()
-    for _ in range(workers):
+    children: dict[int, float] = {}             # pid -> when it was forked (monotonic)
+
+    def fork_worker() -> None:
         pid = os.fork()
         if pid == 0:
             _worker_then_exit(target, settings, main_pid, slots)
-        children.add(pid)
+        children[pid] = time.monotonic()
+
+    for _ in range(workers):
+        fork_worker()
     stopping = False
 
     def stop(signum: int, _frame: Any) -> None:
@@ -160,11 +169,16 @@ def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tup
     exit_code = 0
     while children:
         pid, status = os.wait()
-        children.discard(pid)
+        forked = children.pop(pid, None)
+        if forked is None or stopping:
+            continue
         code = os.waitstatus_to_exitcode(status)
-        if not stopping:                        # a worker ended on its own: so does the service
-            exit_code = code if code > 0 else 1
-            stop(signal.SIGTERM, None)
+        if time.monotonic() - forked >= WORKER_SETTLED_S:      # it had served: replace it, the others serve on
+            print(f"switchyard: worker {pid} exited ({code}); replacing it", file=sys.stderr, flush=True)
+            fork_worker()
+            continue
+        exit_code = code if code > 0 else 1     # it failed to start: so does the service, and the others end
+        stop(signal.SIGTERM, None)
     raise SystemExit(exit_code)
 
 
