@@ -93,10 +93,14 @@ class Outcome:
             self.first_byte = time.perf_counter()
 
     def estimate_tokens(self, call: Call, output_tokens: int = 0) -> None:
-        """The upstream reported no usage: the prompt counted with the reservation's tokenizer, one output token
-        per content event."""
+        """The upstream reported no usage: the prompt counted with the reservation's tokenizer, the output as the
+        relay estimated it from what the model wrote, never more than the call was held to (as a whole answer's)."""
         self.estimated = True
-        self.input_tokens = call.ask.counted_tokens() if call.ask is not None else max(1, len(call.body) // 4)
+        ask = call.ask
+        self.input_tokens = ask.counted_tokens() if ask is not None else max(1, len(call.body) // 4)
+        most = call.ceiling if call.ceiling is not None else ask.output if ask is not None else None
+        if most is not None:
+            output_tokens = min(output_tokens, max(1, most) * max(1, ask.choices if ask is not None else 1))
         self.output_tokens = output_tokens
         self.cached_tokens = 0
 

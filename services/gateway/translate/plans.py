@@ -63,7 +63,7 @@ class Stream(Protocol):
 
     usage: TokenCounts | None
     done: bool
-    content_events: int
+    content_events: int             # the output tokens to record when no counts came: the tap's estimate
     estimate: TokenCounts | None    # set by the relay before `finish` when no counts came: what the client is shown
     error: str | None               # an error the upstream sent inside its stream (relayed in the door's shape)
 

@@ -1,6 +1,8 @@
-"""Watch an OpenAI server-sent-event stream as it is relayed: find usage, count content, drop what the client did not ask for."""
+"""Watch an OpenAI server-sent-event stream as it is relayed: find usage, measure what the model wrote, drop what the client did not ask for."""
 
 from __future__ import annotations
+
+import re
 
 import msgspec
 
@@ -53,19 +55,20 @@ class SseTap:
     """Feed raw upstream chunks in, get the bytes to forward out (whole events only).
 
     `usage` is the `TokenCounts` of the stream's usage chunk, if any; that chunk is
-    forwarded only when `keep_usage` (the client asked for it). `content_events`
-    counts chunks that carried content: the output token estimate when the
-    upstream reports no usage. `done` is set by the `[DONE]` event; `error` by an
-    event holding an `error` (relayed as it came).
+    forwarded only when `keep_usage` (the client asked for it). `written` counts the
+    bytes the model wrote (`_written`); `content_events`, the output token estimate
+    when the upstream reports no usage, is a token per 4 of them, as a whole answer's
+    is (pipeline/relay.py). `done` is set by the `[DONE]` event; `error` by an event
+    holding an `error` (relayed as it came).
     """
 
-    __slots__ = ("keep_usage", "usage", "content_events", "done", "estimate", "error", "_buffer", "_finished",
+    __slots__ = ("keep_usage", "usage", "written", "done", "estimate", "error", "_buffer", "_finished",
                  "_first", "_held", "_seen")
 
     def __init__(self, keep_usage: bool) -> None:
         self.keep_usage = keep_usage
         self.usage: TokenCounts | None = None
-        self.content_events = 0
+        self.written = 0
         self.done = False
         self.estimate: TokenCounts | None = None    # the gateway's counts, when the upstream sent none (relay)
         self.error: str | None = None
@@ -74,6 +77,11 @@ class SseTap:
         self._first = b""           # the first event, whose id, created and model a usage chunk of ours repeats
         self._held = False          # [DONE] held back: the client asked for usage and the upstream sent none
         self._seen = False          # an event came: the answer is an event stream
+
+    @property
+    def content_events(self) -> int:
+        """The output tokens the stream's text is estimated at: a token per 4 bytes written, rounded up."""
+        return (self.written + 3) // 4
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:                       # past [DONE]: nothing more is the answer (nor billed)
@@ -90,13 +98,13 @@ class SseTap:
             self._seen = _is_event_stream(complete)
         if self.keep_usage and not self._first:
             self._first = complete[:complete.find(b"\n\n")]
-        if not self._finished and (b'"finish_reason":"' in complete or b'"finish_reason": "' in complete):
+        if not self._finished and _FINISHED.search(complete) is not None:
             self._finished = True
         if self.error is None and b'"error"' in complete:      # a key, never text: quotes in text are escaped
             self.error = _error_in(complete)
         marker = _first_marker(complete)
         if marker < 0:
-            self.content_events += _content(complete)
+            self.written += _written(complete)
             return complete if self.keep_usage else _without_null_usage(complete)
         # Only the events from the first that may carry usage or end the stream are read one by one (a stream
         # that arrives whole would otherwise be split event by event).
@@ -104,7 +112,7 @@ class SseTap:
         if start < 2:
             start = 0
         head = complete[:start]
-        self.content_events += _content(head)
+        self.written += _written(head)
         kept = head + self._inspect(complete[start:])
         return kept if self.keep_usage else _without_null_usage(kept)
 
@@ -134,8 +142,7 @@ class SseTap:
                         if self.keep_usage:
                             kept.append(event)
                         continue
-            if b'"content":"' in payload or b'"content": "' in payload or b'"text":"' in payload:
-                self.content_events += 1
+            self.written += _written(payload)
             kept.append(event)
         return b"".join(e + b"\n\n" for e in kept)
 
@@ -211,18 +218,28 @@ def _is_event_stream(events: bytes) -> bool:
 
 
 _MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]")
+_FINISHED = re.compile(rb'"finish_reason": ?"')       # a choice's finish_reason came (not null)
 
 
 def _first_marker(events: bytes) -> int:
     """Where the first usage object or `[DONE]` is in `events`, or -1."""
+    if b'"usage"' not in events and b"[DONE]" not in events:        # most events: a third of the finds below
+        return -1
     found = [at for at in (events.find(marker) for marker in _MARKERS) if at >= 0]
     return min(found) if found else -1
 
 
-def _content(events: bytes) -> int:
-    """Chunks carrying content among whole events read at once (an estimate: each marker counts)."""
-    return events.count(b'"content":"') + events.count(b'"content": "') + events.count(b'"text":"') \
-        + events.count(b'"text": "')
+# a text the model wrote, as a key of a chunk's delta (chat), choice (completions) or tool call holds it: quotes inside
+# a JSON text are escaped, so `"content":"` is never inside one
+_TEXTS = re.compile(rb'"(?:content|text|re(?:fusal|asoning(?:_content)?)|thinking|arguments|name)": ?'
+                    rb'"([^"\\]*(?:\\.[^"\\]*)*)"')
+
+
+def _written(events: bytes) -> int:
+    """The bytes the model wrote in whole events (as JSON writes them): its text, reasoning and tool calls. Counting
+    the events that carried `"content":"` counted tool calls and reasoning as nothing (an answer of tool calls
+    alone was billed no output) and an empty role chunk as a token."""
+    return sum(map(len, _TEXTS.findall(events)))
 
 
 def _counts(usage: dict) -> TokenCounts | None:

@@ -1,0 +1,90 @@
+"""End to end: what the OpenAI door makes of upstream answers a model server may well send, through a one-worker gateway.
+
+Each test registers a raw upstream (`Odd`, tests/e2e/test_upstream_answers.py) as the only endpoint of a model of its
+own (`rig.lone`) beside the hostile lab's, and sets the answer it gives to every call.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.e2e.test_hostile import Lab, exactly_one_usage_row
+from tests.e2e.test_quota_e2e import Gateway
+from tests.e2e.test_upstream_answers import gateway as gateway  # noqa: F401  (the fixtures)
+from tests.e2e.test_upstream_answers import lab as lab  # noqa: F401
+from tests.e2e.test_upstream_answers import odd_endpoint, raw
+
+
+def events(*chunks: Any) -> bytes:
+    """An SSE stream of these chunks (each a chat chunk's `choices[0]`), without usage, then `[DONE]`."""
+    head = {"id": "chatcmpl-odd", "object": "chat.completion.chunk", "created": 1700000000, "model": "odd"}
+    data = b"".join(b"data: " + msgspec.json.encode({**head, "choices": [{"index": 0, **choice}]}) + b"\n\n"
+                    for choice in chunks)
+    return data + b"data: [DONE]\n\n"
+
+
+ROLE = {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+ARGUMENTS = "word " * 20                # 100 bytes a delta
+THOUGHT = "think " * 20                 # 120 bytes a delta
+STREAMS = {
+    # tool-call arguments alone, as a model calling a tool writes them: 200 deltas, none with content
+    "tool calls": (events(
+        {"delta": {"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}},
+        *({"delta": {"tool_calls": [{"index": 0, "function": {"arguments": ARGUMENTS}}]}} for _ in range(200)),
+        {"delta": {}, "finish_reason": "tool_calls"}), len("get_weather") + 200 * len(ARGUMENTS)),
+    # reasoning deltas (vLLM's and DeepSeek's `reasoning_content`; Ollama's and OpenRouter's `reasoning`), then a word
+    "reasoning_content": (events(
+        ROLE, *({"delta": {"reasoning_content": THOUGHT}} for _ in range(200)), {"delta": {"content": "ok"}},
+        {"delta": {}, "finish_reason": "stop"}), 200 * len(THOUGHT) + 2),
+    "reasoning": (events(
+        ROLE, *({"delta": {"reasoning": THOUGHT}} for _ in range(200)), {"delta": {"content": "ok"}},
+        {"delta": {}, "finish_reason": "stop"}), 200 * len(THOUGHT) + 2),
+    # the role chunk's empty content is nothing written
+    "a word": (events(ROLE, {"delta": {"content": "hi"}}, {"delta": {}, "finish_reason": "stop"}), 2),
+}
+
+
+@pytest.mark.parametrize("case", list(STREAMS))
+async def test_a_stream_without_usage_is_estimated_from_everything_the_model_wrote(lab: Lab, gateway: Gateway,
+                                                                                   case: str) -> None:
+    """Without counts a stream was billed a token per chunk holding `"content":"`: 200 deltas of tool-call
+    arguments (4,000 words) were 0 output tokens, as were as many of reasoning, and the role chunk's empty content
+    was a token. Now a token per 4 bytes the model wrote (its text, reasoning and tool calls), as a whole answer's
+    estimate is; the usage chunk a client asked for shows what is recorded."""
+    stream, written = STREAMS[case]
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = raw(200, stream, b"content-type: text/event-stream")
+        request_id = f"written-{uuid.uuid4().hex}"
+        async with httpx.AsyncClient(timeout=30) as client:
+            reply = await client.post(f"{gateway.url}/v1/chat/completions", headers=lab.headers(request_id=request_id),
+                                      json={**lab.body(), "model": rig.lone, "stream": True,
+                                            "stream_options": {"include_usage": True}})
+        assert reply.status_code == 200, reply.text[:300]
+        data = [e[6:] for e in reply.text.split("\n\n") if e.startswith("data: ")]
+        assert data[-1] == "[DONE]"
+        shown = json.loads(data[-2])["usage"]
+        row = await exactly_one_usage_row(lab.demo, request_id)
+        assert row["estimated"] is True and row["outcome"] == "ok", row
+        assert row["output_tokens"] == -(-written // 4), (case, row["output_tokens"], written)
+        assert (shown["prompt_tokens"], shown["completion_tokens"]) == (row["input_tokens"], row["output_tokens"])
+
+
+async def test_a_streams_estimate_is_never_past_what_the_call_was_held_to(lab: Lab, gateway: Gateway) -> None:
+    """As a whole answer's: 4,000 words of tool-call arguments asked with `max_tokens` 50 are billed 50."""
+    stream, _ = STREAMS["tool calls"]
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = raw(200, stream, b"content-type: text/event-stream")
+        request_id = f"held-{uuid.uuid4().hex}"
+        async with httpx.AsyncClient(timeout=30) as client:
+            reply = await client.post(f"{gateway.url}/v1/chat/completions", headers=lab.headers(request_id=request_id),
+                                      json={**lab.body(), "model": rig.lone, "stream": True, "max_tokens": 50})
+        assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]"), reply.text[-300:]
+        row = await exactly_one_usage_row(lab.demo, request_id)
+        assert (row["estimated"], row["output_tokens"]) == (True, 50), row
