@@ -6,6 +6,7 @@ own (`rig.lone`) beside the hostile lab's, and sets the answer it gives to every
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
@@ -88,3 +89,37 @@ async def test_a_streams_estimate_is_never_past_what_the_call_was_held_to(lab: L
         assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]"), reply.text[-300:]
         row = await exactly_one_usage_row(lab.demo, request_id)
         assert (row["estimated"], row["output_tokens"]) == (True, 50), row
+
+
+SHORT_VECTOR = msgspec.json.encode({"object": "list", "model": "odd", "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                                    "data": [{"object": "embedding", "index": 0, "embedding": [0.6, 0.8, 0.0, 0.0]}]})
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_a_vector_shorter_than_the_dimensions_asked_is_the_endpoints_failure(lab: Lab, gateway: Gateway,
+                                                                                    encoding: str) -> None:
+    """An upstream answering 4 values to `dimensions: 8` had its vector passed on, shorter than asked. It cannot
+    answer the call: the attempt fails (its breaker hears it) and the call moves on to `a`, or is a 502 when no
+    endpoint is left."""
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = raw(200, SHORT_VECTOR, b"content-type: application/json")
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def embed(model: str) -> httpx.Response:
+                request_id = f"dims-{uuid.uuid4().hex}"
+                rig.request_ids.append(request_id)
+                return await client.post(f"{gateway.url}/v1/embeddings", headers=lab.headers(request_id=request_id),
+                                         json={"model": model, "input": "route me well", "dimensions": 8,
+                                               "encoding_format": encoding})
+            moved_on = await embed(lab.model)
+            assert moved_on.status_code == 200, moved_on.text
+            vector = moved_on.json()["data"][0]["embedding"]
+            assert (len(vector) if encoding == "float" else len(base64.b64decode(vector)) // 4) == 8, vector
+            row = await exactly_one_usage_row(lab.demo, rig.request_ids[-1])
+            assert (row["endpoint_id"], row["attempts"], row["status"]) == (lab.ids["a"], 2, 200), row
+            await rig.heard(1)
+            alone = await embed(rig.lone)
+            assert alone.status_code == 502, alone.text
+            assert alone.json()["error"]["message"] == f"Endpoint '{rig.endpoint_id}' answered something unreadable"
+            row = await exactly_one_usage_row(lab.demo, rig.request_ids[-1])
+            assert (row["outcome"], row["status"], row["input_tokens"]) == ("error", 502, 0), row
+            await rig.heard(1)

@@ -7,7 +7,10 @@ import base64
 import json
 import math
 
-from switchyard_gateway.services.gateway.translate.plans import conform_embeddings, embedding_options, embeddings_to_base64
+import pytest
+
+from switchyard_gateway.services.gateway.translate.plans import TranslationError, conform_embeddings, embedding_options, \
+    embeddings_to_base64
 
 
 def body(obj) -> bytes:
@@ -57,9 +60,17 @@ def test_dimensions_cut_longer_vectors_and_scale_them_back_to_unit_length() -> N
     assert [round(x, 6) for x in floats_of(as_base64["data"][1]["embedding"])] == [0.707107, 0.707107]
 
 
-def test_vectors_no_longer_than_dimensions_keep_their_values() -> None:
-    out = json.loads(conform_embeddings(FLOATS, encoding_format="float", dimensions=8))
+def test_vectors_as_long_as_dimensions_keep_their_values() -> None:
+    out = json.loads(conform_embeddings(FLOATS, encoding_format="float", dimensions=4))
     assert out["data"][0]["embedding"] == [0.6, 0.8, 0.0, 0.0]
+
+
+def test_a_vector_shorter_than_dimensions_is_the_upstreams_failure() -> None:
+    """It was answered as it was, 4 values for 8 asked: no cut makes a vector longer, so that upstream cannot
+    answer the call (the relay fails the attempt: 502, or the next endpoint)."""
+    for encoding in ("float", "base64"):
+        with pytest.raises(TranslationError, match="4 dimensions where 8 were asked"):
+            conform_embeddings(FLOATS, encoding_format=encoding, dimensions=8)
 
 
 def test_unreadable_answers_are_returned_as_they_are() -> None:

@@ -45,8 +45,9 @@ def embeddings_to_base64(data: bytes) -> bytes:
 def conform_embeddings(data: bytes, *, encoding_format: str | None, dimensions: int | None) -> bytes:
     """A /v1/embeddings answer in the form the client asked for: vectors cut to `dimensions` (and renormalised),
     base64 when `encoding_format` is "base64", float lists otherwise. Unreadable bodies are returned as they are
-    (the relay judges them); a vector that cannot be converted (base64 that is not, a list of other than numbers)
-    is a TranslationError: the upstream's failure, where it was a 500."""
+    (the relay judges them); a vector that cannot be converted (base64 that is not, a list of other than numbers),
+    or one shorter than `dimensions` (it was answered as it was), is a TranslationError: the upstream's failure,
+    and the call moves on."""
     want_base64 = encoding_format == "base64"
     has_lists = b'"embedding":[' in data or b'"embedding": [' in data
     has_strings = b'"embedding":"' in data or b'"embedding": "' in data
@@ -71,6 +72,9 @@ def conform_embeddings(data: bytes, *, encoding_format: str | None, dimensions: 
             except (ValueError, TypeError) as exc:     # binascii.Error, a length not whole float32s, not numbers
                 raise TranslationError(f"The upstream answer holds an embedding that is not a vector: {exc}") \
                     from None
+            if dimensions is not None and len(vector) < dimensions:     # no cut makes a vector longer
+                raise TranslationError(f"The upstream answered a vector of {len(vector)} dimensions where "
+                                       f"{dimensions} were asked")
     return encode(body)
 
 
