@@ -1,4 +1,4 @@
-"""End to end: what the OpenAI door makes of upstream answers a model server may well send, through a one-worker gateway.
+"""End to end: what the OpenAI door makes of answers a model server may well send, through a one-worker gateway.
 
 Each test registers a raw upstream (`Odd`, tests/e2e/test_upstream_answers.py) as the only endpoint of a model of its
 own (`rig.lone`) beside the hostile lab's, and sets the answer it gives to every call.
@@ -123,3 +123,25 @@ async def test_a_vector_shorter_than_the_dimensions_asked_is_the_endpoints_failu
             row = await exactly_one_usage_row(lab.demo, rig.request_ids[-1])
             assert (row["outcome"], row["status"], row["input_tokens"]) == ("error", 502, 0), row
             await rig.heard(1)
+
+
+@pytest.mark.parametrize(("said", "shown"), [
+    ({"error": {"message": "only a message"}},
+     {"message": "only a message", "type": "invalid_request_error", "param": None, "code": None}),
+    ({"error": {"message": "vLLM's new style", "type": "BadRequestError", "param": None, "code": 400}},
+     {"message": "vLLM's new style", "type": "BadRequestError", "param": None, "code": "400"}),
+    ({"error": {"message": "odd members", "type": 7, "param": ["x"], "code": True, "detail": "kept"}},
+     {"message": "odd members", "type": "invalid_request_error", "param": None, "code": None, "detail": "kept"}),
+    ({"error": {"message": "OpenAI's own", "type": "invalid_request_error", "param": "temperature", "code": "bad"}},
+     {"message": "OpenAI's own", "type": "invalid_request_error", "param": "temperature", "code": "bad"}),
+])
+async def test_an_upstreams_error_that_only_looks_like_openais_is_given_openais_members(
+        lab: Lab, gateway: Gateway, said: dict, shown: dict) -> None:
+    """An error body with a message but no `type`, `param` or `code` (or vLLM's integer `code`) was relayed as it
+    came, though the door promises OpenAI's shape, which its SDKs read (`code` a string or null)."""
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = raw(400, msgspec.json.encode(said), b"content-type: application/json")
+        async with httpx.AsyncClient(timeout=30) as client:
+            reply = await client.post(f"{gateway.url}/v1/chat/completions", headers=lab.headers(),
+                                      json={**lab.body(), "model": rig.lone})
+        assert reply.status_code == 400 and reply.json() == {"error": shown}, reply.text

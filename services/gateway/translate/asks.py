@@ -115,9 +115,10 @@ class Ask:
         """A refusal of this call's hold, saying when its prompt was held at the model's whole context for a part
         that cannot be counted: a 402 whose numbers show room left is otherwise read as the gateway's mistake.
         A refusal of requests (not tokens) is the same with or without it."""
-        where = self._uncounted() if self._uncounted is not None and self.context is not None else None
+        context = self.context
+        where = self._uncounted() if self._uncounted is not None and context is not None else None
         limited = error.details.get("quota_type") or error.details.get("limit_type")
-        if where is None or limited in REQUEST_LIMITS or self.counted_tokens() >= self.context:  # type: ignore[operator]
+        if where is None or context is None or limited in REQUEST_LIMITS or self.counted_tokens() >= context:
             return error
         error.args = (f"{error.message}: the prompt holds a content part the gateway cannot count ({where}), held "
                       f"as the model's whole context ({self.context} tokens)",)

@@ -13,6 +13,7 @@ import sys
 
 import msgspec
 
+from switchyard_gateway.services.gateway.edge.errors import from_status
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
     OllamaToolCall, Reply, Times, Timings, TokenCounts, TranslationError, Usage, decode_counts, decode_embeddings,
@@ -212,9 +213,10 @@ def openai_error_to_ollama(data: bytes, _status: int = 0) -> bytes:
     return ollama_error(data.decode(errors="replace"))
 
 
-def openai_error_body(data: bytes, _status: int = 0) -> bytes:
+def openai_error_body(data: bytes, status: int = 400) -> bytes:
     """An upstream's error answer on the OpenAI door: relayed as is when it is OpenAI's
-    `{"error": {"message", ...}}`, else its message wrapped in that shape."""
+    `{"error": {"message", "type", "param", "code"}}`; one that only looks like it (a message alone, vLLM's integer
+    `code`) with those filled in (`_as_openai`), else its message wrapped in that shape."""
     try:
         body = msgspec.json.decode(data)
     except msgspec.DecodeError:
@@ -222,9 +224,28 @@ def openai_error_body(data: bytes, _status: int = 0) -> bytes:
     if isinstance(body, dict):
         inner = body.get("error")
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return data
+            return data if _is_openai(inner) else encode({**body, "error": _as_openai(inner, status)})
         message = error_message(inner) if inner is not None else str(body.get("message") or body.get("detail") or "")
     else:
         message = data.decode(errors="replace").strip()
     return encode({"error": {"message": message or "upstream error", "type": "upstream_error", "param": None,
                              "code": "upstream_error"}})
+
+
+def _is_openai(error: dict) -> bool:
+    kind, param, code = error.get("type"), error.get("param", False), error.get("code", False)
+    return isinstance(kind, str) and (param is None or isinstance(param, str)) \
+        and (code is None or isinstance(code, str))
+
+
+def _as_openai(error: dict, status: int) -> dict:
+    """An error object with OpenAI's members as its SDKs read them: `type` a string (the status's, when it has
+    none), `param` a string or null, `code` a string (an integer written as one) or null; the rest kept."""
+    kind, param, code = error.get("type"), error.get("param"), error.get("code")
+    if type(code) is int:
+        code = str(code)
+    shaped = {"message": error["message"],
+              "type": kind if isinstance(kind, str) and kind else from_status(status, "").kind,
+              "param": param if isinstance(param, str) else None, "code": code if isinstance(code, str) else None}
+    shaped.update((key, value) for key, value in error.items() if key not in shaped)
+    return shaped

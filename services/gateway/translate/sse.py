@@ -1,4 +1,4 @@
-"""Watch an OpenAI server-sent-event stream as it is relayed: find usage, measure what the model wrote, drop what the client did not ask for."""
+"""Watch an OpenAI event stream as it is relayed: find usage, measure what the model wrote, drop what was not asked."""
 
 from __future__ import annotations
 
