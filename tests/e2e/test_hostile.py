@@ -167,6 +167,27 @@ HOSTILE = [
     ("/api/generate", {"options": {"num_predict": "many"}}, "options.num_predict"),
     ("/api/generate", {"options": {"num_predict": 2**64}}, "options.num_predict"),
     ("/api/embed", {"dimensions": -3}, "dimensions"),
+    # fields the OpenAI door passes on unread, of the wrong type (they went on as written)
+    ("/v1/chat/completions", {"logprobs": "yes"}, "logprobs"),
+    ("/v1/chat/completions", {"logprobs": 5}, "logprobs"),
+    ("/v1/chat/completions", {"parallel_tool_calls": "x"}, "parallel_tool_calls"),
+    ("/v1/chat/completions", {"store": "x"}, "store"),
+    ("/v1/chat/completions", {"tool_choice": "bogus"}, "tool_choice"),
+    ("/v1/chat/completions", {"tool_choice": 5}, "tool_choice"),
+    ("/v1/chat/completions", {"tool_choice": {"function": {"name": "f"}}}, "tool_choice.type"),
+    ("/v1/chat/completions", {"response_format": "json"}, "response_format"),
+    ("/v1/chat/completions", {"response_format": {"type": "bogus"}}, "response_format.type"),
+    ("/v1/chat/completions", {"response_format": {}}, "response_format.type"),
+    ("/v1/chat/completions", {"metadata": "x"}, "metadata"),
+    ("/v1/chat/completions", {"metadata": {"a": 1}}, "metadata"),
+    ("/v1/chat/completions", {"modalities": "text"}, "modalities"),
+    ("/v1/chat/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/v1/chat/completions", {"user": 5}, "user"),
+    ("/v1/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/v1/completions", {"echo": "x"}, "echo"),
+    ("/v1/completions", {"n": 0}, "n"),
+    ("/v1/completions", {"n": 129}, "n"),
+    ("/v1/embeddings", {"user": 5}, "user"),
 ]
 
 
