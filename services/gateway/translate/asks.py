@@ -47,7 +47,8 @@ Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Prompt = str | Annotated[list[str | TokenId | list[TokenId]], msgspec.Meta(max_length=MAX_INPUTS)]
-Stops = str | Annotated[list[str], msgspec.Meta(max_length=4)]       # OpenAI's: a text, or at most 4
+MAX_STOPS = 64      # OpenAI's own servers take 4; vLLM, llama.cpp and Ollama more, and the door fronts them too
+Stops = str | Annotated[list[str], msgspec.Meta(max_length=MAX_STOPS)]        # a text, or a list of texts
 
 
 Count = Callable[[str], int]                # tokens in one text
