@@ -129,9 +129,11 @@ async def test_the_breaker_hears_each_failure_as_what_it_was(answer: Answer, hea
 
 @pytest.mark.parametrize("status", [400, 404, 413, 422])
 async def test_the_clients_own_error_still_reaches_it(status: int) -> None:
-    error = msgspec.json.encode({"error": {"message": "no such thing", "type": "invalid_request_error"}})
-    client, reports, outcome = await attempt(Answer(status, error, content_type="application/json"))
-    assert client.sent is not None and client.sent[0] == status and client.sent[2] == error
+    error = {"message": "no such thing", "type": "invalid_request_error"}
+    client, reports, outcome = await attempt(Answer(status, msgspec.json.encode({"error": error}),
+                                                    content_type="application/json"))
+    assert client.sent is not None and client.sent[0] == status       # completed to OpenAI's shape, its words kept
+    assert msgspec.json.decode(client.sent[2]) == {"error": {**error, "param": None, "code": None}}
     assert reports == [("http_4xx", status)] and outcome.result == "error"
 
 
