@@ -148,10 +148,18 @@ def _run_native(target: str, settings: ServiceSettings, workers: int, slots: tup
     children: dict[int, float] = {}             # pid -> when it was forked (monotonic)
 
     def fork_worker() -> None:
+        # Signals wait while forking: a replacement is forked after this main's handlers are set, and a SIGTERM
+        # reaching the child before it reset them ran the main's `stop` in the child, which then served on as a
+        # worker that the main, stopping, waited for without end.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         pid = os.fork()
         if pid == 0:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)     # a SIGTERM already sent ends the child now
             _worker_then_exit(target, settings, main_pid, slots)
         children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     for _ in range(workers):
         fork_worker()

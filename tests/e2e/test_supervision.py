@@ -232,34 +232,6 @@ async def test_kill_9_of_any_service_main_or_worker_ends_with_exactly_one_health
     assert reply.status_code == 200, reply.text
 
 
-async def test_a_gateway_worker_killed_after_it_served_is_replaced_while_the_other_serves(owned: Owned) -> None:
-    """The gateway's main ended every worker when one died, and the port refused connections for seconds until the
-    supervisor had started the gateway again (a chaos run under load: 72,000 refused in 8 minutes); the main now
-    forks a replacement for a worker that had served, and the other worker serves meanwhile."""
-    main, workers = main_and_workers(owned.proc.pid, "gateway")
-    await wait_for(lambda: all(time.time() - w.create_time() > 12 for w in workers), timeout_s=30,
-                   what="both workers past their start")
-    answered: list[int] = []
-    failed: list[str] = []
-    limits = httpx.Limits(max_keepalive_connections=0)       # a new connection each call: the kernel picks a worker
-    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
-        async def call() -> None:
-            try:
-                reply = await client.get(f"{owned.url}/v1/models", headers={"Authorization": f"Bearer {owned.key}"})
-                answered.append(reply.status_code)
-            except httpx.HTTPError as exc:
-                failed.append(type(exc).__name__)
-
-        workers[0].send_signal(signal.SIGKILL)
-        until = time.monotonic() + 6
-        while time.monotonic() < until:
-            await call()
-        await wait_for(lambda: _healthy(owned, "gateway", {workers[0].pid}), timeout_s=60, what="a new worker")
-    again, now = main_and_workers(owned.proc.pid, "gateway")
-    assert again.pid == main.pid and workers[1].pid in {w.pid for w in now}, "replaced alone, not restarted whole"
-    assert len(failed) <= 2 and answered.count(200) >= 20, (len(answered), failed)   # at most one in flight, cut
-
-
 @pytest.mark.parametrize("component", ["nats", "postgres", "valkey"])
 async def test_infrastructure_killed_under_load_is_restarted_and_no_usage_is_lost(owned: Owned, component: str) -> None:
     load = Load(owned, f"{component}-{uuid.uuid4().hex[:8]}")  # type: ignore[arg-type]
@@ -296,6 +268,34 @@ def _serving_again(stack: Owned, component: str, old_pid: int, port: int) -> boo
 
 
 # ---- the gateway's journal -----------------------------------------------------------------------
+
+
+async def test_a_gateway_worker_killed_after_it_served_is_replaced_while_the_other_serves(owned: Owned) -> None:
+    """The gateway's main ended every worker when one died, and the port refused connections for seconds until the
+    supervisor had started the gateway again (a chaos run under load: 72,000 refused in 8 minutes); the main now
+    forks a replacement for a worker that had served, and the other worker serves meanwhile."""
+    main, workers = main_and_workers(owned.proc.pid, "gateway")
+    await wait_for(lambda: all(time.time() - w.create_time() > 12 for w in workers), timeout_s=30,
+                   what="both workers past their start")
+    answered: list[int] = []
+    failed: list[str] = []
+    limits = httpx.Limits(max_keepalive_connections=0)       # a new connection each call: the kernel picks a worker
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        async def call() -> None:
+            try:
+                reply = await client.get(f"{owned.url}/v1/models", headers={"Authorization": f"Bearer {owned.key}"})
+                answered.append(reply.status_code)
+            except httpx.HTTPError as exc:
+                failed.append(type(exc).__name__)
+
+        workers[0].send_signal(signal.SIGKILL)
+        until = time.monotonic() + 6
+        while time.monotonic() < until:
+            await call()
+        await wait_for(lambda: _healthy(owned, "gateway", {workers[0].pid}), timeout_s=60, what="a new worker")
+    again, now = main_and_workers(owned.proc.pid, "gateway")
+    assert again.pid == main.pid and workers[1].pid in {w.pid for w in now}, "replaced alone, not restarted whole"
+    assert len(failed) <= 2 and answered.count(200) >= 20, (len(answered), failed)   # at most one in flight, cut
 
 
 def _simulators(stack: Owned, **knobs: float) -> None:
