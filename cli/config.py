@@ -18,11 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Check a registry document without starting anything: YAML syntax, unknown keys, types, "
                     "identifiers, URL schemes and port ranges, credentials given only as ${ENV_VAR}, dangling "
                     "references (endpoint -> provider, assignment -> model, fallbacks) and duplicate identifiers.")
-    validate.add_argument("file", type=_file, help="the file to check, e.g. switchyard.yaml")
+    validate.add_argument("file", type=named_file, help="the file to check, e.g. switchyard.yaml")
 
 
-def _file(text: str) -> Path:
-    """A path that names a file: an empty one would be read as the current directory."""
+def named_file(text: str) -> Path:
+    """A path that names a file (an argparse type): an empty one would be read as the current directory."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path names no file")
     return Path(text)

@@ -74,13 +74,6 @@ def port_number(text: str) -> int:
     return value
 
 
-def named_file(text: str) -> Path:
-    """A path given on the command line; an empty one would be the current directory."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path names no file")
-    return Path(text)
-
-
 def listen_address(text: str) -> str:
     """An address of this machine to listen on, checked by binding it (a mistyped or foreign address was reported
     as the port being in use; an empty one listened on every interface)."""
@@ -116,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.add_argument("--no-fsync", action="store_true",
                     help="run the embedded PostgreSQL and Valkey without fsync (faster; for benchmarks and tests): "
                          "nothing is lost when a process dies, recent writes may be when the machine does")
-    up.add_argument("--config", type=named_file, default=None,
+    up.add_argument("--config", type=config_command.named_file, default=None,
                     help="a registry document (providers, endpoints, models, tenants) applied at start as "
                          "registry commands; applying it again changes nothing (default: ./switchyard.yaml "
                          "if present)")
