@@ -251,10 +251,10 @@ class _Written(msgspec.Struct):
 _decode_written = msgspec.json.Decoder(_Written).decode
 
 
-def _written_tokens(call: Call, data: bytes) -> int:
+def _written_tokens(data: bytes) -> int:
     """A whole answer's output when the upstream reported no believable counts: a token per 4 bytes of what the
-    model wrote (its text, tool calls and reasoning, as JSON), never more than the call was held to. The whole
-    answer's bytes counted its wrapping too: "ok" was 45 to 66 tokens, past a `max_tokens` of 50."""
+    model wrote (its text, tool calls and reasoning, as JSON; `Outcome.estimate_tokens` holds it to what the call
+    was held to). The whole answer's bytes counted its wrapping too: "ok" was 45 to 66 tokens."""
     try:
         written = _decode_written(data)
         size = sum(choice.message.size() if choice.message is not None else len(choice.text)
@@ -262,12 +262,7 @@ def _written_tokens(call: Call, data: bytes) -> int:
         size += (written.message.size() if written.message is not None else 0) + len(written.response)
     except (msgspec.MsgspecError, RecursionError):
         size = len(data)
-    tokens = max(1, size // 4)
-    ask = call.ask
-    most = call.ceiling if call.ceiling is not None else ask.output if ask is not None else None
-    if most is not None:
-        tokens = min(tokens, max(1, most) * max(1, ask.choices if ask is not None else 1))
-    return tokens
+    return max(1, size // 4)
 
 
 def _no_answer(data: bytes) -> tuple[str, str] | None:
@@ -316,7 +311,7 @@ async def _relay_body(call: Call, outcome: Outcome, to: Attempt, response: http1
             outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens = usage
         else:                       # a whole answer without believable counts: its output estimated from what the
             ask = call.ask          # model wrote (more than none, which let an upstream's answers go free)
-            outcome.estimate_tokens(call, 0 if ask is None or ask.embedding else _written_tokens(call, data))
+            outcome.estimate_tokens(call, 0 if ask is None or ask.embedding else _written_tokens(data))
         if plan.answer is not None:
             times = _times(call, started)
             if usage is None:       # a translated answer shows what the log will record
