@@ -212,7 +212,7 @@ def _content(text: str | None, images: list[str] | None) -> Any:
         return text or ""
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     for image in images:
-        url = image if image.startswith("data:") else f"data:{_media_type(image)};base64,{image}"
+        url = f"data:{_media_type(image)};base64,{image}"      # the door took base64 alone, as Ollama does
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return parts
 
