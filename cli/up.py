@@ -301,9 +301,10 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     gateway = f"http://{args.host}:{args.port}"
     print(f"\nSwitchyard is up. Gateway: {gateway}  (OpenAI API at {gateway}/v1)", flush=True)
     print(f"  console:   {gateway}/ui  (sign in with a key)", flush=True)
-    print(f"  admin key: {_shown(admin_key, 'SWITCHYARD_ADMIN_KEY', generated)}", flush=True)
+    keys_file = data_dir / "keys.env"
+    print(f"  admin key: {_shown(admin_key, 'SWITCHYARD_ADMIN_KEY', generated, keys_file)}", flush=True)
     if args.demo:
-        print(f"  demo key:  {_shown(demo_key, 'SWITCHYARD_DEMO_KEY', generated)}", flush=True)
+        print(f"  demo key:  {_shown(demo_key, 'SWITCHYARD_DEMO_KEY', generated, keys_file)}", flush=True)
         print("  models:    llama3.2 (chat), nomic-embed-text (embeddings)", flush=True)
         print(f"\n  curl {gateway}/v1/chat/completions -H 'Authorization: Bearer <demo key>' \\\n"
               "       -H 'Content-Type: application/json' \\\n"
@@ -374,11 +375,13 @@ def _raise_stopping(signum: int, _frame: object) -> None:
     raise Stopping()
 
 
-def _shown(key: str, env_name: str, generated: bool) -> str:
+def _shown(key: str, env_name: str, generated: bool, keys_file: Path) -> str:
+    """How the banner names a key: printed once, when it was just made; afterwards where it is kept, so that the
+    output of every later start (often a service manager's log) holds no secret."""
     for name in (env_name, env_name + FILE_SUFFIX):
         if os.environ.get(name):
             return f"from ${name}"
-    return key
+    return key if generated else f"{env_name} in {keys_file} (printed when it was made)"
 
 
 def _check_auth(args: argparse.Namespace, env: Mapping[str, str]) -> None:

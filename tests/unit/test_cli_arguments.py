@@ -154,3 +154,22 @@ def test_a_data_dir_holding_another_users_file_is_refused_untouched(tmp_path: Pa
     refused = switchyard("up", "--data-dir", str(planted.parent), "--port", "1", cwd=tmp_path)
     assert refused.returncode == 1 and "belongs to another user (uid 65534)" in refused.stderr + refused.stdout
     assert planted.read_text() == ""
+
+
+def test_up_prints_a_key_once_when_it_is_made_and_names_its_file_after(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every start printed the admin and demo keys, so a service manager's log of `up` held them for good."""
+    from switchyard_gateway.cli import bootstrap as boot
+    from switchyard_gateway.cli.up import _shown
+
+    for name in ("SWITCHYARD_ADMIN_KEY", "SWITCHYARD_ADMIN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    keys_file = tmp_path / "keys.env"
+    first = boot.remembered_keys(keys_file, None, None)
+    again = boot.remembered_keys(keys_file, None, None)
+    assert again[:3] == first[:3] and first[3] and not again[3]
+    assert _shown(first[0], "SWITCHYARD_ADMIN_KEY", first[3], keys_file) == first[0]       # the first start
+    later = _shown(again[0], "SWITCHYARD_ADMIN_KEY", again[3], keys_file)
+    assert again[0] not in later and str(keys_file) in later
+    monkeypatch.setenv("SWITCHYARD_ADMIN_KEY", again[0])
+    assert _shown(again[0], "SWITCHYARD_ADMIN_KEY", True, keys_file) == "from $SWITCHYARD_ADMIN_KEY"
