@@ -15,7 +15,7 @@ RESET = datetime(2030, 1, 2, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("path", "shape"), [
-    ("/v1/chat/completions", "openai"), ("/v1/models/a/b.gguf", "openai"), ("/v1/messages", "anthropic"),
+    ("/v1/chat/completions", "openai"), ("/v1/models/a/b.gguf", "openai"), ("/v1", "openai"), ("/v1x", "plain"), ("/v1/messages", "anthropic"),
     ("/v1/messages/count_tokens", "anthropic"), ("/api/chat", "ollama"), ("/api/tags", "ollama"), ("/", "ollama"),
     ("/api/pull", "ollama"), ("/api/token_counts", "plain"), ("/api/admin/tenants", "plain"), ("/health", "plain"),
 ])

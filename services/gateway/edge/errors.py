@@ -255,6 +255,8 @@ def shape_for(path: str) -> str:
     for prefix, shape in DOORS:
         if path.startswith(prefix):
             return shape
+    if path == "/v1":                           # the OpenAI base URL itself, as clients are configured with it
+        return "openai"
     if path in OLLAMA_PATHS or path.startswith("/api/blobs/"):
         return "ollama"
     return "plain"
