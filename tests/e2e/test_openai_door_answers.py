@@ -125,6 +125,32 @@ async def test_a_vector_shorter_than_the_dimensions_asked_is_the_endpoints_failu
             await rig.heard(1)
 
 
+LONG_VECTOR = msgspec.json.encode({"object": "list", "model": "odd", "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                                   "data": [{"object": "embedding", "index": 0, "embedding": [3.0, 4.0, 12.0, 0.0]}]})
+
+
+async def test_the_ollama_doors_dimensions_hold_through_a_server_that_ignores_them(lab: Lab, gateway: Gateway) -> None:
+    """/api/embed with `dimensions` through an OpenAI-compatible server that answers its whole vector: Ollama cuts
+    it and scales it back to unit length, and so does the door now (the whole vector was passed on); a vector
+    shorter than asked is the endpoint's failure, in Ollama's shape, as the OpenAI door has it."""
+    async with odd_endpoint(lab, gateway) as rig:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def embed(reply: bytes, dimensions: int) -> httpx.Response:
+                rig.odd.reply = raw(200, reply, b"content-type: application/json")
+                request_id = f"ollama-dims-{uuid.uuid4().hex}"
+                rig.request_ids.append(request_id)
+                return await client.post(f"{gateway.url}/api/embed", headers=lab.headers(request_id=request_id),
+                                         json={"model": rig.lone, "input": "cut me", "dimensions": dimensions})
+            cut = await embed(LONG_VECTOR, 2)
+            assert cut.status_code == 200, cut.text
+            assert cut.json()["embeddings"] == [[0.6, 0.8]], cut.text
+            short = await embed(SHORT_VECTOR, 8)
+            assert short.status_code == 502, short.text
+            assert short.json() == {"error": f"Endpoint '{rig.endpoint_id}' answered something unreadable"}
+            row = await exactly_one_usage_row(lab.demo, rig.request_ids[-1])
+            assert (row["outcome"], row["status"]) == ("error", 502), row
+
+
 @pytest.mark.parametrize(("said", "shown"), [
     ({"error": {"message": "only a message"}},
      {"message": "only a message", "type": "invalid_request_error", "param": None, "code": None}),

@@ -60,9 +60,23 @@ class Door:
             if self.anthropic is not None:
                 plan = self.anthropic.plan(endpoint_kind)
             else:
-                plan = ollama_plan(self.api, endpoint_kind) if self.ollama else self._openai_plan(endpoint_kind)
+                plan = self._ollama_plan(endpoint_kind) if self.ollama else self._openai_plan(endpoint_kind)
             self._plans[endpoint_kind] = plan
         return plan
+
+    def _ollama_plan(self, endpoint_kind: str) -> Plan:
+        """Ollama calls as `ollama_plan` has them; an embedding's `dimensions` held through an OpenAI-speaking
+        endpoint as Ollama holds it (the vector cut to its first `dimensions` values and renormalised; a shorter
+        one is the endpoint's failure), since such a server may ignore the field it is passed."""
+        plan = ollama_plan(self.api, endpoint_kind)
+        dimensions = getattr(self._request, "dimensions", None)
+        if dimensions is None or plan.native or plan.answer is None:
+            return plan
+        translate = plan.answer
+
+        def answer(data: bytes, model: str, times: Times) -> bytes:
+            return translate(conform_embeddings(data, encoding_format=None, dimensions=dimensions), model, times)
+        return plan._replace(answer=answer)
 
     def _openai_plan(self, endpoint_kind: str) -> Plan:
         """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""
