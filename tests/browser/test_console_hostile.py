@@ -6,6 +6,7 @@ odd figures, and the page's own security policy.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -255,3 +256,51 @@ async def test_upstream_text_is_isolated_and_wrapped_and_figures_read_plainly(
     await shoot(page, screenshots, "tenant-long-name")
     assert await page.evaluate("window.__violations") == [], "the page broke its own Content-Security-Policy"
     await context.close()
+
+
+async def test_many_tenants_are_paged_and_found_by_the_filter(browser: Any, demo: DemoStack) -> None:
+    """Every tenant was one row of one table: a thousand of them were a page to scroll, and one tenant found only
+    by the browser's own search. Now a hundred at a time, more on a click, and a filter over ids and names."""
+    tag = uuid.uuid4().hex[:6]
+    ids = [f"ui-pg-{tag}-{i:03d}" for i in range(120)]
+    needle = f"ui-pg-{tag}-needle"
+    bodies = [{"tenant_id": t, "display_name": f"Paged {i}"} for i, t in enumerate(ids)]
+    bodies.append({"tenant_id": needle, "display_name": f"Needle Corp {tag}"})
+    for start in range(0, len(bodies), 20):
+        replies = await asyncio.gather(*(admin(demo, "POST", "/api/admin/tenants", b) for b in bodies[start:start + 20]))
+        assert all(r.status_code == 201 for r in replies), [r.text for r in replies if r.status_code != 201]
+    try:
+        async def listed() -> bool:
+            return needle in {t["tenant_id"] for t in (await admin(demo, "GET", "/api/admin/tenants")).json()}
+        await wait_for(listed, 15, what="the new tenants listed")
+        total = len((await admin(demo, "GET", "/api/admin/tenants")).json())
+        context, _ = await new_context(browser, demo.url)
+        page = await context.new_page()
+        await sign_in_with_keyboard(page, demo.admin_key)
+        await page.goto("/ui#/tenants")
+        await page.wait_for_selector("#tenant-list")
+
+        async def rows() -> list[str]:
+            return await page.eval_on_selector_all("#tenant-list tbody tr", "rs => rs.map(r => r.dataset.tenant)")
+        assert len(await rows()) == min(100, total)
+        assert (await page.text_content("#tenant-count") or "").startswith(f"{min(100, total):,} of {total:,} tenants")
+
+        await page.fill("#tenant-filter", tag)
+        first = await rows()
+        assert len(first) == 100 and set(first) <= set(ids) | {needle}
+        assert (await page.text_content("#tenant-more") or "").strip() == "Show 21 more"
+        await page.click("#tenant-more")
+        assert set(await rows()) == set(ids) | {needle} and await page.query_selector("#tenant-more") is None
+
+        await page.fill("#tenant-filter", f"NEEDLE corp {tag}")        # a display name, any case
+        assert await rows() == [needle]
+        await page.fill("#tenant-filter", f"{tag}-none")
+        assert await page.query_selector("#tenant-list") is None
+        assert "No tenant matches" in (await page.text_content("main") or "")
+        await page.fill("#tenant-filter", "")
+        assert len(await rows()) == min(100, total)
+        await context.close()
+    finally:
+        for start in range(0, len(bodies), 20):
+            await asyncio.gather(*(admin(demo, "DELETE", f"/api/admin/tenants/{b['tenant_id']}")
+                                   for b in bodies[start:start + 20]))

@@ -10,6 +10,7 @@ import { quotasPanel, periodPanel, limitsForm } from "./limits.js";
 // against it, so that a crafted link (`#/tenants/demo%2Fmodels%2Fx`) cannot point this page's requests at
 // another route of the admin API.
 const TENANT_ID = /^[a-z0-9][a-z0-9_-]{1,49}$/;
+const PAGE = 100;               // tenants listed at once: a thousand are found by the filter, not by scrolling
 
 export function render(main, context) {
   const tenantId = context.params[0];
@@ -47,22 +48,44 @@ function list(main) {
     });
   });
 
+  const filter = h("input", { id: "tenant-filter", type: "search", autocomplete: "off", placeholder: "Filter by id or name",
+    "aria-label": "Filter tenants by id or name", disabled: true });
   fill(main, h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, "Tenants")),
-    panel("New tenant", [], form, formError), errorSlot, panel("All tenants", [], table));
+    panel("New tenant", [], form, formError), errorSlot, panel("All tenants", [filter], table));
 
   get("/api/admin/tenants").then((tenants) => {
     if (!tenants.length) {
       fill(table, empty("No tenants yet", h("span", {}, "Create one above, then issue it a key.")));
       return;
     }
-    fill(table, h("div", { class: "table-wrap" }, h("table", { id: "tenant-list" },
-      h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Name"), h("th", {}, "Models"),
-        h("th", { class: "hide-narrow" }, "Changed"))),
-      h("tbody", {}, tenants.map((t) => h("tr", { dataset: { tenant: t.tenant_id } },
-        h("td", {}, h("a", { href: `#/tenants/${enc(t.tenant_id)}` }, t.tenant_id)),
-        h("td", {}, t.display_name || h("span", { class: "muted" }, "–")),
-        h("td", {}, t.all_models ? "every model" : "assigned only"),
-        h("td", { class: "hide-narrow", title: when(t.updated_at) }, ago(t.updated_at))))))));
+    filter.disabled = false;
+    let shown = PAGE;
+    const draw = () => {
+      const wanted = filter.value.trim().toLowerCase();
+      const matching = wanted ? tenants.filter((t) => t.tenant_id.includes(wanted)
+        || (t.display_name || "").toLowerCase().includes(wanted)) : tenants;
+      if (!matching.length) {
+        fill(table, empty(`No tenant matches “${filter.value.trim()}”`, h("span", {}, "Clear the filter, or create it above.")));
+        return;
+      }
+      const rows = matching.slice(0, shown);
+      const more = matching.length - rows.length;
+      fill(table, h("div", { class: "table-wrap" }, h("table", { id: "tenant-list" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Name"), h("th", {}, "Models"),
+          h("th", { class: "hide-narrow" }, "Changed"))),
+        h("tbody", {}, rows.map((t) => h("tr", { dataset: { tenant: t.tenant_id } },
+          h("td", {}, h("a", { href: `#/tenants/${enc(t.tenant_id)}` }, t.tenant_id)),
+          h("td", {}, t.display_name || h("span", { class: "muted" }, "–")),
+          h("td", {}, t.all_models ? "every model" : "assigned only"),
+          h("td", { class: "hide-narrow", title: when(t.updated_at) }, ago(t.updated_at))))))),
+        h("p", { id: "tenant-count", class: "muted" },
+          `${rows.length.toLocaleString()} of ${matching.length.toLocaleString()}`
+          + (wanted ? ` matching (${tenants.length.toLocaleString()} tenants)` : " tenants"),
+          more ? h("button", { id: "tenant-more", type: "button",
+            onclick: () => { shown += PAGE; draw(); } }, `Show ${Math.min(more, PAGE).toLocaleString()} more`) : null));
+    };
+    filter.addEventListener("input", () => { shown = PAGE; draw(); });
+    draw();
   }, (err) => { fill(table); showError(errorSlot, err, "Tenants"); });
   id.focus();
 }
