@@ -125,6 +125,22 @@ async def test_a_vector_shorter_than_the_dimensions_asked_is_the_endpoints_failu
             await rig.heard(1)
 
 
+async def test_a_client_leaving_before_a_streams_first_event_is_recorded_as_closed_not_200(lab: Lab,
+                                                                                         gateway: Gateway) -> None:
+    """The upstream sent its stream's head and then nothing; the client gave up. No head had reached the client,
+    but the call was recorded with status 200 (the relay set it when the stream began, not when its head left)."""
+    async with odd_endpoint(lab, gateway) as rig:
+        rig.odd.reply = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                         b"\r\n")
+        request_id = f"left-{uuid.uuid4().hex}"
+        with pytest.raises(httpx.ReadTimeout):
+            async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=1.0)) as client:
+                await client.post(f"{gateway.url}/v1/chat/completions", headers=lab.headers(request_id=request_id),
+                                  json={**lab.body(), "model": rig.lone, "stream": True})
+        row = await exactly_one_usage_row(lab.demo, request_id)
+        assert (row["outcome"], row["status"], row["ttfb_ms"]) == ("cancelled", 499, None), row
+
+
 LONG_VECTOR = msgspec.json.encode({"object": "list", "model": "odd", "usage": {"prompt_tokens": 3, "total_tokens": 3},
                                    "data": [{"object": "embedding", "index": 0, "embedding": [3.0, 4.0, 12.0, 0.0]}]})
 

@@ -349,7 +349,6 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
     gap."""
     assert to.plan.stream is not None
     tap = outcome.stream_tap = to.plan.stream(call.request.model or "", _times(call, started))
-    outcome.status = 200
     transport = None
     failed_early = False
     reported: TokenCounts | None = None     # the upstream's counts, once believed
@@ -443,6 +442,9 @@ def _times(call: Call, sent: float) -> Times:
 
 
 def _start_stream(call: Call, outcome: Outcome, proto: Any) -> Any:
+    """Send the stream's head: from now the call's status is 200, whatever follows (a client that leaves before
+    it is 499, a failure before it the error's status)."""
+    outcome.status = 200
     outcome.mark_first_byte()
     return proto.response_stream(200, [
         ("content-type", call.door.stream_content_type), ("cache-control", "no-cache"),
