@@ -85,6 +85,32 @@ async def test_next_life_publishes_what_was_not_acknowledged_and_interrupts_what
     assert segments(second.directory) == []                        # nothing left to do: nothing left on disk
 
 
+async def test_a_stream_cut_in_its_first_second_is_billed_what_it_had_sent(tmp_path: Path) -> None:
+    """Progress was written only for calls older than a second: a stream whose gateway died in its first second
+    was billed no output, whatever it had sent. A stream with output is written at the next tick, however young;
+    a young call with nothing sent yet still is not."""
+    first = Journal(tmp_path, "gw-1", estimator=TokenEstimator())
+    await first.open()
+    young, waiting = a_call("young"), a_call("waiting")
+    outcomes = {}
+    for call, sent in ((young, 9), (waiting, 0)):
+        first.accepted(call, "m1")
+        outcome = outcomes[call.request_id] = Outcome("m1")
+        outcome.status, outcome.attempts = 200 if sent else 0, 1
+        outcome.stream_tap = type("Tap", (), {"content_events": sent})()
+        first.serving(call, outcome)
+    first.note_progress(time.time())
+    await turn()
+    die(first)
+
+    second = Journal(tmp_path, "gw-1")
+    assert await second.open() == 2
+    published = {event.request_id: event for event, _ in second.take_parked(10)}
+    assert (published["young"].status, published["young"].output_tokens) == (200, 9)
+    assert (published["waiting"].status, published["waiting"].output_tokens) == (0, 0)
+    second.close()
+
+
 async def test_a_call_cut_before_its_first_progress_is_charged_its_counted_prompt_not_its_body(tmp_path: Path) -> None:
     """A call whose gateway died before the journal wrote its progress was charged a token per four bytes of its
     whole body: a 300 KB image made 75,056 input tokens (a 24-token call), past the tenant's daily limit at once.

@@ -57,7 +57,7 @@ log = structlog.get_logger()
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 LOCK_WAIT_S = 15.0             # a predecessor still draining gets this long to let go of the journal
-PROGRESS_AFTER_S = 1.0         # calls running longer than this get their progress written
+PROGRESS_AFTER_S = 1.0         # calls running longer than this (or streaming output) get their progress written
 
 
 class _Open:
@@ -206,18 +206,22 @@ class Journal:
         return taken
 
     def note_progress(self, now: float) -> None:
-        """Write what each call running longer than PROGRESS_AFTER_S has done since it was last written."""
+        """Write what each call running longer than PROGRESS_AFTER_S, or streaming output already, has done since
+        it was last written: a stream cut by a crash in its first second is billed what it had sent by the last
+        tick, as a longer one is."""
         for entry in self.in_flight.values():
             outcome = entry.outcome
-            if outcome is None or now - entry.accepted.at < PROGRESS_AFTER_S:
+            if outcome is None:
+                continue
+            tap = outcome.stream_tap
+            output = outcome.output_tokens or (tap.content_events if tap is not None else 0)
+            if not output and now - entry.accepted.at < PROGRESS_AFTER_S:
                 continue
             if entry.prompt_tokens is None:
                 entry.prompt_tokens = self._count_prompt(entry.call)
             endpoint = outcome.endpoint
-            tap = outcome.stream_tap
             progress = Progress(entry.call.event_id, now, outcome.status, outcome.input_tokens or entry.prompt_tokens,
-                                outcome.output_tokens or (tap.content_events if tap is not None else 0),
-                                outcome.model, endpoint.endpoint_id if endpoint else "",
+                                output, outcome.model, endpoint.endpoint_id if endpoint else "",
                                 endpoint.provider_id if endpoint else "", outcome.upstream_model, outcome.attempts)
             last = entry.progress
             if last is None or msgspec.structs.astuple(last)[2:] != msgspec.structs.astuple(progress)[2:]:
