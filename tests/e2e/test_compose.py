@@ -5,8 +5,8 @@ The native run maps each compose hostname and container port to a loopback port,
 config to a file, and each image to what it runs: our services from the Dockerfile's ENV and the
 compose environment, nats-server nodes from the pip binary with the compose command and the NATS
 configuration the header's `switchyard nats-config` command writes (users, and routes that ask for
-one), PostgreSQL and Valkey from the embedded launcher. Only the nginx front is left out: the
-gateways behind it are called directly.
+one), PostgreSQL and Valkey from the embedded launcher. The nginx front is left out here (the gateways
+behind it are called directly); tests/e2e/test_compose_front.py runs it in front of the demo gateway.
 """
 
 from __future__ import annotations
