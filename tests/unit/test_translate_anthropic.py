@@ -615,11 +615,11 @@ def test_a_text_stream_ends_with_the_mapped_stop_reason(finish: str, extra: dict
 
 
 def test_a_stream_without_usage_reports_what_it_relayed() -> None:
-    stream = chunk({"content": "a"}) + chunk({"content": "b"}) + chunk({}, "stop") + sse(b"[DONE]")
-    tap = OpenAIStreamToAnthropic("m")
+    stream = chunk({"content": "abcd"}) + chunk({"content": "e"}) + chunk({}, "stop") + sse(b"[DONE]")
+    tap = OpenAIStreamToAnthropic("m", input_tokens=9)
     parsed = relay(tap, stream, 7)
-    assert tap.usage is None and tap.content_events == 2
-    assert parsed[-2][1]["usage"] == {"output_tokens": 2}
+    assert tap.usage is None and tap.content_events == 2             # 5 bytes written, a token per 4
+    assert parsed[-2][1]["usage"] == {"output_tokens": 2, "input_tokens": 9}
 
 
 def test_an_empty_answer_still_pings_and_ends() -> None:

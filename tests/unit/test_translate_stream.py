@@ -62,7 +62,8 @@ def test_chat_stream_becomes_content_lines_and_a_final_line_with_usage(size: int
     assert (final["prompt_eval_count"], final["eval_count"]) == (26, 2)
     assert final["total_duration"] > 0 and final["prompt_eval_duration"] > 0 and final["eval_duration"] > 0
     assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"]
-    assert stream.usage == (26, 2, 0) and stream.done and stream.content_events == 2 and stream.error is None
+    # the estimate had none come: "Hel" and "lo 🌍" as JSON wrote them (18 bytes, the emoji escaped), a token per 4
+    assert stream.usage == (26, 2, 0) and stream.done and stream.content_events == 5 and stream.error is None
 
 
 def test_each_line_is_stamped_when_it_was_written_as_ollama_stamps_its_lines() -> None:
@@ -80,13 +81,13 @@ def test_each_line_is_stamped_when_it_was_written_as_ollama_stamps_its_lines() -
     assert first < second <= last <= datetime.now(UTC), (first, second, last)
 
 
-def test_stream_without_usage_chunk_counts_content_chunks_and_omits_prompt_count() -> None:
-    data = chunk({"role": "assistant"}) + chunk({"content": "a"}) + chunk({"content": "b"}) \
-        + chunk({"content": "c"}, "length") + sse(b"[DONE]")
+def test_stream_without_usage_chunk_estimates_what_was_written_and_omits_prompt_count() -> None:
+    data = chunk({"role": "assistant"}) + chunk({"content": "ab"}) + chunk({"content": "cde"}) \
+        + chunk({"content": "f"}, "length") + sse(b"[DONE]")
     stream = OpenAIStreamToOllama("m", "chat")
     final = translate(stream, data, 7)[-1]
-    assert stream.usage is None and stream.content_events == 3
-    assert final["eval_count"] == 3 and "prompt_eval_count" not in final and final["done_reason"] == "length"
+    assert stream.usage is None and stream.content_events == 2          # 6 bytes written, a token per 4
+    assert final["eval_count"] == 2 and "prompt_eval_count" not in final and final["done_reason"] == "length"
 
 
 def test_usage_on_the_last_content_chunk_is_taken() -> None:

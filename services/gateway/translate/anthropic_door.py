@@ -6,6 +6,9 @@
 | `openai-compatible` (and any other) | `/v1/chat/completions` | `openai_chat_body` (with `top_k`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
 | `openai` | `/v1/chat/completions` | `openai_chat_body` (no `top_k`, which OpenAI refuses; `max_completion_tokens`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
 
+A stream's `message_start` says the prompt's tokens as the call's `Ask` counted them for its quota hold, else at
+four bytes a token (`AnthropicCall.prompt_tokens`).
+
 Errors from upstreams are rewritten into Anthropic's shape with their status kept. `/v1/messages/count_tokens`
 is answered by the gateway itself with its tokenizer (see `count_input_tokens`), reaching no endpoint.
 """
@@ -210,11 +213,13 @@ def _check_final_turn(message: InputMessage, index: int) -> None:
 class AnthropicCall:
     """One call through the Anthropic door: its checked request and its plans (built once per endpoint kind)."""
 
-    __slots__ = ("api", "request", "_body")
+    __slots__ = ("api", "request", "_body", "_counted", "_per_image")
 
     def __init__(self, api: str, request: InferenceRequest, body: bytes) -> None:
         self.api, self._body = api, body
         self.request = read_request(api, body)
+        self._counted: int | None = None          # the prompt's tokens, once the call's Ask counted them
+        self._per_image = IMAGE_TOKENS
         request.stream = isinstance(self.request, MessagesRequest) and self.request.stream
 
     def _messages(self, body: bytes, ceiling: int | None = None) -> MessagesRequest:
@@ -232,8 +237,22 @@ class AnthropicCall:
         request = self.request
         assert isinstance(request, MessagesRequest)
         check_tokens(request.max_tokens, OUTPUT_LIMIT_FIELD, limit, required=True)
-        return Ask(request.max_tokens, 1, False, OUTPUT_LIMIT_FIELD,
-                   lambda count, per_image: count_input_tokens(request, count, per_image), tokenizer)
+        if tokenizer is not None:
+            self._per_image = tokenizer.image_tokens
+
+        def counted(count: Callable[[str], int], per_image: int) -> int:
+            self._counted = max(1, count_input_tokens(request, count, per_image))
+            return self._counted
+        return Ask(request.max_tokens, 1, False, OUTPUT_LIMIT_FIELD, counted, tokenizer)
+
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens for a stream's `message_start`: as the call's `Ask` counted them, when it did (for
+        its quota hold, or whole for a large body), else four bytes a token of its texts (each image as the
+        tokenizer holds one). The tokenizer's pass a call no limit holds never makes (about 50 µs a KB, on the
+        event loop) is not made for it; its `message_delta` has the final counts."""
+        if self._counted is not None:
+            return self._counted
+        return max(1, count_input_tokens(self.request, _four_bytes, self._per_image))
 
     def plan(self, endpoint_kind: str) -> Plan:
         """`request(body, model, ceiling)` holds `max_tokens` to the reservation's ceiling when one is given."""
@@ -244,7 +263,8 @@ class AnthropicCall:
                     "/api/chat", ollama_chat_body(self._messages(body, ceiling), model)),
                 answer=lambda data, model, times: ollama_to_message(data, model, times.estimate),
                 error=upstream_error,
-                stream=lambda model, _times: OllamaStreamToAnthropic(model), usage=ollama_usage)
+                stream=lambda model, _times: OllamaStreamToAnthropic(model, self.prompt_tokens()),
+                usage=ollama_usage)
         stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
         hosted = endpoint_kind == "openai"
         field = "max_completion_tokens" if hosted else "max_tokens"
@@ -254,11 +274,16 @@ class AnthropicCall:
                 CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=not hosted, output_field=field)),
             answer=lambda data, model, times: openai_to_message(data, model, stop, times.estimate),
             error=upstream_error,
-            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop), usage=openai_usage)
+            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop, self.prompt_tokens()),
+            usage=openai_usage)
 
     def count_tokens(self, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> bytes:
         """The `count_tokens` answer: `{"input_tokens": N}`, each image `per_image` tokens."""
         return encode(CountTokensResponse(count_input_tokens(self.request, count, per_image)))
+
+
+def _four_bytes(text: str) -> int:
+    return (len(text.encode()) + 3) // 4
 
 
 def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> int:

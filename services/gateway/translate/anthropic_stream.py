@@ -12,10 +12,12 @@
 
 Both translators share the relay's shape (see translate/stream.py): `feed(chunk)` gives the events
 to send, `finish()` the closing ones once the upstream ended properly (`done`); `usage` holds the
-upstream's counts, `content_events` the pieces relayed (the output estimate when no usage came); the client is
-shown the relay's `estimate` when it believed no counts of the upstream's (what the log records), else them. Usage
-arrives at the end of a chat stream, so `message_start` says 0 tokens and `message_delta` carries the
-totals (the SDK takes them as final). An upstream error inside the stream becomes an `error` event.
+upstream's counts, `content_events` the output estimate when no usage came (`sse.estimated_output` of the bytes the
+model wrote, as on the OpenAI door); the client is shown the relay's `estimate` when it believed no counts of the
+upstream's (what the log records), else them. As Anthropic's own streams do, `message_start` says the prompt's
+input tokens (the gateway's, `AnthropicCall.prompt_tokens`: the upstream reports its own only at the end) and
+`message_delta` the final input and output totals, which replace them (Anthropic's usage there is cumulative; the
+SDK takes it as final). An upstream error inside the stream becomes an `error` event.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     PingEvent, StopReason, TextContent, TextDelta, ToolUseContent, encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
-from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
+from switchyard_gateway.services.gateway.translate.sse import EventData, estimated_output, unfinished, written_in
 from switchyard_gateway.services.gateway.translate.stream import says_done
 from switchyard_gateway.services.gateway.translate.wire import (
     TokenCounts, ToolCall, believable, decode_reply, error_message, tool_arguments,
@@ -55,13 +57,13 @@ class MessageEvents:
     whose pieces interleave each keep theirs. A piece for a call already written is dropped: its block is closed.
     """
 
-    __slots__ = ("model", "started", "pinged", "tool_called", "content_events", "_index", "_text_open", "_calls",
+    __slots__ = ("model", "input_tokens", "started", "pinged", "tool_called", "_index", "_text_open", "_calls",
                  "_written")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, input_tokens: int = 0) -> None:
         self.model = model
+        self.input_tokens = input_tokens          # the prompt as the gateway counted it, for `message_start`
         self.started = self.pinged = self.tool_called = False
-        self.content_events = 0
         self._index = -1                          # the last block opened
         self._text_open = False                   # whether block `_index` is a text block still taking text
         self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
@@ -72,13 +74,13 @@ class MessageEvents:
             return b""
         self.started = True
         message = MessagesResponse(id=message_id(), model=self.model, content=[], stop_reason=None,
-                                   stop_sequence=None, usage=MessagesUsage(input_tokens=0, output_tokens=0))
+                                   stop_sequence=None,
+                                   usage=MessagesUsage(input_tokens=self.input_tokens, output_tokens=0))
         return sse(MessageStartEvent(message))
 
     def text(self, text: str) -> bytes:
         if not text:
             return b""
-        self.content_events += 1
         out = self.start() + self._write_calls()
         if not self._text_open:
             out += self._open_block(TextContent(""))
@@ -89,8 +91,6 @@ class MessageEvents:
         """A piece of tool call `key`: its id, its name, a piece of its arguments (any of them empty). The first id
         and the first name given are the call's. A piece naming another id than the one the upstream gave the call
         of this key already written begins a new call."""
-        if fragment:
-            self.content_events += 1
         written = self._written.get(key)
         if written is not None and not (written and call_id and call_id != written):
             return b""                            # its block is written and closed
@@ -107,14 +107,15 @@ class MessageEvents:
             pending[2].append(fragment)
         return out
 
-    def end(self, reason: StopReason, sequence: str | None, counts: TokenCounts | None) -> bytes:
+    def end(self, reason: StopReason, sequence: str | None, counts: TokenCounts | None, written: int) -> bytes:
+        """The closing events; their totals `counts` (the relay's estimate or the upstream's), else the prompt as
+        counted and the output estimated from the `written` bytes."""
         out = self.start() + self._close() + self._write_calls()
         if not self.pinged:
             self.pinged = True
             out += _PING
-        usage = usage_block(counts)
-        totals = MessageDeltaUsage(output_tokens=usage.output_tokens if counts else self.content_events,
-                                   input_tokens=usage.input_tokens if counts else None,
+        usage = usage_block(counts or TokenCounts(self.input_tokens, estimated_output(written)))
+        totals = MessageDeltaUsage(output_tokens=usage.output_tokens, input_tokens=usage.input_tokens,
                                    cache_read_input_tokens=usage.cache_read_input_tokens)
         return out + sse(MessageDeltaEvent(MessageDelta(reason, sequence), totals)) + _STOP
 
@@ -150,22 +151,24 @@ class MessageEvents:
 class OpenAIStreamToAnthropic:
     """Translate an OpenAI chat stream (with its usage chunk) into Anthropic events."""
 
-    __slots__ = ("events", "stop_sequences", "usage", "estimate", "done", "error", "_events", "_finish", "_matched")
+    __slots__ = ("events", "stop_sequences", "usage", "estimate", "done", "error", "written", "_events", "_finish",
+                 "_matched")
 
-    def __init__(self, model: str, stop_sequences: list[str] | None = None) -> None:
-        self.events = MessageEvents(model)
+    def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0) -> None:
+        self.events = MessageEvents(model, input_tokens)
         self.stop_sequences = stop_sequences
         self.usage: TokenCounts | None = None
         self.estimate: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
+        self.written = 0                          # bytes the model wrote (`sse.written_in`)
         self._events = EventData()
         self._finish: str | None = None
         self._matched: Any = None
 
     @property
     def content_events(self) -> int:
-        return self.events.content_events
+        return estimated_output(self.written)
 
     def feed(self, chunk: bytes) -> bytes:
         return b"".join(self._event(payload) for payload in self._events.feed(chunk))
@@ -181,7 +184,7 @@ class OpenAIStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
-        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage))
+        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage), self.written)
 
     def _event(self, payload: bytes) -> bytes:
         if not payload or self.error is not None or self.done:
@@ -200,6 +203,7 @@ class OpenAIStreamToAnthropic:
             return out + error_event(self.error, stream_error_status(chunk.error))
         if chunk.usage is not None:
             self.usage = usage_counts(chunk.usage)
+        self.written += written_in(payload)
         for choice in chunk.choices or ():
             if choice.index != 0:
                 continue
@@ -223,21 +227,22 @@ class OpenAIStreamToAnthropic:
 class OllamaStreamToAnthropic:
     """Translate an Ollama /api/chat NDJSON stream into Anthropic events; tool calls come whole, one block each."""
 
-    __slots__ = ("events", "usage", "estimate", "done", "error", "_buffer", "_finish", "_calls")
+    __slots__ = ("events", "usage", "estimate", "done", "error", "written", "_buffer", "_finish", "_calls")
 
-    def __init__(self, model: str) -> None:
-        self.events = MessageEvents(model)
+    def __init__(self, model: str, input_tokens: int = 0) -> None:
+        self.events = MessageEvents(model, input_tokens)
         self.usage: TokenCounts | None = None
         self.estimate: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
+        self.written = 0                          # bytes the model wrote (`sse.written_in`, arguments as JSON)
         self._buffer = b""
         self._finish: str | None = None
         self._calls = 0
 
     @property
     def content_events(self) -> int:
-        return self.events.content_events
+        return estimated_output(self.written)
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._buffer + chunk if self._buffer else chunk
@@ -258,7 +263,7 @@ class OllamaStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called)
-        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage))
+        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage), self.written)
 
     def _line(self, line: bytes) -> bytes:
         if not line.strip() or self.error is not None or self.done:
@@ -275,13 +280,16 @@ class OllamaStreamToAnthropic:
         if reply.error is not None:
             self.error = error_message(reply.error)
             return out + error_event(self.error, stream_error_status(reply.error))
+        self.written += written_in(line)
         message = reply.message
         if message is not None:
             out += self.events.text(message.content)
             for call in message.tool_calls or ():
                 block = ollama_tool_content(call)
                 self._calls += 1
-                out += self.events.call(self._calls, block.id, block.name, encode(block.input).decode())
+                arguments = encode(block.input)           # an object on the line, which `written_in` leaves out
+                self.written += len(arguments)
+                out += self.events.call(self._calls, block.id, block.name, arguments.decode())
         if reply.done:
             self.done = True
             self._finish = reply.done_reason

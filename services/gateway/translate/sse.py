@@ -56,10 +56,9 @@ class SseTap:
 
     `usage` is the `TokenCounts` of the stream's usage chunk, if any; that chunk is
     forwarded only when `keep_usage` (the client asked for it). `written` counts the
-    bytes the model wrote (`_written`); `content_events`, the output token estimate
-    when the upstream reports no usage, is a token per 4 of them, as a whole answer's
-    is (pipeline/relay.py). `done` is set by the `[DONE]` event; `error` by an event
-    holding an `error` (relayed as it came).
+    bytes the model wrote (`written_in`); `content_events`, the output token estimate
+    when the upstream reports no usage, is `estimated_output` of them. `done` is set by
+    the `[DONE]` event; `error` by an event holding an `error` (relayed as it came).
     """
 
     __slots__ = ("keep_usage", "usage", "written", "done", "estimate", "error", "_buffer", "_finished",
@@ -80,8 +79,7 @@ class SseTap:
 
     @property
     def content_events(self) -> int:
-        """The output tokens the stream's text is estimated at: a token per 4 bytes written, rounded up."""
-        return (self.written + 3) // 4
+        return estimated_output(self.written)
 
     def feed(self, chunk: bytes) -> bytes:
         if self.done:                       # past [DONE]: nothing more is the answer (nor billed)
@@ -104,7 +102,7 @@ class SseTap:
             self.error = _error_in(complete)
         marker = _first_marker(complete)
         if marker < 0:
-            self.written += _written(complete)
+            self.written += written_in(complete)
             return complete if self.keep_usage else _without_null_usage(complete)
         # Only the events from the first that may carry usage or end the stream are read one by one (a stream
         # that arrives whole would otherwise be split event by event).
@@ -112,7 +110,7 @@ class SseTap:
         if start < 2:
             start = 0
         head = complete[:start]
-        self.written += _written(head)
+        self.written += written_in(head)
         kept = head + self._inspect(complete[start:])
         return kept if self.keep_usage else _without_null_usage(kept)
 
@@ -142,7 +140,7 @@ class SseTap:
                         if self.keep_usage:
                             kept.append(event)
                         continue
-            self.written += _written(payload)
+            self.written += written_in(payload)
             kept.append(event)
         return b"".join(e + b"\n\n" for e in kept)
 
@@ -235,11 +233,18 @@ _TEXTS = re.compile(rb'"(?:content|text|re(?:fusal|asoning(?:_content)?)|thinkin
                     rb'"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
-def _written(events: bytes) -> int:
-    """The bytes the model wrote in whole events (as JSON writes them): its text, reasoning and tool calls. Counting
-    the events that carried `"content":"` counted tool calls and reasoning as nothing (an answer of tool calls
-    alone was billed no output) and an empty role chunk as a token."""
+def written_in(events: bytes) -> int:
+    """The bytes the model wrote in whole events or lines (as JSON writes them): its text, reasoning and tool calls
+    (an Ollama line's arguments are an object, not text: its reader adds them). Counting the events that carried
+    `"content":"` counted tool calls and reasoning as nothing (an answer of tool calls alone was billed no output)
+    and an empty role chunk as a token; counting the chunks that carried text billed a chunk of 200 words a token."""
     return sum(map(len, _TEXTS.findall(events)))
+
+
+def estimated_output(written: int) -> int:
+    """The output tokens of a stream whose upstream reported none, from the bytes the model wrote (`written_in`): a
+    token per 4, rounded up. Every door's stream relay estimates so (`content_events`)."""
+    return (written + 3) // 4
 
 
 def _counts(usage: dict) -> TokenCounts | None:

@@ -4,9 +4,10 @@ Both classes share one shape, so the proxy relays either the same way: `feed(chu
 returns the bytes to send (whole lines only, possibly none), `finish()` what is left at
 the end; `done` tells whether the upstream ended its stream properly (without it the
 stream was cut: send `ollama_error_line(...)` instead of `finish()`), `usage` is
-the `TokenCounts` once reported, `content_events` counts the chunks that
-carried text (the output estimate when no usage came), `error` holds an error the
-upstream sent inside the stream.
+the `TokenCounts` once reported, `content_events` the output estimate when no usage
+came (`sse.estimated_output` of the bytes the model wrote, as on the OpenAI door; a
+native Ollama stream writes a line per token, so there it counts the lines), `error`
+holds an error the upstream sent inside the stream.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import msgspec
 
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
 from switchyard_gateway.http1 import ResponseCut
-from switchyard_gateway.services.gateway.translate.sse import EventData, unfinished
+from switchyard_gateway.services.gateway.translate.sse import EventData, estimated_output, unfinished, written_in
 from switchyard_gateway.services.gateway.translate.wire import (
     OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
     believable, decode_counts, decode_reply, done_reason, encode, error_message, now_ns, tool_arguments, written_at,
@@ -38,7 +39,7 @@ class OpenAIStreamToOllama:
     gateway wrote it, as Ollama stamps each line it writes (the upstream's `created` is one moment for all).
     """
 
-    __slots__ = ("model", "kind", "usage", "done", "error", "content_events", "done_reason", "estimate", "_events",
+    __slots__ = ("model", "kind", "usage", "done", "error", "written", "done_reason", "estimate", "_events",
                  "_clock", "_started", "_sent", "_first_token", "_calls", "_finished")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
@@ -47,7 +48,7 @@ class OpenAIStreamToOllama:
         self.usage: TokenCounts | None = None
         self.done = False
         self.error: str | None = None
-        self.content_events = 0
+        self.written = 0                            # bytes the model wrote (`sse.written_in`)
         self.done_reason = "stop"
         self.estimate: TokenCounts | None = None
         self._finished = False                      # a finish_reason came (a clean end after it is whole)
@@ -56,6 +57,10 @@ class OpenAIStreamToOllama:
         self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
         self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far, id]
+
+    @property
+    def content_events(self) -> int:
+        return estimated_output(self.written)
 
     def feed(self, sse_events: bytes) -> bytes:
         return b"".join(self._event(payload) for payload in self._events.feed(sse_events))
@@ -109,6 +114,7 @@ class OpenAIStreamToOllama:
             return ollama_error_line(self.error)
         if chunk.usage is not None:
             self.usage = usage_counts(chunk.usage)
+        self.written += written_in(payload)
         out = b""
         for choice in chunk.choices or ():
             if choice.index != 0:
@@ -122,7 +128,6 @@ class OpenAIStreamToOllama:
                 self.done_reason = done_reason(choice.finish_reason)
                 self._finished = True
             if content or thinking:
-                self.content_events += 1
                 if self._first_token is None:
                     self._first_token = self._clock()
                 out += self._line(content, thinking or None)
