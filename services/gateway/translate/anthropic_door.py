@@ -3,9 +3,10 @@
 | endpoint kind | upstream path | request | answer | stream |
 |---|---|---|---|---|
 | `ollama` | `/api/chat` | `ollama_chat_body` | `ollama_to_message` | `OllamaStreamToAnthropic` |
-| `openai-compatible` (and any other) | `/v1/chat/completions` | `openai_chat_body` (with `top_k`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
-| `openai` | `/v1/chat/completions` | `openai_chat_body` (no `top_k`, which OpenAI refuses; `max_completion_tokens`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
+| `openai-compatible` (and any other) | `/v1/chat/completions` | `openai_chat_body` (with `top_k`; a prefill with `continue_final_message`) | `openai_to_message` (a repeated prefill taken off) | `OpenAIStreamToAnthropic` (the same) |
+| `openai` | `/v1/chat/completions` | `openai_chat_body` (no `top_k` nor `continue_final_message`, which OpenAI refuses; `max_completion_tokens`) | `openai_to_message` | `OpenAIStreamToAnthropic` |
 
+A final assistant turn (a prefill) is continued, not answered: see anthropic_requests.py for what each kind is sent.
 A stream's `message_start` says the prompt's tokens as the call's `Ask` counted them for its quota hold, else at
 four bytes a token (`AnthropicCall.prompt_tokens`).
 
@@ -24,7 +25,7 @@ from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEst
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.anthropic_requests import (
-    ollama_chat_body, openai_chat_body, system_text,
+    ollama_chat_body, openai_chat_body, prefill, system_text,
 )
 from switchyard_gateway.services.gateway.translate.anthropic_responses import (
     ollama_to_message, openai_to_message, upstream_error,
@@ -265,16 +266,19 @@ class AnthropicCall:
                 error=upstream_error,
                 stream=lambda model, _times: OllamaStreamToAnthropic(model, self.prompt_tokens()),
                 usage=ollama_usage)
-        stop = self.request.stop_sequences if isinstance(self.request, MessagesRequest) else None
+        request = self.request
+        stop = request.stop_sequences if isinstance(request, MessagesRequest) else None
         hosted = endpoint_kind == "openai"
         field = "max_completion_tokens" if hosted else "max_tokens"
+        echoed = None if hosted else prefill(request)     # a prefill an OpenAI-compatible server may repeat
         return Plan(
             native=False,
             request=lambda body, model, ceiling=None: (
-                CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=not hosted, output_field=field)),
-            answer=lambda data, model, times: openai_to_message(data, model, stop, times.estimate),
+                CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=not hosted, output_field=field,
+                                            continues=not hosted)),
+            answer=lambda data, model, times: openai_to_message(data, model, stop, times.estimate, echoed),
             error=upstream_error,
-            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop, self.prompt_tokens()),
+            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop, self.prompt_tokens(), echoed),
             usage=openai_usage)
 
     def count_tokens(self, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> bytes:

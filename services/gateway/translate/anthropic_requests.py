@@ -16,6 +16,16 @@
 | `temperature`, `top_p`, `top_k` | the same (`top_k` only to OpenAI-compatible servers) | `options` |
 | `metadata.user_id` | `user` | — |
 | `stream` | `stream` with `stream_options.include_usage` | `stream` |
+| a final `assistant` turn (prefill) | continued: `continue_final_message` (not to `openai`) | continued as it is |
+
+A final assistant turn is what the answer continues, as Anthropic does (`prefill`). Each kind of server is asked so
+its own way: an OpenAI-compatible one gets vLLM's `continue_final_message: true` with `add_generation_prompt: false`
+(vLLM and llama.cpp's llama-server refuse the first without the second; TGI reads the first too; a llama-server too
+old to know them continues a final assistant message by itself). A server may repeat the prefill at the start of its
+answer (llama-server does in a whole answer, and in a stream without those fields), which the answer's translation
+takes off. Ollama's `/api/chat` continues a final assistant message itself and answers the rest. OpenAI refuses
+fields it does not know and has no way to continue a turn: an `openai` endpoint is sent the turn as it is, and
+answers a new one.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    Base64ImageSource, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock, ToolUseBlock, encode,
+    Base64ImageSource, CountTokensRequest, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock,
+    ToolUseBlock, encode,
 )
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
@@ -37,11 +48,21 @@ def system_text(system: str | list[TextBlock] | None) -> str:
     return "\n".join(block.text for block in system)
 
 
+def prefill(request: MessagesRequest | CountTokensRequest) -> str | None:
+    """The text a final assistant turn begins the answer with (Anthropic's prefill); None when the last turn is the
+    user's."""
+    last = request.messages[-1]
+    if last.role != "assistant":
+        return None
+    content = last.content
+    return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, TextBlock))
+
+
 def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bool,
-                     output_field: str = "max_tokens") -> bytes:
+                     output_field: str = "max_tokens", continues: bool = False) -> bytes:
     """The /v1/chat/completions body for a Messages request (`top_k`: whether the server takes that extension;
     `output_field`: the name it reads the output limit by, `max_completion_tokens` for OpenAI itself, whose
-    reasoning models refuse `max_tokens`)."""
+    reasoning models refuse `max_tokens`; `continues`: whether it takes `continue_final_message`)."""
     messages: list[dict[str, Any]] = []
     system = system_text(request.system)
     if system:
@@ -60,6 +81,8 @@ def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bo
             out[name] = value
     if top_k and request.top_k is not None:
         out["top_k"] = request.top_k
+    if continues and request.messages[-1].role == "assistant":   # a prefill: continued, not answered
+        out["continue_final_message"], out["add_generation_prompt"] = True, False
     if request.metadata is not None and request.metadata.user_id:
         out["user"] = request.metadata.user_id
     _openai_tools(request, out)

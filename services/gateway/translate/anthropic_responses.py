@@ -56,9 +56,10 @@ def usage_block(counts: TokenCounts | None) -> MessagesUsage:
 
 
 def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None = None,
-                      estimate: TokenCounts | None = None) -> bytes:
+                      estimate: TokenCounts | None = None, prefill: str | None = None) -> bytes:
     """A chat.completion as an Anthropic message; its usage the gateway's `estimate` when the relay made one (it
-    believed no counts of the upstream's), else the upstream's."""
+    believed no counts of the upstream's), else the upstream's. Its text begins after `prefill`, the final assistant
+    turn the upstream continued, when the upstream repeats that at its start (llama.cpp's llama-server does)."""
     try:
         reply = decode_reply(data)
     except msgspec.MsgspecError as exc:
@@ -66,6 +67,8 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
     choice = next((c for c in reply.choices or () if c.index == 0), Choice())
     message = choice.message
     text = (message.content if message else None) or choice.text
+    if prefill and text and text.startswith(prefill):
+        text = text[len(prefill):]
     tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
              for call in (message.tool_calls if message else None) or () if call.function is not None]
     content: list[ContentBlock] = [TextContent(text), *tools] if text else [*tools]

@@ -149,12 +149,18 @@ class MessageEvents:
 
 
 class OpenAIStreamToAnthropic:
-    """Translate an OpenAI chat stream (with its usage chunk) into Anthropic events."""
+    """Translate an OpenAI chat stream (with its usage chunk) into Anthropic events.
+
+    `prefill`, the text of a final assistant turn the upstream was asked to continue, is taken off the start of the
+    answer when the upstream repeats it there (llama.cpp's llama-server does; vLLM does not): Anthropic's answer
+    begins after it. Text that only begins like it is held until it differs, then relayed.
+    """
 
     __slots__ = ("events", "stop_sequences", "usage", "estimate", "done", "error", "written", "_events", "_finish",
-                 "_matched")
+                 "_matched", "_echo", "_held")
 
-    def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0) -> None:
+    def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0,
+                 prefill: str | None = None) -> None:
         self.events = MessageEvents(model, input_tokens)
         self.stop_sequences = stop_sequences
         self.usage: TokenCounts | None = None
@@ -165,6 +171,8 @@ class OpenAIStreamToAnthropic:
         self._events = EventData()
         self._finish: str | None = None
         self._matched: Any = None
+        self._echo = prefill or None              # the part of the prefill a repeat of it has still to show
+        self._held = ""                           # the answer's text so far, while it may be that repeat
 
     @property
     def content_events(self) -> int:
@@ -184,7 +192,8 @@ class OpenAIStreamToAnthropic:
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
-        return out + self.events.end(reason, sequence, self.estimate or believable(self.usage), self.written)
+        return out + self._unheld() + self.events.end(reason, sequence, self.estimate or believable(self.usage),
+                                                       self.written)
 
     def _event(self, payload: bytes) -> bytes:
         if not payload or self.error is not None or self.done:
@@ -209,14 +218,36 @@ class OpenAIStreamToAnthropic:
                 continue
             delta = choice.delta
             if delta is not None:
-                out += self.events.text(delta.content or "")
+                out += self._text(delta.content or "")
                 for call in delta.tool_calls or ():
-                    out += self._tool_call(call)
+                    out += self._unheld() + self._tool_call(call)
             elif choice.text:
-                out += self.events.text(choice.text)
+                out += self._text(choice.text)
             if choice.finish_reason:
                 self._finish, self._matched = choice.finish_reason, choice.stop_reason
         return out
+
+    def _text(self, text: str) -> bytes:
+        """The answer's text, less a repeat of the prefill at its start."""
+        echo = self._echo
+        if echo is not None and text:
+            seen = text[:len(echo)]
+            if not echo.startswith(seen):                 # no repeat: what was held is the answer's
+                text, self._echo, self._held = self._held + text, None, ""
+            elif len(seen) < len(echo):                   # the repeat so far: held
+                self._echo, self._held = echo[len(seen):], self._held + seen
+                return b""
+            else:                                         # the whole prefill repeated: dropped
+                text, self._echo, self._held = text[len(seen):], None, ""
+        return self.events.text(text)
+
+    def _unheld(self) -> bytes:
+        """Text held as the start of a repeat that never came whole (a tool call or the end came first): the
+        answer's after all."""
+        if self._echo is None:
+            return b""
+        held, self._echo, self._held = self._held, None, ""
+        return self.events.text(held)
 
     def _tool_call(self, call: ToolCall) -> bytes:
         function = call.function
