@@ -1081,7 +1081,7 @@ async def test_a_client_asking_for_usage_is_shown_what_is_recorded_when_the_upst
             (usage["input_tokens"], usage["output_tokens"])
 
 
-@pytest.mark.parametrize(("max_tokens", "estimated"), [(50, len('"counted wrong"') // 4), (2, 2)])
+@pytest.mark.parametrize(("max_tokens", "estimated"), [(50, -(-len('"counted wrong"') // 4)), (2, 2)])
 async def test_a_whole_answer_without_counts_is_charged_what_the_model_wrote_never_past_its_limit(
         lab: Lab, max_tokens: int, estimated: int) -> None:
     """Without counts a whole answer's output was a token per 4 bytes of the whole JSON answer, wrapping and all:

@@ -36,6 +36,7 @@ from switchyard_gateway.services.gateway.edge.errors import UpstreamError
 from switchyard_gateway.services.gateway.pipeline import upstream
 from switchyard_gateway.services.gateway.pipeline.call import Call, Outcome
 from switchyard_gateway.services.gateway.translate.plans import Plan, TranslationError, openai_error_to_ollama
+from switchyard_gateway.services.gateway.translate.sse import estimated_output
 from switchyard_gateway.services.gateway.translate.wire import Times, TokenCounts, believable, error_message
 
 log = structlog.get_logger()
@@ -254,7 +255,8 @@ _decode_written = msgspec.json.Decoder(_Written).decode
 def _written_tokens(data: bytes) -> int:
     """A whole answer's output when the upstream reported no believable counts: a token per 4 bytes of what the
     model wrote (its text, tool calls and reasoning, as JSON; `Outcome.estimate_tokens` holds it to what the call
-    was held to). The whole answer's bytes counted its wrapping too: "ok" was 45 to 66 tokens."""
+    was held to), rounded up as a stream's is (`estimated_output`), and at least one. The whole answer's bytes
+    counted its wrapping too: "ok" was 45 to 66 tokens."""
     try:
         written = _decode_written(data)
         size = sum(choice.message.size() if choice.message is not None else len(choice.text)
@@ -262,7 +264,7 @@ def _written_tokens(data: bytes) -> int:
         size += (written.message.size() if written.message is not None else 0) + len(written.response)
     except (msgspec.MsgspecError, RecursionError):
         size = len(data)
-    return max(1, size // 4)
+    return max(1, estimated_output(size))
 
 
 def _no_answer(data: bytes) -> tuple[str, str] | None:
