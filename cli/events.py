@@ -28,7 +28,7 @@ def _count(text: str) -> int:
 
 
 DATA_DIR = "./.switchyard"                 # up's default data directory
-AGO = re.compile(r"^-\d+(?:\.\d+)?\s*[smhdw]$")        # `--since -5m`: an age written as "minus", read as ago
+AGO = re.compile(r"^-\d+(?:\.\d+)?\s*[smhdw]\Z")        # `--since -5m`: an age written as "minus", read as ago
 
 
 def add_data_dir(parser: argparse.ArgumentParser, server: str) -> None:

@@ -13,10 +13,10 @@ import unicodedata
 from collections.abc import Callable, Container, Mapping, Sequence
 from urllib.parse import urlsplit
 
-IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
+IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}\Z")
 MODEL_NAME_MAX = 512            # characters; an escaped id still fits a NATS subject with room to spare
-ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}\Z")
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}\Z")
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024      # characters; the upper bound keeps hashing cheap to refuse
 DISPLAY_NAME_MAX = 200
 PROVIDER_KINDS = ("ollama", "openai-compatible", "openai")

@@ -31,14 +31,14 @@ SERVICES_USER = "switchyard"
 ROUTE_USER = "route"                           # what one node of a cluster presents to another
 CLUSTER_NAME = "switchyard"                    # of the NATS cluster `up --nats-cluster` runs
 PASSWORD_KEY = "SWITCHYARD_NATS_PASSWORD"      # the services' password, kept in the data dir's keys.env
-USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")       # a user's name, and a subscriber's
+USER = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")       # a user's name, and a subscriber's
 # the services' names: their consumers set events aside under them (`metering`, `quota`) or under names that begin
 # with them (`gateway:REGISTRY`, `router:ROUTING`, `registry.outbox`), with message ids that begin so too; a
 # subscriber's dead letters are its name's alone, so it may take none of these
 RESERVED_NAMES = frozenset({subjects.CONSUMER_METERING, subjects.CONSUMER_QUOTA, "gateway", "router", "registry"})
-TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
-ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-BCRYPT = re.compile(r"^\$2[abxy]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")   # whole: nats-server compares anything else as it is
+TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}\Z")
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+BCRYPT = re.compile(r"^\$2[abxy]\$[0-9]{2}\$[./A-Za-z0-9]{53}\Z")   # whole: nats-server compares anything else as it is
 MIN_PASSWORD = 16                              # characters of a password given for the services or the routes
 
 

@@ -66,7 +66,7 @@ MAX_FILTERS = 64
 FOLLOWED = (subjects.STREAM_LOG, subjects.STREAM_DEADLETTER)     # the streams a subscriber may follow
 INACTIVE_S = 30.0                      # a consumer whose inbox went quiet this long is removed by the server
 TOKEN = r"[A-Za-z0-9_%-]+"
-LOG_FILTER = re.compile(rf"^{subjects.LOG_PREFIX}(\.({TOKEN}|\*)){{3}}\.({TOKEN}|\*)$")
+LOG_FILTER = re.compile(rf"^{subjects.LOG_PREFIX}(\.({TOKEN}|\*)){{3}}\.({TOKEN}|\*)\Z")
 
 _follow, _unfollow, _set_aside = decoder(Follow), decoder(Unfollow), decoder(SetAside)
 

@@ -20,7 +20,7 @@ from switchyard_gateway.events.notices import CHANNEL
 from switchyard_gateway.kit import eventlog
 from switchyard_gateway.kit.stack import running_url
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # a type, or a prefix of one ending at a dot: `starts_with`, not LIKE, so `%` and `_` in it match only themselves
 _FILTER = ("($1::text IS NULL OR type = $1 OR starts_with(type, $1 || '.'))"

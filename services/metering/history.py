@@ -43,9 +43,9 @@ MAX_TYPES = 64                    # type prefixes in one request (the log has ab
 MAX_TYPE_CHARS = 64               # this long: a page's own fields stay a few KiB whatever is asked
 SCAN = 200_000               # positions one page looks through at most, so that a sparse filter still answers promptly
 SUBJECTS = (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.*")
-TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}$")
+TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}\Z")
 MAX_SUBJECT_CHARS = 256          # of a subject the asker names (nats-server's protocol lines are at most 4 KiB)
-DELIVER_TO = re.compile(r"^(_INBOX[A-Za-z0-9_-]*|replay)(\.[A-Za-z0-9_-]+)+$")
+DELIVER_TO = re.compile(r"^(_INBOX[A-Za-z0-9_-]*|replay)(\.[A-Za-z0-9_-]+)+\Z")
 
 PAGES = Counter("switchyard_replay_pages_total", "Pages of the event log answered on metering.replay.v1", ["scope"])
 EVENTS = Counter("switchyard_replay_events_total", "Events sent in pages of the event log", ["scope"])

@@ -27,7 +27,7 @@ EXPOSED = ("x-request-id, request-id, x-switchyard-model, x-switchyard-cache, re
            "x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, "
            "x-ratelimit-reset-tokens")
 PREFLIGHT_MAX_AGE_S = 600
-_HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*$")
+_HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*\Z")
 
 
 def request_id_of(headers: Any) -> str:
