@@ -21,9 +21,6 @@ from switchyard_gateway.contracts.users import (
 )
 
 KEY_PREFIX = "sy_"
-# A token issued this long before its user's password changed still counts as issued after: the clocks of
-# the gateway that signs and the registry that records may disagree by that much (tokens carry milliseconds).
-SESSION_CLOCK_SLACK_S = 0.05
 
 
 def hash_key(secret: str) -> str:
@@ -59,8 +56,9 @@ class Catalog:
     keys: dict[str, KeyIssued] = field(default_factory=dict)
     keys_by_hash: dict[str, KeyIssued] = field(default_factory=dict)
     revoked: dict[str, KeyIssued] = field(default_factory=dict)
-    # the latest state of each user, hash included; its occurred_at is the last password, role or tenant change
-    # (the tokens issued before it no longer count)
+    # the latest state of each user, hash included; its event_id and occurred_at are those of its last password,
+    # role or tenant change: that event id is the user's credential version, which every token signed for the user
+    # carries (`user_session`: a token stands only while the version it names is the user's)
     users: dict[str, UserCreated] = field(default_factory=dict)
     sessions_ended: dict[str, datetime | None] = field(default_factory=dict)   # revoked token id -> its expiry
     warmed: dict[tuple[str, str], ModelWarmed] = field(default_factory=dict)  # (endpoint, model) -> last warm-up
@@ -114,16 +112,15 @@ class Catalog:
                 self.users[name] = event
             case UserUpdated(username=name) if name in self.users:
                 user = self.users[name]
-                # a new role or tenant moves occurred_at, as a new password does: tokens issued before it never
+                # a new role or tenant is a new version, as a new password is: the tokens of the one before never
                 # count again, even once the change is reverted (they would otherwise name the role they had)
-                since = event.occurred_at if (user.role, user.tenant_id) != (event.role, event.tenant_id) \
-                    else user.occurred_at
+                since = event if (user.role, user.tenant_id) != (event.role, event.tenant_id) else user
                 self.users[name] = msgspec.structs.replace(user, tenant_id=event.tenant_id, role=event.role,
-                                                           display_name=event.display_name, occurred_at=since)
+                                                           display_name=event.display_name, event_id=since.event_id,
+                                                           occurred_at=since.occurred_at)
             case UserPasswordChanged(username=name) if name in self.users:
-                # occurred_at moves with it: tokens issued before the change no longer count
                 self.users[name] = msgspec.structs.replace(self.users[name], password_hash=event.password_hash,
-                                                           occurred_at=event.occurred_at)
+                                                           event_id=event.event_id, occurred_at=event.occurred_at)
             case UserRemoved(username=name):
                 self.users.pop(name, None)
             case UserTokenRevoked(token_id=tid):
@@ -190,20 +187,21 @@ class Catalog:
             return None
         return key
 
-    def user_session(self, username: str, session: str, issued_at: float) -> UserCreated | None:
+    def user_session(self, username: str, session: str, version: str) -> UserCreated | None:
         """The user a token the gateway signed for it stands for, if the token still stands: the user exists
-        (and its tenant), the session was not ended, and neither the password nor the role or tenant has changed
-        since the token was issued (`issued_at`, unix seconds)."""
+        (and its tenant), the session was not ended, and `version` (the token's `ver`: the credential version whose
+        password the registry checked) is still the user's, equal, not earlier by some clock: any password, role
+        or tenant change since, or the user removed and made again, is another version."""
         user = self.users.get(username)
         if user is None or user.tenant_id not in self.tenants:
             return None
         if session and session in self.sessions_ended:
             return None
-        return user if issued_at >= user.occurred_at.timestamp() - SESSION_CLOCK_SLACK_S else None
+        return user if str(user.event_id) == version else None
 
-    def session_live(self, username: str, tenant_id: str, role: str, session: str, issued_at: float) -> bool:
+    def session_live(self, username: str, tenant_id: str, role: str, session: str, version: str) -> bool:
         """`user_session`, and the user still has the tenant and role the token names."""
-        user = self.user_session(username, session, issued_at)
+        user = self.user_session(username, session, version)
         return user is not None and user.tenant_id == tenant_id and user.role == role
 
     def resolve_model(self, name: str) -> str | None:

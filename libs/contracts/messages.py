@@ -236,7 +236,8 @@ class RevokeUserToken(Command, frozen=True, tag="revoke_user_token"):
 
 class VerifyCredentials(Command, frozen=True, tag="verify_credentials"):
     """Check a username and password against the stored hash; records nothing. The reply carries the
-    user on success; a wrong pair is a 401 `INVALID_CREDENTIALS`, whichever half was wrong."""
+    user and its credential version (`user_version`) on success; a wrong pair is a 401 `INVALID_CREDENTIALS`,
+    whichever half was wrong, and so is a right one whose password changed while it was being checked."""
 
     username: Username
     password: Password
@@ -257,13 +258,17 @@ LaterRegistryEvent = ModelWarmed | UserEvent
 
 class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """The events a command recorded (none when it changed nothing), for a new key the key once, and for
-    `verify_credentials` the user whose password matched."""
+    `verify_credentials` the user whose password matched and the version of the credentials it was checked
+    against."""
 
     events: list[AnyRegistryEvent] = []
     key: str | None = None
     key_id: str | None = None
     later_events: list[LaterRegistryEvent] = []     # users' and warm-ups' events (see LaterRegistryEvent)
     user: UserView | None = None
+    # verify_credentials: the id of the user's last password, role or tenant change (its creation, if none) whose
+    # hash the password matched; the gateway signs it into the tokens as `ver`, and they stand while it is the user's
+    user_version: str | None = None
 
     @property
     def recorded(self) -> list[Any]:

@@ -58,7 +58,7 @@ EXCHANGES: tuple[Exchange, ...] = (
     Exchange(s.REGISTRY_COMMAND, (m.AnyCommand,), (m.CommandReply,),
              "A registry command, tagged by `command`.",
              "The events the command recorded (none when it changed nothing), for a new key the key once, and for "
-             "`verify_credentials` the user (never a password or hash)."),
+             "`verify_credentials` the user and its credential version (never a password or hash)."),
     Exchange(s.REGISTRY_QUERY, (m.RegistryQuery,), (list[dict[str, Any]], dict[str, Any]),
              "Read one kind of registry resource, one item of it, or one tenant's.",
              "A list of resources (no `id`), one resource (`id`), the `status` document or the `export` document; "

@@ -43,7 +43,8 @@ class UserUpdated(Event, frozen=True, tag=s.USER_UPDATED):
 
 
 class UserPasswordChanged(Event, frozen=True, tag=s.USER_PASSWORD_CHANGED):
-    """A user's password was replaced; tokens issued before this moment stop working."""
+    """A user's password was replaced; the tokens signed for its credentials before stop working (its event id is
+    the user's new credential version)."""
 
     username: str
     tenant_id: str

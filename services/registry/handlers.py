@@ -65,7 +65,15 @@ async def _execute(deps: Deps, command: Any) -> bytes:
 
 
 async def verify_credentials(deps: Deps, command: m.VerifyCredentials) -> bytes:
-    """The user, if the password matches its hash; one 401 for a wrong password and an unknown user alike."""
+    """The user and the version of its credentials, if the password matches the hash of that very version; one 401
+    for a wrong password and an unknown user alike.
+
+    The check is slow (a hashing slot, up to `Passwords.wait_s`, then Argon2id), and the user may change meanwhile:
+    it is read again after the check, and a password changed (or the user removed, or made again) since it was
+    first read refuses the sign-in, as the old password it matched no longer signs anyone in; a change of role or
+    tenant alone (the same hash) answers the user as it is now. The answer's `user_version` is the version of the
+    record the password was checked against; the gateway signs it into the tokens, which stand while it is the
+    user's (`Catalog.user_session`), so no change that lands after this answer can be outrun either."""
     store = deps.store
     await store.refresh()
     user = store.catalog.users.get(command.username)
@@ -75,11 +83,18 @@ async def verify_credentials(deps: Deps, command: m.VerifyCredentials) -> bytes:
         deps.log.warning("registry.sign_in_busy", reason=str(exc))
         raise ServiceError(503, ErrorBody("SIGN_IN_BUSY", "Too many sign-in attempts are being checked; retry "
                                                           "shortly")) from None
+    if matched and user is not None:
+        await store.refresh()
+        now = store.catalog.users.get(command.username)
+        if now is None or now.password_hash != user.password_hash:
+            deps.log.info("registry.sign_in_outdated", removed=now is None)
+            matched = False
+        user = now
     if not matched or user is None or user.tenant_id not in store.catalog.tenants:
         deps.log.info("registry.sign_in_refused", known_user=user is not None)
         raise ServiceError(401, ErrorBody("INVALID_CREDENTIALS", "Invalid username or password"))
     view = UserView(username=user.username, tenant_id=user.tenant_id, role=user.role, display_name=user.display_name)
-    return encode(CommandReply(user=view))
+    return encode(CommandReply(user=view, user_version=str(user.event_id)))
 
 
 async def on_query(deps: Deps, data: bytes) -> bytes:

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import jwt
@@ -168,6 +169,68 @@ def test_me_describes_a_key_too_and_x_tenant_id_must_match(demo: DemoStack) -> N
     assert other.status_code == 403
     same = httpx.get(f"{demo.url}/v1/models", headers={**bearer(demo.demo_key), "X-Tenant-ID": "demo"})
     assert same.status_code == 200
+
+
+# --- tokens stand for the credentials checked ---------------------------------------------------------------
+
+
+def refresh(url: str, token: str) -> httpx.Response:
+    return httpx.post(f"{url}/api/auth/refresh", json={"refresh_token": token}, timeout=30)
+
+
+def forged(demo: DemoStack, token: str, **claims: object) -> str:
+    """One of our tokens signed again with some claims changed: what a gateway signs when it loses a race."""
+    kept = jwt.decode(token, secret(demo), algorithms=["HS256"], issuer="switchyard")
+    return jwt.encode({k: v for k, v in {**kept, **claims}.items() if v is not None}, secret(demo), algorithm="HS256")
+
+
+def test_a_token_signed_after_a_change_for_the_credentials_before_it_is_refused(demo: DemoStack) -> None:
+    """The race of a sign-in checked against the old password (or a user since removed and made again) and signed
+    after the change: its `iat` is later than the change, which was all that was compared; 3 runs of two sign-in
+    loops against a password change each left refresh tokens that worked for 7 days. A token names the credential
+    version the registry checked (`ver`), and stands while that is the user's; one without is refused."""
+    username = new_user(demo, role="admin", tenant="admin")
+    tokens = login(demo.url, username).json()
+    changed = httpx.put(f"{demo.url}/api/admin/users/{username}", headers=admin(demo),
+                        json={"password": PASSWORD + "!"})
+    assert changed.status_code == 200
+    late = {"iat": round(time.time(), 3), "jti": uuid.uuid4().hex}
+    assert refresh(demo.url, forged(demo, tokens["refresh_token"], **late)).status_code == 401
+    assert httpx.get(f"{demo.url}/api/admin/tenants",
+                     headers=bearer(forged(demo, tokens["access_token"], **late))).status_code == 401
+
+    fresh = login(demo.url, username, PASSWORD + "!").json()
+    assert httpx.delete(f"{demo.url}/api/admin/users/{username}", headers=admin(demo)).status_code == 200
+    assert new_user_named(demo, username, role="admin", tenant="admin")
+    late = {"iat": round(time.time(), 3), "jti": uuid.uuid4().hex}
+    assert refresh(demo.url, forged(demo, fresh["refresh_token"], **late)).status_code == 401
+    assert httpx.get(f"{demo.url}/api/admin/tenants",
+                     headers=bearer(forged(demo, fresh["access_token"], **late))).status_code == 401
+
+    now = login(demo.url, username).json()["access_token"]
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(now)).status_code == 200
+    unversioned = forged(demo, now, ver=None, jti=uuid.uuid4().hex)     # as signed before tokens carried `ver`
+    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=bearer(unversioned)).status_code == 401
+
+
+def new_user_named(demo: DemoStack, username: str, role: str, tenant: str) -> bool:
+    r = httpx.post(f"{demo.url}/api/admin/users", headers=admin(demo),
+                   json={"username": username, "password": PASSWORD, "tenant_id": tenant, "role": role})
+    return r.status_code == 201
+
+
+def test_a_refresh_token_from_just_before_a_promotion_mints_no_admin_token(demo: DemoStack) -> None:
+    """Tokens issued up to 50 ms before a role change survived it (clock slack): a member's refresh token minted an
+    admin access token once the member was promoted 10 ms after signing in. Versions are equal or they are not."""
+    username = new_user(demo)
+    tokens = login(demo.url, username).json()
+    promoted = httpx.put(f"{demo.url}/api/admin/users/{username}", headers=admin(demo), json={"role": "admin"})
+    changed_at = datetime.fromisoformat(promoted.json()["user"]["password_changed_at"]).timestamp()
+    just_before = {"iat": round(changed_at - 0.01, 3)}
+    minted = refresh(demo.url, forged(demo, tokens["refresh_token"], **just_before))
+    assert minted.status_code == 401, minted.text
+    assert httpx.get(f"{demo.url}/v1/models",
+                     headers=bearer(forged(demo, tokens["access_token"], **just_before))).status_code == 401
 
 
 # --- brute force, on a gateway that trusts X-Forwarded-For (so each test has addresses of its own) -----------

@@ -10,7 +10,9 @@ import pytest
 
 from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.contracts.events import TenantCreated
-from switchyard_gateway.contracts.users import UserCreated, UserRemoved, UserTokenRevoked, UserUpdated, UserView
+from switchyard_gateway.contracts.users import (
+    UserCreated, UserPasswordChanged, UserRemoved, UserTokenRevoked, UserUpdated, UserView,
+)
 from switchyard_gateway.services.gateway.edge import auth
 from switchyard_gateway.services.gateway.edge.errors import AuthError
 from switchyard_gateway.services.gateway.edge.tokens import Tokens
@@ -34,12 +36,17 @@ def alice() -> UserView:
     return UserView(username="alice", tenant_id="acme", role="admin")
 
 
+def version(catalog: Catalog) -> str:
+    """alice's credential version, as the registry answers it with a sign-in check."""
+    return str(catalog.users["alice"].event_id)
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
 def test_an_access_token_stands_for_its_user_until_the_session_ends(catalog: Catalog) -> None:
-    pair = tokens().sign_in(alice())
+    pair = tokens().sign_in(alice(), version(catalog))
     gate = auth.Authenticator(catalog, jwt_secret=SECRET)
     caller = gate.authenticate(bearer(pair.access_token))
     assert (caller.key_id, caller.tenant_id, caller.role, caller.name) == ("user:alice", "acme", "admin", "alice")
@@ -55,7 +62,7 @@ def test_an_access_token_stands_for_its_user_until_the_session_ends(catalog: Cat
     UserRemoved(username="alice", tenant_id="acme"),
 ])
 def test_a_role_change_or_removal_ends_the_access_token(catalog: Catalog, change) -> None:
-    access = tokens().sign_in(alice()).access_token
+    access = tokens().sign_in(alice(), version(catalog)).access_token
     gate = auth.Authenticator(catalog, jwt_secret=SECRET)
     gate.authenticate(bearer(access))
     catalog.apply(change)
@@ -64,7 +71,7 @@ def test_a_role_change_or_removal_ends_the_access_token(catalog: Catalog, change
 
 
 def test_a_refresh_token_is_not_a_bearer_and_an_access_token_is_not_a_refresh(catalog: Catalog) -> None:
-    pair = tokens().sign_in(alice())
+    pair = tokens().sign_in(alice(), version(catalog))
     with pytest.raises(AuthError):
         auth.Authenticator(catalog, jwt_secret=SECRET).authenticate(bearer(pair.refresh_token))
     assert tokens().read(pair.access_token, "refresh") is None
@@ -72,9 +79,9 @@ def test_a_refresh_token_is_not_a_bearer_and_an_access_token_is_not_a_refresh(ca
 
 
 def test_tokens_of_another_issuer_or_secret_or_past_their_time_are_not_read() -> None:
-    pair = tokens().sign_in(alice(), now=time.time() - 8 * 86400)
+    pair = tokens().sign_in(alice(), "v1", now=time.time() - 8 * 86400)
     assert tokens().read(pair.refresh_token, "refresh") is None                 # expired
-    fresh = tokens().sign_in(alice()).refresh_token
+    fresh = tokens().sign_in(alice(), "v1").refresh_token
     assert Tokens(SECRET, "elsewhere", 900, 60).read(fresh, "refresh") is None
     assert Tokens("another-secret-of-32-bytes-or-more", "switchyard", 900, 60).read(fresh, "refresh") is None
     claims = jwt.decode(fresh, SECRET, algorithms=["HS256"], issuer="switchyard")
@@ -95,7 +102,7 @@ def test_a_token_cut_off_by_a_role_or_tenant_change_stays_cut_off_when_the_chang
     catalog.apply(TenantCreated(tenant_id="other"))
     catalog.apply(UserCreated(username="alice", tenant_id="acme", role="admin", password_hash="$h",
                               occurred_at=ago(60)))
-    pair = tokens().sign_in(alice(), now=time.time() - 50)
+    pair = tokens().sign_in(alice(), version(catalog), now=time.time() - 50)
     gate = auth.Authenticator(catalog, jwt_secret=SECRET)
     gate.authenticate(bearer(pair.access_token))
     catalog.apply(UserUpdated(username="alice", **{"tenant_id": "acme", "role": "admin", **change},
@@ -104,16 +111,70 @@ def test_a_token_cut_off_by_a_role_or_tenant_change_stays_cut_off_when_the_chang
     with pytest.raises(AuthError):
         gate.authenticate(bearer(pair.access_token))
     session = tokens().read(pair.refresh_token, "refresh")
-    assert session is not None and catalog.user_session("alice", session.session, session.issued_at) is None
-    fresh = tokens().sign_in(alice()).access_token
+    assert session is not None and catalog.user_session("alice", session.session, session.version) is None
+    fresh = tokens().sign_in(alice(), version(catalog)).access_token
     assert gate.authenticate(bearer(fresh)).role == "admin"
 
 
 def test_a_display_name_change_leaves_the_tokens_standing(catalog: Catalog) -> None:
     catalog.apply(UserCreated(username="alice", tenant_id="acme", role="admin", password_hash="$h",
                               occurred_at=ago(60)))
-    access = tokens().sign_in(alice(), now=time.time() - 50).access_token
+    access = tokens().sign_in(alice(), version(catalog), now=time.time() - 50).access_token
     gate = auth.Authenticator(catalog, jwt_secret=SECRET)
     catalog.apply(UserUpdated(username="alice", tenant_id="acme", role="admin", display_name="Alice A.",
                               occurred_at=ago(40)))
     assert gate.authenticate(bearer(access)).name == "alice"
+
+
+# --- credential versions: a token stands for the very credentials whose password was checked ---------------------
+
+
+def test_a_token_signed_for_credentials_since_replaced_is_refused_whenever_it_was_signed(catalog: Catalog) -> None:
+    """The race of a sign-in checked against the old password and signed after the change: the token's `iat` is
+    later than the change, but its `ver` names the credentials the registry checked, which are no longer the
+    user's (before, `iat` was compared with the change's time, and such a token stood for its 7 days)."""
+    checked = version(catalog)
+    catalog.apply(UserPasswordChanged(username="alice", tenant_id="acme", password_hash="$new"))
+    late = tokens().sign_in(alice(), checked)                     # signed after the change
+    gate = auth.Authenticator(catalog, jwt_secret=SECRET)
+    with pytest.raises(AuthError):
+        gate.authenticate(bearer(late.access_token))
+    session = tokens().read(late.refresh_token, "refresh")
+    assert session is not None and catalog.user_session("alice", session.session, session.version) is None
+    assert gate.authenticate(bearer(tokens().sign_in(alice(), version(catalog)).access_token)).name == "alice"
+
+
+def test_a_user_removed_and_made_again_under_its_name_is_new_credentials(catalog: Catalog) -> None:
+    checked = version(catalog)
+    catalog.apply(UserRemoved(username="alice", tenant_id="acme"))
+    catalog.apply(UserCreated(username="alice", tenant_id="acme", role="admin", password_hash="$h"))
+    late = tokens().sign_in(alice(), checked)
+    with pytest.raises(AuthError):
+        auth.Authenticator(catalog, jwt_secret=SECRET).authenticate(bearer(late.access_token))
+
+
+def test_a_change_moments_after_signing_in_ends_the_tokens_whatever_the_clocks_say(catalog: Catalog) -> None:
+    """A promotion recorded 10 ms after the sign-in (or by a registry whose clock is behind) ended nothing within
+    50 ms of slack: the old refresh token minted an admin access token. Versions are equal or not."""
+    member = UserView(username="alice", tenant_id="acme", role="member")
+    catalog.apply(UserUpdated(username="alice", tenant_id="acme", role="member"))
+    pair = tokens().sign_in(member, version(catalog))
+    catalog.apply(UserUpdated(username="alice", tenant_id="acme", role="admin", occurred_at=ago(60)))
+    session = tokens().read(pair.refresh_token, "refresh")
+    assert session is not None and catalog.user_session("alice", session.session, session.version) is None
+
+
+def test_tokens_signed_before_tokens_carried_a_version_are_refused() -> None:
+    """The rule for tokens issued before this version of the gateway: no `ver` (and a refresh token without `sid`)
+    is not ours any more; their users sign in again."""
+    catalog = Catalog()
+    catalog.apply(TenantCreated(tenant_id="acme"))
+    catalog.apply(UserCreated(username="alice", tenant_id="acme", role="admin", password_hash="$h"))
+    now = time.time()
+    old = {"iss": "switchyard", "sub": "alice", "tenant": "acme", "role": "admin", "iat": now, "exp": int(now) + 900}
+    access = jwt.encode({**old, "jti": "a1", "typ": "access", "sid": "r1"}, SECRET, algorithm="HS256")
+    refresh = jwt.encode({**old, "jti": "r1", "typ": "refresh"}, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError):
+        auth.Authenticator(catalog, jwt_secret=SECRET).authenticate(bearer(access))
+    assert tokens().read(refresh, "refresh") is None and tokens().read(access, "access") is None
+

@@ -76,21 +76,22 @@ def test_an_update_records_only_what_changed(catalog: Catalog) -> None:
 
 
 def test_a_session_stands_until_signed_out_role_changed_password_changed_or_user_removed(catalog: Catalog) -> None:
-    issued = datetime.now(UTC).timestamp() + 1
-    assert catalog.session_live("alice", "acme", "admin", "s1", issued)
-    assert not catalog.session_live("alice", "acme", "member", "s1", issued), "a role the user no longer has"
-    assert not catalog.session_live("alice", "other", "admin", "s1", issued), "another tenant"
+    signed_for = str(catalog.users["alice"].event_id)        # the credential version a sign-in check answers
+    assert catalog.session_live("alice", "acme", "admin", "s1", signed_for)
+    assert not catalog.session_live("alice", "acme", "member", "s1", signed_for), "a role the user no longer has"
+    assert not catalog.session_live("alice", "other", "admin", "s1", signed_for), "another tenant"
     [ended] = run(catalog, m.RevokeUserToken(username="alice", token_id="s1", expires_at=datetime.now(UTC)))
     assert isinstance(ended, UserTokenRevoked)
     assert run(catalog, m.RevokeUserToken(username="alice", token_id="s1")) == [], "ending it twice records nothing"
-    assert not catalog.session_live("alice", "acme", "admin", "s1", issued)
-    assert catalog.session_live("alice", "acme", "admin", "s2", issued)
-    later = catalog.users["alice"].occurred_at + timedelta(seconds=5)
-    catalog.apply(UserPasswordChanged(username="alice", tenant_id="acme", password_hash="$x", occurred_at=later))
-    assert not catalog.session_live("alice", "acme", "admin", "s2", issued), "issued before the password changed"
-    assert catalog.session_live("alice", "acme", "admin", "s3", later.timestamp())
+    assert not catalog.session_live("alice", "acme", "admin", "s1", signed_for)
+    assert catalog.session_live("alice", "acme", "admin", "s2", signed_for)
+    earlier = catalog.users["alice"].occurred_at - timedelta(seconds=5)      # a clock behind: the version counts
+    changed = UserPasswordChanged(username="alice", tenant_id="acme", password_hash="$x", occurred_at=earlier)
+    catalog.apply(changed)
+    assert not catalog.session_live("alice", "acme", "admin", "s2", signed_for), "signed for the old password"
+    assert catalog.session_live("alice", "acme", "admin", "s3", str(changed.event_id))
     run(catalog, m.RemoveUser(username="alice"))
-    assert not catalog.session_live("alice", "acme", "admin", "s3", later.timestamp())
+    assert not catalog.session_live("alice", "acme", "admin", "s3", str(changed.event_id))
 
 
 def test_revocations_are_forgotten_once_their_tokens_expired_anyway(catalog: Catalog) -> None:

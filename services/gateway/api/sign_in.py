@@ -1,9 +1,10 @@
 """Sign-in for users: `/api/auth/login`, `/refresh`, `/logout` and `/me`.
 
 The password is checked by the registry (`verify_credentials` on `registry.command.v1`), which alone
-holds the hashes: the gateway never sees one, and the slow Argon2id check stays off its hot path.
-Tokens are signed here with `SWITCHYARD_JWT_SECRET` (edge/tokens.py); refreshing needs no round trip
-(the local catalog says whether the session still stands); signing out is a registry event, so every
+holds the hashes: the gateway never sees one, and the slow Argon2id check stays off its hot path. The
+registry answers with the user's credential version the password was checked against; the tokens, signed here
+with `SWITCHYARD_JWT_SECRET` (edge/tokens.py), carry it, and stand while it is the user's: refreshing needs no
+round trip (the local catalog says whether the session still stands); signing out is a registry event, so every
 gateway refuses the session's tokens once it has folded it. Failures are counted per username and
 per client address in Valkey (edge/login_guard.py), each attempt from before its password is checked: too many,
 and the next attempt waits (429). Bodies are read by the admin routes' reader (`read_json`): one nested too
@@ -126,24 +127,41 @@ async def login(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
     if wait_s > 0:
         return _too_many(wait_s)
     user: UserView | None = None
+    version: str | None = None
     try:
         if 0 < len(data.username) <= NAME_MAX and 0 < len(data.password) <= PASSWORD_MAX:
             try:
-                raw = await ask(deps, subjects.REGISTRY_COMMAND,
-                                m.VerifyCredentials(username=data.username, password=data.password))
-                user = _reply.decode(raw).user
+                reply = _reply.decode(await ask(deps, subjects.REGISTRY_COMMAND,
+                                                m.VerifyCredentials(username=data.username, password=data.password)))
+                user, version = reply.user, reply.user_version
+                if user is not None and version is None:       # a registry of a build before credential versions
+                    raise ServiceError(503, m.ErrorBody("SERVICE_UNAVAILABLE", "The registry did not say which "
+                                                        "credentials it checked; try again shortly"))
             except ServiceError as exc:
                 if exc.status != 401:
                     raise
     except BaseException:           # not checked (the registry busy, away or failing): the slot is given back
         await asyncio.shield(guard.unchecked(attempt, data.username, address))
         raise
-    if user is None:
+    if user is None or version is None:
         wait_s = await guard.failed(attempt, data.username, address)
         headers = {"retry-after": str(max(1, math.ceil(wait_s)))} if wait_s > 0 else None
         return _error(401, "INVALID_CREDENTIALS", "Invalid username or password", headers)
     await guard.succeeded(attempt, data.username, address)
-    return deps.tokens.sign_in(user)
+    if not await _current_here(deps, user.username, version):
+        return _error(401, "INVALID_CREDENTIALS", "Invalid username or password")
+    return deps.tokens.sign_in(user, version)
+
+
+async def _current_here(deps: Deps, username: str, version: str) -> bool:
+    """Whether the credential version the registry checked is the user's on this gateway, waiting a moment for
+    this gateway to fold it (a user made or changed just before signing in): tokens that it would refuse at once
+    are not signed. False when the user changed again since the check (rare; the user signs in again)."""
+    if deps.catalog.user_session(username, "", version) is None \
+            and not await deps.state.wait_for({version}, deps.settings.request_timeout_s):
+        raise ServiceError(503, m.ErrorBody("SERVICE_UNAVAILABLE", "This gateway has not caught up with the registry "
+                                                                   "yet; try again shortly"))
+    return deps.catalog.user_session(username, "", version) is not None
 
 
 @post("/api/auth/refresh", status_code=200, guards=[json_bodies])
@@ -153,12 +171,13 @@ async def refresh(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
         return refusal
     data = msgspec.convert(await json_object(request), RefreshRequest)
     claims = deps.tokens.read(data.refresh_token, "refresh")
-    user = deps.catalog.user_session(claims.username, claims.session, claims.issued_at) if claims else None
+    user = deps.catalog.user_session(claims.username, claims.session, claims.version) if claims else None
     if claims is None or user is None:
         return _invalid_token()
     view = UserView(username=user.username, tenant_id=user.tenant_id, role=user.role, display_name=user.display_name)
     left = max(0, int(claims.expires_at - datetime.now(UTC).timestamp()))
-    return TokenPair(access_token=deps.tokens.access(view, claims.session), refresh_token=data.refresh_token,
+    return TokenPair(access_token=deps.tokens.access(view, claims.version, claims.session),
+                     refresh_token=data.refresh_token,
                      token_type="bearer", expires_in=deps.tokens.access_ttl_s, refresh_expires_in=left, user=view)
 
 

@@ -6,7 +6,8 @@ Two modes (`SWITCHYARD_AUTH_MODE`; the spellings `multi_user` and `single_user` 
   `SWITCHYARD_JWT_SECRET` is set, HS256 JWT bearer tokens whose claims name the
   `tenant` and `role` (`member` or `admin`), carry an `exp` and the issuer
   `SWITCHYARD_JWT_ISSUER` (`iss`). Access tokens of signed-in users (`typ: access`,
-  edge/tokens.py) must also still stand in the catalog: user, role, session, password.
+  edge/tokens.py) must also still stand in the catalog: user, role, session, and the credential
+  version (`ver`) they were signed for.
 - `single-user`: only the key in `SWITCHYARD_API_KEY` is accepted, as an admin of
   the `admin` tenant.
 Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. A request that names a
@@ -56,7 +57,7 @@ class _Verified(NamedTuple):
     key: KeyIssued
     user: str | None
     session: str
-    issued_at: float
+    version: str
 
 
 class HeaderLookup(Protocol):
@@ -139,7 +140,7 @@ class Authenticator:
             self._tokens.pop(token, None)
             return None
         if seen.user is not None and not self.catalog.session_live(seen.user, key.tenant_id, key.role, seen.session,
-                                                                   seen.issued_at):
+                                                                   seen.version):
             return None
         return key
 
@@ -159,16 +160,16 @@ class Authenticator:
         if kind not in (None, "access"):            # a refresh token is not a bearer token
             return None
         if kind == "access":                        # signed by sign-in: a user of the catalog
-            user, session, issued = claims.get("sub"), claims.get("sid"), claims.get("iat")
-            if not isinstance(user, str) or not isinstance(session, str) or not isinstance(issued, int | float):
-                return None
+            user, session, version = claims.get("sub"), claims.get("sid"), claims.get("ver")
+            if not isinstance(user, str) or not isinstance(session, str) or not isinstance(version, str):
+                return None                         # no `ver`: signed before tokens carried one, refused
             key = KeyIssued(key_id=f"user:{user}", tenant_id=tenant, key_sha256="", role=role, name=user,
                             expires_at=expires)
-            return _Verified(key, user, session, float(issued))
+            return _Verified(key, user, session, version)
         subject = str(claims.get("sub") or claims.get("jti") or tenant)[:200]
         key = KeyIssued(key_id=f"jwt:{subject}", tenant_id=tenant, key_sha256="", role=role, name="jwt",
                         expires_at=expires)
-        return _Verified(key, None, "", 0.0)
+        return _Verified(key, None, "", "")
 
 
 def _expiry(exp: object) -> datetime:

@@ -1,10 +1,12 @@
 """Sign-in tokens: a short-lived access token and a longer refresh token, HS256 JWTs this gateway signs.
 
-Both carry `iss` (`SWITCHYARD_JWT_ISSUER`), `sub` (the username), `tenant`, `role`, `iat`, `exp`, `jti`
-and `typ` (`access` or `refresh`); an access token also carries `sid`, the `jti` of the refresh token
-of its session, so that signing out (revoking the refresh token) ends its access tokens too. Whether
-a token still stands beyond its signature and `exp` (user removed, role changed, password changed,
-signed out) is the local catalog's answer (`Catalog.user_session`), never a round trip.
+Both carry `iss` (`SWITCHYARD_JWT_ISSUER`), `sub` (the username), `tenant`, `role`, `ver`, `sid`, `iat`,
+`exp`, `jti` and `typ` (`access` or `refresh`). `sid` names the session (the refresh token's `jti`): every token
+of one sign-in carries it, so that ending the session (signing out) ends them all. `ver` is the user's credential
+version the registry checked the password against (`CommandReply.user_version`, the id of the user's last
+password, role or tenant change): a token stands while that is still the user's version, compared for equality
+(`Catalog.user_session`), never a round trip and never a clock. A token without `ver` or `sid` (signed before
+they existed) is not read: its user signs in again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class TokenClaims(msgspec.Struct, frozen=True):
     role: str
     token_id: str
     session: str
+    version: str                    # the user's credential version it was signed for
     issued_at: float
     expires_at: float
     kind: TokenType
@@ -57,28 +60,26 @@ class Tokens:
     def enabled(self) -> bool:
         return bool(self.secret)
 
-    def sign_in(self, user: UserView, now: float | None = None) -> TokenPair:
-        """A new session: a refresh token and the first access token of it."""
+    def sign_in(self, user: UserView, version: str, now: float | None = None) -> TokenPair:
+        """A new session for the user at this credential version: its refresh token and its first access token."""
         issued = round(time.time() if now is None else now, 3)
         session = secrets.token_hex(16)
-        refresh = self._sign(user, "refresh", session, session, issued, self.refresh_ttl_s)
-        return TokenPair(access_token=self.access(user, session, issued), refresh_token=refresh,
-                         token_type="bearer", expires_in=self.access_ttl_s,
-                         refresh_expires_in=self.refresh_ttl_s, user=user)
+        refresh = self._sign(user, "refresh", version, session, session, issued, int(issued) + self.refresh_ttl_s)
+        return TokenPair(access_token=self.access(user, version, session, issued), refresh_token=refresh,
+                         token_type="bearer", expires_in=self.access_ttl_s, refresh_expires_in=self.refresh_ttl_s,
+                         user=user)
 
-    def access(self, user: UserView, session: str, now: float | None = None) -> str:
+    def access(self, user: UserView, version: str, session: str, now: float | None = None) -> str:
         """An access token of a session."""
         issued = round(time.time() if now is None else now, 3)
-        return self._sign(user, "access", secrets.token_hex(16), session, issued, self.access_ttl_s)
+        return self._sign(user, "access", version, secrets.token_hex(16), session, issued,
+                          int(issued) + self.access_ttl_s)
 
-    def _sign(self, user: UserView, kind: TokenType, token_id: str, session: str, issued: float, ttl_s: int) -> str:
-        # `iat` to the millisecond (RFC 7519 allows a fraction), so that a password changed within the same
-        # second still ends the tokens issued before it
+    def _sign(self, user: UserView, kind: TokenType, version: str, token_id: str, session: str, issued: float,
+              expires: int) -> str:
         claims: dict[str, Any] = {"iss": self.issuer, "sub": user.username, "tenant": user.tenant_id,
-                                  "role": user.role, "iat": issued, "exp": int(issued) + ttl_s, "jti": token_id,
-                                  "typ": kind}
-        if kind == "access":
-            claims["sid"] = session
+                                  "role": user.role, "ver": version, "sid": session, "iat": issued, "exp": expires,
+                                  "jti": token_id, "typ": kind}
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
     def read(self, token: str, kind: TokenType) -> TokenClaims | None:
@@ -90,11 +91,9 @@ class Tokens:
                                 options={"require": ["exp", "iat", "iss", "sub", "jti"]})
         except jwt.PyJWTError:
             return None
-        if claims.get("typ") != kind or not all(isinstance(claims.get(k), str) for k in ("sub", "tenant", "role")):
-            return None
-        session = claims.get("sid") if kind == "access" else claims["jti"]
-        if not isinstance(session, str):
+        if claims.get("typ") != kind or \
+                not all(isinstance(claims.get(k), str) for k in ("sub", "tenant", "role", "ver", "sid")):
             return None
         return TokenClaims(username=claims["sub"], tenant_id=claims["tenant"], role=claims["role"],
-                           token_id=str(claims["jti"]), session=session, issued_at=float(claims["iat"]),
-                           expires_at=float(claims["exp"]), kind=kind)
+                           token_id=str(claims["jti"]), session=claims["sid"], version=claims["ver"],
+                           issued_at=float(claims["iat"]), expires_at=float(claims["exp"]), kind=kind)
