@@ -227,7 +227,7 @@ class RemoveUser(Command, frozen=True, tag="remove_user"):
 
 
 class RevokeUserToken(Command, frozen=True, tag="revoke_user_token"):
-    """End a user's session: its refresh token (by `jti`) and the access tokens that carry it as `sid`."""
+    """End a user's session (by its id, the `sid` its refresh and access tokens carry): every token of it."""
 
     username: Username
     token_id: TokenId

@@ -67,14 +67,16 @@ class UserRemoved(Event, frozen=True, tag=s.USER_REMOVED):
 
 
 class UserTokenRevoked(Event, frozen=True, tag=s.USER_TOKEN_REVOKED):
-    """A refresh token was revoked (the user signed out): it, and the access tokens of its session, stop working.
+    """A session was ended (the user signed out, or a spent refresh token was presented again): its refresh and
+    access tokens stop working.
 
     `expires_at` is when the token would have expired anyway: past it, the revocation can be forgotten.
     """
 
     username: str
     tenant_id: str
-    token_id: str                   # the refresh token's `jti`, which its access tokens carry as `sid`
+    token_id: str                   # the session's id, which its tokens carry as `sid` (before rotation: the refresh
+                                    # token's `jti`, which was its session's id)
     expires_at: Instant | None = None
 
     @property

@@ -2,6 +2,7 @@
 SWITCHYARD_WORKERS says otherwise, from a lean main process (its workers build the app); one worker
 is served by this process itself."""
 
+import math
 from pathlib import Path
 
 from switchyard_gateway.kit.serve import require_counts, require_seconds, run, settings_of, worker_count
@@ -23,6 +24,9 @@ if settings.http_max_connections < 0:
     raise SystemExit(f"switchyard: SWITCHYARD_HTTP_MAX_CONNECTIONS must be a whole number of connections, 0 (the "
                      f"default: 10,000, fewer if the open-file limit is lower) or more, "
                      f"not {settings.http_max_connections}")
+if not (math.isfinite(settings.refresh_reuse_grace_s) and settings.refresh_reuse_grace_s >= 0):
+    raise SystemExit(f"switchyard: SWITCHYARD_REFRESH_REUSE_GRACE_S must be a number of seconds, 0 (a refresh token "
+                     f"presented twice ends its session at once) or more, not {settings.refresh_reuse_grace_s}")
 if settings.image_tokens < 0:
     raise SystemExit(f"switchyard: SWITCHYARD_IMAGE_TOKENS must be a whole number of tokens, 0 or more, "
                      f"not {settings.image_tokens}")

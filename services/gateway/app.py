@@ -27,6 +27,7 @@ from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
+from switchyard_gateway.services.gateway.edge.rotations import Rotations
 from switchyard_gateway.services.gateway.edge.tokens import Tokens
 from switchyard_gateway.services.gateway.edge import errors, ws
 from switchyard_gateway.services.gateway.edge.errors import GatewayError
@@ -161,6 +162,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
                              user_failures=settings.login_user_failures,
                              address_failures=settings.login_address_failures, backoff_s=settings.login_backoff_s,
                              backoff_max_s=settings.login_backoff_max_s, window_s=settings.login_window_s)
+    rotations = Rotations(Valkey(settings.redis_url), key_prefix(settings.login_prefix, settings.database_url, "a"),
+                          settings.refresh_reuse_grace_s)
     fallbacks = Fallbacks(state.catalog)
     shared = None
     base = settings.instance.removesuffix(f"-w{settings.worker}") or "gateway"      # the gateway its workers share
@@ -197,7 +200,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         # collector took 8 % of the worker's CPU under load with the default threshold of 700).
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-        return Deps(settings=settings, nc=nc, auth=auth, tokens=tokens, login_guard=login_guard, state=state,
+        return Deps(settings=settings, nc=nc, auth=auth, tokens=tokens, login_guard=login_guard,
+                    rotations=rotations, state=state,
                     circuits=circuits, router=router, quota=quota,
                     usage=publisher, usage_stream=UsageHub(nc, router.inflight_counts), proxy=proxy,
                     cache=cache, upstreams=upstreams)
@@ -206,6 +210,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         await deps.quota.close()
         await deps.cache.close()
         await deps.login_guard.close()
+        await deps.rotations.close()
         await deps.usage.drain()
         await deps.upstreams.close()
 

@@ -11,6 +11,7 @@ from switchyard_gateway.catalog.state import Catalog
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.edge.auth import Authenticator
 from switchyard_gateway.services.gateway.edge.login_guard import LoginGuard
+from switchyard_gateway.services.gateway.edge.rotations import Rotations
 from switchyard_gateway.services.gateway.edge.tokens import Tokens
 from switchyard_gateway.services.gateway.pipeline.cache import ResponseCache
 from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
@@ -31,6 +32,7 @@ class Deps:
     auth: Authenticator            # who a request's key stands for
     tokens: Tokens                 # sign-in's access and refresh tokens
     login_guard: LoginGuard        # failed sign-ins per username and address, in Valkey
+    rotations: Rotations           # when each refresh token was first used, in Valkey
     state: LocalState              # the registry catalog, fed by REGISTRY
     circuits: Circuits             # breakers and probes, fed by ROUTING
     router: Router                 # route plans and in-flight counts

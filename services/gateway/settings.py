@@ -65,7 +65,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
                                           # least JWT_SECRET_MIN_BYTES long
     jwt_issuer: str = "switchyard"        # the `iss` every accepted JWT carries, and sign-in's tokens say
     access_token_ttl_s: float = 900.0     # sign-in: an access token lives 15 minutes
-    refresh_token_ttl_s: float = 7 * 86400.0   # and its refresh token 7 days, unless revoked (sign-out)
+    refresh_token_ttl_s: float = 7 * 86400.0   # and its session 7 days, unless ended (sign-out, a refresh token reused)
+    refresh_reuse_grace_s: float = 10.0   # a refresh token presented again this soon after its first use gets the same
+                                          # new pair (a client racing itself); later, its session ends (0: at once)
     # sign-in brute-force protection, counted in Valkey so that every gateway agrees
     login_user_failures: int = 5          # failed sign-ins of one username before it is made to wait
     login_address_failures: int = 20      # failed sign-ins from one address before it is made to wait

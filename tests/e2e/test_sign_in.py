@@ -171,7 +171,7 @@ def test_me_describes_a_key_too_and_x_tenant_id_must_match(demo: DemoStack) -> N
     assert same.status_code == 200
 
 
-# --- tokens stand for the credentials checked ---------------------------------------------------------------
+# --- tokens stand for the credentials checked; refresh tokens are spent --------------------------------------
 
 
 def refresh(url: str, token: str) -> httpx.Response:
@@ -231,6 +231,54 @@ def test_a_refresh_token_from_just_before_a_promotion_mints_no_admin_token(demo:
     assert minted.status_code == 401, minted.text
     assert httpx.get(f"{demo.url}/v1/models",
                      headers=bearer(forged(demo, tokens["access_token"], **just_before))).status_code == 401
+
+
+async def test_a_refresh_spends_its_token_and_a_client_racing_itself_gets_one_new_pair(demo: DemoStack) -> None:
+    """Rotation: a refresh answers a new refresh token (before, the same one came back, good for 7 days beside any
+    copy of it). Two refreshes of one token at once (a client racing itself, on either gateway worker) both get the
+    same new pair: one live refresh token per session, and the honest client is not signed out."""
+    username = new_user(demo)
+    tokens = login(demo.url, username).json()
+    async with httpx.AsyncClient(timeout=30) as client:
+        both = await asyncio.gather(*(client.post(f"{demo.url}/api/auth/refresh", json={
+            "refresh_token": tokens["refresh_token"]}) for _ in range(2)))
+    assert [r.status_code for r in both] == [200, 200], [r.text for r in both]
+    pair = both[0].json()
+    assert both[1].json() == pair, "the same pair for the same token"
+    assert pair["refresh_token"] != tokens["refresh_token"] and pair["access_token"] != tokens["access_token"]
+    assert pair["refresh_expires_in"] <= tokens["refresh_expires_in"], "refreshing does not lengthen the session"
+    sessions = {jwt.decode(t, secret(demo), algorithms=["HS256"], issuer="switchyard")["sid"]
+                for t in (tokens["refresh_token"], pair["refresh_token"], pair["access_token"])}
+    assert len(sessions) == 1
+    assert httpx.get(f"{demo.url}/v1/models", headers=bearer(pair["access_token"])).status_code == 200
+    again = refresh(demo.url, pair["refresh_token"])
+    assert again.status_code == 200 and again.json()["refresh_token"] not in (pair["refresh_token"],
+                                                                             tokens["refresh_token"])
+
+
+@pytest.fixture(scope="module")
+def strict(demo: DemoStack, urls) -> Iterator[Gateway]:
+    """A second gateway whose refresh tokens have no grace: any second use is a reuse."""
+    gateway = start_gateway(demo, urls, jwt_secret=secret(demo), refresh_reuse_grace_s="0")
+    yield gateway
+    stop_gateway(gateway)
+
+
+async def test_a_refresh_token_used_again_ends_its_whole_session_on_every_gateway(demo: DemoStack,
+                                                                                 strict: Gateway) -> None:
+    """Reuse detection (RFC 9700 §4.14.2): the owner refreshed on one gateway; a copy of the spent token presented on
+    another ends the session, the owner's new tokens too, everywhere: the server cannot tell which is the thief."""
+    username = new_user(demo)
+    tokens = login(demo.url, username).json()
+    owner = refresh(demo.url, tokens["refresh_token"]).json()
+    stolen = refresh(strict.url, tokens["refresh_token"])
+    assert stolen.status_code == 401 and stolen.json()["error"]["code"] == "INVALID_TOKEN", stolen.text
+    assert "used already" in stolen.json()["error"]["message"]
+    await wait_for(lambda: httpx.get(f"{demo.url}/v1/models", headers=bearer(owner["access_token"])).status_code
+                   == 401, what="the owner's new access token to end with the session")
+    assert refresh(demo.url, owner["refresh_token"]).status_code == 401
+    assert httpx.get(f"{demo.url}/v1/models", headers=bearer(tokens["access_token"])).status_code == 401
+    assert login(demo.url, username).status_code == 200, "signing in again starts a new session"
 
 
 # --- brute force, on a gateway that trusts X-Forwarded-For (so each test has addresses of its own) -----------

@@ -178,3 +178,23 @@ def test_tokens_signed_before_tokens_carried_a_version_are_refused() -> None:
         auth.Authenticator(catalog, jwt_secret=SECRET).authenticate(bearer(access))
     assert tokens().read(refresh, "refresh") is None and tokens().read(access, "access") is None
 
+
+# --- rotation --------------------------------------------------------------------------------------------------
+
+
+def test_a_rotated_pair_is_new_of_the_same_session_and_the_same_for_the_same_first_use(catalog: Catalog) -> None:
+    signer = tokens()
+    pair = signer.sign_in(alice(), version(catalog), now=time.time() - 60)
+    spent = signer.read(pair.refresh_token, "refresh")
+    assert spent is not None
+    first_use = round(time.time() - 30, 3)
+    rotated = signer.rotate(spent, alice(), first_use)
+    assert rotated == signer.rotate(spent, alice(), first_use), "a refresh answered twice answers one pair"
+    new = signer.read(rotated.refresh_token, "refresh")
+    access = signer.read(rotated.access_token, "access")
+    assert new is not None and access is not None
+    assert new.token_id not in (spent.token_id, access.token_id) and rotated.refresh_token != pair.refresh_token
+    assert (new.session, new.version, new.expires_at) == (spent.session, spent.version, spent.expires_at), \
+        "the same session, ending when it would have: refreshing does not extend it"
+    assert access.session == spent.session and rotated.refresh_expires_in == int(spent.expires_at) - int(first_use)
+    assert signer.read(signer.rotate(new, alice(), first_use + 5).refresh_token, "refresh").token_id != new.token_id

@@ -3,12 +3,13 @@
 The password is checked by the registry (`verify_credentials` on `registry.command.v1`), which alone
 holds the hashes: the gateway never sees one, and the slow Argon2id check stays off its hot path. The
 registry answers with the user's credential version the password was checked against; the tokens, signed here
-with `SWITCHYARD_JWT_SECRET` (edge/tokens.py), carry it, and stand while it is the user's: refreshing needs no
-round trip (the local catalog says whether the session still stands); signing out is a registry event, so every
-gateway refuses the session's tokens once it has folded it. Failures are counted per username and
-per client address in Valkey (edge/login_guard.py), each attempt from before its password is checked: too many,
-and the next attempt waits (429). Bodies are read by the admin routes' reader (`read_json`): one nested too
-deeply is a 400 `INVALID_JSON`.
+with `SWITCHYARD_JWT_SECRET` (edge/tokens.py), carry it, and stand while it is the user's (the local catalog's
+answer, no round trip). A refresh spends its refresh token for a new pair (rotation, edge/rotations.py: when each
+was first used is kept in Valkey); one presented again past its grace ends its whole session. Signing out is a
+registry event, so every gateway refuses the session's tokens once it has folded it. Failures are counted per
+username and per client address in Valkey (edge/login_guard.py), each attempt from before its password is
+checked: too many, and the next attempt waits (429). Bodies are read by the admin routes' reader (`read_json`):
+one nested too deeply is a 400 `INVALID_JSON`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from switchyard_gateway.contracts.users import UserView
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import AppDeps, ask, caller, json_object, read_json
 from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.edge.rotations import Unavailable
 from switchyard_gateway.services.gateway.edge.tokens import TokenClaims, TokenPair
 
 Req = Request[Any, Any, Any]
@@ -166,7 +168,8 @@ async def _current_here(deps: Deps, username: str, version: str) -> bool:
 
 @post("/api/auth/refresh", status_code=200, guards=[json_bodies])
 async def refresh(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
-    """A new access token for a refresh token whose session still stands (the same refresh token back)."""
+    """A new access token and a new refresh token for a refresh token whose session still stands; the one presented
+    is spent. Presented again within the grace it answers the same new pair; later, it ends its whole session."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
     data = msgspec.convert(await json_object(request), RefreshRequest)
@@ -174,11 +177,17 @@ async def refresh(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
     user = deps.catalog.user_session(claims.username, claims.session, claims.version) if claims else None
     if claims is None or user is None:
         return _invalid_token()
+    try:
+        first_used, reused = await deps.rotations.use(claims.token_id, claims.expires_at)
+    except Unavailable:
+        return _error(503, "SERVICE_UNAVAILABLE", "Sessions cannot be refreshed right now (Valkey is not "
+                                                  "answering); try again shortly")
+    if reused:
+        await _end_session(deps, claims)
+        return _error(401, "INVALID_TOKEN", "This refresh token was used already: its session has ended, every "
+                                            "token of it; sign in again")
     view = UserView(username=user.username, tenant_id=user.tenant_id, role=user.role, display_name=user.display_name)
-    left = max(0, int(claims.expires_at - datetime.now(UTC).timestamp()))
-    return TokenPair(access_token=deps.tokens.access(view, claims.version, claims.session),
-                     refresh_token=data.refresh_token,
-                     token_type="bearer", expires_in=deps.tokens.access_ttl_s, refresh_expires_in=left, user=view)
+    return deps.tokens.rotate(claims, view, first_used)
 
 
 @post("/api/auth/logout", status_code=200, guards=[json_bodies])
@@ -190,12 +199,18 @@ async def logout(request: Req, deps: AppDeps) -> Response[bytes] | SignedOut:
     claims = _session_claims(request, deps, None if body is None else msgspec.convert(body, LogoutRequest))
     if claims is None:
         return _invalid_token()
+    return SignedOut(revoked=await _end_session(deps, claims))
+
+
+async def _end_session(deps: Deps, claims: TokenClaims) -> bool:
+    """Revoke the session of a token (a registry event every gateway folds), once this gateway has folded it too;
+    False when it had ended already."""
     expires = claims.expires_at if claims.kind == "refresh" else claims.issued_at + deps.tokens.refresh_ttl_s
     command = m.RevokeUserToken(username=claims.username, token_id=claims.session,
                                 expires_at=datetime.fromtimestamp(expires, UTC))
     reply = _reply.decode(await ask(deps, subjects.REGISTRY_COMMAND, command))
     await deps.state.wait_for({str(e.event_id) for e in reply.recorded})
-    return SignedOut(revoked=bool(reply.recorded))
+    return bool(reply.recorded)
 
 
 def _session_claims(request: Req, deps: Deps, data: LogoutRequest | None) -> TokenClaims | None:

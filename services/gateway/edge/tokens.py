@@ -1,16 +1,22 @@
 """Sign-in tokens: a short-lived access token and a longer refresh token, HS256 JWTs this gateway signs.
 
 Both carry `iss` (`SWITCHYARD_JWT_ISSUER`), `sub` (the username), `tenant`, `role`, `ver`, `sid`, `iat`,
-`exp`, `jti` and `typ` (`access` or `refresh`). `sid` names the session (the refresh token's `jti`): every token
-of one sign-in carries it, so that ending the session (signing out) ends them all. `ver` is the user's credential
-version the registry checked the password against (`CommandReply.user_version`, the id of the user's last
-password, role or tenant change): a token stands while that is still the user's version, compared for equality
-(`Catalog.user_session`), never a round trip and never a clock. A token without `ver` or `sid` (signed before
-they existed) is not read: its user signs in again.
+`exp`, `jti` and `typ` (`access` or `refresh`). `sid` names the session: every token of one sign-in carries it,
+so that ending the session (signing out, or a refresh token presented twice) ends them all. `ver` is the user's
+credential version the registry checked the password against (`CommandReply.user_version`, the id of the user's
+last password, role or tenant change): a token stands while that is still the user's version, compared for
+equality (`Catalog.user_session`), never a round trip and never a clock. A token without `ver` or `sid` (signed
+before they existed) is not read: its user signs in again.
+
+A refresh token is good for one refresh: `rotate` answers the pair that replaces it, the same pair for the same
+token and the same time of first use, so that a refresh answered twice within its grace (a client racing itself,
+or retrying an answer it lost) hands out one new refresh token, not two (`edge/rotations.py` keeps that time).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from typing import Any, Literal
@@ -61,19 +67,27 @@ class Tokens:
         return bool(self.secret)
 
     def sign_in(self, user: UserView, version: str, now: float | None = None) -> TokenPair:
-        """A new session for the user at this credential version: its refresh token and its first access token."""
+        """A new session for the user at this credential version: its first refresh token and access token."""
         issued = round(time.time() if now is None else now, 3)
-        session = secrets.token_hex(16)
-        refresh = self._sign(user, "refresh", version, session, session, issued, int(issued) + self.refresh_ttl_s)
-        return TokenPair(access_token=self.access(user, version, session, issued), refresh_token=refresh,
-                         token_type="bearer", expires_in=self.access_ttl_s, refresh_expires_in=self.refresh_ttl_s,
-                         user=user)
+        return self._pair(user, version, secrets.token_hex(16), issued, int(issued) + self.refresh_ttl_s,
+                          secrets.token_hex(16), secrets.token_hex(16))
 
-    def access(self, user: UserView, version: str, session: str, now: float | None = None) -> str:
-        """An access token of a session."""
-        issued = round(time.time() if now is None else now, 3)
-        return self._sign(user, "access", version, secrets.token_hex(16), session, issued,
-                          int(issued) + self.access_ttl_s)
+    def rotate(self, spent: TokenClaims, user: UserView, issued: float) -> TokenPair:
+        """The pair that replaces a refresh token, first used at `issued`: of its session and version, ending when
+        the session does (7 days after sign-in, however often refreshed). The same claims and `issued` give the same
+        pair, byte for byte: the new tokens' ids are derived from the spent one's with the secret."""
+        return self._pair(user, spent.version, spent.session, round(issued, 3), int(spent.expires_at),
+                          self._derived("refresh", spent.token_id), self._derived("access", spent.token_id))
+
+    def _pair(self, user: UserView, version: str, session: str, issued: float, session_ends: int, refresh_id: str,
+              access_id: str) -> TokenPair:
+        refresh = self._sign(user, "refresh", version, refresh_id, session, issued, session_ends)
+        access = self._sign(user, "access", version, access_id, session, issued, int(issued) + self.access_ttl_s)
+        return TokenPair(access_token=access, refresh_token=refresh, token_type="bearer", expires_in=self.access_ttl_s,
+                         refresh_expires_in=max(0, session_ends - int(issued)), user=user)
+
+    def _derived(self, kind: TokenType, token_id: str) -> str:
+        return hmac.new(self.secret.encode(), f"{kind}:{token_id}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def _sign(self, user: UserView, kind: TokenType, version: str, token_id: str, session: str, issued: float,
               expires: int) -> str:
