@@ -26,7 +26,9 @@ and on the way out of every call; here the request is parsed where the app runs,
 - what it does not wait for (each a `Server` parameter): a request head not complete within `head_timeout_s`
   of its first byte (408), a body with no byte for `body_timeout_s` (the app's read fails), a connection idle
   for `keep_alive_s` between requests, a client that has read none of the output waiting for it for
-  `send_timeout_s` (dropped, with that output; the app's send fails);
+  `send_timeout_s` (dropped, with that output; the app's send fails), a WebSocket message not whole
+  `ws_message_timeout_s` after its first byte (1008); nor does it read a WebSocket message larger than
+  `ws_max_message_bytes` (default: the app's `max_body_bytes`; 1009 as soon as a frame's header says so);
 - how many connections it holds: at most `max_connections` (default: `default_max_connections()`). One more
   closes the connection idle longest (between requests, or still sending a request head; else the one waiting
   longest for its request's body to begin, if it waited `body_start_s`: by default any) to make room, and is
@@ -52,7 +54,8 @@ import structlog
 
 from switchyard_gateway.http1.exchange import BODY_TIMEOUT_S, BodyRefused, ClientDisconnected, Headers, Request, \
     Scope, response_head
-from switchyard_gateway.http1.websocket import WebSocket, WebSocketUpgrade
+from switchyard_gateway.http1.websocket import WS_MAX_MESSAGE_BYTES, WS_MESSAGE_TIMEOUT_S, WebSocket, \
+    WebSocketUpgrade
 
 __all__ = ["BodyRefused", "ClientDisconnected", "Server"]
 
@@ -204,6 +207,13 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)          # type: ignore[union-attr]
             if self.send_timer is not None:     # written while the client is behind: not progress of its reading
                 self.send_mark += len(data)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        """`write` of the parts one after the other, without joining them first (uvloop writes them as one)."""
+        if not self.lost:
+            self.transport.writelines(parts)    # type: ignore[union-attr]
+            if self.send_timer is not None:
+                self.send_mark += sum(map(len, parts))
 
     def _send_stalled(self) -> None:
         """The send deadline, looked at SEND_LOOKS times per `send_timeout_s` while output waits for the client to
@@ -544,8 +554,12 @@ class Server:
                  head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
                  keep_alive_s: float = KEEP_ALIVE_S, max_connections: int = 0,
                  send_timeout_s: float = SEND_TIMEOUT_S, max_body_chunks: int = 0,
-                 body_start_s: float = BODY_START_S) -> None:
+                 body_start_s: float = BODY_START_S, ws_max_message_bytes: int = 0,
+                 ws_message_timeout_s: float = WS_MESSAGE_TIMEOUT_S) -> None:
         self.app, self.grace_s = app, grace_s
+        # a WebSocket message may be as large as a request body (the app's `max_body_bytes`), when the app says
+        self.ws_max_message_bytes = ws_max_message_bytes or getattr(app, "max_body_bytes", 0) or WS_MAX_MESSAGE_BYTES
+        self.ws_message_timeout_s = ws_message_timeout_s
         self.send_timeout_s, self.body_start_s = send_timeout_s, body_start_s
         # the chunks a request body may come in: one per BYTES_PER_CHUNK of the app's body limit, at least
         # MIN_BODY_CHUNKS

@@ -4,9 +4,11 @@ and on a gateway of its own with tight WebSocket settings and the response cache
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -71,17 +73,24 @@ async def _at_least(found, count: int):
     return events if len(events) >= count else None
 
 
+@contextlib.asynccontextmanager
+async def own_model(demo: DemoStack, name: str, latency_ms: float = 0.0) -> AsyncIterator[Simulator]:
+    """An embedding model `name` served only by a simulator of this test (`latency_ms` before each answer)."""
+    ok(await api(demo, "POST", "/providers", {"provider_id": name, "kind": "openai-compatible"}))
+    ok(await api(demo, "POST", "/models", {"model_id": name, "kind": "embedding"}))
+    async with Simulator(SimConfig(models=(name,), latency_ms=latency_ms)) as sim:
+        ok(await api(demo, "POST", "/endpoints", {"endpoint_id": name, "provider_id": name, "base_url": sim.url,
+                                                  "models": [name]}))
+        yield sim
+        await api(demo, "DELETE", f"/endpoints/{name}")
+
+
 @pytest.fixture
 async def slow_model(demo: DemoStack) -> AsyncIterator[str]:
     """An embedding model served by a simulator of this test that takes 1.5 s to answer."""
-    tag = uuid.uuid4().hex[:8]
-    ok(await api(demo, "POST", "/providers", {"provider_id": f"wslow-{tag}", "kind": "openai-compatible"}))
-    ok(await api(demo, "POST", "/models", {"model_id": f"wslow-{tag}", "kind": "embedding"}))
-    async with Simulator(SimConfig(models=(f"wslow-{tag}",), latency_ms=1500)) as sim:
-        ok(await api(demo, "POST", "/endpoints", {"endpoint_id": f"wslow-{tag}", "provider_id": f"wslow-{tag}",
-                                                  "base_url": sim.url, "models": [f"wslow-{tag}"]}))
-        yield f"wslow-{tag}"
-        await api(demo, "DELETE", f"/endpoints/wslow-{tag}")
+    name = f"wslow-{uuid.uuid4().hex[:8]}"
+    async with own_model(demo, name, latency_ms=1500):
+        yield name
 
 
 async def test_requests_are_answered_by_id_as_json_or_binary_and_metered_once_each(demo: DemoStack) -> None:
@@ -147,27 +156,71 @@ async def test_bad_messages_get_errors_with_their_id_and_a_binary_message_closes
         assert by_id["c"]["status"] == 400 and by_id["d"]["status"] == 400
         await ws.send(b"\x00\x01 a binary request")
         assert await until_closed(ws) == [{"type": "close", "code": 1003, "reason": "send requests as text messages"}]
+        assert (ws.close_code, ws.close_reason) == (1003, "send requests as text messages"), "the frame says it too"
+
+
+def raw_socket(port: int, key: str, connection: str, receive_buffer: int = 0) -> tuple[socket.socket, bytes]:
+    """/ws opened with a raw socket (with a receive buffer of `receive_buffer` bytes, if given: a client that
+    reads little); the socket and what came after the handshake's answer."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)      # before connecting: the window
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                 f"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+                 f"authorization: Bearer {key}\r\nx-request-id: {connection}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101 "), data[:80]
+    return sock, data.split(b"\r\n\r\n", 1)[1]
+
+
+def masked_text(message: dict) -> bytes:
+    """A client's text frame (masked with zeros: the payload as it is)."""
+    payload = json.dumps(message).encode()
+    size = struct.pack("!BH", 0xFE, len(payload)) if len(payload) >= 126 else bytes((0x80 | len(payload),))
+    return b"\x81" + size + b"\0\0\0\0" + payload
+
+
+def close_frame(sock: socket.socket, data: bytes) -> tuple[int, str]:
+    """The code and reason of the close frame the gateway sends next (nothing else comes first in these tests)."""
+    while not ((at := data.find(b"\x88")) >= 0 and len(data) >= at + 2 + data[at + 1]):
+        chunk = sock.recv(4096)
+        assert chunk, "closed without a close frame"
+        data += chunk
+    payload = data[at + 2:at + 2 + data[at + 1]]
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+
+
+def read_messages(sock: socket.socket, data: bytes, count: int) -> list[dict]:
+    """The next `count` text messages the gateway sends on a raw socket."""
+    got: list[dict] = []
+    while len(got) < count:
+        length, at = (data[1] & 0x7F, 2) if len(data) >= 2 else (0, 0)
+        if at and length == 126:
+            length, at = (struct.unpack("!H", data[2:4])[0], 4) if len(data) >= 4 else (0, 0)
+        elif at and length == 127:
+            length, at = (struct.unpack("!Q", data[2:10])[0], 10) if len(data) >= 10 else (0, 0)
+        if at and len(data) >= at + length:
+            assert data[0] == 0x81, data[:2]
+            got.append(json.loads(data[at:at + length]))
+            data = data[at + length:]
+            continue
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"closed after {len(got)} messages"
+        data += chunk
+    return got
 
 
 def _unmasked_frame_close(port: int, key: str, connection: str) -> int:
     """Open /ws with a raw socket, send a text frame without the mask RFC 6455 requires of clients, and return the
     code of the close frame the gateway answers with."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-                     f"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
-                     f"authorization: Bearer {key}\r\nx-request-id: {connection}\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(4096)
-        assert data.startswith(b"HTTP/1.1 101 "), data[:80]
-        data = data.split(b"\r\n\r\n", 1)[1]
+    sock, data = raw_socket(port, key, connection)
+    with sock:
         sock.sendall(b"\x81\x02hi")
-        while not (data.find(b"\x88") >= 0 and len(data) >= data.find(b"\x88") + 4):
-            chunk = sock.recv(4096)
-            assert chunk, "closed without a close frame"
-            data += chunk
-        at = data.find(b"\x88")
-        return struct.unpack("!H", data[at + 2:at + 4])[0]
+        return close_frame(sock, data)[0]
 
 
 async def test_a_socket_closed_for_a_protocol_breach_is_logged_with_its_code(demo: DemoStack) -> None:
@@ -184,6 +237,56 @@ async def test_a_socket_closed_for_a_protocol_breach_is_logged_with_its_code(dem
 
     entry = await wait_for(closed, timeout_s=10, what="the socket's ws.closed line")
     assert entry["code"] == 1002
+
+
+def _over_the_limit(port: int, key: str) -> tuple[int, str]:
+    sock, data = raw_socket(port, key, uuid.uuid4().hex)
+    with sock:
+        sock.sendall(b"\x81\xff" + struct.pack("!Q", 5 * 1024 * 1024) + b"\0\0\0\0" + b"{" * 65536)
+        return close_frame(sock, data)
+
+
+async def test_a_message_over_the_body_limit_is_refused_as_its_frame_header_arrives(demo: DemoStack) -> None:
+    """/ws read messages of up to 16 MiB, four times the gateway's 4 MiB body limit, before refusing them: 10
+    sockets holding 14 MiB partial frames added 143 MiB. The 5 MiB frame is refused by its header, 64 KiB in."""
+    code, reason = await asyncio.to_thread(_over_the_limit, demo.port, demo.demo_key)
+    assert (code, reason) == (1009, f"a message over the {4 * 1024 * 1024}-byte limit")
+
+
+def _read_no_further(port: int, key: str, connection: str, model: str, sim: Simulator) -> list[dict]:
+    """A client that sends one request with a 6 MB answer and reads nothing, then sends 8 more; the answers, once
+    it reads. Asserts that none of the 8 was called while the first answer waited."""
+    sock, data = raw_socket(port, key, connection, receive_buffer=4096)
+    with sock:
+        sock.sendall(masked_text({"id": "big", "model": model, "input": [f"text {i}" for i in range(400)]}))
+        deadline = time.monotonic() + 20
+        while True:                                      # its answer is being written: the gateway waits for us
+            sock.setblocking(False)
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    break
+            except BlockingIOError:
+                pass
+            assert time.monotonic() < deadline, "no answer began"
+            time.sleep(0.02)
+        sock.settimeout(10)
+        sock.sendall(b"".join(masked_text({"id": i, "model": model, "input": f"small {i}"}) for i in range(8)))
+        time.sleep(1.0)                                  # 8 calls of a millisecond each would reach the simulator
+        assert sim.stats.requests.get("/v1/embeddings") == 1, "requests were read while an answer waited"
+        return read_messages(sock, data, 9)
+
+
+async def test_a_client_that_stops_reading_is_not_read_until_it_reads_again(demo: DemoStack) -> None:
+    """A client that sent requests and read nothing had them all called, their answers held whole for it until the
+    send timeout (two such sockets: +213 MiB). While an answer waits for the client, no further request is read
+    now: a client that stops reading holds what it had in flight, no more. Reading, it gets every answer."""
+    model, connection = f"wsread-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    async with own_model(demo, model) as sim:
+        got = await asyncio.to_thread(_read_no_further, demo.port, demo.demo_key, connection, model, sim)
+        assert got[0]["id"] == "big" and len(got[0]["data"]) == 400
+        assert sorted(a["id"] for a in got[1:]) == list(range(8)) and {a["status"] for a in got} == {200}
+        assert sim.stats.requests.get("/v1/embeddings") == 9
+    await exactly(demo, connection, 9)
 
 
 async def test_more_requests_in_flight_than_the_bound_answer_those_then_close_1013(demo: DemoStack,

@@ -131,6 +131,9 @@ class App:
             if message.kind == 2 and message.data == "bye":
                 proto.close(4401)
                 return
+            if message.kind == 2 and message.data == "why":
+                proto.close_frame(4401, "é" * 70)             # 140 bytes: more than a close frame holds
+                return
             if message.kind == 1:
                 await transport.send_bytes(message.data)
             else:
@@ -821,12 +824,18 @@ def _masked(first: int, payload: bytes) -> bytes:
 
 
 def _close_code(sock: socket.socket, already: bytes) -> int:
+    return _closing(sock, already)[0]
+
+
+def _closing(sock: socket.socket, already: bytes, timeout_s: float = 5.0) -> tuple[int, str]:
+    """The code and reason of the close frame the server sends (it sends nothing else in these tests)."""
     data = already
-    sock.settimeout(5)
+    sock.settimeout(timeout_s)
     while True:
         at = data.find(b"\x88")
-        if at >= 0 and len(data) >= at + 4:
-            return struct.unpack("!H", data[at + 2:at + 4])[0]
+        if at >= 0 and len(data) >= at + 2 and len(data) >= at + 2 + data[at + 1]:
+            payload = data[at + 2:at + 2 + data[at + 1]]
+            return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
         chunk = sock.recv(65536)
         if not chunk:
             raise AssertionError(f"closed without a close frame: {data[:40]!r}")
@@ -874,3 +883,78 @@ async def test_pings_from_a_client_that_reads_nothing_stop_being_read(served) ->
         assert conn.reading_paused
     finally:
         sock.close()
+
+
+def _header(first: int, length: int) -> bytes:
+    """A masked client frame's header (mask included) announcing `length` bytes of payload."""
+    size = bytes((0x80 | length,)) if length < 126 else struct.pack("!BH", 0x80 | 126, length) if length < 65536 \
+        else struct.pack("!BQ", 0x80 | 127, length)
+    return bytes((first,)) + size + b"\x01\x02\x03\x04"
+
+
+class LimitedApp(App):
+    max_body_bytes = 1000                       # the app's body limit: a WebSocket message's too
+
+
+@pytest.mark.parametrize("frames", [
+    [_header(0x81, 2000)],                                     # one frame that says it is too large
+    [_masked(0x01, b"a" * 600), _header(0x80, 600)],           # a continuation that would make the message so
+], ids=["frame", "continuation"])
+async def test_a_websocket_message_over_the_apps_body_limit_is_refused_by_its_frame_header(frames) -> None:
+    """Messages of 16 MiB were read whole (and buffered: 14 MiB partial frames held until the idle timeout) though
+    the app's bodies are limited to 4 MiB. The limit is the app's now, and a frame's header says enough."""
+    app = LimitedApp()
+    async with serving(app) as (_, port):
+        sock, rest = await asyncio.to_thread(_ws_open, port)
+        try:
+            await asyncio.to_thread(sock.sendall, b"".join(frames))        # no payload follows the last header
+            code, reason = await asyncio.to_thread(_closing, sock, rest)
+        finally:
+            sock.close()
+        assert (code, reason) == (1009, "a message over the 1000-byte limit")
+        await wait_for(lambda: app.ws_closes, timeout_s=5)
+        assert app.ws_closes == [1009]
+
+
+async def test_a_websocket_message_trickled_in_is_closed_at_its_deadline() -> None:
+    """A partial frame fed a byte at a time was held until the app's idle timeout (120 s at the gateway); a message
+    now has `ws_message_timeout_s` from its first byte to be whole."""
+    app = App()
+    async with serving(app, ws_message_timeout_s=0.5) as (_, port):
+        sock, rest = await asyncio.to_thread(_ws_open, port)
+        try:
+            await asyncio.to_thread(sock.sendall, _header(0x81, 100) + b"x" * 10)
+
+            def trickle() -> tuple[int, str]:
+                data = rest
+                sock.settimeout(0.1)
+                for _ in range(40):                                   # a byte every 0.1 s, until the close: 4 s
+                    with contextlib.suppress(TimeoutError):
+                        data += sock.recv(65536)
+                    if b"\x88" in data:
+                        break
+                    sock.send(b"x")
+                return _closing(sock, data)
+
+            code, reason = await asyncio.to_thread(trickle)
+        finally:
+            sock.close()
+        assert (code, reason) == (1008, "a message not whole 0.5 s after its first byte")
+
+
+async def test_close_frames_say_why(served) -> None:
+    """The app's close frames carried a code and no reason; a continuation frame with no message before it was an
+    "unknown opcode"."""
+    _, _, port = served
+    sock, rest = await asyncio.to_thread(_ws_open, port)
+    try:
+        await asyncio.to_thread(sock.sendall, _masked(0x80, b"x"))
+        assert await asyncio.to_thread(_closing, sock, rest) == (1002, "a continuation frame with no message begun")
+    finally:
+        sock.close()
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        await ws.send("why")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == \
+        (4401, "é" * 61), "a reason cut to 123 bytes at a character's edge"

@@ -9,13 +9,15 @@ routing, failover, the cache and its one usage event are those of `POST /v1/embe
 back with the client's `id` as soon as it is ready, many at once per socket up to `ws_max_in_flight`.
 
 Closing: the gateway's last message says why, `{"type": "close", "code", "reason"}`, and the close frame
-carries the same code (served by granian, `SWITCHYARD_HTTP_SERVER=granian`, the frame has none: RSGI
-gives no way to put one there once the socket is accepted). The codes: 1000 the client closed, 1001 idle for `ws_idle_timeout_s` (a `{"type":
+carries the same code and reason (served by granian, `SWITCHYARD_HTTP_SERVER=granian`, the frame has neither: RSGI
+gives no way to put them there once the socket is accepted). The codes: 1000 the client closed, 1001 idle for `ws_idle_timeout_s` (a `{"type":
 "ping"}` message, answered `{"type": "pong"}`, keeps a quiet socket open; WebSocket pings are answered
 by the server but not seen here) or the gateway stopping, 1003 a binary message, 1009 a message over
-`SWITCHYARD_MAX_BODY_BYTES`, 1002, 1007 or 1009 the client broke the protocol (our server closed the socket,
-and says with which code; nothing more is sent), 1013 a request beyond `ws_max_in_flight` (the requests in flight are
+`SWITCHYARD_MAX_BODY_BYTES` (our server refuses it as its frame header arrives: a 1009 of the protocol, below),
+1002, 1007, 1008 or 1009 the client broke the protocol (our server closed the socket, and says with which code and
+why; nothing more is sent), 1013 a request beyond `ws_max_in_flight` (the requests in flight are
 answered first, then the socket closes), 4401 the key stopped working mid-connection.
+A client that stops reading its answers stops being read (Session): it holds what it had in flight, no more.
 A client that hangs up cancels its requests in flight, as an HTTP client that leaves does (their upstream
 calls are dropped, their quota holds released); each still records its one usage event, `cancelled`.
 """
@@ -23,7 +25,9 @@ calls are dropped, their quota holds released); each still records its one usage
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -120,7 +124,7 @@ class WebSocketDoor:
             OPEN.inc()
             session = Session(self, transport, headers, request_id_of(scope.headers))   # checked, as any request id
             try:
-                code = await session.run()
+                code, reason = await session.run()
             finally:
                 self.open -= 1
                 OPEN.dec()
@@ -128,8 +132,12 @@ class WebSocketDoor:
             if shared is not None:
                 shared.give_at(SOCKETS)
         CLOSES.labels(str(code)).inc()
+        closing = getattr(proto, "close_frame", None)      # our server's: the close frame says why too
         with contextlib.suppress(Exception):
-            proto.close(code)
+            if closing is not None:
+                closing(code, reason)
+            else:
+                proto.close(code)
 
 
 @get(PATH, sync_to_thread=False)
@@ -155,7 +163,12 @@ def refuse(proto: Any, scope: Any, error: GatewayError) -> None:
 
 
 class Session:
-    """One socket: reads requests, runs each through the Proxy, answers each as it completes."""
+    """One socket: reads requests, runs each through the Proxy, answers each as it completes.
+
+    Backpressure: answers go out one at a time, in the order they complete; while one waits for the client to
+    read it, the answers completed after it wait their turn (each as its one message: the pipeline's copy is let
+    go) and the socket is not read, so no further request is taken. A client that stops reading holds the answers
+    of what it had in flight then, and no more; the server's send timeout then drops it."""
 
     def __init__(self, door: WebSocketDoor, transport: Any, headers: dict[str, str], connection_id: str) -> None:
         self.door, self.transport, self.headers = door, transport, headers
@@ -165,30 +178,36 @@ class Session:
         self.gone = False                       # the client closed or the socket failed: nothing more is sent
         self.left = asyncio.Event()             # set with `gone`: the requests in flight are cancelled
         self.close_with: tuple[int, str] | None = None   # set: read no more, answer what is in flight, close
-        self._wake = asyncio.Event()            # a request finished, or the session decided to close
-        self._sending = asyncio.Lock()          # one send at a time on the socket
+        self._wake = asyncio.Event()            # a request finished, a send ended, or the session decided to close
+        self.outbox: collections.deque[tuple[bytes, bool]] = collections.deque()   # messages waiting their turn
+        self.sending = False                    # a send is under way: while it waits for the client, nothing is read
+        self._send_text = getattr(transport, "send_text", None)     # our server's: text from its UTF-8 bytes
 
-    async def run(self) -> int:
-        """Serve the socket until it closes; the close code it ended with.
+    async def run(self) -> tuple[int, str]:
+        """Serve the socket until it closes; the close code it ended with, and why.
 
         Once the session decides to close, it keeps reading (and drops what it reads) until its requests in
         flight are answered: a socket closed with unread data is reset, and a reset loses the answers the
         client has not read yet."""
         settings = self.door.settings
         loop = asyncio.get_running_loop()
-        receiving: Any = asyncio.ensure_future(self.transport.receive())
+        receiving: Any = None
         last = loop.time()
         try:
             while not (self.close_with is not None and not self.inflight):
                 self._wake.clear()
+                if receiving is None and not self.sending:
+                    receiving = asyncio.ensure_future(self.transport.receive())
                 waking = asyncio.ensure_future(self._wake.wait())
-                idle = None if self.inflight or self.close_with else \
-                    max(0.0, last + settings.ws_idle_timeout_s - loop.time())
-                done, _ = await asyncio.wait({receiving, waking}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+                busy = self.inflight or self.close_with or self.sending
+                idle = None if busy else max(0.0, last + settings.ws_idle_timeout_s - loop.time())
+                taking = receiving is not None and not self.sending
+                done, _ = await asyncio.wait((receiving, waking) if taking else (waking,), timeout=idle,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 waking.cancel()
-                if not done and not self.inflight and loop.time() >= last + settings.ws_idle_timeout_s:
+                if not done and not busy and loop.time() >= last + settings.ws_idle_timeout_s:
                     self.close_with = (1001, f"idle for {settings.ws_idle_timeout_s:g} s")
-                if receiving not in done:
+                if not taking or receiving not in done or self.sending:    # one read meanwhile waits its turn too
                     continue
                 try:
                     message = receiving.result()
@@ -202,12 +221,12 @@ class Session:
                         (failed, "the client broke the WebSocket protocol") if failed else (1000, "closed by the client"))
                     self.left.set()
                     break
-                receiving = asyncio.ensure_future(self.transport.receive())
+                receiving = None                # the next is read once no send waits for the client
                 if self.close_with is None:         # closing: read, and drop
                     last = loop.time()
                     await self.on_message(message.kind, message.data)
         finally:
-            if not receiving.done():
+            if receiving is not None and not receiving.done():
                 receiving.cancel()
             if self.inflight:                   # every accepted request finishes and records its usage
                 await asyncio.gather(*self.inflight, return_exceptions=True)
@@ -215,7 +234,7 @@ class Session:
         if not self.gone:
             await self.send(_encode({"type": "close", "code": code, "reason": reason}))
         log.info("ws.closed", connection=self.connection_id, code=code, reason=reason, requests=self.sequence)
-        return code
+        return code, reason
 
     async def on_message(self, kind: int, data: Any) -> None:
         settings = self.door.settings
@@ -255,16 +274,9 @@ class Session:
             log.exception("ws.request_failed", connection=self.connection_id, request_id=request_id)
             answer.response_bytes(500, [], b'{"error":{"message":"Internal error","type":"server_error",'
                                            b'"param":null,"code":"internal_error"}}')
-        packed = frames.binary_answer(request.client_id, answer.answer) \
-            if request.binary and answer.status == 200 else None
-        if packed is not None:
-            await self.send(packed, binary=True)
-        else:
-            cache = next((v for k, v in answer.headers if k == "x-switchyard-cache"), None)
-            await self.send(frames.text_answer(request.client_id, request_id, answer.status, answer.answer,
-                                               {"cache": cache} if cache else None))
         if answer.status == 401:
             self.stop(4401, "the key is no longer valid")
+        await self.send(*_message(request, request_id, answer))     # nothing here holds the answer while it waits
 
     def stop(self, code: int, reason: str) -> None:
         """Read no more; answer what is in flight, then close with this code."""
@@ -273,15 +285,44 @@ class Session:
         self._wake.set()
 
     async def send(self, data: bytes, binary: bool = False) -> None:
-        async with self._sending:
-            if self.gone:
-                return
-            try:
-                if binary:
-                    await self.transport.send_bytes(data)
-                else:
-                    await self.transport.send_str(data.decode())
-            except Exception as exc:  # noqa: BLE001 — the client left: its remaining answers are dropped
-                self.gone = True
-                self.left.set()
-                log.info("ws.client_gone", connection=self.connection_id, error=str(exc) or type(exc).__name__)
+        """Send a message after those before it. While a send waits for the client to read, the messages after it
+        wait in the outbox and their senders go on; whoever found no send under way sends them all, in order."""
+        if self.gone:
+            return
+        self.outbox.append((data, binary))
+        del data                                # the outbox holds it now: its one copy
+        if self.sending:
+            return
+        self.sending = True
+        try:
+            while self.outbox and not self.gone:
+                sending = self._start(*self.outbox.popleft())
+                await sending                   # the connection holds what is unsent; nothing here does
+        except Exception as exc:  # noqa: BLE001 — the client left: its remaining answers are dropped
+            self.gone = True
+            self.left.set()
+            self.outbox.clear()
+            log.info("ws.client_gone", connection=self.connection_id, error=str(exc) or type(exc).__name__)
+        finally:
+            self.sending = False
+            self._wake.set()                    # the socket may be read again
+
+    def _start(self, data: bytes, binary: bool) -> Awaitable[None]:
+        """Write one message; what to await until the client has read enough of it."""
+        if binary:
+            return self.transport.send_bytes(data)
+        if self._send_text is None:
+            return self.transport.send_str(data.decode("utf-8", "replace"))
+        # text must be UTF-8: an answer's bytes are ASCII but for what an upstream put in it (checked, not copied)
+        return self._send_text(data if data.isascii() else data.decode("utf-8", "replace").encode())
+
+
+def _message(request: frames.Request, request_id: str, answer: _Answer) -> tuple[bytes, bool]:
+    """A request's answer as its message (and whether binary); the pipeline's body is let go."""
+    body, answer.answer = answer.answer, b""
+    packed = frames.binary_answer(request.client_id, body) if request.binary and answer.status == 200 else None
+    if packed is not None:
+        return packed, True
+    cache = next((v for k, v in answer.headers if k == "x-switchyard-cache"), None)
+    return frames.text_answer(request.client_id, request_id, answer.status, body,
+                              {"cache": cache} if cache else None), False
