@@ -76,7 +76,7 @@ def error_body(body: ErrorBody, status: int) -> dict[str, Any]:
 
 def _service_error(request: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
     """A service's refusal: the admin shape on admin and monitoring routes, the door's shape on a door's."""
-    if errors.shape_for(request.url.path) == "plain":
+    if errors.shape_for(request.url.path) in errors.NESTED_SHAPES:
         return Response(_encode(error_body(exc.body, exc.status)), status_code=exc.status,
                         media_type="application/json")
     return _error(request, GatewayError(exc.body.message, status=exc.status, kind="invalid_request_error",
@@ -90,7 +90,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError
         else "VALIDATION_ERROR"
     if code == "INVALID_JSON":          # as the doors say it (and the monitoring API's users know it)
         text = f"Malformed JSON in request body: {text}"
-    if errors.shape_for(request.url.path) != "plain":
+    if errors.shape_for(request.url.path) not in errors.NESTED_SHAPES:
         return _error(request, errors.BadRequest(text, code=code.lower(), param=field))
     return Response(_encode(error_body(ErrorBody(code, text, field), 400)), status_code=400,
                     media_type="application/json")
@@ -99,7 +99,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: msgspec.MsgspecError
 def _body_refused(request: Request[Any, Any, Any], exc: ClientException) -> Response[bytes]:
     """A typed request body Litestar could not read (malformed JSON, a wrong type, a field missing): 400 in the
     admin shape; any other client error as it is."""
-    if exc.status_code != 400 or errors.shape_for(request.url.path) != "plain":
+    if exc.status_code != 400 or errors.shape_for(request.url.path) not in errors.NESTED_SHAPES:
         return _http_error(request, exc)
     details = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
     if not details:      # the framework's own refusal of a Host (served by granian) is no body's fault

@@ -77,7 +77,8 @@ def test_openai_sdk_gets_permission_denied_for_another_tenant_and_an_admin_route
     assert other_tenant.value.code == "insufficient_permissions" and other_tenant.value.status_code == 403
     with pytest.raises(openai.PermissionDeniedError) as denied:
         sdk(demo, demo.demo_key, base="/api/admin").get("/tenants", cast_to=object)
-    assert denied.value.status_code == 403 and denied.value.body == "Admin role required"   # that route's shape
+    assert denied.value.status_code == 403 and denied.value.body == {"code": "FORBIDDEN",     # the admin API's shape
+                                                                     "message": "Admin role required"}
 
 
 async def test_openai_sdk_gets_insufficient_quota_with_the_quota_details(demo: DemoStack, urls) -> None:

@@ -144,7 +144,8 @@ async def test_bad_requests_get_clear_json_errors_and_no_usage(demo: DemoStack, 
 
 async def test_admin_api_needs_the_admin_role(demo: DemoStack) -> None:
     member = httpx.get(f"{demo.url}/api/admin/tenants", headers={"Authorization": f"Bearer {demo.demo_key}"})
-    assert member.status_code == 403 and member.json() == {"error": "Admin role required"}
+    assert member.status_code == 403
+    assert member.json() == {"error": {"code": "FORBIDDEN", "message": "Admin role required"}}
     admin = httpx.get(f"{demo.url}/api/admin/tenants", headers={"X-API-Key": demo.admin_key})
     assert admin.status_code == 200
     assert {t["tenant_id"] for t in admin.json()} >= {"demo", "admin"}

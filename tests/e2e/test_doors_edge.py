@@ -84,7 +84,8 @@ def test_errors_take_the_shape_of_the_door_they_come_through(demo: DemoStack) ->
                                     "param": None, "code": "invalid_api_key"}}
     assert httpx.get(f"{demo.url}/api/tags", headers=no_key).json() == {"error": "Invalid or expired token"}
     assert httpx.post(f"{demo.url}/api/chat", headers=no_key, json={}).json() == {"error": "Invalid or expired token"}
-    assert httpx.get(f"{demo.url}/api/admin/tenants", headers=no_key).json() == {"error": "Invalid or expired token"}
+    admin_401 = httpx.get(f"{demo.url}/api/admin/tenants", headers=no_key).json()
+    assert admin_401 == {"error": {"code": "INVALID_TOKEN", "message": "Invalid or expired token"}}
     route = httpx.post(f"{demo.url}/v1/nothing", headers=bearer(demo.demo_key)).json()["error"]
     assert route["code"] == "unknown_url" and route["message"] == "Invalid URL (POST /v1/nothing)"
     assert httpx.get(f"{demo.url}/api/nothing").json() == {"error": "Invalid URL (GET /api/nothing)"}

@@ -165,9 +165,11 @@ async def test_limits_are_set_by_an_admin_as_an_event_and_refused_to_members(dem
     assert count == 2
     refused = httpx.put(f"{demo.url}/api/admin/tenants/{tenant}/limits", json={"daily_tokens": 1},
                         headers={"Authorization": f"Bearer {member}"})
-    assert refused.status_code == 403 and refused.json() == {"error": "Admin role required"}
+    assert refused.status_code == 403
+    assert refused.json() == {"error": {"code": "FORBIDDEN", "message": "Admin role required"}}
     anonymous = httpx.put(f"{demo.url}/api/admin/tenants/{tenant}/limits", json={"daily_tokens": 1})
-    assert anonymous.status_code == 401 and anonymous.json() == {"error": "Invalid or expired token"}
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"error": {"code": "INVALID_TOKEN", "message": "Invalid or expired token"}}
 
 
 def test_model_limits_route_validates_model_and_fields(demo: DemoStack) -> None:
@@ -253,9 +255,11 @@ def test_jwt_bearer_tokens_on_a_gateway_with_a_secret(second_gateway: Gateway) -
     expired = token(role="admin", exp=int(time.time()) - 5)
     for refused in (wrong, expired):
         r = get("/api/admin/tenants", refused)
-        assert r.status_code == 401 and r.json() == {"error": "Invalid or expired token"}
+        assert r.status_code == 401
+        assert r.json() == {"error": {"code": "INVALID_TOKEN", "message": "Invalid or expired token"}}
     member = get("/api/admin/tenants", token())
-    assert member.status_code == 403 and member.json() == {"error": "Admin role required"}
+    assert member.status_code == 403
+    assert member.json() == {"error": {"code": "FORBIDDEN", "message": "Admin role required"}}
 
 
 def test_single_user_mode_accepts_only_its_one_key(demo: DemoStack, urls) -> None:

@@ -281,6 +281,30 @@ async def test_a_refresh_token_used_again_ends_its_whole_session_on_every_gatewa
     assert login(demo.url, username).status_code == 200, "signing in again starts a new session"
 
 
+def test_sign_in_and_the_admin_guard_answer_one_shape_in_the_same_words(demo: DemoStack) -> None:
+    """`/api/auth/me` and the admin guard answered `{"error": "<message>"}` where the other sign-in routes answer
+    `{"error": {"code", "message"}}`; an array was "Expected `object`, got `array`" to logout and "Expected a JSON
+    object" to refresh; a number too large for a float named the field `""`, "at `$[...]`"."""
+    invalid = {"error": {"code": "INVALID_TOKEN", "message": "Invalid or expired token"}}
+    for r in (httpx.get(f"{demo.url}/api/auth/me"), httpx.get(f"{demo.url}/api/auth/me", headers=bearer("a.b.c")),
+              httpx.post(f"{demo.url}/api/auth/logout"), refresh(demo.url, "a.b.c"),
+              httpx.get(f"{demo.url}/api/admin/users", headers=bearer("a.b.c"))):
+        assert (r.status_code, r.json()) == (401, invalid), (r.url, r.text)
+    member = httpx.get(f"{demo.url}/api/admin/users", headers=bearer(demo.demo_key))
+    assert (member.status_code, member.json()) == (403, {"error": {"code": "FORBIDDEN",
+                                                                   "message": "Admin role required"}})
+    for path in ("/api/auth/login", "/api/auth/refresh", "/api/auth/logout"):
+        r = httpx.post(f"{demo.url}{path}", json=["not", "an", "object"])
+        assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_ERROR", (path, r.text)
+        assert r.json()["error"]["message"] == "Expected a JSON object", (path, r.text)
+    huge = httpx.post(f"{demo.url}/api/auth/login", content=b'{"username": 1e999, "password": "x"}',
+                      headers={"content-type": "application/json"})
+    assert huge.status_code == 400 and huge.json()["error"]["field"] == "username", huge.text
+    assert "$[...]" not in huge.text and huge.json()["error"]["validationErrors"][0]["field"] == "username"
+    wrong_method = httpx.get(f"{demo.url}/api/auth/login")
+    assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
+
+
 # --- brute force, on a gateway that trusts X-Forwarded-For (so each test has addresses of its own) -----------
 
 

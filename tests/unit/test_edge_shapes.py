@@ -18,6 +18,7 @@ RESET = datetime(2030, 1, 2, tzinfo=UTC)
     ("/v1/chat/completions", "openai"), ("/v1/models/a/b.gguf", "openai"), ("/v1", "openai"), ("/v1x", "plain"), ("/v1/messages", "anthropic"),
     ("/v1/messages/count_tokens", "anthropic"), ("/api/chat", "ollama"), ("/api/tags", "ollama"), ("/", "ollama"),
     ("/api/pull", "ollama"), ("/api/token_counts", "plain"), ("/api/admin/tenants", "plain"), ("/health", "plain"),
+    ("/api/auth/login", "admin"), ("/api/auth/me", "admin"),
 ])
 def test_each_path_belongs_to_one_door(path: str, shape: str) -> None:
     assert errors.shape_for(path) == shape
@@ -50,6 +51,15 @@ def test_a_stream_error_is_written_in_the_doors_stream_format() -> None:
                                             "code": "stream_cut"}
     assert json.loads(errors.stream_error("ollama", cut)) == {"error": "gone"}
     assert errors.stream_error("anthropic", cut).startswith(b"event: error\ndata: ")
+
+
+def test_the_admin_shape_says_the_same_mistake_in_the_same_words_as_sign_in() -> None:
+    """`/api/auth/me` and the admin guard answered `{"error": "<message>"}` beside sign-in's nested errors."""
+    assert json.loads(errors.AuthError().render("admin")) == {"error": {"code": "INVALID_TOKEN",
+                                                                        "message": "Invalid or expired token"}}
+    assert errors.admin_code(errors.ForbiddenError()) == errors.admin_code(errors.TenantMismatch()) == "FORBIDDEN"
+    assert errors.admin_code(errors.MethodNotAllowed("GET", "/api/auth/login")) == "METHOD_NOT_ALLOWED"
+    assert errors.admin_code(errors.from_status(500, "x")) == "INTERNAL"
 
 
 def test_refusals_by_the_framework_get_a_status_type() -> None:

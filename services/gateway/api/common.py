@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -17,7 +19,9 @@ from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit import natsio
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.deps import Deps
+from switchyard_gateway.services.gateway.edge import errors
 from switchyard_gateway.services.gateway.edge.auth import require_admin
+from switchyard_gateway.services.gateway.edge.errors import GatewayError
 
 Req = Request[Any, Any, Any]
 AppDeps = NamedDependency[Deps]        # a route's `deps` parameter: the gateway's Deps, injected by name
@@ -25,9 +29,13 @@ _any = msgspec.json.Decoder()
 
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Only a live key with the admin role passes (401 / 403 otherwise)."""
+    """Only a live key with the admin role passes: 401 `INVALID_TOKEN` / 403 `FORBIDDEN` otherwise, in the admin
+    API's shape (`{"error": {"code", "message"}}`) on every route it guards, as their other refusals are."""
     deps: Deps = connection.app.state.deps
-    require_admin(deps.auth.authenticate(connection.headers))
+    try:
+        require_admin(deps.auth.authenticate(connection.headers))
+    except GatewayError as exc:
+        raise ServiceError(exc.status, ErrorBody(errors.admin_code(exc), exc.message)) from None
 
 
 def caller(request: Req, deps: Deps) -> KeyIssued:
@@ -60,11 +68,38 @@ def check_bounds(fields: dict[str, Any]) -> None:
 
 
 def read_json(raw: bytes, decode: Any = None) -> Any:
-    """A JSON body decoded (by `decode`, else as any value); nesting too deep to read is a 400, not a crash."""
+    """A JSON body decoded (by `decode`, else as any value); nesting too deep to read is a 400, not a crash, and a
+    number too large for a float names the field it is in (msgspec says only `$[...]` of an untyped object)."""
     try:
         return (decode or _any.decode)(raw)
     except RecursionError:
         raise ServiceError(400, ErrorBody("INVALID_JSON", "the body is nested too deeply to read")) from None
+    except msgspec.ValidationError as exc:
+        if decode is None and str(exc).startswith(OUT_OF_RANGE) and (at := _out_of_range(raw)):
+            raise msgspec.ValidationError(f"{OUT_OF_RANGE} - at `${at}`") from None
+        raise
+
+
+OUT_OF_RANGE = "Number out of range"
+_exact = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def _out_of_range(raw: bytes) -> str | None:
+    """Where in a JSON document the first number too large for a float is (`.username`, `.a[2].b`), or None."""
+    def walk(value: Any, at: str) -> str | None:
+        if isinstance(value, Decimal):
+            return at if not math.isfinite(float(value)) else None
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            found = walk(item, f"{at}.{key}" if isinstance(key, str) else f"{at}[{key}]")
+            if found is not None:
+                return found
+        return None
+
+    try:
+        return walk(_exact.decode(raw), "")
+    except (msgspec.MsgspecError, RecursionError):
+        return None
 
 
 def json_response(body: Any, status: int = 200) -> Response[bytes]:

@@ -8,8 +8,9 @@ answer, no round trip). A refresh spends its refresh token for a new pair (rotat
 was first used is kept in Valkey); one presented again past its grace ends its whole session. Signing out is a
 registry event, so every gateway refuses the session's tokens once it has folded it. Failures are counted per
 username and per client address in Valkey (edge/login_guard.py), each attempt from before its password is
-checked: too many, and the next attempt waits (429). Bodies are read by the admin routes' reader (`read_json`):
-one nested too deeply is a 400 `INVALID_JSON`.
+checked: too many, and the next attempt waits (429). Bodies are read by the admin routes' reader (`json_object`):
+one that is not an object, or nested too deeply, is a 400. Every error here, the framework's too, is in the
+admin API's shape, `{"error": {"code", "message"}}` (edge/errors.py, the `admin` shape).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
 from switchyard_gateway.contracts.users import UserView
 from switchyard_gateway.kit.natsio import ServiceError
-from switchyard_gateway.services.gateway.api.common import AppDeps, ask, caller, json_object, read_json
+from switchyard_gateway.services.gateway.api.common import AppDeps, ask, caller, json_object
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.services.gateway.edge.rotations import Unavailable
 from switchyard_gateway.services.gateway.edge.tokens import TokenClaims, TokenPair
@@ -112,12 +113,6 @@ def json_bodies(connection: Any, _handler: Any) -> None:
                                             "content-type"))
 
 
-async def _body(request: Req) -> Any:
-    """The request's JSON body (None when there is none); one nested too deeply to read is a 400 `INVALID_JSON`."""
-    raw = await request.body()
-    return read_json(raw) if raw.strip() else None
-
-
 @post("/api/auth/login", status_code=200, guards=[json_bodies])
 async def login(request: Req, deps: AppDeps) -> Response[bytes] | TokenPair:
     """A username and password for an access token (15 minutes) and a refresh token (7 days)."""
@@ -195,8 +190,9 @@ async def logout(request: Req, deps: AppDeps) -> Response[bytes] | SignedOut:
     """End a session: its refresh token and every access token of it stop working on every gateway."""
     if (refusal := _enabled(deps)) is not None:
         return refusal
-    body = await _body(request)
-    claims = _session_claims(request, deps, None if body is None else msgspec.convert(body, LogoutRequest))
+    sent = (await request.body()).strip()
+    data = msgspec.convert(await json_object(request), LogoutRequest) if sent else None
+    claims = _session_claims(request, deps, data)
     if claims is None:
         return _invalid_token()
     return SignedOut(revoked=await _end_session(deps, claims))

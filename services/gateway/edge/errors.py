@@ -20,7 +20,13 @@ Which shape a path gets is one table, `DOORS` (first matching prefix wins; Ollam
     openai      /v1/*          {"error": {"message", "type", "param", "code", ...detail}}
     anthropic   /v1/messages   {"type": "error", "error": {"type", "message"}, "request_id"}
     ollama      Ollama routes  {"error": "<message>", ...detail}   (in Ollama's words where they differ)
-    plain       the rest       {"error": "<message>", ...detail}   (the seed's shape: admin and monitoring routes)
+    admin       /api/auth/*    {"error": {"code", "message", ...detail}}   (`admin_code`; the admin guard's too)
+    plain       the rest       {"error": "<message>", ...detail}   (the seed's shape: monitoring routes, the
+                                                                   framework's own refusals of admin routes)
+
+A service's refusal (`ServiceError`) on an `admin` or `plain` path is `{"error": {"code", "message", "field"}}`, the
+admin API's shape (NESTED_SHAPES): sign-in's routes answer every error in it, and so does the admin guard on every
+route it guards (api/common.py), so that one API never answers one mistake in two shapes.
 
 `/v1/models` is both OpenAI's and Anthropic's: a client that sends `anthropic-version` (Anthropic's clients
 always do) gets Anthropic's shapes there, its errors included (`shape_for_client`, SHARED_PATHS).
@@ -210,6 +216,23 @@ def flat_body(error: GatewayError) -> dict[str, Any]:
     return {"error": error.message, **error.details}
 
 
+# the admin API's codes for the gateway's own errors where they differ from OpenAI's in capitals: one code, and the
+# same words, for one mistake wherever the admin shape is answered (sign-in says INVALID_TOKEN, as here)
+ADMIN_CODES = {"invalid_api_key": "INVALID_TOKEN", "insufficient_permissions": "FORBIDDEN", "unknown_url": "NOT_FOUND",
+               "internal_error": "INTERNAL"}
+
+
+def admin_code(error: GatewayError) -> str:
+    """An error's `code` in the admin API's shape (`INVALID_TOKEN`, `FORBIDDEN`, `NOT_FOUND`, ...)."""
+    if error.code:
+        return ADMIN_CODES.get(error.code, error.code.upper())
+    return "INTERNAL" if error.status >= 500 else "INVALID_REQUEST"
+
+
+def admin_body(error: GatewayError) -> dict[str, Any]:
+    return {"error": {"code": admin_code(error), "message": error.message, **error.details}}
+
+
 def ollama_body(error: GatewayError) -> dict[str, Any]:
     """Ollama's `{"error": "..."}`, in Ollama's words where they differ (`model 'x' not found`)."""
     return {"error": error.ollama_message or error.message, **error.details}
@@ -236,8 +259,9 @@ def with_request_id(body: bytes, request_id: str | None) -> bytes:
 
 
 SHAPES: dict[str, Callable[[GatewayError], dict[str, Any]]] = {
-    "openai": openai_body, "anthropic": anthropic_body, "ollama": ollama_body, "plain": flat_body,
+    "openai": openai_body, "anthropic": anthropic_body, "ollama": ollama_body, "admin": admin_body, "plain": flat_body,
 }
+NESTED_SHAPES = frozenset({"admin", "plain"})      # where a service's refusal is {"error": {"code", "message", ...}}
 
 OLLAMA_PATHS = frozenset({
     "/", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/tags", "/api/ps", "/api/show",
@@ -247,6 +271,7 @@ OLLAMA_PATHS = frozenset({
 DOORS: tuple[tuple[str, str], ...] = (
     ("/v1/messages", "anthropic"),
     ("/v1/", "openai"),
+    ("/api/auth/", "admin"),
 )
 
 

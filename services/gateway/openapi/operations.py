@@ -116,8 +116,14 @@ class PlainError(msgspec.Struct):
     error: str | m.ErrorBody
 
 
+class AdminError(msgspec.Struct):
+    """Sign-in's errors (`/api/auth/*`) and the admin guard's: `{"error": {"code", "message", "field"}}`."""
+
+    error: m.ErrorBody
+
+
 ERRORS: dict[str, Any] = {"openai": s.OpenAIError, "ollama": s.OllamaError, "anthropic": a.ErrorResponse,
-                          "plain": PlainError}
+                          "admin": AdminError, "plain": PlainError}
 
 
 # --- the table --------------------------------------------------------------------------------------------
