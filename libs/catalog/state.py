@@ -15,6 +15,7 @@ from switchyard_gateway.contracts.events import (
     ProviderRegistered, ProviderRemoved, TenantCreated, TenantModelAssigned, TenantModelUnassigned,
     TenantRemoved,
 )
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.routing import EndpointModelsDiscovered, ModelWarmed
 from switchyard_gateway.contracts.users import (
     UserCreated, UserPasswordChanged, UserRemoved, UserTokenRevoked, UserUpdated,
@@ -226,6 +227,22 @@ class Catalog:
         names = {model_id, *(model.aliases if model else ())}
         found = [e for e in self.endpoints.values() if names.intersection(e.models)]
         return sorted(found, key=lambda e: (-e.priority, e.endpoint_id))
+
+    def warm_targets(self, name: str, endpoint_id: str = "",
+                     provider_id: str = "") -> tuple[str, list[EndpointRegistered]] | ErrorBody:
+        """What a warm-up of the model `name` reaches: the model's id and its endpoints (every one serving it, or the
+        one named, or the provider's), highest priority first; or, when none, why (the body of a 404)."""
+        model_id = self.resolve_model(name)
+        if model_id is None:
+            return ErrorBody("MODEL_NOT_FOUND", f"Model '{name}' not found", "model")
+        endpoints = [e for e in self.endpoints_serving(model_id) if (not endpoint_id or e.endpoint_id == endpoint_id)
+                     and (not provider_id or e.provider_id == provider_id)]
+        if endpoints:
+            return model_id, endpoints
+        what = f"endpoint '{endpoint_id}'" if endpoint_id else f"provider '{provider_id}'" if provider_id \
+            else "any endpoint"
+        return ErrorBody("ENDPOINT_NOT_FOUND", f"Model '{model_id}' is not served by {what}",
+                         "endpoint" if endpoint_id else "provider" if provider_id else "model")
 
 
 def upstream_name(endpoint: EndpointRegistered, model: ModelRegistered) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError
@@ -213,13 +214,27 @@ def expired(req: Request) -> bool:
     """Whether the asker of a request has stopped waiting for it (its `Switchyard-Deadline` has passed): it was told
     the service is unavailable, so doing it now would do what the asker was told was not done (a command held up
     by a frozen NATS node and delivered after its 503, or one that waited its turn longer than its asker)."""
+    deadline = deadline_of(req)
+    return deadline is not None and time.time() > deadline + DEADLINE_SLACK_S
+
+
+def deadline_of(req: Request) -> float | None:
+    """The Unix time a request's asker stops waiting (its `Switchyard-Deadline`), None if it named none."""
     deadline = (req.headers or {}).get(subjects.DEADLINE_HEADER)
-    if deadline is None:
-        return False
     try:
-        return time.time() > float(deadline) + DEADLINE_SLACK_S
+        return float(deadline) if deadline is not None else None
     except ValueError:
-        return False
+        return None
+
+
+_asker_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("asker_deadline", default=None)
+
+
+def asker_deadline() -> float | None:
+    """In a `serve` handler: the Unix time the asker of the request it handles stops waiting for the answer, None
+    if it named none. A handler that waits its turn, or makes calls that may take long, stops short of it: what it
+    would do after is what the asker was told was not done."""
+    return _asker_deadline.get()
 
 
 def _refuse_reply(service: str, subject: str, reason: str = "the reply subject is not an inbox") -> None:
@@ -293,6 +308,7 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                 if (since := _expiries.due(name)) is not None:
                     log.warning("service.request_expired", service=name, subject=req.subject, held_back=since)
                 return
+            told = _asker_deadline.set(deadline_of(req))
             try:
                 reply = await (handler(req.data, req.subject, req._msg.reply or "")  # type: ignore[call-arg]  # noqa: SLF001
                                if with_subject else handler(req.data))  # type: ignore[call-arg]
@@ -320,6 +336,8 @@ async def serve(nc: NATS, name: str, endpoints: dict[str, Handler], version: str
                                                      f"NATS message ({nc.max_payload:,} bytes); ask for less"))
                     return
                 await req.respond(reply or b"")
+            finally:
+                _asker_deadline.reset(told)
         return endpoint
 
     def concurrently(endpoint: Callable[[Request], Awaitable[None]], limit: int, rule: Rule | None = None,

@@ -97,6 +97,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     retry_max_ms: float = 1000.0
     retry_after_max_s: float = 2.0        # honour an upstream Retry-After up to this; longer: next endpoint
     cap_wait_s: float = 5.0               # how long a call waits for a slot when every endpoint is at its cap
+    warm_timeout_s: float = 120.0         # the router's longest warm-up call (the same SWITCHYARD_WARM_TIMEOUT_S):
+                                          # the warm-up API waits that long for each, and a margin
     # WebSocket embeddings (/ws)
     ws_max_in_flight: int = 16            # requests one socket may have unanswered; one more closes it (1013)
     ws_max_connections: int = 1024        # sockets this gateway holds at once; more are refused (503)

@@ -50,7 +50,8 @@ TICK_S = 0.2
 
 class RouterControl:
     def __init__(self, nc: NATS, policy: RouterPolicy, instance: str, *, leader_subscriptions: dict[str, Handler],
-                 request_timeout_s: float = 5.0, replicas: int = 1) -> None:
+                 leader_at_once: dict[str, int] | None = None, request_timeout_s: float = 5.0,
+                 replicas: int = 1) -> None:
         self.nc, self.policy, self.instance = nc, policy, instance
         self.request_timeout_s = request_timeout_s
         self.catalog = Catalog()
@@ -62,6 +63,7 @@ class RouterControl:
         self.lease = Lease(nc, instance, policy.leader_ttl_s, replicas)
         self.client = probes.client(policy.probe_concurrency)
         self.leader_subscriptions = leader_subscriptions
+        self.leader_at_once = leader_at_once or {}       # subjects served that many requests at once (natsio.serve)
         self.warmer = Warmer(nc, self.client, self.catalog, instance, keep_alive=policy.warm_keep_alive,
                              timeout_s=policy.warm_timeout_s, request_timeout_s=request_timeout_s)
         self.next_probe: dict[str, float] = {}       # endpoint -> monotonic time of its next probe
@@ -126,7 +128,7 @@ class RouterControl:
         self.last_ok.clear()                         # endpoints marked warm_on_start are warmed afresh
         self._service = await natsio.serve(self.nc, "router", {
             subject: functools.partial(handler, self) for subject, handler in self.leader_subscriptions.items()},
-            instance=self.instance, role="leader")
+            instance=self.instance, role="leader", at_once=self.leader_at_once)
         self._wake.set()
 
     async def _lost(self) -> None:

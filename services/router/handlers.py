@@ -1,5 +1,5 @@
 """Router's NATS entry points, answered by the leader: reset a breaker, probe now, test an endpoint, read
-the breakers."""
+the breakers, warm a model up."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from switchyard_gateway.services.router.control import RouterControl
 from switchyard_gateway.services.router.policy import RouterPolicy
 from switchyard_gateway.services.router.probes import probe
 from switchyard_gateway.services.router.settings import Settings
+from switchyard_gateway.services.router.warmup import WARMS_AT_ONCE
 
 _command = decoder(AnyRouterCommand)
 _query = decoder(RouterQuery)
@@ -66,8 +67,10 @@ async def on_warm(control: RouterControl, data: bytes) -> bytes:
     return encode(WarmReply(results=await control.warmer.answer(_warm.decode(data))))
 
 
-# Served only while this replica holds the lease (queue group "router").
+# Served only while this replica holds the lease (queue group "router"), one request at a time but warm-ups: those
+# WARMS_AT_ONCE at a time (one more is refused 503 BUSY), a slow endpoint's holding up none of another's.
 SUBSCRIPTIONS = {subjects.ROUTER_COMMAND: on_command, subjects.ROUTER_QUERY: on_query, subjects.ROUTER_WARM: on_warm}
+AT_ONCE = {subjects.ROUTER_WARM: WARMS_AT_ONCE}
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ async def start(runtime: Runtime[Settings]) -> Deps:
     settings = runtime.settings
     control = RouterControl(
         runtime.nc, RouterPolicy.from_settings(settings), instance_name(settings), leader_subscriptions=SUBSCRIPTIONS,
-        request_timeout_s=settings.request_timeout_s, replicas=settings.stream_replicas)
+        leader_at_once=AT_ONCE, request_timeout_s=settings.request_timeout_s, replicas=settings.stream_replicas)
     await control.start(settings.connect_timeout_s, spawn=runtime.spawn)
     return Deps(control=control)
 

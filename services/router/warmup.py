@@ -10,6 +10,7 @@ endpoints' credentials already (for its probes) and acts once, as the leader, fo
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Any
 
@@ -33,6 +34,9 @@ log = structlog.get_logger()
 _reply = msgspec.json.Decoder(CommandReply)
 WARM_TEXT = "warm-up"
 CATCH_UP_S = 2.0                 # how long a model or endpoint just registered may take to reach this replica
+WARMS_AT_ONCE = 16               # warm-up requests served at once (an endpoint's own calls still one at a time)
+RECORD_S = 2.0                   # of an asker's wait, kept for recording a call's result and answering
+MIN_CALL_S = 1.0                 # a call that would have less than this before its asker's deadline is not made
 
 
 def warm_request(kind: str, model: ModelRegistered, upstream: str, keep_alive: str) -> tuple[str, dict[str, Any]]:
@@ -49,49 +53,45 @@ def warm_request(kind: str, model: ModelRegistered, upstream: str, keep_alive: s
 
 class Warmer:
     """Makes warm-up calls and has the registry record each; `warm_on_start` endpoints are warmed by the
-    control loop through `warm_endpoint`."""
+    control loop through `warm_endpoint`.
+
+    Warm-ups of different endpoints run at once (the router serves `router.warm.v1` WARMS_AT_ONCE at a time);
+    an endpoint's run one after another, as a server loads one model at a time: a hanging one holds up its own.
+    None is made for an asker that has stopped waiting: a call that could not start before its asker's deadline
+    (having waited its endpoint's turn) is not made, nor recorded, and one that starts ends before it."""
 
     def __init__(self, nc: NATS, client: http1.Pool, catalog: Catalog, instance: str, *,
                  keep_alive: str, timeout_s: float, request_timeout_s: float) -> None:
         self.nc, self.client, self.catalog, self.instance = nc, client, catalog, instance
         self.keep_alive, self.timeout_s, self.request_timeout_s = keep_alive, timeout_s, request_timeout_s
+        self._turns: dict[str, asyncio.Lock] = {}      # endpoint -> the turn of its warm-ups
+        self._in_turn: collections.Counter[str] = collections.Counter()     # ... holding or waiting for it
 
     async def answer(self, ask: WarmModel) -> list[ModelWarmed]:
         """Warm a model on the endpoints the request names (all serving it by default); 404 if none can.
 
         The gateway asks as soon as its own catalog shows a change; this replica's may lag a little, so
         what is missing is looked for again for up to `CATCH_UP_S` before the answer is 404."""
-        deadline = time.monotonic() + CATCH_UP_S
-        while True:
-            try:
-                model_id, endpoints = self._targets(ask)
-                break
-            except ServiceError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        deadline = natsio.asker_deadline()
+        catch_up = time.monotonic() + CATCH_UP_S
+        while isinstance(found := self.catalog.warm_targets(ask.model_id, ask.endpoint_id, ask.provider_id),
+                         ErrorBody):
+            if time.monotonic() > catch_up:
+                raise ServiceError(404, found)
+            await asyncio.sleep(0.1)
+        model_id, endpoints = found
         results = []
         for endpoint in endpoints:
-            result = await self.warm(endpoint, self.catalog.models[model_id], ask.trigger)
+            result = await self.warm(endpoint, self.catalog.models[model_id], ask.trigger, deadline)
+            if result is None:                  # no time left for it: nothing more is done, and the asker is told
+                raise ServiceError(503, ErrorBody("BUSY", f"Endpoint '{endpoint.endpoint_id}' was busy with other "
+                                                  f"warm-ups until too late to warm '{model_id}' in the time asked"
+                                                  f"{f' ({len(results)} warmed before it)' if results else ''}; "
+                                                  "retry shortly"))
             results.append(result)
             if ask.first_only and result.ok:
                 break
         return results
-
-    def _targets(self, ask: WarmModel) -> tuple[str, list[EndpointRegistered]]:
-        model_id = self.catalog.resolve_model(ask.model_id)
-        if model_id is None:
-            raise ServiceError(404, ErrorBody("MODEL_NOT_FOUND", f"Model '{ask.model_id}' not found", "model"))
-        endpoints = [e for e in self.catalog.endpoints_serving(model_id)
-                     if (not ask.endpoint_id or e.endpoint_id == ask.endpoint_id)
-                     and (not ask.provider_id or e.provider_id == ask.provider_id)]
-        if not endpoints:
-            what = f"endpoint '{ask.endpoint_id}'" if ask.endpoint_id else \
-                f"provider '{ask.provider_id}'" if ask.provider_id else "any endpoint"
-            raise ServiceError(404, ErrorBody("ENDPOINT_NOT_FOUND", f"Model '{model_id}' is not served by {what}",
-                                              "endpoint" if ask.endpoint_id else "provider" if ask.provider_id
-                                              else "model"))
-        return model_id, endpoints
 
     async def warm_endpoint(self, endpoint_id: str, models: tuple[str, ...]) -> None:
         """Warm each of an endpoint's models, one after the other (the ones it serves: registered with, or
@@ -108,11 +108,37 @@ class Warmer:
             except Exception as exc:  # noqa: BLE001 — a warm-up must never take the control loop down
                 log.warning("router.warm_up_failed", endpoint=endpoint_id, model=name, error=repr(exc))
                 continue
-            log.info("router.warmed", endpoint=endpoint_id, model=model.model_id, ok=result.ok,
-                     duration_ms=result.duration_ms, error=result.error or None)
+            if result is not None:              # None only for an asker's deadline: there is none here
+                log.info("router.warmed", endpoint=endpoint_id, model=model.model_id, ok=result.ok,
+                         duration_ms=result.duration_ms, error=result.error or None)
 
-    async def warm(self, endpoint: EndpointRegistered, model: ModelRegistered, trigger: str) -> ModelWarmed:
-        """One warm-up call, timed, and recorded by the registry (the event as recorded, or as made)."""
+    async def warm(self, endpoint: EndpointRegistered, model: ModelRegistered, trigger: str,
+                   deadline: float | None = None) -> ModelWarmed | None:
+        """One warm-up call in its endpoint's turn, timed, and recorded by the registry (the event as recorded, or
+        as made); None, neither made nor recorded, if it could not start RECORD_S before `deadline` (a Unix time:
+        when the asker stops waiting), which also cuts its timeout short."""
+        turn = self._turns.setdefault(endpoint.endpoint_id, asyncio.Lock())
+        self._in_turn[endpoint.endpoint_id] += 1
+        try:
+            async with turn:
+                timeout_s = min(endpoint.timeout_s, self.timeout_s)
+                if deadline is not None:
+                    left_s = deadline - time.time() - RECORD_S
+                    if left_s < MIN_CALL_S:
+                        log.info("router.warm_up_not_made", endpoint=endpoint.endpoint_id, model=model.model_id,
+                                 reason="its asker had stopped waiting")
+                        return None
+                    timeout_s = min(timeout_s, round(left_s, 1))
+                command = await self._call(endpoint, model, trigger, timeout_s)
+        finally:
+            self._in_turn[endpoint.endpoint_id] -= 1
+            if not self._in_turn[endpoint.endpoint_id]:          # nobody holds or waits for it: forgotten
+                del self._in_turn[endpoint.endpoint_id], self._turns[endpoint.endpoint_id]
+        return await self._record(command)
+
+    async def _call(self, endpoint: EndpointRegistered, model: ModelRegistered, trigger: str,
+                    timeout_s: float) -> RecordWarmUp:
+        """Make the call, within `timeout_s`; what the registry is to record of it."""
         provider = self.catalog.providers.get(endpoint.provider_id)
         upstream = upstream_name(endpoint, model)
         path, body = warm_request(provider.kind if provider else "openai-compatible", model, upstream, self.keep_alive)
@@ -120,7 +146,6 @@ class Warmer:
         headers = [("User-Agent", USER_AGENT), ("Content-Type", "application/json")]
         if secret:
             headers.append(("Authorization", f"Bearer {secret}"))
-        timeout_s = min(endpoint.timeout_s, self.timeout_s)
         started = time.perf_counter()
         status, error = 0, ""
         try:
@@ -133,11 +158,10 @@ class Warmer:
             error = f"no answer from {path} within {timeout_s:g} s"
         except (http1.TransportError, ValueError) as exc:
             error = f"{path} failed: {str(exc) or type(exc).__name__}"
-        command = RecordWarmUp(model_id=model.model_id, endpoint_id=endpoint.endpoint_id, ok=not error,
-                               duration_ms=round((time.perf_counter() - started) * 1000, 3), upstream_model=upstream,
-                               status=status, error=redact(error, secret)[:500], trigger=trigger,  # type: ignore[arg-type]
-                               router=self.instance)
-        return await self._record(command)
+        return RecordWarmUp(model_id=model.model_id, endpoint_id=endpoint.endpoint_id, ok=not error,
+                            duration_ms=round((time.perf_counter() - started) * 1000, 3), upstream_model=upstream,
+                            status=status, error=redact(error, secret)[:500], trigger=trigger,  # type: ignore[arg-type]
+                            router=self.instance)
 
     async def _record(self, command: RecordWarmUp) -> ModelWarmed:
         fields = {f: getattr(command, f) for f in command.__struct_fields__}

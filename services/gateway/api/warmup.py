@@ -5,6 +5,11 @@
 the one named) and says how long each took; `POST /api/admin/models/{id}/test` makes one such call on the
 first endpoint that answers and reports it the way the provider-admin API's test does (`success`,
 `latency_ms`). Model ids may hold slashes, so both live under one POST route that reads the path whole.
+
+A model nothing serves (or not the endpoint or provider named) is refused 404 from this gateway's catalog once it
+holds every registry event recorded so far; else the router, whose own catalog may lag, is asked and looks again.
+The router is waited for as long as its calls may take (`warm_timeout_s`, the router's SWITCHYARD_WARM_TIMEOUT_S,
+each) and a margin; it makes no call it could not end by then.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard,
 from switchyard_gateway.services.gateway.deps import Deps
 
 _reply = msgspec.json.Decoder(WarmReply)
-CALL_WAIT_S = 125.0              # the router's longest warm-up call (SWITCHYARD_WARM_TIMEOUT_S) and a margin
+CALL_MARGIN_S = 5.0              # beside each of the router's calls (settings.warm_timeout_s): recording its result
+WAIT_MARGIN_S = 5.0              # beside them all: the catch-up of a router that lags, the answer's way back
 MAX_WAIT_S = 600.0
 
 
@@ -55,11 +61,15 @@ async def warm(deps: Deps, model: str, *, endpoint: str = "", provider: str = ""
     if not model:
         raise ServiceError(400, ErrorBody("VALIDATION_ERROR", "Missing required field 'model'", "model"))
     refused_name(model)
-    catalog = deps.catalog
-    model_id = catalog.resolve_model(model) or model
-    serving = [e for e in catalog.endpoints_serving(model_id) if (not endpoint or e.endpoint_id == endpoint)
-               and (not provider or e.provider_id == provider)]
-    wait_s = min(MAX_WAIT_S, 5.0 + CALL_WAIT_S * max(1, 1 if first_only else len(serving)))
+    found = deps.catalog.warm_targets(model, endpoint, provider)
+    if isinstance(found, ErrorBody):
+        if await deps.state.caught_up(deps.nc):             # nothing serves it as of now: no need to ask the router
+            raise ServiceError(404, found)
+        model_id, serving = deps.catalog.resolve_model(model) or model, []     # the router looks again (catch-up)
+    else:
+        model_id, serving = found
+    # each call of the router's, one after another, and a margin; the router makes none it could not finish by then
+    wait_s = min(MAX_WAIT_S, WAIT_MARGIN_S + (deps.settings.warm_timeout_s + CALL_MARGIN_S) * max(1, len(serving)))
     command = WarmModel(model_id=model_id, endpoint_id=endpoint, provider_id=provider, trigger=trigger,  # type: ignore[arg-type]
                         first_only=first_only)
     reply = _reply.decode(await ask(deps, subjects.ROUTER_WARM, command, wait_s))

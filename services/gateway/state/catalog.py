@@ -32,3 +32,13 @@ class LocalState:
     async def wait_for(self, event_ids: Iterable[str], timeout_s: float = 5.0) -> bool:
         """Wait until events an admin command just recorded are folded in (read-your-writes)."""
         return await self.feed.wait_for(event_ids, timeout_s)
+
+    async def caught_up(self, nc: NATS, timeout_s: float = 1.0) -> bool:
+        """Whether the catalog holds every registry event recorded until now: the REGISTRY stream's end, asked of
+        NATS, folded in (waited for up to `timeout_s`). False when that cannot be known."""
+        try:
+            info = await nc.jetstream(timeout=timeout_s).stream_info(subjects.STREAM_REGISTRY)
+        except Exception as exc:  # noqa: BLE001 — NATS away or slow: not known, and not to be assumed
+            log.info("catalog.end_unknown", error=str(exc) or type(exc).__name__)
+            return False
+        return await self.feed.sequence.reach(info.state.last_seq, timeout_s)
