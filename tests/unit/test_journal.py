@@ -42,6 +42,13 @@ def die(journal: Journal) -> None:
     os.close(files._lock_fd)         # noqa: SLF001
 
 
+async def next_life(first: Journal, directory: Path) -> Journal:
+    """What the next process finds (not yet opened) once `first` has written this turn's records and died."""
+    await turn()
+    die(first)
+    return Journal(directory, "gw-1")
+
+
 async def turn() -> None:
     """Let the event loop run the journal's batched write."""
     await asyncio.sleep(0)
@@ -64,10 +71,7 @@ async def test_next_life_publishes_what_was_not_acknowledged_and_interrupts_what
     first.in_flight[long_running.event_id].accepted.at -= 5          # it has run for a while
     outcome.stream_tap = type("Tap", (), {"content_events": 12})()
     first.note_progress(time.time())
-    await turn()
-    die(first)
-
-    second = Journal(tmp_path, "gw-1")
+    second = await next_life(first, tmp_path)
     assert await second.open() == 3
     published = {event.event_id: event for event, _ in second.take_parked(100)}
     assert set(published) == {unacked.event_id, running.event_id, long_running.event_id}
@@ -91,19 +95,14 @@ async def test_a_stream_cut_in_its_first_second_is_billed_what_it_had_sent(tmp_p
     a young call with nothing sent yet still is not."""
     first = Journal(tmp_path, "gw-1", estimator=TokenEstimator())
     await first.open()
-    young, waiting = a_call("young"), a_call("waiting")
-    outcomes = {}
-    for call, sent in ((young, 9), (waiting, 0)):
+    for request_id, sent in (("young", 9), ("waiting", 0)):
+        call, outcome = a_call(request_id), Outcome("m1")
         first.accepted(call, "m1")
-        outcome = outcomes[call.request_id] = Outcome("m1")
         outcome.status, outcome.attempts = 200 if sent else 0, 1
         outcome.stream_tap = type("Tap", (), {"content_events": sent})()
         first.serving(call, outcome)
     first.note_progress(time.time())
-    await turn()
-    die(first)
-
-    second = Journal(tmp_path, "gw-1")
+    second = await next_life(first, tmp_path)
     assert await second.open() == 2
     published = {event.request_id: event for event, _ in second.take_parked(10)}
     assert (published["young"].status, published["young"].output_tokens) == (200, 9)
