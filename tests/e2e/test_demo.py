@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -49,8 +50,23 @@ def model_total(counts: dict, model: str) -> int:
     return sum(row["total_tokens"] for row in counts["breakdown"] if row["model"] == model)
 
 
+async def settled_total(demo: DemoStack, model: str) -> int:
+    """The model's token counts once no earlier call still moves them: the same figure twice, a second apart. The
+    demo stack is shared, and an earlier test's last call may reach the log after this test began (a streamed call
+    through compose's front, run just before, did: 38 tokens more than this call's)."""
+    deadline = time.monotonic() + 20
+    last = model_total(token_counts(demo), model)
+    while True:
+        await asyncio.sleep(1.0)
+        now = model_total(token_counts(demo), model)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, f"{model}'s token counts still moving after 20 s"
+        last = now
+
+
 async def test_chat_completion_is_answered_and_metered_once(demo: DemoStack) -> None:
-    before = model_total(token_counts(demo), "llama3.2")
+    before = await settled_total(demo, "llama3.2")
     request_id = uuid.uuid4().hex
     reply = client(demo).chat.completions.create(
         model="llama3.2", messages=[{"role": "user", "content": "Say hello to the switchyard"}],
