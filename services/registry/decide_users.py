@@ -33,6 +33,11 @@ def create_user(catalog: Catalog, command: m.CreateUser, password_hash: str) -> 
     check(rules.display_name_problem(command.display_name), "display_name")
     if command.username in catalog.users:
         raise invalid("CONFLICT", f"User '{command.username}' already exists; update it with PUT", "username", 409)
+    folded = command.username.casefold()
+    alike = next((name for name in catalog.users if name.casefold() == folded), None)
+    if alike is not None:       # `Alice` beside `alice`: two sign-ins a person cannot tell apart
+        raise invalid("CONFLICT", f"User '{alike}' already exists, a name that differs only in case; choose another "
+                      "name", "username", 409)
     _tenant(catalog, command.tenant_id)
     check_password(command.password)
     return [UserCreated(username=command.username, tenant_id=command.tenant_id, role=command.role,

@@ -51,6 +51,7 @@ def test_a_created_user_carries_the_hash_and_never_the_password(catalog: Catalog
 
 @pytest.mark.parametrize(("command", "expected"), [
     (m.CreateUser(username="alice", tenant_id="acme", password="long enough"), (409, "CONFLICT", "username")),
+    (m.CreateUser(username="Alice", tenant_id="acme", password="long enough"), (409, "CONFLICT", "username")),
     (m.CreateUser(username="bob", tenant_id="nobody", password="long enough"), (404, "TENANT_NOT_FOUND", "tenant_id")),
     (m.CreateUser(username="bob", tenant_id="acme", password="short"), (422, "VALIDATION_ERROR", "password")),
     (m.CreateUser(username="bob", tenant_id="acme", password="tab\tinside it"), (422, "VALIDATION_ERROR", "password")),
