@@ -38,6 +38,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     Base64ImageSource, CountTokensRequest, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock,
     ToolUseBlock, encode,
 )
+from switchyard_gateway.services.gateway.translate.prefill import ask_to_continue
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
 
 
@@ -82,7 +83,7 @@ def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bo
     if top_k and request.top_k is not None:
         out["top_k"] = request.top_k
     if continues and request.messages[-1].role == "assistant":   # a prefill: continued, not answered
-        out["continue_final_message"], out["add_generation_prompt"] = True, False
+        ask_to_continue(out)
     if request.metadata is not None and request.metadata.user_id:
         out["user"] = request.metadata.user_id
     _openai_tools(request, out)

@@ -19,6 +19,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
     ToolUseContent, encode, sse,
 )
+from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, TokenCounts, TranslationError, believable, decode_any, decode_reply, error_message, tool_arguments,
@@ -67,8 +68,7 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
     choice = next((c for c in reply.choices or () if c.index == 0), Choice())
     message = choice.message
     text = (message.content if message else None) or choice.text
-    if prefill and text and text.startswith(prefill):
-        text = text[len(prefill):]
+    text = after_prefill(text, prefill)
     tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
              for call in (message.tool_calls if message else None) or () if call.function is not None]
     content: list[ContentBlock] = [TextContent(text), *tools] if text else [*tools]

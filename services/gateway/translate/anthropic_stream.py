@@ -35,6 +35,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     MessageDeltaEvent, MessageDeltaUsage, MessagesResponse, MessagesUsage, MessageStartEvent, MessageStopEvent,
     PingEvent, StopReason, TextContent, TextDelta, ToolUseContent, encode, sse,
 )
+from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.sse import EventData, estimated_output, unfinished, written_in
 from switchyard_gateway.services.gateway.translate.stream import says_done
@@ -157,7 +158,7 @@ class OpenAIStreamToAnthropic:
     """
 
     __slots__ = ("events", "stop_sequences", "usage", "estimate", "done", "error", "written", "_events", "_finish",
-                 "_matched", "_echo", "_held")
+                 "_matched", "_prefill")
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0,
                  prefill: str | None = None) -> None:
@@ -171,8 +172,7 @@ class OpenAIStreamToAnthropic:
         self._events = EventData()
         self._finish: str | None = None
         self._matched: Any = None
-        self._echo = prefill or None              # the part of the prefill a repeat of it has still to show
-        self._held = ""                           # the answer's text so far, while it may be that repeat
+        self._prefill = PrefillEcho(prefill) if prefill else None   # a repeat of it is taken off the answer
 
     @property
     def content_events(self) -> int:
@@ -229,24 +229,22 @@ class OpenAIStreamToAnthropic:
 
     def _text(self, text: str) -> bytes:
         """The answer's text, less a repeat of the prefill at its start."""
-        echo = self._echo
-        if echo is not None and text:
-            seen = text[:len(echo)]
-            if not echo.startswith(seen):                 # no repeat: what was held is the answer's
-                text, self._echo, self._held = self._held + text, None, ""
-            elif len(seen) < len(echo):                   # the repeat so far: held
-                self._echo, self._held = echo[len(seen):], self._held + seen
+        prefill = self._prefill
+        if prefill is not None:
+            shown = prefill.text(text)
+            if prefill.over:
+                self._prefill = None
+            if shown is None:
                 return b""
-            else:                                         # the whole prefill repeated: dropped
-                text, self._echo, self._held = text[len(seen):], None, ""
+            text = shown
         return self.events.text(text)
 
     def _unheld(self) -> bytes:
         """Text held as the start of a repeat that never came whole (a tool call or the end came first): the
         answer's after all."""
-        if self._echo is None:
+        if self._prefill is None:
             return b""
-        held, self._echo, self._held = self._held, None, ""
+        held, self._prefill = self._prefill.unheld(), None
         return self.events.text(held)
 
     def _tool_call(self, call: ToolCall) -> bytes:

@@ -501,6 +501,14 @@ class OllamaChat(OllamaGenerating):
     def load_answer(self) -> bytes | None:
         return None if self.messages else self._load_reply(message={"role": "assistant", "content": ""})
 
+    def prefill(self) -> str | None:
+        """The text of a final assistant message (without tool calls): what Ollama continues rather than answers
+        (translate/prefill.py); None when the chat ends otherwise."""
+        last = self.messages[-1] if self.messages else None
+        if last is None or last.role != "assistant" or last.tool_calls or not last.content:
+            return None
+        return last.content
+
     def ask(self, limit: int, tokenizer: TokenEstimator | None = None) -> Ask:
         for number, message in enumerate(self.messages):
             if message.role not in OLLAMA_ROLES:

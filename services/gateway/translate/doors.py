@@ -18,7 +18,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_door import ANTHROP
 from switchyard_gateway.services.gateway.translate.asks import Ask
 from switchyard_gateway.services.gateway.translate.sse import SseTap
 from switchyard_gateway.services.gateway.translate.plans import (
-    OLLAMA_APIS, Plan, conform_embeddings, embedding_options, ollama_plan, openai_error_body, openai_usage,
+    CHAT_PATH, OLLAMA_APIS, OpenAIStreamToOllama, Plan, conform_embeddings, embedding_options, ollama_chat_to_openai,
+    ollama_plan, openai_chat_to_ollama, openai_error_body, openai_usage,
 )
 from switchyard_gateway.services.gateway.translate.wire import Times
 from switchyard_gateway.services.gateway.pipeline.upstream import upstream_body
@@ -69,14 +70,31 @@ class Door:
         endpoint as Ollama holds it (the vector cut to its first `dimensions` values and renormalised; a shorter
         one is the endpoint's failure), since such a server may ignore the field it is passed."""
         plan = ollama_plan(self.api, endpoint_kind)
+        if plan.native:
+            return plan
+        if self.api == "ollama.chat" and endpoint_kind != "openai":
+            return self._continued(plan)
         dimensions = getattr(self._request, "dimensions", None)
-        if dimensions is None or plan.native or plan.answer is None:
+        if dimensions is None or plan.answer is None:
             return plan
         translate = plan.answer
 
         def answer(data: bytes, model: str, times: Times) -> bytes:
             return translate(conform_embeddings(data, encoding_format=None, dimensions=dimensions), model, times)
         return plan._replace(answer=answer)
+
+    def _continued(self, plan: Plan) -> Plan:
+        """An /api/chat ending with an assistant message to an OpenAI-compatible endpoint: the message continued,
+        as Ollama continues it, and a repeat of it at the answer's start taken off (translate/prefill.py). OpenAI
+        itself cannot continue one: an `openai` endpoint answers a new turn."""
+        prefill = self._request.prefill()  # type: ignore[attr-defined]
+        if prefill is None:
+            return plan
+        return plan._replace(
+            request=lambda body, upstream_model, ceiling=None: (
+                CHAT_PATH, ollama_chat_to_openai(body, upstream_model, ceiling, continues=True)),
+            answer=lambda data, model, times: openai_chat_to_ollama(data, model, times, prefill=prefill),
+            stream=lambda model, times: OpenAIStreamToOllama(model, "chat", times, prefill=prefill))
 
     def _openai_plan(self, endpoint_kind: str) -> Plan:
         """OpenAI calls go to every kind of endpoint through the OpenAI API (Ollama serves it under /v1)."""

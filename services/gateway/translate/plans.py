@@ -4,7 +4,7 @@
 |---|---|---|---|---|---|
 | OpenAI `/v1/*` | any | the same `/v1/*` path (Ollama serves it too) | as today | as today; embeddings through `conform_embeddings` | SSE relayed (`SseTap`) |
 | Ollama `/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings` | `ollama` | the same `/api/*` path | `ollama_set_model` | relayed | NDJSON relayed (`OllamaStreamTap`) |
-| Ollama `/api/chat` | `openai-compatible`, `openai` | `/v1/chat/completions` | `ollama_chat_to_openai` | `openai_chat_to_ollama` | `OpenAIStreamToOllama(model, "chat")` |
+| Ollama `/api/chat` | `openai-compatible`, `openai` | `/v1/chat/completions` | `ollama_chat_to_openai` (a final assistant message continued: `Door._continued`) | `openai_chat_to_ollama` | `OpenAIStreamToOllama(model, "chat")` |
 | Ollama `/api/generate` | `openai-compatible`, `openai` | `/v1/chat/completions` (`/v1/completions` when raw or with a suffix) | `ollama_generate_request` (path and body) | `openai_completion_to_ollama_generate` | `OpenAIStreamToOllama(model, "generate")` |
 | Ollama `/api/embed` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embed_to_openai` | `openai_embeddings_to_ollama_embed` | — |
 | Ollama `/api/embeddings` | `openai-compatible`, `openai` | `/v1/embeddings` | `ollama_embeddings_to_openai` | `openai_embeddings_to_ollama_embeddings` | — |

@@ -21,6 +21,7 @@ import msgspec
 
 from switchyard_gateway.services.gateway.translate.asks import OllamaFunction, OllamaMessage
 from switchyard_gateway.services.gateway.translate.keep_alive import held
+from switchyard_gateway.services.gateway.translate.prefill import ask_to_continue
 from switchyard_gateway.services.gateway.translate.wire import TranslationError, encode, request_decoder
 
 CHAT_PATH = "/v1/chat/completions"
@@ -112,13 +113,17 @@ def ollama_set_model(body: bytes, upstream_model: str, ceiling: int | None = Non
     return encode(data)
 
 
-def ollama_chat_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
-    """An /api/chat body as a /v1/chat/completions body."""
+def ollama_chat_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None, *,
+                          continues: bool = False) -> bytes:
+    """An /api/chat body as a /v1/chat/completions body; `continues`: the final assistant message is a prefill the
+    server is asked to continue, as Ollama does (translate/prefill.py)."""
     req = _read(_decode_chat, body)
     out: dict[str, Any] = {"model": upstream_model, "messages": _messages(req.messages)}
     if req.tools and bytes(req.tools) != b"null":
         out["tools"] = req.tools
     _common(req, out, chat=True, ceiling=ceiling)
+    if continues:
+        ask_to_continue(out)
     return encode(out)
 
 

@@ -14,6 +14,7 @@ import sys
 import msgspec
 
 from switchyard_gateway.services.gateway.edge.errors import from_status
+from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
     OllamaToolCall, Reply, Times, Timings, TokenCounts, TranslationError, Usage, decode_counts, decode_embeddings,
@@ -85,12 +86,13 @@ def _first(reply: Reply) -> Choice:
     return next((c for c in reply.choices or () if c.index == 0), Choice())
 
 
-def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None) -> bytes:
-    """A chat.completion as an /api/chat reply (`stream: false`)."""
+def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None, *, prefill: str | None = None) -> bytes:
+    """A chat.completion as an /api/chat reply (`stream: false`); its text begins after `prefill`, the final
+    assistant message the upstream was asked to continue, when the upstream repeats it (translate/prefill.py)."""
     reply = _reply(data)
     choice = _first(reply)
     message = choice.message
-    content = (message.content if message else None) or choice.text or ""
+    content = after_prefill((message.content if message else None) or choice.text or "", prefill) or ""
     out = OllamaMessage(role="assistant", content=content)
     if message is not None:
         out.thinking = message.reasoning_content or message.reasoning or None

@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 
+from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
 from switchyard_gateway.http1 import ResponseCut
 from switchyard_gateway.services.gateway.translate.sse import EventData, estimated_output, unfinished, written_in
@@ -37,13 +38,15 @@ class OpenAIStreamToOllama:
     asked (`times`; without them both are construction), prompt evaluation until the first token
     (text, thinking or a tool call), evaluation after it. Each line's `created_at` is when the
     gateway wrote it, as Ollama stamps each line it writes (the upstream's `created` is one moment for all).
+    `prefill`, the final assistant message the upstream was asked to continue, is taken off the start of the answer
+    when the upstream repeats it there (translate/prefill.py).
     """
 
     __slots__ = ("model", "kind", "usage", "done", "error", "written", "done_reason", "estimate", "_events",
-                 "_clock", "_started", "_sent", "_first_token", "_calls", "_finished")
+                 "_clock", "_started", "_sent", "_first_token", "_calls", "_finished", "_prefill")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
-                 clock: Callable[[], int] = now_ns) -> None:
+                 clock: Callable[[], int] = now_ns, prefill: str | None = None) -> None:
         self.model, self.kind = model, kind
         self.usage: TokenCounts | None = None
         self.done = False
@@ -57,6 +60,7 @@ class OpenAIStreamToOllama:
         self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
         self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far, id]
+        self._prefill = PrefillEcho(prefill) if prefill else None
 
     @property
     def content_events(self) -> int:
@@ -72,7 +76,7 @@ class OpenAIStreamToOllama:
         return out
 
     def finish(self) -> bytes:
-        out = b"".join(self._event(payload) for payload in self._events.flush())
+        out = b"".join(self._event(payload) for payload in self._events.flush()) + self._unheld()
         if self._calls and self.kind == "chat":
             calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)), call_id or None)
                      for _, (name, arguments, call_id) in sorted(self._calls.items())]
@@ -122,16 +126,35 @@ class OpenAIStreamToOllama:
             delta = choice.delta
             content = (delta.content if delta else None) or choice.text or ""
             thinking = (delta.reasoning_content or delta.reasoning) if delta else None
+            if (content or thinking) and self._first_token is None:
+                self._first_token = self._clock()
+            if self._prefill is not None and content:
+                content = self._after_prefill(content)
             if delta is not None and delta.tool_calls:
+                out += self._unheld()
                 self._collect(delta.tool_calls)
             if choice.finish_reason:
                 self.done_reason = done_reason(choice.finish_reason)
                 self._finished = True
             if content or thinking:
-                if self._first_token is None:
-                    self._first_token = self._clock()
                 out += self._line(content, thinking or None)
         return out
+
+    def _after_prefill(self, content: str) -> str:
+        """The answer's text, less a repeat of the prefill at its start ("" while it may be that repeat)."""
+        assert self._prefill is not None
+        shown = self._prefill.text(content)
+        if self._prefill.over:
+            self._prefill = None
+        return shown or ""
+
+    def _unheld(self) -> bytes:
+        """Text held as the start of a repeat that never came whole (a tool call or the end came first): the
+        answer's after all."""
+        if self._prefill is None:
+            return b""
+        held, self._prefill = self._prefill.unheld(), None
+        return self._line(held, None) if held else b""
 
     def _line(self, content: str, thinking: str | None) -> bytes:
         if self.kind == "chat":
