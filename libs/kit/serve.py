@@ -246,14 +246,21 @@ def _native_worker(target: str, settings: ServiceSettings, main_pid: int | None,
     # so none waits out a worker's start-up (seconds: NATS, the catalog) while another worker or replica serves.
     sock.listen(2048)
     try:
-        timeouts = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
-                                                                          "keep_alive_s", "send_timeout_s",
-                                                                          "max_connections")
-                    if hasattr(settings, f"http_{name}")}
-        loop.run_until_complete(Server(app, loop, **timeouts).serve(sock, signals=True))
+        loop.run_until_complete(Server(app, loop, **server_options(settings)).serve(sock, signals=True))
     finally:
         app.__rsgi_del__(loop)
         loop.close()
+
+
+def server_options(settings: Any) -> dict[str, Any]:
+    """Our HTTP server's bounds a service's settings name: its `http_*` timeouts and connection bound, and the
+    gateway's WebSocket message deadline (`ws_message_timeout_s`)."""
+    options = {name: getattr(settings, f"http_{name}") for name in ("head_timeout_s", "body_timeout_s",
+                                                                     "keep_alive_s", "send_timeout_s", "max_connections")
+               if hasattr(settings, f"http_{name}")}
+    if hasattr(settings, "ws_message_timeout_s"):
+        options["ws_message_timeout_s"] = settings.ws_message_timeout_s
+    return options
 
 
 def _load_in_worker(main_pid: int | None, slots: tuple[Path, str, int] | None, target: str) -> Any:

@@ -14,7 +14,8 @@ if settings.http_server not in ("native", "granian"):
 require_seconds(settings, ("http_head_timeout_s", "http_body_timeout_s", "http_keep_alive_s", "http_send_timeout_s",
                            "quota_hold_s", "quota_timeout_s", "upstream_connect_timeout_s", "first_byte_timeout_s",
                            "usage_stall_s", "access_token_ttl_s", "refresh_token_ttl_s", "login_window_s",
-                           "cache_ttl_s", "cache_timeout_s", "ws_idle_timeout_s", "warm_timeout_s"))
+                           "cache_ttl_s", "cache_timeout_s", "ws_idle_timeout_s", "ws_message_timeout_s",
+                           "warm_timeout_s"))
 # none at a time: no upstream connection (every call fails), no WebSocket request or no socket at all
 require_counts(settings, ("upstream_pool_size", "ws_max_in_flight", "ws_max_connections"))
 if settings.max_answer_bytes < 1024:

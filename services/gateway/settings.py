@@ -103,6 +103,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     ws_max_in_flight: int = 16            # requests one socket may have unanswered; one more closes it (1013)
     ws_max_connections: int = 1024        # sockets this gateway holds at once; more are refused (503)
     ws_idle_timeout_s: float = 120.0      # a socket with nothing in flight and no message for this long is closed
+    ws_message_timeout_s: float = 30.0    # a message begun must be whole this long after its first byte (1008)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Self:

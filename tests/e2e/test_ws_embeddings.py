@@ -336,12 +336,13 @@ async def test_quotas_apply_per_request_and_a_revoked_key_closes_the_socket_4401
     assert closing["code"] == 4401
 
 
-# --- a gateway of its own: idle timeout, connection bound, cache ---------------------------------------------
+# --- a gateway of its own: idle timeout, message deadline, connection bound, cache ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def tight(demo: DemoStack, urls) -> Iterator[Gateway]:
-    gateway = start_gateway(demo, urls, ws_idle_timeout_s="1", ws_max_connections="2", cache="embeddings")
+    gateway = start_gateway(demo, urls, ws_idle_timeout_s="1", ws_max_connections="2", cache="embeddings",
+                            ws_message_timeout_s="0.5")
     yield gateway
     stop_gateway(gateway)
 
@@ -360,6 +361,25 @@ async def test_an_idle_socket_is_closed_and_sockets_past_the_bound_are_refused(d
     async with opened(tight.url, demo.demo_key) as again:               # the bound counts open sockets only
         await again.send(json.dumps({"type": "ping"}))
         assert json.loads(await again.recv())["type"] == "pong"
+
+
+def _trickled(port: int, key: str) -> tuple[int, str, float]:
+    """A message begun (a 100-byte frame, 10 bytes of it sent) and never finished: the close frame, and when."""
+    sock, data = raw_socket(port, key, uuid.uuid4().hex)
+    with sock:
+        began = time.monotonic()
+        sock.sendall(b"\x81\xe4\0\0\0\0" + b"{" * 10)          # text, masked (zero mask), 100 bytes long
+        code, reason = close_frame(sock, data)
+        return code, reason, time.monotonic() - began
+
+
+async def test_a_message_not_whole_by_the_configured_deadline_closes_the_socket_1008(demo: DemoStack,
+                                                                                    tight: Gateway) -> None:
+    """The deadline of a message begun is SWITCHYARD_WS_MESSAGE_TIMEOUT_S (0.5 s here, within the idle timeout; 30 by default)."""
+    port = int(tight.url.rsplit(":", 1)[1])
+    code, reason, after = await asyncio.to_thread(_trickled, port, demo.demo_key)
+    assert (code, reason) == (1008, "a message not whole 0.5 s after its first byte")
+    assert 0.4 < after < 10
 
 
 async def test_a_repeated_request_is_answered_from_the_cache(demo: DemoStack, tight: Gateway) -> None:

@@ -145,6 +145,8 @@ def test_a_jwt_secret_shorter_than_32_bytes_is_refused_naming_the_setting(weak: 
     ("router", "SWITCHYARD_BREAKER_ERROR_RATIO", "1.5", "SWITCHYARD_BREAKER_ERROR_RATIO must be above 0 and at most 1"),
     ("router", "SWITCHYARD_BREAKER_FAILURES", "0", "SWITCHYARD_BREAKER_FAILURES must be at least 1"),
     ("gateway", "SWITCHYARD_USAGE_STALL_S", "nan", "SWITCHYARD_USAGE_STALL_S must be a number of seconds above 0"),
+    ("gateway", "SWITCHYARD_WS_MESSAGE_TIMEOUT_S", "nan",
+     "SWITCHYARD_WS_MESSAGE_TIMEOUT_S must be a number of seconds above 0"),
     ("gateway", "SWITCHYARD_FIRST_BYTE_TIMEOUT_S", "0",
      "SWITCHYARD_FIRST_BYTE_TIMEOUT_S must be a number of seconds above 0"),
     ("gateway", "SWITCHYARD_RETRY_BASE_MS", "-50", "SWITCHYARD_RETRY_BASE_MS must be a finite number, 0 or more"),
