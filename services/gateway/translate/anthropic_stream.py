@@ -36,11 +36,10 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     PingEvent, StopReason, TextContent, TextDelta, ToolUseContent, encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
-from switchyard_gateway.services.gateway.translate.responses import usage_counts
-from switchyard_gateway.services.gateway.translate.sse import EventData, estimated_output, unfinished, written_in
+from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output, unfinished, written_in
 from switchyard_gateway.services.gateway.translate.stream import says_done
 from switchyard_gateway.services.gateway.translate.wire import (
-    TokenCounts, ToolCall, believable, decode_reply, error_message, tool_arguments,
+    Choice, TokenCounts, ToolCall, believable, error_message, tool_arguments,
 )
 
 _PING = sse(PingEvent())
@@ -149,7 +148,7 @@ class MessageEvents:
         return sse(ContentBlockStopEvent(self._index))
 
 
-class OpenAIStreamToAnthropic:
+class OpenAIStreamToAnthropic(ChatStreamReader):
     """Translate an OpenAI chat stream (with its usage chunk) into Anthropic events.
 
     `prefill`, the text of a final assistant turn the upstream was asked to continue, is taken off the start of the
@@ -157,75 +156,35 @@ class OpenAIStreamToAnthropic:
     begins after it. Text that only begins like it is held until it differs, then relayed.
     """
 
-    __slots__ = ("events", "stop_sequences", "usage", "estimate", "done", "error", "written", "_events", "_finish",
-                 "_matched", "_prefill")
+    __slots__ = ("events", "stop_sequences", "_matched", "_prefill")
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0,
                  prefill: str | None = None) -> None:
+        super().__init__()
         self.events = MessageEvents(model, input_tokens)
         self.stop_sequences = stop_sequences
-        self.usage: TokenCounts | None = None
-        self.estimate: TokenCounts | None = None
-        self.done = False
-        self.error: str | None = None
-        self.written = 0                          # bytes the model wrote (`sse.written_in`)
-        self._events = EventData()
-        self._finish: str | None = None
         self._matched: Any = None
         self._prefill = PrefillEcho(prefill) if prefill else None   # a repeat of it is taken off the answer
 
-    @property
-    def content_events(self) -> int:
-        return estimated_output(self.written)
-
-    def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._event(payload) for payload in self._events.feed(chunk))
-
-    def ended(self) -> bytes:
-        out = b"".join(self._event(payload) for payload in self._events.flush())
-        if not self.done and self._finish is not None and self.error is None:   # finished, without [DONE]
-            self.done = True
-        return out
-
     def finish(self) -> bytes:
-        out = b"".join(self._event(payload) for payload in self._events.flush())
+        out = self._flushed()
         if self.error is not None:
             return out
         reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
         return out + self._unheld() + self.events.end(reason, sequence, self.estimate or believable(self.usage),
                                                        self.written)
 
-    def _event(self, payload: bytes) -> bytes:
-        if not payload or self.error is not None or self.done:
-            return b""
-        if payload == b"[DONE]":
-            self.done = True
-            return b""
-        try:
-            chunk = decode_reply(payload)
-        except (msgspec.MsgspecError, RecursionError) as exc:     # what it said is lost: the stream fails here
-            self.error = f"The upstream sent an event that is not an OpenAI chat chunk: {exc}"
-            return self.events.start() + error_event(self.error)
-        out = self.events.start()
-        if chunk.error is not None:
-            self.error = error_message(chunk.error)
-            return out + error_event(self.error, stream_error_status(chunk.error))
-        if chunk.usage is not None:
-            self.usage = usage_counts(chunk.usage)
-        self.written += written_in(payload)
-        for choice in chunk.choices or ():
-            if choice.index != 0:
-                continue
-            delta = choice.delta
-            if delta is not None:
-                out += self._text(delta.content or "")
-                for call in delta.tool_calls or ():
-                    out += self._unheld() + self._tool_call(call)
-            elif choice.text:
-                out += self._text(choice.text)
-            if choice.finish_reason:
-                self._finish, self._matched = choice.finish_reason, choice.stop_reason
-        return out
+    def _begun(self) -> bytes:
+        return self.events.start()
+
+    def _failed(self, message: str, error: Any) -> bytes:
+        self.error = message
+        return self.events.start() + error_event(message, stream_error_status(error))
+
+    def _choice(self, choice: Choice) -> bytes:
+        if choice.finish_reason:
+            self._matched = choice.stop_reason
+        return super()._choice(choice)
 
     def _text(self, text: str) -> bytes:
         """The answer's text, less a repeat of the prefill at its start."""
@@ -249,7 +208,7 @@ class OpenAIStreamToAnthropic:
 
     def _tool_call(self, call: ToolCall) -> bytes:
         function = call.function
-        return self.events.call(call.index, call.id, function.name if function else None,
+        return self._unheld() + self.events.call(call.index, call.id, function.name if function else None,
                                 function.arguments if function else None)
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgspec
 
 from switchyard_gateway.http1 import AnswerTooLarge, ResponseCut
-from switchyard_gateway.services.gateway.translate.wire import TokenCounts, cached_tokens, error_message
+from switchyard_gateway.services.gateway.translate.responses import usage_counts
+from switchyard_gateway.services.gateway.translate.wire import (
+    Choice, TokenCounts, ToolCall, cached_tokens, decode_reply, error_message,
+)
 
 _decode = msgspec.json.Decoder().decode
 MAX_EVENT_BYTES = 8 * 1024 * 1024       # one streamed event or line, kept until its end comes
@@ -45,6 +49,91 @@ class EventData:
         """The data of a last event the stream ended without its blank line."""
         rest, self._buffer = self._buffer, b""
         return [_data(rest)] if rest.strip() else []
+
+
+class ChatStreamReader:
+    """What every translating door's relay of an OpenAI chat stream shares (`plans.Stream`): the data of each whole
+    event, however the stream is chunked, given to `_event` (the door's own, which gives the bytes to send); a body
+    that ends cleanly once a choice's finish came (`_finish`), without `[DONE]`, is whole; `content_events`, the
+    output estimate when no usage came, is `estimated_output` of the bytes the model wrote (`written`)."""
+
+    __slots__ = ("usage", "estimate", "done", "error", "written", "_events", "_finish")
+
+    def __init__(self) -> None:
+        self.usage: TokenCounts | None = None
+        self.estimate: TokenCounts | None = None    # the gateway's counts, when the upstream sent none (relay)
+        self.done = False
+        self.error: str | None = None
+        self.written = 0
+        self._events = EventData()
+        self._finish: str | None = None             # the finish_reason of the answer, once it came
+
+    @property
+    def content_events(self) -> int:
+        return estimated_output(self.written)
+
+    def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self._event(payload) for payload in self._events.feed(chunk))
+
+    def ended(self) -> bytes:
+        out = self._flushed()
+        if not self.done and self._finish is not None and self.error is None:     # finished, without [DONE]
+            self.done = True
+        return out
+
+    def _flushed(self) -> bytes:
+        """The bytes of a last event the stream ended without its blank line."""
+        return b"".join(self._event(payload) for payload in self._events.flush())
+
+    def _event(self, payload: bytes) -> bytes:
+        """One event's data: nothing for a comment, or past `[DONE]` or an error; a chunk that cannot be read or that
+        holds the upstream's `error` ends the stream (`_failed`); else its usage and the bytes the model wrote are
+        taken, and the door writes its first choice (`_choice`), after what `_begun` writes first."""
+        if not payload or self.done or self.error is not None:
+            return b""
+        if payload == b"[DONE]":
+            self.done = True
+            return b""
+        try:
+            chunk = decode_reply(payload)
+        except (msgspec.MsgspecError, RecursionError) as exc:     # what it said is lost: the stream fails here
+            return self._failed(f"The upstream sent an event that is not an OpenAI chat chunk: {exc}", None)
+        if chunk.error is not None:
+            return self._failed(error_message(chunk.error), chunk.error)
+        if chunk.usage is not None:
+            self.usage = usage_counts(chunk.usage)
+        self.written += written_in(payload)
+        out = self._begun()
+        for choice in chunk.choices or ():
+            if choice.index == 0:
+                out += self._choice(choice)
+                if choice.finish_reason:
+                    self._finish = choice.finish_reason
+        return out
+
+    def _begun(self) -> bytes:
+        """What the door writes before its first readable chunk's content (its stream's opening events)."""
+        return b""
+
+    def _choice(self, choice: Choice) -> bytes:
+        """A choice's text through the door's `_text`, each piece of a tool call through its `_tool_call`."""
+        delta = choice.delta
+        if delta is None:
+            return self._text(choice.text or "")
+        out = self._text(delta.content or "")
+        for call in delta.tool_calls or ():
+            out += self._tool_call(call)
+        return out
+
+    def _text(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _tool_call(self, call: ToolCall) -> bytes:
+        raise NotImplementedError
+
+    def _failed(self, message: str, error: Any) -> bytes:
+        """The stream's end in the door's format: the upstream's `error` member (None: its chunk was unreadable)."""
+        raise NotImplementedError
 
 
 def _data(event: bytes) -> bytes:

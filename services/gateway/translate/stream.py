@@ -13,21 +13,21 @@ holds an error the upstream sent inside the stream.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
-from switchyard_gateway.services.gateway.translate.responses import ollama_error_line, usage_counts
+from switchyard_gateway.services.gateway.translate.responses import ollama_error_line
 from switchyard_gateway.http1 import ResponseCut
-from switchyard_gateway.services.gateway.translate.sse import EventData, estimated_output, unfinished, written_in
+from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, unfinished
 from switchyard_gateway.services.gateway.translate.wire import (
-    OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
-    believable, decode_counts, decode_reply, done_reason, encode, error_message, now_ns, tool_arguments, written_at,
+    Choice, OllamaChat, OllamaFunction, OllamaGenerate, OllamaMessage, OllamaToolCall, Times, TokenCounts, ToolCall,
+    believable, decode_counts, done_reason, encode, error_message, now_ns, tool_arguments, written_at,
 )
 
 
-class OpenAIStreamToOllama:
+class OpenAIStreamToOllama(ChatStreamReader):
     """Translate an OpenAI chat or completion stream into /api/chat or /api/generate NDJSON lines.
 
     Feed it the upstream's bytes as they come (whole events or not); each text delta
@@ -42,41 +42,21 @@ class OpenAIStreamToOllama:
     when the upstream repeats it there (translate/prefill.py).
     """
 
-    __slots__ = ("model", "kind", "usage", "done", "error", "written", "done_reason", "estimate", "_events",
-                 "_clock", "_started", "_sent", "_first_token", "_calls", "_finished", "_prefill")
+    __slots__ = ("model", "kind", "done_reason", "_clock", "_started", "_sent", "_first_token", "_calls", "_prefill")
 
     def __init__(self, model: str, kind: Literal["chat", "generate"], times: Times | None = None, *,
                  clock: Callable[[], int] = now_ns, prefill: str | None = None) -> None:
+        super().__init__()
         self.model, self.kind = model, kind
-        self.usage: TokenCounts | None = None
-        self.done = False
-        self.error: str | None = None
-        self.written = 0                            # bytes the model wrote (`sse.written_in`)
         self.done_reason = "stop"
-        self.estimate: TokenCounts | None = None
-        self._finished = False                      # a finish_reason came (a clean end after it is whole)
-        self._events = EventData()
         self._clock = clock
         self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
         self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far, id]
         self._prefill = PrefillEcho(prefill) if prefill else None
 
-    @property
-    def content_events(self) -> int:
-        return estimated_output(self.written)
-
-    def feed(self, sse_events: bytes) -> bytes:
-        return b"".join(self._event(payload) for payload in self._events.feed(sse_events))
-
-    def ended(self) -> bytes:
-        out = b"".join(self._event(payload) for payload in self._events.flush())
-        if not self.done and self._finished and self.error is None:     # finished, without [DONE]: whole
-            self.done = True
-        return out
-
     def finish(self) -> bytes:
-        out = b"".join(self._event(payload) for payload in self._events.flush()) + self._unheld()
+        out = self._flushed() + self._unheld()
         if self._calls and self.kind == "chat":
             calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)), call_id or None)
                      for _, (name, arguments, call_id) in sorted(self._calls.items())]
@@ -102,42 +82,26 @@ class OpenAIStreamToOllama:
             line = OllamaGenerate(model=self.model, created_at=written_at(), response="", **stats)
         return out + encode(line) + b"\n"
 
-    def _event(self, payload: bytes) -> bytes:
-        if not payload or self.done or self.error is not None:
-            return b""                  # a comment, `event:` or `retry:` line; or past [DONE] or the upstream's error
-        if payload == b"[DONE]":
-            self.done = True
-            return b""
-        try:
-            chunk = decode_reply(payload)
-        except (msgspec.MsgspecError, RecursionError) as exc:     # what it said is lost: the stream fails here
-            self.error = f"The upstream sent an event that is not an OpenAI chat chunk: {exc}"
-            return ollama_error_line(self.error)
-        if chunk.error is not None:
-            self.error = error_message(chunk.error)
-            return ollama_error_line(self.error)
-        if chunk.usage is not None:
-            self.usage = usage_counts(chunk.usage)
-        self.written += written_in(payload)
+    def _failed(self, message: str, _error: Any) -> bytes:
+        self.error = message
+        return ollama_error_line(message)
+
+    def _choice(self, choice: Choice) -> bytes:
         out = b""
-        for choice in chunk.choices or ():
-            if choice.index != 0:
-                continue
-            delta = choice.delta
-            content = (delta.content if delta else None) or choice.text or ""
-            thinking = (delta.reasoning_content or delta.reasoning) if delta else None
-            if (content or thinking) and self._first_token is None:
-                self._first_token = self._clock()
-            if self._prefill is not None and content:
-                content = self._after_prefill(content)
-            if delta is not None and delta.tool_calls:
-                out += self._unheld()
-                self._collect(delta.tool_calls)
-            if choice.finish_reason:
-                self.done_reason = done_reason(choice.finish_reason)
-                self._finished = True
-            if content or thinking:
-                out += self._line(content, thinking or None)
+        delta = choice.delta
+        content = (delta.content if delta else None) or choice.text or ""
+        thinking = (delta.reasoning_content or delta.reasoning) if delta else None
+        if (content or thinking) and self._first_token is None:
+            self._first_token = self._clock()
+        if self._prefill is not None and content:
+            content = self._after_prefill(content)
+        if delta is not None and delta.tool_calls:
+            out += self._unheld()
+            self._collect(delta.tool_calls)
+        if choice.finish_reason:
+            self.done_reason = done_reason(choice.finish_reason)
+        if content or thinking:
+            out += self._line(content, thinking or None)
         return out
 
     def _after_prefill(self, content: str) -> str:
