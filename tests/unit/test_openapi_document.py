@@ -11,7 +11,8 @@ from switchyard_gateway.services.gateway.app import create_app
 from switchyard_gateway.services.gateway.openapi.document import build
 from switchyard_gateway.services.gateway.settings import Settings
 
-INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens",
+INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+             "/v1/messages/count_tokens",
              "/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
 # Actions whose path says it all: they read no body.
 BODILESS = re.compile(r"/(test|reset|refresh|refresh-registry|discover-models)$")

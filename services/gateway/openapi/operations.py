@@ -26,6 +26,7 @@ from switchyard_gateway.services.gateway.edge.tokens import TokenPair
 from switchyard_gateway.services.gateway.openapi import answers as r
 from switchyard_gateway.services.gateway.openapi import shapes as s
 from switchyard_gateway.services.gateway.translate import anthropic_wire as a
+from switchyard_gateway.services.gateway.translate import responses_wire as rw
 
 Json = dict[str, Any]
 Auth = Literal["key", "admin", "none", "door"]       # door: a key, or none under the anonymous tenant
@@ -174,6 +175,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/completions"): Operation("Text completion (OpenAI)", s.CompletionRequest, s.Completion,
                                            streams=_SSE, events=_CHUNKS, auth="door"),
     ("POST", "/v1/embeddings"): Operation("Embeddings (OpenAI)", s.EmbeddingRequest, s.EmbeddingList, auth="door"),
+    ("POST", "/v1/responses"): Operation("Responses (OpenAI), translated to chat completions; nothing is stored",
+                                         rw.ResponsesRequest, rw.Response, streams=_SSE, events=rw.StreamEvent,
+                                         auth="door"),
     ("GET", "/v1/models"): Operation("The models the caller's tenant may use", response=s.ModelList, auth="door"),
     ("GET", "/v1/models/{model_id}"): Operation("One model, by id or alias", response=s.Model, auth="door"),
     # Anthropic

@@ -141,11 +141,11 @@ def _openai_messages(message: InputMessage) -> list[dict[str, Any]]:
             reply["tool_calls"] = calls
         out.append(reply)
     elif parts:
-        out.append({"role": "user", "content": _user_content(parts)})
+        out.append({"role": "user", "content": user_content(parts)})
     return out
 
 
-def _user_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+def user_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """Text alone as one string (what every server takes); parts when there are images."""
     if all(part["type"] == "text" for part in parts):
         return "\n".join(part["text"] for part in parts)

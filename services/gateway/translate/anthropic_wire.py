@@ -274,6 +274,7 @@ decode_count_tokens_request = msgspec.json.Decoder(CountTokensRequest).decode
 encode = msgspec.json.Encoder().encode
 
 
-def sse(event: StreamEvent) -> bytes:
-    """One server-sent event: the `event:` line names the type, `data:` carries the JSON."""
+def sse(event: msgspec.Struct) -> bytes:
+    """One server-sent event of a tagged event type (Anthropic's, or the Responses door's): the `event:` line names
+    the type, `data:` carries the JSON."""
     return b"event: " + type(event).__struct_config__.tag.encode() + b"\ndata: " + encode(event) + b"\n\n"

@@ -601,9 +601,12 @@ REQUESTS: dict[str, type[InferenceRequest]] = {
     "openai.chat": OpenAIChat, "openai.completions": OpenAICompletion, "openai.embeddings": OpenAIEmbeddings,
     "ollama.chat": OllamaChat, "ollama.generate": OllamaGenerate, "ollama.embed": OllamaEmbed,
     "ollama.embeddings": OllamaEmbeddings,
-    # the Anthropic door reads and checks its whole request itself (anthropic_door.py): the routed fields here
+    # the Anthropic and Responses doors read and check their whole requests themselves (anthropic_door.py,
+    # responses_door.py): the routed fields here
     "anthropic.messages": InferenceRequest, "anthropic.count_tokens": InferenceRequest,
+    "openai.responses": OpenAICall,
 }
+TRANSLATED = frozenset({"anthropic.messages", "anthropic.count_tokens", "openai.responses"})
 _DECODERS = {api: msgspec.json.Decoder(kind).decode for api, kind in REQUESTS.items()}
 
 
@@ -650,12 +653,12 @@ def _folded(kind: type[msgspec.Struct]) -> dict[str, str]:
             if field.encode_name not in TYPED_ONLY}
 
 
-# the fields read at the top of a body and in each of its messages, by their case-folded names; the Anthropic
-# door is left out: its upstream bodies are written by the gateway, never passed on
+# the fields read at the top of a body and in each of its messages, by their case-folded names; the translating
+# doors are left out (TRANSLATED): their upstream bodies are written by the gateway, never passed on
 _FIELDS: dict[str, tuple[dict[str, str], dict[str, str] | None]] = {
     api: (_folded(kind), _folded(OllamaMessage) if api == "ollama.chat" else _folded(ChatMessage)
           if api == "openai.chat" else None)
-    for api, kind in REQUESTS.items() if not api.startswith("anthropic.")
+    for api, kind in REQUESTS.items() if api not in TRANSLATED
 }
 _decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_items = msgspec.json.Decoder(list[dict[str, msgspec.Raw]]).decode

@@ -1,10 +1,11 @@
-"""The front doors, OpenAI (`/v1/*`), Ollama (`/api/*`) and Anthropic (`/v1/messages`): how a call through each reaches each kind of endpoint.
+"""The front doors, OpenAI (`/v1/*`, `/v1/responses`), Ollama (`/api/*`) and Anthropic (`/v1/messages`): how a call through each reaches each kind of endpoint.
 
 A door gives, per endpoint kind, a `Plan` (services/gateway/translate/plans.py): the
 upstream path and body, how a whole answer and its usage are read and
 translated, and the stream relay to use. It also renders the gateway's own
 errors the way its clients read them. The Anthropic door's request, plans and
-errors live in `anthropic_door.py` and `anthropic_responses.py`.
+errors live in `anthropic_door.py` and `anthropic_responses.py`; the Responses door's (OpenAI's Responses API,
+translated to chat completions) in `responses_door.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.edge.errors import GatewayError, UpstreamError, shape_for, stream_error
 from switchyard_gateway.services.gateway.translate.anthropic_door import ANTHROPIC_APIS, AnthropicCall
 from switchyard_gateway.services.gateway.translate.asks import Ask
+from switchyard_gateway.services.gateway.translate.responses_door import RESPONSES_APIS, ResponsesCall
 from switchyard_gateway.services.gateway.translate.sse import SseTap
 from switchyard_gateway.services.gateway.translate.plans import (
     CHAT_PATH, OLLAMA_APIS, OpenAIStreamToOllama, Plan, conform_embeddings, embedding_options, ollama_chat_to_openai,
@@ -29,14 +31,14 @@ OPENAI_APIS = {
     "/v1/completions": "openai.completions",
     "/v1/embeddings": "openai.embeddings",
 }
-APIS = {**OPENAI_APIS, **OLLAMA_APIS, **ANTHROPIC_APIS}
+APIS = {**OPENAI_APIS, **OLLAMA_APIS, **ANTHROPIC_APIS, **RESPONSES_APIS}
 _STREAMING_OLLAMA = frozenset({"ollama.chat", "ollama.generate"})
 
 
 class Door:
     """One call's front door."""
 
-    __slots__ = ("api", "path", "ollama", "anthropic", "shape", "_plans", "_request", "_body")
+    __slots__ = ("api", "path", "ollama", "anthropic", "responses", "shape", "_plans", "_request", "_body")
 
     def __init__(self, path: str, request: InferenceRequest, body: bytes) -> None:
         self.path, self.api = path, APIS[path]
@@ -47,19 +49,22 @@ class Door:
         if self.ollama:
             request.stream = self.api in _STREAMING_OLLAMA and request.stream is not False
         self.anthropic = AnthropicCall(self.api, request, body) if path in ANTHROPIC_APIS else None
+        self.responses = ResponsesCall(request, body) if path in RESPONSES_APIS else None
 
     def ask(self, limit: int, tokenizer: TokenEstimator | None) -> Ask:
         """What the call asks for, its bounds that depend on the model checked (`limit`: its context length,
         else the configured maximum): a 400 naming the field otherwise."""
-        if self.anthropic is not None:
-            return self.anthropic.ask(limit, tokenizer)
+        translated = self.anthropic or self.responses
+        if translated is not None:
+            return translated.ask(limit, tokenizer)
         return self._request.ask(limit, tokenizer)  # type: ignore[attr-defined]
 
     def plan(self, endpoint_kind: str) -> Plan:
         plan = self._plans.get(endpoint_kind)
         if plan is None:
-            if self.anthropic is not None:
-                plan = self.anthropic.plan(endpoint_kind)
+            translated = self.anthropic or self.responses
+            if translated is not None:
+                plan = translated.plan(endpoint_kind)
             else:
                 plan = self._ollama_plan(endpoint_kind) if self.ollama else self._openai_plan(endpoint_kind)
             self._plans[endpoint_kind] = plan
@@ -124,4 +129,7 @@ class Door:
 
     def cut_event(self, message: str) -> bytes:
         """What ends a stream the upstream cut after bytes reached the client."""
+        ended = self.responses.cut_event(message) if self.responses is not None else None
+        if ended is not None:
+            return ended
         return stream_error(self.shape, UpstreamError(message, code="stream_cut"))

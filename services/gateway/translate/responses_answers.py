@@ -1,0 +1,90 @@
+"""Whole answers on the Responses door: a chat.completion as a Response object, the request's settings echoed.
+
+A finish of `length` makes the Response `incomplete` (`incomplete_details.reason: max_output_tokens`), one of
+`content_filter` incomplete for that reason; anything else is `completed`. Text becomes one `message` item with an
+`output_text` part, each tool call a `function_call` item (`call_id`: the upstream's id for the call, which a
+`function_call_output` names). Usage: `input_tokens` is the whole prompt, with what the prompt cache served as
+`input_tokens_details.cached_tokens` (the usage event's `cached_tokens`); the gateway's estimate when the relay
+made one (it believed no counts of the upstream's).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgspec
+
+from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
+from switchyard_gateway.services.gateway.translate.responses import usage_counts
+from switchyard_gateway.services.gateway.translate.responses_wire import (
+    FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputText,
+    OutputTokensDetails, Response, ResponsesRequest, ResponseUsage, TextConfig, TextFormat,
+)
+from switchyard_gateway.services.gateway.translate.wire import (
+    Choice, TokenCounts, TranslationError, believable, decode_reply,
+)
+
+
+def new_id(prefix: str) -> str:
+    """An id of OpenAI's form: `resp_…`, `msg_…`, `fc_…`, `call_…`."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def echoed(request: ResponsesRequest, model: str) -> Response:
+    """A new Response (`in_progress`, no output yet) carrying the settings of the request it answers, as OpenAI's
+    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`."""
+    return Response(
+        id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=model, output=[],
+        instructions=request.instructions, max_output_tokens=request.max_output_tokens,
+        parallel_tool_calls=request.parallel_tool_calls is not False, temperature=request.temperature,
+        top_p=request.top_p, tool_choice=request.tool_choice or "auto", tools=list(request.tools or ()),
+        text=request.text or TextConfig(format=TextFormat(type="text")), user=request.user,
+        metadata=request.metadata or {})
+
+
+def usage_block(counts: TokenCounts | None) -> ResponseUsage:
+    prompt, completion, cached = counts or TokenCounts(0, 0)
+    return ResponseUsage(input_tokens=prompt, input_tokens_details=InputTokensDetails(cached_tokens=cached),
+                         output_tokens=completion, output_tokens_details=OutputTokensDetails(),
+                         total_tokens=prompt + completion)
+
+
+def ending(finish: str | None) -> IncompleteDetails | None:
+    """Why an answer that finished so is incomplete; None when it is complete."""
+    if finish == "length":
+        return IncompleteDetails("max_output_tokens")
+    if finish == "content_filter":
+        return IncompleteDetails("content_filter")
+    return None
+
+
+def finished(response: Response, output: list[OutputItem], counts: TokenCounts | None,
+             incomplete: IncompleteDetails | None) -> Response:
+    """`response` with its output and usage, `completed` or `incomplete`."""
+    return msgspec.structs.replace(response, status="incomplete" if incomplete else "completed", output=output,
+                                   usage=usage_block(counts), incomplete_details=incomplete)
+
+
+def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | None = None) -> bytes:
+    """A chat.completion as the Response begun as `response` (`echoed`); its usage the gateway's `estimate` when
+    the relay made one, else the upstream's."""
+    try:
+        reply = decode_reply(data)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+    choice = next((c for c in reply.choices or () if c.index == 0), Choice())
+    message = choice.message
+    text = (message.content if message else None) or choice.text
+    incomplete = ending(choice.finish_reason)
+    output: list[OutputItem] = []
+    if text:
+        output.append(OutputMessage(id=new_id("msg"), status="incomplete" if incomplete else "completed",
+                                    content=[OutputText(text)]))
+    for call in (message.tool_calls if message else None) or ():
+        if call.function is not None:
+            output.append(FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"),
+                                           name=call.function.name or "", arguments=call.function.arguments or "{}",
+                                           status="completed"))
+    counts = believable(usage_counts(reply.usage)) if reply.usage is not None else None
+    return encode(finished(response, output, estimate or counts, incomplete))

@@ -1,0 +1,218 @@
+"""The Responses door (`/v1/responses`): a call's request read and checked, and its plan for every endpoint kind.
+
+| endpoint kind | upstream path | request | answer | stream |
+|---|---|---|---|---|
+| any (`ollama` through its `/v1`, as the OpenAI door reaches it) | `/v1/chat/completions` | `chat_body` | `openai_to_response` | `OpenAIStreamToResponses` |
+| `openai` | `/v1/chat/completions` | `chat_body` (`max_completion_tokens`, `reasoning_effort`) | the same | the same |
+
+The gateway is stateless: nothing is stored (`store` is accepted and changes nothing), so a request that would
+continue a stored response, conversation or prompt, or run in the background, is refused (400 naming the field).
+Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (the `/v1/` prefix's shape), an upstream's
+passed on as the OpenAI door passes them on; inside a stream, an `error` event and `response.failed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
+from switchyard_gateway.services.gateway.edge.errors import BadRequest
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.translate.anthropic_door import TOOL_NAME
+from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
+from switchyard_gateway.services.gateway.translate.asks import (
+    IMAGE, IMAGE_SCHEMES, Ask, _Image, check_tokens, refusal, summed,
+)
+from switchyard_gateway.services.gateway.translate.plans import Plan
+from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
+from switchyard_gateway.services.gateway.translate.responses import openai_error_body, openai_usage
+from switchyard_gateway.services.gateway.translate.responses_answers import echoed, openai_to_response
+from switchyard_gateway.services.gateway.translate.responses_requests import chat_body
+from switchyard_gateway.services.gateway.translate.responses_stream import OpenAIStreamToResponses
+from switchyard_gateway.services.gateway.translate.responses_wire import (
+    ContentPart, InputItem, ResponsesRequest, decode_responses_request,
+)
+
+RESPONSES = "openai.responses"
+RESPONSES_APIS = {"/v1/responses": RESPONSES}
+OUTPUT_LIMIT_FIELD = "max_output_tokens"
+
+# Request fields that ask for what a stateless gateway does not have: (field, why it cannot be served)
+UNSERVED = (
+    ("previous_response_id", "nothing is stored to continue from: send the conversation in `input`"),
+    ("conversation", "nothing is stored to continue from: send the conversation in `input`"),
+    ("prompt", "stored prompts are not served: send the prompt in `instructions` and `input`"),
+    ("background", "background responses are not served: nothing is stored to fetch later"),
+)
+
+
+def read_request(body: bytes) -> ResponsesRequest:
+    """The whole request, checked; BadRequest (400, `invalid_request_error`) naming the field that is wrong."""
+    try:
+        request = decode_responses_request(body)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise refusal(exc) from None
+    given = {"previous_response_id": request.previous_response_id, "conversation": request.conversation,
+             "prompt": request.prompt, "background": request.background or None}
+    for field, why in UNSERVED:
+        if given[field] not in (None, "", {}):
+            raise BadRequest(f"Invalid '{field}': {why}", param=field, code="unsupported_parameter")
+    _check_tools(request)
+    if request.input is None:
+        raise BadRequest("Missing required parameter: 'input'", param="input", code="missing_field")
+    if isinstance(request.input, list):
+        _check_items(request.input)
+    answer_format = request.text.format if request.text is not None else None
+    if answer_format is not None and answer_format.type == "json_schema":
+        for field in ("name", "schema"):
+            if getattr(answer_format, field) is None:
+                raise BadRequest(f"Missing required parameter: 'text.format.{field}'", param=f"text.format.{field}",
+                                 code="missing_field")
+    return request
+
+
+def _check_tools(request: ResponsesRequest) -> None:
+    """Function tools only, each named once in TOOL_NAME's form; a `tool_choice` naming one of them."""
+    names: set[str] = set()
+    for index, tool in enumerate(request.tools or ()):
+        where = f"tools[{index}]"
+        if tool.type != "function":
+            raise BadRequest(f"Invalid '{where}.type': '{tool.type}' tools are not served by this gateway; only "
+                             "function tools are", param=f"{where}.type", code="unsupported_parameter")
+        if tool.name is None or not TOOL_NAME.fullmatch(tool.name):
+            raise BadRequest(f"Invalid '{where}.name': a function name matches {TOOL_NAME.pattern}",
+                             param=f"{where}.name", code="invalid_value")
+        if tool.name in names:
+            raise BadRequest(f"Invalid 'tools': the function '{tool.name}' is given twice", param="tools",
+                             code="invalid_value")
+        names.add(tool.name)
+    choice = request.tool_choice
+    if choice == "required" and not names:
+        raise BadRequest("Invalid 'tool_choice': 'required' needs tools, and none are given", param="tool_choice",
+                         code="invalid_value")
+    if choice is None or isinstance(choice, str):
+        return
+    if choice.type != "function":
+        raise BadRequest(f"Invalid 'tool_choice.type': '{choice.type}' is not served; only a function is",
+                         param="tool_choice.type", code="unsupported_parameter")
+    if choice.name not in names:
+        raise BadRequest(f"Invalid 'tool_choice.name': no function named '{choice.name}' in tools",
+                         param="tool_choice.name", code="invalid_value")
+
+
+def _check_items(items: list[InputItem]) -> None:
+    """Each item whole, of a type served; a `function_call_output` answers a `function_call` before it."""
+    if not items:
+        raise BadRequest("Invalid 'input': it holds no item", param="input", code="invalid_value")
+    called: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"input[{index}]"
+        if item.type == "message":
+            _need(item.role, f"{where}.role")
+            _need(item.content, f"{where}.content")
+            for number, part in enumerate(item.content if isinstance(item.content, list) else ()):
+                _check_part(part, f"{where}.content[{number}]")
+        elif item.type == "function_call":
+            for field in ("call_id", "name", "arguments"):
+                _need(getattr(item, field), f"{where}.{field}")
+            called.add(item.call_id)  # type: ignore[arg-type]
+        elif item.type == "function_call_output":
+            _need(item.call_id, f"{where}.call_id")
+            _need(item.output, f"{where}.output")
+            if item.call_id not in called:
+                raise BadRequest(f"Invalid '{where}.call_id': no function_call before it has the call_id "
+                                 f"'{item.call_id}'", param=f"{where}.call_id", code="invalid_value")
+            for number, part in enumerate(item.output if isinstance(item.output, list) else ()):
+                if part.type != "input_text":
+                    raise BadRequest(f"Invalid '{where}.output[{number}].type': a function's output is text here",
+                                     param=f"{where}.output[{number}].type", code="unsupported_parameter")
+                _check_part(part, f"{where}.output[{number}]")
+        elif item.type == "item_reference":
+            raise BadRequest(f"Invalid '{where}.type': an item_reference names a stored item, and nothing is "
+                             "stored: send the item itself", param=f"{where}.type", code="unsupported_parameter")
+        elif item.type != "reasoning":
+            raise BadRequest(f"Invalid '{where}.type': '{item.type}' items are not served; messages, function_call "
+                             "and function_call_output items are", param=f"{where}.type", code="unsupported_parameter")
+
+
+def _check_part(part: ContentPart, where: str) -> None:
+    if part.type == "input_image":
+        if part.image_url is None:
+            raise BadRequest(f"Invalid '{where}': an image is given by `image_url` here (a file_id names a stored "
+                             "file, and nothing is stored)", param=f"{where}.image_url", code="missing_field")
+        if not part.image_url[:8].lower().startswith(IMAGE_SCHEMES):     # the upstream fetches it
+            raise BadRequest(f"Invalid '{where}.image_url': an image is an http(s) URL or a data: URL",
+                             param=f"{where}.image_url", code="invalid_value")
+    else:
+        field = "refusal" if part.type == "refusal" else "text"
+        _need(getattr(part, field), f"{where}.{field}")
+
+
+def _need(value: object, where: str) -> None:
+    if value is None:
+        raise BadRequest(f"Missing required parameter: '{where}'", param=where, code="missing_field")
+
+
+class ResponsesCall:
+    """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
+
+    __slots__ = ("request", "stream", "_body")
+
+    def __init__(self, request: InferenceRequest, body: bytes) -> None:
+        self._body = body
+        self.request = read_request(body)
+        request.stream = bool(self.request.stream)
+        self.stream: OpenAIStreamToResponses | None = None      # the last attempt's, once one streams
+
+    def _request(self, body: bytes) -> ResponsesRequest:
+        """The request a plan translates: the one read at the door, unless the body was rewritten since."""
+        return self.request if body is self._body else read_request(body)
+
+    def ask(self, limit: int, tokenizer: TokenEstimator | None) -> Ask:
+        """What the call asks for: `max_output_tokens` (at most `limit`) and its prompt, everything the model reads
+        (instructions, items, the tools offered and the schema an answer must follow)."""
+        output = self.request.max_output_tokens
+        check_tokens(output, OUTPUT_LIMIT_FIELD, limit)
+        return Ask(output, 1, False, OUTPUT_LIMIT_FIELD, summed(self._texts), tokenizer, context=limit)
+
+    def plan(self, endpoint_kind: str) -> Plan:
+        hosted = endpoint_kind == "openai"
+        return Plan(
+            native=False,
+            request=lambda body, model, ceiling=None: (
+                CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)),
+            answer=lambda data, model, times: openai_to_response(data, echoed(self.request, model), times.estimate),
+            error=openai_error_body, stream=self._relay, usage=openai_usage)
+
+    def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
+        self.stream = OpenAIStreamToResponses(echoed(self.request, model))
+        return self.stream
+
+    def cut_event(self, message: str) -> bytes | None:
+        """What ends the stream the upstream cut (an `error` event and `response.failed`); None before one began."""
+        return None if self.stream is None else self.stream.failed(message, code="stream_cut")
+
+    def _texts(self) -> Iterable[str | int | _Image]:
+        request = self.request
+        yield PER_MESSAGE
+        for text in (request.instructions, request.input if isinstance(request.input, str) else None):
+            if text:
+                yield PER_MESSAGE
+                yield text
+        for item in request.input if isinstance(request.input, list) else ():
+            yield PER_MESSAGE
+            content = item.output if item.type == "function_call_output" else item.content
+            if isinstance(content, str):
+                yield content
+            for part in content if isinstance(content, list) else ():
+                yield IMAGE if part.type == "input_image" else part.text or part.refusal or ""
+            for text in (item.call_id, item.name, item.arguments):
+                if text:
+                    yield text
+        for tool in request.tools or ():
+            yield encode(tool).decode()
+        answer_format = request.text.format if request.text is not None else None
+        if answer_format is not None and answer_format.schema is not None:
+            yield encode(answer_format.schema).decode()

@@ -1,0 +1,313 @@
+"""OpenAI's Responses API on the wire: the request, the Response object, and the stream events, as msgspec types.
+
+The request is read strictly enough to refuse what a stateless gateway cannot serve (a stored response, prompt
+or conversation to continue from, a background run, a hosted tool) and every number out of OpenAI's range, with a
+400 naming the field before anything is reserved; fields it does not know are ignored, as OpenAI's chat door
+ignores them. An input item is read as one struct whatever its `type` (a message may leave its `type` out), and
+checked by the door (responses_door.py). Answers and events are written with these types, so the documented
+schema is the one the code writes; shapes follow the `openai` SDK's `openai.types.responses` models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# --- the request ------------------------------------------------------------------------------------
+
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    """A part of a message's content: `input_text`, `input_image` (by URL or data URL; a stored `file_id` cannot
+    be read), and an assistant's `output_text` or `refusal` sent back."""
+
+    type: Literal["input_text", "input_image", "output_text", "refusal"]
+    text: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["low", "high", "auto", "original"] | None = None
+    refusal: str | None = None
+
+
+class InputItem(msgspec.Struct, kw_only=True):
+    """One item of `input`: a `message` (its `type` may be left out), a `function_call` the model made, a
+    `function_call_output` answering one, or a `reasoning` item of an earlier answer (not sent upstream)."""
+
+    type: str = "message"
+    role: Literal["user", "system", "developer", "assistant"] | None = None
+    content: str | list[ContentPart] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | list[ContentPart] | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionTool(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A function tool in Responses' flat shape; another `type` (a hosted tool) is refused by the door."""
+
+    type: str
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """`{"type": "function", "name": ...}`; another `type` (a hosted tool, `allowed_tools`) is refused."""
+
+    type: str
+    name: str | None = None
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class TextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: Literal["text", "json_object", "json_schema"]
+    name: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Sent on as `reasoning_effort` to OpenAI itself; other servers are not asked to reason."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class ResponsesRequest(msgspec.Struct, kw_only=True):
+    """`POST /v1/responses`. `previous_response_id`, `conversation`, `prompt` and `background: true` are read only
+    to be refused: nothing is stored to continue from or to run later."""
+
+    model: str
+    input: str | list[InputItem] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None          # at most the model's context: checked by the call's Ask
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Unit | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None      # checked; no log probabilities are sent
+    max_tool_calls: Annotated[int, Meta(ge=1)] | None = None           # checked; not enforced
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    stream: bool | None = None
+    user: str | None = None
+    metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
+                        Meta(max_length=16)] | None = None
+    store: bool | None = None                     # accepted; nothing is stored
+    background: bool | None = None
+    previous_response_id: str | None = None
+    conversation: Any = None
+    prompt: Any = None
+
+
+decode_responses_request = msgspec.json.Decoder(ResponsesRequest).decode
+
+
+# --- the answer -------------------------------------------------------------------------------------
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class OutputText(msgspec.Struct, tag_field="type", tag="output_text"):
+    text: str
+    annotations: list[Any] = []
+
+
+class OutputMessage(msgspec.Struct, tag_field="type", tag="message", kw_only=True):
+    id: str
+    status: ItemStatus
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True):
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: ItemStatus
+
+
+OutputItem = OutputMessage | FunctionCallItem
+
+
+class InputTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(msgspec.Struct, kw_only=True):
+    """`input_tokens` is the whole prompt, what the upstream's prompt cache served included (`cached_tokens`)."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class IncompleteDetails(msgspec.Struct):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class Response(msgspec.Struct, kw_only=True):
+    """A whole answer, and the `response` of each lifecycle event of a stream; the request's settings echoed."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputItem]
+    parallel_tool_calls: bool = True
+    previous_response_id: None = None
+    temperature: float | None = None
+    text: TextConfig
+    tool_choice: ToolChoice
+    tools: list[FunctionTool]
+    top_p: float | None = None
+    truncation: Literal["disabled"] = "disabled"
+    usage: ResponseUsage | None = None
+    user: str | None = None
+    metadata: dict[str, str]
+    background: bool = False
+
+
+# --- stream events ----------------------------------------------------------------------------------
+
+class _Lifecycle(msgspec.Struct, tag_field="type"):
+    """An event carrying the Response as it stands (`response.created`, `.in_progress`, `.completed`, ...)."""
+
+    response: Response
+    sequence_number: int
+
+
+class _ItemEvent(msgspec.Struct, tag_field="type"):
+    output_index: int
+    item: OutputItem
+    sequence_number: int
+
+
+class _PartEvent(msgspec.Struct, tag_field="type"):
+    item_id: str
+    output_index: int
+    content_index: int
+    part: OutputText
+    sequence_number: int
+
+
+class ResponseCreated(_Lifecycle, tag="response.created"):
+    """The stream's first event: the Response, in progress."""
+
+
+class ResponseInProgress(_Lifecycle, tag="response.in_progress"):
+    """Right after `response.created`."""
+
+
+class ResponseCompleted(_Lifecycle, tag="response.completed"):
+    """The stream's last event: the whole Response, with its usage."""
+
+
+class ResponseIncomplete(_Lifecycle, tag="response.incomplete"):
+    """The last event of an answer the output limit or a content filter cut short."""
+
+
+class ResponseFailed(_Lifecycle, tag="response.failed"):
+    """The last event of a stream that failed, after its `error` event."""
+
+
+class OutputItemAdded(_ItemEvent, tag="response.output_item.added"):
+    """An item begins (a message with no content yet, a function call without its arguments)."""
+
+
+class OutputItemDone(_ItemEvent, tag="response.output_item.done"):
+    """An item, whole."""
+
+
+class ContentPartAdded(_PartEvent, tag="response.content_part.added"):
+    """A message's `output_text` part begins, empty."""
+
+
+class ContentPartDone(_PartEvent, tag="response.content_part.done"):
+    """A message's `output_text` part, whole."""
+
+
+class _TextEvent(msgspec.Struct, tag_field="type", kw_only=True):
+    item_id: str
+    output_index: int
+    content_index: int
+    sequence_number: int
+    logprobs: list[Any] = []
+
+
+class OutputTextDelta(_TextEvent, tag="response.output_text.delta", kw_only=True):
+    """A piece of a message's text."""
+
+    delta: str
+
+
+class OutputTextDone(_TextEvent, tag="response.output_text.done", kw_only=True):
+    """A message's text, whole."""
+
+    text: str
+
+
+class _ArgumentsEvent(msgspec.Struct, tag_field="type", kw_only=True):
+    item_id: str
+    output_index: int
+    sequence_number: int
+
+
+class ArgumentsDelta(_ArgumentsEvent, tag="response.function_call_arguments.delta", kw_only=True):
+    """A function call's arguments (written whole: one delta per call)."""
+
+    delta: str
+
+
+class ArgumentsDone(_ArgumentsEvent, tag="response.function_call_arguments.done", kw_only=True):
+    """A function call's name and arguments, whole."""
+
+    name: str
+    arguments: str
+
+
+class ErrorEvent(msgspec.Struct, tag_field="type", tag="error"):
+    """What failed inside a stream (the SDK's `ResponseErrorEvent`); `response.failed` follows it."""
+
+    code: str | None
+    message: str
+    param: str | None
+    sequence_number: int
+
+
+StreamEvent = (ResponseCreated | ResponseInProgress | OutputItemAdded | ContentPartAdded | OutputTextDelta
+               | OutputTextDone | ContentPartDone | ArgumentsDelta | ArgumentsDone | OutputItemDone
+               | ResponseCompleted | ResponseIncomplete | ResponseFailed | ErrorEvent)

@@ -1,0 +1,350 @@
+"""The Responses door (`/v1/responses`): requests to chat completions, hostile values refused, whole answers and
+streams as the `openai` SDK's Responses models read them."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pydantic
+import pytest
+from openai._models import construct_type
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response
+from openai.types.responses.response_stream_event import ResponseStreamEvent
+
+from switchyard_gateway.services.gateway.edge.errors import BadRequest
+from switchyard_gateway.services.gateway.translate.asks import read_request
+from switchyard_gateway.services.gateway.translate.doors import Door
+from switchyard_gateway.services.gateway.translate.wire import Times, TokenCounts, TranslationError
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city", "strict": True,
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+PNG_URL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def body_of(**fields) -> bytes:
+    return json.dumps({"model": "gpt-ish", "input": "hi", **fields}).encode()
+
+
+def door(**fields) -> Door:
+    body = body_of(**fields)
+    return Door("/v1/responses", read_request("openai.responses", body), body)
+
+
+def to_chat(kind: str = "openai-compatible", ceiling: int | None = None, **fields) -> dict:
+    body = body_of(**fields)
+    path, sent = Door("/v1/responses", read_request("openai.responses", body), body).plan(kind).request(
+        body, "up-model", ceiling)
+    assert path == "/v1/chat/completions"
+    return json.loads(sent)
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+def test_instructions_come_first_and_a_string_input_is_one_user_message() -> None:
+    assert to_chat(instructions="Be brief.", input="Hello")["messages"] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+
+
+def test_items_become_chat_messages_with_function_calls_and_their_outputs() -> None:
+    items = [
+        {"role": "developer", "content": "Answer in French."},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "What is this,"}, {"type": "input_image", "image_url": PNG_URL,
+                                                              "detail": "low"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "and"},
+                                                        {"type": "input_text", "text": "the weather?"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look.",
+                                                              "annotations": []}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city":"Bergen"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "-3 C"},
+        {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "2 C"}]},
+    ]
+    assert to_chat(input=items, tools=[WEATHER])["messages"] == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": [{"type": "text", "text": "What is this,"},
+                                     {"type": "image_url", "image_url": {"url": PNG_URL, "detail": "low"}}]},
+        {"role": "user", "content": "and\nthe weather?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather",
+                                                              "arguments": '{"city":"Bergen"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "2 C"},
+    ]
+
+
+def test_tools_choice_format_and_sampling_are_mapped() -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    chat = to_chat(tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=False,
+                   text={"format": {"type": "json_schema", "name": "reply", "schema": schema, "strict": True}},
+                   temperature=0.5, top_p=0.9, user="u-1", stream=True, max_output_tokens=64,
+                   metadata={"k": "v"}, store=True, reasoning={"effort": "low"}, truncation="auto")
+    assert chat["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "parameters": WEATHER["parameters"], "description": "The weather in a city",
+        "strict": True}}]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert chat["parallel_tool_calls"] is False
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema,
+                                                                              "strict": True}}
+    assert (chat["temperature"], chat["top_p"], chat["user"], chat["max_tokens"]) == (0.5, 0.9, "u-1", 64)
+    assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
+    for absent in ("metadata", "store", "reasoning", "reasoning_effort", "truncation", "max_completion_tokens"):
+        assert absent not in chat
+    assert to_chat(text={"format": {"type": "json_object"}})["response_format"] == {"type": "json_object"}
+    assert "response_format" not in to_chat(text={"format": {"type": "text"}})
+
+
+def test_openai_itself_gets_max_completion_tokens_and_reasoning_effort_and_the_ceiling_holds() -> None:
+    hosted = to_chat("openai", max_output_tokens=64, reasoning={"effort": "low"})
+    assert (hosted["max_completion_tokens"], hosted["reasoning_effort"]) == (64, "low") and "max_tokens" not in hosted
+    assert to_chat(ceiling=10, max_output_tokens=64)["max_tokens"] == 10
+    assert to_chat(ceiling=10)["max_tokens"] == 10
+    assert "max_tokens" not in to_chat()
+
+
+def test_the_ask_holds_max_output_tokens_and_counts_everything_the_model_reads() -> None:
+    plain = door(input="What is the weather?").ask(4096, None)
+    assert (plain.output, plain.field) == (None, "max_output_tokens")
+    rich = door(input=[{"role": "user", "content": [{"type": "input_text", "text": "What is the weather?"},
+                                                     {"type": "input_image", "image_url": PNG_URL}]}],
+                instructions="Be brief.", tools=[WEATHER], max_output_tokens=7).ask(4096, None)
+    assert rich.output == 7 and rich.counted_tokens() > plain.counted_tokens() + 85     # image, tool, instructions
+
+
+def refused(limit: int = 4096, **fields) -> BadRequest:
+    with pytest.raises(BadRequest) as error:
+        door(**fields).ask(limit, None)
+    return error.value
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"max_output_tokens": "5"}, "max_output_tokens"),
+    ({"max_output_tokens": -1}, "max_output_tokens"),
+    ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"max_output_tokens": 5000}, "max_output_tokens"),                  # past the model's context
+    ({"max_output_tokens": 2**80}, "max_output_tokens"),
+    ({"max_output_tokens": 1.5}, "max_output_tokens"),
+    ({"temperature": -0.1}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"temperature": "1"}, "temperature"),
+    ({"top_p": 1.5}, "top_p"), ({"top_p": -1}, "top_p"),
+    ({"top_logprobs": 21}, "top_logprobs"), ({"max_tool_calls": 0}, "max_tool_calls"),
+    ({"stream": "yes"}, "stream"), ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
+    ({"metadata": {str(n): "v" for n in range(17)}}, "metadata"), ({"metadata": {"k": 1}}, "metadata"),
+    ({"input": None}, "input"), ({"input": []}, "input"), ({"input": 5}, "input"),
+    ({"input": [{"content": "no role"}]}, "input[0].role"),
+    ({"input": [{"role": "user"}]}, "input[0].content"),
+    ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input[0].content[0].type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "file:///etc/passwd"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
+    ({"input": [{"type": "function_call_output", "call_id": "call_9", "output": "x"}]}, "input[0].call_id"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image",
+                                                                             "image_url": PNG_URL}]}]},
+     "input[1].output[0].type"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
+    ({"tools": [{"type": "function", "name": "no spaces allowed"}]}, "tools[0].name"),
+    ({"tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"tools": [WEATHER, WEATHER]}, "tools"),
+    ({"tools": "all"}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "other"}}, "tool_choice.name"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "web_search_preview"}}, "tool_choice.type"),
+    ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
+    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"conversation": "conv_1"}, "conversation"),
+    ({"conversation": {"id": "conv_1"}}, "conversation"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"background": True}, "background"),
+])
+def test_hostile_and_unservable_requests_are_refused_naming_the_field(fields: dict, param: str) -> None:
+    error = refused(**fields)
+    assert error.status == 400 and error.param == param, error.message
+    assert error.message.startswith(("Invalid", "Missing")) and param.split("[")[0].split(".")[0] in error.message
+
+
+def test_what_a_client_may_send_and_the_door_does_not_use_is_taken() -> None:
+    taken = door(store=True, background=False, previous_response_id=None, metadata={"k": "v"}, include=["x"],
+                 reasoning={"effort": "high", "summary": "auto"}, truncation="disabled", service_tier="auto",
+                 a_field_from_next_year={"nested": True}, safety_identifier="s", prompt_cache_key="p")
+    assert taken.ask(4096, None).output is None
+    sent_back = [{"role": "user", "content": "hi"},
+                 {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                  "content": [{"type": "output_text", "text": "Hello", "annotations": []},
+                              {"type": "refusal", "refusal": "no"}]}]
+    assert to_chat(input=sent_back)["messages"][-1] == {"role": "assistant", "content": "Hellono"}
+
+
+def test_gateway_errors_on_the_door_are_openais_shape() -> None:
+    error = refused(previous_response_id="resp_1")
+    assert json.loads(door().error_body(error)) == {"error": {
+        "message": error.message, "type": "invalid_request_error", "param": "previous_response_id",
+        "code": "unsupported_parameter"}}
+
+
+# --- whole answers --------------------------------------------------------------------------------
+
+def completion(message: dict, finish: str = "stop", usage: dict | None = None) -> bytes:
+    return json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "up",
+                       "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+                       **({"usage": usage} if usage else {})}).encode()
+
+
+def answer(data: bytes, estimate: TokenCounts | None = None, **fields) -> Response:
+    called = door(tools=[WEATHER], instructions="Be brief.", temperature=0.2, **fields)
+    out = called.plan("openai-compatible").answer(data, "gpt-ish", Times(0, 0, estimate))
+    return Response.model_validate(json.loads(out))        # strictly: every field the SDK requires is there
+
+
+def test_a_text_answer_is_a_completed_response_with_the_requests_settings() -> None:
+    response = answer(completion({"content": "Hello"}, usage={"prompt_tokens": 9, "completion_tokens": 2,
+                                                              "prompt_tokens_details": {"cached_tokens": 4}}))
+    assert response.id.startswith("resp_") and response.output_text == "Hello" and response.status == "completed"
+    assert (response.model, response.instructions, response.temperature) == ("gpt-ish", "Be brief.", 0.2)
+    assert response.tools[0].name == "get_weather" and response.tool_choice == "auto" and response.parallel_tool_calls
+    usage = response.usage
+    assert (usage.input_tokens, usage.input_tokens_details.cached_tokens, usage.output_tokens, usage.total_tokens) == \
+        (9, 4, 2, 11)
+
+
+def test_tool_calls_are_function_call_items_and_a_length_finish_is_incomplete() -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
+             {"type": "function", "function": {"name": "get_weather"}}]
+    response = answer(completion({"content": None, "tool_calls": calls}, "tool_calls"))
+    first, second = response.output
+    assert (first.type, first.call_id, first.name, first.arguments) == ("function_call", "call_1", "get_weather",
+                                                                       '{"city":"Oslo"}')
+    assert second.call_id.startswith("call_") and second.arguments == "{}" and response.output_text == ""
+    cut = answer(completion({"content": "Hel"}, "length"), max_output_tokens=1)
+    assert (cut.status, cut.incomplete_details.reason, cut.output[0].status) == ("incomplete", "max_output_tokens",
+                                                                                  "incomplete")
+
+
+def test_the_gateways_estimate_is_shown_when_the_relay_made_one() -> None:
+    response = answer(completion({"content": "Hi"}, usage={"prompt_tokens": -5}), estimate=TokenCounts(12, 3))
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 3)
+
+
+def test_an_unreadable_answer_is_a_translation_error() -> None:
+    with pytest.raises(TranslationError):
+        answer(b"<html>")
+
+
+def test_an_upstream_error_answer_is_relayed_in_openais_shape() -> None:
+    plan = door().plan("openai-compatible")
+    body = json.loads(plan.error(b'{"error": {"message": "too long", "code": 400}}', 400))
+    assert body["error"]["message"] == "too long" and body["error"]["code"] == "400"
+
+
+# --- streams --------------------------------------------------------------------------------------
+
+def chunk(delta: dict | None = None, finish: str | None = None, **fields) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return b"data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "choices": choices,
+                                   **fields}).encode() + b"\n\n"
+
+
+def call(index: int, call_id: str | None = None, name: str | None = None, arguments: str | None = None) -> dict:
+    function = {key: value for key, value in (("name", name), ("arguments", arguments)) if value is not None}
+    piece = {"index": index, "function": function, **({"id": call_id} if call_id else {})}
+    return {"tool_calls": [piece]}
+
+
+USAGE = chunk(None, usage={"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11})
+DONE = b"data: [DONE]\n\n"
+
+
+def relay(stream_bytes: bytes, size: int = 0, estimate: TokenCounts | None = None, **fields) -> tuple[list, object]:
+    """The events a stream is written as (each checked against the SDK's event models), and the SDK's final
+    Response from its own stream state machine (None when none completed)."""
+    called = door(tools=[WEATHER], stream=True, **fields)
+    tap = called.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
+    pieces = [stream_bytes[i:i + size] for i in range(0, len(stream_bytes), size)] if size else [stream_bytes]
+    out = b"".join(tap.feed(piece) for piece in pieces) + tap.ended()
+    if tap.done:
+        tap.estimate = estimate
+        out += tap.finish()
+    state = ResponseStreamState(input_tools=[WEATHER], text_format=openai.omit)
+    events = []
+    for block in out.split(b"\n\n")[:-1]:
+        name, data = block.split(b"\n")
+        payload = json.loads(data.removeprefix(b"data: "))
+        assert name == b"event: " + payload["type"].encode()
+        pydantic.TypeAdapter(ResponseStreamEvent).validate_python(payload)
+        events.append(payload)
+        state.handle_event(construct_type(type_=ResponseStreamEvent, value=payload))
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    return events, state._completed_response
+
+
+TEXT_THEN_CALL = (chunk({"role": "assistant", "content": "Let "}) + chunk({"content": "me look."})
+                  + chunk(call(0, "call_1", "get_weather", '{"city":')) + chunk(call(0, None, None, ' "Oslo"}'))
+                  + chunk({}, "tool_calls") + USAGE + DONE)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7])
+def test_text_then_a_tool_call_is_the_responses_event_sequence(size: int) -> None:
+    events, final = relay(TEXT_THEN_CALL, size)
+    assert [event["type"] for event in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    assert final.output_text == "Let me look." and final.status == "completed"
+    assert (final.output[1].call_id, final.output[1].arguments) == ("call_1", '{"city": "Oslo"}')
+    assert (final.usage.input_tokens, final.usage.output_tokens, final.usage.total_tokens) == (7, 4, 11)
+
+
+def test_parallel_calls_that_interleave_and_a_late_name_each_keep_theirs() -> None:
+    stream = (chunk(call(0, "call_a", "", "")) + chunk(call(1, "call_b", "get_weather", '{"city":'))
+              + chunk(call(0, None, "get_weather", '{"city":')) + chunk(call(1, None, None, '"Bergen"}'))
+              + chunk(call(0, None, None, '"Oslo"}')) + chunk({}, "tool_calls") + USAGE + DONE)
+    _, final = relay(stream)
+    assert [(item.call_id, item.name, item.arguments) for item in final.output] == [
+        ("call_a", "get_weather", '{"city":"Oslo"}'), ("call_b", "get_weather", '{"city":"Bergen"}')]
+
+
+def test_a_stream_cut_by_the_output_limit_ends_with_response_incomplete() -> None:
+    events, final = relay(chunk({"content": "Hel"}) + chunk({}, "length") + USAGE + DONE, max_output_tokens=1)
+    assert events[-1]["type"] == "response.incomplete" and final is None
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert events[-2]["item"]["status"] == "incomplete"
+
+
+def test_a_stream_without_usage_shows_the_relays_estimate() -> None:
+    events, final = relay(chunk({"content": "Hello"}, "stop") + DONE, estimate=TokenCounts(21, 2))
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (21, 2)
+
+
+def test_an_error_inside_the_stream_is_an_error_event_and_response_failed_and_nothing_follows() -> None:
+    error = b'data: {"error": {"message": "try later", "type": "server_error", "code": 429}}\n\n'
+    events, final = relay(chunk({"content": "Hi"}) + error + chunk({"content": "more"}) + DONE)
+    assert [event["type"] for event in events][-3:] == ["response.output_text.delta", "error", "response.failed"]
+    assert (events[-2]["code"], events[-2]["message"]) == ("429", "try later")
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"] == {"code": "rate_limit_exceeded", "message": "try later"}
+    assert final is None
+
+
+def test_a_cut_stream_ends_with_the_doors_error_events() -> None:
+    called = door(stream=True)
+    assert called.cut_event("cut").startswith(b"data: {\"error\"")      # no stream began: the OpenAI shape
+    tap = called.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
+    started = tap.feed(chunk({"content": "Hi"}))
+    ended = called.cut_event("The upstream stream was cut: ResponseCut")
+    events = [json.loads(block.split(b"\n")[1][6:]) for block in (started + ended).split(b"\n\n")[:-1]]
+    assert [event["type"] for event in events][-2:] == ["error", "response.failed"]
+    assert events[-2]["code"] == "stream_cut" and events[-1]["sequence_number"] == len(events) - 1
