@@ -162,6 +162,14 @@ def refused(limit: int = 4096, **fields) -> BadRequest:
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "other"}}, "tool_choice.name"),
     ({"tools": [WEATHER], "tool_choice": {"type": "web_search_preview"}}, "tool_choice.type"),
     ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "a b!", "schema": {}}}}, "text.format.name"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "bad name!", "arguments": "{}"}]},
+     "input[0].name"),
+    ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input"),
+    ({"input": [{"role": "system", "content": [{"type": "input_image", "image_url": PNG_URL}]}]},
+     "input[0].content[0]"),
+    ({"input": [{"role": "assistant", "content": [{"type": "input_image", "image_url": PNG_URL}]}]},
+     "input[0].content[0]"),
     ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"conversation": "conv_1"}, "conversation"),
@@ -232,6 +240,15 @@ def test_tool_calls_are_function_call_items_and_a_length_finish_is_incomplete() 
                                                                                   "incomplete")
 
 
+def test_a_refusal_is_a_refusal_part_of_the_message() -> None:
+    """The model declining (`refusal`, no content) was dropped: `output: []`, nothing said why."""
+    response = answer(completion({"content": None, "refusal": "I can't help with that."}))
+    (message,) = response.output
+    assert [part.model_dump() for part in message.content] == [{"type": "refusal",
+                                                               "refusal": "I can't help with that."}]
+    assert response.output_text == "" and response.status == "completed"
+
+
 def test_the_gateways_estimate_is_shown_when_the_relay_made_one() -> None:
     response = answer(completion({"content": "Hi"}, usage={"prompt_tokens": -5}), estimate=TokenCounts(12, 3))
     assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 3)
@@ -246,6 +263,9 @@ def test_an_upstream_error_answer_is_relayed_in_openais_shape() -> None:
     plan = door().plan("openai-compatible")
     body = json.loads(plan.error(b'{"error": {"message": "too long", "code": 400}}', 400))
     assert body["error"]["message"] == "too long" and body["error"]["code"] == "400"
+    named = json.loads(plan.error(b'{"error": {"message": "bad name", "type": "invalid_request_error", '
+                                  b'"param": "messages[1].tool_calls[0].function.name", "code": null}}', 400))
+    assert named["error"] == {"message": "bad name", "type": "invalid_request_error", "param": None, "code": None}
 
 
 # --- streams --------------------------------------------------------------------------------------
@@ -329,6 +349,21 @@ def test_a_stream_without_usage_shows_the_relays_estimate() -> None:
     assert (final.usage.input_tokens, final.usage.output_tokens) == (21, 2)
 
 
+@pytest.mark.parametrize("size", [0, 5])
+def test_a_streamed_refusal_is_its_own_part_with_refusal_events(size: int) -> None:
+    stream = (chunk({"role": "assistant", "content": "Hm. "}) + chunk({"refusal": "I can't "})
+              + chunk({"refusal": "help."}) + chunk({}, "stop") + USAGE + DONE)
+    events, final = relay(stream, size)
+    assert [event["type"] for event in events][2:] == [
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.content_part.added",
+        "response.refusal.delta", "response.refusal.delta", "response.refusal.done", "response.content_part.done",
+        "response.output_item.done", "response.completed"]
+    assert [event["content_index"] for event in events if event["type"].startswith("response.refusal")] == [1, 1, 1]
+    assert [(part.type, getattr(part, "text", None) or part.refusal) for part in final.output[0].content] == [
+        ("output_text", "Hm. "), ("refusal", "I can't help.")]
+
+
 def test_an_error_inside_the_stream_is_an_error_event_and_response_failed_and_nothing_follows() -> None:
     error = b'data: {"error": {"message": "try later", "type": "server_error", "code": 429}}\n\n'
     events, final = relay(chunk({"content": "Hi"}) + error + chunk({"content": "more"}) + DONE)
@@ -336,6 +371,8 @@ def test_an_error_inside_the_stream_is_an_error_event_and_response_failed_and_no
     assert (events[-2]["code"], events[-2]["message"]) == ("429", "try later")
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"] == {"code": "rate_limit_exceeded", "message": "try later"}
+    assert [(item["status"], item["content"]) for item in failed["output"]] == [      # what was written, cut short
+        ("incomplete", [{"type": "output_text", "text": "Hi", "annotations": []}])]
     assert final is None
 
 

@@ -67,7 +67,7 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
         raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
     choice = next((c for c in reply.choices or () if c.index == 0), Choice())
     message = choice.message
-    text = (message.content if message else None) or choice.text
+    text = ((message.content or "") + (message.refusal or "") if message else "") or choice.text   # a refusal: text
     text = after_prefill(text, prefill)
     tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
              for call in (message.tool_calls if message else None) or () if call.function is not None]

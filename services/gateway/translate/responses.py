@@ -92,7 +92,8 @@ def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None, *
     reply = _reply(data)
     choice = _first(reply)
     message = choice.message
-    content = after_prefill((message.content if message else None) or choice.text or "", prefill) or ""
+    said = ((message.content or "") + (message.refusal or "") if message else "") or choice.text or ""  # refusal: text
+    content = after_prefill(said, prefill) or ""
     out = OllamaMessage(role="assistant", content=content)
     if message is not None:
         out.thinking = message.reasoning_content or message.reasoning or None

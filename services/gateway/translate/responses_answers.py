@@ -2,7 +2,7 @@
 
 A finish of `length` makes the Response `incomplete` (`incomplete_details.reason: max_output_tokens`), one of
 `content_filter` incomplete for that reason; anything else is `completed`. Text becomes one `message` item with an
-`output_text` part, each tool call a `function_call` item (`call_id`: the upstream's id for the call, which a
+`output_text` part (and a `refusal` part when the model declined, saying why), each tool call a `function_call` item (`call_id`: the upstream's id for the call, which a
 `function_call_output` names). Usage: `input_tokens` is the whole prompt, with what the prompt cache served as
 `input_tokens_details.cached_tokens` (the usage event's `cached_tokens`); the gateway's estimate when the relay
 made one (it believed no counts of the upstream's).
@@ -18,8 +18,8 @@ import msgspec
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputText,
-    OutputTokensDetails, Response, ResponsesRequest, ResponseUsage, TextConfig, TextFormat,
+    FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputPart, OutputRefusal,
+    OutputText, OutputTokensDetails, Response, ResponsesRequest, ResponseUsage, TextConfig, TextFormat,
 )
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, TokenCounts, TranslationError, believable, decode_reply,
@@ -78,9 +78,12 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
     text = (message.content if message else None) or choice.text
     incomplete = ending(choice.finish_reason)
     output: list[OutputItem] = []
-    if text:
+    parts: list[OutputPart] = [OutputText(text)] if text else []
+    if message is not None and message.refusal:
+        parts.append(OutputRefusal(message.refusal))
+    if parts:
         output.append(OutputMessage(id=new_id("msg"), status="incomplete" if incomplete else "completed",
-                                    content=[OutputText(text)]))
+                                    content=parts))
     for call in (message.tool_calls if message else None) or ():
         if call.function is not None:
             output.append(FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"),

@@ -70,7 +70,15 @@ def read_request(body: bytes) -> ResponsesRequest:
             if getattr(answer_format, field) is None:
                 raise BadRequest(f"Missing required parameter: 'text.format.{field}'", param=f"text.format.{field}",
                                  code="missing_field")
+        _check_name(answer_format.name, "text.format.name")
     return request
+
+
+def _check_name(name: str | None, where: str) -> None:
+    """A function's or a schema's name in the form OpenAI takes (TOOL_NAME), which servers check too: refused here,
+    naming the field the client sent, rather than by the server naming a field of the chat body it was sent."""
+    if name is None or not TOOL_NAME.fullmatch(name):
+        raise BadRequest(f"Invalid '{where}': a name matches {TOOL_NAME.pattern}", param=where, code="invalid_value")
 
 
 def _check_tools(request: ResponsesRequest) -> None:
@@ -81,9 +89,7 @@ def _check_tools(request: ResponsesRequest) -> None:
         if tool.type != "function":
             raise BadRequest(f"Invalid '{where}.type': '{tool.type}' tools are not served by this gateway; only "
                              "function tools are", param=f"{where}.type", code="unsupported_parameter")
-        if tool.name is None or not TOOL_NAME.fullmatch(tool.name):
-            raise BadRequest(f"Invalid '{where}.name': a function name matches {TOOL_NAME.pattern}",
-                             param=f"{where}.name", code="invalid_value")
+        _check_name(tool.name, f"{where}.name")
         if tool.name in names:
             raise BadRequest(f"Invalid 'tools': the function '{tool.name}' is given twice", param="tools",
                              code="invalid_value")
@@ -103,9 +109,11 @@ def _check_tools(request: ResponsesRequest) -> None:
 
 
 def _check_items(items: list[InputItem]) -> None:
-    """Each item whole, of a type served; a `function_call_output` answers a `function_call` before it."""
-    if not items:
-        raise BadRequest("Invalid 'input': it holds no item", param="input", code="invalid_value")
+    """Each item whole, of a type served; a `function_call_output` answers a `function_call` before it; images in
+    user messages only (a chat's other roles take text); something besides `reasoning` items for the model to read."""
+    if all(item.type == "reasoning" for item in items):
+        raise BadRequest("Invalid 'input': it holds no message or function call for the model to answer",
+                         param="input", code="invalid_value")
     called: set[str] = set()
     for index, item in enumerate(items):
         where = f"input[{index}]"
@@ -114,9 +122,14 @@ def _check_items(items: list[InputItem]) -> None:
             _need(item.content, f"{where}.content")
             for number, part in enumerate(item.content if isinstance(item.content, list) else ()):
                 _check_part(part, f"{where}.content[{number}]")
+                if part.type == "input_image" and item.role != "user":
+                    raise BadRequest(f"Invalid '{where}.content[{number}]': images are read in user messages only, "
+                                     f"not in a {item.role} message", param=f"{where}.content[{number}]",
+                                     code="invalid_value")
         elif item.type == "function_call":
             for field in ("call_id", "name", "arguments"):
                 _need(getattr(item, field), f"{where}.{field}")
+            _check_name(item.name, f"{where}.name")
             called.add(item.call_id)  # type: ignore[arg-type]
         elif item.type == "function_call_output":
             _need(item.call_id, f"{where}.call_id")
@@ -155,6 +168,20 @@ def _need(value: object, where: str) -> None:
         raise BadRequest(f"Missing required parameter: '{where}'", param=where, code="missing_field")
 
 
+def _upstream_error(data: bytes, status: int) -> bytes:
+    """An upstream's error in OpenAI's shape (`openai_error_body`), without its `param`: that names a field of the
+    chat body the gateway sent, not of the request the client did."""
+    body = openai_error_body(data, status)
+    try:
+        shaped = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    error = shaped.get("error") if isinstance(shaped, dict) else None
+    if not isinstance(error, dict) or error.get("param") is None:
+        return body
+    return encode({**shaped, "error": {**error, "param": None}})
+
+
 class ResponsesCall:
     """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
 
@@ -184,7 +211,7 @@ class ResponsesCall:
             request=lambda body, model, ceiling=None: (
                 CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)),
             answer=lambda data, model, times: openai_to_response(data, echoed(self.request, model), times.estimate),
-            error=openai_error_body, stream=self._relay, usage=openai_usage)
+            error=_upstream_error, stream=self._relay, usage=openai_usage)
 
     def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
         self.stream = OpenAIStreamToResponses(echoed(self.request, model))

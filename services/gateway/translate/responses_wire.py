@@ -128,11 +128,20 @@ class OutputText(msgspec.Struct, tag_field="type", tag="output_text"):
     annotations: list[Any] = []
 
 
+class OutputRefusal(msgspec.Struct, tag_field="type", tag="refusal"):
+    """The model declined (an OpenAI chat answer's `refusal`), saying why."""
+
+    refusal: str
+
+
+OutputPart = OutputText | OutputRefusal
+
+
 class OutputMessage(msgspec.Struct, tag_field="type", tag="message", kw_only=True):
     id: str
     status: ItemStatus
     role: Literal["assistant"] = "assistant"
-    content: list[OutputText]
+    content: list[OutputPart]
 
 
 class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True):
@@ -220,7 +229,7 @@ class _PartEvent(msgspec.Struct, tag_field="type"):
     item_id: str
     output_index: int
     content_index: int
-    part: OutputText
+    part: OutputPart
     sequence_number: int
 
 
@@ -253,18 +262,23 @@ class OutputItemDone(_ItemEvent, tag="response.output_item.done"):
 
 
 class ContentPartAdded(_PartEvent, tag="response.content_part.added"):
-    """A message's `output_text` part begins, empty."""
+    """A message's `output_text` or `refusal` part begins, empty."""
 
 
 class ContentPartDone(_PartEvent, tag="response.content_part.done"):
-    """A message's `output_text` part, whole."""
+    """A message's `output_text` or `refusal` part, whole."""
 
 
-class _TextEvent(msgspec.Struct, tag_field="type", kw_only=True):
+class _ContentEvent(msgspec.Struct, tag_field="type", kw_only=True):
+    """An event about one part of a message: its text's or its refusal's."""
+
     item_id: str
     output_index: int
     content_index: int
     sequence_number: int
+
+
+class _TextEvent(_ContentEvent, kw_only=True):
     logprobs: list[Any] = []
 
 
@@ -278,6 +292,18 @@ class OutputTextDone(_TextEvent, tag="response.output_text.done", kw_only=True):
     """A message's text, whole."""
 
     text: str
+
+
+class RefusalDelta(_ContentEvent, tag="response.refusal.delta", kw_only=True):
+    """A piece of a refusal."""
+
+    delta: str
+
+
+class RefusalDone(_ContentEvent, tag="response.refusal.done", kw_only=True):
+    """A refusal, whole."""
+
+    refusal: str
 
 
 class _ArgumentsEvent(msgspec.Struct, tag_field="type", kw_only=True):
@@ -309,5 +335,6 @@ class ErrorEvent(msgspec.Struct, tag_field="type", tag="error"):
 
 
 StreamEvent = (ResponseCreated | ResponseInProgress | OutputItemAdded | ContentPartAdded | OutputTextDelta
-               | OutputTextDone | ContentPartDone | ArgumentsDelta | ArgumentsDone | OutputItemDone
+               | OutputTextDone | RefusalDelta | RefusalDone | ContentPartDone | ArgumentsDelta | ArgumentsDone
+               | OutputItemDone
                | ResponseCompleted | ResponseIncomplete | ResponseFailed | ErrorEvent)

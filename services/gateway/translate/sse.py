@@ -116,17 +116,24 @@ class ChatStreamReader:
         return b""
 
     def _choice(self, choice: Choice) -> bytes:
-        """A choice's text through the door's `_text`, each piece of a tool call through its `_tool_call`."""
+        """A choice's text through the door's `_text`, a refusal through its `_refusal`, each piece of a tool call
+        through its `_tool_call`."""
         delta = choice.delta
         if delta is None:
             return self._text(choice.text or "")
         out = self._text(delta.content or "")
+        if delta.refusal:
+            out += self._refusal(delta.refusal)
         for call in delta.tool_calls or ():
             out += self._tool_call(call)
         return out
 
     def _text(self, text: str) -> bytes:
         raise NotImplementedError
+
+    def _refusal(self, refusal: str) -> bytes:
+        """The model declining, saying why: text, where the door's API has no refusal of its own."""
+        return self._text(refusal)
 
     def _tool_call(self, call: ToolCall) -> bytes:
         raise NotImplementedError

@@ -89,7 +89,8 @@ class OpenAIStreamToOllama(ChatStreamReader):
     def _choice(self, choice: Choice) -> bytes:
         out = b""
         delta = choice.delta
-        content = (delta.content if delta else None) or choice.text or ""
+        said = (delta.content or "") + (delta.refusal or "") if delta else ""     # a refusal is text here
+        content = said or choice.text or ""
         thinking = (delta.reasoning_content or delta.reasoning) if delta else None
         if (content or thinking) and self._first_token is None:
             self._first_token = self._clock()

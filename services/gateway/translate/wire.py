@@ -79,6 +79,7 @@ class Message(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None    # vLLM, DeepSeek
     reasoning: str | None = None            # newer vLLM, OpenRouter
+    refusal: str | None = None              # OpenAI: the model declined, saying why (no content then)
     tool_calls: list[ToolCall] | None = None
 
 
