@@ -1,4 +1,4 @@
-"""The OpenAI and Ollama front doors against a real llama.cpp `llama-server`, through `switchyard up --demo`.
+"""The OpenAI (chat and Responses) and Ollama front doors against a real llama.cpp `llama-server`, through `switchyard up --demo`.
 
 The tiny model never samples end-of-sequence, so every answer runs to `max_tokens` with `finish_reason`
 "length"; every call's usage event must carry the server's own token counts, cached prompt tokens
@@ -204,6 +204,31 @@ async def test_ollama_chat_is_translated_and_metered_with_the_servers_counts(rea
     event = await exactly_one_usage_row(real.demo, request_id)
     assert (event["api"], event["stream"]) == ("ollama.chat", stream)
     assert counts(event) == (own["prompt_tokens"], MAX_TOKENS, final.get("prompt_eval_cached_count", 0))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_are_translated_and_metered_with_the_servers_counts(real: RealUpstream, stream: bool) -> None:
+    """The Responses door (`client.responses.create` / `.stream`) on llama-server's chat completions: the answer
+    runs to `max_output_tokens` (`incomplete`), its usage the server's own, recorded once."""
+    request_id = uuid.uuid4().hex
+    client = openai_client(real, request_id)
+    asked = dict(model=real.alias, instructions="Be brief.", input="responses say hello", max_output_tokens=MAX_TOKENS)
+    if stream:
+        events = [event async for event in await client.responses.create(**asked, stream=True)]
+        kinds = [event.type for event in events]
+        assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.incomplete"
+        response = events[-1].response
+        assert response.output_text == "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    else:
+        response = await client.responses.create(**asked)
+    own = await server_usage(real, "/v1/chat/completions", {"messages": [
+        {"role": "system", "content": "Be brief."}, *messages("responses say hello")], "max_tokens": 1})
+    event = await exactly_one_usage_row(real.demo, request_id)
+    assert (event["api"], event["stream"]) == ("openai.responses", stream)
+    assert (event["input_tokens"], event["output_tokens"]) == (own["prompt_tokens"], MAX_TOKENS)
+    assert (response.status, response.incomplete_details.reason) == ("incomplete", "max_output_tokens")
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (own["prompt_tokens"], MAX_TOKENS)
+    assert response.output_text
 
 
 async def test_ollama_generate_and_embed_are_translated_and_metered(real: RealUpstream) -> None:

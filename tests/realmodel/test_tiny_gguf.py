@@ -4,7 +4,6 @@ end-of-sequence. Read back with the `gguf` package's own reader; no llama-server
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
