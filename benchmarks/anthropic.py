@@ -1,4 +1,5 @@
 """Benchmark the Anthropic door: the CPU its translations take, and what a `/v1/messages` call adds over a chat call.
+(The translations of the Ollama door's `/api/chat` and the Responses door are timed beside it.)
 
     python -m benchmarks.anthropic [--rounds 2000]                                   # translations only, ~5 s
     python -m benchmarks.anthropic --through-gateway [--calls 2000] [--wait-quiet 60]  # + `up --demo`, ~1 min
@@ -28,8 +29,9 @@ import uvloop
 from benchmarks.load import Shape, Target, timed_call
 from benchmarks.quota import percentiles
 from benchmarks.stack import Stack
-from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
-from switchyard_gateway.services.gateway.translate.doors import Door
+from switchyard_gateway.services.gateway.translate.asks import read_request
+from switchyard_gateway.services.gateway.translate.doors import APIS, Door
+from switchyard_gateway.services.gateway.translate.wire import Times
 
 PROMPT = "Say hello to the yard"
 TOOL = {"name": "get_weather", "description": "The weather in a city",
@@ -85,22 +87,39 @@ def translations(rounds: int) -> None:
     print(f"Anthropic door, in process, best of 5 x {rounds} calls (microseconds per call)")
     for kind, answer, chunks in (("openai-compatible", _openai_answer(), _openai_stream()),
                                  ("ollama", _ollama_answer(), _ollama_stream())):
-        def request(kind: str = kind) -> object:
-            return Door("/v1/messages", InferenceRequest(model="llama3.2"), body).plan(kind).request(body, "llama3.2")
+        _door_row(kind, "/v1/messages", body, streamed, answer, chunks, rounds)
+    print("The other translating doors, from an OpenAI-compatible server")
+    for path, asked in (("/api/chat", {"model": "llama3.2", "messages": MESSAGES["messages"][:1]}),
+                        ("/v1/responses", {"model": "llama3.2", "instructions": "You are terse.",
+                                           "input": "What is the weather in Oslo?", "max_output_tokens": 64})):
+        _door_row(path, path, json.dumps({**asked, "stream": False}).encode(),
+                  json.dumps({**asked, "stream": True}).encode(), _openai_answer(), _openai_stream(), rounds)
 
-        plan = Door("/v1/messages", InferenceRequest(model="llama3.2"), body).plan(kind)
-        assert plan.answer is not None and plan.stream is not None
 
-        def whole(plan=plan, answer=answer) -> object:
-            return plan.answer(answer, "llama3.2")
+def _door_row(label: str, path: str, body: bytes, streamed: bytes, answer: bytes, chunks: list[bytes],
+              rounds: int) -> None:
+    """One door's request, whole answer and 16-token stream to one kind of endpoint (`label`: the kind, or the
+    path, whose endpoint is OpenAI-compatible), each as the gateway runs it: the door read from the body."""
+    kind = label if not label.startswith("/") else "openai-compatible"
 
-        def stream(kind: str = kind, chunks: list[bytes] = chunks) -> object:
-            tap = Door("/v1/messages", InferenceRequest(model="llama3.2", stream=True), streamed).plan(kind) \
-                .stream("llama3.2")  # type: ignore[misc]
-            return [tap.feed(c) for c in chunks], tap.finish()
+    def door(raw: bytes) -> Door:
+        return Door(path, read_request(APIS[path], raw), raw)
 
-        print(f"  {kind:<18} request {_per_call_us(request, rounds):6.1f}   answer {_per_call_us(whole, rounds):6.1f}"
-              f"   16-token stream {_per_call_us(stream, rounds // 4):6.1f}")
+    def request() -> object:
+        return door(body).plan(kind).request(body, "llama3.2")
+
+    plan = door(body).plan(kind)
+    assert plan.answer is not None
+
+    def whole() -> object:
+        return plan.answer(answer, "llama3.2", Times(0, 0))
+
+    def stream() -> object:
+        tap = door(streamed).plan(kind).stream("llama3.2", Times(0, 0))  # type: ignore[misc]
+        return [tap.feed(c) for c in chunks], tap.finish()
+
+    print(f"  {label:<18} request {_per_call_us(request, rounds):6.1f}   answer {_per_call_us(whole, rounds):6.1f}"
+          f"   16-token stream {_per_call_us(stream, rounds // 4):6.1f}")
 
 
 async def _alternate(pairs: list[tuple[Target, Shape]], calls: int, warmup: int) -> dict[str, list[float]]:
