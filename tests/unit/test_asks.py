@@ -163,6 +163,19 @@ def test_malformed_json_is_a_400() -> None:
     assert refused.value.code == "invalid_json"
 
 
+@pytest.mark.parametrize("api", ["openai.chat", "ollama.chat", "anthropic.messages", "openai.responses"])
+def test_a_lone_surrogate_escape_is_named_not_called_truncated(api: str) -> None:
+    """msgspec refuses a string escaping half a surrogate pair saying "Input data was truncated"; every door says
+    what it is (a body truly cut short still says truncated)."""
+    whole = b'{"model": "m", "max_tokens": 5, "input": "x", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    with pytest.raises(BadRequest) as refused:
+        read_request(api, whole)
+    assert refused.value.code == "invalid_json" and "surrogate" in refused.value.message
+    with pytest.raises(BadRequest) as cut:
+        read_request(api, whole[:-30] + b'\\ud83d\\ude00')
+    assert cut.value.message == "Malformed JSON in request body: Input data was truncated"
+
+
 def test_the_ask_says_what_output_and_how_many_choices_a_call_wants() -> None:
     both = ask("openai.chat", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 90, '
                               b'"max_completion_tokens": 40, "n": 3}')

@@ -22,6 +22,7 @@ and `refusal` (msgspec's error as a 400 naming the field).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
@@ -619,7 +620,7 @@ def read_request(api: str, body: bytes) -> Any:
     try:
         request = _DECODERS[api](body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise refusal(exc) from None
+        raise refusal(exc, body) from None
     if not request.model:
         raise BadRequest("Missing required field 'model'", param="model", code="missing_field")
     fields = _FIELDS.get(api)
@@ -629,6 +630,16 @@ def read_request(api: str, body: bytes) -> Any:
         except (msgspec.MsgspecError, RecursionError) as exc:
             raise refusal(exc) from None
     return request
+
+
+def _lone_surrogate(body: bytes) -> bool:
+    """Whether a body msgspec found truncated is whole JSON after all, one of its strings escaping a lone surrogate
+    (Python's reader takes those; the error path alone pays for the second read)."""
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def check_utf8(body: bytes) -> None:
@@ -686,12 +697,16 @@ def _no_other_case(keys: dict[str, Any], fields: dict[str, str], prefix: str) ->
                              code="invalid_field")
 
 
-def refusal(exc: msgspec.MsgspecError | RecursionError) -> BadRequest:
-    """The 400 for a body msgspec could not read: the field named (`param`) when it is one field's fault."""
+def refusal(exc: msgspec.MsgspecError | RecursionError, body: bytes | None = None) -> BadRequest:
+    """The 400 for a body msgspec could not read: the field named (`param`) when it is one field's fault. Given the
+    `body`, a string escaping half a UTF-16 surrogate pair (`"\\ud800"`, which is no character) is said to be
+    that, where msgspec says the input was truncated."""
     if isinstance(exc, RecursionError):
         return BadRequest("The request body is nested too deeply to read", code="json_too_deep")
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
+        if body is not None and text == "Input data was truncated" and _lone_surrogate(body):
+            text = "a string escapes half of a UTF-16 surrogate pair (\\ud800-\\udfff alone), which is no character"
         return BadRequest(f"Malformed JSON in request body: {text}", code="invalid_json")
     param = field_path(text)
     if param is not None and "[...]" in param:          # msgspec's name for any value of an object: the object is named
