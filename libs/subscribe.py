@@ -50,6 +50,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import AnyEvent, decode_event
 from switchyard_gateway.contracts.deadletters import LOG_SOURCE, EventRetryRequested, EventWithheld
 from switchyard_gateway.contracts.events import Event
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
 from switchyard_gateway.events.deadletter import DeadLetters, poisonous
 from switchyard_gateway.events.door import Door
@@ -271,10 +272,20 @@ class Subscriber:
         """The event at a log position, read through replay: for a row that came as an `EventWithheld`, the event
         once the NATS server's `max_payload` carries it, the marker again until then; None when the position holds
         nothing this subscriber reads (another tenant's, a type it did not ask for, a rolled-back position). Needs
-        NATS: while the subscriber runs, or given `nc`. Replay's refusals raise `ServiceError`."""
+        NATS: while the subscriber runs, or given `nc`. Replay's refusals raise `ServiceError` (a position past the
+        log's head: 409 `AHEAD_OF_LOG`)."""
         if self.nc is None:
             raise RuntimeError("fetch needs NATS: call it while the subscriber runs, or give the subscriber nc")
-        raw = await self._from_log(position)
+        if position < 1:
+            raise ValueError(f"a log position is 1 or more, not {position}")
+        try:
+            raw = await self._from_log(position)
+        except ServiceError as exc:
+            if exc.body.code != "AHEAD_OF_LOG":
+                raise
+            # the request asked for the events after position - 1: say what the caller asked for
+            raise ServiceError(409, ErrorBody("AHEAD_OF_LOG", f"position {position} is beyond the log's head",
+                                              "position")) from None
         if raw is None:
             return None
         [(_, event, _)] = self._decoded([position], [raw], None)
@@ -292,8 +303,8 @@ class Subscriber:
     async def _ask(self, after: int) -> tuple[ReplayPage, list[Event] | None]:
         """One page (retried while metering is not answering), with its events decoded at once when they all decode
         as this build's types."""
-        since = self.start if isinstance(self.start, datetime) and after == 0 else None
-        request = ReplayRequest(after=after, since=since, types=self.types, max_events=self.page_events)
+        start = {"since": self.start} if isinstance(self.start, datetime) and after == 0 else {"after": after}
+        request = ReplayRequest(**start, types=self.types, max_events=self.page_events)
 
         async def attempt() -> bytes:
             return await self.door.replay(request)

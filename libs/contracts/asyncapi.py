@@ -16,6 +16,7 @@ from switchyard_gateway.contracts.topology import Channel, Use
 
 SCHEMAS = "#/components/schemas/"
 MESSAGES = "#/components/messages/"
+LOG_HEADERS = "LogMessageHeaders"     # of every message on LOG
 
 DESCRIPTION = """\
 Every NATS subject Switchyard's services speak on. Events are facts, named `<noun>.<past-tense verb>.v<major>`:
@@ -34,7 +35,7 @@ def document() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for channel in topology.CHANNELS:
-        channels.update(_channels(channel))
+        channels.update(_channels(channel, tops))
         operations.update(_operations(channel))
     return {
         "asyncapi": "3.0.0",
@@ -55,7 +56,9 @@ def document() -> dict[str, Any]:
         "channels": channels,
         "operations": operations,
         "components": {
-            "schemas": {name: _asyncapi_schema(schema) for name, schema in defs.items()},
+            "schemas": {**{name: _asyncapi_schema(schema) for name, schema in defs.items()},
+                        LOG_HEADERS: _headers({s.POSITIONS_HEADER: "the log positions of the message's events, "
+                                                                   "`<first>-<last>` (`7-7` for one)"})},
             "messages": {name: _message(name, tops[name]) for name in CONTRACTS},
         },
         "x-switchyard-streams": [_stream(stream) for stream in topology.STREAMS],
@@ -85,7 +88,7 @@ def _addresses(channel: Channel) -> dict[str, str]:
     return {subject: subject, **scoped}
 
 
-def _channels(channel: Channel) -> dict[str, Any]:
+def _channels(channel: Channel, tops: dict[str, Any]) -> dict[str, Any]:
     if channel.request_reply:
         subject = channel.contract
         asked = {key: {
@@ -113,10 +116,11 @@ def _channels(channel: Channel) -> dict[str, Any]:
     logged = "; recorded in the event log" if channel.logged else ""
     if channel.contract == s.LOG_PREFIX:
         summary = ("Every event of the log, in log order, as stored; events of one type and tenant at consecutive "
-                   f"positions in one message with their positions in `{s.POSITIONS_HEADER}` (`<first>-<last>`). "
+                   f"positions in one message (a JSON array, oldest first) with their positions in "
+                   f"`{s.POSITIONS_HEADER}` (`<first>-<last>`). "
                    f"A row too large for one NATS message comes alone, as an `{EVENT_WITHHELD}` marker in its place "
                    "(its event id, type, position, tenant and size).")
-        messages = {kind: {"$ref": f"{MESSAGES}{kind}"} for kind in [*topology.logged_types(), EVENT_WITHHELD]}
+        messages = {kind: _log_message(kind, tops[kind]) for kind in [*topology.logged_types(), EVENT_WITHHELD]}
     else:
         summary = CONTRACTS[channel.contract].summary
         messages = {"event": {"$ref": f"{MESSAGES}{channel.contract}"}}
@@ -124,14 +128,34 @@ def _channels(channel: Channel) -> dict[str, Any]:
         "address": channel.address,
         "title": channel.contract,
         "description": f"{summary} {where}{logged}.",
-        "parameters": {name: {"description": f"{meaning}, percent-escaped as one subject token"}
-                       for name, meaning in channel.parameters.items()},
+        "parameters": _parameters(channel),
         "messages": messages,
     }
     if channel.stream:
         entry["x-switchyard-stream"] = channel.stream
     entry["x-switchyard-log"] = channel.logged
     return {channel.contract: entry}
+
+
+def _parameters(channel: Channel) -> dict[str, Any]:
+    """The address's parameters: the identifier one percent-escaped subject token, a type before it (LOG's) the
+    type's own tokens as they are."""
+    found = {}
+    if channel.prefix:
+        found[channel.prefix[0]] = {"description": channel.prefix[1]}
+    if channel.parameter:
+        found[channel.parameter[0]] = {"description": f"{channel.parameter[1]}, percent-escaped as one subject token"}
+    return found
+
+
+def _log_message(name: str, top: dict[str, Any]) -> dict[str, Any]:
+    """A message of LOG: stored events of one type and tenant (or the marker in a row's place), with positions."""
+    contract = CONTRACTS[name]
+    return {
+        "name": name, "title": f"{name} on LOG", "summary": contract.summary, "contentType": "application/json",
+        "payload": {"type": "array", "items": dict(top), "minItems": 1},
+        "headers": {"$ref": f"{SCHEMAS}{LOG_HEADERS}"},
+    }
 
 
 def _operation_id(use: Use, action: str, contract: str) -> str:

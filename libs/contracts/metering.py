@@ -8,14 +8,27 @@ is scoped by its subject instead, so that NATS permissions can hold a caller to 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import UNSET, Meta, UnsetType
 
 from switchyard_gateway.contracts.deadletters import EventDeadLettered
 from switchyard_gateway.contracts.events import Instant
 
 MeteringQueryKind = Literal["token_counts", "usage", "stats"]
+
+# What metering takes of a subscriber's request, declared on the fields below: decoding enforces it (a 400 naming the
+# field) and the published schemas say it.
+MAX_EVENTS = 10_000                # events in one page
+MAX_TYPES = 64                     # type prefixes in one request (the log has about 50 types), each at most
+MAX_TYPE_CHARS = 64                # this long: a page's own fields stay a few KiB whatever is asked
+MAX_SUBJECT_CHARS = 256            # of a subject the asker names: metering puts it in its own protocol lines, and
+                                   # nats-server closes a connection whose line is over 4 KiB
+MAX_FILTERS = 64                   # filter subjects of one follow
+MAX_SEQUENCE = 2**63 - 1           # a stream sequence or a log position fits a signed 64-bit integer
+
+Subject = Annotated[str, Meta(max_length=MAX_SUBJECT_CHARS)]
 
 
 class MeteringQuery(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -103,17 +116,21 @@ class RollupReply(msgspec.Struct, frozen=True):
 
 class ReplayRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     """A page of the event log on `metering.replay.v1` (every tenant's events) or `metering.replay.v1.<tenant>`
-    (that tenant's only): the events after a log position, or from a time, of some types, oldest first.
+    (that tenant's only): the events after a log position, or from a time (one of the two), of some types, oldest
+    first.
 
     Ask again with `after` = the page's `last` until a page says `live`: the log is read up to its head, and the
     `LOG` stream holds everything after it from `live.sequence` on."""
 
-    after: int = 0                    # a log position: the events after it
-    since: Instant | None = None      # instead of `after` (when it is 0): from the first event that occurred then or later
-    types: list[str] = msgspec.field(default_factory=list)  # type prefixes of whole tokens ("usage", "tenant.created"); none: all
-    max_events: int = 1000            # at most this many events in the page (1 to 10,000)
-    max_bytes: int = 0                # at most this many bytes of events (0: what one NATS message may carry)
-    deliver_to: str | None = None     # publish the page there (a subject under `_INBOX` or `replay.`) instead of replying
+    after: Annotated[int, Meta(ge=0, le=MAX_SEQUENCE, description=(
+        "a log position: the events after it (neither it nor `since`: 0, the log's start)"))] | UnsetType = UNSET
+    since: Instant | None = None      # or instead of `after` (not with it): from the first event that occurred then or later
+    # type prefixes of whole tokens ("usage", "tenant.created"); none: all
+    types: Annotated[list[Annotated[str, Meta(max_length=MAX_TYPE_CHARS)]], Meta(max_length=MAX_TYPES)] = \
+        msgspec.field(default_factory=list)
+    max_events: Annotated[int, Meta(ge=1, le=MAX_EVENTS)] = 1000    # at most this many events in the page
+    max_bytes: Annotated[int, Meta(ge=0)] = 0     # at most this many bytes of events (0: what one NATS message may carry)
+    deliver_to: Subject | None = None  # publish the page there (a subject under `_INBOX` or `replay.`) instead of replying
 
 
 class LiveFrom(msgspec.Struct, frozen=True):
@@ -141,10 +158,11 @@ class Follow(msgspec.Struct, frozen=True, omit_defaults=True):
     the door's subject allows: LOG filtered to its tenant's subjects, or DEADLETTER's retries of its own name."""
 
     stream: str                       # LOG, or DEADLETTER (only `event.retry_requested.v1.<name>`)
-    sequence: int                     # the first stream sequence to deliver (1 or more)
-    subjects: list[str]               # filter subjects (LOG: log.<type: three tokens or *>.<tenant or *>, or log.>)
-    deliver_to: str                   # a subject under the asker's own inbox (`_INBOX_<user>.`), no wildcards
-    heartbeat_s: float = 5.0          # how often an idle consumer says it is there (0.5 to 60)
+    sequence: Annotated[int, Meta(ge=1, le=MAX_SEQUENCE)]           # the first stream sequence to deliver
+    # filter subjects (LOG: log.<type: three tokens, each a token or *>.<tenant or *>, or log.>)
+    subjects: Annotated[list[Subject], Meta(min_length=1, max_length=MAX_FILTERS)]
+    deliver_to: Subject               # a subject under the asker's own inbox (`_INBOX_<user>.`), no wildcards
+    heartbeat_s: Annotated[float, Meta(ge=0.5, le=60)] = 5.0        # how often an idle consumer says it is there
 
 
 class Following(msgspec.Struct, frozen=True):
@@ -165,7 +183,7 @@ class SetAside(msgspec.Struct, frozen=True):
     door's name; `msg_id` (starting `<name>:`) lets JetStream store a letter sent twice once."""
 
     letter: EventDeadLettered
-    msg_id: str
+    msg_id: Annotated[str, Meta(max_length=512)]
 
 
 class SetAsideDone(msgspec.Struct, frozen=True):

@@ -43,11 +43,6 @@ class Channel:
         return f"{head}.{{{self.parameter[0]}}}" if self.parameter else head
 
     @property
-    def parameters(self) -> dict[str, str]:
-        """Each parameter of the address with what it means."""
-        return dict(p for p in (self.prefix, self.parameter) if p is not None)
-
-    @property
     def request_reply(self) -> bool:
         return self.stream is None and self.parameter is None
 
@@ -173,7 +168,7 @@ CHANNELS: tuple[Channel, ...] = (
                              "so that the stream never holds them out of order"),),
             (Use(SUBSCRIBER, "an ephemeral push consumer from the `live.sequence` a replay page named, filtered by "
                              "type and tenant, events at or below the subscriber's position skipped"),),
-            prefix=("type", "the event type (three tokens: usage.recorded.v2)")),
+            prefix=("type", "the event type as it is, its three subject tokens (usage.recorded.v2)")),
     Channel(s.EVENT_DEAD_LETTERED, ("consumer", "the consumer that set the event aside"), s.STREAM_DEADLETTER,
             (Use("metering", f"the usage ingest (`{s.CONSUMER_METERING}`): {DEAD_LETTERING}"),
              Use("gateway", f"its folds of REGISTRY, LIMITS and ROUTING (`gateway:<stream>`): {DEAD_LETTERING}"),

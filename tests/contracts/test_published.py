@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from switchyard_gateway.cli import main
-from switchyard_gateway.contracts import asyncapi, codec, published, schemas, subjects, topology
+from switchyard_gateway.contracts import asyncapi, codec, metering, published, schemas, subjects, topology
 from tests.unit.test_contracts import SAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +81,44 @@ def test_schema_refuses_what_the_decoder_refuses(change: dict, why: str) -> None
         validator("usage.recorded.v2").validate(payload)
     with pytest.raises(msgspec.ValidationError):
         codec.decode_event(msgspec.json.encode(payload))
+
+
+FOLLOW = {"stream": "LOG", "sequence": 1, "subjects": ["log.>"], "deliver_to": "_INBOX_billing.f"}
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    ("ReplayRequest", {"after": -1}),
+    ("ReplayRequest", {"max_events": 0}),
+    ("ReplayRequest", {"max_events": 10_001}),
+    ("ReplayRequest", {"max_bytes": -1}),
+    ("ReplayRequest", {"types": ["usage"] * 65}),
+    ("ReplayRequest", {"types": ["u" * 65]}),
+    ("ReplayRequest", {"deliver_to": "replay." + "x" * 250}),
+    ("Follow", {**FOLLOW, "sequence": 0}),
+    ("Follow", {**FOLLOW, "sequence": 2**63}),
+    ("Follow", {**FOLLOW, "subjects": []}),
+    ("Follow", {**FOLLOW, "subjects": [f"log.t{i}.x.v1.*" for i in range(65)]}),
+    ("Follow", {**FOLLOW, "subjects": [f"log.{'x' * 300}.b.c.*"]}),
+    ("Follow", {**FOLLOW, "heartbeat_s": 0.4}),
+    ("Follow", {**FOLLOW, "heartbeat_s": 61}),
+    ("Follow", {**FOLLOW, "deliver_to": "_INBOX_billing." + "x" * 250}),
+])
+def test_a_subscribers_request_the_published_schema_allows_is_one_metering_decodes(kind: str, body: dict) -> None:
+    """The limits metering holds a subscriber's request to were not in its published schema: a request valid by
+    `metering.subscriber.v1.request.json` got a 400. They are declared once, on the fields: the checked-in schema
+    and the decoder refuse the same bodies, and both take the body at the limit."""
+    published_schema = json.loads((DOCS / "schemas" / "metering.subscriber.v1.request.json").read_text())
+    check = jsonschema.Draft202012Validator({"$ref": f"#/$defs/{kind}", "$defs": published_schema["$defs"]})
+    decode = msgspec.json.Decoder(getattr(metering, kind)).decode
+    assert not check.is_valid(body)
+    with pytest.raises(msgspec.ValidationError):
+        decode(msgspec.json.encode(body))
+    at_limit = {"ReplayRequest": {"after": 0, "max_events": 10_000, "types": ["u" * 64] * 64,
+                                  "deliver_to": "replay." + "x" * 249},
+                "Follow": {**FOLLOW, "sequence": 2**63 - 1, "heartbeat_s": 60,
+                           "subjects": [f"log.t{i}.x.v1.*" for i in range(64)]}}[kind]
+    check.validate(at_limit)
+    decode(msgspec.json.encode(at_limit))
 
 
 def test_a_missing_required_field_is_refused_and_an_unknown_one_is_not() -> None:

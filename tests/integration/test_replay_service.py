@@ -31,10 +31,11 @@ async def page(nc, subject: str = subjects.METERING_REPLAY, **ask) -> ReplayPage
 
 async def read_all(nc, subject: str = subjects.METERING_REPLAY, after: int = 0, **ask) -> tuple[list[int], ReplayPage]:
     positions: list[int] = []
+    start = {"after": after} if after or "since" not in ask else {"since": ask.pop("since")}
     while True:
-        got = await page(nc, subject, after=after, **ask)
+        got = await page(nc, subject, **start, **ask)
         positions += got.positions
-        after = got.last
+        start = {"after": got.last}
         if got.live is not None:
             return positions, got
 
@@ -67,6 +68,9 @@ async def test_types_and_the_tenant_subject_filter_and_live_subjects_follow(mete
     assert usage_of_acme == [4, 6] and last.live.subjects == ["log.usage.*.*.acme"]
     created, last = await read_all(nats_client, types=["tenant.created.v1", "key"])
     assert created == [1, 2, 3] and last.live.subjects == ["log.tenant.created.v1.*", "log.key.*.*.*"]
+    # a prefix another covers, or named twice, is read once: live subjects that overlap were refused by `follow`
+    covered, last = await read_all(nats_client, types=["key.issued.v1", "usage", "key", "usage.recorded.v2", "usage"])
+    assert covered == [3, 4, 5, 6] and last.live.subjects == ["log.usage.*.*.*", "log.key.*.*.*"]
     # a prefix is whole tokens: `tenant.c` is not `tenant.created`
     assert (await read_all(nats_client, types=["tenant.c"]))[0] == []
 
@@ -98,6 +102,8 @@ async def test_a_page_goes_to_the_subject_the_caller_names(metering: Metering, n
     ({"types": ["u" * 65]}, "types"),
     ({"after": -1}, "after"),
     ({"max_bytes": -5}, "max_bytes"),
+    ({"after": 3, "since": T0}, "after"),                           # one or the other: neither wins silently
+    ({"after": 0, "since": T0}, "after"),
     # the asker's client uses `_INBOX`: another's inbox (a subscriber's `_INBOX_<user>`) is not for it to fill
     ({"deliver_to": "_INBOX_billing.pages"}, "deliver_to"),
 ])
