@@ -185,6 +185,21 @@ def test_asyncapi_references_resolve_and_parameters_match_addresses() -> None:
     assert {s["name"] for s in doc["x-switchyard-streams"]} >= set(subjects.STREAMS)
 
 
+def test_the_log_channel_says_what_its_messages_carry() -> None:
+    """LOG's messages declared only the events' `Nats-Msg-Id` (the feed sets none) and not the positions header a
+    reader needs; the type was "three tokens" and "percent-escaped as one subject token" at once (it is its tokens,
+    as they are: subjects.log_subject)."""
+    doc = asyncapi.document()
+    log = doc["channels"][subjects.LOG_PREFIX]
+    headers = doc["components"]["schemas"][asyncapi.LOG_HEADERS]["properties"]
+    assert list(headers) == [subjects.POSITIONS_HEADER]
+    for message in log["messages"].values():
+        assert message["headers"] == {"$ref": f"{asyncapi.SCHEMAS}{asyncapi.LOG_HEADERS}"}
+        assert message["payload"]["type"] == "array"
+    assert "escaped" not in log["parameters"]["type"]["description"]
+    assert subjects.log_subject("usage.recorded.v2", "a.b") == "log.usage.recorded.v2.a%2Eb"
+
+
 @pytest.mark.parametrize("tenant", [None, "acme"])
 def test_every_subject_a_subscriber_may_publish_on_is_a_channel_of_the_document(tenant: str | None) -> None:
     """What NATS lets a subscriber's user say (JetStream's own API aside) is named by the AsyncAPI document, so a
