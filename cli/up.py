@@ -315,6 +315,11 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
     if args.nats_cluster > 1:
         print(f"  NATS: a cluster of {args.nats_cluster} nodes ({mask_password(urls.nats_url)}), every stream on 3 "
               "of them", flush=True)
+    if args.nats_users is not None:
+        # the URL the services were given, without their user: the ports stack.json keeps (ports.nats)
+        print(f"  subscribers connect to {nats_auth.without_user(urls.nats_url)}, each as its user of "
+              f"{args.nats_users} (nats://USER:PASSWORD@...; the port is kept in {data_dir / 'stack.json'})",
+              flush=True)
     print("  Ctrl-C stops everything.\n", flush=True)
     supervisor.run_forever()
     return 0

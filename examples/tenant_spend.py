@@ -28,7 +28,7 @@ import asyncpg
 
 from switchyard_gateway.contracts.events import ModelRegistered, TenantModelAssigned, TenantModelUnassigned, UsageRecorded
 from switchyard_gateway.kit.settings import mask_password
-from switchyard_gateway.subscribe import Event, EventWithheld, Subscriber
+from switchyard_gateway.subscribe import Event, EventWithheld, NotAuthorized, NotPermitted, Subscriber
 
 TYPES = ["usage", "model.registered", "tenant.model_assigned", "tenant.model_unassigned"]
 CONNECT_TIMEOUT_S = 10.0
@@ -173,6 +173,9 @@ async def follow(args: argparse.Namespace) -> int:
         await running
     except asyncio.CancelledError:
         pass
+    except (NotAuthorized, NotPermitted) as exc:          # NATS or metering away is waited out; this is not
+        why = exc.body.message if isinstance(exc, NotPermitted) else str(exc)
+        raise SystemExit(f"tenant_spend.py: {why}") from None
     finally:
         announcing.cancel()
     return 0
@@ -185,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", default=os.environ.get("TENANT_SPEND_DATABASE_URL"),
                         help="your PostgreSQL (tables tenant_spend, tenant_spend_prices, switchyard_subscriptions); "
                              "default $TENANT_SPEND_DATABASE_URL")
-    parser.add_argument("--nats", default=os.environ.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"),
-                        help="Switchyard's NATS, with a user allowed to replay (default $SWITCHYARD_NATS_URL)")
+    parser.add_argument("--nats", default=os.environ.get("SWITCHYARD_NATS_URL"),
+                        help="Switchyard's NATS, with a user allowed to replay, nats://USER:PASSWORD@HOST:PORT (default "
+                             "$SWITCHYARD_NATS_URL): `switchyard up --nats-users F` says where at start, and keeps the "
+                             "port in its data dir's stack.json (ports.nats)")
     parser.add_argument("--name", default="tenant-spend", help="the subscriber's name: its position and dead letters")
     parser.add_argument("--tenant", help="follow this tenant's events only")
     parser.add_argument("--report", action="store_true", help="print the table and exit")
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.database:
         parser.error("--database (or TENANT_SPEND_DATABASE_URL) is required")
+    if not args.nats and not args.report:
+        parser.error("--nats (or SWITCHYARD_NATS_URL) is required: `switchyard up --nats-users F` says where at start")
     return asyncio.run(report(args.database) if args.report else follow(args))
 
 

@@ -16,7 +16,9 @@ switch. Everything it asks goes through its door, `metering.subscriber.v1.<user>
 (`events.door`): the NATS user in `nats_url` (or `user`; none: the services' own) may publish there alone.
 Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
 `max_queued` messages because applying is slower than the log grows) sends it back to catching up from its
-position: the log, not the stream, is what it counts on.
+position: the log, not the stream, is what it counts on. NATS or metering away is waited out; NATS refusing the user
+(`NotAuthorized`: a wrong password, an unknown user) or its door (`NotPermitted`: a name or tenant its users file does
+not give it) ends `run()` with that error, as asking again would change nothing.
 
 An event that does not decode, or whose `apply` raises (anything but a lost connection), is set aside on
 DEADLETTER under the subscriber's name and the rest of its batch is applied without it (each event of a failing
@@ -59,10 +61,10 @@ from switchyard_gateway.events.marks import Watermark
 from switchyard_gateway.events.retries import follow_retries
 from switchyard_gateway.events.tail import StreamTail, TailLost
 from switchyard_gateway.kit import eventlog, nats_auth, natsio
-from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
+from switchyard_gateway.kit.natsio import NotAuthorized, NotPermitted, ServiceError, ServiceUnavailable
 from switchyard_gateway.kit.retry import TRANSIENT, Backoff, honour_cancel, retry
 
-__all__ = ["ASIDE", "Apply", "Event", "EventWithheld", "Subscriber", "TABLE"]
+__all__ = ["ASIDE", "Apply", "Event", "EventWithheld", "NotAuthorized", "NotPermitted", "Subscriber", "TABLE"]
 
 log = structlog.get_logger()
 

@@ -23,7 +23,7 @@ from switchyard_gateway.contracts.deadletters import EventDeadLettered
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.contracts.metering import Follow, Following, ReplayRequest, SetAside, SetAsideDone, Unfollow
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
+from switchyard_gateway.kit.natsio import NotPermitted, ServiceError, ServiceUnavailable
 
 log = structlog.get_logger()
 _following = msgspec.json.Decoder(Following)
@@ -47,9 +47,15 @@ class Door:
         return subjects.subscriber_subject(self.user, self.name, self.tenant, op)
 
     async def ask(self, op: str, body: bytes, timeout_s: float | None = None) -> bytes:
-        """The answer to one request; metering busy (503) is ServiceUnavailable, as is no answer."""
+        """The answer to one request; metering busy (503) is ServiceUnavailable, as is no answer; NATS refusing the
+        user the door's subject is NotPermitted (403), which asking again does not mend."""
         try:
             return await natsio.request(self.nc, self.subject(op), body, timeout_s or self.timeout_s)
+        except NotPermitted:
+            tenant = f"tenant {self.tenant}" if self.tenant else "every tenant"
+            raise NotPermitted(self.subject(op), f"NATS does not let user {self.user} ask through the door "
+                               f"{self.subject(op)}: a subscriber's NATS user may use only the door of the name and "
+                               f"tenant its users file gives it (asked as name {self.name}, {tenant})") from None
         except ServiceUnavailable:
             raise
         except ServiceError as exc:

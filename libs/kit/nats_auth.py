@@ -205,9 +205,17 @@ def _password(value: object, env: Mapping[str, str]) -> str:
 
 def with_user(url: str, user: str, password: str) -> str:
     """Every server of a (comma-separated) NATS URL with this user and password in it."""
+    return _each_server(url, f"{quote(user, safe='')}:{quote(password, safe='')}@")
+
+
+def without_user(url: str) -> str:
+    """Every server of a (comma-separated) NATS URL with no user in it: where a subscriber connects, as its own."""
+    return _each_server(url, "")
+
+
+def _each_server(url: str, user_part: str) -> str:
     out = []
     for one in url.split(","):
         parts = urlsplit(one.strip())
-        host = parts.netloc.rsplit("@", 1)[-1]
-        out.append(urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}")))
+        out.append(urlunsplit(parts._replace(netloc=user_part + parts.netloc.rsplit("@", 1)[-1])))
     return ",".join(out)

@@ -3,6 +3,8 @@
 Exceptions:
     ServiceError              a request/reply peer answered with an error (status + ErrorBody)
     ServiceUnavailable        no peer answered in time, or NATS is unreachable (status 503)
+    NotPermitted              NATS did not let this client's user publish the request (status 403)
+    NotAuthorized             (a ConnectionError) NATS refused the user itself: a wrong password or an unknown user
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import nats
@@ -83,19 +88,53 @@ class ServiceUnavailable(ServiceError):
         super().__init__(503, ErrorBody("SERVICE_UNAVAILABLE", f"{what} is not answering, try again shortly"))
 
 
+class NotPermitted(ServiceError):
+    """NATS refused to let this client's user publish on a subject (a permissions violation): asking again changes
+    nothing until the user's permissions do."""
+
+    def __init__(self, subject: str, message: str | None = None) -> None:
+        super().__init__(403, ErrorBody("NOT_PERMITTED", message or f"NATS does not let this client's user publish on "
+                                                                    f"{subject} (a permissions violation)", "subject"))
+
+
+class NotAuthorized(ConnectionError):
+    """NATS refused the user itself (`Authorization Violation`: a wrong password, or a user it does not know)."""
+
+
+PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+AUTHORIZATION_REFUSED = "authorization violation"
+
+
 class ErrorLog:
     """The client's asynchronous errors in the log, each kind at most once every `every_s` with how many came
     since: a subscriber that floods a service with requests whose replies it never reads makes one "slow
-    consumer" error per message dropped (half a million lines in ten seconds)."""
+    consumer" error per message dropped (half a million lines in ten seconds). It keeps the subjects NATS refused
+    the client to publish on (the server names them in lower case), so that a request there that goes unanswered
+    is told apart from a service that is down."""
 
     def __init__(self, every_s: float = 10.0, kinds: int = 100) -> None:
         self.throttle = Throttle(every_s, kinds)
+        self.refused: set[str] = set()                    # subjects, lower case
+        self.unauthorized = 0                             # times NATS refused the user itself
 
     def heard(self, error: str) -> None:
         kind = error.split(", sid:", 1)[0].split(" on subject ", 1)[0][:200]
         since = self.throttle.due(kind)
         if since is not None:
             log.warning("nats.error", error=error, **({"repeated": since} if since else {}))
+        refused = PUBLISH_REFUSED.search(error)
+        if refused and len(self.refused) < 100:
+            self.refused.add(refused.group(1).lower())
+        self.unauthorized += AUTHORIZATION_REFUSED in error.lower()
+
+
+_error_logs: weakref.WeakKeyDictionary[NATS, ErrorLog] = weakref.WeakKeyDictionary()
+
+
+def refused(nc: NATS, subject: str) -> bool:
+    """Whether NATS refused this client's user to publish on a subject (known of a client `connect` made)."""
+    errors = _error_logs.get(nc)
+    return errors is not None and subject.lower() in errors.refused
 
 
 async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None,
@@ -111,8 +150,12 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
     servers = url_list(url)
     errors = ErrorLog()
 
+    refused_by_all = asyncio.Event()
+
     async def _on_error(exc: Exception) -> None:
         errors.heard(str(exc) or type(exc).__name__)
+        if errors.unauthorized >= len(servers):
+            refused_by_all.set()
 
     async def _on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):          # closed on purpose: nothing went away
@@ -126,21 +169,39 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
             await on_closed(nc)
 
     nc = NATS()
+    _error_logs[nc] = errors
     inbox = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}     # a user allowed its own inbox only
+    connecting = asyncio.ensure_future(nc.connect(
+        servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5, **inbox,
+        max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
+        error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+        closed_cb=_on_closed,
+    ))
+    # nats-py tries the servers in turn, for ever: each of them refusing the user is no outage to wait out
+    refused = asyncio.ensure_future(refused_by_all.wait())
     try:
-        await asyncio.wait_for(
-            nc.connect(
-                servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5, **inbox,
-                max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=3,
-                error_cb=_on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
-                closed_cb=_on_closed,
-            ),
-            timeout=timeout_s,
-        )
-    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        await asyncio.wait({connecting, refused}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refused.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait({connecting})
+    failed = None if connecting.cancelled() else connecting.exception()
+    if connecting.cancelled() or failed is not None:
         await _close_quietly(nc)
-        raise ConnectionError(f"NATS at {mask_password(','.join(servers))} did not answer within {timeout_s:.0f} s") from exc
+        if failed is not None and not isinstance(failed, (OSError, nats.errors.Error)):
+            raise failed
+        where = mask_password(",".join(servers))
+        if errors.unauthorized >= len(servers):
+            raise NotAuthorized(f"NATS at {where} refused the user{_user_of(servers[0])}: Authorization Violation "
+                                "(a wrong password, or a user it does not know)") from None
+        raise ConnectionError(f"NATS at {where} did not answer within {timeout_s:.0f} s") from failed
     return nc
+
+
+def _user_of(url: str) -> str:
+    user = urlsplit(url).username
+    return f" {unquote(user)}" if user else " (none given)"
 
 
 async def _close_quietly(nc: NATS) -> None:
@@ -179,6 +240,8 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
     try:
         msg = await nc.request(subject, payload, timeout=timeout_s, headers=headers)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
+        if refused(nc, subject):                # never passed on: no service was asked
+            raise NotPermitted(subject) from None
         raise ServiceUnavailable(service) from None
     headers = msg.headers or {}
     code = headers.get(subjects.SERVICE_ERROR_CODE_HEADER)

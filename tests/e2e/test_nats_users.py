@@ -52,6 +52,7 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
         assert (data_dir / "nats" / "auth.conf").stat().st_mode & 0o777 == 0o600
         assert "switchyard:" in running_url(data_dir, "nats_url")      # the tools find the services' user
         bare = f"nats://{running_url(data_dir, 'nats_url').split('@')[-1]}"
+        assert f"subscribers connect to {bare}, each as its user of " in (data_dir / "up.log").read_text()
         with pytest.raises(nats.errors.Error):                           # no user: refused
             await nats.connect(bare, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
         async with httpx.AsyncClient() as client:                         # the services did connect, as their user
@@ -72,6 +73,14 @@ async def test_up_with_users_serves_its_services_and_a_subscriber_and_refuses_th
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+        # a wrong password ends the example at once, saying so, rather than waiting for NATS for ever
+        example = await asyncio.to_thread(subprocess.run, [
+            sys.executable, str(REPO / "examples" / "tenant_spend.py"), "--database", own,
+            "--nats", with_user(bare, "billing", "not-the-password")], capture_output=True, text=True, timeout=60)
+        assert example.returncode == 1 and "Traceback" not in example.stderr, example.stderr
+        assert example.stderr.splitlines()[-1] == (
+            f"tenant_spend.py: NATS at {bare.replace('//', '//billing:***@')} refused the user billing: Authorization "
+            "Violation (a wrong password, or a user it does not know)"), example.stderr
         listed = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "switchyard_gateway.cli", "events",
                                                           "dead-letters", "--data-dir", str(data_dir)],
                                          capture_output=True, text=True, env={**env}, cwd=REPO)

@@ -24,7 +24,7 @@ from switchyard_gateway.contracts.metering import Follow, ReplayPage, ReplayRequ
 from switchyard_gateway.contracts.subjects import subscriber_subject as door_subject
 from switchyard_gateway.events.door import Door
 from switchyard_gateway.kit import natsio
-from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.natsio import NotAuthorized, NotPermitted, ServiceError
 from switchyard_gateway.kit.nats_auth import SubscriberUser, UsersError, inbox_prefix, load, server_config, with_user
 from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.services.metering import door as door_service
@@ -125,6 +125,23 @@ async def test_a_subscriber_user_catches_up_and_follows_with_only_its_allow_list
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert everyone.applied == head and set(acme_seen) == {"acme"} and len(acme_seen) == 22
+
+
+@pytest.mark.parametrize(("user", "password", "name", "refused", "says"), [
+    ("billing", "not-its-password", "tenant-spend", NotAuthorized, "refused the user billing: Authorization Violation"),
+    ("nobody", "billing-secret", "tenant-spend", NotAuthorized, "refused the user nobody"),
+    ("billing", "billing-secret", "not-its-name", NotPermitted, "may use only the door of the name and tenant"),
+])
+async def test_a_subscriber_nats_refuses_ends_saying_why_rather_than_waiting_for_metering(
+        guarded_nats: str, services: Metering, urls, user: str, password: str, name: str, refused: type,
+        says: str) -> None:
+    """A wrong password, an unknown user or a name its users file does not give it: the kit tried again for ever
+    (30 s of "did not answer", or "503 metering is not answering" again and again), as if metering were down."""
+    subscriber = Subscriber(name, _nothing, nats_url=with_user(guarded_nats, user, password), request_timeout_s=1,
+                            database_url=await create_database(urls.database_url, f"p_{uuid.uuid4().hex[:10]}"))
+    with pytest.raises(refused) as ended:
+        await asyncio.wait_for(subscriber.run(), 5)
+    assert says in str(ended.value)
 
 
 async def test_nats_refuses_a_user_what_it_is_not_allowed(guarded_nats: str, services: Metering) -> None:

@@ -21,7 +21,8 @@ def closed_port() -> int:
 @pytest.mark.parametrize("report", [True, False])
 def test_an_unreachable_database_is_one_line_with_its_password_masked(report: bool) -> None:
     url = f"postgresql://billing:hunter2@127.0.0.1:{closed_port()}/billing"
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--database", url, *(["--report"] if report else [])],
+    done = subprocess.run([sys.executable, str(EXAMPLE), "--database", url,
+                           *(["--report"] if report else ["--nats", f"nats://127.0.0.1:{closed_port()}"])],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"tenant_spend.py: cannot reach the database {url.replace('hunter2', '***')}: ")
