@@ -180,7 +180,8 @@ async def test_listing_dead_letters_leaves_the_stacks_streams_as_they_are(nats_c
     assert (await js.stream_info(subjects.STREAM_LOG)).config.max_age == 7200.0
 
 
-async def test_an_operator_removes_dead_letters_with_their_retries(nats_client, own_nats: str, monkeypatch) -> None:
+async def test_an_operator_removes_dead_letters_with_their_retries(nats_client, own_nats: str, monkeypatch,
+                                                                    capsys) -> None:
     """A letter could only be retried: the ones a consumer will never take again stayed for good (and a
     subscriber's counted against its room for more). `--remove` deletes letters and the retries asked for them."""
     from switchyard_gateway.kit import natsio
@@ -199,3 +200,8 @@ async def test_an_operator_removes_dead_letters_with_their_retries(nats_client, 
     waiting = (await js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=f"*.*.*.{name}")).state.subjects
     assert waiting == {f"{subjects.EVENT_DEAD_LETTERED}.{name}": 1}, "its retry went with it"
     assert await asyncio.to_thread(main, ["events", "dead-letters", "--remove", str(first)]) == 2
+    capsys.readouterr()
+    # ids that are there are retried, and those that are not are named
+    assert await asyncio.to_thread(main, ["events", "dead-letters", "--retry", str(second), "99999999"]) == 2
+    said = capsys.readouterr()
+    assert f"dead letter {second} " in said.out and "no dead letter 99999999" in said.err, said
