@@ -8,6 +8,7 @@ endpoint's failure, and the call moves on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -79,7 +80,7 @@ async def test_a_created_in_milliseconds_is_read_as_the_moment_it_names(lab: Lab
             assert "".join(line["message"]["content"] for line in lines) == "from the odd one"
             assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 4, lines[-1]
             assert all(2001 <= year(line["created_at"]) <= datetime.now(UTC).year for line in lines), lines
-        rows = [await exactly_one_usage_row(lab.demo, r) for r in rig.request_ids]
+        rows = await asyncio.gather(*(exactly_one_usage_row(lab.demo, r) for r in rig.request_ids))
         assert {(row["endpoint_id"], row["status"], row["outcome"]) for row in rows} == {(rig.endpoint_id, 200, "ok")}
 
 
