@@ -11,7 +11,8 @@ overriding them), kept in `tenant_spend_prices`: a call costs what its model cos
 as in metering's own figures. With `--tenant` it follows one tenant's events only (NATS may allow it no more);
 those carry the tenant's own prices but not the models' list prices, so calls priced by those count as unpriced.
 A row of the log too large for one NATS message comes as an `EventWithheld`: it is noted in `tenant_spend_withheld`
-and `--report` says so, as the figures leave it out (`Subscriber.fetch` reads it once the limit carries it).
+and `--report` says so, as the figures leave it out (`Subscriber.fetch` reads it once the limit carries it);
+`--report` shows the unpriced calls beside the cost.
 """
 
 from __future__ import annotations
@@ -136,10 +137,14 @@ async def report(database_url: str) -> int:
         withheld = await conn.fetch("SELECT * FROM tenant_spend_withheld ORDER BY position")
     finally:
         await conn.close()
-    print(f"{'tenant':<24} {'calls':>10} {'errors':>8} {'input':>14} {'output':>14} {'cost USD':>16}")
+    print(f"{'tenant':<24} {'calls':>10} {'errors':>8} {'unpriced':>9} {'input':>14} {'output':>14} "
+          f"{'cost USD':>16}")
     for r in rows:
-        print(f"{r['tenant']:<24} {r['calls']:>10,} {r['errors']:>8,} {r['input_tokens']:>14,} "
-              f"{r['output_tokens']:>14,} {r['cost_usd']:>16.6f}")
+        print(f"{r['tenant']:<24} {r['calls']:>10,} {r['errors']:>8,} {r['unpriced_calls']:>9,} "
+              f"{r['input_tokens']:>14,} {r['output_tokens']:>14,} {r['cost_usd']:>16.6f}")
+    if any(r["unpriced_calls"] for r in rows):
+        print("unpriced: calls whose model had no price this subscriber could see, not in the cost (with --tenant, the "
+              "models' list prices are not among its events)")
     if withheld:
         print(f"not counted: {len(withheld)} row(s) of the log too large for one NATS message, at positions "
               + ", ".join(f"{w['position']} ({w['type']}, tenant {w['tenant'] or '-'})" for w in withheld))

@@ -195,5 +195,10 @@ async def test_the_tenant_spend_example_notes_a_withheld_row_and_reports_it(
     finally:
         await conn.close()
     assert await example.report(own_database) == 0
+    printed = capsys.readouterr().out
     assert "not counted: 1 row(s) of the log too large for one NATS message, at positions 2 (usage.recorded.v2, " \
-        "tenant acme)" in capsys.readouterr().out
+        "tenant acme)" in printed
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("tenant "))
+    assert lines[header].split()[:4] == ["tenant", "calls", "errors", "unpriced"]
+    assert lines[header + 1].split()[:4] == ["acme", "2", "0", "2"]             # the test's models have no price
