@@ -249,6 +249,13 @@ def test_a_refusal_is_a_refusal_part_of_the_message() -> None:
     assert response.output_text == "" and response.status == "completed"
 
 
+def test_the_settings_openai_echoes_are_echoed_and_store_says_nothing_was_stored() -> None:
+    response = answer(completion({"content": "Hi"}), store=True, top_logprobs=3, max_tool_calls=2,
+                      reasoning={"effort": "low"})
+    assert (response.store, response.top_logprobs, response.max_tool_calls, response.reasoning.effort) == \
+        (False, 3, 2, "low")
+
+
 def test_the_gateways_estimate_is_shown_when_the_relay_made_one() -> None:
     response = answer(completion({"content": "Hi"}, usage={"prompt_tokens": -5}), estimate=TokenCounts(12, 3))
     assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 3)

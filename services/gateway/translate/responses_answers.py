@@ -33,14 +33,16 @@ def new_id(prefix: str) -> str:
 
 def echoed(request: ResponsesRequest, model: str) -> Response:
     """A new Response (`in_progress`, no output yet) carrying the settings of the request it answers, as OpenAI's
-    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`."""
+    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`; `store` is false, since
+    nothing is stored whatever the request asked."""
     return Response(
         id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=model, output=[],
         instructions=request.instructions, max_output_tokens=request.max_output_tokens,
         parallel_tool_calls=request.parallel_tool_calls is not False, temperature=request.temperature,
         top_p=request.top_p, tool_choice=request.tool_choice or "auto", tools=list(request.tools or ()),
         text=request.text or TextConfig(format=TextFormat(type="text")), user=request.user,
-        metadata=request.metadata or {})
+        metadata=request.metadata or {}, reasoning=request.reasoning, top_logprobs=request.top_logprobs,
+        max_tool_calls=request.max_tool_calls)
 
 
 def usage_block(counts: TokenCounts | None) -> ResponseUsage:

@@ -5,7 +5,7 @@
 | any (`ollama` through its `/v1`, as the OpenAI door reaches it) | `/v1/chat/completions` | `chat_body` | `openai_to_response` | `OpenAIStreamToResponses` |
 | `openai` | `/v1/chat/completions` | `chat_body` (`max_completion_tokens`, `reasoning_effort`) | the same | the same |
 
-The gateway is stateless: nothing is stored (`store` is accepted and changes nothing), so a request that would
+The gateway is stateless: nothing is stored (`store` is accepted, and answered `false`), so a request that would
 continue a stored response, conversation or prompt, or run in the background, is refused (400 naming the field).
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (the `/v1/` prefix's shape), an upstream's
 passed on as the OpenAI door passes them on; inside a stream, an `error` event and `response.failed`.

@@ -208,6 +208,10 @@ class Response(msgspec.Struct, kw_only=True):
     user: str | None = None
     metadata: dict[str, str]
     background: bool = False
+    store: bool = False                           # nothing is stored, whatever the request said
+    reasoning: ReasoningConfig | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = None
 
 
 # --- stream events ----------------------------------------------------------------------------------
