@@ -426,15 +426,18 @@ async def test_a_client_leaving_mid_stream_records_one_cancelled_call(demo: Demo
 async def test_an_upstream_cut_ends_the_stream_with_an_error_event(demo: DemoStack) -> None:
     async with registered_upstream(demo, f"anth-cut-{uuid.uuid4().hex[:6]}", tokens=20, failure_kind="cut",
                                    failure_rate=1.0, failure_paths=("/v1/chat/completions",)) as cut:
-        rid = request_id()
+        rid, said = request_id(), []
         with pytest.raises(anthropic.APIStatusError) as failed:
             async with cut.client().messages.stream(model=cut.model("translated"), max_tokens=100,
                                                     messages=[{"role": "user", "content": "cut me off"}],
                                                     extra_headers={"X-Request-Id": rid}) as stream:
-                await asyncio.wait_for(stream.get_final_message(), 20)
+                async with asyncio.timeout(20):
+                    async for text in stream.text_stream:
+                        said.append(text)
         assert failed.value.type == "api_error" and "cut" in (failed.value.api_message or "")
         event = await exactly_one_usage_row(demo, rid)
-        assert (event["outcome"], event["estimated"]) == ("error", True) and 0 < event["output_tokens"] < 20
+        assert said and (event["outcome"], event["estimated"]) == ("error", True)
+        assert event["output_tokens"] == -(-len("".join(said).encode()) // 4)       # what was written, 4 bytes a token
 
 
 async def test_dense_text_behind_a_cheap_opening_is_counted_whole_for_the_hold(demo: DemoStack,
