@@ -1,5 +1,6 @@
 """A model's refusal (OpenAI's `refusal`: the model declined and says why, with no content) is not lost on the doors
-whose APIs have no refusal of their own: Anthropic's and Ollama's show it as the answer's text, whole and streamed.
+whose APIs have no refusal of their own: Anthropic's and Ollama's show it as the answer's text, whole and streamed
+(Anthropic's with `stop_reason: "refusal"`, as for a content filter).
 (The Responses door's `refusal` parts: test_responses_door.py.)"""
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def ollama(stream: bool) -> Door:
 @pytest.mark.parametrize("kind", ["openai-compatible", "openai"])
 def test_the_anthropic_door_shows_a_refusal_as_text(kind: str) -> None:
     message = json.loads(anthropic(False).plan(kind).answer(whole(), "m", Times(0, 0)))
-    assert message["content"] == [{"type": "text", "text": SAID}]
+    assert message["content"] == [{"type": "text", "text": SAID}] and message["stop_reason"] == "refusal"
     relay = anthropic(True).plan(kind).stream("m", Times(0, 0))
     out = relay.feed(streamed()) + relay.ended() + relay.finish()
     events = [json.loads(block.split("\n")[1][6:]) for block in out.decode().split("\n\n") if block]
     assert "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta") == SAID
+    assert [e["delta"]["stop_reason"] for e in events if e["type"] == "message_delta"] == ["refusal"]
 
 
 @pytest.mark.parametrize("kind", ["openai-compatible", "openai"])

@@ -35,13 +35,14 @@ def tool_use_id() -> str:
 
 
 def stop_reason(finish: str | None, tool_called: bool, matched: Any = None,
-                stop_sequences: list[str] | None = None) -> tuple[StopReason, str | None]:
-    """(stop_reason, stop_sequence) for an upstream's finish; `matched` is the stop string it reports, if any."""
+                stop_sequences: list[str] | None = None, refused: bool = False) -> tuple[StopReason, str | None]:
+    """(stop_reason, stop_sequence) for an upstream's finish; `matched` is the stop string it reports, if any;
+    `refused`: the model declined (an OpenAI `refusal`), which Anthropic's answer says as a content filter's."""
     if finish in ("tool_calls", "function_call") or (tool_called and finish in (None, "stop")):
         return "tool_use", None
     if finish == "length":
         return "max_tokens", None
-    if finish == "content_filter":
+    if finish == "content_filter" or refused:
         return "refusal", None
     if isinstance(matched, str) and stop_sequences and matched in stop_sequences:
         return "stop_sequence", matched
@@ -72,7 +73,8 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
     tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
              for call in (message.tool_calls if message else None) or () if call.function is not None]
     content: list[ContentBlock] = [TextContent(text), *tools] if text else [*tools]
-    reason, sequence = stop_reason(choice.finish_reason, bool(tools), choice.stop_reason, stop_sequences)
+    reason, sequence = stop_reason(choice.finish_reason, bool(tools), choice.stop_reason, stop_sequences,
+                                   refused=bool(message and message.refusal))
     counts = believable(usage_counts(reply.usage)) if reply.usage is not None else None
     return encode(MessagesResponse(id=message_id(), model=model, content=content, stop_reason=reason,
                                    stop_sequence=sequence, usage=usage_block(estimate or counts)))

@@ -156,7 +156,7 @@ class OpenAIStreamToAnthropic(ChatStreamReader):
     begins after it. Text that only begins like it is held until it differs, then relayed.
     """
 
-    __slots__ = ("events", "stop_sequences", "_matched", "_prefill")
+    __slots__ = ("events", "stop_sequences", "_matched", "_prefill", "_refused")
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0,
                  prefill: str | None = None) -> None:
@@ -165,12 +165,14 @@ class OpenAIStreamToAnthropic(ChatStreamReader):
         self.stop_sequences = stop_sequences
         self._matched: Any = None
         self._prefill = PrefillEcho(prefill) if prefill else None   # a repeat of it is taken off the answer
+        self._refused = False                     # the model declined: its reason, as text, and stop_reason refusal
 
     def finish(self) -> bytes:
         out = self._flushed()
         if self.error is not None:
             return out
-        reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences)
+        reason, sequence = stop_reason(self._finish, self.events.tool_called, self._matched, self.stop_sequences,
+                                       self._refused)
         return out + self._unheld() + self.events.end(reason, sequence, self.estimate or believable(self.usage),
                                                        self.written)
 
@@ -205,6 +207,10 @@ class OpenAIStreamToAnthropic(ChatStreamReader):
             return b""
         held, self._prefill = self._prefill.unheld(), None
         return self.events.text(held)
+
+    def _refusal(self, refusal: str) -> bytes:
+        self._refused = True
+        return self._text(refusal)
 
     def _tool_call(self, call: ToolCall) -> bytes:
         function = call.function
