@@ -16,6 +16,7 @@ import textwrap
 import uuid
 
 import asyncpg
+import jsonschema
 import httpx
 import ollama
 import openai
@@ -301,3 +302,37 @@ async def test_what_llama_server_says_of_its_model_reaches_ollama_tools(real: Re
     retrieved = await openai.AsyncOpenAI(base_url=f"{real.demo.url}/v1", api_key=real.key).models.retrieve(
         real.servers.model_path)
     assert retrieved.id == real.servers.model_path
+
+
+VERDICT = {"type": "object", "properties": {"ok": {"type": "boolean"}, "stars": {"type": "integer", "enum": [1, 2, 3]}},
+           "required": ["ok", "stars"], "additionalProperties": False}
+
+
+async def _structured(real: RealUpstream, door: str, request_id: str) -> str:
+    """The text of an answer asked to follow VERDICT, through one door."""
+    asked = messages("judge the switch yard")
+    if door == "openai.chat":
+        answer = await openai_client(real, request_id).chat.completions.create(
+            model=real.alias, messages=asked, max_tokens=200,
+            response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}})
+        return answer.choices[0].message.content or ""
+    if door == "openai.responses":
+        response = await openai_client(real, request_id).responses.create(
+            model=real.alias, input=asked, max_output_tokens=200,
+            text={"format": {"type": "json_schema", "name": "verdict", "schema": VERDICT}})
+        return response.output_text
+    answer = await ollama_client(real, request_id).chat(model=real.alias, messages=asked, format=VERDICT,
+                                                        options={"num_predict": 200})
+    return answer.message.content or ""
+
+
+@pytest.mark.parametrize("door", ["openai.chat", "openai.responses", "ollama.chat"])
+async def test_an_answer_asked_to_follow_a_json_schema_follows_it(real: RealUpstream, door: str) -> None:
+    """Each door's way of asking for structured output (`response_format`, Responses' `text.format`, Ollama's
+    `format` schema) reaches llama-server as a JSON schema its grammar holds the model to: a model of random
+    weights answers JSON of the schema, ended by the grammar rather than by `max_tokens`."""
+    request_id = uuid.uuid4().hex
+    said = json.loads(await _structured(real, door, request_id))
+    jsonschema.validate(said, VERDICT)
+    event = await exactly_one_usage_row(real.demo, request_id)
+    assert (event["api"], event["outcome"]) == (door, "ok") and 0 < event["output_tokens"] < 200
