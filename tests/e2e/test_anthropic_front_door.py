@@ -261,6 +261,7 @@ async def test_the_models_list_is_anthropics_page_for_anthropics_client(upstream
     assert [m.id for m in page.data] == names and page.has_more is False
     assert page.first_id == names[0] and page.last_id == names[1]
     assert all(m.type == "model" and m.display_name == m.id and m.created_at.tzinfo is not None for m in page.data)
+    assert all((m.lifecycle, m.max_input_tokens) == ("active", 4096) for m in page.data)
     assert [m.id async for m in await client.models.list(limit=1)] == names    # page by page, after_id
     one = await client.models.retrieve(names[1])
     assert (one.id, one.type) == (names[1], "model")

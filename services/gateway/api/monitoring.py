@@ -57,9 +57,11 @@ def model_object(model: ModelRegistered) -> dict[str, Any]:
 
 
 def anthropic_model_object(model: ModelRegistered) -> dict[str, Any]:
-    """Anthropic's model object (what its client's `models.list()` / `models.retrieve()` read)."""
+    """Anthropic's model object (what its client's `models.list()` / `models.retrieve()` read): `lifecycle` always
+    `active` (a removed model is not listed), `max_input_tokens` the registry's context length when it has one."""
     created = model.occurred_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return {"type": "model", "id": model.model_id, "display_name": model.model_id, "created_at": created}
+    return {"type": "model", "id": model.model_id, "display_name": model.model_id, "created_at": created,
+            "lifecycle": "active", "max_input_tokens": model.context_length or None}
 
 
 def anthropic_page(request: Req, models: list[ModelRegistered]) -> dict[str, Any]:
