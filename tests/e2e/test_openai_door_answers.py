@@ -1,4 +1,5 @@
-"""End to end: what the OpenAI door makes of answers a model server may well send, through a one-worker gateway.
+"""End to end: what the OpenAI door (and the Anthropic and Responses doors, for reasoning) makes of answers a model
+server may well send, through a one-worker gateway.
 
 Each test registers a raw upstream (`Odd`, tests/e2e/test_upstream_answers.py) as the only endpoint of a model of its
 own (`rig.lone`) beside the hostile lab's, and sets the answer it gives to every call.
@@ -11,8 +12,10 @@ import json
 import uuid
 from typing import Any
 
+import anthropic
 import httpx
 import msgspec
+import openai
 import pytest
 
 from tests.e2e.test_hostile import Lab, exactly_one_usage_row
@@ -75,6 +78,65 @@ async def test_a_stream_without_usage_is_estimated_from_everything_the_model_wro
         assert row["estimated"] is True and row["outcome"] == "ok", row
         assert row["output_tokens"] == -(-written // 4), (case, row["output_tokens"], written)
         assert (shown["prompt_tokens"], shown["completion_tokens"]) == (row["input_tokens"], row["output_tokens"])
+
+
+THOUGHTS = 10                           # reasoning deltas of THOUGHT in the answers below
+REASONED = events(ROLE, *({"delta": {"reasoning_content": THOUGHT}} for _ in range(THOUGHTS // 2)),
+                  *({"delta": {"reasoning": THOUGHT}} for _ in range(THOUGHTS // 2)), {"delta": {"content": "ok"}},
+                  {"delta": {}, "finish_reason": "stop"})
+REASONED_WHOLE = msgspec.json.encode({
+    "id": "chatcmpl-odd", "object": "chat.completion", "created": 1700000000, "model": "odd", "choices": [
+        {"index": 0, "finish_reason": "stop",
+         "message": {"role": "assistant", "content": "ok", "reasoning_content": THOUGHT * THOUGHTS}}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 310, "total_tokens": 319,
+              "completion_tokens_details": {"reasoning_tokens": 300}}})
+
+
+async def test_the_anthropic_sdk_reads_an_upstreams_reasoning_as_a_thinking_block(lab: Lab, gateway: Gateway) -> None:
+    """The Anthropic door dropped the reasoning a model server writes (`reasoning_content`, `reasoning`); the
+    official SDK reads it as a thinking block before the text now, streamed or whole, and the call's output
+    estimate still counts it."""
+    async with odd_endpoint(lab, gateway) as rig:
+        client = anthropic.AsyncAnthropic(base_url=gateway.url, api_key=lab.member, max_retries=0, timeout=30)
+        ask = {"model": rig.lone, "max_tokens": 2000, "messages": [{"role": "user", "content": "think first"}]}
+        rig.odd.reply = raw(200, REASONED, b"content-type: text/event-stream")
+        request_id = f"thinking-{uuid.uuid4().hex}"
+        async with client.messages.stream(**ask, extra_headers={"X-Request-Id": request_id}) as stream:
+            streamed = await stream.get_final_message()
+        assert [block.type for block in streamed.content] == ["thinking", "text"], streamed
+        assert (streamed.content[0].thinking, streamed.content[0].signature) == (THOUGHT * THOUGHTS, "")
+        assert streamed.content[1].text == "ok" and streamed.stop_reason == "end_turn"
+        row = await exactly_one_usage_row(lab.demo, request_id)
+        assert row["estimated"] is True and row["output_tokens"] == -(-(THOUGHTS * len(THOUGHT) + 2) // 4), row
+        assert streamed.usage.output_tokens == row["output_tokens"]
+        rig.odd.reply = raw(200, REASONED_WHOLE, b"content-type: application/json")
+        whole = await client.messages.create(**ask)
+        assert [(block.type, getattr(block, "thinking", None) or block.text) for block in whole.content] == [
+            ("thinking", THOUGHT * THOUGHTS), ("text", "ok")]
+
+
+async def test_the_openai_sdk_reads_an_upstreams_reasoning_as_a_responses_reasoning_item(lab: Lab,
+                                                                                       gateway: Gateway) -> None:
+    """The Responses door dropped the reasoning too; `responses.stream` and `responses.create` give a `reasoning`
+    item before the message now, `output_text` the answer alone, and the upstream's reasoning token count."""
+    async with odd_endpoint(lab, gateway) as rig:
+        client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=lab.member, max_retries=0, timeout=30)
+        rig.odd.reply = raw(200, REASONED, b"content-type: text/event-stream")
+        request_id = f"reasoning-{uuid.uuid4().hex}"
+        async with client.responses.stream(model=rig.lone, input="think first", max_output_tokens=2000,
+                                           extra_headers={"X-Request-Id": request_id}) as stream:
+            kinds = [event.type async for event in stream]
+            streamed = await stream.get_final_response()
+        assert kinds.count("response.reasoning_text.delta") == THOUGHTS and "response.reasoning_text.done" in kinds
+        assert [item.type for item in streamed.output] == ["reasoning", "message"], streamed
+        assert streamed.output[0].content[0].text == THOUGHT * THOUGHTS and streamed.output_text == "ok"
+        row = await exactly_one_usage_row(lab.demo, request_id)
+        assert row["estimated"] is True and row["output_tokens"] == -(-(THOUGHTS * len(THOUGHT) + 2) // 4), row
+        assert streamed.usage.output_tokens == row["output_tokens"]
+        rig.odd.reply = raw(200, REASONED_WHOLE, b"content-type: application/json")
+        whole = await client.responses.create(model=rig.lone, input="think first", max_output_tokens=2000)
+        assert whole.output[0].type == "reasoning" and whole.output[0].content[0].text == THOUGHT * THOUGHTS
+        assert whole.output_text == "ok" and whole.usage.output_tokens_details.reasoning_tokens == 300
 
 
 async def test_a_streams_estimate_is_never_past_what_the_call_was_held_to(lab: Lab, gateway: Gateway) -> None:

@@ -177,6 +177,8 @@ async def test_an_upstream_cut_ends_the_stream_with_response_failed(demo: DemoSt
         assert error.sequence_number + 1 == failed.sequence_number
         event = await exactly_one_usage_row(demo, rid)
         assert (event["outcome"], event["estimated"]) == ("error", True) and event["output_tokens"] > 0
+        usage = failed.response.usage            # none before: what was spent, as the usage event records it
+        assert (usage.input_tokens, usage.output_tokens) == (event["input_tokens"], event["output_tokens"]), usage
 
 
 async def _all(stream: openai.AsyncStream) -> list:

@@ -261,6 +261,45 @@ def test_the_gateways_estimate_is_shown_when_the_relay_made_one() -> None:
     assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 3)
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_under_either_name_is_a_reasoning_item_before_the_message(field: str) -> None:
+    """vLLM's and DeepSeek's `reasoning_content`, Ollama's and OpenRouter's `reasoning`: dropped before; a first
+    `reasoning` item now, with the upstream's reasoning token count in the usage."""
+    usage = {"prompt_tokens": 9, "completion_tokens": 20, "completion_tokens_details": {"reasoning_tokens": 18}}
+    response = answer(completion({"content": "42", field: "6 times 7"}, usage=usage))
+    reasoning, message = response.output
+    assert (reasoning.type, reasoning.id[:3], reasoning.summary, reasoning.status) == ("reasoning", "rs_", [],
+                                                                                       "completed")
+    assert [part.model_dump() for part in reasoning.content] == [{"type": "reasoning_text", "text": "6 times 7"}]
+    assert message.type == "message" and response.output_text == "42"
+    assert (response.usage.output_tokens, response.usage.output_tokens_details.reasoning_tokens) == (20, 18)
+    assert answer(completion({"content": "42"}, usage=usage)).output[0].type == "message"
+
+
+def test_reasoning_tokens_are_the_upstreams_or_none() -> None:
+    """0 when the upstream says nothing of them, or says what cannot be (more than its output, not a count); 0 with the
+    gateway's estimate, which does not know them."""
+    reasoned = completion({"content": "42", "reasoning": "x"}, usage={"prompt_tokens": 9, "completion_tokens": 3})
+    assert answer(reasoned).usage.output_tokens_details.reasoning_tokens == 0
+    for details, shown in (({"reasoning_tokens": 50}, 3), ({"reasoning_tokens": "2"}, 0), ([1], 0)):
+        usage = {"prompt_tokens": 9, "completion_tokens": 3, "completion_tokens_details": details}
+        assert answer(completion({"content": "42"}, usage=usage)).usage.output_tokens_details.reasoning_tokens == shown
+    estimated = answer(completion({"content": "42"}, usage={"prompt_tokens": -1, "completion_tokens_details": {
+        "reasoning_tokens": 2}}), estimate=TokenCounts(12, 3))
+    assert (estimated.usage.output_tokens, estimated.usage.output_tokens_details.reasoning_tokens) == (3, 0)
+
+
+def test_reasoning_before_tool_calls_is_a_reasoning_item_before_the_function_calls() -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]
+    response = answer(completion({"content": None, "reasoning_content": "The weather tool.", "tool_calls": calls},
+                                 "tool_calls"))
+    assert [(item.type, item.status) for item in response.output] == [("reasoning", "completed"),
+                                                                       ("function_call", "completed")]
+    assert response.output[0].content[0].text == "The weather tool." and response.output_text == ""
+    cut = answer(completion({"content": None, "reasoning": "Still think"}, "length"), max_output_tokens=2)
+    assert [(item.type, item.status) for item in cut.output] == [("reasoning", "incomplete")]
+
+
 def test_an_unreadable_answer_is_a_translation_error() -> None:
     with pytest.raises(TranslationError):
         answer(b"<html>")
@@ -381,6 +420,85 @@ def test_an_error_inside_the_stream_is_an_error_event_and_response_failed_and_no
     assert [(item["status"], item["content"]) for item in failed["output"]] == [      # what was written, cut short
         ("incomplete", [{"type": "output_text", "text": "Hi", "annotations": []}])]
     assert final is None
+
+
+REASONING_THEN_TEXT = (chunk({"role": "assistant", "content": ""}) + chunk({"reasoning_content": "6 times"})
+                      + chunk({"reasoning": " 7"}) + chunk({"content": "4"}) + chunk({"content": "2"})
+                      + chunk({}, "stop")
+                      + chunk(None, usage={"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13,
+                                           "completion_tokens_details": {"reasoning_tokens": 4}}) + DONE)
+
+
+@pytest.mark.parametrize("size", [0, 1, 9])
+def test_a_stream_of_reasoning_then_text_is_a_reasoning_item_then_the_message(size: int) -> None:
+    """The reasoning deltas were dropped; they are a `reasoning` item's `reasoning_text` now, at output_index 0, and
+    the message at 1; the SDK's stream state builds the final Response with both."""
+    events, final = relay(REASONING_THEN_TEXT, size)
+    shape = [(e["type"], e.get("output_index"), e.get("content_index")) for e in events]
+    assert shape == [
+        ("response.created", None, None), ("response.in_progress", None, None),
+        ("response.output_item.added", 0, None), ("response.content_part.added", 0, 0),
+        ("response.reasoning_text.delta", 0, 0), ("response.reasoning_text.delta", 0, 0),
+        ("response.reasoning_text.done", 0, 0), ("response.content_part.done", 0, 0),
+        ("response.output_item.done", 0, None),
+        ("response.output_item.added", 1, None), ("response.content_part.added", 1, 0),
+        ("response.output_text.delta", 1, 0), ("response.output_text.delta", 1, 0),
+        ("response.output_text.done", 1, 0), ("response.content_part.done", 1, 0),
+        ("response.output_item.done", 1, None), ("response.completed", None, None)]
+    reasoning_id = events[2]["item"]["id"]
+    assert events[2]["item"] == {"type": "reasoning", "id": reasoning_id, "summary": [], "content": [],
+                                 "status": "in_progress"}
+    assert events[3]["part"] == {"type": "reasoning_text", "text": ""}
+    assert [(e["item_id"], e["delta"]) for e in events[4:6]] == [(reasoning_id, "6 times"), (reasoning_id, " 7")]
+    assert (events[6]["text"], events[7]["part"]) == ("6 times 7", {"type": "reasoning_text", "text": "6 times 7"})
+    assert events[8]["item"] == {"type": "reasoning", "id": reasoning_id, "summary": [],
+                                 "content": [{"type": "reasoning_text", "text": "6 times 7"}], "status": "completed"}
+    assert events[-1]["response"]["output"][0] == events[8]["item"]
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].content[0].text == "6 times 7" and final.output_text == "42"
+    assert (final.usage.output_tokens, final.usage.output_tokens_details.reasoning_tokens) == (6, 4)
+
+
+def test_reasoning_after_a_tool_call_writes_the_call_first_and_keeps_the_indices_consecutive() -> None:
+    stream = (chunk({"reasoning": "Weather first."}) + chunk(call(0, "call_1", "get_weather", '{"city":"Oslo"}'))
+              + chunk({"reasoning": "Then say so."}) + chunk({"content": "Asked."}) + chunk({}, "tool_calls")
+              + USAGE + DONE)
+    events, final = relay(stream, 5)
+    added = [(e["output_index"], e["item"]["type"]) for e in events if e["type"] == "response.output_item.added"]
+    assert added == [(0, "reasoning"), (1, "function_call"), (2, "reasoning"), (3, "message")]
+    assert [item.type for item in final.output] == ["reasoning", "function_call", "reasoning", "message"]
+    assert final.usage.output_tokens_details.reasoning_tokens == 0          # the upstream said nothing of them
+
+
+def test_a_failed_streams_response_has_the_usage_its_usage_event_records() -> None:
+    """`response.failed` had no usage. It has what the usage event records: the upstream's counts when they came,
+    else the prompt as the call's Ask counted it and a token per 4 bytes the model wrote (reasoning included), held
+    to what the call was held to."""
+    error = b'data: {"error": {"message": "crashed", "type": "server_error"}}\n\n'
+    called = door(stream=True, max_output_tokens=50)
+    ask = called.ask(4096, None)
+    tap = called.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
+    out = tap.feed(chunk({"reasoning_content": "abcdefgh"}) + chunk({"content": "Hi"}) + error)
+    failed = json.loads(out.split(b"\n\n")[-2].split(b"\n")[1][6:])
+    assert failed["type"] == "response.failed" and tap.content_events == 3        # 10 bytes written
+    assert failed["response"]["usage"] == {
+        "input_tokens": ask.counted_tokens(), "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": ask.counted_tokens() + 3}
+    assert [item["type"] for item in failed["response"]["output"]] == ["reasoning", "message"]
+    Response.model_validate(failed["response"])
+    held = door(stream=True, max_output_tokens=1)
+    held.ask(4096, None)
+    cut_tap = held.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
+    cut_tap.feed(chunk({"reasoning": "a" * 400}))
+    ended = held.cut_event("The upstream stream was cut: ResponseCut")
+    assert json.loads(ended.split(b"\n\n")[-2].split(b"\n")[1][6:])["response"]["usage"]["output_tokens"] == 1
+    reported = door(stream=True)
+    counted_tap = reported.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
+    counted_tap.feed(chunk({"content": "Hi"}) + USAGE)
+    ended = reported.cut_event("cut")
+    usage = json.loads(ended.split(b"\n\n")[-2].split(b"\n")[1][6:])["response"]["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (7, 4)
 
 
 def test_a_cut_stream_ends_with_the_doors_error_events() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import anthropic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
@@ -138,6 +139,22 @@ def test_tool_choice_is_mapped(choice: dict, openai: object, ollama_tools: int) 
     assert len(to_ollama(tools=tools, tool_choice=choice).get("tools", [])) == ollama_tools
     parallel = to_openai(tools=tools, tool_choice={**choice, "disable_parallel_tool_use": True})
     assert parallel["parallel_tool_calls"] is False
+
+
+@pytest.mark.parametrize(("thinking", "think"), [
+    ({"type": "enabled", "budget_tokens": 1024}, None),
+    ({"type": "disabled"}, False),
+    ({"type": "adaptive"}, None),
+    (None, None),
+])
+def test_thinking_asked_of_an_ollama_endpoint_is_its_think_and_nothing_to_an_openai_server(
+        thinking: dict | None, think: bool | None) -> None:
+    """Ollama's `/api/chat` has its own switch (`think`), sent to turn thinking off: `think: true` to a model that
+    cannot think is a 400 from Ollama, so thinking asked for, or adaptive, is left to the model's default.
+    OpenAI-compatible servers have no standard field."""
+    fields = {"max_tokens": 2048, **({"thinking": thinking} if thinking else {})}
+    assert to_ollama(**fields).get("think") == think
+    assert not {"think", "thinking", "reasoning_effort"} & set(to_openai(**fields))
 
 
 # --- what the door refuses ------------------------------------------------------------------------
@@ -390,6 +407,41 @@ def test_an_ollama_answer_becomes_a_message() -> None:
     assert long["stop_reason"] == "max_tokens" and long["content"] == [{"type": "text", "text": "so"}]
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_under_either_name_is_a_thinking_block_before_the_text(field: str) -> None:
+    """vLLM's and DeepSeek's `reasoning_content`, Ollama's and OpenRouter's `reasoning`: the answer's reasoning was
+    dropped; it is a `thinking` block (its signature empty: no upstream signs it) before the text now."""
+    answer = openai_answer({"role": "assistant", "content": "42", field: "6 times 7"}, "stop")
+    message = json.loads(openai_to_message(answer, "m"))
+    assert message["content"] == [{"type": "thinking", "thinking": "6 times 7", "signature": ""},
+                                  {"type": "text", "text": "42"}]
+    parsed = anthropic.types.Message.model_validate(message)
+    assert [block.type for block in parsed.content] == ["thinking", "text"]
+
+
+def test_reasoning_before_tool_calls_is_a_thinking_block_before_the_tool_use_blocks() -> None:
+    call = {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    answer = openai_answer({"role": "assistant", "content": None, "reasoning_content": "I need the weather.",
+                            "tool_calls": [call]}, "tool_calls")
+    message = json.loads(openai_to_message(answer, "m"))
+    assert message["content"] == [
+        {"type": "thinking", "thinking": "I need the weather.", "signature": ""},
+        {"type": "tool_use", "id": "call_9", "name": "get_weather", "input": {"city": "Oslo"}}]
+    assert message["stop_reason"] == "tool_use"
+
+
+def test_an_ollama_answers_thinking_is_a_thinking_block_before_its_text_and_tool_calls() -> None:
+    answer = json.dumps({"model": "up", "done": True, "done_reason": "stop", "message": {
+        "role": "assistant", "content": "Looking.", "thinking": "Oslo, so the weather tool.",
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}}).encode()
+    message = json.loads(ollama_to_message(answer, "m"))
+    assert [block["type"] for block in message["content"]] == ["thinking", "text", "tool_use"]
+    assert message["content"][0] == {"type": "thinking", "thinking": "Oslo, so the weather tool.", "signature": ""}
+    plain = json.loads(ollama_to_message(json.dumps({"message": {"content": "hi", "thinking": None},
+                                                     "done": True}).encode(), "m"))
+    assert plain["content"] == [{"type": "text", "text": "hi"}]
+
+
 # --- streams --------------------------------------------------------------------------------------
 
 def sse(obj) -> bytes:
@@ -520,7 +572,8 @@ def blocks(parsed: list[tuple[str, dict]]) -> list[dict]:
         elif name == "content_block_delta":
             assert event["index"] == open_block, "a piece went to a block not open"
             delta = event["delta"]
-            written[open_block]["pieces"] += delta.get("text") or delta.get("partial_json") or ""
+            written[open_block]["pieces"] += delta.get("text") or delta.get("partial_json") or delta.get("thinking") \
+                or ""
         elif name == "content_block_stop":
             assert event["index"] == open_block
             open_block = None
@@ -670,6 +723,87 @@ def test_an_ollama_stream_with_a_tool_call_is_anthropics_event_sequence() -> Non
     message = final_message(parsed)
     assert message.content[1].input == {"city": "Oslo"} and message.stop_reason == "tool_use"
     assert tap.usage == (21, 6, 8)
+
+
+REASONING_STREAM = b"".join([
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"reasoning_content": "6 times"}), chunk({"reasoning_content": " 7"}),
+    chunk({"content": "4"}), chunk({"content": "2"}),
+    chunk({}, "stop"), USAGE, sse(b"[DONE]"),
+])
+
+
+@pytest.mark.parametrize("size", [1, 13, len(REASONING_STREAM)])
+def test_a_stream_of_reasoning_then_text_is_a_thinking_block_then_a_text_block(size: int) -> None:
+    """Anthropic's order: the thinking block's deltas, an empty `signature_delta`, its stop; the text at the next
+    index. The reasoning deltas were dropped."""
+    parsed = relay(OpenAIStreamToAnthropic("m"), REASONING_STREAM, size)
+    assert [(name, event.get("index")) for name, event in parsed] == [
+        ("message_start", None), ("content_block_start", 0), ("ping", None),
+        ("content_block_delta", 0), ("content_block_delta", 0), ("content_block_delta", 0), ("content_block_stop", 0),
+        ("content_block_start", 1), ("content_block_delta", 1), ("content_block_delta", 1), ("content_block_stop", 1),
+        ("message_delta", None), ("message_stop", None)]
+    assert parsed[1][1]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
+    assert [parsed[i][1]["delta"] for i in (3, 4, 5)] == [
+        {"type": "thinking_delta", "thinking": "6 times"}, {"type": "thinking_delta", "thinking": " 7"},
+        {"type": "signature_delta", "signature": ""}]
+    assert parsed[7][1]["content_block"] == {"type": "text", "text": ""}
+    message = final_message(parsed)
+    assert [(block.type, getattr(block, "thinking", None) or block.text) for block in message.content] == [
+        ("thinking", "6 times 7"), ("text", "42")]
+    assert message.content[0].signature == ""
+
+
+def test_reasoning_text_and_tool_calls_that_interleave_keep_consecutive_indices() -> None:
+    """Reasoning under either name, text, a tool call, more reasoning, text: one block each, indices 0 to 4, the
+    call written when the reasoning after it comes."""
+    stream = b"".join([
+        chunk({"role": "assistant", "reasoning": "First the weather."}),
+        chunk({"content": "Let me look."}),
+        chunk(tool_delta(id="call_1", type="function", function={"name": "get_weather", "arguments": '{"city": "A"}'})),
+        chunk({"reasoning_content": "Now the time."}),
+        chunk({"reasoning_content": " Done.", "content": "Both asked."}),
+        chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
+    parsed = relay(OpenAIStreamToAnthropic("m"), stream, 9)
+    assert [(b["type"], b["pieces"]) for b in blocks(parsed)] == [
+        ("thinking", "First the weather."), ("text", "Let me look."), ("tool_use", '{"city":"A"}'),
+        ("thinking", "Now the time. Done."), ("text", "Both asked.")]
+    signed = [e["index"] for name, e in parsed if name == "content_block_delta" and e["delta"]["type"] ==
+              "signature_delta"]
+    assert signed == [0, 3]
+    assert [block.type for block in final_message(parsed).content] == ["thinking", "text", "tool_use", "thinking",
+                                                                       "text"]
+
+
+def test_a_repeat_of_the_prefill_after_the_reasoning_is_still_taken_off() -> None:
+    """Reasoning is not the answer's text: a server repeating the prefill after it has the repeat taken off."""
+    stream = (chunk({"reasoning": "Sunny, I think."}) + chunk({"content": "It "}) + chunk({"content": "is sunny."})
+              + chunk({}, "stop") + USAGE + sse(b"[DONE]"))
+    parsed = relay(OpenAIStreamToAnthropic("m", prefill="It is"), stream, 6)
+    assert [(b["type"], b["pieces"]) for b in blocks(parsed)] == [("thinking", "Sunny, I think."), ("text", " sunny.")]
+
+
+def test_a_reasoning_stream_without_usage_counts_the_reasoning_once() -> None:
+    stream = chunk({"reasoning_content": "abcdefgh"}) + chunk({"content": "ok"}) + chunk({}, "stop") + sse(b"[DONE]")
+    tap = OpenAIStreamToAnthropic("m", input_tokens=9)
+    parsed = relay(tap, stream, 7)
+    assert tap.written == 10 and tap.content_events == 3             # 8 bytes of reasoning, 2 of text
+    assert parsed[-2][1]["usage"] == {"output_tokens": 3, "input_tokens": 9}
+
+
+def test_an_ollama_streams_thinking_is_a_thinking_block_before_its_text() -> None:
+    lines = [
+        {"message": {"role": "assistant", "content": "", "thinking": "Hm,"}, "done": False},
+        {"message": {"role": "assistant", "content": "", "thinking": " easy."}, "done": False},
+        {"message": {"role": "assistant", "content": "Yes."}, "done": False},
+        {"message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"},
+    ]
+    tap = OllamaStreamToAnthropic("m", input_tokens=5)
+    parsed = relay(tap, b"".join(json.dumps(line).encode() + b"\n" for line in lines), 10)
+    assert [(b["type"], b["pieces"]) for b in blocks(parsed)] == [("thinking", "Hm, easy."), ("text", "Yes.")]
+    assert [parsed[i][1]["delta"]["type"] for i in (3, 4, 5)] == ["thinking_delta", "thinking_delta",
+                                                                  "signature_delta"]
+    assert tap.written == len("Hm, easy.Yes.") and parsed[-2][1]["usage"]["output_tokens"] == 4
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -56,6 +56,17 @@ class Call(msgspec.Struct, frozen=True):
         return self.door.api
 
 
+def estimated_tokens(ask: Ask | None, body: bytes, ceiling: int | None, output_tokens: int) -> tuple[int, int]:
+    """(prompt, output) tokens of a call whose upstream reported no usage: the prompt counted with the reservation's
+    tokenizer (`ask`; a token per 4 bytes of `body` without one), the output as the relay estimated it from what the
+    model wrote, never more than the call was held to (its `ceiling`, else what it asked; as a whole answer's)."""
+    prompt = ask.counted_tokens() if ask is not None else max(1, len(body) // 4)
+    most = ceiling if ceiling is not None else ask.output if ask is not None else None
+    if most is not None:
+        output_tokens = min(output_tokens, max(1, most) * max(1, ask.choices if ask is not None else 1))
+    return prompt, output_tokens
+
+
 class Outcome:
     """What happened to a call: filled in by failover and the relay, turned into its one UsageRecorded."""
 
@@ -93,15 +104,9 @@ class Outcome:
             self.first_byte = time.perf_counter()
 
     def estimate_tokens(self, call: Call, output_tokens: int = 0) -> None:
-        """The upstream reported no usage: the prompt counted with the reservation's tokenizer, the output as the
-        relay estimated it from what the model wrote, never more than the call was held to (as a whole answer's)."""
+        """The upstream reported no usage: the call's tokens as `estimated_tokens` has them."""
         self.estimated = True
-        ask = call.ask
-        self.input_tokens = ask.counted_tokens() if ask is not None else max(1, len(call.body) // 4)
-        most = call.ceiling if call.ceiling is not None else ask.output if ask is not None else None
-        if most is not None:
-            output_tokens = min(output_tokens, max(1, most) * max(1, ask.choices if ask is not None else 1))
-        self.output_tokens = output_tokens
+        self.input_tokens, self.output_tokens = estimated_tokens(call.ask, call.body, call.ceiling, output_tokens)
         self.cached_tokens = 0
 
     def response_headers(self, call: Call) -> list[tuple[str, str]]:

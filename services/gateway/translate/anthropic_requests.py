@@ -9,6 +9,7 @@
 | user `tool_result` blocks | `tool` messages (`tool_call_id`), before the user's other content | `tool` messages (`tool_name`) |
 | `tool_result` with `is_error` | its text after `Error: ` (`Error` when it has none) | the same |
 | `thinking` blocks | dropped | dropped |
+| `thinking` disabled / enabled or adaptive | not sent (no standard field) | `think: false` / not sent (the model's default; Ollama refuses `think: true` to a model that cannot think) |
 | `tools` (`input_schema`) | `tools` (`function.parameters`) | `tools` |
 | `tool_choice` auto / any / tool / none | `auto` / `required` / the function / `none` | all tools / all / only that tool / no tools |
 | `disable_parallel_tool_use` | `parallel_tool_calls: false` | — |
@@ -17,6 +18,7 @@
 | `metadata.user_id` | `user` | — |
 | `stream` | `stream` with `stream_options.include_usage` | `stream` |
 | a final `assistant` turn (prefill) | continued: `continue_final_message` (not to `openai`) | continued as it is |
+| the answer's first block, `thinking` | from `reasoning_content` or `reasoning` | from `message.thinking` |
 
 A final assistant turn is what the answer continues, as Anthropic does (`prefill`). Each kind of server is asked so
 its own way: an OpenAI-compatible one gets vLLM's `continue_final_message: true` with `add_generation_prompt: false`
@@ -35,8 +37,8 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    Base64ImageSource, CountTokensRequest, ImageBlock, InputMessage, MessagesRequest, TextBlock, ToolResultBlock,
-    ToolUseBlock, encode,
+    Base64ImageSource, CountTokensRequest, ImageBlock, InputMessage, MessagesRequest, TextBlock, ThinkingDisabled,
+    ToolResultBlock, ToolUseBlock, encode,
 )
 from switchyard_gateway.services.gateway.translate.prefill import ask_to_continue
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
@@ -176,7 +178,8 @@ def _result_parts(block: ToolResultBlock) -> tuple[str, list[ImageBlock]]:
 # --- Ollama /api/chat -------------------------------------------------------------------------------
 
 def ollama_chat_body(request: MessagesRequest, upstream_model: str) -> bytes:
-    """The /api/chat body for a Messages request; TranslationError for an image given by URL (Ollama takes base64)."""
+    """The /api/chat body for a Messages request, `thinking` disabled as Ollama's `think: false`; TranslationError for
+    an image given by URL (Ollama takes base64)."""
     messages: list[dict[str, Any]] = []
     system = system_text(request.system)
     if system:
@@ -193,6 +196,8 @@ def ollama_chat_body(request: MessagesRequest, upstream_model: str) -> bytes:
             options[name] = value
     out: dict[str, Any] = {"model": upstream_model, "messages": messages, "stream": request.stream,
                            "options": options}
+    if isinstance(request.thinking, ThinkingDisabled):   # asked to think: the model's default, since Ollama refuses
+        out["think"] = False                              # `think: true` (400) to a model that cannot
     tools = _ollama_tools(request)
     if tools:
         out["tools"] = tools

@@ -5,6 +5,8 @@ Stop reasons: `length` → `max_tokens`; `tool_calls` (or any finish with tool c
 when it is one of the request's `stop_sequences`) → `stop_sequence` naming it; anything else → `end_turn`.
 Usage: Anthropic's `input_tokens` leaves out what the prompt cache served, which is
 `cache_read_input_tokens`; the usage event keeps the whole prompt count with `cached_tokens`.
+The upstream's reasoning (`reasoning_content` or `reasoning` of an OpenAI message, `thinking` of an Ollama one) is a
+`thinking` block before the text and tool calls, its `signature` empty.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import msgspec
 from switchyard_gateway.services.gateway.edge.errors import ANTHROPIC_TYPES, anthropic_type
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
-    ToolUseContent, encode, sse,
+    ThinkingContent, ToolUseContent, encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
@@ -72,7 +74,8 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
     text = after_prefill(text, prefill)
     tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
              for call in (message.tool_calls if message else None) or () if call.function is not None]
-    content: list[ContentBlock] = [TextContent(text), *tools] if text else [*tools]
+    content: list[ContentBlock] = [ThinkingContent(message.thought)] if message and message.thought else []
+    content += [TextContent(text), *tools] if text else tools
     reason, sequence = stop_reason(choice.finish_reason, bool(tools), choice.stop_reason, stop_sequences,
                                    refused=bool(message and message.refusal))
     counts = believable(usage_counts(reply.usage)) if reply.usage is not None else None
@@ -91,6 +94,7 @@ class _OllamaToolCall(msgspec.Struct):
 
 class _OllamaMessage(msgspec.Struct):
     content: str = ""
+    thinking: str | None = None             # the model's reasoning (Ollama's `think`)
     tool_calls: list[_OllamaToolCall] | None = None
 
 
@@ -135,7 +139,9 @@ def ollama_to_message(data: bytes, model: str, estimate: TokenCounts | None = No
     except msgspec.MsgspecError as exc:
         raise TranslationError(f"The upstream answer is not an Ollama chat answer: {exc}") from None
     message = reply.message or _OllamaMessage()
-    content: list[ContentBlock] = [TextContent(message.content)] if message.content else []
+    content: list[ContentBlock] = [ThinkingContent(message.thinking)] if message.thinking else []
+    if message.content:
+        content.append(TextContent(message.content))
     content.extend(ollama_tool_content(call) for call in message.tool_calls or ())
     reason, sequence = stop_reason(reply.done_reason, bool(message.tool_calls))
     return encode(MessagesResponse(id=message_id(), model=model, content=content, stop_reason=reason,

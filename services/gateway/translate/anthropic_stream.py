@@ -1,12 +1,16 @@
 """Streams on the Anthropic door: OpenAI server-sent events and Ollama NDJSON, each written as Anthropic's event sequence.
 
     message_start
-    content_block_start (text)                 ping after the first block's start
+    content_block_start (thinking)             the upstream's reasoning, when it writes any; ping after the first
+    content_block_delta (thinking_delta)...    block's start
+    content_block_delta (signature_delta)      empty: no upstream signs its reasoning
+    content_block_stop                         when text, a tool call or the end follows
+    content_block_start (text)
     content_block_delta (text_delta)...
-    content_block_stop                         when a tool call or the end follows
+    content_block_stop                         when reasoning, a tool call or the end follows
     content_block_start (tool_use), content_block_delta (one input_json_delta), content_block_stop
-                                               a tool call, whole, once text follows it or at the end
-    ... one block per text run and per tool call ...
+                                               a tool call, whole, once text or reasoning follows it or at the end
+    ... one block per run of reasoning or text and per tool call, indices one after another ...
     message_delta (stop_reason, stop_sequence; usage: output_tokens, input_tokens)
     message_stop
 
@@ -17,7 +21,8 @@ model wrote, as on the OpenAI door); the client is shown the relay's `estimate` 
 upstream's (what the log records), else them. As Anthropic's own streams do, `message_start` says the prompt's
 input tokens (the gateway's, `AnthropicCall.prompt_tokens`: the upstream reports its own only at the end) and
 `message_delta` the final input and output totals, which replace them (Anthropic's usage there is cumulative; the
-SDK takes it as final). An upstream error inside the stream becomes an `error` event.
+SDK takes it as final). An upstream error inside the stream becomes an `error` event. Reasoning (`reasoning_content`
+or `reasoning` of an OpenAI delta, `thinking` of an Ollama line) is counted in the output estimate as text is.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_responses import (
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlockDeltaEvent, ContentBlockStartEvent, ContentBlockStopEvent, InputJsonDelta, MessageDelta,
     MessageDeltaEvent, MessageDeltaUsage, MessagesResponse, MessagesUsage, MessageStartEvent, MessageStopEvent,
-    PingEvent, StopReason, TextContent, TextDelta, ToolUseContent, encode, sse,
+    PingEvent, SignatureDelta, StopReason, TextContent, TextDelta, ThinkingContent, ThinkingDelta, ToolUseContent,
+    encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output, unfinished, written_in
@@ -47,17 +53,19 @@ _STOP = sse(MessageStopEvent())
 
 
 class MessageEvents:
-    """Write one message as events from text and tool-call pieces: text as it comes, each tool call whole.
+    """Write one message as events from reasoning, text and tool-call pieces: reasoning and text as they come, each
+    tool call whole.
 
-    A tool call's id, name and argument pieces are kept until its block's turn: when text follows it, or at the
-    end. Its block is then written at once: `content_block_start` with the final id and name, one `input_json_delta`
-    holding its arguments as a JSON object (`wire.tool_arguments`, as a whole answer reads them: text that is no
-    JSON object is `{"arguments": ...}`; none when there are none) and `content_block_stop`. So a client never sees
-    arguments it cannot parse, nor a name that came after the call's first piece go missing, and parallel calls
-    whose pieces interleave each keep theirs. A piece for a call already written is dropped: its block is closed.
+    A tool call's id, name and argument pieces are kept until its block's turn: when text or reasoning follows it,
+    or at the end. Its block is then written at once: `content_block_start` with the final id and name, one
+    `input_json_delta` holding its arguments as a JSON object (`wire.tool_arguments`, as a whole answer reads them:
+    text that is no JSON object is `{"arguments": ...}`; none when there are none) and `content_block_stop`. So a
+    client never sees arguments it cannot parse, nor a name that came after the call's first piece go missing, and
+    parallel calls whose pieces interleave each keep theirs. A piece for a call already written is dropped: its block
+    is closed. A thinking block ends with an empty `signature_delta` before its `content_block_stop`, as Anthropic's do.
     """
 
-    __slots__ = ("model", "input_tokens", "started", "pinged", "tool_called", "_index", "_text_open", "_calls",
+    __slots__ = ("model", "input_tokens", "started", "pinged", "tool_called", "_index", "_open", "_calls",
                  "_written")
 
     def __init__(self, model: str, input_tokens: int = 0) -> None:
@@ -65,7 +73,7 @@ class MessageEvents:
         self.input_tokens = input_tokens          # the prompt as the gateway counted it, for `message_start`
         self.started = self.pinged = self.tool_called = False
         self._index = -1                          # the last block opened
-        self._text_open = False                   # whether block `_index` is a text block still taking text
+        self._open: type[TextContent | ThinkingContent] | None = None   # the kind of block `_index`, while open
         self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
         self._written: dict[object, str] = {}     # tool call key -> the id the upstream gave it ("": none), written
 
@@ -81,11 +89,22 @@ class MessageEvents:
     def text(self, text: str) -> bytes:
         if not text:
             return b""
+        return self._run(TextContent) + sse(ContentBlockDeltaEvent(self._index, TextDelta(text)))
+
+    def thinking(self, text: str) -> bytes:
+        """A piece of the upstream's reasoning."""
+        if not text:
+            return b""
+        return self._run(ThinkingContent) + sse(ContentBlockDeltaEvent(self._index, ThinkingDelta(text)))
+
+    def _run(self, kind: type[TextContent | ThinkingContent]) -> bytes:
+        """The events before a piece of text or reasoning: the tool calls kept so far, and a block of its kind
+        opened unless one is open."""
         out = self.start() + self._write_calls()
-        if not self._text_open:
-            out += self._open_block(TextContent(""))
-            self._text_open = True
-        return out + sse(ContentBlockDeltaEvent(self._index, TextDelta(text)))
+        if self._open is not kind:
+            out += self._open_block(TextContent("") if kind is TextContent else ThinkingContent(""))
+            self._open = kind
+        return out
 
     def call(self, key: object, call_id: str | None, name: str | None, fragment: str | None) -> bytes:
         """A piece of tool call `key`: its id, its name, a piece of its arguments (any of them empty). The first id
@@ -132,7 +151,7 @@ class MessageEvents:
         self._calls.clear()
         return out
 
-    def _open_block(self, block: TextContent | ToolUseContent) -> bytes:
+    def _open_block(self, block: TextContent | ThinkingContent | ToolUseContent) -> bytes:
         out = self._close()
         self._index += 1
         out += sse(ContentBlockStartEvent(self._index, block))
@@ -142,10 +161,12 @@ class MessageEvents:
         return out
 
     def _close(self) -> bytes:
-        if not self._text_open:
+        """The open text or thinking block's end (a thinking block's with its empty signature first)."""
+        kind, self._open = self._open, None
+        if kind is None:
             return b""
-        self._text_open = False
-        return sse(ContentBlockStopEvent(self._index))
+        signed = sse(ContentBlockDeltaEvent(self._index, SignatureDelta())) if kind is ThinkingContent else b""
+        return signed + sse(ContentBlockStopEvent(self._index))
 
 
 class OpenAIStreamToAnthropic(ChatStreamReader):
@@ -199,6 +220,11 @@ class OpenAIStreamToAnthropic(ChatStreamReader):
                 return b""
             text = shown
         return self.events.text(text)
+
+    def _reasoning(self, text: str) -> bytes:
+        """A piece of reasoning: a thinking block. It is not the answer's text: a repeat of the prefill after it is
+        still taken off."""
+        return self.events.thinking(text)
 
     def _unheld(self) -> bytes:
         """Text held as the start of a repeat that never came whole (a tool call or the end came first): the
@@ -277,7 +303,7 @@ class OllamaStreamToAnthropic:
         self.written += written_in(line)
         message = reply.message
         if message is not None:
-            out += self.events.text(message.content)
+            out += self.events.thinking(message.thinking or "") + self.events.text(message.content)
             for call in message.tool_calls or ():
                 block = ollama_tool_content(call)
                 self._calls += 1

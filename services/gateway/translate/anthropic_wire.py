@@ -116,7 +116,8 @@ Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
 
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
-    """`POST /v1/messages/count_tokens`. `thinking` is checked and otherwise ignored: no upstream is asked to think."""
+    """`POST /v1/messages/count_tokens`. `thinking` is checked; only an Ollama endpoint is told it (`think`, see
+    anthropic_requests.py): no other server has a standard field for it."""
 
     model: str
     messages: list[InputMessage]
@@ -161,7 +162,15 @@ class ToolUseContent(msgspec.Struct, tag_field="type", tag="tool_use"):
     input: dict[str, Any]
 
 
-ContentBlock = TextContent | ToolUseContent
+class ThinkingContent(msgspec.Struct, tag_field="type", tag="thinking"):
+    """The upstream's reasoning. `signature` is empty: no upstream signs its reasoning, and a client sending the
+    block back has it dropped (`ThinkingBlock`), not checked."""
+
+    thinking: str
+    signature: str = ""
+
+
+ContentBlock = TextContent | ToolUseContent | ThinkingContent
 
 
 class MessagesUsage(msgspec.Struct, omit_defaults=True):
@@ -199,6 +208,16 @@ class InputJsonDelta(msgspec.Struct, tag_field="type", tag="input_json_delta"):
     partial_json: str
 
 
+class ThinkingDelta(msgspec.Struct, tag_field="type", tag="thinking_delta"):
+    thinking: str
+
+
+class SignatureDelta(msgspec.Struct, tag_field="type", tag="signature_delta"):
+    """A thinking block's signature, right before its `content_block_stop` (empty: see `ThinkingContent`)."""
+
+    signature: str = ""
+
+
 class MessageStartEvent(msgspec.Struct, tag_field="type", tag="message_start"):
     message: MessagesResponse
 
@@ -214,7 +233,7 @@ class PingEvent(msgspec.Struct, tag_field="type", tag="ping"):
 
 class ContentBlockDeltaEvent(msgspec.Struct, tag_field="type", tag="content_block_delta"):
     index: int
-    delta: TextDelta | InputJsonDelta
+    delta: TextDelta | InputJsonDelta | ThinkingDelta | SignatureDelta
 
 
 class ContentBlockStopEvent(msgspec.Struct, tag_field="type", tag="content_block_stop"):

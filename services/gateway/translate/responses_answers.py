@@ -1,11 +1,14 @@
 """Whole answers on the Responses door: a chat.completion as a Response object, the request's settings echoed.
 
 A finish of `length` makes the Response `incomplete` (`incomplete_details.reason: max_output_tokens`), one of
-`content_filter` incomplete for that reason; anything else is `completed`. Text becomes one `message` item with an
-`output_text` part (and a `refusal` part when the model declined, saying why), each tool call a `function_call` item (`call_id`: the upstream's id for the call, which a
-`function_call_output` names). Usage: `input_tokens` is the whole prompt, with what the prompt cache served as
-`input_tokens_details.cached_tokens` (the usage event's `cached_tokens`); the gateway's estimate when the relay
-made one (it believed no counts of the upstream's).
+`content_filter` incomplete for that reason; anything else is `completed`. The upstream's reasoning
+(`reasoning_content` or `reasoning`) becomes a first `reasoning` item with one `reasoning_text` part; text one
+`message` item with an `output_text` part (and a `refusal` part when the model declined, saying why); each tool call a
+`function_call` item (`call_id`: the upstream's id for the call, which a `function_call_output` names). Usage:
+`input_tokens` is the whole prompt, with what the prompt cache served as `input_tokens_details.cached_tokens` (the
+usage event's `cached_tokens`), and `output_tokens_details.reasoning_tokens` the upstream's
+`completion_tokens_details.reasoning_tokens` (0 when it reports none); the gateway's estimate when the relay made one
+(it believed no counts of the upstream's), with no reasoning tokens.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import msgspec
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputPart, OutputRefusal,
-    OutputText, OutputTokensDetails, Response, ResponsesRequest, ResponseUsage, TextConfig, TextFormat,
+    FunctionCallItem, IncompleteDetails, InputTokensDetails, ItemStatus, OutputItem, OutputMessage, OutputPart,
+    OutputRefusal, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, Response, ResponsesRequest,
+    ResponseUsage, TextConfig, TextFormat,
 )
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, TokenCounts, TranslationError, believable, decode_reply,
@@ -27,7 +31,7 @@ from switchyard_gateway.services.gateway.translate.wire import (
 
 
 def new_id(prefix: str) -> str:
-    """An id of OpenAI's form: `resp_…`, `msg_…`, `fc_…`, `call_…`."""
+    """An id of OpenAI's form: `resp_…`, `msg_…`, `rs_…`, `fc_…`, `call_…`."""
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
@@ -45,10 +49,12 @@ def echoed(request: ResponsesRequest, model: str) -> Response:
         max_tool_calls=request.max_tool_calls)
 
 
-def usage_block(counts: TokenCounts | None) -> ResponseUsage:
+def usage_block(counts: TokenCounts | None, reasoning: int = 0) -> ResponseUsage:
+    """The Response's usage; `reasoning` of the output tokens were the model's reasoning (at most all of them)."""
     prompt, completion, cached = counts or TokenCounts(0, 0)
     return ResponseUsage(input_tokens=prompt, input_tokens_details=InputTokensDetails(cached_tokens=cached),
-                         output_tokens=completion, output_tokens_details=OutputTokensDetails(),
+                         output_tokens=completion,
+                         output_tokens_details=OutputTokensDetails(reasoning_tokens=min(reasoning, completion)),
                          total_tokens=prompt + completion)
 
 
@@ -62,10 +68,15 @@ def ending(finish: str | None) -> IncompleteDetails | None:
 
 
 def finished(response: Response, output: list[OutputItem], counts: TokenCounts | None,
-             incomplete: IncompleteDetails | None) -> Response:
+             incomplete: IncompleteDetails | None, reasoning: int = 0) -> Response:
     """`response` with its output and usage, `completed` or `incomplete`."""
     return msgspec.structs.replace(response, status="incomplete" if incomplete else "completed", output=output,
-                                   usage=usage_block(counts), incomplete_details=incomplete)
+                                   usage=usage_block(counts, reasoning), incomplete_details=incomplete)
+
+
+def reasoning_item(text: str, status: ItemStatus, item_id: str | None = None) -> ReasoningItem:
+    """The upstream's reasoning as a `reasoning` item of one `reasoning_text` part."""
+    return ReasoningItem(id=item_id or new_id("rs"), content=[ReasoningText(text)], status=status)
 
 
 def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | None = None) -> bytes:
@@ -91,5 +102,9 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
             output.append(FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"),
                                            name=call.function.name or "", arguments=call.function.arguments or "{}",
                                            status="completed"))
-    counts = believable(usage_counts(reply.usage)) if reply.usage is not None else None
-    return encode(finished(response, output, estimate or counts, incomplete))
+    if message is not None and message.thought:          # cut short in it when nothing follows it
+        output.insert(0, reasoning_item(message.thought, "incomplete" if incomplete and not output else "completed"))
+    usage = reply.usage
+    counts = believable(usage_counts(usage)) if usage is not None else None
+    reasoning = usage.reasoning_tokens if usage is not None and counts is not None and estimate is None else 0
+    return encode(finished(response, output, estimate or counts, incomplete, reasoning))

@@ -5,6 +5,11 @@
 | any (`ollama` through its `/v1`, as the OpenAI door reaches it) | `/v1/chat/completions` | `chat_body` | `openai_to_response` | `OpenAIStreamToResponses` |
 | `openai` | `/v1/chat/completions` | `chat_body` (`max_completion_tokens`, `reasoning_effort`) | the same | the same |
 
+The upstream's reasoning (`reasoning_content` or `reasoning`, Ollama's `/v1` included) is a `reasoning` item before
+the message, whole or streamed (`response.reasoning_text.delta`), with `reasoning_tokens` in its usage when the
+upstream says how many. A stream that fails ends with `response.failed` carrying the usage the call's usage event
+records (`_estimate`, when the upstream sent no counts).
+
 The gateway is stateless: nothing is stored (`store` is accepted, and answered `false`), so a request that would
 continue a stored response, conversation or prompt, or run in the background, is refused (400 naming the field).
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (the `/v1/` prefix's shape), an upstream's
@@ -19,7 +24,7 @@ import msgspec
 
 from switchyard_gateway.quotas.tokens import PER_MESSAGE, TokenEstimator
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
-from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
+from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest, estimated_tokens
 from switchyard_gateway.services.gateway.translate.anthropic_door import TOOL_NAME
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.asks import (
@@ -34,6 +39,7 @@ from switchyard_gateway.services.gateway.translate.responses_stream import OpenA
 from switchyard_gateway.services.gateway.translate.responses_wire import (
     ContentPart, InputItem, ResponsesRequest, decode_responses_request,
 )
+from switchyard_gateway.services.gateway.translate.wire import TokenCounts
 
 RESPONSES = "openai.responses"
 RESPONSES_APIS = {"/v1/responses": RESPONSES}
@@ -185,13 +191,15 @@ def _upstream_error(data: bytes, status: int) -> bytes:
 class ResponsesCall:
     """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
 
-    __slots__ = ("request", "stream", "_body")
+    __slots__ = ("request", "stream", "_body", "_ask", "_ceiling")
 
     def __init__(self, request: InferenceRequest, body: bytes) -> None:
         self._body = body
         self.request = read_request(body)
         request.stream = bool(self.request.stream)
         self.stream: OpenAIStreamToResponses | None = None      # the last attempt's, once one streams
+        self._ask: Ask | None = None              # what the call asks for, once the proxy asked (`ask`)
+        self._ceiling: int | None = None          # the output limit the last attempt was sent with, if any
 
     def _request(self, body: bytes) -> ResponsesRequest:
         """The request a plan translates: the one read at the door, unless the body was rewritten since."""
@@ -202,20 +210,28 @@ class ResponsesCall:
         (instructions, items, the tools offered and the schema an answer must follow)."""
         output = self.request.max_output_tokens
         check_tokens(output, OUTPUT_LIMIT_FIELD, limit)
-        return Ask(output, 1, False, OUTPUT_LIMIT_FIELD, summed(self._texts), tokenizer, context=limit)
+        self._ask = Ask(output, 1, False, OUTPUT_LIMIT_FIELD, summed(self._texts), tokenizer, context=limit)
+        return self._ask
 
     def plan(self, endpoint_kind: str) -> Plan:
         hosted = endpoint_kind == "openai"
         return Plan(
             native=False,
-            request=lambda body, model, ceiling=None: (
-                CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)),
+            request=lambda body, model, ceiling=None: self._chat(body, model, ceiling, hosted),
             answer=lambda data, model, times: openai_to_response(data, echoed(self.request, model), times.estimate),
             error=_upstream_error, stream=self._relay, usage=openai_usage)
 
+    def _chat(self, body: bytes, model: str, ceiling: int | None, hosted: bool) -> tuple[str, bytes]:
+        self._ceiling = ceiling
+        return CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)
+
     def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
-        self.stream = OpenAIStreamToResponses(echoed(self.request, model))
+        self.stream = OpenAIStreamToResponses(echoed(self.request, model), self._estimate)
         return self.stream
+
+    def _estimate(self, output_tokens: int) -> TokenCounts:
+        """The call's tokens as its usage event estimates them when the upstream reported none."""
+        return TokenCounts(*estimated_tokens(self._ask, self._body, self._ceiling, output_tokens))
 
     def cut_event(self, message: str) -> bytes | None:
         """What ends the stream the upstream cut (an `error` event and `response.failed`); None before one began."""

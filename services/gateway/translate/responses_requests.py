@@ -16,8 +16,10 @@
 | `text.format` `json_object` / `json_schema` | `response_format` (`json_schema: {name, schema, description, strict}`) |
 | `max_output_tokens` | `max_tokens`; `max_completion_tokens` to OpenAI itself (its reasoning models refuse the other) |
 | `temperature`, `top_p`, `user` | the same |
-| `reasoning.effort` | `reasoning_effort`, to OpenAI itself only |
+| `reasoning.effort` | `reasoning_effort`, to OpenAI itself only (no `reasoning`: nothing) |
 | `stream` | `stream` with `stream_options.include_usage` |
+| the answer's first `reasoning` item (`reasoning_text`) | from `reasoning_content` or `reasoning` |
+| the answer's `output_tokens_details.reasoning_tokens` | from `completion_tokens_details.reasoning_tokens` |
 """
 
 from __future__ import annotations

@@ -1,68 +1,88 @@
 """Streams on the Responses door: an OpenAI chat stream written as the Responses API's event sequence.
 
     response.created, response.in_progress          the Response, in progress, no output yet
+    response.output_item.added (reasoning)          when the upstream's reasoning comes (`reasoning_content` or
+    response.content_part.added (reasoning_text)    `reasoning`), before the text it writes after it
+    response.reasoning_text.delta ...
+    response.reasoning_text.done, response.content_part.done
+    response.output_item.done                       when text, a tool call or the end follows
     response.output_item.added (message)            when the first text comes
     response.content_part.added (output_text)
     response.output_text.delta ...
     response.output_text.done, response.content_part.done
     (a refusal: its own part, response.refusal.delta ... and response.refusal.done)
-    response.output_item.done                       when a tool call or the end follows
+    response.output_item.done                       when reasoning, a tool call or the end follows
     response.output_item.added (function_call), response.function_call_arguments.delta (whole),
     response.function_call_arguments.done, response.output_item.done
-                                                    a tool call, whole, once text follows it or at the end
+                                                    a tool call, whole, once text or reasoning follows it or
+                                                    at the end
     response.completed                              the final Response with its usage (response.incomplete
                                                     when the output limit or a content filter ended it)
 
-Every event has an `event:` line and a `sequence_number`. A tool call is written whole, as on the Anthropic door
-(anthropic_stream.py): its id and name may come after its first piece, and parallel calls' pieces interleave; its
-arguments are the text the upstream wrote (`{}` when it wrote none), as in a whole answer. An upstream error inside
+Every event has an `event:` line and a `sequence_number`; each item its own `output_index`, one after another. A
+tool call is written whole, as on the Anthropic door (anthropic_stream.py): its id and name may come after its first
+piece, and parallel calls' pieces interleave; its arguments are the text the upstream wrote (`{}` when it wrote
+none), as in a whole answer. An upstream error inside
 the stream, a chunk the relay cannot read, or a cut (`failed`, through the door's `cut_event`) ends it with an
-`error` event and `response.failed`, whose output holds what was written (a message cut short, `incomplete`). The
-relay shape is `plans.Stream`'s: `usage` holds the upstream's counts, `content_events` the output estimate when
-none came, and the final Response shows the relay's `estimate` then. A refusal (the model declining, saying why) is
+`error` event and `response.failed`, whose output holds what was written (an item cut short, `incomplete`) and whose
+usage is what the usage event records: the upstream's counts if they came, else the gateway's estimate (`estimate_of`:
+the prompt as the call's Ask counted it, the output from the bytes written so far). The relay shape is
+`plans.Stream`'s: `usage` holds the upstream's counts, `content_events` the output estimate when none came, and the
+final Response shows the relay's `estimate` then, with `reasoning_tokens` the upstream's
+`completion_tokens_details.reasoning_tokens` when its counts are shown. A refusal (the model declining, saying why) is
 a `refusal` part of the message, as OpenAI's own; the other doors, whose APIs have none, show it as text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.anthropic_responses import stream_error_status
 from switchyard_gateway.services.gateway.translate.anthropic_wire import sse
-from switchyard_gateway.services.gateway.translate.responses_answers import ending, finished, new_id
+from switchyard_gateway.services.gateway.translate.responses_answers import (
+    ending, finished, new_id, reasoning_item, usage_block,
+)
 from switchyard_gateway.services.gateway.translate.responses_wire import (
     ArgumentsDelta, ArgumentsDone, ContentPartAdded, ContentPartDone, ErrorEvent, FunctionCallItem, OutputItem,
     OutputItemAdded, OutputItemDone, OutputMessage, OutputPart, OutputRefusal, OutputText, OutputTextDelta,
-    OutputTextDone, RefusalDelta, RefusalDone, Response, ResponseCompleted, ResponseCreated, ResponseError,
-    ResponseFailed, ResponseIncomplete, ResponseInProgress,
+    OutputTextDone, ReasoningItem, ReasoningText, ReasoningTextDelta, ReasoningTextDone, RefusalDelta, RefusalDone,
+    Response, ResponseCompleted, ResponseCreated, ResponseError, ResponseFailed, ResponseIncomplete,
+    ResponseInProgress,
 )
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output
-from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, believable
+from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, Usage, believable
 
 # the Response error's `code` for the status an upstream's error stands for (the SDK's `ResponseError.code`)
 _FAILED_CODES = {400: "invalid_prompt", 429: "rate_limit_exceeded"}
 
 
 class OpenAIStreamToResponses(ChatStreamReader):
-    """Translate an OpenAI chat stream (with its usage chunk) into the Responses API's events for `response`."""
+    """Translate an OpenAI chat stream (with its usage chunk) into the Responses API's events for `response`;
+    `estimate_of(output_tokens)` gives the gateway's counts of a call whose upstream reported none (`ResponsesCall`),
+    for the Response of a stream that fails."""
 
-    __slots__ = ("_response", "_sequence", "_started", "_output", "_message", "_parts", "_part", "_pieces", "_calls",
-                 "_called")
+    __slots__ = ("_response", "_estimate_of", "_sequence", "_started", "_output", "_thinking", "_thought", "_message",
+                 "_parts", "_part", "_pieces", "_calls", "_called", "_reasoning_tokens")
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, estimate_of: Callable[[int], TokenCounts] | None = None) -> None:
         super().__init__()
         self._response = response                 # `responses_answers.echoed`: in progress, no output
+        self._estimate_of = estimate_of
         self._sequence = 0
         self._started = False
         self._output: list[OutputItem] = []       # the items written whole
+        self._thinking: str | None = None         # the id of the reasoning item taking reasoning, while one is open
+        self._thought: list[str] = []             # its text so far
         self._message: str | None = None          # the id of the message item taking text, while one is open
         self._parts: list[OutputPart] = []        # its parts written whole
         self._part: type[OutputPart] | None = None    # the kind of its part taking text: OutputText, OutputRefusal
         self._pieces: list[str] = []              # that part's text so far
         self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
         self._called: dict[object, str] = {}      # tool call key -> the id the upstream gave it ("": none), written
+        self._reasoning_tokens = 0                # of the output, the reasoning's, as the usage chunk says
 
     def finish(self) -> bytes:
         out = self._flushed()
@@ -70,20 +90,38 @@ class OpenAIStreamToResponses(ChatStreamReader):
             return out
         incomplete = ending(self._finish)
         out += self._start() + self._close(incomplete is not None) + self._write_calls()
-        counts = self.estimate or believable(self.usage) or TokenCounts(0, estimated_output(self.written))
-        response = finished(self._response, self._output, counts, incomplete)
+        counts, reasoning = self._spent()
+        response = finished(self._response, self._output, counts, incomplete, reasoning)
         if incomplete is not None:
             return out + self._sse(ResponseIncomplete, response=response)
         return out + self._sse(ResponseCompleted, response=response)
 
     def failed(self, message: str, code: str = "server_error", status: int = 502) -> bytes:
-        """The `error` event and `response.failed` that end the stream (the upstream failed, or was cut)."""
+        """The `error` event and `response.failed` that end the stream (the upstream failed, or was cut), with what
+        was written and the usage counted so far."""
         self.error = message
-        cut = self._output + self._open_message()
-        response = msgspec.structs.replace(self._response, status="failed", output=cut,
+        counts, reasoning = self._spent()
+        response = msgspec.structs.replace(self._response, status="failed", output=self._output + self._open_item(),
+                                           usage=usage_block(counts, reasoning),
                                            error=ResponseError(_FAILED_CODES.get(status, "server_error"), message))
         return (self._start() + self._sse(ErrorEvent, code=code, message=message, param=None)
                 + self._sse(ResponseFailed, response=response))
+
+    def _spent(self) -> tuple[TokenCounts, int]:
+        """The counts the Response shows, and of its output the reasoning's: the relay's estimate when it made one,
+        else the upstream's, else the gateway's estimate of what was written so far (what the usage event of a
+        stream that failed records); the reasoning tokens only with the upstream's counts."""
+        if self.estimate is not None:
+            return self.estimate, 0
+        reported = believable(self.usage)
+        if reported is not None:
+            return reported, self._reasoning_tokens
+        output = estimated_output(self.written)
+        return (self._estimate_of(output) if self._estimate_of is not None else TokenCounts(0, output)), 0
+
+    def _usage(self, usage: Usage) -> None:
+        super()._usage(usage)
+        self._reasoning_tokens = usage.reasoning_tokens
 
     def _begun(self) -> bytes:
         return self._start()
@@ -105,12 +143,30 @@ class OpenAIStreamToResponses(ChatStreamReader):
     def _text(self, text: str) -> bytes:
         return self._piece(OutputText, text) if text else b""
 
+    def _reasoning(self, text: str) -> bytes:
+        """A piece of reasoning: the reasoning item's, opened first if need be."""
+        out = self._open_reasoning() if self._thinking is None else b""
+        self._thought.append(text)
+        return out + self._sse(ReasoningTextDelta, item_id=self._thinking, output_index=len(self._output),
+                               content_index=0, delta=text)
+
+    def _open_reasoning(self) -> bytes:
+        """A reasoning item and its one `reasoning_text` part begin (the message before it ends, and the tool calls
+        before it are written, first)."""
+        out = self._close() + self._write_calls()
+        index, item_id = len(self._output), new_id("rs")
+        self._thinking, self._thought = item_id, []
+        return out + self._sse(OutputItemAdded, output_index=index,
+                               item=ReasoningItem(id=item_id, content=[], status="in_progress")) \
+            + self._sse(ContentPartAdded, item_id=item_id, output_index=index, content_index=0, part=ReasoningText(""))
+
     def _refusal(self, refusal: str) -> bytes:
         return self._piece(OutputRefusal, refusal)
 
     def _piece(self, kind: type[OutputPart], text: str) -> bytes:
-        """A piece of the message's text or refusal: the message item and the part opened first if need be."""
-        out = self._write_calls()
+        """A piece of the message's text or refusal: the message item and the part opened first if need be (the
+        reasoning before it ends first)."""
+        out = (self._close() if self._message is None else b"") + self._write_calls()
         index = len(self._output)
         if self._message is None:
             self._message, self._parts = new_id("msg"), []
@@ -144,7 +200,10 @@ class OpenAIStreamToResponses(ChatStreamReader):
                                 part=part)
 
     def _close(self, incomplete: bool = False) -> bytes:
-        """The open message item's closing events; it is `incomplete` when the answer was cut short in it."""
+        """The open item's closing events, a reasoning item's or a message's; it is `incomplete` when the answer was
+        cut short in it."""
+        if self._thinking is not None:
+            return self._close_reasoning(incomplete)
         item_id = self._message
         if item_id is None:
             return b""
@@ -154,8 +213,21 @@ class OpenAIStreamToResponses(ChatStreamReader):
         self._output.append(item)
         return out + self._sse(OutputItemDone, output_index=len(self._output) - 1, item=item)
 
-    def _open_message(self) -> list[OutputItem]:
-        """The message item open when the stream failed, as far as it came (`incomplete`); none if none is."""
+    def _close_reasoning(self, incomplete: bool) -> bytes:
+        item_id, whole, index = self._thinking, "".join(self._thought), len(self._output)
+        assert item_id is not None
+        self._thinking, self._thought = None, []
+        out = self._sse(ReasoningTextDone, item_id=item_id, output_index=index, content_index=0, text=whole)
+        out += self._sse(ContentPartDone, item_id=item_id, output_index=index, content_index=0,
+                         part=ReasoningText(whole))
+        item = reasoning_item(whole, "incomplete" if incomplete else "completed", item_id)
+        self._output.append(item)
+        return out + self._sse(OutputItemDone, output_index=index, item=item)
+
+    def _open_item(self) -> list[OutputItem]:
+        """The item open when the stream failed, as far as it came (`incomplete`); none if none is."""
+        if self._thinking is not None:
+            return [reasoning_item("".join(self._thought), "incomplete", self._thinking)]
         if self._message is None:
             return []
         parts = [*self._parts, *([self._part("".join(self._pieces))] if self._part is not None else [])]

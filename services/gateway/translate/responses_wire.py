@@ -152,7 +152,22 @@ class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw
     status: ItemStatus
 
 
-OutputItem = OutputMessage | FunctionCallItem
+class ReasoningText(msgspec.Struct, tag_field="type", tag="reasoning_text"):
+    """The upstream's reasoning, as it wrote it."""
+
+    text: str
+
+
+class ReasoningItem(msgspec.Struct, tag_field="type", tag="reasoning", kw_only=True):
+    """The upstream's reasoning (`reasoning_content` or `reasoning`): one `reasoning_text` part, no summary."""
+
+    id: str
+    summary: list[Any] = []
+    content: list[ReasoningText]
+    status: ItemStatus
+
+
+OutputItem = OutputMessage | FunctionCallItem | ReasoningItem
 
 
 class InputTokensDetails(msgspec.Struct):
@@ -233,7 +248,7 @@ class _PartEvent(msgspec.Struct, tag_field="type"):
     item_id: str
     output_index: int
     content_index: int
-    part: OutputPart
+    part: OutputPart | ReasoningText
     sequence_number: int
 
 
@@ -266,15 +281,15 @@ class OutputItemDone(_ItemEvent, tag="response.output_item.done"):
 
 
 class ContentPartAdded(_PartEvent, tag="response.content_part.added"):
-    """A message's `output_text` or `refusal` part begins, empty."""
+    """A message's `output_text` or `refusal` part, or a reasoning item's `reasoning_text`, begins, empty."""
 
 
 class ContentPartDone(_PartEvent, tag="response.content_part.done"):
-    """A message's `output_text` or `refusal` part, whole."""
+    """A message's `output_text` or `refusal` part, or a reasoning item's `reasoning_text`, whole."""
 
 
 class _ContentEvent(msgspec.Struct, tag_field="type", kw_only=True):
-    """An event about one part of a message: its text's or its refusal's."""
+    """An event about one part of an item: a message's text or refusal, a reasoning item's text."""
 
     item_id: str
     output_index: int
@@ -310,6 +325,18 @@ class RefusalDone(_ContentEvent, tag="response.refusal.done", kw_only=True):
     refusal: str
 
 
+class ReasoningTextDelta(_ContentEvent, tag="response.reasoning_text.delta", kw_only=True):
+    """A piece of a reasoning item's text."""
+
+    delta: str
+
+
+class ReasoningTextDone(_ContentEvent, tag="response.reasoning_text.done", kw_only=True):
+    """A reasoning item's text, whole."""
+
+    text: str
+
+
 class _ArgumentsEvent(msgspec.Struct, tag_field="type", kw_only=True):
     item_id: str
     output_index: int
@@ -339,6 +366,6 @@ class ErrorEvent(msgspec.Struct, tag_field="type", tag="error"):
 
 
 StreamEvent = (ResponseCreated | ResponseInProgress | OutputItemAdded | ContentPartAdded | OutputTextDelta
-               | OutputTextDone | RefusalDelta | RefusalDone | ContentPartDone | ArgumentsDelta | ArgumentsDone
-               | OutputItemDone
+               | OutputTextDone | RefusalDelta | RefusalDone | ReasoningTextDelta | ReasoningTextDone
+               | ContentPartDone | ArgumentsDelta | ArgumentsDone | OutputItemDone
                | ResponseCompleted | ResponseIncomplete | ResponseFailed | ErrorEvent)

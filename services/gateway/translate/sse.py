@@ -10,7 +10,7 @@ import msgspec
 from switchyard_gateway.http1 import AnswerTooLarge, ResponseCut
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, ToolCall, cached_tokens, decode_reply, error_message,
+    Choice, TokenCounts, ToolCall, Usage, cached_tokens, decode_reply, error_message,
 )
 
 _decode = msgspec.json.Decoder().decode
@@ -101,7 +101,7 @@ class ChatStreamReader:
         if chunk.error is not None:
             return self._failed(error_message(chunk.error), chunk.error)
         if chunk.usage is not None:
-            self.usage = usage_counts(chunk.usage)
+            self._usage(chunk.usage)
         self.written += written_in(payload)
         out = self._begun()
         for choice in chunk.choices or ():
@@ -115,13 +115,18 @@ class ChatStreamReader:
         """What the door writes before its first readable chunk's content (its stream's opening events)."""
         return b""
 
+    def _usage(self, usage: Usage) -> None:
+        """The stream's usage chunk: its counts are the call's."""
+        self.usage = usage_counts(usage)
+
     def _choice(self, choice: Choice) -> bytes:
-        """A choice's text through the door's `_text`, a refusal through its `_refusal`, each piece of a tool call
-        through its `_tool_call`."""
+        """A choice's reasoning (`reasoning_content` or `reasoning`) through the door's `_reasoning`, its text
+        through `_text`, a refusal through `_refusal`, each piece of a tool call through `_tool_call`."""
         delta = choice.delta
         if delta is None:
             return self._text(choice.text or "")
-        out = self._text(delta.content or "")
+        out = self._reasoning(delta.thought) if delta.thought else b""
+        out += self._text(delta.content or "")
         if delta.refusal:
             out += self._refusal(delta.refusal)
         for call in delta.tool_calls or ():
@@ -130,6 +135,11 @@ class ChatStreamReader:
 
     def _text(self, text: str) -> bytes:
         raise NotImplementedError
+
+    def _reasoning(self, text: str) -> bytes:
+        """A piece of the model's reasoning, which the model wrote before its text in the same chunk: dropped
+        unless the door's API has a place for it (its bytes are counted in `written` all the same)."""
+        return b""
 
     def _refusal(self, refusal: str) -> bytes:
         """The model declining, saying why: text, where the door's API has no refusal of its own."""

@@ -49,17 +49,29 @@ class Usage(msgspec.Struct):
     completion_tokens: Any = None
     total_tokens: Any = None
     prompt_tokens_details: Any = None       # {"cached_tokens": n} (OpenAI, vLLM, llama.cpp); read leniently
+    completion_tokens_details: Any = None   # {"reasoning_tokens": n} (OpenAI, vLLM, DeepSeek); read leniently
 
     @property
     def cached_tokens(self) -> int:
         return cached_tokens(self.prompt_tokens_details)
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """`completion_tokens_details.reasoning_tokens`: of the completion tokens, those the model reasoned with; 0
+        when absent or not a count."""
+        return detail_count(self.completion_tokens_details, "reasoning_tokens")
+
 
 def cached_tokens(prompt_tokens_details: Any) -> int:
     """`prompt_tokens_details.cached_tokens` of an OpenAI usage block; 0 when absent or not a count."""
-    details = prompt_tokens_details
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0 else 0
+    return detail_count(prompt_tokens_details, "cached_tokens")
+
+
+def detail_count(details: Any, name: str) -> int:
+    """The count `name` of an OpenAI usage block's details (`prompt_tokens_details`, `completion_tokens_details`);
+    0 when absent or not a count."""
+    count = details.get(name) if isinstance(details, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
 class FunctionCall(msgspec.Struct):
@@ -81,6 +93,11 @@ class Message(msgspec.Struct):
     reasoning: str | None = None            # newer vLLM, OpenRouter
     refusal: str | None = None              # OpenAI: the model declined, saying why (no content then)
     tool_calls: list[ToolCall] | None = None
+
+    @property
+    def thought(self) -> str:
+        """The model's reasoning, under either name servers write it ("" when none)."""
+        return self.reasoning_content or self.reasoning or ""
 
 
 class Choice(msgspec.Struct):
