@@ -641,14 +641,26 @@ async def test_a_failed_tool_result_reaches_the_upstream_as_a_failure(scripted: 
                                                             "content": "Error: service unreachable"}
 
 
+async def test_structured_outputs_reach_the_upstream_as_its_response_format(scripted: Scripted) -> None:
+    """The SDK's `output_config.format` is asked of an OpenAI-compatible server as `response_format`."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    answer = await scripted.client().messages.create(
+        model=scripted.model, max_tokens=20, messages=[{"role": "user", "content": "judge"}],
+        output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert answer.content[0].type == "text"
+    assert scripted.upstream.bodies[-1]["response_format"] == {"type": "json_schema",
+                                                               "json_schema": {"name": "output", "schema": schema}}
+
+
 @pytest.mark.parametrize(("fields", "needle"), [
-    ({"output_format": {"type": "json_schema", "schema": {"type": "object"}}}, "output_format"),
+    ({"container": "container_011CZ"}, "container"),
     ({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]}, "mcp_servers"),
     ({"tool_choice": {"type": "any"}}, "tool_choice"),
 ])
 async def test_what_the_door_cannot_serve_as_asked_is_refused_before_the_upstream(
         scripted: Scripted, fields: dict, needle: str) -> None:
-    """Structured outputs and MCP servers were dropped and the call answered without them, and `tool_choice: any`
+    """Code execution containers and MCP servers were dropped and the call answered without them, and `tool_choice: any`
     with no tools was sent on: each is refused now (400, naming the field), and reaches no upstream."""
     sent = len(scripted.upstream.bodies)
     with pytest.raises(anthropic.BadRequestError) as refused:

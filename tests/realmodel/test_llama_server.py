@@ -15,6 +15,7 @@ import sys
 import textwrap
 import uuid
 
+import anthropic
 import asyncpg
 import jsonschema
 import httpx
@@ -321,15 +322,22 @@ async def _structured(real: RealUpstream, door: str, request_id: str) -> str:
             model=real.alias, input=asked, max_output_tokens=200,
             text={"format": {"type": "json_schema", "name": "verdict", "schema": VERDICT}})
         return response.output_text
+    if door == "anthropic.messages":
+        message = await anthropic.AsyncAnthropic(
+            base_url=real.demo.url, api_key=real.key, max_retries=0, timeout=30,
+            default_headers={"X-Request-Id": request_id}).messages.create(
+            model=real.alias, messages=asked, max_tokens=200,
+            output_config={"format": {"type": "json_schema", "schema": VERDICT}})
+        return "".join(block.text for block in message.content if block.type == "text")
     answer = await ollama_client(real, request_id).chat(model=real.alias, messages=asked, format=VERDICT,
                                                         options={"num_predict": 200})
     return answer.message.content or ""
 
 
-@pytest.mark.parametrize("door", ["openai.chat", "openai.responses", "ollama.chat"])
+@pytest.mark.parametrize("door", ["openai.chat", "openai.responses", "ollama.chat", "anthropic.messages"])
 async def test_an_answer_asked_to_follow_a_json_schema_follows_it(real: RealUpstream, door: str) -> None:
     """Each door's way of asking for structured output (`response_format`, Responses' `text.format`, Ollama's
-    `format` schema) reaches llama-server as a JSON schema its grammar holds the model to: a model of random
+    `format` schema, Anthropic's `output_config.format`) reaches llama-server as a JSON schema its grammar holds the model to: a model of random
     weights answers JSON of the schema, ended by the grammar rather than by `max_tokens`."""
     request_id = uuid.uuid4().hex
     said = json.loads(await _structured(real, door, request_id))

@@ -157,13 +157,24 @@ def test_thinking_asked_of_an_ollama_endpoint_is_its_think_and_nothing_to_an_ope
     assert not {"think", "thinking", "reasoning_effort"} & set(to_openai(**fields))
 
 
+def test_an_answer_schema_is_each_servers_own_way_of_asking_for_it() -> None:
+    """Structured outputs (`output_config.format`, or the beta's `output_format`): an OpenAI-compatible server is
+    asked by `response_format`, Ollama by `format`; the same schema given both ways is one ask."""
+    schema = SCHEMA["schema"]
+    for fields in ({"output_config": {"format": SCHEMA, "effort": "low"}}, {"output_format": SCHEMA},
+                   {"output_format": SCHEMA, "output_config": {"format": SCHEMA}}):
+        assert to_openai(**fields)["response_format"] == {"type": "json_schema",
+                                                          "json_schema": {"name": "output", "schema": schema}}
+        assert to_ollama(**fields)["format"] == schema
+    assert "response_format" not in to_openai(output_config={"effort": "low"})
+    assert "format" not in to_ollama(output_config={"format": None})
+
+
 # --- what the door refuses ------------------------------------------------------------------------
 
 SCHEMA = {"type": "json_schema", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 # fields whose loss would change what the answer must be, and what their refusal names
 UNSERVED_FIELDS = [
-    ({"output_format": SCHEMA}, "output_format: structured outputs are not served"),
-    ({"output_config": {"format": SCHEMA, "effort": "low"}}, "output_config.format: structured outputs"),
     ({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]},
      "mcp_servers: MCP connectors"),
     ({"container": "container_011CZ"}, "container: code execution containers"),
@@ -263,6 +274,14 @@ ANTHROPIC_REFUSES_FIELDS = [
                              ({"type": "tool", "name": "get_weather"}, "'tool' may only be given with tools"))],
     *[({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **field}, needle)
       for field, needle in UNSERVED_FIELDS],
+    *[({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **field}, needle)
+      for field, needle in (
+          ({"output_config": {"format": {"type": "json_object"}}}, "output_config.format.type"),
+          ({"output_config": {"format": {"type": "json_schema"}}}, "schema"),
+          ({"output_config": {"format": {"type": "json_schema", "schema": "an object"}}},
+           "output_config.format.schema"),
+          ({"output_format": SCHEMA, "output_config": {"format": {**SCHEMA, "schema": {"type": "object"}}}},
+           "output_format: give the answer's format once"))],
 ])
 def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:
     with pytest.raises(BadRequest) as refused:

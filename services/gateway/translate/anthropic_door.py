@@ -68,6 +68,11 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
         raise BadRequest(f"tool_choice: no tool named '{choice.name}' in tools", param="tool_choice")
     if isinstance(request, MessagesRequest):
         _refuse_unserved(request)
+        config = request.output_config
+        if request.output_format is not None and config is not None and config.format is not None \
+                and request.output_format != config.format:
+            raise BadRequest("output_format: give the answer's format once, as output_config.format",
+                             param="output_format")
         thinking = request.thinking
         if isinstance(thinking, ThinkingEnabled) and thinking.budget_tokens >= request.max_tokens:
             raise BadRequest(f"thinking.budget_tokens: must be less than max_tokens ({thinking.budget_tokens} is not "
@@ -105,8 +110,6 @@ def _check_tools(tools: Sequence[ToolDefinition]) -> None:
 # (field, what it asks for). Other fields it does not know are ignored: newer clients send fields it has never
 # seen, and refusing those would break them.
 UNSERVED = (
-    ("output_format", "structured outputs"),
-    ("output_config.format", "structured outputs"),
     ("mcp_servers", "MCP connectors"),
     ("container", "code execution containers"),
 )
@@ -114,9 +117,7 @@ UNSERVED = (
 
 def _refuse_unserved(request: MessagesRequest) -> None:
     """BadRequest naming the first field of `UNSERVED` the request gives (null or empty is not given)."""
-    config = request.output_config or {}
-    given = {"output_format": request.output_format, "output_config.format": config.get("format"),
-             "mcp_servers": request.mcp_servers, "container": request.container}
+    given = {"mcp_servers": request.mcp_servers, "container": request.container}
     for field, what in UNSERVED:
         if given[field] not in (None, "", [], {}):
             raise BadRequest(f"{field}: {what} are not served by this gateway", param=field)

@@ -16,6 +16,7 @@
 | `max_tokens`, `stop_sequences` | `max_tokens`, `stop` | `options.num_predict`, `options.stop` |
 | `temperature`, `top_p`, `top_k` | the same (`top_k` only to OpenAI-compatible servers) | `options` |
 | `metadata.user_id` | `user` | — |
+| `output_config.format` (or `output_format`) `json_schema` | `response_format` `json_schema` (`name: "output"`) | `format` (the schema) |
 | `stream` | `stream` with `stream_options.include_usage` | `stream` |
 | a final `assistant` turn (prefill) | continued: `continue_final_message` (not to `openai`) | continued as it is |
 | the answer's first block, `thinking` | from `reasoning_content` or `reasoning` | from `message.thinking` |
@@ -61,6 +62,13 @@ def prefill(request: MessagesRequest | CountTokensRequest) -> str | None:
     return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, TextBlock))
 
 
+def answer_schema(request: MessagesRequest) -> dict[str, Any] | None:
+    """The JSON schema the answer's text must follow (structured outputs), if the request gives one."""
+    config = request.output_config
+    chosen = config.format if config is not None and config.format is not None else request.output_format
+    return chosen.schema if chosen is not None else None
+
+
 def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bool,
                      output_field: str = "max_tokens", continues: bool = False) -> bytes:
     """The /v1/chat/completions body for a Messages request (`top_k`: whether the server takes that extension;
@@ -89,6 +97,9 @@ def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bo
     if request.metadata is not None and request.metadata.user_id:
         out["user"] = request.metadata.user_id
     _openai_tools(request, out)
+    schema = answer_schema(request)
+    if schema is not None:
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
     return encode(out)
 
 
@@ -201,6 +212,9 @@ def ollama_chat_body(request: MessagesRequest, upstream_model: str) -> bytes:
     tools = _ollama_tools(request)
     if tools:
         out["tools"] = tools
+    schema = answer_schema(request)
+    if schema is not None:
+        out["format"] = schema
     return encode(out)
 
 

@@ -1,7 +1,7 @@
 """Anthropic's Messages API on the wire: the request, the answer, the stream events and the error body, as msgspec types.
 
 Requests are read strictly enough to refuse what cannot be served (a missing `max_tokens`, an unknown
-content block, a server tool, structured outputs, MCP servers, a container) and what Anthropic refuses (a
+content block, a server tool, MCP servers, a container) and what Anthropic refuses (a
 `thinking`, `service_tier`, `cache_control` or `metadata` not of its form, a `tool_use` without `input`) with a
 400 before anything is reserved; unknown fields are ignored, as the API grows, except inside `metadata`, which
 Anthropic closes. Answers and events are written with these types, so the documented schema is the one the
@@ -100,6 +100,18 @@ class Metadata(msgspec.Struct, forbid_unknown_fields=True):
     user_id: Annotated[str, Meta(max_length=256)] | None = None
 
 
+class JsonOutputFormat(msgspec.Struct):
+    """Structured outputs: the answer's text is JSON of `schema` (Anthropic's `output_config.format`)."""
+
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
+class OutputConfig(msgspec.Struct):
+    format: JsonOutputFormat | None = None
+    effort: Any = None                  # a hint to Anthropic's own models; not sent on
+
+
 class ThinkingEnabled(msgspec.Struct, tag_field="type", tag="enabled"):
     budget_tokens: Annotated[int, Meta(ge=1024)]       # and below `max_tokens` (anthropic_door.read_request)
 
@@ -139,10 +151,10 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = None     # checked; every call is served alike
+    output_config: OutputConfig | None = None
+    output_format: JsonOutputFormat | None = None       # the same, as its beta named it
     # Read only to be refused when given (see `anthropic_door.UNSERVED`): dropping them would change what the answer
-    # must be. `output_config` is read for its `format`; its `effort` is a hint, ignored like unknown fields.
-    output_format: Any = None
-    output_config: dict[str, Any] | None = None
+    # must be.
     mcp_servers: Any = None
     container: Any = None
 
