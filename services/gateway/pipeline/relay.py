@@ -231,7 +231,8 @@ class _Said(msgspec.Struct):
     thinking: msgspec.Raw = msgspec.Raw(b"")
 
     def size(self) -> int:
-        return len(self.content) + len(self.tool_calls) + len(self.reasoning_content) + len(self.reasoning) \
+        """Reasoning under both names (vLLM keeps the old `reasoning_content` beside `reasoning`) is one text."""
+        return len(self.content) + len(self.tool_calls) + max(len(self.reasoning_content), len(self.reasoning)) \
             + len(self.thinking)
 
 

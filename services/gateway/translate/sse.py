@@ -339,12 +339,24 @@ _TEXTS = re.compile(rb'"(?:content|text|re(?:fusal|asoning(?:_content)?)|thinkin
                     rb'"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
+_KEYED_TEXTS = re.compile(rb'"(content|text|refusal|reasoning_content|reasoning|thinking|arguments|name)": ?'
+                          rb'"([^"\\]*(?:\\.[^"\\]*)*)"')
+
+
 def written_in(events: bytes) -> int:
     """The bytes the model wrote in whole events or lines (as JSON writes them): its text, reasoning and tool calls
     (an Ollama line's arguments are an object, not text: its reader adds them). Counting the events that carried
     `"content":"` counted tool calls and reasoning as nothing (an answer of tool calls alone was billed no output)
-    and an empty role chunk as a token; counting the chunks that carried text billed a chunk of 200 words a token."""
-    return sum(map(len, _TEXTS.findall(events)))
+    and an empty role chunk as a token; counting the chunks that carried text billed a chunk of 200 words a token.
+
+    A server that writes its reasoning under both names (vLLM keeps the old `reasoning_content` beside `reasoning`,
+    the same text) has it counted once: `reasoning` counts only for what it holds beyond `reasoning_content`."""
+    if b'"reasoning"' not in events:
+        return sum(map(len, _TEXTS.findall(events)))
+    sizes = {b"reasoning": 0, b"reasoning_content": 0, b"": 0}
+    for key, text in _KEYED_TEXTS.findall(events):
+        sizes[key if key in sizes else b""] += len(text)
+    return sizes[b""] + max(sizes[b"reasoning"], sizes[b"reasoning_content"])
 
 
 def estimated_output(written: int) -> int:
