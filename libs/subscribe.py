@@ -17,8 +17,9 @@ switch. Everything it asks goes through its door, `metering.subscriber.v1.<user>
 Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
 `max_queued` messages because applying is slower than the log grows) sends it back to catching up from its
 position: the log, not the stream, is what it counts on. NATS or metering away is waited out; NATS refusing the user
-(`NotAuthorized`: a wrong password, an unknown user) or its door (`NotPermitted`: a name or tenant its users file does
-not give it) ends `run()` with that error, as asking again would change nothing.
+(`NotAuthorized`: a wrong password, an unknown user, or every server refusing it on reconnecting once its password
+changed while it ran) or its door (`NotPermitted`, as soon as NATS says so: a name or tenant its users file does not
+give it) ends `run()` with that error, as asking again would change nothing.
 
 An event that does not decode, or whose `apply` raises (anything but a lost connection), is set aside on
 DEADLETTER under the subscriber's name and the rest of its batch is applied without it (each event of a failing
@@ -113,6 +114,9 @@ class Subscriber:
         self.name, self.apply = name, apply
         self.nats_url, self.database_url, self.nc, self.pool = nats_url, database_url, nc, pool
         self.types, self.tenant, self.start = list(types), tenant, start
+        # type prefixes of whole tokens, as its requests' contract says (msgspec.ValidationError, a ValueError): refused
+        # here, rather than by metering once it runs
+        msgspec.convert({"types": self.types}, ReplayRequest)
         self.page_events, self.linger_s, self.batch_events = page_events, linger_s, batch_events
         self.max_queued, self.request_timeout_s = max_queued, request_timeout_s
         user = user or (urlsplit(nats_url.split(",")[0]).username if nats_url else None)
@@ -136,8 +140,15 @@ class Subscriber:
         return self._door
 
     async def run(self) -> None:
-        """Catch up, follow live, and go back to catching up whenever live goes wrong; until cancelled."""
+        """Catch up, follow live, and go back to catching up whenever live goes wrong; until cancelled, or until
+        NATS refuses what asking again cannot mend (NotAuthorized, NotPermitted)."""
         await self._open()
+        try:
+            await natsio.unless_refused(self.nc, self._run())  # type: ignore[arg-type]
+        finally:
+            await self._close()
+
+    async def _run(self) -> None:
         retries = asyncio.ensure_future(self._follow_retries())
         refused = Backoff(0.5, 10.0)            # going live refused again and again: not in a tight loop
         try:
@@ -158,7 +169,6 @@ class Subscriber:
         finally:
             retries.cancel()
             await asyncio.gather(retries, return_exceptions=True)
-            await self._close()
 
     # --- the position ------------------------------------------------------------------------------------------
 

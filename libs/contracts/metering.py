@@ -23,6 +23,9 @@ MeteringQueryKind = Literal["token_counts", "usage", "stats"]
 MAX_EVENTS = 10_000                # events in one page
 MAX_TYPES = 64                     # type prefixes in one request (the log has about 50 types), each at most
 MAX_TYPE_CHARS = 64                # this long: a page's own fields stay a few KiB whatever is asked
+# a type prefix of whole tokens: "usage", "tenant.created", "usage.recorded.v2" (`(?!\n)`: Python's `$`, which
+# msgspec checks with, also matches before a final line break; JSON Schema's does not)
+TYPE_PREFIX = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}(?!\n)$"
 MAX_SUBJECT_CHARS = 256            # of a subject the asker names: metering puts it in its own protocol lines, and
                                    # nats-server closes a connection whose line is over 4 KiB
 MAX_FILTERS = 64                   # filter subjects of one follow
@@ -125,8 +128,8 @@ class ReplayRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     after: Annotated[int, Meta(ge=0, le=MAX_SEQUENCE, description=(
         "a log position: the events after it (neither it nor `since`: 0, the log's start)"))] | UnsetType = UNSET
     since: Instant | None = None      # or instead of `after` (not with it): from the first event that occurred then or later
-    # type prefixes of whole tokens ("usage", "tenant.created"); none: all
-    types: Annotated[list[Annotated[str, Meta(max_length=MAX_TYPE_CHARS)]], Meta(max_length=MAX_TYPES)] = \
+    types: Annotated[list[Annotated[str, Meta(max_length=MAX_TYPE_CHARS, pattern=TYPE_PREFIX)]], Meta(
+        max_length=MAX_TYPES, description="type prefixes of whole tokens (usage, tenant.created); none: all")] = \
         msgspec.field(default_factory=list)
     max_events: Annotated[int, Meta(ge=1, le=MAX_EVENTS)] = 1000    # at most this many events in the page
     max_bytes: Annotated[int, Meta(ge=0)] = 0     # at most this many bytes of events (0: what one NATS message may carry)

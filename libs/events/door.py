@@ -48,10 +48,13 @@ class Door:
 
     async def ask(self, op: str, body: bytes, timeout_s: float | None = None) -> bytes:
         """The answer to one request; metering busy (503) is ServiceUnavailable, as is no answer; NATS refusing the
-        user the door's subject is NotPermitted (403), which asking again does not mend."""
+        user the door's subject, or the inbox its answers come to, is NotPermitted (403), which asking again does not
+        mend."""
         try:
             return await natsio.request(self.nc, self.subject(op), body, timeout_s or self.timeout_s)
-        except NotPermitted:
+        except NotPermitted as exc:
+            if exc.subject != self.subject(op):          # its inbox: said as it is
+                raise
             tenant = f"tenant {self.tenant}" if self.tenant else "every tenant"
             raise NotPermitted(self.subject(op), f"NATS does not let user {self.user} ask through the door "
                                f"{self.subject(op)}: a subscriber's NATS user may use only the door of the name and "

@@ -3,8 +3,9 @@
 Exceptions:
     ServiceError              a request/reply peer answered with an error (status + ErrorBody)
     ServiceUnavailable        no peer answered in time, or NATS is unreachable (status 503)
-    NotPermitted              NATS did not let this client's user publish the request (status 403)
-    NotAuthorized             (a ConnectionError) NATS refused the user itself: a wrong password or an unknown user
+    NotPermitted              NATS did not let this client's user publish the request, or read its answer (status 403)
+    NotAuthorized             (a ConnectionError) NATS refused the user itself: a wrong password or an unknown user,
+                              at connect, or from every server on reconnecting (natsio closes the client then)
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -27,6 +29,7 @@ import nats.js.errors
 import structlog
 from prometheus_client import Counter
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -34,6 +37,7 @@ from nats.micro.request import Request
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.logs import Throttle
+from switchyard_gateway.kit.natsrefusals import PUBLISH_REFUSED, Client, Refusals
 from switchyard_gateway.kit.settings import mask_password, url_list
 
 log = structlog.get_logger()
@@ -95,14 +99,11 @@ class NotPermitted(ServiceError):
     def __init__(self, subject: str, message: str | None = None) -> None:
         super().__init__(403, ErrorBody("NOT_PERMITTED", message or f"NATS does not let this client's user publish on "
                                                                     f"{subject} (a permissions violation)", "subject"))
+        self.subject = subject
 
 
 class NotAuthorized(ConnectionError):
     """NATS refused the user itself (`Authorization Violation`: a wrong password, or a user it does not know)."""
-
-
-PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
-AUTHORIZATION_REFUSED = "authorization violation"
 
 
 class ErrorLog:
@@ -115,7 +116,6 @@ class ErrorLog:
     def __init__(self, every_s: float = 10.0, kinds: int = 100) -> None:
         self.throttle = Throttle(every_s, kinds)
         self.refused: set[str] = set()                    # subjects, lower case
-        self.unauthorized = 0                             # times NATS refused the user itself
 
     def heard(self, error: str) -> None:
         kind = error.split(", sid:", 1)[0].split(" on subject ", 1)[0][:200]
@@ -125,16 +125,59 @@ class ErrorLog:
         refused = PUBLISH_REFUSED.search(error)
         if refused and len(self.refused) < 100:
             self.refused.add(refused.group(1).lower())
-        self.unauthorized += AUTHORIZATION_REFUSED in error.lower()
 
 
-_error_logs: weakref.WeakKeyDictionary[NATS, ErrorLog] = weakref.WeakKeyDictionary()
+@dataclass
+class _Known:
+    """What natsio knows of a client `connect` made: its errors, what NATS refused it, and who it connects as."""
+
+    errors: ErrorLog
+    refusals: Refusals
+    where: str                  # its servers, without the password
+    user: str                   # " <user>", or " (none given)"
+
+
+_known: weakref.WeakKeyDictionary[NATS, _Known] = weakref.WeakKeyDictionary()
+_closing: set[asyncio.Task[None]] = set()
+T = TypeVar("T")
 
 
 def refused(nc: NATS, subject: str) -> bool:
     """Whether NATS refused this client's user to publish on a subject (known of a client `connect` made)."""
-    errors = _error_logs.get(nc)
-    return errors is not None and subject.lower() in errors.refused
+    known = _known.get(nc)
+    return known is not None and subject.lower() in known.errors.refused
+
+
+def user_refused(nc: NATS) -> NotAuthorized | None:
+    """NotAuthorized once every server refused this client's user on reconnecting (its password changed, or the user
+    removed, while it ran: `connect` closed the client then), else None; None for a client `connect` did not make."""
+    known = _known.get(nc)
+    if known is None or not known.refusals.user_refused.is_set():
+        return None
+    return NotAuthorized(f"NATS at {known.where} refused the credentials of the user{known.user} on reconnecting: "
+                         "Authorization Violation from every server (its password changed, or the user was removed, "
+                         "while it ran)")
+
+
+async def unless_refused(nc: NATS, work: Awaitable[T]) -> T:
+    """Await `work`, unless every server refuses the client's user first (on reconnecting): then `work` is cancelled
+    and NotAuthorized raised, rather than waiting for a connection that cannot come back."""
+    known = _known.get(nc)
+    doing = asyncio.ensure_future(work)
+    if known is None:
+        return await doing
+    refusal = asyncio.ensure_future(known.refusals.user_refused.wait())
+    try:
+        await asyncio.wait({doing, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not doing.done():
+            doing.cancel()
+            await asyncio.gather(doing, return_exceptions=True)
+    unauthorized = user_refused(nc)
+    if unauthorized is not None and (doing.cancelled() or doing.exception() is not None):
+        raise unauthorized from None        # what failed on the way (a closed connection) is its consequence
+    return doing.result()
 
 
 async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: str | None = None,
@@ -143,33 +186,43 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
     until `timeout_s`; once connected, reconnect forever, to whichever server of the list answers.
 
     nats-py's own initial connect retries without end when the server is down,
-    so the deadline is ours. It does not reconnect after a protocol error the server closed the connection for
-    (a message over `max_payload`, say): `on_closed` is told whenever the connection is closed for good, by
-    anyone, so that a service can tell that from its own close and start again.
+    so the deadline is ours. Every server refusing the user is no outage to wait out: at connect, NotAuthorized at
+    once; once connected (its password changed, or the user removed, while it ran), the client is closed once every
+    server of the list refused it on reconnecting, and `user_refused` says so (`request` raises it, `unless_refused`
+    ends what waits on the client). nats-py does not reconnect after a protocol error the server closed the
+    connection for (a message over `max_payload`, say): `on_closed` is told whenever the connection is closed for
+    good, by anyone, so that a service can tell that from its own close and start again.
     """
     servers = url_list(url)
-    errors = ErrorLog()
-
-    refused_by_all = asyncio.Event()
+    where = mask_password(",".join(servers))
+    refusals = Refusals(servers, inbox_prefix or "_INBOX")
+    known = _Known(ErrorLog(), refusals, where, _user_of(servers[0]))
+    connected: list[bool] = []
 
     async def _on_error(exc: Exception) -> None:
-        errors.heard(str(exc) or type(exc).__name__)
-        if errors.unauthorized >= len(servers):
-            refused_by_all.set()
+        known.errors.heard(str(exc) or type(exc).__name__)
+        refusals.heard(nc, exc)
+        if refusals.user_refused.is_set() and connected and not nc.is_closed:   # at connect: given up below
+            log.error("nats.user_refused", servers=where, user=known.user.strip(),
+                      error="every server refused the credentials on reconnecting")
+            closing = asyncio.ensure_future(_close_quietly(nc))     # not from here: it cancels the reconnecting
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
 
     async def _on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):          # closed on purpose: nothing went away
             log.warning("nats.disconnected")
 
     async def _on_reconnect() -> None:
+        refusals.connected()
         log.info("nats.reconnected")
 
     async def _on_closed() -> None:
         if on_closed is not None:
             await on_closed(nc)
 
-    nc = NATS()
-    _error_logs[nc] = errors
+    nc = Client()
+    _known[nc] = known
     inbox = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}     # a user allowed its own inbox only
     connecting = asyncio.ensure_future(nc.connect(
         servers=servers, name=name, connect_timeout=2, reconnect_time_wait=0.5, **inbox,
@@ -178,7 +231,7 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
         closed_cb=_on_closed,
     ))
     # nats-py tries the servers in turn, for ever: each of them refusing the user is no outage to wait out
-    refused = asyncio.ensure_future(refused_by_all.wait())
+    refused = asyncio.ensure_future(refusals.user_refused.wait())
     try:
         await asyncio.wait({connecting, refused}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -191,11 +244,12 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
         await _close_quietly(nc)
         if failed is not None and not isinstance(failed, (OSError, nats.errors.Error)):
             raise failed
-        where = mask_password(",".join(servers))
-        if errors.unauthorized >= len(servers):
-            raise NotAuthorized(f"NATS at {where} refused the user{_user_of(servers[0])}: Authorization Violation "
+        if refusals.user_refused.is_set():
+            raise NotAuthorized(f"NATS at {where} refused the user{known.user}: Authorization Violation "
                                 "(a wrong password, or a user it does not know)") from None
         raise ConnectionError(f"NATS at {where} did not answer within {timeout_s:.0f} s") from failed
+    refusals.connected()
+    connected.append(True)
     return nc
 
 
@@ -238,8 +292,10 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
         raise ServiceError(413, ErrorBody("PAYLOAD_TOO_LARGE", f"the request is larger than the {nc.max_payload} "
                                           f"bytes one message to the {service} service may carry"))
     try:
-        msg = await nc.request(subject, payload, timeout=timeout_s, headers=headers)
+        msg = await _asked(nc, subject, payload, timeout_s, headers)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
+        if (unauthorized := user_refused(nc)) is not None:     # closed: every server refused the user
+            raise unauthorized from None
         if refused(nc, subject):                # never passed on: no service was asked
             raise NotPermitted(subject) from None
         raise ServiceUnavailable(service) from None
@@ -252,6 +308,30 @@ async def request(nc: NATS, subject: str, payload: bytes, timeout_s: float) -> b
             body = ErrorBody("ERROR", headers.get(subjects.SERVICE_ERROR_HEADER, "error"))
         raise ServiceError(int(code), body)
     return msg.data
+
+
+async def _asked(nc: NATS, subject: str, payload: bytes, timeout_s: float, headers: dict[str, str]) -> Msg:
+    """The reply to a request; NotPermitted as soon as NATS refuses the client's user the subject, or the
+    subscription its replies come to (known of a client `connect` made), rather than at the timeout: NATS tells it
+    to the client's error callback alone, and the request would wait in vain."""
+    known = _known.get(nc)
+    if known is None:
+        return await nc.request(subject, payload, timeout=timeout_s, headers=headers)
+    refusal = known.refusals.waiting_on(subject)
+    asking = asyncio.ensure_future(nc.request(subject, payload, timeout=timeout_s, headers=headers))
+    try:
+        await asyncio.wait({asking, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        known.refusals.forget(subject, refusal)
+        if not asking.done():
+            asking.cancel()
+    if asking.done() and not asking.cancelled():
+        return asking.result()
+    kind, what = refusal.result()
+    if kind == "publish":
+        raise NotPermitted(subject)
+    raise NotPermitted(what, f"NATS does not let this client's user subscribe to its inbox {what} (a permissions "
+                             f"violation): the answers to its requests cannot reach it")
 
 
 # A service answers only on an inbox (`_INBOX.` as the clients name them, `_INBOX_<user>.` for a subscriber's user):

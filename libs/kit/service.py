@@ -79,9 +79,11 @@ async def open_runtime(name: str, settings: S, *, database: bool) -> Runtime[S]:
 
     async def closed(nc: NATS) -> None:
         if opened and not opened[0].closing:
-            # not by us: the server closed it for a protocol error, and nats-py does not reconnect after one. A
-            # service without NATS is half alive: exit and let the supervisor start it again.
-            log.error("nats.closed_for_good", error=str(nc.last_error or "") or None)
+            # not by us: the server closed it for a protocol error, and nats-py does not reconnect after one; or every
+            # server refused the service's user on reconnecting (its password changed), and natsio closed it. A
+            # service without NATS is half alive: exit and let the supervisor start it again (refused, it fails to
+            # start, exit code 1, saying why).
+            log.error("nats.closed_for_good", error=str(natsio.user_refused(nc) or nc.last_error or "") or None)
             os.kill(os.getpid(), signal.SIGTERM)
 
     nc = await natsio.connect(settings.nats_url, f"{name}{settings.instance}", settings.connect_timeout_s,

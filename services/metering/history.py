@@ -31,6 +31,7 @@ from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import SUPERSEDED, decoder, encode
 from switchyard_gateway.contracts.deadletters import EventWithheld
 from switchyard_gateway.contracts.messages import ErrorBody
+from switchyard_gateway.contracts.metering import TYPE_PREFIX as TYPE_PREFIX_PATTERN
 from switchyard_gateway.contracts.metering import LiveFrom, ReplayPage, ReplayRequest
 from switchyard_gateway.events.feed import FEED, WITHHELD
 from switchyard_gateway.kit import eventlog, natsio
@@ -40,7 +41,7 @@ log = structlog.get_logger()
 
 SCAN = 200_000               # positions one page looks through at most, so that a sparse filter still answers promptly
 SUBJECTS = (subjects.METERING_REPLAY, f"{subjects.METERING_REPLAY}.*")
-TYPE_PREFIX = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,2}\Z")
+TYPE_PREFIX = re.compile(TYPE_PREFIX_PATTERN)     # the request's contract: decoding refuses others (400 `types`)
 DELIVER_TO = re.compile(r"^(_INBOX[A-Za-z0-9_-]*|replay)(\.[A-Za-z0-9_-]+)+\Z")
 
 PAGES = Counter("switchyard_replay_pages_total", "Pages of the event log answered on metering.replay.v1", ["scope"])

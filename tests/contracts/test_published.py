@@ -93,6 +93,11 @@ FOLLOW = {"stream": "LOG", "sequence": 1, "subjects": ["log.>"], "deliver_to": "
     ("ReplayRequest", {"max_bytes": -1}),
     ("ReplayRequest", {"types": ["usage"] * 65}),
     ("ReplayRequest", {"types": ["u" * 65]}),
+    ("ReplayRequest", {"types": ["usage.*"]}),                  # a NATS wildcard is no type prefix
+    ("ReplayRequest", {"types": ["usage\n"]}),                  # nor is one with a line break after it
+    ("ReplayRequest", {"types": ["log.>"]}),
+    ("ReplayRequest", {"types": ["Usage"]}),
+    ("ReplayRequest", {"types": ["usage.recorded.v2.acme"]}),   # four tokens: a subject, not a type
     ("ReplayRequest", {"deliver_to": "replay." + "x" * 250}),
     ("Follow", {**FOLLOW, "sequence": 0}),
     ("Follow", {**FOLLOW, "sequence": 2**63}),
@@ -119,6 +124,26 @@ def test_a_subscribers_request_the_published_schema_allows_is_one_metering_decod
                            "subjects": [f"log.t{i}.x.v1.*" for i in range(64)]}}[kind]
     check.validate(at_limit)
     decode(msgspec.json.encode(at_limit))
+
+
+def test_a_subscribers_types_are_type_prefixes_by_its_published_schema_and_the_kit() -> None:
+    """Metering refused a `types` value that is no type prefix of whole tokens (`usage.*`, a line break after one),
+    but the published schema allowed any string: it states the pattern now, and the kit refuses such a value before
+    it asks anything."""
+    from switchyard_gateway.subscribe import Subscriber
+
+    published_schema = json.loads((DOCS / "schemas" / "metering.subscriber.v1.request.json").read_text())
+    types = published_schema["$defs"]["ReplayRequest"]["properties"]["types"]
+    assert types["items"]["pattern"] == metering.TYPE_PREFIX
+    check = jsonschema.Draft202012Validator({"$ref": "#/$defs/ReplayRequest", "$defs": published_schema["$defs"]})
+    check.validate({"types": ["usage", "tenant.created", "usage.recorded.v2"]})
+    with pytest.raises(ValueError, match=r"\$\.types\[1\]"):
+        Subscriber("spend", _nothing, nats_url="nats://127.0.0.1:4222", database_url="postgresql://127.0.0.1/x",
+                   types=["usage", "usage\n"])
+
+
+async def _nothing(_conn, _batch) -> None:
+    return None
 
 
 def test_a_missing_required_field_is_refused_and_an_unknown_one_is_not() -> None:
