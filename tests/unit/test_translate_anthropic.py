@@ -370,6 +370,21 @@ def test_count_tokens_does_not_need_max_tokens_and_counts_every_part() -> None:
     assert count_input_tokens(call.request, words) == counted
 
 
+@pytest.mark.parametrize("api", ["anthropic.count_tokens", MESSAGES])
+@pytest.mark.parametrize("given", ["output_config", "output_format"])
+def test_the_schema_an_answer_must_follow_is_counted_as_prompt(api: str, given: str) -> None:
+    """Servers bill a structured output's schema as prompt (it is in the grammar, or the template): the quota hold
+    and `count_tokens` count it, as the chat door counts `response_format`."""
+    schema = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["yes", "no", "maybe so"]}}}
+    fields = {"output_config": {"format": {"type": "json_schema", "schema": schema}}} if given == "output_config" \
+        else {"output_format": {"type": "json_schema", "schema": schema}}
+    plain = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    words = lambda text: len(text.split())  # noqa: E731
+    counts = [count_input_tokens(AnthropicCall(api, InferenceRequest(model="m"), json.dumps(body).encode()).request,
+                                 words) for body in (plain, {**plain, **fields})]
+    assert counts[1] - counts[0] == words(json.dumps(schema, separators=(",", ":"))) == 2
+
+
 # --- whole answers --------------------------------------------------------------------------------
 
 def openai_answer(message: dict, finish: str, **choice) -> bytes:

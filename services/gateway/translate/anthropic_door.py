@@ -25,7 +25,7 @@ from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEst
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.anthropic_requests import (
-    ollama_chat_body, openai_chat_body, prefill, system_text,
+    answer_schema, ollama_chat_body, openai_chat_body, prefill, system_text,
 )
 from switchyard_gateway.services.gateway.translate.anthropic_responses import (
     ollama_to_message, openai_to_message, upstream_error,
@@ -68,15 +68,15 @@ def read_request(api: str, body: bytes) -> MessagesRequest | CountTokensRequest:
         raise BadRequest(f"tool_choice: no tool named '{choice.name}' in tools", param="tool_choice")
     if isinstance(request, MessagesRequest):
         _refuse_unserved(request)
-        config = request.output_config
-        if request.output_format is not None and config is not None and config.format is not None \
-                and request.output_format != config.format:
-            raise BadRequest("output_format: give the answer's format once, as output_config.format",
-                             param="output_format")
         thinking = request.thinking
         if isinstance(thinking, ThinkingEnabled) and thinking.budget_tokens >= request.max_tokens:
             raise BadRequest(f"thinking.budget_tokens: must be less than max_tokens ({thinking.budget_tokens} is not "
                              f"less than {request.max_tokens})", param="thinking.budget_tokens")
+    config = request.output_config
+    if request.output_format is not None and config is not None and config.format is not None \
+            and request.output_format != config.format:
+        raise BadRequest("output_format: give the answer's format once, as output_config.format",
+                         param="output_format")
     _check_conversation(request.messages)
     if isinstance(request.system, list):
         for index, block in enumerate(request.system):
@@ -294,7 +294,8 @@ def _four_bytes(text: str) -> int:
 def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> int:
     """Prompt tokens as the gateway's tokenizer counts them (`count(text)`), with the chat framing the
     reservation estimate adds (`PER_MESSAGE` per message and once for the reply); each image `per_image`,
-    each tool its name, description and schema as JSON."""
+    each tool its name, description and schema as JSON, and the schema the answer must follow (structured outputs)
+    as JSON."""
     total = PER_MESSAGE
     system = system_text(request.system)
     if system:
@@ -316,4 +317,7 @@ def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int],
                 total += sum(count(p.text) if isinstance(p, TextBlock) else per_image for p in parts)
     for tool in request.tools or ():
         total += count(tool.name) + count(tool.description or "") + count(encode(tool.input_schema).decode())
+    schema = answer_schema(request)
+    if schema is not None:
+        total += count(encode(schema).decode())
     return total

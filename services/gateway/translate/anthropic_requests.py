@@ -62,7 +62,7 @@ def prefill(request: MessagesRequest | CountTokensRequest) -> str | None:
     return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, TextBlock))
 
 
-def answer_schema(request: MessagesRequest) -> dict[str, Any] | None:
+def answer_schema(request: CountTokensRequest) -> dict[str, Any] | None:
     """The JSON schema the answer's text must follow (structured outputs), if the request gives one."""
     config = request.output_config
     chosen = config.format if config is not None and config.format is not None else request.output_format

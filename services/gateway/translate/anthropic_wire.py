@@ -138,6 +138,8 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     cache_control: CacheControl | None = None
+    output_config: OutputConfig | None = None           # its format's schema is counted as prompt, as servers bill it
+    output_format: JsonOutputFormat | None = None       # the same, as its beta named it
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):
@@ -151,8 +153,6 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = None     # checked; every call is served alike
-    output_config: OutputConfig | None = None
-    output_format: JsonOutputFormat | None = None       # the same, as its beta named it
     # Read only to be refused when given (see `anthropic_door.UNSERVED`): dropping them would change what the answer
     # must be.
     mcp_servers: Any = None
