@@ -344,3 +344,23 @@ async def test_an_answer_asked_to_follow_a_json_schema_follows_it(real: RealUpst
     jsonschema.validate(said, VERDICT)
     event = await exactly_one_usage_row(real.demo, request_id)
     assert (event["api"], event["outcome"]) == (door, "ok") and 0 < event["output_tokens"] < 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_asked_for_log_probabilities_carry_one_per_token(real: RealUpstream, stream: bool) -> None:
+    """`include: ["message.output_text.logprobs"]` with `top_logprobs` reaches llama-server as chat `logprobs`: every
+    token of the text has its log probability and as many alternatives as asked, whole or streamed."""
+    client = openai_client(real, uuid.uuid4().hex)
+    asked = dict(model=real.alias, input="score every token", max_output_tokens=MAX_TOKENS, top_logprobs=2,
+                 include=["message.output_text.logprobs"])
+    if stream:       # read raw: the SDK's `get_final_response()` raises on an incomplete Response (max tokens)
+        events = [event async for event in await client.responses.create(**asked, stream=True)]
+        deltas = [event for event in events if event.type == "response.output_text.delta"]
+        assert sum(len(delta.logprobs) for delta in deltas) == MAX_TOKENS
+        response = events[-1].response
+    else:
+        response = await client.responses.create(**asked)
+    [part] = response.output[0].content
+    assert len(part.logprobs) == MAX_TOKENS == response.usage.output_tokens
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 2 for entry in part.logprobs)
+    assert "".join(entry.token for entry in part.logprobs) == part.text

@@ -418,7 +418,7 @@ def test_an_error_inside_the_stream_is_an_error_event_and_response_failed_and_no
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"] == {"code": "rate_limit_exceeded", "message": "try later"}
     assert [(item["status"], item["content"]) for item in failed["output"]] == [      # what was written, cut short
-        ("incomplete", [{"type": "output_text", "text": "Hi", "annotations": []}])]
+        ("incomplete", [{"type": "output_text", "text": "Hi", "annotations": [], "logprobs": []}])]
     assert final is None
 
 
@@ -510,3 +510,67 @@ def test_a_cut_stream_ends_with_the_doors_error_events() -> None:
     events = [json.loads(block.split(b"\n")[1][6:]) for block in (started + ended).split(b"\n\n")[:-1]]
     assert [event["type"] for event in events][-2:] == ["error", "response.failed"]
     assert events[-2]["code"] == "stream_cut" and events[-1]["sequence_number"] == len(events) - 1
+
+
+# --- log probabilities ----------------------------------------------------------------------------
+
+def scored(token: str, logprob: float, *alternatives: tuple[str, float]) -> dict:
+    """A chat answer's `logprobs.content` entry; `bytes` left out, as some servers do, for the door to write."""
+    return {"token": token, "logprob": logprob,
+            "top_logprobs": [{"token": t, "logprob": p, "bytes": list(t.encode())} for t, p in alternatives]}
+
+
+def logprob(token: str, value: float, *alternatives: tuple[str, float]) -> dict:
+    """The same entry as the Responses API writes it."""
+    return {"token": token, "bytes": list(token.encode()), "logprob": value,
+            "top_logprobs": [{"token": t, "bytes": list(t.encode()), "logprob": p} for t, p in alternatives]}
+
+
+@pytest.mark.parametrize(("fields", "sent"), [
+    ({"include": ["message.output_text.logprobs"]}, {"logprobs": True}),
+    ({"include": ["message.output_text.logprobs"], "top_logprobs": 2}, {"logprobs": True, "top_logprobs": 2}),
+    ({"top_logprobs": 3}, {"logprobs": True, "top_logprobs": 3}),
+    ({"include": ["reasoning.encrypted_content"]}, {}),
+    ({}, {}),
+])
+def test_log_probabilities_asked_by_include_or_top_logprobs_are_asked_of_the_chat(fields: dict, sent: dict) -> None:
+    body = to_chat(input="hi", **fields)
+    assert {name: body[name] for name in ("logprobs", "top_logprobs") if name in body} == sent
+
+
+def test_a_whole_answers_text_carries_its_tokens_log_probabilities() -> None:
+    data = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "up", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop",
+        "logprobs": {"content": [scored("Hi", -0.1, ("Hi", -0.1), ("Hello", -2.5)), scored(" there", -0.3)]}}]})
+    response = answer(data.encode(), include=["message.output_text.logprobs"], top_logprobs=2)
+    [part] = response.output[0].content
+    assert [entry.model_dump() for entry in part.logprobs] == [
+        logprob("Hi", -0.1, ("Hi", -0.1), ("Hello", -2.5)), logprob(" there", -0.3)]
+    assert response.top_logprobs == 2
+
+
+@pytest.mark.parametrize("size", [0, 5])
+def test_a_streams_deltas_carry_their_tokens_log_probabilities_and_the_text_all_of_them(size: int) -> None:
+    def scored_chunk(text: str, value: float) -> bytes:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": None,
+                  "logprobs": {"content": [scored(text, value, ("x", -9.0))]}}
+        return b"data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk",
+                                       "choices": [choice]}).encode() + b"\n\n"
+
+    stream = (chunk({"role": "assistant", "content": ""}) + scored_chunk("Hi", -0.1) + scored_chunk(" there", -0.3)
+              + chunk({}, "stop") + USAGE + DONE)
+    events, final = relay(stream, size, include=["message.output_text.logprobs"])
+    deltas = [event for event in events if event["type"] == "response.output_text.delta"]
+    assert [event["logprobs"] for event in deltas] == [[logprob("Hi", -0.1, ("x", -9.0))],
+                                                       [logprob(" there", -0.3, ("x", -9.0))]]
+    [done] = [event for event in events if event["type"] == "response.output_text.done"]
+    assert done["logprobs"] == [logprob("Hi", -0.1, ("x", -9.0)), logprob(" there", -0.3, ("x", -9.0))]
+    assert [entry.token for entry in final.output[0].content[0].logprobs] == ["Hi", " there"]
+
+
+def test_log_probabilities_not_of_openais_form_are_left_out_and_the_answer_stands() -> None:
+    data = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "up", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop",
+        "logprobs": {"content": [{"token": 7, "logprob": "very likely"}]}}]})
+    response = answer(data.encode(), include=["message.output_text.logprobs"])
+    assert response.output_text == "Hi" and response.output[0].content[0].logprobs == []

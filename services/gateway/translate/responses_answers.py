@@ -23,10 +23,10 @@ from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.responses_wire import (
     FunctionCallItem, IncompleteDetails, InputTokensDetails, ItemStatus, OutputItem, OutputMessage, OutputPart,
     OutputRefusal, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, Response, ResponsesRequest,
-    ResponseUsage, TextConfig, TextFormat,
+    ResponseUsage, TextConfig, TextFormat, logprobs_of,
 )
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, TranslationError, believable, decode_reply,
+    Choice, TokenCounts, TranslationError, believable, decode_reply, text_logprobs,
 )
 
 
@@ -91,7 +91,7 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
     text = (message.content if message else None) or choice.text
     incomplete = ending(choice.finish_reason)
     output: list[OutputItem] = []
-    parts: list[OutputPart] = [OutputText(text)] if text else []
+    parts: list[OutputPart] = [OutputText(text, logprobs=logprobs_of(text_logprobs(choice.logprobs)))] if text else []
     if message is not None and message.refusal:
         parts.append(OutputRefusal(message.refusal))
     if parts:

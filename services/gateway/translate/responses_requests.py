@@ -18,6 +18,8 @@
 | `temperature`, `top_p`, `user` | the same |
 | `reasoning.effort` | `reasoning_effort`, to OpenAI itself only (no `reasoning`: nothing) |
 | `stream` | `stream` with `stream_options.include_usage` |
+| `include: ["message.output_text.logprobs"]`, `top_logprobs` | `logprobs: true`, `top_logprobs` |
+| the answer's `output_text` `logprobs` (and each text delta's) | from `logprobs.content` (`bytes` written when absent) |
 | the answer's first `reasoning` item (`reasoning_text`) | from `reasoning_content` or `reasoning` |
 | the answer's `output_tokens_details.reasoning_tokens` | from `completion_tokens_details.reasoning_tokens` |
 """
@@ -28,7 +30,9 @@ from typing import Any
 
 from switchyard_gateway.services.gateway.translate.anthropic_requests import user_content
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
-from switchyard_gateway.services.gateway.translate.responses_wire import ContentPart, InputItem, ResponsesRequest
+from switchyard_gateway.services.gateway.translate.responses_wire import (
+    ContentPart, InputItem, ResponsesRequest, wants_logprobs,
+)
 
 
 def chat_body(request: ResponsesRequest, upstream_model: str, *, hosted: bool, ceiling: int | None = None) -> bytes:
@@ -57,6 +61,10 @@ def chat_body(request: ResponsesRequest, upstream_model: str, *, hosted: bool, c
             out[name] = value
     if hosted and request.reasoning is not None and request.reasoning.effort is not None:
         out["reasoning_effort"] = request.reasoning.effort
+    if wants_logprobs(request):
+        out["logprobs"] = True
+        if request.top_logprobs:
+            out["top_logprobs"] = request.top_logprobs
     _tools(request, out)
     answer_format = request.text.format if request.text is not None else None
     if answer_format is not None and answer_format.type == "json_object":

@@ -46,14 +46,16 @@ from switchyard_gateway.services.gateway.translate.responses_answers import (
     ending, finished, new_id, reasoning_item, usage_block,
 )
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ArgumentsDelta, ArgumentsDone, ContentPartAdded, ContentPartDone, ErrorEvent, FunctionCallItem, OutputItem,
-    OutputItemAdded, OutputItemDone, OutputMessage, OutputPart, OutputRefusal, OutputText, OutputTextDelta,
-    OutputTextDone, ReasoningItem, ReasoningText, ReasoningTextDelta, ReasoningTextDone, RefusalDelta, RefusalDone,
-    Response, ResponseCompleted, ResponseCreated, ResponseError, ResponseFailed, ResponseIncomplete,
-    ResponseInProgress,
+    ArgumentsDelta, ArgumentsDone, ContentPartAdded, ContentPartDone, ErrorEvent, FunctionCallItem, Logprob,
+    OutputItem, OutputItemAdded, OutputItemDone, OutputMessage, OutputPart, OutputRefusal, OutputText,
+    OutputTextDelta, OutputTextDone, ReasoningItem, ReasoningText, ReasoningTextDelta, ReasoningTextDone,
+    RefusalDelta, RefusalDone, Response, ResponseCompleted, ResponseCreated, ResponseError, ResponseFailed,
+    ResponseIncomplete, ResponseInProgress, logprobs_of,
 )
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output
-from switchyard_gateway.services.gateway.translate.wire import TokenCounts, ToolCall, Usage, believable
+from switchyard_gateway.services.gateway.translate.wire import (
+    Choice, TokenCounts, ToolCall, Usage, believable, text_logprobs,
+)
 
 # the Response error's `code` for the status an upstream's error stands for (the SDK's `ResponseError.code`)
 _FAILED_CODES = {400: "invalid_prompt", 429: "rate_limit_exceeded"}
@@ -65,7 +67,7 @@ class OpenAIStreamToResponses(ChatStreamReader):
     for the Response of a stream that fails."""
 
     __slots__ = ("_response", "_estimate_of", "_sequence", "_started", "_output", "_thinking", "_thought", "_message",
-                 "_parts", "_part", "_pieces", "_calls", "_called", "_reasoning_tokens")
+                 "_parts", "_part", "_pieces", "_calls", "_called", "_reasoning_tokens", "_logprobs", "_tokens")
 
     def __init__(self, response: Response, estimate_of: Callable[[int], TokenCounts] | None = None) -> None:
         super().__init__()
@@ -83,6 +85,8 @@ class OpenAIStreamToResponses(ChatStreamReader):
         self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
         self._called: dict[object, str] = {}      # tool call key -> the id the upstream gave it ("": none), written
         self._reasoning_tokens = 0                # of the output, the reasoning's, as the usage chunk says
+        self._logprobs: list[Logprob] = []        # the log probabilities of the chunk being read (asked for)
+        self._tokens: list[Logprob] = []          # those of the open text part so far
 
     def finish(self) -> bytes:
         out = self._flushed()
@@ -140,6 +144,10 @@ class OpenAIStreamToResponses(ChatStreamReader):
         return self._sse(ResponseCreated, response=self._response) + self._sse(ResponseInProgress,
                                                                                 response=self._response)
 
+    def _choice(self, choice: Choice) -> bytes:
+        self._logprobs = logprobs_of(text_logprobs(choice.logprobs)) if choice.logprobs else []
+        return super()._choice(choice)
+
     def _text(self, text: str) -> bytes:
         return self._piece(OutputText, text) if text else b""
 
@@ -174,12 +182,16 @@ class OpenAIStreamToResponses(ChatStreamReader):
                              item=OutputMessage(id=self._message, status="in_progress", content=[]))
         if self._part is not kind:
             out += self._end_part()
-            self._part, self._pieces = kind, []
+            self._part, self._pieces, self._tokens = kind, [], []
             out += self._sse(ContentPartAdded, item_id=self._message, output_index=index,
                              content_index=len(self._parts), part=kind(""))
         self._pieces.append(text)
-        return out + self._sse(OutputTextDelta if kind is OutputText else RefusalDelta, item_id=self._message,
-                               output_index=index, content_index=len(self._parts), delta=text)
+        if kind is not OutputText:
+            return out + self._sse(RefusalDelta, item_id=self._message, output_index=index,
+                                   content_index=len(self._parts), delta=text)
+        self._tokens += self._logprobs
+        return out + self._sse(OutputTextDelta, item_id=self._message, output_index=index,
+                               content_index=len(self._parts), delta=text, logprobs=self._logprobs)
 
     def _end_part(self) -> bytes:
         """The closing events of the message's open part."""
@@ -187,12 +199,13 @@ class OpenAIStreamToResponses(ChatStreamReader):
         if kind is None or item_id is None:
             return b""
         whole, index, content_index = "".join(self._pieces), len(self._output), len(self._parts)
-        self._part, self._pieces = None, []
-        part = kind(whole)
+        tokens = self._tokens
+        self._part, self._pieces, self._tokens = None, [], []
+        part = OutputText(whole, logprobs=tokens) if kind is OutputText else kind(whole)
         self._parts.append(part)
         if kind is OutputText:
             done = self._sse(OutputTextDone, item_id=item_id, output_index=index, content_index=content_index,
-                             text=whole)
+                             text=whole, logprobs=tokens)
         else:
             done = self._sse(RefusalDone, item_id=item_id, output_index=index, content_index=content_index,
                              refusal=whole)
@@ -230,7 +243,9 @@ class OpenAIStreamToResponses(ChatStreamReader):
             return [reasoning_item("".join(self._thought), "incomplete", self._thinking)]
         if self._message is None:
             return []
-        parts = [*self._parts, *([self._part("".join(self._pieces))] if self._part is not None else [])]
+        open_part = [] if self._part is None else [OutputText("".join(self._pieces), logprobs=self._tokens)
+                                                    if self._part is OutputText else self._part("".join(self._pieces))]
+        parts = [*self._parts, *open_part]
         return [OutputMessage(id=self._message, status="incomplete", content=parts)]
 
     def _tool_call(self, call: ToolCall) -> bytes:

@@ -97,7 +97,9 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     max_output_tokens: int | None = None          # at most the model's context: checked by the call's Ask
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Unit | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None      # checked; no log probabilities are sent
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    include: list[str] | None = None              # `message.output_text.logprobs` is served; the rest ask of
+                                                  # what is never made here (hosted tools, encrypted reasoning)
     max_tool_calls: Annotated[int, Meta(ge=1)] | None = None           # checked; not enforced
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
@@ -123,9 +125,22 @@ decode_responses_request = msgspec.json.Decoder(ResponsesRequest).decode
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
+class LogprobAlternative(msgspec.Struct):
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class Logprob(LogprobAlternative):
+    """A token of the text, its log probability, and the likeliest tokens at its position (`top_logprobs`)."""
+
+    top_logprobs: list[LogprobAlternative] = []
+
+
 class OutputText(msgspec.Struct, tag_field="type", tag="output_text"):
     text: str
     annotations: list[Any] = []
+    logprobs: list[Logprob] = []            # asked with `include: ["message.output_text.logprobs"]` or `top_logprobs`
 
 
 class OutputRefusal(msgspec.Struct, tag_field="type", tag="refusal"):
@@ -298,7 +313,7 @@ class _ContentEvent(msgspec.Struct, tag_field="type", kw_only=True):
 
 
 class _TextEvent(_ContentEvent, kw_only=True):
-    logprobs: list[Any] = []
+    logprobs: list[Logprob] = []
 
 
 class OutputTextDelta(_TextEvent, tag="response.output_text.delta", kw_only=True):
@@ -369,3 +384,22 @@ StreamEvent = (ResponseCreated | ResponseInProgress | OutputItemAdded | ContentP
                | OutputTextDone | RefusalDelta | RefusalDone | ReasoningTextDelta | ReasoningTextDone
                | ContentPartDone | ArgumentsDelta | ArgumentsDone | OutputItemDone
                | ResponseCompleted | ResponseIncomplete | ResponseFailed | ErrorEvent)
+
+
+LOGPROBS = "message.output_text.logprobs"
+
+
+def wants_logprobs(request: ResponsesRequest) -> bool:
+    """Whether the answer's text carries its tokens' log probabilities: asked by `include` or by `top_logprobs`."""
+    return request.top_logprobs is not None or LOGPROBS in (request.include or ())
+
+
+def logprobs_of(tokens: list) -> list[Logprob]:
+    """A chat answer's token log probabilities (`wire.TokenLogprob`) as the Responses API writes them (each token's
+    UTF-8 bytes when the server gave none)."""
+    def utf8(entry: Any) -> list[int]:
+        return entry.bytes if entry.bytes is not None else list(entry.token.encode("utf-8", "surrogatepass"))
+
+    return [Logprob(token=t.token, bytes=utf8(t), logprob=t.logprob,
+                    top_logprobs=[LogprobAlternative(token=a.token, bytes=utf8(a), logprob=a.logprob)
+                                  for a in t.top_logprobs]) for t in tokens]

@@ -100,6 +100,38 @@ class Message(msgspec.Struct):
         return self.reasoning_content or self.reasoning or ""
 
 
+class TopLogprob(msgspec.Struct):
+    """One of the likeliest tokens at a position of a chat answer, with its log probability."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """A token of a chat answer's text, with its log probability and the likeliest alternatives."""
+
+    top_logprobs: list[TopLogprob] = []
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[TokenLogprob] | None = None
+
+
+_decode_logprobs = msgspec.json.Decoder(_Logprobs).decode
+
+
+def text_logprobs(raw: msgspec.Raw) -> list[TokenLogprob]:
+    """The tokens of a choice's `logprobs.content` (asked with `logprobs: true`); none when the server sent none, or
+    sent them in a form not OpenAI's (they are an extra: the answer stands without them)."""
+    if not raw:
+        return []
+    try:
+        return _decode_logprobs(raw).content or []
+    except (msgspec.MsgspecError, RecursionError):
+        return []
+
+
 class Choice(msgspec.Struct):
     index: int = 0
     message: Message | None = None          # chat.completion
@@ -107,6 +139,7 @@ class Choice(msgspec.Struct):
     text: str | None = None                 # text_completion (whole or chunk)
     finish_reason: str | None = None
     stop_reason: Any = None                 # vLLM: the stop string (or token id) that ended the answer
+    logprobs: msgspec.Raw = msgspec.Raw(b"")    # read when a door asked for them (`text_logprobs`)
 
 
 class Timings(msgspec.Struct):
