@@ -100,7 +100,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     include: list[str] | None = None              # `message.output_text.logprobs` is served; the rest ask of
                                                   # what is never made here (hosted tools, encrypted reasoning)
-    max_tool_calls: Annotated[int, Meta(ge=1)] | None = None           # checked; not enforced
+    max_tool_calls: Annotated[int, Meta(ge=1)] | None = None           # checked: it limits hosted tools' calls,
+                                                                       # and hosted tools are refused
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
