@@ -94,11 +94,12 @@ REASONED_WHOLE = msgspec.json.encode({
 
 async def test_the_anthropic_sdk_reads_an_upstreams_reasoning_as_a_thinking_block(lab: Lab, gateway: Gateway) -> None:
     """The Anthropic door dropped the reasoning a model server writes (`reasoning_content`, `reasoning`); the
-    official SDK reads it as a thinking block before the text now, streamed or whole, and the call's output
-    estimate still counts it."""
+    official SDK reads it as a thinking block before the text now, streamed or whole, when the request asks for
+    thinking (as Anthropic's answers have them only then), and the call's output estimate counts it either way."""
     async with odd_endpoint(lab, gateway) as rig:
         client = anthropic.AsyncAnthropic(base_url=gateway.url, api_key=lab.member, max_retries=0, timeout=30)
-        ask = {"model": rig.lone, "max_tokens": 2000, "messages": [{"role": "user", "content": "think first"}]}
+        ask = {"model": rig.lone, "max_tokens": 2000, "messages": [{"role": "user", "content": "think first"}],
+               "thinking": {"type": "enabled", "budget_tokens": 1024}}
         rig.odd.reply = raw(200, REASONED, b"content-type: text/event-stream")
         request_id = f"thinking-{uuid.uuid4().hex}"
         async with client.messages.stream(**ask, extra_headers={"X-Request-Id": request_id}) as stream:
@@ -113,6 +114,13 @@ async def test_the_anthropic_sdk_reads_an_upstreams_reasoning_as_a_thinking_bloc
         whole = await client.messages.create(**ask)
         assert [(block.type, getattr(block, "thinking", None) or block.text) for block in whole.content] == [
             ("thinking", THOUGHT * THOUGHTS), ("text", "ok")]
+        unasked = {**ask, "thinking": {"type": "disabled"}}     # and left out: the same
+        rig.odd.reply = raw(200, REASONED, b"content-type: text/event-stream")
+        async with client.messages.stream(**unasked) as stream:
+            plain = await stream.get_final_message()
+        rig.odd.reply = raw(200, REASONED_WHOLE, b"content-type: application/json")
+        for answer in (plain, await client.messages.create(**unasked)):
+            assert [(block.type, block.text) for block in answer.content] == [("text", "ok")]
 
 
 async def test_the_openai_sdk_reads_an_upstreams_reasoning_as_a_responses_reasoning_item(lab: Lab,

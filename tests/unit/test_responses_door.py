@@ -459,14 +459,18 @@ def test_a_stream_of_reasoning_then_text_is_a_reasoning_item_then_the_message(si
     assert (final.usage.output_tokens, final.usage.output_tokens_details.reasoning_tokens) == (6, 4)
 
 
-def test_reasoning_after_a_tool_call_writes_the_call_first_and_keeps_the_indices_consecutive() -> None:
-    stream = (chunk({"reasoning": "Weather first."}) + chunk(call(0, "call_1", "get_weather", '{"city":"Oslo"}'))
-              + chunk({"reasoning": "Then say so."}) + chunk({"content": "Asked."}) + chunk({}, "tool_calls")
-              + USAGE + DONE)
+def test_a_call_split_by_reasoning_and_text_is_written_whole_at_the_end_with_consecutive_indices() -> None:
+    """Reasoning or text between two pieces of one call's arguments wrote the call then, cut short (`{"ci`); it is
+    written at the end now, whole."""
+    stream = (chunk({"reasoning": "Weather first."}) + chunk(call(0, "call_1", "get_weather", '{"ci'))
+              + chunk({"reasoning": "Then say so."}) + chunk({"content": "Asked."}) + chunk(call(0, None, None,
+                                                                                             'ty":"Oslo"}'))
+              + chunk({}, "tool_calls") + USAGE + DONE)
     events, final = relay(stream, 5)
     added = [(e["output_index"], e["item"]["type"]) for e in events if e["type"] == "response.output_item.added"]
-    assert added == [(0, "reasoning"), (1, "function_call"), (2, "reasoning"), (3, "message")]
-    assert [item.type for item in final.output] == ["reasoning", "function_call", "reasoning", "message"]
+    assert added == [(0, "reasoning"), (1, "reasoning"), (2, "message"), (3, "function_call")]
+    assert [item.type for item in final.output] == ["reasoning", "reasoning", "message", "function_call"]
+    assert json.loads(final.output[3].arguments) == {"city": "Oslo"}
     assert final.usage.output_tokens_details.reasoning_tokens == 0          # the upstream said nothing of them
 
 
@@ -559,7 +563,7 @@ def test_a_streams_deltas_carry_their_tokens_log_probabilities_and_the_text_all_
 
     stream = (chunk({"role": "assistant", "content": ""}) + scored_chunk("Hi", -0.1) + scored_chunk(" there", -0.3)
               + chunk({}, "stop") + USAGE + DONE)
-    events, final = relay(stream, size, include=["message.output_text.logprobs"])
+    events, final = relay(stream, size, include=["message.output_text.logprobs"], top_logprobs=1)
     deltas = [event for event in events if event["type"] == "response.output_text.delta"]
     assert [event["logprobs"] for event in deltas] == [[logprob("Hi", -0.1, ("x", -9.0))],
                                                        [logprob(" there", -0.3, ("x", -9.0))]]
@@ -574,3 +578,33 @@ def test_log_probabilities_not_of_openais_form_are_left_out_and_the_answer_stand
         "logprobs": {"content": [{"token": 7, "logprob": "very likely"}]}}]})
     response = answer(data.encode(), include=["message.output_text.logprobs"])
     assert response.output_text == "Hi" and response.output[0].content[0].logprobs == []
+
+
+def test_an_answers_own_output_sent_back_as_input_is_read_and_its_reasoning_dropped() -> None:
+    """A stateless client (the Agents SDK, `input += response.output`) sends the door's items back as they were: its
+    reasoning item, `reasoning_text` part and all, was a 400 on the second turn."""
+    first = answer(completion({"content": "Let me look.", "reasoning_content": "the user wants weather"}))
+    assert [item.type for item in first.output] == ["reasoning", "message"]
+    items = [{"role": "user", "content": "Weather?"}, *[item.model_dump(exclude_none=True) for item in first.output],
+             {"role": "user", "content": "And tomorrow?"}]
+    assert to_chat(input=items)["messages"] == [
+        {"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Let me look."},
+        {"role": "user", "content": "And tomorrow?"}]
+    with pytest.raises(BadRequest, match="'reasoning_text' is a part of a reasoning item"):
+        door(input=[{"role": "user", "content": [{"type": "reasoning_text", "text": "sneaky"}]}])
+
+
+@pytest.mark.parametrize(("fields", "shown"), [
+    ({}, []),                                                       # not asked: a server's unasked ones left out
+    ({"include": ["reasoning.encrypted_content"]}, []),
+    ({"include": ["message.output_text.logprobs"]}, [logprob("Hi", -0.1)]),          # no alternatives asked
+    ({"top_logprobs": 1}, [logprob("Hi", -0.1, ("Hi", -0.1))]),                      # at most as many as asked
+])
+def test_log_probabilities_are_shown_as_asked_whatever_the_server_sent(fields: dict, shown: list) -> None:
+    alternatives = [("Hi", -0.1), ("Hello", -2.5), ("Hey", -3.0)]
+    entry = {**scored("Hi", -0.1, *alternatives), "bytes": [999999, -5]}             # no bytes: written from the token
+    data = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "up", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop",
+        "logprobs": {"content": [entry]}}]})
+    response = answer(data.encode(), **fields)
+    assert [entry.model_dump() for entry in response.output[0].content[0].logprobs] == shown

@@ -659,19 +659,21 @@ def test_a_tool_name_that_comes_after_the_calls_first_piece_is_kept() -> None:
     assert (block["id"], block["name"], json.loads(block["pieces"])) == ("call_1", "get_weather", {"city": "Paris"})
 
 
-def test_text_after_a_tool_call_follows_its_block_and_a_late_piece_goes_to_no_closed_block() -> None:
-    """Text that follows a call ends the call's turn: its block is written whole before the text's. A piece of it
-    arriving after that has no open block to go to and is dropped (it went to the closed block before)."""
+@pytest.mark.parametrize("between", [{"content": "One moment."}, {"reasoning_content": "One moment."}])
+def test_a_calls_arguments_split_by_text_or_reasoning_reach_its_block_whole(between: dict) -> None:
+    """A server may write text or reasoning between two pieces of one call's arguments. The call was written when
+    that came, and the rest of its arguments dropped (`{"ci`, then `{"arguments": ...}`); it is written at the end
+    now, whole, after what came meanwhile."""
     stream = b"".join([
         chunk({"role": "assistant", "content": "Let me look."}),
-        chunk(tool_delta(id="call_1", type="function", function={"name": "get_weather", "arguments": '{"city": "Oslo"}'})),
-        chunk({"content": "One moment."}),
-        chunk(tool_delta(function={"arguments": " "})),
-        chunk({"content": " Done."}),
+        chunk(tool_delta(id="call_1", type="function", function={"name": "get_weather", "arguments": '{"ci'})),
+        chunk(between),
+        chunk(tool_delta(function={"arguments": 'ty": "Oslo"}'})),
         chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
-    parsed = relay(OpenAIStreamToAnthropic("m"), stream, 5)
+    parsed = relay(OpenAIStreamToAnthropic("m", thinking=True), stream, 5)
+    kind = "text" if "content" in between else "thinking"
     assert [(b["type"], b["pieces"]) for b in blocks(parsed)] == [
-        ("text", "Let me look."), ("tool_use", '{"city":"Oslo"}'), ("text", "One moment. Done.")]
+        ("text", "Let me look."), (kind, "One moment."), ("tool_use", '{"city":"Oslo"}')]
     assert final_message(parsed).stop_reason == "tool_use"
 
 
@@ -684,7 +686,7 @@ def test_a_new_call_under_a_written_calls_index_is_a_call_of_its_own() -> None:
         chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
     written = blocks(relay(OpenAIStreamToAnthropic("m"), stream, 13))
     assert [(b["type"], b.get("id"), b.get("name"), b["pieces"]) for b in written] == [
-        ("tool_use", "call_1", "get_weather", '{"city":"A"}'), ("text", None, None, "And the next."),
+        ("text", None, None, "And the next."), ("tool_use", "call_1", "get_weather", '{"city":"A"}'),
         ("tool_use", "call_2", "get_time", "")]
 
 
@@ -790,7 +792,7 @@ def test_a_stream_of_reasoning_then_text_is_a_thinking_block_then_a_text_block(s
 
 def test_reasoning_text_and_tool_calls_that_interleave_keep_consecutive_indices() -> None:
     """Reasoning under either name, text, a tool call, more reasoning, text: one block each, indices 0 to 4, the
-    call written when the reasoning after it comes."""
+    call written at the end."""
     stream = b"".join([
         chunk({"role": "assistant", "reasoning": "First the weather."}),
         chunk({"content": "Let me look."}),
@@ -800,13 +802,13 @@ def test_reasoning_text_and_tool_calls_that_interleave_keep_consecutive_indices(
         chunk({}, "tool_calls"), USAGE, sse(b"[DONE]")])
     parsed = relay(OpenAIStreamToAnthropic("m"), stream, 9)
     assert [(b["type"], b["pieces"]) for b in blocks(parsed)] == [
-        ("thinking", "First the weather."), ("text", "Let me look."), ("tool_use", '{"city":"A"}'),
-        ("thinking", "Now the time. Done."), ("text", "Both asked.")]
+        ("thinking", "First the weather."), ("text", "Let me look."), ("thinking", "Now the time. Done."),
+        ("text", "Both asked."), ("tool_use", '{"city":"A"}')]
     signed = [e["index"] for name, e in parsed if name == "content_block_delta" and e["delta"]["type"] ==
               "signature_delta"]
-    assert signed == [0, 3]
-    assert [block.type for block in final_message(parsed).content] == ["thinking", "text", "tool_use", "thinking",
-                                                                       "text"]
+    assert signed == [0, 2]
+    assert [block.type for block in final_message(parsed).content] == ["thinking", "text", "thinking", "text",
+                                                                       "tool_use"]
 
 
 def test_a_repeat_of_the_prefill_after_the_reasoning_is_still_taken_off() -> None:

@@ -35,8 +35,9 @@ from switchyard_gateway.services.gateway.translate.anthropic_stream import (
 )
 from switchyard_gateway.services.gateway.translate.asks import Ask, check_tokens, refusal
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    CountTokensRequest, CountTokensResponse, ImageBlock, InputMessage, MessagesRequest, TextBlock, ThinkingEnabled,
-    ToolDefinition, ToolResultBlock, ToolUseBlock, decode_count_tokens_request, decode_messages_request, encode,
+    CountTokensRequest, CountTokensResponse, ImageBlock, InputMessage, MessagesRequest, TextBlock, ThinkingAdaptive,
+    ThinkingEnabled, ToolDefinition, ToolResultBlock, ToolUseBlock, decode_count_tokens_request,
+    decode_messages_request, encode,
 )
 from switchyard_gateway.services.gateway.translate.plans import Plan
 from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
@@ -257,15 +258,18 @@ class AnthropicCall:
         return max(1, count_input_tokens(self.request, _four_bytes, self._per_image))
 
     def plan(self, endpoint_kind: str) -> Plan:
-        """`request(body, model, ceiling)` holds `max_tokens` to the reservation's ceiling when one is given."""
+        """`request(body, model, ceiling)` holds `max_tokens` to the reservation's ceiling when one is given. The
+        upstream's reasoning is shown as thinking blocks only when the request asked for thinking, as Anthropic's
+        answers have them."""
+        shows = isinstance(self.request.thinking, (ThinkingEnabled, ThinkingAdaptive))
         if endpoint_kind == "ollama":
             return Plan(
                 native=False,
                 request=lambda body, model, ceiling=None: (
                     "/api/chat", ollama_chat_body(self._messages(body, ceiling), model)),
-                answer=lambda data, model, times: ollama_to_message(data, model, times.estimate),
+                answer=lambda data, model, times: ollama_to_message(data, model, times.estimate, shows),
                 error=upstream_error,
-                stream=lambda model, _times: OllamaStreamToAnthropic(model, self.prompt_tokens()),
+                stream=lambda model, _times: OllamaStreamToAnthropic(model, self.prompt_tokens(), shows),
                 usage=ollama_usage)
         request = self.request
         stop = request.stop_sequences if isinstance(request, MessagesRequest) else None
@@ -277,9 +281,9 @@ class AnthropicCall:
             request=lambda body, model, ceiling=None: (
                 CHAT_PATH, openai_chat_body(self._messages(body, ceiling), model, top_k=not hosted, output_field=field,
                                             continues=not hosted)),
-            answer=lambda data, model, times: openai_to_message(data, model, stop, times.estimate, echoed),
+            answer=lambda data, model, times: openai_to_message(data, model, stop, times.estimate, echoed, shows),
             error=upstream_error,
-            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop, self.prompt_tokens(), echoed),
+            stream=lambda model, _times: OpenAIStreamToAnthropic(model, stop, self.prompt_tokens(), echoed, shows),
             usage=openai_usage)
 
     def count_tokens(self, count: Callable[[str], int], per_image: int = IMAGE_TOKENS) -> bytes:

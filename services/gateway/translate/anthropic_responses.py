@@ -24,7 +24,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
 from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, TranslationError, believable, decode_any, decode_reply, error_message, tool_arguments,
+    Choice, TokenCounts, TranslationError, believable, decode_any, decode_reply, error_message, text_or_nothing,
+    tool_arguments,
 )
 
 
@@ -60,10 +61,11 @@ def usage_block(counts: TokenCounts | None) -> MessagesUsage:
 
 
 def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None = None,
-                      estimate: TokenCounts | None = None, prefill: str | None = None) -> bytes:
+                      estimate: TokenCounts | None = None, prefill: str | None = None, thinking: bool = True) -> bytes:
     """A chat.completion as an Anthropic message; its usage the gateway's `estimate` when the relay made one (it
     believed no counts of the upstream's), else the upstream's. Its text begins after `prefill`, the final assistant
-    turn the upstream continued, when the upstream repeats that at its start (llama.cpp's llama-server does)."""
+    turn the upstream continued, when the upstream repeats that at its start (llama.cpp's llama-server does). The
+    upstream's reasoning is a first `thinking` block when the request asked for thinking (`thinking`)."""
     try:
         reply = decode_reply(data)
     except msgspec.MsgspecError as exc:
@@ -74,7 +76,8 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
     text = after_prefill(text, prefill)
     tools = [ToolUseContent(call.id or tool_use_id(), call.function.name or "", tool_arguments(call.function.arguments))
              for call in (message.tool_calls if message else None) or () if call.function is not None]
-    content: list[ContentBlock] = [ThinkingContent(message.thought)] if message and message.thought else []
+    thought = message.thought if message and thinking else ""
+    content: list[ContentBlock] = [ThinkingContent(thought)] if thought else []
     content += [TextContent(text), *tools] if text else tools
     reason, sequence = stop_reason(choice.finish_reason, bool(tools), choice.stop_reason, stop_sequences,
                                    refused=bool(message and message.refusal))
@@ -94,7 +97,7 @@ class _OllamaToolCall(msgspec.Struct):
 
 class _OllamaMessage(msgspec.Struct):
     content: str = ""
-    thinking: str | None = None             # the model's reasoning (Ollama's `think`)
+    thinking: Any = None                    # the model's reasoning (Ollama's `think`), read as `text_or_nothing`
     tool_calls: list[_OllamaToolCall] | None = None
 
 
@@ -131,15 +134,16 @@ def ollama_tool_content(call: _OllamaToolCall) -> ToolUseContent:
     return ToolUseContent(tool_use_id(), function.name, arguments if isinstance(arguments, dict) else {})
 
 
-def ollama_to_message(data: bytes, model: str, estimate: TokenCounts | None = None) -> bytes:
+def ollama_to_message(data: bytes, model: str, estimate: TokenCounts | None = None, thinking: bool = True) -> bytes:
     """A whole /api/chat answer as an Anthropic message; its usage the gateway's `estimate` when the relay made
-    one, else the upstream's."""
+    one, else the upstream's; its `thinking` a first block when the request asked for thinking (`thinking`)."""
     try:
         reply = decode_ollama_line(data)
     except msgspec.MsgspecError as exc:
         raise TranslationError(f"The upstream answer is not an Ollama chat answer: {exc}") from None
     message = reply.message or _OllamaMessage()
-    content: list[ContentBlock] = [ThinkingContent(message.thinking)] if message.thinking else []
+    thought = text_or_nothing(message.thinking) if thinking else ""
+    content: list[ContentBlock] = [ThinkingContent(thought)] if thought else []
     if message.content:
         content.append(TextContent(message.content))
     content.extend(ollama_tool_content(call) for call in message.tool_calls or ())

@@ -45,7 +45,7 @@ from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output, unfinished, written_in
 from switchyard_gateway.services.gateway.translate.stream import says_done
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, ToolCall, believable, error_message, tool_arguments,
+    Choice, TokenCounts, ToolCall, believable, error_message, text_or_nothing, tool_arguments,
 )
 
 _PING = sse(PingEvent())
@@ -56,26 +56,28 @@ class MessageEvents:
     """Write one message as events from reasoning, text and tool-call pieces: reasoning and text as they come, each
     tool call whole.
 
-    A tool call's id, name and argument pieces are kept until its block's turn: when text or reasoning follows it,
-    or at the end. Its block is then written at once: `content_block_start` with the final id and name, one
-    `input_json_delta` holding its arguments as a JSON object (`wire.tool_arguments`, as a whole answer reads them:
-    text that is no JSON object is `{"arguments": ...}`; none when there are none) and `content_block_stop`. So a
-    client never sees arguments it cannot parse, nor a name that came after the call's first piece go missing, and
-    parallel calls whose pieces interleave each keep theirs. A piece for a call already written is dropped: its block
-    is closed. A thinking block ends with an empty `signature_delta` before its `content_block_stop`, as Anthropic's do.
+    A tool call's id, name and argument pieces are kept until the end (text or reasoning that comes meanwhile is
+    written as it comes: a server may send more of a call's arguments after it). Its block is then written at once:
+    `content_block_start` with the final id and name, one `input_json_delta` holding its arguments as a JSON object
+    (`wire.tool_arguments`, as a whole answer reads them: text that is no JSON object is `{"arguments": ...}`; none
+    when there are none) and `content_block_stop`. So a client never sees arguments it cannot parse, nor a name that
+    came after the call's first piece go missing, and parallel calls whose pieces interleave each keep theirs. A
+    thinking block ends with an empty `signature_delta` before its `content_block_stop`, as Anthropic's do; it is
+    written only when the request asked for thinking (`enabled` or `adaptive`), as Anthropic's are.
     """
 
-    __slots__ = ("model", "input_tokens", "started", "pinged", "tool_called", "_index", "_open", "_calls",
-                 "_written")
+    __slots__ = ("model", "input_tokens", "shows_thinking", "started", "pinged", "tool_called", "_index", "_open",
+                 "_calls", "_current")
 
-    def __init__(self, model: str, input_tokens: int = 0) -> None:
+    def __init__(self, model: str, input_tokens: int = 0, thinking: bool = True) -> None:
         self.model = model
+        self.shows_thinking = thinking            # the request asked for thinking: reasoning is shown as blocks
         self.input_tokens = input_tokens          # the prompt as the gateway counted it, for `message_start`
         self.started = self.pinged = self.tool_called = False
         self._index = -1                          # the last block opened
         self._open: type[TextContent | ThinkingContent] | None = None   # the kind of block `_index`, while open
-        self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
-        self._written: dict[object, str] = {}     # tool call key -> the id the upstream gave it ("": none), written
+        self._calls: list[list] = []              # [id, name, argument pieces] of each call, in the order begun
+        self._current: dict[object, list] = {}    # tool call key -> the call of that key taking pieces
 
     def start(self) -> bytes:
         if self.started:
@@ -92,15 +94,16 @@ class MessageEvents:
         return self._run(TextContent) + sse(ContentBlockDeltaEvent(self._index, TextDelta(text)))
 
     def thinking(self, text: str) -> bytes:
-        """A piece of the upstream's reasoning."""
-        if not text:
+        """A piece of the upstream's reasoning (none unless the request asked for thinking, as Anthropic's)."""
+        if not text or not self.shows_thinking:
             return b""
         return self._run(ThinkingContent) + sse(ContentBlockDeltaEvent(self._index, ThinkingDelta(text)))
 
     def _run(self, kind: type[TextContent | ThinkingContent]) -> bytes:
-        """The events before a piece of text or reasoning: the tool calls kept so far, and a block of its kind
-        opened unless one is open."""
-        out = self.start() + self._write_calls()
+        """The events before a piece of text or reasoning: a block of its kind opened unless one is open. The tool
+        calls kept so far stay kept: a server may send more of a call's arguments after it (reasoning or text
+        between two pieces of one call cut the call short when it was written here)."""
+        out = self.start()
         if self._open is not kind:
             out += self._open_block(TextContent("") if kind is TextContent else ThinkingContent(""))
             self._open = kind
@@ -109,16 +112,13 @@ class MessageEvents:
     def call(self, key: object, call_id: str | None, name: str | None, fragment: str | None) -> bytes:
         """A piece of tool call `key`: its id, its name, a piece of its arguments (any of them empty). The first id
         and the first name given are the call's. A piece naming another id than the one the upstream gave the call
-        of this key already written begins a new call."""
-        written = self._written.get(key)
-        if written is not None and not (written and call_id and call_id != written):
-            return b""                            # its block is written and closed
+        of this key begins a new call (a server may number the calls after a text run from 0 again)."""
         self.tool_called = True
         out = b""
-        pending = self._calls.get(key)
-        if pending is None:
-            self._written.pop(key, None)
-            pending = self._calls[key] = ["", "", []]
+        pending = self._current.get(key)
+        if pending is None or (call_id and pending[0] and call_id != pending[0]):
+            pending = self._current[key] = ["", "", []]
+            self._calls.append(pending)
             out = self.start() + self._close()    # the text before the call ends here
         pending[0] = pending[0] or call_id or ""
         pending[1] = pending[1] or name or ""
@@ -141,14 +141,14 @@ class MessageEvents:
     def _write_calls(self) -> bytes:
         """Each tool call kept so far, in the order they began, as a whole block of its own."""
         out = b""
-        for key, (call_id, name, pieces) in self._calls.items():
+        for call_id, name, pieces in self._calls:
             out += self._open_block(ToolUseContent(call_id or tool_use_id(), name, {}))
             arguments = tool_arguments("".join(pieces))
             if arguments:
                 out += sse(ContentBlockDeltaEvent(self._index, InputJsonDelta(encode(arguments).decode())))
             out += sse(ContentBlockStopEvent(self._index))
-            self._written[key] = call_id
         self._calls.clear()
+        self._current.clear()
         return out
 
     def _open_block(self, block: TextContent | ThinkingContent | ToolUseContent) -> bytes:
@@ -180,9 +180,9 @@ class OpenAIStreamToAnthropic(ChatStreamReader):
     __slots__ = ("events", "stop_sequences", "_matched", "_prefill", "_refused")
 
     def __init__(self, model: str, stop_sequences: list[str] | None = None, input_tokens: int = 0,
-                 prefill: str | None = None) -> None:
+                 prefill: str | None = None, thinking: bool = True) -> None:
         super().__init__()
-        self.events = MessageEvents(model, input_tokens)
+        self.events = MessageEvents(model, input_tokens, thinking)
         self.stop_sequences = stop_sequences
         self._matched: Any = None
         self._prefill = PrefillEcho(prefill) if prefill else None   # a repeat of it is taken off the answer
@@ -249,8 +249,8 @@ class OllamaStreamToAnthropic:
 
     __slots__ = ("events", "usage", "estimate", "done", "error", "written", "_buffer", "_finish", "_calls")
 
-    def __init__(self, model: str, input_tokens: int = 0) -> None:
-        self.events = MessageEvents(model, input_tokens)
+    def __init__(self, model: str, input_tokens: int = 0, thinking: bool = True) -> None:
+        self.events = MessageEvents(model, input_tokens, thinking)
         self.usage: TokenCounts | None = None
         self.estimate: TokenCounts | None = None
         self.done = False
@@ -303,7 +303,7 @@ class OllamaStreamToAnthropic:
         self.written += written_in(line)
         message = reply.message
         if message is not None:
-            out += self.events.thinking(message.thinking or "") + self.events.text(message.content)
+            out += self.events.thinking(text_or_nothing(message.thinking)) + self.events.text(message.content)
             for call in message.tool_calls or ():
                 block = ollama_tool_content(call)
                 self._calls += 1

@@ -96,7 +96,7 @@ def openai_chat_to_ollama(data: bytes, model: str, times: Times | None = None, *
     content = after_prefill(said, prefill) or ""
     out = OllamaMessage(role="assistant", content=content)
     if message is not None:
-        out.thinking = message.reasoning_content or message.reasoning or None
+        out.thinking = message.thought or None
         if message.tool_calls:
             out.tool_calls = [
                 OllamaToolCall(OllamaFunction(c.function.name or "", tool_arguments(c.function.arguments)), c.id)
@@ -116,7 +116,7 @@ def openai_completion_to_ollama_generate(data: bytes, model: str, times: Times |
     choice = _first(reply)
     message = choice.message
     text = choice.text if choice.text is not None else (message.content if message else None) or ""
-    thinking = (message.reasoning_content or message.reasoning) if message else None
+    thinking = message.thought if message else None
     prompt, completion, cached = _shown_counts(reply.usage, times)
     return encode(OllamaGenerate(
         model=model, created_at=ollama_time(reply.created), response=text, thinking=thinking or None,

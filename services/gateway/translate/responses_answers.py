@@ -79,7 +79,8 @@ def reasoning_item(text: str, status: ItemStatus, item_id: str | None = None) ->
     return ReasoningItem(id=item_id or new_id("rs"), content=[ReasoningText(text)], status=status)
 
 
-def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | None = None) -> bytes:
+def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | None = None,
+                       request: ResponsesRequest | None = None) -> bytes:
     """A chat.completion as the Response begun as `response` (`echoed`); its usage the gateway's `estimate` when
     the relay made one, else the upstream's."""
     try:
@@ -91,7 +92,8 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
     text = (message.content if message else None) or choice.text
     incomplete = ending(choice.finish_reason)
     output: list[OutputItem] = []
-    parts: list[OutputPart] = [OutputText(text, logprobs=logprobs_of(text_logprobs(choice.logprobs)))] if text else []
+    tokens = text_logprobs(choice.logprobs) if request is not None and choice.logprobs else []
+    parts: list[OutputPart] = [OutputText(text, logprobs=logprobs_of(tokens, request))] if text else []
     if message is not None and message.refusal:
         parts.append(OutputRefusal(message.refusal))
     if parts:

@@ -128,6 +128,10 @@ def _check_items(items: list[InputItem]) -> None:
             _need(item.content, f"{where}.content")
             for number, part in enumerate(item.content if isinstance(item.content, list) else ()):
                 _check_part(part, f"{where}.content[{number}]")
+                if part.type == "reasoning_text":
+                    raise BadRequest(f"Invalid '{where}.content[{number}].type': 'reasoning_text' is a part of a "
+                                     "reasoning item, not of a message", param=f"{where}.content[{number}].type",
+                                     code="invalid_value")
                 if part.type == "input_image" and item.role != "user":
                     raise BadRequest(f"Invalid '{where}.content[{number}]': images are read in user messages only, "
                                      f"not in a {item.role} message", param=f"{where}.content[{number}]",
@@ -218,7 +222,8 @@ class ResponsesCall:
         return Plan(
             native=False,
             request=lambda body, model, ceiling=None: self._chat(body, model, ceiling, hosted),
-            answer=lambda data, model, times: openai_to_response(data, echoed(self.request, model), times.estimate),
+            answer=lambda data, model, times: openai_to_response(data, echoed(self.request, model), times.estimate,
+                                                                 self.request),
             error=_upstream_error, stream=self._relay, usage=openai_usage)
 
     def _chat(self, body: bytes, model: str, ceiling: int | None, hosted: bool) -> tuple[str, bytes]:
@@ -226,7 +231,7 @@ class ResponsesCall:
         return CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)
 
     def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
-        self.stream = OpenAIStreamToResponses(echoed(self.request, model), self._estimate)
+        self.stream = OpenAIStreamToResponses(echoed(self.request, model), self._estimate, self.request)
         return self.stream
 
     def _estimate(self, output_tokens: int) -> TokenCounts:
@@ -245,6 +250,8 @@ class ResponsesCall:
                 yield PER_MESSAGE
                 yield text
         for item in request.input if isinstance(request.input, list) else ():
+            if item.type == "reasoning":                # not sent upstream
+                continue
             yield PER_MESSAGE
             content = item.output if item.type == "function_call_output" else item.content
             if isinstance(content, str):

@@ -14,8 +14,8 @@
     response.output_item.done                       when reasoning, a tool call or the end follows
     response.output_item.added (function_call), response.function_call_arguments.delta (whole),
     response.function_call_arguments.done, response.output_item.done
-                                                    a tool call, whole, once text or reasoning follows it or
-                                                    at the end
+                                                    each tool call, whole, at the end (a server may send more
+                                                    of a call's arguments after text or reasoning)
     response.completed                              the final Response with its usage (response.incomplete
                                                     when the output limit or a content filter ended it)
 
@@ -50,7 +50,7 @@ from switchyard_gateway.services.gateway.translate.responses_wire import (
     OutputItem, OutputItemAdded, OutputItemDone, OutputMessage, OutputPart, OutputRefusal, OutputText,
     OutputTextDelta, OutputTextDone, ReasoningItem, ReasoningText, ReasoningTextDelta, ReasoningTextDone,
     RefusalDelta, RefusalDone, Response, ResponseCompleted, ResponseCreated, ResponseError, ResponseFailed,
-    ResponseIncomplete, ResponseInProgress, logprobs_of,
+    ResponseIncomplete, ResponseInProgress, ResponsesRequest, logprobs_of,
 )
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output
 from switchyard_gateway.services.gateway.translate.wire import (
@@ -67,10 +67,13 @@ class OpenAIStreamToResponses(ChatStreamReader):
     for the Response of a stream that fails."""
 
     __slots__ = ("_response", "_estimate_of", "_sequence", "_started", "_output", "_thinking", "_thought", "_message",
-                 "_parts", "_part", "_pieces", "_calls", "_called", "_reasoning_tokens", "_logprobs", "_tokens")
+                 "_parts", "_part", "_pieces", "_calls", "_called", "_reasoning_tokens", "_logprobs", "_tokens",
+                 "_request")
 
-    def __init__(self, response: Response, estimate_of: Callable[[int], TokenCounts] | None = None) -> None:
+    def __init__(self, response: Response, estimate_of: Callable[[int], TokenCounts] | None = None,
+                 request: ResponsesRequest | None = None) -> None:
         super().__init__()
+        self._request = request                   # what it asked of log probabilities (none without it)
         self._response = response                 # `responses_answers.echoed`: in progress, no output
         self._estimate_of = estimate_of
         self._sequence = 0
@@ -82,8 +85,8 @@ class OpenAIStreamToResponses(ChatStreamReader):
         self._parts: list[OutputPart] = []        # its parts written whole
         self._part: type[OutputPart] | None = None    # the kind of its part taking text: OutputText, OutputRefusal
         self._pieces: list[str] = []              # that part's text so far
-        self._calls: dict[object, list] = {}      # tool call key -> [id, name, argument pieces], not written yet
-        self._called: dict[object, str] = {}      # tool call key -> the id the upstream gave it ("": none), written
+        self._calls: list[list] = []              # [id, name, argument pieces] of each call, in the order begun
+        self._called: dict[object, list] = {}     # tool call key -> the call of that key taking pieces
         self._reasoning_tokens = 0                # of the output, the reasoning's, as the usage chunk says
         self._logprobs: list[Logprob] = []        # the log probabilities of the chunk being read (asked for)
         self._tokens: list[Logprob] = []          # those of the open text part so far
@@ -145,7 +148,9 @@ class OpenAIStreamToResponses(ChatStreamReader):
                                                                                 response=self._response)
 
     def _choice(self, choice: Choice) -> bytes:
-        self._logprobs = logprobs_of(text_logprobs(choice.logprobs)) if choice.logprobs else []
+        request = self._request
+        self._logprobs = logprobs_of(text_logprobs(choice.logprobs), request) \
+            if request is not None and choice.logprobs else []
         return super()._choice(choice)
 
     def _text(self, text: str) -> bytes:
@@ -159,9 +164,9 @@ class OpenAIStreamToResponses(ChatStreamReader):
                                content_index=0, delta=text)
 
     def _open_reasoning(self) -> bytes:
-        """A reasoning item and its one `reasoning_text` part begin (the message before it ends, and the tool calls
-        before it are written, first)."""
-        out = self._close() + self._write_calls()
+        """A reasoning item and its one `reasoning_text` part begin (the message before it ends first; the tool
+        calls kept so far stay kept, as a server may send more of their arguments after it)."""
+        out = self._close()
         index, item_id = len(self._output), new_id("rs")
         self._thinking, self._thought = item_id, []
         return out + self._sse(OutputItemAdded, output_index=index,
@@ -174,7 +179,7 @@ class OpenAIStreamToResponses(ChatStreamReader):
     def _piece(self, kind: type[OutputPart], text: str) -> bytes:
         """A piece of the message's text or refusal: the message item and the part opened first if need be (the
         reasoning before it ends first)."""
-        out = (self._close() if self._message is None else b"") + self._write_calls()
+        out = self._close() if self._message is None else b""
         index = len(self._output)
         if self._message is None:
             self._message, self._parts = new_id("msg"), []
@@ -250,17 +255,15 @@ class OpenAIStreamToResponses(ChatStreamReader):
 
     def _tool_call(self, call: ToolCall) -> bytes:
         """A piece of a tool call: its id, name and a piece of its arguments (any of them empty). The first id and
-        name given are the call's; a piece naming another id than a written call of its index begins a new call."""
+        name given are the call's; a piece naming another id than the call of its index begins a new call (a
+        server may number the calls after a text run from 0 again)."""
         function = call.function
         key, call_id = call.index, call.id
-        written = self._called.get(key)
-        if written is not None and not (written and call_id and call_id != written):
-            return b""                            # its item is written and done
         out = b""
-        pending = self._calls.get(key)
-        if pending is None:
-            self._called.pop(key, None)
-            pending = self._calls[key] = ["", "", []]
+        pending = self._called.get(key)
+        if pending is None or (call_id and pending[0] and call_id != pending[0]):
+            pending = self._called[key] = ["", "", []]
+            self._calls.append(pending)
             out = self._close()                   # the text before the call ends here
         pending[0] = pending[0] or call_id or ""
         pending[1] = pending[1] or (function.name if function else None) or ""
@@ -271,7 +274,7 @@ class OpenAIStreamToResponses(ChatStreamReader):
     def _write_calls(self) -> bytes:
         """Each tool call kept so far, in the order they began, as a whole item of its own."""
         out = b""
-        for key, (call_id, name, pieces) in self._calls.items():
+        for call_id, name, pieces in self._calls:
             index, arguments = len(self._output), "".join(pieces) or "{}"
             item = FunctionCallItem(id=new_id("fc"), call_id=call_id or new_id("call"), name=name, arguments="",
                                     status="in_progress")
@@ -281,8 +284,8 @@ class OpenAIStreamToResponses(ChatStreamReader):
             item = msgspec.structs.replace(item, arguments=arguments, status="completed")
             self._output.append(item)
             out += self._sse(OutputItemDone, output_index=index, item=item)
-            self._called[key] = call_id
         self._calls.clear()
+        self._called.clear()
         return out
 
 

@@ -22,9 +22,10 @@ Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 class ContentPart(msgspec.Struct, kw_only=True):
     """A part of a message's content: `input_text`, `input_image` (by URL or data URL; a stored `file_id` cannot
-    be read), and an assistant's `output_text` or `refusal` sent back."""
+    be read), and an assistant's `output_text` or `refusal` sent back; or of a `reasoning` item sent back, its
+    `reasoning_text` (as this door writes them)."""
 
-    type: Literal["input_text", "input_image", "output_text", "refusal"]
+    type: Literal["input_text", "input_image", "output_text", "refusal", "reasoning_text"]
     text: str | None = None
     image_url: str | None = None
     file_id: str | None = None
@@ -395,12 +396,20 @@ def wants_logprobs(request: ResponsesRequest) -> bool:
     return request.top_logprobs is not None or LOGPROBS in (request.include or ())
 
 
-def logprobs_of(tokens: list) -> list[Logprob]:
-    """A chat answer's token log probabilities (`wire.TokenLogprob`) as the Responses API writes them (each token's
-    UTF-8 bytes when the server gave none)."""
+def logprobs_of(tokens: list, request: ResponsesRequest) -> list[Logprob]:
+    """A chat answer's token log probabilities (`wire.TokenLogprob`) as the Responses API writes them, when the
+    request asked for them (none else: a server may send them unasked), each with at most the alternatives asked
+    for; each token's UTF-8 bytes when the server gave none, or gave what are no bytes."""
+    if not tokens or not wants_logprobs(request):
+        return []
+    most = request.top_logprobs or 0
+
     def utf8(entry: Any) -> list[int]:
-        return entry.bytes if entry.bytes is not None else list(entry.token.encode("utf-8", "surrogatepass"))
+        given = entry.bytes
+        if given is not None and all(type(b) is int and 0 <= b <= 255 for b in given):
+            return given
+        return list(entry.token.encode("utf-8", "surrogatepass"))
 
     return [Logprob(token=t.token, bytes=utf8(t), logprob=t.logprob,
                     top_logprobs=[LogprobAlternative(token=a.token, bytes=utf8(a), logprob=a.logprob)
-                                  for a in t.top_logprobs]) for t in tokens]
+                                  for a in t.top_logprobs[:most]]) for t in tokens]

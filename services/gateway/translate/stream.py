@@ -91,7 +91,7 @@ class OpenAIStreamToOllama(ChatStreamReader):
         delta = choice.delta
         said = (delta.content or "") + (delta.refusal or "") if delta else ""     # a refusal is text here
         content = said or choice.text or ""
-        thinking = (delta.reasoning_content or delta.reasoning) if delta else None
+        thinking = delta.thought if delta else None
         if (content or thinking) and self._first_token is None:
             self._first_token = self._clock()
         if self._prefill is not None and content:

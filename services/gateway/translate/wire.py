@@ -89,15 +89,22 @@ class Message(msgspec.Struct):
     """A chat `message` or a streamed `delta`."""
 
     content: str | None = None
-    reasoning_content: str | None = None    # vLLM, DeepSeek
-    reasoning: str | None = None            # newer vLLM, OpenRouter
+    reasoning_content: Any = None           # vLLM, DeepSeek (read as anything: see `thought`)
+    reasoning: Any = None                   # newer vLLM, OpenRouter
     refusal: str | None = None              # OpenAI: the model declined, saying why (no content then)
     tool_calls: list[ToolCall] | None = None
 
     @property
     def thought(self) -> str:
-        """The model's reasoning, under either name servers write it ("" when none)."""
-        return self.reasoning_content or self.reasoning or ""
+        """The model's reasoning, under either name servers write it ("" when none). Reasoning not written as text
+        is none: it is an extra beside the answer, which stands without it (a server writing it otherwise made
+        every answer unreadable, and its endpoint's breaker open)."""
+        return text_or_nothing(self.reasoning_content) or text_or_nothing(self.reasoning)
+
+
+def text_or_nothing(value: Any) -> str:
+    """`value` when it is text, else ""."""
+    return value if type(value) is str else ""
 
 
 class TopLogprob(msgspec.Struct):
@@ -199,7 +206,7 @@ class OllamaToolCall(msgspec.Struct, omit_defaults=True):
 class OllamaMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str
-    thinking: str | None = None
+    thinking: str | None = None             # written as text (`text_or_nothing` of what an upstream said)
     tool_calls: list[OllamaToolCall] | None = None
 
 
