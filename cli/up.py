@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from switchyard_gateway.cli import config as config_command
+from switchyard_gateway.cli.reload_users import UsersReload
 from switchyard_gateway.cli.say import say
 from switchyard_gateway.kit import nats_auth, ports
 from switchyard_gateway.kit.settings import (
@@ -96,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "SWITCHYARD_NATS_URL, SWITCHYARD_DATABASE_URL or SWITCHYARD_REDIS_URL point at running "
                     "ones), each asking for a password kept in the data dir, then every service as its own "
                     "process; restart a service that crashes; stop "
-                    "everything on Ctrl-C or SIGTERM.",
+                    "everything on Ctrl-C or SIGTERM (SIGHUP reads --nats-users again).",
     )
     up.add_argument("--data-dir", type=Path, default=Path("./.switchyard"),
                     help="where data, logs and the spool live (default: ./.switchyard); a second `up` keeps it")
@@ -125,8 +126,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          "(default: 1, a single server)")
     up.add_argument("--nats-users", type=Path, default=None, metavar="F",
                     help="subscribers allowed to replay the event log and follow it, each a NATS user with only "
-                         "that permission (YAML: subscribers: [{user, password: ${ENV_VAR}, name, tenant}]); beside "
-                         "the services' own user, whose password is kept in keys.env (NATS always asks for a user)")
+                         "that permission (YAML: subscribers: [{user, password: ${ENV_VAR} or a bcrypt hash, name, "
+                         "tenant}]); beside the services' own user, whose password is kept in keys.env (NATS always "
+                         "asks for a user). SIGHUP to `up` reads F again and has NATS take it without a restart (a "
+                         "file with a problem changes nothing, and `up` says why): to change a password then, give "
+                         "it as a bcrypt hash, since ${ENV_VAR} is read from `up`'s environment, fixed at start")
     up.add_argument("--journal-fsync", action="store_true",
                     help="fdatasync the gateways' journals batch by batch: no accepted call is lost even when the "
                          "machine crashes (a crash of a process loses nothing without it)")
@@ -173,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):       # Ctrl-C or SIGTERM at any point stops cleanly
         signal.signal(signum, _raise_stopping)
+    reload = UsersReload(args.nats_users, os.environ)    # SIGHUP reads --nats-users again; it never stops `up`
+    signal.signal(signal.SIGHUP, reload.on_signal)
     become_subreaper()                                   # orphans of our children are ours to see and reap
     for line in seed_spellings(os.environ):
         say(line)
@@ -221,12 +227,15 @@ def run(args: argparse.Namespace) -> int:
             return 1
         for unit in stack.units():
             supervisor.add(unit, running=unit.process)
+        reload.serving(stack, subscribers)
         return _run_services(args, data_dir, urls, planned, supervisor)
     except Stopping:
         return 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):   # a second Ctrl-C must not cut the clean-up short
+        # a second Ctrl-C must not cut the clean-up short, nor a SIGHUP reload what is stopping
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
+        reload.close()
         if stack.ports:                                  # something was started (a refusal started nothing)
             started = time.monotonic()
             supervisor.stop()

@@ -14,9 +14,10 @@ a LOG stream sequence: from there the subscriber follows LOG live (metering make
 subscriber's inbox), skipping events at or below its position, so nothing is missed or applied twice across the
 switch. Everything it asks goes through its door, `metering.subscriber.v1.<user>.<name>.<tenant, or _all>.<op>`
 (`events.door`): the NATS user in `nats_url` (or `user`; none: the services' own) may publish there alone.
-Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, more queued than
-`max_queued` messages because applying is slower than the log grows) sends it back to catching up from its
-position: the log, not the stream, is what it counts on. NATS or metering away is waited out; NATS refusing the user
+Whatever goes wrong live (a gap in the consumer's sequence, the server's heartbeats gone, the client reconnecting:
+the consumer may have gone with a restarted server, more queued than `max_queued` messages because applying is
+slower than the log grows) sends it back at once to catching up from its position: the log, not the stream, is what
+it counts on. NATS or metering away is waited out; NATS refusing the user
 (`NotAuthorized`: a wrong password, an unknown user, or every server refusing it on reconnecting once its password
 changed while it ran) or its door (`NotPermitted`, as soon as NATS says so: a name or tenant its users file does not
 give it) ends `run()` with that error, as asking again would change nothing.

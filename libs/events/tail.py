@@ -6,7 +6,9 @@ starts again from where it is.
     msgs = await tail.take(most=5000, linger_s=0.05)      # raises TailLost once it cannot be trusted to be whole
 
 Unlike `StreamFold`, which makes its consumer anew past what it folded, a tail gives up: its reader (a subscriber
-of the log) goes back to a source it trusts more (replay from its own position) rather than to the stream.
+of the log) goes back to a source it trusts more (replay from its own position) rather than to the stream. The
+client reconnecting ends it at once: the consumer, kept in the server's memory, is gone when NATS restarted, and
+its heartbeats would say so only after two of them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -23,6 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from switchyard_gateway.contracts.metering import Follow
 from switchyard_gateway.events.door import Door
+from switchyard_gateway.kit import natsio
 
 
 HEARTBEAT_S = 5.0
@@ -56,8 +60,9 @@ class TailLost(Exception):
 
 class StreamTail:
     """An ephemeral push consumer of `stream` from `sequence`, filtered, without acks: `take` hands out the
-    messages in order; a gap, two silent heartbeats, the consumer's end or more than `max_queued` messages
-    waiting end it with TailLost. `heartbeat_s`: how often an idle consumer says it is there."""
+    messages in order; a gap, two silent heartbeats, the consumer's end, the client reconnecting or more than
+    `max_queued` messages waiting end it with TailLost. `heartbeat_s`: how often an idle consumer says it is
+    there."""
 
     def __init__(self, nc: NATS, stream: str, filters: list[str], sequence: int, owner: str, max_queued: int,
                  heartbeat_s: float = HEARTBEAT_S, door: Door | None = None) -> None:
@@ -72,8 +77,18 @@ class StreamTail:
         self._sub: Any = None
         self._watch: asyncio.Task[None] | None = None
         self._made = False                   # through the door: whether metering made the consumer
+        self._unlisten: Callable[[], None] | None = None
 
     async def start(self) -> None:
+        self._unlisten = natsio.on_reconnected(self.nc, lambda: self._lost("NATS reconnected"))
+        try:
+            await self._start()
+        except BaseException:
+            self._unlisten()                 # a reader that gives up on a failed start calls no `stop`
+            self._unlisten = None
+            raise
+
+    async def _start(self) -> None:
         self._sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_message)
         if self.door is not None:
             self.name = await self.door.follow(Follow(self.stream, max(self.sequence, 1), self.filters,
@@ -92,6 +107,9 @@ class StreamTail:
         self._watch = asyncio.ensure_future(self._watch_heartbeats())
 
     async def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self._watch is not None:
             self._watch.cancel()
         with contextlib.suppress(Exception):

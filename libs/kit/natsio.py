@@ -138,6 +138,7 @@ class _Known:
 
 
 _known: weakref.WeakKeyDictionary[NATS, _Known] = weakref.WeakKeyDictionary()
+_reconnect_listeners: weakref.WeakKeyDictionary[NATS, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
 _closing: set[asyncio.Task[None]] = set()
 T = TypeVar("T")
 
@@ -157,6 +158,38 @@ def user_refused(nc: NATS) -> NotAuthorized | None:
     return NotAuthorized(f"NATS at {known.where} refused the credentials of the user{known.user} on reconnecting: "
                          "Authorization Violation from every server (its password changed, or the user was removed, "
                          "while it ran)")
+
+
+def on_reconnected(nc: NATS, listener: Callable[[], None]) -> Callable[[], None]:
+    """Call `listener` each time the client connects again after losing its connection (whatever the server kept
+    for it in memory, its consumers, may be gone); returns what stops that. For a client `connect` did not make,
+    its own reconnected callback is kept and called first."""
+    listeners = _reconnect_listeners.get(nc)
+    if listeners is None:
+        listeners = _reconnect_listeners[nc] = []
+        if nc not in _known:                      # `connect`'s own callback tells them; else wrap the client's
+            theirs = nc._reconnected_cb  # noqa: SLF001 — nats-py reads it at each reconnection
+
+            async def reconnected() -> None:
+                if theirs is not None:
+                    await theirs()
+                _reconnected(nc)
+
+            nc._reconnected_cb = reconnected  # noqa: SLF001
+    listeners.append(listener)
+
+    def stop() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+    return stop
+
+
+def _reconnected(nc: NATS) -> None:
+    for listener in list(_reconnect_listeners.get(nc, ())):
+        try:
+            listener()
+        except Exception:  # noqa: BLE001 — one listener's failure is no other's
+            log.exception("nats.reconnect_listener_failed")
 
 
 async def unless_refused(nc: NATS, work: Awaitable[T]) -> T:
@@ -216,6 +249,7 @@ async def connect(url: str, name: str, timeout_s: float = 30.0, inbox_prefix: st
     async def _on_reconnect() -> None:
         refusals.connected()
         log.info("nats.reconnected")
+        _reconnected(nc)
 
     async def _on_closed() -> None:
         if on_closed is not None:

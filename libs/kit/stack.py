@@ -259,6 +259,21 @@ class EmbeddedStack:
             server.stop(timeout_s=self.stop_timeout_s)
             raise
 
+    def reload_nats_users(self, subscribers: list[SubscriberUser]) -> list[str]:
+        """Give the NATS we run these subscribers, the services' user unchanged: every node's configuration written
+        again and read by the node at once (a node down reads it when it starts again). Returns the nodes that did
+        not take it, each with why (nats-server's own line)."""
+        servers = [server for server in self._of("nats") if isinstance(server, NatsServer)]
+        if not servers or any(server.users is None for server in servers):
+            raise StackError("the stack runs no NATS with users of its own to reload")
+        self.nats_users = (self.nats_users[0], list(subscribers))
+        asked = []
+        for server in servers:                      # every node asked first, then each waited for
+            server.users = self.nats_users
+            asked.append((server, server.ask_to_reload()))
+        return [f"{server.name}: {why}" for server, reload in asked
+                if reload is not None and (why := server.reloaded(reload)) is not None]
+
     def is_running(self, name: str) -> bool:
         server = self._servers.get(name)
         return server is not None and server.running

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import socket
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from switchyard_gateway.kit import nats_auth
@@ -51,14 +57,19 @@ def nats_binary() -> Path:
 
 class NatsServer(ManagedServer):
     """nats-server with JetStream storing under <data>/nats and a monitoring port for /healthz; with `config`, a
-    configuration file read first (users and their permissions: `libs/kit/nats_auth.py`), the flags after it.
-    With `users` (the services' password and the subscribers) instead, it writes that file itself, in its home,
-    readable by its owner only, and its URL carries the services' user."""
+    configuration file of the caller's (users and their permissions: `libs/kit/nats_auth.py`), included by the one
+    it is started with. With `users` (the services' password and the subscribers) instead, it writes that file
+    itself, in its home (`auth.conf`), readable by its owner only, and its URL carries the services' user.
+
+    Its name is in the file it is started with, not a flag: nats-server refuses to reload a configuration whose
+    server name differs from the flags' ("config reload not supported for ServerName"), and `ask_to_reload` has it
+    read its users again."""
 
     name = "nats"
     port_names = ("nats", "nats_monitor")
     config: Path | None = None
     users: tuple[str, list[nats_auth.SubscriberUser]] | None = None
+    started_with: Path | None = None        # the file nats-server reads: auth.conf, or server.conf including `config`
 
     @property
     def home(self) -> Path:
@@ -76,17 +87,46 @@ class NatsServer(ManagedServer):
     def binary(self) -> Path:
         return nats_binary()
 
+    @property
+    def server_name(self) -> str:
+        """Stable: JetStream's store (and a cluster's peers) know the server by it."""
+        return SERVER_NAME
+
     def prepare(self, spawner: Spawner) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+
+    def write_config(self) -> None:
+        """Write the file nats-server starts with (and reads again on a reload): its users (`users`) or an include of
+        the caller's `config`, then what the launcher sets (its name; a node's cluster), which wins as flags did;
+        replaced whole, never seen half written."""
         if self.users is not None:
-            self.config = self.home / "auth.conf"
-            write_private(self.config, self.auth_config(*self.users))
+            self.started_with = self.home / "auth.conf"
+            text = self.auth_config(*self.users)
+        elif self.config is not None:        # nats-server includes a path relative to the including file only
+            self.started_with = self.home / "server.conf"
+            text = f"include {json.dumps(os.path.relpath(self.config.absolute(), self.home))}\n"
+        else:
+            self.started_with = None
+            return
+        text += self.own_config()
+        scratch = self.started_with.with_name(f".{self.started_with.name}.{threading.get_ident()}.tmp")
+        scratch.unlink(missing_ok=True)             # a reload's thread and a restart may write it at once
+        write_private(scratch, text)
+        scratch.replace(self.started_with)
 
     def auth_config(self, password: str, subscribers: list[nats_auth.SubscriberUser]) -> str:
         return nats_auth.server_config(password, subscribers)
 
+    def own_config(self) -> str:
+        """What the launcher sets in the file, which a reload must see unchanged: the server's name."""
+        return f"server_name: {json.dumps(self.server_name)}\n"
+
     def configured(self) -> list[str]:
-        return ["--config", str(self.config)] if self.config is not None else []
+        """The file it starts with, else (no file) its name as a flag."""
+        if self.started_with is None:
+            return ["--server_name", self.server_name]
+        return ["--config", str(self.started_with)]
 
     def command(self) -> list[str]:
         return [
@@ -97,8 +137,47 @@ class NatsServer(ManagedServer):
             "--addr", LOOPBACK,
             "--port", str(self.port),
             "--http_port", str(self.ports["nats_monitor"]),
-            "--server_name", SERVER_NAME,
         ]  # fmt: skip
+
+    # -- reloading its configuration ------------------------------------------------------------------------------
+
+    def loaded_at(self) -> str | None:
+        """When nats-server last read its configuration (`/varz` config_load_time), None when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=2.0) as response:
+                return json.loads(response.read()).get("config_load_time")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def ask_to_reload(self) -> Asked | None:
+        """Write the configuration again and signal nats-server to read it (SIGHUP, as `nats-server --signal
+        reload=<pid>` does). Returns what `reloaded` tells the reload by; None when it is not running (a restart
+        reads the file written)."""
+        self.write_config()
+        if not self.running:
+            return None
+        asked = Asked(self.loaded_at() or "", _size(self.log_path))
+        assert self.process is not None
+        try:
+            self.process.send_signal(signal.SIGHUP)
+        except ProcessLookupError:
+            return None
+        return asked
+
+    def reloaded(self, asked: Asked, timeout_s: float = 5.0) -> str | None:
+        """None once nats-server has read its configuration again since it was asked, else why not (its log's
+        line saying so, or the time it was given)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = self.loaded_at()
+            if now is not None and now != asked.loaded_at or not self.running:   # gone: its restart reads the file
+                return None
+            failed = [line for line in _since(self.log_path, asked.log_size) if "Failed to reload" in line]
+            if failed:
+                return failed[-1].split("[ERR] ", 1)[-1]
+            if time.monotonic() > deadline:
+                return f"it did not read its configuration again within {timeout_s:.0f} s"
+            time.sleep(0.05)
 
     def answers(self) -> bool:
         """Ready when clients get INFO and /healthz says JetStream and its streams are current."""
@@ -109,8 +188,6 @@ class NatsServer(ManagedServer):
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-
 
 
 class NatsNode(NatsServer):
@@ -148,13 +225,28 @@ class NatsNode(NatsServer):
             self.route_password, others, nats_auth.CLUSTER_NAME, listen=self.route_url.removeprefix("nats://"))
 
     @property
+    def server_name(self) -> str:
+        return f"{SERVER_NAME}-{self.number}"
+
+    @property
     def route_password(self) -> str:
         """The nodes' own password, not the services': a node's is sent to whatever listens on a route port."""
         return kept_secret(self.data_dir / "nats-routes.password")
 
+    def own_config(self) -> str:
+        """Its name, and without users of ours a cluster block whose routes ask for no user (with users, the
+        auth_config's cluster block asks for one): given as flags, nats-server refuses to reload ("jetstream
+        cluster requires `cluster.name` to be set")."""
+        if self.users is not None:
+            return super().own_config()
+        block = {"name": nats_auth.CLUSTER_NAME, "listen": self.route_url.removeprefix("nats://"),
+                 "routes": [peer.route_url for peer in self.peers if peer is not self]}
+        return super().own_config() + "cluster " + json.dumps(block, indent=2) + "\n"
+
     def command(self) -> list[str]:
         routes = ",".join(peer.route_url for peer in self.peers if peer is not self)
-        clustered = [] if self.users is not None else [    # the file's cluster block: flags would clear its users
+        # no file: the cluster as flags (else the file's cluster block: a flag would clear its routes' users)
+        clustered = [] if self.started_with is not None else [
             "--cluster_name", nats_auth.CLUSTER_NAME, "--cluster", self.route_url, "--routes", routes]
         return [
             str(self.binary()),
@@ -164,9 +256,32 @@ class NatsNode(NatsServer):
             "--addr", LOOPBACK,
             "--port", str(self.port),
             "--http_port", str(self.ports[f"{self.name}_monitor"]),
-            "--server_name", f"{SERVER_NAME}-{self.number}",
             *clustered,
         ]  # fmt: skip
+
+
+class Asked(NamedTuple):
+    """A reload asked of nats-server: when it had last read its configuration, and how long its log was."""
+
+    loaded_at: str
+    log_size: int
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _since(path: Path, offset: int) -> list[str]:
+    """The lines a log gained past `offset` (at most 64 KiB of them)."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            return log.read(65536).decode(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def cluster(nodes: int, data_dir: Path, log_dir: Path, *, durable: bool) -> list[NatsNode]:

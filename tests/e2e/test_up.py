@@ -47,6 +47,20 @@ async def test_crashed_service_is_restarted_and_usage_still_lands(demo: DemoStac
     assert event["outcome"] == "ok"
 
 
+async def test_sighup_without_a_users_file_reloads_nothing_and_up_serves_on(demo: DemoStack) -> None:
+    """SIGHUP's default ended `up` and everything it ran (a terminal hanging up, or an operator asking for a
+    reload); now it reads `--nats-users` again, and without one `up` says there is nothing to reload."""
+    before = demo.output().count("switchyard: SIGHUP: ")
+    demo.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: demo.output().count("switchyard: SIGHUP: ") > before, 10, what="up to answer SIGHUP")
+    said = [line for line in demo.output().splitlines() if line.startswith("switchyard: SIGHUP: ")][before]
+    assert said == ("switchyard: SIGHUP: no --nats-users file to read again; nothing reloaded (SIGINT or SIGTERM "
+                    "stops `up`)")
+    assert demo.proc.poll() is None
+    models = httpx.get(f"{demo.url}/v1/models", headers={"Authorization": f"Bearer {demo.demo_key}"}, timeout=10)
+    assert models.status_code == 200 and demo.proc.poll() is None
+
+
 def _replaced(root_pid: int, service: str, old_pid: int) -> bool:
     try:
         return service_process(root_pid, service).pid != old_pid

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import redis
 import redis.asyncio as aioredis
 from nats.errors import NoServersError
 
+from switchyard_gateway.kit import nats_auth
+from switchyard_gateway.kit.nats_auth import SubscriberUser
 from switchyard_gateway.kit.settings import mask_password
 from switchyard_gateway.kit.stack import EmbeddedStack, StackError
 from switchyard_gateway.kit.stack_nats import NatsServer
@@ -173,6 +176,30 @@ async def test_a_cluster_made_trusting_anyone_asks_for_the_password_once_started
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs as a user of its own only when we are root")
+async def test_every_node_of_a_nats_cluster_reloads_its_users_in_place_under_its_own_name(
+        tmp_root: Path, stack: EmbeddedStack) -> None:
+    """A subscriber added or removed took a restart of NATS: nats-server refused to reload a configuration without
+    the name its flag gave ("config reload not supported for ServerName"). Each node's file names it now (the same
+    name as before, which its JetStream store knows it by), and every node reloads its users in place."""
+    password, hashed = "rotor-password-first-0123", "$2b$04$4zLJchVX3c4B5qkdECi01e6lSRE.InFCtAR7I6am/m9s1ZxD3u6YC"
+    with EmbeddedStack(tmp_root / "reloads", database_url=stack.urls.database_url, redis_url=stack.urls.redis_url,
+                       durable=False, nats_nodes=3) as running:
+        pids = json.loads((running.data_dir / "stack.json").read_text())["pids"]
+        nodes = nats_auth.without_user(running.urls.nats_url).split(",")
+        assert running.reload_nats_users([SubscriberUser("rotor", hashed, "rotor-feed")]) == []
+        for number, node in enumerate(nodes, start=1):
+            nc = await nats.connect(nats_auth.with_user(node, "rotor", password), connect_timeout=2,
+                                    max_reconnect_attempts=1, error_cb=quiet, inbox_prefix="_INBOX_rotor")
+            await nc.close()
+            with urllib.request.urlopen(f"http://127.0.0.1:{running.ports[f'nats-{number}_monitor']}/varz") as varz:
+                assert json.loads(varz.read())["server_name"] == f"switchyard-{number}"
+            assert (running.data_dir / f"nats-{number}" / "auth.conf").stat().st_mode & 0o777 == 0o600
+        assert running.reload_nats_users([]) == []
+        with pytest.raises(nats.errors.Error):
+            await connect_nats(nats_auth.with_user(nodes[2], "rotor", password))
+        assert json.loads((running.data_dir / "stack.json").read_text())["pids"] == pids      # none restarted
+
+
 def test_links_postgres_own_user_leaves_in_its_directory_are_not_followed_as_root(tmp_root: Path, stack) -> None:
     """As root, `up` handed PostgreSQL's user its socket directory with a chown that followed links, and that user
     owns <data>/pg: a link there to a directory of root's made that directory its own at the next start (and
