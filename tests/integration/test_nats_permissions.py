@@ -38,14 +38,22 @@ USERS = [SubscriberUser("billing", "billing-secret", "tenant-spend"),
          SubscriberUser("acme-bi", "acme-secret", "acme-spend", tenant="acme")]
 
 
-@pytest.fixture(scope="module")
-def guarded_nats(urls, stack_root: Path) -> Iterator[str]:
-    root = stack_root / f"nats-auth-{uuid.uuid4().hex[:6]}"
+@contextlib.contextmanager
+def guarded_stack(urls, stack_root: Path, name: str, services_password: str,
+                  users: list[SubscriberUser]) -> Iterator[tuple[EmbeddedStack, Path]]:
+    """A NATS server of a module's own, started with the users `nats_auth.server_config` writes, and its file."""
+    root = stack_root / f"{name}-{uuid.uuid4().hex[:6]}"
     root.mkdir()
     config = root / "auth.conf"
-    config.write_text(server_config(SERVICES_PASSWORD, USERS))
+    config.write_text(server_config(services_password, users))
     with EmbeddedStack(root / "stack", database_url=urls.database_url, redis_url=urls.redis_url, durable=False,
                        nats_config=config) as running:
+        yield running, config
+
+
+@pytest.fixture(scope="module")
+def guarded_nats(urls, stack_root: Path) -> Iterator[str]:
+    with guarded_stack(urls, stack_root, "nats-auth", SERVICES_PASSWORD, USERS) as (running, _):
         yield running.urls.nats_url
 
 

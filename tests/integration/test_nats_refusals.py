@@ -30,6 +30,7 @@ from switchyard_gateway.kit.stack import EmbeddedStack
 from switchyard_gateway.subscribe import Subscriber
 from tests.conftest import create_database, wait_for
 from tests.integration.logharness import Metering, usage
+from tests.integration.test_nats_permissions import guarded_stack
 
 SERVICES_PASSWORD = "services-secret-password"
 BILLING = SubscriberUser("billing", "billing-secret", "tenant-spend")
@@ -66,12 +67,7 @@ class GuardedNats:
 
 @pytest.fixture(scope="module")
 def guarded(urls, stack_root: Path) -> Iterator[GuardedNats]:
-    root = stack_root / f"nats-refusals-{uuid.uuid4().hex[:6]}"
-    root.mkdir()
-    config = root / "auth.conf"
-    config.write_text(server_config(SERVICES_PASSWORD, USERS))
-    with EmbeddedStack(root / "stack", database_url=urls.database_url, redis_url=urls.redis_url, durable=False,
-                       nats_config=config) as running:
+    with guarded_stack(urls, stack_root, "nats-refusals", SERVICES_PASSWORD, USERS) as (running, config):
         yield GuardedNats(running, config)
 
 
