@@ -927,3 +927,15 @@ def test_an_ollama_answer_whose_counts_are_not_whole_numbers_shows_the_gateways_
     assert tap.done
     tap.estimate = TokenCounts(7, 1)
     assert b'"output_tokens":1' in tap.finish()
+
+
+def test_an_assistant_turn_of_thinking_alone_is_not_sent_nor_continued() -> None:
+    """Thinking blocks are dropped; a turn holding nothing else was sent as an empty assistant message, and as the
+    final turn it was a prefill of nothing for the server to continue."""
+    thinking = {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"}]}
+    for messages in ([ASK, thinking], [ASK, thinking, {"role": "user", "content": "Well?"}]):
+        sent = json.loads(openai_chat_body(request(messages=messages), "up-model", top_k=True, continues=True))
+        assert [m["role"] for m in sent["messages"]] == [m["role"] for m in messages if m is not thinking]
+        assert "continue_final_message" not in sent
+        assert [m["role"] for m in to_ollama(messages=messages)["messages"]] == [
+            m["role"] for m in messages if m is not thinking]

@@ -92,7 +92,7 @@ def openai_chat_body(request: MessagesRequest, upstream_model: str, *, top_k: bo
             out[name] = value
     if top_k and request.top_k is not None:
         out["top_k"] = request.top_k
-    if continues and request.messages[-1].role == "assistant":   # a prefill: continued, not answered
+    if continues and messages and messages[-1]["role"] == "assistant":   # a prefill: continued, not answered
         ask_to_continue(out)
     if request.metadata is not None and request.metadata.user_id:
         out["user"] = request.metadata.user_id
@@ -146,7 +146,9 @@ def _openai_messages(message: InputMessage) -> list[dict[str, Any]]:
             parts.extend({"type": "image_url", "image_url": {"url": _image_url(image)}} for image in images)
     if message.role == "assistant":
         text = "".join(part["text"] for part in parts if part["type"] == "text")
-        if text or not calls:
+        if not text and not calls:          # a turn of thinking blocks alone: nothing is left of it to send
+            return out
+        if text:
             reply: dict[str, Any] = {"role": "assistant", "content": text}
         else:
             reply = {"role": "assistant", "content": None}
@@ -250,7 +252,7 @@ def _ollama_messages(message: InputMessage, names: dict[str, str]) -> list[dict[
                 result["tool_name"] = names[block.tool_use_id]
             out.append(result)
             images.extend(_base64(image) for image in result_images)
-    if texts or images or calls or not out:
+    if texts or images or calls or (not out and message.role != "assistant"):   # thinking alone: nothing left
         reply: dict[str, Any] = {"role": message.role, "content": "\n".join(texts)}
         if images:
             reply["images"] = images
