@@ -211,6 +211,27 @@ async def test_a_client_leaving_before_a_streams_first_event_is_recorded_as_clos
         assert (row["outcome"], row["status"], row["ttfb_ms"]) == ("cancelled", 499, None), row
 
 
+async def test_an_upstream_silent_mid_stream_past_its_timeout_ends_an_anthropic_stream_with_a_timeout_error(
+        lab: Lab, gateway: Gateway) -> None:
+    """An upstream that sent its first event and then nothing for longer than the endpoint's `timeout_s` was
+    reported to an Anthropic client as any cut (`api_error`); it is Anthropic's `timeout_error` now, recorded once."""
+    async with odd_endpoint(lab, gateway, timeout_s=1) as rig:
+        first = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}\n\n'
+        rig.odd.reply = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                         b"\r\n" + b"%x\r\n%s\r\n" % (len(first), first))          # and then silence
+        request_id = f"silent-{uuid.uuid4().hex}"
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(f"{gateway.url}/v1/messages", headers=lab.headers(request_id=request_id),
+                                       json={"model": rig.lone, "max_tokens": 20, "stream": True,
+                                             "messages": [{"role": "user", "content": "hi"}]})
+        events = [block.split("\n") for block in answer.text.strip().split("\n\n")]
+        assert events[-1][0] == "event: error", answer.text
+        assert json.loads(events[-1][1].removeprefix("data: "))["error"]["type"] == "timeout_error"
+        assert any('"Hel"' in line for event in events for line in event)
+        row = await exactly_one_usage_row(lab.demo, request_id)
+        assert (row["outcome"], row["status"]) == ("error", 200), row
+
+
 LONG_VECTOR = msgspec.json.encode({"object": "list", "model": "odd", "usage": {"prompt_tokens": 3, "total_tokens": 3},
                                    "data": [{"object": "embedding", "index": 0, "embedding": [3.0, 4.0, 12.0, 0.0]}]})
 

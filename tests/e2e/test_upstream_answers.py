@@ -111,7 +111,7 @@ class Rig:
 
 
 @asynccontextmanager
-async def odd_endpoint(lab: Lab, gateway: Gateway, ollama: bool = False) -> AsyncIterator[Rig]:
+async def odd_endpoint(lab: Lab, gateway: Gateway, ollama: bool = False, timeout_s: float = 10) -> AsyncIterator[Rig]:
     """An odd endpoint of the lab's model and of a model only it serves, tried before `a` and `b`."""
     tag = uuid.uuid4().hex[:6]
     endpoint_id, lone = f"odd-{lab.tag}-{tag}", f"{lab.model}-lone-{tag}"
@@ -123,7 +123,7 @@ async def odd_endpoint(lab: Lab, gateway: Gateway, ollama: bool = False) -> Asyn
     async with Odd([lab.model, lone], ollama) as odd:
         registered = await lab.admin("POST", "/endpoints", {
             "endpoint_id": endpoint_id, "provider_id": provider, "base_url": odd.url, "models": [lab.model, lone],
-            "priority": 50, "timeout_s": 10, "first_byte_timeout_s": 5})
+            "priority": 50, "timeout_s": timeout_s, "first_byte_timeout_s": 5})
         assert registered.status_code == 201, registered.text
         try:
             async with httpx.AsyncClient(timeout=10) as client:

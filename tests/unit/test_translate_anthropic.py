@@ -939,3 +939,13 @@ def test_an_assistant_turn_of_thinking_alone_is_not_sent_nor_continued() -> None
         assert "continue_final_message" not in sent
         assert [m["role"] for m in to_ollama(messages=messages)["messages"]] == [
             m["role"] for m in messages if m is not thinking]
+
+
+@pytest.mark.parametrize(("status", "kind"), [(502, "api_error"), (504, "timeout_error")])
+def test_a_stream_the_upstream_cut_or_left_silent_ends_with_the_matching_error_type(status: int, kind: str) -> None:
+    """An upstream that went silent mid-stream longer than its timeout was reported as any cut (`api_error`)."""
+    body = json.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    ended = Door("/v1/messages", InferenceRequest(model="m"), body).cut_event("The upstream stream was cut", status)
+    name, data = ended.decode().strip().split("\n")
+    assert name == "event: error" and json.loads(data.removeprefix("data: "))["error"]["type"] == kind

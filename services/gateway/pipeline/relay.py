@@ -420,7 +420,9 @@ async def _relay_stream(call: Call, outcome: Outcome, to: Attempt, response: htt
         outcome.result = "error"
         log.warning("upstream.stream_cut", endpoint=to.endpoint.endpoint_id, request_id=call.request_id,
                     error=type(exc).__name__)
-        await _send(outcome, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}"))
+        silent = isinstance(exc, http1.ReadTimeout)      # it went quiet longer than its timeout: a timeout's status
+        await _send(outcome, transport, call.door.cut_event(f"The upstream stream was cut: {type(exc).__name__}",
+                                                            504 if silent else 502))
     finally:
         # granian (SWITCHYARD_HTTP_SERVER=granian) ends a streamed response when its transport is released; an
         # upstream error's traceback can outlive this frame, so let go of the transport explicitly.

@@ -127,9 +127,10 @@ class Door:
         """The gateway's own error as this door's clients read it."""
         return error.render(self.shape)
 
-    def cut_event(self, message: str) -> bytes:
-        """What ends a stream the upstream cut after bytes reached the client."""
-        ended = self.responses.cut_event(message) if self.responses is not None else None
+    def cut_event(self, message: str, status: int = 502) -> bytes:
+        """What ends a stream the upstream cut after bytes reached the client; `status` 504 when it went silent
+        longer than its endpoint's timeout (Anthropic's `timeout_error`, where a cut is an `api_error`)."""
+        ended = self.responses.cut_event(message, status) if self.responses is not None else None
         if ended is not None:
             return ended
-        return stream_error(self.shape, UpstreamError(message, code="stream_cut"))
+        return stream_error(self.shape, UpstreamError(message, code="stream_cut", status=status))

@@ -238,9 +238,9 @@ class ResponsesCall:
         """The call's tokens as its usage event estimates them when the upstream reported none."""
         return TokenCounts(*estimated_tokens(self._ask, self._body, self._ceiling, output_tokens))
 
-    def cut_event(self, message: str) -> bytes | None:
+    def cut_event(self, message: str, status: int = 502) -> bytes | None:
         """What ends the stream the upstream cut (an `error` event and `response.failed`); None before one began."""
-        return None if self.stream is None else self.stream.failed(message, code="stream_cut")
+        return None if self.stream is None else self.stream.failed(message, code="stream_cut", status=status)
 
     def _texts(self) -> Iterable[str | int | _Image]:
         request = self.request
