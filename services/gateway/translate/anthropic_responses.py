@@ -24,8 +24,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
 from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, TranslationError, believable, decode_any, decode_reply, error_message, text_or_nothing,
-    tool_arguments,
+    Choice, TokenCounts, TranslationError, believable, decode_any, error_message, text_or_nothing, tool_arguments,
+    whole_reply,
 )
 
 
@@ -66,10 +66,7 @@ def openai_to_message(data: bytes, model: str, stop_sequences: list[str] | None 
     believed no counts of the upstream's), else the upstream's. Its text begins after `prefill`, the final assistant
     turn the upstream continued, when the upstream repeats that at its start (llama.cpp's llama-server does). The
     upstream's reasoning is a first `thinking` block when the request asked for thinking (`thinking`)."""
-    try:
-        reply = decode_reply(data)
-    except msgspec.MsgspecError as exc:
-        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+    reply = whole_reply(data)
     choice = next((c for c in reply.choices or () if c.index == 0), Choice())
     message = choice.message
     text = ((message.content or "") + (message.refusal or "") if message else "") or choice.text   # a refusal: text

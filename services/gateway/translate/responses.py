@@ -18,7 +18,7 @@ from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
     OllamaToolCall, Reply, Times, Timings, TokenCounts, TranslationError, Usage, decode_counts, decode_embeddings,
-    decode_reply, decode_usage, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments,
+    decode_usage, done_reason, encode, error_message, now_ns, ollama_time, tool_arguments, whole_reply,
 )
 
 
@@ -51,10 +51,7 @@ def _reported_ns(ms: object, most: int) -> int | None:
 
 
 def _reply(data: bytes) -> Reply:
-    try:
-        return decode_reply(data)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+    return whole_reply(data)
 
 
 def _counts(usage: Usage | None) -> tuple[int | None, int | None, int | None]:

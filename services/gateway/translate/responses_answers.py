@@ -26,7 +26,7 @@ from switchyard_gateway.services.gateway.translate.responses_wire import (
     ResponseUsage, TextConfig, TextFormat, logprobs_of,
 )
 from switchyard_gateway.services.gateway.translate.wire import (
-    Choice, TokenCounts, TranslationError, believable, decode_reply, text_logprobs,
+    Choice, TokenCounts, believable, text_logprobs, whole_reply,
 )
 
 
@@ -83,10 +83,7 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
                        request: ResponsesRequest | None = None) -> bytes:
     """A chat.completion as the Response begun as `response` (`echoed`); its usage the gateway's `estimate` when
     the relay made one, else the upstream's."""
-    try:
-        reply = decode_reply(data)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+    reply = whole_reply(data)
     choice = next((c for c in reply.choices or () if c.index == 0), Choice())
     message = choice.message
     text = (message.content if message else None) or choice.text

@@ -275,6 +275,19 @@ class OllamaCounts(msgspec.Struct):
 
 
 decode_reply = msgspec.json.Decoder(Reply).decode
+
+
+def whole_reply(data: bytes) -> Reply:
+    """A whole chat or text completion, for a door to translate; TranslationError (the endpoint answered something
+    unreadable: its failure, and the call moves on) for one that is not, or that holds no choice to translate (`{}`
+    was an empty answer, recorded as served)."""
+    try:
+        reply = decode_reply(data)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise TranslationError(f"The upstream answer is not an OpenAI completion: {exc}") from None
+    if not reply.choices:
+        raise TranslationError("The upstream answer is not an OpenAI completion: it holds no choices")
+    return reply
 decode_embeddings = msgspec.json.Decoder(EmbeddingsReply).decode
 decode_usage = msgspec.json.Decoder(UsageOnly).decode
 decode_counts = msgspec.json.Decoder(OllamaCounts).decode

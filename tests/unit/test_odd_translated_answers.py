@@ -1,6 +1,7 @@
-"""Reasoning an upstream writes as something other than text (a number, an object) is no reasoning: the answer
-beside it stands, on every door that translates, whole or streamed. It made the whole answer unreadable (a 502, and
-a failure counted against the endpoint's breaker) though reasoning is an extra beside it."""
+"""Odd upstream answers on every door that translates. Reasoning written as something other than text (a number, an
+object) is no reasoning: the answer beside it stands, whole or streamed (it made the whole answer unreadable, a 502
+and a failure counted against the endpoint's breaker, though reasoning is an extra beside it). A whole answer that
+holds no choice is unreadable: the endpoint's failure, not an empty answer recorded as served."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from switchyard_gateway.services.gateway.translate.asks import read_request
 from switchyard_gateway.services.gateway.translate.doors import Door
-from switchyard_gateway.services.gateway.translate.wire import Times
+from switchyard_gateway.services.gateway.translate.wire import Times, TranslationError
 
 ODD = [42, {"a": 1}, ["x"], True]
 DOORS = {      # path, api, body: each asking for thinking where the door shows it only when asked
@@ -75,3 +76,10 @@ def test_a_streams_odd_reasoning_is_skipped_and_its_text_relayed(door: str, odd:
     said = out.decode()
     assert '"o"' in said and '"k"' in said
     assert not any(failed in said for failed in ("event: error", '"type":"error"', '{"error"', "response.failed"))
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("data", [b"{}", b'{"choices": []}', b'{"choices": null, "usage": {"prompt_tokens": 3}}'])
+def test_a_whole_answer_without_a_choice_is_unreadable(door: str, data: bytes) -> None:
+    with pytest.raises(TranslationError, match="holds no choices"):
+        plan(door, "openai-compatible", False).answer(data, "m", Times(0, 0))
