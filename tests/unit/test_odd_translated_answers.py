@@ -83,3 +83,9 @@ def test_a_streams_odd_reasoning_is_skipped_and_its_text_relayed(door: str, odd:
 def test_a_whole_answer_without_a_choice_is_unreadable(door: str, data: bytes) -> None:
     with pytest.raises(TranslationError, match="holds no choices"):
         plan(door, "openai-compatible", False).answer(data, "m", Times(0, 0))
+
+
+@pytest.mark.parametrize("data", [b"{}", b'{"done": true, "eval_count": 3}'])
+def test_an_ollama_answer_without_a_message_is_unreadable(data: bytes) -> None:
+    with pytest.raises(TranslationError, match="holds no message"):
+        plan("anthropic", "ollama", False).answer(data, "m", Times(0, 0))

@@ -138,7 +138,9 @@ def ollama_to_message(data: bytes, model: str, estimate: TokenCounts | None = No
         reply = decode_ollama_line(data)
     except msgspec.MsgspecError as exc:
         raise TranslationError(f"The upstream answer is not an Ollama chat answer: {exc}") from None
-    message = reply.message or _OllamaMessage()
+    if reply.message is None:
+        raise TranslationError("The upstream answer is not an Ollama chat answer: it holds no message")
+    message = reply.message
     thought = text_or_nothing(message.thinking) if thinking else ""
     content: list[ContentBlock] = [ThinkingContent(thought)] if thought else []
     if message.content:
