@@ -99,7 +99,10 @@ class Message(msgspec.Struct):
         """The model's reasoning, under either name servers write it ("" when none). Reasoning not written as text
         is none: it is an extra beside the answer, which stands without it (a server writing it otherwise made
         every answer unreadable, and its endpoint's breaker open)."""
-        return text_or_nothing(self.reasoning_content) or text_or_nothing(self.reasoning)
+        first, second = self.reasoning_content, self.reasoning     # read inline: once per chunk of every stream
+        if first is None and second is None:
+            return ""
+        return first if type(first) is str and first else second if type(second) is str else ""
 
 
 def text_or_nothing(value: Any) -> str:
