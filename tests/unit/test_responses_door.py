@@ -608,3 +608,15 @@ def test_log_probabilities_are_shown_as_asked_whatever_the_server_sent(fields: d
         "logprobs": {"content": [entry]}}]})
     response = answer(data.encode(), **fields)
     assert [entry.model_dump() for entry in response.output[0].content[0].logprobs] == shown
+
+
+def test_a_log_probability_a_server_wrote_as_null_is_openais_minus_9999() -> None:
+    """llama.cpp's JSON writes minus infinity (a token that could never be sampled) as null, which dropped every
+    log probability of the answer; OpenAI writes -9999.0 for it."""
+    entry = {"token": "Hi", "logprob": -0.1, "top_logprobs": [{"token": "Hi", "logprob": -0.1},
+                                                              {"token": "Zz", "logprob": None}]}
+    data = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "up", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop",
+        "logprobs": {"content": [entry]}}]})
+    [shown] = answer(data.encode(), top_logprobs=2).output[0].content[0].logprobs
+    assert [(a.token, a.logprob) for a in shown.top_logprobs] == [("Hi", -0.1), ("Zz", -9999.0)]

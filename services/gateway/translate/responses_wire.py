@@ -389,6 +389,7 @@ StreamEvent = (ResponseCreated | ResponseInProgress | OutputItemAdded | ContentP
 
 
 LOGPROBS = "message.output_text.logprobs"
+UNLIKELY = -9999.0          # the log probability OpenAI writes for one of minus infinity (a server's null)
 
 
 def wants_logprobs(request: ResponsesRequest) -> bool:
@@ -410,6 +411,9 @@ def logprobs_of(tokens: list, request: ResponsesRequest) -> list[Logprob]:
             return given
         return list(entry.token.encode("utf-8", "surrogatepass"))
 
-    return [Logprob(token=t.token, bytes=utf8(t), logprob=t.logprob,
-                    top_logprobs=[LogprobAlternative(token=a.token, bytes=utf8(a), logprob=a.logprob)
+    def value(entry: Any) -> float:
+        return entry.logprob if entry.logprob is not None else UNLIKELY
+
+    return [Logprob(token=t.token, bytes=utf8(t), logprob=value(t),
+                    top_logprobs=[LogprobAlternative(token=a.token, bytes=utf8(a), logprob=value(a))
                                   for a in t.top_logprobs[:most]]) for t in tokens]

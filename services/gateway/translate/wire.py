@@ -114,7 +114,7 @@ class TopLogprob(msgspec.Struct):
     """One of the likeliest tokens at a position of a chat answer, with its log probability."""
 
     token: str
-    logprob: float
+    logprob: float | None                   # null: what llama.cpp's JSON writes for -inf (a token never sampled)
     bytes: list[int] | None = None
 
 
