@@ -32,11 +32,15 @@ async def exactly_one_usage_row(demo: DemoStack, request_id: str) -> dict:
     import json
 
     rows = await wait_for(lambda: usage_rows(demo, request_id), timeout_s=15, what=f"usage row for {request_id}")
-    # Give a duplicate every chance to show up: the metering batch after this one would carry it.
+    # Give a duplicate every chance to show up: the metering batch after this one would carry it. Looked at ten
+    # times a second (each look is a new PostgreSQL connection: back to back, they kept a core busy for the second).
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         rows = await usage_rows(demo, request_id)
         assert len(rows) == 1, rows
+        await asyncio.sleep(0.1)
+    rows = await usage_rows(demo, request_id)
+    assert len(rows) == 1, rows
     return json.loads(rows[0]["payload"])
 
 

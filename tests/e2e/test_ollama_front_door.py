@@ -9,6 +9,7 @@ show which API each call really used. Two tenants: `<prefix>-all` may use the fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -105,9 +106,10 @@ async def usage_event(demo: DemoStack, request_id: str) -> dict:
 
     found = await wait_for(rows, timeout_s=15, what=f"usage event of {request_id}")
     deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:          # ten looks a second: each is a new connection
         found = await rows()
         assert len(found) == 1, found
+        await asyncio.sleep(0.1)
     return json.loads(found[0]["payload"])
 
 
