@@ -176,6 +176,9 @@ def refused(limit: int = 4096, **fields) -> BadRequest:
     ({"conversation": {"id": "conv_1"}}, "conversation"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
     ({"background": True}, "background"),
+    ({"include": "message.output_text.logprobs"}, "include"),
+    ({"include": [7]}, "include[0]"),
+    ({"include": [None]}, "include[0]"),
 ])
 def test_hostile_and_unservable_requests_are_refused_naming_the_field(fields: dict, param: str) -> None:
     error = refused(**fields)
