@@ -134,6 +134,29 @@ def test_streamed_tool_call_fragments_are_joined_into_one_tool_call_line_with_it
     assert lines[1]["eval_duration"] > 1, "the calls are output: their time is evaluation, not the prompt's"
 
 
+def test_calls_keep_the_order_they_began_and_a_new_id_under_a_used_index_is_a_call_of_its_own() -> None:
+    """A server may number the calls after a text run from 0 again (the second call's arguments were appended to
+    the first's, which then held no JSON object); parallel calls whose pieces interleave each keep theirs."""
+    data = b"".join([
+        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                               "function": {"name": "second_begun_first", "arguments": '{"n": '}}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                               "function": {"name": "get_weather", "arguments": '{"city": "A"}'}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": "1}"}}]}),
+        chunk({"content": "And the next."}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_c", "type": "function",
+                               "function": {"name": "get_time", "arguments": "{}"}}]}),
+        chunk({}, "tool_calls"),
+        sse(b"[DONE]"),
+    ])
+    lines = translate(OpenAIStreamToOllama("m", "chat", Times(0, 0), clock=ticking_clock()), data, 7)
+    calls = [call for line in lines for call in line["message"].get("tool_calls", [])]
+    assert calls == [
+        {"id": "call_b", "function": {"name": "second_begun_first", "arguments": {"n": 1}}},
+        {"id": "call_a", "function": {"name": "get_weather", "arguments": {"city": "A"}}},
+        {"id": "call_c", "function": {"name": "get_time", "arguments": {}}}]
+
+
 def test_reasoning_deltas_become_thinking() -> None:
     data = chunk({"reasoning_content": "hmm"}) + chunk({"content": "ok"}) + sse(b"[DONE]")
     lines = translate(OpenAIStreamToOllama("m", "chat"), data, 100)

@@ -42,6 +42,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     encode, sse,
 )
 from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
+from switchyard_gateway.services.gateway.translate.held_calls import HeldCalls
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output, unfinished, written_in
 from switchyard_gateway.services.gateway.translate.stream import says_done
 from switchyard_gateway.services.gateway.translate.wire import (
@@ -67,7 +68,7 @@ class MessageEvents:
     """
 
     __slots__ = ("model", "input_tokens", "shows_thinking", "started", "pinged", "tool_called", "_index", "_open",
-                 "_calls", "_current")
+                 "_calls")
 
     def __init__(self, model: str, input_tokens: int = 0, thinking: bool = True) -> None:
         self.model = model
@@ -76,8 +77,7 @@ class MessageEvents:
         self.started = self.pinged = self.tool_called = False
         self._index = -1                          # the last block opened
         self._open: type[TextContent | ThinkingContent] | None = None   # the kind of block `_index`, while open
-        self._calls: list[list] = []              # [id, name, argument pieces] of each call, in the order begun
-        self._current: dict[object, list] = {}    # tool call key -> the call of that key taking pieces
+        self._calls = HeldCalls()
 
     def start(self) -> bytes:
         if self.started:
@@ -114,17 +114,9 @@ class MessageEvents:
         and the first name given are the call's. A piece naming another id than the one the upstream gave the call
         of this key begins a new call (a server may number the calls after a text run from 0 again)."""
         self.tool_called = True
-        out = b""
-        pending = self._current.get(key)
-        if pending is None or (call_id and pending[0] and call_id != pending[0]):
-            pending = self._current[key] = ["", "", []]
-            self._calls.append(pending)
-            out = self.start() + self._close()    # the text before the call ends here
-        pending[0] = pending[0] or call_id or ""
-        pending[1] = pending[1] or name or ""
-        if fragment:
-            pending[2].append(fragment)
-        return out
+        if self._calls.add(key, call_id, name, fragment):
+            return self.start() + self._close()   # the text before the call ends here
+        return b""
 
     def end(self, reason: StopReason, sequence: str | None, counts: TokenCounts | None, written: int) -> bytes:
         """The closing events; their totals `counts` (the relay's estimate or the upstream's), else the prompt as
@@ -141,14 +133,12 @@ class MessageEvents:
     def _write_calls(self) -> bytes:
         """Each tool call kept so far, in the order they began, as a whole block of its own."""
         out = b""
-        for call_id, name, pieces in self._calls:
-            out += self._open_block(ToolUseContent(call_id or tool_use_id(), name, {}))
-            arguments = tool_arguments("".join(pieces))
+        for call in self._calls.taken():
+            out += self._open_block(ToolUseContent(call.id or tool_use_id(), call.name, {}))
+            arguments = tool_arguments(call.arguments)
             if arguments:
                 out += sse(ContentBlockDeltaEvent(self._index, InputJsonDelta(encode(arguments).decode())))
             out += sse(ContentBlockStopEvent(self._index))
-        self._calls.clear()
-        self._current.clear()
         return out
 
     def _open_block(self, block: TextContent | ThinkingContent | ToolUseContent) -> bytes:

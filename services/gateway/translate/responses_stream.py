@@ -52,6 +52,7 @@ from switchyard_gateway.services.gateway.translate.responses_wire import (
     RefusalDelta, RefusalDone, Response, ResponseCompleted, ResponseCreated, ResponseError, ResponseFailed,
     ResponseIncomplete, ResponseInProgress, ResponsesRequest, logprobs_of,
 )
+from switchyard_gateway.services.gateway.translate.held_calls import HeldCalls
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, TokenCounts, ToolCall, Usage, believable, text_logprobs,
@@ -67,7 +68,7 @@ class OpenAIStreamToResponses(ChatStreamReader):
     for the Response of a stream that fails."""
 
     __slots__ = ("_response", "_estimate_of", "_sequence", "_started", "_output", "_thinking", "_thought", "_message",
-                 "_parts", "_part", "_pieces", "_calls", "_called", "_reasoning_tokens", "_logprobs", "_tokens",
+                 "_parts", "_part", "_pieces", "_calls", "_reasoning_tokens", "_logprobs", "_tokens",
                  "_request")
 
     def __init__(self, response: Response, estimate_of: Callable[[int], TokenCounts] | None = None,
@@ -85,8 +86,7 @@ class OpenAIStreamToResponses(ChatStreamReader):
         self._parts: list[OutputPart] = []        # its parts written whole
         self._part: type[OutputPart] | None = None    # the kind of its part taking text: OutputText, OutputRefusal
         self._pieces: list[str] = []              # that part's text so far
-        self._calls: list[list] = []              # [id, name, argument pieces] of each call, in the order begun
-        self._called: dict[object, list] = {}     # tool call key -> the call of that key taking pieces
+        self._calls = HeldCalls()
         self._reasoning_tokens = 0                # of the output, the reasoning's, as the usage chunk says
         self._logprobs: list[Logprob] = []        # the log probabilities of the chunk being read (asked for)
         self._tokens: list[Logprob] = []          # those of the open text part so far
@@ -254,29 +254,19 @@ class OpenAIStreamToResponses(ChatStreamReader):
         return [OutputMessage(id=self._message, status="incomplete", content=parts)]
 
     def _tool_call(self, call: ToolCall) -> bytes:
-        """A piece of a tool call: its id, name and a piece of its arguments (any of them empty). The first id and
-        name given are the call's; a piece naming another id than the call of its index begins a new call (a
-        server may number the calls after a text run from 0 again)."""
+        """A piece of a tool call (`HeldCalls`), kept until the end."""
         function = call.function
-        key, call_id = call.index, call.id
-        out = b""
-        pending = self._called.get(key)
-        if pending is None or (call_id and pending[0] and call_id != pending[0]):
-            pending = self._called[key] = ["", "", []]
-            self._calls.append(pending)
-            out = self._close()                   # the text before the call ends here
-        pending[0] = pending[0] or call_id or ""
-        pending[1] = pending[1] or (function.name if function else None) or ""
-        if function is not None and function.arguments:
-            pending[2].append(function.arguments)
-        return out
+        name, fragment = (function.name, function.arguments) if function is not None else (None, None)
+        if self._calls.add(call.index, call.id, name, fragment):
+            return self._close()                  # the text before the call ends here
+        return b""
 
     def _write_calls(self) -> bytes:
         """Each tool call kept so far, in the order they began, as a whole item of its own."""
         out = b""
-        for call_id, name, pieces in self._calls:
-            index, arguments = len(self._output), "".join(pieces) or "{}"
-            item = FunctionCallItem(id=new_id("fc"), call_id=call_id or new_id("call"), name=name, arguments="",
+        for call in self._calls.taken():
+            index, name, arguments = len(self._output), call.name, call.arguments or "{}"
+            item = FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"), name=name, arguments="",
                                     status="in_progress")
             out += self._sse(OutputItemAdded, output_index=index, item=item)
             out += self._sse(ArgumentsDelta, item_id=item.id, output_index=index, delta=arguments)
@@ -284,8 +274,6 @@ class OpenAIStreamToResponses(ChatStreamReader):
             item = msgspec.structs.replace(item, arguments=arguments, status="completed")
             self._output.append(item)
             out += self._sse(OutputItemDone, output_index=index, item=item)
-        self._calls.clear()
-        self._called.clear()
         return out
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from switchyard_gateway.services.gateway.translate.held_calls import HeldCalls
 from switchyard_gateway.services.gateway.translate.prefill import PrefillEcho
 from switchyard_gateway.services.gateway.translate.responses import ollama_error_line
 from switchyard_gateway.http1 import ResponseCut
@@ -52,14 +53,14 @@ class OpenAIStreamToOllama(ChatStreamReader):
         self._clock = clock
         self._started, self._sent = (times.arrived_ns, times.sent_ns) if times is not None else (clock(), clock())
         self._first_token: int | None = None
-        self._calls: dict[int, list[str]] = {}     # tool call index -> [name, arguments so far, id]
+        self._calls = HeldCalls()
         self._prefill = PrefillEcho(prefill) if prefill else None
 
     def finish(self) -> bytes:
         out = self._flushed() + self._unheld()
         if self._calls and self.kind == "chat":
-            calls = [OllamaToolCall(OllamaFunction(name, tool_arguments(arguments)), call_id or None)
-                     for _, (name, arguments, call_id) in sorted(self._calls.items())]
+            calls = [OllamaToolCall(OllamaFunction(call.name, tool_arguments(call.arguments)), call.id or None)
+                     for call in self._calls.taken()]
             message = OllamaMessage(role="assistant", content="", tool_calls=calls)
             out += encode(OllamaChat(model=self.model, created_at=written_at(), message=message, done=False)) \
                 + b"\n"
@@ -132,11 +133,9 @@ class OpenAIStreamToOllama(ChatStreamReader):
         if self._first_token is None:       # a tool call is output: an answer of calls alone was all prompt time
             self._first_token = self._clock()
         for call in calls:
-            slot = self._calls.setdefault(call.index, ["", "", ""])
-            slot[2] = slot[2] or call.id or ""
-            if call.function is not None:
-                slot[0] = slot[0] or call.function.name or ""
-                slot[1] += call.function.arguments or ""
+            function = call.function
+            self._calls.add(call.index, call.id, function.name if function else None,
+                            function.arguments if function else None)
 
 
 class OllamaStreamTap:
