@@ -166,7 +166,8 @@ def test_an_answer_schema_is_each_servers_own_way_of_asking_for_it() -> None:
         assert to_openai(**fields)["response_format"] == {"type": "json_schema",
                                                           "json_schema": {"name": "output", "schema": schema}}
         assert to_ollama(**fields)["format"] == schema
-    assert "response_format" not in to_openai(output_config={"effort": "low"})
+    for effort in ("low", "medium", "high", "xhigh", "max"):     # Anthropic's efforts: a hint, not sent on
+        assert {"response_format", "reasoning_effort"}.isdisjoint(to_openai(output_config={"effort": effort}))
     assert "format" not in to_ollama(output_config={"format": None})
 
 
@@ -281,7 +282,9 @@ ANTHROPIC_REFUSES_FIELDS = [
           ({"output_config": {"format": {"type": "json_schema", "schema": "an object"}}},
            "output_config.format.schema"),
           ({"output_format": SCHEMA, "output_config": {"format": {**SCHEMA, "schema": {"type": "object"}}}},
-           "output_format: give the answer's format once"))],
+           "output_format: give the answer's format once"),
+          ({"output_config": {"effort": "extreme"}}, "output_config.effort"),
+          ({"output_config": {"effort": 3}}, "output_config.effort"))],
 ])
 def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:
     with pytest.raises(BadRequest) as refused:

@@ -109,7 +109,8 @@ class JsonOutputFormat(msgspec.Struct):
 
 class OutputConfig(msgspec.Struct):
     format: JsonOutputFormat | None = None
-    effort: Any = None                  # a hint to Anthropic's own models; not sent on
+    # a hint to Anthropic's own models, not sent on; checked, as Anthropic checks it
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
 
 
 class ThinkingEnabled(msgspec.Struct, tag_field="type", tag="enabled"):
