@@ -147,6 +147,58 @@ async def test_the_openai_sdk_reads_an_upstreams_reasoning_as_a_responses_reason
         assert whole.output_text == "ok" and whole.usage.output_tokens_details.reasoning_tokens == 300
 
 
+SLOW_THOUGHTS = 200                     # reasoning deltas dripped, `Odd.pause` apart: 4 s, were all read
+SLOW_HEAD = raw(200, b"", b"content-type: text/event-stream", b"transfer-encoding: chunked", framed=False)
+
+
+def dripped_reasoning(odd) -> None:
+    """Set `odd` to answer a stream of reasoning deltas (then a word), one event at a time."""
+    stream = events(ROLE, *({"delta": {"reasoning_content": THOUGHT}} for _ in range(SLOW_THOUGHTS)),
+                    {"delta": {"content": "ok"}}, {"delta": {}, "finish_reason": "stop"})
+    odd.reply, odd.drip, odd.dripped = SLOW_HEAD, [event + b"\n\n" for event in stream.split(b"\n\n") if event], 0
+
+
+async def left_mid_reasoning(lab: Lab, rig, request_id: str, api: str) -> None:
+    """The call a client left in the middle of the upstream's reasoning: the upstream's stream was closed (not read
+    to its end), and one usage event records it cancelled, with the reasoning written before it left."""
+    row = await exactly_one_usage_row(lab.demo, request_id)
+    assert (row["outcome"], row["api"], row["estimated"]) == ("cancelled", api, True), row
+    assert 5 * len(THOUGHT) // 4 <= row["output_tokens"] < SLOW_THOUGHTS * len(THOUGHT) // 4, row
+    assert rig.odd.dripped < len(rig.odd.drip), "the upstream was read to its end after the client left"
+
+
+async def test_a_client_leaving_in_the_middle_of_a_thinking_block_is_one_cancelled_call(lab: Lab,
+                                                                                         gateway: Gateway) -> None:
+    async with odd_endpoint(lab, gateway) as rig:
+        dripped_reasoning(rig.odd)
+        client = anthropic.AsyncAnthropic(base_url=gateway.url, api_key=lab.member, max_retries=0, timeout=30)
+        request_id, thought = f"left-thinking-{uuid.uuid4().hex}", 0
+        async with client.messages.stream(model=rig.lone, max_tokens=8000, extra_headers={"X-Request-Id": request_id},
+                                          messages=[{"role": "user", "content": "think long"}],
+                                          thinking={"type": "enabled", "budget_tokens": 4000}) as stream:
+            async for event in stream:
+                thought += event.type == "content_block_delta" and event.delta.type == "thinking_delta"
+                if thought >= 5:
+                    break                           # leave: the connection closes with the block still open
+        await left_mid_reasoning(lab, rig, request_id, "anthropic.messages")
+
+
+async def test_a_client_leaving_in_the_middle_of_a_reasoning_item_is_one_cancelled_call(lab: Lab,
+                                                                                         gateway: Gateway) -> None:
+    async with odd_endpoint(lab, gateway) as rig:
+        dripped_reasoning(rig.odd)
+        client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=lab.member, max_retries=0, timeout=30)
+        request_id, thought = f"left-reasoning-{uuid.uuid4().hex}", 0
+        stream = await client.responses.create(model=rig.lone, input="think long", max_output_tokens=8000,
+                                               stream=True, extra_headers={"X-Request-Id": request_id})
+        async for event in stream:
+            thought += event.type == "response.reasoning_text.delta"
+            if thought >= 5:
+                break
+        await stream.close()                        # leave: the connection closes with the item still open
+        await left_mid_reasoning(lab, rig, request_id, "openai.responses")
+
+
 async def test_a_streams_estimate_is_never_past_what_the_call_was_held_to(lab: Lab, gateway: Gateway) -> None:
     """As a whole answer's: 4,000 words of tool-call arguments asked with `max_tokens` 50 are billed 50."""
     stream, _ = STREAMS["tool calls"]

@@ -46,12 +46,16 @@ def chunked(body: bytes) -> bytes:
 
 class Odd(RawUpstream):
     """An upstream listing `models` as an OpenAI-style server (or an Ollama, `ollama=True`) does, and answering each
-    inference call with `reply`, as written; `calls` counts them."""
+    inference call with `reply`, as written; `calls` counts them. With `drip` pieces, a reply's head and start is
+    followed by each piece as an HTTP chunk, `pause` seconds apart, then the chunked body's end; `dripped` counts
+    the pieces written (one the reader went away before is not)."""
 
     def __init__(self, models: list[str], ollama: bool = False) -> None:
         super().__init__()
         self.models, self.ollama = models, ollama
         self.reply, self.calls, self.listed = b"", 0, 0
+        self.drip: list[bytes] = []
+        self.pause, self.dripped = 0.02, 0
 
     async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
         path = head.split(b" ", 2)[1]
@@ -72,6 +76,13 @@ class Odd(RawUpstream):
         else:
             self.calls += 1
             writer.write(self.reply)
+            for piece in self.drip:
+                await writer.drain()
+                await asyncio.sleep(self.pause)
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.dripped += 1
+            if self.drip:
+                writer.write(b"0\r\n\r\n")
         await writer.drain()
 
 
