@@ -21,6 +21,10 @@ from switchyard_gateway.services.gateway.translate.wire import Times, TokenCount
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city", "strict": True,
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 PNG_URL = "data:image/png;base64,iVBORw0KGgo="
+AGENTS = {"type": "namespace", "name": "agents", "description": "Sub-agents.", "tools": [       # as Codex groups tools
+    {"type": "function", "name": "spawn_agent", "description": "Start one.", "strict": False,
+     "parameters": {"type": "object", "properties": {"task": {"type": "string"}}, "required": ["task"]}},
+    {"type": "function", "name": "close_agent"}]}
 
 
 def body_of(**fields) -> bytes:
@@ -98,6 +102,24 @@ def test_tools_choice_format_and_sampling_are_mapped() -> None:
     assert "response_format" not in to_chat(text={"format": {"type": "text"}})
 
 
+def test_a_namespaces_functions_are_offered_one_by_one_and_a_call_to_one_is_sent_back_by_its_name() -> None:
+    """Codex offers its sub-agent tools in a `namespace` tool: every request it made was a 400 naming `tools[4].type`."""
+    items = [{"role": "user", "content": "Start an agent."},
+             {"type": "function_call", "call_id": "call_1", "name": "spawn_agent", "namespace": "agents",
+              "arguments": '{"task":"look"}'},
+             {"type": "function_call_output", "call_id": "call_1", "output": "started"}]
+    chat = to_chat(input=items, tools=[WEATHER, AGENTS], tool_choice={"type": "function", "name": "close_agent"})
+    assert [tool["function"] for tool in chat["tools"]] == [
+        {"name": "get_weather", "parameters": WEATHER["parameters"], "description": "The weather in a city",
+         "strict": True},
+        {"name": "spawn_agent", "parameters": AGENTS["tools"][0]["parameters"],
+         "description": "Sub-agents.\n\nStart one.", "strict": False},
+        {"name": "close_agent", "parameters": {"type": "object", "properties": {}}, "description": "Sub-agents."}]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "close_agent"}}
+    assert chat["messages"][1]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {
+        "name": "spawn_agent", "arguments": '{"task":"look"}'}}]
+
+
 def test_openai_itself_gets_max_completion_tokens_and_reasoning_effort_and_the_ceiling_holds() -> None:
     hosted = to_chat("openai", max_output_tokens=64, reasoning={"effort": "low"})
     assert (hosted["max_completion_tokens"], hosted["reasoning_effort"]) == (64, "low") and "max_tokens" not in hosted
@@ -154,6 +176,17 @@ def refused(limit: int = 4096, **fields) -> BadRequest:
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
     ({"tools": [{"type": "function", "name": "no spaces allowed"}]}, "tools[0].name"),
+    ({"tools": [{"type": "namespace", "name": "agents", "description": "no functions"}]}, "tools[0].tools"),
+    ({"tools": [{"type": "namespace", "name": "agents", "tools": []}]}, "tools[0].tools"),
+    ({"tools": [{"type": "namespace", "name": "agents", "tools": "all"}]}, "tools[0].tools"),
+    ({"tools": [{"type": "namespace", "name": "no spaces", "tools": [WEATHER]}]}, "tools[0].name"),
+    ({"tools": [{"type": "namespace", "tools": [WEATHER]}]}, "tools[0].name"),
+    ({"tools": [{"type": "namespace", "name": "web", "tools": [{"type": "web_search"}]}]}, "tools[0].tools[0].type"),
+    ({"tools": [{"type": "namespace", "name": "a", "tools": [{"type": "namespace", "name": "b", "tools": [WEATHER]}]}]},
+     "tools[0].tools[0].type"),
+    ({"tools": [{"type": "namespace", "name": "a", "tools": [{"type": "function", "name": "bad name"}]}]},
+     "tools[0].tools[0].name"),
+    ({"tools": [WEATHER, {"type": "namespace", "name": "again", "tools": [WEATHER]}]}, "tools"),
     ({"tools": [{"type": "function"}]}, "tools[0].name"),
     ({"tools": [WEATHER, WEATHER]}, "tools"),
     ({"tools": "all"}, "tools"),
@@ -213,8 +246,8 @@ def completion(message: dict, finish: str = "stop", usage: dict | None = None) -
                        **({"usage": usage} if usage else {})}).encode()
 
 
-def answer(data: bytes, estimate: TokenCounts | None = None, **fields) -> Response:
-    called = door(tools=[WEATHER], instructions="Be brief.", temperature=0.2, **fields)
+def answer(data: bytes, estimate: TokenCounts | None = None, tools: tuple = (WEATHER,), **fields) -> Response:
+    called = door(tools=list(tools), instructions="Be brief.", temperature=0.2, **fields)
     out = called.plan("openai-compatible").answer(data, "gpt-ish", Times(0, 0, estimate))
     return Response.model_validate(json.loads(out))        # strictly: every field the SDK requires is there
 
@@ -335,10 +368,11 @@ USAGE = chunk(None, usage={"prompt_tokens": 7, "completion_tokens": 4, "total_to
 DONE = b"data: [DONE]\n\n"
 
 
-def relay(stream_bytes: bytes, size: int = 0, estimate: TokenCounts | None = None, **fields) -> tuple[list, object]:
+def relay(stream_bytes: bytes, size: int = 0, estimate: TokenCounts | None = None, tools: tuple = (WEATHER,),
+          **fields) -> tuple[list, object]:
     """The events a stream is written as (each checked against the SDK's event models), and the SDK's final
     Response from its own stream state machine (None when none completed)."""
-    called = door(tools=[WEATHER], stream=True, **fields)
+    called = door(tools=list(tools), stream=True, **fields)
     tap = called.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
     pieces = [stream_bytes[i:i + size] for i in range(0, len(stream_bytes), size)] if size else [stream_bytes]
     out = b"".join(tap.feed(piece) for piece in pieces) + tap.ended()
@@ -384,6 +418,21 @@ def test_parallel_calls_that_interleave_and_a_late_name_each_keep_theirs() -> No
     _, final = relay(stream)
     assert [(item.call_id, item.name, item.arguments) for item in final.output] == [
         ("call_a", "get_weather", '{"city":"Oslo"}'), ("call_b", "get_weather", '{"city":"Bergen"}')]
+
+
+def test_a_call_to_a_namespaces_function_names_the_namespace_whole_and_streamed() -> None:
+    """Codex finds a namespaced tool by its namespace and name, as OpenAI answers calls to one."""
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "spawn_agent", "arguments": '{"task":"x"}'}},
+             {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]
+    whole = answer(completion({"content": None, "tool_calls": calls}, "tool_calls"), tools=(WEATHER, AGENTS))
+    assert [(item.name, item.namespace) for item in whole.output] == [("spawn_agent", "agents"), ("get_weather", None)]
+    assert "namespace" not in json.loads(whole.model_dump_json(exclude_none=True))["output"][1]
+    stream = (chunk(call(0, "call_1", "spawn_agent", '{"task":"x"}')) + chunk(call(1, "call_2", "get_weather", "{}"))
+              + chunk({}, "tool_calls") + USAGE + DONE)
+    events, final = relay(stream, tools=(WEATHER, AGENTS))
+    assert [event["item"].get("namespace") for event in events if event["type"].startswith("response.output_item")] \
+        == ["agents", "agents", None, None]
+    assert [(item.name, item.namespace) for item in final.output] == [("spawn_agent", "agents"), ("get_weather", None)]
 
 
 def test_a_stream_cut_by_the_output_limit_ends_with_response_incomplete() -> None:

@@ -4,7 +4,8 @@ A finish of `length` makes the Response `incomplete` (`incomplete_details.reason
 `content_filter` incomplete for that reason; anything else is `completed`. The upstream's reasoning
 (`reasoning_content` or `reasoning`) becomes a first `reasoning` item with one `reasoning_text` part; text one
 `message` item with an `output_text` part (and a `refusal` part when the model declined, saying why); each tool call a
-`function_call` item (`call_id`: the upstream's id for the call, which a `function_call_output` names). Usage:
+`function_call` item (`call_id`: the upstream's id for the call, which a `function_call_output` names; `namespace`
+when a namespace tool holds the function). Usage:
 `input_tokens` is the whole prompt, with what the prompt cache served as `input_tokens_details.cached_tokens` (the
 usage event's `cached_tokens`), and `output_tokens_details.reasoning_tokens` the upstream's
 `completion_tokens_details.reasoning_tokens` (0 when it reports none); the gateway's estimate when the relay made one
@@ -23,7 +24,7 @@ from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.responses_wire import (
     FunctionCallItem, IncompleteDetails, InputTokensDetails, ItemStatus, OutputItem, OutputMessage, OutputPart,
     OutputRefusal, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, Response, ResponsesRequest,
-    ResponseUsage, TextConfig, TextFormat, logprobs_of,
+    ResponseUsage, TextConfig, TextFormat, logprobs_of, namespaces,
 )
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, TokenCounts, believable, text_logprobs, whole_reply,
@@ -96,11 +97,13 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
     if parts:
         output.append(OutputMessage(id=new_id("msg"), status="incomplete" if incomplete else "completed",
                                     content=parts))
+    grouped = namespaces(response.tools)
     for call in (message.tool_calls if message else None) or ():
         if call.function is not None:
-            output.append(FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"),
-                                           name=call.function.name or "", arguments=call.function.arguments or "{}",
-                                           status="completed"))
+            name = call.function.name or ""
+            output.append(FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"), name=name,
+                                           arguments=call.function.arguments or "{}", status="completed",
+                                           namespace=grouped.get(name)))
     if message is not None and message.thought:          # cut short in it when nothing follows it
         output.insert(0, reasoning_item(message.thought, "incomplete" if incomplete and not output else "completed"))
     usage = reply.usage

@@ -37,7 +37,7 @@ from switchyard_gateway.services.gateway.translate.responses_answers import echo
 from switchyard_gateway.services.gateway.translate.responses_requests import chat_body
 from switchyard_gateway.services.gateway.translate.responses_stream import OpenAIStreamToResponses
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ContentPart, InputItem, ResponsesRequest, decode_responses_request,
+    ContentPart, InputItem, ResponsesRequest, decode_responses_request, offered,
 )
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts
 
@@ -88,13 +88,20 @@ def _check_name(name: str | None, where: str) -> None:
 
 
 def _check_tools(request: ResponsesRequest) -> None:
-    """Function tools only, each named once in TOOL_NAME's form; a `tool_choice` naming one of them."""
-    names: set[str] = set()
+    """Function tools, alone or grouped in namespaces of function tools, each function named once (a namespace's
+    are offered under their own names) in TOOL_NAME's form; a `tool_choice` naming one of them."""
     for index, tool in enumerate(request.tools or ()):
-        where = f"tools[{index}]"
+        if tool.type == "namespace":
+            _check_name(tool.name, f"tools[{index}].name")
+            if not tool.tools:
+                raise BadRequest(f"Missing required parameter: 'tools[{index}].tools' (a namespace's functions)",
+                                 param=f"tools[{index}].tools", code="missing_field")
+    names: set[str] = set()
+    for where, tool, group in offered(request.tools):
         if tool.type != "function":
-            raise BadRequest(f"Invalid '{where}.type': '{tool.type}' tools are not served by this gateway; only "
-                             "function tools are", param=f"{where}.type", code="unsupported_parameter")
+            served = "a namespace holds function tools" if group else "only function and namespace tools are"
+            raise BadRequest(f"Invalid '{where}.type': '{tool.type}' tools are not served by this gateway; {served}",
+                             param=f"{where}.type", code="unsupported_parameter")
         _check_name(tool.name, f"{where}.name")
         if tool.name in names:
             raise BadRequest(f"Invalid 'tools': the function '{tool.name}' is given twice", param="tools",

@@ -7,10 +7,11 @@
 | `message` items, role `user` / `system` / `developer` / `assistant` | messages (`developer` as `system`, which every server takes) |
 | `input_text`, `output_text`, `refusal` parts | text (one string when a message is text alone) |
 | `input_image` (a URL or data URL, `detail`) | an `image_url` part |
-| `function_call` items | `tool_calls` of an assistant message (the one just before, when there is one) |
+| `function_call` items (a namespace's function by its own name) | `tool_calls` of an assistant message (the one just before, when there is one) |
 | `function_call_output` items | `tool` messages (`tool_call_id`: its `call_id`) |
 | `reasoning` items | dropped |
 | `tools` (flat: `name`, `description`, `parameters`, `strict`) | `tools` (`function: {...}`) |
+| a `namespace` tool's functions | `tools`, each under its own name, the namespace's description before its own |
 | `tool_choice` `{"type": "function", "name"}` | `{"type": "function", "function": {"name"}}` (a mode as it is) |
 | `parallel_tool_calls` | the same, with tools |
 | `text.format` `json_object` / `json_schema` | `response_format` (`json_schema: {name, schema, description, strict}`) |
@@ -21,6 +22,7 @@
 | `include: ["message.output_text.logprobs"]`, `top_logprobs` | `logprobs: true`, `top_logprobs` |
 | the answer's `output_text` `logprobs` (and each text delta's) | from `logprobs.content` (`bytes` written when absent) |
 | the answer's first `reasoning` item (`reasoning_text`) | from `reasoning_content` or `reasoning` |
+| the answer's `function_call` items, `namespace` when a namespace holds the function | from `tool_calls` |
 | the answer's `output_tokens_details.reasoning_tokens` | from `completion_tokens_details.reasoning_tokens` |
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 from switchyard_gateway.services.gateway.translate.anthropic_requests import user_content
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ContentPart, InputItem, ResponsesRequest, wants_logprobs,
+    ContentPart, InputItem, ResponsesRequest, offered, wants_logprobs,
 )
 
 
@@ -82,11 +84,12 @@ def _tools(request: ResponsesRequest, out: dict[str, Any]) -> None:
     if not request.tools:
         return
     functions = []
-    for tool in request.tools:
+    for _, tool, group in offered(request.tools):
         function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters or {"type": "object",
                                                                                          "properties": {}}}
-        if tool.description:
-            function["description"] = tool.description
+        description = "\n\n".join(text for text in (group.description if group else None, tool.description) if text)
+        if description:
+            function["description"] = description
         if tool.strict is not None:
             function["strict"] = tool.strict
         functions.append({"type": "function", "function": function})

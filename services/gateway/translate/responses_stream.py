@@ -50,7 +50,7 @@ from switchyard_gateway.services.gateway.translate.responses_wire import (
     OutputItem, OutputItemAdded, OutputItemDone, OutputMessage, OutputPart, OutputRefusal, OutputText,
     OutputTextDelta, OutputTextDone, ReasoningItem, ReasoningText, ReasoningTextDelta, ReasoningTextDone,
     RefusalDelta, RefusalDone, Response, ResponseCompleted, ResponseCreated, ResponseError, ResponseFailed,
-    ResponseIncomplete, ResponseInProgress, ResponsesRequest, logprobs_of,
+    ResponseIncomplete, ResponseInProgress, ResponsesRequest, logprobs_of, namespaces,
 )
 from switchyard_gateway.services.gateway.translate.held_calls import HeldCalls
 from switchyard_gateway.services.gateway.translate.sse import ChatStreamReader, estimated_output
@@ -264,10 +264,11 @@ class OpenAIStreamToResponses(ChatStreamReader):
     def _write_calls(self) -> bytes:
         """Each tool call kept so far, in the order they began, as a whole item of its own."""
         out = b""
+        grouped = namespaces(self._response.tools)
         for call in self._calls.taken():
             index, name, arguments = len(self._output), call.name, call.arguments or "{}"
             item = FunctionCallItem(id=new_id("fc"), call_id=call.id or new_id("call"), name=name, arguments="",
-                                    status="in_progress")
+                                    status="in_progress", namespace=grouped.get(name))
             out += self._sse(OutputItemAdded, output_index=index, item=item)
             out += self._sse(ArgumentsDelta, item_id=item.id, output_index=index, delta=arguments)
             out += self._sse(ArgumentsDone, item_id=item.id, output_index=index, name=name, arguments=arguments)

@@ -10,6 +10,7 @@ schema is the one the code writes; shapes follow the `openai` SDK's `openai.type
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -34,8 +35,9 @@ class ContentPart(msgspec.Struct, kw_only=True):
 
 
 class InputItem(msgspec.Struct, kw_only=True):
-    """One item of `input`: a `message` (its `type` may be left out), a `function_call` the model made, a
-    `function_call_output` answering one, or a `reasoning` item of an earlier answer (not sent upstream)."""
+    """One item of `input`: a `message` (its `type` may be left out), a `function_call` the model made (a namespaced
+    function's by its own name), a `function_call_output` answering one, or a `reasoning` item of an earlier answer
+    (not sent upstream)."""
 
     type: str = "message"
     role: Literal["user", "system", "developer", "assistant"] | None = None
@@ -49,13 +51,33 @@ class InputItem(msgspec.Struct, kw_only=True):
 
 
 class FunctionTool(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A function tool in Responses' flat shape; another `type` (a hosted tool) is refused by the door."""
+    """A function tool in Responses' flat shape, or a `namespace` grouping function tools under its name (`tools`);
+    another `type` (a hosted tool) is refused by the door."""
 
     type: str
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list[FunctionTool] | None = None       # a namespace's functions
+
+
+def offered(tools: list[FunctionTool] | None) -> Iterator[tuple[str, FunctionTool, FunctionTool | None]]:
+    """Each tool as the model is offered it, with where the request gives it (`tools[4]`, `tools[4].tools[0]`) and
+    the namespace holding it, if one does: a namespace's functions are offered one by one, under their own names."""
+    for index, tool in enumerate(tools or ()):
+        if tool.type == "namespace" and tool.tools is not None:
+            for number, inner in enumerate(tool.tools):
+                yield f"tools[{index}].tools[{number}]", inner, tool
+        else:
+            yield f"tools[{index}]", tool, None
+
+
+def namespaces(tools: list[FunctionTool] | None) -> dict[str, str]:
+    """The namespace of each function a namespace holds, by the function's name: what a call to it is answered
+    with (`FunctionCallItem.namespace`)."""
+    return {tool.name: group.name for _, tool, group in offered(tools)
+            if group is not None and tool.name is not None and group.name is not None}
 
 
 class NamedToolChoice(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -161,12 +183,15 @@ class OutputMessage(msgspec.Struct, tag_field="type", tag="message", kw_only=Tru
     content: list[OutputPart]
 
 
-class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True):
+class FunctionCallItem(msgspec.Struct, tag_field="type", tag="function_call", kw_only=True, omit_defaults=True):
+    """A call the model made; `namespace` names the namespace tool holding the function, when one does."""
+
     id: str
     call_id: str
     name: str
     arguments: str
     status: ItemStatus
+    namespace: str | None = None
 
 
 class ReasoningText(msgspec.Struct, tag_field="type", tag="reasoning_text"):
