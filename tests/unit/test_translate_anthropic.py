@@ -326,6 +326,46 @@ def test_a_conversation_of_the_doors_own_answers_sent_back_is_taken() -> None:
     assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool", "assistant", "tool", "user"]
 
 
+def test_a_system_turn_partway_through_is_a_system_message_where_it_stands() -> None:
+    """Claude Code gives instructions partway through a conversation as `system` role messages (after the user's
+    first turn: the agents it may call, the files it read); they were refused, and no call could be made. Each is
+    sent on where it stands, as each kind of server takes a system message, and counted as prompt."""
+    messages = [ASK, {"role": "system", "content": "Answer in Celsius."},
+                {"role": "assistant", "content": [CALL]}, {"role": "user", "content": [RESULT]},
+                {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {
+                    "type": "ephemeral"}}, {"type": "text", "text": "Cite the source."}]}]
+    for sent in (to_openai(messages=messages, tools=[WEATHER]), to_ollama(messages=messages, tools=[WEATHER])):
+        roles = [(m["role"], m["content"]) for m in sent["messages"] if m["role"] in ("system", "user")]
+        assert roles == [("user", "Weather in Oslo?"), ("system", "Answer in Celsius."),
+                         ("system", "Be brief.\nCite the source.")]
+        assert sent["messages"][-1]["role"] == "system"
+    body = {"model": "m", "messages": messages, "tools": [WEATHER]}
+    words = lambda text: len(text.split())  # noqa: E731 — a stand-in tokenizer whose counts are easy to check
+    without = {**body, "messages": [m for m in messages if m["role"] != "system"]}
+    counts = [json.loads(AnthropicCall("anthropic.count_tokens", InferenceRequest(model="m"), json.dumps(b).encode())
+                         .count_tokens(words))["input_tokens"] for b in (body, without)]
+    assert counts[0] - counts[1] == 2 * 3 + 3 + 2 + 3      # two more messages, and their words
+
+
+@pytest.mark.parametrize(("messages", "expected"), [
+    ([{"role": "system", "content": "Be brief."}, ASK],
+     "messages.0: the conversation may not open with a `system` role message"),
+    ([ASK, {"role": "system", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                         "data": PNG}}]}],
+     "messages.1.content.0: system messages may only hold text blocks"),
+    ([ASK, {"role": "system", "content": " \n"}], "messages.1: text content blocks must contain non-whitespace text"),
+    ([ASK, {"role": "system", "content": [{"type": "text", "text": ""}]}],
+     "messages.1.content.0: text content blocks must be non-empty"),
+    ([ASK, {"role": "assistant", "content": [CALL]}, {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": [RESULT]}], "messages.1: `tool_use` ids were found without `tool_result` blocks"),
+])
+def test_a_system_turn_that_opens_the_conversation_or_holds_more_than_text_is_refused(messages: list,
+                                                                                      expected: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        request(messages=messages)
+    assert expected in str(refused.value)
+
+
 def test_fields_it_does_not_know_or_that_only_hint_are_ignored() -> None:
     """Newer clients send fields the door has never seen; refusing them would break them. Only the fields whose loss
     changes the answer are refused (see the refusals above); given as null or empty, they ask for nothing."""

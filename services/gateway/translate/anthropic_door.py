@@ -126,8 +126,9 @@ def _refuse_unserved(request: MessagesRequest) -> None:
 
 def _check_conversation(messages: list[InputMessage]) -> None:
     """What Anthropic refuses in a conversation, refused here too (400) rather than sent on broken, in the one pass
-    that reads it: no message; an empty content; text that is empty or whitespace only in a user turn; a final
-    assistant turn ending in whitespace; a `tool_use` outside an assistant turn, or with an id its turn gave
+    that reads it: no message; an empty content; text that is empty or whitespace only in a user or system turn;
+    a system turn (an instruction given partway through) opening the conversation or holding anything but text; a
+    final assistant turn ending in whitespace; a `tool_use` outside an assistant turn, or with an id its turn gave
     before; a turn of `tool_use` blocks not answered, each, by a `tool_result` in the user turn right after it (the
     last turn too: the answer would need the results); a `tool_result` outside a user turn, after the turn's other
     content, or answering no `tool_use` of the turn before it.
@@ -144,7 +145,10 @@ def _check_conversation(messages: list[InputMessage]) -> None:
         content = message.content
         if not content:
             raise BadRequest(f"messages.{index}: all messages must have non-empty content", param=f"messages.{index}")
-        user = message.role == "user"
+        if message.role == "system" and index == 0:
+            raise BadRequest("messages.0: the conversation may not open with a `system` role message: give it as "
+                             "the top-level `system`", param="messages.0")
+        user = message.role != "assistant"           # a user's or a system turn: its text is held to the rules
         if isinstance(content, str) and user:
             _check_text(content, f"messages.{index}")
         calls: list[str] = []
@@ -167,6 +171,8 @@ def _check_conversation(messages: list[InputMessage]) -> None:
                         _check_text(result.text, f"{where}.content.{part}")
                 continue
             others = True
+            if message.role == "system" and not isinstance(block, TextBlock):
+                raise BadRequest(f"{where}: system messages may only hold text blocks", param=where)
             if isinstance(block, TextBlock):
                 if user:
                     _check_text(block.text, where)

@@ -3,6 +3,7 @@
 | Anthropic | OpenAI chat | Ollama `/api/chat` |
 |---|---|---|
 | `system` (text or text blocks) | a first `system` message | a first `system` message |
+| a `system` turn among the messages | a `system` message where it stands | the same |
 | text blocks | `content` (text, or parts beside images) | `content` |
 | image block, base64 / URL | `image_url` part, data URL / the URL | `images` (base64; a URL cannot be sent) |
 | assistant `tool_use` blocks | `tool_calls` (arguments as JSON text) | `tool_calls` (arguments as an object) |
@@ -155,8 +156,8 @@ def _openai_messages(message: InputMessage) -> list[dict[str, Any]]:
         if calls:
             reply["tool_calls"] = calls
         out.append(reply)
-    elif parts:
-        out.append({"role": "user", "content": user_content(parts)})
+    elif parts:                             # a user's turn, or a system one (text alone)
+        out.append({"role": message.role, "content": user_content(parts)})
     return out
 
 

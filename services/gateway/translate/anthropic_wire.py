@@ -72,7 +72,10 @@ InputBlock = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingB
 
 
 class InputMessage(msgspec.Struct):
-    role: Literal["user", "assistant"]
+    """A turn of the conversation. A `system` one is an instruction given partway through (text only, checked by the
+    door), sent on where it stands as a system message."""
+
+    role: Literal["user", "assistant", "system"]
     content: str | list[InputBlock]
 
 
