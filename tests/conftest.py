@@ -54,6 +54,12 @@ def urls(stack: EmbeddedStack) -> StackUrls:
     return stack.urls
 
 
+# How long a test looks for a second usage event of a call after the first came: a duplicate published with the
+# first would come in the same metering batch or the next one, each written at most `ingest_linger_s` (0.25 s) after
+# its first message.
+DUPLICATE_GRACE_S = 0.6
+
+
 async def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "condition"):
     """Poll an (async or plain) condition until it returns something truthy, or fail at the deadline."""
     deadline = time.monotonic() + timeout_s

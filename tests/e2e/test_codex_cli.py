@@ -24,7 +24,7 @@ import pytest
 
 from switchyard_gateway.simulator.config import SimConfig
 from switchyard_gateway.simulator.server import Simulator
-from tests.conftest import DemoStack, wait_for
+from tests.conftest import DUPLICATE_GRACE_S, DemoStack, wait_for
 from tests.e2e.test_anthropic_front_door import _admin, add_tenant
 
 CODEX = shutil.which("codex")
@@ -103,7 +103,7 @@ async def test_codex_exec_makes_a_tool_round_trip_with_one_usage_event_per_model
         assert calls >= 2, err.decode(errors="replace")[-2000:]          # the call, then the answer to its output
         events = await wait_for(lambda: _counted(demo, prefix, calls), timeout_s=15, interval_s=0.1,
                                 what=f"{calls} usage events")
-        deadline = time.monotonic() + 1.0                   # a duplicate would come with the next metering batch
+        deadline = time.monotonic() + DUPLICATE_GRACE_S     # a duplicate would come with the next metering batch
         while time.monotonic() < deadline:
             events = await tenant_usage(demo, prefix)
             assert len(events) == calls, events

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DemoStack, wait_for
+from tests.conftest import DUPLICATE_GRACE_S, DemoStack, wait_for
 
 
 def client(demo: DemoStack, key: str | None = None) -> openai.OpenAI:
@@ -32,9 +32,9 @@ async def exactly_one_usage_row(demo: DemoStack, request_id: str) -> dict:
     import json
 
     rows = await wait_for(lambda: usage_rows(demo, request_id), timeout_s=15, what=f"usage row for {request_id}")
-    # Give a duplicate every chance to show up: the metering batch after this one would carry it. Looked at ten
-    # times a second (each look is a new PostgreSQL connection: back to back, they kept a core busy for the second).
-    deadline = time.monotonic() + 1.0
+    # Give a duplicate every chance to show up (DUPLICATE_GRACE_S). Looked at ten times a second (each look is a new
+    # PostgreSQL connection: back to back, they kept a core busy all the while).
+    deadline = time.monotonic() + DUPLICATE_GRACE_S
     while time.monotonic() < deadline:
         rows = await usage_rows(demo, request_id)
         assert len(rows) == 1, rows

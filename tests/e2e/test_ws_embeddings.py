@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from switchyard_gateway.contracts.subjects import USAGE_RECORDED
 from switchyard_gateway.services.gateway.edge.ws_frames import read_binary
 from switchyard_gateway.simulator import SimConfig, Simulator
-from tests.conftest import DemoStack, logged, wait_for
+from tests.conftest import DUPLICATE_GRACE_S, DemoStack, logged, wait_for
 from tests.e2e.test_admin_registry import api, ok
 from tests.e2e.test_quota_e2e import Gateway, admin, new_tenant, set_limits, start_gateway, stop_gateway
 
@@ -61,7 +61,7 @@ async def exactly(demo: DemoStack, connection: str, count: int) -> list[dict]:
     """Wait until the log holds `count` usage events of the connection's requests, then check none is doubled."""
     events = await wait_for(lambda: _at_least(usage_events(demo, connection), count), timeout_s=30,
                             what=f"{count} usage events of {connection}")
-    await asyncio.sleep(1.0)          # give a duplicate the chance to arrive (the next metering batch would carry it)
+    await asyncio.sleep(DUPLICATE_GRACE_S)            # give a duplicate the chance to arrive
     events = await usage_events(demo, connection)
     ids = [e["request_id"] for e in events]
     assert len(ids) == len(set(ids)) == count, sorted(ids)
