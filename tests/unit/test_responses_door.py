@@ -231,6 +231,14 @@ def test_what_a_client_may_send_and_the_door_does_not_use_is_taken() -> None:
     assert to_chat(input=sent_back)["messages"][-1] == {"role": "assistant", "content": "Hellono"}
 
 
+def test_an_item_reference_is_refused_saying_how_a_client_sends_the_item_instead() -> None:
+    """The AI SDK's Responses model refers to its earlier answers by id unless told `store: false` (its second turn
+    was a 400 that said only "send the item itself", which its caller cannot do)."""
+    error = refused(input=[{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"},
+                           {"role": "user", "content": "again"}])
+    assert error.param == "input[1].type" and "`store: false`" in error.message
+
+
 def test_gateway_errors_on_the_door_are_openais_shape() -> None:
     error = refused(previous_response_id="resp_1")
     assert json.loads(door().error_body(error)) == {"error": {

@@ -161,7 +161,9 @@ def _check_items(items: list[InputItem]) -> None:
                 _check_part(part, f"{where}.output[{number}]")
         elif item.type == "item_reference":
             raise BadRequest(f"Invalid '{where}.type': an item_reference names a stored item, and nothing is "
-                             "stored: send the item itself", param=f"{where}.type", code="unsupported_parameter")
+                             "stored: send the item itself (a client that refers to earlier output by id, as the "
+                             "AI SDK's Responses model does, sends it whole when the request says `store: false`)",
+                             param=f"{where}.type", code="unsupported_parameter")
         elif item.type != "reasoning":
             raise BadRequest(f"Invalid '{where}.type': '{item.type}' items are not served; messages, function_call "
                              "and function_call_output items are", param=f"{where}.type", code="unsupported_parameter")
