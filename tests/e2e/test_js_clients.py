@@ -1,0 +1,68 @@
+"""End to end: the JavaScript clients people point at the gateway (the AI SDK with its OpenAI, OpenAI-compatible and
+Anthropic providers, the `openai`, `@anthropic-ai/sdk` and `ollama` packages), each as its documentation shows, through
+every door: tool round trips whole and streamed, usage counted, embeddings, the Responses door's refusal of an item
+reference saying how to do without one.
+
+Skipped unless `node` is on PATH and SWITCHYARD_JS_CLIENTS names a directory whose `node_modules` holds `ai`,
+`@ai-sdk/openai`, `@ai-sdk/openai-compatible`, `@ai-sdk/anthropic`, `openai`, `@anthropic-ai/sdk`, `ollama` and `zod`
+(`npm install` them there): CI installs none of them. The scenarios are tests/e2e/js_clients.mjs, run once (about a
+second) against a simulator that calls the first tool offered, then answers in text once the tool's output comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DemoStack
+from tests.e2e.test_anthropic_front_door import registered_upstream
+
+PACKAGES = ("ai", "@ai-sdk/openai", "@ai-sdk/openai-compatible", "@ai-sdk/anthropic", "openai", "@anthropic-ai/sdk",
+            "ollama", "zod")
+NODE = shutil.which("node")
+MODULES = Path(os.environ.get("SWITCHYARD_JS_CLIENTS", "/nonexistent")) / "node_modules"
+MISSING = [name for name in PACKAGES if not (MODULES / name / "package.json").is_file()]
+SCRIPT = Path(__file__).with_name("js_clients.mjs")
+
+pytestmark = pytest.mark.skipif(
+    NODE is None or bool(MISSING),
+    reason="node is not on PATH" if NODE is None else
+    f"SWITCHYARD_JS_CLIENTS names no node_modules with {', '.join(MISSING)} (npm install {' '.join(PACKAGES)})")
+
+
+@pytest.fixture(scope="module")
+async def scenarios(demo: DemoStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every scenario's line, by name: the script run beside a link to the packages (ES modules resolve from the
+    script's own directory, not from NODE_PATH)."""
+    run_dir = tmp_path_factory.mktemp("js-clients")
+    shutil.copy(SCRIPT, run_dir / SCRIPT.name)
+    (run_dir / "node_modules").symlink_to(MODULES.resolve(), target_is_directory=True)
+    async with registered_upstream(demo, f"js-{uuid.uuid4().hex[:6]}") as upstream:
+        proc = await asyncio.create_subprocess_exec(
+            NODE, str(run_dir / SCRIPT.name), demo.url, upstream.key, f"{upstream.prefix}-translated",
+            f"{upstream.prefix}-native", demo.demo_key, "nomic-embed-text",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    return {line["name"]: line for line in lines}
+
+
+def test_every_client_scenario_works_through_its_door(scenarios: dict[str, dict]) -> None:
+    assert len(scenarios) == 25, sorted(scenarios)
+    failed = {name: line["detail"] for name, line in scenarios.items() if not line["ok"]}
+    assert not failed, failed
+
+
+def test_the_ai_sdks_default_responses_model_is_told_to_send_store_false(scenarios: dict[str, dict]) -> None:
+    """Its second turn refers to the first answer by id (an item_reference); nothing is stored to resolve it, so the
+    refusal names the item and says what makes the client send it whole."""
+    refused = scenarios["openai responses second turn with its default store"]["detail"]
+    assert refused["status"] == 400 and refused["error"]["param"] == "input[1].type", refused
+    assert "`store: false`" in refused["error"]["message"], refused
