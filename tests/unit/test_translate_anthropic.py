@@ -284,6 +284,8 @@ ANTHROPIC_REFUSES_FIELDS = [
           ({"output_format": SCHEMA, "output_config": {"format": {**SCHEMA, "schema": {"type": "object"}}}},
            "output_format: give the answer's format once"),
           ({"output_config": {"effort": "extreme"}}, "output_config.effort"),
+          *(({"thread": thread}, "thread: message threads are not served") for thread in (
+              {"type": "create"}, {"type": "continue", "previous_message_id": "msg_1"}, "t", 7, True)),
           ({"output_config": {"effort": 3}}, "output_config.effort"))],
 ])
 def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:
@@ -291,7 +293,8 @@ def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expe
         Door("/v1/messages", InferenceRequest(model="m"), json.dumps(body).encode())
     assert expected in str(refused.value)
     rendered = json.loads(render_for("/v1/messages", refused.value))
-    assert rendered == {"type": "error", "error": {"type": "invalid_request_error", "message": str(refused.value)}}
+    assert rendered == {"type": "error", "error": {"type": "invalid_request_error", "message": str(refused.value),
+                                                   **refused.value.details}}
 
 
 def test_what_anthropic_takes_is_taken_and_what_only_concerns_anthropic_is_not_sent_on() -> None:

@@ -117,11 +117,17 @@ UNSERVED = (
 
 
 def _refuse_unserved(request: MessagesRequest) -> None:
-    """BadRequest naming the first field of `UNSERVED` the request gives (null or empty is not given)."""
+    """BadRequest naming the first field of `UNSERVED` the request gives (null or empty is not given); a `thread`
+    (a conversation the server keeps between turns) in the words Anthropic refuses one it cannot thread with, which
+    its SDK's tool runner reads to send every turn whole from then on."""
     given = {"mcp_servers": request.mcp_servers, "container": request.container}
     for field, what in UNSERVED:
         if given[field] not in (None, "", [], {}):
             raise BadRequest(f"{field}: {what} are not served by this gateway", param=field)
+    if request.thread not in (None, False):
+        raise BadRequest("thread: message threads are not served by this gateway, which keeps no conversation: send "
+                         "the whole conversation in `messages`", param="thread",
+                         details={"details": {"error_code": "thread_unsupported_request", "unsupported": ["thread"]}})
 
 
 def _check_conversation(messages: list[InputMessage]) -> None:

@@ -161,6 +161,7 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     # must be.
     mcp_servers: Any = None
     container: Any = None
+    thread: Any = None                  # a message thread kept by the server (refused: nothing is kept)
 
 
 # --- the answer -------------------------------------------------------------------------------------
