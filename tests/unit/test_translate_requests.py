@@ -94,6 +94,15 @@ def test_tools_pass_through_and_tool_results_answer_their_call() -> None:
     assert out["messages"][2] == {"role": "tool", "content": "22 degrees", "tool_call_id": call["id"]}
 
 
+@pytest.mark.parametrize("tools", ["[]", "[ ]", "null"])
+def test_an_empty_tools_list_is_not_sent_to_an_openai_server(tools: str) -> None:
+    """llama-index's Ollama client sends `tools: []` with every chat; OpenAI refuses an empty `tools` (400)."""
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": ' + tools.encode() + b"}"
+    out = json.loads(ollama_chat_to_openai(raw, "m"))
+    assert "tools" not in out
+    assert out["messages"] == [{"role": "user", "content": "hi"}]
+
+
 def test_unicode_survives_translation() -> None:
     text = "Grüße, 世界 🌍 — \"quoted\" \\ back"
     out = json.loads(ollama_chat_to_openai(body({"model": "m", "messages": [{"role": "user", "content": text}]}), "m"))

@@ -119,12 +119,19 @@ def ollama_chat_to_openai(body: bytes, upstream_model: str, ceiling: int | None 
     server is asked to continue, as Ollama does (translate/prefill.py)."""
     req = _read(_decode_chat, body)
     out: dict[str, Any] = {"model": upstream_model, "messages": _messages(req.messages)}
-    if req.tools and bytes(req.tools) != b"null":
+    if _offers_tools(req.tools):
         out["tools"] = req.tools
     _common(req, out, chat=True, ceiling=ceiling)
     if continues:
         ask_to_continue(out)
     return encode(out)
+
+
+def _offers_tools(tools: msgspec.Raw) -> bool:
+    """Whether a chat's `tools` offers any: absent, `null` and `[]` (which llama-index sends with every chat) offer
+    none, and are not sent on, since OpenAI refuses an empty `tools` (400, an array too short)."""
+    text = bytes(tools).strip()
+    return bool(text) and text != b"null" and not (text.startswith(b"[") and text[1:].strip() == b"]")
 
 
 def ollama_generate_to_openai(body: bytes, upstream_model: str, ceiling: int | None = None) -> bytes:
