@@ -249,7 +249,10 @@ ANTHROPIC_REFUSES_FIELDS = [
     ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens"),
     ({"model": "m", "max_tokens": 5, "temperature": 1.5, "messages": []}, "temperature"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role"),
-    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]}, "document"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {
+        "type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}]}]}, "PDF documents are not served"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "search_result"}]}]},
+     "search_result"),
     ({"model": "m", "max_tokens": 5, "messages": [], "tools": [{"type": "web_search_20250305", "name": "web"}]},
      "server tool"),
     ({"model": "m", "max_tokens": 5, "messages": [], "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "x"}},

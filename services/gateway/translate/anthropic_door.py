@@ -25,7 +25,7 @@ from switchyard_gateway.quotas.tokens import IMAGE_TOKENS, PER_MESSAGE, TokenEst
 from switchyard_gateway.services.gateway.edge.errors import BadRequest
 from switchyard_gateway.services.gateway.pipeline.call import InferenceRequest
 from switchyard_gateway.services.gateway.translate.anthropic_requests import (
-    answer_schema, ollama_chat_body, openai_chat_body, prefill, system_text,
+    answer_schema, document_parts, ollama_chat_body, openai_chat_body, prefill, system_text,
 )
 from switchyard_gateway.services.gateway.translate.anthropic_responses import (
     ollama_to_message, openai_to_message, upstream_error,
@@ -35,9 +35,9 @@ from switchyard_gateway.services.gateway.translate.anthropic_stream import (
 )
 from switchyard_gateway.services.gateway.translate.asks import Ask, check_tokens, refusal
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    CountTokensRequest, CountTokensResponse, ImageBlock, InputMessage, MessagesRequest, TextBlock, ThinkingAdaptive,
-    ThinkingEnabled, ToolDefinition, ToolResultBlock, ToolUseBlock, decode_count_tokens_request,
-    decode_messages_request, encode,
+    ContentSource, CountTokensRequest, CountTokensResponse, DocumentBlock, FileSource, ImageBlock, InputMessage,
+    MessagesRequest, PdfSource, PlainTextSource, TextBlock, ThinkingAdaptive, ThinkingEnabled, ToolDefinition,
+    ToolResultBlock, ToolUseBlock, UrlPdfSource, decode_count_tokens_request, decode_messages_request, encode,
 )
 from switchyard_gateway.services.gateway.translate.plans import Plan
 from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
@@ -182,6 +182,10 @@ def _check_conversation(messages: list[InputMessage]) -> None:
             if isinstance(block, TextBlock):
                 if user:
                     _check_text(block.text, where)
+            elif isinstance(block, DocumentBlock):
+                if message.role != "user":
+                    raise BadRequest(f"{where}: document blocks may only be in user messages", param=where)
+                _check_document(block, where)
             elif isinstance(block, ToolUseBlock):
                 if message.role != "assistant":
                     raise BadRequest(f"{where}: tool_use blocks may only be in assistant messages", param=where)
@@ -192,6 +196,34 @@ def _check_conversation(messages: list[InputMessage]) -> None:
         called = calls
     _check_answered(called, set(), len(messages) - 1)
     _check_final_turn(messages[-1], len(messages) - 1)
+
+
+# a document source that needs a reader no upstream has -> what the refusal calls it
+_UNREAD_DOCUMENTS = {PdfSource: "PDF documents", UrlPdfSource: "documents by URL", FileSource: "`file` sources"}
+
+
+def _check_document(block: DocumentBlock, where: str) -> None:
+    """A document is served as the text it holds: plain text (a `text` or `content` source) that is not empty, with no
+    citations asked for (the answer would need citation blocks); anything else is a 400 naming the field."""
+    source = block.source
+    unread = _UNREAD_DOCUMENTS.get(type(source))
+    if unread is not None:
+        raise BadRequest(f"{where}.source: {unread} are not served by this gateway; plain-text documents are (a "
+                         "`text` or `content` source)", param=f"{where}.source")
+    if block.citations is not None and block.citations.enabled:
+        raise BadRequest(f"{where}.citations: citations are not served by this gateway", param=f"{where}.citations")
+    if isinstance(source, PlainTextSource):
+        _check_text(source.data, f"{where}.source.data")
+    elif isinstance(source, ContentSource):
+        content = source.content
+        if not content:
+            raise BadRequest(f"{where}.source.content: a document must have non-empty content",
+                             param=f"{where}.source.content")
+        if isinstance(content, str):
+            _check_text(content, f"{where}.source.content")
+        for part, piece in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(piece, TextBlock):
+                _check_text(piece.text, f"{where}.source.content.{part}")
 
 
 def _check_text(text: str, where: str) -> None:
@@ -324,6 +356,9 @@ def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int],
                 total += count(block.text)
             elif isinstance(block, ImageBlock):
                 total += per_image
+            elif isinstance(block, DocumentBlock):                # as sent on: its title, context and text
+                text, images = document_parts(block)
+                total += count(text) + per_image * len(images)
             elif isinstance(block, ToolUseBlock):                 # its id is sent on as the call's id
                 total += count(block.id) + count(block.name) + count(encode(block.input).decode())
             elif isinstance(block, ToolResultBlock):

@@ -6,6 +6,7 @@
 | a `system` turn among the messages | a `system` message where it stands | the same |
 | text blocks | `content` (text, or parts beside images) | `content` |
 | image block, base64 / URL | `image_url` part, data URL / the URL | `images` (base64; a URL cannot be sent) |
+| plain-text `document` block (`text` / `content` source) | text: its title, context and text (a `content` source's images as image parts) | the same, in `content` (images in `images`) |
 | assistant `tool_use` blocks | `tool_calls` (arguments as JSON text) | `tool_calls` (arguments as an object) |
 | user `tool_result` blocks | `tool` messages (`tool_call_id`), before the user's other content | `tool` messages (`tool_name`) |
 | `tool_result` with `is_error` | its text after `Error: ` (`Error` when it has none) | the same |
@@ -39,8 +40,8 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
-    Base64ImageSource, CountTokensRequest, ImageBlock, InputMessage, MessagesRequest, TextBlock, ThinkingDisabled,
-    ToolResultBlock, ToolUseBlock, encode,
+    Base64ImageSource, ContentSource, CountTokensRequest, DocumentBlock, ImageBlock, InputMessage, MessagesRequest,
+    PlainTextSource, TextBlock, ThinkingDisabled, ToolResultBlock, ToolUseBlock, encode,
 )
 from switchyard_gateway.services.gateway.translate.prefill import ask_to_continue
 from switchyard_gateway.services.gateway.translate.wire import TranslationError
@@ -61,6 +62,23 @@ def prefill(request: MessagesRequest | CountTokensRequest) -> str | None:
         return None
     content = last.content
     return content if isinstance(content, str) else "".join(b.text for b in content if isinstance(b, TextBlock))
+
+
+def document_parts(block: DocumentBlock) -> tuple[str, list[ImageBlock]]:
+    """A plain-text document as the text a model reads (its title, its context, then its text, a blank line
+    between) and the images a `content` source holds; the door has refused every other source."""
+    source = block.source
+    if isinstance(source, PlainTextSource):
+        body, images = source.data, []
+    elif isinstance(source, ContentSource):
+        content = source.content
+        blocks = [TextBlock(content)] if isinstance(content, str) else content
+        body = "\n".join(part.text for part in blocks if isinstance(part, TextBlock))
+        images = [part for part in blocks if isinstance(part, ImageBlock)]
+    else:
+        raise TranslationError("only plain-text documents can be sent on")
+    text = "\n\n".join(piece for piece in (block.title, block.context, body) if piece)
+    return text, images
 
 
 def answer_schema(request: CountTokensRequest) -> dict[str, Any] | None:
@@ -138,6 +156,10 @@ def _openai_messages(message: InputMessage) -> list[dict[str, Any]]:
             parts.append({"type": "text", "text": block.text})
         elif isinstance(block, ImageBlock):
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+        elif isinstance(block, DocumentBlock):
+            text, images = document_parts(block)
+            parts.append({"type": "text", "text": text})
+            parts.extend({"type": "image_url", "image_url": {"url": _image_url(image)}} for image in images)
         elif isinstance(block, ToolUseBlock):
             calls.append({"id": block.id, "type": "function",
                           "function": {"name": block.name, "arguments": encode(block.input).decode()}})
@@ -243,6 +265,10 @@ def _ollama_messages(message: InputMessage, names: dict[str, str]) -> list[dict[
             texts.append(block.text)
         elif isinstance(block, ImageBlock):
             images.append(_base64(block))
+        elif isinstance(block, DocumentBlock):
+            text, document_images = document_parts(block)
+            texts.append(text)
+            images.extend(_base64(image) for image in document_images)
         elif isinstance(block, ToolUseBlock):
             names[block.id] = block.name
             calls.append({"function": {"name": block.name, "arguments": block.input}})

@@ -1,7 +1,7 @@
 """Anthropic's Messages API on the wire: the request, the answer, the stream events and the error body, as msgspec types.
 
 Requests are read strictly enough to refuse what cannot be served (a missing `max_tokens`, an unknown
-content block, a server tool, MCP servers, a container) and what Anthropic refuses (a
+content block, a PDF document, a server tool, MCP servers, a container) and what Anthropic refuses (a
 `thinking`, `service_tier`, `cache_control` or `metadata` not of its form, a `tool_use` without `input`) with a
 400 before anything is reserved; unknown fields are ignored, as the API grows, except inside `metadata`, which
 Anthropic closes. Answers and events are written with these types, so the documented schema is the one the
@@ -68,7 +68,45 @@ class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thin
     data: str = ""
 
 
-InputBlock = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+class PlainTextSource(msgspec.Struct, tag_field="type", tag="text"):
+    media_type: Literal["text/plain"]
+    data: str
+
+
+class ContentSource(msgspec.Struct, tag_field="type", tag="content"):
+    content: str | list[TextBlock | ImageBlock]
+
+
+class PdfSource(msgspec.Struct, tag_field="type", tag="base64"):
+    media_type: Literal["application/pdf"]
+    data: str
+
+
+class UrlPdfSource(msgspec.Struct, tag_field="type", tag="url"):
+    url: str
+
+
+class FileSource(msgspec.Struct, tag_field="type", tag="file"):
+    file_id: str
+
+
+class Citations(msgspec.Struct):
+    enabled: bool = False
+
+
+class DocumentBlock(msgspec.Struct, tag_field="type", tag="document"):
+    """A document given to read. Plain text (`text` or `content` sources) is sent on as text, after its title and
+    context; a PDF, a URL or a file needs a reader no upstream has, and is refused by the door, as are citations."""
+
+    source: PlainTextSource | ContentSource | PdfSource | UrlPdfSource | FileSource
+    title: str | None = None
+    context: str | None = None
+    citations: Citations | None = None
+    cache_control: CacheControl | None = None
+
+
+InputBlock = (TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
+              | RedactedThinkingBlock)
 
 
 class InputMessage(msgspec.Struct):
