@@ -82,3 +82,33 @@ def test_a_document_that_cannot_be_sent_on_as_text_is_refused_naming_the_field(b
             "model": "m", "max_tokens": 64, "messages": [
                 {"role": "user", "content": "hi"}, {"role": role, "content": [block]}]}).encode())
     assert needle in str(refused.value)
+
+
+def tool_round_trip(*result: dict) -> bytes:
+    return json.dumps({"model": "m", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "Read a.txt"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "read_file",
+                                           "input": {"path": "a.txt"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": list(result)}]},
+    ]}).encode()
+
+
+def test_a_document_a_tool_returns_is_its_results_text() -> None:
+    """pydantic-ai sends a tool's text/plain return value as a document inside the tool_result; every such call was a
+    400 on `messages[2].content[0].content[0].type`."""
+    document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello file"}}
+    request = read_request(MESSAGES, tool_round_trip({"type": "text", "text": "a.txt:"}, document))
+    openai = json.loads(openai_chat_body(request, "up", top_k=True))
+    assert openai["messages"][-1] == {"role": "tool", "tool_call_id": "toolu_1", "content": "a.txt:\nhello file"}
+    ollama = json.loads(ollama_chat_body(request, "up"))
+    assert ollama["messages"][-1] == {"role": "tool", "content": "a.txt:\nhello file", "tool_name": "read_file"}
+    without = read_request(MESSAGES, tool_round_trip({"type": "text", "text": "a.txt:"}))
+    assert count_input_tokens(request, lambda text: len(text.split())) == \
+        count_input_tokens(without, lambda text: len(text.split())) + 2
+
+
+def test_a_pdf_a_tool_returns_is_refused_naming_the_field() -> None:
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}
+    with pytest.raises(BadRequest) as refused:
+        read_request(MESSAGES, tool_round_trip(pdf))
+    assert "messages.2.content.0.content.0.source: PDF documents are not served" in str(refused.value)

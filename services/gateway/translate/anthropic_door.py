@@ -175,6 +175,8 @@ def _check_conversation(messages: list[InputMessage]) -> None:
                 for part, result in enumerate(block.content if isinstance(block.content, list) else ()):
                     if isinstance(result, TextBlock):
                         _check_text(result.text, f"{where}.content.{part}")
+                    elif isinstance(result, DocumentBlock):
+                        _check_document(result, f"{where}.content.{part}")
                 continue
             others = True
             if message.role == "system" and not isinstance(block, TextBlock):
@@ -365,7 +367,12 @@ def count_input_tokens(request: CountTokensRequest, count: Callable[[str], int],
                 total += count(block.tool_use_id)
                 content = block.content
                 parts = [TextBlock(content)] if isinstance(content, str) else content or []
-                total += sum(count(p.text) if isinstance(p, TextBlock) else per_image for p in parts)
+                for part in parts:
+                    if isinstance(part, DocumentBlock):
+                        text, images = document_parts(part)
+                        total += count(text) + per_image * len(images)
+                    else:
+                        total += count(part.text) if isinstance(part, TextBlock) else per_image
     for tool in request.tools or ():
         total += count(tool.name) + count(tool.description or "") + count(encode(tool.input_schema).decode())
     schema = answer_schema(request)

@@ -9,6 +9,7 @@
 | plain-text `document` block (`text` / `content` source) | text: its title, context and text (a `content` source's images as image parts) | the same, in `content` (images in `images`) |
 | assistant `tool_use` blocks | `tool_calls` (arguments as JSON text) | `tool_calls` (arguments as an object) |
 | user `tool_result` blocks | `tool` messages (`tool_call_id`), before the user's other content | `tool` messages (`tool_name`) |
+| a `tool_result`'s images / plain-text documents | image parts of the user's content after it / its text | `images` / its text |
 | `tool_result` with `is_error` | its text after `Error: ` (`Error` when it has none) | the same |
 | `thinking` blocks | dropped | dropped |
 | `thinking` disabled / enabled or adaptive | not sent (no standard field) | `think: false` / not sent (the model's default; Ollama refuses `think: true` to a model that cannot think) |
@@ -198,14 +199,25 @@ def _image_url(block: ImageBlock) -> str:
 
 
 def _result_parts(block: ToolResultBlock) -> tuple[str, list[ImageBlock]]:
-    """A tool result's text, and the images it carries. A result with `is_error` says so in its text (`Error: ...`,
-    or `Error` alone), as a `tool` message has no other way to: else the model takes the failure for an answer."""
+    """A tool result's text (a plain-text document's as `document_parts` gives it), and the images it carries. A
+    result with `is_error` says so in its text (`Error: ...`, or `Error` alone), as a `tool` message has no other way
+    to: else the model takes the failure for an answer."""
     content = block.content
     if content is None or isinstance(content, str):
         text, images = content or "", []
     else:
-        text = "\n".join(part.text for part in content if isinstance(part, TextBlock))
-        images = [part for part in content if isinstance(part, ImageBlock)]
+        texts: list[str] = []
+        images = []
+        for part in content:
+            if isinstance(part, TextBlock):
+                texts.append(part.text)
+            elif isinstance(part, ImageBlock):
+                images.append(part)
+            else:
+                document_text, document_images = document_parts(part)
+                texts.append(document_text)
+                images.extend(document_images)
+        text = "\n".join(texts)
     if block.is_error:
         text = f"Error: {text}" if text else "Error"
     return text, images

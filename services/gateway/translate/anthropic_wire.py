@@ -43,31 +43,6 @@ class ImageBlock(msgspec.Struct, tag_field="type", tag="image"):
     cache_control: CacheControl | None = None
 
 
-class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use"):
-    id: str
-    name: str
-    input: dict[str, Any]
-    cache_control: CacheControl | None = None
-
-
-class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result"):
-    tool_use_id: str
-    content: str | list[TextBlock | ImageBlock] | None = None
-    is_error: bool = False
-    cache_control: CacheControl | None = None
-
-
-class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking"):
-    """Reasoning an earlier answer carried: accepted in the history, not sent upstream."""
-
-    thinking: str = ""
-    signature: str = ""
-
-
-class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thinking"):
-    data: str = ""
-
-
 class PlainTextSource(msgspec.Struct, tag_field="type", tag="text"):
     media_type: Literal["text/plain"]
     data: str
@@ -103,6 +78,31 @@ class DocumentBlock(msgspec.Struct, tag_field="type", tag="document"):
     context: str | None = None
     citations: Citations | None = None
     cache_control: CacheControl | None = None
+
+
+class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+
+
+class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock | DocumentBlock] | None = None
+    is_error: bool = False
+    cache_control: CacheControl | None = None
+
+
+class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking"):
+    """Reasoning an earlier answer carried: accepted in the history, not sent upstream."""
+
+    thinking: str = ""
+    signature: str = ""
+
+
+class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thinking"):
+    data: str = ""
 
 
 InputBlock = (TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
