@@ -162,6 +162,21 @@ async def test_an_image_url_reaches_an_openai_server_and_is_refused_for_ollama(u
     assert refused.value.type == "invalid_request_error" and "base64" in (refused.value.api_message or "")
 
 
+@pytest.mark.parametrize("served", ["native", "translated"])
+async def test_a_plain_text_document_is_read_and_a_pdf_refused(upstream: Upstream, served: str) -> None:
+    text = {"type": "document", "title": "Notes", "source": {"type": "text", "media_type": "text/plain",
+                                                              "data": "The yard opens at six."}}
+    ask = {"type": "text", "text": "When does it open?"}
+    answered = await upstream.client().messages.create(model=upstream.model(served), max_tokens=4,
+                                                       messages=[{"role": "user", "content": [text, ask]}])
+    assert answered.content[0].text
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await upstream.client().messages.create(model=upstream.model(served), max_tokens=4,
+                                                messages=[{"role": "user", "content": [pdf, ask]}])
+    assert "messages.0.content.0.source: PDF documents are not served" in (refused.value.api_message or "")
+
+
 # --- tools ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("served", ["native", "translated"])
