@@ -41,6 +41,7 @@ from switchyard_gateway.services.gateway.pipeline.proxy import Proxy
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.pipeline.shared_inflight import SharedInflight
+from switchyard_gateway.services.gateway.pipeline.stored_items import StoredItems
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
 from switchyard_gateway.services.gateway.openapi.routes import DOCS_ROUTES
@@ -150,6 +151,10 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         raise SystemExit(str(exc)) from None
     if settings.quota_on_error not in ("open", "closed"):
         raise SystemExit(f"SWITCHYARD_QUOTA_ON_ERROR must be 'open' or 'closed', not '{settings.quota_on_error}'")
+    items = None                            # the Responses door's kept items (TTL 0: none)
+    if settings.responses_store_ttl_s > 0:
+        items = StoredItems(Valkey(settings.redis_url), key_prefix("", settings.database_url, "r"),
+                            settings.responses_store_ttl_s, settings.max_body_bytes)
     state = LocalState()                    # the registry catalog, fed by REGISTRY
     circuits = Circuits()                   # breaker states and probe health, fed by ROUTING
     try:
@@ -186,8 +191,10 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         runtime.spawn(publisher.run(), "usage-publisher")
         outcomes = OutcomeBatcher(nc, settings.instance or f"gw{os.getpid()}")
         failover = Failover(router, upstreams, outcomes, settings)
+        if items is not None:
+            await items.warm()
         proxy = Proxy(auth, router, quota, failover, publisher, cache, settings.max_body_bytes,
-                      settings.max_output_tokens, settings.access_log)
+                      settings.max_output_tokens, settings.access_log, items)
         metrics.watch(router, circuits, state.catalog, publisher)       # gauges read at scrape time
         if settings.worker:                 # one scrape shows every worker's calls
             siblings = WorkerMetrics(nc, base, settings.instance, settings.workers)
@@ -209,6 +216,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
     async def stop(deps: Deps) -> None:
         await deps.quota.close()
         await deps.cache.close()
+        if items is not None:
+            await items.close()
         await deps.login_guard.close()
         await deps.rotations.close()
         await deps.usage.drain()

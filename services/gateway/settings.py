@@ -1,5 +1,5 @@
-"""The gateway's settings: the HTTP edge, upstream calls, auth and sign-in, quota reservations, the response cache
-and WebSocket embeddings."""
+"""The gateway's settings: the HTTP edge, upstream calls, auth and sign-in, quota reservations, the response cache,
+the Responses door's kept items and WebSocket embeddings."""
 
 from __future__ import annotations
 
@@ -91,6 +91,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     cache_max_bytes: int = 1024 * 1024    # larger answers are not kept
     cache_timeout_s: float = 0.25         # a lookup Valkey has not answered by then is a miss
     cache_prefix: str = ""                # Valkey key prefix of cached answers ("": sy:c:<database>:)
+    # the Responses door's kept items
+    responses_store_ttl_s: float = 3600.0  # how long a Response's output items are kept for `item_reference`s to
+                                           # name them (0: nothing is kept, `store` is answered false)
     # failover
     retries_per_endpoint: int = 1         # retries of one endpoint (5xx, 429) before falling back to the next
     retry_base_ms: float = 50.0           # backoff: base * 2**attempt, with jitter, at most retry_max_ms
@@ -119,6 +122,9 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
             if getattr(settings, name) not in words:
                 raise SettingsError(f"SWITCHYARD_{name.upper()} must be one of {', '.join(words)}, "
                                     f"not {getattr(settings, name)!r}")
+        if not 0 <= settings.responses_store_ttl_s < float("inf"):       # NaN too
+            raise SettingsError("SWITCHYARD_RESPONSES_STORE_TTL_S must be a number of seconds, 0 or more (0: keep "
+                                f"nothing), not {settings.responses_store_ttl_s!r}")
         if mode == "single-user" and not settings.api_key:
             raise SettingsError("single-user mode needs SWITCHYARD_API_KEY, the one key it accepts")
         if mode == "multi-tenant" and (problem := jwt_secret_problem(settings.jwt_secret)):

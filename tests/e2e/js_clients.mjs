@@ -16,6 +16,11 @@ const openai = createOpenAI({ baseURL: `${url}/v1`, apiKey: key });
 const compat = createOpenAICompatible({ name: 'switchyard', baseURL: `${url}/v1`, apiKey: key, includeUsage: true });
 const anthropic = createAnthropic({ baseURL: `${url}/v1`, apiKey: key });
 const stateless = { openai: { store: false } };
+const sent = [];           // the Responses bodies the AI SDK's default model sent, to see its item_references
+const kept = createOpenAI({ baseURL: `${url}/v1`, apiKey: key, fetch: async (address, init) => {
+  if (String(address).endsWith('/responses')) sent.push(String(init?.body ?? ''));
+  return fetch(address, init);
+} });
 
 async function scenario(name, body) {
   let line;
@@ -44,6 +49,7 @@ for (const model of [translated, native]) {
   const models = {
     'openai.chat': [openai.chat(model), undefined],
     'openai responses': [openai(model), stateless],
+    'openai responses kept': [kept(model), undefined],
     'openai-compatible': [compat(model), undefined],
     'anthropic': [anthropic(model), undefined],
   };
@@ -66,17 +72,25 @@ for (const model of [translated, native]) {
   }
 }
 
-await scenario('openai responses second turn with its default store', async () => {
-  const messages = [{ role: 'user', content: 'hi' }];
-  const first = await generateText({ model: openai(translated), messages });
-  messages.push(...first.response.messages, { role: 'user', content: 'again' });
-  try {
-    await generateText({ model: openai(translated), messages, maxRetries: 0 });
-  } catch (error) {
-    return { status: error.statusCode, error: error.data?.error };
-  }
-  return { status: 200 };
-});
+for (const streamed of [false, true]) {
+  await scenario(`openai responses second turn with its default store${streamed ? ' streamed' : ''}`, async () => {
+    const messages = [{ role: 'user', content: 'hi' }];
+    const run = async () => {
+      if (!streamed) return generateText({ model: kept(translated), messages, maxRetries: 0 });
+      const result = streamText({ model: kept(translated), messages, maxRetries: 0 });
+      for await (const part of result.fullStream) if (part.type === 'error') throw part.error;
+      return { response: await result.response, usage: await result.usage, text: await result.text };
+    };
+    const first = await run();
+    messages.push(...first.response.messages, { role: 'user', content: 'again' });
+    sent.length = 0;
+    const second = await run();
+    const body = JSON.parse(sent.at(-1));
+    const referred = body.input.filter((item) => item.type === 'item_reference').length;
+    if (!referred || !second.text) throw new Error(`${referred} references, text ${JSON.stringify(second.text)}`);
+    return { referred, usage: counted(second.usage) };
+  });
+}
 
 await scenario('openai responses second turn with store: false', async () => {
   const messages = [{ role: 'user', content: 'hi' }];

@@ -1,7 +1,7 @@
 """End to end: the JavaScript clients people point at the gateway (the AI SDK with its OpenAI, OpenAI-compatible and
 Anthropic providers, the `openai`, `@anthropic-ai/sdk` and `ollama` packages), each as its documentation shows, through
-every door: tool round trips whole and streamed, usage counted, embeddings, the Responses door's refusal of an item
-reference saying how to do without one.
+every door: tool round trips whole and streamed, usage counted, embeddings, and the AI SDK's default Responses
+model referring to its earlier answers by `item_reference`, which the Responses door resolves to the items it kept.
 
 Skipped unless `node` is on PATH and SWITCHYARD_JS_CLIENTS names a directory whose `node_modules` holds `ai`,
 `@ai-sdk/openai`, `@ai-sdk/openai-compatible`, `@ai-sdk/anthropic`, `openai`, `@anthropic-ai/sdk`, `ollama` and `zod`
@@ -55,14 +55,17 @@ async def scenarios(demo: DemoStack, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_every_client_scenario_works_through_its_door(scenarios: dict[str, dict]) -> None:
-    assert len(scenarios) == 25, sorted(scenarios)
+    assert len(scenarios) == 30, sorted(scenarios)
     failed = {name: line["detail"] for name, line in scenarios.items() if not line["ok"]}
     assert not failed, failed
 
 
-def test_the_ai_sdks_default_responses_model_is_told_to_send_store_false(scenarios: dict[str, dict]) -> None:
-    """Its second turn refers to the first answer by id (an item_reference); nothing is stored to resolve it, so the
-    refusal names the item and says what makes the client send it whole."""
-    refused = scenarios["openai responses second turn with its default store"]["detail"]
-    assert refused["status"] == 400 and refused["error"]["param"] == "input[1].type", refused
-    assert "`store: false`" in refused["error"]["message"], refused
+def test_the_ai_sdks_default_responses_model_refers_to_its_earlier_answers_and_is_served(
+        scenarios: dict[str, dict]) -> None:
+    """Its second turn (and a tool loop's second step) names the first answer's items by id (`item_reference`): the
+    gateway kept them, so the turn is served, whole and streamed."""
+    for name in ("openai responses second turn with its default store",
+                 "openai responses second turn with its default store streamed"):
+        line = scenarios[name]
+        assert line["ok"] and line["detail"]["referred"] >= 1, line
+    assert all(line["ok"] for name, line in scenarios.items() if name.startswith("openai responses kept")), scenarios

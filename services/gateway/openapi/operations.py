@@ -175,9 +175,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/completions"): Operation("Text completion (OpenAI)", s.CompletionRequest, s.Completion,
                                            streams=_SSE, events=_CHUNKS, auth="door"),
     ("POST", "/v1/embeddings"): Operation("Embeddings (OpenAI)", s.EmbeddingRequest, s.EmbeddingList, auth="door"),
-    ("POST", "/v1/responses"): Operation("Responses (OpenAI), translated to chat completions; nothing is stored",
-                                         rw.ResponsesRequest, rw.Response, streams=_SSE, events=rw.StreamEvent,
-                                         auth="door"),
+    ("POST", "/v1/responses"): Operation("Responses (OpenAI), translated to chat completions; output items kept "
+                                         "for `item_reference`", rw.ResponsesRequest, rw.Response, streams=_SSE,
+                                         events=rw.StreamEvent, auth="door"),
     ("GET", "/v1/models"): Operation("The models the caller's tenant may use", response=s.ModelList, auth="door"),
     ("GET", "/v1/models/{model_id}"): Operation("One model, by id or alias", response=s.Model, auth="door"),
     # Anthropic

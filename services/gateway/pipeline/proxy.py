@@ -1,6 +1,7 @@
 """The hot path: OpenAI, Ollama and Anthropic inference calls handled over RSGI, from request bytes to usage event.
 
-Per call: authenticate, read and size-check the body, read it as its door's
+Per call: authenticate, read and size-check the body (a Responses call's
+`item_reference`s replaced by the items they name), read it as its door's
 request (types and bounds checked: 400 naming the field) and resolve its route
 plan from the local catalog (no I/O), then check the bounds that depend on the
 model; answer from the response cache when it may; journal the call as
@@ -8,8 +9,9 @@ accepted, then reserve quota (one Valkey round trip, or a fallback model's plan
 when the tenant allows it), which grants the output ceiling sent upstream; hand
 the call and its plan to Failover (upstream attempts over the pooled HTTP/1.1
 client, retries, fallbacks, relaying) while watching for the client to leave,
-and journal and queue exactly one usage event from its Outcome — whatever
-happens after the call is accepted (answered, failed, cut, or abandoned by the
+and journal and queue exactly one usage event from its Outcome (a Responses
+call's output items are kept as its Response is made: pipeline/stored_items.py)
+— whatever happens after the call is accepted (answered, failed, cut, or abandoned by the
 client: then the upstream request is dropped, the quota hold released at once
 and the call recorded `cancelled`; if the gateway itself dies, its next life
 records it from the journal).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -40,10 +43,12 @@ from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.relay import ClientGone, UpstreamAuthFailed
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, Reservation
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
+from switchyard_gateway.services.gateway.pipeline.stored_items import REFERENCE, StoredItems
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door
+from switchyard_gateway.services.gateway.translate.responses_door import RESPONSES
 
 log = structlog.get_logger()
 
@@ -58,8 +63,10 @@ class Proxy:
 
     def __init__(self, auth: Authenticator, router: Router, quota: QuotaClient, failover: Failover,
                  usage: UsagePublisher, cache: ResponseCache | None, max_body_bytes: int,
-                 max_output_tokens: int = 262_144, access_log: bool = False) -> None:
+                 max_output_tokens: int = 262_144, access_log: bool = False,
+                 items: StoredItems | None = None) -> None:
         self.auth, self.router, self.quota, self.failover, self.usage = auth, router, quota, failover, usage
+        self.items = items                  # the Responses door's kept items (None: none are kept)
         self.access_log = access_log
         self.cache = cache if cache is not None and cache.mode != "off" else None
         self.max_body_bytes = max_body_bytes
@@ -151,10 +158,19 @@ class Proxy:
 
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
         """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
-        a GatewayError refuses the call."""
+        a GatewayError refuses the call. A Responses call's body is read with the items its `item_reference`s name
+        in their place, when items are kept; the other doors' bodies are not looked at here."""
         key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await read_body(scope.headers, proto, self.max_body_bytes)
-        request = read_request(self.routes[scope.path], body)
+        api = self.routes[scope.path]
+        if api == RESPONSES and self.items is not None:
+            if REFERENCE in body:
+                body = await self.items.resolve(key.tenant_id, body)
+            request = read_request(api, body)
+            door = Door(scope.path, request, body)
+            door.responses.keep(partial(self.items.store, key.tenant_id))  # type: ignore[union-attr]
+            return key, body, request, door
+        request = read_request(api, body)
         return key, body, request, Door(scope.path, request, body)
 
     async def _count_tokens(self, scope: Any, proto: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import msgspec
 
@@ -36,11 +37,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def echoed(request: ResponsesRequest, model: str) -> Response:
+def echoed(request: ResponsesRequest, model: str, store: bool = False) -> Response:
     """A new Response (`in_progress`, no output yet) carrying the settings of the request it answers, as OpenAI's
-    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`; `store` is false, since
-    nothing is stored whatever the request asked."""
-    return Response(
+    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`; `store` says whether its
+    items will be kept (the door's `ResponsesCall.keep`), whatever the request asked."""
+    return Response(store=store,
         id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=model, output=[],
         instructions=request.instructions, max_output_tokens=request.max_output_tokens,
         parallel_tool_calls=request.parallel_tool_calls is not False, temperature=request.temperature,
@@ -81,9 +82,11 @@ def reasoning_item(text: str, status: ItemStatus, item_id: str | None = None) ->
 
 
 def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | None = None,
-                       request: ResponsesRequest | None = None) -> bytes:
+                       request: ResponsesRequest | None = None,
+                       kept: Callable[[Response], Response] | None = None) -> bytes:
     """A chat.completion as the Response begun as `response` (`echoed`); its usage the gateway's `estimate` when
-    the relay made one, else the upstream's."""
+    the relay made one, else the upstream's; `kept` takes the finished Response's items to keep, and gives the
+    Response as it is answered (`store` false when they are not kept)."""
     reply = whole_reply(data)
     choice = next((c for c in reply.choices or () if c.index == 0), Choice())
     message = choice.message
@@ -109,4 +112,5 @@ def openai_to_response(data: bytes, response: Response, estimate: TokenCounts | 
     usage = reply.usage
     counts = believable(usage_counts(usage)) if usage is not None else None
     reasoning = usage.reasoning_tokens if usage is not None and counts is not None and estimate is None else 0
-    return encode(finished(response, output, estimate or counts, incomplete, reasoning))
+    answered = finished(response, output, estimate or counts, incomplete, reasoning)
+    return encode(kept(answered) if kept is not None else answered)

@@ -10,7 +10,10 @@ the message, whole or streamed (`response.reasoning_text.delta`), with `reasonin
 upstream says how many. A stream that fails ends with `response.failed` carrying the usage the call's usage event
 records (`_estimate`, when the upstream sent no counts).
 
-The gateway is stateless: nothing is stored (`store` is accepted, and answered `false`), so a request that would
+A Response's output items are kept for a while when the gateway keeps them (`keep`: `SWITCHYARD_RESPONSES_STORE_TTL_S`
+above 0, and the request did not say `store: false`; then it says `store: true`), so that a later request may name
+them by `item_reference` (pipeline/stored_items.py resolves those before the request is read here: a reference
+reaching this door was not resolved, and is refused). Responses themselves are not kept: a request that would
 continue a stored response, conversation or prompt, or run in the background, is refused (400 naming the field).
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (the `/v1/` prefix's shape), an upstream's
 passed on as the OpenAI door passes them on; inside a stream, an `error` event and `response.failed`.
@@ -18,7 +21,7 @@ passed on as the OpenAI door passes them on; inside a stream, an `error` event a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -37,18 +40,20 @@ from switchyard_gateway.services.gateway.translate.responses_answers import echo
 from switchyard_gateway.services.gateway.translate.responses_requests import chat_body
 from switchyard_gateway.services.gateway.translate.responses_stream import OpenAIStreamToResponses
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ContentPart, InputItem, ResponsesRequest, decode_responses_request, offered,
+    ContentPart, InputItem, Response, ResponsesRequest, decode_responses_request, offered,
 )
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts
 
 RESPONSES = "openai.responses"
 RESPONSES_APIS = {"/v1/responses": RESPONSES}
 OUTPUT_LIMIT_FIELD = "max_output_tokens"
+MAX_KEPT_BYTES = 1024 * 1024    # a Response whose items (JSON) are larger is not kept, and says `store: false`
 
-# Request fields that ask for what a stateless gateway does not have: (field, why it cannot be served)
+# Request fields that ask for what the gateway does not keep or run: (field, why it cannot be served)
 UNSERVED = (
-    ("previous_response_id", "nothing is stored to continue from: send the conversation in `input`"),
-    ("conversation", "nothing is stored to continue from: send the conversation in `input`"),
+    ("previous_response_id", "responses are not stored to continue from: send the conversation in `input` (earlier "
+                             "output items by `item_reference`, while they are kept)"),
+    ("conversation", "conversations are not stored to continue from: send the conversation in `input`"),
     ("prompt", "stored prompts are not served: send the prompt in `instructions` and `input`"),
     ("background", "background responses are not served: nothing is stored to fetch later"),
 )
@@ -160,8 +165,8 @@ def _check_items(items: list[InputItem]) -> None:
                                      param=f"{where}.output[{number}].type", code="unsupported_parameter")
                 _check_part(part, f"{where}.output[{number}]")
         elif item.type == "item_reference":
-            raise BadRequest(f"Invalid '{where}.type': an item_reference names a stored item, and nothing is "
-                             "stored: send the item itself (a client that refers to earlier output by id, as the "
+            raise BadRequest(f"Invalid '{where}.type': an item_reference names a kept item, and this gateway keeps "
+                             "none: send the item itself (a client that refers to earlier output by id, as the "
                              "AI SDK's Responses model does, sends it whole when the request says `store: false`)",
                              param=f"{where}.type", code="unsupported_parameter")
         elif item.type != "reasoning":
@@ -204,7 +209,7 @@ def _upstream_error(data: bytes, status: int) -> bytes:
 class ResponsesCall:
     """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
 
-    __slots__ = ("request", "stream", "_body", "_ask", "_ceiling")
+    __slots__ = ("request", "stream", "kept", "_keeper", "_keeps", "_body", "_ask", "_ceiling")
 
     def __init__(self, request: InferenceRequest, body: bytes) -> None:
         self._body = body
@@ -213,6 +218,26 @@ class ResponsesCall:
         self.stream: OpenAIStreamToResponses | None = None      # the last attempt's, once one streams
         self._ask: Ask | None = None              # what the call asks for, once the proxy asked (`ask`)
         self._ceiling: int | None = None          # the output limit the last attempt was sent with, if any
+        self._keeps = False                       # whether its Response's items are to be kept (`keep`)
+        self._keeper: Callable[[list[tuple[str, bytes]]], None] | None = None
+        self.kept: list[tuple[str, bytes]] | None = None    # those items (id, JSON), once it is answered
+
+    def keep(self, keeper: Callable[[list[tuple[str, bytes]]], None]) -> None:
+        """The gateway keeps Responses' items: this call's are handed to `keeper` as its Response is made (whole, or
+        a stream's last event; never a failed stream's), unless its request says `store: false`."""
+        self._keeps, self._keeper = self.request.store is not False, keeper
+
+    def _kept(self, response: Response) -> Response:
+        """The answered Response's items handed over to keep (and `kept`); the Response says `store: false` when
+        they are larger than MAX_KEPT_BYTES, and are not."""
+        items = [(item.id, encode(item)) for item in response.output]
+        if sum(len(raw) for _, raw in items) > MAX_KEPT_BYTES:
+            self.kept = None
+            return msgspec.structs.replace(response, store=False)
+        self.kept = items
+        if self._keeper is not None:
+            self._keeper(items)
+        return response
 
     def _request(self, body: bytes) -> ResponsesRequest:
         """The request a plan translates: the one read at the door, unless the body was rewritten since."""
@@ -231,8 +256,9 @@ class ResponsesCall:
         return Plan(
             native=False,
             request=lambda body, model, ceiling=None: self._chat(body, model, ceiling, hosted),
-            answer=lambda data, model, times: openai_to_response(data, echoed(self.request, model), times.estimate,
-                                                                 self.request),
+            answer=lambda data, model, times: openai_to_response(
+                data, echoed(self.request, model, self._keeps), times.estimate, self.request,
+                self._kept if self._keeps else None),
             error=_upstream_error, stream=self._relay, usage=openai_usage)
 
     def _chat(self, body: bytes, model: str, ceiling: int | None, hosted: bool) -> tuple[str, bytes]:
@@ -240,7 +266,8 @@ class ResponsesCall:
         return CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)
 
     def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
-        self.stream = OpenAIStreamToResponses(echoed(self.request, model), self._estimate, self.request)
+        self.stream = OpenAIStreamToResponses(echoed(self.request, model, self._keeps), self._estimate, self.request,
+                                              self._kept if self._keeps else None)
         return self.stream
 
     def _estimate(self, output_tokens: int) -> TokenCounts:

@@ -29,8 +29,9 @@ usage is what the usage event records: the upstream's counts if they came, else 
 the prompt as the call's Ask counted it, the output from the bytes written so far). The relay shape is
 `plans.Stream`'s: `usage` holds the upstream's counts, `content_events` the output estimate when none came, and the
 final Response shows the relay's `estimate` then, with `reasoning_tokens` the upstream's
-`completion_tokens_details.reasoning_tokens` when its counts are shown. A refusal (the model declining, saying why) is
-a `refusal` part of the message, as OpenAI's own; the other doors, whose APIs have none, show it as text.
+`completion_tokens_details.reasoning_tokens` when its counts are shown. A refusal (the model declining, saying why)
+is a `refusal` part of the message, as OpenAI's own; the other doors, whose APIs have none, show it as text. The
+items of a stream that completed (or ended incomplete) are what `kept` is given to keep; a failed stream's never.
 """
 
 from __future__ import annotations
@@ -69,11 +70,13 @@ class OpenAIStreamToResponses(ChatStreamReader):
 
     __slots__ = ("_response", "_estimate_of", "_sequence", "_started", "_output", "_thinking", "_thought", "_message",
                  "_parts", "_part", "_pieces", "_calls", "_reasoning_tokens", "_logprobs", "_tokens",
-                 "_request")
+                 "_request", "_kept")
 
     def __init__(self, response: Response, estimate_of: Callable[[int], TokenCounts] | None = None,
-                 request: ResponsesRequest | None = None) -> None:
+                 request: ResponsesRequest | None = None,
+                 kept: Callable[[Response], Response] | None = None) -> None:
         super().__init__()
+        self._kept = kept                         # takes the final Response's items to keep (`openai_to_response`)
         self._request = request                   # what it asked of log probabilities (none without it)
         self._response = response                 # `responses_answers.echoed`: in progress, no output
         self._estimate_of = estimate_of
@@ -99,6 +102,8 @@ class OpenAIStreamToResponses(ChatStreamReader):
         out += self._start() + self._close(incomplete is not None) + self._write_calls()
         counts, reasoning = self._spent()
         response = finished(self._response, self._output, counts, incomplete, reasoning)
+        if self._kept is not None:
+            response = self._kept(response)
         if incomplete is not None:
             return out + self._sse(ResponseIncomplete, response=response)
         return out + self._sse(ResponseCompleted, response=response)

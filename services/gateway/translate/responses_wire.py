@@ -1,6 +1,6 @@
 """OpenAI's Responses API on the wire: the request, the Response object, and the stream events, as msgspec types.
 
-The request is read strictly enough to refuse what a stateless gateway cannot serve (a stored response, prompt
+The request is read strictly enough to refuse what the gateway does not keep or serve (a stored response, prompt
 or conversation to continue from, a background run, a hosted tool) and every number out of OpenAI's range, with a
 400 naming the field before anything is reserved; fields it does not know are ignored, as OpenAI's chat door
 ignores them. An input item is read as one struct whatever its `type` (a message may leave its `type` out), and
@@ -112,7 +112,8 @@ class ReasoningConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):
     """`POST /v1/responses`. `previous_response_id`, `conversation`, `prompt` and `background: true` are read only
-    to be refused: nothing is stored to continue from or to run later."""
+    to be refused: responses are not stored to continue from or to run later (only their output items are kept, for
+    `item_reference`s to name)."""
 
     model: str
     input: str | list[InputItem] | None = None
@@ -134,7 +135,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
                         Meta(max_length=16)] | None = None
-    store: bool | None = None                     # accepted; nothing is stored
+    store: bool | None = None                     # false: the answer's items are not kept
     background: bool | None = None
     previous_response_id: str | None = None
     conversation: Any = None
@@ -265,7 +266,7 @@ class Response(msgspec.Struct, kw_only=True):
     user: str | None = None
     metadata: dict[str, str]
     background: bool = False
-    store: bool = False                           # nothing is stored, whatever the request said
+    store: bool = False                           # whether its output items are kept (`item_reference`)
     reasoning: ReasoningConfig | None = None
     top_logprobs: int | None = None
     max_tool_calls: int | None = None

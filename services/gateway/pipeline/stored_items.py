@@ -1,0 +1,171 @@
+"""The Responses door's kept items: a Response's output items kept in Valkey for a while, for later requests to name.
+
+A later request names an item by id (`{"type": "item_reference", "id": "msg_…"}`), as the AI SDK's default Responses
+model does from its second turn on (`msg_…`, `rs_…` and `fc_…` items).
+
+A Response is kept when its request did not say `store: false` and it was answered 200 (whole, or a stream that
+completed or ended incomplete; never a failed one), for `SWITCHYARD_RESPONSES_STORE_TTL_S` (0 keeps nothing: `store`
+is answered false and every reference refused). Each item is kept under `<prefix><tenant>:<item id>`, its JSON as the
+Response carried it, which is an input item the door reads as it is; a Response whose items are larger than the
+door's MAX_KEPT_BYTES is not kept (and says `store: false`). The items are sent to Valkey as the Response is made,
+without making the client wait; a failed store is dropped (warned of, throttled).
+
+Before the door reads a request, its references are looked up under the caller's tenant in one round trip (MGET) and
+replaced by the items: what is counted for the quota, routed and sent upstream is the request with the items whole.
+A reference to nothing kept (never, expired, another tenant's, or an id the gateway never writes) is a 400 naming
+it; more than MAX_REFERENCES a 400; a request larger than the body limit with its items in place a 413; a Valkey
+that does not answer a 503 (the request cannot be read without it). Responses themselves are not kept:
+`previous_response_id`, `conversation` and `GET`/`DELETE /v1/responses/{id}` stay unserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import msgspec
+import structlog
+
+from switchyard_gateway.kit.logs import Throttle
+from switchyard_gateway.resp import Valkey, ValkeyError
+from switchyard_gateway.services.gateway.edge.errors import ApiError, BadRequest
+
+log = structlog.get_logger()
+
+WARN_EVERY_S = 30.0
+LOOKUP_TIMEOUT_S = 2.0            # references Valkey has not resolved by then: the call is answered 503
+RECHECK_S = 0.1                   # a reference not found is looked up once more after this: a client that sends its
+                                  # next turn at once (a tool loop) may reach another worker before the store lands
+MAX_REFERENCES = 4096             # item_references one request may hold
+ITEM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")     # the ids the door writes (`msg_<hex>`): no other is ever kept
+REFERENCE = b"item_reference"     # a body without these bytes holds no reference and is not decoded here
+
+
+class StoreUnavailable(ApiError):
+    """503: Valkey did not answer the lookup of a request's item references."""
+
+    status, kind, code = 503, "server_error", "store_unavailable"
+
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class StoredItems:
+    """Keeps a Response's output items per tenant, and resolves a request's references to them."""
+
+    def __init__(self, valkey: Valkey, prefix: str, ttl_s: float, max_body_bytes: int) -> None:
+        self.valkey, self.prefix = valkey, prefix
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.max_body_bytes = max_body_bytes       # a request with its items resolved is bounded as a body sent
+        self._stores: set[asyncio.Task[Any]] = set()
+        self._warnings = Throttle(WARN_EVERY_S)
+
+    def key(self, tenant_id: str, item_id: str) -> str:
+        """`<prefix><tenant>:<item id>`: the item id has no `:` (ITEM_ID), so no two tenants' keys meet."""
+        return f"{self.prefix}{tenant_id}:{item_id}"
+
+    async def resolve(self, tenant_id: str, body: bytes) -> bytes:
+        """The body with each `item_reference` of its `input` replaced by the item kept under the tenant; the body
+        itself when it holds none (or is not an object with a list `input`: the door refuses it as it is)."""
+        try:
+            request = _decode(body)
+        except (msgspec.DecodeError, RecursionError):
+            return body
+        items = request.get("input") if isinstance(request, dict) else None
+        if not isinstance(items, list):
+            return body
+        wanted = referenced(items)
+        if not wanted:
+            return body
+        if len(wanted) > MAX_REFERENCES:
+            raise BadRequest(f"Invalid 'input': it holds {len(wanted)} item_references, more than the "
+                             f"{MAX_REFERENCES} one request may hold", param="input", code="invalid_value")
+        for index, item_id in wanted:
+            if item_id is None:
+                raise not_kept(index, item_id)
+        keys = [self.key(tenant_id, item_id) for _, item_id in wanted]
+        found = await self._lookup(keys)
+        missing = [number for number, raw in enumerate(found) if raw is None]
+        if missing:
+            await asyncio.sleep(RECHECK_S)
+            for number, raw in zip(missing, await self._lookup([keys[number] for number in missing])):
+                found[number] = raw
+        for (index, item_id), raw in zip(wanted, found):
+            if raw is None:
+                raise not_kept(index, item_id)
+            items[index] = msgspec.Raw(raw)
+        resolved = _encode(request)
+        if len(resolved) > self.max_body_bytes:          # (the body itself was read: nothing is left to drain)
+            raise ApiError(f"Request body is larger than the {self.max_body_bytes} byte limit with the items its "
+                           "item_references name", status=413, code="payload_too_large", param="input")
+        return resolved
+
+    async def _lookup(self, keys: list[str]) -> list[bytes | None]:
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                return await self.valkey.call("MGET", *keys)  # type: ignore[no-any-return]
+        except (ConnectionError, ValkeyError, TimeoutError) as exc:
+            self._warn("responses.store_lookup_failed", exc)
+            raise StoreUnavailable("The items this request refers to could not be looked up right now; retry "
+                                   "shortly, or send the items themselves", headers={"retry-after": "1"}) from None
+
+    async def warm(self) -> None:
+        """Open the connection at start, so that the first store is not slower than a client's next turn; a Valkey
+        away now is only warned of (each call tries again)."""
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                await self.valkey.call("PING")
+        except (ConnectionError, ValkeyError, TimeoutError) as exc:
+            self._warn("responses.store_unreachable", exc)
+
+    def store(self, tenant_id: str, items: list[tuple[str, bytes]]) -> None:
+        """Keep a Response's items (id, JSON) in the background, as the Response is made: its bytes are on their
+        way to the client as the store is sent, and the client never waits for it."""
+        if not items:
+            return
+        task = asyncio.ensure_future(self._store([(self.key(tenant_id, item_id), raw) for item_id, raw in items]))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    async def _store(self, pairs: list[tuple[str, bytes]]) -> None:
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):       # pipelined on the one connection
+                done = await asyncio.gather(*(self.valkey.call("SET", key, raw, "PX", self.ttl_ms)
+                                              for key, raw in pairs), return_exceptions=True)
+        except TimeoutError as exc:
+            done = [exc]
+        failed = next((result for result in done if isinstance(result, Exception)), None)
+        if failed is not None:
+            self._warn("responses.store_failed", failed)
+
+    async def close(self) -> None:
+        if self._stores:
+            await asyncio.wait(list(self._stores), timeout=2)
+        await self.valkey.close()
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        since = self._warnings.due()
+        if since is not None:
+            log.warning(what, error=str(exc) or type(exc).__name__, **({"repeated": since} if since else {}))
+
+
+def referenced(items: list[Any]) -> list[tuple[int, str | None]]:
+    """Each `item_reference` in `input`: its index, and its id when it is one the gateway could have kept (None: it
+    cannot name a kept item, whatever it is)."""
+    wanted: list[tuple[int, str | None]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            item_id = item.get("id")
+            wanted.append((index, item_id if isinstance(item_id, str) and ITEM_ID.fullmatch(item_id) else None))
+    return wanted
+
+
+def not_kept(index: int, item_id: str | None) -> BadRequest:
+    """The 400 for a reference to nothing kept, naming the item (an id too long or odd to be one is not repeated)."""
+    where = f"input[{index}].id"
+    named = f"'{item_id}'" if item_id is not None else "it names"
+    return BadRequest(f"Invalid '{where}': the item {named} is not kept here (it was never stored, was answered with "
+                      "`store: false`, belongs to another tenant, or expired): send the item itself",
+                      param=where, code="item_not_found")
