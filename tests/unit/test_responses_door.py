@@ -81,6 +81,32 @@ def test_items_become_chat_messages_with_function_calls_and_their_outputs() -> N
     ]
 
 
+def test_a_function_outputs_images_follow_its_run_of_tool_messages_in_a_user_message() -> None:
+    """A tool returning an image (the Agents SDK's and pydantic-ai's image outputs) was a 400: a chat `tool` message
+    holds text alone, so the images are shown to the model as the user's, right after the outputs."""
+    called = [{"type": "function_call", "call_id": f"call_{n}", "name": "get_weather", "arguments": "{}"}
+              for n in (1, 2)]
+    outputs = [
+        {"type": "function_call_output", "call_id": "call_1", "output": [
+            {"type": "input_text", "text": "A map:"}, {"type": "input_image", "image_url": PNG_URL, "detail": "low"}]},
+        {"type": "function_call_output", "call_id": "call_2", "output": [
+            {"type": "input_image", "image_url": "https://example.org/radar.png"}]}]
+    then = {"type": "message", "role": "user", "content": "Which is colder?"}
+    for items, last in ((called + outputs, []), (called + outputs + [then], [{"role": "user",
+                                                                              "content": "Which is colder?"}])):
+        messages = to_chat(input=items, tools=[WEATHER])["messages"]
+        assert messages[1:] == [
+            {"role": "tool", "tool_call_id": "call_1", "content": "A map:"},
+            {"role": "tool", "tool_call_id": "call_2", "content": ""},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": PNG_URL, "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "https://example.org/radar.png"}}]},
+            *last]
+    with_images = door(input=called + outputs, tools=[WEATHER]).ask(4096, None)
+    without = door(input=called + [{**o, "output": "A map:"} for o in outputs], tools=[WEATHER]).ask(4096, None)
+    assert with_images.counted_tokens() > without.counted_tokens() + 85     # each image counted as one
+
+
 def test_tools_choice_format_and_sampling_are_mapped() -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
     chat = to_chat(tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=False,
@@ -169,10 +195,12 @@ def refused(limit: int = 4096, **fields) -> BadRequest:
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
     ({"input": [{"type": "function_call_output", "call_id": "call_9", "output": "x"}]}, "input[0].call_id"),
-    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
-                {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image",
-                                                                             "image_url": PNG_URL}]}]},
-     "input[1].output[0].type"),
+    *(({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "c", "output": [part]}]}, param) for part, param in (
+        ({"type": "output_text", "text": "x"}, "input[1].output[0].type"),
+        ({"type": "input_image"}, "input[1].output[0].image_url"),
+        ({"type": "input_image", "image_url": "file:///etc/passwd"}, "input[1].output[0].image_url"),
+        ({"type": "input_text"}, "input[1].output[0].text"))),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
     ({"tools": [{"type": "function", "name": "no spaces allowed"}]}, "tools[0].name"),

@@ -160,9 +160,10 @@ def _check_items(items: list[InputItem]) -> None:
                 raise BadRequest(f"Invalid '{where}.call_id': no function_call before it has the call_id "
                                  f"'{item.call_id}'", param=f"{where}.call_id", code="invalid_value")
             for number, part in enumerate(item.output if isinstance(item.output, list) else ()):
-                if part.type != "input_text":
-                    raise BadRequest(f"Invalid '{where}.output[{number}].type': a function's output is text here",
-                                     param=f"{where}.output[{number}].type", code="unsupported_parameter")
+                if part.type not in ("input_text", "input_image"):
+                    raise BadRequest(f"Invalid '{where}.output[{number}].type': a function's output is text and "
+                                     "images here", param=f"{where}.output[{number}].type",
+                                     code="unsupported_parameter")
                 _check_part(part, f"{where}.output[{number}]")
         elif item.type == "item_reference":
             raise BadRequest(f"Invalid '{where}.type': an item_reference names a kept item, and this gateway keeps "

@@ -8,7 +8,7 @@
 | `input_text`, `output_text`, `refusal` parts | text (one string when a message is text alone) |
 | `input_image` (a URL or data URL, `detail`) | an `image_url` part |
 | `function_call` items (a namespace's function by its own name) | `tool_calls` of an assistant message (the one just before, when there is one) |
-| `function_call_output` items | `tool` messages (`tool_call_id`: its `call_id`) |
+| `function_call_output` items | `tool` messages (`tool_call_id`: its `call_id`); their images a user message after them |
 | `reasoning` items | dropped |
 | `tools` (flat: `name`, `description`, `parameters`, `strict`) | `tools` (`function: {...}`) |
 | a `namespace` tool's functions | `tools`, each under its own name, the namespace's description before its own |
@@ -46,8 +46,14 @@ def chat_body(request: ResponsesRequest, upstream_model: str, *, hosted: bool, c
     if isinstance(request.input, str):
         messages.append({"role": "user", "content": request.input})
     else:
+        shown: list[dict[str, Any]] = []          # images the function outputs just read hold
         for item in request.input or ():
-            _add_item(messages, item)
+            if shown and item.type != "function_call_output":
+                messages.append({"role": "user", "content": shown})
+                shown = []
+            _add_item(messages, item, shown)
+        if shown:
+            messages.append({"role": "user", "content": shown})
     out: dict[str, Any] = {"model": upstream_model, "messages": messages}
     limit = request.max_output_tokens
     if ceiling is not None and (limit is None or ceiling < limit):
@@ -103,8 +109,10 @@ def _tools(request: ResponsesRequest, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = request.parallel_tool_calls
 
 
-def _add_item(messages: list[dict[str, Any]], item: InputItem) -> None:
-    """One input item appended as chat messages; a function call joins the assistant message just before it."""
+def _add_item(messages: list[dict[str, Any]], item: InputItem, shown: list[dict[str, Any]]) -> None:
+    """One input item appended as chat messages; a function call joins the assistant message just before it; a
+    function output's images (a `tool` message holds text alone) are added to `shown`, which the caller sends as a
+    user message after the run of outputs."""
     if item.type == "message":
         role = "system" if item.role == "developer" else item.role
         content = item.content
@@ -124,7 +132,10 @@ def _add_item(messages: list[dict[str, Any]], item: InputItem) -> None:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif item.type == "function_call_output":
         output = item.output
-        text = output if isinstance(output, str) else "".join(part.text or "" for part in output or ())
+        text = output if isinstance(output, str) else "".join(part.text or "" for part in output or ()
+                                                                if part.type == "input_text")
+        if isinstance(output, list):
+            shown.extend(_part(part) for part in output if part.type == "input_image")
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
 
 
