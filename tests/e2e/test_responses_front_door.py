@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from tests.conftest import DemoStack, wait_for
+from tests.conftest import DUPLICATE_GRACE_S, DemoStack, wait_for
 from tests.e2e.test_anthropic_front_door import TOKENS, Upstream, add_tenant, registered_upstream
-from tests.e2e.test_demo import exactly_one_usage_row
+from tests.e2e.test_demo import exactly_one_usage_row, usage_rows
 from tests.e2e.test_quota_e2e import set_limits
 
 CHAT = "/v1/chat/completions"
@@ -183,3 +183,32 @@ async def test_an_upstream_cut_ends_the_stream_with_response_failed(demo: DemoSt
 
 async def _all(stream: openai.AsyncStream) -> list:
     return [event async for event in stream]
+
+
+async def test_input_tokens_counts_the_prompt_as_count_tokens_does_and_records_no_call(demo: DemoStack,
+                                                                                       upstream: Upstream) -> None:
+    """`client.responses.input_tokens.count` was a 404: it counts what a call's quota hold would (the same
+    tokenizer and framing as the Anthropic door's `count_tokens`), reaches no endpoint and records no usage."""
+    responses, rid, model = client(demo, upstream.key).responses, uuid.uuid4().hex, upstream.model("translated")
+    before = upstream.calls(CHAT)
+    text = "Grüße aus der Weichenhalle"
+    counted = await responses.input_tokens.count(model=model, instructions="Be brief.", input=text,
+                                                 extra_headers={"X-Request-Id": rid})
+    anthropic_count = await upstream.client().messages.count_tokens(
+        model=model, system="Be brief.", messages=[{"role": "user", "content": text}])
+    assert counted.object == "response.input_tokens" and counted.input_tokens == anthropic_count.input_tokens > 0
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    shown = await responses.input_tokens.count(model=model, instructions="Be brief.", input=[
+        {"role": "user", "content": [{"type": "input_text", "text": text}, image]}], tools=[WEATHER])
+    assert shown.input_tokens > counted.input_tokens + 100                 # the image and the tool count too
+    with pytest.raises(openai.NotFoundError):                              # a model not the tenant's
+        await responses.input_tokens.count(model="no-such-model", input=text)
+    for fields, param in (({}, "input"), ({"input": 5}, "input"),
+                          ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]},
+                           "input[0].call_id")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await responses.input_tokens.count(model=model, extra_body=fields)
+        assert refused.value.param == param or param in str(refused.value), refused.value
+    assert upstream.calls(CHAT) == before
+    await asyncio.sleep(DUPLICATE_GRACE_S)
+    assert await usage_rows(demo, rid) == []

@@ -178,6 +178,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/responses"): Operation("Responses (OpenAI), translated to chat completions; output items kept "
                                          "for `item_reference`", rw.ResponsesRequest, rw.Response, streams=_SSE,
                                          events=rw.StreamEvent, auth="door"),
+    ("POST", "/v1/responses/input_tokens"): Operation("Count a Responses request's prompt tokens (OpenAI)",
+                                                      rw.ResponsesRequest, rw.InputTokens, auth="door"),
     ("GET", "/v1/models"): Operation("The models the caller's tenant may use", response=s.ModelList, auth="door"),
     ("GET", "/v1/models/{model_id}"): Operation("One model, by id or alias", response=s.Model, auth="door"),
     # Anthropic

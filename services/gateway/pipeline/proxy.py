@@ -48,7 +48,7 @@ from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
 from switchyard_gateway.services.gateway.translate.doors import APIS, Door
-from switchyard_gateway.services.gateway.translate.responses_door import RESPONSES
+from switchyard_gateway.services.gateway.translate.responses_door import INPUT_TOKENS, RESPONSES
 
 log = structlog.get_logger()
 
@@ -77,8 +77,8 @@ class Proxy:
     async def __call__(self, scope: Any, proto: Any) -> None:
         """Serve one call (RSGI: `scope` has .path and .headers, `proto` reads the body and answers)."""
         api = self.routes[scope.path]
-        if api == COUNT_TOKENS:
-            await self._count_tokens(scope, proto)
+        if api == COUNT_TOKENS or api == INPUT_TOKENS:
+            await self._count_tokens(api, scope, proto)
             return
         if api not in EMBEDDING_APIS:
             return await self._serve(api, scope, proto)
@@ -163,35 +163,38 @@ class Proxy:
         key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await read_body(scope.headers, proto, self.max_body_bytes)
         api = self.routes[scope.path]
-        if api == RESPONSES and self.items is not None:
+        if (api == RESPONSES or api == INPUT_TOKENS) and self.items is not None:
             if REFERENCE in body:
                 body = await self.items.resolve(key.tenant_id, body)
             request = read_request(api, body)
             door = Door(scope.path, request, body)
-            door.responses.keep(partial(self.items.store, key.tenant_id))  # type: ignore[union-attr]
+            if api == RESPONSES:
+                door.responses.keep(partial(self.items.store, key.tenant_id))  # type: ignore[union-attr]
             return key, body, request, door
         request = read_request(api, body)
         return key, body, request, Door(scope.path, request, body)
 
-    async def _count_tokens(self, scope: Any, proto: Any) -> None:
-        """Anthropic's `count_tokens`: the prompt counted with the gateway's tokenizer; no endpoint, no usage event."""
+    async def _count_tokens(self, api: str, scope: Any, proto: Any) -> None:
+        """Anthropic's `count_tokens` and the Responses API's `input_tokens`: the prompt counted with the gateway's
+        tokenizer, as the call's quota hold would count it; no endpoint, no usage event."""
         request_id = request_id_of(scope.headers)
         try:
             key, body, request, door = await self._read(scope, proto)
             self.router.resolve(key.tenant_id, request.model)  # type: ignore[arg-type]  # 404 if not the tenant's
-            assert door.anthropic is not None
+            counter = door.anthropic.count_tokens if door.anthropic is not None \
+                else door.responses.input_tokens  # type: ignore[union-attr]
             estimator = self.quota.estimator
             if len(body) > WHOLE_COUNT_BYTES:                  # exact however long, counted off the loop
                 answer = await asyncio.get_running_loop().run_in_executor(
-                    None, door.anthropic.count_tokens, estimator.whole_counter(), estimator.image_tokens)
+                    None, counter, estimator.whole_counter(), estimator.image_tokens)
             else:
-                answer = door.anthropic.count_tokens(estimator.count, estimator.image_tokens)
+                answer = counter(estimator.count, estimator.image_tokens)
         except GatewayError as exc:
-            metrics.count_request(COUNT_TOKENS, exc.status)
+            metrics.count_request(api, exc.status)
             await refuse(proto, scope.path, exc, request_id)
             return
-        metrics.count_request(COUNT_TOKENS, 200)
-        proto.response_bytes(200, [("content-type", "application/json"), *request_id_headers("anthropic", request_id)],
+        metrics.count_request(api, 200)
+        proto.response_bytes(200, [("content-type", "application/json"), *request_id_headers(door.shape, request_id)],
                              answer)
 
     async def _reserve(self, call: Call, key: KeyIssued, plan: RoutePlan) -> tuple[RoutePlan, Reservation | None, bool]:

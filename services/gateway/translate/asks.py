@@ -605,9 +605,10 @@ REQUESTS: dict[str, type[InferenceRequest]] = {
     # the Anthropic and Responses doors read and check their whole requests themselves (anthropic_door.py,
     # responses_door.py): the routed fields here
     "anthropic.messages": InferenceRequest, "anthropic.count_tokens": InferenceRequest,
-    "openai.responses": OpenAICall,
+    "openai.responses": OpenAICall, "openai.responses.input_tokens": OpenAICall,
 }
-TRANSLATED = frozenset({"anthropic.messages", "anthropic.count_tokens", "openai.responses"})
+TRANSLATED = frozenset({"anthropic.messages", "anthropic.count_tokens", "openai.responses",
+                        "openai.responses.input_tokens"})
 _DECODERS = {api: msgspec.json.Decoder(kind).decode for api, kind in REQUESTS.items()}
 
 

@@ -40,12 +40,13 @@ from switchyard_gateway.services.gateway.translate.responses_answers import echo
 from switchyard_gateway.services.gateway.translate.responses_requests import chat_body
 from switchyard_gateway.services.gateway.translate.responses_stream import OpenAIStreamToResponses
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ContentPart, InputItem, Response, ResponsesRequest, decode_responses_request, offered,
+    ContentPart, InputItem, InputTokens, Response, ResponsesRequest, decode_responses_request, offered,
 )
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts
 
 RESPONSES = "openai.responses"
-RESPONSES_APIS = {"/v1/responses": RESPONSES}
+INPUT_TOKENS = "openai.responses.input_tokens"
+RESPONSES_APIS = {"/v1/responses": RESPONSES, "/v1/responses/input_tokens": INPUT_TOKENS}
 OUTPUT_LIMIT_FIELD = "max_output_tokens"
 MAX_KEPT_BYTES = 1024 * 1024    # a Response whose items (JSON) are larger is not kept, and says `store: false`
 
@@ -251,6 +252,11 @@ class ResponsesCall:
         check_tokens(output, OUTPUT_LIMIT_FIELD, limit)
         self._ask = Ask(output, 1, False, OUTPUT_LIMIT_FIELD, summed(self._texts), tokenizer, context=limit)
         return self._ask
+
+    def input_tokens(self, count: Callable[[str], int], per_image: int) -> bytes:
+        """The `input_tokens` answer: the prompt as `ask` counts it for the quota hold (`count(text)`, each image
+        `per_image` tokens)."""
+        return encode(InputTokens(summed(self._texts)(count, per_image)))
 
     def plan(self, endpoint_kind: str) -> Plan:
         hosted = endpoint_kind == "openai"

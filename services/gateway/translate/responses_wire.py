@@ -162,6 +162,13 @@ class Logprob(LogprobAlternative):
     top_logprobs: list[LogprobAlternative] = []
 
 
+class InputTokens(msgspec.Struct):
+    """`POST /v1/responses/input_tokens`: a Responses request's prompt, counted as its quota hold counts it."""
+
+    input_tokens: int
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+
+
 class OutputText(msgspec.Struct, tag_field="type", tag="output_text"):
     text: str
     annotations: list[Any] = []
