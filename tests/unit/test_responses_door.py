@@ -3,6 +3,7 @@ streams as the `openai` SDK's Responses models read them."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import openai
@@ -107,6 +108,24 @@ def test_a_function_outputs_images_follow_its_run_of_tool_messages_in_a_user_mes
     assert with_images.counted_tokens() > without.counted_tokens() + 85     # each image counted as one
 
 
+NOTES = "data:text/plain;charset=utf-8;base64," + base64.b64encode("Oslo: −3 °C, snow".encode()).decode()
+
+
+def test_a_plain_text_file_is_read_as_text_in_a_message_and_in_a_function_output() -> None:
+    """pydantic-ai sends a text attachment (and a tool's text/plain return value) as an `input_file` part: a 400 on
+    its type, until plain text in a data URL is read as text (its name, a blank line, the text)."""
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "Summarise"},
+                                          {"type": "input_file", "file_data": NOTES, "filename": "notes.txt"}]},
+             {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "c1", "output": [
+                 {"type": "input_text", "text": "Attached: "}, {"type": "input_file", "file_data": NOTES}]}]
+    messages = to_chat(input=items, tools=[WEATHER])["messages"]
+    assert messages[0] == {"role": "user", "content": "Summarise\nnotes.txt\n\nOslo: −3 °C, snow"}
+    assert messages[2] == {"role": "tool", "tool_call_id": "c1", "content": "Attached: Oslo: −3 °C, snow"}
+    plain = door(input=[{"role": "user", "content": [{"type": "input_text", "text": "Summarise"}]}])
+    assert door(input=items[:1]).ask(4096, None).counted_tokens() > plain.ask(4096, None).counted_tokens() + 5
+
+
 def test_tools_choice_format_and_sampling_are_mapped() -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
     chat = to_chat(tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=False,
@@ -200,7 +219,17 @@ def refused(limit: int = 4096, **fields) -> BadRequest:
         ({"type": "output_text", "text": "x"}, "input[1].output[0].type"),
         ({"type": "input_image"}, "input[1].output[0].image_url"),
         ({"type": "input_image", "image_url": "file:///etc/passwd"}, "input[1].output[0].image_url"),
-        ({"type": "input_text"}, "input[1].output[0].text"))),
+        ({"type": "input_text"}, "input[1].output[0].text"),
+        ({"type": "input_file", "file_id": "file_1"}, "input[1].output[0].file_data"))),
+    *(({"input": [{"role": "user", "content": [{"type": "input_file", **part}]}]}, param) for part, param in (
+        ({"file_id": "file_1"}, "input[0].content[0].file_data"),
+        ({"file_url": "https://example.org/a.pdf"}, "input[0].content[0].file_data"),
+        ({"file_data": "data:application/pdf;base64,JVBERi0="}, "input[0].content[0].file_data"),
+        ({"file_data": "data:text/plain;base64,not base64!"}, "input[0].content[0].file_data"),
+        ({"file_data": "data:text/plain;base64," + base64.b64encode(b"\xff\xfe").decode()},
+         "input[0].content[0].file_data"),
+        ({"file_data": "text/plain;base64,SGk="}, "input[0].content[0].file_data"),
+        ({"file_data": 5}, "input[0].content[0].file_data"))),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
     ({"tools": [{"type": "function", "name": "no spaces allowed"}]}, "tools[0].name"),

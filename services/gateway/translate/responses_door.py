@@ -40,7 +40,7 @@ from switchyard_gateway.services.gateway.translate.responses_answers import echo
 from switchyard_gateway.services.gateway.translate.responses_requests import chat_body
 from switchyard_gateway.services.gateway.translate.responses_stream import OpenAIStreamToResponses
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ContentPart, InputItem, InputTokens, Response, ResponsesRequest, decode_responses_request, offered,
+    ContentPart, InputItem, InputTokens, Response, ResponsesRequest, decode_responses_request, file_text, offered,
 )
 from switchyard_gateway.services.gateway.translate.wire import TokenCounts
 
@@ -161,9 +161,9 @@ def _check_items(items: list[InputItem]) -> None:
                 raise BadRequest(f"Invalid '{where}.call_id': no function_call before it has the call_id "
                                  f"'{item.call_id}'", param=f"{where}.call_id", code="invalid_value")
             for number, part in enumerate(item.output if isinstance(item.output, list) else ()):
-                if part.type not in ("input_text", "input_image"):
-                    raise BadRequest(f"Invalid '{where}.output[{number}].type': a function's output is text and "
-                                     "images here", param=f"{where}.output[{number}].type",
+                if part.type not in ("input_text", "input_image", "input_file"):
+                    raise BadRequest(f"Invalid '{where}.output[{number}].type': a function's output is text, "
+                                     "images and files here", param=f"{where}.output[{number}].type",
                                      code="unsupported_parameter")
                 _check_part(part, f"{where}.output[{number}]")
         elif item.type == "item_reference":
@@ -184,6 +184,15 @@ def _check_part(part: ContentPart, where: str) -> None:
         if not part.image_url[:8].lower().startswith(IMAGE_SCHEMES):     # the upstream fetches it
             raise BadRequest(f"Invalid '{where}.image_url': an image is an http(s) URL or a data: URL",
                              param=f"{where}.image_url", code="invalid_value")
+    elif part.type == "input_file":
+        if part.file_data is None:
+            raise BadRequest(f"Invalid '{where}': a file is given by `file_data` here (a file_id names a stored file "
+                             "and a file_url one to fetch, and neither is read)", param=f"{where}.file_data",
+                             code="missing_field")
+        if file_text(part) is None:
+            raise BadRequest(f"Invalid '{where}.file_data': only plain-text files are read (a data:text/...;base64, "
+                             "URL of UTF-8 text); PDFs and other files are not served by this gateway",
+                             param=f"{where}.file_data", code="unsupported_parameter")
     else:
         field = "refusal" if part.type == "refusal" else "text"
         _need(getattr(part, field), f"{where}.{field}")
@@ -300,7 +309,8 @@ class ResponsesCall:
             if isinstance(content, str):
                 yield content
             for part in content if isinstance(content, list) else ():
-                yield IMAGE if part.type == "input_image" else part.text or part.refusal or ""
+                yield IMAGE if part.type == "input_image" else file_text(part) or "" if part.type == "input_file" \
+                    else part.text or part.refusal or ""
             for text in (item.call_id, item.name, item.arguments):
                 if text:
                     yield text

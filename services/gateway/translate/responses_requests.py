@@ -7,6 +7,7 @@
 | `message` items, role `user` / `system` / `developer` / `assistant` | messages (`developer` as `system`, which every server takes) |
 | `input_text`, `output_text`, `refusal` parts | text (one string when a message is text alone) |
 | `input_image` (a URL or data URL, `detail`) | an `image_url` part |
+| `input_file`, plain text in `file_data` | text: its `filename`, a blank line, its text |
 | `function_call` items (a namespace's function by its own name) | `tool_calls` of an assistant message (the one just before, when there is one) |
 | `function_call_output` items | `tool` messages (`tool_call_id`: its `call_id`); their images a user message after them |
 | `reasoning` items | dropped |
@@ -33,7 +34,7 @@ from typing import Any
 from switchyard_gateway.services.gateway.translate.anthropic_requests import user_content
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.responses_wire import (
-    ContentPart, InputItem, ResponsesRequest, offered, wants_logprobs,
+    ContentPart, InputItem, ResponsesRequest, file_text, offered, wants_logprobs,
 )
 
 
@@ -132,8 +133,9 @@ def _add_item(messages: list[dict[str, Any]], item: InputItem, shown: list[dict[
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif item.type == "function_call_output":
         output = item.output
-        text = output if isinstance(output, str) else "".join(part.text or "" for part in output or ()
-                                                                if part.type == "input_text")
+        text = output if isinstance(output, str) else "".join(
+            (file_text(part) or "") if part.type == "input_file" else part.text or ""
+            for part in output or () if part.type != "input_image")
         if isinstance(output, list):
             shown.extend(_part(part) for part in output if part.type == "input_image")
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
@@ -145,4 +147,6 @@ def _part(part: ContentPart) -> dict[str, Any]:
         if part.detail in ("low", "high", "auto"):
             image["detail"] = part.detail
         return {"type": "image_url", "image_url": image}
+    if part.type == "input_file":
+        return {"type": "text", "text": file_text(part) or ""}
     return {"type": "text", "text": (part.refusal if part.type == "refusal" else part.text) or ""}

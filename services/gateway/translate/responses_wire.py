@@ -10,6 +10,8 @@ schema is the one the code writes; shapes follow the `openai` SDK's `openai.type
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -23,15 +25,36 @@ Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 class ContentPart(msgspec.Struct, kw_only=True):
     """A part of a message's content: `input_text`, `input_image` (by URL or data URL; a stored `file_id` cannot
-    be read), and an assistant's `output_text` or `refusal` sent back; or of a `reasoning` item sent back, its
-    `reasoning_text` (as this door writes them)."""
+    be read), `input_file` (a plain-text file as a `data:text/...;base64,` URL in `file_data`, read as text; a stored
+    `file_id` or a `file_url` cannot be read), and an assistant's `output_text` or `refusal` sent back; or of a
+    `reasoning` item sent back, its `reasoning_text` (as this door writes them)."""
 
-    type: Literal["input_text", "input_image", "output_text", "refusal", "reasoning_text"]
+    type: Literal["input_text", "input_image", "input_file", "output_text", "refusal", "reasoning_text"]
     text: str | None = None
     image_url: str | None = None
     file_id: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
     detail: Literal["low", "high", "auto", "original"] | None = None
     refusal: str | None = None
+
+
+_TEXT_FILE = re.compile(r"data:text/[A-Za-z0-9.+-]+(;[A-Za-z0-9=.+-]+)*;base64,", re.ASCII)
+
+
+def file_text(part: ContentPart) -> str | None:
+    """A plain-text `input_file` as the text a model reads (its name, a blank line, its text), or None when it is no
+    plain text in a data URL (the door refuses it)."""
+    data = part.file_data or ""
+    opened = _TEXT_FILE.match(data[:256])
+    if opened is None:
+        return None
+    try:
+        text = base64.b64decode(data[opened.end():], validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return f"{part.filename}\n\n{text}" if part.filename else text
 
 
 class InputItem(msgspec.Struct, kw_only=True):
