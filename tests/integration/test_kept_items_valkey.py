@@ -34,7 +34,7 @@ async def _kept(items: StoredItems, tenant: str, *pairs: tuple[str, dict]) -> No
 
 
 async def _stored(items: StoredItems) -> bool:
-    return not items._stores
+    return not items._writes
 
 
 async def test_a_reference_is_replaced_by_the_item_kept_under_the_tenant(urls: StackUrls) -> None:

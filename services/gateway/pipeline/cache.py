@@ -15,17 +15,13 @@ import hashlib
 from typing import Any
 
 import msgspec
-import structlog
 
-from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.metrics import EMBEDDING_APIS
+from switchyard_gateway.services.gateway.pipeline.background_writes import BackgroundWrites
 from switchyard_gateway.services.gateway.settings import CACHE_MODES
 
-log = structlog.get_logger()
-
-WARN_EVERY_S = 30.0
 
 
 class CachedAnswer(msgspec.Struct, array_like=True, frozen=True):
@@ -39,18 +35,17 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(CachedAnswer).decode
 
 
-class ResponseCache:
+class ResponseCache(BackgroundWrites):
     """Looks answers up before dispatch and keeps fresh ones afterwards, without making the client wait."""
 
     def __init__(self, valkey: Valkey, prefix: str, mode: str, ttl_s: float, max_bytes: int,
                  timeout_s: float) -> None:
         if mode not in CACHE_MODES:
             raise ValueError(f"SWITCHYARD_CACHE must be one of {', '.join(CACHE_MODES)}, not {mode!r}")
-        self.valkey, self.prefix, self.mode = valkey, prefix, mode
+        super().__init__(valkey)
+        self.prefix, self.mode = prefix, mode
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.max_bytes, self.timeout_s = max_bytes, timeout_s
-        self._stores: set[asyncio.Task[Any]] = set()
-        self._warnings = Throttle(WARN_EVERY_S)
 
     def applies(self, api: str, stream: bool) -> bool:
         """Whether calls of this API may be cached at all under the configured mode."""
@@ -84,9 +79,7 @@ class ResponseCache:
         """Keep an answer in the background; the call has already been answered."""
         if len(answer.body) > self.max_bytes:
             return
-        task = asyncio.ensure_future(self._store(key, _encode(answer)))
-        self._stores.add(task)
-        task.add_done_callback(self._stores.discard)
+        self._in_background(self._store(key, _encode(answer)))
 
     async def _store(self, key: str, value: bytes) -> None:
         try:
@@ -95,15 +88,6 @@ class ResponseCache:
         except (ConnectionError, ValkeyError, TimeoutError) as exc:
             self._warn("cache.store_failed", exc)
 
-    async def close(self) -> None:
-        if self._stores:
-            await asyncio.wait(list(self._stores), timeout=2)
-        await self.valkey.close()
-
-    def _warn(self, what: str, exc: Exception) -> None:
-        since = self._warnings.due()
-        if since is not None:
-            log.warning(what, error=str(exc) or type(exc).__name__, **({"repeated": since} if since else {}))
 
 
 def directives(headers: Any) -> tuple[bool, bool]:

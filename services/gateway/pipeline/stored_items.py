@@ -25,15 +25,10 @@ import re
 from typing import Any
 
 import msgspec
-import structlog
-
-from switchyard_gateway.kit.logs import Throttle
 from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway.edge.errors import ApiError, BadRequest
+from switchyard_gateway.services.gateway.pipeline.background_writes import BackgroundWrites
 
-log = structlog.get_logger()
-
-WARN_EVERY_S = 30.0
 LOOKUP_TIMEOUT_S = 2.0            # references Valkey has not resolved by then: the call is answered 503
 RECHECK_S = 0.1                   # a reference not found is looked up once more after this: a client that sends its
                                   # next turn at once (a tool loop) may reach another worker before the store lands
@@ -52,15 +47,14 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-class StoredItems:
+class StoredItems(BackgroundWrites):
     """Keeps a Response's output items per tenant, and resolves a request's references to them."""
 
     def __init__(self, valkey: Valkey, prefix: str, ttl_s: float, max_body_bytes: int) -> None:
-        self.valkey, self.prefix = valkey, prefix
+        super().__init__(valkey)
+        self.prefix = prefix
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.max_body_bytes = max_body_bytes       # a request with its items resolved is bounded as a body sent
-        self._stores: set[asyncio.Task[Any]] = set()
-        self._warnings = Throttle(WARN_EVERY_S)
 
     def key(self, tenant_id: str, item_id: str) -> str:
         """`<prefix><tenant>:<item id>`: the item id has no `:` (ITEM_ID), so no two tenants' keys meet."""
@@ -125,9 +119,7 @@ class StoredItems:
         way to the client as the store is sent, and the client never waits for it."""
         if not items:
             return
-        task = asyncio.ensure_future(self._store([(self.key(tenant_id, item_id), raw) for item_id, raw in items]))
-        self._stores.add(task)
-        task.add_done_callback(self._stores.discard)
+        self._in_background(self._store([(self.key(tenant_id, item_id), raw) for item_id, raw in items]))
 
     async def _store(self, pairs: list[tuple[str, bytes]]) -> None:
         try:
@@ -140,15 +132,6 @@ class StoredItems:
         if failed is not None:
             self._warn("responses.store_failed", failed)
 
-    async def close(self) -> None:
-        if self._stores:
-            await asyncio.wait(list(self._stores), timeout=2)
-        await self.valkey.close()
-
-    def _warn(self, what: str, exc: Exception) -> None:
-        since = self._warnings.due()
-        if since is not None:
-            log.warning(what, error=str(exc) or type(exc).__name__, **({"repeated": since} if since else {}))
 
 
 def referenced(items: list[Any]) -> list[tuple[int, str | None]]:
