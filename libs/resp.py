@@ -68,10 +68,12 @@ _INCOMPLETE = object()
 
 
 def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
-    """One reply from `buffer` at `pos`: (value, next position), or (_INCOMPLETE, pos)."""
+    """One reply from `buffer` at `pos`: (value, next position), or (_INCOMPLETE, the length the buffer must reach
+    before the reply can be whole), so that a large reply arriving in many pieces is not read again from its start at
+    every piece."""
     end = buffer.find(b"\r\n", pos)
     if end < 0:
-        return _INCOMPLETE, pos
+        return _INCOMPLETE, len(buffer) + 1
     kind = buffer[pos]
     after = end + 2
     if kind == _INTEGER:
@@ -86,13 +88,13 @@ def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
             if after < size and buffer[after] == _INTEGER:     # the common item (script replies): inline
                 end = find(b"\r\n", after)
                 if end < 0:
-                    return _INCOMPLETE, pos
+                    return _INCOMPLETE, size + 1
                 append(int(buffer[after + 1:end]))
                 after = end + 2
                 continue
             item, after = parse(buffer, after)
             if item is _INCOMPLETE:
-                return _INCOMPLETE, pos
+                return _INCOMPLETE, after
             append(item)
         return items, after
     if kind == _BULK:
@@ -100,7 +102,7 @@ def parse(buffer: bytes | bytearray, pos: int) -> tuple[Any, int]:
         if size < 0:
             return None, after
         if len(buffer) < after + size + 2:
-            return _INCOMPLETE, pos
+            return _INCOMPLETE, after + size + 2
         return bytes(buffer[after:after + size]), after + size + 2
     if kind == _SIMPLE:
         return bytes(buffer[pos + 1:end]).decode(), after
@@ -118,6 +120,7 @@ class _Protocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.buffer = bytearray()
+        self.need = 0                   # the buffer's length before which the reply it holds cannot be whole
         self.outgoing: list[bytes] = []
         self.lost = False
 
@@ -140,16 +143,20 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        pos = 0
+        if len(self.buffer) < self.need:            # a large reply still coming: not read again until it can be whole
+            return
+        pos = need = 0
         while self.waiting and pos < len(self.buffer):
             value, nxt = parse(self.buffer, pos)
             if value is _INCOMPLETE:
+                need = nxt
                 break
             pos = nxt
             future = self.waiting.popleft()
             if not future.done():
                 future.set_result(value)
         del self.buffer[:pos]
+        self.need = need - pos if need else 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
