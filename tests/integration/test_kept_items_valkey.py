@@ -84,3 +84,27 @@ async def test_resolved_items_are_bounded_as_a_body_is(urls: StackUrls) -> None:
         await items.resolve("acme", _body("msg_big", "msg_big"))
     assert refused.value.status == 413
     await items.close()
+
+
+async def test_many_references_to_a_large_item_are_refused_before_it_is_fetched(urls: StackUrls,
+                                                                                 monkeypatch) -> None:
+    """300 references to one 400 KB kept item (a 22 KB request) had Valkey send 118 MB, read by the worker for 14 s
+    and holding every other lookup of that worker 503 meanwhile. Each item is asked for once, and its size is read
+    before it is fetched."""
+    items = _items(urls, max_body_bytes=4 << 20)
+    big = {**MESSAGE, "content": [{"type": "output_text", "text": "x" * 400_000}]}
+    await _kept(items, "acme", ("msg_big", big), ("msg_1a2b", MESSAGE))
+    fetched: list[list[str]] = []
+    real_lookup = items._lookup
+
+    async def lookup(keys: list[str]) -> list:
+        fetched.append(keys)
+        return await real_lookup(keys)
+    monkeypatch.setattr(items, "_lookup", lookup)
+    with pytest.raises(ApiError) as refused:
+        await items.resolve("acme", _body(*["msg_big"] * 300))
+    assert refused.value.status == 413 and fetched == []
+    resolved = json.loads(await items.resolve("acme", _body(*["msg_1a2b"] * 100, "msg_big")))
+    assert resolved["input"][1:] == [MESSAGE] * 100 + [big]
+    assert [len(keys) for keys in fetched] == [2]                     # each item once
+    await items.close()

@@ -37,6 +37,11 @@ ITEM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")     # the ids the door writes (`ms
 REFERENCE = b"item_reference"     # a body without these bytes holds no reference and is not decoded here
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(f"Request body is larger than the {limit} byte limit with the items its item_references name",
+                    status=413, code="payload_too_large", param="input")
+
+
 class StoreUnavailable(ApiError):
     """503: Valkey did not answer the lookup of a request's item references."""
 
@@ -79,31 +84,49 @@ class StoredItems(BackgroundWrites):
         for index, item_id in wanted:
             if item_id is None:
                 raise not_kept(index, item_id)
-        keys = [self.key(tenant_id, item_id) for _, item_id in wanted]
-        found = await self._lookup(keys)
-        missing = [number for number, raw in enumerate(found) if raw is None]
+        # each item asked for once, and how large it is before it is fetched: a few references to a large item must
+        # not make Valkey send (and this worker read) more than the request may hold
+        distinct = list(dict.fromkeys(item_id for _, item_id in wanted))
+        keys = [self.key(tenant_id, item_id) for item_id in distinct]  # type: ignore[arg-type]
+        sizes = await self._sizes(keys)
+        missing = [number for number, size in enumerate(sizes) if not size]
         if missing:
             await asyncio.sleep(RECHECK_S)
-            for number, raw in zip(missing, await self._lookup([keys[number] for number in missing])):
-                found[number] = raw
-        for (index, item_id), raw in zip(wanted, found):
-            if raw is None:
+            for number, size in zip(missing, await self._sizes([keys[number] for number in missing])):
+                sizes[number] = size
+        size_of = dict(zip(distinct, sizes))
+        for index, item_id in wanted:
+            if not size_of[item_id]:  # type: ignore[index]
+                raise not_kept(index, item_id)
+        if len(body) + sum(size_of[item_id] for _, item_id in wanted) > self.max_body_bytes:  # type: ignore[index]
+            raise _too_large(self.max_body_bytes)
+        found = dict(zip(distinct, await self._lookup(keys)))
+        for index, item_id in wanted:
+            raw = found[item_id]  # type: ignore[index]
+            if raw is None:                             # expired since its size was read
                 raise not_kept(index, item_id)
             items[index] = msgspec.Raw(raw)
         resolved = _encode(request)
         if len(resolved) > self.max_body_bytes:          # (the body itself was read: nothing is left to drain)
-            raise ApiError(f"Request body is larger than the {self.max_body_bytes} byte limit with the items its "
-                           "item_references name", status=413, code="payload_too_large", param="input")
+            raise _too_large(self.max_body_bytes)
         return resolved
 
+    async def _sizes(self, keys: list[str]) -> list[int]:
+        """Each key's value's length (0: none is kept), in one round trip (the calls go out in one write)."""
+        return await self._asked(asyncio.gather(*(self.valkey.call("STRLEN", key) for key in keys)))
+
     async def _lookup(self, keys: list[str]) -> list[bytes | None]:
+        return await self._asked(self.valkey.call("MGET", *keys))
+
+    async def _asked(self, reply: Any) -> Any:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
-                return await self.valkey.call("MGET", *keys)  # type: ignore[no-any-return]
+                answer = await reply
         except (ConnectionError, ValkeyError, TimeoutError) as exc:
             self._warn("responses.store_lookup_failed", exc)
             raise StoreUnavailable("The items this request refers to could not be looked up right now; retry "
                                    "shortly, or send the items themselves", headers={"retry-after": "1"}) from None
+        return answer
 
     async def warm(self) -> None:
         """Open the connection at start, so that the first store is not slower than a client's next turn; a Valkey
