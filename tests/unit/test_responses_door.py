@@ -122,6 +122,11 @@ def test_a_plain_text_file_is_read_as_text_in_a_message_and_in_a_function_output
     messages = to_chat(input=items, tools=[WEATHER])["messages"]
     assert messages[0] == {"role": "user", "content": "Summarise\nnotes.txt\n\nOslo: −3 °C, snow"}
     assert messages[2] == {"role": "tool", "tool_call_id": "c1", "content": "Attached: Oslo: −3 °C, snow"}
+    wrapped = "data:TEXT/Plain;base64," + base64.encodebytes("Oslo: −3 °C, snow".encode()).decode()   # lines
+    for data in (wrapped, "data:text/plain;charset=utf-8,Oslo%3A%20%E2%88%923%20%C2%B0C%2C%20snow"):
+        file = {"type": "input_file", "file_data": data}
+        assert to_chat(input=[{"role": "user", "content": [file]}])["messages"] == [
+            {"role": "user", "content": "Oslo: −3 °C, snow"}]
     plain = door(input=[{"role": "user", "content": [{"type": "input_text", "text": "Summarise"}]}])
     assert door(input=items[:1]).ask(4096, None).counted_tokens() > plain.ask(4096, None).counted_tokens() + 5
 

@@ -288,7 +288,7 @@ ANTHROPIC_REFUSES_FIELDS = [
            "output_format: give the answer's format once"),
           ({"output_config": {"effort": "extreme"}}, "output_config.effort"),
           *(({"thread": thread}, "thread: message threads are not served") for thread in (
-              {"type": "create"}, {"type": "continue", "previous_message_id": "msg_1"}, "t", 7, True)),
+              {"type": "create"}, {"type": "continue", "previous_message_id": "msg_1"}, "t", 7, True, 0, "", {})),
           ({"output_config": {"effort": 3}}, "output_config.effort"))],
 ])
 def test_bad_requests_are_refused_with_an_invalid_request_error(body: dict, expected: str) -> None:

@@ -124,7 +124,7 @@ def _refuse_unserved(request: MessagesRequest) -> None:
     for field, what in UNSERVED:
         if given[field] not in (None, "", [], {}):
             raise BadRequest(f"{field}: {what} are not served by this gateway", param=field)
-    if request.thread not in (None, False):
+    if request.thread is not None and request.thread is not False:
         raise BadRequest("thread: message threads are not served by this gateway, which keeps no conversation: send "
                          "the whole conversation in `messages`", param="thread",
                          details={"details": {"error_code": "thread_unsupported_request", "unsupported": ["thread"]}})

@@ -167,10 +167,11 @@ def _check_items(items: list[InputItem]) -> None:
                                      code="unsupported_parameter")
                 _check_part(part, f"{where}.output[{number}]")
         elif item.type == "item_reference":
-            raise BadRequest(f"Invalid '{where}.type': an item_reference names a kept item, and this gateway keeps "
-                             "none: send the item itself (a client that refers to earlier output by id, as the "
-                             "AI SDK's Responses model does, sends it whole when the request says `store: false`)",
-                             param=f"{where}.type", code="unsupported_parameter")
+            raise BadRequest(f"Invalid '{where}.type': this item_reference was not resolved: the gateway keeps no "
+                             "items (SWITCHYARD_RESPONSES_STORE_TTL_S is 0), or the reference's type is not written "
+                             "as plain `item_reference`; send the item itself (a client that refers to earlier output "
+                             "by id, as the AI SDK's Responses model does, sends it whole when the request says "
+                             "`store: false`)", param=f"{where}.type", code="unsupported_parameter")
         elif item.type != "reasoning":
             raise BadRequest(f"Invalid '{where}.type': '{item.type}' items are not served; messages, function_call "
                              "and function_call_output items are", param=f"{where}.type", code="unsupported_parameter")

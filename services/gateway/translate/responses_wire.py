@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+from urllib.parse import unquote_to_bytes
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -40,18 +41,24 @@ class ContentPart(msgspec.Struct, kw_only=True):
     refusal: str | None = None
 
 
-_TEXT_FILE = re.compile(r"data:text/[A-Za-z0-9.+-]+(;[A-Za-z0-9=.+-]+)*;base64,", re.ASCII)
+# a data URL of text (the media type in any case): its parameters, then `;base64` or not, then the data
+_TEXT_FILE = re.compile(r"data:text/[a-z0-9.+-]+((?:;[a-z0-9=.+-]+)*?)(;base64)?,", re.ASCII | re.IGNORECASE)
+_SPACE = re.compile(rb"\s+")
 
 
 def file_text(part: ContentPart) -> str | None:
     """A plain-text `input_file` as the text a model reads (its name, a blank line, its text), or None when it is no
-    plain text in a data URL (the door refuses it)."""
+    UTF-8 text in a data URL (the door refuses it); base64 may be wrapped in lines, and data that is not base64 is
+    percent-decoded, as data URLs are written."""
     data = part.file_data or ""
     opened = _TEXT_FILE.match(data[:256])
     if opened is None:
         return None
     try:
-        text = base64.b64decode(data[opened.end():], validate=True).decode()
+        if opened.group(2):
+            text = base64.b64decode(_SPACE.sub(b"", data[opened.end():].encode()), validate=True).decode()
+        else:
+            text = unquote_to_bytes(data[opened.end():]).decode()
     except (ValueError, UnicodeDecodeError):
         return None
     return f"{part.filename}\n\n{text}" if part.filename else text
