@@ -18,15 +18,16 @@ from tests.unit.test_responses_door import WEATHER, chunk, completion, door
 
 
 def _answered(keep: bool = True, **fields) -> tuple[dict, object]:
-    called = door(tools=[WEATHER], **fields)
+    """The Response, and the items handed over to keep (None: none were)."""
+    called, handed = door(tools=[WEATHER], **fields), []
     if keep:
-        called.responses.keep(lambda items: None)
+        called.responses.keep(handed.append)
     out = called.plan("openai-compatible").answer(
         completion({"content": "Hi", "reasoning_content": "think",
                     "tool_calls": [{"id": "call_1", "type": "function",
                                     "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}),
         "gpt-ish", Times(0, 0))
-    return json.loads(out), called.responses.kept
+    return json.loads(out), handed[0] if handed else None
 
 
 def test_a_kept_answer_says_store_true_and_hands_over_each_item_as_it_was_answered() -> None:
@@ -55,14 +56,14 @@ def test_items_larger_than_the_bound_are_not_kept(monkeypatch: pytest.MonkeyPatc
 def test_a_completed_stream_hands_over_its_items_and_a_failed_one_none() -> None:
     for ending, stored in ((chunk({}, "stop") + chunk(usage={"prompt_tokens": 3, "completion_tokens": 1}), True),
                            (b'data: {"error": {"message": "boom"}}\n\n', False)):
-        called = door(stream=True)
-        called.responses.keep(lambda items: None)
+        called, handed = door(stream=True), []
+        called.responses.keep(handed.append)
         tap = called.plan("openai-compatible").stream("gpt-ish", Times(0, 0))
         out = tap.feed(chunk({"content": "Hi"}) + ending) + tap.ended()
         if tap.done:
             out += tap.finish()
         assert b'"store":true' in out.split(b"\n")[1]             # response.created says so
-        kept = called.responses.kept
+        kept = handed[0] if handed else None
         assert (kept is not None) is stored
         if stored:
             [(item_id, raw)] = kept

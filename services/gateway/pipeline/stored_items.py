@@ -10,8 +10,10 @@ Response carried it, which is an input item the door reads as it is; a Response 
 door's MAX_KEPT_BYTES is not kept (and says `store: false`). The items are sent to Valkey as the Response is made,
 without making the client wait; a failed store is dropped (warned of, throttled).
 
-Before the door reads a request, its references are looked up under the caller's tenant in one round trip (MGET) and
-replaced by the items: what is counted for the quota, routed and sent upstream is the request with the items whole.
+Before the door reads a request, its references are looked up under the caller's tenant, each item once: their sizes
+first (STRLEN, one round trip), so that a request that would pass the body limit with them is refused before they
+are fetched, then the items (MGET), which replace the references: what is counted for the quota, routed and sent
+upstream is the request with the items whole.
 A reference to nothing kept (never, expired, another tenant's, or an id the gateway never writes) is a 400 naming
 it; more than MAX_REFERENCES a 400; a request larger than the body limit with its items in place a 413; a Valkey
 that does not answer a 503 (the request cannot be read without it). Responses themselves are not kept:

@@ -191,8 +191,9 @@ def _check_part(part: ContentPart, where: str) -> None:
                              "and a file_url one to fetch, and neither is read)", param=f"{where}.file_data",
                              code="missing_field")
         if file_text(part) is None:
-            raise BadRequest(f"Invalid '{where}.file_data': only plain-text files are read (a data:text/...;base64, "
-                             "URL of UTF-8 text); PDFs and other files are not served by this gateway",
+            raise BadRequest(f"Invalid '{where}.file_data': only plain-text files are read (a data:text/... URL of "
+                             "UTF-8 text, base64 or percent-encoded); PDFs and other files are not served by this "
+                             "gateway",
                              param=f"{where}.file_data", code="unsupported_parameter")
     else:
         field = "refusal" if part.type == "refusal" else "text"
@@ -221,7 +222,7 @@ def _upstream_error(data: bytes, status: int) -> bytes:
 class ResponsesCall:
     """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
 
-    __slots__ = ("request", "stream", "kept", "_keeper", "_keeps", "_body", "_ask", "_ceiling")
+    __slots__ = ("request", "stream", "_keeper", "_keeps", "_body", "_ask", "_ceiling")
 
     def __init__(self, request: InferenceRequest, body: bytes) -> None:
         self._body = body
@@ -232,7 +233,6 @@ class ResponsesCall:
         self._ceiling: int | None = None          # the output limit the last attempt was sent with, if any
         self._keeps = False                       # whether its Response's items are to be kept (`keep`)
         self._keeper: Callable[[list[tuple[str, bytes]]], None] | None = None
-        self.kept: list[tuple[str, bytes]] | None = None    # those items (id, JSON), once it is answered
 
     def keep(self, keeper: Callable[[list[tuple[str, bytes]]], None]) -> None:
         """The gateway keeps Responses' items: this call's are handed to `keeper` as its Response is made (whole, or
@@ -240,13 +240,11 @@ class ResponsesCall:
         self._keeps, self._keeper = self.request.store is not False, keeper
 
     def _kept(self, response: Response) -> Response:
-        """The answered Response's items handed over to keep (and `kept`); the Response says `store: false` when
-        they are larger than MAX_KEPT_BYTES, and are not."""
+        """The answered Response's items (id, JSON) handed over to keep; the Response says `store: false` when they
+        are larger than MAX_KEPT_BYTES, and are not."""
         items = [(item.id, encode(item)) for item in response.output]
         if sum(len(raw) for _, raw in items) > MAX_KEPT_BYTES:
-            self.kept = None
             return msgspec.structs.replace(response, store=False)
-        self.kept = items
         if self._keeper is not None:
             self._keeper(items)
         return response
