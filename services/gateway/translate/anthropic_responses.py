@@ -21,6 +21,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
     ThinkingContent, ToolUseContent, encode, sse,
 )
+from switchyard_gateway.services.gateway.translate.overflow import anthropic_overflow, overflow_of
 from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.wire import (
@@ -160,18 +161,20 @@ def error_body(status: int, message: str) -> bytes:
 
 
 def upstream_error(data: bytes, status: int) -> bytes:
-    """An upstream's error answer (OpenAI `{"error": {...}}`, Ollama `{"error": "..."}`, or text) in Anthropic's shape."""
+    """An upstream's error answer (OpenAI `{"error": {...}}`, Ollama `{"error": "..."}`, or text) in Anthropic's shape;
+    a prompt longer than the model's context in Anthropic's words for it (`prompt is too long: N tokens > M maximum`)."""
     try:
         body = decode_any(data)
     except msgspec.DecodeError:
         body = None
     if isinstance(body, dict) and "error" in body:
-        message = error_message(body["error"])
+        said, message = body["error"], error_message(body["error"])
     elif isinstance(body, dict) and "message" in body:
-        message = str(body["message"])
+        said = message = str(body["message"])
     else:
-        message = data.decode(errors="replace").strip() or f"The upstream answered {status}"
-    return error_body(status, message)
+        said = message = data.decode(errors="replace").strip() or f"The upstream answered {status}"
+    overflow = overflow_of(said, status)
+    return error_body(status, anthropic_overflow(overflow) if overflow is not None else message)
 
 
 def error_event(message: str, status: int = 502) -> bytes:

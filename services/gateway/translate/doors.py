@@ -31,6 +31,14 @@ OPENAI_APIS = {
     "/v1/completions": "openai.completions",
     "/v1/embeddings": "openai.embeddings",
 }
+
+# an upstream's error on the OpenAI door; a prompt too long for the model's context is said to be the field's fault
+_ERRORS: dict[str, Callable[[bytes, int], bytes]] = {
+    "openai.chat": openai_error_body,
+    "openai.completions": lambda data, status: openai_error_body(data, status, "prompt"),
+    "openai.embeddings": lambda data, status: openai_error_body(data, status, "input"),
+}
+
 APIS = {**OPENAI_APIS, **OLLAMA_APIS, **ANTHROPIC_APIS, **RESPONSES_APIS}
 _STREAMING_OLLAMA = frozenset({"ollama.chat", "ollama.generate"})
 
@@ -115,7 +123,7 @@ class Door:
             native=True,
             request=lambda body, upstream_model, ceiling=None: (
                 path, upstream_body(body, request, upstream_model, ceiling, endpoint_kind)),
-            answer=answer, error=openai_error_body, stream=lambda _model, _times: SseTap(keep_usage=keep_usage),
+            answer=answer, error=_ERRORS[self.api], stream=lambda _model, _times: SseTap(keep_usage=keep_usage),
             usage=openai_usage,
         )
 

@@ -14,6 +14,7 @@ import sys
 import msgspec
 
 from switchyard_gateway.services.gateway.edge.errors import from_status
+from switchyard_gateway.services.gateway.translate.overflow import OVERFLOW_CODE, openai_overflow, overflow_of
 from switchyard_gateway.services.gateway.translate.prefill import after_prefill
 from switchyard_gateway.services.gateway.translate.wire import (
     Choice, OllamaChat, OllamaEmbed, OllamaEmbedding, OllamaFunction, OllamaGenerate, OllamaMessage,
@@ -213,21 +214,29 @@ def openai_error_to_ollama(data: bytes, _status: int = 0) -> bytes:
     return ollama_error(data.decode(errors="replace"))
 
 
-def openai_error_body(data: bytes, status: int = 400) -> bytes:
+def openai_error_body(data: bytes, status: int = 400, prompt_param: str = "messages") -> bytes:
     """An upstream's error answer on the OpenAI door: relayed as is when it is OpenAI's
     `{"error": {"message", "type", "param", "code"}}`; one that only looks like it (a message alone, vLLM's integer
-    `code`) with those filled in (`_as_openai`), else its message wrapped in that shape."""
+    `code`) with those filled in (`_as_openai`), else its message wrapped in that shape. A prompt longer than the
+    model's context, in any server's words, is said as OpenAI says it (`context_length_exceeded`, `param` the
+    request's `prompt_param`)."""
     try:
         body = msgspec.json.decode(data)
     except msgspec.DecodeError:
         body = None
     if isinstance(body, dict):
         inner = body.get("error")
+        overflow = overflow_of(inner if inner is not None else body, status)
+        if overflow is not None and not (isinstance(inner, dict) and inner.get("code") == OVERFLOW_CODE):
+            return encode({"error": openai_overflow(overflow, prompt_param)})
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
             return data if _is_openai(inner) else encode({**body, "error": _as_openai(inner, status)})
         message = error_message(inner) if inner is not None else str(body.get("message") or body.get("detail") or "")
     else:
         message = data.decode(errors="replace").strip()
+        overflow = overflow_of(message, status)
+        if overflow is not None:
+            return encode({"error": openai_overflow(overflow, prompt_param)})
     return encode({"error": {"message": message or "upstream error", "type": "upstream_error", "param": None,
                              "code": "upstream_error"}})
 

@@ -33,6 +33,7 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.asks import (
     IMAGE, IMAGE_SCHEMES, Ask, _Image, check_tokens, refusal, summed,
 )
+from switchyard_gateway.services.gateway.translate.overflow import OVERFLOW_CODE
 from switchyard_gateway.services.gateway.translate.plans import Plan
 from switchyard_gateway.services.gateway.translate.requests import CHAT_PATH
 from switchyard_gateway.services.gateway.translate.responses import openai_error_body, openai_usage
@@ -207,14 +208,14 @@ def _need(value: object, where: str) -> None:
 
 def _upstream_error(data: bytes, status: int) -> bytes:
     """An upstream's error in OpenAI's shape (`openai_error_body`), without its `param`: that names a field of the
-    chat body the gateway sent, not of the request the client did."""
-    body = openai_error_body(data, status)
+    chat body the gateway sent, not of the request the client did (a prompt too long for the model names `input`)."""
+    body = openai_error_body(data, status, "input")
     try:
         shaped = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return body
     error = shaped.get("error") if isinstance(shaped, dict) else None
-    if not isinstance(error, dict) or error.get("param") is None:
+    if not isinstance(error, dict) or error.get("param") is None or error.get("code") == OVERFLOW_CODE:
         return body
     return encode({**shaped, "error": {**error, "param": None}})
 
