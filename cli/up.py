@@ -162,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
     data_dir: Path = args.data_dir.absolute()
     os.umask(0o077)                 # what the stack writes (Valkey's files, logs, journals) is its owner's alone
+    foreign = _not_a_data_dir(data_dir)
+    if foreign:                     # `up` takes its data dir from other users: never a folder of other things
+        say(f"cannot start: {data_dir} holds other things ({foreign}) and no Switchyard data (no "
+            f"{' or '.join(MARKS)}); give --data-dir a new or empty directory, or one an earlier `up` made")
+        return 1
     try:
         locked = lock_data_dir(data_dir)                 # before anything there changes: it may be another's stack
         strangers = _owner_only(data_dir)
@@ -441,6 +446,24 @@ def _external_urls(env: Mapping[str, str]) -> dict[str, str | None]:
     if nats_url:
         url_list(nats_url)                    # SettingsError when it names no server
     return {"nats_url": nats_url, "database_url": database_url, "redis_url": redis_url}
+
+
+MARKS = ("stack.json", "keys.env", "stack.lock")     # what every data dir an `up` made holds from its first start
+
+
+def _not_a_data_dir(data_dir: Path) -> str:
+    """A few names of what an existing, non-empty directory holds when no `up` made it (empty when it is new, empty,
+    or a data dir): `up` would take everything in it from the other users (`_owner_only`), so it is refused."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(data_dir))
+    except FileNotFoundError:
+        return ""
+    except NotADirectoryError:
+        return ""                   # refused where the directory is made, naming the file
+    if not names or any(name in names for name in MARKS):
+        return ""
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _owner_only(data_dir: Path) -> list[Path]:

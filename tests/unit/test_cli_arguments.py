@@ -138,6 +138,37 @@ def test_a_data_dir_an_older_up_left_readable_is_made_its_owners_alone(tmp_path:
     assert pg_file.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("given", ["site", "", "."])
+def test_a_folder_of_other_things_is_refused_as_a_data_dir_untouched(tmp_path: Path, given: str) -> None:
+    """`up --data-dir` on a folder of other things (a project, a home, `''` or `.` meaning the current one) took
+    group and other permissions from everything in it, silently, and walked it whole: /tmp took 20 s."""
+    site = tmp_path / "site"
+    (site / "src").mkdir(parents=True)
+    page = site / "index.html"
+    page.write_text("hi")
+    page.chmod(0o644)
+    for folder in (site, site / "src"):
+        folder.chmod(0o755)
+    refused = switchyard("up", "--data-dir", given, "--port", "1", cwd=site if given != "site" else tmp_path)
+    said = refused.stderr + refused.stdout
+    assert refused.returncode == 1 and "holds other things (index.html, src) and no Switchyard data" in said
+    assert [oct(path.stat().st_mode & 0o777) for path in (site, site / "src", page)] == ["0o755", "0o755", "0o644"]
+    assert sorted(path.name for path in site.iterdir()) == ["index.html", "src"]      # no stack.lock left behind
+
+
+def test_a_new_an_empty_or_an_earlier_data_dir_is_taken(tmp_path: Path) -> None:
+    from switchyard_gateway.cli.up import _not_a_data_dir
+
+    empty, earlier = tmp_path / "empty", tmp_path / "earlier"
+    empty.mkdir()
+    (earlier / "logs").mkdir(parents=True)
+    (earlier / "stack.json").write_text("{}")
+    assert [_not_a_data_dir(path) for path in (tmp_path / "new", empty, earlier)] == ["", "", ""]
+    assert _not_a_data_dir(earlier / "logs") == ""          # empty
+    (earlier / "logs" / "a.log").write_text("")
+    assert _not_a_data_dir(earlier / "logs") == "a.log"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a file that belongs to another user")
 def test_a_data_dir_holding_another_users_file_is_refused_untouched(tmp_path: Path) -> None:
     """`up` wrote its keys and passwords into a keys.env another user had put in the data dir (mode 0666, theirs:
