@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     os.umask(0o077)                 # what the stack writes (Valkey's files, logs, journals) is its owner's alone
     foreign = _not_a_data_dir(data_dir)
     if foreign:                     # `up` takes its data dir from other users: never a folder of other things
-        say(f"cannot start: {data_dir} holds other things ({foreign}) and no Switchyard data (no "
+        say(f"cannot start: {data_dir} holds folders of other things ({foreign}) and no Switchyard data (no "
             f"{' or '.join(MARKS)}); give --data-dir a new or empty directory, or one an earlier `up` made")
         return 1
     try:
@@ -298,7 +298,8 @@ def _run_services(args: argparse.Namespace, data_dir: Path, urls: StackUrls, pla
         if commands:
             replies = _supervising(supervisor, gateway_at, lambda: asyncio.run(_bootstrap(urls.nats_url, commands)))
             if args.registry_doc is not None:
-                say(f"registry document applied: {len(replies[-1].events)} change(s)")
+                summary = replies[-1].summary
+                say(f"registry document applied: {summary.events if summary else len(replies[-1].events)} change(s)")
         _supervising(supervisor, gateway_at, lambda: _wait_http(f"{local}/api/admin/tenants", admin_key, 60.0,
                                                                      "SWITCHYARD_ADMIN_KEY"))
         expected = {name: len(units) for name, units in args.units.items()}   # every service, not the gateway alone
@@ -452,18 +453,19 @@ MARKS = ("stack.json", "keys.env", "stack.lock")     # what every data dir an `u
 
 
 def _not_a_data_dir(data_dir: Path) -> str:
-    """A few names of what an existing, non-empty directory holds when no `up` made it (empty when it is new, empty,
-    or a data dir): `up` would take everything in it from the other users (`_owner_only`), so it is refused."""
+    """A few names of the folders an existing directory no `up` made holds (empty when it is new, holds files only,
+    as a data dir may before its first start: `up > D/up.log`, a `--nats-users` file, or is a data dir). `up` would
+    take everything in it from the other users (`_owner_only`): a tree of other things (a project, a home, /tmp) is
+    refused."""
     try:
-        names = sorted(entry.name for entry in os.scandir(data_dir))
-    except FileNotFoundError:
+        entries = sorted(os.scandir(data_dir), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""                   # made, or refused where it is made (naming the file)
+    if any(entry.name in MARKS for entry in entries):
         return ""
-    except NotADirectoryError:
-        return ""                   # refused where the directory is made, naming the file
-    if not names or any(name in names for name in MARKS):
-        return ""
-    shown = ", ".join(names[:3])
-    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    folders = [entry.name for entry in entries if entry.is_dir()]
+    shown = ", ".join(folders[:3])
+    return shown + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
 
 
 def _owner_only(data_dir: Path) -> list[Path]:

@@ -151,7 +151,7 @@ def test_a_folder_of_other_things_is_refused_as_a_data_dir_untouched(tmp_path: P
         folder.chmod(0o755)
     refused = switchyard("up", "--data-dir", given, "--port", "1", cwd=site if given != "site" else tmp_path)
     said = refused.stderr + refused.stdout
-    assert refused.returncode == 1 and "holds other things (index.html, src) and no Switchyard data" in said
+    assert refused.returncode == 1 and "holds folders of other things (src) and no Switchyard data" in said
     assert [oct(path.stat().st_mode & 0o777) for path in (site, site / "src", page)] == ["0o755", "0o755", "0o644"]
     assert sorted(path.name for path in site.iterdir()) == ["index.html", "src"]      # no stack.lock left behind
 
@@ -165,8 +165,12 @@ def test_a_new_an_empty_or_an_earlier_data_dir_is_taken(tmp_path: Path) -> None:
     (earlier / "stack.json").write_text("{}")
     assert [_not_a_data_dir(path) for path in (tmp_path / "new", empty, earlier)] == ["", "", ""]
     assert _not_a_data_dir(earlier / "logs") == ""          # empty
-    (earlier / "logs" / "a.log").write_text("")
-    assert _not_a_data_dir(earlier / "logs") == "a.log"
+    for name in ("up.log", "users.yaml"):                     # files only: `up > D/up.log`, a --nats-users file
+        (earlier / "logs" / name).write_text("")
+    assert _not_a_data_dir(earlier / "logs") == ""
+    for name in ("src", "docs", "build", "tests"):
+        (earlier / "logs" / name).mkdir()
+    assert _not_a_data_dir(earlier / "logs") == "build, docs, src and 1 more"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a file that belongs to another user")
