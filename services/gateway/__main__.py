@@ -17,7 +17,8 @@ require_seconds(settings, ("http_head_timeout_s", "http_body_timeout_s", "http_k
                            "cache_ttl_s", "cache_timeout_s", "ws_idle_timeout_s", "ws_message_timeout_s",
                            "warm_timeout_s"))
 # none at a time: no upstream connection (every call fails), no WebSocket request or no socket at all
-require_counts(settings, ("upstream_pool_size", "ws_max_in_flight", "ws_max_connections"))
+require_counts(settings, ("upstream_pool_size", "ws_max_in_flight", "ws_max_connections",
+                           "ws_max_connections_per_tenant"))
 if settings.max_answer_bytes < 1024:
     raise SystemExit(f"switchyard: SWITCHYARD_MAX_ANSWER_BYTES must be a number of bytes, at least 1024, "
                      f"not {settings.max_answer_bytes}")

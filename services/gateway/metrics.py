@@ -21,6 +21,7 @@ EMBEDDING_APIS = frozenset({"openai.embeddings", "ollama.embed", "ollama.embeddi
 # `status` of the embedding metrics is the outcome, as the embeddings services' dashboards query it
 # (`embedding_requests_total{status="error"}`); `code` is the HTTP status the client saw.
 SUCCESS, ERROR = "success", "error"
+UNKNOWN_MODEL = "unknown"          # the label of a refused call whose model the catalog does not know
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
 
@@ -100,7 +101,16 @@ def count_request(api: str, status: int, model: str = "") -> None:
     """A call refused before it was accepted (no usage event): counted by its API and status."""
     _requests(api, status).inc()
     if api in EMBEDDING_APIS:
-        EMBEDDING_REQUESTS.labels(model, ERROR, str(status)).inc()
+        EMBEDDING_REQUESTS.labels(_known(model), ERROR, str(status)).inc()
+
+
+def _known(model: str) -> str:
+    """A refused call's model as a label: the catalog's id for the name, else `unknown`. A name a client made up is
+    no label: each would be a series of its own for the life of the process, served to every scrape (a member key
+    sending a megabyte of random name per call grew a worker by 60 MB and /metrics to 120 MB in 60 calls)."""
+    catalog = STATE.catalog
+    found = catalog.resolve_model(model) if catalog is not None and model else None
+    return found or UNKNOWN_MODEL
 
 
 def observe_call(event: UsageRecorded, duration_s: float, overhead_s: float) -> None:

@@ -105,6 +105,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     # WebSocket embeddings (/ws)
     ws_max_in_flight: int = 16            # requests one socket may have unanswered; one more closes it (1013)
     ws_max_connections: int = 1024        # sockets this gateway holds at once; more are refused (503)
+    ws_max_connections_per_tenant: int = 256    # sockets one tenant's callers hold at once; more are refused (429)
     ws_idle_timeout_s: float = 120.0      # a socket with nothing in flight and no message for this long is closed
     ws_message_timeout_s: float = 30.0    # a message begun must be whole this long after its first byte (1008)
 

@@ -144,6 +144,14 @@ async def test_a_tenant_named_by_a_hostile_value_is_refused_naming_the_field(dem
             assert answer.status_code == 400 and answer.json()["error"]["field"] == "tenant_id", (tenant, answer.text)
 
 
+async def test_a_model_named_by_a_hostile_value_is_refused_naming_the_field(demo: DemoStack) -> None:
+    """A member's `/api/stats` for the model "\x00" reached metering's SQL as it was: a 500 and a traceback."""
+    for model in ("\x00", "m" * 1000, "a\u202eb", " llama3.2"):
+        stats = await post(demo, "/api/stats", {"model": model}, demo.demo_key)
+        assert stats.status_code == 400 and stats.json()["error"]["field"] == "model", (model, stats.text)
+    assert (await post(demo, "/api/stats", {"model": "llama3.2"}, demo.demo_key)).status_code == 200
+
+
 async def test_usage_stream_pushes_each_recorded_call_and_only_to_its_tenant(account: Account) -> None:
     demo = account.demo
     own, foreign = uuid.uuid4().hex, uuid.uuid4().hex

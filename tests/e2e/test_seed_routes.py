@@ -254,12 +254,16 @@ async def test_seed_metrics_count_outcomes_latency_availability_and_active_reque
         r = await client.post(f"{demo.url}/v1/embeddings", headers=bearer(demo.demo_key),
                               json={"model": "nomic-embed-text", "input": "measured"})
         assert r.status_code == 200
-        bad_before = metric(demo, "embedding_requests_total", model="ghost", status="error", code="404")
-        await client.post(f"{demo.url}/v1/embeddings", headers=bearer(demo.demo_key), json={"model": "ghost",
-                                                                                            "input": "x"})
+        bad_before = metric(demo, "embedding_requests_total", model="unknown", status="error", code="404")
+        made_up = [f"ghost-{uuid.uuid4().hex}" + "D" * 10_000 for _ in range(3)]
+        for name in made_up:        # refused: a name no model has is no label (each would be a series for good)
+            await client.post(f"{demo.url}/v1/embeddings", headers=bearer(demo.demo_key), json={"model": name,
+                                                                                                "input": "x"})
+        scraped = (await client.get(f"{demo.url}/metrics")).text
+        assert not any(name[:38] in scraped for name in made_up)
     assert metric(demo, "embedding_requests_total", **labels, status="success", code="200") == ok_before + 1
     assert metric(demo, "embedding_latency_seconds_count", **labels) == latency_before + 1
-    assert metric(demo, "embedding_requests_total", model="ghost", status="error", code="404") == bad_before + 1
+    assert metric(demo, "embedding_requests_total", model="unknown", status="error", code="404") == bad_before + 3
     assert metric(demo, "embedding_model_availability", model="nomic-embed-text") == 1
 
     ok(await api(demo, "POST", "/providers", {"provider_id": f"slow-{tag}", "kind": "openai-compatible"}))

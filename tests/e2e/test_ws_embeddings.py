@@ -148,8 +148,10 @@ async def test_bad_messages_get_errors_with_their_id_and_a_binary_message_closes
         await ws.send(json.dumps({"id": ["x"], "model": "nomic-embed-text", "input": "x"}))
         await ws.send(json.dumps({"id": "c", "model": "nomic-embed-text", "input": "x", "binary": "yes"}))
         await ws.send(json.dumps({"id": "d", "type": "chat", "model": "nomic-embed-text"}))
-        got = await answers(ws, 6)
+        await ws.send("[" * 100_000 + "]" * 100_000)            # was an unhandled RecursionError closing the socket
+        got = await answers(ws, 7)
         assert got[0]["id"] is None and got[0]["status"] == 400 and got[0]["error"]["code"] == "invalid_json"
+        assert "json_too_deep" in [a["error"]["code"] for a in got if a["id"] is None and a["status"] == 400]
         by_id = {a["id"]: a for a in got[1:] if isinstance(a["id"], str)}
         assert by_id["a"]["status"] == 400 and "model" in by_id["a"]["error"]["message"]
         assert by_id["b"]["status"] == 404 and by_id["b"]["error"]["code"] == "model_not_found"
@@ -341,7 +343,8 @@ async def test_quotas_apply_per_request_and_a_revoked_key_closes_the_socket_4401
 
 @pytest.fixture(scope="module")
 def tight(demo: DemoStack, urls) -> Iterator[Gateway]:
-    gateway = start_gateway(demo, urls, ws_idle_timeout_s="1", ws_max_connections="2", cache="embeddings",
+    gateway = start_gateway(demo, urls, ws_idle_timeout_s="1", ws_max_connections="3",
+                            ws_max_connections_per_tenant="2", cache="embeddings",
                             ws_message_timeout_s="0.5")
     yield gateway
     stop_gateway(gateway)
@@ -349,11 +352,24 @@ def tight(demo: DemoStack, urls) -> Iterator[Gateway]:
 
 async def test_an_idle_socket_is_closed_and_sockets_past_the_bound_are_refused(demo: DemoStack,
                                                                             tight: Gateway) -> None:
+    """The gateway's bound (3) and a tenant's share of it (2): one member key took every socket of the gateway, and
+    every other tenant was refused 503 for as long as it kept them (a ping every 2 minutes keeps one open)."""
+    _, other_key = new_tenant(demo)
     async with opened(tight.url, demo.demo_key) as one, opened(tight.url, demo.demo_key) as two:
         with pytest.raises(InvalidStatus) as refused:
             async with opened(tight.url, demo.demo_key):
                 pass
-        assert refused.value.response.status_code == 503
+        assert refused.value.response.status_code == 429
+        assert json.loads(refused.value.response.body)["error"] == (
+            "This tenant already holds 2 WebSocket connections, as many as one tenant may; close one, or send more "
+            "requests on each (up to the in-flight bound)")
+        async with opened(tight.url, other_key) as others:          # another tenant still gets the third
+            await others.send(json.dumps({"type": "ping"}))
+            assert json.loads(await others.recv())["type"] == "pong"
+            with pytest.raises(InvalidStatus) as refused:
+                async with opened(tight.url, other_key):
+                    pass
+            assert refused.value.response.status_code == 503
         await two.send(json.dumps({"type": "ping"}))
         assert json.loads(await two.recv())["type"] == "pong"
         assert await until_closed(one) == [{"type": "close", "code": 1001, "reason": "idle for 1 s"}]

@@ -20,9 +20,11 @@ from litestar.response import Stream
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from switchyard_gateway.catalog.rules import model_name_problem
 from switchyard_gateway.kit.service import PROMETHEUS_MEDIA_TYPE
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import ModelRegistered
+from switchyard_gateway.contracts.messages import ErrorBody
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.services.gateway.api.common import (
     AppDeps, ask, caller, json_object, json_response, scope_of, visible_endpoints,
@@ -180,6 +182,8 @@ async def stats(request: Req, deps: AppDeps) -> Response[bytes]:
     (what an overview sums, in one request); everyone's or one tenant's."""
     key = caller(request, deps)
     body = msgspec.convert(await json_object(request), StatsRequest)
+    if body.model and (problem := model_name_problem(body.model)) is not None:   # a NUL reached metering's SQL: 500
+        raise ServiceError(400, ErrorBody("VALIDATION_ERROR", f"model: {problem}", "model"))
     model = (deps.catalog.resolve_model(body.model) or body.model) if body.model else None
     query = {"query": "stats", "model": model, "tenant_id": scope_of(key, body.tenant_id), "since": body.since}
     return json_response(await ask(deps, subjects.METERING_QUERY, query))

@@ -1,7 +1,8 @@
 """WebSocket embeddings at `/ws`: one request per message, answered in order of completion, through the Proxy.
 
 The upgrade is authenticated like any call (key, JWT, `X-Tenant-ID`) and refused with its HTTP status
-(401, 403; 503 when this gateway, all its workers together, holds `ws_max_connections` sockets), its error body
+(401, 403; 429 when the caller's tenant holds `ws_max_connections_per_tenant` of them, 503 when this gateway, all its
+workers together, holds `ws_max_connections` sockets), its error body
 and request id: no socket is opened for a caller that could not make a call; a plain request is told to upgrade
 (426). Each request message (translate/ws_frames.py) becomes one call of the
 embeddings pipeline — the Proxy, with a protocol adapter in place of the HTTP one — so quotas,
@@ -96,6 +97,7 @@ class WebSocketDoor:
         self.proxy, self.auth, self.settings = proxy, auth, settings
         self.shared = shared                     # the bound counts every worker's sockets, when there are several
         self.open = 0
+        self.by_tenant: collections.Counter[str] = collections.Counter()    # with one worker: sockets per tenant
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         if scope.path != PATH:
@@ -107,13 +109,23 @@ class WebSocketDoor:
             return
         headers = {name: scope.headers.get(name) for name in PASSED_HEADERS if scope.headers.get(name) is not None}
         try:
-            self.auth.authenticate(headers)
+            tenant_id = self.auth.authenticate(headers).tenant_id
         except GatewayError as exc:
             refuse(proto, scope, exc)            # refused at the upgrade: 401 or 403, no socket
             return
-        if shared is not None and not shared.take_at(SOCKETS, bound):
+        share = self.settings.ws_max_connections_per_tenant     # no tenant holds every socket from the others
+        if shared is None:
+            if self.by_tenant[tenant_id] >= share:
+                refuse(proto, scope, tenant_full(share))
+                return
+        elif not shared.take_at(shared.tenant_bucket(tenant_id), share):
+            refuse(proto, scope, tenant_full(share))
+            return
+        elif not shared.take_at(SOCKETS, bound):
+            shared.give_at(shared.tenant_bucket(tenant_id))
             refuse(proto, scope, FULL)           # another worker took the last one meanwhile
             return
+        self.by_tenant[tenant_id] += 1
         try:
             try:
                 transport = await proto.accept()
@@ -129,8 +141,12 @@ class WebSocketDoor:
                 self.open -= 1
                 OPEN.dec()
         finally:
+            self.by_tenant[tenant_id] -= 1
+            if not self.by_tenant[tenant_id]:
+                del self.by_tenant[tenant_id]
             if shared is not None:
                 shared.give_at(SOCKETS)
+                shared.give_at(shared.tenant_bucket(tenant_id))
         CLOSES.labels(str(code)).inc()
         closing = getattr(proto, "close_frame", None)      # our server's: the close frame says why too
         with contextlib.suppress(Exception):
@@ -149,6 +165,13 @@ def upgrade_needed() -> None:
 
 FULL = GatewayError("This gateway holds as many WebSocket connections as it may; try again shortly", status=503,
                     code="capacity")
+
+
+def tenant_full(share: int) -> GatewayError:
+    """429: the caller's tenant already holds its share of the gateway's sockets."""
+    return GatewayError(f"This tenant already holds {share} WebSocket connections, as many as one tenant may; close "
+                        "one, or send more requests on each (up to the in-flight bound)", status=429,
+                        code="too_many_connections")
 
 
 def refuse(proto: Any, scope: Any, error: GatewayError) -> None:

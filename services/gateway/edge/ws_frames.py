@@ -72,6 +72,8 @@ def parse(text: str) -> Request | Ping:
         envelope = _decode(text)
     except msgspec.DecodeError as exc:
         raise BadMessage(f"Malformed JSON in message: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise BadMessage("The message is nested too deeply to read", code="json_too_deep") from None
     if not isinstance(envelope, dict):
         raise BadMessage("A message must be a JSON object")
     client_id = envelope.pop("id", None)

@@ -2,7 +2,8 @@
 
 A small file under the spool directory, mapped by every worker: one row of counters per worker
 slot, one counter per bucket (a stable hash of endpoint and model; a shared bucket only makes a
-cap bite early), and one more for the gateway's open WebSockets. A worker writes its own row alone, so counting up and down takes no lock; a
+cap bite early), then one per tenant's open WebSockets (a stable hash of its id, likewise), and one more for the
+gateway's open WebSockets. A worker writes its own row alone, so counting up and down takes no lock; a
 worker taking a slot of a capped endpoint holds an flock-style record lock on the bucket while it
 sums the rows and counts itself in, so two workers never both take the last slot. A worker
 zeroes its row when it starts: what its predecessor in the slot counted ended with it.
@@ -17,7 +18,9 @@ import zlib
 from pathlib import Path
 
 BUCKETS = 4096
-SOCKETS = BUCKETS - 1          # the last counter: open WebSockets; endpoint x model pairs hash below it
+SOCKETS = BUCKETS - 1          # the last counter: open WebSockets
+TENANT_SOCKETS = 256           # the counters before it: open WebSockets per tenant (a stable hash of its id)
+PAIRS = SOCKETS - TENANT_SOCKETS     # endpoint x model pairs hash below those
 _INT = 4
 
 
@@ -43,8 +46,13 @@ class SharedInflight:
         key = (endpoint_id, model_id)
         found = self._buckets.get(key)
         if found is None:
-            found = self._buckets[key] = zlib.crc32(f"{endpoint_id}\0{model_id}".encode()) % SOCKETS
+            found = self._buckets[key] = zlib.crc32(f"{endpoint_id}\0{model_id}".encode()) % PAIRS
         return found
+
+    @staticmethod
+    def tenant_bucket(tenant_id: str) -> int:
+        """The counter of a tenant's open WebSockets (two tenants sharing one only makes their bound bite early)."""
+        return PAIRS + zlib.crc32(tenant_id.encode()) % TENANT_SOCKETS
 
     def count(self, endpoint_id: str, model_id: str) -> int:
         """Calls in flight on this endpoint and model in every worker."""
