@@ -58,15 +58,27 @@ def run(args: argparse.Namespace) -> int:
             say(f"cannot write {args.out}: {blocker} is not a directory")
             return 1
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.touch(mode=0o600)
-        args.out.chmod(0o600)
-        args.out.write_text(text)
+        _write_anew(args.out, text)
     except OSError as exc:
         say(f"cannot write {args.out}: {exc.strerror or exc}")
         return 1
     say(f"wrote {args.out}: the services' user and {len(subscribers)} subscriber(s)"
         + (f", routes to {len(url_list(args.routes))} nodes" if args.routes else ""))
     return 0
+
+
+def _write_anew(path: Path, text: str) -> None:
+    """Write a new file, its owner's alone, in the place of whatever `path` was: never through a link there (root's
+    password written into the file a link planted in a shared directory named) nor into a file another user made."""
+    fresh = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(fresh, path)
+    except BaseException:
+        fresh.unlink(missing_ok=True)
+        raise
 
 
 def _routes(text: str) -> list[str]:

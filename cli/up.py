@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="worker processes per gateway, sharing its port (default: SWITCHYARD_WORKERS, else one per "
                          "core, divided among gateway replicas); each has its own journal and event-fed state")
     up.add_argument("--nats-cluster", type=int, default=1, metavar="N",
-                    help="run NATS as a cluster of N nodes (3 or more) on loopback, every stream kept on 3 of them "
+                    help="run NATS as a cluster of N nodes (3 to 9) on loopback, every stream kept on 3 of them "
                          "(default: 1, a single server)")
     up.add_argument("--nats-users", type=Path, default=None, metavar="F",
                     help="subscribers allowed to replay the event log and follow it, each a NATS user with only "

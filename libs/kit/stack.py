@@ -39,6 +39,7 @@ _SERVERS: dict[str, type[ManagedServer]] = {
 }
 _PROBLEMS = {"nats": nats_problem, "postgres": postgres_problem, "valkey": valkey_problem}
 PRIVATE_URLS = "urls.private.json"      # in the data dir, its owner's alone: the URLs the services are given, whole
+MAX_NATS_NODES = 9                      # a loopback cluster, for trying failover here: 3 or 5 in practice
 
 
 def running_url(data_dir: Path, name: str) -> str:
@@ -116,6 +117,9 @@ class EmbeddedStack:
         self.durable = durable  # False: fsync off in postgres and valkey (tests, benchmarks)
         if nats_nodes < 1 or nats_nodes == 2:
             raise StackError(f"a NATS cluster needs 3 nodes or more for its JetStream quorum, not {nats_nodes}")
+        if nats_nodes > MAX_NATS_NODES:     # each a server on this machine: 99 were being started, one by one
+            raise StackError(f"a NATS cluster here has at most {MAX_NATS_NODES} nodes (every stream is kept on 3 of "
+                             f"them), not {nats_nodes}")
         self.nats_nodes = nats_nodes
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s

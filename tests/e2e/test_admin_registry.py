@@ -71,6 +71,8 @@ CASES = [
      "cached_input_price_per_1m"),
     ("POST", "/tenants/demo/models", {"model_id": "nope-{tag}"}, 404, "MODEL_NOT_FOUND", "model_id"),
     ("POST", "/templates/tgi/apply", {"endpoint_id": "e-{tag}"}, 404, "TEMPLATE_NOT_FOUND", "template"),
+    *(("POST", "/templates/vllm/apply", {"endpoint_id": "e-{tag}", "customizations": falsy}, 400, "VALIDATION_ERROR",
+       "customizations") for falsy in (0, False, [], "")),             # were taken as no customizations
     ("GET", "/providers/nope-{tag}", None, 404, "PROVIDER_NOT_FOUND", "id"),
     ("GET", "/models/nope-{tag}", None, 404, "MODEL_NOT_FOUND", "id"),
     ("GET", "/templates/nope", None, 404, "TEMPLATE_NOT_FOUND", "id"),

@@ -156,6 +156,19 @@ def test_a_folder_of_other_things_is_refused_as_a_data_dir_untouched(tmp_path: P
     assert sorted(path.name for path in site.iterdir()) == ["index.html", "src"]      # no stack.lock left behind
 
 
+@pytest.mark.parametrize(("nodes", "said"), [
+    ("2", "needs 3 nodes or more for its JetStream quorum, not 2"),
+    ("99", "has at most 9 nodes (every stream is kept on 3 of them), not 99"),
+])
+def test_a_nats_cluster_of_a_size_it_cannot_be_is_refused_before_anything_starts(tmp_path: Path, nodes: str,
+                                                                                  said: str) -> None:
+    """`--nats-cluster 99` started nodes one after another (60 in 20 s on two cores) before anything said no."""
+    refused = switchyard("up", "--data-dir", str(tmp_path / "data"), "--port", "1", "--nats-cluster", nodes,
+                         cwd=tmp_path)
+    assert refused.returncode == 1 and said in refused.stderr + refused.stdout
+    assert not (tmp_path / "data" / "nats-1").exists()
+
+
 def test_a_new_an_empty_or_an_earlier_data_dir_is_taken(tmp_path: Path) -> None:
     from switchyard_gateway.cli.up import _not_a_data_dir
 

@@ -68,6 +68,26 @@ def test_nats_config_out_below_a_file_names_the_file(out: str, needle: str, tmp_
     assert done.returncode == 1 and needle in done.stderr, done.stderr
 
 
+def test_nats_config_out_replaces_a_link_or_a_readable_file_and_never_writes_through_it(tmp_path: Path) -> None:
+    """`--out` through a link planted in its place truncated the file it named, made it 0600 and wrote the services'
+    password into it; a file already there, readable by all, kept its mode (and whoever had it open, the text)."""
+    (tmp_path / "password").write_text("x" * 24)
+    target, readable = tmp_path / "target", tmp_path / "readable.conf"
+    target.write_text("someone else's file")
+    target.chmod(0o644)
+    readable.write_text("")
+    readable.chmod(0o666)
+    (tmp_path / "link.conf").symlink_to(target)
+    for out in ("link.conf", "readable.conf"):
+        done = switchyard("nats-config", "--password-file", "password", "--out", out, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        written = tmp_path / out
+        assert not written.is_symlink() and written.stat().st_mode & 0o777 == 0o600
+        assert "x" * 24 in written.read_text()
+    assert target.read_text() == "someone else's file" and target.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.conf", "password", "readable.conf", "target"]
+
+
 def test_nats_config_names_the_route_whose_port_is_out_of_range(tmp_path: Path) -> None:
     (tmp_path / "password").write_text("x" * 24)
     done = switchyard("nats-config", "--password-file", "password", "--routes", "nats-1:6222,nats-2:99999",

@@ -244,7 +244,8 @@ async def apply_template(request: Req, deps: AppDeps, name: FromPath[str]) -> Re
     """`{"endpoint_id", "provider_id"?, "display_name"?, "customizations": {"base_url", "api_key_ref",
     "models", "priority", "weight", "max_concurrent", "timeout_s"}}` (customisations may also sit at the top)."""
     data = await json_object(request)
-    custom = data.pop("customizations", None) or {}
+    custom = data.pop("customizations", None)
+    custom = {} if custom is None else custom        # 0, false, [] and "" are no object either
     if not isinstance(custom, dict):
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "customizations must be an object", "customizations"))
     fields = _known({**data, **custom}, m.ApplyTemplate)        # a misspelt customization was silently dropped
