@@ -42,6 +42,7 @@ from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient
 from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.pipeline.shared_inflight import SharedInflight
 from switchyard_gateway.services.gateway.pipeline.stored_items import StoredItems
+from switchyard_gateway.services.gateway.api.stored_responses import STORED_RESPONSE_ROUTES
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
 from switchyard_gateway.services.gateway.openapi.routes import DOCS_ROUTES
@@ -151,7 +152,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         raise SystemExit(str(exc)) from None
     if settings.quota_on_error not in ("open", "closed"):
         raise SystemExit(f"SWITCHYARD_QUOTA_ON_ERROR must be 'open' or 'closed', not '{settings.quota_on_error}'")
-    items = None                            # the Responses door's kept items (TTL 0: none)
+    items = None                            # the Responses door's kept Responses and items (TTL 0: none)
     if settings.responses_store_ttl_s > 0:
         items = StoredItems(Valkey(settings.redis_url), key_prefix("", settings.database_url, "r"),
                             settings.responses_store_ttl_s, settings.max_body_bytes)
@@ -227,7 +228,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
                         *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
-                        *system_seeds.ROUTES, *DOCS_ROUTES, ws.upgrade_needed],
+                        *system_seeds.ROUTES, *STORED_RESPONSE_ROUTES, *DOCS_ROUTES, ws.upgrade_needed],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,

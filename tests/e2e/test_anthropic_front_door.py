@@ -578,8 +578,13 @@ class Scripted:
 
 @pytest.fixture(scope="module")
 async def scripted(demo: DemoStack) -> AsyncIterator[Scripted]:
+    async with scripted_model(demo, f"anth-scripted-{uuid.uuid4().hex[:6]}") as registered:
+        yield registered
+
+
+@asynccontextmanager
+async def scripted_model(demo: DemoStack, prefix: str) -> AsyncIterator[Scripted]:
     """A ScriptedUpstream behind an OpenAI-compatible endpoint serving its own model, and a tenant with a key."""
-    prefix = f"anth-scripted-{uuid.uuid4().hex[:6]}"
     model, provider, endpoint = f"{prefix}-model", f"{prefix}-kind", f"{prefix}-endpoint"
     async with ScriptedUpstream(model) as upstream, \
             httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:

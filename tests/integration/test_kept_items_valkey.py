@@ -41,7 +41,7 @@ async def test_a_reference_is_replaced_by_the_item_kept_under_the_tenant(urls: S
     items = _items(urls)
     call = {**MESSAGE, "type": "function_call", "id": "fc_9", "call_id": "call_9", "name": "f", "arguments": "{}"}
     await _kept(items, "acme", ("msg_1a2b", MESSAGE), ("fc_9", call))
-    resolved = json.loads(await items.resolve("acme", _body("fc_9", "msg_1a2b")))
+    resolved = json.loads((await items.resolve("acme", _body("fc_9", "msg_1a2b"))).body)
     assert resolved["input"][1:] == [call, MESSAGE] and resolved["model"] == "m"
     with pytest.raises(BadRequest) as refused:
         await items.resolve("acme:msg_1a2b", _body("msg_1a2b"))            # another tenant, whatever its name
@@ -52,7 +52,7 @@ async def test_a_reference_is_replaced_by_the_item_kept_under_the_tenant(urls: S
 async def test_an_item_is_gone_after_its_ttl(urls: StackUrls) -> None:
     items = _items(urls, ttl_s=0.3)
     await _kept(items, "acme", ("msg_1a2b", MESSAGE))
-    assert json.loads(await items.resolve("acme", _body("msg_1a2b")))["input"][1] == MESSAGE
+    assert json.loads((await items.resolve("acme", _body("msg_1a2b"))).body)["input"][1] == MESSAGE
     started = time.monotonic()
 
     async def expired() -> bool:
@@ -94,6 +94,18 @@ async def test_many_references_to_a_large_item_are_refused_before_it_is_fetched(
     items = _items(urls, max_body_bytes=4 << 20)
     big = {**MESSAGE, "content": [{"type": "output_text", "text": "x" * 400_000}]}
     await _kept(items, "acme", ("msg_big", big), ("msg_1a2b", MESSAGE))
+    fetched = spied_lookups(items, monkeypatch)
+    with pytest.raises(ApiError) as refused:
+        await items.resolve("acme", _body(*["msg_big"] * 300))
+    assert refused.value.status == 413 and fetched == []
+    resolved = json.loads((await items.resolve("acme", _body(*["msg_1a2b"] * 100, "msg_big"))).body)
+    assert resolved["input"][1:] == [MESSAGE] * 100 + [big]
+    assert [len(keys) for keys in fetched] == [2]                     # each item once
+    await items.close()
+
+
+def spied_lookups(items: StoredItems, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The keys of each value lookup (MGET) the store makes from now on."""
     fetched: list[list[str]] = []
     real_lookup = items._lookup
 
@@ -101,10 +113,4 @@ async def test_many_references_to_a_large_item_are_refused_before_it_is_fetched(
         fetched.append(keys)
         return await real_lookup(keys)
     monkeypatch.setattr(items, "_lookup", lookup)
-    with pytest.raises(ApiError) as refused:
-        await items.resolve("acme", _body(*["msg_big"] * 300))
-    assert refused.value.status == 413 and fetched == []
-    resolved = json.loads(await items.resolve("acme", _body(*["msg_1a2b"] * 100, "msg_big")))
-    assert resolved["input"][1:] == [MESSAGE] * 100 + [big]
-    assert [len(keys) for keys in fetched] == [2]                     # each item once
-    await items.close()
+    return fetched

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from switchyard_gateway.kit.settings import SettingsError
-from switchyard_gateway.services.gateway.pipeline.stored_items import ITEM_ID, not_kept, referenced
+from switchyard_gateway.services.gateway.pipeline.stored_names import ITEM_ID, not_kept, referenced
 from switchyard_gateway.services.gateway.settings import Settings
 from switchyard_gateway.services.gateway.translate import responses_door
 from switchyard_gateway.services.gateway.translate.responses_wire import InputItem

@@ -8,9 +8,10 @@ is still documented, with its handler's docstring and any JSON answer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from switchyard_gateway.catalog.templates import Template
 from switchyard_gateway.contracts import messages as m
@@ -175,9 +176,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/completions"): Operation("Text completion (OpenAI)", s.CompletionRequest, s.Completion,
                                            streams=_SSE, events=_CHUNKS, auth="door"),
     ("POST", "/v1/embeddings"): Operation("Embeddings (OpenAI)", s.EmbeddingRequest, s.EmbeddingList, auth="door"),
-    ("POST", "/v1/responses"): Operation("Responses (OpenAI), translated to chat completions; output items kept "
-                                         "for `item_reference`", rw.ResponsesRequest, rw.Response, streams=_SSE,
-                                         events=rw.StreamEvent, auth="door"),
+    ("POST", "/v1/responses"): Operation("Responses (OpenAI), translated to chat completions; each kept a while to "
+                                         "continue (`previous_response_id`) or refer to (`item_reference`)",
+                                         rw.ResponsesRequest, rw.Response, streams=_SSE, events=rw.StreamEvent,
+                                         auth="door"),
+    ("GET", "/v1/responses/{response_id}"): Operation("A kept Response, as it was answered (OpenAI; `stream=true` is "
+                                                      "refused)", response=rw.Response, auth="door",
+                                                      query={"stream": bool}),
+    ("DELETE", "/v1/responses/{response_id}"): Operation("Delete a kept Response and its output items (OpenAI)",
+                                                         response=rw.ResponseDeleted, auth="door"),
+    ("GET", "/v1/responses/{response_id}/input_items"): Operation(
+        "The items a kept Response was made from, a page at a time (OpenAI)", response=rw.InputItemList,
+        auth="door", query={"limit": Annotated[int, Meta(ge=1, le=100)], "order": Literal["asc", "desc"],
+                            "after": str, "before": str}),
     ("POST", "/v1/responses/input_tokens"): Operation("Count a Responses request's prompt tokens (OpenAI)",
                                                       rw.ResponsesRequest, rw.InputTokens, auth="door"),
     ("GET", "/v1/models"): Operation("The models the caller's tenant may use", response=s.ModelList, auth="door"),

@@ -1,7 +1,8 @@
 """The hot path: OpenAI, Ollama and Anthropic inference calls handled over RSGI, from request bytes to usage event.
 
 Per call: authenticate, read and size-check the body (a Responses call's
-`item_reference`s replaced by the items they name), read it as its door's
+`item_reference`s and `previous_response_id` replaced by the items they name:
+pipeline/stored_items.py), read it as its door's
 request (types and bounds checked: 400 naming the field) and resolve its route
 plan from the local catalog (no I/O), then check the bounds that depend on the
 model; answer from the response cache when it may; journal the call as
@@ -10,7 +11,7 @@ when the tenant allows it), which grants the output ceiling sent upstream; hand
 the call and its plan to Failover (upstream attempts over the pooled HTTP/1.1
 client, retries, fallbacks, relaying) while watching for the client to leave,
 and journal and queue exactly one usage event from its Outcome (a Responses
-call's output items are kept as its Response is made: pipeline/stored_items.py)
+call's Response and its output items are kept as it is made)
 — whatever happens after the call is accepted (answered, failed, cut, or abandoned by the
 client: then the upstream request is dropped, the quota hold released at once
 and the call recorded `cancelled`; if the gateway itself dies, its next life
@@ -43,7 +44,7 @@ from switchyard_gateway.services.gateway.pipeline.failover import Failover
 from switchyard_gateway.services.gateway.pipeline.relay import ClientGone, UpstreamAuthFailed
 from switchyard_gateway.services.gateway.pipeline.reserve import QuotaClient, Reservation
 from switchyard_gateway.services.gateway.pipeline.routing import RoutePlan, Router
-from switchyard_gateway.services.gateway.pipeline.stored_items import REFERENCE, StoredItems
+from switchyard_gateway.services.gateway.pipeline.stored_items import Resolved, StoredItems
 from switchyard_gateway.services.gateway.pipeline.usage import UsagePublisher
 from switchyard_gateway.services.gateway.translate.anthropic_door import COUNT_TOKENS
 from switchyard_gateway.services.gateway.translate.asks import Ask, read_request
@@ -158,18 +159,20 @@ class Proxy:
 
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
         """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
-        a GatewayError refuses the call. A Responses call's body is read with the items its `item_reference`s name
-        in their place, when items are kept; the other doors' bodies are not looked at here."""
+        a GatewayError refuses the call. A Responses call's body is read with what it names of kept Responses in
+        place (the items its `item_reference`s name, the conversation its `previous_response_id` continues), when
+        Responses are kept; the other doors' bodies are not looked at here."""
         key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await read_body(scope.headers, proto, self.max_body_bytes)
         api = self.routes[scope.path]
         if (api == RESPONSES or api == INPUT_TOKENS) and self.items is not None:
-            if REFERENCE in body:
-                body = await self.items.resolve(key.tenant_id, body)
+            resolved = await self.items.resolve(key.tenant_id, body) if self.items.names_any(body) else Resolved(body)
+            body = resolved.body
             request = read_request(api, body)
             door = Door(scope.path, request, body)
             if api == RESPONSES:
-                door.responses.keep(partial(self.items.store, key.tenant_id))  # type: ignore[union-attr]
+                keeper = partial(self.items.store, key.tenant_id, resolved=resolved)
+                door.responses.keep(keeper, resolved.previous)  # type: ignore[union-attr]
             return key, body, request, door
         request = read_request(api, body)
         return key, body, request, Door(scope.path, request, body)

@@ -37,11 +37,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def echoed(request: ResponsesRequest, model: str, store: bool = False) -> Response:
+def echoed(request: ResponsesRequest, model: str, store: bool = False, previous: str | None = None) -> Response:
     """A new Response (`in_progress`, no output yet) carrying the settings of the request it answers, as OpenAI's
-    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`; `store` says whether its
-    items will be kept (the door's `ResponsesCall.keep`), whatever the request asked."""
-    return Response(store=store,
+    echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`; `store` says whether it
+    will be kept (the door's `ResponsesCall.keep`), whatever the request asked; `previous` the Response it continues
+    (the request's `previous_response_id`, taken out of it once resolved)."""
+    return Response(store=store, previous_response_id=previous,
         id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=model, output=[],
         instructions=request.instructions, max_output_tokens=request.max_output_tokens,
         parallel_tool_calls=request.parallel_tool_calls is not False, temperature=request.temperature,

@@ -10,11 +10,13 @@ the message, whole or streamed (`response.reasoning_text.delta`), with `reasonin
 upstream says how many. A stream that fails ends with `response.failed` carrying the usage the call's usage event
 records (`_estimate`, when the upstream sent no counts).
 
-A Response's output items are kept for a while when the gateway keeps them (`keep`: `SWITCHYARD_RESPONSES_STORE_TTL_S`
-above 0, and the request did not say `store: false`; then it says `store: true`), so that a later request may name
-them by `item_reference` (pipeline/stored_items.py resolves those before the request is read here: a reference
-reaching this door was not resolved, and is refused). Responses themselves are not kept: a request that would
-continue a stored response, conversation or prompt, or run in the background, is refused (400 naming the field).
+A Response is kept for a while when the gateway keeps Responses (`keep`: `SWITCHYARD_RESPONSES_STORE_TTL_S` above 0,
+and the request did not say `store: false`; then it says `store: true`): its output items and itself are handed over
+as it is made (`KeptOutput`), so that a later request may continue it (`previous_response_id`, echoed in the answer)
+or name its items (`item_reference`). pipeline/stored_items.py resolves both before the request is read here: a
+reference or a `previous_response_id` reaching this door was not resolved (the gateway keeps nothing), and is
+refused. A request that would continue a stored conversation or prompt, or run in the background, is refused too
+(400 naming the field).
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (the `/v1/` prefix's shape), an upstream's
 passed on as the OpenAI door passes them on; inside a stream, an `error` event and `response.failed`.
 """
@@ -51,14 +53,27 @@ RESPONSES_APIS = {"/v1/responses": RESPONSES, "/v1/responses/input_tokens": INPU
 OUTPUT_LIMIT_FIELD = "max_output_tokens"
 MAX_KEPT_BYTES = 1024 * 1024    # a Response whose items (JSON) are larger is not kept, and says `store: false`
 
-# Request fields that ask for what the gateway does not keep or run: (field, why it cannot be served)
+# Request fields that ask for what the gateway does not keep or run: (field, why it cannot be served). A
+# `previous_response_id` reaches the door only when Responses are not kept (SWITCHYARD_RESPONSES_STORE_TTL_S is 0)
 UNSERVED = (
-    ("previous_response_id", "responses are not stored to continue from: send the conversation in `input` (earlier "
-                             "output items by `item_reference`, while they are kept)"),
-    ("conversation", "conversations are not stored to continue from: send the conversation in `input`"),
+    ("previous_response_id", "this gateway keeps no responses to continue from (SWITCHYARD_RESPONSES_STORE_TTL_S is "
+                             "0): send the conversation in `input`"),
+    ("conversation", "conversations are not stored to continue from: send the conversation in `input`, or continue "
+                     "a response by `previous_response_id`"),
     ("prompt", "stored prompts are not served: send the prompt in `instructions` and `input`"),
-    ("background", "background responses are not served: nothing is stored to fetch later"),
+    ("background", "background responses are not served: every response is answered while its request waits"),
 )
+
+
+class KeptOutput(list[tuple[str, bytes]]):
+    """A Response's output items handed over to keep, (id, JSON) each as the Response carried them, with the
+    Response itself as it was answered."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, items: list[tuple[str, bytes]], response: Response) -> None:
+        super().__init__(items)
+        self.response = response
 
 
 def read_request(body: bytes) -> ResponsesRequest:
@@ -223,7 +238,7 @@ def _upstream_error(data: bytes, status: int) -> bytes:
 class ResponsesCall:
     """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
 
-    __slots__ = ("request", "stream", "_keeper", "_keeps", "_body", "_ask", "_ceiling")
+    __slots__ = ("request", "stream", "_keeper", "_keeps", "_previous", "_body", "_ask", "_ceiling")
 
     def __init__(self, request: InferenceRequest, body: bytes) -> None:
         self._body = body
@@ -232,22 +247,24 @@ class ResponsesCall:
         self.stream: OpenAIStreamToResponses | None = None      # the last attempt's, once one streams
         self._ask: Ask | None = None              # what the call asks for, once the proxy asked (`ask`)
         self._ceiling: int | None = None          # the output limit the last attempt was sent with, if any
-        self._keeps = False                       # whether its Response's items are to be kept (`keep`)
+        self._keeps = False                       # whether its Response is to be kept (`keep`)
+        self._previous: str | None = None         # the Response it continues, resolved before it came here
         self._keeper: Callable[[list[tuple[str, bytes]]], None] | None = None
 
-    def keep(self, keeper: Callable[[list[tuple[str, bytes]]], None]) -> None:
-        """The gateway keeps Responses' items: this call's are handed to `keeper` as its Response is made (whole, or
-        a stream's last event; never a failed stream's), unless its request says `store: false`."""
-        self._keeps, self._keeper = self.request.store is not False, keeper
+    def keep(self, keeper: Callable[[list[tuple[str, bytes]]], None], previous: str | None = None) -> None:
+        """The gateway keeps Responses: this call's output items, with its Response (`KeptOutput`), are handed to
+        `keeper` as its Response is made (whole, or a stream's last event; never a failed stream's), unless its
+        request says `store: false`; `previous` is the Response its request continued (its answer says so)."""
+        self._keeps, self._keeper, self._previous = self.request.store is not False, keeper, previous
 
     def _kept(self, response: Response) -> Response:
-        """The answered Response's items (id, JSON) handed over to keep; the Response says `store: false` when they
-        are larger than MAX_KEPT_BYTES, and are not."""
+        """The answered Response and its items (id, JSON) handed over to keep; the Response says `store: false` when
+        its items are larger than MAX_KEPT_BYTES, and it is not kept."""
         items = [(item.id, encode(item)) for item in response.output]
         if sum(len(raw) for _, raw in items) > MAX_KEPT_BYTES:
             return msgspec.structs.replace(response, store=False)
         if self._keeper is not None:
-            self._keeper(items)
+            self._keeper(KeptOutput(items, response))
         return response
 
     def _request(self, body: bytes) -> ResponsesRequest:
@@ -273,7 +290,7 @@ class ResponsesCall:
             native=False,
             request=lambda body, model, ceiling=None: self._chat(body, model, ceiling, hosted),
             answer=lambda data, model, times: openai_to_response(
-                data, echoed(self.request, model, self._keeps), times.estimate, self.request,
+                data, echoed(self.request, model, self._keeps, self._previous), times.estimate, self.request,
                 self._kept if self._keeps else None),
             error=_upstream_error, stream=self._relay, usage=openai_usage)
 
@@ -282,8 +299,8 @@ class ResponsesCall:
         return CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)
 
     def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
-        self.stream = OpenAIStreamToResponses(echoed(self.request, model, self._keeps), self._estimate, self.request,
-                                              self._kept if self._keeps else None)
+        self.stream = OpenAIStreamToResponses(echoed(self.request, model, self._keeps, self._previous), self._estimate,
+                                              self.request, self._kept if self._keeps else None)
         return self.stream
 
     def _estimate(self, output_tokens: int) -> TokenCounts:

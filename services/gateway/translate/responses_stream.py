@@ -31,7 +31,7 @@ the prompt as the call's Ask counted it, the output from the bytes written so fa
 final Response shows the relay's `estimate` then, with `reasoning_tokens` the upstream's
 `completion_tokens_details.reasoning_tokens` when its counts are shown. A refusal (the model declining, saying why)
 is a `refusal` part of the message, as OpenAI's own; the other doors, whose APIs have none, show it as text. The
-items of a stream that completed (or ended incomplete) are what `kept` is given to keep; a failed stream's never.
+Response of a stream that completed (or ended incomplete) is what `kept` is given to keep; a failed stream's never.
 """
 
 from __future__ import annotations

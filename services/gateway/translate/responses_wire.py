@@ -1,7 +1,7 @@
 """OpenAI's Responses API on the wire: the request, the Response object, and the stream events, as msgspec types.
 
-The request is read strictly enough to refuse what the gateway does not keep or serve (a stored response, prompt
-or conversation to continue from, a background run, a hosted tool) and every number out of OpenAI's range, with a
+The request is read strictly enough to refuse what the gateway does not keep or serve (a stored prompt or
+conversation to continue from, a background run, a hosted tool) and every number out of OpenAI's range, with a
 400 naming the field before anything is reserved; fields it does not know are ignored, as OpenAI's chat door
 ignores them. An input item is read as one struct whatever its `type` (a message may leave its `type` out), and
 checked by the door (responses_door.py). Answers and events are written with these types, so the documented
@@ -141,9 +141,10 @@ class ReasoningConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):
-    """`POST /v1/responses`. `previous_response_id`, `conversation`, `prompt` and `background: true` are read only
-    to be refused: responses are not stored to continue from or to run later (only their output items are kept, for
-    `item_reference`s to name)."""
+    """`POST /v1/responses`. `conversation`, `prompt` and `background: true` are read only to be refused: no
+    conversation or prompt is stored to continue from, and nothing runs later. A `previous_response_id` is replaced
+    by the items of the kept Response it names before the request is read (pipeline/stored_items.py); one that
+    reaches the door is refused (the gateway keeps no Responses)."""
 
     model: str
     input: str | list[InputItem] | None = None
@@ -197,6 +198,25 @@ class InputTokens(msgspec.Struct):
 
     input_tokens: int
     object: Literal["response.input_tokens"] = "response.input_tokens"
+
+
+class ResponseDeleted(msgspec.Struct):
+    """`DELETE /v1/responses/{id}`: the kept Response is gone."""
+
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool = True
+
+
+class InputItemList(msgspec.Struct):
+    """`GET /v1/responses/{id}/input_items`: a page of the items a kept Response was made from, each with its `id`
+    (input messages with `input_text` parts, the earlier Responses' output items as they were answered)."""
+
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    object: Literal["list"] = "list"
 
 
 class OutputText(msgspec.Struct, tag_field="type", tag="output_text"):
@@ -292,7 +312,7 @@ class Response(msgspec.Struct, kw_only=True):
     model: str
     output: list[OutputItem]
     parallel_tool_calls: bool = True
-    previous_response_id: None = None
+    previous_response_id: str | None = None       # the kept Response it continues
     temperature: float | None = None
     text: TextConfig
     tool_choice: ToolChoice
@@ -303,7 +323,8 @@ class Response(msgspec.Struct, kw_only=True):
     user: str | None = None
     metadata: dict[str, str]
     background: bool = False
-    store: bool = False                           # whether its output items are kept (`item_reference`)
+    store: bool = False                           # whether it is kept (`previous_response_id`, `item_reference`,
+                                                  # `GET /v1/responses/{id}`)
     reasoning: ReasoningConfig | None = None
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
