@@ -79,6 +79,9 @@ async def test_tenant_models_are_enabled_and_given_quotas_through_the_platforms_
     # a model the registry does not know is not configured either, in the same body (it was another shape)
     unknown_model = await send(demo, "PUT", "/api/v1/tenant-models/abc-123", demo.admin_key, {"tenant_id": tenant})
     assert unknown_model.status_code == 404 and unknown_model.json()["code"] == "MODEL_NOT_CONFIGURED"
+    for hostile in ("\x00", "T" * 300, "../demo"):     # a NUL was a 404 "tenant not found", where others say 400
+        named = await send(demo, "PUT", "/api/v1/tenant-models/nomic-embed-text", demo.admin_key, {"tenant_id": hostile})
+        assert named.status_code == 400 and named.json()["error"]["code"] == "INVALID_IDENTIFIER", named.text
     typo = await send(demo, "PUT", "/api/v1/tenant-models/nomic-embed-text", demo.admin_key,
                       {"tenant_id": tenant, "monthly_qouta": 5})          # was 200, the typo dropped
     assert typo.status_code == 400 and "monthly_qouta" in typo.text

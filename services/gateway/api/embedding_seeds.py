@@ -15,6 +15,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post, put
 from litestar.params import FromPath, JSONBody
 
+from switchyard_gateway.catalog import rules
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.codec import encode
@@ -99,6 +100,8 @@ async def _apply(request: Req, deps: Deps, model: str | None, create: bool) -> R
         field = _QUOTA_FIELDS.get(exc.field, exc.field)
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", str(exc).replace(exc.field, field), field)) from None
     tenant_id = body.tenant_id or request.query_params.get("tenant_id") or key.tenant_id
+    if problem := rules.identifier_problem(tenant_id):          # as the registry says of a name no tenant can have
+        raise ServiceError(400, m.ErrorBody("INVALID_IDENTIFIER", f"tenant_id: {problem}", "tenant_id"))
     cat = deps.catalog
     if tenant_id not in cat.tenants:
         raise _not_found("TENANT_NOT_FOUND", f"Tenant '{tenant_id}' not found", "tenant_id")
