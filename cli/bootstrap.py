@@ -42,8 +42,12 @@ def demo_commands(ollama_url: str, openai_url: str, demo_key: str) -> list[m.Com
 
 
 def config_command(doc: dict) -> m.Command:
-    """A registry document (`switchyard.yaml`) as one atomic, idempotent registry command."""
-    return m.ImportConfig(config=doc)
+    """A registry document (`switchyard.yaml`) as one atomic, idempotent registry command, answered with counts
+    (every event of a large document would not fit one NATS message)."""
+    return m.ImportConfig(config=doc, summary=True)
+
+
+IMPORT_WAIT_S = 60.0        # a document is waited for this long (the registry refuses one it could not apply by then)
 
 
 KEY_SETTINGS = {"admin": "SWITCHYARD_ADMIN_KEY", "member": "SWITCHYARD_DEMO_KEY"}    # the keys `up` issues
@@ -55,8 +59,9 @@ async def apply(nc: NATS, commands: list[m.Command], timeout_s: float = 30.0) ->
     replies = []
     for command in commands:
         try:
-            raw = await retry(lambda command=command: natsio.request(nc, subjects.REGISTRY_COMMAND, encode(command),
-                                                                     5.0),
+            wait_s = IMPORT_WAIT_S if isinstance(command, m.ImportConfig) else 5.0
+            raw = await retry(lambda command=command, wait_s=wait_s: natsio.request(
+                                  nc, subjects.REGISTRY_COMMAND, encode(command), wait_s),
                               what=None, errors=(natsio.ServiceUnavailable,), backoff=Backoff(0.2, 0.2),
                               deadline_s=max(deadline - time.monotonic(), 0.0))
         except natsio.ServiceError as exc:

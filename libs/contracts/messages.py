@@ -183,6 +183,9 @@ class ImportConfig(Command, frozen=True, tag="import_config"):
     every resource is upserted, so importing the same document twice records nothing."""
 
     config: dict[str, Any]
+    # answer `CommandReply.summary` (counts per kind) instead of every event recorded: an answer that always fits
+    # one NATS message, whatever the document's size (every event of 7,000 tenants did not)
+    summary: bool = False
 
 
 class RecordWarmUp(Command, frozen=True, tag="record_warm_up"):
@@ -256,6 +259,24 @@ AnyRegistryEvent = RegistryEvent | EndpointModelsDiscovered
 LaterRegistryEvent = ModelWarmed | UserEvent
 
 
+class KindCounts(msgspec.Struct, frozen=True):
+    """What an import did to one kind of resource: made new, changed, or found as the document has it."""
+
+    created: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+
+class ImportSummary(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An import's result without its events: counts per kind (`providers`, `models`, `endpoints`, `tenants`,
+    `assignments`), how many events it recorded, and the last of them (a reader that has folded it holds them all:
+    the registry publishes them in log order)."""
+
+    kinds: dict[str, KindCounts] = {}
+    events: int = 0
+    last_event_id: str | None = None
+
+
 class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """The events a command recorded (none when it changed nothing), for a new key the key once, and for
     `verify_credentials` the user whose password matched and the version of the credentials it was checked
@@ -269,6 +290,7 @@ class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     # verify_credentials: the id of the user's last password, role or tenant change (its creation, if none) whose
     # hash the password matched; the gateway signs it into the tokens as `ver`, and they stand while it is the user's
     user_version: str | None = None
+    summary: ImportSummary | None = None            # import_config asked with `summary`: its counts, no events
 
     @property
     def recorded(self) -> list[Any]:
@@ -285,12 +307,29 @@ Resource = Literal["tenants", "providers", "endpoints", "models", "keys", "assig
 class RegistryQuery(msgspec.Struct, frozen=True, omit_defaults=True):
     """Read registry state: one resource kind, optionally one item or one tenant's.
 
-    `status` answers counts and the log position; `export` the whole registry as a config document.
+    `status` answers counts and the log position; `export` the whole registry as a config document. A list asked
+    with `limit` is answered one `RegistryPage` at a time, in id order: at most `limit` items after the id `after`
+    whose id (or name) holds `q`, case aside; without `limit`, the whole list (what a gateway of an earlier release
+    asks, and gets only while it fits one NATS message).
     """
 
     resource: Resource
     id: str | None = None
     tenant_id: str | None = None
+    limit: int | None = None
+    after: str | None = None
+    q: str | None = None
+
+
+class RegistryPage(msgspec.Struct, frozen=True):
+    """One page of a list: its items in id order, whether more follow, the id to ask `after` for them, and how
+    many items match the query in all. A page holds fewer than `limit` items when more would not fit one NATS
+    message; `has_more` says whether it is the last."""
+
+    items: list[Any]
+    has_more: bool
+    next_after: str | None
+    total: int
 
 
 # --- router commands and queries (tag field "command") ---------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
+import msgspec
+
 from switchyard_gateway.catalog import rules
 from switchyard_gateway.catalog.state import KEY_PREFIX, Catalog, hash_key, key_id_of
 from switchyard_gateway.contracts import events as ev
@@ -30,9 +32,7 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
 
     `password_hash` is the hash of the password a user command carries, made by the caller beforehand;
     `check_cycles=False` leaves fallback cycles to the caller (a batch checks the state it ends in)."""
-    oversized = rules.bounds_problem({f: getattr(command, f) for f in command.__struct_fields__})
-    if oversized is not None:
-        raise invalid("VALIDATION_ERROR", oversized[1], oversized[0])
+    check_bounds(command)
     match command:
         case m.CreateTenant():
             check_identifier(command.tenant_id, "tenant_id")
@@ -106,6 +106,13 @@ def decide(catalog: Catalog, command: m.Command, password_hash: str | None = Non
     raise invalid("VALIDATION_ERROR", f"unknown command {type(command).__name__}")
 
 
+def check_bounds(command: m.Command) -> None:
+    """400 naming the first field of the command that is too long, has too many items or is too large."""
+    oversized = rules.bounds_problem({f: getattr(command, f) for f in command.__struct_fields__})
+    if oversized is not None:
+        raise invalid("VALIDATION_ERROR", oversized[1], oversized[0])
+
+
 def register_endpoint(catalog: Catalog, command: m.RegisterEndpoint) -> list[ev.Event]:
     check_identifier(command.endpoint_id, "endpoint_id")
     check_mode(command, catalog.registered.get(command.endpoint_id), "Endpoint", command.endpoint_id,
@@ -165,26 +172,60 @@ def issue_key(catalog: Catalog, command: m.IssueKey) -> Decision:
     return [issued], (None if command.secret is not None else secret), key_id
 
 
-def run_all(catalog: Catalog, commands: list[m.Command]) -> list[ev.Event]:
+Counts = dict[str, m.KindCounts]
+
+
+def run_all(catalog: Catalog, commands: list[m.Command], counts: Counts | None = None) -> list[ev.Event]:
     """Decide commands in order against a working copy, each seeing the events of those before it; fallback
-    cycles are looked for once, in the state the batch ends in."""
+    cycles are looked for once, in the state the batch ends in. With `counts`, each upsert is counted there by
+    its kind as created, changed or unchanged."""
     work = catalog.copy()
     recorded: list[ev.Event] = []
     for command in commands:
+        held = _held(work, command)
         events, _, _ = decide(work, command, check_cycles=False)
         for event in events:
             work.apply(event)
         recorded.extend(events)
+        if counts is not None and (kind := IMPORTED_KINDS.get(type(command))) is not None:
+            was = counts.get(kind, m.KindCounts())
+            counts[kind] = msgspec.structs.replace(
+                was, created=was.created + (bool(events) and not held), changed=was.changed + (bool(events) and held),
+                unchanged=was.unchanged + (not events))
     decide_models.cycles_after(work, recorded)
     return recorded
 
 
-def import_config(catalog: Catalog, command: m.ImportConfig) -> list[ev.Event]:
-    """A whole document, all or nothing: every problem reported at once, then each resource upserted."""
+IMPORTED_KINDS: dict[type[m.Command], str] = {
+    m.RegisterProvider: "providers", m.RegisterModel: "models", m.RegisterEndpoint: "endpoints",
+    m.CreateTenant: "tenants", m.AssignModel: "assignments",
+}
+
+
+def _held(catalog: Catalog, command: m.Command) -> bool:
+    """Whether the resource an upsert names exists already."""
+    match command:
+        case m.RegisterProvider():
+            return command.provider_id in catalog.providers
+        case m.RegisterModel():
+            return command.model_id in catalog.models
+        case m.RegisterEndpoint():
+            return command.endpoint_id in catalog.registered
+        case m.CreateTenant():
+            return command.tenant_id in catalog.tenants
+        case m.AssignModel():
+            return command.model_id in catalog.assignments.get(command.tenant_id, {})
+    return False
+
+
+def import_config(catalog: Catalog, command: m.ImportConfig, counts: Counts | None = None) -> list[ev.Event]:
+    """A whole document, all or nothing: every problem reported at once, then each resource upserted (and counted
+    in `counts`, when given)."""
+    check_bounds(command)
     problems = config_file.validate(command.config, config_file.Known.of(catalog))
     if problems:
         first = problems[0]
         raise ServiceError(400, m.ErrorBody(
             "VALIDATION_ERROR", f"{len(problems)} problem(s); the first: {first.path}: {first.message}",
             first.path, problems))
-    return run_all(catalog, config_file.to_commands(command.config))
+    return run_all(catalog, config_file.to_commands(command.config), counts)

@@ -25,6 +25,7 @@ from switchyard_gateway.services.registry.store import RegistryStore
 
 _query = decoder(RegistryQuery)
 LATER_EVENTS = tuple(typing.get_args(m.LaterRegistryEvent))
+PAGE_ROOM_BYTES = 64 * 1024     # what a page of a list leaves of one NATS message: its envelope, headers, slack
 COMMANDS_AT_ONCE = 256      # requests on registry.command.v1 in hand at once (sign-in checks run side by side)
 
 
@@ -35,6 +36,7 @@ class Deps:
     log: Any
     store: RegistryStore
     passwords: Passwords
+    page_bytes: int = 1 << 20                   # what a page of a list may take, encoded: one NATS message, less room
     commands: asyncio.Lock = field(default_factory=asyncio.Lock)     # one command at a time, in arrival order
 
 
@@ -57,6 +59,10 @@ async def _execute(deps: Deps, command: Any) -> bytes:
     if isinstance(command, m.CreateUser | m.UpdateUser) and command.password is not None:
         check_password(command.password)
         password_hash = await deps.passwords.hash(command.password)
+    if isinstance(command, m.ImportConfig):         # a summary when asked for one (an earlier gateway asks for events)
+        summary, recorded = await deps.store.import_document(command)
+        deps.log.info("registry.command", command="ImportConfig", events=summary.events)
+        return encode(CommandReply(summary=summary) if command.summary else CommandReply(events=recorded))
     events, key, key_id = await deps.store.execute(command, password_hash)
     deps.log.info("registry.command", command=type(command).__name__, events=len(events))
     later = [e for e in events if isinstance(e, LATER_EVENTS)]
@@ -101,7 +107,7 @@ async def on_query(deps: Deps, data: bytes) -> bytes:
     """Read registry state; `status` also says whether the log's database answers."""
     store = deps.store
     query = _query.decode(data)
-    answer = views.answer(store.catalog, query, store.position, store.changed_at)
+    answer = views.answer(store.catalog, query, store.position, store.changed_at, deps.page_bytes)
     if query.resource == "status":
         answer["database"] = await store.ping()
     return encode(answer)
@@ -140,7 +146,8 @@ async def start(runtime: Runtime[Settings]) -> Deps:
                                   "revoked; it stays revoked: set a new one to sign in with it")
     if settings.registry_document:
         await apply_document(runtime, store, Path(settings.registry_document))
-    deps = Deps(log=runtime.log, store=store, passwords=passwords)
+    deps = Deps(log=runtime.log, store=store, passwords=passwords,
+                page_bytes=runtime.nc.max_payload - PAGE_ROOM_BYTES)
     runtime.spawn(store.outbox.follow_retries(), "registry-retries")
     await serve_subscriptions(runtime, SUBSCRIPTIONS, deps, at_once={subjects.REGISTRY_COMMAND: COMMANDS_AT_ONCE})
     return deps

@@ -8,6 +8,7 @@ stack is untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -68,17 +69,26 @@ async def upstream() -> AsyncIterator[tuple[int, list[str]]]:
 
 @pytest.fixture
 async def private_urls(urls: StackUrls) -> AsyncIterator[StackUrls]:
-    root = traversable_tempdir("switchyard-cfg-nats-")
+    async with private_stack(urls, "cfg") as private:
+        yield private
+
+
+@contextlib.asynccontextmanager
+async def private_stack(urls: StackUrls, name: str) -> AsyncIterator[StackUrls]:
+    """A NATS of its own and a fresh database beside the session's Valkey: a registry that starts empty."""
+    root = traversable_tempdir(f"switchyard-{name}-nats-")
     first = pick_free_port(set())
     server = NatsServer(root, root, {"nats": first, "nats_monitor": pick_free_port({first})}, durable=False)
     spawner = Spawner()
     server.spawn(spawner)
     await asyncio.to_thread(server.wait_ready, timeout_s=20)
-    database = await create_database(urls.database_url, f"cfg_{uuid.uuid4().hex[:10]}")
-    yield StackUrls(nats_url=server.url, database_url=database, redis_url=urls.redis_url)
-    server.stop(timeout_s=5)
-    spawner.close()
-    shutil.rmtree(root, ignore_errors=True)
+    database = await create_database(urls.database_url, f"{name}_{uuid.uuid4().hex[:10]}")
+    try:
+        yield StackUrls(nats_url=server.url, database_url=database, redis_url=urls.redis_url)
+    finally:
+        server.stop(timeout_s=5)
+        spawner.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class Up:

@@ -17,10 +17,11 @@ from litestar.params import FromPath
 from switchyard_gateway.catalog.document import decode_document
 from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
-from switchyard_gateway.kit.natsio import ServiceError
+from switchyard_gateway.kit.natsio import ServiceError, ServiceUnavailable
 from switchyard_gateway.services.gateway.api.common import (
     AppDeps, Req, admin_guard, ask, check_bounds, json_object, json_response,
 )
+from switchyard_gateway.services.gateway.api.paging import list_page
 from switchyard_gateway.services.gateway.api.quotas import set_model_limits
 from switchyard_gateway.services.gateway.api.users import refuse_in_single_user_mode
 from switchyard_gateway.services.gateway.deps import Deps
@@ -147,8 +148,8 @@ def _crud(resource: str, id_field: str, register: type[m.Command], remove: type[
         return request.scope["raw_path"].decode().split(f"/{resource}/", 1)[1]
 
     @get(f"/{resource}", name=f"list_{resource}")
-    async def list_(deps: AppDeps) -> Response[bytes]:
-        return await run_query(deps, m.RegistryQuery(resource))  # type: ignore[arg-type]
+    async def list_(request: Req, deps: AppDeps) -> Response[bytes]:
+        return await list_page(request, deps, resource)  # type: ignore[arg-type]
 
     @get(f"/{resource}/{item}", name=f"get_{resource}")
     async def get_(request: Req, deps: AppDeps, item_id: FromPath[Any]) -> Response[bytes]:
@@ -179,10 +180,10 @@ async def issue_key(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Re
 
 
 @get("/tenants/{tenant_id:str}/keys")
-async def list_keys(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+async def list_keys(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
     if tenant_id not in deps.catalog.tenants:          # as issuing one answers: not an empty list
         raise ServiceError(404, m.ErrorBody("TENANT_NOT_FOUND", f"Tenant '{tenant_id}' not found", "tenant_id"))
-    return await run_query(deps, m.RegistryQuery("keys", tenant_id=tenant_id))
+    return await list_page(request, deps, "keys", tenant_id)
 
 
 @delete("/keys/{key_id:str}", status_code=200)
@@ -196,8 +197,8 @@ async def assign_model(request: Req, deps: AppDeps, tenant_id: FromPath[str]) ->
 
 
 @get("/tenants/{tenant_id:str}/models")
-async def list_assignments(deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
-    return await run_query(deps, m.RegistryQuery("assignments", tenant_id=tenant_id))
+async def list_assignments(request: Req, deps: AppDeps, tenant_id: FromPath[str]) -> Response[bytes]:
+    return await list_page(request, deps, "assignments", tenant_id)
 
 
 def assigned_model(request: Req, tenant_id: str) -> str:
@@ -230,8 +231,8 @@ async def unassign_model(request: Req, deps: AppDeps, tenant_id: FromPath[str]) 
 
 
 @get(["/templates", "/provider-templates"])
-async def list_templates(deps: AppDeps) -> Response[bytes]:
-    return await run_query(deps, m.RegistryQuery("templates"))
+async def list_templates(request: Req, deps: AppDeps) -> Response[bytes]:
+    return await list_page(request, deps, "templates")
 
 
 @get(["/templates/{name:str}", "/provider-templates/{name:str}"])
@@ -264,9 +265,25 @@ async def registry_export(request: Req, deps: AppDeps) -> Response[bytes]:
     return Response(raw, media_type="application/json")
 
 
+IMPORT_WAIT_S = 60.0            # how long an import is waited for: the registry refuses one it could not apply by then
+MAX_IMPORT_RESOURCES = 10_000   # resources one import may hold (about 5 s of the registry's time, which holds every
+                                # other change meanwhile); a larger document is refused before the registry is asked
+IMPORTED = ("providers", "models", "endpoints", "tenants")
+
+
+def _resources(doc: dict[str, Any]) -> dict[str, int]:
+    """How many resources of each kind a document lists (a tenant's model assignments as `assignments`)."""
+    counts = {kind: len(doc[kind]) for kind in IMPORTED if isinstance(doc.get(kind), list)}
+    tenants = doc.get("tenants") if isinstance(doc.get("tenants"), list) else []
+    counts["assignments"] = sum(len(t["models"]) for t in tenants
+                                if isinstance(t, dict) and isinstance(t.get("models"), list))
+    return counts
+
+
 @post("/registry/import", status_code=200)
 async def registry_import(request: Req, deps: AppDeps) -> Response[bytes]:
-    """Apply a document (JSON or YAML, the export's shape), all or nothing; every problem is reported."""
+    """Apply a document (JSON or YAML, the export's shape), all or nothing; every problem is reported. The answer
+    counts what changed per kind (`created`, `changed`, `unchanged`), never lists it: it always fits."""
     text = (await request.body()).decode("utf-8", errors="replace")
     try:
         doc = decode_document(text) if text.strip() else {}
@@ -277,7 +294,28 @@ async def registry_import(request: Req, deps: AppDeps) -> Response[bytes]:
     if not isinstance(doc, dict):
         raise ServiceError(400, m.ErrorBody("VALIDATION_ERROR", "expected an object with providers, endpoints, "
                                             "models and tenants"))
-    return await run_command(deps, m.ImportConfig(config=doc))
+    counts = _resources(doc)
+    if (total := sum(counts.values())) > MAX_IMPORT_RESOURCES:
+        largest = max(counts, key=lambda kind: counts[kind])
+        raise ServiceError(413, m.ErrorBody("PAYLOAD_TOO_LARGE", (
+            f"the document lists {total:,} resources; one import applies at most {MAX_IMPORT_RESOURCES:,}: import "
+            "it in parts (each is applied whole, and what a part already holds is left unchanged); nothing was "
+            "applied"), largest))
+    command = m.ImportConfig(config=doc, summary=True)
+    check_bounds({f: getattr(command, f) for f in command.__struct_fields__})
+    try:
+        raw = await ask(deps, subjects.REGISTRY_COMMAND, command, IMPORT_WAIT_S)
+    except ServiceUnavailable:
+        raise ServiceError(504, m.ErrorBody("IMPORT_UNCONFIRMED", (
+            f"the registry did not answer within {IMPORT_WAIT_S:.0f} s, so whether the document was applied is not "
+            "known (it is applied whole or not at all): GET /api/admin/registry/export or the lists show which; "
+            "importing it again is safe, as what it already holds is left unchanged"))) from None
+    summary = _reply.decode(raw).summary or m.ImportSummary()
+    if summary.last_event_id is not None:
+        await deps.state.wait_for({summary.last_event_id}, timeout_s=10.0)
+    kinds = {kind: msgspec.to_builtins(summary.kinds.get(kind, m.KindCounts()))
+             for kind in (*IMPORTED, "assignments")}
+    return json_response({"changed": summary.events > 0, "events": summary.events, "summary": kinds})
 
 
 admin_router = Router(

@@ -18,6 +18,7 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.contracts.events import Role
 from switchyard_gateway.services.gateway.api.common import AppDeps, Req, admin_guard, ask, json_object, json_response
+from switchyard_gateway.services.gateway.api.paging import list_page
 from switchyard_gateway.services.gateway.deps import Deps
 from switchyard_gateway.kit.natsio import ServiceError
 
@@ -57,8 +58,9 @@ async def _run(deps: Deps, command: m.Command, username: str, status: int = 200)
 
 
 @get("/users")
-async def list_users(deps: AppDeps, tenant_id: FromQuery[str | None] = None) -> Response[bytes]:
-    return json_response(await ask(deps, subjects.REGISTRY_QUERY, m.RegistryQuery("users", tenant_id=tenant_id)))
+async def list_users(request: Req, deps: AppDeps, tenant_id: FromQuery[str | None] = None) -> Response[bytes]:
+    """A page of the users (of one tenant, with `tenant_id`); `limit`, `after` and `q` as every list takes."""
+    return await list_page(request, deps, "users", tenant_id)
 
 
 @get("/users/{username:str}")

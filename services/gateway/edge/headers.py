@@ -25,7 +25,7 @@ METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 EXPOSED = ("x-request-id, request-id, x-switchyard-model, x-switchyard-cache, retry-after, x-ratelimit-limit, "
            "x-ratelimit-remaining, x-ratelimit-reset, x-ratelimit-limit-requests, x-ratelimit-limit-tokens, "
            "x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, "
-           "x-ratelimit-reset-tokens")
+           "x-ratelimit-reset-tokens, x-has-more, x-next-after, x-total-count, link")     # the last: admin lists' pages
 PREFLIGHT_MAX_AGE_S = 600
 _HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*\Z")
 

@@ -50,6 +50,11 @@ class Operation:
     drop: tuple[str, ...] = ()           # fields of `request` the route fills itself (path, mode, tags)
 
 
+# a list of the registry's, a page at a time (the answer's X-Has-More, X-Next-After and Link say how to go on)
+PAGED = {"limit": Annotated[int, Meta(ge=1, le=1000)], "after": Annotated[str, Meta(max_length=1024)],
+         "q": Annotated[str, Meta(max_length=200)]}
+
+
 # --- answers the gateway builds itself ------------------------------------------------------------------
 
 
@@ -62,6 +67,15 @@ class CommandResult(msgspec.Struct, omit_defaults=True):
     events: int | None = None
     key: str | None = None
     key_id: str | None = None
+
+
+class Imported(msgspec.Struct):
+    """What an import did: whether anything changed, how many events it recorded, and counts per kind of resource
+    (`providers`, `models`, `endpoints`, `tenants`, `assignments`)."""
+
+    changed: bool
+    events: int
+    summary: dict[str, m.KindCounts]
 
 
 class UsageCounts(msgspec.Struct):
@@ -137,7 +151,7 @@ _CHUNKS = (s.CompletionChunk, s.OpenAIError)        # a stream cut by the upstre
 def _crud(resource: str, item: str, create: type, what: str, shown: Any) -> dict[tuple[str, str], Operation]:
     base, one = f"/api/admin/{resource}", f"/api/admin/{resource}/{{item_id}}"
     return {
-        ("GET", base): Operation(f"List {what}s", response=list[shown], auth="admin"),
+        ("GET", base): Operation(f"List {what}s, a page at a time", response=list[shown], auth="admin", query=PAGED),
         ("POST", base): Operation(f"Create a {what} (409 if it exists)", create, CommandResult, 201, (200,),
                                   auth="admin", drop=("mode", "if_match")),
         ("GET", one): Operation(f"One {what}", response=shown, auth="admin"),
@@ -251,13 +265,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/admin/tenants/{tenant_id}/keys"): Operation("Issue a key (shown once)", m.IssueKey, CommandResult,
                                                                201, auth="admin", drop=("tenant_id",)),
     ("GET", "/api/admin/tenants/{tenant_id}/keys"): Operation("A tenant's keys (never the secrets)",
-                                                              response=list[r.Key], auth="admin"),
+                                                              response=list[r.Key], auth="admin", query=PAGED),
     ("DELETE", "/api/admin/keys/{key_id}"): Operation("Revoke a key", response=CommandResult, auth="admin"),
     ("POST", "/api/admin/tenants/{tenant_id}/models"): Operation("Assign a model to a tenant", m.AssignModel,
                                                                  CommandResult, 201, auth="admin",
                                                                  drop=("tenant_id", "mode")),
     ("GET", "/api/admin/tenants/{tenant_id}/models"): Operation("A tenant's assignments",
-                                                                response=list[r.Assignment], auth="admin"),
+                                                                response=list[r.Assignment], auth="admin",
+                                                                query=PAGED),
     ("GET", "/api/admin/tenants/{tenant_id}/models/{model_id}"): Operation("One assignment", response=r.Assignment,
                                                                            auth="admin"),
     ("PUT", "/api/admin/tenants/{tenant_id}/models/{model_id}"): Operation(
@@ -276,7 +291,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                                      response=Json, streams="application/yaml", auth="admin",
                                                      query={"format": Literal["json", "yaml"]}),
     ("POST", "/api/admin/registry/import"): Operation("Apply a registry document (the export's shape, JSON or YAML), "
-                                                      "all or nothing", Json, CommandResult, auth="admin"),
+                                                      "all or nothing", Json, Imported, auth="admin"),
     ("POST", "/api/admin/providers/{provider_id}/test"): Operation("Probe every endpoint of a provider now",
                                                                    response=r.ProviderTest, auth="admin"),
     **_aliased(("/api/admin/registry", "/api/admin/providers"), {
@@ -289,7 +304,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ("GET", "/{endpoint_id}"): Operation("One endpoint's breaker", response=m.CircuitView, auth="admin"),
         ("POST", "/{endpoint_id}/reset"): Operation("Close a breaker now", response=r.CircuitReset, auth="admin")}),
     **_both(("/api/admin/templates", "/api/admin/provider-templates"), {
-        ("GET", ""): Operation("Provider templates", response=list[Template], auth="admin"),
+        ("GET", ""): Operation("Provider templates", response=list[Template], auth="admin", query=PAGED),
         ("GET", "/{name}"): Operation("One provider template", response=Template, auth="admin"),
         ("POST", "/{name}/apply"): Operation("Register an endpoint (and its provider, if new) from a template",
                                              r.TemplateApply, CommandResult, 201, (200,), auth="admin")}),
@@ -299,7 +314,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                                              response=r.ModelTest, auth="admin"),
     # users and sign-in
     ("GET", "/api/admin/users"): Operation("Users (never a password or its hash)", response=list[UserView],
-                                           auth="admin", query={"tenant_id": str}),
+                                           auth="admin", query={"tenant_id": str, **PAGED}),
     ("GET", "/api/admin/users/{username}"): Operation("One user", response=UserView, auth="admin"),
     ("POST", "/api/admin/users"): Operation("Create a user", UserCreate, r.UserChange, 201, (200,), auth="admin"),
     ("PUT", "/api/admin/users/{username}"): Operation("Change a user (a new password ends its sessions)", UserUpdate,

@@ -66,7 +66,7 @@ export function newPage() {
  * One API call; resolves to the decoded JSON body, or throws an ApiError with the gateway's message. A read is
  * aborted with the page that made it, unless given a `signal` of its own.
  */
-export async function api(method, path, body, { signal } = {}) {
+export async function api(method, path, body, { signal, withHeaders = false } = {}) {
   const problem = keyProblem(session.key);
   if (problem) throw new ApiError(0, problem);
   signal ??= isRead(method, path) ? pageRequests.signal : undefined;
@@ -90,7 +90,7 @@ export async function api(method, path, body, { signal } = {}) {
     if (response.status === 401) listeners.forEach((fn) => fn(err));
     throw err;
   }
-  return data;
+  return withHeaders ? { data, headers: response.headers } : data;
 }
 
 export const get = (path, opts) => api("GET", path, undefined, opts);
@@ -98,6 +98,37 @@ export const post = (path, body, opts) => api("POST", path, body ?? {}, opts);
 export const put = (path, body, opts) => api("PUT", path, body ?? {}, opts);
 export const del = (path, opts) => api("DELETE", path, undefined, opts);
 export const enc = encodeURIComponent;
+
+/**
+ * One page of an admin list (`limit`, `after`, `q`): `{ items, hasMore, nextAfter, total }`, from the array the
+ * gateway answers and its `X-Has-More`, `X-Next-After` and `X-Total-Count` headers.
+ */
+export async function getPage(path, { limit = 100, after = "", q = "" } = {}, opts = {}) {
+  const params = new URLSearchParams({ limit: String(limit) });
+  if (after) params.set("after", after);
+  if (q) params.set("q", q);
+  const sep = path.includes("?") ? "&" : "?";
+  const { data, headers } = await api("GET", `${path}${sep}${params}`, undefined, { ...opts, withHeaders: true });
+  const next = headers.get("x-next-after");
+  return {
+    items: Array.isArray(data) ? data : [],
+    hasMore: headers.get("x-has-more") === "true",
+    nextAfter: next ? decodeURIComponent(next) : "",
+    total: Number(headers.get("x-total-count") ?? (Array.isArray(data) ? data.length : 0)),
+  };
+}
+
+/** Every item of an admin list, page after page (for the short lists a form offers whole: models, keys). */
+export async function getAll(path, opts = {}) {
+  const items = [];
+  let after = "";
+  for (;;) {
+    const page = await getPage(path, { limit: 1000, after }, opts);
+    items.push(...page.items);
+    if (!page.hasMore || !page.nextAfter) return items;
+    after = page.nextAfter;
+  }
+}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -1,7 +1,7 @@
 // Endpoints (admin): status, breaker, last probe, latency, models served and loaded; reset a breaker, test an
 // endpoint, refresh the registry, each through the admin API.
 
-import { get, post, enc } from "./api.js";
+import { get, getAll, post, enc } from "./api.js";
 import { h, fill, ago, when, badge, bdi, empty, busy, showError, clearError, toast, panel } from "./dom.js";
 
 const POLL_MS = 5000;
@@ -37,7 +37,7 @@ export function render(main) {
     clearTimeout(timer);
     try {
       const [status, endpoints, circuits] = await Promise.all([
-        get("/api/admin/registry/status"), get("/api/admin/endpoints"),
+        get("/api/admin/registry/status"), getAll("/api/admin/endpoints"),
         get("/api/admin/circuits").catch((err) => ({ error: err })),
       ]);
       if (gone) return;

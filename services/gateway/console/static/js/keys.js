@@ -1,6 +1,6 @@
 // A tenant's keys (admin): listed, issued (the key shown once, with a copy button), revoked with a second click.
 
-import { get, post, del, enc } from "./api.js";
+import { getAll, post, del, enc } from "./api.js";
 import { h, fill, ago, when, badge, empty, busy, showError, clearError, toast, panel } from "./dom.js";
 
 export function keysPanel(base, tenantId) {
@@ -31,7 +31,7 @@ export function keysPanel(base, tenantId) {
 
   async function reload() {
     try {
-      const keys = await get(`${base}/keys`);
+      const keys = await getAll(`${base}/keys`);
       clearError(errorSlot);
       if (!keys.length) {
         fill(content, empty("No keys", h("span", {}, "Issue one above; it is shown once, so copy it then.")));

@@ -2,7 +2,7 @@
 // (`/api/v1/tenant-models/usage`): a member's own page, and the same panels on an admin's tenant page,
 // with the form that sets a tenant's limits or one of its models'.
 
-import { get, put, enc } from "./api.js";
+import { get, getAll, put, enc } from "./api.js";
 import { h, fill, num, usd, ago, when, empty, busy, segmented, panel, showError, toast, clearError } from "./dom.js";
 
 const QUOTA_TEXT = {
@@ -169,7 +169,7 @@ export function limitsForm(base, tenantId, onSaved) {
     });
   });
 
-  Promise.all([get(`${base}/limits`), get("/api/admin/models")]).then(([limits, models]) => {
+  Promise.all([get(`${base}/limits`), getAll("/api/admin/models")]).then(([limits, models]) => {
     current = limits;
     for (const m of models) scope.append(h("option", { value: m.model_id }, `Model ${m.model_id}`));
     show();

@@ -1,6 +1,6 @@
 // Tenants (admin): list and create; one tenant's usage chart, limits and their use, models and keys.
 
-import { get, post, put, del, enc } from "./api.js";
+import { get, getAll, getPage, post, put, del, enc } from "./api.js";
 import { h, fill, ago, when, badge, empty, busy, errorBox, showError, clearError, toast, panel, segmented } from "./dom.js";
 import { RANGES, allStats, busiestModels, topModelStats, usageChart } from "./charts.js";
 import { keysPanel } from "./keys.js";
@@ -10,7 +10,7 @@ import { quotasPanel, periodPanel, limitsForm } from "./limits.js";
 // against it, so that a crafted link (`#/tenants/demo%2Fmodels%2Fx`) cannot point this page's requests at
 // another route of the admin API.
 const TENANT_ID = /^[a-z0-9][a-z0-9_-]{1,49}$/;
-const PAGE = 100;               // tenants listed at once: a thousand are found by the filter, not by scrolling
+const PAGE = 100;               // tenants asked for at once: the rest are found by the filter or "Show more"
 
 export function render(main, context) {
   const tenantId = context.params[0];
@@ -53,40 +53,55 @@ function list(main) {
   fill(main, h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, "Tenants")),
     panel("New tenant", [], form, formError), errorSlot, panel("All tenants", [filter], table));
 
-  get("/api/admin/tenants").then((tenants) => {
-    if (!tenants.length) {
-      fill(table, empty("No tenants yet", h("span", {}, "Create one above, then issue it a key.")));
+  // Pages of PAGE tenants from the gateway, searched there (`q`: the id or the name holds it, case aside), so that
+  // ten thousand tenants are never all fetched: "Show more" asks for the page after the last row shown. Answers to
+  // an earlier filter that arrive late are dropped (`asked`); `data-q` on the count says which filter is drawn.
+  let asked = 0;
+  let everyone = 0;                // tenants in all, as the last unfiltered page said
+  let timer = 0;
+  async function load(wanted, rows = [], after = "") {
+    const mine = ++asked;
+    try {
+      const page = await getPage("/api/admin/tenants", { limit: PAGE, after, q: wanted });
+      if (mine !== asked) return;
+      if (!wanted) everyone = page.total;
+      draw(wanted, [...rows, ...page.items], page);
+    } catch (err) {
+      if (err.name === "AbortError" || mine !== asked) return;
+      fill(table);
+      showError(errorSlot, err, "Tenants");
+    }
+  }
+  function draw(wanted, rows, page) {
+    clearError(errorSlot);
+    filter.disabled = false;
+    if (!rows.length) {
+      fill(table, wanted
+        ? empty(`No tenant matches “${wanted}”`, h("span", {}, "Clear the filter, or create it above."))
+        : empty("No tenants yet", h("span", {}, "Create one above, then issue it a key.")));
       return;
     }
-    filter.disabled = false;
-    let shown = PAGE;
-    const draw = () => {
-      const wanted = filter.value.trim().toLowerCase();
-      const matching = wanted ? tenants.filter((t) => t.tenant_id.includes(wanted)
-        || (t.display_name || "").toLowerCase().includes(wanted)) : tenants;
-      if (!matching.length) {
-        fill(table, empty(`No tenant matches “${filter.value.trim()}”`, h("span", {}, "Clear the filter, or create it above.")));
-        return;
-      }
-      const rows = matching.slice(0, shown);
-      const more = matching.length - rows.length;
-      fill(table, h("div", { class: "table-wrap" }, h("table", { id: "tenant-list" },
-        h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Name"), h("th", {}, "Models"),
-          h("th", { class: "hide-narrow" }, "Changed"))),
-        h("tbody", {}, rows.map((t) => h("tr", { dataset: { tenant: t.tenant_id } },
-          h("td", {}, h("a", { href: `#/tenants/${enc(t.tenant_id)}` }, t.tenant_id)),
-          h("td", {}, t.display_name || h("span", { class: "muted" }, "–")),
-          h("td", {}, t.all_models ? "every model" : "assigned only"),
-          h("td", { class: "hide-narrow", title: when(t.updated_at) }, ago(t.updated_at))))))),
-        h("p", { id: "tenant-count", class: "muted" },
-          `${rows.length.toLocaleString()} of ${matching.length.toLocaleString()}`
-          + (wanted ? ` matching (${tenants.length.toLocaleString()} tenants)` : " tenants"),
-          more ? h("button", { id: "tenant-more", type: "button",
-            onclick: () => { shown += PAGE; draw(); } }, `Show ${Math.min(more, PAGE).toLocaleString()} more`) : null));
-    };
-    filter.addEventListener("input", () => { shown = PAGE; draw(); });
-    draw();
-  }, (err) => { fill(table); showError(errorSlot, err, "Tenants"); });
+    const more = Math.max(page.total - rows.length, page.hasMore ? 1 : 0);
+    fill(table, h("div", { class: "table-wrap" }, h("table", { id: "tenant-list" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Name"), h("th", {}, "Models"),
+        h("th", { class: "hide-narrow" }, "Changed"))),
+      h("tbody", {}, rows.map((t) => h("tr", { dataset: { tenant: t.tenant_id } },
+        h("td", {}, h("a", { href: `#/tenants/${enc(t.tenant_id)}` }, t.tenant_id)),
+        h("td", {}, t.display_name || h("span", { class: "muted" }, "–")),
+        h("td", {}, t.all_models ? "every model" : "assigned only"),
+        h("td", { class: "hide-narrow", title: when(t.updated_at) }, ago(t.updated_at))))))),
+      h("p", { id: "tenant-count", class: "muted", dataset: { q: wanted } },
+        `${rows.length.toLocaleString()} of ${page.total.toLocaleString()}`
+        + (wanted ? ` matching (${everyone.toLocaleString()} tenants)` : " tenants"),
+        page.hasMore && page.nextAfter ? h("button", { id: "tenant-more", type: "button",
+          onclick: (event) => { event.currentTarget.disabled = true; load(wanted, rows, page.nextAfter); } },
+        `Show ${Math.min(more, PAGE).toLocaleString()} more`) : null));
+  }
+  filter.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => load(filter.value.trim()), 200);
+  });
+  load("");
   id.focus();
 }
 
@@ -197,7 +212,7 @@ function modelsPanel(base, tenantId, subtitle) {
 
   async function reload() {
     try {
-      const [rows, catalog] = await Promise.all([get(`${base}/models`), get("/api/admin/models")]);
+      const [rows, catalog] = await Promise.all([getAll(`${base}/models`), getAll("/api/admin/models")]);
       const assigned = rows.map((r) => r.model_id);
       clearError(errorSlot);
       const free = catalog.map((m) => m.model_id).filter((m) => !assigned.includes(m));
