@@ -5,7 +5,7 @@ registry commands, and export the registry back into the same shape.
     endpoints: [{id, provider, base_url, api_key: "${ENV_VAR}", models, priority, weight,
                  max_concurrent, timeout_s, first_byte_timeout_s, warm_on_start}]
     models:    [{id, kind, aliases, context_length, input_price_per_1m, output_price_per_1m,
-                 cached_input_price_per_1m, fallback}]
+                 cached_input_price_per_1m, fallback, capabilities}]
     tenants:   [{id, display_name, all_models, fallback_on_quota,
                  models: [{model, enabled, default, priority, input_price_per_1m, output_price_per_1m,
                            cached_input_price_per_1m, fallback}]}]
@@ -45,7 +45,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "id": ((str,), True), "kind": ((str,), False), "aliases": ((list,), False),
         "context_length": ((int,), False), "input_price_per_1m": (_NUM, False),
         "output_price_per_1m": (_NUM, False), "cached_input_price_per_1m": (_NUM, False),
-        "fallback": ((str,), False),
+        "fallback": ((str,), False), "capabilities": ((list,), False),
     },
     "tenants": {
         "id": ((str,), True), "display_name": ((str,), False), "all_models": ((bool,), False),
@@ -259,6 +259,11 @@ def validate(doc: dict[str, Any], known: Known | None = None) -> list[Problem]:
     for path, item in items["models"]:
         if "kind" in item and item["kind"] not in rules.MODEL_KINDS:
             bad(f"{path}.kind", f"'{item['kind']}' is not one of {', '.join(rules.MODEL_KINDS)}")
+        for i, said in enumerate(item.get("capabilities") or () if isinstance(item.get("capabilities"), list) else ()):
+            if said not in rules.MODEL_CAPABILITIES:
+                bad(f"{path}.capabilities[{i}]", f"{said!r} is not one of {', '.join(rules.MODEL_CAPABILITIES)}")
+            elif said in item["capabilities"][:i]:
+                bad(f"{path}.capabilities[{i}]", f"'{said}' is named twice")
         _non_negative(path, item, ("context_length", *_PRICES), problems)
         _reference(f"{path}.fallback", item.get("fallback"), item.get("id"), names, problems)
         if isinstance(item.get("id"), str):
@@ -415,7 +420,7 @@ def to_commands(doc: dict[str, Any]) -> list[m.Command]:
             input_price_per_1m=float(model.get("input_price_per_1m", 0.0)),
             output_price_per_1m=float(model.get("output_price_per_1m", 0.0)),
             cached_input_price_per_1m=_float_or_none(model.get("cached_input_price_per_1m")),
-            fallback_model=model.get("fallback", "")))
+            fallback_model=model.get("fallback", ""), capabilities=tuple(model.get("capabilities") or ())))
     for e in doc.get("endpoints") or []:
         commands.append(m.RegisterEndpoint(
             endpoint_id=e["id"], provider_id=e["provider"], base_url=e["base_url"], api_key_ref=e.get("api_key", ""),
@@ -486,9 +491,9 @@ def export(catalog: Catalog) -> dict[str, Any]:
         "id": x.model_id, "kind": x.kind, "aliases": list(x.aliases), "context_length": x.context_length,
         "input_price_per_1m": x.input_price_per_1m, "output_price_per_1m": x.output_price_per_1m,
         "cached_input_price_per_1m": x.cached_input_price_per_1m,
-        "fallback": x.fallback_model}, {"kind": "chat", "aliases": [], "context_length": 0,
-                                        "input_price_per_1m": 0.0, "output_price_per_1m": 0.0,
-                                        "cached_input_price_per_1m": None, "fallback": ""})
+        "fallback": x.fallback_model, "capabilities": list(x.capabilities)},
+        {"kind": "chat", "aliases": [], "context_length": 0, "input_price_per_1m": 0.0, "output_price_per_1m": 0.0,
+         "cached_input_price_per_1m": None, "fallback": "", "capabilities": []})
         for _, x in sorted(catalog.models.items())]
     tenants = []
     for tid, t in sorted(catalog.tenants.items()):

@@ -21,6 +21,7 @@ PASSWORD_MIN, PASSWORD_MAX = 8, 1024      # characters; the upper bound keeps ha
 DISPLAY_NAME_MAX = 200
 PROVIDER_KINDS = ("ollama", "openai-compatible", "openai")
 MODEL_KINDS = ("chat", "embedding")
+MODEL_CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking")   # Ollama's words
 # the longest text each field may hold (characters), and the most items each list may hold
 TEXT_BOUNDS = {
     "display_name": DISPLAY_NAME_MAX, "name": 200, "base_url": 2048, "api_key_ref": 256, "api_key": 256, "secret": 512,

@@ -23,6 +23,8 @@ Instant = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-ti
 Role = Literal["member", "admin"]
 ProviderKind = Literal["ollama", "openai-compatible", "openai"]
 ModelKind = Literal["chat", "embedding"]
+# what a model can do, in Ollama's words (`/api/show`'s `capabilities`)
+Capability = Literal["completion", "tools", "vision", "embedding", "thinking", "insert"]
 # interrupted: the gateway died while serving the call; its next life recorded it from its journal
 Outcome = Literal["ok", "error", "cancelled", "interrupted"]
 AttemptOutcome = Literal["ok", "refused", "timeout", "http_5xx", "http_429", "http_4xx", "cut", "error"]
@@ -214,6 +216,7 @@ class ModelRegistered(Event, frozen=True, tag=s.MODEL_REGISTERED):
     output_price_per_1m: float = 0.0  # USD
     fallback_model: str = ""
     cached_input_price_per_1m: float | None = None   # USD per 1M prompt tokens read from a prompt cache (None: input)
+    capabilities: tuple[Capability, ...] = ()   # what an operator says it can do, beside what its servers say
 
     @property
     def identifier(self) -> str:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from switchyard_gateway.contracts.events import Instant, ModelKind, ProviderKind, RegistryEvent, Role
+from switchyard_gateway.contracts.events import Capability, Instant, ModelKind, ProviderKind, RegistryEvent, Role
 from switchyard_gateway.contracts.routing import CircuitState, EndpointModelsDiscovered, ModelWarmed, ProbeCompleted
 from switchyard_gateway.contracts.users import UserEvent, UserView
 
@@ -109,6 +109,7 @@ class RegisterModel(Command, frozen=True, tag="register_model"):
     output_price_per_1m: float = 0.0
     fallback_model: str = ""
     cached_input_price_per_1m: float | None = None
+    capabilities: tuple[Capability, ...] = ()
     mode: Mode = "upsert"
     if_match: str | None = None
 

@@ -23,6 +23,7 @@ def register_model(catalog: Catalog, command: m.RegisterModel, check_cycles: boo
     if owner is not None:           # a new model named like another's alias (or `x:latest` of x) would hide it
         raise invalid("CONFLICT", f"'{command.model_id}' already names model '{owner}'", "model_id", 409)
     check_duplicates(command.aliases, "aliases")
+    check_duplicates(command.capabilities, "capabilities")
     for i, alias in enumerate(command.aliases):
         check_model_name(alias, f"aliases[{i}]")
         owner = alias if alias in catalog.models else catalog.aliases.get(alias)

@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 
 from switchyard_gateway import http1
-from switchyard_gateway.catalog.rules import normalise_model
+from switchyard_gateway.catalog.rules import MODEL_CAPABILITIES, normalise_model
 from switchyard_gateway.contracts.routing import ModelFacts
 
-CAPABILITIES = ("completion", "tools", "insert", "vision", "embedding", "thinking")   # Ollama's words
+CAPABILITIES = MODEL_CAPABILITIES     # Ollama's words
 SHOW_CONCURRENCY = 4
 MAX_FACTS_BYTES = 8 * 1024 * 1024             # a model card with its template is well under this
 JSON_BODY = ("Content-Type", "application/json")

@@ -268,6 +268,30 @@ async def test_show_reports_what_the_upstream_says_and_unknown_otherwise(demo: D
     assert translated.modelinfo["general.architecture"] == "unknown"
 
 
+async def test_an_operator_adds_what_a_model_can_do_where_its_servers_say_nothing(demo: DemoStack,
+                                                                                 upstream: Upstream) -> None:
+    """A model only OpenAI-compatible servers serve was `["completion"]` to Ollama's clients, and llm-ollama then
+    refused to offer it tools ("does not support tools") though the door translates them; the registry now takes
+    the model's `capabilities`, and /api/show adds them to what its servers say."""
+    client = ollama.AsyncClient(host=demo.url, headers=bearer(upstream.key))
+    model = upstream.model("translated")
+    async with httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:
+        for hostile, field in ((["flying"], "capabilities"), (["tools", "tools"], "capabilities[1]"),
+                               ("tools", "capabilities"), ([1], "capabilities")):
+            refused = await admin.put(f"/api/admin/models/{model}", json={"capabilities": hostile})
+            assert refused.status_code == 400 and refused.json()["error"]["field"].startswith(field), refused.text
+        changed = await admin.put(f"/api/admin/models/{model}", json={"capabilities": ["tools", "vision"]})
+        assert changed.status_code == 200, changed.text
+        try:
+            shown = await client.show(model)
+            assert shown.capabilities == ["completion", "tools", "vision"]          # the servers' word, then ours
+            exported = (await admin.get("/api/admin/registry/export")).json()
+            assert [m.get("capabilities") for m in exported["models"] if m["id"] == model] == [["tools", "vision"]]
+        finally:
+            await admin.put(f"/api/admin/models/{model}", json={"capabilities": []})
+    assert (await client.show(model)).capabilities == ["completion"]
+
+
 @pytest.mark.parametrize(("path", "shape"), [("/v1/chat/completions", "openai"), ("/api/chat", "ollama"),
                                              ("/v1/messages", "anthropic")])
 def test_a_request_the_http_server_refuses_gets_its_doors_error_shape(demo: DemoStack, path: str, shape: str) -> None:

@@ -82,6 +82,9 @@ def test_a_good_document_has_no_problems() -> None:
     ("models: [{id: a, input_price_per_1m: -1}]", "models[0].input_price_per_1m", "cannot be negative"),
     ("models: [{id: a, cached_input_price_per_1m: -1}]", "models[0].cached_input_price_per_1m", "cannot be negative"),
     ("models: [{id: \"bad\\nname\"}]", "models[0].id", "U+000A"),
+    ("models: [{id: a, capabilities: [tools, flying]}]", "models[0].capabilities[1]",
+     "'flying' is not one of completion, tools"),
+    ("models: [{id: a, capabilities: [tools, vision, tools]}]", "models[0].capabilities[2]", "'tools' is named twice"),
     ("routes: []", "routes", "unknown section"),
     ("providers: [\n", "line 2, column 1", "not valid YAML"),
 ])

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, head, post
 
-from switchyard_gateway.catalog.rules import normalise_model
+from switchyard_gateway.catalog.rules import MODEL_CAPABILITIES, normalise_model
 from switchyard_gateway.catalog.state import Catalog, upstream_name
 from switchyard_gateway.contracts.events import ModelRegistered
 from switchyard_gateway.contracts.routing import ModelFacts
@@ -145,7 +145,9 @@ def show_body(catalog: Catalog, tenant_id: str, name: str, facts: FactsLookup | 
     context = model.context_length or said.context_length
     if context:
         model_info[f"{arch}.context_length"] = context
-    capabilities = list(said.capabilities) or (["embedding"] if model.kind == "embedding" else ["completion"])
+    given = {"embedding" if model.kind == "embedding" else "completion",     # what its kind says, what its
+             *said.capabilities, *model.capabilities}                       # servers say, what an operator adds
+    capabilities = [word for word in MODEL_CAPABILITIES if word in given]
     assignment = catalog.assignments.get(tenant_id, {}).get(model_id)
     price_in = assignment.input_price_per_1m if assignment and assignment.input_price_per_1m is not None \
         else model.input_price_per_1m
