@@ -43,6 +43,7 @@ from switchyard_gateway.services.gateway.pipeline.routing import Router
 from switchyard_gateway.services.gateway.pipeline.shared_inflight import SharedInflight
 from switchyard_gateway.services.gateway.pipeline.stored_items import StoredItems
 from switchyard_gateway.services.gateway.api.stored_responses import STORED_RESPONSE_ROUTES
+from switchyard_gateway.services.gateway.api.conversations import CONVERSATION_ROUTES
 from switchyard_gateway.services.gateway.pipeline.usage import OutcomeBatcher, UsagePublisher
 from switchyard_gateway.services.gateway.console.routes import CONSOLE_ROUTES
 from switchyard_gateway.services.gateway.openapi.routes import DOCS_ROUTES
@@ -228,7 +229,8 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
         "gateway", settings, start, database=False, stop=stop,
         route_handlers=[*admin.ROUTES, *routing_admin.ROUTES, *quotas.ROUTES, *monitoring.ROUTES, *OLLAMA_ROUTES,
                         *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
-                        *system_seeds.ROUTES, *STORED_RESPONSE_ROUTES, *DOCS_ROUTES, ws.upgrade_needed],
+                        *system_seeds.ROUTES, *STORED_RESPONSE_ROUTES, *CONVERSATION_ROUTES, *DOCS_ROUTES,
+                        ws.upgrade_needed],
         health_handler=health.health,
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,

@@ -32,10 +32,23 @@ async def _turn(items: StoredItems, tenant: str, reply: str = "Hagen's yard", **
     body = json.dumps({"model": "m", **fields}).encode()
     resolved = await items.resolve(tenant, body) if items.names_any(body) else Resolved(body)
     door = Door("/v1/responses", read_request("openai.responses", resolved.body), resolved.body)
-    door.responses.keep(partial(items.store, tenant, resolved=resolved), resolved.previous)  # type: ignore[union-attr]
+    door.responses.keep(partial(items.store, tenant, resolved=resolved), resolved.previous,  # type: ignore[union-attr]
+                        resolved.conversation)
     answered = json.loads(door.plan("openai-compatible").answer(completion({"content": reply}), "m", Times(0, 0)))
     await wait_for(lambda: _landed(items), what="the Response kept")
     return answered
+
+
+def counted_rounds(items: StoredItems, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many lookups go out in each round trip the store makes from now on."""
+    rounds: list[int] = []
+    real_round = items._round
+
+    async def counted(*asked):
+        rounds.append(len(asked))
+        return await real_round(*asked)
+    monkeypatch.setattr(items, "_round", counted)
+    return rounds
 
 
 async def _landed(items: StoredItems) -> bool:
@@ -74,13 +87,7 @@ async def test_a_chain_resolves_to_each_turns_input_then_output_and_this_turns_i
 async def test_a_long_chain_is_three_round_trips_and_sized_before_it_is_fetched(urls: StackUrls,
                                                                                 monkeypatch) -> None:
     items = _items(urls, max_body_bytes=64 << 10)
-    rounds: list[int] = []
-    real_round = items._round
-
-    async def counted(*asked):
-        rounds.append(len(asked))
-        return await real_round(*asked)
-    monkeypatch.setattr(items, "_round", counted)
+    rounds = counted_rounds(items, monkeypatch)
     previous, trips = None, []
     for number in range(12):
         rounds.clear()

@@ -99,25 +99,26 @@ async def delete_response(request: Req, response_id: FromPath[str]) -> Response[
 async def list_input_items(request: Req, response_id: FromPath[str]) -> Response[bytes]:
     """The items a kept Response was made from, a page at a time (OpenAI's `responses.input_items.list`)."""
     items, tenant_id = _kept(request, response_id)
-    limit, order, after, before = _page_asked(request.query_params)
+    limit, order, after, before = page_asked(request.query_params)
     listed, lost = await items.input_items(tenant_id, response_id)
     if listed is None:
         raise ResponseNotFound(response_id, lost)
     return _json(page(listed, limit, order, after, before))
 
 
-def _page_asked(params: Any) -> tuple[int, str, str | None, str | None]:
-    """`limit`, `order`, `after` and `before` as OpenAI takes them; a 400 naming the first one out of its range."""
+def page_asked(params: Any, takes_before: bool = True) -> tuple[int, str, str | None, str | None]:
+    """`limit`, `order`, `after` and (where a list takes it) `before` as OpenAI takes them; a 400 naming the first
+    one out of its range."""
     limit = params.get("limit", str(DEFAULT_LIMIT))
     if not LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
         raise BadRequest(f"Invalid 'limit': an integer from 1 to {MAX_LIMIT}", param="limit", code="invalid_value")
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise BadRequest("Invalid 'order': 'asc' or 'desc'", param="order", code="invalid_value")
-    after, before = params.get("after"), params.get("before")
+    after, before = params.get("after"), params.get("before") if takes_before else None
     for name, value in (("after", after), ("before", before)):
         if value is not None and not ITEM_ID.fullmatch(value):
-            raise BadRequest(f"Invalid '{name}': an item's id, as `input_items` lists them", param=name,
+            raise BadRequest(f"Invalid '{name}': an item's id, as the list gives them", param=name,
                              code="invalid_value")
     if after is not None and before is not None:
         raise BadRequest("Invalid 'before': give 'after' or 'before', not both", param="before", code="invalid_value")

@@ -27,6 +27,7 @@ from switchyard_gateway.services.gateway.edge.tokens import TokenPair
 from switchyard_gateway.services.gateway.openapi import answers as r
 from switchyard_gateway.services.gateway.openapi import shapes as s
 from switchyard_gateway.services.gateway.translate import anthropic_wire as a
+from switchyard_gateway.services.gateway.translate import responses_conversations as c
 from switchyard_gateway.services.gateway.translate import responses_wire as rw
 
 Json = dict[str, Any]
@@ -205,6 +206,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                             "after": str, "before": str}),
     ("POST", "/v1/responses/input_tokens"): Operation("Count a Responses request's prompt tokens (OpenAI)",
                                                       rw.ResponsesRequest, rw.InputTokens, auth="door"),
+    ("POST", "/v1/conversations"): Operation("A new conversation, with its first items (OpenAI)", c.ConversationCreate,
+                                             c.Conversation, auth="door"),
+    ("GET", "/v1/conversations/{conversation_id}"): Operation("A kept conversation (OpenAI)",
+                                                              response=c.Conversation, auth="door"),
+    ("POST", "/v1/conversations/{conversation_id}"): Operation("Set a conversation's metadata (OpenAI)",
+                                                               c.ConversationUpdate, c.Conversation, auth="door"),
+    ("DELETE", "/v1/conversations/{conversation_id}"): Operation(
+        "Delete a conversation; its items stay until they expire (OpenAI)", response=c.ConversationDeleted,
+        auth="door"),
+    ("GET", "/v1/conversations/{conversation_id}/items"): Operation(
+        "A conversation's items, a page at a time (OpenAI)", response=c.ConversationItemList, auth="door",
+        query={"limit": Annotated[int, Meta(ge=1, le=100)], "order": Literal["asc", "desc"], "after": str,
+               "include": c.Included}),
+    ("POST", "/v1/conversations/{conversation_id}/items"): Operation(
+        "Add items after a conversation's last: the items added, each with its id (OpenAI)", c.ItemsCreate,
+        c.ConversationItemList, auth="door", query={"include": c.Included}),
+    ("GET", "/v1/conversations/{conversation_id}/items/{item_id}"): Operation(
+        "One of a conversation's items (OpenAI)", response=c.ConversationItem, auth="door",
+        query={"include": c.Included}),
+    ("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}"): Operation(
+        "Take an item off a conversation: the conversation (OpenAI)", response=c.Conversation, auth="door"),
     ("GET", "/v1/models"): Operation("The models the caller's tenant may use", response=s.ModelList, auth="door"),
     ("GET", "/v1/models/{model_id}"): Operation("One model, by id or alias", response=s.Model, auth="door"),
     # Anthropic

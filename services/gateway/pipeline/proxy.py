@@ -160,7 +160,8 @@ class Proxy:
     async def _read(self, scope: Any, proto: Any) -> tuple[KeyIssued, bytes, InferenceRequest, Door]:
         """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
         a GatewayError refuses the call. A Responses call's body is read with what it names of kept Responses in
-        place (the items its `item_reference`s name, the conversation its `previous_response_id` continues), when
+        place (the items its `item_reference`s name, the conversation its `previous_response_id` continues or its
+        `conversation` names), when
         Responses are kept; the other doors' bodies are not looked at here."""
         key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await read_body(scope.headers, proto, self.max_body_bytes)
@@ -172,7 +173,7 @@ class Proxy:
             door = Door(scope.path, request, body)
             if api == RESPONSES:
                 keeper = partial(self.items.store, key.tenant_id, resolved=resolved)
-                door.responses.keep(keeper, resolved.previous)  # type: ignore[union-attr]
+                door.responses.keep(keeper, resolved.previous, resolved.conversation)  # type: ignore[union-attr]
             return key, body, request, door
         request = read_request(api, body)
         return key, body, request, Door(scope.path, request, body)

@@ -24,7 +24,9 @@ its start; a failed write is dropped (warned of, throttled).
 
 Before the door reads a request, `resolve` puts in place, under the caller's tenant, what it names: for
 `previous_response_id`, the input then the output items of each Response of that one's chain, oldest first, before
-the request's own `input` (their `instructions` are not carried over); for each `item_reference`, the item. At most
+the request's own `input` (their `instructions` are not carried over); for `conversation`, its items
+(stored_conversations.py; a Response kept in it adds its input and output items to it); for each `item_reference`,
+the item. At most
 three round trips, however long the conversation: the continued Response's chain and sizes with each referenced
 item's size (STRLEN), the sizes of the Responses before it, then every value at once (each item asked for once;
 what is not found is looked for once more, RECHECK_S later); a request whose body would pass the limit with them in
@@ -46,16 +48,19 @@ import msgspec
 from switchyard_gateway.resp import Valkey, ValkeyError
 from switchyard_gateway.services.gateway.edge.errors import ApiError, BadRequest
 from switchyard_gateway.services.gateway.pipeline.background_writes import BackgroundWrites
+from switchyard_gateway.services.gateway.pipeline.stored_conversations import StoredConversations
 from switchyard_gateway.services.gateway.pipeline.stored_names import (
-    MAX_REFERENCES, check_continued, not_kept, own_items, previous_not_found, referenced, too_large,
+    MAX_REFERENCES, ConversationNotFound, check_continued, conversation_named, not_kept, own_items, previous_not_found,
+    referenced, too_large,
 )
 from switchyard_gateway.services.gateway.translate.responses_door import KeptOutput
 
 LOOKUP_TIMEOUT_S = 2.0            # a lookup Valkey has not answered by then: the call is answered 503
 RECHECK_S = 0.1                   # what is not found is looked up once more after this: a client that sends its next
                                   # turn at once (a tool loop) may reach another worker before the store lands
-REFERENCE = b"item_reference"     # a body without these bytes, or PREVIOUS, names nothing kept and is not decoded here
-PREVIOUS = b"previous_response_id"
+REFERENCE = b"item_reference"     # a body without these bytes, PREVIOUS or CONVERSATION names nothing kept and is not
+PREVIOUS = b"previous_response_id"  # decoded here
+CONVERSATION = b"conversation"
 RECORD = ".response"              # a Response's hash: `<prefix><tenant>:<resp id>.response`
 
 
@@ -66,7 +71,9 @@ class Resolved(NamedTuple):
     previous: str | None = None       # the Response it continues
     chain: tuple[str, ...] = ()       # that one and those it continued, nearest first: the new Response's chain
     inherited: int = 0                # how many of the first items of `input` came from them
-    renewed: tuple[str, ...] = ()     # their keys (hashes and output items), whose TTL a kept answer renews
+    renewed: tuple[str, ...] = ()     # their keys (hashes and output items; a conversation's items), whose TTL a kept
+                                      # answer renews
+    conversation: str | None = None   # the conversation it is made in, whose items are those `inherited`
 
 
 class Chain(NamedTuple):
@@ -101,6 +108,7 @@ class StoredItems(BackgroundWrites):
         self.prefix = prefix
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.max_body_bytes = max_body_bytes       # a request with its items resolved is bounded as a body sent
+        self.conversations = StoredConversations(self)
 
     def key(self, tenant_id: str, item_id: str) -> str:
         """`<prefix><tenant>:<item id>`: the item id has no `:` (ITEM_ID), so no two tenants' keys meet."""
@@ -113,11 +121,12 @@ class StoredItems(BackgroundWrites):
     @staticmethod
     def names_any(body: bytes) -> bool:
         """Whether a body may name something kept (an item or a Response); one that does not is read as it is."""
-        return REFERENCE in body or PREVIOUS in body
+        return REFERENCE in body or PREVIOUS in body or CONVERSATION in body
 
     async def resolve(self, tenant_id: str, body: bytes) -> Resolved:
         """The body with each `item_reference` of its `input` replaced by the item kept under the tenant, and the
-        items of the Response its `previous_response_id` continues before its own (that field taken out); the body
+        items of the Response its `previous_response_id` continues, or of the conversation its `conversation` names,
+        before its own (that field taken out); the body
         itself when it names neither (or is not an object with an `input` of a type the door reads: the door refuses
         it as it is)."""
         try:
@@ -127,10 +136,12 @@ class StoredItems(BackgroundWrites):
         if not isinstance(request, dict):
             return Resolved(body)
         previous, given = request.get("previous_response_id"), request.get("input")
-        if previous is not None:
-            if not isinstance(previous, str) or not (given is None or isinstance(given, (str, list))):
+        conversation = conversation_named(request) if previous is None else None
+        if previous is not None or conversation is not None:
+            if not isinstance(previous, (str, type(None))) or not (given is None or isinstance(given, (str, list))):
                 return Resolved(body)               # the door names the field of the wrong type
-            check_continued(request, previous)
+            if previous is not None:
+                check_continued(request, previous)
             items = [{"type": "message", "role": "user", "content": given}] if isinstance(given, str) \
                 else given or []
         elif isinstance(given, list):
@@ -138,7 +149,7 @@ class StoredItems(BackgroundWrites):
         else:
             return Resolved(body)
         wanted = referenced(items)
-        if previous is None and not wanted:
+        if previous is None and conversation is None and not wanted:
             return Resolved(body)
         if len(wanted) > MAX_REFERENCES:
             raise BadRequest(f"Invalid 'input': it holds {len(wanted)} item_references, more than the "
@@ -150,7 +161,14 @@ class StoredItems(BackgroundWrites):
         # not make Valkey send (and this worker read) more than the request may hold
         distinct = list(dict.fromkeys(item_id for _, item_id in wanted))
         keys = [self.key(tenant_id, item_id) for item_id in distinct]  # type: ignore[arg-type]
-        chain, sizes = await self._measure(tenant_id, previous, keys)
+        held = None
+        if conversation is not None:
+            held, sizes = await self._round(self.conversations.held(tenant_id, conversation), self._sizes(keys))
+            if held is None:
+                raise ConversationNotFound(conversation)
+            chain = None
+        else:
+            chain, sizes = await self._measure(tenant_id, previous, keys)
         if chain is not None and chain.lost is not None:
             raise previous_not_found(previous, chain.lost)  # type: ignore[arg-type]
         size_of = dict(zip(distinct, sizes))
@@ -158,9 +176,13 @@ class StoredItems(BackgroundWrites):
             if not size_of[item_id]:  # type: ignore[index]
                 raise not_kept(index, item_id)
         referred = sum(size_of[item_id] for _, item_id in wanted)  # type: ignore[index]
-        if len(body) + referred + (chain.size() if chain is not None else 0) > self.max_body_bytes:
+        inherited = chain.size() if chain is not None else held.size if held is not None else 0
+        if len(body) + referred + inherited > self.max_body_bytes:
             raise too_large(self.max_body_bytes)
-        context, found = await self._fetch(tenant_id, chain, keys)
+        if held is not None:
+            context, kept, found = await self.conversations.context(tenant_id, held, keys)
+        else:
+            context, found = await self._fetch(tenant_id, chain, keys)  # type: ignore[assignment]
         if context is None:                             # a Response of the chain expired since its size was read
             raise previous_not_found(previous, None)  # type: ignore[arg-type]
         found_by_id = dict(zip(distinct, found))
@@ -169,12 +191,15 @@ class StoredItems(BackgroundWrites):
             if raw is None:                             # expired since its size was read
                 raise not_kept(index, item_id)
             items[index] = msgspec.Raw(raw)
-        if previous is not None:                       # (else `items` is the request's own `input`, changed in place)
-            request.pop("previous_response_id")
+        if previous is not None or held is not None:   # (else `items` is the request's own `input`, changed in place)
+            request.pop("previous_response_id", None)
+            request.pop("conversation", None)
             request["input"] = [*context, *items]
         resolved = _encode(request)
         if len(resolved) > self.max_body_bytes:          # (the body itself was read: nothing is left to drain)
             raise too_large(self.max_body_bytes)
+        if held is not None:
+            return Resolved(resolved, inherited=len(context), renewed=tuple(kept), conversation=held.id)
         if chain is None:
             return Resolved(resolved)
         renewed = [self.record_key(tenant_id, response_id) for response_id in chain.ids]
@@ -334,12 +359,21 @@ class StoredItems(BackgroundWrites):
         write. Its own input is read from the request here, off the answer's way."""
         head = _encode(msgspec.structs.replace(output.response, output=[]))
         key = self.record_key(tenant_id, output.response.id)
+        own = own_items(resolved.body, resolved.inherited)
+        if resolved.conversation is None:
+            written = [("SET", self.key(tenant_id, item_id), raw, "PX", self.ttl_ms) for item_id, raw in output]
+            renewed = [("PEXPIRE", renewed, self.ttl_ms) for renewed in resolved.renewed]
+        else:       # its input (kept in its hash too) and output after the conversation's items, which are renewed
+            added = [*((item["id"], _encode(item)) for item in own), *output]
+            written = [*self.conversations.appended(tenant_id, resolved.conversation, added, list(resolved.renewed)),
+                       ("HINCRBY", self.conversations.record_key(tenant_id, resolved.conversation), "bytes",
+                        sum(len(raw) for _, raw in added))]
+            renewed = []
         await self._written([
-            *(("SET", self.key(tenant_id, item_id), raw, "PX", self.ttl_ms) for item_id, raw in output),
-            ("HSET", key, "head", head, "input", _encode(own_items(resolved.body, resolved.inherited)),
+            *written,
+            ("HSET", key, "head", head, "input", _encode(own),
              "output", _encode([(item_id, len(raw)) for item_id, raw in output]), "chain", " ".join(resolved.chain)),
-            ("PEXPIRE", key, self.ttl_ms),
-            *(("PEXPIRE", renewed, self.ttl_ms) for renewed in resolved.renewed)])
+            ("PEXPIRE", key, self.ttl_ms), *renewed])
 
     async def _written(self, commands: list[tuple[Any, ...]]) -> None:
         try:

@@ -1,6 +1,7 @@
-"""What a Responses request may name of the kept Responses (pipeline/stored_items.py), and what it is told when it names
-them wrongly: the ids the door writes, the 400s for a reference or a `previous_response_id` naming nothing kept, the
-413 for a request too large with what it names in place; and a Response's own input items as they are kept.
+"""What a Responses request may name of the kept Responses and conversations (pipeline/stored_items.py,
+stored_conversations.py), and what it is told when it names them wrongly: the ids the door writes, the 400s for a
+reference or a `previous_response_id` naming nothing kept, the 404 for a `conversation` naming none, the 413 for a
+request too large with what it names in place; and items as they are kept (a Response's own input, a conversation's).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from switchyard_gateway.services.gateway.translate.responses_answers import new_
 MAX_REFERENCES = 4096             # item_references one request may hold
 ITEM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")     # the ids the door writes (`msg_<hex>`): no other is ever kept
 RESPONSE_ID = re.compile(r"resp_[0-9a-f]{32}")    # the Response ids the door writes (`responses_answers.new_id`)
+CONVERSATION_ID = re.compile(r"conv_[0-9a-f]{32}")  # the conversation ids the gateway writes
 ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 _decode = msgspec.json.Decoder().decode
@@ -28,8 +30,37 @@ _decode_input = msgspec.json.Decoder(_Input).decode
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(f"Request body is larger than the {limit} byte limit with the items its item_references and "
-                    "previous_response_id name", status=413, code="payload_too_large", param="input")
+    return ApiError(f"Request body is larger than the {limit} byte limit with the items its item_references, "
+                    "previous_response_id or conversation name", status=413, code="payload_too_large", param="input")
+
+
+def conversation_named(request: dict[str, Any]) -> str | None:
+    """The id of the conversation a request names (`conversation`: the id, or `{"id": ...}`), None when it names none;
+    a 400 naming the field for a value of another type, or an id not of the gateway's form (no lookup)."""
+    given = request.get("conversation")
+    if given in (None, "", {}):
+        return None
+    where = "conversation"
+    if isinstance(given, dict):
+        given, where = given.get("id"), "conversation.id"
+    if not isinstance(given, str):
+        raise BadRequest(f"Invalid '{where}': a conversation's id (a string), or an object with one as `id`",
+                         param=where, code="invalid_type")
+    if not CONVERSATION_ID.fullmatch(given):
+        raise BadRequest(f"Invalid '{where}': not a conversation id this gateway gives (`conv_` and 32 hexadecimal "
+                         "digits)", param=where, code="invalid_value")
+    return given
+
+
+class ConversationNotFound(ApiError):
+    """404: no conversation of that id is kept for the caller's tenant (whoever else may have one)."""
+
+    status, code = 404, "not_found"
+
+    def __init__(self, conversation_id: str, param: str = "conversation") -> None:
+        shown = f"'{conversation_id}'" if CONVERSATION_ID.fullmatch(conversation_id) else "of that id"
+        super().__init__(f"Conversation not found: no conversation {shown} is kept here (it was never created, "
+                         "belongs to another tenant, was deleted, or expired)", param=param)
 
 
 def check_continued(request: dict[str, Any], previous: str) -> None:
@@ -49,6 +80,11 @@ def own_items(body: bytes, inherited: int) -> list[dict[str, Any]]:
     given = _decode_input(body).input              # the inherited items are skipped unread
     items = [{"role": "user", "content": given}] if isinstance(given, str) \
         else [_decode(raw) for raw in (given or [])[inherited:]]
+    return kept_items(items)
+
+
+def kept_items(items: list[Any]) -> list[dict[str, Any]]:
+    """Items as they are kept and listed: each with an id of its own (the one it came with replaced) and a status."""
     return [_kept_item(item) for item in items if isinstance(item, dict)]
 
 

@@ -24,7 +24,8 @@ from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.responses_wire import (
     FunctionCallItem, IncompleteDetails, InputTokensDetails, ItemStatus, OutputItem, OutputMessage, OutputPart,
-    OutputRefusal, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, Response, ResponsesRequest,
+    OutputRefusal, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, Response, ResponseConversation,
+    ResponsesRequest,
     ResponseUsage, TextConfig, TextFormat, logprobs_of, namespaces,
 )
 from switchyard_gateway.services.gateway.translate.wire import (
@@ -37,12 +38,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def echoed(request: ResponsesRequest, model: str, store: bool = False, previous: str | None = None) -> Response:
+def echoed(request: ResponsesRequest, model: str, store: bool = False, previous: str | None = None,
+           conversation: str | None = None) -> Response:
     """A new Response (`in_progress`, no output yet) carrying the settings of the request it answers, as OpenAI's
     echo them: the SDK's model requires `tools`, `tool_choice` and `parallel_tool_calls`; `store` says whether it
     will be kept (the door's `ResponsesCall.keep`), whatever the request asked; `previous` the Response it continues
-    (the request's `previous_response_id`, taken out of it once resolved)."""
+    (the request's `previous_response_id`, taken out of it once resolved), `conversation` the conversation it is made
+    in (the request's `conversation`, taken out the same way)."""
     return Response(store=store, previous_response_id=previous,
+        conversation=ResponseConversation(conversation) if conversation is not None else None,
         id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=model, output=[],
         instructions=request.instructions, max_output_tokens=request.max_output_tokens,
         parallel_tool_calls=request.parallel_tool_calls is not False, temperature=request.temperature,

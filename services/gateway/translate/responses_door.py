@@ -54,12 +54,13 @@ OUTPUT_LIMIT_FIELD = "max_output_tokens"
 MAX_KEPT_BYTES = 1024 * 1024    # a Response whose items (JSON) are larger is not kept, and says `store: false`
 
 # Request fields that ask for what the gateway does not keep or run: (field, why it cannot be served). A
-# `previous_response_id` reaches the door only when Responses are not kept (SWITCHYARD_RESPONSES_STORE_TTL_S is 0)
+# `previous_response_id` or a `conversation` reaches the door only when nothing is kept (SWITCHYARD_RESPONSES_STORE_TTL_S
+# is 0)
 UNSERVED = (
     ("previous_response_id", "this gateway keeps no responses to continue from (SWITCHYARD_RESPONSES_STORE_TTL_S is "
                              "0): send the conversation in `input`"),
-    ("conversation", "conversations are not stored to continue from: send the conversation in `input`, or continue "
-                     "a response by `previous_response_id`"),
+    ("conversation", "this gateway keeps no conversations to continue (SWITCHYARD_RESPONSES_STORE_TTL_S is 0): send "
+                     "the conversation in `input`"),
     ("prompt", "stored prompts are not served: send the prompt in `instructions` and `input`"),
     ("background", "background responses are not served: every response is answered while its request waits"),
 )
@@ -91,7 +92,7 @@ def read_request(body: bytes) -> ResponsesRequest:
     if request.input is None:
         raise BadRequest("Missing required parameter: 'input'", param="input", code="missing_field")
     if isinstance(request.input, list):
-        _check_items(request.input)
+        check_items(request.input)
     answer_format = request.text.format if request.text is not None else None
     if answer_format is not None and answer_format.type == "json_schema":
         for field in ("name", "schema"):
@@ -143,15 +144,16 @@ def _check_tools(request: ResponsesRequest) -> None:
                          param="tool_choice.name", code="invalid_value")
 
 
-def _check_items(items: list[InputItem]) -> None:
-    """Each item whole, of a type served; a `function_call_output` answers a `function_call` before it; images in
-    user messages only (a chat's other roles take text); something besides `reasoning` items for the model to read."""
-    if all(item.type == "reasoning" for item in items):
+def check_items(items: list[InputItem], named: str = "input", whole: bool = True) -> None:
+    """Each item whole, of a type served; images in user messages only (a chat's other roles take text); for a
+    `whole` input (not items added to a conversation), each `function_call_output` answers a `function_call` before
+    it, and something besides `reasoning` items is there for the model to read. A 400 names `<named>[N]...`."""
+    if whole and all(item.type == "reasoning" for item in items):
         raise BadRequest("Invalid 'input': it holds no message or function call for the model to answer",
                          param="input", code="invalid_value")
     called: set[str] = set()
     for index, item in enumerate(items):
-        where = f"input[{index}]"
+        where = f"{named}[{index}]"
         if item.type == "message":
             _need(item.role, f"{where}.role")
             _need(item.content, f"{where}.content")
@@ -173,7 +175,7 @@ def _check_items(items: list[InputItem]) -> None:
         elif item.type == "function_call_output":
             _need(item.call_id, f"{where}.call_id")
             _need(item.output, f"{where}.output")
-            if item.call_id not in called:
+            if whole and item.call_id not in called:
                 raise BadRequest(f"Invalid '{where}.call_id': no function_call before it has the call_id "
                                  f"'{item.call_id}'", param=f"{where}.call_id", code="invalid_value")
             for number, part in enumerate(item.output if isinstance(item.output, list) else ()):
@@ -238,7 +240,7 @@ def _upstream_error(data: bytes, status: int) -> bytes:
 class ResponsesCall:
     """One call through the Responses door: its checked request, its plans, and the stream relaying its answer."""
 
-    __slots__ = ("request", "stream", "_keeper", "_keeps", "_previous", "_body", "_ask", "_ceiling")
+    __slots__ = ("request", "stream", "_keeper", "_keeps", "_previous", "_conversation", "_body", "_ask", "_ceiling")
 
     def __init__(self, request: InferenceRequest, body: bytes) -> None:
         self._body = body
@@ -249,13 +251,17 @@ class ResponsesCall:
         self._ceiling: int | None = None          # the output limit the last attempt was sent with, if any
         self._keeps = False                       # whether its Response is to be kept (`keep`)
         self._previous: str | None = None         # the Response it continues, resolved before it came here
+        self._conversation: str | None = None     # the conversation it is made in, resolved the same way
         self._keeper: Callable[[list[tuple[str, bytes]]], None] | None = None
 
-    def keep(self, keeper: Callable[[list[tuple[str, bytes]]], None], previous: str | None = None) -> None:
+    def keep(self, keeper: Callable[[list[tuple[str, bytes]]], None], previous: str | None = None,
+             conversation: str | None = None) -> None:
         """The gateway keeps Responses: this call's output items, with its Response (`KeptOutput`), are handed to
         `keeper` as its Response is made (whole, or a stream's last event; never a failed stream's), unless its
-        request says `store: false`; `previous` is the Response its request continued (its answer says so)."""
+        request says `store: false`; `previous` is the Response its request continued, `conversation` the
+        conversation it is made in (its answer says so; the keeper adds its items to it)."""
         self._keeps, self._keeper, self._previous = self.request.store is not False, keeper, previous
+        self._conversation = conversation
 
     def _kept(self, response: Response) -> Response:
         """The answered Response and its items (id, JSON) handed over to keep; the Response says `store: false` when
@@ -290,7 +296,7 @@ class ResponsesCall:
             native=False,
             request=lambda body, model, ceiling=None: self._chat(body, model, ceiling, hosted),
             answer=lambda data, model, times: openai_to_response(
-                data, echoed(self.request, model, self._keeps, self._previous), times.estimate, self.request,
+                data, echoed(self.request, model, self._keeps, self._previous, self._conversation), times.estimate, self.request,
                 self._kept if self._keeps else None),
             error=_upstream_error, stream=self._relay, usage=openai_usage)
 
@@ -299,7 +305,7 @@ class ResponsesCall:
         return CHAT_PATH, chat_body(self._request(body), model, hosted=hosted, ceiling=ceiling)
 
     def _relay(self, model: str, _times: object) -> OpenAIStreamToResponses:
-        self.stream = OpenAIStreamToResponses(echoed(self.request, model, self._keeps, self._previous), self._estimate,
+        self.stream = OpenAIStreamToResponses(echoed(self.request, model, self._keeps, self._previous, self._conversation), self._estimate,
                                               self.request, self._kept if self._keeps else None)
         return self.stream
 

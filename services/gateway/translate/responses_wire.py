@@ -141,10 +141,10 @@ class ReasoningConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):
-    """`POST /v1/responses`. `conversation`, `prompt` and `background: true` are read only to be refused: no
-    conversation or prompt is stored to continue from, and nothing runs later. A `previous_response_id` is replaced
-    by the items of the kept Response it names before the request is read (pipeline/stored_items.py); one that
-    reaches the door is refused (the gateway keeps no Responses)."""
+    """`POST /v1/responses`. `prompt` and `background: true` are read only to be refused: no prompt is stored, and
+    nothing runs later. A `previous_response_id` or a `conversation` is replaced by the items of the kept Response or
+    conversation it names before the request is read (pipeline/stored_items.py); one that reaches the door is refused
+    (the gateway keeps nothing)."""
 
     model: str
     input: str | list[InputItem] | None = None
@@ -298,6 +298,12 @@ class ResponseError(msgspec.Struct):
     message: str
 
 
+class ResponseConversation(msgspec.Struct):
+    """The conversation a Response was made in: its input and output items were added to it."""
+
+    id: str
+
+
 class Response(msgspec.Struct, kw_only=True):
     """A whole answer, and the `response` of each lifecycle event of a stream; the request's settings echoed."""
 
@@ -313,6 +319,7 @@ class Response(msgspec.Struct, kw_only=True):
     output: list[OutputItem]
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None       # the kept Response it continues
+    conversation: ResponseConversation | None = None   # the conversation it was made in
     temperature: float | None = None
     text: TextConfig
     tool_choice: ToolChoice
