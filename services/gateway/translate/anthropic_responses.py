@@ -11,11 +11,11 @@ The upstream's reasoning (`reasoning_content` or `reasoning` of an OpenAI messag
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import msgspec
 
+from switchyard_gateway.contracts.events import random_hex
 from switchyard_gateway.services.gateway.edge.errors import ANTHROPIC_TYPES, anthropic_type
 from switchyard_gateway.services.gateway.translate.anthropic_wire import (
     ContentBlock, ErrorObject, ErrorResponse, MessagesResponse, MessagesUsage, StopReason, TextContent,
@@ -31,11 +31,11 @@ from switchyard_gateway.services.gateway.translate.wire import (
 
 
 def message_id() -> str:
-    return f"msg_{uuid.uuid4().hex[:24]}"
+    return f"msg_{random_hex(12)}"        # from the process's pool of random bytes: no system call per id
 
 
 def tool_use_id() -> str:
-    return f"toolu_{uuid.uuid4().hex[:24]}"
+    return f"toolu_{random_hex(12)}"
 
 
 def stop_reason(finish: str | None, tool_called: bool, matched: Any = None,

@@ -15,11 +15,11 @@ usage event's `cached_tokens`), and `output_tokens_details.reasoning_tokens` the
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 import msgspec
 
+from switchyard_gateway.contracts.events import random_hex
 from switchyard_gateway.services.gateway.translate.anthropic_wire import encode
 from switchyard_gateway.services.gateway.translate.responses import usage_counts
 from switchyard_gateway.services.gateway.translate.responses_wire import (
@@ -34,8 +34,9 @@ from switchyard_gateway.services.gateway.translate.wire import (
 
 
 def new_id(prefix: str) -> str:
-    """An id of OpenAI's form: `resp_…`, `msg_…`, `rs_…`, `fc_…`, `call_…`."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """An id of OpenAI's form: `resp_…`, `msg_…`, `rs_…`, `fc_…`, `call_…` (32 hexadecimal digits, from the
+    process's pool of random bytes: no system call per id)."""
+    return f"{prefix}_{random_hex(16)}"
 
 
 def echoed(request: ResponsesRequest, model: str, store: bool = False, previous: str | None = None,
