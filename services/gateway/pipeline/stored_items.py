@@ -31,11 +31,8 @@ three round trips, however long the conversation: the continued Response's chain
 item's size (STRLEN), the sizes of the Responses before it, then every value at once (each item asked for once;
 what is not found is looked for once more, RECHECK_S later); a request whose body would pass the limit with them in
 place is a 413 before any is fetched. What is counted for the quota, routed and sent upstream is the request so
-resolved.
-A reference to nothing kept (never, expired, another tenant's, or an id the gateway never writes) is a 400 naming it,
-more than MAX_REFERENCES a 400; a `previous_response_id` naming no kept Response (the same cases, or `store: false`,
-or deleted), or one whose chain lost a Response (deleted), a 400 `previous_response_not_found`; a Valkey that does
-not answer a 503 (the request cannot be read without it).
+resolved. What names nothing kept is a 400 (stored_names.py); a Valkey that does not answer, a 503 (the request
+cannot be read without it).
 """
 
 from __future__ import annotations
