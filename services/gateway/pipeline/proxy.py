@@ -1,8 +1,8 @@
 """The hot path: OpenAI, Ollama and Anthropic inference calls handled over RSGI, from request bytes to usage event.
 
 Per call: authenticate, read and size-check the body (a Responses call's
-`item_reference`s and `previous_response_id` replaced by the items they name:
-pipeline/stored_items.py), read it as its door's
+`item_reference`s, `previous_response_id` and `conversation` replaced by the items
+they name: pipeline/stored_items.py), read it as its door's
 request (types and bounds checked: 400 naming the field) and resolve its route
 plan from the local catalog (no I/O), then check the bounds that depend on the
 model; answer from the response cache when it may; journal the call as
@@ -161,8 +161,7 @@ class Proxy:
         """The caller, the body, the door's request read from it (types and static bounds checked) and the door;
         a GatewayError refuses the call. A Responses call's body is read with what it names of kept Responses in
         place (the items its `item_reference`s name, the conversation its `previous_response_id` continues or its
-        `conversation` names), when
-        Responses are kept; the other doors' bodies are not looked at here."""
+        `conversation` names), when Responses are kept; the other doors' bodies are not looked at here."""
         key = self.auth.authenticate(scope.headers, anonymous=True)
         body = await read_body(scope.headers, proto, self.max_body_bytes)
         api = self.routes[scope.path]
