@@ -583,10 +583,12 @@ async def scripted(demo: DemoStack) -> AsyncIterator[Scripted]:
 
 
 @asynccontextmanager
-async def scripted_model(demo: DemoStack, prefix: str) -> AsyncIterator[Scripted]:
-    """A ScriptedUpstream behind an OpenAI-compatible endpoint serving its own model, and a tenant with a key."""
+async def scripted_model(demo: DemoStack, prefix: str,
+                         scripted: type[ScriptedUpstream] = ScriptedUpstream) -> AsyncIterator[Scripted]:
+    """A ScriptedUpstream (or another `scripted` server) behind an OpenAI-compatible endpoint serving its own model,
+    and a tenant with a key."""
     model, provider, endpoint = f"{prefix}-model", f"{prefix}-kind", f"{prefix}-endpoint"
-    async with ScriptedUpstream(model) as upstream, \
+    async with scripted(model) as upstream, \
             httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:
         await _admin(admin, "POST", "providers", {"provider_id": provider, "kind": "openai-compatible"})
         await _admin(admin, "POST", "models", {"model_id": model, "kind": "chat", "context_length": 4096})

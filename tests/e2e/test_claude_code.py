@@ -9,7 +9,6 @@ Skipped, saying why, where the `claude` command is not installed (CI does not in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import run_client
 from tests.conftest import DemoStack
 from tests.e2e.test_anthropic_front_door import PATHS, Upstream, registered_upstream
 from tests.e2e.test_demo import exactly_one_usage_row
@@ -43,17 +43,10 @@ async def claude(upstream: Upstream, model: str, home: Path, prompt: str) -> lis
            # its default (32,000) is above the test models' 4,096-token context: the door refuses it, as Anthropic
            # refuses a `max_tokens` above a model's maximum
            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512"}
-    proc = await asyncio.create_subprocess_exec(
-        CLAUDE, "-p", prompt, "--model", model, "--tools", "Read", "--output-format", "stream-json", "--verbose",
-        cwd=home, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
+    code, out, err = await run_client(CLAUDE, "-p", prompt, "--model", model, "--tools", "Read", "--output-format",
+                                      "stream-json", "--verbose", cwd=home, env=env)
     events = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
-    assert proc.returncode == 0, (proc.returncode, events[-1].get("result") if events else out[-2000:], err[-2000:])
+    assert code == 0, (code, events[-1].get("result") if events else out[-2000:], err[-2000:])
     return events
 
 

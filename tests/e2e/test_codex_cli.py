@@ -24,6 +24,7 @@ import pytest
 
 from switchyard_gateway.simulator.config import SimConfig
 from switchyard_gateway.simulator.server import Simulator
+from tests.clients import run_client
 from tests.conftest import DUPLICATE_GRACE_S, DemoStack, wait_for
 from tests.e2e.test_anthropic_front_door import _admin, add_tenant
 
@@ -88,16 +89,9 @@ async def test_codex_exec_makes_a_tool_round_trip_with_one_usage_event_per_model
         work = tmp_path / "work"
         work.mkdir()
         env = {**os.environ, "CODEX_HOME": str(home), "SWITCHYARD_KEY": key}
-        proc = await asyncio.create_subprocess_exec(
-            CODEX, "exec", "--skip-git-repo-check", "List the files here with the shell.", cwd=work, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+        code, out, err = await run_client(CODEX, "exec", "--skip-git-repo-check", "List the files here with the shell.",
+                                          cwd=work, env=env)
+        assert code == 0, err.decode(errors="replace")[-2000:]
         assert out.strip(), "codex wrote no final answer"
         calls = sim.stats.requests.get(CHAT, 0)
         assert calls >= 2, err.decode(errors="replace")[-2000:]          # the call, then the answer to its output

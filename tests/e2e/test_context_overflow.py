@@ -15,14 +15,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import anthropic
-import httpx
 import openai
 import pytest
 
-from tests.conftest import DemoStack, wait_for
-from tests.e2e.test_anthropic_front_door import add_tenant
+from tests.conftest import DemoStack
+from tests.e2e.test_anthropic_front_door import Scripted, ScriptedUpstream, scripted_model
 from tests.e2e.test_demo import exactly_one_usage_row
-from tests.raw_upstream import RawUpstream
 
 VLLM_PROMPT = {"object": "error", "type": "BadRequestError", "param": None, "code": 400, "message":
                "This model's maximum context length is 4096 tokens. However, your request has 5000 input tokens. "
@@ -47,71 +45,29 @@ REFUSALS = {"vllm_prompt": VLLM_PROMPT, "vllm_requested": VLLM_REQUESTED, "vllm_
             "vllm_engine": VLLM_ENGINE, "tgi": TGI, "openai": OPENAI, "other": OTHER}
 
 
-class Refusing(RawUpstream):
-    """An OpenAI-compatible server refusing each chat call with the body its last user message names."""
-
-    def __init__(self, model: str) -> None:
-        super().__init__()
-        self.model = model
+class Refusing(ScriptedUpstream):
+    """An OpenAI-compatible server refusing each chat call with the body its last user message names (else "ok")."""
 
     async def answer(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
-        if head.startswith(b"GET"):
-            status, data = 200, {"object": "list", "data": [{"id": self.model}]}
-        else:
-            content = json.loads(body)["messages"][-1]["content"]
-            status, data = (400, REFUSALS[content]) if content in REFUSALS else (200, _answer(self.model))
-        payload = json.dumps(data).encode()
-        writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-                     % (status, len(payload)) + payload)
+        content = json.loads(body)["messages"][-1]["content"] if not head.startswith(b"GET") else None
+        if content not in REFUSALS:
+            await super().answer(head, body, writer)
+            return
+        payload = json.dumps(REFUSALS[content]).encode()
+        writer.write(b"HTTP/1.1 400 X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                     % len(payload) + payload)
         await writer.drain()
 
 
-def _answer(model: str) -> dict:
-    return {"id": "c1", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-
-
-class Served:
-    def __init__(self, demo: DemoStack, model: str, key: str) -> None:
-        self.demo, self.model, self.key = demo, model, key
-
-    def openai(self, request_id: str | None = None) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.demo.url}/v1", api_key=self.key, max_retries=0, timeout=30,
-                                  default_headers={"X-Request-Id": request_id or uuid.uuid4().hex})
-
-    def anthropic(self) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(base_url=self.demo.url, api_key=self.key, max_retries=0, timeout=30)
+def openai_client(served: Scripted, request_id: str | None = None) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{served.demo.url}/v1", api_key=served.key, max_retries=0, timeout=30,
+                              default_headers={"X-Request-Id": request_id or uuid.uuid4().hex})
 
 
 @pytest.fixture(scope="module")
-async def served(demo: DemoStack) -> AsyncIterator[Served]:
-    prefix = f"overflow-{uuid.uuid4().hex[:6]}"
-    model, provider, endpoint = f"{prefix}-model", f"{prefix}-kind", f"{prefix}-endpoint"
-    async with Refusing(model) as upstream, \
-            httpx.AsyncClient(base_url=demo.url, headers={"X-API-Key": demo.admin_key}, timeout=30) as admin:
-        for path, body in (("providers", {"provider_id": provider, "kind": "openai-compatible"}),
-                           ("models", {"model_id": model, "kind": "chat", "context_length": 131072}),
-                           ("endpoints", {"endpoint_id": endpoint, "provider_id": provider, "base_url": upstream.url,
-                                          "models": [model], "timeout_s": 10.0})):
-            answer = await admin.post(f"/api/admin/{path}", json=body)
-            assert answer.status_code in (200, 201), answer.text
-        registered = Served(demo, model, await add_tenant(demo, prefix, [model]))
-
-        async def serving() -> bool:
-            try:
-                await registered.openai().chat.completions.create(model=model, messages=[
-                    {"role": "user", "content": "hi"}], max_tokens=5)
-            except openai.NotFoundError:
-                return False
-            return True
-
-        await wait_for(serving, 15, what="the refusing model to be served")
-        try:
-            yield registered
-        finally:
-            for path in (f"tenants/{prefix}", f"endpoints/{endpoint}", f"models/{model}", f"providers/{provider}"):
-                await admin.delete(f"/api/admin/{path}")
+async def served(demo: DemoStack) -> AsyncIterator[Scripted]:
+    async with scripted_model(demo, f"overflow-{uuid.uuid4().hex[:6]}", Refusing) as registered:
+        yield registered
 
 
 @pytest.mark.parametrize(("refusal", "message"), [
@@ -127,11 +83,11 @@ async def served(demo: DemoStack) -> AsyncIterator[Served]:
             "the length of the messages."),
     ("openai", OPENAI["error"]["message"]),
 ])
-async def test_the_openai_door_says_context_length_exceeded_in_every_servers_case(served: Served, refusal: str,
+async def test_the_openai_door_says_context_length_exceeded_in_every_servers_case(served: Scripted, refusal: str,
                                                                                   message: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await served.openai().chat.completions.create(model=served.model, max_tokens=1000,
-                                                      messages=[{"role": "user", "content": refusal}])
+        await openai_client(served).chat.completions.create(model=served.model, max_tokens=1000,
+                                                            messages=[{"role": "user", "content": refusal}])
     assert refused.value.body == {"message": message, "type": "invalid_request_error", "param": "messages",
                                   "code": "context_length_exceeded"}
 
@@ -147,31 +103,31 @@ async def test_the_openai_door_says_context_length_exceeded_in_every_servers_cas
     ("tgi", "input length and `max_tokens` exceed context limit: 4000 + 1000 > 4096, decrease input length or "
             "`max_tokens` and try again"),
 ])
-async def test_the_anthropic_door_says_it_as_anthropic_does(served: Served, refusal: str, message: str) -> None:
+async def test_the_anthropic_door_says_it_as_anthropic_does(served: Scripted, refusal: str, message: str) -> None:
     with pytest.raises(anthropic.BadRequestError) as refused:
-        await served.anthropic().messages.create(model=served.model, max_tokens=1000,
-                                                 messages=[{"role": "user", "content": refusal}])
+        await served.client().messages.create(model=served.model, max_tokens=1000,
+                                              messages=[{"role": "user", "content": refusal}])
     assert refused.value.body["error"] == {"type": "invalid_request_error", "message": message}  # type: ignore[index]
 
 
-async def test_the_responses_door_names_input(served: Served) -> None:
+async def test_the_responses_door_names_input(served: Scripted) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await served.openai().responses.create(model=served.model, input=[{"role": "user", "content": "vllm_prompt"}],
-                                               max_output_tokens=1000)
+        await openai_client(served).responses.create(model=served.model, max_output_tokens=1000,
+                                                     input=[{"role": "user", "content": "vllm_prompt"}])
     assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "input")
     assert "5000 tokens" in refused.value.body["message"]  # type: ignore[index]
 
 
-async def test_another_refusal_is_relayed_as_it_was_and_each_refusal_is_one_usage_event(served: Served) -> None:
+async def test_another_refusal_is_relayed_as_it_was_and_each_refusal_is_one_usage_event(served: Scripted) -> None:
     request_id = uuid.uuid4().hex
     with pytest.raises(openai.BadRequestError) as refused:
-        await served.openai(request_id).chat.completions.create(model=served.model, max_tokens=10,
-                                                                messages=[{"role": "user", "content": "other"}])
+        await openai_client(served, request_id).chat.completions.create(
+            model=served.model, max_tokens=10, messages=[{"role": "user", "content": "other"}])
     assert refused.value.body["message"] == OTHER["message"]  # type: ignore[index]
     assert refused.value.code != "context_length_exceeded"
     with pytest.raises(anthropic.BadRequestError) as refused_too:
-        await served.anthropic().messages.create(model=served.model, max_tokens=10,
-                                                 messages=[{"role": "user", "content": "other"}])
+        await served.client().messages.create(model=served.model, max_tokens=10,
+                                              messages=[{"role": "user", "content": "other"}])
     assert refused_too.value.body["error"]["message"] == OTHER["message"]  # type: ignore[index]
     event = await exactly_one_usage_row(served.demo, request_id)
     assert event["status"] == 400 and event["output_tokens"] == 0

@@ -11,7 +11,6 @@ second) against a simulator that calls the first tool offered, then answers in t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import run_client
 from tests.conftest import DemoStack
 from tests.e2e.test_anthropic_front_door import registered_upstream
 
@@ -44,12 +44,10 @@ async def scenarios(demo: DemoStack, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copy(SCRIPT, run_dir / SCRIPT.name)
     (run_dir / "node_modules").symlink_to(MODULES.resolve(), target_is_directory=True)
     async with registered_upstream(demo, f"js-{uuid.uuid4().hex[:6]}") as upstream:
-        proc = await asyncio.create_subprocess_exec(
-            NODE, str(run_dir / SCRIPT.name), demo.url, upstream.key, f"{upstream.prefix}-translated",
-            f"{upstream.prefix}-native", demo.demo_key, "nomic-embed-text",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
+        code, out, err = await run_client(NODE, str(run_dir / SCRIPT.name), demo.url, upstream.key,
+                                          f"{upstream.prefix}-translated", f"{upstream.prefix}-native", demo.demo_key,
+                                          "nomic-embed-text")
+    assert code == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     return {line["name"]: line for line in lines}
 

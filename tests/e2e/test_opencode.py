@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import run_client
 from tests.conftest import DUPLICATE_GRACE_S, DemoStack, wait_for
 from tests.e2e.test_anthropic_front_door import PATHS, Upstream, registered_upstream
 from tests.e2e.test_codex_cli import tenant_usage
@@ -64,17 +65,9 @@ async def opencode(upstream: Upstream, door: str, model: str, home: Path, prompt
            "XDG_STATE_HOME": str(home / ".local/state"), "SWITCHYARD_KEY": upstream.key,
            "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
            "OPENCODE_DISABLE_CLAUDE_CODE": "1", "OPENCODE_DISABLE_LSP_DOWNLOAD": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        OPENCODE, "run", "--format", "json", prompt, cwd=project, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    code, out, err = await run_client(OPENCODE, "run", "--format", "json", prompt, cwd=project, env=env, timeout_s=90)
     events = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
-    assert proc.returncode == 0, (proc.returncode, events[-3:], err[-2000:])
+    assert code == 0, (code, events[-3:], err[-2000:])
     return events
 
 
