@@ -572,7 +572,10 @@ def field_path(message: str) -> str | None:
     """The whole path of the body field a msgspec error is about: `messages[0].content` from '... - at
     `$.messages[0].content`', and for an object missing a field or holding one it does not have, that field
     under it (`messages[0].role` from 'Object missing required field `role` - at `$.messages[0]`'); None when it
-    names none."""
+    names none. A key of an object that is wrong ('... - at `key` in `$.metadata`') names the object."""
+    _, keyed, held = message.rpartition(" - at `key` in `$")
+    if keyed:
+        return held.rstrip("`").lstrip(".") or None
     _, at, path = message.rpartition(" - at `$")
     path = path.rstrip("`").lstrip(".") if at else ""
     named = (message.partition("missing required field `")[2] or message.partition("contains unknown field `")[2]) \

@@ -205,6 +205,7 @@ def refused(limit: int = 4096, **fields) -> BadRequest:
     ({"top_logprobs": 21}, "top_logprobs"), ({"max_tool_calls": 0}, "max_tool_calls"),
     ({"stream": "yes"}, "stream"), ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
     ({"metadata": {str(n): "v" for n in range(17)}}, "metadata"), ({"metadata": {"k": 1}}, "metadata"),
+    ({"metadata": {"k" * 65: "v"}}, "metadata"),            # a key too long: the 400 named no field
     ({"input": None}, "input"), ({"input": []}, "input"), ({"input": 5}, "input"),
     ({"input": [{"content": "no role"}]}, "input[0].role"),
     ({"input": [{"role": "user"}]}, "input[0].content"),

@@ -716,4 +716,7 @@ def refusal(exc: msgspec.MsgspecError | RecursionError, body: bytes | None = Non
         return BadRequest(f"Missing required field '{param}'", param=param, code="missing_field")
     if param is None:
         return BadRequest(f"Invalid request: {text}")
-    return BadRequest(f"Invalid '{param}': {text.rpartition(' - at `$')[0]}", param=param, code="invalid_value")
+    said = text.rpartition(" - at `")[0]
+    if " - at `key` in `" in text:                      # one of the object's keys is wrong: the object is named
+        said = f"a key: {said}"
+    return BadRequest(f"Invalid '{param}': {said}", param=param, code="invalid_value")

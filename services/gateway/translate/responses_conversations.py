@@ -5,7 +5,6 @@ values OpenAI knows), each a 400 naming the field. Shapes follow the `openai` SD
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -88,7 +87,6 @@ class ConversationItemList(msgspec.Struct):
     object: Literal["list"] = "list"
 
 
-KEY_AT = re.compile(r"at `key` in `\$\.([a-z_]+)`")
 _item = msgspec.json.Decoder(InputItem).decode
 _plain = msgspec.json.Decoder().decode
 
@@ -98,12 +96,7 @@ def read_body(body: bytes, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        error, text = refusal(exc, body), str(exc)
-        keyed = KEY_AT.search(text) if error.param is None else None
-        if keyed is not None:                   # a key of the object is wrong: the object is named
-            raise BadRequest(f"Invalid '{keyed[1]}': a key: {text.partition(' - at')[0]}", param=keyed[1],
-                             code="invalid_value") from None
-        raise error from None
+        raise refusal(exc, body) from None
 
 
 def given_items(items: list[msgspec.Raw] | None, needed: bool) -> list[dict[str, Any]]:
