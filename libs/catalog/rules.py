@@ -222,6 +222,8 @@ def display_name_problem(value: object) -> str | None:
         return f"a display name is a string of at most {DISPLAY_NAME_MAX} characters"
     if any(unicodedata.category(ch).startswith("C") for ch in value):
         return "a display name cannot contain control or format characters"
+    if value and not value.strip():             # shown in lists and the console as nothing at all
+        return "a display name cannot be white space alone: leave it empty for none"
     return None
 
 

@@ -84,6 +84,10 @@ CASES = [
     ("PUT", "/providers/{provider}", {"display_nme": "typo"}, 400, "UNKNOWN_FIELD", "display_nme"),
     ("POST", "/tenants", {"tenant_id": "t-{tag}", "display_name": "\u202eevil"}, 400, "VALIDATION_ERROR",
      "display_name"),
+    ("POST", "/tenants", {"tenant_id": "t-{tag}", "display_name": " \u3000 "}, 400, "VALIDATION_ERROR",
+     "display_name"),                                       # white space alone was taken, and shown as nothing
+    ("POST", "/providers", {"provider_id": "p-{tag}-w", "kind": "ollama", "display_name": "  "}, 400,
+     "VALIDATION_ERROR", "display_name"),
     ("GET", "/tenants/nope-{tag}/keys", None, 404, "TENANT_NOT_FOUND", "tenant_id"),
     ("GET", "/tenants/nope-{tag}/limits", None, 404, "TENANT_NOT_FOUND", "tenant_id"),
     ("DELETE", "/tenants/admin", None, 409, "CONFLICT", "tenant_id"),
