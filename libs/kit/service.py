@@ -192,13 +192,13 @@ async def starting(log: Any) -> AsyncIterator[None]:
 def create_service_app(
     name: str, settings: S, start: Starter[S, D], *, database: bool = True,
     route_handlers: Sequence[Any] = (), stop: Stopper[D] | None = None, health_handler: Any | None = None,
-    **litestar_kwargs: Any,
+    metrics_guards: Sequence[Any] = (), **litestar_kwargs: Any,
 ) -> Litestar:
     """A Litestar app whose lifespan opens the Runtime, builds the service's Deps with `start` and closes both.
 
     Route handlers receive the Deps by declaring a `deps: NamedDependency[<their Deps>]` parameter;
     `app.state.runtime` holds the Runtime. `health_handler`, a route handler for GET /health, replaces the
-    default liveness check.
+    default liveness check; `metrics_guards` are Litestar guards on GET /metrics (none: anyone may scrape it).
     """
 
     @contextlib.asynccontextmanager
@@ -234,7 +234,7 @@ def create_service_app(
     # even where /health reports on more (the gateway's covers every endpoint and service).
     live = get("/health/live", sync_to_thread=False, name="liveness")(liveness)
 
-    @get("/metrics")
+    @get("/metrics", guards=list(metrics_guards))
     async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         await refresh_before_scrape(request.app.state.runtime)
         return Response(generate_latest(request.app.state.runtime.registry), media_type=PROMETHEUS_MEDIA_TYPE)

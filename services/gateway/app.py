@@ -22,6 +22,7 @@ from switchyard_gateway.services.gateway import metrics
 from switchyard_gateway.services.gateway.api import (
     admin, embedding_seeds, health, monitoring, quotas, routing_admin, sign_in, system_seeds, users, warmup,
 )
+from switchyard_gateway.services.gateway.api.common import metrics_guard
 from switchyard_gateway.services.gateway.api.ollama_listings import OLLAMA_ROUTES
 from switchyard_gateway.services.gateway.api.usage_stream import UsageHub
 from switchyard_gateway.services.gateway.deps import Deps
@@ -231,7 +232,7 @@ def create_app(settings: Settings | None = None) -> GatewayRSGI:
                         *CONSOLE_ROUTES, *sign_in.ROUTES, *users.ROUTES, *warmup.ROUTES, *embedding_seeds.ROUTES,
                         *system_seeds.ROUTES, *STORED_RESPONSE_ROUTES, *CONVERSATION_ROUTES, *DOCS_ROUTES,
                         ws.upgrade_needed],
-        health_handler=health.health,
+        health_handler=health.health, metrics_guards=[metrics_guard],
         exception_handlers={
             GatewayError: _gateway_error, ServiceError: _service_error,
             msgspec.MsgspecError: _validation_error, ClientException: _body_refused, HTTPException: _http_error,

@@ -14,6 +14,7 @@ AUTH_MODES = {"multi-tenant": "multi-tenant", "multi_tenant": "multi-tenant", "m
               "multi_user": "multi-tenant", "single-user": "single-user", "single_user": "single-user"}
 CACHE_MODES = ("off", "embeddings", "all")
 QUOTA_ON_ERROR = ("open", "closed")   # Valkey away: let the call through, or refuse it 503
+METRICS_AUTH = ("open", "admin")     # who may read /metrics: anyone (a scraper without a key), or an operator
 
 
 def jwt_secret_problem(secret: str) -> str | None:
@@ -102,6 +103,7 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
     cap_wait_s: float = 5.0               # how long a call waits for a slot when every endpoint is at its cap
     warm_timeout_s: float = 120.0         # the router's longest warm-up call (the same SWITCHYARD_WARM_TIMEOUT_S):
                                           # the warm-up API waits that long for each, and a margin
+    metrics_auth: str = "open"            # who may read /metrics (METRICS_AUTH)
     # WebSocket embeddings (/ws)
     ws_max_in_flight: int = 16            # requests one socket may have unanswered; one more closes it (1013)
     ws_max_connections: int = 1024        # sockets this gateway holds at once; more are refused (503)
@@ -119,7 +121,8 @@ class Settings(ServiceSettings, frozen=True, kw_only=True):
         if mode is None:
             raise SettingsError(f"SWITCHYARD_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, "
                                 f"not {settings.auth_mode!r}")
-        for name, words in (("cache", CACHE_MODES), ("quota_on_error", QUOTA_ON_ERROR)):
+        for name, words in (("cache", CACHE_MODES), ("quota_on_error", QUOTA_ON_ERROR),
+                            ("metrics_auth", METRICS_AUTH)):
             if getattr(settings, name) not in words:
                 raise SettingsError(f"SWITCHYARD_{name.upper()} must be one of {', '.join(words)}, "
                                     f"not {getattr(settings, name)!r}")

@@ -14,6 +14,7 @@ import httpx
 
 from switchyard_gateway.simulator import SimConfig, Simulator
 from tests.conftest import DemoStack, wait_for
+from tests.e2e.test_quota_e2e import start_gateway, stop_gateway
 from tests.e2e.test_usage_accounting import Account, account, admin  # noqa: F401 — `account` is a fixture
 
 
@@ -320,3 +321,21 @@ async def test_models_refusals_come_in_anthropics_shape_to_anthropics_clients(de
             assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"], (path, body)
         openai_client = await client.get("/v1/models/claude-nowhere", headers=auth(demo.demo_key))
     assert openai_client.status_code == 404 and openai_client.json()["error"]["code"] == "model_not_found"
+
+
+def test_metrics_may_be_an_operators_alone(demo: DemoStack, urls) -> None:
+    """/metrics names every model (a tenant's own too) and the calls in flight on each endpoint, which a member's
+    views do not show; `SWITCHYARD_METRICS_AUTH=admin` keeps it, and its seed alias, to an admin key (a scraper
+    sends it as a bearer token). The default leaves it open, as the demo's is."""
+    assert httpx.get(f"{demo.url}/metrics").status_code == 200
+    gateway = start_gateway(demo, urls, metrics_auth="admin", workers="1")
+    try:
+        for path in ("/metrics", "/api/v1/metrics/text"):
+            anyone = httpx.get(f"{gateway.url}{path}")
+            member = httpx.get(f"{gateway.url}{path}", headers={"Authorization": f"Bearer {demo.demo_key}"})
+            operator = httpx.get(f"{gateway.url}{path}", headers={"Authorization": f"Bearer {demo.admin_key}"})
+            assert (anyone.status_code, member.status_code, operator.status_code) == (401, 403, 200), path
+            assert "switchyard_" not in anyone.text + member.text and "switchyard_requests_total" in operator.text
+            assert anyone.json()["error"]["code"] == "INVALID_TOKEN"
+    finally:
+        stop_gateway(gateway)

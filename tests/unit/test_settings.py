@@ -163,6 +163,7 @@ def test_a_jwt_secret_shorter_than_32_bytes_is_refused_naming_the_setting(weak: 
     ("gateway", "SWITCHYARD_CACHE", "bogus", "SWITCHYARD_CACHE must be one of off, embeddings, all, not 'bogus'"),
     ("gateway", "SWITCHYARD_AUTH_MODE", "bogus", "SWITCHYARD_AUTH_MODE must be one of multi-tenant, "),
     ("gateway", "SWITCHYARD_QUOTA_ON_ERROR", "bogus", "SWITCHYARD_QUOTA_ON_ERROR must be one of open, closed"),
+    ("gateway", "SWITCHYARD_METRICS_AUTH", "members", "SWITCHYARD_METRICS_AUTH must be one of open, admin"),
     ("gateway", "SWITCHYARD_AUTH_MODE", "single-user", "single-user mode needs SWITCHYARD_API_KEY"),
     ("metering", "SWITCHYARD_INGEST_BATCH", "0", "SWITCHYARD_INGEST_BATCH must be at least 1, not 0"),
     ("gateway", "SWITCHYARD_UPSTREAM_POOL_SIZE", "0", "SWITCHYARD_UPSTREAM_POOL_SIZE must be at least 1, not 0"),

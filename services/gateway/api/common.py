@@ -38,6 +38,13 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
         raise ServiceError(exc.status, ErrorBody(errors.admin_code(exc), exc.message)) from None
 
 
+def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """With `SWITCHYARD_METRICS_AUTH=admin`, /metrics (and its seed alias) is an operator's: it names every model,
+    a tenant's own too, and the calls in flight on each endpoint, which a member's views do not show."""
+    if connection.app.state.deps.settings.metrics_auth == "admin":
+        admin_guard(connection, handler)
+
+
 def caller(request: Req, deps: Deps) -> KeyIssued:
     """The request's live key (401 otherwise)."""
     return deps.auth.authenticate(request.headers)

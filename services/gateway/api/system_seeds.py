@@ -21,7 +21,7 @@ from switchyard_gateway.contracts import messages as m
 from switchyard_gateway.contracts import subjects
 from switchyard_gateway.kit.natsio import ServiceError
 from switchyard_gateway.kit.service import refresh_before_scrape
-from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response
+from switchyard_gateway.services.gateway.api.common import AppDeps, admin_guard, ask, json_response, metrics_guard
 from switchyard_gateway.services.gateway.api.health import service_health
 from switchyard_gateway.services.gateway.deps import Deps
 
@@ -61,7 +61,7 @@ async def system_status(deps: AppDeps) -> Response[bytes]:
                           "registry": registry}, 200 if healthy else 503)
 
 
-@get("/api/v1/metrics/text", media_type=PROMETHEUS_MEDIA_TYPE)
+@get("/api/v1/metrics/text", media_type=PROMETHEUS_MEDIA_TYPE, guards=[metrics_guard])
 async def metrics_text(request: Request[Any, Any, Any]) -> Response[bytes]:
     """This gateway's Prometheus metrics, as `/metrics` serves them."""
     await refresh_before_scrape(request.app.state.runtime)

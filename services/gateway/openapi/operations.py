@@ -264,7 +264,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                   response=HealthReport, also=(503,), auth="none"),
     ("GET", "/health/live"): Operation("This process and its connections (503: not connected)", response=Liveness,
                                        also=(503,), auth="none"),
-    ("GET", "/metrics"): Operation("Prometheus metrics", response=str, content_type="text/plain", auth="none"),
+    ("GET", "/metrics"): Operation("Prometheus metrics (an admin key's alone with SWITCHYARD_METRICS_AUTH=admin)",
+                                   response=str, content_type="text/plain", auth="none"),
     ("GET", "/api/token_counts"): Operation("Token totals per endpoint and model", response=TokenCountsReply),
     ("GET", "/api/usage"): Operation("Calls in flight and tokens per endpoint and model (Prometheus text with "
                                      "`format=prometheus`)", response=UsageCounts, streams="text/plain",
