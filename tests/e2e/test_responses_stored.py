@@ -196,16 +196,22 @@ HOSTILE_PREVIOUS = ["resp_" + "a" * 10_000, "../../etc/passwd", "resp_\u00e9\u00
 @pytest.mark.parametrize("previous", HOSTILE_PREVIOUS, ids=range(len(HOSTILE_PREVIOUS)))
 async def test_a_hostile_previous_response_id_is_a_400_naming_it(demo: DemoStack, upstream: Upstream,
                                                                   previous: object) -> None:
+    error = await refused_field(demo, upstream, "previous_response_id", previous)
+    assert error["param"] == "previous_response_id"
+    if isinstance(previous, str):
+        assert error["code"] == "previous_response_not_found"
+
+
+async def refused_field(demo: DemoStack, upstream: Upstream, field: str, value: object) -> dict:
+    """The error of a Responses request with `field` set to `value`, which must be a short 400 that reached no
+    endpoint."""
     before = upstream.calls(CHAT)
     async with _http(demo, upstream.key) as http:
         answer = await http.post("/v1/responses", json={"model": upstream.model("translated"), "input": "hi",
-                                                        "previous_response_id": previous})
+                                                        field: value})
     assert answer.status_code == 400, answer.text
-    error = answer.json()["error"]
-    assert error["param"] == "previous_response_id" and len(answer.text) < 2000
-    if isinstance(previous, str):
-        assert error["code"] == "previous_response_not_found"
-    assert upstream.calls(CHAT) == before
+    assert len(answer.text) < 2000 and upstream.calls(CHAT) == before
+    return answer.json()["error"]
 
 
 HOSTILE_IDS = ["resp_" + "a" * 2000, "resp_" + "0" * 31 + "%00", "resp_%C3%A9", "RESP_" + "A" * 32, NEVER_WRITTEN,

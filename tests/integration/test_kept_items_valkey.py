@@ -107,10 +107,10 @@ async def test_many_references_to_a_large_item_are_refused_before_it_is_fetched(
 def spied_lookups(items: StoredItems, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The keys of each value lookup (MGET) the store makes from now on."""
     fetched: list[list[str]] = []
-    real_lookup = items._lookup
+    real_lookup = items.lookup
 
     async def lookup(keys: list[str]) -> list:
         fetched.append(keys)
         return await real_lookup(keys)
-    monkeypatch.setattr(items, "_lookup", lookup)
+    monkeypatch.setattr(items, "lookup", lookup)
     return fetched

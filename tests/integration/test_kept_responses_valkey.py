@@ -42,12 +42,12 @@ async def _turn(items: StoredItems, tenant: str, reply: str = "Hagen's yard", **
 def counted_rounds(items: StoredItems, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many lookups go out in each round trip the store makes from now on."""
     rounds: list[int] = []
-    real_round = items._round
+    real_round = items.round_trip
 
     async def counted(*asked):
         rounds.append(len(asked))
         return await real_round(*asked)
-    monkeypatch.setattr(items, "_round", counted)
+    monkeypatch.setattr(items, "round_trip", counted)
     return rounds
 
 

@@ -75,14 +75,14 @@ class StoredConversations:
         head = _encode(Conversation(conversation_id, int(time.time()), metadata))
         added = [(item["id"], _encode(item)) for item in kept_items(given)]
         record = self.record_key(tenant_id, conversation_id)
-        await self.items._round(*(self.items.valkey.call(*command) for command in (
+        await self.items.round_trip(*(self.items.valkey.call(*command) for command in (
             ("HSET", record, "head", head, "bytes", sum(len(raw) for _, raw in added)),
             *self.appended(tenant_id, conversation_id, added, []))))
         return head
 
     async def head(self, tenant_id: str, conversation_id: str) -> bytes | None:
         """The Conversation object's JSON; None when none is kept under the tenant."""
-        [head] = await self.items._round(self.items.valkey.call("HGET", self.record_key(tenant_id, conversation_id),
+        [head] = await self.items.round_trip(self.items.valkey.call("HGET", self.record_key(tenant_id, conversation_id),
                                                                 "head"))
         return head
 
@@ -92,14 +92,14 @@ class StoredConversations:
         if head is None:
             return None
         head = _encode(msgspec.structs.replace(_conversation(head), metadata=metadata))
-        await self.items._round(*(self.items.valkey.call(*command) for command in (
+        await self.items.round_trip(*(self.items.valkey.call(*command) for command in (
             ("HSET", self.record_key(tenant_id, conversation_id), "head", head),
             *self.appended(tenant_id, conversation_id, [], ids))))
         return head
 
     async def delete(self, tenant_id: str, conversation_id: str) -> bool:
         """Delete it (its hash and list; its items expire); False when none is kept."""
-        deleted, _ = await self.items._round(
+        deleted, _ = await self.items.round_trip(
             self.items.valkey.call("DEL", self.record_key(tenant_id, conversation_id)),
             self.items.valkey.call("DEL", self.list_key(tenant_id, conversation_id)))
         return deleted > 0
@@ -112,7 +112,7 @@ class StoredConversations:
         if head is None:
             return None
         added = [(item["id"], _encode(item)) for item in kept_items(given)]
-        await self.items._round(*(self.items.valkey.call(*command) for command in (
+        await self.items.round_trip(*(self.items.valkey.call(*command) for command in (
             ("HINCRBY", self.record_key(tenant_id, conversation_id), "bytes", sum(len(raw) for _, raw in added)),
             *self.appended(tenant_id, conversation_id, added, ids))))
         return [msgspec.Raw(raw) for _, raw in added]
@@ -136,14 +136,14 @@ class StoredConversations:
         exists = valkey.call("HEXISTS", self.record_key(tenant_id, conversation_id), "head")
         if after is None:
             span = (0, limit) if order == "asc" else (-limit - 1, -1)
-            found, ids = await self.items._round(exists, valkey.call("LRANGE", listing, *span))
+            found, ids = await self.items.round_trip(exists, valkey.call("LRANGE", listing, *span))
         else:
-            found, at = await self.items._round(exists, valkey.call("LPOS", listing, after))
+            found, at = await self.items.round_trip(exists, valkey.call("LPOS", listing, after))
             if found and at is None:
                 raise BadRequest(f"Invalid 'after': no item '{after}' in this conversation", param="after",
                                  code="invalid_value")
             span = (at + 1, at + 1 + limit) if order == "asc" else (max(0, at - limit - 1), at - 1)
-            [ids] = await self.items._round(valkey.call("LRANGE", listing, *span)) if found and span[1] >= 0 \
+            [ids] = await self.items.round_trip(valkey.call("LRANGE", listing, *span)) if found and span[1] >= 0 \
                 else [[]]
         if not found:
             return None
@@ -153,7 +153,7 @@ class StoredConversations:
 
     async def item(self, tenant_id: str, conversation_id: str, item_id: str) -> tuple[bool, bytes | None]:
         """Whether the conversation is kept, and the item when it is one of its (one round trip)."""
-        found, at, raw = await self.items._round(
+        found, at, raw = await self.items.round_trip(
             self.items.valkey.call("HEXISTS", self.record_key(tenant_id, conversation_id), "head"),
             self.items.valkey.call("LPOS", self.list_key(tenant_id, conversation_id), item_id),
             self.items.valkey.call("GET", self.items.key(tenant_id, item_id)))
@@ -163,12 +163,12 @@ class StoredConversations:
         """Take an item off the conversation (two round trips): its Conversation object (None: none is kept), and
         whether it held the item."""
         record, listing = self.record_key(tenant_id, conversation_id), self.list_key(tenant_id, conversation_id)
-        head, at, size = await self.items._round(self.items.valkey.call("HGET", record, "head"),
+        head, at, size = await self.items.round_trip(self.items.valkey.call("HGET", record, "head"),
                                                  self.items.valkey.call("LPOS", listing, item_id),
                                                  self.items.valkey.call("STRLEN", self.items.key(tenant_id, item_id)))
         if head is None or at is None:
             return head, False
-        await self.items._round(self.items.valkey.call("LREM", listing, 1, item_id),
+        await self.items.round_trip(self.items.valkey.call("LREM", listing, 1, item_id),
                                 self.items.valkey.call("HINCRBY", record, "bytes", -size))
         return head, True
 
@@ -183,14 +183,14 @@ class StoredConversations:
                                                                                  list[bytes | None]]:
         """Its items, oldest first (those no longer kept left out), their keys, and each of `keys`' values: two round
         trips."""
-        [ids] = await self.items._round(self.items.valkey.call("LRANGE", self.list_key(tenant_id, held.id), 0, -1))
+        [ids] = await self.items.round_trip(self.items.valkey.call("LRANGE", self.list_key(tenant_id, held.id), 0, -1))
         kept = self._keys(tenant_id, ids)
-        [values] = await self.items._round(self.items._lookup(kept + keys)) if kept or keys else [[]]
+        [values] = await self.items.round_trip(self.items.lookup(kept + keys)) if kept or keys else [[]]
         return [msgspec.Raw(raw) for raw in values[:len(kept)] if raw is not None], kept, values[len(kept):]
 
     async def _read(self, tenant_id: str, conversation_id: str) -> tuple[bytes | None, list[str]]:
         """Its Conversation object and its items' keys, in one round trip."""
-        head, ids = await self.items._round(
+        head, ids = await self.items.round_trip(
             self.items.valkey.call("HGET", self.record_key(tenant_id, conversation_id), "head"),
             self.items.valkey.call("LRANGE", self.list_key(tenant_id, conversation_id), 0, -1))
         return head, self._keys(tenant_id, ids)
@@ -201,5 +201,5 @@ class StoredConversations:
     async def _values(self, keys: list[str]) -> list[msgspec.Raw]:
         if not keys:
             return []
-        [values] = await self.items._round(self.items._lookup(keys))
+        [values] = await self.items.round_trip(self.items.lookup(keys))
         return [msgspec.Raw(raw) for raw in values if raw is not None]

@@ -160,7 +160,7 @@ class StoredItems(BackgroundWrites):
         keys = [self.key(tenant_id, item_id) for item_id in distinct]  # type: ignore[arg-type]
         held = None
         if conversation is not None:
-            held, sizes = await self._round(self.conversations.held(tenant_id, conversation), self._sizes(keys))
+            held, sizes = await self.round_trip(self.conversations.held(tenant_id, conversation), self._sizes(keys))
             if held is None:
                 raise ConversationNotFound(conversation)
             chain = None
@@ -207,11 +207,11 @@ class StoredItems(BackgroundWrites):
         """The chain of the Response `head` (None when `head` is None; `lost` when it, or one it continued, is not
         kept) and each key's value's length (0: none is kept): one round trip, and one more for a chain longer than
         one. What is not found is looked for once more after RECHECK_S."""
-        first, sizes = await self._round(self._first(tenant_id, head), self._sizes(keys))
+        first, sizes = await self.round_trip(self._first(tenant_id, head), self._sizes(keys))
         missing = [number for number, size in enumerate(sizes) if not size]
         if missing or first is False:
             await asyncio.sleep(RECHECK_S)
-            again, found = await self._round(self._first(tenant_id, head) if first is False else _none(None),
+            again, found = await self.round_trip(self._first(tenant_id, head) if first is False else _none(None),
                                              self._sizes([keys[number] for number in missing]))
             first = again if first is False else first
             for number, size in zip(missing, found):
@@ -223,7 +223,7 @@ class StoredItems(BackgroundWrites):
         ancestors, output, input_size = first
         chain = Chain([head, *ancestors], [output], [input_size])  # type: ignore[list-item]
         if ancestors:
-            for response_id, (output, input_size) in zip(ancestors, await self._round(
+            for response_id, (output, input_size) in zip(ancestors, await self.round_trip(
                     *(self._sized(tenant_id, response_id) for response_id in ancestors))):
                 if output is None:
                     return chain._replace(lost=response_id), sizes
@@ -255,13 +255,13 @@ class StoredItems(BackgroundWrites):
         newest one's output left out unless `own_output`), None if any is gone since its size was read; and each
         key's value."""
         if chain is None:
-            return [], (await self._round(self._lookup(keys)))[0] if keys else []
+            return [], (await self.round_trip(self.lookup(keys)))[0] if keys else []
         outputs = [[self.key(tenant_id, item_id) for item_id, _ in output] for output in chain.outputs]
         looked_up = [key for output in outputs for key in output] + keys
-        inputs, values = await self._round(
+        inputs, values = await self.round_trip(
             asyncio.gather(*(self.valkey.call("HGET", self.record_key(tenant_id, response_id), "input")
                              for response_id in chain.ids)),
-            self._lookup(looked_up) if looked_up else _none([]))
+            self.lookup(looked_up) if looked_up else _none([]))
         starts = [0]
         for output_keys in outputs:
             starts.append(starts[-1] + len(output_keys))
@@ -279,10 +279,11 @@ class StoredItems(BackgroundWrites):
         """Each key's value's length (0: none is kept); the calls go out in one write."""
         return asyncio.gather(*(self.valkey.call("STRLEN", key) for key in keys))
 
-    async def _lookup(self, keys: list[str]) -> list[bytes | None]:
+    async def lookup(self, keys: list[str]) -> list[bytes | None]:
+        """Each key's value (None: none is kept), in one MGET; the conversation store reads its items with it too."""
         return await self.valkey.call("MGET", *keys)
 
-    async def _round(self, *asked: Awaitable[Any]) -> list[Any]:
+    async def round_trip(self, *asked: Awaitable[Any]) -> list[Any]:
         """One round trip: what is asked goes out together, and its answers come back in order; StoreUnavailable
         when Valkey does not answer it."""
         reply = asyncio.gather(*asked)
@@ -299,12 +300,12 @@ class StoredItems(BackgroundWrites):
 
     async def response(self, tenant_id: str, response_id: str) -> bytes | None:
         """A kept Response's JSON as it was answered (None: none is kept under the tenant): two round trips."""
-        [(head, output)] = await self._round(self.valkey.call("HMGET", self.record_key(tenant_id, response_id),
+        [(head, output)] = await self.round_trip(self.valkey.call("HMGET", self.record_key(tenant_id, response_id),
                                                               "head", "output"))
         if head is None or output is None:
             return None
         ids = [item_id for item_id, _ in _decode_output(output)]
-        [items] = await self._round(self._lookup([self.key(tenant_id, item_id) for item_id in ids])) if ids else [[]]
+        [items] = await self.round_trip(self.lookup([self.key(tenant_id, item_id) for item_id in ids])) if ids else [[]]
         if None in items:
             return None
         answered = _decode(head)
@@ -323,11 +324,11 @@ class StoredItems(BackgroundWrites):
     async def delete(self, tenant_id: str, response_id: str) -> bool:
         """Delete a kept Response and its output items; False when none is kept under the tenant."""
         key = self.record_key(tenant_id, response_id)
-        [output] = await self._round(self.valkey.call("HGET", key, "output"))
+        [output] = await self.round_trip(self.valkey.call("HGET", key, "output"))
         if output is None:
             return False
         items = [self.key(tenant_id, item_id) for item_id, _ in _decode_output(output)]
-        [deleted] = await self._round(self.valkey.call("DEL", key, *items))
+        [deleted] = await self.round_trip(self.valkey.call("DEL", key, *items))
         return deleted > 0
 
     # --- keeping ----------------------------------------------------------------------------------------
